@@ -16,12 +16,12 @@ mount), which the host's other users may well read.
 from __future__ import annotations
 
 import os
-import pwd
 import shlex
 import stat
 from pathlib import Path
 
 from tesserad.security.mounts import read_mounts
+from tesserad.security.users import described_user, user_name
 
 # What the orchestrators mount secrets on: in memory, in the container's own mount namespace.
 _SECRET_FILESYSTEMS = {"tmpfs", "ramfs"}
@@ -43,9 +43,9 @@ def check_key_file_mode(setting: str, path: Path) -> None:
     owned_by_root = info.st_uid == 0
     if not owned_by_root and info.st_uid != os.getuid():
         raise KeyFileModeError(
-            f"{setting} {path}: the private key is owned by {_user(info.st_uid)}, not by the user "
-            f"tesserad runs as ({_user(os.getuid())}) or root, so that user could read it or open "
-            f"it to others; give it to the user tesserad runs as: `chown {_name(os.getuid())} "
+            f"{setting} {path}: the private key is owned by {described_user(info.st_uid)}, not by the user "
+            f"tesserad runs as ({described_user(os.getuid())}) or root, so that user could read it or open "
+            f"it to others; give it to the user tesserad runs as: `chown {user_name(os.getuid())} "
             f"{shlex.quote(str(path))}`"
         )
     forbidden = stat.S_IRWXO | (stat.S_IWGRP | stat.S_IXGRP if owned_by_root else stat.S_IRWXG)
@@ -67,19 +67,6 @@ def _filesystem_type(device: int) -> str | None:
         if mount.device == wanted:
             return mount.filesystem_type
     return None
-
-
-def _user(uid: int) -> str:
-    name = _name(uid)
-    return f"uid {uid}" if name == str(uid) else f"{name} (uid {uid})"
-
-
-def _name(uid: int) -> str:
-    """The user's name, or the uid where the host has no name for it."""
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 __all__ = ["KeyFileModeError", "check_key_file_mode"]

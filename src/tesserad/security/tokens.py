@@ -18,8 +18,8 @@ A token without `expires` never expires. Expiry is checked on every call, not at
 expired token's next call is UNAUTHENTICATED saying when it expired, and its open streams end.
 
 A running daemon reads the file again on SIGHUP and when its modification time, size or inode
-changes, or the mode of a directory above it (`TokenFile`); a file that cannot be used leaves the
-tokens in use as they were. Nor can one that any user of the host could change
+changes, or the mode or owner of a directory above it (`TokenFile`); a file that cannot be used
+leaves the tokens in use as they were. Nor can one that another user of the host could change
 (`check_not_open_to_writes`).
 """
 
@@ -41,6 +41,7 @@ from typing import Any
 
 from tesserad.security.mounts import read_mounts
 from tesserad.security.roles import Role
+from tesserad.security.users import described_user, user_name
 
 TOKEN_PREFIX = "tsr_"
 MIN_TOKEN_LENGTH = 24
@@ -355,14 +356,16 @@ def guarding_parents(path: Path, mount_points: Set[Path]) -> list[Path]:
 
 
 def check_not_open_to_writes(path: Path) -> None:
-    """TokensFileError when any user of the host could change the tokens file: the file can be
-    written by others, or replaced because a directory above it (`guarding_directories`) can
-    (without the sticky bit, which keeps others from renaming over a file they do not own).
-    Whoever can change it could give themselves the admin role, so the daemon refuses it, as sshd
-    refuses such an authorized_keys file (its secure_path walks up to / too).
+    """TokensFileError when any user of the host but root and the daemon's own could change the
+    tokens file: the file can be written by its group or by others, or replaced because a
+    directory above it (`guarding_directories`) can (without the sticky bit, which keeps others
+    from renaming over a file they do not own); or the file or such a directory is owned by
+    another user, who could chmod it open. Whoever can change it could give themselves the admin
+    role, so the daemon refuses it, as sshd's StrictModes refuses such an authorized_keys file
+    (its secure_path walks up to / too).
 
     A file or directory on a read-only mount (a Kubernetes Secret, a compose secret) cannot be
-    changed, whatever its mode says."""
+    changed, whatever its mode or owner says."""
     try:
         own = {path.absolute().parent, path.resolve().parent}
         places = [(path.resolve(), "the file")]
@@ -379,23 +382,43 @@ def check_not_open_to_writes(path: Path) -> None:
         except OSError:
             # Not there, or not stat'able: reading the file says so in its own words.
             continue
-        open_to_others = bool(info.st_mode & stat.S_IWOTH) and not (
-            stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+        if not read_only:
+            _check_place(path, place, what, info)
+
+
+def _check_place(path: Path, place: Path, what: str, info: os.stat_result) -> None:
+    """TokensFileError when `place` (the tokens file `path`, or a directory guarding it) is owned
+    by another user than root and the daemon's, or its group or others may write it."""
+    named = f"{what} {place}{' above it' if what == 'the directory' else ''}"
+    quoted = shlex.quote(str(place))
+    if info.st_uid not in (0, os.getuid()):
+        change = "write their own token" if what == "the file" else "put their own tokens file"
+        raise TokensFileError(
+            f"tokens file {path}: {named} is owned by {described_user(info.st_uid)}, not by root or by "
+            f"the user tesserad runs as ({described_user(os.getuid())}), so that user could "
+            f"{change} there, with the admin role; give it to root or to the user tesserad runs as "
+            f"(`chown {user_name(os.getuid())} {quoted}`)"
         )
-        if open_to_others and not read_only:
-            above = " above it" if what == "the directory" else ""
-            raise TokensFileError(
-                f"tokens file {path}: {what} {place}{above} can be written by every user of this host "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}), so anyone could add a token with the admin "
-                f"role; take their write permission away (`chmod o-w {shlex.quote(str(place))}`)"
-            )
+    sticky = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+    writers = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if not writers or sticky:
+        return
+    who = "every user of this host" if writers & stat.S_IWOTH else "the users of its group"
+    anyone = "anyone" if writers & stat.S_IWOTH else "they"
+    classes = ("g" if writers & stat.S_IWGRP else "") + ("o" if writers & stat.S_IWOTH else "")
+    raise TokensFileError(
+        f"tokens file {path}: {named} can be written by {who} (mode {stat.S_IMODE(info.st_mode):04o}), "
+        f"so {anyone} could add a token with the admin role; take their write permission away "
+        f"(`chmod {classes}-w {quoted}`)"
+    )
 
 
-# The tokens file's signature and each guarding directory's (device, inode, mode): `chmod o-w`
-# of the directory that got the file refused changes it, so the next check applies the file. Not
-# a directory's ctime, which every file made or removed in it (in /tmp, all the time) changes.
+# The tokens file's signature and each guarding directory's (device, inode, mode, owner): the
+# `chmod go-w` or `chown` of the directory that got the file refused changes it, so the next
+# check applies the file. Not a directory's ctime, which every file made or removed in it (in
+# /tmp, all the time) changes.
 # The directories are None when the path's links cannot be followed (a link loop).
-TokensSignature = tuple[FileSignature | None, tuple[tuple[int, int, int] | None, ...] | None]
+TokensSignature = tuple[FileSignature | None, tuple[tuple[int, int, int, int] | None, ...] | None]
 
 
 def tokens_signature(path: Path) -> TokensSignature:
@@ -406,14 +429,14 @@ def tokens_signature(path: Path) -> TokensSignature:
         # Unknown until the loop is undone; the file's refusal (it cannot be read) is logged
         # once, as this signature stays the same from poll to poll.
         return file_signature(path), None
-    directories: list[tuple[int, int, int] | None] = []
+    directories: list[tuple[int, int, int, int] | None] = []
     for directory in guarding:
         try:
             info = os.stat(directory)
         except OSError:
             directories.append(None)
             continue
-        directories.append((info.st_dev, info.st_ino, info.st_mode))
+        directories.append((info.st_dev, info.st_ino, info.st_mode, info.st_uid))
     return file_signature(path), tuple(directories)
 
 
@@ -432,8 +455,8 @@ class TokenFile:
         self.table = TokenTable.load(path)
 
     def changed(self) -> bool:
-        """Whether the file, or the mode of a directory above it, looks different from when it was
-        last read (stats, no read)."""
+        """Whether the file, or the mode or owner of a directory above it, looks different from
+        when it was last read (stats, no read)."""
         return tokens_signature(self.path) != self._signature
 
     def reload(self) -> TokenChanges:

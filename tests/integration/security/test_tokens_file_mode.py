@@ -3,6 +3,8 @@ rename another file over it) could give themselves the admin role."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import subprocess
 
@@ -28,7 +30,7 @@ def test_a_tokens_file_every_user_can_write_stops_the_start(tmp_path, tokens: To
     assert message.startswith(f"security.tokens_file: tokens file {tokens.file}: the file ")
     assert "can be written by every user of this host (mode 0666)" in message
     assert "anyone could add a token with the admin role" in message
-    assert f"`chmod o-w {tokens.file}`" in message
+    assert f"`chmod go-w {tokens.file}`" in message
 
 
 def test_a_tokens_file_in_a_directory_every_user_can_write_stops_the_start(tmp_path, tokens: Tokens):
@@ -40,7 +42,7 @@ def test_a_tokens_file_in_a_directory_every_user_can_write_stops_the_start(tmp_p
         start(tmp_path, moved)
     message = str(err.value)
     assert f"its directory {shared} can be written by every user of this host (mode 0777)" in message
-    assert f"`chmod o-w {shared}`" in message
+    assert f"`chmod go-w {shared}`" in message
 
 
 def test_a_sticky_shared_directory_and_a_file_others_only_read_are_fine(tmp_path, tokens: Tokens):
@@ -65,7 +67,7 @@ def test_a_tokens_file_below_a_directory_every_user_can_write_stops_the_start(tm
         start(tmp_path, moved)
     message = str(err.value)
     assert f"the directory {shared} above it can be written by every user of this host (mode 0777)" in message
-    assert f"`chmod o-w {shared}`" in message
+    assert f"`chmod go-w {shared}`" in message
 
 
 def test_a_directory_every_user_can_write_above_a_linked_tokens_file_stops_the_start(
@@ -110,3 +112,70 @@ def test_a_directory_every_user_can_write_above_the_mount_point_stops_the_start(
         with pytest.raises(StartupError) as err:
             start(tmp_path, mounted)
     assert f"the directory {shared} above it can be written by every user" in str(err.value)
+
+
+def test_a_tokens_file_in_a_directory_its_group_can_write_stops_the_start(tmp_path, tokens: Tokens):
+    """As sshd's StrictModes: a group's users could rename the file away and put theirs there."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    moved = tokens.file.rename(shared / "tokens.toml")
+    shared.chmod(0o775)
+    with pytest.raises(StartupError) as err:
+        start(tmp_path, moved)
+    message = str(err.value)
+    assert f"its directory {shared} can be written by the users of its group (mode 0775)" in message
+    assert "they could add a token with the admin role" in message
+    assert f"`chmod g-w {shared}`" in message
+    shared.chmod(0o1775)
+    start(tmp_path, moved).stop()
+
+
+def test_a_tokens_file_its_group_can_write_stops_the_start(tmp_path, tokens: Tokens):
+    tokens.file.chmod(0o660)
+    with pytest.raises(StartupError) as err:
+        start(tmp_path, tokens.file)
+    assert f"the file {tokens.file} can be written by the users of its group (mode 0660)" in str(err.value)
+    assert f"`chmod g-w {tokens.file}`" in str(err.value)
+
+
+def test_a_directory_its_group_and_others_can_write_is_told_both(tmp_path, tokens: Tokens):
+    shared = tmp_path / "shared"
+    (shared / "tesserad").mkdir(parents=True)
+    moved = tokens.file.rename(shared / "tesserad" / "tokens.toml")
+    shared.chmod(0o777)
+    with pytest.raises(StartupError) as err:
+        start(tmp_path, moved)
+    assert f"`chmod go-w {shared}`" in str(err.value)
+
+
+OTHER_UID = 54321
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can give a directory to another user")
+def test_a_directory_another_user_owns_above_the_tokens_file_stops_the_start(tmp_path, tokens: Tokens):
+    """Its owner could chmod it open, or rename what lies below it away, whatever its mode."""
+    theirs = tmp_path / "theirs"
+    (theirs / "tesserad").mkdir(parents=True)
+    moved = tokens.file.rename(theirs / "tesserad" / "tokens.toml")
+    os.chown(theirs, OTHER_UID, -1)
+    with pytest.raises(StartupError) as err:
+        start(tmp_path, moved)
+    message = str(err.value)
+    assert f"the directory {theirs} above it is owned by uid {OTHER_UID}" in message
+    assert "not by root or by the user tesserad runs as" in message
+    assert "so that user could put their own tokens file there, with the admin role" in message
+    assert f"`chown {user_name()} {theirs}`" in message
+    os.chown(theirs, os.getuid(), -1)
+    start(tmp_path, moved).stop()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can give a file to another user")
+def test_a_tokens_file_another_user_owns_stops_the_start(tmp_path, tokens: Tokens):
+    os.chown(tokens.file, OTHER_UID, -1)
+    with pytest.raises(StartupError) as err:
+        start(tmp_path, tokens.file)
+    assert f"the file {tokens.file} is owned by uid {OTHER_UID}" in str(err.value)
+
+
+def user_name() -> str:
+    return pwd.getpwuid(os.getuid()).pw_name
