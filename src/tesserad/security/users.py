@@ -14,7 +14,8 @@ def user_name(uid: int) -> str:
 
 
 def described_user(uid: int) -> str:
-    """"alice (uid 1000)", or "uid 1000" where the host has no name for it."""
+    """The user as a message names it: "alice (uid 1000)", or "uid 1000" where the host has no
+    name for it."""
     name = user_name(uid)
     return f"uid {uid}" if name == str(uid) else f"{name} (uid {uid})"
 
