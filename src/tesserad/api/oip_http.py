@@ -253,8 +253,9 @@ class OipHttpServer(HttpListener):
                 ),
             ]
         )
-        # Bodies are decompressed here: aiohttp would refuse br and zstd itself, in plain text.
-        self._serve(app, decompress=False)
+        # Bodies are decompressed here (`_body`): aiohttp's own decompression would refuse br and
+        # zstd itself, in plain text.
+        self._serve(app)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -110,6 +110,13 @@ async def _continue(request: web.Request) -> None:
     request.writer.output_size = 0
 
 
+def _unreadable(error: web.RequestPayloadError) -> str:
+    """What a request whose body cannot be read as its headers say is told."""
+    cause = error.__cause__
+    detail = cause.message if isinstance(cause, HttpProcessingError) else "malformed"
+    return f"the request body could not be read ({detail}); send it whole, as its headers say"
+
+
 class HttpListener:
     """Serves the application a subclass hands to `_serve` on `address`; `port` is the bound
     one (for port 0). The application puts `_guard` first after its error middleware, which
@@ -130,15 +137,13 @@ class HttpListener:
             checked=address.is_loopback or not authentication_enabled(security),
         )
         self._runner: web.AppRunner | None = None
-        # Whether aiohttp decompresses request bodies (`_serve`'s `decompress`).
-        self._decompressing = True
         self._unrouted_resource: web.AbstractResource | None = None
         self._server: asyncio.Server | None = None
         self._connection_tasks: set[asyncio.Task[None]] = set()
         self.port = 0
 
     # Where this listener's clients choose how their request bodies are compressed, named in the
-    # 400 a body that is not what its Content-Encoding says is answered with ("" when none is).
+    # 400 a body that is not what its Content-Encoding says is answered with (`_not_as_encoded`).
     _compression_setting = ""
 
     @web.middleware
@@ -172,10 +177,9 @@ class HttpListener:
 
         return expect
 
-    def _serve(self, app: web.Application, decompress: bool = True) -> None:
-        """Serve `app`, its routes all added. `decompress`: aiohttp decompresses request bodies
-        (gzip, deflate; it refuses br and zstd itself, in plain text, before any route is found),
-        else the application reads them as they came."""
+    def _serve(self, app: web.Application) -> None:
+        """Serve `app`, its routes all added. Request bodies reach it as they came: aiohttp's own
+        decompression refuses br and zstd itself, in plain text, before any route is found."""
         # Added last, so the router reaches it only for what no other route matches: the 404 or
         # 405 is then answered by the application, in place of 100 Continue too (aiohttp answers
         # its own after one, so a client refused uploaded its body first).
@@ -183,7 +187,6 @@ class HttpListener:
             hdrs.METH_ANY, "/{unrouted:.*}", self._unrouted, expect_handler=self._answer_at_once
         )
         self._unrouted_resource = unrouted.resource
-        self._decompressing = decompress
         # aiohttp closes a connection still waiting for a request's headers this long after the
         # connection's start or its previous answer (its own default is an hour: a client sending
         # its headers a byte at a time held a connection that long).
@@ -192,7 +195,7 @@ class HttpListener:
             access_log=None,
             shutdown_timeout=1.0,
             keepalive_timeout=self._request_timeout_s,
-            auto_decompress=decompress,
+            auto_decompress=False,
         )
 
     async def _unrouted(self, request: web.Request) -> web.StreamResponse:
@@ -221,14 +224,13 @@ class HttpListener:
         """Around the read of `request`'s body: 408 (closing the connection) when it has not all
         arrived within limits.http_request_timeout_s (a client that sends it slowly, or less than
         its Content-Length, would otherwise hold its connection, and any slot it took, for good);
-        400 (closing it too) when it cannot be read as its headers say, such as a body that is not
-        the gzip or deflate data its Content-Encoding says (where aiohttp decompresses those)."""
+        400 (closing it too) when it cannot be read as its headers say."""
         try:
             async with asyncio.timeout(self._request_timeout_s):
                 yield
         except web.RequestPayloadError as exc:
             # The client's to fix, not the daemon's; and where its body ends is lost with it.
-            raise Refused(400, self._unreadable(request, exc), close=True) from None
+            raise Refused(400, _unreadable(exc), close=True) from None
         except TimeoutError:
             raise Refused(
                 408,
@@ -240,15 +242,6 @@ class HttpListener:
         except ConnectionResetError:
             # The client left: nobody reads this answer, and its leaving is no error of the daemon's.
             raise Refused(400, "the connection closed before the request body arrived") from None
-
-    def _unreadable(self, request: web.Request, error: web.RequestPayloadError) -> str:
-        """What a request whose body cannot be read as its headers say is told."""
-        encoding = request.headers.get(hdrs.CONTENT_ENCODING)
-        if encoding and self._decompressing:
-            return self._not_as_encoded(encoding)
-        cause = error.__cause__
-        detail = cause.message if isinstance(cause, HttpProcessingError) else "malformed"
-        return f"the request body could not be read ({detail}); send it whole, as its headers say"
 
     def _not_as_encoded(self, encoding: str) -> str:
         """What a request body that is not the `encoding` data its Content-Encoding says is told."""

@@ -26,8 +26,11 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(str(resources.files("tesserad.dashboard") / "static"))
 # The largest request body the dashboard reads (its login form's token is a few hundred bytes):
-# aiohttp's default, said here for the refusal before a 100 Continue.
+# aiohttp's default, said here for the refusal before the body is read.
 MAX_BODY_BYTES = 1024 * 1024
+# Browsers never compress what they send, and the dashboard's bodies are small forms: a body in
+# any content coding is refused (501, as the HTTP inference listener refuses one it does not take).
+_ACCEPT_ENCODING: dict[str, str] = {hdrs.ACCEPT_ENCODING: "identity"}
 PAGES = ("jobs", "runs", "sweeps", "models", "serving", "system")
 
 # A subclass not listed (NotLoaded, StillLoading) answers as its parent (see http_status_for).
@@ -77,12 +80,14 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except Refused as exc:
-        response = _failure(request, exc.status, exc.message)
-        if exc.close:
-            response.force_close()
-        return response
+        return _refused(request, exc)
     except errors.TesseraError as exc:
         return _failure(request, http_status_for(exc), exc.message)
+    except web.HTTPRequestEntityTooLarge:
+        # A body without a Content-Length, read only up to the limit: the rest is never read.
+        response = _failure(request, 413, _too_large(None))
+        response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status == 404:
             return _failure(request, 404, f"nothing at {request.path[:200]}")
@@ -98,6 +103,50 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except Exception as exc:
         return _failure(request, 500, errors.logged_internal(log, "a dashboard request", exc).message)
+
+
+def _refused(request: web.Request, refusal: Refused) -> web.Response:
+    response = _failure(request, refusal.status, refusal.message)
+    response.headers.update(refusal.headers or {})
+    if refusal.close:
+        response.force_close()
+    return response
+
+
+def _too_large(size: int | None) -> str:
+    """What a body over MAX_BODY_BYTES is told; `size` when its Content-Length says it."""
+    over = "over" if size is None else f"{format_size(size)}, over"
+    return (
+        f"the request body is {over} {format_size(MAX_BODY_BYTES)}, the most the dashboard reads: it "
+        "takes its login form, and no uploads"
+    )
+
+
+def _body_refusal(request: web.Request) -> Refused | None:
+    """413 for a Content-Length over MAX_BODY_BYTES, 501 for a body in a content coding: refused
+    before a byte of it is read, the connection then closed with the body unread."""
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        return Refused(413, _too_large(length), close=True)
+    coding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
+    if request.body_exists and coding not in ("", "identity"):
+        return Refused(
+            501,
+            f"the request body is compressed with {coding[:40]} (its Content-Encoding header), which "
+            "the dashboard does not take; send it uncompressed, without the header",
+            close=True,
+            headers=_ACCEPT_ENCODING,
+        )
+    return None
+
+
+@web.middleware
+async def _declared_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a body the dashboard would not read (`_body_refusal`), before reading it."""
+    refusal = _body_refusal(request)
+    if refusal is not None:
+        raise refusal
+    return await handler(request)
 
 
 def _either(allow: str) -> str:
@@ -140,7 +189,8 @@ class DashboardServer(HttpListener):
         self._shell = (STATIC_DIR / "page.html").read_text()
         self._access = access
         app = web.Application(
-            middlewares=[_errors, self._guard, access.middleware], client_max_size=MAX_BODY_BYTES
+            middlewares=[_errors, self._guard, access.middleware, _declared_body],
+            client_max_size=MAX_BODY_BYTES,
         )
         app.on_response_prepare.append(_not_framed)
         expect = self._expecting(self._refusal)
@@ -161,8 +211,8 @@ class DashboardServer(HttpListener):
         self._serve(app)
 
     def _refusal(self, request: web.Request) -> web.Response | None:
-        """What the middlewares answer `request` with before its body is read (host, token), or
-        413 for a Content-Length over MAX_BODY_BYTES; None when it may send its body."""
+        """What the middlewares answer `request` with before its body is read (host, token, the
+        body's declared size and coding); None when it may send its body."""
         try:
             self._check_host(request)
         except errors.PermissionDenied as exc:
@@ -170,15 +220,8 @@ class DashboardServer(HttpListener):
         refused = self._access.refusal(request)
         if refused is not None:
             return refused
-        length = request.content_length
-        if length is not None and length > MAX_BODY_BYTES:
-            return _failure(
-                request,
-                413,
-                f"the request body is {format_size(length)}, over {format_size(MAX_BODY_BYTES)}, the "
-                "most the dashboard reads: it takes its login form, and no uploads",
-            )
-        return None
+        body_refusal = _body_refusal(request)
+        return None if body_refusal is None else _refused(request, body_refusal)
 
     async def _home(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/jobs")

@@ -578,20 +578,46 @@ def test_login_never_sends_the_browser_to_another_site(tmp_path, tokens_file):
         daemon.stop()
 
 
-def test_a_login_body_that_is_not_its_content_encoding_is_400_not_an_internal_error(dash):
-    # aiohttp decompresses a gzip or deflate body as it reads the form: data that does not
-    # decompress is the client's error (it was 500 with an internal error id).
+def test_a_compressed_body_is_501_naming_the_coding_taken(dash):
+    """Browsers never compress a form: a body in any content coding is refused before it is read,
+    in the dashboard's own form (br and zstd were aiohttp's plain-text 400), as the HTTP inference
+    listener refuses a coding it does not take."""
     form = urllib.parse.urlencode({"token": new_token()})
-    for encoding in ("gzip", "deflate"):
+    for encoding in ("br", "zstd", "gzip", "deflate"):
         headers = {"Content-Type": "application/x-www-form-urlencoded", "Content-Encoding": encoding}
         answer = http_get(dash.daemon.http_port, "/login", headers, "POST", form)
-        assert answer.status == 400
+        assert answer.status == 501, (encoding, answer.body[:200])
+        assert answer.headers["content-type"].startswith("text/html")
+        assert answer.headers["accept-encoding"] == "identity"
         assert (
-            f"the request body is not valid {encoding} data, as its Content-Encoding header says it is; "
-            f"send it compressed with {encoding}, or uncompressed without the header"
+            f"the request body is compressed with {encoding} (its Content-Encoding header), which the "
+            "dashboard does not take; send it uncompressed, without the header"
         ).encode() in answer.body
-        # Where its body ends is lost with it: the connection is not kept for another request.
+        # Its body is left unread: the connection is not kept for another request.
         assert answer.headers["connection"] == "close"
+    answer = http_get(dash.daemon.http_port, "/api/v1/jobs", {"Content-Encoding": "br"})
+    assert answer.status == 200
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(dash):
+    port = dash.daemon.http_port
+    head = b"POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+    # Headers only: the answer comes without waiting for the body.
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(head + b"Content-Length: 2000000\r\n\r\n")
+        answer = _answer_until_closed(connection)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:80]
+    assert b"1.91 MiB, over 1 MiB, the most the dashboard reads" in answer
+    # Without a Content-Length, the body is read up to the limit and refused in the same words.
+    chunk = b"x" * 65536
+    chunked = head + b"Transfer-Encoding: chunked\r\n\r\n" + (b"10000\r\n" + chunk + b"\r\n") * 17
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            connection.sendall(chunked)
+        answer = _answer_until_closed(connection)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:80]
+    assert b"over 1 MiB, the most the dashboard reads" in answer
+    assert b"text/html" in answer.partition(b"\r\n\r\n")[0]
 
 
 def test_a_spawned_daemon_logs_where_its_dashboard_listens(spawn_daemon, tmp_path):
