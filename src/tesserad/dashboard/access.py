@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import math
 import secrets
 import ssl
 import time
@@ -25,8 +26,10 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from tesserad.config import SecuritySettings
+from tesserad.errors import PermissionDenied
 from tesserad.security import Role, TokenTable
 from tesserad.security.certificates import CertificateWindowError, check_validity
+from tesserad.security.limits import LoginThrottle
 from tesserad.security.tokens import TokenFile, format_time, token_digest, utc_now
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,8 @@ DASHBOARD_ROLE = Role.READER
 # Where an admitted request's role is kept (aiohttp's request mapping); without a tokens file
 # every caller may do everything, as on gRPC.
 ROLE_KEY = web.RequestKey("tessera_role", Role)
+# Whether an admitted request came with the session cookie (not a token in a header): it may log out.
+SESSION_KEY = web.RequestKey("tessera_session", bool)
 # The cookie names a session the login form opened, never the token itself: a browser sends a
 # cookie to every port of its host name, so another service there (a notebook on a shared GPU box)
 # would have had a token good on gRPC for all its role may do. A session ends by itself after
@@ -49,6 +54,16 @@ MAX_SESSIONS_PER_TOKEN = 100
 # Beyond this many in all (many tokens logging in), the oldest give way, whoever holds them.
 MAX_SESSIONS = 10_000
 LOGIN_PATH = "/login"
+LOGOUT_PATH = "/logout"
+# A change (a restore, a logout) must carry this header: a page on another site cannot send it
+# without a CORS preflight, which this server never answers, so such a page cannot make the
+# browser restore or log out.
+CHANGE_HEADER = "X-Tessera-Dashboard"
+# Failed logins one client address may make in a row, then one per LOGIN_RETRY_S (429 between);
+# a good login forgets its failures. At most MAX_THROTTLED_ADDRESSES are remembered.
+LOGIN_FAILURES_AT_ONCE = 5
+LOGIN_RETRY_S = 10.0
+MAX_THROTTLED_ADDRESSES = 10_000
 # Every 401 carries it (RFC 9110 says it must; HTTP clients and monitors read the scheme there).
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="tesserad"'}
 _OPEN_PREFIXES = ("/static/",)
@@ -125,6 +140,7 @@ class Access:
         # Session id (the cookie) -> (its token's SHA-256, when it ends on the monotonic clock),
         # oldest first.
         self._sessions: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._throttle = LoginThrottle(LOGIN_FAILURES_AT_ONCE, LOGIN_RETRY_S, MAX_THROTTLED_ADDRESSES)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -135,6 +151,7 @@ class Access:
         problem, digest, role = self._problem(request)
         if problem is None and digest is not None and role is not None:
             request[ROLE_KEY] = role
+            request[SESSION_KEY] = hdrs.AUTHORIZATION not in request.headers
             task = asyncio.current_task()
             assert task is not None, "aiohttp runs each request in a task"
             self._in_progress[task] = digest
@@ -149,7 +166,10 @@ class Access:
         return _unauthenticated(request, problem or "")
 
     def refusal(self, request: web.Request) -> web.Response | None:
-        """The 401 `middleware` answers `request` with, or None when it lets it through."""
+        """The 401 `middleware` answers `request` with, or the login form's 429 for an address
+        that has failed too often; None when it lets it through."""
+        if request.method == hdrs.METH_POST and request.path == LOGIN_PATH:
+            return self._throttled(request)
         if self._tokens is None or _open(request):
             return None
         problem, _, _ = self._problem(request)
@@ -250,6 +270,11 @@ class Access:
         return login_page("")
 
     async def log_in(self, request: web.Request) -> web.StreamResponse:
+        # Before the token is looked at: were a good one let through, the answer would tell
+        # which of a script's guesses was good.
+        throttled = self._throttled(request)
+        if throttled is not None:
+            return throttled
         async with self._receiving_body(request):
             form = await request.post()
         token = str(form.get("token", "")).strip()
@@ -258,7 +283,9 @@ class Access:
             raise web.HTTPSeeOther(then)
         identity = self._tokens.table.identify(token) if token else None
         if identity is None or identity.expired(utc_now()) or identity.role < DASHBOARD_ROLE:
+            self._throttle.failed(request.remote)
             return login_page("that token is not valid for this tesserad", status=401, then=then)
+        self._throttle.succeeded(request.remote)
         response = web.HTTPSeeOther(then)
         response.set_cookie(
             SESSION_COOKIE,
@@ -268,6 +295,38 @@ class Access:
             samesite="Strict",
             secure=self._secure_cookie or _behind_https_proxy(request),
             path="/",
+        )
+        raise response
+
+    def _throttled(self, request: web.Request) -> web.Response | None:
+        """The login form's 429 when `request`'s address has failed too often; else None."""
+        wait_s = self._throttle.wait_s(request.remote)
+        if not wait_s:
+            return None
+        retry_after = str(max(1, math.ceil(wait_s)))
+        problem = (
+            f"too many failed logins from {request.remote}: try again in {retry_after} s (an address "
+            f"may fail {LOGIN_FAILURES_AT_ONCE} times in a row, then once every {LOGIN_RETRY_S:g} s; a "
+            "good login clears its count)"
+        )
+        response = login_page(problem, status=429)
+        response.headers[hdrs.RETRY_AFTER] = retry_after
+        return response
+
+    async def log_out(self, request: web.Request) -> web.StreamResponse:
+        """End the session the cookie names (if any is still open) and clear the cookie."""
+        if request.headers.get(CHANGE_HEADER) != "1":
+            raise PermissionDenied(
+                f"a logout must carry the header {CHANGE_HEADER}: 1, as the dashboard's pages send"
+            )
+        self._sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+        response = web.HTTPSeeOther(LOGIN_PATH)
+        response.del_cookie(
+            SESSION_COOKIE,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=self._secure_cookie or _behind_https_proxy(request),
         )
         raise response
 
@@ -299,8 +358,9 @@ def _behind_https_proxy(request: web.Request) -> bool:
 
 
 def _open(request: web.Request) -> bool:
-    """Whether `request` needs no token: the login form, or a static asset."""
-    return request.path == LOGIN_PATH or request.path.startswith(_OPEN_PREFIXES)
+    """Whether `request` needs no token: the login form, a logout (a session already ended may
+    still clear its cookie), or a static asset."""
+    return request.path in (LOGIN_PATH, LOGOUT_PATH) or request.path.startswith(_OPEN_PREFIXES)
 
 
 def _unauthenticated(request: web.Request, problem: str) -> web.Response:

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from tesserad.dashboard import json_forms as forms
-from tesserad.dashboard.access import ROLE_KEY, Handler
+from tesserad.dashboard.access import CHANGE_HEADER, ROLE_KEY, SESSION_KEY, Handler
 from tesserad.dashboard.listener import ExpectHandler
 from tesserad.errors import DataLoss, InvalidArgument, PermissionDenied, ResourceExhausted, Unavailable
 from tesserad.names import validate_name
@@ -73,9 +73,6 @@ ARTIFACT_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Cache-Control": "private, no-cache",
 }
-# A change must carry this header: a page on another site cannot send it without a CORS
-# preflight, which this server never answers, so such a page cannot make the browser restore.
-CHANGE_HEADER = "X-Tessera-Dashboard"
 _VIEWS = ("active", "deleted", "all")
 _RESTORE_RUN_ROLE = ROLE_TABLE["tessera.v1.Training"]["RestoreRun"]
 _RESTORE_EXPERIMENT_ROLE = ROLE_TABLE["tessera.v1.Training"]["RestoreExperiment"]
@@ -400,6 +397,7 @@ class DashboardApi:
                 "can_restore_runs": role >= _RESTORE_RUN_ROLE,
                 "can_restore_experiments": role >= _RESTORE_EXPERIMENT_ROLE,
                 "restore_role": _RESTORE_RUN_ROLE.label,
+                "can_log_out": request.get(SESSION_KEY, False),
             }
         )
 

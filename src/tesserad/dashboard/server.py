@@ -17,7 +17,7 @@ from aiohttp import hdrs, web
 
 from tesserad import errors
 from tesserad.config import Address, LimitsSettings, SecuritySettings, format_size
-from tesserad.dashboard.access import LOGIN_PATH, Access, Handler
+from tesserad.dashboard.access import LOGIN_PATH, LOGOUT_PATH, Access, Handler
 from tesserad.dashboard.api import DashboardApi, Services, json_response
 from tesserad.dashboard.listener import HttpListener, Refused
 from tesserad.security.tokens import TokenFile
@@ -200,6 +200,7 @@ class DashboardServer(HttpListener):
                 web.get("/", self._home, expect_handler=expect),
                 web.get(LOGIN_PATH, access.show_login, expect_handler=expect),
                 web.post(LOGIN_PATH, access.log_in, expect_handler=expect),
+                web.post(LOGOUT_PATH, access.log_out, expect_handler=expect),
                 *(web.get(f"/{page}", self._page, expect_handler=expect) for page in PAGES),
                 web.get("/jobs/{job_id}", self._job_page, expect_handler=expect),
                 web.get("/runs/{run_id}", self._run_page, expect_handler=expect),
@@ -211,8 +212,8 @@ class DashboardServer(HttpListener):
         self._serve(app)
 
     def _refusal(self, request: web.Request) -> web.Response | None:
-        """What the middlewares answer `request` with before its body is read (host, token, the
-        body's declared size and coding); None when it may send its body."""
+        """What the middlewares answer `request` with before its body is read (host, token or a
+        throttled login, the body's declared size and coding); None when it may send its body."""
         try:
             self._check_host(request)
         except errors.PermissionDenied as exc:

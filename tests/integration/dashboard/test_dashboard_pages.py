@@ -341,6 +341,11 @@ def test_a_reader_token_logs_in_and_no_token_is_refused_off_loopback(tmp_path, b
         assert page.url.endswith("/runs?experiment=x")  # back to the page that asked
         assert page.text_content("h1") == "Runs"
         assert page.evaluate("document.cookie") == ""  # HttpOnly: scripts never see the token
+        page.click("#logout")
+        page.wait_for_url("**/login")
+        assert page.is_visible("input[name=token]")
+        again = page.goto(url(daemon, "/runs"))
+        assert again.status == 401 and page.is_visible("input[name=token]")
     finally:
         context.close()
         daemon.stop()

@@ -19,7 +19,7 @@ from aiohttp import hdrs
 from google.protobuf import descriptor_pool
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tesserad.dashboard.api import CHANGE_HEADER
+from tesserad.dashboard.access import CHANGE_HEADER
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.roles import HEALTH_METHODS, ROLE_TABLE
 from tesserad.security.tokens import format_entry
@@ -198,9 +198,10 @@ def test_every_oip_http_route_needs_the_role_of_its_rpc(walked):
 
 
 def _dashboard_role(method: str, template: str) -> Role | None:
-    """The login form and the static code are open; the restores need the role RestoreRun and
-    RestoreExperiment need on gRPC; every other page and call reads."""
-    if template == "/login" or template.startswith("/static"):
+    """The login form, the logout (a session already ended may still clear its cookie) and the
+    static code are open; the restores need the role RestoreRun and RestoreExperiment need on
+    gRPC; every other page and call reads."""
+    if template in ("/login", "/logout") or template.startswith("/static"):
         return None
     if method == "POST":
         assert template.endswith("/restore"), f"{template}: a change the walk does not know"

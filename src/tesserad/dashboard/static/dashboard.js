@@ -51,6 +51,23 @@ async function change(path) {
   return body;
 }
 
+// The logout button, for a browser logged in with the form (a session): POST with the change
+// header (a page on another site can send neither it nor this origin), then the login form.
+async function offerLogout() {
+  const session = await api("/session").catch(() => null);
+  if (!session || !session.can_log_out) return;
+  const button = el("button", { type: "button", class: "logout", id: "logout", text: "Log out" });
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    const response = await fetch("/logout", {
+      method: "POST", credentials: "same-origin", headers: { "X-Tessera-Dashboard": "1" },
+    }).catch(() => null);
+    if (response && response.ok) location.assign("/login");
+    else button.disabled = false;
+  });
+  document.querySelector("header").append(button);
+}
+
 function problem(app, error) {
   app.append(el("p", { class: "problem", text: String(error.message || error) }));
 }
@@ -829,6 +846,7 @@ const ROUTES = [
 
 async function main() {
   const app = document.getElementById("app");
+  offerLogout();
   for (const [pattern, section, page] of ROUTES) {
     const match = location.pathname.match(pattern);
     if (!match) continue;

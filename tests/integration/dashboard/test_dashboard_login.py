@@ -1,0 +1,134 @@
+"""The dashboard's login form against a real daemon: failed logins are throttled per client
+address, and a session ends at logout."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import urllib.parse
+from collections.abc import Iterator
+
+import pytest
+
+from tesserad.dashboard.access import LOGIN_FAILURES_AT_ONCE, LOGIN_RETRY_S, SESSION_COOKIE
+from tesserad.security import Role, hash_token, new_token
+from tesserad.security.tokens import format_entry
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.dashboard.conftest import HttpAnswer, http_get
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+FROM_PAGE = {"X-Tessera-Dashboard": "1"}
+
+
+@pytest.fixture
+def guarded(tmp_path) -> Iterator[tuple[int, dict[Role, str]]]:
+    """A daemon with a tokens file: its dashboard's port, and a token of each role."""
+    clear = {role: new_token() for role in Role}
+    path = tmp_path / "tokens.toml"
+    path.write_text("".join(format_entry(f"{r.label}-holder", r, hash_token(t)) for r, t in clear.items()))
+    daemon = InProcessDaemon(
+        daemon_settings(tmp_path / "data", **{"security.tokens_file": str(path)})
+    ).start()
+    try:
+        port = daemon.daemon.http_port
+        assert port is not None
+        yield port, clear
+    finally:
+        daemon.stop()
+
+
+def log_in(port: int, token: str, source: str = "127.0.0.1") -> HttpAnswer:
+    """POST /login from the loopback address `source` (any of 127.0.0.0/8 reaches the daemon)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+    try:
+        connection.request("POST", "/login", urllib.parse.urlencode({"token": token}), headers=FORM)
+        response = connection.getresponse()
+        return HttpAnswer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        connection.close()
+
+
+def session_of(answer: HttpAnswer) -> str:
+    assert answer.status == 303, answer.body[:200]
+    cookie = answer.headers["set-cookie"]
+    assert cookie.startswith(f"{SESSION_COOKIE}=")
+    return cookie.partition("=")[2].partition(";")[0]
+
+
+def test_failed_logins_beyond_the_burst_are_429_with_retry_after(guarded):
+    port, clear = guarded
+    for _ in range(LOGIN_FAILURES_AT_ONCE):
+        assert log_in(port, new_token()).status == 401
+    refused = log_in(port, new_token())
+    assert refused.status == 429
+    assert refused.headers["content-type"].startswith("text/html")
+    assert 1 <= int(refused.headers["retry-after"]) <= LOGIN_RETRY_S
+    assert (
+        f"too many failed logins from 127.0.0.1: try again in {refused.headers['retry-after']} s (an "
+        f"address may fail {LOGIN_FAILURES_AT_ONCE} times in a row, then once every {LOGIN_RETRY_S:g} s"
+    ).encode() in refused.body
+    # Not even a good token is tried meanwhile, or the throttle would tell which guess was good.
+    assert log_in(port, clear[Role.READER]).status == 429
+    # Other addresses, and callers sending their token in a header, are not held back.
+    assert session_of(log_in(port, clear[Role.READER], source="127.0.0.2"))
+    assert http_get(port, "/api/v1/jobs", {"Authorization": f"Bearer {clear[Role.READER]}"}).status == 200
+
+
+def test_good_logins_are_never_throttled_and_forgive_earlier_failures(guarded):
+    port, clear = guarded
+    for _ in range(3 * LOGIN_FAILURES_AT_ONCE):
+        session_of(log_in(port, clear[Role.READER]))
+    for _ in range(3):
+        for _ in range(LOGIN_FAILURES_AT_ONCE - 1):
+            assert log_in(port, new_token()).status == 401
+        session_of(log_in(port, clear[Role.ADMIN]))
+
+
+def test_a_throttled_address_is_refused_before_100_continue(guarded):
+    port, _ = guarded
+    for _ in range(LOGIN_FAILURES_AT_ONCE):
+        assert log_in(port, new_token()).status == 401
+    head = (
+        b"POST /login HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(head)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 429 "), answer[:80]
+    assert b"\r\nretry-after: " in answer.partition(b"\r\n\r\n")[0].lower()
+
+
+def test_logout_ends_the_session_and_clears_the_cookie(guarded):
+    port, clear = guarded
+    session = session_of(log_in(port, clear[Role.READER]))
+    cookie = {"Cookie": f"{SESSION_COOKIE}={session}"}
+    assert http_get(port, "/api/v1/session", cookie).json()["can_log_out"] is True
+    bearer = {"Authorization": f"Bearer {clear[Role.READER]}"}
+    assert http_get(port, "/api/v1/session", bearer).json()["can_log_out"] is False
+
+    # As a restore: only the dashboard's own page can send it (a cross-site form cannot).
+    refused = http_get(port, "/logout", cookie, "POST")
+    assert refused.status == 403
+    assert b"a logout must carry the header X-Tessera-Dashboard: 1" in refused.body
+    elsewhere = {**cookie, **FROM_PAGE, "Origin": "http://elsewhere.example"}
+    assert http_get(port, "/logout", elsewhere, "POST").status == 403
+    assert http_get(port, "/api/v1/jobs", cookie).status == 200
+
+    answer = http_get(port, "/logout", {**cookie, **FROM_PAGE, "Origin": f"http://127.0.0.1:{port}"}, "POST")
+    assert answer.status == 303 and answer.headers["location"] == "/login"
+    cleared = answer.headers["set-cookie"]
+    assert cleared.startswith(f'{SESSION_COOKIE}=""') and "Max-Age=0" in cleared
+    ended = http_get(port, "/api/v1/jobs", cookie)
+    assert ended.status == 401 and "the dashboard session has ended" in ended.json()["error"]
+    # Logging out again (a second tab) or without a session still clears the cookie.
+    assert http_get(port, "/logout", {**cookie, **FROM_PAGE}, "POST").status == 303
+    assert http_get(port, "/logout", FROM_PAGE, "POST").status == 303
+
+
+def test_the_pages_offer_a_logout_button(guarded):
+    port, _ = guarded
+    script = http_get(port, "/static/dashboard.js").body
+    assert b'"/logout"' in script and b"Log out" in script

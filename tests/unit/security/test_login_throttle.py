@@ -1,0 +1,51 @@
+"""LoginThrottle: failed logins per client address, on a clock the test moves."""
+
+from __future__ import annotations
+
+from tesserad.security.limits import LoginThrottle
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_address_fails_at_once_then_waits_for_each_retry():
+    clock = Clock()
+    throttle = LoginThrottle(at_once=3, retry_s=10.0, max_addresses=100, clock=clock)
+    for _ in range(3):
+        assert throttle.wait_s("10.0.0.1") == 0
+        throttle.failed("10.0.0.1")
+    assert throttle.wait_s("10.0.0.1") == 10.0
+    assert throttle.wait_s("10.0.0.2") == 0
+    clock.now += 4
+    assert throttle.wait_s("10.0.0.1") == 6.0
+    clock.now += 6
+    assert throttle.wait_s("10.0.0.1") == 0
+    throttle.failed("10.0.0.1")
+    assert throttle.wait_s("10.0.0.1") == 10.0
+    throttle.succeeded("10.0.0.1")
+    assert throttle.wait_s("10.0.0.1") == 0 and len(throttle) == 0
+
+
+def test_an_ipv6_client_counts_as_its_slash_64():
+    throttle = LoginThrottle(at_once=1, retry_s=10.0, max_addresses=100, clock=Clock())
+    throttle.failed("2001:db8:1:2::1")
+    assert throttle.wait_s("2001:db8:1:2:ffff::9") == 10.0
+    assert throttle.wait_s("2001:db8:1:3::1") == 0
+    throttle.failed("::ffff:192.0.2.7")
+    assert throttle.wait_s("192.0.2.7") == 10.0
+
+
+def test_the_table_of_addresses_stays_bounded_forgetting_the_oldest_first():
+    clock = Clock()
+    throttle = LoginThrottle(at_once=1, retry_s=10.0, max_addresses=3, clock=clock)
+    for last in range(1, 50):
+        throttle.failed(f"10.0.0.{last}")
+        clock.now += 0.01
+        assert len(throttle) <= 3
+    assert throttle.wait_s("10.0.0.49") > 0 and throttle.wait_s("10.0.0.47") > 0
+    assert throttle.wait_s("10.0.0.1") == 0
