@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import threading
@@ -249,6 +250,29 @@ def test_taking_write_permission_from_the_directory_gets_a_refused_file_applied(
     assert info(channel, tokens.token[Role.READER]) == grpc.StatusCode.OK
 
     shared.chmod(0o755)
+
+    entry = process.wait_for_log("tokens reloaded")
+    assert entry["trigger"] == "the file changed" and entry["removed"] == ["reader-holder"]
+    assert info(channel, tokens.token[Role.READER]) == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can give a directory to another user")
+def test_giving_the_directory_back_gets_a_refused_file_applied(serve, tmp_path, tokens):
+    """The refusal of a directory another user owns says `chown`; doing just that has the next
+    check apply the file, as a `chmod` does."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    moved = tokens.file.rename(theirs / "tokens.toml")
+    process, channel = serve(tokens_file=moved, interval="0.1")
+    os.chown(theirs, 54321, -1)
+    assert tokens_cli("remove", "reader-holder", "--file", str(moved)) == 0
+    refused = process.wait_for_log(
+        "tokens file not applied: the tokens in use stay as they were until it is fixed"
+    )
+    assert f"its directory {theirs} is owned by uid 54321" in refused["error"]
+    assert info(channel, tokens.token[Role.READER]) == grpc.StatusCode.OK
+
+    os.chown(theirs, os.getuid(), -1)
 
     entry = process.wait_for_log("tokens reloaded")
     assert entry["trigger"] == "the file changed" and entry["removed"] == ["reader-holder"]
