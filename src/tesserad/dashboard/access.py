@@ -3,8 +3,9 @@
 Without a tokens file every caller may read (the loopback rule in server.py keeps such a
 daemon off other networks unless the operator said --insecure). With one, every page and
 API call needs a token whose role reaches `DASHBOARD_ROLE`, sent as `Authorization: Bearer
-<token>` or as the session cookie the login form sets. The login form and the static assets
-(code, no data) stay open. A request in progress (an event stream above all) whose token a reload of
+<token>` or as the session cookie the login form sets (its failures throttled per client
+address) and the logout ends. The login form, the logout and the static assets (code, no data)
+stay open. A request in progress (an event stream above all) whose token a reload of
 the tokens file revokes, or whose token expires, is cancelled (`end_revoked`, an expiry timer):
 its connection closes, and the page's reconnect meets the login form.
 """
