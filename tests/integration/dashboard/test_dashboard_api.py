@@ -840,6 +840,7 @@ def test_a_restore_needs_the_role_its_grpc_method_needs(tmp_path, tokens_file):
                 "can_restore_runs": False,
                 "can_restore_experiments": False,
                 "restore_role": "admin",
+                "can_log_out": False,
             }
             refused = http_get(port, f"/api/v1/runs/{run_id}/restore", {**bearer, **RESTORE}, "POST")
             assert refused.status == 403
