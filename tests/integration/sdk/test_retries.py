@@ -156,9 +156,13 @@ def test_the_retried_methods_are_unary_rpcs_that_change_nothing_or_set_a_given_s
     }
     assert not retried & creating_or_moving
     assert not {name for name in retried if name.startswith(("Delete", "Cancel", "Create"))}
-    # The one creating call retried: the SDK sends each submit with a request_id
-    # (test_submit_request_ids), which makes a repeat answer the job the first created.
-    assert retried & {"SubmitJob", "SubmitSweep"} == {"SubmitJob"}
+    # The creating calls retried: the SDK sends each submit with a request_id
+    # (test_submit_request_ids, test_sweep_request_ids), which makes a repeat answer the job or
+    # sweep the first created.
+    assert retried & {"SubmitJob", "SubmitSweep", "CreateRun", "CreateExperiment"} == {
+        "SubmitJob",
+        "SubmitSweep",
+    }
     config = json.loads(service_config(FAST_RETRY))["methodConfig"][0]
     assert config["retryPolicy"] == {
         "maxAttempts": 3,
