@@ -14,10 +14,10 @@ import math
 import os
 import random
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -385,6 +385,86 @@ class _Requests:
             raise
 
 
+T = TypeVar("T")
+
+# What grpc.aio's request writer sets as a call's status when a write fails as the call ends,
+# over the status the daemon sent (grpc/grpc#36066).
+_WRITE_FAILED_DETAILS = "Internal error from Core"
+# How long a stream whose write failed waits for the daemon's status to be delivered: gRPC's
+# core delivers it with the write's failure, so this bounds only a core that never does.
+DAEMON_STATUS_WAIT_S = 5.0
+
+
+def _settled(status: Coroutine[Any, Any, T]) -> T:
+    """The value of a finished call's status coroutine (code(), details(), ...), which returns
+    without waiting once the status is set."""
+    try:
+        status.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    status.close()
+    raise RuntimeError("the call's status is not set yet")
+
+
+def _write_failed(err: grpc.RpcError) -> bool:
+    """Whether `err` is grpc.aio's own INTERNAL for a write that failed, not the daemon's word."""
+    return err.code() == grpc.StatusCode.INTERNAL and err.details() == _WRITE_FAILED_DETAILS
+
+
+class _DaemonStatus:
+    """The status the daemon ended a streaming call with, kept as it is set: grpc.aio's request
+    writer puts its own INTERNAL "Internal error from Core" over it when a write in flight fails
+    as the call ends, losing the daemon's code, message and trailers (the blocking channel keeps
+    them). gRPC runs a call's done callbacks each time a status is set on it."""
+
+    def __init__(self, call: Any) -> None:
+        self._error: grpc.aio.AioRpcError | None = None
+        self._set = asyncio.Event()
+        call.add_done_callback(self._keep)
+
+    def _keep(self, call: Any) -> None:
+        error = grpc.aio.AioRpcError(
+            _settled(call.code()),
+            _settled(call.initial_metadata()),
+            _settled(call.trailing_metadata()),
+            _settled(call.details()),
+            _settled(call.debug_error_string()),
+        )
+        if not _write_failed(error):
+            self._error = error
+            self._set.set()
+
+    async def error(self, err: grpc.RpcError) -> grpc.RpcError:
+        """`err`, unless it is grpc.aio's own write failure over the daemon's error: then that."""
+        if not _write_failed(err):
+            return err
+        try:
+            await asyncio.wait_for(self._set.wait(), DAEMON_STATUS_WAIT_S)
+        except TimeoutError:
+            return err
+        if self._error is None or self._error.code() == grpc.StatusCode.OK:
+            return err
+        return self._error
+
+
+async def _send(call: Any, feed: _Requests) -> None:
+    """Write `feed`'s requests on a streaming `call`, then half-close it. Written here rather
+    than by grpc.aio's own writer, which ends a failed write by putting its INTERNAL over the
+    daemon's status (see _DaemonStatus) and then writes on: this one stops at the first write
+    that fails, as the call has ended and its status says why."""
+    try:
+        for request in feed:
+            await call.write(request)
+        await call.done_writing()
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        # A write that met the end of the call, or a request that could not be made (`feed`
+        # keeps its exception for the caller): the call is cancelled for the latter, as gRPC does.
+        if feed.error is not None:
+            call.cancel()
+
+
 class _Channel(ABC):
     """What both connections share: target, metadata, deadlines, the retry policy, and the
     stubs on a channel that the subclass opens (blocking or asyncio)."""
@@ -578,27 +658,39 @@ class AioConnection(_Channel):
     async def client_stream(
         self, service: str, method: str, requests: Iterable[Message], timeout: float
     ) -> Any:
-        """The response of a client stream fed from `requests`."""
+        """The response of a client stream fed from `requests`; the daemon's status when it
+        ends the call before every request is sent (see _DaemonStatus)."""
         feed = _Requests(requests)
+        call = self.method(service, method)(timeout=call_timeout(timeout), metadata=self.metadata)
+        status = _DaemonStatus(call)
+        writer = asyncio.create_task(_send(call, feed))
         try:
-            return await self.method(service, method)(
-                feed, timeout=call_timeout(timeout), metadata=self.metadata
-            )
-        except (grpc.RpcError, asyncio.CancelledError) as err:
+            return await call
+        except grpc.RpcError as err:
+            raise self.error(await status.error(err), feed) from None
+        except asyncio.CancelledError as err:
             raise self.error(err, feed) from None
+        finally:
+            writer.cancel()
 
     async def bidi_stream(
         self, service: str, method: str, requests: Iterable[Message], timeout: float | None
     ) -> AsyncGenerator[Any]:
-        """The responses of a bidirectional stream fed from `requests`; `timeout` None: no deadline."""
+        """The responses of a bidirectional stream fed from `requests`; `timeout` None: no
+        deadline. Its error is the daemon's status, as for `client_stream`."""
         feed = _Requests(requests)
-        call = self.method(service, method)(feed, timeout=call_timeout(timeout), metadata=self.metadata)
+        call = self.method(service, method)(timeout=call_timeout(timeout), metadata=self.metadata)
+        status = _DaemonStatus(call)
+        writer = asyncio.create_task(_send(call, feed))
         try:
             async for response in call:
                 yield response
-        except (grpc.RpcError, asyncio.CancelledError) as err:
+        except grpc.RpcError as err:
+            raise self.error(await status.error(err), feed) from None
+        except asyncio.CancelledError as err:
             raise self.error(err, feed) from None
         finally:
+            writer.cancel()
             call.cancel()
 
     async def close(self) -> None:
