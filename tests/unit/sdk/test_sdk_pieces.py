@@ -153,13 +153,29 @@ def test_backoff_grows_within_its_ceiling():
 
 def test_a_stream_that_gives_up_counts_its_reconnects_not_its_tries():
     """The stream's first try is not a reconnect: with three tries, it gave up after two (as
-    the Node client says)."""
+    the Node client says), naming the last try's status and keeping its trailers."""
     reconnects = Reconnects("watching job j-1", "watch again", RetryPolicy(attempts=3), None)
     for _ in range(2):
         assert reconnects.resume_after(Unavailable("cut")) > 0
     with pytest.raises(Unavailable) as gave_up:
-        reconnects.resume_after(Unavailable("cut"))
-    assert gave_up.value.message == "cut (gave up watching job j-1 after 2 reconnects; watch again)"
+        reconnects.resume_after(Unavailable("cut", {"tessera-unanswered-not-run": "true"}))
+    assert gave_up.value.message == (
+        "cut (gave up watching job j-1 after 2 reconnects, the last failing UNAVAILABLE; watch again)"
+    )
+    assert gave_up.value.trailers == {"tessera-unanswered-not-run": "true"}
+
+
+def test_a_stream_whose_timeout_ends_before_its_next_reconnect_says_how_many_it_made():
+    # It raised the last error as it was, without a word of the reconnects before it.
+    policy = RetryPolicy(attempts=5, initial_backoff_s=1000, max_backoff_s=1000)
+    reconnects = Reconnects("watching job j-1", "watch again", policy, timeout=60)
+    with pytest.raises(Unavailable) as gave_up:
+        reconnects.resume_after(Unavailable("cut", {"k": "v"}))
+    assert gave_up.value.message == (
+        "cut (gave up watching job j-1 after 0 reconnects, the last failing UNAVAILABLE: its timeout "
+        "ends before the next; watch again)"
+    )
+    assert gave_up.value.trailers == {"k": "v"}
 
 
 def test_line_plot_draws_each_series_with_its_mark():

@@ -333,15 +333,21 @@ class Reconnects:
             raise error
         self._failures += 1
         if self._failures >= self._retry.attempts:
-            # The first of the failed tries was the stream itself, not a reconnect.
-            reconnects = self._failures - 1
-            raise type(error)(
-                f"{error.message} (gave up {self.doing} after {reconnects} reconnects; {self.again()})"
-            )
+            raise self._gave_up(error, "")
         pause = self._retry.backoff_s(self._failures)
         if self._deadline is not None and time.monotonic() + pause >= self._deadline:
-            raise error
+            raise self._gave_up(error, ": its timeout ends before the next")
         return pause
+
+    def _gave_up(self, error: TesseraError, why: str) -> TesseraError:
+        """`error` (same type, same trailers) saying how many reconnects were made before it."""
+        # The first of the failed tries was the stream itself, not a reconnect.
+        reconnects = self._failures - 1
+        return type(error)(
+            f"{error.message} (gave up {self.doing} after {reconnects} reconnects, the last failing "
+            f"{error.code}{why}; {self.again()})",
+            error.trailers,
+        )
 
 
 class SeqCursor(Reconnects, ABC):
