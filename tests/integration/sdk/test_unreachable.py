@@ -12,7 +12,7 @@ import pytest
 
 import tessera
 import tessera.aio
-from tessera.errors import reached_no_daemon
+from tessera.errors import CONNECT_TIMEOUT_S, reached_no_daemon
 
 
 @pytest.fixture
@@ -54,3 +54,53 @@ def test_a_stream_to_no_daemon_says_it_too(nobody):
     with tessera.Client(nobody, timeout=5) as client, pytest.raises(tessera.Unavailable) as failed:
         list(client.models.list())
     assert_says_what_to_check(failed.value, nobody)
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """A port of 127.0.0.1 that takes connections (the kernel's backlog does) and never says a
+    word: another service's port, or a proxy holding connections to nothing."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+def assert_says_nothing_answered_grpc(error: tessera.TesseraError, target: str, within: str) -> None:
+    message = error.message
+    assert message.startswith(f"nothing at {target} answered gRPC {within}; is it a tesserad?"), message
+    assert "target=" in message and "`tesserad serve --listen`" in message, message
+
+
+def test_a_port_that_takes_the_connection_and_says_nothing_fails_the_call_at_the_connect_timeout(silent):
+    # It waited gRPC's own 20 s for the connection, then said to start a daemon there.
+    with tessera.Client(silent, timeout=3600) as client, pytest.raises(tessera.Unavailable) as failed:
+        client.system.info()
+    assert_says_nothing_answered_grpc(failed.value, silent, f"within {CONNECT_TIMEOUT_S:g} s")
+    assert reached_no_daemon(failed.value)
+
+
+def test_the_asyncio_client_says_so_too(silent):
+    async def scenario() -> tessera.Unavailable:
+        async with tessera.aio.Client(silent, timeout=3600) as client:
+            with pytest.raises(tessera.Unavailable) as failed:
+                await client.system.info()
+            return failed.value
+
+    error = asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert_says_nothing_answered_grpc(error, silent, f"within {CONNECT_TIMEOUT_S:g} s")
+
+
+def test_a_deadline_that_ends_before_the_connect_timeout_says_what_it_waited_for(silent):
+    with tessera.Client(silent, timeout=1) as client, pytest.raises(tessera.DeadlineExceeded) as failed:
+        client.system.info()
+    assert_says_nothing_answered_grpc(failed.value, silent, "before the call's deadline")
+
+    async def scenario() -> tessera.DeadlineExceeded:
+        async with tessera.aio.Client(silent, timeout=1) as client:
+            with pytest.raises(tessera.DeadlineExceeded) as failed:
+                await client.system.info()
+            return failed.value
+
+    error = asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert_says_nothing_answered_grpc(error, silent, "before the call's deadline")

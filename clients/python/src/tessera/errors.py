@@ -185,10 +185,17 @@ TLS_CA_WORDS = "`TLS(ca_file=)`"
 TLS_NAME_WORDS = "`TLS(server_name=)`"
 TLS_CLIENT_WORDS = "`TLS(cert_file=, key_file=)`"
 
+# How long a client waits for a connection to answer HTTP/2 (its SETTINGS frame) before the
+# attempt fails and calls waiting on it fail UNAVAILABLE: gRPC's own 20 s let a port that takes
+# connections and says nothing (another service's, a proxy's) hold a call to its whole deadline.
+# Ample for a TLS handshake on a slow link; a daemon's gRPC core answers at once, however busy.
+CONNECT_TIMEOUT_S = 10.0
 # gRPC's words when what answered at the address speaks HTTP/1.x, not HTTP/2.
 _HTTP1_PEER = re.compile(r"connect an http1\.x server", re.IGNORECASE)
 # gRPC's words when the host name in the address does not resolve.
 _UNRESOLVED = re.compile(r"errors resolving|dns resolution failed|name or service not known", re.IGNORECASE)
+# gRPC's words when a connection was taken but no HTTP/2 came back on it within CONNECT_TIMEOUT_S.
+_NO_SETTINGS = re.compile(r"before receiving SETTINGS frame", re.IGNORECASE)
 # OpenSSL's words when a TLS client's first bytes are answered in plaintext.
 _PLAINTEXT_PEER = re.compile(r"wrong_version_number", re.IGNORECASE)
 # gRPC's and OpenSSL's words when a daemon answered but the TLS handshake failed on its
@@ -286,6 +293,8 @@ def unreachable_message(
             f"the host name in {target} does not resolve: check it, or give the address tesserad "
             f"listens on as {TARGET_WORDS}"
         )
+    elif _NO_SETTINGS.search(detail):
+        return silent_message(target, f"within {CONNECT_TIMEOUT_S:g} s", detail, accepted=True)
     elif _PLAINTEXT_PEER.search(detail):
         advice = f"{target} answers in plaintext, not TLS: connect to it without {TLS_WORDS}"
     elif _HANDSHAKE.search(detail):
@@ -329,6 +338,22 @@ def unreachable_message(
             f"or give the address it listens on as {TARGET_WORDS}; {transport}"
         )
     return f"{advice}; gRPC said: {detail}"
+
+
+def silent_message(target: str, within: str, detail: str, accepted: bool) -> str:
+    """What to check when nothing at `target` answered gRPC `within` ("within 10 s"), then gRPC's
+    own words, `detail`. `accepted`: whether gRPC's words say the connection was taken."""
+    there = (
+        "something there takes connections and sends no HTTP/2"
+        if accepted
+        else "no connection to it was ready: something there may take connections and send no HTTP/2, "
+        "or drop them (a firewall)"
+    )
+    return (
+        f"nothing at {target} answered gRPC {within}; is it a tesserad? {there}, as another service's "
+        f"port or a proxy with nothing behind it does: check that {TARGET_WORDS} is the daemon's gRPC "
+        f"address (`tesserad serve --listen`, default 127.0.0.1:50051); gRPC said: {detail}"
+    )
 
 
 def explain_unreachable(

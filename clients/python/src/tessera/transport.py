@@ -22,7 +22,15 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from tessera.errors import Cancelled, Unavailable, error_from_rpc, explain_unreachable
+from tessera.errors import (
+    CONNECT_TIMEOUT_S,
+    Cancelled,
+    DeadlineExceeded,
+    Unavailable,
+    error_from_rpc,
+    explain_unreachable,
+    silent_message,
+)
 from tessera.v1 import (
     datasets_pb2_grpc,
     inference_pb2_grpc,
@@ -50,6 +58,9 @@ MAX_TIMEOUT_TEXT = f"{MAX_TIMEOUT_S:,.0f}"
 MAX_MESSAGE_BYTES = 64 * 2**20
 # Between attempts to reach a daemon that is away (gRPC's own default is 120 s).
 MAX_RECONNECT_BACKOFF_MS = 2000
+# How long a blocking client waits to hear whether its channel is connected, on a call that
+# ran past its deadline: a subscriber hears the state at once; this bounds a busy machine.
+STATE_CHECK_S = 0.5
 KEEPALIVE_ENV = "TESSERA_KEEPALIVE_S"
 # A call in flight whose connection has been silent this long pings the daemon: often enough
 # that a connection lost without a word (a NAT or VPN forgetting it, a host gone) ends a watch
@@ -356,6 +367,8 @@ def _channel_options(tls: TLS | None, retry: RetryPolicy, keepalive_s: float) ->
         # fails calls at once meanwhile: a follow (or a replica) would see a restarted daemon
         # minutes late, or give up on it while it answers again.
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
+        # gRPC's name for how long a connection attempt may take, its HTTP/2 SETTINGS included.
+        ("grpc.min_reconnect_backoff_ms", round(CONNECT_TIMEOUT_S * 1000)),
     ]
     if tls is not None and tls.server_name:
         options.append(("grpc.ssl_target_name_override", tls.server_name))
@@ -539,12 +552,21 @@ class _Channel(ABC):
             return err
         if self.closed and err.code() == grpc.StatusCode.CANCELLED:
             return Cancelled(f"the client of {self.target} was closed while the call was in flight")
+        error = error_from_rpc(err)
+        if isinstance(error, DeadlineExceeded) and not self.closed and not self._connected():
+            # The call waited for a connection all along: gRPC's words are a bare "Deadline Exceeded".
+            message = silent_message(self.target, "before the call's deadline", error.message, accepted=False)
+            return DeadlineExceeded(message, error.trailers)
         return explain_unreachable(
-            error_from_rpc(err),
+            error,
             self.target,
             self.tls is not None,
             client_cert=self.tls is not None and self.tls.cert_file is not None,
         )
+
+    @abstractmethod
+    def _connected(self) -> bool:
+        """Whether the channel has a connection ready for calls."""
 
 
 class Connection(_Channel):
@@ -602,6 +624,17 @@ class Connection(_Channel):
             raise self.error(err, feed) from None
         finally:
             call.cancel()
+
+    def _connected(self) -> bool:
+        # The blocking channel tells its state only to a subscriber, which hears it at once.
+        ready = grpc.channel_ready_future(self.channel)
+        try:
+            ready.result(timeout=STATE_CHECK_S)
+        except grpc.FutureTimeoutError:
+            return False
+        finally:
+            ready.cancel()
+        return True
 
     def close(self) -> None:
         self.closed = True
@@ -692,6 +725,9 @@ class AioConnection(_Channel):
         finally:
             writer.cancel()
             call.cancel()
+
+    def _connected(self) -> bool:
+        return self.channel.get_state() == grpc.ChannelConnectivity.READY  # type: ignore[no-any-return]
 
     async def close(self) -> None:
         self.closed = True
