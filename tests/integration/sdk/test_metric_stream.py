@@ -78,3 +78,25 @@ def test_a_cut_stream_is_sent_again_and_every_point_is_stored_once(daemon, proxy
         assert _stored_steps(client, run_id) == list(range(100))
         (summary,) = client.training.run(run_id).metrics
         assert summary.count == 100
+
+
+def test_a_stream_cut_more_often_than_it_may_resend_says_how_many_resends_it_made(daemon, proxy_to) -> None:
+    # It said only which points are stored and gRPC's words for the cut, not that it had resent.
+    proxy = proxy_to(daemon.daemon.port)
+    retry = tessera.RetryPolicy(attempts=2, initial_backoff_s=0.05, max_backoff_s=0.2)
+    with tessera.Client(proxy.target, timeout=30, retry=retry) as client:
+        run_id = client.training.create_run("sdk-streams").run_id
+
+        def steps() -> Iterator[tuple[int, dict[str, float]]]:
+            for step, metrics in _steps(100):
+                if step in (55, 75) and proxy.cuts < (1 if step == 55 else 2):
+                    proxy.cut()
+                yield step, metrics
+
+        with pytest.raises(tessera.Unavailable) as gave_up:
+            client.training.log_metrics_stream(run_id, steps(), batch_points=10)
+    assert proxy.cuts == 2
+    message = gave_up.value.message
+    assert message.startswith("at least "), message
+    assert "(gave up logging metrics to run " in message, message
+    assert "after 1 resend, the last failing UNAVAILABLE)" in message, message

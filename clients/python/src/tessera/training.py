@@ -428,8 +428,9 @@ class _MetricBatches:
             del self._kept[:batches]
         return batches > 0
 
-    def failed(self, error: TesseraError) -> TesseraError:
-        """`error` (same type) saying what of the whole stream is stored."""
+    def failed(self, error: TesseraError, gave_up: str = "") -> TesseraError:
+        """`error` (same type) saying what of the whole stream is stored; `gave_up` follows
+        gRPC's words, where the stream was resent and gave up."""
         if STORED_BATCHES not in error.trailers:
             # Cut without the daemon's answer: what was sent after the known batches may be stored.
             done = f"at least {_points_stored(self.stored_points)}, the rest may be"
@@ -441,7 +442,7 @@ class _MetricBatches:
                 "the order sent), and none after them"
             )
         return type(error)(
-            f"{done}; resend from there (resending a stored point changes nothing): {error.message}",
+            f"{done}; resend from there (resending a stored point changes nothing): {error.message}{gave_up}",
             error.trailers,
         )
 
@@ -472,8 +473,16 @@ class MetricSteps(Call[int]):
         if batches.stored(int(error.trailers.get(STORED_BATCHES, "0"))):
             failures = 0
         failures += 1
-        if not isinstance(error, Unavailable) or failures >= retry.attempts:
+        if not isinstance(error, Unavailable):
             raise batches.failed(error) from None
+        if failures >= retry.attempts:
+            # The first of the failed tries was the stream itself, not a resend.
+            resends = failures - 1
+            raise batches.failed(
+                error,
+                f" (gave up logging metrics to run {self.run_id} after {resends} "
+                f"resend{'' if resends == 1 else 's'}, the last failing {error.code})",
+            ) from None
         return failures
 
     def run(self, conn: Connection) -> int:
