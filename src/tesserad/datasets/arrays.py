@@ -269,6 +269,19 @@ def _unreadable_zip(what: str, exc: NotImplementedError) -> str:
     )
 
 
+def _check_archive_start(archive: zipfile.ZipFile) -> None:
+    """zipfile reads an archive that other bytes precede (it shifts every offset by them), so a
+    chunk sent twice or out of order can leave a file that reads as an npz yet is not the file
+    sent; numpy writes its first member at the file's first byte. The archive is closed if refused."""
+    start = min((info.header_offset for info in archive.infolist()), default=0)
+    if start:
+        archive.close()
+        raise InvalidArgument(
+            f"the npz archive starts {start} bytes into the file, after bytes that are not its own (a "
+            "chunk sent twice or out of order?); send the npz file as it is, in order"
+        )
+
+
 def _npz_members(path: Path, upload: bool) -> list[_Member]:
     """`upload`: the archive may have MAX_ARRAYS members at most (else as many as a stored one has)."""
     if upload:
@@ -286,6 +299,8 @@ def _npz_members(path: Path, upload: bool) -> list[_Member]:
     if upload and count > MAX_ARRAYS:
         archive.close()
         raise InvalidArgument(_too_many_members(count, MAX_ARRAYS))
+    if upload:
+        _check_archive_start(archive)
     members: list[_Member] = []
     seen: set[str] = set()
     with archive, path.open("rb") as raw:

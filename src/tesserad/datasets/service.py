@@ -348,6 +348,12 @@ class Datasets:
 
     def _register(self, spec: UploadSpec, blob: BlobRef, actor: str) -> DatasetVersionRecord:
         self.upload_limit(replace(spec, size_bytes=0))
+        if not blob.size:
+            # Else refused as a truncated file, which says nothing of the stream sent empty.
+            raise InvalidArgument(
+                "the upload holds no bytes: no chunk came after the header, or only empty ones; send "
+                "the file's bytes in chunk messages after the header"
+            )
         # The blob was hashed as it was written (BlobWriter.commit); no second pass over it here.
         path = self._blobs.path(blob.sha256)
         if not path.is_file():

@@ -227,3 +227,28 @@ def test_a_file_numpy_or_zipfile_cannot_read_is_invalid_argument(ds, data_dir, d
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     assert error.details().startswith(message), error.details()
     assert_nothing_stored(ds, data_dir, "unreadable")
+
+
+@pytest.mark.parametrize("fields", [{}, {"format": D.DATASET_FORMAT_NPY}], ids=["npz", "npy"])
+def test_an_upload_of_no_bytes_says_that_no_file_came(ds, data_dir, fields):
+    error = rpc_error(upload_dataset, ds, "nothing", b"", **fields)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == (
+        "the upload holds no bytes: no chunk came after the header, or only empty ones; send the "
+        "file's bytes in chunk messages after the header"
+    )
+    assert_nothing_stored(ds, data_dir, "nothing")
+
+
+def test_an_npz_after_bytes_that_are_not_its_own_is_invalid_argument(ds, data_dir):
+    """zipfile finds an archive after other bytes (a chunk sent twice, chunks out of order) and
+    reads it whole: stored, the file would not be the one the sender has."""
+    data = npz_bytes(10)
+    half = len(data) // 2
+    error = rpc_error(upload_dataset, ds, "doubled", data[:half] + data, sha256="", size_bytes=0)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == (
+        f"the npz archive starts {half} bytes into the file, after bytes that are not its own (a "
+        "chunk sent twice or out of order?); send the npz file as it is, in order"
+    )
+    assert_nothing_stored(ds, data_dir, "doubled")

@@ -39,7 +39,8 @@ class DatasetsStub:
     UploadDataset: _grpc.StreamUnaryMultiCallable[_datasets_pb2.UploadDatasetRequest, _datasets_pb2.DatasetVersion]
     """Client stream: a header, then the file in chunks. Parsed without pickle; object arrays,
     ragged data, arrays whose first dimensions differ, NaN/Inf (unless allowed) and truncated
-    files are INVALID_ARGUMENT naming the array and the problem, as are arrays without a sample
+    files are INVALID_ARGUMENT naming the array and the problem, as are an upload of no bytes, an
+    npz after bytes not its own (a chunk sent twice or out of order), arrays without a sample
     (a first dimension of 0), samples that hold no value (shapes like (N, 0)) more numerous than
     the file's bytes, and npz arrays under a name a job spec cannot give (1 to 128
     letters, digits, '.', '_' and '-', starting with a letter or digit; no folders). Identical content is stored
@@ -69,7 +70,8 @@ class DatasetsAsyncStub(DatasetsStub):
     UploadDataset: _aio.StreamUnaryMultiCallable[_datasets_pb2.UploadDatasetRequest, _datasets_pb2.DatasetVersion]  # type: ignore[assignment]
     """Client stream: a header, then the file in chunks. Parsed without pickle; object arrays,
     ragged data, arrays whose first dimensions differ, NaN/Inf (unless allowed) and truncated
-    files are INVALID_ARGUMENT naming the array and the problem, as are arrays without a sample
+    files are INVALID_ARGUMENT naming the array and the problem, as are an upload of no bytes, an
+    npz after bytes not its own (a chunk sent twice or out of order), arrays without a sample
     (a first dimension of 0), samples that hold no value (shapes like (N, 0)) more numerous than
     the file's bytes, and npz arrays under a name a job spec cannot give (1 to 128
     letters, digits, '.', '_' and '-', starting with a letter or digit; no folders). Identical content is stored
@@ -102,7 +104,8 @@ class DatasetsServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_datasets_pb2.DatasetVersion, _abc.Awaitable[_datasets_pb2.DatasetVersion]]:
         """Client stream: a header, then the file in chunks. Parsed without pickle; object arrays,
         ragged data, arrays whose first dimensions differ, NaN/Inf (unless allowed) and truncated
-        files are INVALID_ARGUMENT naming the array and the problem, as are arrays without a sample
+        files are INVALID_ARGUMENT naming the array and the problem, as are an upload of no bytes, an
+        npz after bytes not its own (a chunk sent twice or out of order), arrays without a sample
         (a first dimension of 0), samples that hold no value (shapes like (N, 0)) more numerous than
         the file's bytes, and npz arrays under a name a job spec cannot give (1 to 128
         letters, digits, '.', '_' and '-', starting with a letter or digit; no folders). Identical content is stored
