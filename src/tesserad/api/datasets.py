@@ -98,7 +98,7 @@ class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
     ) -> AsyncIterator[pb.DownloadDatasetResponse]:
         size = chunk_size(request.chunk_size, self._chunk_size)
         record = await asyncio.to_thread(self._datasets.resolve, request.ref.name, request.ref.version)
-        chunks = await asyncio.to_thread(self._datasets.read_chunks, record, size)
+        chunks = await asyncio.to_thread(self._datasets.read_chunks, record, size, request.offset)
         yield pb.DownloadDatasetResponse(header=convert.version_to_proto(record))
         async for chunk in stream_chunks(chunks):
             yield pb.DownloadDatasetResponse(chunk=chunk)

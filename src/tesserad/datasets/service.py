@@ -615,12 +615,34 @@ class Datasets:
             )
         return np.frombuffer(raw, dtype="<i8").copy()
 
-    def read_chunks(self, record: DatasetVersionRecord, chunk_size: int) -> Iterator[bytes]:
-        """The stored file in chunks, verified against its sha256 (DataLoss if damaged). Its file
-        is opened now: a delete of the version after this leaves the stream whole, and one since
-        `record` was read is NotFound, as for any version that is gone."""
+    def read_chunks(self, record: DatasetVersionRecord, chunk_size: int, offset: int = 0) -> Iterator[bytes]:
+        """The stored file from byte `offset` in chunks, the whole file verified against its
+        sha256 (DataLoss if damaged). Its file is opened now: a delete of the version after this
+        leaves the stream whole, and one since `record` was read is NotFound, as for any version
+        that is gone."""
+        if offset < 0:
+            raise InvalidArgument(f"offset must be >= 0 (0: from the file's start), got {offset}")
+        if offset > record.size_bytes:
+            raise InvalidArgument(
+                f"offset {offset} is past the end of {record.name}:{record.version}'s file "
+                f"({record.size_bytes} bytes); resume at most at {record.size_bytes}"
+            )
         try:
-            return self._blobs.open_chunks(record.sha256, chunk_size)
+            chunks = self._blobs.open_chunks(record.sha256, chunk_size)
         except DataLoss:
             self.resolve(record.name, record.version)
             raise
+        return _from_offset(chunks, offset)
+
+
+def _from_offset(chunks: Iterator[bytes], offset: int) -> Iterator[bytes]:
+    """The bytes of `chunks` from `offset` on. Those before it are still read, so that the sha256
+    of the whole file is checked before the last chunk goes out, as for a download from the start."""
+    skipped = 0
+    for chunk in chunks:
+        if skipped >= offset:
+            yield chunk
+            continue
+        skipped += len(chunk)
+        if skipped > offset:
+            yield chunk[len(chunk) - (skipped - offset) :]

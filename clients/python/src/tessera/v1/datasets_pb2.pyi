@@ -713,7 +713,14 @@ class DownloadDatasetRequest(_message.Message):
 
     REF_FIELD_NUMBER: _builtins.int
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
     chunk_size: _builtins.int
+    offset: _builtins.int
+    """Resumes a download cut short: the chunks start at this byte of the file (0: its start), and
+    the header still gives the whole file's sha256 and size, to check what was kept plus what
+    follows. The whole stored file is still verified before the last chunk is sent (DATA_LOSS
+    if damaged). INVALID_ARGUMENT when negative or past the file's size; at its size, no chunk.
+    """
     @_builtins.property
     def ref(self) -> _common_pb2.DatasetRef: ...
     def __init__(
@@ -721,10 +728,11 @@ class DownloadDatasetRequest(_message.Message):
         *,
         ref: _common_pb2.DatasetRef | None = ...,
         chunk_size: _builtins.int = ...,
+        offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "ref", b"ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "offset", b"offset", "ref", b"ref"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

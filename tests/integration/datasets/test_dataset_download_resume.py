@@ -1,0 +1,70 @@
+"""DownloadDataset from an offset: a download cut short resumes where it stopped, and what was kept
+plus what follows is the stored file, verified whole by the daemon."""
+
+from __future__ import annotations
+
+import hashlib
+
+import grpc
+import pytest
+
+from tessera.v1 import common_pb2, datasets_pb2
+from tests.integration.datasets.conftest import npz_bytes, upload_dataset
+from tests.integration.registry.conftest import rpc_error
+
+D = datasets_pb2
+
+
+def download(ds, offset: int, chunk_size: int = 4096) -> tuple[D.DatasetVersion, bytes]:
+    request = D.DownloadDatasetRequest(
+        ref=common_pb2.DatasetRef(name="clips", version=1), chunk_size=chunk_size, offset=offset
+    )
+    responses = list(ds.DownloadDataset(request, timeout=60))
+    return responses[0].header, b"".join(r.chunk for r in responses[1:])
+
+
+@pytest.mark.parametrize("offset", [1, 4095, 4096, 10_000])
+def test_a_download_resumed_at_an_offset_sends_the_rest_of_the_file(ds, offset):
+    data = npz_bytes(20)
+    upload_dataset(ds, "clips", data)
+    header, rest = download(ds, offset)
+    assert rest == data[offset:]
+    assert (header.sha256, header.size_bytes) == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_a_download_resumed_at_the_end_sends_no_chunk(ds):
+    data = npz_bytes(20)
+    upload_dataset(ds, "clips", data)
+    header, rest = download(ds, len(data))
+    assert rest == b"" and header.size_bytes == len(data)
+
+
+@pytest.mark.parametrize(
+    ("offset", "message"),
+    [
+        (-1, "offset must be >= 0 (0: from the file's start), got -1"),
+        (
+            10**9,
+            "offset 1000000000 is past the end of clips:1's file ({size} bytes); resume at most at {size}",
+        ),
+    ],
+    ids=["negative", "past the end"],
+)
+def test_an_offset_outside_the_file_is_invalid_argument(ds, offset, message):
+    data = npz_bytes(20)
+    upload_dataset(ds, "clips", data)
+    error = rpc_error(download, ds, offset)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == message.format(size=len(data))
+
+
+def test_a_resumed_download_of_a_file_damaged_before_the_offset_is_data_loss(ds, data_dir):
+    data = npz_bytes(20)
+    version = upload_dataset(ds, "clips", data)
+    blob = data_dir / "blobs" / "sha256" / version.sha256[:2] / version.sha256[2:]
+    damaged = bytearray(blob.read_bytes())
+    damaged[10] ^= 0xFF
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(damaged))
+    error = rpc_error(download, ds, len(data) // 2)
+    assert error.code() == grpc.StatusCode.DATA_LOSS, error.details()
