@@ -409,10 +409,17 @@ def open_arrays(path: Path, format: str, array_name: str = "x") -> dict[str, np.
         return {member.name: array for member, array in loaded}
 
 
-def _chunks(array: np.ndarray) -> Iterator[np.ndarray]:
-    rows = max(1, _STATS_CHUNK_ELEMENTS // max(1, math.prod(array.shape[1:])))
-    for start in range(0, array.shape[0], rows):
-        yield np.asarray(array[start : start + rows])
+def _memory_order(array: np.ndarray) -> Literal["F", "C"]:
+    return "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
+
+
+def _chunks(array: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(flat index of its first element, chunk) over the elements in memory order, each chunk
+    one-dimensional and at most _STATS_CHUNK_ELEMENTS long: cut by rows, one sample of a
+    spacetime array could be more than the memory the daemon can spare."""
+    flat = array.reshape(-1, order=_memory_order(array))  # a view of a stored, contiguous array
+    for start in range(0, flat.size, _STATS_CHUNK_ELEMENTS):
+        yield start, np.asarray(flat[start : start + _STATS_CHUNK_ELEMENTS])
 
 
 def array_stats(name: str, array: np.ndarray, allow_nonfinite: bool) -> ArrayStats:
@@ -422,25 +429,24 @@ def array_stats(name: str, array: np.ndarray, allow_nonfinite: bool) -> ArraySta
     low, high = math.inf, -math.inf
     nonfinite = 0
     classes: dict[int, int] | None = {} if kind in "iu" else None
-    row = 0
-    for chunk in _chunks(array):
+    for start, chunk in _chunks(array):
         values = chunk
         if kind == "f":
             finite = np.isfinite(chunk)
             bad = chunk.size - int(np.count_nonzero(finite))
             if bad:
                 if not allow_nonfinite:
-                    first = np.argwhere(~finite)[0]
+                    at = start + int(np.flatnonzero(~finite)[0])
+                    index = [int(i) for i in np.unravel_index(at, array.shape, order=_memory_order(array))]
                     raise InvalidArgument(
-                        f"array {name!r} has NaN or Inf values (the first at index {[row + int(first[0]), *map(int, first[1:])]}); "
+                        f"array {name!r} has NaN or Inf values (the first at index {index}); "
                         "clean them, or accept them with allow_nonfinite"
                     )
                 nonfinite += bad
                 values = chunk[finite]
-        row += chunk.shape[0]
         if values.size == 0:
             continue
-        as_float = values.astype(np.float64, copy=False).ravel()
+        as_float = values.astype(np.float64, copy=False)
         chunk_mean = float(as_float.mean())
         chunk_m2 = float(np.square(as_float - chunk_mean).sum())
         total = count + as_float.size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 import zipfile
 from typing import Any
 
@@ -55,6 +56,33 @@ def test_chunked_stats_match_numpy():
     assert stats.mean == pytest.approx(float(values.mean(dtype=np.float64)), rel=1e-9)
     assert stats.std == pytest.approx(float(values.std(dtype=np.float64)), rel=1e-9)
     assert (stats.min, stats.max) == (float(values.min()), float(values.max()))
+
+
+def test_statistics_of_large_samples_read_a_bounded_part_at_a_time(tmp_path):
+    """A sample of 8M float32 values (32 MB, 64 MB as float64) is read in parts too, not whole: a
+    spacetime sample can be larger than the memory the daemon can spare for it."""
+    path = tmp_path / "big.npy"
+    values = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(2, 8 * 2**20))
+    values[0, -1] = 5.0
+    values.flush()
+    mapped = np.load(path, mmap_mode="r")
+    tracemalloc.start()
+    try:
+        stats = array_stats("x", mapped, allow_nonfinite=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (stats.min, stats.max) == (0.0, 5.0)
+    assert peak < 40 * 2**20, f"{peak / 2**20:.0f} MiB at the peak"
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_the_first_nonfinite_value_is_named_by_its_index_in_any_memory_order(order):
+    values = np.zeros((4, 3, 2), dtype=np.float64, order=order)
+    values[2, 1, 0] = np.inf
+    values[3, 0, 1] = np.nan
+    with pytest.raises(InvalidArgument, match=r"the first at index \[2, 1, 0\]"):
+        array_stats("x", values, allow_nonfinite=False)
 
 
 def test_class_counts_stop_past_the_limit():
