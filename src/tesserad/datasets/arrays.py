@@ -425,7 +425,10 @@ def _chunks(array: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
 def array_stats(name: str, array: np.ndarray, allow_nonfinite: bool) -> ArrayStats:
     """min, max, mean, std over finite values (merged chunk by chunk), NaN/Inf count, class counts."""
     kind = array.dtype.kind
-    count, mean, m2 = 0, 0.0, 0.0
+    # The moments are taken in units of `scale`, a power of two (so dividing by it is exact) near
+    # the largest magnitude seen: finite values near the largest float would overflow their sum or
+    # their squares, and come out as an infinite mean or a NaN std. m2 is in units of scale**2.
+    count, mean, m2, scale = 0, 0.0, 0.0, 1.0
     low, high = math.inf, -math.inf
     nonfinite = 0
     classes: dict[int, int] | None = {} if kind in "iu" else None
@@ -447,16 +450,20 @@ def array_stats(name: str, array: np.ndarray, allow_nonfinite: bool) -> ArraySta
         if values.size == 0:
             continue
         as_float = values.astype(np.float64, copy=False)
-        chunk_mean = float(as_float.mean())
-        chunk_m2 = float(np.square(as_float - chunk_mean).sum())
-        total = count + as_float.size
-        delta = chunk_mean - mean
-        # Chan et al.'s pairwise update keeps the variance exact-ish across chunks.
-        m2 += chunk_m2 + delta * delta * count * as_float.size / total
-        mean += delta * as_float.size / total
-        count = total
         low = min(low, float(as_float.min()))
         high = max(high, float(as_float.max()))
+        new_scale = max(scale, _power_of_two_near(max(abs(low), abs(high))))
+        scaled = as_float if new_scale == 1.0 else as_float / new_scale
+        chunk_mean = float(scaled.mean())
+        chunk_m2 = float(np.square(scaled - chunk_mean).sum())
+        m2 *= (scale / new_scale) ** 2
+        scale = new_scale
+        total = count + scaled.size
+        delta = chunk_mean - mean / scale
+        # Chan et al.'s pairwise update keeps the variance exact-ish across chunks.
+        m2 += chunk_m2 + delta * delta * count * scaled.size / total
+        mean = (mean / scale + delta * scaled.size / total) * scale
+        count = total
         if classes is not None:
             uniques, counts = np.unique(values, return_counts=True)
             for value, n in zip(uniques.tolist(), counts.tolist(), strict=True):
@@ -466,7 +473,15 @@ def array_stats(name: str, array: np.ndarray, allow_nonfinite: bool) -> ArraySta
                 classes = None
     if count == 0:
         return ArrayStats(nonfinite_count=nonfinite)
-    return ArrayStats(low, high, mean, math.sqrt(m2 / count), nonfinite, classes or {})
+    return ArrayStats(low, high, mean, math.sqrt(m2 / count) * scale, nonfinite, classes or {})
+
+
+def _power_of_two_near(magnitude: float) -> float:
+    """The power of two at most `magnitude` and more than half of it (1.0 for 0): dividing by it
+    takes the values to [-2, 2], whose squares and sums stay finite."""
+    if magnitude == 0:
+        return 1.0
+    return math.ldexp(1.0, math.frexp(magnitude)[1] - 1)
 
 
 def check_array_name(field: str, name: str) -> None:

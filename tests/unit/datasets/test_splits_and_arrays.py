@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+import warnings
 import zipfile
 from typing import Any
 
@@ -83,6 +84,33 @@ def test_the_first_nonfinite_value_is_named_by_its_index_in_any_memory_order(ord
     values[3, 0, 1] = np.nan
     with pytest.raises(InvalidArgument, match=r"the first at index \[2, 1, 0\]"):
         array_stats("x", values, allow_nonfinite=False)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array([1e308, -1e308, 1e308] * 2000),
+        np.array([1.7e308, 1.7e308] * 2000),
+        np.array([3e200, -3e200, 0.0] * 2000),
+        # Two stats chunks: the second's values far larger than the first's.
+        np.concatenate([np.linspace(0.0, 1.0, 2**20), np.full(2**20, -1.5e308)]),
+        np.concatenate([np.full(2**20, 1.7e308), np.full(2**20, -1.7e308)]),
+    ],
+    ids=[
+        "both signs",
+        "one side",
+        "squares past the largest float",
+        "a later chunk far larger",
+        "chunks at both ends of the floats",
+    ],
+)
+def test_statistics_of_finite_values_near_the_largest_float_are_finite(array):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow warnings: each an inf or a NaN behind it
+        stats = array_stats("x", array, allow_nonfinite=False)
+    scaled = array / 2**1000
+    assert stats.mean == pytest.approx(float(scaled.mean()) * 2**1000, rel=1e-12)
+    assert stats.std == pytest.approx(float(scaled.std()) * 2**1000, rel=1e-12)
 
 
 def test_class_counts_stop_past_the_limit():
