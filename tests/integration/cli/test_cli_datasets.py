@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from tessera.cli import EXIT_USAGE
+from tessera.cli.output import when
 from tessera.cli.parser import build_parser
 from tessera.models import upload_header
+from tessera.progress_line import byte_size
 from tessera.v1 import registry_pb2, registry_pb2_grpc
 from tests.integration.cli.test_cli import assert_failed_cleanly
 from tests.integration.sdk.affine import affine_onnx
@@ -169,3 +171,25 @@ def test_show_prints_the_versions_description_and_tags(tessera_cli, npy_file):
         "source": "cam=2",
         "empty": "",
     }
+
+
+def test_show_prints_the_stored_files_sha256_and_who_pushed_it(tessera_cli, client, npy_file):
+    assert tessera_cli("datasets", "push", "frames", str(npy_file)).code == 0
+    version = client.datasets.version("frames:1")
+    shown = tessera_cli("datasets", "show", "frames:1")
+    assert shown.code == 0, shown.err
+    assert f"file: npy, {byte_size(version.size_bytes)}\nsha256: {version.sha256}\n" in shown.out
+    assert f"created: {when(version.created_at)} by {version.created_by}\n" in shown.out
+
+
+def test_show_counts_the_nan_and_inf_values_the_statistics_leave_out(tessera_cli, tmp_path):
+    path = tmp_path / "gaps.npz"
+    np.savez(path, x=np.array([[1.0, np.nan], [np.inf, 2.0], [3.0, 4.0]]), y=np.arange(3))
+    pushed = tessera_cli("datasets", "push", "gaps", str(path), "--allow-nonfinite")
+    assert pushed.code == 0, pushed.err
+    shown = tessera_cli("datasets", "show", "gaps")
+    assert "NaN or Inf (left out of the statistics): x 2\n" in shown.out
+    clean = tmp_path / "clean.npz"
+    np.savez(clean, x=np.ones((3, 2)))
+    assert tessera_cli("datasets", "push", "clean", str(clean)).code == 0
+    assert "NaN or Inf" not in tessera_cli("datasets", "show", "clean").out

@@ -71,6 +71,11 @@ def cmd_datasets_show(client: Client, args: argparse.Namespace, out: Output) -> 
     if out.as_json:
         return out.json(version)
     print_dataset_version(version, out)
+    stored = "npy" if version.format == datasets_pb2.DATASET_FORMAT_NPY else "npz"
+    out.line(f"file: {stored}, {byte_size(version.size_bytes)}")
+    # On a line of its own: 64 digits that a narrow terminal would break where copied from.
+    out.line(f"sha256: {version.sha256}")
+    out.line(f"created: {when(version.created_at)} by {version.created_by}")
 
 
 def cmd_datasets_versions(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -155,6 +160,10 @@ def print_dataset_version(version: Any, out: Output) -> None:
         ],
         whole=("array",),
     )
+    nonfinite = [a for a in version.arrays if a.stats.nonfinite_count]
+    if nonfinite:
+        counts = ", ".join(f"{a.name} {a.stats.nonfinite_count}" for a in nonfinite)
+        out.line(f"NaN or Inf (left out of the statistics): {counts}")
     if version.splits:
         out.line("splits: " + ", ".join(f"{s.name} {s.count}" for s in version.splits))
     if version.description:

@@ -486,7 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
         datasets, "versions", cmd_datasets_versions, "list a dataset's versions, newest first"
     ).add_argument("name", help="the dataset's name (`tessera datasets ls` lists them)")
     command(
-        datasets, "show", cmd_datasets_show, "show the arrays, statistics and splits of NAME[:VERSION]"
+        datasets,
+        "show",
+        cmd_datasets_show,
+        "show the arrays, statistics and splits of NAME[:VERSION], its file's size and sha256, and who pushed it",
     ).add_argument("ref", type=dataset, metavar="NAME[:VERSION]", help=DATASET_HELP)
     sub = command(
         datasets,
