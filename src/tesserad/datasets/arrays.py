@@ -36,6 +36,8 @@ _INT64_MAX = 2**63 - 1
 # pulled into memory whole.
 _STATS_CHUNK_ELEMENTS = 1 << 20
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")
+# Bytes of a stored npz member read at a time to check its CRC-32.
+_CRC_READ_BYTES = 1 << 20
 # The records at a zip's end that say how large its central directory is: the end record
 # (signature, disk numbers, entries on this disk, entries, directory size, directory offset,
 # comment length), and for zip64 a locator (signature, disk, offset of the zip64 end record,
@@ -282,6 +284,23 @@ def _check_archive_start(archive: zipfile.ZipFile) -> None:
         )
 
 
+def _check_stored_crc(archive: zipfile.ZipFile, info: zipfile.ZipInfo, array: str) -> None:
+    """A stored (uncompressed) member read through zipfile once, which checks its CRC-32 at its
+    end: its array is memory-mapped from the file after this, which checks nothing, so bytes
+    damaged, or chunks sent out of order without a declared sha256, would be stored as values."""
+    try:
+        with archive.open(info) as stream:
+            while stream.read(_CRC_READ_BYTES):
+                pass
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        if "CRC" in str(exc):
+            raise InvalidArgument(
+                f"array {array!r}: its bytes do not match the CRC-32 the archive gives them (damaged, "
+                "or chunks sent twice or out of order); send the npz file as it is, in order"
+            ) from None
+        raise InvalidArgument(f"array {array!r}: its archive member is damaged ({str(exc)[:200]})") from None
+
+
 def _npz_members(path: Path, upload: bool) -> list[_Member]:
     """`upload`: the archive may have MAX_ARRAYS members at most (else as many as a stored one has)."""
     if upload:
@@ -342,6 +361,8 @@ def _npz_members(path: Path, upload: bool) -> list[_Member]:
                     raise InvalidArgument(f"array {name!r}: the archive's member header is damaged")
                 offset = info.header_offset + _ZIP_LOCAL_HEADER.size + name_len + extra_len + header
                 _check_within(name, dtype, shape, offset, file_size)
+                if upload:
+                    _check_stored_crc(archive, info, name)
             members.append(_Member(name, dtype, shape, fortran, offset, info.filename))
     if not members:
         raise InvalidArgument("the npz archive holds no arrays")

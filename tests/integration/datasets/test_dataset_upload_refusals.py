@@ -252,3 +252,19 @@ def test_an_npz_after_bytes_that_are_not_its_own_is_invalid_argument(ds, data_di
         "chunk sent twice or out of order?); send the npz file as it is, in order"
     )
     assert_nothing_stored(ds, data_dir, "doubled")
+
+
+def test_a_stored_npz_member_whose_data_is_not_what_was_archived_is_invalid_argument(ds, data_dir):
+    """An npz's stored arrays are memory-mapped, never read through zipfile, which would check
+    their CRC-32: without it, chunks sent out of order within an array (no sha256 declared) were
+    stored as other values."""
+    data = bytearray(npz_bytes(x=np.arange(64 * 1024, dtype=np.float32)))
+    start = 1024
+    data[start : start + 4096] = data[start + 2048 : start + 4096] + data[start : start + 2048]
+    error = rpc_error(upload_dataset, ds, "swapped", bytes(data), sha256="", size_bytes=0)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == (
+        "array 'x': its bytes do not match the CRC-32 the archive gives them (damaged, or chunks "
+        "sent twice or out of order); send the npz file as it is, in order"
+    )
+    assert_nothing_stored(ds, data_dir, "swapped")

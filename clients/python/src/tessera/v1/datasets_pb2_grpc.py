@@ -78,7 +78,8 @@ class DatasetsServicer:
         """Client stream: a header, then the file in chunks. Parsed without pickle; object arrays,
         ragged data, arrays whose first dimensions differ, NaN/Inf (unless allowed) and truncated
         files are INVALID_ARGUMENT naming the array and the problem, as are an upload of no bytes, an
-        npz after bytes not its own (a chunk sent twice or out of order), arrays without a sample
+        npz after bytes not its own or whose stored arrays fail their CRC-32 (a chunk sent twice or
+        out of order), arrays without a sample
         (a first dimension of 0), samples that hold no value (shapes like (N, 0)) more numerous than
         the file's bytes, and npz arrays under a name a job spec cannot give (1 to 128
         letters, digits, '.', '_' and '-', starting with a letter or digit; no folders). Identical content is stored
