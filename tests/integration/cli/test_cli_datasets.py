@@ -193,3 +193,17 @@ def test_show_counts_the_nan_and_inf_values_the_statistics_leave_out(tessera_cli
     np.savez(clean, x=np.ones((3, 2)))
     assert tessera_cli("datasets", "push", "clean", str(clean)).code == 0
     assert "NaN or Inf" not in tessera_cli("datasets", "show", "clean").out
+
+
+def test_push_refuses_a_seed_without_a_split_to_seed(tessera_cli, client, npy_file):
+    refused = tessera_cli("datasets", "push", "frames", str(npy_file), "--seed", "7")
+    assert refused.code == EXIT_USAGE
+    assert (
+        "--seed seeds the random split that --split NAME=FRACTION asks for; without --split every "
+        "sample is in one split, train" in refused.err
+    )
+    seeded = tessera_cli(
+        "datasets", "push", "frames", str(npy_file), "--split", "a=0.5", "--split", "b=0.5", "--seed", "0"
+    )
+    assert seeded.code == 0, seeded.err
+    assert client.datasets.get("frames").version_count == 1

@@ -19,6 +19,12 @@ from tessera.v1 import datasets_pb2
 def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> None:
     splits = once_each(args.split, "--split")
     tags = once_each(args.tag, "--tag")
+    if args.seed is not None and not splits:
+        # Else ignored without a word: the seed only shuffles samples for fractions to cut.
+        raise UsageError(
+            "--seed seeds the random split that --split NAME=FRACTION asks for; without --split every "
+            "sample is in one split, train"
+        )
     if args.array_name and Path(args.file).suffix.lower() != ".npy":
         raise UsageError(
             f"--array-name names the array of a .npy file; {args.file} is not one (an .npz names its arrays itself)"
@@ -27,7 +33,7 @@ def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> 
         args.name,
         args.file,
         splits=splits or None,
-        seed=args.seed,
+        seed=args.seed or 0,
         array_name=args.array_name,
         allow_nonfinite=args.allow_nonfinite,
         description=args.description,

@@ -462,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=FRACTION",
         help="once per split, the fractions summing to 1: --split train=0.8 --split val=0.2",
     )
-    sub.add_argument("--seed", type=whole(), default=0, help="seed of the random split (default 0)")
+    sub.add_argument(
+        "--seed", type=whole(), help="seed of the random split that --split asks for (default 0)"
+    )
     sub.add_argument("--allow-nonfinite", action="store_true", help="accept NaN and Inf")
     sub.add_argument(
         "--array-name",
