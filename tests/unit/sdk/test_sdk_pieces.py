@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import subprocess
 import sys
+import tracemalloc
 
 import grpc
 import numpy as np
@@ -13,7 +16,7 @@ import pytest
 import tessera
 import tessera.aio
 from tessera.calls import Reconnects
-from tessera.datasets import split_spec
+from tessera.datasets import ArraysSink, split_spec
 from tessera.errors import ERROR_BY_CODE, Unavailable, error_from_status_number
 from tessera.events import event_from_proto
 from tessera.messages import dataset_ref, from_dict, version_ref
@@ -21,7 +24,7 @@ from tessera.plot import line_plot
 from tessera.tensors import from_tensor, to_tensor, to_tensors
 from tessera.training import enum_value
 from tessera.transport import RetryPolicy
-from tessera.v1 import common_pb2, job_spec_pb2, training_pb2
+from tessera.v1 import common_pb2, datasets_pb2, job_spec_pb2, training_pb2
 
 
 @pytest.mark.parametrize(
@@ -271,3 +274,28 @@ def test_a_target_in_the_environment_that_is_a_url_or_lacks_a_port_is_refused_as
     client = tessera.Client()
     assert client.target == "dns:///tesserad.default.svc:50051"
     client.close()
+
+
+def test_a_loaded_dataset_is_parsed_without_keeping_its_chunks():
+    """load() holds the file in memory: its chunks, joined, then parsed. Kept to the end, the
+    chunks made a third copy of the file at the peak."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(4 * 2**20, np.float64))  # 32 MiB
+    data = buffer.getvalue()
+    header = datasets_pb2.DatasetVersion(
+        sha256=hashlib.sha256(data).hexdigest(),
+        format=datasets_pb2.DATASET_FORMAT_NPY,
+        arrays=[datasets_pb2.ArrayInfo(name="x")],
+    )
+    tracemalloc.start()
+    try:
+        sink = ArraysSink(header)
+        for start in range(0, len(data), 2**20):
+            sink.write(data[start : start + 2**20])
+        del data, buffer
+        arrays = sink.finish()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert arrays["x"].shape == (4 * 2**20,)
+    assert peak < 80 * 2**20, f"{peak / 2**20:.0f} MiB at the peak"

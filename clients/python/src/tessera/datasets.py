@@ -157,7 +157,10 @@ class ArraysSink:
         self._chunks.append(chunk)
 
     def finish(self) -> dict[str, np.ndarray]:
-        return parse_arrays(self._header, b"".join(self._chunks))
+        data = b"".join(self._chunks)
+        # Let go before parsing: kept, the chunks were a third copy of the file at the peak.
+        self._chunks.clear()
+        return parse_arrays(self._header, data)
 
     def abort(self) -> None:
         self._chunks.clear()
