@@ -152,9 +152,48 @@ function asText(values = {}, what = 'params') {
   return text;
 }
 
+// `text` as Python's repr() writes a str, so that both clients quote what was given alike.
+function pythonRepr(text) {
+  const quote = text.includes("'") && !text.includes('"') ? '"' : "'";
+  const escaped = text.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/\t/g, '\\t');
+  return quote + (quote === "'" ? escaped.replace(/'/g, "\\'") : escaped) + quote;
+}
+
+// `text` when it is a gRPC target with a port, as the Python SDK's check_target: gRPC resolves
+// "http://host:port" as a host name, and dials 443 without a port. Else a RangeError saying the
+// form, ending with `where` the target was given; `tlsOption`: what turns TLS on there, for an
+// https URL.
+function checkTarget(text, where, tlsOption) {
+  const defaultPort = DEFAULT_TARGET.split(':').pop();
+  if (text.startsWith('http://') || text.startsWith('https://')) {
+    const host = text.split('://')[1].split('/')[0];
+    const example = host.includes(':') ? host : `${host}:${defaultPort}`;
+    const tls = text.startsWith('https://') ? ` (with ${tlsOption} for TLS)` : '';
+    throw new RangeError(
+      `${pythonRepr(text)} is a URL; tesserad speaks gRPC: write HOST:PORT, e.g. ${example}${tls}, ${where}`,
+    );
+  }
+  if (!text.includes(':')) {
+    throw new RangeError(`${pythonRepr(text)} has no port: write HOST:PORT, e.g. ${text}:${defaultPort}, ${where}`);
+  }
+  return text;
+}
+
+// The target a client without one talks to: TESSERA_TARGET (checked), else DEFAULT_TARGET.
+function defaultTarget() {
+  const fromEnv = process.env.TESSERA_TARGET;
+  return fromEnv ? checkTarget(fromEnv, 'in env TESSERA_TARGET', 'tls: true') : DEFAULT_TARGET;
+}
+
+// A SubmitJob request id the daemon keeps (AIP-155), as the Python SDK's rule.
+const REQUEST_ID = /^[A-Za-z0-9_-]{1,64}$/;
+// Tries of a submit that fails UNAVAILABLE, as the Python SDK's RetryPolicy.attempts (5).
+const SUBMIT_TRIES = 5;
+
 class Client {
   // target: "host:port" (undefined: the TESSERA_TARGET environment variable, else
-  // 127.0.0.1:50051, as the Python SDK and `tessera`); options: { token, timeoutMs (each call's deadline, default 30000),
+  // 127.0.0.1:50051, as the Python SDK and `tessera`; a TESSERA_TARGET that is a URL or has no
+  // port is refused with a RangeError, as the Python SDK refuses it); options: { token, timeoutMs (each call's deadline, default 30000),
   // tls (true: TLS trusting the system's CAs), rootCert (PEM Buffer of the CA that signed the
   // daemon's certificate; enables TLS), clientCert and clientKey (PEM Buffers, for a daemon that
   // asks for client certificates; enable TLS), keepalive ({ timeMs, timeoutMs }: a ping every
@@ -165,7 +204,7 @@ class Client {
     const channelOptions = keepaliveOptions(options.keepalive);
     const v1 = grpc.loadPackageDefinition(DEFINITION).tessera.v1;
     const credentials = channelCredentials(options);
-    this.target = target ?? (process.env.TESSERA_TARGET || DEFAULT_TARGET);
+    this.target = target ?? defaultTarget();
     this.metadata = new grpc.Metadata();
     const token = options.token || process.env.TESSERA_TOKEN;
     if (token) this.metadata.set('authorization', `Bearer ${token}`);
@@ -246,8 +285,31 @@ class Client {
   // Training jobs. spec: a JobSpec (protos/tessera/v1/job_spec.proto) with its field names, enum
   // values by their full or short names ('TASK_REGRESSION' or 'regression'); a field or enum
   // name the proto does not have is refused before sending. Resolves to the Job.
-  async submitJob(spec, { timeoutMs: timeout } = {}) {
-    return this.call(this.training, 'SubmitJob', checkedRequest(this.training.SubmitJob, { spec }), timeout);
+  // The submit carries requestId (a new UUID4 unless given), so that it is sent again when it
+  // fails UNAVAILABLE, as the Python SDK's: up to five tries in all, with watchJob's backoff,
+  // within the one deadline; a repeat of a submit the daemon had committed answers that job
+  // instead of creating a second. Give your own (1 to 64 of A-Z a-z 0-9 - _) to send the same
+  // submit again yourself, within 24 hours; the same id with another spec is ALREADY_EXISTS.
+  // Ids are each caller's own (each token's).
+  async submitJob(spec, { requestId = crypto.randomUUID(), timeoutMs: timeout } = {}) {
+    if (typeof requestId !== 'string' || !REQUEST_ID.test(requestId)) {
+      const given = typeof requestId === 'string' ? pythonRepr(requestId.slice(0, 65)) : String(requestId);
+      throw new RangeError(
+        `requestId: ${given} is not a request id: leave it out for a generated one, or give 1 to 64 ` +
+          'characters from A-Z a-z 0-9 - _',
+      );
+    }
+    const request = checkedRequest(this.training.SubmitJob, { spec, request_id: requestId });
+    const deadline = Date.now() + timeoutMs(timeout, this.timeoutMs);
+    for (let tries = 1; ; tries += 1) {
+      try {
+        return await this.call(this.training, 'SubmitJob', request, Math.max(1, deadline - Date.now()));
+      } catch (err) {
+        const pause = backoffMs(tries);
+        if (err.code !== 'UNAVAILABLE' || tries >= SUBMIT_TRIES || Date.now() + pause >= deadline) throw err;
+        await new Promise((resolve) => setTimeout(resolve, pause));
+      }
+    }
   }
 
   async getJob(jobId, { timeoutMs: timeout } = {}) {
