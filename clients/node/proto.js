@@ -6,7 +6,7 @@ const path = require('node:path');
 const protoLoader = require('@grpc/proto-loader');
 
 const PROTO_ROOT = path.resolve(__dirname, '..', '..', 'protos');
-const PROTO_FILES = ['registry', 'inference', 'system', 'training'].map((name) => `tessera/v1/${name}.proto`);
+const PROTO_FILES = ['registry', 'datasets', 'inference', 'system', 'training'].map((name) => `tessera/v1/${name}.proto`);
 
 const DEFINITION = protoLoader.loadSync(PROTO_FILES, {
   includeDirs: [PROTO_ROOT],

@@ -43,6 +43,11 @@ function enumValue(typeName, given, label) {
 const DEFAULT_TIMEOUT_MS = 30000;
 // The daemon a client without a target (and TESSERA_TARGET unset) talks to, as the Python SDK's.
 const DEFAULT_TARGET = '127.0.0.1:50051';
+// LoadModel waits for the version to load and warm up, UnloadModel for its queue to drain: their
+// default deadlines, as the Python SDK's (MODEL_CALL_TIMEOUT_S, UNLOAD_TIMEOUT_S), unless the
+// client's is longer.
+const MODEL_CALL_TIMEOUT_MS = 300000;
+const UNLOAD_TIMEOUT_MS = 120000;
 // Streams that move files or many metric points: an hour, as the Python SDK's transfer_timeout.
 const DEFAULT_TRANSFER_TIMEOUT_MS = 3600000;
 // An upload's chunk, as the Python SDK's (the daemon takes messages up to 4 MiB).
@@ -213,6 +218,7 @@ class Client {
     this.inference = new v1.Inference(this.target, credentials, shared);
     this.system = new v1.System(this.target, credentials, shared);
     this.training = new v1.Training(this.target, credentials, shared);
+    this.datasets = new v1.Datasets(this.target, credentials, shared);
     // The calls in flight, for cancelCalls.
     this.inFlight = new Set();
   }
@@ -596,7 +602,7 @@ class Client {
   async streamBatches(batches, reconnects, tryMs) {
     let failures = 0;
     for (;;) {
-      const call = clientStream(this, 'LogMetricsStream', new Date(Date.now() + tryMs));
+      const call = clientStream(this, this.training, 'LogMetricsStream', new Date(Date.now() + tryMs));
       try {
         for (const batch of batches.kept) {
           if (call.answered) break;
@@ -638,7 +644,7 @@ class Client {
     const name = path.basename(localPath);
     const artifact = artifactPath ? `${artifactPath.replace(/\/$/, '')}/${name}` : name;
     const { sha256, size } = await fileDigest(localPath);
-    const call = clientStream(this, 'UploadRunArtifact', deadline);
+    const call = clientStream(this, this.training, 'UploadRunArtifact', deadline);
     try {
       await call.send({ header: { run_id: runId, path: artifact, sha256, size_bytes: size } });
       for await (const chunk of fs.createReadStream(localPath, { highWaterMark: chunkSize })) {
@@ -791,9 +797,160 @@ class Client {
     return this.pages(this.registry, 'ListDeployments', request, 'deployments', timeout);
   }
 
+  // Points `alias` at `version`; expectedVersion: only if it points there now (0: only if it does
+  // not exist yet), else FAILED_PRECONDITION. Resolves to the Alias.
+  async setAlias(model, alias, version, { expectedVersion, timeoutMs: timeout } = {}) {
+    const request = { model, alias, version: wholeNumber('version', version) };
+    if (expectedVersion !== undefined) request.expected_version = wholeNumber('expectedVersion', expectedVersion);
+    return this.call(this.registry, 'SetAlias', request, timeout);
+  }
+
+  // Deletes an alias (FAILED_PRECONDITION while the deployment routes through it).
+  async deleteAlias(model, alias, { timeoutMs: timeout } = {}) {
+    await this.call(this.registry, 'DeleteAlias', { model, alias }, timeout);
+  }
+
+  // Datasets: versioned .npz or .npy arrays that training jobs read. Uploads the file at `file`
+  // as the next version of dataset `name`, streamed in chunks after a header with its size and
+  // sha256, which the daemon checks. splits: { name: fraction } (summing to 1, cut at random
+  // from seed) or { name: [sample indices] } (default: one split train of every sample);
+  // arrayName: a .npy's array name (default x); allowNonfinite: accept NaN and Inf; description,
+  // tags ({ key: value }). A push the newest version matches in bytes, splits, flags, description
+  // and tags adds none and answers that one (existing_version set). Resolves to the
+  // DatasetVersion.
+  async pushDataset(
+    name,
+    file,
+    {
+      splits,
+      seed = 0,
+      arrayName = '',
+      allowNonfinite = false,
+      description = '',
+      tags,
+      chunkSize = CHUNK_BYTES,
+      timeoutMs: timeout,
+    } = {},
+  ) {
+    if (!Number.isSafeInteger(chunkSize) || chunkSize < 1) {
+      throw new RangeError(`chunkSize must be a whole number of bytes >= 1, got ${String(chunkSize)}`);
+    }
+    const format = DATASET_FORMATS[path.extname(file).toLowerCase()];
+    if (format === undefined) throw new RangeError(`${file}: datasets are .npz or .npy files`);
+    const deadline = new Date(Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS));
+    const header = {
+      name,
+      format,
+      allow_nonfinite: allowNonfinite,
+      array_name: arrayName,
+      description,
+      tags: asText(tags, 'tags'),
+      splits: splitSpec(splits, wholeNumber('seed', seed)),
+    };
+    const { sha256, size } = await fileDigest(file);
+    const call = clientStream(this, this.datasets, 'UploadDataset', deadline);
+    try {
+      await call.send({ header: { ...header, sha256, size_bytes: size } });
+      for await (const chunk of fs.createReadStream(file, { highWaterMark: chunkSize })) {
+        if (call.answered) break;
+        await call.send({ chunk });
+      }
+    } catch (err) {
+      call.stream.cancel();
+      throw err;
+    }
+    call.stream.end();
+    return call.response;
+  }
+
+  // Every dataset (whose name starts with namePrefix), following page tokens.
+  async listDatasets(namePrefix = '', { timeoutMs: timeout } = {}) {
+    return this.pages(this.datasets, 'ListDatasets', { name_prefix: namePrefix }, 'datasets', timeout);
+  }
+
+  // One version of a dataset, 'name' for its newest or 'name:3': arrays with their statistics,
+  // splits.
+  async getDatasetVersion(ref, { timeoutMs: timeout } = {}) {
+    return this.call(this.datasets, 'GetDatasetVersion', { ref: datasetRef(ref) }, timeout);
+  }
+
+  // Serving. Loads and warms up a version (version or alias; default the latest) with config, a
+  // ServingConfig with its field names ({ runtime: 'onnx', device: 'cpu', max_batch_size: 8,
+  // ... }): a field left out takes the daemon's default. Loading a loaded version again swaps in
+  // the new config without dropping requests. Resolves to the LoadedModel.
+  async loadModel(model, { version, alias, config = {}, timeoutMs: timeout } = {}) {
+    const request = checkedRequest(this.inference.LoadModel, { target: versionRef(model, version, alias), config });
+    return this.call(this.inference, 'LoadModel', request, timeout ?? Math.max(this.timeoutMs, MODEL_CALL_TIMEOUT_MS));
+  }
+
+  // Stops serving a version (every loaded version of the model when neither version nor alias
+  // is given): it takes no new requests, finishes those queued, and is freed. Resolves to the
+  // LoadedModels unloaded.
+  async unloadModel(model, { version, alias, timeoutMs: timeout } = {}) {
+    const request = { target: versionRef(model, version, alias) };
+    const response = await this.call(
+      this.inference,
+      'UnloadModel',
+      request,
+      timeout ?? Math.max(this.timeoutMs, UNLOAD_TIMEOUT_MS),
+    );
+    return response.unloaded;
+  }
+
+  // The loaded versions (of `model`, or of every model), with their state and config.
+  async listLoaded(model = '', { timeoutMs: timeout } = {}) {
+    const response = await this.call(this.inference, 'ListLoaded', { model }, timeout);
+    return response.models;
+  }
+
   close() {
     this.registry.close();
   }
+}
+
+const DATASET_FORMATS = { '.npz': 'DATASET_FORMAT_NPZ', '.npy': 'DATASET_FORMAT_NPY' };
+
+// A SplitSpec from { name: fraction } or { name: [indices] }; undefined for none.
+function splitSpec(splits, seed) {
+  if (splits === undefined || !Object.keys(splits).length) return undefined;
+  const entries = Object.entries(splits);
+  const fractions = entries.filter(([, value]) => typeof value === 'number');
+  if (fractions.length === entries.length) {
+    return { fractions: { splits: fractions.map(([name, fraction]) => ({ name, fraction })), seed } };
+  }
+  if (fractions.length) {
+    throw new RangeError('splits: give every split a fraction or every split its indices, not both');
+  }
+  return {
+    indices: {
+      splits: entries.map(([name, indices]) => {
+        if (!Array.isArray(indices)) {
+          throw new TypeError(`splits.${name}: give a fraction or an array of sample indices`);
+        }
+        return { name, indices: indices.map((index, i) => wholeNumber(`splits.${name}[${i}]`, index)) };
+      }),
+    },
+  };
+}
+
+// A DatasetRef from 'name' (its newest version) or 'name:version', as the Python SDK reads one.
+function datasetRef(ref) {
+  const at = ref.indexOf(':');
+  const [name, version] = at < 0 ? [ref, ''] : [ref.slice(0, at), ref.slice(at + 1)];
+  if (version && !/^[0-9]+$/.test(version)) {
+    throw new RangeError(`dataset ${pythonRepr(ref)}: write name or name:version with a whole version number`);
+  }
+  return { name, version: version ? Number(version) : 0 };
+}
+
+// A VersionRef: the version number or the alias given (not both), else none (the latest, or for
+// an unload every loaded version).
+function versionRef(model, version, alias) {
+  if (version !== undefined && alias !== undefined) {
+    throw new RangeError('give version or alias, not both');
+  }
+  if (version !== undefined) return { model, version: wholeNumber('version', version) };
+  return alias === undefined ? { model } : { model, alias };
 }
 
 // A filter string's conditions (parseFilter's) added to listRuns' options `given`; refused where
@@ -972,15 +1129,15 @@ function streamFailure(error, batches, answered) {
   return error;
 }
 
-// A client-streaming call of the Training service's `method`, tracked by `client`: stream (grpc-js's, to write and end), response (its
+// A client-streaming call of `stub`'s (a service's) `method`, tracked by `client`: stream (grpc-js's, to write and end), response (its
 // answer's promise; a TesseraError when it fails), answered (whether it has come: a call the
 // daemon ended early needs no more messages) and send (a message written, waiting while the
 // stream's buffer is full).
-function clientStream(client, method, deadline) {
+function clientStream(client, stub, method, deadline) {
   const call = { answered: false };
   call.response = new Promise((resolve, reject) => {
     call.stream = client.track(
-      client.training[method](client.metadata, { deadline }, (err, response) => {
+      stub[method](client.metadata, { deadline }, (err, response) => {
         call.answered = true;
         return err ? reject(new TesseraError(err)) : resolve(response);
       }),
