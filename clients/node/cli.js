@@ -65,9 +65,19 @@ process.stdout.on('error', (err) =>
 process.stderr.on('error', () => {});
 
 const fs = require('node:fs');
+const path = require('node:path');
 const { enumNames } = require('./proto');
 const { didYouMean } = require('./names');
-const { Client, RunFilterError, TesseraError, parseRunFilter } = require('./tessera');
+const { inCliWords } = require('./rpc_commands');
+const {
+  Client,
+  RunFilterError,
+  TesseraError,
+  checkTarget,
+  datasetRef,
+  parseRunFilter,
+  pythonRepr,
+} = require('./tessera');
 
 // An enum's values by their short names ('running'), as the Python CLI's choices.
 const choices = (typeName) => {
@@ -77,6 +87,10 @@ const choices = (typeName) => {
 };
 const JOB_STATES = choices('tessera.v1.JobState');
 const RUN_STATUSES = choices('tessera.v1.RunStatus');
+const RUNTIMES = choices('tessera.v1.Runtime');
+const INT32_MAX = 2 ** 31 - 1;
+// The Python CLI's words for the TLS a target's https:// asked for, where this CLI has none.
+const TLS_OPTION = "the Node client's `tls: true`";
 
 const EXPECTED_REVISION =
   "--expected-revision N: only if the model's newest deployment revision is N (0: never deployed; " +
@@ -90,7 +104,19 @@ const OPTIONS = `options (before or after the command):
 
 const COMMANDS = {
   info: { usage: 'info', about: "the daemon's version and services" },
-  models: { usage: 'models [PREFIX]', about: 'the models (whose name starts with PREFIX)' },
+  models: { usage: 'models', about: 'every model: short for `models ls`' },
+  'models ls': {
+    usage: 'models ls [--prefix PREFIX]',
+    about: 'the models, by name; --prefix: only those whose name starts with PREFIX',
+  },
+  'models alias': {
+    usage: 'models alias MODEL ALIAS VERSION',
+    about: 'point an alias at a version (the alias latest is kept by the daemon)',
+  },
+  'models unalias': {
+    usage: 'models unalias MODEL ALIAS',
+    about: 'delete an alias (refused while the deployment routes through it)',
+  },
   'models rm': {
     usage: 'models rm MODEL [VERSION] [--force]',
     about:
@@ -121,6 +147,44 @@ const COMMANDS = {
     usage: 'predict MODEL INPUTS_JSON [--version N | --alias A]',
     about:
       'one Predict; INPUTS_JSON: {"input": {"dtype": "DATA_TYPE_FLOAT32", "shape": [1, 4], "values": [1, 2, 3, 4]}}',
+  },
+  'datasets ls': {
+    usage: 'datasets ls [--prefix PREFIX]',
+    about: 'the datasets, by name; --prefix: only those whose name starts with PREFIX',
+  },
+  'datasets show': {
+    usage: 'datasets show NAME[:VERSION]',
+    about: 'the arrays, statistics and splits of version VERSION of NAME (default: its newest)',
+  },
+  'datasets push': {
+    usage:
+      'datasets push NAME FILE [--split NAME=FRACTION]... [--seed N] [--allow-nonfinite] [--array-name NAME] ' +
+      '[--description TEXT] [--tag KEY=VALUE]...',
+    about:
+      'upload a .npz (its arrays by name) or .npy file (one array, named by --array-name, default x) as the ' +
+      'next version of dataset NAME; --split once per split, the fractions summing to 1 (default: one split ' +
+      'train of every sample), cut at random from --seed (default 0); --allow-nonfinite: accept NaN and Inf; ' +
+      '--tag once per tag. Pushing the same file, splits and tags again stores nothing new',
+  },
+  load: {
+    usage:
+      'load MODEL [--version VERSION_OR_ALIAS] [--runtime RUNTIME] [--device DEVICE] [--instances N] ' +
+      '[--max-batch-size N] [--max-queue-delay-us N] [--max-queue-size N] [--warmup-runs N] ' +
+      '[--intra-op-threads N] [--response-cache]',
+    about:
+      'load and warm up a version for serving (default: the latest), or reload it with another config, ' +
+      "swapping it without dropping requests; an option left out takes the daemon's default. RUNTIME: " +
+      `${RUNTIMES.join(' or ')}; DEVICE: cpu, cuda:N or cuda`,
+  },
+  unload: {
+    usage: 'unload MODEL [--version VERSION_OR_ALIAS]',
+    about:
+      'stop serving a version (default: every loaded version of the model): it takes no new requests, ' +
+      'finishes those queued, and is freed',
+  },
+  'serve-status': {
+    usage: 'serve-status [MODEL]',
+    about: "the loaded model versions (of MODEL, default every model's) and their config",
   },
   'jobs ls': {
     usage: 'jobs ls [--state STATE]... [--experiment NAME] [--sweep SWEEP_ID]',
@@ -167,6 +231,8 @@ const COMMANDS = {
 // Each command's flags beyond OPTIONS, and whether they take a value.
 const FLAGS = {
   predict: { '--version': true, '--alias': true },
+  models: { '--prefix': true },
+  'models ls': { '--prefix': true },
   'models rm': { '--force': false },
   'models deploy': { '--shadow': true, '--shadow-percent': true, '--comment': true, '--expected-revision': true },
   'models rollback': { '--expected-revision': true },
@@ -174,6 +240,28 @@ const FLAGS = {
   'jobs ls': { '--state': true, '--experiment': true, '--sweep': true },
   'jobs watch': { '--from-seq': true },
   'runs ls': { '--experiment': true, '--status': true, '--filter': true, '--order-by': true },
+  'datasets ls': { '--prefix': true },
+  'datasets push': {
+    '--split': true,
+    '--seed': true,
+    '--allow-nonfinite': false,
+    '--array-name': true,
+    '--description': true,
+    '--tag': true,
+  },
+  load: {
+    '--version': true,
+    '--runtime': true,
+    '--device': true,
+    '--instances': true,
+    '--max-batch-size': true,
+    '--max-queue-delay-us': true,
+    '--max-queue-size': true,
+    '--warmup-runs': true,
+    '--intra-op-threads': true,
+    '--response-cache': false,
+  },
+  unload: { '--version': true },
 };
 // Command groups (jobs, runs, sweeps): their commands' first word.
 const GROUPS = [...new Set(Object.keys(COMMANDS).filter((name) => name.includes(' ')).map((name) => name.split(' ')[0]))];
@@ -245,6 +333,63 @@ function seconds(name, text) {
   return value;
 }
 
+// --target's HOST:PORT (or TESSERA_TARGET's), as the Python CLI checks it.
+function daemonTarget(text) {
+  try {
+    return checkTarget(text, 'here or in env TESSERA_TARGET', TLS_OPTION);
+  } catch (err) {
+    throw new UsageError(`--target: ${err.message}`);
+  }
+}
+
+// A whole number in low..high, the range of the proto field it fills.
+function bounded(name, text, low, high, command) {
+  if (!/^[0-9]+$/.test(text || '') || Number(text) < low || Number(text) > high) {
+    const shown = text.length <= 40 ? text : `${text.slice(0, 40)}...`;
+    throw new UsageError(
+      `${name} must be a whole number in ${low}..${high} written in digits 0-9, got ${JSON.stringify(shown)}`,
+      command,
+    );
+  }
+  return Number(text);
+}
+
+// The pairs of repeatable `flag` (NAME=VALUE), each read by `read`, as an object; a name given
+// twice is refused, as the Python CLI's once_each refuses it.
+function pairs(args, flag, read) {
+  const found = {};
+  for (const text of args.flags[flag] || []) {
+    const [name, value] = read(text);
+    if (Object.hasOwn(found, name)) throw new UsageError(`${flag} ${name} is given twice; give each once`, args.command);
+    found[name] = value;
+  }
+  return found;
+}
+
+// --split's NAME=FRACTION, as the Python CLI's split().
+function split(text, command) {
+  const at = text.indexOf('=');
+  const [name, fraction] = at < 0 ? [text, ''] : [text.slice(0, at), text.slice(at + 1)];
+  const value = /^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$/.test(fraction) ? Number(fraction) : NaN;
+  if (at < 0 || !name || !Number.isFinite(value)) {
+    throw new UsageError(`--split: ${pythonRepr(text)}: write NAME=FRACTION, e.g. train=0.8`, command);
+  }
+  if (!(value > 0 && value <= 1)) {
+    throw new UsageError(
+      `--split: ${pythonRepr(text)}: the fraction must be above 0 and at most 1, e.g. train=0.8`,
+      command,
+    );
+  }
+  return [name, value];
+}
+
+// --tag's KEY=VALUE, as the Python CLI's key_value().
+function keyValue(text, command) {
+  const at = text.indexOf('=');
+  if (at <= 0) throw new UsageError(`--tag: ${pythonRepr(text)}: write KEY=VALUE`, command);
+  return [text.slice(0, at), text.slice(at + 1)];
+}
+
 // The command (one word, or two for a group such as `jobs submit`), its positional arguments and
 // its flags ({ '--status': ['running'] }); a flag another command takes is refused, not ignored.
 function parse(argv) {
@@ -265,13 +410,15 @@ function parse(argv) {
   args.command = `${first} ${second}` in COMMANDS ? `${first} ${second}` : first;
   args.positional = words.slice(args.command ? args.command.split(' ').length : 0);
   for (const [flag, value] of given) {
-    if (flag === '--target') args.target = value;
+    if (flag === '--target') args.target = daemonTarget(value);
     else if (flag === '--token') args.token = value;
     else if (flag === '--timeout') args.timeoutMs = seconds('--timeout', value) * 1000;
     else if (!(flag in (FLAGS[args.command] || {}))) {
       throw new UsageError(`${flag} is not an option of ${args.command || 'tessera-node'}`, args.command);
     } else (args.flags[flag] = args.flags[flag] || []).push(value);
   }
+  // As the Python CLI: TESSERA_TARGET is --target's default, checked as --target is.
+  if (args.target === undefined && process.env.TESSERA_TARGET) args.target = daemonTarget(process.env.TESSERA_TARGET);
   // As the Python CLI: the environment's default is read (and checked) only when --timeout is not
   // given, and an empty one is none.
   const timeoutDefault = process.env.TESSERA_TIMEOUT_S;
@@ -350,6 +497,51 @@ function readSpec(file) {
   }
 }
 
+// A NAME[:VERSION] argument, as the Python CLI's dataset().
+function dataset(text, command) {
+  try {
+    datasetRef(text);
+  } catch (err) {
+    throw new UsageError(err.message, command);
+  }
+  return text;
+}
+
+function prefixHint(word) {
+  return `\`tessera-node models ls --prefix ${word}\` lists the models whose name starts with ${word}`;
+}
+
+// load's ServingConfig: the options given, each in its proto field's range, as the Python CLI's.
+function servingConfig(args) {
+  const { command, flags } = args;
+  const one = (flag) => flags[flag] && flags[flag][flags[flag].length - 1];
+  const config = {};
+  const runtime = one('--runtime');
+  if (runtime !== undefined) {
+    if (!RUNTIMES.includes(runtime)) {
+      throw new UsageError(
+        `--runtime: ${JSON.stringify(runtime)} is not one of ${RUNTIMES.join(', ')}${didYouMean(runtime, RUNTIMES)}`,
+        command,
+      );
+    }
+    config.runtime = runtime;
+  }
+  if (one('--device') !== undefined) config.device = one('--device');
+  const numbers = [
+    ['--instances', 'instances', 1, INT32_MAX],
+    ['--max-batch-size', 'max_batch_size', 1, INT32_MAX],
+    ['--max-queue-delay-us', 'max_queue_delay_us', 0, Number.MAX_SAFE_INTEGER],
+    ['--max-queue-size', 'max_queue_size', 1, INT32_MAX],
+    ['--warmup-runs', 'warmup_runs', 0, INT32_MAX],
+    ['--intra-op-threads', 'intra_op_threads', 0, INT32_MAX],
+  ];
+  for (const [flag, field, low, high] of numbers) {
+    if (one(flag) !== undefined) config[field] = bounded(flag, one(flag), low, high, command);
+  }
+  if (flags['--response-cache']) config.response_cache = true;
+  return config;
+}
+
 // --expected-revision's number, undefined when it is not given.
 function expectedRevision(args) {
   const given = args.flags['--expected-revision'];
@@ -364,10 +556,67 @@ async function run(args) {
     const info = await client.info();
     return print({ version: info.version, services: info.services });
   }
-  if (command === 'models') {
-    arity(args, 0, 1);
-    const models = await client.listModels(positional[0] || '');
+  if (command === 'models ls' || (command === 'models' && !positional.length)) {
+    arity(args, 0, 0);
+    const models = await client.listModels(one('--prefix') || '');
     return print(models.map((m) => ({ name: m.name, latest_version: m.latest_version, aliases: m.aliases })));
+  }
+  if (command === 'models alias') {
+    arity(args, 3, 3);
+    const [model, alias, versionText] = positional;
+    return print(await client.setAlias(model, alias, wholeNumber('VERSION', versionText, command)));
+  }
+  if (command === 'models unalias') {
+    arity(args, 2, 2);
+    const [model, alias] = positional;
+    await client.deleteAlias(model, alias);
+    return print({ model, alias, deleted: true });
+  }
+  if (command === 'datasets ls') {
+    arity(args, 0, 0);
+    return print(await client.listDatasets(one('--prefix') || ''));
+  }
+  if (command === 'datasets show') {
+    arity(args, 1, 1);
+    return print(await client.getDatasetVersion(dataset(positional[0], command)));
+  }
+  if (command === 'datasets push') {
+    arity(args, 2, 2);
+    const [name, file] = positional;
+    const splits = pairs(args, '--split', (text) => split(text, command));
+    const tags = pairs(args, '--tag', (text) => keyValue(text, command));
+    const arrayName = one('--array-name') || '';
+    if (arrayName && path.extname(file).toLowerCase() !== '.npy') {
+      throw new UsageError(
+        `--array-name names the array of a .npy file; ${file} is not one (an .npz names its arrays itself)`,
+        command,
+      );
+    }
+    const seed = one('--seed') === undefined ? 0 : wholeNumber('--seed', one('--seed'), command);
+    return print(
+      await client.pushDataset(name, file, {
+        splits,
+        seed,
+        arrayName,
+        allowNonfinite: Boolean(flags['--allow-nonfinite']),
+        description: one('--description') || '',
+        tags,
+      }),
+    );
+  }
+  if (command === 'load') {
+    arity(args, 1, 1);
+    const selector = one('--version') === undefined ? {} : versionOrAlias(one('--version'));
+    return print(await client.loadModel(positional[0], { ...selector, config: servingConfig(args) }));
+  }
+  if (command === 'unload') {
+    arity(args, 1, 1);
+    const selector = one('--version') === undefined ? {} : versionOrAlias(one('--version'));
+    return print(await client.unloadModel(positional[0], selector));
+  }
+  if (command === 'serve-status') {
+    arity(args, 0, 1);
+    return print(await client.listLoaded(positional[0] || ''));
   }
   if (command === 'models rm') {
     arity(args, 1, 2);
@@ -491,10 +740,10 @@ async function run(args) {
     const words = Object.keys(COMMANDS)
       .filter((name) => name.startsWith(`${command} `))
       .map((name) => name.slice(command.length + 1));
-    throw new UsageError(
-      `unknown command ${JSON.stringify(`${command} ${positional[0]}`)}${didYouMean(positional[0], words)}`,
-      command,
-    );
+    const [word] = positional;
+    // `models PREFIX` listed a prefix before, and could not list one spelled like a command.
+    const meant = didYouMean(word, words) || (command === 'models' ? `; ${prefixHint(word)}` : '');
+    throw new UsageError(`unknown command ${JSON.stringify(`${command} ${word}`)}${meant}`, command);
   }
   const words = [...new Set(Object.keys(COMMANDS).map((name) => name.split(' ')[0]))];
   throw new UsageError(`unknown command ${JSON.stringify(command)}${didYouMean(command, words)}`);
@@ -521,8 +770,9 @@ async function main() {
 
 // What follows a usage error's message: the command's usage line, or where to find it.
 function usageHint(command) {
-  if (command in COMMANDS) return `usage: tessera-node ${COMMANDS[command].usage}`;
+  // A group first: `models` is a command of its own too, which lists the models.
   if (GROUPS.includes(command)) return `(tessera-node ${command} --help lists its commands)`;
+  if (command in COMMANDS) return `usage: tessera-node ${COMMANDS[command].usage}`;
   return '(tessera-node --help lists the commands)';
 }
 
@@ -543,9 +793,9 @@ function failed(err) {
     process.exit(EXIT_USAGE);
   }
   if (err instanceof TesseraError) {
-    // The request field a daemon's message tells the caller to set, as the flag that sets it (the
-    // Python CLI's FLAG_BY_FIELD): `models rm` refused "pass force to delete them".
-    process.stderr.write(`tessera-node: ${err.message.replace(/\bforce\b/g, '--force')}\n`);
+    // In the CLI's words, as the Python CLI shows it: an RPC the message names as the command that
+    // does it ("ListJobs lists them"), a request field as the flag that sets it ("pass force").
+    process.stderr.write(`tessera-node: ${inCliWords(err.message)}\n`);
     process.exit(EXIT_DAEMON);
   }
   process.stderr.write(`tessera-node: ${err.message}\n`);

@@ -1193,6 +1193,9 @@ function decodeTensor(tensor) {
 
 module.exports = {
   Client,
+  checkTarget,
+  datasetRef,
+  pythonRepr,
   TesseraError,
   encodeTensor,
   decodeTensor,

@@ -1613,6 +1613,9 @@ def test_node_cli_help_for_each_command(node_ready):
     )
     usages = {
         ("info",): "info",
+        ("models", "ls"): "models ls [--prefix PREFIX]",
+        ("models", "alias"): "models alias MODEL ALIAS VERSION",
+        ("models", "unalias"): "models unalias MODEL ALIAS",
         ("models", "rm"): "models rm MODEL [VERSION] [--force]",
         ("models", "deploy"): (
             "models deploy MODEL ROUTE... [--shadow VERSION_OR_ALIAS] [--shadow-percent N] [--comment TEXT] "
@@ -1620,6 +1623,19 @@ def test_node_cli_help_for_each_command(node_ready):
         ),
         ("models", "rollback"): "models rollback MODEL [--expected-revision N]",
         ("models", "deployments"): "models deployments MODEL",
+        ("datasets", "ls"): "datasets ls [--prefix PREFIX]",
+        ("datasets", "show"): "datasets show NAME[:VERSION]",
+        ("datasets", "push"): (
+            "datasets push NAME FILE [--split NAME=FRACTION]... [--seed N] [--allow-nonfinite] "
+            "[--array-name NAME] [--description TEXT] [--tag KEY=VALUE]..."
+        ),
+        ("load",): (
+            "load MODEL [--version VERSION_OR_ALIAS] [--runtime RUNTIME] [--device DEVICE] [--instances N] "
+            "[--max-batch-size N] [--max-queue-delay-us N] [--max-queue-size N] [--warmup-runs N] "
+            "[--intra-op-threads N] [--response-cache]"
+        ),
+        ("unload",): "unload MODEL [--version VERSION_OR_ALIAS]",
+        ("serve-status",): "serve-status [MODEL]",
         ("jobs", "ls"): "jobs ls [--state STATE]... [--experiment NAME] [--sweep SWEEP_ID]",
         ("jobs", "submit"): "jobs submit SPEC.json [--follow]",
         ("jobs", "watch"): "jobs watch JOB_ID [--from-seq N]",
@@ -1636,15 +1652,18 @@ def test_node_cli_help_for_each_command(node_ready):
         assert shown.returncode == 0, shown.stderr
         assert shown.stdout.startswith(f"usage: tessera-node [options] {usage}\n"), shown.stdout
         assert usage in general.stdout
-    # A group's help lists its commands, and only those: `models` lists itself too (`models [PREFIX]`).
-    for group in ("models", "jobs", "runs", "sweeps"):
+    # A group's help lists its commands, and only those: `models` lists itself too (short for `models ls`).
+    for group in ("models", "datasets", "jobs", "runs", "sweeps"):
         shown = run_node("127.0.0.1:1", group, "--help")
         assert shown.returncode == 0, shown.stderr
         assert shown.stdout.startswith(f"usage: tessera-node [options] {group} COMMAND ...\n"), shown.stdout
         listed = [usage for words, usage in usages.items() if words[0] == group]
         if group == "models":
-            listed.insert(0, "models [PREFIX]")
-        assert [line[2:] for line in shown.stdout.splitlines() if line.startswith(f"  {group} ")] == listed
+            listed.insert(0, "models")
+        commands = [
+            line[2:] for line in shown.stdout.splitlines() if line.split(" ", 3)[:3] == ["", "", group]
+        ]
+        assert commands == listed
     hint = "(tessera-node --help lists the commands)\n"
     wrong = {
         ("jobs", "submit"): "tessera-node: jobs submit takes 1 argument(s), got 0\n"

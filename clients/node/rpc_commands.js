@@ -1,0 +1,99 @@
+'use strict';
+// The daemon's messages in a CLI user's words, as the Python CLI shows them
+// (clients/python/src/tessera/rpc_commands.py): where a message names an RPC ("ListJobs lists
+// them"), the command that does the same. The library keeps the API's words.
+
+// RPC name -> the `tessera-node` command that does it, else the Python CLI's (or the SDK call)
+// from tessera.rpc_commands.COMMAND_BY_RPC, whose RPCs this table holds every one of.
+const COMMAND_BY_RPC = {
+  // Registry
+  CreateModel: '`tessera models push MODEL FILE`',
+  UploadVersion: '`tessera models push MODEL FILE`',
+  UploadVersionInline: '`tessera models push MODEL FILE`',
+  UploadVersionBatch: "the Python SDK's client.models.push_batch()",
+  ListModels: '`tessera-node models ls`',
+  GetVersion: '`tessera models show MODEL`',
+  ListVersions: '`tessera models versions MODEL`',
+  DeleteVersion: '`tessera-node models rm MODEL VERSION`',
+  DeleteModel: '`tessera-node models rm MODEL`',
+  DownloadVersion: '`tessera models download MODEL PATH`',
+  SetAlias: '`tessera-node models alias MODEL ALIAS VERSION`',
+  DeleteAlias: '`tessera-node models unalias MODEL ALIAS`',
+  CompareVersions: '`tessera models compare MODEL A B`',
+  ExportOnnx: '`tessera export onnx MODEL`',
+  Deploy: '`tessera-node models deploy MODEL ROUTE...`',
+  Rollback: '`tessera-node models rollback MODEL`',
+  ListDeployments: '`tessera-node models deployments MODEL`',
+  WatchChanges: '`tessera models changes`',
+  UpdateModel: "the Python SDK's client.models.update()",
+  // Datasets
+  UploadDataset: '`tessera-node datasets push NAME FILE`',
+  ListDatasets: '`tessera-node datasets ls`',
+  GetDatasetVersion: '`tessera-node datasets show NAME[:VERSION]`',
+  ListDatasetVersions: '`tessera datasets versions NAME`',
+  DeleteDataset: '`tessera datasets rm NAME[:VERSION]`',
+  DownloadDataset: '`tessera datasets download NAME[:VERSION]`',
+  // Training
+  SubmitJob: '`tessera-node jobs submit SPEC.json`',
+  ListJobs: '`tessera-node jobs ls`',
+  WatchJob: '`tessera-node jobs watch JOB_ID`',
+  CancelJob: '`tessera jobs cancel JOB_ID`',
+  ListRuns: '`tessera-node runs ls`',
+  GetRun: '`tessera runs show RUN_ID`',
+  ListRunMetrics: '`tessera-node runs metrics RUN_ID`',
+  CompareRuns: '`tessera-node runs compare RUN_ID RUN_ID...`',
+  DeleteRun: '`tessera runs rm RUN_ID`',
+  RestoreRun: '`tessera runs restore RUN_ID`',
+  UploadRunArtifact: '`tessera runs artifacts put RUN_ID FILE`',
+  ListRunArtifacts: '`tessera runs artifacts ls RUN_ID`',
+  DownloadRunArtifact: '`tessera runs artifacts get RUN_ID PATH`',
+  ListExperiments: '`tessera experiments ls`',
+  UpdateExperiment: '`tessera experiments update NAME`',
+  DeleteExperiment: '`tessera experiments rm NAME`',
+  RestoreExperiment: '`tessera experiments restore NAME`',
+  Leaderboard: '`tessera runs leaderboard EXPERIMENT METRIC`',
+  CreateRun: "the Node client's createRun()",
+  SubmitSweep: '`tessera sweep SPEC.toml`',
+  GetSweep: '`tessera-node sweeps show SWEEP_ID`',
+  ListSweeps: '`tessera-node sweeps ls`',
+  CancelSweep: '`tessera sweeps cancel SWEEP_ID`',
+  // Inference
+  Predict: '`tessera-node predict MODEL INPUTS_JSON`',
+  Explain: '`tessera explain MODEL --input FILE`',
+  GetStats: '`tessera stats MODEL`',
+  ListLoaded: '`tessera-node serve-status`',
+  LoadModel: '`tessera-node load MODEL`',
+  UnloadModel: '`tessera-node unload MODEL`',
+  // System
+  GetServerInfo: '`tessera-node info`',
+};
+
+// Request field a daemon message names (one to set, or one it refused) -> the flag that sets it,
+// as the Python CLI's FLAG_BY_FIELD.
+const FLAG_BY_FIELD = {
+  allow_nonfinite: '`tessera-node datasets push --allow-nonfinite`',
+  force: '--force',
+  // Every list the CLI filters by a name prefix (models ls, datasets ls) sends it here.
+  name_prefix: '--prefix',
+};
+
+const SERVICES = ['Registry', 'Datasets', 'Training', 'Inference', 'System'];
+const alternatives = (names) => [...names].sort((a, b) => b.length - a.length).join('|');
+// An RPC bare, as Service.Rpc, or as its method path tessera.v1.Service/Rpc (which
+// PERMISSION_DENIED names): the whole of it becomes the command.
+const RPC_WORD = new RegExp(
+  `(?:\\btessera\\.v1\\.(?:${SERVICES.join('|')})/|\\b(?:${SERVICES.join('|')})\\.)?` +
+    `\\b(${alternatives(Object.keys(COMMAND_BY_RPC))})\\b`,
+  'g',
+);
+const FIELD_WORD = new RegExp(`\\b(${alternatives(Object.keys(FLAG_BY_FIELD))})\\b`, 'g');
+
+// `message` with each RPC it names replaced by its command, and each request field it tells the
+// caller to set by the flag that sets it.
+function inCliWords(message) {
+  return message
+    .replace(RPC_WORD, (_, rpc) => COMMAND_BY_RPC[rpc])
+    .replace(FIELD_WORD, (_, field) => FLAG_BY_FIELD[field]);
+}
+
+module.exports = { COMMAND_BY_RPC, inCliWords };

@@ -1,0 +1,204 @@
+"""The Node CLI (clients/node/cli.js) where it lagged the Python CLI: daemon messages in the
+CLI's words, --target and TESSERA_TARGET checked, a model prefix spelled like a command, and the
+datasets, alias and serving commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from tessera.rpc_commands import COMMAND_BY_RPC
+from tessera.transport import check_target
+from tests.integration.sdk.affine import affine_onnx
+from tests.integration.sdk.test_node_client import (
+    EXIT_DAEMON,
+    EXIT_USAGE,
+    NODE_CLIENT,
+    node_ready,
+    run_node,
+)
+
+__all__ = ["node_ready"]
+
+
+def run_node_bare(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """cli.js with `args` and no --target, `env` added to the environment."""
+    return subprocess.run(
+        ["node", str(NODE_CLIENT / "cli.js"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **env},
+    )
+
+
+def test_node_cli_names_the_command_where_the_daemon_names_an_rpc(node_ready, daemon):
+    """The daemon's "ListJobs lists them" is the API's word; a CLI user types a command."""
+    watched = run_node(daemon.target, "jobs", "watch", "job-absent")
+    assert (watched.returncode, watched.stderr) == (
+        EXIT_DAEMON,
+        "tessera-node: NOT_FOUND: job 'job-absent' does not exist; `tessera-node jobs ls` lists them\n",
+    )
+    # No Node command lists experiments: the Python CLI's is named.
+    runs = run_node(daemon.target, "runs", "ls", "--experiment", "absent")
+    assert runs.returncode == EXIT_DAEMON
+    assert runs.stderr.endswith("experiment 'absent' does not exist; `tessera experiments ls` lists them\n")
+
+
+def test_node_cli_maps_every_rpc_the_python_cli_maps(node_ready):
+    script = f"""
+        const {{ COMMAND_BY_RPC, inCliWords }} = require({json.dumps(str(NODE_CLIENT / "rpc_commands.js"))});
+        console.log(JSON.stringify({{
+          rpcs: Object.keys(COMMAND_BY_RPC),
+          words: [
+            inCliWords('tessera.v1.Datasets/UploadDataset needs the trainer role'),
+            inCliWords('export it with Registry.ExportOnnx; DeployFoo and ExportOnnxes stay'),
+            inCliWords('pass force to delete them; name_prefix is too long'),
+          ],
+        }}));
+        """
+    done = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert sorted(found["rpcs"]) == sorted(COMMAND_BY_RPC)
+    assert found["words"] == [
+        "`tessera-node datasets push NAME FILE` needs the trainer role",
+        "export it with `tessera export onnx MODEL`; DeployFoo and ExportOnnxes stay",
+        "pass --force to delete them; --prefix is too long",
+    ]
+
+
+def test_node_cli_checks_its_target_as_the_python_cli_does(node_ready):
+    for args, env in (
+        (("--target", "http://127.0.0.1:1", "info"), {}),
+        (("info",), {"TESSERA_TARGET": "127.0.0.1"}),
+    ):
+        refused = run_node_bare(*args, env=env)
+        text = args[1] if args[0] == "--target" else env["TESSERA_TARGET"]
+        with pytest.raises(ValueError, match="write HOST:PORT") as python:
+            check_target(text, "here or in env TESSERA_TARGET", "the Node client's `tls: true`")
+        assert (refused.returncode, refused.stderr) == (
+            EXIT_USAGE,
+            f"tessera-node: --target: {python.value}\n(tessera-node --help lists the commands)\n",
+        )
+
+
+def test_node_cli_lists_models_whose_prefix_is_spelled_like_a_command(node_ready, daemon, client, tmp_path):
+    for name in ("rm", "rm-old", "deploy", "affine"):
+        client.models.push(name, affine_onnx(tmp_path / f"{name}.onnx"))
+    names = lambda done: [m["name"] for m in json.loads(done.stdout)]  # noqa: E731
+    for prefix, expected in (("rm", ["rm", "rm-old"]), ("deploy", ["deploy"]), ("rollback", [])):
+        listed = run_node(daemon.target, "models", "ls", "--prefix", prefix)
+        assert listed.returncode == 0, listed.stderr
+        assert names(listed) == expected
+    everything = run_node(daemon.target, "models", "ls")
+    assert names(everything) == ["affine", "deploy", "rm", "rm-old"]
+    assert names(run_node(daemon.target, "models")) == names(everything)
+    word = run_node(daemon.target, "models", "aff")
+    assert (word.returncode, word.stderr) == (
+        EXIT_USAGE,
+        'tessera-node: unknown command "models aff"; `tessera-node models ls --prefix aff` lists the models '
+        "whose name starts with aff\n(tessera-node models --help lists its commands)\n",
+    )
+
+
+def test_node_cli_pushes_lists_and_shows_datasets(node_ready, daemon, client, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4)).astype(np.float32)
+    np.savez(tmp_path / "table.npz", x=x, y=(x[:, 0] > 0).astype(np.int64))
+    push = ("datasets", "push", "table", str(tmp_path / "table.npz"), "--split", "train=0.75")
+    pushed = run_node(
+        daemon.target, *push, "--split", "val=0.25", "--tag", "source=test", "--description", "d"
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    version = json.loads(pushed.stdout)
+    assert (version["name"], version["version"], version["num_samples"]) == ("table", 1, 40)
+    assert {s["name"]: s["count"] for s in version["splits"]} == {"train": 30, "val": 10}
+    assert client.datasets.version("table:1").tags == {"source": "test"}
+    again = run_node(
+        daemon.target, *push, "--split", "val=0.25", "--tag", "source=test", "--description", "d"
+    )
+    assert json.loads(again.stdout)["existing_version"] == 1, again.stderr
+
+    np.save(tmp_path / "tensor.npy", x)
+    npy = run_node(
+        daemon.target, "datasets", "push", "tensor", str(tmp_path / "tensor.npy"), "--array-name", "z"
+    )
+    assert npy.returncode == 0, npy.stderr
+    assert [a["name"] for a in json.loads(npy.stdout)["arrays"]] == ["z"]
+
+    listed = run_node(daemon.target, "datasets", "ls", "--prefix", "ta")
+    assert listed.returncode == 0, listed.stderr
+    assert [d["name"] for d in json.loads(listed.stdout)] == ["table"]
+    shown = run_node(daemon.target, "datasets", "show", "table:1")
+    assert shown.returncode == 0, shown.stderr
+    assert [a["name"] for a in json.loads(shown.stdout)["arrays"]] == ["x", "y"]
+    absent = run_node(daemon.target, "datasets", "show", "absent")
+    assert absent.returncode == EXIT_DAEMON and absent.stderr.startswith("tessera-node: NOT_FOUND: ")
+    assert "`tessera-node datasets push NAME FILE`" in absent.stderr
+
+    for args, message in (
+        (("--split", "train"), "--split: 'train': write NAME=FRACTION, e.g. train=0.8"),
+        (
+            ("--split", "train=1.5"),
+            "--split: 'train=1.5': the fraction must be above 0 and at most 1, e.g. train=0.8",
+        ),
+        (("--split", "a=0.5", "--split", "a=0.5"), "--split a is given twice; give each once"),
+        (("--tag", "novalue"), "--tag: 'novalue': write KEY=VALUE"),
+        (
+            ("--array-name", "z"),
+            f"--array-name names the array of a .npy file; {tmp_path / 'table.npz'} is not one (an .npz names "
+            "its arrays itself)",
+        ),
+    ):
+        refused = run_node(daemon.target, "datasets", "push", "other", str(tmp_path / "table.npz"), *args)
+        assert refused.returncode == EXIT_USAGE, (args, refused.stderr)
+        assert refused.stderr.startswith(f"tessera-node: {message}\n"), refused.stderr
+    assert [d.name for d in client.datasets.list()] == ["table", "tensor"]
+
+
+def test_node_cli_sets_and_deletes_aliases(node_ready, daemon, client, tmp_path):
+    for scale in (1.0, 2.0):
+        client.models.push("affine", affine_onnx(tmp_path / f"{scale}.onnx", scale=scale))
+    moved = run_node(daemon.target, "models", "alias", "affine", "production", "1")
+    assert moved.returncode == 0, moved.stderr
+    alias = json.loads(moved.stdout)
+    assert (alias["model"], alias["alias"], alias["version"]) == ("affine", "production", 1)
+    assert client.models.alias("affine", "production").version == 1
+    removed = run_node(daemon.target, "models", "unalias", "affine", "production")
+    assert removed.returncode == 0, removed.stderr
+    assert json.loads(removed.stdout) == {"model": "affine", "alias": "production", "deleted": True}
+    again = run_node(daemon.target, "models", "unalias", "affine", "production")
+    assert again.returncode == EXIT_DAEMON and again.stderr.startswith("tessera-node: NOT_FOUND: ")
+    wrong = run_node(daemon.target, "models", "alias", "affine", "production", "x")
+    assert wrong.returncode == EXIT_USAGE
+    assert wrong.stderr.endswith("usage: tessera-node models alias MODEL ALIAS VERSION\n")
+
+
+def test_node_cli_loads_lists_and_unloads_versions(node_ready, daemon, client, onnx_file):
+    client.models.push("affine", onnx_file, alias="production")
+    nothing = run_node(daemon.target, "serve-status")
+    assert (nothing.returncode, json.loads(nothing.stdout)) == (0, [])
+    loaded = run_node(
+        daemon.target,
+        *("load", "affine", "--version", "production", "--runtime", "onnx", "--device", "cpu"),
+        *("--instances", "1", "--max-batch-size", "4", "--max-queue-delay-us", "0"),
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    model = json.loads(loaded.stdout)
+    assert (model["model"], model["version"], model["state"]) == ("affine", 1, "LOAD_STATE_READY")
+    assert (model["config"]["instances"], model["config"]["max_batch_size"]) == (1, 4)
+    status = run_node(daemon.target, "serve-status", "affine")
+    assert [(m["model"], m["version"]) for m in json.loads(status.stdout)] == [("affine", 1)]
+    unloaded = run_node(daemon.target, "unload", "affine")
+    assert unloaded.returncode == 0, unloaded.stderr
+    assert [(m["model"], m["version"]) for m in json.loads(unloaded.stdout)] == [("affine", 1)]
+    assert list(client.inference.loaded()) == []
+    for args in (("--runtime", "tensorrt"), ("--instances", "0"), ("--max-batch-size", "x")):
+        refused = run_node(daemon.target, "load", "affine", *args)
+        assert refused.returncode == EXIT_USAGE, (args, refused.stderr)
