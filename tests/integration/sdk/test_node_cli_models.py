@@ -60,26 +60,29 @@ def test_node_cli_force_is_for_a_model_and_versions_count_from_1(node_ready, dae
     assert [v.version for v in client.models.versions("affine")] == [2, 1]
 
 
-def test_node_cli_deploys_and_rolls_back_only_from_the_revision_expected(node_ready, daemon, client, affine):
+def test_node_cli_deploys_and_rolls_back_only_from_the_revision_expected(
+    node_ready, daemon, client, affine, tmp_path
+):
+    client.models.push("affine", affine_onnx(tmp_path / "c.onnx", scale=5.0))  # v3, the shadow
     history = run_node(daemon.target, "models", "deployments", "affine")
     assert history.returncode == 0, history.stderr
     assert [d["revision"] for d in json.loads(history.stdout)] == [1]
 
     stale = run_node(
-        daemon.target, "models", "deploy", "affine", "1=90", "production=10", "--expected-revision", "0"
+        daemon.target, "models", "deploy", "affine", "2=90", "production=10", "--expected-revision", "0"
     )
     assert stale.returncode == EXIT_DAEMON and stale.stderr.startswith("tessera-node: FAILED_PRECONDITION: ")
     assert client.models.deployment("affine").revision == 1
     deployed = run_node(
         daemon.target,
-        *("models", "deploy", "affine", "1=90", "production=10", "--shadow", "2", "--shadow-percent", "50"),
+        *("models", "deploy", "affine", "2=90", "production=10", "--shadow", "3", "--shadow-percent", "50"),
         *("--comment", "canary", "--expected-revision", "1"),
     )
     assert deployed.returncode == 0, deployed.stderr
     revision = json.loads(deployed.stdout)
     assert revision["revision"] == 2 and revision["comment"] == "canary"
     assert [(r.version, r.alias, r.weight) for r in client.models.deployment("affine").routes] == [
-        (1, "", 90),
+        (2, "", 90),
         (0, "production", 10),
     ]
     assert client.models.deployment("affine").shadow.percent == 50
