@@ -301,8 +301,9 @@ def _check_stored_crc(archive: zipfile.ZipFile, info: zipfile.ZipInfo, array: st
         raise InvalidArgument(f"array {array!r}: its archive member is damaged ({str(exc)[:200]})") from None
 
 
-def _npz_members(path: Path, upload: bool) -> list[_Member]:
-    """`upload`: the archive may have MAX_ARRAYS members at most (else as many as a stored one has)."""
+def _npz_members(path: Path, upload: bool, check_crc: bool) -> list[_Member]:
+    """`upload`: the archive may have MAX_ARRAYS members at most (else as many as a stored one has).
+    `check_crc`: each stored member is read through once to check its CRC-32 (_check_stored_crc)."""
     if upload:
         check_npz_directory(path, "npz")
     try:
@@ -361,7 +362,7 @@ def _npz_members(path: Path, upload: bool) -> list[_Member]:
                     raise InvalidArgument(f"array {name!r}: the archive's member header is damaged")
                 offset = info.header_offset + _ZIP_LOCAL_HEADER.size + name_len + extra_len + header
                 _check_within(name, dtype, shape, offset, file_size)
-                if upload:
+                if check_crc:
                     _check_stored_crc(archive, info, name)
             members.append(_Member(name, dtype, shape, fortran, offset, info.filename))
     if not members:
@@ -369,7 +370,9 @@ def _npz_members(path: Path, upload: bool) -> list[_Member]:
     return members
 
 
-def _members(path: Path, format: str, array_name: str, upload: bool = False) -> list[_Member]:
+def _members(
+    path: Path, format: str, array_name: str, upload: bool = False, check_crc: bool = False
+) -> list[_Member]:
     if not path.is_file():
         # A worker can reach a version deleted with force after its job started. The path is
         # the server's own and stays out of the message.
@@ -379,7 +382,7 @@ def _members(path: Path, format: str, array_name: str, upload: bool = False) -> 
         )
     if format == "npy":
         return _npy_members(path, array_name)
-    return _npz_members(path, upload)
+    return _npz_members(path, upload, check_crc)
 
 
 def _mapped(path: Path, member: _Member, offset: int) -> np.ndarray:
@@ -416,7 +419,8 @@ def _loaded(path: Path, members: list[_Member]) -> Generator[tuple[_Member, np.n
 
 def unpacked_sizes(path: Path, format: str, array_name: str = "x") -> dict[str, int]:
     """Bytes of each array compressed inside an upload's npz: those are read into memory whole,
-    where stored arrays are memory-mapped. Only headers are read."""
+    where stored arrays are memory-mapped. Only headers are read: inspect_file checks the stored
+    arrays' CRC-32, a pass over all their bytes, once per upload."""
     return {
         m.name: math.prod(m.shape) * m.dtype.itemsize
         for m in _members(path, format, array_name, upload=True)
@@ -540,8 +544,9 @@ def _check_sample_count(path: Path, members: list[_Member]) -> None:
 def inspect_file(
     path: Path, format: str, array_name: str, allow_nonfinite: bool
 ) -> tuple[list[ArrayInfo], int]:
-    """Check every array of a dataset file; (arrays with statistics, number of samples)."""
-    members = _members(path, format, array_name, upload=True)
+    """Check every array of an uploaded dataset file, a stored npz array against its CRC-32 too;
+    (arrays with statistics, number of samples)."""
+    members = _members(path, format, array_name, upload=True, check_crc=True)
     if format == "npz":
         for member in members:
             _check_npz_array_name(member.name)

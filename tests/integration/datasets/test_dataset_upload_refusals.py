@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+from collections import Counter
 
 import grpc
 import numpy as np
@@ -268,3 +269,22 @@ def test_a_stored_npz_member_whose_data_is_not_what_was_archived_is_invalid_argu
         "sent twice or out of order); send the npz file as it is, in order"
     )
     assert_nothing_stored(ds, data_dir, "swapped")
+
+
+def test_an_uploaded_npz_has_each_stored_array_read_through_once(ds, monkeypatch):
+    """The CRC-32 check reads every stored array whole: run before and again with the statistics,
+    it read an upload's arrays twice."""
+    ends: Counter[str] = Counter()
+
+    class CountingZipExtFile(zipfile.ZipExtFile):
+        """The real member stream, counting the reads that found its member's end."""
+
+        def read(self, n: int | None = -1) -> bytes:
+            data = super().read(n)
+            if n and not data:
+                ends[self.name] += 1
+            return data
+
+    monkeypatch.setattr(zipfile, "ZipExtFile", CountingZipExtFile)
+    upload_dataset(ds, "read-once", npz_bytes(20))
+    assert ends == {"x.npy": 1, "y.npy": 1}
