@@ -151,10 +151,13 @@ def chunk_size(requested: int, default: int) -> int:
 
 
 async def stream_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """Pull a blocking chunk iterator (disk reads, hashing) from a worker thread."""
+    """Pull a blocking chunk iterator (disk reads, hashing) from a worker thread, a chunk a step:
+    the thread, shared by every call, outlives a cancelled one until its step ends. An empty chunk
+    is a step with nothing to send (a download from an offset reads the bytes before it)."""
     done = object()
     while True:
         chunk = await asyncio.to_thread(next, chunks, done)
         if chunk is done:
             return
-        yield chunk  # type: ignore[misc]
+        if chunk:
+            yield chunk  # type: ignore[misc]

@@ -636,13 +636,14 @@ class Datasets:
 
 
 def _from_offset(chunks: Iterator[bytes], offset: int) -> Iterator[bytes]:
-    """The bytes of `chunks` from `offset` on. Those before it are still read, so that the sha256
-    of the whole file is checked before the last chunk goes out, as for a download from the start."""
+    """The bytes of `chunks` from `offset` on, one item a chunk. Those before it are still read, so
+    that the sha256 of the whole file is checked before the last chunk goes out, as for a download
+    from the start; each such chunk is an empty item (nothing to send, see stream_chunks): read all
+    in one step, they held a worker thread that a cancelled call cannot stop for the whole file."""
     skipped = 0
     for chunk in chunks:
         if skipped >= offset:
             yield chunk
             continue
         skipped += len(chunk)
-        if skipped > offset:
-            yield chunk[len(chunk) - (skipped - offset) :]
+        yield chunk[len(chunk) - (skipped - offset) :] if skipped > offset else b""

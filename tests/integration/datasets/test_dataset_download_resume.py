@@ -4,6 +4,7 @@ plus what follows is the stored file, verified whole by the daemon."""
 from __future__ import annotations
 
 import hashlib
+import math
 
 import grpc
 import pytest
@@ -15,28 +16,40 @@ from tests.integration.registry.conftest import rpc_error
 D = datasets_pb2
 
 
-def download(ds, offset: int, chunk_size: int = 4096) -> tuple[D.DatasetVersion, bytes]:
+def download(ds, offset: int, chunk_size: int = 4096) -> tuple[D.DatasetVersion, list[bytes]]:
+    """The header and the chunks sent after it."""
     request = D.DownloadDatasetRequest(
         ref=common_pb2.DatasetRef(name="clips", version=1), chunk_size=chunk_size, offset=offset
     )
     responses = list(ds.DownloadDataset(request, timeout=60))
-    return responses[0].header, b"".join(r.chunk for r in responses[1:])
+    return responses[0].header, [r.chunk for r in responses[1:]]
 
 
 @pytest.mark.parametrize("offset", [1, 4095, 4096, 10_000])
 def test_a_download_resumed_at_an_offset_sends_the_rest_of_the_file(ds, offset):
     data = npz_bytes(20)
     upload_dataset(ds, "clips", data)
-    header, rest = download(ds, offset)
-    assert rest == data[offset:]
+    header, chunks = download(ds, offset)
+    assert b"".join(chunks) == data[offset:] and all(chunks)
     assert (header.sha256, header.size_bytes) == (hashlib.sha256(data).hexdigest(), len(data))
 
 
 def test_a_download_resumed_at_the_end_sends_no_chunk(ds):
     data = npz_bytes(20)
     upload_dataset(ds, "clips", data)
-    header, rest = download(ds, len(data))
-    assert rest == b"" and header.size_bytes == len(data)
+    header, chunks = download(ds, len(data))
+    assert chunks == [] and header.size_bytes == len(data)
+
+
+def test_a_download_from_an_offset_reads_a_chunk_a_step_up_to_it(ds, daemon):
+    """Each step of the stream runs on a worker thread of the daemon's shared pool, which a
+    cancelled call cannot stop: the bytes before the offset, read and hashed in one step, held it
+    for the whole file. A step now reads one chunk, and one before the offset has nothing to send."""
+    data = npz_bytes(20)
+    upload_dataset(ds, "clips", data)
+    datasets = daemon.daemon.datasets
+    chunks = datasets.read_chunks(datasets.resolve("clips", 1), 4096, len(data))
+    assert list(chunks) == [b""] * math.ceil(len(data) / 4096)
 
 
 @pytest.mark.parametrize(
