@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tesserad.errors import ResourceExhausted, Unavailable
-from tesserad.store import Store, WriteTxn, decode_record, encode_record
+from tesserad.store import ReadTxn, Store, WriteTxn, decode_record, encode_record
 
 TABLES = ["job_events"]
 REPLAY_BATCH = 256
@@ -225,9 +225,11 @@ class EventLog:
     def newest(self, job_id: str, limit: int) -> list[JobEvent]:
         """The job's newest `limit` stored events, newest first, in one short read transaction."""
         with self._store.read() as txn:
-            return [
-                decode_event(raw) for _, raw in txn.scan(self._table, (job_id,), reverse=True, limit=limit)
-            ]
+            return self.newest_in(txn, job_id, limit)
+
+    def newest_in(self, txn: ReadTxn, job_id: str, limit: int) -> list[JobEvent]:
+        """`newest`, read in `txn` (a start-up pass's write transaction)."""
+        return [decode_event(raw) for _, raw in txn.scan(self._table, (job_id,), reverse=True, limit=limit)]
 
     def shutdown(self) -> None:
         """End every live watcher (they may resume against the next daemon)."""

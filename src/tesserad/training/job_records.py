@@ -92,7 +92,7 @@ class JobRecord:
     # Why early stopping ended the job (the worker's early_stopping facts, training.loop), None
     # while it has not. `stopped_early_recorded`: the record holds it, as every record does from
     # an epoch of a job with early stopping on; a record an older daemon stored does not, and
-    # only the job's events say it (Jobs reads them then).
+    # only the job's events say it (the next start stores it from them on the record).
     stopped_early: dict[str, Any] | None = None
     stopped_early_recorded: bool = False
 

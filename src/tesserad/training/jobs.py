@@ -84,7 +84,7 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted"
 ENDED = frozenset({"succeeded", "failed", "cancelled"})
 # More events than a job appends after its last epoch (its final checkpoint, a few lines, its
 # registration, its end): how far back Jobs looks for the worker's early-stopping line in the
-# events of a job whose record an older daemon stored.
+# events of a job whose record does not hold it (`_with_early_stop`).
 _AFTER_LAST_EPOCH = 32
 
 
@@ -112,9 +112,13 @@ _RATE_WINDOW_S = 1.0
 # In the "meta" table once the checkpoint retention policy was applied to the jobs a daemon
 # older than it left ended.
 CHECKPOINTS_RETAINED = ("checkpoints_retained",)
-# The start-up marker above, with the store schema from which every daemon keeps what it
-# marks (tesserad.store.schema drops it when an older daemon may have broken it).
-MARKERS: dict[Key, int] = {CHECKPOINTS_RETAINED: 1}
+# In the "meta" table once every SUCCEEDED job with early stopping on has a record that holds
+# why early stopping ended it, or that it did not (those an older daemon stored are filled from
+# their events once at start).
+STOPPED_EARLY_STORED = ("jobs_stopped_early_stored",)
+# The start-up markers above, each with the store schema from which every daemon keeps what it
+# marks (tesserad.store.schema drops one when an older daemon may have broken it).
+MARKERS: dict[Key, int] = {CHECKPOINTS_RETAINED: 1, STOPPED_EARLY_STORED: 4}
 _RETAIN_BATCH = 256
 
 # Starting a process reads os.environ; the worker's variables are set around the start only.
@@ -301,6 +305,7 @@ class Jobs:
 
     def start(self) -> None:
         """Load jobs from the store: RUNNING ones were cut off by a crash; re-queue what did not end."""
+        self._store_stopped_early_once()
         with self._store.read() as txn:
             records = [decode_job(raw) for _, raw in txn.scan("jobs")]
         self._state_counts.update(job.state for job in records)
@@ -434,6 +439,28 @@ class Jobs:
         if count:
             log.info("released the checkpoints ended jobs no longer keep", extra={"blobs": count})
         return count
+
+    def _store_stopped_early_once(self) -> None:
+        """Store, once, on each record an older daemon left without it, why early stopping ended
+        the job or that it did not, as its events say: answers then read the record alone (the
+        dashboard lists jobs every 2 s). A stop midway leaves the pass to run again at the next
+        start (filling a record twice stores the same)."""
+
+        def fill(txn: WriteTxn, _key: Key, raw: bytes) -> bool:
+            job = decode_job(raw)
+            if not _stop_unrecorded(job):
+                return False
+            self._put(txn, self._with_early_stop(job, txn))
+            return True
+
+        # Reserved: a daemon must start on a full store, and each record grows by a few bytes.
+        filled = each_row_once(
+            self._store, "jobs", STOPPED_EARLY_STORED, fill, batch=_RETAIN_BATCH, reserved=True
+        )
+        if filled:
+            log.info(
+                "stored why early stopping ended the jobs an older tesserad left", extra={"jobs": filled}
+            )
 
     def _retained(self, job: JobRecord) -> tuple[JobRecord, set[str]]:
         """The job as the retention policy leaves it when it ends, and the blobs it drops."""
@@ -641,8 +668,6 @@ class Jobs:
 
     def get(self, job_id: str) -> JobRecord:
         with self._lock:
-            # Neither needs its events read: an unended job has not stopped early, and an end
-            # this daemon made holds why (`_set_state`).
             if job_id in self._active:
                 return self._active[job_id]
             if job_id in self._unstored_ends:
@@ -651,26 +676,27 @@ class Jobs:
             raw = txn.get("jobs", (job_id,))
         if raw is None:
             raise NotFound(f"job {job_id!r} does not exist; ListJobs lists them")
-        return self._with_early_stop(decode_job(raw))
+        return decode_job(raw)
 
-    def _with_early_stop(self, job: JobRecord) -> JobRecord:
-        """`job`, holding why early stopping ended it where its record, stored by an older daemon,
-        does not: its events say it, read here (once per answer of such a job; this daemon's
-        records hold it from the job's first epoch on).
+    def _with_early_stop(self, job: JobRecord, txn: ReadTxn | None = None) -> JobRecord:
+        """`job`, holding why early stopping ended it where its record does not (stored by an
+        older daemon, or succeeding with no epoch of this daemon's): its events say it, read in
+        `txn` if given. Read once per job: at its end, or by the start-up pass over the records
+        older daemons left (this daemon's records hold it from the job's first epoch on).
 
         The worker's line follows the job's last epoch event and final checkpoint, and only its
         registration and its end come after it: the events from the end back to that epoch hold it.
-        That attempt ran under the older daemon, so they are stored.
+        That attempt's events are stored by then.
         """
-        # A job stored before configs held every section may have none.
-        if (
-            job.stopped_early_recorded
-            or job.state != "succeeded"
-            or not job.config.get("early_stopping", {}).get("patience")
-        ):
+        if not _stop_unrecorded(job):
             return job
+        newest = (
+            self._events.newest(job.job_id, _AFTER_LAST_EPOCH)
+            if txn is None
+            else self._events.newest_in(txn, job.job_id, _AFTER_LAST_EPOCH)
+        )
         found = None
-        for event in self._events.newest(job.job_id, _AFTER_LAST_EPOCH):
+        for event in newest:
             if event.kind == "epoch":
                 break
             if event.kind == "log" and "early_stopping" in event.data:
@@ -699,7 +725,7 @@ class Jobs:
                 if not fill.room(answered_bytes(job)):
                     break
                 fill.add(key, job)
-        return [self._with_early_stop(job) for job in fill.page.items], fill.page.next_page_token
+        return fill.page.items, fill.page.next_page_token
 
     def cancel(self, job_id: str) -> JobRecord:
         queued, requested_at = self._accept_cancel(job_id)
@@ -1510,10 +1536,22 @@ class Jobs:
         txn.put("jobs", (job.job_id,), encode_job(job))
 
 
+def _stop_unrecorded(job: JobRecord) -> bool:
+    """Whether `job` SUCCEEDED with early stopping on and its record does not say whether early
+    stopping ended it."""
+    # A job stored before configs held every section may have none.
+    return (
+        not job.stopped_early_recorded
+        and job.state == "succeeded"
+        and bool(job.config.get("early_stopping", {}).get("patience"))
+    )
+
+
 def answered_bytes(job: JobRecord) -> int:
     """What `job` takes in a GetJob or ListJobs answer at most, as paging.answer_bytes sizes
     every listing's items: its record less its config, which no answer carries (its stored row
-    holds the spec twice over, as given and checked), with the checkpoints an answer lists."""
+    holds the spec twice over, as given and checked), with the checkpoints an answer lists and
+    why early stopping ended it (held by the record as read, not added after sizing)."""
     return answer_bytes(replace(job, config={}, checkpoints=listed_checkpoints(job.checkpoints)))
 
 

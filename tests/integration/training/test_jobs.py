@@ -21,8 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2
 from tessera.v1 import training_pb2_grpc as training_grpc
 from tesserad.api.convert_training import job_spec_from_proto
+from tesserad.config import Settings
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
+from tesserad.store.schema import SCHEMA_KEY
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.training.conftest import (
     TRAINING_SETTINGS,
@@ -263,6 +265,41 @@ def test_list_jobs_and_the_watch_end_say_why_early_stopping_ended_a_job(
     assert reads == []
 
 
+def _stored_as_by_an_older_daemon(settings: Settings, specs: list[job_spec_pb2.JobSpec]) -> list[S.Job]:
+    """Run each of `specs` to its end, then leave its record and its end as an older daemon
+    (of store schema 3) stored them: without why early stopping ended it, which only the
+    worker's line holds. Returns the jobs as GetJob answered them before."""
+    daemon = InProcessDaemon(settings).start()
+    try:
+        upload_standard_datasets(daemon.channel())
+        training = training_grpc.TrainingStub(daemon.channel())
+        submitted = [submit(training, spec) for spec in specs]
+        for job in submitted:
+            follow(training, job.job_id)
+        ended = [training.GetJob(S.GetJobRequest(job_id=job.job_id)) for job in submitted]
+    finally:
+        daemon.stop()
+    store = Store.open(settings.data_dir / "store", map_size=1 << 26, tables=STORE_TABLES)
+    try:
+        with store.write() as txn:
+            for job in ended:
+                raw = txn.get("jobs", (job.job_id,))
+                assert raw is not None
+                record = json.loads(raw)
+                del record["data"]["stopped_early"]
+                txn.put("jobs", (job.job_id,), json.dumps(record).encode())
+                key, raw = next(iter(txn.scan("job_events", (job.job_id,), reverse=True, limit=1)))
+                event = json.loads(raw)
+                del event["data"]["data"]["stopped_early"]
+                txn.put("job_events", key, json.dumps(event).encode())
+            schema = json.loads(txn.get("meta", SCHEMA_KEY) or b"{}")
+            schema["data"]["schema"] = 3
+            txn.put("meta", SCHEMA_KEY, json.dumps(schema).encode())
+    finally:
+        store.close()
+    return ended
+
+
 def test_a_job_record_from_an_older_daemon_says_why_early_stopping_ended_it(tmp_path: Path) -> None:
     settings = daemon_settings(tmp_path / "data", **TRAINING_SETTINGS)
     spec = job_spec(
@@ -270,32 +307,9 @@ def test_a_job_record_from_an_older_daemon_says_why_early_stopping_ended_it(tmp_
         epochs=50,
         early_stopping=job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0),
     )
-    daemon = InProcessDaemon(settings).start()
-    try:
-        upload_standard_datasets(daemon.channel())
-        training = training_grpc.TrainingStub(daemon.channel())
-        job = submit(training, spec)
-        follow(training, job.job_id)
-        stopped = training.GetJob(S.GetJobRequest(job_id=job.job_id)).stopped_early
-        assert stopped.epoch == 2
-    finally:
-        daemon.stop()
-    # As an older daemon stored it: the record and its end without the reason, which only the
-    # worker's line holds.
-    store = Store.open(tmp_path / "data" / "store", map_size=1 << 26, tables=STORE_TABLES)
-    try:
-        with store.write() as txn:
-            raw = txn.get("jobs", (job.job_id,))
-            assert raw is not None
-            record = json.loads(raw)
-            assert record["data"].pop("stopped_early") is not None
-            txn.put("jobs", (job.job_id,), json.dumps(record).encode())
-            key, raw = next(iter(txn.scan("job_events", (job.job_id,), reverse=True, limit=1)))
-            event = json.loads(raw)
-            assert event["data"]["data"].pop("stopped_early") is not None
-            txn.put("job_events", key, json.dumps(event).encode())
-    finally:
-        store.close()
+    (job,) = _stored_as_by_an_older_daemon(settings, [spec])
+    stopped = job.stopped_early
+    assert stopped.epoch == 2
     restarted = InProcessDaemon(settings).start()
     try:
         training = training_grpc.TrainingStub(restarted.channel())
@@ -304,6 +318,51 @@ def test_a_job_record_from_an_older_daemon_says_why_early_stopping_ended_it(tmp_
         assert listed.stopped_early == stopped
         end = [e.state for e in follow(training, job.job_id) if e.WhichOneof("event") == "state"][-1]
         assert end.stopped_early == stopped
+    finally:
+        restarted.stop()
+
+
+def test_the_next_start_stores_why_early_stopping_ended_a_job_an_older_daemon_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Answering it from the job's events on every GetJob and ListJobs (the dashboard lists jobs
+    # every 2 s) read them forever: the start stores it once, or that it did not stop early.
+    settings = daemon_settings(tmp_path / "data", **TRAINING_SETTINGS)
+    early_stopping = job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0)
+    stopped_job, whole_job = _stored_as_by_an_older_daemon(
+        settings,
+        [
+            job_spec("mlp", epochs=50, early_stopping=early_stopping),
+            job_spec("mlp", epochs=1, early_stopping=early_stopping),
+        ],
+    )
+    assert stopped_job.stopped_early.epoch == 2 and not whole_job.HasField("stopped_early")
+    restarted = InProcessDaemon(settings).start()
+    try:
+        jobs = restarted.daemon.training
+        with jobs._store.read() as txn:
+            records = {
+                job.job_id: json.loads(txn.get("jobs", (job.job_id,)) or b"{}")["data"]
+                for job in (stopped_job, whole_job)
+            }
+        assert records[stopped_job.job_id]["stopped_early"]["epoch"] == 2
+        assert records[whole_job.job_id]["stopped_early"] is None
+
+        newest, reads = jobs._events.newest, []
+
+        def counted_newest(job_id: str, limit: int) -> list[Any]:
+            reads.append(job_id)
+            return newest(job_id, limit)
+
+        monkeypatch.setattr(jobs._events, "newest", counted_newest)
+        training = training_grpc.TrainingStub(restarted.channel())
+        listed = training.ListJobs(S.ListJobsRequest()).jobs
+        assert {j.job_id: j.stopped_early for j in listed if j.HasField("stopped_early")} == {
+            stopped_job.job_id: stopped_job.stopped_early
+        }
+        got = training.GetJob(S.GetJobRequest(job_id=stopped_job.job_id))
+        assert got.stopped_early == stopped_job.stopped_early
+        assert reads == []
     finally:
         restarted.stop()
 
