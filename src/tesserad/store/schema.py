@@ -47,9 +47,7 @@ from tesserad.store.records import decode_record, encode_record
 
 # The schema this tesserad writes. Bump it here (see the module's doc for when).
 # 3: a sweep's trials in rows of their own (training.sweeps), which an older tesserad misreads.
-# 4: every SUCCEEDED job's record holds why early stopping ended it (training.jobs), which an
-# older tesserad's records do not.
-STORE_SCHEMA = 4
+STORE_SCHEMA = 3
 # The "meta" row that records who last opened the store for writing.
 SCHEMA_KEY = ("store_schema",)
 _KIND = "store_schema"

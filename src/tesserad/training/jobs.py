@@ -118,7 +118,9 @@ CHECKPOINTS_RETAINED = ("checkpoints_retained",)
 STOPPED_EARLY_STORED = ("jobs_stopped_early_stored",)
 # The start-up markers above, each with the store schema from which every daemon keeps what it
 # marks (tesserad.store.schema drops one when an older daemon may have broken it).
-MARKERS: dict[Key, int] = {CHECKPOINTS_RETAINED: 1, STOPPED_EARLY_STORED: 4}
+# Not a schema of its own: a schema-3 daemon from before this marker may store records without
+# it after the pass, and answers read those few from their events (`_with_early_stop`).
+MARKERS: dict[Key, int] = {CHECKPOINTS_RETAINED: 1, STOPPED_EARLY_STORED: 3}
 _RETAIN_BATCH = 256
 
 # Starting a process reads os.environ; the worker's variables are set around the start only.
@@ -676,13 +678,14 @@ class Jobs:
             raw = txn.get("jobs", (job_id,))
         if raw is None:
             raise NotFound(f"job {job_id!r} does not exist; ListJobs lists them")
-        return decode_job(raw)
+        return self._with_early_stop(decode_job(raw))
 
     def _with_early_stop(self, job: JobRecord, txn: ReadTxn | None = None) -> JobRecord:
         """`job`, holding why early stopping ended it where its record does not (stored by an
         older daemon, or succeeding with no epoch of this daemon's): its events say it, read in
         `txn` if given. Read once per job: at its end, or by the start-up pass over the records
-        older daemons left (this daemon's records hold it from the job's first epoch on).
+        older daemons left (this daemon's records hold it from the job's first epoch on); only a
+        record a schema-3 daemon from before the pass stored after it is read at each answer.
 
         The worker's line follows the job's last epoch event and final checkpoint, and only its
         registration and its end come after it: the events from the end back to that epoch hold it.
@@ -722,6 +725,7 @@ class Jobs:
                     continue
                 if sweep_id and job.sweep_id != sweep_id:
                     continue
+                job = self._with_early_stop(job, txn)
                 if not fill.room(answered_bytes(job)):
                     break
                 fill.add(key, job)

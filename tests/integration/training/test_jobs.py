@@ -24,7 +24,7 @@ from tesserad.api.convert_training import job_spec_from_proto
 from tesserad.config import Settings
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
-from tesserad.store.schema import SCHEMA_KEY
+from tesserad.training.jobs import STOPPED_EARLY_STORED
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.training.conftest import (
     TRAINING_SETTINGS,
@@ -265,10 +265,14 @@ def test_list_jobs_and_the_watch_end_say_why_early_stopping_ended_a_job(
     assert reads == []
 
 
-def _stored_as_by_an_older_daemon(settings: Settings, specs: list[job_spec_pb2.JobSpec]) -> list[S.Job]:
+def _stored_as_by_an_older_daemon(
+    settings: Settings, specs: list[job_spec_pb2.JobSpec], *, before_the_pass: bool = True
+) -> list[S.Job]:
     """Run each of `specs` to its end, then leave its record and its end as an older daemon
     (of store schema 3) stored them: without why early stopping ended it, which only the
-    worker's line holds. Returns the jobs as GetJob answered them before."""
+    worker's line holds. `before_the_pass`: that daemon is older than the start-up pass that
+    stores it; else it ran after this one had made the pass (a downgrade and back). Returns the
+    jobs as GetJob answered them before."""
     daemon = InProcessDaemon(settings).start()
     try:
         upload_standard_datasets(daemon.channel())
@@ -292,9 +296,8 @@ def _stored_as_by_an_older_daemon(settings: Settings, specs: list[job_spec_pb2.J
                 event = json.loads(raw)
                 del event["data"]["data"]["stopped_early"]
                 txn.put("job_events", key, json.dumps(event).encode())
-            schema = json.loads(txn.get("meta", SCHEMA_KEY) or b"{}")
-            schema["data"]["schema"] = 3
-            txn.put("meta", SCHEMA_KEY, json.dumps(schema).encode())
+            if before_the_pass:
+                txn.delete("meta", STOPPED_EARLY_STORED)
     finally:
         store.close()
     return ended
@@ -307,7 +310,7 @@ def test_a_job_record_from_an_older_daemon_says_why_early_stopping_ended_it(tmp_
         epochs=50,
         early_stopping=job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0),
     )
-    (job,) = _stored_as_by_an_older_daemon(settings, [spec])
+    (job,) = _stored_as_by_an_older_daemon(settings, [spec], before_the_pass=False)
     stopped = job.stopped_early
     assert stopped.epoch == 2
     restarted = InProcessDaemon(settings).start()
