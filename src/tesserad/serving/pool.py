@@ -573,31 +573,38 @@ class ModelPool:
             self._metrics.forget(entry.stats)
         return entry
 
-    def list_failure(self, model: str, version: int, error: TesseraError) -> bool:
+    def list_failure(self, model: str, version: int, error: TesseraError, artifact_sha256: str) -> bool:
         """List the version FAILED for `error`, which ended a load of it before this pool began
         one (its source failed unexpectedly): ListLoaded and the repository index show why, and
-        requests do not load it again (see InferenceService.autoload). Not when it is listed
-        already: a load that listed it says more. Whether it was listed."""
+        requests do not load it again (see InferenceService.autoload) until it is retried.
+        `artifact_sha256`: the artifact the load was for, "" when none was read yet. Not when it
+        is listed already: a load that listed it says more. Whether it was listed."""
         config = dataclasses.replace(effective_config(ServingConfig(), self.defaults, "onnx"), runtime="")
-        # Of no artifact (""): none was read. LoadModel, UnloadModel or the version's deletion
-        # takes the listing away, as any failed load's.
-        entry = LoadedVersion(model, version, "", config, ServingStats(model, version, None))
+        # LoadModel, UnloadModel or the version's deletion takes the listing away, as any failed
+        # load's; a refresh of its model also takes one of no artifact away (see
+        # InferenceService._swap_targets).
+        entry = LoadedVersion(model, version, artifact_sha256, config, ServingStats(model, version, None))
         entry.state = LoadState.FAILED
         entry.error = error.message
-        entry.retry = retry_for(error)
+        # Retried soon (InferenceService.retry_failed_loads): such a cause may pass (a disk hiccup),
+        # and a listing for good would refuse every request for the version until LoadModel.
+        entry.retry = Retry.SOON
         with self._lock:
             if (model, version) in self._listed:
                 return False
             self._listed[(model, version)] = entry
             return True
 
-    def forget_failure(self, model: str, version: int) -> bool:
+    def forget_failure(self, model: str, version: int, artifact_sha256: str | None = None) -> bool:
         """Drop the version's failed listing, so that loads of it are no longer refused for the
-        failure; False when it is not listed as failed (any more)."""
+        failure; only one of `artifact_sha256` when given. False when it is not listed as failed
+        (any more)."""
         key = (model, version)
         with self._lock:
             entry = self._listed.get(key)
             if entry is None or entry.state is not LoadState.FAILED:
+                return False
+            if artifact_sha256 is not None and entry.artifact_sha256 != artifact_sha256:
                 return False
             del self._listed[key]
             return True

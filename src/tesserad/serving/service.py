@@ -1057,6 +1057,7 @@ class InferenceService:
                     load = self._warm_loads.submit(
                         self._load_in_background,
                         key,
+                        "",  # its artifact is read as it loads
                         functools.partial(self.autoload, model, version, shadowed=True),
                     )
                 self._shadow_loads[key] = load
@@ -1073,12 +1074,15 @@ class InferenceService:
         if isinstance(error, TesseraError):
             log.warning("cannot load shadow version %s of %r: %s", key[1], key[0], error.message)
 
-    def _load_in_background(self, key: tuple[str, int], load: Callable[[], object]) -> None:
-        """Run a warm or shadow load (of the version `key`) on the warm loads' threads; what it
-        raises is for the ends of each that joined it (_warm_ended, _shadow_load_ended), always a
-        TesseraError. An unexpected error (its source unreadable) is logged here, once, and the
-        version listed FAILED with the error, which names the log's record, as the pool lists a
-        load that raised one: nothing else would show it."""
+    def _load_in_background(
+        self, key: tuple[str, int], artifact_sha256: str, load: Callable[[], object]
+    ) -> None:
+        """Run a warm or shadow load (of the version `key`, its artifact `artifact_sha256`, "" when
+        not read yet) on the warm loads' threads; what it raises is for the ends of each that
+        joined it (_warm_ended, _shadow_load_ended), always a TesseraError. An unexpected error
+        (its source unreadable) is logged here, once, and the version listed FAILED with the
+        error, which names the log's record, as the pool lists a load that raised one: nothing
+        else would show it. Listed to be retried soon (ModelPool.list_failure)."""
         model, version = key
         try:
             load()
@@ -1088,7 +1092,7 @@ class InferenceService:
             error = logged_internal(
                 log, f"loading model {model!r} version {version}", exc, model=model, version=version
             )
-            self.pool.list_failure(model, version, error)
+            self.pool.list_failure(model, version, error, artifact_sha256)
             raise error from exc
 
     # -- hot swap --------------------------------------------------------------------------
@@ -1398,6 +1402,12 @@ class InferenceService:
             # A failed load of a deleted version would be listed, and refuse its number, forever
             # (one under way now, which fails later, the pool drops as it ends).
             self.pool.forget_failure(model, version)
+        if settled:
+            # A failure listed before its artifact was read (ModelPool.list_failure) is of none a
+            # refresh could find replaced: its model may have been deleted and registered again.
+            for entry in self.pool.list(model):
+                if entry.state is LoadState.FAILED and not entry.artifact_sha256:
+                    self.pool.forget_failure(model, entry.version, "")
         return settled
 
     def _deleted_versions(self, model: str) -> tuple[dict[int, str | None], bool]:
@@ -1427,7 +1437,7 @@ class InferenceService:
                 settled = False
                 continue
             # A failure listed before its artifact was read ("", see ModelPool.list_failure) is
-            # of no artifact the source replaced.
+            # of no artifact the source replaced (_swap_targets drops it).
             if artifact and artifact != servable.artifact_sha256:
                 gone[version] = artifact
         return gone, settled
@@ -1482,6 +1492,7 @@ class InferenceService:
                 load = self._warm_loads.submit(
                     self._load_in_background,
                     key,
+                    servable.artifact_sha256,
                     functools.partial(
                         self.pool.load,
                         servable,

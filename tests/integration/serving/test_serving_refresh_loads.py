@@ -543,10 +543,10 @@ def test_requests_copied_to_a_shadow_version_loading_queue_one_load_of_it(
     shadow_loads: list[tuple[str, int]] = []
     load_in_background = service._load_in_background
 
-    def recorded(key: tuple[str, int], load: Callable[[], object]) -> None:
+    def recorded(key: tuple[str, int], artifact_sha256: str, load: Callable[[], object]) -> None:
         if key[0] == "m":
             shadow_loads.append(key)
-        load_in_background(key, load)
+        load_in_background(key, artifact_sha256, load)
 
     monkeypatch.setattr(service, "_load_in_background", recorded)
     registry.Deploy(
@@ -638,6 +638,8 @@ def test_a_shadow_load_that_raises_an_unexpected_error_is_logged_and_listed_fail
 
     monkeypatch.setattr(store, "resolve", failing)
     service = daemon.daemon.inference
+    # The deployment's refresh done: a refresh after the failure would take its listing away.
+    service._swaps.submit(lambda: None).result(30)
     assert inference.Predict(predict_request("m", X)).version == 1
     _wait_for(lambda: not service._shadow_loads, "the shadow load done")
     (logged,) = [r for r in caplog.records if r.exc_info and r.exc_info[1] is unreadable]
@@ -692,3 +694,70 @@ def test_a_warm_load_of_a_version_a_shadow_load_is_loading_joins_that_load(
         "the alias on version 2",
     )
     assert loads == [("m", 2)]
+
+
+def _shadow_load_failing_unexpectedly(daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deploy 'm' on version 1 shadowing version 2, and fail the shadow load a copied request
+    queues as it reads version 2 from the registry (OSError, once): version 2 is listed FAILED."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    upload(channel, "m", linear_model(1.0))
+    upload(channel, "m", linear_model(2.0))
+    registry.Deploy(
+        registry_pb2.DeployRequest(
+            model="m",
+            routes=[registry_pb2.Route(version=1, weight=100)],
+            shadow=registry_pb2.Shadow(version=2, percent=100),
+        )
+    )
+    store = daemon.daemon.registry
+    resolve = store.resolve
+    failed = threading.Event()
+
+    def failing_once(model: str, version: int | None = None, alias: str | None = None) -> Any:
+        if (model, version) == ("m", 2) and not failed.is_set():
+            failed.set()
+            raise OSError("disk I/O error")
+        return resolve(model, version, alias)
+
+    monkeypatch.setattr(store, "resolve", failing_once)
+    service = daemon.daemon.inference
+    # The deployment's refresh done: a refresh after the failure would take its listing away.
+    service._swaps.submit(lambda: None).result(30)
+    assert inference.Predict(predict_request("m", X)).version == 1
+    assert failed.wait(30)
+    _wait_for(lambda: not service._shadow_loads, "the shadow load done")
+    assert _loaded(inference, "m")[2] == inference_pb2.LOAD_STATE_FAILED
+
+
+def test_a_shadow_load_whose_registry_read_failed_unexpectedly_is_retried(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk hiccup as the shadow's load read version 2 from the registry listed it FAILED for
+    good: no retry took it up, and every request for version 2 was refused until LoadModel."""
+    _shadow_load_failing_unexpectedly(daemon, monkeypatch)
+    inference = inference_pb2_grpc.InferenceStub(daemon.channel())
+    assert daemon.daemon.inference.retry_failed_loads() == 1
+    answer = inference.Predict(predict_request("m", X, version=2))
+    np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 2, rtol=1e-6)
+
+
+def test_a_failed_listing_of_no_artifact_goes_with_its_model_deleted_and_registered_again(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model was deleted and registered again before its refresh: version 2's failed listing,
+    of no artifact (the shadow's load failed reading the registry), was never found replaced, so
+    requests for the new model's version 2 were refused."""
+    _shadow_load_failing_unexpectedly(daemon, monkeypatch)
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    refreshes = HeldRefreshes(daemon.daemon.inference)
+    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="m", force=True))
+        assert upload(channel, "m", linear_model(1.0)) == 1
+        assert upload(channel, "m", linear_model(3.0)) == 2
+        refreshes.release_and_wait("m")
+    answer = inference.Predict(predict_request("m", X, version=2))
+    np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)
