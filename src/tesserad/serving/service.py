@@ -1455,18 +1455,22 @@ class InferenceService:
                 for failed in [k for k in self._warm_failures if k[:2] == key]:
                     del self._warm_failures[failed]
             return None
+        # Before the registry is read: a move without a warm load needs no read, nor is held back
+        # by one that fails.
+        current = self.pool.get(model, like)
+        if current is None:
+            return None
         try:
             servable = self._source.servable(model, version, None)
         except TesseraError as exc:
             return exc.message
         with self._warm_lock:
-            # Only its artifact's: a model deleted and registered again numbers its versions anew.
-            failure = self._warm_failures.pop((model, version, servable.artifact_sha256), None)
+            # Every failure of its number goes, only its artifact's counts: a model deleted and
+            # registered again numbers its versions anew.
+            failures = {k[2]: self._warm_failures.pop(k) for k in list(self._warm_failures) if k[:2] == key}
+        failure = failures.get(servable.artifact_sha256)
         if failure is not None:
             return failure
-        current = self.pool.get(model, like)
-        if current is None:
-            return None
         listed = self._listed(model, version)
         if (
             listed is not None

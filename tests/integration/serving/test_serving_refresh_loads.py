@@ -761,3 +761,71 @@ def test_a_failed_listing_of_no_artifact_goes_with_its_model_deleted_and_registe
         refreshes.release_and_wait("m")
     answer = inference.Predict(predict_request("m", X, version=2))
     np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)
+
+
+def test_an_alias_moving_from_a_version_not_loaded_reads_nothing_for_its_warm_load(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The alias moved from version 1, unloaded, so that no warm load was due: the refresh still
+    read version 2 from the registry, and a read that failed (the registry out of reach) held the
+    alias back on version 1."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    upload(channel, "m", linear_model(1.0))
+    upload(channel, "m", linear_model(2.0))
+    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=1))
+    assert inference.Predict(predict_request("m", X, alias="production")).version == 1
+    inference.UnloadModel(
+        inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model="m", version=1))
+    )
+    store = daemon.daemon.registry
+    resolve = store.resolve
+    reads: list[tuple[str, int]] = []
+    unreachable = threading.Event()
+
+    def failing(model: str, version: int | None = None, alias: str | None = None) -> Any:
+        if unreachable.is_set() and (model, version) == ("m", 2):
+            reads.append((model, version))
+            raise Unavailable("the registry cannot be reached")
+        return resolve(model, version, alias)
+
+    monkeypatch.setattr(store, "resolve", failing)
+    service = daemon.daemon.inference
+    unreachable.set()
+    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+    service._swaps.submit(lambda: None).result(30)  # its refresh done
+    unreachable.clear()
+    assert reads == []
+    assert inference.Predict(predict_request("m", X, alias="production")).version == 2
+
+
+def test_a_warm_load_failure_of_a_deleted_models_version_is_forgotten_as_its_new_one_loads(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refresh that started the warm load of the new model's version 2 kept the old version
+    2's failure, recorded under its artifact: one such record stayed for each deletion."""
+    channel = daemon.channel()
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    service = daemon.daemon.inference
+    held: list[HeldArtifacts] = []
+
+    def registered_again() -> None:
+        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="m", force=True))
+        assert upload(channel, "m", linear_model(1.0)) == 1
+        assert upload(channel, "m", linear_model(3.0)) == 2
+        held.append(HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 2)))
+        registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+
+    try:
+        _fail_warm_load_then(daemon, monkeypatch, registered_again)
+        assert held[0].inside.wait(30)  # the new version 2's warm load
+        assert [key for key in service._warm_failures if key[:2] == ("m", 2)] == []
+    finally:
+        for each in held:
+            each.release.set()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    _wait_for(
+        lambda: inference.Predict(predict_request("m", X, alias="production")).version == 2,
+        "the alias on the new version 2",
+    )
