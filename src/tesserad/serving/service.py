@@ -1559,6 +1559,11 @@ class InferenceService:
     def close(self) -> None:
         with self._refresh_lock:
             self._closed = True
+        # In this order: refreshes (on _swaps) submit to _warm_loads, so _swaps is shut down first,
+        # and _load_shadow checks _closed under _refresh_lock. Nothing may submit to _warm_loads
+        # holding _warm_lock once closing: its shutdown below cancels the loads not begun under
+        # the executor's lock, which submit takes too, and their ends take _warm_lock
+        # (_warm_ended, _shadow_load_ended): a deadlock.
         self._swaps.shutdown(wait=True, cancel_futures=True)
         # Loads begun go on, and the pool's close waits for them; those not begun never will.
         # Those cancelled leave _warming and _shadow_loads as they end (_warm_ended, _shadow_load_ended).
