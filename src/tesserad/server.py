@@ -46,6 +46,7 @@ from tesserad.api.convert_training import job_spec_document
 from tesserad.api.datasets import DatasetsServicer
 from tesserad.api.follow import (
     MIN_PING_INTERVAL_MS,
+    RETRY_MAX_S,
     Follower,
     PrimaryCertificateError,
     ReplicaTlsSettingsError,
@@ -438,7 +439,7 @@ class Daemon:
         self.registry.add_listener(self.inference.on_registry_change)
         self.inference.add_deletion_listener(self._tracer.forget, self._tracer.kept)
         # A replica's follower runs these in its retry of failed loads.
-        self._refresh_sweep = asyncio.create_task(_sweep_failed_refreshes(self.inference))
+        self._refresh_sweep = asyncio.create_task(_sweep_failures(self.inference))
         oip = OpenInference(self.inference, self._stopping, self._shared_memory, self._logs, self._tracer)
         cluster = ClusterStats(self._changes.replicas, transport, refusals.recent)
         _register(
@@ -873,7 +874,9 @@ class Daemon:
             await end_background_task(self._following, "the replica's following of its primary")
             self._following = None
         if self._refresh_sweep is not None:
-            await end_background_task(self._refresh_sweep, "the periodic retry of failed serving refreshes")
+            await end_background_task(
+                self._refresh_sweep, "the periodic retry of failed serving loads and refreshes"
+            )
             self._refresh_sweep = None
         if self._follower is not None:
             await self._follower.close()
@@ -963,19 +966,31 @@ async def _apply(
         )
 
 
-async def _sweep_failed_refreshes(inference: InferenceService) -> None:
+async def _sweep_failures(inference: InferenceService) -> None:
     """Queue again, every SOURCE_RETRY_S, the serving refreshes that failed and whose wait passed
     (each model's doubles with each failure in a row, up to REFRESH_RETRY_MAX_S): a model that
-    gets no calls (a deleted one) would otherwise keep loaded what its refresh was to unload."""
+    gets no calls (a deleted one) would otherwise keep loaded what its refresh was to unload.
+    The loads that failed for a cause that passes (a shadow's load that found the registry
+    unreadable) are tried again with them, the wait doubling while some are, up to RETRY_MAX_S
+    as a replica's follower does: else requests for their versions stay refused until LoadModel."""
+    loads_wait = SOURCE_RETRY_S
+    loads_due = 0.0
+    loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(SOURCE_RETRY_S)
         try:
-            inference.retry_failed_refreshes()
+            if loop.time() < loads_due:
+                inference.retry_failed_refreshes()
+                continue
+            # Backing off: a cause that lasts would log a failed load at each retry.
+            retried = inference.retry_failed_loads()
+            loads_wait = min(loads_wait * 2, RETRY_MAX_S) if retried else SOURCE_RETRY_S
+            loads_due = loop.time() + loads_wait
         except Exception:
             # Logged and swept again next time: a sweep that stopped would leave every later
             # failed refresh to a request (a deleted model gets none).
             log.exception(
-                "queueing the failed serving refreshes again failed; retried in %s s", SOURCE_RETRY_S
+                "retrying the failed serving loads and refreshes failed; retried in %s s", SOURCE_RETRY_S
             )
 
 

@@ -19,6 +19,7 @@ from test_serving_deleted_versions import HeldRefreshes
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tesserad.errors import Unavailable
+from tesserad.serving.service import InferenceService
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
@@ -378,6 +379,8 @@ def _fail_warm_load_then(
     inference = inference_pb2_grpc.InferenceStub(channel)
     registry = registry_pb2_grpc.RegistryStub(channel)
     service = daemon.daemon.inference
+    # Its failure (Unavailable) is one to retry: the test says when the refresh after it runs.
+    _without_periodic_load_retries(daemon, monkeypatch)
     upload(channel, "m", linear_model(1.0))
     upload(channel, "m", linear_model(2.0))
     registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=1))
@@ -630,6 +633,7 @@ def test_a_shadow_load_that_raises_an_unexpected_error_is_logged_and_listed_fail
     store = daemon.daemon.registry
     resolve = store.resolve
     unreadable = OSError("database disk image is malformed")
+    _without_periodic_load_retries(daemon, monkeypatch)
 
     def failing(model: str, version: int | None = None, alias: str | None = None) -> Any:
         if (model, version) == ("m", 2):
@@ -696,6 +700,12 @@ def test_a_warm_load_of_a_version_a_shadow_load_is_loading_joins_that_load(
     assert loads == [("m", 2)]
 
 
+def _without_periodic_load_retries(daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hold off the daemon's periodic retry of failed loads (server._sweep_failures): a failed
+    listing it would take away stays for the test to see."""
+    monkeypatch.setattr(daemon.daemon.inference, "retry_failed_loads", lambda lasting=False: 0)
+
+
 def _shadow_load_failing_unexpectedly(daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Deploy 'm' on version 1 shadowing version 2, and fail the shadow load a copied request
     queues as it reads version 2 from the registry (OSError, once): version 2 is listed FAILED."""
@@ -736,9 +746,10 @@ def test_a_shadow_load_whose_registry_read_failed_unexpectedly_is_retried(
 ) -> None:
     """A disk hiccup as the shadow's load read version 2 from the registry listed it FAILED for
     good: no retry took it up, and every request for version 2 was refused until LoadModel."""
+    _without_periodic_load_retries(daemon, monkeypatch)
     _shadow_load_failing_unexpectedly(daemon, monkeypatch)
     inference = inference_pb2_grpc.InferenceStub(daemon.channel())
-    assert daemon.daemon.inference.retry_failed_loads() == 1
+    assert InferenceService.retry_failed_loads(daemon.daemon.inference) == 1
     answer = inference.Predict(predict_request("m", X, version=2))
     np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 2, rtol=1e-6)
 
@@ -749,6 +760,7 @@ def test_a_failed_listing_of_no_artifact_goes_with_its_model_deleted_and_registe
     """The model was deleted and registered again before its refresh: version 2's failed listing,
     of no artifact (the shadow's load failed reading the registry), was never found replaced, so
     requests for the new model's version 2 were refused."""
+    _without_periodic_load_retries(daemon, monkeypatch)
     _shadow_load_failing_unexpectedly(daemon, monkeypatch)
     channel = daemon.channel()
     inference = inference_pb2_grpc.InferenceStub(channel)
@@ -829,3 +841,15 @@ def test_a_warm_load_failure_of_a_deleted_models_version_is_forgotten_as_its_new
         lambda: inference.Predict(predict_request("m", X, alias="production")).version == 2,
         "the alias on the new version 2",
     )
+
+
+def test_a_primary_retries_a_shadow_load_whose_registry_read_failed_unexpectedly(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a replica's follower retried failed loads: on a primary, the shadow's version listed
+    FAILED by a disk hiccup as its load read the registry stayed refused until LoadModel."""
+    _shadow_load_failing_unexpectedly(daemon, monkeypatch)
+    inference = inference_pb2_grpc.InferenceStub(daemon.channel())
+    _wait_for(lambda: 2 not in _loaded(inference, "m"), "version 2's failed listing retried")
+    answer = inference.Predict(predict_request("m", X, version=2))
+    np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 2, rtol=1e-6)

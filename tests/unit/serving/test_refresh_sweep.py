@@ -1,6 +1,6 @@
-"""The daemon's periodic retry of failed serving refreshes (server._sweep_failed_refreshes), and a
-replica's retry of failed loads (Follower._retry_failed_loads), go on after a pass that raised,
-and end cleanly when cancelled."""
+"""The daemon's periodic retry of failed serving loads and refreshes (server._sweep_failures),
+and a replica's retry of failed loads (Follower._retry_failed_loads), go on after a pass that
+raised, and end cleanly when cancelled."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_a_sweep_that_raised_sweeps_again_and_ends_cleanly_when_cancelled(
     service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
 
     async def sweep() -> None:
-        sweeping = asyncio.create_task(server._sweep_failed_refreshes(service))
+        sweeping = asyncio.create_task(server._sweep_failures(service))
         try:
             # Queued by a pass after the first, which raised.
             assert await asyncio.to_thread(refreshed.wait, 30)
