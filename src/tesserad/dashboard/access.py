@@ -3,8 +3,8 @@
 Without a tokens file every caller may read (the loopback rule in server.py keeps such a
 daemon off other networks unless the operator said --insecure). With one, every page and
 API call needs a token whose role reaches `DASHBOARD_ROLE`, sent as `Authorization: Bearer
-<token>` or as the session cookie the login form sets (its failures throttled per client
-address) and the logout ends. The login form, the logout and the static assets (code, no data)
+<token>` or as the session cookie the login form sets and the logout ends; failed logins and
+bad tokens in the header are throttled per client address. The login form, the logout and the static assets (code, no data)
 stay open. A request in progress (an event stream above all) whose token a reload of
 the tokens file revokes, or whose token expires, is cancelled (`end_revoked`, an expiry timer):
 its connection closes, and the page's reconnect meets the login form.
@@ -60,8 +60,9 @@ LOGOUT_PATH = "/logout"
 # without a CORS preflight, which this server never answers, so such a page cannot make the
 # browser restore or log out.
 CHANGE_HEADER = "X-Tessera-Dashboard"
-# Failed logins one client address may make in a row, then one per LOGIN_RETRY_S (429 between);
-# a good login forgets its failures. At most MAX_THROTTLED_ADDRESSES are remembered.
+# Failed logins (on the form, or bad tokens in an Authorization header) one client address may
+# make in a row, then one per LOGIN_RETRY_S (429 between). At most MAX_THROTTLED_ADDRESSES are
+# remembered.
 LOGIN_FAILURES_AT_ONCE = 5
 LOGIN_RETRY_S = 10.0
 MAX_THROTTLED_ADDRESSES = 10_000
@@ -149,32 +150,49 @@ class Access:
             if self._tokens is None:
                 request[ROLE_KEY] = Role.ADMIN
             return await handler(request)
-        problem, digest, role = self._problem(request)
-        if problem is None and digest is not None and role is not None:
-            request[ROLE_KEY] = role
-            request[SESSION_KEY] = hdrs.AUTHORIZATION not in request.headers
-            task = asyncio.current_task()
-            assert task is not None, "aiohttp runs each request in a task"
-            self._in_progress[task] = digest
-            self._watch_expiry(task, self._tokens.table)
-            try:
-                return await handler(request)
-            finally:
-                self._in_progress.pop(task, None)
-                timer = self._expiry_timers.pop(task, None)
-                if timer is not None:
-                    timer.cancel()
-        return _unauthenticated(request, problem or "")
+        refused, digest, role = self._admission(request)
+        if refused is not None:
+            return refused
+        assert digest is not None and role is not None, "_admission names both when it admits"
+        request[ROLE_KEY] = role
+        request[SESSION_KEY] = hdrs.AUTHORIZATION not in request.headers
+        task = asyncio.current_task()
+        assert task is not None, "aiohttp runs each request in a task"
+        self._in_progress[task] = digest
+        self._watch_expiry(task, self._tokens.table)
+        try:
+            return await handler(request)
+        finally:
+            self._in_progress.pop(task, None)
+            timer = self._expiry_timers.pop(task, None)
+            if timer is not None:
+                timer.cancel()
 
     def refusal(self, request: web.Request) -> web.Response | None:
-        """The 401 `middleware` answers `request` with, or the login form's 429 for an address
-        that has failed too often; None when it lets it through."""
+        """The 401 `middleware` answers `request` with, or the 429 for an address that has failed
+        too often; None when it lets it through."""
         if request.method == hdrs.METH_POST and request.path == LOGIN_PATH:
             return self._throttled(request)
         if self._tokens is None or _open(request):
             return None
-        problem, _, _ = self._problem(request)
-        return None if problem is None else _unauthenticated(request, problem)
+        return self._admission(request)[0]
+
+    def _admission(self, request: web.Request) -> tuple[web.Response | None, bytes | None, Role | None]:
+        """(None, the token's SHA-256, its role) when `request` carries a token good enough to
+        read; else (its answer, None, None). A token in the header counts as a login: a bad one as
+        a failure, and from an address that has failed too often none is checked (429), as on the
+        form, or the answer would tell which of a script's guesses was good."""
+        in_header = hdrs.AUTHORIZATION in request.headers
+        if in_header:
+            throttled = self._throttled(request)
+            if throttled is not None:
+                return throttled, None, None
+        problem, digest, role = self._problem(request)
+        if problem is None:
+            return None, digest, role
+        if in_header:
+            self._throttle.failed(request.remote)
+        return _unauthenticated(request, problem), None, None
 
     def end_revoked(self, table: TokenTable) -> int:
         """Cancel each request in progress whose token `table` no longer lets read, and end the
@@ -272,12 +290,17 @@ class Access:
 
     async def log_in(self, request: web.Request) -> web.StreamResponse:
         # Before the token is looked at: were a good one let through, the answer would tell
-        # which of a script's guesses was good.
+        # which of a script's guesses was good. Checked before the body too, to spare reading it.
         throttled = self._throttled(request)
         if throttled is not None:
             return throttled
         async with self._receiving_body(request):
             form = await request.post()
+        # Again, with no await between this check and the count below: logins whose bodies
+        # arrive together all passed the first check, though only one try may be left.
+        throttled = self._throttled(request)
+        if throttled is not None:
+            return throttled
         token = str(form.get("token", "")).strip()
         then = _local_path(str(form.get("then", "/")))
         if self._tokens is None:
@@ -286,7 +309,6 @@ class Access:
         if identity is None or identity.expired(utc_now()) or identity.role < DASHBOARD_ROLE:
             self._throttle.failed(request.remote)
             return login_page("that token is not valid for this tesserad", status=401, then=then)
-        self._throttle.succeeded(request.remote)
         response = web.HTTPSeeOther(then)
         response.set_cookie(
             SESSION_COOKIE,
@@ -300,7 +322,8 @@ class Access:
         raise response
 
     def _throttled(self, request: web.Request) -> web.Response | None:
-        """The login form's 429 when `request`'s address has failed too often; else None."""
+        """The 429 (the login form, or JSON for the API) when `request`'s address has failed too
+        often; else None."""
         wait_s = self._throttle.wait_s(request.remote)
         if not wait_s:
             return None
@@ -308,8 +331,10 @@ class Access:
         problem = (
             f"too many failed logins from {request.remote}: try again in {retry_after} s (an address "
             f"may fail {LOGIN_FAILURES_AT_ONCE} times in a row, then once every {LOGIN_RETRY_S:g} s; a "
-            "good login clears its count)"
+            "bad token in an Authorization header counts as a failed login)"
         )
+        if request.path.startswith("/api/"):
+            return web.json_response({"error": problem}, status=429, headers={hdrs.RETRY_AFTER: retry_after})
         response = login_page(problem, status=429)
         response.headers[hdrs.RETRY_AFTER] = retry_after
         return response

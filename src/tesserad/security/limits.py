@@ -91,13 +91,16 @@ class ConnectionLimit:
 
 class LoginThrottle:
     """Failed logins per client address, as a token bucket: an address may fail `at_once` times
-    in a row, then once every `retry_s`; a good login forgets its failures, and good logins never
-    count. Guessing a 256-bit token is hopeless anyway; this keeps a script from trying fast.
+    in a row, then once every `retry_s`; only time refills it (a good login, which any token's
+    holder can make, would let them guess again for ever), and good logins never count. Guessing
+    a 256-bit token is hopeless anyway; this keeps a script from trying fast.
 
-    Bounded: at most `max_addresses` are remembered; beyond, the one whose last failure is oldest
-    is forgotten (most likely refilled by then; if not, it starts afresh). An IPv6 address counts
-    as its /64, which one client commonly holds whole. Used from one event loop only (the
-    daemon's).
+    An IPv6 address counts as its /64, which one client commonly holds whole, and as its /48
+    (one site's, commonly), which may fail SITE_AT_ONCE times as often in a row: a client holding
+    many /64s cannot try from each in turn. Bounded: at most `max_addresses` buckets are
+    remembered, and one is forgotten only once it has refilled (forgetting one still held back
+    would let a client with many addresses try on for ever); while none has, addresses not
+    remembered all count against one shared bucket. Used from one event loop only (the daemon's).
     """
 
     def __init__(
@@ -111,51 +114,80 @@ class LoginThrottle:
         self.retry_s = retry_s
         self._max_addresses = max_addresses
         self._clock = clock
-        # Address (or /64) -> (failures it may still make, when that was so), least recently
-        # touched first.
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # Address (or network) -> (failures it may still make, when that was so, the most it may
+        # make in a row), least recently touched first.
+        self._buckets: OrderedDict[str, tuple[float, float, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._buckets)
 
     def wait_s(self, address: str | None) -> float:
         """How long `address` must wait before its next login is tried; 0 when it may now."""
-        left = self._left(_client_key(address), self._clock())
+        now = self._clock()
+        left = min(self._left(key, at_once, now) for key, at_once in self._keys(address, now))
         return 0.0 if left >= 1 else (1 - left) * self.retry_s
 
     def failed(self, address: str | None) -> None:
-        """Count a failed login from `address` against its bucket."""
-        key, now = _client_key(address), self._clock()
-        left = self._left(key, now)
-        self._buckets.pop(key, None)
-        while self._buckets and len(self._buckets) >= self._max_addresses:
-            self._buckets.popitem(last=False)
-        self._buckets[key] = (max(0.0, left - 1), now)
+        """Count a failed login from `address` against its buckets."""
+        now = self._clock()
+        for key, at_once in self._keys(address, now):
+            left = self._left(key, at_once, now)
+            self._buckets.pop(key, None)
+            self._buckets[key] = (max(0.0, left - 1), now, at_once)
 
-    def succeeded(self, address: str | None) -> None:
-        """Forget `address`'s failures: it holds a good token."""
-        self._buckets.pop(_client_key(address), None)
+    def _keys(self, address: str | None, now: float) -> list[tuple[str, float]]:
+        """The buckets `address` counts against, with the most each may fail in a row: those
+        there is no room for give way to the shared one."""
+        wanted: list[tuple[str, float]] = [
+            (key, self.at_once * share) for key, share in _client_keys(address)
+        ]
+        new = sum(1 for key, _ in wanted if key not in self._buckets)
+        if new and not self._room_for(new, now):
+            wanted = [(key, at_once) for key, at_once in wanted if key in self._buckets]
+            wanted.append((_OVERFLOW, float(self.at_once)))
+        return wanted
 
-    def _left(self, key: str, now: float) -> float:
+    def _room_for(self, new: int, now: float) -> bool:
+        """Whether `new` more buckets fit, forgetting refilled ones (oldest first) to make room.
+        The shared bucket may be one beyond `max_addresses`."""
+        while self._buckets:
+            key, (left, since, at_once) = next(iter(self._buckets.items()))
+            if left + (now - since) / self.retry_s < at_once:
+                break
+            del self._buckets[key]
+        held = len(self._buckets) - (_OVERFLOW in self._buckets)
+        return held + new <= self._max_addresses
+
+    def _left(self, key: str, at_once: float, now: float) -> float:
         """The failures `key` may make now (fractions refill between whole ones)."""
         bucket = self._buckets.get(key)
         if bucket is None:
-            return float(self.at_once)
-        left, since = bucket
-        return min(float(self.at_once), left + (now - since) / self.retry_s)
+            return at_once
+        left, since, _ = bucket
+        return min(at_once, left + (now - since) / self.retry_s)
 
 
-def _client_key(address: str | None) -> str:
-    """What a client address counts as: itself, or the /64 of an IPv6 one; "" when unknown (a
-    Unix socket)."""
+# The shared bucket of the addresses a full table has no room for (no address is written so).
+_OVERFLOW = "(addresses not remembered)"
+# How many times as often as one address an IPv6 /48 may fail in a row.
+SITE_AT_ONCE = 4
+
+
+def _client_keys(address: str | None) -> list[tuple[str, int]]:
+    """What a client address counts as, each with how many times as often as one address it may
+    fail in a row: itself, or the /64 and the /48 of an IPv6 one; "" when unknown (a Unix
+    socket)."""
     if not address:
-        return ""
+        return [("", 1)]
     try:
         parsed = ipaddress.ip_address(address)
     except ValueError:
-        return address
+        return [(address, 1)]
     if isinstance(parsed, ipaddress.IPv6Address):
         if parsed.ipv4_mapped is not None:
-            return str(parsed.ipv4_mapped)
-        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
-    return str(parsed)
+            return [(str(parsed.ipv4_mapped), 1)]
+        return [
+            (str(ipaddress.IPv6Network((parsed, 64), strict=False)), 1),
+            (str(ipaddress.IPv6Network((parsed, 48), strict=False)), SITE_AT_ONCE),
+        ]
+    return [(str(parsed), 1)]

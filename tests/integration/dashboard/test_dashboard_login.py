@@ -69,19 +69,75 @@ def test_failed_logins_beyond_the_burst_are_429_with_retry_after(guarded):
     ).encode() in refused.body
     # Not even a good token is tried meanwhile, or the throttle would tell which guess was good.
     assert log_in(port, clear[Role.READER]).status == 429
-    # Other addresses, and callers sending their token in a header, are not held back.
+    # Nor in a header from that address (the same count), while other addresses are not held back.
+    bearer = bearer_get(port, "/api/v1/jobs", clear[Role.READER])
+    assert bearer.status == 429 and "too many failed logins" in bearer.json()["error"]
     assert session_of(log_in(port, clear[Role.READER], source="127.0.0.2"))
-    assert http_get(port, "/api/v1/jobs", {"Authorization": f"Bearer {clear[Role.READER]}"}).status == 200
+    assert bearer_get(port, "/api/v1/jobs", clear[Role.READER], source="127.0.0.2").status == 200
 
 
-def test_good_logins_are_never_throttled_and_forgive_earlier_failures(guarded):
+def test_good_logins_are_never_throttled_and_never_forgive_earlier_failures(guarded):
+    """Else a holder of any token (a reader's) could guess LOGIN_FAILURES_AT_ONCE - 1 times, log
+    in, and guess again, for ever."""
     port, clear = guarded
     for _ in range(3 * LOGIN_FAILURES_AT_ONCE):
         session_of(log_in(port, clear[Role.READER]))
-    for _ in range(3):
-        for _ in range(LOGIN_FAILURES_AT_ONCE - 1):
-            assert log_in(port, new_token()).status == 401
-        session_of(log_in(port, clear[Role.ADMIN]))
+    for _ in range(LOGIN_FAILURES_AT_ONCE - 1):
+        assert log_in(port, new_token()).status == 401
+    session_of(log_in(port, clear[Role.READER]))
+    assert log_in(port, new_token()).status == 401
+    assert log_in(port, new_token()).status == 429
+
+
+def bearer_get(port: int, path: str, token: str, source: str = "127.0.0.1") -> HttpAnswer:
+    """GET `path` with `token` in an Authorization header, from the loopback address `source`."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        response = connection.getresponse()
+        return HttpAnswer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        connection.close()
+
+
+def test_logins_sent_at_once_are_tried_no_more_often_than_one_after_another(guarded):
+    """Each login is counted after its body arrives: connections that all passed the check
+    before theirs arrived, with one try left, do not each get that try."""
+    port, _ = guarded
+    for _ in range(LOGIN_FAILURES_AT_ONCE - 1):
+        assert log_in(port, new_token()).status == 401
+    connections = []
+    for _ in range(20):
+        body = urllib.parse.urlencode({"token": new_token()}).encode()
+        connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+        connection.sendall(
+            b"POST /login HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        connections.append((connection, body))
+    # Every one has passed the check made before its body, and waits for it.
+    for connection, _ in connections:
+        assert connection.recv(100).startswith(b"HTTP/1.1 100 ")
+    for connection, body in connections:
+        connection.sendall(body)
+    statuses = []
+    for connection, _ in connections:
+        with connection:
+            statuses.append(int(connection.recv(100).split(b" ")[1]))
+    assert statuses.count(401) <= 1 and statuses.count(401) + statuses.count(429) == len(statuses), statuses
+
+
+def test_bad_tokens_in_a_header_count_as_failed_logins(guarded):
+    port, clear = guarded
+    for _ in range(LOGIN_FAILURES_AT_ONCE):
+        assert bearer_get(port, "/api/v1/jobs", new_token()).status == 401
+    refused = bearer_get(port, "/api/v1/jobs", new_token())
+    assert refused.status == 429 and 1 <= int(refused.headers["retry-after"]) <= LOGIN_RETRY_S
+    assert "too many failed logins from 127.0.0.1" in refused.json()["error"]
+    # As on the form, a good token is not tried meanwhile: the answer would tell it was good.
+    assert bearer_get(port, "/api/v1/jobs", clear[Role.ADMIN]).status == 429
+    assert log_in(port, clear[Role.READER]).status == 429
+    assert bearer_get(port, "/api/v1/jobs", clear[Role.ADMIN], source="127.0.0.2").status == 200
 
 
 def test_a_throttled_address_is_refused_before_100_continue(guarded):

@@ -27,8 +27,6 @@ def test_an_address_fails_at_once_then_waits_for_each_retry():
     assert throttle.wait_s("10.0.0.1") == 0
     throttle.failed("10.0.0.1")
     assert throttle.wait_s("10.0.0.1") == 10.0
-    throttle.succeeded("10.0.0.1")
-    assert throttle.wait_s("10.0.0.1") == 0 and len(throttle) == 0
 
 
 def test_an_ipv6_client_counts_as_its_slash_64():
@@ -40,12 +38,29 @@ def test_an_ipv6_client_counts_as_its_slash_64():
     assert throttle.wait_s("192.0.2.7") == 10.0
 
 
-def test_the_table_of_addresses_stays_bounded_forgetting_the_oldest_first():
+def test_an_ipv6_client_counts_as_its_slash_48_too():
+    """Else one holding a /48 (as a site commonly does) would try from each of its /64s in turn."""
+    throttle = LoginThrottle(at_once=2, retry_s=10.0, max_addresses=100, clock=Clock())
+    for network in range(4 * 2):
+        assert throttle.wait_s(f"2001:db8:1:{network}::1") == 0
+        throttle.failed(f"2001:db8:1:{network}::1")
+    assert throttle.wait_s("2001:db8:1:ffff::1") == 10.0
+    assert throttle.wait_s("2001:db8:2::1") == 0
+
+
+def test_the_table_of_addresses_stays_bounded_never_forgetting_one_held_back():
+    """Forgetting the oldest would let a client with many addresses (an IPv6 network) try
+    from each in turn for ever; addresses it has no room for share one count instead."""
     clock = Clock()
     throttle = LoginThrottle(at_once=1, retry_s=10.0, max_addresses=3, clock=clock)
     for last in range(1, 50):
         throttle.failed(f"10.0.0.{last}")
         clock.now += 0.01
-        assert len(throttle) <= 3
-    assert throttle.wait_s("10.0.0.49") > 0 and throttle.wait_s("10.0.0.47") > 0
-    assert throttle.wait_s("10.0.0.1") == 0
+        assert len(throttle) <= 4
+    assert throttle.wait_s("10.0.0.1") > 0 and throttle.wait_s("10.0.0.3") > 0
+    assert throttle.wait_s("10.0.0.49") > 0 and throttle.wait_s("10.0.0.50") > 0
+    # Once those refill, their room is given to new addresses.
+    clock.now += 10
+    assert throttle.wait_s("10.0.0.50") == 0
+    throttle.failed("10.0.0.50")
+    assert throttle.wait_s("10.0.0.50") == 10.0 and throttle.wait_s("10.0.0.51") == 0
