@@ -135,8 +135,9 @@ class Access:
         self._tokens = tokens
         self._secure_cookie = secure_cookie
         self._receiving_body = receiving_body
-        # Admitted requests in progress (each runs in its own task) -> their token's SHA-256.
-        self._in_progress: dict[asyncio.Task[Any], bytes] = {}
+        # Admitted requests in progress (each runs in its own task) -> (their token's SHA-256, their
+        # session, None for a token in a header): a logout ends its session's.
+        self._in_progress: dict[asyncio.Task[Any], tuple[bytes, str | None]] = {}
         # Those whose token expires -> the timer that ends them then (an event stream outlives it).
         self._expiry_timers: dict[asyncio.Task[Any], asyncio.TimerHandle] = {}
         # Session id (the cookie) -> (its token's SHA-256, when it ends on the monotonic clock),
@@ -155,10 +156,11 @@ class Access:
             return refused
         assert digest is not None and role is not None, "_admission names both when it admits"
         request[ROLE_KEY] = role
-        request[SESSION_KEY] = hdrs.AUTHORIZATION not in request.headers
+        in_header = hdrs.AUTHORIZATION in request.headers
+        request[SESSION_KEY] = not in_header
         task = asyncio.current_task()
         assert task is not None, "aiohttp runs each request in a task"
-        self._in_progress[task] = digest
+        self._in_progress[task] = (digest, None if in_header else request.cookies.get(SESSION_COOKIE))
         self._watch_expiry(task, self._tokens.table)
         try:
             return await handler(request)
@@ -203,7 +205,7 @@ class Access:
             identity = table.identify_digest(digest)
             if identity is None or identity.role < DASHBOARD_ROLE:
                 del self._sessions[session]
-        for task, digest in list(self._in_progress.items()):
+        for task, (digest, _) in list(self._in_progress.items()):
             identity = table.identify_digest(digest)
             if identity is None or identity.expired(now) or identity.role < DASHBOARD_ROLE:
                 del self._in_progress[task]
@@ -220,7 +222,7 @@ class Access:
         timer = self._expiry_timers.pop(task, None)
         if timer is not None:
             timer.cancel()
-        identity = table.identify_digest(self._in_progress[task])
+        identity = table.identify_digest(self._in_progress[task][0])
         if identity is None or identity.expires is None:
             return
         delay = max(0.0, (identity.expires - utc_now()).total_seconds())
@@ -230,7 +232,7 @@ class Access:
         self._expiry_timers.pop(task, None)
         if self._tokens is None or task not in self._in_progress:
             return
-        identity = self._tokens.table.identify_digest(self._in_progress[task])
+        identity = self._tokens.table.identify_digest(self._in_progress[task][0])
         if identity is not None and not identity.expired(utc_now()):
             # The loop's clock ran ahead of the wall clock.
             self._watch_expiry(task, self._tokens.table)
@@ -340,12 +342,19 @@ class Access:
         return response
 
     async def log_out(self, request: web.Request) -> web.StreamResponse:
-        """End the session the cookie names (if any is still open) and clear the cookie."""
+        """End the session the cookie names (if any is still open), and its requests in progress
+        (other tabs' event streams), and clear the cookie."""
         if request.headers.get(CHANGE_HEADER) != "1":
             raise PermissionDenied(
                 f"a logout must carry the header {CHANGE_HEADER}: 1, as the dashboard's pages send"
             )
-        self._sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+        session = request.cookies.get(SESSION_COOKIE)
+        if session:
+            self._sessions.pop(session, None)
+            for task, (_, held) in list(self._in_progress.items()):
+                if held == session:
+                    del self._in_progress[task]
+                    task.cancel()
         response = web.HTTPSeeOther(LOGIN_PATH)
         response.del_cookie(
             SESSION_COOKIE,

@@ -3,6 +3,7 @@ address, and a session ends at logout."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import urllib.parse
@@ -182,6 +183,34 @@ def test_logout_ends_the_session_and_clears_the_cookie(guarded):
     # Logging out again (a second tab) or without a session still clears the cookie.
     assert http_get(port, "/logout", {**cookie, **FROM_PAGE}, "POST").status == 303
     assert http_get(port, "/logout", FROM_PAGE, "POST").status == 303
+
+
+def test_logout_ends_the_event_streams_of_its_session_in_other_tabs(guarded):
+    port, clear = guarded
+    session = session_of(log_in(port, clear[Role.READER]))
+    cookie = {"Cookie": f"{SESSION_COOKIE}={session}"}
+    other = {"Cookie": f"{SESSION_COOKIE}={session_of(log_in(port, clear[Role.READER]))}"}
+    streams = []
+    for headers in (cookie, other):
+        stream = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        stream.request("GET", "/api/v1/system/events?interval_ms=250", headers=headers)
+        response = stream.getresponse()
+        assert response.status == 200 and response.readline() == b"retry: 1000\n"
+        streams.append((stream, response))
+
+    assert http_get(port, "/logout", {**cookie, **FROM_PAGE}, "POST").status == 303
+
+    # The logged-out session's stream closes: reading runs to its end (or breaks off) instead of
+    # waiting for the next sample until the socket's timeout (which raises TimeoutError).
+    ended, response = streams[0]
+    with contextlib.suppress(http.client.IncompleteRead):
+        while response.readline():
+            pass
+    ended.close()
+    # The other session's stream goes on.
+    kept, response = streams[1]
+    assert response.readline()
+    kept.close()
 
 
 def test_the_pages_offer_a_logout_button(guarded):
