@@ -41,7 +41,7 @@ from typing import Any
 
 from tesserad.security.mounts import read_mounts
 from tesserad.security.roles import Role
-from tesserad.security.users import described_user, user_name
+from tesserad.security.users import described_user, own_private_group, user_name
 
 TOKEN_PREFIX = "tsr_"
 MIN_TOKEN_LENGTH = 24
@@ -388,7 +388,8 @@ def check_not_open_to_writes(path: Path) -> None:
 
 def _check_place(path: Path, place: Path, what: str, info: os.stat_result) -> None:
     """TokensFileError when `place` (the tokens file `path`, or a directory guarding it) is owned
-    by another user than root and the daemon's, or its group or others may write it."""
+    by another user than root and the daemon's, or others, or its group (unless the daemon's
+    own private group), may write it."""
     named = f"{what} {place}{' above it' if what == 'the directory' else ''}"
     quoted = shlex.quote(str(place))
     if info.st_uid not in (0, os.getuid()):
@@ -401,6 +402,10 @@ def _check_place(path: Path, place: Path, what: str, info: os.stat_result) -> No
         )
     sticky = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
     writers = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if writers == stat.S_IWGRP and own_private_group(info.st_gid):
+        # Its group's only user is the daemon's (Debian's umask 002, a Kubernetes fsGroup equal
+        # to the daemon's gid): the group's write lets nobody else in.
+        return
     if not writers or sticky:
         return
     who = "every user of this host" if writers & stat.S_IWOTH else "the users of its group"
@@ -413,12 +418,12 @@ def _check_place(path: Path, place: Path, what: str, info: os.stat_result) -> No
     )
 
 
-# The tokens file's signature and each guarding directory's (device, inode, mode, owner): the
-# `chmod go-w` or `chown` of the directory that got the file refused changes it, so the next
+# The tokens file's signature and each guarding directory's (device, inode, mode, owner, group):
+# the `chmod go-w`, `chown` or `chgrp` of the directory that got the file refused changes it, so the next
 # check applies the file. Not a directory's ctime, which every file made or removed in it (in
 # /tmp, all the time) changes.
 # The directories are None when the path's links cannot be followed (a link loop).
-TokensSignature = tuple[FileSignature | None, tuple[tuple[int, int, int, int] | None, ...] | None]
+TokensSignature = tuple[FileSignature | None, tuple[tuple[int, int, int, int, int] | None, ...] | None]
 
 
 def tokens_signature(path: Path) -> TokensSignature:
@@ -429,14 +434,14 @@ def tokens_signature(path: Path) -> TokensSignature:
         # Unknown until the loop is undone; the file's refusal (it cannot be read) is logged
         # once, as this signature stays the same from poll to poll.
         return file_signature(path), None
-    directories: list[tuple[int, int, int, int] | None] = []
+    directories: list[tuple[int, int, int, int, int] | None] = []
     for directory in guarding:
         try:
             info = os.stat(directory)
         except OSError:
             directories.append(None)
             continue
-        directories.append((info.st_dev, info.st_ino, info.st_mode, info.st_uid))
+        directories.append((info.st_dev, info.st_ino, info.st_mode, info.st_uid, info.st_gid))
     return file_signature(path), tuple(directories)
 
 

@@ -1,7 +1,10 @@
-"""How messages name a user of the host: by name where the host has one, with the uid."""
+"""The host's users: how messages name one (by name where the host has one, with the uid), and
+whether a group holds the daemon's user alone."""
 
 from __future__ import annotations
 
+import grp
+import os
 import pwd
 
 
@@ -20,4 +23,22 @@ def described_user(uid: int) -> str:
     return f"uid {uid}" if name == str(uid) else f"{name} (uid {uid})"
 
 
-__all__ = ["described_user", "user_name"]
+def own_private_group(gid: int) -> bool:
+    """Whether `gid` is the primary group this process runs with, holding no other user: none
+    listed as its member, and none with it as their own primary group (as Debian's sshd lets
+    such a group write an authorized_keys file). Only the users the host lists are seen (a
+    directory service that lists none adds nobody)."""
+    if gid != os.getgid():
+        return False
+    uid = os.getuid()
+    try:
+        members = grp.getgrgid(gid).gr_mem
+    except KeyError:
+        # A gid the host has no group for (a container's runAsGroup) lists no members.
+        members = []
+    if any(member != user_name(uid) for member in members):
+        return False
+    return all(entry.pw_gid != gid or entry.pw_uid == uid for entry in pwd.getpwall())
+
+
+__all__ = ["described_user", "own_private_group", "user_name"]

@@ -3,6 +3,7 @@ rename another file over it) could give themselves the admin role."""
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import shutil
@@ -114,11 +115,13 @@ def test_a_directory_every_user_can_write_above_the_mount_point_stops_the_start(
     assert f"the directory {shared} above it can be written by every user" in str(err.value)
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can give a directory to another group")
 def test_a_tokens_file_in_a_directory_its_group_can_write_stops_the_start(tmp_path, tokens: Tokens):
     """As sshd's StrictModes: a group's users could rename the file away and put theirs there."""
     shared = tmp_path / "shared"
     shared.mkdir()
     moved = tokens.file.rename(shared / "tokens.toml")
+    os.chown(shared, -1, OTHER_GID)
     shared.chmod(0o775)
     with pytest.raises(StartupError) as err:
         start(tmp_path, moved)
@@ -130,7 +133,9 @@ def test_a_tokens_file_in_a_directory_its_group_can_write_stops_the_start(tmp_pa
     start(tmp_path, moved).stop()
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can give a file to another group")
 def test_a_tokens_file_its_group_can_write_stops_the_start(tmp_path, tokens: Tokens):
+    os.chown(tokens.file, -1, OTHER_GID)
     tokens.file.chmod(0o660)
     with pytest.raises(StartupError) as err:
         start(tmp_path, tokens.file)
@@ -138,17 +143,43 @@ def test_a_tokens_file_its_group_can_write_stops_the_start(tmp_path, tokens: Tok
     assert f"`chmod g-w {tokens.file}`" in str(err.value)
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can give a directory to another group")
 def test_a_directory_its_group_and_others_can_write_is_told_both(tmp_path, tokens: Tokens):
     shared = tmp_path / "shared"
     (shared / "tesserad").mkdir(parents=True)
     moved = tokens.file.rename(shared / "tesserad" / "tokens.toml")
+    os.chown(shared, -1, OTHER_GID)
     shared.chmod(0o777)
     with pytest.raises(StartupError) as err:
         start(tmp_path, moved)
     assert f"`chmod go-w {shared}`" in str(err.value)
 
 
+def _private_group() -> bool:
+    """Whether the daemon's primary group holds no other user (as one of its members, or as
+    their own primary group)."""
+    gid = os.getgid()
+    if grp.getgrgid(gid).gr_mem:
+        return False
+    return all(entry.pw_gid != gid or entry.pw_uid == os.getuid() for entry in pwd.getpwall())
+
+
+@pytest.mark.skipif(not _private_group(), reason="the tests' primary group holds other users")
+def test_a_directory_and_file_only_the_daemons_own_group_can_write_are_fine(tmp_path, tokens: Tokens):
+    """As under Debian's umask 002, or a Kubernetes fsGroup equal to the daemon's gid: the
+    group's only user is the daemon's, so its write permission lets nobody else in."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    moved = tokens.file.rename(shared / "tokens.toml")
+    os.chown(shared, -1, os.getgid())
+    os.chown(moved, -1, os.getgid())
+    shared.chmod(0o775)
+    moved.chmod(0o660)
+    start(tmp_path, moved).stop()
+
+
 OTHER_UID = 54321
+OTHER_GID = 54321
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="only root can give a directory to another user")
