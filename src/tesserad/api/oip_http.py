@@ -133,6 +133,8 @@ class _Revocable:
 class OipHttpServer(HttpListener):
     """Serves /v2 on `address`; `port` is the bound one (for port 0)."""
 
+    # Where the clients choose how their request bodies are compressed, named in the refusals of
+    # a body compressed otherwise (`_not_taken`) or not as its Content-Encoding says (`_not_as_encoded`).
     _compression_setting = " (tritonclient.http: request_compression_algorithm)"
 
     def __init__(
@@ -344,6 +346,14 @@ class OipHttpServer(HttpListener):
             f"the request body is compressed with {coding[:40]} (its Content-Encoding header), which "
             f"tesserad does not take; send it compressed with gzip or deflate{self._compression_setting}, "
             "or uncompressed"
+        )
+
+    def _not_as_encoded(self, encoding: str) -> str:
+        """What a request body that is not the `encoding` data its Content-Encoding says is told."""
+        return (
+            f"the request body is not valid {encoding[:40]} data, as its Content-Encoding header says "
+            f"it is; send it compressed with {encoding[:40]}{self._compression_setting}, or "
+            "uncompressed without the header"
         )
 
     def _too_large(self, size: int | None, decompressed: bool = False) -> str:

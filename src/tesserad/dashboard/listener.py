@@ -142,10 +142,6 @@ class HttpListener:
         self._connection_tasks: set[asyncio.Task[None]] = set()
         self.port = 0
 
-    # Where this listener's clients choose how their request bodies are compressed, named in the
-    # 400 a body that is not what its Content-Encoding says is answered with (`_not_as_encoded`).
-    _compression_setting = ""
-
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Refuse a request for a host this listener does not answer, or a change from another site."""
@@ -178,8 +174,8 @@ class HttpListener:
         return expect
 
     def _serve(self, app: web.Application) -> None:
-        """Serve `app`, its routes all added. Request bodies reach it as they came: aiohttp's own
-        decompression refuses br and zstd itself, in plain text, before any route is found."""
+        """Serve `app`, its routes all added. Request bodies reach it as they came (aiohttp's own
+        decompression is off): the application decompresses what it takes and refuses the rest."""
         # Added last, so the router reaches it only for what no other route matches: the 404 or
         # 405 is then answered by the application, in place of 100 Continue too (aiohttp answers
         # its own after one, so a client refused uploaded its body first).
@@ -242,14 +238,6 @@ class HttpListener:
         except ConnectionResetError:
             # The client left: nobody reads this answer, and its leaving is no error of the daemon's.
             raise Refused(400, "the connection closed before the request body arrived") from None
-
-    def _not_as_encoded(self, encoding: str) -> str:
-        """What a request body that is not the `encoding` data its Content-Encoding says is told."""
-        return (
-            f"the request body is not valid {encoding[:40]} data, as its Content-Encoding header says "
-            f"it is; send it compressed with {encoding[:40]}{self._compression_setting}, or "
-            "uncompressed without the header"
-        )
 
     def reload_tls(self) -> None:
         """Read the TLS files again for new connections (the gRPC listener has checked them)."""
