@@ -3,8 +3,8 @@
 Without a tokens file every caller may read (the loopback rule in server.py keeps such a
 daemon off other networks unless the operator said --insecure). With one, every page and
 API call needs a token whose role reaches `DASHBOARD_ROLE`, sent as `Authorization: Bearer
-<token>` or as the session cookie the login form sets and the logout ends; failed logins and
-bad tokens in the header are throttled per client address. The login form, the logout and the static assets (code, no data)
+<token>` or as the session cookie the login form sets and the logout ends; failed logins on
+the form are throttled per client address (header tokens are not: see `_admission`). The login form, the logout and the static assets (code, no data)
 stay open. A request in progress (an event stream above all) whose token a reload of
 the tokens file revokes, or whose token expires, is cancelled (`end_revoked`, an expiry timer):
 its connection closes, and the page's reconnect meets the login form.
@@ -60,9 +60,8 @@ LOGOUT_PATH = "/logout"
 # without a CORS preflight, which this server never answers, so such a page cannot make the
 # browser restore or log out.
 CHANGE_HEADER = "X-Tessera-Dashboard"
-# Failed logins (on the form, or bad tokens in an Authorization header) one client address may
-# make in a row, then one per LOGIN_RETRY_S (429 between). At most MAX_THROTTLED_ADDRESSES are
-# remembered.
+# Failed logins on the form one client address may make in a row, then one per LOGIN_RETRY_S
+# (429 between). At most MAX_THROTTLED_ADDRESSES are remembered.
 LOGIN_FAILURES_AT_ONCE = 5
 LOGIN_RETRY_S = 10.0
 MAX_THROTTLED_ADDRESSES = 10_000
@@ -181,19 +180,12 @@ class Access:
 
     def _admission(self, request: web.Request) -> tuple[web.Response | None, bytes | None, Role | None]:
         """(None, the token's SHA-256, its role) when `request` carries a token good enough to
-        read; else (its answer, None, None). A token in the header counts as a login: a bad one as
-        a failure, and from an address that has failed too often none is checked (429), as on the
-        form, or the answer would tell which of a script's guesses was good."""
-        in_header = hdrs.AUTHORIZATION in request.headers
-        if in_header:
-            throttled = self._throttled(request)
-            if throttled is not None:
-                return throttled, None, None
+        read; else (its answer, None, None). Header tokens are not throttled, as gRPC's are not:
+        they are 256-bit secrets no script guesses, and counting them let one client with a
+        revoked token (a cron job behind the same NAT) lock every script out."""
         problem, digest, role = self._problem(request)
         if problem is None:
             return None, digest, role
-        if in_header:
-            self._throttle.failed(request.remote)
         return _unauthenticated(request, problem), None, None
 
     def end_revoked(self, table: TokenTable) -> int:
@@ -324,8 +316,7 @@ class Access:
         raise response
 
     def _throttled(self, request: web.Request) -> web.Response | None:
-        """The 429 (the login form, or JSON for the API) when `request`'s address has failed too
-        often; else None."""
+        """The login form's 429 when `request`'s address has failed too often; else None."""
         wait_s = self._throttle.wait_s(request.remote)
         if not wait_s:
             return None
@@ -333,10 +324,8 @@ class Access:
         problem = (
             f"too many failed logins from {request.remote}: try again in {retry_after} s (an address "
             f"may fail {LOGIN_FAILURES_AT_ONCE} times in a row, then once every {LOGIN_RETRY_S:g} s; a "
-            "bad token in an Authorization header counts as a failed login)"
+            "good login does not clear the count)"
         )
-        if request.path.startswith("/api/"):
-            return web.json_response({"error": problem}, status=429, headers={hdrs.RETRY_AFTER: retry_after})
         response = login_page(problem, status=429)
         response.headers[hdrs.RETRY_AFTER] = retry_after
         return response

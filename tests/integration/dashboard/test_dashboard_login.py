@@ -70,9 +70,8 @@ def test_failed_logins_beyond_the_burst_are_429_with_retry_after(guarded):
     ).encode() in refused.body
     # Not even a good token is tried meanwhile, or the throttle would tell which guess was good.
     assert log_in(port, clear[Role.READER]).status == 429
-    # Nor in a header from that address (the same count), while other addresses are not held back.
-    bearer = bearer_get(port, "/api/v1/jobs", clear[Role.READER])
-    assert bearer.status == 429 and "too many failed logins" in bearer.json()["error"]
+    # A token in a header is not held back (test_bad_tokens_in_a_header_...), nor other addresses.
+    assert bearer_get(port, "/api/v1/jobs", clear[Role.READER]).status == 200
     assert session_of(log_in(port, clear[Role.READER], source="127.0.0.2"))
     assert bearer_get(port, "/api/v1/jobs", clear[Role.READER], source="127.0.0.2").status == 200
 
@@ -128,17 +127,14 @@ def test_logins_sent_at_once_are_tried_no_more_often_than_one_after_another(guar
     assert statuses.count(401) <= 1 and statuses.count(401) + statuses.count(429) == len(statuses), statuses
 
 
-def test_bad_tokens_in_a_header_count_as_failed_logins(guarded):
+def test_bad_tokens_in_a_header_hold_back_neither_good_ones_nor_the_form(guarded):
+    # A script with a revoked token, behind the same NAT as every other, must not lock them out:
+    # header tokens are 256-bit secrets, not guessed, and gRPC does not count them either.
     port, clear = guarded
-    for _ in range(LOGIN_FAILURES_AT_ONCE):
+    for _ in range(3 * LOGIN_FAILURES_AT_ONCE):
         assert bearer_get(port, "/api/v1/jobs", new_token()).status == 401
-    refused = bearer_get(port, "/api/v1/jobs", new_token())
-    assert refused.status == 429 and 1 <= int(refused.headers["retry-after"]) <= LOGIN_RETRY_S
-    assert "too many failed logins from 127.0.0.1" in refused.json()["error"]
-    # As on the form, a good token is not tried meanwhile: the answer would tell it was good.
-    assert bearer_get(port, "/api/v1/jobs", clear[Role.ADMIN]).status == 429
-    assert log_in(port, clear[Role.READER]).status == 429
-    assert bearer_get(port, "/api/v1/jobs", clear[Role.ADMIN], source="127.0.0.2").status == 200
+    assert bearer_get(port, "/api/v1/jobs", clear[Role.ADMIN]).status == 200
+    assert session_of(log_in(port, clear[Role.READER]))
 
 
 def test_a_throttled_address_is_refused_before_100_continue(guarded):
