@@ -302,7 +302,10 @@ def shadow_from_proto(request: pb.DeployRequest) -> Shadow | None:
     return Shadow(_target(request.shadow, "shadow"), request.shadow.percent or 100)
 
 
-def deployment_to_proto(record: DeploymentRecord) -> pb.Deployment:
+def deployment_to_proto(record: DeploymentRecord, current: bool = True) -> pb.Deployment:
+    """`current`: the model's deployment now, whose warnings say what it routes to; a past revision
+    routes nothing, so it carries none."""
+
     def route(r: Route) -> pb.Route:
         message = pb.Route(weight=r.weight, resolved_version=r.resolved_version)
         if r.target.alias:
@@ -320,7 +323,7 @@ def deployment_to_proto(record: DeploymentRecord) -> pb.Deployment:
         comment=record.comment,
         rolled_back_from=record.rolled_back_from,
         undeployed=record.undeployed,
-        warnings=deployment_warnings(record),
+        warnings=deployment_warnings(record) if current else (),
     )
     if record.shadow is not None:
         shadow = message.shadow

@@ -30,6 +30,8 @@ from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
 from tesserad.names import validate_name
 from tesserad.paging import Page, read_page
 from tesserad.registry.records import (
+    ALIAS_EVENT_KIND,
+    SCHEMA,
     DeploymentRecord,
     Route,
     Shadow,
@@ -38,6 +40,7 @@ from tesserad.registry.records import (
     encode_deployment,
 )
 from tesserad.registry.tables import (
+    ALIAS_EVENTS,
     ANONYMOUS,
     DEPLOYMENTS,
     LATEST,
@@ -280,6 +283,25 @@ def _gone_targets(txn: ReadTxn, deployment: DeploymentRecord) -> tuple[list[str]
     return gone, any(not version and target.alias for _, target, version in named)
 
 
+def _move_back(txn: ReadTxn, restored: DeploymentRecord) -> str:
+    """How a Rollback refused because aliases moved since `restored` was deployed may move them back,
+    in words: the aliases it names that moved since, or one of them where the alias history cannot
+    tell (a clock set back)."""
+    named = deployment_aliases(restored) - {LATEST}
+    if not named:
+        return ""
+    moved: set[str] = set()
+    for _, raw in txn.scan(ALIAS_EVENTS, (restored.model,), reverse=True):
+        event = decode_record(raw, ALIAS_EVENT_KIND, SCHEMA)[1]
+        if event["time"] < restored.created_at:
+            break
+        if event["alias"] in named:
+            moved.add(event["alias"])
+    if not moved:
+        return f", or move one of {', '.join(f'alias {a!r}' for a in sorted(named))} back with SetAlias"
+    return f", or move {' and '.join(f'alias {a!r}' for a in sorted(moved))} back with SetAlias"
+
+
 def _check_expected_argument(expected: int | None) -> None:
     if expected is not None and expected < 0:
         raise InvalidArgument(
@@ -428,11 +450,13 @@ class Deployments:
                 comment=comment,
                 previous_revision=latest.revision if latest else 0,
             )
+            # Before the checks: aliases moved since (a promotion) may route the current deployment
+            # as they refuse, and sending it again still changes nothing.
+            if latest is not None and not latest.undeployed and _same_routing(latest, record):
+                return resolved(txn, latest)
             _check_targets(txn, record)
             _check_shadow_differs(txn, record)
             _check_routes_differ(txn, record)
-            if latest is not None and not latest.undeployed and _same_routing(latest, record):
-                return resolved(txn, latest)
             txn.put(DEPLOYMENTS, (model, record.revision), encode_deployment(record))
             _prune(txn, record, self._history)
             result = resolved(txn, record)
@@ -524,8 +548,7 @@ class Deployments:
                         f"model {model!r} cannot roll back to deployment revision {restored.revision}: "
                         f"{'; '.join(gone)}; {fix}deploy what should serve now with Deploy"
                     )
-                movable = ", ".join(f"alias {a!r}" for a in sorted(deployment_aliases(restored) - {LATEST}))
-                back = f", or move {movable} back with SetAlias" if movable else ""
+                back = _move_back(txn, restored)
                 shadow = _shadow_of_the_routes(txn, restored)
                 if shadow:
                     # Aliases moved since: restored as it was, it would copy nothing, which Deploy refuses.

@@ -86,6 +86,50 @@ def test_a_route_alias_moved_onto_another_routes_version_is_moved_and_warned(stu
     assert list(stub.GetDeployment(R.GetDeploymentRequest(model="m")).warnings) == []
 
 
+PROMOTED = (
+    "routes[0] (alias 'prod') and routes[1] (alias 'canary') both resolve to version 2 now, so "
+    "it answers their 100% and they split nothing; deploy one route to it (Deploy), or move one "
+    "of the aliases (SetAlias)"
+)
+
+
+def test_the_same_deploy_after_a_promotion_returns_the_current_revision_warned(stub, three_versions):
+    routes = (R.Route(alias="prod", weight=90), R.Route(alias="canary", weight=10))
+    deployed = deploy(stub, *routes)
+    stub.SetAlias(R.SetAliasRequest(model="m", alias="prod", version=2))
+
+    again = deploy(stub, *routes)
+    assert (again.revision, list(again.warnings)) == (deployed.revision, [PROMOTED])
+    assert revisions(stub) == 1
+
+
+def test_only_the_current_revision_carries_warnings(stub, three_versions):
+    deploy(stub, R.Route(alias="prod", weight=90), R.Route(alias="canary", weight=10))
+    stub.SetAlias(R.SetAliasRequest(model="m", alias="prod", version=2))
+    history = stub.ListDeployments(R.ListDeploymentsRequest(model="m")).deployments
+    assert [list(d.warnings) for d in history] == [[PROMOTED]]
+
+    # The first revision routes elsewhere now that it is past: it answers nothing.
+    deploy(stub, R.Route(version=3, weight=100))
+    history = stub.ListDeployments(R.ListDeploymentsRequest(model="m")).deployments
+    assert [list(d.warnings) for d in history] == [[], []]
+    first = stub.ListDeployments(R.ListDeploymentsRequest(model="m", page_size=1))
+    second = stub.ListDeployments(
+        R.ListDeploymentsRequest(model="m", page_size=1, page_token=first.next_page_token)
+    )
+    assert [(d.revision, list(d.warnings)) for d in second.deployments] == [(1, [])]
+
+
+def test_a_rollback_names_only_the_aliases_moved_since(stub, three_versions):
+    deploy(stub, R.Route(alias="prod", weight=90), R.Route(alias="canary", weight=10))
+    deploy(stub, R.Route(version=3, weight=100))
+    stub.SetAlias(R.SetAliasRequest(model="m", alias="prod", version=3))
+    stub.SetAlias(R.SetAliasRequest(model="m", alias="canary", version=3))
+
+    error = rpc_error(stub.Rollback, R.RollbackRequest(model="m"))
+    assert error.details().endswith("or move alias 'canary' and alias 'prod' back with SetAlias")
+
+
 def test_a_route_alias_moved_onto_the_shadow_is_moved_and_warned(stub, three_versions):
     deploy(stub, R.Route(alias="prod", weight=100), shadow=R.Shadow(alias="canary"))
     moved = stub.SetAlias(R.SetAliasRequest(model="m", alias="prod", version=2))
@@ -107,8 +151,7 @@ def test_a_rollback_to_routes_that_resolve_to_one_version_now_is_refused(stub, t
         grpc.StatusCode.FAILED_PRECONDITION,
         "model 'm' cannot roll back to deployment revision 1: its routes[0] (alias 'prod') and "
         "routes[1] (alias 'canary') both resolve to version 1 now, so they would split nothing between "
-        "them; deploy what should serve now with Deploy, or move alias 'canary', alias 'prod' back "
-        "with SetAlias",
+        "them; deploy what should serve now with Deploy, or move alias 'canary' back with SetAlias",
     )
     assert stub.GetDeployment(R.GetDeploymentRequest(model="m")).revision == 2
     assert revisions(stub) == 2

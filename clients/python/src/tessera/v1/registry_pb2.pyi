@@ -1786,6 +1786,7 @@ class Deployment(_message.Message):
         as Deploy refuses, what it does now: routes that resolve to one
         version (that version answers their weights added; they split nothing), or a shadow that
         resolves to the version every route serves (it copies no request). Requests follow the move.
+        Set on the current deployment only: a past revision (ListDeployments) routes nothing.
         """
 
     def __init__(

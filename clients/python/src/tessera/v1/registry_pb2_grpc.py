@@ -331,8 +331,9 @@ class RegistryServicer:
         compare the version with itself. An alias moved later may route a deployment so (a promotion);
         the move is made and Deployment.warnings says so. A Deploy that routes as the
         current deployment does (the same weight per target, in any order, and the same shadow; the
-        comment aside) changes nothing and returns the current revision, so a Rollback after it
-        restores the deployment before that one.
+        comment aside) changes nothing and returns the current revision with its warnings, also
+        where aliases moved since route it as Deploy refuses, so a Rollback after it restores the
+        deployment before that one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

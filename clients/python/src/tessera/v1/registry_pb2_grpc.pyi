@@ -107,8 +107,9 @@ class RegistryStub:
     compare the version with itself. An alias moved later may route a deployment so (a promotion);
     the move is made and Deployment.warnings says so. A Deploy that routes as the
     current deployment does (the same weight per target, in any order, and the same shadow; the
-    comment aside) changes nothing and returns the current revision, so a Rollback after it
-    restores the deployment before that one.
+    comment aside) changes nothing and returns the current revision with its warnings, also
+    where aliases moved since route it as Deploy refuses, so a Rollback after it restores the
+    deployment before that one.
     """
     GetDeployment: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetDeploymentRequest, _registry_pb2.Deployment]
     """NOT_FOUND when the model has no deployment: never deployed, or rolled back to none."""
@@ -217,8 +218,9 @@ class RegistryAsyncStub(RegistryStub):
     compare the version with itself. An alias moved later may route a deployment so (a promotion);
     the move is made and Deployment.warnings says so. A Deploy that routes as the
     current deployment does (the same weight per target, in any order, and the same shadow; the
-    comment aside) changes nothing and returns the current revision, so a Rollback after it
-    restores the deployment before that one.
+    comment aside) changes nothing and returns the current revision with its warnings, also
+    where aliases moved since route it as Deploy refuses, so a Rollback after it restores the
+    deployment before that one.
     """
     GetDeployment: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetDeploymentRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
     """NOT_FOUND when the model has no deployment: never deployed, or rolled back to none."""
@@ -450,8 +452,9 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         compare the version with itself. An alias moved later may route a deployment so (a promotion);
         the move is made and Deployment.warnings says so. A Deploy that routes as the
         current deployment does (the same weight per target, in any order, and the same shadow; the
-        comment aside) changes nothing and returns the current revision, so a Rollback after it
-        restores the deployment before that one.
+        comment aside) changes nothing and returns the current revision with its warnings, also
+        where aliases moved since route it as Deploy refuses, so a Rollback after it restores the
+        deployment before that one.
         """
 
     @_abc_1.abstractmethod
