@@ -410,15 +410,13 @@ function parse(argv) {
   args.command = `${first} ${second}` in COMMANDS ? `${first} ${second}` : first;
   args.positional = words.slice(args.command ? args.command.split(' ').length : 0);
   for (const [flag, value] of given) {
-    if (flag === '--target') args.target = daemonTarget(value);
+    if (flag === '--target') args.target = value;
     else if (flag === '--token') args.token = value;
     else if (flag === '--timeout') args.timeoutMs = seconds('--timeout', value) * 1000;
     else if (!(flag in (FLAGS[args.command] || {}))) {
       throw new UsageError(`${flag} is not an option of ${args.command || 'tessera-node'}`, args.command);
     } else (args.flags[flag] = args.flags[flag] || []).push(value);
   }
-  // As the Python CLI: TESSERA_TARGET is --target's default, checked as --target is.
-  if (args.target === undefined && process.env.TESSERA_TARGET) args.target = daemonTarget(process.env.TESSERA_TARGET);
   // As the Python CLI: the environment's default is read (and checked) only when --timeout is not
   // given, and an empty one is none.
   const timeoutDefault = process.env.TESSERA_TIMEOUT_S;
@@ -437,6 +435,12 @@ function arity(args, min, max) {
 
 function print(value) {
   process.stdout.write(`${JSON.stringify(value)}\n`);
+}
+
+// A deployment's warnings on stderr after the answer (which carries them too), one line each in
+// the CLI's words, as the Python CLI's.
+function warn(warnings) {
+  for (const warning of warnings) process.stderr.write(`warning: ${inCliWords(warning)}\n`);
 }
 
 // The values of repeatable `flag`, each one of `allowed` (as the Python CLI's choices, any case,
@@ -564,7 +568,9 @@ async function run(args) {
   if (command === 'models alias') {
     arity(args, 3, 3);
     const [model, alias, versionText] = positional;
-    return print(await client.setAlias(model, alias, wholeNumber('VERSION', versionText, command)));
+    const moved = await client.setAlias(model, alias, wholeNumber('VERSION', versionText, command));
+    print(moved);
+    return warn(moved.deployment_warnings);
   }
   if (command === 'models unalias') {
     arity(args, 2, 2);
@@ -669,7 +675,9 @@ async function run(args) {
   }
   if (command === 'models deployments') {
     arity(args, 1, 1);
-    return print(await client.listDeployments(positional[0]));
+    const history = await client.listDeployments(positional[0]);
+    print(history);
+    return warn(history.length ? history[0].warnings : []);
   }
   if (command === 'predict') {
     arity(args, 2, 2);
@@ -759,7 +767,10 @@ async function main() {
     return;
   }
   if (!args.command) throw new UsageError('no command given');
-  client = new Client(args.target, { token: args.token, timeoutMs: args.timeoutMs });
+  // As the Python CLI: TESSERA_TARGET is --target's default, checked as --target is, and only for
+  // a command, which connects: help answers whatever the environment says.
+  const target = args.target ?? (process.env.TESSERA_TARGET || undefined);
+  client = new Client(target === undefined ? undefined : daemonTarget(target), { token: args.token, timeoutMs: args.timeoutMs });
   try {
     await run(args);
   } finally {

@@ -219,8 +219,28 @@ class Client {
     this.system = new v1.System(this.target, credentials, shared);
     this.training = new v1.Training(this.target, credentials, shared);
     this.datasets = new v1.Datasets(this.target, credentials, shared);
-    // The calls in flight, for cancelCalls.
+    // The calls in flight, and the pauses before a call is sent again, for cancelCalls.
     this.inFlight = new Set();
+    this.pauses = new Set();
+  }
+
+  // Waits `ms` before a call is sent again; cancelCalls ends the wait with a TesseraError
+  // CANCELLED, so that nothing is sent after it.
+  pause(ms) {
+    return new Promise((resolve, reject) => {
+      const wait = {
+        timer: setTimeout(() => {
+          this.pauses.delete(wait);
+          resolve();
+        }, ms),
+        cancel: () => {
+          clearTimeout(wait.timer);
+          this.pauses.delete(wait);
+          reject(new TesseraError({ code: grpc.status.CANCELLED, details: 'Cancelled on client' }));
+        },
+      };
+      this.pauses.add(wait);
+    });
   }
 
   // `call` (a grpc-js call of any kind) kept in inFlight until it ends; returns it.
@@ -230,12 +250,14 @@ class Client {
     return call;
   }
 
-  // Cancels every call in flight: each rejects, or its loop throws, a TesseraError CANCELLED, and
-  // the daemon ends its side at once (a watch, a stream) rather than when the connection goes.
+  // Cancels every call in flight, and a submit waiting to be sent again: each rejects, or its loop
+  // throws, a TesseraError CANCELLED, and the daemon ends its side at once (a watch, a stream)
+  // rather than when the connection goes.
   // For a process that stops (the CLI on Ctrl-C): close() the client too, so that no call starts
   // after (a watch reconnecting, the next page).
   cancelCalls() {
     for (const call of this.inFlight) call.cancel();
+    for (const wait of this.pauses) wait.cancel();
   }
 
   // `timeout`: this call's timeoutMs (undefined: the client's).
@@ -313,7 +335,7 @@ class Client {
       } catch (err) {
         const pause = backoffMs(tries);
         if (err.code !== 'UNAVAILABLE' || tries >= SUBMIT_TRIES || Date.now() + pause >= deadline) throw err;
-        await new Promise((resolve) => setTimeout(resolve, pause));
+        await this.pause(pause);
       }
     }
   }
