@@ -198,7 +198,7 @@ def version_to_proto(record: VersionRecord) -> pb.ModelVersion:
     if record.architecture:
         message.architecture.CopyFrom(architecture_from_dict(record.architecture))
     if record.alias_moved is not None:
-        message.alias_moved.CopyFrom(alias_event_to_proto(record.alias_moved))
+        message.alias_moved.CopyFrom(alias_event_to_proto(record.alias_moved, record.deployment_warnings))
     return message
 
 
@@ -234,8 +234,9 @@ def alias_to_proto(record: AliasRecord) -> pb.Alias:
     )
 
 
-def alias_event_to_proto(event: AliasEvent) -> pb.AliasEvent:
+def alias_event_to_proto(event: AliasEvent, deployment_warnings: tuple[str, ...] = ()) -> pb.AliasEvent:
     return pb.AliasEvent(
+        deployment_warnings=deployment_warnings,
         model=event.model,
         alias=event.alias,
         from_version=event.from_version,
@@ -254,7 +255,9 @@ def export_to_proto(result: ExportResult) -> pb.ExportOnnxResponse:
         reused=result.reused,
     )
     if result.version.alias_moved is not None:
-        message.alias_moved.CopyFrom(alias_event_to_proto(result.version.alias_moved))
+        message.alias_moved.CopyFrom(
+            alias_event_to_proto(result.version.alias_moved, result.version.deployment_warnings)
+        )
     return message
 
 

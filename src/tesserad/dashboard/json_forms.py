@@ -117,7 +117,7 @@ def model_json(model: ModelRecord) -> dict[str, Any]:
 
 def version_json(version: VersionRecord) -> dict[str, Any]:
     data = _plain(version)
-    del data["alias_moved"], data["alias_refused"]
+    del data["alias_moved"], data["alias_refused"], data["deployment_warnings"]
     return data
 
 

@@ -13,9 +13,8 @@ from tesserad.paging import Page, PageFill, answer_bytes, read_page, resume_key
 from tesserad.registry.deployments import (
     current_deployment,
     deployment_aliases,
-    deployment_warnings,
     redeploy,
-    resolved,
+    warnings_after_move,
 )
 from tesserad.registry.records import (
     ALIAS_EVENT_KIND,
@@ -170,12 +169,7 @@ class Aliases:
                 raise no_version(txn, model, version)
             event = move_alias(txn, fields, alias, version, actor, expected_version)
             put_model_data(txn, fields)
-            deployment = current_deployment(txn, model)
-            warnings = (
-                deployment_warnings(resolved(txn, deployment))
-                if deployment is not None and alias in deployment_aliases(deployment)
-                else ()
-            )
+            warnings = warnings_after_move(txn, model, alias)
         self._notify(model)
         return AliasRecord(model, alias, version, event.time, actor, warnings)
 

@@ -243,10 +243,11 @@ def _check_routes_differ(txn: ReadTxn, deployment: DeploymentRecord) -> None:
 
 def deployment_warnings(now: DeploymentRecord) -> tuple[str, ...]:
     """What a resolved deployment that Deploy would refuse now routes to, in words: aliases moved
-    since it was deployed (SetAlias; while a deployment names `latest`, it moves only to a new
-    version) so that routes resolve to one version, or its shadow to the version every route
-    serves. Such moves are made (a promotion is one), and requests follow them; the deployment's
-    answers say so."""
+    since it was deployed (SetAlias, or a version registered with an alias: an upload, an export,
+    a training job's register_as; `latest` moves only to a new version) so that routes resolve to
+    one version, or its shadow to the version every route serves. Such moves are made (a promotion
+    is one), and requests follow them; the deployment's answers say so, and so do those of the
+    move where it reports one (`warnings_after_move`)."""
     warnings = [
         f"{routes} now, so it answers their {weight}% and they split nothing; deploy one route to it "
         "(Deploy), or move one of the aliases (SetAlias)"
@@ -264,6 +265,14 @@ def deployment_warnings(now: DeploymentRecord) -> tuple[str, ...]:
             "shadow (Deploy), or move an alias (SetAlias)"
         )
     return tuple(warnings)
+
+
+def warnings_after_move(txn: ReadTxn, model: str, alias: str) -> tuple[str, ...]:
+    """The current deployment's warnings after `alias` moved, where the deployment names it."""
+    deployment = current_deployment(txn, model)
+    if deployment is None or alias not in deployment_aliases(deployment):
+        return ()
+    return deployment_warnings(resolved(txn, deployment))
 
 
 def _gone_targets(txn: ReadTxn, deployment: DeploymentRecord) -> tuple[list[str], bool]:

@@ -459,4 +459,8 @@ def _move_alias(registry: Registry, record: VersionRecord, alias: str, actor: st
     # Compare-and-set, so the reported move is the one that happened.
     moved = registry.set_alias(record.model, alias, record.version, actor, expected_version=before)
     event = AliasEvent(record.model, alias, before, record.version, moved.updated_at, actor)
-    return replace(registry.get_version(record.model, record.version), alias_moved=event)
+    return replace(
+        registry.get_version(record.model, record.version),
+        alias_moved=event,
+        deployment_warnings=moved.deployment_warnings,
+    )

@@ -100,6 +100,9 @@ class VersionRecord:
     # Set on the record a registration with `alias_if_room` returns when the model had no room
     # for its alias: why it was not set.
     alias_refused: str = ""
+    # Set with `alias_moved` where the model's current deployment names the alias: its
+    # `deployment_warnings` after the move.
+    deployment_warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,13 @@ from tesserad.registry.artifacts import (
     signature_mismatches,
     total_parameters,
 )
-from tesserad.registry.deployments import current_deployment, deployment_versions, redeploy, resolved
+from tesserad.registry.deployments import (
+    current_deployment,
+    deployment_versions,
+    redeploy,
+    resolved,
+    warnings_after_move,
+)
 from tesserad.registry.ensembles import (
     MAX_SPEC_BYTES,
     Member,
@@ -715,9 +721,16 @@ class Versions:
                         raise
                     refused = exc.message
             put_model_data(txn, fields)
+            # After the model's data: `latest` resolves to the new version from there.
+            warnings = warnings_after_move(txn, model, alias) if moved is not None else ()
             if before_commit is not None:
                 before_commit()
-            return replace(with_aliases(txn, record), alias_moved=moved, alias_refused=refused)
+            return replace(
+                with_aliases(txn, record),
+                alias_moved=moved,
+                alias_refused=refused,
+                deployment_warnings=warnings,
+            )
 
         return record_version
 

@@ -163,6 +163,7 @@ def serving_version(record: VersionRecord) -> VersionRecord:
         aliases=(),
         alias_moved=None,
         alias_refused="",
+        deployment_warnings=(),
     )
 
 
@@ -240,6 +241,7 @@ def _encode_state(state: ServingState | None) -> dict[str, Any] | None:
         data.pop("aliases")
         data.pop("alias_moved")
         data.pop("alias_refused")
+        data.pop("deployment_warnings")
         versions.append(data)
     return {**_head(state), "versions": versions}
 

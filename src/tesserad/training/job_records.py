@@ -39,6 +39,9 @@ class Registered:
     # Why register_as.alias was not set ("" when it was, or none was asked for): the model had
     # reached its alias cap while the job ran. Said once, as the job ends; not stored.
     alias_refused: str = ""
+    # The model's deployment warnings after the alias moved, where the deployment names it
+    # (`VersionRecord.deployment_warnings`). Said once, as the job ends; not stored.
+    deployment_warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

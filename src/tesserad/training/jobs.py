@@ -1289,6 +1289,16 @@ class Jobs:
                     extra={"job_id": job.job_id, "model": registered.model, "alias": alias},
                 )
                 job = self._append(job, "log", {"level": "warning", "message": message})
+            for warning in registered.deployment_warnings:
+                message = (
+                    f"registered {registered.model} v{registered.version} with alias {registered.alias!r}, "
+                    f"which the deployment names: {warning}"
+                )
+                log.warning(
+                    "registered a job's model with an alias that leaves its deployment routing as Deploy refuses",
+                    extra={"job_id": job.job_id, "model": registered.model, "alias": registered.alias},
+                )
+                job = self._append(job, "log", {"level": "warning", "message": message})
             job = self._append(
                 replace(job, registered=registered),
                 "registered",

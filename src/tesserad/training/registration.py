@@ -64,5 +64,10 @@ class JobRegistration:
         deleted = any(ds.deleted for ds in record.lineage.datasets)
         alias = "" if record.alias_refused else target["alias"]
         return Registered(
-            record.model, record.version, alias, dataset_deleted=deleted, alias_refused=record.alias_refused
+            record.model,
+            record.version,
+            alias,
+            dataset_deleted=deleted,
+            alias_refused=record.alias_refused,
+            deployment_warnings=record.deployment_warnings,
         )

@@ -37,3 +37,20 @@ def test_an_alias_moved_onto_another_routes_version_is_warned_in_commands(tesser
     assert promoted.code == 0
     assert (promoted.out, promoted.err) == ("affine: prod -> v2\n", f"{warning}\n")
     assert tessera_cli("models", "deployments", "affine").err == f"{warning}\n"
+
+
+def test_a_push_that_moves_a_routed_alias_warns(tessera_cli, tmp_path):
+    artifact = str(affine_onnx(tmp_path / "affine.onnx"))
+    for _ in range(2):
+        assert tessera_cli("models", "push", "affine", artifact).code == 0
+    assert tessera_cli("models", "alias", "affine", "canary", "1").code == 0
+    assert tessera_cli("models", "deploy", "affine", "latest=90", "canary=10").code == 0
+
+    pushed = tessera_cli("models", "push", "affine", artifact, "--alias", "canary")
+    assert pushed.code == 0
+    assert "alias canary: v1 -> v3" in pushed.out
+    assert pushed.err == (
+        "warning: routes[0] (alias 'latest') and routes[1] (alias 'canary') both resolve to version 3 now, "
+        "so it answers their 100% and they split nothing; deploy one route to it (`tessera models deploy "
+        "MODEL ROUTE...`), or move one of the aliases (`tessera models alias MODEL ALIAS VERSION`)\n"
+    )

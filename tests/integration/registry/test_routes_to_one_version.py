@@ -130,6 +130,23 @@ def test_a_rollback_names_only_the_aliases_moved_since(stub, three_versions):
     assert error.details().endswith("or move alias 'canary' and alias 'prod' back with SetAlias")
 
 
+def test_an_upload_that_moves_a_routed_alias_carries_the_deployment_warnings(stub, three_versions):
+    deploy(stub, R.Route(alias="latest", weight=90), R.Route(alias="canary", weight=10))
+    data = onnx_identity()
+    pushed = upload(stub, onnx_header("m", data, alias="canary"), data)
+    warning = (
+        "routes[0] (alias 'latest') and routes[1] (alias 'canary') both resolve to version 4 now, so "
+        "it answers their 100% and they split nothing; deploy one route to it (Deploy), or move one "
+        "of the aliases (SetAlias)"
+    )
+    assert (pushed.alias_moved.to_version, list(pushed.alias_moved.deployment_warnings)) == (4, [warning])
+    assert list(stub.GetDeployment(R.GetDeploymentRequest(model="m")).warnings) == [warning]
+
+    # latest moves on to v5; the deployment splits again.
+    again = upload(stub, onnx_header("m", data, alias="other"), data)
+    assert list(again.alias_moved.deployment_warnings) == []
+
+
 def test_a_route_alias_moved_onto_the_shadow_is_moved_and_warned(stub, three_versions):
     deploy(stub, R.Route(alias="prod", weight=100), shadow=R.Shadow(alias="canary"))
     moved = stub.SetAlias(R.SetAliasRequest(model="m", alias="prod", version=2))

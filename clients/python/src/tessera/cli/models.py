@@ -148,12 +148,14 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
         progress=transfer_progress(out, f"pushing {Path(args.file).name}"),
     )
     if out.as_json:
-        return out.json(version)
-    out.line(
-        f"registered {version.model} v{version.version} ({byte_size(version.size_bytes)}, sha256 {version.sha256[:12]})"
-    )
-    if version.HasField("alias_moved"):
-        print_alias_moved(out, version.alias_moved)
+        out.json(version)
+    else:
+        out.line(
+            f"registered {version.model} v{version.version} ({byte_size(version.size_bytes)}, sha256 {version.sha256[:12]})"
+        )
+        if version.HasField("alias_moved"):
+            print_alias_moved(out, version.alias_moved)
+    warn(version.alias_moved.deployment_warnings)
 
 
 def cmd_models_ensemble(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -469,13 +471,19 @@ def cmd_export_onnx(client: Client, args: argparse.Namespace, out: Output) -> No
         description=args.description,
     )
     if out.as_json:
-        return out.json(result)
+        out.json(result)
+    else:
+        print_export(out, result, args.description)
+    warn(result.alias_moved.deployment_warnings)
+
+
+def print_export(out: Output, result: registry_pb2.ExportOnnxResponse, description: str) -> None:
     done = "already exported as" if result.reused else "exported"
     out.line(
         f"{done} {result.version.model} v{result.version.version} (onnx opset {result.opset}, conv4d "
         f"{result.conv4d}, max |onnx - torch| {result.max_abs_error:.2e})"
     )
-    if result.reused and args.description and args.description != result.version.description:
+    if result.reused and description and description != result.version.description:
         out.line(
             f"description not applied: v{result.version.version} keeps its own "
             f"({result.version.description!r}); versions are immutable"

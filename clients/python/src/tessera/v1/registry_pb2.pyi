@@ -1314,6 +1314,7 @@ class AliasEvent(_message.Message):
     TO_VERSION_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_WARNINGS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     alias: _builtins.str
     from_version: _builtins.int
@@ -1321,6 +1322,13 @@ class AliasEvent(_message.Message):
     actor: _builtins.str
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def deployment_warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only in the alias_moved of an UploadVersion or ExportOnnx answer, where the model's current
+        deployment names the alias: that deployment's warnings (Deployment.warnings) after the
+        move, which is made all the same, as in SetAlias's Alias.deployment_warnings.
+        """
+
     def __init__(
         self,
         *,
@@ -1330,10 +1338,11 @@ class AliasEvent(_message.Message):
         to_version: _builtins.int = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
         actor: _builtins.str = ...,
+        deployment_warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "from_version", b"from_version", "model", b"model", "time", b"time", "to_version", b"to_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "deployment_warnings", b"deployment_warnings", "from_version", b"from_version", "model", b"model", "time", b"time", "to_version", b"to_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1782,7 +1791,8 @@ class Deployment(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Output only: where aliases moved since the revision was deployed (SetAlias) so that it routes
+        """Output only: where aliases moved since the revision was deployed (SetAlias, or a version
+        registered with an alias: AliasEvent.deployment_warnings) so that it routes
         as Deploy refuses, what it does now: routes that resolve to one
         version (that version answers their weights added; they split nothing), or a shadow that
         resolves to the version every route serves (it copies no request). Requests follow the move.
