@@ -665,20 +665,8 @@ class Client {
     const deadline = new Date(Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS));
     const name = path.basename(localPath);
     const artifact = artifactPath ? `${artifactPath.replace(/\/$/, '')}/${name}` : name;
-    const { sha256, size } = await fileDigest(localPath);
-    const call = clientStream(this, this.training, 'UploadRunArtifact', deadline);
-    try {
-      await call.send({ header: { run_id: runId, path: artifact, sha256, size_bytes: size } });
-      for await (const chunk of fs.createReadStream(localPath, { highWaterMark: chunkSize })) {
-        if (call.answered) break;
-        await call.send({ chunk });
-      }
-    } catch (err) {
-      call.stream.cancel();
-      throw err;
-    }
-    call.stream.end();
-    return call.response;
+    const open = () => clientStream(this, this.training, 'UploadRunArtifact', deadline);
+    return uploadFile(open, { run_id: runId, path: artifact }, localPath, chunkSize);
   }
 
   // A run's artifacts in path order: every one, or those under the directory `path`.
@@ -869,20 +857,8 @@ class Client {
       tags: asText(tags, 'tags'),
       splits: splitSpec(splits, wholeNumber('seed', seed)),
     };
-    const { sha256, size } = await fileDigest(file);
-    const call = clientStream(this, this.datasets, 'UploadDataset', deadline);
-    try {
-      await call.send({ header: { ...header, sha256, size_bytes: size } });
-      for await (const chunk of fs.createReadStream(file, { highWaterMark: chunkSize })) {
-        if (call.answered) break;
-        await call.send({ chunk });
-      }
-    } catch (err) {
-      call.stream.cancel();
-      throw err;
-    }
-    call.stream.end();
-    return call.response;
+    const open = () => clientStream(this, this.datasets, 'UploadDataset', deadline);
+    return uploadFile(open, header, file, chunkSize);
   }
 
   // Every dataset (whose name starts with namePrefix), following page tokens.
@@ -1174,6 +1150,26 @@ function clientStream(client, stub, method, deadline) {
     }
   };
   return call;
+}
+
+// Send `file` on the upload call `open` starts (a clientStream) once the file is read through:
+// `header` with its sha256 and size, then its chunks until they end or the daemon answers; the
+// answer's promise.
+async function uploadFile(open, header, file, chunkSize) {
+  const { sha256, size } = await fileDigest(file);
+  const call = open();
+  try {
+    await call.send({ header: { ...header, sha256, size_bytes: size } });
+    for await (const chunk of fs.createReadStream(file, { highWaterMark: chunkSize })) {
+      if (call.answered) break;
+      await call.send({ chunk });
+    }
+  } catch (err) {
+    call.stream.cancel();
+    throw err;
+  }
+  call.stream.end();
+  return call.response;
 }
 
 // A file's hex sha256 and size, read before an upload's header is sent.
