@@ -438,8 +438,11 @@ class Daemon:
         self._export_triton_metrics()
         self.registry.add_listener(self.inference.on_registry_change)
         self.inference.add_deletion_listener(self._tracer.forget, self._tracer.kept)
-        # A replica's follower runs these in its retry of failed loads.
-        self._refresh_sweep = asyncio.create_task(_sweep_failures(self.inference))
+        # A replica's follower retries its failed loads itself, only while the primary is there:
+        # two loops would retry them against a primary that is gone, and undo each other's backoff.
+        self._refresh_sweep = asyncio.create_task(
+            _sweep_failures(self.inference, retry_loads=not settings.replica.primary)
+        )
         oip = OpenInference(self.inference, self._stopping, self._shared_memory, self._logs, self._tracer)
         cluster = ClusterStats(self._changes.replicas, transport, refusals.recent)
         _register(
@@ -966,20 +969,21 @@ async def _apply(
         )
 
 
-async def _sweep_failures(inference: InferenceService) -> None:
+async def _sweep_failures(inference: InferenceService, retry_loads: bool) -> None:
     """Queue again, every SOURCE_RETRY_S, the serving refreshes that failed and whose wait passed
     (each model's doubles with each failure in a row, up to REFRESH_RETRY_MAX_S): a model that
     gets no calls (a deleted one) would otherwise keep loaded what its refresh was to unload.
     The loads that failed for a cause that passes (a shadow's load that found the registry
-    unreadable) are tried again with them, the wait doubling while some are, up to RETRY_MAX_S
-    as a replica's follower does: else requests for their versions stay refused until LoadModel."""
+    unreadable) are tried again with them when `retry_loads` (not on a replica, whose follower
+    does), the wait doubling while some are, up to RETRY_MAX_S: else requests for their versions
+    stay refused until LoadModel."""
     loads_wait = SOURCE_RETRY_S
     loads_due = 0.0
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(SOURCE_RETRY_S)
         try:
-            if loop.time() < loads_due:
+            if not retry_loads or loop.time() < loads_due:
                 inference.retry_failed_refreshes()
                 continue
             # Backing off: a cause that lasts would log a failed load at each retry.

@@ -632,6 +632,14 @@ class InferenceService:
             return loaded
         listed = self._listed(model, version)
         if self._autoload and listed is not None and listed.state is LoadState.FAILED:
+            if listed.retry is Retry.SOON:
+                # A cause that passes (the registry or the primary unreachable): the daemon's
+                # periodic retry, or a replica's follower, loads it again by itself.
+                raise NotLoaded(
+                    f"{listed.label} failed to load for a cause that may pass, and is tried again by "
+                    f"itself shortly: {listed.error}; retry then, or load it now with LoadModel or "
+                    "RepositoryModelLoad"
+                )
             raise NotLoaded(
                 f"{listed.label} failed to load, and requests do not load it again: {listed.error}; "
                 "once the cause is fixed, load it with LoadModel or RepositoryModelLoad"

@@ -749,6 +749,13 @@ def test_a_shadow_load_whose_registry_read_failed_unexpectedly_is_retried(
     _without_periodic_load_retries(daemon, monkeypatch)
     _shadow_load_failing_unexpectedly(daemon, monkeypatch)
     inference = inference_pb2_grpc.InferenceStub(daemon.channel())
+    # Meanwhile a request is told it is retried by itself, not to wait for a LoadModel.
+    with pytest.raises(grpc.RpcError) as refused:
+        inference.Predict(predict_request("m", X, version=2))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "failed to load for a cause that may pass, and is tried again by itself shortly" in str(
+        refused.value.details()
+    )
     assert InferenceService.retry_failed_loads(daemon.daemon.inference) == 1
     answer = inference.Predict(predict_request("m", X, version=2))
     np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 2, rtol=1e-6)

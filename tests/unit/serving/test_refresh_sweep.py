@@ -17,7 +17,7 @@ from tesserad.api import follow
 from tesserad.api.follow import Follower
 from tesserad.config import ReplicaSettings
 from tesserad.errors import NotFound, Unavailable
-from tesserad.serving.pool import ModelPool, ServableVersion, ServingDefaults, servable_file
+from tesserad.serving.pool import LoadState, ModelPool, ServableVersion, ServingDefaults, servable_file
 from tesserad.serving.service import REFRESH_RETRY_MAX_S, DeploymentPlan, InferenceService, Target
 
 
@@ -81,7 +81,7 @@ def test_a_sweep_that_raised_sweeps_again_and_ends_cleanly_when_cancelled(
     service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
 
     async def sweep() -> None:
-        sweeping = asyncio.create_task(server._sweep_failures(service))
+        sweeping = asyncio.create_task(server._sweep_failures(service, retry_loads=True))
         try:
             # Queued by a pass after the first, which raised.
             assert await asyncio.to_thread(refreshed.wait, 30)
@@ -156,5 +156,34 @@ def test_a_replicas_retry_of_failed_loads_that_raised_retries_again(
         assert service._refresh_retry_at == {}  # the refresh passed
         failure = next(r for r in caplog.records if r.getMessage() == "retrying the failed loads failed")
         assert failure.exc_info is not None and "the clock could not be read" in str(failure.exc_info[1])
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize("retry_loads", [True, False], ids=["primary", "replica"])
+def test_the_sweep_retries_failed_loads_on_a_primary_only(
+    linear_onnx: Path, monkeypatch: pytest.MonkeyPatch, retry_loads: bool
+) -> None:
+    """A replica's sweep retried its failed loads too, beside its follower, which does so only
+    while the primary is there: against a primary gone, and undoing the follower's backoff."""
+    monkeypatch.setattr(server, "SOURCE_RETRY_S", 0)
+    source = UnreadableModel(servable_file("m", 1, "onnx", linear_onnx))
+    service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True)
+    service.pool.list_failure("m", 1, Unavailable("the registry could not be read"), "")
+
+    async def sweep() -> None:
+        sweeping = asyncio.create_task(server._sweep_failures(service, retry_loads=retry_loads))
+        try:
+            for _ in range(20):
+                await asyncio.sleep(0)
+        finally:
+            sweeping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sweeping
+
+    try:
+        asyncio.run(sweep())
+        listed = [(e.model, e.version) for e in service.pool.list() if e.state is LoadState.FAILED]
+        assert listed == ([] if retry_loads else [("m", 1)])
     finally:
         service.close()
