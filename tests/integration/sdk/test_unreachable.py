@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+import time
 from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
 
+import grpc
 import pytest
 
 import tessera
 import tessera.aio
 from tessera.errors import CONNECT_TIMEOUT_S, reached_no_daemon
+from tessera.transport import AioConnection
+from tessera.v1 import inference_pb2
 
 
 @pytest.fixture
@@ -104,3 +111,103 @@ def test_a_deadline_that_ends_before_the_connect_timeout_says_what_it_waited_for
 
     error = asyncio.run(asyncio.wait_for(scenario(), 120))
     assert_says_nothing_answered_grpc(error, silent, "before the call's deadline")
+
+
+# The daemon's own words when a request's deadline passed in its queue (serving/batcher.py).
+_QUEUED_PAST_DEADLINE = "the request's deadline passed while it was queued; it was not run"
+
+
+def _drain(server: grpc.Server) -> None:
+    """Start `server` draining, as a daemon shutting down does: GOAWAY, and no new connections,
+    while the calls in flight go on (the GOAWAY goes out first; a moment lets the client act on it)."""
+    server.stop(grace=30)
+    time.sleep(0.2)
+
+
+@contextmanager
+def draining_server() -> Iterator[str]:
+    """A gRPC server that starts draining in its calls, then: GetServerInfo answers
+    DEADLINE_EXCEEDED in its own words, as tesserad does for a request whose deadline passed in
+    its queue; PredictStream, after one response, holds the call past the client's deadline. A
+    stand-in: no tesserad RPC answers DEADLINE_EXCEEDED before the client's own deadline ends
+    the call."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    stopped = threading.Event()
+
+    def answer_deadline_exceeded(request: bytes, context: grpc.ServicerContext) -> bytes:
+        _drain(server)
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, _QUEUED_PAST_DEADLINE)
+
+    def predict_then_hold(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        next(requests)
+        yield inference_pb2.PredictResponse().SerializeToString()
+        _drain(server)
+        stopped.wait(60)
+
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "tessera.v1.System",
+                {"GetServerInfo": grpc.unary_unary_rpc_method_handler(answer_deadline_exceeded)},
+            ),
+            grpc.method_handlers_generic_handler(
+                "tessera.v1.Inference",
+                {"PredictStream": grpc.stream_stream_rpc_method_handler(predict_then_hold)},
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        stopped.set()
+        server.stop(grace=None)
+
+
+def test_a_deadline_exceeded_the_server_answered_keeps_its_words_after_a_goaway():
+    # No connection was ready after the GOAWAY: the answer was taken for a silent port's.
+    with (
+        draining_server() as target,
+        tessera.Client(target, timeout=30) as client,
+        pytest.raises(tessera.DeadlineExceeded) as failed,
+    ):
+        client.system.info()
+    assert failed.value.message == _QUEUED_PAST_DEADLINE, failed.value.message
+
+
+def test_the_asyncio_client_keeps_the_servers_words_too():
+    async def scenario(target: str) -> tessera.DeadlineExceeded:
+        async with tessera.aio.Client(target, timeout=30) as client:
+            with pytest.raises(tessera.DeadlineExceeded) as failed:
+                await client.system.info()
+            return failed.value
+
+    with draining_server() as target:
+        error = asyncio.run(asyncio.wait_for(scenario(target), 120))
+    assert error.message == _QUEUED_PAST_DEADLINE, error.message
+
+
+def assert_is_not_said_to_have_reached_nothing(error: BaseException) -> None:
+    # Now and then gRPC's core drops the stream with the draining connection before the deadline
+    # (Unavailable, saying so): either way the words are gRPC's, not the silent port's.
+    assert isinstance(error, tessera.DeadlineExceeded | tessera.Unavailable), error
+    assert not error.message.startswith("nothing at"), error.message
+
+
+def test_a_prediction_stream_that_got_a_response_before_its_deadline_is_not_said_to_have_reached_nothing():
+    async def scenario(target: str) -> BaseException:
+        connection = AioConnection(target)
+        try:
+            async for _ in connection.bidi_stream(
+                "Inference", "PredictStream", [inference_pb2.PredictRequest()], 2
+            ):
+                pass
+        except tessera.TesseraError as error:
+            return error
+        finally:
+            await connection.close()
+        raise AssertionError("the stream ended without its deadline")
+
+    with draining_server() as target:
+        assert_is_not_said_to_have_reached_nothing(asyncio.run(asyncio.wait_for(scenario(target), 120)))

@@ -403,6 +403,12 @@ T = TypeVar("T")
 # What grpc.aio's request writer sets as a call's status when a write fails as the call ends,
 # over the status the daemon sent (grpc/grpc#36066).
 _WRITE_FAILED_DETAILS = "Internal error from Core"
+# gRPC's words for a deadline the client's own core ended a call at, with no stream open on a
+# connection ("Stream removed (Deadline Exceeded)" where one was). A status the daemon sent has
+# the daemon's words (the batcher's, for a request whose deadline passed in its queue), and the
+# channel's state says nothing of it: after a GOAWAY (a daemon draining) the channel has no
+# connection ready while the calls in flight on the old one go on to their answers.
+_OWN_DEADLINE_DETAILS = "Deadline Exceeded"
 # How long a stream whose write failed waits for the daemon's status to be delivered: gRPC's
 # core delivers it with the write's failure, so this bounds only a core that never does.
 DAEMON_STATUS_WAIT_S = 5.0
@@ -553,7 +559,12 @@ class _Channel(ABC):
         if self.closed and err.code() == grpc.StatusCode.CANCELLED:
             return Cancelled(f"the client of {self.target} was closed while the call was in flight")
         error = error_from_rpc(err)
-        if isinstance(error, DeadlineExceeded) and not self.closed and not self._connected():
+        if (
+            isinstance(error, DeadlineExceeded)
+            and err.details() == _OWN_DEADLINE_DETAILS
+            and not self.closed
+            and not self._connected()
+        ):
             # The call waited for a connection all along: gRPC's words are a bare "Deadline Exceeded".
             message = silent_message(self.target, "before the call's deadline", error.message, accepted=False)
             return DeadlineExceeded(message, error.trailers)
