@@ -181,8 +181,9 @@ class Access:
     def _admission(self, request: web.Request) -> tuple[web.Response | None, bytes | None, Role | None]:
         """(None, the token's SHA-256, its role) when `request` carries a token good enough to
         read; else (its answer, None, None). Header tokens are not throttled, as gRPC's are not:
-        they are 256-bit secrets no script guesses, and counting them let one client with a
-        revoked token (a cron job behind the same NAT) lock every script out."""
+        those `tesserad tokens add` makes are 256-bit secrets no script guesses (one made by hand
+        must be at least 24 characters, and should be as random), and counting them
+        let one client with a revoked token (a cron job behind the same NAT) lock every script out."""
         problem, digest, role = self._problem(request)
         if problem is None:
             return None, digest, role

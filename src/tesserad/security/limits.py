@@ -148,15 +148,22 @@ class LoginThrottle:
         return wanted
 
     def _room_for(self, new: int, now: float) -> bool:
-        """Whether `new` more buckets fit, forgetting refilled ones (oldest first) to make room.
-        The shared bucket may be one beyond `max_addresses`."""
-        while self._buckets:
-            key, (left, since, at_once) = next(iter(self._buckets.items()))
-            if left + (now - since) / self.retry_s < at_once:
+        """Whether `new` more buckets fit, forgetting refilled ones to make room: at most
+        _SCAN_AT_ONCE are looked at, least recently touched first, and one still held back goes
+        behind the others, so that one slow to refill (a drained /48) does not keep the refilled
+        ones after it. The shared bucket may be one beyond `max_addresses`."""
+        for _ in range(min(len(self._buckets), _SCAN_AT_ONCE)):
+            if self._held() + new <= self._max_addresses:
                 break
-            del self._buckets[key]
-        held = len(self._buckets) - (_OVERFLOW in self._buckets)
-        return held + new <= self._max_addresses
+            key, bucket = self._buckets.popitem(last=False)
+            left, since, at_once = bucket
+            if left + (now - since) / self.retry_s < at_once:
+                self._buckets[key] = bucket
+        return self._held() + new <= self._max_addresses
+
+    def _held(self) -> int:
+        """The buckets remembered, less the shared one."""
+        return len(self._buckets) - (_OVERFLOW in self._buckets)
 
     def _left(self, key: str, at_once: float, now: float) -> float:
         """The failures `key` may make now (fractions refill between whole ones)."""
@@ -169,6 +176,8 @@ class LoginThrottle:
 
 # The shared bucket of the addresses a full table has no room for (no address is written so).
 _OVERFLOW = "(addresses not remembered)"
+# The most buckets one failed login looks at to make room (bounded work on the event loop).
+_SCAN_AT_ONCE = 64
 # How many times as often as one address an IPv6 /48 may fail in a row.
 SITE_AT_ONCE = 4
 

@@ -64,3 +64,22 @@ def test_the_table_of_addresses_stays_bounded_never_forgetting_one_held_back():
     assert throttle.wait_s("10.0.0.50") == 0
     throttle.failed("10.0.0.50")
     assert throttle.wait_s("10.0.0.50") == 10.0 and throttle.wait_s("10.0.0.51") == 0
+
+
+def test_a_bucket_slow_to_refill_does_not_keep_the_refilled_ones_behind_it_remembered():
+    # A drained /48 (SITE_AT_ONCE times the tries, so as many times as slow to refill) at the
+    # front of the table kept every refilled address behind it remembered: new addresses all
+    # shared the overflow bucket, which a few failures kept empty for every one of them.
+    clock = Clock()
+    throttle = LoginThrottle(at_once=5, retry_s=10.0, max_addresses=100, clock=clock)
+    for subnet in range(4):
+        for _ in range(5):
+            throttle.failed(f"2001:db8:0:{subnet:x}::1")  # the /48 drained: 20 failures
+    clock.now += 60  # its /64s have refilled, it has not: the /48 is now the oldest held back
+    for host in range(99):
+        throttle.failed(f"10.0.0.{host + 1}")
+    clock.now += 60  # the IPv4 addresses have refilled, the /48 still not
+    for host in range(5):
+        throttle.failed(f"192.0.2.{host + 1}")
+    assert throttle.wait_s("198.51.100.1") == 0
+    assert len(throttle) <= 101
