@@ -455,10 +455,19 @@ class Jobs:
             self._put(txn, self._with_early_stop(job, txn))
             return True
 
-        # Reserved: a daemon must start on a full store, and each record grows by a few bytes.
-        filled = each_row_once(
-            self._store, "jobs", STOPPED_EARLY_STORED, fill, batch=_RETAIN_BATCH, reserved=True
-        )
+        try:
+            # Not in the store's reserve, kept for writes that end something or free space: each
+            # record grows by a few bytes.
+            filled = each_row_once(self._store, "jobs", STOPPED_EARLY_STORED, fill, batch=_RETAIN_BATCH)
+        except ResourceExhausted as exc:
+            # A daemon must start on a full store: the records left are answered from their
+            # events meanwhile (`_with_early_stop`), and the next start tries again.
+            log.warning(
+                "the store has no room to store why early stopping ended the jobs an older tesserad "
+                "left; they are read from their events until a start finds room: %s",
+                exc.message,
+            )
+            return
         if filled:
             log.info(
                 "stored why early stopping ended the jobs an older tesserad left", extra={"jobs": filled}

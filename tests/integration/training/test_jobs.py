@@ -22,8 +22,10 @@ from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_p
 from tessera.v1 import training_pb2_grpc as training_grpc
 from tesserad.api.convert_training import job_spec_from_proto
 from tesserad.config import Settings
+from tesserad.errors import ResourceExhausted
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
+from tesserad.training import jobs as jobs_module
 from tesserad.training.jobs import STOPPED_EARLY_STORED
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.training.conftest import (
@@ -323,6 +325,36 @@ def test_a_job_record_from_an_older_daemon_says_why_early_stopping_ended_it(tmp_
         assert end.stopped_early == stopped
     finally:
         restarted.stop()
+
+
+def test_a_store_with_no_room_for_the_start_up_pass_starts_and_answers_from_the_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The pass wrote into the store's reserve, kept for writes that end something or free
+    # space, though it grows records: now it leaves them to a start that has room.
+    settings = daemon_settings(tmp_path / "data", **TRAINING_SETTINGS)
+    spec = job_spec(
+        "mlp",
+        epochs=50,
+        early_stopping=job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0),
+    )
+    (job,) = _stored_as_by_an_older_daemon(settings, [spec])
+    each_row_once = jobs_module.each_row_once
+
+    def no_room_for_the_pass(store: Store, table: str, marker: tuple[str], *args: Any, **kwargs: Any) -> int:
+        if marker == STOPPED_EARLY_STORED:
+            assert not kwargs.get("reserved")
+            raise ResourceExhausted("the store is full (store.map_size = 64 MiB); raise it")
+        return each_row_once(store, table, marker, *args, **kwargs)
+
+    monkeypatch.setattr(jobs_module, "each_row_once", no_room_for_the_pass)
+    restarted = InProcessDaemon(settings).start()
+    try:
+        training = training_grpc.TrainingStub(restarted.channel())
+        assert training.GetJob(S.GetJobRequest(job_id=job.job_id)).stopped_early == job.stopped_early
+    finally:
+        restarted.stop()
+    assert "the store has no room to store why early stopping ended the jobs" in caplog.text
 
 
 def test_the_next_start_stores_why_early_stopping_ended_a_job_an_older_daemon_stored(
