@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
@@ -595,16 +595,25 @@ class ModelPool:
             self._listed[(model, version)] = entry
             return True
 
-    def forget_failure(self, model: str, version: int, artifact_sha256: str | None = None) -> bool:
+    def forget_failure(
+        self,
+        model: str,
+        version: int,
+        artifact_sha256: str | None = None,
+        retry: Collection[Retry] | None = None,
+    ) -> bool:
         """Drop the version's failed listing, so that loads of it are no longer refused for the
-        failure; only one of `artifact_sha256` when given. False when it is not listed as failed
-        (any more)."""
+        failure; only one of `artifact_sha256`, and only one whose retry class is in `retry`,
+        when given (checked under the lock: a failure listed since the caller looked stays).
+        False when it is not listed as failed (any more)."""
         key = (model, version)
         with self._lock:
             entry = self._listed.get(key)
             if entry is None or entry.state is not LoadState.FAILED:
                 return False
             if artifact_sha256 is not None and entry.artifact_sha256 != artifact_sha256:
+                return False
+            if retry is not None and entry.retry not in retry:
                 return False
             del self._listed[key]
             return True

@@ -1166,7 +1166,7 @@ class InferenceService:
         for entry in self.pool.list():
             if entry.state is not LoadState.FAILED or entry.retry not in wanted:
                 continue
-            if self.pool.forget_failure(entry.model, entry.version):
+            if self.pool.forget_failure(entry.model, entry.version, entry.artifact_sha256, wanted):
                 log.info(
                     "retrying the load of version %s of %r, which failed: %s",
                     entry.version, entry.model, entry.error,

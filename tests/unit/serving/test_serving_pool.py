@@ -188,6 +188,9 @@ def test_a_load_whose_artifact_cannot_be_reached_is_retryable_and_its_failure_fo
     with pytest.raises(FailedPrecondition):
         pool.load(onnx_version(junk, 2), ServingConfig())
     assert not pool.get("m", 2) and pool.list("m")[-1].retry is Retry.NEVER
+    # A retry that saw a passing failure does not take away one for good listed since.
+    assert not pool.forget_failure("m", 2, retry={Retry.SOON})
+    assert pool.list("m")[-1].state is LoadState.FAILED
 
 
 def test_a_load_its_source_refused_lastingly_is_retried_later(pool: ModelPool, linear_onnx: Path) -> None:
