@@ -618,34 +618,9 @@ def test_a_shadow_load_that_raises_an_unexpected_error_is_logged_and_listed_fail
 ) -> None:
     """Reading the shadow version for its load raised what no load expects (the registry's
     database unreadable): it ended in the load's discarded future, neither logged nor listed."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
-    upload(channel, "m", linear_model(1.0))
-    upload(channel, "m", linear_model(2.0))
-    registry.Deploy(
-        registry_pb2.DeployRequest(
-            model="m",
-            routes=[registry_pb2.Route(version=1, weight=100)],
-            shadow=registry_pb2.Shadow(version=2, percent=100),
-        )
-    )
-    store = daemon.daemon.registry
-    resolve = store.resolve
-    unreadable = OSError("database disk image is malformed")
     _without_periodic_load_retries(daemon, monkeypatch)
-
-    def failing(model: str, version: int | None = None, alias: str | None = None) -> Any:
-        if (model, version) == ("m", 2):
-            raise unreadable
-        return resolve(model, version, alias)
-
-    monkeypatch.setattr(store, "resolve", failing)
-    service = daemon.daemon.inference
-    # The deployment's refresh done: a refresh after the failure would take its listing away.
-    service._swaps.submit(lambda: None).result(30)
-    assert inference.Predict(predict_request("m", X)).version == 1
-    _wait_for(lambda: not service._shadow_loads, "the shadow load done")
+    unreadable = _shadow_load_failing_unexpectedly(daemon, monkeypatch)
+    inference = inference_pb2_grpc.InferenceStub(daemon.channel())
     (logged,) = [r for r in caplog.records if r.exc_info and r.exc_info[1] is unreadable]
     assert "'m' version 2" in logged.getMessage()
     listed = {m.version: m for m in inference.ListLoaded(inference_pb2.ListLoadedRequest(model="m")).models}
@@ -706,9 +681,10 @@ def _without_periodic_load_retries(daemon: Any, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(daemon.daemon.inference, "retry_failed_loads", lambda lasting=False: 0)
 
 
-def _shadow_load_failing_unexpectedly(daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def _shadow_load_failing_unexpectedly(daemon: Any, monkeypatch: pytest.MonkeyPatch) -> OSError:
     """Deploy 'm' on version 1 shadowing version 2, and fail the shadow load a copied request
-    queues as it reads version 2 from the registry (OSError, once): version 2 is listed FAILED."""
+    queues as it reads version 2 from the registry (OSError, once): version 2 is listed FAILED.
+    Returns the error raised."""
     channel = daemon.channel()
     inference = inference_pb2_grpc.InferenceStub(channel)
     registry = registry_pb2_grpc.RegistryStub(channel)
@@ -724,11 +700,12 @@ def _shadow_load_failing_unexpectedly(daemon: Any, monkeypatch: pytest.MonkeyPat
     store = daemon.daemon.registry
     resolve = store.resolve
     failed = threading.Event()
+    unreadable = OSError("disk I/O error")
 
     def failing_once(model: str, version: int | None = None, alias: str | None = None) -> Any:
         if (model, version) == ("m", 2) and not failed.is_set():
             failed.set()
-            raise OSError("disk I/O error")
+            raise unreadable
         return resolve(model, version, alias)
 
     monkeypatch.setattr(store, "resolve", failing_once)
@@ -739,6 +716,7 @@ def _shadow_load_failing_unexpectedly(daemon: Any, monkeypatch: pytest.MonkeyPat
     assert failed.wait(30)
     _wait_for(lambda: not service._shadow_loads, "the shadow load done")
     assert _loaded(inference, "m")[2] == inference_pb2.LOAD_STATE_FAILED
+    return unreadable
 
 
 def test_a_shadow_load_whose_registry_read_failed_unexpectedly_is_retried(
