@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -211,3 +212,70 @@ def test_a_prediction_stream_that_got_a_response_before_its_deadline_is_not_said
 
     with draining_server() as target:
         assert_is_not_said_to_have_reached_nothing(asyncio.run(asyncio.wait_for(scenario(target), 120)))
+
+
+@contextmanager
+def holding_server() -> Iterator[str]:
+    """A gRPC server whose GetServerInfo holds every call until the server stops: a daemon that
+    was reached and is slow, so calls end at the client's own deadline on a ready connection."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    stopping = threading.Event()
+
+    def hold(request: bytes, context: grpc.ServicerContext) -> bytes:
+        stopping.wait(60)
+        return b""
+
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "tessera.v1.System", {"GetServerInfo": grpc.unary_unary_rpc_method_handler(hold)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        stopping.set()
+        server.stop(grace=None)
+
+
+@contextmanager
+def busy_interpreter() -> Iterator[None]:
+    """A thread that holds the GIL in turns of half a second, as a busy machine delays gRPC's
+    own threads: the one that tells a blocking channel's state starts late."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    interval = sys.getswitchinterval()
+    spinner = threading.Thread(target=spin)
+    sys.setswitchinterval(0.5)
+    spinner.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        spinner.join()
+        sys.setswitchinterval(interval)
+
+
+def test_a_busy_blocking_client_keeps_grpcs_words_for_its_own_deadline_and_closes_cleanly(monkeypatch):
+    # The state was asked of a thread started per question and given up on after half a second:
+    # the reached daemon was said to be silent, and the thread, starting after the client closed,
+    # raised "Cannot invoke RPC: Channel closed!".
+    raised: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_value))
+    messages = []
+    with holding_server() as target:
+        for _ in range(6):
+            with tessera.Client(target, timeout=0.5) as client:
+                with busy_interpreter(), pytest.raises(tessera.DeadlineExceeded) as failed:
+                    client.system.info()
+                messages.append(failed.value.message)
+        time.sleep(1)
+    assert not [message for message in messages if message.startswith("nothing at")], messages
+    assert not raised, raised

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Coroutine, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -59,8 +60,9 @@ MAX_MESSAGE_BYTES = 64 * 2**20
 # Between attempts to reach a daemon that is away (gRPC's own default is 120 s).
 MAX_RECONNECT_BACKOFF_MS = 2000
 # How long a blocking client waits to hear whether its channel is connected, on a call that
-# ran past its deadline: a subscriber hears the state at once; this bounds a busy machine.
-STATE_CHECK_S = 0.5
+# ran past its deadline: a subscriber hears the state within milliseconds; this bounds a machine
+# so busy that gRPC's polling thread waits seconds for its turn.
+STATE_CHECK_S = 5.0
 KEEPALIVE_ENV = "TESSERA_KEEPALIVE_S"
 # A call in flight whose connection has been silent this long pings the daemon: often enough
 # that a connection lost without a word (a NAT or VPN forgetting it, a host gone) ends a watch
@@ -580,6 +582,47 @@ class _Channel(ABC):
         """Whether the channel has a connection ready for calls."""
 
 
+class _ChannelState:
+    """Whether a blocking channel has a connection ready, from one subscription held from the
+    first question until the channel closes. A blocking channel tells its state only to
+    subscribers, through a thread gRPC starts that checks the state first and then polls it: a
+    check on a closed channel raises in that thread ("Cannot invoke RPC: Channel closed!"), so
+    the channel may close only once the first check is done, and a subscription per question
+    would leave a thread starting late on a busy machine after each. The thread wakes five times
+    a second while subscribed: only in a client that has had a call end at its own deadline."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._channel = channel
+        self._lock = threading.Lock()
+        self._heard = threading.Event()
+        self._state: grpc.ChannelConnectivity | None = None
+        self._subscribed = False
+        self._ended = False
+
+    def _hear(self, state: grpc.ChannelConnectivity) -> None:
+        self._state = state
+        self._heard.set()
+
+    def ready(self) -> bool:
+        with self._lock:
+            if self._ended:
+                return False
+            if not self._subscribed:
+                self._channel.subscribe(self._hear, try_to_connect=False)
+                self._subscribed = True
+        self._heard.wait(STATE_CHECK_S)
+        return self._state == grpc.ChannelConnectivity.READY
+
+    def end(self) -> None:
+        """Before the channel closes: lets gRPC's thread finish its first check."""
+        with self._lock:
+            self._ended = True
+            if not self._subscribed:
+                return
+        self._heard.wait(STATE_CHECK_S)
+        self._channel.unsubscribe(self._hear)
+
+
 class Connection(_Channel):
     """A blocking channel to tesserad: the four kinds of gRPC call, with the SDK's deadlines,
     metadata and errors (`tessera.calls` builds every client method on these)."""
@@ -588,8 +631,11 @@ class Connection(_Channel):
         self, target: str, credentials: grpc.ChannelCredentials | None, options: list[tuple[str, Any]]
     ) -> Any:
         if credentials is None:
-            return grpc.insecure_channel(target, options=options)
-        return grpc.secure_channel(target, credentials, options=options)
+            channel = grpc.insecure_channel(target, options=options)
+        else:
+            channel = grpc.secure_channel(target, credentials, options=options)
+        self._state = _ChannelState(channel)
+        return channel
 
     def unary(self, service: str, method: str, request: Message, timeout: float | None) -> Any:
         """The response of a unary call; `timeout` None: the client's (gRPC retries the
@@ -637,18 +683,11 @@ class Connection(_Channel):
             call.cancel()
 
     def _connected(self) -> bool:
-        # The blocking channel tells its state only to a subscriber, which hears it at once.
-        ready = grpc.channel_ready_future(self.channel)
-        try:
-            ready.result(timeout=STATE_CHECK_S)
-        except grpc.FutureTimeoutError:
-            return False
-        finally:
-            ready.cancel()
-        return True
+        return self._state.ready()
 
     def close(self) -> None:
         self.closed = True
+        self._state.end()
         self.channel.close()
 
 
