@@ -210,29 +210,52 @@ class Access:
         return ended
 
     def _watch_expiry(self, task: asyncio.Task[Any], table: TokenTable) -> None:
-        """Arm the timer that cancels `task` when its token expires under `table` (none when it
-        never does), replacing the one it had."""
+        """Arm the timer that cancels `task` when its token expires under `table` or its session
+        ends (none when neither ever does), replacing the one it had."""
         timer = self._expiry_timers.pop(task, None)
         if timer is not None:
             timer.cancel()
-        identity = table.identify_digest(self._in_progress[task][0])
-        if identity is None or identity.expires is None:
-            return
-        delay = max(0.0, (identity.expires - utc_now()).total_seconds())
-        self._expiry_timers[task] = asyncio.get_running_loop().call_later(delay, self._on_expiry, task)
+        digest, session = self._in_progress[task]
+        delays = []
+        identity = table.identify_digest(digest)
+        if identity is not None and identity.expires is not None:
+            delays.append((identity.expires - utc_now()).total_seconds())
+        if session is not None and session in self._sessions:
+            delays.append(self._sessions[session][1] - time.monotonic())
+        if delays:
+            delay = max(0.0, min(delays))
+            self._expiry_timers[task] = asyncio.get_running_loop().call_later(delay, self._on_expiry, task)
 
     def _on_expiry(self, task: asyncio.Task[Any]) -> None:
         self._expiry_timers.pop(task, None)
         if self._tokens is None or task not in self._in_progress:
             return
-        identity = self._tokens.table.identify_digest(self._in_progress[task][0])
-        if identity is not None and not identity.expired(utc_now()):
-            # The loop's clock ran ahead of the wall clock.
-            self._watch_expiry(task, self._tokens.table)
-            return
-        log.info("token expired: its dashboard request ended")
+        digest, session = self._in_progress[task]
+        if session is not None and not self._session_open(session):
+            log.info("dashboard session ended: its request ended")
+        else:
+            identity = self._tokens.table.identify_digest(digest)
+            if identity is not None and not identity.expired(utc_now()):
+                # The loop's clock ran ahead of the wall clock.
+                self._watch_expiry(task, self._tokens.table)
+                return
+            log.info("token expired: its dashboard request ended")
         del self._in_progress[task]
         task.cancel()
+
+    def _session_open(self, session: str) -> bool:
+        held = self._sessions.get(session)
+        return held is not None and held[1] > time.monotonic()
+
+    def _end_requests_of(self, sessions: set[str]) -> None:
+        """Cancel the requests in progress (event streams in other tabs) of `sessions`, which
+        have ended: a session that ends takes its streams with it, whatever ended it."""
+        if not sessions:
+            return
+        for task, (_, held) in list(self._in_progress.items()):
+            if held in sessions:
+                del self._in_progress[task]
+                task.cancel()
 
     def _problem(self, request: web.Request) -> tuple[str | None, bytes | None, Role | None]:
         """(None, the token's SHA-256, its role) when the request carries a token good enough
@@ -252,8 +275,7 @@ class Access:
                     None,
                     None,
                 )
-            session = self._sessions.get(cookie)
-            if session is None or session[1] <= time.monotonic():
+            if not self._session_open(cookie):
                 self._sessions.pop(cookie, None)
                 return (
                     f"the dashboard session has ended (a session ends after {SESSION_SECONDS // 3600} h, "
@@ -263,7 +285,7 @@ class Access:
                     None,
                     None,
                 )
-            digest = session[0]
+            digest = self._sessions[cookie][0]
         identity = self._tokens.table.identify_digest(digest)
         if identity is None:
             return (
@@ -341,10 +363,7 @@ class Access:
         session = request.cookies.get(SESSION_COOKIE)
         if session:
             self._sessions.pop(session, None)
-            for task, (_, held) in list(self._in_progress.items()):
-                if held == session:
-                    del self._in_progress[task]
-                    task.cancel()
+            self._end_requests_of({session})
         response = web.HTTPSeeOther(LOGIN_PATH)
         response.del_cookie(
             SESSION_COOKIE,
@@ -356,16 +375,20 @@ class Access:
         raise response
 
     def _open_session(self, digest: bytes) -> str:
-        """A new session for the token whose SHA-256 is `digest`; its id, for the cookie."""
+        """A new session for the token whose SHA-256 is `digest`; its id, for the cookie. The
+        sessions it pushes out end with their requests in progress."""
         now = time.monotonic()
+        ended: set[str] = set()
         # Every session lasts as long, so the oldest first are also the first to end.
         while self._sessions and next(iter(self._sessions.values()))[1] <= now:
-            self._sessions.popitem(last=False)
+            ended.add(self._sessions.popitem(last=False)[0])
         own = [session for session, (holder, _) in self._sessions.items() if holder == digest]
         for session in own[: max(0, len(own) + 1 - MAX_SESSIONS_PER_TOKEN)]:
             del self._sessions[session]
+            ended.add(session)
         while len(self._sessions) >= MAX_SESSIONS:
-            self._sessions.popitem(last=False)
+            ended.add(self._sessions.popitem(last=False)[0])
+        self._end_requests_of(ended)
         session = secrets.token_urlsafe(32)
         self._sessions[session] = (digest, now + SESSION_SECONDS)
         return session

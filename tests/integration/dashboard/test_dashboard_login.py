@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import http.client
 import socket
+import time
 import urllib.parse
 from collections.abc import Iterator
 
 import pytest
 
+from tesserad.dashboard import access
 from tesserad.dashboard.access import LOGIN_FAILURES_AT_ONCE, LOGIN_RETRY_S, SESSION_COOKIE
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
@@ -181,32 +183,67 @@ def test_logout_ends_the_session_and_clears_the_cookie(guarded):
     assert http_get(port, "/logout", FROM_PAGE, "POST").status == 303
 
 
+def open_event_stream(port: int, session: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    """A system event stream read with the cookie of `session`, its first line read."""
+    stream = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    stream.request(
+        "GET", "/api/v1/system/events?interval_ms=250", headers={"Cookie": f"{SESSION_COOKIE}={session}"}
+    )
+    response = stream.getresponse()
+    assert response.status == 200 and response.readline() == b"retry: 1000\n"
+    return stream, response
+
+
+def assert_ends(stream: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
+    # Reading runs to the stream's end (or breaks off); a stream that goes on sends a sample
+    # every 250 ms, so it would never time out.
+    gives_up = time.monotonic() + 60
+    with contextlib.suppress(http.client.IncompleteRead):
+        while response.readline():
+            assert time.monotonic() < gives_up, "the event stream went on"
+    stream.close()
+
+
+def assert_goes_on(stream: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
+    assert response.readline()
+    stream.close()
+
+
 def test_logout_ends_the_event_streams_of_its_session_in_other_tabs(guarded):
     port, clear = guarded
     session = session_of(log_in(port, clear[Role.READER]))
-    cookie = {"Cookie": f"{SESSION_COOKIE}={session}"}
-    other = {"Cookie": f"{SESSION_COOKIE}={session_of(log_in(port, clear[Role.READER]))}"}
-    streams = []
-    for headers in (cookie, other):
-        stream = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        stream.request("GET", "/api/v1/system/events?interval_ms=250", headers=headers)
-        response = stream.getresponse()
-        assert response.status == 200 and response.readline() == b"retry: 1000\n"
-        streams.append((stream, response))
+    ended = open_event_stream(port, session)
+    kept = open_event_stream(port, session_of(log_in(port, clear[Role.READER])))
 
-    assert http_get(port, "/logout", {**cookie, **FROM_PAGE}, "POST").status == 303
+    answer = http_get(port, "/logout", {"Cookie": f"{SESSION_COOKIE}={session}", **FROM_PAGE}, "POST")
+    assert answer.status == 303
 
-    # The logged-out session's stream closes: reading runs to its end (or breaks off) instead of
-    # waiting for the next sample until the socket's timeout (which raises TimeoutError).
-    ended, response = streams[0]
-    with contextlib.suppress(http.client.IncompleteRead):
-        while response.readline():
-            pass
-    ended.close()
-    # The other session's stream goes on.
-    kept, response = streams[1]
-    assert response.readline()
-    kept.close()
+    assert_ends(*ended)
+    assert_goes_on(*kept)
+
+
+def test_a_session_pushed_out_by_newer_logins_ends_its_event_streams(guarded, monkeypatch):
+    monkeypatch.setattr(access, "MAX_SESSIONS_PER_TOKEN", 1)
+    port, clear = guarded
+    pushed_out = open_event_stream(port, session_of(log_in(port, clear[Role.READER])))
+    other_token = open_event_stream(port, session_of(log_in(port, clear[Role.TRAINER])))
+
+    newer = session_of(log_in(port, clear[Role.READER]))
+
+    assert_ends(*pushed_out)
+    assert_goes_on(*other_token)
+    assert_goes_on(*open_event_stream(port, newer))
+
+
+def test_a_session_that_reaches_its_end_ends_its_event_streams(guarded, monkeypatch):
+    port, clear = guarded
+    monkeypatch.setattr(access, "SESSION_SECONDS", 2)
+    ending = open_event_stream(port, session_of(log_in(port, clear[Role.READER])))
+    monkeypatch.setattr(access, "SESSION_SECONDS", 3600)
+    lasting = open_event_stream(port, session_of(log_in(port, clear[Role.READER])))
+
+    assert_ends(*ending)
+    assert_goes_on(*lasting)
 
 
 def test_the_pages_offer_a_logout_button(guarded):
