@@ -15,7 +15,7 @@ import struct
 import tokenize
 import zipfile
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -32,12 +32,11 @@ MAX_CLASSES = 1000
 # many with names of up to 128 characters take about 3 MiB to describe.
 MAX_ARRAYS = 10_000
 _INT64_MAX = 2**63 - 1
-# Statistics read this many elements at a time, so a large memory-mapped array is never
-# pulled into memory whole.
+# Statistics read this many elements at a time, so a large array is never pulled into memory
+# whole: an npz member's pieces as zipfile reads them (checking its CRC-32 on the way), an npy's
+# from its memory map.
 _STATS_CHUNK_ELEMENTS = 1 << 20
 _ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")
-# Bytes of a stored npz member read at a time to check its CRC-32.
-_CRC_READ_BYTES = 1 << 20
 # The records at a zip's end that say how large its central directory is: the end record
 # (signature, disk numbers, entries on this disk, entries, directory size, directory offset,
 # comment length), and for zip64 a locator (signature, disk, offset of the zip64 end record,
@@ -94,6 +93,7 @@ class _Member:
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
     fortran_order: bool
+    header_bytes: int  # the npy header's, before the data
     offset: int | None
     zip_member: str | None = None
 
@@ -175,7 +175,7 @@ def _npy_members(path: Path, array_name: str) -> list[_Member]:
     with path.open("rb") as file:
         dtype, shape, fortran, header = _read_header(file, array_name)
     _check_length(array_name, dtype, shape, path.stat().st_size - header)
-    return [_Member(array_name, dtype, shape, fortran, header)]
+    return [_Member(array_name, dtype, shape, fortran, header, header)]
 
 
 @dataclass(frozen=True)
@@ -284,26 +284,8 @@ def _check_archive_start(archive: zipfile.ZipFile) -> None:
         )
 
 
-def _check_stored_crc(archive: zipfile.ZipFile, info: zipfile.ZipInfo, array: str) -> None:
-    """A stored (uncompressed) member read through zipfile once, which checks its CRC-32 at its
-    end: its array is memory-mapped from the file after this, which checks nothing, so bytes
-    damaged, or chunks sent out of order without a declared sha256, would be stored as values."""
-    try:
-        with archive.open(info) as stream:
-            while stream.read(_CRC_READ_BYTES):
-                pass
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-        if "CRC" in str(exc):
-            raise InvalidArgument(
-                f"array {array!r}: its bytes do not match the CRC-32 the archive gives them (damaged, "
-                "or chunks sent twice or out of order); send the npz file as it is, in order"
-            ) from None
-        raise InvalidArgument(f"array {array!r}: its archive member is damaged ({str(exc)[:200]})") from None
-
-
-def _npz_members(path: Path, upload: bool, check_crc: bool) -> list[_Member]:
-    """`upload`: the archive may have MAX_ARRAYS members at most (else as many as a stored one has).
-    `check_crc`: each stored member is read through once to check its CRC-32 (_check_stored_crc)."""
+def _npz_members(path: Path, upload: bool) -> list[_Member]:
+    """`upload`: the archive may have MAX_ARRAYS members at most (else as many as a stored one has)."""
     if upload:
         check_npz_directory(path, "npz")
     try:
@@ -362,17 +344,13 @@ def _npz_members(path: Path, upload: bool, check_crc: bool) -> list[_Member]:
                     raise InvalidArgument(f"array {name!r}: the archive's member header is damaged")
                 offset = info.header_offset + _ZIP_LOCAL_HEADER.size + name_len + extra_len + header
                 _check_within(name, dtype, shape, offset, file_size)
-                if check_crc:
-                    _check_stored_crc(archive, info, name)
-            members.append(_Member(name, dtype, shape, fortran, offset, info.filename))
+            members.append(_Member(name, dtype, shape, fortran, header, offset, info.filename))
     if not members:
         raise InvalidArgument("the npz archive holds no arrays")
     return members
 
 
-def _members(
-    path: Path, format: str, array_name: str, upload: bool = False, check_crc: bool = False
-) -> list[_Member]:
+def _members(path: Path, format: str, array_name: str, upload: bool = False) -> list[_Member]:
     if not path.is_file():
         # A worker can reach a version deleted with force after its job started. The path is
         # the server's own and stays out of the message.
@@ -382,7 +360,7 @@ def _members(
         )
     if format == "npy":
         return _npy_members(path, array_name)
-    return _npz_members(path, upload, check_crc)
+    return _npz_members(path, upload)
 
 
 def _mapped(path: Path, member: _Member, offset: int) -> np.ndarray:
@@ -418,9 +396,9 @@ def _loaded(path: Path, members: list[_Member]) -> Generator[tuple[_Member, np.n
 
 
 def unpacked_sizes(path: Path, format: str, array_name: str = "x") -> dict[str, int]:
-    """Bytes of each array compressed inside an upload's npz: those are read into memory whole,
-    where stored arrays are memory-mapped. Only headers are read: inspect_file checks the stored
-    arrays' CRC-32, a pass over all their bytes, once per upload."""
+    """Bytes of each array compressed inside an upload's npz: a job reads those into memory whole,
+    where stored arrays are memory-mapped. Only headers are read: inspect_file reads every
+    array's bytes, once per upload."""
     return {
         m.name: math.prod(m.shape) * m.dtype.itemsize
         for m in _members(path, format, array_name, upload=True)
@@ -449,7 +427,20 @@ def _chunks(array: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
 
 def array_stats(name: str, array: np.ndarray, allow_nonfinite: bool) -> ArrayStats:
     """min, max, mean, std over finite values (merged chunk by chunk), NaN/Inf count, class counts."""
-    kind = array.dtype.kind
+    return _stats(name, _chunks(array), array.dtype, array.shape, _memory_order(array), allow_nonfinite)
+
+
+def _stats(
+    name: str,
+    chunks: Iterable[tuple[int, np.ndarray]],
+    dtype: np.dtype[Any],
+    shape: tuple[int, ...],
+    order: Literal["F", "C"],
+    allow_nonfinite: bool,
+) -> ArrayStats:
+    """array_stats of the array of `dtype` and `shape` whose elements, in memory `order`, `chunks`
+    gives (as _chunks does)."""
+    kind = dtype.kind
     # The moments are taken in units of `scale`, a power of two (so dividing by it is exact) near
     # the largest magnitude seen: finite values near the largest float would overflow their sum or
     # their squares, and come out as an infinite mean or a NaN std. m2 is in units of scale**2.
@@ -457,7 +448,7 @@ def array_stats(name: str, array: np.ndarray, allow_nonfinite: bool) -> ArraySta
     low, high = math.inf, -math.inf
     nonfinite = 0
     classes: dict[int, int] | None = {} if kind in "iu" else None
-    for start, chunk in _chunks(array):
+    for start, chunk in chunks:
         values = chunk
         if kind == "f":
             finite = np.isfinite(chunk)
@@ -465,7 +456,7 @@ def array_stats(name: str, array: np.ndarray, allow_nonfinite: bool) -> ArraySta
             if bad:
                 if not allow_nonfinite:
                     at = start + int(np.flatnonzero(~finite)[0])
-                    index = [int(i) for i in np.unravel_index(at, array.shape, order=_memory_order(array))]
+                    index = [int(i) for i in np.unravel_index(at, shape, order=order)]
                     raise InvalidArgument(
                         f"array {name!r} has NaN or Inf values (the first at index {index}); "
                         "clean them, or accept them with allow_nonfinite"
@@ -509,6 +500,59 @@ def _power_of_two_near(magnitude: float) -> float:
     return math.ldexp(1.0, math.frexp(magnitude)[1] - 1)
 
 
+def _pieces(stream: IO[bytes], member: _Member) -> Iterator[tuple[int, np.ndarray]]:
+    """(flat index of its first element, piece) over the data of `stream`, an npz member read past
+    its npy header, as _chunks cuts an array: the member holds its elements in memory order."""
+    itemsize = member.dtype.itemsize
+    start = 0
+    while data := stream.read(_STATS_CHUNK_ELEMENTS * itemsize):
+        if len(data) % itemsize:
+            break
+        piece = np.frombuffer(data, member.dtype)
+        yield start, piece
+        start += piece.size
+    # The member's sizes were checked against its header; zipfile stops short only where the zip's
+    # records disagree on them.
+    if data or start != math.prod(member.shape):
+        raise InvalidArgument(
+            f"array {member.name!r}: its archive member is damaged (it holds fewer bytes than its "
+            "sizes in the archive say)"
+        )
+
+
+def _member_stats(archive: zipfile.ZipFile, member: _Member, allow_nonfinite: bool) -> ArrayStats:
+    """array_stats of an npz member, read once through zipfile, which checks its CRC-32 at its end:
+    a stored member is memory-mapped from the file when a job reads it, which checks nothing, so
+    bytes damaged, or chunks sent out of order without a declared sha256, would be stored as values."""
+    order: Literal["F", "C"] = "F" if member.fortran_order else "C"
+    try:
+        with archive.open(member.zip_member or "") as stream:
+            stream.read(member.header_bytes)
+            try:
+                return _stats(
+                    member.name, _pieces(stream, member), member.dtype, member.shape, order, allow_nonfinite
+                )
+            except InvalidArgument:
+                # Values that damage made NaN are reported as damage: the rest of the member is
+                # read for its CRC-32 before they are.
+                while stream.read(_STATS_CHUNK_ELEMENTS):
+                    pass
+                raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise _unreadable_member(member, exc) from None
+
+
+def _unreadable_member(member: _Member, exc: Exception) -> InvalidArgument:
+    if member.offset is None:
+        return InvalidArgument(f"array {member.name!r}: cannot be read ({str(exc)[:200]})")
+    if "CRC" in str(exc):
+        return InvalidArgument(
+            f"array {member.name!r}: its bytes do not match the CRC-32 the archive gives them (damaged, "
+            "or chunks sent twice or out of order); send the npz file as it is, in order"
+        )
+    return InvalidArgument(f"array {member.name!r}: its archive member is damaged ({str(exc)[:200]})")
+
+
 def check_array_name(field: str, name: str) -> None:
     """An npy's array_name, which a job spec names as it names an npz's arrays."""
     if not _ARRAY_NAME.fullmatch(name):
@@ -544,9 +588,9 @@ def _check_sample_count(path: Path, members: list[_Member]) -> None:
 def inspect_file(
     path: Path, format: str, array_name: str, allow_nonfinite: bool
 ) -> tuple[list[ArrayInfo], int]:
-    """Check every array of an uploaded dataset file, a stored npz array against its CRC-32 too;
-    (arrays with statistics, number of samples)."""
-    members = _members(path, format, array_name, upload=True, check_crc=True)
+    """Check every array of an uploaded dataset file, an npz array against its CRC-32 too, in
+    the one pass that takes its statistics; (arrays with statistics, number of samples)."""
+    members = _members(path, format, array_name, upload=True)
     if format == "npz":
         for member in members:
             _check_npz_array_name(member.name)
@@ -564,9 +608,16 @@ def inspect_file(
             "upload arrays with one row per sample, at least one"
         )
     _check_sample_count(path, members)
-    with contextlib.closing(_loaded(path, members)) as loaded:
-        infos = [
-            ArrayInfo(m.name, m.dtype.name, m.shape, array_stats(m.name, array, allow_nonfinite))
-            for m, array in loaded
-        ]
+    if format == "npy":
+        with contextlib.closing(_loaded(path, members)) as loaded:
+            infos = [
+                ArrayInfo(m.name, m.dtype.name, m.shape, array_stats(m.name, array, allow_nonfinite))
+                for m, array in loaded
+            ]
+    else:
+        with zipfile.ZipFile(path) as archive:
+            infos = [
+                ArrayInfo(m.name, m.dtype.name, m.shape, _member_stats(archive, m, allow_nonfinite))
+                for m in members
+            ]
     return infos, members[0].shape[0]

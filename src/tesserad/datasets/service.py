@@ -405,9 +405,9 @@ class Datasets:
         return replace(record, deduplicated=shared is not None, shared_with=shared)
 
     def _check_unpacked(self, path: Path, spec: UploadSpec) -> None:
-        """Compressed arrays are read into memory whole (for statistics, and by training), so
-        what they unpack to is held to the size limit too: a small npz of zeros can unpack to
-        more memory than the machine has."""
+        """Compressed arrays are read into memory whole by training (statistics take them a piece
+        at a time), so what they unpack to is held to the size limit too: a small npz of zeros can
+        unpack to more memory than the machine has."""
         unpacked = unpacked_sizes(path, spec.format, spec.npy_array)
         total = sum(unpacked.values())
         if total > self.max_dataset_size:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+import zlib
 from collections import Counter
 
 import grpc
@@ -288,3 +289,124 @@ def test_an_uploaded_npz_has_each_stored_array_read_through_once(ds, monkeypatch
     monkeypatch.setattr(zipfile, "ZipExtFile", CountingZipExtFile)
     upload_dataset(ds, "read-once", npz_bytes(20))
     assert ends == {"x.npy": 1, "y.npy": 1}
+
+
+# Past the million elements that statistics take at a time, so that x is read in two pieces.
+TWO_PIECES = (1 << 20) + (1 << 19)
+
+
+def with_crc(data: bytes, member: str, crc: int) -> bytes:
+    """An npz whose `member` has `crc` for its CRC-32, in its directory entry (byte 16, which
+    zipfile checks) and its local header (byte 14, found from the entry's byte 42)."""
+    patched = bytearray(data)
+    entry = patched.find(b"PK\x01\x02")
+    while patched[entry + 46 : entry + 46 + len(member)] != member.encode():
+        entry = patched.find(b"PK\x01\x02", entry + 1)
+    struct.pack_into("<L", patched, entry + 16, crc)
+    struct.pack_into("<L", patched, struct.unpack_from("<L", patched, entry + 42)[0] + 14, crc)
+    return bytes(patched)
+
+
+def damaged_late() -> bytes:
+    """x's last 4 KiB, in its second piece, with their halves swapped."""
+    data = bytearray(npz_bytes(x=np.arange(TWO_PIECES, dtype=np.float32), y=np.zeros(TWO_PIECES, np.int8)))
+    end = data.find(b"PK\x03\x04", 1)
+    data[end - 4096 : end] = data[end - 2048 : end] + data[end - 4096 : end - 2048]
+    return bytes(data)
+
+
+def damaged_to_nan() -> bytes:
+    """x's values at 1000 to 1009 made NaN (bytes 0xff) after the archive gave x its CRC-32."""
+    data = bytearray(npz_bytes(x=np.arange(TWO_PIECES, dtype=np.float32), y=np.zeros(TWO_PIECES, np.int8)))
+    start = data.find(b"\n", data.find(b"x.npy")) + 1 + 4 * 1000
+    data[start : start + 40] = b"\xff" * 40
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "fields"),
+    [
+        (damaged_late(), {}),
+        (damaged_to_nan(), {}),
+        (damaged_to_nan(), {"allow_nonfinite": True}),
+    ],
+    ids=["in its last piece", "to NaN", "to NaN, allowed"],
+)
+def test_a_damaged_stored_npz_member_is_refused_for_its_crc_and_leaves_nothing_stored(
+    ds, data_dir, data, fields
+):
+    """The CRC-32 is checked in the pass that takes the statistics, so at the member's end:
+    values that damage made NaN are still reported as damage, not as values to clean."""
+    error = rpc_error(upload_dataset, ds, "damaged", data, sha256="", size_bytes=0, **fields)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == (
+        "array 'x': its bytes do not match the CRC-32 the archive gives them (damaged, or chunks "
+        "sent twice or out of order); send the npz file as it is, in order"
+    )
+    assert_nothing_stored(ds, data_dir, "damaged")
+
+
+def test_a_compressed_npz_member_that_fails_its_crc_is_refused_and_leaves_nothing_stored(ds, data_dir):
+    x = np.arange(TWO_PIECES, dtype=np.float32)
+    x[5] = np.nan
+    data = with_crc(npz_bytes(compressed=True, x=x), "x.npy", 0)
+    error = rpc_error(upload_dataset, ds, "damaged", data, sha256="", size_bytes=0)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == "array 'x': cannot be read (Bad CRC-32 for file 'x.npy')"
+    assert_nothing_stored(ds, data_dir, "damaged")
+
+
+def test_an_uploaded_npz_has_its_arrays_read_once_for_crc_and_statistics(ds, monkeypatch):
+    """Read through zipfile for the CRC-32 and memory-mapped again for the statistics, an upload's
+    stored arrays were read twice; one pass now gives both."""
+    read: Counter[str] = Counter()
+
+    class CountingZipExtFile(zipfile.ZipExtFile):
+        def read(self, n: int | None = -1) -> bytes:
+            data = super().read(n)
+            read["zip"] += len(data)
+            return data
+
+    class CountingMemmap(np.memmap):
+        def __new__(cls, *args, **kwargs):
+            mapped = super().__new__(cls, *args, **kwargs)
+            read["mapped"] += mapped.nbytes
+            return mapped
+
+    monkeypatch.setattr(zipfile, "ZipExtFile", CountingZipExtFile)
+    monkeypatch.setattr(np, "memmap", CountingMemmap)
+    x = np.arange(TWO_PIECES, dtype=np.float32)
+    y = (np.arange(TWO_PIECES) % 3).astype(np.int64)
+    version = upload_dataset(ds, "read-once", npz_bytes(x=x, y=y))
+    assert [(a.name, a.stats.max) for a in version.arrays] == [("x", TWO_PIECES - 1), ("y", 2)]
+    assert read["mapped"] == 0
+    assert x.nbytes + y.nbytes <= read["zip"] < 1.01 * (x.nbytes + y.nbytes)
+
+
+def stored_member_cut_short() -> bytes:
+    """An npz whose stored x.npy (10 float64 values) has a compressed size in both zip records of
+    its header and 5 values, and the CRC-32 of those: zipfile reads 5 values, all the file holds
+    10 (numpy's np.load fails on it)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10,)})
+    member = header.getvalue() + np.arange(10, dtype="<f8").tobytes()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("x.npy", member)
+        archive.writestr("y.npy", npy_bytes(np.arange(10, dtype="<i8")))
+    data = bytearray(buffer.getvalue())
+    cut = len(member) - 40
+    crc = zlib.crc32(member[:cut])
+    # CRC-32 and compressed size: at bytes 14 and 18 of the local header, 16 and 20 of the entry.
+    struct.pack_into("<LL", data, 14, crc, cut)
+    struct.pack_into("<LL", data, data.find(b"PK\x01\x02") + 16, crc, cut)
+    return bytes(data)
+
+
+def test_a_stored_npz_member_zipfile_reads_short_of_its_size_is_invalid_argument(ds, data_dir):
+    error = rpc_error(upload_dataset, ds, "short", stored_member_cut_short())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == (
+        "array 'x': its archive member is damaged (it holds fewer bytes than its sizes in the archive say)"
+    )
+    assert_nothing_stored(ds, data_dir, "short")
