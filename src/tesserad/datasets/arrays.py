@@ -15,7 +15,7 @@ import struct
 import tokenize
 import zipfile
 import zlib
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -395,17 +395,6 @@ def _loaded(path: Path, members: list[_Member]) -> Generator[tuple[_Member, np.n
             yield member, _unpacked(archive, member)
 
 
-def unpacked_sizes(path: Path, format: str, array_name: str = "x") -> dict[str, int]:
-    """Bytes of each array compressed inside an upload's npz: a job reads those into memory whole,
-    where stored arrays are memory-mapped. Only headers are read: inspect_file reads every
-    array's bytes, once per upload."""
-    return {
-        m.name: math.prod(m.shape) * m.dtype.itemsize
-        for m in _members(path, format, array_name, upload=True)
-        if m.offset is None
-    }
-
-
 def open_arrays(path: Path, format: str, array_name: str = "x") -> dict[str, np.ndarray]:
     """Every array of a dataset file, read-only; memory-mapped unless compressed inside an npz."""
     with contextlib.closing(_loaded(path, _members(path, format, array_name))) as loaded:
@@ -586,11 +575,21 @@ def _check_sample_count(path: Path, members: list[_Member]) -> None:
 
 
 def inspect_file(
-    path: Path, format: str, array_name: str, allow_nonfinite: bool
+    path: Path,
+    format: str,
+    array_name: str,
+    allow_nonfinite: bool,
+    check_unpacked: Callable[[dict[str, int]], None] | None = None,
 ) -> tuple[list[ArrayInfo], int]:
     """Check every array of an uploaded dataset file, an npz array against its CRC-32 too, in
-    the one pass that takes its statistics; (arrays with statistics, number of samples)."""
+    the one pass that takes its statistics; (arrays with statistics, number of samples).
+
+    `check_unpacked` is given the bytes of each array compressed inside an npz once the headers
+    are read, before any array's data is: a job reads those into memory whole, where stored
+    arrays are memory-mapped."""
     members = _members(path, format, array_name, upload=True)
+    if check_unpacked is not None:
+        check_unpacked({m.name: math.prod(m.shape) * m.dtype.itemsize for m in members if m.offset is None})
     if format == "npz":
         for member in members:
             _check_npz_array_name(member.name)

@@ -39,7 +39,6 @@ from tesserad.datasets.arrays import (
     check_array_name,
     inspect_file,
     open_arrays,
-    unpacked_sizes,
 )
 from tesserad.datasets.numbering import NUMBERS, NUMBERS_DERIVED, References, next_number, put_next_number
 from tesserad.datasets.references import (
@@ -358,8 +357,9 @@ class Datasets:
         path = self._blobs.path(blob.sha256)
         if not path.is_file():
             raise DataLoss(f"blob {blob.sha256} is missing from the blob directory; upload it again")
-        self._check_unpacked(path, spec)
-        arrays, num_samples = inspect_file(path, spec.format, spec.npy_array, spec.allow_nonfinite)
+        arrays, num_samples = inspect_file(
+            path, spec.format, spec.npy_array, spec.allow_nonfinite, check_unpacked=self._check_unpacked
+        )
         splits = compute_splits(spec.splits, num_samples)
         with self._store.write() as txn:
             raw = txn.get(DATASETS, (spec.name,))
@@ -404,11 +404,10 @@ class Datasets:
             add_version(txn, spec.name, number, blob.sha256, blob.size)
         return replace(record, deduplicated=shared is not None, shared_with=shared)
 
-    def _check_unpacked(self, path: Path, spec: UploadSpec) -> None:
-        """Compressed arrays are read into memory whole by training (statistics take them a piece
-        at a time), so what they unpack to is held to the size limit too: a small npz of zeros can
-        unpack to more memory than the machine has."""
-        unpacked = unpacked_sizes(path, spec.format, spec.npy_array)
+    def _check_unpacked(self, unpacked: dict[str, int]) -> None:
+        """Compressed arrays (`unpacked`: the bytes of each) are read into memory whole by training
+        (statistics take them a piece at a time), so what they unpack to is held to the size limit
+        too: a small npz of zeros can unpack to more memory than the machine has."""
         total = sum(unpacked.values())
         if total > self.max_dataset_size:
             listed = ", ".join(f"{name!r} {n} bytes" for name, n in unpacked.items())
