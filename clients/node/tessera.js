@@ -250,11 +250,11 @@ class Client {
     return call;
   }
 
-  // Cancels every call in flight, and a submit waiting to be sent again: each rejects, or its loop
-  // throws, a TesseraError CANCELLED, and the daemon ends its side at once (a watch, a stream)
-  // rather than when the connection goes.
-  // For a process that stops (the CLI on Ctrl-C): close() the client too, so that no call starts
-  // after (a watch reconnecting, the next page).
+  // Cancels every call in flight, and a submit, watch or metric stream waiting to be sent again
+  // (nothing more is sent): each rejects, or its loop throws, a TesseraError CANCELLED, and the
+  // daemon ends its side at once (a watch, a stream) rather than when the connection goes.
+  // For a process that stops (the CLI on Ctrl-C): close() the client too, so that no call the
+  // caller's code makes next starts.
   cancelCalls() {
     for (const call of this.inFlight) call.cancel();
     for (const wait of this.pauses) wait.cancel();
@@ -399,7 +399,7 @@ class Client {
           error.message += ` (gave up watching job ${jobId} after ${reconnects} reconnects; watch again with fromSeq ${nextSeq})`;
           throw error;
         }
-        await new Promise((resolve) => setTimeout(resolve, pause));
+        await this.pause(pause);
       } finally {
         stream.cancel();
       }
@@ -646,10 +646,15 @@ class Client {
         return batches.storedPoints + response.accepted;
       } catch (err) {
         const [stored] = err.metadata.get(STORED_BATCHES);
+        const answered = stored !== undefined;
         if (batches.stored(Number(stored || 0))) failures = 0;
         failures += 1;
-        if (err.code !== 'UNAVAILABLE' || failures > reconnects) throw streamFailure(err, batches, stored !== undefined);
-        await new Promise((resolve) => setTimeout(resolve, backoffMs(failures)));
+        if (err.code !== 'UNAVAILABLE' || failures > reconnects) throw streamFailure(err, batches, answered);
+        try {
+          await this.pause(backoffMs(failures));
+        } catch (cancelled) {
+          throw streamFailure(cancelled, batches, answered);
+        }
       }
     }
   }

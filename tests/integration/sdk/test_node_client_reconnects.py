@@ -1,0 +1,60 @@
+"""The Node client's reconnecting streams (watchJob, logMetricsStream) as its submitJob:
+cancelCalls ends their wait to reconnect, nothing being sent after it."""
+
+from __future__ import annotations
+
+import json
+
+from tests.integration.sdk.test_node_client import node_json, node_ready
+
+__all__ = ["node_ready"]
+
+# Counts the calls of `client.training[METHOD]` and cancels every call once each try has failed,
+# while the stream waits to try again.
+CANCELLED_WHILE_WAITING = """
+(async () => {
+  const client = new Client(TARGET);
+  const real = client.training[METHOD];
+  let tries = 0;
+  client.training[METHOD] = function counted(...args) {
+    tries += 1;
+    const call = real.apply(this, args);
+    call.on('status', () => setImmediate(() => client.cancelCalls()));
+    return call;
+  };
+  const outcome = {};
+  try {
+    await STREAM;
+  } catch (err) {
+    Object.assign(outcome, { code: err.code, message: err.message, storedPoints: err.storedPoints });
+  }
+  client.close();
+  console.log(JSON.stringify({ ...outcome, tries }));
+})();
+"""
+
+
+def cancelled_while_waiting(method: str, stream: str) -> dict[str, object]:
+    """What `stream` (an expression awaited) ends with, and how many calls of `method` it made,
+    against a target where nothing listens: each try fails UNAVAILABLE."""
+    script = CANCELLED_WHILE_WAITING.replace("METHOD", json.dumps(method)).replace("STREAM", stream)
+    found: dict[str, object] = node_json(script, "127.0.0.1:1")
+    return found
+
+
+def test_node_cancel_calls_ends_a_watch_waiting_to_reconnect(node_ready):
+    found = cancelled_while_waiting(
+        "WatchJob", "(async () => { for await (const event of client.watchJob('job-1')) void event; })()"
+    )
+    assert (found["code"], found["tries"]) == ("CANCELLED", 1), found
+
+
+def test_node_cancel_calls_ends_a_metric_stream_waiting_to_be_sent_again(node_ready):
+    found = cancelled_while_waiting(
+        "LogMetricsStream", "client.logMetricsStream('run-1', [[0, { loss: 1 }]])"
+    )
+    assert (found["code"], found["tries"], found["storedPoints"]) == ("CANCELLED", 1, 0), found
+    # As any other failure of the stream, it says what may be stored.
+    assert found["message"] == (
+        "CANCELLED: Cancelled on client (cut without the daemon saying what it stored: some points may be)"
+    )
