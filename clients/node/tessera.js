@@ -396,7 +396,9 @@ class Client {
         const late = deadline !== undefined && Date.now() + pause >= deadline;
         if (!RESUMED_CODES.includes(error.code) || late) throw error;
         if (failures > reconnects) {
-          error.message += ` (gave up watching job ${jobId} after ${reconnects} reconnects; watch again with fromSeq ${nextSeq})`;
+          error.message +=
+            ` (gave up watching job ${jobId} after ${reconnects} reconnects, the last failing ${error.code}; ` +
+            `watch again with fromSeq ${nextSeq})`;
           throw error;
         }
         await this.pause(pause);
@@ -649,7 +651,12 @@ class Client {
         const answered = stored !== undefined;
         if (batches.stored(Number(stored || 0))) failures = 0;
         failures += 1;
-        if (err.code !== 'UNAVAILABLE' || failures > reconnects) throw streamFailure(err, batches, answered);
+        if (err.code !== 'UNAVAILABLE') throw streamFailure(err, batches, answered);
+        if (failures > reconnects) {
+          const resends = reconnects === 1 ? '1 resend' : `${reconnects} resends`;
+          const gaveUp = `gave up logging metrics to run ${batches.runId} after ${resends}, the last failing ${err.code}`;
+          throw streamFailure(err, batches, answered, gaveUp);
+        }
         try {
           await this.pause(backoffMs(failures));
         } catch (cancelled) {
@@ -1116,8 +1123,9 @@ class MetricBatches {
 }
 
 // `error` with what of a metric stream is stored (storedPoints, lastStoredStep) and its message
-// saying so; `answered`: whether the daemon said what it stored (a cut connection does not).
-function streamFailure(error, batches, answered) {
+// saying so, after `gaveUp` where it is given (the stream sent again until it gave up);
+// `answered`: whether the daemon said what it stored (a cut connection does not).
+function streamFailure(error, batches, answered, gaveUp) {
   const { storedPoints, lastStoredStep } = batches;
   Object.assign(error, { storedPoints, lastStoredStep });
   // The daemon's message counts this try's stored batches; this says which steps of the stream.
@@ -1128,7 +1136,7 @@ function streamFailure(error, batches, answered) {
     done = `${points} stored, up to step ${lastStoredStep}`;
   }
   if (storedPoints && !answered) done += '; some sent after them may be too';
-  error.message = `${error.message} (${done})`;
+  error.message = `${error.message} (${gaveUp === undefined ? '' : `${gaveUp}; `}${done})`;
   return error;
 }
 

@@ -602,7 +602,7 @@ def test_node_client_watch_gives_up_after_its_reconnects(node_ready):
             try {
               for await (const event of client.watchJob('job-1', { fromSeq: 7, reconnects })) outcomes.push(event.seq);
             } catch (err) {
-              outcomes.push(`${err.name}: ${err.message}`);
+              outcomes.push(`${err.name}: ${err.message}`, err.details);
             }
           }
           client.close();
@@ -611,9 +611,13 @@ def test_node_client_watch_gives_up_after_its_reconnects(node_ready):
         """,
         f"127.0.0.1:{port}",
     )
-    assert outcomes[0].startswith("TesseraError: UNAVAILABLE: ")
-    assert outcomes[0].endswith("(gave up watching job job-1 after 2 reconnects; watch again with fromSeq 7)")
-    assert outcomes[1] == "RangeError: reconnects must be a whole number >= 0, got 1.5"
+    gave_up, details, refused, _ = outcomes
+    # gRPC's code and details, then the last failure named as the Python SDK names it.
+    assert gave_up == (
+        f"TesseraError: UNAVAILABLE: {details} (gave up watching job job-1 after 2 reconnects, the last "
+        "failing UNAVAILABLE; watch again with fromSeq 7)"
+    )
+    assert refused == "RangeError: reconnects must be a whole number >= 0, got 1.5"
 
 
 def test_node_client_tries_as_often_as_the_python_sdk_by_default(node_ready):
@@ -651,7 +655,8 @@ def test_node_client_tries_as_often_as_the_python_sdk_by_default(node_ready):
     assert found["calls"] == {"WatchJob": tries, "LogMetricsStream": tries}
     watched, streamed = found["errors"]
     assert watched.endswith(
-        f"(gave up watching job job-1 after {tries - 1} reconnects; watch again with fromSeq 1)"
+        f"(gave up watching job job-1 after {tries - 1} reconnects, the last failing UNAVAILABLE; "
+        "watch again with fromSeq 1)"
     )
     assert streamed == "UNAVAILABLE"
 

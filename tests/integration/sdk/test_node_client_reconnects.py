@@ -1,9 +1,11 @@
-"""The Node client's reconnecting streams (watchJob, logMetricsStream) as its submitJob:
-cancelCalls ends their wait to reconnect, nothing being sent after it."""
+"""The Node client's reconnecting streams (watchJob, logMetricsStream) as its submitJob and the
+Python SDK's: cancelCalls ends their wait to reconnect, nothing being sent after it, and one
+that gives up says so with the last status gRPC gave."""
 
 from __future__ import annotations
 
 import json
+import socket
 
 from tests.integration.sdk.test_node_client import node_json, node_ready
 
@@ -58,3 +60,35 @@ def test_node_cancel_calls_ends_a_metric_stream_waiting_to_be_sent_again(node_re
     assert found["message"] == (
         "CANCELLED: Cancelled on client (cut without the daemon saying what it stored: some points may be)"
     )
+
+
+def test_node_metric_stream_that_gives_up_names_its_last_failure(node_ready):
+    """As the Python SDK's: how many times it was sent again and the last status, after gRPC's
+    code and details."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+    found = node_json(
+        """
+        (async () => {
+          const client = new Client(TARGET);
+          const found = [];
+          for (const reconnects of [1, 2]) {
+            try {
+              await client.logMetricsStream('run-1', [[0, { loss: 1 }]], { reconnects });
+            } catch (err) {
+              found.push({ code: err.code, details: err.details, message: err.message });
+            }
+          }
+          client.close();
+          console.log(JSON.stringify(found));
+        })();
+        """,
+        f"127.0.0.1:{port}",
+    )
+    for failed, resends in zip(found, ("1 resend", "2 resends"), strict=True):
+        assert failed["code"] == "UNAVAILABLE"
+        assert failed["details"]
+        assert failed["message"] == (
+            f"UNAVAILABLE: {failed['details']} (gave up logging metrics to run run-1 after {resends}, "
+            "the last failing UNAVAILABLE; cut without the daemon saying what it stored: some points may be)"
+        )
