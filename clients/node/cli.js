@@ -88,6 +88,8 @@ const choices = (typeName) => {
 const JOB_STATES = choices('tessera.v1.JobState');
 const RUN_STATUSES = choices('tessera.v1.RunStatus');
 const RUNTIMES = choices('tessera.v1.Runtime');
+// The flags that take one of a few words, and those words.
+const CHOICES = { '--state': JOB_STATES, '--status': RUN_STATUSES, '--runtime': RUNTIMES };
 const INT32_MAX = 2 ** 31 - 1;
 // The Python CLI's words for the TLS a target's https:// asked for, where this CLI has none.
 const TLS_OPTION = "the Node client's `tls: true`";
@@ -390,6 +392,12 @@ function keyValue(text, command) {
   return [text.slice(0, at), text.slice(at + 1)];
 }
 
+// The command `words` (those not of a flag) begin with: one word, or two for a group's (`jobs
+// submit`); undefined for none.
+function commandOf([first, second]) {
+  return `${first} ${second}` in COMMANDS ? `${first} ${second}` : first;
+}
+
 // The command (one word, or two for a group such as `jobs submit`), its positional arguments and
 // its flags ({ '--status': ['running'] }); a flag another command takes is refused, not ignored.
 function parse(argv) {
@@ -402,12 +410,15 @@ function parse(argv) {
     else if (arg.startsWith('--')) {
       const takesValue = GLOBAL_FLAGS[arg] ?? Object.values(FLAGS).find((flags) => arg in flags)?.[arg];
       if (takesValue === undefined) throw new UsageError(`unknown option ${arg}`);
-      if (takesValue && i + 1 >= argv.length) throw new UsageError(`${arg} needs a value`);
+      if (takesValue && i + 1 >= argv.length) {
+        // The flag ends the line: every word of the command is read.
+        const allowed = CHOICES[arg] ? `: one of ${CHOICES[arg].join(', ')}` : '';
+        throw new UsageError(`${arg} needs a value${allowed}`, commandOf(words));
+      }
       given.push([arg, takesValue ? argv[++i] : true]);
     } else words.push(arg);
   }
-  const [first, second] = words;
-  args.command = `${first} ${second}` in COMMANDS ? `${first} ${second}` : first;
+  args.command = commandOf(words);
   args.positional = words.slice(args.command ? args.command.split(' ').length : 0);
   for (const [flag, value] of given) {
     if (flag === '--target') args.target = value;
@@ -443,19 +454,22 @@ function warn(warnings) {
   for (const warning of warnings) process.stderr.write(`warning: ${inCliWords(warning)}\n`);
 }
 
-// The values of repeatable `flag`, each one of `allowed` (as the Python CLI's choices, any case,
-// and the same word suggested for one mistyped).
-function chosen(args, flag, allowed) {
-  return (args.flags[flag] || []).map((given) => {
-    const value = given.toLowerCase();
-    if (!allowed.includes(value)) {
-      throw new UsageError(
-        `${flag}: ${JSON.stringify(given)} is not one of ${allowed.join(', ')}${didYouMean(value, allowed)}`,
-        args.command,
-      );
-    }
-    return value;
-  });
+// `value` (`given` as read) when it is one of `flag`'s CHOICES, else a UsageError saying them and
+// the one likely meant, the same word the Python CLI suggests.
+function choice(flag, value, given, command) {
+  const allowed = CHOICES[flag];
+  if (!allowed.includes(value)) {
+    throw new UsageError(
+      `${flag}: ${JSON.stringify(given)} is not one of ${allowed.join(', ')}${didYouMean(value, allowed)}`,
+      command,
+    );
+  }
+  return value;
+}
+
+// The values of repeatable `flag`, each one of its CHOICES in any case, as the Python CLI's.
+function chosen(args, flag) {
+  return (args.flags[flag] || []).map((given) => choice(flag, given.toLowerCase(), given, args.command));
 }
 
 // A version number or an alias, as the Python CLI reads one: digits are a version.
@@ -521,15 +535,8 @@ function servingConfig(args) {
   const one = (flag) => flags[flag] && flags[flag][flags[flag].length - 1];
   const config = {};
   const runtime = one('--runtime');
-  if (runtime !== undefined) {
-    if (!RUNTIMES.includes(runtime)) {
-      throw new UsageError(
-        `--runtime: ${JSON.stringify(runtime)} is not one of ${RUNTIMES.join(', ')}${didYouMean(runtime, RUNTIMES)}`,
-        command,
-      );
-    }
-    config.runtime = runtime;
-  }
+  // Written as it is, as the Python CLI's --runtime takes it.
+  if (runtime !== undefined) config.runtime = choice('--runtime', runtime, runtime, command);
   if (one('--device') !== undefined) config.device = one('--device');
   const numbers = [
     ['--instances', 'instances', 1, INT32_MAX],
@@ -692,7 +699,7 @@ async function run(args) {
   }
   if (command === 'jobs ls') {
     arity(args, 0, 0);
-    const states = chosen(args, '--state', JOB_STATES);
+    const states = chosen(args, '--state');
     return print(await client.listJobs({ states, experiment: one('--experiment') || '', sweepId: one('--sweep') || '' }));
   }
   if (command === 'jobs submit') {
@@ -712,7 +719,7 @@ async function run(args) {
       throw new UsageError('the experiment is given twice: give it as --experiment NAME or as NAME alone', command);
     }
     const experiment = positional[0] ?? one('--experiment') ?? '';
-    const statuses = chosen(args, '--status', RUN_STATUSES);
+    const statuses = chosen(args, '--status');
     const options = { statuses, filter: one('--filter') || '', orderBy: one('--order-by') };
     try {
       if (statuses.length && parseRunFilter(options.filter).statuses.length) {

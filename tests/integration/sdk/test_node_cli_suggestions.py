@@ -98,3 +98,31 @@ def test_node_cli_suggests_the_command_meant(node_ready):
     assert node_suggestion("jobs", "sbmit") == "submit"
     assert node_suggestion("models", "rn", "affine", "1") is None
     assert node_suggestion("xyzzy") is None
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "choices"),
+    [
+        (("load", "affine"), "--runtime", "onnx, torch"),
+        (("jobs", "ls"), "--state", "queued, running, succeeded, failed, cancelled, interrupted"),
+        (("runs", "ls"), "--status", "running, succeeded, failed, cancelled, interrupted"),
+    ],
+    ids=["runtime", "state", "status"],
+)
+def test_node_cli_choice_errors_say_the_choices(node_ready, command, flag, choices):
+    """A value that is none of the choices, and a flag left without one, are refused in the same
+    words for each flag, with the choices and the command's usage line: `--runtime` alone said
+    that it needs a value and where the commands are listed."""
+    first = choices.split(", ")[0]
+    mistyped = first[:-1]
+    refused = {
+        (flag, "x"): f'{flag}: "x" is not one of {choices}',
+        (flag, mistyped): f"{flag}: {json.dumps(mistyped)} is not one of {choices}; did you mean '{first}'?",
+        (flag,): f"{flag} needs a value: one of {choices}",
+    }
+    for args, message in refused.items():
+        failed = run_node("127.0.0.1:1", *command, *args)
+        assert failed.returncode == EXIT_USAGE, (args, failed.stdout)
+        said, usage = failed.stderr.splitlines()
+        assert said == f"tessera-node: {message}", args
+        assert usage.startswith(f"usage: tessera-node {command[0]} "), (args, usage)
