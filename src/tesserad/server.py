@@ -46,7 +46,6 @@ from tesserad.api.convert_training import job_spec_document
 from tesserad.api.datasets import DatasetsServicer
 from tesserad.api.follow import (
     MIN_PING_INTERVAL_MS,
-    RETRY_MAX_S,
     Follower,
     PrimaryCertificateError,
     ReplicaTlsSettingsError,
@@ -439,7 +438,7 @@ class Daemon:
         self.registry.add_listener(self.inference.on_registry_change)
         self.inference.add_deletion_listener(self._tracer.forget, self._tracer.kept)
         # A replica's follower retries its failed loads itself, only while the primary is there:
-        # two loops would retry them against a primary that is gone, and undo each other's backoff.
+        # the sweep would retry them against a primary that is gone.
         self._refresh_sweep = asyncio.create_task(
             _sweep_failures(self.inference, retry_loads=not settings.replica.primary)
         )
@@ -974,22 +973,17 @@ async def _sweep_failures(inference: InferenceService, retry_loads: bool) -> Non
     (each model's doubles with each failure in a row, up to REFRESH_RETRY_MAX_S): a model that
     gets no calls (a deleted one) would otherwise keep loaded what its refresh was to unload.
     The loads that failed for a cause that passes (a shadow's load that found the registry
-    unreadable) are tried again with them when `retry_loads` (not on a replica, whose follower
-    does), the wait doubling while some are, up to RETRY_MAX_S: else requests for their versions
-    stay refused until LoadModel."""
-    loads_wait = SOURCE_RETRY_S
-    loads_due = 0.0
-    loop = asyncio.get_running_loop()
+    unreadable) and whose wait passed are tried again with them when `retry_loads` (not on a
+    replica, whose follower does; each version's wait doubles with each failure of it in a row,
+    see InferenceService.retry_failed_loads): else requests for their versions stay refused
+    until LoadModel."""
     while True:
         await asyncio.sleep(SOURCE_RETRY_S)
         try:
-            if not retry_loads or loop.time() < loads_due:
+            if retry_loads:
+                inference.retry_failed_loads()
+            else:
                 inference.retry_failed_refreshes()
-                continue
-            # Backing off: a cause that lasts would log a failed load at each retry.
-            retried = inference.retry_failed_loads()
-            loads_wait = min(loads_wait * 2, RETRY_MAX_S) if retried else SOURCE_RETRY_S
-            loads_due = loop.time() + loads_wait
         except Exception:
             # Logged and swept again next time: a sweep that stopped would leave every later
             # failed refresh to a request (a deleted model gets none).

@@ -54,8 +54,10 @@ log = logging.getLogger(__name__)
 
 RECONNECT_FIRST_S = 0.2
 RECONNECT_MAX_S = 5.0
-# Loads that failed while the primary could not be reached are tried again this often while
-# connected, doubling up to the cap while they keep failing.
+# Loads that failed while the primary could not be reached are looked at this often while
+# connected, each tried again once its wait passed (InferenceService.retry_failed_loads: it
+# doubles with each failure of the version in a row). A pass that raised waits the longer, doubling
+# up to RETRY_MAX_S.
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
 # Loads that failed for a cause only a fix at the primary cures (Lasting: a damaged artifact, a
@@ -499,10 +501,11 @@ class Follower:
 
     async def _retry_failed_loads(self) -> None:
         """While connected, try again the loads that failed because the primary could not be
-        reached (briefly gone, a connection cut mid-download), backing off while they fail:
-        the registry may not change again to set them off. Refreshes of changes that failed are
-        queued again too (see InferenceService.retry_failed_loads). Those the primary refused lastingly
-        (a damaged artifact) are tried every LASTING_RETRY_S, or at once on retry_now."""
+        reached (briefly gone, a connection cut mid-download), each the less often the more times
+        in a row it failed: the registry may not change again to set them off. Refreshes of
+        changes that failed are queued again too (see InferenceService.retry_failed_loads). Those
+        the primary refused lastingly (a damaged artifact) are tried every LASTING_RETRY_S, or at
+        once on retry_now, with every other failed load whatever its wait."""
         delay = RETRY_FIRST_S
         lasting_due = asyncio.get_running_loop().time() + LASTING_RETRY_S
         while True:
@@ -513,16 +516,16 @@ class Follower:
             self._retry_lasting_now.clear()
             if lasting:
                 lasting_due = now + LASTING_RETRY_S
-            backing_off = False
+            raised = False
             if self._connected:
                 try:
-                    backing_off = await asyncio.to_thread(self._inference.retry_failed_loads, lasting) > 0
+                    await asyncio.to_thread(self._inference.retry_failed_loads, lasting)
                 except Exception:
                     # Logged and tried again after a longer wait: retries that stopped would leave
                     # every failed load to a registry change that may never come.
                     log.exception("retrying the failed loads failed", extra={"primary": self.primary})
-                    backing_off = True
-            delay = min(delay * 2, RETRY_MAX_S) if backing_off else RETRY_FIRST_S
+                    raised = True
+            delay = min(delay * 2, RETRY_MAX_S) if raised else RETRY_FIRST_S
 
     def _load_deployments(self) -> None:
         """Load what every deployment routes to; Unavailable (the primary went) is retried by

@@ -261,6 +261,9 @@ class LoadedVersion:
         self.error = ""
         # Of a failed load: whether trying again may help (see Retry).
         self.retry = Retry.NEVER
+        # Of a failed load listed: how many loads of its artifact under its number failed in a
+        # row, this one included (see ModelPool._count_failure).
+        self.failures_in_a_row = 0
         self.batcher: DynamicBatcher | None = None
         # Built once: every request's validation takes it (formatting it cost ~3 us a request).
         self.label = f"model {model!r} version {version}"
@@ -297,6 +300,11 @@ class ModelPool:
         # Versions unloaded since the daemon started: the repository index lists them as Triton
         # does (UNAVAILABLE, "unloaded") rather than forgetting they were ever served.
         self._unloaded: set[tuple[str, int]] = set()
+        # (model, version) -> the artifact its last failed load listed was of, and how many of
+        # that artifact's loads failed in a row: a retry waits the longer for each (see
+        # InferenceService.retry_failed_loads), so the run outlives the listing a retry forgets.
+        # It ends once a load of the version succeeds, or the version is deleted.
+        self._failures_in_a_row: dict[tuple[str, int], tuple[str, int]] = {}
         self.response_cache = (
             ResponseCache(defaults.response_cache_size) if defaults.response_cache_size else None
         )
@@ -400,6 +408,7 @@ class ModelPool:
                 if current is None:
                     with self._lock:
                         self._listed[key] = entry
+                        self._count_failure(entry)
                     if self._metrics is not None:
                         self._metrics.forget(stats)
                 # Failed, it is no one's ensemble: the members loaded only for it would stay
@@ -415,6 +424,7 @@ class ModelPool:
             with self._lock:
                 self._ready[key] = entry
                 self._listed[key] = entry
+                self._failures_in_a_row.pop(key, None)
             log.info("serving %s", entry.label, extra={"config": dataclasses.asdict(effective)})
             if current is not None:
                 self._drain(current)
@@ -537,6 +547,7 @@ class ModelPool:
                     and failed.artifact_sha256 in artifacts
                 ):
                     del self._listed[key]
+                    self._failures_in_a_row.pop(key, None)
                 return False
             deleted = entry.artifact_sha256 in artifacts
             if not deleted and (None not in artifacts or key in self._members()):
@@ -593,7 +604,17 @@ class ModelPool:
             if (model, version) in self._listed:
                 return False
             self._listed[(model, version)] = entry
+            self._count_failure(entry)
             return True
+
+    def _count_failure(self, entry: LoadedVersion) -> None:
+        """Count `entry`, a failed load just listed, in its version's run of failures (one of
+        another artifact starts a new run); called with _lock held."""
+        key = (entry.model, entry.version)
+        artifact_sha256, failures = self._failures_in_a_row.get(key, (entry.artifact_sha256, 0))
+        failures = failures + 1 if artifact_sha256 == entry.artifact_sha256 else 1
+        self._failures_in_a_row[key] = (entry.artifact_sha256, failures)
+        entry.failures_in_a_row = failures
 
     def forget_failure(
         self,
@@ -601,13 +622,19 @@ class ModelPool:
         version: int,
         artifact_sha256: str | None = None,
         retry: Collection[Retry] | None = None,
+        *,
+        deleted: bool = False,
     ) -> bool:
         """Drop the version's failed listing, so that loads of it are no longer refused for the
         failure; only one of `artifact_sha256`, and only one whose retry class is in `retry`,
         when given (checked under the lock: a failure listed since the caller looked stays).
+        Its run of failures in a row goes on (a retry's next failure waits the longer), unless
+        the version was `deleted` (or its artifact replaced): that ends it, listed or not.
         False when it is not listed as failed (any more)."""
         key = (model, version)
         with self._lock:
+            if deleted:
+                self._failures_in_a_row.pop(key, None)
             entry = self._listed.get(key)
             if entry is None or entry.state is not LoadState.FAILED:
                 return False

@@ -79,6 +79,9 @@ SOURCE_RETRY_S = 1.0
 # The longest wait (seconds) before a refresh that keeps failing runs again: a source out of reach
 # for long costs a read of it, and a warning, per model this often.
 REFRESH_RETRY_MAX_S = 30.0
+# The longest wait (seconds) before a load that keeps failing for a cause that passes is tried
+# again (see retry_failed_loads): each try logs a failed load.
+LOAD_RETRY_MAX_S = 30.0
 # Loads of versions a target moves to (and of shadow versions) at once: a bulk promotion would
 # otherwise hold every old and new version in memory together, their runtimes' threads fighting
 # for the cores.
@@ -317,6 +320,9 @@ class InferenceService:
         # requests are copied to it while it loads.
         self._shadow_loads: dict[tuple[str, int], Future[None]] = {}
         self._warm_lock = threading.Lock()
+        # (model, version) -> its failed listing that retry_failed_loads saw, and when (self._clock)
+        # it is retried: its wait runs from the first pass that saw it.
+        self._load_retry_at: dict[tuple[str, int], tuple[LoadedVersion, float]] = {}
         # (callback, kept): see add_deletion_listener.
         self._deletion_listeners: list[
             tuple[Callable[[str, Hashable], None], Callable[[str], Hashable | None]]
@@ -1152,24 +1158,44 @@ class InferenceService:
 
     def retry_failed_loads(self, lasting: bool = False) -> int:
         """Try again every load that failed for a cause that passes (the primary could not be
-        reached), and with `lasting` also those its source refused for a cause fixed there (a
-        damaged artifact at the primary): its failure is forgotten, so requests load it again,
-        and its model's targets are re-resolved, so a target held back by it moves. A load that
-        failed for its artifact or its runtime stays failed. Returns how many were retried.
+        reached) once its wait passed, and with `lasting` also those its source refused for a
+        cause fixed there (a damaged artifact at the primary), every one at once: its failure is
+        forgotten, so requests load it again, and its model's targets are re-resolved, so a
+        target held back by it moves. A load that failed for its artifact or its runtime stays
+        failed. Returns how many were retried.
+
+        A failure's wait runs from the first call that saw it listed: none for a version's first
+        failure in a row (LoadedVersion.failures_in_a_row), then doubling from 2 * SOURCE_RETRY_S up
+        to LOAD_RETRY_MAX_S, however long its loads take to fail, until one of it succeeds. The
+        daemon calls this every SOURCE_RETRY_S, a replica's follower as often while connected.
 
         Every refresh that failed and whose wait passed is queued again too (not counted; see
         retry_failed_refreshes)."""
         self.retry_failed_refreshes()
         wanted = {Retry.SOON, Retry.LATER} if lasting else {Retry.SOON}
+        failed = [e for e in self.pool.list() if e.state is LoadState.FAILED and e.retry in wanted]
+        now = self._clock()
+        with self._cache_lock:
+            seen = self._load_retry_at
+            # Rebuilt from the listings: a failure retried, or taken away otherwise, leaves it.
+            self._load_retry_at = {}
+            for entry in failed:
+                key = (entry.model, entry.version)
+                last = seen.get(key)
+                retry_at = (
+                    last[1]
+                    if last is not None and last[0] is entry
+                    else now + _load_retry_wait(entry.failures_in_a_row)
+                )
+                self._load_retry_at[key] = (entry, retry_at)
+            due = [e for e in failed if lasting or now >= self._load_retry_at[(e.model, e.version)][1]]
         retried = 0
         models: set[str] = set()
-        for entry in self.pool.list():
-            if entry.state is not LoadState.FAILED or entry.retry not in wanted:
-                continue
+        for entry in due:
             if self.pool.forget_failure(entry.model, entry.version, entry.artifact_sha256, wanted):
                 log.info(
-                    "retrying the load of version %s of %r, which failed: %s",
-                    entry.version, entry.model, entry.error,
+                    "retrying the load of version %s of %r, which failed (%s times in a row): %s",
+                    entry.version, entry.model, entry.failures_in_a_row, entry.error,
                     extra={"model": entry.model, "version": entry.version, "reason": entry.error},
                 )  # fmt: skip
                 retried += 1
@@ -1409,7 +1435,7 @@ class InferenceService:
                 log.info("unloaded version %s of %r: it was deleted", version, model)
             # A failed load of a deleted version would be listed, and refuse its number, forever
             # (one under way now, which fails later, the pool drops as it ends).
-            self.pool.forget_failure(model, version)
+            self.pool.forget_failure(model, version, deleted=True)
         if settled:
             # A failure listed before its artifact was read (ModelPool.list_failure) is of none a
             # refresh could find replaced: its model may have been deleted and registered again.
@@ -1583,6 +1609,12 @@ class InferenceService:
 def _refresh_wait(failures: int) -> float:
     """Seconds before a refresh that failed `failures` times in a row runs again."""
     return min(SOURCE_RETRY_S * 2.0 ** (failures - 1), REFRESH_RETRY_MAX_S)
+
+
+def _load_retry_wait(failures: int) -> float:
+    """Seconds before a load that failed `failures` times in a row is tried again (see
+    retry_failed_loads): none after the first (a hiccup), then doubling from 2 * SOURCE_RETRY_S."""
+    return 0.0 if failures <= 1 else min(SOURCE_RETRY_S * 2.0 ** (failures - 1), LOAD_RETRY_MAX_S)
 
 
 def _over_max_batch(model: str, entry: LoadedVersion, rows: int) -> InvalidArgument:

@@ -681,12 +681,8 @@ def _without_periodic_load_retries(daemon: Any, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(daemon.daemon.inference, "retry_failed_loads", lambda lasting=False: 0)
 
 
-def _shadow_load_failing_unexpectedly(daemon: Any, monkeypatch: pytest.MonkeyPatch) -> OSError:
-    """Deploy 'm' on version 1 shadowing version 2, and fail the shadow load a copied request
-    queues as it reads version 2 from the registry (OSError, once): version 2 is listed FAILED.
-    Returns the error raised."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
+def _deploy_shadowing_version_2(channel: grpc.Channel) -> None:
+    """Register versions 1 and 2 of 'm' and deploy it on version 1, shadowing version 2."""
     registry = registry_pb2_grpc.RegistryStub(channel)
     upload(channel, "m", linear_model(1.0))
     upload(channel, "m", linear_model(2.0))
@@ -697,6 +693,15 @@ def _shadow_load_failing_unexpectedly(daemon: Any, monkeypatch: pytest.MonkeyPat
             shadow=registry_pb2.Shadow(version=2, percent=100),
         )
     )
+
+
+def _shadow_load_failing_unexpectedly(daemon: Any, monkeypatch: pytest.MonkeyPatch) -> OSError:
+    """Deploy 'm' on version 1 shadowing version 2, and fail the shadow load a copied request
+    queues as it reads version 2 from the registry (OSError, once): version 2 is listed FAILED.
+    Returns the error raised."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    _deploy_shadowing_version_2(channel)
     store = daemon.daemon.registry
     resolve = store.resolve
     failed = threading.Event()
@@ -838,3 +843,111 @@ def test_a_primary_retries_a_shadow_load_whose_registry_read_failed_unexpectedly
     _wait_for(lambda: 2 not in _loaded(inference, "m"), "version 2's failed listing retried")
     answer = inference.Predict(predict_request("m", X, version=2))
     np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 2, rtol=1e-6)
+
+
+class ManualClock:
+    """The serving layer's clock (InferenceService._clock), which stands until the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ShadowReadsFailing:
+    """Fails every read of 'm' version 2 from the registry that a shadow load makes (on the warm
+    loads' threads) with OSError(`reason`) while `reason` is set; a refresh's reads pass. While
+    `release` is clear, such a read first waits for it (`inside` is set then): a load that takes
+    long to fail."""
+
+    def __init__(self, daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reason: str | None = "disk I/O error"
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        store = daemon.daemon.registry
+        resolve = store.resolve
+
+        def failing(model: str, version: int | None = None, alias: str | None = None) -> Any:
+            reason = self.reason
+            if (
+                (model, version) == ("m", 2)
+                and reason
+                and threading.current_thread().name.startswith("serving-warm")
+            ):
+                self.inside.set()
+                assert self.release.wait(120)
+                raise OSError(reason)
+            return resolve(model, version, alias)
+
+        monkeypatch.setattr(store, "resolve", failing)
+
+
+def _copy_to_the_shadow(daemon: Any) -> int:
+    """Send a request that 'm' copies to its shadow version 2, which queues its load if it is not
+    loaded (once the refresh a retry queued is done: a refresh that settles takes away a failed
+    listing of no artifact); wait for that load to end. Version 2's state in ListLoaded."""
+    service = daemon.daemon.inference
+    inference = inference_pb2_grpc.InferenceStub(daemon.channel())
+    service._swaps.submit(lambda: None).result(30)
+    assert inference.Predict(predict_request("m", X)).version == 1
+    _wait_for(lambda: 2 in _loaded(inference, "m") and not service._shadow_loads, "the shadow's load done")
+    return _loaded(inference, "m")[2]
+
+
+def test_a_load_failing_again_and_again_is_retried_less_often_however_long_it_takes_to_fail(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The periodic retry of failed loads backed off only while each pass found one to retry: a
+    pass that found the retried load still under way started the wait again from a second, so a
+    load that took seconds to fail again was retried every few seconds. Each failure of a version
+    in a row now doubles its wait, until a load of it succeeds."""
+    _without_periodic_load_retries(daemon, monkeypatch)
+    service = daemon.daemon.inference
+    clock = ManualClock()
+    monkeypatch.setattr(service, "_clock", clock)
+    reads = ShadowReadsFailing(daemon, monkeypatch)
+    _deploy_shadowing_version_2(daemon.channel())
+
+    def retry() -> int:
+        return InferenceService.retry_failed_loads(service)
+
+    assert _copy_to_the_shadow(daemon) == inference_pb2.LOAD_STATE_FAILED
+    assert retry() == 1  # the first failure: at once
+    assert _copy_to_the_shadow(daemon) == inference_pb2.LOAD_STATE_FAILED
+    seen = clock.now
+    assert retry() == 0  # the second: 2 s after a pass first saw it
+    clock.now = seen + 1.5
+    assert retry() == 0
+    clock.now = seen + 2
+    assert retry() == 1
+
+    # The third load takes long to fail: the passes meanwhile find nothing to retry.
+    reads.release.clear()
+    reads.inside.clear()
+    service._swaps.submit(lambda: None).result(30)
+    inference = inference_pb2_grpc.InferenceStub(daemon.channel())
+    assert inference.Predict(predict_request("m", X)).version == 1
+    assert reads.inside.wait(30)
+    for _ in range(3):
+        clock.now += 60
+        assert retry() == 0
+    reads.release.set()
+    _wait_for(lambda: _loaded(inference, "m").get(2) == inference_pb2.LOAD_STATE_FAILED, "the third failure")
+    seen = clock.now
+    assert retry() == 0  # 4 s after a pass first saw it
+    clock.now = seen + 3.5
+    assert retry() == 0
+    clock.now = seen + 4
+    assert retry() == 1
+
+    # A load that succeeds ends the run: the next failure is retried at once again.
+    reads.reason = None
+    assert _copy_to_the_shadow(daemon) == inference_pb2.LOAD_STATE_READY
+    inference.UnloadModel(
+        inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model="m", version=2))
+    )
+    reads.reason = "disk I/O error"
+    assert _copy_to_the_shadow(daemon) == inference_pb2.LOAD_STATE_FAILED
+    assert retry() == 1

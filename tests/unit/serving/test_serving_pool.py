@@ -193,6 +193,38 @@ def test_a_load_whose_artifact_cannot_be_reached_is_retryable_and_its_failure_fo
     assert pool.list("m")[-1].state is LoadState.FAILED
 
 
+def test_a_versions_failed_loads_in_a_row_are_counted_per_artifact_until_one_succeeds(
+    pool: ModelPool, linear_onnx: Path
+) -> None:
+    """What a retry's wait grows with (InferenceService.retry_failed_loads): a retry forgets the
+    failure, not the run it is part of."""
+
+    @contextmanager
+    def unreachable() -> Iterator[Path]:
+        raise Unavailable("cannot download it from the primary: the connection was cut")
+        yield linear_onnx
+
+    def fail(version: ServableVersion) -> int:
+        with pytest.raises(Unavailable):
+            pool.load(dataclasses.replace(version, open_artifact=unreachable), ServingConfig())
+        (listed,) = pool.list("m")
+        assert pool.forget_failure("m", 1, listed.artifact_sha256, {Retry.SOON})
+        return listed.failures_in_a_row
+
+    version = servable_file("m", 1, "onnx", linear_onnx, artifact_sha256="a" * 64)
+    assert [fail(version), fail(version)] == [1, 2]
+    # Another artifact under the number (its model deleted and registered again).
+    assert fail(dataclasses.replace(version, artifact_sha256="b" * 64)) == 1
+    assert fail(version) == 1
+    assert pool.list_failure("m", 1, Unavailable("the registry could not be read"), version.artifact_sha256)
+    assert pool.list("m")[0].failures_in_a_row == 2
+    assert pool.forget_failure("m", 1, deleted=True)  # its version deleted: the run ends
+    assert fail(version) == 1
+    assert pool.load(version, ServingConfig()).state is LoadState.READY
+    pool.unload("m", 1)
+    assert fail(version) == 1
+
+
 def test_a_load_its_source_refused_lastingly_is_retried_later(pool: ModelPool, linear_onnx: Path) -> None:
     class Damaged(DataLoss, Lasting):
         pass
