@@ -33,6 +33,7 @@ import numpy as np
 
 from tesserad.errors import (
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     NotLoaded,
@@ -323,6 +324,10 @@ class InferenceService:
         # (model, version) -> its failed listing that retry_failed_loads saw, and when (self._clock)
         # it is retried: its wait runs from the first pass that saw it.
         self._load_retry_at: dict[tuple[str, int], tuple[LoadedVersion, float]] = {}
+        # (model, version) -> the unexpected error its last background load raised (the
+        # artifact it was for, the error's type and message), what it was listed as, and how many
+        # times in a row it came (see _unexpected_load_error).
+        self._unexpected_load_errors: dict[tuple[str, int], tuple[tuple[str, str, str], str, int]] = {}
         # (callback, kept): see add_deletion_listener.
         self._deletion_listeners: list[
             tuple[Callable[[str, Hashable], None], Callable[[str], Hashable | None]]
@@ -1103,11 +1108,39 @@ class InferenceService:
         except TesseraError:
             raise
         except Exception as exc:
-            error = logged_internal(
-                log, f"loading model {model!r} version {version}", exc, model=model, version=version
-            )
+            error = self._unexpected_load_error(key, artifact_sha256, exc)
             self.pool.list_failure(model, version, error, artifact_sha256)
             raise error from exc
+        with self._cache_lock:
+            self._unexpected_load_errors.pop(key, None)
+
+    def _unexpected_load_error(self, key: tuple[str, int], artifact_sha256: str, exc: Exception) -> Internal:
+        """The error to list for `exc`, which a background load of `key` (of `artifact_sha256`)
+        raised unexpectedly. The first of a run of the same error (type and message) is logged
+        with its traceback under a new error id, each repeat in a line that says how many times
+        in a row it came and is listed with that id: a registry unreadable for long would log a
+        traceback at each retry of the load."""
+        model, version = key
+        error = (artifact_sha256, type(exc).__qualname__, str(exc))
+        with self._cache_lock:
+            last_error, listed, times = self._unexpected_load_errors.get(key) or (None, "", 0)
+            if last_error == error:
+                times += 1
+                self._unexpected_load_errors[key] = (error, listed, times)
+        if last_error != error:
+            listed = logged_internal(
+                log, f"loading model {model!r} version {version}", exc, model=model, version=version
+            ).message
+            with self._cache_lock:
+                self._unexpected_load_errors[key] = (error, listed, 1)
+            return Internal(listed)
+        log.warning(
+            "loading model %r version %s failed again with the same unexpected error (%s times in a "
+            "row): %s: %s; %s",
+            model, version, times, error[1], error[2], listed,
+            extra={"model": model, "version": version, "reason": listed},
+        )  # fmt: skip
+        return Internal(listed)
 
     # -- hot swap --------------------------------------------------------------------------
 
@@ -1436,6 +1469,8 @@ class InferenceService:
             # A failed load of a deleted version would be listed, and refuse its number, forever
             # (one under way now, which fails later, the pool drops as it ends).
             self.pool.forget_failure(model, version, deleted=True)
+            with self._cache_lock:
+                self._unexpected_load_errors.pop((model, version), None)
         if settled:
             # A failure listed before its artifact was read (ModelPool.list_failure) is of none a
             # refresh could find replaced: its model may have been deleted and registered again.

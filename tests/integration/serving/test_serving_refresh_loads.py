@@ -951,3 +951,41 @@ def test_a_load_failing_again_and_again_is_retried_less_often_however_long_it_ta
     reads.reason = "disk I/O error"
     assert _copy_to_the_shadow(daemon) == inference_pb2.LOAD_STATE_FAILED
     assert retry() == 1
+
+
+def test_a_load_failing_again_with_the_same_unexpected_error_logs_its_traceback_once(
+    daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A registry read that kept failing as the retries went on logged a full traceback at each
+    retry (every 30 s at most): now the first of a run of the same error has it, each repeat a
+    line saying how many times it failed, and another error its own traceback."""
+    _without_periodic_load_retries(daemon, monkeypatch)
+    service = daemon.daemon.inference
+    reads = ShadowReadsFailing(daemon, monkeypatch)
+    _deploy_shadowing_version_2(daemon.channel())
+    inference = inference_pb2_grpc.InferenceStub(daemon.channel())
+
+    def fail_again() -> str:
+        """Retry version 2's failed load (at once, whatever its wait), copy a request to it: its
+        listed error."""
+        assert InferenceService.retry_failed_loads(service, lasting=True) == 1
+        assert _copy_to_the_shadow(daemon) == inference_pb2.LOAD_STATE_FAILED
+        listed = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="m")).models
+        return next(m.error for m in listed if m.version == 2)
+
+    assert _copy_to_the_shadow(daemon) == inference_pb2.LOAD_STATE_FAILED
+    listed_errors = [fail_again(), fail_again()]
+    reads.reason = "database disk image is malformed"
+    listed_errors += [fail_again(), fail_again()]
+
+    tracebacks = [r for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], OSError)]
+    assert [str(r.exc_info[1]) for r in tracebacks] == ["disk I/O error", "database disk image is malformed"]
+    repeats = [r for r in caplog.records if "failed again" in r.getMessage()]
+    assert [r.exc_info for r in repeats] == [None] * 3
+    assert ["2 times in a row" in r.getMessage() for r in repeats] == [True, False, True]
+    assert "3 times in a row" in repeats[1].getMessage()
+    assert "disk I/O error" in repeats[0].getMessage()
+    # Each listing names the record that holds its error's traceback.
+    first, second = (r.__dict__["error_id"] for r in tracebacks)
+    assert [first in e for e in listed_errors] == [True, True, False, False]
+    assert [second in e for e in listed_errors] == [False, False, True, True]
