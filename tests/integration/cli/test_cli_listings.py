@@ -58,6 +58,21 @@ def test_jobs_and_runs_name_their_losses_apart(daemon, finished_job):
     assert f"train_loss={metrics['train_loss']:.4g}" in runs and f"loss={metrics['loss']:.4g}" in runs
 
 
+def test_jobs_say_which_stopped_early(daemon, client, finished_job, tessera_cli):
+    early = {"metric": "val_loss", "patience": 1, "min_delta": 100.0}
+    stopped = client.training.submit({**SPEC, "epochs": 50, "early_stopping": early}).wait(timeout=120)
+    assert stopped.stopped_early is not None and stopped.stopped_early.epoch == 2
+    jobs = printed(daemon, 200, "jobs", "ls")
+    header = next(line for line in jobs.splitlines() if " id " in line)
+    assert "stopped early" in header
+    rows = {line.split()[1]: line for line in jobs.splitlines() if line.split()[1:2]}
+    assert " after epoch 2 " in rows[stopped.id]
+    assert "after epoch" not in rows[finished_job.id]
+    listed = {job["job_id"]: job for job in tessera_cli("--json", "jobs", "ls").json()}
+    assert listed[stopped.id]["stopped_early"]["epoch"] == 2
+    assert "stopped_early" not in listed[finished_job.id]
+
+
 @pytest.mark.parametrize("group", ["models", "datasets", "jobs", "runs"])
 def test_every_ls_also_answers_to_list(daemon, finished_job, group):
     listed = printed(daemon, 200, group, "list")

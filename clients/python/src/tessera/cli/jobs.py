@@ -46,7 +46,7 @@ def cmd_jobs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
         return out.line("no jobs yet; `tessera train SPEC.toml` submits one")
     out.table(
         "jobs",
-        ["id", "state", "experiment", "progress", "epoch", "train_loss (epoch)", "created"],
+        ["id", "state", "experiment", "progress", "epoch", "train_loss (epoch)", "stopped early", "created"],
         [
             (
                 j.id,
@@ -55,12 +55,13 @@ def cmd_jobs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
                 f"{j.info.progress:.0%}",
                 j.info.epoch,
                 f"{j.info.metrics['train_loss']:.4g}" if "train_loss" in j.info.metrics else "-",
+                f"after epoch {j.stopped_early.epoch}" if j.stopped_early is not None else "-",
                 when(j.info.created_at),
             )
             for j in jobs
         ],
         whole=("id",),
-        leave_out_first=("created", "epoch"),
+        leave_out_first=("created", "epoch", "stopped early"),
     )
 
 

@@ -551,7 +551,12 @@ def build_parser() -> argparse.ArgumentParser:
             ("stop it", "tessera jobs cancel JOB_ID"),
         ],
     )
-    command(jobs, "ls", cmd_jobs_ls, "list jobs, newest first").add_argument(
+    command(
+        jobs,
+        "ls",
+        cmd_jobs_ls,
+        "list jobs, newest first: state, progress, train_loss, whether early stopping ended each",
+    ).add_argument(
         "--state",
         action="append",
         type=str.lower,
