@@ -36,8 +36,7 @@ from tesserad.errors import ResourceExhausted
 from tesserad.store import database
 from tesserad.training import jobs as jobs_module
 from tesserad.training import sweeps as sweeps_module
-from tesserad.training.job_records import decode_job
-from tesserad.training.jobs import ENDED
+from tesserad.training.job_records import ENDED, decode_job
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import (
     mlp_architecture,

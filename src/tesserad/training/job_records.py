@@ -15,6 +15,7 @@ from tesserad.store import decode_record, encode_record
 
 KIND = "job"
 SCHEMA = 1
+ENDED = frozenset({"succeeded", "failed", "cancelled"})
 # A job may keep every checkpoint (a large keep_last or retain_latest; a sweep's trial until its
 # sweep ends): a GetJob or ListJobs answer lists this many of them at most.
 MAX_LISTED_CHECKPOINTS = 16
@@ -101,9 +102,9 @@ class JobRecord:
 
 
 def stopped_early(job: JobRecord) -> dict[str, Any] | None:
-    """Why early stopping ended `job`, which it says once the job has SUCCEEDED (a job that stopped
-    early and then failed to register its weights did not end by it)."""
-    return job.stopped_early if job.state == "succeeded" else None
+    """Why early stopping ended `job`'s training, which it says once the job has ended: SUCCEEDED,
+    or FAILED or CANCELLED after its training ended (registering its weights failed, say)."""
+    return job.stopped_early if job.state in ENDED else None
 
 
 def encode_job(job: JobRecord) -> bytes:

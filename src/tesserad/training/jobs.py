@@ -51,6 +51,7 @@ from tesserad.training.checkpoints import checkpoint_weights
 from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.finetune import ParentLookup
 from tesserad.training.job_records import (
+    ENDED,
     Checkpoint,
     JobError,
     JobRecord,
@@ -81,7 +82,6 @@ log = logging.getLogger(__name__)
 
 TABLES = ["jobs", *JOB_REQUESTS.tables]
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
-ENDED = frozenset({"succeeded", "failed", "cancelled"})
 # More events than a job appends after its last epoch (its final checkpoint, a few lines, its
 # registration, its end): how far back Jobs looks for the worker's early-stopping line in the
 # events of a job whose record does not hold it (`_with_early_stop`).
@@ -1496,8 +1496,9 @@ class Jobs:
                 self._step_clocks.pop(job.job_id, None)
         job = replace(job, state=state, devices=kept_devices)
         data: dict[str, Any] = {"state": state, "reason": reason, "devices": devices or []}
-        if state == "succeeded":
-            # On the end itself too, for a watcher: why early stopping ended the job, or None.
+        if state in ENDED:
+            # On the end itself too, for a watcher: why early stopping ended the job's training, or
+            # None (also on a FAILED end: the registration that follows the training can fail).
             job = self._with_early_stop(job)
             data["stopped_early"] = job.stopped_early
         # An interruption ends the attempt, not the job, which the next start resumes: its

@@ -37,8 +37,8 @@ from tesserad.ids import new_id
 from tesserad.names import near_choice
 from tesserad.paging import PageFill, answer_bytes, resume_key
 from tesserad.store import ReadTxn, Store, decode_record, encode_record
-from tesserad.training.job_records import JobRecord
-from tesserad.training.jobs import ENDED, Jobs
+from tesserad.training.job_records import ENDED, JobRecord
+from tesserad.training.jobs import Jobs
 from tesserad.training.pbt import Member, PbtSettings, next_generation, pbt_settings
 from tesserad.training.pruning import (
     asha_prunes,

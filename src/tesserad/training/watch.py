@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from tesserad.errors import InvalidArgument
 from tesserad.training.events import EventLog, JobEvent, follow_batches
-from tesserad.training.job_records import stopped_early
+from tesserad.training.job_records import ENDED, stopped_early
 from tesserad.training.jobs import Jobs
 
 
@@ -33,9 +33,9 @@ async def watch_job(
 
 
 async def _with_early_stop(jobs: Jobs, job_id: str, event: JobEvent) -> JobEvent:
-    """`event`; a SUCCEEDED end an older daemon stored without why early stopping ended the job
+    """`event`; an end an older daemon stored without why early stopping ended the job's training
     with it, as the job's record says (this daemon stores it on the end)."""
-    if event.kind != "state" or event.data["state"] != "succeeded" or "stopped_early" in event.data:
+    if event.kind != "state" or event.data["state"] not in ENDED or "stopped_early" in event.data:
         return event
     job = await asyncio.to_thread(jobs.get, job_id)
     return replace(event, data={**event.data, "stopped_early": stopped_early(job)})

@@ -15,7 +15,8 @@ from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2, training_p
 from tesserad.errors import InvalidArgument, ResourceExhausted
 from tesserad.store import WriteTxn
 from tesserad.training import sweeps
-from tesserad.training.jobs import ENDED, Jobs
+from tesserad.training.job_records import ENDED
+from tesserad.training.jobs import Jobs
 from tests.conftest import InProcessDaemon
 from tests.integration.training.conftest import (
     follow,

@@ -355,7 +355,9 @@ class Job(_message.Message):
 
     @_builtins.property
     def stopped_early(self) -> Global___EarlyStop:
-        """Set when early stopping ended the job (SUCCEEDED before its epochs): why. Every call that
+        """Set once the job has ended when early stopping ended its training (before its epochs): why.
+        Mostly on a SUCCEEDED job; a job whose training early stopping ended can still end FAILED
+        (error: registering its weights failed) or CANCELLED, and says it then too. Every call that
         answers a Job fills it (GetJob, ListJobs, SubmitJob's repeat, CancelJob).
         """
 
@@ -745,7 +747,9 @@ class StateChanged(_message.Message):
     def devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def stopped_early(self) -> Global___EarlyStop:
-        """On the SUCCEEDED state that ends a job early stopping ended: why (the Job's stopped_early)."""
+        """On the state that ends a job whose training early stopping ended (SUCCEEDED, or FAILED when
+        registering its weights failed): why (the Job's stopped_early).
+        """
 
     def __init__(
         self,
