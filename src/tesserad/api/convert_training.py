@@ -192,6 +192,7 @@ def job_to_proto(job: JobRecord) -> pb.Job:
         message.registered.CopyFrom(
             common_pb2.VersionRef(model=job.registered.model, version=job.registered.version)
         )
+        message.registered_alias = job.registered.alias
     if (stop := stopped_early(job)) is not None:
         message.stopped_early.CopyFrom(_early_stop_to_proto(stop))
     return message

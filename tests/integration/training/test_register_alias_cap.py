@@ -63,6 +63,7 @@ def test_a_new_alias_on_a_model_at_the_cap_is_refused_at_submit(
     assert ended.state == S.JOB_STATE_SUCCEEDED
     moved = registry.GetAlias(R.GetAliasRequest(model="capped", alias="held-0007"))
     assert moved.version == ended.registered.version == 2
+    assert ended.registered_alias == "held-0007"
 
 
 def test_a_model_that_reaches_the_cap_while_the_job_runs_gets_the_version_without_the_alias(
@@ -80,7 +81,7 @@ def test_a_model_that_reaches_the_cap_while_the_job_runs_gets_the_version_withou
 
     ended = training.GetJob(S.GetJobRequest(job_id=job.job_id))
     assert (ended.state, ended.error) == (S.JOB_STATE_SUCCEEDED, "")
-    assert (ended.registered.model, ended.registered.version, ended.registered.alias) == ("filling", 2, "")
+    assert (ended.registered.model, ended.registered.version, ended.registered_alias) == ("filling", 2, "")
     said = [e.log.message for e in rest if e.WhichOneof("event") == "log" and e.log.level == "warning"]
     assert said == [
         f"registered filling v2 without alias 'trained': {_cap_message('filling', 'trained')}; then set "
@@ -108,7 +109,7 @@ def test_a_model_that_reaches_the_cap_as_the_version_is_committed_gets_it_withou
 
     ended = training.GetJob(S.GetJobRequest(job_id=job.job_id))
     assert (ended.state, ended.error) == (S.JOB_STATE_SUCCEEDED, "")
-    assert (ended.registered.model, ended.registered.version, ended.registered.alias) == ("racing", 2, "")
+    assert (ended.registered.model, ended.registered.version, ended.registered_alias) == ("racing", 2, "")
     said = [e.log.message for e in events if e.WhichOneof("event") == "log" and e.log.level == "warning"]
     assert said == [
         f"registered racing v2 without alias 'trained': {_cap_message('racing', 'trained')}; then set "

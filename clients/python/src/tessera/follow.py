@@ -223,6 +223,12 @@ def stopped_early_text(stop: training_pb2.EarlyStop) -> str:
     )
 
 
+def registered_text(job: training_pb2.Job) -> str:
+    """The version a job registered and the alias that registration set, as its event says them."""
+    alias = f" (alias {job.registered_alias})" if job.registered_alias else ""
+    return f"{job.registered.model} v{job.registered.version}{alias}"
+
+
 def summary_table(job: Job[Connection], curves: Curves, seconds: float) -> Table:
     """The end-of-job table: state, epochs, steps, final metrics, registered version."""
     table = Table(title=f"job {job.id}", show_header=False)
@@ -243,7 +249,7 @@ def summary_table(job: Job[Connection], curves: Curves, seconds: float) -> Table
         table.add_row("samples/s", f"{curves.samples_per_s:,.0f}")
     registered = curves.registered
     if not registered and job.registered is not None:
-        registered = f"{job.registered.model} v{job.registered.version}"
+        registered = registered_text(job.info)
     if registered:
         table.add_row("registered", registered)
     table.add_row("followed for", f"{seconds:.1f} s")

@@ -534,6 +534,12 @@ class Job(Part[C]):
         return self.info.registered if self.info.HasField("registered") else None
 
     @property
+    def registered_alias(self) -> str:
+        """The alias the job's registration set on `registered` ("" when none was asked for, or
+        when the model had no room for it)."""
+        return self.info.registered_alias
+
+    @property
     def stopped_early(self) -> pb.EarlyStop | None:
         """Why early stopping ended the job's training (its metric, best value and epoch, the epoch
         it stopped after, the patience), if it did, once the job has ended: SUCCEEDED mostly, or

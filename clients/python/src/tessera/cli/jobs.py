@@ -10,7 +10,7 @@ from tessera.cli.output import Output, when
 from tessera.client import Client
 from tessera.errors import JobFailed
 from tessera.events import JobState
-from tessera.follow import follow, stopped_early_text
+from tessera.follow import follow, registered_text, stopped_early_text
 from tessera.messages import load_toml
 from tessera.progress_line import byte_size
 
@@ -69,7 +69,7 @@ def cmd_jobs_show(client: Client, args: argparse.Namespace, out: Output) -> None
     job = client.training.job(args.job_id).info
     if out.as_json:
         return out.json(job)
-    registered = f"{job.registered.model} v{job.registered.version}" if job.HasField("registered") else "-"
+    registered = registered_text(job) if job.HasField("registered") else "-"
     out.pairs(
         f"job {job.job_id}",
         [

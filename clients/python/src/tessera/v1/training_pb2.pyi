@@ -300,6 +300,7 @@ class Job(_message.Message):
     CHECKPOINTS_KEPT_FIELD_NUMBER: _builtins.int
     CHECKPOINTS_RELEASED_FIELD_NUMBER: _builtins.int
     STOPPED_EARLY_FIELD_NUMBER: _builtins.int
+    REGISTERED_ALIAS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     state: Global___JobState.ValueType
     experiment: _builtins.str
@@ -324,6 +325,12 @@ class Job(_message.Message):
     """How many checkpoints the retention policy released (deleted) when the job ended (a sweep's
     trial: when its sweep ended). Those dropped while it ran (beyond keep_last) are not counted.
     """
+    registered_alias: _builtins.str
+    """The alias the registration set on the registered version (spec.register_as.alias): "" when
+    none was asked for, or when the model had no room for it (the job's log says why). A field
+    of its own because `registered`, a VersionRef, names the version by number or by alias,
+    never both.
+    """
     @_builtins.property
     def spec(self) -> _job_spec_pb2.JobSpec: ...
     @_builtins.property
@@ -342,7 +349,7 @@ class Job(_message.Message):
 
     @_builtins.property
     def registered(self) -> _common_pb2.VersionRef:
-        """The version registered on success."""
+        """The version registered on success, by number (registered_alias: the alias it set)."""
 
     @_builtins.property
     def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobCheckpoint]:
@@ -388,10 +395,11 @@ class Job(_message.Message):
         checkpoints_kept: _builtins.int = ...,
         checkpoints_released: _builtins.int = ...,
         stopped_early: Global___EarlyStop | None = ...,
+        registered_alias: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "registered", b"registered", "spec", b"spec", "started_at", b"started_at", "stopped_early", b"stopped_early"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "checkpoints", b"checkpoints", "checkpoints_kept", b"checkpoints_kept", "checkpoints_released", b"checkpoints_released", "created_at", b"created_at", "created_by", b"created_by", "devices", b"devices", "ended_at", b"ended_at", "epoch", b"epoch", "error", b"error", "experiment", b"experiment", "job_id", b"job_id", "last_seq", b"last_seq", "metrics", b"metrics", "progress", b"progress", "registered", b"registered", "run_id", b"run_id", "spec", b"spec", "started_at", b"started_at", "state", b"state", "step", b"step", "stopped_early", b"stopped_early", "sweep_id", b"sweep_id", "total_steps", b"total_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "checkpoints", b"checkpoints", "checkpoints_kept", b"checkpoints_kept", "checkpoints_released", b"checkpoints_released", "created_at", b"created_at", "created_by", b"created_by", "devices", b"devices", "ended_at", b"ended_at", "epoch", b"epoch", "error", b"error", "experiment", b"experiment", "job_id", b"job_id", "last_seq", b"last_seq", "metrics", b"metrics", "progress", b"progress", "registered", b"registered", "registered_alias", b"registered_alias", "run_id", b"run_id", "spec", b"spec", "started_at", b"started_at", "state", b"state", "step", b"step", "stopped_early", b"stopped_early", "sweep_id", b"sweep_id", "total_steps", b"total_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
