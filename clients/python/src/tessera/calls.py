@@ -350,6 +350,113 @@ class Reconnects:
         )
 
 
+class ResumableSink(Protocol[T_co]):
+    """A download's file, which a stream broken midway goes on writing from `offset()`
+    (see `tessera.transfer.ResumableDownloadSink`)."""
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> T_co: ...
+
+    def resuming(self) -> bool: ...
+
+    def offset(self) -> int: ...
+
+    def start(self, header: Any) -> None: ...
+
+    def how_to_go_on(self) -> str: ...
+
+    def abort(self, error: BaseException) -> None: ...
+
+
+class _SinkReconnects(Reconnects):
+    """Reconnects of a download, whose message on giving up says what the sink kept."""
+
+    def __init__(
+        self, doing: str, sink: ResumableSink[Any], retry: RetryPolicy, timeout: float | None
+    ) -> None:
+        super().__init__(doing, "", retry, timeout)
+        self._sink = sink
+
+    def again(self) -> str:
+        return self._sink.how_to_go_on()
+
+
+@dataclass(frozen=True)
+class ResumingDownload(Call[T_co]):
+    """A Download that goes on from the bytes it has after a break that `retry` allows
+    (UNAVAILABLE: connection cut, daemon restarting), asking `request(header, offset)` for the
+    rest; `header` is None for the first stream (what the caller named) and then the first
+    stream's header, so that a reconnect gets the same file. Where `sink()` holds bytes of an
+    earlier download, `resolve` says first what file the caller named, for the sink to check
+    them against. `doing` names the download in messages ("downloading clips:1")."""
+
+    service: str
+    method: str
+    request: Callable[[Any, int], Message]
+    resolve: Op[Any]
+    timeout: float
+    sink: Callable[[], ResumableSink[T_co]]
+    retry: RetryPolicy
+    doing: str
+
+    def __post_init__(self) -> None:
+        call_timeout(self.timeout)
+
+    def run(self, conn: Connection) -> T_co:
+        sink = self.sink()
+        try:
+            header = None
+            if sink.resuming():
+                header = self.resolve.run(conn)
+                sink.start(header)
+            reconnects = _SinkReconnects(self.doing, sink, self.retry, self.timeout)
+            while True:
+                try:
+                    request = self.request(header, sink.offset())
+                    responses = conn.server_stream(self.service, self.method, request, reconnects.remaining())
+                    with contextlib.closing(responses):
+                        header = next(responses).header
+                        sink.start(header)
+                        for response in responses:
+                            sink.write(response.chunk)
+                            reconnects.went_on()
+                    break
+                except TesseraError as error:
+                    time.sleep(reconnects.resume_after(error))
+        except BaseException as error:
+            sink.abort(error)
+            raise
+        return sink.finish()
+
+    async def run_async(self, conn: AioConnection) -> T_co:
+        # Made in a thread: resuming hashes the bytes kept.
+        sink = await asyncio.to_thread(self.sink)
+        try:
+            header = None
+            if sink.resuming():
+                header = await self.resolve.run_async(conn)
+                await asyncio.to_thread(sink.start, header)
+            reconnects = _SinkReconnects(self.doing, sink, self.retry, self.timeout)
+            while True:
+                try:
+                    request = self.request(header, sink.offset())
+                    responses = conn.server_stream(self.service, self.method, request, reconnects.remaining())
+                    async with contextlib.aclosing(responses):
+                        header = (await anext(responses)).header
+                        sink.start(header)
+                        async for response in responses:
+                            sink.write(response.chunk)
+                            reconnects.went_on()
+                    break
+                except TesseraError as error:
+                    await asyncio.sleep(reconnects.resume_after(error))
+        except BaseException as error:
+            sink.abort(error)
+            raise
+        return await asyncio.to_thread(sink.finish)
+
+
 class SeqCursor(Reconnects, ABC):
     """Where a stream of numbered responses has got to (a job's events, the registry's
     changes): resumed from the next sequence number, after RESOURCE_EXHAUSTED (watcher too

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tessera.calls import C, Download, Op, Pages, Part, Upload, call, stream
+from tessera.calls import C, Download, Op, Pages, Part, ResumingDownload, Upload, call, stream
 from tessera.errors import DataLoss
 from tessera.messages import dataset_ref, version_number
 from tessera.transfer import (
     CHUNK_BYTES,
-    DownloadSink,
     Progress,
+    ResumableDownloadSink,
     bytes_chunks,
     check_chunk_size,
     file_chunks,
@@ -268,16 +268,34 @@ class Datasets(Part[C]):
         chunk_size: int = CHUNK_BYTES,
         timeout: float | None = None,
         overwrite: bool = True,
-    ) -> Download[pb.DatasetVersion]:
+        resume: bool = False,
+    ) -> ResumingDownload[pb.DatasetVersion]:
         """Write a version's stored file to `path`, verified against its sha256; it takes the
-        name only once whole. `overwrite` False: a file at `path` is refused with FileExistsError."""
-        request = pb.DownloadDatasetRequest(ref=dataset_ref(ref), chunk_size=chunk_size)
-        return Download(
+        name only once whole. `overwrite` False: a file at `path` is refused with FileExistsError.
+        A stream that breaks (UNAVAILABLE: connection cut, daemon restarting) is made again
+        within the client's RetryPolicy and goes on from the bytes written. One that gives up,
+        times out or is interrupted keeps them in a hidden partial file beside `path`, with a
+        record of the version and sha256 they are of; `resume` True goes on from them where the
+        version asked for has that sha256 (ValueError where not, leaving them as they are), and
+        without `resume` the download starts again from the first byte."""
+        asked = dataset_ref(ref)
+
+        def request(header: pb.DatasetVersion | None, offset: int) -> pb.DownloadDatasetRequest:
+            # After the first stream, the version it sent: "clips" may name a newer one by then.
+            pinned = (
+                asked if header is None else common_pb2.DatasetRef(name=header.name, version=header.version)
+            )
+            return pb.DownloadDatasetRequest(ref=pinned, chunk_size=chunk_size, offset=offset)
+
+        return ResumingDownload(
             S,
             "DownloadDataset",
             request,
+            Op(S, "GetDatasetVersion", pb.GetDatasetVersionRequest(ref=asked), timeout=timeout),
             timeout_or(timeout, self._conn.transfer_timeout),
-            lambda header: DownloadSink(Path(path), header, progress, overwrite),
+            lambda: ResumableDownloadSink(Path(path), progress, overwrite, resume, version_name),
+            self._conn.retry,
+            f"downloading {asked.name}" + (f":{asked.version}" if asked.version else ""),
         )
 
     @call
@@ -289,6 +307,10 @@ class Datasets(Part[C]):
         return Download(
             S, "DownloadDataset", request, timeout_or(timeout, self._conn.transfer_timeout), ArraysSink
         )
+
+
+def version_name(version: pb.DatasetVersion) -> str:
+    return f"{version.name}:{version.version}"
 
 
 def parse_arrays(header: pb.DatasetVersion, data: bytes) -> dict[str, np.ndarray]:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import fcntl
 import hashlib
+import json
 import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Generic, Protocol, TypeVar
 
-from tessera.errors import DataLoss
+from tessera.errors import Cancelled, DataLoss, DeadlineExceeded, Unavailable
 
 Progress = Callable[[int, int], None]
 """Called as progress(bytes_done, bytes_total) after each chunk."""
@@ -237,3 +240,204 @@ class DownloadSink(Generic[H]):
 
     def abort(self) -> None:
         self._file.discard()
+
+
+RESUME_WORDS = "download again with resume=True"
+"""What an interrupted download's message tells the caller to do (the CLI's words: --resume)."""
+
+# What ends a download with its bytes worth keeping: the stream broke or was stopped, not refused.
+_INTERRUPTIONS = (Unavailable, DeadlineExceeded, Cancelled, KeyboardInterrupt, asyncio.CancelledError)
+
+
+def partial_names(path: Path) -> tuple[Path, Path]:
+    """The partial download of `path` and the record of what it holds, beside it: named after
+    `path` alone, so that a later download to `path` finds them, and short, so that a name at
+    the filesystem's length limit still has room."""
+    stem = f".{path.name[:32]}.{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:8]}"
+    return path.with_name(f"{stem}.partial"), path.with_name(f"{stem}.partial.json")
+
+
+class ResumableDownloadSink(Generic[H]):
+    """Writes a downloaded file to `path` through a partial file beside it (`partial_names`),
+    which takes the name only once its size and sha256 match the header's. A download
+    interrupted (`_INTERRUPTIONS`) keeps the partial file with a record of the file it is the
+    start of (`describe(header)`, its sha256 and size); with `resume`, a later one goes on from
+    its bytes where its header has that sha256 and size, and refuses (ValueError, both left as
+    they are) where it has not. Without `resume` it starts again from the first byte. The whole
+    file's sha256 is checked at the end, so bytes damaged on the disk meanwhile are DataLoss,
+    not a file at `path`. One download at a time writes the partial file (a lock on it)."""
+
+    def __init__(
+        self,
+        path: Path,
+        progress: Progress | None,
+        overwrite: bool,
+        resume: bool,
+        describe: Callable[[H], str],
+    ) -> None:
+        check_free(path, overwrite)
+        if path.is_dir():
+            raise IsADirectoryError(
+                errno.EISDIR, f"{path} is a directory; name the file to write in it", str(path)
+            )
+        self.path = path
+        self.partial, self.record = partial_names(path)
+        self._overwrite = overwrite
+        self._progress = progress
+        self._describe = describe
+        self._header: H | None = None
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self._file, self._created = _open_partial(self.partial, path)
+        kept = _read_record(self.record) if resume else None
+        self._kept = kept if kept is not None and os.fstat(self._file.fileno()).st_size else None
+
+    def resuming(self) -> bool:
+        """Whether bytes of an earlier download are to be gone on from (once a header matches)."""
+        return self._kept is not None
+
+    def offset(self) -> int:
+        """The byte to ask the rest of the file from."""
+        if self._header is None and self._kept is not None:
+            return os.fstat(self._file.fileno()).st_size
+        return self.size
+
+    def start(self, header: H) -> None:
+        """The header of a stream: the first is checked against the bytes kept (a resume) or
+        recorded as what the partial file will hold; a later one (after a reconnect) must name
+        the same file."""
+        if self._header is not None:
+            if (header.sha256, header.size_bytes) != (self._header.sha256, self._header.size_bytes):
+                raise DataLoss(
+                    f"{self._describe(self._header)} changed while it was downloading "
+                    f"(sha256 {self._header.sha256}, now {header.sha256}); download it again"
+                )
+            return
+        if self._kept is not None:
+            self._resume_from_kept(header, self._kept)
+        else:
+            self._file.truncate(0)
+            _write_record(self.record, self._describe(header), header)
+        self._header = header
+        self._file.seek(self.size)
+
+    def _resume_from_kept(self, header: H, kept: dict[str, object]) -> None:
+        held = os.fstat(self._file.fileno()).st_size
+        if (kept.get("sha256"), kept.get("size_bytes")) != (header.sha256, header.size_bytes) or (
+            held > header.size_bytes
+        ):
+            raise ValueError(
+                f"{self.path}: the partial download {self.partial} holds {held} bytes of "
+                f"{kept.get('file')} (sha256 {kept.get('sha256')}), not of {self._describe(header)} "
+                f"(sha256 {header.sha256}); download without resume to start again (it replaces "
+                f"them), or download {kept.get('file')} with resume to go on with it"
+            )
+        self._file.seek(0)
+        with _naming(self.path):
+            while self.size < held and (chunk := self._file.read(min(CHUNK_BYTES, held - self.size))):
+                self._digest.update(chunk)
+                self.size += len(chunk)
+
+    def how_to_go_on(self) -> str:
+        """What the message of a download that gave up says to do."""
+        if self._header is None or not self.size:
+            return "download it again"
+        return f"{self.size} of {self._header.size_bytes} bytes are kept in {self.partial}; {RESUME_WORDS}"
+
+    def write(self, chunk: bytes) -> None:
+        with _naming(self.path):
+            self._file.write(chunk)
+        self._digest.update(chunk)
+        self.size += len(chunk)
+        if self._progress is not None and self._header is not None:
+            self._progress(self.size, self._header.size_bytes)
+
+    def finish(self) -> H:
+        """Check the whole file, then move it into place; DataLoss (and the partial file
+        removed) on a mismatch."""
+        header = self._header
+        assert header is not None, "finish before any header"
+        try:
+            with _naming(self.path):
+                self._file.flush()
+                os.fsync(self._file.fileno())
+        except BaseException:
+            self._remove()
+            raise
+        sha256 = self._digest.hexdigest()
+        if (header.sha256 and sha256 != header.sha256) or self.size != header.size_bytes:
+            self._remove()
+            raise DataLoss(
+                f"download of {self.path.name} is corrupt: got {self.size} bytes with sha256 "
+                f"{sha256}, expected {header.size_bytes} bytes with sha256 {header.sha256}; "
+                "download it again"
+            )
+        try:
+            # A download takes a while: the name may have been taken meanwhile.
+            put_in_place(self.partial, self.path, self._overwrite)
+        except BaseException:
+            self._remove()
+            raise
+        self._file.close()
+        self.record.unlink(missing_ok=True)
+        _sync_dir(self.path.parent)
+        return header
+
+    def abort(self, error: BaseException) -> None:
+        """After `error`: the bytes written kept for a resume where it interrupted the download;
+        else what this download wrote removed, and bytes it did not start from left as they were."""
+        if self._header is None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            if self._created:
+                self.partial.unlink(missing_ok=True)
+            return
+        if self.size and isinstance(error, _INTERRUPTIONS):
+            with contextlib.suppress(OSError):
+                self._file.close()
+            return
+        self._remove()
+
+    def _remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self.partial.unlink(missing_ok=True)
+        self.record.unlink(missing_ok=True)
+
+
+def _open_partial(partial: Path, path: Path) -> tuple[BinaryIO, bool]:
+    """The partial file, opened to read and write and locked; whether it was created now. A link
+    planted at its name is refused (O_NOFOLLOW) rather than written through."""
+    flags = os.O_RDWR | os.O_NOFOLLOW
+    try:
+        fd, created = os.open(partial, flags | os.O_CREAT | os.O_EXCL, 0o666), True
+    except FileExistsError:
+        fd, created = os.open(partial, flags), False
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            errno.ENOENT, f"no directory {path.parent} to write it in; create it first", str(path)
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(
+            f"{path}: another download to it is running (it writes {partial}); wait for it to end"
+        ) from None
+    return os.fdopen(fd, "r+b"), created
+
+
+def _read_record(record: Path) -> dict[str, object] | None:
+    """What a partial file holds, as its record says; None where there is no record to trust."""
+    try:
+        kept = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    return kept if isinstance(kept, dict) else None
+
+
+def _write_record(record: Path, file: str, header: FileHeader) -> None:
+    """The record, written whole or not at all (a temp file renamed over it)."""
+    temp = record.with_name(f"{record.name}.{secrets.token_hex(4)}")
+    temp.write_text(json.dumps({"file": file, "sha256": header.sha256, "size_bytes": header.size_bytes}))
+    temp.replace(record)
