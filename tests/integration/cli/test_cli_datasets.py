@@ -5,14 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tessera.cli import EXIT_USAGE
+import tessera
+from tessera.cli import EXIT_FAILED, EXIT_USAGE
 from tessera.cli.output import when
 from tessera.cli.parser import build_parser
 from tessera.models import upload_header
 from tessera.progress_line import byte_size
+from tessera.rpc_commands import in_cli_words
 from tessera.v1 import registry_pb2, registry_pb2_grpc
 from tests.integration.cli.test_cli import assert_failed_cleanly
 from tests.integration.sdk.affine import affine_onnx
+from tests.tcp_proxy import CuttableProxy
 from tests.unit.sdk.test_cli_help import commands
 
 
@@ -207,3 +210,34 @@ def test_push_refuses_a_seed_without_a_split_to_seed(tessera_cli, client, npy_fi
     )
     assert seeded.code == 0, seeded.err
     assert client.datasets.get("frames").version_count == 1
+
+
+def test_download_resume_goes_on_from_an_interrupted_download(tessera_cli, daemon, tmp_path):
+    big = tmp_path / "big.npz"
+    np.savez(big, x=np.random.default_rng(0).normal(size=(4096, 1024)).astype(np.float32))
+    proxy = CuttableProxy(daemon.daemon.port)
+
+    def cut_midway(done: int, total: int) -> None:
+        if done >= total // 2 and not proxy.cuts:
+            proxy.cut()
+
+    try:
+        with tessera.Client(proxy.target, retry=tessera.RetryPolicy(attempts=1)) as client:
+            client.datasets.push("big", big)
+            with pytest.raises(tessera.Unavailable) as gave_up:
+                client.datasets.download("big:1", tmp_path / "copy.npz", progress=cut_midway, chunk_size=4096)
+    finally:
+        proxy.close()
+    assert "run it again with --resume" in in_cli_words(gave_up.value.message)
+    small = tmp_path / "small.npz"
+    np.savez(small, x=np.ones((3, 2), np.float32))
+    other = tessera_cli("datasets", "push", "other", str(small))
+    assert other.code == 0, other.err
+    refused = tessera_cli("datasets", "download", "other", "-o", str(tmp_path / "copy.npz"), "--resume")
+    assert refused.code == EXIT_FAILED and "the partial download " in refused.err, refused.err
+    assert "holds " in refused.err and "of big:1" in refused.err and "not of other:1" in refused.err
+    resumed = tessera_cli("datasets", "download", "big:1", "-o", str(tmp_path / "copy.npz"), "--resume")
+    assert resumed.code == 0, resumed.err
+    assert (tmp_path / "copy.npz").read_bytes() == big.read_bytes()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert "--resume" in help_text("datasets", "download")

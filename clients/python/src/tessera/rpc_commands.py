@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from tessera.errors import TARGET_WORDS, TLS_CA_WORDS, TLS_CLIENT_WORDS, TLS_NAME_WORDS, TLS_WORDS
+from tessera.transfer import RESUME_WORDS
 
 COMMAND_BY_RPC: dict[str, str] = {
     # Registry
@@ -96,8 +97,10 @@ FLAG_BY_ARGUMENT: dict[str, str] = {
     TLS_CA_WORDS: "--tls-ca FILE",
     TLS_NAME_WORDS: "--tls-server-name NAME",
     TLS_CLIENT_WORDS: "--tls-cert FILE and --tls-key FILE",
+    RESUME_WORDS: "run it again with --resume",
 }
-"""The SDK's words for a client argument (an unreachable daemon's message names them) -> the flags."""
+"""The SDK's words for a client argument (an unreachable daemon's or an interrupted download's
+message names them) -> the flags."""
 
 
 def in_cli_words(message: str) -> str:

@@ -139,6 +139,7 @@ def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output)
             path,
             progress=None if out.as_json else transfer_progress(out, f"downloading {version.name}"),
             overwrite=args.force,
+            resume=args.resume,
         )
     if out.as_json:
         return out.json({"path": str(path), "version": to_plain(version)})

@@ -516,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
         datasets,
         "download",
         cmd_datasets_download,
-        "write the stored .npz/.npy file of NAME[:VERSION] (default the newest), verified against its sha256",
+        "write the stored .npz/.npy file of NAME[:VERSION] (default the newest), verified against its sha256; "
+        "a broken connection or a daemon restart is reconnected and goes on from the bytes written",
     )
     sub.add_argument("ref", type=dataset, metavar="NAME[:VERSION]", help=DATASET_HELP)
     sub.add_argument(
@@ -527,6 +528,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument(
         "--force", action="store_true", help="replace the file if it exists (else refused, exit 2)"
+    )
+    sub.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from the bytes an interrupted download to the same file kept (a hidden .partial file "
+        "beside it), where they are of the same file (sha256); refused (exit 1) where they are of "
+        "another, which are then left as they are. Without it a download starts from the first byte",
     )
 
     sub = command(commands, "train", cmd_train, "submit a training job from a TOML spec")
