@@ -195,3 +195,20 @@ def test_a_delete_past_int64_is_invalid_argument_not_a_bare_value_error(client, 
     with pytest.raises(tessera.InvalidArgument, match=r"^INVALID_ARGUMENT: version must be a version"):
         client.datasets.delete("clips", number)
     assert client.datasets.get("clips").version_count == 1
+
+
+def test_delete_takes_name_colon_version_as_the_other_dataset_calls_do(client, clips):
+    x, y = clips
+    for count in (20, 10, 5):
+        client.datasets.push("clips", x=x[:count], y=y[:count])
+    assert client.datasets.delete("clips:2") == 1
+    assert [v.version for v in client.datasets.versions("clips")] == [3, 1]
+    assert client.datasets.delete("clips", version=3) == 1
+    with pytest.raises(ValueError, match=r"clips:1 names version 1 and version=3 another; give one of them"):
+        client.datasets.delete("clips:1", version=3)
+    with pytest.raises(
+        ValueError, match=r"clips:0 names no version \(they start at 1\); write clips:VERSION"
+    ):
+        client.datasets.delete("clips:0")
+    assert [v.version for v in client.datasets.versions("clips")] == [1]
+    assert client.datasets.delete("clips:1", version=1) == 1

@@ -254,9 +254,25 @@ class Datasets(Part[C]):
     def delete(
         self, name: str, version: int = 0, force: bool = False, *, timeout: float | None = None
     ) -> Op[int]:
-        """Delete one version (or all with version 0); returns how many went. FailedPrecondition
-        while a queued or running job, a running sweep or a model version's lineage uses it, unless `force`."""
-        request = pb.DeleteDatasetRequest(name=name, version=version_number("version", version), force=force)
+        """Delete one version ("name:3", or "name" with `version` 3) or, "name" alone with version
+        0, the dataset with every version; returns how many went. FailedPrecondition while a
+        queued or running job, a running sweep or a model version's lineage uses it, unless
+        `force`. ValueError for "name:0" (no version: it would mean every one) and for a
+        "name:version" that `version` contradicts."""
+        ref = dataset_ref(name)
+        if ":" in name:
+            if not ref.version:
+                raise ValueError(
+                    f"{name} names no version (they start at 1); write {ref.name}:VERSION to delete one "
+                    f"version, or {ref.name} alone to delete the dataset with every version"
+                )
+            if version and version != ref.version:
+                raise ValueError(
+                    f"{name} names version {ref.version} and version={version} another; give one of them"
+                )
+        request = pb.DeleteDatasetRequest(
+            name=ref.name, version=version_number("version", version or ref.version), force=force
+        )
         return Op(S, "DeleteDataset", request, lambda response: response.deleted_versions, timeout=timeout)
 
     @call
