@@ -4,6 +4,7 @@ partial file of another dataset version is never resumed into."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 import tessera
+import tessera.aio
 from tests.conftest import InProcessDaemon, daemon_settings
 
 CHUNK = 4096
@@ -124,3 +126,37 @@ def test_resume_with_no_partial_file_downloads_it_whole(client, clips_file, tmp_
     client.datasets.push("clips", clips_file)
     client.datasets.download("clips", tmp_path / "copy.npz", resume=True)
     assert (tmp_path / "copy.npz").read_bytes() == clips_file.read_bytes()
+
+
+def test_the_asyncio_client_reconnects_and_resumes_too(daemon, proxy_to, tmp_path, clips_file):
+    data = clips_file.read_bytes()
+    proxy = proxy_to(daemon.daemon.port)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def cut_once_past_half(done: int, total: int) -> None:
+        if done >= total // 2 and proxy.cuts < cuts_wanted[-1]:
+            proxy.cut()
+
+    async def download() -> None:
+        retry = tessera.RetryPolicy(attempts=5, initial_backoff_s=0.05, max_backoff_s=0.2)
+        async with tessera.aio.Client(proxy.target, timeout=30, retry=retry) as client:
+            await client.datasets.push("clips", clips_file)
+            await client.datasets.download(
+                "clips", out / "reconnected.npz", progress=cut_once_past_half, chunk_size=CHUNK
+            )
+        cuts_wanted.append(2)
+        async with tessera.aio.Client(
+            proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)
+        ) as client:
+            with pytest.raises(tessera.Unavailable, match="resume=True"):
+                await client.datasets.download(
+                    "clips", out / "resumed.npz", progress=cut_once_past_half, chunk_size=CHUNK
+                )
+            await client.datasets.download("clips", out / "resumed.npz", resume=True)
+
+    cuts_wanted = [1]
+    asyncio.run(download())
+    assert proxy.cuts == 2
+    assert (out / "reconnected.npz").read_bytes() == data == (out / "resumed.npz").read_bytes()
+    assert partials(out) == []
