@@ -160,3 +160,30 @@ def test_the_asyncio_client_reconnects_and_resumes_too(daemon, proxy_to, tmp_pat
     assert proxy.cuts == 2
     assert (out / "reconnected.npz").read_bytes() == data == (out / "resumed.npz").read_bytes()
     assert partials(out) == []
+
+
+def test_a_resume_from_bytes_damaged_on_the_disk_is_data_loss_and_leaves_no_file(
+    daemon, proxy_to, tmp_path, clips_file
+):
+    proxy = proxy_to(daemon.daemon.port)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def cut_midway(done: int, total: int) -> None:
+        if done >= total // 2 and not proxy.cuts:
+            proxy.cut()
+
+    with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
+        client.datasets.push("clips", clips_file)
+        with pytest.raises(tessera.Unavailable):
+            client.datasets.download("clips", out / "copy.npz", progress=cut_midway, chunk_size=CHUNK)
+    (partial,) = out.glob(".*.partial")
+    damaged = bytearray(partial.read_bytes())
+    damaged[100] ^= 0xFF
+    partial.write_bytes(bytes(damaged))
+    with tessera.Client(daemon.target, timeout=30) as client:
+        with pytest.raises(tessera.DataLoss, match=r"download of copy\.npz is corrupt"):
+            client.datasets.download("clips", out / "copy.npz", resume=True)
+        assert list(out.iterdir()) == []
+        client.datasets.download("clips", out / "copy.npz", resume=True)
+    assert (out / "copy.npz").read_bytes() == clips_file.read_bytes()

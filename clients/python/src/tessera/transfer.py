@@ -297,9 +297,7 @@ class ResumableDownloadSink(Generic[H]):
         return self._kept is not None
 
     def offset(self) -> int:
-        """The byte to ask the rest of the file from."""
-        if self._header is None and self._kept is not None:
-            return os.fstat(self._file.fileno()).st_size
+        """The byte to ask the rest of the file from (once `start` took the bytes kept)."""
         return self.size
 
     def start(self, header: H) -> None:
