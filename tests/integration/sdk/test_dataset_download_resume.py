@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -186,4 +187,24 @@ def test_a_resume_from_bytes_damaged_on_the_disk_is_data_loss_and_leaves_no_file
             client.datasets.download("clips", out / "copy.npz", resume=True)
         assert list(out.iterdir()) == []
         client.datasets.download("clips", out / "copy.npz", resume=True)
+    assert (out / "copy.npz").read_bytes() == clips_file.read_bytes()
+
+
+def test_a_download_past_its_timeout_keeps_its_bytes_and_says_how_to_go_on(client, tmp_path, clips_file):
+    client.datasets.push("clips", clips_file)
+    out = tmp_path / "out"
+    out.mkdir()
+    stalled: list[int] = []
+
+    def stall_past_the_timeout(done: int, total: int) -> None:
+        if done >= total // 2 and not stalled:
+            stalled.append(done)
+            time.sleep(3)
+
+    with pytest.raises(tessera.DeadlineExceeded) as ran_out:
+        client.datasets.download(
+            "clips", out / "copy.npz", progress=stall_past_the_timeout, chunk_size=CHUNK, timeout=2
+        )
+    assert "bytes are kept in " in ran_out.value.message and "resume=True" in ran_out.value.message
+    client.datasets.download("clips", out / "copy.npz", resume=True)
     assert (out / "copy.npz").read_bytes() == clips_file.read_bytes()

@@ -370,7 +370,8 @@ class ResumableSink(Protocol[T_co]):
 
 
 class _SinkReconnects(Reconnects):
-    """Reconnects of a download, whose message on giving up says what the sink kept."""
+    """Reconnects of a download, whose message on giving up or running out of time says what
+    the sink kept."""
 
     def __init__(
         self, doing: str, sink: ResumableSink[Any], retry: RetryPolicy, timeout: float | None
@@ -380,6 +381,14 @@ class _SinkReconnects(Reconnects):
 
     def again(self) -> str:
         return self._sink.how_to_go_on()
+
+    def resume_after(self, error: TesseraError) -> float:
+        if isinstance(error, DeadlineExceeded):
+            # gRPC's words name neither the download nor the bytes it kept.
+            raise DeadlineExceeded(
+                f"{error.message} ({self.doing}; {self.again()})", error.trailers
+            ) from None
+        return super().resume_after(error)
 
 
 @dataclass(frozen=True)

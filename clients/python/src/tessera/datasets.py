@@ -289,8 +289,9 @@ class Datasets(Part[C]):
         """Write a version's stored file to `path`, verified against its sha256; it takes the
         name only once whole. `overwrite` False: a file at `path` is refused with FileExistsError.
         A stream that breaks (UNAVAILABLE: connection cut, daemon restarting) is made again
-        within the client's RetryPolicy and goes on from the bytes written. One that gives up,
-        times out or is interrupted keeps them in a hidden partial file beside `path`, with a
+        within the client's RetryPolicy and goes on from the bytes written. One that gives up or
+        times out keeps them in a hidden partial file beside `path` (one stopped by the caller,
+        KeyboardInterrupt or a cancelled task, removes them), with a
         record of the version and sha256 they are of; `resume` True goes on from them where the
         version asked for has that sha256 (ValueError where not, leaving them as they are), and
         without `resume` the download starts again from the first byte."""

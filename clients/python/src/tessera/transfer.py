@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
@@ -245,8 +244,9 @@ class DownloadSink(Generic[H]):
 RESUME_WORDS = "download again with resume=True"
 """What an interrupted download's message tells the caller to do (the CLI's words: --resume)."""
 
-# What ends a download with its bytes worth keeping: the stream broke or was stopped, not refused.
-_INTERRUPTIONS = (Unavailable, DeadlineExceeded, Cancelled, KeyboardInterrupt, asyncio.CancelledError)
+# What ends a download with its bytes worth keeping: the stream broke or ran out of time. One the
+# caller stopped (Ctrl-C, a cancelled task) or the daemon refused leaves nothing behind.
+_INTERRUPTIONS = (Unavailable, DeadlineExceeded, Cancelled)
 
 
 def partial_names(path: Path) -> tuple[Path, Path]:
@@ -260,7 +260,7 @@ def partial_names(path: Path) -> tuple[Path, Path]:
 class ResumableDownloadSink(Generic[H]):
     """Writes a downloaded file to `path` through a partial file beside it (`partial_names`),
     which takes the name only once its size and sha256 match the header's. A download
-    interrupted (`_INTERRUPTIONS`) keeps the partial file with a record of the file it is the
+    whose stream broke or timed out (`_INTERRUPTIONS`) keeps the partial file with a record of the file it is the
     start of (`describe(header)`, its sha256 and size); with `resume`, a later one goes on from
     its bytes where its header has that sha256 and size, and refuses (ValueError, both left as
     they are) where it has not. Without `resume` it starts again from the first byte. The whole
