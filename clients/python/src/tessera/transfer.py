@@ -259,9 +259,9 @@ def partial_names(path: Path) -> tuple[Path, Path]:
 
 class ResumableDownloadSink(Generic[H]):
     """Writes a downloaded file to `path` through a partial file beside it (`partial_names`),
-    which takes the name only once its size and sha256 match the header's. A download
-    whose stream broke or timed out (`_INTERRUPTIONS`) keeps the partial file with a record of the file it is the
-    start of (`describe(header)`, its sha256 and size); with `resume`, a later one goes on from
+    which takes the name only once its size and sha256 match the header's. A download whose
+    stream broke or timed out (`_INTERRUPTIONS`) keeps the partial file with a record of the file
+    it is the start of (`describe(header)`, its sha256 and size); with `resume`, a later one goes on from
     its bytes where its header has that sha256 and size, and refuses (ValueError, both left as
     they are) where it has not. Without `resume` it starts again from the first byte. The whole
     file's sha256 is checked at the end, so bytes damaged on the disk meanwhile are DataLoss,
