@@ -9,8 +9,8 @@ number), so an alias on a member moves or goes freely. The member versions thems
 pinned: the index tables `ENSEMBLE_MEMBERS` and `MEMBER_OF`, written in the ensemble
 version's own transaction, let a delete refuse a version (or a model) that an ensemble of
 another version uses, in the deleting transaction. Otherwise a deleted member broke the
-ensemble at its next load, and a model deleted and created again would number its versions
-from 1 and hand the ensemble unrelated artifacts.
+ensemble at its next load, and a model deleted and created again by a tesserad that numbered
+it from 1 (from before `tables.RETIRED_NUMBERS`) would hand the ensemble unrelated artifacts.
 """
 
 from __future__ import annotations

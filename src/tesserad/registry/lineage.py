@@ -1,8 +1,9 @@
 """Lineage that outlives its parent: a version whose parent version is deleted (alone or with its
 model) keeps naming it, with a mark saying it was deleted and what it was.
 
-A parent is named by model and number, and a model deleted and created again numbers from 1,
-so without the mark a child would come to name an unrelated version. The mark lives in its own
+A parent is named by model and number, and a model deleted by a tesserad from before
+`tables.RETIRED_NUMBERS` and created again numbers from 1, so without the mark a child would come
+to name an unrelated version. The mark lives in its own
 table, keyed by the child, so the child's record stays as registered.
 """
 

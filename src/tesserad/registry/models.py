@@ -24,6 +24,7 @@ from tesserad.registry.tables import (
     model_data,
     new_model_data,
     put_model_data,
+    retire_version_numbers,
 )
 from tesserad.registry.validation import validate_model_text, validate_tags
 from tesserad.registry.versions import check_not_fine_tuned_from, delete_version_rows
@@ -51,6 +52,8 @@ def model_record(txn: ReadTxn, fields: dict[str, Any]) -> ModelRecord:
         version_count=int(fields["version_count"]),
         aliases=aliases,
         next_version=int(fields["next_version"]),
+        # A record from before models kept it numbered from 1.
+        first_version=int(fields.get("first_version", 1)),
         alias_events=int(fields["next_event"]) - 1,
     )
 
@@ -72,7 +75,7 @@ class Models:
         with self._store.write() as txn:
             if txn.exists(MODELS, (name,)):
                 raise AlreadyExists(f"model {name!r} already exists; pick another name or use UpdateModel")
-            fields = new_model_data(name, description, tags or {})
+            fields = new_model_data(txn, name, description, tags or {})
             put_model_data(txn, fields)
             record = model_record(txn, fields)
         # A model with no version yet still exists for routing ("has no versions yet", not "does
@@ -155,7 +158,7 @@ class Models:
         or an ensemble version of another model uses one as a member."""
         validate_stored_name("name", name)
         with self._store.write() as txn:
-            model_data(txn, name)
+            fields = model_data(txn, name)
             aliases = [str(key[1]) for key, _ in txn.scan(ALIASES, (name,))]
             deployed = current_deployment(txn, name) is not None
             if not force and (aliases or deployed):
@@ -178,6 +181,7 @@ class Models:
                 freed.add(delete_version_rows(txn, record))
                 deleted += 1
             retire_revisions(txn, name)
+            retire_version_numbers(txn, fields)
             for table in (ALIASES, ALIAS_EVENTS, DEPLOYMENTS, DERIVED):
                 txn.delete_range(table, (name,))
             txn.delete(MODELS, (name,))

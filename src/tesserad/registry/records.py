@@ -75,6 +75,9 @@ class ModelRecord:
     # back, leaves behind where the counts and aliases look as before.
     next_version: int
     alias_events: int
+    # The number its first version got or gets: past 1 for a model created again under a deleted
+    # model's name (its versions number on from the deleted one's).
+    first_version: int
 
 
 @dataclass(frozen=True)
@@ -302,8 +305,9 @@ def decode_version(raw: bytes) -> VersionRecord:
 
 
 def same_version(a: VersionRecord, b: VersionRecord) -> bool:
-    """Whether two records are of one registered version: a model deleted and created again
-    numbers from 1, so its name and number may be another version's."""
+    """Whether two records are of one registered version: a model deleted by a tesserad from
+    before `tables.RETIRED_NUMBERS` and created again numbers from 1, so its name and number may
+    be another version's."""
     return (a.model, a.version, a.sha256, a.created_at) == (b.model, b.version, b.sha256, b.created_at)
 
 

@@ -5,7 +5,8 @@ Guarantees:
 - Every mutation is one LMDB write transaction: it fully happens or leaves the store as it
   was. A version is recorded only after its artifact blob is complete and verified in the
   blob directory; a blob nothing records any more is deleted after the commit.
-- Version numbers count from 1 per model and are never reused, even after a delete.
+- Version numbers count from 1 per model and are never reused, even after a delete: a model
+  created again under a deleted model's name numbers on from it (`tables.RETIRED_NUMBERS`).
 - An ensemble version pins its member versions: neither they nor their models can be deleted
   while it exists (an ensemble's own model may go with it). Members are named by number, so
   aliases pin nothing.

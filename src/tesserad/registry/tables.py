@@ -33,6 +33,11 @@ DELETED_PARENTS = "deleted_parents"
 # version, so that a job registering again (resumed after its first registration was committed)
 # finds the version it has instead of adding one.
 JOB_VERSIONS = "job_versions"
+# A deleted model's next version number: (name,) -> {"next_version": N}, written in its deleting
+# transaction and taken by the model created again under its name, which numbers its versions on
+# from there: a client, job record or config that kept "m v1" never finds another artifact under
+# it. A name deleted by a tesserad from before this table has no row: its model numbers from 1.
+RETIRED_NUMBERS = "model_numbers_retired"
 TABLES = [
     MODELS,
     VERSIONS,
@@ -44,7 +49,11 @@ TABLES = [
     MEMBER_OF,
     DELETED_PARENTS,
     JOB_VERSIONS,
+    RETIRED_NUMBERS,
 ]
+
+_RETIRED_KIND = "model_numbers_retired"
+_RETIRED_SCHEMA = 1
 
 LATEST = "latest"
 ANONYMOUS = "anonymous"
@@ -58,22 +67,42 @@ def model_missing(txn: ReadTxn, name: str) -> NotFound:
     return missing_name(txn, MODELS, "model", name, "create it with CreateModel")
 
 
-def new_model_data(name: str, description: str, tags: dict[str, str]) -> dict[str, Any]:
-    """A model's stored fields; `next_version` and `next_event` number its versions and alias
-    events; `version_count` and `latest_version` are kept by each version's register and delete
-    transaction so that reading a model never walks its versions."""
+def new_model_data(txn: WriteTxn, name: str, description: str, tags: dict[str, str]) -> dict[str, Any]:
+    """A new model's stored fields, in its creating transaction; `next_version` and `next_event`
+    number its versions and alias events, its versions from 1 or on from the model of its name
+    deleted before (`RETIRED_NUMBERS`, whose row the new model's fields take over), and
+    `first_version` keeps that start. `version_count` and `latest_version` are kept by each
+    version's register and delete transaction so that reading a model never walks its versions."""
     now = time.time()
+    first = _retired_next_version(txn, name)
+    txn.delete(RETIRED_NUMBERS, (name,))
     return {
         "name": name,
         "description": description,
         "tags": dict(tags),
         "created_at": now,
         "updated_at": now,
-        "next_version": 1,
+        "first_version": first,
+        "next_version": first,
         "next_event": 1,
         "version_count": 0,
         "latest_version": 0,
     }
+
+
+def _retired_next_version(txn: ReadTxn, name: str) -> int:
+    raw = txn.get(RETIRED_NUMBERS, (name,))
+    return 1 if raw is None else int(decode_record(raw, _RETIRED_KIND, _RETIRED_SCHEMA)[1]["next_version"])
+
+
+def retire_version_numbers(txn: WriteTxn, fields: dict[str, Any]) -> None:
+    """In a model's deleting transaction: keep the number its next version would have got, so that
+    a model created again under its name numbers on from it. Where a tesserad from before
+    `RETIRED_NUMBERS` created the name again (from 1, leaving the row), the row's may be higher:
+    the higher is kept."""
+    name = fields["name"]
+    number = max(int(fields["next_version"]), _retired_next_version(txn, name))
+    txn.put(RETIRED_NUMBERS, (name,), encode_record(_RETIRED_KIND, _RETIRED_SCHEMA, {"next_version": number}))
 
 
 def model_data(txn: ReadTxn, name: str) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 deleting them; their lineage and how two versions differ.
 
 A version is recorded only after its artifact blob is complete and checked; version numbers
-count from 1 per model and are never reused, even after a delete.
+count from 1 per model and are never reused, even after a delete: a model created again under a
+deleted model's name numbers on from it (`tables.RETIRED_NUMBERS`).
 """
 
 from __future__ import annotations
@@ -666,7 +667,7 @@ class Versions:
             if raw is None:
                 if not create_model_if_missing:
                     raise model_missing(txn, model)
-                fields = new_model_data(model, "", {})
+                fields = new_model_data(txn, model, "", {})
             else:
                 fields = decode_record(raw, MODEL_KIND, SCHEMA)[1]
             number = int(fields["next_version"])
@@ -940,7 +941,8 @@ def _flat_lineage(record: VersionRecord) -> dict[str, str]:
     if lineage.parent_version:
         parent = f"{lineage.parent_model or record.model}:{lineage.parent_version}"
     if lineage.parent_deleted is not None:
-        # A model created again numbers from 1: the same name and number may be another parent.
+        # A model created again after a tesserad from before RETIRED_NUMBERS deleted it numbers
+        # from 1: the same name and number may be another parent.
         gone = lineage.parent_deleted.sha256
         parent += f" deleted sha256:{gone}" if gone else " deleted"
     flat = {

@@ -88,6 +88,9 @@ class Steps:
     alias_events: int
     # The newest deployment revision, one that rolled back to no deployment included; 0: none yet.
     deployment_revision: int
+    # Where next_version started when the model was created (past 1 for a model created again):
+    # a change that creates the model counts its registrations from there.
+    first_version: int
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,12 @@ def read_state(registry: Registry, model: str) -> tuple[ServingState, Steps] | N
     state = ServingState(
         record.latest_version, record.version_count, aliases, deployment, tuple(versions), record.created_at
     )
-    steps = Steps(record.next_version, record.alias_events, revisions[0].revision if revisions else 0)
+    steps = Steps(
+        record.next_version,
+        record.alias_events,
+        revisions[0].revision if revisions else 0,
+        record.first_version,
+    )
     return state, steps
 
 
@@ -185,7 +193,7 @@ _NO_MODEL: dict[str, Any] = {
     "version_count": 0,
     "aliases": {},
     "deployment": None,
-    **asdict(Steps(next_version=1, alias_events=0, deployment_revision=0)),
+    **asdict(Steps(next_version=1, alias_events=0, deployment_revision=0, first_version=1)),
 }
 
 
@@ -201,7 +209,7 @@ def _kinds(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple
         before = None
     if before is None:
         kinds.append(MODEL_CREATED)
-        before = _NO_MODEL
+        before = {**_NO_MODEL, "next_version": after["first_version"]}
     registered, deleted = _version_steps(before, after)
     if deleted:
         kinds.append(VERSION_DELETED)

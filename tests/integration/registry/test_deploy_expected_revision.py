@@ -84,12 +84,11 @@ def test_a_revision_kept_from_before_the_model_was_deleted_matches_none_of_the_n
     kept = deploy(stub, 2).revision
     stub.DeleteModel(R.DeleteModelRequest(name="m", force=True))
     data = onnx_identity()
-    for _ in range(2):
-        upload(stub, onnx_header("m", data), data)
+    first, second = (upload(stub, onnx_header("m", data), data).version for _ in range(2))
 
     # The model created again numbers its revisions on from the deleted one's, not from 1 again.
-    assert [deploy(stub, 1).revision, deploy(stub, 2).revision] == [kept + 1, kept + 2]
-    stale = rpc_error(deploy, stub, 1, expected_revision=kept)
+    assert [deploy(stub, first).revision, deploy(stub, second).revision] == [kept + 1, kept + 2]
+    stale = rpc_error(deploy, stub, first, expected_revision=kept)
     assert (stale.code(), stale.details()) == (
         grpc.StatusCode.FAILED_PRECONDITION,
         f"model 'm' is at deployment revision {kept + 2}, where the call expected revision {kept}: "
@@ -100,7 +99,7 @@ def test_a_revision_kept_from_before_the_model_was_deleted_matches_none_of_the_n
         grpc.StatusCode.FAILED_PRECONDITION
     )
     assert history(stub) == [kept + 2, kept + 1]
-    assert stub.GetDeployment(R.GetDeploymentRequest(model="m")).routes[0].version == 2
+    assert stub.GetDeployment(R.GetDeploymentRequest(model="m")).routes[0].version == second
 
 
 def test_revisions_go_on_from_the_highest_any_deleted_model_reached(stub, three_versions):
@@ -112,8 +111,8 @@ def test_revisions_go_on_from_the_highest_any_deleted_model_reached(stub, three_
     for model in ("m", "n"):
         # A model deleted at a lower revision than one deleted before it lowers nothing.
         stub.DeleteModel(R.DeleteModelRequest(name=model, force=True))
-    upload(stub, onnx_header("m", data), data)
-    assert deploy(stub, 1, expected_revision=0).revision == 4
+    version = upload(stub, onnx_header("m", data), data).version
+    assert deploy(stub, version, expected_revision=0).revision == 4
 
 
 def test_a_restart_keeps_the_revisions_deleted_models_reached(data_dir):
@@ -132,7 +131,6 @@ def test_a_restart_keeps_the_revisions_deleted_models_reached(data_dir):
     second = InProcessDaemon(daemon_settings(data_dir)).start()
     try:
         stub = registry_pb2_grpc.RegistryStub(second.channel())
-        upload(stub, onnx_header("m", data), data)
-        assert deploy(stub, 1).revision == 5
+        assert deploy(stub, upload(stub, onnx_header("m", data), data).version).revision == 5
     finally:
         second.stop()

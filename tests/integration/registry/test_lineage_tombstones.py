@@ -11,7 +11,7 @@ import grpc
 
 from tessera.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from tesserad.registry.backfill import PARENTS_MARKED
-from tesserad.registry.tables import DELETED_PARENTS
+from tesserad.registry.tables import DELETED_PARENTS, RETIRED_NUMBERS
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store, decode_record
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -49,17 +49,16 @@ def test_a_force_deleted_parent_model_stays_named_as_deleted_and_a_new_one_is_no
     assert child.parent_deleted.sha256 == base.sha256
     assert child.parent_deleted.deleted_at.seconds >= base.created_at.seconds
 
-    # Recreated, "base" numbers from 1: its v1 has no derived versions, and "tuned" v1 still
-    # names the deleted one, which a comparison with a child of the new v1 tells apart.
+    # Recreated, "base" numbers on from the deleted one's (its first is 2): "tuned" v1 still names
+    # the deleted v1, which a comparison with a child of the new version tells apart.
     fresh = mlp_weights(seed=7)
-    upload(stub, safetensors_header("base", fresh), fresh)
-    assert list(lineage(stub, "base", 1).derived) == []
+    assert upload(stub, safetensors_header("base", fresh), fresh).version == 2
     assert lineage(stub, "tuned", 1).version.lineage.parent_deleted.sha256 == base.sha256
-    derive(stub, "tuned", "base", 1, seed=2)
+    derive(stub, "tuned", "base", 2, seed=2)
     assert not lineage(stub, "tuned", 2).version.lineage.HasField("parent_deleted")
-    assert [(d.model, d.version) for d in lineage(stub, "base", 1).derived] == [("tuned", 2)]
+    assert [(d.model, d.version) for d in lineage(stub, "base", 2).derived] == [("tuned", 2)]
     assert compare_parent(stub, ("tuned", 1), ("tuned", 2)) == [
-        (f"base:1 deleted sha256:{base.sha256}", "base:1")
+        (f"base:1 deleted sha256:{base.sha256}", "base:2")
     ]
 
 
@@ -111,6 +110,16 @@ def drop_marks(store_dir: Path) -> None:
         store.close()
 
 
+def drop_retired_numbers(store_dir: Path) -> None:
+    """Leave the store as a daemon from before RETIRED_NUMBERS wrote it."""
+    store = Store.open(store_dir, map_size=1 << 30, tables=STORE_TABLES)
+    try:
+        with store.write() as txn:
+            assert txn.delete_range(RETIRED_NUMBERS, ()) == 2
+    finally:
+        store.close()
+
+
 def test_the_mark_survives_a_restart_and_goes_with_its_version(data_dir, weights):
     first = InProcessDaemon(daemon_settings(data_dir)).start()
     try:
@@ -150,10 +159,17 @@ def test_a_store_from_before_the_marks_is_marked_at_start(data_dir, weights, cap
         derive(stub, "tuned", "gone", 1, seed=2)
         stub.DeleteModel(R.DeleteModelRequest(name="base"))
         stub.DeleteModel(R.DeleteModelRequest(name="gone"))
+    finally:
+        first.stop()
+    # Such a daemon numbered a model created again from 1 too.
+    drop_retired_numbers(data_dir / "store")
+    again = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(again.channel())
         upload(stub, safetensors_header("base", weights), weights)
         derive(stub, "kept", "base", 1, seed=3)  # the new base v1's own child
     finally:
-        first.stop()
+        again.stop()
     drop_marks(data_dir / "store")
 
     second = InProcessDaemon(daemon_settings(data_dir)).start()

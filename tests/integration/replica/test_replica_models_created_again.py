@@ -1,7 +1,8 @@
-"""A model deleted and created again at the primary, numbered as before, in commits its change
-feed gives as one change (here: made while the primary was down, as after a crash between commit
-and record), or in changes compacted away before the replica read them: a replica serves the new
-model, and keeps none of the old one's trace settings."""
+"""A model deleted and created again at the primary, in commits its change feed gives as one change
+(here: made while the primary was down, as after a crash between commit and record; numbered as
+before, as a tesserad from before version numbers went on across a delete made it), or in changes
+compacted away before the replica read them: a replica serves the new model, and keeps none of the
+old one's trace settings."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tesserad.config import Settings
 from tesserad.oip import grpc_service_pb2 as oip_pb
 from tesserad.oip import grpc_service_pb2_grpc
 from tesserad.registry import Registry
+from tesserad.registry.tables import RETIRED_NUMBERS
 from tesserad.server import STORE_TABLES
 from tesserad.store import BlobStore, Store
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -32,12 +34,15 @@ def _free_port() -> int:
 
 
 def _made_again_offline(data_dir: Path, scale: float) -> None:
-    """Model "linear" deleted and created again with one version, as a registry writes it."""
+    """Model "linear" deleted and created again with one version, numbered as before (as a
+    registry from before RETIRED_NUMBERS wrote it: its new version 1 is another artifact)."""
     store = Store.open(data_dir / "store", map_size=2**30, tables=STORE_TABLES)
     try:
         blobs = BlobStore(data_dir / "blobs")
         registry = Registry(store, blobs, max_artifact_size=1 << 30, deployment_history=100)
         registry.delete_model("linear")
+        with store.write() as txn:
+            txn.delete_range(RETIRED_NUMBERS, ())
         registry.register_version(
             "linear", format="onnx", blob=blobs.put_bytes(linear_model(scale)), create_model_if_missing=True
         )
@@ -136,9 +141,9 @@ def test_a_replica_serves_a_model_created_again_in_changes_compacted_away(tmp_pa
             registry = registry_pb2_grpc.RegistryStub(away.channel())
             registry.DeleteModel(pb.DeleteModelRequest(name="linear"))
             assert _stored_changes(away.channel(), 0)[1] == 2
-            upload(away.channel(), "linear", linear_model(3.0))
+            version = upload(away.channel(), "linear", linear_model(3.0))
             assert _stored_changes(away.channel(), 0)[1] == 3
-            registry.SetAlias(pb.SetAliasRequest(model="linear", alias="prod", version=1))
+            registry.SetAlias(pb.SetAliasRequest(model="linear", alias="prod", version=version))
             assert _stored_changes(away.channel(), 0)[1] == 4
             upload(away.channel(), "first", linear_model(5.0))
             assert _stored_changes(away.channel(), 0)[1] == 5

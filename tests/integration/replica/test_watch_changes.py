@@ -13,6 +13,7 @@ from serving_models import linear_model, upload
 from tessera.v1 import common_pb2, registry_pb2_grpc
 from tessera.v1 import registry_pb2 as pb
 from tesserad.registry import Registry, Route, Target
+from tesserad.registry.tables import RETIRED_NUMBERS
 from tesserad.server import STORE_TABLES
 from tesserad.store import BlobStore, Store
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -186,11 +187,24 @@ def _delete_model(registry: Registry) -> None:
     registry.delete_model("linear", force=True)
 
 
-def test_a_model_made_again_with_the_same_numbers_is_a_change(data_dir) -> None:
-    """A model deleted and made again, its versions, aliases and deployment numbered as before,
-    in commits the feed did not record one by one (here: made while no daemon ran, as after a
-    crash between commit and record) was no change: the head compared equal, and a follower
-    kept serving the deleted version 1's artifact for the new version 1."""
+def _forget_retired_numbers(data_dir: Path) -> None:
+    """Leave the store as a tesserad from before RETIRED_NUMBERS left a model's delete: a model
+    created again under the name numbers from 1."""
+    store = Store.open(data_dir / "store", map_size=2**30, tables=STORE_TABLES)
+    try:
+        with store.write() as txn:
+            txn.delete_range(RETIRED_NUMBERS, ())
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("numbered", ["as-before", "on"])
+def test_a_model_made_again_is_a_change(data_dir, numbered: str) -> None:
+    """A model deleted and made again, in commits the feed did not record one by one (here: made
+    while no daemon ran, as after a crash between commit and record), is one change that says so.
+    Numbered as before (as a tesserad from before version numbers went on across a delete made
+    it), it was no change: the head compared equal, and a follower kept serving the deleted
+    version 1's artifact for the new version 1. Numbered on, it was also told as a version deleted."""
     daemon = InProcessDaemon(daemon_settings(data_dir)).start()
     try:
         upload(daemon.channel(), "linear", linear_model(1.0))
@@ -198,7 +212,11 @@ def test_a_model_made_again_with_the_same_numbers_is_a_change(data_dir) -> None:
         old = old_state.versions[0].sha256
     finally:
         daemon.stop()
-    _offline(data_dir, lambda registry, blobs: (_delete_model(registry), _register(registry, blobs, 2.0)))
+    _offline(data_dir, lambda registry, _blobs: _delete_model(registry))
+    if numbered == "as-before":
+        _forget_retired_numbers(data_dir)
+    _offline(data_dir, lambda registry, blobs: _register(registry, blobs, 2.0))
+    version = 1 if numbered == "as-before" else 2
 
     daemon = InProcessDaemon(daemon_settings(data_dir)).start()
     try:
@@ -209,8 +227,8 @@ def test_a_model_made_again_with_the_same_numbers_is_a_change(data_dir) -> None:
             pb.CHANGE_KIND_MODEL_CREATED,
             pb.CHANGE_KIND_VERSION_REGISTERED,
         ]
-        assert change.state.latest_version == 1
-        assert [v.version for v in change.state.versions] == [1]
+        assert change.state.latest_version == version
+        assert [v.version for v in change.state.versions] == [version]
         assert change.state.versions[0].sha256 not in ("", old)
         # What tells a follower that never reads this change's kinds (compacted away) of the new model.
         assert old_state.HasField("created_at")
@@ -259,7 +277,7 @@ _MOVED, _DEPLOYMENT = pb.CHANGE_KIND_ALIAS_MOVED, pb.CHANGE_KIND_DEPLOYMENT_CHAN
                 lambda registry, _: _delete_model(registry),
                 lambda r, b: _register(r, b, 3.0),
                 lambda r, b: _register(r, b, 4.0),
-                lambda registry, _: registry.delete_version("linear", 1),
+                lambda registry, _: registry.delete_version("linear", 3),
             ],
             [pb.CHANGE_KIND_MODEL_DELETED, pb.CHANGE_KIND_MODEL_CREATED, _DELETED, _REGISTERED],
         ),

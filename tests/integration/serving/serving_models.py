@@ -11,6 +11,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tessera.v1 import architecture_pb2, common_pb2, inference_pb2, registry_pb2, registry_pb2_grpc
+from tesserad.registry.tables import RETIRED_NUMBERS
+from tests.conftest import InProcessDaemon
 
 W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
 
@@ -286,3 +288,14 @@ def echo_model() -> bytes:
         ],
     )
     return _model_bytes(graph)
+
+
+def delete_model_numbered_as_before(daemon: InProcessDaemon, model: str, force: bool = False) -> None:
+    """Delete `model` as a tesserad from before RETIRED_NUMBERS did: created again, it numbers its
+    versions from 1, so its version 1 is another artifact, which serving must never take for the
+    deleted one. (A model's delete now keeps its numbers, and one created again numbers on.)"""
+    registry_pb2_grpc.RegistryStub(daemon.channel()).DeleteModel(
+        registry_pb2.DeleteModelRequest(name=model, force=force)
+    )
+    with daemon.daemon._store.write() as txn:
+        txn.delete(RETIRED_NUMBERS, (model,))

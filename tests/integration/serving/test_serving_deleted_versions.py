@@ -16,7 +16,16 @@ from collections.abc import Callable, Iterator
 import grpc
 import numpy as np
 import pytest
-from serving_models import W, half_model, linear_model, predict_request, reshape_model, to_array, upload
+from serving_models import (
+    W,
+    delete_model_numbered_as_before,
+    half_model,
+    linear_model,
+    predict_request,
+    reshape_model,
+    to_array,
+    upload,
+)
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tesserad.errors import Unavailable
@@ -160,7 +169,6 @@ def test_a_model_deleted_and_registered_again_between_refreshes_answers_with_its
     daemon = start_daemon(**{"serving.response_cache_size": "1MiB"})
     channel = daemon.channel()
     inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
     cached = inference_pb2.ServingConfig(response_cache=True)
     for model in ("loaded", "refreshed"):
         upload(channel, model, linear_model(1.0))
@@ -175,7 +183,7 @@ def test_a_model_deleted_and_registered_again_between_refreshes_answers_with_its
     refreshes = HeldRefreshes(daemon.daemon.inference)
     with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
         for model in ("loaded", "refreshed"):
-            registry.DeleteModel(registry_pb2.DeleteModelRequest(name=model))
+            delete_model_numbered_as_before(daemon, model)
             assert upload(channel, model, linear_model(3.0)) == 1
         # Loaded again with the config it had: the registry's version 1 is another artifact now,
         # so the old one is not kept, nor are its cached answers (to X, as below) found.
@@ -207,7 +215,7 @@ def test_a_version_replaced_before_its_refresh_never_answers_with_the_old_artifa
         # Serving has not refreshed any of these changes yet: a request must still not find the
         # artifact the registry no longer has under the version it asks for.
         for model in ("numbered", "latest"):
-            registry.DeleteModel(registry_pb2.DeleteModelRequest(name=model))
+            delete_model_numbered_as_before(daemon, model)
             assert upload(channel, model, linear_model(3.0)) == 1
         upload(channel, "deleted", linear_model(2.0))
         registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="deleted", version=1))
@@ -222,14 +230,13 @@ def test_without_autoload_a_version_replaced_before_its_refresh_is_not_loaded(st
     daemon = start_daemon(**{"serving.autoload": "false"})
     channel = daemon.channel()
     inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
     upload(channel, "numbered", linear_model(1.0))
     inference.LoadModel(
         inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="numbered", version=1))
     )
     refreshes = HeldRefreshes(daemon.daemon.inference)
     with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
-        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="numbered"))
+        delete_model_numbered_as_before(daemon, "numbered")
         assert upload(channel, "numbered", linear_model(3.0)) == 1
         # The old artifact is unloaded, and the request may not load the new one.
         assert _predict_code(inference, predict_request("numbered", X, version=1)) == (
@@ -245,14 +252,13 @@ def test_a_request_without_a_version_before_the_refresh_goes_to_the_new_models_l
     daemon = start_daemon()
     channel = daemon.channel()
     inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
     upload(channel, "routed", linear_model(1.0))
     upload(channel, "routed", linear_model(2.0), alias="production")
     assert inference.Predict(predict_request("routed", X)).version == 2
     assert inference.Predict(predict_request("routed", X, alias="production")).version == 2
     refreshes = HeldRefreshes(daemon.daemon.inference)
     with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
-        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="routed", force=True))
+        delete_model_numbered_as_before(daemon, "routed", force=True)
         assert upload(channel, "routed", linear_model(3.0), alias="production") == 1
         for request in (predict_request("routed", X), predict_request("routed", X, alias="production")):
             answer = inference.Predict(request)
@@ -266,7 +272,6 @@ def test_metadata_before_the_refresh_describes_the_new_models_version(start_daem
     daemon = start_daemon()
     channel = daemon.channel()
     inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
     oip = oip_grpc.GRPCInferenceServiceStub(channel)
     upload(channel, "described", linear_model(1.0))
     upload(channel, "described", linear_model(2.0))
@@ -274,7 +279,7 @@ def test_metadata_before_the_refresh_describes_the_new_models_version(start_daem
     assert inference.Predict(predict_request("described", X)).version == 2
     refreshes = HeldRefreshes(daemon.daemon.inference)
     with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
-        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="described"))
+        delete_model_numbered_as_before(daemon, "described")
         assert upload(channel, "described", half_model()) == 1
         for version in ("1", ""):
             metadata = oip.ModelMetadata(oip_pb2.ModelMetadataRequest(name="described", version=version))
@@ -339,7 +344,7 @@ def test_metadata_unloads_nothing_the_registry_replaced(start_daemon) -> None:
         assert inference.Predict(predict_request(model, X)).version == 1
     refreshes = HeldRefreshes(daemon.daemon.inference)
     with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
-        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="replaced"))
+        delete_model_numbered_as_before(daemon, "replaced")
         assert upload(channel, "replaced", half_model()) == 1
         upload(channel, "deleted", linear_model(2.0))
         registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="deleted", version=1))
@@ -369,7 +374,6 @@ def test_while_the_registry_cannot_be_read_requests_read_it_once_an_interval(
     daemon = start_daemon()
     channel = daemon.channel()
     inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
     upload(channel, "unreadable", linear_model(1.0))
     assert inference.Predict(predict_request("unreadable", X)).version == 1  # `latest` cached
     now = [0.0]
@@ -388,7 +392,7 @@ def test_while_the_registry_cannot_be_read_requests_read_it_once_an_interval(
     monkeypatch.setattr(daemon.daemon.registry, "resolve", unreadable)
     refreshes = HeldRefreshes(daemon.daemon.inference)
     with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
-        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="unreadable"))
+        delete_model_numbered_as_before(daemon, "unreadable")
         assert upload(channel, "unreadable", linear_model(3.0)) == 1
         failing.set()
         refreshes.release_and_wait("unreadable")  # it failed: `latest` could not be read
@@ -509,7 +513,7 @@ def test_model_ready_says_not_ready_for_a_version_replaced_or_deleted_before_its
             assert ready(model, "1") and ready(model, "")
     refreshes = HeldRefreshes(daemon.daemon.inference)
     with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
-        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="replaced"))
+        delete_model_numbered_as_before(daemon, "replaced")
         assert upload(channel, "replaced", half_model()) == 1
         upload(channel, "deleted", linear_model(2.0))
         registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="deleted", version=1))

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from serving_models import W, linear_model, predict_request, to_array, upload
+from serving_models import W, delete_model_numbered_as_before, linear_model, predict_request, to_array, upload
 from test_serving_deleted_versions import HeldRefreshes
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
@@ -598,7 +598,7 @@ def test_a_warm_load_failure_of_a_deleted_models_version_holds_back_no_move_of_i
     registry = registry_pb2_grpc.RegistryStub(channel)
 
     def registered_again() -> None:
-        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="m", force=True))
+        delete_model_numbered_as_before(daemon, "m", force=True)
         assert upload(channel, "m", linear_model(1.0)) == 1
         assert upload(channel, "m", linear_model(3.0)) == 2
         registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
@@ -754,10 +754,9 @@ def test_a_failed_listing_of_no_artifact_goes_with_its_model_deleted_and_registe
     _shadow_load_failing_unexpectedly(daemon, monkeypatch)
     channel = daemon.channel()
     inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
     refreshes = HeldRefreshes(daemon.daemon.inference)
     with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
-        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="m", force=True))
+        delete_model_numbered_as_before(daemon, "m", force=True)
         assert upload(channel, "m", linear_model(1.0)) == 1
         assert upload(channel, "m", linear_model(3.0)) == 2
         refreshes.release_and_wait("m")
@@ -813,7 +812,7 @@ def test_a_warm_load_failure_of_a_deleted_models_version_is_forgotten_as_its_new
     held: list[HeldArtifacts] = []
 
     def registered_again() -> None:
-        registry.DeleteModel(registry_pb2.DeleteModelRequest(name="m", force=True))
+        delete_model_numbered_as_before(daemon, "m", force=True)
         assert upload(channel, "m", linear_model(1.0)) == 1
         assert upload(channel, "m", linear_model(3.0)) == 2
         held.append(HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 2)))

@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import grpc
 import numpy as np
-from serving_models import W, linear_model, predict_request, to_array, two_output_model, upload
+from serving_models import (
+    W,
+    delete_model_numbered_as_before,
+    linear_model,
+    predict_request,
+    to_array,
+    two_output_model,
+    upload,
+)
 
-from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
+from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tesserad.oip import grpc_service_pb2 as oip_pb
 from tesserad.oip import grpc_service_pb2_grpc
 from tesserad.serving.response_cache import ENTRY_OVERHEAD_BYTES
@@ -72,10 +80,10 @@ def test_hits_skip_the_model_and_answer_the_same_bytes(start_daemon) -> None:
 
 
 def test_eviction_outputs_unloads_and_versions_never_serve_a_stale_answer(start_daemon) -> None:
-    channel = start_daemon(**{"serving.response_cache_size": THREE_ANSWERS}).channel()
+    daemon = start_daemon(**{"serving.response_cache_size": THREE_ANSWERS})
+    channel = daemon.channel()
     inference = inference_pb2_grpc.InferenceStub(channel)
     oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
     upload(channel, "linear", linear_model(1.0))
     upload(channel, "linear", linear_model(2.0))
     _load(inference, "linear", 1, response_cache=True)
@@ -102,7 +110,7 @@ def test_eviction_outputs_unloads_and_versions_never_serve_a_stale_answer(start_
     assert rows(X) == 2 and rows(X) == 0
     # The model deleted and registered again: the same version number, another artifact.
     inference.UnloadModel(inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model="linear")))
-    registry.DeleteModel(registry_pb2.DeleteModelRequest(name="linear", force=True))
+    delete_model_numbered_as_before(daemon, "linear", force=True)
     assert upload(channel, "linear", linear_model(3.0)) == 1
     _load(inference, "linear", 1, response_cache=True)
     answer = inference.Predict(predict_request("linear", X, version=1))

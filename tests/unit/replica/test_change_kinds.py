@@ -18,7 +18,13 @@ OLD_HEAD: dict[str, Any] = {"latest_version": 2, "version_count": 2, "aliases": 
 
 
 def now(**changed: Any) -> dict[str, Any]:
-    steps = {"next_version": 4, "alias_events": 9, "deployment_revision": 3, "created_at": 1.0}
+    steps = {
+        "next_version": 4,
+        "alias_events": 9,
+        "deployment_revision": 3,
+        "first_version": 1,
+        "created_at": 1.0,
+    }
     return {**OLD_HEAD, **steps, **changed}
 
 
