@@ -515,6 +515,9 @@ class ModelVersion(_message.Message):
     ALIAS_MOVED_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.int
+    """Counts from 1 and is never given again, even after the model's delete: a model created again
+    under its name numbers on from the highest the deleted one gave.
+    """
     format: Global___ArtifactFormat.ValueType
     description: _builtins.str
     sha256: _builtins.str
@@ -629,8 +632,9 @@ class Lineage(_message.Message):
     def parent_deleted(self) -> Global___DeletedParent:
         """Set by the daemon (ignored in an upload) when the parent version no longer exists: it, or
         its model, was deleted. parent_version and parent_model still name it as it was; a model
-        created again under that name numbers its versions from 1, so its version of that number
-        is not this parent (GetLineage of it does not list this version as derived).
+        created again under that name numbers its versions on from the deleted one's (from 1 where
+        a tesserad from before that rule deleted it), so a version of that number, if any, is not
+        this parent (GetLineage of it does not list this version as derived).
         """
 
     def __init__(
