@@ -208,3 +208,23 @@ def test_a_download_past_its_timeout_keeps_its_bytes_and_says_how_to_go_on(clien
     assert "bytes are kept in " in ran_out.value.message and "resume=True" in ran_out.value.message
     client.datasets.download("clips", out / "copy.npz", resume=True)
     assert (out / "copy.npz").read_bytes() == clips_file.read_bytes()
+
+
+def test_a_second_download_to_the_same_file_while_one_runs_is_refused_and_spares_it(
+    client, tmp_path, clips_file
+):
+    data = clips_file.read_bytes()
+    client.datasets.push("clips", clips_file)
+    out = tmp_path / "copy.npz"
+    refusals: list[str] = []
+
+    def try_another_midway(done: int, total: int) -> None:
+        if done >= total // 2 and not refusals:
+            with pytest.raises(ValueError, match="another download to it is running") as refused:
+                client.datasets.download("clips", out, chunk_size=CHUNK)
+            refusals.append(str(refused.value))
+
+    client.datasets.download("clips", out, progress=try_another_midway, chunk_size=CHUNK)
+    assert refusals
+    assert out.read_bytes() == data
+    assert partials(tmp_path) == []

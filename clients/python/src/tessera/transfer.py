@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
 import secrets
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Generic, Protocol, TypeVar
 
 from tessera.errors import Cancelled, DataLoss, DeadlineExceeded, Unavailable
+
+if sys.platform == "win32":
+    import msvcrt
+else:
+    import fcntl
 
 Progress = Callable[[int, int], None]
 """Called as progress(bytes_done, bytes_total) after each chunk."""
@@ -405,8 +410,9 @@ class ResumableDownloadSink(Generic[H]):
 
 def _open_partial(partial: Path, path: Path) -> tuple[BinaryIO, bool]:
     """The partial file, opened to read and write and locked; whether it was created now. A link
-    planted at its name is refused (O_NOFOLLOW) rather than written through."""
-    flags = os.O_RDWR | os.O_NOFOLLOW
+    planted at its name is refused (O_NOFOLLOW, where the system has it) rather than written
+    through."""
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd, created = os.open(partial, flags | os.O_CREAT | os.O_EXCL, 0o666), True
     except FileExistsError:
@@ -415,14 +421,27 @@ def _open_partial(partial: Path, path: Path) -> tuple[BinaryIO, bool]:
         raise FileNotFoundError(
             errno.ENOENT, f"no directory {path.parent} to write it in; create it first", str(path)
         ) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _lock_exclusively(fd):
         os.close(fd)
         raise ValueError(
             f"{path}: another download to it is running (it writes {partial}); wait for it to end"
-        ) from None
+        )
     return os.fdopen(fd, "r+b"), created
+
+
+def _lock_exclusively(fd: int) -> bool:
+    """Lock the open file `fd` for this process until it is closed; False where another holds it."""
+    try:
+        if sys.platform == "win32":
+            # Its first byte stands for the file: every download locks the same one.
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if sys.platform == "win32" or error.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            return False
+        raise
+    return True
 
 
 def _read_record(record: Path) -> dict[str, object] | None:
