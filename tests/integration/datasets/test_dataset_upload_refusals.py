@@ -273,8 +273,8 @@ def test_a_stored_npz_member_whose_data_is_not_what_was_archived_is_invalid_argu
 
 
 def test_an_uploaded_npz_has_each_stored_array_read_through_once(ds, monkeypatch):
-    """The CRC-32 check reads every stored array whole: run before and again with the statistics,
-    it read an upload's arrays twice."""
+    """The CRC-32 check and the statistics read every stored array whole in one pass: run as two
+    passes, they read an upload's arrays twice."""
     ends: Counter[str] = Counter()
 
     class CountingZipExtFile(zipfile.ZipExtFile):

@@ -110,13 +110,11 @@ def cmd_datasets_versions(client: Client, args: argparse.Namespace, out: Output)
 
 def cmd_datasets_rm(client: Client, args: argparse.Namespace, out: Output) -> None:
     ref = dataset_ref(args.ref)
-    if ":" in args.ref and not ref.version:
-        # The RPC's version 0 deletes every version: a typed "NAME:0" must not mean that.
-        raise UsageError(
-            f"{args.ref} names no version (they start at 1); write {ref.name}:VERSION to delete one "
-            f"version, or {ref.name} alone to delete the dataset with every version"
-        )
-    deleted = client.datasets.delete(ref.name, ref.version, force=args.force)
+    try:
+        # The SDK refuses "NAME:0", which the RPC would read as every version.
+        deleted = client.datasets.delete(args.ref, force=args.force)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     if out.as_json:
         shown = {"name": ref.name, "version": ref.version} if ref.version else {"name": ref.name}
         return out.json({**shown, "deleted_versions": deleted})
