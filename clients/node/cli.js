@@ -408,19 +408,23 @@ function parse(argv) {
     const arg = argv[i];
     if (arg === '--help' || arg === '-h') args.help = true;
     else if (arg.startsWith('--')) {
-      const takesValue = GLOBAL_FLAGS[arg] ?? Object.values(FLAGS).find((flags) => arg in flags)?.[arg];
-      if (takesValue === undefined) throw new UsageError(`unknown option ${arg}`);
-      if (takesValue && i + 1 >= argv.length) {
+      // As argparse: `--flag=value` is `--flag value`.
+      const equals = arg.indexOf('=');
+      const flag = equals === -1 ? arg : arg.slice(0, equals);
+      const takesValue = GLOBAL_FLAGS[flag] ?? Object.values(FLAGS).find((flags) => flag in flags)?.[flag];
+      if (takesValue === undefined) throw new UsageError(`unknown option ${flag}`);
+      if (equals !== -1) given.push([flag, arg.slice(equals + 1), !takesValue]);
+      else if (takesValue && i + 1 >= argv.length) {
         // The flag ends the line: every word of the command is read.
-        const allowed = CHOICES[arg] ? `: one of ${CHOICES[arg].join(', ')}` : '';
-        throw new UsageError(`${arg} needs a value${allowed}`, commandOf(words));
-      }
-      given.push([arg, takesValue ? argv[++i] : true]);
+        const allowed = CHOICES[flag] ? `: one of ${CHOICES[flag].join(', ')}` : '';
+        throw new UsageError(`${flag} needs a value${allowed}`, commandOf(words));
+      } else given.push([flag, takesValue ? argv[++i] : true, false]);
     } else words.push(arg);
   }
   args.command = commandOf(words);
   args.positional = words.slice(args.command ? args.command.split(' ').length : 0);
-  for (const [flag, value] of given) {
+  for (const [flag, value, unwanted] of given) {
+    if (unwanted) throw new UsageError(`${flag} takes no value, got ${JSON.stringify(value)}`, args.command);
     if (flag === '--target') args.target = value;
     else if (flag === '--token') args.token = value;
     else if (flag === '--timeout') args.timeoutMs = seconds('--timeout', value) * 1000;

@@ -126,3 +126,25 @@ def test_node_cli_choice_errors_say_the_choices(node_ready, command, flag, choic
         said, usage = failed.stderr.splitlines()
         assert said == f"tessera-node: {message}", args
         assert usage.startswith(f"usage: tessera-node {command[0]} "), (args, usage)
+
+
+def test_node_cli_takes_flag_equals_value_as_argparse_does(node_ready):
+    """`--runtime=onnx` was refused as an unknown option `--runtime=onnx`."""
+    mistyped = run_node("127.0.0.1:1", "load", "affine", "--runtime=onnxx")
+    assert mistyped.returncode == EXIT_USAGE, mistyped.stderr
+    assert mistyped.stderr.splitlines()[0] == (
+        "tessera-node: --runtime: \"onnxx\" is not one of onnx, torch; did you mean 'onnx'?"
+    )
+    # Taken: the call goes on to find no daemon at the address.
+    taken = run_node("127.0.0.1:1", "load", "affine", "--runtime=onnx", "--timeout=5")
+    assert taken.returncode not in (0, EXIT_USAGE), taken.stderr
+    assert "UNAVAILABLE" in taken.stderr, taken.stderr
+    # An empty value is a value, as argparse's `--comment=`.
+    empty = run_node("127.0.0.1:1", "models", "deploy", "m", "1=100", "--comment=", "--timeout=5")
+    assert empty.returncode not in (0, EXIT_USAGE), empty.stderr
+
+    switch = run_node("127.0.0.1:1", "models", "rm", "m", "--force=yes")
+    assert switch.returncode == EXIT_USAGE
+    said, usage = switch.stderr.splitlines()
+    assert said == 'tessera-node: --force takes no value, got "yes"'
+    assert usage.startswith("usage: tessera-node models rm "), usage
