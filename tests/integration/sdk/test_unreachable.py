@@ -5,10 +5,12 @@ users read it without the CLI's help."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -19,8 +21,8 @@ import pytest
 import tessera
 import tessera.aio
 from tessera.errors import CONNECT_TIMEOUT_S, reached_no_daemon
-from tessera.transport import AioConnection
-from tessera.v1 import inference_pb2
+from tessera.transport import AioConnection, Connection
+from tessera.v1 import inference_pb2, system_pb2
 
 
 @pytest.fixture
@@ -279,3 +281,17 @@ def test_a_busy_blocking_client_keeps_grpcs_words_for_its_own_deadline_and_close
         time.sleep(1)
     assert not [message for message in messages if message.startswith("nothing at")], messages
     assert not raised, raised
+
+
+def test_a_client_dropped_unclosed_after_its_own_deadline_leaves_its_channel_to_be_collected():
+    # The subscribed callback held the channel: it was never collected, and gRPC's polling
+    # thread (which the channel's collection unsubscribes) went on for the life of the process.
+    with holding_server() as target:
+        connection = Connection(target, timeout=0.5)
+        with pytest.raises(tessera.DeadlineExceeded) as failed:
+            connection.unary("System", "GetServerInfo", system_pb2.GetServerInfoRequest(), None)
+        assert not failed.value.message.startswith("nothing at"), failed.value.message
+        channel = weakref.ref(connection.channel)
+        del connection, failed
+        gc.collect()
+        assert channel() is None

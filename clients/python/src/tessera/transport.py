@@ -582,6 +582,20 @@ class _Channel(ABC):
         """Whether the channel has a connection ready for calls."""
 
 
+class _HeardState:
+    """What gRPC's polling thread last told of a channel's state. It refers to no channel: the
+    thread holds it, and a client dropped without close() must leave its channel free to be
+    collected, which unsubscribes it and so ends the thread."""
+
+    def __init__(self) -> None:
+        self.heard = threading.Event()
+        self.state: grpc.ChannelConnectivity | None = None
+
+    def __call__(self, state: grpc.ChannelConnectivity) -> None:
+        self.state = state
+        self.heard.set()
+
+
 class _ChannelState:
     """Whether a blocking channel has a connection ready, from one subscription held from the
     first question until the channel closes. A blocking channel tells its state only to
@@ -594,33 +608,30 @@ class _ChannelState:
     def __init__(self, channel: grpc.Channel) -> None:
         self._channel = channel
         self._lock = threading.Lock()
-        self._heard = threading.Event()
-        self._state: grpc.ChannelConnectivity | None = None
-        self._subscribed = False
+        self._heard: _HeardState | None = None
         self._ended = False
-
-    def _hear(self, state: grpc.ChannelConnectivity) -> None:
-        self._state = state
-        self._heard.set()
 
     def ready(self) -> bool:
         with self._lock:
             if self._ended:
                 return False
-            if not self._subscribed:
-                self._channel.subscribe(self._hear, try_to_connect=False)
-                self._subscribed = True
-        self._heard.wait(STATE_CHECK_S)
-        return self._state == grpc.ChannelConnectivity.READY
+            if self._heard is None:
+                self._heard = _HeardState()
+                self._channel.subscribe(self._heard, try_to_connect=False)
+            heard = self._heard
+        heard.heard.wait(STATE_CHECK_S)
+        return heard.state == grpc.ChannelConnectivity.READY
 
     def end(self) -> None:
         """Before the channel closes: lets gRPC's thread finish its first check."""
         with self._lock:
-            self._ended = True
-            if not self._subscribed:
+            if self._ended:
                 return
-        self._heard.wait(STATE_CHECK_S)
-        self._channel.unsubscribe(self._hear)
+            self._ended = True
+            heard = self._heard
+        if heard is not None:
+            heard.heard.wait(STATE_CHECK_S)
+            self._channel.unsubscribe(heard)
 
 
 class Connection(_Channel):
