@@ -284,6 +284,11 @@ def _check_archive_start(archive: zipfile.ZipFile) -> None:
         )
 
 
+# Zip methods zipfile reads but numpy never writes, refused at upload: see _npz_members. Those
+# zipfile cannot read (deflate64, ...) are refused as such.
+_UNBOUNDED_ZIP_METHODS = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA"}
+
+
 def _npz_members(path: Path, upload: bool) -> list[_Member]:
     """`upload`: the archive may have MAX_ARRAYS members at most (else as many as a stored one has)."""
     if upload:
@@ -322,6 +327,14 @@ def _npz_members(path: Path, upload: bool) -> list[_Member]:
             seen.add(name)
             if info.flag_bits & 0x1:
                 raise InvalidArgument(f"array {name!r} is encrypted in the archive; upload it unencrypted")
+            if upload and info.compress_type in _UNBOUNDED_ZIP_METHODS:
+                # zipfile unpacks a bzip2 or LZMA block whole before it trims it to the size asked
+                # for: a few hundred bytes of one take hundreds of MB of memory, header read alone.
+                raise InvalidArgument(
+                    f"array {name!r} is compressed with {_UNBOUNDED_ZIP_METHODS[info.compress_type]} "
+                    "in the archive; numpy writes npz members stored or deflated: save it with "
+                    "np.savez or np.savez_compressed"
+                )
             try:
                 with archive.open(info) as stream:
                     dtype, shape, fortran, header = _read_header(stream, name)

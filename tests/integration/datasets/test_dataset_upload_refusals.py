@@ -427,3 +427,20 @@ def test_an_uploaded_npz_has_each_member_header_read_once(ds, monkeypatch):
     upload_dataset(ds, "headers-once", npz_bytes(20))
     upload_dataset(ds, "compressed-headers-once", npz_bytes(20, compressed=True))
     assert opened == {"x.npy": 4, "y.npy": 4}
+
+
+@pytest.mark.parametrize(
+    ("method", "named"), [(zipfile.ZIP_BZIP2, "bzip2"), (zipfile.ZIP_LZMA, "LZMA")], ids=["bzip2", "lzma"]
+)
+def test_an_npz_member_compressed_as_numpy_never_does_is_invalid_argument(ds, data_dir, method, named):
+    # zipfile unpacks such a block whole: 400 bytes of bzip2 took some 370 MB to read.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=method) as archive:
+        archive.writestr("x.npy", npy_bytes(np.zeros((64, 4), np.float32)))
+    error = rpc_error(upload_dataset, ds, "packed", buffer.getvalue())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        f"array 'x' is compressed with {named} in the archive; numpy writes npz members stored or "
+        "deflated: save it with np.savez or np.savez_compressed"
+    )
+    assert_nothing_stored(ds, data_dir, "packed")
