@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -35,6 +36,13 @@ from tesserad.serving.signature import Signature, sample_inputs
 from tesserad.serving.stats import ServingMetrics, ServingStats
 
 log = logging.getLogger(__name__)
+
+# The longest wait (seconds) before a load that keeps failing for a cause that passes is tried
+# again (see InferenceService.retry_failed_loads): each try logs a failed load.
+LOAD_RETRY_MAX_S = 30.0
+# A version's failure this long (seconds) after its last one starts a new run of failures in a
+# row: the cause of the last has passed meanwhile, and a new one is retried at once again.
+FAILURE_RUN_GAP_S = 2 * LOAD_RETRY_MAX_S
 
 
 class Retry(Enum):
@@ -241,6 +249,21 @@ def _given(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
+@dataclass(frozen=True)
+class UnexpectedError:
+    """The unexpected error a version's background load last raised (see
+    ModelPool.unexpected_error_again)."""
+
+    # The artifact the load was for ("" when none was read yet), the error's type and message.
+    error: tuple[str, str, str]
+    # What its failure was listed as (it names the log's record of its traceback).
+    listed: str
+    # How many times in a row it came.
+    times: int
+    # When (ModelPool._clock) it last came.
+    at: float
+
+
 class LoadedVersion:
     """A version in the pool; `batcher` is set once it is READY."""
 
@@ -281,9 +304,16 @@ class LoadedVersion:
 
 
 class ModelPool:
-    def __init__(self, defaults: ServingDefaults, metrics: ServingMetrics | None) -> None:
+    def __init__(
+        self,
+        defaults: ServingDefaults,
+        metrics: ServingMetrics | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.defaults = defaults
         self._metrics = metrics
+        # When failures came (see FAILURE_RUN_GAP_S).
+        self._clock = clock
         self._lock = threading.Lock()
         # READY versions, which take traffic.
         self._ready: dict[tuple[str, int], LoadedVersion] = {}
@@ -300,11 +330,15 @@ class ModelPool:
         # Versions unloaded since the daemon started: the repository index lists them as Triton
         # does (UNAVAILABLE, "unloaded") rather than forgetting they were ever served.
         self._unloaded: set[tuple[str, int]] = set()
-        # (model, version) -> the artifact its last failed load listed was of, and how many of
-        # that artifact's loads failed in a row: a retry waits the longer for each (see
-        # InferenceService.retry_failed_loads), so the run outlives the listing a retry forgets.
-        # It ends once a load of the version succeeds, or the version is deleted.
-        self._failures_in_a_row: dict[tuple[str, int], tuple[str, int]] = {}
+        # (model, version) -> the artifact its last failed load listed was of, how many of that
+        # artifact's loads failed in a row, and when (_clock) the last did: a retry waits the
+        # longer for each (see InferenceService.retry_failed_loads), so the run outlives the
+        # listing a retry forgets. It ends once a load of the version succeeds, or the version is
+        # deleted (see _end_failure_run), or FAILURE_RUN_GAP_S after its last failure.
+        self._failures_in_a_row: dict[tuple[str, int], tuple[str, int, float]] = {}
+        # (model, version) -> the unexpected error its last background load raised (see
+        # unexpected_error_again), ended with its run of failures.
+        self._unexpected_errors: dict[tuple[str, int], UnexpectedError] = {}
         self.response_cache = (
             ResponseCache(defaults.response_cache_size) if defaults.response_cache_size else None
         )
@@ -401,16 +435,17 @@ class ModelPool:
                     if isinstance(exc, TesseraError)
                     else logged_internal(log, f"loading {entry.label}", exc)
                 )
-                entry.state = LoadState.FAILED
-                entry.error = error.message
-                entry.retry = retry_for(error)
-                log.warning("loading %s failed: %s", entry.label, error.message)
-                if current is None:
-                    with self._lock:
-                        self._listed[key] = entry
+                # Failed and counted at once: a retry pass (InferenceService.retry_failed_loads)
+                # in between would take it for the first failure of its run, and retry it at once.
+                with self._lock:
+                    entry.state = LoadState.FAILED
+                    entry.error = error.message
+                    entry.retry = retry_for(error)
+                    if self._listed.get(key) is entry:
                         self._count_failure(entry)
-                    if self._metrics is not None:
-                        self._metrics.forget(stats)
+                log.warning("loading %s failed: %s", entry.label, error.message)
+                if current is None and self._metrics is not None:
+                    self._metrics.forget(stats)
                 # Failed, it is no one's ensemble: the members loaded only for it would stay
                 # loaded, for an ensemble that requests do not load again. A member whose own load
                 # failed stays listed with its reason.
@@ -424,7 +459,7 @@ class ModelPool:
             with self._lock:
                 self._ready[key] = entry
                 self._listed[key] = entry
-                self._failures_in_a_row.pop(key, None)
+                self._end_failure_run(key)
             log.info("serving %s", entry.label, extra={"config": dataclasses.asdict(effective)})
             if current is not None:
                 self._drain(current)
@@ -547,7 +582,7 @@ class ModelPool:
                     and failed.artifact_sha256 in artifacts
                 ):
                     del self._listed[key]
-                    self._failures_in_a_row.pop(key, None)
+                    self._end_failure_run(key)
                 return False
             deleted = entry.artifact_sha256 in artifacts
             if not deleted and (None not in artifacts or key in self._members()):
@@ -609,12 +644,76 @@ class ModelPool:
 
     def _count_failure(self, entry: LoadedVersion) -> None:
         """Count `entry`, a failed load just listed, in its version's run of failures (one of
-        another artifact starts a new run); called with _lock held."""
+        another artifact, or long after the last, starts a new run); called with _lock held."""
         key = (entry.model, entry.version)
-        artifact_sha256, failures = self._failures_in_a_row.get(key, (entry.artifact_sha256, 0))
+        now = self._clock()
+        self._end_stale_failure_run(key, now)
+        artifact_sha256, failures, _ = self._failures_in_a_row.get(key, (entry.artifact_sha256, 0, now))
         failures = failures + 1 if artifact_sha256 == entry.artifact_sha256 else 1
-        self._failures_in_a_row[key] = (entry.artifact_sha256, failures)
+        self._failures_in_a_row[key] = (entry.artifact_sha256, failures, now)
         entry.failures_in_a_row = failures
+
+    def _end_stale_failure_run(self, key: tuple[str, int], now: float) -> None:
+        """End the version's run of failures if its last came FAILURE_RUN_GAP_S or longer before
+        `now`; called with _lock held."""
+        run = self._failures_in_a_row.get(key)
+        unexpected = self._unexpected_errors.get(key)
+        last = max(run[2] if run else -math.inf, unexpected.at if unexpected else -math.inf)
+        if now - last >= FAILURE_RUN_GAP_S:
+            self._end_failure_run(key)
+
+    def _end_failure_run(self, key: tuple[str, int]) -> None:
+        """Forget the version's run of failures and its unexpected error: a load of it succeeded,
+        or it was deleted (or its failure came long after the last); called with _lock held."""
+        self._failures_in_a_row.pop(key, None)
+        self._unexpected_errors.pop(key, None)
+
+    def unexpected_error_again(
+        self, model: str, version: int, error: tuple[str, str, str]
+    ) -> UnexpectedError | None:
+        """Count `error` (the artifact a background load of the version was for, the type and
+        message of the unexpected error it raised) as come again, if it is the version's last
+        such error in its run of failures: that error, counted. None when it is not (the caller
+        logs it, and notes it with note_unexpected_error)."""
+        key = (model, version)
+        with self._lock:
+            now = self._clock()
+            self._end_stale_failure_run(key, now)
+            last = self._unexpected_errors.get(key)
+            if last is None or last.error != error:
+                return None
+            again = dataclasses.replace(last, times=last.times + 1, at=now)
+            self._unexpected_errors[key] = again
+            return again
+
+    def note_unexpected_error(
+        self, model: str, version: int, error: tuple[str, str, str], listed: str
+    ) -> None:
+        """Note `error`, which a background load of the version raised, first of its kind, logged
+        and listed as `listed`."""
+        with self._lock:
+            self._unexpected_errors[(model, version)] = UnexpectedError(error, listed, 1, self._clock())
+
+    def failure_runs(self, model: str) -> set[int]:
+        """The versions of `model` with a run of failures (or an unexpected error) kept, listed or
+        not: a refresh that finds one deleted ends it (see forget_failure)."""
+        with self._lock:
+            return {v for (m, v) in (*self._failures_in_a_row, *self._unexpected_errors) if m == model}
+
+    def forget_listed_failure(self, entry: LoadedVersion, retry: Collection[Retry]) -> bool:
+        """Drop `entry`'s failed listing if it is still the one listed under its number and its
+        retry class is in `retry`: a retry pass must not take away the failure of a load begun
+        since it looked (another pass's retry). Whether it was dropped."""
+        key = (entry.model, entry.version)
+        with self._lock:
+            if (
+                self._listed.get(key) is not entry
+                or entry.state is not LoadState.FAILED
+                or entry.retry not in retry
+            ):
+                return False
+            del self._listed[key]
+            return True
 
     def forget_failure(
         self,
@@ -634,7 +733,7 @@ class ModelPool:
         key = (model, version)
         with self._lock:
             if deleted:
-                self._failures_in_a_row.pop(key, None)
+                self._end_failure_run(key)
             entry = self._listed.get(key)
             if entry is None or entry.state is not LoadState.FAILED:
                 return False

@@ -45,6 +45,7 @@ from tesserad.errors import (
 from tesserad.serving.batcher import Answer, Answered, BatcherClosed, Prediction
 from tesserad.serving.explain import Explainer, ExplainOptions, Method, QueuedExplanation
 from tesserad.serving.pool import (
+    LOAD_RETRY_MAX_S,
     EffectiveConfig,
     LoadedVersion,
     LoadState,
@@ -80,9 +81,6 @@ SOURCE_RETRY_S = 1.0
 # The longest wait (seconds) before a refresh that keeps failing runs again: a source out of reach
 # for long costs a read of it, and a warning, per model this often.
 REFRESH_RETRY_MAX_S = 30.0
-# The longest wait (seconds) before a load that keeps failing for a cause that passes is tried
-# again (see retry_failed_loads): each try logs a failed load.
-LOAD_RETRY_MAX_S = 30.0
 # Loads of versions a target moves to (and of shadow versions) at once: a bulk promotion would
 # otherwise hold every old and new version in memory together, their runtimes' threads fighting
 # for the cores.
@@ -324,10 +322,9 @@ class InferenceService:
         # (model, version) -> its failed listing that retry_failed_loads saw, and when (self._clock)
         # it is retried: its wait runs from the first pass that saw it.
         self._load_retry_at: dict[tuple[str, int], tuple[LoadedVersion, float]] = {}
-        # (model, version) -> the unexpected error its last background load raised (the
-        # artifact it was for, the error's type and message), what it was listed as, and how many
-        # times in a row it came (see _unexpected_load_error).
-        self._unexpected_load_errors: dict[tuple[str, int], tuple[tuple[str, str, str], str, int]] = {}
+        # Held through a retry_failed_loads pass: a replica's reconnect and its retry loop may
+        # each run one, and the later would work from what the earlier changed under it.
+        self._retry_loads_lock = threading.Lock()
         # (callback, kept): see add_deletion_listener.
         self._deletion_listeners: list[
             tuple[Callable[[str, Hashable], None], Callable[[str], Hashable | None]]
@@ -1111,8 +1108,6 @@ class InferenceService:
             error = self._unexpected_load_error(key, artifact_sha256, exc)
             self.pool.list_failure(model, version, error, artifact_sha256)
             raise error from exc
-        with self._cache_lock:
-            self._unexpected_load_errors.pop(key, None)
 
     def _unexpected_load_error(self, key: tuple[str, int], artifact_sha256: str, exc: Exception) -> Internal:
         """The error to list for `exc`, which a background load of `key` (of `artifact_sha256`)
@@ -1122,25 +1117,20 @@ class InferenceService:
         traceback at each retry of the load."""
         model, version = key
         error = (artifact_sha256, type(exc).__qualname__, str(exc))
-        with self._cache_lock:
-            last_error, listed, times = self._unexpected_load_errors.get(key) or (None, "", 0)
-            if last_error == error:
-                times += 1
-                self._unexpected_load_errors[key] = (error, listed, times)
-        if last_error != error:
+        again = self.pool.unexpected_error_again(model, version, error)
+        if again is None:
             listed = logged_internal(
                 log, f"loading model {model!r} version {version}", exc, model=model, version=version
             ).message
-            with self._cache_lock:
-                self._unexpected_load_errors[key] = (error, listed, 1)
+            self.pool.note_unexpected_error(model, version, error, listed)
             return Internal(listed)
         log.warning(
             "loading model %r version %s failed again with the same unexpected error (%s times in a "
             "row): %s: %s; %s",
-            model, version, times, error[1], error[2], listed,
-            extra={"model": model, "version": version, "reason": listed},
+            model, version, again.times, error[1], error[2], again.listed,
+            extra={"model": model, "version": version, "reason": again.listed},
         )  # fmt: skip
-        return Internal(listed)
+        return Internal(again.listed)
 
     # -- hot swap --------------------------------------------------------------------------
 
@@ -1199,11 +1189,17 @@ class InferenceService:
 
         A failure's wait runs from the first call that saw it listed: none for a version's first
         failure in a row (LoadedVersion.failures_in_a_row), then doubling from 2 * SOURCE_RETRY_S up
-        to LOAD_RETRY_MAX_S, however long its loads take to fail, until one of it succeeds. The
+        to LOAD_RETRY_MAX_S, however long its loads take to fail, until one of it succeeds (or a
+        failure comes FAILURE_RUN_GAP_S after the last, which starts a new run; see ModelPool). The
         daemon calls this every SOURCE_RETRY_S, a replica's follower as often while connected.
 
         Every refresh that failed and whose wait passed is queued again too (not counted; see
-        retry_failed_refreshes)."""
+        retry_failed_refreshes). One pass runs at a time."""
+        with self._retry_loads_lock:
+            return self._retry_failed_loads(lasting)
+
+    def _retry_failed_loads(self, lasting: bool) -> int:
+        """retry_failed_loads, holding _retry_loads_lock."""
         self.retry_failed_refreshes()
         wanted = {Retry.SOON, Retry.LATER} if lasting else {Retry.SOON}
         failed = [e for e in self.pool.list() if e.state is LoadState.FAILED and e.retry in wanted]
@@ -1225,7 +1221,7 @@ class InferenceService:
         retried = 0
         models: set[str] = set()
         for entry in due:
-            if self.pool.forget_failure(entry.model, entry.version, entry.artifact_sha256, wanted):
+            if self.pool.forget_listed_failure(entry, wanted):
                 log.info(
                     "retrying the load of version %s of %r, which failed (%s times in a row): %s",
                     entry.version, entry.model, entry.failures_in_a_row, entry.error,
@@ -1469,8 +1465,6 @@ class InferenceService:
             # A failed load of a deleted version would be listed, and refuse its number, forever
             # (one under way now, which fails later, the pool drops as it ends).
             self.pool.forget_failure(model, version, deleted=True)
-            with self._cache_lock:
-                self._unexpected_load_errors.pop((model, version), None)
         if settled:
             # A failure listed before its artifact was read (ModelPool.list_failure) is of none a
             # refresh could find replaced: its model may have been deleted and registered again.
@@ -1485,7 +1479,9 @@ class InferenceService:
         (None: none listed, nothing to unload): deleted, or deleted with their model and registered
         again under their number (the source replaced the artifact); and whether the source could
         say for each."""
-        held = {entry.version for entry in self.pool.list(model)}
+        # A version's run of failures is held too: kept after a retry took its listing away, it
+        # would be kept for good once the version is deleted.
+        held = {entry.version for entry in self.pool.list(model)} | self.pool.failure_runs(model)
         held |= {version for (m, _), version in self._aliases.items() if m == model}
         router = self._routers.get(model)
         if router is not None:

@@ -5,6 +5,7 @@ each race held open by a load that waits on an event of the test."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,9 @@ from test_serving_deleted_versions import HeldRefreshes
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tesserad.errors import Unavailable
-from tesserad.serving.service import InferenceService
+from tesserad.serving import pool as pool_module
+from tesserad.serving.pool import LoadState, ServingConfig
+from tesserad.serving.service import LOAD_RETRY_MAX_S, InferenceService
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
@@ -988,3 +991,117 @@ def test_a_load_failing_again_with_the_same_unexpected_error_logs_its_traceback_
     first, second = (r.__dict__["error_id"] for r in tracebacks)
     assert [first in e for e in listed_errors] == [True, True, False, False]
     assert [second in e for e in listed_errors] == [False, False, True, True]
+
+
+def _on_the_manual_clock(daemon: Any, monkeypatch: pytest.MonkeyPatch) -> ManualClock:
+    """Put the serving layer (retry waits) and its pool (when each failure came) on one ManualClock."""
+    clock = ManualClock()
+    monkeypatch.setattr(daemon.daemon.inference, "_clock", clock)
+    monkeypatch.setattr(daemon.daemon.inference.pool, "_clock", clock)
+    return clock
+
+
+def test_a_retry_pass_as_a_load_fails_sees_the_failure_counted_and_does_not_see_it_listed_again(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool listed a failed load FAILED, logged it, and only then counted it: a retry pass in
+    between saw it as failed 0 times in a row, retried it at once, and the load then listed again
+    the failure the pass had taken away, for the next pass to retry at once again."""
+    _without_periodic_load_retries(daemon, monkeypatch)
+    _on_the_manual_clock(daemon, monkeypatch)
+    service = daemon.daemon.inference
+    upload(daemon.channel(), "m", linear_model(1.0))
+    servable = service._source.servable("m", 1, None)
+
+    @contextlib.contextmanager
+    def unreachable() -> Iterator[None]:
+        raise Unavailable("cannot download it from the primary: the connection was cut")
+        yield None
+
+    retried: list[int] = []
+    warning = pool_module.log.warning
+
+    def retrying_as_it_logs(msg: str, *args: Any, **kwargs: Any) -> None:
+        warning(msg, *args, **kwargs)
+        if msg.startswith("loading %s failed"):
+            retried.append(InferenceService.retry_failed_loads(service))
+
+    monkeypatch.setattr(pool_module.log, "warning", retrying_as_it_logs)
+    listed = []
+    for _ in range(3):
+        with pytest.raises(Unavailable):
+            service.pool.load(dataclasses.replace(servable, open_artifact=unreachable), ServingConfig())
+        listed.append([(e.state, e.failures_in_a_row) for e in service.pool.list("m")])
+    # The first failure is retried at once, the next wait their turn (the clock stands).
+    assert retried == [1, 0, 0]
+    assert listed == [[], [(LoadState.FAILED, 2)], [(LoadState.FAILED, 3)]]
+
+
+def test_a_load_that_succeeds_on_request_ends_the_run_of_an_unexpected_error(
+    daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a background load that succeeded ended the run of the same unexpected error: after
+    LoadModel loaded the version, the same error much later logged no traceback and was listed
+    with the error id of the record from before."""
+    _without_periodic_load_retries(daemon, monkeypatch)
+    service = daemon.daemon.inference
+    reads = ShadowReadsFailing(daemon, monkeypatch)
+    _deploy_shadowing_version_2(daemon.channel())
+    inference = inference_pb2_grpc.InferenceStub(daemon.channel())
+    version_2 = common_pb2.VersionRef(model="m", version=2)
+    assert _copy_to_the_shadow(daemon) == inference_pb2.LOAD_STATE_FAILED
+    assert InferenceService.retry_failed_loads(service) == 1
+    reads.reason = None
+    inference.LoadModel(inference_pb2.LoadModelRequest(target=version_2))
+    inference.UnloadModel(inference_pb2.UnloadModelRequest(target=version_2))
+    caplog.clear()
+    reads.reason = "disk I/O error"
+    assert _copy_to_the_shadow(daemon) == inference_pb2.LOAD_STATE_FAILED
+
+    (traceback,) = [r for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], OSError)]
+    assert [r for r in caplog.records if "failed again" in r.getMessage()] == []
+    listed = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="m")).models
+    assert traceback.__dict__["error_id"] in next(m.error for m in listed if m.version == 2)
+
+
+def test_the_failure_run_of_a_version_deleted_after_its_retry_goes_with_it(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry had taken the failed listing away, and no load of the version followed: deleting
+    the version then left its count of failures and its unexpected error kept for good."""
+    _without_periodic_load_retries(daemon, monkeypatch)
+    service = daemon.daemon.inference
+    ShadowReadsFailing(daemon, monkeypatch)
+    _deploy_shadowing_version_2(daemon.channel())
+    registry = registry_pb2_grpc.RegistryStub(daemon.channel())
+    assert _copy_to_the_shadow(daemon) == inference_pb2.LOAD_STATE_FAILED
+    assert InferenceService.retry_failed_loads(service) == 1
+    assert service.pool.failure_runs("m") == {2}
+    registry.Deploy(registry_pb2.DeployRequest(model="m", routes=[registry_pb2.Route(version=1, weight=100)]))
+    registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="m", version=2))
+    _wait_for(lambda: not service.pool.failure_runs("m"), "version 2's run of failures gone with it")
+    assert ("m", 2) not in service.pool._failures_in_a_row
+    assert ("m", 2) not in service.pool._unexpected_errors
+
+
+def test_a_failure_long_after_the_last_one_starts_a_new_run(daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count of a version's failures in a row never went back: a failure hours after the
+    last one (the disk fine meanwhile, the version not loaded) waited as long as the last."""
+    _without_periodic_load_retries(daemon, monkeypatch)
+    service = daemon.daemon.inference
+    clock = _on_the_manual_clock(daemon, monkeypatch)
+    ShadowReadsFailing(daemon, monkeypatch)
+    _deploy_shadowing_version_2(daemon.channel())
+
+    def retry() -> int:
+        return InferenceService.retry_failed_loads(service)
+
+    assert _copy_to_the_shadow(daemon) == inference_pb2.LOAD_STATE_FAILED
+    assert retry() == 1
+    assert _copy_to_the_shadow(daemon) == inference_pb2.LOAD_STATE_FAILED
+    assert retry() == 0
+    clock.now += 2
+    assert retry() == 1
+    clock.now += 2 * LOAD_RETRY_MAX_S + 1
+    assert _copy_to_the_shadow(daemon) == inference_pb2.LOAD_STATE_FAILED
+    assert retry() == 1  # the first of a new run: at once

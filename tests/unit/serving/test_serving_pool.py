@@ -225,6 +225,27 @@ def test_a_versions_failed_loads_in_a_row_are_counted_per_artifact_until_one_suc
     assert fail(version) == 1
 
 
+def test_a_retry_forgets_only_the_failed_listing_it_saw(pool: ModelPool, linear_onnx: Path) -> None:
+    """Two retry passes at once (a replica's reconnect and its retry loop) each saw the failure:
+    the later one took away the failure of the load the earlier one's retry had started since."""
+
+    @contextmanager
+    def unreachable() -> Iterator[Path]:
+        raise Unavailable("cannot download it from the primary: the connection was cut")
+        yield linear_onnx
+
+    version = dataclasses.replace(onnx_version(linear_onnx), open_artifact=unreachable)
+    with pytest.raises(Unavailable):
+        pool.load(version, ServingConfig())
+    (seen,) = pool.list("m")
+    assert pool.forget_listed_failure(seen, {Retry.SOON})
+    with pytest.raises(Unavailable):
+        pool.load(version, ServingConfig())
+    assert not pool.forget_listed_failure(seen, {Retry.SOON})
+    (listed,) = pool.list("m")
+    assert listed is not seen and listed.state is LoadState.FAILED and listed.failures_in_a_row == 2
+
+
 def test_a_load_its_source_refused_lastingly_is_retried_later(pool: ModelPool, linear_onnx: Path) -> None:
     class Damaged(DataLoss, Lasting):
         pass
