@@ -5,8 +5,12 @@ partial file of another dataset version is never resumed into."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ import pytest
 
 import tessera
 import tessera.aio
+from tessera import transfer
 from tests.conftest import InProcessDaemon, daemon_settings
 
 CHUNK = 4096
@@ -228,3 +233,128 @@ def test_a_second_download_to_the_same_file_while_one_runs_is_refused_and_spares
     assert refusals
     assert out.read_bytes() == data
     assert partials(tmp_path) == []
+
+
+@dataclass(frozen=True)
+class Header:
+    sha256: str
+    size_bytes: int
+
+
+def header_of(data: bytes) -> Header:
+    return Header(hashlib.sha256(data).hexdigest(), len(data))
+
+
+def sink(path: Path, overwrite: bool = False) -> transfer.ResumableDownloadSink[Header]:
+    return transfer.ResumableDownloadSink(path, None, overwrite, resume=False, describe=lambda _: "clips:1")
+
+
+def locking_after(monkeypatch, step: Callable[[], object]) -> None:
+    """The next download to lock its partial file does `step` between opening and locking it:
+    the interleaving of two downloads where the second opens the first's file before the first
+    lets go of it and locks it after."""
+    lock = transfer._lock_exclusively
+    steps = [step]
+
+    def step_then_lock(fd: int) -> bool:
+        while steps:
+            steps.pop()()
+        return lock(fd)
+
+    monkeypatch.setattr(transfer, "_lock_exclusively", step_then_lock)
+
+
+def test_a_download_that_locks_the_partial_file_after_it_became_the_file_spares_the_file(
+    monkeypatch, tmp_path
+):
+    data, path = b"first download" * 100, tmp_path / "copy.npz"
+    first = sink(path)
+    first.start(header_of(data))
+    first.write(data)
+    locking_after(monkeypatch, first.finish)
+    second = sink(path, overwrite=True)
+    other = b"second download"
+    second.start(header_of(other))
+    assert path.read_bytes() == data
+    second.write(other)
+    second.finish()
+    assert path.read_bytes() == other
+    assert partials(tmp_path) == []
+
+
+def test_a_download_that_locks_the_partial_file_after_another_removed_it_writes_its_own(
+    monkeypatch, tmp_path
+):
+    path = tmp_path / "copy.npz"
+    first = sink(path)
+    first.start(header_of(b"x"))
+    first.write(b"y")
+    locking_after(monkeypatch, lambda: first.abort(tessera.DataLoss("corrupt")))
+    second = sink(path)
+    data = b"second download"
+    second.start(header_of(data))
+    second.write(data)
+    second.finish()
+    assert path.read_bytes() == data
+    assert partials(tmp_path) == []
+
+
+def test_a_hard_link_planted_at_the_partial_files_name_is_refused_and_not_written_through(
+    client, tmp_path, clips_file
+):
+    client.datasets.push("clips", clips_file)
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not yours")
+    partial, _ = transfer.partial_names(out / "copy.npz")
+    os.link(victim, partial)
+    with pytest.raises(ValueError, match="has other links") as refused:
+        client.datasets.download("clips", out / "copy.npz")
+    assert str(partial) in str(refused.value)
+    assert victim.read_bytes() == b"not yours"
+    assert not (out / "copy.npz").exists()
+
+
+def test_a_lock_that_fails_outright_leaves_no_partial_file(monkeypatch, tmp_path):
+    def fail(fd: int) -> bool:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(transfer, "_lock_exclusively", fail)
+    with pytest.raises(OSError, match="No locks available"):
+        sink(tmp_path / "copy.npz")
+    assert partials(tmp_path) == []
+
+
+def test_a_partial_file_longer_than_the_file_is_started_again_from_the_first_byte(tmp_path):
+    data, path = b"0123456789" * 10, tmp_path / "copy.npz"
+    first = sink(path)
+    first.start(header_of(data))
+    first.write(data[:40])
+    first.abort(tessera.Unavailable("cut"))
+    (partial,) = tmp_path.glob(".*.partial")
+    partial.write_bytes(partial.read_bytes() + b"x" * 100)
+    resumed = transfer.ResumableDownloadSink(path, None, False, resume=True, describe=lambda _: "clips:1")
+    resumed.start(header_of(data))
+    assert resumed.offset() == 0
+    resumed.write(data)
+    resumed.finish()
+    assert path.read_bytes() == data
+
+
+def test_a_download_whose_client_was_closed_midway_leaves_no_bytes(daemon, tmp_path, clips_file):
+    out = tmp_path / "out"
+    out.mkdir()
+    client = tessera.Client(daemon.target, timeout=30)
+    client.datasets.push("clips", clips_file)
+
+    closed: list[int] = []
+
+    def close_midway(done: int, total: int) -> None:
+        if done >= total // 2 and not closed:
+            closed.append(done)
+            client.close()
+
+    with pytest.raises(tessera.Cancelled, match="was closed"):
+        client.datasets.download("clips", out / "copy.npz", progress=close_midway, chunk_size=CHUNK)
+    assert list(out.iterdir()) == []

@@ -8,12 +8,13 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Generic, Protocol, TypeVar
 
-from tessera.errors import Cancelled, DataLoss, DeadlineExceeded, Unavailable
+from tessera.errors import DataLoss, DeadlineExceeded, Unavailable
 
 if sys.platform == "win32":
     import msvcrt
@@ -248,10 +249,18 @@ class DownloadSink(Generic[H]):
 
 RESUME_WORDS = "download again with resume=True"
 """What an interrupted download's message tells the caller to do (the CLI's words: --resume)."""
+WITH_RESUME_WORDS = "with resume=True"
+WITHOUT_RESUME_WORDS = "without resume=True"
+"""How a refused resume's message names the argument (the CLI's words: with/without --resume)."""
 
 # What ends a download with its bytes worth keeping: the stream broke or ran out of time. One the
-# caller stopped (Ctrl-C, a cancelled task) or the daemon refused leaves nothing behind.
-_INTERRUPTIONS = (Unavailable, DeadlineExceeded, Cancelled)
+# caller stopped (Ctrl-C, a cancelled task, closing its client) or the daemon refused leaves
+# nothing behind.
+_INTERRUPTIONS = (Unavailable, DeadlineExceeded)
+
+# How often a partial file that was renamed or removed between its opening and its locking (the
+# download holding it ended then) is opened again before giving up.
+_OPEN_TRIES = 3
 
 
 def partial_names(path: Path) -> tuple[Path, Path]:
@@ -326,15 +335,17 @@ class ResumableDownloadSink(Generic[H]):
 
     def _resume_from_kept(self, header: H, kept: dict[str, object]) -> None:
         held = os.fstat(self._file.fileno()).st_size
-        if (kept.get("sha256"), kept.get("size_bytes")) != (header.sha256, header.size_bytes) or (
-            held > header.size_bytes
-        ):
+        if (kept.get("sha256"), kept.get("size_bytes")) != (header.sha256, header.size_bytes):
             raise ValueError(
                 f"{self.path}: the partial download {self.partial} holds {held} bytes of "
                 f"{kept.get('file')} (sha256 {kept.get('sha256')}), not of {self._describe(header)} "
-                f"(sha256 {header.sha256}); download without resume to start again (it replaces "
-                f"them), or download {kept.get('file')} with resume to go on with it"
+                f"(sha256 {header.sha256}); download it {WITHOUT_RESUME_WORDS} to start again (it "
+                f"replaces them), or download {kept.get('file')} {WITH_RESUME_WORDS} to go on with it"
             )
+        if held > header.size_bytes:
+            # More bytes than the file has: damaged, so none of them is worth going on from.
+            self._file.truncate(0)
+            return
         self._file.seek(0)
         with _naming(self.path):
             while self.size < held and (chunk := self._file.read(min(CHUNK_BYTES, held - self.size))):
@@ -375,14 +386,29 @@ class ResumableDownloadSink(Generic[H]):
                 f"{sha256}, expected {header.size_bytes} bytes with sha256 {header.sha256}; "
                 "download it again"
             )
+        if not _names(self.partial, self._file.fileno()):
+            # Removed (and maybe made again by another download) meanwhile: not ours to move.
+            self._file.close()
+            raise ValueError(
+                f"{self.path}: its partial download {self.partial} was removed or replaced while it "
+                "downloaded; download it again"
+            )
         try:
+            # Gone first, while the lock is held: a download starting once the partial file is in
+            # place writes its own record, which this one must not remove.
+            self.record.unlink(missing_ok=True)
+            if sys.platform == "win32":
+                # Windows renames no open file. Between the close and the rename, another
+                # download may lock it: Windows keeps that gap.
+                self._file.close()
             # A download takes a while: the name may have been taken meanwhile.
             put_in_place(self.partial, self.path, self._overwrite)
         except BaseException:
             self._remove()
             raise
+        # Closed (its lock let go) only once it has left the partial file's name: a download that
+        # opened it before then finds, once it locks it, that the name is no longer its.
         self._file.close()
-        self.record.unlink(missing_ok=True)
         _sync_dir(self.path.parent)
         return header
 
@@ -390,43 +416,133 @@ class ResumableDownloadSink(Generic[H]):
         """After `error`: the bytes written kept for a resume where it interrupted the download;
         else what this download wrote removed, and bytes it did not start from left as they were."""
         if self._header is None:
-            with contextlib.suppress(OSError):
-                self._file.close()
             if self._created:
-                self.partial.unlink(missing_ok=True)
+                _remove(self._file, self.partial)
+            else:
+                _close(self._file)
             return
         if self.size and isinstance(error, _INTERRUPTIONS):
-            with contextlib.suppress(OSError):
-                self._file.close()
+            _close(self._file)
             return
         self._remove()
 
     def _remove(self) -> None:
-        with contextlib.suppress(OSError):
-            self._file.close()
-        self.partial.unlink(missing_ok=True)
-        self.record.unlink(missing_ok=True)
+        _remove(self._file, self.partial, self.record)
+
+
+def _close(file: BinaryIO) -> None:
+    # A write that failed (a full disk) leaves bytes in the buffer, whose flush fails again as
+    # it closes; the file is closed all the same.
+    with contextlib.suppress(OSError):
+        file.close()
+
+
+def _remove(file: BinaryIO, partial: Path, *others: Path) -> None:
+    """The partial file `file` removed, with `others` (its record), then closed: removed while
+    locked, so that a download that opened it meanwhile finds it gone once it locks it, and only
+    where `partial` still names it."""
+    if sys.platform == "win32":
+        # Windows removes no open file.
+        _close(file)
+        mine = True
+    else:
+        try:
+            mine = file.closed or _names(partial, file.fileno())
+        except BaseException:
+            _close(file)
+            raise
+    try:
+        if mine:
+            for name in (partial, *others):
+                name.unlink(missing_ok=True)
+    finally:
+        _close(file)
+
+
+def _names(partial: Path, fd: int) -> bool:
+    """Whether the name `partial` is (still) the open file `fd`, not another file or none."""
+    try:
+        named = os.lstat(partial)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _open_partial(partial: Path, path: Path) -> tuple[BinaryIO, bool]:
-    """The partial file, opened to read and write and locked; whether it was created now. A link
-    planted at its name is refused (O_NOFOLLOW, where the system has it) rather than written
-    through."""
+    """The partial file, opened to read and write and locked; whether it was created now. A
+    link planted at its name (symbolic: O_NOFOLLOW where the system has it; hard) or a file
+    there of another user's is refused (ValueError) rather than written through. A file that the
+    download holding it renamed or removed between its opening and its locking is let go of and
+    the name opened again."""
+    for _ in range(_OPEN_TRIES):
+        fd, created = _open_or_create(partial, path)
+        file = os.fdopen(fd, "r+b")
+        try:
+            locked = _lock_exclusively(fd)
+        except BaseException:
+            if created:
+                _remove(file, partial)
+            else:
+                _close(file)
+            raise
+        if not locked:
+            _close(file)
+            raise ValueError(
+                f"{path}: another download to it is running (it writes {partial}); wait for it to end"
+            )
+        try:
+            if not _names(partial, fd):
+                _close(file)
+                continue
+            if not created:
+                _check_kept(partial, path, fd)
+        except BaseException:
+            _close(file)
+            raise
+        return file, created
+    raise ValueError(
+        f"{path}: its partial download {partial} was replaced {_OPEN_TRIES} times as it was opened "
+        "(other downloads to it are starting and ending); wait for them to end"
+    )
+
+
+def _open_or_create(partial: Path, path: Path) -> tuple[int, bool]:
     flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     try:
-        fd, created = os.open(partial, flags | os.O_CREAT | os.O_EXCL, 0o666), True
+        return os.open(partial, flags | os.O_CREAT | os.O_EXCL, 0o666), True
     except FileExistsError:
-        fd, created = os.open(partial, flags), False
+        return os.open(partial, flags), False
     except FileNotFoundError:
         raise FileNotFoundError(
             errno.ENOENT, f"no directory {path.parent} to write it in; create it first", str(path)
         ) from None
-    if not _lock_exclusively(fd):
-        os.close(fd)
-        raise ValueError(
-            f"{path}: another download to it is running (it writes {partial}); wait for it to end"
-        )
-    return os.fdopen(fd, "r+b"), created
+
+
+def _check_kept(partial: Path, path: Path, fd: int) -> None:
+    """ValueError for a partial file found at its name that is not this user's own plain file
+    with no other name (one planted there would be written through, or swapped under the
+    download by its owner); its permissions made those a new one gets, which `path` keeps."""
+    held = os.fstat(fd)
+    if not stat.S_ISREG(held.st_mode):
+        why = "is not a regular file"
+    elif held.st_nlink > 1:
+        why = f"has other links ({held.st_nlink - 1}): another name of the same file would be written"
+    elif sys.platform != "win32" and held.st_uid != os.geteuid():
+        why = f"is owned by another user (uid {held.st_uid})"
+    else:
+        if sys.platform != "win32":
+            os.fchmod(fd, 0o666 & ~_umask())
+        return
+    raise ValueError(f"{path}: its partial download {partial} {why}; remove it, then download again")
+
+
+def _umask() -> int:
+    # os.umask only reads by setting: a stricter one for the moment it is read, so that a file
+    # another thread creates meanwhile is only more private.
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
 
 
 def _lock_exclusively(fd: int) -> bool:
@@ -456,5 +572,9 @@ def _read_record(record: Path) -> dict[str, object] | None:
 def _write_record(record: Path, file: str, header: FileHeader) -> None:
     """The record, written whole or not at all (a temp file renamed over it)."""
     temp = record.with_name(f"{record.name}.{secrets.token_hex(4)}")
-    temp.write_text(json.dumps({"file": file, "sha256": header.sha256, "size_bytes": header.size_bytes}))
-    temp.replace(record)
+    try:
+        temp.write_text(json.dumps({"file": file, "sha256": header.sha256, "size_bytes": header.size_bytes}))
+        temp.replace(record)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
