@@ -8,6 +8,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,10 +160,17 @@ def test_the_asyncio_client_reconnects_and_resumes_too(daemon, proxy_to, tmp_pat
                 await client.datasets.download(
                     "clips", out / "resumed.npz", progress=cut_once_past_half, chunk_size=CHUNK
                 )
-            await client.datasets.download("clips", out / "resumed.npz", resume=True)
+            kept_after_the_cut.extend(partials(out))
+            await client.datasets.download(
+                "clips", out / "resumed.npz", resume=True, progress=lambda done, _: resumed_from.append(done)
+            )
 
     cuts_wanted = [1]
+    kept_after_the_cut: list[str] = []
+    resumed_from: list[int] = []
     asyncio.run(download())
+    assert kept_after_the_cut
+    assert resumed_from[0] > 0
     assert proxy.cuts == 2
     assert (out / "reconnected.npz").read_bytes() == data == (out / "resumed.npz").read_bytes()
     assert partials(out) == []
@@ -210,9 +218,16 @@ def test_a_download_past_its_timeout_keeps_its_bytes_and_says_how_to_go_on(clien
         client.datasets.download(
             "clips", out / "copy.npz", progress=stall_past_the_timeout, chunk_size=CHUNK, timeout=2
         )
-    assert "bytes are kept in " in ran_out.value.message and "resume=True" in ran_out.value.message
-    client.datasets.download("clips", out / "copy.npz", resume=True)
+    message = ran_out.value.message
+    assert message.count("bytes are kept in ") == 1 and message.count("resume=True") == 1, message
+    assert partials(out) and not (out / "copy.npz").exists()
+    resumed_from: list[int] = []
+    client.datasets.download(
+        "clips", out / "copy.npz", resume=True, progress=lambda done, _: resumed_from.append(done)
+    )
     assert (out / "copy.npz").read_bytes() == clips_file.read_bytes()
+    assert resumed_from[0] > 0
+    assert partials(out) == []
 
 
 def test_a_second_download_to_the_same_file_while_one_runs_is_refused_and_spares_it(
@@ -358,3 +373,35 @@ def test_a_download_whose_client_was_closed_midway_leaves_no_bytes(daemon, tmp_p
     with pytest.raises(tessera.Cancelled, match="was closed"):
         client.datasets.download("clips", out / "copy.npz", progress=close_midway, chunk_size=CHUNK)
     assert list(out.iterdir()) == []
+
+
+def test_an_asyncio_download_cancelled_while_its_partial_file_is_opened_leaves_none(
+    monkeypatch, daemon, tmp_path, clips_file
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    opening, go_on = threading.Event(), threading.Event()
+    lock = transfer._lock_exclusively
+
+    def lock_once_cancelled(fd: int) -> bool:
+        opening.set()
+        go_on.wait()
+        return lock(fd)
+
+    async def cancel_while_opening() -> None:
+        async with tessera.aio.Client(daemon.target, timeout=30) as client:
+            await client.datasets.push("clips", clips_file)
+            monkeypatch.setattr(transfer, "_lock_exclusively", lock_once_cancelled)
+            download = asyncio.create_task(client.datasets.download("clips", out / "copy.npz"))
+            await asyncio.to_thread(opening.wait)
+            download.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await download
+            go_on.set()
+            for _ in range(500):
+                if not partials(out):
+                    break
+                await asyncio.sleep(0.01)
+
+    asyncio.run(cancel_while_opening())
+    assert partials(out) == []

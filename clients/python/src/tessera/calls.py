@@ -421,9 +421,12 @@ class ResumingDownload(Call[T_co]):
                 sink.start(header)
             reconnects = _SinkReconnects(self.doing, sink, self.retry, self.timeout)
             while True:
+                # Outside the try: running out here is not a break to resume after, and its
+                # message already says what was kept.
+                remaining = reconnects.remaining()
                 try:
                     request = self.request(header, sink.offset())
-                    responses = conn.server_stream(self.service, self.method, request, reconnects.remaining())
+                    responses = conn.server_stream(self.service, self.method, request, remaining)
                     with contextlib.closing(responses):
                         header = next(responses).header
                         sink.start(header)
@@ -440,7 +443,13 @@ class ResumingDownload(Call[T_co]):
 
     async def run_async(self, conn: AioConnection) -> T_co:
         # Made in a thread: resuming hashes the bytes kept.
-        sink = await asyncio.to_thread(self.sink)
+        making = asyncio.ensure_future(asyncio.to_thread(self.sink))
+        try:
+            sink = await asyncio.shield(making)
+        except asyncio.CancelledError as cancelled:
+            # The thread goes on making it: what it opened is let go of once it has.
+            making.add_done_callback(functools.partial(_abort_made, cancelled))
+            raise
         try:
             header = None
             if sink.resuming():
@@ -448,9 +457,12 @@ class ResumingDownload(Call[T_co]):
                 await asyncio.to_thread(sink.start, header)
             reconnects = _SinkReconnects(self.doing, sink, self.retry, self.timeout)
             while True:
+                # Outside the try: running out here is not a break to resume after, and its
+                # message already says what was kept.
+                remaining = reconnects.remaining()
                 try:
                     request = self.request(header, sink.offset())
-                    responses = conn.server_stream(self.service, self.method, request, reconnects.remaining())
+                    responses = conn.server_stream(self.service, self.method, request, remaining)
                     async with contextlib.aclosing(responses):
                         header = (await anext(responses)).header
                         sink.start(header)
@@ -464,6 +476,11 @@ class ResumingDownload(Call[T_co]):
             sink.abort(error)
             raise
         return await asyncio.to_thread(sink.finish)
+
+
+def _abort_made(error: BaseException, making: asyncio.Future[ResumableSink[Any]]) -> None:
+    if not making.cancelled() and making.exception() is None:
+        making.result().abort(error)
 
 
 class SeqCursor(Reconnects, ABC):
