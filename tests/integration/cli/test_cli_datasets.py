@@ -12,6 +12,7 @@ from tessera.cli.parser import build_parser
 from tessera.models import upload_header
 from tessera.progress_line import byte_size
 from tessera.rpc_commands import in_cli_words
+from tessera.transfer import partial_names
 from tessera.v1 import registry_pb2, registry_pb2_grpc
 from tests.integration.cli.test_cli import assert_failed_cleanly
 from tests.integration.sdk.affine import affine_onnx
@@ -215,6 +216,8 @@ def test_push_refuses_a_seed_without_a_split_to_seed(tessera_cli, client, npy_fi
 def test_download_resume_goes_on_from_an_interrupted_download(tessera_cli, daemon, tmp_path):
     big = tmp_path / "big.npz"
     np.savez(big, x=np.random.default_rng(0).normal(size=(4096, 1024)).astype(np.float32))
+    out = tmp_path / "out"
+    out.mkdir()
     proxy = CuttableProxy(daemon.daemon.port)
 
     def cut_midway(done: int, total: int) -> None:
@@ -225,7 +228,7 @@ def test_download_resume_goes_on_from_an_interrupted_download(tessera_cli, daemo
         with tessera.Client(proxy.target, retry=tessera.RetryPolicy(attempts=1)) as client:
             client.datasets.push("big", big)
             with pytest.raises(tessera.Unavailable) as gave_up:
-                client.datasets.download("big:1", tmp_path / "copy.npz", progress=cut_midway, chunk_size=4096)
+                client.datasets.download("big:1", out / "big-v1.npz", progress=cut_midway, chunk_size=4096)
     finally:
         proxy.close()
     assert "run it again with --resume" in in_cli_words(gave_up.value.message)
@@ -233,11 +236,24 @@ def test_download_resume_goes_on_from_an_interrupted_download(tessera_cli, daemo
     np.savez(small, x=np.ones((3, 2), np.float32))
     other = tessera_cli("datasets", "push", "other", str(small))
     assert other.code == 0, other.err
-    refused = tessera_cli("datasets", "download", "other", "-o", str(tmp_path / "copy.npz"), "--resume")
+    refused = tessera_cli("datasets", "download", "other", "-o", str(out / "big-v1.npz"), "--resume")
     assert refused.code == EXIT_FAILED and "the partial download " in refused.err, refused.err
     assert "holds " in refused.err and "of big:1" in refused.err and "not of other:1" in refused.err
-    resumed = tessera_cli("datasets", "download", "big:1", "-o", str(tmp_path / "copy.npz"), "--resume")
+    assert "without --resume to start again" in refused.err and "big:1 with --resume" in refused.err
+    # A newer version pushed meanwhile: `download big --resume` names big-v2.npz, and says what
+    # it leaves kept for big-v1.npz.
+    newer = tessera_cli("datasets", "push", "big", str(small))
+    assert newer.code == 0, newer.err
+    latest = tessera_cli("datasets", "download", "big", "-o", str(out), "--resume")
+    assert latest.code == 0, latest.err
+    assert (out / "big-v2.npz").read_bytes() == small.read_bytes()
+    partial, record = partial_names(out / "big-v1.npz")
+    assert f"note: {partial} keeps a partial download of big:1; " in latest.err, latest.err
+    assert f"`tessera datasets download big:1 -o {out / 'big-v1.npz'} --resume` goes on" in latest.err
+    assert f"`rm {partial} {record}` removes it" in latest.err
+    resumed = tessera_cli("datasets", "download", "big:1", "-o", str(out), "--resume")
     assert resumed.code == 0, resumed.err
-    assert (tmp_path / "copy.npz").read_bytes() == big.read_bytes()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert "note:" not in resumed.err
+    assert (out / "big-v1.npz").read_bytes() == big.read_bytes()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
     assert "--resume" in help_text("datasets", "download")

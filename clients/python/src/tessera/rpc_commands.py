@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from tessera.errors import TARGET_WORDS, TLS_CA_WORDS, TLS_CLIENT_WORDS, TLS_NAME_WORDS, TLS_WORDS
-from tessera.transfer import RESUME_WORDS
+from tessera.transfer import RESUME_WORDS, WITH_RESUME_WORDS, WITHOUT_RESUME_WORDS
 
 COMMAND_BY_RPC: dict[str, str] = {
     # Registry
@@ -98,6 +98,9 @@ FLAG_BY_ARGUMENT: dict[str, str] = {
     TLS_NAME_WORDS: "--tls-server-name NAME",
     TLS_CLIENT_WORDS: "--tls-cert FILE and --tls-key FILE",
     RESUME_WORDS: "run it again with --resume",
+    # After RESUME_WORDS, which holds these words.
+    WITH_RESUME_WORDS: "with --resume",
+    WITHOUT_RESUME_WORDS: "without --resume",
 }
 """The SDK's words for a client argument (an unreachable daemon's or an interrupted download's
 message names them) -> the flags."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,9 @@ from tessera.client import Client
 from tessera.json_output import to_plain
 from tessera.messages import counted, dataset_ref
 from tessera.progress_line import byte_size
+from tessera.rpc_commands import in_cli_words
 from tessera.tensors import dtype_name
+from tessera.transfer import partial_names
 from tessera.v1 import datasets_pb2
 
 
@@ -131,20 +136,57 @@ def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output)
     path = Path(args.output) if args.output else Path(default)
     if path.is_dir():
         path = path / default
-    with replaced_only_with_force():
-        version = client.datasets.download(
-            f"{version.name}:{version.version}",
-            path,
-            progress=None if out.as_json else transfer_progress(out, f"downloading {version.name}"),
-            overwrite=args.force,
-            resume=args.resume,
-        )
+    if args.resume and path.name == default:
+        for note in kept_of_other_versions(path.parent, version.name, version.version):
+            print(f"note: {note}", file=sys.stderr, flush=True)
+    try:
+        with replaced_only_with_force():
+            version = client.datasets.download(
+                f"{version.name}:{version.version}",
+                path,
+                progress=None if out.as_json else transfer_progress(out, f"downloading {version.name}"),
+                overwrite=args.force,
+                resume=args.resume,
+            )
+    except ValueError as err:
+        # A refused resume says how to go on in the SDK's words (resume=True).
+        raise ValueError(in_cli_words(str(err))) from None
     if out.as_json:
         return out.json({"path": str(path), "version": to_plain(version)})
     out.line(
         f"wrote {path}: {version.name}:{version.version}, {counted(version.num_samples, 'sample')}, "
         f"{byte_size(version.size_bytes)}, sha256 verified"
     )
+
+
+def kept_of_other_versions(directory: Path, name: str, version: int) -> list[str]:
+    """What a --resume to the default file name of `name`:`version` leaves alone in `directory`:
+    partial downloads kept for the default file names of its other versions (after a newer
+    version was pushed, `download NAME --resume` names another file), each with how to go on
+    with it or remove it."""
+    notes = []
+    for record in sorted(directory.glob(".*.partial.json")):
+        try:
+            kept = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        match = (
+            re.fullmatch(rf"{re.escape(name)}:(\d+)", str(kept.get("file")))
+            if isinstance(kept, dict)
+            else None
+        )
+        if match is None or int(match.group(1)) == version:
+            continue
+        for suffix in ("npz", "npy"):
+            destination = directory / f"{name}-v{match.group(1)}.{suffix}"
+            partial, its_record = partial_names(destination)
+            if its_record == record and partial.exists():
+                notes.append(
+                    f"{partial} keeps a partial download of {name}:{match.group(1)}; "
+                    f"`tessera datasets download {name}:{match.group(1)} -o {destination} --resume` goes on "
+                    f"with it, `rm {partial} {record}` removes it"
+                )
+    return notes
 
 
 def print_dataset_version(version: Any, out: Output) -> None:

@@ -535,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="go on from the bytes that a download to the same file kept when it gave up reconnecting or ran "
         "out of time (a hidden .partial file beside it; Ctrl-C removes it), where they are of the same "
         "file (sha256); refused (exit 1) where they are of another, which are then left as they are. "
-        "Without it a download starts from the first byte",
+        "To the default file name, it notes the partial downloads kept for other versions' default names "
+        "(NAME-vN), and how to go on with or remove each. Without it a download starts from the first byte",
     )
 
     sub = command(commands, "train", cmd_train, "submit a training job from a TOML spec")
