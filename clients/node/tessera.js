@@ -219,15 +219,22 @@ class Client {
     this.system = new v1.System(this.target, credentials, shared);
     this.training = new v1.Training(this.target, credentials, shared);
     this.datasets = new v1.Datasets(this.target, credentials, shared);
-    // The calls in flight, and the pauses before a call is sent again, for cancelCalls.
+    // The calls in flight, and the pauses before a call is sent again, for cancelCalls; how many
+    // times it was called, for a loop between a failed call and its pause.
     this.inFlight = new Set();
     this.pauses = new Set();
+    this.cancellations = 0;
   }
 
   // Waits `ms` before a call is sent again; cancelCalls ends the wait with a TesseraError
-  // CANCELLED, so that nothing is sent after it.
-  pause(ms) {
+  // CANCELLED, so that nothing is sent after it. `since`: this.cancellations when the loop that
+  // pauses began: a cancelCalls since (after its call ended, before this pause) ends it at once.
+  pause(ms, since) {
     return new Promise((resolve, reject) => {
+      if (since !== this.cancellations) {
+        reject(new TesseraError({ code: grpc.status.CANCELLED, details: 'Cancelled on client' }));
+        return;
+      }
       const wait = {
         timer: setTimeout(() => {
           this.pauses.delete(wait);
@@ -256,6 +263,7 @@ class Client {
   // For a process that stops (the CLI on Ctrl-C): close() the client too, so that no call the
   // caller's code makes next starts.
   cancelCalls() {
+    this.cancellations += 1;
     for (const call of this.inFlight) call.cancel();
     for (const wait of this.pauses) wait.cancel();
   }
@@ -329,13 +337,14 @@ class Client {
     }
     const request = checkedRequest(this.training.SubmitJob, { spec, request_id: requestId });
     const deadline = Date.now() + timeoutMs(timeout, this.timeoutMs);
+    const since = this.cancellations;
     for (let tries = 1; ; tries += 1) {
       try {
         return await this.call(this.training, 'SubmitJob', request, Math.max(1, deadline - Date.now()));
       } catch (err) {
         const pause = backoffMs(tries);
         if (err.code !== 'UNAVAILABLE' || tries >= SUBMIT_TRIES || Date.now() + pause >= deadline) throw err;
-        await this.pause(pause);
+        await this.pause(pause, since);
       }
     }
   }
@@ -379,6 +388,7 @@ class Client {
   async *resumedEvents(jobId, fromSeq, reconnects, deadline) {
     let nextSeq = fromSeq;
     let failures = 0;
+    const since = this.cancellations;
     for (;;) {
       const callOptions = deadline === undefined ? {} : { deadline: new Date(deadline) };
       const stream = this.track(this.training.WatchJob({ job_id: jobId, from_seq: nextSeq }, this.metadata, callOptions));
@@ -401,7 +411,7 @@ class Client {
             `watch again with fromSeq ${nextSeq})`;
           throw error;
         }
-        await this.pause(pause);
+        await this.pause(pause, since);
       } finally {
         stream.cancel();
       }
@@ -625,6 +635,7 @@ class Client {
   // again; each call within tryMs.
   async streamBatches(batches, reconnects, tryMs) {
     let failures = 0;
+    const since = this.cancellations;
     for (;;) {
       const call = clientStream(this, this.training, 'LogMetricsStream', new Date(Date.now() + tryMs));
       try {
@@ -658,7 +669,7 @@ class Client {
           throw streamFailure(err, batches, answered, gaveUp);
         }
         try {
-          await this.pause(backoffMs(failures));
+          await this.pause(backoffMs(failures), since);
         } catch (cancelled) {
           throw streamFailure(cancelled, batches, answered);
         }

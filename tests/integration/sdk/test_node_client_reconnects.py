@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import socket
 
+import pytest
+
 from tests.integration.sdk.test_node_client import node_json, node_ready
 
 __all__ = ["node_ready"]
@@ -21,9 +23,11 @@ CANCELLED_WHILE_WAITING = """
   client.training[METHOD] = function counted(...args) {
     tries += 1;
     const call = real.apply(this, args);
-    call.on('status', () => setImmediate(() => client.cancelCalls()));
+    call.on('status', () => (AT_ONCE ? client.cancelCalls() : setImmediate(() => client.cancelCalls())));
     return call;
   };
+  // The method's description (path, serializers), which a submit's check reads.
+  Object.assign(client.training[METHOD], real);
   const outcome = {};
   try {
     await STREAM;
@@ -36,24 +40,43 @@ CANCELLED_WHILE_WAITING = """
 """
 
 
-def cancelled_while_waiting(method: str, stream: str) -> dict[str, object]:
+def cancelled_while_waiting(method: str, stream: str, at_once: bool) -> dict[str, object]:
     """What `stream` (an expression awaited) ends with, and how many calls of `method` it made,
-    against a target where nothing listens: each try fails UNAVAILABLE."""
-    script = CANCELLED_WHILE_WAITING.replace("METHOD", json.dumps(method)).replace("STREAM", stream)
+    against a target where nothing listens: each try fails UNAVAILABLE. `at_once`: cancelled as
+    the try's status arrives, before the stream's loop reaches its wait (no call in flight and
+    no wait to cancel then); else once it waits."""
+    script = (
+        CANCELLED_WHILE_WAITING.replace("METHOD", json.dumps(method))
+        .replace("STREAM", stream)
+        .replace("AT_ONCE", json.dumps(at_once))
+    )
     found: dict[str, object] = node_json(script, "127.0.0.1:1")
     return found
 
 
-def test_node_cancel_calls_ends_a_watch_waiting_to_reconnect(node_ready):
+AT_ONCE = pytest.mark.parametrize("at_once", [False, True], ids=["waiting", "before-its-wait"])
+
+
+@AT_ONCE
+def test_node_cancel_calls_ends_a_watch_waiting_to_reconnect(node_ready, at_once):
     found = cancelled_while_waiting(
-        "WatchJob", "(async () => { for await (const event of client.watchJob('job-1')) void event; })()"
+        "WatchJob",
+        "(async () => { for await (const event of client.watchJob('job-1')) void event; })()",
+        at_once,
     )
     assert (found["code"], found["tries"]) == ("CANCELLED", 1), found
 
 
-def test_node_cancel_calls_ends_a_metric_stream_waiting_to_be_sent_again(node_ready):
+@AT_ONCE
+def test_node_cancel_calls_ends_a_submit_waiting_to_be_sent_again(node_ready, at_once):
+    found = cancelled_while_waiting("SubmitJob", "client.submitJob({})", at_once)
+    assert (found["code"], found["tries"]) == ("CANCELLED", 1), found
+
+
+@AT_ONCE
+def test_node_cancel_calls_ends_a_metric_stream_waiting_to_be_sent_again(node_ready, at_once):
     found = cancelled_while_waiting(
-        "LogMetricsStream", "client.logMetricsStream('run-1', [[0, { loss: 1 }]])"
+        "LogMetricsStream", "client.logMetricsStream('run-1', [[0, { loss: 1 }]])", at_once
     )
     assert (found["code"], found["tries"], found["storedPoints"]) == ("CANCELLED", 1, 0), found
     # As any other failure of the stream, it says what may be stored.
