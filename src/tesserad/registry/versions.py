@@ -380,10 +380,11 @@ class Versions:
         (ResourceExhausted), unless `alias_if_room`: then the version is registered without it,
         and the record's `alias_refused` says why. With `once_per_job`, a
         lineage job that has a version of the model already gets that version back, unchanged
-        (its alias stays where it is): a training job resumed after its registration was
-        committed registers once. With `datasets_may_be_deleted`, a lineage dataset version
-        named with its sha256 that is gone (deleted, or deleted and its number uploaded again as
-        other data) is recorded as deleted instead of refused: a training job's, force-deleted
+        (its alias stays where it is; the record's aliases say whether `alias` points at it): a
+        training job resumed after its registration was committed registers once. With
+        `datasets_may_be_deleted`, a lineage dataset version named with its sha256 that is gone
+        (deleted, or deleted and its number uploaded again as other data) is recorded as deleted
+        instead of refused: a training job's, force-deleted
         while it ran, must not lose the trained model. With `expected_parent` (the lineage
         parent as the caller read it), a parent whose number is another version's now (its model
         deleted and created again) is refused as gone (NotFound). `before_commit` is called last
@@ -662,7 +663,8 @@ class Versions:
             if once_per_job and lineage.job_id:
                 registered = job_version(txn, lineage.job_id, model)
                 if registered is not None:
-                    return registered
+                    # With its aliases: whether the alias was set the first time is read there.
+                    return with_aliases(txn, registered)
             raw = txn.get(MODELS, (model,))
             if raw is None:
                 if not create_model_if_missing:

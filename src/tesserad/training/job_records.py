@@ -38,7 +38,8 @@ class Registered:
     # said once, as the job ends, and not stored (the version's lineage keeps it).
     dataset_deleted: bool = False
     # Why register_as.alias was not set ("" when it was, or none was asked for): the model had
-    # reached its alias cap while the job ran. Said once, as the job ends; not stored.
+    # reached its alias cap while the job ran, or the version was registered before the job was
+    # resumed and the alias does not point at it. Said as the job ends; not stored.
     alias_refused: str = ""
     # The model's deployment warnings after the alias moved, where the deployment names it
     # (`VersionRecord.deployment_warnings`). Said once, as the job ends; not stored.

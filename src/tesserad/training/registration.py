@@ -24,7 +24,8 @@ class JobRegistration:
 
     def register(self, job: JobRecord, weights: BlobRef) -> Registered:
         """A new version of register_as.model (created if missing); the alias moves with it. A job
-        that has registered its version already (it was resumed after that) gets it back. A
+        that has registered its version already (it was resumed after that) gets it back, with the
+        alias only where it points at that version. A
         dataset version deleted since the job began is named in the lineage, marked deleted. An
         alias the model has no room for when the version is committed (it reached its alias cap
         while the job ran) is not set, and the Registered says why: the trained model is
@@ -62,12 +63,18 @@ class JobRegistration:
             datasets_may_be_deleted=True,
         )
         deleted = any(ds.deleted for ds in record.lineage.datasets)
-        alias = "" if record.alias_refused else target["alias"]
+        refused = record.alias_refused
+        if target["alias"] and target["alias"] not in record.aliases and not refused:
+            # Registered before the job was resumed: refused the alias then (the cap), or it was
+            # moved since; either way it is not this version's, and is said again.
+            refused = (
+                "the version was registered before the job was resumed, and the alias does not point at it"
+            )
         return Registered(
             record.model,
             record.version,
-            alias,
+            "" if refused else target["alias"],
             dataset_deleted=deleted,
-            alias_refused=record.alias_refused,
+            alias_refused=refused,
             deployment_warnings=record.deployment_warnings,
         )

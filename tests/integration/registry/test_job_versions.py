@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 
 from tesserad.registry import Lineage, Registry
+from tesserad.registry.aliases import MAX_MODEL_ALIASES
 from tesserad.registry.backfill import JOB_VERSIONS_INDEXED
-from tesserad.registry.tables import JOB_VERSIONS
+from tesserad.registry.tables import ALIASES, JOB_VERSIONS
 from tesserad.server import STORE_TABLES
 from tesserad.store import BlobStore, Store
+from tesserad.training.job_records import JobRecord
+from tesserad.training.registration import JobRegistration
 from tests.integration.registry.conftest import mlp_weights
 
 ARCHITECTURE = {"family": "mlp", "input_shape": [4], "output_size": 2, "hidden_sizes": [8]}
@@ -91,3 +94,66 @@ def test_a_store_from_before_the_index_is_indexed_at_start(store: Store, tmp_pat
     again = registry(store, tmp_path)
     assert index(store) == [("job-a", "m", 1)]
     assert register(again, tmp_path, "job-a", seed=3) == 1
+
+
+def _job(job_id: str, alias: str) -> JobRecord:
+    """A trained job's record as registration reads it (its dataset was deleted while it ran)."""
+    config = {
+        "architecture": ARCHITECTURE,
+        "data": {"dataset": "d", "version": 1},
+        "dataset_sha256": "0" * 64,
+        "register_as": {"model": "m", "alias": alias, "description": ""},
+        "tags": {},
+    }
+    return JobRecord(
+        job_id=job_id,
+        spec={},
+        config=config,
+        state="RUNNING",
+        experiment="",
+        run_id="",
+        attempt=1,
+        devices=(),
+        created_at=0.0,
+        started_at=0.0,
+        ended_at=None,
+        progress=1.0,
+        epoch=1,
+        step=1,
+        total_steps=1,
+        metrics={},
+        error=None,
+        registered=None,
+        last_seq=0,
+        created_by="",
+        sweep_id="",
+        checkpoints=(),
+    )
+
+
+def test_a_job_registering_again_is_told_its_alias_only_where_it_points_at_the_version(
+    store: Store, tmp_path: Path
+) -> None:
+    # The model reached its alias cap while the job ran: the version was registered without the
+    # alias, then the daemon stopped before the job's end was stored. Registering again must not
+    # say the alias was set.
+    versions = registry(store, tmp_path)
+    register(versions, tmp_path, "job-0", seed=1)
+    with store.write() as txn:
+        for i in range(MAX_MODEL_ALIASES - 1):
+            txn.put(ALIASES, ("m", f"held-{i:04}"), txn.get(ALIASES, ("m", "staging")))
+    registration = JobRegistration(versions)
+    blobs = BlobStore(tmp_path / "blobs")
+    first = registration.register(_job("job-a", "trained"), blobs.put_bytes(mlp_weights(seed=2)))
+    assert (first.version, first.alias) == (2, "")
+    assert first.alias_refused.startswith("model 'm' has 1,000 aliases")
+    again = registration.register(_job("job-a", "trained"), blobs.put_bytes(mlp_weights(seed=3)))
+    assert (again.version, again.alias) == (2, "")
+    assert again.alias_refused == (
+        "the version was registered before the job was resumed, and the alias does not point at it"
+    )
+    # One whose alias was set is told it again.
+    set_first = registration.register(_job("job-b", "held-0001"), blobs.put_bytes(mlp_weights(seed=4)))
+    set_again = registration.register(_job("job-b", "held-0001"), blobs.put_bytes(mlp_weights(seed=5)))
+    assert (set_first.version, set_first.alias) == (set_again.version, set_again.alias) == (3, "held-0001")
+    assert set_again.alias_refused == ""
