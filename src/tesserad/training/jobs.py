@@ -112,14 +112,16 @@ _RATE_WINDOW_S = 1.0
 # In the "meta" table once the checkpoint retention policy was applied to the jobs a daemon
 # older than it left ended.
 CHECKPOINTS_RETAINED = ("checkpoints_retained",)
-# In the "meta" table once every SUCCEEDED job with early stopping on has a record that holds
-# why early stopping ended it, or that it did not (those an older daemon stored are filled from
+# In the "meta" table once every ended job with early stopping on has a record that holds why
+# early stopping ended it, or that it did not (those an older daemon stored are filled from
 # their events once at start).
 STOPPED_EARLY_STORED = ("jobs_stopped_early_stored",)
 # The start-up markers above, each with the store schema from which every daemon keeps what it
 # marks (tesserad.store.schema drops one when an older daemon may have broken it).
 # Not a schema of its own: a schema-3 daemon from before this marker may store records without
-# it after the pass, and answers read those few from their events (`_with_early_stop`).
+# it after the pass, and answers read those few from their events (`_with_early_stop`); so are
+# the FAILED and CANCELLED records of older daemons in a store whose pass, older than this one,
+# filled SUCCEEDED records only.
 MARKERS: dict[Key, int] = {CHECKPOINTS_RETAINED: 1, STOPPED_EARLY_STORED: 3}
 _RETAIN_BATCH = 256
 
@@ -691,7 +693,7 @@ class Jobs:
 
     def _with_early_stop(self, job: JobRecord, txn: ReadTxn | None = None) -> JobRecord:
         """`job`, holding why early stopping ended it where its record does not (stored by an
-        older daemon, or succeeding with no epoch of this daemon's): its events say it, read in
+        older daemon, or ending with no epoch of this daemon's): its events say it, read in
         `txn` if given. Read once per job: at its end, or by the start-up pass over the records
         older daemons left (this daemon's records hold it from the job's first epoch on); only a
         record a schema-3 daemon from before the pass stored after it is read at each answer.
@@ -1561,12 +1563,13 @@ class Jobs:
 
 
 def _stop_unrecorded(job: JobRecord) -> bool:
-    """Whether `job` SUCCEEDED with early stopping on and its record does not say whether early
-    stopping ended it."""
+    """Whether `job` ended (in any state: a FAILED one's registration may have failed after early
+    stopping ended its training) with early stopping on, and its record does not say whether
+    early stopping ended it."""
     # A job stored before configs held every section may have none.
     return (
         not job.stopped_early_recorded
-        and job.state == "succeeded"
+        and job.state in ENDED
         and bool(job.config.get("early_stopping", {}).get("patience"))
     )
 
