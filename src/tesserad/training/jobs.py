@@ -976,6 +976,10 @@ class Jobs:
         checkpoint = self._resume_checkpoint(job) if job.attempt else None
         attempt = job.attempt + 1
         job = replace(job, attempt=attempt, devices=tuple(devices), started_at=job.started_at or time.time())
+        if job.stopped_early is not None:
+            # An attempt whose training finished (its final checkpoint stored) is never followed
+            # by another, which trains again: an earlier attempt's line does not hold for it.
+            job = replace(job, stopped_early=None)
         run_id = job.run_id
 
         def start_run(txn: WriteTxn, _event: JobEvent) -> None:

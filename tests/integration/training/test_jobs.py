@@ -24,7 +24,7 @@ from tesserad.api.convert_training import job_spec_from_proto
 from tesserad.config import Settings
 from tesserad.errors import ResourceExhausted
 from tesserad.server import STORE_TABLES
-from tesserad.store import Store
+from tesserad.store import BlobStore, Store
 from tesserad.training import jobs as jobs_module
 from tesserad.training.jobs import STOPPED_EARLY_STORED
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -752,3 +752,53 @@ def test_spawned_workers_train_the_same_curve_as_forked_ones(
         assert curves[0] == curves[1] and len(curves[0]) == 6
     finally:
         spawning.stop()
+
+
+def test_a_job_that_starts_another_attempt_no_longer_says_an_earlier_attempt_stopped_early(
+    tmp_path: Path,
+) -> None:
+    # An attempt said early stopping ended its training, and its final checkpoint was never
+    # stored; the next attempt, from an earlier checkpoint, fails before its first epoch. Its
+    # training did not end by early stopping: the FAILED job must not say it did.
+    settings = daemon_settings(tmp_path / "data", **TRAINING_SETTINGS)
+    spec = job_spec(
+        "mlp",
+        epochs=50,
+        early_stopping=job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0),
+        checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=1, keep_last=2, retain_latest=2),
+    )
+    daemon = InProcessDaemon(settings).start()
+    try:
+        upload_standard_datasets(daemon.channel())
+        training = training_grpc.TrainingStub(daemon.channel())
+        job = submit(training, spec)
+        follow(training, job.job_id)
+        assert training.GetJob(S.GetJobRequest(job_id=job.job_id)).stopped_early.epoch == 2
+    finally:
+        daemon.stop()
+    store = Store.open(settings.data_dir / "store", map_size=1 << 26, tables=STORE_TABLES)
+    try:
+        with store.write() as txn:
+            raw = txn.get("jobs", (job.job_id,))
+            assert raw is not None
+            record = json.loads(raw)
+            data = record["data"]
+            (earlier,) = [c for c in data["checkpoints"] if c["reason"] != "final"]
+            data["checkpoints"] = [earlier]
+            data["state"], data["ended_at"] = "interrupted", None
+            txn.put("jobs", (job.job_id,), json.dumps(record).encode())
+    finally:
+        store.close()
+    # The next attempt cannot read the checkpoint it resumes from.
+    BlobStore(settings.data_dir / "blobs").path(earlier["sha256"]).unlink()
+
+    restarted = InProcessDaemon(settings).start()
+    try:
+        training = training_grpc.TrainingStub(restarted.channel())
+        follow(training, job.job_id, from_seq=data["last_seq"] + 1)
+        failed = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+        assert (failed.state, failed.attempt) == (S.JOB_STATE_FAILED, 2)
+        assert failed.error.startswith("the job could not start: ")
+        assert not failed.HasField("stopped_early")
+    finally:
+        restarted.stop()
