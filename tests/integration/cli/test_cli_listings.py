@@ -68,6 +68,10 @@ def test_jobs_say_which_stopped_early(daemon, client, finished_job, tessera_cli)
     rows = {line.split()[1]: line for line in jobs.splitlines() if line.split()[1:2]}
     assert " after epoch 2 " in rows[stopped.id]
     assert "after epoch" not in rows[finished_job.id]
+    # At 100 columns too, the cell reads on one line (it wrapped to 'after' / 'epoch 2').
+    narrow = printed(daemon, 100, "jobs", "ls")
+    rows = {line.split()[1]: line for line in narrow.splitlines() if line.split()[1:2]}
+    assert " after epoch 2 " in rows[stopped.id]
     listed = {job["job_id"]: job for job in tessera_cli("--json", "jobs", "ls").json()}
     assert listed[stopped.id]["stopped_early"]["epoch"] == 2
     assert "stopped_early" not in listed[finished_job.id]

@@ -60,7 +60,8 @@ def cmd_jobs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
             )
             for j in jobs
         ],
-        whole=("id",),
+        # 'after epoch 12' reads as one: wrapped, it split in two at 100-120 columns.
+        whole=("id", "stopped early"),
         leave_out_first=("created", "epoch", "stopped early"),
     )
 
