@@ -47,8 +47,8 @@ class JobEvent:
 @dataclass(frozen=True, kw_only=True)
 class StateChanged(JobEvent):
     """The job moved to `state`; `reason` says why in words. On the state that ends a job whose
-    training early stopping ended (SUCCEEDED, or FAILED when registering its weights failed),
-    `stopped_early` says why (as `Job.stopped_early`)."""
+    training early stopping ended (SUCCEEDED, FAILED or CANCELLED: a FAILED one's registration
+    failed), `stopped_early` says why (as `Job.stopped_early`)."""
 
     state: JobState
     reason: str

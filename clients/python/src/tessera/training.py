@@ -543,7 +543,7 @@ class Job(Part[C]):
     def stopped_early(self) -> pb.EarlyStop | None:
         """Why early stopping ended the job's training (its metric, best value and epoch, the epoch
         it stopped after, the patience), if it did, once the job has ended: SUCCEEDED mostly, or
-        FAILED when registering its weights failed after; every job the daemon answers has it
+        FAILED (registering its weights failed after) or CANCELLED; every job the daemon answers has it
         (`job()`, `jobs()`, `refresh()`, `wait()`)."""
         return self.info.stopped_early if self.info.HasField("stopped_early") else None
 

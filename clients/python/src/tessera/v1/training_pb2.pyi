@@ -755,8 +755,8 @@ class StateChanged(_message.Message):
     def devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def stopped_early(self) -> Global___EarlyStop:
-        """On the state that ends a job whose training early stopping ended (SUCCEEDED, or FAILED when
-        registering its weights failed): why (the Job's stopped_early).
+        """On the state that ends a job (SUCCEEDED, FAILED or CANCELLED) whose training early stopping
+        ended: why (the Job's stopped_early). A FAILED one: registering its weights failed.
         """
 
     def __init__(
