@@ -124,6 +124,14 @@ def test_job_page_says_why_early_stopping_ended_the_job(dash, client, table, pag
     )
 
 
+def test_job_page_says_the_version_a_job_registered_and_its_alias(dash, client, table, page):
+    register_as = {"model": "dash-registered", "alias": "staging"}
+    job = client.training.submit(small_spec(table, epochs=1, register_as=register_as))
+    job.wait()
+    open_page(page, dash, f"/jobs/{job.id}")
+    assert page.text_content("#registered") == "registered as dash-registered v1 (alias staging)"
+
+
 def test_runs_page_sorts_by_a_metric_and_compares_runs(dash, client, page):
     for name, acc in (("mid", 0.5), ("top", 0.9), ("low", 0.1)):
         run = client.training.create_run(

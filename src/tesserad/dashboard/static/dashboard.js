@@ -337,7 +337,9 @@ async function jobPage(app, jobId) {
     );
     clear(facts).append(el("span", {}, `experiment ${job.experiment} · run `, link(`/runs/${encodeURIComponent(job.run_id)}`, job.run_id),
       ` · created ${when(job.created_at)} by ${job.created_by}`,
-      job.registered ? [" · registered as ", link(`/models/${encodeURIComponent(job.registered.model)}`, `${job.registered.model} v${job.registered.version}`)] : [],
+      job.registered ? [" · ", el("span", { id: "registered" }, "registered as ",
+        link(`/models/${encodeURIComponent(job.registered.model)}`, `${job.registered.model} v${job.registered.version}`),
+        job.registered.alias ? ` (alias ${job.registered.alias})` : [])] : [],
       job.error ? [" · ", el("span", { class: "problem", text: `${job.error.kind}: ${job.error.message}` })] : [],
       job.stopped_early ? [" · ", el("span", { id: "stopped-early", text: stoppedEarlyText(job.stopped_early) })] : []));
   };
