@@ -327,9 +327,9 @@ class Job(_message.Message):
     """
     registered_alias: _builtins.str
     """The alias the registration set on the registered version (spec.register_as.alias): "" when
-    none was asked for, or when the model had no room for it (the job's log says why). A field
-    of its own because `registered`, a VersionRef, names the version by number or by alias,
-    never both.
+    none was asked for, or when it does not point at the version (the model had no room for it;
+    the job's log says why). A field of its own because `registered`, a VersionRef, names the
+    version by number or by alias, never both.
     """
     @_builtins.property
     def spec(self) -> _job_spec_pb2.JobSpec: ...
