@@ -114,7 +114,7 @@ from tesserad.training import tracking as training_tracking
 from tesserad.training.artifacts import RunArtifacts
 from tesserad.training.data import DatasetAccess
 from tesserad.training.events import EventLog
-from tesserad.training.jobs import Jobs, job_datasets
+from tesserad.training.jobs import Jobs, job_datasets, job_models
 from tesserad.training.parents import ParentAccess
 from tesserad.training.prometheus import TrainingMetrics
 from tesserad.training.ray_worker import WorkerTls
@@ -406,6 +406,9 @@ class Daemon:
             max_artifact_size=limits.max_artifact_size,
             deployment_history=settings.registry.deployment_history,
             dataset_check=self.datasets.check_lineage,
+            referenced=lambda txn: itertools.chain(
+                job_models(txn), replica_changes.change_feed_versions(txn)
+            ),
         )
         self.exports = Exports(
             self.registry,

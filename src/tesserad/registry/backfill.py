@@ -14,16 +14,22 @@
   lost (sha256, time) left empty; batched and finished by a marker in "meta" likewise.
 - The index of the versions training jobs registered (`JOB_VERSIONS`): emptied, then batched
   and finished by a marker in "meta" likewise.
+- The next numbers of models deleted before `RETIRED_NUMBERS`: every model version the store
+  still names (lineage, its marks, ensemble members, and what the daemon's other parts name:
+  `References`) is read once, and each such name without a model gets a row past the highest
+  number named, in one write transaction with the marker (an interrupted pass left nothing and
+  runs again); a row is only ever raised.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from tesserad.errors import TesseraError
 from tesserad.registry.ensembles import Member, index_members, parse_ensemble_spec
-from tesserad.registry.lineage import mark_parent_deleted
+from tesserad.registry.lineage import DELETED_PARENT_KIND, DELETED_PARENT_SCHEMA, mark_parent_deleted
 from tesserad.registry.records import MODEL_KIND, SCHEMA, VersionRecord, decode_version
 from tesserad.registry.tables import (
     DELETED_PARENTS,
@@ -35,8 +41,18 @@ from tesserad.registry.tables import (
     VERSIONS,
     newest_stored_version,
     put_model_data,
+    raise_retired_number,
 )
-from tesserad.store import BlobStore, Key, ReadTxn, Store, WriteTxn, decode_record, each_row_once
+from tesserad.store import (
+    BlobStore,
+    Key,
+    ReadTxn,
+    Store,
+    WriteTxn,
+    decode_record,
+    each_row_once,
+    encode_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +62,18 @@ MEMBERS_INDEXED = ("ensemble_members_indexed",)
 PARENTS_MARKED = ("deleted_parents_marked",)
 # In the "meta" table once every version a training job registered is indexed by its job.
 JOB_VERSIONS_INDEXED = ("job_versions_indexed",)
+# In the "meta" table once every deleted model the store still names has its next number kept.
+NUMBERS_RETIRED = ("model_numbers_retired_derived",)
 # The markers above, each with the store schema from which every daemon keeps what it marks
 # (tesserad.store.schema drops those an older daemon may have broken).
-MARKERS: dict[Key, int] = {MEMBERS_INDEXED: 1, PARENTS_MARKED: 1, JOB_VERSIONS_INDEXED: 1}
+MARKERS: dict[Key, int] = {
+    MEMBERS_INDEXED: 1,
+    PARENTS_MARKED: 1,
+    JOB_VERSIONS_INDEXED: 1,
+    NUMBERS_RETIRED: 3,
+}
+# The (model, version) pairs the store's records outside the registry name.
+References = Callable[[ReadTxn], Iterable[tuple[str, int]]]
 # Versions read per write transaction of the member index's and the marks' backfills.
 _INDEX_BATCH = 512
 
@@ -170,3 +195,38 @@ def _parent_gone(txn: ReadTxn, record: VersionRecord) -> bool:
         return False
     raw = txn.get(VERSIONS, (lineage.parent_model or record.model, lineage.parent_version))
     return raw is None or decode_version(raw).created_at > record.created_at
+
+
+def backfill_retired_numbers(store: Store, referenced: References) -> int:
+    """Once per store: give each name a model deleted before `RETIRED_NUMBERS` left named (by the
+    registry's records or `referenced`) the number after the highest it is named with, so that a
+    model created again under it never gives a number something still names; how many got one."""
+    with store.read() as txn:
+        if txn.exists("meta", NUMBERS_RETIRED):
+            return 0
+        highest: dict[str, int] = {}
+        for name, number in itertools.chain(_registry_references(txn), referenced(txn)):
+            highest[name] = max(highest.get(name, 0), number)
+    kept = 0
+    with store.write() as txn:
+        for name, number in highest.items():
+            if not txn.exists(MODELS, (name,)) and raise_retired_number(txn, name, number + 1):
+                kept += 1
+        txn.put("meta", NUMBERS_RETIRED, encode_record(NUMBERS_RETIRED[0], 1, {}))
+    if kept:
+        log.info("kept the version numbers of models deleted before", extra={"models": kept})
+    return kept
+
+
+def _registry_references(txn: ReadTxn) -> Iterator[tuple[str, int]]:
+    """The (model, version) of every version the registry's records name: lineage parents (their
+    marks too) and ensemble members."""
+    for _key, raw in txn.scan(VERSIONS):
+        record = decode_version(raw)
+        if record.lineage.parent_version:
+            yield record.lineage.parent_model or record.model, record.lineage.parent_version
+    for _key, raw in txn.scan(DELETED_PARENTS):
+        mark = decode_record(raw, DELETED_PARENT_KIND, DELETED_PARENT_SCHEMA)[1]
+        yield str(mark["model"]), int(mark["version"])
+    for key, _ in txn.scan(ENSEMBLE_MEMBERS):
+        yield str(key[2]), int(key[3])

@@ -26,9 +26,11 @@ from collections.abc import Callable
 
 from tesserad.registry.aliases import Aliases
 from tesserad.registry.backfill import (
+    References,
     backfill_deleted_parents,
     backfill_ensemble_members,
     backfill_job_versions,
+    backfill_retired_numbers,
     backfill_version_counts,
 )
 from tesserad.registry.deployments import Deployments, prune_histories
@@ -52,12 +54,17 @@ class Registry:
         max_artifact_size: int,
         deployment_history: int,
         dataset_check: DatasetCheck | None = None,
+        referenced: References = lambda _txn: (),
     ) -> None:
+        """`referenced`: the model versions the store's records outside the registry name (job
+        records, the change feed), read once to keep the numbers of models deleted before
+        `tables.RETIRED_NUMBERS` (`backfill.backfill_retired_numbers`)."""
         self.max_artifact_size = max_artifact_size
         backfill_version_counts(store)
         backfill_ensemble_members(store, blobs)
         backfill_deleted_parents(store)
         backfill_job_versions(store)
+        backfill_retired_numbers(store, referenced)
         prune_histories(store, deployment_history)
         self._listeners: list[Callable[[str], None]] = []
         models = Models(store, blobs, self._notify)

@@ -36,7 +36,9 @@ JOB_VERSIONS = "job_versions"
 # A deleted model's next version number: (name,) -> {"next_version": N}, written in its deleting
 # transaction and taken by the model created again under its name, which numbers its versions on
 # from there: a client, job record or config that kept "m v1" never finds another artifact under
-# it. A name deleted by a tesserad from before this table has no row: its model numbers from 1.
+# it. A model that never gave a number leaves no row. A name deleted by a tesserad from before
+# this table gets its row once at start where the store still names its versions
+# (`backfill.backfill_retired_numbers`); one nothing names numbers from 1.
 RETIRED_NUMBERS = "model_numbers_retired"
 TABLES = [
     MODELS,
@@ -100,9 +102,21 @@ def retire_version_numbers(txn: WriteTxn, fields: dict[str, Any]) -> None:
     a model created again under its name numbers on from it. Where a tesserad from before
     `RETIRED_NUMBERS` created the name again (from 1, leaving the row), the row's may be higher:
     the higher is kept."""
-    name = fields["name"]
-    number = max(int(fields["next_version"]), _retired_next_version(txn, name))
-    txn.put(RETIRED_NUMBERS, (name,), encode_record(_RETIRED_KIND, _RETIRED_SCHEMA, {"next_version": number}))
+    raise_retired_number(txn, fields["name"], int(fields["next_version"]))
+
+
+def raise_retired_number(txn: WriteTxn, name: str, next_version: int) -> bool:
+    """Keep `next_version` as the number a model created again under `name` starts from, unless
+    its row keeps a higher one; whether the row changed. A name that gave no number (1) gets no
+    row, so that names created and deleted leave nothing behind."""
+    if next_version <= _retired_next_version(txn, name):
+        return False
+    txn.put(
+        RETIRED_NUMBERS,
+        (name,),
+        encode_record(_RETIRED_KIND, _RETIRED_SCHEMA, {"next_version": next_version}),
+    )
+    return True
 
 
 def model_data(txn: ReadTxn, name: str) -> dict[str, Any]:

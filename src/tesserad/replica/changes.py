@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -34,8 +34,8 @@ from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
 from tesserad.registry import DeploymentRecord, Lineage, Registry, Route, Shadow, Target, VersionRecord
 from tesserad.registry.records import SCHEMA, VERSION_KIND, decode_version
 from tesserad.replica.refusals import ReplicaRefusals
-from tesserad.store import Store, WriteTxn, decode_record, encode_record
-from tesserad.training.events import EventLog, JobEvent, follow
+from tesserad.store import ReadTxn, Store, WriteTxn, decode_record, encode_record
+from tesserad.training.events import EventLog, JobEvent, decode_event, follow
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,21 @@ class RegistryChange:
     model: str
     kinds: tuple[str, ...]
     state: ServingState | None  # None: the model was deleted
+
+
+def change_feed_versions(txn: ReadTxn) -> Iterator[tuple[str, int]]:
+    """The (model, version) of every version the stored changes name (a deleted model's last
+    changes are replayed to watchers), and the newest a head counted."""
+    for _key, raw in txn.scan(CHANGES):
+        change = decode_event(raw).data
+        if change["state"] is not None:
+            yield change["model"], int(change["state"]["latest_version"])
+            for version in change["state"]["versions"]:
+                yield change["model"], int(version["version"])
+    for key, raw in txn.scan(HEADS):
+        head = decode_record(raw, _HEAD_KIND, 1)[1]
+        if "next_version" in head:
+            yield str(key[0]), int(head["next_version"]) - 1
 
 
 def read_state(registry: Registry, model: str) -> tuple[ServingState, Steps] | None:

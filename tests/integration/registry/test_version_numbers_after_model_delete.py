@@ -7,6 +7,11 @@ from __future__ import annotations
 import grpc
 
 from tessera.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from tesserad.registry.backfill import NUMBERS_RETIRED
+from tesserad.registry.records import MODEL_KIND, SCHEMA
+from tesserad.registry.tables import MODELS, RETIRED_NUMBERS
+from tesserad.server import STORE_TABLES
+from tesserad.store import Store, decode_record, encode_record
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
 
@@ -81,3 +86,65 @@ def test_a_restart_keeps_the_numbers_deleted_models_reached(data_dir):
         assert upload_versions(stub, "m", 1, width=5)[0].version == 3
     finally:
         second.stop()
+
+
+def test_a_model_created_again_by_an_older_tesserad_leaves_the_higher_number_kept(daemon, stub):
+    upload_versions(stub, "m", 3)
+    stub.DeleteModel(R.DeleteModelRequest(name="m"))
+    # An older tesserad creates the name again from 1 and leaves the row (next number 4) alone.
+    stub.CreateModel(R.CreateModelRequest(name="m"))
+    with daemon.daemon._store.write() as txn:
+        fields = decode_record(txn.get(MODELS, ("m",)), MODEL_KIND, SCHEMA)[1]
+        txn.put(
+            MODELS,
+            ("m",),
+            encode_record(MODEL_KIND, SCHEMA, {**fields, "first_version": 1, "next_version": 1}),
+        )
+        txn.put(RETIRED_NUMBERS, ("m",), encode_record(RETIRED_NUMBERS, 1, {"next_version": 4}))
+    assert upload_versions(stub, "m", 1, width=5)[0].version == 1
+    stub.DeleteModel(R.DeleteModelRequest(name="m"))
+
+    assert upload_versions(stub, "m", 1)[0].version == 4
+
+
+def _as_left_by_a_tesserad_from_before_retired_numbers(data_dir) -> None:
+    """The stopped daemon's store as an older tesserad left it: no deleted model's number kept,
+    and no start has yet derived them."""
+    store = Store.open(data_dir / "store", map_size=2**30, tables=STORE_TABLES)
+    try:
+        with store.write() as txn:
+            txn.delete_range(RETIRED_NUMBERS, ())
+            txn.delete("meta", NUMBERS_RETIRED)
+    finally:
+        store.close()
+
+
+def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_the_store_still_names(data_dir):
+    first = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(first.channel())
+        upload_versions(stub, "base", 3)
+        data = onnx_identity(6)
+        lineage = R.Lineage(parent_model="base", parent_version=3)
+        upload(stub, onnx_header("child", data, lineage=lineage), data)
+        stub.DeleteModel(R.DeleteModelRequest(name="base"))
+    finally:
+        first.stop()
+    _as_left_by_a_tesserad_from_before_retired_numbers(data_dir)
+
+    second = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(second.channel())
+        # child's lineage still names "base v3": the new base's first version is past it.
+        assert upload_versions(stub, "base", 1, width=5)[0].version == 4
+        assert upload_versions(stub, "child", 1, width=5)[0].version == 2
+    finally:
+        second.stop()
+
+
+def test_a_model_deleted_before_it_gave_a_number_leaves_no_row(daemon, stub):
+    stub.CreateModel(R.CreateModelRequest(name="empty"))
+    stub.DeleteModel(R.DeleteModelRequest(name="empty"))
+
+    with daemon.daemon._store.read() as txn:
+        assert not txn.exists(RETIRED_NUMBERS, ("empty",))
