@@ -22,6 +22,7 @@ from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.dashboard.conftest import SCREENSHOTS, small_spec, wait_until
 from tests.integration.registry.conftest import mlp_weights, safetensors_header, upload
 from tests.integration.sdk.affine import affine_onnx
+from tests.integration.serving.serving_models import delete_model_numbered_as_before
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -242,14 +243,15 @@ def test_sweeps_and_system_pages(dash, client, table, page):
 
 
 def test_a_deleted_parent_is_its_own_node_in_the_lineage_graph(dash, page):
-    """Not the version of a model created again under the parent's name, nor a link to it."""
+    """Not the version of a model created again under the parent's name, nor a link to it: deleted
+    as a tesserad from before numbers went on across a delete did it, its v1 is another version."""
     stub = registry_pb2_grpc.RegistryStub(dash.channel())
     upload(stub, safetensors_header("lg-base", mlp_weights()), mlp_weights())
     child = mlp_weights(seed=1)
     lineage = registry_pb2.Lineage(parent_model="lg-base", parent_version=1)
     upload(stub, safetensors_header("lg-tuned", child, lineage=lineage), child)
-    stub.DeleteModel(registry_pb2.DeleteModelRequest(name="lg-base"))
-    upload(stub, safetensors_header("lg-base", mlp_weights(seed=2)), mlp_weights(seed=2))
+    delete_model_numbered_as_before(dash, "lg-base")
+    assert upload(stub, safetensors_header("lg-base", mlp_weights(seed=2)), mlp_weights(seed=2)).version == 1
 
     open_page(page, dash, "/models/lg-tuned")
     graph_nodes = page.eval_on_selector_all(

@@ -27,6 +27,7 @@ from tests.integration.registry.conftest import (
     stored_blobs,
     upload,
 )
+from tests.integration.serving.serving_models import delete_model_numbered_as_before
 
 R = registry_pb2
 SOURCE = R.ExportOnnxRequest(source=common_pb2.VersionRef(model="mlp", version=1))
@@ -287,8 +288,9 @@ def test_exports_whose_source_is_deleted_meanwhile_register_nothing_and_leave_no
     # The running export stored its ONNX file, then failed looking for the source's earlier
     # exports and left the file on disk, held by nothing, until the next start; the queued one
     # found the source's weights gone and answered DATA_LOSS, as for a damaged blob. A model
-    # deleted and pushed again had a v1 of its own, before numbers went on across a delete: the
-    # exports registered the deleted v1's weights as v2 of it, derived from the new v1.
+    # deleted as a tesserad from before numbers went on across a delete did it, and pushed again,
+    # has a v1 of its own: the exports registered the deleted v1's weights as v2 of it, derived
+    # from the new v1.
     upload(stub, safetensors_header("mlp", weights), weights)
     gate = Gate(monkeypatch)
     exports = one_at_a_time.daemon.exports
@@ -299,9 +301,10 @@ def test_exports_whose_source_is_deleted_meanwhile_register_nothing_and_leave_no
         wait_for(lambda: exports.waiting == 1, "a second export to queue")
         if deleted == "version":
             stub.DeleteVersion(R.DeleteVersionRequest(model="mlp", version=1))
-        else:
+        elif deleted == "model":
             stub.DeleteModel(R.DeleteModelRequest(name="mlp", force=True))
-        if deleted == "model pushed again":
+        else:
+            delete_model_numbered_as_before(one_at_a_time, "mlp", force=True)
             other = mlp_weights(seed=1)
             upload(stub, safetensors_header("mlp", other), other)
         kept = [name for name in stored_blobs(data_dir) if not name.startswith("tmp/")]
@@ -318,7 +321,7 @@ def test_exports_whose_source_is_deleted_meanwhile_register_nothing_and_leave_no
         assert stub.GetModel(R.GetModelRequest(name="mlp")).version_count == 0
     if deleted == "model pushed again":
         assert len(kept) == 1
-        assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [2]
+        assert [v.version for v in stub.ListVersions(R.ListVersionsRequest(model="mlp")).versions] == [1]
 
 
 @pytest.mark.parametrize("export", ["new", "reused"])
