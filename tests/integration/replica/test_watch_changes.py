@@ -203,8 +203,9 @@ def test_a_model_made_again_is_a_change(data_dir, numbered: str) -> None:
     """A model deleted and made again, in commits the feed did not record one by one (here: made
     while no daemon ran, as after a crash between commit and record), is one change that says so.
     Numbered as before (as a tesserad from before version numbers went on across a delete made
-    it), it was no change: the head compared equal, and a follower kept serving the deleted
-    version 1's artifact for the new version 1. Numbered on, it was also told as a version deleted."""
+    it), the new version 1 is another artifact, which the change carries, so a follower never
+    serves the deleted version 1's for it. Numbered on, its registration is told as such, not
+    also as a version deleted."""
     daemon = InProcessDaemon(daemon_settings(data_dir)).start()
     try:
         upload(daemon.channel(), "linear", linear_model(1.0))

@@ -717,7 +717,7 @@ function lineageGraph(model, versions, lineages) {
       const parentModel = l.parent_model || model;
       const named = `${parentModel} v${l.parent_version}`;
       // A deleted parent is a node of its own, with no link: a model created again under its
-      // name has a version of that number that is another one.
+      // name may have a version of that number that is another one (deleted by an older tesserad).
       const parent = l.parent_deleted
         ? addNode(`deleted:${parentModel}:${l.parent_version}`, 2, `${named} (deleted)`, null)
         : addNode(versionKey(parentModel, l.parent_version), 2, named, modelHref(parentModel));

@@ -90,7 +90,8 @@ def version_rows(version: registry_pb2.ModelVersion) -> list[tuple[str, Any]]:
 
 def parent_text(version: registry_pb2.ModelVersion) -> str:
     """The lineage parent; a deleted one says so, since a model created again under its name
-    has a version of the same number that is another one (its sha256 tells them apart)."""
+    may have a version of the same number that is another one (where a tesserad from before
+    numbers went on across a delete deleted it; its sha256 tells them apart)."""
     lineage = version.lineage
     text = f"{lineage.parent_model or version.model} v{lineage.parent_version}"
     if not lineage.HasField("parent_deleted"):
