@@ -148,3 +148,30 @@ def test_a_model_deleted_before_it_gave_a_number_leaves_no_row(daemon, stub):
 
     with daemon.daemon._store.read() as txn:
         assert not txn.exists(RETIRED_NUMBERS, ("empty",))
+
+
+def _feed_recorded(stub) -> None:
+    """Return once the change feed has recorded every commit made so far."""
+    for response in stub.WatchChanges(R.WatchChangesRequest(from_seq=0), timeout=60):
+        if response.HasField("caught_up"):
+            return
+
+
+def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_the_change_feed_tells(data_dir):
+    first = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(first.channel())
+        upload_versions(stub, "m", 2)
+        _feed_recorded(stub)
+        stub.DeleteModel(R.DeleteModelRequest(name="m"))
+    finally:
+        first.stop()
+    _as_left_by_a_tesserad_from_before_retired_numbers(data_dir)
+
+    second = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(second.channel())
+        # A watch replaying from before the delete is still told of "m v2".
+        assert upload_versions(stub, "m", 1, width=5)[0].version == 3
+    finally:
+        second.stop()
