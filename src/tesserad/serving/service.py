@@ -1383,7 +1383,13 @@ class InferenceService:
             self._aliases[(model, alias)] = new
             log.info("alias %r of %r now serves version %s (was %s)", alias, model, new, old)
         if old_router is not _Uncached.UNCACHED:
-            new_router = _Router(plan) if plan is not None and plan.routes else None
+            new_router: _Router | None
+            if old_router is not None and old_router.plan == plan:
+                # The same deployment goes on in turn: started again at each refresh (a replica
+                # refreshes a model each time it retries a load), its split was not the one asked.
+                new_router = old_router
+            else:
+                new_router = _Router(plan) if plan is not None and plan.routes else None
             old_versions = old_router.versions() if old_router else set()
             previously_served |= old_versions
             # Deploying a model served by alias until now: warm like its latest version.

@@ -1350,3 +1350,24 @@ def test_a_change_reported_as_the_service_closes_queues_its_refresh_or_nothing(
     refresh_lock.arm()
     inference.on_registry_change("m")
     assert inference._closed
+
+
+def test_a_refresh_that_finds_the_same_deployment_keeps_its_split_in_turn(linear_onnx: Path) -> None:
+    """Each refresh started the deployment's rotation again: with one after every request, an
+    80/20 split served version 2 never (a replica retrying a load refreshes its model each time:
+    a CI run saw 12% where 20% was deployed)."""
+    source = Deployable({v: servable_file("m", v, "onnx", linear_onnx) for v in (1, 2)})
+    source.plan = DeploymentPlan(((1, 80), (2, 20)))
+    service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=False)
+    try:
+        served = []
+        for _ in range(10):
+            served.append(service.route(Target("m"))[0])
+            service._refresh("m")
+        assert served.count(2) == 2, served
+        # A deployment changed starts its own rotation.
+        source.plan = DeploymentPlan(((2, 50), (1, 50)))
+        service._refresh("m")
+        assert [service.route(Target("m"))[0] for _ in range(4)] == [2, 1, 2, 1]
+    finally:
+        service.close()
