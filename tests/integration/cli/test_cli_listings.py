@@ -63,15 +63,15 @@ def test_jobs_say_which_stopped_early(daemon, client, finished_job, tessera_cli)
     stopped = client.training.submit({**SPEC, "epochs": 50, "early_stopping": early}).wait(timeout=120)
     assert stopped.stopped_early is not None and stopped.stopped_early.epoch == 2
     jobs = printed(daemon, 200, "jobs", "ls")
-    header = next(line for line in jobs.splitlines() if " id " in line)
-    assert "stopped early" in header
-    rows = {line.split()[1]: line for line in jobs.splitlines() if line.split()[1:2]}
-    assert " after epoch 2 " in rows[stopped.id]
-    assert "after epoch" not in rows[finished_job.id]
-    # At 100 columns too, the cell reads on one line (it wrapped to 'after' / 'epoch 2').
-    narrow = printed(daemon, 100, "jobs", "ls")
-    rows = {line.split()[1]: line for line in narrow.splitlines() if line.split()[1:2]}
-    assert " after epoch 2 " in rows[stopped.id]
+    header = next([c.strip() for c in line.split("┃")[1:-1]] for line in jobs.splitlines() if "┃" in line)
+    rows = {
+        cells[0]: cells for line in jobs.splitlines() if (cells := [c.strip() for c in line.split("│")[1:-1]])
+    }
+    column = header.index("stopped early (epoch)")
+    assert (rows[stopped.id][column], rows[finished_job.id][column]) == ("2", "-")
+    # Narrower, it goes before the train loss (an id and a state are never left out).
+    narrow = printed(daemon, 80, "jobs", "ls")
+    assert "train_loss" in narrow and "stopped early (epoch)" in narrow.split("left out to fit")[1], narrow
     listed = {job["job_id"]: job for job in tessera_cli("--json", "jobs", "ls").json()}
     assert listed[stopped.id]["stopped_early"]["epoch"] == 2
     assert "stopped_early" not in listed[finished_job.id]

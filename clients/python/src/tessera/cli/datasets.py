@@ -139,8 +139,8 @@ def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output)
     if args.resume and path.name == default:
         for note in kept_of_other_versions(path.parent, version.name, version.version):
             print(f"note: {note}", file=sys.stderr, flush=True)
-    try:
-        with replaced_only_with_force():
+    with replaced_only_with_force():
+        try:
             version = client.datasets.download(
                 f"{version.name}:{version.version}",
                 path,
@@ -148,9 +148,9 @@ def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output)
                 overwrite=args.force,
                 resume=args.resume,
             )
-    except ValueError as err:
-        # A refused resume says how to go on in the SDK's words (resume=True).
-        raise ValueError(in_cli_words(str(err))) from None
+        except ValueError as err:
+            # A refused resume says how to go on in the SDK's words (resume=True).
+            raise ValueError(in_cli_words(str(err))) from None
     if out.as_json:
         return out.json({"path": str(path), "version": to_plain(version)})
     out.line(

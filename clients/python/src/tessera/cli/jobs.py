@@ -46,7 +46,16 @@ def cmd_jobs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
         return out.line("no jobs yet; `tessera train SPEC.toml` submits one")
     out.table(
         "jobs",
-        ["id", "state", "experiment", "progress", "epoch", "train_loss (epoch)", "stopped early", "created"],
+        [
+            "id",
+            "state",
+            "experiment",
+            "progress",
+            "epoch",
+            "train_loss (epoch)",
+            "stopped early (epoch)",
+            "created",
+        ],
         [
             (
                 j.id,
@@ -55,14 +64,13 @@ def cmd_jobs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
                 f"{j.info.progress:.0%}",
                 j.info.epoch,
                 f"{j.info.metrics['train_loss']:.4g}" if "train_loss" in j.info.metrics else "-",
-                f"after epoch {j.stopped_early.epoch}" if j.stopped_early is not None else "-",
+                str(j.stopped_early.epoch) if j.stopped_early is not None else "-",
                 when(j.info.created_at),
             )
             for j in jobs
         ],
-        # 'after epoch 12' reads as one: wrapped, it split in two at 100-120 columns.
-        whole=("id", "stopped early"),
-        leave_out_first=("created", "epoch", "stopped early"),
+        whole=("id",),
+        leave_out_first=("created", "epoch", "stopped early (epoch)"),
     )
 
 
