@@ -1329,7 +1329,9 @@ class Jobs:
                 "registered",
                 {"model": registered.model, "version": registered.version, "alias": registered.alias},
             )
-        self._finish(job, "succeeded", "finished")
+        # Done: a job early stopping ended trained fewer steps than it planned (stopped_early
+        # says so), and its last progress event, if any, gave that fraction.
+        self._finish(replace(job, progress=1.0), "succeeded", "finished")
 
     def _interrupted_by_shutdown(self, job: JobRecord) -> None:
         """End an attempt the daemon's shutdown stopped: the next start resumes the job, or ends

@@ -190,6 +190,8 @@ def test_get_job_says_why_early_stopping_ended_a_job(
     events = follow(training, job.job_id)
     ended = training.GetJob(S.GetJobRequest(job_id=job.job_id))
     assert ended.state == S.JOB_STATE_SUCCEEDED and ended.epoch == 2
+    # Done, though it trained 2 of its 50 epochs' steps: it read as a job 4% (or 0%) through.
+    assert ended.progress == 1.0
     # No val_loss improves by 100: the first epoch's is the best, and the second stops the job.
     first_val_loss = of_kind(events, "epoch")[0].metrics["val_loss"]
     assert ended.stopped_early == S.EarlyStop(

@@ -308,7 +308,7 @@ class Job(_message.Message):
     attempt: _builtins.int
     """1 for the first attempt; +1 each time the job resumes after an interruption."""
     progress: _builtins.float
-    """0..1."""
+    """0..1; 1 once SUCCEEDED, also for a job early stopping ended (see stopped_early)."""
     epoch: _builtins.int
     step: _builtins.int
     total_steps: _builtins.int
