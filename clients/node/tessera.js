@@ -404,11 +404,13 @@ class Client {
         failures += 1;
         const pause = backoffMs(failures);
         const late = deadline !== undefined && Date.now() + pause >= deadline;
-        if (!RESUMED_CODES.includes(error.code) || late) throw error;
-        if (failures > reconnects) {
+        if (!RESUMED_CODES.includes(error.code)) throw error;
+        if (failures > reconnects || late) {
+          // The first of the failed tries was the watch itself, not a reconnect.
+          const why = late ? ': its timeout ends before the next' : '';
           error.message +=
-            ` (gave up watching job ${jobId} after ${reconnects} reconnects, the last failing ${error.code}; ` +
-            `watch again with fromSeq ${nextSeq})`;
+            ` (gave up watching job ${jobId} after ${failures - 1} reconnects, the last failing ` +
+            `${error.code}${why}; watch again with fromSeq ${nextSeq})`;
           throw error;
         }
         await this.pause(pause, since);

@@ -5,6 +5,7 @@ that gives up says so with the last status gRPC gave."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 
 import pytest
@@ -115,3 +116,31 @@ def test_node_metric_stream_that_gives_up_names_its_last_failure(node_ready):
             f"UNAVAILABLE: {failed['details']} (gave up logging metrics to run run-1 after {resends}, "
             "the last failing UNAVAILABLE; cut without the daemon saying what it stored: some points may be)"
         )
+
+
+def test_node_watch_whose_timeout_ends_before_its_next_reconnect_says_so(node_ready):
+    """As the Python SDK's: it threw gRPC's bare error, with neither the reconnects made nor the
+    event to watch again from."""
+    found = node_json(
+        """
+        (async () => {
+          const client = new Client(TARGET);
+          let message;
+          try {
+            for await (const event of client.watchJob('job-1', { fromSeq: 3, reconnects: 100, timeoutMs: 1500 })) {
+              void event;
+            }
+          } catch (err) {
+            message = err.message;
+          }
+          client.close();
+          console.log(JSON.stringify({ message }));
+        })();
+        """,
+        "127.0.0.1:1",
+    )
+    assert re.search(
+        r" \(gave up watching job job-1 after \d+ reconnects, the last failing UNAVAILABLE: its timeout "
+        r"ends before the next; watch again with fromSeq 3\)$",
+        found["message"],
+    ), found
