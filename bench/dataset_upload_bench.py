@@ -23,16 +23,27 @@ Three passes over the repeats:
 Run it against the tree before a change (PYTHONPATH pointing at that tree's src) and after;
 --out writes the result to bench/results/NAME.json (never over an existing file), and
 --before adds the ratios of an earlier result's figures to this run's (old / new).
+
+--members N (--mb 0 to skip the above) measures instead what an npz of N arrays of 8 float32
+values costs to check (`inspect_file`, stored and compressed), where the zip's central directory,
+a ZipInfo per member, is the cost that grows with N: the directory parses it makes (zipfile's
+_RealGetContents, counted), the wall and CPU time of one such parse, and of `inspect_file`.
+--before-arrays OLD.py (e.g. `git show main:src/tesserad/datasets/arrays.py > /tmp/old.py`)
+loads an older arrays module beside this tree's, in this process: each repeat checks the file
+with both, in alternating order, and the medians of the per-repeat old / new ratios are given.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import sys
 import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -43,7 +54,7 @@ from typing import Any
 import numpy as np
 import results_file
 
-from tesserad.datasets import Datasets, UploadSpec
+from tesserad.datasets import Datasets, UploadSpec, arrays
 from tesserad.server import STORE_TABLES
 from tesserad.store import BlobRef, BlobStore, Store
 
@@ -170,12 +181,100 @@ def measure(mb: int, repeats: int) -> dict[str, Any]:
             store.close()
 
 
+def load_arrays_module(path: Path) -> Any:
+    """An older tree's tesserad/datasets/arrays.py, as a module of its own beside this tree's."""
+    spec = importlib.util.spec_from_file_location("arrays_before", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"{path} is not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextmanager
+def directory_parses() -> Iterator[dict[str, int]]:
+    """{"count": the zip central directories zipfile parsed while the block ran}."""
+    parse = zipfile.ZipFile._RealGetContents  # type: ignore[attr-defined]
+    counted = {"count": 0}
+
+    def counting(self: zipfile.ZipFile) -> None:
+        counted["count"] += 1
+        parse(self)
+
+    zipfile.ZipFile._RealGetContents = counting  # type: ignore[attr-defined]
+    try:
+        yield counted
+    finally:
+        zipfile.ZipFile._RealGetContents = parse  # type: ignore[attr-defined]
+
+
+def timed(call: Callable[[], object]) -> dict[str, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    call()
+    return {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+
+
+def measure_members(members: int, repeats: int, before: Any) -> list[dict[str, Any]]:
+    """The directory's cost in checking an npz of `members` small arrays, stored and compressed."""
+    out = []
+    with tempfile.TemporaryDirectory(prefix="dataset-members-bench-") as tmp:
+        for compressed in (False, True):
+            path = Path(tmp) / f"members-{compressed}.npz"
+            values = np.arange(8, dtype=np.float32)
+            (np.savez_compressed if compressed else np.savez)(
+                path, **{f"a{i}": values for i in range(members)}
+            )
+            checks = {"after": arrays}
+            if before is not None:
+                checks["before"] = before
+            parses = {}
+            for label, module in checks.items():
+                with directory_parses() as counted:
+                    module.inspect_file(path, "npz", "x", False, check_unpacked=lambda _unpacked: None)
+                parses[label] = counted["count"]
+            one_parse = [timed(lambda p=path: zipfile.ZipFile(p).close()) for _ in range(repeats)]
+            runs: dict[str, list[dict[str, float]]] = {label: [] for label in checks}
+            for repeat in range(repeats):
+                order = list(checks) if repeat % 2 == 0 else list(reversed(checks))
+                for label in order:
+                    module = checks[label]
+                    runs[label].append(
+                        timed(
+                            lambda m=module, p=path: m.inspect_file(p, "npz", "x", False, check_unpacked=None)
+                        )
+                    )
+            result: dict[str, Any] = {
+                "members": members,
+                "compressed": compressed,
+                "file_bytes": path.stat().st_size,
+                "directory_parses": parses,
+                "one_directory_parse": {k: median(t[k] for t in one_parse) for k in ("wall_s", "cpu_s")},
+                "inspect_file": {
+                    label: {k: median(t[k] for t in times) for k in ("wall_s", "cpu_s")}
+                    for label, times in runs.items()
+                },
+            }
+            if before is not None:
+                result["before_over_after_median"] = {
+                    k: round(
+                        median(
+                            b[k] / max(a[k], 1e-9) for b, a in zip(runs["before"], runs["after"], strict=True)
+                        ),
+                        3,
+                    )
+                    for k in ("wall_s", "cpu_s")
+                }
+            out.append(result)
+    return out
+
+
 def ratios(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
     """Before / after of each figure, at each size both runs measured."""
-    old = {r["mb"]: r for r in before["results"]}
+    old = {r["mb"]: r for r in before["results"] if "mb" in r}
     out = []
     for result in after["results"]:
-        earlier = old.get(result["mb"])
+        earlier = old.get(result.get("mb"))
         if earlier is None:
             continue
         out.append(
@@ -204,15 +303,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", default="200", help="sizes of the npz uploaded, in MiB, comma-separated")
     parser.add_argument("--repeats", type=int, default=3, help="uploads in each pass (medians reported)")
+    parser.add_argument("--members", type=int, default=0, help="also check an npz of this many small arrays")
+    parser.add_argument("--before-arrays", default="", help="an older arrays.py to compare --members against")
     results_file.add_arguments(parser)
     args = parser.parse_args()
     path = results_file.out_path(parser, args)
     load_before = os.getloadavg()
     results = []
-    for mb in (int(s) for s in args.mb.split(",")):
+    for mb in (int(s) for s in args.mb.split(",") if int(s)):
         result = measure(mb, args.repeats)
         print(json.dumps({k: v for k, v in result.items() if k != "answers"}), flush=True)
         results.append(result)
+    if args.members:
+        before = load_arrays_module(Path(args.before_arrays)) if args.before_arrays else None
+        for result in measure_members(args.members, args.repeats, before):
+            print(json.dumps(result), flush=True)
+            results.append(result)
     results_file.finish("dataset_upload_bench", args, path, results, load_before, ratios)
 
 
