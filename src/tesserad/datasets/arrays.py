@@ -15,7 +15,7 @@ import struct
 import tokenize
 import zipfile
 import zlib
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -274,10 +274,9 @@ def _unreadable_zip(what: str, exc: NotImplementedError) -> str:
 def _check_archive_start(archive: zipfile.ZipFile) -> None:
     """zipfile reads an archive that other bytes precede (it shifts every offset by them), so a
     chunk sent twice or out of order can leave a file that reads as an npz yet is not the file
-    sent; numpy writes its first member at the file's first byte. The archive is closed if refused."""
+    sent; numpy writes its first member at the file's first byte."""
     start = min((info.header_offset for info in archive.infolist()), default=0)
     if start:
-        archive.close()
         raise InvalidArgument(
             f"the npz archive starts {start} bytes into the file, after bytes that are not its own (a "
             "chunk sent twice or out of order?); send the npz file as it is, in order"
@@ -289,8 +288,11 @@ def _check_archive_start(archive: zipfile.ZipFile) -> None:
 _UNBOUNDED_ZIP_METHODS = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA"}
 
 
-def _npz_members(path: Path, upload: bool) -> list[_Member]:
-    """`upload`: the archive may have MAX_ARRAYS members at most (else as many as a stored one has)."""
+@contextlib.contextmanager
+def _opened_npz(path: Path, upload: bool) -> Iterator[zipfile.ZipFile]:
+    """The npz archive, its directory parsed once for every check and read that follows: with
+    thousands of members, a parse is a ZipInfo object each. `upload`: the archive may have
+    MAX_ARRAYS members at most (else as many as a stored one has)."""
     if upload:
         check_npz_directory(path, "npz")
     try:
@@ -301,16 +303,20 @@ def _npz_members(path: Path, upload: bool) -> list[_Member]:
         raise InvalidArgument(f"the npz archive's directory is damaged ({str(exc)[:200]})") from None
     except NotImplementedError as exc:
         raise InvalidArgument(_unreadable_zip("the npz archive", exc)) from None
-    count = len(archive.infolist())
-    # An end record may understate the entries its directory holds.
-    if upload and count > MAX_ARRAYS:
-        archive.close()
-        raise InvalidArgument(_too_many_members(count, MAX_ARRAYS))
-    if upload:
-        _check_archive_start(archive)
+    with archive:
+        count = len(archive.infolist())
+        # An end record may understate the entries its directory holds.
+        if upload and count > MAX_ARRAYS:
+            raise InvalidArgument(_too_many_members(count, MAX_ARRAYS))
+        if upload:
+            _check_archive_start(archive)
+        yield archive
+
+
+def _npz_members(archive: zipfile.ZipFile, path: Path, upload: bool) -> list[_Member]:
     members: list[_Member] = []
     seen: set[str] = set()
-    with archive, path.open("rb") as raw:
+    with path.open("rb") as raw:
         file_size = path.stat().st_size
         for info in archive.infolist():
             if not info.filename.endswith(".npy"):
@@ -363,7 +369,11 @@ def _npz_members(path: Path, upload: bool) -> list[_Member]:
     return members
 
 
-def _members(path: Path, format: str, array_name: str, upload: bool = False) -> list[_Member]:
+@contextlib.contextmanager
+def _members(
+    path: Path, format: str, array_name: str, upload: bool = False
+) -> Iterator[tuple[list[_Member], zipfile.ZipFile | None]]:
+    """The file's arrays, with its npz archive (None for an npy) open while the block runs."""
     if not path.is_file():
         # A worker can reach a version deleted with force after its job started. The path is
         # the server's own and stays out of the message.
@@ -372,8 +382,10 @@ def _members(path: Path, format: str, array_name: str, upload: bool = False) -> 
             "while in use; upload the dataset again"
         )
     if format == "npy":
-        return _npy_members(path, array_name)
-    return _npz_members(path, upload)
+        yield _npy_members(path, array_name), None
+        return
+    with _opened_npz(path, upload) as archive:
+        yield _npz_members(archive, path, upload), archive
 
 
 def _mapped(path: Path, member: _Member, offset: int) -> np.ndarray:
@@ -393,25 +405,20 @@ def _unpacked(archive: zipfile.ZipFile, member: _Member) -> np.ndarray:
             raise InvalidArgument(f"array {member.name!r}: cannot be read ({str(exc)[:200]})") from None
 
 
-def _loaded(path: Path, members: list[_Member]) -> Generator[tuple[_Member, np.ndarray]]:
-    """Each member with its array, in turn. The archive's directory is read once for them all:
-    read anew for each, an npz of thousands of compressed arrays took time quadratic in their
-    number (4,000 arrays of one value, 70 s)."""
-    with contextlib.ExitStack() as stack:
-        archive: zipfile.ZipFile | None = None
-        for member in members:
-            if member.offset is not None:
-                yield member, _mapped(path, member, member.offset)
-                continue
-            if archive is None:
-                archive = stack.enter_context(zipfile.ZipFile(path))
-            yield member, _unpacked(archive, member)
+def _array(path: Path, member: _Member, archive: zipfile.ZipFile | None) -> np.ndarray:
+    """`member`'s array: memory-mapped where it lies uncompressed in the file, else read from
+    `archive`, whose directory was read once for every member (read anew for each, an npz of
+    thousands of compressed arrays took time quadratic in their number: 4,000 arrays, 70 s)."""
+    if member.offset is not None:
+        return _mapped(path, member, member.offset)
+    assert archive is not None  # only an npz member lies elsewhere than at an offset
+    return _unpacked(archive, member)
 
 
 def open_arrays(path: Path, format: str, array_name: str = "x") -> dict[str, np.ndarray]:
     """Every array of a dataset file, read-only; memory-mapped unless compressed inside an npz."""
-    with contextlib.closing(_loaded(path, _members(path, format, array_name))) as loaded:
-        return {member.name: array for member, array in loaded}
+    with _members(path, format, array_name) as (members, archive):
+        return {member.name: _array(path, member, archive) for member in members}
 
 
 def _memory_order(array: np.ndarray) -> Literal["F", "C"]:
@@ -587,22 +594,8 @@ def _check_sample_count(path: Path, members: list[_Member]) -> None:
         )
 
 
-def inspect_file(
-    path: Path,
-    format: str,
-    array_name: str,
-    allow_nonfinite: bool,
-    check_unpacked: Callable[[dict[str, int]], None] | None = None,
-) -> tuple[list[ArrayInfo], int]:
-    """Check every array of an uploaded dataset file, an npz array against its CRC-32 too, in
-    the one pass that takes its statistics; (arrays with statistics, number of samples).
-
-    `check_unpacked` is given the bytes of each array compressed inside an npz once the headers
-    are read, before any array's data is: a job reads those into memory whole, where stored
-    arrays are memory-mapped."""
-    members = _members(path, format, array_name, upload=True)
-    if check_unpacked is not None:
-        check_unpacked({m.name: math.prod(m.shape) * m.dtype.itemsize for m in members if m.offset is None})
+def _check_arrays(path: Path, format: str, members: list[_Member]) -> None:
+    """What a job needs of the arrays' names and shapes."""
     if format == "npz":
         for member in members:
             _check_npz_array_name(member.name)
@@ -620,16 +613,30 @@ def inspect_file(
             "upload arrays with one row per sample, at least one"
         )
     _check_sample_count(path, members)
-    if format == "npy":
-        with contextlib.closing(_loaded(path, members)) as loaded:
-            infos = [
-                ArrayInfo(m.name, m.dtype.name, m.shape, array_stats(m.name, array, allow_nonfinite))
-                for m, array in loaded
-            ]
-    else:
-        with zipfile.ZipFile(path) as archive:
-            infos = [
-                ArrayInfo(m.name, m.dtype.name, m.shape, _member_stats(archive, m, allow_nonfinite))
-                for m in members
-            ]
+
+
+def inspect_file(
+    path: Path,
+    format: str,
+    array_name: str,
+    allow_nonfinite: bool,
+    check_unpacked: Callable[[dict[str, int]], None] | None = None,
+) -> tuple[list[ArrayInfo], int]:
+    """Check every array of an uploaded dataset file, an npz array against its CRC-32 too, in
+    the one pass that takes its statistics; (arrays with statistics, number of samples).
+
+    `check_unpacked` is given the bytes of each array compressed inside an npz once the headers
+    are read, before any array's data is: a job reads those into memory whole, where stored
+    arrays are memory-mapped."""
+    with _members(path, format, array_name, upload=True) as (members, archive):
+        if check_unpacked is not None:
+            check_unpacked(
+                {m.name: math.prod(m.shape) * m.dtype.itemsize for m in members if m.offset is None}
+            )
+        _check_arrays(path, format, members)
+        if archive is None:
+            stats = [array_stats(m.name, _array(path, m, None), allow_nonfinite) for m in members]
+        else:
+            stats = [_member_stats(archive, m, allow_nonfinite) for m in members]
+    infos = [ArrayInfo(m.name, m.dtype.name, m.shape, st) for m, st in zip(members, stats, strict=True)]
     return infos, members[0].shape[0]
