@@ -444,3 +444,20 @@ def test_an_npz_member_compressed_as_numpy_never_does_is_invalid_argument(ds, da
         "deflated: save it with np.savez or np.savez_compressed"
     )
     assert_nothing_stored(ds, data_dir, "packed")
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["stored", "compressed"])
+def test_an_uploaded_npz_has_its_zip_directory_parsed_once(ds, monkeypatch, compressed):
+    """The checks of the members' headers and the pass over their data each had zipfile parse
+    the directory, a ZipInfo object per member: twice the cost for an npz of thousands of arrays."""
+    data = npz_bytes(20, compressed=compressed)
+    opened: list[str] = []
+
+    class CountingZipFile(zipfile.ZipFile):
+        def __init__(self, file, *args, **kwargs):
+            opened.append(str(file))
+            super().__init__(file, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile, "ZipFile", CountingZipFile)
+    upload_dataset(ds, "parsed-once", data)
+    assert len(opened) == 1, opened
