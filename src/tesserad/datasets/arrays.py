@@ -66,6 +66,10 @@ _ARRAY_NAME_RULE = (
 )
 
 
+class NonfiniteValues(InvalidArgument):
+    """An array holds NaN or Inf values and its upload does not allow them."""
+
+
 @dataclass(frozen=True)
 class ArrayStats:
     min: float = 0.0
@@ -466,7 +470,7 @@ def _stats(
                 if not allow_nonfinite:
                     at = start + int(np.flatnonzero(~finite)[0])
                     index = [int(i) for i in np.unravel_index(at, shape, order=order)]
-                    raise InvalidArgument(
+                    raise NonfiniteValues(
                         f"array {name!r} has NaN or Inf values (the first at index {index}); "
                         "clean them, or accept them with allow_nonfinite"
                     )
@@ -551,6 +555,25 @@ def _member_stats(archive: zipfile.ZipFile, member: _Member, allow_nonfinite: bo
         raise _unreadable_member(member, exc) from None
 
 
+def _verified_stats(
+    archive: zipfile.ZipFile, members: list[_Member], allow_nonfinite: bool
+) -> tuple[list[ArrayStats], NonfiniteValues | None]:
+    """Each member's statistics, every member's CRC-32 checked, before what the arrays hold is
+    judged: damage can be what made a shape, a name or a value wrong, and the file must be sent
+    again before any of those can be fixed. NaN or Inf values found are answered (the first
+    array's) for the caller to raise after the checks of names and shapes, as an npy's are."""
+    stats: list[ArrayStats] = []
+    refused: NonfiniteValues | None = None
+    for member in members:
+        try:
+            # Once values are refused, the rest are read for their CRC-32 alone.
+            stats.append(_member_stats(archive, member, allow_nonfinite or refused is not None))
+        except NonfiniteValues as exc:
+            refused = exc
+            stats.append(ArrayStats())
+    return stats, refused
+
+
 def _unreadable_member(member: _Member, exc: Exception) -> InvalidArgument:
     if member.offset is None:
         return InvalidArgument(f"array {member.name!r}: cannot be read ({str(exc)[:200]})")
@@ -627,16 +650,23 @@ def inspect_file(
 
     `check_unpacked` is given the bytes of each array compressed inside an npz once the headers
     are read, before any array's data is: a job reads those into memory whole, where stored
-    arrays are memory-mapped."""
+    arrays are memory-mapped.
+
+    A file with several problems is refused for the first a user must fix: what the archive and
+    the npy headers say (read first, as they bound the work that follows), the unpacked size, an
+    npz's damage (CRC-32), the arrays' names and shapes, and last NaN or Inf values."""
     with _members(path, format, array_name, upload=True) as (members, archive):
         if check_unpacked is not None:
             check_unpacked(
                 {m.name: math.prod(m.shape) * m.dtype.itemsize for m in members if m.offset is None}
             )
-        _check_arrays(path, format, members)
         if archive is None:
+            _check_arrays(path, format, members)
             stats = [array_stats(m.name, _array(path, m, None), allow_nonfinite) for m in members]
         else:
-            stats = [_member_stats(archive, m, allow_nonfinite) for m in members]
+            stats, refused_values = _verified_stats(archive, members, allow_nonfinite)
+            _check_arrays(path, format, members)
+            if refused_values is not None:
+                raise refused_values
     infos = [ArrayInfo(m.name, m.dtype.name, m.shape, st) for m, st in zip(members, stats, strict=True)]
     return infos, members[0].shape[0]

@@ -461,3 +461,49 @@ def test_an_uploaded_npz_has_its_zip_directory_parsed_once(ds, monkeypatch, comp
     monkeypatch.setattr(zipfile, "ZipFile", CountingZipFile)
     upload_dataset(ds, "parsed-once", data)
     assert len(opened) == 1, opened
+
+
+def swapped_in_x(**others: np.ndarray) -> bytes:
+    """An npz of x (64 Ki float32 values, stored) and `others`, x's bytes at 1024 to 5120 with
+    their halves swapped after the archive gave x its CRC-32."""
+    data = bytearray(npz_bytes(**others, x=np.arange(64 * 1024, dtype=np.float32)))
+    start = data.find(b"\n", data.find(b"x.npy")) + 1 + 1024
+    data[start : start + 4096] = data[start + 2048 : start + 4096] + data[start : start + 2048]
+    return bytes(data)
+
+
+CRC_REFUSED = (
+    "array 'x': its bytes do not match the CRC-32 the archive gives them (damaged, or chunks "
+    "sent twice or out of order); send the npz file as it is, in order"
+)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (swapped_in_x(y=np.zeros(10, np.int64)), CRC_REFUSED),
+        (swapped_in_x(**{"x y": np.zeros(64 * 1024, np.int64)}), CRC_REFUSED),
+        (swapped_in_x(a=np.full(64 * 1024, np.nan, np.float32)), CRC_REFUSED),
+        (
+            with_crc(
+                npz_bytes(compressed=True, x=np.arange(TWO_PIECES, dtype=np.float32), y=np.zeros(10)),
+                "x.npy",
+                0,
+            ),
+            "array 'x': cannot be read (Bad CRC-32 for file 'x.npy')",
+        ),
+    ],
+    ids=[
+        "and arrays of other sample counts",
+        "and an array name a job cannot give",
+        "and NaN in another array",
+        "compressed, and arrays of other sample counts",
+    ],
+)
+def test_a_damaged_npz_is_refused_as_damaged_before_what_it_holds_is_judged(ds, data_dir, data, message):
+    """Damage can be what made a shape, a name or a value wrong, and the file must be sent again
+    before any of those can be fixed: so the CRC-32 of every array is checked before them."""
+    error = rpc_error(upload_dataset, ds, "twice-wrong", data, sha256="", size_bytes=0)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == message
+    assert_nothing_stored(ds, data_dir, "twice-wrong")
