@@ -113,17 +113,10 @@ def _read_header(stream: IO[bytes], array: str) -> tuple[np.dtype[Any], tuple[in
         else:
             raise ValueError(f"npy format version {version} is not supported (1.0 and 2.0 are)")
     # numpy parses the header as a Python literal: a damaged one can also fail to tokenize, hold
-    # keys of mixed types, which numpy sorts to name them, or a descr numpy parses as one too.
-    except (
-        ValueError,
-        TypeError,
-        SyntaxError,
-        tokenize.TokenError,
-        EOFError,
-        OSError,
-        zipfile.BadZipFile,
-        zlib.error,
-    ) as exc:
+    # keys of mixed types, which numpy sorts to name them, or a descr numpy parses as one too. An
+    # npz member's damage (a bad CRC-32, which zipfile finds where the header read takes a small
+    # member whole) is left to the caller to report as damage.
+    except (ValueError, TypeError, SyntaxError, tokenize.TokenError, EOFError, OSError) as exc:
         raise InvalidArgument(f"array {array!r}: not a valid .npy array ({str(exc)[:200]})") from None
     header_bytes = stream.tell()
     if dtype.hasobject:
@@ -325,7 +318,8 @@ def _npz_members(archive: zipfile.ZipFile, path: Path, upload: bool) -> list[_Me
         for info in archive.infolist():
             if not info.filename.endswith(".npy"):
                 raise InvalidArgument(
-                    f"npz member {info.filename!r} is not a .npy array; an npz holds only arrays"
+                    f"npz member {info.filename!r} is not a .npy array; an npz holds only arrays: save "
+                    "the arrays alone, e.g. np.savez(file, x=x, y=y)"
                 )
             name = info.filename[: -len(".npy")]
             if not name:  # a job could never name it (an empty array name means the default)
@@ -333,7 +327,10 @@ def _npz_members(archive: zipfile.ZipFile, path: Path, upload: bool) -> list[_Me
                     "npz member '.npy' has no array name; save arrays by name, e.g. np.savez(file, x=x, y=y)"
                 )
             if name in seen:
-                raise InvalidArgument(f"array {name!r} appears twice in the npz archive")
+                raise InvalidArgument(
+                    f"array {name!r} appears twice in the npz archive (two members named "
+                    f"{info.filename!r}); save each array once, under its own name, e.g. np.savez(file, x=x, y=y)"
+                )
             seen.add(name)
             if info.flag_bits & 0x1:
                 raise InvalidArgument(f"array {name!r} is encrypted in the archive; upload it unencrypted")

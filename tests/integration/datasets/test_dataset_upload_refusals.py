@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zipfile
 import zlib
 from collections import Counter
@@ -507,3 +508,85 @@ def test_a_damaged_npz_is_refused_as_damaged_before_what_it_holds_is_judged(ds, 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     assert error.details() == message
     assert_nothing_stored(ds, data_dir, "twice-wrong")
+
+
+def npz_of_members(*members: tuple[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    """A zip of these (name, bytes) members, in order, as zipfile writes them (a name twice too)."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), zipfile.ZipFile(buffer, "w", compression) as archive:
+        warnings.simplefilter("ignore", UserWarning)  # zipfile's warning of a duplicate name
+        for name, data in members:
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def npy_header_then(shape: tuple[int, ...], data: bytes) -> bytes:
+    """An npy file of a float32 array whose header says `shape`, then `data`."""
+    return npy_header_alone(shape) + data
+
+
+TINY = np.zeros(4, np.float32).tobytes()
+WHOLE = npz_bytes(10)
+NOT_AN_NPZ = "the file is not a complete npz archive (no zip directory at its end: truncated, or not an npz)"
+OBJECTS = (
+    "array 'x' holds Python objects (dtype object), e.g. ragged rows or mixed types; objects are "
+    "never unpickled: store a dense numeric array (pad ragged rows to one length)"
+)
+HUGE = (
+    "array 'x' is truncated: its header says shape [1099511627776, 1000] float32 (4398046511104000 "
+    "bytes of data) but only 16 bytes follow"
+)
+
+
+@pytest.mark.parametrize(
+    ("data", "fields", "message"),
+    [
+        (WHOLE[: len(WHOLE) // 2], {}, NOT_AN_NPZ),
+        (WHOLE[:-10], {}, NOT_AN_NPZ),
+        (
+            npz_of_members(("x.npy", npy_bytes(np.zeros(3))), ("x.npy", npy_bytes(np.ones(3)))),
+            {},
+            "array 'x' appears twice in the npz archive (two members named 'x.npy'); save each array "
+            "once, under its own name, e.g. np.savez(file, x=x, y=y)",
+        ),
+        (
+            npz_of_members(("x.npy", npy_bytes(np.zeros(3))), ("notes.txt", b"hello")),
+            {},
+            "npz member 'notes.txt' is not a .npy array; an npz holds only arrays: save the arrays "
+            "alone, e.g. np.savez(file, x=x, y=y)",
+        ),
+        (npy_bytes(np.array([[1], [2, 3]], dtype=object)), {"format": D.DATASET_FORMAT_NPY}, OBJECTS),
+        (npz_bytes(x=np.array([[1], [2, 3]], dtype=object)), {}, OBJECTS),
+        (npy_header_then((2**40, 1000), TINY), {"format": D.DATASET_FORMAT_NPY}, HUGE),
+        (npz_of_members(("x.npy", npy_header_then((2**40, 1000), TINY))), {}, HUGE),
+        (
+            npz_of_members(("x.npy", npy_header_then((2**40, 1000), TINY)), compression=zipfile.ZIP_DEFLATED),
+            {},
+            HUGE,
+        ),
+        (
+            with_crc(npz_bytes(compressed=True, x=np.zeros(64, np.float32)), "x.npy", 0),
+            {},
+            "array 'x': its archive member is damaged (Bad CRC-32 for file 'x.npy')",
+        ),
+    ],
+    ids=[
+        "zip cut in half",
+        "zip cut in its end record",
+        "duplicate member",
+        "member not npy",
+        "npy of objects",
+        "npz of objects",
+        "npy of a huge shape",
+        "npz of a huge shape",
+        "compressed npz of a huge shape",
+        "small compressed member damaged",
+    ],
+)
+def test_bad_files_get_a_message_saying_what_to_fix_and_leave_nothing_stored(
+    ds, data_dir, data, fields, message
+):
+    error = rpc_error(upload_dataset, ds, "bad", data, **fields)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == message
+    assert_nothing_stored(ds, data_dir, "bad")
