@@ -590,3 +590,37 @@ def test_bad_files_get_a_message_saying_what_to_fix_and_leave_nothing_stored(
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     assert error.details() == message
     assert_nothing_stored(ds, data_dir, "bad")
+
+
+FORTRAN = np.asfortranarray(np.arange(24, dtype=np.float32).reshape(6, 4))
+
+
+@pytest.mark.parametrize(
+    ("data", "fields"),
+    [
+        (npy_bytes(FORTRAN), {"format": D.DATASET_FORMAT_NPY}),
+        (npz_bytes(x=FORTRAN), {}),
+        (npz_bytes(compressed=True, x=FORTRAN), {}),
+    ],
+    ids=["npy", "npz", "compressed npz"],
+)
+def test_a_fortran_ordered_array_is_stored_and_read_as_it_was_saved(ds, daemon, data, fields):
+    version = upload_dataset(ds, "columns", data, **fields)
+    assert [(a.name, list(a.shape), a.stats.min, a.stats.max) for a in version.arrays] == [
+        ("x", [6, 4], 0, 23)
+    ]
+    arrays = daemon.daemon.datasets.open_arrays(daemon.daemon.datasets.resolve("columns"))
+    assert arrays["x"].tolist() == FORTRAN.tolist()
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["stored", "compressed"])
+def test_nan_in_a_fortran_ordered_array_is_reported_at_its_index(ds, data_dir, compressed):
+    x = FORTRAN.copy(order="F")
+    x[4, 1] = np.nan
+    error = rpc_error(upload_dataset, ds, "columns", npz_bytes(compressed=compressed, x=x))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == (
+        "array 'x' has NaN or Inf values (the first at index [4, 1]); clean them, or accept them "
+        "with allow_nonfinite"
+    )
+    assert_nothing_stored(ds, data_dir, "columns")
