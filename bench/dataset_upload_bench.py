@@ -209,10 +209,14 @@ def directory_parses() -> Iterator[dict[str, int]]:
         zipfile.ZipFile._RealGetContents = parse  # type: ignore[attr-defined]
 
 
-def timed(call: Callable[[], object]) -> dict[str, float]:
+def timed(call: Callable[..., object], *args: Any, **kwargs: Any) -> dict[str, float]:
     wall, cpu = time.perf_counter(), time.process_time()
-    call()
+    call(*args, **kwargs)
     return {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+
+
+def parse_directory(path: Path) -> None:
+    zipfile.ZipFile(path).close()
 
 
 def measure_members(members: int, repeats: int, before: Any) -> list[dict[str, Any]]:
@@ -222,9 +226,11 @@ def measure_members(members: int, repeats: int, before: Any) -> list[dict[str, A
         for compressed in (False, True):
             path = Path(tmp) / f"members-{compressed}.npz"
             values = np.arange(8, dtype=np.float32)
-            (np.savez_compressed if compressed else np.savez)(
-                path, **{f"a{i}": values for i in range(members)}
-            )
+            named: dict[str, Any] = {f"a{i}": values for i in range(members)}
+            if compressed:
+                np.savez_compressed(path, **named)
+            else:
+                np.savez(path, **named)
             checks = {"after": arrays}
             if before is not None:
                 checks["before"] = before
@@ -233,16 +239,14 @@ def measure_members(members: int, repeats: int, before: Any) -> list[dict[str, A
                 with directory_parses() as counted:
                     module.inspect_file(path, "npz", "x", False, check_unpacked=lambda _unpacked: None)
                 parses[label] = counted["count"]
-            one_parse = [timed(lambda p=path: zipfile.ZipFile(p).close()) for _ in range(repeats)]
+            one_parse = [timed(parse_directory, path) for _ in range(repeats)]
             runs: dict[str, list[dict[str, float]]] = {label: [] for label in checks}
             for repeat in range(repeats):
                 order = list(checks) if repeat % 2 == 0 else list(reversed(checks))
                 for label in order:
                     module = checks[label]
                     runs[label].append(
-                        timed(
-                            lambda m=module, p=path: m.inspect_file(p, "npz", "x", False, check_unpacked=None)
-                        )
+                        timed(module.inspect_file, path, "npz", "x", False, check_unpacked=None)
                     )
             result: dict[str, Any] = {
                 "members": members,
