@@ -415,22 +415,24 @@ function parse(argv) {
       if (takesValue === undefined) throw new UsageError(`unknown option ${flag}`);
       if (equals !== -1) given.push([flag, arg.slice(equals + 1), !takesValue]);
       else if (takesValue && i + 1 >= argv.length) {
-        // The flag ends the line: every word of the command is read.
+        // The flag ends the line: every word of the command is read. Another command's flag is
+        // refused as that, first: a value would not make it one of this command's.
+        const command = commandOf(words);
+        refuseUnlessOptionOf(flag, command);
         const allowed = CHOICES[flag] ? `: one of ${CHOICES[flag].join(', ')}` : '';
-        throw new UsageError(`${flag} needs a value${allowed}`, commandOf(words));
+        throw new UsageError(`${flag} needs a value${allowed}`, command);
       } else given.push([flag, takesValue ? argv[++i] : true, false]);
     } else words.push(arg);
   }
   args.command = commandOf(words);
   args.positional = words.slice(args.command ? args.command.split(' ').length : 0);
   for (const [flag, value, unwanted] of given) {
+    refuseUnlessOptionOf(flag, args.command);
     if (unwanted) throw new UsageError(`${flag} takes no value, got ${JSON.stringify(value)}`, args.command);
     if (flag === '--target') args.target = value;
     else if (flag === '--token') args.token = value;
     else if (flag === '--timeout') args.timeoutMs = seconds('--timeout', value) * 1000;
-    else if (!(flag in (FLAGS[args.command] || {}))) {
-      throw new UsageError(`${flag} is not an option of ${args.command || 'tessera-node'}`, args.command);
-    } else (args.flags[flag] = args.flags[flag] || []).push(value);
+    else (args.flags[flag] = args.flags[flag] || []).push(value);
   }
   // As the Python CLI: the environment's default is read (and checked) only when --timeout is not
   // given, and an empty one is none.
@@ -439,6 +441,13 @@ function parse(argv) {
     args.timeoutMs = seconds('env TESSERA_TIMEOUT_S (the default of --timeout)', timeoutDefault) * 1000;
   }
   return args;
+}
+
+// A flag neither global nor one of `command`'s is refused as not an option of it.
+function refuseUnlessOptionOf(flag, command) {
+  if (!(flag in GLOBAL_FLAGS) && !(flag in (FLAGS[command] || {}))) {
+    throw new UsageError(`${flag} is not an option of ${command || 'tessera-node'}`, command);
+  }
 }
 
 function arity(args, min, max) {

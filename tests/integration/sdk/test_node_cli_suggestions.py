@@ -148,3 +148,19 @@ def test_node_cli_takes_flag_equals_value_as_argparse_does(node_ready):
     said, usage = switch.stderr.splitlines()
     assert said == 'tessera-node: --force takes no value, got "yes"'
     assert usage.startswith("usage: tessera-node models rm "), usage
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--runtime",), ("--runtime=onnx",), ("--force=yes",)],
+    ids=["flag-alone", "flag-equals-value", "switch-equals-value"],
+)
+def test_node_cli_refuses_another_commands_flag_as_not_an_option_first(node_ready, args):
+    """`jobs ls --runtime` was told that --runtime needs a value (and `--force=yes` that --force
+    takes none), as if giving one would do: --runtime is `load`'s, not an option of jobs ls."""
+    failed = run_node("127.0.0.1:1", "jobs", "ls", *args)
+    assert failed.returncode == EXIT_USAGE, failed.stdout
+    said, usage = failed.stderr.splitlines()
+    flag = args[0].split("=", 1)[0]
+    assert said == f"tessera-node: {flag} is not an option of jobs ls", said
+    assert usage.startswith("usage: tessera-node jobs ls "), usage
