@@ -95,8 +95,9 @@ class JobRecord:
     # Checkpoints released when the job ended (the retention policy): only the kept ones are listed.
     checkpoints_released: int = 0
     # Why early stopping ended the job (the worker's early_stopping facts, training.loop), None
-    # while it has not. `stopped_early_recorded`: the record holds it, as every record does from
-    # an epoch of a job with early stopping on; a record an older daemon stored does not, and
+    # while it has not: an attempt queued again or started to train clears an earlier one's.
+    # `stopped_early_recorded`: the record holds it, as every record does from an attempt's start
+    # or an epoch of a job with early stopping on; a record an older daemon stored does not, and
     # only the job's events say it (the next start stores it from them on the record).
     stopped_early: dict[str, Any] | None = None
     stopped_early_recorded: bool = False

@@ -986,10 +986,6 @@ class Jobs:
         checkpoint = self._resume_checkpoint(job) if job.attempt else None
         attempt = job.attempt + 1
         job = replace(job, attempt=attempt, devices=tuple(devices), started_at=job.started_at or time.time())
-        if job.stopped_early is not None:
-            # An attempt whose training finished (its final checkpoint stored) is never followed
-            # by another, which trains again: an earlier attempt's line does not hold for it.
-            job = replace(job, stopped_early=None)
         run_id = job.run_id
 
         def start_run(txn: WriteTxn, _event: JobEvent) -> None:
@@ -1507,6 +1503,11 @@ class Jobs:
     ) -> JobRecord:
         """`flush`: wait for an end's commit (False: the caller waits, `_queue_end`)."""
         kept_devices = job.devices if state in ("running", "interrupted") else ()
+        if state in ("queued", "running") and job.attempt and self._final_checkpoint(job) is None:
+            # Queued again, or started, to train on: an earlier attempt's stop holds for none of it,
+            # also where the job then ends before training (cancelled in the queue). A job whose
+            # training finished (its final checkpoint stored) only ends, keeping its attempt's.
+            job = _not_stopped_early(job)
         with self._lock:
             self._state_counts[job.state] -= 1
             self._state_counts[state] += 1
@@ -1588,6 +1589,13 @@ def _stop_unrecorded(job: JobRecord) -> bool:
         and job.state in ENDED
         and bool(job.config.get("early_stopping", {}).get("patience"))
     )
+
+
+def _not_stopped_early(job: JobRecord) -> JobRecord:
+    """`job` not stopped early as of now; recorded so, where early stopping is on, for its end not
+    to take an earlier attempt's line from its events (`_stop_unrecorded`)."""
+    early = bool(job.config.get("early_stopping", {}).get("patience"))
+    return replace(job, stopped_early=None, stopped_early_recorded=job.stopped_early_recorded or early)
 
 
 def answered_bytes(job: JobRecord) -> int:

@@ -348,6 +348,63 @@ def test_a_job_cancelled_while_queued_to_resume_does_not_say_it_never_started(
     channel.close()
 
 
+def test_a_job_cancelled_while_queued_to_train_again_is_not_said_to_have_stopped_early(
+    spawn_daemon: Any, tmp_path: Path
+) -> None:
+    daemon, channel = _start(spawn_daemon, tmp_path)
+    upload_standard_datasets(channel)
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec = job_spec(
+        "mlp",
+        epochs=60,
+        checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1),
+        early_stopping=job_spec_pb2.EarlyStopping(metric="val_loss", patience=50),
+    )
+    job = training.SubmitJob(S.SubmitJobRequest(spec=spec))
+    for event in training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120):
+        if event.WhichOneof("event") == "checkpoint":
+            break
+    daemon.terminate()
+    daemon.output()
+    channel.close()
+    # The record as an attempt leaves it that early stopping ended after its epoch 3, killed
+    # before its final checkpoint was stored: the next attempt trains again from epoch 2.
+    store = Store.open(tmp_path / "store", map_size=1 << 30, tables=STORE_TABLES)
+    try:
+        with store.write() as txn:
+            record = json.loads(txn.get("jobs", (job.job_id,)) or b"")
+            assert record["data"]["state"] == "interrupted"
+            assert [c["reason"] for c in record["data"]["checkpoints"]] != ["final"]
+            record["data"]["stopped_early"] = {
+                "metric": "val_loss",
+                "mode": "min",
+                "best": 0.5,
+                "best_epoch": 1,
+                "epoch": 3,
+                "patience": 2,
+                "min_delta": 0.0,
+            }
+            txn.put("jobs", (job.job_id,), json.dumps(record).encode())
+    finally:
+        store.close()
+
+    # No CPU slot: the job waits in the queue to train again, and is cancelled there.
+    _, channel = _start(spawn_daemon, tmp_path, {**ENV, "TESSERA_TRAINING_CPU_SLOTS": "0"})
+    training = training_pb2_grpc.TrainingStub(channel)
+    assert training.GetJob(S.GetJobRequest(job_id=job.job_id)).state == S.JOB_STATE_QUEUED
+    cancelled = training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
+    assert (cancelled.state, cancelled.attempt) == (S.JOB_STATE_CANCELLED, 1)
+    # The stop was the interrupted attempt's, which the queued one was to train past: `jobs ls`
+    # said a job cancelled in the queue had been ended by early stopping.
+    assert not cancelled.HasField("stopped_early")
+    (listed,) = training.ListJobs(S.ListJobsRequest(experiment=spec.experiment)).jobs
+    assert not listed.HasField("stopped_early")
+    events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
+    end = of_kind(events, "state")[-1]
+    assert (end.state, end.HasField("stopped_early")) == (S.JOB_STATE_CANCELLED, False)
+    channel.close()
+
+
 def test_a_watcher_of_a_job_the_shutdown_interrupts_is_told_to_watch_again_and_misses_nothing(
     tmp_path: Path,
 ) -> None:
