@@ -5,7 +5,6 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import logging
-import math
 import os
 import threading
 import time
@@ -249,9 +248,9 @@ def _given(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UnexpectedError:
-    """The unexpected error a version's background load last raised (see
+    """The unexpected error a version's background load last raised in its run of failures (see
     ModelPool.unexpected_error_again)."""
 
     # The artifact the load was for ("" when none was read yet), the error's type and message.
@@ -260,8 +259,44 @@ class UnexpectedError:
     listed: str
     # How many times in a row it came.
     times: int
-    # When (ModelPool._clock) it last came.
-    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRun:
+    """A version's run of failed loads in a row: a retry waits the longer for each (see
+    InferenceService.retry_failed_loads). ModelPool ends it once a load of the version succeeds,
+    or the version is deleted, or FAILURE_RUN_GAP_S after its last failure."""
+
+    # The artifact its last counted failure was of, and how many of that artifact's loads failed
+    # in a row (0: none counted yet, only an unexpected error noted).
+    artifact_sha256: str
+    failures: int
+    # When (ModelPool._clock) its last failure came, counted or an unexpected error.
+    last_at: float
+    # The unexpected error its loads last raised, if any.
+    unexpected: UnexpectedError | None = None
+
+    def stale(self, now: float) -> bool:
+        """Whether a failure at `now` starts a new run: the cause of the last has passed since."""
+        return now - self.last_at >= FAILURE_RUN_GAP_S
+
+    def counted(self, artifact_sha256: str, now: float) -> FailureRun:
+        """The run with a failed load of `artifact_sha256` at `now`; one of another artifact than
+        the last counted starts the count again."""
+        failures = self.failures + 1 if artifact_sha256 == self.artifact_sha256 else 1
+        return dataclasses.replace(self, artifact_sha256=artifact_sha256, failures=failures, last_at=now)
+
+    def unexpected_again(self, error: tuple[str, str, str], now: float) -> FailureRun | None:
+        """The run with `error` come again at `now`, counted; None when it is not the unexpected
+        error the run last noted."""
+        if self.unexpected is None or self.unexpected.error != error:
+            return None
+        again = dataclasses.replace(self.unexpected, times=self.unexpected.times + 1)
+        return dataclasses.replace(self, unexpected=again, last_at=now)
+
+    def unexpected_noted(self, error: tuple[str, str, str], listed: str, now: float) -> FailureRun:
+        """The run with `error` come first of its kind at `now`, listed as `listed`."""
+        return dataclasses.replace(self, unexpected=UnexpectedError(error, listed, 1), last_at=now)
 
 
 class LoadedVersion:
@@ -330,15 +365,10 @@ class ModelPool:
         # Versions unloaded since the daemon started: the repository index lists them as Triton
         # does (UNAVAILABLE, "unloaded") rather than forgetting they were ever served.
         self._unloaded: set[tuple[str, int]] = set()
-        # (model, version) -> the artifact its last failed load listed was of, how many of that
-        # artifact's loads failed in a row, and when (_clock) the last did: a retry waits the
-        # longer for each (see InferenceService.retry_failed_loads), so the run outlives the
-        # listing a retry forgets. It ends once a load of the version succeeds, or the version is
-        # deleted (see _end_failure_run), or FAILURE_RUN_GAP_S after its last failure.
-        self._failures_in_a_row: dict[tuple[str, int], tuple[str, int, float]] = {}
-        # (model, version) -> the unexpected error its last background load raised (see
-        # unexpected_error_again), ended with its run of failures.
-        self._unexpected_errors: dict[tuple[str, int], UnexpectedError] = {}
+        # (model, version) -> its run of failed loads, which outlives the listing a retry forgets
+        # (see FailureRun), and holds the unexpected error its last background load raised (see
+        # unexpected_error_again).
+        self._failure_runs: dict[tuple[str, int], FailureRun] = {}
         self.response_cache = (
             ResponseCache(defaults.response_cache_size) if defaults.response_cache_size else None
         )
@@ -647,26 +677,23 @@ class ModelPool:
         another artifact, or long after the last, starts a new run); called with _lock held."""
         key = (entry.model, entry.version)
         now = self._clock()
-        self._end_stale_failure_run(key, now)
-        artifact_sha256, failures, _ = self._failures_in_a_row.get(key, (entry.artifact_sha256, 0, now))
-        failures = failures + 1 if artifact_sha256 == entry.artifact_sha256 else 1
-        self._failures_in_a_row[key] = (entry.artifact_sha256, failures, now)
-        entry.failures_in_a_row = failures
+        run = (self._failure_run(key, now) or FailureRun("", 0, now)).counted(entry.artifact_sha256, now)
+        self._failure_runs[key] = run
+        entry.failures_in_a_row = run.failures
 
-    def _end_stale_failure_run(self, key: tuple[str, int], now: float) -> None:
-        """End the version's run of failures if its last came FAILURE_RUN_GAP_S or longer before
-        `now`; called with _lock held."""
-        run = self._failures_in_a_row.get(key)
-        unexpected = self._unexpected_errors.get(key)
-        last = max(run[2] if run else -math.inf, unexpected.at if unexpected else -math.inf)
-        if now - last >= FAILURE_RUN_GAP_S:
-            self._end_failure_run(key)
+    def _failure_run(self, key: tuple[str, int], now: float) -> FailureRun | None:
+        """The version's run of failures that a failure at `now` goes on; None when it has none,
+        or one so old that it is ended here (see FailureRun.stale). Called with _lock held."""
+        run = self._failure_runs.get(key)
+        if run is not None and run.stale(now):
+            del self._failure_runs[key]
+            return None
+        return run
 
     def _end_failure_run(self, key: tuple[str, int]) -> None:
         """Forget the version's run of failures and its unexpected error: a load of it succeeded,
-        or it was deleted (or its failure came long after the last); called with _lock held."""
-        self._failures_in_a_row.pop(key, None)
-        self._unexpected_errors.pop(key, None)
+        or it was deleted; called with _lock held."""
+        self._failure_runs.pop(key, None)
 
     def unexpected_error_again(
         self, model: str, version: int, error: tuple[str, str, str]
@@ -678,27 +705,29 @@ class ModelPool:
         key = (model, version)
         with self._lock:
             now = self._clock()
-            self._end_stale_failure_run(key, now)
-            last = self._unexpected_errors.get(key)
-            if last is None or last.error != error:
+            run = self._failure_run(key, now)
+            again = run.unexpected_again(error, now) if run is not None else None
+            if again is None:
                 return None
-            again = dataclasses.replace(last, times=last.times + 1, at=now)
-            self._unexpected_errors[key] = again
-            return again
+            self._failure_runs[key] = again
+            return again.unexpected
 
     def note_unexpected_error(
         self, model: str, version: int, error: tuple[str, str, str], listed: str
     ) -> None:
         """Note `error`, which a background load of the version raised, first of its kind, logged
         and listed as `listed`."""
+        key = (model, version)
         with self._lock:
-            self._unexpected_errors[(model, version)] = UnexpectedError(error, listed, 1, self._clock())
+            now = self._clock()
+            run = self._failure_run(key, now) or FailureRun("", 0, now)
+            self._failure_runs[key] = run.unexpected_noted(error, listed, now)
 
     def failure_runs(self, model: str) -> set[int]:
         """The versions of `model` with a run of failures (or an unexpected error) kept, listed or
         not: a refresh that finds one deleted ends it (see forget_failure)."""
         with self._lock:
-            return {v for (m, v) in (*self._failures_in_a_row, *self._unexpected_errors) if m == model}
+            return {v for (m, v) in self._failure_runs if m == model}
 
     def forget_listed_failure(self, entry: LoadedVersion, retry: Collection[Retry]) -> bool:
         """Drop `entry`'s failed listing if it is still the one listed under its number and its

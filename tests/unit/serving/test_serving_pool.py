@@ -13,6 +13,8 @@ from serving_fakes import LINEAR_B, LINEAR_W, ArrivalLock, HeldArtifact
 
 from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, Lasting, NotFound, Unavailable
 from tesserad.serving.pool import (
+    FAILURE_RUN_GAP_S,
+    FailureRun,
     LoadState,
     ModelPool,
     Retry,
@@ -223,6 +225,28 @@ def test_a_versions_failed_loads_in_a_row_are_counted_per_artifact_until_one_suc
     assert pool.load(version, ServingConfig()).state is LoadState.READY
     pool.unload("m", 1)
     assert fail(version) == 1
+
+
+def test_a_failure_run_counts_the_failures_of_one_artifact_and_the_repeats_of_one_error() -> None:
+    error = ("a" * 64, "OSError", "disk I/O error")
+    run = FailureRun("", 0, 0.0).counted("a" * 64, 1.0).counted("a" * 64, 2.0)
+    assert (run.failures, run.last_at) == (2, 2.0)
+    assert run.counted("b" * 64, 3.0).failures == 1  # another artifact under the number
+    assert run.unexpected_again(error, 3.0) is None  # none noted yet
+    noted = run.unexpected_noted(error, "listed", 3.0)
+    again = noted.unexpected_again(error, 4.0)
+    assert again is not None and again.unexpected is not None
+    assert (again.unexpected.times, again.unexpected.listed, again.last_at) == (2, "listed", 4.0)
+    assert again.failures == 2  # the count of failures goes on beside it
+    assert noted.unexpected_again(("a" * 64, "OSError", "database disk image is malformed"), 4.0) is None
+
+
+def test_a_failure_run_is_stale_once_its_last_failure_is_a_gap_old() -> None:
+    run = FailureRun("", 0, 0.0).counted("", 10.0)
+    assert not run.stale(10.0 + FAILURE_RUN_GAP_S - 1)
+    assert run.stale(10.0 + FAILURE_RUN_GAP_S)
+    noted = run.unexpected_noted(("", "OSError", "disk I/O error"), "listed", 20.0)
+    assert not noted.stale(10.0 + FAILURE_RUN_GAP_S)  # an unexpected error is a failure too
 
 
 def test_a_retry_forgets_only_the_failed_listing_it_saw(pool: ModelPool, linear_onnx: Path) -> None:
