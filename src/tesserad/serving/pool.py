@@ -20,6 +20,7 @@ import numpy as np
 from tesserad.errors import (
     DeadlineExceeded,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     Lasting,
     NotFound,
@@ -250,8 +251,8 @@ def _given(value: int | None, default: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class UnexpectedError:
-    """The unexpected error a version's background load last raised in its run of failures (see
-    ModelPool.unexpected_error_again)."""
+    """The unexpected error a version's loads last raised in its run of failures (see
+    ModelPool.unexpected_load_error)."""
 
     # The artifact the load was for ("" when none was read yet), the error's type and message.
     error: tuple[str, str, str]
@@ -366,8 +367,8 @@ class ModelPool:
         # does (UNAVAILABLE, "unloaded") rather than forgetting they were ever served.
         self._unloaded: set[tuple[str, int]] = set()
         # (model, version) -> its run of failed loads, which outlives the listing a retry forgets
-        # (see FailureRun), and holds the unexpected error its last background load raised (see
-        # unexpected_error_again).
+        # (see FailureRun), and holds the unexpected error its loads last raised (see
+        # unexpected_load_error).
         self._failure_runs: dict[tuple[str, int], FailureRun] = {}
         self.response_cache = (
             ResponseCache(defaults.response_cache_size) if defaults.response_cache_size else None
@@ -463,7 +464,7 @@ class ModelPool:
                 error = (
                     exc
                     if isinstance(exc, TesseraError)
-                    else logged_internal(log, f"loading {entry.label}", exc)
+                    else self.unexpected_load_error(*key, servable.artifact_sha256, exc)
                 )
                 # Failed and counted at once: a retry pass (InferenceService.retry_failed_loads)
                 # in between would take it for the first failure of its run, and retry it at once.
@@ -695,33 +696,40 @@ class ModelPool:
         or it was deleted; called with _lock held."""
         self._failure_runs.pop(key, None)
 
-    def unexpected_error_again(
-        self, model: str, version: int, error: tuple[str, str, str]
-    ) -> UnexpectedError | None:
-        """Count `error` (the artifact a background load of the version was for, the type and
-        message of the unexpected error it raised) as come again, if it is the version's last
-        such error in its run of failures: that error, counted. None when it is not (the caller
-        logs it, and notes it with note_unexpected_error)."""
+    def unexpected_load_error(
+        self, model: str, version: int, artifact_sha256: str, exc: Exception
+    ) -> Internal:
+        """The error to list for `exc`, which a load of the version (of `artifact_sha256`, "" when
+        none was read yet) raised unexpectedly, in the pool or in the background load that began
+        it. The first of a run of the same error (type and message) is logged with its traceback
+        under a new error id, each repeat in a line that says how many times in a row it came and
+        is listed with that id: a disk or registry unreadable for long would log a traceback at
+        each retry of the load."""
         key = (model, version)
+        error = (artifact_sha256, type(exc).__qualname__, str(exc))
         with self._lock:
             now = self._clock()
             run = self._failure_run(key, now)
             again = run.unexpected_again(error, now) if run is not None else None
-            if again is None:
-                return None
-            self._failure_runs[key] = again
-            return again.unexpected
-
-    def note_unexpected_error(
-        self, model: str, version: int, error: tuple[str, str, str], listed: str
-    ) -> None:
-        """Note `error`, which a background load of the version raised, first of its kind, logged
-        and listed as `listed`."""
-        key = (model, version)
-        with self._lock:
-            now = self._clock()
-            run = self._failure_run(key, now) or FailureRun("", 0, now)
-            self._failure_runs[key] = run.unexpected_noted(error, listed, now)
+            if again is not None:
+                self._failure_runs[key] = again
+        repeated = again.unexpected if again is not None else None
+        if repeated is None:
+            listed = logged_internal(
+                log, f"loading model {model!r} version {version}", exc, model=model, version=version
+            ).message
+            with self._lock:
+                now = self._clock()
+                run = self._failure_run(key, now) or FailureRun("", 0, now)
+                self._failure_runs[key] = run.unexpected_noted(error, listed, now)
+            return Internal(listed)
+        log.warning(
+            "loading model %r version %s failed again with the same unexpected error (%s times in a "
+            "row): %s: %s; %s",
+            model, version, repeated.times, error[1], error[2], repeated.listed,
+            extra={"model": model, "version": version, "reason": repeated.listed},
+        )  # fmt: skip
+        return Internal(repeated.listed)
 
     def failure_runs(self, model: str) -> set[int]:
         """The versions of `model` with a run of failures (or an unexpected error) kept, listed or

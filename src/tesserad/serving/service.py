@@ -33,14 +33,12 @@ import numpy as np
 
 from tesserad.errors import (
     FailedPrecondition,
-    Internal,
     InvalidArgument,
     NotFound,
     NotLoaded,
     StillLoading,
     TesseraError,
     Unavailable,
-    logged_internal,
 )
 from tesserad.serving.batcher import Answer, Answered, BatcherClosed, Prediction
 from tesserad.serving.explain import Explainer, ExplainOptions, Method, QueuedExplanation
@@ -1105,32 +1103,9 @@ class InferenceService:
         except TesseraError:
             raise
         except Exception as exc:
-            error = self._unexpected_load_error(key, artifact_sha256, exc)
+            error = self.pool.unexpected_load_error(model, version, artifact_sha256, exc)
             self.pool.list_failure(model, version, error, artifact_sha256)
             raise error from exc
-
-    def _unexpected_load_error(self, key: tuple[str, int], artifact_sha256: str, exc: Exception) -> Internal:
-        """The error to list for `exc`, which a background load of `key` (of `artifact_sha256`)
-        raised unexpectedly. The first of a run of the same error (type and message) is logged
-        with its traceback under a new error id, each repeat in a line that says how many times
-        in a row it came and is listed with that id: a registry unreadable for long would log a
-        traceback at each retry of the load."""
-        model, version = key
-        error = (artifact_sha256, type(exc).__qualname__, str(exc))
-        again = self.pool.unexpected_error_again(model, version, error)
-        if again is None:
-            listed = logged_internal(
-                log, f"loading model {model!r} version {version}", exc, model=model, version=version
-            ).message
-            self.pool.note_unexpected_error(model, version, error, listed)
-            return Internal(listed)
-        log.warning(
-            "loading model %r version %s failed again with the same unexpected error (%s times in a "
-            "row): %s: %s; %s",
-            model, version, again.times, error[1], error[2], again.listed,
-            extra={"model": model, "version": version, "reason": again.listed},
-        )  # fmt: skip
-        return Internal(again.listed)
 
     # -- hot swap --------------------------------------------------------------------------
 

@@ -993,6 +993,41 @@ def test_a_load_failing_again_with_the_same_unexpected_error_logs_its_traceback_
     assert [second in e for e in listed_errors] == [False, False, True, True]
 
 
+def test_loads_failing_again_with_the_same_unexpected_error_in_the_pool_log_its_traceback_once(
+    daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An artifact that could not be read (a disk error) failed each LoadModel with a full
+    traceback in the log: as for a background load, the first of a run of the same error has it,
+    each repeat a line that says how many times it came, answered with the first's error id."""
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    upload(channel, "m", linear_model(1.0))
+    artifact_path = daemon.daemon.registry.artifact_path
+
+    def unreadable(record: Any) -> Any:
+        if (record.model, record.version) == ("m", 1):
+            raise OSError("Input/output error")
+        return artifact_path(record)
+
+    monkeypatch.setattr(daemon.daemon.registry, "artifact_path", unreadable)
+    answers = []
+    for _ in range(3):
+        with pytest.raises(grpc.RpcError) as raised:
+            inference.LoadModel(
+                inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="m", version=1))
+            )
+        assert raised.value.code() == grpc.StatusCode.INTERNAL
+        answers.append(raised.value.details() or "")
+
+    (traceback,) = [r for r in caplog.records if r.exc_info and isinstance(r.exc_info[1], OSError)]
+    repeats = [r for r in caplog.records if "failed again" in r.getMessage()]
+    assert [r.exc_info for r in repeats] == [None, None]
+    assert "2 times in a row" in repeats[0].getMessage()
+    assert "3 times in a row" in repeats[1].getMessage()
+    assert all("Input/output error" in r.getMessage() for r in repeats)
+    assert all(traceback.__dict__["error_id"] in answer for answer in answers)
+
+
 def _on_the_manual_clock(daemon: Any, monkeypatch: pytest.MonkeyPatch) -> ManualClock:
     """Put the serving layer (retry waits) and its pool (when each failure came) on one ManualClock."""
     clock = ManualClock()
