@@ -266,7 +266,7 @@ class UnexpectedError:
 class FailureRun:
     """A version's run of failed loads in a row: a retry waits the longer for each (see
     InferenceService.retry_failed_loads). ModelPool ends it once a load of the version succeeds,
-    or the version is deleted, or FAILURE_RUN_GAP_S after its last failure."""
+    or the version is deleted or unloaded, or FAILURE_RUN_GAP_S after its last failure."""
 
     # The artifact its last counted failure was of, and how many of that artifact's loads failed
     # in a row (0: none counted yet, only an unexpected error noted).
@@ -500,9 +500,14 @@ class ModelPool:
         """Stop routing to the version, let its queue finish, free it. A load or unload of it under
         way is waited for first: the load's version is then unloaded, and after the unload it is
         NotFound (not loaded), as a load that finished later would leave it serving, and two
-        unloads at once would drain it twice."""
-        with self._holding_load_lock((model, version)):
-            return self._unload((model, version))
+        unloads at once would drain it twice. Asked for (UnloadModel), it ends the version's run
+        of failures too: a later load's failure is a first again, retried at once."""
+        key = (model, version)
+        with self._holding_load_lock(key):
+            entry = self._unload(key)
+            with self._lock:
+                self._end_failure_run(key)
+            return entry
 
     def unload_member(self, model: str, version: int) -> bool:
         """Unload the version if an ensemble's load loaded it, no load asked for it as itself,
@@ -693,7 +698,7 @@ class ModelPool:
 
     def _end_failure_run(self, key: tuple[str, int]) -> None:
         """Forget the version's run of failures and its unexpected error: a load of it succeeded,
-        or it was deleted; called with _lock held."""
+        or it was deleted or unloaded; called with _lock held."""
         self._failure_runs.pop(key, None)
 
     def unexpected_load_error(

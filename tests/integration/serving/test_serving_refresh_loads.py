@@ -1138,3 +1138,43 @@ def test_a_failure_long_after_the_last_one_starts_a_new_run(daemon, monkeypatch:
     clock.now += 2 * LOAD_RETRY_MAX_S + 1
     assert _copy_to_the_shadow(daemon) == inference_pb2.LOAD_STATE_FAILED
     assert retry() == 1  # the first of a new run: at once
+
+
+def test_an_unload_ends_the_run_of_failures_of_the_version_it_unloads(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """UnloadModel of a version whose loads kept failing (its artifact out of reach) left their
+    run counted: a LoadModel after that which failed once more waited the run's longer backoff
+    before its retry, as if the operator had never unloaded it."""
+    _without_periodic_load_retries(daemon, monkeypatch)
+    _on_the_manual_clock(daemon, monkeypatch)
+    service = daemon.daemon.inference
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    upload(channel, "m", linear_model(1.0))
+    artifact_path = daemon.daemon.registry.artifact_path
+
+    def unreachable(record: Any) -> Any:
+        if (record.model, record.version) == ("m", 1):
+            raise Unavailable("the artifact store cannot be reached")
+        return artifact_path(record)
+
+    monkeypatch.setattr(daemon.daemon.registry, "artifact_path", unreachable)
+    version_1 = common_pb2.VersionRef(model="m", version=1)
+
+    def load_fails() -> None:
+        with pytest.raises(grpc.RpcError) as raised:
+            inference.LoadModel(inference_pb2.LoadModelRequest(target=version_1))
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    def retry() -> int:
+        return InferenceService.retry_failed_loads(service)
+
+    load_fails()
+    assert retry() == 1  # the first failure in a row: at once
+    load_fails()
+    assert retry() == 0  # the second waits its turn (the clock stands)
+    inference.UnloadModel(inference_pb2.UnloadModelRequest(target=version_1))
+    assert service.pool.failure_runs("m") == set()
+    load_fails()
+    assert retry() == 1  # the first of a new run: at once
