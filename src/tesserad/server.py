@@ -407,7 +407,10 @@ class Daemon:
             deployment_history=settings.registry.deployment_history,
             dataset_check=self.datasets.check_lineage,
             referenced=lambda txn: itertools.chain(
-                job_models(txn), replica_changes.change_feed_versions(txn)
+                job_models(txn),
+                training_sweeps.sweep_models(txn),
+                training_tracking.run_models(txn),
+                replica_changes.change_feed_versions(txn),
             ),
         )
         self.exports = Exports(

@@ -17,8 +17,9 @@
 - The next numbers of models deleted before `RETIRED_NUMBERS`: every model version the store
   still names (lineage, its marks, ensemble members, and what the daemon's other parts name:
   `References`) is read once, and each such name without a model gets a row past the highest
-  number named, in one write transaction with the marker (an interrupted pass left nothing and
-  runs again); a row is only ever raised.
+  number named, and a live model of such a name (an older daemon created it again from 1) its
+  next number past it and past its name's row (which it takes over), in one write transaction
+  with the marker (an interrupted pass left nothing and runs again); numbers are only ever raised.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ from tesserad.registry.tables import (
     JOB_VERSIONS,
     MEMBER_OF,
     MODELS,
+    RETIRED_NUMBERS,
     VERSIONS,
     newest_stored_version,
     put_model_data,
+    raise_next_version,
     raise_retired_number,
 )
 from tesserad.store import (
@@ -200,22 +203,33 @@ def _parent_gone(txn: ReadTxn, record: VersionRecord) -> bool:
 def backfill_retired_numbers(store: Store, referenced: References) -> int:
     """Once per store: give each name a model deleted before `RETIRED_NUMBERS` left named (by the
     registry's records or `referenced`) the number after the highest it is named with, so that a
-    model created again under it never gives a number something still names; how many got one."""
+    model created again under it never gives a number something still names; a live model (one
+    such a tesserad created again, from 1) numbers on past it, and past the number its name
+    keeps. How many names got a number or were raised."""
     with store.read() as txn:
         if txn.exists("meta", NUMBERS_RETIRED):
             return 0
         highest: dict[str, int] = {}
         for name, number in itertools.chain(_registry_references(txn), referenced(txn)):
             highest[name] = max(highest.get(name, 0), number)
-    kept = 0
+        for key, _ in txn.scan(RETIRED_NUMBERS):
+            highest.setdefault(str(key[0]), 0)
+    kept = raised = 0
     with store.write() as txn:
         for name, number in highest.items():
-            if not txn.exists(MODELS, (name,)) and raise_retired_number(txn, name, number + 1):
-                kept += 1
+            if txn.exists(MODELS, (name,)):
+                raised += raise_next_version(txn, name, number + 1)
+            else:
+                kept += raise_retired_number(txn, name, number + 1)
         txn.put("meta", NUMBERS_RETIRED, encode_record(NUMBERS_RETIRED[0], 1, {}))
     if kept:
         log.info("kept the version numbers of models deleted before", extra={"models": kept})
-    return kept
+    if raised:
+        log.info(
+            "numbered models created again by an older tesserad on past the numbers their names gave",
+            extra={"models": raised},
+        )
+    return kept + raised
 
 
 def _registry_references(txn: ReadTxn) -> Iterator[tuple[str, int]]:

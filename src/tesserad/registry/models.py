@@ -54,6 +54,7 @@ def model_record(txn: ReadTxn, fields: dict[str, Any]) -> ModelRecord:
         next_version=int(fields["next_version"]),
         # A record from before models kept it numbered from 1.
         first_version=int(fields.get("first_version", 1)),
+        numbers_skipped=int(fields.get("numbers_skipped", 0)),
         alias_events=int(fields["next_event"]) - 1,
     )
 

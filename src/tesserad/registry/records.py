@@ -78,6 +78,9 @@ class ModelRecord:
     # The number its first version got or gets: past 1 for a model created again under a deleted
     # model's name (its versions number on from the deleted one's).
     first_version: int
+    # Numbers next_version passed over without a version (`tables.raise_next_version`): grown
+    # past, not registered.
+    numbers_skipped: int
 
 
 @dataclass(frozen=True)

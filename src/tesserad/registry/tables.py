@@ -119,6 +119,23 @@ def raise_retired_number(txn: WriteTxn, name: str, next_version: int) -> bool:
     return True
 
 
+def raise_next_version(txn: WriteTxn, name: str, next_version: int) -> bool:
+    """Make the live model `name` number its next version at `next_version` or past it, and past
+    the number its name keeps (where a tesserad from before `RETIRED_NUMBERS` created it again from
+    1, leaving the row), whose row it takes over as a model created now does; whether its record
+    changed. `numbers_skipped` counts the numbers so passed over, which no version got."""
+    fields = model_data(txn, name)
+    floor = max(next_version, _retired_next_version(txn, name))
+    txn.delete(RETIRED_NUMBERS, (name,))
+    skipped = floor - int(fields["next_version"])
+    if skipped <= 0:
+        return False
+    fields["next_version"] = floor
+    fields["numbers_skipped"] = int(fields.get("numbers_skipped", 0)) + skipped
+    put_model_data(txn, fields)
+    return True
+
+
 def model_data(txn: ReadTxn, name: str) -> dict[str, Any]:
     """The model's stored fields; NotFound when there is no such model."""
     raw = txn.get(MODELS, (name,))

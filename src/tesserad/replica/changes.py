@@ -91,6 +91,8 @@ class Steps:
     # Where next_version started when the model was created (past 1 for a model created again):
     # a change that creates the model counts its registrations from there.
     first_version: int
+    # How far next_version grew past numbers no version got: not registrations.
+    numbers_skipped: int
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ def read_state(registry: Registry, model: str) -> tuple[ServingState, Steps] | N
         record.alias_events,
         revisions[0].revision if revisions else 0,
         record.first_version,
+        record.numbers_skipped,
     )
     return state, steps
 
@@ -208,7 +211,9 @@ _NO_MODEL: dict[str, Any] = {
     "version_count": 0,
     "aliases": {},
     "deployment": None,
-    **asdict(Steps(next_version=1, alias_events=0, deployment_revision=0, first_version=1)),
+    **asdict(
+        Steps(next_version=1, alias_events=0, deployment_revision=0, first_version=1, numbers_skipped=0)
+    ),
 }
 
 
@@ -246,7 +251,10 @@ def _version_steps(before: dict[str, Any], after: dict[str, Any]) -> tuple[bool,
             or after["version_count"] > before["version_count"],
             after["version_count"] < before["version_count"],
         )
-    registered = after["next_version"] - before["next_version"]
+    # A head from before heads kept numbers_skipped was written before any number was skipped.
+    registered = (after["next_version"] - after["numbers_skipped"]) - (
+        before["next_version"] - before.get("numbers_skipped", 0)
+    )
     return registered > 0, before["version_count"] + registered > after["version_count"]
 
 

@@ -27,7 +27,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -376,6 +376,17 @@ def running_sweeps_into(txn: ReadTxn, experiment: str) -> builtins.list[str]:
         for key, raw in txn.scan("sweeps")
         if (sweep := decode_sweep(raw, [])).state == "running" and experiment in sweep_experiments(sweep)
     ]
+
+
+def sweep_models(txn: ReadTxn) -> Iterator[tuple[str, int]]:
+    """The (model, version) every stored sweep's base spec and trials' specs start from
+    (`init_from` by number): a trial whose job could not be submitted has no job record to name it."""
+    for key, raw in txn.scan("sweeps"):
+        sweep = read_sweep(txn, str(key[0]), raw)
+        for spec in (sweep.base, *(trial.raw for trial in sweep.trials)):
+            parent = spec.get("init_from") or {}
+            if parent.get("model") and int(parent.get("version") or 0) > 0:
+                yield str(parent["model"]), int(parent["version"])
 
 
 def trial_spec(base: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:

@@ -4,6 +4,8 @@ by a client, a job record or a config names the deleted artifact or nothing, nev
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
 from tessera.v1 import common_pb2, registry_pb2, registry_pb2_grpc
@@ -11,7 +13,8 @@ from tesserad.registry.backfill import NUMBERS_RETIRED
 from tesserad.registry.records import MODEL_KIND, SCHEMA
 from tesserad.registry.tables import MODELS, RETIRED_NUMBERS
 from tesserad.server import STORE_TABLES
-from tesserad.store import Store, decode_record, encode_record
+from tesserad.store import Store, WriteTxn, decode_record, encode_record
+from tesserad.training.sweeps import AshaSettings, Sweep, Trial, encode_sweep, encode_trial
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
 
@@ -92,14 +95,8 @@ def test_a_model_created_again_by_an_older_tesserad_leaves_the_higher_number_kep
     upload_versions(stub, "m", 3)
     stub.DeleteModel(R.DeleteModelRequest(name="m"))
     # An older tesserad creates the name again from 1 and leaves the row (next number 4) alone.
-    stub.CreateModel(R.CreateModelRequest(name="m"))
+    _created_again_from_1_by_an_older_tesserad(daemon, stub, "m")
     with daemon.daemon._store.write() as txn:
-        fields = decode_record(txn.get(MODELS, ("m",)), MODEL_KIND, SCHEMA)[1]
-        txn.put(
-            MODELS,
-            ("m",),
-            encode_record(MODEL_KIND, SCHEMA, {**fields, "first_version": 1, "next_version": 1}),
-        )
         txn.put(RETIRED_NUMBERS, ("m",), encode_record(RETIRED_NUMBERS, 1, {"next_version": 4}))
     assert upload_versions(stub, "m", 1, width=5)[0].version == 1
     stub.DeleteModel(R.DeleteModelRequest(name="m"))
@@ -107,16 +104,37 @@ def test_a_model_created_again_by_an_older_tesserad_leaves_the_higher_number_kep
     assert upload_versions(stub, "m", 1)[0].version == 4
 
 
-def _as_left_by_a_tesserad_from_before_retired_numbers(data_dir) -> None:
-    """The stopped daemon's store as an older tesserad left it: no deleted model's number kept,
-    and no start has yet derived them."""
+def _written_while_stopped(data_dir, write: Callable[[WriteTxn], None]) -> None:
     store = Store.open(data_dir / "store", map_size=2**30, tables=STORE_TABLES)
     try:
         with store.write() as txn:
-            txn.delete_range(RETIRED_NUMBERS, ())
-            txn.delete("meta", NUMBERS_RETIRED)
+            write(txn)
     finally:
         store.close()
+
+
+def _without_retired_numbers(txn: WriteTxn) -> None:
+    """The store as a tesserad from before retired numbers left it: no deleted model's number
+    kept, and no start has yet derived them."""
+    txn.delete_range(RETIRED_NUMBERS, ())
+    txn.delete("meta", NUMBERS_RETIRED)
+
+
+def _as_left_by_a_tesserad_from_before_retired_numbers(data_dir) -> None:
+    _written_while_stopped(data_dir, _without_retired_numbers)
+
+
+def _created_again_from_1_by_an_older_tesserad(daemon: InProcessDaemon, stub, model: str) -> None:
+    """`model` (deleted) created again as a tesserad that numbers every new model from 1 does,
+    leaving whatever number is kept for its name."""
+    stub.CreateModel(R.CreateModelRequest(name=model))
+    with daemon.daemon._store.write() as txn:
+        fields = decode_record(txn.get(MODELS, (model,)), MODEL_KIND, SCHEMA)[1]
+        txn.put(
+            MODELS,
+            (model,),
+            encode_record(MODEL_KIND, SCHEMA, {**fields, "first_version": 1, "next_version": 1}),
+        )
 
 
 def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_the_store_still_names(data_dir):
@@ -150,11 +168,19 @@ def test_a_model_deleted_before_it_gave_a_number_leaves_no_row(daemon, stub):
         assert not txn.exists(RETIRED_NUMBERS, ("empty",))
 
 
-def _feed_recorded(stub) -> None:
-    """Return once the change feed has recorded every commit made so far."""
-    for response in stub.WatchChanges(R.WatchChangesRequest(from_seq=0), timeout=60):
+def _feed_recorded(stub) -> int:
+    """Return once the change feed has recorded every commit made so far: its newest change."""
+    return len(_changes_after(stub, 0))
+
+
+def _changes_after(stub, seq: int) -> list[R.RegistryChange]:
+    """The changes the feed has recorded after `seq`, every commit made so far recorded."""
+    changes = []
+    for response in stub.WatchChanges(R.WatchChangesRequest(from_seq=seq + 1), timeout=60):
         if response.HasField("caught_up"):
-            return
+            return changes
+        changes.append(response.change)
+    raise AssertionError("the watch ended before it caught up")
 
 
 def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_the_change_feed_tells(data_dir):
@@ -173,5 +199,129 @@ def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_the_change_feed
         stub = registry_pb2_grpc.RegistryStub(second.channel())
         # A watch replaying from before the delete is still told of "m v2".
         assert upload_versions(stub, "m", 1, width=5)[0].version == 3
+    finally:
+        second.stop()
+
+
+def _old_sweep(base: dict, trials: list[Trial]) -> Sweep:
+    """An ended sweep as a daemon stores it."""
+    return Sweep(
+        sweep_id="sweep-old",
+        strategy="grid",
+        metric="val_loss",
+        mode="min",
+        max_concurrent=1,
+        asha=AshaSettings(0, 0),
+        document={},
+        state="failed",
+        created_at=1.0,
+        created_by="anonymous",
+        best_job_id="",
+        rungs={},
+        trials=trials,
+        base=base,
+    )
+
+
+def _sweep_and_run_naming_deleted_models(txn: WriteTxn) -> None:
+    """What an older tesserad left of sweeps and runs that name versions of models it deleted: a
+    sweep whose base starts from "swept v4" and whose trial, set to start from "trial-parent v6",
+    could not be submitted (no job record names it), and a fine-tuning job's run (its params name
+    "run-parent v3")."""
+    trial = Trial(
+        params={"init_from.version": "6"},
+        raw={"init_from": {"model": "trial-parent", "version": 6}},
+        document={},
+        state="failed",
+        error="spec.init_from: model 'trial-parent' does not exist",
+    )
+    sweep = _old_sweep({"init_from": {"model": "swept", "version": 4}}, [trial])
+    txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep))
+    txn.put("sweep_trials", (sweep.sweep_id, 0), encode_trial(trial))
+    run = {
+        "run_id": "run-old",
+        "experiment": "default",
+        "name": "job-old",
+        "status": "succeeded",
+        "params": {"fine_tune.model": "run-parent", "fine_tune.version": "3", "optimizer.lr": "0.1"},
+        "tags": {},
+        "start_time": 1.0,
+        "end_time": 2.0,
+        "attempts": 1,
+        "job_id": "job-old",
+    }
+    txn.put("runs", ("run-old",), encode_record("run", 1, run))
+
+
+def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_sweeps_and_runs_name(data_dir):
+    InProcessDaemon(daemon_settings(data_dir)).start().stop()
+
+    def left(txn: WriteTxn) -> None:
+        _without_retired_numbers(txn)
+        _sweep_and_run_naming_deleted_models(txn)
+
+    _written_while_stopped(data_dir, left)
+
+    second = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(second.channel())
+        assert upload_versions(stub, "swept", 1)[0].version == 5
+        assert upload_versions(stub, "trial-parent", 1)[0].version == 7
+        assert upload_versions(stub, "run-parent", 1)[0].version == 4
+    finally:
+        second.stop()
+
+
+def test_a_model_an_older_tesserad_created_again_from_1_numbers_on_past_what_the_store_names(data_dir):
+    first = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(first.channel())
+        upload_versions(stub, "base", 5)
+        data = onnx_identity(6)
+        lineage = R.Lineage(parent_model="base", parent_version=5)
+        upload(stub, onnx_header("child", data, lineage=lineage), data)
+        stub.DeleteModel(R.DeleteModelRequest(name="base"))
+        with first.daemon._store.write() as txn:
+            txn.delete_range(RETIRED_NUMBERS, ())
+        # Deleted and created again by an older tesserad: v1 and v2 again, while child's lineage
+        # still names the old "base v5".
+        _created_again_from_1_by_an_older_tesserad(first, stub, "base")
+        assert [v.version for v in upload_versions(stub, "base", 2, width=5)] == [1, 2]
+        recorded = _feed_recorded(stub)
+    finally:
+        first.stop()
+    _as_left_by_a_tesserad_from_before_retired_numbers(data_dir)
+
+    second = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(second.channel())
+        # Numbers passed over are no versions registered and deleted: watchers are told nothing.
+        assert _changes_after(stub, recorded) == []
+        assert upload_versions(stub, "base", 1, width=7)[0].version == 6
+        assert stub.GetModel(R.GetModelRequest(name="base")).version_count == 3
+        [change] = _changes_after(stub, recorded)
+        assert list(change.kinds) == [R.CHANGE_KIND_VERSION_REGISTERED]
+    finally:
+        second.stop()
+
+
+def test_a_number_kept_for_a_name_an_older_tesserad_created_again_is_past_at_the_next_start(data_dir):
+    first = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(first.channel())
+        upload_versions(stub, "m", 3)
+        stub.DeleteModel(R.DeleteModelRequest(name="m"))
+        # Created again from 1 by an older tesserad, which leaves the kept number (4) as it is.
+        _created_again_from_1_by_an_older_tesserad(first, stub, "m")
+        assert upload_versions(stub, "m", 1, width=5)[0].version == 1
+    finally:
+        first.stop()
+    # That older tesserad wrote the store, so the next start derives the numbers again.
+    _written_while_stopped(data_dir, lambda txn: txn.delete("meta", NUMBERS_RETIRED))
+
+    second = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(second.channel())
+        assert upload_versions(stub, "m", 1, width=6)[0].version == 4
     finally:
         second.stop()

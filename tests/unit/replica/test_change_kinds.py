@@ -23,6 +23,7 @@ def now(**changed: Any) -> dict[str, Any]:
         "alias_events": 9,
         "deployment_revision": 3,
         "first_version": 1,
+        "numbers_skipped": 0,
         "created_at": 1.0,
     }
     return {**OLD_HEAD, **steps, **changed}
@@ -38,3 +39,14 @@ def test_an_old_head_tells_what_its_numbers_tell() -> None:
 def test_an_old_head_misses_what_only_the_steps_tell() -> None:
     # A version registered and another deleted, an alias moved and back, a deployment rolled back.
     assert _kinds(OLD_HEAD, now()) == ()
+
+
+def test_numbers_skipped_are_no_versions_registered_or_deleted() -> None:
+    head = now()
+    assert _kinds(head, now(next_version=7, numbers_skipped=3)) == ()
+    # A head from before heads kept the count: the numbers were skipped after it.
+    older = {k: v for k, v in head.items() if k != "numbers_skipped"}
+    assert _kinds(older, now(next_version=7, numbers_skipped=3)) == ()
+    assert _kinds(head, now(next_version=8, numbers_skipped=3, latest_version=7, version_count=3)) == (
+        VERSION_REGISTERED,
+    )
