@@ -55,7 +55,8 @@ def model_record(txn: ReadTxn, fields: dict[str, Any]) -> ModelRecord:
         # A record from before models kept it numbered from 1.
         first_version=int(fields.get("first_version", 1)),
         numbers_skipped=int(fields.get("numbers_skipped", 0)),
-        alias_events=int(fields["next_event"]) - 1,
+        # Counted from where its events started: on from the model of its name deleted before.
+        alias_events=int(fields["next_event"]) - int(fields.get("first_event", 1)),
     )
 
 

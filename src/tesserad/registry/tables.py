@@ -33,10 +33,12 @@ DELETED_PARENTS = "deleted_parents"
 # version, so that a job registering again (resumed after its first registration was committed)
 # finds the version it has instead of adding one.
 JOB_VERSIONS = "job_versions"
-# A deleted model's next version number: (name,) -> {"next_version": N}, written in its deleting
-# transaction and taken by the model created again under its name, which numbers its versions on
-# from there: a client, job record or config that kept "m v1" never finds another artifact under
-# it. A model that never gave a number leaves no row. A name deleted by a tesserad from before
+# A deleted model's next version number: (name,) -> {"next_version": N, "next_event": E}, written
+# in its deleting transaction and taken by the model created again under its name, which numbers
+# its versions on from there: a client, job record or config that kept "m v1" never finds another
+# artifact under it. Its alias events number on from E likewise, so that a ListAliasHistory page
+# token from before the delete resumes into none of the new model's (a row without E: from 1).
+# A model that never gave a number leaves no row. A name deleted by a tesserad from before
 # this table gets its row once at start where the store still names its versions
 # (`backfill.backfill_retired_numbers`); one nothing names numbers from 1.
 RETIRED_NUMBERS = "model_numbers_retired"
@@ -71,12 +73,12 @@ def model_missing(txn: ReadTxn, name: str) -> NotFound:
 
 def new_model_data(txn: WriteTxn, name: str, description: str, tags: dict[str, str]) -> dict[str, Any]:
     """A new model's stored fields, in its creating transaction; `next_version` and `next_event`
-    number its versions and alias events, its versions from 1 or on from the model of its name
-    deleted before (`RETIRED_NUMBERS`, whose row the new model's fields take over), and
-    `first_version` keeps that start. `version_count` and `latest_version` are kept by each
+    number its versions and alias events, from 1 or on from the model of its name deleted before
+    (`RETIRED_NUMBERS`, whose row the new model's fields take over), and `first_version` and
+    `first_event` keep those starts. `version_count` and `latest_version` are kept by each
     version's register and delete transaction so that reading a model never walks its versions."""
     now = time.time()
-    first = _retired_next_version(txn, name)
+    first, first_event = _retired(txn, name)
     txn.delete(RETIRED_NUMBERS, (name,))
     return {
         "name": name,
@@ -86,36 +88,39 @@ def new_model_data(txn: WriteTxn, name: str, description: str, tags: dict[str, s
         "updated_at": now,
         "first_version": first,
         "next_version": first,
-        "next_event": 1,
+        "first_event": first_event,
+        "next_event": first_event,
         "version_count": 0,
         "latest_version": 0,
     }
 
 
-def _retired_next_version(txn: ReadTxn, name: str) -> int:
+def _retired(txn: ReadTxn, name: str) -> tuple[int, int]:
+    """The next version and alias event numbers `name` keeps; 1 and 1 without a row."""
     raw = txn.get(RETIRED_NUMBERS, (name,))
-    return 1 if raw is None else int(decode_record(raw, _RETIRED_KIND, _RETIRED_SCHEMA)[1]["next_version"])
+    if raw is None:
+        return 1, 1
+    row = decode_record(raw, _RETIRED_KIND, _RETIRED_SCHEMA)[1]
+    return int(row["next_version"]), int(row.get("next_event", 1))
 
 
 def retire_version_numbers(txn: WriteTxn, fields: dict[str, Any]) -> None:
-    """In a model's deleting transaction: keep the number its next version would have got, so that
-    a model created again under its name numbers on from it. Where a tesserad from before
-    `RETIRED_NUMBERS` created the name again (from 1, leaving the row), the row's may be higher:
-    the higher is kept."""
-    raise_retired_number(txn, fields["name"], int(fields["next_version"]))
+    """In a model's deleting transaction: keep the numbers its next version and alias event would
+    have got, so that a model created again under its name numbers on from them. Where a tesserad
+    from before `RETIRED_NUMBERS` created the name again (from 1, leaving the row), the row's may be
+    higher: the higher is kept."""
+    raise_retired_number(txn, fields["name"], int(fields["next_version"]), int(fields["next_event"]))
 
 
-def raise_retired_number(txn: WriteTxn, name: str, next_version: int) -> bool:
-    """Keep `next_version` as the number a model created again under `name` starts from, unless
-    its row keeps a higher one; whether the row changed. A name that gave no number (1) gets no
-    row, so that names created and deleted leave nothing behind."""
-    if next_version <= _retired_next_version(txn, name):
+def raise_retired_number(txn: WriteTxn, name: str, next_version: int, next_event: int = 1) -> bool:
+    """Keep `next_version` (and `next_event`) as the number a model created again under `name`
+    starts from, unless its row keeps a higher one; whether the row changed. A name that gave no
+    number (1) gets no row, so that names created and deleted leave nothing behind."""
+    kept_version, kept_event = _retired(txn, name)
+    if next_version <= kept_version and next_event <= kept_event:
         return False
-    txn.put(
-        RETIRED_NUMBERS,
-        (name,),
-        encode_record(_RETIRED_KIND, _RETIRED_SCHEMA, {"next_version": next_version}),
-    )
+    row = {"next_version": max(next_version, kept_version), "next_event": max(next_event, kept_event)}
+    txn.put(RETIRED_NUMBERS, (name,), encode_record(_RETIRED_KIND, _RETIRED_SCHEMA, row))
     return True
 
 
@@ -125,7 +130,9 @@ def raise_next_version(txn: WriteTxn, name: str, next_version: int) -> bool:
     1, leaving the row), whose row it takes over as a model created now does; whether its record
     changed. `numbers_skipped` counts the numbers so passed over, which no version got."""
     fields = model_data(txn, name)
-    floor = max(next_version, _retired_next_version(txn, name))
+    floor = max(next_version, _retired(txn, name)[0])
+    # Its alias events stay as they are numbered: they are its own, and a jump would be told to
+    # watchers as alias moves (`alias_events`).
     txn.delete(RETIRED_NUMBERS, (name,))
     skipped = floor - int(fields["next_version"])
     if skipped <= 0:

@@ -325,3 +325,27 @@ def test_a_number_kept_for_a_name_an_older_tesserad_created_again_is_past_at_the
         assert upload_versions(stub, "m", 1, width=6)[0].version == 4
     finally:
         second.stop()
+
+
+def _moves(stub, model: str, versions: list[int]) -> None:
+    for version in versions:
+        stub.SetAlias(R.SetAliasRequest(model=model, alias="prod", version=version))
+
+
+def test_a_history_page_token_from_before_the_delete_shows_none_of_the_new_models_moves(stub):
+    old = [v.version for v in upload_versions(stub, "m", 2)]
+    _moves(stub, "m", [*old, *old])
+    first = stub.ListAliasHistory(R.ListAliasHistoryRequest(model="m", page_size=2))
+    stub.DeleteModel(R.DeleteModelRequest(name="m", force=True))
+    deleted = _feed_recorded(stub)
+    new = [v.version for v in upload_versions(stub, "m", 2, width=5)]
+    # Numbering on from the deleted model's events is no alias moved for watchers.
+    assert all(R.CHANGE_KIND_ALIAS_MOVED not in c.kinds for c in _changes_after(stub, deleted))
+    _moves(stub, "m", [*new, new[0]])
+
+    # The deleted model's history ended with it: the token resumes into none of the new one's
+    # moves, which would otherwise follow as if older than those it listed, the newest left out.
+    rest = stub.ListAliasHistory(R.ListAliasHistoryRequest(model="m", page_token=first.next_page_token))
+    assert list(rest.events) == []
+    history = stub.ListAliasHistory(R.ListAliasHistoryRequest(model="m"))
+    assert [e.to_version for e in history.events] == [new[0], new[1], new[0]]
