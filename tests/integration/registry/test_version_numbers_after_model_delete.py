@@ -4,7 +4,8 @@ by a client, a job record or a config names the deleted artifact or nothing, nev
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -74,21 +75,23 @@ def test_an_expected_version_kept_from_before_the_delete_is_refused(stub):
     assert stub.GetAlias(R.GetAliasRequest(model="m", alias="prod")).version == new[0].version
 
 
-def test_a_restart_keeps_the_numbers_deleted_models_reached(data_dir):
-    first = InProcessDaemon(daemon_settings(data_dir)).start()
+@contextlib.contextmanager
+def _serving(data_dir) -> Iterator[tuple[InProcessDaemon, registry_pb2_grpc.RegistryStub]]:
+    """A daemon on `data_dir` and a registry stub to it, stopped at the end."""
+    running = InProcessDaemon(daemon_settings(data_dir)).start()
     try:
-        stub = registry_pb2_grpc.RegistryStub(first.channel())
+        yield running, registry_pb2_grpc.RegistryStub(running.channel())
+    finally:
+        running.stop()
+
+
+def test_a_restart_keeps_the_numbers_deleted_models_reached(data_dir):
+    with _serving(data_dir) as (_, stub):
         upload_versions(stub, "m", 2)
         stub.DeleteModel(R.DeleteModelRequest(name="m"))
-    finally:
-        first.stop()
 
-    second = InProcessDaemon(daemon_settings(data_dir)).start()
-    try:
-        stub = registry_pb2_grpc.RegistryStub(second.channel())
+    with _serving(data_dir) as (_, stub):
         assert upload_versions(stub, "m", 1, width=5)[0].version == 3
-    finally:
-        second.stop()
 
 
 def test_a_model_created_again_by_an_older_tesserad_leaves_the_higher_number_kept(daemon, stub):
@@ -137,27 +140,24 @@ def _created_again_from_1_by_an_older_tesserad(daemon: InProcessDaemon, stub, mo
         )
 
 
+def _deleted_with_a_child_naming_its_newest(stub, model: str, versions: int) -> None:
+    """`model` with `versions` versions, deleted; "child" v1's lineage names the newest."""
+    upload_versions(stub, model, versions)
+    data = onnx_identity(6)
+    lineage = R.Lineage(parent_model=model, parent_version=versions)
+    upload(stub, onnx_header("child", data, lineage=lineage), data)
+    stub.DeleteModel(R.DeleteModelRequest(name=model))
+
+
 def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_the_store_still_names(data_dir):
-    first = InProcessDaemon(daemon_settings(data_dir)).start()
-    try:
-        stub = registry_pb2_grpc.RegistryStub(first.channel())
-        upload_versions(stub, "base", 3)
-        data = onnx_identity(6)
-        lineage = R.Lineage(parent_model="base", parent_version=3)
-        upload(stub, onnx_header("child", data, lineage=lineage), data)
-        stub.DeleteModel(R.DeleteModelRequest(name="base"))
-    finally:
-        first.stop()
+    with _serving(data_dir) as (_, stub):
+        _deleted_with_a_child_naming_its_newest(stub, "base", 3)
     _as_left_by_a_tesserad_from_before_retired_numbers(data_dir)
 
-    second = InProcessDaemon(daemon_settings(data_dir)).start()
-    try:
-        stub = registry_pb2_grpc.RegistryStub(second.channel())
+    with _serving(data_dir) as (_, stub):
         # child's lineage still names "base v3": the new base's first version is past it.
         assert upload_versions(stub, "base", 1, width=5)[0].version == 4
         assert upload_versions(stub, "child", 1, width=5)[0].version == 2
-    finally:
-        second.stop()
 
 
 def test_a_model_deleted_before_it_gave_a_number_leaves_no_row(daemon, stub):
@@ -184,23 +184,15 @@ def _changes_after(stub, seq: int) -> list[R.RegistryChange]:
 
 
 def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_the_change_feed_tells(data_dir):
-    first = InProcessDaemon(daemon_settings(data_dir)).start()
-    try:
-        stub = registry_pb2_grpc.RegistryStub(first.channel())
+    with _serving(data_dir) as (_, stub):
         upload_versions(stub, "m", 2)
         _feed_recorded(stub)
         stub.DeleteModel(R.DeleteModelRequest(name="m"))
-    finally:
-        first.stop()
     _as_left_by_a_tesserad_from_before_retired_numbers(data_dir)
 
-    second = InProcessDaemon(daemon_settings(data_dir)).start()
-    try:
-        stub = registry_pb2_grpc.RegistryStub(second.channel())
+    with _serving(data_dir) as (_, stub):
         # A watch replaying from before the delete is still told of "m v2".
         assert upload_versions(stub, "m", 1, width=5)[0].version == 3
-    finally:
-        second.stop()
 
 
 def _old_sweep(base: dict, trials: list[Trial]) -> Sweep:
@@ -262,25 +254,15 @@ def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_sweeps_and_runs
 
     _written_while_stopped(data_dir, left)
 
-    second = InProcessDaemon(daemon_settings(data_dir)).start()
-    try:
-        stub = registry_pb2_grpc.RegistryStub(second.channel())
+    with _serving(data_dir) as (_, stub):
         assert upload_versions(stub, "swept", 1)[0].version == 5
         assert upload_versions(stub, "trial-parent", 1)[0].version == 7
         assert upload_versions(stub, "run-parent", 1)[0].version == 4
-    finally:
-        second.stop()
 
 
 def test_a_model_an_older_tesserad_created_again_from_1_numbers_on_past_what_the_store_names(data_dir):
-    first = InProcessDaemon(daemon_settings(data_dir)).start()
-    try:
-        stub = registry_pb2_grpc.RegistryStub(first.channel())
-        upload_versions(stub, "base", 5)
-        data = onnx_identity(6)
-        lineage = R.Lineage(parent_model="base", parent_version=5)
-        upload(stub, onnx_header("child", data, lineage=lineage), data)
-        stub.DeleteModel(R.DeleteModelRequest(name="base"))
+    with _serving(data_dir) as (first, stub):
+        _deleted_with_a_child_naming_its_newest(stub, "base", 5)
         with first.daemon._store.write() as txn:
             txn.delete_range(RETIRED_NUMBERS, ())
         # Deleted and created again by an older tesserad: v1 and v2 again, while child's lineage
@@ -288,43 +270,29 @@ def test_a_model_an_older_tesserad_created_again_from_1_numbers_on_past_what_the
         _created_again_from_1_by_an_older_tesserad(first, stub, "base")
         assert [v.version for v in upload_versions(stub, "base", 2, width=5)] == [1, 2]
         recorded = _feed_recorded(stub)
-    finally:
-        first.stop()
     _as_left_by_a_tesserad_from_before_retired_numbers(data_dir)
 
-    second = InProcessDaemon(daemon_settings(data_dir)).start()
-    try:
-        stub = registry_pb2_grpc.RegistryStub(second.channel())
+    with _serving(data_dir) as (_, stub):
         # Numbers passed over are no versions registered and deleted: watchers are told nothing.
         assert _changes_after(stub, recorded) == []
         assert upload_versions(stub, "base", 1, width=7)[0].version == 6
         assert stub.GetModel(R.GetModelRequest(name="base")).version_count == 3
         [change] = _changes_after(stub, recorded)
         assert list(change.kinds) == [R.CHANGE_KIND_VERSION_REGISTERED]
-    finally:
-        second.stop()
 
 
 def test_a_number_kept_for_a_name_an_older_tesserad_created_again_is_past_at_the_next_start(data_dir):
-    first = InProcessDaemon(daemon_settings(data_dir)).start()
-    try:
-        stub = registry_pb2_grpc.RegistryStub(first.channel())
+    with _serving(data_dir) as (first, stub):
         upload_versions(stub, "m", 3)
         stub.DeleteModel(R.DeleteModelRequest(name="m"))
         # Created again from 1 by an older tesserad, which leaves the kept number (4) as it is.
         _created_again_from_1_by_an_older_tesserad(first, stub, "m")
         assert upload_versions(stub, "m", 1, width=5)[0].version == 1
-    finally:
-        first.stop()
     # That older tesserad wrote the store, so the next start derives the numbers again.
     _written_while_stopped(data_dir, lambda txn: txn.delete("meta", NUMBERS_RETIRED))
 
-    second = InProcessDaemon(daemon_settings(data_dir)).start()
-    try:
-        stub = registry_pb2_grpc.RegistryStub(second.channel())
+    with _serving(data_dir) as (_, stub):
         assert upload_versions(stub, "m", 1, width=6)[0].version == 4
-    finally:
-        second.stop()
 
 
 def _moves(stub, model: str, versions: list[int]) -> None:
