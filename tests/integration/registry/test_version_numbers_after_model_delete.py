@@ -295,6 +295,26 @@ def test_a_number_kept_for_a_name_an_older_tesserad_created_again_is_past_at_the
         assert upload_versions(stub, "m", 1, width=6)[0].version == 4
 
 
+def test_a_store_marked_by_the_first_numbers_pass_is_passed_again(data_dir):
+    with _serving(data_dir) as (first, stub):
+        upload_versions(stub, "m", 3)
+        stub.DeleteModel(R.DeleteModelRequest(name="m"))
+        _created_again_from_1_by_an_older_tesserad(first, stub, "m")
+        assert upload_versions(stub, "m", 1, width=5)[0].version == 1
+
+    def marked_by_the_first_pass(txn: WriteTxn) -> None:
+        # The first pass (its own marker) kept deleted names' numbers and left live models alone.
+        txn.delete("meta", NUMBERS_RETIRED)
+        txn.put(
+            "meta", ("model_numbers_retired_derived",), encode_record("model_numbers_retired_derived", 1, {})
+        )
+
+    _written_while_stopped(data_dir, marked_by_the_first_pass)
+
+    with _serving(data_dir) as (_, stub):
+        assert upload_versions(stub, "m", 1, width=6)[0].version == 4
+
+
 def _moves(stub, model: str, versions: list[int]) -> None:
     for version in versions:
         stub.SetAlias(R.SetAliasRequest(model=model, alias="prod", version=version))
