@@ -61,6 +61,10 @@ class NotLoaded(FailedPrecondition):
     that is not ready; tessera's own API as the FailedPrecondition it is."""
 
 
+class OutOfRange(TesseraError):
+    """A position past the end of what it points into (a download's offset past the file)."""
+
+
 class ResourceExhausted(TesseraError):
     """A limit or quota is reached; the message names the limit and the setting that raises it."""
 

@@ -16,7 +16,14 @@ from tessera.v1 import registry_pb2 as pb
 from tesserad.api import convert_registry as convert
 from tesserad.api.auth import caller, presented_authorization
 from tesserad.api.convert_changes import replica_tls_from_proto, watch_response
-from tesserad.api.transfers import chunk_size, read_header, read_start, receive_chunks, stream_chunks
+from tesserad.api.transfers import (
+    chunk_size,
+    download_offset,
+    read_header,
+    read_start,
+    receive_chunks,
+    stream_chunks,
+)
 from tesserad.errors import InvalidArgument
 from tesserad.registry import Registry
 from tesserad.registry.export import Exports
@@ -232,7 +239,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     ) -> AsyncIterator[pb.DownloadVersionResponse]:
         size = chunk_size(request.chunk_size, self._chunk_size)
         record = await asyncio.to_thread(self._registry.resolve, *convert.ref_args(request.ref))
-        chunks = await asyncio.to_thread(self._registry.open_artifact, record, size)
+        offset = download_offset(
+            request.offset, record.size_bytes, f"{record.model} v{record.version}'s artifact"
+        )
+        chunks = await asyncio.to_thread(self._registry.open_artifact, record, size, offset)
         yield pb.DownloadVersionResponse(header=convert.version_to_proto(record))
         async for chunk in stream_chunks(chunks):
             yield pb.DownloadVersionResponse(chunk=chunk)

@@ -35,7 +35,7 @@ from tesserad.api.convert_training import (
     sweep_to_proto,
     view_from_proto,
 )
-from tesserad.api.transfers import chunk_size, read_header, receive_chunks, stream_chunks
+from tesserad.api.transfers import chunk_size, download_offset, read_header, receive_chunks, stream_chunks
 from tesserad.errors import Internal, InvalidArgument, TesseraError, logged_internal
 from tesserad.registry.validation import check_job_spec_size
 from tesserad.store import BlobStore
@@ -481,8 +481,11 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     ) -> AsyncIterator[pb.DownloadRunArtifactResponse]:
         size = chunk_size(request.chunk_size, self._chunk_size)
         artifact = await asyncio.to_thread(self._artifacts.get, request.run_id, request.path)
+        offset = download_offset(
+            request.offset, artifact.size_bytes, f"artifact {artifact.path} of run {artifact.run_id}"
+        )
         yield pb.DownloadRunArtifactResponse(header=artifact_to_proto(artifact))
-        async for chunk in stream_chunks(self._artifacts.read_chunks(artifact, size)):
+        async for chunk in stream_chunks(self._artifacts.read_chunks(artifact, size, offset)):
             yield pb.DownloadRunArtifactResponse(chunk=chunk)
 
     # -- sweeps

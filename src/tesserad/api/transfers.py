@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tesserad.errors import DataLoss, InvalidArgument, TesseraError
+from tesserad.errors import DataLoss, InvalidArgument, OutOfRange, TesseraError
 from tesserad.store import BlobRef, BlobWriter
 
 MAX_CHUNK_SIZE = 4 * 2**20
@@ -148,6 +148,18 @@ def chunk_size(requested: int, default: int) -> int:
             f"chunk_size must be 0 (default {default}) to {MAX_CHUNK_SIZE} bytes, got {requested}"
         )
     return requested or default
+
+
+def download_offset(offset: int, size: int, what: str) -> int:
+    """A download's `offset` into a file of `size` bytes (`what`: "mlp v1's artifact"):
+    InvalidArgument when negative, OutOfRange past the end (at the end: nothing left to send)."""
+    if offset < 0:
+        raise InvalidArgument(f"offset must be >= 0 (0: from the file's start), got {offset}")
+    if offset > size:
+        raise OutOfRange(
+            f"offset {offset} is past the end of {what} ({size} bytes); resume at most at {size}"
+        )
+    return offset
 
 
 async def stream_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:

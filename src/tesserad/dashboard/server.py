@@ -39,6 +39,7 @@ HTTP_STATUS_BY_ERROR: dict[type[errors.TesseraError], int] = {
     errors.NotFound: 404,
     errors.AlreadyExists: 409,
     errors.FailedPrecondition: 409,
+    errors.OutOfRange: 400,
     errors.ResourceExhausted: 429,
     errors.DataLoss: 500,
     errors.Unauthenticated: 401,

@@ -627,22 +627,7 @@ class Datasets:
                 f"({record.size_bytes} bytes); resume at most at {record.size_bytes}"
             )
         try:
-            chunks = self._blobs.open_chunks(record.sha256, chunk_size)
+            return self._blobs.open_chunks(record.sha256, chunk_size, offset)
         except DataLoss:
             self.resolve(record.name, record.version)
             raise
-        return _from_offset(chunks, offset)
-
-
-def _from_offset(chunks: Iterator[bytes], offset: int) -> Iterator[bytes]:
-    """The bytes of `chunks` from `offset` on, one item a chunk. Those before it are still read, so
-    that the sha256 of the whole file is checked before the last chunk goes out, as for a download
-    from the start; each such chunk is an empty item (nothing to send, see stream_chunks): read all
-    in one step, they held a worker thread that a cancelled call cannot stop for the whole file."""
-    skipped = 0
-    for chunk in chunks:
-        if skipped >= offset:
-            yield chunk
-            continue
-        skipped += len(chunk)
-        yield chunk[len(chunk) - (skipped - offset) :] if skipped > offset else b""

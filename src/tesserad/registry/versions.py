@@ -847,12 +847,13 @@ class Versions:
                 reverse=True,
             )
 
-    def open_artifact(self, record: VersionRecord, chunk_size: int) -> Iterator[bytes]:
-        """The artifact's bytes in chunks, verified against its sha256 (DataLoss if damaged).
+    def open_artifact(self, record: VersionRecord, chunk_size: int, offset: int = 0) -> Iterator[bytes]:
+        """The artifact's bytes from byte `offset` in chunks, verified whole against its sha256
+        (DataLoss if damaged).
         Its file is opened now: a delete of the version after this leaves the stream whole, and
         one since `record` was read is NotFound, as for any version that is gone."""
         try:
-            return self._blobs.open_chunks(record.sha256, chunk_size)
+            return self._blobs.open_chunks(record.sha256, chunk_size, offset)
         except DataLoss:
             self.resolve(record.model, record.version)
             raise

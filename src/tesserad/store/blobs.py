@@ -563,18 +563,20 @@ class BlobStore:
         except FileNotFoundError:
             raise NotFound(f"blob {sha256} is missing from the blob directory") from None
 
-    def read_chunks(self, sha256: str, chunk_size: int = CHUNK_BYTES) -> Iterator[bytes]:
-        """Stream the blob; the last chunk is held back until the whole hash checks out."""
-        yield from self.open_chunks(sha256, chunk_size)
+    def read_chunks(self, sha256: str, chunk_size: int = CHUNK_BYTES, offset: int = 0) -> Iterator[bytes]:
+        """Stream the blob from byte `offset` (see `from_offset`); the last chunk is held back
+        until the whole hash checks out."""
+        yield from self.open_chunks(sha256, chunk_size, offset)
 
-    def open_chunks(self, sha256: str, chunk_size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    def open_chunks(self, sha256: str, chunk_size: int = CHUNK_BYTES, offset: int = 0) -> Iterator[bytes]:
         """`read_chunks` with the file opened now rather than at the first chunk: a delete after
         this returns leaves the stream whole, as the open file outlives its name."""
         try:
             file = self.path(sha256).open("rb")
         except FileNotFoundError:
             raise DataLoss(f"blob {sha256} is missing from the blob directory") from None
-        return self._chunks(file, sha256, chunk_size)
+        chunks = self._chunks(file, sha256, chunk_size)
+        return from_offset(chunks, offset) if offset else chunks
 
     @staticmethod
     def _chunks(file: BinaryIO, sha256: str, chunk_size: int) -> Iterator[bytes]:
@@ -678,3 +680,17 @@ class BlobStore:
                 with contextlib.suppress(FileNotFoundError):
                     total += os.stat(os.path.join(dirpath, name)).st_size
         return total
+
+
+def from_offset(chunks: Iterator[bytes], offset: int) -> Iterator[bytes]:
+    """The bytes of `chunks` from `offset` on, one item a chunk. Those before it are still read, so
+    that the sha256 of the whole file is checked before the last chunk goes out, as for a download
+    from the start; each such chunk is an empty item (nothing to send, see stream_chunks): read all
+    in one step, they held a worker thread that a cancelled call cannot stop for the whole file."""
+    skipped = 0
+    for chunk in chunks:
+        if skipped >= offset:
+            yield chunk
+            continue
+        skipped += len(chunk)
+        yield chunk[len(chunk) - (skipped - offset) :] if skipped > offset else b""

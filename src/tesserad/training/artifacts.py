@@ -223,6 +223,7 @@ class RunArtifacts:
             raise NotFound(f"run {run_id!r} has no artifact at {path!r}; list them with ListRunArtifacts")
         return _decode(run_id, path, raw)
 
-    def read_chunks(self, artifact: RunArtifact, chunk_size: int) -> Iterator[bytes]:
-        """The artifact's bytes; DataLoss once they do not match its sha256."""
-        return self._blobs.read_chunks(artifact.sha256, chunk_size)
+    def read_chunks(self, artifact: RunArtifact, chunk_size: int, offset: int = 0) -> Iterator[bytes]:
+        """The artifact's bytes from byte `offset`; DataLoss once the whole of them does not
+        match its sha256."""
+        return self._blobs.read_chunks(artifact.sha256, chunk_size, offset)

@@ -62,6 +62,15 @@ def download(stub: training_pb2_grpc.TrainingStub, run_id: str, path: str) -> tu
     return parts[0].header, b"".join(part.chunk for part in parts[1:])
 
 
+def download_from(
+    stub: training_pb2_grpc.TrainingStub, run_id: str, path: str, offset: int
+) -> tuple[pb.RunArtifact, list[bytes]]:
+    """The header and the chunks sent after it, from byte `offset` on."""
+    request = pb.DownloadRunArtifactRequest(run_id=run_id, path=path, chunk_size=4096, offset=offset)
+    parts = list(stub.DownloadRunArtifact(request))
+    return parts[0].header, [part.chunk for part in parts[1:]]
+
+
 def listed(
     stub: training_pb2_grpc.TrainingStub, run_id: str, path: str = "", page_size: int = 0
 ) -> list[str]:
@@ -101,6 +110,48 @@ def test_a_blob_damaged_on_disk_is_data_loss(
     blob_file(artifacts_daemon, data).write_bytes(b"X" * len(data))
     with pytest.raises(grpc.RpcError) as error:
         download(stub, run_id, "rot.txt")
+    assert error.value.code() == grpc.StatusCode.DATA_LOSS and "damaged" in error.value.details()
+
+
+@pytest.mark.parametrize("offset", [1, 4095, 4096, 10_000, 10_240])
+def test_a_download_resumed_at_an_offset_sends_the_rest_of_the_artifact(
+    stub: training_pb2_grpc.TrainingStub, run_id: str, offset: int
+) -> None:
+    data = bytes(range(256)) * 40
+    upload(stub, run_id, "plots/loss.png", data)
+    header, chunks = download_from(stub, run_id, "plots/loss.png", offset)
+    assert b"".join(chunks) == data[offset:] and all(chunks)
+    assert (header.sha256, header.size_bytes) == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_a_download_offset_outside_the_artifact_is_refused_naming_its_size(
+    stub: training_pb2_grpc.TrainingStub, run_id: str
+) -> None:
+    data = bytes(range(256)) * 40
+    upload(stub, run_id, "plots/loss.png", data)
+    with pytest.raises(grpc.RpcError) as negative:
+        download_from(stub, run_id, "plots/loss.png", -1)
+    assert negative.value.code() == grpc.StatusCode.INVALID_ARGUMENT, negative.value.details()
+    assert negative.value.details() == "offset must be >= 0 (0: from the file's start), got -1"
+    with pytest.raises(grpc.RpcError) as past:
+        download_from(stub, run_id, "plots/loss.png", len(data) + 1)
+    assert past.value.code() == grpc.StatusCode.OUT_OF_RANGE, past.value.details()
+    assert past.value.details() == (
+        f"offset {len(data) + 1} is past the end of artifact plots/loss.png of run {run_id} "
+        f"({len(data)} bytes); resume at most at {len(data)}"
+    )
+
+
+def test_a_resumed_download_of_a_blob_damaged_before_the_offset_is_data_loss(
+    stub: training_pb2_grpc.TrainingStub, artifacts_daemon: InProcessDaemon, run_id: str
+) -> None:
+    data = b"bytes that rot on disk" * 500
+    upload(stub, run_id, "rot.txt", data)
+    damaged = bytearray(data)
+    damaged[0] ^= 0xFF
+    blob_file(artifacts_daemon, data).write_bytes(bytes(damaged))
+    with pytest.raises(grpc.RpcError) as error:
+        download_from(stub, run_id, "rot.txt", len(data) - 1)
     assert error.value.code() == grpc.StatusCode.DATA_LOSS and "damaged" in error.value.details()
 
 

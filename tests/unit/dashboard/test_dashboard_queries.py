@@ -48,6 +48,7 @@ EXPECTED_HTTP_STATUS = {
     errors.AlreadyExists: 409,
     errors.FailedPrecondition: 409,
     errors.NotLoaded: 409,
+    errors.OutOfRange: 400,
     errors.ResourceExhausted: 429,
     errors.DataLoss: 500,
     errors.Unauthenticated: 401,

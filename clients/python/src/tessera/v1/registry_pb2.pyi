@@ -967,8 +967,17 @@ class DownloadVersionRequest(_message.Message):
 
     REF_FIELD_NUMBER: _builtins.int
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
     chunk_size: _builtins.int
     """Bytes per chunk; default 1 MiB, at most 4 MiB."""
+    offset: _builtins.int
+    """Resumes a download cut short: the chunks start at this byte of the artifact (0: its start),
+    and the header still gives the whole artifact's sha256 and size, to check what was kept plus
+    what follows. The whole stored artifact is still verified before the last chunk is sent
+    (DATA_LOSS if damaged). INVALID_ARGUMENT when negative; OUT_OF_RANGE past the artifact's
+    size (the message names it); at its size, no chunk. A resume names the version by number:
+    an alias may have moved meanwhile.
+    """
     @_builtins.property
     def ref(self) -> _common_pb2.VersionRef:
         """Unset selector: "latest"."""
@@ -978,10 +987,11 @@ class DownloadVersionRequest(_message.Message):
         *,
         ref: _common_pb2.VersionRef | None = ...,
         chunk_size: _builtins.int = ...,
+        offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "ref", b"ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "offset", b"offset", "ref", b"ref"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2471,20 +2471,30 @@ class DownloadRunArtifactRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     path: _builtins.str
     chunk_size: _builtins.int
     """Bytes per chunk; 0 for the daemon's default (limits.chunk_size), at most 4 MiB."""
+    offset: _builtins.int
+    """Resumes a download cut short: the chunks start at this byte of the artifact (0: its start),
+    and the header still gives the whole artifact's sha256 and size, to check what was kept plus
+    what follows (an artifact stored again at the path meanwhile has another sha256). The whole
+    stored artifact is still verified before the last chunk is sent (DATA_LOSS if damaged).
+    INVALID_ARGUMENT when negative; OUT_OF_RANGE past the artifact's size (the message names
+    it); at its size, no chunk.
+    """
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         path: _builtins.str = ...,
         chunk_size: _builtins.int = ...,
+        offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "path", b"path", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "offset", b"offset", "path", b"path", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
