@@ -3,9 +3,16 @@ version's bytes were written under whatever name was given, `.onnx` included."""
 
 from __future__ import annotations
 
-from tessera.cli import EXIT_USAGE
+import pytest
+
+import tessera
+from tessera.cli import EXIT_FAILED, EXIT_USAGE
+from tessera.rpc_commands import in_cli_words
+from tests.integration.cli.test_cli_datasets import help_text
 from tests.integration.cli.test_cli_export import MLP, MLP_SIGNATURE
 from tests.integration.registry.conftest import mlp_weights, onnx_identity
+from tests.integration.sdk.test_sdk_model_artifact_download_resume import CutOnce, big_onnx
+from tests.tcp_proxy import CuttableProxy
 
 
 def test_a_name_whose_suffix_contradicts_the_format_is_refused_and_nothing_written(
@@ -45,3 +52,30 @@ def test_the_default_name_and_a_directory_carry_the_version_and_the_format(
     as_json = tessera_cli("--json", "models", "download", "mlp", str(into)).json()
     assert as_json["path"] == str(into / "mlp-v1.safetensors")
     assert (into / "mlp-v1.safetensors").read_bytes() == weights.read_bytes()
+
+
+def test_download_resume_goes_on_from_an_interrupted_download(tessera_cli, daemon, client, tmp_path):
+    model = big_onnx(tmp_path / "big.onnx")
+    client.models.push("big", model)
+    out = tmp_path / "out"
+    out.mkdir()
+    proxy = CuttableProxy(daemon.daemon.port)
+    try:
+        with (
+            tessera.Client(proxy.target, retry=tessera.RetryPolicy(attempts=1)) as cut_client,
+            pytest.raises(tessera.Unavailable) as gave_up,
+        ):
+            cut_client.models.download("big", out / "big-v1.onnx", progress=CutOnce(proxy), chunk_size=4096)
+    finally:
+        proxy.close()
+    assert "run it again with --resume" in in_cli_words(gave_up.value.message)
+    client.models.push("big", big_onnx(tmp_path / "second.onnx", seed=1))
+    refused = tessera_cli("models", "download", "big", str(out / "big-v1.onnx"), "--resume")
+    assert refused.code == EXIT_FAILED and "the partial download " in refused.err, refused.err
+    assert "of big v1 (sha256 " in refused.err and "not of big v2 (sha256 " in refused.err
+    assert "without --resume to start again" in refused.err and "big v1 with --resume" in refused.err
+    resumed = tessera_cli("models", "download", "big", str(out), "--version", "1", "--resume")
+    assert resumed.code == 0, resumed.err
+    assert (out / "big-v1.onnx").read_bytes() == model.read_bytes()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert "--resume" in help_text("models", "download")

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pytest
 
 import tessera
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED
+from tests.integration.cli.test_cli_datasets import help_text
+from tests.integration.sdk.test_sdk_model_artifact_download_resume import CutOnce
+from tests.tcp_proxy import CuttableProxy
 
 
 def test_put_ls_and_get_files_and_directories(tessera_cli, client, tmp_path, monkeypatch):
@@ -125,3 +129,29 @@ def test_put_a_directory_stores_its_files_as_mlflow_log_artifacts(tessera_cli, c
     (broken / "gone").symlink_to(tmp_path / "nowhere")
     refused = tessera_cli("runs", "artifacts", "put", run, str(broken))
     assert refused.code == EXIT_FAILED and "(1: gone); nothing stored" in refused.err
+
+
+def test_get_resume_goes_on_from_an_interrupted_download(tessera_cli, daemon, client, tmp_path):
+    run = client.training.create_run("cli-artifacts").run_id
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(np.random.default_rng(0).bytes(8 << 20))
+    client.training.log_artifact(run, weights)
+    out = tmp_path / "out"
+    out.mkdir()
+    proxy = CuttableProxy(daemon.daemon.port)
+    try:
+        with (
+            tessera.Client(proxy.target, retry=tessera.RetryPolicy(attempts=1)) as cut_client,
+            pytest.raises(tessera.Unavailable),
+        ):
+            cut_client.training.download_artifact(
+                run, "weights.bin", out, progress=CutOnce(proxy), chunk_size=4096
+            )
+    finally:
+        proxy.close()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")]
+    resumed = tessera_cli("runs", "artifacts", "get", run, "weights.bin", "-o", str(out), "--resume")
+    assert resumed.code == 0, resumed.err
+    assert (out / "weights.bin").read_bytes() == weights.read_bytes()
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert "--resume" in help_text("runs", "artifacts", "get")

@@ -9,11 +9,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tessera.calls import C, Download, Op, Pages, Part, Resumable, SeqCursor, Upload, call, stream
+from tessera.calls import (
+    C,
+    Op,
+    Pages,
+    Part,
+    Resumable,
+    ResumingDownload,
+    SeqCursor,
+    Upload,
+    call,
+    stream,
+)
 from tessera.ensembles import Member, ensemble_spec
 from tessera.errors import InvalidArgument
 from tessera.messages import INT64_MAX, from_dict, version_number, version_ref
-from tessera.transfer import CHUNK_BYTES, DownloadSink, Progress, check_chunk_size, file_chunks, file_digest
+from tessera.transfer import (
+    CHUNK_BYTES,
+    Progress,
+    ResumableDownloadSink,
+    check_chunk_size,
+    file_chunks,
+    file_digest,
+)
 from tessera.transport import MODEL_CALL_TIMEOUT_S, RetryPolicy, timeout_or
 from tessera.v1 import architecture_pb2, common_pb2
 from tessera.v1 import registry_pb2 as pb
@@ -39,6 +57,11 @@ def ref(model: str, selector: VersionSelector | None) -> common_pb2.VersionRef:
     if isinstance(selector, str):
         return version_ref(model, alias=selector)
     return version_ref(model, version=selector)
+
+
+def version_name(version: pb.ModelVersion) -> str:
+    """How a download's messages and its partial file's record name a version: "mlp v3"."""
+    return f"{version.model} v{version.version}"
 
 
 def _route_target(target: pb.Route | pb.Shadow, selector: VersionSelector, field: str) -> None:
@@ -277,17 +300,35 @@ class Models(Part[C]):
         chunk_size: int = CHUNK_BYTES,
         timeout: float | None = None,
         overwrite: bool = True,
-    ) -> Download[pb.ModelVersion]:
+        resume: bool = False,
+    ) -> ResumingDownload[pb.ModelVersion]:
         """Write a version's artifact to `path`, verified against its sha256 (DataLoss if not);
         it takes the name only once whole. `overwrite` False: a file at `path` is refused with
-        FileExistsError."""
-        request = pb.DownloadVersionRequest(ref=ref(name, version), chunk_size=chunk_size)
-        return Download(
+        FileExistsError. A stream that breaks (UNAVAILABLE: connection cut, daemon restarting)
+        is made again within the client's RetryPolicy and goes on from the bytes written, of the
+        version the first stream sent. One that gives up or times out keeps them in a hidden
+        partial file beside `path` (one stopped by the caller removes them), with a record of
+        the version and the artifact's sha256 they are of; `resume` True goes on from them where
+        the version asked for has that artifact (ValueError where not, leaving them as they
+        are), and without `resume` the download starts again from the first byte. A partial file
+        there that is not this user's own, or is another name of a file too, is refused with
+        ValueError."""
+        asked = ref(name, version)
+
+        def request(header: pb.ModelVersion | None, offset: int) -> pb.DownloadVersionRequest:
+            # After the first stream, the version it sent: an alias may have moved by then.
+            pinned = asked if header is None else version_ref(header.model, version=header.version)
+            return pb.DownloadVersionRequest(ref=pinned, chunk_size=chunk_size, offset=offset)
+
+        return ResumingDownload(
             S,
             "DownloadVersion",
             request,
+            Op(S, "GetVersion", pb.GetVersionRequest(ref=asked), timeout=timeout),
             timeout_or(timeout, self._conn.transfer_timeout),
-            lambda header: DownloadSink(Path(path), header, progress, overwrite),
+            lambda: ResumableDownloadSink(Path(path), progress, overwrite, resume, version_name),
+            self._conn.retry,
+            f"downloading {name}" + ("" if version is None else f" version {version}"),
         )
 
     @call

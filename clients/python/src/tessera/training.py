@@ -19,26 +19,26 @@ from google.protobuf import timestamp_pb2
 from tessera.calls import (
     C,
     Call,
-    Download,
     JoinedPages,
     Op,
     Pages,
     Part,
     Resumable,
+    ResumingDownload,
     SeqCursor,
     Then,
     Upload,
     call,
     stream,
 )
-from tessera.errors import JobFailed, TesseraError, Unavailable
+from tessera.errors import JobFailed, NotFound, TesseraError, Unavailable
 from tessera.events import JobEvent, JobState, event_from_proto
 from tessera.messages import from_dict
 from tessera.run_filter import RunFilter, RunOrderBy, is_order_string, parse_filter, parse_orders
 from tessera.transfer import (
     CHUNK_BYTES,
-    DownloadSink,
     Progress,
+    ResumableDownloadSink,
     check_chunk_size,
     check_free,
     file_chunks,
@@ -247,13 +247,18 @@ def artifact_file(root: Path, artifact_path: str) -> Path:
     return local
 
 
+def artifact_name(artifact: pb.RunArtifact) -> str:
+    """How a download's messages and its partial file's record name an artifact."""
+    return f"artifact {artifact.path} of run {artifact.run_id}"
+
+
 @dataclass(frozen=True)
 class ArtifactTree(Call[Path]):
     """Download every artifact `listing` gives under `root` at its own path; `missing` is the
     call that reports the error when the listing is empty (None: nothing to report)."""
 
     listing: Pages[pb.RunArtifact]
-    download: Callable[[str, Path], Download[pb.RunArtifact]]
+    download: Callable[[str, Path], ResumingDownload[pb.RunArtifact]]
     missing: Call[Any] | None
     root: Path
     result: Path
@@ -1025,13 +1030,19 @@ class Training(Part[C]):
         chunk_size: int = CHUNK_BYTES,
         timeout: float | None = None,
         overwrite: bool = True,
-    ) -> Download[pb.RunArtifact]:
+        resume: bool = False,
+    ) -> ResumingDownload[pb.RunArtifact]:
         """Write one artifact to `dst` (a file, or a directory to put it in under its own name:
         one that exists, or a str ending in "/"; None: the current directory), verified against
         its sha256; returns its description. `overwrite` False: a file there is refused with
-        FileExistsError."""
+        FileExistsError. A stream that breaks (UNAVAILABLE) is made again within the client's
+        RetryPolicy and goes on from the bytes written. One that gives up or times out keeps
+        them in a hidden partial file beside the file, with a record of the artifact's sha256;
+        `resume` True goes on from them where the artifact at `path` still has that sha256
+        (ValueError where it was stored again since, leaving them as they are), and without
+        `resume` the download starts again from the first byte."""
         return self._artifact_download(
-            run_id, path, artifact_target(path, dst), progress, chunk_size, timeout, overwrite
+            run_id, path, artifact_target(path, dst), progress, chunk_size, timeout, overwrite, resume
         )
 
     @call
@@ -1043,11 +1054,14 @@ class Training(Part[C]):
         *,
         timeout: float | None = None,
         overwrite: bool = True,
+        resume: bool = False,
     ) -> ArtifactTree:
         """As MLflow's download_artifacts: the artifact at `path`, or every one under the
         directory `path` ("" for all), written under `dst_path` at their own paths and each
         verified; returns the local path of `path`. `overwrite` False: a file already at one of
-        those paths is refused with FileExistsError before any is written."""
+        those paths is refused with FileExistsError before any is written. Each file is
+        reconnected and resumed as by `download_artifact`, `resume` True going on from the
+        bytes an earlier download of it kept."""
         # "plots/" names the directory "plots", as the listing takes it; the daemon refuses a
         # trailing "/" in one artifact's path, so the NOT_FOUND for nothing there names "plots".
         path = path.removesuffix("/")
@@ -1055,9 +1069,9 @@ class Training(Part[C]):
         # Refused before the listing is asked for, not at the first download.
         call_timeout(timeout)
 
-        def download(artifact_path: str, local: Path) -> Download[pb.RunArtifact]:
+        def download(artifact_path: str, local: Path) -> ResumingDownload[pb.RunArtifact]:
             return self._artifact_download(
-                run_id, artifact_path, local, None, CHUNK_BYTES, timeout, overwrite
+                run_id, artifact_path, local, None, CHUNK_BYTES, timeout, overwrite, resume
             )
 
         listing: Pages[pb.RunArtifact] = Pages(
@@ -1066,9 +1080,21 @@ class Training(Part[C]):
             ),
             "artifacts",
         )
-        # Nothing at or under a path named: the daemon's NOT_FOUND for the path says so.
-        missing = download(path, root / path) if path else None
+        # Nothing at or under a path named: NOT_FOUND for the path says so.
+        missing = self._artifact_lookup(run_id, path, timeout) if path else None
         return ArtifactTree(listing, download, missing, root, root / path, overwrite)
+
+    def _artifact_lookup(self, run_id: str, path: str, timeout: float | None) -> Op[pb.RunArtifact]:
+        """The artifact at `path` (NotFound where there is none), without downloading it."""
+
+        def the_artifact(page: pb.ListRunArtifactsResponse) -> pb.RunArtifact:
+            # The listing of a path starts with the artifact at that path itself, if there is one.
+            if not page.artifacts or page.artifacts[0].path != path:
+                raise NotFound(f"run {run_id!r} has no artifact at {path!r}; list them with list_artifacts")
+            return page.artifacts[0]
+
+        listing = pb.ListRunArtifactsRequest(run_id=run_id, path=path, page_size=1)
+        return Op(S, "ListRunArtifacts", listing, the_artifact, timeout=timeout)
 
     def _artifact_download(
         self,
@@ -1079,14 +1105,22 @@ class Training(Part[C]):
         chunk_size: int,
         timeout: float | None,
         overwrite: bool,
-    ) -> Download[pb.RunArtifact]:
-        request = pb.DownloadRunArtifactRequest(run_id=run_id, path=path, chunk_size=chunk_size)
-        return Download(
+        resume: bool,
+    ) -> ResumingDownload[pb.RunArtifact]:
+        def request(header: pb.RunArtifact | None, offset: int) -> pb.DownloadRunArtifactRequest:
+            return pb.DownloadRunArtifactRequest(
+                run_id=run_id, path=path, chunk_size=chunk_size, offset=offset
+            )
+
+        return ResumingDownload(
             S,
             "DownloadRunArtifact",
             request,
+            self._artifact_lookup(run_id, path, timeout),
             timeout_or(timeout, self._conn.transfer_timeout),
-            lambda header: DownloadSink(target, header, progress, overwrite),
+            lambda: ResumableDownloadSink(target, progress, overwrite, resume, artifact_name),
+            self._conn.retry,
+            f"downloading artifact {path} of run {run_id}",
         )
 
     @call

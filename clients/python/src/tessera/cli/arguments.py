@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from tessera.ensembles import member_pair
 from tessera.messages import INT64_MAX, dataset_ref, is_digits, whole_number
+from tessera.rpc_commands import in_cli_words
 from tessera.run_filter import (
     RunFilterError,
     parse_metric_condition,
@@ -72,6 +73,16 @@ def replaced_only_with_force() -> Iterator[None]:
         yield
     except FileExistsError as err:
         raise UsageError(f"{err.filename} exists; pass --force to replace it") from None
+
+
+@contextlib.contextmanager
+def refused_resume_in_cli_words() -> Iterator[None]:
+    """A download's refused resume (ValueError) saying how to go on in the CLI's words
+    (--resume), not the SDK's (resume=True)."""
+    try:
+        yield
+    except ValueError as err:
+        raise ValueError(in_cli_words(str(err))) from None
 
 
 def selector(text: str) -> int | str:

@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tessera.cli.arguments import UsageError, once_each, replaced_only_with_force
+from tessera.cli.arguments import UsageError, once_each, refused_resume_in_cli_words, replaced_only_with_force
 from tessera.cli.output import Output, shape, transfer_progress, when
 from tessera.client import Client
 from tessera.json_output import to_plain
 from tessera.messages import counted, dataset_ref
 from tessera.progress_line import byte_size
-from tessera.rpc_commands import in_cli_words
 from tessera.tensors import dtype_name
 from tessera.transfer import partial_names
 from tessera.v1 import datasets_pb2
@@ -139,18 +138,14 @@ def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output)
     if args.resume and path.name == default:
         for note in kept_of_other_versions(path.parent, version.name, version.version):
             print(f"note: {note}", file=sys.stderr, flush=True)
-    with replaced_only_with_force():
-        try:
-            version = client.datasets.download(
-                f"{version.name}:{version.version}",
-                path,
-                progress=None if out.as_json else transfer_progress(out, f"downloading {version.name}"),
-                overwrite=args.force,
-                resume=args.resume,
-            )
-        except ValueError as err:
-            # A refused resume says how to go on in the SDK's words (resume=True).
-            raise ValueError(in_cli_words(str(err))) from None
+    with replaced_only_with_force(), refused_resume_in_cli_words():
+        version = client.datasets.download(
+            f"{version.name}:{version.version}",
+            path,
+            progress=None if out.as_json else transfer_progress(out, f"downloading {version.name}"),
+            overwrite=args.force,
+            resume=args.resume,
+        )
     if out.as_json:
         return out.json({"path": str(path), "version": to_plain(version)})
     out.line(

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tessera.cli.arguments import UsageError, replaced_only_with_force
+from tessera.cli.arguments import UsageError, refused_resume_in_cli_words, replaced_only_with_force
 from tessera.cli.inputs import load_inputs
 from tessera.cli.output import Output, shape, transfer_progress, when
 from tessera.client import Client
@@ -447,13 +447,14 @@ def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -
             f"{FORMAT_WORDS[resolved.format]} "
             f"artifact; name it {suffix} (or leave the name out for {default})"
         )
-    with replaced_only_with_force():
+    with replaced_only_with_force(), refused_resume_in_cli_words():
         version = client.models.download(
             resolved.model,
             path,
             resolved.version,
             progress=transfer_progress(out, f"downloading {args.model}"),
             overwrite=args.force,
+            resume=args.resume,
         )
     if out.as_json:
         return out.json({"path": str(path), "version": to_plain(version)})

@@ -169,6 +169,12 @@ EXPECTED_REVISION_HELP = (
 JOB_HELP = "the job's id (`tessera jobs ls` lists them)"
 RUN_HELP = "the run's id (`tessera runs ls` lists them)"
 EXPERIMENT_HELP = "the experiment's name (`tessera experiments ls` lists them)"
+RESUME_HELP = (
+    "go on from the bytes that a download to the same file kept when it gave up reconnecting or ran "
+    "out of time (a hidden .partial file beside it; Ctrl-C removes it), where they are of the same "
+    "file (sha256); refused (exit 1) where they are of another, which are then left as they are. "
+    "Without it a download starts from the first byte"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,7 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--follow", action="store_true", help="go on printing new changes as they come (Ctrl-C to stop)"
     )
-    sub = command(models, "download", cmd_models_download, "write a version's artifact to a file (verified)")
+    sub = command(
+        models,
+        "download",
+        cmd_models_download,
+        "write a version's artifact to a file (verified); a broken connection or a daemon restart is "
+        "reconnected and goes on from the bytes written",
+    )
     sub.add_argument("model", help=MODEL_HELP)
     sub.add_argument(
         "path",
@@ -434,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--force", action="store_true", help="replace the file if it exists (else refused, exit 2)"
     )
+    sub.add_argument("--resume", action="store_true", help=RESUME_HELP)
 
     datasets = group(
         commands,
@@ -532,11 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--resume",
         action="store_true",
-        help="go on from the bytes that a download to the same file kept when it gave up reconnecting or ran "
-        "out of time (a hidden .partial file beside it; Ctrl-C removes it), where they are of the same "
-        "file (sha256); refused (exit 1) where they are of another, which are then left as they are. "
-        "To the default file name, it notes the partial downloads kept for other versions' default names "
-        "(NAME-vN), and how to go on with or remove each. Without it a download starts from the first byte",
+        help=f"{RESUME_HELP}. To the default file name, it notes the partial downloads kept for other "
+        "versions' default names (NAME-vN), and how to go on with or remove each",
     )
 
     sub = command(commands, "train", cmd_train, "submit a training job from a TOML spec")
@@ -722,7 +732,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory in the run to store it in, under the file's own name (default: the top)",
     )
     sub = command(
-        artifacts, "get", cmd_runs_artifacts_get, "download an artifact, or every one under a directory"
+        artifacts,
+        "get",
+        cmd_runs_artifacts_get,
+        "download an artifact, or every one under a directory (each verified); a broken connection or a "
+        "daemon restart is reconnected and goes on from the bytes written",
     )
     sub.add_argument("run_id", help=RUN_HELP)
     sub.add_argument("path", help="an artifact's path, or a directory of them")
@@ -735,6 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--force", action="store_true", help="replace the files already there (else refused, exit 2)"
     )
+    sub.add_argument("--resume", action="store_true", help=RESUME_HELP)
     sub = command(runs, "leaderboard", cmd_runs_leaderboard, "rank an experiment's runs by a metric")
     sub.add_argument("experiment", help=EXPERIMENT_HELP)
     sub.add_argument("metric", help="the metric's name, e.g. val_loss")

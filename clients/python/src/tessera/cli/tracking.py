@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tessera.cli.arguments import UsageError, once_each, replaced_only_with_force
+from tessera.cli.arguments import UsageError, once_each, refused_resume_in_cli_words, replaced_only_with_force
 from tessera.cli.output import Output, transfer_progress, when
 from tessera.client import Client
 from tessera.errors import NotFound
@@ -295,20 +295,23 @@ def cmd_runs_artifacts_get(client: Client, args: argparse.Namespace, out: Output
     if not listed or any(a.path == args.path for a in listed):
         # One file (or nothing there: the daemon's NOT_FOUND says so).
         path = artifact_target(args.path, args.output)
-        with replaced_only_with_force():
+        with replaced_only_with_force(), refused_resume_in_cli_words():
             artifact = client.training.download_artifact(
                 args.run_id,
                 args.path,
                 path,
                 progress=transfer_progress(out, f"downloading {args.path}"),
                 overwrite=args.force,
+                resume=args.resume,
             )
         if out.as_json:
             return out.json({"path": str(path), "artifact": to_plain(artifact)})
         return out.line(f"wrote {path}: {artifact.path}, {byte_size(artifact.size_bytes)}, sha256 verified")
     root = Path(args.output or ".")
-    with replaced_only_with_force():
-        local = client.training.download_artifacts(args.run_id, args.path, root, overwrite=args.force)
+    with replaced_only_with_force(), refused_resume_in_cli_words():
+        local = client.training.download_artifacts(
+            args.run_id, args.path, root, overwrite=args.force, resume=args.resume
+        )
     if out.as_json:
         return out.json({"path": str(local), "artifacts": to_plain(listed)})
     total = sum(a.size_bytes for a in listed)

@@ -1,0 +1,222 @@
+"""client.models.download and client.training.download_artifact(s) across a broken stream: they go
+on from the bytes written, within one call or, with resume=True, after an earlier call gave up;
+a partial file of another version or another artifact is never resumed into."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import tessera
+import tessera.aio
+
+CHUNK = 4096
+FEATURES = 1 << 21
+
+
+def big_onnx(path: Path, seed: int = 0) -> Path:
+    """An ONNX model of about 8 MiB (a scale per feature): long enough to cut its download midway."""
+    scale = np.random.default_rng(seed).normal(size=FEATURES).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["input", "scale"], ["output"])],
+        "scaled",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", FEATURES])],
+        initializer=[onnx.numpy_helper.from_array(scale, "scale")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    return big_onnx(tmp_path / "big.onnx")
+
+
+@pytest.fixture
+def artifact_file(tmp_path: Path) -> Path:
+    path = tmp_path / "weights.bin"
+    path.write_bytes(np.random.default_rng(1).bytes(8 << 20))
+    return path
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    directory = tmp_path / "out"
+    directory.mkdir()
+    return directory
+
+
+def partials(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+class CutOnce:
+    """A progress callback that cuts `proxy` once the download is past half way, `wanted` cuts
+    in all."""
+
+    def __init__(self, proxy, wanted: int = 1) -> None:
+        self.proxy = proxy
+        self.wanted = wanted
+
+    def __call__(self, done: int, total: int) -> None:
+        if done >= total // 2 and self.proxy.cuts < self.wanted:
+            self.proxy.cut()
+
+
+def test_a_model_download_broken_midway_reconnects_and_goes_on_from_the_bytes_written(
+    daemon, proxy_to, out, model_file
+):
+    proxy = proxy_to(daemon.daemon.port)
+    cut = CutOnce(proxy)
+    progress: list[int] = []
+
+    def record_and_cut(done: int, total: int) -> None:
+        progress.append(done)
+        cut(done, total)
+
+    retry = tessera.RetryPolicy(attempts=5, initial_backoff_s=0.05, max_backoff_s=0.2)
+    with tessera.Client(proxy.target, timeout=30, retry=retry) as client:
+        client.models.push("big", model_file)
+        version = client.models.download("big", out / "big.onnx", progress=record_and_cut, chunk_size=CHUNK)
+    assert proxy.cuts == 1
+    assert (out / "big.onnx").read_bytes() == model_file.read_bytes()
+    assert (version.model, version.version) == ("big", 1)
+    # Resumed, not started again: no byte was written twice.
+    assert progress == sorted(set(progress)) and progress[-1] == model_file.stat().st_size
+    assert partials(out) == []
+
+
+def test_a_model_download_that_gave_up_keeps_its_bytes_for_resume(daemon, proxy_to, out, model_file):
+    proxy = proxy_to(daemon.daemon.port)
+    with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
+        client.models.push("big", model_file)
+        with pytest.raises(tessera.Unavailable) as gave_up:
+            client.models.download("big", out / "big.onnx", progress=CutOnce(proxy), chunk_size=CHUNK)
+    assert "resume=True" in gave_up.value.message, gave_up.value.message
+    assert not (out / "big.onnx").exists() and partials(out)
+    resumed_from: list[int] = []
+    with tessera.Client(daemon.target, timeout=30) as client:
+        client.models.download(
+            "big", out / "big.onnx", resume=True, progress=lambda done, _: resumed_from.append(done)
+        )
+    assert (out / "big.onnx").read_bytes() == model_file.read_bytes()
+    assert resumed_from[0] > model_file.stat().st_size // 2
+    assert partials(out) == []
+
+
+def test_resume_into_the_partial_file_of_another_model_version_is_refused_and_keeps_it(
+    daemon, proxy_to, out, model_file, tmp_path
+):
+    proxy = proxy_to(daemon.daemon.port)
+    with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
+        client.models.push("big", model_file)
+        client.models.push("big", big_onnx(tmp_path / "second.onnx", seed=1))
+        with pytest.raises(tessera.Unavailable):
+            client.models.download("big", out / "big.onnx", 1, progress=CutOnce(proxy), chunk_size=CHUNK)
+    kept = {name: (out / name).read_bytes() for name in partials(out)}
+    with tessera.Client(daemon.target, timeout=30) as client:
+        with pytest.raises(ValueError, match="the partial download ") as refused:
+            client.models.download("big", out / "big.onnx", resume=True)
+        assert "of big v1 (sha256 " in str(refused.value) and "not of big v2 (sha256 " in str(refused.value)
+        assert {name: (out / name).read_bytes() for name in partials(out)} == kept
+        assert not (out / "big.onnx").exists()
+        client.models.download("big", out / "big.onnx", 1, resume=True)
+    assert (out / "big.onnx").read_bytes() == model_file.read_bytes()
+    assert partials(out) == []
+
+
+def test_an_artifact_download_that_gave_up_keeps_its_bytes_for_resume(daemon, proxy_to, out, artifact_file):
+    proxy = proxy_to(daemon.daemon.port)
+    with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
+        run_id = client.training.create_run("resume").run_id
+        client.training.log_artifact(run_id, artifact_file)
+        with pytest.raises(tessera.Unavailable) as gave_up:
+            client.training.download_artifact(
+                run_id, "weights.bin", out, progress=CutOnce(proxy), chunk_size=CHUNK
+            )
+    assert "resume=True" in gave_up.value.message, gave_up.value.message
+    assert not (out / "weights.bin").exists() and partials(out)
+    resumed_from: list[int] = []
+    with tessera.Client(daemon.target, timeout=30) as client:
+        client.training.download_artifact(
+            run_id, "weights.bin", out, resume=True, progress=lambda done, _: resumed_from.append(done)
+        )
+    assert (out / "weights.bin").read_bytes() == artifact_file.read_bytes()
+    assert resumed_from[0] > artifact_file.stat().st_size // 2
+    assert partials(out) == []
+
+
+def test_resume_after_the_artifact_was_stored_again_is_refused_and_keeps_the_bytes(
+    daemon, proxy_to, out, artifact_file
+):
+    proxy = proxy_to(daemon.daemon.port)
+    with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
+        run_id = client.training.create_run("resume").run_id
+        client.training.log_artifact(run_id, artifact_file)
+        with pytest.raises(tessera.Unavailable):
+            client.training.download_artifact(
+                run_id, "weights.bin", out, progress=CutOnce(proxy), chunk_size=CHUNK
+            )
+    kept = {name: (out / name).read_bytes() for name in partials(out)}
+    artifact_file.write_bytes(b"stored again")
+    with tessera.Client(daemon.target, timeout=30) as client:
+        client.training.log_artifact(run_id, artifact_file)
+        with pytest.raises(ValueError, match="the partial download ") as refused:
+            client.training.download_artifact(run_id, "weights.bin", out, resume=True)
+        message = str(refused.value)
+        assert f"of artifact weights.bin of run {run_id} (sha256 " in message, message
+        assert "download it without resume=True to start again" in message, message
+        assert {name: (out / name).read_bytes() for name in partials(out)} == kept
+        client.training.download_artifact(run_id, "weights.bin", out)
+    assert (out / "weights.bin").read_bytes() == b"stored again"
+    assert partials(out) == []
+
+
+def test_download_artifacts_resumes_each_file_it_has_bytes_of(daemon, proxy_to, out, artifact_file):
+    proxy = proxy_to(daemon.daemon.port)
+    with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
+        run_id = client.training.create_run("resume").run_id
+        client.training.log_artifact(run_id, artifact_file, "models")
+        with pytest.raises(tessera.Unavailable):
+            client.training.download_artifact(
+                run_id, "models/weights.bin", f"{out / 'models'}/", progress=CutOnce(proxy), chunk_size=CHUNK
+            )
+    assert partials(out / "models")
+    with tessera.Client(daemon.target, timeout=30) as client:
+        local = client.training.download_artifacts(run_id, "models", out, resume=True)
+    assert local == out / "models"
+    assert (out / "models" / "weights.bin").read_bytes() == artifact_file.read_bytes()
+    assert partials(out / "models") == []
+
+
+def test_the_asyncio_client_reconnects_and_resumes_model_and_artifact_downloads(
+    daemon, proxy_to, out, model_file, artifact_file
+):
+    proxy = proxy_to(daemon.daemon.port)
+
+    async def download() -> None:
+        retry = tessera.RetryPolicy(attempts=5, initial_backoff_s=0.05, max_backoff_s=0.2)
+        async with tessera.aio.Client(proxy.target, timeout=30, retry=retry) as client:
+            await client.models.push("big", model_file)
+            await client.models.download(
+                "big", out / "big.onnx", progress=CutOnce(proxy, 1), chunk_size=CHUNK
+            )
+            run = await client.training.create_run("resume")
+            await client.training.log_artifact(run.run_id, artifact_file)
+            await client.training.download_artifact(
+                run.run_id, "weights.bin", out, progress=CutOnce(proxy, 2), chunk_size=CHUNK
+            )
+
+    asyncio.run(download())
+    assert proxy.cuts == 2
+    assert (out / "big.onnx").read_bytes() == model_file.read_bytes()
+    assert (out / "weights.bin").read_bytes() == artifact_file.read_bytes()
+    assert partials(out) == []
