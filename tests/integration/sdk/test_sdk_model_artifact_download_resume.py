@@ -5,6 +5,7 @@ a partial file of another version or another artifact is never resumed into."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from onnx import TensorProto, helper
 
 import tessera
 import tessera.aio
+from tessera import transfer
 
 CHUNK = 4096
 FEATURES = 1 << 21
@@ -220,3 +222,40 @@ def test_the_asyncio_client_reconnects_and_resumes_model_and_artifact_downloads(
     assert (out / "big.onnx").read_bytes() == model_file.read_bytes()
     assert (out / "weights.bin").read_bytes() == artifact_file.read_bytes()
     assert partials(out) == []
+
+
+def test_the_asyncio_client_does_the_partial_files_work_off_its_event_loop(
+    daemon, proxy_to, out, model_file, monkeypatch
+):
+    """Writing and hashing the partial file (and the kept bytes a resume reads back) would stall
+    every other task on the loop for as long as the disk takes: they run on worker threads. The
+    progress callback is still called on the loop, where an asyncio caller may use it."""
+    proxy = proxy_to(daemon.daemon.port)
+    threads: dict[str, set[int]] = {"start": set(), "write": set(), "progress": set()}
+    for step in ("start", "write"):
+        done = getattr(transfer.ResumableDownloadSink, step)
+
+        def recorded(self, *args, _done=done, _step=step):
+            threads[_step].add(threading.get_ident())
+            return _done(self, *args)
+
+        monkeypatch.setattr(transfer.ResumableDownloadSink, step, recorded)
+    cut = CutOnce(proxy)
+
+    def record_and_cut(done: int, total: int) -> None:
+        threads["progress"].add(threading.get_ident())
+        cut(done, total)
+
+    async def download() -> int:
+        retry = tessera.RetryPolicy(attempts=5, initial_backoff_s=0.05, max_backoff_s=0.2)
+        async with tessera.aio.Client(proxy.target, timeout=30, retry=retry) as client:
+            await client.models.push("big", model_file)
+            await client.models.download("big", out / "big.onnx", progress=record_and_cut, chunk_size=CHUNK)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(download())
+    assert proxy.cuts == 1
+    assert threads["start"] and threads["write"]
+    assert loop_thread not in threads["start"] | threads["write"]
+    assert threads["progress"] == {loop_thread}
+    assert (out / "big.onnx").read_bytes() == model_file.read_bytes()

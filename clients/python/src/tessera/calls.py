@@ -352,9 +352,12 @@ class Reconnects:
 
 class ResumableSink(Protocol[T_co]):
     """A download's file, which a stream broken midway goes on writing from `offset()`
-    (see `tessera.transfer.ResumableDownloadSink`)."""
+    (see `tessera.transfer.ResumableDownloadSink`). Its file work (`start`, `write`, `finish`,
+    `abort`) may block on the disk; `progressed` only calls the caller's progress callback."""
 
     def write(self, chunk: bytes) -> None: ...
+
+    def progressed(self) -> None: ...
 
     def finish(self) -> T_co: ...
 
@@ -391,6 +394,51 @@ class _SinkReconnects(Reconnects):
         return super().resume_after(error)
 
 
+class _Resuming(Generic[T_co]):
+    """Where a ResumingDownload has got to, between the steps that `run` and `run_async` take
+    (each doing the I/O in its own way): the header the first stream sent (or the one resolved
+    for the bytes kept), and the reconnects made."""
+
+    def __init__(self, download: ResumingDownload[T_co], sink: ResumableSink[T_co]) -> None:
+        self.sink = sink
+        self._download = download
+        self._header: Any = None
+        self._reconnects = _SinkReconnects(download.doing, sink, download.retry, download.timeout)
+
+    def start(self, header: Any) -> None:
+        """A header, resolved or sent at a stream's start, checked by the sink (file work)."""
+        self.sink.start(header)
+        self._header = header
+
+    def next_stream(self) -> tuple[Message, float | None]:
+        """The request for the rest of the file and the seconds left for it. Called outside the
+        stream's `try`: running out here is not a break to resume after, and its message already
+        says what was kept."""
+        remaining = self._reconnects.remaining()
+        return self._download.request(self._header, self.sink.offset()), remaining
+
+    def wrote(self) -> None:
+        """A chunk was written: progress is reported, and the failures in a row start again."""
+        self.sink.progressed()
+        self._reconnects.went_on()
+
+    def pause_after(self, error: TesseraError) -> float:
+        """Seconds to wait before the next stream; re-raises `error` where it ends the download."""
+        return self._reconnects.resume_after(error)
+
+
+async def _off_the_loop(work: Callable[..., T], *args: Any) -> T:
+    """`work(*args)` on a worker thread. A cancel meanwhile lets it end first, so that the sink
+    is never aborted under a write still in flight."""
+    future = asyncio.ensure_future(asyncio.to_thread(work, *args))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await future
+        raise
+
+
 @dataclass(frozen=True)
 class ResumingDownload(Call[T_co]):
     """A Download that goes on from the bytes it has after a break that `retry` allows
@@ -398,7 +446,8 @@ class ResumingDownload(Call[T_co]):
     rest; `header` is None for the first stream (what the caller named) and then the first
     stream's header, so that a reconnect gets the same file. Where `sink()` holds bytes of an
     earlier download, `resolve` says first what file the caller named, for the sink to check
-    them against. `doing` names the download in messages ("downloading clips:1")."""
+    them against. `doing` names the download in messages ("downloading clips:1"). The asyncio
+    variant does the sink's file work on worker threads, off the caller's event loop."""
 
     service: str
     method: str
@@ -413,33 +462,26 @@ class ResumingDownload(Call[T_co]):
         call_timeout(self.timeout)
 
     def run(self, conn: Connection) -> T_co:
-        sink = self.sink()
+        state = _Resuming(self, self.sink())
         try:
-            header = None
-            if sink.resuming():
-                header = self.resolve.run(conn)
-                sink.start(header)
-            reconnects = _SinkReconnects(self.doing, sink, self.retry, self.timeout)
+            if state.sink.resuming():
+                state.start(self.resolve.run(conn))
             while True:
-                # Outside the try: running out here is not a break to resume after, and its
-                # message already says what was kept.
-                remaining = reconnects.remaining()
+                request, remaining = state.next_stream()
                 try:
-                    request = self.request(header, sink.offset())
                     responses = conn.server_stream(self.service, self.method, request, remaining)
                     with contextlib.closing(responses):
-                        header = next(responses).header
-                        sink.start(header)
+                        state.start(next(responses).header)
                         for response in responses:
-                            sink.write(response.chunk)
-                            reconnects.went_on()
+                            state.sink.write(response.chunk)
+                            state.wrote()
                     break
                 except TesseraError as error:
-                    time.sleep(reconnects.resume_after(error))
+                    time.sleep(state.pause_after(error))
         except BaseException as error:
-            sink.abort(error)
+            state.sink.abort(error)
             raise
-        return sink.finish()
+        return state.sink.finish()
 
     async def run_async(self, conn: AioConnection) -> T_co:
         # Made in a thread: resuming hashes the bytes kept.
@@ -450,32 +492,27 @@ class ResumingDownload(Call[T_co]):
             # The thread goes on making it: what it opened is let go of once it has.
             making.add_done_callback(functools.partial(_abort_made, cancelled))
             raise
+        state = _Resuming(self, sink)
         try:
-            header = None
             if sink.resuming():
-                header = await self.resolve.run_async(conn)
-                await asyncio.to_thread(sink.start, header)
-            reconnects = _SinkReconnects(self.doing, sink, self.retry, self.timeout)
+                await _off_the_loop(state.start, await self.resolve.run_async(conn))
             while True:
-                # Outside the try: running out here is not a break to resume after, and its
-                # message already says what was kept.
-                remaining = reconnects.remaining()
+                request, remaining = state.next_stream()
                 try:
-                    request = self.request(header, sink.offset())
                     responses = conn.server_stream(self.service, self.method, request, remaining)
                     async with contextlib.aclosing(responses):
-                        header = (await anext(responses)).header
-                        sink.start(header)
+                        await _off_the_loop(state.start, (await anext(responses)).header)
                         async for response in responses:
-                            sink.write(response.chunk)
-                            reconnects.went_on()
+                            await _off_the_loop(sink.write, response.chunk)
+                            state.wrote()
                     break
                 except TesseraError as error:
-                    await asyncio.sleep(reconnects.resume_after(error))
+                    await asyncio.sleep(state.pause_after(error))
         except BaseException as error:
-            sink.abort(error)
+            # The thread runs to its end even where this await is cancelled again.
+            await _off_the_loop(sink.abort, error)
             raise
-        return await asyncio.to_thread(sink.finish)
+        return await _off_the_loop(sink.finish)
 
 
 def _abort_made(error: BaseException, making: asyncio.Future[ResumableSink[Any]]) -> None:

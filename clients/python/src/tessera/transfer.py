@@ -363,6 +363,10 @@ class ResumableDownloadSink(Generic[H]):
             self._file.write(chunk)
         self._digest.update(chunk)
         self.size += len(chunk)
+
+    def progressed(self) -> None:
+        """The progress callback told of the bytes written so far (kept apart from `write`, which
+        an asyncio download runs on a worker thread: the callback stays on the caller's loop)."""
         if self._progress is not None and self._header is not None:
             self._progress(self.size, self._header.size_bytes)
 
