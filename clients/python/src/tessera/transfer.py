@@ -208,45 +208,6 @@ def _naming(path: Path) -> Iterator[None]:
         raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
-class DownloadSink(Generic[H]):
-    """Writes a downloaded file to `path` (through a `PartialFile`), checking it against the
-    size and sha256 of its `header`; `finish` gives the header. Unless `overwrite`, a file at
-    `path` is refused (FileExistsError) before anything is written and again as the download
-    takes its name."""
-
-    def __init__(self, path: Path, header: H, progress: Progress | None, overwrite: bool = True) -> None:
-        self.path = path
-        self._file = PartialFile(path, overwrite)
-        self._header = header
-        self._digest = hashlib.sha256()
-        self._size = 0
-        self._progress = progress
-
-    def write(self, chunk: bytes) -> None:
-        self._file.write(chunk)
-        self._digest.update(chunk)
-        self._size += len(chunk)
-        if self._progress is not None:
-            self._progress(self._size, self._header.size_bytes)
-
-    def finish(self) -> H:
-        """Close and move into place; raises DataLoss (and removes the file) on a mismatch."""
-        self._file.close()
-        sha256, size = self._header.sha256, self._header.size_bytes
-        if (sha256 and self._digest.hexdigest() != sha256) or (size and self._size != size):
-            self._file.discard()
-            raise DataLoss(
-                f"download of {self.path.name} is corrupt: got {self._size} bytes with sha256 "
-                f"{self._digest.hexdigest()}, expected {size} bytes with sha256 {sha256}; download it again"
-            )
-        # A download takes a while: the name may have been taken meanwhile.
-        self._file.keep()
-        return self._header
-
-    def abort(self) -> None:
-        self._file.discard()
-
-
 RESUME_WORDS = "download again with resume=True"
 """What an interrupted download's message tells the caller to do (the CLI's words: --resume)."""
 WITH_RESUME_WORDS = "with resume=True"
