@@ -8,6 +8,7 @@ import asyncio
 import errno
 import hashlib
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -329,6 +330,26 @@ def test_a_hard_link_planted_at_the_partial_files_name_is_refused_and_not_writte
     assert str(partial) in str(refused.value)
     assert victim.read_bytes() == b"not yours"
     assert not (out / "copy.npz").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_fifo_planted_at_the_partial_files_name_is_refused_and_left_as_it_is(
+    client, tmp_path, clips_file, resume
+):
+    """A FIFO (or a device) at the name is refused before the download writes, reads or waits on
+    it: opened, a FIFO blocks for a reader where O_RDWR does not open it at once, and a device
+    may act on being opened."""
+    client.datasets.push("clips", clips_file)
+    out = tmp_path / "out"
+    out.mkdir()
+    partial, _ = transfer.partial_names(out / "copy.npz")
+    os.mkfifo(partial)
+    with pytest.raises(ValueError, match="is not a regular file") as refused:
+        client.datasets.download("clips", out / "copy.npz", resume=resume)
+    assert str(refused.value).startswith(f"{out / 'copy.npz'}: its partial download {partial} ")
+    assert stat.S_ISFIFO(os.lstat(partial).st_mode)
+    assert partials(out) == [partial.name]
 
 
 def test_a_lock_that_fails_outright_leaves_no_partial_file(monkeypatch, tmp_path):

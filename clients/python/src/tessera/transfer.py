@@ -436,8 +436,9 @@ def _names(partial: Path, fd: int) -> bool:
 
 def _open_partial(partial: Path, path: Path) -> tuple[BinaryIO, bool]:
     """The partial file, opened to read and write and locked; whether it was created now. A
-    link planted at its name (symbolic: O_NOFOLLOW where the system has it; hard) or a file
-    there of another user's is refused (ValueError) rather than written through. A file that the
+    link planted at its name (symbolic or hard), a file there that is not a regular one (a FIFO,
+    a device: refused before it is opened) or one of another user's is refused (ValueError)
+    rather than written through. A file that the
     download holding it renamed or removed between its opening and its locking is let go of and
     the name opened again."""
     for _ in range(_OPEN_TRIES):
@@ -477,11 +478,34 @@ def _open_or_create(partial: Path, path: Path) -> tuple[int, bool]:
     try:
         return os.open(partial, flags | os.O_CREAT | os.O_EXCL, 0o666), True
     except FileExistsError:
-        return os.open(partial, flags), False
+        return _open_found(partial, path, flags), False
     except FileNotFoundError:
         raise FileNotFoundError(
             errno.ENOENT, f"no directory {path.parent} to write it in; create it first", str(path)
         ) from None
+
+
+def _open_found(partial: Path, path: Path, flags: int) -> int:
+    """The file found at the partial file's name, opened only where it is a regular file: the
+    open of a FIFO may wait for a writer, and a device may act on being opened. Looked at before
+    the open and again after it (the name may have been swapped between), which never waits."""
+    if not stat.S_ISREG(os.lstat(partial).st_mode):
+        raise _refused(partial, path, "is not a regular file")
+    nonblocking = getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(partial, flags | nonblocking)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _refused(partial, path, "is not a regular file")
+        if nonblocking:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _refused(partial: Path, path: Path, why: str) -> ValueError:
+    return ValueError(f"{path}: its partial download {partial} {why}; remove it, then download again")
 
 
 def _check_kept(partial: Path, path: Path, fd: int) -> None:
@@ -489,9 +513,7 @@ def _check_kept(partial: Path, path: Path, fd: int) -> None:
     with no other name (one planted there would be written through, or swapped under the
     download by its owner); its permissions made those a new one gets, which `path` keeps."""
     held = os.fstat(fd)
-    if not stat.S_ISREG(held.st_mode):
-        why = "is not a regular file"
-    elif held.st_nlink > 1:
+    if held.st_nlink > 1:
         why = f"has other links ({held.st_nlink - 1}): another name of the same file would be written"
     elif sys.platform != "win32" and held.st_uid != os.geteuid():
         why = f"is owned by another user (uid {held.st_uid})"
@@ -499,7 +521,7 @@ def _check_kept(partial: Path, path: Path, fd: int) -> None:
         if sys.platform != "win32":
             os.fchmod(fd, 0o666 & ~_umask())
         return
-    raise ValueError(f"{path}: its partial download {partial} {why}; remove it, then download again")
+    raise _refused(partial, path, why)
 
 
 def _umask() -> int:
