@@ -356,18 +356,6 @@ def silent_message(target: str, within: str, detail: str, accepted: bool) -> str
     )
 
 
-def stopped_answering_message(target: str, detail: str) -> str:
-    """What to check when the daemon at `target`, to which this client had a connection ready,
-    had none ready when a call's own deadline ended it (a daemon shutting down sends GOAWAY and
-    takes no new connections), then gRPC's own words, `detail`."""
-    return (
-        f"the daemon at {target} was reached, and no connection to it was ready at the call's deadline: "
-        "it may be shutting down (a daemon told to stop takes no new connections while it finishes the "
-        "calls it has) or have stopped; check that tesserad runs there, and call again once it answers "
-        f"(a daemon started again answers at the same address); gRPC said: {detail}"
-    )
-
-
 def explain_unreachable(
     error: TesseraError, target: str, tls: bool, client_cert: bool = False
 ) -> TesseraError:

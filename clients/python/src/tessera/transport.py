@@ -14,7 +14,6 @@ import math
 import os
 import random
 import threading
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Coroutine, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from tessera.errors import (
     error_from_rpc,
     explain_unreachable,
     silent_message,
-    stopped_answering_message,
 )
 from tessera.v1 import (
     datasets_pb2_grpc,
@@ -61,9 +59,9 @@ MAX_TIMEOUT_TEXT = f"{MAX_TIMEOUT_S:,.0f}"
 MAX_MESSAGE_BYTES = 64 * 2**20
 # Between attempts to reach a daemon that is away (gRPC's own default is 120 s).
 MAX_RECONNECT_BACKOFF_MS = 2000
-# How long a blocking client's close waits for gRPC's polling thread to check its channel's
-# state first: it does within milliseconds; this bounds a machine so busy that the thread waits
-# seconds for its turn.
+# How long a blocking client waits to hear whether its channel is connected, on a call that
+# ran past its deadline: a subscriber hears the state within milliseconds; this bounds a machine
+# so busy that gRPC's polling thread waits seconds for its turn.
 STATE_CHECK_S = 5.0
 KEEPALIVE_ENV = "TESSERA_KEEPALIVE_S"
 # A call in flight whose connection has been silent this long pings the daemon: often enough
@@ -521,9 +519,6 @@ class _Channel(ABC):
         channel_options = [*_channel_options(self.tls, self.retry, self.keepalive), *options]
         credentials = None if self.tls is None else self.tls.credentials()
         self.closed = False
-        # Whether a call of this client has had an answer from the daemon: one that then passes
-        # its own deadline with no connection ready met a daemon that stopped answering.
-        self.answered = False
         self.channel = self._open(self.target, credentials, channel_options)
         self._stubs = {name: stub(self.channel) for name, stub in _STUBS.items()}
 
@@ -549,8 +544,7 @@ class _Channel(ABC):
         CancelledError for one, as if the caller's own task were cancelled, which stays one);
         Unavailable for a stream whose requests could not be sent (the asyncio channel cancels
         it, with a bare CancelledError too, where the connection broke under them); else the
-        SDK's error for the status (for no daemon reached, or one that stopped answering, saying
-        what to check)."""
+        SDK's error for the status (for no daemon reached, saying what to check)."""
         if feed is not None and feed.error is not None:
             return feed.error
         if isinstance(err, asyncio.CancelledError):
@@ -573,14 +567,8 @@ class _Channel(ABC):
             and not self.closed
             and not self._connected()
         ):
-            # gRPC's words are a bare "Deadline Exceeded" both where the call waited for a
-            # connection all along and where the daemon it reached is draining (GOAWAY: the
-            # channel's connection is gone while the call on it goes on to its deadline).
-            message = (
-                stopped_answering_message(self.target, error.message)
-                if self.answered or self._was_ready()
-                else silent_message(self.target, "before the call's deadline", error.message, accepted=False)
-            )
+            # The call waited for a connection all along: gRPC's words are a bare "Deadline Exceeded".
+            message = silent_message(self.target, "before the call's deadline", error.message, accepted=False)
             return DeadlineExceeded(message, error.trailers)
         return explain_unreachable(
             error,
@@ -593,67 +581,46 @@ class _Channel(ABC):
     def _connected(self) -> bool:
         """Whether the channel has a connection ready for calls."""
 
-    @abstractmethod
-    def _was_ready(self) -> bool:
-        """Whether the channel has had a connection ready since its first call (a daemon answered
-        its HTTP/2). Heard as it changes: one that a daemon drains within moments of the first
-        call may go unheard, where no call was answered before (`answered`)."""
 
-
-class _ReadyWatch:
-    """Whether a blocking channel has had a connection ready, told by the thread gRPC starts for
-    a subscriber, which checks the state first and then polls it: subscribed from the channel's
-    first call until it tells of one, when the thread ends. It refers to the channel weakly: the
+class _HeardState:
+    """What gRPC's polling thread last told of a channel's state. It refers to no channel: the
     thread holds it, and a client dropped without close() must leave its channel free to be
     collected, which unsubscribes it and so ends the thread."""
 
-    def __init__(self, channel: grpc.Channel) -> None:
-        self._channel = weakref.ref(channel)
-        self.checked = threading.Event()
-        self.was_ready = False
+    def __init__(self) -> None:
+        self.heard = threading.Event()
+        self.state: grpc.ChannelConnectivity | None = None
 
     def __call__(self, state: grpc.ChannelConnectivity) -> None:
-        if state == grpc.ChannelConnectivity.READY and not self.was_ready:
-            self.was_ready = True
-            channel = self._channel()
-            if channel is not None:
-                channel.unsubscribe(self)
-        self.checked.set()
+        self.state = state
+        self.heard.set()
 
 
 class _ChannelState:
-    """Whether a blocking channel has a connection ready, and has had one. A check on a closed
-    channel raises in the thread of a subscription ("Cannot invoke RPC: Channel closed!"), so the
-    channel may close only once the watch's first check is done."""
+    """Whether a blocking channel has a connection ready, from one subscription held from the
+    first question until the channel closes. A blocking channel tells its state only to
+    subscribers, through a thread gRPC starts that checks the state first and then polls it: a
+    check on a closed channel raises in that thread ("Cannot invoke RPC: Channel closed!"), so
+    the channel may close only once the first check is done, and a subscription per question
+    would leave a thread starting late on a busy machine after each. The thread wakes five times
+    a second while subscribed: only in a client that has had a call end at its own deadline."""
 
     def __init__(self, channel: grpc.Channel) -> None:
         self._channel = channel
         self._lock = threading.Lock()
-        self._watch: _ReadyWatch | None = None
+        self._heard: _HeardState | None = None
         self._ended = False
-
-    def watch(self) -> None:
-        """Start watching for a ready connection, at the channel's first call."""
-        if self._watch is not None:
-            return
-        with self._lock:
-            if self._ended or self._watch is not None:
-                return
-            self._watch = _ReadyWatch(self._channel)
-            self._channel.subscribe(self._watch, try_to_connect=False)
 
     def ready(self) -> bool:
         with self._lock:
             if self._ended:
                 return False
-            # The check gRPC's subscription thread makes, made here: a blocking channel has no
-            # public one, and a subscription's thread tells of the state late on a busy machine.
-            state = self._channel._channel.check_connectivity_state(False)  # type: ignore[attr-defined]
-        return state == grpc.ChannelConnectivity.READY.value[0]  # type: ignore[no-any-return]
-
-    def was_ready(self) -> bool:
-        watch = self._watch
-        return watch is not None and watch.was_ready
+            if self._heard is None:
+                self._heard = _HeardState()
+                self._channel.subscribe(self._heard, try_to_connect=False)
+            heard = self._heard
+        heard.heard.wait(STATE_CHECK_S)
+        return heard.state == grpc.ChannelConnectivity.READY
 
     def end(self) -> None:
         """Before the channel closes: lets gRPC's thread finish its first check."""
@@ -661,10 +628,10 @@ class _ChannelState:
             if self._ended:
                 return
             self._ended = True
-            watch = self._watch
-        if watch is not None:
-            watch.checked.wait(STATE_CHECK_S)
-            self._channel.unsubscribe(watch)
+            heard = self._heard
+        if heard is not None:
+            heard.heard.wait(STATE_CHECK_S)
+            self._channel.unsubscribe(heard)
 
 
 class Connection(_Channel):
@@ -681,24 +648,17 @@ class Connection(_Channel):
         self._state = _ChannelState(channel)
         return channel
 
-    def method(self, service: str, method: str) -> Any:
-        call = super().method(service, method)
-        self._state.watch()
-        return call
-
     def unary(self, service: str, method: str, request: Message, timeout: float | None) -> Any:
         """The response of a unary call; `timeout` None: the client's (gRPC retries the
         RETRIED_METHODS within it)."""
         try:
-            response = self.method(service, method)(
+            return self.method(service, method)(
                 request,
                 timeout=self.timeout if timeout is None else call_timeout(timeout),
                 metadata=self.metadata,
             )
         except grpc.RpcError as err:
             raise self.error(err) from None
-        self.answered = True
-        return response
 
     def server_stream(
         self, service: str, method: str, request: Message, timeout: float | None
@@ -706,9 +666,7 @@ class Connection(_Channel):
         """The responses of a server stream; `timeout` None: no deadline. Closing it cancels the call."""
         call = self.method(service, method)(request, timeout=call_timeout(timeout), metadata=self.metadata)
         try:
-            for response in call:
-                self.answered = True
-                yield response
+            yield from call
         except grpc.RpcError as err:
             raise self.error(err) from None
         finally:
@@ -718,13 +676,9 @@ class Connection(_Channel):
         """The response of a client stream fed from `requests`."""
         feed = _Requests(requests)
         try:
-            response = self.method(service, method)(
-                feed, timeout=call_timeout(timeout), metadata=self.metadata
-            )
+            return self.method(service, method)(feed, timeout=call_timeout(timeout), metadata=self.metadata)
         except grpc.RpcError as err:
             raise self.error(err, feed) from None
-        self.answered = True
-        return response
 
     def bidi_stream(
         self, service: str, method: str, requests: Iterable[Message], timeout: float | None
@@ -733,9 +687,7 @@ class Connection(_Channel):
         feed = _Requests(requests)
         call = self.method(service, method)(feed, timeout=call_timeout(timeout), metadata=self.metadata)
         try:
-            for response in call:
-                self.answered = True
-                yield response
+            yield from call
         except grpc.RpcError as err:
             raise self.error(err, feed) from None
         finally:
@@ -743,9 +695,6 @@ class Connection(_Channel):
 
     def _connected(self) -> bool:
         return self._state.ready()
-
-    def _was_ready(self) -> bool:
-        return self._state.was_ready()
 
     def close(self) -> None:
         self.closed = True
@@ -763,7 +712,6 @@ class AioConnection(_Channel):
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             self._loop = None
-        self._ready_watch: asyncio.Task[None] | None = None
         if credentials is None:
             return grpc.aio.insecure_channel(target, options=options)
         return grpc.aio.secure_channel(target, credentials, options=options)
@@ -775,23 +723,18 @@ class AioConnection(_Channel):
                 f"this asyncio client of {self.target} can only be used in the event loop it was made "
                 "in; make one client per event loop"
             )
-        call = super().method(service, method)
-        if self._ready_watch is None:
-            self._ready_watch = asyncio.get_running_loop().create_task(_until_ready(self.channel))
-        return call
+        return super().method(service, method)
 
     async def unary(self, service: str, method: str, request: Message, timeout: float | None) -> Any:
         """The response of a unary call; `timeout` None: the client's."""
         try:
-            response = await self.method(service, method)(
+            return await self.method(service, method)(
                 request,
                 timeout=self.timeout if timeout is None else call_timeout(timeout),
                 metadata=self.metadata,
             )
         except (grpc.RpcError, asyncio.CancelledError) as err:
             raise self.error(err) from None
-        self.answered = True
-        return response
 
     async def server_stream(
         self, service: str, method: str, request: Message, timeout: float | None
@@ -800,7 +743,6 @@ class AioConnection(_Channel):
         call = self.method(service, method)(request, timeout=call_timeout(timeout), metadata=self.metadata)
         try:
             async for response in call:
-                self.answered = True
                 yield response
         except (grpc.RpcError, asyncio.CancelledError) as err:
             raise self.error(err) from None
@@ -817,15 +759,13 @@ class AioConnection(_Channel):
         status = _DaemonStatus(call)
         writer = asyncio.create_task(_send(call, feed))
         try:
-            response = await call
+            return await call
         except grpc.RpcError as err:
             raise self.error(await status.error(err), feed) from None
         except asyncio.CancelledError as err:
             raise self.error(err, feed) from None
         finally:
             writer.cancel()
-        self.answered = True
-        return response
 
     async def bidi_stream(
         self, service: str, method: str, requests: Iterable[Message], timeout: float | None
@@ -838,7 +778,6 @@ class AioConnection(_Channel):
         writer = asyncio.create_task(_send(call, feed))
         try:
             async for response in call:
-                self.answered = True
                 yield response
         except grpc.RpcError as err:
             raise self.error(await status.error(err), feed) from None
@@ -851,21 +790,6 @@ class AioConnection(_Channel):
     def _connected(self) -> bool:
         return self.channel.get_state() == grpc.ChannelConnectivity.READY  # type: ignore[no-any-return]
 
-    def _was_ready(self) -> bool:
-        watch = self._ready_watch
-        return watch is not None and watch.done() and not watch.cancelled() and watch.exception() is None
-
     async def close(self) -> None:
         self.closed = True
-        if self._ready_watch is not None:
-            self._ready_watch.cancel()
         await self.channel.close()
-
-
-async def _until_ready(channel: grpc.aio.Channel) -> None:
-    """Return once `channel` has a connection ready (`AioConnection._was_ready`), watching from
-    its first call: in the event loop, without gRPC's polling thread."""
-    state = channel.get_state()
-    while state != grpc.ChannelConnectivity.READY:
-        await channel.wait_for_state_change(state)
-        state = channel.get_state()
