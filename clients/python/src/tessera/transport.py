@@ -320,8 +320,8 @@ def resolve_target(target: str | None) -> str:
 
 
 def check_target(text: str, where: str, tls_option: str) -> str:
-    """`text` when it is a gRPC target, never a URL, with a port (gRPC resolves "http://host:port"
-    as a host name, and dials 443 without a port); else ValueError saying the form, ending with
+    """`text` when it is a gRPC target, never a URL, with a host and a port (gRPC resolves
+    "http://host:port" as a host name, and dials 443 without a port); else ValueError saying the form, ending with
     `where` the target was given. `tls_option`: what turns TLS on there, for an https URL."""
     default_port = DEFAULT_TARGET.rsplit(":", 1)[1]
     if text.startswith(("http://", "https://")):
@@ -331,6 +331,9 @@ def check_target(text: str, where: str, tls_option: str) -> str:
         raise ValueError(
             f"{text!r} is a URL; tesserad speaks gRPC: write HOST:PORT, e.g. {example}{tls}, {where}"
         )
+    if text.isdigit():
+        default_host = DEFAULT_TARGET.rsplit(":", 1)[0]
+        raise ValueError(f"{text!r} has no host: write HOST:PORT, e.g. {default_host}:{text}, {where}")
     if ":" not in text:
         raise ValueError(f"{text!r} has no port: write HOST:PORT, e.g. {text}:{default_port}, {where}")
     return text
