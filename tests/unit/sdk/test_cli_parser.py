@@ -396,3 +396,36 @@ def test_an_invalid_choice_is_worded_alike_with_a_guess_or_without(capsys, value
     with pytest.raises(SystemExit):
         parser.parse_args([value])
     assert capsys.readouterr().err.endswith(f"paint: error: argument colour: {refusal}\n")
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("predict", "m", "--input", "x.npz", "--target", "127.0.0.1:50052"), "--target"),
+        (("models", "versions", "m", "--target=127.0.0.1:50052"), "--target"),
+        (("sweeps", "ls", "--token", "secret"), "--token"),
+        (("jobs", "ls", "--timeout", "60"), "--timeout"),
+    ],
+)
+def test_an_option_of_tessera_itself_given_after_the_command_says_where_it_goes(capsys, args, option):
+    """`tessera predict m --input x.npz --target HOST:PORT`, the order kubectl and gh take, was
+    refused as "unrecognized arguments" alone, leaving the reader to find that --target is taken
+    before the command only."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(list(args))
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"{option} is an option of tessera itself: give it before the command" in err, err
+    assert f"`tessera {option} " in err, err
+    assert "secret" not in err, err
+
+
+def test_explains_target_given_the_daemons_address_says_where_the_address_goes(capsys):
+    """`explain` has a --target of its own (the output index, as captum names it): an address
+    there was refused as not a whole number, without a word on where the address goes."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["explain", "m", "--input", "x.npz", "--target", "127.0.0.1:50052"])
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "explain's --target is the output index (class) to explain" in err, err
+    assert "`tessera --target HOST:PORT explain ...`" in err, err

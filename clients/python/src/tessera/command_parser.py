@@ -17,6 +17,36 @@ class CommandParser(argparse.ArgumentParser):
 
     _intermixing = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The options of the program's own parser (`tessera --target`), each with its usage,
+        # set on its commands' parsers by `name_outer_options`.
+        self.outer_options: dict[str, str] = {}
+
+    def name_outer_options(self) -> None:
+        """Let every command below this parser say, of one of this parser's options given after
+        the command, that it goes before it (argparse takes it only there, and says
+        "unrecognized arguments" alone)."""
+        own = {
+            option: option if action.nargs == 0 else f"{option} {action.metavar or action.dest.upper()}"
+            for action in self._actions
+            if not isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+            for option in action.option_strings
+        }
+        pending = [self]
+        while pending:
+            parser = pending.pop()
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    for sub in action.choices.values():
+                        if isinstance(sub, CommandParser):
+                            sub.outer_options = {
+                                option: usage
+                                for option, usage in own.items()
+                                if option not in sub._option_string_actions
+                            }
+                            pending.append(sub)
+
     def parse_known_args(  # type: ignore[override]  # typeshed's overloads; the same signature
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
@@ -30,6 +60,19 @@ class CommandParser(argparse.ArgumentParser):
             parsed, extras = self.parse_known_intermixed_args(args, namespace)
         finally:
             self._intermixing = False
+        misplaced = [
+            self.outer_options[word.split("=", 1)[0]]
+            for word in extras
+            if word.split("=", 1)[0] in self.outer_options
+        ]
+        if misplaced:
+            # Named by its usage only: the value given may be a token.
+            program, _, command = self.prog.partition(" ")
+            option = misplaced[0].split(" ", 1)[0]
+            self.error(
+                f"{option} is an option of {program} itself: give it before the command, "
+                f"`{program} {misplaced[0]} {command} ...`"
+            )
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed, extras

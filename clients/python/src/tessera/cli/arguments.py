@@ -118,6 +118,20 @@ def whole(low: int = 0, high: int = INT64_MAX) -> Callable[[str], int]:
     return parse
 
 
+def output_index(text: str) -> int:
+    """argparse's type for explain's --target, the output index: the daemon's address, which
+    `tessera --target` takes before the command, is pointed there."""
+    try:
+        return whole(high=INT32_MAX)(text)
+    except argparse.ArgumentTypeError as err:
+        if ":" in text:
+            raise argparse.ArgumentTypeError(
+                f"{err}: explain's --target is the output index (class) to explain; the daemon's "
+                "address goes before the command, `tessera --target HOST:PORT explain ...`"
+            ) from None
+        raise
+
+
 def version_beside_alias(text: str) -> int:
     """argparse's type for the --version of a command with an --alias of its own (predict,
     explain): the word other commands take as an alias there is pointed at --alias."""

@@ -21,6 +21,7 @@ from tessera.cli.arguments import (
     key_value,
     member,
     metric_condition,
+    output_index,
     route,
     split,
     timeout_seconds,
@@ -178,7 +179,7 @@ RESUME_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = CommandParser(
+    parser = CommandParser(
         prog="tessera",
         description=DESCRIPTION,
         epilog=EXIT_STATUS_HELP,
@@ -910,7 +911,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--target",
         dest="output_index",
-        type=whole(high=INT32_MAX),
+        type=output_index,
         metavar="N",
         help="the output index (class) to explain; default: each row's largest output (the daemon address, also --target, goes before the command)",
     )
@@ -1069,4 +1070,5 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--requests", type=whole(), default=200, help="predict calls for the latency figures (default 200)"
     )
+    parser.name_outer_options()
     return parser
