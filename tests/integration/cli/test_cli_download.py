@@ -79,3 +79,22 @@ def test_download_resume_goes_on_from_an_interrupted_download(tessera_cli, daemo
     assert (out / "big-v1.onnx").read_bytes() == model.read_bytes()
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
     assert "--resume" in help_text("models", "download")
+
+
+def test_the_file_may_be_named_with_output_as_datasets_download_names_it(tessera_cli, client, tmp_path):
+    """`datasets download`, `runs artifacts get` and `admin backup` take -o/--output: `models
+    download MODEL -o FILE` was refused as "unrecognized arguments"."""
+    onnx = tmp_path / "identity.onnx"
+    onnx.write_bytes(onnx_identity())
+    client.models.push("identity", onnx)
+    written = tessera_cli("models", "download", "identity", "-o", str(tmp_path / "a.onnx"))
+    assert written.code == 0, written.err
+    assert (tmp_path / "a.onnx").read_bytes() == onnx.read_bytes()
+    assert tessera_cli("models", "download", "identity", "--output", str(tmp_path / "b.onnx")).code == 0
+    assert (tmp_path / "b.onnx").read_bytes() == onnx.read_bytes()
+    both = tessera_cli(
+        "models", "download", "identity", str(tmp_path / "c.onnx"), "-o", str(tmp_path / "d.onnx")
+    )
+    assert both.code == EXIT_USAGE
+    assert "name the file once" in both.err, both.err
+    assert not (tmp_path / "c.onnx").exists() and not (tmp_path / "d.onnx").exists()

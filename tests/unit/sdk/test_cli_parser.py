@@ -429,3 +429,19 @@ def test_explains_target_given_the_daemons_address_says_where_the_address_goes(c
     err = capsys.readouterr().err
     assert "explain's --target is the output index (class) to explain" in err, err
     assert "`tessera --target HOST:PORT explain ...`" in err, err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("predict", "m", "--input", "x.npz", "-o", "out.npz"),
+        ("predict", "m", "--input", "x.npz", "--output", "out.npz"),
+        ("explain", "m", "--input", "x.npz", "-o", "out.npz"),
+        ("explain", "m", "--input", "x.npz", "--output", "out.npz"),
+        ("explain", "m", "--input", "x.npz", "--out", "out.npz"),
+    ],
+)
+def test_predict_and_explain_name_their_output_file_as_the_other_commands_do(args):
+    """explain took --out where predict took --output, and neither -o, which `datasets download`,
+    `runs artifacts get` and `admin backup` take."""
+    assert build_parser().parse_args(list(args)).output == "out.npz"

@@ -432,12 +432,15 @@ SUFFIX_BY_FORMAT = {
 
 
 def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if args.path and args.output:
+        raise UsageError(f"name the file once: PATH ({args.path}) or -o/--output ({args.output}), not both")
+    given_path = args.path or args.output
     # Resolved first: the file's name must match the artifact's format, and the number pins
     # the version downloaded to the one checked.
     resolved = client.models.version(args.model, args.version)
     suffix = SUFFIX_BY_FORMAT.get(resolved.format, "")
     default = f"{resolved.model}-v{resolved.version}{suffix}"
-    path = Path(args.path) if args.path else Path(default)
+    path = Path(given_path) if given_path else Path(default)
     if path.is_dir():
         path = path / default
     given = path.suffix.lower()

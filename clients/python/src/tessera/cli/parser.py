@@ -443,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="file to write, or a directory to write it into (default ./MODEL-vVERSION.onnx, "
         ".safetensors or .json, by the artifact's format); a suffix of another format is refused",
     )
+    sub.add_argument("-o", "--output", metavar="PATH", help="the same as PATH, as datasets download takes it")
     sub.add_argument("--version", type=version_or_alias, help="number or alias (default latest)")
     sub.add_argument(
         "--force", action="store_true", help="replace the file if it exists (else refused, exit 2)"
@@ -887,7 +888,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pick.add_argument("--alias", help="the version this alias points at")
     sub.add_argument(
+        "-o",
         "--output",
+        metavar="FILE",
         help="write the outputs to this .npz (.npz is added where missing); an existing one is refused",
     )
     sub.add_argument("--force", action="store_true", help="replace the --output file if it exists")
@@ -937,11 +940,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--top", type=whole(), default=10, help="positions to print per row (default 10)")
     sub.add_argument(
+        "-o",
+        "--output",
         "--out",
+        metavar="FILE",
         help="write the attributions to this .npz (arrays by input name; .npz is added where missing); "
         "an existing one is refused",
     )
-    sub.add_argument("--force", action="store_true", help="replace the --out file if it exists")
+    sub.add_argument("--force", action="store_true", help="replace the --output file if it exists")
 
     sub = command(
         commands, "stats", cmd_stats, "show the latency percentiles and throughput of a loaded model"

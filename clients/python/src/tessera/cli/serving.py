@@ -84,7 +84,7 @@ def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
-    attributions_file = npz_target(args.out, args.force)
+    attributions_file = npz_target(args.output, args.force)
     inputs = load_inputs(args.input)
     with input_names_explained(args.input, inputs):
         explanation = client.inference.explain(
