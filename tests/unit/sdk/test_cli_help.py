@@ -101,12 +101,22 @@ def test_every_command_listed_under_a_group_says_what_it_does():
 
 def test_the_first_screen_says_where_to_start_and_which_environment_variables_count():
     """Before the list of commands: the demo, the life cycle's commands in order, and every
-    variable of the environment the CLI reads."""
+    variable of the environment the CLI reads. The export and the latency figures, steps of the
+    README's walk-through, were missing there."""
     head = build_parser().format_help().partition("positional arguments:")[0]
     assert "tessera demo" in head, head
     steps = [
         f"tessera {step} "
-        for step in ("datasets push", "train", "models versions", "predict", "models deploy")
+        for step in (
+            "datasets push",
+            "train",
+            "models versions",
+            "export onnx",
+            "load",
+            "predict",
+            "stats",
+            "models deploy",
+        )
     ]
     assert all(step in head for step in steps), head
     assert sorted(steps, key=head.index) == steps, head

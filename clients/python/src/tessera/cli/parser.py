@@ -115,8 +115,10 @@ the life cycle by hand, in order (the README walks through it):
   tessera datasets push NAME FILE.npz    upload the data
   tessera train SPEC.toml --follow       train; [register_as] adds a version
   tessera models versions MODEL          list the model's versions
+  tessera export onnx MODEL              add an ONNX version, checked vs torch
   tessera load MODEL                     serve a version (predict loads one too)
   tessera predict MODEL --input X.npz    run the model on inputs
+  tessera stats MODEL                    its latency percentiles and throughput
   tessera models deploy MODEL 2=90 1=10  split traffic among versions
 
 environment (a flag given wins):
@@ -827,7 +829,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
-        help="draw the bytes come of the archive's size, the rate and the time left on stderr, over one "
+        help="draw the bytes received out of the archive's size, the rate and the time left on stderr, over one "
         "line (default: when stderr is a terminal, and not with --json)",
     )
 
