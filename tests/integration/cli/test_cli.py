@@ -332,6 +332,10 @@ def test_demo_runs_the_whole_life_cycle(tessera_cli):
     for step in ("1/7", "2/7", "3/7", "4/7", "5/7", "6/7", "7/7"):
         assert step in result.out
     assert "p99" in result.out and "exported" in result.out
+    # It ended at "done in N s", leaving a newcomer to find what to run on the model it made.
+    assert "next: tessera predict demo-cnn4d --input FILE.npz, tessera stats demo-cnn4d" in " ".join(
+        result.out.split()
+    ), result.out
 
 
 def test_synthetic_clips_need_time_to_tell_apart():

@@ -109,3 +109,8 @@ def run_demo(client: Client, console: Console, name: str, samples: int, epochs: 
             f"(compute p50 {s.compute.p50_us:.0f} us, queue p50 {s.queue.p50_us:.0f} us)"
         )
     console.print(f"done in {time.monotonic() - started:.0f} s")
+    console.print(
+        f"next: tessera predict {model} --input FILE.npz, tessera stats {model}, "
+        f"tessera models versions {model}; the README's walk-through goes through each step by hand",
+        markup=False,
+    )
