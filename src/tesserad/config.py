@@ -114,6 +114,8 @@ def parse_address(raw: Any) -> Address:
     """host:port, [v6]:port; port 0..65535."""
     text = str(raw).strip()
     match = re.match(r"^\[([0-9a-fA-F:.]+)\]:([0-9]+)$", text) or re.match(r"^([^:\s\[\]]+):([0-9]+)$", text)
+    if not match and text.isascii() and text.isdigit():
+        raise ValueError(f"expected host:port, and {text} is a port alone: write 127.0.0.1:{text}")
     if not match:
         raise ValueError("expected host:port, e.g. 127.0.0.1:50051 or [::1]:50051")
     port = int(match.group(2))

@@ -89,6 +89,11 @@ def test_sizes_print_as_plain_numbers_that_parse_back(size, expected):
         ({"TESSERA_STORE_MAP_SIZE": "lots"}, ["store.map_size", "TESSERA_STORE_MAP_SIZE", "expected a size"]),
         ({"TESSERA_LISTEN": "localhost"}, ["listen = 'localhost'", "expected host:port"]),
         ({"TESSERA_LISTEN": "127.0.0.1:70000"}, ["port 70000 is out of range"]),
+        # A port alone was answered with gRPC's example address, 127.0.0.1:50051, for /metrics too.
+        (
+            {"TESSERA_METRICS_LISTEN": "9999"},
+            ["metrics_listen = '9999'", "a port alone: write 127.0.0.1:9999"],
+        ),
         ({"TESSERA_LOG_FORMAT": "xml"}, ["log_format", "expected one of console, json"]),
         ({"TESSERA_GRACE_PERIOD_S": "-1"}, ["grace_period_s", "0.0..3600.0"]),
         ({"TESSERA_STORE_DURABILITY": "maybe"}, ["store.durability", "full, relaxed"]),
