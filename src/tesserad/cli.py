@@ -40,7 +40,8 @@ SERVE_FLAGS = {
     "--listen": (
         "listen",
         "HOST:PORT",
-        "gRPC address (default 127.0.0.1:50051; port 0 picks a free one); clients may ping it (HTTP/2 "
+        "gRPC address of tessera's API and of the Open Inference Protocol that Triton's gRPC client "
+        "speaks (default 127.0.0.1:50051; port 0 picks a free one); clients may ping it (HTTP/2 "
         "keepalive) as often as every 0.5 s",
     ),
     "--data-dir": (
@@ -53,7 +54,12 @@ SERVE_FLAGS = {
         "HOST:PORT",
         "Prometheus /metrics address, or off (default 127.0.0.1:9464)",
     ),
-    "--http-listen": ("http_listen", "HOST:PORT", "web dashboard address, or off (default 127.0.0.1:8080)"),
+    "--http-listen": (
+        "http_listen",
+        "HOST:PORT",
+        "web dashboard address, or off (default 127.0.0.1:8080); the Open Inference Protocol over HTTP, "
+        "for Triton's HTTP client, is --oip-http-listen",
+    ),
     "--oip-http-listen": (
         "serving.oip_http_listen",
         "HOST:PORT",
