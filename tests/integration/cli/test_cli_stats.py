@@ -36,6 +36,8 @@ def test_stats_of_a_model_with_nothing_loaded_says_how_to_load_it(tessera_cli, c
     assert tessera_cli("predict", "affine", "--input", str(inputs)).code == 0
     loaded = tessera_cli("stats", "affine")
     assert loaded.code == 0 and "affine v1: 1 request (0 failed)" in loaded.out
+    # "batch rows:count 2:1" left the reader to work out which number was which.
+    assert "batches: 1 of 2 rows" in loaded.out, loaded.out
     assert [s["model"] for s in tessera_cli("--json", "stats").json()] == ["affine"]
 
 

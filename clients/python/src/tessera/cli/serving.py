@@ -220,10 +220,10 @@ def print_stats(stats: Sequence[inference_pb2.ModelStats], out: Output) -> None:
         whole=("version",),
     )
     for s in stats:
-        batches = ", ".join(f"{b.rows}:{b.count}" for b in s.batch_sizes)
+        batches = ", ".join(f"{b.count} of {counted(b.rows, 'row')}" for b in s.batch_sizes)
         out.line(
             f"{s.model} v{s.version}: {counted(s.request_count, 'request')} ({s.error_count} failed), "
-            f"{s.throughput_rps:.1f} req/s; batch rows:count {batches or '-'}"
+            f"{s.throughput_rps:.1f} req/s; batches: {batches or 'none yet'}"
         )
 
 
