@@ -197,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"the daemon's gRPC address (env {TARGET_ENV}; default {DEFAULT_TARGET})",
     )
-    parser.add_argument("--token", default=None, help=f"bearer token (default: env {TOKEN_ENV})")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help=f"bearer token, where the daemon checks tokens (env {TOKEN_ENV}; default none)",
+    )
     parser.add_argument("--tls", action="store_true", help="use TLS with the system's CAs")
     parser.add_argument(
         "--tls-ca", metavar="FILE", help="CA certificate that signed the daemon's (implies TLS)"
