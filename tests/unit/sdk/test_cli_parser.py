@@ -445,3 +445,31 @@ def test_predict_and_explain_name_their_output_file_as_the_other_commands_do(arg
     """explain took --out where predict took --output, and neither -o, which `datasets download`,
     `runs artifacts get` and `admin backup` take."""
     assert build_parser().parse_args(list(args)).output == "out.npz"
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        # MLflow's `mlflow models serve`, and the daemon's own `tesserad serve`: "did you mean 'sweep'?".
+        (
+            ("serve",),
+            "invalid choice: 'serve'; `tesserad serve` starts the daemon, `tessera load MODEL` serves",
+        ),
+        # The model before its format: "invalid choice: 'clips' (choose from 'onnx')".
+        (("export", "clips"), "invalid choice: 'clips'; the format comes first, `tessera export onnx clips`"),
+    ],
+)
+def test_a_command_a_newcomer_reaches_for_first_says_which_one_does_it(capsys, args, said):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(list(args))
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert said in err, err
+    assert "did you mean" not in err, err
+
+
+def test_a_mistyped_format_is_still_answered_with_the_one_meant(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "onnnx", "clips"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'onnnx'; did you mean 'onnx'?" in err, err

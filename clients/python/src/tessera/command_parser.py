@@ -22,6 +22,11 @@ class CommandParser(argparse.ArgumentParser):
         # The options of the program's own parser (`tessera --target`), each with its usage,
         # set on its commands' parsers by `name_outer_options`.
         self.outer_options: dict[str, str] = {}
+        # What to say of a command word this parser does not have: for one word, in place of a
+        # guess at the command meant (`choice_hints`), or for any word close to none of them
+        # (`other_choice_hint`, formatted with the word as `value`).
+        self.choice_hints: dict[str, str] = {}
+        self.other_choice_hint = ""
 
     def name_outer_options(self) -> None:
         """Let every command below this parser say, of one of this parser's options given after
@@ -86,7 +91,10 @@ class CommandParser(argparse.ArgumentParser):
             # a guess: argparse's own quotes its choices in some Python versions and not others.
             choices = list(action.choices or ())
             meant = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1)
-            guess = f"; did you mean {meant[0]!r}?" if meant else ""
+            hint = self.choice_hints.get(str(value), "")
+            if not hint and not meant:
+                hint = self.other_choice_hint.format(value=value)
+            guess = f"; {hint}" if hint else f"; did you mean {meant[0]!r}?" if meant else ""
             listed = ", ".join(repr(choice) for choice in choices)
             raise argparse.ArgumentError(
                 action, f"invalid choice: {value!r}{guess} (choose from {listed})"

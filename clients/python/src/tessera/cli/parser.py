@@ -138,10 +138,12 @@ def group(
     *,
     dest: str = "subcommand",
     metavar: str = "SUBCOMMAND",
+    other_choice_hint: str = "",
 ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     """A group of commands (`tessera models ...`): `help` is its line in the list of commands,
     `description` says what it manages, and `examples` (what it does, the command line) show its
-    common commands under its --help, as kubectl's groups do."""
+    common commands under its --help, as kubectl's groups do. `other_choice_hint`: what a word
+    that is none of its commands is told (`CommandParser.other_choice_hint`)."""
     shown = "\n".join(f"  # {what}\n  {line}" for what, line in examples)
     parser = commands.add_parser(
         name,
@@ -151,6 +153,8 @@ def group(
         epilog=f"examples:\n{shown}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    assert isinstance(parser, CommandParser)  # add_subparsers makes its commands' parsers of its own class
+    parser.other_choice_hint = other_choice_hint
     return parser.add_subparsers(dest=dest, required=True, metavar=metavar)
 
 
@@ -244,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.choice_hints["serve"] = (
+        "`tesserad serve` starts the daemon, `tessera load MODEL` serves a version of a model"
+    )
 
     def command(
         group: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -849,6 +856,7 @@ def build_parser() -> argparse.ArgumentParser:
             ),
         ],
         metavar="FORMAT",
+        other_choice_hint="the format comes first, `tessera export onnx {value}`",
     )
     sub = command(export, "onnx", cmd_export_onnx, "export a safetensors version to ONNX as a new version")
     sub.add_argument("model", help=MODEL_HELP)
