@@ -153,8 +153,9 @@ def group(
         epilog=f"examples:\n{shown}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    assert isinstance(parser, CommandParser)  # add_subparsers makes its commands' parsers of its own class
-    parser.other_choice_hint = other_choice_hint
+    hinted = parser  # narrowed apart: `parser` keeps argparse's type, as its subparsers must
+    assert isinstance(hinted, CommandParser)  # add_subparsers makes its commands' parsers of its own class
+    hinted.other_choice_hint = other_choice_hint
     return parser.add_subparsers(dest=dest, required=True, metavar=metavar)
 
 
@@ -185,12 +186,14 @@ RESUME_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(
+    root = CommandParser(
         prog="tessera",
         description=DESCRIPTION,
         epilog=EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    # argparse's type, so that its subparsers are the type `group` and `command` take.
+    parser: argparse.ArgumentParser = root
     parser.add_argument(
         "--version", action="version", version=f"tessera {__version__} (the daemon's: `tessera info`)"
     )
@@ -248,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help=JSON_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    parser.choice_hints["serve"] = (
+    root.choice_hints["serve"] = (
         "`tesserad serve` starts the daemon, `tessera load MODEL` serves a version of a model"
     )
 
@@ -1090,5 +1093,5 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--requests", type=whole(), default=200, help="predict calls for the latency figures (default 200)"
     )
-    parser.name_outer_options()
+    root.name_outer_options()
     return parser
