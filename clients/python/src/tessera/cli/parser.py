@@ -15,6 +15,7 @@ from tessera.cli.arguments import (
     TRANSFER_TIMEOUT_ENV,
     daemon_target,
     dataset,
+    download_path,
     env_default,
     finite,
     keepalive_seconds,
@@ -456,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "path",
         nargs="?",
+        type=download_path,
         help="file to write, or a directory to write it into (default ./MODEL-vVERSION.onnx, "
         ".safetensors or .json, by the artifact's format); a suffix of another format is refused",
     )
