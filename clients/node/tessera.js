@@ -164,7 +164,7 @@ function pythonRepr(text) {
   return quote + (quote === "'" ? escaped.replace(/'/g, "\\'") : escaped) + quote;
 }
 
-// `text` when it is a gRPC target with a port, as the Python SDK's check_target: gRPC resolves
+// `text` when it is a gRPC target with a host and a port, as the Python SDK's check_target: gRPC resolves
 // "http://host:port" as a host name, and dials 443 without a port. Else a RangeError saying the
 // form, ending with `where` the target was given; `tlsOption`: what turns TLS on there, for an
 // https URL.
@@ -177,6 +177,10 @@ function checkTarget(text, where, tlsOption) {
     throw new RangeError(
       `${pythonRepr(text)} is a URL; tesserad speaks gRPC: write HOST:PORT, e.g. ${example}${tls}, ${where}`,
     );
+  }
+  if (/^[0-9]+$/.test(text)) {
+    const defaultHost = DEFAULT_TARGET.split(':')[0];
+    throw new RangeError(`${pythonRepr(text)} has no host: write HOST:PORT, e.g. ${defaultHost}:${text}, ${where}`);
   }
   if (!text.includes(':')) {
     throw new RangeError(`${pythonRepr(text)} has no port: write HOST:PORT, e.g. ${text}:${defaultPort}, ${where}`);

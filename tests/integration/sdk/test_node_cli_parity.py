@@ -77,6 +77,7 @@ def test_node_cli_checks_its_target_as_the_python_cli_does(node_ready):
     for args, env in (
         (("--target", "http://127.0.0.1:1", "info"), {}),
         (("info",), {"TESSERA_TARGET": "127.0.0.1"}),
+        (("--target", "50052", "info"), {}),
     ):
         refused = run_node_bare(*args, env=env)
         text = args[1] if args[0] == "--target" else env["TESSERA_TARGET"]
