@@ -244,6 +244,70 @@ def holding_server() -> Iterator[str]:
 
 
 @contextmanager
+def stopping_server() -> Iterator[str]:
+    """A gRPC server whose GetServerInfo answers the first call, then, in each later one, starts
+    draining (as a daemon told to stop does: GOAWAY, no new connections) and holds the call past
+    the client's deadline: the client has no connection ready when its deadline ends the call."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    stopping = threading.Event()
+    answered = threading.Event()
+
+    def answer_then_drain(request: bytes, context: grpc.ServicerContext) -> bytes:
+        if not answered.is_set():
+            answered.set()
+            return system_pb2.ServerInfo().SerializeToString()
+        _drain(server)
+        stopping.wait(60)
+        return b""
+
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "tessera.v1.System", {"GetServerInfo": grpc.unary_unary_rpc_method_handler(answer_then_drain)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        stopping.set()
+        server.stop(grace=None)
+
+
+def assert_says_the_daemon_was_reached_before(error: tessera.TesseraError, target: str) -> None:
+    # It said "nothing at ... answered gRPC before the call's deadline" of a daemon that had answered.
+    message = error.message
+    assert isinstance(error, tessera.DeadlineExceeded), error
+    reached = f"the daemon at {target} was reached before, and no connection to it was ready at the call's deadline: "
+    assert message.startswith(reached), message
+    assert "shutting down" in message and "check that tesserad runs there" in message, message
+    assert message.endswith("; gRPC said: Deadline Exceeded"), message
+
+
+def test_a_call_to_a_daemon_that_answered_and_then_stopped_says_the_daemon_was_reached_before():
+    with stopping_server() as target, tessera.Client(target, timeout=30) as client:
+        client.system.info()
+        with pytest.raises(tessera.DeadlineExceeded) as failed:
+            client.system.info(timeout=2)
+    assert_says_the_daemon_was_reached_before(failed.value, target)
+
+
+def test_the_asyncio_client_says_the_daemon_was_reached_before_too():
+    async def scenario(target: str) -> tessera.DeadlineExceeded:
+        async with tessera.aio.Client(target, timeout=30) as client:
+            await client.system.info()
+            with pytest.raises(tessera.DeadlineExceeded) as failed:
+                await client.system.info(timeout=2)
+            return failed.value
+
+    with stopping_server() as target:
+        error = asyncio.run(asyncio.wait_for(scenario(target), 120))
+    assert_says_the_daemon_was_reached_before(error, target)
+
+
+@contextmanager
 def busy_interpreter() -> Iterator[None]:
     """A thread that holds the GIL in turns of half a second, as a busy machine delays gRPC's
     own threads: the one that tells a blocking channel's state starts late."""

@@ -356,6 +356,18 @@ def silent_message(target: str, within: str, detail: str, accepted: bool) -> str
     )
 
 
+def reached_before_message(target: str, detail: str) -> str:
+    """What to check when the daemon at `target`, which answered this client before, had no
+    connection ready when a call's own deadline ended it (a daemon shutting down sends GOAWAY and
+    takes no new connections), then gRPC's own words, `detail`."""
+    return (
+        f"the daemon at {target} was reached before, and no connection to it was ready at the call's "
+        "deadline: it may be shutting down (a daemon told to stop takes no new connections while it "
+        "finishes the calls it has) or have stopped; check that tesserad runs there, and call again "
+        f"once it answers; gRPC said: {detail}"
+    )
+
+
 def explain_unreachable(
     error: TesseraError, target: str, tls: bool, client_cert: bool = False
 ) -> TesseraError:

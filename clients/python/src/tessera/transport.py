@@ -30,6 +30,7 @@ from tessera.errors import (
     Unavailable,
     error_from_rpc,
     explain_unreachable,
+    reached_before_message,
     silent_message,
 )
 from tessera.v1 import (
@@ -522,6 +523,9 @@ class _Channel(ABC):
         channel_options = [*_channel_options(self.tls, self.retry, self.keepalive), *options]
         credentials = None if self.tls is None else self.tls.credentials()
         self.closed = False
+        # Whether a call of this client has had a response: a later call that passes its own
+        # deadline with no connection ready met a daemon that stopped answering, not a silent port.
+        self.answered = False
         self.channel = self._open(self.target, credentials, channel_options)
         self._stubs = {name: stub(self.channel) for name, stub in _STUBS.items()}
 
@@ -547,7 +551,8 @@ class _Channel(ABC):
         CancelledError for one, as if the caller's own task were cancelled, which stays one);
         Unavailable for a stream whose requests could not be sent (the asyncio channel cancels
         it, with a bare CancelledError too, where the connection broke under them); else the
-        SDK's error for the status (for no daemon reached, saying what to check)."""
+        SDK's error for the status (for no daemon reached, or one that answered before and no
+        longer does, saying what to check)."""
         if feed is not None and feed.error is not None:
             return feed.error
         if isinstance(err, asyncio.CancelledError):
@@ -570,8 +575,14 @@ class _Channel(ABC):
             and not self.closed
             and not self._connected()
         ):
-            # The call waited for a connection all along: gRPC's words are a bare "Deadline Exceeded".
-            message = silent_message(self.target, "before the call's deadline", error.message, accepted=False)
+            # gRPC's words are a bare "Deadline Exceeded", both where the call waited for a
+            # connection all along and where the daemon it reached is draining (GOAWAY: the
+            # channel's connection is gone while the call on it goes on to its deadline).
+            message = (
+                reached_before_message(self.target, error.message)
+                if self.answered
+                else silent_message(self.target, "before the call's deadline", error.message, accepted=False)
+            )
             return DeadlineExceeded(message, error.trailers)
         return explain_unreachable(
             error,
@@ -655,13 +666,15 @@ class Connection(_Channel):
         """The response of a unary call; `timeout` None: the client's (gRPC retries the
         RETRIED_METHODS within it)."""
         try:
-            return self.method(service, method)(
+            response = self.method(service, method)(
                 request,
                 timeout=self.timeout if timeout is None else call_timeout(timeout),
                 metadata=self.metadata,
             )
         except grpc.RpcError as err:
             raise self.error(err) from None
+        self.answered = True
+        return response
 
     def server_stream(
         self, service: str, method: str, request: Message, timeout: float | None
@@ -669,7 +682,9 @@ class Connection(_Channel):
         """The responses of a server stream; `timeout` None: no deadline. Closing it cancels the call."""
         call = self.method(service, method)(request, timeout=call_timeout(timeout), metadata=self.metadata)
         try:
-            yield from call
+            for response in call:
+                self.answered = True
+                yield response
         except grpc.RpcError as err:
             raise self.error(err) from None
         finally:
@@ -679,9 +694,13 @@ class Connection(_Channel):
         """The response of a client stream fed from `requests`."""
         feed = _Requests(requests)
         try:
-            return self.method(service, method)(feed, timeout=call_timeout(timeout), metadata=self.metadata)
+            response = self.method(service, method)(
+                feed, timeout=call_timeout(timeout), metadata=self.metadata
+            )
         except grpc.RpcError as err:
             raise self.error(err, feed) from None
+        self.answered = True
+        return response
 
     def bidi_stream(
         self, service: str, method: str, requests: Iterable[Message], timeout: float | None
@@ -690,7 +709,9 @@ class Connection(_Channel):
         feed = _Requests(requests)
         call = self.method(service, method)(feed, timeout=call_timeout(timeout), metadata=self.metadata)
         try:
-            yield from call
+            for response in call:
+                self.answered = True
+                yield response
         except grpc.RpcError as err:
             raise self.error(err, feed) from None
         finally:
@@ -731,13 +752,15 @@ class AioConnection(_Channel):
     async def unary(self, service: str, method: str, request: Message, timeout: float | None) -> Any:
         """The response of a unary call; `timeout` None: the client's."""
         try:
-            return await self.method(service, method)(
+            response = await self.method(service, method)(
                 request,
                 timeout=self.timeout if timeout is None else call_timeout(timeout),
                 metadata=self.metadata,
             )
         except (grpc.RpcError, asyncio.CancelledError) as err:
             raise self.error(err) from None
+        self.answered = True
+        return response
 
     async def server_stream(
         self, service: str, method: str, request: Message, timeout: float | None
@@ -746,6 +769,7 @@ class AioConnection(_Channel):
         call = self.method(service, method)(request, timeout=call_timeout(timeout), metadata=self.metadata)
         try:
             async for response in call:
+                self.answered = True
                 yield response
         except (grpc.RpcError, asyncio.CancelledError) as err:
             raise self.error(err) from None
@@ -762,13 +786,15 @@ class AioConnection(_Channel):
         status = _DaemonStatus(call)
         writer = asyncio.create_task(_send(call, feed))
         try:
-            return await call
+            response = await call
         except grpc.RpcError as err:
             raise self.error(await status.error(err), feed) from None
         except asyncio.CancelledError as err:
             raise self.error(err, feed) from None
         finally:
             writer.cancel()
+        self.answered = True
+        return response
 
     async def bidi_stream(
         self, service: str, method: str, requests: Iterable[Message], timeout: float | None
@@ -781,6 +807,7 @@ class AioConnection(_Channel):
         writer = asyncio.create_task(_send(call, feed))
         try:
             async for response in call:
+                self.answered = True
                 yield response
         except grpc.RpcError as err:
             raise self.error(await status.error(err), feed) from None
