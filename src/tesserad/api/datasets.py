@@ -11,7 +11,7 @@ from tessera.v1 import datasets_pb2 as pb
 from tessera.v1 import datasets_pb2_grpc
 from tesserad.api import convert_datasets as convert
 from tesserad.api.auth import caller
-from tesserad.api.transfers import chunk_size, read_header, receive_chunks, stream_chunks
+from tesserad.api.transfers import chunk_size, download_offset, read_header, receive_chunks, stream_chunks
 from tesserad.datasets import Datasets
 from tesserad.store import BlobStore
 
@@ -98,7 +98,8 @@ class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
     ) -> AsyncIterator[pb.DownloadDatasetResponse]:
         size = chunk_size(request.chunk_size, self._chunk_size)
         record = await asyncio.to_thread(self._datasets.resolve, request.ref.name, request.ref.version)
-        chunks = await asyncio.to_thread(self._datasets.read_chunks, record, size, request.offset)
+        offset = download_offset(request.offset, record.size_bytes, f"{record.name} v{record.version}'s file")
+        chunks = await asyncio.to_thread(self._datasets.read_chunks, record, size, offset)
         yield pb.DownloadDatasetResponse(header=convert.version_to_proto(record))
         async for chunk in stream_chunks(chunks):
             yield pb.DownloadDatasetResponse(chunk=chunk)

@@ -618,14 +618,7 @@ class Datasets:
         """The stored file from byte `offset` in chunks, the whole file verified against its
         sha256 (DataLoss if damaged). Its file is opened now: a delete of the version after this
         leaves the stream whole, and one since `record` was read is NotFound, as for any version
-        that is gone."""
-        if offset < 0:
-            raise InvalidArgument(f"offset must be >= 0 (0: from the file's start), got {offset}")
-        if offset > record.size_bytes:
-            raise InvalidArgument(
-                f"offset {offset} is past the end of {record.name}:{record.version}'s file "
-                f"({record.size_bytes} bytes); resume at most at {record.size_bytes}"
-            )
+        that is gone. `offset` is within the file (see api.transfers.download_offset)."""
         try:
             return self._blobs.open_chunks(record.sha256, chunk_size, offset)
         except DataLoss:

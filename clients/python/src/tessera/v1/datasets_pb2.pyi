@@ -719,7 +719,8 @@ class DownloadDatasetRequest(_message.Message):
     """Resumes a download cut short: the chunks start at this byte of the file (0: its start), and
     the header still gives the whole file's sha256 and size, to check what was kept plus what
     follows. The whole stored file is still verified before the last chunk is sent (DATA_LOSS
-    if damaged). INVALID_ARGUMENT when negative or past the file's size; at its size, no chunk.
+    if damaged). INVALID_ARGUMENT when negative; OUT_OF_RANGE past the file's size (the message
+    names it); at its size, no chunk.
     """
     @_builtins.property
     def ref(self) -> _common_pb2.DatasetRef: ...
