@@ -245,9 +245,10 @@ def holding_server() -> Iterator[str]:
 
 @contextmanager
 def stopping_server() -> Iterator[str]:
-    """A gRPC server whose GetServerInfo answers the first call, then, in each later one, starts
-    draining (as a daemon told to stop does: GOAWAY, no new connections) and holds the call past
-    the client's deadline: the client has no connection ready when its deadline ends the call."""
+    """A gRPC server whose WatchSystem sends one sample, and whose GetServerInfo answers the first
+    call, then, in each later one, starts draining (as a daemon told to stop does: GOAWAY, no new
+    connections) and holds the call past the client's deadline: the client has no connection
+    ready when its deadline ends the call."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     stopping = threading.Event()
     answered = threading.Event()
@@ -260,10 +261,18 @@ def stopping_server() -> Iterator[str]:
         stopping.wait(60)
         return b""
 
+    def one_sample(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        answered.set()
+        yield system_pb2.SystemSample().SerializeToString()
+
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
-                "tessera.v1.System", {"GetServerInfo": grpc.unary_unary_rpc_method_handler(answer_then_drain)}
+                "tessera.v1.System",
+                {
+                    "GetServerInfo": grpc.unary_unary_rpc_method_handler(answer_then_drain),
+                    "WatchSystem": grpc.unary_stream_rpc_method_handler(one_sample),
+                },
             ),
         )
     )
@@ -286,18 +295,26 @@ def assert_says_the_daemon_was_reached_before(error: tessera.TesseraError, targe
     assert message.endswith("; gRPC said: Deadline Exceeded"), message
 
 
-def test_a_call_to_a_daemon_that_answered_and_then_stopped_says_the_daemon_was_reached_before():
+@pytest.mark.parametrize("first", ["unary", "stream"])
+def test_a_call_to_a_daemon_that_answered_and_then_stopped_says_the_daemon_was_reached_before(first):
     with stopping_server() as target, tessera.Client(target, timeout=30) as client:
-        client.system.info()
+        if first == "unary":
+            client.system.info()
+        else:
+            assert len(list(client.system.watch(max_samples=1))) == 1
         with pytest.raises(tessera.DeadlineExceeded) as failed:
             client.system.info(timeout=2)
     assert_says_the_daemon_was_reached_before(failed.value, target)
 
 
-def test_the_asyncio_client_says_the_daemon_was_reached_before_too():
+@pytest.mark.parametrize("first", ["unary", "stream"])
+def test_the_asyncio_client_says_the_daemon_was_reached_before_too(first):
     async def scenario(target: str) -> tessera.DeadlineExceeded:
         async with tessera.aio.Client(target, timeout=30) as client:
-            await client.system.info()
+            if first == "unary":
+                await client.system.info()
+            else:
+                assert len([sample async for sample in client.system.watch(max_samples=1)]) == 1
             with pytest.raises(tessera.DeadlineExceeded) as failed:
                 await client.system.info(timeout=2)
             return failed.value
