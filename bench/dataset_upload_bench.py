@@ -29,8 +29,12 @@ values costs to check (`inspect_file`, stored and compressed), where the zip's c
 a ZipInfo per member, is the cost that grows with N: the directory parses it makes (zipfile's
 _RealGetContents, counted), the wall and CPU time of one such parse, and of `inspect_file`.
 --before-arrays OLD.py (e.g. `git show main:src/tesserad/datasets/arrays.py > /tmp/old.py`)
-loads an older arrays module beside this tree's, in this process: each repeat checks the file
-with both, in alternating order, and the medians of the per-repeat old / new ratios are given.
+loads an older arrays module beside this tree's, in this process. A control, this tree's
+arrays.py loaded a second time as a module of its own, runs beside them: each repeat checks the
+file with every module, in an order that rotates from repeat to repeat, and the medians (and
+quartiles) of the per-repeat old / new and control / new ratios are given. CPU time is the judged
+figure: on this shared machine the wall time of a check takes in whatever else runs, and the
+control's ratio, which measures no change, says how far from 1 noise alone moves a ratio.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from statistics import median
+from statistics import median, quantiles
 from typing import Any
 
 import numpy as np
@@ -181,9 +185,10 @@ def measure(mb: int, repeats: int) -> dict[str, Any]:
             store.close()
 
 
-def load_arrays_module(path: Path) -> Any:
-    """An older tree's tesserad/datasets/arrays.py, as a module of its own beside this tree's."""
-    spec = importlib.util.spec_from_file_location("arrays_before", path)
+def load_arrays_module(path: Path, name: str) -> Any:
+    """An arrays.py (an older tree's, or this one's again), as a module `name` of its own beside
+    this tree's."""
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"{path} is not a Python module")
     module = importlib.util.module_from_spec(spec)
@@ -219,8 +224,19 @@ def parse_directory(path: Path) -> None:
     zipfile.ZipFile(path).close()
 
 
+def over_after(other: list[dict[str, float]], after: list[dict[str, float]]) -> dict[str, Any]:
+    """The per-repeat ratios other / after: their median and quartiles, CPU time (judged) and wall."""
+    out: dict[str, Any] = {"judged": "cpu_s"}
+    for k in ("cpu_s", "wall_s"):
+        ratio = [o[k] / max(a[k], 1e-9) for o, a in zip(other, after, strict=True)]
+        low, middle, high = quantiles(ratio, n=4) if len(ratio) > 1 else (ratio[0],) * 3
+        out[k] = {"median": round(middle, 3), "quartiles": [round(low, 3), round(high, 3)]}
+    return out
+
+
 def measure_members(members: int, repeats: int, before: Any) -> list[dict[str, Any]]:
     """The directory's cost in checking an npz of `members` small arrays, stored and compressed."""
+    control = load_arrays_module(Path(arrays.__file__), "arrays_control")
     out = []
     with tempfile.TemporaryDirectory(prefix="dataset-members-bench-") as tmp:
         for compressed in (False, True):
@@ -231,7 +247,7 @@ def measure_members(members: int, repeats: int, before: Any) -> list[dict[str, A
                 np.savez_compressed(path, **named)
             else:
                 np.savez(path, **named)
-            checks = {"after": arrays}
+            checks = {"after": arrays, "control": control}
             if before is not None:
                 checks["before"] = before
             parses = {}
@@ -242,7 +258,8 @@ def measure_members(members: int, repeats: int, before: Any) -> list[dict[str, A
             one_parse = [timed(parse_directory, path) for _ in range(repeats)]
             runs: dict[str, list[dict[str, float]]] = {label: [] for label in checks}
             for repeat in range(repeats):
-                order = list(checks) if repeat % 2 == 0 else list(reversed(checks))
+                labels = list(checks)
+                order = labels[repeat % len(labels) :] + labels[: repeat % len(labels)]
                 for label in order:
                     module = checks[label]
                     runs[label].append(
@@ -259,16 +276,9 @@ def measure_members(members: int, repeats: int, before: Any) -> list[dict[str, A
                     for label, times in runs.items()
                 },
             }
-            if before is not None:
-                result["before_over_after_median"] = {
-                    k: round(
-                        median(
-                            b[k] / max(a[k], 1e-9) for b, a in zip(runs["before"], runs["after"], strict=True)
-                        ),
-                        3,
-                    )
-                    for k in ("wall_s", "cpu_s")
-                }
+            for label in checks:
+                if label != "after":
+                    result[f"{label}_over_after"] = over_after(runs[label], runs["after"])
             out.append(result)
     return out
 
@@ -319,7 +329,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in result.items() if k != "answers"}), flush=True)
         results.append(result)
     if args.members:
-        before = load_arrays_module(Path(args.before_arrays)) if args.before_arrays else None
+        before = load_arrays_module(Path(args.before_arrays), "arrays_before") if args.before_arrays else None
         for result in measure_members(args.members, args.repeats, before):
             print(json.dumps(result), flush=True)
             results.append(result)
