@@ -347,9 +347,8 @@ def _npz_members(archive: zipfile.ZipFile, path: Path, upload: bool) -> list[_Me
                     dtype, shape, fortran, header = _read_header(stream, name)
             # ValueError: a member header whose name does not decode.
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
-                raise InvalidArgument(
-                    f"array {name!r}: its archive member is damaged ({str(exc)[:200]})"
-                ) from None
+                # A small compressed member is read whole here, so its CRC-32 fails here.
+                raise _damaged_member(name, exc) from None
             except NotImplementedError as exc:
                 raise InvalidArgument(_unreadable_zip(f"array {name!r}: its archive member", exc)) from None
             _check_length(name, dtype, shape, info.file_size - header)
@@ -572,14 +571,20 @@ def _verified_stats(
 
 
 def _unreadable_member(member: _Member, exc: Exception) -> InvalidArgument:
-    if member.offset is None:
+    if member.offset is None and "CRC" not in str(exc):
         return InvalidArgument(f"array {member.name!r}: cannot be read ({str(exc)[:200]})")
+    return _damaged_member(member.name, exc)
+
+
+def _damaged_member(name: str, exc: Exception) -> InvalidArgument:
+    """A member whose read failed: a CRC-32 failure, stored or compressed and wherever it is
+    found, in one message that says what to do."""
     if "CRC" in str(exc):
         return InvalidArgument(
-            f"array {member.name!r}: its bytes do not match the CRC-32 the archive gives them (damaged, "
+            f"array {name!r}: its bytes do not match the CRC-32 the archive gives them (damaged, "
             "or chunks sent twice or out of order); send the npz file as it is, in order"
         )
-    return InvalidArgument(f"array {member.name!r}: its archive member is damaged ({str(exc)[:200]})")
+    return InvalidArgument(f"array {name!r}: its archive member is damaged ({str(exc)[:200]})")
 
 
 def check_array_name(field: str, name: str) -> None:
