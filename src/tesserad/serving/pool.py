@@ -496,18 +496,21 @@ class ModelPool:
                 self._drain(current)
             return entry
 
-    def unload(self, model: str, version: int) -> LoadedVersion:
+    def unload(self, model: str, version: int) -> LoadedVersion | None:
         """Stop routing to the version, let its queue finish, free it. A load or unload of it under
         way is waited for first: the load's version is then unloaded, and after the unload it is
         NotFound (not loaded), as a load that finished later would leave it serving, and two
         unloads at once would drain it twice. Asked for (UnloadModel), it ends the version's run
-        of failures too: a later load's failure is a first again, retried at once."""
+        of failures too, listed or not: a later load's failure is a first again, retried at once.
+        None when the version was not listed but had a run, which is all it ended (a retry pass
+        takes a failed listing away and keeps its run); NotFound when it had neither."""
         key = (model, version)
         with self._holding_load_lock(key):
-            entry = self._unload(key)
             with self._lock:
-                self._end_failure_run(key)
-            return entry
+                if key not in self._listed and self._failure_run(key, self._clock()) is not None:
+                    self._end_failure_run(key)
+                    return None
+            return self._unload(key, end_failure_run=True)
 
     def unload_member(self, model: str, version: int) -> bool:
         """Unload the version if an ensemble's load loaded it, no load asked for it as itself,
@@ -635,8 +638,9 @@ class ModelPool:
                 *key,
             )
 
-    def _unload(self, key: tuple[str, int]) -> LoadedVersion:
-        """unload, for a caller that holds the version's load lock."""
+    def _unload(self, key: tuple[str, int], end_failure_run: bool = False) -> LoadedVersion:
+        """unload of a listed version, for a caller that holds its load lock; with
+        `end_failure_run`, its run of failures ends as its listing goes."""
         model, version = key
         with self._lock:
             entry = self._listed.get(key)
@@ -651,6 +655,10 @@ class ModelPool:
             if self._listed.get(key) is entry:
                 del self._listed[key]
                 self._unloaded.add(key)
+            # In the section that takes the listing away: a failure listed after it (a background
+            # load's, list_failure) starts a new run rather than counting on from this one.
+            if end_failure_run:
+                self._end_failure_run(key)
         if self._metrics is not None and key not in self._ready:
             self._metrics.forget(entry.stats)
         return entry

@@ -753,23 +753,35 @@ class InferenceService:
         return loaded
 
     def unload(self, target: Target) -> list[LoadedVersion]:
+        """The versions unloaded. Those only with a run of failed loads (a retry took the failed
+        listing away) have the run ended and are not among them: the call succeeds, as it ended
+        what it was asked to end (the next failure is retried at once), and NotFound would say
+        that nothing changed."""
         if target.version is None and target.alias is None:
-            entries = self.pool.list(target.model)
-            if not entries:
+            versions = {e.version for e in self.pool.list(target.model)} | self.pool.failure_runs(
+                target.model
+            )
+            if not versions:
                 self._source.servable(target.model, None, LATEST)  # NotFound for a model that does not exist
             unloaded = []
-            for entry in entries:
+            ended = False
+            for version in sorted(versions):
                 try:
-                    unloaded.append(self.pool.unload(entry.model, entry.version))
+                    entry = self.pool.unload(target.model, version)
                 except NotFound:
                     continue  # unloaded since it was listed (another UnloadModel, a deletion)
-            if not unloaded:
+                if entry is None:
+                    ended = True
+                else:
+                    unloaded.append(entry)
+            if not unloaded and not ended:
                 raise NotFound(
                     f"model {target.model!r} has no loaded version, so there is nothing to unload "
                     "(ListLoaded lists what is loaded)"
                 )
             return unloaded
-        return [self.pool.unload(target.model, self.resolve_version(target))]
+        entry = self.pool.unload(target.model, self.resolve_version(target))
+        return [] if entry is None else [entry]
 
     def describe(self, target: Target) -> VersionDescription:
         """The version a request for `target` (a model, and a version or none) finds first (without

@@ -20,6 +20,8 @@ from test_serving_deleted_versions import HeldRefreshes
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tesserad.errors import Unavailable
+from tesserad.oip import grpc_service_pb2 as oip_pb
+from tesserad.oip import grpc_service_pb2_grpc as oip_grpc
 from tesserad.serving import pool as pool_module
 from tesserad.serving.pool import LoadState, ServingConfig
 from tesserad.serving.service import LOAD_RETRY_MAX_S, InferenceService
@@ -1178,3 +1180,102 @@ def test_an_unload_ends_the_run_of_failures_of_the_version_it_unloads(
     assert service.pool.failure_runs("m") == set()
     load_fails()
     assert retry() == 1  # the first of a new run: at once
+
+
+class UnreachableVersion1:
+    """Model "m" whose version 1's artifact store cannot be reached: every LoadModel of it fails
+    (UNAVAILABLE, retried soon); the daemon's serving layer and pool on a ManualClock, no periodic
+    retries (`retry` runs a pass)."""
+
+    def __init__(self, daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        _without_periodic_load_retries(daemon, monkeypatch)
+        _on_the_manual_clock(daemon, monkeypatch)
+        self.service = daemon.daemon.inference
+        channel = daemon.channel()
+        self.inference = inference_pb2_grpc.InferenceStub(channel)
+        self.oip = oip_grpc.GRPCInferenceServiceStub(channel)
+        upload(channel, "m", linear_model(1.0))
+        artifact_path = daemon.daemon.registry.artifact_path
+
+        def unreachable(record: Any) -> Any:
+            if (record.model, record.version) == ("m", 1):
+                raise Unavailable("the artifact store cannot be reached")
+            return artifact_path(record)
+
+        monkeypatch.setattr(daemon.daemon.registry, "artifact_path", unreachable)
+        self.version_1 = common_pb2.VersionRef(model="m", version=1)
+
+    def load_fails(self) -> None:
+        with pytest.raises(grpc.RpcError) as raised:
+            self.inference.LoadModel(inference_pb2.LoadModelRequest(target=self.version_1))
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    def retry(self) -> int:
+        return InferenceService.retry_failed_loads(self.service)
+
+
+@pytest.mark.parametrize(
+    "unload",
+    [
+        lambda v: v.inference.UnloadModel(inference_pb2.UnloadModelRequest(target=v.version_1)),
+        lambda v: v.inference.UnloadModel(
+            inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model="m"))
+        ),
+        lambda v: v.oip.RepositoryModelUnload(oip_pb.RepositoryModelUnloadRequest(model_name="m")),
+    ],
+    ids=["UnloadModel of the version", "UnloadModel of the model", "RepositoryModelUnload"],
+)
+def test_an_unload_after_a_retry_took_the_failed_listing_ends_the_run_of_failures(
+    daemon, monkeypatch: pytest.MonkeyPatch, unload: Callable[[UnreachableVersion1], object]
+) -> None:
+    """A retry pass takes a failed load's listing away and keeps its run: UnloadModel of the
+    version then answered NOT_FOUND and left the run, UnloadModel of the model (listed versions
+    only) and RepositoryModelUnload (NotFound answered OK) left it too, and the next failure
+    waited the run's longer backoff. The unload answers OK, with nothing unloaded: it ended what
+    the operator asked to end."""
+    version = UnreachableVersion1(daemon, monkeypatch)
+    version.load_fails()
+    assert version.retry() == 1
+    assert version.service.pool.list("m") == []
+    assert version.service.pool.failure_runs("m") == {1}
+    response = unload(version)
+    assert list(getattr(response, "unloaded", [])) == []
+    assert version.service.pool.failure_runs("m") == set()
+    version.load_fails()
+    assert version.retry() == 1  # the first of a new run: at once
+
+
+def test_an_unload_of_a_version_with_neither_a_listing_nor_a_run_is_not_found(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    version = UnreachableVersion1(daemon, monkeypatch)
+    with pytest.raises(grpc.RpcError) as raised:
+        version.inference.UnloadModel(inference_pb2.UnloadModelRequest(target=version.version_1))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_failure_listed_as_an_unload_takes_the_listing_away_starts_a_new_run(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unload took the listing away, and only in a later section ended the run: a failure
+    listed in between (a background load's, list_failure) counted on from the old run, and so
+    waited its longer backoff although the operator had unloaded the version."""
+    version = UnreachableVersion1(daemon, monkeypatch)
+    pool = version.service.pool
+    version.load_fails()
+    assert version.retry() == 1
+    version.load_fails()
+    (failed,) = pool.list("m")
+    assert failed.failures_in_a_row == 2
+    forget = pool._metrics.forget
+
+    def failing_in_between(stats: Any) -> None:
+        # Right after the listing is taken away: the background load's failure lands here.
+        pool.list_failure("m", 1, Unavailable("the registry cannot be read"), failed.artifact_sha256)
+        forget(stats)
+
+    monkeypatch.setattr(pool._metrics, "forget", failing_in_between)
+    version.inference.UnloadModel(inference_pb2.UnloadModelRequest(target=version.version_1))
+    assert [e.failures_in_a_row for e in pool.list("m")] == [1]
+    assert pool.failure_runs("m") == {1}
+    assert version.retry() == 1  # the first of a new run: at once
