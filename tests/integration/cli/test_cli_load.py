@@ -13,6 +13,8 @@ import pytest
 
 import tessera
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_USAGE
+from tesserad.errors import Unavailable
+from tesserad.serving.service import InferenceService
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.sdk.affine import affine_onnx
 
@@ -228,3 +230,22 @@ def test_load_help_says_a_reload_replaces_the_config(tessera_cli, capsys):
     ):
         assert flag in text
     assert "microseconds" in text and "serving.max_queue_delay_us" in text
+
+
+def test_unload_of_a_version_whose_failed_load_awaits_its_retry_says_its_failures_are_reset(
+    tessera_cli, client, daemon, tmp_path
+):
+    """A retry pass took the failed listing away and kept the run of failures: the unload ends
+    the run and succeeds, saying so, where it printed nothing."""
+    client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    service = daemon.daemon.inference
+    service.pool.list_failure("affine", 1, Unavailable("the registry cannot be read"), "")
+    InferenceService.retry_failed_loads(service)  # or the daemon's own pass, which may come first
+    assert list(client.inference.loaded("affine")) == [] and service.pool.failure_runs("affine") == {1}
+    reset = tessera_cli("unload", "affine", "--version", "1")
+    assert reset.code == 0, reset.err
+    assert reset.out.strip() == (
+        "nothing of affine v1 was loaded; the count of its failed loads is reset: its next failed "
+        "load is retried at once"
+    )
+    assert service.pool.failure_runs("affine") == set()

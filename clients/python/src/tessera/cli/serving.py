@@ -273,6 +273,13 @@ def cmd_unload(client: Client, args: argparse.Namespace, out: Output) -> None:
     unloaded = client.inference.unload(args.model, args.version)
     if out.as_json:
         return out.json(list(unloaded))
+    if not unloaded:
+        # Answered only for versions whose failed load a retry pass took off the list: nothing was
+        # listed to unload, and the daemon reset their count of failures in a row.
+        return out.line(
+            f"nothing{_of(args.model, args.version)} was loaded; the count of its failed loads is "
+            "reset: its next failed load is retried at once"
+        )
     for m in unloaded:
         out.line(f"unloaded {m.model} v{m.version}")
 
