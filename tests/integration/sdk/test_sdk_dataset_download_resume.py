@@ -426,3 +426,49 @@ def test_an_asyncio_download_cancelled_while_its_partial_file_is_opened_leaves_n
 
     asyncio.run(cancel_while_opening())
     assert partials(out) == []
+
+
+def test_an_asyncio_download_cancelled_twice_mid_write_aborts_only_once_the_write_ended(
+    monkeypatch, daemon, tmp_path, clips_file
+):
+    """A second cancel (a TaskGroup's teardown, asyncio.run's shutdown) while the first waits on
+    a write in flight must not abort the partial file under that write."""
+    out = tmp_path / "out"
+    out.mkdir()
+    steps: list[str] = []
+    writing, go_on = threading.Event(), threading.Event()
+    write, abort = transfer.ResumableDownloadSink.write, transfer.ResumableDownloadSink.abort
+
+    def held_write(self, chunk: bytes) -> None:
+        if self.size and not writing.is_set():
+            steps.append("write start")
+            writing.set()
+            go_on.wait()
+            steps.append("write end")
+        write(self, chunk)
+
+    def recorded_abort(self, error: BaseException) -> None:
+        steps.append("abort")
+        abort(self, error)
+
+    async def cancel_twice_while_writing() -> None:
+        async with tessera.aio.Client(daemon.target, timeout=30) as client:
+            await client.datasets.push("clips", clips_file)
+            monkeypatch.setattr(transfer.ResumableDownloadSink, "write", held_write)
+            monkeypatch.setattr(transfer.ResumableDownloadSink, "abort", recorded_abort)
+            download = asyncio.create_task(
+                client.datasets.download("clips", out / "copy.npz", chunk_size=CHUNK)
+            )
+            await asyncio.to_thread(writing.wait)
+            download.cancel()
+            await asyncio.sleep(0.05)
+            download.cancel()
+            # Time for an abort started under the write to show itself.
+            await asyncio.sleep(0.2)
+            go_on.set()
+            with pytest.raises(asyncio.CancelledError):
+                await download
+
+    asyncio.run(cancel_twice_while_writing())
+    assert steps == ["write start", "write end", "abort"]
+    assert partials(out) == []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import inspect
 import threading
@@ -428,15 +429,24 @@ class _Resuming(Generic[T_co]):
 
 
 async def _off_the_loop(work: Callable[..., T], *args: Any) -> T:
-    """`work(*args)` on a worker thread. A cancel meanwhile lets it end first, so that the sink
-    is never aborted under a write still in flight."""
-    future = asyncio.ensure_future(asyncio.to_thread(work, *args))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await future
-        raise
+    """`work(*args)` on a worker thread. A cancel meanwhile, or several (a TaskGroup's teardown
+    after a first), lets it end first, so that the sink is never aborted under a write still in
+    flight; the first cancel is raised once it has."""
+    # A future, not to_thread's task: asyncio.run's shutdown cancels every task, and a task
+    # cancelled while the thread runs would read as done.
+    future = asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(contextvars.copy_context().run, work, *args)
+    )
+    cancelled: asyncio.CancelledError | None = None
+    while not future.done():
+        try:
+            # wait, unlike wait_for, leaves the future running when this await is cancelled.
+            await asyncio.wait([future])
+        except asyncio.CancelledError as error:
+            cancelled = cancelled or error
+    if cancelled is not None:
+        raise cancelled
+    return future.result()
 
 
 @dataclass(frozen=True)
