@@ -472,3 +472,39 @@ def test_an_asyncio_download_cancelled_twice_mid_write_aborts_only_once_the_writ
     asyncio.run(cancel_twice_while_writing())
     assert steps == ["write start", "write end", "abort"]
     assert partials(out) == []
+
+
+def test_bytes_past_the_headers_size_are_refused_naming_a_daemon_that_ignores_offset(tmp_path):
+    """A daemon older than the SDK drops the unknown `offset` and sends the file from its first
+    byte: appended after the kept bytes, it would take twice the file's room on the disk."""
+    data, path = b"0123456789" * 10, tmp_path / "copy.npz"
+    first = sink(path)
+    first.start(header_of(data))
+    first.write(data[:40])
+    first.abort(tessera.Unavailable("cut"))
+    kept = {name: (tmp_path / name).read_bytes() for name in partials(tmp_path)}
+    resumed = transfer.ResumableDownloadSink(path, None, False, resume=True, describe=lambda _: "clips:1")
+    resumed.start(header_of(data))
+    assert resumed.offset() == 40
+    resumed.write(data[:50])
+    with pytest.raises(tessera.DataLoss) as refused:
+        resumed.write(data[50:])
+    message = str(refused.value)
+    assert "more than the 100 bytes of clips:1" in message, message
+    assert "ignores the offset" in message and "without resume=True" in message, message
+    resumed.abort(refused.value)
+    # The bytes this download started from are kept as they were; what it appended is not.
+    assert {name: (tmp_path / name).read_bytes() for name in partials(tmp_path)} == kept
+    assert not path.exists()
+
+
+def test_a_fresh_download_sent_more_than_its_headers_size_is_refused_and_leaves_nothing(tmp_path):
+    data, path = b"0123456789" * 10, tmp_path / "copy.npz"
+    fresh = sink(path)
+    fresh.start(header_of(data))
+    fresh.write(data)
+    with pytest.raises(tessera.DataLoss, match="more than the 100 bytes") as refused:
+        fresh.write(b"x")
+    fresh.abort(refused.value)
+    assert partials(tmp_path) == []
+    assert not path.exists()

@@ -259,3 +259,44 @@ def test_the_asyncio_client_does_the_partial_files_work_off_its_event_loop(
     assert loop_thread not in threads["start"] | threads["write"]
     assert threads["progress"] == {loop_thread}
     assert (out / "big.onnx").read_bytes() == model_file.read_bytes()
+
+
+def test_an_artifact_stored_again_smaller_midway_is_refused_as_changed_and_keeps_the_bytes(
+    daemon, proxy_to, out, artifact_file, tmp_path
+):
+    """The reconnect asks for bytes past the end of the file now stored (OUT_OF_RANGE): the
+    artifact changed, as a reconnect to another sha256 would say, and the bytes of the artifact as
+    it was stay with their record."""
+    proxy = proxy_to(daemon.daemon.port)
+    smaller = tmp_path / "smaller" / "weights.bin"
+    smaller.parent.mkdir()
+    smaller.write_bytes(b"stored again")
+    retry = tessera.RetryPolicy(attempts=5, initial_backoff_s=0.05, max_backoff_s=0.2)
+    with tessera.Client(daemon.target, timeout=30) as direct:
+        run_id = direct.training.create_run("resume").run_id
+        direct.training.log_artifact(run_id, artifact_file)
+
+        def store_again_and_cut(done: int, total: int) -> None:
+            if done >= total // 2 and not proxy.cuts:
+                direct.training.log_artifact(run_id, smaller)
+                proxy.cut()
+
+        with (
+            tessera.Client(proxy.target, timeout=30, retry=retry) as client,
+            pytest.raises(tessera.DataLoss) as changed,
+        ):
+            client.training.download_artifact(
+                run_id, "weights.bin", out, progress=store_again_and_cut, chunk_size=CHUNK
+            )
+    message = changed.value.message
+    assert f"artifact weights.bin of run {run_id} changed while it was downloading" in message, message
+    assert "without resume=True" in message, message
+    assert not (out / "weights.bin").exists()
+    (partial,) = (p for p in out.iterdir() if p.name.endswith(".partial"))
+    assert artifact_file.read_bytes().startswith(partial.read_bytes()) and partial.stat().st_size
+    with tessera.Client(daemon.target, timeout=30) as client:
+        with pytest.raises(ValueError, match="the partial download "):
+            client.training.download_artifact(run_id, "weights.bin", out, resume=True)
+        client.training.download_artifact(run_id, "weights.bin", out)
+    assert (out / "weights.bin").read_bytes() == b"stored again"
+    assert partials(out) == []

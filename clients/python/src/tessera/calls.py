@@ -32,7 +32,14 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast
 
 from google.protobuf.message import Message
 
-from tessera.errors import DeadlineExceeded, ResourceExhausted, TesseraError, Unavailable, reached_no_daemon
+from tessera.errors import (
+    DeadlineExceeded,
+    OutOfRange,
+    ResourceExhausted,
+    TesseraError,
+    Unavailable,
+    reached_no_daemon,
+)
 from tessera.transport import AioConnection, Connection, RetryPolicy, call_timeout
 
 T = TypeVar("T")
@@ -370,6 +377,8 @@ class ResumableSink(Protocol[T_co]):
 
     def how_to_go_on(self) -> str: ...
 
+    def changed(self, how: str) -> TesseraError: ...
+
     def abort(self, error: BaseException) -> None: ...
 
 
@@ -404,6 +413,7 @@ class _Resuming(Generic[T_co]):
         self.sink = sink
         self._download = download
         self._header: Any = None
+        self._asked_from = 0
         self._reconnects = _SinkReconnects(download.doing, sink, download.retry, download.timeout)
 
     def start(self, header: Any) -> None:
@@ -416,7 +426,8 @@ class _Resuming(Generic[T_co]):
         stream's `try`: running out here is not a break to resume after, and its message already
         says what was kept."""
         remaining = self._reconnects.remaining()
-        return self._download.request(self._header, self.sink.offset()), remaining
+        self._asked_from = self.sink.offset()
+        return self._download.request(self._header, self._asked_from), remaining
 
     def wrote(self) -> None:
         """A chunk was written: progress is reported, and the failures in a row start again."""
@@ -425,6 +436,9 @@ class _Resuming(Generic[T_co]):
 
     def pause_after(self, error: TesseraError) -> float:
         """Seconds to wait before the next stream; re-raises `error` where it ends the download."""
+        if isinstance(error, OutOfRange) and self._asked_from:
+            # Bytes the file had when they were written are past its end now: it was stored again.
+            raise self.sink.changed(f"it now ends before byte {self._asked_from}") from None
         return self._reconnects.resume_after(error)
 
 

@@ -263,6 +263,12 @@ class ResumableDownloadSink(Generic[H]):
         self._header: H | None = None
         self._digest = hashlib.sha256()
         self.size = 0
+        # The bytes an earlier download kept that this one went on from.
+        self._resumed_from = 0
+        # Set where an error leaves bytes worth keeping (none: they are removed): how many.
+        self._keep: int | None = None
+        # Where the stream being written started (the offset asked for).
+        self._stream_from = 0
         self._file, self._created = _open_partial(self.partial, path)
         kept = _read_record(self.record) if resume else None
         self._kept = kept if kept is not None and os.fstat(self._file.fileno()).st_size else None
@@ -281,10 +287,8 @@ class ResumableDownloadSink(Generic[H]):
         the same file."""
         if self._header is not None:
             if (header.sha256, header.size_bytes) != (self._header.sha256, self._header.size_bytes):
-                raise DataLoss(
-                    f"{self._describe(self._header)} changed while it was downloading "
-                    f"(sha256 {self._header.sha256}, now {header.sha256}); download it again"
-                )
+                raise self.changed(f"sha256 {self._header.sha256}, now {header.sha256}")
+            self._stream_from = self.size
             return
         if self._kept is not None:
             self._resume_from_kept(header, self._kept)
@@ -292,6 +296,7 @@ class ResumableDownloadSink(Generic[H]):
             self._file.truncate(0)
             _write_record(self.record, self._describe(header), header)
         self._header = header
+        self._stream_from = self.size
         self._file.seek(self.size)
 
     def _resume_from_kept(self, header: H, kept: dict[str, object]) -> None:
@@ -312,6 +317,19 @@ class ResumableDownloadSink(Generic[H]):
             while self.size < held and (chunk := self._file.read(min(CHUNK_BYTES, held - self.size))):
                 self._digest.update(chunk)
                 self.size += len(chunk)
+        self._resumed_from = self.size
+
+    def changed(self, how: str) -> DataLoss:
+        """The error for the file having changed at the server while it downloaded (`how`: what
+        says so). The bytes written are of the file as it was, which the record names: they are
+        kept, so that a resume is refused as of another file rather than finding none."""
+        assert self._header is not None, "changed before any header"
+        self._keep = self.size
+        kept = f"; the {self.size} bytes of it as it was are kept in {self.partial}" if self.size else ""
+        return DataLoss(
+            f"{self._describe(self._header)} changed while it was downloading ({how}){kept}; "
+            f"download it again {WITHOUT_RESUME_WORDS}"
+        )
 
     def how_to_go_on(self) -> str:
         """What the message of a download that gave up says to do."""
@@ -320,6 +338,17 @@ class ResumableDownloadSink(Generic[H]):
         return f"{self.size} of {self._header.size_bytes} bytes are kept in {self.partial}; {RESUME_WORDS}"
 
     def write(self, chunk: bytes) -> None:
+        assert self._header is not None, "write before any header"
+        if self.size + len(chunk) > self._header.size_bytes:
+            # Refused before the disk fills: bytes this download appended are of no known place in
+            # the file, those it went on from are as an earlier download left them.
+            self._keep = self._resumed_from
+            raise DataLoss(
+                f"the daemon sent more than the {self._header.size_bytes} bytes of "
+                f"{self._describe(self._header)} (its stream sent from byte {self._stream_from}); a daemon "
+                "that ignores the offset asked for (older than this client) sends the file from its "
+                f"first byte: upgrade tesserad, or download it again {WITHOUT_RESUME_WORDS}"
+            )
         with _naming(self.path):
             self._file.write(chunk)
         self._digest.update(chunk)
@@ -378,13 +407,18 @@ class ResumableDownloadSink(Generic[H]):
         return header
 
     def abort(self, error: BaseException) -> None:
-        """After `error`: the bytes written kept for a resume where it interrupted the download;
-        else what this download wrote removed, and bytes it did not start from left as they were."""
+        """After `error`: the bytes written kept for a resume where it interrupted the download
+        or the file changed at the server (`changed`); those an earlier download kept, as they
+        were, where the server sent more than the file has; else what this download wrote
+        removed, and bytes it did not start from left as they were."""
         if self._header is None:
             if self._created:
                 _remove(self._file, self.partial)
             else:
                 _close(self._file)
+            return
+        if self._keep:
+            _close_at(self._file, self._keep)
             return
         if self.size and isinstance(error, _INTERRUPTIONS):
             _close(self._file)
@@ -400,6 +434,13 @@ def _close(file: BinaryIO) -> None:
     # it closes; the file is closed all the same.
     with contextlib.suppress(OSError):
         file.close()
+
+
+def _close_at(file: BinaryIO, size: int) -> None:
+    """`file` cut back to its first `size` bytes, then closed."""
+    with contextlib.suppress(OSError):
+        file.truncate(size)
+    _close(file)
 
 
 def _remove(file: BinaryIO, partial: Path, *others: Path) -> None:
