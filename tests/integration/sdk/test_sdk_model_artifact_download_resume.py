@@ -300,3 +300,41 @@ def test_an_artifact_stored_again_smaller_midway_is_refused_as_changed_and_keeps
         client.training.download_artifact(run_id, "weights.bin", out)
     assert (out / "weights.bin").read_bytes() == b"stored again"
     assert partials(out) == []
+
+
+@pytest.mark.parametrize("asyncio_client", [False, True])
+def test_a_resume_with_every_byte_kept_reports_the_whole_file_done(
+    daemon, proxy_to, out, artifact_file, asyncio_client
+):
+    """No chunk is left to write: the progress callback hears of the kept bytes all the same, so
+    that a progress bar reaches 100%."""
+    proxy = proxy_to(daemon.daemon.port)
+    with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
+        run_id = client.training.create_run("resume").run_id
+        client.training.log_artifact(run_id, artifact_file)
+        with pytest.raises(tessera.Unavailable):
+            client.training.download_artifact(
+                run_id, "weights.bin", out, progress=CutOnce(proxy), chunk_size=CHUNK
+            )
+    (partial,) = (p for p in out.iterdir() if p.name.endswith(".partial"))
+    partial.write_bytes(artifact_file.read_bytes())
+    size = artifact_file.stat().st_size
+    progress: list[tuple[int, int]] = []
+
+    def record(done: int, total: int) -> None:
+        progress.append((done, total))
+
+    if asyncio_client:
+
+        async def resume() -> None:
+            async with tessera.aio.Client(daemon.target, timeout=30) as client:
+                await client.training.download_artifact(
+                    run_id, "weights.bin", out, resume=True, progress=record
+                )
+
+        asyncio.run(resume())
+    else:
+        with tessera.Client(daemon.target, timeout=30) as client:
+            client.training.download_artifact(run_id, "weights.bin", out, resume=True, progress=record)
+    assert progress == [(size, size)]
+    assert (out / "weights.bin").read_bytes() == artifact_file.read_bytes()

@@ -490,6 +490,8 @@ class ResumingDownload(Call[T_co]):
         try:
             if state.sink.resuming():
                 state.start(self.resolve.run(conn))
+                # The bytes kept may be all there is: no chunk would report them.
+                state.sink.progressed()
             while True:
                 request, remaining = state.next_stream()
                 try:
@@ -520,6 +522,7 @@ class ResumingDownload(Call[T_co]):
         try:
             if sink.resuming():
                 await _off_the_loop(state.start, await self.resolve.run_async(conn))
+                sink.progressed()
             while True:
                 request, remaining = state.next_stream()
                 try:
