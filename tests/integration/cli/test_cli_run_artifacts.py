@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 import tessera
+from tessera import transfer
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED
 from tests.integration.cli.test_cli_datasets import help_text
+from tests.integration.sdk.test_sdk_dataset_download_resume import Header
 from tests.integration.sdk.test_sdk_model_artifact_download_resume import CutOnce
 from tests.tcp_proxy import CuttableProxy
 
@@ -155,3 +157,21 @@ def test_get_resume_goes_on_from_an_interrupted_download(tessera_cli, daemon, cl
     assert (out / "weights.bin").read_bytes() == weights.read_bytes()
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
     assert "--resume" in help_text("runs", "artifacts", "get")
+
+
+def test_get_resume_of_an_artifact_no_longer_there_names_the_command_that_lists_them(
+    tessera_cli, client, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    run = client.training.create_run("cli-artifacts").run_id
+    kept = transfer.ResumableDownloadSink(
+        tmp_path / "gone.bin", None, False, resume=False, describe=lambda _: "artifact gone.bin"
+    )
+    kept.start(Header(hashlib.sha256(b"0123456789").hexdigest(), 10))
+    kept.write(b"01234")
+    kept.abort(tessera.Unavailable("cut"))
+
+    missing = tessera_cli("runs", "artifacts", "get", run, "gone.bin", "--resume")
+    assert missing.code == EXIT_DAEMON and "tessera: NOT_FOUND" in missing.err, missing.err
+    assert f"run {run!r} has no artifact at 'gone.bin'" in missing.err, missing.err
+    assert "`tessera runs artifacts ls RUN_ID`" in missing.err and "list_artifacts" not in missing.err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from tessera.errors import TARGET_WORDS, TLS_CA_WORDS, TLS_CLIENT_WORDS, TLS_NAME_WORDS, TLS_WORDS
+from tessera.training import LIST_ARTIFACTS_WORDS
 from tessera.transfer import RESUME_WORDS, WITH_RESUME_WORDS, WITHOUT_RESUME_WORDS
 
 COMMAND_BY_RPC: dict[str, str] = {
@@ -101,9 +102,10 @@ FLAG_BY_ARGUMENT: dict[str, str] = {
     # After RESUME_WORDS, which holds these words.
     WITH_RESUME_WORDS: "with --resume",
     WITHOUT_RESUME_WORDS: "without --resume",
+    LIST_ARTIFACTS_WORDS: "list them with `tessera runs artifacts ls RUN_ID`",
 }
-"""The SDK's words for a client argument (an unreachable daemon's or an interrupted download's
-message names them) -> the flags."""
+"""The SDK's words for a client argument or call (an unreachable daemon's, an interrupted
+download's or a missing artifact's message names them) -> the flags or command."""
 
 
 def in_cli_words(message: str) -> str:

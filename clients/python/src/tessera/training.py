@@ -48,6 +48,9 @@ from tessera.transport import AioConnection, Connection, RetryPolicy, call_timeo
 from tessera.v1 import common_pb2, job_spec_pb2
 from tessera.v1 import training_pb2 as pb
 
+LIST_ARTIFACTS_WORDS = "list them with list_artifacts"
+"""What a message about an artifact not there says to do (the CLI's words: runs artifacts ls)."""
+
 if TYPE_CHECKING:
     from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
 
@@ -1090,7 +1093,7 @@ class Training(Part[C]):
         def the_artifact(page: pb.ListRunArtifactsResponse) -> pb.RunArtifact:
             # The listing of a path starts with the artifact at that path itself, if there is one.
             if not page.artifacts or page.artifacts[0].path != path:
-                raise NotFound(f"run {run_id!r} has no artifact at {path!r}; list them with list_artifacts")
+                raise NotFound(f"run {run_id!r} has no artifact at {path!r}; {LIST_ARTIFACTS_WORDS}")
             return page.artifacts[0]
 
         listing = pb.ListRunArtifactsRequest(run_id=run_id, path=path, page_size=1)
