@@ -508,3 +508,41 @@ def test_a_fresh_download_sent_more_than_its_headers_size_is_refused_and_leaves_
     fresh.abort(refused.value)
     assert partials(tmp_path) == []
     assert not path.exists()
+
+
+def test_the_partial_file_of_a_download_cancelled_while_opening_is_let_go_of_off_the_loop(
+    monkeypatch, daemon, tmp_path, clips_file
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    opening, go_on, aborted = threading.Event(), threading.Event(), threading.Event()
+    lock, abort = transfer._lock_exclusively, transfer.ResumableDownloadSink.abort
+    abort_threads: list[int] = []
+
+    def lock_once_cancelled(fd: int) -> bool:
+        opening.set()
+        go_on.wait()
+        return lock(fd)
+
+    def recorded_abort(self, error: BaseException) -> None:
+        abort_threads.append(threading.get_ident())
+        abort(self, error)
+        aborted.set()
+
+    async def cancel_while_opening() -> int:
+        async with tessera.aio.Client(daemon.target, timeout=30) as client:
+            await client.datasets.push("clips", clips_file)
+            monkeypatch.setattr(transfer, "_lock_exclusively", lock_once_cancelled)
+            monkeypatch.setattr(transfer.ResumableDownloadSink, "abort", recorded_abort)
+            download = asyncio.create_task(client.datasets.download("clips", out / "copy.npz"))
+            await asyncio.to_thread(opening.wait)
+            download.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await download
+            go_on.set()
+            await asyncio.to_thread(aborted.wait, 30)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(cancel_while_opening())
+    assert abort_threads and loop_thread not in abort_threads
+    assert partials(out) == []

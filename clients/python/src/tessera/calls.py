@@ -544,7 +544,9 @@ class ResumingDownload(Call[T_co]):
 
 def _abort_made(error: BaseException, making: asyncio.Future[ResumableSink[Any]]) -> None:
     if not making.cancelled() and making.exception() is None:
-        making.result().abort(error)
+        # A thread of its own: the abort's file work must not block the loop this callback runs
+        # on, and the loop's executor may be shut down by now (asyncio.run ending).
+        threading.Thread(target=making.result().abort, args=(error,), name="tessera-abort").start()
 
 
 class SeqCursor(Reconnects, ABC):
