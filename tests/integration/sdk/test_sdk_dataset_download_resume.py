@@ -94,7 +94,7 @@ def test_a_download_that_gave_up_keeps_its_bytes_for_resume(daemon, proxy_to, tm
             "clips:1", out / "copy.npz", resume=True, progress=lambda done, _: resumed_from.append(done)
         )
     assert (out / "copy.npz").read_bytes() == data
-    assert resumed_from[0] > len(data) // 2
+    assert resumed_from[0] >= len(data) // 2
     assert partials(out) == []
 
 

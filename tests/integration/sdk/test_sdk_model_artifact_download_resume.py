@@ -110,7 +110,7 @@ def test_a_model_download_that_gave_up_keeps_its_bytes_for_resume(daemon, proxy_
             "big", out / "big.onnx", resume=True, progress=lambda done, _: resumed_from.append(done)
         )
     assert (out / "big.onnx").read_bytes() == model_file.read_bytes()
-    assert resumed_from[0] > model_file.stat().st_size // 2
+    assert resumed_from[0] >= model_file.stat().st_size // 2
     assert partials(out) == []
 
 
@@ -152,7 +152,7 @@ def test_an_artifact_download_that_gave_up_keeps_its_bytes_for_resume(daemon, pr
             run_id, "weights.bin", out, resume=True, progress=lambda done, _: resumed_from.append(done)
         )
     assert (out / "weights.bin").read_bytes() == artifact_file.read_bytes()
-    assert resumed_from[0] > artifact_file.stat().st_size // 2
+    assert resumed_from[0] >= artifact_file.stat().st_size // 2
     assert partials(out) == []
 
 
