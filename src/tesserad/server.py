@@ -409,7 +409,6 @@ class Daemon:
             referenced=lambda txn: itertools.chain(
                 job_models(txn),
                 training_sweeps.sweep_models(txn),
-                training_tracking.run_models(txn),
                 replica_changes.change_feed_versions(txn),
             ),
         )

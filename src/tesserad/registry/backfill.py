@@ -67,8 +67,8 @@ PARENTS_MARKED = ("deleted_parents_marked",)
 JOB_VERSIONS_INDEXED = ("job_versions_indexed",)
 # In the "meta" table once every deleted model the store still names has its next number kept,
 # and every live model numbers on past what its name is named with. A new key: stores marked
-# under the first one ("model_numbers_retired_derived") were passed reading neither sweeps nor
-# runs, and leaving live models alone, so they are passed again (numbers are only raised).
+# under the first one ("model_numbers_retired_derived") were passed without reading sweeps, and
+# leaving live models alone, so they are passed again (numbers are only raised).
 NUMBERS_RETIRED = ("model_numbers_past_references",)
 # The markers above, each with the store schema from which every daemon keeps what it marks
 # (tesserad.store.schema drops those an older daemon may have broken).

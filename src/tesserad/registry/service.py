@@ -57,7 +57,7 @@ class Registry:
         referenced: References = lambda _txn: (),
     ) -> None:
         """`referenced`: the model versions the store's records outside the registry name (job
-        records, the change feed), read once to keep the numbers of models deleted before
+        records, sweeps, the change feed), read once to keep the numbers of models deleted before
         `tables.RETIRED_NUMBERS` (`backfill.backfill_retired_numbers`)."""
         self.max_artifact_size = max_artifact_size
         backfill_version_counts(store)

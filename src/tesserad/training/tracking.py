@@ -285,17 +285,6 @@ def _run_from(data: dict[str, Any]) -> Run:
     return Run(**{k: v for k, v in data.items() if k != "metrics"})
 
 
-def run_models(txn: ReadTxn) -> Iterator[tuple[str, int]]:
-    """The (model, version) every stored run of a fine-tuning job names in its params (the job's
-    `fine_tune` section, as `jobs.flatten_params` writes it); the params of runs a client created
-    are its own to name."""
-    for _key, raw in txn.scan("runs"):
-        data = decode_record(raw, "run", 1)[1]
-        params = data["params"]
-        if data["job_id"] and "fine_tune.model" in params and params.get("fine_tune.version", "").isdigit():
-            yield params["fine_tune.model"], int(params["fine_tune.version"])
-
-
 def _run_data(run: Run) -> dict[str, Any]:
     data: dict[str, Any] = {
         "run_id": run.run_id,

@@ -215,11 +215,10 @@ def _old_sweep(base: dict, trials: list[Trial]) -> Sweep:
     )
 
 
-def _sweep_and_run_naming_deleted_models(txn: WriteTxn) -> None:
-    """What an older tesserad left of sweeps and runs that name versions of models it deleted: a
-    sweep whose base starts from "swept v4" and whose trial, set to start from "trial-parent v6",
-    could not be submitted (no job record names it), and a fine-tuning job's run (its params name
-    "run-parent v3")."""
+def _sweep_naming_deleted_models(txn: WriteTxn) -> None:
+    """What an older tesserad left of a sweep that names versions of models it deleted: its base
+    starts from "swept v4", and its trial, set to start from "trial-parent v6", could not be
+    submitted (no job record names it)."""
     trial = Trial(
         params={"init_from.version": "6"},
         raw={"init_from": {"model": "trial-parent", "version": 6}},
@@ -230,34 +229,55 @@ def _sweep_and_run_naming_deleted_models(txn: WriteTxn) -> None:
     sweep = _old_sweep({"init_from": {"model": "swept", "version": 4}}, [trial])
     txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep))
     txn.put("sweep_trials", (sweep.sweep_id, 0), encode_trial(trial))
-    run = {
-        "run_id": "run-old",
-        "experiment": "default",
-        "name": "job-old",
-        "status": "succeeded",
-        "params": {"fine_tune.model": "run-parent", "fine_tune.version": "3", "optimizer.lr": "0.1"},
-        "tags": {},
-        "start_time": 1.0,
-        "end_time": 2.0,
-        "attempts": 1,
-        "job_id": "job-old",
-    }
-    txn.put("runs", ("run-old",), encode_record("run", 1, run))
 
 
-def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_sweeps_and_runs_name(data_dir):
+def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_sweeps_name(data_dir):
     InProcessDaemon(daemon_settings(data_dir)).start().stop()
 
     def left(txn: WriteTxn) -> None:
         _without_retired_numbers(txn)
-        _sweep_and_run_naming_deleted_models(txn)
+        _sweep_naming_deleted_models(txn)
 
     _written_while_stopped(data_dir, left)
 
     with _serving(data_dir) as (_, stub):
         assert upload_versions(stub, "swept", 1)[0].version == 5
         assert upload_versions(stub, "trial-parent", 1)[0].version == 7
-        assert upload_versions(stub, "run-parent", 1)[0].version == 4
+
+
+def _job_run_logging(params: dict[str, str]) -> Callable[[WriteTxn], None]:
+    """A training job's run as the daemon stores it after a client's LogParams on it: its params
+    are the client's to write, fine_tune's included."""
+
+    def write(txn: WriteTxn) -> None:
+        run = {
+            "run_id": "run-job",
+            "experiment": "default",
+            "name": "job-live",
+            "status": "running",
+            "params": params,
+            "tags": {},
+            "start_time": 1.0,
+            "end_time": 0.0,
+            "attempts": 1,
+            "job_id": "job-live",
+        }
+        txn.put("runs", ("run-job",), encode_record("run", 1, run))
+        txn.delete("meta", NUMBERS_RETIRED)
+
+    return write
+
+
+def test_the_params_a_client_logs_on_a_jobs_run_number_no_model(data_dir):
+    with _serving(data_dir) as (_, stub):
+        upload_versions(stub, "live", 2)
+    # A version far past the model's, and a digit int() refuses: neither is a number the store keeps.
+    for version, expected in (("1000", 3), ("\u00b2", 4)):
+        _written_while_stopped(
+            data_dir, _job_run_logging({"fine_tune.model": "live", "fine_tune.version": version})
+        )
+        with _serving(data_dir) as (_, stub):
+            assert upload_versions(stub, "live", 1, width=expected)[0].version == expected
 
 
 def test_a_model_an_older_tesserad_created_again_from_1_numbers_on_past_what_the_store_names(data_dir):
