@@ -20,6 +20,8 @@
   number named, and a live model of such a name (an older daemon created it again from 1) its
   next number past it and past its name's row (which it takes over), in one write transaction
   with the marker (an interrupted pass left nothing and runs again); numbers are only ever raised.
+  A reference that can name no version (no model name, a number past int64) is passed over with
+  a warning: start-up never fails on what a record holds.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 
 from tesserad.errors import TesseraError
+from tesserad.names import NAME_PATTERN
+from tesserad.numbers import INT64_MAX
 from tesserad.registry.ensembles import Member, index_members, parse_ensemble_spec
 from tesserad.registry.lineage import DELETED_PARENT_KIND, DELETED_PARENT_SCHEMA, mark_parent_deleted
 from tesserad.registry.records import MODEL_KIND, SCHEMA, VersionRecord, decode_version
@@ -78,8 +82,14 @@ MARKERS: dict[Key, int] = {
     JOB_VERSIONS_INDEXED: 1,
     NUMBERS_RETIRED: 3,
 }
-# The (model, version) pairs the store's records outside the registry name.
-References = Callable[[ReadTxn], Iterable[tuple[str, int]]]
+# The (model, version) pairs the store's records outside the registry name, as those records hold
+# them: the pass keeps only those that can name a version (`_named_version`).
+References = Callable[[ReadTxn], Iterable[tuple[object, object]]]
+# The highest version a reference may name: the number after it, which the pass keeps, is an int64
+# as versions are in the protos and the store's keys.
+_HIGHEST_NAMED = INT64_MAX - 1
+# The references passed over that a warning shows; it counts them all.
+_SHOWN_PASSED_OVER = 10
 # Versions read per write transaction of the member index's and the marks' backfills.
 _INDEX_BATCH = 512
 
@@ -213,8 +223,19 @@ def backfill_retired_numbers(store: Store, referenced: References) -> int:
         if txn.exists("meta", NUMBERS_RETIRED):
             return 0
         highest: dict[str, int] = {}
+        passed_over = 0
+        shown: list[tuple[object, object]] = []
         for name, number in itertools.chain(_registry_references(txn), referenced(txn)):
-            highest[name] = max(highest.get(name, 0), number)
+            if number == 0:
+                # No version: the latest of a model that has none (the change feed's).
+                continue
+            named = _named_version(name, number)
+            if named is None:
+                passed_over += 1
+                if len(shown) < _SHOWN_PASSED_OVER:
+                    shown.append((name, number))
+                continue
+            highest[named[0]] = max(highest.get(named[0], 0), named[1])
         for key, _ in txn.scan(RETIRED_NUMBERS):
             highest.setdefault(str(key[0]), 0)
     kept = raised = 0
@@ -225,6 +246,11 @@ def backfill_retired_numbers(store: Store, referenced: References) -> int:
             else:
                 kept += raise_retired_number(txn, name, number + 1)
         txn.put("meta", NUMBERS_RETIRED, encode_record(NUMBERS_RETIRED[0], 1, {}))
+    if passed_over:
+        log.warning(
+            "records name model versions that no model can have; their numbers are passed over",
+            extra={"references": passed_over, "shown": shown},
+        )
     if kept:
         log.info("kept the version numbers of models deleted before", extra={"models": kept})
     if raised:
@@ -235,7 +261,22 @@ def backfill_retired_numbers(store: Store, referenced: References) -> int:
     return kept + raised
 
 
-def _registry_references(txn: ReadTxn) -> Iterator[tuple[str, int]]:
+def _named_version(name: object, number: object) -> tuple[str, int] | None:
+    """The reference as a model version, where it can name one: a model name (one stored before
+    names were matched whole ends in a newline) and a number in 1.._HIGHEST_NAMED; else None. A
+    record an older daemon left, or one written from a client's input, may hold anything."""
+    if (
+        isinstance(name, str)
+        and NAME_PATTERN.fullmatch(name.removesuffix("\n")) is not None
+        and isinstance(number, int)
+        and not isinstance(number, bool)
+        and 1 <= number <= _HIGHEST_NAMED
+    ):
+        return name, number
+    return None
+
+
+def _registry_references(txn: ReadTxn) -> Iterator[tuple[object, object]]:
     """The (model, version) of every version the registry's records name: lineage parents (their
     marks too) and ensemble members."""
     for _key, raw in txn.scan(VERSIONS):
@@ -244,6 +285,6 @@ def _registry_references(txn: ReadTxn) -> Iterator[tuple[str, int]]:
             yield record.lineage.parent_model or record.model, record.lineage.parent_version
     for _key, raw in txn.scan(DELETED_PARENTS):
         mark = decode_record(raw, DELETED_PARENT_KIND, DELETED_PARENT_SCHEMA)[1]
-        yield str(mark["model"]), int(mark["version"])
+        yield mark["model"], mark["version"]
     for key, _ in txn.scan(ENSEMBLE_MEMBERS):
         yield str(key[2]), int(key[3])

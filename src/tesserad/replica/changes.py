@@ -122,15 +122,15 @@ class RegistryChange:
     state: ServingState | None  # None: the model was deleted
 
 
-def change_feed_versions(txn: ReadTxn) -> Iterator[tuple[str, int]]:
+def change_feed_versions(txn: ReadTxn) -> Iterator[tuple[object, object]]:
     """The (model, version) of every version the stored changes name (a deleted model's last
-    changes are replayed to watchers), and the newest a head counted."""
+    changes are replayed to watchers), as stored, and the newest a head counted."""
     for _key, raw in txn.scan(CHANGES):
         change = decode_event(raw).data
         if change["state"] is not None:
-            yield change["model"], int(change["state"]["latest_version"])
+            yield change["model"], change["state"]["latest_version"]
             for version in change["state"]["versions"]:
-                yield change["model"], int(version["version"])
+                yield change["model"], version["version"]
     for key, raw in txn.scan(HEADS):
         head = decode_record(raw, _HEAD_KIND, 1)[1]
         if "next_version" in head:

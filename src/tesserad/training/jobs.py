@@ -88,12 +88,12 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted"
 _AFTER_LAST_EPOCH = 32
 
 
-def job_models(txn: ReadTxn) -> Iterator[tuple[str, int]]:
-    """The (model, version) every stored job fine-tuned from or registered."""
+def job_models(txn: ReadTxn) -> Iterator[tuple[object, object]]:
+    """The (model, version) every stored job fine-tuned from or registered, as stored."""
     for _key, raw in txn.scan("jobs"):
         job = decode_job(raw)
         if "fine_tune" in job.config:
-            yield str(job.config["fine_tune"]["model"]), int(job.config["fine_tune"]["version"])
+            yield job.config["fine_tune"]["model"], job.config["fine_tune"]["version"]
         if job.registered is not None:
             yield job.registered.model, job.registered.version
 

@@ -378,15 +378,16 @@ def running_sweeps_into(txn: ReadTxn, experiment: str) -> builtins.list[str]:
     ]
 
 
-def sweep_models(txn: ReadTxn) -> Iterator[tuple[str, int]]:
+def sweep_models(txn: ReadTxn) -> Iterator[tuple[object, object]]:
     """The (model, version) every stored sweep's base spec and trials' specs start from
-    (`init_from` by number): a trial whose job could not be submitted has no job record to name it."""
+    (`init_from` by number), as stored: a trial whose job could not be submitted has no job record
+    to name it, and its spec was not checked."""
     for key, raw in txn.scan("sweeps"):
         sweep = read_sweep(txn, str(key[0]), raw)
         for spec in (sweep.base, *(trial.raw for trial in sweep.trials)):
             parent = spec.get("init_from") or {}
-            if parent.get("model") and int(parent.get("version") or 0) > 0:
-                yield str(parent["model"]), int(parent["version"])
+            if parent.get("model") and parent.get("version"):
+                yield parent["model"], parent["version"]
 
 
 def trial_spec(base: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:

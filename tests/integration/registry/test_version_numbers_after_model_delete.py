@@ -245,6 +245,45 @@ def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_sweeps_name(dat
         assert upload_versions(stub, "trial-parent", 1)[0].version == 7
 
 
+def _trial_from(parent: dict) -> Trial:
+    return Trial(params={}, raw={"init_from": parent}, document={}, state="failed", error="")
+
+
+def test_a_reference_that_names_no_version_is_passed_over_with_a_warning(data_dir, caplog):
+    with _serving(data_dir) as (_, stub):
+        upload_versions(stub, "m", 1)
+    # A sweep as an older tesserad may have left it, naming versions no model can have: past
+    # int64 (the base), one whose next number would be past it, a name no model can have, and a
+    # digit int() refuses; beside them one that names "m v5".
+    named = [
+        {"model": "m", "version": 2**63 - 1},
+        {"model": "Not A Name", "version": 3},
+        {"model": "m", "version": "\u00b2"},
+        {"model": "m", "version": 5},
+    ]
+    sweep = _old_sweep({"init_from": {"model": "m", "version": 2**64}}, [_trial_from(p) for p in named])
+
+    def left(txn: WriteTxn) -> None:
+        txn.delete("meta", NUMBERS_RETIRED)
+        txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep))
+        for number, trial in enumerate(sweep.trials):
+            txn.put("sweep_trials", (sweep.sweep_id, number), encode_trial(trial))
+
+    _written_while_stopped(data_dir, left)
+    caplog.set_level("INFO", logger="tesserad.registry")
+
+    with _serving(data_dir) as (_, stub):
+        assert upload_versions(stub, "m", 1, width=5)[0].version == 6
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING" and "passed over" in r.getMessage()]
+    assert warning.references == 4
+    assert set(warning.shown) == {
+        ("m", 2**64),
+        ("m", 2**63 - 1),
+        ("Not A Name", 3),
+        ("m", "\u00b2"),
+    }
+
+
 def _job_run_logging(params: dict[str, str]) -> Callable[[WriteTxn], None]:
     """A training job's run as the daemon stores it after a client's LogParams on it: its params
     are the client's to write, fine_tune's included."""
