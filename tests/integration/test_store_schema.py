@@ -189,7 +189,7 @@ def test_order_rows_an_older_tesserad_left_stale_are_gone_after_the_next_start(d
         store.close()
 
 
-def _with_manifest(archive: Path, target: Path, change: Any) -> Path:
+def with_manifest(archive: Path, target: Path, change: Any) -> Path:
     """A copy of `archive` whose manifest is change(manifest document)."""
     with tarfile.open(archive) as source, tarfile.open(target, "w") as out:
         for member in source.getmembers():
@@ -218,7 +218,7 @@ def test_restore_refuses_a_backup_of_a_newer_schema_and_takes_an_older_one(
         assert manifest_file is not None
         assert json.loads(manifest_file.read())["store_schema"] == STORE_SCHEMA
 
-    newer = _with_manifest(
+    newer = with_manifest(
         archive,
         tmp_path / "newer.tar",
         lambda d: {**d, "store_schema": STORE_SCHEMA + 1, "tesserad_version": "9.0.0"},
@@ -232,7 +232,7 @@ def test_restore_refuses_a_backup_of_a_newer_schema_and_takes_an_older_one(
     assert not (tmp_path / "refused").exists()
 
     # A backup from a tesserad before schema versions: restored, then upgraded as it opens.
-    older = _with_manifest(
+    older = with_manifest(
         archive, tmp_path / "older.tar", lambda d: {k: v for k, v in d.items() if k != "store_schema"}
     )
     restored = tmp_path / "restored"

@@ -80,7 +80,7 @@ MARKERS: dict[Key, int] = {
     MEMBERS_INDEXED: 1,
     PARENTS_MARKED: 1,
     JOB_VERSIONS_INDEXED: 1,
-    NUMBERS_RETIRED: 3,
+    NUMBERS_RETIRED: 4,
 }
 # The (model, version) pairs the store's records outside the registry name, as those records hold
 # them: the pass keeps only those that can name a version (`_named_version`).

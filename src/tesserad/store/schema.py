@@ -47,7 +47,10 @@ from tesserad.store.records import decode_record, encode_record
 
 # The schema this tesserad writes. Bump it here (see the module's doc for when).
 # 3: a sweep's trials in rows of their own (training.sweeps), which an older tesserad misreads.
-STORE_SCHEMA = 3
+# 4: model records that number on past skipped numbers and alias events (`numbers_skipped`,
+# `first_event`), which an older tesserad's change feed misreads, and the numbers pass it undoes
+# (registry.backfill: a model it creates again numbers from 1).
+STORE_SCHEMA = 4
 # The "meta" row that records who last opened the store for writing.
 SCHEMA_KEY = ("store_schema",)
 _KIND = "store_schema"

@@ -9,15 +9,19 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
+from tessera.cli import main as tessera_main
 from tessera.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from tesserad.cli import main as tesserad_main
 from tesserad.registry.backfill import NUMBERS_RETIRED
 from tesserad.registry.records import MODEL_KIND, SCHEMA
 from tesserad.registry.tables import MODELS, RETIRED_NUMBERS
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store, WriteTxn, decode_record, encode_record
+from tesserad.store.schema import SCHEMA_KEY, recorded_schema
 from tesserad.training.sweeps import AshaSettings, Sweep, Trial, encode_sweep, encode_trial
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
+from tests.integration.test_store_schema import with_manifest
 
 R = registry_pb2
 
@@ -352,6 +356,58 @@ def test_a_number_kept_for_a_name_an_older_tesserad_created_again_is_past_at_the
 
     with _serving(data_dir) as (_, stub):
         assert upload_versions(stub, "m", 1, width=6)[0].version == 4
+
+
+def _recorded_schema_is(txn: WriteTxn, schema: int) -> None:
+    record = recorded_schema(txn)
+    assert record is not None and record.schema == schema
+
+
+def _written_by_schema_3(txn: WriteTxn) -> None:
+    """The store's schema record as a tesserad of schema 3 leaves it after a start of this one:
+    its own schema, the token kept (it knew the store's)."""
+    _recorded_schema_is(txn, 4)
+    record = recorded_schema(txn)
+    assert record is not None
+    data = {"schema": 3, "tesserad_version": "0.9.0", "token": record.token, "at": 0.0}
+    txn.put("meta", SCHEMA_KEY, encode_record("store_schema", 1, data))
+
+
+def test_a_model_a_schema_3_tesserad_created_again_from_1_is_numbered_on_at_the_next_start(data_dir):
+    with _serving(data_dir) as (first, stub):
+        upload_versions(stub, "m", 3)
+        stub.DeleteModel(R.DeleteModelRequest(name="m"))
+        # A tesserad of schema 3 from before this pass creates the name again from 1. It writes
+        # numbers_skipped and first_event into no record, so it takes a store this one opened no
+        # longer: here it is as if it had, recording schema 3 under the store's token.
+        _created_again_from_1_by_an_older_tesserad(first, stub, "m")
+        assert upload_versions(stub, "m", 1, width=5)[0].version == 1
+
+    _written_while_stopped(data_dir, _written_by_schema_3)
+
+    with _serving(data_dir) as (_, stub):
+        assert upload_versions(stub, "m", 1, width=6)[0].version == 4
+
+
+def test_a_backup_a_schema_3_tesserad_made_is_restored_and_its_numbers_passed_again(tmp_path, capsys):
+    archive = tmp_path / "backup.tar"
+    with _serving(tmp_path / "source") as (source, stub):
+        upload_versions(stub, "m", 3)
+        stub.DeleteModel(R.DeleteModelRequest(name="m"))
+        _created_again_from_1_by_an_older_tesserad(source, stub, "m")
+        assert upload_versions(stub, "m", 1, width=5)[0].version == 1
+        # The store as a tesserad of schema 3 backs it up: its record and the manifest say 3.
+        with source.daemon._store.write() as txn:
+            _written_by_schema_3(txn)
+        assert tessera_main(["--target", source.target, "admin", "backup", "-o", str(archive)]) == 0
+    of_schema_3 = with_manifest(archive, tmp_path / "schema-3.tar", lambda d: {**d, "store_schema": 3})
+    restored = tmp_path / "restored"
+    assert tesserad_main(["restore", str(of_schema_3), "--data-dir", str(restored)]) == 0
+    capsys.readouterr()
+
+    with _serving(restored) as (_, stub):
+        assert upload_versions(stub, "m", 1, width=6)[0].version == 4
+    _written_while_stopped(restored, lambda txn: _recorded_schema_is(txn, 4))
 
 
 def test_a_store_marked_by_the_first_numbers_pass_is_passed_again(data_dir):
