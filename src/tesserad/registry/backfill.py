@@ -18,8 +18,9 @@
   still names (lineage, its marks, ensemble members, and what the daemon's other parts name:
   `References`) is read once, and each such name without a model gets a row past the highest
   number named, and a live model of such a name (an older daemon created it again from 1) its
-  next number past it and past its name's row (which it takes over), in one write transaction
-  with the marker (an interrupted pass left nothing and runs again); numbers are only ever raised.
+  next number past it and past its name's row (which it takes over, its next alias event too),
+  in one write transaction with the marker (an interrupted pass left nothing and runs again);
+  numbers are only ever raised.
   A reference that can name no version (no model name, a number past int64) is passed over with
   a warning: start-up never fails on what a record holds.
 """

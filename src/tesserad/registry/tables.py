@@ -125,20 +125,28 @@ def raise_retired_number(txn: WriteTxn, name: str, next_version: int, next_event
 
 
 def raise_next_version(txn: WriteTxn, name: str, next_version: int) -> bool:
-    """Make the live model `name` number its next version at `next_version` or past it, and past
-    the number its name keeps (where a tesserad from before `RETIRED_NUMBERS` created it again from
-    1, leaving the row), whose row it takes over as a model created now does; whether its record
-    changed. `numbers_skipped` counts the numbers so passed over, which no version got."""
+    """Make the live model `name` number its next version at `next_version` or past it, and its
+    next version and alias event past the numbers its name keeps (where a tesserad from before
+    `RETIRED_NUMBERS` created it again from 1, leaving the row), whose row it takes over as a model
+    created now does; whether its record changed. `numbers_skipped` counts the version numbers so
+    passed over, which no version got."""
     fields = model_data(txn, name)
-    floor = max(next_version, _retired(txn, name)[0])
-    # Its alias events stay as they are numbered: they are its own, and a jump would be told to
-    # watchers as alias moves (`alias_events`).
+    kept_version, kept_event = _retired(txn, name)
     txn.delete(RETIRED_NUMBERS, (name,))
-    skipped = floor - int(fields["next_version"])
-    if skipped <= 0:
+    skipped = max(next_version, kept_version) - int(fields["next_version"])
+    # Its events from here number past those of the model deleted under its name, so that a
+    # ListAliasHistory page token from before that delete resumes into none of them, and so does
+    # the row its own delete keeps. first_event moves with next_event: `alias_events`, which the
+    # change feed compares, stays, and no alias move is told.
+    events_skipped = kept_event - int(fields["next_event"])
+    if skipped <= 0 and events_skipped <= 0:
         return False
-    fields["next_version"] = floor
-    fields["numbers_skipped"] = int(fields.get("numbers_skipped", 0)) + skipped
+    if skipped > 0:
+        fields["next_version"] = int(fields["next_version"]) + skipped
+        fields["numbers_skipped"] = int(fields.get("numbers_skipped", 0)) + skipped
+    if events_skipped > 0:
+        fields["next_event"] = kept_event
+        fields["first_event"] = int(fields.get("first_event", 1)) + events_skipped
     put_model_data(txn, fields)
     return True
 
