@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from tesserad.errors import TesseraError
@@ -223,10 +224,12 @@ def backfill_retired_numbers(store: Store, referenced: References) -> int:
     with store.read() as txn:
         if txn.exists("meta", NUMBERS_RETIRED):
             return 0
+        started = time.monotonic()
         highest: dict[str, int] = {}
-        passed_over = 0
+        read = passed_over = 0
         shown: list[tuple[object, object]] = []
         for name, number in itertools.chain(_registry_references(txn), referenced(txn)):
+            read += 1
             if number == 0:
                 # No version: the latest of a model that has none (the change feed's).
                 continue
@@ -237,6 +240,15 @@ def backfill_retired_numbers(store: Store, referenced: References) -> int:
                     shown.append((name, number))
                 continue
             highest[named[0]] = max(highest.get(named[0], 0), named[1])
+        # Every record that can name a version is read, once: on a large store, start-up's wait.
+        log.info(
+            "read the model versions the store's records name",
+            extra={
+                "references": read,
+                "models": len(highest),
+                "seconds": round(time.monotonic() - started, 1),
+            },
+        )
         for key, _ in txn.scan(RETIRED_NUMBERS):
             highest.setdefault(str(key[0]), 0)
     kept = raised = 0

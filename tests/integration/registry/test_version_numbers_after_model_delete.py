@@ -233,7 +233,7 @@ def _sweep_naming_deleted_models(txn: WriteTxn) -> None:
     txn.put("sweep_trials", (sweep.sweep_id, 0), encode_trial(trial))
 
 
-def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_sweeps_name(data_dir):
+def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_sweeps_name(data_dir, caplog):
     InProcessDaemon(daemon_settings(data_dir)).start().stop()
 
     def left(txn: WriteTxn) -> None:
@@ -241,10 +241,15 @@ def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_sweeps_name(dat
         _sweep_naming_deleted_models(txn)
 
     _written_while_stopped(data_dir, left)
+    caplog.set_level("INFO", logger="tesserad.registry")
 
     with _serving(data_dir) as (_, stub):
         assert upload_versions(stub, "swept", 1)[0].version == 5
         assert upload_versions(stub, "trial-parent", 1)[0].version == 7
+    # The scan says what it read and how long it took: on a large store it is start-up's wait.
+    [scan] = [r for r in caplog.records if r.getMessage().startswith("read the model versions")]
+    assert (scan.references, scan.models) == (2, 2)
+    assert scan.seconds >= 0
 
 
 def _trial_from(parent: dict) -> Trial:
