@@ -98,3 +98,34 @@ def test_the_file_may_be_named_with_output_as_datasets_download_names_it(tessera
     assert both.code == EXIT_USAGE
     assert "name the file once" in both.err, both.err
     assert not (tmp_path / "c.onnx").exists() and not (tmp_path / "d.onnx").exists()
+
+
+def test_a_number_for_path_is_refused_only_when_nothing_is_named_so_and_no_version_given(
+    tessera_cli, client, tmp_path, monkeypatch
+):
+    """`models download MODEL N`, as `models alias MODEL NAME N` takes a version, wrote the latest
+    version into a file named N; the refusal of it also refused a file named N that exists
+    (`--force` to replace it) and N given beside --version, where N can be nothing but the file."""
+    onnx = tmp_path / "identity.onnx"
+    onnx.write_bytes(onnx_identity())
+    client.models.push("identity", onnx)
+    client.models.push("identity", big_onnx(tmp_path / "second.onnx"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "7").write_bytes(b"old")
+    replaced = tessera_cli("models", "download", "identity", "7", "--force")
+    assert replaced.code == 0, replaced.err
+    assert (tmp_path / "7").read_bytes() == (tmp_path / "second.onnx").read_bytes()
+    beside_version = tessera_cli("models", "download", "identity", "2024", "--version", "1")
+    assert beside_version.code == 0, beside_version.err
+    assert (tmp_path / "2024").read_bytes() == onnx.read_bytes()
+    (tmp_path / "3").mkdir()
+    into = tessera_cli("models", "download", "identity", "3")
+    assert into.code == 0, into.err
+    assert (tmp_path / "3" / "identity-v2.onnx").read_bytes() == (tmp_path / "second.onnx").read_bytes()
+    refused = tessera_cli("models", "download", "identity", "1")
+    assert refused.code == EXIT_USAGE
+    assert (
+        "'1' would be the file written; for version 1, pass --version 1 (for a file named 1, ./1)"
+        in refused.err
+    ), refused.err
+    assert not (tmp_path / "1").exists()

@@ -473,21 +473,3 @@ def test_a_mistyped_format_is_still_answered_with_the_one_meant(capsys):
         build_parser().parse_args(["export", "onnnx", "clips"])
     err = capsys.readouterr().err
     assert "invalid choice: 'onnnx'; did you mean 'onnx'?" in err, err
-
-
-def test_models_download_takes_a_number_after_the_model_for_the_version_it_is_not(
-    capsys, tmp_path, monkeypatch
-):
-    """`tessera models download clips 1`, as `models alias MODEL NAME 1` takes a version, wrote
-    the latest version into a file named 1."""
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exited:
-        build_parser().parse_args(["models", "download", "clips", "1"])
-    assert exited.value.code == EXIT_USAGE
-    err = capsys.readouterr().err
-    assert (
-        "'1' would be the file written; for version 1, pass --version 1 (for a file named 1, ./1)" in err
-    ), err
-    assert build_parser().parse_args(["models", "download", "clips", "./1"]).path == "./1"
-    (tmp_path / "2").mkdir()
-    assert build_parser().parse_args(["models", "download", "clips", "2"]).path == "2"  # a directory

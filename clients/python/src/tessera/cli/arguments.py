@@ -7,7 +7,6 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import TypeVar
 
 from tessera.ensembles import member_pair
@@ -117,17 +116,6 @@ def whole(low: int = 0, high: int = INT64_MAX) -> Callable[[str], int]:
         return value
 
     return parse
-
-
-def download_path(text: str) -> str:
-    """argparse's type for the file `models download` writes: a number there, where other
-    commands (`models alias MODEL NAME N`) take a version, is refused unless it names a directory."""
-    if is_digits(text) and not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(
-            f"{text!r} would be the file written; for version {text}, pass --version {text} "
-            f"(for a file named {text}, ./{text})"
-        )
-    return text
 
 
 def output_index(text: str) -> int:

@@ -15,7 +15,7 @@ from tessera.cli.output import Output, shape, transfer_progress, when
 from tessera.client import Client
 from tessera.ensembles import fit_stacking, member_pair
 from tessera.json_output import dumps, to_plain
-from tessera.messages import counted, load_toml
+from tessera.messages import counted, is_digits, load_toml
 from tessera.models import FORMAT_BY_SUFFIX
 from tessera.progress_line import byte_size
 from tessera.rpc_commands import in_cli_words
@@ -434,6 +434,12 @@ SUFFIX_BY_FORMAT = {
 def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -> None:
     if args.path and args.output:
         raise UsageError(f"name the file once: PATH ({args.path}) or -o/--output ({args.output}), not both")
+    if args.path and is_digits(args.path) and args.version is None and not Path(args.path).exists():
+        # `models alias MODEL NAME N` takes a version there: N would get the latest version.
+        raise UsageError(
+            f"{args.path!r} would be the file written; for version {args.path}, pass --version "
+            f"{args.path} (for a file named {args.path}, ./{args.path})"
+        )
     given_path = args.path or args.output
     # Resolved first: the file's name must match the artifact's format, and the number pins
     # the version downloaded to the one checked.

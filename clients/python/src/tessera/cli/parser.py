@@ -15,7 +15,6 @@ from tessera.cli.arguments import (
     TRANSFER_TIMEOUT_ENV,
     daemon_target,
     dataset,
-    download_path,
     env_default,
     finite,
     keepalive_seconds,
@@ -457,9 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "path",
         nargs="?",
-        type=download_path,
         help="file to write, or a directory to write it into (default ./MODEL-vVERSION.onnx, "
-        ".safetensors or .json, by the artifact's format); a suffix of another format is refused",
+        ".safetensors or .json, by the artifact's format); a suffix of another format is refused, "
+        "and so is a number that names nothing there yet without --version (for version N, --version N)",
     )
     sub.add_argument("-o", "--output", metavar="PATH", help="the same as PATH, as datasets download takes it")
     sub.add_argument("--version", type=version_or_alias, help="number or alias (default latest)")
