@@ -473,3 +473,35 @@ def test_a_mistyped_format_is_still_answered_with_the_one_meant(capsys):
         build_parser().parse_args(["export", "onnnx", "clips"])
     err = capsys.readouterr().err
     assert "invalid choice: 'onnnx'; did you mean 'onnx'?" in err, err
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (("models", "alias", "clf", "prod", "--token", "S3CRET"), "models alias"),
+        (("models", "alias", "clf", "prod", "--token=S3CRET"), "models alias"),
+        (("models", "deploy", "clf", "--token", "S3CRET"), "models deploy"),
+        (("models", "ensemble", "x", "--token", "S3CRET"), "models ensemble"),
+        (("models", "--token", "S3CRET", "ls"), "models"),
+        (("export", "--token", "S3CRET", "onnx", "m"), "export"),
+    ],
+)
+def test_a_token_given_after_the_command_is_not_echoed_whatever_else_is_wrong(capsys, args, command):
+    """The value of a misplaced --token was checked as the positional it took the place of, or
+    as a command word, and echoed ("got 'S3CRET'", "invalid choice: 'S3CRET'") before the
+    misplaced option was seen."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(list(args))
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--token is an option of tessera itself: give it before the command" in err, err
+    assert f"`tessera --token TOKEN {command} ...`" in err, err
+    assert "S3CRET" not in err, err
+
+
+def test_an_option_word_after_double_dash_is_not_taken_for_an_option_of_tessera(capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["predict", "m", "--input", "x.npz", "--", "--token"])
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "option of tessera itself" not in err, err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -55,6 +56,8 @@ class CommandParser(argparse.ArgumentParser):
     def parse_known_args(  # type: ignore[override]  # typeshed's overloads; the same signature
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
+        if not self._intermixing:
+            self._refuse_outer_options(sys.argv[1:] if args is None else args)
         if self._intermixing or any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
             return super().parse_known_args(args, namespace)
         # Plain parsing fills an optional positional (`models download MODEL [PATH]`), empty,
@@ -65,22 +68,32 @@ class CommandParser(argparse.ArgumentParser):
             parsed, extras = self.parse_known_intermixed_args(args, namespace)
         finally:
             self._intermixing = False
-        misplaced = [
-            self.outer_options[word.split("=", 1)[0]]
-            for word in extras
-            if word.split("=", 1)[0] in self.outer_options
-        ]
-        if misplaced:
-            # Named by its usage only: the value given may be a token.
-            program, _, command = self.prog.partition(" ")
-            option = misplaced[0].split(" ", 1)[0]
-            self.error(
-                f"{option} is an option of {program} itself: give it before the command, "
-                f"`{program} {misplaced[0]} {command} ...`"
-            )
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed, extras
+
+    def _refuse_outer_options(self, args: Sequence[str]) -> None:
+        """Refuse an option of the program's own parser among `args`, before they are parsed:
+        parsing would check its value as the positional or command word it took the place of,
+        and echo it, and the value may be a token. Words after `--` are positionals, and those
+        after a group's command word (`models alias ...`) are its command's to refuse."""
+        commands = {
+            name
+            for action in self._actions
+            if isinstance(action, argparse._SubParsersAction)
+            for name in action.choices
+        }
+        for word in args:
+            if word == "--" or word in commands:
+                return
+            usage = self.outer_options.get(word.split("=", 1)[0])
+            if usage is not None:
+                # Named by its usage only, for the same reason.
+                program, _, command = self.prog.partition(" ")
+                self.error(
+                    f"{usage.split(' ', 1)[0]} is an option of {program} itself: give it before "
+                    f"the command, `{program} {usage} {command} ...`"
+                )
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         try:
