@@ -505,3 +505,14 @@ def test_an_option_word_after_double_dash_is_not_taken_for_an_option_of_tessera(
     assert exited.value.code == EXIT_USAGE
     err = capsys.readouterr().err
     assert "option of tessera itself" not in err, err
+
+
+def test_a_format_export_does_not_have_is_not_taken_for_a_model_named_so(capsys):
+    """`tessera export torchscript clips` was told "the format comes first, `tessera export onnx
+    torchscript`": to export a model named torchscript."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["export", "torchscript", "clips"])
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "invalid choice: 'torchscript'; onnx is the only format, `tessera export onnx MODEL`" in err, err
+    assert "export onnx torchscript" not in err, err

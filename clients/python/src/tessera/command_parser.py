@@ -24,10 +24,13 @@ class CommandParser(argparse.ArgumentParser):
         # set on its commands' parsers by `name_outer_options`.
         self.outer_options: dict[str, str] = {}
         # What to say of a command word this parser does not have: for one word, in place of a
-        # guess at the command meant (`choice_hints`), or for any word close to none of them
-        # (`other_choice_hint`, formatted with the word as `value`).
+        # guess at the command meant (`choice_hints`), or for any word close to none of them,
+        # formatted with the word as `value`: `other_choice_hint` when it is the last word given,
+        # `followed_choice_hint` when others follow it (`export MODEL` and `export FORMAT MODEL`).
         self.choice_hints: dict[str, str] = {}
         self.other_choice_hint = ""
+        self.followed_choice_hint = ""
+        self._words: list[str] = []
 
     def name_outer_options(self) -> None:
         """Let every command below this parser say, of one of this parser's options given after
@@ -57,7 +60,8 @@ class CommandParser(argparse.ArgumentParser):
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
         if not self._intermixing:
-            self._refuse_outer_options(sys.argv[1:] if args is None else args)
+            self._words = list(sys.argv[1:] if args is None else args)
+            self._refuse_outer_options(self._words)
         if self._intermixing or any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
             return super().parse_known_args(args, namespace)
         # Plain parsing fills an optional positional (`models download MODEL [PATH]`), empty,
@@ -106,7 +110,8 @@ class CommandParser(argparse.ArgumentParser):
             meant = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1)
             hint = self.choice_hints.get(str(value), "")
             if not hint and not meant:
-                hint = self.other_choice_hint.format(value=value)
+                followed = str(value) in self._words[:-1]
+                hint = (self.followed_choice_hint if followed else self.other_choice_hint).format(value=value)
             guess = f"; {hint}" if hint else f"; did you mean {meant[0]!r}?" if meant else ""
             listed = ", ".join(repr(choice) for choice in choices)
             raise argparse.ArgumentError(

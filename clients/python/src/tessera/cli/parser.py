@@ -139,11 +139,13 @@ def group(
     dest: str = "subcommand",
     metavar: str = "SUBCOMMAND",
     other_choice_hint: str = "",
+    followed_choice_hint: str = "",
 ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     """A group of commands (`tessera models ...`): `help` is its line in the list of commands,
     `description` says what it manages, and `examples` (what it does, the command line) show its
-    common commands under its --help, as kubectl's groups do. `other_choice_hint`: what a word
-    that is none of its commands is told (`CommandParser.other_choice_hint`)."""
+    common commands under its --help, as kubectl's groups do. `other_choice_hint` and
+    `followed_choice_hint`: what a word that is none of its commands is told, as the last word
+    or with others after it (`CommandParser.other_choice_hint`)."""
     shown = "\n".join(f"  # {what}\n  {line}" for what, line in examples)
     parser = commands.add_parser(
         name,
@@ -156,6 +158,7 @@ def group(
     hinted = parser  # narrowed apart: `parser` keeps argparse's type, as its subparsers must
     assert isinstance(hinted, CommandParser)  # add_subparsers makes its commands' parsers of its own class
     hinted.other_choice_hint = other_choice_hint
+    hinted.followed_choice_hint = followed_choice_hint
     return parser.add_subparsers(dest=dest, required=True, metavar=metavar)
 
 
@@ -861,6 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
         ],
         metavar="FORMAT",
         other_choice_hint="the format comes first, `tessera export onnx {value}`",
+        followed_choice_hint="onnx is the only format, `tessera export onnx MODEL`",
     )
     sub = command(export, "onnx", cmd_export_onnx, "export a safetensors version to ONNX as a new version")
     sub.add_argument("model", help=MODEL_HELP)
