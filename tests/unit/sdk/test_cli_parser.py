@@ -151,6 +151,9 @@ def test_a_missing_command_is_refused_naming_the_ones_there_are(capsys, args, pr
         ("127.0.0.1", "has no port: write HOST:PORT, e.g. 127.0.0.1:50051"),
         # A bare number is the port (`--target 50052`): it was offered back as a host, "50052:50051".
         ("50052", "'50052' has no host: write HOST:PORT, e.g. 127.0.0.1:50052"),
+        # Digits of other scripts are no port: "127.0.0.1:５００５２" would be offered.
+        ("５００５２", "'５００５２' has no port: write HOST:PORT, e.g. ５００５２:50051"),
+        ("²", "'²' has no port"),
     ],
 )
 def test_a_target_that_is_a_url_or_lacks_a_port_is_refused_saying_the_form(capsys, monkeypatch, target, said):

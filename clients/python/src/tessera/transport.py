@@ -33,6 +33,7 @@ from tessera.errors import (
     reached_before_message,
     silent_message,
 )
+from tessera.messages import is_digits
 from tessera.v1 import (
     datasets_pb2_grpc,
     inference_pb2_grpc,
@@ -332,7 +333,7 @@ def check_target(text: str, where: str, tls_option: str) -> str:
         raise ValueError(
             f"{text!r} is a URL; tesserad speaks gRPC: write HOST:PORT, e.g. {example}{tls}, {where}"
         )
-    if text.isdigit():
+    if is_digits(text):
         default_host = DEFAULT_TARGET.rsplit(":", 1)[0]
         raise ValueError(f"{text!r} has no host: write HOST:PORT, e.g. {default_host}:{text}, {where}")
     if ":" not in text:
