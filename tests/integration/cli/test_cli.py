@@ -326,15 +326,18 @@ def test_a_timeout_that_is_no_number_of_seconds_above_0_is_bad_usage(tessera_cli
     assert "argument --timeout: seconds a call may take must be above 0" in capsys.readouterr().err
 
 
-def test_demo_runs_the_whole_life_cycle(tessera_cli):
+def test_demo_runs_the_whole_life_cycle(tessera_cli, daemon):
     result = tessera_cli("demo", "--samples", "64", "--epochs", "1", "--requests", "20")
     assert result.code == 0, result.err
     for step in ("1/7", "2/7", "3/7", "4/7", "5/7", "6/7", "7/7"):
         assert step in result.out
     assert "p99" in result.out and "exported" in result.out
-    # It ended at "done in N s", leaving a newcomer to find what to run on the model it made.
-    assert "next: tessera predict demo-cnn4d --input FILE.npz, tessera stats demo-cnn4d" in " ".join(
-        result.out.split()
+    # It ended at "done in N s", leaving a newcomer to find what to run on the model it made; and
+    # those commands, without the --target the demo was given, went to the default address.
+    tessera = f"tessera --target {daemon.target}"
+    assert (
+        f"next: {tessera} predict demo-cnn4d --input FILE.npz, {tessera} stats demo-cnn4d, "
+        f"{tessera} models versions demo-cnn4d;" in " ".join(result.out.split())
     ), result.out
 
 

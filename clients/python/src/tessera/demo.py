@@ -15,6 +15,7 @@ from tessera.client import Client
 from tessera.errors import JobFailed
 from tessera.events import JobState
 from tessera.follow import follow
+from tessera.transport import DEFAULT_TARGET
 
 # One sample: (C, T, D, H, W). Small enough that a few epochs run in seconds on 2 CPU cores.
 CLIP_SHAPE = (1, 4, 4, 4, 4)
@@ -109,8 +110,10 @@ def run_demo(client: Client, console: Console, name: str, samples: int, epochs: 
             f"(compute p50 {s.compute.p50_us:.0f} us, queue p50 {s.queue.p50_us:.0f} us)"
         )
     console.print(f"done in {time.monotonic() - started:.0f} s")
+    # Without the address the demo was given, the commands would go to the default one.
+    tessera = "tessera" if client.target == DEFAULT_TARGET else f"tessera --target {client.target}"
     console.print(
-        f"next: tessera predict {model} --input FILE.npz, tessera stats {model}, "
-        f"tessera models versions {model}; the README's walk-through goes through each step by hand",
+        f"next: {tessera} predict {model} --input FILE.npz, {tessera} stats {model}, "
+        f"{tessera} models versions {model}; the README's walk-through goes through each step by hand",
         markup=False,
     )
