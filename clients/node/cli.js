@@ -404,6 +404,7 @@ function parse(argv) {
   const args = { positional: [], flags: {} };
   const words = [];
   const given = [];
+  let valueMissing;
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
     if (arg === '--help' || arg === '-h') args.help = true;
@@ -414,20 +415,21 @@ function parse(argv) {
       const takesValue = GLOBAL_FLAGS[flag] ?? Object.values(FLAGS).find((flags) => flag in flags)?.[flag];
       if (takesValue === undefined) throw new UsageError(`unknown option ${flag}`);
       if (equals !== -1) given.push([flag, arg.slice(equals + 1), !takesValue]);
-      else if (takesValue && i + 1 >= argv.length) {
-        // The flag ends the line: every word of the command is read. Another command's flag is
-        // refused as that, first: a value would not make it one of this command's.
-        const command = commandOf(words);
-        refuseUnlessOptionOf(flag, command);
-        const allowed = CHOICES[flag] ? `: one of ${CHOICES[flag].join(', ')}` : '';
-        throw new UsageError(`${flag} needs a value${allowed}`, command);
-      } else given.push([flag, takesValue ? argv[++i] : true, false]);
+      else if (takesValue && i + 1 >= argv.length) valueMissing = flag;
+      else given.push([flag, takesValue ? argv[++i] : true, false]);
     } else words.push(arg);
   }
   args.command = commandOf(words);
   args.positional = words.slice(args.command ? args.command.split(' ').length : 0);
+  // Another command's flag anywhere on the line is refused as that, first: a value (for a flag
+  // ending the line) or none (for a switch given one) would not make it one of this command's.
+  for (const [flag] of given) refuseUnlessOptionOf(flag, args.command);
+  if (valueMissing !== undefined) {
+    refuseUnlessOptionOf(valueMissing, args.command);
+    const allowed = CHOICES[valueMissing] ? `: one of ${CHOICES[valueMissing].join(', ')}` : '';
+    throw new UsageError(`${valueMissing} needs a value${allowed}`, args.command);
+  }
   for (const [flag, value, unwanted] of given) {
-    refuseUnlessOptionOf(flag, args.command);
     if (unwanted) throw new UsageError(`${flag} takes no value, got ${JSON.stringify(value)}`, args.command);
     if (flag === '--target') args.target = value;
     else if (flag === '--token') args.token = value;

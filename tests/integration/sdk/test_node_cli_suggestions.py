@@ -152,8 +152,9 @@ def test_node_cli_takes_flag_equals_value_as_argparse_does(node_ready):
 
 @pytest.mark.parametrize(
     "args",
-    [("--runtime",), ("--runtime=onnx",), ("--force=yes",)],
-    ids=["flag-alone", "flag-equals-value", "switch-equals-value"],
+    # The last: --state ending the line was refused for its missing value before --runtime was seen.
+    [("--runtime",), ("--runtime=onnx",), ("--force=yes",), ("--runtime", "x", "--state")],
+    ids=["flag-alone", "flag-equals-value", "switch-equals-value", "before-a-flag-ending-the-line"],
 )
 def test_node_cli_refuses_another_commands_flag_as_not_an_option_first(node_ready, args):
     """`jobs ls --runtime` was told that --runtime needs a value (and `--force=yes` that --force
