@@ -546,3 +546,38 @@ def test_the_partial_file_of_a_download_cancelled_while_opening_is_let_go_of_off
     loop_thread = asyncio.run(cancel_while_opening())
     assert abort_threads and loop_thread not in abort_threads
     assert partials(out) == []
+
+
+def test_a_download_still_opening_when_asyncio_run_ends_lets_its_partial_file_go(
+    monkeypatch, daemon, tmp_path, clips_file
+):
+    """asyncio.run's shutdown cancels every task left, the thread opening the partial file's
+    included where that is a task: its file was then never aborted."""
+    out = tmp_path / "out"
+    out.mkdir()
+    opening, go_on, aborted = threading.Event(), threading.Event(), threading.Event()
+    lock, abort = transfer._lock_exclusively, transfer.ResumableDownloadSink.abort
+
+    def lock_once_let_go(fd: int) -> bool:
+        opening.set()
+        go_on.wait(30)
+        return lock(fd)
+
+    def recorded_abort(self, error: BaseException) -> None:
+        abort(self, error)
+        aborted.set()
+
+    async def end_while_opening() -> None:
+        async with tessera.aio.Client(daemon.target, timeout=30) as client:
+            await client.datasets.push("clips", clips_file)
+            monkeypatch.setattr(transfer, "_lock_exclusively", lock_once_let_go)
+            monkeypatch.setattr(transfer.ResumableDownloadSink, "abort", recorded_abort)
+            asyncio.get_running_loop().create_task(client.datasets.download("clips", out / "copy.npz"))
+            await asyncio.to_thread(opening.wait)
+        # The opening thread goes on once asyncio.run has cancelled the download left running
+        # (its shutdown then waits for the executor's threads).
+        threading.Thread(target=lambda: (time.sleep(0.5), go_on.set())).start()
+
+    asyncio.run(end_while_opening())
+    assert aborted.wait(30)
+    assert partials(out) == []

@@ -299,3 +299,36 @@ def test_a_loaded_dataset_is_parsed_without_keeping_its_chunks():
         tracemalloc.stop()
     assert arrays["x"].shape == (4 * 2**20,)
     assert peak < 80 * 2**20, f"{peak / 2**20:.0f} MiB at the peak"
+
+
+def test_work_that_fails_after_its_await_was_cancelled_leaves_no_error_never_retrieved():
+    """The cancel is raised once the work has ended; the work's own error went to asyncio's
+    handler as "Future exception was never retrieved" when the future was collected."""
+    import gc
+    import threading
+
+    from tessera.calls import _off_the_loop
+
+    started, fail = threading.Event(), threading.Event()
+    reported: list[dict] = []
+
+    def write_failing() -> None:
+        started.set()
+        fail.wait(30)
+        raise OSError(28, "No space left on device")
+
+    async def cancel_mid_write() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: reported.append(context))
+        waiting = asyncio.create_task(_off_the_loop(write_failing))
+        await asyncio.to_thread(started.wait)
+        waiting.cancel()
+        await asyncio.sleep(0)
+        fail.set()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        del waiting
+        gc.collect()
+        await asyncio.sleep(0)
+
+    asyncio.run(cancel_mid_write())
+    assert [c["message"] for c in reported] == []

@@ -459,6 +459,8 @@ async def _off_the_loop(work: Callable[..., T], *args: Any) -> T:
         except asyncio.CancelledError as error:
             cancelled = cancelled or error
     if cancelled is not None:
+        # Its error is the cancel's to raise now, not asyncio's to log as never retrieved.
+        future.exception()
         raise cancelled
     return future.result()
 
@@ -510,8 +512,11 @@ class ResumingDownload(Call[T_co]):
         return state.sink.finish()
 
     async def run_async(self, conn: AioConnection) -> T_co:
-        # Made in a thread: resuming hashes the bytes kept.
-        making = asyncio.ensure_future(asyncio.to_thread(self.sink))
+        # Made in a thread: resuming hashes the bytes kept. A future, not to_thread's task, as in
+        # _off_the_loop: asyncio.run's shutdown would cancel the task and the sink go unaborted.
+        making = asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(contextvars.copy_context().run, self.sink)
+        )
         try:
             sink = await asyncio.shield(making)
         except asyncio.CancelledError as cancelled:
