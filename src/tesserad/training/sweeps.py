@@ -379,15 +379,14 @@ def running_sweeps_into(txn: ReadTxn, experiment: str) -> builtins.list[str]:
 
 
 def sweep_models(txn: ReadTxn) -> Iterator[tuple[object, object]]:
-    """The (model, version) every stored sweep's base spec and trials' specs start from
-    (`init_from` by number), as stored: a trial whose job could not be submitted has no job record
-    to name it, and its spec was not checked."""
+    """The (model, version) every stored sweep's base spec starts from (`init_from` by number), as
+    stored; checked when the sweep was submitted. Its trials' specs are not read: a submitted
+    trial's job record names its version, and one that could not be submitted holds values a
+    client chose, never checked (often a version that did not exist, why its submit failed)."""
     for key, raw in txn.scan("sweeps"):
-        sweep = read_sweep(txn, str(key[0]), raw)
-        for spec in (sweep.base, *(trial.raw for trial in sweep.trials)):
-            parent = spec.get("init_from") or {}
-            if parent.get("model") and parent.get("version"):
-                yield parent["model"], parent["version"]
+        parent = read_sweep(txn, str(key[0]), raw).base.get("init_from") or {}
+        if parent.get("model") and parent.get("version"):
+            yield parent["model"], parent["version"]
 
 
 def trial_spec(base: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:

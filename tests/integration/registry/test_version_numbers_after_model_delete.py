@@ -197,10 +197,10 @@ def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_the_change_feed
         assert upload_versions(stub, "m", 1, width=5)[0].version == 3
 
 
-def _old_sweep(base: dict, trials: list[Trial]) -> Sweep:
+def _old_sweep(base: dict, trials: list[Trial], sweep_id: str = "sweep-old") -> Sweep:
     """An ended sweep as a daemon stores it."""
     return Sweep(
-        sweep_id="sweep-old",
+        sweep_id=sweep_id,
         strategy="grid",
         metric="val_loss",
         mode="min",
@@ -219,8 +219,8 @@ def _old_sweep(base: dict, trials: list[Trial]) -> Sweep:
 
 def _sweep_naming_deleted_models(txn: WriteTxn) -> None:
     """What an older tesserad left of a sweep that names versions of models it deleted: its base
-    starts from "swept v4", and its trial, set to start from "trial-parent v6", could not be
-    submitted (no job record names it)."""
+    starts from "swept v4", and its trial, set by a client to start from "trial-parent v6", could
+    not be submitted (no job record names it, and its spec names what did not exist)."""
     trial = Trial(
         params={"init_from.version": "6"},
         raw={"init_from": {"model": "trial-parent", "version": 6}},
@@ -245,36 +245,33 @@ def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_sweeps_name(dat
 
     with _serving(data_dir) as (_, stub):
         assert upload_versions(stub, "swept", 1)[0].version == 5
-        assert upload_versions(stub, "trial-parent", 1)[0].version == 7
+        # A trial's spec a client chose and no submit checked keeps no number.
+        assert upload_versions(stub, "trial-parent", 1)[0].version == 1
     # The scan says what it read and how long it took: on a large store it is start-up's wait.
     [scan] = [r for r in caplog.records if r.getMessage().startswith("read the model versions")]
-    assert (scan.references, scan.models) == (2, 2)
+    assert (scan.references, scan.models) == (1, 1)
     assert scan.seconds >= 0
-
-
-def _trial_from(parent: dict) -> Trial:
-    return Trial(params={}, raw={"init_from": parent}, document={}, state="failed", error="")
 
 
 def test_a_reference_that_names_no_version_is_passed_over_with_a_warning(data_dir, caplog):
     with _serving(data_dir) as (_, stub):
         upload_versions(stub, "m", 1)
-    # A sweep as an older tesserad may have left it, naming versions no model can have: past
-    # int64 (the base), one whose next number would be past it, a name no model can have, and a
-    # digit int() refuses; beside them one that names "m v5".
+    # Sweeps as an older tesserad may have left them, naming versions no model can have: past
+    # int64, one whose next number would be past it, a name no model can have, and a digit int()
+    # refuses; beside them one that names "m v5".
     named = [
+        {"model": "m", "version": 2**64},
         {"model": "m", "version": 2**63 - 1},
         {"model": "Not A Name", "version": 3},
         {"model": "m", "version": "\u00b2"},
         {"model": "m", "version": 5},
     ]
-    sweep = _old_sweep({"init_from": {"model": "m", "version": 2**64}}, [_trial_from(p) for p in named])
+    sweeps = [_old_sweep({"init_from": parent}, [], f"sweep-{n}") for n, parent in enumerate(named)]
 
     def left(txn: WriteTxn) -> None:
         txn.delete("meta", NUMBERS_RETIRED)
-        txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep))
-        for number, trial in enumerate(sweep.trials):
-            txn.put("sweep_trials", (sweep.sweep_id, number), encode_trial(trial))
+        for sweep in sweeps:
+            txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep))
 
     _written_while_stopped(data_dir, left)
     caplog.set_level("INFO", logger="tesserad.registry")
