@@ -380,11 +380,15 @@ def running_sweeps_into(txn: ReadTxn, experiment: str) -> builtins.list[str]:
 
 def sweep_models(txn: ReadTxn) -> Iterator[tuple[object, object]]:
     """The (model, version) every stored sweep's base spec starts from (`init_from` by number), as
-    stored; checked when the sweep was submitted. Its trials' specs are not read: a submitted
-    trial's job record names its version, and one that could not be submitted holds values a
-    client chose, never checked (often a version that did not exist, why its submit failed)."""
+    stored; checked when the sweep was submitted, unless a parameter sets it. Its trials' specs
+    are not read: a submitted trial's job record names its version, and one that could not be
+    submitted holds values a client chose, never checked (often a version that did not exist, why
+    its submit failed)."""
     for key, raw in txn.scan("sweeps"):
-        parent = read_sweep(txn, str(key[0]), raw).base.get("init_from") or {}
+        sweep = read_sweep(txn, str(key[0]), raw)
+        if any(parameter.path.startswith("init_from") for parameter in sweep.parameters):
+            continue
+        parent = sweep.base.get("init_from") or {}
         if parent.get("model") and parent.get("version"):
             yield parent["model"], parent["version"]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import grpc
 
@@ -18,6 +19,7 @@ from tesserad.registry.tables import MODELS, RETIRED_NUMBERS
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store, WriteTxn, decode_record, encode_record
 from tesserad.store.schema import SCHEMA_KEY, recorded_schema
+from tesserad.training.search_space import SweepParameter
 from tesserad.training.sweeps import AshaSettings, Sweep, Trial, encode_sweep, encode_trial
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
@@ -231,6 +233,12 @@ def _sweep_naming_deleted_models(txn: WriteTxn) -> None:
     sweep = _old_sweep({"init_from": {"model": "swept", "version": 4}}, [trial])
     txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep))
     txn.put("sweep_trials", (sweep.sweep_id, 0), encode_trial(trial))
+    # A base whose init_from a parameter sets was never checked as it stands.
+    swept_over = replace(
+        _old_sweep({"init_from": {"model": "swept-over", "version": 9}}, [], "sweep-over"),
+        parameters=[SweepParameter("init_from.version", values=["1", "2"])],
+    )
+    txn.put("sweeps", (swept_over.sweep_id,), encode_sweep(swept_over))
 
 
 def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_sweeps_name(data_dir, caplog):
@@ -247,6 +255,7 @@ def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_sweeps_name(dat
         assert upload_versions(stub, "swept", 1)[0].version == 5
         # A trial's spec a client chose and no submit checked keeps no number.
         assert upload_versions(stub, "trial-parent", 1)[0].version == 1
+        assert upload_versions(stub, "swept-over", 1)[0].version == 1
     # The scan says what it read and how long it took: on a large store it is start-up's wait.
     [scan] = [r for r in caplog.records if r.getMessage().startswith("read the model versions")]
     assert (scan.references, scan.models) == (1, 1)
