@@ -249,3 +249,17 @@ def test_unload_of_a_version_whose_failed_load_awaits_its_retry_says_its_failure
         "load is retried at once"
     )
     assert service.pool.failure_runs("affine") == set()
+
+
+def test_unload_by_alias_of_a_version_awaiting_its_retry_names_the_alias_as_an_alias(
+    tessera_cli, client, daemon, tmp_path
+):
+    """`--version prod` was said as "nothing of affine vprod was loaded"."""
+    client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    client.models.set_alias("affine", "prod", 1)
+    service = daemon.daemon.inference
+    service.pool.list_failure("affine", 1, Unavailable("the registry cannot be read"), "")
+    InferenceService.retry_failed_loads(service)
+    reset = tessera_cli("unload", "affine", "--version", "prod")
+    assert reset.code == 0, reset.err
+    assert reset.out.startswith("nothing of affine alias prod was loaded;"), reset.out

@@ -163,10 +163,12 @@ def cmd_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 
 def _of(model: str, version: int | str | None = None) -> str:
-    """ " of MODEL [vVERSION]" for a listing narrowed to a model, else ""."""
+    """ " of MODEL [vVERSION | alias ALIAS]" for a listing narrowed to a model, else ""."""
     if not model:
         return ""
-    return f" of {model}" + (f" v{version}" if version is not None else "")
+    if version is None:
+        return f" of {model}"
+    return f" of {model} " + (f"v{version}" if isinstance(version, int) else f"alias {version}")
 
 
 def print_cluster_stats(response: inference_pb2.GetStatsResponse, out: Output) -> None:
