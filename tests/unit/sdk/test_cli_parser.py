@@ -519,3 +519,67 @@ def test_a_format_export_does_not_have_is_not_taken_for_a_model_named_so(capsys)
     err = capsys.readouterr().err
     assert "invalid choice: 'torchscript'; onnx is the only format, `tessera export onnx MODEL`" in err, err
     assert "export onnx torchscript" not in err, err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("export", "mymodel", "--version", "2"),
+        ("export", "mymodel", "--version=2"),
+        ("export", "mymodel", "--json"),
+        ("export", "mymodel", "--vers", "2", "--json"),
+        ("export", "mymodel", "--token", "S3CRET"),
+    ],
+)
+def test_a_model_before_its_format_followed_by_options_only_is_told_the_format_comes_first(capsys, args):
+    """The options after the model were counted as a word following it, and the reader was told
+    "onnx is the only format, `tessera export onnx MODEL`"."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(list(args))
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "invalid choice: 'mymodel'; the format comes first, `tessera export onnx mymodel`" in err, err
+
+
+def test_a_format_export_does_not_have_followed_by_a_model_and_options_says_onnx_is_the_only_one(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "torchscript", "--version", "2", "clips"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'torchscript'; onnx is the only format, `tessera export onnx MODEL`" in err, err
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "command"),
+    [
+        (("models", "ls", "--tok", "S3CRET"), "--token", "models ls"),
+        (("models", "ls", "--tok=S3CRET"), "--token", "models ls"),
+        (("models", "alias", "m", "--tok", "S3CRET", "3"), "--token", "models alias"),
+        (("predict", "m", "--input", "x.npz", "--targ", "S3CRET"), "--target", "predict"),
+    ],
+)
+def test_an_abbreviated_option_of_tessera_after_the_command_is_refused_without_its_value(
+    capsys, args, option, command
+):
+    """The root parser takes `--tok` for --token before the command; after it, `--tok S3CRET` was
+    refused as "unrecognized arguments: --tok S3CRET", or its value taken for the alias."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(list(args))
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"{option} is an option of tessera itself: give it before the command" in err, err
+    assert f"{command} ...`" in err, err
+    assert "S3CRET" not in err, err
+
+
+def test_an_ambiguous_abbreviation_of_tessera_options_after_the_command_is_refused_without_its_value(capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["models", "ls", "--t", "S3CRET"])
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--target" in err and "--token" in err, err
+    assert "S3CRET" not in err, err
+
+
+def test_an_abbreviation_of_a_commands_own_option_is_its_own(capsys):
+    """`--vers` is `export onnx`'s --version, though it abbreviates no option of tessera's own."""
+    assert build_parser().parse_args(["export", "onnx", "m", "--vers", "2"]).version == 2

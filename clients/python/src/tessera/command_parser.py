@@ -80,7 +80,9 @@ class CommandParser(argparse.ArgumentParser):
         """Refuse an option of the program's own parser among `args`, before they are parsed:
         parsing would check its value as the positional or command word it took the place of,
         and echo it, and the value may be a token. Words after `--` are positionals, and those
-        after a group's command word (`models alias ...`) are its command's to refuse."""
+        after a group's command word (`models alias ...`) are its command's to refuse, as are
+        those after any other word that takes a command word's place (`export MODEL --json`):
+        that word is refused first, as no command of the group."""
         commands = {
             name
             for action in self._actions
@@ -88,9 +90,9 @@ class CommandParser(argparse.ArgumentParser):
             for name in action.choices
         }
         for word in args:
-            if word == "--" or word in commands:
+            if word == "--" or word in commands or (commands and not word.startswith("-")):
                 return
-            usage = self.outer_options.get(word.split("=", 1)[0])
+            usage = self._outer_option_usage(word.split("=", 1)[0])
             if usage is not None:
                 # Named by its usage only, for the same reason.
                 program, _, command = self.prog.partition(" ")
@@ -98,6 +100,45 @@ class CommandParser(argparse.ArgumentParser):
                     f"{usage.split(' ', 1)[0]} is an option of {program} itself: give it before "
                     f"the command, `{program} {usage} {command} ...`"
                 )
+
+    def _outer_option_usage(self, name: str) -> str | None:
+        """The usage of the program's own option that `name` is, or abbreviates unambiguously as
+        the program's parser takes it (`--tok`), where it is none of this parser's own options."""
+        if name in self.outer_options:
+            return self.outer_options[name]
+        if not name.startswith("--") or any(
+            option.startswith(name) for option in self._option_string_actions
+        ):
+            return None
+        meant = [usage for option, usage in self.outer_options.items() if option.startswith(name)]
+        return meant[0] if len(meant) == 1 else None
+
+    def _followed_by_positional(self, value: str, action: argparse.Action) -> bool:
+        """Whether a positional follows `value` among the words given: options after it, and
+        their values, do not count (`export MODEL --version 2` has nothing after MODEL). An
+        option is looked up among this parser's, its commands' (`export onnx --version`) and the
+        program's own (`--token TOKEN`)."""
+        if value not in self._words:
+            return False
+        commands = action.choices.values() if isinstance(action, argparse._SubParsersAction) else ()
+        takes_value = {option: " " in usage for option, usage in self.outer_options.items()}
+        for parser in [self, *commands]:
+            takes_value |= {option: a.nargs != 0 for option, a in parser._option_string_actions.items()}
+        following = iter(self._words[self._words.index(value) + 1 :])
+        for word in following:
+            if word == "--":
+                return next(following, None) is not None
+            if word == "-" or not word.startswith("-"):
+                return True
+            name, equals, _ = word.partition("=")
+            meant = (
+                [name]
+                if name in takes_value
+                else [option for option in takes_value if option.startswith(name)]
+            )
+            if not equals and meant and all(takes_value[option] for option in meant):
+                next(following, None)
+        return False
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         try:
@@ -110,7 +151,7 @@ class CommandParser(argparse.ArgumentParser):
             meant = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1)
             hint = self.choice_hints.get(str(value), "")
             if not hint and not meant:
-                followed = str(value) in self._words[:-1]
+                followed = self._followed_by_positional(str(value), action)
                 hint = (self.followed_choice_hint if followed else self.other_choice_hint).format(value=value)
             guess = f"; {hint}" if hint else f"; did you mean {meant[0]!r}?" if meant else ""
             listed = ", ".join(repr(choice) for choice in choices)
