@@ -60,6 +60,11 @@ class Client:
         """The daemon address this client talks to."""
         return self._conn.target
 
+    @property
+    def tls(self) -> TLS | None:
+        """The TLS settings this client connects with (None: plaintext)."""
+        return self._conn.tls
+
     async def close(self) -> None:
         """Close the channel."""
         await self._conn.close()

@@ -6,6 +6,7 @@ weights, export them to ONNX, load the export, predict, and report latency perce
 
 from __future__ import annotations
 
+import shlex
 import time
 
 import numpy as np
@@ -15,7 +16,7 @@ from tessera.client import Client
 from tessera.errors import JobFailed
 from tessera.events import JobState
 from tessera.follow import follow
-from tessera.transport import DEFAULT_TARGET
+from tessera.transport import DEFAULT_TARGET, TLS
 
 # One sample: (C, T, D, H, W). Small enough that a few epochs run in seconds on 2 CPU cores.
 CLIP_SHAPE = (1, 4, 4, 4, 4)
@@ -34,6 +35,23 @@ def spacetime_clips(samples: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
         w = np.where(y == 1, t, width - 1 - t) % width
         x[np.arange(samples), 0, t, d, h, w] += 2.0
     return x, y
+
+
+def tessera_command(target: str, tls: TLS | None) -> str:
+    """`tessera` with the options that reach the daemon at `target` as the demo did: without
+    them the commands it suggests would go to the default address, or without TLS. Words are
+    quoted for a shell (`[::1]:50051` is a glob in zsh); a token is never among them."""
+    words = ["tessera"]
+    if target != DEFAULT_TARGET:
+        words += ["--target", target]
+    if tls is not None:
+        files = [("--tls-ca", tls.ca_file), ("--tls-cert", tls.cert_file), ("--tls-key", tls.key_file)]
+        given = [(option, str(value)) for option, value in files if value is not None]
+        # Any of the files implies TLS; without one, TLS with the system's CAs is --tls.
+        words += [word for option_value in given for word in option_value] if given else ["--tls"]
+        if tls.server_name:
+            words += ["--tls-server-name", tls.server_name]
+    return shlex.join(words)
 
 
 def run_demo(client: Client, console: Console, name: str, samples: int, epochs: int, requests: int) -> None:
@@ -110,8 +128,7 @@ def run_demo(client: Client, console: Console, name: str, samples: int, epochs: 
             f"(compute p50 {s.compute.p50_us:.0f} us, queue p50 {s.queue.p50_us:.0f} us)"
         )
     console.print(f"done in {time.monotonic() - started:.0f} s")
-    # Without the address the demo was given, the commands would go to the default one.
-    tessera = "tessera" if client.target == DEFAULT_TARGET else f"tessera --target {client.target}"
+    tessera = tessera_command(client.target, client.tls)
     console.print(
         f"next: {tessera} predict {model} --input FILE.npz, {tessera} stats {model}, "
         f"{tessera} models versions {model}; the README's walk-through goes through each step by hand",
