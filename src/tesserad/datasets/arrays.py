@@ -23,7 +23,7 @@ from typing import IO, Any, Literal
 import numpy as np
 
 from tesserad.dtypes import TENSOR_DTYPES
-from tesserad.errors import FailedPrecondition, InvalidArgument
+from tesserad.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
 # numpy dtype names a dataset array may have (tessera.v1.DataType, without bfloat16, which numpy lacks).
 ARRAY_DTYPES = frozenset(TENSOR_DTYPES) - {"bfloat16"}
@@ -310,7 +310,14 @@ def _opened_npz(path: Path, upload: bool) -> Iterator[zipfile.ZipFile]:
         yield archive
 
 
-def _npz_members(archive: zipfile.ZipFile, path: Path, upload: bool) -> list[_Member]:
+# What a dataset's compressed arrays unpack to (bytes of each), checked against the size limit
+# (`inspect_file`).
+CheckUnpacked = Callable[[dict[str, int]], None]
+
+
+def _npz_members(
+    archive: zipfile.ZipFile, path: Path, upload: bool, check_unpacked: CheckUnpacked | None
+) -> list[_Member]:
     members: list[_Member] = []
     seen: set[str] = set()
     with path.open("rb") as raw:
@@ -345,13 +352,17 @@ def _npz_members(archive: zipfile.ZipFile, path: Path, upload: bool) -> list[_Me
             try:
                 with archive.open(info) as stream:
                     dtype, shape, fortran, header = _read_header(stream, name)
+                _check_length(name, dtype, shape, info.file_size - header)
             # ValueError: a member header whose name does not decode.
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
-                # A small compressed member is read whole here, so its CRC-32 fails here.
+                # A small member is read whole here, so its CRC-32 fails here.
                 raise _damaged_member(name, exc) from None
             except NotImplementedError as exc:
                 raise InvalidArgument(_unreadable_zip(f"array {name!r}: its archive member", exc)) from None
-            _check_length(name, dtype, shape, info.file_size - header)
+            except InvalidArgument:
+                if upload:
+                    _check_member_crc(archive, info, name, check_unpacked)
+                raise
             offset = None
             if info.compress_type == zipfile.ZIP_STORED:
                 raw.seek(info.header_offset)
@@ -369,11 +380,41 @@ def _npz_members(archive: zipfile.ZipFile, path: Path, upload: bool) -> list[_Me
     return members
 
 
+def _check_member_crc(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, check_unpacked: CheckUnpacked | None
+) -> None:
+    """Refuse a member whose header was refused as damaged if its bytes fail their CRC-32: a
+    damaged byte can be what the header says wrong (a dtype, a byte order, a shape), and the file
+    must be sent again before any of those can be fixed. The member is read through as the
+    statistics would read it, so a compressed one only where what it unpacks to is within the
+    size limit (a few KiB of zip can unpack to terabytes); past it, its header's refusal stands."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        if check_unpacked is None:
+            return
+        try:
+            check_unpacked({name: info.file_size})
+        except ResourceExhausted:
+            return
+    try:
+        with archive.open(info) as stream:
+            while stream.read(_STATS_CHUNK_ELEMENTS):
+                pass
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        # Else the member is cut short or unreadable, which its header's refusal says better.
+        if "CRC" in str(exc):
+            raise _damaged_member(name, exc) from None
+
+
 @contextlib.contextmanager
 def _members(
-    path: Path, format: str, array_name: str, upload: bool = False
+    path: Path,
+    format: str,
+    array_name: str,
+    upload: bool = False,
+    check_unpacked: CheckUnpacked | None = None,
 ) -> Iterator[tuple[list[_Member], zipfile.ZipFile | None]]:
-    """The file's arrays, with its npz archive (None for an npy) open while the block runs."""
+    """The file's arrays, with its npz archive (None for an npy) open while the block runs.
+    `check_unpacked`: an upload's, as `inspect_file` takes it."""
     if not path.is_file():
         # A worker can reach a version deleted with force after its job started. The path is
         # the server's own and stays out of the message.
@@ -385,7 +426,7 @@ def _members(
         yield _npy_members(path, array_name), None
         return
     with _opened_npz(path, upload) as archive:
-        yield _npz_members(archive, path, upload), archive
+        yield _npz_members(archive, path, upload, check_unpacked), archive
 
 
 def _mapped(path: Path, member: _Member, offset: int) -> np.ndarray:
@@ -645,7 +686,7 @@ def inspect_file(
     format: str,
     array_name: str,
     allow_nonfinite: bool,
-    check_unpacked: Callable[[dict[str, int]], None] | None = None,
+    check_unpacked: CheckUnpacked | None = None,
 ) -> tuple[list[ArrayInfo], int]:
     """Check every array of an uploaded dataset file, an npz array against its CRC-32 too, in
     the one pass that takes its statistics; (arrays with statistics, number of samples).
@@ -655,9 +696,14 @@ def inspect_file(
     arrays are memory-mapped.
 
     A file with several problems is refused for the first a user must fix: what the archive and
-    the npy headers say (read first, as they bound the work that follows), the unpacked size, an
-    npz's damage (CRC-32), the arrays' names and shapes, and last NaN or Inf values."""
-    with _members(path, format, array_name, upload=True) as (members, archive):
+    the npy headers say (read first, as they bound the work that follows; an npz member whose
+    header is refused is checked against its CRC-32 first, and refused as damaged if it fails),
+    the unpacked size, an npz's damage (CRC-32), the arrays' names and shapes, and last NaN or
+    Inf values."""
+    with _members(path, format, array_name, upload=True, check_unpacked=check_unpacked) as (
+        members,
+        archive,
+    ):
         if check_unpacked is not None:
             check_unpacked(
                 {m.name: math.prod(m.shape) * m.dtype.itemsize for m in members if m.offset is None}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import struct
+import zlib
 
 import grpc
 import numpy as np
@@ -95,6 +97,24 @@ def test_compressed_arrays_that_unpack_past_the_size_limit_are_refused(small_lim
     assert stored_blobs(tmp_path / "data") == []
     small = upload_dataset(stub, "zeros", npz_bytes(compressed=True, x=np.zeros((100, 200), np.float32)))
     assert small.num_samples == 100
+
+
+def test_a_refused_header_of_an_array_that_unpacks_past_the_size_limit_is_not_unpacked_for_its_crc(
+    small_limit_daemon, tmp_path
+):
+    """A member whose header is refused is read through for its CRC-32, in case damage made the
+    header wrong; a compressed one that unpacks past the limit is not, and its header's refusal
+    stands (the statistics would never have unpacked it either)."""
+    stub = datasets_pb2_grpc.DatasetsStub(small_limit_daemon.channel())
+    x = npy_bytes(np.zeros((1000, 2000), np.float32))  # 8 MB of zeros
+    bomb = bytearray(npz_bytes(compressed=True, x=np.zeros((1000, 2000), ">f4")))
+    # The directory entry's CRC-32 (byte 16), zipfile's check: that of the little-endian array.
+    struct.pack_into("<L", bomb, bomb.find(b"PK\x01\x02") + 16, zlib.crc32(x))
+    assert len(bomb) < 2**20
+    error = rpc_error(upload_dataset, stub, "zeros", bytes(bomb))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == "array 'x' is big-endian (>f4); save it little-endian, e.g. a.astype('<f4')"
+    assert stored_blobs(tmp_path / "data") == []
 
 
 def test_an_npz_array_without_a_name_is_refused(ds, data_dir):

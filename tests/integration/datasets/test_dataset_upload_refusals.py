@@ -510,6 +510,46 @@ def test_a_damaged_npz_is_refused_as_damaged_before_what_it_holds_is_judged(ds, 
     assert_nothing_stored(ds, data_dir, "twice-wrong")
 
 
+def header_damaged(old: bytes, new: bytes, compression: int) -> bytes:
+    """An npz of x (64 Ki float32 values) whose npy header has `old` made `new` after the archive
+    gave x its CRC-32: one damaged byte that the header, parsed, says something refused by."""
+    x = npy_bytes(np.arange(64 * 1024, dtype=np.float32))
+    damaged = x.replace(old, new, 1)
+    assert damaged != x
+    return with_crc(npz_of_members(("x.npy", damaged), compression=compression), "x.npy", zlib.crc32(x))
+
+
+@pytest.mark.parametrize(
+    "compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED], ids=["stored", "deflated"]
+)
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [(b"'<f4'", b"'>f4'"), (b"'<f4'", b"'<U4'"), (b"(65536,)", b"(95536,)")],
+    ids=["big-endian", "dtype text", "shape"],
+)
+def test_an_npz_member_whose_header_was_damaged_is_refused_as_damaged(ds, data_dir, old, new, compression):
+    """Damage can be what the header's refusal is of (a dtype, a byte order, a shape): a member's
+    CRC-32 is checked before its header is judged, and the file is to be sent again."""
+    data = header_damaged(old, new, compression)
+    error = rpc_error(upload_dataset, ds, "header-damaged", data, sha256="", size_bytes=0)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == CRC_REFUSED
+    assert_nothing_stored(ds, data_dir, "header-damaged")
+
+
+@pytest.mark.parametrize(
+    "compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED], ids=["stored", "deflated"]
+)
+def test_an_npz_member_whose_header_is_refused_and_whose_crc_holds_is_refused_for_its_header(
+    ds, data_dir, compression
+):
+    x = npy_bytes(np.arange(64 * 1024, dtype=">f4"))
+    error = rpc_error(upload_dataset, ds, "big-endian", npz_of_members(("x.npy", x), compression=compression))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == "array 'x' is big-endian (>f4); save it little-endian, e.g. a.astype('<f4')"
+    assert_nothing_stored(ds, data_dir, "big-endian")
+
+
 def npz_of_members(*members: tuple[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
     """A zip of these (name, bytes) members, in order, as zipfile writes them (a name twice too)."""
     buffer = io.BytesIO()
