@@ -54,7 +54,12 @@ _ZIP_COUNT_IN_ZIP64, _ZIP_SIZE_IN_ZIP64 = 0xFFFF, 0xFFFFFFFF
 # entry, a name of up to 132 (128 and ".npy") and room for the extra fields and comments zip
 # tools add. Far more bytes would be tiny entries, each a ZipInfo object once parsed.
 _ZIP_DIRECTORY_BYTES_PER_ARRAY = 512
-_NOT_AN_NPZ = "the file is not a complete npz archive (no zip directory at its end: truncated, or not an npz)"
+# What a file cut short in upload is to be: sent again, from its first byte to its last.
+_SEND_AGAIN = "send the whole file again"
+_NOT_AN_NPZ = (
+    "the file is not a complete npz archive (no zip directory at its end: truncated, or not an npz); "
+    f"{_SEND_AGAIN}, as np.savez or np.savez_compressed wrote it"
+)
 # An array's name, as a job spec names it (data.input_array, data.target_array) and a table
 # shows it: an npz member at the archive's top level (no folder), or an npy's array_name,
 # without control characters or spaces. Matched with fullmatch. Upper case is allowed:
@@ -147,7 +152,7 @@ def _check_length(array: str, dtype: np.dtype[Any], shape: tuple[int, ...], avai
     if available < expected:
         raise InvalidArgument(
             f"array {array!r} is truncated: its header says shape {list(shape)} {dtype.name} "
-            f"({expected} bytes of data) but only {available} bytes follow"
+            f"({expected} bytes of data) but only {available} bytes follow; {_SEND_AGAIN}"
         )
     if available > expected:
         raise InvalidArgument(
@@ -164,7 +169,8 @@ def _check_within(
     if offset + expected > file_size:
         raise InvalidArgument(
             f"array {array!r} is truncated: its header says shape {list(shape)} {dtype.name} "
-            f"({expected} bytes of data) but the file ends {max(0, file_size - offset)} bytes into them"
+            f"({expected} bytes of data) but the file ends {max(0, file_size - offset)} bytes into "
+            f"them; {_SEND_AGAIN}"
         )
 
 
@@ -368,7 +374,7 @@ def _npz_members(
                 raw.seek(info.header_offset)
                 local = raw.read(_ZIP_LOCAL_HEADER.size)
                 if len(local) < _ZIP_LOCAL_HEADER.size:
-                    raise InvalidArgument(f"array {name!r}: the archive is truncated")
+                    raise InvalidArgument(f"array {name!r}: the archive is truncated; {_SEND_AGAIN}")
                 magic, name_len, extra_len = _ZIP_LOCAL_HEADER.unpack(local)
                 if magic != b"PK\x03\x04":
                     raise InvalidArgument(f"array {name!r}: the archive's member header is damaged")

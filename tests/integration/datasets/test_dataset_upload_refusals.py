@@ -155,7 +155,7 @@ def test_a_stored_npz_member_whose_data_runs_past_the_end_is_invalid_argument(ds
     # After the 80 bytes of data: the directory entry (51 bytes) and the end record (22).
     assert error.details() == (
         "array 'x' is truncated: its header says shape [1000] float64 (8000 bytes of data) but the "
-        "file ends 153 bytes into them"
+        "file ends 153 bytes into them; send the whole file again"
     )
     assert_nothing_stored(ds, data_dir, "cut")
 
@@ -567,14 +567,17 @@ def npy_header_then(shape: tuple[int, ...], data: bytes) -> bytes:
 
 TINY = np.zeros(4, np.float32).tobytes()
 WHOLE = npz_bytes(10)
-NOT_AN_NPZ = "the file is not a complete npz archive (no zip directory at its end: truncated, or not an npz)"
+NOT_AN_NPZ = (
+    "the file is not a complete npz archive (no zip directory at its end: truncated, or not an npz); "
+    "send the whole file again, as np.savez or np.savez_compressed wrote it"
+)
 OBJECTS = (
     "array 'x' holds Python objects (dtype object), e.g. ragged rows or mixed types; objects are "
     "never unpickled: store a dense numeric array (pad ragged rows to one length)"
 )
 HUGE = (
     "array 'x' is truncated: its header says shape [1099511627776, 1000] float32 (4398046511104000 "
-    "bytes of data) but only 16 bytes follow"
+    "bytes of data) but only 16 bytes follow; send the whole file again"
 )
 
 
@@ -630,6 +633,31 @@ def test_bad_files_get_a_message_saying_what_to_fix_and_leave_nothing_stored(
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     assert error.details() == message
     assert_nothing_stored(ds, data_dir, "bad")
+
+
+SERIES = npy_bytes(np.arange(50, dtype=np.float64))
+
+
+@pytest.mark.parametrize(
+    ("data", "fields", "message"),
+    [
+        (WHOLE[:-10], {}, NOT_AN_NPZ),
+        (
+            SERIES[:-16],
+            {"format": D.DATASET_FORMAT_NPY},
+            "array 'x' is truncated: its header says shape [50] float64 (400 bytes of data) but only "
+            "384 bytes follow; send the whole file again",
+        ),
+    ],
+    ids=["npz", "npy"],
+)
+def test_a_file_cut_short_in_upload_says_to_send_the_whole_file_again(ds, data_dir, data, fields, message):
+    """No sha256 declared, so the upload's bytes are taken as sent and the file's own structure
+    finds it short."""
+    error = rpc_error(upload_dataset, ds, "cut", data, sha256="", size_bytes=0, **fields)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == message
+    assert_nothing_stored(ds, data_dir, "cut")
 
 
 FORTRAN = np.asfortranarray(np.arange(24, dtype=np.float32).reshape(6, 4))

@@ -106,8 +106,9 @@ def test_unsafe_or_broken_files_name_the_array(ds, data_dir):
     error = rpc_error(upload_dataset, ds, "bad", npy[:-16], format=D.DATASET_FORMAT_NPY, array_name="t")
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert (
-        "array 't' is truncated: its header says shape [50] float64 (400 bytes of data) but only 384"
-        in error.details()
+        error.details()
+        == "array 't' is truncated: its header says shape [50] float64 (400 bytes of data) but only 384 "
+        "bytes follow; send the whole file again"
     )
     assert stored_blobs(data_dir) == []
     allowed = upload_dataset(ds, "nan", npz_bytes(x=nan_x), allow_nonfinite=True)

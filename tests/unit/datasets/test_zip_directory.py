@@ -15,7 +15,10 @@ from tesserad.datasets.arrays import MAX_ARRAYS, ZipDirectory, inspect_file, zip
 from tesserad.errors import InvalidArgument
 from tests.unit.datasets.zips import END, tiny_entries, with_zip64_end, zip64_end
 
-NOT_AN_NPZ = "the file is not a complete npz archive (no zip directory at its end: truncated, or not an npz)"
+NOT_AN_NPZ = (
+    "the file is not a complete npz archive (no zip directory at its end: truncated, or not an npz); "
+    "send the whole file again, as np.savez or np.savez_compressed wrote it"
+)
 TOO_MANY = (
     "the npz archive holds {} members, over the 10000 arrays a dataset may have (so that any answer "
     "holding its version fits gRPC's 4 MiB); stack arrays of one shape into one, or split the data "
