@@ -398,7 +398,9 @@ class Daemon:
             blobs,
             max_dataset_size=limits.max_dataset_size,
             quota=limits.dataset_quota,
-            referenced=lambda txn: itertools.chain(lineage_datasets(txn), job_datasets(txn)),
+            referenced=lambda txn: itertools.chain(
+                lineage_datasets(txn), job_datasets(txn), training_sweeps.sweep_datasets(txn)
+            ),
         )
         self.registry = Registry(
             self._store,

@@ -40,7 +40,14 @@ from tesserad.datasets.arrays import (
     inspect_file,
     open_arrays,
 )
-from tesserad.datasets.numbering import NUMBERS, NUMBERS_DERIVED, References, next_number, put_next_number
+from tesserad.datasets.numbering import (
+    NUMBERS,
+    NUMBERS_DERIVED,
+    References,
+    named_version,
+    next_number,
+    put_next_number,
+)
 from tesserad.datasets.references import (
     DATASET_HOLDER_PREFIX,
     HOLDS_INDEXED,
@@ -95,6 +102,8 @@ FORMATS = ("npz", "npy")
 _DATASET_KIND = "dataset"
 _VERSION_KIND = "dataset_version"
 _SCHEMA = 1
+# The references passed over that the numbers pass's warning shows; it counts them all.
+_SHOWN_PASSED_OVER = 10
 
 
 @dataclass(frozen=True)
@@ -236,11 +245,13 @@ def _missing(txn: ReadTxn, name: str) -> NotFound:
 
 def _derive_numbers(store: Store, referenced: References) -> int:
     """Once per store: give each dataset name a record still mentions its next number, past the
-    number its record gave, each stored version and each version named elsewhere; how many got one."""
+    number its record gave, each stored version and each version named elsewhere (`referenced`,
+    those that can name one); how many got one. Numbers are only ever raised."""
     with store.read() as txn:
         if txn.exists("meta", NUMBERS_DERIVED):
             return 0
     highest: dict[str, int] = {}
+    passed_over: list[tuple[object, object]] = []
 
     def seen(name: str, number: int) -> None:
         highest[name] = max(highest.get(name, 0), number)
@@ -252,10 +263,21 @@ def _derive_numbers(store: Store, referenced: References) -> int:
         for key, _ in txn.scan(VERSIONS):
             seen(str(key[0]), int(key[1]))
         for name, number in referenced(txn):
-            seen(name, number)
+            if number == 0:
+                continue  # no number: a spec's "the newest version"
+            named = named_version(name, number)
+            if named is None:
+                passed_over.append((name, number))
+            else:
+                seen(*named)
         for name, number in highest.items():
             put_next_number(txn, name, max(number + 1, next_number(txn, name)))
         txn.put("meta", NUMBERS_DERIVED, encode_record(NUMBERS_DERIVED[0], 1, {"at": time.time()}))
+    if passed_over:
+        log.warning(
+            "records name dataset versions that no dataset can have; their numbers are passed over",
+            extra={"references": len(passed_over), "shown": passed_over[:_SHOWN_PASSED_OVER]},
+        )
     if highest:
         log.info("derived the next version numbers of datasets", extra={"datasets": len(highest)})
     return len(highest)

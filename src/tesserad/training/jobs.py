@@ -98,19 +98,18 @@ def job_models(txn: ReadTxn) -> Iterator[tuple[object, object]]:
             yield job.registered.model, job.registered.version
 
 
-def job_datasets(txn: ReadTxn) -> Iterator[tuple[str, int]]:
-    """The (dataset, version) every stored job trained on, or was to."""
+def job_datasets(txn: ReadTxn) -> Iterator[tuple[object, object]]:
+    """The (dataset, version) every stored job trained on, or was to, as stored."""
     for _key, raw in txn.scan("jobs"):
         job = decode_job(raw)
         if "data" in job.config:
-            yield str(job.config["data"]["dataset"]), int(job.config["data"]["version"])
+            yield job.config["data"]["dataset"], job.config["data"]["version"]
             continue
         # A record whose config does not carry its data (written by an earlier daemon) still
         # names the dataset in its spec; version 0 there means "the newest", no number.
         named = job.spec.get("data", {}).get("dataset", {})
-        version = int(named.get("version") or 0)
-        if named.get("name") and version > 0:
-            yield str(named["name"]), version
+        if named.get("name") and named.get("version"):
+            yield named["name"], named["version"]
 
 
 _POLL_S = 0.25

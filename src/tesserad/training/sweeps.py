@@ -393,6 +393,19 @@ def sweep_models(txn: ReadTxn) -> Iterator[tuple[object, object]]:
             yield parent["model"], parent["version"]
 
 
+def sweep_datasets(txn: ReadTxn) -> Iterator[tuple[object, object]]:
+    """The (dataset, version) every stored sweep's base spec trains on by number, as stored;
+    checked when the sweep was submitted, unless a parameter sets it. Its trials' specs are not
+    read, as `sweep_models` reads none: a submitted trial's job record names its version."""
+    for _key, raw in txn.scan("sweeps"):
+        sweep = decode_sweep(raw, [])
+        if any(parameter.path.startswith("data.dataset") for parameter in sweep.parameters):
+            continue
+        named = (sweep.base.get("data") or {}).get("dataset") or {}
+        if named.get("name") and named.get("version"):
+            yield named["name"], named["version"]
+
+
 def trial_spec(base: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
     """The plain base spec with each path set to its value, parsed to the field's type."""
     spec = copy.deepcopy(base)

@@ -4,6 +4,7 @@ deleted and the name uploaded again; a store from before the numbers were kept g
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ from tessera.v1 import training_pb2_grpc as training_grpc
 from tesserad.datasets.numbering import NUMBERS, NUMBERS_DERIVED
 from tesserad.datasets.service import DATASETS
 from tesserad.server import STORE_TABLES
-from tesserad.store import Store, decode_record, encode_record
+from tesserad.store import Store, WriteTxn, decode_record, encode_record
+from tesserad.training.search_space import SweepParameter
+from tesserad.training.sweeps import AshaSettings, Sweep, encode_sweep
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.datasets.conftest import npz_bytes, upload_dataset
 from tests.integration.registry.conftest import onnx_header, onnx_identity, upload
@@ -115,3 +118,90 @@ def test_a_store_from_before_the_numbers_counts_what_its_jobs_name(data_dir):
         assert upload_dataset(ds, "used", npz_bytes(12)).version == 3
     finally:
         second.stop()
+
+
+def _written_while_stopped(data_dir: Path, write: Callable[[WriteTxn], None]) -> None:
+    store = Store.open(data_dir / "store", map_size=1 << 30, tables=STORE_TABLES)
+    try:
+        with store.write() as txn:
+            write(txn)
+    finally:
+        store.close()
+
+
+def _old_sweep(base: dict, sweep_id: str, parameters: list[SweepParameter] | None = None) -> Sweep:
+    """An ended sweep as a daemon stores it, its trials left out."""
+    return Sweep(
+        sweep_id=sweep_id,
+        strategy="grid",
+        metric="val_loss",
+        mode="min",
+        max_concurrent=1,
+        asha=AshaSettings(0, 0),
+        document={},
+        state="failed",
+        created_at=1.0,
+        created_by="anonymous",
+        best_job_id="",
+        rungs={},
+        trials=[],
+        base=base,
+        parameters=parameters or [],
+    )
+
+
+def _passed_by_the_first_numbers_pass_with_sweeps(*sweeps: Sweep) -> Callable[[WriteTxn], None]:
+    """The store as the first numbers pass left it (its own marker, sweeps not read), holding
+    `sweeps`, which an older tesserad left naming versions of datasets it deleted before it kept
+    their numbers: no row keeps them."""
+
+    def write(txn: WriteTxn) -> None:
+        txn.delete("meta", NUMBERS_DERIVED)
+        txn.put("meta", ("dataset_numbers_derived",), encode_record("dataset_numbers_derived", 1, {}))
+        for sweep in sweeps:
+            txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep))
+
+    return write
+
+
+def _named(name: object, version: object) -> dict:
+    return {"data": {"dataset": {"name": name, "version": version}}}
+
+
+def test_a_store_passed_without_reading_sweeps_numbers_on_past_what_their_bases_name(data_dir):
+    InProcessDaemon(daemon_settings(data_dir)).start().stop()
+    swept = _old_sweep(_named("swept", 4), "sweep-old")
+    # A base whose dataset a parameter sets was never checked as it stands.
+    swept_over = _old_sweep(
+        _named("swept-over", 9), "sweep-over", [SweepParameter("data.dataset.version", values=["1", "2"])]
+    )
+    _written_while_stopped(data_dir, _passed_by_the_first_numbers_pass_with_sweeps(swept, swept_over))
+
+    second = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        ds = datasets_pb2_grpc.DatasetsStub(second.channel())
+        assert upload_dataset(ds, "swept", npz_bytes(10)).version == 5
+        assert upload_dataset(ds, "swept-over", npz_bytes(10)).version == 1
+    finally:
+        second.stop()
+
+
+def test_a_sweep_base_that_names_no_dataset_version_is_passed_over_with_a_warning(data_dir, caplog):
+    """Start-up never fails on what a record holds: a sweep's base as an older tesserad may have
+    left it, naming versions no dataset can have (past int64, one whose next number would be past
+    it, a name no dataset can have, a digit int() refuses), beside one that names "d v5"."""
+    InProcessDaemon(daemon_settings(data_dir)).start().stop()
+    named = [("d", 2**64), ("d", 2**63 - 1), ("Not A Name", 3), ("d", "\u00b2"), ("d", 5)]
+    sweeps = [_old_sweep(_named(name, version), f"sweep-{n}") for n, (name, version) in enumerate(named)]
+    _written_while_stopped(data_dir, _passed_by_the_first_numbers_pass_with_sweeps(*sweeps))
+    caplog.set_level("INFO", logger="tesserad.datasets")
+
+    second = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        ds = datasets_pb2_grpc.DatasetsStub(second.channel())
+        assert upload_dataset(ds, "d", npz_bytes(10)).version == 6
+    finally:
+        second.stop()
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING" and "passed over" in r.getMessage()]
+    assert warning.references == 4
+    assert set(warning.shown) == {("d", 2**64), ("d", 2**63 - 1), ("Not A Name", 3), ("d", "\u00b2")}
