@@ -56,6 +56,8 @@ _ZIP_COUNT_IN_ZIP64, _ZIP_SIZE_IN_ZIP64 = 0xFFFF, 0xFFFFFFFF
 _ZIP_DIRECTORY_BYTES_PER_ARRAY = 512
 # What a file cut short in upload is to be: sent again, from its first byte to its last.
 _SEND_AGAIN = "send the whole file again"
+# What an npz whose directory is whole but whose records disagree with its bytes is to be.
+_SAVE_AGAIN = "save the arrays again with np.savez or np.savez_compressed"
 _NOT_AN_NPZ = (
     "the file is not a complete npz archive (no zip directory at its end: truncated, or not an npz); "
     f"{_SEND_AGAIN}, as np.savez or np.savez_compressed wrote it"
@@ -147,8 +149,18 @@ def _read_header(stream: IO[bytes], array: str) -> tuple[np.dtype[Any], tuple[in
     return dtype, tuple(int(d) for d in shape), bool(fortran_order), header_bytes
 
 
-def _check_length(array: str, dtype: np.dtype[Any], shape: tuple[int, ...], available: int) -> None:
+def _check_length(
+    array: str, dtype: np.dtype[Any], shape: tuple[int, ...], available: int, in_archive: bool = False
+) -> None:
+    """`in_archive`: the bytes are an npz member's, whose size the zip's directory gives: a member
+    shorter than its header says was written so, as the file's end is the directory's."""
     expected = math.prod(shape) * dtype.itemsize
+    if available < expected and in_archive:
+        raise InvalidArgument(
+            f"array {array!r}: its header says shape {list(shape)} {dtype.name} ({expected} bytes of "
+            f"data) but its archive member holds {available} bytes after the header; the archive was "
+            f"written wrong: {_SAVE_AGAIN}"
+        )
     if available < expected:
         raise InvalidArgument(
             f"array {array!r} is truncated: its header says shape {list(shape)} {dtype.name} "
@@ -167,10 +179,11 @@ def _check_within(
     which can claim more than the file holds, and a memory map past the end fails."""
     expected = math.prod(shape) * dtype.itemsize
     if offset + expected > file_size:
+        # The zip's directory is at the file's end and was read: the records lie, not the upload.
         raise InvalidArgument(
-            f"array {array!r} is truncated: its header says shape {list(shape)} {dtype.name} "
-            f"({expected} bytes of data) but the file ends {max(0, file_size - offset)} bytes into "
-            f"them; {_SEND_AGAIN}"
+            f"array {array!r}: its header says shape {list(shape)} {dtype.name} ({expected} bytes of "
+            f"data) but the file ends {max(0, file_size - offset)} bytes into them, though its zip "
+            f"directory is whole; the archive was written wrong or damaged: {_SAVE_AGAIN}"
         )
 
 
@@ -358,7 +371,7 @@ def _npz_members(
             try:
                 with archive.open(info) as stream:
                     dtype, shape, fortran, header = _read_header(stream, name)
-                _check_length(name, dtype, shape, info.file_size - header)
+                _check_length(name, dtype, shape, info.file_size - header, in_archive=True)
             # ValueError: a member header whose name does not decode.
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
                 # A small member is read whole here, so its CRC-32 fails here.
@@ -405,10 +418,12 @@ def _check_member_crc(
         with archive.open(info) as stream:
             while stream.read(_STATS_CHUNK_ELEMENTS):
                 pass
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-        # Else the member is cut short or unreadable, which its header's refusal says better.
-        if "CRC" in str(exc):
-            raise _damaged_member(name, exc) from None
+    except (zipfile.BadZipFile, zlib.error) as exc:
+        # A CRC-32 failure, or a deflate stream broken past the header: damage either way.
+        raise _damaged_member(name, exc) from None
+    except (EOFError, OSError):
+        # The member is cut short or unreadable, which its header's refusal says better.
+        pass
 
 
 @contextlib.contextmanager

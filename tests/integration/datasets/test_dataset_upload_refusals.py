@@ -154,8 +154,9 @@ def test_a_stored_npz_member_whose_data_runs_past_the_end_is_invalid_argument(ds
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     # After the 80 bytes of data: the directory entry (51 bytes) and the end record (22).
     assert error.details() == (
-        "array 'x' is truncated: its header says shape [1000] float64 (8000 bytes of data) but the "
-        "file ends 153 bytes into them; send the whole file again"
+        "array 'x': its header says shape [1000] float64 (8000 bytes of data) but the file ends 153 "
+        "bytes into them, though its zip directory is whole; the archive was written wrong or damaged: "
+        "save the arrays again with np.savez or np.savez_compressed"
     )
     assert_nothing_stored(ds, data_dir, "cut")
 
@@ -550,6 +551,23 @@ def test_an_npz_member_whose_header_is_refused_and_whose_crc_holds_is_refused_fo
     assert_nothing_stored(ds, data_dir, "big-endian")
 
 
+def test_an_npz_member_whose_header_is_refused_and_whose_stream_breaks_later_is_refused_as_damaged(
+    ds, data_dir
+):
+    """A deflate stream that fails past the header (not its CRC-32) is damage too: one damage can
+    both change the header and break the stream after it."""
+    x = npy_bytes(np.arange(64 * 1024, dtype=">f4"))
+    data = bytearray(npz_of_members(("x.npy", x), compression=zipfile.ZIP_DEFLATED))
+    directory = data.find(b"PK\x01\x02")
+    data[directory - 264 : directory - 200] = b"\xff" * 64
+    error = rpc_error(upload_dataset, ds, "broken", bytes(data), sha256="", size_bytes=0)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details() == (
+        "array 'x': its archive member is damaged (Error -3 while decompressing data: invalid block type)"
+    )
+    assert_nothing_stored(ds, data_dir, "broken")
+
+
 def npz_of_members(*members: tuple[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
     """A zip of these (name, bytes) members, in order, as zipfile writes them (a name twice too)."""
     buffer = io.BytesIO()
@@ -579,6 +597,12 @@ HUGE = (
     "array 'x' is truncated: its header says shape [1099511627776, 1000] float32 (4398046511104000 "
     "bytes of data) but only 16 bytes follow; send the whole file again"
 )
+# In an npz whose directory and CRC-32s hold, the member was written so: sending it again is no fix.
+HUGE_IN_NPZ = (
+    "array 'x': its header says shape [1099511627776, 1000] float32 (4398046511104000 bytes of "
+    "data) but its archive member holds 16 bytes after the header; the archive was written wrong: "
+    "save the arrays again with np.savez or np.savez_compressed"
+)
 
 
 @pytest.mark.parametrize(
@@ -601,11 +625,11 @@ HUGE = (
         (npy_bytes(np.array([[1], [2, 3]], dtype=object)), {"format": D.DATASET_FORMAT_NPY}, OBJECTS),
         (npz_bytes(x=np.array([[1], [2, 3]], dtype=object)), {}, OBJECTS),
         (npy_header_then((2**40, 1000), TINY), {"format": D.DATASET_FORMAT_NPY}, HUGE),
-        (npz_of_members(("x.npy", npy_header_then((2**40, 1000), TINY))), {}, HUGE),
+        (npz_of_members(("x.npy", npy_header_then((2**40, 1000), TINY))), {}, HUGE_IN_NPZ),
         (
             npz_of_members(("x.npy", npy_header_then((2**40, 1000), TINY)), compression=zipfile.ZIP_DEFLATED),
             {},
-            HUGE,
+            HUGE_IN_NPZ,
         ),
         (
             with_crc(npz_bytes(compressed=True, x=np.zeros(64, np.float32)), "x.npy", 0),
