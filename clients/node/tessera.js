@@ -7,6 +7,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const { DEFINITION, enumNames } = require('./proto');
+const { TesseraError } = require('./errors');
 const { putInPlace, fileExists, writeAll, naming, syncDir } = require('./put_in_place');
 const runFilter = require('./run_filter');
 
@@ -64,19 +65,6 @@ function timeoutMs(value, fallback) {
     );
   }
   return value;
-}
-
-// A TesseraError carries the gRPC status name (`code`), the daemon's message (`details`) and the
-// call's trailing metadata (`metadata`, a grpc.Metadata; empty when the call never reached it).
-class TesseraError extends Error {
-  constructor(err) {
-    const code = Object.keys(grpc.status).find((name) => grpc.status[name] === err.code) || 'UNKNOWN';
-    super(`${code}: ${err.details || err.message}`);
-    this.name = 'TesseraError';
-    this.code = code;
-    this.details = err.details || err.message;
-    this.metadata = err.metadata || new grpc.Metadata();
-  }
 }
 
 // Keepalive pings find a connection that died without a word (a NAT or load balancer that forgot
