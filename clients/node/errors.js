@@ -17,4 +17,9 @@ class TesseraError extends Error {
   }
 }
 
-module.exports = { TesseraError };
+// A TesseraError of `code` (a gRPC status name) made here, with `details` as its message.
+function tesseraError(code, details) {
+  return new TesseraError({ code: grpc.status[code], details });
+}
+
+module.exports = { TesseraError, tesseraError };

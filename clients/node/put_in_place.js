@@ -33,11 +33,13 @@ function putInPlace(partial, file, overwrite, link = fs.linkSync) {
   }
 }
 
-// `chunk` written whole to `handle`, the temp file of `file`. write() writes part of a chunk where
-// the disk fills midway, saying so only in bytesWritten; written on, the rest meets ENOSPC.
-async function writeAll(handle, chunk, file) {
+// `chunk` written whole to `handle`, the temp file of `file`, from byte `position` on. write()
+// writes part of a chunk where the disk fills midway, saying so only in bytesWritten; written on,
+// the rest meets ENOSPC.
+async function writeAll(handle, chunk, file, position) {
   for (let done = 0; done < chunk.length; ) {
-    const { bytesWritten } = await naming(file, () => handle.write(chunk, done));
+    const at = position + done;
+    const { bytesWritten } = await naming(file, () => handle.write(chunk, done, chunk.length - done, at));
     done += bytesWritten;
   }
 }

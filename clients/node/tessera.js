@@ -7,8 +7,8 @@ const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const { DEFINITION, enumNames } = require('./proto');
-const { TesseraError } = require('./errors');
-const { putInPlace, fileExists, writeAll, naming, syncDir } = require('./put_in_place');
+const { TesseraError, tesseraError } = require('./errors');
+const { PartialDownload } = require('./download');
 const runFilter = require('./run_filter');
 
 // Little-endian element readers/writers for the float and integer dtypes a Tensor carries.
@@ -696,58 +696,171 @@ class Client {
   // against the header's size and sha256 before it takes the file's place: a download that fails
   // leaves what was there. overwrite: false refuses a file already there (EEXIST) before the call,
   // and one that appeared during it (on a filesystem without hard links, up to the moment before
-  // it is renamed into place: see putInPlace).
+  // it is renamed into place: see putInPlace). A stream that breaks (UNAVAILABLE: the connection
+  // cut, the daemon restarting) is made again, up to `reconnects` times in a row (default 4, as
+  // watchJob's), and goes on from the bytes written; one that gives up or runs past timeoutMs
+  // (default an hour, for the whole download) keeps them in a hidden partial file beside the
+  // file, with a record of the artifact's sha256 (as the Python SDK's, which goes on from them
+  // too). resume: true goes on from them where the artifact still has that sha256 (an Error where
+  // it was stored again since, leaving them as they are); without it the download starts again
+  // from the first byte. progress(done, total) hears of the bytes written; chunkSize: bytes per
+  // chunk (0: the daemon's default).
   // Resolves to { artifact (the RunArtifact), file (where it was written) }.
-  async downloadArtifact(runId, artifactPath, dst = '.', { overwrite = true, timeoutMs: timeout } = {}) {
-    const deadline = new Date(Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS));
+  async downloadArtifact(
+    runId,
+    artifactPath,
+    dst = '.',
+    { overwrite = true, resume = false, progress, chunkSize = 0, reconnects = DEFAULT_RECONNECTS, timeoutMs: timeout } = {},
+  ) {
+    wholeNumber('reconnects', reconnects);
+    const deadline = Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS);
     if (dst.endsWith('/')) fs.mkdirSync(dst, { recursive: true });
     const isDir = fs.existsSync(dst) && fs.statSync(dst).isDirectory();
     const file = isDir ? path.join(dst, path.posix.basename(artifactPath)) : dst;
-    if (!overwrite && fs.existsSync(file)) throw fileExists(file);
-    // A name of its own ('wx': made here, never shared): two downloads to one file in a process
-    // would otherwise write one partial file, whose checked stream is not what lies on disk.
-    // Hidden and short, as the Python SDK's (.FILE.<random>.partial): a name at the filesystem's
-    // length limit still has room, and a listing meanwhile does not show it as a file.
-    const base = Array.from(path.basename(file)).slice(0, 32).join('');
-    const partial = path.join(path.dirname(file), `.${base}.${crypto.randomBytes(4).toString('hex')}.partial`);
-    // Opened before the call: a directory that is not there fails with nothing left open.
-    const out = await fs.promises.open(partial, 'wx');
-    const stream = this.track(this.training.DownloadRunArtifact({ run_id: runId, path: artifactPath }, this.metadata, { deadline }));
-    const hash = crypto.createHash('sha256');
-    let header;
-    let received = 0;
-    try {
-      try {
-        for await (const message of stream) {
-          if (message.part === 'header') {
-            header = message.header;
-          } else {
-            hash.update(message.chunk);
-            received += message.chunk.length;
-            await writeAll(out, message.chunk, file);
-          }
-        }
-      } catch (err) {
-        // The call's failures carry a gRPC status code (a number); a write's are the file's.
-        throw typeof err.code === 'number' ? new TesseraError(err) : err;
-      }
-      // On the disk before it takes its name, and the name after: a power cut once the download
-      // resolved must not leave an empty or short file there.
-      await naming(file, () => out.sync());
-      await naming(file, () => out.close());
-      const digest = hash.digest('hex');
-      if (!header || received !== header.size_bytes || digest !== header.sha256) {
-        const expected = header ? `${header.size_bytes} bytes, sha256 ${header.sha256}` : 'a header first';
-        throw new Error(`artifact ${artifactPath}: received ${received} bytes, sha256 ${digest}; expected ${expected}`);
-      }
-      putInPlace(partial, file, overwrite);
-      syncDir(path.dirname(file));
-      return { artifact: header, file };
-    } finally {
-      stream.cancel();
-      await out.close();
-      fs.rmSync(partial, { force: true });
+    const describe = (artifact) => `artifact ${artifact.path} of run ${artifact.run_id}`;
+    const sink = await PartialDownload.open(file, { overwrite, resume, describe, progress });
+    const artifact = await this.resumingDownload(sink, {
+      stub: this.training,
+      method: 'DownloadRunArtifact',
+      request: (_header, offset) => ({ run_id: runId, path: artifactPath, chunk_size: chunkSize, offset }),
+      resolve: (ms) => this.artifactAt(runId, artifactPath, ms),
+      reconnects,
+      deadline,
+      doing: `downloading artifact ${artifactPath} of run ${runId}`,
+    });
+    return { artifact, file };
+  }
+
+  // The RunArtifact at `artifactPath` (NOT_FOUND where there is none), without downloading it.
+  async artifactAt(runId, artifactPath, ms) {
+    const request = { run_id: runId, path: artifactPath, page_size: 1 };
+    const [first] = (await this.call(this.training, 'ListRunArtifacts', request, ms)).artifacts;
+    if (first === undefined || first.path !== artifactPath) {
+      throw tesseraError(
+        'NOT_FOUND',
+        `run ${pythonRepr(runId)} has no artifact at ${pythonRepr(artifactPath)}; listArtifacts lists them`,
+      );
     }
+    return first;
+  }
+
+  // A model version's artifact (version or alias; default the latest) written to the file `file`,
+  // checked, reconnected, kept and resumed as downloadArtifact's are: a reconnect asks for the
+  // version the first stream sent (an alias may have moved meanwhile), and resume: true goes on
+  // from the bytes kept where the version asked for has the artifact they are of. Resolves to
+  // { version (the ModelVersion), file }.
+  async downloadVersion(
+    model,
+    file,
+    {
+      version,
+      alias,
+      overwrite = true,
+      resume = false,
+      progress,
+      chunkSize = 0,
+      reconnects = DEFAULT_RECONNECTS,
+      timeoutMs: timeout,
+    } = {},
+  ) {
+    wholeNumber('reconnects', reconnects);
+    const asked = versionRef(model, version, alias);
+    const deadline = Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS);
+    const describe = (found) => `${found.model} v${found.version}`;
+    const sink = await PartialDownload.open(file, { overwrite, resume, describe, progress });
+    let named = '';
+    if (version !== undefined) named = ` version ${version}`;
+    else if (alias !== undefined) named = ` alias ${alias}`;
+    const found = await this.resumingDownload(sink, {
+      stub: this.registry,
+      method: 'DownloadVersion',
+      request: (header, offset) => ({
+        ref: header === undefined ? asked : { model: header.model, version: header.version },
+        chunk_size: chunkSize,
+        offset,
+      }),
+      resolve: (ms) => this.call(this.registry, 'GetVersion', { ref: asked }, ms),
+      reconnects,
+      deadline,
+      doing: `downloading ${model}${named}`,
+    });
+    return { version: found, file };
+  }
+
+  // A download into `sink` (a PartialDownload) over `method` of `stub`, each stream asking
+  // request(header, offset) for the rest of the file (header: undefined for the first stream,
+  // then the first stream's, so that a reconnect gets the same file), made again after
+  // UNAVAILABLE up to `reconnects` times in a row, all by `deadline` (ms since the epoch). Where
+  // the sink holds bytes of an earlier download, resolve(ms) says first what file was named, for
+  // the sink to check them against. `doing` names the download in messages. Resolves to the
+  // header.
+  async resumingDownload(sink, { stub, method, request, resolve, reconnects, deadline, doing }) {
+    const since = this.cancellations;
+    let failures = 0;
+    try {
+      if (sink.resuming()) {
+        await sink.start(await resolve(this.remainingMs(deadline, doing, sink)));
+        // The bytes kept may be all there is: no chunk would report them.
+        sink.progressed();
+      }
+      for (;;) {
+        const remaining = this.remainingMs(deadline, doing, sink);
+        const askedFrom = sink.offset();
+        const options = { deadline: new Date(Date.now() + remaining) };
+        const stream = this.track(stub[method](request(sink.header, askedFrom), this.metadata, options));
+        try {
+          for await (const message of stream) {
+            if (message.part === 'header') {
+              await sink.start(message.header);
+            } else {
+              await sink.write(message.chunk);
+              sink.progressed();
+              failures = 0;
+            }
+          }
+          break;
+        } catch (err) {
+          // The call's failures carry a gRPC status code (a number); the file's and the sink's
+          // refusals are thrown as they are.
+          if (typeof err.code !== 'number') throw err;
+          const error = new TesseraError(err);
+          if (error.code === 'OUT_OF_RANGE' && askedFrom) {
+            // Bytes the file had when they were written are past its end now: it was stored again.
+            throw sink.changed(`it now ends before byte ${askedFrom}`);
+          }
+          if (error.code === 'DEADLINE_EXCEEDED') {
+            error.message += ` (${doing}; ${sink.howToGoOn()})`;
+            throw error;
+          }
+          if (error.code !== 'UNAVAILABLE') throw error;
+          failures += 1;
+          const pause = backoffMs(failures);
+          const late = Date.now() + pause >= deadline;
+          if (failures > reconnects || late) {
+            // The first of the failed tries was the stream itself, not a reconnect.
+            const why = late ? ': its timeout ends before the next' : '';
+            error.message +=
+              ` (gave up ${doing} after ${failures - 1} reconnects, the last failing ` +
+              `${error.code}${why}; ${sink.howToGoOn()})`;
+            throw error;
+          }
+          await this.pause(pause, since);
+        } finally {
+          stream.cancel();
+        }
+      }
+    } catch (error) {
+      await sink.abort(error);
+      throw error;
+    }
+    return sink.finish();
+  }
+
+  // Milliseconds left before `deadline`; DEADLINE_EXCEEDED, saying what was kept, once none are.
+  remainingMs(deadline, doing, sink) {
+    const remaining = deadline - Date.now();
+    if (remaining <= 0) throw tesseraError('DEADLINE_EXCEEDED', `${doing} ran past its timeout; ${sink.howToGoOn()}`);
+    return remaining;
   }
 
   // Hyperparameter sweeps: many jobs from one base spec. spec: a SweepSpec

@@ -1,0 +1,279 @@
+'use strict';
+// A download's file, written through a partial file beside it, as the Python SDK's
+// tessera.transfer.ResumableDownloadSink: one the stream broke or ran out of time on keeps its
+// bytes there with a record of the file they are the start of, for a later download to go on from
+// (resume: true). The partial file and its record are named and written as the Python SDK's, so
+// either client goes on from what the other kept.
+
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const path = require('node:path');
+const { tesseraError } = require('./errors');
+const { putInPlace, fileExists, writeAll, naming, syncDir } = require('./put_in_place');
+
+// What a message tells the caller to do, and how a refused resume names the option.
+const RESUME_WORDS = 'download again with resume: true';
+const WITH_RESUME_WORDS = 'with resume: true';
+const WITHOUT_RESUME_WORDS = 'without resume: true';
+
+// What ends a download with its bytes worth keeping: the stream broke or ran out of time. One the
+// caller stopped or the daemon refused leaves nothing behind.
+const INTERRUPTIONS = ['UNAVAILABLE', 'DEADLINE_EXCEEDED'];
+
+const READ_BYTES = 1 << 20;
+
+// The partial download of `file` and the record of what it holds, beside it: named after the
+// file's name alone, so that a later download to it finds them, and short, so that a name at the
+// filesystem's length limit still has room (tessera.transfer.partial_names).
+function partialNames(file) {
+  const name = path.basename(file);
+  const digest = crypto.createHash('sha256').update(name, 'utf8').digest('hex').slice(0, 8);
+  const stem = path.join(path.dirname(file), `.${Array.from(name).slice(0, 32).join('')}.${digest}`);
+  return { partial: `${stem}.partial`, record: `${stem}.partial.json` };
+}
+
+// What a partial file holds, as its record says; undefined where there is no record to trust.
+function readRecord(record) {
+  try {
+    const kept = JSON.parse(fs.readFileSync(record, 'utf8'));
+    return kept !== null && typeof kept === 'object' && !Array.isArray(kept) ? kept : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+// The record, written whole or not at all (a temp file renamed over it).
+function writeRecord(record, file, header) {
+  const temp = `${record}.${crypto.randomBytes(4).toString('hex')}`;
+  try {
+    fs.writeFileSync(temp, JSON.stringify({ file, sha256: header.sha256, size_bytes: header.size_bytes }), { flag: 'wx' });
+    fs.renameSync(temp, record);
+  } catch (err) {
+    fs.rmSync(temp, { force: true });
+    throw err;
+  }
+}
+
+// Writes a downloaded `file` through a temp file of its own beside it, which takes the name only
+// once its size and sha256 match the header's. The partial file an earlier download kept is
+// taken over at the start (renamed to the temp file's name: two downloads never write one file)
+// and, without `resume`, written again from the first byte; with it, gone on from where its
+// record names the file the first header does, and refused (an Error, it left as it was) where
+// not. `describe(header)` names the file in messages and in the record; `progress(done, total)`
+// hears of the bytes written.
+class PartialDownload {
+  static async open(file, { overwrite, resume, describe, progress }) {
+    if (!overwrite && fs.existsSync(file)) throw fileExists(file);
+    if (fs.existsSync(file) && fs.statSync(file).isDirectory()) {
+      throw Object.assign(new Error(`${file} is a directory; name the file to write in it`), { code: 'EISDIR' });
+    }
+    const { partial, record } = partialNames(file);
+    // A name of its own, hidden and short, as the Python SDK's temp files (.FILE.<random>.partial).
+    const base = Array.from(path.basename(file)).slice(0, 32).join('');
+    const temp = path.join(path.dirname(file), `.${base}.${crypto.randomBytes(4).toString('hex')}.partial`);
+    const kept = resume ? readRecord(record) : undefined;
+    let taken = true;
+    try {
+      fs.renameSync(partial, temp);
+    } catch (err) {
+      if (err.code !== 'ENOENT') throw err;
+      taken = false;
+    }
+    // Opened before the call: a directory that is not there fails with nothing left open. A link
+    // planted at the partial file's name is not written through.
+    const flags = taken ? fs.constants.O_RDWR | fs.constants.O_NOFOLLOW : 'wx+';
+    let handle;
+    let held;
+    try {
+      handle = await fs.promises.open(temp, flags);
+      held = await handle.stat();
+      // One of another user's, or another name of a file too, would be written through.
+      const foreign = !held.isFile() || held.nlink > 1 || held.uid !== process.geteuid();
+      if (taken && foreign) {
+        throw new Error(`${file}: its partial download ${partial} is not a plain file of yours with one name; remove it`);
+      }
+    } catch (err) {
+      await handle?.close();
+      if (taken) fs.renameSync(temp, partial);
+      throw err;
+    }
+    const sink = { file, overwrite, describe, progress, partial, record, temp, handle, taken };
+    return new PartialDownload({ ...sink, kept: held.size ? kept : undefined });
+  }
+
+  constructor({ file, overwrite, describe, progress, partial, record, temp, handle, taken, kept }) {
+    Object.assign(this, { file, overwrite, describe, progress, partial, record, temp, handle, taken, kept });
+    this.header = undefined;
+    this.hash = crypto.createHash('sha256');
+    this.size = 0;
+    // The bytes an earlier download kept that this one went on from.
+    this.resumedFrom = 0;
+    // Set where an error leaves bytes worth keeping: how many.
+    this.keep = undefined;
+    // Set where a resume was refused: the partial file goes back as it was.
+    this.refused = false;
+    // Where the stream being written started (the offset asked for).
+    this.streamFrom = 0;
+  }
+
+  // Whether bytes of an earlier download are to be gone on from (once a header matches).
+  resuming() {
+    return this.kept !== undefined;
+  }
+
+  // The byte to ask the rest of the file from.
+  offset() {
+    return this.size;
+  }
+
+  // The header of a stream: the first is checked against the bytes kept (a resume); a later one
+  // (after a reconnect) must name the same file.
+  async start(header) {
+    if (this.header !== undefined) {
+      if (header.sha256 !== this.header.sha256 || header.size_bytes !== this.header.size_bytes) {
+        throw this.changed(`sha256 ${this.header.sha256}, now ${header.sha256}`);
+      }
+      this.streamFrom = this.size;
+      return;
+    }
+    if (this.kept !== undefined) await this.resumeFromKept(header, this.kept);
+    else await naming(this.file, () => this.handle.truncate(0));
+    this.header = header;
+    this.streamFrom = this.size;
+  }
+
+  async resumeFromKept(header, kept) {
+    const held = (await this.handle.stat()).size;
+    if (kept.sha256 !== header.sha256 || kept.size_bytes !== header.size_bytes) {
+      this.refused = true;
+      throw new Error(
+        `${this.file}: the partial download ${this.partial} holds ${held} bytes of ${kept.file} ` +
+          `(sha256 ${kept.sha256}), not of ${this.describe(header)} (sha256 ${header.sha256}); download it ` +
+          `${WITHOUT_RESUME_WORDS} to start again (it replaces them), or download ${kept.file} ` +
+          `${WITH_RESUME_WORDS} to go on with it`,
+      );
+    }
+    if (held > header.size_bytes) {
+      // More bytes than the file has: damaged, so none of them is worth going on from.
+      await naming(this.file, () => this.handle.truncate(0));
+      return;
+    }
+    const buffer = Buffer.alloc(READ_BYTES);
+    while (this.size < held) {
+      const want = Math.min(READ_BYTES, held - this.size);
+      const { bytesRead } = await naming(this.file, () => this.handle.read(buffer, 0, want, this.size));
+      if (!bytesRead) break;
+      this.hash.update(buffer.subarray(0, bytesRead));
+      this.size += bytesRead;
+    }
+    this.resumedFrom = this.size;
+  }
+
+  // The error for the file having changed at the server while it downloaded (`how`: what says
+  // so). The bytes written are of the file as it was, which the record names: they are kept, so
+  // that a resume is refused as of another file rather than finding none.
+  changed(how) {
+    this.keep = this.size;
+    const kept = this.size ? `; the ${this.size} bytes of it as it was are kept in ${this.partial}` : '';
+    return tesseraError(
+      'DATA_LOSS',
+      `${this.describe(this.header)} changed while it was downloading (${how})${kept}; ` +
+        `download it again ${WITHOUT_RESUME_WORDS}`,
+    );
+  }
+
+  // What the message of a download that gave up says to do.
+  howToGoOn() {
+    if (this.header === undefined || !this.size) return 'download it again';
+    return `${this.size} of ${this.header.size_bytes} bytes are kept in ${this.partial}; ${RESUME_WORDS}`;
+  }
+
+  async write(chunk) {
+    if (this.size + chunk.length > this.header.size_bytes) {
+      // Refused before the disk fills: bytes this download appended are of no known place in the
+      // file, those it went on from are as an earlier download left them.
+      this.keep = this.resumedFrom;
+      throw tesseraError(
+        'DATA_LOSS',
+        `the daemon sent more than the ${this.header.size_bytes} bytes of ${this.describe(this.header)} ` +
+          `(its stream sent from byte ${this.streamFrom}); a daemon that ignores the offset asked for ` +
+          `(older than this client) sends the file from its first byte: upgrade tesserad, or download ` +
+          `it again ${WITHOUT_RESUME_WORDS}`,
+      );
+    }
+    await writeAll(this.handle, chunk, this.file, this.size);
+    this.hash.update(chunk);
+    this.size += chunk.length;
+  }
+
+  progressed() {
+    if (this.progress !== undefined && this.header !== undefined) this.progress(this.size, this.header.size_bytes);
+  }
+
+  // Checks the whole file, then moves it into place: on the disk before it takes its name, and
+  // the name after, so a power cut once the download resolved leaves no empty or short file.
+  async finish() {
+    const { header } = this;
+    try {
+      await naming(this.file, () => this.handle.sync());
+      await naming(this.file, () => this.handle.close());
+      const sha256 = this.hash.digest('hex');
+      if (header === undefined || (header.sha256 && sha256 !== header.sha256) || this.size !== header.size_bytes) {
+        const expected = header ? `${header.size_bytes} bytes with sha256 ${header.sha256}` : 'a header first';
+        throw tesseraError(
+          'DATA_LOSS',
+          `download of ${path.basename(this.file)} is corrupt: got ${this.size} bytes with sha256 ${sha256}, ` +
+            `expected ${expected}; download it again`,
+        );
+      }
+      putInPlace(this.temp, this.file, this.overwrite);
+    } catch (err) {
+      await this.remove();
+      throw err;
+    }
+    // The partial file it went on from, or wrote again, is the file now: its record goes too.
+    fs.rmSync(this.record, { force: true });
+    syncDir(path.dirname(this.file));
+    return header;
+  }
+
+  // After `error`: the bytes written kept for a resume where it interrupted the download or the
+  // file changed at the server; those an earlier download kept, as they were, where the server
+  // sent more than the file has or a resume was refused; else what this download wrote removed.
+  async abort(error) {
+    if (this.refused || (this.header === undefined && this.taken)) {
+      await this.handle.close().catch(() => {});
+      fs.renameSync(this.temp, this.partial);
+      return;
+    }
+    if (this.header !== undefined && this.keep) {
+      await this.keepBytes(this.keep);
+      return;
+    }
+    if (this.header !== undefined && this.size && INTERRUPTIONS.includes(error.code)) {
+      await this.keepBytes(this.size);
+      return;
+    }
+    await this.remove();
+  }
+
+  // The first `size` bytes kept at the partial file's name, with the record of the file they are of.
+  async keepBytes(size) {
+    try {
+      await this.handle.truncate(size);
+      await this.handle.close();
+      writeRecord(this.record, this.describe(this.header), this.header);
+      fs.renameSync(this.temp, this.partial);
+    } catch {
+      await this.remove();
+    }
+  }
+
+  async remove() {
+    await this.handle.close().catch(() => {});
+    fs.rmSync(this.temp, { force: true });
+    if (this.taken) fs.rmSync(this.record, { force: true });
+  }
+}
+
+module.exports = { PartialDownload };

@@ -1,0 +1,269 @@
+"""The Node client's model and artifact downloads across a broken stream, as the Python SDK's
+(test_sdk_model_artifact_download_resume.py): they go on from the bytes written, within one call
+or, with resume: true, after an earlier call gave up; a partial file of another version or of an
+artifact stored again is never resumed into."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import tessera
+from tests.integration.sdk.test_node_client import node_json, node_ready, node_script, node_waiting, resume
+from tests.integration.sdk.test_sdk_model_artifact_download_resume import big_onnx
+
+__all__ = ["node_ready"]
+
+CHUNK = 4096
+
+# Each script's `download(progress)` downloads, its result printed as JSON: { ok, progress } or
+# { code, message, progress }. `cutAtHalf` stops the script once past half way, says so on stdout
+# and waits for the test (which cuts the connection) to send a line.
+PRELUDE = """
+const fs = require('node:fs');
+const seen = [];
+let halted = false;
+function cutAtHalf(done, total) {
+  seen.push(done);
+  if (!halted && done >= total / 2) {
+    halted = true;
+    fs.writeSync(1, 'half\\n');
+    fs.readSync(0, Buffer.alloc(1));
+  }
+}
+function record(done) {
+  seen.push(done);
+}
+(async () => {
+  const client = new Client(TARGET);
+  let result;
+  try {
+    result = { ok: await download(client), progress: seen };
+  } catch (err) {
+    result = { code: err.code, message: err.message, progress: seen };
+  }
+  client.close();
+  console.log(JSON.stringify(result));
+})();
+"""
+
+
+def node_download(target: str, call: str) -> Any:
+    """The result of `call` (a download taking `client` and a progress callback `record`)."""
+    return node_json(f"async function download(client) {{ return {call}; }}\n{PRELUDE}", target)
+
+
+def node_download_cut(target: str, call: str, at_half: Callable[[], None]) -> Any:
+    """The result of `call` (taking `client` and the progress callback `cutAtHalf`), `at_half`
+    run once the download is past half way."""
+    script = f"async function download(client) {{ return {call}; }}\n{PRELUDE}"
+    with node_waiting(node_script(script, target)) as node:
+        assert node.stdout is not None
+        assert node.stdout.readline() == "half\n"
+        at_half()
+        resume(node)
+        out, err = node.communicate(timeout=120)
+    assert node.returncode == 0, err
+    return json.loads(out.splitlines()[-1])
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    directory = tmp_path / "out"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    path = tmp_path / "weights.bin"
+    path.write_bytes(np.random.default_rng(1).bytes(8 << 20))
+    return path
+
+
+def partials(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+def test_node_artifact_download_cut_midway_reconnects_and_goes_on_from_the_bytes_written(
+    node_ready, daemon, client, proxy_to, out, weights
+):
+    run_id = client.training.create_run("resume").run_id
+    client.training.log_artifact(run_id, weights)
+    proxy = proxy_to(daemon.daemon.port)
+    call = (
+        f"client.downloadArtifact({json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}, "
+        f"{{ progress: cutAtHalf, chunkSize: {CHUNK} }})"
+    )
+    found = node_download_cut(proxy.target, call, proxy.cut)
+    assert "ok" in found, found
+    assert proxy.cuts == 1
+    assert found["ok"]["artifact"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert (out / "weights.bin").read_bytes() == weights.read_bytes()
+    # Resumed, not started again: no byte was written twice.
+    assert (
+        found["progress"] == sorted(set(found["progress"]))
+        and found["progress"][-1] == weights.stat().st_size
+    )
+    assert partials(out) == []
+
+
+def test_node_model_download_cut_midway_reconnects_and_goes_on_from_the_bytes_written(
+    node_ready, daemon, client, proxy_to, out, tmp_path
+):
+    model = big_onnx(tmp_path / "big.onnx")
+    client.models.push("big", model)
+    proxy = proxy_to(daemon.daemon.port)
+    call = (
+        f"client.downloadVersion('big', {json.dumps(str(out / 'big.onnx'))}, "
+        f"{{ progress: cutAtHalf, chunkSize: {CHUNK} }})"
+    )
+    found = node_download_cut(proxy.target, call, proxy.cut)
+    assert "ok" in found, found
+    assert proxy.cuts == 1
+    assert (found["ok"]["version"]["model"], found["ok"]["version"]["version"]) == ("big", 1)
+    assert found["ok"]["file"] == str(out / "big.onnx")
+    assert (out / "big.onnx").read_bytes() == model.read_bytes()
+    assert (
+        found["progress"] == sorted(set(found["progress"])) and found["progress"][-1] == model.stat().st_size
+    )
+    assert partials(out) == []
+
+
+def test_node_artifact_download_that_gave_up_keeps_its_bytes_for_resume(
+    node_ready, daemon, client, proxy_to, out, weights
+):
+    run_id = client.training.create_run("resume").run_id
+    client.training.log_artifact(run_id, weights)
+    proxy = proxy_to(daemon.daemon.port)
+    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
+    gave_up = node_download_cut(
+        proxy.target,
+        f"client.downloadArtifact({args}, {{ progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0 }})",
+        proxy.cut,
+    )
+    assert gave_up["code"] == "UNAVAILABLE", gave_up
+    assert "bytes are kept in " in gave_up["message"], gave_up["message"]
+    assert gave_up["message"].endswith("; download again with resume: true)"), gave_up["message"]
+    assert not (out / "weights.bin").exists() and partials(out)
+    resumed = node_download(
+        daemon.target, f"client.downloadArtifact({args}, {{ resume: true, progress: record }})"
+    )
+    assert "ok" in resumed, resumed
+    assert (out / "weights.bin").read_bytes() == weights.read_bytes()
+    assert resumed["progress"][0] >= weights.stat().st_size // 2
+    assert partials(out) == []
+
+
+def test_node_resume_into_the_partial_file_of_another_model_version_is_refused_and_keeps_it(
+    node_ready, daemon, client, proxy_to, out, tmp_path
+):
+    first = big_onnx(tmp_path / "big.onnx")
+    client.models.push("big", first)
+    client.models.push("big", big_onnx(tmp_path / "second.onnx", seed=1))
+    proxy = proxy_to(daemon.daemon.port)
+    file = json.dumps(str(out / "big.onnx"))
+    gave_up = node_download_cut(
+        proxy.target,
+        f"client.downloadVersion('big', {file}, {{ version: 1, progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0 }})",
+        proxy.cut,
+    )
+    assert gave_up["code"] == "UNAVAILABLE", gave_up
+    kept = {name: (out / name).read_bytes() for name in partials(out)}
+    refused = node_download(daemon.target, f"client.downloadVersion('big', {file}, {{ resume: true }})")
+    message = refused.get("message", "")
+    assert "the partial download " in message, refused
+    assert "of big v1 (sha256 " in message and "not of big v2 (sha256 " in message, message
+    assert "download it without resume: true to start again" in message, message
+    assert {name: (out / name).read_bytes() for name in partials(out)} == kept
+    assert not (out / "big.onnx").exists()
+    resumed = node_download(
+        daemon.target, f"client.downloadVersion('big', {file}, {{ version: 1, resume: true }})"
+    )
+    assert "ok" in resumed, resumed
+    assert (out / "big.onnx").read_bytes() == first.read_bytes()
+    assert partials(out) == []
+
+
+def test_node_artifact_stored_again_smaller_midway_is_refused_as_changed_and_keeps_the_bytes(
+    node_ready, daemon, client, proxy_to, out, weights, tmp_path
+):
+    """The reconnect asks for bytes past the end of the file now stored (OUT_OF_RANGE): the
+    artifact changed, and the bytes of it as it was stay, a resume refused as of another file."""
+    run_id = client.training.create_run("resume").run_id
+    client.training.log_artifact(run_id, weights)
+    smaller = tmp_path / "smaller" / "weights.bin"
+    smaller.parent.mkdir()
+    smaller.write_bytes(b"stored again")
+    proxy = proxy_to(daemon.daemon.port)
+
+    def store_again_and_cut() -> None:
+        client.training.log_artifact(run_id, smaller)
+        proxy.cut()
+
+    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
+    changed = node_download_cut(
+        proxy.target,
+        f"client.downloadArtifact({args}, {{ progress: cutAtHalf, chunkSize: {CHUNK} }})",
+        store_again_and_cut,
+    )
+    assert changed["code"] == "DATA_LOSS", changed
+    message = changed["message"]
+    assert f"artifact weights.bin of run {run_id} changed while it was downloading" in message, message
+    assert "(it now ends before byte " in message and message.endswith("without resume: true"), message
+    assert not (out / "weights.bin").exists()
+    (partial,) = (p for p in out.iterdir() if p.name.endswith(".partial"))
+    assert weights.read_bytes().startswith(partial.read_bytes()) and partial.stat().st_size
+    refused = node_download(daemon.target, f"client.downloadArtifact({args}, {{ resume: true }})")
+    assert "the partial download " in refused.get("message", ""), refused
+    assert "ok" in node_download(daemon.target, f"client.downloadArtifact({args})")
+    assert (out / "weights.bin").read_bytes() == b"stored again"
+    assert partials(out) == []
+
+
+def test_node_download_without_resume_starts_again_from_the_first_byte(
+    node_ready, daemon, client, proxy_to, out, weights
+):
+    run_id = client.training.create_run("resume").run_id
+    client.training.log_artifact(run_id, weights)
+    proxy = proxy_to(daemon.daemon.port)
+    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
+    node_download_cut(
+        proxy.target,
+        f"client.downloadArtifact({args}, {{ progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0 }})",
+        proxy.cut,
+    )
+    again = node_download(
+        daemon.target, f"client.downloadArtifact({args}, {{ progress: record, chunkSize: {CHUNK} }})"
+    )
+    assert "ok" in again, again
+    assert again["progress"][0] == CHUNK
+    assert (out / "weights.bin").read_bytes() == weights.read_bytes()
+    assert partials(out) == []
+
+
+def test_python_resumes_what_a_node_download_kept(node_ready, daemon, client, proxy_to, out, weights):
+    """One partial file and record beside the file, named and written as the Python SDK's."""
+    run_id = client.training.create_run("resume").run_id
+    client.training.log_artifact(run_id, weights)
+    proxy = proxy_to(daemon.daemon.port)
+    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
+    node_download_cut(
+        proxy.target,
+        f"client.downloadArtifact({args}, {{ progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0 }})",
+        proxy.cut,
+    )
+    resumed_from: list[int] = []
+    with tessera.Client(daemon.target, timeout=30) as direct:
+        direct.training.download_artifact(
+            run_id, "weights.bin", out, resume=True, progress=lambda done, _: resumed_from.append(done)
+        )
+    assert resumed_from[0] >= weights.stat().st_size // 2
+    assert (out / "weights.bin").read_bytes() == weights.read_bytes()
+    assert partials(out) == []
