@@ -267,3 +267,51 @@ def test_python_resumes_what_a_node_download_kept(node_ready, daemon, client, pr
     assert resumed_from[0] >= weights.stat().st_size // 2
     assert (out / "weights.bin").read_bytes() == weights.read_bytes()
     assert partials(out) == []
+
+
+def test_node_resumes_what_a_python_download_kept(node_ready, daemon, client, proxy_to, out, weights):
+    run_id = client.training.create_run("resume").run_id
+    client.training.log_artifact(run_id, weights)
+    proxy = proxy_to(daemon.daemon.port)
+
+    def cut_at_half(done: int, total: int) -> None:
+        if done >= total // 2 and not proxy.cuts:
+            proxy.cut()
+
+    with (
+        tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as direct,
+        pytest.raises(tessera.Unavailable),
+    ):
+        direct.training.download_artifact(run_id, "weights.bin", out, progress=cut_at_half, chunk_size=CHUNK)
+    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
+    resumed = node_download(
+        daemon.target, f"client.downloadArtifact({args}, {{ resume: true, progress: record }})"
+    )
+    assert "ok" in resumed, resumed
+    assert resumed["progress"][0] >= weights.stat().st_size // 2
+    assert (out / "weights.bin").read_bytes() == weights.read_bytes()
+    assert partials(out) == []
+
+
+def test_node_resume_with_every_byte_kept_reports_the_whole_file_done(
+    node_ready, daemon, client, proxy_to, out, weights
+):
+    """No chunk is left to write: the progress callback hears of the kept bytes all the same."""
+    run_id = client.training.create_run("resume").run_id
+    client.training.log_artifact(run_id, weights)
+    proxy = proxy_to(daemon.daemon.port)
+    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
+    node_download_cut(
+        proxy.target,
+        f"client.downloadArtifact({args}, {{ progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0 }})",
+        proxy.cut,
+    )
+    (partial,) = (p for p in out.iterdir() if p.name.endswith(".partial"))
+    partial.write_bytes(weights.read_bytes())
+    resumed = node_download(
+        daemon.target, f"client.downloadArtifact({args}, {{ resume: true, progress: record }})"
+    )
+    assert "ok" in resumed, resumed
+    assert resumed["progress"] == [weights.stat().st_size]
+    assert (out / "weights.bin").read_bytes() == weights.read_bytes()
+    assert partials(out) == []
