@@ -53,6 +53,8 @@ const UNLOAD_TIMEOUT_MS = 120000;
 const DEFAULT_TRANSFER_TIMEOUT_MS = 3600000;
 // An upload's chunk, as the Python SDK's (the daemon takes messages up to 4 MiB).
 const CHUNK_BYTES = 1 << 20;
+// The most a download asks for in one chunk, as the daemon takes (4 MiB).
+const MAX_CHUNK_BYTES = 4 << 20;
 const MAX_TIMEOUT_MS = 1e12;
 
 function timeoutMs(value, fallback) {
@@ -108,6 +110,17 @@ function channelCredentials({ tls, rootCert, clientCert, clientKey }) {
 function wholeNumber(name, value) {
   if (!Number.isSafeInteger(value) || value < 0) {
     throw new RangeError(`${name} must be a whole number >= 0, got ${String(value)}`);
+  }
+  return value;
+}
+
+// A download's bytes per chunk (0: the daemon's default) as its int32 field carries it:
+// proto-loader would send 1.5 as 1 and 2**32 + 4096 as 4096, without a word.
+function chunkBytes(value) {
+  if (!Number.isSafeInteger(value) || value < 0 || value > MAX_CHUNK_BYTES) {
+    throw new RangeError(
+      `chunkSize must be a whole number of bytes from 0 (the daemon's default) to ${MAX_CHUNK_BYTES}, got ${String(value)}`,
+    );
   }
   return value;
 }
@@ -704,7 +717,7 @@ class Client {
   // too). resume: true goes on from them where the artifact still has that sha256 (an Error where
   // it was stored again since, leaving them as they are); without it the download starts again
   // from the first byte. progress(done, total) hears of the bytes written; chunkSize: bytes per
-  // chunk (0: the daemon's default).
+  // chunk (0: the daemon's default; at most 4 MiB).
   // Resolves to { artifact (the RunArtifact), file (where it was written) }.
   async downloadArtifact(
     runId,
@@ -713,6 +726,7 @@ class Client {
     { overwrite = true, resume = false, progress, chunkSize = 0, reconnects = DEFAULT_RECONNECTS, timeoutMs: timeout } = {},
   ) {
     wholeNumber('reconnects', reconnects);
+    const chunk = chunkBytes(chunkSize);
     const deadline = Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS);
     if (dst.endsWith('/')) fs.mkdirSync(dst, { recursive: true });
     const isDir = fs.existsSync(dst) && fs.statSync(dst).isDirectory();
@@ -722,7 +736,7 @@ class Client {
     const artifact = await this.resumingDownload(sink, {
       stub: this.training,
       method: 'DownloadRunArtifact',
-      request: (_header, offset) => ({ run_id: runId, path: artifactPath, chunk_size: chunkSize, offset }),
+      request: (_header, offset) => ({ run_id: runId, path: artifactPath, chunk_size: chunk, offset }),
       resolve: (ms) => this.artifactAt(runId, artifactPath, ms),
       reconnects,
       deadline,
@@ -764,6 +778,7 @@ class Client {
     } = {},
   ) {
     wholeNumber('reconnects', reconnects);
+    const chunk = chunkBytes(chunkSize);
     const asked = versionRef(model, version, alias);
     const deadline = Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS);
     const describe = (found) => `${found.model} v${found.version}`;
@@ -776,7 +791,7 @@ class Client {
       method: 'DownloadVersion',
       request: (header, offset) => ({
         ref: header === undefined ? asked : { model: header.model, version: header.version },
-        chunk_size: chunkSize,
+        chunk_size: chunk,
         offset,
       }),
       resolve: (ms) => this.call(this.registry, 'GetVersion', { ref: asked }, ms),

@@ -315,3 +315,27 @@ def test_node_resume_with_every_byte_kept_reports_the_whole_file_done(
     assert resumed["progress"] == [weights.stat().st_size]
     assert (out / "weights.bin").read_bytes() == weights.read_bytes()
     assert partials(out) == []
+
+
+def test_node_download_refuses_a_chunk_size_the_request_would_garble(
+    node_ready, daemon, client, out, weights
+):
+    """proto-loader sends 1.5 as 1 and 2**32 + 4096 (an int32 field) as 4096, without a word."""
+    run_id = client.training.create_run("resume").run_id
+    client.training.log_artifact(run_id, weights)
+    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
+    for size in ("1.5", "-1", "2 ** 32 + 4096", "'4096'"):
+        refused = node_download(daemon.target, f"client.downloadArtifact({args}, {{ chunkSize: {size} }})")
+        assert refused.get("message", "").startswith("chunkSize must be a whole number of bytes"), (
+            size,
+            refused,
+        )
+        refused = node_download(
+            daemon.target,
+            f"client.downloadVersion('absent', {json.dumps(str(out / 'm.onnx'))}, {{ chunkSize: {size} }})",
+        )
+        assert refused.get("message", "").startswith("chunkSize must be a whole number of bytes"), (
+            size,
+            refused,
+        )
+    assert list(out.iterdir()) == []
