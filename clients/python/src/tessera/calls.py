@@ -442,15 +442,20 @@ class _Resuming(Generic[T_co]):
         return self._reconnects.resume_after(error)
 
 
+def _on_a_worker(work: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """`work(*args)` started on the loop's default executor, in a copy of the caller's context.
+    A future, not to_thread's task: asyncio.run's shutdown cancels every task, and a task
+    cancelled while the thread runs would read as done, its result never let go of."""
+    return asyncio.get_running_loop().run_in_executor(
+        None, functools.partial(contextvars.copy_context().run, work, *args)
+    )
+
+
 async def _off_the_loop(work: Callable[..., T], *args: Any) -> T:
     """`work(*args)` on a worker thread. A cancel meanwhile, or several (a TaskGroup's teardown
     after a first), lets it end first, so that the sink is never aborted under a write still in
     flight; the first cancel is raised once it has."""
-    # A future, not to_thread's task: asyncio.run's shutdown cancels every task, and a task
-    # cancelled while the thread runs would read as done.
-    future = asyncio.get_running_loop().run_in_executor(
-        None, functools.partial(contextvars.copy_context().run, work, *args)
-    )
+    future = _on_a_worker(work, *args)
     cancelled: asyncio.CancelledError | None = None
     while not future.done():
         try:
@@ -512,11 +517,8 @@ class ResumingDownload(Call[T_co]):
         return state.sink.finish()
 
     async def run_async(self, conn: AioConnection) -> T_co:
-        # Made in a thread: resuming hashes the bytes kept. A future, not to_thread's task, as in
-        # _off_the_loop: asyncio.run's shutdown would cancel the task and the sink go unaborted.
-        making = asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(contextvars.copy_context().run, self.sink)
-        )
+        # Made in a thread: resuming hashes the bytes kept.
+        making = _on_a_worker(self.sink)
         try:
             sink = await asyncio.shield(making)
         except asyncio.CancelledError as cancelled:
