@@ -21,6 +21,7 @@ import pytest
 import tessera
 import tessera.aio
 from tessera import transfer
+from tessera.v1 import datasets_pb2
 from tests.conftest import InProcessDaemon, daemon_settings
 
 CHUNK = 4096
@@ -581,3 +582,84 @@ def test_a_download_still_opening_when_asyncio_run_ends_lets_its_partial_file_go
     asyncio.run(end_while_opening())
     assert aborted.wait(30)
     assert partials(out) == []
+
+
+def cut_after_the_first_chunk(monkeypatch, proxy) -> None:
+    """The proxy cuts every connection once `load` has the first chunk in memory (it reports no
+    progress to cut from)."""
+    write = tessera.datasets.ArraysSink.write
+
+    def write_then_cut(self, chunk: bytes) -> None:
+        write(self, chunk)
+        if not proxy.cuts:
+            proxy.cut()
+
+    monkeypatch.setattr(tessera.datasets.ArraysSink, "write", write_then_cut)
+
+
+def test_a_load_broken_midway_reconnects_and_goes_on_from_the_bytes_received(
+    monkeypatch, daemon, proxy_to, clips_file
+):
+    proxy = proxy_to(daemon.daemon.port)
+    retry = tessera.RetryPolicy(attempts=5, initial_backoff_s=0.05, max_backoff_s=0.2)
+    with tessera.Client(proxy.target, timeout=30, retry=retry) as client:
+        client.datasets.push("clips", clips_file)
+        cut_after_the_first_chunk(monkeypatch, proxy)
+        arrays = client.datasets.load("clips")
+    assert proxy.cuts == 1
+    with np.load(clips_file) as archive:
+        np.testing.assert_array_equal(arrays["x"], archive["x"])
+
+
+def test_the_asyncio_client_reconnects_a_broken_load_too(monkeypatch, daemon, proxy_to, clips_file):
+    proxy = proxy_to(daemon.daemon.port)
+
+    async def load() -> dict[str, np.ndarray]:
+        retry = tessera.RetryPolicy(attempts=5, initial_backoff_s=0.05, max_backoff_s=0.2)
+        async with tessera.aio.Client(proxy.target, timeout=30, retry=retry) as client:
+            await client.datasets.push("clips", clips_file)
+            cut_after_the_first_chunk(monkeypatch, proxy)
+            return await client.datasets.load("clips")
+
+    arrays = asyncio.run(load())
+    assert proxy.cuts == 1
+    with np.load(clips_file) as archive:
+        np.testing.assert_array_equal(arrays["x"], archive["x"])
+
+
+def test_a_load_that_gave_up_says_to_load_again(monkeypatch, daemon, proxy_to, clips_file):
+    proxy = proxy_to(daemon.daemon.port)
+    with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
+        client.datasets.push("clips", clips_file)
+        cut_after_the_first_chunk(monkeypatch, proxy)
+        with pytest.raises(tessera.Unavailable) as gave_up:
+            client.datasets.load("clips")
+    assert "gave up loading clips after 0 reconnects" in gave_up.value.message, gave_up.value.message
+    assert "load it again" in gave_up.value.message, gave_up.value.message
+
+
+def dataset_header(data: bytes) -> datasets_pb2.DatasetVersion:
+    return datasets_pb2.DatasetVersion(
+        name="clips", version=1, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)
+    )
+
+
+def test_a_load_reconnected_to_another_file_is_refused_as_changed():
+    data = b"0123456789" * 10
+    arrays = tessera.datasets.ArraysSink()
+    arrays.start(dataset_header(data))
+    arrays.write(data[:40])
+    with pytest.raises(tessera.DataLoss) as refused:
+        arrays.start(dataset_header(b"another file"))
+    message = refused.value.message
+    assert "clips:1 changed while it was loading" in message and "load it again" in message, message
+
+
+def test_a_load_sent_more_than_its_headers_size_is_refused_before_holding_it():
+    data = b"0123456789" * 10
+    arrays = tessera.datasets.ArraysSink()
+    arrays.start(dataset_header(data))
+    arrays.write(data[:60])
+    with pytest.raises(tessera.DataLoss, match="more than the 100 bytes of clips:1"):
+        arrays.write(data)
+    assert arrays.offset() == 60

@@ -277,19 +277,21 @@ def test_a_target_in_the_environment_that_is_a_url_or_lacks_a_port_is_refused_as
 
 
 def test_a_loaded_dataset_is_parsed_without_keeping_its_chunks():
-    """load() holds the file in memory: its chunks, joined, then parsed. Kept to the end, the
-    chunks made a third copy of the file at the peak."""
+    """load() holds the file in memory: its bytes, then parsed. Kept to the end, the bytes
+    received made a third copy of the file at the peak."""
     buffer = io.BytesIO()
     np.save(buffer, np.zeros(4 * 2**20, np.float64))  # 32 MiB
     data = buffer.getvalue()
     header = datasets_pb2.DatasetVersion(
         sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
         format=datasets_pb2.DATASET_FORMAT_NPY,
         arrays=[datasets_pb2.ArrayInfo(name="x")],
     )
     tracemalloc.start()
     try:
-        sink = ArraysSink(header)
+        sink = ArraysSink()
+        sink.start(header)
         for start in range(0, len(data), 2**20):
             sink.write(data[start : start + 2**20])
         del data, buffer

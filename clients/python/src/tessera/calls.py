@@ -1,9 +1,9 @@
 """SDK methods written once for the blocking and the asyncio client.
 
 A client part's method builds a description of what to do (`Op`: one unary call; `Upload`,
-`Download`, `Then`; or a stream of results: `Pages`, `Resumable`, `ReconnectingBidi`), and
-each kind of description knows how to run itself on a blocking `Connection` and on an asyncio
-`AioConnection`. The `call` and `stream` decorators make the
+`Save`, `ResumingDownload`, `Then`; or a stream of results: `Pages`, `Resumable`,
+`ReconnectingBidi`), and each kind of description knows how to run itself on a blocking
+`Connection` and on an asyncio `AioConnection`. The `call` and `stream` decorators make the
 method, on a part holding a `Connection`, return the result (or an iterator of results), and
 on a part holding an `AioConnection`, a coroutine (or an async iterator):
 
@@ -130,48 +130,6 @@ class Sink(Protocol[T_co]):
     def finish(self) -> T_co: ...
 
     def abort(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Download(Call[T_co]):
-    """A server stream of a header, then chunks: `sink(header)` makes what they go into."""
-
-    service: str
-    method: str
-    request: Message
-    timeout: float
-    sink: Callable[[Any], Sink[T_co]]
-
-    def __post_init__(self) -> None:
-        call_timeout(self.timeout)
-
-    def run(self, conn: Connection) -> T_co:
-        # Closed (the call cancelled) also when the sink is refused, overwrite=False finding a file.
-        with contextlib.closing(
-            conn.server_stream(self.service, self.method, self.request, self.timeout)
-        ) as responses:
-            sink = self.sink(next(responses).header)
-            try:
-                for response in responses:
-                    sink.write(response.chunk)
-            except BaseException:
-                sink.abort()
-                raise
-        return sink.finish()
-
-    async def run_async(self, conn: AioConnection) -> T_co:
-        async with contextlib.aclosing(
-            conn.server_stream(self.service, self.method, self.request, self.timeout)
-        ) as responses:
-            sink = self.sink((await anext(responses)).header)
-            try:
-                async for response in responses:
-                    sink.write(response.chunk)
-            except BaseException:
-                sink.abort()
-                raise
-        # finish hashes (and for `load`, parses) the whole file: not on the caller's event loop.
-        return await asyncio.to_thread(sink.finish)
 
 
 @dataclass(frozen=True)
@@ -472,13 +430,14 @@ async def _off_the_loop(work: Callable[..., T], *args: Any) -> T:
 
 @dataclass(frozen=True)
 class ResumingDownload(Call[T_co]):
-    """A Download that goes on from the bytes it has after a break that `retry` allows
-    (UNAVAILABLE: connection cut, daemon restarting), asking `request(header, offset)` for the
-    rest; `header` is None for the first stream (what the caller named) and then the first
-    stream's header, so that a reconnect gets the same file. Where `sink()` holds bytes of an
-    earlier download, `resolve` says first what file the caller named, for the sink to check
-    them against. `doing` names the download in messages ("downloading clips:1"). The asyncio
-    variant does the sink's file work on worker threads, off the caller's event loop."""
+    """A server stream of a header, then chunks, into `sink()`, which goes on from the bytes the
+    sink has after a break that `retry` allows (UNAVAILABLE: connection cut, daemon restarting),
+    asking `request(header, offset)` for the rest; `header` is None for the first stream (what
+    the caller named) and then the first stream's header, so that a reconnect gets the same
+    file. Where `sink()` holds bytes of an earlier download, `resolve` says first what file the
+    caller named, for the sink to check them against. `doing` names the download in messages
+    ("downloading clips:1"). The asyncio variant does the sink's file work on worker threads,
+    off the caller's event loop."""
 
     service: str
     method: str

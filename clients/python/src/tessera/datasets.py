@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import numbers
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tessera.calls import C, Download, Op, Pages, Part, ResumingDownload, Upload, call, stream
+from tessera.calls import C, Op, Pages, Part, ResumingDownload, Upload, call, stream
 from tessera.errors import DataLoss
 from tessera.messages import dataset_ref, version_number
 from tessera.transfer import (
@@ -147,23 +147,62 @@ def upload_requests(
 
 
 class ArraysSink:
-    """Keeps a downloaded dataset file in memory; `finish` parses it into its arrays."""
+    """Keeps a downloaded dataset file in memory, never more than its header's size; a stream
+    broken midway goes on from the bytes held (`offset`), a later header naming the same file.
+    `finish` parses them into its arrays."""
 
-    def __init__(self, header: pb.DatasetVersion) -> None:
-        self._header = header
-        self._chunks: list[bytes] = []
+    def __init__(self) -> None:
+        self._header: pb.DatasetVersion | None = None
+        self._data = bytearray()
+        # Where the stream being received started (the offset asked for).
+        self._stream_from = 0
+
+    def resuming(self) -> bool:
+        # Nothing outlives a load: there are never bytes of an earlier one to go on from.
+        return False
+
+    def offset(self) -> int:
+        return len(self._data)
+
+    def start(self, header: pb.DatasetVersion) -> None:
+        if self._header is None:
+            self._header = header
+        elif (header.sha256, header.size_bytes) != (self._header.sha256, self._header.size_bytes):
+            raise self.changed(f"sha256 {self._header.sha256}, now {header.sha256}")
+        self._stream_from = len(self._data)
+
+    def changed(self, how: str) -> DataLoss:
+        assert self._header is not None, "changed before any header"
+        return DataLoss(f"{version_name(self._header)} changed while it was loading ({how}); load it again")
+
+    def how_to_go_on(self) -> str:
+        return "load it again"
 
     def write(self, chunk: bytes) -> None:
-        self._chunks.append(chunk)
+        header = self._header
+        assert header is not None, "write before any header"
+        if len(self._data) + len(chunk) > header.size_bytes:
+            # Refused before memory fills with bytes of no known place in the file.
+            raise DataLoss(
+                f"the daemon sent more than the {header.size_bytes} bytes of {version_name(header)} "
+                f"(its stream sent from byte {self._stream_from}); a daemon that ignores the offset "
+                "asked for (older than this client) sends the file from its first byte: upgrade "
+                "tesserad, or load it again"
+            )
+        self._data += chunk
+
+    def progressed(self) -> None:
+        """A load reports no progress."""
 
     def finish(self) -> dict[str, np.ndarray]:
-        data = b"".join(self._chunks)
-        # Let go before parsing: kept, the chunks were a third copy of the file at the peak.
-        self._chunks.clear()
+        assert self._header is not None, "finish before any header"
+        data = bytes(self._data)
+        # Let go before parsing: kept, the buffer was a third copy of the file at the peak.
+        self._data = bytearray()
         return parse_arrays(self._header, data)
 
-    def abort(self) -> None:
-        self._chunks.clear()
+    def abort(self, error: BaseException) -> None:
+        self._data = bytearray()
 
 
 class Datasets(Part[C]):
@@ -298,18 +337,10 @@ class Datasets(Part[C]):
         is not this user's own, or is another name of a file too (a hard link), is refused with
         ValueError."""
         asked = dataset_ref(ref)
-
-        def request(header: pb.DatasetVersion | None, offset: int) -> pb.DownloadDatasetRequest:
-            # After the first stream, the version it sent: "clips" may name a newer one by then.
-            pinned = (
-                asked if header is None else common_pb2.DatasetRef(name=header.name, version=header.version)
-            )
-            return pb.DownloadDatasetRequest(ref=pinned, chunk_size=chunk_size, offset=offset)
-
         return ResumingDownload(
             S,
             "DownloadDataset",
-            request,
+            _pinned_request(asked, chunk_size),
             Op(S, "GetDatasetVersion", pb.GetDatasetVersionRequest(ref=asked), timeout=timeout),
             timeout_or(timeout, self._conn.transfer_timeout),
             lambda: ResumableDownloadSink(Path(path), progress, overwrite, resume, version_name),
@@ -320,12 +351,37 @@ class Datasets(Part[C]):
     @call
     def load(
         self, ref: str | common_pb2.DatasetRef, timeout: float | None = None
-    ) -> Download[dict[str, np.ndarray]]:
-        """A version's arrays in memory, by name (downloaded, verified, parsed without pickle)."""
-        request = pb.DownloadDatasetRequest(ref=dataset_ref(ref))
-        return Download(
-            S, "DownloadDataset", request, timeout_or(timeout, self._conn.transfer_timeout), ArraysSink
+    ) -> ResumingDownload[dict[str, np.ndarray]]:
+        """A version's arrays in memory, by name (downloaded, verified, parsed without pickle).
+        A stream that breaks (UNAVAILABLE: connection cut, daemon restarting) is made again
+        within the client's RetryPolicy and goes on from the bytes received, of the version the
+        first stream sent; one that reconnects to another file is DataLoss."""
+        asked = dataset_ref(ref)
+        return ResumingDownload(
+            S,
+            "DownloadDataset",
+            # chunk_size 0: the daemon's own.
+            _pinned_request(asked, 0),
+            Op(S, "GetDatasetVersion", pb.GetDatasetVersionRequest(ref=asked), timeout=timeout),
+            timeout_or(timeout, self._conn.transfer_timeout),
+            ArraysSink,
+            self._conn.retry,
+            f"loading {asked.name}" + (f":{asked.version}" if asked.version else ""),
         )
+
+
+def _pinned_request(
+    asked: common_pb2.DatasetRef, chunk_size: int
+) -> Callable[[pb.DatasetVersion | None, int], pb.DownloadDatasetRequest]:
+    """The request of a download's stream from `offset`: the first for what the caller `asked`,
+    later ones for the version the first stream's header named ("clips" may name a newer one by
+    then)."""
+
+    def request(header: pb.DatasetVersion | None, offset: int) -> pb.DownloadDatasetRequest:
+        pinned = asked if header is None else common_pb2.DatasetRef(name=header.name, version=header.version)
+        return pb.DownloadDatasetRequest(ref=pinned, chunk_size=chunk_size, offset=offset)
+
+    return request
 
 
 def version_name(version: pb.DatasetVersion) -> str:
