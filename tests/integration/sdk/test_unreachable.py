@@ -244,11 +244,11 @@ def holding_server() -> Iterator[str]:
 
 
 @contextmanager
-def stopping_server() -> Iterator[str]:
+def stopping_server(refusal: grpc.StatusCode | None = None) -> Iterator[str]:
     """A gRPC server whose WatchSystem sends one sample, and whose GetServerInfo answers the first
-    call, then, in each later one, starts draining (as a daemon told to stop does: GOAWAY, no new
-    connections) and holds the call past the client's deadline: the client has no connection
-    ready when its deadline ends the call."""
+    call (with the status `refusal`, where given), then, in each later one, starts draining (as a
+    daemon told to stop does: GOAWAY, no new connections) and holds the call past the client's
+    deadline: the client has no connection ready when its deadline ends the call."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     stopping = threading.Event()
     answered = threading.Event()
@@ -256,6 +256,8 @@ def stopping_server() -> Iterator[str]:
     def answer_then_drain(request: bytes, context: grpc.ServicerContext) -> bytes:
         if not answered.is_set():
             answered.set()
+            if refusal is not None:
+                context.abort(refusal, "refused")
             return system_pb2.ServerInfo().SerializeToString()
         _drain(server)
         stopping.wait(60)
@@ -376,3 +378,35 @@ def test_a_client_dropped_unclosed_after_its_own_deadline_leaves_its_channel_to_
         del connection, failed
         gc.collect()
         assert channel() is None
+
+
+# Statuses only a server sends: gRPC's client makes none of them, nor reads one from an HTTP status.
+DAEMON_REFUSALS = [
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+]
+
+
+@pytest.mark.parametrize("refusal", DAEMON_REFUSALS, ids=lambda code: code.name)
+def test_a_daemon_that_only_refused_calls_and_then_stopped_was_reached_before(refusal):
+    with stopping_server(refusal) as target, tessera.Client(target, timeout=30) as client:
+        with pytest.raises(tessera.TesseraError, match="refused"):
+            client.system.info()
+        with pytest.raises(tessera.DeadlineExceeded) as failed:
+            client.system.info(timeout=2)
+    assert_says_the_daemon_was_reached_before(failed.value, target)
+
+
+def test_the_asyncio_client_counts_a_refusal_as_the_daemon_reached_too():
+    async def scenario(target: str) -> tessera.DeadlineExceeded:
+        async with tessera.aio.Client(target, timeout=30) as client:
+            with pytest.raises(tessera.NotFound, match="refused"):
+                await client.system.info()
+            with pytest.raises(tessera.DeadlineExceeded) as failed:
+                await client.system.info(timeout=2)
+            return failed.value
+
+    with stopping_server(grpc.StatusCode.NOT_FOUND) as target:
+        error = asyncio.run(asyncio.wait_for(scenario(target), 120))
+    assert_says_the_daemon_was_reached_before(error, target)

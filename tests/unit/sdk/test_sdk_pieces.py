@@ -17,7 +17,7 @@ import tessera
 import tessera.aio
 from tessera.calls import Reconnects
 from tessera.datasets import ArraysSink, split_spec
-from tessera.errors import ERROR_BY_CODE, Unavailable, error_from_status_number
+from tessera.errors import ERROR_BY_CODE, Unavailable, error_from_status_number, sent_by_a_server
 from tessera.events import event_from_proto
 from tessera.messages import dataset_ref, from_dict, version_ref
 from tessera.plot import line_plot
@@ -334,3 +334,23 @@ def test_work_that_fails_after_its_await_was_cancelled_leaves_no_error_never_ret
 
     asyncio.run(cancel_mid_write())
     assert [c["message"] for c in reported] == []
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "sent"),
+    [
+        (grpc.StatusCode.NOT_FOUND, "model affine not found", True),
+        (grpc.StatusCode.INVALID_ARGUMENT, "limit must be positive", True),
+        (grpc.StatusCode.UNAUTHENTICATED, "missing bearer token", True),
+        (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses", False),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", False),
+        (grpc.StatusCode.CANCELLED, "Locally cancelled", False),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "CLIENT: Received message larger than max (9 vs. 4)", False),
+        (grpc.StatusCode.INTERNAL, "Failed parsing HTTP/2", False),
+        (grpc.StatusCode.UNKNOWN, "Exception iterating requests!", False),
+        (grpc.StatusCode.UNIMPLEMENTED, "Received http2 header with status: 404", False),
+        (grpc.StatusCode.PERMISSION_DENIED, "Received http2 header with status: 403", False),
+    ],
+)
+def test_only_a_status_no_grpc_client_makes_says_a_server_answered(code, details, sent):
+    assert sent_by_a_server(code, details) is sent

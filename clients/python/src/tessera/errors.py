@@ -177,6 +177,29 @@ def reached_no_daemon(error: TesseraError) -> bool:
     return isinstance(error, Unavailable) and UNREACHABLE.search(error.message) is not None
 
 
+# Codes gRPC's client makes itself: no connection, its own deadline, a cancel, its own message
+# size limits, a request iterator that raised, a frame it could not read.
+_CLIENT_MADE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+# gRPC's words for a status it read from an HTTP answer (401, 403, 404...) of a server that is
+# no gRPC server: another service's port, a proxy.
+_HTTP_STATUS = re.compile(r"^Received http2 header with status: \d+")
+
+
+def sent_by_a_server(code: grpc.StatusCode, details: str | None) -> bool:
+    """Whether a call's status `code` (with `details`) can only have come from a gRPC server
+    that answered the call (NOT_FOUND, INVALID_ARGUMENT, ...), not from gRPC's client."""
+    return code not in _CLIENT_MADE_CODES and _HTTP_STATUS.match(details or "") is None
+
+
 # The SDK's words for the settings a message about an unreachable daemon points at; the CLI
 # says its flags instead (tessera.rpc_commands).
 TARGET_WORDS = "`target=`"

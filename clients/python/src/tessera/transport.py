@@ -31,6 +31,7 @@ from tessera.errors import (
     error_from_rpc,
     explain_unreachable,
     reached_before_message,
+    sent_by_a_server,
     silent_message,
 )
 from tessera.messages import is_digits
@@ -524,8 +525,9 @@ class _Channel(ABC):
         channel_options = [*_channel_options(self.tls, self.retry, self.keepalive), *options]
         credentials = None if self.tls is None else self.tls.credentials()
         self.closed = False
-        # Whether a call of this client has had a response: a later call that passes its own
-        # deadline with no connection ready met a daemon that stopped answering, not a silent port.
+        # Whether a call of this client has had a response, or a status only a server sends: a
+        # later call that passes its own deadline with no connection ready met a daemon that
+        # stopped answering, not a silent port.
         self.answered = False
         self.channel = self._open(self.target, credentials, channel_options)
         self._stubs = {name: stub(self.channel) for name, stub in _STUBS.items()}
@@ -569,6 +571,9 @@ class _Channel(ABC):
             return err
         if self.closed and err.code() == grpc.StatusCode.CANCELLED:
             return Cancelled(f"the client of {self.target} was closed while the call was in flight")
+        if sent_by_a_server(err.code(), err.details()):
+            # A refusal is an answer too: a client whose every call was refused reached the daemon.
+            self.answered = True
         error = error_from_rpc(err)
         if (
             isinstance(error, DeadlineExceeded)
