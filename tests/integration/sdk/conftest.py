@@ -159,3 +159,11 @@ def proxy_to():
     yield make
     for proxy in proxies:
         proxy.close()
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    """An empty directory to download into, apart from the files a test pushes from."""
+    directory = tmp_path / "out"
+    directory.mkdir()
+    return directory

@@ -23,6 +23,7 @@ import tessera.aio
 from tessera import transfer
 from tessera.v1 import datasets_pb2
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.sdk.download_resume import CutOnce, partials
 
 CHUNK = 4096
 
@@ -34,11 +35,7 @@ def clips_file(tmp_path: Path) -> Path:
     return path
 
 
-def partials(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
-
-
-def test_a_download_broken_by_a_daemon_restart_goes_on_from_the_bytes_written(tmp_path, clips_file):
+def test_a_download_broken_by_a_daemon_restart_goes_on_from_the_bytes_written(tmp_path, out, clips_file):
     data = clips_file.read_bytes()
     data_dir = tmp_path / "data"
     first = InProcessDaemon(daemon_settings(data_dir)).start()
@@ -46,8 +43,6 @@ def test_a_download_broken_by_a_daemon_restart_goes_on_from_the_bytes_written(tm
     restarted: list[InProcessDaemon] = []
     progress: list[int] = []
     retry = tessera.RetryPolicy(attempts=100, initial_backoff_s=0.05, max_backoff_s=0.5)
-    out = tmp_path / "out"
-    out.mkdir()
 
     def restart_midway(done: int, total: int) -> None:
         progress.append(done)
@@ -72,20 +67,13 @@ def test_a_download_broken_by_a_daemon_restart_goes_on_from_the_bytes_written(tm
     assert partials(out) == []
 
 
-def test_a_download_that_gave_up_keeps_its_bytes_for_resume(daemon, proxy_to, tmp_path, clips_file):
+def test_a_download_that_gave_up_keeps_its_bytes_for_resume(daemon, proxy_to, out, clips_file):
     data = clips_file.read_bytes()
     proxy = proxy_to(daemon.daemon.port)
-    out = tmp_path / "out"
-    out.mkdir()
-
-    def cut_midway(done: int, total: int) -> None:
-        if done >= total // 2 and not proxy.cuts:
-            proxy.cut()
-
     with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
         client.datasets.push("clips", clips_file)
         with pytest.raises(tessera.Unavailable) as gave_up:
-            client.datasets.download("clips:1", out / "copy.npz", progress=cut_midway, chunk_size=CHUNK)
+            client.datasets.download("clips:1", out / "copy.npz", progress=CutOnce(proxy), chunk_size=CHUNK)
     assert "resume=True" in gave_up.value.message, gave_up.value.message
     assert not (out / "copy.npz").exists()
     assert partials(out)
@@ -100,23 +88,16 @@ def test_a_download_that_gave_up_keeps_its_bytes_for_resume(daemon, proxy_to, tm
 
 
 def test_resume_into_the_partial_file_of_another_version_is_refused_and_keeps_it(
-    daemon, proxy_to, tmp_path, clips_file
+    daemon, proxy_to, tmp_path, out, clips_file
 ):
     proxy = proxy_to(daemon.daemon.port)
-    out = tmp_path / "out"
-    out.mkdir()
-
-    def cut_midway(done: int, total: int) -> None:
-        if done >= total // 2 and not proxy.cuts:
-            proxy.cut()
-
     with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
         client.datasets.push("clips", clips_file)
         second = tmp_path / "second.npz"
         np.savez(second, x=np.ones((3, 2), np.float32))
         client.datasets.push("clips", second)
         with pytest.raises(tessera.Unavailable):
-            client.datasets.download("clips:1", out / "copy.npz", progress=cut_midway, chunk_size=CHUNK)
+            client.datasets.download("clips:1", out / "copy.npz", progress=CutOnce(proxy), chunk_size=CHUNK)
     kept = {name: (out / name).read_bytes() for name in partials(out)}
     with tessera.Client(daemon.target, timeout=30) as client:
         with pytest.raises(ValueError, match="the partial download ") as refused:
@@ -137,15 +118,10 @@ def test_resume_with_no_partial_file_downloads_it_whole(client, clips_file, tmp_
     assert (tmp_path / "copy.npz").read_bytes() == clips_file.read_bytes()
 
 
-def test_the_asyncio_client_reconnects_and_resumes_too(daemon, proxy_to, tmp_path, clips_file):
+def test_the_asyncio_client_reconnects_and_resumes_too(daemon, proxy_to, out, clips_file):
     data = clips_file.read_bytes()
     proxy = proxy_to(daemon.daemon.port)
-    out = tmp_path / "out"
-    out.mkdir()
-
-    def cut_once_past_half(done: int, total: int) -> None:
-        if done >= total // 2 and proxy.cuts < cuts_wanted[-1]:
-            proxy.cut()
+    cut_once_past_half = CutOnce(proxy)
 
     async def download() -> None:
         retry = tessera.RetryPolicy(attempts=5, initial_backoff_s=0.05, max_backoff_s=0.2)
@@ -154,7 +130,7 @@ def test_the_asyncio_client_reconnects_and_resumes_too(daemon, proxy_to, tmp_pat
             await client.datasets.download(
                 "clips", out / "reconnected.npz", progress=cut_once_past_half, chunk_size=CHUNK
             )
-        cuts_wanted.append(2)
+        cut_once_past_half.wanted = 2
         async with tessera.aio.Client(
             proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)
         ) as client:
@@ -167,7 +143,6 @@ def test_the_asyncio_client_reconnects_and_resumes_too(daemon, proxy_to, tmp_pat
                 "clips", out / "resumed.npz", resume=True, progress=lambda done, _: resumed_from.append(done)
             )
 
-    cuts_wanted = [1]
     kept_after_the_cut: list[str] = []
     resumed_from: list[int] = []
     asyncio.run(download())
@@ -179,20 +154,13 @@ def test_the_asyncio_client_reconnects_and_resumes_too(daemon, proxy_to, tmp_pat
 
 
 def test_a_resume_from_bytes_damaged_on_the_disk_is_data_loss_and_leaves_no_file(
-    daemon, proxy_to, tmp_path, clips_file
+    daemon, proxy_to, out, clips_file
 ):
     proxy = proxy_to(daemon.daemon.port)
-    out = tmp_path / "out"
-    out.mkdir()
-
-    def cut_midway(done: int, total: int) -> None:
-        if done >= total // 2 and not proxy.cuts:
-            proxy.cut()
-
     with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
         client.datasets.push("clips", clips_file)
         with pytest.raises(tessera.Unavailable):
-            client.datasets.download("clips", out / "copy.npz", progress=cut_midway, chunk_size=CHUNK)
+            client.datasets.download("clips", out / "copy.npz", progress=CutOnce(proxy), chunk_size=CHUNK)
     (partial,) = out.glob(".*.partial")
     damaged = bytearray(partial.read_bytes())
     damaged[100] ^= 0xFF
@@ -205,10 +173,8 @@ def test_a_resume_from_bytes_damaged_on_the_disk_is_data_loss_and_leaves_no_file
     assert (out / "copy.npz").read_bytes() == clips_file.read_bytes()
 
 
-def test_a_download_past_its_timeout_keeps_its_bytes_and_says_how_to_go_on(client, tmp_path, clips_file):
+def test_a_download_past_its_timeout_keeps_its_bytes_and_says_how_to_go_on(client, out, clips_file):
     client.datasets.push("clips", clips_file)
-    out = tmp_path / "out"
-    out.mkdir()
     stalled: list[int] = []
 
     def stall_past_the_timeout(done: int, total: int) -> None:
@@ -317,11 +283,9 @@ def test_a_download_that_locks_the_partial_file_after_another_removed_it_writes_
 
 
 def test_a_hard_link_planted_at_the_partial_files_name_is_refused_and_not_written_through(
-    client, tmp_path, clips_file
+    client, tmp_path, out, clips_file
 ):
     client.datasets.push("clips", clips_file)
-    out = tmp_path / "out"
-    out.mkdir()
     victim = tmp_path / "victim"
     victim.write_bytes(b"not yours")
     partial, _ = transfer.partial_names(out / "copy.npz")
@@ -336,14 +300,12 @@ def test_a_hard_link_planted_at_the_partial_files_name_is_refused_and_not_writte
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
 @pytest.mark.parametrize("resume", [False, True])
 def test_a_fifo_planted_at_the_partial_files_name_is_refused_and_left_as_it_is(
-    client, tmp_path, clips_file, resume
+    client, out, clips_file, resume
 ):
     """A FIFO (or a device) at the name is refused before the download writes, reads or waits on
     it: opened, a FIFO blocks for a reader where O_RDWR does not open it at once, and a device
     may act on being opened."""
     client.datasets.push("clips", clips_file)
-    out = tmp_path / "out"
-    out.mkdir()
     partial, _ = transfer.partial_names(out / "copy.npz")
     os.mkfifo(partial)
     with pytest.raises(ValueError, match="is not a regular file") as refused:
@@ -379,9 +341,7 @@ def test_a_partial_file_longer_than_the_file_is_started_again_from_the_first_byt
     assert path.read_bytes() == data
 
 
-def test_a_download_whose_client_was_closed_midway_leaves_no_bytes(daemon, tmp_path, clips_file):
-    out = tmp_path / "out"
-    out.mkdir()
+def test_a_download_whose_client_was_closed_midway_leaves_no_bytes(daemon, out, clips_file):
     client = tessera.Client(daemon.target, timeout=30)
     client.datasets.push("clips", clips_file)
 
@@ -398,10 +358,8 @@ def test_a_download_whose_client_was_closed_midway_leaves_no_bytes(daemon, tmp_p
 
 
 def test_an_asyncio_download_cancelled_while_its_partial_file_is_opened_leaves_none(
-    monkeypatch, daemon, tmp_path, clips_file
+    monkeypatch, daemon, out, clips_file
 ):
-    out = tmp_path / "out"
-    out.mkdir()
     opening, go_on = threading.Event(), threading.Event()
     lock = transfer._lock_exclusively
 
@@ -430,12 +388,10 @@ def test_an_asyncio_download_cancelled_while_its_partial_file_is_opened_leaves_n
 
 
 def test_an_asyncio_download_cancelled_twice_mid_write_aborts_only_once_the_write_ended(
-    monkeypatch, daemon, tmp_path, clips_file
+    monkeypatch, daemon, out, clips_file
 ):
     """A second cancel (a TaskGroup's teardown, asyncio.run's shutdown) while the first waits on
     a write in flight must not abort the partial file under that write."""
-    out = tmp_path / "out"
-    out.mkdir()
     steps: list[str] = []
     writing, go_on = threading.Event(), threading.Event()
     write, abort = transfer.ResumableDownloadSink.write, transfer.ResumableDownloadSink.abort
@@ -512,10 +468,8 @@ def test_a_fresh_download_sent_more_than_its_headers_size_is_refused_and_leaves_
 
 
 def test_the_partial_file_of_a_download_cancelled_while_opening_is_let_go_of_off_the_loop(
-    monkeypatch, daemon, tmp_path, clips_file
+    monkeypatch, daemon, out, clips_file
 ):
-    out = tmp_path / "out"
-    out.mkdir()
     opening, go_on, aborted = threading.Event(), threading.Event(), threading.Event()
     lock, abort = transfer._lock_exclusively, transfer.ResumableDownloadSink.abort
     abort_threads: list[int] = []
@@ -550,12 +504,10 @@ def test_the_partial_file_of_a_download_cancelled_while_opening_is_let_go_of_off
 
 
 def test_a_download_still_opening_when_asyncio_run_ends_lets_its_partial_file_go(
-    monkeypatch, daemon, tmp_path, clips_file
+    monkeypatch, daemon, out, clips_file
 ):
     """asyncio.run's shutdown cancels every task left, the thread opening the partial file's
     included where that is a task: its file was then never aborted."""
-    out = tmp_path / "out"
-    out.mkdir()
     opening, go_on, aborted = threading.Event(), threading.Event(), threading.Event()
     lock, abort = transfer._lock_exclusively, transfer.ResumableDownloadSink.abort
 

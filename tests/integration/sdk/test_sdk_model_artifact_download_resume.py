@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 import tessera
 import tessera.aio
 from tessera import transfer
+from tests.integration.sdk.download_resume import CutOnce, partials
 
 CHUNK = 4096
 FEATURES = 1 << 21
@@ -47,30 +48,6 @@ def artifact_file(tmp_path: Path) -> Path:
     path = tmp_path / "weights.bin"
     path.write_bytes(np.random.default_rng(1).bytes(8 << 20))
     return path
-
-
-@pytest.fixture
-def out(tmp_path: Path) -> Path:
-    directory = tmp_path / "out"
-    directory.mkdir()
-    return directory
-
-
-def partials(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
-
-
-class CutOnce:
-    """A progress callback that cuts `proxy` once the download is past half way, `wanted` cuts
-    in all."""
-
-    def __init__(self, proxy, wanted: int = 1) -> None:
-        self.proxy = proxy
-        self.wanted = wanted
-
-    def __call__(self, done: int, total: int) -> None:
-        if done >= total // 2 and self.proxy.cuts < self.wanted:
-            self.proxy.cut()
 
 
 def test_a_model_download_broken_midway_reconnects_and_goes_on_from_the_bytes_written(
