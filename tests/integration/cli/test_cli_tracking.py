@@ -220,21 +220,41 @@ def test_experiments_update_rm_and_restore(tessera_cli, client):
     assert [e.name for e in client.training.experiments(prefix="cli-exp")] == ["cli-exp"]
 
 
-def test_runs_leaderboard_of_a_metric_no_run_has_says_so(tessera_cli, client):
+def test_runs_leaderboard_of_a_metric_no_run_has_fails_naming_the_logged_ones(tessera_cli, client):
     run = client.training.create_run("cli-board")
     client.training.log_metrics(run.run_id, {"val_loss": 0.5, "val_mse": 0.2}, step=0)
-    # A misspelt metric used to print an empty table and succeed, leaving the user to guess.
-    empty = tessera_cli("runs", "leaderboard", "cli-board", "val_los")
-    assert empty.code == 0, empty.err
-    said = " ".join(empty.out.split())
-    # It named `runs ls` for the metrics, a table to read through: they are named here.
-    assert "no run of experiment cli-board has logged val_los; did you mean val_loss?" in said, said
-    assert "did you mean val_loss? Its runs have logged: val_loss, val_mse." in said, said
+    # A misspelt metric printed an empty answer and exit 0: a script went on with no runs ranked.
+    misspelt = tessera_cli("runs", "leaderboard", "cli-board", "val_los")
+    assert misspelt.code == EXIT_DAEMON and misspelt.out == "", misspelt
+    assert misspelt.err == (
+        "tessera: NOT_FOUND: no run of experiment cli-board has logged val_los; did you mean val_loss? "
+        "Its runs have logged: val_loss, val_mse.\n"
+    )
     other = tessera_cli("runs", "leaderboard", "cli-board", "accuracy")
-    assert "has logged accuracy. Its runs have logged: val_loss, val_mse." in " ".join(other.out.split())
-    assert tessera_cli("--json", "runs", "leaderboard", "cli-board", "val_los").json() == []
+    assert other.code == EXIT_DAEMON and other.err == (
+        "tessera: NOT_FOUND: no run of experiment cli-board has logged accuracy. "
+        "Its runs have logged: val_loss, val_mse.\n"
+    )
+    as_json = tessera_cli("--json", "runs", "leaderboard", "cli-board", "val_los")
+    assert as_json.code == EXIT_DAEMON and as_json.out == "" and "did you mean val_loss?" in as_json.err
     board = tessera_cli("runs", "leaderboard", "cli-board", "val_loss")
     assert board.code == 0 and run.run_id in board.out
+
+
+def test_runs_leaderboard_of_an_experiment_with_nothing_logged_yet_is_empty(tessera_cli, client):
+    """No run, or runs that have logged no metric yet: nothing to rank, and no name to doubt."""
+    client.training.create_experiment("cli-empty")
+    empty = tessera_cli("runs", "leaderboard", "cli-empty", "val_loss")
+    assert (empty.code, empty.err) == (0, ""), empty
+    assert " ".join(empty.out.split()) == "experiment cli-empty has no runs yet"
+    assert tessera_cli("--json", "runs", "leaderboard", "cli-empty", "val_loss").json() == []
+    client.training.create_run("cli-empty")
+    started = tessera_cli("runs", "leaderboard", "cli-empty", "val_loss")
+    assert started.code == 0, started
+    assert " ".join(started.out.split()) == (
+        "no run of experiment cli-empty has logged val_loss; its runs have logged no metric yet"
+    )
+    assert tessera_cli("--json", "runs", "leaderboard", "cli-empty", "val_loss").json() == []
 
 
 def test_runs_leaderboard_ranks_by_any_summary_field(tessera_cli, client):

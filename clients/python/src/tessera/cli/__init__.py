@@ -44,7 +44,8 @@ exit status:
        command's usage
   {EXIT_DAEMON}    the daemon refused or failed the request, or could not be reached:
        the message starts with the gRPC status (NOT_FOUND, INVALID_ARGUMENT,
-       UNAVAILABLE, ...)
+       UNAVAILABLE, ...); NOT_FOUND too for `runs leaderboard` of a metric
+       the experiment's runs have not logged (another they have, it names)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); a file being written is removed
   {EXIT_TERMINATED}  terminated (SIGTERM); a file being written is removed, as after Ctrl-C
   {EXIT_OUTPUT_CLOSED}  the output was closed early (`tessera ... | head`); nothing more

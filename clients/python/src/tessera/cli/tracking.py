@@ -384,10 +384,11 @@ def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) 
     entries = client.training.leaderboard(
         args.experiment, args.metric, mode=args.mode, limit=args.limit, field=args.field
     )
+    if not entries:
+        nothing = nothing_ranked(client, args.experiment, args.metric)
+        return out.json([]) if out.as_json else out.line(nothing)
     if out.as_json:
         return out.json(list(entries))
-    if not entries:
-        return out.line(metric_not_logged(client, args.experiment, args.metric))
     runs = [e.run for e in entries]
     differing = differing_params(runs)
 
@@ -428,24 +429,28 @@ RUNS_READ_FOR_KEYS = 100
 KEYS_NAMED = 20
 
 
-def metric_not_logged(client: Client, experiment: str, metric: str) -> str:
-    """That no run of `experiment` has logged `metric`, with the keys its newest runs have
-    logged, a near miss named first: a misspelt name is the likely cause."""
+def nothing_ranked(client: Client, experiment: str, metric: str) -> str:
+    """Why a leaderboard is empty, where that is an answer: the experiment has no runs, or they
+    have logged no metric yet. NotFound where its runs have logged metrics, none of them `metric`:
+    a misspelt name, which an empty answer and exit 0 would let a script go on with; the message
+    names the keys the newest runs have logged, a near miss first."""
     runs = list(
         itertools.islice(client.training.runs(experiment, page_size=RUNS_READ_FOR_KEYS), RUNS_READ_FOR_KEYS)
     )
+    if not runs:
+        return f"experiment {experiment} has no runs yet"
     keys = sorted({summary.key for run in runs for summary in run.metrics})
     said = f"no run of experiment {experiment} has logged {metric}"
-    near = difflib.get_close_matches(metric, keys, n=1)
-    if near:
-        said += f"; did you mean {near[0]}?"
     whose = f"its newest {len(runs)} runs" if len(runs) == RUNS_READ_FOR_KEYS else "its runs"
     if not keys:
         return f"{said}; {whose} have logged no metric yet"
+    near = difflib.get_close_matches(metric, keys, n=1)
+    if near:
+        said += f"; did you mean {near[0]}?"
     named = ", ".join(keys[:KEYS_NAMED])
     more = f" and {len(keys) - KEYS_NAMED} more" if len(keys) > KEYS_NAMED else ""
     end = " " if near else ". "
-    return f"{said}{end}{whose.capitalize()} have logged: {named}{more}."
+    raise NotFound(f"{said}{end}{whose.capitalize()} have logged: {named}{more}.")
 
 
 def shortest_suffixes(paths: Sequence[str]) -> dict[str, str]:
