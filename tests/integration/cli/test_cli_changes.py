@@ -47,6 +47,8 @@ def test_changes_are_printed_in_order_with_the_state_after_each(tessera_cli, cli
     ]
     assert changes[1]["state"]["aliases"] == {"production": 2}
     assert tessera_cli("models", "changes", "--from-seq", "4").out.strip() == "no changes from seq 4 on"
+    # 0 and 1 both start at the first change, as before 1 was the default.
+    assert tessera_cli("models", "changes", "--from-seq", "0").out == result.out
 
 
 def test_a_start_the_registry_never_gave_fails_with_what_to_give(tessera_cli, client, tmp_path, capsys):

@@ -232,14 +232,21 @@ def test_extra_arguments_are_refused_under_the_commands_usage(capsys):
     assert "tessera models versions: error: unrecognized arguments: extra" in err, err
 
 
-def test_jobs_watch_help_says_what_from_seq_takes(capsys):
-    """It read "--from-seq FROM_SEQ  replay events from this sequence number": which numbers,
-    and where to find one, it did not say."""
+@pytest.mark.parametrize(
+    ("command", "what"),
+    [(("jobs", "watch", "job-1"), "the job's event"), (("models", "changes"), "the change")],
+)
+def test_from_seq_reads_the_same_in_jobs_watch_and_models_changes(capsys, command, what):
+    """`jobs watch` defaulted to 1 ("every event") and `models changes` to 0 ("the first"): one
+    flag of one meaning read two ways. Both feeds number from 1, and 0 starts at the first too."""
+    assert build_parser().parse_args(list(command)).from_seq == 1
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["jobs", "watch", "--help"])
+        build_parser().parse_args([*command[:2], "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    assert "--from-seq SEQ start at the job's event of this number, the `seq` of --json's lines" in shown
-    assert "(default 1: every event)" in shown
+    assert (
+        f"--from-seq SEQ start at {what} of this number, the `seq` of --json's lines "
+        "(default 1: the first; 0 is the first too)"
+    ) in shown, shown
 
 
 def test_every_option_with_a_default_says_it_in_its_help():

@@ -178,6 +178,8 @@ EXPECTED_REVISION_HELP = (
     "deployments MODEL` lists them), so that a deploy or rollback made meanwhile is not undone"
 )
 JOB_HELP = "the job's id (`tessera jobs ls` lists them)"
+# A job's events and the registry's changes are numbered from 1; their RPCs read 0 as 1 too.
+FROM_SEQ_DEFAULT = "(default 1: the first; 0 is the first too)"
 RUN_HELP = "the run's id (`tessera runs ls` lists them)"
 EXPERIMENT_HELP = "the experiment's name (`tessera experiments ls` lists them)"
 RESUME_HELP = (
@@ -441,9 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--from-seq",
         type=whole(),
-        default=0,
+        default=1,
         metavar="SEQ",
-        help="start at this change (default 0: the first)",
+        help=f"start at the change of this number, the `seq` of --json's lines {FROM_SEQ_DEFAULT}",
     )
     sub.add_argument(
         "--follow", action="store_true", help="go on printing new changes as they come (Ctrl-C to stop)"
@@ -617,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=whole(),
         default=1,
         metavar="SEQ",
-        help="start at the job's event of this number, the `seq` of --json's lines (default 1: every event)",
+        help=f"start at the job's event of this number, the `seq` of --json's lines {FROM_SEQ_DEFAULT}",
     )
     command(jobs, "cancel", cmd_jobs_cancel, "stop a queued or running job").add_argument(
         "job_id", help=JOB_HELP
