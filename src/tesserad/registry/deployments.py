@@ -436,7 +436,9 @@ class Deployments:
             first[route.target] = i
         total = sum(r.weight for r in routes)
         if total != 100:
-            raise InvalidArgument(f"route weights must sum to 100, got {total}")
+            raise InvalidArgument(
+                f"route weights are percents of the traffic and must sum to 100, got {total}"
+            )
         if shadow is not None and not 1 <= shadow.percent <= 100:
             raise InvalidArgument(f"shadow.percent must be 1..100, got {shadow.percent}")
         size = len(comment.encode())

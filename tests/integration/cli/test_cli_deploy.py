@@ -54,3 +54,14 @@ def test_a_push_that_moves_a_routed_alias_warns(tessera_cli, tmp_path):
         "so it answers their 100% and they split nothing; deploy one route to it (`tessera models deploy "
         "MODEL ROUTE...`), or move one of the aliases (`tessera models alias MODEL ALIAS VERSION`)\n"
     )
+
+
+def test_percents_that_do_not_sum_to_100_are_refused_in_the_words_of_the_help(tessera_cli, tmp_path):
+    """The help says VERSION=PERCENT and the daemon said "route weights": the same numbers, in
+    words the reader had to match up (the SDK's and the Node client's field is `weight`)."""
+    assert tessera_cli("models", "push", "affine", str(affine_onnx(tmp_path / "affine.onnx"))).code == 0
+    short = tessera_cli("models", "deploy", "affine", "1=60")
+    assert short.code == EXIT_DAEMON
+    assert short.err == (
+        "tessera: INVALID_ARGUMENT: route weights are percents of the traffic and must sum to 100, got 60\n"
+    )
