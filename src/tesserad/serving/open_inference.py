@@ -153,6 +153,9 @@ _OIP_FIXES = (
         "load it with LoadModel (serving.autoload is off)",
         "load it with RepositoryModelLoad (serving.autoload is off)",
     ),
+    # Of a version named: RepositoryModelLoad loads the versions the model serves, maybe not it.
+    ("LoadModel naming version", "tessera.v1.Inference's LoadModel naming version"),
+    ("by a Predict naming version", "by an inference request naming version"),
 )
 
 

@@ -907,7 +907,7 @@ class InferenceService:
         if not entries:
             self._source.servable(target.model, version, None)  # NotFound for a version that does not exist
             failed = [e for e in listed if e.version == version]
-            raise self._no_stats(f"model {target.model!r} version {version} is not loaded", failed)
+            raise self._no_stats(f"model {target.model!r} version {version} is not loaded", failed, version)
         return self._with_members(entries)
 
     def _with_members(self, entries: list[LoadedVersion]) -> list[LoadedVersion]:
@@ -915,15 +915,25 @@ class InferenceService:
         members = {key for e in entries for key in e.members if key not in keys}
         return entries + [e for e in self.pool.list() if (e.model, e.version) in members]
 
-    def _no_stats(self, what: str, failed: list[LoadedVersion]) -> NotFound:
-        """`failed`: the versions listed (those whose load failed) that the call asked for."""
+    def _no_stats(self, what: str, failed: list[LoadedVersion], version: int | None = None) -> NotFound:
+        """`failed`: the versions listed (those whose load failed) that the call asked for;
+        `version`: the one it named, which a request must name too to load it (one naming no
+        version loads the routed version)."""
         if failed:
             entry = failed[0]
             return NotFound(f"{entry.label} failed to load, so it has no statistics: {entry.error}")
-        if self._autoload:
-            how = "send it a request (Predict) to load it, or load it with LoadModel"
+        if version is None:
+            if self._autoload:
+                how = "send it a request (Predict) to load it, or load it with LoadModel"
+            else:
+                how = "load it with LoadModel (serving.autoload is off)"
+        elif self._autoload:
+            how = (
+                f"load it with LoadModel naming version {version}, or by a Predict naming version "
+                f"{version} (one naming no version loads the one requests are routed to)"
+            )
         else:
-            how = "load it with LoadModel (serving.autoload is off)"
+            how = f"load it with LoadModel naming version {version} (serving.autoload is off)"
         return NotFound(f"{what}, so it has no statistics yet; {how}")
 
     # -- explanations ----------------------------------------------------------------------

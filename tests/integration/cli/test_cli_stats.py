@@ -51,3 +51,22 @@ def test_a_version_without_a_model_is_a_usage_error(tessera_cli):
             f"error: --version picks a version of a model: name it too (`tessera stats MODEL --version {args[2]}`)"
             in result.err
         )
+
+
+def test_stats_of_a_version_not_loaded_says_how_to_load_that_version(tessera_cli, client, tmp_path):
+    """It said to send the model a request, which without --version loads the version requests
+    are routed to (here v2), never the v1 asked about."""
+    for scale in (1.0, 2.0):
+        client.models.push("affine", affine_onnx(tmp_path / f"affine-{scale}.onnx", scale=scale))
+    unloaded = tessera_cli("stats", "affine", "--version", "1")
+    assert unloaded.code == EXIT_DAEMON
+    assert unloaded.err == (
+        "tessera: NOT_FOUND: model 'affine' version 1 is not loaded, so it has no statistics yet; "
+        "load it with `tessera load MODEL --version 1`, or by a `tessera predict MODEL --input FILE "
+        "--version 1` (one naming no version loads the one requests are routed to)\n"
+    )
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, input=np.ones((2, 4), np.float32))
+    assert tessera_cli("predict", "affine", "--input", str(inputs), "--version", "1").code == 0
+    loaded = tessera_cli("stats", "affine", "--version", "1")
+    assert loaded.code == 0 and "affine v1: 1 request (0 failed)" in loaded.out, loaded

@@ -165,6 +165,13 @@ def test_autoload_off_is_failed_precondition(start_daemon, expect_rpc_error) -> 
         "model 'linear' has no loaded version, so it has no statistics yet; load it with LoadModel "
         "(serving.autoload is off)",
     )
+    version = common_pb2.VersionRef(model="linear", version=1)
+    expect_rpc_error(
+        lambda: stub.GetStats(inference_pb2.GetStatsRequest(target=version)),
+        grpc.StatusCode.NOT_FOUND,
+        "model 'linear' version 1 is not loaded, so it has no statistics yet; load it with LoadModel "
+        "naming version 1 (serving.autoload is off)",
+    )
 
 
 def load_slow(inference, channel, **config: int) -> str:
@@ -376,6 +383,14 @@ def test_get_stats_of_what_is_not_loaded_is_not_found_saying_how_to_load_it(
         "(Predict) to load it, or load it with LoadModel",
     )
     expect_rpc_error(stats(model=linear, version=9), not_found, "model 'linear' has no version 9")
+    # A Predict naming no version would load the routed version, not the one asked about.
+    expect_rpc_error(
+        stats(model=linear, version=1),
+        not_found,
+        "model 'linear' version 1 is not loaded, so it has no statistics yet; load it with LoadModel "
+        "naming version 1, or by a Predict naming version 1 (one naming no version loads the one "
+        "requests are routed to)",
+    )
     expect_rpc_error(
         stats(model=linear, alias="production"), not_found, "model 'linear' has no alias 'production'"
     )

@@ -644,8 +644,10 @@ def test_statistics_of_unloaded_or_unknown_model_is_not_found(oip, linear, expec
     expect_rpc_error(
         lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name=linear, version="2")),
         grpc.StatusCode.NOT_FOUND,
-        "model 'linear' version 2 is not loaded, so it has no statistics yet; send it an inference request "
-        "to load it, or load it with RepositoryModelLoad",
+        # RepositoryModelLoad loads the versions the model serves, which need not be this one.
+        "model 'linear' version 2 is not loaded, so it has no statistics yet; load it with "
+        "tessera.v1.Inference's LoadModel naming version 2, or by an inference request naming version 2 "
+        "(one naming no version loads the one requests are routed to)",
     )
     # In the protocol's words: Predict and LoadModel are tessera.v1.Inference's, not a Triton client's.
     error = expect_rpc_error(

@@ -73,6 +73,13 @@ COMMAND_BY_RPC: dict[str, str] = {
 }
 """RPC name -> the `tessera` command that does it (or, where none does, the SDK call)."""
 
+# An RPC told to name a version ("LoadModel naming version 3"): its command with --version.
+_VERSIONED_RPC = re.compile(r"\b(LoadModel|Predict) naming version (\d+)")
+_VERSIONED_COMMAND = {
+    "LoadModel": "`tessera load MODEL --version {}`",
+    "Predict": "`tessera predict MODEL --input FILE --version {}`",
+}
+
 _SERVICES = ("Registry", "Datasets", "Training", "Inference", "System")
 # An RPC bare, as Service.Rpc, or as its method path tessera.v1.Service/Rpc (which PERMISSION_DENIED
 # names): the whole of it becomes the command.
@@ -113,5 +120,6 @@ def in_cli_words(message: str) -> str:
     each request field or client argument it tells the caller to set by the flag that sets it."""
     for argument, flag in FLAG_BY_ARGUMENT.items():
         message = message.replace(argument, flag)
+    message = _VERSIONED_RPC.sub(lambda match: _VERSIONED_COMMAND[match[1]].format(match[2]), message)
     message = _RPC_WORD.sub(lambda match: COMMAND_BY_RPC[match.group(1)], message)
     return _FIELD_WORD.sub(lambda match: FLAG_BY_FIELD[match.group(1)], message)
