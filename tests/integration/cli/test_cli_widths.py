@@ -228,3 +228,20 @@ def test_a_followed_jobs_loss_plot_fits_the_columns_variable(
         text = capsys.readouterr().out
         assert all(len(line) <= width for line in text.splitlines()), text
         assert_plot_whole(text, width, "• train_loss", rf"step {job.info.step}")
+
+
+def test_a_wide_terminal_gets_tables_as_wide_as_their_cells(daemon, client, capsys, monkeypatch):
+    """A terminal of 220 columns (COLUMNS, as a shell sets it) gets a row of 190 on one line,
+    not wrapped at 110 or 120; without COLUMNS, a pipe (no terminal) gets 80."""
+    run = client.training.create_run("cli-wide")
+    metrics = {f"metric_{i:02d}": 0.5 for i in range(6)}
+    client.training.log_metrics(run.run_id, metrics, step=0)
+    listed = ", ".join(f"{key}=0.5" for key in metrics)
+    monkeypatch.setenv("COLUMNS", "220")
+    assert main(["--target", daemon.target, "runs", "ls", "--experiment", "cli-wide"]) == 0
+    wide = capsys.readouterr().out
+    assert shown_whole(wide, listed) and 120 < max(len(line) for line in wide.splitlines()) <= 220, wide
+    monkeypatch.delenv("COLUMNS")
+    assert main(["--target", daemon.target, "runs", "ls", "--experiment", "cli-wide"]) == 0
+    piped = capsys.readouterr().out
+    assert max(len(line) for line in piped.splitlines()) <= 80, piped
