@@ -1054,6 +1054,12 @@ def _check_exposure(settings: Settings, insecure: bool) -> None:
 
 
 def _bind(server: grpc.aio.Server, address: Address, credentials: grpc.ServerCredentials | None) -> int:
+    # A port gRPC cannot bind gets a line of its C-core's log ("Failed to add port to server")
+    # before ours, which no public setting turns off alone: a taken or forbidden port is found
+    # with a plain socket first, and gRPC never tries it.
+    found = _bind_failure(address) if address.port != 0 else None
+    if found is not None and found.errno in (errno.EADDRINUSE, errno.EACCES):
+        raise StartupError(f"cannot listen on {address}: {_bind_failure_words(found)}")
     try:
         if credentials is None:
             port = server.add_insecure_port(str(address))
@@ -1062,28 +1068,42 @@ def _bind(server: grpc.aio.Server, address: Address, credentials: grpc.ServerCre
     except RuntimeError:
         port = 0
     if (port == 0 and address.port != 0) or port < 0:
-        raise StartupError(f"cannot listen on {address}: {_why_bind_fails(address)}")
+        # gRPC only says it failed; a plain socket tells us why.
+        found = _bind_failure(address)
+        why = (
+            "gRPC refused the address; set listen (--listen) to another address"
+            if found is None
+            else _bind_failure_words(found)
+        )
+        raise StartupError(f"cannot listen on {address}: {why}")
     return port
 
 
-def _why_bind_fails(address: Address) -> str:
-    """gRPC only says it failed; a plain socket tells us why."""
+def _bind_failure(address: Address) -> OSError | None:
+    """What binding a plain socket to `address` as gRPC binds its own (SO_REUSEADDR: a port
+    whose last connections linger in TIME_WAIT is free) fails with; None where it binds."""
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        try:
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((address.host, address.port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return (
-                    "the port is already in use (another tesserad?); stop that process or set "
-                    "listen (--listen) to another port"
-                )
-            if exc.errno == errno.EACCES:
-                return "permission denied; ports below 1024 need privileges: set listen (--listen) to a higher port"
-            if exc.errno == errno.EADDRNOTAVAIL:
-                return "no network interface has that address; set listen (--listen) to an address of this machine"
-            return f"{exc.strerror or exc}; set listen (--listen) to another address"
-    return "gRPC refused the address; set listen (--listen) to another address"
+    except OSError as exc:
+        return exc
+    return None
+
+
+def _bind_failure_words(exc: OSError) -> str:
+    """Why the listen address cannot be bound, and what to set instead."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            "the port is already in use (another tesserad?); stop that process or set "
+            "listen (--listen) to another port"
+        )
+    if exc.errno == errno.EACCES:
+        return "permission denied; ports below 1024 need privileges: set listen (--listen) to a higher port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "no network interface has that address; set listen (--listen) to an address of this machine"
+    return f"{exc.strerror or exc}; set listen (--listen) to another address"
 
 
 async def serve(settings: Settings, insecure: bool = False) -> None:
