@@ -318,7 +318,8 @@ class InferenceService:
         self._shadow_loads: dict[tuple[str, int], Future[None]] = {}
         self._warm_lock = threading.Lock()
         # (model, version) -> its failed listing that retry_failed_loads saw, and when (self._clock)
-        # it is retried: its wait runs from the first pass that saw it.
+        # it is retried: its wait runs from the first pass that saw it, and ends with its run of
+        # failures as an unload ends that (_unload_version).
         self._load_retry_at: dict[tuple[str, int], tuple[LoadedVersion, float]] = {}
         # Held through a retry_failed_loads pass: a replica's reconnect and its retry loop may
         # each run one, and the later would work from what the earlier changed under it.
@@ -767,7 +768,7 @@ class InferenceService:
             ended = False
             for version in sorted(versions):
                 try:
-                    entry = self.pool.unload(target.model, version)
+                    entry = self._unload_version(target.model, version)
                 except NotFound:
                     continue  # unloaded since it was listed (another UnloadModel, a deletion)
                 if entry is None:
@@ -780,8 +781,17 @@ class InferenceService:
                     "(ListLoaded lists what is loaded)"
                 )
             return unloaded
-        entry = self.pool.unload(target.model, self.resolve_version(target))
+        entry = self._unload_version(target.model, self.resolve_version(target))
         return [] if entry is None else [entry]
+
+    def _unload_version(self, model: str, version: int) -> LoadedVersion | None:
+        """ModelPool.unload, which ends the version's run of failures: its retry wait (see
+        retry_failed_loads) ends with it. Taken under the pass's lock: a pass under way may have
+        seen the failed listing before the unload took it away, and would record it again."""
+        entry = self.pool.unload(model, version)
+        with self._retry_loads_lock, self._cache_lock:
+            self._load_retry_at.pop((model, version), None)
+        return entry
 
     def describe(self, target: Target) -> VersionDescription:
         """The version a request for `target` (a model, and a version or none) finds first (without

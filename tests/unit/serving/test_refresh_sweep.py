@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,14 @@ from tesserad.api import follow
 from tesserad.api.follow import Follower
 from tesserad.config import ReplicaSettings
 from tesserad.errors import NotFound, Unavailable
-from tesserad.serving.pool import LoadState, ModelPool, ServableVersion, ServingDefaults, servable_file
+from tesserad.serving.pool import (
+    LoadState,
+    ModelPool,
+    ServableVersion,
+    ServingConfig,
+    ServingDefaults,
+    servable_file,
+)
 from tesserad.serving.service import REFRESH_RETRY_MAX_S, DeploymentPlan, InferenceService, Target
 
 
@@ -185,5 +193,39 @@ def test_the_sweep_retries_failed_loads_on_a_primary_only(
         asyncio.run(sweep())
         listed = [(e.model, e.version) for e in service.pool.list() if e.state is LoadState.FAILED]
         assert listed == ([] if retry_loads else [("m", 1)])
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize("target", [Target("m", 1), Target("m")], ids=["the version", "the model"])
+@pytest.mark.parametrize("listed", [True, False], ids=["failure listed", "failure retried"])
+def test_an_unload_that_ends_a_versions_run_of_failures_drops_its_retry_wait(
+    linear_onnx: Path, target: Target, listed: bool
+) -> None:
+    """UnloadModel ended the version's run of failures and left the retry passes' record of its
+    failed listing and when it is retried (harmless, being matched by the listing, until the next
+    pass): state about a run that had ended."""
+
+    @contextmanager
+    def unreachable() -> Iterator[Path]:
+        raise Unavailable("cannot download it from the primary: the connection was cut")
+        yield linear_onnx
+
+    # Of an artifact: a refresh takes away the failed listing of none (see _swap_targets).
+    version = ServableVersion("m", 1, "onnx", unreachable, artifact_sha256="a" * 64)
+    clock = ClockBrokenOnce()  # stands: the second failure's wait never passes
+    pool = ModelPool(ServingDefaults(intra_op_threads=1), None, clock=clock)
+    service = InferenceService(UnreadableModel(version), pool, autoload=True, clock=clock)
+    try:
+        with pytest.raises(Unavailable):
+            service.load(Target("m", 1), ServingConfig())
+        assert service.retry_failed_loads() == 1  # the first failure in a row: at once
+        if listed:
+            with pytest.raises(Unavailable):
+                service.load(Target("m", 1), ServingConfig())
+            assert service.retry_failed_loads() == 0  # the second waits its turn
+        assert ("m", 1) in service._load_retry_at
+        service.unload(target)
+        assert service._load_retry_at == {}
     finally:
         service.close()
