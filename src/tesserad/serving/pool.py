@@ -474,7 +474,9 @@ class ModelPool:
                     entry.retry = retry_for(error)
                     if self._listed.get(key) is entry:
                         self._count_failure(entry)
-                log.warning("loading %s failed: %s", entry.label, error.message)
+                if error is exc:
+                    # An unexpected error is logged already: with its traceback, or counted.
+                    log.warning("loading %s failed: %s", entry.label, error.message)
                 if current is None and self._metrics is not None:
                     self._metrics.forget(stats)
                 # Failed, it is no one's ensemble: the members loaded only for it would stay

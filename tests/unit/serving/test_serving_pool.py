@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -11,7 +12,15 @@ import numpy as np
 import pytest
 from serving_fakes import LINEAR_B, LINEAR_W, ArrivalLock, HeldArtifact
 
-from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, Lasting, NotFound, Unavailable
+from tesserad.errors import (
+    DataLoss,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    Lasting,
+    NotFound,
+    Unavailable,
+)
 from tesserad.serving.pool import (
     FAILURE_RUN_GAP_S,
     FailureRun,
@@ -225,6 +234,28 @@ def test_a_versions_failed_loads_in_a_row_are_counted_per_artifact_until_one_suc
     assert pool.load(version, ServingConfig()).state is LoadState.READY
     pool.unload("m", 1)
     assert fail(version) == 1
+
+
+def test_a_load_failing_again_with_the_same_unexpected_error_logs_one_counted_line(
+    pool: ModelPool, linear_onnx: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each repeat logged two lines: the counted one, then the load's own warning of the failure
+    with the error id, which the counted line names already (as the first's traceback does)."""
+
+    @contextmanager
+    def unreadable() -> Iterator[Path]:
+        raise OSError("Input/output error")
+        yield linear_onnx
+
+    version = dataclasses.replace(onnx_version(linear_onnx), open_artifact=unreadable)
+    with caplog.at_level(logging.INFO, logger="tesserad.serving.pool"):
+        for _ in range(3):
+            with pytest.raises(Internal):
+                pool.load(version, ServingConfig())
+    logged = [r for r in caplog.records if r.name == "tesserad.serving.pool"]
+    assert [r.exc_info is not None for r in logged] == [True, False, False]
+    assert ["times in a row" in r.getMessage() for r in logged] == [False, True, True]
+    assert "3 times in a row" in logged[2].getMessage()
 
 
 def test_a_failure_run_counts_the_failures_of_one_artifact_and_the_repeats_of_one_error() -> None:
