@@ -93,111 +93,151 @@ def daemon(start_daemon) -> Any:
     return start_daemon()
 
 
+class Serving:
+    """The daemon under test: stubs of its API on one channel, and its registry store and serving
+    layer (for the faults and waits a test puts in)."""
+
+    def __init__(self, daemon: Any) -> None:
+        self.channel = daemon.channel()
+        self.inference = inference_pb2_grpc.InferenceStub(self.channel)
+        self.registry = registry_pb2_grpc.RegistryStub(self.channel)
+        self.store = daemon.daemon.registry
+        self.service: InferenceService = daemon.daemon.inference
+
+    def alias_on_version_1(self, model: str) -> None:
+        """Register versions 1 and 2 of `model` and point its alias 'production' at version 1,
+        which a request through the alias then loads (the alias cached)."""
+        upload(self.channel, model, linear_model(1.0))
+        upload(self.channel, model, linear_model(2.0))
+        self.registry.SetAlias(registry_pb2.SetAliasRequest(model=model, alias="production", version=1))
+        assert self.inference.Predict(predict_request(model, X, alias="production")).version == 1
+
+    def refreshes_done(self) -> None:
+        """Wait for the refreshes queued so far: one thread runs them in turn."""
+        self.service._swaps.submit(lambda: None).result(30)
+
+
+def _unreadable_artifact(
+    store: Any, monkeypatch: pytest.MonkeyPatch, version: tuple[str, int], error: Exception
+) -> None:
+    """Fail each read from `store` of the artifact of `version` (model, version) with `error`."""
+    artifact_path = store.artifact_path
+
+    def unreadable(record: Any) -> Any:
+        if (record.model, record.version) == version:
+            raise error
+        return artifact_path(record)
+
+    monkeypatch.setattr(store, "artifact_path", unreadable)
+
+
+@pytest.fixture
+def serving(daemon: Any) -> Serving:
+    return Serving(daemon)
+
+
 def test_a_slow_load_of_the_version_a_deployment_moves_to_holds_no_other_models_refresh(
-    daemon, monkeypatch: pytest.MonkeyPatch
+    serving: Serving, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The refresh that moved 'slow''s deployment to version 2 loaded and warmed version 2 on the
     one thread that runs every refresh: 'other''s alias stayed on version 1 until that load was
     done (seconds for a large model), though its own version 2 loads at once."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
     for model in ("slow", "other"):
-        upload(channel, model, linear_model(1.0))
-        upload(channel, model, linear_model(2.0))
-    registry.Deploy(
+        upload(serving.channel, model, linear_model(1.0))
+        upload(serving.channel, model, linear_model(2.0))
+    serving.registry.Deploy(
         registry_pb2.DeployRequest(model="slow", routes=[registry_pb2.Route(version=1, weight=100)])
     )
-    registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=1))
+    serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=1))
     # Cached, and loaded: each moves once its new version is loaded like version 1.
-    _wait_for(lambda: inference.Predict(predict_request("slow", X)).version == 1, "slow deployed on 1")
-    assert inference.Predict(predict_request("other", X, alias="production")).version == 1
-    held = HeldArtifacts(daemon.daemon.registry, monkeypatch, ("slow", 2))
+    _wait_for(
+        lambda: serving.inference.Predict(predict_request("slow", X)).version == 1, "slow deployed on 1"
+    )
+    assert serving.inference.Predict(predict_request("other", X, alias="production")).version == 1
+    held = HeldArtifacts(serving.store, monkeypatch, ("slow", 2))
     try:
-        registry.Deploy(
+        serving.registry.Deploy(
             registry_pb2.DeployRequest(model="slow", routes=[registry_pb2.Route(version=2, weight=100)])
         )
         assert held.inside.wait(30)
-        registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=2))
+        serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=2))
         _wait_for(
-            lambda: inference.Predict(predict_request("other", X, alias="production")).version == 2,
+            lambda: serving.inference.Predict(predict_request("other", X, alias="production")).version == 2,
             "other's alias on version 2 while slow's version 2 loads",
         )
         # Until its version 2 is loaded, 'slow' is served by version 1.
-        assert inference.Predict(predict_request("slow", X)).version == 1
-        assert _loaded(inference, "slow") == {
+        assert serving.inference.Predict(predict_request("slow", X)).version == 1
+        assert _loaded(serving.inference, "slow") == {
             1: inference_pb2.LOAD_STATE_READY,
             2: inference_pb2.LOAD_STATE_LOADING,
         }
     finally:
         held.release.set()
-    _wait_for(lambda: inference.Predict(predict_request("slow", X)).version == 2, "slow deployed on 2")
-    answer = inference.Predict(predict_request("slow", X))
+    _wait_for(
+        lambda: serving.inference.Predict(predict_request("slow", X)).version == 2, "slow deployed on 2"
+    )
+    answer = serving.inference.Predict(predict_request("slow", X))
     np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 2, rtol=1e-6)
     _wait_for(
-        lambda: _loaded(inference, "slow") == {2: inference_pb2.LOAD_STATE_READY}, "slow's version 1 unloaded"
+        lambda: _loaded(serving.inference, "slow") == {2: inference_pb2.LOAD_STATE_READY},
+        "slow's version 1 unloaded",
     )
 
 
 def test_a_version_an_alias_no_longer_moves_to_is_not_left_loaded_by_the_load_started_for_it(
-    daemon, monkeypatch: pytest.MonkeyPatch
+    serving: Serving, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An alias moved on to version 3 while version 2, which it moved to before, was loading for
     it: version 2 is unloaded once its load is done, as nothing routes to it."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
     for scale in (1.0, 2.0, 3.0):
-        upload(channel, "m", linear_model(scale))
-    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=1))
-    assert inference.Predict(predict_request("m", X, alias="production")).version == 1
-    held = HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 2))
+        upload(serving.channel, "m", linear_model(scale))
+    serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=1))
+    assert serving.inference.Predict(predict_request("m", X, alias="production")).version == 1
+    held = HeldArtifacts(serving.store, monkeypatch, ("m", 2))
     try:
-        registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+        serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
         assert held.inside.wait(30)
-        registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=3))
+        serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=3))
         _wait_for(
-            lambda: inference.Predict(predict_request("m", X, alias="production")).version == 3,
+            lambda: serving.inference.Predict(predict_request("m", X, alias="production")).version == 3,
             "the alias on version 3 while version 2 loads",
         )
     finally:
         held.release.set()
-    _wait_for(lambda: _loaded(inference, "m") == {3: inference_pb2.LOAD_STATE_READY}, "only version 3 loaded")
+    _wait_for(
+        lambda: _loaded(serving.inference, "m") == {3: inference_pb2.LOAD_STATE_READY},
+        "only version 3 loaded",
+    )
 
 
 def test_a_shadow_load_queued_after_the_refresh_that_dropped_the_shadow_loads_nothing(
-    daemon,
+    serving: Serving,
 ) -> None:
     """A request copied to the shadow version 2, not loaded, queued its load; the refresh of a
     deployment without the shadow ran first, and the load left version 2 loaded after it, served
     by no route, until the model's next change. (The load runs beside the refreshes now: begun
     before the refresh, it is unloaded once done; after it, it loads nothing.)"""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
-    upload(channel, "m", linear_model(1.0))
-    upload(channel, "m", linear_model(2.0))
-    shadowed = registry_pb2.DeployRequest(
-        model="m",
-        routes=[registry_pb2.Route(version=1, weight=100)],
-        shadow=registry_pb2.Shadow(version=2, percent=100),
-    )
-    registry.Deploy(shadowed)
+    _deploy_shadowing_version_2(serving.channel)
     # The deployment cached, and the shadow loaded by the load the request queued.
-    _wait_for(lambda: inference.Predict(predict_request("m", X)).version == 1, "m deployed")
-    _wait_for(lambda: _loaded(inference, "m").get(2) == inference_pb2.LOAD_STATE_READY, "the shadow loaded")
-    inference.UnloadModel(
+    _wait_for(lambda: serving.inference.Predict(predict_request("m", X)).version == 1, "m deployed")
+    _wait_for(
+        lambda: _loaded(serving.inference, "m").get(2) == inference_pb2.LOAD_STATE_READY, "the shadow loaded"
+    )
+    serving.inference.UnloadModel(
         inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model="m", version=2))
     )
-    refreshes = HeldRefreshes(daemon.daemon.inference)
-    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
-        registry.Deploy(
+    refreshes = HeldRefreshes(serving.service)
+    with refreshes.held_after("other", lambda: upload(serving.channel, "other", linear_model(1.0))):
+        serving.registry.Deploy(
             registry_pb2.DeployRequest(model="m", routes=[registry_pb2.Route(version=1, weight=100)])
         )
         # Routed with the shadow still cached: its load is queued before the refresh of the Deploy.
-        assert inference.Predict(predict_request("m", X)).version == 1
+        assert serving.inference.Predict(predict_request("m", X)).version == 1
         refreshes.release_and_wait("m")
-    _wait_for(lambda: _loaded(inference, "m") == {1: inference_pb2.LOAD_STATE_READY}, "only version 1 loaded")
+    _wait_for(
+        lambda: _loaded(serving.inference, "m") == {1: inference_pb2.LOAD_STATE_READY},
+        "only version 1 loaded",
+    )
 
 
 class _ArrivalLock:
@@ -218,37 +258,34 @@ class _ArrivalLock:
 
 
 def test_a_load_waiting_behind_one_marked_deleted_leaves_no_listing_of_the_deleted_version(
-    daemon, monkeypatch: pytest.MonkeyPatch
+    serving: Serving, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two LoadModel of version 1 at once, the second waiting for the first, when the version was
     deleted: the refresh marked it, the first load applied the mark as it ended, and the second,
     which loaded the deleted version after it, stayed listed (failed, its artifact gone) until the
     model's next refresh."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
-    upload(channel, "m", linear_model(1.0))
-    upload(channel, "m", linear_model(2.0))
-    service = daemon.daemon.inference
+    upload(serving.channel, "m", linear_model(1.0))
+    upload(serving.channel, "m", linear_model(2.0))
     arrivals = threading.Semaphore(0)
-    service.pool._load_locks[("m", 1)] = _ArrivalLock(arrivals)
-    held = HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 1))
+    serving.service.pool._load_locks[("m", 1)] = _ArrivalLock(arrivals)
+    held = HeldArtifacts(serving.store, monkeypatch, ("m", 1))
     request = inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="m", version=1))
     loads = [
-        threading.Thread(target=_ignoring_errors(inference.LoadModel), args=(request,)) for _ in range(2)
+        threading.Thread(target=_ignoring_errors(serving.inference.LoadModel), args=(request,))
+        for _ in range(2)
     ]
     try:
         loads[0].start()
         assert held.inside.wait(30)
         loads[1].start()
         assert arrivals.acquire(timeout=30)  # the second waits for the first
-        registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="m", version=1))
-        service._swaps.submit(lambda: None).result(30)  # its refresh marked version 1
+        serving.registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="m", version=1))
+        serving.refreshes_done()  # its refresh marked version 1
     finally:
         held.release.set()
         for load in loads:
             load.join(60)
-    assert 1 not in _loaded(inference, "m")
+    assert 1 not in _loaded(serving.inference, "m")
 
 
 def _ignoring_errors(call: Callable[..., object]) -> Callable[..., None]:
@@ -260,63 +297,59 @@ def _ignoring_errors(call: Callable[..., object]) -> Callable[..., None]:
 
 
 def test_the_load_an_alias_awaits_goes_on_when_the_version_it_served_is_deleted(
-    daemon, monkeypatch: pytest.MonkeyPatch
+    serving: Serving, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The alias moved to version 2 while its load (with version 1's config) waited for another
     load of version 2 (LoadModel's); version 1 was then deleted, and the alias moved at once, as it
     must. The load it had awaited then shares the other one: it loaded version 2 a second time,
     with version 1's config, undoing the operator's LoadModel."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
-    upload(channel, "m", linear_model(1.0))
-    upload(channel, "m", linear_model(2.0))
+    upload(serving.channel, "m", linear_model(1.0))
+    upload(serving.channel, "m", linear_model(2.0))
     small = inference_pb2.ServingConfig(max_batch_size=4)
-    inference.LoadModel(
+    serving.inference.LoadModel(
         inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="m", version=1), config=small)
     )
-    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=1))
-    assert inference.Predict(predict_request("m", X, alias="production")).version == 1
-    swaps = daemon.daemon.inference._swaps
-    held = HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 2))
+    serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=1))
+    assert serving.inference.Predict(predict_request("m", X, alias="production")).version == 1
+    swaps = serving.service._swaps
+    held = HeldArtifacts(serving.store, monkeypatch, ("m", 2))
     request = inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="m", version=2))
-    loading = threading.Thread(target=inference.LoadModel, args=(request,))
+    loading = threading.Thread(target=serving.inference.LoadModel, args=(request,))
     try:
         loading.start()
         assert held.inside.wait(30)  # a load of version 2 with the defaults, under way
-        registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+        serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
         swaps.submit(lambda: None).result(30)  # its refresh started the load like version 1
-        registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="m", version=1))
+        serving.registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="m", version=1))
         swaps.submit(lambda: None).result(30)
     finally:
         held.release.set()
         loading.join(60)
-    assert inference.Predict(predict_request("m", X, alias="production")).version == 2
-    _wait_for(lambda: not daemon.daemon.inference._warming, "the load the alias awaited done")
+    assert serving.inference.Predict(predict_request("m", X, alias="production")).version == 2
+    _wait_for(lambda: not serving.service._warming, "the load the alias awaited done")
     # That load shared the operator's (a second load with version 1's config would have undone it).
-    (listed,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="m")).models
+    (listed,) = serving.inference.ListLoaded(inference_pb2.ListLoadedRequest(model="m")).models
     assert (listed.version, listed.state) == (2, inference_pb2.LOAD_STATE_READY)
     assert listed.config.max_batch_size != 4
 
 
 def test_a_deployment_waiting_for_one_of_its_new_versions_keeps_the_others_loaded(
-    daemon, monkeypatch: pytest.MonkeyPatch
+    serving: Serving, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The deployment moved to versions 2 and 3. Version 3 loaded first, and the refresh its load
     queued, still waiting for version 2, unloaded it as a version no target moved to; version 2's
     load then queued one that loaded 3 again and unloaded 2, and so on, never moving."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
     for scale in (1.0, 2.0, 3.0):
-        upload(channel, "m", linear_model(scale))
-    registry.Deploy(registry_pb2.DeployRequest(model="m", routes=[registry_pb2.Route(version=1, weight=100)]))
-    _wait_for(lambda: inference.Predict(predict_request("m", X)).version == 1, "m deployed on 1")
-    daemon.daemon.inference._swaps.submit(lambda: None).result(30)
-    held = HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 2))
-    refreshes = HeldRefreshes(daemon.daemon.inference)
+        upload(serving.channel, "m", linear_model(scale))
+    serving.registry.Deploy(
+        registry_pb2.DeployRequest(model="m", routes=[registry_pb2.Route(version=1, weight=100)])
+    )
+    _wait_for(lambda: serving.inference.Predict(predict_request("m", X)).version == 1, "m deployed on 1")
+    serving.refreshes_done()
+    held = HeldArtifacts(serving.store, monkeypatch, ("m", 2))
+    refreshes = HeldRefreshes(serving.service)
     try:
-        registry.Deploy(
+        serving.registry.Deploy(
             registry_pb2.DeployRequest(
                 model="m",
                 routes=[registry_pb2.Route(version=2, weight=50), registry_pb2.Route(version=3, weight=50)],
@@ -324,7 +357,7 @@ def test_a_deployment_waiting_for_one_of_its_new_versions_keeps_the_others_loade
         )
         assert held.inside.wait(30)
         refreshes.wait_refreshed("m", 2)  # the Deploy's, and the one version 3's load queued
-        assert _loaded(inference, "m") == {
+        assert _loaded(serving.inference, "m") == {
             1: inference_pb2.LOAD_STATE_READY,
             2: inference_pb2.LOAD_STATE_LOADING,
             3: inference_pb2.LOAD_STATE_READY,
@@ -332,38 +365,26 @@ def test_a_deployment_waiting_for_one_of_its_new_versions_keeps_the_others_loade
     finally:
         held.release.set()
     _wait_for(
-        lambda: {inference.Predict(predict_request("m", X)).version for _ in range(4)} == {2, 3},
+        lambda: {serving.inference.Predict(predict_request("m", X)).version for _ in range(4)} == {2, 3},
         "m deployed on 2 and 3",
     )
     _wait_for(
         lambda: (
-            _loaded(inference, "m") == {2: inference_pb2.LOAD_STATE_READY, 3: inference_pb2.LOAD_STATE_READY}
+            _loaded(serving.inference, "m")
+            == {2: inference_pb2.LOAD_STATE_READY, 3: inference_pb2.LOAD_STATE_READY}
         ),
         "version 1 unloaded",
     )
 
 
 def test_an_alias_whose_new_version_fails_to_load_unexpectedly_stays_on_its_old_one(
-    daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    serving: Serving, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The load of the version an alias moves to raised what no load expects (a disk error
     reading its artifact): unrecorded, each refresh that load queued started it again."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
-    upload(channel, "m", linear_model(1.0))
-    upload(channel, "m", linear_model(2.0))
-    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=1))
-    assert inference.Predict(predict_request("m", X, alias="production")).version == 1
-    artifact_path = daemon.daemon.registry.artifact_path
-
-    def unreadable(record: Any) -> Any:
-        if (record.model, record.version) == ("m", 2):
-            raise OSError("Input/output error")
-        return artifact_path(record)
-
-    monkeypatch.setattr(daemon.daemon.registry, "artifact_path", unreadable)
-    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+    serving.alias_on_version_1("m")
+    _unreadable_artifact(serving.store, monkeypatch, ("m", 2), OSError("Input/output error"))
+    serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
     _wait_for(
         lambda: any(
             "alias 'production' of 'm' stays on version 1: version 2 it now names failed to load (internal error"
@@ -372,7 +393,7 @@ def test_an_alias_whose_new_version_fails_to_load_unexpectedly_stays_on_its_old_
         ),
         "the alias held back",
     )
-    assert inference.Predict(predict_request("m", X, alias="production")).version == 1
+    assert serving.inference.Predict(predict_request("m", X, alias="production")).version == 1
 
 
 def _fail_warm_load_then(
@@ -380,24 +401,18 @@ def _fail_warm_load_then(
 ) -> None:
     """Move alias 'production' of 'm' from version 1 to 2, fail the load of version 2 that the
     move starts, and call `before_refresh` before the refresh that failure queues runs."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
-    service = daemon.daemon.inference
+    serving = Serving(daemon)
     # Its failure (Unavailable) is one to retry: the test says when the refresh after it runs.
     _without_periodic_load_retries(daemon, monkeypatch)
-    upload(channel, "m", linear_model(1.0))
-    upload(channel, "m", linear_model(2.0))
-    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=1))
-    assert inference.Predict(predict_request("m", X, alias="production")).version == 1
-    failing = FailingFirstOpen(daemon.daemon.registry, monkeypatch, ("m", 2))
-    refreshes = HeldRefreshes(service)
-    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+    serving.alias_on_version_1("m")
+    failing = FailingFirstOpen(serving.store, monkeypatch, ("m", 2))
+    refreshes = HeldRefreshes(serving.service)
+    serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
     assert failing.inside.wait(30)
-    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+    with refreshes.held_after("other", lambda: upload(serving.channel, "other", linear_model(1.0))):
         failing.release.set()
         # Once no warm load is under way, its failure is recorded and its refresh queued (held).
-        _wait_for(lambda: not service._warming, "the warm load of version 2 failed")
+        _wait_for(lambda: not serving.service._warming, "the warm load of version 2 failed")
         before_refresh()
         refreshes.release_and_wait("m")
 
@@ -416,51 +431,41 @@ def test_a_version_loaded_after_its_warm_load_failed_takes_its_alias_and_stays_l
 
 
 def test_a_warm_load_failure_of_a_move_taken_back_holds_no_later_move_back(
-    daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    daemon, serving: Serving, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The alias moved back to version 1 before the refresh that version 2's failed warm load
     queued ran: the failure stayed recorded, and when the alias moved to version 2 again (its
     failed listing unloaded, the store back) it was held back by it without a load tried."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
     back = registry_pb2.SetAliasRequest(model="m", alias="production", version=1)
-    _fail_warm_load_then(daemon, monkeypatch, lambda: registry.SetAlias(back))
-    inference.UnloadModel(
+    _fail_warm_load_then(daemon, monkeypatch, lambda: serving.registry.SetAlias(back))
+    serving.inference.UnloadModel(
         inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model="m", version=2))
     )
-    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+    serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
 
     def moved_or_held_back() -> bool:
         held_back = any("stays on version 1" in r.getMessage() for r in caplog.records)
-        return held_back or inference.Predict(predict_request("m", X, alias="production")).version == 2
+        return (
+            held_back or serving.inference.Predict(predict_request("m", X, alias="production")).version == 2
+        )
 
     _wait_for(moved_or_held_back, "the alias moved to version 2, or held back")
-    assert inference.Predict(predict_request("m", X, alias="production")).version == 2
+    assert serving.inference.Predict(predict_request("m", X, alias="production")).version == 2
 
 
 def test_a_load_that_raises_an_unexpected_error_is_listed_failed(
-    daemon, monkeypatch: pytest.MonkeyPatch
+    serving: Serving, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A load that raised what no load expects (a disk error reading the artifact) left its
     version listed as loading forever: without autoload its requests were told to wait for it."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    upload(channel, "m", linear_model(1.0))
-    artifact_path = daemon.daemon.registry.artifact_path
-
-    def unreadable(record: Any) -> Any:
-        if (record.model, record.version) == ("m", 1):
-            raise OSError("Input/output error")
-        return artifact_path(record)
-
-    monkeypatch.setattr(daemon.daemon.registry, "artifact_path", unreadable)
+    upload(serving.channel, "m", linear_model(1.0))
+    _unreadable_artifact(serving.store, monkeypatch, ("m", 1), OSError("Input/output error"))
     with pytest.raises(grpc.RpcError) as raised:
-        inference.LoadModel(
+        serving.inference.LoadModel(
             inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="m", version=1))
         )
     assert raised.value.code() == grpc.StatusCode.INTERNAL
-    (listed,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="m")).models
+    (listed,) = serving.inference.ListLoaded(inference_pb2.ListLoadedRequest(model="m")).models
     assert listed.state == inference_pb2.LOAD_STATE_FAILED
     # The listing names the log's record of the cause, as the answer did.
     assert listed.error.startswith("internal error (id ")
@@ -468,153 +473,129 @@ def test_a_load_that_raises_an_unexpected_error_is_listed_failed(
 
 
 def test_the_loads_a_bulk_promotion_starts_run_on_at_most_two_threads(
-    daemon, monkeypatch: pytest.MonkeyPatch
+    serving: Serving, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A deployment moved to three new versions at once started a thread for each version's
     load: every new version loading at once, beside the old ones, in memory and on the cores."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
     for scale in (1.0, 2.0, 3.0, 4.0):
-        upload(channel, "m", linear_model(scale))
-    registry.Deploy(registry_pb2.DeployRequest(model="m", routes=[registry_pb2.Route(version=1, weight=100)]))
-    _wait_for(lambda: inference.Predict(predict_request("m", X)).version == 1, "m deployed on 1")
+        upload(serving.channel, "m", linear_model(scale))
+    serving.registry.Deploy(
+        registry_pb2.DeployRequest(model="m", routes=[registry_pb2.Route(version=1, weight=100)])
+    )
+    _wait_for(lambda: serving.inference.Predict(predict_request("m", X)).version == 1, "m deployed on 1")
     loaders: list[threading.Thread] = []
-    artifact_path = daemon.daemon.registry.artifact_path
+    artifact_path = serving.store.artifact_path
 
     def recorded(record: Any) -> Any:
         if record.model == "m" and record.version > 1:
             loaders.append(threading.current_thread())
         return artifact_path(record)
 
-    monkeypatch.setattr(daemon.daemon.registry, "artifact_path", recorded)
-    registry.Deploy(
+    monkeypatch.setattr(serving.store, "artifact_path", recorded)
+    serving.registry.Deploy(
         registry_pb2.DeployRequest(
             model="m",
             routes=[registry_pb2.Route(version=v, weight=w) for v, w in ((2, 34), (3, 33), (4, 33))],
         )
     )
     _wait_for(
-        lambda: {inference.Predict(predict_request("m", X)).version for _ in range(6)} == {2, 3, 4},
+        lambda: {serving.inference.Predict(predict_request("m", X)).version for _ in range(6)} == {2, 3, 4},
         "m deployed on 2, 3 and 4",
     )
     assert len(set(loaders)) <= 2
 
 
-def test_a_slow_load_of_a_shadow_version_holds_no_refresh(daemon, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_slow_load_of_a_shadow_version_holds_no_refresh(
+    serving: Serving, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A request copied to a shadow version not loaded queued its load on the one thread that
     runs every refresh: 'other''s alias stayed on version 1 until that load was done."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
-    for model in ("m", "other"):
-        upload(channel, model, linear_model(1.0))
-        upload(channel, model, linear_model(2.0))
-    registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=1))
-    assert inference.Predict(predict_request("other", X, alias="production")).version == 1
-    registry.Deploy(
-        registry_pb2.DeployRequest(
-            model="m",
-            routes=[registry_pb2.Route(version=1, weight=100)],
-            shadow=registry_pb2.Shadow(version=2, percent=100),
-        )
-    )
-    held = HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 2))
+    serving.alias_on_version_1("other")
+    _deploy_shadowing_version_2(serving.channel)
+    held = HeldArtifacts(serving.store, monkeypatch, ("m", 2))
     try:
-        _wait_for(lambda: inference.Predict(predict_request("m", X)).version == 1, "m deployed")
+        _wait_for(lambda: serving.inference.Predict(predict_request("m", X)).version == 1, "m deployed")
         assert held.inside.wait(30)  # the shadow's load, queued by a request copied to it
-        registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=2))
+        serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=2))
         _wait_for(
-            lambda: inference.Predict(predict_request("other", X, alias="production")).version == 2,
+            lambda: serving.inference.Predict(predict_request("other", X, alias="production")).version == 2,
             "other's alias on version 2 while m's shadow loads",
         )
     finally:
         held.release.set()
-    _wait_for(lambda: _loaded(inference, "m").get(2) == inference_pb2.LOAD_STATE_READY, "the shadow loaded")
+    _wait_for(
+        lambda: _loaded(serving.inference, "m").get(2) == inference_pb2.LOAD_STATE_READY, "the shadow loaded"
+    )
 
 
 def test_requests_copied_to_a_shadow_version_loading_queue_one_load_of_it(
-    daemon, monkeypatch: pytest.MonkeyPatch
+    serving: Serving, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each request copied to a shadow version not loaded queued a load of it with the warm
     loads: while one load was held, the rest filled the queue (one more waiting on the version's
     load lock), and 'other''s alias waited behind them all to move."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
-    for model in ("m", "other"):
-        upload(channel, model, linear_model(1.0))
-        upload(channel, model, linear_model(2.0))
-    registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=1))
-    assert inference.Predict(predict_request("other", X, alias="production")).version == 1
-    service = daemon.daemon.inference
+    serving.alias_on_version_1("other")
     shadow_loads: list[tuple[str, int]] = []
-    load_in_background = service._load_in_background
+    load_in_background = serving.service._load_in_background
 
     def recorded(key: tuple[str, int], artifact_sha256: str, load: Callable[[], object]) -> None:
         if key[0] == "m":
             shadow_loads.append(key)
         load_in_background(key, artifact_sha256, load)
 
-    monkeypatch.setattr(service, "_load_in_background", recorded)
-    registry.Deploy(
-        registry_pb2.DeployRequest(
-            model="m",
-            routes=[registry_pb2.Route(version=1, weight=100)],
-            shadow=registry_pb2.Shadow(version=2, percent=100),
-        )
-    )
-    held = HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 2))
+    monkeypatch.setattr(serving.service, "_load_in_background", recorded)
+    _deploy_shadowing_version_2(serving.channel)
+    held = HeldArtifacts(serving.store, monkeypatch, ("m", 2))
     try:
-        _wait_for(lambda: inference.Predict(predict_request("m", X)).version == 1, "m deployed")
+        _wait_for(lambda: serving.inference.Predict(predict_request("m", X)).version == 1, "m deployed")
         assert held.inside.wait(30)  # the shadow's load, queued by a request copied to it
         for _ in range(10):
-            assert inference.Predict(predict_request("m", X)).version == 1
-        registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=2))
+            assert serving.inference.Predict(predict_request("m", X)).version == 1
+        serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=2))
         _wait_for(
-            lambda: inference.Predict(predict_request("other", X, alias="production")).version == 2,
+            lambda: serving.inference.Predict(predict_request("other", X, alias="production")).version == 2,
             "other's alias on version 2 while m's shadow loads",
         )
         assert shadow_loads == [("m", 2)]
     finally:
         held.release.set()
-    _wait_for(lambda: _loaded(inference, "m").get(2) == inference_pb2.LOAD_STATE_READY, "the shadow loaded")
+    _wait_for(
+        lambda: _loaded(serving.inference, "m").get(2) == inference_pb2.LOAD_STATE_READY, "the shadow loaded"
+    )
     # Its load done, the next request copied to the version once it is unloaded loads it again.
-    _wait_for(lambda: not service._shadow_loads, "the shadow load done")
-    inference.UnloadModel(
+    _wait_for(lambda: not serving.service._shadow_loads, "the shadow load done")
+    serving.inference.UnloadModel(
         inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model="m", version=2))
     )
-    assert inference.Predict(predict_request("m", X)).version == 1
+    assert serving.inference.Predict(predict_request("m", X)).version == 1
     _wait_for(
-        lambda: _loaded(inference, "m").get(2) == inference_pb2.LOAD_STATE_READY, "the shadow loaded again"
+        lambda: _loaded(serving.inference, "m").get(2) == inference_pb2.LOAD_STATE_READY,
+        "the shadow loaded again",
     )
     assert shadow_loads == [("m", 2), ("m", 2)]
 
 
 def test_a_warm_load_failure_of_a_deleted_models_version_holds_back_no_move_of_its_new_model(
-    daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    daemon, serving: Serving, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The model was deleted and registered again (version 1 the same artifact, version 2 a new
     one, the alias on it) before the refresh that the old version 2's failed warm load queued ran:
     that failure, kept by model and version number, held the new model's alias back on version 1
     without a load of its version 2 tried."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
 
     def registered_again() -> None:
         delete_model_numbered_as_before(daemon, "m", force=True)
-        assert upload(channel, "m", linear_model(1.0)) == 1
-        assert upload(channel, "m", linear_model(3.0)) == 2
-        registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+        assert upload(serving.channel, "m", linear_model(1.0)) == 1
+        assert upload(serving.channel, "m", linear_model(3.0)) == 2
+        serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
 
     _fail_warm_load_then(daemon, monkeypatch, registered_again)
     assert not any("stays on version 1" in r.getMessage() for r in caplog.records)
     _wait_for(
-        lambda: inference.Predict(predict_request("m", X, alias="production")).version == 2,
+        lambda: serving.inference.Predict(predict_request("m", X, alias="production")).version == 2,
         "the alias on the new version 2",
     )
-    answer = inference.Predict(predict_request("m", X, alias="production"))
+    answer = serving.inference.Predict(predict_request("m", X, alias="production"))
     np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)
 
 
@@ -636,45 +617,32 @@ def test_a_shadow_load_that_raises_an_unexpected_error_is_logged_and_listed_fail
 
 
 def test_a_warm_load_of_a_version_a_shadow_load_is_loading_joins_that_load(
-    daemon, monkeypatch: pytest.MonkeyPatch
+    serving: Serving, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The alias moved to version 2 while a request's load of version 2 as the deployment's shadow
     was under way: the alias's warm load loaded it a second time on the other warm load thread,
     waiting on the version's load lock meanwhile."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
-    upload(channel, "m", linear_model(1.0))
-    upload(channel, "m", linear_model(2.0))
-    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=1))
-    assert inference.Predict(predict_request("m", X, alias="production")).version == 1
-    registry.Deploy(
-        registry_pb2.DeployRequest(
-            model="m",
-            routes=[registry_pb2.Route(version=1, weight=100)],
-            shadow=registry_pb2.Shadow(version=2, percent=100),
-        )
-    )
-    service = daemon.daemon.inference
-    service._swaps.submit(lambda: None).result(30)
+    serving.alias_on_version_1("m")
+    serving.registry.Deploy(_shadowing_version_2())
+    serving.refreshes_done()
     loads: list[tuple[str, int]] = []
-    load = service.pool.load
+    load = serving.service.pool.load
 
     def recorded(servable: Any, *args: Any, **kwargs: Any) -> Any:
         loads.append((servable.model, servable.version))
         return load(servable, *args, **kwargs)
 
-    monkeypatch.setattr(service.pool, "load", recorded)
-    held = HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 2))
+    monkeypatch.setattr(serving.service.pool, "load", recorded)
+    held = HeldArtifacts(serving.store, monkeypatch, ("m", 2))
     try:
-        assert inference.Predict(predict_request("m", X)).version == 1
+        assert serving.inference.Predict(predict_request("m", X)).version == 1
         assert held.inside.wait(30)  # the shadow's load, queued by the request copied to it
-        registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
-        service._swaps.submit(lambda: None).result(30)  # its refresh awaits version 2's load
+        serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+        serving.refreshes_done()  # its refresh awaits version 2's load
     finally:
         held.release.set()
     _wait_for(
-        lambda: inference.Predict(predict_request("m", X, alias="production")).version == 2,
+        lambda: serving.inference.Predict(predict_request("m", X, alias="production")).version == 2,
         "the alias on version 2",
     )
     assert loads == [("m", 2)]
@@ -688,15 +656,17 @@ def _without_periodic_load_retries(daemon: Any, monkeypatch: pytest.MonkeyPatch)
 
 def _deploy_shadowing_version_2(channel: grpc.Channel) -> None:
     """Register versions 1 and 2 of 'm' and deploy it on version 1, shadowing version 2."""
-    registry = registry_pb2_grpc.RegistryStub(channel)
     upload(channel, "m", linear_model(1.0))
     upload(channel, "m", linear_model(2.0))
-    registry.Deploy(
-        registry_pb2.DeployRequest(
-            model="m",
-            routes=[registry_pb2.Route(version=1, weight=100)],
-            shadow=registry_pb2.Shadow(version=2, percent=100),
-        )
+    registry_pb2_grpc.RegistryStub(channel).Deploy(_shadowing_version_2())
+
+
+def _shadowing_version_2() -> registry_pb2.DeployRequest:
+    """'m' deployed on version 1, shadowing version 2."""
+    return registry_pb2.DeployRequest(
+        model="m",
+        routes=[registry_pb2.Route(version=1, weight=100)],
+        shadow=registry_pb2.Shadow(version=2, percent=100),
     )
 
 
@@ -750,42 +720,34 @@ def test_a_shadow_load_whose_registry_read_failed_unexpectedly_is_retried(
 
 
 def test_a_failed_listing_of_no_artifact_goes_with_its_model_deleted_and_registered_again(
-    daemon, monkeypatch: pytest.MonkeyPatch
+    daemon, serving: Serving, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The model was deleted and registered again before its refresh: version 2's failed listing,
     of no artifact (the shadow's load failed reading the registry), was never found replaced, so
     requests for the new model's version 2 were refused."""
     _without_periodic_load_retries(daemon, monkeypatch)
     _shadow_load_failing_unexpectedly(daemon, monkeypatch)
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    refreshes = HeldRefreshes(daemon.daemon.inference)
-    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+    refreshes = HeldRefreshes(serving.service)
+    with refreshes.held_after("other", lambda: upload(serving.channel, "other", linear_model(1.0))):
         delete_model_numbered_as_before(daemon, "m", force=True)
-        assert upload(channel, "m", linear_model(1.0)) == 1
-        assert upload(channel, "m", linear_model(3.0)) == 2
+        assert upload(serving.channel, "m", linear_model(1.0)) == 1
+        assert upload(serving.channel, "m", linear_model(3.0)) == 2
         refreshes.release_and_wait("m")
-    answer = inference.Predict(predict_request("m", X, version=2))
+    answer = serving.inference.Predict(predict_request("m", X, version=2))
     np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 3, rtol=1e-6)
 
 
 def test_an_alias_moving_from_a_version_not_loaded_reads_nothing_for_its_warm_load(
-    daemon, monkeypatch: pytest.MonkeyPatch
+    serving: Serving, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The alias moved from version 1, unloaded, so that no warm load was due: the refresh still
     read version 2 from the registry, and a read that failed (the registry out of reach) held the
     alias back on version 1."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    registry = registry_pb2_grpc.RegistryStub(channel)
-    upload(channel, "m", linear_model(1.0))
-    upload(channel, "m", linear_model(2.0))
-    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=1))
-    assert inference.Predict(predict_request("m", X, alias="production")).version == 1
-    inference.UnloadModel(
+    serving.alias_on_version_1("m")
+    serving.inference.UnloadModel(
         inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model="m", version=1))
     )
-    store = daemon.daemon.registry
+    store = serving.store
     resolve = store.resolve
     reads: list[tuple[str, int]] = []
     unreachable = threading.Event()
@@ -797,42 +759,37 @@ def test_an_alias_moving_from_a_version_not_loaded_reads_nothing_for_its_warm_lo
         return resolve(model, version, alias)
 
     monkeypatch.setattr(store, "resolve", failing)
-    service = daemon.daemon.inference
     unreachable.set()
-    registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
-    service._swaps.submit(lambda: None).result(30)  # its refresh done
+    serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+    serving.refreshes_done()  # its refresh done
     unreachable.clear()
     assert reads == []
-    assert inference.Predict(predict_request("m", X, alias="production")).version == 2
+    assert serving.inference.Predict(predict_request("m", X, alias="production")).version == 2
 
 
 def test_a_warm_load_failure_of_a_deleted_models_version_is_forgotten_as_its_new_one_loads(
-    daemon, monkeypatch: pytest.MonkeyPatch
+    daemon, serving: Serving, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The refresh that started the warm load of the new model's version 2 kept the old version
     2's failure, recorded under its artifact: one such record stayed for each deletion."""
-    channel = daemon.channel()
-    registry = registry_pb2_grpc.RegistryStub(channel)
-    service = daemon.daemon.inference
     held: list[HeldArtifacts] = []
 
     def registered_again() -> None:
         delete_model_numbered_as_before(daemon, "m", force=True)
-        assert upload(channel, "m", linear_model(1.0)) == 1
-        assert upload(channel, "m", linear_model(3.0)) == 2
-        held.append(HeldArtifacts(daemon.daemon.registry, monkeypatch, ("m", 2)))
-        registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+        assert upload(serving.channel, "m", linear_model(1.0)) == 1
+        assert upload(serving.channel, "m", linear_model(3.0)) == 2
+        held.append(HeldArtifacts(serving.store, monkeypatch, ("m", 2)))
+        serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
 
     try:
         _fail_warm_load_then(daemon, monkeypatch, registered_again)
         assert held[0].inside.wait(30)  # the new version 2's warm load
-        assert [key for key in service._warm_failures if key[:2] == ("m", 2)] == []
+        assert [key for key in serving.service._warm_failures if key[:2] == ("m", 2)] == []
     finally:
         for each in held:
             each.release.set()
-    inference = inference_pb2_grpc.InferenceStub(channel)
     _wait_for(
-        lambda: inference.Predict(predict_request("m", X, alias="production")).version == 2,
+        lambda: serving.inference.Predict(predict_request("m", X, alias="production")).version == 2,
         "the alias on the new version 2",
     )
 
@@ -996,26 +953,17 @@ def test_a_load_failing_again_with_the_same_unexpected_error_logs_its_traceback_
 
 
 def test_loads_failing_again_with_the_same_unexpected_error_in_the_pool_log_its_traceback_once(
-    daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    serving: Serving, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An artifact that could not be read (a disk error) failed each LoadModel with a full
     traceback in the log: as for a background load, the first of a run of the same error has it,
     each repeat a line that says how many times it came, answered with the first's error id."""
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    upload(channel, "m", linear_model(1.0))
-    artifact_path = daemon.daemon.registry.artifact_path
-
-    def unreadable(record: Any) -> Any:
-        if (record.model, record.version) == ("m", 1):
-            raise OSError("Input/output error")
-        return artifact_path(record)
-
-    monkeypatch.setattr(daemon.daemon.registry, "artifact_path", unreadable)
+    upload(serving.channel, "m", linear_model(1.0))
+    _unreadable_artifact(serving.store, monkeypatch, ("m", 1), OSError("Input/output error"))
     answers = []
     for _ in range(3):
         with pytest.raises(grpc.RpcError) as raised:
-            inference.LoadModel(
+            serving.inference.LoadModel(
                 inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="m", version=1))
             )
         assert raised.value.code() == grpc.StatusCode.INTERNAL
@@ -1142,46 +1090,6 @@ def test_a_failure_long_after_the_last_one_starts_a_new_run(daemon, monkeypatch:
     assert retry() == 1  # the first of a new run: at once
 
 
-def test_an_unload_ends_the_run_of_failures_of_the_version_it_unloads(
-    daemon, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """UnloadModel of a version whose loads kept failing (its artifact out of reach) left their
-    run counted: a LoadModel after that which failed once more waited the run's longer backoff
-    before its retry, as if the operator had never unloaded it."""
-    _without_periodic_load_retries(daemon, monkeypatch)
-    _on_the_manual_clock(daemon, monkeypatch)
-    service = daemon.daemon.inference
-    channel = daemon.channel()
-    inference = inference_pb2_grpc.InferenceStub(channel)
-    upload(channel, "m", linear_model(1.0))
-    artifact_path = daemon.daemon.registry.artifact_path
-
-    def unreachable(record: Any) -> Any:
-        if (record.model, record.version) == ("m", 1):
-            raise Unavailable("the artifact store cannot be reached")
-        return artifact_path(record)
-
-    monkeypatch.setattr(daemon.daemon.registry, "artifact_path", unreachable)
-    version_1 = common_pb2.VersionRef(model="m", version=1)
-
-    def load_fails() -> None:
-        with pytest.raises(grpc.RpcError) as raised:
-            inference.LoadModel(inference_pb2.LoadModelRequest(target=version_1))
-        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
-
-    def retry() -> int:
-        return InferenceService.retry_failed_loads(service)
-
-    load_fails()
-    assert retry() == 1  # the first failure in a row: at once
-    load_fails()
-    assert retry() == 0  # the second waits its turn (the clock stands)
-    inference.UnloadModel(inference_pb2.UnloadModelRequest(target=version_1))
-    assert service.pool.failure_runs("m") == set()
-    load_fails()
-    assert retry() == 1  # the first of a new run: at once
-
-
 class UnreachableVersion1:
     """Model "m" whose version 1's artifact store cannot be reached: every LoadModel of it fails
     (UNAVAILABLE, retried soon); the daemon's serving layer and pool on a ManualClock, no periodic
@@ -1195,14 +1103,8 @@ class UnreachableVersion1:
         self.inference = inference_pb2_grpc.InferenceStub(channel)
         self.oip = oip_grpc.GRPCInferenceServiceStub(channel)
         upload(channel, "m", linear_model(1.0))
-        artifact_path = daemon.daemon.registry.artifact_path
-
-        def unreachable(record: Any) -> Any:
-            if (record.model, record.version) == ("m", 1):
-                raise Unavailable("the artifact store cannot be reached")
-            return artifact_path(record)
-
-        monkeypatch.setattr(daemon.daemon.registry, "artifact_path", unreachable)
+        unreachable = Unavailable("the artifact store cannot be reached")
+        _unreadable_artifact(daemon.daemon.registry, monkeypatch, ("m", 1), unreachable)
         self.version_1 = common_pb2.VersionRef(model="m", version=1)
 
     def load_fails(self) -> None:
@@ -1212,6 +1114,23 @@ class UnreachableVersion1:
 
     def retry(self) -> int:
         return InferenceService.retry_failed_loads(self.service)
+
+
+def test_an_unload_ends_the_run_of_failures_of_the_version_it_unloads(
+    daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """UnloadModel of a version whose loads kept failing (its artifact out of reach) left their
+    run counted: a LoadModel after that which failed once more waited the run's longer backoff
+    before its retry, as if the operator had never unloaded it."""
+    version = UnreachableVersion1(daemon, monkeypatch)
+    version.load_fails()
+    assert version.retry() == 1  # the first failure in a row: at once
+    version.load_fails()
+    assert version.retry() == 0  # the second waits its turn (the clock stands)
+    version.inference.UnloadModel(inference_pb2.UnloadModelRequest(target=version.version_1))
+    assert version.service.pool.failure_runs("m") == set()
+    version.load_fails()
+    assert version.retry() == 1  # the first of a new run: at once
 
 
 @pytest.mark.parametrize(
