@@ -6,6 +6,8 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import numpy as np
@@ -218,35 +220,71 @@ def _batch_rows(inference) -> set[int]:
     return {b.rows for b in stats.batch_sizes}
 
 
-def test_deadline_passing_in_the_queue_is_deadline_exceeded_and_never_run(inference, channel) -> None:
-    # One instance: four full batches ahead (~40 ms each on an idle dev box) keep it busy far
-    # past the deadline; two instances would run them two at a time.
-    load_slow(inference, channel, max_batch_size=2048, instances=1)
-    blockers = [inference.Predict.future(predict_request("slow", slow_input(2048))) for _ in range(4)]
-    time.sleep(0.02)
-    with pytest.raises(grpc.RpcError) as raised:
-        inference.Predict(predict_request("slow", slow_input(7)), timeout=0.02)
-    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    for blocker in blockers:
-        blocker.result(60)
-    inference.Predict(predict_request("slow", slow_input(1)))
-    assert 7 not in _batch_rows(inference)
-    assert 2055 not in _batch_rows(inference)
+class HeldInstance:
+    """Holds the first batch that the one instance of 'slow' version 1 runs after this is built,
+    until `release` is set; `inside` is set once it is held. Its batcher is `batcher`. A batch of
+    64 rows is one to hold: the daemon runs it on a batch thread, where one row alone it may run
+    inline, holding its event loop. (Full batches of 2048 rows ahead kept it busy for seconds.)"""
+
+    def __init__(self, daemon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.inside = threading.Event()
+        self.release = threading.Event()
+        self.batcher = daemon.daemon.inference.pool.get("slow", 1).batcher
+        (runtime,) = self.batcher._runtimes
+        run = runtime.run
+
+        def held_once(inputs: Any, output_names: Any) -> Any:
+            if not self.inside.is_set():
+                self.inside.set()
+                assert self.release.wait(60)
+            return run(inputs, output_names)
+
+        monkeypatch.setattr(runtime, "run", held_once)
 
 
-def test_cancelled_request_leaves_the_queue_and_never_runs(inference, channel) -> None:
-    # One instance and eight full batches ahead (~40 ms each on an idle dev box) keep it busy well
-    # past the cancel; with two instances and three, the five rows sometimes ran before it.
-    load_slow(inference, channel, max_batch_size=2048, instances=1)
-    blockers = [inference.Predict.future(predict_request("slow", slow_input(2048))) for _ in range(8)]
-    time.sleep(0.05)
-    cancelled = inference.Predict.future(predict_request("slow", slow_input(5)))
-    time.sleep(0.02)
-    cancelled.cancel()
-    for blocker in blockers:
-        blocker.result(60)
+def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never saw: {what}")
+        time.sleep(0.005)
+
+
+def test_deadline_passing_in_the_queue_is_deadline_exceeded_and_never_run(
+    inference, channel, daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load_slow(inference, channel, max_batch_size=64, instances=1)
+    held = HeldInstance(daemon, monkeypatch)
+    try:
+        blocker = inference.Predict.future(predict_request("slow", slow_input(64)))
+        assert held.inside.wait(30)
+        with pytest.raises(grpc.RpcError) as raised:
+            inference.Predict(predict_request("slow", slow_input(7)), timeout=0.02)
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        held.release.set()
+    blocker.result(60)
     inference.Predict(predict_request("slow", slow_input(1)))
-    assert _batch_rows(inference).isdisjoint({5, 2053})
+    assert _batch_rows(inference).isdisjoint({7, 71})
+
+
+def test_cancelled_request_leaves_the_queue_and_never_runs(
+    inference, channel, daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load_slow(inference, channel, max_batch_size=64, instances=1)
+    held = HeldInstance(daemon, monkeypatch)
+    try:
+        blocker = inference.Predict.future(predict_request("slow", slow_input(64)))
+        assert held.inside.wait(30)
+        cancelled = inference.Predict.future(predict_request("slow", slow_input(5)))
+        _until(lambda: held.batcher.queued == 1, "the request queued")
+        cancelled.cancel()
+        _until(lambda: held.batcher.queued == 0, "the cancelled request off the queue")
+    finally:
+        held.release.set()
+    blocker.result(60)
+    inference.Predict(predict_request("slow", slow_input(1)))
+    assert _batch_rows(inference).isdisjoint({5, 69})
 
 
 def test_concurrent_requests_batch_and_stats_report_them(inference, channel, daemon) -> None:
