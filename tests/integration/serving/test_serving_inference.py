@@ -242,7 +242,8 @@ class HeldInstance:
         monkeypatch.setattr(runtime, "run", held_once)
 
 
-def _until(condition: Callable[[], bool], what: str) -> None:
+def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for `condition` (state of the daemon's that no event tells), failing with `what`."""
     deadline = time.monotonic() + 30
     while not condition():
         if time.monotonic() > deadline:
@@ -277,9 +278,9 @@ def test_cancelled_request_leaves_the_queue_and_never_runs(
         blocker = inference.Predict.future(predict_request("slow", slow_input(64)))
         assert held.inside.wait(30)
         cancelled = inference.Predict.future(predict_request("slow", slow_input(5)))
-        _until(lambda: held.batcher.queued == 1, "the request queued")
+        until(lambda: held.batcher.queued == 1, "the request queued")
         cancelled.cancel()
-        _until(lambda: held.batcher.queued == 0, "the cancelled request off the queue")
+        until(lambda: held.batcher.queued == 0, "the cancelled request off the queue")
     finally:
         held.release.set()
     blocker.result(60)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serving_models import linear_model, predict_request, reshape_model, slow_model, upload
+from test_serving_inference import HeldInstance, until
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tesserad.oip import grpc_service_pb2 as pb
@@ -301,43 +302,37 @@ def test_refused_requests_are_failures_of_the_version_over_grpc_http_and_predict
     assert not any('version="2"' in name or "missing" in name for name in page if name.startswith("nv_"))
 
 
-def test_requests_dropped_from_the_queue_are_rejected_or_canceled(daemon, oip, inference, channel) -> None:
+def test_requests_dropped_from_the_queue_are_rejected_or_canceled(
+    daemon, oip, inference, channel, monkeypatch: pytest.MonkeyPatch
+) -> None:
     upload(channel, "slow", slow_model())
     inference.LoadModel(
         inference_pb2.LoadModelRequest(
             target=common_pb2.VersionRef(model="slow"),
-            config=inference_pb2.ServingConfig(max_batch_size=2048, instances=1),
+            config=inference_pb2.ServingConfig(max_batch_size=64, instances=1),
         )
     )
-    rows = np.ones((2048, 384), np.float32)
-    # Full batches (~60 ms each on an idle dev box) on the one instance keep the two requests
-    # below queued: one whose caller goes away (CANCELED), one past its `timeout` (REJECTED, as by
-    # Triton's queue policy).
-    blockers = [oip.ModelInfer.future(infer_request("slow", rows, version="1")) for _ in range(6)]
-    time.sleep(0.05)
-    cancelled = oip.ModelInfer.future(infer_request("slow", rows[:5], version="1"))
-    request = infer_request("slow", rows[:3], version="1")
-    request.parameters["timeout"].int64_param = 1
-    timed_out = oip.ModelInfer.future(request)
-    # All 8 have arrived once those queued and those answered make 7 (one runs) twice in a row
-    # (between two batches, for an instant, 7 of them can make 7 too).
-    labels = '{model="slow",version="1"}'
-    reads, waited = 0, time.monotonic() + 30
-    while reads < 2:
-        assert time.monotonic() < waited, "the requests never all arrived"
-        page = samples(scrape(daemon)[1])
-        arrived = (
-            page[f"nv_inference_pending_request_count{labels}"]
-            + page[f"nv_inference_request_success{labels}"]
-        )
-        reads = reads + 1 if arrived >= 7 else 0
-    cancelled.cancel()
+    rows = np.ones((64, 384), np.float32)
+    # A batch held on the one instance keeps the two requests below queued: one whose caller goes
+    # away (CANCELED), one past its `timeout` (REJECTED, as by Triton's queue policy).
+    held = HeldInstance(daemon, monkeypatch)
+    try:
+        blocker = oip.ModelInfer.future(infer_request("slow", rows, version="1"))
+        assert held.inside.wait(30)
+        cancelled = oip.ModelInfer.future(infer_request("slow", rows[:5], version="1"))
+        request = infer_request("slow", rows[:3], version="1")
+        request.parameters["timeout"].int64_param = 1
+        timed_out = oip.ModelInfer.future(request)
+        until(lambda: held.batcher.queued == 2, "both requests queued")
+        cancelled.cancel()
+        until(lambda: held.batcher.queued == 1, "the cancelled request off the queue")
+    finally:
+        held.release.set()
     assert timed_out.exception(60).code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    for blocker in blockers:
-        blocker.result(60)
+    blocker.result(60)
     oip.ModelInfer(infer_request("slow", rows[:1], version="1"))
     stats = settled_statistics(oip, "slow", "1")
-    assert {b.batch_size for b in stats.batch_stats} == {2048, 1}
-    assert (stats.inference_stats.success.count, stats.inference_stats.fail.count) == (7, 2)
+    assert {b.batch_size for b in stats.batch_stats} == {64, 1}
+    assert (stats.inference_stats.success.count, stats.inference_stats.fail.count) == (2, 2)
     page = samples(scrape(daemon)[1])
     assert failures(page, "slow", "1") == {"REJECTED": 1, "CANCELED": 1, "BACKEND": 0, "OTHER": 0}
