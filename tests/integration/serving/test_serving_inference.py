@@ -496,30 +496,22 @@ def test_hot_swap_under_load_fails_no_request(inference, registry, linear) -> No
             except grpc.RpcError as exc:
                 failures.append(f"{exc.code()}: {exc.details()}")
 
+    def loaded() -> list[int]:
+        return [m.version for m in inference.ListLoaded(inference_pb2.ListLoadedRequest(model=linear)).models]
+
     threads = [threading.Thread(target=traffic) for _ in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(0.3)
-    _set_alias(registry, linear, "production", 2)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and versions[2] < 50:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    stop.set()
-    for thread in threads:
-        thread.join(30)
+    try:
+        until(lambda: versions[1] > 0, "requests answered by version 1")
+        _set_alias(registry, linear, "production", 2)
+        # Under traffic all along, the old version drains and is freed.
+        until(lambda: versions[2] >= 50 and loaded() == [2], "version 2 serving and version 1 freed")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
     assert failures == []
-    assert versions[1] > 0 and versions[2] >= 50
-    # The old version drained and was freed.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        loaded = [
-            m.version for m in inference.ListLoaded(inference_pb2.ListLoadedRequest(model=linear)).models
-        ]
-        if loaded == [2]:
-            break
-        time.sleep(0.05)
-    assert loaded == [2]
 
 
 def _wait_until_failed(inference, model: str, version: int) -> inference_pb2.LoadedModel:
