@@ -17,7 +17,7 @@ from tessera.command_parser import CommandParser
 from tessera.messages import counted
 from tessera.progress_line import ProgressLine, byte_size, progress_wanted
 from tesserad import __version__
-from tesserad.config import SettingsError, describe_settings, load_settings
+from tesserad.config import SettingsError, describe_settings, load_settings, unknown_environment
 from tesserad.errors import TesseraError
 from tesserad.logs import configure_logging
 from tesserad.signal_wakeup import signal_wakeup
@@ -283,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tesserad: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
     configure_logging(settings.log_format, settings.log_level)
+    for warning in unknown_environment():
+        log.warning("%s", warning)
 
     from tesserad.server import SettingsRefusal, StartupError, serve
 

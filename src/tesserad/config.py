@@ -21,6 +21,16 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "TESSERA_"
+# The TESSERA_* variables tessera's clients (Python and Node) read: tesserad shares their
+# environment and passes over these without a warning. tests/unit/test_config.py checks the
+# clients' sources name no other.
+CLIENT_ENV_NAMES = (
+    "TESSERA_TARGET",
+    "TESSERA_TOKEN",
+    "TESSERA_TIMEOUT_S",
+    "TESSERA_KEEPALIVE_S",
+    "TESSERA_TRANSFER_TIMEOUT_S",
+)
 
 
 class SettingsError(Exception):
@@ -758,6 +768,33 @@ def load_settings(
     if errors:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(errors))
     return settings
+
+
+def unknown_environment(env: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each TESSERA_* variable that names no setting (nor one a client reads), with
+    the setting it likely meant. Not an error, as a config file's unknown key is: the environment
+    is shared with other tools."""
+    environ = os.environ if env is None else env
+    settings = {_env_name(name): name for name, _, _ in _walk(Settings(), "")}
+    warnings = []
+    for env_name in sorted(environ):
+        if not env_name.startswith(ENV_PREFIX) or env_name in settings or env_name in CLIENT_ENV_NAMES:
+            continue
+        key = env_name.removeprefix(ENV_PREFIX)
+        guess = difflib.get_close_matches(
+            key, [k.removeprefix(ENV_PREFIX) for k in settings], n=1, cutoff=0.75
+        )
+        meant = (
+            [ENV_PREFIX + guess[0]]
+            if guess
+            else sorted(k for k, name in settings.items() if name.rpartition(".")[2].upper() == key)
+        )
+        hint = f"; did you mean {settings[meant[0]]} ({meant[0]})?" if meant else ""
+        warnings.append(
+            f"environment variable {env_name} names no tesserad setting and is ignored{hint} "
+            "(`tesserad settings` lists every setting)"
+        )
+    return warnings
 
 
 def _read_config(config_file: Path) -> dict[str, Any]:

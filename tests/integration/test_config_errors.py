@@ -240,3 +240,25 @@ def test_a_start_refused_its_port_leaves_a_data_directory_that_was_there(spawn_d
 
     assert "already in use" in _taken_port_start(spawn_daemon, data_dir)
     assert sorted(path.relative_to(data_dir) for path in data_dir.rglob("*")) == kept
+
+
+def test_a_misspelt_environment_variable_is_warned_of_at_start_with_the_name_it_likely_meant(
+    spawn_daemon, tmp_path
+):
+    """A typo in the config file is refused; in the environment, which other tools share, it is
+    a warning: tesserad still starts, and the names tessera's clients read pass without one."""
+    env = {"TESSERA_GRACE_PERIOD": "5", "TESSERA_SERVING_MAX_BATCH": "8", "TESSERA_TARGET": "127.0.0.1:1"}
+    daemon = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path / "var"), env=env
+    )
+    for typo, meant in [
+        ("TESSERA_GRACE_PERIOD", "grace_period_s"),
+        ("TESSERA_SERVING_MAX_BATCH", "serving.max_batch_size"),
+    ]:
+        entry = daemon.wait_for_log(
+            f"environment variable {typo} names no tesserad setting and is ignored; did you mean "
+            f"{meant} (TESSERA_{meant.replace('.', '_').upper()})? (`tesserad settings` lists every setting)"
+        )
+        assert entry["level"] == "warning"
+    daemon.wait_serving()
+    assert "TESSERA_TARGET" not in "".join(daemon.log)

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tesserad.config import Address, SettingsError, describe_settings, format_size, load_settings, parse_size
+from tesserad.config import (
+    CLIENT_ENV_NAMES,
+    Address,
+    SettingsError,
+    describe_settings,
+    format_size,
+    load_settings,
+    parse_size,
+    unknown_environment,
+)
 
 
 def test_defaults():
@@ -257,3 +267,36 @@ def test_http_allowed_hosts_from_a_toml_list_or_a_comma_separated_string(tmp_pat
 def test_http_allowed_hosts_are_names_without_port_or_scheme(bad):
     with pytest.raises(SettingsError, match=r"security\.http_allowed_hosts.*is not a host name"):
         load_settings(env={"TESSERA_SECURITY_HTTP_ALLOWED_HOSTS": bad})
+
+
+LISTING = "(`tesserad settings` lists every setting)"
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("TESSERA_GRACE_PERIOD", "; did you mean grace_period_s (TESSERA_GRACE_PERIOD_S)? " + LISTING),
+        (
+            "TESSERA_SERVING_MAX_BATCH",
+            "; did you mean serving.max_batch_size (TESSERA_SERVING_MAX_BATCH_SIZE)? " + LISTING,
+        ),
+        ("TESSERA_MAP_SIZE", "; did you mean store.map_size (TESSERA_STORE_MAP_SIZE)? " + LISTING),
+        ("TESSERA_COLOUR", " " + LISTING),
+    ],
+)
+def test_an_unknown_environment_variable_is_named_with_the_setting_it_likely_meant(name, said):
+    env = {name: "1", "TESSERA_LISTEN": "127.0.0.1:1", "TESSERA_TOKEN": "t", "PATH": "/bin"}
+    assert unknown_environment(env) == [
+        f"environment variable {name} names no tesserad setting and is ignored{said}"
+    ]
+
+
+def test_the_names_the_clients_read_are_the_ones_tesserad_passes_over_without_a_warning():
+    """A client that reads a new TESSERA_* variable must have it listed, or every tesserad that
+    shares its environment warns of it."""
+    root = Path(__file__).resolve().parents[2] / "clients"
+    sources = [*(root / "python" / "src").rglob("*.py"), *(root / "node").glob("*.js")]
+    named = {name for source in sources for name in re.findall(r"TESSERA_[A-Z0-9_]+", source.read_text())}
+    settings = {info.env for info in describe_settings()}
+    assert named - settings == set(CLIENT_ENV_NAMES)
+    assert unknown_environment(dict.fromkeys(CLIENT_ENV_NAMES, "1")) == []
