@@ -110,6 +110,15 @@ def _int(request: web.Request, name: str, default: int, low: int, high: int) -> 
     return whole_number(name, raw, low, high)
 
 
+def _required(request: web.Request, name: str, what: str, usage: str) -> str:
+    """The query parameter `name`; InvalidArgument saying what it is and how the route takes it
+    when it is left out or empty (the domain would name its field, not the parameter)."""
+    value = request.query.get(name, "")
+    if not value:
+        raise InvalidArgument(f"the query parameter {name} is required: {what}, as in GET {PREFIX}{usage}")
+    return value
+
+
 def _page_args(request: web.Request) -> tuple[int, str]:
     return _int(request, "page_size", 0, 0, 1000), request.query.get("page_token", "")
 
@@ -356,7 +365,13 @@ class DashboardApi:
         The bytes come from the domain's download, which holds back the last chunk until the
         hash checks out: damage found before the first byte is a 500; later, the connection is
         cut short of Content-Length, so no client takes the file as whole."""
-        run_id, path = request.match_info["run_id"], request.query.get("path", "")
+        run_id = request.match_info["run_id"]
+        path = _required(
+            request,
+            "path",
+            "the artifact's path in the run",
+            f"/runs/RUN_ID/artifact?path=PATH (GET {PREFIX}/runs/RUN_ID/artifacts lists them)",
+        )
         preview = request.query.get("preview", "") == "1"
         artifact = await asyncio.to_thread(self._s.artifacts.get, run_id, path)
         kind = preview_type(artifact) if preview else artifact_type(path)
@@ -439,10 +454,13 @@ class DashboardApi:
             raise InvalidArgument(f"mode must be min or max, got {mode[:20]!r}")
         if field not in ("", "last", "min", "max", "best"):
             raise InvalidArgument(f"field must be last, min, max or best, got {field[:20]!r}")
+        usage = "/leaderboard?experiment=NAME&metric=KEY"
+        experiment = _required(request, "experiment", "the experiment whose runs to rank", usage)
+        metric = _required(request, "metric", "the metric key to rank the runs by", usage)
         ranked = await asyncio.to_thread(
             self._s.tracking.leaderboard,
-            request.query.get("experiment", ""),
-            request.query.get("metric", ""),
+            experiment,
+            metric,
             mode or None,
             field or None,
             _int(request, "limit", 0, 0, 10_000),

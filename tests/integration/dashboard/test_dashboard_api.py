@@ -864,3 +864,29 @@ def test_a_restore_needs_the_role_its_grpc_method_needs(tmp_path, tokens_file):
         assert http_get(port, f"/api/v1/runs/{run_id}/restore", RESTORE, "POST").status == 401
     finally:
         daemon.stop()
+
+
+def test_a_required_query_parameter_left_out_is_named_with_the_route_that_takes_it(dash):
+    port = dash.daemon.http_port
+    board = "as in GET /api/v1/leaderboard?experiment=NAME&metric=KEY"
+    for path, said in (
+        (
+            "/api/v1/leaderboard?experiment=clips",
+            f"the query parameter metric is required: the metric key to rank the runs by, {board}",
+        ),
+        (
+            "/api/v1/leaderboard?experiment=clips&metric=",
+            f"the query parameter metric is required: the metric key to rank the runs by, {board}",
+        ),
+        (
+            "/api/v1/leaderboard?metric=acc",
+            f"the query parameter experiment is required: the experiment whose runs to rank, {board}",
+        ),
+        (
+            "/api/v1/runs/r1/artifact",
+            "the query parameter path is required: the artifact's path in the run, as in "
+            "GET /api/v1/runs/RUN_ID/artifact?path=PATH (GET /api/v1/runs/RUN_ID/artifacts lists them)",
+        ),
+    ):
+        answer = http_get(port, path)
+        assert (answer.status, answer.json()) == (400, {"error": said}), path
