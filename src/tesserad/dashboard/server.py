@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import urllib.parse
 from importlib import resources
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from aiohttp import hdrs, web
 from tesserad import errors
 from tesserad.config import Address, LimitsSettings, SecuritySettings, format_size
 from tesserad.dashboard.access import LOGIN_PATH, LOGOUT_PATH, Access, Handler
-from tesserad.dashboard.api import DashboardApi, Services, json_response
+from tesserad.dashboard.api import PREFIX, DashboardApi, Services, json_response
 from tesserad.dashboard.listener import HttpListener, Refused
 from tesserad.security.tokens import TokenFile
 
@@ -60,6 +61,40 @@ def http_status_for(error: errors.TesseraError) -> int:
     return 500
 
 
+# The domain's NotFound fixes name the gRPC call that lists what was not found; an HTTP caller
+# is told the route that does (as open_inference.in_oip_words tells a Triton client). A route's
+# {name} is the request's own path parameter; the dashboard's API only reads, so the way to
+# create a model is not its to say.
+_HTTP_FIXES = (
+    ("ListJobs lists them", "GET {api}/jobs lists them"),
+    ("ListRuns lists them", "GET {api}/runs lists them"),
+    ("ListExperiments lists them", "GET {api}/experiments lists them"),
+    ("ListSweeps lists them", "GET {api}/sweeps lists them"),
+    ("create it with CreateModel", "list them with GET {api}/models"),
+    ("ListVersions lists them", "GET {api}/models/{model} lists them"),
+    ("list them with ListRunArtifacts", "list them with GET {api}/runs/{run_id}/artifacts"),
+)
+
+
+class _PathParameters(dict[str, str]):
+    """A request's path parameters, URL-quoted; one the route lacks reads as its name in capitals."""
+
+    def __missing__(self, name: str) -> str:
+        return name.upper()
+
+
+def in_http_words(error: errors.NotFound, request: web.Request) -> str:
+    """`error`'s message with the gRPC call it names put as the HTTP route that does the same."""
+    parameters = _PathParameters(
+        {name: urllib.parse.quote(value, safe="") for name, value in request.match_info.items()}, api=PREFIX
+    )
+    message = error.message
+    for grpc_words, http_words in _HTTP_FIXES:
+        if grpc_words in message:
+            message = message.replace(grpc_words, http_words.format_map(parameters))
+    return message
+
+
 def error_page(status: int, message: str) -> web.Response:
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tessera: {status}</title>
@@ -82,6 +117,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except Refused as exc:
         return _refused(request, exc)
+    except errors.NotFound as exc:
+        return _failure(request, 404, in_http_words(exc, request))
     except errors.TesseraError as exc:
         return _failure(request, http_status_for(exc), exc.message)
     except web.HTTPRequestEntityTooLarge:

@@ -890,3 +890,35 @@ def test_a_required_query_parameter_left_out_is_named_with_the_route_that_takes_
     ):
         answer = http_get(port, path)
         assert (answer.status, answer.json()) == (400, {"error": said}), path
+
+
+def test_a_404_names_the_http_route_that_lists_what_was_not_found_and_grpc_keeps_its_words(
+    dash, client, finished_job
+):
+    port = dash.daemon.http_port
+    run_id = http_get(port, f"/api/v1/jobs/{finished_job}").json()["run_id"]
+    for path, said in (
+        ("/api/v1/runs/nope", "run 'nope' does not exist; GET /api/v1/runs lists them"),
+        ("/api/v1/runs/nope/artifacts", "run 'nope' does not exist; GET /api/v1/runs lists them"),
+        ("/api/v1/runs/nope/metrics/loss", "run 'nope' does not exist; GET /api/v1/runs lists them"),
+        ("/api/v1/jobs/nope", "job 'nope' does not exist; GET /api/v1/jobs lists them"),
+        ("/api/v1/jobs/nope/events", "job 'nope' does not exist; GET /api/v1/jobs lists them"),
+        ("/api/v1/sweeps/nope", "sweep 'nope' does not exist; GET /api/v1/sweeps lists them"),
+        (
+            "/api/v1/leaderboard?experiment=nope&metric=acc",
+            "experiment 'nope' does not exist; GET /api/v1/experiments lists them",
+        ),
+        ("/api/v1/models/zzzzzzzz", "model 'zzzzzzzz' does not exist; list them with GET /api/v1/models"),
+        (
+            "/api/v1/models/tiny/versions/99/lineage",
+            "model 'tiny' has no version 99 (the newest is 1; GET /api/v1/models/tiny lists them)",
+        ),
+        (
+            f"/api/v1/runs/{run_id}/artifact?path=nothing.txt",
+            f"run '{run_id}' has no artifact at 'nothing.txt'; list them with GET /api/v1/runs/{run_id}/artifacts",
+        ),
+    ):
+        answer = http_get(port, path)
+        assert (answer.status, answer.json()) == (404, {"error": said}), path
+    with pytest.raises(tessera.NotFound, match="run 'nope' does not exist; ListRuns lists them"):
+        client.training.run("nope")
