@@ -266,7 +266,10 @@ class DashboardServer(HttpListener):
         raise web.HTTPFound("/jobs")
 
     async def _page(self, request: web.Request) -> web.Response:
-        return web.Response(text=self._shell, content_type="text/html")
+        # Each page shows what its API route answers, at the same path under the API's prefix:
+        # the one a reader without JavaScript is pointed at.
+        api_route = html.escape(PREFIX + request.rel_url.raw_path)
+        return web.Response(text=self._shell.replace("{api_route}", api_route), content_type="text/html")
 
     async def _job_page(self, request: web.Request) -> web.Response:
         await asyncio.to_thread(self._services.jobs.get, request.match_info["job_id"])

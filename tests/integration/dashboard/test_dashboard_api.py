@@ -922,3 +922,15 @@ def test_a_404_names_the_http_route_that_lists_what_was_not_found_and_grpc_keeps
         assert (answer.status, answer.json()) == (404, {"error": said}), path
     with pytest.raises(tessera.NotFound, match="run 'nope' does not exist; ListRuns lists them"):
         client.training.run("nope")
+
+
+@pytest.mark.parametrize(
+    ("page", "route"),
+    [("/jobs", "/api/v1/jobs"), ("/system", "/api/v1/system"), ("/models/tiny", "/api/v1/models/tiny")],
+)
+def test_a_page_read_without_javascript_names_the_json_route_with_its_data(dash, finished_job, page, route):
+    body = http_get(dash.daemon.http_port, page).body.decode()
+    assert (
+        f'<noscript><p class="problem">This page needs JavaScript. The same data is JSON at '
+        f'<a href="{route}">GET {route}</a>.</p></noscript>'
+    ) in body
