@@ -176,7 +176,9 @@ class DaemonProcess:
 
     The dashboard is off unless a test turns it on (--http-listen or its environment variable):
     its default port would make parallel daemons collide. The process leads a process group of
-    its own, which `close` ends whole.
+    its own, which `close` ends whole. It inherits no TESSERA_* variable, only those `env`
+    gives: the test runner's own (TESSERA_TRITONCLIENT_PYTHON, set by `make test`) would be
+    warned of as unknown settings, and a developer's settings would change what is tested.
     """
 
     def __init__(
@@ -195,7 +197,11 @@ class DaemonProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "TESSERA_HTTP_LISTEN": "off", **(env or {})},
+            env={
+                **{name: value for name, value in os.environ.items() if not name.startswith("TESSERA_")},
+                "TESSERA_HTTP_LISTEN": "off",
+                **(env or {}),
+            },
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
