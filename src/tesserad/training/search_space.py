@@ -313,9 +313,10 @@ def _is_number(text: str) -> bool:
 
 
 def plan_points(
-    searcher: str, parameters: list[SweepParameter], max_trials: int, seed: int
+    searcher: str, parameters: list[SweepParameter], max_trials: int, seed: int, strategy: str = ""
 ) -> list[dict[str, str]]:
-    """Every trial's values for the searchers that plan them all at submit: grid and random."""
+    """Every trial's values for the searchers that plan them all at submit: grid and random.
+    `strategy`: the one asked for, named in messages (ASHA and Hyperband search at random)."""
     check_space(parameters)
     if max_trials < 0:
         raise InvalidArgument(f"spec.max_trials must be >= 0, got {max_trials}")
@@ -329,7 +330,9 @@ def plan_points(
             )
     else:
         if max_trials == 0:
-            raise InvalidArgument(f"spec.max_trials: a {searcher} sweep needs the number of trials (> 0)")
+            raise InvalidArgument(
+                f"spec.max_trials: a {strategy or searcher} sweep needs the number of trials (> 0)"
+            )
         if max_trials > MAX_TRIALS:  # checked before drawing them
             raise InvalidArgument(
                 f"spec.max_trials: a sweep runs at most {MAX_TRIALS} trials, got {max_trials}"

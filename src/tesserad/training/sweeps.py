@@ -453,7 +453,9 @@ def _set_path(spec: dict[str, Any], path: str, text: str) -> None:
         return
     spec_field = fields.get(leaf)
     if spec_field is None or spec_field.kind != "value" or spec_field.value_type is None:
-        raise InvalidArgument(f"{where} does not name a single value field of JobSpec (at {leaf!r})")
+        raise InvalidArgument(
+            f"{where} does not name a single value field of JobSpec (at {leaf!r}){_full_paths(path)}"
+        )
     value = _parse(spec_field.value_type, text)
     if value is None:
         raise InvalidArgument(
@@ -469,6 +471,23 @@ def _set_path(spec: dict[str, Any], path: str, text: str) -> None:
             if sibling.oneof == spec_field.oneof and name != leaf:
                 target.pop(name, None)
     target[leaf] = value
+
+
+def _value_paths(fields: Mapping[str, SpecField], prefix: str = "") -> Iterator[str]:
+    """The paths of every single value field under `fields`."""
+    for name, spec_field in fields.items():
+        if spec_field.kind == "message":
+            yield from _value_paths(spec_field.fields, f"{prefix}{name}.")
+        elif spec_field.kind == "value" and spec_field.value_type is not None:
+            yield f"{prefix}{name}"
+
+
+def _full_paths(path: str) -> str:
+    """ "; did you mean 'optimizer.lr'?" for a path ("lr", "adam.lr") whose last part names value
+    fields elsewhere in JobSpec; else ""."""
+    leaf = path.rsplit(".", 1)[-1]
+    meant = [full for full in _value_paths(SPEC_FIELDS) if full.rsplit(".", 1)[-1] == leaf and full != path]
+    return f"; did you mean {' or '.join(repr(full) for full in meant)}?" if meant else ""
 
 
 def _switch_member(
@@ -667,7 +686,7 @@ class Sweeps:
                 f"as it succeeds, so {register_as['alias']!r} would move to each in turn and end on the "
                 "trial that finished last, not the best; leave the alias unset, and once the sweep "
                 "ended set it on the best trial's version (the sweep's best_job_id; its job's "
-                "registered version) with SetAlias (`tessera models alias MODEL ALIAS VERSION`)"
+                "registered version) with SetAlias"
             )
         searcher, pruner = searcher_and_pruner(request.strategy, request.pruner)
         asha = asha_settings(request.asha)

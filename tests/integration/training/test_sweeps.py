@@ -278,8 +278,20 @@ def _range(path: str, low: float, high: float, **fields: Any) -> S.SweepParamete
             "spec.base.register_as.alias: each trial registers a version of 'tuned' as it succeeds, so "
             "'prod' would move to each in turn and end on the trial that finished last, not the best; "
             "leave the alias unset, and once the sweep ended set it on the best trial's version (the "
-            "sweep's best_job_id; its job's registered version) with SetAlias (`tessera models alias "
-            "MODEL ALIAS VERSION`)",
+            "sweep's best_job_id; its job's registered version) with SetAlias",
+        ),
+        (
+            S.SWEEP_STRATEGY_HYPERBAND,
+            [_range("optimizer.lr", 0.001, 0.1)],
+            {},
+            "spec.max_trials: a hyperband sweep needs the number of trials (> 0)",
+        ),
+        (
+            S.SWEEP_STRATEGY_GRID,
+            [sweep_values("lr", "0.1")],
+            {},
+            "spec.parameters: 'lr' does not name a single value field of JobSpec (at 'lr'); "
+            "did you mean 'optimizer.lr'?",
         ),
     ],
 )

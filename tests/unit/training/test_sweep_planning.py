@@ -158,3 +158,12 @@ def test_asha_settings_default_and_are_checked() -> None:
     assert asha_settings(AshaSettings(2, 4)) == AshaSettings(2, 4)
     with pytest.raises(InvalidArgument, match="reduction_factor >= 2"):
         asha_settings(AshaSettings(1, 1))
+
+
+def test_a_parameter_path_of_a_field_name_alone_suggests_its_full_path():
+    with pytest.raises(InvalidArgument) as refused:
+        trial_spec(BASE, {"lr": "0.1"})
+    assert refused.value.message == (
+        "spec.parameters: 'lr' does not name a single value field of JobSpec (at 'lr'); "
+        "did you mean 'optimizer.lr'?"
+    )
