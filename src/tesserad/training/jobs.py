@@ -751,6 +751,10 @@ class Jobs:
                 fill.add(key, job)
         return fill.page.items, fill.page.next_page_token
 
+    def tag_run(self, job_id: str, tags: dict[str, str]) -> None:
+        """Set `tags` on the job's run."""
+        self._tracking.update_run(self.get(job_id).run_id, None, tags)
+
     def cancel(self, job_id: str) -> JobRecord:
         queued, requested_at = self._accept_cancel(job_id)
         if queued is not None:

@@ -89,6 +89,9 @@ _INT64_DIGITS = 19
 # fails so (a dataset gone, a model deleted) fails every trial alike, and drawing on would only
 # fill the record with failures.
 MAX_SUBMIT_FAILURES = 3
+# The run tag of a pruned trial's run, its value the rung epoch: its job ends cancelled, as one a
+# user cancelled does.
+PRUNED_TAG = "tessera.pruned_at_epoch"
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,12 @@ class Trial:
     error: str = ""  # why its job could not be submitted
     # The pruner's results of this trial: rung -> its metric there (in its bracket's under Hyperband).
     rungs: dict[str, float] = field(default_factory=dict)
+
+    def take_metric(self, value: float) -> None:
+        """Take its latest metric; a pruned trial keeps the one its rung judged it on, the value it
+        ranks by, though its job runs on until the cancel reaches it."""
+        if not self.pruned:
+            self.metric, self.has_metric = value, True
 
 
 @dataclass
@@ -604,7 +613,7 @@ class Sweeps:
                 self._cancel_strays(sweep, [job_id for job_id in unended if job_id in ended])
                 for trial in sweep.trials:  # pruned, but the cancel did not reach the job before the crash
                     if trial.pruned and trial.job_id and self._jobs.get(trial.job_id).state not in ENDED:
-                        self._prune(trial.job_id)
+                        self._prune(trial.job_id, trial.pruned_at)
                 self._tick(sweep)
 
     def _cancel_strays(self, sweep: Sweep, job_ids: builtins.list[str]) -> None:
@@ -944,8 +953,9 @@ class Sweeps:
                 # Its row holds its end: the job's later events (a stray re-queued at a start,
                 # then cancelled) must not change the trial nor the sweep's best.
                 return
-            if kind == "epoch" and sweep.metric in data["metrics"]:
-                trial.metric, trial.has_metric = float(data["metrics"][sweep.metric]), True
+            # A pruned trial's later epochs are no part of the search: neither its metric nor a rung's.
+            if kind == "epoch" and sweep.metric in data["metrics"] and not trial.pruned:
+                trial.take_metric(float(data["metrics"][sweep.metric]))
                 self._changed(sweep, trial)
                 if sweep.pruner:
                     rungs = rung_table(sweep.pruner, sweep.rungs, trial.bracket)
@@ -965,7 +975,9 @@ class Sweeps:
                         last_epoch=job.config["epochs"],
                     ):
                         trial.pruned, trial.pruned_at = True, data["epoch"]
-                        threading.Thread(target=self._prune, args=(job.job_id,), daemon=True).start()
+                        threading.Thread(
+                            target=self._prune, args=(job.job_id, trial.pruned_at), daemon=True
+                        ).start()
                     rung = rung_of(data["epoch"], min_epochs, sweep.asha.reduction_factor)
                     if rung is not None:
                         # A new dict: copies of the trial handed to readers share the old one.
@@ -979,7 +991,14 @@ class Sweeps:
                 if sweep.sweep_id not in self._cancelling:
                     self._tick(sweep)
 
-    def _prune(self, job_id: str) -> None:
+    def _prune(self, job_id: str, epoch: int) -> None:
+        # Tagged before the cancel: once the job shows cancelled, its run says it was pruned.
+        try:
+            self._jobs.tag_run(job_id, {PRUNED_TAG: str(epoch)})
+        except TesseraError as exc:  # its run deleted meanwhile, or the store full: the prune goes on
+            log.warning(
+                "a pruned trial's run could not be tagged", extra={"job_id": job_id, "error": exc.message}
+            )
         with contextlib.suppress(FailedPrecondition):  # it may have ended meanwhile
             self._jobs.cancel(job_id)
 
@@ -991,7 +1010,7 @@ class Sweeps:
             # It ended on its own (its max_steps, early stopping) before the prune's cancel reached it.
             trial.pruned, trial.pruned_at = False, 0
         if job.state in ENDED and sweep.metric in job.metrics:
-            trial.metric, trial.has_metric = float(job.metrics[sweep.metric]), True
+            trial.take_metric(float(job.metrics[sweep.metric]))
         if (trial.state, trial.pruned, trial.metric, trial.has_metric) != before:
             self._changed(sweep, trial)
 

@@ -30,3 +30,17 @@ def test_asha_results_kept_in_lists_stay_unowned_keyed_as_asha_prunes_keys_them(
     unowned = split_rungs("asha", {"0": [0.3, 0.6], "1": {"job-a": 0.2}}, trials)
     assert (trials[0].rungs, unowned) == ({"1": 0.2}, {"0": {"#0": 0.3, "#1": 0.6}})
     assert built_rungs("asha", unowned, trials) == {"0": {"#0": 0.3, "#1": 0.6}, "1": {"job-a": 0.2}}
+
+
+def test_a_pruned_trial_keeps_the_metric_its_rung_judged() -> None:
+    # Its job runs on until the prune's cancel reaches it; the leaderboard ranked it by an epoch
+    # after its rung, or by the job's last metric at its end.
+    pruned = trial(1, "job-b")
+    pruned.take_metric(0.9)
+    pruned.pruned, pruned.pruned_at = True, 1
+    pruned.take_metric(0.7)
+    assert (pruned.metric, pruned.has_metric) == (0.9, True)
+    running = trial(2, "job-c")
+    running.take_metric(0.9)
+    running.take_metric(0.7)
+    assert running.metric == 0.7
