@@ -442,7 +442,7 @@ def sweep_request_from_proto(spec: pb.SweepSpec) -> SweepRequest:
         max_concurrent=spec.max_concurrent,
         metric=spec.metric,
         mode=mode_from_proto(spec.mode, "spec.mode") or "",
-        seed=spec.seed,
+        seed=spec.seed if spec.HasField("seed") else None,
         asha=AshaSettings(spec.asha.min_epochs, spec.asha.reduction_factor),
         document=json_format.MessageToDict(spec, preserving_proto_field_name=True),
         pruner=_pruner_from_proto(spec.pruner),
@@ -504,6 +504,8 @@ def sweep_to_proto(sweep: Sweep) -> pb.Sweep:
         error=sweep.error,
     )
     json_format.ParseDict(sweep.document, message.spec, ignore_unknown_fields=True)
+    # The seed the searcher draws from, also where the daemon drew it (or, before it did, 0).
+    message.spec.seed = sweep.seed
     return message
 
 

@@ -110,7 +110,7 @@ class SweepRequest:
     max_concurrent: int
     metric: str
     mode: str  # min, max or "" for the metric's usual direction
-    seed: int
+    seed: int | None  # None: drawn at submit, and stored
     asha: AshaSettings
     document: dict[str, Any]  # the sweep spec as stored and returned (the API's form)
     pruner: str = ""  # "", asha or hyperband
@@ -708,8 +708,13 @@ class Sweeps:
         if searcher != "pbt" and request.pbt != NO_PBT:
             raise InvalidArgument(f"spec.pbt is set but the strategy is {request.strategy.upper()}, not PBT")
         pbt = pbt_settings(request.pbt, request.max_trials) if searcher == "pbt" else None
+        # As Optuna and Ray Tune draw afresh unless seeded; stored, so a restart draws on from it
+        # and the answer names it, for the sweep to be repeated.
+        seed = random.SystemRandom().randrange(2**31) if request.seed is None else request.seed
         if searcher in PLANNED:
-            points = plan_points(searcher, request.parameters, request.max_trials, request.seed)
+            points = plan_points(
+                searcher, request.parameters, request.max_trials, seed, strategy=request.strategy
+            )
             checked = points
         else:
             if not 0 < request.max_trials <= MAX_TRIALS:
@@ -732,7 +737,7 @@ class Sweeps:
                 if point_key(point) not in seen:
                     seen.add(point_key(point))
                     checked.append(point)
-            rng = random.Random(f"{request.seed}:pbt:0")
+            rng = random.Random(f"{seed}:pbt:0")
             points = [random_point(request.parameters, rng) for _ in range(pbt.population)] if pbt else []
         configs = [
             self._check_point(base, point, metric, i, searcher in PLANNED) for i, point in enumerate(checked)
@@ -772,7 +777,7 @@ class Sweeps:
             mode=request.mode or default_mode(metric),
             max_concurrent=max_concurrent,
             asha=asha,
-            document=request.document,
+            document={**request.document, "seed": str(seed)},
             state="running",
             created_at=time.time(),
             created_by=actor,
@@ -782,7 +787,7 @@ class Sweeps:
             base=base,
             parameters=request.parameters,
             max_trials=request.max_trials,
-            seed=request.seed,
+            seed=seed,
             pbt=pbt,
             brackets=brackets,
         )

@@ -131,6 +131,7 @@ def test_a_sweep_cancelled_just_before_a_sigkill_stays_cancelled(spawn_daemon: A
         assert time.monotonic() < deadline, after
         time.sleep(0.2)
     assert after.state == S.SWEEP_STATE_CANCELLED
+    assert after.spec.seed == cancelled.spec.seed  # the seed drawn at submit, as stored
     assert [t.state for t in after.trials] == [S.JOB_STATE_CANCELLED, S.JOB_STATE_CANCELLED]
     jobs = training.ListJobs(S.ListJobsRequest(sweep_id=sweep_id)).jobs
     assert [j.state for j in jobs] == [S.JOB_STATE_CANCELLED]

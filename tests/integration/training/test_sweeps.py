@@ -21,6 +21,7 @@ from tests.conftest import InProcessDaemon
 from tests.integration.training.conftest import (
     follow,
     job_spec,
+    of_kind,
     states,
     sweep_values,
     upload_dataset,
@@ -84,6 +85,46 @@ def test_asha_prunes_trials_that_trail_at_a_rung(training: training_pb2_grpc.Tra
         (True, S.JOB_STATE_CANCELLED),
     ]
     assert sweep.best_job_id == sweep.trials[0].job_id
+    for trial in sweep.trials[1:]:
+        # Ranked by the metric its rung judged it on, not one of the epochs it ran on meanwhile.
+        epochs = of_kind(follow(training, trial.job_id), "epoch")
+        at_rung = next(e for e in epochs if e.epoch == trial.pruned_at_epoch)
+        assert trial.metric == at_rung.metrics["train_loss"]
+        # Its run says it was pruned, not cancelled by a user.
+        run_id = training.GetJob(S.GetJobRequest(job_id=trial.job_id)).run_id
+        run = training.GetRun(S.GetRunRequest(run_id=run_id))
+        assert run.tags["tessera.pruned_at_epoch"] == str(trial.pruned_at_epoch)
+
+
+def test_a_sweep_without_a_seed_draws_one_and_keeps_it(training: training_pb2_grpc.TrainingStub) -> None:
+    # As Optuna and Ray Tune draw afresh unless seeded: two sweeps over one space drew the same
+    # trials, from seed 0. The seed drawn is answered, so the sweep can be repeated.
+    def spec(**fields: Any) -> S.SweepSpec:
+        return S.SweepSpec(
+            base=job_spec("mlp", epochs=1),
+            strategy=S.SWEEP_STRATEGY_RANDOM,
+            parameters=[_range("optimizer.lr", 0.001, 0.1)],
+            max_trials=4,
+            metric="train_loss",
+            **fields,
+        )
+
+    def submitted(sweep_spec: S.SweepSpec) -> S.Sweep:
+        sweep = training.SubmitSweep(S.SubmitSweepRequest(spec=sweep_spec))
+        training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep.sweep_id))
+        wait_sweep(training, sweep.sweep_id)
+        return sweep
+
+    first, second = submitted(spec()), submitted(spec())
+    assert first.spec.HasField("seed") and second.spec.HasField("seed")
+    assert first.spec.seed != second.spec.seed
+    assert [t.params for t in first.trials] != [t.params for t in second.trials]
+    again = submitted(spec(seed=first.spec.seed))
+    assert [t.params for t in again.trials] == [t.params for t in first.trials]
+    shown = training.GetSweep(S.GetSweepRequest(sweep_id=first.sweep_id))
+    assert shown.spec.seed == first.spec.seed
+    zero = submitted(spec(seed=0))
+    assert zero.spec.HasField("seed") and zero.spec.seed == 0
 
 
 @pytest.mark.parametrize(

@@ -2574,7 +2574,9 @@ class SweepCondition(_message.Message):
     VALUES_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     @_builtins.property
-    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """As SweepValues: text, parsed to the condition's parameter's field type."""
+
     def __init__(
         self,
         *,
@@ -2623,7 +2625,9 @@ Global___SweepPbtSettings: _TypeAlias = SweepPbtSettings  # noqa: Y015
 
 @_typing.final
 class SweepValues(_message.Message):
-    """Explicit values, written as text and parsed to the field's type."""
+    """Explicit values, written as text and parsed to the field's type ("0.001", "16", "true", "adam");
+    the Python SDK and CLI take numbers and booleans too, and write them as such text.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -2718,6 +2722,9 @@ class SweepSpec(_message.Message):
     metric: _builtins.str
     mode: _job_spec_pb2.OptimizeMode.ValueType
     seed: _builtins.int
+    """Seeds the searcher's draws: the same seed over the same space draws the same trials. Unset,
+    the daemon draws one at submit and answers it in the sweep's spec, so the sweep can be repeated.
+    """
     pruner: Global___SweepPruner.ValueType
     @_builtins.property
     def base(self) -> _job_spec_pb2.JobSpec: ...
@@ -2739,16 +2746,18 @@ class SweepSpec(_message.Message):
         max_concurrent: _builtins.int = ...,
         metric: _builtins.str = ...,
         mode: _job_spec_pb2.OptimizeMode.ValueType = ...,
-        seed: _builtins.int = ...,
+        seed: _builtins.int | None = ...,
         asha: Global___AshaSettings | None = ...,
         pruner: Global___SweepPruner.ValueType = ...,
         pbt: Global___SweepPbtSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["asha", b"asha", "base", b"base", "pbt", b"pbt"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "asha", b"asha", "base", b"base", "pbt", b"pbt", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asha", b"asha", "base", b"base", "max_concurrent", b"max_concurrent", "max_trials", b"max_trials", "metric", b"metric", "mode", b"mode", "parameters", b"parameters", "pbt", b"pbt", "pruner", b"pruner", "seed", b"seed", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "asha", b"asha", "base", b"base", "max_concurrent", b"max_concurrent", "max_trials", b"max_trials", "metric", b"metric", "mode", b"mode", "parameters", b"parameters", "pbt", b"pbt", "pruner", b"pruner", "seed", b"seed", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
 
 Global___SweepSpec: _TypeAlias = SweepSpec  # noqa: Y015
 
