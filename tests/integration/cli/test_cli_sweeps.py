@@ -89,7 +89,7 @@ def test_sweep_follow_shows_trials_then_a_leaderboard_and_a_plot(tessera_cli, ta
     result = tessera_cli("sweep", str(spec), "--follow")
     assert result.code == 0, result.err
     (tmp_path.parent / "sweep_out.txt").write_text(result.out)
-    assert "(tpe + asha)" in result.out and "succeeded" in result.out
+    assert "(tpe + asha, seed 1)" in result.out and "succeeded" in result.out
     assert "rank" in result.out and "best val_loss so far" in result.out and "trials" in result.out
     listed = tessera_cli("--json", "sweeps", "list").json()
     sweep_id = listed[0]["sweep_id"]
@@ -172,3 +172,33 @@ def test_follow_outlasts_a_daemon_restart(spawn_daemon, tmp_path, capsys, monkey
     follower.join(timeout=300)
     assert result == [0], capsys.readouterr().err
     assert "succeeded" in screen.getvalue()
+
+
+def test_a_refused_alias_names_the_command_once(tessera_cli, table_dataset, tmp_path):
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(
+        SPEC.replace(
+            'experiment = "cli-sweeps"',
+            'experiment = "cli-sweeps"\nregister_as = { model = "tuned", alias = "prod" }',
+        )
+    )
+    result = tessera_cli("sweep", str(spec))
+    assert result.code == EXIT_DAEMON
+    assert result.err.count("`tessera models alias MODEL ALIAS VERSION`") == 1, result.err
+    assert "SetAlias" not in result.err
+
+
+def test_a_sweeps_values_may_be_numbers(tessera_cli, table_dataset, tmp_path):
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(
+        SPEC.split("[[parameters]]")[0]
+        .replace('strategy = "tpe"', 'strategy = "grid"')
+        .replace('pruner = "asha"\n', "")
+        .replace("[asha]\nmin_epochs = 1\nreduction_factor = 2\n", "")
+        + '[[parameters]]\npath = "optimizer.lr"\nvalues = { values = [0.001, 1e-2, 0.05] }\n'
+    )
+    shown = tessera_cli("--json", "sweep", str(spec))
+    assert shown.code == 0, shown.err
+    sweep = shown.json()
+    assert [t["params"]["optimizer.lr"] for t in sweep["trials"]] == ["0.001", "0.01", "0.05"]
+    tessera_cli("sweeps", "cancel", sweep["sweep_id"])

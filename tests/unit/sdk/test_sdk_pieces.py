@@ -354,3 +354,9 @@ def test_work_that_fails_after_its_await_was_cancelled_leaves_no_error_never_ret
 )
 def test_only_a_status_no_grpc_client_makes_says_a_server_answered(code, details, sent):
     assert sent_by_a_server(code, details) is sent
+
+
+def test_a_flat_line_plot_labels_its_y_axis_around_its_value():
+    plot = line_plot({"best so far": [(1, 7.269e-06), (2, 7.269e-06)]}, width=20, height=5)
+    labels = [line.split("│")[0].strip() for line in plot.splitlines() if "│" in line]
+    assert [labels[0], labels[len(labels) // 2], labels[-1]] == ["7.996e-06", "7.269e-06", "6.542e-06"]

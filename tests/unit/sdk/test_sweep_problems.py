@@ -8,6 +8,7 @@ import pytest
 from rich.console import Console
 
 from tessera.errors import JobFailed
+from tessera.messages import from_dict, load_toml
 from tessera.sweep_commands import finish, trials_table
 from tessera.v1 import training_pb2 as S
 
@@ -47,3 +48,50 @@ def test_a_sweep_that_stopped_starting_trials_says_why_in_its_table_and_its_fail
     assert "the sweep stopped starting trials: could not draw trial 1: boom" in shown(sweep)
     with pytest.raises(JobFailed, match="sweep sweep-1 ended failed: could not draw trial 1: boom"):
         finish(sweep)
+
+
+def test_a_sweeps_values_may_be_toml_numbers_and_booleans(tmp_path):
+    spec_file = tmp_path / "sweep.toml"
+    spec_file.write_text(
+        'strategy = "grid"\nmetric = "val_loss"\n'
+        "[[parameters]]\n"
+        'path = "optimizer.lr"\n'
+        "values = { values = [0.001, 1e-3, 0.1] }\n"
+        "[[parameters]]\n"
+        'path = "batch_size"\n'
+        "values = { values = [16, 32] }\n"
+        "[[parameters]]\n"
+        'path = "architecture.mlp.batch_norm"\n'
+        "values = { values = [true, false] }\n"
+        'when = { path = "batch_size", values = [16] }\n'
+    )
+    spec = from_dict(S.SweepSpec, load_toml(spec_file))
+    assert [list(p.values.values) for p in spec.parameters] == [
+        ["0.001", "0.001", "0.1"],
+        ["16", "32"],
+        ["true", "false"],
+    ]
+    assert list(spec.parameters[2].when.values) == ["16"]
+
+
+def test_a_cancelled_sweep_counts_done_only_the_trials_that_ran():
+    sweep = S.Sweep(
+        sweep_id="sweep-1",
+        state=S.SWEEP_STATE_CANCELLED,
+        spec=S.SweepSpec(metric="val_loss", strategy=S.SWEEP_STRATEGY_GRID),
+        trials=[
+            S.SweepTrial(number=0, job_id="job-1", state=S.JOB_STATE_SUCCEEDED),
+            S.SweepTrial(number=1, job_id="job-2", state=S.JOB_STATE_CANCELLED),
+            S.SweepTrial(number=2, state=S.JOB_STATE_CANCELLED),
+        ],
+    )
+    assert "sweep sweep-1 (grid): cancelled, 2 trials done" in shown(sweep)
+
+
+def test_the_trials_table_shows_the_seed_that_repeats_a_drawn_sweep():
+    sweep = S.Sweep(
+        sweep_id="sweep-1",
+        state=S.SWEEP_STATE_RUNNING,
+        spec=S.SweepSpec(metric="val_loss", strategy=S.SWEEP_STRATEGY_RANDOM, max_trials=3, seed=815),
+    )
+    assert "sweep sweep-1 (random, seed 815): running" in shown(sweep)

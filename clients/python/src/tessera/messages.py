@@ -252,7 +252,12 @@ def _single(field: FieldDescriptor, value: Any, path: KeyPath, problems: _Proble
     if field.enum_type is not None:
         return _enum(field.enum_type, value, path, problems)
     problem = None
-    if kind == FieldDescriptor.CPPTYPE_STRING:
+    if field.full_name in _VALUES_AS_TEXT:
+        if isinstance(value, bool | int | float):
+            return _value_text(value)
+        if not isinstance(value, str):
+            problem = f"expected a number, true or false, or text in quotes, got {_describe(value)}"
+    elif kind == FieldDescriptor.CPPTYPE_STRING:
         if not isinstance(value, str):
             problem = f"expected text in quotes, got {_describe(value)}"
     elif kind == FieldDescriptor.CPPTYPE_BOOL:
@@ -269,6 +274,19 @@ def _single(field: FieldDescriptor, value: Any, path: KeyPath, problems: _Proble
     if problem is not None:
         problems.append((path, problem))
     return value
+
+
+# A sweep's values travel as text, parsed by the daemon to each field's type; numbers and
+# booleans are taken as Ray Tune and Optuna take them.
+_VALUES_AS_TEXT = ("tessera.v1.SweepValues.values", "tessera.v1.SweepCondition.values")
+
+
+def _value_text(value: bool | float) -> str:
+    """A number or boolean as the text the daemon parses back to it: true/false, an int's digits,
+    a float's repr (the shortest text that reads back as the same float: 1e-3 as "0.001")."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
 
 
 def _whole_number_problem(value: Any, low: int, high: int) -> str | None:

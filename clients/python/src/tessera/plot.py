@@ -33,7 +33,10 @@ def line_plot(
     x_min, x_max = min(xs), max(xs)
     y_min, y_max = min(ys), max(ys)
     if y_max == y_min:
-        y_max = y_min + 1.0
+        # A flat line, centred: padded by a tenth of its value (1 at 0), so that the labels
+        # read near it, not 1 apart from a value of 1e-6.
+        spread = abs(y_min) / 10 or 1.0
+        y_min, y_max = y_min - spread, y_max + spread
     labels = [f"{y_max:.4g}", f"{(y_max + y_min) / 2:.4g}", f"{y_min:.4g}"]
     pad = max(len(label) for label in labels)
     # Each line starts with the y labels' width and " │" (or two spaces).

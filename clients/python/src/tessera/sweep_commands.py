@@ -38,6 +38,11 @@ def strategy_name(spec: training_pb2.SweepSpec) -> str:
     return name
 
 
+def seed_text(spec: training_pb2.SweepSpec) -> str:
+    """`, seed N` where the searcher draws (set `seed = N` to draw the same trials again); a grid draws nothing."""
+    return "" if spec.strategy == S.SWEEP_STRATEGY_GRID else f", seed {spec.seed}"
+
+
 def trial_state(trial: training_pb2.SweepTrial) -> str:
     if trial.pruned:
         return f"pruned at epoch {trial.pruned_at_epoch}" if trial.pruned_at_epoch else "pruned"
@@ -104,14 +109,15 @@ def maximises(sweep: training_pb2.Sweep) -> bool:
 
 def trials_table(sweep: training_pb2.Sweep, width: int) -> FittedTable:
     """The sweep's trials for a console `width` cells wide."""
-    done = sum(1 for t in sweep.trials if t.state in _ENDED or t.pruned)
+    # Trials that ran: a trial a cancel or a stop reached before it started has no job.
+    done = sum(1 for t in sweep.trials if t.job_id and (t.state in _ENDED or t.pruned))
     limit = f" of {sweep.spec.max_trials}" if sweep.spec.max_trials else ""
     rows = trial_rows(sweep)
     columns = ["#", "state", sweep.spec.metric, "params", "lineage", "job"]
     shown = [i for i, column in enumerate(columns) if column != "lineage" or any(row[i] for row in rows)]
     return fitted_table(
         width,
-        f"sweep {sweep.sweep_id} ({strategy_name(sweep.spec)}): {sweep_state(sweep)}, "
+        f"sweep {sweep.sweep_id} ({strategy_name(sweep.spec)}{seed_text(sweep.spec)}): {sweep_state(sweep)}, "
         f"{counted(done, 'trial')} done{limit}",
         [columns[i] for i in shown],
         [[row[i] for i in shown] for row in rows],
@@ -311,7 +317,9 @@ def add_sweep_commands(
     sub = command(commands, "sweep", cmd_sweep, "start a hyperparameter sweep from a TOML spec")
     sub.add_argument(
         "spec",
-        help="SPEC.toml (SweepSpec fields: [base] is the job spec, [[parameters]] the space); - reads it from stdin",
+        help="SPEC.toml (SweepSpec fields: [base] is the job spec, [[parameters]] the space, values "
+        "numbers, true/false or text; seed = N draws the same trials again, unset a seed is drawn and "
+        "`tessera sweeps show` names it); - reads it from stdin",
     )
     sub.add_argument(
         "--follow", action="store_true", help="show the trials live, then a leaderboard and a plot"
