@@ -32,10 +32,11 @@ function partialNames(file) {
   return { partial: `${stem}.partial`, record: `${stem}.partial.json` };
 }
 
-// What a partial file holds, as its record says; undefined where there is no record to trust.
-function readRecord(record) {
+// What a partial file holds, as its record (`text`, read) says; undefined where there is no
+// record to trust.
+function parseRecord(text) {
   try {
-    const kept = JSON.parse(fs.readFileSync(record, 'utf8'));
+    const kept = JSON.parse(text);
     return kept !== null && typeof kept === 'object' && !Array.isArray(kept) ? kept : undefined;
   } catch {
     return undefined;
@@ -54,13 +55,55 @@ function writeRecord(record, file, header) {
   }
 }
 
+// The partial file at `partial` as this download starts, where there is one: its identity and
+// its record's text (what `dropFound` checks they still are), and with `resume`, it opened to
+// read (`source`), its size and its record (`kept`). One that is not a plain file of this user's
+// with one name is refused for a resume: its bytes may change under the copy at its owner's will.
+async function findKept(file, partial, record, resume) {
+  let named;
+  try {
+    named = fs.lstatSync(partial);
+  } catch (err) {
+    if (err.code === 'ENOENT') return undefined;
+    throw err;
+  }
+  const recordText = readText(record);
+  const mine = named.isFile() && named.nlink === 1 && named.uid === process.geteuid();
+  const found = { dev: named.dev, ino: named.ino, recordText, mine };
+  if (!resume) return found;
+  const refusal = new Error(
+    `${file}: its partial download ${partial} is not a plain file of yours with one name; remove it`,
+  );
+  if (!mine) throw refusal;
+  // Not blocking: a FIFO swapped in after the lstat is not waited on. A link is not followed.
+  const { O_RDONLY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+  const source = await fs.promises.open(partial, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+  const held = await source.stat();
+  if (!held.isFile() || held.nlink > 1 || held.uid !== process.geteuid()) {
+    await source.close();
+    throw refusal;
+  }
+  return { ...found, dev: held.dev, ino: held.ino, source, size: held.size, kept: parseRecord(recordText) };
+}
+
+// The text of `name`; undefined where there is none.
+function readText(name) {
+  try {
+    return fs.readFileSync(name, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
 // Writes a downloaded `file` through a temp file of its own beside it, which takes the name only
-// once its size and sha256 match the header's. The partial file an earlier download kept is
-// taken over at the start (renamed to the temp file's name: two downloads never write one file)
-// and, without `resume`, written again from the first byte; with it, gone on from where its
-// record names the file the first header does, and refused (an Error, it left as it was) where
-// not. `describe(header)` names the file in messages and in the record; `progress(done, total)`
-// hears of the bytes written.
+// once its size and sha256 match the header's. Only this download writes that file: the partial
+// file an earlier download kept may be held and written by a Python download at the same moment
+// (its lock is one Node cannot see), so it is only read. With `resume`, its bytes are copied into
+// the temp file where its record names the file the first header does, and refused (an Error, it
+// left as it was) where not; without, the download starts again from the first byte. The sha256
+// checked at the end is of the bytes this download wrote, so bytes changed under the copy are
+// DATA_LOSS, never a file taking the name. `describe(header)` names the file in messages and in
+// the record; `progress(done, total)` hears of the bytes written.
 class PartialDownload {
   static async open(file, { overwrite, resume, describe, progress }) {
     if (!overwrite && fs.existsSync(file)) throw fileExists(file);
@@ -71,38 +114,31 @@ class PartialDownload {
     // A name of its own, hidden and short, as the Python SDK's temp files (.FILE.<random>.partial).
     const base = Array.from(path.basename(file)).slice(0, 32).join('');
     const temp = path.join(path.dirname(file), `.${base}.${crypto.randomBytes(4).toString('hex')}.partial`);
-    const kept = resume ? readRecord(record) : undefined;
-    let taken = true;
+    // Created here, so no other download writes it; opened before the call, so a directory that
+    // is not there fails with nothing left open.
+    let handle;
     try {
-      fs.renameSync(partial, temp);
+      handle = await fs.promises.open(temp, 'wx+');
     } catch (err) {
       if (err.code !== 'ENOENT') throw err;
-      taken = false;
+      const dir = path.dirname(file);
+      throw Object.assign(new Error(`no directory ${dir} to write ${file} in; create it first`), { code: 'ENOENT' });
     }
-    // Opened before the call: a directory that is not there fails with nothing left open. A link
-    // planted at the partial file's name is not written through.
-    const flags = taken ? fs.constants.O_RDWR | fs.constants.O_NOFOLLOW : 'wx+';
-    let handle;
-    let held;
+    let found;
     try {
-      handle = await fs.promises.open(temp, flags);
-      held = await handle.stat();
-      // One of another user's, or another name of a file too, would be written through.
-      const foreign = !held.isFile() || held.nlink > 1 || held.uid !== process.geteuid();
-      if (taken && foreign) {
-        throw new Error(`${file}: its partial download ${partial} is not a plain file of yours with one name; remove it`);
-      }
+      found = await findKept(file, partial, record, resume);
     } catch (err) {
-      await handle?.close();
-      if (taken) fs.renameSync(temp, partial);
+      await handle.close();
+      fs.rmSync(temp, { force: true });
       throw err;
     }
-    const sink = { file, overwrite, describe, progress, partial, record, temp, handle, taken };
-    return new PartialDownload({ ...sink, kept: held.size ? kept : undefined });
+    return new PartialDownload({ file, overwrite, describe, progress, partial, record, temp, handle, found });
   }
 
-  constructor({ file, overwrite, describe, progress, partial, record, temp, handle, taken, kept }) {
-    Object.assign(this, { file, overwrite, describe, progress, partial, record, temp, handle, taken, kept });
+  constructor({ file, overwrite, describe, progress, partial, record, temp, handle, found }) {
+    Object.assign(this, { file, overwrite, describe, progress, partial, record, temp, handle, found });
+    // What the record says the partial file holds, where its bytes are to be gone on from.
+    this.kept = found?.source !== undefined && found.size ? found.kept : undefined;
     this.header = undefined;
     this.hash = crypto.createHash('sha256');
     this.size = 0;
@@ -110,7 +146,7 @@ class PartialDownload {
     this.resumedFrom = 0;
     // Set where an error leaves bytes worth keeping: how many.
     this.keep = undefined;
-    // Set where a resume was refused: the partial file goes back as it was.
+    // Set where a resume was refused: the partial file is left as it was.
     this.refused = false;
     // Where the stream being written started (the offset asked for).
     this.streamFrom = 0;
@@ -136,14 +172,18 @@ class PartialDownload {
       this.streamFrom = this.size;
       return;
     }
-    if (this.kept !== undefined) await this.resumeFromKept(header, this.kept);
-    else await naming(this.file, () => this.handle.truncate(0));
+    try {
+      if (this.kept !== undefined) await this.resumeFromKept(header, this.kept);
+    } finally {
+      await this.closeSource();
+    }
     this.header = header;
     this.streamFrom = this.size;
   }
 
   async resumeFromKept(header, kept) {
-    const held = (await this.handle.stat()).size;
+    const { source } = this.found;
+    const held = (await source.stat()).size;
     if (kept.sha256 !== header.sha256 || kept.size_bytes !== header.size_bytes) {
       this.refused = true;
       throw new Error(
@@ -153,20 +193,28 @@ class PartialDownload {
           `${WITH_RESUME_WORDS} to go on with it`,
       );
     }
-    if (held > header.size_bytes) {
-      // More bytes than the file has: damaged, so none of them is worth going on from.
-      await naming(this.file, () => this.handle.truncate(0));
-      return;
-    }
+    // More bytes than the file has: damaged, so none of them is worth going on from.
+    if (held > header.size_bytes) return;
+    // Copied, and hashed as copied: what the sha256 checked at the end is of is what this
+    // download's own file holds, whatever another download writes to the partial file meanwhile.
     const buffer = Buffer.alloc(READ_BYTES);
     while (this.size < held) {
       const want = Math.min(READ_BYTES, held - this.size);
-      const { bytesRead } = await naming(this.file, () => this.handle.read(buffer, 0, want, this.size));
+      const { bytesRead } = await naming(this.file, () => source.read(buffer, 0, want, this.size));
       if (!bytesRead) break;
-      this.hash.update(buffer.subarray(0, bytesRead));
+      const bytes = buffer.subarray(0, bytesRead);
+      await writeAll(this.handle, bytes, this.file, this.size);
+      this.hash.update(bytes);
       this.size += bytesRead;
     }
     this.resumedFrom = this.size;
+  }
+
+  async closeSource() {
+    const source = this.found?.source;
+    if (source === undefined) return;
+    this.found.source = undefined;
+    await source.close().catch(() => {});
   }
 
   // The error for the file having changed at the server while it downloaded (`how`: what says
@@ -231,33 +279,36 @@ class PartialDownload {
       await this.remove();
       throw err;
     }
-    // The partial file it went on from, or wrote again, is the file now: its record goes too.
-    fs.rmSync(this.record, { force: true });
+    // The partial file it went on from, or started again over, is of no more use.
+    this.dropFound();
     syncDir(path.dirname(this.file));
     return header;
   }
 
   // After `error`: the bytes written kept for a resume where it interrupted the download or the
-  // file changed at the server; those an earlier download kept, as they were, where the server
-  // sent more than the file has or a resume was refused; else what this download wrote removed.
+  // file changed at the server; where the server sent more than the file has, those an earlier
+  // download kept; where a resume was refused or no header came, the partial file left as it
+  // was; else what this download wrote removed, with the partial file it found.
   async abort(error) {
-    if (this.refused || (this.header === undefined && this.taken)) {
-      await this.handle.close().catch(() => {});
-      fs.renameSync(this.temp, this.partial);
+    await this.closeSource();
+    if (this.refused || this.header === undefined) {
+      await this.discard();
       return;
     }
-    if (this.header !== undefined && this.keep) {
+    if (this.keep) {
       await this.keepBytes(this.keep);
       return;
     }
-    if (this.header !== undefined && this.size && INTERRUPTIONS.includes(error.code)) {
+    if (this.size && INTERRUPTIONS.includes(error.code)) {
       await this.keepBytes(this.size);
       return;
     }
     await this.remove();
   }
 
-  // The first `size` bytes kept at the partial file's name, with the record of the file they are of.
+  // The first `size` bytes kept at the partial file's name, with the record of the file they are
+  // of: this download's own file renamed over it, whole, only now. A Python download writing the
+  // file that had the name meanwhile finds at its end that it was replaced, and says so.
   async keepBytes(size) {
     try {
       await this.handle.truncate(size);
@@ -265,14 +316,36 @@ class PartialDownload {
       writeRecord(this.record, this.describe(this.header), this.header);
       fs.renameSync(this.temp, this.partial);
     } catch {
-      await this.remove();
+      await this.discard();
     }
   }
 
   async remove() {
+    await this.closeSource();
+    await this.discard();
+    if (this.header !== undefined) this.dropFound();
+  }
+
+  // This download's own file removed.
+  async discard() {
     await this.handle.close().catch(() => {});
     fs.rmSync(this.temp, { force: true });
-    if (this.taken) fs.rmSync(this.record, { force: true });
+  }
+
+  // The partial file found at the start and its record removed, only where they are still what
+  // was found: one a download (Python's) made or kept since is its own, left for it to go on from.
+  dropFound() {
+    const { found } = this;
+    if (found === undefined || !found.mine) return;
+    let named;
+    try {
+      named = fs.lstatSync(this.partial);
+    } catch {
+      return;
+    }
+    if (named.dev !== found.dev || named.ino !== found.ino || readText(this.record) !== found.recordText) return;
+    fs.rmSync(this.partial, { force: true });
+    fs.rmSync(this.record, { force: true });
   }
 }
 

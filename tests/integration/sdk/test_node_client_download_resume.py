@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 import tessera
+from tessera import transfer
 from tests.integration.sdk.test_node_client import node_json, node_ready, node_script, node_waiting, resume
 from tests.integration.sdk.test_sdk_model_artifact_download_resume import big_onnx
 
@@ -291,6 +294,145 @@ def test_node_resumes_what_a_python_download_kept(node_ready, daemon, client, pr
     assert resumed["progress"][0] >= weights.stat().st_size // 2
     assert (out / "weights.bin").read_bytes() == weights.read_bytes()
     assert partials(out) == []
+
+
+def python_cut_at(client, proxy_to, daemon, run_id: str, out: Path, fraction: int) -> None:
+    """A Python download of run_id's weights.bin to `out` cut once past 1/`fraction` of it and
+    given up: it keeps its bytes and their record, as a later resume finds them."""
+    proxy = proxy_to(daemon.daemon.port)
+
+    def cut(done: int, total: int) -> None:
+        if done >= total // fraction and not proxy.cuts:
+            proxy.cut()
+
+    with (
+        tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as direct,
+        pytest.raises(tessera.Unavailable),
+    ):
+        direct.training.download_artifact(run_id, "weights.bin", out, progress=cut, chunk_size=CHUNK)
+
+
+def python_sink(out: Path, resume: bool) -> transfer.ResumableDownloadSink[Any]:
+    """A Python download to out/weights.bin as the SDK opens it: it holds (locks) the partial file."""
+    return transfer.ResumableDownloadSink(out / "weights.bin", None, True, resume, lambda _: "weights.bin")
+
+
+def test_node_resume_while_a_python_download_writes_the_partial_file_never_lands_a_wrong_file(
+    node_ready, daemon, client, proxy_to, out, weights
+):
+    """A Python download (which locks the partial file, a lock Node cannot see) starts again from
+    the first byte on the partial file a Node resume went on from, then is stopped: the Node
+    download ends with the file whole or refused, never with bytes the Python one wrote over."""
+    run_id = client.training.create_run("resume").run_id
+    artifact = client.training.log_artifact(run_id, weights)
+    python_cut_at(client, proxy_to, daemon, run_id, out, 2)
+    blob = weights.read_bytes()
+    holder = python_sink(out, resume=False)
+
+    def python_starts_again() -> None:
+        holder.start(artifact)
+        holder.write(blob[: len(blob) // 4])
+        holder.abort(KeyboardInterrupt())
+
+    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
+    found = node_download_cut(
+        daemon.target,
+        f"client.downloadArtifact({args}, {{ resume: true, progress: cutAtHalf, chunkSize: {CHUNK} }})",
+        python_starts_again,
+    )
+    if "ok" in found:
+        assert (out / "weights.bin").read_bytes() == blob
+    else:
+        assert found["code"] == "DATA_LOSS" and not (out / "weights.bin").exists(), found
+    assert partials(out) == []
+
+
+def test_node_download_keeps_the_record_of_a_python_download_it_did_not_go_on_from(
+    node_ready, daemon, client, proxy_to, out, weights
+):
+    """A Python download to the same file starts while a Node one runs, and is cut after it
+    ended: its bytes and their record stay for its resume."""
+    run_id = client.training.create_run("resume").run_id
+    artifact = client.training.log_artifact(run_id, weights)
+    blob = weights.read_bytes()
+    holder = python_sink(out, resume=False)
+
+    def python_writes_half() -> None:
+        holder.start(artifact)
+        holder.write(blob[: len(blob) // 2])
+
+    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
+    found = node_download_cut(
+        daemon.target,
+        f"client.downloadArtifact({args}, {{ progress: cutAtHalf, chunkSize: {CHUNK} }})",
+        python_writes_half,
+    )
+    assert "ok" in found, found
+    assert (out / "weights.bin").read_bytes() == blob
+    holder.abort(tessera.Unavailable("cut"))
+    again = python_sink(out, resume=True)
+    try:
+        assert again.resuming()
+    finally:
+        again.abort(KeyboardInterrupt())
+
+
+def test_node_resume_that_gives_up_keeps_every_byte_at_the_partial_files_name(
+    node_ready, daemon, client, proxy_to, out, weights
+):
+    run_id = client.training.create_run("resume").run_id
+    client.training.log_artifact(run_id, weights)
+    python_cut_at(client, proxy_to, daemon, run_id, out, 4)
+    proxy = proxy_to(daemon.daemon.port)
+    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
+    gave_up = node_download_cut(
+        proxy.target,
+        f"client.downloadArtifact({args}, {{ resume: true, progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0 }})",
+        proxy.cut,
+    )
+    assert gave_up["code"] == "UNAVAILABLE", gave_up
+    partial, record = transfer.partial_names(out / "weights.bin")
+    assert partials(out) == sorted([partial.name, record.name])
+    assert partial.stat().st_size >= weights.stat().st_size // 2
+    resumed_from: list[int] = []
+    with tessera.Client(daemon.target, timeout=30) as direct:
+        direct.training.download_artifact(
+            run_id, "weights.bin", out, resume=True, progress=lambda done, _: resumed_from.append(done)
+        )
+    assert resumed_from[0] >= weights.stat().st_size // 2
+    assert (out / "weights.bin").read_bytes() == weights.read_bytes()
+    assert partials(out) == []
+
+
+def test_node_resume_gives_the_file_the_permissions_of_a_new_one(
+    node_ready, daemon, client, proxy_to, out, weights
+):
+    """As the Python SDK's: a partial file kept private gets, once it is the file, those a file
+    the download created would have."""
+    run_id = client.training.create_run("resume").run_id
+    client.training.log_artifact(run_id, weights)
+    python_cut_at(client, proxy_to, daemon, run_id, out, 2)
+    partial, _ = transfer.partial_names(out / "weights.bin")
+    partial.chmod(0o600)
+    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
+    assert "ok" in node_download(daemon.target, f"client.downloadArtifact({args}, {{ resume: true }})")
+    umask = os.umask(0o077)
+    os.umask(umask)
+    assert stat.S_IMODE((out / "weights.bin").stat().st_mode) == 0o666 & ~umask
+
+
+def test_node_download_into_a_missing_directory_names_the_file_asked_for(
+    node_ready, daemon, client, tmp_path, weights
+):
+    run_id = client.training.create_run("resume").run_id
+    client.training.log_artifact(run_id, weights)
+    file = tmp_path / "absent" / "weights.bin"
+    refused = node_download(
+        daemon.target,
+        f"client.downloadArtifact({json.dumps(run_id)}, 'weights.bin', {json.dumps(str(file))})",
+    )
+    assert refused.get("code") == "ENOENT", refused
+    assert refused["message"] == f"no directory {file.parent} to write {file} in; create it first", refused
 
 
 def test_node_resume_with_every_byte_kept_reports_the_whole_file_done(
