@@ -783,9 +783,10 @@ class Client {
     const deadline = Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS);
     const describe = (found) => `${found.model} v${found.version}`;
     const sink = await PartialDownload.open(file, { overwrite, resume, describe, progress });
+    // Named as the Python SDK names it, an alias as the version asked for.
     let named = '';
     if (version !== undefined) named = ` version ${version}`;
-    else if (alias !== undefined) named = ` alias ${alias}`;
+    else if (alias !== undefined) named = ` version ${alias}`;
     const found = await this.resumingDownload(sink, {
       stub: this.registry,
       method: 'DownloadVersion',

@@ -194,6 +194,24 @@ def test_node_resume_into_the_partial_file_of_another_model_version_is_refused_a
     assert partials(out) == []
 
 
+def test_node_model_download_by_alias_names_it_as_the_python_sdk_does(
+    node_ready, daemon, client, proxy_to, out, tmp_path
+):
+    client.models.push("big", big_onnx(tmp_path / "big.onnx"))
+    client.models.set_alias("big", "production", 1)
+    proxy = proxy_to(daemon.daemon.port)
+    file = json.dumps(str(out / "big.onnx"))
+    gave_up = node_download_cut(
+        proxy.target,
+        f"client.downloadVersion('big', {file}, {{ alias: 'production', progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0 }})",
+        proxy.cut,
+    )
+    assert gave_up["code"] == "UNAVAILABLE", gave_up
+    assert "(gave up downloading big version production after 0 reconnects" in gave_up["message"], gave_up[
+        "message"
+    ]
+
+
 def test_node_artifact_stored_again_smaller_midway_is_refused_as_changed_and_keeps_the_bytes(
     node_ready, daemon, client, proxy_to, out, weights, tmp_path
 ):
