@@ -101,6 +101,14 @@ def upload(stub: registry_pb2_grpc.RegistryStub, header, data: bytes) -> registr
     return stub.UploadVersion(upload_requests(header, data), timeout=60)
 
 
+def upload_versions(
+    stub: registry_pb2_grpc.RegistryStub, model: str, count: int, width: int = 4
+) -> list[registry_pb2.ModelVersion]:
+    """`count` versions of `model`, each an ONNX identity of `width` inputs."""
+    data = onnx_identity(width)
+    return [upload(stub, onnx_header(model, data), data) for _ in range(count)]
+
+
 def rpc_error(call, *args, **kwargs) -> grpc.RpcError:
     """The grpc.RpcError that call(*args, **kwargs) raises (fails the test if it raises none)."""
     with pytest.raises(grpc.RpcError) as info:

@@ -17,6 +17,7 @@ from tests.integration.registry.conftest import (
     stored_blobs,
     upload,
     upload_requests,
+    upload_versions,
 )
 
 R = registry_pb2
@@ -28,10 +29,9 @@ def ref(model: str, version: int) -> common_pb2.VersionRef:
 
 @pytest.fixture
 def two_versions(stub) -> bytes:
-    data = onnx_identity()
-    upload(stub, onnx_header("m", data), data)
-    upload(stub, onnx_header("m", data), data)
-    return data
+    """Versions 1 and 2 of "m"; the artifact they hold."""
+    upload_versions(stub, "m", 2)
+    return onnx_identity()
 
 
 @pytest.mark.parametrize("alias", ["2", "007", "v1", "v12"])

@@ -8,16 +8,16 @@ import grpc
 import pytest
 
 from tessera.v1 import common_pb2, registry_pb2
-from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
+from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload, upload_versions
 
 R = registry_pb2
 
 
 @pytest.fixture
 def data(stub) -> bytes:
-    artifact = onnx_identity()
-    upload(stub, onnx_header("m", artifact), artifact)
-    return artifact
+    """Version 1 of "m"; the artifact it holds."""
+    upload_versions(stub, "m", 1)
+    return onnx_identity()
 
 
 @pytest.mark.parametrize("version", [0, -1, -(2**63)])

@@ -22,15 +22,16 @@ from tesserad.store.schema import SCHEMA_KEY, recorded_schema
 from tesserad.training.search_space import SweepParameter
 from tesserad.training.sweeps import AshaSettings, Sweep, Trial, encode_sweep, encode_trial
 from tests.conftest import InProcessDaemon, daemon_settings
-from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
+from tests.integration.registry.conftest import (
+    onnx_header,
+    onnx_identity,
+    rpc_error,
+    upload,
+    upload_versions,
+)
 from tests.integration.test_store_schema import with_manifest
 
 R = registry_pb2
-
-
-def upload_versions(stub, model: str, count: int, width: int = 4) -> list[R.ModelVersion]:
-    data = onnx_identity(width)
-    return [upload(stub, onnx_header(model, data), data) for _ in range(count)]
 
 
 def test_a_model_created_again_numbers_its_versions_on_from_the_deleted_one(stub):
