@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,7 @@ from tessera.v1 import (
     training_pb2,
     training_pb2_grpc,
 )
+from tesserad.store import WriteTxn
 from tests.conftest import InProcessDaemon, daemon_settings
 
 TRAINING_SETTINGS = {
@@ -128,6 +130,29 @@ def job_spec(family: str = "mlp", **fields: Any) -> job_spec_pb2.JobSpec:
         else:
             setattr(spec, key, value)
     return spec
+
+
+def stopped_early_spec(**fields: Any) -> job_spec_pb2.JobSpec:
+    """An MLP job of 50 epochs that early stopping ends after epoch 2: no val_loss improves by 100,
+    so the first epoch's stays the best."""
+    early_stopping = job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0)
+    return job_spec("mlp", **{"epochs": 50, "early_stopping": early_stopping, **fields})
+
+
+def forget_stopped_early(txn: WriteTxn, job_id: str) -> dict[str, Any]:
+    """Leave the ended job's record and its end event as the daemons of store schema 3 stored
+    them: without why early stopping ended it, which only the worker's line holds. The end
+    event's data."""
+    raw = txn.get("jobs", (job_id,))
+    assert raw is not None
+    record = json.loads(raw)
+    del record["data"]["stopped_early"]
+    txn.put("jobs", (job_id,), json.dumps(record).encode())
+    key, raw = next(iter(txn.scan("job_events", (job_id,), reverse=True, limit=1)))
+    end = json.loads(raw)
+    del end["data"]["data"]["stopped_early"]
+    txn.put("job_events", key, json.dumps(end).encode())
+    return dict(end["data"]["data"])
 
 
 def submit(training: training_pb2_grpc.TrainingStub, spec: job_spec_pb2.JobSpec) -> training_pb2.Job:

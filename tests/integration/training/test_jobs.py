@@ -31,9 +31,11 @@ from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.training.conftest import (
     TRAINING_SETTINGS,
     follow,
+    forget_stopped_early,
     job_spec,
     of_kind,
     states,
+    stopped_early_spec,
     submit,
     upload_dataset,
     upload_standard_datasets,
@@ -181,11 +183,7 @@ def test_get_job_says_why_early_stopping_ended_a_job(
 ) -> None:
     # It ended SUCCEEDED at epoch 2 of 50 with nothing in the job to say why: only a watcher
     # that saw the worker's line knew.
-    spec = job_spec(
-        "mlp",
-        epochs=50,
-        early_stopping=job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0),
-    )
+    spec = stopped_early_spec()
     job = submit(training, spec)
     events = follow(training, job.job_id)
     ended = training.GetJob(S.GetJobRequest(job_id=job.job_id))
@@ -234,12 +232,7 @@ def test_get_job_says_why_early_stopping_ended_a_job(
 def test_list_jobs_and_the_watch_end_say_why_early_stopping_ended_a_job(
     training_daemon: InProcessDaemon, training: training_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = job_spec(
-        "mlp",
-        epochs=50,
-        experiment="early-everywhere",
-        early_stopping=job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0),
-    )
+    spec = stopped_early_spec(experiment="early-everywhere")
     job = submit(training, spec)
     events = follow(training, job.job_id)
     stopped = training.GetJob(S.GetJobRequest(job_id=job.job_id)).stopped_early
@@ -291,15 +284,7 @@ def _stored_as_by_an_older_daemon(
     try:
         with store.write() as txn:
             for job in ended:
-                raw = txn.get("jobs", (job.job_id,))
-                assert raw is not None
-                record = json.loads(raw)
-                del record["data"]["stopped_early"]
-                txn.put("jobs", (job.job_id,), json.dumps(record).encode())
-                key, raw = next(iter(txn.scan("job_events", (job.job_id,), reverse=True, limit=1)))
-                event = json.loads(raw)
-                del event["data"]["data"]["stopped_early"]
-                txn.put("job_events", key, json.dumps(event).encode())
+                forget_stopped_early(txn, job.job_id)
             if before_the_pass:
                 txn.delete("meta", STOPPED_EARLY_STORED)
     finally:
@@ -309,11 +294,7 @@ def _stored_as_by_an_older_daemon(
 
 def test_a_job_record_from_an_older_daemon_says_why_early_stopping_ended_it(tmp_path: Path) -> None:
     settings = daemon_settings(tmp_path / "data", **TRAINING_SETTINGS)
-    spec = job_spec(
-        "mlp",
-        epochs=50,
-        early_stopping=job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0),
-    )
+    spec = stopped_early_spec()
     (job,) = _stored_as_by_an_older_daemon(settings, [spec], before_the_pass=False)
     stopped = job.stopped_early
     assert stopped.epoch == 2
@@ -335,11 +316,7 @@ def test_a_store_with_no_room_for_the_start_up_pass_starts_and_answers_from_the_
     # The pass wrote into the store's reserve, kept for writes that end something or free
     # space, though it grows records: now it leaves them to a start that has room.
     settings = daemon_settings(tmp_path / "data", **TRAINING_SETTINGS)
-    spec = job_spec(
-        "mlp",
-        epochs=50,
-        early_stopping=job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0),
-    )
+    spec = stopped_early_spec()
     (job,) = _stored_as_by_an_older_daemon(settings, [spec])
     each_row_once = jobs_module.each_row_once
 
@@ -365,13 +342,8 @@ def test_the_next_start_stores_why_early_stopping_ended_a_job_an_older_daemon_st
     # Answering it from the job's events on every GetJob and ListJobs (the dashboard lists jobs
     # every 2 s) read them forever: the start stores it once, or that it did not stop early.
     settings = daemon_settings(tmp_path / "data", **TRAINING_SETTINGS)
-    early_stopping = job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0)
     stopped_job, whole_job = _stored_as_by_an_older_daemon(
-        settings,
-        [
-            job_spec("mlp", epochs=50, early_stopping=early_stopping),
-            job_spec("mlp", epochs=1, early_stopping=early_stopping),
-        ],
+        settings, [stopped_early_spec(), stopped_early_spec(epochs=1)]
     )
     assert stopped_job.stopped_early.epoch == 2 and not whole_job.HasField("stopped_early")
     restarted = InProcessDaemon(settings).start()
@@ -763,11 +735,8 @@ def test_a_job_that_starts_another_attempt_no_longer_says_an_earlier_attempt_sto
     # stored; the next attempt, from an earlier checkpoint, fails before its first epoch. Its
     # training did not end by early stopping: the FAILED job must not say it did.
     settings = daemon_settings(tmp_path / "data", **TRAINING_SETTINGS)
-    spec = job_spec(
-        "mlp",
-        epochs=50,
-        early_stopping=job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0),
-        checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=1, keep_last=2, retain_latest=2),
+    spec = stopped_early_spec(
+        checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=1, keep_last=2, retain_latest=2)
     )
     daemon = InProcessDaemon(settings).start()
     try:

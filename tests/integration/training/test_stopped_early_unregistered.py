@@ -15,7 +15,8 @@ from tests.integration.dashboard.conftest import http_get
 from tests.integration.training.conftest import (
     TRAINING_SETTINGS,
     follow,
-    job_spec,
+    forget_stopped_early,
+    stopped_early_spec,
     submit,
     upload_standard_datasets,
 )
@@ -40,11 +41,8 @@ def training_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProc
 def test_a_job_stopped_early_whose_registration_failed_says_both(
     training_daemon: InProcessDaemon, training: training_grpc.TrainingStub
 ) -> None:
-    spec = job_spec(
-        "mlp",
-        epochs=50,
+    spec = stopped_early_spec(
         experiment="stopped-unregistered",
-        early_stopping=job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0),
         register_as=job_spec_pb2.RegisterAs(model="too-big", alias="staging"),
     )
     job = submit(training, spec)
@@ -83,12 +81,8 @@ def test_a_job_stopped_early_whose_registration_failed_says_both(
 def test_a_failed_job_stored_by_an_older_daemon_says_it_stopped_early_from_its_events(
     training_daemon: InProcessDaemon, training: training_grpc.TrainingStub
 ) -> None:
-    spec = job_spec(
-        "mlp",
-        epochs=50,
-        experiment="stopped-unregistered-older",
-        early_stopping=job_spec_pb2.EarlyStopping(metric="val_loss", patience=1, min_delta=100.0),
-        register_as=job_spec_pb2.RegisterAs(model="too-big"),
+    spec = stopped_early_spec(
+        experiment="stopped-unregistered-older", register_as=job_spec_pb2.RegisterAs(model="too-big")
     )
     job = submit(training, spec)
     follow(training, job.job_id)
@@ -97,16 +91,7 @@ def test_a_failed_job_stored_by_an_older_daemon_says_it_stopped_early_from_its_e
     # Its record and its end as the oldest daemons stored them: neither says it, the worker's
     # line alone does.
     with training_daemon.daemon.training._store.write() as txn:
-        raw = txn.get("jobs", (job.job_id,))
-        assert raw is not None
-        record = json.loads(raw)
-        del record["data"]["stopped_early"]
-        txn.put("jobs", (job.job_id,), json.dumps(record).encode())
-        key, raw = next(iter(txn.scan("job_events", (job.job_id,), reverse=True, limit=1)))
-        end = json.loads(raw)
-        assert end["data"]["data"]["state"] == "failed"
-        del end["data"]["data"]["stopped_early"]
-        txn.put("job_events", key, json.dumps(end).encode())
+        assert forget_stopped_early(txn, job.job_id)["state"] == "failed"
 
     assert training.GetJob(S.GetJobRequest(job_id=job.job_id)).stopped_early == stopped
     (listed,) = training.ListJobs(S.ListJobsRequest(experiment="stopped-unregistered-older")).jobs
