@@ -8,6 +8,7 @@ import re
 import pytest
 
 from tessera.cli import EXIT_DAEMON, EXIT_USAGE
+from tessera.cli.tracking import nothing_ranked
 from tessera.errors import FailedPrecondition
 from tessera.run_filter import RunFilterError
 
@@ -223,6 +224,7 @@ def test_experiments_update_rm_and_restore(tessera_cli, client):
 def test_runs_leaderboard_of_a_metric_no_run_has_fails_naming_the_logged_ones(tessera_cli, client):
     run = client.training.create_run("cli-board")
     client.training.log_metrics(run.run_id, {"val_loss": 0.5, "val_mse": 0.2}, step=0)
+    client.training.update_run(run.run_id, status="succeeded")
     # A misspelt metric printed an empty answer and exit 0: a script went on with no runs ranked.
     misspelt = tessera_cli("runs", "leaderboard", "cli-board", "val_los")
     assert misspelt.code == EXIT_DAEMON and misspelt.out == "", misspelt
@@ -239,6 +241,51 @@ def test_runs_leaderboard_of_a_metric_no_run_has_fails_naming_the_logged_ones(te
     assert as_json.code == EXIT_DAEMON and as_json.out == "" and "did you mean val_loss?" in as_json.err
     board = tessera_cli("runs", "leaderboard", "cli-board", "val_loss")
     assert board.code == 0 and run.run_id in board.out
+
+
+def test_runs_leaderboard_of_a_metric_a_running_run_may_log_yet_is_empty(tessera_cli, client):
+    # In a first epoch a run logs train_loss each step and val_loss only at the epoch's end:
+    # asking for val_loss then failed NOT_FOUND with "did you mean train_loss?".
+    ended, running = client.training.create_run("cli-epoch"), client.training.create_run("cli-epoch")
+    for run in (ended, running):
+        client.training.log_metrics(run.run_id, {"train_loss": 0.9}, step=0)
+    client.training.update_run(ended.run_id, status="failed")
+    early = tessera_cli("runs", "leaderboard", "cli-epoch", "val_loss")
+    assert (early.code, early.err) == (0, ""), early
+    assert " ".join(early.out.split()) == (
+        "no run of experiment cli-epoch has logged val_loss yet; 1 run is still running and may log it. "
+        "Its runs have logged: train_loss."
+    )
+    assert tessera_cli("--json", "runs", "leaderboard", "cli-epoch", "val_loss").json() == []
+    client.training.update_run(running.run_id, status="succeeded")
+    done = tessera_cli("runs", "leaderboard", "cli-epoch", "val_loss")
+    # None running: nothing can log it now, so the name is doubted.
+    assert done.code == EXIT_DAEMON and done.err == (
+        "tessera: NOT_FOUND: no run of experiment cli-epoch has logged val_loss; did you mean train_loss? "
+        "Its runs have logged: train_loss.\n"
+    )
+
+
+def test_runs_leaderboard_of_a_metric_logged_after_the_board_was_read_asks_again(client):
+    # The board and the runs' keys are two reads: a metric logged between them read as misspelt,
+    # "has not logged val_loss; did you mean val_loss?".
+    run = client.training.create_run("cli-race")
+    client.training.log_metrics(run.run_id, {"val_loss": 0.5}, step=0)
+    client.training.update_run(run.run_id, status="succeeded")
+    assert nothing_ranked(client, "cli-race", "val_loss") is None
+
+
+def test_runs_leaderboard_names_the_users_names_as_they_are(tessera_cli, client):
+    # Its error went through the words that turn RPC and field names into commands and flags:
+    # "no run of experiment rv---force has logged forc; did you mean --force?".
+    run = client.training.create_run("rv-force")
+    client.training.log_metrics(run.run_id, {"force": 1.0, "ListRuns": 2.0}, step=0)
+    client.training.update_run(run.run_id, status="succeeded")
+    misspelt = tessera_cli("runs", "leaderboard", "rv-force", "forc")
+    assert misspelt.code == EXIT_DAEMON and misspelt.err == (
+        "tessera: NOT_FOUND: no run of experiment rv-force has logged forc; did you mean force? "
+        "Its runs have logged: ListRuns, force.\n"
+    )
 
 
 def test_runs_leaderboard_of_an_experiment_with_nothing_logged_yet_is_empty(tessera_cli, client):

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from tessera.ensembles import member_pair
+from tessera.errors import NotFound
 from tessera.messages import INT64_MAX, dataset_ref, is_digits, whole_number
 from tessera.rpc_commands import in_cli_words
 from tessera.run_filter import (
@@ -63,6 +64,16 @@ def source(text: str, flag: str) -> str:
 class UsageError(ValueError):
     """A mistake on the command line that argparse cannot see (flags that go together, a file
     whose suffix says nothing): it exits 2 under the command's usage line, as argparse's own do."""
+
+
+class InCliWords:
+    """An error the CLI made itself, its message already in the CLI's words: printed as it is. A
+    daemon's message has the RPCs and fields it names said as commands and flags, which would
+    rewrite the user's own names in this one (a metric named force as --force)."""
+
+
+class NotFoundInCliWords(InCliWords, NotFound):
+    """NOT_FOUND (exit 3) that the CLI found itself, in its own words."""
 
 
 @contextlib.contextmanager

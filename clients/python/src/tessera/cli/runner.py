@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from rich.console import Console
 
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_OUTPUT_CLOSED, EXIT_USAGE
-from tessera.cli.arguments import UsageError
+from tessera.cli.arguments import InCliWords, UsageError
 from tessera.cli.datasets import cmd_datasets_download, cmd_datasets_push
 from tessera.cli.jobs import cmd_jobs_watch, cmd_train
 from tessera.cli.models import cmd_export_onnx, cmd_models_download, cmd_models_push
@@ -165,7 +165,8 @@ def run(args: argparse.Namespace, out: Output, signals: _Signals) -> int:
         # gRPC's own words ("Deadline Exceeded") name no limit, nor how to lengthen it.
         return _fail(EXIT_DAEMON, f"tessera: {err.code}: {in_cli_words(err.message)}; {deadline_words(args)}")
     except TesseraError as err:
-        return _fail(EXIT_DAEMON, f"tessera: {err.code}: {in_cli_words(err.message)}")
+        said = err.message if isinstance(err, InCliWords) else in_cli_words(err.message)
+        return _fail(EXIT_DAEMON, f"tessera: {err.code}: {said}")
     except JobFailed as err:
         return _fail(EXIT_FAILED, f"tessera: {in_cli_words(str(err))}")
     except OSError as err:

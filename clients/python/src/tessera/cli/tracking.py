@@ -10,7 +10,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tessera.cli.arguments import UsageError, once_each, refused_resume_in_cli_words, replaced_only_with_force
+from tessera.cli.arguments import (
+    NotFoundInCliWords,
+    UsageError,
+    once_each,
+    refused_resume_in_cli_words,
+    replaced_only_with_force,
+)
 from tessera.cli.output import Output, transfer_progress, when
 from tessera.client import Client
 from tessera.errors import NotFound
@@ -381,12 +387,20 @@ def cmd_experiments_restore(client: Client, args: argparse.Namespace, out: Outpu
 
 
 def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) -> None:
-    entries = client.training.leaderboard(
-        args.experiment, args.metric, mode=args.mode, limit=args.limit, field=args.field
-    )
+    def board() -> Sequence[training_pb2.LeaderboardEntry]:
+        return client.training.leaderboard(
+            args.experiment, args.metric, mode=args.mode, limit=args.limit, field=args.field
+        )
+
+    entries = board()
     if not entries:
         nothing = nothing_ranked(client, args.experiment, args.metric)
-        return out.json([]) if out.as_json else out.line(nothing)
+        if nothing is None:
+            # A run logged the metric between the two reads: the board read again ranks it.
+            entries = board()
+        if not entries:
+            said = nothing or f"no run of experiment {args.experiment} has logged {args.metric}"
+            return out.json([]) if out.as_json else out.line(said)
     if out.as_json:
         return out.json(list(entries))
     runs = [e.run for e in entries]
@@ -429,28 +443,44 @@ RUNS_READ_FOR_KEYS = 100
 KEYS_NAMED = 20
 
 
-def nothing_ranked(client: Client, experiment: str, metric: str) -> str:
-    """Why a leaderboard is empty, where that is an answer: the experiment has no runs, or they
-    have logged no metric yet. NotFound where its runs have logged metrics, none of them `metric`:
-    a misspelt name, which an empty answer and exit 0 would let a script go on with; the message
-    names the keys the newest runs have logged, a near miss first."""
-    runs = list(
-        itertools.islice(client.training.runs(experiment, page_size=RUNS_READ_FOR_KEYS), RUNS_READ_FOR_KEYS)
-    )
+def nothing_ranked(client: Client, experiment: str, metric: str) -> str | None:
+    """Why a leaderboard is empty, where that is an answer: the experiment has no runs, its newest
+    runs have logged no metric yet, or a run still running may log `metric` yet. NotFound where
+    its runs have logged metrics, none of them `metric`, and none is running: a misspelt name,
+    which an empty answer and exit 0 would let a script go on with; the message names the keys
+    the newest runs have logged, a near miss first. None where those runs have logged `metric`:
+    it was logged after the leaderboard was read."""
+    training = client.training
+    runs = list(itertools.islice(training.runs(experiment, page_size=RUNS_READ_FOR_KEYS), RUNS_READ_FOR_KEYS))
     if not runs:
         return f"experiment {experiment} has no runs yet"
     keys = sorted({summary.key for run in runs for summary in run.metrics})
+    if metric in keys:
+        return None
     said = f"no run of experiment {experiment} has logged {metric}"
     whose = f"its newest {len(runs)} runs" if len(runs) == RUNS_READ_FOR_KEYS else "its runs"
     if not keys:
         return f"{said}; {whose} have logged no metric yet"
+    named = ", ".join(keys[:KEYS_NAMED])
+    more = f" and {len(keys) - KEYS_NAMED} more" if len(keys) > KEYS_NAMED else ""
+    logged = f"{whose.capitalize()} have logged: {named}{more}."
+    # Any running run of the experiment, not only of the newest read: an older one may log it too.
+    running = len(
+        list(
+            itertools.islice(
+                training.runs(experiment, statuses=["running"], page_size=RUNS_READ_FOR_KEYS),
+                RUNS_READ_FOR_KEYS,
+            )
+        )
+    )
+    if running:
+        at_least = " or more" if running == RUNS_READ_FOR_KEYS else ""
+        are = "is" if running == 1 else "are"
+        return f"{said} yet; {counted(running, 'run')}{at_least} {are} still running and may log it. {logged}"
     near = difflib.get_close_matches(metric, keys, n=1)
     if near:
         said += f"; did you mean {near[0]}?"
-    named = ", ".join(keys[:KEYS_NAMED])
-    more = f" and {len(keys) - KEYS_NAMED} more" if len(keys) > KEYS_NAMED else ""
-    end = " " if near else ". "
-    raise NotFound(f"{said}{end}{whose.capitalize()} have logged: {named}{more}.")
+    raise NotFoundInCliWords(f"{said}{' ' if near else '. '}{logged}")
 
 
 def shortest_suffixes(paths: Sequence[str]) -> dict[str, str]:
