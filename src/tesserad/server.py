@@ -1080,8 +1080,13 @@ def _bind(server: grpc.aio.Server, address: Address, credentials: grpc.ServerCre
 
 
 def _bind_failure(address: Address) -> OSError | None:
-    """What binding a plain socket to `address` as gRPC binds its own (SO_REUSEADDR: a port
-    whose last connections linger in TIME_WAIT is free) fails with; None where it binds."""
+    """What binding one plain socket to `address` with gRPC's options (SO_REUSEADDR: a port whose
+    last connections linger in TIME_WAIT is free) fails with; None where it binds. Not what gRPC
+    does where the address is two: gRPC listens on whichever of them it can bind, localhost's
+    127.0.0.1 and ::1, or [::]'s IPv6 and IPv4. This socket is one: localhost's 127.0.0.1 (its ::1
+    is left to gRPC), or [::]'s IPv6 socket, which takes IPv4 too; where that is taken it fails, and
+    the daemon is refused on purpose rather than half bound, reached by some clients of the
+    address it was given and not by others."""
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as sock:
