@@ -253,17 +253,19 @@ def test_an_artifact_stored_again_smaller_midway_is_refused_as_changed_and_keeps
         run_id = direct.training.create_run("resume").run_id
         direct.training.log_artifact(run_id, artifact_file)
 
-        def store_again_and_cut(done: int, total: int) -> None:
+        def cut_and_store_again(done: int, total: int) -> None:
             if done >= total // 2 and not proxy.cuts:
-                direct.training.log_artifact(run_id, smaller)
+                # Cut first: the stream would go on meanwhile, and may end, while the upload runs.
+                # This runs on the download's thread, so the reconnect waits for the upload.
                 proxy.cut()
+                direct.training.log_artifact(run_id, smaller)
 
         with (
             tessera.Client(proxy.target, timeout=30, retry=retry) as client,
             pytest.raises(tessera.DataLoss) as changed,
         ):
             client.training.download_artifact(
-                run_id, "weights.bin", out, progress=store_again_and_cut, chunk_size=CHUNK
+                run_id, "weights.bin", out, progress=cut_and_store_again, chunk_size=CHUNK
             )
     message = changed.value.message
     assert f"artifact weights.bin of run {run_id} changed while it was downloading" in message, message
