@@ -189,15 +189,19 @@ _CLIENT_MADE_CODES = frozenset(
         grpc.StatusCode.INTERNAL,
     }
 )
+# Also no proof: another gRPC service on the port, or a proxy with no route (Envoy), answers
+# UNIMPLEMENTED, while tesserad implements every method the SDK calls.
+_NOT_TESSERAD_PROOF = _CLIENT_MADE_CODES | {grpc.StatusCode.UNIMPLEMENTED}
 # gRPC's words for a status it read from an HTTP answer (401, 403, 404...) of a server that is
 # no gRPC server: another service's port, a proxy.
 _HTTP_STATUS = re.compile(r"^Received http2 header with status: \d+")
 
 
 def sent_by_a_server(code: grpc.StatusCode, details: str | None) -> bool:
-    """Whether a call's status `code` (with `details`) can only have come from a gRPC server
-    that answered the call (NOT_FOUND, INVALID_ARGUMENT, ...), not from gRPC's client."""
-    return code not in _CLIENT_MADE_CODES and _HTTP_STATUS.match(details or "") is None
+    """Whether a call's status `code` (with `details`) can only have come from tesserad
+    answering the call (NOT_FOUND, INVALID_ARGUMENT, ...), not from gRPC's client, nor from
+    another server that does not implement it."""
+    return code not in _NOT_TESSERAD_PROOF and _HTTP_STATUS.match(details or "") is None
 
 
 # The SDK's words for the settings a message about an unreachable daemon points at; the CLI
