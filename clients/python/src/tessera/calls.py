@@ -435,14 +435,14 @@ class ResumingDownload(Call[T_co]):
     asking `request(header, offset)` for the rest; `header` is None for the first stream (what
     the caller named) and then the first stream's header, so that a reconnect gets the same
     file. Where `sink()` holds bytes of an earlier download, `resolve` says first what file the
-    caller named, for the sink to check them against. `doing` names the download in messages
-    ("downloading clips:1"). The asyncio variant does the sink's file work on worker threads,
-    off the caller's event loop."""
+    caller named, for the sink to check them against (None for a sink that never holds any).
+    `doing` names the download in messages ("downloading clips:1"). The asyncio variant does the
+    sink's file work on worker threads, off the caller's event loop."""
 
     service: str
     method: str
     request: Callable[[Any, int], Message]
-    resolve: Op[Any]
+    resolve: Op[Any] | None
     timeout: float
     sink: Callable[[], ResumableSink[T_co]]
     retry: RetryPolicy
@@ -455,6 +455,7 @@ class ResumingDownload(Call[T_co]):
         state = _Resuming(self, self.sink())
         try:
             if state.sink.resuming():
+                assert self.resolve is not None, "a sink that resumes needs resolve"
                 state.start(self.resolve.run(conn))
                 # The bytes kept may be all there is: no chunk would report them.
                 state.sink.progressed()
@@ -487,6 +488,7 @@ class ResumingDownload(Call[T_co]):
         state = _Resuming(self, sink)
         try:
             if sink.resuming():
+                assert self.resolve is not None, "a sink that resumes needs resolve"
                 await _off_the_loop(state.start, await self.resolve.run_async(conn))
                 sink.progressed()
             while True:

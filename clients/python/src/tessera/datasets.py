@@ -362,7 +362,8 @@ class Datasets(Part[C]):
             "DownloadDataset",
             # chunk_size 0: the daemon's own.
             _pinned_request(asked, 0),
-            Op(S, "GetDatasetVersion", pb.GetDatasetVersionRequest(ref=asked), timeout=timeout),
+            # Nothing outlives a load: no bytes of an earlier one to resolve the version of.
+            None,
             timeout_or(timeout, self._conn.transfer_timeout),
             ArraysSink,
             self._conn.retry,
