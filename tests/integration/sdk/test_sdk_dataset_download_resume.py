@@ -579,6 +579,41 @@ def test_the_asyncio_client_reconnects_a_broken_load_too(monkeypatch, daemon, pr
         np.testing.assert_array_equal(arrays["x"], archive["x"])
 
 
+def test_an_asyncio_load_cancelled_while_it_parses_is_cancelled_at_once(monkeypatch, daemon, clips_file):
+    """Parsing publishes no file: the cancel is raised while the thread still parses, which ends
+    alone."""
+    parsing = threading.Event()
+    go_on = threading.Event()
+    parsed = threading.Event()
+    finish = tessera.datasets.ArraysSink.finish
+
+    def finish_once_let(self: tessera.datasets.ArraysSink) -> dict[str, np.ndarray]:
+        parsing.set()
+        go_on.wait(30)
+        try:
+            return finish(self)
+        finally:
+            parsed.set()
+
+    monkeypatch.setattr(tessera.datasets.ArraysSink, "finish", finish_once_let)
+
+    async def cancel_while_parsing() -> None:
+        async with tessera.aio.Client(daemon.target, timeout=30) as client:
+            await client.datasets.push("clips", clips_file)
+            loading = asyncio.ensure_future(client.datasets.load("clips"))
+            assert await asyncio.to_thread(parsing.wait, 30)
+            loading.cancel()
+            try:
+                with pytest.raises(asyncio.CancelledError):
+                    await loading
+                assert not parsed.is_set()
+            finally:
+                go_on.set()
+
+    asyncio.run(cancel_while_parsing())
+    assert parsed.wait(30)
+
+
 def test_a_load_that_gave_up_says_to_load_again(monkeypatch, daemon, proxy_to, clips_file):
     proxy = proxy_to(daemon.daemon.port)
     with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:

@@ -321,6 +321,13 @@ class ResumableSink(Protocol[T_co]):
     (see `tessera.transfer.ResumableDownloadSink`). Its file work (`start`, `write`, `finish`,
     `abort`) may block on the disk; `progressed` only calls the caller's progress callback."""
 
+    @property
+    def finish_publishes(self) -> bool:
+        """Whether `finish` puts a file in place: a cancel meanwhile then waits for it to end, so
+        that the file is either in place or not when the cancel is raised. A `finish` that only
+        makes the result is left to end on its thread, the cancel raised at once."""
+        ...
+
     def write(self, chunk: bytes) -> None: ...
 
     def progressed(self) -> None: ...
@@ -428,6 +435,22 @@ async def _off_the_loop(work: Callable[..., T], *args: Any) -> T:
     return future.result()
 
 
+async def _left_on_cancel(work: Callable[..., T], *args: Any) -> T:
+    """`work(*args)` on a worker thread, which a cancel meanwhile leaves to end alone."""
+    future = _on_a_worker(work, *args)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        # Its result or error is no one's now, not asyncio's to log as never retrieved.
+        future.add_done_callback(_let_go)
+        raise
+
+
+def _let_go(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 @dataclass(frozen=True)
 class ResumingDownload(Call[T_co]):
     """A server stream of a header, then chunks, into `sink()`, which goes on from the bytes the
@@ -507,7 +530,9 @@ class ResumingDownload(Call[T_co]):
             # The thread runs to its end even where this await is cancelled again.
             await _off_the_loop(sink.abort, error)
             raise
-        return await _off_the_loop(sink.finish)
+        if sink.finish_publishes:
+            return await _off_the_loop(sink.finish)
+        return await _left_on_cancel(sink.finish)
 
 
 def _abort_made(error: BaseException, making: asyncio.Future[ResumableSink[Any]]) -> None:

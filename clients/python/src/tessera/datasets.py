@@ -151,6 +151,9 @@ class ArraysSink:
     broken midway goes on from the bytes held (`offset`), a later header naming the same file.
     `finish` parses them into its arrays."""
 
+    # Parsing puts no file in place: a cancelled load need not wait for it.
+    finish_publishes = False
+
     def __init__(self) -> None:
         self._header: pb.DatasetVersion | None = None
         self._data = bytearray()

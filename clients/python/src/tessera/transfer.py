@@ -242,6 +242,9 @@ class ResumableDownloadSink(Generic[H]):
     file's sha256 is checked at the end, so bytes damaged on the disk meanwhile are DataLoss,
     not a file at `path`. One download at a time writes the partial file (a lock on it)."""
 
+    # `finish` moves the file into place: a cancelled download says so only once it has, or not.
+    finish_publishes = True
+
     def __init__(
         self,
         path: Path,
