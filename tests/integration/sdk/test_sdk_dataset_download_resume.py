@@ -462,6 +462,8 @@ def test_a_fresh_download_sent_more_than_its_headers_size_is_refused_and_leaves_
     fresh.write(data)
     with pytest.raises(tessera.DataLoss, match="more than the 100 bytes") as refused:
         fresh.write(b"x")
+    # Its stream asked from the first byte: an offset ignored is no reason.
+    assert "offset" not in str(refused.value), refused.value
     fresh.abort(refused.value)
     assert partials(tmp_path) == []
     assert not path.exists()
@@ -647,6 +649,21 @@ def test_a_load_sent_more_than_its_headers_size_is_refused_before_holding_it():
     arrays = tessera.datasets.ArraysSink()
     arrays.start(dataset_header(data))
     arrays.write(data[:60])
-    with pytest.raises(tessera.DataLoss, match="more than the 100 bytes of clips:1"):
+    with pytest.raises(tessera.DataLoss, match="more than the 100 bytes of clips:1") as refused:
         arrays.write(data)
+    # Its stream asked from the first byte: an offset ignored is no reason.
+    assert "offset" not in refused.value.message, refused.value.message
     assert arrays.offset() == 60
+
+
+def test_a_reconnected_load_sent_more_than_its_headers_size_names_a_daemon_that_ignores_offset():
+    data = b"0123456789" * 10
+    arrays = tessera.datasets.ArraysSink()
+    arrays.start(dataset_header(data))
+    arrays.write(data[:60])
+    arrays.start(dataset_header(data))
+    with pytest.raises(tessera.DataLoss) as refused:
+        arrays.write(data)
+    message = refused.value.message
+    assert "more than the 100 bytes of clips:1 (its stream sent from byte 60)" in message, message
+    assert "ignores the offset" in message and message.endswith("load it again"), message

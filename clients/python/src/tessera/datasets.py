@@ -22,6 +22,7 @@ from tessera.transfer import (
     check_chunk_size,
     file_chunks,
     file_digest,
+    sent_too_much,
 )
 from tessera.transport import timeout_or
 from tessera.v1 import common_pb2
@@ -186,12 +187,7 @@ class ArraysSink:
         assert header is not None, "write before any header"
         if len(self._data) + len(chunk) > header.size_bytes:
             # Refused before memory fills with bytes of no known place in the file.
-            raise DataLoss(
-                f"the daemon sent more than the {header.size_bytes} bytes of {version_name(header)} "
-                f"(its stream sent from byte {self._stream_from}); a daemon that ignores the offset "
-                "asked for (older than this client) sends the file from its first byte: upgrade "
-                "tesserad, or load it again"
-            )
+            raise sent_too_much(version_name(header), header.size_bytes, self._stream_from, "load it again")
         self._data += chunk
 
     def progressed(self) -> None:

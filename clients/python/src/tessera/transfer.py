@@ -232,6 +232,19 @@ def partial_names(path: Path) -> tuple[Path, Path]:
     return path.with_name(f"{stem}.partial"), path.with_name(f"{stem}.partial.json")
 
 
+def sent_too_much(described: str, size: int, stream_from: int, again: str) -> DataLoss:
+    """A stream that sent more than the `size` bytes of the file `described`, asked from byte
+    `stream_from`; `again` says what to do."""
+    if not stream_from:
+        return DataLoss(f"the daemon sent more than the {size} bytes of {described}; {again}")
+    # Only a stream asked from past the first byte can have had its offset dropped.
+    return DataLoss(
+        f"the daemon sent more than the {size} bytes of {described} (its stream sent from byte "
+        f"{stream_from}); a daemon that ignores the offset asked for (older than this client) sends "
+        f"the file from its first byte: upgrade tesserad, or {again}"
+    )
+
+
 class ResumableDownloadSink(Generic[H]):
     """Writes a downloaded file to `path` through a partial file beside it (`partial_names`),
     which takes the name only once its size and sha256 match the header's. A download whose
@@ -346,11 +359,11 @@ class ResumableDownloadSink(Generic[H]):
             # Refused before the disk fills: bytes this download appended are of no known place in
             # the file, those it went on from are as an earlier download left them.
             self._keep = self._resumed_from
-            raise DataLoss(
-                f"the daemon sent more than the {self._header.size_bytes} bytes of "
-                f"{self._describe(self._header)} (its stream sent from byte {self._stream_from}); a daemon "
-                "that ignores the offset asked for (older than this client) sends the file from its "
-                f"first byte: upgrade tesserad, or download it again {WITHOUT_RESUME_WORDS}"
+            raise sent_too_much(
+                self._describe(self._header),
+                self._header.size_bytes,
+                self._stream_from,
+                f"download it again {WITHOUT_RESUME_WORDS}" if self._stream_from else "download it again",
             )
         with _naming(self.path):
             self._file.write(chunk)
