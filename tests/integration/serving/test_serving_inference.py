@@ -26,6 +26,7 @@ from serving_models import (
 )
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2
+from tesserad.oip import grpc_service_pb2 as oip_pb
 from tesserad.serving.batcher import Prediction
 from tesserad.serving.predict import predict
 from tesserad.serving.runtimes import cuda_available
@@ -252,21 +253,30 @@ def until(condition: Callable[[], bool], what: str) -> None:
 
 
 def test_deadline_passing_in_the_queue_is_deadline_exceeded_and_never_run(
-    inference, channel, daemon, monkeypatch: pytest.MonkeyPatch
+    inference, oip, channel, daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The batcher's own deadline check: sent as Triton's `timeout` parameter, the deadline passes
+    with the request queued and its call still open. (A gRPC deadline ends the call first, and the
+    handler takes its request off the queue as cancelled.)"""
     load_slow(inference, channel, max_batch_size=64, instances=1)
     held = HeldInstance(daemon, monkeypatch)
     try:
         blocker = inference.Predict.future(predict_request("slow", slow_input(64)))
         assert held.inside.wait(30)
-        with pytest.raises(grpc.RpcError) as raised:
-            inference.Predict(predict_request("slow", slow_input(7)), timeout=0.02)
-        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        request = oip_pb.ModelInferRequest(model_name="slow")
+        request.inputs.add(name="x", datatype="FP32", shape=(7, 384))
+        request.raw_input_contents.append(slow_input(7).tobytes())
+        request.parameters["timeout"].int64_param = 1
+        timed_out = oip.ModelInfer.future(request)
+        until(lambda: held.batcher.queued == 1, "the request queued")
     finally:
         held.release.set()
+    refused = timed_out.exception(60)
+    assert refused.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "deadline passed while it was queued" in refused.details(), refused.details()
     blocker.result(60)
     inference.Predict(predict_request("slow", slow_input(1)))
-    assert _batch_rows(inference).isdisjoint({7, 71})
+    assert _batch_rows(inference) == {64, 1}
 
 
 def test_cancelled_request_leaves_the_queue_and_never_runs(
@@ -285,7 +295,7 @@ def test_cancelled_request_leaves_the_queue_and_never_runs(
         held.release.set()
     blocker.result(60)
     inference.Predict(predict_request("slow", slow_input(1)))
-    assert _batch_rows(inference).isdisjoint({5, 69})
+    assert _batch_rows(inference) == {64, 1}
 
 
 def test_concurrent_requests_batch_and_stats_report_them(inference, channel, daemon) -> None:
