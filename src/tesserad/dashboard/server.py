@@ -84,14 +84,17 @@ class _PathParameters(dict[str, str]):
 
 
 def in_http_words(error: errors.NotFound, request: web.Request) -> str:
-    """`error`'s message with the gRPC call it names put as the HTTP route that does the same."""
+    """`error`'s message with the gRPC call its fix names put as the HTTP route that does the
+    same. The fix ends the message (ListVersions' before a closing bracket): the same words
+    earlier are in a name it quotes, the caller's own text, and stay as they are."""
     parameters = _PathParameters(
         {name: urllib.parse.quote(value, safe="") for name, value in request.match_info.items()}, api=PREFIX
     )
     message = error.message
     for grpc_words, http_words in _HTTP_FIXES:
-        if grpc_words in message:
-            message = message.replace(grpc_words, http_words.format_map(parameters))
+        before, found, after = message.rpartition(grpc_words)
+        if found and after in ("", ")"):
+            return before + http_words.format_map(parameters) + after
     return message
 
 

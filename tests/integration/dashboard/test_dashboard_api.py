@@ -924,6 +924,25 @@ def test_a_404_names_the_http_route_that_lists_what_was_not_found_and_grpc_keeps
         client.training.run("nope")
 
 
+def test_a_404_puts_only_its_fix_in_http_words_not_the_names_it_quotes(dash, finished_job):
+    """A run id or artifact path that reads as a gRPC fix is the caller's text: it stays as it is."""
+    port = dash.daemon.http_port
+    run_id = http_get(port, f"/api/v1/jobs/{finished_job}").json()["run_id"]
+    path = "ListRuns lists them.txt"
+    for route, said in (
+        (
+            f"/api/v1/runs/{run_id}/artifact?path={urllib.parse.quote(path)}",
+            f"run '{run_id}' has no artifact at '{path}'; list them with GET /api/v1/runs/{run_id}/artifacts",
+        ),
+        (
+            f"/api/v1/runs/{urllib.parse.quote('ListJobs lists them')}",
+            "run 'ListJobs lists them' does not exist; GET /api/v1/runs lists them",
+        ),
+    ):
+        answer = http_get(port, route)
+        assert (answer.status, answer.json()) == (404, {"error": said}), route
+
+
 @pytest.mark.parametrize(
     ("page", "route"),
     [("/jobs", "/api/v1/jobs"), ("/system", "/api/v1/system"), ("/models/tiny", "/api/v1/models/tiny")],
