@@ -241,17 +241,24 @@ class PartialDownload {
       // Refused before the disk fills: bytes this download appended are of no known place in the
       // file, those it went on from are as an earlier download left them.
       this.keep = this.resumedFrom;
-      throw tesseraError(
-        'DATA_LOSS',
-        `the daemon sent more than the ${this.header.size_bytes} bytes of ${this.describe(this.header)} ` +
-          `(its stream sent from byte ${this.streamFrom}); a daemon that ignores the offset asked for ` +
-          `(older than this client) sends the file from its first byte: upgrade tesserad, or download ` +
-          `it again ${WITHOUT_RESUME_WORDS}`,
-      );
+      throw this.sentTooMuch();
     }
     await writeAll(this.handle, chunk, this.file, this.size);
     this.hash.update(chunk);
     this.size += chunk.length;
+  }
+
+  // As tessera.transfer.sent_too_much: only a stream asked from past the first byte can have had
+  // its offset dropped.
+  sentTooMuch() {
+    const said = `the daemon sent more than the ${this.header.size_bytes} bytes of ${this.describe(this.header)}`;
+    if (!this.streamFrom) return tesseraError('DATA_LOSS', `${said}; download it again`);
+    return tesseraError(
+      'DATA_LOSS',
+      `${said} (its stream sent from byte ${this.streamFrom}); a daemon that ignores the offset asked for ` +
+        `(older than this client) sends the file from its first byte: upgrade tesserad, or download ` +
+        `it again ${WITHOUT_RESUME_WORDS}`,
+    );
   }
 
   progressed() {

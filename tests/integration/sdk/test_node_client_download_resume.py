@@ -18,7 +18,14 @@ import pytest
 
 import tessera
 from tessera import transfer
-from tests.integration.sdk.test_node_client import node_json, node_ready, node_script, node_waiting, resume
+from tests.integration.sdk.test_node_client import (
+    NODE_CLIENT,
+    node_json,
+    node_ready,
+    node_script,
+    node_waiting,
+    resume,
+)
 from tests.integration.sdk.test_sdk_model_artifact_download_resume import big_onnx
 
 __all__ = ["node_ready"]
@@ -499,3 +506,54 @@ def test_node_download_refuses_a_chunk_size_the_request_would_garble(
             refused,
         )
     assert list(out.iterdir()) == []
+
+
+# A download of a 10-byte file written through PartialDownload, sent 11 bytes from byte `from`
+# (0: a fresh download; 4: one going on from 4 bytes an earlier one kept).
+TOO_MUCH = """
+const { PartialDownload } = require(DOWNLOAD_JS);
+const header = { sha256: 'ab'.repeat(32), size_bytes: 10 };
+const options = (resume) => ({ overwrite: false, resume, describe: () => 'clips:1', progress: undefined });
+(async () => {
+  if (FROM) {
+    const first = await PartialDownload.open(FILE, options(false));
+    await first.start(header);
+    await first.write(Buffer.alloc(FROM));
+    await first.abort({ code: 'UNAVAILABLE' });
+  }
+  const download = await PartialDownload.open(FILE, options(Boolean(FROM)));
+  await download.start(header);
+  try {
+    await download.write(Buffer.alloc(11 - FROM));
+    await download.write(Buffer.alloc(FROM));
+  } catch (err) {
+    await download.abort(err);
+    console.log(JSON.stringify({ code: err.code, details: err.details }));
+  }
+})();
+"""
+
+
+@pytest.mark.parametrize("stream_from", [0, 4])
+def test_node_download_sent_more_than_the_file_names_an_ignored_offset_only_past_the_first_byte(
+    node_ready, tmp_path, stream_from
+):
+    """As the Python SDK's (transfer.sent_too_much): a stream asked from byte 0 that sends too much
+    has no offset that could have been dropped."""
+    file = tmp_path / "clips.npz"
+    script = (
+        f"const DOWNLOAD_JS = {json.dumps(str(NODE_CLIENT / 'download.js'))};\n"
+        f"const FILE = {json.dumps(str(file))};\nconst FROM = {stream_from};\n{TOO_MUCH}"
+    )
+    refused = node_json(script, "unused")
+    assert refused["code"] == "DATA_LOSS", refused
+    if stream_from:
+        assert refused["details"] == (
+            "the daemon sent more than the 10 bytes of clips:1 (its stream sent from byte 4); a daemon "
+            "that ignores the offset asked for (older than this client) sends the file from its first "
+            "byte: upgrade tesserad, or download it again without resume: true"
+        ), refused
+    else:
+        said = "the daemon sent more than the 10 bytes of clips:1; download it again"
+        assert refused["details"] == said, refused
+        assert partials(tmp_path) == [] and not file.exists()
