@@ -217,7 +217,7 @@ def test_a_watch_whose_timeout_ran_out_before_it_began_is_deadline_exceeded(daem
 
     async def scenario() -> None:
         async with tessera.aio.Client(daemon.target) as aio_client:
-            with pytest.raises(tessera.DeadlineExceeded, match="watch again from seq 0"):
+            with pytest.raises(tessera.DeadlineExceeded, match="watch again from seq 1"):
                 await anext(aio_client.models.watch_changes(timeout=1e-9))
 
     asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -531,15 +531,15 @@ class Models(Part[C]):
 
     @stream
     def watch_changes(
-        self, from_seq: int = 0, follow: bool = True, timeout: float | None = None
+        self, from_seq: int = 1, follow: bool = True, timeout: float | None = None
     ) -> Resumable[pb.RegistryChange]:
         """The registry's changes, numbered from 1 in commit order: each names its model, what
         changed, and the model's serving state after it (latest version, aliases, deployment, and
         what serving needs of the versions they resolve to: read a version's params, metrics and
-        lineage with `version`); commits to one model in quick succession may be one change. Every commit made before
-        the watch began is in it. Starts at `from_seq` (0: the first change) and, with `follow`, goes on with each new
-        change as it is committed; without, ends at the newest change there was when it began.
-        A cut connection or a daemon restart is resumed from the last change seen. `timeout`
+        lineage with `version`); commits to one model in quick succession may be one change.
+        Every commit made before the watch began is in it. Starts at `from_seq` (1, or 0 too: the
+        first change) and, with `follow`, goes on with each new change as it is committed;
+        without, ends at the newest change there was when it began. A cut connection or a daemon restart is resumed from the last change seen. `timeout`
         bounds the whole watch (None: no deadline). FailedPrecondition when `from_seq` is past
         the newest change + 1."""
         cursor = ChangeCursor(from_seq, self._conn.retry, timeout)
