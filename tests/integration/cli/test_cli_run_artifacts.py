@@ -175,3 +175,26 @@ def test_get_resume_of_an_artifact_no_longer_there_names_the_command_that_lists_
     assert missing.code == EXIT_DAEMON and "tessera: NOT_FOUND" in missing.err, missing.err
     assert f"run {run!r} has no artifact at 'gone.bin'" in missing.err, missing.err
     assert "`tessera runs artifacts ls RUN_ID`" in missing.err and "list_artifacts" not in missing.err
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_get_of_a_missing_artifact_quotes_its_path_as_given(
+    tessera_cli, client, tmp_path, monkeypatch, resume
+):
+    """The path is the user's: a word in it that names a flag elsewhere (force) is not made one."""
+    monkeypatch.chdir(tmp_path)
+    run = client.training.create_run("cli-artifacts").run_id
+    if resume:
+        kept = transfer.ResumableDownloadSink(
+            tmp_path / "force.pt", None, False, resume=False, describe=lambda _: "artifact ckpt/force.pt"
+        )
+        kept.start(Header(hashlib.sha256(b"0123456789").hexdigest(), 10))
+        kept.write(b"01234")
+        kept.abort(tessera.Unavailable("cut"))
+
+    missing = tessera_cli("runs", "artifacts", "get", run, "ckpt/force.pt", *(["--resume"] if resume else []))
+    assert missing.code == EXIT_DAEMON, missing.err
+    assert missing.err == (
+        f"tessera: NOT_FOUND: run {run!r} has no artifact at 'ckpt/force.pt'; "
+        "list them with `tessera runs artifacts ls RUN_ID`\n"
+    ), missing.err

@@ -23,6 +23,7 @@ from tessera.errors import NotFound
 from tessera.json_output import to_plain
 from tessera.messages import counted
 from tessera.progress_line import byte_size
+from tessera.rpc_commands import in_cli_words
 from tessera.run_filter import (
     RunFilterError,
     is_order_string,
@@ -30,7 +31,7 @@ from tessera.run_filter import (
     parse_order,
 )
 from tessera.sweep_commands import short_value
-from tessera.training import artifact_target
+from tessera.training import LIST_ARTIFACTS_WORDS, artifact_target
 from tessera.v1 import training_pb2
 
 VIEWS = {"active": "active_only", "deleted": "deleted_only", "all": "all"}
@@ -298,8 +299,14 @@ def cmd_runs_artifacts_get(client: Client, args: argparse.Namespace, out: Output
             f"run {args.run_id} has no artifacts, so nothing was written; store one with: "
             f"tessera runs artifacts put {args.run_id} FILE"
         )
-    if not listed or any(a.path == args.path for a in listed):
-        # One file (or nothing there: the daemon's NOT_FOUND says so).
+    if not listed:
+        # Said here, not by the daemon or the SDK: their message put in the CLI's words would
+        # rewrite a word of the path that names a flag (ckpt/force.pt as ckpt/--force.pt).
+        raise NotFoundInCliWords(
+            f"run {args.run_id!r} has no artifact at {args.path!r}; {in_cli_words(LIST_ARTIFACTS_WORDS)}"
+        )
+    if any(a.path == args.path for a in listed):
+        # One file.
         path = artifact_target(args.path, args.output)
         with replaced_only_with_force(), refused_resume_in_cli_words():
             artifact = client.training.download_artifact(
