@@ -15,8 +15,9 @@ function fileExists(file) {
 
 // The finished temp file `partial` becomes `file`. Unless `overwrite`, a file at `file` by now is
 // refused (EEXIST): a hard link takes the name only where it is free, in one step, so a file that
-// appeared at any moment before is kept. `partial` is left for the caller to remove unless it was
-// renamed. `link` is fs.linkSync; a test gives one that fails as a filesystem's would.
+// appeared at any moment before is kept; `partial`'s name is then removed, and on a refusal left
+// for the caller to remove. `link` is fs.linkSync; a test gives one that fails as a filesystem's
+// would.
 function putInPlace(partial, file, overwrite, link = fs.linkSync) {
   if (overwrite) {
     fs.renameSync(partial, file);
@@ -30,7 +31,9 @@ function putInPlace(partial, file, overwrite, link = fs.linkSync) {
     // No hard links here: check, then rename. A file created between the two is replaced.
     if (fs.existsSync(file)) throw fileExists(file);
     fs.renameSync(partial, file);
+    return;
   }
+  fs.unlinkSync(partial);
 }
 
 // `chunk` written whole to `handle`, the temp file of `file`, from byte `position` on. write()

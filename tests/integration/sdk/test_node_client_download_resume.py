@@ -557,3 +557,16 @@ def test_node_download_sent_more_than_the_file_names_an_ignored_offset_only_past
         said = "the daemon sent more than the 10 bytes of clips:1; download it again"
         assert refused["details"] == said, refused
         assert partials(tmp_path) == [] and not file.exists()
+
+
+def test_node_download_without_overwrite_leaves_no_temp_file_linked_beside_it(
+    node_ready, daemon, client, out, weights
+):
+    """It takes its name with a hard link: the temp file's name went on naming the file."""
+    run_id = client.training.create_run("resume").run_id
+    client.training.log_artifact(run_id, weights)
+    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
+    assert "ok" in node_download(daemon.target, f"client.downloadArtifact({args}, {{ overwrite: false }})")
+    assert (out / "weights.bin").read_bytes() == weights.read_bytes()
+    assert (out / "weights.bin").stat().st_nlink == 1
+    assert partials(out) == []
