@@ -55,21 +55,40 @@ function writeRecord(record, file, header) {
   }
 }
 
-// The partial file at `partial` as this download starts, where there is one: its identity and
-// its record's text (what `dropFound` checks they still are), and with `resume`, it opened to
-// read (`source`), its size and its record (`kept`). One that is not a plain file of this user's
-// with one name is refused for a resume: its bytes may change under the copy at its owner's will.
-async function findKept(file, partial, record, resume) {
-  let named;
+// What says a file at the partial file's name is still the one found (bigint stats, which keep
+// the nanoseconds): a Python resume writes on in the same file without writing its record again,
+// which its size and times show.
+function identity(stats) {
+  return { dev: stats.dev, ino: stats.ino, size: stats.size, mtimeNs: stats.mtimeNs, ctimeNs: stats.ctimeNs };
+}
+
+function sameIdentity(a, b) {
+  return Object.keys(a).every((key) => a[key] === b[key]);
+}
+
+// The bigint stats of the file at `partial`, not followed; undefined where there is none.
+function lstatOrNone(partial) {
   try {
-    named = fs.lstatSync(partial);
+    return fs.lstatSync(partial, { bigint: true });
   } catch (err) {
     if (err.code === 'ENOENT') return undefined;
     throw err;
   }
+}
+
+// The partial file at `partial` as this download starts, where there is one: its identity and
+// its record's text (what `dropFound` and `keepBytes` check they still are), and with `resume`,
+// it opened to read (`source`), its size and its record (`kept`). One that is not a plain file of
+// this user's with one name is refused for a resume: its bytes may change under the copy at its
+// owner's will. One removed before it is opened is none.
+async function findKept(file, partial, record, resume) {
+  const named = lstatOrNone(partial);
+  if (named === undefined) return undefined;
   const recordText = readText(record);
-  const mine = named.isFile() && named.nlink === 1 && named.uid === process.geteuid();
-  const found = { dev: named.dev, ino: named.ino, recordText, mine };
+  const euid = BigInt(process.geteuid());
+  const plain = (stats) => stats.isFile() && stats.nlink === 1n && stats.uid === euid;
+  const mine = plain(named);
+  const found = { identity: identity(named), recordText, mine };
   if (!resume) return found;
   const refusal = new Error(
     `${file}: its partial download ${partial} is not a plain file of yours with one name; remove it`,
@@ -77,13 +96,26 @@ async function findKept(file, partial, record, resume) {
   if (!mine) throw refusal;
   // Not blocking: a FIFO swapped in after the lstat is not waited on. A link is not followed.
   const { O_RDONLY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
-  const source = await fs.promises.open(partial, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
-  const held = await source.stat();
-  if (!held.isFile() || held.nlink > 1 || held.uid !== process.geteuid()) {
+  let source;
+  try {
+    source = await fs.promises.open(partial, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+  } catch (err) {
+    if (err.code === 'ENOENT') return undefined;
+    if (err.code === 'ELOOP') throw refusal;
+    throw err;
+  }
+  let held;
+  try {
+    held = await source.stat({ bigint: true });
+  } catch (err) {
+    await source.close();
+    throw err;
+  }
+  if (!plain(held)) {
     await source.close();
     throw refusal;
   }
-  return { ...found, dev: held.dev, ino: held.ino, source, size: held.size, kept: parseRecord(recordText) };
+  return { ...found, identity: identity(held), source, size: Number(held.size), kept: parseRecord(recordText) };
 }
 
 // The text of `name`; undefined where there is none.
@@ -222,7 +254,8 @@ class PartialDownload {
   // that a resume is refused as of another file rather than finding none.
   changed(how) {
     this.keep = this.size;
-    const kept = this.size ? `; the ${this.size} bytes of it as it was are kept in ${this.partial}` : '';
+    const kept =
+      this.size && this.mayKeep() ? `; the ${this.size} bytes of it as it was are kept in ${this.partial}` : '';
     return tesseraError(
       'DATA_LOSS',
       `${this.describe(this.header)} changed while it was downloading (${how})${kept}; ` +
@@ -233,6 +266,12 @@ class PartialDownload {
   // What the message of a download that gave up says to do.
   howToGoOn() {
     if (this.header === undefined || !this.size) return 'download it again';
+    if (!this.mayKeep()) {
+      return (
+        `another download wrote ${this.partial} meanwhile, so this one's bytes are not kept there; ` +
+        'download it again'
+      );
+    }
     return `${this.size} of ${this.header.size_bytes} bytes are kept in ${this.partial}; ${RESUME_WORDS}`;
   }
 
@@ -314,9 +353,14 @@ class PartialDownload {
   }
 
   // The first `size` bytes kept at the partial file's name, with the record of the file they are
-  // of: this download's own file renamed over it, whole, only now. A Python download writing the
-  // file that had the name meanwhile finds at its end that it was replaced, and says so.
+  // of: this download's own file renamed over it, whole, only now, and only where what is there is
+  // still what was found (or nothing): a partial file another download made or wrote since is
+  // its own, left for it to go on from.
   async keepBytes(size) {
+    if (!this.mayKeep()) {
+      await this.discard();
+      return;
+    }
     try {
       await this.handle.truncate(size);
       await this.handle.close();
@@ -342,17 +386,33 @@ class PartialDownload {
   // The partial file found at the start and its record removed, only where they are still what
   // was found: one a download (Python's) made or kept since is its own, left for it to go on from.
   dropFound() {
-    const { found } = this;
-    if (found === undefined || !found.mine) return;
-    let named;
-    try {
-      named = fs.lstatSync(this.partial);
-    } catch {
-      return;
-    }
-    if (named.dev !== found.dev || named.ino !== found.ino || readText(this.record) !== found.recordText) return;
+    if (this.found === undefined || !this.found.mine || !this.isFound()) return;
     fs.rmSync(this.partial, { force: true });
     fs.rmSync(this.record, { force: true });
+  }
+
+  // Whether this download's bytes may take the partial file's name: nothing has it, or what has
+  // it is still what was found. One that cannot be looked at is not taken.
+  mayKeep() {
+    try {
+      return lstatOrNone(this.partial) === undefined || this.isFound();
+    } catch {
+      return false;
+    }
+  }
+
+  // Whether the file at the partial file's name and its record are the ones found.
+  isFound() {
+    const { found } = this;
+    let named;
+    try {
+      named = fs.lstatSync(this.partial, { bigint: true });
+    } catch {
+      return false;
+    }
+    return (
+      found !== undefined && sameIdentity(found.identity, identity(named)) && readText(this.record) === found.recordText
+    );
   }
 }
 

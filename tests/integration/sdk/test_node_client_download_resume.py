@@ -570,3 +570,124 @@ def test_node_download_without_overwrite_leaves_no_temp_file_linked_beside_it(
     assert (out / "weights.bin").read_bytes() == weights.read_bytes()
     assert (out / "weights.bin").stat().st_nlink == 1
     assert partials(out) == []
+
+
+def test_node_resume_keeps_the_partial_file_a_python_resume_writes_meanwhile(
+    node_ready, daemon, client, proxy_to, out, weights
+):
+    """A Python resume writes the partial file on without writing its record again: the Node
+    resume that went on from it removed it at its end, bytes the Python one keeps for its own
+    resume included."""
+    run_id = client.training.create_run("resume").run_id
+    artifact = client.training.log_artifact(run_id, weights)
+    python_cut_at(client, proxy_to, daemon, run_id, out, 4)
+    blob = weights.read_bytes()
+    holder = python_sink(out, resume=True)
+
+    def python_writes_on() -> None:
+        holder.start(artifact)
+        holder.write(blob[holder.size : holder.size + (1 << 20)])
+
+    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
+    found = node_download_cut(
+        daemon.target,
+        f"client.downloadArtifact({args}, {{ resume: true, progress: cutAtHalf, chunkSize: {CHUNK} }})",
+        python_writes_on,
+    )
+    assert "ok" in found, found
+    assert (out / "weights.bin").read_bytes() == blob
+    written = holder.size
+    holder.abort(tessera.Unavailable("cut"))
+    partial, _ = transfer.partial_names(out / "weights.bin")
+    assert partial.read_bytes() == blob[:written]
+    again = python_sink(out, resume=True)
+    try:
+        assert again.resuming()
+    finally:
+        again.abort(KeyboardInterrupt())
+
+
+def test_node_download_that_gives_up_leaves_the_partial_file_a_python_resume_writes_meanwhile(
+    node_ready, daemon, client, proxy_to, out, weights
+):
+    """Its own bytes put in the partial file's place, the Python one's lost theirs."""
+    run_id = client.training.create_run("resume").run_id
+    artifact = client.training.log_artifact(run_id, weights)
+    python_cut_at(client, proxy_to, daemon, run_id, out, 4)
+    blob = weights.read_bytes()
+    holder = python_sink(out, resume=True)
+    proxy = proxy_to(daemon.daemon.port)
+
+    def python_writes_on_and_cut() -> None:
+        holder.start(artifact)
+        holder.write(blob[holder.size : holder.size + (1 << 20)])
+        proxy.cut()
+
+    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
+    gave_up = node_download_cut(
+        proxy.target,
+        f"client.downloadArtifact({args}, {{ resume: true, progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0 }})",
+        python_writes_on_and_cut,
+    )
+    assert gave_up["code"] == "UNAVAILABLE", gave_up
+    assert "bytes are kept in " not in gave_up["message"], gave_up["message"]
+    written = holder.size
+    holder.abort(tessera.Unavailable("cut"))
+    partial, record = transfer.partial_names(out / "weights.bin")
+    assert partials(out) == sorted([partial.name, record.name])
+    assert partial.read_bytes() == blob[:written]
+
+
+def node_resume_racing(target: str, run_id: str, out: Path, swap: str) -> Any:
+    """A Node resume to out/weights.bin whose partial file is changed by `swap` (JavaScript run
+    with `fs` and `partial` named) once the download looked at it and before it opens it."""
+    partial, _ = transfer.partial_names(out / "weights.bin")
+    script = f"""
+    const files = require('node:fs');
+    const partial = {json.dumps(str(partial))};
+    const lstatSync = files.lstatSync;
+    files.lstatSync = (...args) => {{
+      const found = lstatSync(...args);
+      if (args[0] === partial) {{
+        files.lstatSync = lstatSync;
+        {swap};
+      }}
+      return found;
+    }};
+    async function download(client) {{
+      return client.downloadArtifact({json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}, {{ resume: true }});
+    }}
+    {PRELUDE}
+    """
+    return node_json(script, target)
+
+
+def test_node_resume_whose_partial_file_goes_before_it_is_opened_starts_again(
+    node_ready, daemon, client, proxy_to, out, weights
+):
+    run_id = client.training.create_run("resume").run_id
+    client.training.log_artifact(run_id, weights)
+    python_cut_at(client, proxy_to, daemon, run_id, out, 2)
+    found = node_resume_racing(daemon.target, run_id, out, "fs.rmSync(partial)")
+    assert "ok" in found, found
+    assert (out / "weights.bin").read_bytes() == weights.read_bytes()
+
+
+def test_node_resume_whose_partial_file_becomes_a_link_before_it_is_opened_is_refused(
+    node_ready, daemon, client, proxy_to, out, weights, tmp_path
+):
+    run_id = client.training.create_run("resume").run_id
+    client.training.log_artifact(run_id, weights)
+    python_cut_at(client, proxy_to, daemon, run_id, out, 2)
+    elsewhere = json.dumps(str(tmp_path / "elsewhere"))
+    found = node_resume_racing(
+        daemon.target,
+        run_id,
+        out,
+        f"fs.renameSync(partial, {elsewhere}); fs.symlinkSync({elsewhere}, partial)",
+    )
+    partial, _ = transfer.partial_names(out / "weights.bin")
+    assert found.get("message") == (
+        f"{out / 'weights.bin'}: its partial download {partial} is not a plain file of yours with one name; remove it"
+    ), found
+    assert not (out / "weights.bin").exists()
