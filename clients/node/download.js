@@ -235,7 +235,16 @@ class PartialDownload {
       const { bytesRead } = await naming(this.file, () => source.read(buffer, 0, want, this.size));
       if (!bytesRead) break;
       const bytes = buffer.subarray(0, bytesRead);
-      await writeAll(this.handle, bytes, this.file, this.size);
+      try {
+        await writeAll(this.handle, bytes, this.file, this.size);
+      } catch (err) {
+        if (err.code !== 'ENOSPC') throw err;
+        err.message +=
+          ` (a resume copies the bytes kept before it goes on from them, and the disk had no room ` +
+          `for the copy: the ${held} bytes kept in ${this.partial} are still there; free that much ` +
+          `space and ${RESUME_WORDS})`;
+        throw err;
+      }
       this.hash.update(bytes);
       this.size += bytesRead;
     }

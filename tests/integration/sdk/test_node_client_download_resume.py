@@ -27,6 +27,7 @@ from tests.integration.sdk.test_node_client import (
     resume,
 )
 from tests.integration.sdk.test_sdk_model_artifact_download_resume import big_onnx
+from tests.tmpfs import tmpfs
 
 __all__ = ["node_ready"]
 
@@ -636,6 +637,30 @@ def test_node_download_that_gives_up_leaves_the_partial_file_a_python_resume_wri
     partial, record = transfer.partial_names(out / "weights.bin")
     assert partials(out) == sorted([partial.name, record.name])
     assert partial.read_bytes() == blob[:written]
+
+
+def test_node_resume_without_room_for_a_copy_of_the_kept_bytes_says_so_and_keeps_them(
+    node_ready, daemon, client, tmp_path
+):
+    """A resume copies the kept bytes into its own temp file: it needs free space for them."""
+    run_id = client.training.create_run("resume").run_id
+    blob = os.urandom(256 * 1024)
+    (tmp_path / "weights.bin").write_bytes(blob)
+    artifact = client.training.log_artifact(run_id, tmp_path / "weights.bin")
+    with tmpfs(tmp_path / "disk", "size=320k") as disk:
+        partial, record = transfer.partial_names(disk / "weights.bin")
+        partial.write_bytes(blob[: 200 * 1024])
+        describe = f"artifact weights.bin of run {run_id}"
+        record.write_text(json.dumps({"file": describe, "sha256": artifact.sha256, "size_bytes": len(blob)}))
+        args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(disk))}"
+        found = node_download(daemon.target, f"client.downloadArtifact({args}, {{ resume: true }})")
+        assert found.get("code") == "ENOSPC", found
+        message = found["message"]
+        assert message.startswith(f"ENOSPC: no space left on device, write '{disk / 'weights.bin'}'"), message
+        assert f"the {200 * 1024} bytes kept in {partial} are still there" in message, message
+        assert "free that much space and download again with resume: true" in message, message
+        assert partial.read_bytes() == blob[: 200 * 1024]
+        assert sorted(p.name for p in disk.iterdir()) == sorted([partial.name, record.name])
 
 
 def node_resume_racing(target: str, run_id: str, out: Path, swap: str) -> Any:
