@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -72,6 +73,45 @@ def test_a_sweeps_values_may_be_toml_numbers_and_booleans(tmp_path):
         ["true", "false"],
     ]
     assert list(spec.parameters[2].when.values) == ["16"]
+
+
+def test_a_sweeps_values_may_be_numpy_numbers():
+    # np.float64 is a float whose repr under NumPy 2 is "np.float64(0.001)": sent as that, the
+    # daemon would refuse it as no number; np.int64 is no int at all.
+    spec = from_dict(
+        S.SweepSpec,
+        {
+            "parameters": [
+                {"path": "optimizer.lr", "values": {"values": list(np.logspace(-3, -1, 3))}},
+                {"path": "batch_size", "values": {"values": [np.int64(16), np.int32(32)]}},
+                {
+                    "path": "epochs",
+                    "values": {"values": [np.float32(0.5)]},
+                    "when": {"path": "batch_size", "values": [np.int64(16)]},
+                },
+            ]
+        },
+    )
+    assert [list(p.values.values) for p in spec.parameters] == [
+        ["0.001", "0.01", "0.1"],
+        ["16", "32"],
+        ["0.5"],
+    ]
+    assert list(spec.parameters[2].when.values) == ["16"]
+
+
+def test_a_sweeps_whole_number_values_must_fit_in_64_bits():
+    # TOML takes 99999999999999999999; the daemon would read it through a float and round it.
+    with pytest.raises(ValueError, match="out of range") as caught:
+        from_dict(
+            S.SweepSpec,
+            {"parameters": [{"path": "batch_size", "values": {"values": [16, 99999999999999999999]}}]},
+            "sweep",
+        )
+    assert str(caught.value) == (
+        "sweep: parameters[0].values.values[1]: 99999999999999999999 is out of range: "
+        "expected a whole number from -9223372036854775808 to 9223372036854775807"
+    )
 
 
 def test_a_cancelled_sweep_counts_done_only_the_trials_that_ran():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import json
+import numbers
 import re
 import sys
 import tomllib
@@ -253,9 +254,14 @@ def _single(field: FieldDescriptor, value: Any, path: KeyPath, problems: _Proble
         return _enum(field.enum_type, value, path, problems)
     problem = None
     if field.full_name in _VALUES_AS_TEXT:
-        if isinstance(value, bool | int | float):
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            # The daemon reads a whole number as an int64; past that it would go through a float.
+            problem = _whole_number_problem(int(value), *_WHOLE_RANGES[FieldDescriptor.CPPTYPE_INT64])
+            if problem is None:
+                return _value_text(value)
+        elif isinstance(value, bool | numbers.Real):
             return _value_text(value)
-        if not isinstance(value, str):
+        elif not isinstance(value, str):
             problem = f"expected a number, true or false, or text in quotes, got {_describe(value)}"
     elif kind == FieldDescriptor.CPPTYPE_STRING:
         if not isinstance(value, str):
@@ -281,12 +287,15 @@ def _single(field: FieldDescriptor, value: Any, path: KeyPath, problems: _Proble
 _VALUES_AS_TEXT = ("tessera.v1.SweepValues.values", "tessera.v1.SweepCondition.values")
 
 
-def _value_text(value: bool | float) -> str:
+def _value_text(value: bool | numbers.Real) -> str:
     """A number or boolean as the text the daemon parses back to it: true/false, an int's digits,
-    a float's repr (the shortest text that reads back as the same float: 1e-3 as "0.001")."""
+    a float's repr (the shortest text that reads back as the same float: 1e-3 as "0.001").
+    NumPy's numbers are taken as Python's: their own repr reads "np.float64(0.001)"."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return repr(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    return repr(float(value))
 
 
 def _whole_number_problem(value: Any, low: int, high: int) -> str | None:
