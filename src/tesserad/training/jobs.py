@@ -24,7 +24,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
@@ -751,9 +751,9 @@ class Jobs:
                 fill.add(key, job)
         return fill.page.items, fill.page.next_page_token
 
-    def tag_run(self, job_id: str, tags: dict[str, str]) -> None:
-        """Set `tags` on the job's run."""
-        self._tracking.update_run(self.get(job_id).run_id, None, tags)
+    def tag_run(self, job_id: str, tags: dict[str, str], remove: Iterable[str] = ()) -> None:
+        """Set `tags` on the job's run and remove the tags named in `remove`."""
+        self._tracking.update_run(self.get(job_id).run_id, None, tags, remove)
 
     def cancel(self, job_id: str) -> JobRecord:
         queued, requested_at = self._accept_cancel(job_id)

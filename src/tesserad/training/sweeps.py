@@ -21,7 +21,6 @@ the searcher continues where it was.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import copy
 import logging
 import random
@@ -969,7 +968,7 @@ class Sweeps:
                         min_epochs = bracket_min_epochs(
                             trial.bracket, min_epochs, sweep.asha.reduction_factor
                         )
-                    if asha_prunes(
+                    prunes = asha_prunes(
                         rungs,
                         job.job_id,
                         trial.metric,
@@ -978,11 +977,9 @@ class Sweeps:
                         sweep.asha.reduction_factor,
                         sweep.mode,
                         last_epoch=job.config["epochs"],
-                    ):
+                    )
+                    if prunes:
                         trial.pruned, trial.pruned_at = True, data["epoch"]
-                        threading.Thread(
-                            target=self._prune, args=(job.job_id, trial.pruned_at), daemon=True
-                        ).start()
                     rung = rung_of(data["epoch"], min_epochs, sweep.asha.reduction_factor)
                     if rung is not None:
                         # A new dict: copies of the trial handed to readers share the old one.
@@ -991,6 +988,12 @@ class Sweeps:
                     # written in the trial's row, with its latest metric (one write per epoch, of
                     # that trial alone, however many trials reached a rung).
                     self._save(sweep, head=False)
+                    if prunes:
+                        # Started once its row says it was pruned: a crash before leaves no
+                        # cancelled trial whose row does not say so.
+                        threading.Thread(
+                            target=self._prune, args=(job.job_id, trial.pruned_at), daemon=True
+                        ).start()
             elif kind == "ended":
                 self._settle(sweep, trial, job)
                 if sweep.sweep_id not in self._cancelling:
@@ -998,14 +1001,28 @@ class Sweeps:
 
     def _prune(self, job_id: str, epoch: int) -> None:
         # Tagged before the cancel: once the job shows cancelled, its run says it was pruned.
+        # Under the lock `_settle` takes a trial's end under: a job that succeeded first is not
+        # tagged, and one that succeeds after the tag has it removed there.
+        with self._lock:
+            if self._jobs.get(job_id).state == "succeeded":
+                return
+            self._tag_pruned(job_id, {PRUNED_TAG: str(epoch)}, [])
         try:
-            self._jobs.tag_run(job_id, {PRUNED_TAG: str(epoch)})
-        except TesseraError as exc:  # its run deleted meanwhile, or the store full: the prune goes on
-            log.warning(
-                "a pruned trial's run could not be tagged", extra={"job_id": job_id, "error": exc.message}
-            )
-        with contextlib.suppress(FailedPrecondition):  # it may have ended meanwhile
             self._jobs.cancel(job_id)
+        except FailedPrecondition:  # it ended meanwhile: on its own, it was not pruned
+            with self._lock:
+                if self._jobs.get(job_id).state == "succeeded":
+                    self._tag_pruned(job_id, {}, [PRUNED_TAG])
+
+    def _tag_pruned(self, job_id: str, tags: dict[str, str], remove: builtins.list[str]) -> None:
+        """Set or remove a trial's pruned tag on its run; a failure is logged, the search goes on."""
+        try:
+            self._jobs.tag_run(job_id, tags, remove)
+        except TesseraError as exc:  # its run deleted meanwhile, or the store full
+            log.warning(
+                "a pruned trial's run tag could not be changed",
+                extra={"job_id": job_id, "error": exc.message},
+            )
 
     def _settle(self, sweep: Sweep, trial: Trial, job: JobRecord) -> None:
         """Take the job's state, and its last metric once it ended (an epoch event may have been missed)."""
@@ -1014,6 +1031,7 @@ class Sweeps:
         if job.state == "succeeded" and trial.pruned:
             # It ended on its own (its max_steps, early stopping) before the prune's cancel reached it.
             trial.pruned, trial.pruned_at = False, 0
+            self._tag_pruned(job.job_id, {}, [PRUNED_TAG])
         if job.state in ENDED and sweep.metric in job.metrics:
             trial.take_metric(float(job.metrics[sweep.metric]))
         if (trial.state, trial.pruned, trial.metric, trial.has_metric) != before:

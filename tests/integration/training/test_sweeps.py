@@ -583,7 +583,9 @@ def test_a_grid_capped_by_max_trials_runs_its_first_points(training: training_pb
     assert wait_sweep(training, sweep.sweep_id).state == S.SWEEP_STATE_SUCCEEDED
 
 
-def test_a_trial_that_ran_to_its_end_is_not_counted_pruned(training: training_pb2_grpc.TrainingStub) -> None:
+def test_a_trial_that_ran_to_its_end_is_not_counted_nor_tagged_pruned(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
     # max_steps ends each trial after its first epoch (3 steps of 24 of 72 rows), at ASHA's first
     # rung, where the two later trials trail the first: they were marked pruned at epoch 1
     # though they had already succeeded, and a searcher would be told they were stopped early.
@@ -601,6 +603,10 @@ def test_a_trial_that_ran_to_its_end_is_not_counted_pruned(training: training_pb
     assert [(t.state, t.pruned, t.pruned_at_epoch) for t in sweep.trials] == [
         (S.JOB_STATE_SUCCEEDED, False, 0)
     ] * 3
+    # Nor does its run say it was pruned: the prune tagged it before its cancel was refused.
+    for trial in sweep.trials:
+        run_id = training.GetJob(S.GetJobRequest(job_id=trial.job_id)).run_id
+        assert "tessera.pruned_at_epoch" not in training.GetRun(S.GetRunRequest(run_id=run_id)).tags
 
 
 def test_a_running_trial_is_shown_running(training: training_pb2_grpc.TrainingStub) -> None:
