@@ -738,31 +738,40 @@ class Sweeps:
                     checked.append(point)
             rng = random.Random(f"{seed}:pbt:0")
             points = [random_point(request.parameters, rng) for _ in range(pbt.population)] if pbt else []
-        configs = [
-            self._check_point(base, point, metric, i, searcher in PLANNED) for i, point in enumerate(checked)
-        ]
-        if not configs:
-            raise InvalidArgument("the sweep plans no trials")
-        epochs = [config["epochs"] for config in configs]
-        if pruner == "asha" and 0 not in epochs and max(epochs) < asha.min_epochs:
+        try:
+            configs = [
+                self._check_point(base, point, metric, i, searcher in PLANNED)
+                for i, point in enumerate(checked)
+            ]
+            if not configs:
+                raise InvalidArgument("the sweep plans no trials")
+            epochs = [config["epochs"] for config in configs]
+            if pruner == "asha" and 0 not in epochs and max(epochs) < asha.min_epochs:
+                raise InvalidArgument(
+                    f"spec.asha.min_epochs: no trial reaches ASHA's first rung (epoch {asha.min_epochs}); "
+                    f"trials end by epoch {max(epochs)}, so none would be pruned: lower asha.min_epochs"
+                )
+            brackets = []
+            if pruner == "hyperband":
+                if len(set(epochs)) > 1:
+                    raise InvalidArgument(
+                        "spec.parameters: Hyperband needs trials of a fixed number of epochs; these run "
+                        f"{' or '.join(str(e) for e in sorted(set(epochs)))}"
+                    )
+                max_epochs = epochs[0]
+                if max_epochs < asha.min_epochs:
+                    raise InvalidArgument(
+                        f"spec.base.epochs: Hyperband needs trials of a fixed number of epochs, at least "
+                        f"asha.min_epochs ({asha.min_epochs}); got {max_epochs}"
+                    )
+                brackets = hyperband_counts(max_epochs, asha.min_epochs, asha.reduction_factor)
+        except InvalidArgument as refused:
+            if request.seed is not None or searcher != "random":
+                raise
+            # Its trials were checked as drawn, and another draw may pass: the seed repeats this one.
             raise InvalidArgument(
-                f"spec.asha.min_epochs: no trial reaches ASHA's first rung (epoch {asha.min_epochs}); "
-                f"trials end by epoch {max(epochs)}, so none would be pruned: lower asha.min_epochs"
-            )
-        brackets = []
-        if pruner == "hyperband":
-            if len(set(epochs)) > 1:
-                raise InvalidArgument(
-                    "spec.parameters: Hyperband needs trials of a fixed number of epochs; these run "
-                    f"{' or '.join(str(e) for e in sorted(set(epochs)))}"
-                )
-            max_epochs = epochs[0]
-            if max_epochs < asha.min_epochs:
-                raise InvalidArgument(
-                    f"spec.base.epochs: Hyperband needs trials of a fixed number of epochs, at least "
-                    f"asha.min_epochs ({asha.min_epochs}); got {max_epochs}"
-                )
-            brackets = hyperband_counts(max_epochs, asha.min_epochs, asha.reduction_factor)
+                f"{refused.message} (seed {seed} was drawn: set seed = {seed} to repeat this draw)"
+            ) from None
         max_concurrent = request.max_concurrent or (pbt.population if pbt else 1)
         if not 0 <= max_concurrent <= MAX_TRIALS:
             # No sweep runs more trials than MAX_TRIALS, so none can run more at once.

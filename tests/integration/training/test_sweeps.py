@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import threading
 import time
@@ -125,6 +126,31 @@ def test_a_sweep_without_a_seed_draws_one_and_keeps_it(training: training_pb2_gr
     assert shown.spec.seed == first.spec.seed
     zero = submitted(spec(seed=0))
     assert zero.spec.HasField("seed") and zero.spec.seed == 0
+
+
+def test_a_refusal_after_the_seed_was_drawn_names_the_seed(training: training_pb2_grpc.TrainingStub) -> None:
+    # A random sweep's trials are checked as drawn: another draw may be accepted, so the refusal
+    # names the seed that repeats it. Every draw here has a negative weight decay, refused.
+    def spec(**fields: Any) -> S.SweepSpec:
+        return S.SweepSpec(
+            base=job_spec("mlp", epochs=1),
+            strategy=S.SWEEP_STRATEGY_RANDOM,
+            parameters=[sweep_values("optimizer.weight_decay", "-1")],
+            max_trials=2,
+            metric="train_loss",
+            **fields,
+        )
+
+    with pytest.raises(grpc.RpcError) as drawn:
+        training.SubmitSweep(S.SubmitSweepRequest(spec=spec()), timeout=60)
+    assert drawn.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    seed = re.search(
+        r" \(seed (\d+) was drawn: set seed = (\d+) to repeat this draw\)$", drawn.value.details()
+    )
+    assert seed is not None and seed[1] == seed[2]
+    with pytest.raises(grpc.RpcError) as seeded:
+        training.SubmitSweep(S.SubmitSweepRequest(spec=spec(seed=int(seed[1]))), timeout=60)
+    assert seeded.value.details() == drawn.value.details().removesuffix(seed[0])
 
 
 @pytest.mark.parametrize(
