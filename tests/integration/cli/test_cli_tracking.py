@@ -4,13 +4,14 @@ ls|update|rm|restore`, and the SDK calls under them, against a real daemon."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
 from tessera.cli import EXIT_DAEMON, EXIT_USAGE
-from tessera.cli.tracking import nothing_ranked
 from tessera.errors import FailedPrecondition
 from tessera.run_filter import RunFilterError
+from tessera.training import Training
 
 
 def test_runs_ls_filters_by_status_param_and_tag_and_orders_by_a_metric(tessera_cli, client):
@@ -253,8 +254,8 @@ def test_runs_leaderboard_of_a_metric_a_running_run_may_log_yet_is_empty(tessera
     early = tessera_cli("runs", "leaderboard", "cli-epoch", "val_loss")
     assert (early.code, early.err) == (0, ""), early
     assert " ".join(early.out.split()) == (
-        "no run of experiment cli-epoch has logged val_loss yet; 1 run is still running and may log it. "
-        "Its runs have logged: train_loss."
+        "no run of experiment cli-epoch has logged val_loss yet; 1 run is still running or waiting to "
+        "resume and may log it. Its runs have logged: train_loss."
     )
     assert tessera_cli("--json", "runs", "leaderboard", "cli-epoch", "val_loss").json() == []
     client.training.update_run(running.run_id, status="succeeded")
@@ -266,13 +267,56 @@ def test_runs_leaderboard_of_a_metric_a_running_run_may_log_yet_is_empty(tessera
     )
 
 
-def test_runs_leaderboard_of_a_metric_logged_after_the_board_was_read_asks_again(client):
+def _interrupt(daemon, run_id: str) -> None:
+    """Leave the run as a daemon stopped mid-job does: INTERRUPTED until the re-queued job's next
+    attempt starts it running again."""
+    tracking = daemon.daemon.training._tracking
+    with tracking._store.write() as txn:
+        run = tracking.load_run(txn, run_id)
+        run.status = "interrupted"
+        tracking.put_run(txn, run)
+
+
+def test_runs_leaderboard_of_a_metric_an_interrupted_run_may_log_yet_is_empty(tessera_cli, client, daemon):
+    # Only running runs were counted: the run of a job that a daemon stop interrupted resumes and
+    # may log it, yet the name was refused NOT_FOUND as misspelt.
+    ended, interrupted = client.training.create_run("cli-resume"), client.training.create_run("cli-resume")
+    for run in (ended, interrupted):
+        client.training.log_metrics(run.run_id, {"train_loss": 0.9}, step=0)
+    client.training.update_run(ended.run_id, status="failed")
+    _interrupt(daemon, interrupted.run_id)
+    waiting = tessera_cli("runs", "leaderboard", "cli-resume", "val_loss")
+    assert (waiting.code, waiting.err) == (0, ""), waiting
+    assert " ".join(waiting.out.split()) == (
+        "no run of experiment cli-resume has logged val_loss yet; 1 run is still running or waiting to "
+        "resume and may log it. Its runs have logged: train_loss."
+    )
+
+
+def test_runs_leaderboard_of_a_metric_logged_after_the_board_was_read_asks_again(
+    tessera_cli, client, monkeypatch
+):
     # The board and the runs' keys are two reads: a metric logged between them read as misspelt,
     # "has not logged val_loss; did you mean val_loss?".
     run = client.training.create_run("cli-race")
-    client.training.log_metrics(run.run_id, {"val_loss": 0.5}, step=0)
-    client.training.update_run(run.run_id, status="succeeded")
-    assert nothing_ranked(client, "cli-race", "val_loss") is None
+    client.training.log_metrics(run.run_id, {"train_loss": 0.9}, step=0)
+    # The test's own client reads the board: bound before the patch, it keeps the real call.
+    board = client.training.leaderboard
+    reads = []
+
+    def logged_after_the_first_read(_cli: Training[Any], *args: Any, **kwargs: Any) -> Any:
+        entries = board(*args, **kwargs)
+        if not reads:
+            # Logged and ended before the runs' keys are read: none is running to explain it.
+            client.training.log_metrics(run.run_id, {"val_loss": 0.5}, step=1)
+            client.training.update_run(run.run_id, status="succeeded")
+        reads.append(len(entries))
+        return entries
+
+    monkeypatch.setattr(Training, "leaderboard", logged_after_the_first_read)
+    ranked = tessera_cli("--json", "runs", "leaderboard", "cli-race", "val_loss")
+    assert (ranked.code, reads) == (0, [0, 1]), ranked
+    assert [entry["run"]["run_id"] for entry in ranked.json()] == [run.run_id]
 
 
 def test_runs_leaderboard_names_the_users_names_as_they_are(tessera_cli, client):

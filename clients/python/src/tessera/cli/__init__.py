@@ -46,6 +46,7 @@ exit status:
        the message starts with the gRPC status (NOT_FOUND, INVALID_ARGUMENT,
        UNAVAILABLE, ...); NOT_FOUND too for `runs leaderboard` of a metric
        the experiment's runs have not logged (another they have, it names)
+       and no run is still running or waiting to resume
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); a file being written is removed
   {EXIT_TERMINATED}  terminated (SIGTERM); a file being written is removed, as after Ctrl-C
   {EXIT_OUTPUT_CLOSED}  the output was closed early (`tessera ... | head`); nothing more

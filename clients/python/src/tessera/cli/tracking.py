@@ -452,8 +452,9 @@ KEYS_NAMED = 20
 
 def nothing_ranked(client: Client, experiment: str, metric: str) -> str | None:
     """Why a leaderboard is empty, where that is an answer: the experiment has no runs, its newest
-    runs have logged no metric yet, or a run still running may log `metric` yet. NotFound where
-    its runs have logged metrics, none of them `metric`, and none is running: a misspelt name,
+    runs have logged no metric yet, or a run still running, or interrupted and waiting to resume
+    (a daemon stopped mid-job; the job resumes it), may log `metric` yet. NotFound where its runs
+    have logged metrics, none of them `metric`, and none is running or interrupted: a misspelt name,
     which an empty answer and exit 0 would let a script go on with; the message names the keys
     the newest runs have logged, a near miss first. None where those runs have logged `metric`:
     it was logged after the leaderboard was read."""
@@ -471,19 +472,23 @@ def nothing_ranked(client: Client, experiment: str, metric: str) -> str | None:
     named = ", ".join(keys[:KEYS_NAMED])
     more = f" and {len(keys) - KEYS_NAMED} more" if len(keys) > KEYS_NAMED else ""
     logged = f"{whose.capitalize()} have logged: {named}{more}."
-    # Any running run of the experiment, not only of the newest read: an older one may log it too.
-    running = len(
+    # Any run of the experiment that may log yet, not only of the newest read: an older one may log
+    # it too. An interrupted run is running again once its re-queued job's next attempt starts.
+    may_log = len(
         list(
             itertools.islice(
-                training.runs(experiment, statuses=["running"], page_size=RUNS_READ_FOR_KEYS),
+                training.runs(experiment, statuses=["running", "interrupted"], page_size=RUNS_READ_FOR_KEYS),
                 RUNS_READ_FOR_KEYS,
             )
         )
     )
-    if running:
-        at_least = " or more" if running == RUNS_READ_FOR_KEYS else ""
-        are = "is" if running == 1 else "are"
-        return f"{said} yet; {counted(running, 'run')}{at_least} {are} still running and may log it. {logged}"
+    if may_log:
+        at_least = " or more" if may_log == RUNS_READ_FOR_KEYS else ""
+        are = "is" if may_log == 1 else "are"
+        return (
+            f"{said} yet; {counted(may_log, 'run')}{at_least} {are} still running or waiting to resume "
+            f"and may log it. {logged}"
+        )
     near = difflib.get_close_matches(metric, keys, n=1)
     if near:
         said += f"; did you mean {near[0]}?"
