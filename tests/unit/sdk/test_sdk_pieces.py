@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import io
 import subprocess
 import sys
+import threading
 import tracemalloc
+import weakref
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import numpy as np
@@ -306,9 +311,6 @@ def test_a_loaded_dataset_is_parsed_without_keeping_its_chunks():
 def test_work_that_fails_after_its_await_was_cancelled_leaves_no_error_never_retrieved():
     """The cancel is raised once the work has ended; the work's own error went to asyncio's
     handler as "Future exception was never retrieved" when the future was collected."""
-    import gc
-    import threading
-
     from tessera.calls import _off_the_loop
 
     started, fail = threading.Event(), threading.Event()
@@ -334,6 +336,73 @@ def test_work_that_fails_after_its_await_was_cancelled_leaves_no_error_never_ret
 
     asyncio.run(cancel_mid_write())
     assert [c["message"] for c in reported] == []
+
+
+class _Parsed:
+    """What a load's parse made, held by a weak reference to see when it is let go."""
+
+
+def _cancel_mid_work(
+    work: Callable[[], Any], started: threading.Event, end: threading.Event, held: list[BaseException] | None
+) -> list[str]:
+    """Runs `work` by `_left_on_cancel`, cancelled once it has started, and lets it end only after
+    the cancel was raised (into `held`, where the caller keeps it); waits for the worker to end
+    and its future's callbacks to run. What asyncio's handler was told ("never retrieved")."""
+    from tessera.calls import _left_on_cancel
+
+    reported: list[str] = []
+
+    async def cancel_mid_work() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
+        loading = asyncio.create_task(_left_on_cancel(work))
+        await asyncio.to_thread(started.wait)
+        loading.cancel()
+        with pytest.raises(asyncio.CancelledError) as cancelled:
+            await loading
+        if held is not None:
+            held.append(cancelled.value)
+        del loading, cancelled
+        end.set()
+        # The worker thread has ended, its result set on the future; one turn runs the callbacks.
+        await loop.shutdown_default_executor()
+        await asyncio.sleep(0)
+        gc.collect()
+
+    asyncio.run(cancel_mid_work())
+    return reported
+
+
+def test_a_cancelled_load_whose_parse_then_fails_leaves_no_error_never_retrieved():
+    """The cancel is raised at once and the parse goes on alone; its error, no one's now, went to
+    asyncio's handler as "Future exception was never retrieved" when the future was collected."""
+    started, end = threading.Event(), threading.Event()
+
+    def parse_failing() -> None:
+        started.set()
+        end.wait(30)
+        raise ValueError("the file is no npz")
+
+    assert _cancel_mid_work(parse_failing, started, end, held=None) == []
+
+
+def test_a_cancelled_load_lets_go_of_what_its_parse_made_while_the_cancel_is_held():
+    """The cancel's traceback holds `_left_on_cancel`'s frame: where that kept the future, a
+    dataset parsed after the cancel stayed in memory as long as the caller held the error."""
+    started, end = threading.Event(), threading.Event()
+    made: list[weakref.ref[_Parsed]] = []
+
+    def parse() -> _Parsed:
+        started.set()
+        end.wait(30)
+        parsed = _Parsed()
+        made.append(weakref.ref(parsed))
+        return parsed
+
+    held: list[BaseException] = []
+    _cancel_mid_work(parse, started, end, held)
+    assert held[0].__traceback__ is not None
+    assert made[0]() is None
 
 
 @pytest.mark.parametrize(

@@ -436,13 +436,17 @@ async def _off_the_loop(work: Callable[..., T], *args: Any) -> T:
 
 
 async def _left_on_cancel(work: Callable[..., T], *args: Any) -> T:
-    """`work(*args)` on a worker thread, which a cancel meanwhile leaves to end alone."""
+    """`work(*args)` on a worker thread, which a cancel meanwhile leaves to end alone: a load
+    cancelled and started again parses beside the parse it left, each on its own worker."""
     future = _on_a_worker(work, *args)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
         # Its result or error is no one's now, not asyncio's to log as never retrieved.
         future.add_done_callback(_let_go)
+        # The cancel's traceback holds this frame: the future's result (a parsed dataset) is let
+        # go once it is made, not kept as long as the caller keeps the error.
+        del future
         raise
 
 
