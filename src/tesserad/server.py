@@ -1084,13 +1084,16 @@ def _bind_failure(address: Address) -> OSError | None:
     last connections linger in TIME_WAIT is free) fails with; None where it binds. Not what gRPC
     does where the address is two: gRPC listens on whichever of them it can bind, localhost's
     127.0.0.1 and ::1, or [::]'s IPv6 and IPv4. This socket is one: localhost's 127.0.0.1 (its ::1
-    is left to gRPC), or [::]'s IPv6 socket, which takes IPv4 too; where that is taken it fails, and
+    is left to gRPC), or [::]'s IPv6 socket made dual-stack, taking IPv4 too, as gRPC makes its
+    own (IPV6_V6ONLY off, whatever net.ipv6.bindv6only says); where that is taken it fails, and
     the daemon is refused on purpose rather than half bound, reached by some clients of the
     address it was given and not by others."""
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             sock.bind((address.host, address.port))
     except OSError as exc:
         return exc

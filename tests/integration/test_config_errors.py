@@ -207,6 +207,21 @@ def test_a_listener_on_a_taken_port_names_its_setting(spawn_daemon, tmp_path, fl
     assert not (tmp_path / "var").exists()
 
 
+def test_a_listener_on_all_addresses_is_refused_where_its_ipv4_port_is_taken(spawn_daemon, tmp_path):
+    # [::] is IPv6 and IPv4 to gRPC: bound to IPv6 only, the daemon was half there, unreachable
+    # at the IPv4 address its clients were told to use.
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        address = f"[::]:{taken.getsockname()[1]}"
+        daemon = spawn_daemon(
+            "--listen", address, "--insecure", "--metrics-listen", "off", "--data-dir", str(tmp_path / "var")
+        )
+        assert daemon.process.wait(60) == EXIT_CANNOT_START
+    output = daemon.output()
+    assert f"cannot listen on {address}: the port is already in use" in output, output
+
+
 def _taken_port_start(spawn_daemon, data_dir: Path, *args: str) -> str:
     """The output of a start refused because its port is taken."""
     with socket.socket() as taken:
