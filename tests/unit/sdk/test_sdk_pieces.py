@@ -418,8 +418,8 @@ def test_a_cancelled_load_lets_go_of_what_its_parse_made_while_the_cancel_is_hel
         (grpc.StatusCode.INTERNAL, "Failed parsing HTTP/2", False),
         (grpc.StatusCode.UNKNOWN, "Exception iterating requests!", False),
         (grpc.StatusCode.UNIMPLEMENTED, "Received http2 header with status: 404", False),
-        # Another gRPC service, or a proxy with no route (Envoy), answers so over HTTP 200: tesserad
-        # implements every method the SDK calls, so it is never proof that tesserad answered.
+        # Another gRPC service, or a proxy with no route (Envoy), answers so over HTTP 200, as an
+        # older tesserad does for a method added since: never proof that tesserad answered.
         (grpc.StatusCode.UNIMPLEMENTED, "Method not found: tessera.v1.System/GetServerInfo", False),
         (grpc.StatusCode.UNIMPLEMENTED, "", False),
         (grpc.StatusCode.PERMISSION_DENIED, "Received http2 header with status: 403", False),

@@ -190,7 +190,8 @@ _CLIENT_MADE_CODES = frozenset(
     }
 )
 # Also no proof: another gRPC service on the port, or a proxy with no route (Envoy), answers
-# UNIMPLEMENTED, while tesserad implements every method the SDK calls.
+# UNIMPLEMENTED; so does a tesserad older than the SDK for a method added since, which is taken
+# for no tesserad too, on the safe side.
 _NOT_TESSERAD_PROOF = _CLIENT_MADE_CODES | {grpc.StatusCode.UNIMPLEMENTED}
 # gRPC's words for a status it read from an HTTP answer (401, 403, 404...) of a server that is
 # no gRPC server: another service's port, a proxy.
