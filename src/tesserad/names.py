@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from tesserad.errors import InvalidArgument, NotFound
+from tesserad.numbers import INT64_MAX
 
 if TYPE_CHECKING:
     from tesserad.store import ReadTxn
@@ -15,6 +16,9 @@ if TYPE_CHECKING:
 MAX_NAME_LENGTH = 128
 # Matched with fullmatch: `$` also matches before a final newline.
 NAME_PATTERN = re.compile(rf"[a-z0-9][a-z0-9._-]{{0,{MAX_NAME_LENGTH - 1}}}")
+# The highest version a stored reference may name: the number after it, which the numbering
+# passes keep, is an int64 as versions are in the protos and the store's keys.
+_HIGHEST_NAMED_VERSION = INT64_MAX - 1
 # The characters a refusal shows of a name too long to be one: its length is what is wrong, and
 # the whole of it (a pasted file, say) would bury the message.
 _SHOWN_OF_LONG_NAME = 64
@@ -121,3 +125,19 @@ def missing_name(txn: ReadTxn, table: str, what: str, name: str, fix: str) -> No
     first, then `fix` (how to make one, "create it with CreateModel")."""
     near = did_you_mean(txn, table, name)
     return NotFound(f"{what} {name!r} does not exist; " + (f"{near}Or {fix}" if near else fix))
+
+
+def named_version(name: object, number: object) -> tuple[str, int] | None:
+    """A (name, version) reference read from a stored record, where it can name a version: a
+    resource name (one stored before names were matched whole ends in a newline) and a number in
+    1..INT64_MAX-1; else None. A record an older daemon left, or one written from a client's
+    input, may hold anything."""
+    if (
+        isinstance(name, str)
+        and NAME_PATTERN.fullmatch(name.removesuffix("\n")) is not None
+        and isinstance(number, int)
+        and not isinstance(number, bool)
+        and 1 <= number <= _HIGHEST_NAMED_VERSION
+    ):
+        return name, number
+    return None

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from tesserad.names import NAME_PATTERN
-from tesserad.numbers import INT64_MAX
 from tesserad.store import ReadTxn, WriteTxn, decode_record, encode_record
 
 NUMBERS = "dataset_numbers"
@@ -29,9 +27,6 @@ _SCHEMA = 1
 # The (dataset name, version) pairs the store's other records name, as those records hold them:
 # the pass keeps only those that can name a version (`named_version`).
 References = Callable[[ReadTxn], Iterable[tuple[object, object]]]
-# The highest version a reference may name: the number after it, which the pass keeps, is an int64
-# as versions are in the protos and the store's keys.
-_HIGHEST_NAMED = INT64_MAX - 1
 
 
 def next_number(txn: ReadTxn, name: str) -> int:
@@ -42,18 +37,3 @@ def next_number(txn: ReadTxn, name: str) -> int:
 
 def put_next_number(txn: WriteTxn, name: str, number: int) -> None:
     txn.put(NUMBERS, (name,), encode_record(_KIND, _SCHEMA, {"next_version": number}))
-
-
-def named_version(name: object, number: object) -> tuple[str, int] | None:
-    """The reference as a dataset version, where it can name one: a dataset name (one stored
-    before names were matched whole ends in a newline) and a number in 1.._HIGHEST_NAMED; else
-    None. A record an older daemon left, or one written from a client's input, may hold anything."""
-    if (
-        isinstance(name, str)
-        and NAME_PATTERN.fullmatch(name.removesuffix("\n")) is not None
-        and isinstance(number, int)
-        and not isinstance(number, bool)
-        and 1 <= number <= _HIGHEST_NAMED
-    ):
-        return name, number
-    return None

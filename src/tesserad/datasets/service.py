@@ -44,7 +44,6 @@ from tesserad.datasets.numbering import (
     NUMBERS,
     NUMBERS_DERIVED,
     References,
-    named_version,
     next_number,
     put_next_number,
 )
@@ -74,7 +73,13 @@ from tesserad.datasets.usage import (
     used_bytes,
 )
 from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from tesserad.names import missing_name, validate_name, validate_name_prefix, validate_stored_name
+from tesserad.names import (
+    missing_name,
+    named_version,
+    validate_name,
+    validate_name_prefix,
+    validate_stored_name,
+)
 from tesserad.paging import MAX_PAGE_BYTES, Page, answer_bytes, read_page
 from tesserad.store import (
     BlobRef,

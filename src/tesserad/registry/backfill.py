@@ -33,8 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from tesserad.errors import TesseraError
-from tesserad.names import NAME_PATTERN
-from tesserad.numbers import INT64_MAX
+from tesserad.names import named_version
 from tesserad.registry.ensembles import Member, index_members, parse_ensemble_spec
 from tesserad.registry.lineage import DELETED_PARENT_KIND, DELETED_PARENT_SCHEMA, mark_parent_deleted
 from tesserad.registry.records import MODEL_KIND, SCHEMA, VersionRecord, decode_version
@@ -85,11 +84,8 @@ MARKERS: dict[Key, int] = {
     NUMBERS_RETIRED: 4,
 }
 # The (model, version) pairs the store's records outside the registry name, as those records hold
-# them: the pass keeps only those that can name a version (`_named_version`).
+# them: the pass keeps only those that can name a version (`named_version`).
 References = Callable[[ReadTxn], Iterable[tuple[object, object]]]
-# The highest version a reference may name: the number after it, which the pass keeps, is an int64
-# as versions are in the protos and the store's keys.
-_HIGHEST_NAMED = INT64_MAX - 1
 # The references passed over that a warning shows; it counts them all.
 _SHOWN_PASSED_OVER = 10
 # Versions read per write transaction of the member index's and the marks' backfills.
@@ -233,7 +229,7 @@ def backfill_retired_numbers(store: Store, referenced: References) -> int:
             if number == 0:
                 # No version: the latest of a model that has none (the change feed's).
                 continue
-            named = _named_version(name, number)
+            named = named_version(name, number)
             if named is None:
                 passed_over += 1
                 if len(shown) < _SHOWN_PASSED_OVER:
@@ -272,21 +268,6 @@ def backfill_retired_numbers(store: Store, referenced: References) -> int:
             extra={"models": raised},
         )
     return kept + raised
-
-
-def _named_version(name: object, number: object) -> tuple[str, int] | None:
-    """The reference as a model version, where it can name one: a model name (one stored before
-    names were matched whole ends in a newline) and a number in 1.._HIGHEST_NAMED; else None. A
-    record an older daemon left, or one written from a client's input, may hold anything."""
-    if (
-        isinstance(name, str)
-        and NAME_PATTERN.fullmatch(name.removesuffix("\n")) is not None
-        and isinstance(number, int)
-        and not isinstance(number, bool)
-        and 1 <= number <= _HIGHEST_NAMED
-    ):
-        return name, number
-    return None
 
 
 def _registry_references(txn: ReadTxn) -> Iterator[tuple[object, object]]:
