@@ -103,6 +103,7 @@ def test_whole_numbers_are_read_exactly() -> None:
     assert trial_spec(BASE, {"seed": str(2**53 + 1)})["seed"] == 2**53 + 1
     assert trial_spec(BASE, {"seed": "-7"})["seed"] == -7
     assert trial_spec(BASE, {"seed": "1e3"})["seed"] == 1000
+    assert trial_spec(BASE, {"optimizer.lr": "99999999999999999999"})["optimizer"]["lr"] == 1e20
 
 
 def test_a_parameter_can_switch_the_architecture_family() -> None:

@@ -254,14 +254,11 @@ def _single(field: FieldDescriptor, value: Any, path: KeyPath, problems: _Proble
         return _enum(field.enum_type, value, path, problems)
     problem = None
     if field.full_name in _VALUES_AS_TEXT:
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            # The daemon reads a whole number as an int64; past that it would go through a float.
-            problem = _whole_number_problem(int(value), *_WHOLE_RANGES[FieldDescriptor.CPPTYPE_INT64])
-            if problem is None:
-                return _value_text(value)
-        elif isinstance(value, bool | numbers.Real):
+        if isinstance(value, bool | numbers.Real):
+            # Range and type are the daemon's to judge, by the field each value is for: a whole
+            # number past int64 is a valid float parameter's value and no int parameter's.
             return _value_text(value)
-        elif not isinstance(value, str):
+        if not isinstance(value, str):
             problem = f"expected a number, true or false, or text in quotes, got {_describe(value)}"
     elif kind == FieldDescriptor.CPPTYPE_STRING:
         if not isinstance(value, str):
