@@ -996,13 +996,17 @@ class Sweeps:
                     # Rung results decide later trials' fate and must survive a restart: they are
                     # written in the trial's row, with its latest metric (one write per epoch, of
                     # that trial alone, however many trials reached a rung).
-                    self._save(sweep, head=False)
-                    if prunes:
-                        # Started once its row says it was pruned: a crash before leaves no
-                        # cancelled trial whose row does not say so.
-                        threading.Thread(
-                            target=self._prune, args=(job.job_id, trial.pruned_at), daemon=True
-                        ).start()
+                    try:
+                        self._save(sweep, head=False)
+                    finally:
+                        if prunes:
+                            # Started once its row says it was pruned: a crash before leaves no
+                            # cancelled trial whose row does not say so. Where the store refused
+                            # the row (full), started all the same: the trial is pruned in memory,
+                            # its later epochs are passed over, and the next save writes its row.
+                            threading.Thread(
+                                target=self._prune, args=(job.job_id, trial.pruned_at), daemon=True
+                            ).start()
             elif kind == "ended":
                 self._settle(sweep, trial, job)
                 if sweep.sweep_id not in self._cancelling:
