@@ -19,6 +19,8 @@ const WITHOUT_RESUME_WORDS = 'without resume: true';
 // What ends a download with its bytes worth keeping: the stream broke or ran out of time. One the
 // caller stopped or the daemon refused leaves nothing behind.
 const INTERRUPTIONS = ['UNAVAILABLE', 'DEADLINE_EXCEEDED'];
+// A disk too full to write the rest of the file: the bytes written are kept, not lost with it.
+const NO_ROOM = ['ENOSPC', 'EDQUOT'];
 
 const READ_BYTES = 1 << 20;
 
@@ -238,11 +240,10 @@ class PartialDownload {
       try {
         await writeAll(this.handle, bytes, this.file, this.size);
       } catch (err) {
-        if (err.code !== 'ENOSPC') throw err;
+        if (!NO_ROOM.includes(err.code)) throw err;
         err.message +=
           ` (a resume copies the bytes kept before it goes on from them, and the disk had no room ` +
-          `for the copy: the ${held} bytes kept in ${this.partial} are still there; free that much ` +
-          `space and ${RESUME_WORDS})`;
+          `for the copy: the ${held} bytes kept in ${this.partial} are still there; ${this.roomForAResume(header)})`;
         throw err;
       }
       this.hash.update(bytes);
@@ -269,6 +270,14 @@ class PartialDownload {
       'DATA_LOSS',
       `${this.describe(this.header)} changed while it was downloading (${how})${kept}; ` +
         `download it again ${WITHOUT_RESUME_WORDS}`,
+    );
+  }
+
+  // What a resume from bytes kept beside the file needs: the partial file stays until the end.
+  roomForAResume(header) {
+    return (
+      `a resume needs free space for the whole file (${header.size_bytes} bytes) beside them: ` +
+      `free that much and ${RESUME_WORDS}`
     );
   }
 
@@ -340,8 +349,9 @@ class PartialDownload {
     return header;
   }
 
-  // After `error`: the bytes written kept for a resume where it interrupted the download or the
-  // file changed at the server; where the server sent more than the file has, those an earlier
+  // After `error`: the bytes written kept for a resume where it interrupted the download, the
+  // disk had no room for the rest (the error saying so) or the file changed at the server; where
+  // the server sent more than the file has, those an earlier
   // download kept; where a resume was refused or no header came, the partial file left as it
   // was; else what this download wrote removed, with the partial file it found.
   async abort(error) {
@@ -358,25 +368,45 @@ class PartialDownload {
       await this.keepBytes(this.size);
       return;
     }
+    if (this.size && NO_ROOM.includes(error.code)) {
+      const kept = (await this.keepBytes(this.size)) ? this.size : this.foundBytes();
+      const { size_bytes: total } = this.header;
+      error.message += kept
+        ? ` (the disk had no room for the rest of the file: ${kept} of ${total} bytes are kept in ` +
+          `${this.partial}; ${this.roomForAResume(this.header)})`
+        : ' (the disk had no room for the rest of the file; free some and download it again)';
+      return;
+    }
     await this.remove();
+  }
+
+  // The bytes of this file a resume went on from, where its partial file is still there as found;
+  // else 0.
+  foundBytes() {
+    return this.kept !== undefined && this.isFound() ? this.found.size : 0;
   }
 
   // The first `size` bytes kept at the partial file's name, with the record of the file they are
   // of: this download's own file renamed over it, whole, only now, and only where what is there is
   // still what was found (or nothing): a partial file another download made or wrote since is
-  // its own, left for it to go on from.
+  // its own, left for it to go on from. The record a resume went on from already names the file,
+  // so it is not written again: keeping then needs no room on a full disk. Resolves to whether
+  // they were kept.
   async keepBytes(size) {
     if (!this.mayKeep()) {
       await this.discard();
-      return;
+      return false;
     }
     try {
+      const recordNamesIt = this.kept !== undefined && this.isFound();
       await this.handle.truncate(size);
       await this.handle.close();
-      writeRecord(this.record, this.describe(this.header), this.header);
+      if (!recordNamesIt) writeRecord(this.record, this.describe(this.header), this.header);
       fs.renameSync(this.temp, this.partial);
+      return true;
     } catch {
       await this.discard();
+      return false;
     }
   }
 

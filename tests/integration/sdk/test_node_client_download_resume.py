@@ -658,9 +658,45 @@ def test_node_resume_without_room_for_a_copy_of_the_kept_bytes_says_so_and_keeps
         message = found["message"]
         assert message.startswith(f"ENOSPC: no space left on device, write '{disk / 'weights.bin'}'"), message
         assert f"the {200 * 1024} bytes kept in {partial} are still there" in message, message
-        assert "free that much space and download again with resume: true" in message, message
+        assert (
+            f"a resume needs free space for the whole file ({len(blob)} bytes) beside them: "
+            "free that much and download again with resume: true"
+        ) in message, message
         assert partial.read_bytes() == blob[: 200 * 1024]
         assert sorted(p.name for p in disk.iterdir()) == sorted([partial.name, record.name])
+
+
+def test_node_resume_that_fills_the_disk_midway_keeps_the_bytes_and_says_a_resume_needs_room_for_them_all(
+    node_ready, daemon, client, tmp_path
+):
+    """Room for the kept bytes and their copy but not for the whole file: the disk fills while the
+    rest streams, and the bytes written are kept at the partial file's name, not lost with the copy."""
+    run_id = client.training.create_run("resume").run_id
+    blob = os.urandom(256 * 1024)
+    (tmp_path / "weights.bin").write_bytes(blob)
+    artifact = client.training.log_artifact(run_id, tmp_path / "weights.bin")
+    kept = 96 * 1024
+    with tmpfs(tmp_path / "disk", "size=240k") as disk:
+        partial, record = transfer.partial_names(disk / "weights.bin")
+        partial.write_bytes(blob[:kept])
+        describe = f"artifact weights.bin of run {run_id}"
+        record.write_text(json.dumps({"file": describe, "sha256": artifact.sha256, "size_bytes": len(blob)}))
+        args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(disk))}"
+        found = node_download(
+            daemon.target, f"client.downloadArtifact({args}, {{ resume: true, chunkSize: {CHUNK} }})"
+        )
+        assert found.get("code") == "ENOSPC", found
+        message = found["message"]
+        assert message.startswith(f"ENOSPC: no space left on device, write '{disk / 'weights.bin'}'"), message
+        held = partial.read_bytes()
+        assert kept < len(held) < len(blob) and held == blob[: len(held)]
+        assert f"{len(held)} of {len(blob)} bytes are kept in {partial}" in message, message
+        assert (
+            f"a resume needs free space for the whole file ({len(blob)} bytes) beside them: "
+            "free that much and download again with resume: true"
+        ) in message, message
+        assert sorted(p.name for p in disk.iterdir()) == sorted([partial.name, record.name])
+        assert json.loads(record.read_text())["sha256"] == artifact.sha256
 
 
 def node_resume_racing(target: str, run_id: str, out: Path, swap: str) -> Any:
