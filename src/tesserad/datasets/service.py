@@ -256,7 +256,8 @@ def _derive_numbers(store: Store, referenced: References) -> int:
         if txn.exists("meta", NUMBERS_DERIVED):
             return 0
     highest: dict[str, int] = {}
-    passed_over: list[tuple[object, object]] = []
+    passed_over = 0
+    shown: list[tuple[object, object]] = []
 
     def seen(name: str, number: int) -> None:
         highest[name] = max(highest.get(name, 0), number)
@@ -272,7 +273,9 @@ def _derive_numbers(store: Store, referenced: References) -> int:
                 continue  # no number: a spec's "the newest version"
             named = named_version(name, number)
             if named is None:
-                passed_over.append((name, number))
+                passed_over += 1
+                if len(shown) < _SHOWN_PASSED_OVER:
+                    shown.append((name, number))
             else:
                 seen(*named)
         for name, number in highest.items():
@@ -281,7 +284,7 @@ def _derive_numbers(store: Store, referenced: References) -> int:
     if passed_over:
         log.warning(
             "records name dataset versions that no dataset can have; their numbers are passed over",
-            extra={"references": len(passed_over), "shown": passed_over[:_SHOWN_PASSED_OVER]},
+            extra={"references": passed_over, "shown": shown},
         )
     if highest:
         log.info("derived the next version numbers of datasets", extra={"datasets": len(highest)})
