@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tesserad.errors import InvalidArgument, NotFound
@@ -19,6 +21,8 @@ NAME_PATTERN = re.compile(rf"[a-z0-9][a-z0-9._-]{{0,{MAX_NAME_LENGTH - 1}}}")
 # The highest version a stored reference may name: the number after it, which the numbering
 # passes keep, is an int64 as versions are in the protos and the store's keys.
 _HIGHEST_NAMED_VERSION = INT64_MAX - 1
+# The references passed over that a numbering pass's warning shows; it counts them all.
+_SHOWN_PASSED_OVER = 10
 # The characters a refusal shows of a name too long to be one: its length is what is wrong, and
 # the whole of it (a pasted file, say) would bury the message.
 _SHOWN_OF_LONG_NAME = 64
@@ -141,3 +145,38 @@ def named_version(name: object, number: object) -> tuple[str, int] | None:
     ):
         return name, number
     return None
+
+
+@dataclass
+class ReferenceTally:
+    """What `named_versions` read: how many references, how many it passed over as naming no
+    version, and the first of those, which a warning shows (a store may hold any number)."""
+
+    read: int = 0
+    passed_over: int = 0
+    shown: list[tuple[object, object]] = field(default_factory=list)
+
+    def warn_passed_over(self, log: logging.Logger, message: str) -> None:
+        """Log `message` as a warning with the references passed over, if there were any."""
+        if self.passed_over:
+            log.warning(message, extra={"references": self.passed_over, "shown": self.shown})
+
+
+def named_versions(
+    references: Iterable[tuple[object, object]], tally: ReferenceTally
+) -> Iterator[tuple[str, int]]:
+    """The (name, version) of each of `references` (as stored records hold them) that names a
+    version (`named_version`), for a numbering pass; those that can name none are counted in
+    `tally`, never raised: start-up never fails on what a record holds. Number 0 names no
+    version (the newest one, or the latest of a model that has none) and is neither."""
+    for name, number in references:
+        tally.read += 1
+        if number == 0:
+            continue
+        named = named_version(name, number)
+        if named is None:
+            tally.passed_over += 1
+            if len(tally.shown) < _SHOWN_PASSED_OVER:
+                tally.shown.append((name, number))
+        else:
+            yield named

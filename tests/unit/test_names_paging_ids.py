@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from tesserad import names
 from tesserad.errors import InvalidArgument
 from tesserad.ids import new_id
-from tesserad.names import did_you_mean, validate_name
+from tesserad.names import ReferenceTally, did_you_mean, named_versions, validate_name
 from tesserad.paging import (
     MAX_PAGE_BYTES,
     MAX_PAGE_SIZE,
@@ -72,6 +73,51 @@ def test_did_you_mean_reads_only_the_names_beside_the_missing_one(tmp_path: Path
             assert did_you_mean(txn, "models", "clips-cnn4") == "did you mean 'clips-cnn4d'? "
     finally:
         store.close()
+
+
+def test_named_versions_yields_the_references_that_name_a_version_and_tallies_the_rest() -> None:
+    """A record may hold anything: what names no version is counted, never raised; 0 names none
+    (the newest version) and is neither yielded nor passed over."""
+    references: list[tuple[object, object]] = [
+        ("m", 3),
+        ("m", 0),
+        ("m", 2**63 - 1),
+        ("m", 2**63 - 2),
+        ("Not A Name", 1),
+        ("m", "2"),
+        ("m", True),
+        ("m", -1),
+        (None, 4),
+        ("old\n", 7),
+    ]
+    tally = ReferenceTally()
+    assert list(named_versions(references, tally)) == [("m", 3), ("m", 2**63 - 2), ("old\n", 7)]
+    assert tally.read == 10
+    assert tally.passed_over == 6
+    assert tally.shown == [("m", 2**63 - 1), ("Not A Name", 1), ("m", "2"), ("m", True), ("m", -1), (None, 4)]
+
+
+def test_named_versions_counts_every_reference_passed_over_and_keeps_the_first_ten() -> None:
+    tally = ReferenceTally()
+    references: list[tuple[object, object]] = [("Bad", n) for n in range(1, 26)]
+    assert list(named_versions(references, tally)) == []
+    assert tally.passed_over == 25
+    assert tally.shown == [("Bad", n) for n in range(1, 11)]
+
+
+def test_a_tally_warns_with_the_references_passed_over_and_only_if_there_were_any(caplog) -> None:
+    log = logging.getLogger("tesserad.test_names")
+    caplog.set_level("INFO", logger=log.name)
+    clean = ReferenceTally()
+    list(named_versions([("m", 1), ("m", 0)], clean))
+    clean.warn_passed_over(log, "passed over")
+    assert not caplog.records
+    tally = ReferenceTally()
+    list(named_versions([("m", 1), ("m", 2**64)], tally))
+    tally.warn_passed_over(log, "passed over")
+    [warning] = caplog.records
+    assert (warning.levelname, warning.getMessage()) == ("WARNING", "passed over")
+    assert (warning.references, warning.shown) == (1, [("m", 2**64)])
 
 
 def test_page_size_defaults_and_caps():

@@ -25,7 +25,7 @@ _KIND = "dataset_number"
 _SCHEMA = 1
 
 # The (dataset name, version) pairs the store's other records name, as those records hold them:
-# the pass keeps only those that can name a version (`named_version`).
+# the pass keeps only those that can name a version (`named_versions`).
 References = Callable[[ReadTxn], Iterable[tuple[object, object]]]
 
 

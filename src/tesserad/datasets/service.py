@@ -74,8 +74,9 @@ from tesserad.datasets.usage import (
 )
 from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tesserad.names import (
+    ReferenceTally,
     missing_name,
-    named_version,
+    named_versions,
     validate_name,
     validate_name_prefix,
     validate_stored_name,
@@ -107,8 +108,6 @@ FORMATS = ("npz", "npy")
 _DATASET_KIND = "dataset"
 _VERSION_KIND = "dataset_version"
 _SCHEMA = 1
-# The references passed over that the numbers pass's warning shows; it counts them all.
-_SHOWN_PASSED_OVER = 10
 
 
 @dataclass(frozen=True)
@@ -256,8 +255,7 @@ def _derive_numbers(store: Store, referenced: References) -> int:
         if txn.exists("meta", NUMBERS_DERIVED):
             return 0
     highest: dict[str, int] = {}
-    passed_over = 0
-    shown: list[tuple[object, object]] = []
+    tally = ReferenceTally()
 
     def seen(name: str, number: int) -> None:
         highest[name] = max(highest.get(name, 0), number)
@@ -268,24 +266,14 @@ def _derive_numbers(store: Store, referenced: References) -> int:
             seen(str(key[0]), int(decode_record(raw, _DATASET_KIND, _SCHEMA)[1].get("next_version", 1)) - 1)
         for key, _ in txn.scan(VERSIONS):
             seen(str(key[0]), int(key[1]))
-        for name, number in referenced(txn):
-            if number == 0:
-                continue  # no number: a spec's "the newest version"
-            named = named_version(name, number)
-            if named is None:
-                passed_over += 1
-                if len(shown) < _SHOWN_PASSED_OVER:
-                    shown.append((name, number))
-            else:
-                seen(*named)
+        for name, number in named_versions(referenced(txn), tally):
+            seen(name, number)
         for name, number in highest.items():
             put_next_number(txn, name, max(number + 1, next_number(txn, name)))
         txn.put("meta", NUMBERS_DERIVED, encode_record(NUMBERS_DERIVED[0], 1, {"at": time.time()}))
-    if passed_over:
-        log.warning(
-            "records name dataset versions that no dataset can have; their numbers are passed over",
-            extra={"references": passed_over, "shown": shown},
-        )
+    tally.warn_passed_over(
+        log, "records name dataset versions that no dataset can have; their numbers are passed over"
+    )
     if highest:
         log.info("derived the next version numbers of datasets", extra={"datasets": len(highest)})
     return len(highest)

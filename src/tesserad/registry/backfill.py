@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from tesserad.errors import TesseraError
-from tesserad.names import named_version
+from tesserad.names import ReferenceTally, named_versions
 from tesserad.registry.ensembles import Member, index_members, parse_ensemble_spec
 from tesserad.registry.lineage import DELETED_PARENT_KIND, DELETED_PARENT_SCHEMA, mark_parent_deleted
 from tesserad.registry.records import MODEL_KIND, SCHEMA, VersionRecord, decode_version
@@ -84,10 +84,8 @@ MARKERS: dict[Key, int] = {
     NUMBERS_RETIRED: 4,
 }
 # The (model, version) pairs the store's records outside the registry name, as those records hold
-# them: the pass keeps only those that can name a version (`named_version`).
+# them: the pass keeps only those that can name a version (`named_versions`).
 References = Callable[[ReadTxn], Iterable[tuple[object, object]]]
-# The references passed over that a warning shows; it counts them all.
-_SHOWN_PASSED_OVER = 10
 # Versions read per write transaction of the member index's and the marks' backfills.
 _INDEX_BATCH = 512
 
@@ -222,25 +220,16 @@ def backfill_retired_numbers(store: Store, referenced: References) -> int:
             return 0
         started = time.monotonic()
         highest: dict[str, int] = {}
-        read = passed_over = 0
-        shown: list[tuple[object, object]] = []
-        for name, number in itertools.chain(_registry_references(txn), referenced(txn)):
-            read += 1
-            if number == 0:
-                # No version: the latest of a model that has none (the change feed's).
-                continue
-            named = named_version(name, number)
-            if named is None:
-                passed_over += 1
-                if len(shown) < _SHOWN_PASSED_OVER:
-                    shown.append((name, number))
-                continue
-            highest[named[0]] = max(highest.get(named[0], 0), named[1])
+        tally = ReferenceTally()
+        for name, number in named_versions(
+            itertools.chain(_registry_references(txn), referenced(txn)), tally
+        ):
+            highest[name] = max(highest.get(name, 0), number)
         # Every record that can name a version is read, once: on a large store, start-up's wait.
         log.info(
             "read the model versions the store's records name",
             extra={
-                "references": read,
+                "references": tally.read,
                 "models": len(highest),
                 "seconds": round(time.monotonic() - started, 1),
             },
@@ -255,11 +244,9 @@ def backfill_retired_numbers(store: Store, referenced: References) -> int:
             else:
                 kept += raise_retired_number(txn, name, number + 1)
         txn.put("meta", NUMBERS_RETIRED, encode_record(NUMBERS_RETIRED[0], 1, {}))
-    if passed_over:
-        log.warning(
-            "records name model versions that no model can have; their numbers are passed over",
-            extra={"references": passed_over, "shown": shown},
-        )
+    tally.warn_passed_over(
+        log, "records name model versions that no model can have; their numbers are passed over"
+    )
     if kept:
         log.info("kept the version numbers of models deleted before", extra={"models": kept})
     if raised:
