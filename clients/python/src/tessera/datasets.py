@@ -20,6 +20,7 @@ from tessera.transfer import (
     ResumableDownloadSink,
     bytes_chunks,
     check_chunk_size,
+    check_same_file,
     file_chunks,
     file_digest,
     sent_too_much,
@@ -171,8 +172,8 @@ class ArraysSink:
     def start(self, header: pb.DatasetVersion) -> None:
         if self._header is None:
             self._header = header
-        elif (header.sha256, header.size_bytes) != (self._header.sha256, self._header.size_bytes):
-            raise self.changed(f"sha256 {self._header.sha256}, now {header.sha256}")
+        else:
+            check_same_file(self._header, header, self.changed)
         self._stream_from = len(self._data)
 
     def changed(self, how: str) -> DataLoss:

@@ -100,6 +100,13 @@ class FileHeader(Protocol):
 H = TypeVar("H", bound=FileHeader)
 
 
+def check_same_file(first: FileHeader, header: FileHeader, changed: Callable[[str], DataLoss]) -> None:
+    """A later header of a download (a stream after a reconnect) must name the file its first
+    header did: else the error `changed` makes of what says so."""
+    if (header.sha256, header.size_bytes) != (first.sha256, first.size_bytes):
+        raise changed(f"sha256 {first.sha256}, now {header.sha256}")
+
+
 def check_free(path: Path, overwrite: bool) -> None:
     """FileExistsError for a file at `path` unless `overwrite` (a link left there, even a
     dangling one, is there too)."""
@@ -302,8 +309,7 @@ class ResumableDownloadSink(Generic[H]):
         recorded as what the partial file will hold; a later one (after a reconnect) must name
         the same file."""
         if self._header is not None:
-            if (header.sha256, header.size_bytes) != (self._header.sha256, self._header.size_bytes):
-                raise self.changed(f"sha256 {self._header.sha256}, now {header.sha256}")
+            check_same_file(self._header, header, self.changed)
             self._stream_from = self.size
             return
         if self._kept is not None:
