@@ -10,6 +10,7 @@ import json
 import os
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ import pytest
 
 import tessera
 from tessera import transfer
+from tessera.v1 import training_pb2
+from tests.integration.sdk.download_resume import partials
 from tests.integration.sdk.test_node_client import (
     NODE_CLIENT,
     node_json,
@@ -98,20 +101,58 @@ def weights(tmp_path: Path) -> Path:
     return path
 
 
-def partials(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+@dataclass(frozen=True)
+class LoggedWeights:
+    """A run with `weights` logged as its artifact weights.bin, and the arguments of a Node
+    downloadArtifact of it to `out` (run id, path, directory)."""
+
+    run_id: str
+    artifact: training_pb2.RunArtifact
+    args: str
+
+
+@pytest.fixture
+def logged(client, weights, out) -> LoggedWeights:
+    run_id = client.training.create_run("resume").run_id
+    artifact = client.training.log_artifact(run_id, weights)
+    return LoggedWeights(run_id, artifact, f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}")
+
+
+# A download's options that cut it once past half way (see node_download_cut) and let it reconnect
+# no more: it gives up, its bytes kept.
+GIVE_UP_AT_HALF = f"progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0"
+
+
+def node_download_through_a_cut(
+    daemon, proxy_to, download: str, before_the_cut: Callable[[], object] = lambda: None
+) -> Any:
+    """The result of the Node `download` (a download call, cutAtHalf its progress callback) through
+    a proxy cut once it is past half way, `before_the_cut` run first."""
+    proxy = proxy_to(daemon.daemon.port)
+
+    def at_half() -> None:
+        before_the_cut()
+        proxy.cut()
+
+    return node_download_cut(proxy.target, download, at_half)
+
+
+def python_resume(daemon, run_id: str, out: Path) -> list[int]:
+    """A Python download of run_id's weights.bin to `out` with resume=True: the bytes done at
+    each progress report."""
+    resumed_from: list[int] = []
+    with tessera.Client(daemon.target, timeout=30) as direct:
+        direct.training.download_artifact(
+            run_id, "weights.bin", out, resume=True, progress=lambda done, _: resumed_from.append(done)
+        )
+    return resumed_from
 
 
 def test_node_artifact_download_cut_midway_reconnects_and_goes_on_from_the_bytes_written(
-    node_ready, daemon, client, proxy_to, out, weights
+    node_ready, daemon, proxy_to, out, weights, logged
 ):
-    run_id = client.training.create_run("resume").run_id
-    client.training.log_artifact(run_id, weights)
     proxy = proxy_to(daemon.daemon.port)
-    call = (
-        f"client.downloadArtifact({json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}, "
-        f"{{ progress: cutAtHalf, chunkSize: {CHUNK} }})"
-    )
+    call = f"client.downloadArtifact({logged.args}, {{ progress: cutAtHalf, chunkSize: {CHUNK} }})"
     found = node_download_cut(proxy.target, call, proxy.cut)
     assert "ok" in found, found
     assert proxy.cuts == 1
@@ -148,23 +189,17 @@ def test_node_model_download_cut_midway_reconnects_and_goes_on_from_the_bytes_wr
 
 
 def test_node_artifact_download_that_gave_up_keeps_its_bytes_for_resume(
-    node_ready, daemon, client, proxy_to, out, weights
+    node_ready, daemon, proxy_to, out, weights, logged
 ):
-    run_id = client.training.create_run("resume").run_id
-    client.training.log_artifact(run_id, weights)
-    proxy = proxy_to(daemon.daemon.port)
-    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
-    gave_up = node_download_cut(
-        proxy.target,
-        f"client.downloadArtifact({args}, {{ progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0 }})",
-        proxy.cut,
+    gave_up = node_download_through_a_cut(
+        daemon, proxy_to, f"client.downloadArtifact({logged.args}, {{ {GIVE_UP_AT_HALF} }})"
     )
     assert gave_up["code"] == "UNAVAILABLE", gave_up
     assert "bytes are kept in " in gave_up["message"], gave_up["message"]
     assert gave_up["message"].endswith("; download again with resume: true)"), gave_up["message"]
     assert not (out / "weights.bin").exists() and partials(out)
     resumed = node_download(
-        daemon.target, f"client.downloadArtifact({args}, {{ resume: true, progress: record }})"
+        daemon.target, f"client.downloadArtifact({logged.args}, {{ resume: true, progress: record }})"
     )
     assert "ok" in resumed, resumed
     assert (out / "weights.bin").read_bytes() == weights.read_bytes()
@@ -178,12 +213,9 @@ def test_node_resume_into_the_partial_file_of_another_model_version_is_refused_a
     first = big_onnx(tmp_path / "big.onnx")
     client.models.push("big", first)
     client.models.push("big", big_onnx(tmp_path / "second.onnx", seed=1))
-    proxy = proxy_to(daemon.daemon.port)
     file = json.dumps(str(out / "big.onnx"))
-    gave_up = node_download_cut(
-        proxy.target,
-        f"client.downloadVersion('big', {file}, {{ version: 1, progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0 }})",
-        proxy.cut,
+    gave_up = node_download_through_a_cut(
+        daemon, proxy_to, f"client.downloadVersion('big', {file}, {{ version: 1, {GIVE_UP_AT_HALF} }})"
     )
     assert gave_up["code"] == "UNAVAILABLE", gave_up
     kept = {name: (out / name).read_bytes() for name in partials(out)}
@@ -207,12 +239,11 @@ def test_node_model_download_by_alias_names_it_as_the_python_sdk_does(
 ):
     client.models.push("big", big_onnx(tmp_path / "big.onnx"))
     client.models.set_alias("big", "production", 1)
-    proxy = proxy_to(daemon.daemon.port)
     file = json.dumps(str(out / "big.onnx"))
-    gave_up = node_download_cut(
-        proxy.target,
-        f"client.downloadVersion('big', {file}, {{ alias: 'production', progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0 }})",
-        proxy.cut,
+    gave_up = node_download_through_a_cut(
+        daemon,
+        proxy_to,
+        f"client.downloadVersion('big', {file}, {{ alias: 'production', {GIVE_UP_AT_HALF} }})",
     )
     assert gave_up["code"] == "UNAVAILABLE", gave_up
     assert "(gave up downloading big version production after 0 reconnects" in gave_up["message"], gave_up[
@@ -221,55 +252,41 @@ def test_node_model_download_by_alias_names_it_as_the_python_sdk_does(
 
 
 def test_node_artifact_stored_again_smaller_midway_is_refused_as_changed_and_keeps_the_bytes(
-    node_ready, daemon, client, proxy_to, out, weights, tmp_path
+    node_ready, daemon, client, proxy_to, out, weights, tmp_path, logged
 ):
     """The reconnect asks for bytes past the end of the file now stored (OUT_OF_RANGE): the
     artifact changed, and the bytes of it as it was stay, a resume refused as of another file."""
-    run_id = client.training.create_run("resume").run_id
-    client.training.log_artifact(run_id, weights)
     smaller = tmp_path / "smaller" / "weights.bin"
     smaller.parent.mkdir()
     smaller.write_bytes(b"stored again")
-    proxy = proxy_to(daemon.daemon.port)
-
-    def store_again_and_cut() -> None:
-        client.training.log_artifact(run_id, smaller)
-        proxy.cut()
-
-    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
-    changed = node_download_cut(
-        proxy.target,
-        f"client.downloadArtifact({args}, {{ progress: cutAtHalf, chunkSize: {CHUNK} }})",
-        store_again_and_cut,
+    changed = node_download_through_a_cut(
+        daemon,
+        proxy_to,
+        f"client.downloadArtifact({logged.args}, {{ progress: cutAtHalf, chunkSize: {CHUNK} }})",
+        lambda: client.training.log_artifact(logged.run_id, smaller),
     )
     assert changed["code"] == "DATA_LOSS", changed
     message = changed["message"]
-    assert f"artifact weights.bin of run {run_id} changed while it was downloading" in message, message
+    assert f"artifact weights.bin of run {logged.run_id} changed while it was downloading" in message, message
     assert "(it now ends before byte " in message and message.endswith("without resume: true"), message
     assert not (out / "weights.bin").exists()
     (partial,) = (p for p in out.iterdir() if p.name.endswith(".partial"))
     assert weights.read_bytes().startswith(partial.read_bytes()) and partial.stat().st_size
-    refused = node_download(daemon.target, f"client.downloadArtifact({args}, {{ resume: true }})")
+    refused = node_download(daemon.target, f"client.downloadArtifact({logged.args}, {{ resume: true }})")
     assert "the partial download " in refused.get("message", ""), refused
-    assert "ok" in node_download(daemon.target, f"client.downloadArtifact({args})")
+    assert "ok" in node_download(daemon.target, f"client.downloadArtifact({logged.args})")
     assert (out / "weights.bin").read_bytes() == b"stored again"
     assert partials(out) == []
 
 
 def test_node_download_without_resume_starts_again_from_the_first_byte(
-    node_ready, daemon, client, proxy_to, out, weights
+    node_ready, daemon, proxy_to, out, weights, logged
 ):
-    run_id = client.training.create_run("resume").run_id
-    client.training.log_artifact(run_id, weights)
-    proxy = proxy_to(daemon.daemon.port)
-    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
-    node_download_cut(
-        proxy.target,
-        f"client.downloadArtifact({args}, {{ progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0 }})",
-        proxy.cut,
+    node_download_through_a_cut(
+        daemon, proxy_to, f"client.downloadArtifact({logged.args}, {{ {GIVE_UP_AT_HALF} }})"
     )
     again = node_download(
-        daemon.target, f"client.downloadArtifact({args}, {{ progress: record, chunkSize: {CHUNK} }})"
+        daemon.target, f"client.downloadArtifact({logged.args}, {{ progress: record, chunkSize: {CHUNK} }})"
     )
     assert "ok" in again, again
     assert again["progress"][0] == CHUNK
@@ -277,44 +294,21 @@ def test_node_download_without_resume_starts_again_from_the_first_byte(
     assert partials(out) == []
 
 
-def test_python_resumes_what_a_node_download_kept(node_ready, daemon, client, proxy_to, out, weights):
+def test_python_resumes_what_a_node_download_kept(node_ready, daemon, proxy_to, out, weights, logged):
     """One partial file and record beside the file, named and written as the Python SDK's."""
-    run_id = client.training.create_run("resume").run_id
-    client.training.log_artifact(run_id, weights)
-    proxy = proxy_to(daemon.daemon.port)
-    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
-    node_download_cut(
-        proxy.target,
-        f"client.downloadArtifact({args}, {{ progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0 }})",
-        proxy.cut,
+    node_download_through_a_cut(
+        daemon, proxy_to, f"client.downloadArtifact({logged.args}, {{ {GIVE_UP_AT_HALF} }})"
     )
-    resumed_from: list[int] = []
-    with tessera.Client(daemon.target, timeout=30) as direct:
-        direct.training.download_artifact(
-            run_id, "weights.bin", out, resume=True, progress=lambda done, _: resumed_from.append(done)
-        )
+    resumed_from = python_resume(daemon, logged.run_id, out)
     assert resumed_from[0] >= weights.stat().st_size // 2
     assert (out / "weights.bin").read_bytes() == weights.read_bytes()
     assert partials(out) == []
 
 
-def test_node_resumes_what_a_python_download_kept(node_ready, daemon, client, proxy_to, out, weights):
-    run_id = client.training.create_run("resume").run_id
-    client.training.log_artifact(run_id, weights)
-    proxy = proxy_to(daemon.daemon.port)
-
-    def cut_at_half(done: int, total: int) -> None:
-        if done >= total // 2 and not proxy.cuts:
-            proxy.cut()
-
-    with (
-        tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as direct,
-        pytest.raises(tessera.Unavailable),
-    ):
-        direct.training.download_artifact(run_id, "weights.bin", out, progress=cut_at_half, chunk_size=CHUNK)
-    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
+def test_node_resumes_what_a_python_download_kept(node_ready, daemon, client, proxy_to, out, weights, logged):
+    python_cut_at(client, proxy_to, daemon, logged.run_id, out, 2)
     resumed = node_download(
-        daemon.target, f"client.downloadArtifact({args}, {{ resume: true, progress: record }})"
+        daemon.target, f"client.downloadArtifact({logged.args}, {{ resume: true, progress: record }})"
     )
     assert "ok" in resumed, resumed
     assert resumed["progress"][0] >= weights.stat().st_size // 2
@@ -343,27 +337,53 @@ def python_sink(out: Path, resume: bool) -> transfer.ResumableDownloadSink[Any]:
     return transfer.ResumableDownloadSink(out / "weights.bin", None, True, resume, lambda _: "weights.bin")
 
 
+def python_resume_finds_bytes_kept(out: Path) -> bool:
+    """Whether a Python download to out/weights.bin with resume=True would go on from bytes kept."""
+    again = python_sink(out, resume=True)
+    try:
+        return again.resuming()
+    finally:
+        again.abort(KeyboardInterrupt())
+
+
+class PythonResumeWritingOn:
+    """A Python resume to out/weights.bin, holding its partial file, that writes the next MiB of
+    `blob` on from the bytes kept when `write_on` runs, without writing their record again."""
+
+    def __init__(self, out: Path, artifact: training_pb2.RunArtifact, blob: bytes) -> None:
+        self.sink = python_sink(out, resume=True)
+        self.artifact = artifact
+        self.blob = blob
+
+    def write_on(self) -> None:
+        self.sink.start(self.artifact)
+        self.sink.write(self.blob[self.sink.size : self.sink.size + (1 << 20)])
+
+    def cut(self) -> int:
+        """Stops it as a broken stream does, its bytes kept: how many it had written."""
+        written = self.sink.size
+        self.sink.abort(tessera.Unavailable("cut"))
+        return written
+
+
 def test_node_resume_while_a_python_download_writes_the_partial_file_never_lands_a_wrong_file(
-    node_ready, daemon, client, proxy_to, out, weights
+    node_ready, daemon, client, proxy_to, out, weights, logged
 ):
     """A Python download (which locks the partial file, a lock Node cannot see) starts again from
     the first byte on the partial file a Node resume went on from, then is stopped: the Node
     download ends with the file whole or refused, never with bytes the Python one wrote over."""
-    run_id = client.training.create_run("resume").run_id
-    artifact = client.training.log_artifact(run_id, weights)
-    python_cut_at(client, proxy_to, daemon, run_id, out, 2)
+    python_cut_at(client, proxy_to, daemon, logged.run_id, out, 2)
     blob = weights.read_bytes()
     holder = python_sink(out, resume=False)
 
     def python_starts_again() -> None:
-        holder.start(artifact)
+        holder.start(logged.artifact)
         holder.write(blob[: len(blob) // 4])
         holder.abort(KeyboardInterrupt())
 
-    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
     found = node_download_cut(
         daemon.target,
-        f"client.downloadArtifact({args}, {{ resume: true, progress: cutAtHalf, chunkSize: {CHUNK} }})",
+        f"client.downloadArtifact({logged.args}, {{ resume: true, progress: cutAtHalf, chunkSize: {CHUNK} }})",
         python_starts_again,
     )
     if "ok" in found:
@@ -374,110 +394,82 @@ def test_node_resume_while_a_python_download_writes_the_partial_file_never_lands
 
 
 def test_node_download_keeps_the_record_of_a_python_download_it_did_not_go_on_from(
-    node_ready, daemon, client, proxy_to, out, weights
+    node_ready, daemon, out, weights, logged
 ):
     """A Python download to the same file starts while a Node one runs, and is cut after it
     ended: its bytes and their record stay for its resume."""
-    run_id = client.training.create_run("resume").run_id
-    artifact = client.training.log_artifact(run_id, weights)
     blob = weights.read_bytes()
     holder = python_sink(out, resume=False)
 
     def python_writes_half() -> None:
-        holder.start(artifact)
+        holder.start(logged.artifact)
         holder.write(blob[: len(blob) // 2])
 
-    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
     found = node_download_cut(
         daemon.target,
-        f"client.downloadArtifact({args}, {{ progress: cutAtHalf, chunkSize: {CHUNK} }})",
+        f"client.downloadArtifact({logged.args}, {{ progress: cutAtHalf, chunkSize: {CHUNK} }})",
         python_writes_half,
     )
     assert "ok" in found, found
     assert (out / "weights.bin").read_bytes() == blob
     holder.abort(tessera.Unavailable("cut"))
-    again = python_sink(out, resume=True)
-    try:
-        assert again.resuming()
-    finally:
-        again.abort(KeyboardInterrupt())
+    assert python_resume_finds_bytes_kept(out)
 
 
 def test_node_resume_that_gives_up_keeps_every_byte_at_the_partial_files_name(
-    node_ready, daemon, client, proxy_to, out, weights
+    node_ready, daemon, client, proxy_to, out, weights, logged
 ):
-    run_id = client.training.create_run("resume").run_id
-    client.training.log_artifact(run_id, weights)
-    python_cut_at(client, proxy_to, daemon, run_id, out, 4)
-    proxy = proxy_to(daemon.daemon.port)
-    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
-    gave_up = node_download_cut(
-        proxy.target,
-        f"client.downloadArtifact({args}, {{ resume: true, progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0 }})",
-        proxy.cut,
+    python_cut_at(client, proxy_to, daemon, logged.run_id, out, 4)
+    gave_up = node_download_through_a_cut(
+        daemon, proxy_to, f"client.downloadArtifact({logged.args}, {{ resume: true, {GIVE_UP_AT_HALF} }})"
     )
     assert gave_up["code"] == "UNAVAILABLE", gave_up
     partial, record = transfer.partial_names(out / "weights.bin")
     assert partials(out) == sorted([partial.name, record.name])
     assert partial.stat().st_size >= weights.stat().st_size // 2
-    resumed_from: list[int] = []
-    with tessera.Client(daemon.target, timeout=30) as direct:
-        direct.training.download_artifact(
-            run_id, "weights.bin", out, resume=True, progress=lambda done, _: resumed_from.append(done)
-        )
+    resumed_from = python_resume(daemon, logged.run_id, out)
     assert resumed_from[0] >= weights.stat().st_size // 2
     assert (out / "weights.bin").read_bytes() == weights.read_bytes()
     assert partials(out) == []
 
 
 def test_node_resume_gives_the_file_the_permissions_of_a_new_one(
-    node_ready, daemon, client, proxy_to, out, weights
+    node_ready, daemon, client, proxy_to, out, logged
 ):
     """As the Python SDK's: a partial file kept private gets, once it is the file, those a file
     the download created would have."""
-    run_id = client.training.create_run("resume").run_id
-    client.training.log_artifact(run_id, weights)
-    python_cut_at(client, proxy_to, daemon, run_id, out, 2)
+    python_cut_at(client, proxy_to, daemon, logged.run_id, out, 2)
     partial, _ = transfer.partial_names(out / "weights.bin")
     partial.chmod(0o600)
-    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
-    assert "ok" in node_download(daemon.target, f"client.downloadArtifact({args}, {{ resume: true }})")
+    assert "ok" in node_download(daemon.target, f"client.downloadArtifact({logged.args}, {{ resume: true }})")
     umask = os.umask(0o077)
     os.umask(umask)
     assert stat.S_IMODE((out / "weights.bin").stat().st_mode) == 0o666 & ~umask
 
 
 def test_node_download_into_a_missing_directory_names_the_file_asked_for(
-    node_ready, daemon, client, tmp_path, weights
+    node_ready, daemon, tmp_path, logged
 ):
-    run_id = client.training.create_run("resume").run_id
-    client.training.log_artifact(run_id, weights)
     file = tmp_path / "absent" / "weights.bin"
     refused = node_download(
         daemon.target,
-        f"client.downloadArtifact({json.dumps(run_id)}, 'weights.bin', {json.dumps(str(file))})",
+        f"client.downloadArtifact({json.dumps(logged.run_id)}, 'weights.bin', {json.dumps(str(file))})",
     )
     assert refused.get("code") == "ENOENT", refused
     assert refused["message"] == f"no directory {file.parent} to write {file} in; create it first", refused
 
 
 def test_node_resume_with_every_byte_kept_reports_the_whole_file_done(
-    node_ready, daemon, client, proxy_to, out, weights
+    node_ready, daemon, proxy_to, out, weights, logged
 ):
     """No chunk is left to write: the progress callback hears of the kept bytes all the same."""
-    run_id = client.training.create_run("resume").run_id
-    client.training.log_artifact(run_id, weights)
-    proxy = proxy_to(daemon.daemon.port)
-    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
-    node_download_cut(
-        proxy.target,
-        f"client.downloadArtifact({args}, {{ progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0 }})",
-        proxy.cut,
+    node_download_through_a_cut(
+        daemon, proxy_to, f"client.downloadArtifact({logged.args}, {{ {GIVE_UP_AT_HALF} }})"
     )
     (partial,) = (p for p in out.iterdir() if p.name.endswith(".partial"))
     partial.write_bytes(weights.read_bytes())
     resumed = node_download(
-        daemon.target, f"client.downloadArtifact({args}, {{ resume: true, progress: record }})"
+        daemon.target, f"client.downloadArtifact({logged.args}, {{ resume: true, progress: record }})"
     )
     assert "ok" in resumed, resumed
     assert resumed["progress"] == [weights.stat().st_size]
@@ -485,15 +477,12 @@ def test_node_resume_with_every_byte_kept_reports_the_whole_file_done(
     assert partials(out) == []
 
 
-def test_node_download_refuses_a_chunk_size_the_request_would_garble(
-    node_ready, daemon, client, out, weights
-):
+def test_node_download_refuses_a_chunk_size_the_request_would_garble(node_ready, daemon, out, logged):
     """proto-loader sends 1.5 as 1 and 2**32 + 4096 (an int32 field) as 4096, without a word."""
-    run_id = client.training.create_run("resume").run_id
-    client.training.log_artifact(run_id, weights)
-    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
     for size in ("1.5", "-1", "2 ** 32 + 4096", "'4096'"):
-        refused = node_download(daemon.target, f"client.downloadArtifact({args}, {{ chunkSize: {size} }})")
+        refused = node_download(
+            daemon.target, f"client.downloadArtifact({logged.args}, {{ chunkSize: {size} }})"
+        )
         assert refused.get("message", "").startswith("chunkSize must be a whole number of bytes"), (
             size,
             refused,
@@ -561,79 +550,55 @@ def test_node_download_sent_more_than_the_file_names_an_ignored_offset_only_past
 
 
 def test_node_download_without_overwrite_leaves_no_temp_file_linked_beside_it(
-    node_ready, daemon, client, out, weights
+    node_ready, daemon, out, weights, logged
 ):
     """It takes its name with a hard link: the temp file's name went on naming the file."""
-    run_id = client.training.create_run("resume").run_id
-    client.training.log_artifact(run_id, weights)
-    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
-    assert "ok" in node_download(daemon.target, f"client.downloadArtifact({args}, {{ overwrite: false }})")
+    assert "ok" in node_download(
+        daemon.target, f"client.downloadArtifact({logged.args}, {{ overwrite: false }})"
+    )
     assert (out / "weights.bin").read_bytes() == weights.read_bytes()
     assert (out / "weights.bin").stat().st_nlink == 1
     assert partials(out) == []
 
 
 def test_node_resume_keeps_the_partial_file_a_python_resume_writes_meanwhile(
-    node_ready, daemon, client, proxy_to, out, weights
+    node_ready, daemon, client, proxy_to, out, weights, logged
 ):
     """A Python resume writes the partial file on without writing its record again: the Node
     resume that went on from it removed it at its end, bytes the Python one keeps for its own
     resume included."""
-    run_id = client.training.create_run("resume").run_id
-    artifact = client.training.log_artifact(run_id, weights)
-    python_cut_at(client, proxy_to, daemon, run_id, out, 4)
+    python_cut_at(client, proxy_to, daemon, logged.run_id, out, 4)
     blob = weights.read_bytes()
-    holder = python_sink(out, resume=True)
-
-    def python_writes_on() -> None:
-        holder.start(artifact)
-        holder.write(blob[holder.size : holder.size + (1 << 20)])
-
-    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
+    python = PythonResumeWritingOn(out, logged.artifact, blob)
     found = node_download_cut(
         daemon.target,
-        f"client.downloadArtifact({args}, {{ resume: true, progress: cutAtHalf, chunkSize: {CHUNK} }})",
-        python_writes_on,
+        f"client.downloadArtifact({logged.args}, {{ resume: true, progress: cutAtHalf, chunkSize: {CHUNK} }})",
+        python.write_on,
     )
     assert "ok" in found, found
     assert (out / "weights.bin").read_bytes() == blob
-    written = holder.size
-    holder.abort(tessera.Unavailable("cut"))
+    written = python.cut()
     partial, _ = transfer.partial_names(out / "weights.bin")
     assert partial.read_bytes() == blob[:written]
-    again = python_sink(out, resume=True)
-    try:
-        assert again.resuming()
-    finally:
-        again.abort(KeyboardInterrupt())
+    assert python_resume_finds_bytes_kept(out)
 
 
 def test_node_download_that_gives_up_leaves_the_partial_file_a_python_resume_writes_meanwhile(
-    node_ready, daemon, client, proxy_to, out, weights
+    node_ready, daemon, client, proxy_to, out, weights, logged
 ):
     """Its own bytes put in the partial file's place, the Python one's lost theirs."""
-    run_id = client.training.create_run("resume").run_id
-    artifact = client.training.log_artifact(run_id, weights)
-    python_cut_at(client, proxy_to, daemon, run_id, out, 4)
+    python_cut_at(client, proxy_to, daemon, logged.run_id, out, 4)
     blob = weights.read_bytes()
-    holder = python_sink(out, resume=True)
-    proxy = proxy_to(daemon.daemon.port)
-
-    def python_writes_on_and_cut() -> None:
-        holder.start(artifact)
-        holder.write(blob[holder.size : holder.size + (1 << 20)])
-        proxy.cut()
-
-    args = f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}"
-    gave_up = node_download_cut(
-        proxy.target,
-        f"client.downloadArtifact({args}, {{ resume: true, progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 0 }})",
-        python_writes_on_and_cut,
+    python = PythonResumeWritingOn(out, logged.artifact, blob)
+    gave_up = node_download_through_a_cut(
+        daemon,
+        proxy_to,
+        f"client.downloadArtifact({logged.args}, {{ resume: true, {GIVE_UP_AT_HALF} }})",
+        python.write_on,
     )
     assert gave_up["code"] == "UNAVAILABLE", gave_up
     assert "bytes are kept in " not in gave_up["message"], gave_up["message"]
-    written = holder.size
-    holder.abort(tessera.Unavailable("cut"))
+    written = python.cut()
     partial, record = transfer.partial_names(out / "weights.bin")
     assert partials(out) == sorted([partial.name, record.name])
     assert partial.read_bytes() == blob[:written]
@@ -724,26 +689,22 @@ def node_resume_racing(target: str, run_id: str, out: Path, swap: str) -> Any:
 
 
 def test_node_resume_whose_partial_file_goes_before_it_is_opened_starts_again(
-    node_ready, daemon, client, proxy_to, out, weights
+    node_ready, daemon, client, proxy_to, out, weights, logged
 ):
-    run_id = client.training.create_run("resume").run_id
-    client.training.log_artifact(run_id, weights)
-    python_cut_at(client, proxy_to, daemon, run_id, out, 2)
-    found = node_resume_racing(daemon.target, run_id, out, "fs.rmSync(partial)")
+    python_cut_at(client, proxy_to, daemon, logged.run_id, out, 2)
+    found = node_resume_racing(daemon.target, logged.run_id, out, "fs.rmSync(partial)")
     assert "ok" in found, found
     assert (out / "weights.bin").read_bytes() == weights.read_bytes()
 
 
 def test_node_resume_whose_partial_file_becomes_a_link_before_it_is_opened_is_refused(
-    node_ready, daemon, client, proxy_to, out, weights, tmp_path
+    node_ready, daemon, client, proxy_to, out, tmp_path, logged
 ):
-    run_id = client.training.create_run("resume").run_id
-    client.training.log_artifact(run_id, weights)
-    python_cut_at(client, proxy_to, daemon, run_id, out, 2)
+    python_cut_at(client, proxy_to, daemon, logged.run_id, out, 2)
     elsewhere = json.dumps(str(tmp_path / "elsewhere"))
     found = node_resume_racing(
         daemon.target,
-        run_id,
+        logged.run_id,
         out,
         f"fs.renameSync(partial, {elsewhere}); fs.symlinkSync({elsewhere}, partial)",
     )
