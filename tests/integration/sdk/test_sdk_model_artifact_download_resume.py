@@ -50,6 +50,22 @@ def artifact_file(tmp_path: Path) -> Path:
     return path
 
 
+def artifact_download_that_gave_up(
+    daemon, proxy_to, out: Path, artifact_file: Path
+) -> tuple[str, tessera.Unavailable]:
+    """A run with `artifact_file` logged as weights.bin, and the error of its download to `out`
+    cut once past half way with no retry: it gave up, its bytes and their record kept in `out`."""
+    proxy = proxy_to(daemon.daemon.port)
+    with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
+        run_id = client.training.create_run("resume").run_id
+        client.training.log_artifact(run_id, artifact_file)
+        with pytest.raises(tessera.Unavailable) as gave_up:
+            client.training.download_artifact(
+                run_id, "weights.bin", out, progress=CutOnce(proxy), chunk_size=CHUNK
+            )
+    return run_id, gave_up.value
+
+
 def test_a_model_download_broken_midway_reconnects_and_goes_on_from_the_bytes_written(
     daemon, proxy_to, out, model_file
 ):
@@ -113,15 +129,8 @@ def test_resume_into_the_partial_file_of_another_model_version_is_refused_and_ke
 
 
 def test_an_artifact_download_that_gave_up_keeps_its_bytes_for_resume(daemon, proxy_to, out, artifact_file):
-    proxy = proxy_to(daemon.daemon.port)
-    with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
-        run_id = client.training.create_run("resume").run_id
-        client.training.log_artifact(run_id, artifact_file)
-        with pytest.raises(tessera.Unavailable) as gave_up:
-            client.training.download_artifact(
-                run_id, "weights.bin", out, progress=CutOnce(proxy), chunk_size=CHUNK
-            )
-    assert "resume=True" in gave_up.value.message, gave_up.value.message
+    run_id, gave_up = artifact_download_that_gave_up(daemon, proxy_to, out, artifact_file)
+    assert "resume=True" in gave_up.message, gave_up.message
     assert not (out / "weights.bin").exists() and partials(out)
     resumed_from: list[int] = []
     with tessera.Client(daemon.target, timeout=30) as client:
@@ -136,14 +145,7 @@ def test_an_artifact_download_that_gave_up_keeps_its_bytes_for_resume(daemon, pr
 def test_resume_after_the_artifact_was_stored_again_is_refused_and_keeps_the_bytes(
     daemon, proxy_to, out, artifact_file
 ):
-    proxy = proxy_to(daemon.daemon.port)
-    with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
-        run_id = client.training.create_run("resume").run_id
-        client.training.log_artifact(run_id, artifact_file)
-        with pytest.raises(tessera.Unavailable):
-            client.training.download_artifact(
-                run_id, "weights.bin", out, progress=CutOnce(proxy), chunk_size=CHUNK
-            )
+    run_id, _ = artifact_download_that_gave_up(daemon, proxy_to, out, artifact_file)
     kept = {name: (out / name).read_bytes() for name in partials(out)}
     artifact_file.write_bytes(b"stored again")
     with tessera.Client(daemon.target, timeout=30) as client:
@@ -287,14 +289,7 @@ def test_a_resume_with_every_byte_kept_reports_the_whole_file_done(
 ):
     """No chunk is left to write: the progress callback hears of the kept bytes all the same, so
     that a progress bar reaches 100%."""
-    proxy = proxy_to(daemon.daemon.port)
-    with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
-        run_id = client.training.create_run("resume").run_id
-        client.training.log_artifact(run_id, artifact_file)
-        with pytest.raises(tessera.Unavailable):
-            client.training.download_artifact(
-                run_id, "weights.bin", out, progress=CutOnce(proxy), chunk_size=CHUNK
-            )
+    run_id, _ = artifact_download_that_gave_up(daemon, proxy_to, out, artifact_file)
     (partial,) = (p for p in out.iterdir() if p.name.endswith(".partial"))
     partial.write_bytes(artifact_file.read_bytes())
     size = artifact_file.stat().st_size
