@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -469,39 +470,53 @@ def test_a_fresh_download_sent_more_than_its_headers_size_is_refused_and_leaves_
     assert not path.exists()
 
 
+class HeldWhileOpening:
+    """Downloads patched to wait, as they open their partial file, until `go_on` is set: `opening`
+    is set once one waits there, `aborted` once a partial file's abort ran, on a thread kept in
+    `abort_threads`."""
+
+    def __init__(self) -> None:
+        self.opening, self.go_on, self.aborted = threading.Event(), threading.Event(), threading.Event()
+        self.abort_threads: list[int] = []
+
+    def patch(self, monkeypatch: pytest.MonkeyPatch, wait_s: float | None) -> None:
+        """From now on, each opening waits for `go_on` (at most `wait_s`; None: for as long as it takes)."""
+        lock, abort = transfer._lock_exclusively, transfer.ResumableDownloadSink.abort
+
+        def lock_once_let_go(fd: int) -> bool:
+            self.opening.set()
+            self.go_on.wait(wait_s)
+            return lock(fd)
+
+        def recorded_abort(sink: transfer.ResumableDownloadSink[Any], error: BaseException) -> None:
+            self.abort_threads.append(threading.get_ident())
+            abort(sink, error)
+            self.aborted.set()
+
+        monkeypatch.setattr(transfer, "_lock_exclusively", lock_once_let_go)
+        monkeypatch.setattr(transfer.ResumableDownloadSink, "abort", recorded_abort)
+
+
 def test_the_partial_file_of_a_download_cancelled_while_opening_is_let_go_of_off_the_loop(
     monkeypatch, daemon, out, clips_file
 ):
-    opening, go_on, aborted = threading.Event(), threading.Event(), threading.Event()
-    lock, abort = transfer._lock_exclusively, transfer.ResumableDownloadSink.abort
-    abort_threads: list[int] = []
-
-    def lock_once_cancelled(fd: int) -> bool:
-        opening.set()
-        go_on.wait()
-        return lock(fd)
-
-    def recorded_abort(self, error: BaseException) -> None:
-        abort_threads.append(threading.get_ident())
-        abort(self, error)
-        aborted.set()
+    held = HeldWhileOpening()
 
     async def cancel_while_opening() -> int:
         async with tessera.aio.Client(daemon.target, timeout=30) as client:
             await client.datasets.push("clips", clips_file)
-            monkeypatch.setattr(transfer, "_lock_exclusively", lock_once_cancelled)
-            monkeypatch.setattr(transfer.ResumableDownloadSink, "abort", recorded_abort)
+            held.patch(monkeypatch, wait_s=None)
             download = asyncio.create_task(client.datasets.download("clips", out / "copy.npz"))
-            await asyncio.to_thread(opening.wait)
+            await asyncio.to_thread(held.opening.wait)
             download.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await download
-            go_on.set()
-            await asyncio.to_thread(aborted.wait, 30)
+            held.go_on.set()
+            await asyncio.to_thread(held.aborted.wait, 30)
         return threading.get_ident()
 
     loop_thread = asyncio.run(cancel_while_opening())
-    assert abort_threads and loop_thread not in abort_threads
+    assert held.abort_threads and loop_thread not in held.abort_threads
     assert partials(out) == []
 
 
@@ -510,31 +525,20 @@ def test_a_download_still_opening_when_asyncio_run_ends_lets_its_partial_file_go
 ):
     """asyncio.run's shutdown cancels every task left, the thread opening the partial file's
     included where that is a task: its file was then never aborted."""
-    opening, go_on, aborted = threading.Event(), threading.Event(), threading.Event()
-    lock, abort = transfer._lock_exclusively, transfer.ResumableDownloadSink.abort
-
-    def lock_once_let_go(fd: int) -> bool:
-        opening.set()
-        go_on.wait(30)
-        return lock(fd)
-
-    def recorded_abort(self, error: BaseException) -> None:
-        abort(self, error)
-        aborted.set()
+    held = HeldWhileOpening()
 
     async def end_while_opening() -> None:
         async with tessera.aio.Client(daemon.target, timeout=30) as client:
             await client.datasets.push("clips", clips_file)
-            monkeypatch.setattr(transfer, "_lock_exclusively", lock_once_let_go)
-            monkeypatch.setattr(transfer.ResumableDownloadSink, "abort", recorded_abort)
+            held.patch(monkeypatch, wait_s=30)
             asyncio.get_running_loop().create_task(client.datasets.download("clips", out / "copy.npz"))
-            await asyncio.to_thread(opening.wait)
+            await asyncio.to_thread(held.opening.wait)
         # The opening thread goes on once asyncio.run has cancelled the download left running
         # (its shutdown then waits for the executor's threads).
-        threading.Thread(target=lambda: (time.sleep(0.5), go_on.set())).start()
+        threading.Thread(target=lambda: (time.sleep(0.5), held.go_on.set())).start()
 
     asyncio.run(end_while_opening())
-    assert aborted.wait(30)
+    assert held.aborted.wait(30)
     assert partials(out) == []
 
 
