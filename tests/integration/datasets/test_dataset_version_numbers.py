@@ -20,12 +20,12 @@ from tessera.v1 import (
 from tessera.v1 import training_pb2_grpc as training_grpc
 from tesserad.datasets.numbering import NUMBERS, NUMBERS_DERIVED
 from tesserad.datasets.service import DATASETS
-from tesserad.server import STORE_TABLES
-from tesserad.store import Store, WriteTxn, decode_record, encode_record
+from tesserad.store import WriteTxn, decode_record, encode_record
 from tesserad.training.search_space import SweepParameter
-from tesserad.training.sweeps import AshaSettings, Sweep, encode_sweep
+from tesserad.training.sweeps import Sweep, encode_sweep
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.datasets.conftest import npz_bytes, upload_dataset
+from tests.integration.older_store import daemon_on, old_sweep, written_while_stopped
 from tests.integration.registry.conftest import onnx_header, onnx_identity, upload
 from tests.integration.training.conftest import TRAINING_SETTINGS, follow, job_spec, states, submit
 
@@ -49,25 +49,23 @@ def test_deleting_the_dataset_does_not_renumber(ds):
     assert got.version == 2
 
 
-def as_before_the_numbers(store_dir: Path, next_versions: dict[str, int]) -> None:
+def as_before_the_numbers(data_dir: Path, next_versions: dict[str, int]) -> None:
     """Leave the store as a daemon from before `dataset_numbers` wrote it: the numbering in each
     dataset's record, none kept for a dataset once deleted."""
-    store = Store.open(store_dir, map_size=1 << 30, tables=STORE_TABLES)
-    try:
-        with store.write() as txn:
-            txn.delete_range(NUMBERS, ())
-            assert txn.delete_range("meta", NUMBERS_DERIVED) == 1
-            for name, number in next_versions.items():
-                schema, data = decode_record(txn.get(DATASETS, (name,)), "dataset", 1)
-                data["next_version"] = number
-                txn.put(DATASETS, (name,), encode_record("dataset", schema, data))
-    finally:
-        store.close()
+
+    def write(txn: WriteTxn) -> None:
+        txn.delete_range(NUMBERS, ())
+        assert txn.delete_range("meta", NUMBERS_DERIVED) == 1
+        for name, number in next_versions.items():
+            schema, data = decode_record(txn.get(DATASETS, (name,)), "dataset", 1)
+            data["next_version"] = number
+            txn.put(DATASETS, (name,), encode_record("dataset", schema, data))
+
+    written_while_stopped(data_dir, write)
 
 
 def test_a_store_from_before_the_numbers_gets_them_at_start(data_dir):
-    first = InProcessDaemon(daemon_settings(data_dir)).start()
-    try:
+    with daemon_on(data_dir) as first:
         channel = first.channel()
         ds, registry = datasets_pb2_grpc.DatasetsStub(channel), registry_pb2_grpc.RegistryStub(channel)
         for n in (10, 11, 12):
@@ -79,23 +77,17 @@ def test_a_store_from_before_the_numbers_gets_them_at_start(data_dir):
         lineage = R.Lineage(datasets=[R.DatasetLineage(name="gone", version=2)])
         upload(registry, onnx_header("clf", data, lineage=lineage), data)
         ds.DeleteDataset(D.DeleteDatasetRequest(name="gone", force=True))
-    finally:
-        first.stop()
-    as_before_the_numbers(data_dir / "store", {"kept": 4})
+    as_before_the_numbers(data_dir, {"kept": 4})
 
-    second = InProcessDaemon(daemon_settings(data_dir)).start()
-    try:
+    with daemon_on(data_dir) as second:
         ds = datasets_pb2_grpc.DatasetsStub(second.channel())
         assert upload_dataset(ds, "kept", npz_bytes(13)).version == 4
         assert upload_dataset(ds, "gone", npz_bytes(12)).version == 3
         assert upload_dataset(ds, "new", npz_bytes(12)).version == 1
-    finally:
-        second.stop()
 
 
 def test_a_store_from_before_the_numbers_counts_what_its_jobs_name(data_dir):
-    first = InProcessDaemon(daemon_settings(data_dir, **TRAINING_SETTINGS)).start()
-    try:
+    with daemon_on(data_dir, **TRAINING_SETTINGS) as first:
         channel = first.channel()
         ds, training = datasets_pb2_grpc.DatasetsStub(channel), training_grpc.TrainingStub(channel)
         x = np.random.default_rng(3).normal(size=(48, 6)).astype(np.float32)
@@ -108,46 +100,11 @@ def test_a_store_from_before_the_numbers_counts_what_its_jobs_name(data_dir):
         assert states(follow(training, job.job_id))[-1] == training_pb2.JOB_STATE_CANCELLED
         # An ended job holds nothing: the dataset goes without force, its job record stays.
         ds.DeleteDataset(D.DeleteDatasetRequest(name="used"))
-    finally:
-        first.stop()
-    as_before_the_numbers(data_dir / "store", {})
+    as_before_the_numbers(data_dir, {})
 
-    second = InProcessDaemon(daemon_settings(data_dir)).start()
-    try:
+    with daemon_on(data_dir) as second:
         ds = datasets_pb2_grpc.DatasetsStub(second.channel())
         assert upload_dataset(ds, "used", npz_bytes(12)).version == 3
-    finally:
-        second.stop()
-
-
-def _written_while_stopped(data_dir: Path, write: Callable[[WriteTxn], None]) -> None:
-    store = Store.open(data_dir / "store", map_size=1 << 30, tables=STORE_TABLES)
-    try:
-        with store.write() as txn:
-            write(txn)
-    finally:
-        store.close()
-
-
-def _old_sweep(base: dict, sweep_id: str, parameters: list[SweepParameter] | None = None) -> Sweep:
-    """An ended sweep as a daemon stores it, its trials left out."""
-    return Sweep(
-        sweep_id=sweep_id,
-        strategy="grid",
-        metric="val_loss",
-        mode="min",
-        max_concurrent=1,
-        asha=AshaSettings(0, 0),
-        document={},
-        state="failed",
-        created_at=1.0,
-        created_by="anonymous",
-        best_job_id="",
-        rungs={},
-        trials=[],
-        base=base,
-        parameters=parameters or [],
-    )
 
 
 def _passed_by_the_first_numbers_pass_with_sweeps(*sweeps: Sweep) -> Callable[[WriteTxn], None]:
@@ -170,20 +127,19 @@ def _named(name: object, version: object) -> dict:
 
 def test_a_store_passed_without_reading_sweeps_numbers_on_past_what_their_bases_name(data_dir):
     InProcessDaemon(daemon_settings(data_dir)).start().stop()
-    swept = _old_sweep(_named("swept", 4), "sweep-old")
+    swept = old_sweep(_named("swept", 4), "sweep-old")
     # A base whose dataset a parameter sets was never checked as it stands.
-    swept_over = _old_sweep(
-        _named("swept-over", 9), "sweep-over", [SweepParameter("data.dataset.version", values=["1", "2"])]
+    swept_over = old_sweep(
+        _named("swept-over", 9),
+        "sweep-over",
+        parameters=[SweepParameter("data.dataset.version", values=["1", "2"])],
     )
-    _written_while_stopped(data_dir, _passed_by_the_first_numbers_pass_with_sweeps(swept, swept_over))
+    written_while_stopped(data_dir, _passed_by_the_first_numbers_pass_with_sweeps(swept, swept_over))
 
-    second = InProcessDaemon(daemon_settings(data_dir)).start()
-    try:
+    with daemon_on(data_dir) as second:
         ds = datasets_pb2_grpc.DatasetsStub(second.channel())
         assert upload_dataset(ds, "swept", npz_bytes(10)).version == 5
         assert upload_dataset(ds, "swept-over", npz_bytes(10)).version == 1
-    finally:
-        second.stop()
 
 
 def test_a_sweep_base_that_names_no_dataset_version_is_passed_over_with_a_warning(data_dir, caplog):
@@ -192,16 +148,13 @@ def test_a_sweep_base_that_names_no_dataset_version_is_passed_over_with_a_warnin
     it, a name no dataset can have, a digit int() refuses), beside one that names "d v5"."""
     InProcessDaemon(daemon_settings(data_dir)).start().stop()
     named = [("d", 2**64), ("d", 2**63 - 1), ("Not A Name", 3), ("d", "\u00b2"), ("d", 5)]
-    sweeps = [_old_sweep(_named(name, version), f"sweep-{n}") for n, (name, version) in enumerate(named)]
-    _written_while_stopped(data_dir, _passed_by_the_first_numbers_pass_with_sweeps(*sweeps))
+    sweeps = [old_sweep(_named(name, version), f"sweep-{n}") for n, (name, version) in enumerate(named)]
+    written_while_stopped(data_dir, _passed_by_the_first_numbers_pass_with_sweeps(*sweeps))
     caplog.set_level("INFO", logger="tesserad.datasets")
 
-    second = InProcessDaemon(daemon_settings(data_dir)).start()
-    try:
+    with daemon_on(data_dir) as second:
         ds = datasets_pb2_grpc.DatasetsStub(second.channel())
         assert upload_dataset(ds, "d", npz_bytes(10)).version == 6
-    finally:
-        second.stop()
     [warning] = [r for r in caplog.records if r.levelname == "WARNING" and "passed over" in r.getMessage()]
     assert warning.references == 4
     assert set(warning.shown) == {("d", 2**64), ("d", 2**63 - 1), ("Not A Name", 3), ("d", "\u00b2")}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 
 import grpc
 
@@ -16,12 +15,12 @@ from tesserad.cli import main as tesserad_main
 from tesserad.registry.backfill import NUMBERS_RETIRED
 from tesserad.registry.records import MODEL_KIND, SCHEMA
 from tesserad.registry.tables import MODELS, RETIRED_NUMBERS
-from tesserad.server import STORE_TABLES
-from tesserad.store import Store, WriteTxn, decode_record, encode_record
+from tesserad.store import WriteTxn, decode_record, encode_record
 from tesserad.store.schema import SCHEMA_KEY, recorded_schema
 from tesserad.training.search_space import SweepParameter
-from tesserad.training.sweeps import AshaSettings, Sweep, Trial, encode_sweep, encode_trial
+from tesserad.training.sweeps import Trial, encode_sweep, encode_trial
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.older_store import daemon_on, old_sweep, written_while_stopped
 from tests.integration.registry.conftest import (
     onnx_header,
     onnx_identity,
@@ -85,11 +84,8 @@ def test_an_expected_version_kept_from_before_the_delete_is_refused(stub):
 @contextlib.contextmanager
 def _serving(data_dir) -> Iterator[tuple[InProcessDaemon, registry_pb2_grpc.RegistryStub]]:
     """A daemon on `data_dir` and a registry stub to it, stopped at the end."""
-    running = InProcessDaemon(daemon_settings(data_dir)).start()
-    try:
+    with daemon_on(data_dir) as running:
         yield running, registry_pb2_grpc.RegistryStub(running.channel())
-    finally:
-        running.stop()
 
 
 def test_a_restart_keeps_the_numbers_deleted_models_reached(data_dir):
@@ -114,15 +110,6 @@ def test_a_model_created_again_by_an_older_tesserad_leaves_the_higher_number_kep
     assert upload_versions(stub, "m", 1)[0].version == 4
 
 
-def _written_while_stopped(data_dir, write: Callable[[WriteTxn], None]) -> None:
-    store = Store.open(data_dir / "store", map_size=2**30, tables=STORE_TABLES)
-    try:
-        with store.write() as txn:
-            write(txn)
-    finally:
-        store.close()
-
-
 def _without_retired_numbers(txn: WriteTxn) -> None:
     """The store as a tesserad from before retired numbers left it: no deleted model's number
     kept, and no start has yet derived them."""
@@ -131,7 +118,7 @@ def _without_retired_numbers(txn: WriteTxn) -> None:
 
 
 def _as_left_by_a_tesserad_from_before_retired_numbers(data_dir) -> None:
-    _written_while_stopped(data_dir, _without_retired_numbers)
+    written_while_stopped(data_dir, _without_retired_numbers)
 
 
 def _created_again_from_1_by_an_older_tesserad(daemon: InProcessDaemon, stub, model: str) -> None:
@@ -143,6 +130,15 @@ def _created_again_from_1_by_an_older_tesserad(daemon: InProcessDaemon, stub, mo
         del fields["first_event"]
         fields.update(first_version=1, next_version=1, next_event=1)
         txn.put(MODELS, (model,), encode_record(MODEL_KIND, SCHEMA, fields))
+
+
+def _m_deleted_and_created_again_from_1_by_an_older_tesserad(daemon: InProcessDaemon, stub) -> None:
+    """Model "m" with 3 versions, deleted and created again from 1 by an older tesserad, which
+    leaves the number kept for the name (4) as it is: it numbers "m" from 1 again."""
+    upload_versions(stub, "m", 3)
+    stub.DeleteModel(R.DeleteModelRequest(name="m"))
+    _created_again_from_1_by_an_older_tesserad(daemon, stub, "m")
+    assert upload_versions(stub, "m", 1, width=5)[0].version == 1
 
 
 def _deleted_with_a_child_naming_its_newest(stub, model: str, versions: int) -> None:
@@ -200,26 +196,6 @@ def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_the_change_feed
         assert upload_versions(stub, "m", 1, width=5)[0].version == 3
 
 
-def _old_sweep(base: dict, trials: list[Trial], sweep_id: str = "sweep-old") -> Sweep:
-    """An ended sweep as a daemon stores it."""
-    return Sweep(
-        sweep_id=sweep_id,
-        strategy="grid",
-        metric="val_loss",
-        mode="min",
-        max_concurrent=1,
-        asha=AshaSettings(0, 0),
-        document={},
-        state="failed",
-        created_at=1.0,
-        created_by="anonymous",
-        best_job_id="",
-        rungs={},
-        trials=trials,
-        base=base,
-    )
-
-
 def _sweep_naming_deleted_models(txn: WriteTxn) -> None:
     """What an older tesserad left of a sweep that names versions of models it deleted: its base
     starts from "swept v4", and its trial, set by a client to start from "trial-parent v6", could
@@ -231,12 +207,13 @@ def _sweep_naming_deleted_models(txn: WriteTxn) -> None:
         state="failed",
         error="spec.init_from: model 'trial-parent' does not exist",
     )
-    sweep = _old_sweep({"init_from": {"model": "swept", "version": 4}}, [trial])
+    sweep = old_sweep({"init_from": {"model": "swept", "version": 4}}, "sweep-old", [trial])
     txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep))
     txn.put("sweep_trials", (sweep.sweep_id, 0), encode_trial(trial))
     # A base whose init_from a parameter sets was never checked as it stands.
-    swept_over = replace(
-        _old_sweep({"init_from": {"model": "swept-over", "version": 9}}, [], "sweep-over"),
+    swept_over = old_sweep(
+        {"init_from": {"model": "swept-over", "version": 9}},
+        "sweep-over",
         parameters=[SweepParameter("init_from.version", values=["1", "2"])],
     )
     txn.put("sweeps", (swept_over.sweep_id,), encode_sweep(swept_over))
@@ -249,7 +226,7 @@ def test_a_model_deleted_before_the_upgrade_numbers_on_past_what_sweeps_name(dat
         _without_retired_numbers(txn)
         _sweep_naming_deleted_models(txn)
 
-    _written_while_stopped(data_dir, left)
+    written_while_stopped(data_dir, left)
     caplog.set_level("INFO", logger="tesserad.registry")
 
     with _serving(data_dir) as (_, stub):
@@ -276,14 +253,14 @@ def test_a_reference_that_names_no_version_is_passed_over_with_a_warning(data_di
         {"model": "m", "version": "\u00b2"},
         {"model": "m", "version": 5},
     ]
-    sweeps = [_old_sweep({"init_from": parent}, [], f"sweep-{n}") for n, parent in enumerate(named)]
+    sweeps = [old_sweep({"init_from": parent}, f"sweep-{n}") for n, parent in enumerate(named)]
 
     def left(txn: WriteTxn) -> None:
         txn.delete("meta", NUMBERS_RETIRED)
         for sweep in sweeps:
             txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep))
 
-    _written_while_stopped(data_dir, left)
+    written_while_stopped(data_dir, left)
     caplog.set_level("INFO", logger="tesserad.registry")
 
     with _serving(data_dir) as (_, stub):
@@ -326,7 +303,7 @@ def test_the_params_a_client_logs_on_a_jobs_run_number_no_model(data_dir):
         upload_versions(stub, "live", 2)
     # A version far past the model's, and a digit int() refuses: neither is a number the store keeps.
     for version, expected in (("1000", 3), ("\u00b2", 4)):
-        _written_while_stopped(
+        written_while_stopped(
             data_dir, _job_run_logging({"fine_tune.model": "live", "fine_tune.version": version})
         )
         with _serving(data_dir) as (_, stub):
@@ -356,13 +333,9 @@ def test_a_model_an_older_tesserad_created_again_from_1_numbers_on_past_what_the
 
 def test_a_number_kept_for_a_name_an_older_tesserad_created_again_is_past_at_the_next_start(data_dir):
     with _serving(data_dir) as (first, stub):
-        upload_versions(stub, "m", 3)
-        stub.DeleteModel(R.DeleteModelRequest(name="m"))
-        # Created again from 1 by an older tesserad, which leaves the kept number (4) as it is.
-        _created_again_from_1_by_an_older_tesserad(first, stub, "m")
-        assert upload_versions(stub, "m", 1, width=5)[0].version == 1
+        _m_deleted_and_created_again_from_1_by_an_older_tesserad(first, stub)
     # That older tesserad wrote the store, so the next start derives the numbers again.
-    _written_while_stopped(data_dir, lambda txn: txn.delete("meta", NUMBERS_RETIRED))
+    written_while_stopped(data_dir, lambda txn: txn.delete("meta", NUMBERS_RETIRED))
 
     with _serving(data_dir) as (_, stub):
         assert upload_versions(stub, "m", 1, width=6)[0].version == 4
@@ -385,15 +358,12 @@ def _written_by_schema_3(txn: WriteTxn) -> None:
 
 def test_a_model_a_schema_3_tesserad_created_again_from_1_is_numbered_on_at_the_next_start(data_dir):
     with _serving(data_dir) as (first, stub):
-        upload_versions(stub, "m", 3)
-        stub.DeleteModel(R.DeleteModelRequest(name="m"))
         # A tesserad of schema 3 from before this pass creates the name again from 1. It writes
         # numbers_skipped and first_event into no record, so it takes a store this one opened no
         # longer: here it is as if it had, recording schema 3 under the store's token.
-        _created_again_from_1_by_an_older_tesserad(first, stub, "m")
-        assert upload_versions(stub, "m", 1, width=5)[0].version == 1
+        _m_deleted_and_created_again_from_1_by_an_older_tesserad(first, stub)
 
-    _written_while_stopped(data_dir, _written_by_schema_3)
+    written_while_stopped(data_dir, _written_by_schema_3)
 
     with _serving(data_dir) as (_, stub):
         assert upload_versions(stub, "m", 1, width=6)[0].version == 4
@@ -402,10 +372,7 @@ def test_a_model_a_schema_3_tesserad_created_again_from_1_is_numbered_on_at_the_
 def test_a_backup_a_schema_3_tesserad_made_is_restored_and_its_numbers_passed_again(tmp_path, capsys):
     archive = tmp_path / "backup.tar"
     with _serving(tmp_path / "source") as (source, stub):
-        upload_versions(stub, "m", 3)
-        stub.DeleteModel(R.DeleteModelRequest(name="m"))
-        _created_again_from_1_by_an_older_tesserad(source, stub, "m")
-        assert upload_versions(stub, "m", 1, width=5)[0].version == 1
+        _m_deleted_and_created_again_from_1_by_an_older_tesserad(source, stub)
         # The store as a tesserad of schema 3 backs it up: its record and the manifest say 3.
         with source.daemon._store.write() as txn:
             _written_by_schema_3(txn)
@@ -417,15 +384,12 @@ def test_a_backup_a_schema_3_tesserad_made_is_restored_and_its_numbers_passed_ag
 
     with _serving(restored) as (_, stub):
         assert upload_versions(stub, "m", 1, width=6)[0].version == 4
-    _written_while_stopped(restored, lambda txn: _recorded_schema_is(txn, 4))
+    written_while_stopped(restored, lambda txn: _recorded_schema_is(txn, 4))
 
 
 def test_a_store_marked_by_the_first_numbers_pass_is_passed_again(data_dir):
     with _serving(data_dir) as (first, stub):
-        upload_versions(stub, "m", 3)
-        stub.DeleteModel(R.DeleteModelRequest(name="m"))
-        _created_again_from_1_by_an_older_tesserad(first, stub, "m")
-        assert upload_versions(stub, "m", 1, width=5)[0].version == 1
+        _m_deleted_and_created_again_from_1_by_an_older_tesserad(first, stub)
 
     def marked_by_the_first_pass(txn: WriteTxn) -> None:
         # The first pass (its own marker) kept deleted names' numbers and left live models alone.
@@ -434,7 +398,7 @@ def test_a_store_marked_by_the_first_numbers_pass_is_passed_again(data_dir):
             "meta", ("model_numbers_retired_derived",), encode_record("model_numbers_retired_derived", 1, {})
         )
 
-    _written_while_stopped(data_dir, marked_by_the_first_pass)
+    written_while_stopped(data_dir, marked_by_the_first_pass)
 
     with _serving(data_dir) as (_, stub):
         assert upload_versions(stub, "m", 1, width=6)[0].version == 4
@@ -479,7 +443,7 @@ def test_a_history_page_token_from_before_the_delete_shows_none_of_the_moves_aft
             row = {"next_version": 3, "next_event": 5}
             txn.put(RETIRED_NUMBERS, ("m",), encode_record(RETIRED_NUMBERS, 1, row))
         recorded = _feed_recorded(stub)
-    _written_while_stopped(data_dir, lambda txn: txn.delete("meta", NUMBERS_RETIRED))
+    written_while_stopped(data_dir, lambda txn: txn.delete("meta", NUMBERS_RETIRED))
 
     with _serving(data_dir) as (_, stub):
         # Numbering its events on is no alias moved for watchers.
