@@ -4,7 +4,7 @@ that says who waits for it."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +12,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from tesserad.errors import NotFound, Unavailable
+from tesserad.serving.pool import ServableVersion
+from tesserad.serving.service import DeploymentPlan
 from tesserad.serving.signature import Signature, TensorSpec
 
 LINEAR_W = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
@@ -90,3 +93,45 @@ class HeldArtifact:
         self.inside.set()
         assert self.release.wait(30)
         yield self.path
+
+
+class Versions:
+    """A VersionSource of ONNX versions of 'm', which a test deletes from `versions`."""
+
+    def __init__(self, versions: dict[int, ServableVersion]) -> None:
+        self.versions = versions
+
+    def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
+        number = version if version is not None else max(self.versions, default=0)
+        if number not in self.versions:
+            raise NotFound(f"model 'm' has no version {number}")
+        return self.versions[number]
+
+    def known_servable(self, model: str, version: int) -> ServableVersion | None:
+        return self.servable(model, version, None)
+
+    def deployment(self, model: str) -> DeploymentPlan | None:
+        return None
+
+    def model_names(self) -> list[str]:
+        return ["m"]
+
+    def model_identity(self, model: str) -> Hashable:
+        return 1
+
+
+class UnreadableVersions(Versions):
+    """Versions whose reads fail (Unavailable, a registry out of reach) while `failing` is set;
+    `reads` counts the reads of a version by its number."""
+
+    def __init__(self, versions: dict[int, ServableVersion]) -> None:
+        super().__init__(versions)
+        self.failing = False
+        self.reads = 0
+
+    def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
+        if version is not None:
+            self.reads += 1
+        if self.failing:
+            raise Unavailable("the registry cannot be reached")
+        return super().servable(model, version, alias)

@@ -7,17 +7,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from serving_fakes import UnreadableVersions
 
 from tesserad import server
 from tesserad.api import follow
 from tesserad.api.follow import Follower
 from tesserad.config import ReplicaSettings
-from tesserad.errors import NotFound, Unavailable
+from tesserad.errors import Unavailable
 from tesserad.serving.pool import (
     LoadState,
     ModelPool,
@@ -26,34 +27,7 @@ from tesserad.serving.pool import (
     ServingDefaults,
     servable_file,
 )
-from tesserad.serving.service import REFRESH_RETRY_MAX_S, DeploymentPlan, InferenceService, Target
-
-
-class UnreadableModel:
-    """A VersionSource of 'm' version 1 whose reads fail (Unavailable) while `failing` is set."""
-
-    def __init__(self, version: ServableVersion) -> None:
-        self.version = version
-        self.failing = False
-
-    def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
-        if self.failing:
-            raise Unavailable("the registry cannot be reached")
-        if version not in (None, 1):
-            raise NotFound(f"model 'm' has no version {version}")
-        return self.version
-
-    def known_servable(self, model: str, version: int) -> ServableVersion | None:
-        return self.servable(model, version, None)
-
-    def deployment(self, model: str) -> DeploymentPlan | None:
-        return None
-
-    def model_names(self) -> list[str]:
-        return ["m"]
-
-    def model_identity(self, model: str) -> Hashable:
-        return 1
+from tesserad.serving.service import REFRESH_RETRY_MAX_S, InferenceService, Target
 
 
 class ClockBrokenOnce:
@@ -80,7 +54,7 @@ def test_a_sweep_that_raised_sweeps_again_and_ends_cleanly_when_cancelled(
     """A pass that raised ended the sweep silently: later failed refreshes waited for a request
     (a deleted model gets none), and the stop re-raised the error and closed nothing after it."""
     monkeypatch.setattr(server, "SOURCE_RETRY_S", 0)
-    source = UnreadableModel(servable_file("m", 1, "onnx", linear_onnx))
+    source = UnreadableVersions({1: servable_file("m", 1, "onnx", linear_onnx)})
     clock = ClockBrokenOnce()
     service = InferenceService(
         source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True, clock=clock
@@ -123,7 +97,7 @@ def test_a_replicas_retry_of_failed_loads_that_raised_retries_again(
     refresh waited for a registry change that may never come."""
     monkeypatch.setattr(follow, "RETRY_FIRST_S", 0)
     monkeypatch.setattr(follow, "RETRY_MAX_S", 0)
-    source = UnreadableModel(servable_file("m", 1, "onnx", linear_onnx))
+    source = UnreadableVersions({1: servable_file("m", 1, "onnx", linear_onnx)})
     clock = ClockBrokenOnce()
     service = InferenceService(
         source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True, clock=clock
@@ -175,7 +149,7 @@ def test_the_sweep_retries_failed_loads_on_a_primary_only(
     """A replica's sweep retried its failed loads too, beside its follower, which does so only
     while the primary is there: against a primary gone, and undoing the follower's backoff."""
     monkeypatch.setattr(server, "SOURCE_RETRY_S", 0)
-    source = UnreadableModel(servable_file("m", 1, "onnx", linear_onnx))
+    source = UnreadableVersions({1: servable_file("m", 1, "onnx", linear_onnx)})
     service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True)
     service.pool.list_failure("m", 1, Unavailable("the registry could not be read"), "")
 
@@ -215,7 +189,7 @@ def test_an_unload_that_ends_a_versions_run_of_failures_drops_its_retry_wait(
     version = ServableVersion("m", 1, "onnx", unreachable, artifact_sha256="a" * 64)
     clock = ClockBrokenOnce()  # stands: the second failure's wait never passes
     pool = ModelPool(ServingDefaults(intra_op_threads=1), None, clock=clock)
-    service = InferenceService(UnreadableModel(version), pool, autoload=True, clock=clock)
+    service = InferenceService(UnreadableVersions({1: version}), pool, autoload=True, clock=clock)
     try:
         with pytest.raises(Unavailable):
             service.load(Target("m", 1), ServingConfig())

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from serving_fakes import ArrivalLock, HeldArtifact
+from serving_fakes import ArrivalLock, HeldArtifact, UnreadableVersions, Versions
 
 from tesserad.errors import NotFound, TesseraError, Unavailable
 from tesserad.registry.ensembles import EnsembleSpec, Member
@@ -37,51 +37,14 @@ from tesserad.serving.service import DeploymentPlan, InferenceService, Target, V
 from tesserad.serving.signature import Signature
 
 
-class OneVersion:
-    """A VersionSource of one ONNX version, 'm' version 1."""
+class OneVersion(Versions):
+    """A VersionSource of one ONNX version, 'm' version 1, which it gives whatever version is asked."""
 
     def __init__(self, path: Path) -> None:
-        self.version = servable_file("m", 1, "onnx", path)
+        super().__init__({1: servable_file("m", 1, "onnx", path)})
 
     def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
-        return self.version
-
-    def known_servable(self, model: str, version: int) -> ServableVersion | None:
-        return self.servable(model, version, None)
-
-    def deployment(self, model: str) -> DeploymentPlan | None:
-        return None
-
-    def model_names(self) -> list[str]:
-        return ["m"]
-
-    def model_identity(self, model: str) -> Hashable:
-        return 1
-
-
-class Versions:
-    """A VersionSource of ONNX versions of 'm', which a test deletes from `versions`."""
-
-    def __init__(self, versions: dict[int, ServableVersion]) -> None:
-        self.versions = versions
-
-    def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
-        number = version if version is not None else max(self.versions, default=0)
-        if number not in self.versions:
-            raise NotFound(f"model 'm' has no version {number}")
-        return self.versions[number]
-
-    def known_servable(self, model: str, version: int) -> ServableVersion | None:
-        return self.servable(model, version, None)
-
-    def deployment(self, model: str) -> DeploymentPlan | None:
-        return None
-
-    def model_names(self) -> list[str]:
-        return ["m"]
-
-    def model_identity(self, model: str) -> Hashable:
-        return 1
+        return self.versions[1]
 
 
 @pytest.fixture
@@ -328,23 +291,6 @@ def clocked_service(
     refreshed = threading.Event()
     service.add_deletion_listener(lambda model, identity: None, lambda model: refreshed.set())
     return service, now, refreshed
-
-
-class UnreadableVersions(Versions):
-    """Versions whose reads fail (Unavailable, a registry out of reach) while `failing` is set;
-    `reads` counts the reads of a version by its number."""
-
-    def __init__(self, versions: dict[int, ServableVersion]) -> None:
-        super().__init__(versions)
-        self.failing = False
-        self.reads = 0
-
-    def servable(self, model: str, version: int | None, alias: str | None) -> ServableVersion:
-        if version is not None:
-            self.reads += 1
-        if self.failing:
-            raise Unavailable("the registry cannot be reached")
-        return super().servable(model, version, alias)
 
 
 def test_while_the_source_fails_requests_ask_it_once_an_interval_and_follow_it_once_readable(
