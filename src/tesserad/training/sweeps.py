@@ -91,6 +91,9 @@ MAX_SUBMIT_FAILURES = 3
 # The run tag of a pruned trial's run, its value the rung epoch: its job ends cancelled, as one a
 # user cancelled does.
 PRUNED_TAG = "tessera.pruned_at_epoch"
+# The ends of a job that ended on its own before its prune's cancel reached it: its trial is
+# counted as it ended, not pruned, as Optuna and Ray Tune count a trial that completed or errored.
+OWN_ENDS = ("succeeded", "failed")
 
 
 @dataclass(frozen=True)
@@ -1014,17 +1017,17 @@ class Sweeps:
 
     def _prune(self, job_id: str, epoch: int) -> None:
         # Tagged before the cancel: once the job shows cancelled, its run says it was pruned.
-        # Under the lock `_settle` takes a trial's end under: a job that succeeded first is not
-        # tagged, and one that succeeds after the tag has it removed there.
+        # Under the lock `_settle` takes a trial's end under: a job that ended on its own first is
+        # not tagged, and one that ends so after the tag has it removed there.
         with self._lock:
-            if self._jobs.get(job_id).state == "succeeded":
+            if self._jobs.get(job_id).state in OWN_ENDS:
                 return
             self._tag_pruned(job_id, {PRUNED_TAG: str(epoch)}, [])
         try:
             self._jobs.cancel(job_id)
         except FailedPrecondition:  # it ended meanwhile: on its own, it was not pruned
             with self._lock:
-                if self._jobs.get(job_id).state == "succeeded":
+                if self._jobs.get(job_id).state in OWN_ENDS:
                     self._tag_pruned(job_id, {}, [PRUNED_TAG])
 
     def _tag_pruned(self, job_id: str, tags: dict[str, str], remove: builtins.list[str]) -> None:
@@ -1041,8 +1044,9 @@ class Sweeps:
         """Take the job's state, and its last metric once it ended (an epoch event may have been missed)."""
         before = (trial.state, trial.pruned, trial.metric, trial.has_metric)
         trial.state = job.state
-        if job.state == "succeeded" and trial.pruned:
-            # It ended on its own (its max_steps, early stopping) before the prune's cancel reached it.
+        if job.state in OWN_ENDS and trial.pruned:
+            # It ended on its own (its max_steps, early stopping, an error) before the prune's
+            # cancel reached it.
             trial.pruned, trial.pruned_at = False, 0
             self._tag_pruned(job.job_id, {}, [PRUNED_TAG])
         if job.state in ENDED and sweep.metric in job.metrics:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import statistics
 import threading
 import time
@@ -10,6 +11,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import psutil
 import pytest
 
 from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2, training_pb2, training_pb2_grpc
@@ -633,6 +635,58 @@ def test_a_trial_that_ran_to_its_end_is_not_counted_nor_tagged_pruned(
     for trial in sweep.trials:
         run_id = training.GetJob(S.GetJobRequest(job_id=trial.job_id)).run_id
         assert "tessera.pruned_at_epoch" not in training.GetRun(S.GetRunRequest(run_id=run_id)).tags
+
+
+def _asha_grid(epochs: int) -> S.SweepSpec:
+    """Two trials one at a time: the second (lr 1e-7) barely moves from the same initial weights,
+    so it trails the first at ASHA's first rung (epoch 1) and is pruned there."""
+    return S.SweepSpec(
+        base=job_spec("mlp", epochs=epochs),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        pruner=S.SWEEP_PRUNER_ASHA,
+        parameters=[sweep_values("optimizer.lr", "0.05", "0.0000001")],
+        max_concurrent=1,
+        metric="train_loss",
+        asha=S.AshaSettings(min_epochs=1, reduction_factor=2),
+    )
+
+
+def _worker_pids() -> set[int]:
+    """The daemon's job workers: the children of its fork server (training.worker_start)."""
+    return {
+        child.pid
+        for child in psutil.Process().children(recursive=True)
+        if "forkserver" in " ".join(child.parent().cmdline())
+    }
+
+
+def test_a_pruned_trial_that_failed_before_its_cancel_is_failed_not_pruned(
+    training: training_pb2_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its worker crashes between the prune and its cancel: the trial failed on its own, as Optuna
+    # and Ray Tune count a trial that errored (FAILED, ERROR), whatever a pruner had decided. It
+    # was shown pruned at epoch 1, its run tagged so, though its job and run say it failed.
+    prune = sweeps.Sweeps._prune
+
+    def crashing_first(self: sweeps.Sweeps, job_id: str, epoch: int) -> None:
+        (pid,) = _worker_pids()
+        psutil.Process(pid).send_signal(signal.SIGSEGV)
+        deadline = time.monotonic() + 60
+        while self._jobs.get(job_id).state != "failed":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        prune(self, job_id, epoch)
+
+    monkeypatch.setattr(sweeps.Sweeps, "_prune", crashing_first)
+    sweep = wait_sweep(training, training.SubmitSweep(S.SubmitSweepRequest(spec=_asha_grid(40))).sweep_id)
+    assert [(t.state, t.pruned, t.pruned_at_epoch) for t in sweep.trials] == [
+        (S.JOB_STATE_SUCCEEDED, False, 0),
+        (S.JOB_STATE_FAILED, False, 0),
+    ]
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED and sweep.best_job_id == sweep.trials[0].job_id
+    run_id = training.GetJob(S.GetJobRequest(job_id=sweep.trials[1].job_id)).run_id
+    run = training.GetRun(S.GetRunRequest(run_id=run_id))
+    assert run.status == S.RUN_STATUS_FAILED and "tessera.pruned_at_epoch" not in run.tags
 
 
 def test_a_running_trial_is_shown_running(training: training_pb2_grpc.TrainingStub) -> None:

@@ -2803,7 +2803,9 @@ class SweepTrial(_message.Message):
     metric: _builtins.float
     has_metric: _builtins.bool
     pruned: _builtins.bool
-    """ASHA stopped it early."""
+    """The pruner (ASHA, Hyperband) stopped it early: its job was cancelled. A trial whose job
+    ended on its own (succeeded or failed) before the cancel reached it is not pruned.
+    """
     number: _builtins.int
     """Its place in the sweep, from 0."""
     pruned_at_epoch: _builtins.int
