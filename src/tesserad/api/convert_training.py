@@ -504,8 +504,10 @@ def sweep_to_proto(sweep: Sweep) -> pb.Sweep:
         error=sweep.error,
     )
     json_format.ParseDict(sweep.document, message.spec, ignore_unknown_fields=True)
-    # The seed the searcher draws from, also where the daemon drew it (or, before it did, 0).
-    message.spec.seed = sweep.seed
+    # The seed the searcher draws from, also where the daemon drew it (or, before it did, 0);
+    # none for a grid given none, which draws nothing.
+    if sweep.seed is not None:
+        message.spec.seed = sweep.seed
     return message
 
 

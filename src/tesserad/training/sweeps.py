@@ -112,7 +112,7 @@ class SweepRequest:
     max_concurrent: int
     metric: str
     mode: str  # min, max or "" for the metric's usual direction
-    seed: int | None  # None: drawn at submit, and stored
+    seed: int | None  # None: drawn at submit, and stored (a grid draws nothing: none is drawn)
     asha: AshaSettings
     document: dict[str, Any]  # the sweep spec as stored and returned (the API's form)
     pruner: str = ""  # "", asha or hyperband
@@ -169,7 +169,7 @@ class Sweep:
     base: dict[str, Any] = field(default_factory=dict)  # the plain base spec (searchers that draw later)
     parameters: list[SweepParameter] = field(default_factory=list)
     max_trials: int = 0
-    seed: int = 0
+    seed: int | None = 0  # None: a grid sweep given none, as it draws nothing
     pbt: PbtSettings | None = None
     brackets: list[int] = field(default_factory=list)  # Hyperband: trials per bracket in a round
     error: str = ""  # why it stopped starting trials before its search was done (it ends failed)
@@ -711,11 +711,14 @@ class Sweeps:
             raise InvalidArgument(f"spec.pbt is set but the strategy is {request.strategy.upper()}, not PBT")
         pbt = pbt_settings(request.pbt, request.max_trials) if searcher == "pbt" else None
         # As Optuna and Ray Tune draw afresh unless seeded; stored, so a restart draws on from it
-        # and the answer names it, for the sweep to be repeated.
-        seed = random.SystemRandom().randrange(2**31) if request.seed is None else request.seed
+        # and the answer names it, for the sweep to be repeated. A grid draws nothing (Ray Tune's
+        # grid_search): a seed drawn for it would claim to repeat what no seed changes.
+        seed = request.seed
+        if seed is None and searcher != "grid":
+            seed = random.SystemRandom().randrange(2**31)
         if searcher in PLANNED:
             points = plan_points(
-                searcher, request.parameters, request.max_trials, seed, strategy=request.strategy
+                searcher, request.parameters, request.max_trials, seed or 0, strategy=request.strategy
             )
             checked = points
         else:
@@ -788,7 +791,7 @@ class Sweeps:
             mode=request.mode or default_mode(metric),
             max_concurrent=max_concurrent,
             asha=asha,
-            document={**request.document, "seed": str(seed)},
+            document={**request.document, **({} if seed is None else {"seed": str(seed)})},
             state="running",
             created_at=time.time(),
             created_by=actor,
@@ -1137,7 +1140,7 @@ class Sweeps:
                 sweep.parameters,
                 past_trials(sweep.trials),
                 sweep.mode,
-                sweep.seed,
+                sweep.seed or 0,  # drawn at submit for every searcher but grid
                 sweep.max_trials,
                 consider_pruned=bool(sweep.pruner),
             )

@@ -155,6 +155,30 @@ def test_a_refusal_after_the_seed_was_drawn_names_the_seed(training: training_pb
     assert seeded.value.details() == drawn.value.details().removesuffix(seed[0])
 
 
+def test_a_grid_sweep_draws_no_seed(training: training_pb2_grpc.TrainingStub) -> None:
+    # A grid draws nothing (as Ray Tune's grid_search): a seed drawn for it was answered and kept,
+    # claiming the sweep is repeated by it. One the client set is kept as given.
+    def submitted(**fields: Any) -> S.Sweep:
+        spec = S.SweepSpec(
+            base=job_spec("mlp", epochs=1),
+            strategy=S.SWEEP_STRATEGY_GRID,
+            parameters=[sweep_values("optimizer.lr", "0.01")],
+            metric="train_loss",
+            **fields,
+        )
+        return training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+
+    unseeded = submitted()
+    assert not unseeded.spec.HasField("seed")
+    ended = wait_sweep(training, unseeded.sweep_id)
+    assert ended.state == S.SWEEP_STATE_SUCCEEDED and not ended.spec.HasField("seed")
+    listed = training.ListSweeps(S.ListSweepsRequest(page_size=1000)).sweeps
+    assert not next(s for s in listed if s.sweep_id == unseeded.sweep_id).spec.HasField("seed")
+    seeded = submitted(seed=7)
+    assert seeded.spec.HasField("seed") and seeded.spec.seed == 7
+    assert wait_sweep(training, seeded.sweep_id).spec.seed == 7
+
+
 @pytest.mark.parametrize(
     ("change", "words"),
     [

@@ -2723,7 +2723,8 @@ class SweepSpec(_message.Message):
     mode: _job_spec_pb2.OptimizeMode.ValueType
     seed: _builtins.int
     """Seeds the searcher's draws: the same seed over the same space draws the same trials. Unset,
-    the daemon draws one at submit and answers it in the sweep's spec, so the sweep can be repeated.
+    the daemon draws one at submit and answers it in the sweep's spec, so the sweep can be repeated;
+    a grid draws nothing, so none is drawn for it (one set is kept as given, and changes nothing).
     """
     pruner: Global___SweepPruner.ValueType
     @_builtins.property
