@@ -1004,12 +1004,18 @@ class Sweeps:
                     # that trial alone, however many trials reached a rung).
                     try:
                         self._save(sweep, head=False)
+                    except TesseraError as exc:  # the store full: the operator's to fix, not a crash
+                        log.warning(
+                            "a sweep trial's epoch result could not be stored; its next write stores it",
+                            extra={"sweep_id": sweep.sweep_id, "trial": trial.number, "error": exc.message},
+                        )
                     finally:
                         if prunes:
                             # Started once its row says it was pruned: a crash before leaves no
                             # cancelled trial whose row does not say so. Where the store refused
-                            # the row (full), started all the same: the trial is pruned in memory,
-                            # its later epochs are passed over, and the next save writes its row.
+                            # the row, started all the same: the trial is pruned in memory, its
+                            # later epochs are passed over, and its end's write (from the store's
+                            # reserve) stores its row.
                             threading.Thread(
                                 target=self._prune, args=(job.job_id, trial.pruned_at), daemon=True
                             ).start()

@@ -15,6 +15,7 @@ import psutil
 
 from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
 from tests.integration.training.conftest import job_spec, upload_standard_datasets
+from tests.integration.training.test_job_finish import kill_hook_env
 
 S = training_pb2
 ENV = {"TESSERA_TRAINING_CPU_SLOTS": "2", "TESSERA_TRAINING_THREADS_PER_SLOT": "1"}
@@ -173,3 +174,51 @@ def test_a_sweep_killed_while_it_submits_its_first_trials_keeps_them(
     sweep = training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep_id))
     stored = training.ListJobs(S.ListJobsRequest(sweep_id=sweep_id, page_size=1000)).jobs
     assert stored and sorted(j.job_id for j in stored) == sorted(t.job_id for t in sweep.trials if t.job_id)
+
+
+def test_a_trial_pruned_just_before_a_sigkill_is_cancelled_at_the_next_start(
+    spawn_daemon: Any, tmp_path: Path
+) -> None:
+    # The prune is stored in the trial's row, then the daemon dies before its run is tagged and
+    # its job cancelled: the next start finishes the prune, so the trial is neither run on to its
+    # end nor counted as anything but pruned.
+    env = {**ENV, **kill_hook_env("pruned_saved")}
+    daemon = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path), env=env
+    )
+    channel = grpc.insecure_channel(daemon.wait_serving())
+    upload_standard_datasets(channel)
+    training = training_pb2_grpc.TrainingStub(channel)
+    # The second trial (lr 1e-7) barely moves from the same initial weights: it trails the first
+    # at ASHA's first rung (epoch 1), and is pruned there.
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=40),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        pruner=S.SWEEP_PRUNER_ASHA,
+        parameters=[
+            S.SweepParameter(path="optimizer.lr", values=S.SweepValues(values=["0.05", "0.0000001"]))
+        ],
+        max_concurrent=1,
+        metric="train_loss",
+        asha=S.AshaSettings(min_epochs=1, reduction_factor=2),
+    )
+    sweep_id = training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id
+    assert daemon.process.wait(120) == -signal.SIGKILL
+    channel.close()
+
+    _, channel = _start(spawn_daemon, tmp_path)
+    training = training_pb2_grpc.TrainingStub(channel)
+    deadline = time.monotonic() + 120
+    while (after := training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id))).state == S.SWEEP_STATE_RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert after.state == S.SWEEP_STATE_SUCCEEDED and after.best_job_id == after.trials[0].job_id
+    assert [(t.state, t.pruned, t.pruned_at_epoch) for t in after.trials] == [
+        (S.JOB_STATE_SUCCEEDED, False, 0),
+        (S.JOB_STATE_CANCELLED, True, 1),
+    ]
+    pruned = training.GetJob(S.GetJobRequest(job_id=after.trials[1].job_id))
+    assert pruned.state == S.JOB_STATE_CANCELLED and pruned.epoch < 40
+    run = training.GetRun(S.GetRunRequest(run_id=pruned.run_id))
+    assert run.tags["tessera.pruned_at_epoch"] == "1"
+    channel.close()

@@ -16,7 +16,7 @@ import pytest
 
 from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2, training_pb2, training_pb2_grpc
 from tesserad.errors import InvalidArgument, ResourceExhausted
-from tesserad.store import WriteTxn
+from tesserad.store import WriteTxn, decode_record
 from tesserad.training import sweeps
 from tesserad.training.job_records import ENDED
 from tesserad.training.jobs import Jobs
@@ -153,6 +153,25 @@ def test_a_refusal_after_the_seed_was_drawn_names_the_seed(training: training_pb
     with pytest.raises(grpc.RpcError) as seeded:
         training.SubmitSweep(S.SubmitSweepRequest(spec=spec(seed=int(seed[1]))), timeout=60)
     assert seeded.value.details() == drawn.value.details().removesuffix(seed[0])
+
+
+def test_a_refusal_at_its_length_limit_keeps_the_seed_that_repeats_it(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    # The trial's values are echoed in the refusal: a long one brings it to the messages' limit,
+    # whose middle is left out; the seed that repeats the draw, at its end, must stay.
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1),
+        strategy=S.SWEEP_STRATEGY_RANDOM,
+        parameters=[sweep_values("optimizer.weight_decay", "-1." + "0" * 4000)],
+        max_trials=1,
+        metric="train_loss",
+    )
+    with pytest.raises(grpc.RpcError) as drawn:
+        training.SubmitSweep(S.SubmitSweepRequest(spec=spec), timeout=60)
+    details = drawn.value.details()
+    assert "bytes left out" in details
+    assert re.search(r" \(seed (\d+) was drawn: set seed = \1 to repeat this draw\)$", details)
 
 
 def test_a_grid_sweep_draws_no_seed(training: training_pb2_grpc.TrainingStub) -> None:
@@ -711,6 +730,53 @@ def test_a_pruned_trial_that_failed_before_its_cancel_is_failed_not_pruned(
     run_id = training.GetJob(S.GetJobRequest(job_id=sweep.trials[1].job_id)).run_id
     run = training.GetRun(S.GetRunRequest(run_id=run_id))
     assert run.status == S.RUN_STATUS_FAILED and "tessera.pruned_at_epoch" not in run.tags
+
+
+def test_a_prune_whose_save_the_store_refused_still_prunes_and_is_stored_at_its_end(
+    training: training_pb2_grpc.TrainingStub,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The store refuses the row that says the trial was pruned (full): the trial is pruned all
+    # the same, its job cancelled and its run tagged, and the row written with its end.
+    put = WriteTxn.put
+    refused: list[int] = []
+
+    def refusing_the_prune(txn: WriteTxn, table: str, key: Any, value: bytes, **kwargs: Any) -> bool:
+        if table == "sweep_trials" and not refused:
+            trial = decode_record(value, sweeps.TRIAL_KIND, sweeps.TRIAL_SCHEMA)[1]
+            if trial["pruned"]:
+                refused.append(trial["number"])
+                raise ResourceExhausted("the store is full")
+        return put(txn, table, key, value, **kwargs)
+
+    monkeypatch.setattr(WriteTxn, "put", refusing_the_prune)
+    sweep_id = training.SubmitSweep(S.SubmitSweepRequest(spec=_asha_grid(40))).sweep_id
+    sweep = wait_sweep(training, sweep_id)
+    assert refused == [1]
+    stored = training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id))  # ended: read from the store
+    for shown in (sweep, stored):
+        assert [(t.state, t.pruned, t.pruned_at_epoch) for t in shown.trials] == [
+            (S.JOB_STATE_SUCCEEDED, False, 0),
+            (S.JOB_STATE_CANCELLED, True, 1),
+        ]
+    assert stored.state == S.SWEEP_STATE_SUCCEEDED and stored.best_job_id == stored.trials[0].job_id
+    job = training.GetJob(S.GetJobRequest(job_id=stored.trials[1].job_id))
+    assert job.epoch < 40
+    run = training.GetRun(S.GetRunRequest(run_id=job.run_id))
+    assert run.tags["tessera.pruned_at_epoch"] == "1"
+    # A full store is the operator's to fix, said once as such: not a listener's crash, traceback and all.
+    said = [
+        (r.levelname, r.getMessage(), getattr(r, "error", ""))
+        for r in caplog.records
+        if r.name == sweeps.__name__
+    ]
+    assert (
+        "WARNING",
+        "a sweep trial's epoch result could not be stored; its next write stores it",
+        "the store is full",
+    ) in said
+    assert not [r for r in caplog.records if r.getMessage() == "a job listener failed"]
 
 
 def test_a_running_trial_is_shown_running(training: training_pb2_grpc.TrainingStub) -> None:

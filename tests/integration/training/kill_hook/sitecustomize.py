@@ -14,6 +14,8 @@ TESSERA_TEST_KILL_AT set stops at that point of a training job's end.
   and its sweep taking it: it logs "test hold: a trial ended", then logs "test hold: sweep read"
   at each GetSweep that comes meanwhile (before answering it), and goes on once the file named by
   TESSERA_TEST_HOLD_RELEASE exists.
+- "pruned_saved": the daemon SIGKILLs itself once a sweep trial's prune is stored in its row
+  (its run not yet tagged, its job not yet cancelled).
 
 Python imports `sitecustomize` at start-up; the hook patches the modules as they are first
 imported, so the daemon starts as it always does. For a daemon's kill point the variable is
@@ -95,6 +97,13 @@ def _patch_sweeps_hold(module: ModuleType) -> None:
     module.Sweeps.get = said_get
 
 
+def _patch_sweeps_prune(module: ModuleType) -> None:
+    def killing_prune(self: Any, job_id: str, epoch: int) -> None:
+        _die()
+
+    module.Sweeps._prune = killing_prune
+
+
 def _patch_registration(module: ModuleType) -> None:
     register = module.JobRegistration.register
 
@@ -125,6 +134,7 @@ _PATCHES = {
     "stop_after_final_checkpoint": ("tesserad.training.jobs", _patch_jobs_stop),
     "worker_final_checkpoint": ("tesserad.training.loop", _patch_trainer),
     "hold_sweep_at_trial_end": ("tesserad.training.sweeps", _patch_sweeps_hold),
+    "pruned_saved": ("tesserad.training.sweeps", _patch_sweeps_prune),
 }
 
 
