@@ -241,6 +241,8 @@ def searcher_and_pruner(strategy: str, pruner: str) -> tuple[str, str]:
 
 def check_searcher_space(searcher: str, parameters: list[SweepParameter]) -> None:
     check_space(parameters)
+    for p in parameters:
+        check_path(p.path)
     for i, p in enumerate(parameters):
         # Checked by name: the extremes checked at submit are whole, the values drawn between are not
         # (a grid takes no ranges, and says so).
@@ -436,6 +438,34 @@ def _without_early_stopping_0(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if k != "early_stopping"}
 
 
+def check_path(path: str) -> None:
+    """Refuse a path that names no single value field of JobSpec, as `_set_path` would: whatever
+    its values, so before any trial is drawn (not as a draw's refusal, which names the seed)."""
+    *parents, leaf = path.split(".")
+    fields: Mapping[str, SpecField] = SPEC_FIELDS
+    inline = ""
+    for part in parents:
+        spec_field = fields.get(part)
+        if spec_field is None or spec_field.kind != "message":
+            raise _no_field(path, part)
+        fields, inline = spec_field.fields, spec_field.inline
+    spec_field = fields.get(leaf)
+    if not (inline and leaf == inline) and (
+        spec_field is None or spec_field.kind != "value" or spec_field.value_type is None
+    ):
+        raise _no_value_field(path, leaf)
+
+
+def _no_field(path: str, part: str) -> InvalidArgument:
+    return InvalidArgument(f"spec.parameters: {path!r} does not name a field of JobSpec (at {part!r})")
+
+
+def _no_value_field(path: str, leaf: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"spec.parameters: {path!r} does not name a single value field of JobSpec (at {leaf!r}){_full_paths(path)}"
+    )
+
+
 def _set_path(spec: dict[str, Any], path: str, text: str) -> None:
     where = f"spec.parameters: {path!r}"
     *parents, leaf = path.split(".")
@@ -445,7 +475,7 @@ def _set_path(spec: dict[str, Any], path: str, text: str) -> None:
     for part in parents:
         spec_field = fields.get(part)
         if spec_field is None or spec_field.kind != "message":
-            raise InvalidArgument(f"{where} does not name a field of JobSpec (at {part!r})")
+            raise _no_field(path, part)
         oneof = spec_field.oneof
         if oneof:
             if oneof == inline:
@@ -464,9 +494,7 @@ def _set_path(spec: dict[str, Any], path: str, text: str) -> None:
         return
     spec_field = fields.get(leaf)
     if spec_field is None or spec_field.kind != "value" or spec_field.value_type is None:
-        raise InvalidArgument(
-            f"{where} does not name a single value field of JobSpec (at {leaf!r}){_full_paths(path)}"
-        )
+        raise _no_value_field(path, leaf)
     value = _parse(spec_field.value_type, text)
     if value is None:
         raise InvalidArgument(
@@ -862,6 +890,7 @@ class Sweeps:
         if metric not in reported:
             raise FailedPrecondition(
                 f"spec.metric: {where} reports {', '.join(reported)} each epoch, not {metric!r}"
+                + near_choice(metric, reported)
             )
         return config
 

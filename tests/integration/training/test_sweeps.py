@@ -174,6 +174,50 @@ def test_a_refusal_at_its_length_limit_keeps_the_seed_that_repeats_it(
     assert re.search(r" \(seed (\d+) was drawn: set seed = \1 to repeat this draw\)$", details)
 
 
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        (
+            "lr",
+            "spec.parameters: 'lr' does not name a single value field of JobSpec (at 'lr'); did you mean 'optimizer.lr'?",
+        ),
+        (
+            "optimizer.nope.x",
+            "spec.parameters: 'optimizer.nope.x' does not name a field of JobSpec (at 'nope')",
+        ),
+    ],
+)
+def test_a_path_that_names_no_field_is_refused_without_a_seed_to_repeat_it(
+    path: str, words: str, training: training_pb2_grpc.TrainingStub
+) -> None:
+    # Every draw over such a path is refused: a seed named as if another draw might pass misleads.
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1),
+        strategy=S.SWEEP_STRATEGY_RANDOM,
+        parameters=[_range(path, 0.001, 0.1)],
+        max_trials=2,
+        metric="train_loss",
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        training.SubmitSweep(S.SubmitSweepRequest(spec=spec), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == words
+
+
+def test_a_metric_no_trial_reports_is_refused_naming_the_one_meant(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("optimizer.lr", "0.01")],
+        metric="val_acc",
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        training.SubmitSweep(S.SubmitSweepRequest(spec=spec), timeout=60)
+    assert info.value.details().endswith("not 'val_acc'; did you mean 'val_accuracy'?")
+
+
 def test_a_grid_sweep_draws_no_seed(training: training_pb2_grpc.TrainingStub) -> None:
     # A grid draws nothing (as Ray Tune's grid_search): a seed drawn for it was answered and kept,
     # claiming the sweep is repeated by it. One the client set is kept as given.
