@@ -319,7 +319,7 @@ def add_sweep_commands(
         "spec",
         help="SPEC.toml (SweepSpec fields: [base] is the job spec, [[parameters]] the space, values "
         "numbers, true/false or text; seed = N draws the same trials again, unset a seed is drawn and "
-        "`tessera sweeps show` names it (a grid draws nothing, so takes none)); - reads it from stdin",
+        "`tessera sweeps show` names it (a grid draws nothing: none is drawn for it)); - reads it from stdin",
     )
     sub.add_argument(
         "--follow", action="store_true", help="show the trials live, then a leaderboard and a plot"
