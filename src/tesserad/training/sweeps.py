@@ -242,7 +242,7 @@ def searcher_and_pruner(strategy: str, pruner: str) -> tuple[str, str]:
 def check_searcher_space(searcher: str, parameters: list[SweepParameter]) -> None:
     check_space(parameters)
     for p in parameters:
-        check_path(p.path)
+        _check_path(p.path)
     for i, p in enumerate(parameters):
         # Checked by name: the extremes checked at submit are whole, the values drawn between are not
         # (a grid takes no ranges, and says so).
@@ -438,7 +438,7 @@ def _without_early_stopping_0(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if k != "early_stopping"}
 
 
-def check_path(path: str) -> None:
+def _check_path(path: str) -> None:
     """Refuse a path that names no single value field of JobSpec, as `_set_path` would: whatever
     its values, so before any trial is drawn (not as a draw's refusal, which names the seed)."""
     *parents, leaf = path.split(".")
