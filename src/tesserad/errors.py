@@ -8,7 +8,9 @@ client as it is, so it must say what to fix and never carry internal detail.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 # A message travels in a response header, percent-encoded where not plain ASCII (up to 3 bytes
@@ -28,6 +30,28 @@ def bounded_message(message: str) -> str:
     head = encoded[:_HEAD_BYTES].decode(errors="ignore")
     tail = encoded[-_TAIL_BYTES:].decode(errors="ignore")
     return f"{head} [... {len(encoded) - _HEAD_BYTES - _TAIL_BYTES} bytes left out ...] {tail}"
+
+
+# How a front end says a fix in its own words: the words the fix has (or a pattern of them, whose
+# groups the new words may name as \1), and the words it says instead.
+Rewording = tuple[str | re.Pattern[str], str]
+
+
+def reworded_fix(message: str, rewordings: Iterable[Rewording]) -> str:
+    """`message` with the fix that ends it (or ends it before a closing bracket: "(the newest is
+    2; ListVersions lists them)") said in other words, by the first of `rewordings` whose words
+    end it there. The same words earlier are in a name or an error the message quotes, the
+    caller's or a model's own text, and stay as they are."""
+    ends = (len(message), len(message) - 1) if message.endswith(")") else (len(message),)
+    for said, instead in rewordings:
+        pattern = said if isinstance(said, re.Pattern) else re.compile(re.escape(said))
+        at_end = re.compile(rf"(?:{pattern.pattern})\Z", pattern.flags)
+        for end in ends:
+            found = at_end.search(message, 0, end)
+            if found:
+                words = found.expand(instead) if isinstance(said, re.Pattern) else instead
+                return message[: found.start()] + words + message[end:]
+    return message
 
 
 class TesseraError(Exception):

@@ -85,17 +85,14 @@ class _PathParameters(dict[str, str]):
 
 def in_http_words(error: errors.NotFound, request: web.Request) -> str:
     """`error`'s message with the gRPC call its fix names put as the HTTP route that does the
-    same. The fix ends the message (ListVersions' before a closing bracket): the same words
-    earlier are in a name it quotes, the caller's own text, and stay as they are."""
+    same (errors.reworded_fix: only the fix that ends the message)."""
     parameters = _PathParameters(
         {name: urllib.parse.quote(value, safe="") for name, value in request.match_info.items()}, api=PREFIX
     )
-    message = error.message
-    for grpc_words, http_words in _HTTP_FIXES:
-        before, found, after = message.rpartition(grpc_words)
-        if found and after in ("", ")"):
-            return before + http_words.format_map(parameters) + after
-    return message
+    return errors.reworded_fix(
+        error.message,
+        ((grpc_words, http_words.format_map(parameters)) for grpc_words, http_words in _HTTP_FIXES),
+    )
 
 
 def error_page(status: int, message: str) -> web.Response:

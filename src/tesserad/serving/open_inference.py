@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import re
 import time
 from collections.abc import Callable, Collection, Coroutine, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,10 +24,12 @@ from tesserad.errors import (
     InvalidArgument,
     NotFound,
     NotLoaded,
+    Rewording,
     StillLoading,
     TesseraError,
     Unavailable,
     Unimplemented,
+    reworded_fix,
 )
 from tesserad.log_settings import LogControl
 from tesserad.names import validate_name
@@ -136,7 +139,7 @@ def not_ready(target: Target, error: NotLoaded | StillLoading) -> TesseraError:
 # followed.py); a Triton client's user acts on the command that does it, or on the RPC named
 # with its service.
 _PUSH = "`tessera models push MODEL FILE`"
-_OIP_FIXES = (
+_OIP_FIXES: tuple[Rewording, ...] = (
     ("create it with CreateModel", f"register it with {_PUSH} or tessera.v1.Registry's UploadVersion"),
     (
         "create it there with CreateModel",
@@ -154,17 +157,25 @@ _OIP_FIXES = (
         "load it with RepositoryModelLoad (serving.autoload is off)",
     ),
     # Of a version named: RepositoryModelLoad loads the versions the model serves, maybe not it.
-    ("LoadModel naming version", "tessera.v1.Inference's LoadModel naming version"),
-    ("by a Predict naming version", "by an inference request naming version"),
+    (
+        re.compile(
+            r"load it with LoadModel naming version (\d+), or by a Predict naming version (\d+) "
+            r"(\(one naming no version loads the one requests are routed to\))"
+        ),
+        r"load it with tessera.v1.Inference's LoadModel naming version \1, or by an inference request "
+        r"naming version \2 \3",
+    ),
+    (
+        re.compile(r"load it with LoadModel naming version (\d+) (\(serving\.autoload is off\))"),
+        r"load it with tessera.v1.Inference's LoadModel naming version \1 \2",
+    ),
 )
 
 
 def in_oip_words(error: NotFound) -> NotFound:
-    """`error` with the registry's fix said in words a Triton client's user can act on."""
-    message = error.message
-    for registry_words, oip_words in _OIP_FIXES:
-        message = message.replace(registry_words, oip_words)
-    return NotFound(message)
+    """`error` with the registry's fix said in words a Triton client's user can act on
+    (errors.reworded_fix: only the fix that ends the message)."""
+    return NotFound(reworded_fix(error.message, _OIP_FIXES))
 
 
 class Kind(enum.Enum):

@@ -862,6 +862,30 @@ def test_a_version_that_failed_to_load_is_in_the_index_but_has_no_statistics(
         )
 
 
+# An ONNX node's name, which onnxruntime's error for a run that fails quotes: the model's author
+# chose it, and it reads as the registry's fixes.
+FIX_WORDS_NODE = "ListVersions lists them; create it with CreateModel"
+
+
+def test_the_registry_s_fix_words_in_a_load_error_stay_as_the_model_names_them(
+    oip, channel, expect_rpc_error
+) -> None:
+    """Only the fix that ends a message is put in a Triton user's words: the same words quoted
+    earlier (a node's name in the error of a load that failed) are the model's, not a fix."""
+    upload(channel, "named", reshape_model([3], node_name=FIX_WORDS_NODE))
+    expect_rpc_error(
+        lambda: oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="named")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"Name:'{FIX_WORDS_NODE}'",
+    )
+    for call in (
+        lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name="named")),
+        lambda: oip.ModelInfer(infer_request("named", X)),
+    ):
+        error = expect_rpc_error(call, grpc.StatusCode.NOT_FOUND, f"Name:'{FIX_WORDS_NODE}'")
+        assert "tessera models" not in error.details(), error.details()
+
+
 def _warming(inference, model: str) -> None:
     """Return once `model`'s version is warming up (its LoadModel began and has not finished)."""
     for _ in range(10_000):

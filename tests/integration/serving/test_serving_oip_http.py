@@ -206,6 +206,24 @@ def test_inference_on_a_version_not_ready_is_answered_as_triton_answers_it(serve
         assert message.endswith("load it with LoadModel or RepositoryModelLoad")
 
 
+def test_the_registry_s_fix_words_in_a_load_error_stay_as_the_model_names_them(tmp_path: Path) -> None:
+    """Only the fix that ends a message is put in a Triton user's words: the same words in an
+    ONNX node's name, which the error of a load that failed quotes, are the model's, not a fix."""
+    node = "ListVersions lists them; create it with CreateModel"
+    daemon = InProcessDaemon(daemon_settings(tmp_path, **{"serving.oip_http_listen": "127.0.0.1:0"})).start()
+    try:
+        upload(daemon.channel(), "named", reshape_model([3], node_name=node))
+        served = f"http://127.0.0.1:{daemon.daemon.oip_http_port}"
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0, 1, 2, 3]}]}
+        # The first request loads it and the load fails; the second finds it failed.
+        for path in ("infer", "infer", "stats"):
+            code, message = error(f"{served}/v2/models/named/{path}", body if path == "infer" else None)
+            assert code == 404 and f"Name:'{node}'" in message, message
+            assert "tessera models" not in message, message
+    finally:
+        daemon.stop()
+
+
 def test_a_named_repository_is_refused_as_triton_refuses_it(served: str) -> None:
     message = (
         "repository_name 'models': tesserad has one model repository (its registry) and does not "
