@@ -81,6 +81,30 @@ def test_download_resume_goes_on_from_an_interrupted_download(tessera_cli, daemo
     assert "--resume" in help_text("models", "download")
 
 
+def test_a_refused_resume_names_the_path_as_given_though_it_reads_as_an_rpc_or_a_flag(
+    tessera_cli, daemon, client, tmp_path
+):
+    """Only the fix that ends the message (with/without resume=True) is put in the CLI's words:
+    a folder called "ListVersions force" was shown as the command and the flag."""
+    client.models.push("big", big_onnx(tmp_path / "big.onnx"))
+    out = tmp_path / "ListVersions force"
+    out.mkdir()
+    proxy = CuttableProxy(daemon.daemon.port)
+    try:
+        with (
+            tessera.Client(proxy.target, retry=tessera.RetryPolicy(attempts=1)) as cut_client,
+            pytest.raises(tessera.Unavailable),
+        ):
+            cut_client.models.download("big", out / "big-v1.onnx", progress=CutOnce(proxy), chunk_size=4096)
+    finally:
+        proxy.close()
+    client.models.push("big", big_onnx(tmp_path / "second.onnx", seed=1))
+    refused = tessera_cli("models", "download", "big", str(out / "big-v1.onnx"), "--resume")
+    assert refused.code == EXIT_FAILED
+    assert refused.err.startswith(f"tessera: {out / 'big-v1.onnx'}: the partial download {out}/."), refused.err
+    assert "without --resume to start again" in refused.err and "big v1 with --resume" in refused.err
+
+
 def test_the_file_may_be_named_with_output_as_datasets_download_names_it(tessera_cli, client, tmp_path):
     """`datasets download`, `runs artifacts get` and `admin backup` take -o/--output: `models
     download MODEL -o FILE` was refused as "unrecognized arguments"."""

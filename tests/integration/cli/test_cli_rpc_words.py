@@ -98,3 +98,34 @@ def test_the_sdk_keeps_the_request_field_of_a_refused_prefix(client):
     with pytest.raises(tessera.InvalidArgument) as refused:
         list(client.models.list(prefix="A!"))
     assert "name_prefix 'A!' can start no name" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("words", "said"),
+    [
+        (
+            ("models", "show", "force"),
+            "model 'force' does not exist; create it with `tessera models push MODEL FILE`",
+        ),
+        (
+            ("datasets", "show", "allow_nonfinite"),
+            "dataset 'allow_nonfinite' does not exist; upload it with `tessera datasets push NAME FILE`",
+        ),
+        (
+            ("runs", "show", "ListVersions lists them"),
+            "run 'ListVersions lists them' does not exist; `tessera runs ls` lists them",
+        ),
+        (
+            ("runs", "ls", "--experiment", "name_prefix"),
+            "experiment 'name_prefix' does not exist; `tessera experiments ls` lists them",
+        ),
+    ],
+)
+def test_a_name_the_message_quotes_stays_as_given_though_it_reads_as_an_rpc_or_a_field(
+    tessera_cli, words, said
+):
+    """The CLI puts the daemon's fix in its own words, not the user's names: a model called force
+    was shown as '--force', a run id holding an RPC's name as the command."""
+    missing = tessera_cli(*words)
+    assert missing.code == EXIT_DAEMON
+    assert said in missing.err, missing.err

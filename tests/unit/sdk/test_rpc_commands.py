@@ -103,6 +103,26 @@ def test_messages_get_cli_words_and_other_words_stay():
     )
 
 
+def test_only_the_fix_is_put_in_cli_words_and_never_a_name_the_message_quotes():
+    """A user's names that read as RPCs or fields (a model called force, a run id or a path
+    holding an RPC's name) stay as the user gave them; the fix that ends the message is the CLI's."""
+    assert in_cli_words(
+        "model 'force' does not exist; did you mean 'forces'? Or create it with CreateModel"
+    ) == (
+        "model 'force' does not exist; did you mean 'forces'? Or create it with `tessera models push MODEL FILE`"
+    )
+    assert in_cli_words('run "it\'s ListRuns" does not exist; ListRuns lists them') == (
+        'run "it\'s ListRuns" does not exist; `tessera runs ls` lists them'
+    )
+    assert in_cli_words(
+        "/tmp/ListVersions force/m.onnx: the partial download /tmp/ListVersions force/.m.partial holds 4 "
+        "bytes of m v1, not of m v2; download it without resume=True to start again"
+    ) == (
+        "/tmp/ListVersions force/m.onnx: the partial download /tmp/ListVersions force/.m.partial holds 4 "
+        "bytes of m v1, not of m v2; download it without --resume to start again"
+    )
+
+
 def test_a_field_to_set_becomes_the_flag_that_sets_it():
     assert in_cli_words(
         "array 'x' has NaN or Inf values; clean them, or accept them with allow_nonfinite"

@@ -115,11 +115,50 @@ FLAG_BY_ARGUMENT: dict[str, str] = {
 download's or a missing artifact's message names them) -> the flags or command."""
 
 
+# A name a message quotes, as Python's repr writes it ('clips', "it's"): the user's own text. A
+# quote after a letter is an apostrophe ("the daemon's"), not the start of one.
+_QUOTED = re.compile(r"""(?<!\w)(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")(?!\w)""")
+# An RPC as its method path, which PERMISSION_DENIED names ahead of its fix.
+_METHOD_PATH = re.compile(
+    rf"\btessera\.v1\.(?:{'|'.join(_SERVICES)})/({'|'.join(sorted(COMMAND_BY_RPC, key=len, reverse=True))})\b"
+)
+
+
 def in_cli_words(message: str) -> str:
-    """`message` with each RPC it names (bare, as Service.Rpc or tessera.v1.Service/Rpc) replaced by its command, and
-    each request field or client argument it tells the caller to set by the flag that sets it."""
+    """`message` with the fix that ends it (what follows its last "; ", or the whole of a
+    message without one) in a CLI user's words: each RPC it names (bare, as Service.Rpc or
+    tessera.v1.Service/Rpc) as its command, each request field or client argument it tells the
+    caller to set as the flag that sets it. Before the fix a message says what went wrong, in the
+    user's own text too (a path given, a run id), so only what no such text holds is put there: a
+    method path, and the SDK's `argument=` words (which an unreachable daemon's message has in
+    each clause). The names a message quotes are the user's and stay as they are anywhere."""
+    quoted = [match.span() for match in _QUOTED.finditer(message)]
+    outside = list(message)
+    for start, end in quoted:
+        outside[start:end] = "\0" * (end - start)
+    last = "".join(outside).rfind("; ")
+    fix_start = last + 2 if last >= 0 else 0
+    said = []
+    at = 0
+    for start, end in [*quoted, (len(message), len(message))]:
+        plain = message[at:start]
+        split = min(max(fix_start - at, 0), len(plain))
+        said += [_in_cli_words_before_the_fix(plain[:split]), _in_cli_words_of_the_fix(plain[split:])]
+        said.append(message[start:end])
+        at = end
+    return "".join(said)
+
+
+def _in_cli_words_before_the_fix(text: str) -> str:
     for argument, flag in FLAG_BY_ARGUMENT.items():
-        message = message.replace(argument, flag)
-    message = _VERSIONED_RPC.sub(lambda match: _VERSIONED_COMMAND[match[1]].format(match[2]), message)
-    message = _RPC_WORD.sub(lambda match: COMMAND_BY_RPC[match.group(1)], message)
-    return _FIELD_WORD.sub(lambda match: FLAG_BY_FIELD[match.group(1)], message)
+        if argument.startswith("`"):
+            text = text.replace(argument, flag)
+    return _METHOD_PATH.sub(lambda match: COMMAND_BY_RPC[match.group(1)], text)
+
+
+def _in_cli_words_of_the_fix(text: str) -> str:
+    for argument, flag in FLAG_BY_ARGUMENT.items():
+        text = text.replace(argument, flag)
+    text = _VERSIONED_RPC.sub(lambda match: _VERSIONED_COMMAND[match[1]].format(match[2]), text)
+    text = _RPC_WORD.sub(lambda match: COMMAND_BY_RPC[match.group(1)], text)
+    return _FIELD_WORD.sub(lambda match: FLAG_BY_FIELD[match.group(1)], text)
