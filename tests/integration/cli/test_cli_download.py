@@ -99,9 +99,10 @@ def test_a_refused_resume_names_the_path_as_given_though_it_reads_as_an_rpc_or_a
     finally:
         proxy.close()
     client.models.push("big", big_onnx(tmp_path / "second.onnx", seed=1))
-    refused = tessera_cli("models", "download", "big", str(out / "big-v1.onnx"), "--resume")
+    given = out / "big-v1.onnx"
+    refused = tessera_cli("models", "download", "big", str(given), "--resume")
     assert refused.code == EXIT_FAILED
-    assert refused.err.startswith(f"tessera: {out / 'big-v1.onnx'}: the partial download {out}/."), refused.err
+    assert refused.err.startswith(f"tessera: {given}: the partial download {out}/."), refused.err
     assert "without --resume to start again" in refused.err and "big v1 with --resume" in refused.err
 
 
