@@ -967,11 +967,12 @@ class Jobs:
         except NotFound:
             checkpoint = self._resume_checkpoint(job)
             where = f"resume from its epoch {checkpoint.epoch} checkpoint" if checkpoint else "start"
-            kept = "; its checkpoints are kept as its checkpoint retention says" if job.checkpoints else ""
+            # The fix ends the message, where front ends put it in their own words.
+            kept = " (its checkpoints are kept as its checkpoint retention says)" if job.checkpoints else ""
             raise DatasetGone(
-                f"dataset {data['dataset']!r} v{data['version']} was deleted before the job could {where}, "
+                f"dataset {data['dataset']!r} v{data['version']} was deleted before the job could {where}{kept}, "
                 "and a job trains only on the version it was submitted with: submit it again on another "
-                f"version of the dataset (ListDatasetVersions lists them){kept}"
+                "version of the dataset (ListDatasetVersions lists them)"
             ) from None
 
     def _fail_dataset_gone(self, job_id: str, gone: DatasetGone) -> None:

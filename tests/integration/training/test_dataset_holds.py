@@ -377,9 +377,9 @@ def test_a_job_whose_dataset_was_force_deleted_before_it_resumed_fails_naming_th
         latest = max(ended.checkpoints, key=lambda c: c.step)  # kept: the retention policy's to drop
         message = (
             f"dataset 'deleted-while-stopped' v1 was deleted before the job could resume from its "
-            f"epoch {latest.epoch} checkpoint, and a job trains only on the version it was submitted "
-            "with: submit it again on another version of the dataset (ListDatasetVersions lists "
-            "them); its checkpoints are kept as its checkpoint retention says"
+            f"epoch {latest.epoch} checkpoint (its checkpoints are kept as its checkpoint retention "
+            "says), and a job trains only on the version it was submitted with: submit it again on "
+            "another version of the dataset (ListDatasetVersions lists them)"
         )
         assert (ended.state, ended.error) == (S.JOB_STATE_FAILED, message)
         assert [(e.kind, e.message) for e in of_kind(events, "error")] == [("dataset_deleted", message)]
