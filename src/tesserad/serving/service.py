@@ -33,6 +33,7 @@ import numpy as np
 
 from tesserad.errors import (
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     NotLoaded,
@@ -1117,8 +1118,17 @@ class InferenceService:
             if self._shadow_loads.get(key) is load:
                 del self._shadow_loads[key]
         error = None if load.cancelled() else load.exception()
-        if isinstance(error, TesseraError):
+        if isinstance(error, TesseraError) and not self._logged_load_failure(key, error):
             log.warning("cannot load shadow version %s of %r: %s", key[1], key[0], error.message)
+
+    def _logged_load_failure(self, key: tuple[str, int], error: TesseraError) -> bool:
+        """Whether the failure `error` of a load of the version `key` was logged where it arose:
+        an unexpected one (Internal) with its traceback or counted as a repeat, and any that the
+        pool's load listed as the version's failure with its own line. Each is logged once."""
+        if isinstance(error, Internal):
+            return True
+        listed = self._listed(*key)
+        return listed is not None and listed.state is LoadState.FAILED and listed.error == error.message
 
     def _load_in_background(
         self, key: tuple[str, int], artifact_sha256: str, load: Callable[[], object]

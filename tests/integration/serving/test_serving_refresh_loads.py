@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -717,6 +718,58 @@ def test_a_shadow_load_whose_registry_read_failed_unexpectedly_is_retried(
     assert InferenceService.retry_failed_loads(daemon.daemon.inference) == 1
     answer = inference.Predict(predict_request("m", X, version=2))
     np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 2, rtol=1e-6)
+
+
+def test_a_shadow_load_that_failed_unexpectedly_is_logged_once(
+    daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shadow load's unexpected error was logged with its traceback under an error id, then
+    again as 'cannot load shadow version' naming that id: one failure, two log lines."""
+    caplog.set_level(logging.WARNING)
+    _without_periodic_load_retries(daemon, monkeypatch)
+    service = daemon.daemon.inference
+    ended = threading.Event()
+    shadow_load_ended = service._shadow_load_ended
+
+    def recorded(key: tuple[str, int], load: Any) -> None:
+        shadow_load_ended(key, load)
+        ended.set()
+
+    monkeypatch.setattr(service, "_shadow_load_ended", recorded)
+    unreadable = _shadow_load_failing_unexpectedly(daemon, monkeypatch)
+    assert ended.wait(30)
+    (traceback,) = [r for r in caplog.records if r.exc_info and r.exc_info[1] is unreadable]
+    error_id = traceback.__dict__["error_id"]
+    assert [r.getMessage() for r in caplog.records if error_id in r.getMessage()] == []
+
+
+def test_a_shadow_load_that_the_pool_failed_is_logged_once(
+    daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pool's load of the shadow version failed (its artifact out of reach) and logged it,
+    then the shadow's end of the load logged it again as 'cannot load shadow version'."""
+    caplog.set_level(logging.WARNING)
+    _without_periodic_load_retries(daemon, monkeypatch)
+    service = daemon.daemon.inference
+    ended = threading.Event()
+    shadow_load_ended = service._shadow_load_ended
+
+    def recorded(key: tuple[str, int], load: Any) -> None:
+        shadow_load_ended(key, load)
+        ended.set()
+
+    monkeypatch.setattr(service, "_shadow_load_ended", recorded)
+    channel = daemon.channel()
+    _deploy_shadowing_version_2(channel)
+    _unreadable_artifact(
+        daemon.daemon.registry, monkeypatch, ("m", 2), Unavailable("the artifact store cannot be reached")
+    )
+    service._swaps.submit(lambda: None).result(30)
+    assert inference_pb2_grpc.InferenceStub(channel).Predict(predict_request("m", X)).version == 1
+    assert ended.wait(30)
+    assert [r.getMessage() for r in caplog.records if "cannot be reached" in r.getMessage()] == [
+        "loading model 'm' version 2 failed: the artifact store cannot be reached"
+    ]
 
 
 def test_a_failed_listing_of_no_artifact_goes_with_its_model_deleted_and_registered_again(
