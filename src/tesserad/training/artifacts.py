@@ -183,12 +183,17 @@ class RunArtifacts:
             hold_blob(txn, blob.sha256, holder)
         return artifact, replaced
 
-    def list(self, run_id: str, directory: str = "", size: int = 0, token: str = "") -> Page[RunArtifact]:
-        """One page of the run's artifacts in path order: all, or those under `directory` (and
-        the artifact at that path itself)."""
-        directory = directory.removesuffix("/")
-        if directory:
-            check_artifact_path(directory)
+    def list(self, run_id: str, path: str = "", size: int = 0, token: str = "") -> Page[RunArtifact]:
+        """One page of the run's artifacts in path order: all, or those under the directory `path`
+        ("plots" or "plots/"), and the artifact at that path itself."""
+        directory = path.removesuffix("/")
+        # "/" leaves no directory, yet is absolute, not empty: it is checked as sent.
+        problem = _path_problem(directory or path) if path else None
+        if problem is not None:
+            raise InvalidArgument(
+                f'path {path[:80]!r} {problem}; give a directory such as "plots" or "plots/", or '
+                "leave path empty to list every artifact of the run"
+            )
         inside = directory + "/"
 
         def under(key: Key) -> bool:
