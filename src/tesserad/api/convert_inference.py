@@ -13,8 +13,10 @@ from tessera.v1 import inference_pb2 as pb
 from tesserad.api.convert_common import timestamp
 from tesserad.api.convert_tensors import array_to_tensor, fill_tensor, signature_to_proto
 from tesserad.api.errors import status_for
-from tesserad.errors import InvalidArgument, TesseraError
+from tesserad.config import format_size
+from tesserad.errors import InvalidArgument, ResourceExhausted, TesseraError
 from tesserad.names import validate_name
+from tesserad.paging import MAX_PAGE_BYTES
 from tesserad.replica.refusals import Refusal
 from tesserad.serving.batcher import Prediction
 from tesserad.serving.explain import ExplainOptions, Explanation, Method
@@ -260,6 +262,25 @@ def shadow_to_proto(result: ShadowResult) -> pb.ShadowResult:
         time=timestamp(result.time),
         status=status_to_proto(result.error) if result.error is not None else None,
     )
+
+
+def shadow_results_to_proto(model: str, results: list[ShadowResult]) -> list[pb.ShadowResult]:
+    """`results`, newest first, for one answer: each carries the shadow's outputs, so that a
+    model's large outputs fill a client's default 4 MiB at a few results. ResourceExhausted
+    naming the limit that fits when more than one takes more than MAX_PAGE_BYTES."""
+    answered: list[pb.ShadowResult] = []
+    size = 0
+    for result in results:
+        message = shadow_to_proto(result)
+        size += message.ByteSize()
+        if answered and size > MAX_PAGE_BYTES:
+            raise ResourceExhausted(
+                f"limit: the newest {len(answered) + 1} shadow results of model {model!r} take more than "
+                f"one answer holds ({format_size(MAX_PAGE_BYTES)}): ask for limit {len(answered)} or "
+                "less (each result holds the shadow's outputs)"
+            )
+        answered.append(message)
+    return answered
 
 
 def refused_to_proto(refusal: Refusal) -> pb.RefusedReplica:

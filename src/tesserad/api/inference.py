@@ -21,7 +21,7 @@ from tesserad.api.convert_inference import (
     method_from_proto,
     prediction_to_proto,
     refused_to_proto,
-    shadow_to_proto,
+    shadow_results_to_proto,
     stats_to_proto,
     target_from_proto,
 )
@@ -214,4 +214,4 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             raise InvalidArgument(f"limit must be >= 0 (0 for {DEFAULT_SHADOW_LIMIT}), got {request.limit}")
         limit = request.limit or DEFAULT_SHADOW_LIMIT
         results = await asyncio.to_thread(self._service.shadow_results, request.model, limit)
-        return pb.ListShadowResultsResponse(results=[shadow_to_proto(r) for r in results])
+        return pb.ListShadowResultsResponse(results=shadow_results_to_proto(request.model, results))

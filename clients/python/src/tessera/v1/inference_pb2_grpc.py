@@ -128,7 +128,9 @@ class InferenceServicer:
 
     def ListShadowResults(self, request, context):
         """The most recent shadow results of a model's deployment, newest first. A model the registry
-        does not have is NOT_FOUND; one without shadow results answers an empty list.
+        does not have is NOT_FOUND; one without shadow results answers an empty list. Each result
+        carries the shadow's outputs: results past the first that take more than 3 MiB together
+        (under a client's default 4 MiB) are RESOURCE_EXHAUSTED naming the limit that fits.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

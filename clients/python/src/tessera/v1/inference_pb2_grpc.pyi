@@ -59,7 +59,9 @@ class InferenceStub:
     GetStats: _grpc.UnaryUnaryMultiCallable[_inference_pb2.GetStatsRequest, _inference_pb2.GetStatsResponse]
     ListShadowResults: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ListShadowResultsRequest, _inference_pb2.ListShadowResultsResponse]
     """The most recent shadow results of a model's deployment, newest first. A model the registry
-    does not have is NOT_FOUND; one without shadow results answers an empty list.
+    does not have is NOT_FOUND; one without shadow results answers an empty list. Each result
+    carries the shadow's outputs: results past the first that take more than 3 MiB together
+    (under a client's default 4 MiB) are RESOURCE_EXHAUSTED naming the limit that fits.
     """
     Explain: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ExplainRequest, _inference_pb2.ExplainResponse]
     """Attributions of a torch version's output to each input position (captum). An ONNX version
@@ -98,7 +100,9 @@ class InferenceAsyncStub(InferenceStub):
     GetStats: _aio.UnaryUnaryMultiCallable[_inference_pb2.GetStatsRequest, _inference_pb2.GetStatsResponse]  # type: ignore[assignment]
     ListShadowResults: _aio.UnaryUnaryMultiCallable[_inference_pb2.ListShadowResultsRequest, _inference_pb2.ListShadowResultsResponse]  # type: ignore[assignment]
     """The most recent shadow results of a model's deployment, newest first. A model the registry
-    does not have is NOT_FOUND; one without shadow results answers an empty list.
+    does not have is NOT_FOUND; one without shadow results answers an empty list. Each result
+    carries the shadow's outputs: results past the first that take more than 3 MiB together
+    (under a client's default 4 MiB) are RESOURCE_EXHAUSTED naming the limit that fits.
     """
     Explain: _aio.UnaryUnaryMultiCallable[_inference_pb2.ExplainRequest, _inference_pb2.ExplainResponse]  # type: ignore[assignment]
     """Attributions of a torch version's output to each input position (captum). An ONNX version
@@ -176,7 +180,9 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.ListShadowResultsResponse, _abc.Awaitable[_inference_pb2.ListShadowResultsResponse]]:
         """The most recent shadow results of a model's deployment, newest first. A model the registry
-        does not have is NOT_FOUND; one without shadow results answers an empty list.
+        does not have is NOT_FOUND; one without shadow results answers an empty list. Each result
+        carries the shadow's outputs: results past the first that take more than 3 MiB together
+        (under a client's default 4 MiB) are RESOURCE_EXHAUSTED naming the limit that fits.
         """
 
     @_abc_1.abstractmethod
