@@ -24,11 +24,16 @@ MAX_RECORD_TEXT = 16 * 2**10
 ENTRY_WIRE_BYTES = 11
 
 
+def is_entry_key(key: str) -> bool:
+    """Whether `key` may name a tag or a run param."""
+    return bool(key) and len(key) <= MAX_TAG_KEY and "\x00" not in key and "\n" not in key
+
+
 def entry_problems(field: str, entries: Mapping[str, str], max_value: int = MAX_TAG_VALUE) -> list[str]:
     """What is wrong with each key or value of `entries` (tags; run params), each naming `field`."""
     problems = []
     for key, value in entries.items():
-        if not key or len(key) > MAX_TAG_KEY or "\x00" in key or "\n" in key:
+        if not is_entry_key(key):
             problems.append(
                 f"{field}: key {key[:80]!r} must be 1 to {MAX_TAG_KEY} characters without NUL or newlines"
             )

@@ -12,6 +12,7 @@ from tessera.v1 import training_pb2 as pb
 from tesserad.api.convert_common import seconds, timestamp
 from tesserad.api.convert_registry import job_spec_to_dict
 from tesserad.errors import InvalidArgument
+from tesserad.text import MAX_TAG_KEY, is_entry_key
 from tesserad.training.artifacts import RunArtifact
 from tesserad.training.events import JobEvent
 from tesserad.training.job_records import Checkpoint, JobRecord, listed_checkpoints, stopped_early
@@ -343,6 +344,12 @@ def key_value_filters(filters: Any, field: str) -> dict[str, str]:
     for i, f in enumerate(filters):
         if not f.key:
             raise InvalidArgument(f"{field}[{i}].key is required: the name of the {field[:-1]} to match")
+        if not is_entry_key(f.key):
+            # It would match nothing, which reads as no run having the key.
+            raise InvalidArgument(
+                f"{field}[{i}].key {f.key[:80]!r} is no {field[:-1]} key: keys are 1 to {MAX_TAG_KEY} "
+                "characters without NUL or newlines"
+            )
         if f.key in out and out[f.key] != f.value:
             raise InvalidArgument(f"{field}[{i}]: {f.key} is filtered twice with different values")
         out[f.key] = f.value

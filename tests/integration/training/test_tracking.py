@@ -391,6 +391,23 @@ def test_run_filters_that_match_nothing_by_construction_are_refused(tracker) -> 
     ] == [run.run_id]
 
 
+@pytest.mark.parametrize("field", ["params", "tags"])
+@pytest.mark.parametrize("key", ["k" * 251, "l\nr", "l\x00r"])
+def test_a_param_or_tag_filter_key_no_run_can_have_is_refused(tracker, field: str, key: str) -> None:
+    # It matched nothing, as a key of no run does: a misspelt filter read as no run having it.
+    _run(tracker, "filter-keys", lr="0.1")
+    pairs = {"params": S.ParamFilter, "tags": S.TagFilter}[field]
+    request = S.ListRunsRequest(
+        experiment="filter-keys", **{field: [pairs(key="lr", value="0.1"), pairs(key=key)]}
+    )
+    error = _error(lambda: tracker.ListRuns(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        f"{field}[1].key {key[:80]!r} is no {field[:-1]} key: keys are 1 to 250 characters without NUL or "
+        "newlines"
+    )
+
+
 def test_params_like_metrics_are_logged_only_while_the_run_runs(tracker) -> None:
     run = _run(tracker, "ended-params", lr="0.1")
     tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, status=S.RUN_STATUS_SUCCEEDED))
