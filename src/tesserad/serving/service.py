@@ -1123,12 +1123,13 @@ class InferenceService:
 
     def _logged_load_failure(self, key: tuple[str, int], error: TesseraError) -> bool:
         """Whether the failure `error` of a load of the version `key` was logged where it arose:
-        an unexpected one (Internal) with its traceback or counted as a repeat, and any that the
-        pool's load listed as the version's failure with its own line. Each is logged once."""
+        an unexpected one (Internal) with its traceback or counted as a repeat, and any of a
+        version listed FAILED, which the pool logs as it lists it (or _load_in_background, as
+        unexpected). Each is logged once."""
         if isinstance(error, Internal):
             return True
         listed = self._listed(*key)
-        return listed is not None and listed.state is LoadState.FAILED and listed.error == error.message
+        return listed is not None and listed.state is LoadState.FAILED
 
     def _load_in_background(
         self, key: tuple[str, int], artifact_sha256: str, load: Callable[[], object]

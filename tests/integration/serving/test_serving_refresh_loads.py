@@ -16,7 +16,15 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from serving_models import W, delete_model_numbered_as_before, linear_model, predict_request, to_array, upload
+from serving_models import (
+    W,
+    delete_model_numbered_as_before,
+    linear_model,
+    predict_request,
+    reshape_model,
+    to_array,
+    upload,
+)
 from test_serving_deleted_versions import HeldRefreshes
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
@@ -720,6 +728,21 @@ def test_a_shadow_load_whose_registry_read_failed_unexpectedly_is_retried(
     np.testing.assert_allclose(to_array(answer.outputs[0]), X @ W * 2, rtol=1e-6)
 
 
+def _shadow_load_ends(daemon: Any, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """An event set once the end of a shadow load (_shadow_load_ended) has run, what it logs
+    logged."""
+    service = daemon.daemon.inference
+    ended = threading.Event()
+    shadow_load_ended = service._shadow_load_ended
+
+    def recorded(key: tuple[str, int], load: Any) -> None:
+        shadow_load_ended(key, load)
+        ended.set()
+
+    monkeypatch.setattr(service, "_shadow_load_ended", recorded)
+    return ended
+
+
 def test_a_shadow_load_that_failed_unexpectedly_is_logged_once(
     daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -727,15 +750,7 @@ def test_a_shadow_load_that_failed_unexpectedly_is_logged_once(
     again as 'cannot load shadow version' naming that id: one failure, two log lines."""
     caplog.set_level(logging.WARNING)
     _without_periodic_load_retries(daemon, monkeypatch)
-    service = daemon.daemon.inference
-    ended = threading.Event()
-    shadow_load_ended = service._shadow_load_ended
-
-    def recorded(key: tuple[str, int], load: Any) -> None:
-        shadow_load_ended(key, load)
-        ended.set()
-
-    monkeypatch.setattr(service, "_shadow_load_ended", recorded)
+    ended = _shadow_load_ends(daemon, monkeypatch)
     unreadable = _shadow_load_failing_unexpectedly(daemon, monkeypatch)
     assert ended.wait(30)
     (traceback,) = [r for r in caplog.records if r.exc_info and r.exc_info[1] is unreadable]
@@ -743,33 +758,45 @@ def test_a_shadow_load_that_failed_unexpectedly_is_logged_once(
     assert [r.getMessage() for r in caplog.records if error_id in r.getMessage()] == []
 
 
-def test_a_shadow_load_that_the_pool_failed_is_logged_once(
-    daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("failure", "line"),
+    [
+        ("artifact out of reach", "loading model 'm' version 2 failed: "),
+        ("warm-up failed", "loading model 'm' version 2 failed: "),
+        # Before the pool's load began: nothing else logs it.
+        ("registry out of reach", "cannot load shadow version 2 of 'm': "),
+    ],
+)
+def test_a_failed_shadow_load_is_logged_once(
+    daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, failure: str, line: str
 ) -> None:
-    """The pool's load of the shadow version failed (its artifact out of reach) and logged it,
-    then the shadow's end of the load logged it again as 'cannot load shadow version'."""
+    """A failure the pool's load logged was logged again as 'cannot load shadow version' (a
+    warm-up's in the words a request gets for it): once, where it arose. One before the pool's
+    load began is logged as the shadow's."""
     caplog.set_level(logging.WARNING)
     _without_periodic_load_retries(daemon, monkeypatch)
-    service = daemon.daemon.inference
-    ended = threading.Event()
-    shadow_load_ended = service._shadow_load_ended
-
-    def recorded(key: tuple[str, int], load: Any) -> None:
-        shadow_load_ended(key, load)
-        ended.set()
-
-    monkeypatch.setattr(service, "_shadow_load_ended", recorded)
+    ended = _shadow_load_ends(daemon, monkeypatch)
     channel = daemon.channel()
-    _deploy_shadowing_version_2(channel)
-    _unreadable_artifact(
-        daemon.daemon.registry, monkeypatch, ("m", 2), Unavailable("the artifact store cannot be reached")
-    )
-    service._swaps.submit(lambda: None).result(30)
+    upload(channel, "m", linear_model(1.0))
+    upload(channel, "m", reshape_model([3]) if failure == "warm-up failed" else linear_model(2.0))
+    unreachable = Unavailable("the artifact store cannot be reached")
+    if failure == "artifact out of reach":
+        _unreadable_artifact(daemon.daemon.registry, monkeypatch, ("m", 2), unreachable)
+    elif failure == "registry out of reach":
+        resolve = daemon.daemon.registry.resolve
+
+        def failing(model: str, version: int | None = None, alias: str | None = None) -> Any:
+            if (model, version) == ("m", 2):
+                raise unreachable
+            return resolve(model, version, alias)
+
+        monkeypatch.setattr(daemon.daemon.registry, "resolve", failing)
+    registry_pb2_grpc.RegistryStub(channel).Deploy(_shadowing_version_2())
+    daemon.daemon.inference._swaps.submit(lambda: None).result(30)
     assert inference_pb2_grpc.InferenceStub(channel).Predict(predict_request("m", X)).version == 1
     assert ended.wait(30)
-    assert [r.getMessage() for r in caplog.records if "cannot be reached" in r.getMessage()] == [
-        "loading model 'm' version 2 failed: the artifact store cannot be reached"
-    ]
+    logged = [r.getMessage() for r in caplog.records if "version 2" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].startswith(line), logged
 
 
 def test_a_failed_listing_of_no_artifact_goes_with_its_model_deleted_and_registered_again(
