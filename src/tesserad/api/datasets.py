@@ -11,7 +11,14 @@ from tessera.v1 import datasets_pb2 as pb
 from tessera.v1 import datasets_pb2_grpc
 from tesserad.api import convert_datasets as convert
 from tesserad.api.auth import caller
-from tesserad.api.transfers import chunk_size, download_offset, read_header, receive_chunks, stream_chunks
+from tesserad.api.transfers import (
+    chunk_size,
+    client_stream,
+    download_offset,
+    read_header,
+    receive_chunks,
+    stream_chunks,
+)
 from tesserad.datasets import Datasets
 from tesserad.store import BlobStore
 
@@ -27,7 +34,8 @@ class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
         request_iterator: AsyncIterator[pb.UploadDatasetRequest],
         context: grpc.aio.ServicerContext[pb.UploadDatasetRequest, pb.DatasetVersion],
     ) -> pb.DatasetVersion:
-        spec = convert.upload_spec_from_proto(await read_header(request_iterator))
+        messages = client_stream(request_iterator, context)
+        spec = convert.upload_spec_from_proto(await read_header(messages))
         limit = await asyncio.to_thread(self._datasets.upload_limit, spec)
         with self._blobs.writer(
             limit,
@@ -36,7 +44,7 @@ class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
         ) as writer:
             who = caller(context)
             record = await receive_chunks(
-                request_iterator,
+                messages,
                 writer,
                 spec.sha256 or None,
                 spec.size_bytes or None,

@@ -18,6 +18,7 @@ from tesserad.api.auth import caller, presented_authorization
 from tesserad.api.convert_changes import replica_tls_from_proto, watch_response
 from tesserad.api.transfers import (
     chunk_size,
+    client_stream,
     download_offset,
     read_header,
     read_start,
@@ -123,9 +124,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         request_iterator: AsyncIterator[pb.UploadVersionRequest],
         context: grpc.aio.ServicerContext[pb.UploadVersionRequest, pb.ModelVersion],
     ) -> pb.ModelVersion:
-        header: pb.UploadVersionHeader = await read_header(request_iterator)
+        messages = client_stream(request_iterator, context)
+        header: pb.UploadVersionHeader = await read_header(messages)
         fields = _version_fields(header, context)
-        start = await read_start(request_iterator, header.size_bytes)
+        start = await read_start(messages, header.size_bytes)
         artifact = start.in_hand()
         if artifact is not None:
             # A small upload, all in hand: gathered with the others in flight (submit_upload).
@@ -148,7 +150,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             self._registry.max_artifact_size, "limits.max_artifact_size", header.size_bytes or None
         ) as writer:
             record = await receive_chunks(
-                start.replay(request_iterator),
+                start.replay(messages),
                 writer,
                 header.sha256,
                 header.size_bytes,

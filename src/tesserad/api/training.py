@@ -35,7 +35,14 @@ from tesserad.api.convert_training import (
     sweep_to_proto,
     view_from_proto,
 )
-from tesserad.api.transfers import chunk_size, download_offset, read_header, receive_chunks, stream_chunks
+from tesserad.api.transfers import (
+    chunk_size,
+    client_stream,
+    download_offset,
+    read_header,
+    receive_chunks,
+    stream_chunks,
+)
 from tesserad.errors import Internal, InvalidArgument, TesseraError, logged_internal
 from tesserad.registry.validation import check_job_spec_size
 from tesserad.store import BlobStore
@@ -448,13 +455,14 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         request_iterator: AsyncIterator[pb.UploadRunArtifactRequest],
         context: grpc.aio.ServicerContext[pb.UploadRunArtifactRequest, pb.RunArtifact],
     ) -> pb.RunArtifact:
-        header: pb.UploadRunArtifactHeader = await read_header(request_iterator)
+        messages = client_stream(request_iterator, context)
+        header: pb.UploadRunArtifactHeader = await read_header(messages)
         limit = await asyncio.to_thread(
             self._artifacts.upload_limit, header.run_id, header.path, header.size_bytes, header.sha256
         )
         with self._blobs.writer(limit, "limits.max_run_artifact_size", header.size_bytes or None) as writer:
             artifact = await receive_chunks(
-                request_iterator,
+                messages,
                 writer,
                 header.sha256 or None,
                 header.size_bytes or None,

@@ -3,7 +3,8 @@
 Chunks go straight into a BlobWriter (a temp file being hashed), so an upload never holds
 more than one chunk in memory; the writer is aborted, leaving nothing, when the stream
 fails, ends early or is cancelled by the client. Once every chunk is in, the commit and the
-registration run to their end whatever the client does.
+registration run to their end whatever the client does. The stream's end counts only once
+`client_stream` has told it from a cancel.
 """
 
 from __future__ import annotations
@@ -16,12 +17,34 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import grpc
+
 from tesserad.errors import DataLoss, InvalidArgument, OutOfRange, TesseraError
 from tesserad.store import BlobRef, BlobWriter
 
 MAX_CHUNK_SIZE = 4 * 2**20
 
 T = TypeVar("T")
+
+
+async def client_stream(
+    requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[Any]:
+    """`requests`, ending where the client ended its stream, or cancelled where it cancelled.
+
+    grpc.aio ends the request stream of a call the client cancels as it ends one the client sent
+    in full (its failed receive reads as the end) and cancels the handler's task only when the
+    call's close comes through, often turns of the loop later: an upload cut short would be
+    taken for a whole one, and stored where it declared no size. A batch started on the call
+    after the end tells the two apart: sending the response's initial metadata goes through on
+    a call the client finished, and on one it cancelled fails or is overtaken by the cancel.
+    """
+    async for request in requests:
+        yield request
+    try:
+        await context.send_initial_metadata(())
+    except grpc.aio.InternalError:
+        raise asyncio.CancelledError("the client cancelled the call") from None
 
 
 async def read_header(messages: AsyncIterator[Any]) -> Any:
