@@ -67,7 +67,7 @@ def check_parent(
     ref = raw.get("init_from")
     if ref is None:
         for key in ("freeze", "replace_head", "backbone_lr_scale"):
-            if raw.get(key):
+            if key in raw:
                 _invalid(
                     problems, f"spec.{key}", "applies when fine-tuning: set init_from to a torch version"
                 )
@@ -131,9 +131,13 @@ def check_fine_tuning(
                 f"is {output_size} but architecture.output_size is {architecture['output_size']}; "
                 "set them alike (or leave the architecture out to take the parent's)",
             )
-    scale = float(raw.get("backbone_lr_scale", 0.0)) or 1.0
+    scale = float(raw.get("backbone_lr_scale", 1.0))
     if not math.isfinite(scale) or scale <= 0:
-        _invalid(problems, "spec.backbone_lr_scale", f"must be > 0 (0 for 1), got {scale}")
+        _invalid(
+            problems,
+            "spec.backbone_lr_scale",
+            f"must be > 0, got {scale:g}; leave it out for 1, or freeze the parameters that should not train",
+        )
     shapes, parameters = tensor_layout(architecture)
     head = head_tensors(architecture)
     _compare_tensors(parent, architecture, shapes, head, replace_head is not None, problems)

@@ -2,9 +2,11 @@
 
 The API layer turns the JobSpec message into a plain dict with the proto's zero values left in
 (enums as lowercase names, "" when unspecified) and the architecture as the nn package's dict
-form; `normalize_spec` applies the documented defaults and checks everything that can be
-checked before running: the architecture, the dataset's version, splits and arrays, the
-model's input shape against the data, and the devices. It reports every problem at once, each
+form; a field the proto marks `optional` is in it when set, 0 included, so that a 0 written
+out is checked as a value instead of taking the default. `normalize_spec` applies the
+documented defaults and checks everything that can be checked before running: the
+architecture, the dataset's version, splits and arrays, the model's input shape against the
+data, and the devices. It reports every problem at once, each
 as "spec.<path>: what is wrong", in one error. `SPEC_FIELDS` describes the plain spec's fields
 and their types (what a sweep may set, and how its text values parse).
 """
@@ -314,21 +316,15 @@ def normalize_spec(
             config["fine_tune"]["backbone_lr_scale"], config["optimizer"], config["lr_schedule"], problems
         )
 
-    epochs, max_steps = int(raw.get("epochs", 0)), int(raw.get("max_steps", 0))
-    if epochs < 0:
-        problems.invalid("spec.epochs", f"must be >= 0, got {epochs}")
-    elif epochs > MAX_EPOCHS:
-        problems.invalid("spec.epochs", f"must be at most {MAX_EPOCHS}, got {epochs}")
-    if max_steps < 0:
-        problems.invalid("spec.max_steps", f"must be >= 0, got {max_steps}")
+    epochs, max_steps = _check_length(raw, problems)
     config["epochs"] = epochs if epochs or max_steps else 1
     config["max_steps"] = max_steps
-    batch_size = int(raw.get("batch_size", 0)) or 32
+    batch_size = int(raw.get("batch_size", 32))
     if batch_size < 1:
         problems.invalid("spec.batch_size", f"must be >= 1, got {batch_size}")
     config["batch_size"] = batch_size
     config["seed"] = int(raw.get("seed", 0))
-    log_every = int(raw.get("log_every_n_steps", 0)) or 10
+    log_every = int(raw.get("log_every_n_steps", 10))
     if log_every < 1:
         problems.invalid("spec.log_every_n_steps", f"must be >= 1, got {log_every}")
     config["log_every_n_steps"] = log_every
@@ -356,6 +352,25 @@ def normalize_spec(
     assert facts is not None  # a spec without its dataset has a problem, raised above
     config["dataset_sha256"] = facts.sha256
     return config
+
+
+def _check_length(raw: dict[str, Any], problems: _Problems) -> tuple[int, int]:
+    """(epochs, max_steps), 0 for no bound. One of them may be 0 when the other bounds the job;
+    a 0 written out with nothing else set is a job of no length, not the default 1 epoch."""
+    epochs, max_steps = int(raw.get("epochs", 0)), int(raw.get("max_steps", 0))
+    if epochs < 0:
+        problems.invalid("spec.epochs", f"must be >= 0, got {epochs}")
+    elif epochs > MAX_EPOCHS:
+        problems.invalid("spec.epochs", f"must be at most {MAX_EPOCHS}, got {epochs}")
+    elif "epochs" in raw and epochs == 0 and max_steps == 0:
+        problems.invalid(
+            "spec.epochs", "must be >= 1, got 0 (0 only with max_steps set, to train by steps alone)"
+        )
+    if max_steps < 0:
+        problems.invalid("spec.max_steps", f"must be >= 0, got {max_steps}")
+    elif "max_steps" in raw and max_steps == 0 and epochs == 0 and "epochs" not in raw:
+        problems.invalid("spec.max_steps", "must be >= 1, got 0 (0 only with epochs set, for no step limit)")
+    return epochs, max_steps
 
 
 def _check_architecture(raw: dict[str, Any], problems: _Problems) -> ArchitectureSpec | None:
@@ -561,7 +576,7 @@ def _check_optimizer(raw: dict[str, Any], problems: _Problems) -> dict[str, Any]
     name = raw.get("name") or "adam"
     if name not in OPTIMIZERS:
         problems.invalid("spec.optimizer.name", not_one_of(name, OPTIMIZERS))
-    lr = float(raw.get("lr", 0.0)) or 1e-3
+    lr = float(raw.get("lr", 1e-3))
     if not math.isfinite(lr) or lr <= 0:
         problems.invalid("spec.optimizer.lr", f"must be > 0, got {lr}")
     elif lr > MAX_LR:
@@ -572,13 +587,16 @@ def _check_optimizer(raw: dict[str, Any], problems: _Problems) -> dict[str, Any]
         "weight_decay": float(raw.get("weight_decay", 0.0)),
         "momentum": float(raw.get("momentum", 0.0)),
         "nesterov": bool(raw.get("nesterov", False)),
-        "beta1": float(raw.get("beta1", 0.0)) or 0.9,
-        "beta2": float(raw.get("beta2", 0.0)) or 0.999,
-        "eps": float(raw.get("eps", 0.0)) or 1e-8,
+        "beta1": float(raw.get("beta1", 0.9)),
+        "beta2": float(raw.get("beta2", 0.999)),
+        "eps": float(raw.get("eps", 1e-8)),
         "grad_clip_norm": float(raw.get("grad_clip_norm", 0.0)),
     }
-    for field_name in ("weight_decay", "momentum", "grad_clip_norm", "eps"):
+    for field_name in ("weight_decay", "momentum", "grad_clip_norm"):
         problems.nonneg(f"spec.optimizer.{field_name}", config[field_name])
+    # adam and adamw divide by sqrt(v) + eps: 0 divides by zero where a gradient stays 0.
+    if not math.isfinite(config["eps"]) or config["eps"] <= 0:
+        problems.invalid("spec.optimizer.eps", f"must be > 0, got {config['eps']} (default 1e-8)")
     if name != "sgd" and (config["momentum"] or config["nesterov"]):
         problems.invalid("spec.optimizer.momentum", f"momentum and nesterov apply to sgd only, not {name}")
     elif config["nesterov"] and not config["momentum"]:
@@ -606,7 +624,7 @@ def _check_schedule(raw: dict[str, Any], lr: float, problems: _Problems) -> dict
         step_size = int(raw["step"].get("step_size", 0))
         if step_size < 1:
             problems.invalid("spec.lr_schedule.step.step_size", f"must be >= 1 (epochs), got {step_size}")
-        gamma = float(raw["step"].get("gamma", 0.0)) or 0.1
+        gamma = float(raw["step"].get("gamma", 0.1))
         if not 0 < gamma <= 1:
             problems.invalid("spec.lr_schedule.step.gamma", f"must be in (0, 1], got {gamma}")
         schedule.update(kind="step", step_size=step_size, gamma=gamma)
@@ -618,8 +636,8 @@ def _check_schedule(raw: dict[str, Any], lr: float, problems: _Problems) -> dict
             )
         schedule.update(kind="cosine", min_lr=min_lr)
     elif "one_cycle" in raw:
-        max_lr = float(raw["one_cycle"].get("max_lr", 0.0)) or lr
-        pct = float(raw["one_cycle"].get("pct_start", 0.0)) or 0.3
+        max_lr = float(raw["one_cycle"].get("max_lr", lr))
+        pct = float(raw["one_cycle"].get("pct_start", 0.3))
         if not math.isfinite(max_lr) or max_lr <= 0:
             problems.invalid("spec.lr_schedule.one_cycle.max_lr", f"must be > 0, got {max_lr}")
         elif max_lr > MAX_LR:
@@ -688,8 +706,8 @@ def _check_early_stopping(
 
 
 def _check_checkpoints(raw: dict[str, Any], metrics: list[str] | None, problems: _Problems) -> dict[str, Any]:
-    every = int(raw.get("every_n_epochs", 0)) or 1
-    keep_last = int(raw.get("keep_last", 0)) or 2
+    every = int(raw.get("every_n_epochs", 1))
+    keep_last = int(raw.get("keep_last", 2))
     if every < 1:
         problems.invalid("spec.checkpoints.every_n_epochs", f"must be >= 1, got {every}")
     if keep_last < 1:
@@ -739,11 +757,11 @@ def _check_devices(raw: dict[str, Any], devices: DeviceFacts, problems: _Problem
 
 
 def _check_device_kind(raw: dict[str, Any], devices: DeviceFacts, problems: _Problems) -> dict[str, Any]:
-    processes = int(raw.get("cpu_processes", 0))
-    if processes < 0:
-        problems.invalid("spec.devices.cpu_processes", f"must be >= 0, got {processes}")
+    processes = int(raw.get("cpu_processes", 1))
+    if processes < 1:
+        problems.invalid("spec.devices.cpu_processes", f"must be >= 1, got {processes}")
     if "cuda" in raw or "gpu_count" in raw:
-        if processes:
+        if "cpu_processes" in raw:
             problems.invalid("spec.devices.cpu_processes", "applies to cpu jobs only")
         if "cuda" in raw:
             indices = [int(i) for i in raw["cuda"].get("indices", [])]

@@ -190,8 +190,8 @@ def _tpe(spec: S.SweepSpec) -> None:
             "spec.lr_schedule.warmup_steps: is 3, but the job trains 1 steps (1 per epoch)",
         ),
         (
-            # Without max_steps, epochs 0 trains one epoch: fewer steps than epochs 2, the least
-            # above 0 that the check tried.
+            # Without max_steps, epochs 0 is a job of no length: refused, not trained as the
+            # default 1 epoch.
             lambda s: (
                 _tpe(s),
                 s.parameters.add().CopyFrom(sweep_values("epochs", "2", "0")),
@@ -200,8 +200,8 @@ def _tpe(spec: S.SweepSpec) -> None:
                 ),
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "the trial with optimizer.name=adam, epochs=0, lr_schedule.warmup_steps=4: "
-            "spec.lr_schedule.warmup_steps: is 4, but the job trains 3 steps (3 per epoch)",
+            "epochs=0, lr_schedule.warmup_steps=0: spec.epochs: must be >= 1, got 0 (0 only with "
+            "max_steps set, to train by steps alone)",
         ),
         (
             lambda s: (_tpe(s), s.pbt.CopyFrom(S.SweepPbtSettings(population=3))),

@@ -169,6 +169,72 @@ CASES = [
         "spec.lr_schedule.step.step_size",
     ),
     ("negative epochs", _set("epochs", -1), INVALID, "spec.epochs: must be >= 0"),
+    # An explicit 0 was taken as unset and the field's default trained instead (batch_size 32):
+    # written out, 0 is what its writer meant, and out of the field's range.
+    ("batch size 0", _set("batch_size", 0), INVALID, "spec.batch_size: must be >= 1, got 0"),
+    ("negative batch size", _set("batch_size", -4), INVALID, "spec.batch_size: must be >= 1, got -4"),
+    (
+        "log every 0 steps",
+        _set("log_every_n_steps", 0),
+        INVALID,
+        "spec.log_every_n_steps: must be >= 1, got 0",
+    ),
+    ("lr 0", _set("optimizer.lr", 0.0), INVALID, "spec.optimizer.lr: must be > 0, got 0.0"),
+    ("eps 0", _set("optimizer.eps", 0.0), INVALID, "spec.optimizer.eps: must be > 0, got 0.0"),
+    (
+        "epochs 0 without max_steps",
+        _both(_set("epochs", 0), lambda spec: spec.ClearField("max_steps")),
+        INVALID,
+        "spec.epochs: must be >= 1, got 0 (0 only with max_steps set, to train by steps alone)",
+    ),
+    (
+        "max_steps 0 without epochs",
+        _both(lambda spec: spec.ClearField("epochs"), _set("max_steps", 0)),
+        INVALID,
+        "spec.max_steps: must be >= 1, got 0 (0 only with epochs set, for no step limit)",
+    ),
+    (
+        "step gamma 0",
+        _set("lr_schedule", job_spec_pb2.LrSchedule(step=job_spec_pb2.StepLr(step_size=1, gamma=0.0))),
+        INVALID,
+        "spec.lr_schedule.step.gamma: must be in (0, 1], got 0.0",
+    ),
+    (
+        "one-cycle max_lr 0",
+        _set("lr_schedule", job_spec_pb2.LrSchedule(one_cycle=job_spec_pb2.OneCycleLr(max_lr=0.0))),
+        INVALID,
+        "spec.lr_schedule.one_cycle.max_lr: must be > 0, got 0.0",
+    ),
+    (
+        "one-cycle pct_start 0",
+        _set("lr_schedule", job_spec_pb2.LrSchedule(one_cycle=job_spec_pb2.OneCycleLr(pct_start=0.0))),
+        INVALID,
+        "spec.lr_schedule.one_cycle.pct_start: must be in (0, 1), got 0.0",
+    ),
+    (
+        "checkpoint every 0 epochs",
+        _set("checkpoints", job_spec_pb2.CheckpointPolicy(every_n_epochs=0)),
+        INVALID,
+        "spec.checkpoints.every_n_epochs: must be >= 1, got 0",
+    ),
+    (
+        "keep 0 checkpoints",
+        _set("checkpoints", job_spec_pb2.CheckpointPolicy(keep_last=0)),
+        INVALID,
+        "spec.checkpoints.keep_last: must be >= 1, got 0",
+    ),
+    (
+        "0 cpu processes",
+        _set("devices", job_spec_pb2.DeviceRequest(cpu=True, cpu_processes=0)),
+        INVALID,
+        "spec.devices.cpu_processes: must be >= 1, got 0",
+    ),
+    (
+        "backbone_lr_scale 0 without init_from",
+        _set("backbone_lr_scale", 0.0),
+        INVALID,
+        "spec.backbone_lr_scale: applies when fine-tuning",
+    ),
     (
         "early stopping metric",
         _set("early_stopping", job_spec_pb2.EarlyStopping(metric="val_f1", patience=2)),
@@ -447,3 +513,12 @@ def test_a_warm_up_as_long_as_the_job_and_the_highest_lr_are_taken(
     spec.optimizer.name, spec.optimizer.lr = "sgd", 10.0
     job = submit(training, spec)
     training.CancelJob(training_pb2.CancelJobRequest(job_id=job.job_id))
+
+
+def test_a_zero_written_where_zero_is_in_range_is_kept(training: training_pb2_grpc.TrainingStub) -> None:
+    """adam's beta1 0 (no momentum) is a value of its own: it was taken as unset and trained as 0.9."""
+    spec = job_spec("mlp", max_steps=1)
+    spec.optimizer.beta1 = 0.0
+    job = submit(training, spec)
+    run = training.GetRun(training_pb2.GetRunRequest(run_id=job.run_id))
+    assert (run.params["optimizer.beta1"], run.params["optimizer.beta2"]) == ("0.0", "0.999")

@@ -266,3 +266,28 @@ def test_another_librarys_name_for_a_field_is_answered_with_the_specs(spec: dict
     with pytest.raises(ValueError, match="unknown key") as caught:
         from_dict(job_spec_pb2.JobSpec, spec)
     assert str(caught.value) == f"spec: {problem}"
+
+
+def test_a_zero_written_in_a_spec_reaches_the_daemon_as_written(tmp_path):
+    """A field whose unset value takes a default (batch_size 32) carries an explicit 0 as set, so
+    that the daemon refuses it by name instead of training with the default."""
+    path = tmp_path / "spec.toml"
+    path.write_text(
+        "epochs = 0\nmax_steps = 0\nbatch_size = 0\nlog_every_n_steps = 0\nbackbone_lr_scale = 0.0\n"
+        "[optimizer]\nlr = 0.0\nbeta1 = 0.0\nbeta2 = 0.0\neps = 0.0\n"
+        "[lr_schedule.one_cycle]\nmax_lr = 0.0\npct_start = 0.0\n"
+        "[checkpoints]\nevery_n_epochs = 0\nkeep_last = 0\n"
+        "[devices]\ncpu = true\ncpu_processes = 0\n"
+    )
+    spec = from_dict(job_spec_pb2.JobSpec, load_toml(path))
+    given = [
+        (spec, ("epochs", "max_steps", "batch_size", "log_every_n_steps", "backbone_lr_scale")),
+        (spec.optimizer, ("lr", "beta1", "beta2", "eps")),
+        (spec.lr_schedule.one_cycle, ("max_lr", "pct_start")),
+        (spec.checkpoints, ("every_n_epochs", "keep_last")),
+        (spec.devices, ("cpu_processes",)),
+    ]
+    assert [name for message, names in given for name in names if not message.HasField(name)] == []
+    assert from_dict(job_spec_pb2.JobSpec, {"lr_schedule": {"step": {"gamma": 0}}}).lr_schedule.step.HasField(
+        "gamma"
+    )

@@ -9,6 +9,9 @@ architecture value, a missing dataset, split or array, an input shape that does 
 dataset, an impossible device. The error names the field: NOT_FOUND for a dataset, version
 or parent model that does not exist, INVALID_ARGUMENT or FAILED_PRECONDITION for the rest
 (e.g. "spec.data.input_array: dataset 'clips' v2 has no array 'xs'; it has x, y").
+
+A field marked `optional` takes its default only when unset: a 0 set explicitly (batch_size
+= 0 in a TOML spec) is that value, and INVALID_ARGUMENT where it is out of the field's range.
 """
 
 from collections import abc as _abc
@@ -131,10 +134,12 @@ class JobSpec(_message.Message):
     epochs: _builtins.int
     """Passes over the training split. Set epochs, max_steps or both (training stops at
     whichever comes first); default 1 epoch when neither is set. At most 1,000,000 epochs.
+    0 is no bound: epochs 0 with max_steps trains by steps alone, max_steps 0 with epochs
+    has no step limit; a 0 with the other unset is INVALID_ARGUMENT.
     """
     max_steps: _builtins.int
     batch_size: _builtins.int
-    """Samples per step (per process under DDP). Default 32."""
+    """Samples per step (per process under DDP). Default 32; >= 1."""
     seed: _builtins.int
     """Seeds model initialisation, data order and dropout. Same spec + seed on CPU gives the
     same loss curve.
@@ -142,10 +147,11 @@ class JobSpec(_message.Message):
     priority: _builtins.int
     """Higher runs first; equal priorities run in submission order."""
     log_every_n_steps: _builtins.int
-    """Emit a step-metrics event every N steps; default 10."""
+    """Emit a step-metrics event every N steps; default 10; >= 1."""
     backbone_lr_scale: _builtins.float
     """The learning rate of every parameter outside the final layer is optimizer.lr times this
-    (the schedule applies to both); 0 means 1. Needs init_from.
+    (the schedule applies to both); default 1, > 0 (freeze keeps parameters from training).
+    Needs init_from.
     """
     precision: _builtins.str
     """Numeric precision of training: "fp32" (default), "bf16" (autocast to bfloat16, on CPU or
@@ -217,29 +223,48 @@ class JobSpec(_message.Message):
         data: Global___DataSpec | None = ...,
         optimizer: Global___Optimizer | None = ...,
         lr_schedule: Global___LrSchedule | None = ...,
-        epochs: _builtins.int = ...,
-        max_steps: _builtins.int = ...,
-        batch_size: _builtins.int = ...,
+        epochs: _builtins.int | None = ...,
+        max_steps: _builtins.int | None = ...,
+        batch_size: _builtins.int | None = ...,
         seed: _builtins.int = ...,
         early_stopping: Global___EarlyStopping | None = ...,
         checkpoints: Global___CheckpointPolicy | None = ...,
         devices: Global___DeviceRequest | None = ...,
         priority: _builtins.int = ...,
         register_as: Global___RegisterAs | None = ...,
-        log_every_n_steps: _builtins.int = ...,
+        log_every_n_steps: _builtins.int | None = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         init_from: _common_pb2.VersionRef | None = ...,
         freeze: _abc.Iterable[_builtins.str] | None = ...,
         replace_head: Global___ReplaceHead | None = ...,
-        backbone_lr_scale: _builtins.float = ...,
+        backbone_lr_scale: _builtins.float | None = ...,
         precision: _builtins.str = ...,
         max_restarts: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "init_from", b"init_from", "lr_schedule", b"lr_schedule", "optimizer", b"optimizer", "register_as", b"register_as", "replace_head", b"replace_head"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_backbone_lr_scale", b"_backbone_lr_scale", "_batch_size", b"_batch_size", "_epochs", b"_epochs", "_log_every_n_steps", b"_log_every_n_steps", "_max_steps", b"_max_steps", "architecture", b"architecture", "backbone_lr_scale", b"backbone_lr_scale", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "init_from", b"init_from", "log_every_n_steps", b"log_every_n_steps", "lr_schedule", b"lr_schedule", "max_steps", b"max_steps", "optimizer", b"optimizer", "register_as", b"register_as", "replace_head", b"replace_head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "backbone_lr_scale", b"backbone_lr_scale", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "experiment", b"experiment", "freeze", b"freeze", "init_from", b"init_from", "log_every_n_steps", b"log_every_n_steps", "loss", b"loss", "lr_schedule", b"lr_schedule", "max_restarts", b"max_restarts", "max_steps", b"max_steps", "optimizer", b"optimizer", "precision", b"precision", "priority", b"priority", "register_as", b"register_as", "replace_head", b"replace_head", "run_name", b"run_name", "seed", b"seed", "tags", b"tags", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backbone_lr_scale", b"_backbone_lr_scale", "_batch_size", b"_batch_size", "_epochs", b"_epochs", "_log_every_n_steps", b"_log_every_n_steps", "_max_steps", b"_max_steps", "architecture", b"architecture", "backbone_lr_scale", b"backbone_lr_scale", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "experiment", b"experiment", "freeze", b"freeze", "init_from", b"init_from", "log_every_n_steps", b"log_every_n_steps", "loss", b"loss", "lr_schedule", b"lr_schedule", "max_restarts", b"max_restarts", "max_steps", b"max_steps", "optimizer", b"optimizer", "precision", b"precision", "priority", b"priority", "register_as", b"register_as", "replace_head", b"replace_head", "run_name", b"run_name", "seed", b"seed", "tags", b"tags", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__backbone_lr_scale: _TypeAlias = _typing.Literal["backbone_lr_scale"]  # noqa: Y015
+    _WhichOneofArgType__backbone_lr_scale: _TypeAlias = _typing.Literal["_backbone_lr_scale", b"_backbone_lr_scale"]  # noqa: Y015
+    _WhichOneofReturnType__batch_size: _TypeAlias = _typing.Literal["batch_size"]  # noqa: Y015
+    _WhichOneofArgType__batch_size: _TypeAlias = _typing.Literal["_batch_size", b"_batch_size"]  # noqa: Y015
+    _WhichOneofReturnType__epochs: _TypeAlias = _typing.Literal["epochs"]  # noqa: Y015
+    _WhichOneofArgType__epochs: _TypeAlias = _typing.Literal["_epochs", b"_epochs"]  # noqa: Y015
+    _WhichOneofReturnType__log_every_n_steps: _TypeAlias = _typing.Literal["log_every_n_steps"]  # noqa: Y015
+    _WhichOneofArgType__log_every_n_steps: _TypeAlias = _typing.Literal["_log_every_n_steps", b"_log_every_n_steps"]  # noqa: Y015
+    _WhichOneofReturnType__max_steps: _TypeAlias = _typing.Literal["max_steps"]  # noqa: Y015
+    _WhichOneofArgType__max_steps: _TypeAlias = _typing.Literal["_max_steps", b"_max_steps"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__backbone_lr_scale) -> _WhichOneofReturnType__backbone_lr_scale | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__batch_size) -> _WhichOneofReturnType__batch_size | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__epochs) -> _WhichOneofReturnType__epochs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__log_every_n_steps) -> _WhichOneofReturnType__log_every_n_steps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_steps) -> _WhichOneofReturnType__max_steps | None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
 
@@ -322,7 +347,9 @@ class Optimizer(_message.Message):
     """sgd only."""
     nesterov: _builtins.bool
     beta1: _builtins.float
-    """adam/adamw; defaults 0.9, 0.999, 1e-8."""
+    """adam/adamw; defaults 0.9, 0.999, 1e-8. Betas in [0, 1) (0 is kept, not the default),
+    eps > 0.
+    """
     beta2: _builtins.float
     eps: _builtins.float
     grad_clip_norm: _builtins.float
@@ -331,20 +358,35 @@ class Optimizer(_message.Message):
         self,
         *,
         name: _builtins.str = ...,
-        lr: _builtins.float = ...,
+        lr: _builtins.float | None = ...,
         weight_decay: _builtins.float = ...,
         momentum: _builtins.float = ...,
         nesterov: _builtins.bool = ...,
-        beta1: _builtins.float = ...,
-        beta2: _builtins.float = ...,
-        eps: _builtins.float = ...,
+        beta1: _builtins.float | None = ...,
+        beta2: _builtins.float | None = ...,
+        eps: _builtins.float | None = ...,
         grad_clip_norm: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_beta1", b"_beta1", "_beta2", b"_beta2", "_eps", b"_eps", "_lr", b"_lr", "beta1", b"beta1", "beta2", b"beta2", "eps", b"eps", "lr", b"lr"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beta1", b"beta1", "beta2", b"beta2", "eps", b"eps", "grad_clip_norm", b"grad_clip_norm", "lr", b"lr", "momentum", b"momentum", "name", b"name", "nesterov", b"nesterov", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beta1", b"_beta1", "_beta2", b"_beta2", "_eps", b"_eps", "_lr", b"_lr", "beta1", b"beta1", "beta2", b"beta2", "eps", b"eps", "grad_clip_norm", b"grad_clip_norm", "lr", b"lr", "momentum", b"momentum", "name", b"name", "nesterov", b"nesterov", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__beta1: _TypeAlias = _typing.Literal["beta1"]  # noqa: Y015
+    _WhichOneofArgType__beta1: _TypeAlias = _typing.Literal["_beta1", b"_beta1"]  # noqa: Y015
+    _WhichOneofReturnType__beta2: _TypeAlias = _typing.Literal["beta2"]  # noqa: Y015
+    _WhichOneofArgType__beta2: _TypeAlias = _typing.Literal["_beta2", b"_beta2"]  # noqa: Y015
+    _WhichOneofReturnType__eps: _TypeAlias = _typing.Literal["eps"]  # noqa: Y015
+    _WhichOneofArgType__eps: _TypeAlias = _typing.Literal["_eps", b"_eps"]  # noqa: Y015
+    _WhichOneofReturnType__lr: _TypeAlias = _typing.Literal["lr"]  # noqa: Y015
+    _WhichOneofArgType__lr: _TypeAlias = _typing.Literal["_lr", b"_lr"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__beta1) -> _WhichOneofReturnType__beta1 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__beta2) -> _WhichOneofReturnType__beta2 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__eps) -> _WhichOneofReturnType__eps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lr) -> _WhichOneofReturnType__lr | None: ...
 
 Global___Optimizer: _TypeAlias = Optimizer  # noqa: Y015
 
@@ -413,18 +455,20 @@ class StepLr(_message.Message):
     GAMMA_FIELD_NUMBER: _builtins.int
     step_size: _builtins.int
     gamma: _builtins.float
-    """default 0.1"""
+    """default 0.1; in (0, 1]"""
     def __init__(
         self,
         *,
         step_size: _builtins.int = ...,
-        gamma: _builtins.float = ...,
+        gamma: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gamma", b"_gamma", "gamma", b"gamma"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gamma", b"gamma", "step_size", b"step_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gamma", b"_gamma", "gamma", b"gamma", "step_size", b"step_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__gamma: _TypeAlias = _typing.Literal["gamma"]  # noqa: Y015
+    _WhichOneofArgType__gamma: _TypeAlias = _typing.Literal["_gamma", b"_gamma"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gamma) -> _WhichOneofReturnType__gamma | None: ...
 
 Global___StepLr: _TypeAlias = StepLr  # noqa: Y015
 
@@ -460,18 +504,25 @@ class OneCycleLr(_message.Message):
     max_lr: _builtins.float
     """default optimizer.lr; at most 10"""
     pct_start: _builtins.float
-    """default 0.3"""
+    """default 0.3; in (0, 1)"""
     def __init__(
         self,
         *,
-        max_lr: _builtins.float = ...,
-        pct_start: _builtins.float = ...,
+        max_lr: _builtins.float | None = ...,
+        pct_start: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_lr", b"_max_lr", "_pct_start", b"_pct_start", "max_lr", b"max_lr", "pct_start", b"pct_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_lr", b"max_lr", "pct_start", b"pct_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_lr", b"_max_lr", "_pct_start", b"_pct_start", "max_lr", b"max_lr", "pct_start", b"pct_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_lr: _TypeAlias = _typing.Literal["max_lr"]  # noqa: Y015
+    _WhichOneofArgType__max_lr: _TypeAlias = _typing.Literal["_max_lr", b"_max_lr"]  # noqa: Y015
+    _WhichOneofReturnType__pct_start: _TypeAlias = _typing.Literal["pct_start"]  # noqa: Y015
+    _WhichOneofArgType__pct_start: _TypeAlias = _typing.Literal["_pct_start", b"_pct_start"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_lr) -> _WhichOneofReturnType__max_lr | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pct_start) -> _WhichOneofReturnType__pct_start | None: ...
 
 Global___OneCycleLr: _TypeAlias = OneCycleLr  # noqa: Y015
 
@@ -519,9 +570,9 @@ class CheckpointPolicy(_message.Message):
     RETAIN_LATEST_FIELD_NUMBER: _builtins.int
     RETAIN_BEST_FIELD_NUMBER: _builtins.int
     every_n_epochs: _builtins.int
-    """Save every N epochs; default 1."""
+    """Save every N epochs; default 1; >= 1."""
     keep_last: _builtins.int
-    """Keep the newest K periodic checkpoints; default 2."""
+    """Keep the newest K periodic checkpoints; default 2; >= 1."""
     keep_best_metric: _builtins.str
     """Also keep the best checkpoint by this metric (e.g. val_loss); empty: none."""
     keep_best_mode: Global___OptimizeMode.ValueType
@@ -534,21 +585,29 @@ class CheckpointPolicy(_message.Message):
     def __init__(
         self,
         *,
-        every_n_epochs: _builtins.int = ...,
-        keep_last: _builtins.int = ...,
+        every_n_epochs: _builtins.int | None = ...,
+        keep_last: _builtins.int | None = ...,
         keep_best_metric: _builtins.str = ...,
         keep_best_mode: Global___OptimizeMode.ValueType = ...,
         retain_latest: _builtins.int | None = ...,
         retain_best: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_retain_best", b"_retain_best", "_retain_latest", b"_retain_latest", "retain_best", b"retain_best", "retain_latest", b"retain_latest"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_every_n_epochs", b"_every_n_epochs", "_keep_last", b"_keep_last", "_retain_best", b"_retain_best", "_retain_latest", b"_retain_latest", "every_n_epochs", b"every_n_epochs", "keep_last", b"keep_last", "retain_best", b"retain_best", "retain_latest", b"retain_latest"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retain_best", b"_retain_best", "_retain_latest", b"_retain_latest", "every_n_epochs", b"every_n_epochs", "keep_best_metric", b"keep_best_metric", "keep_best_mode", b"keep_best_mode", "keep_last", b"keep_last", "retain_best", b"retain_best", "retain_latest", b"retain_latest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_every_n_epochs", b"_every_n_epochs", "_keep_last", b"_keep_last", "_retain_best", b"_retain_best", "_retain_latest", b"_retain_latest", "every_n_epochs", b"every_n_epochs", "keep_best_metric", b"keep_best_metric", "keep_best_mode", b"keep_best_mode", "keep_last", b"keep_last", "retain_best", b"retain_best", "retain_latest", b"retain_latest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__every_n_epochs: _TypeAlias = _typing.Literal["every_n_epochs"]  # noqa: Y015
+    _WhichOneofArgType__every_n_epochs: _TypeAlias = _typing.Literal["_every_n_epochs", b"_every_n_epochs"]  # noqa: Y015
+    _WhichOneofReturnType__keep_last: _TypeAlias = _typing.Literal["keep_last"]  # noqa: Y015
+    _WhichOneofArgType__keep_last: _TypeAlias = _typing.Literal["_keep_last", b"_keep_last"]  # noqa: Y015
     _WhichOneofReturnType__retain_best: _TypeAlias = _typing.Literal["retain_best"]  # noqa: Y015
     _WhichOneofArgType__retain_best: _TypeAlias = _typing.Literal["_retain_best", b"_retain_best"]  # noqa: Y015
     _WhichOneofReturnType__retain_latest: _TypeAlias = _typing.Literal["retain_latest"]  # noqa: Y015
     _WhichOneofArgType__retain_latest: _TypeAlias = _typing.Literal["_retain_latest", b"_retain_latest"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__every_n_epochs) -> _WhichOneofReturnType__every_n_epochs | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__keep_last) -> _WhichOneofReturnType__keep_last | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__retain_best) -> _WhichOneofReturnType__retain_best | None: ...
     @_typing.overload
@@ -592,6 +651,7 @@ class DeviceRequest(_message.Message):
     gpu_count: _builtins.int
     """Any N free GPUs (DDP with NCCL when N > 1)."""
     cpu_processes: _builtins.int
+    """Default 1; >= 1. CPU jobs only."""
     @_builtins.property
     def cuda(self) -> Global___CudaDevices:
         """Exactly these CUDA devices, e.g. [0] or [0, 1] (several: DDP with NCCL)."""
@@ -609,15 +669,20 @@ class DeviceRequest(_message.Message):
         cpu: _builtins.bool = ...,
         cuda: Global___CudaDevices | None = ...,
         gpu_count: _builtins.int = ...,
-        cpu_processes: _builtins.int = ...,
+        cpu_processes: _builtins.int | None = ...,
         ray_resources: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "cuda", b"cuda", "gpu_count", b"gpu_count", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cpu_processes", b"_cpu_processes", "cpu", b"cpu", "cpu_processes", b"cpu_processes", "cuda", b"cuda", "gpu_count", b"gpu_count", "kind", b"kind"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu", b"cpu", "cpu_processes", b"cpu_processes", "cuda", b"cuda", "gpu_count", b"gpu_count", "kind", b"kind", "ray_resources", b"ray_resources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cpu_processes", b"_cpu_processes", "cpu", b"cpu", "cpu_processes", b"cpu_processes", "cuda", b"cuda", "gpu_count", b"gpu_count", "kind", b"kind", "ray_resources", b"ray_resources"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__cpu_processes: _TypeAlias = _typing.Literal["cpu_processes"]  # noqa: Y015
+    _WhichOneofArgType__cpu_processes: _TypeAlias = _typing.Literal["_cpu_processes", b"_cpu_processes"]  # noqa: Y015
     _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["cpu", "cuda", "gpu_count"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cpu_processes) -> _WhichOneofReturnType__cpu_processes | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___DeviceRequest: _TypeAlias = DeviceRequest  # noqa: Y015

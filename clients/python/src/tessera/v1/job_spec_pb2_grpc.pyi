@@ -9,6 +9,9 @@ architecture value, a missing dataset, split or array, an input shape that does 
 dataset, an impossible device. The error names the field: NOT_FOUND for a dataset, version
 or parent model that does not exist, INVALID_ARGUMENT or FAILED_PRECONDITION for the rest
 (e.g. "spec.data.input_array: dataset 'clips' v2 has no array 'xs'; it has x, y").
+
+A field marked `optional` takes its default only when unset: a 0 set explicitly (batch_size
+= 0 in a TOML spec) is that value, and INVALID_ARGUMENT where it is out of the field's range.
 """
 
 from collections import abc as _abc
