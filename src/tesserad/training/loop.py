@@ -132,8 +132,10 @@ class Trainer:
         resource_interval_s: float,
         initial_weights: bytes = b"",
         compile_setting: str = "off",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self._clock = clock
         self.device = device
         self.dist = dist
         self.emit = emit if dist.leader else (lambda _kind, _data: None)
@@ -231,14 +233,19 @@ class Trainer:
         early = config["early_stopping"]
         step = self.loop_state["step"]
         start_step = step
-        started = time.monotonic()
+        started = self._clock()
+        # samples/s is over training steps only: a window that spans an epoch's end leaves out
+        # its validation and checkpoint (the time left, from `started`, keeps them in).
         window_start, window_samples = started, 0
+        epoch_ended: float | None = None
         next_resources = started
         process = psutil.Process()
         process.cpu_percent()
         last_metrics: dict[str, float] = {}
         for epoch in range(self.loop_state["epoch"], self.epochs):
-            epoch_started = time.monotonic()
+            epoch_started = self._clock()
+            if epoch_ended is not None:
+                window_start += epoch_started - epoch_ended
             self.net.train()
             order = epoch_order(config["seed"], epoch, len(self.train_indices), self.dist)
             loss_sum = torch.zeros((), device=self.device)
@@ -287,7 +294,7 @@ class Trainer:
                 if self.task == "classification":
                     correct += (out.detach().argmax(1) == y).sum()
                 if step % log_every == 0 or step == self.total_steps:
-                    now = time.monotonic()
+                    now = self._clock()
                     rate = window_samples / max(now - window_start, 1e-9)
                     window_start, window_samples = now, 0
                     self.emit(
@@ -308,6 +315,7 @@ class Trainer:
                     if now >= next_resources:
                         next_resources = now + self.resource_interval_s
                         self.emit("resources", self._resources(process))
+            epoch_ended = self._clock()
             metrics = self._epoch_metrics(loss_sum, correct, seen)
             last_metrics = metrics
             self.emit(
@@ -316,7 +324,7 @@ class Trainer:
                     "epoch": epoch + 1,
                     "step": step,
                     "metrics": metrics,
-                    "duration_s": time.monotonic() - epoch_started,
+                    "duration_s": self._clock() - epoch_started,
                 },
             )
             stop_early = False

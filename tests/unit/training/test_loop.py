@@ -183,3 +183,41 @@ def test_compile_setting_auto_compiles_cuda_jobs_only() -> None:
     assert use_compile("auto", torch.device("cuda", 0)) is True
     assert use_compile("on", torch.device("cpu")) is True
     assert use_compile("off", torch.device("cuda", 0)) is False
+
+
+class _Clock:
+    """A clock that moves 1 ms each time it is read, and as far as `wait` says."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.001
+        return self.now
+
+    def wait(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_samples_per_s_leaves_out_the_time_between_epochs() -> None:
+    # 3 steps an epoch, a step event every 4: most windows span an epoch's end, where a slow
+    # checkpoint (as validation would) took 100 s. The rate dropped to ~0.4 samples/s for them.
+    clock = _Clock()
+    events: list[tuple[str, dict]] = []
+    trainer = Trainer(
+        _config(log_every_n_steps=4, checkpoints={**_config()["checkpoints"], "every_n_epochs": 1}),
+        _data(),
+        torch.device("cpu"),
+        Distributed(0, 1),
+        lambda kind, payload: events.append((kind, payload)),
+        lambda _blob, _info: clock.wait(100.0),
+        lambda: False,
+        60.0,
+        clock=clock,
+    )
+    trainer.run()
+    rates = [p["samples_per_s"] for k, p in events if k == "step"]
+    assert len(rates) == 3 and min(rates) > 100, rates
+    # The time left is the whole job's pace: the checkpoints' time is in it.
+    etas = [p["eta_s"] for k, p in events if k == "progress"]
+    assert etas[0] > 100, etas

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -23,6 +23,7 @@ from tessera.events import (
     VersionRegistered,
 )
 from tessera.events import Progress as ProgressEvent
+from tessera.job_progress import Pace
 from tessera.json_output import dumps, message_to_plain
 from tessera.plot import line_plot
 from tessera.training import Job
@@ -145,13 +146,17 @@ def _live(events: Iterable[JobEvent], curves: Curves, console: Console) -> None:
         TextColumn("{task.fields[steps]}"),
         TextColumn("{task.fields[loss]}"),
         TextColumn("{task.fields[speed]}"),
-        TimeRemainingColumn(),
+        # The job's own estimate: rich's TimeRemainingColumn times the bar's updates, which
+        # follow the events' bursty arrival, not the training.
+        TextColumn("{task.fields[left]}"),
     )
+    pace = Pace()
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("queued", total=None, loss="", speed="", steps="")
+        task = bar.add_task("queued", total=None, loss="", speed="", steps="", left="")
         epoch = 0
         for event in events:
             curves.add(event)
+            pace.add(event)
             if isinstance(event, StateChanged):
                 bar.update(task, description=event.state.value)
                 bar.console.print(Text(state_line(event), style="dim"))
@@ -162,7 +167,7 @@ def _live(events: Iterable[JobEvent], curves: Curves, console: Console) -> None:
                     description=f"epoch {epoch}",
                     completed=event.step,
                     loss=f"loss {event.loss:.4f}",
-                    speed=f"{event.samples_per_s:,.0f} samples/s",
+                    speed=f"{pace.samples_per_s:,.0f} samples/s",
                 )
             elif isinstance(event, ProgressEvent):
                 bar.update(
@@ -170,6 +175,7 @@ def _live(events: Iterable[JobEvent], curves: Curves, console: Console) -> None:
                     completed=event.step,
                     total=event.total_steps or None,
                     steps=f"step {event.step}/{event.total_steps}",
+                    left=pace.time_left(),
                 )
             elif isinstance(event, EpochMetrics):
                 # key=value words: a line wrapped at the terminal's width never parts a metric

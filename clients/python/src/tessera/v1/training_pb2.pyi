@@ -789,6 +789,9 @@ class StepMetrics(_message.Message):
     loss: _builtins.float
     lr: _builtins.float
     samples_per_s: _builtins.float
+    """Training samples a second (all processes) over the steps since the previous step event,
+    on the worker's clock; the time between epochs (validation, checkpoints) is left out.
+    """
     def __init__(
         self,
         *,
@@ -868,7 +871,9 @@ class Progress(_message.Message):
     fraction: _builtins.float
     """0..1."""
     eta_s: _builtins.float
-    """Estimated seconds to completion."""
+    """Estimated seconds to completion: the steps left at the attempt's average pace since it
+    started, validation and checkpoints included.
+    """
     step: _builtins.int
     total_steps: _builtins.int
     def __init__(
