@@ -123,6 +123,19 @@ def test_only_the_fix_is_put_in_cli_words_and_never_a_name_the_message_quotes():
     )
 
 
+def test_each_problem_of_a_spec_has_its_fix_in_cli_words():
+    """A spec's problems come one to a line, each ending in its own fix."""
+    assert in_cli_words(
+        "the spec has 2 problems:\n"
+        "  spec.data.dataset: dataset 'clips' does not exist; upload it with UploadDataset\n"
+        "  spec.init_from.model: model 'base' does not exist; create it with CreateModel"
+    ) == (
+        "the spec has 2 problems:\n"
+        "  spec.data.dataset: dataset 'clips' does not exist; upload it with `tessera datasets push NAME FILE`\n"
+        "  spec.init_from.model: model 'base' does not exist; create it with `tessera models push MODEL FILE`"
+    )
+
+
 def test_a_field_to_set_becomes_the_flag_that_sets_it():
     assert in_cli_words(
         "array 'x' has NaN or Inf values; clean them, or accept them with allow_nonfinite"

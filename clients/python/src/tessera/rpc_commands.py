@@ -125,8 +125,14 @@ _METHOD_PATH = re.compile(
 
 
 def in_cli_words(message: str) -> str:
-    """`message` with the fix that ends it (what follows its last "; ", or the whole of a
-    message without one) in a CLI user's words: each RPC it names (bare, as Service.Rpc or
+    """`message` with the fix that ends each of its lines in a CLI user's words (a spec's problems
+    come one to a line, each with its own fix); see `_line_in_cli_words`."""
+    return "\n".join(_line_in_cli_words(line) for line in message.split("\n"))
+
+
+def _line_in_cli_words(message: str) -> str:
+    """`message` (one line) with the fix that ends it (what follows its last "; ", or the whole
+    of a line without one) in a CLI user's words: each RPC it names (bare, as Service.Rpc or
     tessera.v1.Service/Rpc) as its command, each request field or client argument it tells the
     caller to set as the flag that sets it. Before the fix a message says what went wrong, in the
     user's own text too (a path given, a run id), so only what no such text holds is put there: a
