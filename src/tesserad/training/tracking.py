@@ -946,9 +946,9 @@ class Tracking:
                 # As a ListRuns page, a board holds one run whatever its size.
                 if ranked and size > MAX_PAGE_BYTES:
                     raise ResourceExhausted(
-                        f"limit: the top {len(ranked) + 1} runs by {metric} take more than one answer "
+                        f"limit: the top {len(ranked) + 1} runs by {metric!r} take more than one answer "
                         f"holds ({format_size(MAX_PAGE_BYTES)}); ask for limit {len(ranked)} or less, "
-                        f"or page through ListRuns ordered by {metric}"
+                        f"or page through ListRuns ordered by {metric!r}"
                     )
                 ranked.append((run, summary.field(summary_field)))
         return ranked
