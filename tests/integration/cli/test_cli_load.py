@@ -158,16 +158,16 @@ def test_keep_config_of_a_version_not_loaded_fails_and_loads_nothing(tessera_cli
 
 def test_load_options_out_of_range_are_refused_before_anything_loads(tessera_cli, client, tmp_path, capsys):
     client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
-    for bad in (["--max-queue-delay-us", "-1"], ["--warmup-runs", "-1"], ["--runtime", "tensorrt"]):
+    for bad in (
+        ["--max-queue-delay-us", "-1"],
+        ["--max-queue-delay-us", "20000000"],
+        ["--warmup-runs", "-1"],
+        ["--runtime", "tensorrt"],
+    ):
         with pytest.raises(SystemExit) as exited:
             tessera_cli("load", "affine", *bad)
         assert exited.value.code == EXIT_USAGE
         assert bad[0] in capsys.readouterr().err
-    too_long = tessera_cli("load", "affine", "--max-queue-delay-us", "20000000")
-    assert too_long.code == EXIT_DAEMON
-    assert too_long.err.startswith(
-        "tessera: INVALID_ARGUMENT: config.max_queue_delay_us must be in 0..10000000"
-    )
     torch = tessera_cli("load", "affine", "--runtime", "torch")
     assert torch.code == EXIT_DAEMON and torch.err.startswith(
         "tessera: FAILED_PRECONDITION: the torch runtime"

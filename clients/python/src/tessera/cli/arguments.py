@@ -101,12 +101,91 @@ def selector(text: str) -> int | str:
     return whole_number(text) if is_digits(text) else text
 
 
+# How every command naming a version takes it and says so in its --help.
+VERSION_METAVAR = "N|ALIAS"
+VERSION_WORDS = "a version number (from 1) or an alias"
+
+
 def version_or_alias(text: str) -> int | str:
-    """argparse's type for a version number or an alias."""
+    """argparse's type for a version number or an alias: a number that is no version (0, -1,
+    past int64) is refused here, where the daemon would read "-1" as an alias's name."""
+    if not is_digits(text.removeprefix("-")):
+        return text
+    number = _digits_number(text)
+    if number is None or number < 1:
+        raise argparse.ArgumentTypeError(f"a version is a number from 1 or an alias, got {_shown(text)!r}")
+    return number
+
+
+def version_number(text: str) -> int:
+    """argparse's type for a version that must be given by its number."""
+    number = _digits_number(text)
+    if number is None or number < 1:
+        raise argparse.ArgumentTypeError(f"a version is a number from 1, got {_shown(text)!r}")
+    return number
+
+
+def add_version_flags(sub: argparse.ArgumentParser, default: str, *, alias_flag: bool = True) -> None:
+    """--version N|ALIAS and --alias ALIAS, one or the other (both: a usage error), as every
+    command naming a version takes it; `picked_version` reads them. `alias_flag` False for a
+    command whose --alias means another thing (export's: the alias moved to what it makes)."""
+    flags = sub.add_mutually_exclusive_group() if alias_flag else sub
+    flags.add_argument(
+        "--version", type=version_or_alias, metavar=VERSION_METAVAR, help=f"{VERSION_WORDS} ({default})"
+    )
+    if alias_flag:
+        flags.add_argument("--alias", help="the version this alias points at: the same as --version ALIAS")
+
+
+def picked_version(args: argparse.Namespace) -> int | str | None:
+    """The version `add_version_flags`' flags picked: a number, an alias, or None for the default."""
+    alias: str | None = getattr(args, "alias", None)
+    return args.version if args.version is not None else alias
+
+
+def picked_number_or_alias(args: argparse.Namespace) -> tuple[int | None, str | None]:
+    """`picked_version` as the (version, alias) pair the SDK's predict and explain take."""
+    picked = picked_version(args)
+    return (None, picked) if isinstance(picked, str) else (picked, None)
+
+
+def _digits_number(text: str) -> int | None:
+    """`text` as a number in 0..INT64_MAX written in digits 0-9; None for anything else."""
     try:
-        return selector(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+        return whole_number(text)
+    except ValueError:
+        return None
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+# The daemon's range for each ServingConfig field `tessera load` sets (its serving pool's
+# CONFIG_LIMITS, which a test holds this to): a value past it is a usage error in flags' words.
+SERVING_LIMITS = {
+    "instances": (1, 64),
+    "max_batch_size": (1, 65536),
+    "max_queue_delay_us": (0, 10_000_000),
+    "max_queue_size": (1, 1_000_000),
+    "warmup_runs": (0, 1000),
+    "intra_op_threads": (0, 1024),
+}
+
+
+def serving_option(field: str) -> Callable[[str], int]:
+    """argparse's type for a `tessera load` option filling ServingConfig's `field`: in the
+    daemon's range, or 0 for the daemon's default where the range starts at 1, as the daemon takes it."""
+    low, high = SERVING_LIMITS[field]
+
+    def parse(text: str) -> int:
+        number = _digits_number(text)
+        if number is None or not (low <= number <= high or (low and number == 0)):
+            default = " (0 for the daemon's default)" if low else ""
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}{default}, got {_shown(text)!r}")
+        return number
+
+    return parse
 
 
 def whole(low: int = 0, high: int = INT64_MAX) -> Callable[[str], int]:
@@ -139,23 +218,6 @@ def output_index(text: str) -> int:
             raise argparse.ArgumentTypeError(
                 f"{err}: explain's --target is the output index (class) to explain; the daemon's "
                 "address goes before the command, `tessera --target HOST:PORT explain ...`"
-            ) from None
-        raise
-
-
-def version_beside_alias(text: str) -> int:
-    """argparse's type for the --version of a command with an --alias of its own (predict,
-    explain): the word other commands take as an alias there is pointed at --alias."""
-    try:
-        return whole()(text)
-    except argparse.ArgumentTypeError as err:
-        if text[:1] in "vV" and text[1:].isascii() and text[1:].isdigit():  # "v2", as tables show it
-            raise argparse.ArgumentTypeError(
-                f"{err}; for version {text[1:]}, pass --version {text[1:]}"
-            ) from None
-        if text[:1].isalpha():
-            raise argparse.ArgumentTypeError(
-                f"{err}; for the version an alias points at, pass --alias {text}"
             ) from None
         raise
 

@@ -9,7 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tessera.cli.arguments import UsageError, refused_resume_in_cli_words, replaced_only_with_force
+from tessera.cli.arguments import (
+    UsageError,
+    picked_version,
+    refused_resume_in_cli_words,
+    replaced_only_with_force,
+)
 from tessera.cli.inputs import load_inputs
 from tessera.cli.output import Output, shape, transfer_progress, when
 from tessera.client import Client
@@ -51,7 +56,7 @@ def cmd_models_ls(client: Client, args: argparse.Namespace, out: Output) -> None
 
 
 def cmd_models_show(client: Client, args: argparse.Namespace, out: Output) -> None:
-    version = client.models.version(args.model, args.version)
+    version = client.models.version(args.model, picked_version(args))
     if out.as_json:
         return out.json(version)
     out.pairs(f"{version.model} v{version.version}", version_rows(version), whole=("sha256", "parent sha256"))
@@ -434,7 +439,8 @@ SUFFIX_BY_FORMAT = {
 def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -> None:
     if args.path and args.output:
         raise UsageError(f"name the file once: PATH ({args.path}) or -o/--output ({args.output}), not both")
-    if args.path and is_digits(args.path) and args.version is None and not Path(args.path).exists():
+    picked = picked_version(args)
+    if args.path and is_digits(args.path) and picked is None and not Path(args.path).exists():
         # `models alias MODEL NAME N` takes a version there: N would get the latest version.
         raise UsageError(
             f"{args.path!r} would be the file written; for version {args.path}, pass --version "
@@ -443,7 +449,7 @@ def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -
     given_path = args.path or args.output
     # Resolved first: the file's name must match the artifact's format, and the number pins
     # the version downloaded to the one checked.
-    resolved = client.models.version(args.model, args.version)
+    resolved = client.models.version(args.model, picked)
     suffix = SUFFIX_BY_FORMAT.get(resolved.format, "")
     default = f"{resolved.model}-v{resolved.version}{suffix}"
     path = Path(given_path) if given_path else Path(default)

@@ -13,6 +13,7 @@ from tessera.cli.arguments import (
     INT32_MAX,
     TIMEOUT_ENV,
     TRANSFER_TIMEOUT_ENV,
+    add_version_flags,
     daemon_target,
     dataset,
     env_default,
@@ -23,10 +24,11 @@ from tessera.cli.arguments import (
     metric_condition,
     output_index,
     route,
+    serving_option,
     split,
     timeout_seconds,
     transfer_timeout_seconds,
-    version_beside_alias,
+    version_number,
     version_or_alias,
     weight_list,
     whole,
@@ -82,7 +84,6 @@ from tessera.command_parser import CommandParser
 from tessera.ensembles import COMBINES
 from tessera.events import JobState
 from tessera.explanations import METHODS, SHORT_NAMES
-from tessera.messages import INT64_MAX
 from tessera.models import FORMAT_BY_SUFFIX
 from tessera.sweep_commands import add_sweep_commands
 from tessera.transport import (
@@ -303,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = command(models, "show", cmd_models_show, "show a model version's details")
     sub.add_argument("model", help=MODEL_HELP)
-    sub.add_argument("--version", type=version_or_alias, help="number or alias (default latest)")
+    add_version_flags(sub, "default: latest")
     sub = command(
         models, "push", cmd_models_push, "register an ONNX file, or safetensors weights with --spec"
     )
@@ -360,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(models, "alias", cmd_models_alias, "point an alias at a version")
     sub.add_argument("model", help=MODEL_HELP)
     sub.add_argument("alias", help="the alias's name, e.g. production (latest is kept by the daemon)")
-    sub.add_argument("version", type=whole(), help="the version number it points at")
+    sub.add_argument("version", type=version_number, help="the version number it points at (from 1)")
     command(
         models,
         "aliases",
@@ -386,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "version",
         nargs="?",
-        type=whole(1),
-        help="the version to delete (its number); leave out for the model",
+        type=version_number,
+        help="the version to delete (its number, from 1); leave out for the model",
     )
     sub.add_argument(
         "--force",
@@ -466,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and so is a number that names nothing there yet without --version (for version N, --version N)",
     )
     sub.add_argument("-o", "--output", metavar="PATH", help="the same as PATH, as datasets download takes it")
-    sub.add_argument("--version", type=version_or_alias, help="number or alias (default latest)")
+    add_version_flags(sub, "default: latest")
     sub.add_argument(
         "--force", action="store_true", help="replace the file if it exists (else refused, exit 2)"
     )
@@ -870,11 +871,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = command(export, "onnx", cmd_export_onnx, "export a safetensors version to ONNX as a new version")
     sub.add_argument("model", help=MODEL_HELP)
-    sub.add_argument(
-        "--version",
-        type=version_or_alias,
-        help="the safetensors version to export, a number or alias (default latest)",
-    )
+    add_version_flags(sub, "the safetensors version to export; default: latest", alias_flag=False)
     sub.add_argument(
         "--opset",
         type=whole(high=INT32_MAX),
@@ -904,13 +901,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help=".npz with arrays by input name, or .npy for 'input'; - reads either from stdin",
     )
-    pick = sub.add_mutually_exclusive_group()
-    pick.add_argument(
-        "--version",
-        type=version_beside_alias,
-        help="this version number (default: as the deployment routes, else latest)",
-    )
-    pick.add_argument("--alias", help="the version this alias points at")
+    add_version_flags(sub, "default: as the deployment routes, else latest")
     sub.add_argument(
         "-o",
         "--output",
@@ -942,13 +933,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the output index (class) to explain; default: each row's largest output (the daemon address, also --target, goes before the command)",
     )
-    pick = sub.add_mutually_exclusive_group()
-    pick.add_argument(
-        "--version",
-        type=version_beside_alias,
-        help="this version number (default: the lowest the deployment routes to, else latest)",
-    )
-    pick.add_argument("--alias", help="the version this alias points at")
+    add_version_flags(sub, "default: the lowest the deployment routes to, else latest")
     sub.add_argument(
         "--steps",
         type=whole(high=INT32_MAX),
@@ -977,9 +962,7 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "stats", cmd_stats, "show the latency percentiles and throughput of a loaded model"
     )
     sub.add_argument("model", nargs="?", default="", help="default: every loaded model")
-    sub.add_argument(
-        "--version", type=version_or_alias, help="number or alias, with MODEL (default: every loaded version)"
-    )
+    add_version_flags(sub, "with MODEL; default: every loaded version")
     scope = sub.add_mutually_exclusive_group()
     scope.add_argument("--reset", action="store_true", help="zero the figures after reading them")
     scope.add_argument(
@@ -999,7 +982,7 @@ def build_parser() -> argparse.ArgumentParser:
         "given takes its default, not the value the version ran with, unless --keep-config is given."
     )
     sub.add_argument("model", help=MODEL_HELP)
-    sub.add_argument("--version", type=version_or_alias, help="number or alias (default: latest)")
+    add_version_flags(sub, "default: latest")
     sub.add_argument(
         "--keep-config",
         action="store_true",
@@ -1019,37 +1002,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument(
         "--instances",
-        type=whole(1, INT32_MAX),
+        type=serving_option("instances"),
         help="model instances running batches in parallel (default: the daemon's serving.instances, "
         "else 2 on a CPU and 1 on a GPU)",
     )
     sub.add_argument(
         "--max-batch-size",
-        type=whole(1, INT32_MAX),
+        type=serving_option("max_batch_size"),
         help="most rows per batch; 1: no batching (default: the daemon's serving.max_batch_size, 32 unless set)",
     )
     sub.add_argument(
         "--max-queue-delay-us",
-        type=whole(0, INT64_MAX),
+        type=serving_option("max_queue_delay_us"),
         help="microseconds a request may wait for more rows to fill a batch while the model is idle; "
         "under load batches fill without waiting; 0: a lone request never waits, whatever the daemon's "
         "default (default: the daemon's serving.max_queue_delay_us, 0 unless set)",
     )
     sub.add_argument(
         "--max-queue-size",
-        type=whole(1, INT32_MAX),
+        type=serving_option("max_queue_size"),
         help="most requests queued; beyond it a request is refused with RESOURCE_EXHAUSTED (default: the "
         "daemon's serving.max_queue_size, 1024 unless set)",
     )
     sub.add_argument(
         "--warmup-runs",
-        type=whole(0, INT32_MAX),
+        type=serving_option("warmup_runs"),
         help="inference runs on random inputs before the version takes traffic; 0: none (default: the "
         "daemon's serving.warmup_runs, 2 unless set)",
     )
     sub.add_argument(
         "--intra-op-threads",
-        type=whole(0, INT32_MAX),
+        type=serving_option("intra_op_threads"),
         help="threads per instance for the runtime's operators; 0: on a CPU the cores shared among the "
         "instances, on a GPU the runtime's own default (default: the daemon's serving.intra_op_threads, "
         "else as 0)",
@@ -1069,11 +1052,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stop serving a version: it takes no new requests, finishes those queued, and is freed",
     )
     sub.add_argument("model", help=MODEL_HELP)
-    sub.add_argument(
-        "--version",
-        type=version_or_alias,
-        help="number or alias (default: every loaded version of the model)",
-    )
+    add_version_flags(sub, "default: every loaded version of the model")
 
     command(
         commands, "serve-status", cmd_serve_status, "list the loaded model versions and their config"

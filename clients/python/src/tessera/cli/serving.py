@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tessera.cli.arguments import UsageError, replaced_only_with_force
+from tessera.cli.arguments import UsageError, picked_number_or_alias, picked_version, replaced_only_with_force
 from tessera.cli.inputs import input_names_explained, load_inputs
 from tessera.cli.output import Output, when
 from tessera.client import Client
@@ -55,9 +55,10 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray], force: bool) -> None:
 def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
     output = npz_target(args.output, args.force)
     inputs = load_inputs(args.input)
+    version, alias = picked_number_or_alias(args)
     with input_names_explained(args.input, inputs):
         prediction = client.inference.predict(
-            args.model, inputs, version=args.version, alias=args.alias, timeout=args.timeout
+            args.model, inputs, version=version, alias=alias, timeout=args.timeout
         )
     if output:
         save_npz(output, prediction.outputs, args.force)
@@ -86,13 +87,14 @@ def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
 def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
     attributions_file = npz_target(args.output, args.force)
     inputs = load_inputs(args.input)
+    version, alias = picked_number_or_alias(args)
     with input_names_explained(args.input, inputs):
         explanation = client.inference.explain(
             args.model,
             inputs,
             args.method,
-            version=args.version,
-            alias=args.alias,
+            version=version,
+            alias=alias,
             target=args.output_index,
             steps=args.steps,
             baseline=args.baseline,
@@ -145,18 +147,19 @@ def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
-    if args.version is not None and not args.model:
+    version = picked_version(args)
+    if version is not None and not args.model:
         raise UsageError(
-            f"--version picks a version of a model: name it too (`tessera stats MODEL --version {args.version}`)"
+            f"--version picks a version of a model: name it too (`tessera stats MODEL --version {version}`)"
         )
     if args.cluster:
-        return print_cluster_stats(client.inference.cluster_stats(args.model, args.version), out)
-    stats = client.inference.stats(args.model, args.version, reset=args.reset)
+        return print_cluster_stats(client.inference.cluster_stats(args.model, version), out)
+    stats = client.inference.stats(args.model, version, reset=args.reset)
     if out.as_json:
         return out.json(list(stats))
     if not stats:
         return out.line(
-            f"nothing is loaded{_of(args.model, args.version)}, so there are no figures; "
+            f"nothing is loaded{_of(args.model, version)}, so there are no figures; "
             "`tessera load MODEL` loads a version, as a predict does"
         )
     print_stats(stats, out)
@@ -244,9 +247,10 @@ LOAD_FLAGS = (
 
 
 def cmd_load(client: Client, args: argparse.Namespace, out: Output) -> None:
-    config = current_config(client, args.model, args.version) if args.keep_config else {}
+    version = picked_version(args)
+    config = current_config(client, args.model, version) if args.keep_config else {}
     config.update((name, getattr(args, name)) for name in LOAD_FLAGS if getattr(args, name) is not None)
-    loaded = client.inference.load(args.model, args.version, **config)
+    loaded = client.inference.load(args.model, version, **config)
     if out.as_json:
         return out.json(loaded)
     print_loaded([loaded], out)
@@ -272,14 +276,15 @@ def current_config(client: Client, model: str, version: int | str | None) -> dic
 
 
 def cmd_unload(client: Client, args: argparse.Namespace, out: Output) -> None:
-    unloaded = client.inference.unload(args.model, args.version)
+    version = picked_version(args)
+    unloaded = client.inference.unload(args.model, version)
     if out.as_json:
         return out.json(list(unloaded))
     if not unloaded:
         # Answered only for versions whose failed load a retry pass took off the list: nothing was
         # listed to unload, and the daemon reset their count of failures in a row.
         return out.line(
-            f"nothing{_of(args.model, args.version)} was loaded; the count of its failed loads is "
+            f"nothing{_of(args.model, version)} was loaded; the count of its failed loads is "
             "reset: its next failed load is retried at once"
         )
     for m in unloaded:
