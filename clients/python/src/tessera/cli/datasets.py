@@ -12,6 +12,7 @@ from typing import Any
 from tessera.cli.arguments import UsageError, once_each, refused_resume_in_cli_words, replaced_only_with_force
 from tessera.cli.output import Output, shape, transfer_progress, when
 from tessera.client import Client
+from tessera.errors import NotFound
 from tessera.json_output import to_plain
 from tessera.messages import counted, dataset_ref
 from tessera.progress_line import byte_size
@@ -123,8 +124,18 @@ def cmd_datasets_rm(client: Client, args: argparse.Namespace, out: Output) -> No
         shown = {"name": ref.name, "version": ref.version} if ref.version else {"name": ref.name}
         return out.json({**shown, "deleted_versions": deleted})
     if ref.version:
-        return out.line(f"deleted {ref.name}:{ref.version}")
+        return out.line(f"deleted {ref.name}:{ref.version}{_gone_with_it(client, ref.name)}")
     out.line(f"deleted dataset {ref.name} ({counted(deleted, 'version')})")
+
+
+def _gone_with_it(client: Client, name: str) -> str:
+    """What a version's delete says where it took the dataset with it (its last version): read
+    after the delete, as nothing in DeleteDatasetResponse says so."""
+    try:
+        client.datasets.version(name)
+    except NotFound:
+        return f", its last version: dataset {name} is gone"
+    return ""
 
 
 def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output) -> None:

@@ -37,12 +37,19 @@ def finish(job: Any) -> None:
 
 
 def cmd_jobs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
-    jobs = list(client.training.jobs(states=args.state or ()))
+    jobs = list(
+        client.training.jobs(states=args.state or (), experiment=args.experiment, sweep_id=args.sweep)
+    )
     if out.as_json:
         return out.json([job.info for job in jobs])
     if not jobs:
+        of = (f" of experiment {args.experiment}" if args.experiment else "") + (
+            f" of sweep {args.sweep}" if args.sweep else ""
+        )
         if args.state:
-            return out.line(f"no job is {' or '.join(args.state)}")
+            return out.line(f"no job{of} is {' or '.join(args.state)}")
+        if of:
+            return out.line(f"no job{of}")
         return out.line("no jobs yet; `tessera train SPEC.toml` submits one")
     out.table(
         "jobs",

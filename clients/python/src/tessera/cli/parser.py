@@ -596,12 +596,17 @@ def build_parser() -> argparse.ArgumentParser:
             ("stop it", "tessera jobs cancel JOB_ID"),
         ],
     )
-    command(
+    sub = command(
         jobs,
         "ls",
         cmd_jobs_ls,
         "list jobs, newest first: state, progress, train_loss, whether early stopping ended each",
-    ).add_argument(
+    )
+    sub.add_argument("--experiment", default="", help="only this experiment's jobs (default: every job)")
+    sub.add_argument(
+        "--sweep", default="", metavar="SWEEP_ID", help="only this sweep's trials' jobs (default: every job)"
+    )
+    sub.add_argument(
         "--state",
         action="append",
         type=str.lower,
@@ -710,8 +715,17 @@ def build_parser() -> argparse.ArgumentParser:
     command(runs, "show", cmd_runs_show, "show a run's params and metrics").add_argument(
         "run_id", help=RUN_HELP
     )
-    command(runs, "compare", cmd_runs_compare, "show runs' params and metrics side by side").add_argument(
+    sub = command(
+        runs,
+        "compare",
+        cmd_runs_compare,
+        "show runs' metrics and the params that differ among them side by side",
+    )
+    sub.add_argument(
         "run_ids", nargs="+", metavar="RUN_ID", help="two or more runs (`tessera runs ls` lists them)"
+    )
+    sub.add_argument(
+        "--all", action="store_true", help="show every param, those with one value in every run too"
     )
     command(
         runs, "metrics", cmd_runs_metrics, "list every metric of a run, those `runs show` leaves out too"

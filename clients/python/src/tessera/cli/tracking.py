@@ -184,11 +184,14 @@ def cmd_runs_compare(client: Client, args: argparse.Namespace, out: Output) -> N
     if out.as_json:
         return out.json(compared)
     runs = compared.runs
-    rows: list[tuple[str, ...]] = [("name", *(r.name for r in runs)), ("status", *map(run_status, runs))]
-    rows += [
-        (f"param {p.key}", *(v if there else "-" for v, there in zip(p.values, p.present, strict=True)))
+    params = [
+        (p.key, [v if there else "-" for v, there in zip(p.values, p.present, strict=True)])
         for p in compared.params
     ]
+    # A job's run logs every field of its spec: the few that differ are what a compare is read for.
+    shown = params if args.all else [(key, values) for key, values in params if len(set(values)) > 1]
+    rows: list[tuple[str, ...]] = [("name", *(r.name for r in runs)), ("status", *map(run_status, runs))]
+    rows += [(f"param {key}", *values) for key, values in shown]
     rows += [
         (
             f"metric {m.key}",
@@ -197,6 +200,11 @@ def cmd_runs_compare(client: Client, args: argparse.Namespace, out: Output) -> N
         for m in compared.metrics
     ]
     out.table("runs compared (metrics: last values)", ["", *(r.run_id for r in runs)], rows)
+    if len(shown) < len(params):
+        out.line(
+            f"left out: {counted(len(params) - len(shown), 'param')} with one value in every run "
+            "(--all shows them)"
+        )
     if compared.metrics_left_out:
         # The daemon compares the runs' first keys only; without this line the table reads as all of them.
         out.line(
@@ -363,6 +371,8 @@ def cmd_experiments_ls(client: Client, args: argparse.Namespace, out: Output) ->
 
 
 def cmd_experiments_update(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if args.description is None and not args.tag and not args.remove_tag:
+        raise UsageError("nothing to change: give --description, --tag or --remove-tag")
     experiment = client.training.update_experiment(
         args.name,
         description=args.description,
