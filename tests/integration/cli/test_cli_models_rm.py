@@ -54,5 +54,7 @@ def test_force_is_for_a_model_and_versions_count_from_1(tessera_cli, affine, cap
     assert forced.code == EXIT_USAGE and "--force deletes a whole model" in forced.err
     with pytest.raises(SystemExit) as usage:
         tessera_cli("models", "rm", "affine", "0")
-    assert usage.value.code == EXIT_USAGE and "a version is a number from 1, got '0'" in capsys.readouterr().err
+    assert (
+        usage.value.code == EXIT_USAGE and "a version is a number from 1, got '0'" in capsys.readouterr().err
+    )
     assert [v["version"] for v in tessera_cli("--json", "models", "versions", "affine").json()] == [2, 1]
