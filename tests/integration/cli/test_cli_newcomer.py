@@ -5,9 +5,13 @@ nothing to change is a usage error."""
 
 from __future__ import annotations
 
-import numpy as np
+import io
+import re
 
-from tessera.cli import EXIT_USAGE
+import numpy as np
+from rich.console import Console
+
+from tessera.cli import EXIT_USAGE, main
 
 JOB = {
     "task": "classification",
@@ -55,6 +59,18 @@ def test_deleting_a_datasets_last_version_says_the_dataset_went(tessera_cli, cli
     last = tessera_cli("datasets", "rm", "solo:1")
     assert last.code == 0, last.err
     assert "deleted solo:1, its last version: dataset solo is gone" in last.out, last.out
+
+
+def test_sizes_and_times_stay_on_one_line_at_80_columns(daemon, client):
+    x = np.zeros((4000, 16), np.float32)
+    client.datasets.push("wide", x=x, description="a description long enough to wrap " * 4)
+    screen = io.StringIO()
+    console = Console(file=screen, width=80, force_terminal=False, color_system=None)
+    assert main(["--target", daemon.target, "datasets", "versions", "wide"], console=console) == 0
+    text = screen.getvalue()
+    assert re.search(r"\d+(\.\d+)? KiB", text), text
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", text), text
+    assert all(len(line) <= 80 for line in text.splitlines()), text
 
 
 def test_experiments_update_with_nothing_to_change_is_a_usage_error(tessera_cli, client):

@@ -13,6 +13,12 @@ from rich.text import Text
 _NARROWEST_WRAPPED = 8
 
 
+class Word(str):
+    """A cell's text read as one word though it holds spaces (a size "258.5 KiB", a time
+    "2026-12-07 03:05:29"): never wrapped, so its column is at least as wide; the free text
+    beside it wraps instead."""
+
+
 @dataclass
 class FittedTable:
     table: Table
@@ -34,15 +40,28 @@ def fitted_table(
 ) -> FittedTable:
     """A table for a console `width` cells wide. The columns named in `whole` (ids, names,
     version numbers) are never cut or wrapped; those in `unbroken` (key=value lists) wrap only
-    between words; the others wrap anywhere. When the table is too wide, each column named in
-    `stacked` goes under the column it maps to, in one cell on two lines (a run's name under its
-    id); if it is still too wide, columns are left out, those in `leave_out_first` first, then
-    from the right (the caption says which).
+    between words; the others wrap anywhere, but for their cells that are a `Word` (sizes,
+    times), kept on one line. When the table is too wide, each column named in `stacked` goes
+    under the column it maps to, in one cell on two lines (a run's name under its id); if it is
+    still too wide, columns are left out, those in `leave_out_first` first, then from the right
+    (the caption says which), but for a column of `Word`s, whose words are put on lines of their
+    own rather than it is left out.
     Cells are plain text, never rich markup."""
     headers = list(columns)
     cells = [[str(cell) for cell in row] for row in rows]
+    # Per column: its widest Word cell, and its longest word in a Word cell (0: none).
+    kept = [
+        max((cell_len(row[i]) for row in rows if isinstance(row[i], Word)), default=0)
+        for i in range(len(columns))
+    ]
+    kept_words = [
+        max(
+            (cell_len(word) for row in rows if isinstance(row[i], Word) for word in row[i].split()), default=0
+        )
+        for i in range(len(columns))
+    ]
     widths = [
-        _column_width(header, [row[i] for row in cells], header in whole, header in unbroken)
+        max(kept[i], _column_width(header, [row[i] for row in cells], header in whole, header in unbroken))
         for i, header in enumerate(columns)
     ]
     shown = list(range(len(columns)))
@@ -57,11 +76,20 @@ def fitted_table(
         widths[j] = max(widths[j], widths[i])
         shown.remove(i)
         stacked_now.append(below)
+    relaxed = False  # whether Word cells may go over lines, at their spaces
     while table_width([widths[i] for i in shown]) > width:
         droppable = [i for i in shown if columns[i] not in whole]
         droppable.sort(key=lambda i: columns[i] in leave_out_first)
         if not droppable:
             break
+        if kept[droppable[-1]] and not relaxed:
+            relaxed = True
+            for i in shown:
+                if kept[i] and columns[i] not in whole:
+                    widths[i] = max(
+                        kept_words[i], _column_width(columns[i], [row[i] for row in cells], False, False)
+                    )
+            continue
         shown.remove(droppable[-1])
     left_out = [columns[i] for i in range(len(columns)) if i not in shown and columns[i] not in stacked_now]
     notes = [caption] if caption else []
@@ -74,6 +102,7 @@ def fitted_table(
         [[row[i] for i in shown] for row in cells],
         [widths[i] for i in shown],
         [columns[i] not in whole for i in shown],
+        [kept[i] for i in shown],
     )
     for i, column_width in zip(shown, fixed, strict=True):
         if columns[i] in whole:
@@ -93,10 +122,11 @@ def _wrapping_widths(
     cells: Sequence[Sequence[str]],
     narrowest: Sequence[int],
     wrapping: Sequence[bool],
+    kept: Sequence[int],
 ) -> list[int | None]:
     """The width of each wrapping column of a table that does not fit `width` unwrapped: its
-    longest word while that fits (from the left), else its narrowest; then a share of what is left
-    by how much wider it would be unwrapped. None for each column when the table fits: rich
+    longest word (or widest Word cell, `kept`) while that fits (from the left), else its
+    narrowest; then a share of what is left by how much wider it would be unwrapped. None for each column when the table fits: rich
     then sizes them. rich's own narrowing would take the widest wrapping columns below their
     narrowest (breaking a word, or a header's word) and then widen them back past the
     console's width."""
@@ -105,7 +135,8 @@ def _wrapping_widths(
     if table_width(natural) <= width:
         return [None] * len(headers)
     words = [
-        max(cell_len(word) for text in column for word in text.split()) if column else 0 for column in texts
+        max([kept[k], *(cell_len(word) for text in column for word in text.split())])
+        for k, column in enumerate(texts)
     ]
     base = list(narrowest)
     for k in range(len(headers)):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.cli.arguments import UsageError, once_each, refused_resume_in_cli_words, replaced_only_with_force
-from tessera.cli.output import Output, shape, transfer_progress, when
+from tessera.cli.output import Output, shape, size, transfer_progress, when
 from tessera.client import Client
 from tessera.errors import NotFound
 from tessera.json_output import to_plain
@@ -70,7 +70,7 @@ def cmd_datasets_ls(client: Client, args: argparse.Namespace, out: Output) -> No
         "datasets",
         ["name", "latest", "versions", "size", "updated"],
         [
-            (d.name, d.latest_version, d.version_count, byte_size(d.size_bytes), when(d.updated_at))
+            (d.name, d.latest_version, d.version_count, size(d.size_bytes), when(d.updated_at))
             for d in datasets
         ],
         whole=("name", "latest"),
@@ -102,7 +102,7 @@ def cmd_datasets_versions(client: Client, args: argparse.Namespace, out: Output)
                 v.num_samples,
                 ", ".join(a.name for a in v.arrays),
                 ", ".join(sp.name for sp in v.splits) or "-",
-                byte_size(v.size_bytes),
+                size(v.size_bytes),
                 when(v.created_at),
                 v.description,
             )

@@ -6,13 +6,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tessera.cli.output import Output, when
+from tessera.cli.output import Output, size, when
 from tessera.client import Client
 from tessera.errors import JobFailed
 from tessera.events import JobState
 from tessera.follow import follow, registered_text, stopped_early_text
 from tessera.messages import load_toml
-from tessera.progress_line import byte_size
 
 
 def cmd_train(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -127,7 +126,7 @@ def cmd_jobs_show(client: Client, args: argparse.Namespace, out: Output) -> None
                 c.step,
                 c.reason + (" (best)" if c.best and c.reason != "best" else ""),
                 *([f"{c.metrics[metric]:.5g}" if metric in c.metrics else "-"] if metric else []),
-                byte_size(c.size_bytes),
+                size(c.size_bytes),
                 when(c.created_at),
                 c.sha256[:12],
             )

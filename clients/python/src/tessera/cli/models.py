@@ -16,7 +16,7 @@ from tessera.cli.arguments import (
     replaced_only_with_force,
 )
 from tessera.cli.inputs import load_inputs
-from tessera.cli.output import Output, shape, transfer_progress, when
+from tessera.cli.output import Output, shape, size, transfer_progress, when
 from tessera.client import Client
 from tessera.ensembles import fit_stacking, member_pair
 from tessera.json_output import dumps, to_plain
@@ -116,7 +116,7 @@ def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -
             (
                 v.version,
                 registry_pb2.ArtifactFormat.Name(v.format).removeprefix("ARTIFACT_FORMAT_").lower(),
-                byte_size(v.size_bytes),
+                size(v.size_bytes),
                 ", ".join(v.aliases) or "-",
                 when(v.created_at),
                 v.description,

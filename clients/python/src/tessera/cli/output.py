@@ -15,7 +15,7 @@ from rich.text import Text
 from tessera.json_output import dumps
 from tessera.messages import to_datetime
 from tessera.progress_line import byte_size
-from tessera.tables import FittedTable, fitted_table, table_width
+from tessera.tables import FittedTable, Word, fitted_table, table_width
 
 
 class _PipeConsole(Console):
@@ -98,9 +98,15 @@ class Output:
         self.console.print(text, markup=False)
 
 
-def when(timestamp: Any) -> str:
+def when(timestamp: Any) -> Word:
+    """A time as tables show it, kept on one line."""
     moment = to_datetime(timestamp)
-    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+    return Word(moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-")
+
+
+def size(count: int) -> Word:
+    """A byte count in binary units as tables show it, kept on one line ("258.5 KiB")."""
+    return Word(byte_size(count))
 
 
 def shape(dims: Iterable[int]) -> str:

@@ -12,11 +12,10 @@ import numpy as np
 
 from tessera.cli.arguments import UsageError, picked_number_or_alias, picked_version, replaced_only_with_force
 from tessera.cli.inputs import input_names_explained, load_inputs
-from tessera.cli.output import Output, when
+from tessera.cli.output import Output, size, when
 from tessera.client import Client
 from tessera.explanations import SHORT_NAMES, top_positions
 from tessera.messages import counted
-from tessera.progress_line import byte_size
 from tessera.transfer import PartialFile, check_free
 from tessera.transport import MODEL_CALL_TIMEOUT_S
 from tessera.v1 import inference_pb2
@@ -335,7 +334,7 @@ def print_loaded(loaded: Sequence[inference_pb2.LoadedModel], out: Output) -> No
                 m.config.instances,
                 m.config.max_batch_size,
                 "on" if m.config.response_cache else "off",
-                byte_size(m.memory_bytes),
+                size(m.memory_bytes),
                 when(m.loaded_at),
             )
             for m in loaded

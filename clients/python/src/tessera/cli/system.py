@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 from tessera.backup import Manifest, SavedBackup
 from tessera.cli.arguments import UsageError
-from tessera.cli.output import Output, close_output
+from tessera.cli.output import Output, close_output, size
 from tessera.client import Client
 from tessera.demo import run_demo
 from tessera.errors import TesseraError
@@ -28,7 +28,7 @@ def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
     out.table(
         "devices",
         ["id", "name", "cores", "memory"],
-        [(d.id, d.name, d.cores or "-", byte_size(d.memory_total_bytes)) for d in info.devices],
+        [(d.id, d.name, d.cores or "-", size(d.memory_total_bytes)) for d in info.devices],
         whole=("id", "name"),
     )
     usage = info.data_dir

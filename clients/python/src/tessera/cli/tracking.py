@@ -17,7 +17,7 @@ from tessera.cli.arguments import (
     refused_resume_in_cli_words,
     replaced_only_with_force,
 )
-from tessera.cli.output import Output, transfer_progress, when
+from tessera.cli.output import Output, size, transfer_progress, when
 from tessera.client import Client
 from tessera.errors import NotFound
 from tessera.json_output import to_plain
@@ -258,7 +258,7 @@ def cmd_runs_artifacts_ls(client: Client, args: argparse.Namespace, out: Output)
     out.table(
         f"artifacts of run {args.run_id}{under}",
         ["path", "size", "sha256", "stored"],
-        [(a.path, byte_size(a.size_bytes), a.sha256[:12], when(a.created_at)) for a in artifacts],
+        [(a.path, size(a.size_bytes), a.sha256[:12], when(a.created_at)) for a in artifacts],
         whole=("path",),
     )
 
