@@ -771,8 +771,9 @@ async function run(args) {
       .filter((name) => name.startsWith(`${command} `))
       .map((name) => name.slice(command.length + 1));
     const [word] = positional;
-    // `models PREFIX` listed a prefix before, and could not list one spelled like a command.
-    const meant = didYouMean(word, words) || (command === 'models' ? `; ${prefixHint(word)}` : '');
+    // `models PREFIX` listed a prefix before, and could not list one spelled like a command: the
+    // listing is named also beside a command the word is near ("clips" to "alias").
+    const meant = didYouMean(word, words) + (command === 'models' ? `; ${prefixHint(word)}` : '');
     throw new UsageError(`unknown command ${JSON.stringify(`${command} ${word}`)}${meant}`, command);
   }
   const words = [...new Set(Object.keys(COMMANDS).map((name) => name.split(' ')[0]))];
