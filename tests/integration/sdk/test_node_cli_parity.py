@@ -110,7 +110,9 @@ def test_node_cli_lists_models_whose_prefix_is_spelled_like_a_command(node_ready
     near = run_node(daemon.target, "models", "clips")
     assert near.returncode == EXIT_USAGE
     assert "did you mean" in near.stderr, near.stderr
-    assert "`tessera-node models ls --prefix clips` lists the models whose name starts with clips" in near.stderr
+    assert (
+        "`tessera-node models ls --prefix clips` lists the models whose name starts with clips" in near.stderr
+    )
 
 
 def test_node_cli_pushes_lists_and_shows_datasets(node_ready, daemon, client, tmp_path):

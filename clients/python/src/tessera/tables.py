@@ -50,15 +50,10 @@ def fitted_table(
     headers = list(columns)
     cells = [[str(cell) for cell in row] for row in rows]
     # Per column: its widest Word cell, and its longest word in a Word cell (0: none).
-    kept = [
-        max((cell_len(row[i]) for row in rows if isinstance(row[i], Word)), default=0)
-        for i in range(len(columns))
-    ]
+    word_cells = [[cell for row in rows if isinstance(cell := row[i], Word)] for i in range(len(columns))]
+    kept = [max((cell_len(cell) for cell in column), default=0) for column in word_cells]
     kept_words = [
-        max(
-            (cell_len(word) for row in rows if isinstance(row[i], Word) for word in row[i].split()), default=0
-        )
-        for i in range(len(columns))
+        max((cell_len(w) for cell in column for w in cell.split()), default=0) for column in word_cells
     ]
     widths = [
         max(kept[i], _column_width(header, [row[i] for row in cells], header in whole, header in unbroken))
