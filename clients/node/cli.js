@@ -90,7 +90,6 @@ const RUN_STATUSES = choices('tessera.v1.RunStatus');
 const RUNTIMES = choices('tessera.v1.Runtime');
 // The flags that take one of a few words, and those words.
 const CHOICES = { '--state': JOB_STATES, '--status': RUN_STATUSES, '--runtime': RUNTIMES };
-const INT32_MAX = 2 ** 31 - 1;
 // The Python CLI's words for the TLS a target's https:// asked for, where this CLI has none.
 const TLS_OPTION = "the Node client's `tls: true`";
 
@@ -344,18 +343,6 @@ function daemonTarget(text) {
   }
 }
 
-// A whole number in low..high, the range of the proto field it fills.
-function bounded(name, text, low, high, command) {
-  if (!/^[0-9]+$/.test(text || '') || Number(text) < low || Number(text) > high) {
-    const shown = text.length <= 40 ? text : `${text.slice(0, 40)}...`;
-    throw new UsageError(
-      `${name} must be a whole number in ${low}..${high} written in digits 0-9, got ${JSON.stringify(shown)}`,
-      command,
-    );
-  }
-  return Number(text);
-}
-
 // The pairs of repeatable `flag` (NAME=VALUE), each read by `read`, as an object; a name given
 // twice is refused, as the Python CLI's once_each refuses it.
 function pairs(args, flag, read) {
@@ -553,16 +540,25 @@ function servingConfig(args) {
   // Written as it is, as the Python CLI's --runtime takes it.
   if (runtime !== undefined) config.runtime = choice('--runtime', runtime, runtime, command);
   if (one('--device') !== undefined) config.device = one('--device');
+  // The daemon's range of each (its serving pool's CONFIG_LIMITS); 0 where it starts at 1 is the
+  // daemon's default, as the daemon takes it.
   const numbers = [
-    ['--instances', 'instances', 1, INT32_MAX],
-    ['--max-batch-size', 'max_batch_size', 1, INT32_MAX],
-    ['--max-queue-delay-us', 'max_queue_delay_us', 0, Number.MAX_SAFE_INTEGER],
-    ['--max-queue-size', 'max_queue_size', 1, INT32_MAX],
-    ['--warmup-runs', 'warmup_runs', 0, INT32_MAX],
-    ['--intra-op-threads', 'intra_op_threads', 0, INT32_MAX],
+    ['--instances', 'instances', 1, 64],
+    ['--max-batch-size', 'max_batch_size', 1, 65536],
+    ['--max-queue-delay-us', 'max_queue_delay_us', 0, 10000000],
+    ['--max-queue-size', 'max_queue_size', 1, 1000000],
+    ['--warmup-runs', 'warmup_runs', 0, 1000],
+    ['--intra-op-threads', 'intra_op_threads', 0, 1024],
   ];
   for (const [flag, field, low, high] of numbers) {
-    if (one(flag) !== undefined) config[field] = bounded(flag, one(flag), low, high, command);
+    const text = one(flag);
+    if (text === undefined) continue;
+    if (!/^[0-9]+$/.test(text) || !((Number(text) >= low && Number(text) <= high) || (low && Number(text) === 0))) {
+      const shown = text.length <= 40 ? text : `${text.slice(0, 40)}...`;
+      const zero = low ? " (0 for the daemon's default)" : '';
+      throw new UsageError(`${flag} must be in ${low}..${high}${zero}, got ${JSON.stringify(shown)}`, command);
+    }
+    config[field] = Number(text);
   }
   if (flags['--response-cache']) config.response_cache = true;
   return config;

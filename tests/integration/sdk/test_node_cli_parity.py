@@ -207,6 +207,15 @@ def test_node_cli_loads_lists_and_unloads_versions(node_ready, daemon, client, o
     assert unloaded.returncode == 0, unloaded.stderr
     assert [(m["model"], m["version"]) for m in json.loads(unloaded.stdout)] == [("affine", 1)]
     assert list(client.inference.loaded()) == []
-    for args in (("--runtime", "tensorrt"), ("--instances", "0"), ("--max-batch-size", "x")):
+    # The daemon's ranges, as the Python CLI checks them: 0 is the daemon's default.
+    over = run_node(daemon.target, "load", "affine", "--max-queue-size", "1000001")
+    assert over.returncode == EXIT_USAGE
+    assert (
+        '--max-queue-size must be in 1..1000000 (0 for the daemon\'s default), got "1000001"' in over.stderr
+    )
+    default = run_node(daemon.target, "load", "affine", "--instances", "0")
+    assert default.returncode == 0, default.stderr
+    assert json.loads(default.stdout)["config"]["instances"] >= 1
+    for args in (("--runtime", "tensorrt"), ("--instances", "65"), ("--max-batch-size", "x")):
         refused = run_node(daemon.target, "load", "affine", *args)
         assert refused.returncode == EXIT_USAGE, (args, refused.stderr)
