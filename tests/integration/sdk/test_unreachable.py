@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
-import sys
 import threading
 import time
 import weakref
@@ -17,6 +16,7 @@ from contextlib import contextmanager
 
 import grpc
 import pytest
+from grpc import _channel as grpc_channel  # where a blocking channel's polling thread starts
 
 import tessera
 import tessera.aio
@@ -326,43 +326,34 @@ def test_the_asyncio_client_says_the_daemon_was_reached_before_too(first):
     assert_says_the_daemon_was_reached_before(error, target)
 
 
-@contextmanager
-def busy_interpreter() -> Iterator[None]:
-    """A thread that holds the GIL in turns of half a second, as a busy machine delays gRPC's
-    own threads: the one that tells a blocking channel's state starts late."""
-    stop = threading.Event()
-
-    def spin() -> None:
-        while not stop.is_set():
-            pass
-
-    interval = sys.getswitchinterval()
-    spinner = threading.Thread(target=spin)
-    sys.setswitchinterval(0.5)
-    spinner.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        spinner.join()
-        sys.setswitchinterval(interval)
+# Longer than the client once waited to hear its channel's state (0.5 s), well within what it waits now.
+LATE_STATE_CHECK_S = 1.5
 
 
-def test_a_busy_blocking_client_keeps_grpcs_words_for_its_own_deadline_and_closes_cleanly(monkeypatch):
+def test_a_blocking_client_whose_state_check_starts_late_keeps_grpcs_words_and_closes_cleanly(monkeypatch):
     # The state was asked of a thread started per question and given up on after half a second:
-    # the reached daemon was said to be silent, and the thread, starting after the client closed,
-    # raised "Cannot invoke RPC: Channel closed!".
+    # on a busy machine, where that thread starts late, the reached daemon was said to be silent,
+    # and the thread, starting after the client closed, raised "Cannot invoke RPC: Channel closed!".
+    # gRPC's own polling thread starts its first check late here, every time.
     raised: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_value))
-    messages = []
+    pollers: list[threading.Thread] = []
+    poll = grpc_channel._poll_connectivity
+
+    def late_poll(*args: object) -> None:
+        pollers.append(threading.current_thread())
+        time.sleep(LATE_STATE_CHECK_S)
+        poll(*args)
+
+    monkeypatch.setattr(grpc_channel, "_poll_connectivity", late_poll)
     with holding_server() as target:
-        for _ in range(6):
-            with tessera.Client(target, timeout=0.5) as client:
-                with busy_interpreter(), pytest.raises(tessera.DeadlineExceeded) as failed:
-                    client.system.info()
-                messages.append(failed.value.message)
-        time.sleep(1)
-    assert not [message for message in messages if message.startswith("nothing at")], messages
+        with tessera.Client(target, timeout=0.5) as client, pytest.raises(tessera.DeadlineExceeded) as failed:
+            client.system.info()
+        assert pollers, "the client asked gRPC's polling thread nothing"
+        for poller in pollers:
+            poller.join(30)
+            assert not poller.is_alive()
+    assert not failed.value.message.startswith("nothing at"), failed.value.message
     assert not raised, raised
 
 
