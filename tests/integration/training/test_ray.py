@@ -82,6 +82,10 @@ def _free_port() -> int:
 # it on wherever ~/.ray/auth_token exists (any local ray.init() on the machine writes one), and
 # then the second node's `ray start` was refused (InvalidAuthToken), so the whole file errored.
 RAY_AUTH_OFF = {"RAY_AUTH_MODE": "disabled"}
+# Ray Train's controller learns that its ranks ended, or that one died, at its next poll of them,
+# 2 s apart by default: the cluster's processes (a trainer's controller among them) poll five
+# times a second, so each DDP job of this file ends sooner.
+RAY_TRAIN_POLLS_OFTEN = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
 def _ray_start(args: list[str], temp: Path) -> int:
@@ -94,7 +98,13 @@ def _ray_start(args: list[str], temp: Path) -> int:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(temp), **RAY_AUTH_OFF},
+        env={
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_TMPDIR": str(temp),
+            **RAY_AUTH_OFF,
+            **RAY_TRAIN_POLLS_OFTEN,
+        },
     )
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output
@@ -130,25 +140,33 @@ def ray_nodes() -> Iterator[RayNodes]:
         groups.append(_ray_start([f"--address={address}", "--resources", json.dumps({"node_b": 1})], temp))
         yield RayNodes(address, f"ray://127.0.0.1:{client_port}", groups)
     finally:
-        for group in groups:
-            _stop_group(group)
+        _stop_groups(groups)
         shutil.rmtree(temp, ignore_errors=True)
         environment.undo()
 
 
-def _stop_group(group: int) -> None:
+def _stop_groups(groups: list[int]) -> None:
+    """Both nodes at once: each takes seconds to stop."""
+    left = list(groups)
     for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(group, sig)
-        except ProcessLookupError:
-            return
+        for group in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, sig)
         deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(group, 0)
-            except ProcessLookupError:
-                return
+        while (left := [g for g in left if _group_alive(g)]) and time.monotonic() < deadline:
             time.sleep(0.1)
+        if not left:
+            return
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of `group` still runs: a dead one left unreaped (its `ray start` parent
+    exited) still takes signals, so the signal test alone waited out both grace periods."""
+    for process in psutil.process_iter(["status"]):
+        with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
+            if os.getpgid(process.pid) == group and process.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+    return False
 
 
 RAY_SETTINGS = {
