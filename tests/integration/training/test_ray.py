@@ -446,21 +446,15 @@ def _ray_backed_daemon(
     return daemon, channel, training_pb2_grpc.TrainingStub(channel)
 
 
-@pytest.mark.parametrize("processes", [1, 2], ids=["actor", "ddp-trainer"])
 def test_a_sigkilled_daemon_resumes_its_ray_job_from_the_last_checkpoint(
-    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path, processes: int
+    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
 ) -> None:
-    """Ray ends a driver's actors (and the trainers they ran) with it: the next daemon marks the
-    job INTERRUPTED and resumes it."""
+    """Ray ends a driver's actors with it: the next daemon marks the job INTERRUPTED and resumes
+    it. (A DDP trainer's: test_a_killed_ddp_rank_restarts_the_trainer_and_a_sigkilled_daemon_resumes_it.)"""
     daemon, channel, training = _ray_backed_daemon(spawn_daemon, ray_nodes, tmp_path)
     upload_standard_datasets(channel)
     checkpoints = job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
-    epochs = 400 if processes == 1 else 120
-    spec = (
-        on_node("node_b", epochs=epochs, checkpoints=checkpoints)
-        if processes == 1
-        else ddp_spec(epochs=epochs, checkpoints=checkpoints)
-    )
+    spec = on_node("node_b", epochs=400, checkpoints=checkpoints)
     job = submit(training, spec)
     seen = watch_until(
         training, job.job_id, lambda e: e.WhichOneof("event") == "checkpoint" and e.checkpoint.epoch >= 4
@@ -482,10 +476,9 @@ def test_a_sigkilled_daemon_resumes_its_ray_job_from_the_last_checkpoint(
     checkpoint = max(c.epoch for c in of_kind([e for e in events if e.attempt == 1], "checkpoint"))
     resumed = [s.reason for s in of_kind(events, "state")][4]
     assert f"resumed from the epoch {checkpoint} checkpoint (attempt 2)" in resumed
-    # Placed again: a DDP job's two ranks need both nodes' CPUs, which the first trainer held.
-    assert len(placed(events) if processes == 1 else placed_ranks(events)) == 2 * processes
+    assert len(placed(events)) == 2
     final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
-    assert final.epoch == epochs and final.attempt == 2
+    assert final.epoch == spec.epochs and final.attempt == 2
     # The metric history holds each step once: the first attempt's up to the checkpoint, then the second's.
     history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
     assert [p.step for p in history.points] == list(range(1, final.step + 1))
@@ -549,14 +542,16 @@ def test_a_daemon_reaching_the_cluster_through_a_ray_client_address_runs_both_ki
 ) -> None:
     """training.ray_address = ray://head:port (Ray Client, e.g. from outside the cluster's
     network): every call the daemon makes to its actors is a plain actor call. A process holds
-    one Ray connection, so this daemon is a process of its own."""
+    one Ray connection, so this daemon is a process of its own. Its DDP job is also the file's
+    check that a DDP job spans both nodes and matches the local backend's (each trainer costs
+    seconds to start)."""
     env = {
         "TESSERA_TRAINING_BACKEND": "ray",
         "TESSERA_TRAINING_RAY_ADDRESS": ray_nodes.client_address,
         "TESSERA_TRAINING_THREADS_PER_SLOT": "1",
     }
     daemon = spawn_daemon(
-        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path), env=env
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path / "data"), env=env
     )
     with grpc.insecure_channel(daemon.wait_serving()) as channel:
         upload_standard_datasets(channel)
@@ -566,10 +561,7 @@ def test_a_daemon_reaching_the_cluster_through_a_ray_client_address_runs_both_ki
         assert states(events)[-1] == S.JOB_STATE_SUCCEEDED, events
         assert "node_b 1" in placed(events)[0]
         assert [e.epoch for e in of_kind(events, "epoch")] == [1, 2]
-        ddp = submit(training, ddp_spec(epochs=1))
-        events = follow(training, ddp.job_id)
-        assert states(events)[-1] == S.JOB_STATE_SUCCEEDED, events
-        assert len(placed_ranks(events)) == 2
+        _spans_both_nodes_and_matches_local_ddp(training, tmp_path / "local")
 
 
 def test_a_sweep_runs_its_trials_on_both_nodes_at_most_max_concurrent_at_a_time(
@@ -579,7 +571,7 @@ def test_a_sweep_runs_its_trials_on_both_nodes_at_most_max_concurrent_at_a_time(
         base=job_spec("mlp", epochs=2),
         strategy=S.SWEEP_STRATEGY_GRID,
         parameters=[
-            sweep_values("optimizer.lr", "0.001", "0.01", "0.05"),
+            sweep_values("optimizer.lr", "0.001", "0.01"),
             sweep_values("architecture.mlp.activation", "relu", "tanh"),
         ],
         max_concurrent=2,
@@ -588,7 +580,7 @@ def test_a_sweep_runs_its_trials_on_both_nodes_at_most_max_concurrent_at_a_time(
     submitted = training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
     assert sum(1 for t in submitted.trials if t.job_id) == 2  # the others wait their turn
     sweep = wait_sweep(training, submitted.sweep_id, timeout_s=300)
-    assert sweep.state == S.SWEEP_STATE_SUCCEEDED and len(sweep.trials) == 6
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED and len(sweep.trials) == 4
     assert all(t.state == S.JOB_STATE_SUCCEEDED and t.has_metric for t in sweep.trials)
     # One CPU a node: two trials at once run on two nodes.
     nodes = {re.findall(r"node_[ab]", placed(follow(training, t.job_id))[0])[0] for t in sweep.trials}
@@ -728,9 +720,11 @@ def test_server_info_and_watch_system_report_the_nodes_and_free_resources(
     assert free["CPU"] == 2
 
 
-def _spans_both_nodes_and_matches_local_ddp(training: training_pb2_grpc.TrainingStub, tmp_path: Path) -> None:
+def _spans_both_nodes_and_matches_local_ddp(
+    training: training_pb2_grpc.TrainingStub, local_data: Path
+) -> None:
     """A two-process DDP job runs its ranks on both nodes and ends with the metrics the local
-    backend's DDP gives the same spec."""
+    backend's DDP (a daemon on `local_data`) gives the same spec."""
     spec = job_spec("mlp", epochs=3, devices=job_spec_pb2.DeviceRequest(cpu=True, cpu_processes=2))
     job = submit(training, spec)
     events = follow(training, job.job_id)
@@ -741,9 +735,7 @@ def _spans_both_nodes_and_matches_local_ddp(training: training_pb2_grpc.Training
     on_ray = training.GetJob(S.GetJobRequest(job_id=job.job_id))
 
     local = InProcessDaemon(
-        daemon_settings(
-            tmp_path / "data", **{**RAY_SETTINGS, "training.backend": "local", "training.cpu_slots": 2}
-        )
+        daemon_settings(local_data, **{**RAY_SETTINGS, "training.backend": "local", "training.cpu_slots": 2})
     ).start()
     try:
         upload_standard_datasets(local.channel())
@@ -770,19 +762,58 @@ def ddp_spec(**fields: Any) -> job_spec_pb2.JobSpec:
     return job_spec("mlp", devices=job_spec_pb2.DeviceRequest(cpu=True, cpu_processes=2), **fields)
 
 
-def test_a_killed_ddp_rank_restarts_the_trainer_from_its_checkpoint(
-    training: training_pb2_grpc.TrainingStub,
+def test_a_killed_ddp_rank_restarts_the_trainer_and_a_sigkilled_daemon_resumes_it(
+    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
 ) -> None:
+    """A dead rank ends the trainer, which restarts from the job's last checkpoint; then the daemon
+    is SIGKILLed, Ray ends the restarted trainer with its driver, and the next daemon marks the job
+    INTERRUPTED and resumes it from the last checkpoint again (one test: each trainer costs
+    seconds to start)."""
+    daemon, channel, training = _ray_backed_daemon(spawn_daemon, ray_nodes, tmp_path)
+    upload_standard_datasets(channel)
     spec = ddp_spec(
         epochs=120, max_restarts=1, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
     )
+    job = submit(training, spec)
+    seen = watch_until(
+        training, job.job_id, lambda e: e.WhichOneof("event") == "checkpoint" and e.checkpoint.epoch >= 4
+    )
     # Rank 1 (not the leader): its peer is left blocked in a collective, and Ray Train ends it.
-    events, final = _killed_once_and_restarted(training, spec, lambda seen: pid_of(placed_ranks(seen)[1]))
-    # The second trainer placed both ranks again, across both nodes.
-    again = placed_ranks([e for e in events if e.attempt == 2])
-    assert sorted(re.findall(r"node_[ab]", " ".join(again))) == ["node_a", "node_b"], again
+    os.kill(pid_of(placed_ranks(seen)[1]), signal.SIGKILL)
+    seen = watch_until(
+        training, job.job_id, lambda e: e.WhichOneof("event") == "checkpoint" and e.attempt == 2
+    )
+    daemon.kill()
+    channel.close()
+
+    _, channel, training = _ray_backed_daemon(spawn_daemon, ray_nodes, tmp_path)
+    events = follow(training, job.job_id)
+    assert events[: len(seen)] == seen
+    assert states(events) == [
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_INTERRUPTED,
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_SUCCEEDED,
+    ], [e.state.reason for e in events if e.WhichOneof("event") == "state"]
+    reasons = [s.reason for s in of_kind(events, "state")]
+    assert reasons[2].startswith("the Ray worker died") and "restart 1 of spec.max_restarts 1" in reasons[2]
+    for attempt, resumed in ((1, reasons[3]), (2, reasons[6])):
+        checkpoint = max(c.epoch for c in of_kind([e for e in events if e.attempt == attempt], "checkpoint"))
+        assert f"resumed from the epoch {checkpoint} checkpoint (attempt {attempt + 1})" in resumed
+    # Each new trainer placed both ranks again, across both nodes: the one before freed their CPUs.
+    for attempt in (2, 3):
+        again = placed_ranks([e for e in events if e.attempt == attempt])
+        assert sorted(re.findall(r"node_[ab]", " ".join(again))) == ["node_a", "node_b"], again
+    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert final.attempt == 3 and final.epoch == spec.epochs
+    # The metric history holds each step once: each attempt's up to the checkpoint the next resumed from.
     history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
     assert [p.step for p in history.points] == list(range(1, final.step + 1))
+    channel.close()
 
 
 def _free_cpus(system: system_pb2_grpc.SystemStub, want: float) -> dict[str, float]:
@@ -799,7 +830,12 @@ def _free_cpus(system: system_pb2_grpc.SystemStub, want: float) -> dict[str, flo
 def test_cancel_stops_a_ddp_trainer_and_frees_its_nodes(
     training: training_pb2_grpc.TrainingStub, ray_daemon: InProcessDaemon
 ) -> None:
-    system = system_pb2_grpc.SystemStub(ray_daemon.channel())
+    """A cancelled DDP trainer stops at a step boundary and frees both nodes. Then, while a job
+    holds node_b, two DDP jobs wait for room: one cancelled ends at once, and one whose dataset was
+    force-deleted meanwhile fails from QUEUED once Ray placed its ranks, as a local one, and its
+    trainer is stopped (one test: both wait behind the same busy job)."""
+    channel = ray_daemon.channel()
+    system = system_pb2_grpc.SystemStub(channel)
     job = submit(training, ddp_spec(epochs=100_000))
     watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step")
     assert "CPU" not in system.GetServerInfo(system_pb2.GetServerInfoRequest()).training_cluster.available
@@ -812,14 +848,23 @@ def test_cancel_stops_a_ddp_trainer_and_frees_its_nodes(
     assert states(follow(training, after.job_id))[-1] == S.JOB_STATE_SUCCEEDED
     _free_cpus(system, 2)
 
-    # A DDP job still waiting for room ends at once, and leaves no reservation behind.
+    x = np.random.default_rng(5).normal(size=(48, 6)).astype(np.float32)
+    upload_dataset(channel, "deleted-while-waiting", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
     busy = submit(training, on_node("node_b", epochs=100_000))
     watch_until(training, busy.job_id, lambda e: e.WhichOneof("event") == "step")
+    # Each is cancelled, or loses its dataset, once Ray holds it waiting for room; before that a
+    # cancelled one ends "before it started".
     waiting = submit(training, ddp_spec())
-    # Cancelled once Ray holds it waiting for room; before that it ends "before it started".
-    watch_until(
-        training, waiting.job_id, lambda e: e.log.message.startswith("waiting for room on the Ray cluster")
-    )
+    orphaned_spec = ddp_spec()
+    orphaned_spec.data.dataset.name = "deleted-while-waiting"
+    orphaned = submit(training, orphaned_spec)
+    for job_id in (waiting.job_id, orphaned.job_id):
+        watch_until(
+            training, job_id, lambda e: e.log.message.startswith("waiting for room on the Ray cluster")
+        )
+    delete = datasets_pb2.DeleteDatasetRequest(name="deleted-while-waiting", force=True)
+    assert datasets_pb2_grpc.DatasetsStub(channel).DeleteDataset(delete).deleted_versions == 1
+    # A DDP job still waiting for room ends at once, and leaves no reservation behind.
     training.CancelJob(S.CancelJobRequest(job_id=waiting.job_id))
     never_ran = follow(training, waiting.job_id)
     assert states(never_ran) == [S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED]
@@ -829,6 +874,15 @@ def test_cancel_stops_a_ddp_trainer_and_frees_its_nodes(
     )
     training.CancelJob(S.CancelJobRequest(job_id=busy.job_id))
     assert states(follow(training, busy.job_id))[-1] == S.JOB_STATE_CANCELLED
+    events = follow(training, orphaned.job_id)
+    assert states(events) == [S.JOB_STATE_QUEUED, S.JOB_STATE_FAILED]
+    (error,) = of_kind(events, "error")
+    assert (error.kind, error.message) == (
+        "dataset_deleted",
+        "dataset 'deleted-while-waiting' v1 was deleted before the job could start, and a job trains "
+        "only on the version it was submitted with: submit it again on another version of the "
+        "dataset (ListDatasetVersions lists them)",
+    )
     free = _free_cpus(system, 2)
     assert free["node_a"] == 1 and free["node_b"] == 1
 
@@ -851,16 +905,15 @@ def _trainer_processes(nodes: RayNodes) -> dict[int, str]:
     return found
 
 
-def test_a_ddp_job_that_fails_once_its_trainer_is_placed_frees_its_nodes_for_one_that_spans_both(
+def test_a_ddp_job_that_fails_once_its_trainer_is_placed_ends_the_trainer_and_frees_its_nodes(
     training: training_pb2_grpc.TrainingStub,
     ray_nodes: RayNodes,
     ray_daemon: InProcessDaemon,
     monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
 ) -> None:
     """A failure after the trainer's driver was launched (here the attempt's begin, once Ray placed
     every rank) fails the job and ends the trainer: its driver, controller and ranks are gone, and
-    their CPUs free. The next DDP job spans both nodes (one test: each trainer costs seconds to start)."""
+    their CPUs free."""
     system = system_pb2_grpc.SystemStub(ray_daemon.channel())
     before = set(_trainer_processes(ray_nodes))
     launched: list[list[str]] = []
@@ -887,41 +940,6 @@ def test_a_ddp_job_that_fails_once_its_trainer_is_placed_frees_its_nodes_for_one
     while left := {pid: name for pid, name in _trainer_processes(ray_nodes).items() if pid not in before}:
         assert time.monotonic() < deadline, left
         time.sleep(0.2)
-    _spans_both_nodes_and_matches_local_ddp(training, tmp_path)
-
-
-def test_a_ddp_job_whose_dataset_was_force_deleted_while_it_waited_fails_before_it_starts(
-    training: training_pb2_grpc.TrainingStub, ray_daemon: InProcessDaemon
-) -> None:
-    """Found once Ray placed its ranks: the job fails from QUEUED, as a local one, and its trainer
-    is stopped."""
-    channel = ray_daemon.channel()
-    x = np.random.default_rng(5).normal(size=(48, 6)).astype(np.float32)
-    upload_dataset(channel, "deleted-while-waiting", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
-    system = system_pb2_grpc.SystemStub(channel)
-    busy = submit(training, on_node("node_b", epochs=100_000))
-    watch_until(training, busy.job_id, lambda e: e.WhichOneof("event") == "step")
-    spec = ddp_spec()
-    spec.data.dataset.name = "deleted-while-waiting"
-    waiting = submit(training, spec)
-    watch_until(
-        training, waiting.job_id, lambda e: e.log.message.startswith("waiting for room on the Ray cluster")
-    )
-    delete = datasets_pb2.DeleteDatasetRequest(name="deleted-while-waiting", force=True)
-    assert datasets_pb2_grpc.DatasetsStub(channel).DeleteDataset(delete).deleted_versions == 1
-    training.CancelJob(S.CancelJobRequest(job_id=busy.job_id))
-    assert states(follow(training, busy.job_id))[-1] == S.JOB_STATE_CANCELLED
-    events = follow(training, waiting.job_id)
-    assert states(events) == [S.JOB_STATE_QUEUED, S.JOB_STATE_FAILED]
-    (error,) = of_kind(events, "error")
-    assert (error.kind, error.message) == (
-        "dataset_deleted",
-        "dataset 'deleted-while-waiting' v1 was deleted before the job could start, and a job trains "
-        "only on the version it was submitted with: submit it again on another version of the "
-        "dataset (ListDatasetVersions lists them)",
-    )
-    free = _free_cpus(system, 2)
-    assert free["node_a"] == 1 and free["node_b"] == 1
 
 
 def test_a_daemon_restart_keeps_the_restarts_a_job_has_used(
