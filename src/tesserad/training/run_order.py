@@ -91,6 +91,11 @@ def move(
         txn.put(_table(deleted), key, b"")
 
 
+def logged(txn: ReadTxn, experiment: str, metric: str, deleted: bool = False) -> bool:
+    """Whether any of the experiment's active runs (deleted ones when `deleted`) has `metric`."""
+    return next(txn.scan(_table(deleted), (experiment, _metric_tag(metric)), limit=1), None) is not None
+
+
 def ranked(
     txn: ReadTxn,
     experiment: str,

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from tesserad.config import format_size
 from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tesserad.ids import new_id
-from tesserad.names import validate_name, validate_name_prefix
+from tesserad.names import closest, did_you_mean, validate_name, validate_name_prefix
 from tesserad.paging import MAX_PAGE_BYTES, Page, PageFill, foreign_token, make_token, read_page, resume_after
 from tesserad.store import (
     Key,
@@ -279,6 +279,14 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
     "ne": lambda a, b: a != b,
 }
 _RANK_VALUE = struct.Struct(">d")
+# The order index's tables each view reads: deleted runs' rows are apart (run_order).
+_VIEW_TABLES = {"active": (False,), "deleted": (True,), "all": (False, True)}
+# A run that may log a key yet: running, or interrupted and waiting for its job to resume it.
+_MAY_LOG_YET = frozenset({"running", "interrupted"})
+# Runs, newest first, whose metric keys a refusal of a key no run has logged reads for the nearest,
+# and the keys it names without one: bounded in an experiment of thousands of runs and keys.
+_RUNS_READ_FOR_KEYS = 100
+_KEYS_NAMED = 20
 
 
 def _run_from(data: dict[str, Any]) -> Run:
@@ -335,8 +343,11 @@ def _refuse_deleted_run(run: Run) -> None:
     raise FailedPrecondition(f"run {run.run_id!r} is deleted; restore it with RestoreRun to change it")
 
 
-def _no_experiment(name: str) -> NotFound:
-    return NotFound(f"experiment {name!r} does not exist; ListExperiments lists them")
+def _no_experiment(txn: ReadTxn, name: str) -> NotFound:
+    """NotFound for the experiment `name`, a stored name close to it first (as models say it)."""
+    return NotFound(
+        f"experiment {name!r} does not exist; {did_you_mean(txn, 'experiments', name)}ListExperiments lists them"
+    )
 
 
 def _refuse_deleted_experiment(experiment: Experiment, then: str = "first") -> None:
@@ -441,6 +452,24 @@ def _distinct_keys(txn: ReadTxn, runs: list[Run]) -> Iterator[str]:
 
     for key, _ in itertools.groupby(heapq.merge(*(keys_of(run) for run in runs))):
         yield key
+
+
+def _unlogged(kind: str, key: str, experiment: str, logged: set[str], purpose: str = "") -> NotFound:
+    """NotFound for a `kind` ("metric", "param") key no run of `experiment` ("": of any) has
+    logged, naming the nearest logged key, else those logged."""
+    of = f" of experiment {experiment!r}" if experiment else ""
+    said = (
+        f"no run{of} has logged {kind} {key[:80]!r}{purpose}, and none is running or waiting to "
+        "resume that may log it yet; "
+    )
+    near = closest(sorted(logged), key)
+    if near:
+        return NotFound(said + near.rstrip())
+    if not logged:
+        return NotFound(f"{said}they have logged no {kind}")
+    named = sorted(logged)
+    more = f" and {len(named) - _KEYS_NAMED} more" if len(named) > _KEYS_NAMED else ""
+    return NotFound(f"{said}they have logged {', '.join(named[:_KEYS_NAMED])}{more}")
 
 
 def _summary(txn: ReadTxn, run_id: str, key: str) -> MetricSummary | None:
@@ -585,7 +614,7 @@ class Tracking:
     def _experiment(self, txn: ReadTxn, name: str) -> Experiment:
         raw = txn.get("experiments", (name,))
         if raw is None:
-            raise _no_experiment(name)
+            raise _no_experiment(txn, name)
         _, data = decode_record(raw, "experiment", 1)
         return Experiment(**data, run_count=_run_count(txn, name))
 
@@ -818,7 +847,9 @@ class Tracking:
 
         with self._store.read() as txn:
             if experiment and not txn.exists("experiments", (experiment,)):
-                raise _no_experiment(experiment)
+                raise _no_experiment(txn, experiment)
+            if order is not None:
+                self._refuse_unlogged_keys(txn, experiment, view, [order.metric], purpose=" to order by")
             candidates: Iterator[tuple[Key, Run]]
             if order is None:
                 newest = _newest_first(txn, experiment, unpack(after) if after else None, view)
@@ -829,7 +860,49 @@ class Tracking:
                 if not fill.room(_run_bytes(run)):
                     break
                 fill.add(key, run)
+            if not fill.page.items and not token:
+                self._refuse_unlogged_keys(txn, experiment, view, [f.key for f in filters], params)
         return fill.page.items, fill.page.next_page_token
+
+    def _refuse_unlogged_keys(
+        self,
+        txn: ReadTxn,
+        experiment: str,
+        view: str,
+        metrics: Iterable[str],
+        params: Iterable[str] = (),
+        purpose: str = "",
+    ) -> None:
+        """NotFound for a metric or param key that no run of the searched experiments (in `view`)
+        has logged, while none is running or interrupted (a daemon stopped mid-job; the job
+        resumes it) and so may log it yet, as the CLI's leaderboard answers a metric no run has
+        logged: a filter on it matches nothing and an order by it orders nothing, which an empty
+        answer or an unchanged order would not tell from a misspelt key. Metric keys are read
+        from the order index; params, and the keys the message names, from the runs, newest first."""
+        names = [experiment] if experiment else [str(key[0]) for key, _ in txn.scan("experiments")]
+        tables = _VIEW_TABLES[view]
+        unlogged = [
+            metric
+            for metric in dict.fromkeys(metrics)
+            if not any(run_order.logged(txn, name, metric, deleted) for name in names for deleted in tables)
+        ]
+        params = list(params)
+        if not unlogged and not params:
+            return
+        param_keys: set[str] = set()
+        metric_keys: set[str] = set()
+        for read, (_, run_id) in enumerate(_newest_first(txn, experiment, None, view)):
+            run = self.load_run(txn, run_id)
+            if run.status in _MAY_LOG_YET:
+                return
+            param_keys.update(run.params)
+            if read < _RUNS_READ_FOR_KEYS:
+                metric_keys.update(str(key[1]) for key, _ in txn.scan("metric_summaries", (run_id,)))
+        for metric in unlogged:
+            raise _unlogged("metric", metric, experiment, metric_keys, purpose)
+        for param in params:
+            if param not in param_keys:
+                raise _unlogged("param", param, experiment, param_keys)
 
     @staticmethod
     def _ordered(
@@ -856,8 +929,7 @@ class Tracking:
         if missing == 0:
             names = [experiment] if experiment else [str(key[0]) for key, _ in txn.scan("experiments")]
             # The view picks the tables: active runs' rows and deleted runs' rows are apart.
-            kinds = {"active": (False,), "deleted": (True,), "all": (False, True)}[view]
-            sources = [(name, deleted) for name in names for deleted in kinds]
+            sources = [(name, deleted) for name in names for deleted in _VIEW_TABLES[view]]
             ranked = run_order.ranked_across(txn, sources, order.metric, order.field, descending, resume)
             for _, run_id in ranked:
                 run = matched(txn, run_id)

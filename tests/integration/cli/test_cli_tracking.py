@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tessera.cli import EXIT_DAEMON, EXIT_USAGE
-from tessera.errors import FailedPrecondition
+from tessera.errors import FailedPrecondition, NotFound
 from tessera.run_filter import RunFilterError
 from tessera.training import Training
 
@@ -242,6 +242,32 @@ def test_runs_leaderboard_of_a_metric_no_run_has_fails_naming_the_logged_ones(te
     assert as_json.code == EXIT_DAEMON and as_json.out == "" and "did you mean val_loss?" in as_json.err
     board = tessera_cli("runs", "leaderboard", "cli-board", "val_loss")
     assert board.code == 0 and run.run_id in board.out
+
+
+def test_runs_ls_of_a_key_or_experiment_no_run_has_fails_naming_the_nearest(tessera_cli, client):
+    run = client.training.create_run("cli-typos", params={"batch_size": "16"})
+    client.training.log_metrics(run.run_id, {"val_loss": 0.5}, step=0)
+    client.training.update_run(run.run_id, status="succeeded")
+    # Each printed an empty list, or the unchanged order, and exit 0: a misspelt key read as no run meeting it.
+    for condition, meant in (
+        (["--metric", "val_los<0.01"], "metric 'val_los', and none is running"),
+        (["--param", "batchsize=16"], "param 'batchsize', and none is running"),
+        (["--order-by", "val_los"], "metric 'val_los' to order by"),
+    ):
+        listed = tessera_cli("runs", "ls", "--experiment", "cli-typos", *condition)
+        assert listed.code == EXIT_DAEMON and listed.out == "", listed
+        assert "NOT_FOUND: no run of experiment 'cli-typos' has logged " + meant in listed.err, listed.err
+        assert "did you mean 'val_loss'?" in listed.err or "did you mean 'batch_size'?" in listed.err
+    unmet = tessera_cli("--json", "runs", "ls", "--experiment", "cli-typos", "--metric", "val_loss<0.01")
+    assert (unmet.code, unmet.json()) == (0, [])
+    with pytest.raises(NotFound, match="did you mean 'val_loss'"):
+        list(client.training.runs("cli-typos", filter="metrics.val_los < 0.01"))
+    for words in (
+        ["runs", "ls", "--experiment", "cli-typoz"],
+        ["experiments", "update", "cli-typoz", "--description", "x"],
+    ):
+        missing = tessera_cli(*words)
+        assert missing.code == EXIT_DAEMON and "did you mean 'cli-typos'?" in missing.err, missing
 
 
 def test_runs_leaderboard_of_a_metric_a_running_run_may_log_yet_is_empty(tessera_cli, client):

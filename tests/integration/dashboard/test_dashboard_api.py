@@ -242,6 +242,18 @@ def test_runs_filter_by_status_and_refuse_an_unknown_one(dash, client):
     assert "status 'finished'" in answer.json()["error"] and "succeeded" in answer.json()["error"]
 
 
+def test_runs_filter_by_a_key_no_run_has_logged_is_not_found_naming_the_nearest(dash, client):
+    run = client.training.create_run("dash-typos", params={"batch_size": "16"})
+    client.training.log_metrics(run.run_id, {"val_loss": 0.5}, 1)
+    client.training.update_run(run.run_id, status="succeeded")
+    port = dash.daemon.http_port
+    for query, meant in (("metric=val_los:last:lt:0.1", "val_loss"), ("param=batchsize%3D16", "batch_size")):
+        answer = http_get(port, f"/api/v1/runs?experiment=dash-typos&{query}")
+        assert answer.status == 404 and f"did you mean {meant!r}?" in answer.json()["error"], answer.body
+    unmet = http_get(port, "/api/v1/runs?experiment=dash-typos&metric=val_loss:last:lt:0.1")
+    assert unmet.status == 200 and unmet.json()["runs"] == []
+
+
 def test_a_model_with_versions_aliases_lineage_and_deployments(dash, client, tmp_path, finished_job):
     path = affine_onnx(tmp_path / "affine.onnx")
     client.models.push("dash-affine", path, alias="staging", description="two <b>versions</b>")

@@ -664,3 +664,79 @@ def test_a_point_logged_at_the_epoch_keeps_its_time(tracker) -> None:
     epoch, now = history.points
     assert epoch.HasField("time") and (epoch.time.seconds, epoch.time.nanos) == (0, 0)
     assert now.time.seconds > 0
+
+
+def _ended_runs(tracker, experiment: str) -> None:
+    """Two ended runs that logged val_loss and param batch_size, and nothing running."""
+    for size, loss in (("16", 0.5), ("32", 0.2)):
+        run = _run(tracker, experiment, batch_size=size)
+        _log(tracker, run.run_id, "val_loss", [1.0, loss])
+        tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, status=S.RUN_STATUS_SUCCEEDED))
+
+
+def test_a_filter_or_order_key_no_run_has_logged_is_not_found_naming_the_nearest(tracker) -> None:
+    # An empty answer would read as no run meeting the condition: a misspelt key, silently.
+    _ended_runs(tracker, "typos")
+    cases = {
+        "metric 'val_los'": S.ListRunsRequest(
+            experiment="typos", metrics=[S.MetricFilter(key="val_los", op=S.COMPARISON_LT, value=0.01)]
+        ),
+        "param 'batchsize'": S.ListRunsRequest(
+            experiment="typos", params=[S.ParamFilter(key="batchsize", value="16")]
+        ),
+        "metric 'val_los' to order by": S.ListRunsRequest(
+            experiment="typos", order_by=S.RunOrder(metric="val_los")
+        ),
+    }
+    for what, request in cases.items():
+        error = _error(lambda r=request: tracker.ListRuns(r))
+        assert error.code() == grpc.StatusCode.NOT_FOUND, what
+        assert f"no run of experiment 'typos' has logged {what.split(' to ')[0]}" in error.details(), (
+            error.details()
+        )
+        assert (
+            "did you mean 'val_loss'?" in error.details() or "did you mean 'batch_size'?" in error.details()
+        )
+    # A key some run has, that no run meets, is an empty answer.
+    none_meet = tracker.ListRuns(
+        S.ListRunsRequest(
+            experiment="typos", metrics=[S.MetricFilter(key="val_loss", op=S.COMPARISON_LT, value=0.01)]
+        )
+    )
+    assert list(none_meet.runs) == []
+    assert (
+        list(
+            tracker.ListRuns(
+                S.ListRunsRequest(experiment="typos", params=[S.ParamFilter(key="batch_size", value="64")])
+            ).runs
+        )
+        == []
+    )
+
+
+def test_a_key_no_run_has_logged_yet_is_an_empty_answer_while_a_run_may_log_it(tracker) -> None:
+    # As a leaderboard: a running run may log it yet.
+    _ended_runs(tracker, "typos-running")
+    _run(tracker, "typos-running")
+    request = S.ListRunsRequest(
+        experiment="typos-running", metrics=[S.MetricFilter(key="val_los", op=S.COMPARISON_LT, value=0.01)]
+    )
+    assert list(tracker.ListRuns(request).runs) == []
+    ordered = tracker.ListRuns(
+        S.ListRunsRequest(experiment="typos-running", order_by=S.RunOrder(metric="acc"))
+    )
+    assert len(ordered.runs) == 3
+
+
+def test_an_unknown_experiment_names_the_nearest(tracker) -> None:
+    _run(tracker, "clips")
+    for call in (
+        lambda: tracker.ListRuns(S.ListRunsRequest(experiment="clipz")),
+        lambda: tracker.GetExperiment(S.GetExperimentRequest(name="clipz")),
+        lambda: tracker.UpdateExperiment(S.UpdateExperimentRequest(name="clipz", description="x")),
+    ):
+        error = _error(call)
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert error.details().startswith("experiment 'clipz' does not exist; did you mean 'clips'?"), (
+            error.details()
+        )
