@@ -152,6 +152,16 @@ def test_sweeps_show_keeps_params_whole(daemon, sweep, width, command):
         assert "params" in left_out(text)
 
 
+@pytest.mark.parametrize("width", [w for w in WIDTHS if w >= 80])
+def test_a_sweeps_leaderboard_keeps_its_trials_states_at_80_columns(daemon, sweep, width):
+    # Left out first, it ranked pruned and complete trials together with nothing to tell them apart.
+    text = printed(daemon, width, "sweeps", "show", sweep.sweep_id, "--follow")
+    board = text[text.index(f"sweep {sweep.sweep_id}: succeeded, best val_loss") :]
+    board = board[: board.index("left out") if "left out" in board else board.index("• best val_loss so far")]
+    assert has_column(board, "state") and has_column(board, "params"), board
+    assert_whole(board, ["succeeded"])
+
+
 @pytest.mark.parametrize("width", WIDTHS)
 def test_listings_keep_names_tags_and_headers_whole(daemon, client, sweep, tmp_path, width):
     model = affine_onnx(tmp_path / "affine.onnx")

@@ -164,9 +164,10 @@ def print_result(sweep: training_pb2.Sweep, out: Output) -> None:
         f"sweep {sweep.sweep_id}: {sweep_state(sweep)}, best {sweep.spec.metric}",
         ["rank", sweep.spec.metric, "trial", "state", "params", "job"],
         leaderboard_rows(sweep),
-        whole=("rank", "trial", "job"),
+        whole=("rank", "job"),
         unbroken=("params",),
-        leave_out_first=("state",),
+        # Its job names the trial; its state tells a pruned trial's rung metric from a final one.
+        leave_out_first=("trial",),
     )
     plot = line_plot(
         {f"best {sweep.spec.metric} so far": best_so_far(sweep, maximises(sweep))},
