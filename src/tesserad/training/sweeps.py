@@ -188,7 +188,7 @@ class Ledger:
 
     numbers: dict[str, int]  # its trials' job ids -> their numbers
     unfinished: dict[int, None]  # the numbers of its trials not ended (pending or running), in order
-    best_ended: Trial | None = None  # its best ended trial with a metric (`best_trial`)
+    best_ended: Trial | None = None  # its best trial (`best_trial`), one that ended
 
 
 def ledger_of(sweep: Sweep) -> Ledger:
@@ -202,9 +202,11 @@ def ledger_of(sweep: Sweep) -> Ledger:
 
 
 def best_trial(mode: str, trials: Iterable[Trial | None]) -> Trial | None:
-    """The trial of the best metric among `trials` (of equals, the first in the sweep), None when
-    none has one."""
-    scored = [t for t in trials if t is not None and t.has_metric]
+    """The trial of the best metric among those of `trials` that succeeded unpruned (of equals,
+    the first in the sweep), None when none did. As Optuna's best_trial takes COMPLETE trials
+    only: a pruned trial's metric is its rung's, a failed or running one's an epoch's on the way,
+    and none registered the version the best trial's alias is set on."""
+    scored = [t for t in trials if t is not None and t.has_metric and t.state == "succeeded" and not t.pruned]
     if not scored:
         return None
     if mode == "min":
@@ -1136,9 +1138,8 @@ class Sweeps:
         ended = not ledger.unfinished
         if ended and sweep.state == "running":
             sweep.state = ended_state(sweep)
-        best = best_trial(sweep.mode, [ledger.best_ended, *(sweep.trials[n] for n in ledger.unfinished)])
-        if best is not None:
-            sweep.best_job_id = best.job_id
+        if ledger.best_ended is not None:
+            sweep.best_job_id = ledger.best_ended.job_id
         try:
             # It records trials' ends and the sweep's own: the store's reserve is for such writes.
             self._save(sweep, head=(sweep.state, sweep.error, sweep.best_job_id) != own_state, reserved=True)
@@ -1385,7 +1386,9 @@ def decode_sweep(raw: bytes, trial_rows: builtins.list[bytes]) -> Sweep:
         state=data["state"],
         created_at=data["created_at"],
         created_by=data["created_by"],
-        best_job_id=data["best_job_id"],
+        # Not the stored one: a sweep stored while best ranked pruned and failed trials too may
+        # name one of those.
+        best_job_id=best.job_id if (best := best_trial(data["mode"], trials)) else "",
         rungs=built_rungs(pruner, unowned, trials),
         trials=trials,
         pruner=pruner,

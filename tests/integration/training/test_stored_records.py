@@ -264,3 +264,39 @@ def test_a_sweep_stored_with_early_stopping_patience_0_starts_its_trials_with_it
         assert ended.state == S.SWEEP_STATE_SUCCEEDED
     finally:
         daemon.stop()
+
+
+def test_a_stored_sweep_whose_best_was_a_pruned_trial_reads_its_best_succeeded_one(tmp_path: Path) -> None:
+    # Stored while best ranked every trial with a metric: a pruned trial's early rung metric led,
+    # though it registered no version for the alias the best trial is picked for.
+    data_dir = tmp_path / "data"
+    pruned = {
+        **SWEEP["trials"][0],
+        "job_id": "job-03old",
+        "state": "cancelled",
+        "metric": 0.1,
+        "pruned": True,
+    }
+    stored = {
+        **SWEEP,
+        "sweep_id": "sweep-02old",
+        "best_job_id": "job-03old",
+        "trials": [*SWEEP["trials"], pruned],
+    }
+    only_pruned = {**SWEEP, "sweep_id": "sweep-03old", "best_job_id": "job-03old", "trials": [pruned]}
+    store = Store.open(data_dir / "store", map_size=1 << 26, tables=STORE_TABLES)
+    with store.write() as txn:
+        for record in (stored, only_pruned):
+            txn.put("sweeps", (record["sweep_id"],), _record("sweep", record))
+    store.close()
+
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        training = training_pb2_grpc.TrainingStub(daemon.channel())
+        sweep = training.GetSweep(S.GetSweepRequest(sweep_id="sweep-02old"))
+        assert sweep.best_job_id == "job-01old"
+        assert training.GetSweep(S.GetSweepRequest(sweep_id="sweep-03old")).best_job_id == ""
+        listed = {s.sweep_id: s.best_job_id for s in training.ListSweeps(S.ListSweepsRequest()).sweeps}
+        assert listed == {"sweep-02old": "job-01old", "sweep-03old": ""}
+    finally:
+        daemon.stop()

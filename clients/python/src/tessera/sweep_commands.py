@@ -4,6 +4,7 @@ trials while a sweep runs, then a leaderboard and a plot of the best metric agai
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -89,12 +90,19 @@ def trial_rows(sweep: training_pb2.Sweep) -> list[tuple[str, ...]]:
     return rows
 
 
+def completed(trial: training_pb2.SweepTrial) -> bool:
+    """Whether the trial ran to its end, so its metric is a final one and it may be the best (as
+    the daemon's best_job_id, and Optuna's best_trial, take COMPLETE trials only)."""
+    return trial.state == S.JOB_STATE_SUCCEEDED and not trial.pruned and trial.has_metric
+
+
 def best_so_far(sweep: training_pb2.Sweep, maximise: bool) -> list[tuple[float, float]]:
-    """(trials used, best metric among them) after each trial with a metric, in trial order."""
+    """(trials used, best metric among those that completed) after each trial from the first
+    completed one, in trial order."""
     best = -math.inf if maximise else math.inf
     points = []
     for used, t in enumerate(sorted(sweep.trials, key=lambda t: t.number), start=1):
-        if t.has_metric and math.isfinite(t.metric):
+        if completed(t) and math.isfinite(t.metric):
             best = max(best, t.metric) if maximise else min(best, t.metric)
         if math.isfinite(best):
             points.append((float(used), best))
@@ -123,7 +131,7 @@ def trials_table(sweep: training_pb2.Sweep, width: int) -> FittedTable:
         [[row[i] for i in shown] for row in rows],
         whole=("#", "job"),
         unbroken=("params", "lineage"),
-        caption="\n".join([f"best {sweep.spec.metric}: {_best_text(sweep)}", *problems(sweep)]),
+        caption="\n".join([f"best {sweep.spec.metric}: {_best_caption(sweep)}", *problems(sweep)]),
     )
 
 
@@ -149,12 +157,33 @@ def _best_text(sweep: training_pb2.Sweep, with_job: bool = True) -> str:
     )
 
 
+def _best_caption(sweep: training_pb2.Sweep) -> str:
+    """The best trial, or why there is none: only a trial that succeeded can be the best."""
+    if sweep.best_job_id:
+        return _best_text(sweep)
+    return (
+        "none yet, no trial has succeeded"
+        if sweep.state == S.SWEEP_STATE_RUNNING
+        else "none, no trial succeeded"
+    )
+
+
 def leaderboard_rows(sweep: training_pb2.Sweep, limit: int = 10) -> list[tuple[str, ...]]:
+    """The trials that completed ranked by their metric, then, unranked ("-"), those with a metric
+    that did not (a pruned trial's is its rung's, a failed or running one's an epoch's on the way)."""
     scored = [t for t in sweep.trials if t.has_metric]
-    ranked = sorted(scored, key=lambda t: -t.metric if maximises(sweep) else t.metric)[:limit]
+    order = sorted(scored, key=lambda t: (not completed(t), -t.metric if maximises(sweep) else t.metric))
+    ranks = itertools.count(1)
     return [
-        (str(rank), f"{t.metric:.5g}", str(t.number), trial_state(t), params_text(t.params), t.job_id)
-        for rank, t in enumerate(ranked, start=1)
+        (
+            str(next(ranks)) if completed(t) else "-",
+            f"{t.metric:.5g}",
+            str(t.number),
+            trial_state(t),
+            params_text(t.params),
+            t.job_id,
+        )
+        for t in order[:limit]
     ]
 
 

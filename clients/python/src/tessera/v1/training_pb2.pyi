@@ -2866,6 +2866,9 @@ class Sweep(_message.Message):
     sweep_id: _builtins.str
     state: Global___SweepState.ValueType
     best_job_id: _builtins.str
+    """The job of the trial with the best metric among those that succeeded (not pruned): a pruned
+    trial's metric is its rung's, a failed or running one's an epoch's on the way. Empty until one succeeds.
+    """
     error: _builtins.str
     """Why the sweep stopped starting trials before its search was done (it then ends FAILED); empty otherwise."""
     @_builtins.property
