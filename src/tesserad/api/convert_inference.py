@@ -4,6 +4,7 @@ predictions, shadow results), and a call's deadline as the plain instant the ser
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import grpc
@@ -13,10 +14,9 @@ from tessera.v1 import inference_pb2 as pb
 from tesserad.api.convert_common import timestamp
 from tesserad.api.convert_tensors import array_to_tensor, fill_tensor, signature_to_proto
 from tesserad.api.errors import status_for
-from tesserad.config import format_size
-from tesserad.errors import InvalidArgument, ResourceExhausted, TesseraError
+from tesserad.errors import InvalidArgument, TesseraError
 from tesserad.names import validate_name
-from tesserad.paging import MAX_PAGE_BYTES
+from tesserad.paging import PageFill
 from tesserad.replica.refusals import Refusal
 from tesserad.serving.batcher import Prediction
 from tesserad.serving.explain import ExplainOptions, Explanation, Method
@@ -264,23 +264,19 @@ def shadow_to_proto(result: ShadowResult) -> pb.ShadowResult:
     )
 
 
-def shadow_results_to_proto(model: str, results: list[ShadowResult]) -> list[pb.ShadowResult]:
-    """`results`, newest first, for one answer: each carries the shadow's outputs, so that a
-    model's large outputs fill a client's default 4 MiB at a few results. ResourceExhausted
-    naming the limit that fits when more than one takes more than MAX_PAGE_BYTES."""
-    answered: list[pb.ShadowResult] = []
-    size = 0
-    for result in results:
+def shadow_page(
+    numbered: list[tuple[int, ShadowResult]], size: int, query: Mapping[str, Any]
+) -> pb.ListShadowResultsResponse:
+    """A page of `numbered` (newest first, each with its number): `size` of them, or fewer where
+    they would take more than MAX_PAGE_BYTES, since each carries the shadow's outputs; its token
+    resumes after the last one's number."""
+    fill: PageFill[pb.ShadowResult] = PageFill(size, query)
+    for number, result in numbered:
         message = shadow_to_proto(result)
-        size += message.ByteSize()
-        if answered and size > MAX_PAGE_BYTES:
-            raise ResourceExhausted(
-                f"limit: the newest {len(answered) + 1} shadow results of model {model!r} take more than "
-                f"one answer holds ({format_size(MAX_PAGE_BYTES)}): ask for limit {len(answered)} or "
-                "less (each result holds the shadow's outputs)"
-            )
-        answered.append(message)
-    return answered
+        if not fill.room(message.ByteSize()):
+            break
+        fill.add((number,), message)
+    return pb.ListShadowResultsResponse(results=fill.page.items, next_page_token=fill.page.next_page_token)
 
 
 def refused_to_proto(refusal: Refusal) -> pb.RefusedReplica:

@@ -21,7 +21,7 @@ from tesserad.api.convert_inference import (
     method_from_proto,
     prediction_to_proto,
     refused_to_proto,
-    shadow_results_to_proto,
+    shadow_page,
     stats_to_proto,
     target_from_proto,
 )
@@ -29,6 +29,7 @@ from tesserad.api.convert_tensors import tensors_to_arrays
 from tesserad.api.streams import answer_stream
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
 from tesserad.names import validate_name
+from tesserad.paging import foreign_token, page_size, resume_key
 from tesserad.serving.predict import predict
 from tesserad.serving.service import InferenceService
 from tesserad.serving.trace import Tracer
@@ -212,6 +213,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         validate_name("model", request.model)
         if request.limit < 0:
             raise InvalidArgument(f"limit must be >= 0 (0 for {DEFAULT_SHADOW_LIMIT}), got {request.limit}")
-        limit = request.limit or DEFAULT_SHADOW_LIMIT
-        results = await asyncio.to_thread(self._service.shadow_results, request.model, limit)
-        return pb.ListShadowResultsResponse(results=shadow_results_to_proto(request.model, results))
+        size = page_size(request.limit, DEFAULT_SHADOW_LIMIT) or DEFAULT_SHADOW_LIMIT
+        query = {"list": "shadow_results", "model": request.model}
+        after = resume_key(request.page_token, query)
+        if after is not None and not (len(after) == 1 and isinstance(after[0], int)):
+            raise foreign_token()
+        # One more than the page holds: the page's token is issued only when one is left over.
+        numbered = await asyncio.to_thread(
+            self._service.shadow_results, request.model, size + 1, None if after is None else after[0]
+        )
+        return shadow_page(numbered, size, query)

@@ -294,7 +294,10 @@ class InferenceService:
         # model -> how many times in a row its refresh failed (it waits the longer for each).
         self._refresh_failures: dict[str, int] = {}
         self._cache_lock = threading.Lock()
-        self._shadows: dict[str, deque[ShadowResult]] = {}
+        # Each model's newest shadow results first, numbered in the order they were recorded
+        # (a page token resumes after a number).
+        self._shadows: dict[str, deque[tuple[int, ShadowResult]]] = {}
+        self._shadows_recorded = 0
         # Swaps run one at a time, off the registry's commit path.
         self._swaps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="serving-swap")
         # Models with a refresh queued and not yet started: one refresh covers every change
@@ -1074,13 +1077,19 @@ class InferenceService:
 
     def _record_shadow(self, result: ShadowResult) -> None:
         with self._lock:
-            self._shadows.setdefault(result.model, deque(maxlen=SHADOW_RESULTS_KEPT)).appendleft(result)
+            self._shadows_recorded += 1
+            kept = self._shadows.setdefault(result.model, deque(maxlen=SHADOW_RESULTS_KEPT))
+            kept.appendleft((self._shadows_recorded, result))
 
-    def shadow_results(self, model: str, limit: int) -> list[ShadowResult]:
-        """`model`'s newest shadow results first; NotFound for a model the source does not have
-        and that has none kept."""
+    def shadow_results(
+        self, model: str, limit: int, older_than: int | None = None
+    ) -> list[tuple[int, ShadowResult]]:
+        """`model`'s newest `limit` shadow results first (those recorded before the one numbered
+        `older_than`, when given), each with its number; NotFound for a model the source does not
+        have and that has none kept."""
         with self._lock:
-            results = list(self._shadows.get(model, ()))[:limit]
+            kept = list(self._shadows.get(model, ()))
+        results = [(n, r) for n, r in kept if older_than is None or n < older_than][:limit]
         if not results:
             self._source.model_identity(model)
         return results

@@ -1,4 +1,4 @@
-"""ListShadowResults answers what fits in one gRPC message a client takes by default (4 MiB):
+"""ListShadowResults pages at what fits in one gRPC message a client takes by default (4 MiB):
 each result carries the shadow's outputs, so a model with large outputs filled an answer past it
 at the default limit, and the client refused the answer with a message about its own limit."""
 
@@ -8,9 +8,9 @@ import time
 
 import grpc
 import numpy as np
-import pytest
 from serving_models import predict_request
 
+import tessera
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 # 60,000 rows of 3 float32 outputs: about 0.69 MiB a result, so that 4 fit in one answer (3 MiB)
@@ -47,21 +47,45 @@ def _newest_request_id(inference: inference_pb2_grpc.InferenceStub, model: str) 
     return next((r.request_id for r in inference.ListShadowResults(request).results), "")
 
 
-def test_results_past_one_answer_are_refused_naming_a_limit_that_fits(inference, registry, linear) -> None:
+def _page(
+    inference: inference_pb2_grpc.InferenceStub, model: str, limit: int, token: str = ""
+) -> tuple[list[str], str]:
+    request = inference_pb2.ListShadowResultsRequest(model=model, limit=limit, page_token=token)
+    response = inference.ListShadowResults(request)
+    return [r.request_id for r in response.results], response.next_page_token
+
+
+def test_results_past_one_answer_end_the_page_with_a_token_for_the_rest(
+    inference, registry, linear, daemon
+) -> None:
     _shadowed_requests(inference, registry, linear)
-    with_results = [
-        len(
-            inference.ListShadowResults(inference_pb2.ListShadowResultsRequest(model=linear, limit=n)).results
-        )
-        for n in (1, 4)
-    ]
-    assert with_results == [1, 4]
-    for limit in (0, 7):
-        request = inference_pb2.ListShadowResultsRequest(model=linear, limit=limit)
-        with pytest.raises(grpc.RpcError) as refused:
-            inference.ListShadowResults(request)
-        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
-        assert refused.value.details() == (
-            "limit: the newest 5 shadow results of model 'linear' take more than one answer holds "
-            "(3 MiB): ask for limit 4 or less (each result holds the shadow's outputs)"
+    assert _page(inference, linear, 4)[0] == ["q7", "q6", "q5", "q4"]
+    # The default limit (0) and one past what fits both end the page at what fits.
+    first, token = _page(inference, linear, 0)
+    assert first == ["q7", "q6", "q5", "q4"]
+    assert _page(inference, linear, 0, token) == (["q3", "q2", "q1", "q0"], "")
+    first, token = _page(inference, linear, 7)
+    assert first == ["q7", "q6", "q5", "q4"]
+    rest, token = _page(inference, linear, 3, token)
+    assert rest == ["q3", "q2", "q1"] and token
+    assert _page(inference, linear, 3, token) == (["q0"], "")
+    # The SDK follows the pages up to the limit asked.
+    with tessera.Client(daemon.target, timeout=30) as sdk:
+        assert [r.request_id for r in sdk.inference.shadow_results(linear, limit=7)] == [
+            f"q{i}" for i in range(7, 0, -1)
+        ]
+        assert len(sdk.inference.shadow_results(linear)) == SHADOWED
+
+
+def test_a_page_token_of_another_listing_is_refused(inference, registry, linear, expect_rpc_error) -> None:
+    _shadowed_requests(inference, registry, linear)
+    _, token = _page(inference, linear, 1)
+    registry.CreateModel(registry_pb2.CreateModelRequest(name="other"))
+    models_token = registry.ListModels(registry_pb2.ListModelsRequest(page_size=1)).next_page_token
+    for model, foreign in (("other", token), (linear, models_token)):
+        request = inference_pb2.ListShadowResultsRequest(model=model, page_token=foreign)
+        expect_rpc_error(
+            lambda request=request: inference.ListShadowResults(request),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token belongs to a different query; keep the filters the same across pages",
         )

@@ -1,7 +1,7 @@
 """SDK methods written once for the blocking and the asyncio client.
 
 A client part's method builds a description of what to do (`Op`: one unary call; `Upload`,
-`Save`, `ResumingDownload`, `Then`; or a stream of results: `Pages`, `Resumable`,
+`Save`, `ResumingDownload`, `Then`, `PagesUpTo`; or a stream of results: `Pages`, `Resumable`,
 `ReconnectingBidi`), and each kind of description knows how to run itself on a blocking
 `Connection` and on an asyncio `AioConnection`. The `call` and `stream` decorators make the
 method, on a part holding a `Connection`, return the result (or an iterator of results), and
@@ -238,6 +238,37 @@ class JoinedPages(Call[T_co]):
     def _add(joined: Any, page: Any) -> None:
         joined.MergeFrom(page)  # appends repeated fields; sets the others that are not empty
         joined.next_page_token = page.next_page_token  # empty on the last page: MergeFrom skips it
+
+
+@dataclass(frozen=True)
+class PagesUpTo(Call[list[T_co]]):
+    """The first `limit` items of a paginated list, as one list: `page(token, wanted)` is the call
+    for one page of at most `wanted` items, `items` the response's repeated field. A page may
+    hold fewer than asked (the daemon ends one at the size of an answer)."""
+
+    page: Callable[[str, int], Op[Any]]
+    items: str
+    limit: int
+
+    def run(self, conn: Connection) -> list[T_co]:
+        got: list[T_co] = []
+        token = ""
+        while True:
+            response = self.page(token, self.limit - len(got)).run(conn)
+            got.extend(getattr(response, self.items))
+            token = response.next_page_token
+            if not token or len(got) >= self.limit:
+                return got
+
+    async def run_async(self, conn: AioConnection) -> list[T_co]:
+        got: list[T_co] = []
+        token = ""
+        while True:
+            response = await self.page(token, self.limit - len(got)).run_async(conn)
+            got.extend(getattr(response, self.items))
+            token = response.next_page_token
+            if not token or len(got) >= self.limit:
+                return got
 
 
 class Cursor(Protocol):

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tessera.calls import C, Op, Part, ReconnectingBidi, Reconnects, call, stream
+from tessera.calls import C, Op, PagesUpTo, Part, ReconnectingBidi, Reconnects, call, stream
 from tessera.errors import TesseraError, error_from_status_number
 from tessera.explanations import Explanation, method_number
 from tessera.messages import from_dict, version_ref
@@ -289,10 +289,16 @@ class Inference(Part[C]):
     @call
     def shadow_results(
         self, model: str, limit: int = 100, *, timeout: float | None = None
-    ) -> Op[Sequence[pb.ShadowResult]]:
-        """The latest shadow comparisons of a model's deployment, newest first."""
-        request = pb.ListShadowResultsRequest(model=model, limit=limit)
-        return Op(S, "ListShadowResults", request, lambda response: list(response.results), timeout=timeout)
+    ) -> PagesUpTo[pb.ShadowResult]:
+        """The latest `limit` shadow comparisons of a model's deployment, newest first, fetched
+        page by page (each result holds the shadow's outputs: a page ends at an answer's size);
+        `timeout` bounds each page's call. 0: the daemon's default, 100."""
+
+        def page(token: str, wanted: int) -> Op[pb.ListShadowResultsResponse]:
+            request = pb.ListShadowResultsRequest(model=model, limit=wanted, page_token=token)
+            return Op(S, "ListShadowResults", request, timeout=timeout)
+
+        return PagesUpTo(page, "results", limit or 100)
 
 
 def _set_stats_target(request: pb.GetStatsRequest, model: str, version: VersionSelector | None) -> None:

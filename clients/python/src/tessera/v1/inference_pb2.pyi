@@ -860,18 +860,27 @@ class ListShadowResultsRequest(_message.Message):
 
     MODEL_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     limit: _builtins.int
-    """Default 100; the daemon keeps the newest 1,000 per model."""
+    """The most results on this page: default 100; the daemon keeps the newest 1,000 per model.
+    A page also ends once its results take 3 MiB (each holds the shadow's outputs), with a
+    next_page_token for the older ones.
+    """
+    page_token: _builtins.str
+    """From the previous page's next_page_token (empty: the newest results). A token of another
+    listing or model is INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         limit: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "model", b"model", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -882,16 +891,22 @@ class ListShadowResultsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when no older result is kept."""
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowResult]: ...
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowResult]:
+        """Newest first."""
+
     def __init__(
         self,
         *,
         results: _abc.Iterable[Global___ShadowResult] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
