@@ -1132,13 +1132,20 @@ class InferenceService:
 
     def _logged_load_failure(self, key: tuple[str, int], error: TesseraError) -> bool:
         """Whether the failure `error` of a load of the version `key` was logged where it arose:
-        an unexpected one (Internal) with its traceback or counted as a repeat, and any of a
-        version listed FAILED, which the pool logs as it lists it (or _load_in_background, as
-        unexpected). Each is logged once."""
+        an unexpected one (Internal) with its traceback or counted as a repeat, and the failure
+        the version is listed FAILED for, which the pool logs as it lists it (or
+        _load_in_background, as unexpected): `error` holds its words (a warm-up's are rewrapped
+        in a request's). A different failure (the registry's, before the pool's load, racing a
+        LoadModel that failed otherwise) was logged by no one. Each is logged once."""
         if isinstance(error, Internal):
             return True
         listed = self._listed(*key)
-        return listed is not None and listed.state is LoadState.FAILED
+        return (
+            listed is not None
+            and listed.state is LoadState.FAILED
+            and bool(listed.error)
+            and listed.error in error.message
+        )
 
     def _load_in_background(
         self, key: tuple[str, int], artifact_sha256: str, load: Callable[[], object]

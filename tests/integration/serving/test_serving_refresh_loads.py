@@ -799,6 +799,44 @@ def test_a_failed_shadow_load_is_logged_once(
     assert len(logged) == 1 and logged[0].startswith(line), logged
 
 
+def test_a_shadow_load_failing_before_a_load_that_failed_otherwise_is_logged(
+    daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shadow load failed reading version 2 from the registry while a LoadModel of it failed
+    opening its artifact: the version listed FAILED for the LoadModel's failure, and the shadow's,
+    which no one else logs, went unlogged."""
+    caplog.set_level(logging.WARNING)
+    _without_periodic_load_retries(daemon, monkeypatch)
+    ended = _shadow_load_ends(daemon, monkeypatch)
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    _deploy_shadowing_version_2(channel)
+    daemon.daemon.inference._swaps.submit(lambda: None).result(30)
+    registry = daemon.daemon.registry
+    _unreadable_artifact(registry, monkeypatch, ("m", 2), Unavailable("the artifact disk is out of reach"))
+    resolve = registry.resolve
+    shadow_read = threading.Event()
+
+    def failing_for_the_shadow(model: str, version: int | None = None, alias: str | None = None) -> Any:
+        if (model, version) != ("m", 2) or shadow_read.is_set():
+            return resolve(model, version, alias)
+        shadow_read.set()
+        # Meanwhile a LoadModel of the version fails differently and lists it FAILED.
+        with pytest.raises(grpc.RpcError):
+            inference.LoadModel(
+                inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="m", version=2))
+            )
+        raise Unavailable("the registry cannot be reached")
+
+    monkeypatch.setattr(registry, "resolve", failing_for_the_shadow)
+    assert inference.Predict(predict_request("m", X)).version == 1
+    assert ended.wait(30)
+    logged = [r.getMessage() for r in caplog.records if "version 2" in r.getMessage()]
+    assert len(logged) == 2, logged
+    assert "the artifact disk is out of reach" in logged[0]
+    assert logged[1] == "cannot load shadow version 2 of 'm': the registry cannot be reached", logged
+
+
 def test_a_failed_listing_of_no_artifact_goes_with_its_model_deleted_and_registered_again(
     daemon, serving: Serving, monkeypatch: pytest.MonkeyPatch
 ) -> None:
