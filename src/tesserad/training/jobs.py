@@ -1422,7 +1422,10 @@ class Jobs:
     def _queue_end(self, job: JobRecord, state: str, reason: str) -> _QueuedEnd:
         """Queue the writes of the job's end (its state event, its run's status, the release of
         what it held) for the store; `_stored_ends` finishes it once they were committed."""
-        job = replace(job, ended_at=time.time())
+        # The record as ended says whether its cancel was accepted (a pruned sweep trial that
+        # failed as it stopped ended for the prune, not on its own).
+        requested_at = self._cancel_requested.get(job.job_id, job.cancel_requested_at)
+        job = replace(job, ended_at=time.time(), cancel_requested_at=requested_at)
         run_status = self._run_status(job, state)
         fine_tune = job.config.get("fine_tune")
         holder = init_from_holder(job.job_id)

@@ -1084,7 +1084,10 @@ class Sweeps:
         """Take the job's state, and its last metric once it ended (an epoch event may have been missed)."""
         before = (trial.state, trial.pruned, trial.metric, trial.has_metric)
         trial.state = job.state
-        if job.state in OWN_ENDS and trial.pruned:
+        # A job that failed once the prune's cancel was accepted failed stopping for it (its
+        # worker's error, its stop checkpoint refused): it stays pruned.
+        own_end = job.state == "succeeded" or (job.state == "failed" and job.cancel_requested_at is None)
+        if own_end and trial.pruned:
             # It ended on its own (its max_steps, early stopping, an error) before the prune's
             # cancel reached it.
             trial.pruned, trial.pruned_at = False, 0

@@ -776,6 +776,25 @@ def test_a_pruned_trial_that_failed_before_its_cancel_is_failed_not_pruned(
     assert run.status == S.RUN_STATUS_FAILED and "tessera.pruned_at_epoch" not in run.tags
 
 
+def test_a_pruned_trial_that_failed_while_stopping_for_its_prune_stays_pruned(
+    training: training_pb2_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The prune's cancel was accepted, and the job failed as it stopped (the store refused its
+    # stop checkpoint): it ended for the prune, not on its own, yet was shown failed and not
+    # pruned, its run's pruned tag taken away.
+    def failing_as_it_stops(self: Jobs, job: Any, at_step_boundary: bool) -> None:
+        self._fail(job, "storage", "the job stopped: storing its checkpoint failed: the store is full")
+
+    monkeypatch.setattr(Jobs, "_cancelled", failing_as_it_stops)
+    sweep = wait_sweep(training, training.SubmitSweep(S.SubmitSweepRequest(spec=_asha_grid(40))).sweep_id)
+    assert [(t.state, t.pruned, t.pruned_at_epoch) for t in sweep.trials] == [
+        (S.JOB_STATE_SUCCEEDED, False, 0),
+        (S.JOB_STATE_FAILED, True, 1),
+    ]
+    run_id = training.GetJob(S.GetJobRequest(job_id=sweep.trials[1].job_id)).run_id
+    assert training.GetRun(S.GetRunRequest(run_id=run_id)).tags["tessera.pruned_at_epoch"] == "1"
+
+
 def test_a_prune_whose_save_the_store_refused_still_prunes_and_is_stored_at_its_end(
     training: training_pb2_grpc.TrainingStub,
     monkeypatch: pytest.MonkeyPatch,
