@@ -1347,11 +1347,14 @@ def encode_sweep(sweep: Sweep) -> bytes:
         "base": sweep.base,
         "parameters": [asdict(p) for p in sweep.parameters],
         "max_trials": sweep.max_trials,
-        "seed": sweep.seed,
         "pbt": asdict(sweep.pbt) if sweep.pbt else None,
         "brackets": sweep.brackets,
         "error": sweep.error,
     }
+    # A grid given none has none: left out, as records before seeds were stored have none (an
+    # older daemon reads a missing one as 0, and would fail on a null one).
+    if sweep.seed is not None:
+        data["seed"] = sweep.seed
     return encode_record(KIND, SCHEMA, data)
 
 
@@ -1401,7 +1404,8 @@ def decode_sweep(raw: bytes, trial_rows: builtins.list[bytes]) -> Sweep:
             for p in data.get("parameters", [])
         ],
         max_trials=data.get("max_trials", 0),
-        seed=data.get("seed", 0),
+        # None for a grid given none (see encode_sweep), 0 for a search stored before seeds were.
+        seed=data.get("seed", None if data["strategy"] == "grid" else 0),
         pbt=PbtSettings(**pbt) if pbt else None,
         brackets=data.get("brackets", []),
         error=data.get("error", ""),

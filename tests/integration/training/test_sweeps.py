@@ -218,7 +218,9 @@ def test_a_metric_no_trial_reports_is_refused_naming_the_one_meant(
     assert info.value.details().endswith("not 'val_acc'; did you mean 'val_accuracy'?")
 
 
-def test_a_grid_sweep_draws_no_seed(training: training_pb2_grpc.TrainingStub) -> None:
+def test_a_grid_sweep_draws_no_seed(
+    training_daemon: InProcessDaemon, training: training_pb2_grpc.TrainingStub
+) -> None:
     # A grid draws nothing (as Ray Tune's grid_search): a seed drawn for it was answered and kept,
     # claiming the sweep is repeated by it. One the client set is kept as given.
     def submitted(**fields: Any) -> S.Sweep:
@@ -237,6 +239,11 @@ def test_a_grid_sweep_draws_no_seed(training: training_pb2_grpc.TrainingStub) ->
     assert ended.state == S.SWEEP_STATE_SUCCEEDED and not ended.spec.HasField("seed")
     listed = training.ListSweeps(S.ListSweepsRequest(page_size=1000)).sweeps
     assert not next(s for s in listed if s.sweep_id == unseeded.sweep_id).spec.HasField("seed")
+    # Its record holds no seed, as before seeds were stored: a null one, under the same schema,
+    # failed an older daemon's every answer holding the sweep (its seed set to None).
+    with training_daemon.daemon._store.read() as txn:
+        stored = decode_record(txn.get("sweeps", (unseeded.sweep_id,)), sweeps.KIND, sweeps.SCHEMA)[1]
+    assert "seed" not in stored
     seeded = submitted(seed=7)
     assert seeded.spec.HasField("seed") and seeded.spec.seed == 7
     assert wait_sweep(training, seeded.sweep_id).spec.seed == 7
