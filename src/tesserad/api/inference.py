@@ -215,11 +215,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             raise InvalidArgument(f"limit must be >= 0 (0 for {DEFAULT_SHADOW_LIMIT}), got {request.limit}")
         size = page_size(request.limit, DEFAULT_SHADOW_LIMIT) or DEFAULT_SHADOW_LIMIT
         query = {"list": "shadow_results", "model": request.model}
-        after = resume_key(request.page_token, query)
-        if after is not None and not (len(after) == 1 and isinstance(after[0], int)):
-            raise foreign_token()
+        match resume_key(request.page_token, query):
+            case None:
+                older_than = None
+            case (int() as number,):
+                older_than = number
+            case _:  # the query's fingerprint, but a key no page of it ends at: edited
+                raise foreign_token()
         # One more than the page holds: the page's token is issued only when one is left over.
-        numbered = await asyncio.to_thread(
-            self._service.shadow_results, request.model, size + 1, None if after is None else after[0]
-        )
+        numbered = await asyncio.to_thread(self._service.shadow_results, request.model, size + 1, older_than)
         return shadow_page(numbered, size, query)
