@@ -458,6 +458,38 @@ def _check_path(path: str) -> None:
         raise _no_value_field(path, leaf)
 
 
+def _check_members(base: dict[str, Any], parameters: list[SweepParameter]) -> None:
+    """Refuse a path (checked by `_check_path`) through a oneof member other than the one the
+    base sets, as `_set_path` would for every draw, where no parameter draws the member
+    (architecture.family): before any trial is drawn (not as a draw's refusal, which names the
+    seed)."""
+    drawn = {p.path for p in parameters}
+    for parameter in parameters:
+        *parents, _ = parameter.path.split(".")
+        fields: Mapping[str, SpecField] = SPEC_FIELDS
+        target: Any = base  # the dict that holds the fields of the message the path is in
+        inline, prefix = "", ""
+        for part in parents:
+            spec_field = fields[part]
+            oneof = spec_field.oneof
+            current = None
+            if oneof and oneof == inline:
+                if f"{prefix}{inline}" not in drawn:
+                    current = target.get(inline)
+            elif oneof:
+                current = next((n for n, f in fields.items() if f.oneof == oneof and n in target), None)
+            if current not in (None, part):
+                switch = f", or add a parameter for {prefix}{inline}" if oneof == inline else ""
+                raise InvalidArgument(
+                    f"spec.parameters: {parameter.path!r}: the base spec sets {oneof} to {current}, not "
+                    f"{part}; set the base's {prefix.rstrip('.')} to {part}{switch}"
+                )
+            if not (oneof and oneof == inline):
+                target = target.get(part) or {}
+            prefix += f"{part}."
+            fields, inline = spec_field.fields, spec_field.inline
+
+
 def _no_field(path: str, part: str) -> InvalidArgument:
     return InvalidArgument(f"spec.parameters: {path!r} does not name a field of JobSpec (at {part!r})")
 
@@ -737,6 +769,7 @@ class Sweeps:
                 "set pruner ASHA or HYPERBAND, or leave spec.asha unset"
             )
         check_searcher_space(searcher, request.parameters)
+        _check_members(base, request.parameters)
         if searcher != "pbt" and request.pbt != NO_PBT:
             raise InvalidArgument(f"spec.pbt is set but the strategy is {request.strategy.upper()}, not PBT")
         pbt = pbt_settings(request.pbt, request.max_trials) if searcher == "pbt" else None

@@ -204,6 +204,45 @@ def test_a_path_that_names_no_field_is_refused_without_a_seed_to_repeat_it(
     assert info.value.details() == words
 
 
+@pytest.mark.parametrize(
+    ("base", "parameter", "words"),
+    [
+        (
+            {},
+            S.SweepParameter(
+                path="architecture.cnn2d.kernel_size", range=S.SweepRange(min=3, max=5, integer=True)
+            ),
+            "spec.parameters: 'architecture.cnn2d.kernel_size': the base spec sets family to mlp, not "
+            "cnn2d; set the base's architecture to cnn2d, or add a parameter for architecture.family",
+        ),
+        (
+            {"lr_schedule": job_spec_pb2.LrSchedule(cosine=job_spec_pb2.CosineLr(min_lr=0.0001))},
+            S.SweepParameter(
+                path="lr_schedule.step.step_size", range=S.SweepRange(min=1, max=5, integer=True)
+            ),
+            "spec.parameters: 'lr_schedule.step.step_size': the base spec sets schedule to cosine, not "
+            "step; set the base's lr_schedule to step",
+        ),
+    ],
+)
+def test_a_path_into_a_member_the_base_does_not_set_is_refused_without_a_seed_to_repeat_it(
+    base: dict[str, Any], parameter: S.SweepParameter, words: str, training: training_pb2_grpc.TrainingStub
+) -> None:
+    # No parameter draws the member: every draw is refused, so no seed may be named as if another
+    # draw might pass.
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1, **base),
+        strategy=S.SWEEP_STRATEGY_RANDOM,
+        parameters=[parameter],
+        max_trials=2,
+        metric="train_loss",
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        training.SubmitSweep(S.SubmitSweepRequest(spec=spec), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == words
+
+
 def test_a_metric_no_trial_reports_is_refused_naming_the_one_meant(
     training: training_pb2_grpc.TrainingStub,
 ) -> None:
