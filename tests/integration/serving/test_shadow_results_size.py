@@ -4,6 +4,7 @@ at the default limit, and the client refused the answer with a message about its
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -11,6 +12,7 @@ import numpy as np
 from serving_models import predict_request
 
 import tessera
+import tessera.aio
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 # 60,000 rows of 3 float32 outputs: about 0.69 MiB a result, so that 4 fit in one answer (3 MiB)
@@ -75,6 +77,12 @@ def test_results_past_one_answer_end_the_page_with_a_token_for_the_rest(
             f"q{i}" for i in range(7, 0, -1)
         ]
         assert len(sdk.inference.shadow_results(linear)) == SHADOWED
+
+    async def asyncio_results() -> list[str]:
+        async with tessera.aio.Client(daemon.target, timeout=30) as client:
+            return [r.request_id for r in await client.inference.shadow_results(linear, limit=5)]
+
+    assert asyncio.run(asyncio_results()) == [f"q{i}" for i in range(7, 2, -1)]
 
 
 def test_a_page_token_of_another_listing_is_refused(inference, registry, linear, expect_rpc_error) -> None:
