@@ -87,11 +87,52 @@ const RPC_WORD = new RegExp(
   'g',
 );
 const FIELD_WORD = new RegExp(`\\b(${alternatives(Object.keys(FLAG_BY_FIELD))})\\b`, 'g');
+// An RPC as its method path, which PERMISSION_DENIED names ahead of its fix.
+const METHOD_PATH = new RegExp(
+  `\\btessera\\.v1\\.(?:${SERVICES.join('|')})/(${alternatives(Object.keys(COMMAND_BY_RPC))})\\b`,
+  'g',
+);
+// A name a message quotes, as Python's repr writes it ('clips', "it's"): the user's own text. A
+// quote after a letter is an apostrophe ("the daemon's"), not the start of one. A letter, digit or
+// _ of any script, as the Python CLI's \w.
+const QUOTED = /(?<![\p{L}\p{N}_])(?:'(?:[^'\\]|\\[^])*'|"(?:[^"\\]|\\[^])*")(?![\p{L}\p{N}_])/gu;
 
-// `message` with each RPC it names replaced by its command, and each request field it tells the
-// caller to set by the flag that sets it.
+// `message` with the fix that ends each of its lines in a CLI user's words (a spec's problems come
+// one to a line, each with its own fix), as the Python CLI's in_cli_words: the fix (what follows a
+// line's last "; ", or the whole of a line without one) has each RPC it names as its command and
+// each request field it tells the caller to set as the flag that sets it. Before the fix a line
+// says what went wrong, in the user's own text too (a job id, a path), so only a method path is
+// put in the CLI's words there. The names a message quotes are the user's and stay as they are.
 function inCliWords(message) {
-  return message
+  return message.split('\n').map(lineInCliWords).join('\n');
+}
+
+function lineInCliWords(line) {
+  const quoted = Array.from(line.matchAll(QUOTED), (match) => [match.index, match.index + match[0].length]);
+  let outside = line;
+  for (const [start, end] of quoted) {
+    outside = outside.slice(0, start) + '\0'.repeat(end - start) + outside.slice(end);
+  }
+  const last = outside.lastIndexOf('; ');
+  const fixStart = last >= 0 ? last + 2 : 0;
+  let said = '';
+  let at = 0;
+  for (const [start, end] of [...quoted, [line.length, line.length]]) {
+    const plain = line.slice(at, start);
+    const split = Math.min(Math.max(fixStart - at, 0), plain.length);
+    said += wordsBeforeTheFix(plain.slice(0, split)) + wordsOfTheFix(plain.slice(split));
+    said += line.slice(start, end);
+    at = end;
+  }
+  return said;
+}
+
+function wordsBeforeTheFix(text) {
+  return text.replace(METHOD_PATH, (_, rpc) => COMMAND_BY_RPC[rpc]);
+}
+
+function wordsOfTheFix(text) {
+  return text
     .replace(RPC_WORD, (_, rpc) => COMMAND_BY_RPC[rpc])
     .replace(FIELD_WORD, (_, field) => FLAG_BY_FIELD[field]);
 }

@@ -57,8 +57,9 @@ def test_node_cli_maps_every_rpc_the_python_cli_maps(node_ready):
           rpcs: Object.keys(COMMAND_BY_RPC),
           words: [
             inCliWords('tessera.v1.Datasets/UploadDataset needs the trainer role'),
-            inCliWords('export it with Registry.ExportOnnx; DeployFoo and ExportOnnxes stay'),
-            inCliWords('pass force to delete them; name_prefix is too long'),
+            inCliWords('export it with Registry.ExportOnnx, DeployFoo and ExportOnnxes stay'),
+            inCliWords('model in use; pass force to delete them'),
+            inCliWords('name_prefix is too long'),
           ],
         }}));
         """
@@ -68,8 +69,71 @@ def test_node_cli_maps_every_rpc_the_python_cli_maps(node_ready):
     assert sorted(found["rpcs"]) == sorted(COMMAND_BY_RPC)
     assert found["words"] == [
         "`tessera-node datasets push NAME FILE` needs the trainer role",
-        "export it with `tessera export onnx MODEL`; DeployFoo and ExportOnnxes stay",
-        "pass --force to delete them; --prefix is too long",
+        "export it with `tessera export onnx MODEL`, DeployFoo and ExportOnnxes stay",
+        "model in use; pass --force to delete them",
+        "--prefix is too long",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("words", "said"),
+    [
+        (
+            ("models", "deployments", "force"),
+            "model 'force' does not exist; create it with `tessera models push MODEL FILE`",
+        ),
+        (
+            ("datasets", "show", "allow_nonfinite"),
+            "dataset 'allow_nonfinite' does not exist; upload it with `tessera-node datasets push NAME FILE`",
+        ),
+        (
+            ("jobs", "watch", "ListJobs lists them"),
+            "job 'ListJobs lists them' does not exist; `tessera-node jobs ls` lists them",
+        ),
+        (
+            ("runs", "ls", "--experiment", "name_prefix"),
+            "experiment 'name_prefix' does not exist; `tessera experiments ls` lists them",
+        ),
+    ],
+)
+def test_node_cli_keeps_a_name_the_message_quotes_though_it_reads_as_an_rpc_or_a_field(
+    node_ready, daemon, words, said
+):
+    """As the Python CLI: only the daemon's fix is put in the CLI's words, never the user's names
+    (a model called force showed as '--force', a job id holding an RPC's name as the command)."""
+    missing = run_node(daemon.target, *words)
+    assert (missing.returncode, missing.stderr) == (EXIT_DAEMON, f"tessera-node: NOT_FOUND: {said}\n")
+
+
+def test_node_cli_words_the_fix_of_each_line_as_the_python_cli(node_ready):
+    """The messages of tessera.rpc_commands' tests, in the Node CLI's words: the fix that ends each
+    line (after its last "; ") is the CLI's, a name quoted anywhere is the user's, and a method path
+    is the command wherever it stands."""
+    messages = [
+        "model 'force' does not exist; did you mean 'forces'? Or create it with CreateModel",
+        'run "it\'s ListRuns" does not exist; ListRuns lists them',
+        "a model's ListRuns; the model's ListJobs lists them",
+        "the spec has 2 problems:\n"
+        "  spec.data.dataset: dataset 'clips' does not exist; upload it with UploadDataset\n"
+        "  spec.init_from.model: model 'base' does not exist; create it with CreateModel",
+        "tessera.v1.Datasets/UploadDataset needs the trainer role; the token 'ListJobs' has the reader role",
+        "array 'x' has NaN or Inf values; clean them, or accept them with allow_nonfinite",
+    ]
+    script = f"""
+        const {{ inCliWords }} = require({json.dumps(str(NODE_CLIENT / "rpc_commands.js"))});
+        console.log(JSON.stringify({json.dumps(messages)}.map(inCliWords)));
+        """
+    done = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [
+        "model 'force' does not exist; did you mean 'forces'? Or create it with `tessera models push MODEL FILE`",
+        'run "it\'s ListRuns" does not exist; `tessera-node runs ls` lists them',
+        "a model's ListRuns; the model's `tessera-node jobs ls` lists them",
+        "the spec has 2 problems:\n"
+        "  spec.data.dataset: dataset 'clips' does not exist; upload it with `tessera-node datasets push NAME FILE`\n"
+        "  spec.init_from.model: model 'base' does not exist; create it with `tessera models push MODEL FILE`",
+        "`tessera-node datasets push NAME FILE` needs the trainer role; the token 'ListJobs' has the reader role",
+        "array 'x' has NaN or Inf values; clean them, or accept them with `tessera-node datasets push --allow-nonfinite`",
     ]
 
 
