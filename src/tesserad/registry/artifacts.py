@@ -166,8 +166,27 @@ def signature_mismatches(declared: Signature, graph: Signature) -> list[str]:
     return problems
 
 
-def signature_differences(a: Signature, b: Signature) -> list[str]:
-    """Readable differences between two signatures, e.g. "input 'x': shape [-1, 3] vs [-1, 4]"."""
+def signature_words(signature: Signature) -> str:
+    """A signature in words: "inputs x float32 [-1, 4]; outputs logits float32 [-1, 2]"."""
+
+    def specs(kind: str, tensors: tuple[TensorSpec, ...]) -> str:
+        return f"{kind} " + ", ".join(f"{t.name} {t.dtype} {list(t.shape)}" for t in tensors)
+
+    return f"{specs('inputs', signature.inputs)}; {specs('outputs', signature.outputs)}"
+
+
+def _same_shape(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Equal, the batch dimension (the first) aside where either leaves it dynamic (-1): a graph
+    exported with batch 1 answers the requests one of batch -1 answers, one row at a time."""
+    if a == b:
+        return True
+    return len(a) == len(b) > 0 and a[1:] == b[1:] and -1 in (a[0], b[0])
+
+
+def signature_differences(a: Signature, b: Signature, any_batch: bool = False) -> list[str]:
+    """Readable differences between two signatures, e.g. "input 'x': shape [-1, 3] vs [-1, 4]":
+    names, dtypes and shapes; with `any_batch`, shapes modulo a dynamic batch dimension
+    (`_same_shape`), as versions that answer the same requests alike differ."""
     out: list[str] = []
     for kind, left, right in (("input", a.inputs, b.inputs), ("output", a.outputs, b.outputs)):
         lmap = {s.name: s for s in left}
@@ -181,6 +200,6 @@ def signature_differences(a: Signature, b: Signature) -> list[str]:
                 sa, sb = lmap[name], rmap[name]
                 if sa.dtype != sb.dtype:
                     out.append(f"{kind} {name!r}: dtype {sa.dtype} vs {sb.dtype}")
-                if sa.shape != sb.shape:
+                if sa.shape != sb.shape and not (any_batch and _same_shape(sa.shape, sb.shape)):
                     out.append(f"{kind} {name!r}: shape {list(sa.shape)} vs {list(sb.shape)}")
     return out

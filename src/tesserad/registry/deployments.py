@@ -29,6 +29,7 @@ from tesserad.config import format_size
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
 from tesserad.names import validate_name
 from tesserad.paging import Page, read_page
+from tesserad.registry.artifacts import signature_differences, signature_words
 from tesserad.registry.records import (
     ALIAS_EVENT_KIND,
     SCHEMA,
@@ -37,6 +38,7 @@ from tesserad.registry.records import (
     Shadow,
     Target,
     decode_deployment,
+    decode_version,
     encode_deployment,
 )
 from tesserad.registry.tables import (
@@ -241,6 +243,49 @@ def _check_routes_differ(txn: ReadTxn, deployment: DeploymentRecord) -> None:
         )
 
 
+def _signature_disagreements(txn: ReadTxn, now: DeploymentRecord) -> list[tuple[str, str, str]]:
+    """For each target of a resolved deployment whose version's signature differs from that of
+    routes[0]'s (modulo a dynamic batch dimension, as `signature_differences` compares an
+    ensemble's members): it ("routes[1] (alias 'x')"), routes[0] in words, and the two versions'
+    signatures and their differences in words. A target that no longer resolves is in none."""
+    if not now.routes or not now.routes[0].resolved_version:
+        return []
+    first = now.routes[0].resolved_version
+    signatures = {}
+    named = [(f"routes[{i}]", r.target, r.resolved_version) for i, r in enumerate(now.routes)]
+    if now.shadow is not None:
+        named.append(("shadow", now.shadow.target, now.shadow.resolved_version))
+    for _, _, version in named:
+        raw = txn.get(VERSIONS, (now.model, version)) if version else None
+        if raw is not None:
+            signatures[version] = decode_version(raw).signature
+    found = []
+    for where, target, version in named[1:]:
+        differences = (
+            signature_differences(signatures[version], signatures[first], any_batch=True)
+            if version in signatures
+            else []
+        )
+        if differences:
+            words = (
+                f"version {version} (signature: {signature_words(signatures[version])}) and version "
+                f"{first} (signature: {signature_words(signatures[first])}) disagree: {'; '.join(differences)}"
+            )
+            found.append((f"{where} ({_target_words(target)})", where, words))
+    return found
+
+
+def _check_signatures_agree(txn: ReadTxn, deployment: DeploymentRecord) -> None:
+    """Routes split requests without a version among their versions, and a shadow's answers are
+    compared output by output with the routed one's: refused where a version's signature differs
+    from routes[0]'s, so that a request's answer has one shape whichever version serves it."""
+    for _, where, words in _signature_disagreements(txn, resolved(txn, deployment)):
+        raise FailedPrecondition(
+            f"{where} and routes[0] send requests to versions that answer differently: {words}; route "
+            "to versions of one signature, or register the new signature as a model of its own"
+        )
+
+
 def deployment_warnings(now: DeploymentRecord) -> tuple[str, ...]:
     """What a resolved deployment that Deploy would refuse now routes to, in words: aliases moved
     since it was deployed (SetAlias, or a version registered with an alias: an upload, an export,
@@ -272,7 +317,14 @@ def warnings_after_move(txn: ReadTxn, model: str, alias: str) -> tuple[str, ...]
     deployment = current_deployment(txn, model)
     if deployment is None or alias not in deployment_aliases(deployment):
         return ()
-    return deployment_warnings(resolved(txn, deployment))
+    now = resolved(txn, deployment)
+    mixed = [
+        f"{target} now sends requests to a version that answers differently from routes[0] "
+        f"({_target_words(now.routes[0].target)}): {words}; deploy versions of one signature (Deploy), "
+        "or move the alias back (SetAlias)"
+        for target, _, words in _signature_disagreements(txn, now)
+    ]
+    return deployment_warnings(now) + tuple(mixed)
 
 
 def _gone_targets(txn: ReadTxn, deployment: DeploymentRecord) -> tuple[list[str], bool]:
@@ -468,6 +520,7 @@ class Deployments:
             _check_targets(txn, record)
             _check_shadow_differs(txn, record)
             _check_routes_differ(txn, record)
+            _check_signatures_agree(txn, record)
             txn.put(DEPLOYMENTS, (model, record.revision), encode_deployment(record))
             _prune(txn, record, self._history)
             result = resolved(txn, record)

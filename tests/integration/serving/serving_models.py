@@ -116,16 +116,17 @@ def two_output_model() -> bytes:
     return _model_bytes(graph)
 
 
-def reshape_model(shape: list[int], node_name: str = "") -> bytes:
-    """y = x reshaped to `shape`: x float32 (N, 4). onnxruntime fails at run time on an x with
-    another number of values, with a message that names its C++ source and the node, `node_name`
-    ([1, 4]: a request of more than one row fails; [3]: every run fails, so the version cannot
-    warm up)."""
+def reshape_model(shape: list[int], node_name: str = "", declared: list[int | str] | None = None) -> bytes:
+    """y = x reshaped to `shape`: x float32 (N, 4), y declared `declared` (default: `shape`).
+    onnxruntime fails at run time on an x with another number of values, with a message that
+    names its C++ source and the node, `node_name` ([1, 4]: a request of more than one row fails;
+    [3]: every run fails, so the version cannot warm up; [-1, 3] declared ["batch", 3]: runs of
+    rows not a multiple of 3 fail, a warm-up's among them)."""
     graph = helper.make_graph(
         [helper.make_node("Reshape", ["x", "shape"], ["y"], name=node_name)],
         "reshape",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape if declared is None else declared)],
         [numpy_helper.from_array(np.array(shape, dtype=np.int64), "shape")],
     )
     return _model_bytes(graph)

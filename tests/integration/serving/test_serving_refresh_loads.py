@@ -778,7 +778,9 @@ def test_a_failed_shadow_load_is_logged_once(
     ended = _shadow_load_ends(daemon, monkeypatch)
     channel = daemon.channel()
     upload(channel, "m", linear_model(1.0))
-    upload(channel, "m", reshape_model([3]) if failure == "warm-up failed" else linear_model(2.0))
+    # Of version 1's signature: Deploy refuses a shadow whose answers differ in shape.
+    failing_warm_up = reshape_model([-1, 3], declared=["batch", 3])
+    upload(channel, "m", failing_warm_up if failure == "warm-up failed" else linear_model(2.0))
     unreachable = Unavailable("the artifact store cannot be reached")
     if failure == "artifact out of reach":
         _unreadable_artifact(daemon.daemon.registry, monkeypatch, ("m", 2), unreachable)
