@@ -25,6 +25,35 @@ def architecture_signature(architecture: dict[str, Any]) -> Signature:
     )
 
 
+def _fits(built: tuple[int, ...], graph: tuple[int, ...]) -> bool:
+    return len(built) == len(graph) and all(-1 in (b, g) or b == g for b, g in zip(built, graph, strict=True))
+
+
+def _flow(signature: Signature) -> str:
+    """Its tensors' names and shapes: "x [-1, 8] -> logits [-1, 3]"."""
+
+    def tensors(specs: tuple[TensorSpec, ...]) -> str:
+        return ", ".join(f"{t.name} {list(t.shape)}" for t in specs)
+
+    return f"{tensors(signature.inputs)} -> {tensors(signature.outputs)}"
+
+
+def check_graph_fits(architecture: dict[str, Any], graph: Signature) -> None:
+    """InvalidArgument naming both unless the model `architecture` builds has the ONNX graph's
+    inputs and outputs, in order, of its shapes (a dimension either leaves dynamic fits any).
+    Names may differ: an exporter names a graph's tensors as it likes."""
+    built = architecture_signature(architecture)
+    pairs = [(built.inputs, graph.inputs), (built.outputs, graph.outputs)]
+    if all(
+        len(b) == len(g) and all(_fits(x.shape, y.shape) for x, y in zip(b, g, strict=True)) for b, g in pairs
+    ):
+        return
+    raise InvalidArgument(
+        f"the architecture builds {_flow(built)}, but the ONNX graph is {_flow(graph)}; send the "
+        "architecture that built this graph, or none (an ONNX version serves without one)"
+    )
+
+
 def check_weights_fit(stored: dict[str, tuple[int, ...]], architecture: dict[str, Any]) -> None:
     """InvalidArgument naming the tensor unless the `stored` tensors (name: shape, as
     `artifacts.safetensors_shapes` reads them) are exactly those of the model `architecture`

@@ -40,7 +40,7 @@ from tesserad.errors import (
 from tesserad.names import validate_name
 from tesserad.paging import Page, read_page
 from tesserad.registry.aliases import check_alias_room, check_settable_alias, move_alias, with_aliases
-from tesserad.registry.architectures import architecture_signature, check_weights_fit
+from tesserad.registry.architectures import architecture_signature, check_graph_fits, check_weights_fit
 from tesserad.registry.artifacts import (
     check_onnx,
     safetensors_shapes,
@@ -637,6 +637,8 @@ class Versions:
         in_hand = artifact if artifact is not None and len(artifact) <= IN_MEMORY_CHECK_BYTES else None
         if format == "onnx":
             graph_signature, parameter_count = check_onnx(path)
+            if architecture:
+                check_graph_fits(architecture, graph_signature)
             if signature.inputs or signature.outputs:
                 problems = signature_mismatches(signature, graph_signature)
                 if problems:
