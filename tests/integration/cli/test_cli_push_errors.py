@@ -34,3 +34,26 @@ def test_a_file_of_no_known_suffix_or_weights_without_a_spec_are_told_in_the_cli
     refused = tessera_cli("models", "push", "m", str(weights))
     assert refused.code == EXIT_USAGE and "safetensors weights need --spec SPEC.toml" in refused.err
     assert "architecture=" not in refused.err
+
+
+def test_a_torch_pickle_is_refused_saying_how_to_export_it(tessera_cli, tmp_path):
+    # Renaming it would not help: the daemon never unpickles (loading a pickle runs its code).
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"not read")
+    refused = tessera_cli("models", "push", "m", str(checkpoint))
+    assert refused.code == EXIT_USAGE
+    assert (
+        f"{checkpoint}: a torch pickle (.pt) is not loaded: unpickling runs the code it carries; "
+        "export the model to ONNX (torch.onnx.export(model, example_input, 'model.onnx')) or save its "
+        "weights (safetensors.torch.save_file(model.state_dict(), 'model.safetensors'), pushed with "
+        "--spec SPEC.toml naming the [architecture] that builds it)"
+    ) in refused.err
+
+
+def test_a_push_of_the_bytes_of_an_earlier_version_says_so(tessera_cli, tmp_path):
+    model = affine_onnx(tmp_path / "affine.onnx")
+    assert tessera_cli("models", "push", "m", str(model)).code == 0
+    again = tessera_cli("models", "push", "m", str(model))
+    assert again.code == 0
+    assert "registered m v2" in again.out
+    assert "the same bytes as v1 (sha256" in again.out, again.out

@@ -26,6 +26,9 @@ from tessera.progress_line import byte_size
 from tessera.rpc_commands import in_cli_words
 from tessera.v1 import registry_pb2
 
+# Torch's own save format: a pickle, which runs code as it loads, so the daemon takes none.
+TORCH_PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt")
+
 
 def cmd_models_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
     models = list(client.models.list(prefix=args.prefix))
@@ -128,9 +131,26 @@ def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -
     )
 
 
+def same_bytes(client: Client, version: registry_pb2.ModelVersion) -> list[int]:
+    """The model's other versions whose artifact is `version`'s, by sha256, oldest first."""
+    return sorted(
+        v.version
+        for v in client.models.versions(version.model)
+        if v.sha256 == version.sha256 and v.version != version.version
+    )
+
+
 def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> None:
     # The SDK's own messages for these name its keyword arguments (format=, architecture=).
-    artifact_format = args.format or FORMAT_BY_SUFFIX.get(Path(args.file).suffix.lower())
+    suffix = Path(args.file).suffix.lower()
+    artifact_format = args.format or FORMAT_BY_SUFFIX.get(suffix)
+    if artifact_format is None and suffix in TORCH_PICKLE_SUFFIXES:
+        raise UsageError(
+            f"{args.file}: a torch pickle ({suffix}) is not loaded: unpickling runs the code it carries; "
+            "export the model to ONNX (torch.onnx.export(model, example_input, 'model.onnx')) or save its "
+            "weights (safetensors.torch.save_file(model.state_dict(), 'model.safetensors'), pushed with "
+            "--spec SPEC.toml naming the [architecture] that builds it)"
+        )
     if artifact_format is None:
         raise UsageError(
             f"{args.file}: cannot tell the format from the suffix; name the file .onnx or .safetensors, "
@@ -159,6 +179,12 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
         out.line(
             f"registered {version.model} v{version.version} ({byte_size(version.size_bytes)}, sha256 {version.sha256[:12]})"
         )
+        same = same_bytes(client, version)
+        if same:
+            out.line(
+                f"  the same bytes as {', '.join(f'v{n}' for n in same)} (sha256 equal): a version of its own "
+                f"all the same; delete it with `tessera models rm {version.model} {version.version}` if it was not meant"
+            )
         if version.HasField("alias_moved"):
             print_alias_moved(out, version.alias_moved)
     warn(version.alias_moved.deployment_warnings)
