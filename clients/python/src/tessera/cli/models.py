@@ -67,7 +67,7 @@ def cmd_models_show(client: Client, args: argparse.Namespace, out: Output) -> No
 
 def version_rows(version: registry_pb2.ModelVersion) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [
-        ("format", registry_pb2.ArtifactFormat.Name(version.format).removeprefix("ARTIFACT_FORMAT_").lower()),
+        ("format", format_name(version)),
         ("size", byte_size(version.size_bytes)),
         ("sha256", version.sha256),
         ("parameters", f"{version.parameter_count:,}"),
@@ -424,10 +424,42 @@ def change_line(change: registry_pb2.RegistryChange) -> str:
     return f"{head}; {', '.join(parts)}"
 
 
+def format_name(version: registry_pb2.ModelVersion) -> str:
+    return registry_pb2.ArtifactFormat.Name(version.format).removeprefix("ARTIFACT_FORMAT_").lower()
+
+
+def architecture_text(version: registry_pb2.ModelVersion) -> str:
+    """The architecture in one line, "mlp input_shape [4], output_size 2, hidden_sizes [8]";
+    "-" for a version without one."""
+    if not version.HasField("architecture"):
+        return "-"
+    plain = to_plain(version.architecture)
+    family = version.architecture.WhichOneof("family") or ""
+    fields = {key: value for key, value in plain.items() if key != family} | plain.get(family, {})
+    set_fields = [f"{key} {value}" for key, value in fields.items() if value not in ("", 0, [], {})]
+    return f"{family} {', '.join(set_fields)}".strip()
+
+
+def artifact_differences(diff: registry_pb2.CompareVersionsResponse) -> dict[str, dict[str, Any]]:
+    """What tells the two versions' artifacts apart beside what the daemon compares: format,
+    description, architecture and sha256, each that differs as {"a": ..., "b": ...}."""
+    a, b = diff.a, diff.b
+    values = {
+        "format": (format_name(a), format_name(b)),
+        "description": (a.description, b.description),
+        "architecture": (
+            to_plain(a.architecture) if a.HasField("architecture") else None,
+            to_plain(b.architecture) if b.HasField("architecture") else None,
+        ),
+        "sha256": (a.sha256, b.sha256),
+    }
+    return {key: {"a": va, "b": vb} for key, (va, vb) in values.items() if va != vb}
+
+
 def cmd_models_compare(client: Client, args: argparse.Namespace, out: Output) -> None:
     diff = client.models.compare(args.model, args.a, args.b)
     if out.as_json:
-        return out.json(diff)
+        return out.json(to_plain(diff) | {"artifact_differences": artifact_differences(diff)})
     title = f"{args.model}: v{diff.a.version} vs v{diff.b.version}"
     rows: list[tuple[str, str, str, str]] = []
     for m in diff.metrics:
@@ -444,6 +476,12 @@ def cmd_models_compare(client: Client, args: argparse.Namespace, out: Output) ->
     rows.append(
         ("signature", "", "", "same" if diff.same_signature else "; ".join(diff.signature_differences))
     )
+    a, b = diff.a, diff.b
+    rows.append(("format", format_name(a), format_name(b), ""))
+    rows.append(("description", a.description or "-", b.description or "-", ""))
+    rows.append(("architecture", architecture_text(a), architecture_text(b), ""))
+    same = "same bytes" if a.sha256 == b.sha256 else "differ"
+    rows.append(("sha256", a.sha256[:12], b.sha256[:12], same))
     out.table(title, ["", "a", "b", "b - a"], rows)
 
 
