@@ -53,3 +53,28 @@ def test_show_says_the_parent_was_deleted(tessera_cli, daemon):
         assert re.search(r"│ parent +│ base v1 \(deleted", text), text
         if width >= 80:
             assert all(len(line) <= width for line in text.splitlines()), text
+
+
+def test_show_and_rm_name_the_versions_derived_from_a_version(tessera_cli, daemon):
+    stub = registry_pb2_grpc.RegistryStub(daemon.channel())
+    upload(stub, safetensors_header("base", mlp_weights()), mlp_weights())
+    lineage = registry_pb2.Lineage(parent_model="base", parent_version=1)
+    for seed, model in ((1, "tuned"), (2, "base")):
+        child = mlp_weights(seed=seed)
+        upload(stub, safetensors_header(model, child, lineage=lineage), child)
+    shown = tessera_cli("models", "show", "base", "--version", "1")
+    assert shown.code == 0, shown.err
+    assert cell(shown.out, "derived") == "base v2, tuned v1"
+    assert "derived" not in tessera_cli("models", "show", "tuned").out
+
+    removed = tessera_cli("models", "rm", "base", "1")
+    assert removed.code == 0, removed.err
+    assert removed.out == (
+        "deleted base v1\n"
+        "  derived from it: base v2, tuned v1; their lineage keeps base v1 as parent, marked deleted "
+        "(`tessera models show` names it)\n"
+    )
+    assert cell(tessera_cli("models", "show", "tuned").out, "parent").startswith("base v1 (deleted")
+    upload(stub, safetensors_header("base", mlp_weights(seed=3)), mlp_weights(seed=3))
+    quiet = tessera_cli("--json", "models", "rm", "base", "3")
+    assert quiet.json() == {"model": "base", "version": 3, "deleted_versions": 1, "derived": []}

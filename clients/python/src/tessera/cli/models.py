@@ -24,7 +24,7 @@ from tessera.messages import counted, is_digits, load_toml
 from tessera.models import FORMAT_BY_SUFFIX
 from tessera.progress_line import byte_size
 from tessera.rpc_commands import in_cli_words
-from tessera.v1 import registry_pb2
+from tessera.v1 import common_pb2, registry_pb2
 
 # Torch's own save format: a pickle, which runs code as it loads, so the daemon takes none.
 TORCH_PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -59,10 +59,21 @@ def cmd_models_ls(client: Client, args: argparse.Namespace, out: Output) -> None
 
 
 def cmd_models_show(client: Client, args: argparse.Namespace, out: Output) -> None:
-    version = client.models.version(args.model, picked_version(args))
     if out.as_json:
-        return out.json(version)
-    out.pairs(f"{version.model} v{version.version}", version_rows(version), whole=("sha256", "parent sha256"))
+        return out.json(client.models.version(args.model, picked_version(args)))
+    lineage = client.models.lineage(args.model, picked_version(args))
+    version = lineage.version
+    rows = version_rows(version)
+    if lineage.derived:
+        rows.append(("derived", derived_text(lineage.derived)))
+    out.pairs(f"{version.model} v{version.version}", rows, whole=("sha256", "parent sha256"))
+
+
+def derived_text(derived: Sequence[common_pb2.VersionRef]) -> str:
+    """The versions whose lineage names a version as parent: "base v2, tuned v1"."""
+    return ", ".join(
+        f"{ref.model} v{ref.version}" for ref in sorted(derived, key=lambda r: (r.model, r.version))
+    )
 
 
 def version_rows(version: registry_pb2.ModelVersion) -> list[tuple[str, Any]]:
@@ -261,10 +272,25 @@ def cmd_models_rm(client: Client, args: argparse.Namespace, out: Output) -> None
                 "--force deletes a whole model with its aliases and deployment; a version in use is "
                 "freed by moving what uses it, as the refusal says"
             )
+        # Read before the delete: the version's derived index goes with it.
+        derived = client.models.lineage(args.model, args.version).derived
         client.models.delete_version(args.model, args.version)
         if out.as_json:
-            return out.json({"model": args.model, "version": args.version, "deleted_versions": 1})
-        return out.line(f"deleted {args.model} v{args.version}")
+            return out.json(
+                {
+                    "model": args.model,
+                    "version": args.version,
+                    "deleted_versions": 1,
+                    "derived": list(derived),
+                }
+            )
+        out.line(f"deleted {args.model} v{args.version}")
+        if derived:
+            out.line(
+                f"  derived from it: {derived_text(derived)}; their lineage keeps {args.model} v{args.version} "
+                "as parent, marked deleted (`tessera models show` names it)"
+            )
+        return None
     deleted = client.models.delete(args.model, force=args.force)
     if out.as_json:
         return out.json({"model": args.model, "deleted_versions": deleted})
