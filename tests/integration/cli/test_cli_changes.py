@@ -173,3 +173,14 @@ def test_cluster_stats_list_the_calls_refused_to_a_replica(tessera_cli, daemon):
         "tessera.v1.Registry/WatchChanges",
         "INVALID_ARGUMENT",
     )
+
+
+def test_changes_json_leaves_out_the_version_fields_a_change_does_not_carry(tessera_cli, client, tmp_path):
+    # A change's versions carry what serving needs; an empty description or a zeroed lineage
+    # printed for the rest read as facts about the version.
+    client.models.push("affine", affine_onnx(tmp_path / "a.onnx"), description="told")
+    [change] = [json.loads(line) for line in tessera_cli("--json", "models", "changes").out.splitlines()]
+    [version] = change["state"]["versions"]
+    assert {"params", "metrics", "description", "tags", "lineage"}.isdisjoint(version), version
+    assert version["sha256"] == client.models.version("affine", 1).sha256
+    assert version["format"] == "onnx" and version["version"] == 1

@@ -418,11 +418,25 @@ def cmd_models_changes(client: Client, args: argparse.Namespace, out: Output) ->
     for change in client.models.watch_changes(from_seq=args.from_seq, follow=args.follow):
         shown += 1
         if out.as_json:
-            print(dumps(change), flush=True)
+            print(dumps(change_document(change)), flush=True)
         else:
             out.line(change_line(change))
     if not shown and not out.as_json:
         out.line(f"no changes from seq {max(args.from_seq, 1)} on")
+
+
+# The version fields a change's serving state leaves out (ModelServingState.versions): printed
+# at their zero value, they read as facts about the version.
+LEFT_OUT_OF_CHANGES = ("params", "metrics", "description", "tags", "lineage")
+
+
+def change_document(change: registry_pb2.RegistryChange) -> dict[str, Any]:
+    """The change as --json prints it: its versions without the fields it does not carry."""
+    document: dict[str, Any] = to_plain(change)
+    for version in document.get("state", {}).get("versions", []):
+        for field in LEFT_OUT_OF_CHANGES:
+            version.pop(field, None)
+    return document
 
 
 def change_line(change: registry_pb2.RegistryChange) -> str:

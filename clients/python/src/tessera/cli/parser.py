@@ -439,7 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
         "changes",
         cmd_models_changes,
         "list the registry's changes, numbered in commit order, with each model's serving state after "
-        "it (before the daemon's newest replica.change_history, only each model's newest is kept)",
+        "it (before the daemon's newest replica.change_history, only each model's newest is kept); "
+        "--json's versions carry what serving needs (format, signature, architecture, sha256, size), "
+        "`models show` the rest",
     )
     sub.add_argument(
         "--from-seq",
