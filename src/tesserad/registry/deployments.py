@@ -14,9 +14,11 @@ bounds every model's history the same way, so a lowered N holds for models not d
 holds nothing (DeleteVersion and DeleteAlias look only at the current one), so a dropped one
 releases nothing.
 
-Revisions number on across a model's delete and re-creation: a model's first revision follows the
-highest any deleted model reached (`RETIRED_REVISIONS`), so a revision a client kept from before
-never names one of the new model's and its compare-and-set (`expected_revision`) is refused.
+Revisions number per name, on across a model's delete and re-creation as its version numbers
+do: a model created again numbers its first revision after the highest the deleted one reached
+(`tables.RETIRED_NUMBERS`), so a revision a client kept from before never names one of the new
+model's and its compare-and-set (`expected_revision`) is refused; a name never deleted numbers
+from 1.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from typing import Any
 
 from tesserad.config import format_size
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -53,7 +56,7 @@ from tesserad.registry.tables import (
     no_version,
     resolve_number,
 )
-from tesserad.store import Key, ReadTxn, Store, WriteTxn, decode_record, encode_record
+from tesserad.store import Key, ReadTxn, Store, WriteTxn, decode_record
 
 log = logging.getLogger(__name__)
 
@@ -61,28 +64,33 @@ log = logging.getLogger(__name__)
 _PRUNE_BATCH = 256
 # Each change a model's followers receive and each page of its history carry the comment.
 MAX_COMMENT = 4 * 2**10
-# The "meta" row with the highest deployment revision a deleted model had reached. Store-wide, so
-# that it holds one number however many names come and go; a store without it (none deleted
-# since, or only by a tesserad from before it) numbers from 1.
+# The "meta" row with the highest deployment revision a deleted model had reached, store-wide, as
+# a tesserad from before revisions were kept per name (`tables.RETIRED_NUMBERS`) wrote it. Read
+# only for a name it deleted and created again (`first_revision`); no longer written.
 RETIRED_REVISIONS = ("deployment_revisions_retired",)
 _RETIRED_SCHEMA = 1
 
 
-def _retired(txn: ReadTxn) -> int:
+def _retired_store_wide(txn: ReadTxn) -> int:
     raw = txn.get("meta", RETIRED_REVISIONS)
     return 0 if raw is None else int(decode_record(raw, RETIRED_REVISIONS[0], _RETIRED_SCHEMA)[1]["revision"])
 
 
-def retire_revisions(txn: WriteTxn, model: str) -> None:
-    """Keep, as `model`'s revisions are deleted with it, the highest it reached, so that a model
-    of its name created again numbers its revisions after it."""
+def next_revision(txn: ReadTxn, model: str) -> int:
+    """The revision `model`'s next Deploy would number, for its deleting transaction to keep
+    (`tables.retire_version_numbers`)."""
     latest = latest_revision(txn, model)
-    if latest is not None and latest.revision > _retired(txn):
-        txn.put(
-            "meta",
-            RETIRED_REVISIONS,
-            encode_record(RETIRED_REVISIONS[0], _RETIRED_SCHEMA, {"revision": latest.revision}),
-        )
+    return latest.revision + 1 if latest is not None else first_revision(txn, model_data(txn, model))
+
+
+def first_revision(txn: ReadTxn, fields: dict[str, Any]) -> int:
+    """A model's first revision: after those of the model deleted under its name (`first_revision`,
+    taken from its `RETIRED_NUMBERS` row). A model created again where its name's row was kept by
+    a tesserad from before (none kept, yet its versions number on: `first_version` > 1) numbers
+    on from the highest any deleted model reached, which is all that tesserad kept; any other from 1."""
+    if "first_revision" in fields:
+        return int(fields["first_revision"])
+    return _retired_store_wide(txn) + 1 if int(fields.get("first_version", 1)) > 1 else 1
 
 
 def redeploy(uses: str) -> str:
@@ -500,12 +508,12 @@ class Deployments:
                 "say more where the change is tracked and link to it"
             )
         with self._store.write() as txn:
-            model_data(txn, model)
+            fields = model_data(txn, model)
             latest = latest_revision(txn, model)
             _check_expected(model, latest, expected_revision)
             record = DeploymentRecord(
                 model=model,
-                revision=(latest.revision if latest else _retired(txn)) + 1,
+                revision=latest.revision + 1 if latest else first_revision(txn, fields),
                 routes=tuple(Route(r.target, r.weight) for r in routes),
                 shadow=Shadow(shadow.target, shadow.percent) if shadow else None,
                 created_at=time.time(),

@@ -9,7 +9,7 @@ from tesserad.datasets.references import delete_unheld_blobs
 from tesserad.errors import AlreadyExists, FailedPrecondition, NotFound
 from tesserad.names import missing_name, validate_name, validate_name_prefix, validate_stored_name
 from tesserad.paging import Page, read_page
-from tesserad.registry.deployments import current_deployment, retire_revisions
+from tesserad.registry.deployments import current_deployment, next_revision
 from tesserad.registry.ensembles import check_no_other_ensemble_uses_model
 from tesserad.registry.records import ALIAS_KIND, MODEL_KIND, SCHEMA, ModelRecord, decode_version
 from tesserad.registry.tables import (
@@ -182,8 +182,7 @@ class Models:
                 check_not_fine_tuned_from(txn, record)
                 freed.add(delete_version_rows(txn, record))
                 deleted += 1
-            retire_revisions(txn, name)
-            retire_version_numbers(txn, fields)
+            retire_version_numbers(txn, fields, next_revision(txn, name))
             for table in (ALIASES, ALIAS_EVENTS, DEPLOYMENTS, DERIVED):
                 txn.delete_range(table, (name,))
             txn.delete(MODELS, (name,))

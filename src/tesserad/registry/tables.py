@@ -33,11 +33,14 @@ DELETED_PARENTS = "deleted_parents"
 # version, so that a job registering again (resumed after its first registration was committed)
 # finds the version it has instead of adding one.
 JOB_VERSIONS = "job_versions"
-# A deleted model's next version number: (name,) -> {"next_version": N, "next_event": E}, written
+# A deleted model's next version number: (name,) -> {"next_version": N, "next_event": E,
+# "next_revision": R}, written
 # in its deleting transaction and taken by the model created again under its name, which numbers
 # its versions on from there: a client, job record or config that kept "m v1" never finds another
 # artifact under it. Its alias events number on from E likewise, so that a ListAliasHistory page
-# token from before the delete resumes into none of the new model's (a row without E: from 1).
+# token from before the delete resumes into none of the new model's (a row without E: from 1),
+# and its deployment revisions from R, so that a revision kept from before matches none of the
+# new model's (a row without R: see `deployments.first_revision`).
 # A model that never gave a number leaves no row. A name deleted by a tesserad from before
 # this table gets its row once at start where the store still names its versions
 # (`backfill.backfill_retired_numbers`); one nothing names numbers from 1.
@@ -78,9 +81,10 @@ def new_model_data(txn: WriteTxn, name: str, description: str, tags: dict[str, s
     `first_event` keep those starts. `version_count` and `latest_version` are kept by each
     version's register and delete transaction so that reading a model never walks its versions."""
     now = time.time()
-    first, first_event = _retired(txn, name)
+    first, first_event, first_revision = _retired(txn, name)
     txn.delete(RETIRED_NUMBERS, (name,))
-    return {
+    revisions = {"first_revision": first_revision} if first_revision else {}
+    return revisions | {
         "name": name,
         "description": description,
         "tags": dict(tags),
@@ -95,31 +99,41 @@ def new_model_data(txn: WriteTxn, name: str, description: str, tags: dict[str, s
     }
 
 
-def _retired(txn: ReadTxn, name: str) -> tuple[int, int]:
-    """The next version and alias event numbers `name` keeps; 1 and 1 without a row."""
+def _retired(txn: ReadTxn, name: str) -> tuple[int, int, int]:
+    """The next version, alias event and deployment revision numbers `name` keeps; 1, 1 and 0
+    without a row (0: none kept, also in a row from before revisions were kept per name)."""
     raw = txn.get(RETIRED_NUMBERS, (name,))
     if raw is None:
-        return 1, 1
+        return 1, 1, 0
     row = decode_record(raw, _RETIRED_KIND, _RETIRED_SCHEMA)[1]
-    return int(row["next_version"]), int(row.get("next_event", 1))
+    return int(row["next_version"]), int(row.get("next_event", 1)), int(row.get("next_revision", 0))
 
 
-def retire_version_numbers(txn: WriteTxn, fields: dict[str, Any]) -> None:
-    """In a model's deleting transaction: keep the numbers its next version and alias event would
-    have got, so that a model created again under its name numbers on from them. Where a tesserad
-    from before `RETIRED_NUMBERS` created the name again (from 1, leaving the row), the row's may be
-    higher: the higher is kept."""
-    raise_retired_number(txn, fields["name"], int(fields["next_version"]), int(fields["next_event"]))
+def retire_version_numbers(txn: WriteTxn, fields: dict[str, Any], next_revision: int) -> None:
+    """In a model's deleting transaction: keep the numbers its next version, alias event and
+    deployment revision would have got, so that a model created again under its name numbers on
+    from them. Where a tesserad from before `RETIRED_NUMBERS` created the name again (from 1,
+    leaving the row), the row's may be higher: the higher is kept."""
+    raise_retired_number(
+        txn, fields["name"], int(fields["next_version"]), int(fields["next_event"]), next_revision
+    )
 
 
-def raise_retired_number(txn: WriteTxn, name: str, next_version: int, next_event: int = 1) -> bool:
-    """Keep `next_version` (and `next_event`) as the number a model created again under `name`
-    starts from, unless its row keeps a higher one; whether the row changed. A name that gave no
-    number (1) gets no row, so that names created and deleted leave nothing behind."""
-    kept_version, kept_event = _retired(txn, name)
-    if next_version <= kept_version and next_event <= kept_event:
+def raise_retired_number(
+    txn: WriteTxn, name: str, next_version: int, next_event: int = 1, next_revision: int = 0
+) -> bool:
+    """Keep `next_version` (and `next_event`, `next_revision`) as the number a model created
+    again under `name` starts from, unless its row keeps a higher one; whether the row changed. A
+    name that gave no number (1) gets no row, so that names created and deleted leave nothing
+    behind."""
+    kept_version, kept_event, kept_revision = _retired(txn, name)
+    if next_version <= kept_version and next_event <= kept_event and next_revision <= kept_revision:
+        return False
+    if max(next_version, next_event, next_revision) <= 1 and not kept_revision:
         return False
     row = {"next_version": max(next_version, kept_version), "next_event": max(next_event, kept_event)}
+    if max(next_revision, kept_revision):
+        row["next_revision"] = max(next_revision, kept_revision)
     txn.put(RETIRED_NUMBERS, (name,), encode_record(_RETIRED_KIND, _RETIRED_SCHEMA, row))
     return True
 
@@ -131,7 +145,7 @@ def raise_next_version(txn: WriteTxn, name: str, next_version: int) -> bool:
     created now does; whether its record changed. `numbers_skipped` counts the version numbers so
     passed over, which no version got."""
     fields = model_data(txn, name)
-    kept_version, kept_event = _retired(txn, name)
+    kept_version, kept_event, _ = _retired(txn, name)
     txn.delete(RETIRED_NUMBERS, (name,))
     skipped = max(next_version, kept_version) - int(fields["next_version"])
     # Its events from here number past those of the model deleted under its name, so that a

@@ -102,17 +102,27 @@ def test_a_revision_kept_from_before_the_model_was_deleted_matches_none_of_the_n
     assert stub.GetDeployment(R.GetDeploymentRequest(model="m")).routes[0].version == second
 
 
-def test_revisions_go_on_from_the_highest_any_deleted_model_reached(stub, three_versions):
+def test_revisions_go_on_per_name_as_version_numbers_do(stub, three_versions):
+    # A model never deleted numbered its first revision on from the highest any deleted model of
+    # any name had reached (4 here), where its versions number from 1.
     for version in (1, 2, 3):
         deploy(stub, version)
     data = onnx_identity()
     upload(stub, onnx_header("n", data), data)
     stub.Deploy(R.DeployRequest(model="n", routes=[R.Route(version=1, weight=100)]))
     for model in ("m", "n"):
-        # A model deleted at a lower revision than one deleted before it lowers nothing.
         stub.DeleteModel(R.DeleteModelRequest(name=model, force=True))
-    version = upload(stub, onnx_header("m", data), data).version
-    assert deploy(stub, version, expected_revision=0).revision == 4
+    for model, first in (("m", 4), ("n", 2), ("fresh", 1)):
+        version = upload(stub, onnx_header(model, data), data).version
+        routes = [R.Route(version=version, weight=100)]
+        created = stub.Deploy(R.DeployRequest(model=model, routes=routes, expected_revision=0))
+        assert (model, created.revision) == (model, first)
+
+
+def test_a_model_deleted_before_it_was_deployed_numbers_its_revisions_from_1(stub, three_versions):
+    stub.DeleteModel(R.DeleteModelRequest(name="m", force=True))
+    data = onnx_identity()
+    assert deploy(stub, upload(stub, onnx_header("m", data), data).version).revision == 1
 
 
 def test_a_restart_keeps_the_revisions_deleted_models_reached(data_dir):
