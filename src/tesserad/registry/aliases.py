@@ -133,6 +133,8 @@ def move_alias(
 def _log_event(txn: WriteTxn, model_fields: dict[str, Any], event: AliasEvent) -> None:
     seq = int(model_fields["next_event"])
     model_fields["next_event"] = seq + 1
+    # An alias move is a change of the model, as MLflow's last_updated_timestamp counts one.
+    model_fields["updated_at"] = event.time
     txn.put(ALIAS_EVENTS, (event.model, seq), encode_record(ALIAS_EVENT_KIND, SCHEMA, asdict(event)))
 
 

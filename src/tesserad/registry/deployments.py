@@ -54,6 +54,7 @@ from tesserad.registry.tables import (
     Notify,
     model_data,
     no_version,
+    put_model_data,
     resolve_number,
 )
 from tesserad.store import Key, ReadTxn, Store, WriteTxn, decode_record
@@ -456,6 +457,12 @@ def prune_histories(store: Store, history: int) -> None:
         )
 
 
+def _touch(txn: WriteTxn, fields: dict[str, Any], record: DeploymentRecord) -> None:
+    """A deployment revision is a change of its model: its `updated_at` follows."""
+    fields["updated_at"] = record.created_at
+    put_model_data(txn, fields)
+
+
 class Deployments:
     """Deploy, read, list and roll back a model's deployment revisions, keeping `history` of
     them per model (see the module's docstring)."""
@@ -530,6 +537,7 @@ class Deployments:
             _check_routes_differ(txn, record)
             _check_signatures_agree(txn, record)
             txn.put(DEPLOYMENTS, (model, record.revision), encode_deployment(record))
+            _touch(txn, fields, record)
             _prune(txn, record, self._history)
             result = resolved(txn, record)
         self._notify(model)
@@ -583,7 +591,7 @@ class Deployments:
         validate_name("model", model)
         _check_expected_argument(expected_revision)
         with self._store.write() as txn:
-            model_data(txn, model)
+            fields = model_data(txn, model)
             latest = latest_revision(txn, model)
             _check_expected(model, latest, expected_revision)
             if latest is None:
@@ -655,6 +663,7 @@ class Deployments:
                 previous_revision=restored.previous_revision if restored else 0,
             )
             txn.put(DEPLOYMENTS, (model, record.revision), encode_deployment(record))
+            _touch(txn, fields, record)
             _prune(txn, record, self._history)
             result = resolved(txn, record)
         self._notify(model)

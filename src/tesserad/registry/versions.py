@@ -891,6 +891,7 @@ class Versions:
             sha256 = delete_version_rows(txn, record)
             fields = model_data(txn, model)
             fields["version_count"] = int(fields["version_count"]) - 1
+            fields["updated_at"] = time.time()
             if fields["latest_version"] == version:
                 fields["latest_version"] = newest_stored_version(txn, model)
             put_model_data(txn, fields)

@@ -299,9 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
             ("write version 2's artifact to a file", "tessera models download clips-cnn4d --version 2"),
         ],
     )
-    command(models, "ls", cmd_models_ls, "list the models, by name").add_argument(
-        "--prefix", default="", help="only models whose name starts with this"
-    )
+    command(
+        models,
+        "ls",
+        cmd_models_ls,
+        "list the models, by name; updated: the model's last change (a version registered or deleted, "
+        "an alias moved, a deploy or rollback, an edit)",
+    ).add_argument("--prefix", default="", help="only models whose name starts with this")
     sub = command(models, "show", cmd_models_show, "show a model version's details")
     sub.add_argument("model", help=MODEL_HELP)
     add_version_flags(sub, "default: latest")
