@@ -516,12 +516,12 @@ def cmd_models_compare(client: Client, args: argparse.Namespace, out: Output) ->
     rows.append(
         ("signature", "", "", "same" if diff.same_signature else "; ".join(diff.signature_differences))
     )
-    a, b = diff.a, diff.b
-    rows.append(("format", format_name(a), format_name(b), ""))
-    rows.append(("description", a.description or "-", b.description or "-", ""))
-    rows.append(("architecture", architecture_text(a), architecture_text(b), ""))
-    same = "same bytes" if a.sha256 == b.sha256 else "differ"
-    rows.append(("sha256", a.sha256[:12], b.sha256[:12], same))
+    va, vb = diff.a, diff.b
+    rows.append(("format", format_name(va), format_name(vb), ""))
+    rows.append(("description", va.description or "-", vb.description or "-", ""))
+    rows.append(("architecture", architecture_text(va), architecture_text(vb), ""))
+    same = "same bytes" if va.sha256 == vb.sha256 else "differ"
+    rows.append(("sha256", va.sha256[:12], vb.sha256[:12], same))
     out.table(title, ["", "a", "b", "b - a"], rows)
 
 
