@@ -65,3 +65,17 @@ def test_percents_that_do_not_sum_to_100_are_refused_in_the_words_of_the_help(te
     assert short.err == (
         "tessera: INVALID_ARGUMENT: route weights are percents of the traffic and must sum to 100, got 60\n"
     )
+
+
+def test_routes_to_versions_of_other_output_shapes_are_refused(tessera_cli, tmp_path):
+    # Exit 0 before: predict then answered [?, 4] or [?, 5] by the split.
+    assert tessera_cli("models", "push", "m", str(affine_onnx(tmp_path / "four.onnx"))).code == 0
+    five = affine_onnx(tmp_path / "five.onnx", features=5)
+    assert tessera_cli("models", "push", "m", str(five)).code == 0
+    mixed = tessera_cli("models", "deploy", "m", "2=50", "1=50")
+    assert mixed.code == EXIT_DAEMON
+    assert (
+        "FAILED_PRECONDITION: routes[1] and routes[0] send requests to versions that answer differently: "
+        in (mixed.err)
+    )
+    assert "input 'input': shape [-1, 4] vs [-1, 5]" in mixed.err
