@@ -607,7 +607,8 @@ def test_a_deployment_moved_to_a_version_that_cannot_warm_keeps_its_old_routes(
 ) -> None:
     _deploy(registry, linear, [(1, 100)])
     assert inference.Predict(predict_request(linear, X)).version == 1
-    broken = upload(channel, linear, reshape_model([3]))
+    # Of version 1's signature: Deploy refuses routes whose answers differ in shape.
+    broken = upload(channel, linear, reshape_model([-1, 3], declared=["batch", 3]))
     _deploy(registry, linear, [(1, 50), (broken, 50)])
     _wait_until_failed(inference, linear, broken)
     assert {inference.Predict(predict_request(linear, X)).version for _ in range(10)} == {1}
