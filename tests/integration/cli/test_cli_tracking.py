@@ -188,6 +188,31 @@ def test_runs_rm_and_restore(tessera_cli, client):
     assert client.training.log_metrics(run.run_id, {"loss": 1.0}, step=0) == 1
 
 
+def test_runs_rm_and_restore_say_when_there_was_nothing_to_do(tessera_cli, client):
+    run = client.training.create_run("cli-rm-twice")
+    unchanged = tessera_cli("runs", "restore", run.run_id)
+    assert (
+        unchanged.code == 0
+        and unchanged.out.strip() == f"run {run.run_id} is not deleted; nothing to restore"
+    )
+    assert tessera_cli("runs", "rm", run.run_id).code == 0
+    again = tessera_cli("runs", "rm", run.run_id)
+    assert again.code == 0 and f"run {run.run_id} was already deleted" in again.out, again.out
+    assert f"tessera runs restore {run.run_id}" in again.out
+    assert client.training.run(run.run_id).deleted
+
+
+def test_experiments_rm_and_restore_say_when_there_was_nothing_to_do(tessera_cli, client):
+    client.training.create_run("cli-exp-twice")
+    unchanged = tessera_cli("experiments", "restore", "cli-exp-twice")
+    assert unchanged.code == 0
+    assert unchanged.out.strip() == "experiment cli-exp-twice is not deleted; nothing to restore"
+    assert tessera_cli("experiments", "rm", "cli-exp-twice").code == 0
+    again = tessera_cli("experiments", "rm", "cli-exp-twice")
+    assert again.code == 0 and "experiment cli-exp-twice was already deleted" in again.out, again.out
+    assert "tessera experiments restore cli-exp-twice" in again.out
+
+
 def test_experiments_update_rm_and_restore(tessera_cli, client):
     client.training.create_run("cli-exp")  # the experiment is created on first use
     updated = tessera_cli(
