@@ -704,6 +704,10 @@ async def _end_if_refused(stream: _OpenStream | None, context: Context) -> None:
     (the client would otherwise see CANCELLED); otherwise return, and the caller re-raises."""
     if stream is None or stream.refusal is None:
         return
+    # Cancelled inside an abort already under way (a servicer's error, mapped by the call
+    # interceptor): that status goes out, and gRPC refuses a second abort with UsageError.
+    if context.done():
+        return
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()
