@@ -26,6 +26,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -362,16 +363,24 @@ def split_rungs(pruner: str, rungs: dict[str, Any], trials: list[Trial]) -> dict
     return unowned
 
 
-def ended_state(sweep: Sweep) -> str:
-    """The state of a sweep whose trials have all ended: cancelled when each was cancelled (not
-    pruned), as a sweep cancelled whole is; failed when it stopped early or none succeeded."""
+def ended_state(sweep: Sweep) -> tuple[str, str]:
+    """The state and error of a sweep whose trials have all ended: succeeded when a trial
+    succeeded unpruned (the trials best_trial ranks), cancelled when each was cancelled (not
+    pruned), as a sweep cancelled whole is; otherwise failed, saying how its trials ended. None
+    succeeding is no ASHA outcome alone (the first trial at a rung goes on): the trials that
+    passed the rungs failed or were cancelled."""
     if sweep.error:
-        return "failed"
-    if any(t.state == "succeeded" or t.pruned for t in sweep.trials):
-        return "succeeded"
-    if all(t.state == "cancelled" for t in sweep.trials):
-        return "cancelled"
-    return "failed"
+        return "failed", sweep.error
+    if any(t.state == "succeeded" and not t.pruned for t in sweep.trials):
+        return "succeeded", ""
+    if all(t.state == "cancelled" and not t.pruned for t in sweep.trials):
+        return "cancelled", ""
+    ends = Counter("pruned" if t.pruned else t.state for t in sweep.trials)
+    counts = ", ".join(f"{ends[end]} {end}" for end in ("failed", "pruned", "cancelled") if ends[end])
+    error = f"no trial succeeded: {counts}"
+    if ends["failed"]:
+        error += " (a failed trial's job error says why)"
+    return "failed", error
 
 
 def sweep_experiments(sweep: Sweep) -> set[str]:
@@ -1173,7 +1182,7 @@ class Sweeps:
         ledger.best_ended = best_trial(sweep.mode, [ledger.best_ended, *finished])
         ended = not ledger.unfinished
         if ended and sweep.state == "running":
-            sweep.state = ended_state(sweep)
+            sweep.state, sweep.error = ended_state(sweep)
         if ledger.best_ended is not None:
             sweep.best_job_id = ledger.best_ended.job_id
         try:

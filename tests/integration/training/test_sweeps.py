@@ -841,6 +841,32 @@ def test_a_pruned_trial_that_failed_while_stopping_for_its_prune_stays_pruned(
     assert training.GetRun(S.GetRunRequest(run_id=run_id)).tags["tessera.pruned_at_epoch"] == "1"
 
 
+def test_a_sweep_whose_trials_were_pruned_or_failed_ends_failed_saying_none_succeeded(
+    training: training_pb2_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first trial passes the rungs and then its worker crashes; the second is pruned at the
+    # first rung, behind the first's result there. No trial succeeded, so none is best: it ended
+    # SUCCEEDED with no best trial.
+    changed = sweeps.Sweeps._changed
+    crashed: list[int] = []
+
+    def crashing_the_first_past_its_first_rung(self: sweeps.Sweeps, sweep: Any, trial: Any) -> None:
+        changed(self, sweep, trial)
+        if trial.number == 0 and "1" in trial.rungs and trial.state not in ENDED and not crashed:
+            crashed.append(trial.number)
+            for pid in _worker_pids():
+                psutil.Process(pid).send_signal(signal.SIGSEGV)
+
+    monkeypatch.setattr(sweeps.Sweeps, "_changed", crashing_the_first_past_its_first_rung)
+    sweep = wait_sweep(training, training.SubmitSweep(S.SubmitSweepRequest(spec=_asha_grid(40))).sweep_id)
+    assert [(t.state, t.pruned, t.pruned_at_epoch) for t in sweep.trials] == [
+        (S.JOB_STATE_FAILED, False, 0),
+        (S.JOB_STATE_CANCELLED, True, 1),
+    ]
+    assert (sweep.state, sweep.best_job_id) == (S.SWEEP_STATE_FAILED, "")
+    assert sweep.error == "no trial succeeded: 1 failed, 1 pruned (a failed trial's job error says why)"
+
+
 def test_a_prune_whose_save_the_store_refused_still_prunes_and_is_stored_at_its_end(
     training: training_pb2_grpc.TrainingStub,
     monkeypatch: pytest.MonkeyPatch,
