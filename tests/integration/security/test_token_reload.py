@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from tessera.v1 import system_pb2
 from tesserad import cli
+from tesserad.api.training import TrainingServicer
+from tesserad.errors import NotFound
 from tesserad.security import Role, hash_token
 from tesserad.security.tokens import format_entry
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, InProcessDaemon, daemon_settings
 from tests.integration.security.conftest import Tokens, bearer
 
 INFO = "/tessera.v1.System/GetServerInfo"
@@ -301,3 +304,31 @@ def test_a_link_loop_is_reported_once_and_undoing_it_gets_the_file_applied(serve
     assert entry["trigger"] == "the file changed" and entry["removed"] == ["reader-holder"]
     assert not [line for line in process.log if "unexpected error applying" in line]
     assert len([line for line in process.log if "tokens file not applied" in line]) == 1
+
+
+def test_a_stream_revoked_while_its_error_goes_out_ends_with_that_error_and_no_second_abort(
+    data_dir: Path, tokens: Tokens, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The reload cancels the stream's task as its servicer fails: the cancel lands in the abort
+    # that sends the servicer's error, where a second abort was refused (UsageError, logged).
+    daemon = InProcessDaemon(daemon_settings(data_dir, **{"security.tokens_file": str(tokens.file)}))
+    kept = {role: t for role, t in tokens.token.items() if role != Role.READER}
+
+    async def revoked_then_failing(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+        tokens.file.write_text(
+            "".join(format_entry(f"{role.label}-holder", role, hash_token(t)) for role, t in kept.items())
+        )
+        await daemon.daemon._auth.reload_tokens("test")
+        raise NotFound(f"job {request.job_id!r} does not exist")
+        yield
+
+    monkeypatch.setattr(TrainingServicer, "WatchJob", revoked_then_failing)
+    daemon.start()
+    try:
+        watch = daemon.channel().unary_stream("/tessera.v1.Training/WatchJob")
+        with pytest.raises(grpc.RpcError) as ended:
+            list(watch(b"\n\x05job-x", metadata=bearer(tokens.token[Role.READER]), timeout=30))
+        assert ended.value.code() == grpc.StatusCode.NOT_FOUND, ended.value.details()
+    finally:
+        daemon.stop()  # the handler has ended, and logged whatever it logs
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
