@@ -176,6 +176,8 @@ class Sweep:
     error: str = ""  # why it stopped starting trials before its search was done (it ends failed)
     # Results no trial holds: stored before results were keyed by trial ("#i"), in `rungs`' shape.
     unowned_rungs: dict[str, Any] = field(default_factory=dict)
+    # False for a sweep stored while a 0 in the fields of ZERO_MEANT_DEFAULT meant their default.
+    zero_is_a_value: bool = False
 
     @property
     def searcher(self) -> str:
@@ -447,6 +449,42 @@ def _without_early_stopping_0(raw: dict[str, Any]) -> dict[str, Any]:
     if section is None or section.get("patience", 0) != 0:
         return raw
     return {k: v for k, v in raw.items() if k != "early_stopping"}
+
+
+# The spec fields whose 0 meant their default before they were proto3 optional (a 0 set now is
+# a value, refused where out of range).
+ZERO_MEANT_DEFAULT = (
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "log_every_n_steps",
+    "backbone_lr_scale",
+    "optimizer.lr",
+    "optimizer.beta1",
+    "optimizer.beta2",
+    "optimizer.eps",
+    "lr_schedule.step.gamma",
+    "lr_schedule.one_cycle.max_lr",
+    "lr_schedule.one_cycle.pct_start",
+    "checkpoints.every_n_epochs",
+    "checkpoints.keep_last",
+    "devices.cpu_processes",
+)
+
+
+def _without_zero_meaning_default(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` without a 0 in the fields of ZERO_MEANT_DEFAULT, for a sweep stored when such a 0
+    meant the default: its trials train with the default, as then, rather than each refused (or
+    trained with beta1 0)."""
+    spec = copy.deepcopy(raw)
+    for path in ZERO_MEANT_DEFAULT:
+        *parents, leaf = path.split(".")
+        section: Any = spec
+        for part in parents:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict) and leaf in section and section[leaf] == 0:
+            del section[leaf]
+    return spec
 
 
 def _check_path(path: str) -> None:
@@ -876,6 +914,7 @@ class Sweeps:
             seed=seed,
             pbt=pbt,
             brackets=brackets,
+            zero_is_a_value=True,
         )
         for point in points:
             sweep.trials.append(self._new_trial(sweep, point))
@@ -1286,10 +1325,14 @@ class Sweeps:
             trial.job_id = orphan.job_id
             self._settle(sweep, trial, self._jobs.get(orphan.job_id))
             return
+        raw, document = _without_early_stopping_0(trial.raw), trial.document
+        if not sweep.zero_is_a_value:
+            raw = _without_zero_meaning_default(raw)
+            document = self._document_of(raw)
         try:
             job = self._jobs.submit(
-                {**_without_early_stopping_0(trial.raw), "run_name": name},
-                trial.document,
+                {**raw, "run_name": name},
+                document,
                 sweep.created_by,
                 sweep_id=sweep.sweep_id,
                 start_weights=trial.start_checkpoint,
@@ -1392,6 +1435,7 @@ def encode_sweep(sweep: Sweep) -> bytes:
         "pbt": asdict(sweep.pbt) if sweep.pbt else None,
         "brackets": sweep.brackets,
         "error": sweep.error,
+        "zero_is_a_value": sweep.zero_is_a_value,
     }
     # A grid given none has none: left out, as records before seeds were stored have none (an
     # older daemon reads a missing one as 0, and would fail on a null one).
@@ -1452,4 +1496,5 @@ def decode_sweep(raw: bytes, trial_rows: builtins.list[bytes]) -> Sweep:
         brackets=data.get("brackets", []),
         error=data.get("error", ""),
         unowned_rungs=unowned,
+        zero_is_a_value=data.get("zero_is_a_value", False),
     )

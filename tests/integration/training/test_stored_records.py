@@ -14,6 +14,7 @@ from tesserad.training.job_records import decode_job, encode_job
 from tesserad.training.search_space import SweepParameter
 from tesserad.training.sweeps import AshaSettings, Sweep, Trial, decode_sweep, encode_sweep
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.older_store import daemon_on, old_sweep, written_while_stopped
 from tests.integration.training.conftest import (
     TRAINING_SETTINGS,
     job_spec,
@@ -300,3 +301,42 @@ def test_a_stored_sweep_whose_best_was_a_pruned_trial_reads_its_best_succeeded_o
         assert listed == {"sweep-02old": "job-01old", "sweep-03old": ""}
     finally:
         daemon.stop()
+
+
+def test_a_sweep_stored_with_a_0_meaning_a_default_starts_its_trials_with_the_default(tmp_path: Path) -> None:
+    # Before these fields were proto3 optional a 0 meant their default, and an older daemon
+    # stored sweeps drawing it; after an upgrade SubmitJob refused each such trial (lr 0,
+    # batch_size 0) or took a 0 as a value (beta1 0), and 3 refused in a row failed the sweep.
+    data_dir = tmp_path / "data"
+    with daemon_on(data_dir, **TRAINING_SETTINGS) as daemon:
+        upload_standard_datasets(daemon.channel())
+    spec = job_spec("mlp", lr_schedule=job_spec_pb2.LrSchedule(step=job_spec_pb2.StepLr(step_size=1)))
+    spec.ClearField("epochs")
+    base, _ = job_spec_from_proto(spec)
+    zeros = [
+        "epochs",
+        "max_steps",
+        "batch_size",
+        "log_every_n_steps",
+        "backbone_lr_scale",
+        "optimizer.lr",
+        "optimizer.beta1",
+        "optimizer.beta2",
+        "optimizer.eps",
+        "lr_schedule.step.gamma",
+        "checkpoints.every_n_epochs",
+        "checkpoints.keep_last",
+        "devices.cpu_processes",
+    ]
+    sweep = old_sweep(base, "sweep-01zeros", parameters=[SweepParameter(path, values=["0"]) for path in zeros])
+    sweep.strategy, sweep.state, sweep.max_trials, sweep.seed = "tpe", "running", 2, 7
+    written_while_stopped(data_dir, lambda txn: txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep)))
+
+    with daemon_on(data_dir, **TRAINING_SETTINGS) as daemon:
+        training = training_pb2_grpc.TrainingStub(daemon.channel())
+        ended = wait_sweep(training, sweep.sweep_id, timeout_s=120)
+        assert [(t.state, t.error) for t in ended.trials] == [(S.JOB_STATE_SUCCEEDED, "")] * 2
+        assert ended.state == S.SWEEP_STATE_SUCCEEDED
+        job = training.GetJob(S.GetJobRequest(job_id=ended.trials[0].job_id))
+        # Trained as the defaults, and its spec says so: the 0s are left out, not set.
+        assert not job.spec.HasField("batch_size") and not job.spec.optimizer.HasField("beta1")
