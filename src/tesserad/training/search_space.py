@@ -167,8 +167,8 @@ def boundary_points(parameters: list[SweepParameter]) -> Iterator[dict[str, str]
 # The fields that together set how many steps a job trains against its warm-up: each at the
 # end that leaves the fewest steps for the longest warm-up.
 _MOST = ("lr_schedule.warmup_steps", "batch_size", "devices.count")
-# 0 lifts the limit, so the fewest is the least above 0; but 0 in both trains one epoch, so a 0
-# either may take is tried too.
+# 0 lifts the limit, so the fewest is the least above 0; but 0 in both is a job of no length,
+# which SubmitJob refuses, so a 0 either may take is tried too.
 _FEWEST = ("epochs", "max_steps")
 # Which samples an epoch goes through: the dataset version (name and number) and its split. The
 # fewest steps are at the fewest samples, so the one with the fewest is tried.
@@ -252,8 +252,8 @@ _RATES = ("optimizer.lr", "lr_schedule.one_cycle.max_lr", "backbone_lr_scale")
 def highest_rate_points(parameters: list[SweepParameter]) -> list[dict[str, str]]:
     """The points with the highest backbone rate the space reaches, when it varies
     backbone_lr_scale and the rate it scales: as with the warm-up, no boundary point has both at
-    their highest. 0 means another value in each (1, the default lr, optimizer.lr), so a 0 the
-    space has is a candidate too."""
+    their highest. A 0 the space has is a candidate too, which SubmitJob refuses in each (each
+    must be > 0)."""
     paths = {p.path for p in parameters}
     if "backbone_lr_scale" not in paths or not paths & set(_RATES[:2]):
         return []

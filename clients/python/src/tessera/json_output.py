@@ -2,7 +2,9 @@
 
 Messages follow proto3's JSON mapping (field names as in the .proto, timestamps as RFC 3339
 text) except in three ways. A field at its zero value (0, "", false, an empty list) is printed,
-not left out, so that a script reads trial 0's "number" or a loss of 0 as such, not as null.
+not left out, so that a script reads trial 0's "number" or a loss of 0 as such, not as null; a
+field the .proto marks `optional` (a job spec's `batch_size`) is printed only when set, as its
+absence means its default, not 0.
 64-bit integers are numbers: the mapping writes them as strings, for
 JavaScript's sake, so `jq '.version + 1'` failed while 32-bit fields and the CLI's own
 figures were numbers. Enum values are lowercase without their type's prefix ("succeeded",
@@ -59,7 +61,8 @@ def to_plain(value: Any) -> Any:
 
 def message_to_plain(message: Message) -> dict[str, Any]:
     """`message` in proto3's JSON mapping, but with its 64-bit integers as numbers and its
-    fields at their zero value printed."""
+    fields at their zero value printed (an unset `optional` field, whose absence means its
+    default, is left out)."""
     plain = MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
