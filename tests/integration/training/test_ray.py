@@ -140,33 +140,35 @@ def ray_nodes() -> Iterator[RayNodes]:
         groups.append(_ray_start([f"--address={address}", "--resources", json.dumps({"node_b": 1})], temp))
         yield RayNodes(address, f"ray://127.0.0.1:{client_port}", groups)
     finally:
-        _stop_groups(groups)
+        _stop_sessions(groups)
         shutil.rmtree(temp, ignore_errors=True)
         environment.undo()
 
 
-def _stop_groups(groups: list[int]) -> None:
-    """Both nodes at once: each takes seconds to stop."""
-    left = list(groups)
+def _stop_sessions(sessions: list[int]) -> None:
+    """Both nodes at once (each takes seconds to stop), every process of their `ray start`
+    sessions: an actor's process (TrainDriver, a rank) has a process group of its own there, so
+    signalling the nodes' groups left it running past the fixture's rmtree."""
     for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        for group in left:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, sig)
+        for process in _session_processes(sessions):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(sig)
         deadline = time.monotonic() + wait_s
-        while (left := [g for g in left if _group_alive(g)]) and time.monotonic() < deadline:
+        while (left := _session_processes(sessions)) and time.monotonic() < deadline:
             time.sleep(0.1)
         if not left:
             return
 
 
-def _group_alive(group: int) -> bool:
-    """Whether a process of `group` still runs: a dead one left unreaped (its `ray start` parent
-    exited) still takes signals, so the signal test alone waited out both grace periods."""
+def _session_processes(sessions: list[int]) -> list[psutil.Process]:
+    """The processes of `sessions` still running: a dead one left unreaped (its `ray start` parent
+    exited) still takes signals, so waiting on signals alone waited out both grace periods."""
+    found = []
     for process in psutil.process_iter(["status"]):
         with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
-            if os.getpgid(process.pid) == group and process.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-    return False
+            if os.getsid(process.pid) in sessions and process.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
 
 
 RAY_SETTINGS = {
