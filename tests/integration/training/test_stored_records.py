@@ -18,6 +18,7 @@ from tests.integration.older_store import daemon_on, old_sweep, written_while_st
 from tests.integration.training.conftest import (
     TRAINING_SETTINGS,
     job_spec,
+    sweep_values,
     upload_standard_datasets,
     wait_sweep,
 )
@@ -328,7 +329,9 @@ def test_a_sweep_stored_with_a_0_meaning_a_default_starts_its_trials_with_the_de
         "checkpoints.keep_last",
         "devices.cpu_processes",
     ]
-    sweep = old_sweep(base, "sweep-01zeros", parameters=[SweepParameter(path, values=["0"]) for path in zeros])
+    sweep = old_sweep(
+        base, "sweep-01zeros", parameters=[SweepParameter(path, values=["0"]) for path in zeros]
+    )
     sweep.strategy, sweep.state, sweep.max_trials, sweep.seed = "tpe", "running", 2, 7
     written_while_stopped(data_dir, lambda txn: txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep)))
 
@@ -340,3 +343,20 @@ def test_a_sweep_stored_with_a_0_meaning_a_default_starts_its_trials_with_the_de
         job = training.GetJob(S.GetJobRequest(job_id=ended.trials[0].job_id))
         # Trained as the defaults, and its spec says so: the 0s are left out, not set.
         assert not job.spec.HasField("batch_size") and not job.spec.optimizer.HasField("beta1")
+
+
+def test_a_sweep_submitted_now_trains_a_0_it_draws_as_a_value(tmp_path: Path) -> None:
+    # Only a sweep stored before a 0 was a value has its 0s dropped: adam's beta1 0 is in range.
+    with daemon_on(tmp_path / "data", **TRAINING_SETTINGS) as daemon:
+        upload_standard_datasets(daemon.channel())
+        training = training_pb2_grpc.TrainingStub(daemon.channel())
+        spec = S.SweepSpec(
+            base=job_spec("mlp", epochs=1),
+            strategy=S.SWEEP_STRATEGY_GRID,
+            parameters=[sweep_values("optimizer.beta1", "0")],
+            metric="val_loss",
+        )
+        ended = wait_sweep(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
+        assert [t.state for t in ended.trials] == [S.JOB_STATE_SUCCEEDED]
+        job = training.GetJob(S.GetJobRequest(job_id=ended.trials[0].job_id))
+        assert job.spec.optimizer.HasField("beta1") and job.spec.optimizer.beta1 == 0
