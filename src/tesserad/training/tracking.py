@@ -454,10 +454,30 @@ def _distinct_keys(txn: ReadTxn, runs: list[Run]) -> Iterator[str]:
         yield key
 
 
-def _unlogged(kind: str, key: str, experiment: str, logged: set[str], purpose: str = "") -> NotFound:
+def _unlogged_metrics(txn: ReadTxn, names: list[str], view: str, metrics: Iterable[str]) -> list[str]:
+    """The `metrics` no run of the experiments `names` in `view` has, from the order index."""
+    return [
+        metric
+        for metric in dict.fromkeys(metrics)
+        if not any(
+            run_order.logged(txn, name, metric, deleted) for name in names for deleted in _VIEW_TABLES[view]
+        )
+    ]
+
+
+def _unlogged(
+    kind: str, key: str, experiment: str, logged: set[str], purpose: str = "", view: str = ""
+) -> NotFound:
     """NotFound for a `kind` ("metric", "param") key no run of `experiment` ("": of any) has
-    logged, naming the nearest logged key, else those logged."""
+    logged: where runs outside `view` (given then) have, saying which view shows them; else
+    naming the nearest logged key, else those logged."""
     of = f" of experiment {experiment!r}" if experiment else ""
+    if view:
+        others = "deleted" if view == "active" else "active"
+        return NotFound(
+            f"only {others} runs{of} have logged {kind} {key[:80]!r}{purpose}, no {view} one; "
+            f"ask with view {others} or all (runs ls --view {others})"
+        )
     said = (
         f"no run{of} has logged {kind} {key[:80]!r}{purpose}, and none is running or waiting to "
         "resume that may log it yet; "
@@ -846,12 +866,22 @@ class Tracking:
             return _with_summaries(txn, run)
 
         with self._store.read() as txn:
-            if experiment and not txn.exists("experiments", (experiment,)):
-                raise _no_experiment(txn, experiment)
-            if order is not None:
-                self._refuse_unlogged_keys(txn, experiment, view, [order.metric], purpose=" to order by")
+            gone = bool(experiment) and self._experiment(txn, experiment).deleted_at is not None
+            # Keys are checked on a first page only. A deleted experiment's runs went with it,
+            # which the client says with how to restore it: no key is doubted there.
+            check_keys = not token and not (gone and view == "active")
+            names: list[str] = []
+            if check_keys:
+                names = [experiment] if experiment else [str(key[0]) for key, _ in txn.scan("experiments")]
+            if check_keys and order is not None:
+                unordered = _unlogged_metrics(txn, names, view, [order.metric])
+                self._refuse_unlogged_keys(txn, experiment, names, view, unordered, purpose=" to order by")
+            # A filter on a metric no run in the view has logged matches none: the listing is skipped.
+            unlogged = _unlogged_metrics(txn, names, view, [f.key for f in filters]) if check_keys else []
             candidates: Iterator[tuple[Key, Run]]
-            if order is None:
+            if unlogged:
+                candidates = iter(())
+            elif order is None:
                 newest = _newest_first(txn, experiment, unpack(after) if after else None, view)
                 candidates = ((key, run) for key, run_id in newest if (run := matched(txn, run_id)))
             else:
@@ -860,49 +890,70 @@ class Tracking:
                 if not fill.room(_run_bytes(run)):
                     break
                 fill.add(key, run)
-            if not fill.page.items and not token:
-                self._refuse_unlogged_keys(txn, experiment, view, [f.key for f in filters], params)
+            if check_keys and not fill.page.items:
+                self._refuse_unlogged_keys(txn, experiment, names, view, unlogged, params)
         return fill.page.items, fill.page.next_page_token
 
     def _refuse_unlogged_keys(
         self,
         txn: ReadTxn,
         experiment: str,
+        names: list[str],
         view: str,
-        metrics: Iterable[str],
+        metrics: list[str],
         params: Iterable[str] = (),
         purpose: str = "",
     ) -> None:
-        """NotFound for a metric or param key that no run of the searched experiments (in `view`)
-        has logged, while none is running or interrupted (a daemon stopped mid-job; the job
-        resumes it) and so may log it yet, as the CLI's leaderboard answers a metric no run has
-        logged: a filter on it matches nothing and an order by it orders nothing, which an empty
-        answer or an unchanged order would not tell from a misspelt key. Metric keys are read
-        from the order index; params, and the keys the message names, from the runs, newest first."""
-        names = [experiment] if experiment else [str(key[0]) for key, _ in txn.scan("experiments")]
-        tables = _VIEW_TABLES[view]
-        unlogged = [
-            metric
-            for metric in dict.fromkeys(metrics)
-            if not any(run_order.logged(txn, name, metric, deleted) for name in names for deleted in tables)
-        ]
-        params = list(params)
-        if not unlogged and not params:
+        """NotFound for a metric (`metrics`: those the order index has no row of in `view`) or a
+        param key that no run of the searched experiments (`names`) in `view` has logged, while
+        none is running or interrupted (a daemon stopped mid-job; the job resumes it) and so may
+        log it yet, as the CLI's leaderboard answers a metric no run has logged: a filter on it
+        matches nothing and an order by it orders nothing, which an empty answer or an unchanged
+        order would not tell from a misspelt key. Where the runs in `view` have logged no metric
+        (their newest 100) or no param, there is no key to doubt, as on the leaderboard. The keys
+        the message names are those of the runs in `view`, newest first."""
+        unseen = dict.fromkeys(params)
+        if not metrics and not unseen:
             return
         param_keys: set[str] = set()
         metric_keys: set[str] = set()
-        for read, (_, run_id) in enumerate(_newest_first(txn, experiment, None, view)):
+        read = 0
+        for _, run_id in _newest_first(txn, experiment, None, view):
             run = self.load_run(txn, run_id)
+            if not _in_view(run.deleted_at, view):
+                continue
             if run.status in _MAY_LOG_YET:
                 return
             param_keys.update(run.params)
+            for key in unseen.keys() & run.params.keys():
+                del unseen[key]
+            if not metrics and not unseen:
+                return
             if read < _RUNS_READ_FOR_KEYS:
                 metric_keys.update(str(key[1]) for key, _ in txn.scan("metric_summaries", (run_id,)))
-        for metric in unlogged:
-            raise _unlogged("metric", metric, experiment, metric_keys, purpose)
-        for param in params:
-            if param not in param_keys:
-                raise _unlogged("param", param, experiment, param_keys)
+            read += 1
+        if metrics and metric_keys:
+            metric = metrics[0]
+            elsewhere = any(
+                run_order.logged(txn, name, metric, deleted)
+                for name in names
+                for deleted in (False, True)
+                if deleted not in _VIEW_TABLES[view]
+            )
+            raise _unlogged("metric", metric, experiment, metric_keys, purpose, view if elsewhere else "")
+        if unseen and param_keys:
+            param = next(iter(unseen))
+            elsewhere = any(param in run.params for run in self._outside_view(txn, experiment, view))
+            raise _unlogged("param", param, experiment, param_keys, view=view if elsewhere else "")
+
+    def _outside_view(self, txn: ReadTxn, experiment: str, view: str) -> Iterator[Run]:
+        """The searched runs outside `view`, newest first."""
+        if view == "all":
+            return
+        for _, run_id in _newest_first(txn, experiment, None, "deleted" if view == "active" else "active"):
+            run = self.load_run(txn, run_id)
+            if not _in_view(run.deleted_at, view):
+                yield run
 
     @staticmethod
     def _ordered(

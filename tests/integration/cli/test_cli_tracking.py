@@ -214,7 +214,9 @@ def test_experiments_rm_and_restore_say_when_there_was_nothing_to_do(tessera_cli
 
 
 def test_experiments_update_rm_and_restore(tessera_cli, client):
-    client.training.create_run("cli-exp")  # the experiment is created on first use
+    run = client.training.create_run("cli-exp")  # the experiment is created on first use
+    client.training.log_metrics(run.run_id, {"loss": 0.5}, step=0)
+    client.training.update_run(run.run_id, status="succeeded")
     updated = tessera_cli(
         "--json", "experiments", "update", "cli-exp", "--description", "4-D CNN", "--tag", "team=vision"
     )
@@ -236,6 +238,11 @@ def test_experiments_update_rm_and_restore(tessera_cli, client):
         "experiment cli-exp is deleted, with its runs; bring them back with: tessera experiments restore cli-exp"
         in (" ".join(listed.out.split()))
     )
+    # Not "no run has logged loss ... did you mean loss?": its runs went with it.
+    for condition in (("--order-by", "loss"), ("--metric", "loss<1")):
+        searched = tessera_cli("runs", "ls", "--experiment", "cli-exp", *condition)
+        assert searched.code == 0, searched.err
+        assert "tessera experiments restore cli-exp" in " ".join(searched.out.split())
     board = tessera_cli("runs", "leaderboard", "cli-exp", "loss")
     assert board.code == EXIT_DAEMON and "FAILED_PRECONDITION" in board.err
     assert "is deleted; restore it with `tessera experiments restore NAME` to rank its runs" in board.err

@@ -728,6 +728,107 @@ def test_a_key_no_run_has_logged_yet_is_an_empty_answer_while_a_run_may_log_it(t
     assert len(ordered.runs) == 3
 
 
+def test_a_key_only_runs_outside_the_view_logged_says_so_and_names_keys_of_runs_in_it(tracker) -> None:
+    # The keys named came from deleted runs too: a deleted run's val_f1 answered "did you mean 'val_f1'?".
+    kept = _run(tracker, "typos-view", batch_size="16")
+    _log(tracker, kept.run_id, "val_loss", [0.5])
+    tracker.UpdateRun(S.UpdateRunRequest(run_id=kept.run_id, status=S.RUN_STATUS_SUCCEEDED))
+    gone = _run(tracker, "typos-view", lr="0.1")
+    _log(tracker, gone.run_id, "val_f1", [0.9])
+    tracker.UpdateRun(S.UpdateRunRequest(run_id=gone.run_id, status=S.RUN_STATUS_SUCCEEDED))
+    tracker.DeleteRun(S.DeleteRunRequest(run_id=gone.run_id))
+    f1 = [S.MetricFilter(key="val_f1", op=S.COMPARISON_LT, value=1.0)]
+    loss = [S.MetricFilter(key="val_loss", op=S.COMPARISON_LT, value=1.0)]
+    cases = {
+        ("deleted", "metric 'val_f1'"): S.ListRunsRequest(experiment="typos-view", metrics=f1),
+        ("deleted", "param 'lr'"): S.ListRunsRequest(
+            experiment="typos-view", params=[S.ParamFilter(key="lr", value="0.1")]
+        ),
+        ("deleted", "metric 'val_f1' to order by"): S.ListRunsRequest(
+            experiment="typos-view", order_by=S.RunOrder(metric="val_f1")
+        ),
+        ("active", "metric 'val_loss'"): S.ListRunsRequest(
+            experiment="typos-view", metrics=loss, view=S.LIFECYCLE_VIEW_DELETED_ONLY
+        ),
+        ("active", "param 'batch_size'"): S.ListRunsRequest(
+            experiment="typos-view",
+            params=[S.ParamFilter(key="batch_size", value="16")],
+            view=S.LIFECYCLE_VIEW_DELETED_ONLY,
+        ),
+    }
+    for (others, what), request in cases.items():
+        error = _error(lambda r=request: tracker.ListRuns(r))
+        assert error.code() == grpc.StatusCode.NOT_FOUND, what
+        assert f"only {others} runs of experiment 'typos-view' have logged {what}" in error.details(), (
+            error.details()
+        )
+        assert f"view {others} or all" in error.details() and "did you mean" not in error.details()
+    # A misspelt key is named against the keys of the runs in the view only.
+    misspelt = _error(
+        lambda: tracker.ListRuns(
+            S.ListRunsRequest(
+                experiment="typos-view",
+                metrics=[S.MetricFilter(key="accuracy", op=S.COMPARISON_LT, value=1.0)],
+            )
+        )
+    )
+    assert misspelt.details().endswith("they have logged val_loss"), misspelt.details()
+    listed = tracker.ListRuns(
+        S.ListRunsRequest(experiment="typos-view", metrics=f1, view=S.LIFECYCLE_VIEW_ALL)
+    )
+    assert [r.run_id for r in listed.runs] == [gone.run_id]
+
+
+def test_a_deleted_experiment_lists_no_runs_whatever_key_is_asked(tracker) -> None:
+    # Its runs went with it, which the CLI says with how to restore it; "no run has logged
+    # val_loss; did you mean 'val_loss'?" hid that.
+    _ended_runs(tracker, "typos-gone")
+    tracker.DeleteExperiment(S.DeleteExperimentRequest(name="typos-gone"))
+    for request in (
+        S.ListRunsRequest(experiment="typos-gone", order_by=S.RunOrder(metric="val_loss")),
+        S.ListRunsRequest(
+            experiment="typos-gone", metrics=[S.MetricFilter(key="val_loss", op=S.COMPARISON_LT, value=1.0)]
+        ),
+        S.ListRunsRequest(experiment="typos-gone", params=[S.ParamFilter(key="batch_size", value="16")]),
+    ):
+        assert list(tracker.ListRuns(request).runs) == []
+
+
+def test_a_key_asked_of_runs_that_have_logged_none_is_an_empty_answer(tracker) -> None:
+    # As the leaderboard: nothing logged yet leaves no key to doubt.
+    tracker.CreateExperiment(S.CreateExperimentRequest(name="typos-none"))
+    metric = [S.MetricFilter(key="val_loss", op=S.COMPARISON_LT, value=1.0)]
+    param = [S.ParamFilter(key="batch_size", value="16")]
+    order = S.RunOrder(metric="val_loss")
+    for request in (
+        S.ListRunsRequest(experiment="typos-none", metrics=metric),
+        S.ListRunsRequest(experiment="typos-none", params=param),
+        S.ListRunsRequest(experiment="typos-none", order_by=order),
+    ):
+        assert list(tracker.ListRuns(request).runs) == []
+    run = _run(tracker, "typos-none")
+    tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, status=S.RUN_STATUS_SUCCEEDED))
+    assert list(tracker.ListRuns(S.ListRunsRequest(experiment="typos-none", metrics=metric)).runs) == []
+    assert list(tracker.ListRuns(S.ListRunsRequest(experiment="typos-none", params=param)).runs) == []
+    ordered = tracker.ListRuns(S.ListRunsRequest(experiment="typos-none", order_by=order))
+    assert [r.run_id for r in ordered.runs] == [run.run_id]
+
+
+def test_an_ordered_listing_pages_on_when_the_runs_with_the_metric_are_deleted_between_pages(tracker) -> None:
+    # The key is checked on the first page: a later one failed NOT_FOUND midway through a listing.
+    _ended_runs(tracker, "typos-pages")
+    other = _run(tracker, "typos-pages")
+    _log(tracker, other.run_id, "train_loss", [1.0])
+    tracker.UpdateRun(S.UpdateRunRequest(run_id=other.run_id, status=S.RUN_STATUS_SUCCEEDED))
+    request = S.ListRunsRequest(experiment="typos-pages", order_by=S.RunOrder(metric="val_loss"), page_size=1)
+    first = tracker.ListRuns(request)
+    for run in tracker.ListRuns(S.ListRunsRequest(experiment="typos-pages")).runs:
+        if run.run_id != other.run_id:
+            tracker.DeleteRun(S.DeleteRunRequest(run_id=run.run_id))
+    request.page_token = first.next_page_token
+    assert [r.run_id for r in tracker.ListRuns(request).runs] == [other.run_id]
+
+
 def test_an_unknown_experiment_names_the_nearest(tracker) -> None:
     _run(tracker, "clips")
     for call in (
