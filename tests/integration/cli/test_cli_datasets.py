@@ -9,6 +9,7 @@ import tessera
 from tessera.cli import EXIT_FAILED, EXIT_USAGE
 from tessera.cli.output import when
 from tessera.cli.parser import build_parser
+from tessera.datasets import Datasets
 from tessera.models import upload_header
 from tessera.progress_line import byte_size
 from tessera.rpc_commands import in_cli_words
@@ -105,6 +106,30 @@ def test_rm_deletes_a_version_or_the_dataset(tessera_cli, client, npy_file, caps
     with pytest.raises(SystemExit) as usage:
         tessera_cli("datasets", "rm", "frames:two")
     assert usage.value.code == EXIT_USAGE and "whole version number" in capsys.readouterr().err
+
+
+def test_rm_of_a_version_done_says_so_when_the_daemon_goes_before_the_read_after_it(
+    tessera_cli, client, daemon, npy_file, monkeypatch
+):
+    # Whether the dataset went with it is read after the delete: an UNAVAILABLE there failed a
+    # delete that was done.
+    client.datasets.push("frames", npy_file)
+    client.datasets.push("frames", x=np.ones((2, 3), np.float32))
+    proxy = CuttableProxy(daemon.daemon.port)
+    delete = Datasets.delete
+
+    def delete_then_lose_the_daemon(self: Datasets, *args: object, **kwargs: object) -> int:
+        deleted = delete.__get__(self, Datasets)(*args, **kwargs)
+        proxy.close()
+        return deleted
+
+    monkeypatch.setattr(Datasets, "delete", delete_then_lose_the_daemon)
+    try:
+        done = tessera_cli("datasets", "rm", "frames:2", target=proxy.target)
+    finally:
+        proxy.close()
+    assert (done.code, done.out.strip(), done.err) == (0, "deleted frames:2", ""), done
+    assert [v.version for v in client.datasets.versions("frames")] == [1]
 
 
 def test_rm_refuses_a_version_0_instead_of_deleting_every_version(tessera_cli, client, npy_file):

@@ -12,7 +12,7 @@ from typing import Any
 from tessera.cli.arguments import UsageError, once_each, refused_resume_in_cli_words, replaced_only_with_force
 from tessera.cli.output import Output, shape, size, transfer_progress, when
 from tessera.client import Client
-from tessera.errors import NotFound
+from tessera.errors import NotFound, TesseraError
 from tessera.json_output import to_plain
 from tessera.messages import counted, dataset_ref
 from tessera.progress_line import byte_size
@@ -130,11 +130,14 @@ def cmd_datasets_rm(client: Client, args: argparse.Namespace, out: Output) -> No
 
 def _gone_with_it(client: Client, name: str) -> str:
     """What a version's delete says where it took the dataset with it (its last version): read
-    after the delete, as nothing in DeleteDatasetResponse says so."""
+    after the delete, as nothing in DeleteDatasetResponse says so. The delete is done whatever
+    this read meets (the daemon gone, UNAVAILABLE): then it says nothing more."""
     try:
         client.datasets.version(name)
     except NotFound:
         return f", its last version: dataset {name} is gone"
+    except TesseraError:
+        return ""
     return ""
 
 
