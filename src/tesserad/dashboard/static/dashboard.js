@@ -594,7 +594,8 @@ async function sweepPage(app, sweepId) {
   const paths = Array.from(new Set(s.trials.flatMap((t) => Object.keys(t.params)))).sort();
   let best = null;
   const rows = s.trials.map((t, i) => {
-    if (t.has_metric && (best === null || (s.mode === "min" ? t.metric < best : t.metric > best))) best = t.metric;
+    // As best_job_id: only a trial that ran to its end counts (a pruned, failed or running one does not).
+    if (t.has_metric && t.state === "succeeded" && !t.pruned && (best === null || (s.mode === "min" ? t.metric < best : t.metric > best))) best = t.metric;
     const row = el("tr", { class: t.pruned ? "pruned" : t.job_id && t.job_id === s.best_job_id ? "best" : "" },
       el("td", { text: String(i + 1) }),
       el("td", {}, t.job_id ? link(`/jobs/${encodeURIComponent(t.job_id)}`, t.job_id) : ""),
