@@ -176,30 +176,32 @@ def signature_words(signature: Signature) -> str:
 
 
 def _same_shape(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
-    """Equal, the batch dimension (the first) aside where either leaves it dynamic (-1): a graph
+    """Equal, each dimension that either side leaves dynamic (-1) aside: as an upload's check of a
+    declared signature against its graph (`signature_mismatches`) accepts any size there, a graph
     exported with batch 1 answers the requests one of batch -1 answers, one row at a time."""
-    if a == b:
-        return True
-    return len(a) == len(b) > 0 and a[1:] == b[1:] and -1 in (a[0], b[0])
+    return len(a) == len(b) and all(x == y or -1 in (x, y) for x, y in zip(a, b, strict=True))
 
 
-def signature_differences(a: Signature, b: Signature, any_batch: bool = False) -> list[str]:
+def signature_differences(
+    a: Signature, b: Signature, any_dynamic: bool = False, names: tuple[str, str] = ("a", "b")
+) -> list[str]:
     """Readable differences between two signatures, e.g. "input 'x': shape [-1, 3] vs [-1, 4]":
-    names, dtypes and shapes; with `any_batch`, shapes modulo a dynamic batch dimension
-    (`_same_shape`), as versions that answer the same requests alike differ."""
+    names, dtypes and shapes; with `any_dynamic`, shapes modulo dynamic dimensions
+    (`_same_shape`), as versions that answer the same requests alike differ. `names` says which
+    signature a tensor found in one only is in ("only in version 2")."""
     out: list[str] = []
     for kind, left, right in (("input", a.inputs, b.inputs), ("output", a.outputs, b.outputs)):
         lmap = {s.name: s for s in left}
         rmap = {s.name: s for s in right}
         for name in sorted(set(lmap) | set(rmap)):
             if name not in rmap:
-                out.append(f"{kind} {name!r}: only in a")
+                out.append(f"{kind} {name!r}: only in {names[0]}")
             elif name not in lmap:
-                out.append(f"{kind} {name!r}: only in b")
+                out.append(f"{kind} {name!r}: only in {names[1]}")
             else:
                 sa, sb = lmap[name], rmap[name]
                 if sa.dtype != sb.dtype:
                     out.append(f"{kind} {name!r}: dtype {sa.dtype} vs {sb.dtype}")
-                if sa.shape != sb.shape and not (any_batch and _same_shape(sa.shape, sb.shape)):
+                if sa.shape != sb.shape and not (any_dynamic and _same_shape(sa.shape, sb.shape)):
                     out.append(f"{kind} {name!r}: shape {list(sa.shape)} vs {list(sb.shape)}")
     return out

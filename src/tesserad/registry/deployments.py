@@ -254,8 +254,7 @@ def _check_routes_differ(txn: ReadTxn, deployment: DeploymentRecord) -> None:
 
 def _signature_disagreements(txn: ReadTxn, now: DeploymentRecord) -> list[tuple[str, str, str]]:
     """For each target of a resolved deployment whose version's signature differs from that of
-    routes[0]'s (modulo a dynamic batch dimension, as `signature_differences` compares an
-    ensemble's members): it ("routes[1] (alias 'x')"), routes[0] in words, and the two versions'
+    routes[0]'s (modulo dynamic dimensions: `signature_differences` with `any_dynamic`): it ("routes[1] (alias 'x')"), routes[0] in words, and the two versions'
     signatures and their differences in words. A target that no longer resolves is in none."""
     if not now.routes or not now.routes[0].resolved_version:
         return []
@@ -271,7 +270,12 @@ def _signature_disagreements(txn: ReadTxn, now: DeploymentRecord) -> list[tuple[
     found = []
     for where, target, version in named[1:]:
         differences = (
-            signature_differences(signatures[version], signatures[first], any_batch=True)
+            signature_differences(
+                signatures[version],
+                signatures[first],
+                any_dynamic=True,
+                names=(f"version {version}", f"version {first}"),
+            )
             if version in signatures
             else []
         )

@@ -15,18 +15,25 @@ from tests.integration.registry.conftest import onnx_header, rpc_error, upload
 R = registry_pb2
 
 
-def onnx_matmul(width: int, classes: int) -> bytes:
-    """An ONNX graph: output = input @ W, input float32 [-1, width], output [-1, classes]."""
+def onnx_matmul(
+    width: int, classes: int, output: str = "output", classes_dim: int | str | None = None
+) -> bytes:
+    """An ONNX graph: `output` = input @ W, input float32 [-1, width], `output` [-1, classes]
+    (or [-1, classes_dim], a name leaving it dynamic)."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     weight = numpy_helper.from_array(np.ones((width, classes), np.float32), "W")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "W"], ["output"])],
+        [helper.make_node("MatMul", ["input", "W"], [output])],
         "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", width])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", classes])],
+        [
+            helper.make_tensor_value_info(
+                output, TensorProto.FLOAT, ["batch", classes if classes_dim is None else classes_dim]
+            )
+        ],
         [weight],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -99,3 +106,22 @@ def test_moving_a_deployed_alias_to_another_signature_warns(stub, versions):
         f"routes[0] (version 1): {DISAGREE}; deploy versions of one signature (Deploy), or move the "
         "alias back (SetAlias)"
     ]
+
+
+def test_a_dynamic_dimension_agrees_with_any_size(stub, versions):
+    # Version 4 leaves its output's classes dimension dynamic, as an upload's check of a declared
+    # signature against the graph accepts -1 there for any size.
+    data = onnx_matmul(4, 2, classes_dim="classes")
+    upload(stub, onnx_header("m", data), data)
+    routes = [R.Route(version=1, weight=50), R.Route(version=4, weight=50)]
+    assert stub.Deploy(R.DeployRequest(model="m", routes=routes)).revision == 1
+
+
+def test_a_refusal_names_the_version_a_tensor_is_only_in(stub, versions):
+    data = onnx_matmul(4, 2, output="logits")
+    upload(stub, onnx_header("m", data), data)
+    routes = [R.Route(version=1, weight=50), R.Route(version=4, weight=50)]
+    error = rpc_error(stub.Deploy, R.DeployRequest(model="m", routes=routes))
+    assert error.details().split(" disagree: ")[1].split("; route to")[0] == (
+        "output 'logits': only in version 4; output 'output': only in version 1"
+    )
