@@ -28,7 +28,6 @@ from tesserad.registry import (
     TensorSpec,
     VersionRecord,
 )
-from tesserad.registry.deployments import deployment_warnings
 from tesserad.registry.export import ExportResult
 
 FORMAT_NAMES = {
@@ -305,9 +304,7 @@ def shadow_from_proto(request: pb.DeployRequest) -> Shadow | None:
     return Shadow(_target(request.shadow, "shadow"), request.shadow.percent or 100)
 
 
-def deployment_to_proto(record: DeploymentRecord, current: bool = True) -> pb.Deployment:
-    """`current`: the model's deployment now, whose warnings say what it routes to; a past revision
-    routes nothing, so it carries none."""
+def deployment_to_proto(record: DeploymentRecord) -> pb.Deployment:
 
     def route(r: Route) -> pb.Route:
         message = pb.Route(weight=r.weight, resolved_version=r.resolved_version)
@@ -326,7 +323,7 @@ def deployment_to_proto(record: DeploymentRecord, current: bool = True) -> pb.De
         comment=record.comment,
         rolled_back_from=record.rolled_back_from,
         undeployed=record.undeployed,
-        warnings=deployment_warnings(record) if current else (),
+        warnings=record.warnings,
     )
     if record.shadow is not None:
         shadow = message.shadow

@@ -410,13 +410,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         page = await asyncio.to_thread(
             self._registry.list_deployments, request.model, request.page_size, request.page_token
         )
-        # Newest first: only the first page's first revision is current, and warns what it routes to.
-        first_page = not request.page_token
         return pb.ListDeploymentsResponse(
-            deployments=[
-                convert.deployment_to_proto(d, current=first_page and i == 0)
-                for i, d in enumerate(page.items)
-            ],
+            deployments=[convert.deployment_to_proto(d) for d in page.items],
             next_page_token=page.next_page_token,
         )
 

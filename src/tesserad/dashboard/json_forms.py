@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 from tesserad.host import HostSample
-from tesserad.registry.deployments import deployment_warnings
 from tesserad.registry.records import (
     AliasEvent,
     AliasRecord,
@@ -132,7 +131,7 @@ def alias_event_json(event: AliasEvent) -> dict[str, Any]:
 def deployment_json(deployment: DeploymentRecord) -> dict[str, Any]:
     data = _plain(deployment)
     data["undeployed"] = deployment.undeployed
-    data["warnings"] = list(deployment_warnings(deployment))
+    data["warnings"] = list(deployment.warnings)
     return data
 
 

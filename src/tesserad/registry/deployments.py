@@ -299,13 +299,14 @@ def _check_signatures_agree(txn: ReadTxn, deployment: DeploymentRecord) -> None:
         )
 
 
-def deployment_warnings(now: DeploymentRecord) -> tuple[str, ...]:
+def deployment_warnings(txn: ReadTxn, now: DeploymentRecord) -> tuple[str, ...]:
     """What a resolved deployment that Deploy would refuse now routes to, in words: aliases moved
     since it was deployed (SetAlias, or a version registered with an alias: an upload, an export,
     a training job's register_as; `latest` moves only to a new version) so that routes resolve to
-    one version, or its shadow to the version every route serves. Such moves are made (a promotion
-    is one), and requests follow them; the deployment's answers say so, and so do those of the
-    move where it reports one (`warnings_after_move`)."""
+    one version, its shadow to the version every route serves, or a target to a version whose
+    signature differs from routes[0]'s. Such moves are made (a promotion is one), and requests
+    follow them; the deployment's answers say so, and so do those of the move where it reports one
+    (`warnings_after_move`)."""
     warnings = [
         f"{routes} now, so it answers their {weight}% and they split nothing; deploy one route to it "
         "(Deploy), or move one of the aliases (SetAlias)"
@@ -322,7 +323,19 @@ def deployment_warnings(now: DeploymentRecord) -> tuple[str, ...]:
             "the version every route sends requests to, so it copies no request; deploy without the "
             "shadow (Deploy), or move an alias (SetAlias)"
         )
+    warnings += [
+        f"{target} now sends requests to a version that answers differently from routes[0] "
+        f"({_target_words(now.routes[0].target)}): {words}; deploy versions of one signature (Deploy), "
+        "or move the alias back (SetAlias)"
+        for target, _, words in _signature_disagreements(txn, now)
+    ]
     return tuple(warnings)
+
+
+def read_as_current(txn: ReadTxn, deployment: DeploymentRecord) -> DeploymentRecord:
+    """The model's deployment now, resolved, with its warnings."""
+    now = resolved(txn, deployment)
+    return replace(now, warnings=deployment_warnings(txn, now))
 
 
 def warnings_after_move(txn: ReadTxn, model: str, alias: str) -> tuple[str, ...]:
@@ -330,14 +343,7 @@ def warnings_after_move(txn: ReadTxn, model: str, alias: str) -> tuple[str, ...]
     deployment = current_deployment(txn, model)
     if deployment is None or alias not in deployment_aliases(deployment):
         return ()
-    now = resolved(txn, deployment)
-    mixed = [
-        f"{target} now sends requests to a version that answers differently from routes[0] "
-        f"({_target_words(now.routes[0].target)}): {words}; deploy versions of one signature (Deploy), "
-        "or move the alias back (SetAlias)"
-        for target, _, words in _signature_disagreements(txn, now)
-    ]
-    return deployment_warnings(now) + tuple(mixed)
+    return deployment_warnings(txn, resolved(txn, deployment))
 
 
 def _gone_targets(txn: ReadTxn, deployment: DeploymentRecord) -> tuple[list[str], bool]:
@@ -535,7 +541,7 @@ class Deployments:
             # Before the checks: aliases moved since (a promotion) may route the current deployment
             # as they refuse, and sending it again still changes nothing.
             if latest is not None and not latest.undeployed and _same_routing(latest, record):
-                return resolved(txn, latest)
+                return read_as_current(txn, latest)
             _check_targets(txn, record)
             _check_shadow_differs(txn, record)
             _check_routes_differ(txn, record)
@@ -543,7 +549,7 @@ class Deployments:
             txn.put(DEPLOYMENTS, (model, record.revision), encode_deployment(record))
             _touch(txn, fields, record)
             _prune(txn, record, self._history)
-            result = resolved(txn, record)
+            result = read_as_current(txn, record)
         self._notify(model)
         return result
 
@@ -560,16 +566,17 @@ class Deployments:
                     f"model {model!r} has no deployment: revision {latest.revision} rolled it back to none, "
                     "so requests without a version or alias go to its latest version; create one with Deploy"
                 )
-            return resolved(txn, latest)
+            return read_as_current(txn, latest)
 
     def list_deployments(
         self, model: str, page_size_: int = 0, page_token: str = ""
     ) -> Page[DeploymentRecord]:
-        """Deployment history, newest first (undeployed revisions included)."""
+        """Deployment history, newest first (undeployed revisions included); the first page's first
+        revision is the deployment now, and it alone carries warnings of what it routes to."""
         validate_name("model", model)
         with self._store.read() as txn:
             model_data(txn, model)
-            return read_page(
+            page = read_page(
                 txn,
                 DEPLOYMENTS,
                 (model,),
@@ -579,6 +586,9 @@ class Deployments:
                 item=lambda _key, raw: resolved(txn, decode_deployment(raw)),
                 reverse=True,
             )
+            if not page_token and page.items:
+                page.items[0] = replace(page.items[0], warnings=deployment_warnings(txn, page.items[0]))
+            return page
 
     def rollback(
         self, model: str, actor: str = ANONYMOUS, expected_revision: int | None = None
@@ -589,8 +599,9 @@ class Deployments:
         revision. A revision that routes as the current one is passed over. The new revision's predecessor is the restored one's, so repeated rollbacks
         walk the history back to no deployment; one more is FailedPrecondition. With
         `expected_revision`, only if the newest revision is that one. So is one whose
-        restored revision no longer routes as it did: a target gone, or its shadow resolving now
-        to the version every route serves, which Deploy refuses too.
+        restored revision no longer routes as it did: a target gone, its shadow resolving now
+        to the version every route serves, or a target to a version whose signature differs from
+        routes[0]'s, which Deploy refuses too.
         """
         validate_name("model", model)
         _check_expected_argument(expected_revision)
@@ -649,6 +660,15 @@ class Deployments:
                         f"{routes} now, so they would split nothing between them; deploy what should serve "
                         f"now with Deploy{back}"
                     )
+                now = resolved(txn, restored)
+                for target, _, words in _signature_disagreements(txn, now):
+                    # Aliases moved since, or a revision older than the check: Deploy refuses it too.
+                    raise FailedPrecondition(
+                        f"model {model!r} cannot roll back to deployment revision {restored.revision}: its "
+                        f"{target} now sends requests to a version that answers differently from routes[0] "
+                        f"({_target_words(now.routes[0].target)}): {words}; deploy what should serve now "
+                        f"with Deploy{back}"
+                    )
             if restored is None:
                 to = "no deployment"
             elif restored.undeployed:
@@ -669,6 +689,6 @@ class Deployments:
             txn.put(DEPLOYMENTS, (model, record.revision), encode_deployment(record))
             _touch(txn, fields, record)
             _prune(txn, record, self._history)
-            result = resolved(txn, record)
+            result = read_as_current(txn, record)
         self._notify(model)
         return result

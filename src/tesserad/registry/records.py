@@ -167,6 +167,9 @@ class DeploymentRecord:
     rolled_back_from: int = 0
     # The revision a Rollback of this one restores (0: none).
     previous_revision: int = 0
+    # Set where it is read as the model's deployment now: what it routes to that Deploy would
+    # refuse (`deployment_warnings`). Not stored: aliases move after it is written.
+    warnings: tuple[str, ...] = ()
 
     @property
     def undeployed(self) -> bool:
@@ -319,7 +322,9 @@ def _target_from(data: dict[str, Any]) -> Target:
 
 
 def encode_deployment(record: DeploymentRecord) -> bytes:
-    return encode_record(DEPLOYMENT_KIND, SCHEMA, asdict(record))
+    data = asdict(record)
+    del data["warnings"]
+    return encode_record(DEPLOYMENT_KIND, SCHEMA, data)
 
 
 def decode_deployment(raw: bytes) -> DeploymentRecord:

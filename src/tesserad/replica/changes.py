@@ -193,13 +193,20 @@ def serving_version(record: VersionRecord) -> VersionRecord:
     )
 
 
+def _deployment_data(deployment: DeploymentRecord) -> dict[str, Any]:
+    """Its routing, without the warnings read with it, which change with no change to it."""
+    data = asdict(deployment)
+    del data["warnings"]
+    return data
+
+
 def _head(state: ServingState) -> dict[str, Any]:
     deployment = state.deployment
     return {
         "latest_version": state.latest_version,
         "version_count": state.version_count,
         "aliases": state.aliases,
-        "deployment": asdict(deployment) if deployment is not None else None,
+        "deployment": _deployment_data(deployment) if deployment is not None else None,
         "created_at": state.created_at,
     }
 

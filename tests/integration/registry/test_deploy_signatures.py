@@ -125,3 +125,37 @@ def test_a_refusal_names_the_version_a_tensor_is_only_in(stub, versions):
     assert error.details().split(" disagree: ")[1].split("; route to")[0] == (
         "output 'logits': only in version 4; output 'output': only in version 1"
     )
+
+
+MIXED = (
+    "routes[1] (alias 'canary') now sends requests to a version that answers differently from "
+    f"routes[0] (version 1): {DISAGREE}; deploy versions of one signature (Deploy), or move the "
+    "alias back (SetAlias)"
+)
+
+
+def test_a_deployment_whose_alias_moved_to_another_signature_warns_as_it_is_read(stub, versions):
+    stub.SetAlias(R.SetAliasRequest(model="m", alias="canary", version=3))
+    routes = [R.Route(version=1, weight=90), R.Route(alias="canary", weight=10)]
+    stub.Deploy(R.DeployRequest(model="m", routes=routes))
+    stub.SetAlias(R.SetAliasRequest(model="m", alias="canary", version=2))
+    assert list(stub.GetDeployment(R.GetDeploymentRequest(model="m")).warnings) == [MIXED]
+    history = stub.ListDeployments(R.ListDeploymentsRequest(model="m")).deployments
+    assert [list(d.warnings) for d in history] == [[MIXED]]
+
+
+def test_a_rollback_to_a_revision_that_now_mixes_signatures_is_refused(stub, versions):
+    stub.SetAlias(R.SetAliasRequest(model="m", alias="canary", version=3))
+    canary = [R.Route(version=1, weight=90), R.Route(alias="canary", weight=10)]
+    stub.Deploy(R.DeployRequest(model="m", routes=canary))
+    stub.Deploy(R.DeployRequest(model="m", routes=[R.Route(version=1, weight=100)]))
+    stub.SetAlias(R.SetAliasRequest(model="m", alias="canary", version=2))
+    error = rpc_error(stub.Rollback, R.RollbackRequest(model="m"))
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "model 'm' cannot roll back to deployment revision 1: its routes[1] (alias 'canary') now sends "
+        f"requests to a version that answers differently from routes[0] (version 1): {DISAGREE}; deploy "
+        "what should serve now with Deploy, or move alias 'canary' back with SetAlias",
+    )
+    history = stub.ListDeployments(R.ListDeploymentsRequest(model="m")).deployments
+    assert [d.revision for d in history] == [2, 1]
