@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from tessera.cli.inputs import load_inputs
 from tessera.cli.output import Output, shape, size, transfer_progress, when
 from tessera.client import Client
 from tessera.ensembles import fit_stacking, member_pair
+from tessera.errors import TesseraError
 from tessera.json_output import dumps, to_plain
 from tessera.messages import counted, is_digits, load_toml
 from tessera.models import FORMAT_BY_SUFFIX
@@ -142,13 +144,20 @@ def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -
     )
 
 
+# The newest versions a push looks through for its own bytes: a note, not worth listing a model
+# of thousands of versions after every push.
+SAME_BYTES_SCAN = 200
+
+
 def same_bytes(client: Client, version: registry_pb2.ModelVersion) -> list[int]:
-    """The model's other versions whose artifact is `version`'s, by sha256, oldest first."""
-    return sorted(
-        v.version
-        for v in client.models.versions(version.model)
-        if v.sha256 == version.sha256 and v.version != version.version
-    )
+    """The model's other versions among its newest `SAME_BYTES_SCAN` whose artifact is
+    `version`'s, by sha256, oldest first; none where they cannot be listed (the push is made, and a
+    retry would register it again)."""
+    try:
+        newest = list(islice(client.models.versions(version.model, page_size=100), SAME_BYTES_SCAN))
+    except TesseraError:
+        return []
+    return sorted(v.version for v in newest if v.sha256 == version.sha256 and v.version != version.version)
 
 
 def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -190,15 +199,16 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
         out.line(
             f"registered {version.model} v{version.version} ({byte_size(version.size_bytes)}, sha256 {version.sha256[:12]})"
         )
+        if version.HasField("alias_moved"):
+            print_alias_moved(out, version.alias_moved)
+    warn(version.alias_moved.deployment_warnings)
+    if not out.as_json:
         same = same_bytes(client, version)
         if same:
             out.line(
                 f"  the same bytes as {', '.join(f'v{n}' for n in same)} (sha256 equal): a version of its own "
                 f"all the same; delete it with `tessera models rm {version.model} {version.version}` if it was not meant"
             )
-        if version.HasField("alias_moved"):
-            print_alias_moved(out, version.alias_moved)
-    warn(version.alias_moved.deployment_warnings)
 
 
 def cmd_models_ensemble(client: Client, args: argparse.Namespace, out: Output) -> None:
