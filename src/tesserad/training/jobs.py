@@ -637,13 +637,14 @@ class Jobs:
             # Until the queued event below is committed, the job is this thread's alone: the
             # scheduler wakes up only then.
             ahead = queue_position([*self._queue.values(), self._queued(job)], job_id)
-        self._set_state(
+        submitted = self._set_state(
             job, "queued", f"queued behind {ahead} job{'s' if ahead != 1 else ''}" if ahead else "queued"
         )
         with self._lock:
             self._queue[job_id] = self._queued(job)
             self._wake.notify_all()
-        return self.get(job_id)
+        # The job as submitted, not read back: the scheduler may have started it already.
+        return submitted
 
     def refuse_deleted_experiment(self, txn: ReadTxn, name: str) -> None:
         """FailedPrecondition if the experiment is deleted: a job's submit into it is refused."""

@@ -178,6 +178,37 @@ def test_a_watch_of_a_job_stored_but_not_yet_returned_by_its_submit_sees_it_queu
     assert (event.seq, event.state.state) == (1, S.JOB_STATE_QUEUED)
 
 
+def test_submit_job_answers_the_job_as_submitted_though_the_scheduler_starts_it_first(
+    training_daemon: InProcessDaemon, training: training_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SubmitJob read its answer back after waking the scheduler: on a loaded machine the job had
+    # started by then and the answer said RUNNING (`jobs submit` printed it so).
+    jobs = training_daemon.daemon.training
+    real_submit, real_get = jobs.submit, jobs.get
+    submitting = threading.local()
+
+    def submit_marked(*args: Any, **kwargs: Any) -> Any:
+        submitting.now = True
+        try:
+            return real_submit(*args, **kwargs)
+        finally:
+            submitting.now = False
+
+    def get_once_started(job_id: str) -> Any:
+        # In the submit's thread, the scheduler wins the race: the job starts before this reads it.
+        while getattr(submitting, "now", False) and real_get(job_id).state == "queued":
+            time.sleep(0.02)
+        return real_get(job_id)
+
+    monkeypatch.setattr(jobs, "submit", submit_marked)
+    monkeypatch.setattr(jobs, "get", get_once_started)
+    job = submit(training, job_spec("mlp", experiment="started-before-answered"))
+    monkeypatch.undo()
+    events = follow(training, job.job_id)
+    assert job.state == S.JOB_STATE_QUEUED and job.last_seq == 1
+    assert states(events)[:2] == [S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING]
+
+
 def test_get_job_says_why_early_stopping_ended_a_job(
     training_daemon: InProcessDaemon, training: training_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -196,6 +196,9 @@ class TrainingServicer:
 
     def SubmitJob(self, request, context):
         """Jobs.
+        Answers the job as submitted: QUEUED, though the scheduler may have started it by the
+        time the answer arrives (WatchJob follows it from there). A repeat (request_id) answers
+        the job as it is now.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -34,7 +34,11 @@ class TrainingStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TrainingAsyncStub: ...
     SubmitJob: _grpc.UnaryUnaryMultiCallable[_training_pb2.SubmitJobRequest, _training_pb2.Job]
-    """Jobs."""
+    """Jobs.
+    Answers the job as submitted: QUEUED, though the scheduler may have started it by the
+    time the answer arrives (WatchJob follows it from there). A repeat (request_id) answers
+    the job as it is now.
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_training_pb2.GetJobRequest, _training_pb2.Job]
     ListJobs: _grpc.UnaryUnaryMultiCallable[_training_pb2.ListJobsRequest, _training_pb2.ListJobsResponse]
     """Newest first."""
@@ -150,7 +154,11 @@ class TrainingStub:
 class TrainingAsyncStub(TrainingStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitJob: _aio.UnaryUnaryMultiCallable[_training_pb2.SubmitJobRequest, _training_pb2.Job]  # type: ignore[assignment]
-    """Jobs."""
+    """Jobs.
+    Answers the job as submitted: QUEUED, though the scheduler may have started it by the
+    time the answer arrives (WatchJob follows it from there). A repeat (request_id) answers
+    the job as it is now.
+    """
     GetJob: _aio.UnaryUnaryMultiCallable[_training_pb2.GetJobRequest, _training_pb2.Job]  # type: ignore[assignment]
     ListJobs: _aio.UnaryUnaryMultiCallable[_training_pb2.ListJobsRequest, _training_pb2.ListJobsResponse]  # type: ignore[assignment]
     """Newest first."""
@@ -269,7 +277,11 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         request: _training_pb2.SubmitJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_training_pb2.Job, _abc.Awaitable[_training_pb2.Job]]:
-        """Jobs."""
+        """Jobs.
+        Answers the job as submitted: QUEUED, though the scheduler may have started it by the
+        time the answer arrives (WatchJob follows it from there). A repeat (request_id) answers
+        the job as it is now.
+        """
 
     @_abc_1.abstractmethod
     def GetJob(
