@@ -195,6 +195,44 @@ def test_a_terminated_backup_leaves_no_partial_file(spawn_daemon, tmp_path):
     assert list(out.iterdir()) == []
 
 
+# The CLI run with SIGTERM sent to itself at the instant the backup's partial file exists and
+# before anything holds it: as its creation (the "open" of its name) is followed by the "open"
+# that wraps its descriptor in a file object, a loaded machine's scheduler can land the signal
+# there too.
+CLI_TERMINATED_AS_THE_PARTIAL_IS_MADE = """\
+import os, signal, sys
+made = []
+def hook(event, args):
+    if event != "open":
+        return
+    if isinstance(args[0], str) and args[0].endswith(".partial"):
+        made.append(args[0])
+    elif isinstance(args[0], int) and len(made) == 1:
+        made.append(args[0])
+        os.kill(os.getpid(), signal.SIGTERM)
+sys.addaudithook(hook)
+from tessera.entry import main
+raise SystemExit(main())
+"""
+
+
+def test_a_backup_terminated_as_its_partial_file_is_made_leaves_none(daemon, tmp_path):
+    """A SIGTERM landing between the partial file's creation and the code that removes it on
+    the way out left it behind."""
+    out = tmp_path / "out"
+    out.mkdir()
+    command = ["--target", daemon.target, "admin", "backup", "-o", str(out / "b.tar")]
+    backup = subprocess.run(
+        [sys.executable, "-c", CLI_TERMINATED_AS_THE_PARTIAL_IS_MADE, *command],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert backup.returncode == EXIT_TERMINATED, backup.stderr
+    assert backup.stderr == b"tessera: terminated\n"
+    assert list(out.iterdir()) == []
+
+
 # Hours of training: a job still running while it is watched, cancelled at the end.
 LONG_JOB_SPEC = """\
 experiment = "ctrl-c"

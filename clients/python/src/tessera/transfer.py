@@ -67,14 +67,36 @@ def new_partial(path: Path, mode: int = 0o666) -> tuple[Path, BinaryIO]:
             errno.EISDIR, f"{path} is a directory; name the file to write in it", str(path)
         )
     partial = path.with_name(f".{path.name[:32]}.{secrets.token_hex(4)}.partial")
+    # Noted before it exists: a signal can land between its creation and the caller's code that
+    # removes it, and `remove_unfinished` then still finds it.
+    _unfinished.add(partial)
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileNotFoundError:
+        _unfinished.discard(partial)
         # Named for the file asked for, not the temp file the user never named.
         raise FileNotFoundError(
             errno.ENOENT, f"no directory {path.parent} to write it in; create it first", str(path)
         ) from None
+    except OSError:
+        # Not made (a name already there, planted or not, is another's to keep).
+        _unfinished.discard(partial)
+        raise
     return partial, os.fdopen(fd, "wb")
+
+
+# The temp files `new_partial` made (or was making) that are neither in place nor removed yet.
+_unfinished: set[Path] = set()
+
+
+def remove_unfinished() -> None:
+    """Remove every temp file `new_partial` made that is neither in place nor removed yet: for a
+    process ending at once on a signal (the CLI), which may have landed before any code held it.
+    One that cannot be removed is left: the process is ending, and the others still go."""
+    for partial in list(_unfinished):
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        _unfinished.discard(partial)
 
 
 def bytes_chunks(data: bytes, chunk_size: int, progress: Progress | None) -> Iterator[bytes]:
@@ -186,6 +208,8 @@ class PartialFile:
         except BaseException:
             self.temp.unlink(missing_ok=True)
             raise
+        finally:
+            _unfinished.discard(self.temp)
 
     def discard(self) -> None:
         # A write that failed (a full disk) leaves bytes in the file's buffer, whose flush fails
@@ -193,6 +217,7 @@ class PartialFile:
         with contextlib.suppress(OSError):
             self._file.close()
         self.temp.unlink(missing_ok=True)
+        _unfinished.discard(self.temp)
 
 
 def _sync_dir(directory: Path) -> None:

@@ -29,6 +29,7 @@ from tessera.entry import EXIT_INTERRUPTED, EXIT_TERMINATED
 from tessera.errors import DeadlineExceeded, JobFailed, TesseraError
 from tessera.rpc_commands import in_cli_words
 from tessera.sweep_commands import cmd_sweep, cmd_sweeps_show
+from tessera.transfer import remove_unfinished
 from tessera.transport import DEFAULT_TIMEOUT_S, MODEL_CALL_TIMEOUT_S, TLS, UNLOAD_TIMEOUT_S
 
 # Commands whose slow call the SDK (or the command) gives at least these seconds, whatever
@@ -227,8 +228,10 @@ def _handle(client: Client, args: argparse.Namespace, out: Output, signals: _Sig
         if not signals.caught:
             # Raised by no signal (by a caller of main() in-process): no call was cut short.
             raise
-        # The file being written was removed on the way here. Exit at once: closing the channel
-        # can wait forever on a call the signal cut short, so the process would never end.
+        # The file being written was removed on the way here, unless the signal landed right
+        # after its creation, before the code that removes it: it goes now. Exit at once:
+        # closing the channel can wait forever on a call the signal cut short.
+        remove_unfinished()
         status, message = _stopped_by(err)
         _fail(status, message)
         with contextlib.suppress(OSError, ValueError):
