@@ -869,7 +869,7 @@ class Tracking:
             gone = bool(experiment) and self._experiment(txn, experiment).deleted_at is not None
             # Keys are checked on a first page only. A deleted experiment's runs went with it,
             # which the client says with how to restore it: no key is doubted there.
-            check_keys = not token and not (gone and view == "active")
+            check_keys = not token and not (gone and view == "active") and bool(order or filters or params)
             names: list[str] = []
             if check_keys:
                 names = [experiment] if experiment else [str(key[0]) for key, _ in txn.scan("experiments")]
