@@ -173,7 +173,7 @@ class Sweep:
     seed: int | None = 0  # None: a grid sweep given none, as it draws nothing
     pbt: PbtSettings | None = None
     brackets: list[int] = field(default_factory=list)  # Hyperband: trials per bracket in a round
-    error: str = ""  # why it stopped starting trials before its search was done (it ends failed)
+    error: str = ""  # why it failed: it stopped starting trials, or no trial succeeded
     # Results no trial holds: stored before results were keyed by trial ("#i"), in `rungs`' shape.
     unowned_rungs: dict[str, Any] = field(default_factory=dict)
     # False for a sweep stored while a 0 in the fields of ZERO_MEANT_DEFAULT meant their default.
@@ -367,14 +367,21 @@ def split_rungs(pruner: str, rungs: dict[str, Any], trials: list[Trial]) -> dict
 
 def ended_state(sweep: Sweep) -> tuple[str, str]:
     """The state and error of a sweep whose trials have all ended: succeeded when a trial
-    succeeded unpruned (the trials best_trial ranks), cancelled when each was cancelled (not
-    pruned), as a sweep cancelled whole is; otherwise failed, saying how its trials ended. None
-    succeeding is no ASHA outcome alone (the first trial at a rung goes on): the trials that
-    passed the rungs failed or were cancelled."""
+    succeeded unpruned with the metric (the trials best_trial ranks), cancelled when each was
+    cancelled (not pruned), as a sweep cancelled whole is; otherwise failed, saying how its
+    trials ended. None succeeding is no ASHA outcome alone (the first trial at a rung goes on):
+    the trials that passed the rungs failed or were cancelled."""
     if sweep.error:
         return "failed", sweep.error
-    if any(t.state == "succeeded" and not t.pruned for t in sweep.trials):
+    succeeded = [t for t in sweep.trials if t.state == "succeeded" and not t.pruned]
+    if any(t.has_metric for t in succeeded):
         return "succeeded", ""
+    if succeeded:
+        # No best to pick: the metric is likely misspelt for what the trials log.
+        return "failed", (
+            f"no trial reported metric {sweep.metric!r}: {len(succeeded)} succeeded without it; "
+            "sweep again on a metric the trials' runs log"
+        )
     if all(t.state == "cancelled" and not t.pruned for t in sweep.trials):
         return "cancelled", ""
     ends = Counter("pruned" if t.pruned else t.state for t in sweep.trials)

@@ -1,4 +1,4 @@
-"""`tessera sweeps show`: why a trial could not start, and why a sweep stopped starting trials."""
+"""`tessera sweeps show`: why a trial could not start, and why a sweep failed."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_a_sweep_that_stopped_starting_trials_says_why_in_its_table_and_its_fail
         trials=[S.SweepTrial(number=0, job_id="job-1", state=S.JOB_STATE_SUCCEEDED)],
         error="could not draw trial 1: boom",
     )
-    assert "the sweep stopped starting trials: could not draw trial 1: boom" in shown(sweep)
+    assert "the sweep failed: could not draw trial 1: boom" in shown(sweep)
     with pytest.raises(JobFailed, match="sweep sweep-1 ended failed: could not draw trial 1: boom"):
         finish(sweep)
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tesserad.training.sweeps import Trial, best_trial
+from tesserad.training.sweeps import AshaSettings, Sweep, Trial, best_trial, ended_state
 
 
-def _trial(number: int, state: str, metric: float, pruned: bool = False) -> Trial:
+def _trial(number: int, state: str, metric: float, pruned: bool = False, has_metric: bool = True) -> Trial:
     return Trial(
         params={},
         raw={},
@@ -13,7 +13,7 @@ def _trial(number: int, state: str, metric: float, pruned: bool = False) -> Tria
         job_id=f"job-{number}",
         state=state,
         metric=metric,
-        has_metric=True,
+        has_metric=has_metric,
         pruned=pruned,
         number=number,
     )
@@ -37,4 +37,33 @@ def test_a_pruned_failed_or_running_trial_is_never_the_best() -> None:
 def test_without_a_succeeded_trial_there_is_no_best() -> None:
     assert (
         best_trial("min", [_trial(0, "cancelled", 0.1, pruned=True), _trial(1, "failed", 0.2), None]) is None
+    )
+
+
+def _ended(*trials: Trial) -> tuple[str, str]:
+    sweep = Sweep(
+        sweep_id="sweep-1",
+        strategy="grid",
+        metric="val_acc",
+        mode="max",
+        max_concurrent=1,
+        asha=AshaSettings(min_epochs=1, reduction_factor=3),
+        document={},
+        state="running",
+        created_at=0.0,
+        created_by="",
+        best_job_id="",
+        rungs={},
+        trials=list(trials),
+    )
+    return ended_state(sweep)
+
+
+def test_a_sweep_ends_succeeded_only_with_a_best_trial_to_show() -> None:
+    assert _ended(_trial(0, "succeeded", 0.5), _trial(1, "failed", 0.9)) == ("succeeded", "")
+    # Trials that succeeded without the metric leave no best: the metric is likely misspelt.
+    assert _ended(_trial(0, "succeeded", 0.0, has_metric=False), _trial(1, "failed", 0.9)) == (
+        "failed",
+        "no trial reported metric 'val_acc': 1 succeeded without it; sweep again on a metric the "
+        "trials' runs log",
     )

@@ -139,10 +139,10 @@ _ENDED = {S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED}
 
 
 def problems(sweep: training_pb2.Sweep) -> list[str]:
-    """Why trials could not start, and why the sweep stopped starting them, in words."""
+    """Why trials could not start, and why the sweep failed, in words."""
     lines = [f"trial {t.number} failed to start: {t.error}" for t in sweep.trials if t.error]
     if sweep.error:
-        lines.append(f"the sweep stopped starting trials: {sweep.error}")
+        lines.append(f"the sweep failed: {sweep.error}")
     return lines
 
 

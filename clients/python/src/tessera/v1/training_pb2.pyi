@@ -2870,7 +2870,9 @@ class Sweep(_message.Message):
     trial's metric is its rung's, a failed or running one's an epoch's on the way. Empty until one succeeds.
     """
     error: _builtins.str
-    """Why the sweep stopped starting trials before its search was done (it then ends FAILED); empty otherwise."""
+    """Why the sweep ended FAILED: it stopped starting trials before its search was done, or no trial
+    succeeded with the metric; empty otherwise.
+    """
     @_builtins.property
     def spec(self) -> Global___SweepSpec: ...
     @_builtins.property
