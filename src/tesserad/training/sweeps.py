@@ -176,7 +176,9 @@ class Sweep:
     error: str = ""  # why it failed: it stopped starting trials, or no trial succeeded
     # Results no trial holds: stored before results were keyed by trial ("#i"), in `rungs`' shape.
     unowned_rungs: dict[str, Any] = field(default_factory=dict)
-    # False for a sweep stored while a 0 in the fields of ZERO_MEANT_DEFAULT meant their default.
+    # False for a sweep stored while a 0 in the fields of ZERO_MEANT_DEFAULT meant their default:
+    # its base and trials are read as today's specs (`_read_as_today`), each trial drawn from its
+    # parameters, whose values stay as given, too.
     zero_is_a_value: bool = False
 
     @property
@@ -448,16 +450,6 @@ def trial_spec(base: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
     return spec
 
 
-def _without_early_stopping_0(raw: dict[str, Any]) -> dict[str, Any]:
-    """`raw` without an early_stopping section of patience 0, which SubmitJob and SubmitSweep
-    refuse: a sweep stored before they did (when 0 meant off) holds it in its base or values, and
-    its trials start with early stopping off, as then, rather than each refused."""
-    section = raw.get("early_stopping")
-    if section is None or section.get("patience", 0) != 0:
-        return raw
-    return {k: v for k, v in raw.items() if k != "early_stopping"}
-
-
 # The spec fields whose 0 meant their default before they were proto3 optional (a 0 set now is
 # a value, refused where out of range).
 ZERO_MEANT_DEFAULT = (
@@ -477,21 +469,30 @@ ZERO_MEANT_DEFAULT = (
     "checkpoints.keep_last",
     "devices.cpu_processes",
 )
+# A 0 in a plain spec, or in its stored form (where a whole number of 64 bits is text).
+_ZERO = (0, "0")
 
 
-def _without_zero_meaning_default(raw: dict[str, Any]) -> dict[str, Any]:
-    """`raw` without a 0 in the fields of ZERO_MEANT_DEFAULT, for a sweep stored when such a 0
-    meant the default: its trials train with the default, as then, rather than each refused (or
-    trained with beta1 0)."""
-    spec = copy.deepcopy(raw)
+def _read_as_today(spec: dict[str, Any], drawn: Iterable[str] = ()) -> None:
+    """Drop from `spec` (plain or stored form), in place, what an older sweep stored in the sense
+    it had then: a 0 in the fields of ZERO_MEANT_DEFAULT, which meant their default, and an
+    early_stopping section of patience 0, which meant off (SubmitJob and SubmitSweep now refuse
+    it), unless a parameter (by its path in `drawn`) sets a field of it: each trial's drawn value
+    decides then. Its trials so train as they did, rather than each refused (or with beta1 0)."""
     for path in ZERO_MEANT_DEFAULT:
         *parents, leaf = path.split(".")
         section: Any = spec
         for part in parents:
             section = section.get(part) if isinstance(section, dict) else None
-        if isinstance(section, dict) and leaf in section and section[leaf] == 0:
+        if isinstance(section, dict) and section.get(leaf) in _ZERO:
             del section[leaf]
-    return spec
+    stopping = spec.get("early_stopping")
+    if (
+        isinstance(stopping, dict)
+        and stopping.get("patience", 0) in _ZERO
+        and not any(path.startswith("early_stopping.") for path in drawn)
+    ):
+        del spec["early_stopping"]
 
 
 def _check_path(path: str) -> None:
@@ -1320,6 +1321,10 @@ class Sweeps:
 
     def _new_trial(self, sweep: Sweep, point: dict[str, str], **fields: Any) -> Trial:
         raw = trial_spec(sweep.base, point)
+        if not sweep.zero_is_a_value:
+            # Its values are drawn from a space stored in the older sense (a 0 in one may mean
+            # the default): the trial is built in today's, as decode_sweep reads the stored ones.
+            _read_as_today(raw)
         number = len(sweep.trials)
         bracket = hyperband_bracket(number, sweep.brackets) if sweep.brackets else 0
         return Trial(point, raw, self._document_of(raw), number=number, bracket=bracket, **fields)
@@ -1332,14 +1337,10 @@ class Sweeps:
             trial.job_id = orphan.job_id
             self._settle(sweep, trial, self._jobs.get(orphan.job_id))
             return
-        raw, document = _without_early_stopping_0(trial.raw), trial.document
-        if not sweep.zero_is_a_value:
-            raw = _without_zero_meaning_default(raw)
-            document = self._document_of(raw)
         try:
             job = self._jobs.submit(
-                {**raw, "run_name": name},
-                document,
+                {**trial.raw, "run_name": name},
+                trial.document,
                 sweep.created_by,
                 sweep_id=sweep.sweep_id,
                 start_weights=trial.start_checkpoint,
@@ -1462,13 +1463,26 @@ def read_sweep(txn: ReadTxn, sweep_id: str, raw: bytes) -> Sweep:
 
 def decode_sweep(raw: bytes, trial_rows: builtins.list[bytes]) -> Sweep:
     """The sweep stored as `raw`, its trials from `trial_rows` (by number); a record of schema 1
-    holds its trials itself, one of schema 1 or 2 all rung results."""
+    holds its trials itself, one of schema 1 or 2 all rung results. Its specs are read as today's
+    (`_read_as_today`): once per read, not as each trial starts; the stored bytes are left as they
+    are, and a row holds today's form once its trial is written again."""
     schema, data = decode_record(raw, KIND, SCHEMA)
     stored_trials = (
         data["trials"]
         if schema == 1
         else [decode_record(row, TRIAL_KIND, TRIAL_SCHEMA)[1] for row in trial_rows]
     )
+    zero_is_a_value = data.get("zero_is_a_value", False)
+    base = data.get("base", {})
+    parameters = [
+        SweepParameter(**{**p, "when_values": tuple(p.get("when_values", ()))})
+        for p in data.get("parameters", [])
+    ]
+    if not zero_is_a_value:
+        _read_as_today(base, drawn=[p.path for p in parameters])
+        for stored in stored_trials:
+            _read_as_today(stored["raw"])
+            _read_as_today(stored["document"])
     pbt = data.get("pbt")
     # Records written before trials were numbered: their place in the list.
     trials = [Trial(**{"number": i, **t}) for i, t in enumerate(stored_trials)]
@@ -1491,11 +1505,8 @@ def decode_sweep(raw: bytes, trial_rows: builtins.list[bytes]) -> Sweep:
         rungs=built_rungs(pruner, unowned, trials),
         trials=trials,
         pruner=pruner,
-        base=data.get("base", {}),
-        parameters=[
-            SweepParameter(**{**p, "when_values": tuple(p.get("when_values", ()))})
-            for p in data.get("parameters", [])
-        ],
+        base=base,
+        parameters=parameters,
         max_trials=data.get("max_trials", 0),
         # None for a grid given none (see encode_sweep), 0 for a search stored before seeds were.
         seed=data.get("seed", None if data["strategy"] == "grid" else 0),
@@ -1503,5 +1514,5 @@ def decode_sweep(raw: bytes, trial_rows: builtins.list[bytes]) -> Sweep:
         brackets=data.get("brackets", []),
         error=data.get("error", ""),
         unowned_rungs=unowned,
-        zero_is_a_value=data.get("zero_is_a_value", False),
+        zero_is_a_value=zero_is_a_value,
     )

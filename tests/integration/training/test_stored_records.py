@@ -344,6 +344,25 @@ def test_a_sweep_stored_with_a_0_meaning_a_default_starts_its_trials_with_the_de
         # Trained as the defaults, and its spec says so: the 0s are left out, not set.
         assert not job.spec.HasField("batch_size") and not job.spec.optimizer.HasField("beta1")
 
+    # Each trial's row holds the spec its job was submitted with, not the 0s its values set: a
+    # trial drawn for the sweep is built in today's form, and its start submits it as held.
+    # The sweep's own space keeps its values as stored, read as it was when the trials are drawn.
+    store = Store.open(data_dir / "store", map_size=1 << 30, tables=STORE_TABLES)
+    try:
+        with store.read() as txn:
+            record = json.loads(txn.get("sweeps", (sweep.sweep_id,)) or b"{}")["data"]
+            rows = [json.loads(row)["data"] for _, row in txn.scan("sweep_trials", (sweep.sweep_id,))]
+    finally:
+        store.close()
+    assert [(row["raw"].get("batch_size"), row["document"].get("batch_size")) for row in rows] == [
+        (None, None)
+    ] * 2
+    assert [
+        ("beta1" in row["raw"]["optimizer"], "beta1" in row["document"]["optimizer"]) for row in rows
+    ] == [(False, False)] * 2
+    assert [row["params"]["batch_size"] for row in rows] == ["0", "0"]
+    assert (record["parameters"][2]["values"], record["zero_is_a_value"]) == (["0"], False)
+
 
 def test_a_sweep_submitted_now_trains_a_0_it_draws_as_a_value(tmp_path: Path) -> None:
     # Only a sweep stored before a 0 was a value has its 0s dropped: adam's beta1 0 is in range.
