@@ -319,15 +319,20 @@ def submit_failures_in_a_row(trials: list[Trial]) -> int:
 
 def cancel_failures(sweep: Sweep, failures: list[tuple[str, TesseraError]]) -> TesseraError | None:
     """The error of a sweep cancel whose trials' jobs in `failures` (job id, why) could not be
-    cancelled: of the first failure's kind, naming each trial, and saying what goes on now."""
+    cancelled: of the first failure's kind, saying what goes on now, then each trial on a line of
+    its own, as a spec's problems are: a client puts the fix that ends each line in its words
+    (the CLI its commands), which one line joining them all kept to the last trial's."""
     if not failures:
         return None
     number = {t.job_id: t.number for t in sweep.trials}
-    each = "; ".join(f"trial {number[job_id]} (job {job_id}): {exc.message}" for job_id, exc in failures)
+    each = "".join(f"\n  trial {number[job_id]} (job {job_id}): {exc.message}" for job_id, exc in failures)
+    runs_on, them = (
+        ("runs on until it ends", "it") if len(failures) == 1 else ("run on until they end", "them")
+    )
     return type(failures[0][1])(
         f"sweep {sweep.sweep_id} is cancelled and its other trials' jobs were cancelled, but "
-        f"{len(failures)} could not be: {each}. They run on until they end; cancel them with "
-        "CancelJob, or restart tesserad, which cancels them at its start"
+        f"{len(failures)} could not be and {runs_on}; cancel {them} with CancelJob, or restart "
+        f"tesserad, which cancels {them} at its start:{each}"
     )
 
 

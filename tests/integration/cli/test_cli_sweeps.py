@@ -15,6 +15,8 @@ import tessera.sweep_commands
 from tessera.cli import EXIT_DAEMON, main
 from tessera.messages import load_toml
 from tessera.v1 import training_pb2, training_pb2_grpc
+from tesserad.errors import NotFound, ResourceExhausted
+from tesserad.training.jobs import Jobs
 from tests.integration.training.conftest import upload_standard_datasets
 
 SPEC = """\
@@ -202,3 +204,46 @@ def test_a_sweeps_values_may_be_numbers(tessera_cli, table_dataset, tmp_path):
     sweep = shown.json()
     assert [t["params"]["optimizer.lr"] for t in sweep["trials"]] == ["0.001", "0.01", "0.05"]
     tessera_cli("sweeps", "cancel", sweep["sweep_id"])
+
+
+def test_a_sweep_cancel_names_each_trial_it_could_not_cancel_on_a_line_of_its_own(
+    tessera_cli, table_dataset, tmp_path, monkeypatch
+):
+    # The trials were joined by "; " on one line, of which the CLI puts the fix that ends it in
+    # its words: an earlier trial's fix ("ListJobs lists them") stayed in the API's.
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(
+        SPEC.split("[[parameters]]")[0]
+        .replace('strategy = "tpe"', 'strategy = "grid"')
+        .replace('pruner = "asha"\n', "")
+        .replace("[asha]\nmin_epochs = 1\nreduction_factor = 2\n", "")
+        .replace("max_concurrent = 2", "max_concurrent = 4")
+        .replace("epochs = 2", "epochs = 0\nmax_steps = 1000000")
+        + '[[parameters]]\npath = "seed"\nvalues = { values = [1, 2, 3, 4] }\n'
+    )
+    submitted = tessera_cli("--json", "sweep", str(spec))
+    assert submitted.code == 0, submitted.err
+    sweep = submitted.json()
+    full, gone = (t["job_id"] for t in sweep["trials"][1:3])
+    accept = Jobs._accept_cancel
+
+    def failing_accept(self, job_id):
+        if job_id == full:
+            raise ResourceExhausted("the store is full")
+        if job_id == gone:  # as Jobs.get says it of a job it has no record of
+            raise NotFound(f"job {job_id!r} does not exist; ListJobs lists them")
+        return accept(self, job_id)
+
+    monkeypatch.setattr(Jobs, "_accept_cancel", failing_accept)
+    cancelled = tessera_cli("sweeps", "cancel", sweep["sweep_id"])
+    monkeypatch.undo()
+    for job_id in (full, gone):
+        tessera_cli("jobs", "cancel", job_id)
+    assert cancelled.code == EXIT_DAEMON
+    assert cancelled.err == (
+        f"tessera: RESOURCE_EXHAUSTED: sweep {sweep['sweep_id']} is cancelled and its other trials' "
+        "jobs were cancelled, but 2 could not be and run on until they end; cancel them with "
+        "`tessera jobs cancel JOB_ID`, or restart tesserad, which cancels them at its start:\n"
+        f"  trial 1 (job {full}): the store is full\n"
+        f"  trial 2 (job {gone}): job '{gone}' does not exist; `tessera jobs ls` lists them\n"
+    )

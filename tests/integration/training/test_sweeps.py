@@ -1302,8 +1302,8 @@ def test_a_trial_whose_job_cannot_be_cancelled_does_not_stop_the_sweep_cancel(
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert info.value.details() == (
         f"sweep {sweep.sweep_id} is cancelled and its other trials' jobs were cancelled, but 1 could "
-        f"not be: trial 2 (job {stuck}): the store is full. They run on until they end; cancel them "
-        "with CancelJob, or restart tesserad, which cancels them at its start"
+        "not be and runs on until it ends; cancel it with CancelJob, or restart tesserad, which "
+        f"cancels it at its start:\n  trial 2 (job {stuck}): the store is full"
     )
     shown = training.GetSweep(S.GetSweepRequest(sweep_id=sweep.sweep_id))
     assert shown.state == S.SWEEP_STATE_CANCELLED
