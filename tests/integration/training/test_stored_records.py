@@ -264,6 +264,17 @@ def test_a_sweep_stored_with_early_stopping_patience_0_starts_its_trials_with_it
         ended = wait_sweep(training, sweep.sweep_id, timeout_s=120)
         assert [(t.state, t.error) for t in ended.trials] == [(S.JOB_STATE_SUCCEEDED, "")] * 3
         assert ended.state == S.SWEEP_STATE_SUCCEEDED
+        # A trial that drew patience 0 trained with early stopping off, and its job's spec says so
+        # (it showed the base's section); one that drew 2 keeps that section's metric.
+        drawn = [t.params["early_stopping.patience"] for t in ended.trials]
+        jobs = [training.GetJob(S.GetJobRequest(job_id=t.job_id)) for t in ended.trials]
+        stopping = [
+            (job.spec.early_stopping.metric, job.spec.early_stopping.patience)
+            if job.spec.HasField("early_stopping")
+            else None
+            for job in jobs
+        ]
+        assert "0" in drawn and stopping == [None if p == "0" else ("val_loss", 2) for p in drawn]
     finally:
         daemon.stop()
 
