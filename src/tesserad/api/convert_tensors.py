@@ -95,10 +95,38 @@ def parameters_of(
 # These run on every request: messages are only formatted for the error.
 
 
+# numpy 2's NPY_MAXDIMS: it makes no array of more dimensions (a ValueError, an internal error).
+MAX_DIMS = 64
+
+
+def too_many_dims(shape: Sequence[int], where: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{where} has {len(shape)} dimensions; an array has at most {MAX_DIMS}: send the shape its data has"
+    )
+
+
 def _shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
+    if len(shape) > MAX_DIMS:
+        raise too_many_dims(shape, f"input {name!r}")
     if min(shape, default=0) < 0:
         raise InvalidArgument(f"input {name!r} has shape {list(shape)}; dimensions cannot be negative")
     return tuple(shape)
+
+
+# The most bytes numpy lets an array's dimensions span, even an array with a dimension of 0.
+_MAX_ARRAY_BYTES = np.iinfo(np.intp).max
+
+
+def refuse_unmakeable_empty(shape: Sequence[int], dtype: np.dtype, where: str, dtype_name: str) -> None:
+    """For a `shape` of no elements: InvalidArgument when its other dimensions span more bytes
+    than numpy makes an array of (its ValueError would be an internal error)."""
+    spanned = math.prod(d for d in shape if d) * dtype.itemsize
+    if spanned > _MAX_ARRAY_BYTES:
+        raise InvalidArgument(
+            f"{where} has shape {list(shape)}: its dimensions other than 0 multiply to {spanned} bytes of "
+            f"{dtype_name}, more than an array can span ({_MAX_ARRAY_BYTES} bytes), though it holds no "
+            "values; send the shape its data has"
+        )
 
 
 def array_from_bytes(
@@ -112,6 +140,8 @@ def array_from_bytes(
             f"input {name!r} has {len(data)} bytes of data, but shape {list(shape)} of {dtype_name} "
             f"needs {expected} ({dtype.itemsize} bytes per element, little-endian)"
         )
+    if not expected:
+        refuse_unmakeable_empty(shape, dtype, f"input {name!r}", dtype_name)
     if _NATIVE_IS_WIRE:
         # One array over the bytes, not frombuffer then reshape (two arrays): 0.5 us against 0.85.
         return np.ndarray(shape, dtype, data)
@@ -246,6 +276,8 @@ def oip_inputs_to_arrays(request: oip.ModelInferRequest, lease: Lease) -> dict[s
                 f"{where} has {len(values)} values in contents.{field}, but shape {list(shape)} "
                 f"needs {math.prod(shape)}"
             )
+        if not values:
+            refuse_unmakeable_empty(shape, dtype, where, tensor.datatype)
         if tensor.datatype in _NARROWER_THAN_CONTENTS:
             arrays[tensor.name] = _narrowed(values, dtype, where, field, tensor.datatype).reshape(shape)
         else:

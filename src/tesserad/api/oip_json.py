@@ -21,7 +21,13 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from tesserad.api.convert_tensors import array_from_bytes, little_endian_bytes
+from tesserad.api.convert_tensors import (
+    MAX_DIMS,
+    array_from_bytes,
+    little_endian_bytes,
+    refuse_unmakeable_empty,
+    too_many_dims,
+)
 from tesserad.client_json import parse_client_json
 from tesserad.errors import InvalidArgument
 from tesserad.serving.open_inference import (
@@ -193,6 +199,8 @@ def _shape(tensor: Mapping[str, Any], where: str) -> tuple[int, ...]:
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise InvalidArgument(f"{where} needs a shape: a list of integers")
+    if len(shape) > MAX_DIMS:
+        raise too_many_dims(shape, where)
     if min(shape, default=0) < 0:
         raise InvalidArgument(f"{where} has shape {shape}; dimensions cannot be negative")
     return tuple(shape)
@@ -219,6 +227,8 @@ def _json_values(values: Any, datatype: str, shape: tuple[int, ...], where: str)
         raise InvalidArgument(
             f"{where} has {flat.size} values in data, but shape {list(shape)} needs {count}"
         )
+    if not count:
+        refuse_unmakeable_empty(shape, dtype, where, datatype)
     if dtype.kind in "iu" and flat.size:
         limits = np.iinfo(dtype)
         low, high = flat.min(), flat.max()
@@ -253,7 +263,8 @@ def infer_request(document: Any, binary: bytes, lease: Lease) -> InferRequest:
             raise InvalidArgument(f"{where} is given twice; send each input once")
         parameters = json_parameters(tensor, where)
         datatype = tensor.get("datatype")
-        if datatype not in OIP_DTYPES:
+        # A list or object there is unhashable: `in` would raise TypeError.
+        if not isinstance(datatype, str) or datatype not in OIP_DTYPES:
             raise unserved_datatype(where, datatype)
         shape = _shape(tensor, where)
         size = parameters.get("binary_data_size")

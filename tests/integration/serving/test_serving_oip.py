@@ -1001,6 +1001,56 @@ def test_typed_contents_out_of_their_datatypes_range_are_invalid(oip, linear, ex
         )
 
 
+def test_a_shape_no_array_can_have_is_invalid_argument(oip, inference, linear, expect_rpc_error) -> None:
+    # No elements, but dimensions numpy refuses to make even an empty array of: it was INTERNAL.
+    refused = (
+        "input 'x' has shape [1099511627776, 1099511627776, 0]: its dimensions other than 0 multiply to "
+        f"{2**82} bytes of {{}}, more than an array can span (9223372036854775807 bytes), though it "
+        "holds no values; send the shape its data has"
+    )
+    shape = [2**40, 2**40, 0]
+    raw = pb.ModelInferRequest(model_name=linear, raw_input_contents=[b""])
+    raw.inputs.add(name="x", datatype="FP32", shape=shape)
+    typed = pb.ModelInferRequest(model_name=linear)
+    typed.inputs.add(name="x", datatype="FP32", shape=shape).contents.SetInParent()
+    for request in (raw, typed):
+        expect_rpc_error(
+            lambda request=request: oip.ModelInfer(request),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            refused.format("FP32"),
+        )
+    predict = inference_pb2.PredictRequest(
+        target=common_pb2.VersionRef(model=linear),
+        inputs=[common_pb2.Tensor(name="x", dtype=common_pb2.DATA_TYPE_FLOAT32, shape=shape)],
+    )
+    expect_rpc_error(
+        lambda: inference.Predict(predict),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        refused.format("DATA_TYPE_FLOAT32"),
+    )
+
+
+def test_a_shape_of_more_dimensions_than_an_array_has_is_invalid_argument(
+    oip, inference, linear, expect_rpc_error
+) -> None:
+    # numpy makes no array of more than 64 dimensions: its ValueError was INTERNAL.
+    refused = "input 'x' has 65 dimensions; an array has at most 64: send the shape its data has"
+    shape = [1] * 65
+    raw = pb.ModelInferRequest(model_name=linear, raw_input_contents=[bytes(4)])
+    raw.inputs.add(name="x", datatype="FP32", shape=shape)
+    typed = pb.ModelInferRequest(model_name=linear)
+    typed.inputs.add(name="x", datatype="FP32", shape=shape).contents.fp32_contents.append(0.0)
+    for request in (raw, typed):
+        expect_rpc_error(
+            lambda request=request: oip.ModelInfer(request), grpc.StatusCode.INVALID_ARGUMENT, refused
+        )
+    predict = inference_pb2.PredictRequest(
+        target=common_pb2.VersionRef(model=linear),
+        inputs=[common_pb2.Tensor(name="x", dtype=common_pb2.DATA_TYPE_FLOAT32, shape=shape, data=bytes(4))],
+    )
+    expect_rpc_error(lambda: inference.Predict(predict), grpc.StatusCode.INVALID_ARGUMENT, refused)
+
+
 @pytest.fixture
 def shm_object() -> Iterator[str]:
     """A 256-byte POSIX shared-memory object of the test's own (its key), unlinked afterwards;

@@ -887,3 +887,49 @@ def test_expect_100_continue_is_answered_after_the_token_and_size_checks(
             assert _head(connection).startswith(b"HTTP/1.1 417 ")
     finally:
         daemon.stop()
+
+
+def test_a_datatype_or_shape_no_array_can_have_is_a_400_not_a_500(served: str) -> None:
+    infer = f"{served}/v2/models/linear/infer"
+    # A JSON list or object where the datatype's name goes (unhashable: it was a 500).
+    for datatype in (["FP32"], {"name": "FP32"}):
+        assert error(
+            infer, {"inputs": [{"name": "x", "datatype": datatype, "shape": [1, 4], "data": [0] * 4}]}
+        ) == (
+            400,
+            f"input 'x' has datatype {datatype!r}, which is no datatype tesserad serves; it serves BOOL, UINT8, "
+            "INT8, UINT16, INT16, UINT32, INT32, UINT64, INT64, FP16, BF16, FP32, FP64",
+        )
+    # No elements, but dimensions numpy refuses to make even an empty array of (a 500).
+    too_big = (
+        "input 'x' has shape {}: its dimensions other than 0 multiply to {} bytes of FP32, more than an "
+        "array can span (9223372036854775807 bytes), though it holds no values; send the shape its data has"
+    )
+    for shape, size in (([2**40, 2**40, 0], 2**82), ([2**70, 0], 2**72)):
+        json_data = {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "data": []}]}
+        assert error(infer, json_data) == (400, too_big.format(shape, size))
+        header = json.dumps(
+            {
+                "inputs": [
+                    {"name": "x", "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": 0}}
+                ]
+            }
+        ).encode()
+        assert error(infer, header, {"Inference-Header-Content-Length": str(len(header))}) == (
+            400,
+            too_big.format(shape, size),
+        )
+
+
+def test_a_shape_of_more_dimensions_than_an_array_has_is_a_400_not_a_500(served: str) -> None:
+    infer = f"{served}/v2/models/linear/infer"
+    refused = (400, "input 'x' has 65 dimensions; an array has at most 64: send the shape its data has")
+    shape = [1] * 65
+    assert (
+        error(infer, {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "data": [0.0]}]})
+        == refused
+    )
+    header = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": 4}}]}
+    ).encode()
+    assert error(infer, header + bytes(4), {"Inference-Header-Content-Length": str(len(header))}) == refused
