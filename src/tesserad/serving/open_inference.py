@@ -443,12 +443,19 @@ class OpenInference:
             ) from None
 
     async def statistics(self, name: str, version: str) -> list[LoadedVersion]:
-        """The loaded versions whose statistics a request for `name` (empty: all) gets."""
+        """The loaded versions whose statistics a request for `name` (empty: all) gets;
+        InvalidArgument for a `version` without a `name`."""
         if name:
             try:
                 return await asyncio.to_thread(self._service.stats_entries, target_of(name, version))
             except NotFound as exc:
                 raise in_oip_words(exc) from None
+        if version:
+            # Answering every ready version's would answer versions not asked for.
+            raise InvalidArgument(
+                f"the request names version {version[:40]!r} but no model; send the model's name with it, "
+                "or neither for the statistics of every ready version"
+            )
         # As Triton: every ready version's (one loading or draining shows once named).
         return [e for e in self._service.pool.list() if e.state is LoadState.READY]
 

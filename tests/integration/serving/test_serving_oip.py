@@ -1051,6 +1051,18 @@ def test_a_shape_of_more_dimensions_than_an_array_has_is_invalid_argument(
     expect_rpc_error(lambda: inference.Predict(predict), grpc.StatusCode.INVALID_ARGUMENT, refused)
 
 
+def test_statistics_of_a_version_without_a_model_name_are_refused(oip, linear, expect_rpc_error) -> None:
+    oip.ModelInfer(infer_request(linear, X, version="2"))
+    # Every ready version's statistics (version 2's) answered a request for version 1's.
+    expect_rpc_error(
+        lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(version="1")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the request names version '1' but no model; send the model's name with it, or neither for "
+        "the statistics of every ready version",
+    )
+    assert [s.version for s in oip.ModelStatistics(pb.ModelStatisticsRequest()).model_stats] == ["2"]
+
+
 @pytest.fixture
 def shm_object() -> Iterator[str]:
     """A 256-byte POSIX shared-memory object of the test's own (its key), unlinked afterwards;
