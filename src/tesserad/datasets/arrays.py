@@ -28,6 +28,10 @@ from tesserad.errors import FailedPrecondition, InvalidArgument, ResourceExhaust
 # numpy dtype names a dataset array may have (tessera.v1.DataType, without bfloat16, which numpy lacks).
 ARRAY_DTYPES = frozenset(TENSOR_DTYPES) - {"bfloat16"}
 MAX_CLASSES = 1000
+# numpy 2's NPY_MAXDIMS, and the most bytes it lets an array's dimensions span (even with a 0
+# among them): it makes no array past either.
+_MAX_DIMS = 64
+_MAX_ARRAY_BYTES = np.iinfo(np.intp).max
 # Arrays an upload may hold, checked before any is read: a version is answered whole, and this
 # many with names of up to 128 characters take about 3 MiB to describe.
 MAX_ARRAYS = 10_000
@@ -146,7 +150,30 @@ def _read_header(stream: IO[bytes], array: str) -> tuple[np.dtype[Any], tuple[in
         raise InvalidArgument(
             f"array {array!r}: its header gives shape {list(shape)}, with a negative dimension"
         )
+    if len(shape) > _MAX_DIMS:
+        raise InvalidArgument(
+            f"array {array!r}: its header gives a shape of {len(shape)} dimensions; an array has at most "
+            f"{_MAX_DIMS}: save the array with the shape its data has"
+        )
+    # A sample's dimensions here; the first, the samples, once their count is checked (_check_arrays).
+    _refuse_unmakeable(array, shape, dtype, samples_too=False)
     return dtype, tuple(int(d) for d in shape), bool(fortran_order), header_bytes
+
+
+def _refuse_unmakeable(array: str, shape: tuple[int, ...], dtype: np.dtype[Any], samples_too: bool) -> None:
+    """InvalidArgument when the dimensions of `shape` (the samples' too when `samples_too`, else
+    a sample's alone) span more bytes than numpy makes an array of, even one holding no value:
+    its ValueError, reading the array, would be an internal error. Only a shape with a 0 can:
+    one holding values is held to the file's size."""
+    spanning = shape if samples_too else shape[1:]
+    if math.prod(d for d in spanning if d) * dtype.itemsize > _MAX_ARRAY_BYTES:
+        spanned = math.prod(d for d in shape if d) * dtype.itemsize
+        raise InvalidArgument(
+            f"array {array!r}: its header gives shape {list(shape)}, whose dimensions other than 0 "
+            f"multiply to {spanned} bytes of {dtype.name}, more than an array can span "
+            f"({_MAX_ARRAY_BYTES} bytes), though it holds no values; save the array with the shape "
+            "its data has"
+        )
 
 
 def _check_length(
@@ -700,6 +727,8 @@ def _check_arrays(path: Path, format: str, members: list[_Member]) -> None:
             "upload arrays with one row per sample, at least one"
         )
     _check_sample_count(path, members)
+    for member in members:
+        _refuse_unmakeable(member.name, member.shape, member.dtype, samples_too=True)
 
 
 def inspect_file(

@@ -6,6 +6,7 @@ whose data runs past the file's end, damaged npy headers, zip features zipfile l
 from __future__ import annotations
 
 import io
+import math
 import struct
 import warnings
 import zipfile
@@ -100,6 +101,45 @@ def test_more_samples_of_no_values_than_the_file_has_bytes_is_invalid_argument(
         "upload fewer samples"
     )
     assert_nothing_stored(ds, data_dir, "hollow")
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        (
+            (2, 2**62, 2**62, 0),
+            f"array 'x': its header gives shape [2, {2**62}, {2**62}, 0], whose dimensions other than 0 "
+            f"multiply to {2**125 * 4} bytes of float32, more than an array can span "
+            "(9223372036854775807 bytes), though it holds no values; save the array with the shape its "
+            "data has",
+        ),
+        (
+            (3, 2**60, 0),
+            f"array 'x': its header gives shape [3, {2**60}, 0], whose dimensions other than 0 multiply to "
+            f"{3 * 2**62} bytes of float32, more than an array can span (9223372036854775807 bytes), "
+            "though it holds no values; save the array with the shape its data has",
+        ),
+        (
+            (2,) + (1,) * 64,
+            "array 'x': its header gives a shape of 65 dimensions; an array has at most 64: save the "
+            "array with the shape its data has",
+        ),
+    ],
+    ids=["spans-too-many-bytes", "with-its-samples", "65-dimensions"],
+)
+@pytest.mark.parametrize("format", [D.DATASET_FORMAT_NPY, D.DATASET_FORMAT_NPZ], ids=["npy", "npz"])
+def test_a_header_shape_numpy_makes_no_array_of_is_invalid_argument(ds, data_dir, shape, message, format):
+    # Both were INTERNAL: numpy's ValueError, making the array to read its statistics.
+    data = npy_header_alone(shape) + bytes(4 * math.prod(shape))
+    if format == D.DATASET_FORMAT_NPZ:
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as npz:
+            npz.writestr("x.npy", data)
+        data = archive.getvalue()
+    error = rpc_error(upload_dataset, ds, "unmakeable", data, format=format)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == message
+    assert_nothing_stored(ds, data_dir, "unmakeable")
 
 
 @pytest.mark.parametrize("name", ["data/x", "x y", "-x", ".x", "x\n", "x\t", "é", "x" * 129], ids=repr)
