@@ -4,14 +4,17 @@ ls|update|rm|restore`, and the SDK calls under them, against a real daemon."""
 from __future__ import annotations
 
 import re
+from concurrent import futures
 from typing import Any
 
+import grpc
 import pytest
 
 from tessera.cli import EXIT_DAEMON, EXIT_USAGE
 from tessera.errors import FailedPrecondition, NotFound
 from tessera.run_filter import RunFilterError
 from tessera.training import Training
+from tessera.v1 import training_pb2, training_pb2_grpc
 
 
 def test_runs_ls_filters_by_status_param_and_tag_and_orders_by_a_metric(tessera_cli, client):
@@ -211,6 +214,62 @@ def test_experiments_rm_and_restore_say_when_there_was_nothing_to_do(tessera_cli
     again = tessera_cli("experiments", "rm", "cli-exp-twice")
     assert again.code == 0 and "experiment cli-exp-twice was already deleted" in again.out, again.out
     assert "tessera experiments restore cli-exp-twice" in again.out
+
+
+class ReadsUnavailable(training_pb2_grpc.TrainingServicer):
+    """A Training service whose GetRun and GetExperiment answer UNAVAILABLE (a daemon going
+    away between two calls) and whose deletes and restores act: it notes each one made."""
+
+    def __init__(self) -> None:
+        self.acted: list[str] = []
+
+    def GetRun(self, request, context):
+        context.abort(grpc.StatusCode.UNAVAILABLE, "daemon restarting")
+
+    def GetExperiment(self, request, context):
+        context.abort(grpc.StatusCode.UNAVAILABLE, "daemon restarting")
+
+    def DeleteRun(self, request, context):
+        self.acted.append(f"DeleteRun {request.run_id}")
+        return training_pb2.Run(run_id=request.run_id, deleted=True)
+
+    def RestoreRun(self, request, context):
+        self.acted.append(f"RestoreRun {request.run_id}")
+        return training_pb2.Run(run_id=request.run_id)
+
+    def DeleteExperiment(self, request, context):
+        self.acted.append(f"DeleteExperiment {request.name}")
+        return training_pb2.Experiment(name=request.name, deleted=True)
+
+    def RestoreExperiment(self, request, context):
+        self.acted.append(f"RestoreExperiment {request.name}")
+        return training_pb2.Experiment(name=request.name)
+
+
+@pytest.mark.parametrize(
+    ("command", "acted", "answer"),
+    [
+        (("runs", "rm", "run-1"), "DeleteRun run-1", {"run_id": "run-1", "deleted": True}),
+        (("runs", "restore", "run-1"), "RestoreRun run-1", {"run_id": "run-1", "deleted": False}),
+        (("experiments", "rm", "exp"), "DeleteExperiment exp", {"name": "exp", "deleted": True}),
+        (("experiments", "restore", "exp"), "RestoreExperiment exp", {"name": "exp", "deleted": False}),
+    ],
+)
+def test_rm_and_restore_under_json_act_without_reading_the_state_first(tessera_cli, command, acted, answer):
+    """The state read first only words the line said ("was already deleted"), which --json never
+    says: a read failing (UNAVAILABLE) failed the command before it acted."""
+    service = ReadsUnavailable()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    training_pb2_grpc.add_TrainingServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        result = tessera_cli("--json", *command, target=f"127.0.0.1:{port}")
+    finally:
+        server.stop(0).wait(5)
+    assert result.code == 0, result.err
+    assert service.acted == [acted]
+    assert answer.items() <= result.json().items()
 
 
 def test_experiments_update_rm_and_restore(tessera_cli, client):

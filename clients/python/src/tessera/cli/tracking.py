@@ -234,19 +234,20 @@ def cmd_runs_metrics(client: Client, args: argparse.Namespace, out: Output) -> N
 # DeleteRun/RestoreRun and their experiment twins are idempotent (a retried call succeeds) and
 # answer the same record either way, so the CLI reads the state first to say when nothing changed.
 def cmd_runs_rm(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if out.as_json:
+        # The state read first only words the line; a read failing would fail the delete.
+        return out.json(client.training.delete_run(args.run_id))
     was_deleted = client.training.run(args.run_id).deleted
     run = client.training.delete_run(args.run_id)
-    if out.as_json:
-        return out.json(run)
     done = f"run {run.run_id} was already deleted" if was_deleted else f"deleted run {run.run_id}"
     out.line(f"{done}; bring it back with: tessera runs restore {run.run_id}")
 
 
 def cmd_runs_restore(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if out.as_json:
+        return out.json(client.training.restore_run(args.run_id))
     was_deleted = client.training.run(args.run_id).deleted
     run = client.training.restore_run(args.run_id)
-    if out.as_json:
-        return out.json(run)
     out.line(
         f"restored run {run.run_id}"
         if was_deleted
@@ -396,20 +397,21 @@ def cmd_experiments_update(client: Client, args: argparse.Namespace, out: Output
 
 
 def cmd_experiments_rm(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if out.as_json:
+        # As in `runs rm`: no state read first, which only words the line.
+        return out.json(client.training.delete_experiment(args.name))
     was_deleted = client.training.experiment(args.name).deleted
     experiment = client.training.delete_experiment(args.name)
-    if out.as_json:
-        return out.json(experiment)
     name = experiment.name
     done = f"experiment {name} was already deleted, with" if was_deleted else f"deleted experiment {name} and"
     out.line(f"{done} its runs; bring them back with: tessera experiments restore {name}")
 
 
 def cmd_experiments_restore(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if out.as_json:
+        return out.json(client.training.restore_experiment(args.name))
     was_deleted = client.training.experiment(args.name).deleted
     experiment = client.training.restore_experiment(args.name)
-    if out.as_json:
-        return out.json(experiment)
     if not was_deleted:
         return out.line(f"experiment {experiment.name} is not deleted; nothing to restore")
     out.line(f"restored experiment {experiment.name} ({counted(experiment.run_count, 'run')})")
