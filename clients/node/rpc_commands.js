@@ -77,6 +77,14 @@ const FLAG_BY_FIELD = {
   name_prefix: '--prefix',
 };
 
+// An RPC told to name a version ("LoadModel naming version 3"): its command with --version, as
+// the Python CLI's _VERSIONED_COMMAND.
+const VERSIONED_RPC = /\b(LoadModel|Predict) naming version (\d+)/g;
+const VERSIONED_COMMAND = {
+  LoadModel: (version) => `\`tessera-node load MODEL --version ${version}\``,
+  Predict: (version) => `\`tessera-node predict MODEL INPUTS_JSON --version ${version}\``,
+};
+
 const SERVICES = ['Registry', 'Datasets', 'Training', 'Inference', 'System'];
 const alternatives = (names) => [...names].sort((a, b) => b.length - a.length).join('|');
 // An RPC bare, as Service.Rpc, or as its method path tessera.v1.Service/Rpc (which
@@ -99,10 +107,11 @@ const QUOTED = /(?<![\p{L}\p{N}_])(?:'(?:[^'\\]|\\[^])*'|"(?:[^"\\]|\\[^])*")(?!
 
 // `message` with the fix that ends each of its lines in a CLI user's words (a spec's problems come
 // one to a line, each with its own fix), as the Python CLI's in_cli_words: the fix (what follows a
-// line's last "; ", or the whole of a line without one) has each RPC it names as its command and
-// each request field it tells the caller to set as the flag that sets it. Before the fix a line
-// says what went wrong, in the user's own text too (a job id, a path), so only a method path is
-// put in the CLI's words there. The names a message quotes are the user's and stay as they are.
+// line's last "; ", or the whole of a line without one) has each RPC it names as its command (one
+// told to name a version with --version) and each request field it tells the caller to set as
+// the flag that sets it. Before the fix a line says what went wrong, in the user's own text too
+// (a job id, a path), so only a method path is put in the CLI's words there. The names a message
+// quotes are the user's and stay as they are.
 function inCliWords(message) {
   return message.split('\n').map(lineInCliWords).join('\n');
 }
@@ -133,6 +142,7 @@ function wordsBeforeTheFix(text) {
 
 function wordsOfTheFix(text) {
   return text
+    .replace(VERSIONED_RPC, (_, rpc, version) => VERSIONED_COMMAND[rpc](version))
     .replace(RPC_WORD, (_, rpc) => COMMAND_BY_RPC[rpc])
     .replace(FIELD_WORD, (_, field) => FLAG_BY_FIELD[field]);
 }

@@ -137,6 +137,27 @@ def test_node_cli_words_the_fix_of_each_line_as_the_python_cli(node_ready):
     ]
 
 
+def test_node_cli_words_a_versioned_rpc_as_its_command_with_version(node_ready):
+    """As the Python CLI: "LoadModel naming version 3" is the command with `--version 3`, not
+    the command naming no version, which loads another one."""
+    message = (
+        "version 3 of 'm' is not loaded, so it has no statistics yet; load it with LoadModel naming "
+        "version 3, or by a Predict naming version 3 (one naming no version loads the one requests "
+        "are routed to)"
+    )
+    script = f"""
+        const {{ inCliWords }} = require({json.dumps(str(NODE_CLIENT / "rpc_commands.js"))});
+        console.log(JSON.stringify(inCliWords({json.dumps(message)})));
+        """
+    done = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == (
+        "version 3 of 'm' is not loaded, so it has no statistics yet; load it with "
+        "`tessera-node load MODEL --version 3`, or by a `tessera-node predict MODEL INPUTS_JSON "
+        "--version 3` (one naming no version loads the one requests are routed to)"
+    )
+
+
 def test_node_cli_checks_its_target_as_the_python_cli_does(node_ready):
     for args, env in (
         (("--target", "http://127.0.0.1:1", "info"), {}),
