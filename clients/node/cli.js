@@ -540,8 +540,8 @@ function servingConfig(args) {
   // Written as it is, as the Python CLI's --runtime takes it.
   if (runtime !== undefined) config.runtime = choice('--runtime', runtime, runtime, command);
   if (one('--device') !== undefined) config.device = one('--device');
-  // The daemon's range of each (its serving pool's CONFIG_LIMITS); 0 where it starts at 1 is the
-  // daemon's default, as the daemon takes it.
+  // The daemon's range of each (its serving pool's CONFIG_LIMITS, which a test holds this to); 0
+  // where it starts at 1 is the daemon's default, as the daemon takes it.
   const numbers = [
     ['--instances', 'instances', 1, 64],
     ['--max-batch-size', 'max_batch_size', 1, 65536],

@@ -13,6 +13,7 @@ import pytest
 
 from tessera.rpc_commands import COMMAND_BY_RPC
 from tessera.transport import check_target
+from tesserad.serving.pool import CONFIG_LIMITS
 from tests.integration.sdk.affine import affine_onnx
 from tests.integration.sdk.test_node_client import (
     EXIT_DAEMON,
@@ -271,6 +272,22 @@ def test_node_cli_sets_and_deletes_aliases(node_ready, daemon, client, tmp_path)
     wrong = run_node(daemon.target, "models", "alias", "affine", "production", "x")
     assert wrong.returncode == EXIT_USAGE
     assert wrong.stderr.endswith("usage: tessera-node models alias MODEL ALIAS VERSION\n")
+
+
+@pytest.mark.parametrize(("field", "limits"), sorted(CONFIG_LIMITS.items()))
+def test_node_cli_serving_ranges_are_the_daemons(node_ready, field, limits):
+    """load's flags are refused past the daemon's range of each (its serving pool's
+    CONFIG_LIMITS, which cli.js copies): a range copied wrong refused values the daemon takes, or
+    sent it values it refuses in its own words. One past the top is refused before any call, in
+    words that name the whole range the Node CLI holds."""
+    low, high = limits
+    flag = f"--{field.replace('_', '-')}"
+    refused = run_node("127.0.0.1:1", "load", "m", flag, str(high + 1))
+    zero = " (0 for the daemon's default)" if low else ""
+    assert refused.returncode == EXIT_USAGE, refused.stderr
+    assert refused.stderr.startswith(
+        f'tessera-node: {flag} must be in {low}..{high}{zero}, got "{high + 1}"\n'
+    )
 
 
 def test_node_cli_loads_lists_and_unloads_versions(node_ready, daemon, client, onnx_file):
