@@ -4,6 +4,7 @@ them), quiet when its reader goes away (`| head`), and no crash when stderr is c
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -11,12 +12,14 @@ import sys
 import termios
 import time
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import tessera
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_OUTPUT_CLOSED, EXIT_TERMINATED, EXIT_USAGE
+from tessera.transfer import partial_names
 from tests.integration.cli.test_cli_changes import CLI_WITH_CTRL_C
 from tests.integration.cli.test_cli_follow import JOB_SPEC
 from tests.integration.sdk.affine import affine_onnx
@@ -195,10 +198,10 @@ def test_a_terminated_backup_leaves_no_partial_file(spawn_daemon, tmp_path):
     assert list(out.iterdir()) == []
 
 
-# The CLI run with SIGTERM sent to itself at the instant the backup's partial file exists and
-# before anything holds it: as its creation (the "open" of its name) is followed by the "open"
-# that wraps its descriptor in a file object, a loaded machine's scheduler can land the signal
-# there too.
+# The CLI run with SIGTERM sent to itself at the instant a backup's (or a download's) partial
+# file exists and before anything holds it: as its creation (the "open" of its name) is followed
+# by the "open" that wraps its descriptor in a file object, a loaded machine's scheduler can land
+# the signal there too.
 CLI_TERMINATED_AS_THE_PARTIAL_IS_MADE = """\
 import os, signal, sys
 made = []
@@ -231,6 +234,73 @@ def test_a_backup_terminated_as_its_partial_file_is_made_leaves_none(daemon, tmp
     assert backup.returncode == EXIT_TERMINATED, backup.stderr
     assert backup.stderr == b"tessera: terminated\n"
     assert list(out.iterdir()) == []
+
+
+# As CLI_TERMINATED_AS_THE_PARTIAL_IS_MADE, at the read of a download's record once its partial
+# file is open and locked (`--resume`), before the download's code that removes it is reached.
+CLI_TERMINATED_AS_THE_RECORD_IS_READ = """\
+import os, signal, sys
+# The partial file's name is opened once to create it, again to open the one found there.
+opened = []
+def hook(event, args):
+    if event != "open" or not isinstance(args[0], str) or "sent" in opened:
+        return
+    if args[0].endswith(".partial"):
+        opened.append(args[0])
+    elif args[0].endswith(".partial.json") and opened:
+        opened.append("sent")
+        os.kill(os.getpid(), signal.SIGTERM)
+sys.addaudithook(hook)
+from tessera.entry import main
+raise SystemExit(main())
+"""
+
+
+def download_terminated(daemon, script: str, out: Path, *flags: str) -> subprocess.CompletedProcess:
+    command = ["--target", daemon.target, "models", "download", "affine", "-o", str(out), *flags]
+    return subprocess.run(
+        [sys.executable, "-c", script, *command], capture_output=True, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("script", "flags"),
+    [(CLI_TERMINATED_AS_THE_PARTIAL_IS_MADE, ()), (CLI_TERMINATED_AS_THE_RECORD_IS_READ, ("--resume",))],
+    ids=["as-it-is-made", "as-its-record-is-read"],
+)
+def test_a_download_terminated_as_its_partial_file_is_made_leaves_none(
+    daemon, client, tmp_path, script, flags
+):
+    """A download stopped on purpose keeps no bytes (README: SIGTERM removes them); one landing
+    between the partial file's creation and the download's code that removes it left it behind,
+    empty and with no record, for no later download to need."""
+    client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    out = tmp_path / "out"
+    out.mkdir()
+    download = download_terminated(daemon, script, out / "affine.onnx", *flags)
+    assert download.returncode == EXIT_TERMINATED, download.stderr
+    assert download.stderr == b"tessera: terminated\n"
+    assert list(out.iterdir()) == []
+
+
+def test_a_download_terminated_as_it_opens_a_kept_partial_file_leaves_it_for_a_resume(
+    daemon, client, tmp_path
+):
+    """The bytes an earlier download kept are not this one's to remove before it has started."""
+    pushed = client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    out = tmp_path / "out"
+    out.mkdir()
+    partial, record = partial_names(out / "affine.onnx")
+    partial.write_bytes(b"\x08")
+    described = {"file": "affine v1", "sha256": pushed.sha256, "size_bytes": pushed.size_bytes}
+    record.write_text(json.dumps(described))
+    download = download_terminated(
+        daemon, CLI_TERMINATED_AS_THE_RECORD_IS_READ, out / "affine.onnx", "--resume"
+    )
+    assert download.returncode == EXIT_TERMINATED, download.stderr
+    assert sorted(out.iterdir()) == sorted([partial, record])
+    assert partial.read_bytes() == b"\x08"
+    assert json.loads(record.read_text()) == described
 
 
 # Hours of training: a job still running while it is watched, cancelled at the end.

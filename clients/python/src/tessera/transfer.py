@@ -85,14 +85,17 @@ def new_partial(path: Path, mode: int = 0o666) -> tuple[Path, BinaryIO]:
     return partial, os.fdopen(fd, "wb")
 
 
-# The temp files `new_partial` made (or was making) that are neither in place nor removed yet.
+# The temp files `new_partial` made (or was making) that are neither in place nor removed yet,
+# and the partial downloads a download created (or was creating) that it has neither put in place,
+# kept for a resume nor removed yet.
 _unfinished: set[Path] = set()
 
 
 def remove_unfinished() -> None:
-    """Remove every temp file `new_partial` made that is neither in place nor removed yet: for a
-    process ending at once on a signal (the CLI), which may have landed before any code held it.
-    One that cannot be removed is left: the process is ending, and the others still go."""
+    """Remove every temp file `new_partial` made, and partial download a download created, that
+    is neither in place, kept nor removed yet: for a process ending at once on a signal (the
+    CLI), which may have landed before any code held it. One that cannot be removed is left: the
+    process is ending, and the others still go."""
     for partial in list(_unfinished):
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
@@ -410,6 +413,12 @@ class ResumableDownloadSink(Generic[H]):
     def finish(self) -> H:
         """Check the whole file, then move it into place; DataLoss (and the partial file
         removed) on a mismatch."""
+        try:
+            return self._finish()
+        finally:
+            _unfinished.discard(self.partial)
+
+    def _finish(self) -> H:
         header = self._header
         assert header is not None, "finish before any header"
         try:
@@ -458,6 +467,12 @@ class ResumableDownloadSink(Generic[H]):
         or the file changed at the server (`changed`); those an earlier download kept, as they
         were, where the server sent more than the file has; else what this download wrote
         removed, and bytes it did not start from left as they were."""
+        try:
+            self._abort(error)
+        finally:
+            _unfinished.discard(self.partial)
+
+    def _abort(self, error: BaseException) -> None:
         if self._header is None:
             if self._created:
                 _remove(self._file, self.partial)
@@ -537,16 +552,23 @@ def _open_partial(partial: Path, path: Path) -> tuple[BinaryIO, bool]:
         except BaseException:
             if created:
                 _remove(file, partial)
+                _unfinished.discard(partial)
             else:
                 _close(file)
             raise
         if not locked:
+            if created:
+                # Another download opened it before the lock and holds it: its file now.
+                _unfinished.discard(partial)
             _close(file)
             raise ValueError(
                 f"{path}: another download to it is running (it writes {partial}); wait for it to end"
             )
         try:
             if not _names(partial, fd):
+                if created:
+                    # Another download's name now, not ours to remove.
+                    _unfinished.discard(partial)
                 _close(file)
                 continue
             if not created:
@@ -562,15 +584,25 @@ def _open_partial(partial: Path, path: Path) -> tuple[BinaryIO, bool]:
 
 
 def _open_or_create(partial: Path, path: Path) -> tuple[int, bool]:
+    """The partial file's descriptor, and whether it was created now: one created is noted (in
+    `_unfinished`) until its download puts it in place, keeps it or removes it, or finds it
+    another's; one found is not this download's to remove on a signal."""
     flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    # Noted before it exists, as `new_partial` notes its temp file.
+    _unfinished.add(partial)
     try:
         return os.open(partial, flags | os.O_CREAT | os.O_EXCL, 0o666), True
     except FileExistsError:
+        _unfinished.discard(partial)
         return _open_found(partial, path, flags), False
     except FileNotFoundError:
+        _unfinished.discard(partial)
         raise FileNotFoundError(
             errno.ENOENT, f"no directory {path.parent} to write it in; create it first", str(path)
         ) from None
+    except OSError:
+        _unfinished.discard(partial)
+        raise
 
 
 def _open_found(partial: Path, path: Path, flags: int) -> int:
