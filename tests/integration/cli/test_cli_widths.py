@@ -8,10 +8,12 @@ import re
 import time
 from collections.abc import Sequence
 
+import onnx
 import pytest
 from rich.console import Console
 
 from tessera.cli import main
+from tessera.cli.output import when_to_the_minute
 from tessera.messages import load_toml
 from tessera.progress_line import byte_size
 from tessera.sweep_commands import params_text, short_value
@@ -199,6 +201,34 @@ def test_listings_keep_names_tags_and_headers_whole(daemon, client, sweep, tmp_p
         assert shown_whole(sweeps, f"{best.job_id})") or shown_whole(sweeps, f"{best.number})"), sweeps
     for text in (models, experiments, versions, jobs, sweeps):
         assert all(len(line) <= width for line in text.splitlines()), text
+
+
+def test_models_versions_shows_descriptions_cut_short_at_80_columns(
+    daemon, client, tmp_path, capsys, monkeypatch
+):
+    """At 80 columns a versions table of sizes in KiB left its descriptions out whole: each is
+    shown on one line, a long one cut with an ellipsis, the sizes kept whole and the times to
+    the minute, on one line."""
+    model = onnx.load(affine_onnx(tmp_path / "affine.onnx"))
+    # A size with a decimal and a unit ("293.3 KiB"), as most models' are.
+    model.doc_string = "x" * 300_000
+    onnx.save(model, tmp_path / "affine.onnx")
+    name = "affine-classifier-production"
+    long = "the first of a line of affine classifiers, trained on the clips of the spring"
+    client.models.push(name, tmp_path / "affine.onnx", alias="production", description=long)
+    client.models.push(name, tmp_path / "affine.onnx", alias="staging", description="a second try")
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["--target", daemon.target, "models", "versions", name]) == 0
+    text = capsys.readouterr().out
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    assert has_column(text, "description") and not left_out(text), text
+    versions = list(client.models.versions(name))
+    assert_whole(text, [byte_size(versions[0].size_bytes), "production", "staging"])
+    for version in versions:
+        assert_whole(text, [str(when_to_the_minute(version.created_at))])
+    assert_whole(text, ["a second try"])
+    shown = next(line for line in text.splitlines() if "│ production" in line)
+    assert "…" in shown and long not in text, text
 
 
 def test_the_columns_variable_sets_the_width(daemon, client, sweep, capsys, monkeypatch):

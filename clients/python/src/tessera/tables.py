@@ -37,6 +37,7 @@ def fitted_table(
     stacked: Mapping[str, str] | None = None,
     leave_out_first: Sequence[str] = (),
     caption: str | None = None,
+    cut: Collection[str] = (),
 ) -> FittedTable:
     """A table for a console `width` cells wide. The columns named in `whole` (ids, names,
     version numbers) are never cut or wrapped; those in `unbroken` (key=value lists) wrap only
@@ -45,7 +46,9 @@ def fitted_table(
     under the column it maps to, in one cell on two lines (a run's name under its id); if it is
     still too wide, columns are left out, those in `leave_out_first` first, then from the right
     (the caption says which), but for a column of `Word`s, whose words are put on lines of their
-    own rather than it is left out.
+    own rather than it is left out. A column named in `cut` (free text read at a glance, a
+    description) is never wrapped: a cell wider than the width it gets is cut with an ellipsis,
+    down to its header's width, past which it is left out.
     Cells are plain text, never rich markup."""
     headers = list(columns)
     cells = [[str(cell) for cell in row] for row in rows]
@@ -56,7 +59,11 @@ def fitted_table(
         max((cell_len(w) for cell in column for w in cell.split()), default=0) for column in word_cells
     ]
     widths = [
-        max(kept[i], _column_width(header, [row[i] for row in cells], header in whole, header in unbroken))
+        cell_len(header)
+        if header in cut
+        else max(
+            kept[i], _column_width(header, [row[i] for row in cells], header in whole, header in unbroken)
+        )
         for i, header in enumerate(columns)
     ]
     shown = list(range(len(columns)))
@@ -98,10 +105,13 @@ def fitted_table(
         [widths[i] for i in shown],
         [columns[i] not in whole for i in shown],
         [kept[i] for i in shown],
+        [columns[i] in cut for i in shown],
     )
     for i, column_width in zip(shown, fixed, strict=True):
         if columns[i] in whole:
             table.add_column(headers[i], no_wrap=True, min_width=widths[i])
+        elif columns[i] in cut:
+            table.add_column(headers[i], no_wrap=True, overflow="ellipsis", width=column_width)
         elif column_width is not None:
             table.add_column(headers[i], overflow="fold", width=column_width)
         else:
@@ -118,10 +128,11 @@ def _wrapping_widths(
     narrowest: Sequence[int],
     wrapping: Sequence[bool],
     kept: Sequence[int],
+    cut: Sequence[bool],
 ) -> list[int | None]:
     """The width of each wrapping column of a table that does not fit `width` unwrapped: its
     longest word (or widest Word cell, `kept`) while that fits (from the left), else its
-    narrowest; then a share of what is left by how much wider it would be unwrapped. None for each column when the table fits: rich
+    narrowest (a `cut` column's, which cuts words anyway: its narrowest alone); then a share of what is left by how much wider it would be unwrapped. None for each column when the table fits: rich
     then sizes them. rich's own narrowing would take the widest wrapping columns below their
     narrowest (breaking a word, or a header's word) and then widen them back past the
     console's width."""
@@ -135,7 +146,9 @@ def _wrapping_widths(
     ]
     base = list(narrowest)
     for k in range(len(headers)):
-        whole_words = max(narrowest[k], min(words[k], natural[k])) if wrapping[k] else narrowest[k]
+        whole_words = (
+            max(narrowest[k], min(words[k], natural[k])) if wrapping[k] and not cut[k] else narrowest[k]
+        )
         if table_width([*base[:k], whole_words, *base[k + 1 :]]) <= width:
             base[k] = whole_words
     spare = max(0, width - table_width(base))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from tessera.cli.arguments import (
     replaced_only_with_force,
 )
 from tessera.cli.inputs import load_inputs
-from tessera.cli.output import Output, shape, size, transfer_progress, when
+from tessera.cli.output import Output, shape, size, transfer_progress, when, when_to_the_minute
 from tessera.client import Client
 from tessera.ensembles import fit_stacking, member_pair
 from tessera.errors import TesseraError
@@ -26,6 +26,7 @@ from tessera.messages import counted, is_digits, load_toml
 from tessera.models import FORMAT_BY_SUFFIX
 from tessera.progress_line import byte_size
 from tessera.rpc_commands import in_cli_words
+from tessera.tables import Word
 from tessera.v1 import common_pb2, registry_pb2
 
 # Torch's own save format: a pickle, which runs code as it loads, so the daemon takes none.
@@ -125,22 +126,29 @@ def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -
     versions = list(client.models.versions(args.model))
     if out.as_json:
         return out.json(versions)
-    out.table(
-        f"{args.model} versions",
-        ["version", "format", "size", "aliases", "created", "description"],
-        [
+
+    def rows(created: Callable[[Any], Word]) -> list[tuple[Any, ...]]:
+        return [
             (
                 v.version,
                 registry_pb2.ArtifactFormat.Name(v.format).removeprefix("ARTIFACT_FORMAT_").lower(),
                 size(v.size_bytes),
                 ", ".join(v.aliases) or "-",
-                when(v.created_at),
+                created(v.created_at),
                 v.description,
             )
             for v in versions
-        ],
+        ]
+
+    out.table(
+        f"{args.model} versions",
+        ["version", "format", "size", "aliases", "created", "description"],
+        rows(when),
         whole=("version", "format", "size"),
         unbroken=("aliases",),
+        # Cut rather than left out: at 80 columns, sizes of a few hundred KiB left no room for it.
+        cut=("description",),
+        narrower_rows=rows(when_to_the_minute),
     )
 
 

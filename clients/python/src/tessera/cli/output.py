@@ -55,6 +55,7 @@ class Output:
         stacked: Mapping[str, str] | None = None,
         leave_out_first: Sequence[str] = (),
         narrower_rows: Iterable[Sequence[Any]] | None = None,
+        cut: Collection[str] = (),
     ) -> None:
         """A table that fits the console (see `fitted_table`); one whose whole columns alone are
         too wide is printed wider than the console rather than cut. `narrower_rows`, the same
@@ -62,7 +63,15 @@ class Output:
 
         def fitted(cells: Iterable[Sequence[Any]]) -> FittedTable:
             return fitted_table(
-                self.console.width, title, columns, list(cells), whole, unbroken, stacked, leave_out_first
+                self.console.width,
+                title,
+                columns,
+                list(cells),
+                whole,
+                unbroken,
+                stacked,
+                leave_out_first,
+                cut=cut,
             )
 
         table = fitted(rows)
@@ -102,6 +111,12 @@ def when(timestamp: Any) -> Word:
     """A time as tables show it, kept on one line."""
     moment = to_datetime(timestamp)
     return Word(moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-")
+
+
+def when_to_the_minute(timestamp: Any) -> Word:
+    """A time as `when` shows it, without its seconds: for a table's narrower rows."""
+    moment = to_datetime(timestamp)
+    return Word(moment.strftime("%Y-%m-%d %H:%M") if moment else "-")
 
 
 def size(count: int) -> Word:
