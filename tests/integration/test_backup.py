@@ -29,6 +29,8 @@ import numpy as np
 import pytest
 
 import tessera
+import tessera.aio
+import tessera.system as system_module
 import tesserad.backup.restore as restore_module
 from tessera.backup import (
     BLOB_PREFIX,
@@ -36,6 +38,7 @@ from tessera.backup import (
     MANIFEST_MAX_BYTES,
     MANIFEST_NAME,
     STORE_NAME,
+    SavedBackup,
     read_archive,
 )
 from tessera.cli import EXIT_USAGE
@@ -634,6 +637,41 @@ def test_a_backup_is_on_the_disk_before_it_is_said_to_be_written(
     assert len(ours) == 2, synced
     assert re.fullmatch(rf"{re.escape(str(out))}/\.b\.tar\.[0-9a-f]{{8}}\.partial", ours[0]), ours
     assert ours[1] == str(out)
+
+
+def test_an_asyncio_backup_cancelled_as_it_is_put_in_place_says_so_once_it_is(
+    source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its last step (reading the archive back, then taking the name) ran on a thread that a
+    cancel left running: the caller was told the backup was cancelled while it went on, and its
+    file could appear after. The cancel is raised once that step has ended (as a download's)."""
+    started, cancelled, ended = threading.Event(), threading.Event(), threading.Event()
+    finish = system_module.BackupSink.finish
+
+    def held_finish(sink: system_module.BackupSink) -> SavedBackup:
+        started.set()
+        cancelled.wait(30)
+        try:
+            return finish(sink)
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(system_module.BackupSink, "finish", held_finish)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def cancelled_backup() -> bool:
+        async with tessera.aio.Client(source.daemon.target) as client:
+            backup = asyncio.create_task(client.system.backup(out / "b.tar"))
+            await asyncio.to_thread(started.wait, 30)
+            backup.cancel()
+            cancelled.set()
+            with pytest.raises(asyncio.CancelledError):
+                await backup
+            return ended.is_set()
+
+    assert asyncio.run(cancelled_backup())
+    assert [p.name for p in out.iterdir()] == ["b.tar"]
 
 
 @pytest.mark.parametrize(

@@ -164,7 +164,9 @@ class Save(Call[T_co]):
         except BaseException:
             sink.abort()
             raise
-        return await asyncio.to_thread(sink.finish)
+        # A cancel meanwhile is raised once it has ended, its file then in place or not: to_thread
+        # raised it at once, the thread going on to put the file in place after.
+        return await _off_the_loop(sink.finish)
 
 
 @dataclass(frozen=True)
