@@ -83,10 +83,6 @@ _ACCEPT_ENCODING: dict[str, str] = {hdrs.ACCEPT_ENCODING: "gzip, deflate"}
 MAX_GZIP_MEMBERS = 1024
 # How much compressed input goes to zlib at once.
 _DECOMPRESS_SLICE = 1 << 16
-# JSON bodies from this size are parsed in a thread: JSON takes ~0.1 ms a KiB to parse (up to
-# max_message_size, seconds), which the event loop (gRPC's and the dashboard's too) must not wait
-# on; smaller ones are parsed in line, cheaper than the thread's hop.
-PARSED_ON_THE_LOOP_BELOW = 16 * 1024
 
 
 def _failure(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -530,15 +526,8 @@ class OipHttpServer(HttpListener):
         if not body.strip():
             return {}
         # Not split_body: binary tensor data, and its hints, are for inference requests alone.
-        parse = (
-            body,
-            "the request body",
-            "send a JSON object of the fields the protocol names for this request",
-        )
-        document = (
-            parse_client_json(*parse)
-            if len(body) < PARSED_ON_THE_LOOP_BELOW
-            else await asyncio.to_thread(parse_client_json, *parse)
+        document = parse_client_json(
+            body, "the request body", "send a JSON object of the fields the protocol names for this request"
         )
         if not isinstance(document, dict):
             raise errors.InvalidArgument("the request body must be a JSON object")
@@ -618,13 +607,7 @@ class OipHttpServer(HttpListener):
         target = target_of(request.match_info["model"], request.match_info.get("version", ""))
         with self._core.shared_memory.lease() as lease:
             try:
-                split = (body, request.headers.get(HEADER_LENGTH))
-                document, binary = (
-                    split_body(*split)
-                    if len(body) < PARSED_ON_THE_LOOP_BELOW
-                    else await asyncio.to_thread(split_body, *split)
-                )
-                parsed = infer_request(document, binary, lease)
+                parsed = infer_request(*split_body(body, request.headers.get(HEADER_LENGTH)), lease)
                 timeout = timeout_of(parsed.parameters, KIND_NAMES) if parsed.parameters else None
             except errors.TesseraError:
                 self._core.refused(target, started)

@@ -3,7 +3,6 @@ plain urllib: JSON tensors, Triton's binary tensor data, errors as KServe's, tok
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import http.client
 import json
@@ -24,8 +23,6 @@ from serving_models import W, echo_model, half_model, linear_model, reshape_mode
 
 from tessera.v1 import system_pb2
 from tesserad import cli
-from tesserad.api import oip_http, oip_json
-from tesserad.client_json import parse_client_json
 from tesserad.security import Role
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -936,32 +933,3 @@ def test_a_shape_of_more_dimensions_than_an_array_has_is_a_400_not_a_500(served:
         {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": 4}}]}
     ).encode()
     assert error(infer, header + bytes(4), {"Inference-Header-Content-Length": str(len(header))}) == refused
-
-
-def test_a_large_json_body_is_parsed_off_the_event_loop(served: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # 64 MiB of JSON numbers takes seconds to parse: on the event loop's thread, every gRPC call
-    # and HTTP request of the daemon waited for it.
-    parsed_on: list[str] = []
-
-    def recording(text: bytes, *args: Any) -> Any:
-        try:
-            asyncio.get_running_loop()
-            parsed_on.append("the event loop's thread")
-        except RuntimeError:
-            parsed_on.append("another thread")
-        return parse_client_json(text, *args)
-
-    monkeypatch.setattr(oip_json, "parse_client_json", recording)
-    monkeypatch.setattr(oip_http, "parse_client_json", recording)
-    # Made large by its id, which the answer echoes.
-    body = {
-        "id": "r" * oip_http.PARSED_ON_THE_LOOP_BELOW,
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": X.ravel().tolist()}],
-    }
-    assert ok_json(f"{served}/v2/models/linear/versions/1/infer", body)["id"] == body["id"]
-    # As is any other request's (here the index's, which reads only its 'ready').
-    index = ok_json(
-        f"{served}/v2/repository/index", {"ready": False, "padding": "r" * oip_http.PARSED_ON_THE_LOOP_BELOW}
-    )
-    assert {"name": "linear", "version": "1", "state": "READY"} in index
-    assert parsed_on == ["another thread", "another thread"]
