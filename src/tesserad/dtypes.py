@@ -1,5 +1,6 @@
 """The element types of tessera.v1.DataType, by their numpy names: one table for every domain
-package that checks a dtype (signatures, dataset arrays, training targets)."""
+package that checks a dtype (signatures, dataset arrays, training targets), and the most
+dimensions an array of them can have."""
 
 from __future__ import annotations
 
@@ -23,3 +24,7 @@ TENSOR_DTYPES: tuple[str, ...] = (
     "float32",
     "float64",
 )
+
+# numpy 2's NPY_MAXDIMS (pyproject requires numpy>=2): it makes no array of more dimensions, and
+# answers a shape past it with a ValueError that would reach a client as an internal error.
+MAX_ARRAY_DIMS = 64

@@ -11,6 +11,7 @@ import ml_dtypes
 import numpy as np
 
 from tessera.v1 import common_pb2
+from tesserad.dtypes import MAX_ARRAY_DIMS
 from tesserad.errors import InvalidArgument
 from tesserad.oip import grpc_service_pb2 as oip
 from tesserad.serving.open_inference import (
@@ -95,18 +96,14 @@ def parameters_of(
 # These run on every request: messages are only formatted for the error.
 
 
-# numpy 2's NPY_MAXDIMS: it makes no array of more dimensions (a ValueError, an internal error).
-MAX_DIMS = 64
-
-
 def too_many_dims(shape: Sequence[int], where: str) -> InvalidArgument:
     return InvalidArgument(
-        f"{where} has {len(shape)} dimensions; an array has at most {MAX_DIMS}: send the shape its data has"
+        f"{where} has {len(shape)} dimensions; an array has at most {MAX_ARRAY_DIMS}: send the shape its data has"
     )
 
 
 def _shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
-    if len(shape) > MAX_DIMS:
+    if len(shape) > MAX_ARRAY_DIMS:
         raise too_many_dims(shape, f"input {name!r}")
     if min(shape, default=0) < 0:
         raise InvalidArgument(f"input {name!r} has shape {list(shape)}; dimensions cannot be negative")

@@ -22,13 +22,13 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from tesserad.api.convert_tensors import (
-    MAX_DIMS,
     array_from_bytes,
     little_endian_bytes,
     refuse_unmakeable_empty,
     too_many_dims,
 )
 from tesserad.client_json import parse_client_json
+from tesserad.dtypes import MAX_ARRAY_DIMS
 from tesserad.errors import InvalidArgument
 from tesserad.serving.open_inference import (
     OIP_DTYPES,
@@ -199,7 +199,7 @@ def _shape(tensor: Mapping[str, Any], where: str) -> tuple[int, ...]:
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise InvalidArgument(f"{where} needs a shape: a list of integers")
-    if len(shape) > MAX_DIMS:
+    if len(shape) > MAX_ARRAY_DIMS:
         raise too_many_dims(shape, where)
     if min(shape, default=0) < 0:
         raise InvalidArgument(f"{where} has shape {shape}; dimensions cannot be negative")

@@ -22,15 +22,14 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
-from tesserad.dtypes import TENSOR_DTYPES
+from tesserad.dtypes import MAX_ARRAY_DIMS, TENSOR_DTYPES
 from tesserad.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
 # numpy dtype names a dataset array may have (tessera.v1.DataType, without bfloat16, which numpy lacks).
 ARRAY_DTYPES = frozenset(TENSOR_DTYPES) - {"bfloat16"}
 MAX_CLASSES = 1000
-# numpy 2's NPY_MAXDIMS, and the most bytes it lets an array's dimensions span (even with a 0
-# among them): it makes no array past either.
-_MAX_DIMS = 64
+# The most bytes numpy lets an array's dimensions span (even with a 0 among them): it makes no
+# array past it.
 _MAX_ARRAY_BYTES = np.iinfo(np.intp).max
 # Arrays an upload may hold, checked before any is read: a version is answered whole, and this
 # many with names of up to 128 characters take about 3 MiB to describe.
@@ -150,10 +149,10 @@ def _read_header(stream: IO[bytes], array: str) -> tuple[np.dtype[Any], tuple[in
         raise InvalidArgument(
             f"array {array!r}: its header gives shape {list(shape)}, with a negative dimension"
         )
-    if len(shape) > _MAX_DIMS:
+    if len(shape) > MAX_ARRAY_DIMS:
         raise InvalidArgument(
             f"array {array!r}: its header gives a shape of {len(shape)} dimensions; an array has at most "
-            f"{_MAX_DIMS}: save the array with the shape its data has"
+            f"{MAX_ARRAY_DIMS}: save the array with the shape its data has"
         )
     # A sample's dimensions here; the first, the samples, once their count is checked (_check_arrays).
     _refuse_unmakeable(array, shape, dtype, samples_too=False)

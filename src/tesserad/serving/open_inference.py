@@ -70,7 +70,7 @@ def unserved_datatype(where: str, datatype: object) -> InvalidArgument:
             f"booleans: {served}; encode text as numbers (token ids, say) before sending it"
         )
     return InvalidArgument(
-        f"{where} has datatype {datatype!r}, which is no datatype tesserad serves; it serves {served}"
+        f"{where} has datatype {repr(datatype)[:40]}, which is no datatype tesserad serves; it serves {served}"
     )
 
 

@@ -900,6 +900,14 @@ def test_a_datatype_or_shape_no_array_can_have_is_a_400_not_a_500(served: str) -
             f"input 'x' has datatype {datatype!r}, which is no datatype tesserad serves; it serves BOOL, UINT8, "
             "INT8, UINT16, INT16, UINT32, INT32, UINT64, INT64, FP16, BF16, FP32, FP64",
         )
+    # A long one is quoted cut short, not echoed whole.
+    status, says = error(
+        infer, {"inputs": [{"name": "x", "datatype": ["FP32"] * 100_000, "shape": [1, 4], "data": [0] * 4}]}
+    )
+    assert (status, says.split(", which")[0]) == (
+        400,
+        f"input 'x' has datatype {repr(['FP32'] * 100_000)[:40]}",
+    )
     # No elements, but dimensions numpy refuses to make even an empty array of (a 500).
     too_big = (
         "input 'x' has shape {}: its dimensions other than 0 multiply to {} bytes of FP32, more than an "
