@@ -140,3 +140,16 @@ def test_aio_predict_stream_and_stats(daemon, make_onnx):
     assert sorted(p.request_id for p in many) == ["0", "1", "2"]
     assert stats[0].request_count == 4
     assert len(loaded) == len(unloaded) == 1
+
+
+def test_a_failed_stream_item_raises_its_own_error_when_indexed_and_says_it_has_no_output(client, served):
+    good = np.ones((1, 4), np.float32)
+    items = [("a", {"input": good}), ("bad", {"input": np.ones((1, 5), np.float32)})]
+    results = {p.request_id: p for p in client.inference.predict_stream("affine", items, version=1)}
+    assert "output" in results["a"] and list(results["a"].keys()) == ["output"] == list(results["a"])
+    assert "output" not in results["bad"] and list(results["bad"]) == []
+    with pytest.raises(tessera.InvalidArgument, match=r"input 'input'.*expects 4") as caught:
+        results["bad"]["output"]
+    assert caught.value is results["bad"].error
+    with pytest.raises(KeyError, match=r"'nope'.*outputs are \['output'\]"):
+        results["a"]["nope"]

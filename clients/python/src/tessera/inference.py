@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,9 +25,10 @@ Inputs = Mapping[str, np.typing.ArrayLike] | np.typing.ArrayLike
 
 @dataclass
 class Prediction:
-    """The outputs of one predict call by name (also reachable as `prediction["output"]`), the
-    version that served it, and where the time went. In a stream, a failed request has `error`
-    set and no outputs."""
+    """The outputs of one predict call by name (also reachable as `prediction["output"]`, with
+    `"output" in prediction`, `keys()` and iteration over the names, as a dict's), the version
+    that served it, and where the time went. In a stream, a failed request has `error` set and
+    no outputs: indexing it raises that error."""
 
     outputs: dict[str, np.ndarray]
     model: str
@@ -39,7 +40,22 @@ class Prediction:
     error: TesseraError | None = field(default=None)
 
     def __getitem__(self, name: str) -> np.ndarray:
+        if self.error is not None:
+            # A KeyError for the output would hide why there is none.
+            raise self.error
+        if name not in self.outputs:
+            raise KeyError(f"{name!r}: the outputs are {sorted(self.outputs)}")
         return self.outputs[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.outputs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.outputs)
+
+    def keys(self) -> KeysView[str]:
+        """The output names."""
+        return self.outputs.keys()
 
     @classmethod
     def from_proto(cls, response: pb.PredictResponse) -> Prediction:
