@@ -302,3 +302,28 @@ def test_export_onnx_of_a_trained_version_sync_and_aio(daemon, client, table):
         "tiny", {"input": np.ones((3, 4), np.float32)}, version=again.version.version
     )
     assert prediction["output"].shape == (3, 2)
+
+
+def test_a_wait_that_times_out_says_the_job_goes_on_and_what_to_do_sync_and_aio(daemon, client, table):
+    job = client.training.submit(small_spec(table, epochs=100_000, register_as={}))
+    try:
+        with pytest.raises(tessera.StillRunning) as caught:
+            job.wait(timeout=1)
+        assert isinstance(caught.value, tessera.DeadlineExceeded) and isinstance(caught.value, TimeoutError)
+        assert re.fullmatch(
+            rf"job {job.id} is still (queued|running) after 1 s, the timeout given to wait\(\); it goes on: "
+            r"call wait\(\) again to wait longer, or cancel\(\) to stop it",
+            caught.value.message,
+        ), caught.value.message
+        assert caught.value.job_id == job.id
+
+        async def scenario():
+            async with tessera.aio.Client(daemon.target) as aio_client:
+                aio_job = await aio_client.training.job(job.id)
+                with pytest.raises(tessera.StillRunning, match=r"is still (queued|running) after 0\.5 s"):
+                    await aio_job.wait(timeout=0.5)
+
+        asyncio.run(scenario())
+    finally:
+        job.cancel()
+        job.wait(check=False)

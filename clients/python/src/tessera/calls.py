@@ -1,7 +1,7 @@
 """SDK methods written once for the blocking and the asyncio client.
 
 A client part's method builds a description of what to do (`Op`: one unary call; `Upload`,
-`Save`, `ResumingDownload`, `Then`, `PagesUpTo`; or a stream of results: `Pages`, `Resumable`,
+`Save`, `ResumingDownload`, `PagesUpTo`; or a stream of results: `Pages`, `Resumable`,
 `ReconnectingBidi`), and each kind of description knows how to run itself on a blocking
 `Connection` and on an asyncio `AioConnection`. The `call` and `stream` decorators make the
 method, on a part holding a `Connection`, return the result (or an iterator of results), and
@@ -167,24 +167,6 @@ class Save(Call[T_co]):
         # A cancel meanwhile is raised once it has ended, its file then in place or not: to_thread
         # raised it at once, the thread going on to put the file in place after.
         return await _off_the_loop(sink.finish)
-
-
-@dataclass(frozen=True)
-class Then(Call[T_co]):
-    """Go through `first` to its end, then make the call `then`."""
-
-    first: Stream[Any]
-    then: Call[T_co]
-
-    def run(self, conn: Connection) -> T_co:
-        for _ in self.first.iterate(conn):
-            pass
-        return self.then.run(conn)
-
-    async def run_async(self, conn: AioConnection) -> T_co:
-        async for _ in self.first.iterate_async(conn):
-            pass
-        return await self.then.run_async(conn)
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,16 @@ class DeadlineExceeded(TesseraError):
     code = "DEADLINE_EXCEEDED"
 
 
+class StillRunning(DeadlineExceeded, TimeoutError):
+    """`Job.wait(timeout=...)` ran out of time while the job had not ended; the job goes on
+    (`job_id` names it): wait again, or cancel it. A DeadlineExceeded, as the deadline of a call
+    is, and a TimeoutError, as a timeout of the standard library's waits is."""
+
+    def __init__(self, message: str, trailers: Mapping[str, str] | None = None, *, job_id: str = "") -> None:
+        super().__init__(message, trailers)
+        self.job_id = job_id
+
+
 class NotFound(TesseraError):
     """A named model, version, dataset, job or run does not exist."""
 

@@ -26,13 +26,12 @@ from tessera.calls import (
     Resumable,
     ResumingDownload,
     SeqCursor,
-    Then,
     Upload,
     call,
     stream,
 )
-from tessera.errors import JobFailed, NotFound, TesseraError, Unavailable
-from tessera.events import JobEvent, JobState, event_from_proto
+from tessera.errors import DeadlineExceeded, JobFailed, NotFound, StillRunning, TesseraError, Unavailable
+from tessera.events import JobEvent, JobState, StateChanged, event_from_proto
 from tessera.messages import from_dict
 from tessera.run_filter import RunFilter, RunOrderBy, is_order_string, parse_filter, parse_orders
 from tessera.transfer import (
@@ -56,6 +55,7 @@ if TYPE_CHECKING:
 
 S = "Training"
 
+T = TypeVar("T")
 _V = TypeVar("_V", bound=int)
 # The daemon's rule for a request id it keeps (tesserad.training.submit_requests): checked here
 # too, since "" would be sent as no id at all while the channel still retries the submit.
@@ -516,6 +516,47 @@ class MetricSteps(Call[int]):
                 await asyncio.sleep(conn.retry.backoff_s(failures))
 
 
+@dataclass(frozen=True)
+class JobEnd(Call[T]):
+    """`Job.wait`'s: the job's `events` to its end, then `then`. Where `timeout` runs out first,
+    StillRunning says that the job goes on (in the state last seen, from `state` on) and what to
+    do, rather than gRPC's words for a deadline."""
+
+    job_id: str
+    events: Resumable[JobEvent]
+    then: Call[T]
+    state: JobState
+    timeout: float | None
+
+    def run(self, conn: Connection) -> T:
+        state = self.state
+        try:
+            for event in self.events.iterate(conn):
+                state = event.state if isinstance(event, StateChanged) else state
+        except DeadlineExceeded as error:
+            raise self._still(state, error) from error
+        return self.then.run(conn)
+
+    async def run_async(self, conn: AioConnection) -> T:
+        state = self.state
+        try:
+            async for event in self.events.iterate_async(conn):
+                state = event.state if isinstance(event, StateChanged) else state
+        except DeadlineExceeded as error:
+            raise self._still(state, error) from error
+        return await self.then.run_async(conn)
+
+    def _still(self, state: JobState, error: DeadlineExceeded) -> DeadlineExceeded:
+        if self.timeout is None:
+            return error
+        return StillRunning(
+            f"job {self.job_id} is still {state.value} after {self.timeout:g} s, the timeout given to "
+            "wait(); it goes on: call wait() again to wait longer, or cancel() to stop it",
+            error.trailers,
+            job_id=self.job_id,
+        )
+
+
 class Job(Part[C]):
     """A training job on the daemon. `info` is its latest known state (refresh() updates it)."""
 
@@ -572,12 +613,14 @@ class Job(Part[C]):
         return self._events(from_seq, timeout)
 
     @call
-    def wait(self, timeout: float | None = None, check: bool = True) -> Then[Job[C]]:
+    def wait(self, timeout: float | None = None, check: bool = True) -> JobEnd[Job[C]]:
         """Block until the job ends; returns self with `info` final. With `check`, raises
         JobFailed when it did not succeed. It waits as `watch` does: a daemon stopped gracefully
         (the job interrupted, to be resumed by the next start) raises Unavailable once the
         client's RetryPolicy reconnects fail, rather than returning the job INTERRUPTED; call
-        `wait()` again once the daemon runs again."""
+        `wait()` again once the daemon runs again. `timeout` (seconds; None: no limit) ends the
+        wait, not the job: past it, StillRunning (a DeadlineExceeded and a TimeoutError) says so;
+        call `wait()` again to wait longer, or `cancel()` to stop the job."""
 
         def ended(info: pb.Job) -> Job[C]:
             self.info = info
@@ -586,7 +629,8 @@ class Job(Part[C]):
             return self
 
         events = self._events(max(self.info.last_seq + 1, 1), timeout)
-        return Then(events, Op(S, "GetJob", pb.GetJobRequest(job_id=self.id), ended))
+        then = Op(S, "GetJob", pb.GetJobRequest(job_id=self.id), ended)
+        return JobEnd(self.id, events, then, self.state, timeout)
 
     @call
     def cancel(self, *, timeout: float | None = None) -> Op[Job[C]]:
