@@ -38,3 +38,15 @@ def test_job_failed_comes_back_from_pickle_with_the_jobs_final_state(fake):
     assert type(back) is tessera.JobFailed and str(back) == str(caught.value)
     assert back.job == caught.value.job.info
     assert back.job.state == training_pb2.JOB_STATE_FAILED
+
+
+def test_job_cancelled_and_still_running_come_back_from_pickle_alike(fake):
+    fake.training.final_state = training_pb2.JOB_STATE_CANCELLED
+    with tessera.Client(fake.target) as client, pytest.raises(tessera.JobCancelled) as caught:
+        client.training.job("job-1").wait()
+    back = pickle.loads(pickle.dumps(caught.value))
+    assert type(back) is tessera.JobCancelled and str(back) == str(caught.value)
+    assert back.job.state == training_pb2.JOB_STATE_CANCELLED
+    still = pickle.loads(pickle.dumps(tessera.StillRunning("job job-1 is still running", job_id="job-1")))
+    assert type(still) is tessera.StillRunning and still.job_id == "job-1"
+    assert str(still) == "DEADLINE_EXCEEDED: job job-1 is still running"

@@ -120,8 +120,14 @@ def test_cancel_a_queued_or_running_job(client, table):
     job.cancel()
     job.wait(check=False, timeout=120)
     assert job.state == tessera.JobState.CANCELLED
-    with pytest.raises(tessera.JobFailed, match="cancelled"):
+    with pytest.raises(tessera.JobCancelled, match=rf"^job {job.id} was cancelled") as caught:
         job.wait()
+    # Code written for JobFailed keeps catching it, and one base catches every SDK error.
+    assert isinstance(caught.value, tessera.JobFailed) and isinstance(caught.value, tessera.Error)
+    assert caught.value.job is job
+    assert issubclass(tessera.TesseraError, tessera.Error) and not issubclass(
+        tessera.JobFailed, tessera.TesseraError
+    )
 
 
 def test_tracking_for_an_external_script(client):

@@ -10,7 +10,9 @@
         print(client.inference.predict("clf", {"input": x[:4]})["output"])
 
 `tessera.aio.Client` is the asyncio twin. Every failed call raises a `tessera.TesseraError`
-subclass named after its status code (`tessera.NotFound`, `tessera.InvalidArgument`, ...).
+subclass named after its status code (`tessera.NotFound`, `tessera.InvalidArgument`, ...);
+`Job.wait()` raises `tessera.JobFailed` (`tessera.JobCancelled`) for a job that did not succeed,
+and `tessera.Error` is the base of them all.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ if TYPE_CHECKING:
         Cancelled,
         DataLoss,
         DeadlineExceeded,
+        Error,
         FailedPrecondition,
         Internal,
         InvalidArgument,
+        JobCancelled,
         JobFailed,
         NotFound,
         OutOfRange,
@@ -71,9 +75,11 @@ _NAMES_BY_MODULE = {
         "Cancelled",
         "DataLoss",
         "DeadlineExceeded",
+        "Error",
         "FailedPrecondition",
         "Internal",
         "InvalidArgument",
+        "JobCancelled",
         "JobFailed",
         "NotFound",
         "OutOfRange",
@@ -116,11 +122,13 @@ __all__ = [
     "DataLoss",
     "DeadlineExceeded",
     "EpochMetrics",
+    "Error",
     "Explanation",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
     "Job",
+    "JobCancelled",
     "JobError",
     "JobEvent",
     "JobFailed",

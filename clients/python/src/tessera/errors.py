@@ -1,7 +1,9 @@
 """One exception per gRPC status code, each carrying the server's message.
 
 Every failed call raises a subclass of `TesseraError`; catch the base class to handle any
-failure, or a subclass (`NotFound`, `InvalidArgument`, ...) for one kind.
+failure, or a subclass (`NotFound`, `InvalidArgument`, ...) for one kind. A job that ended
+without succeeding raises `JobFailed` (`JobCancelled` for a cancelled one) from `Job.wait()`;
+`Error` is the base of both, for code that handles whatever the SDK raises.
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ from typing import Any, cast
 import grpc
 
 
-class TesseraError(Exception):
+class Error(Exception):
+    """The base of the SDK's own exceptions: `TesseraError` (a call failed) and `JobFailed` (a
+    job ended without succeeding)."""
+
+
+class TesseraError(Error):
     """A call to tesserad failed; `code` is the gRPC status name, `message` the server's words."""
 
     code: str = "UNKNOWN"
@@ -137,8 +144,9 @@ class Unauthenticated(TesseraError):
     code = "UNAUTHENTICATED"
 
 
-class JobFailed(Exception):
-    """`Job.wait()` found the job ended without succeeding; `job` holds its final state. Pickled
+class JobFailed(Error):
+    """`Job.wait()` found the job ended without succeeding; `job` holds its final state. No call
+    failed, so it is no TesseraError (it has no status `code`); `Error` is the base of both. Pickled
     (as a multiprocessing pool hands a worker's exception to its parent), `job` becomes that
     state alone, the `tessera.v1` Job message (`job.info`): a Job holds the client's channel,
     which no pickle can carry."""
@@ -151,6 +159,11 @@ class JobFailed(Exception):
         # Exception's own gives (message,) to a class that takes (job, message), and the job's channel.
         state = {name: value for name, value in vars(self).items() if name != "job"}
         return type(self), (getattr(self.job, "info", self.job), *self.args), state
+
+
+class JobCancelled(JobFailed):
+    """`Job.wait()` found the job ended CANCELLED (by `cancel()`, the CLI's `jobs cancel`, or a
+    sweep's cancel): a JobFailed, so that code catching that catches it too."""
 
 
 class StoppedFollowing(KeyboardInterrupt):

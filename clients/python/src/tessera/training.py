@@ -30,7 +30,15 @@ from tessera.calls import (
     call,
     stream,
 )
-from tessera.errors import DeadlineExceeded, JobFailed, NotFound, StillRunning, TesseraError, Unavailable
+from tessera.errors import (
+    DeadlineExceeded,
+    JobCancelled,
+    JobFailed,
+    NotFound,
+    StillRunning,
+    TesseraError,
+    Unavailable,
+)
 from tessera.events import JobEvent, JobState, StateChanged, event_from_proto
 from tessera.messages import from_dict
 from tessera.run_filter import RunFilter, RunOrderBy, is_order_string, parse_filter, parse_orders
@@ -208,10 +216,13 @@ class WatchCursor(SeqCursor):
         return self.accept_seq(event.seq)
 
 
-def failure_message(info: pb.Job) -> str:
+def job_failed(job: Job[Any], info: pb.Job) -> JobFailed:
+    """The exception for `job`, ended in `info` without succeeding: JobCancelled where cancelled."""
     state = JobState.from_proto(info.state)
     why = f": {info.error}" if info.error else ""
-    return f"job {info.job_id} ended {state.value}{why}"
+    if state == JobState.CANCELLED:
+        return JobCancelled(job, f"job {info.job_id} was cancelled{why}")
+    return JobFailed(job, f"job {info.job_id} ended {state.value}{why}")
 
 
 def artifact_requests(
@@ -615,9 +626,10 @@ class Job(Part[C]):
     @call
     def wait(self, timeout: float | None = None, check: bool = True) -> JobEnd[Job[C]]:
         """Block until the job ends; returns self with `info` final. With `check`, raises
-        JobFailed when it did not succeed. It waits as `watch` does: a daemon stopped gracefully
-        (the job interrupted, to be resumed by the next start) raises Unavailable once the
-        client's RetryPolicy reconnects fail, rather than returning the job INTERRUPTED; call
+        JobFailed when it did not succeed (JobCancelled, a JobFailed, when it was cancelled).
+        It waits as `watch` does: a daemon stopped gracefully (the job interrupted, to be
+        resumed by the next start) raises Unavailable once the client's RetryPolicy reconnects
+        fail, rather than returning the job INTERRUPTED; call
         `wait()` again once the daemon runs again. `timeout` (seconds; None: no limit) ends the
         wait, not the job: past it, StillRunning (a DeadlineExceeded and a TimeoutError) says so;
         call `wait()` again to wait longer, or `cancel()` to stop the job."""
@@ -625,7 +637,7 @@ class Job(Part[C]):
         def ended(info: pb.Job) -> Job[C]:
             self.info = info
             if check and self.state != JobState.SUCCEEDED:
-                raise JobFailed(self, failure_message(info))
+                raise job_failed(self, info)
             return self
 
         events = self._events(max(self.info.last_seq + 1, 1), timeout)
