@@ -381,19 +381,33 @@ def test_a_download_is_on_the_disk_before_it_takes_its_name(client, onnx_file, t
     assert ours[1] == str(out)
 
 
-def test_a_download_onto_a_directory_is_refused_and_leaves_no_file(client, onnx_file, tmp_path):
-    """The CLI writes into a directory it is given; the SDK takes a file's path, and moved its
-    temp file onto the directory, failing with the temp file's name and leaving it beside."""
-    client.models.push("affine", onnx_file)
+def test_a_dataset_download_onto_a_directory_is_refused_and_leaves_no_file(client, tmp_path):
+    """The SDK's dataset download takes a file's path (a model's writes into a directory, below),
+    and moved its temp file onto the directory, failing with the temp file's name and leaving it
+    beside."""
     client.datasets.push("clips", x=np.zeros((3, 2), np.float32))
     target = tmp_path / "out"
     target.mkdir()
-    for download in (
-        lambda: client.models.download("affine", target),
-        lambda: client.datasets.download("clips", target),
-    ):
-        with pytest.raises(IsADirectoryError) as refused:
-            download()
-        assert f"{target} is a directory; name the file to write in it" in str(refused.value)
+    with pytest.raises(IsADirectoryError) as refused:
+        client.datasets.download("clips", target)
+    assert f"{target} is a directory; name the file to write in it" in str(refused.value)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
     assert list(target.iterdir()) == []
+
+
+def test_a_download_to_a_directory_writes_the_clis_default_name_there_sync_and_aio(
+    daemon, client, two_versions, tmp_path
+):
+    header = client.models.download("affine", tmp_path, version=1)
+    assert header.version == 1
+    assert (tmp_path / "affine-v1.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
+    # A str ending in "/" is a directory, made where missing; the alias is pinned to its version.
+    client.models.download("affine", f"{tmp_path}/new/", version="staging")
+    assert (tmp_path / "new" / "affine-v2.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+    async def scenario():
+        async with tessera.aio.Client(daemon.target) as aio_client:
+            return await aio_client.models.download("affine", f"{tmp_path}/aio/")
+
+    assert asyncio.run(scenario()).version == 2
+    assert (tmp_path / "aio" / "affine-v2.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()

@@ -1,7 +1,7 @@
 """SDK methods written once for the blocking and the asyncio client.
 
 A client part's method builds a description of what to do (`Op`: one unary call; `Upload`,
-`Save`, `ResumingDownload`, `PagesUpTo`; or a stream of results: `Pages`, `Resumable`,
+`Save`, `ResumingDownload`, `Chain`, `PagesUpTo`; or a stream of results: `Pages`, `Resumable`,
 `ReconnectingBidi`), and each kind of description knows how to run itself on a blocking
 `Connection` and on an asyncio `AioConnection`. The `call` and `stream` decorators make the
 method, on a part holding a `Connection`, return the result (or an iterator of results), and
@@ -167,6 +167,20 @@ class Save(Call[T_co]):
         # A cancel meanwhile is raised once it has ended, its file then in place or not: to_thread
         # raised it at once, the thread going on to put the file in place after.
         return await _off_the_loop(sink.finish)
+
+
+@dataclass(frozen=True)
+class Chain(Call[T_co]):
+    """Make the call `first`, then the call `then` makes of its result."""
+
+    first: Call[Any]
+    then: Callable[[Any], Call[T_co]]
+
+    def run(self, conn: Connection) -> T_co:
+        return self.then(self.first.run(conn)).run(conn)
+
+    async def run_async(self, conn: AioConnection) -> T_co:
+        return await self.then(await self.first.run_async(conn)).run_async(conn)
 
 
 @dataclass(frozen=True)

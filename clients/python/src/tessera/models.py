@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 from tessera.calls import (
     C,
+    Call,
+    Chain,
     Op,
     Pages,
     Part,
@@ -45,6 +48,13 @@ INLINE_BYTES = 64 * 2**10
 FORMAT_BY_SUFFIX = {".onnx": "onnx", ".safetensors": "safetensors"}
 """An artifact's format (push's `format=`) by its file's suffix."""
 
+SUFFIX_BY_FORMAT = {
+    pb.ARTIFACT_FORMAT_SAFETENSORS: ".safetensors",
+    pb.ARTIFACT_FORMAT_ONNX: ".onnx",
+    pb.ARTIFACT_FORMAT_ENSEMBLE: ".json",
+}
+"""The file suffix of each artifact format, for a download's default name and the CLI's check of a given one."""
+
 VersionSelector = int | str
 """A version by number (int) or by alias (str)."""
 
@@ -57,6 +67,18 @@ def ref(model: str, selector: VersionSelector | None) -> common_pb2.VersionRef:
     if isinstance(selector, str):
         return version_ref(model, alias=selector)
     return version_ref(model, version=selector)
+
+
+def default_file_name(version: pb.ModelVersion) -> str:
+    """The file a download of `version` writes, given a directory (or, in the CLI, no name):
+    "mlp-v3.onnx"."""
+    return f"{version.model}-v{version.version}{SUFFIX_BY_FORMAT.get(version.format, '')}"
+
+
+def _is_directory(path: str | Path) -> bool:
+    """Whether a download's `path` is a directory: one that exists, or a str ending in a
+    separator (Path drops it, yet it is how a user says "a directory", existing or not)."""
+    return Path(path).is_dir() or (isinstance(path, str) and path.endswith(("/", os.sep)))
 
 
 def version_name(version: pb.ModelVersion) -> str:
@@ -301,9 +323,11 @@ class Models(Part[C]):
         timeout: float | None = None,
         overwrite: bool = True,
         resume: bool = False,
-    ) -> ResumingDownload[pb.ModelVersion]:
+    ) -> Call[pb.ModelVersion]:
         """Write a version's artifact to `path`, verified against its sha256 (DataLoss if not);
-        it takes the name only once whole. `overwrite` False: a file at `path` is refused with
+        it takes the name only once whole. A directory `path` (one that exists, or a str ending
+        in "/", made where missing) gets the file named as the CLI names it, "MODEL-vN.onnx"
+        (.safetensors, .json for an ensemble), of the version `version` picks when asked. `overwrite` False: a file at `path` is refused with
         FileExistsError. A stream that breaks (UNAVAILABLE: connection cut, daemon restarting)
         is made again within the client's RetryPolicy and goes on from the bytes written, of the
         version the first stream sent. One that gives up or times out keeps them in a hidden
@@ -313,6 +337,31 @@ class Models(Part[C]):
         are), and without `resume` the download starts again from the first byte. A partial file
         there that is not this user's own, or is another name of a file too, is refused with
         ValueError."""
+        if _is_directory(path):
+            directory = Path(path)
+
+            def into_directory(picked: pb.ModelVersion) -> ResumingDownload[pb.ModelVersion]:
+                directory.mkdir(parents=True, exist_ok=True)
+                file = directory / default_file_name(picked)
+                return self._download(
+                    picked.model, file, picked.version, progress, chunk_size, timeout, overwrite, resume
+                )
+
+            resolve = Op(S, "GetVersion", pb.GetVersionRequest(ref=ref(name, version)), timeout=timeout)
+            return Chain(resolve, into_directory)
+        return self._download(name, Path(path), version, progress, chunk_size, timeout, overwrite, resume)
+
+    def _download(
+        self,
+        name: str,
+        path: Path,
+        version: VersionSelector | None,
+        progress: Progress | None,
+        chunk_size: int,
+        timeout: float | None,
+        overwrite: bool,
+        resume: bool,
+    ) -> ResumingDownload[pb.ModelVersion]:
         asked = ref(name, version)
 
         def request(header: pb.ModelVersion | None, offset: int) -> pb.DownloadVersionRequest:
@@ -326,7 +375,7 @@ class Models(Part[C]):
             request,
             Op(S, "GetVersion", pb.GetVersionRequest(ref=asked), timeout=timeout),
             timeout_or(timeout, self._conn.transfer_timeout),
-            lambda: ResumableDownloadSink(Path(path), progress, overwrite, resume, version_name),
+            lambda: ResumableDownloadSink(path, progress, overwrite, resume, version_name),
             self._conn.retry,
             f"downloading {name}" + ("" if version is None else f" version {version}"),
         )

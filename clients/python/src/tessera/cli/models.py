@@ -23,7 +23,7 @@ from tessera.ensembles import fit_stacking, member_pair
 from tessera.errors import TesseraError
 from tessera.json_output import dumps, to_plain
 from tessera.messages import counted, is_digits, load_toml
-from tessera.models import FORMAT_BY_SUFFIX
+from tessera.models import FORMAT_BY_SUFFIX, SUFFIX_BY_FORMAT, default_file_name
 from tessera.progress_line import byte_size
 from tessera.rpc_commands import in_cli_words
 from tessera.tables import Word
@@ -550,13 +550,6 @@ FORMAT_WORDS = {
 }
 """Each artifact format with its article, as a message names it."""
 
-SUFFIX_BY_FORMAT = {
-    registry_pb2.ARTIFACT_FORMAT_SAFETENSORS: ".safetensors",
-    registry_pb2.ARTIFACT_FORMAT_ONNX: ".onnx",
-    registry_pb2.ARTIFACT_FORMAT_ENSEMBLE: ".json",
-}
-"""The file suffix of each artifact format, for download's default name and its check of a given one."""
-
 
 def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -> None:
     if args.path and args.output:
@@ -573,7 +566,7 @@ def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -
     # the version downloaded to the one checked.
     resolved = client.models.version(args.model, picked)
     suffix = SUFFIX_BY_FORMAT.get(resolved.format, "")
-    default = f"{resolved.model}-v{resolved.version}{suffix}"
+    default = default_file_name(resolved)
     path = Path(given_path) if given_path else Path(default)
     if path.is_dir():
         path = path / default
