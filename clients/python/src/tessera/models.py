@@ -436,7 +436,9 @@ class Models(Part[C]):
 
     @stream
     def aliases(self, name: str, page_size: int = 0, *, timeout: float | None = None) -> Pages[pb.Alias]:
-        """Every alias of the model by name, "latest" last; fetched a page at a time."""
+        """The model's aliases (each an Alias: `alias`, `version`), in order of name with "latest"
+        last: an iterator that fetches a page at a time as it goes, as every list here is (for a
+        dict, `{a.alias: a.version for a in client.models.aliases(name)}`)."""
 
         def page(token: str) -> Op[pb.ListAliasesResponse]:
             request = pb.ListAliasesRequest(model=name, page_size=page_size, page_token=token)
