@@ -347,7 +347,9 @@ class Models(Part[C]):
                     picked.model, file, picked.version, progress, chunk_size, timeout, overwrite, resume
                 )
 
-            resolve = Op(S, "GetVersion", pb.GetVersionRequest(ref=ref(name, version)), timeout=timeout)
+            resolve: Op[pb.ModelVersion] = Op(
+                S, "GetVersion", pb.GetVersionRequest(ref=ref(name, version)), timeout=timeout
+            )
             return Chain(resolve, into_directory)
         return self._download(name, Path(path), version, progress, chunk_size, timeout, overwrite, resume)
 
