@@ -33,7 +33,10 @@ def test_every_method_has_the_same_signature_and_doc_on_both_clients():
                     assert blocking and blocking.keys() == asyncio_.keys(), part
                     for name, method in blocking.items():
                         twin = asyncio_[name]
-                        assert inspect.signature(method) == inspect.signature(twin), name
+                        # The results differ (Iterator and AsyncIterator): test_sdk_signatures.
+                        assert inspect.signature(method).parameters == inspect.signature(twin).parameters, (
+                            name
+                        )
                         assert method.__doc__ and method.__doc__ == twin.__doc__, name
                         descriptor = vars(type(getattr(client, part)))[name]
                         assert inspect.iscoroutinefunction(twin) == isinstance(descriptor, _CallMethod), name
@@ -45,7 +48,8 @@ def test_every_method_has_the_same_signature_and_doc_on_both_clients():
                 )
                 assert public_methods(job).keys() == public_methods(aio_job).keys()
                 for name, method in public_methods(job).items():
-                    assert inspect.signature(method) == inspect.signature(public_methods(aio_job)[name]), name
+                    twin = public_methods(aio_job)[name]
+                    assert inspect.signature(method).parameters == inspect.signature(twin).parameters, name
 
     asyncio.run(scenario())
 

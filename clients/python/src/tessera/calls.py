@@ -25,6 +25,7 @@ import functools
 import inspect
 import threading
 import time
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -811,6 +812,39 @@ class Part(Generic[C]):
         self._conn: C = conn
 
 
+def _resolved(annotation: Any, namespace: dict[str, Any]) -> Any:
+    """An annotation (a string, under `from __future__ import annotations`) as the type it names;
+    the string itself where it names one only a type checker imports."""
+    if not isinstance(annotation, str):
+        return annotation
+    try:
+        # As typing.get_type_hints does, but one at a time: one unresolved leaves the rest.
+        return eval(annotation, namespace)
+    except NameError:
+        return annotation
+
+
+def _result_of(description: Any, kind: type) -> Any:
+    """What running (iterating) `description`, an `Op[T]`, a `Pages[T]` or a class of Call[T]
+    (Stream[T]), gives: T; `kind` is Call or Stream."""
+    origin = typing.get_origin(description) or description
+    if isinstance(origin, type) and issubclass(origin, kind):
+        if origin is not description:
+            return typing.get_args(description)[0]
+        for cls in origin.__mro__:
+            for base in vars(cls).get("__orig_bases__", ()):
+                if typing.get_origin(base) is kind:
+                    return typing.get_args(base)[0]
+    return Any
+
+
+def _on(conn_type: type, annotation: Any) -> Any:
+    """`annotation` with the connection's type for C: `Job[C]` on a blocking client is `Job[Connection]`."""
+    if C in getattr(annotation, "__parameters__", ()):
+        return annotation[conn_type]
+    return annotation
+
+
 class _Method:
     """What `call` and `stream` share: the wrapped builder's name, doc and signature, and the
     bound method, made on first use and kept on the part (later lookups skip this)."""
@@ -819,21 +853,43 @@ class _Method:
         functools.update_wrapper(cast(Any, self), build)
         self._build = build
         self._name = build.__name__
-        # What help() and IDEs show: the method's own parameters, without `self`.
-        parameters = list(inspect.signature(build).parameters.values())[1:]
-        self._signature = inspect.Signature(parameters)
+        self._signatures: dict[type, inspect.Signature] = {}
 
     def __set_name__(self, owner: type, name: str) -> None:
         self._name = name
 
+    def _signature(self, conn_type: type) -> inspect.Signature:
+        """What help() and IDEs show: the method's own parameters, without `self`, and what it
+        gives on a `conn_type` connection (not the description of the call that gives it); resolved on first use, once the module (whose classes
+        the annotations name) is whole."""
+        if conn_type not in self._signatures:
+            signature = inspect.signature(self._build)
+            # The parameters' annotations stay as written: resolved, an alias such as `Inputs`
+            # would show as the whole union it stands for.
+            parameters = list(signature.parameters.values())[1:]
+            description = _resolved(signature.return_annotation, self._build.__globals__)
+            self._signatures[conn_type] = inspect.Signature(
+                parameters, return_annotation=_on(conn_type, self._returns(description, conn_type))
+            )
+        return self._signatures[conn_type]
+
+    def _returns(self, description: Any, conn_type: type) -> Any:
+        """What the bound method returns, of the `description` its builder returns."""
+        raise NotImplementedError
+
     def _bind(self, part: Part[Any], method: Callable[..., Any]) -> Any:
         functools.update_wrapper(method, self._build)
-        method.__signature__ = self._signature  # type: ignore[attr-defined]
+        method.__signature__ = self._signature(type(part._conn))  # type: ignore[attr-defined]
         vars(part)[self._name] = method
         return method
 
 
 class _CallMethod(_Method, Generic[P, T]):
+    def _returns(self, description: Any, conn_type: type) -> Any:
+        # An asyncio client's method is a coroutine function: its annotation is what it gives
+        # awaited, as an `async def`'s is.
+        return _result_of(description, Call)
+
     @overload
     def __get__(self, part: None, owner: type) -> _CallMethod[P, T]: ...
     @overload
@@ -858,6 +914,10 @@ class _CallMethod(_Method, Generic[P, T]):
 
 
 class _StreamMethod(_Method, Generic[P, T]):
+    def _returns(self, description: Any, conn_type: type) -> Any:
+        iterator: Any = AsyncIterator if issubclass(conn_type, AioConnection) else Iterator
+        return iterator[_result_of(description, Stream)]
+
     @overload
     def __get__(self, part: None, owner: type) -> _StreamMethod[P, T]: ...
     @overload
