@@ -545,6 +545,8 @@ class JobEnd(Call[T]):
             for event in self.events.iterate(conn):
                 state = event.state if isinstance(event, StateChanged) else state
         except DeadlineExceeded as error:
+            if self.timeout is None:
+                raise
             raise self._still(state, error) from error
         return self.then.run(conn)
 
@@ -554,12 +556,12 @@ class JobEnd(Call[T]):
             async for event in self.events.iterate_async(conn):
                 state = event.state if isinstance(event, StateChanged) else state
         except DeadlineExceeded as error:
+            if self.timeout is None:
+                raise
             raise self._still(state, error) from error
         return await self.then.run_async(conn)
 
-    def _still(self, state: JobState, error: DeadlineExceeded) -> DeadlineExceeded:
-        if self.timeout is None:
-            return error
+    def _still(self, state: JobState, error: DeadlineExceeded) -> StillRunning:
         return StillRunning(
             f"job {self.job_id} is still {state.value} after {self.timeout:g} s, the timeout given to "
             "wait(); it goes on: call wait() again to wait longer, or cancel() to stop it",
