@@ -78,10 +78,12 @@ def _retired_store_wide(txn: ReadTxn) -> int:
 
 
 def next_revision(txn: ReadTxn, model: str) -> int:
-    """The revision `model`'s next Deploy would number, for its deleting transaction to keep
-    (`tables.retire_version_numbers`)."""
+    """The revision `model`'s deleting transaction keeps for its name (`tables.retire_version_numbers`):
+    past its newest and past its first. A model an older tesserad created again and deployed from 1
+    may have taken a higher first revision from its name's row since (`tables.raise_next_version`)."""
     latest = latest_revision(txn, model)
-    return latest.revision + 1 if latest is not None else first_revision(txn, model_data(txn, model))
+    first = first_revision(txn, model_data(txn, model))
+    return max(latest.revision + 1, first) if latest is not None else first
 
 
 def first_revision(txn: ReadTxn, fields: dict[str, Any]) -> int:

@@ -140,12 +140,12 @@ def raise_retired_number(
 
 def raise_next_version(txn: WriteTxn, name: str, next_version: int) -> bool:
     """Make the live model `name` number its next version at `next_version` or past it, and its
-    next version and alias event past the numbers its name keeps (where a tesserad from before
-    `RETIRED_NUMBERS` created it again from 1, leaving the row), whose row it takes over as a model
-    created now does; whether its record changed. `numbers_skipped` counts the version numbers so
-    passed over, which no version got."""
+    next version, alias event and first deployment revision past the numbers its name keeps (where
+    a tesserad from before `RETIRED_NUMBERS` created it again from 1, leaving the row), whose row
+    it takes over as a model created now does; whether its record changed. `numbers_skipped`
+    counts the version numbers so passed over, which no version got."""
     fields = model_data(txn, name)
-    kept_version, kept_event, _ = _retired(txn, name)
+    kept_version, kept_event, kept_revision = _retired(txn, name)
     txn.delete(RETIRED_NUMBERS, (name,))
     skipped = max(next_version, kept_version) - int(fields["next_version"])
     # Its events from here number past those of the model deleted under its name, so that a
@@ -153,8 +153,13 @@ def raise_next_version(txn: WriteTxn, name: str, next_version: int) -> bool:
     # the row its own delete keeps. first_event moves with next_event: `alias_events`, which the
     # change feed compares, stays, and no alias move is told.
     events_skipped = kept_event - int(fields["next_event"])
-    if skipped <= 0 and events_skipped <= 0:
+    # A model that tesserad created has no first_revision of its own: it takes the row's, so that
+    # its revisions, and those its own delete keeps, number past the deleted model's.
+    revisions_kept = kept_revision > int(fields.get("first_revision", 0))
+    if skipped <= 0 and events_skipped <= 0 and not revisions_kept:
         return False
+    if revisions_kept:
+        fields["first_revision"] = kept_revision
     if skipped > 0:
         fields["next_version"] = int(fields["next_version"]) + skipped
         fields["numbers_skipped"] = int(fields.get("numbers_skipped", 0)) + skipped

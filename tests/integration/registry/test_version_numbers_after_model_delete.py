@@ -128,6 +128,7 @@ def _created_again_from_1_by_an_older_tesserad(daemon: InProcessDaemon, stub, mo
     with daemon.daemon._store.write() as txn:
         fields = decode_record(txn.get(MODELS, (model,)), MODEL_KIND, SCHEMA)[1]
         del fields["first_event"]
+        fields.pop("first_revision", None)
         fields.update(first_version=1, next_version=1, next_event=1)
         txn.put(MODELS, (model,), encode_record(MODEL_KIND, SCHEMA, fields))
 
@@ -339,6 +340,32 @@ def test_a_number_kept_for_a_name_an_older_tesserad_created_again_is_past_at_the
 
     with _serving(data_dir) as (_, stub):
         assert upload_versions(stub, "m", 1, width=6)[0].version == 4
+
+
+def test_a_revision_kept_for_a_name_an_older_tesserad_created_again_is_past_at_the_next_start(data_dir):
+    with _serving(data_dir) as (first, stub):
+        version = upload_versions(stub, "m", 1)[0].version
+        for _ in range(2):
+            stub.Deploy(R.DeployRequest(model="m", routes=[R.Route(version=version, weight=100)]))
+            stub.Rollback(R.RollbackRequest(model="m"))
+        stub.DeleteModel(R.DeleteModelRequest(name="m", force=True))
+        # Created again by an older tesserad, which leaves the row kept for the name (past the
+        # deleted model's 4 revisions) as it is.
+        _created_again_from_1_by_an_older_tesserad(first, stub, "m")
+        with first.daemon._store.write() as txn:
+            row = {"next_version": 2, "next_event": 1, "next_revision": 5}
+            txn.put(RETIRED_NUMBERS, ("m",), encode_record(RETIRED_NUMBERS, 1, row))
+    written_while_stopped(data_dir, lambda txn: txn.delete("meta", NUMBERS_RETIRED))
+
+    with _serving(data_dir) as (_, stub):
+        version = upload_versions(stub, "m", 1, width=5)[0].version
+        routes = [R.Route(version=version, weight=100)]
+        assert stub.Deploy(R.DeployRequest(model="m", routes=routes, expected_revision=0)).revision == 5
+        # And its own delete keeps the number on for the name's next model.
+        stub.DeleteModel(R.DeleteModelRequest(name="m", force=True))
+        version = upload_versions(stub, "m", 1, width=6)[0].version
+        routes = [R.Route(version=version, weight=100)]
+        assert stub.Deploy(R.DeployRequest(model="m", routes=routes)).revision == 6
 
 
 def _recorded_schema_is(txn: WriteTxn, schema: int) -> None:
