@@ -198,6 +198,10 @@ def version_to_proto(record: VersionRecord) -> pb.ModelVersion:
         message.architecture.CopyFrom(architecture_from_dict(record.architecture))
     if record.alias_moved is not None:
         message.alias_moved.CopyFrom(alias_event_to_proto(record.alias_moved, record.deployment_warnings))
+    if record.same_bytes is not None:
+        message.same_bytes.CopyFrom(
+            pb.SameBytes(versions=record.same_bytes.versions, count=record.same_bytes.count)
+        )
     return message
 
 

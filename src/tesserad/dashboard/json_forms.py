@@ -116,7 +116,7 @@ def model_json(model: ModelRecord) -> dict[str, Any]:
 
 def version_json(version: VersionRecord) -> dict[str, Any]:
     data = _plain(version)
-    del data["alias_moved"], data["alias_refused"], data["deployment_warnings"]
+    del data["alias_moved"], data["alias_refused"], data["deployment_warnings"], data["same_bytes"]
     return data
 
 

@@ -40,6 +40,11 @@ def release_blob(txn: WriteTxn, sha256: str, holder: str) -> None:
     txn.delete(BLOB_HOLDERS, (sha256, holder))
 
 
+def blob_holders(txn: ReadTxn, sha256: str) -> list[str]:
+    """Who holds the blob, in byte order of their names."""
+    return [str(key[1]) for key, _ in txn.scan(BLOB_HOLDERS, (sha256,))]
+
+
 def blob_held(txn: ReadTxn, sha256: str) -> bool:
     return any(True for _ in txn.scan(BLOB_HOLDERS, (sha256,), limit=1))
 

@@ -84,6 +84,14 @@ class ModelRecord:
 
 
 @dataclass(frozen=True)
+class SameBytes:
+    """A model's versions whose artifacts are one blob: the newest few, and how many in all."""
+
+    versions: tuple[int, ...]  # newest first
+    count: int
+
+
+@dataclass(frozen=True)
 class VersionRecord:
     model: str
     version: int
@@ -109,6 +117,8 @@ class VersionRecord:
     # Set with `alias_moved` where the model's current deployment names the alias: its
     # `deployment_warnings` after the move.
     deployment_warnings: tuple[str, ...] = ()
+    # Set on the record a registration returns: the model's other versions that hold its blob.
+    same_bytes: SameBytes | None = None
 
 
 @dataclass(frozen=True)

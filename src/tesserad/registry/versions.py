@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from tesserad.config import format_size
 from tesserad.datasets.references import (
+    blob_holders,
     dataset_held_by,
     delete_unheld_blobs,
     drop_claimed_blobs,
@@ -74,6 +75,7 @@ from tesserad.registry.records import (
     DeploymentRecord,
     Lineage,
     MetricDiff,
+    SameBytes,
     Signature,
     ValueDiff,
     VersionKey,
@@ -169,6 +171,22 @@ def _running_future() -> Future[Any]:
 def holder(model: str, version: int) -> str:
     """How a version is named among the holders of its blob and datasets."""
     return f"model:{model}:{version}"
+
+
+# The versions holding an upload's bytes that its answer names: the newest few, for a note.
+SAME_BYTES_LISTED = 10
+
+
+def same_bytes(txn: ReadTxn, model: str, version: int, sha256: str) -> SameBytes:
+    """`model`'s versions other than `version` that hold the blob `sha256`, read from its holders
+    (a blob's holders are few: one row per version, job or dataset holding those bytes)."""
+    prefix = holder(model, 0).removesuffix("0")  # names hold no ':', so no other model's match
+    numbers = sorted(
+        (int(name.removeprefix(prefix)) for name in blob_holders(txn, sha256) if name.startswith(prefix)),
+        reverse=True,
+    )
+    others = [number for number in numbers if number != version]
+    return SameBytes(tuple(others[:SAME_BYTES_LISTED]), len(others))
 
 
 def version_record(txn: ReadTxn, model: str, version: int) -> VersionRecord:
@@ -735,6 +753,7 @@ class Versions:
                 alias_moved=moved,
                 alias_refused=refused,
                 deployment_warnings=warnings,
+                same_bytes=same_bytes(txn, model, number, blob.sha256),
             )
 
         return record_version

@@ -280,6 +280,7 @@ def _encode_state(state: ServingState | None) -> dict[str, Any] | None:
         data.pop("alias_moved")
         data.pop("alias_refused")
         data.pop("deployment_warnings")
+        data.pop("same_bytes")
         versions.append(data)
     return {**_head(state), "versions": versions}
 

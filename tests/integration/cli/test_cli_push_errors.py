@@ -1,9 +1,13 @@
 """`tessera models push` of a file that is not what it claims: the daemon's reason, and no path
-on the server in it; of a file whose format it cannot tell, the flags that tell it."""
+on the server in it; of a file whose format it cannot tell, the flags that tell it; of the bytes
+of an earlier version, which versions have them."""
 
 from __future__ import annotations
 
 from tessera.cli import EXIT_DAEMON, EXIT_USAGE
+from tessera.cli.models import SAME_BYTES_SCAN, same_bytes
+from tessera.v1 import registry_pb2, registry_pb2_grpc
+from tests.integration.registry.conftest import onnx_header, onnx_identity
 from tests.integration.sdk.affine import affine_onnx
 
 
@@ -57,3 +61,30 @@ def test_a_push_of_the_bytes_of_an_earlier_version_says_so(tessera_cli, tmp_path
     assert again.code == 0
     assert "registered m v2" in again.out
     assert "the same bytes as v1 (sha256" in again.out, again.out
+
+
+def _versions_of_other_bytes(daemon, model: str, count: int) -> None:
+    """`count` more versions of `model`, of bytes of their own (one batch)."""
+    data = onnx_identity(3)
+    item = registry_pb2.UploadVersionInlineRequest(header=onnx_header(model, data), artifact=data)
+    stub = registry_pb2_grpc.RegistryStub(daemon.channel())
+    stub.UploadVersionBatch(registry_pb2.UploadVersionBatchRequest(items=[item] * count), timeout=120)
+
+
+def test_a_push_of_the_bytes_of_a_version_older_than_the_newest_200_names_it(tessera_cli, daemon, tmp_path):
+    model = affine_onnx(tmp_path / "affine.onnx")
+    assert tessera_cli("models", "push", "m", str(model)).code == 0
+    _versions_of_other_bytes(daemon, "m", SAME_BYTES_SCAN)
+    again = tessera_cli("models", "push", "m", str(model))
+    assert again.code == 0
+    assert f"registered m v{SAME_BYTES_SCAN + 2}" in again.out
+    assert "the same bytes as v1 (sha256" in again.out, again.out
+
+
+def test_a_push_to_a_tesserad_that_does_not_say_which_versions_hold_its_bytes_lists_them(client, tmp_path):
+    model = affine_onnx(tmp_path / "affine.onnx")
+    client.models.push("m", model)
+    pushed = client.models.push("m", model)
+    # The answer as a tesserad from before same_bytes gives it.
+    pushed.ClearField("same_bytes")
+    assert same_bytes(client, pushed) == ([1], 0)

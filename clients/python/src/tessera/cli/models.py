@@ -152,20 +152,25 @@ def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -
     )
 
 
-# The newest versions a push looks through for its own bytes: a note, not worth listing a model
-# of thousands of versions after every push.
+# The newest versions a push looks through for its own bytes where the daemon does not say which
+# versions hold them (a tesserad from before `same_bytes`): a note, not worth listing a model of
+# thousands of versions after every push.
 SAME_BYTES_SCAN = 200
 
 
-def same_bytes(client: Client, version: registry_pb2.ModelVersion) -> list[int]:
-    """The model's other versions among its newest `SAME_BYTES_SCAN` whose artifact is
-    `version`'s, by sha256, oldest first; none where they cannot be listed (the push is made, and a
-    retry would register it again)."""
+def same_bytes(client: Client, version: registry_pb2.ModelVersion) -> tuple[list[int], int]:
+    """The model's other versions whose artifact is `version`'s, by sha256, oldest first, and how
+    many more there are: as the daemon's answer names them (the newest few), else among the newest
+    `SAME_BYTES_SCAN` listed; none where they cannot be listed (the push is made, and a retry would
+    register it again)."""
+    if version.HasField("same_bytes"):
+        named = sorted(version.same_bytes.versions)
+        return named, version.same_bytes.count - len(named)
     try:
         newest = list(islice(client.models.versions(version.model, page_size=100), SAME_BYTES_SCAN))
     except TesseraError:
-        return []
-    return sorted(v.version for v in newest if v.sha256 == version.sha256 and v.version != version.version)
+        return [], 0
+    return sorted(v.version for v in newest if v.sha256 == version.sha256 and v.version != version.version), 0
 
 
 def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -211,10 +216,11 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
             print_alias_moved(out, version.alias_moved)
     warn(version.alias_moved.deployment_warnings)
     if not out.as_json:
-        same = same_bytes(client, version)
+        same, more = same_bytes(client, version)
         if same:
+            listed = ", ".join(f"v{n}" for n in same) + (f" and {more:,} more" if more else "")
             out.line(
-                f"  the same bytes as {', '.join(f'v{n}' for n in same)} (sha256 equal): a version of its own "
+                f"  the same bytes as {listed} (sha256 equal): a version of its own "
                 f"all the same; delete it with `tessera models rm {version.model} {version.version}` if it was not meant"
             )
 

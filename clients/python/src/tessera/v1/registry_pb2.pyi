@@ -160,7 +160,13 @@ class Model(_message.Message):
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the model last changed: UpdateModel, a version registered or deleted, an alias set to
+        another version, moved or deleted (SetAlias, DeleteAlias, an upload, export or training job
+        naming one), a Deploy or a Rollback. Setting an alias to the version it names already moves
+        nothing and leaves it.
+        """
+
     @_builtins.property
     def aliases(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Alias name -> version number ("latest" included when there is a version)."""
@@ -513,6 +519,7 @@ class ModelVersion(_message.Message):
     ALIASES_FIELD_NUMBER: _builtins.int
     PARAMETER_COUNT_FIELD_NUMBER: _builtins.int
     ALIAS_MOVED_FIELD_NUMBER: _builtins.int
+    SAME_BYTES_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.int
     """Counts from 1 and is never given again, even after the model's delete: a model created again
@@ -567,6 +574,14 @@ class ModelVersion(_message.Message):
         moved from from_version (0: it is new) to this version.
         """
 
+    @_builtins.property
+    def same_bytes(self) -> Global___SameBytes:
+        """Set only in the answer to an upload (UploadVersion, UploadVersionInline, UploadVersionBatch):
+        the model's other versions whose artifact has this one's sha256, read as it was registered
+        (empty where none has). A version of its own all the same. Unset from a tesserad from before
+        it, as in every other answer.
+        """
+
     def __init__(
         self,
         *,
@@ -587,14 +602,43 @@ class ModelVersion(_message.Message):
         aliases: _abc.Iterable[_builtins.str] | None = ...,
         parameter_count: _builtins.int = ...,
         alias_moved: Global___AliasEvent | None = ...,
+        same_bytes: Global___SameBytes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["alias_moved", b"alias_moved", "architecture", b"architecture", "created_at", b"created_at", "lineage", b"lineage", "signature", b"signature"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["alias_moved", b"alias_moved", "architecture", b"architecture", "created_at", b"created_at", "lineage", b"lineage", "same_bytes", b"same_bytes", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias_moved", b"alias_moved", "aliases", b"aliases", "architecture", b"architecture", "created_at", b"created_at", "created_by", b"created_by", "description", b"description", "format", b"format", "lineage", b"lineage", "metrics", b"metrics", "model", b"model", "parameter_count", b"parameter_count", "params", b"params", "sha256", b"sha256", "signature", b"signature", "size_bytes", b"size_bytes", "tags", b"tags", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias_moved", b"alias_moved", "aliases", b"aliases", "architecture", b"architecture", "created_at", b"created_at", "created_by", b"created_by", "description", b"description", "format", b"format", "lineage", b"lineage", "metrics", b"metrics", "model", b"model", "parameter_count", b"parameter_count", "params", b"params", "same_bytes", b"same_bytes", "sha256", b"sha256", "signature", b"signature", "size_bytes", b"size_bytes", "tags", b"tags", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelVersion: _TypeAlias = ModelVersion  # noqa: Y015
+
+@_typing.final
+class SameBytes(_message.Message):
+    """Versions of one model whose artifacts are the same bytes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """How many there are, those past the 10 included."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Newest first, at most 10."""
+
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[_builtins.int] | None = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SameBytes: _TypeAlias = SameBytes  # noqa: Y015
 
 @_typing.final
 class Lineage(_message.Message):
