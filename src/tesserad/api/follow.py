@@ -100,7 +100,14 @@ def followed_model(state: pb.ModelServingState) -> FollowedModel:
         )
     versions = {v.version: followed_version(v) for v in state.versions}
     created_at = state.created_at.ToNanoseconds() / 1e9 if state.HasField("created_at") else 0.0
-    return FollowedModel(state.latest_version, dict(state.aliases), deployment, versions, created_at)
+    return FollowedModel(
+        state.latest_version,
+        dict(state.aliases),
+        deployment,
+        versions,
+        created_at,
+        tuple(state.deployment.warnings),
+    )
 
 
 # The primary's answers that no retry soon can change: a damaged artifact, a refused token, a call
@@ -484,7 +491,18 @@ class Follower:
                 change = response.change
                 state = followed_model(change.state) if change.HasField("state") else None
                 created = pb.CHANGE_KIND_MODEL_CREATED in change.kinds
-                self._followed.apply(change.seq, change.model, state, created)
+                before = self._followed.apply(change.seq, change.model, state, created)
+                if state is not None and state.deployment_warnings and state.deployment_warnings != before:
+                    # Requests follow the deployment all the same; a replica's operator, who has
+                    # no GetDeployment here, reads why in its log.
+                    log.warning(
+                        "the primary's deployment of a model warns of what it routes to",
+                        extra={
+                            "model": change.model,
+                            "revision": change.state.deployment.revision,
+                            "warnings": list(state.deployment_warnings),
+                        },
+                    )
                 self._inference.on_registry_change(change.model)
             elif self._ready:
                 # Back after losing the primary: what failed to load meanwhile is tried again

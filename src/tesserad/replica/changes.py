@@ -282,7 +282,13 @@ def _encode_state(state: ServingState | None) -> dict[str, Any] | None:
         data.pop("deployment_warnings")
         data.pop("same_bytes")
         versions.append(data)
-    return {**_head(state), "versions": versions}
+    encoded = {**_head(state), "versions": versions}
+    if state.deployment is not None:
+        # Kept with the change though left out of the head: what GetDeployment warned of as the
+        # feed read the state, told to followers and replays alike. Aliases, in the head, move
+        # with them, so a change of warnings is a change recorded.
+        encoded["deployment"]["warnings"] = list(state.deployment.warnings)
+    return encoded
 
 
 def _target(data: dict[str, Any]) -> Target:
@@ -305,6 +311,8 @@ def _decode_deployment(data: dict[str, Any] | None) -> DeploymentRecord | None:
         comment=data["comment"],
         rolled_back_from=data["rolled_back_from"],
         previous_revision=data["previous_revision"],
+        # A change recorded before changes kept them carries none.
+        warnings=tuple(data.get("warnings", ())),
     )
 
 

@@ -43,6 +43,8 @@ class FollowedModel:
     # When the primary created the model; 0.0 when the change did not say (recorded before changes
     # carried it, or by an older primary).
     created_at: float = 0.0
+    # What the primary's GetDeployment warned of as the change was recorded (see Deployment.warnings).
+    deployment_warnings: tuple[str, ...] = ()
 
 
 # Version `version` of `model`'s record at the primary, None when the primary has no such version
@@ -83,9 +85,14 @@ class FollowedRegistry:
         # what a caller asking for a model this replica does not hold is told.
         self.refused: TesseraError | None = None
 
-    def apply(self, seq: int, model: str, state: FollowedModel | None, created: bool = False) -> None:
-        """`created`: the change's kinds say the model was created since its previous change."""
+    def apply(
+        self, seq: int, model: str, state: FollowedModel | None, created: bool = False
+    ) -> tuple[str, ...]:
+        """`created`: the change's kinds say the model was created since its previous change.
+        Returns the deployment's warnings the model's state held before."""
         with self._lock:
+            held_state = self._models.get(model)
+            before = () if held_state is None else held_state.deployment_warnings
             if state is None:
                 self._models.pop(model, None)
                 self._incarnations.pop(model, None)
@@ -97,6 +104,7 @@ class FollowedRegistry:
                 self._models[model] = state
             self._fetched = {key: v for key, v in self._fetched.items() if key[0] != model}
             self.seq = seq
+            return before
 
     def clear(self) -> None:
         """Forget everything (the primary is another registry now): the feed is replayed from 0."""

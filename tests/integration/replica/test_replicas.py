@@ -460,3 +460,21 @@ def test_a_version_the_primary_cannot_send_fails_saying_what_and_why(cluster: Cl
     assert failed.value.details().startswith(what)
     assert failed.value.details().removeprefix(what).split(";")[0] in causes
     assert scale_served(channel) == 1.0  # what it holds is still served
+
+
+def test_a_replica_says_what_the_primary_s_deployment_warns_of(cluster: Cluster) -> None:
+    primary = cluster.channel(f"127.0.0.1:{cluster.primary_port}")
+    registry = registry_pb2_grpc.RegistryStub(primary)
+    registry.SetAlias(registry_pb2.SetAliasRequest(model="linear", alias="canary", version=2))
+    routes = [
+        registry_pb2.Route(alias="production", weight=90),
+        registry_pb2.Route(alias="canary", weight=10),
+    ]
+    registry.Deploy(registry_pb2.DeployRequest(model="linear", routes=routes))
+    # A promotion moves the canary's alias onto the version production serves.
+    registry.SetAlias(registry_pb2.SetAliasRequest(model="linear", alias="canary", version=1))
+    warnings = list(registry.GetDeployment(registry_pb2.GetDeploymentRequest(model="linear")).warnings)
+    assert warnings
+
+    said = cluster.replicas[0].wait_for_log("the primary's deployment of a model warns of what it routes to")
+    assert (said["model"], said["warnings"]) == ("linear", warnings)

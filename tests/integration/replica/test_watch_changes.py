@@ -17,6 +17,7 @@ from tesserad.registry.tables import RETIRED_NUMBERS
 from tesserad.server import STORE_TABLES
 from tesserad.store import BlobStore, Store
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.older_store import daemon_on
 from tests.integration.registry.conftest import onnx_header, onnx_identity
 from tests.integration.registry.conftest import upload as registry_upload
 
@@ -385,3 +386,38 @@ def test_a_state_of_versions_with_2_mib_of_params_each_fits_one_message(channel:
         assert carried.size_bytes == whole.size_bytes and carried.format == whole.format
         assert not carried.params and not carried.metrics
         assert dict(whole.params) == params and dict(whole.metrics) == {"acc": 0.9}
+
+
+def _replayed(channel: grpc.Channel) -> list[pb.RegistryChange]:
+    """Every change the feed holds, replayed from the start up to the caught-up marker."""
+    stream = registry_pb2_grpc.RegistryStub(channel).WatchChanges(
+        pb.WatchChangesRequest(from_seq=0), timeout=60
+    )
+    got: list[pb.RegistryChange] = []
+    for response in stream:
+        if response.HasField("caught_up"):
+            stream.cancel()
+            break
+        got.append(response.change)
+    return got
+
+
+def test_a_change_carries_the_deployment_s_warnings_as_get_deployment_does(data_dir: Path) -> None:
+    with daemon_on(data_dir) as running:
+        channel = running.channel()
+        registry = registry_pb2_grpc.RegistryStub(channel)
+        upload(channel, "linear", linear_model(1.0))
+        upload(channel, "linear", linear_model(2.0))
+        for alias, version in (("production", 1), ("canary", 2)):
+            registry.SetAlias(pb.SetAliasRequest(model="linear", alias=alias, version=version))
+        routes = [pb.Route(alias="production", weight=90), pb.Route(alias="canary", weight=10)]
+        registry.Deploy(pb.DeployRequest(model="linear", routes=routes))
+        assert not _replayed(channel)[-1].state.deployment.warnings
+        # A promotion moves the canary's alias onto the version production serves.
+        registry.SetAlias(pb.SetAliasRequest(model="linear", alias="canary", version=1))
+        warnings = list(registry.GetDeployment(pb.GetDeploymentRequest(model="linear")).warnings)
+        assert warnings and "resolve to version 1" in warnings[0]
+        assert list(_replayed(channel)[-1].state.deployment.warnings) == warnings
+    # Replayed from the store by the next daemon too.
+    with daemon_on(data_dir) as running:
+        assert list(_replayed(running.channel())[-1].state.deployment.warnings) == warnings

@@ -2188,7 +2188,10 @@ class ModelServingState(_message.Message):
 
     @_builtins.property
     def deployment(self) -> Global___Deployment:
-        """Unset when the model has no deployment; routes carry their resolved versions."""
+        """Unset when the model has no deployment; routes carry their resolved versions, and warnings
+        what GetDeployment warned of as the change was recorded (aliases moving change both; none in
+        a change recorded by a tesserad from before changes kept them).
+        """
 
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelVersion]:
