@@ -368,6 +368,31 @@ def test_a_revision_kept_for_a_name_an_older_tesserad_created_again_is_past_at_t
         assert stub.Deploy(R.DeployRequest(model="m", routes=routes)).revision == 6
 
 
+def test_a_revision_kept_for_a_name_outlives_a_model_an_older_tesserad_created_again_and_deployed(data_dir):
+    with _serving(data_dir) as (first, stub):
+        version = upload_versions(stub, "m", 1)[0].version
+        for _ in range(2):
+            stub.Deploy(R.DeployRequest(model="m", routes=[R.Route(version=version, weight=100)]))
+            stub.Rollback(R.RollbackRequest(model="m"))
+        stub.DeleteModel(R.DeleteModelRequest(name="m", force=True))
+        # Created again and deployed (revision 1) by an older tesserad, which leaves the row kept
+        # for the name (past the deleted model's 4 revisions) as it is.
+        _created_again_from_1_by_an_older_tesserad(first, stub, "m")
+        version = upload_versions(stub, "m", 1, width=5)[0].version
+        routes = [R.Route(version=version, weight=100)]
+        assert stub.Deploy(R.DeployRequest(model="m", routes=routes)).revision == 1
+        with first.daemon._store.write() as txn:
+            row = {"next_version": 2, "next_event": 1, "next_revision": 5}
+            txn.put(RETIRED_NUMBERS, ("m",), encode_record(RETIRED_NUMBERS, 1, row))
+    written_while_stopped(data_dir, lambda txn: txn.delete("meta", NUMBERS_RETIRED))
+
+    with _serving(data_dir) as (_, stub):
+        stub.DeleteModel(R.DeleteModelRequest(name="m", force=True))
+        version = upload_versions(stub, "m", 1, width=6)[0].version
+        routes = [R.Route(version=version, weight=100)]
+        assert stub.Deploy(R.DeployRequest(model="m", routes=routes)).revision == 5
+
+
 def _recorded_schema_is(txn: WriteTxn, schema: int) -> None:
     record = recorded_schema(txn)
     assert record is not None and record.schema == schema
