@@ -9,6 +9,7 @@ from tesserad.registry.records import (
     AliasEvent,
     DatasetLineage,
     Lineage,
+    SameBytes,
     Signature,
     TensorSpec,
     VersionRecord,
@@ -35,6 +36,7 @@ RECORD = VersionRecord(
     aliases=("latest",),
     alias_moved=AliasEvent("m", "prod", 1, 3, 2.0, "me"),
     alias_refused="no room",
+    same_bytes=SameBytes((1,), 1),
 )
 
 
@@ -46,6 +48,7 @@ def test_a_version_is_stored_as_every_field_but_the_read_time_ones():
         expected["alias_moved"],
         expected["alias_refused"],
         expected["deployment_warnings"],
+        expected["same_bytes"],
     )
     del expected["lineage"]["parent_deleted"]
     stored = json.loads(encode_version(RECORD))["data"]
@@ -55,11 +58,12 @@ def test_a_version_is_stored_as_every_field_but_the_read_time_ones():
         "alias_moved",
         "alias_refused",
         "deployment_warnings",
+        "same_bytes",
     }
     assert {f.name for f in fields(Lineage)} - set(stored["lineage"]) == {"parent_deleted"}
 
 
 def test_a_stored_version_reads_back_as_written():
     assert decode_version(encode_version(RECORD)) == replace(
-        RECORD, aliases=(), alias_moved=None, alias_refused=""
+        RECORD, aliases=(), alias_moved=None, alias_refused="", same_bytes=None
     )
