@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import threading
+import time
+from collections.abc import Callable
 
 import grpc
 import pytest
+from grpc._cython import cygrpc  # channelz: what the server's gRPC core has read
 
 from tessera.v1 import training_pb2, training_pb2_grpc
 from tesserad import errors
@@ -21,6 +25,9 @@ class _ErrorServer:
 
     def __init__(self) -> None:
         self.metrics = DaemonMetrics()
+        # /test.Errors/RaiseWhenLetGo holds the event loop's thread between these two.
+        self.holding = threading.Event()
+        self.let_go = threading.Event()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -37,11 +44,19 @@ class _ErrorServer:
             yield b"first"
             raise ValueError("secret stream detail")
 
+        async def raise_when_let_go(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            # A handler's last step before it fails, drawn out: gRPC's core may hear the
+            # client's cancel meanwhile, but nothing on the held loop can act on it.
+            self.holding.set()
+            self.let_go.wait(30)
+            return await raise_named(request, context)
+
         handler = grpc.method_handlers_generic_handler(
             "test.Errors",
             {
                 "Raise": grpc.unary_unary_rpc_method_handler(raise_named),
                 "StreamBug": grpc.unary_stream_rpc_method_handler(stream_bug),
+                "RaiseWhenLetGo": grpc.unary_unary_rpc_method_handler(raise_when_let_go),
             },
         )
         self.server = grpc.aio.server(interceptors=[CallInterceptor(self.metrics)])
@@ -57,12 +72,17 @@ class _ErrorServer:
 
 
 @pytest.fixture(scope="module")
-def error_channel():
+def error_server():
     server = _ErrorServer()
-    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def error_channel(error_server):
+    channel = grpc.insecure_channel(f"127.0.0.1:{error_server.port}")
     yield channel
     channel.close()
-    server.close()
 
 
 # Written out, not read from the table under test, so a wrong entry there fails here.
@@ -125,6 +145,60 @@ def test_unexpected_error_mid_stream_is_internal(error_channel):
         next(stream)
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in err.value.details()
+
+
+def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def _streams_started() -> int:
+    """Calls whose headers the process's gRPC servers have read, from channelz."""
+    started = 0
+    for server in json.loads(cygrpc.channelz_get_servers(0)).get("server", []):
+        sockets = json.loads(cygrpc.channelz_get_server_sockets(int(server["ref"]["serverId"]), 0, 0))
+        for ref in sockets.get("socketRef", []):
+            socket = json.loads(cygrpc.channelz_get_socket(int(ref["socketId"])))["socket"]
+            started += int(socket["data"].get("streamsStarted", 0))
+    return started
+
+
+def _cancelled_while_held(server: _ErrorServer, channel: grpc.Channel, call: grpc.Future) -> None:
+    """Cancel `call`, which the server holds, and let it go once the server's core has read the
+    cancel: the handler goes on to its end not knowing of it."""
+    assert server.holding.wait(10)
+    started_before = _streams_started()
+    call.cancel()
+    # The core reads a connection's frames in order: once it has read the headers of a call
+    # started after the cancel, it has read the cancel.
+    after = channel.unary_unary("/test.Errors/Raise").future(b"AlreadyExists", timeout=30)
+    _until(lambda: _streams_started() > started_before, "the server read no call after the cancel")
+    server.let_go.set()
+    assert after.exception().code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+@pytest.mark.parametrize("raised", [b"NotFound", b"bug"])
+def test_a_call_its_client_cancelled_as_its_handler_failed_is_counted_cancelled(
+    error_server, error_channel, caplog, raised
+):
+    error_server.holding.clear()
+    error_server.let_go.clear()
+    recorder = error_server.metrics.rpc_recorder("test.Errors", "RaiseWhenLetGo")
+    codes_before = recorder.read()[2]
+    call = error_channel.unary_unary("/test.Errors/RaiseWhenLetGo").future(raised, timeout=30)
+    with caplog.at_level(logging.ERROR):
+        _cancelled_while_held(error_server, error_channel, call)
+        _until(lambda: recorder.read()[2] != codes_before, "the cancelled call was never counted")
+    codes = recorder.read()[2]
+    counted = {
+        code: n - codes_before.get(code, 0) for code, n in codes.items() if n != codes_before.get(code)
+    }
+    assert counted == {"CANCELLED": 1}
+    # A handler's own bug is logged still; a status the cancel kept from the client is no error.
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert logged == (["unexpected error in test.Errors/RaiseWhenLetGo"] if raised == b"bug" else [])
 
 
 @pytest.mark.parametrize("character", ["j", "\u00e9"])

@@ -100,10 +100,21 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         clock = time.perf_counter
         failed = self._failed
 
-        async def abort_for(exc: Exception, context: Context) -> NoReturn:
+        async def abort_for(exc: Exception, context: Context, start: float) -> NoReturn:
+            """Abort with `exc`'s status and record the call: under that status once sent, as
+            CANCELLED when gRPC could not send it (its client cancelled meanwhile)."""
             if failed is not None and isinstance(exc, TesseraError):
                 failed(context, method, status_for(exc), exc.message)
-            await _abort_for(exc, context, rpc)
+            try:
+                await _abort_for(exc, context, rpc)
+            except grpc.aio.InternalError:
+                # The cancel reached gRPC's core after the handler's last await: no
+                # CancelledError came, and the status's send failed (gRPC drops that failure).
+                record("CANCELLED", clock() - start)
+                raise
+            except BaseException:
+                record(_status_of(exc).name, clock() - start)
+                raise
 
         # A behaviour that streams with context.write is awaited like a unary one.
         inner = (
@@ -124,8 +135,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     record("CANCELLED", clock() - start)
                     raise
                 except Exception as exc:
-                    record(_status_of(exc).name, clock() - start)
-                    await abort_for(exc, context)
+                    await abort_for(exc, context, start)
                 record("OK", clock() - start)
                 return response
 
@@ -150,8 +160,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 record("CANCELLED", clock() - start)
                 raise
             except Exception as exc:
-                record(_status_of(exc).name, clock() - start)
-                await abort_for(exc, context)
+                await abort_for(exc, context, start)
             record("OK", clock() - start)
 
         return aio_handlers.handler_factory(handler)(
