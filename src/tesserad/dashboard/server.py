@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import re
 import urllib.parse
 from importlib import resources
 from pathlib import Path
@@ -64,8 +65,9 @@ def http_status_for(error: errors.TesseraError) -> int:
 # The domain's NotFound fixes name the gRPC call that lists what was not found; an HTTP caller
 # is told the route that does (as open_inference.in_oip_words tells a Triton client). A route's
 # {name} is the request's own path parameter; the dashboard's API only reads, so the way to
-# create a model is not its to say.
-_HTTP_FIXES = (
+# create a model is not its to say. ListRuns names the CLI's --view for runs outside the view
+# asked for; GET /runs takes it as its `view` query parameter.
+_HTTP_FIXES: tuple[errors.Rewording, ...] = (
     ("ListJobs lists them", "GET {api}/jobs lists them"),
     ("ListRuns lists them", "GET {api}/runs lists them"),
     ("ListExperiments lists them", "GET {api}/experiments lists them"),
@@ -73,6 +75,7 @@ _HTTP_FIXES = (
     ("create it with CreateModel", "list them with GET {api}/models"),
     ("ListVersions lists them", "GET {api}/models/{model} lists them"),
     ("list them with ListRunArtifacts", "list them with GET {api}/runs/{run_id}/artifacts"),
+    (re.compile(r"runs ls --view (active|deleted)"), r"view=\1 in the query"),
 )
 
 
@@ -85,7 +88,8 @@ class _PathParameters(dict[str, str]):
 
 def in_http_words(error: errors.NotFound, request: web.Request) -> str:
     """`error`'s message with the gRPC call its fix names put as the HTTP route that does the
-    same (errors.reworded_fix: only the fix that ends the message)."""
+    same, and the CLI's --view as the query parameter (errors.reworded_fix: only the fix that
+    ends the message)."""
     parameters = _PathParameters(
         {name: urllib.parse.quote(value, safe="") for name, value in request.match_info.items()}, api=PREFIX
     )

@@ -254,6 +254,26 @@ def test_runs_filter_by_a_key_no_run_has_logged_is_not_found_naming_the_nearest(
     assert unmet.status == 200 and unmet.json()["runs"] == []
 
 
+def test_a_key_only_runs_outside_the_view_logged_names_the_query_parameter_that_shows_them(dash, client):
+    kept = client.training.create_run("dash-view-keys")
+    client.training.log_metrics(kept.run_id, {"val_loss": 0.5}, 1)
+    client.training.update_run(kept.run_id, status="succeeded")
+    gone = client.training.create_run("dash-view-keys")
+    client.training.log_metrics(gone.run_id, {"val_f1": 0.9}, 1)
+    client.training.update_run(gone.run_id, status="succeeded")
+    client.training.delete_run(gone.run_id)
+    port = dash.daemon.http_port
+    for query, others in (
+        ("metric=val_f1:last:lt:1", "deleted"),
+        ("metric=val_loss:last:lt:1&view=deleted", "active"),
+    ):
+        answer = http_get(port, f"/api/v1/runs?experiment=dash-view-keys&{query}")
+        assert answer.status == 404, answer.body
+        assert answer.json()["error"].endswith(
+            f"ask with view {others} or all (view={others} in the query)"
+        ), answer.body
+
+
 def test_a_model_with_versions_aliases_lineage_and_deployments(dash, client, tmp_path, finished_job):
     path = affine_onnx(tmp_path / "affine.onnx")
     client.models.push("dash-affine", path, alias="staging", description="two <b>versions</b>")
