@@ -350,6 +350,16 @@ def _no_experiment(txn: ReadTxn, name: str) -> NotFound:
     )
 
 
+def _deleted_at(txn: ReadTxn, name: str) -> float | None:
+    """When the experiment `name` was deleted (None: it is not), from its record alone (its run
+    count, which Tracking._experiment reads too, is not needed); NotFound when unknown."""
+    raw = txn.get("experiments", (name,))
+    if raw is None:
+        raise _no_experiment(txn, name)
+    deleted_at: float | None = decode_record(raw, "experiment", 1)[1].get("deleted_at")
+    return deleted_at
+
+
 def _refuse_deleted_experiment(experiment: Experiment, then: str = "first") -> None:
     """FailedPrecondition for a use of a deleted experiment, saying how to bring it back (`then`:
     what for, e.g. "to rank its runs")."""
@@ -866,7 +876,9 @@ class Tracking:
             return _with_summaries(txn, run)
 
         with self._store.read() as txn:
-            gone = bool(experiment) and self._experiment(txn, experiment).deleted_at is not None
+            # A first page says whether the experiment exists; a later page's token came from a
+            # listing that found it, and an experiment's record is never removed.
+            gone = bool(experiment) and not token and _deleted_at(txn, experiment) is not None
             # Keys are checked on a first page only. A deleted experiment's runs went with it,
             # which the client says with how to restore it: no key is doubted there.
             check_keys = not token and not (gone and view == "active") and bool(order or filters or params)
