@@ -134,9 +134,13 @@ def _created_again_from_1_by_an_older_tesserad(daemon: InProcessDaemon, stub, mo
 
 
 def _m_deleted_and_created_again_from_1_by_an_older_tesserad(daemon: InProcessDaemon, stub) -> None:
-    """Model "m" with 3 versions, deleted and created again from 1 by an older tesserad, which
-    leaves the number kept for the name (4) as it is: it numbers "m" from 1 again."""
+    """Model "m" with 3 versions, deleted and created again from 1 by an older tesserad: it
+    numbers "m" from 1 again. The change feed's record of "m v3" is then what names the old
+    versions (the create took over the number the delete kept)."""
     upload_versions(stub, "m", 3)
+    # The feed's thread reads a model's state when it gets to it: one that looked only after the
+    # delete would have recorded no "m v3", and the next start would number "m" from 2 or 3.
+    _feed_recorded(stub)
     stub.DeleteModel(R.DeleteModelRequest(name="m"))
     _created_again_from_1_by_an_older_tesserad(daemon, stub, "m")
     assert upload_versions(stub, "m", 1, width=5)[0].version == 1
