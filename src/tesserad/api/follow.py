@@ -7,7 +7,8 @@ Readiness: the replica reports NOT_SERVING (gRPC health) until it has caught up 
 primary and loaded every deployed model's versions. When the primary goes away the replica
 keeps serving what it holds and reconnects with backoff, resuming after the last change it
 applied; when the primary answers that it never gave that change (another registry), the
-replica forgets its state and follows from the start.
+replica follows it from the start, serving what it holds until the replay catches up, then
+dropping every model the primary did not give (as a deletion would: requests get NOT_FOUND).
 
 An answer only a fix at the primary cures (a refused token, DATA_LOSS for an artifact, a call it
 does not take) is not retried within seconds: it is logged once per cause, told to callers, and
@@ -431,7 +432,7 @@ class Follower:
                         "the primary does not know this replica's changes; following it from the start",
                         extra={"primary": self.primary, "reason": exc.message},
                     )
-                    self._followed.clear()
+                    self._followed.restart()
                 else:  # no registry of changes to follow there (a replica, say)
                     refused = True
                     self._refused(exc)
@@ -504,7 +505,11 @@ class Follower:
                         },
                     )
                 self._inference.on_registry_change(change.model)
-            elif self._ready:
+                continue
+            # Every model of the primary's was given: what this replica held beyond them goes.
+            for model in self._followed.drop_unconfirmed():
+                self._inference.on_registry_change(model)
+            if self._ready:
                 # Back after losing the primary: what failed to load meanwhile is tried again
                 # now, what it refused too (a primary restarted may have been repaired).
                 await asyncio.to_thread(self._inference.retry_failed_loads, True)

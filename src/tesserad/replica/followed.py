@@ -81,6 +81,9 @@ class FollowedRegistry:
         # Versions fetched on demand; a change to their model drops them (it may delete them).
         self._fetched: dict[tuple[str, int], FollowedVersion] = {}
         self.seq = 0  # the last change applied
+        # Models held when the replica began following the primary from the start again that its
+        # feed has not given since: served until the replay catches up, then dropped (see restart).
+        self._unconfirmed: set[str] = set()
         # Why the primary refuses this replica's watch, while it does (a cause fixed there):
         # what a caller asking for a model this replica does not hold is told.
         self.refused: TesseraError | None = None
@@ -103,16 +106,32 @@ class FollowedRegistry:
                     self._incarnations[model] = self._last_incarnation
                 self._models[model] = state
             self._fetched = {key: v for key, v in self._fetched.items() if key[0] != model}
+            self._unconfirmed.discard(model)
             self.seq = seq
             return before
 
-    def clear(self) -> None:
-        """Forget everything (the primary is another registry now): the feed is replayed from 0."""
+    def restart(self) -> None:
+        """Follow the primary from the start (it is another registry now): the feed is replayed
+        from 0. What is held stays served meanwhile, as while the primary is away, instead of
+        every model failing until the replay gives it again; drop_unconfirmed, once the replay
+        caught up, drops what the replay did not give."""
         with self._lock:
-            self._models.clear()
-            self._incarnations.clear()
+            self._unconfirmed.update(self._models)
             self._fetched.clear()
             self.seq = 0
+
+    def drop_unconfirmed(self) -> list[str]:
+        """Drop the models held before restart that the feed has not given since, as a deletion
+        in the feed would: called once it caught up, when every model of the primary was given.
+        Their names, for the serving layer to unload them."""
+        with self._lock:
+            dropped = sorted(self._unconfirmed)
+            for model in dropped:
+                self._models.pop(model, None)
+                self._incarnations.pop(model, None)
+            self._fetched = {key: v for key, v in self._fetched.items() if key[0] not in self._unconfirmed}
+            self._unconfirmed.clear()
+            return dropped
 
     def deployed_models(self) -> list[str]:
         with self._lock:

@@ -125,3 +125,20 @@ def test_a_version_known_without_the_primary_is_one_the_feed_gave_or_fetched_sin
     assert primary.fetches == [("m", 1)]
     with pytest.raises(NotFound, match="model 'gone' does not exist"):
         followed.known_servable("gone", 1)
+
+
+def test_following_from_the_start_serves_what_is_held_until_the_replay_drops_what_it_did_not_give(
+    followed: FollowedRegistry,
+) -> None:
+    """The primary is another registry now (restored from an older backup, or started empty):
+    its feed is replayed from 0, and what the replica held beyond it goes once the replay caught up."""
+    followed.restart()
+    assert followed.seq == 0
+    assert followed.servable("other", None, None).version == 1  # still held while the replay runs
+    followed.apply(1, "m", FollowedModel(2, {}, None, {2: record(2)}))
+    assert followed.drop_unconfirmed() == ["other"]
+    assert followed.model_names() == ["m"]
+    assert followed.servable("m", None, None).version == 2
+    with pytest.raises(NotFound, match="model 'other' does not exist at the primary"):
+        followed.servable("other", None, None)
+    assert followed.drop_unconfirmed() == []  # each catch-up after drops nothing more
