@@ -324,11 +324,15 @@ class Daemon:
                 raise SettingsRefusal(str(exc)) from None
             except PrimaryCertificateError as exc:
                 raise StartupError(str(exc)) from None
-        made = _make_dirs(data_dir)
+        made = _make_data_dir(data_dir)
         lock = DataDirLock(data_dir)
         with space_checked(str(data_dir), "the data directory's files at start"):
             try:
                 lock.acquire()
+            except OSError as exc:
+                raise StartupError(
+                    f"data directory {data_dir} cannot be written ({exc.strerror}); {_DATA_DIR_FIX}"
+                ) from None
             except FailedPrecondition as exc:
                 # A second `make run` would next fail on each port in turn, one start at a time.
                 # `tesserad restore` takes the same lock, and its file does not say which holds it.
@@ -1003,14 +1007,33 @@ def create_server(settings: Settings, insecure: bool = False) -> Daemon:
     return Daemon(settings, insecure)
 
 
+_DATA_DIR_FIX = "set data_dir (--data-dir) to a directory this daemon's user may create or write"
+
+
+def _make_data_dir(path: Path) -> Path | None:
+    """_make_dirs for the data directory; StartupError saying why it cannot be made."""
+    # Checked first: mkdir's own error under a file ("Not a directory: 'afile/var'") names no culprit.
+    there = next((p for p in (path, *path.parents) if p.exists()), None)
+    if there is not None and not there.is_dir():
+        raise StartupError(f"data directory {path}: {there} is a file, not a directory; {_DATA_DIR_FIX}")
+    try:
+        return _make_dirs(path)
+    except OSError as exc:
+        raise StartupError(
+            f"data directory {path} cannot be created ({exc.strerror}); {_DATA_DIR_FIX}"
+        ) from None
+
+
 def _make_dirs(path: Path) -> Path | None:
     """Make `path` and its missing parents; the topmost directory this call made, or None when
-    `path` was there already (or another process made each one first)."""
+    `path` was there already (or another process made each one first). `path` itself is made
+    0700: it holds the models and datasets, which are no other user's to read (as PostgreSQL
+    makes its data directory); the parents as mkdir -p makes them."""
     missing = list(itertools.takewhile(lambda d: not d.exists(), (path, *path.parents)))
     made = None
     for directory in reversed(missing):
         try:
-            directory.mkdir()
+            directory.mkdir(mode=0o700 if directory == path else 0o777)
         except FileExistsError:
             if not directory.is_dir():
                 raise

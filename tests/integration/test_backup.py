@@ -416,12 +416,12 @@ def test_restore_refuses_a_data_dir_that_is_not_empty_or_in_use_and_takes_an_emp
     assert sorted(p.name for p in empty.iterdir()) == ["blobs", "store", "tesserad.lock"]
 
 
-@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o755), (0o027, 0o750)])
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o700), (0o027, 0o700)])
 def test_a_restored_data_dir_has_the_mode_serve_gives_a_new_one(
     source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str], umask: int, mode: int
 ) -> None:
-    # serve makes its data directory with mkdir (0777 less the umask); a restored one was the
-    # renamed mkdtemp staging directory, 0700 whatever the umask.
+    # serve makes its data directory 0700 less the umask; a restored one is the renamed mkdtemp
+    # staging directory, 0700 whatever the umask.
     previous = os.umask(umask)
     try:
         code, err = _restore(source.archive, tmp_path / "restored", capsys)

@@ -257,6 +257,30 @@ def test_a_start_refused_its_port_leaves_a_data_directory_that_was_there(spawn_d
     assert sorted(path.relative_to(data_dir) for path in data_dir.rglob("*")) == kept
 
 
+@pytest.mark.parametrize(
+    ("data_dir", "said"),
+    [
+        ("afile/var", "data directory afile/var: afile is a file, not a directory"),
+        ("afile", "data directory afile: afile is a file, not a directory"),
+        (
+            "/proc/tesserad-var",
+            "data directory /proc/tesserad-var cannot be created (No such file or directory)",
+        ),
+    ],
+    ids=["under-a-file", "a-file", "in-proc"],
+)
+def test_a_data_directory_that_cannot_be_made_exits_1_in_one_line(spawn_daemon, tmp_path, data_dir, said):
+    (tmp_path / "afile").write_text("")
+    daemon = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", data_dir, cwd=tmp_path
+    )
+    assert daemon.process.wait(60) == EXIT_CANNOT_START
+    output = daemon.output()
+    assert f"tesserad cannot start: {said}; set data_dir (--data-dir)" in output, output
+    assert "Traceback" not in output, output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def test_a_misspelt_environment_variable_is_warned_of_at_start_with_the_name_it_likely_meant(
     spawn_daemon, tmp_path
 ):

@@ -581,9 +581,9 @@ def _blobs_moved(staging: Path) -> bool:
 
 
 def _new_dir_mode() -> int:
-    """The mode a directory gets from mkdir (0777 less the umask), as the data directory that
-    tesserad serve makes does; the staging directory, from mkdtemp, is 0700."""
+    """The mode the data directory that tesserad serve makes gets (0700 less the umask); the
+    staging directory, from mkdtemp, is 0700."""
     # os.umask only reads by setting: set a stricter one for the moment it is read.
     umask = os.umask(0o077)
     os.umask(umask)
-    return 0o777 & ~umask
+    return 0o700 & ~umask
