@@ -579,7 +579,7 @@ class Daemon:
                 # Read at each job; checked here so that a bad file stops the start, not every job.
                 ray_worker_tls(certificates, settings.training)
             auth = AuthInterceptor(
-                settings.security, settings.limits, settings.max_message_size, served, failed
+                settings.security, settings.limits, settings.max_message_size, served, failed, self.metrics
             )
         except TlsSettingsError as exc:
             raise SettingsRefusal(str(exc)) from None

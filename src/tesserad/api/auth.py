@@ -37,7 +37,7 @@ import contextvars
 import datetime
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
@@ -58,6 +58,10 @@ from tesserad.security import (
 from tesserad.security.limits import ConcurrencyGate
 from tesserad.security.roles import HEALTH_METHODS, Role
 from tesserad.security.tokens import TokenFile, format_time, token_digest, utc_now
+
+if TYPE_CHECKING:
+    # tesserad.metrics imports the dashboard, which imports this module.
+    from tesserad.metrics import DaemonMetrics
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +133,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         max_message_size: int,
         services: Iterable[ServiceDescriptor],
         refused: ErrorListener | None = None,
+        metrics: DaemonMetrics | None = None,
     ) -> None:
         """`refused`: told of each call refused here (unauthenticated, or without the role) whose
         caller this daemon knows from any other: by a token of its tokens file (one expired
         too), or by the client certificate mutual TLS checked. A caller with no token, or one
         the file lacks, could be anyone: what it says of itself (a replica's address, for the
-        primary's list of refused replicas) is not to be believed, so `refused` is not told."""
+        primary's list of refused replicas) is not to be believed, so `refused` is not told.
+        `metrics`: where every call refused here is counted with its code (the calls admitted
+        are counted by the CallInterceptor inside)."""
         try:
             self._roles = required_roles(services)
             self._tokens = None if security.tokens_file is None else TokenFile(security.tokens_file)
@@ -163,6 +170,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._reloading = asyncio.Lock()
         self._revokers: list[Callable[[TokenTable], int]] = []
         self._refused = refused
+        self._metrics = metrics
 
     @property
     def tokens(self) -> TokenFile | None:
@@ -291,6 +299,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if required is None:
             return _refusal(
                 handler,
+                self._recorder(method),
                 self._refused,
                 method,
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -311,6 +320,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if identity is None:
             return _refusal(
                 handler,
+                self._recorder(method),
                 self._refused if self._certificates_checked else None,
                 method,
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -320,11 +330,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             )
         if identity.expires is not None and identity.expired(utc_now()):
             return _refusal(
-                handler, self._refused, method, grpc.StatusCode.UNAUTHENTICATED, expired_message(identity)
+                handler,
+                self._recorder(method),
+                self._refused,
+                method,
+                grpc.StatusCode.UNAUTHENTICATED,
+                expired_message(identity),
             )
         if identity.role < required:
             return _refusal(
                 handler,
+                self._recorder(method),
                 self._refused,
                 method,
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -332,6 +348,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"the {identity.role.label} role",
             )
         return self._admitted(handler, method, identity, digest, required, limited=limited)
+
+    def _recorder(self, method: str) -> RecordCall | None:
+        """What counts a call of `method` refused here; None without metrics. `method` is one this
+        daemon serves (gRPC answers any other itself), so a caller cannot add label values."""
+        if self._metrics is None:
+            return None
+        _, service, name = method.split("/", 2)
+        return self._metrics.rpc_recorder(service, name).record
 
     def _admitted(
         self,
@@ -388,6 +412,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         # reload swaps them, the next call's check in handler_for stands (every call here has the
         # same token and RPC), so it skips a second scan of the table.
         admitted_under: list[TokenTable | None] = [None]
+        record = self._recorder(method)
+
+        async def refuse(refusal: _Refused, context: Context) -> NoReturn:
+            if record is not None:
+                record(refusal.code.name, 0.0)  # refused before any work: no time of its own
+            await context.abort(refusal.code, refusal.message)
 
         def enter(context: Context) -> _OpenStream | None:
             """Bind the caller and count the call in, or raise _Refused (nothing counted) when the
@@ -474,7 +504,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     stream = enter(context)
                 except _Refused as exc:
-                    await context.abort(exc.code, exc.message)
+                    await refuse(exc, context)
                 try:
                     if request_streaming:
                         request = decoded_stream(raw)
@@ -501,7 +531,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     stream = enter(context)
                 except _Refused as exc:
-                    await context.abort(exc.code, exc.message)
+                    await refuse(exc, context)
                 try:
                     try:
                         request = decode(raw)
@@ -527,7 +557,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     stream = enter(context)
                 except _Refused as exc:
-                    await context.abort(exc.code, exc.message)
+                    await refuse(exc, context)
                 try:
                     response = await inner_su(decoded_stream(requests), context)
                     try:
@@ -549,7 +579,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     stream = enter(context)
                 except _Refused as exc:
-                    await context.abort(exc.code, exc.message)
+                    await refuse(exc, context)
                 try:
                     try:
                         request = decode(raw)
@@ -572,7 +602,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             try:
                 stream = enter(context)
             except _Refused as exc:
-                await context.abort(exc.code, exc.message)
+                await refuse(exc, context)
             try:
                 async for data in _sent(inner_ss(decoded_stream(requests), context), encode, stream, context):
                     yield data
@@ -586,6 +616,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 _HandlerKey = tuple[str, Identity | None, bytes | None]
+# Counts one finished call of an RPC: its status code's name and its seconds (RpcRecorder.record).
+RecordCall = Callable[[str, float], None]
 
 
 class _OpenStream:
@@ -735,13 +767,14 @@ def _certificate_name(context: Context) -> str:
 
 def _refusal(
     handler: Handler,
+    record: RecordCall | None,
     refused: ErrorListener | None,
     method: str,
     code: grpc.StatusCode,
     message: str,
 ) -> Handler:
     """A handler of the call's response kind that refuses it without reading the request,
-    telling `refused` first.
+    counting it with `record` and telling `refused` first.
 
     Declared request-streaming whatever the RPC is, so gRPC never receives or parses the
     request of a caller we turn away.
@@ -750,6 +783,8 @@ def _refusal(
     if handler.response_streaming:
 
         async def refuse_stream(requests: Any, context: Context) -> AsyncIterator[bytes]:
+            if record is not None:
+                record(code.name, 0.0)
             if refused is not None:
                 refused(context, method, code, message)
             await context.abort(code, message)
@@ -758,6 +793,8 @@ def _refusal(
         return grpc.stream_stream_rpc_method_handler(refuse_stream)
 
     async def refuse(requests: Any, context: Context) -> None:
+        if record is not None:
+            record(code.name, 0.0)
         if refused is not None:
             refused(context, method, code, message)
         await context.abort(code, message)

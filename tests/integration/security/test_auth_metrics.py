@@ -1,0 +1,54 @@
+"""Calls refused by authentication are counted in tessera_rpc_total with their code, so an
+operator can alert on them; only the daemon's own methods are labelled (an unknown method's name
+makes no series)."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+
+from tesserad.security import Role, hash_token
+from tesserad.security.tokens import format_entry
+from tests.conftest import InProcessDaemon
+from tests.integration.security.conftest import Tokens, bearer
+from tests.integration.security.test_auth import call
+
+
+def _rpc_totals(daemon: InProcessDaemon) -> dict[tuple[str, str], float]:
+    """(method, code) -> tessera_rpc_total, for the System and Registry services' methods."""
+    url = f"http://127.0.0.1:{daemon.daemon.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    totals = {}
+    for line in text.splitlines():
+        if line.startswith("tessera_rpc_total{"):
+            labels, value = line.removeprefix("tessera_rpc_total{").split("} ")
+            named = dict(pair.split("=", 1) for pair in labels.split(","))
+            totals[(named["method"].strip('"'), named["code"].strip('"'))] = float(value)
+    return totals
+
+
+def test_calls_refused_by_authentication_are_counted_with_their_code(
+    token_daemon: InProcessDaemon, tokens: Tokens
+) -> None:
+    channel = token_daemon.channel()
+    info = "/tessera.v1.System/GetServerInfo"
+    assert call(channel, info) == grpc.StatusCode.UNAUTHENTICATED
+    assert call(channel, info, bearer("not-a-token")) == grpc.StatusCode.UNAUTHENTICATED
+    create = "/tessera.v1.Registry/CreateModel"
+    assert call(channel, create, bearer(tokens.token[Role.READER])) == grpc.StatusCode.PERMISSION_DENIED
+    # A token removed from the file (revoked) is refused as any unknown one.
+    trainer = tokens.token[Role.TRAINER]
+    tokens.file.write_text(format_entry("reader-holder", Role.READER, hash_token(tokens.token[Role.READER])))
+    token_daemon.run(token_daemon.daemon.reload())
+    assert call(channel, info, bearer(trainer)) == grpc.StatusCode.UNAUTHENTICATED
+    assert call(channel, info, bearer(tokens.token[Role.READER])) == grpc.StatusCode.OK
+    # A method this daemon does not serve, from anyone: gRPC answers it; it makes no series.
+    assert call(channel, "/tessera.v1.System/NoSuchMethod") == grpc.StatusCode.UNIMPLEMENTED
+    assert call(channel, "/attacker.Chosen/Name") == grpc.StatusCode.UNIMPLEMENTED
+
+    totals = _rpc_totals(token_daemon)
+    assert totals[("GetServerInfo", "UNAUTHENTICATED")] == 3
+    assert totals[("GetServerInfo", "OK")] == 1
+    assert totals[("CreateModel", "PERMISSION_DENIED")] == 1
+    assert not [key for key in totals if key[0] in ("NoSuchMethod", "Name")]
