@@ -24,6 +24,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -65,6 +66,9 @@ RETRY_MAX_S = 30.0
 # refused token) are tried again this often, and at once on SIGHUP or when the replica reconnects:
 # often enough that a repair is picked up unattended, seldom enough that the log stays readable.
 LASTING_RETRY_S = 300.0
+# While the primary stays away the replica tries it every few seconds; the log says so once, then
+# at most this often (with how long it has been away), each attempt between at DEBUG only.
+LOST_REPEAT_S = 60.0
 DOWNLOAD_CHUNK = 1 << 20
 # The pings a daemon accepts from a replica or an SDK client, at most one per this many ms: half
 # the shortest replica.keepalive_s and SDK keepalive (1 s), for the slack of the peers' timers.
@@ -188,17 +192,35 @@ def primary_error(what: str, primary: str, exc: sdk_errors.TesseraError) -> Tess
         )
         return LastingFailedPrecondition(_until_fixed(where, refusal))
     if isinstance(exc, sdk_errors.Unavailable | sdk_errors.DeadlineExceeded):
-        log.warning("the primary did not answer", extra={"primary": primary, "reason": exc.message})
-        text = exc.message.lower()
-        cause = next((words for key, words in _CONNECTION_CAUSES if key in text), None)
-        if cause is None:
-            timed_out = isinstance(exc, sdk_errors.DeadlineExceeded)
-            cause = "it did not answer in time" if timed_out else "it cannot be reached"
+        cause = connection_cause(exc)
+        log.warning(
+            "the primary did not answer",
+            extra={"primary": primary, "cause": cause, "detail": grpc_words(exc)},
+        )
         return Unavailable(
             f"{where}: {cause}; this replica serves what it holds and fetches the rest when the "
             "primary is back"
         )
     return Unavailable(f"{where}: the primary answered {exc.code}: {exc.message}")
+
+
+def connection_cause(exc: sdk_errors.TesseraError) -> str:
+    """Why the primary could not be reached, in a few words of a replica's (the SDK's message
+    advises its own users: `make run`, target=)."""
+    text = exc.message.lower()
+    cause = next((words for key, words in _CONNECTION_CAUSES if key in text), None)
+    if cause is not None:
+        return cause
+    return (
+        "it did not answer in time"
+        if isinstance(exc, sdk_errors.DeadlineExceeded)
+        else "it cannot be reached"
+    )
+
+
+def grpc_words(exc: sdk_errors.TesseraError) -> str:
+    """gRPC's own words for a failed call, without the advice the SDK puts before them."""
+    return exc.message.rpartition("gRPC said: ")[2]
 
 
 class PrimaryCertificateError(Exception):
@@ -345,6 +367,10 @@ class Follower:
         self._set_ready = set_ready
         self._ready = False
         self._connected = False  # the current stream has delivered something
+        # When the primary was lost (time.monotonic), while it stays away, and when that was
+        # last logged at WARNING.
+        self._lost_at: float | None = None
+        self._lost_said_at = 0.0
         # Set by retry_now: the watch's wait ends, and loads the primary refused are tried again.
         self._wake = asyncio.Event()
         self._retry_lasting_now = asyncio.Event()
@@ -441,7 +467,7 @@ class Follower:
                     refused = True
                     self._refused(exc)
                 else:
-                    self._lost(exc.message)
+                    self._lost(connection_cause(exc), grpc_words(exc))
             except TesseraError as exc:
                 self._lost(exc.message)
             except Exception:  # keep following whatever one change did; the log has it
@@ -455,11 +481,27 @@ class Follower:
                 await self._sleep(LASTING_RETRY_S)
                 delay = RECONNECT_FIRST_S
 
-    def _lost(self, reason: str) -> None:
-        log.warning(
-            "lost the primary; serving what this replica holds until it is back",
-            extra={"primary": self.primary, "reason": reason},
-        )
+    def _lost(self, cause: str, detail: str = "") -> None:
+        """An attempt to follow the primary failed for `cause` (gRPC's words: `detail`): said at
+        WARNING when the primary is lost, then at most once a LOST_REPEAT_S while it stays away
+        (tried every few seconds, it would fill the log), each attempt at DEBUG."""
+        now = time.monotonic()
+        said = {"primary": self.primary, "cause": cause, **({"detail": detail} if detail else {})}
+        if self._lost_at is None:
+            self._lost_at = self._lost_said_at = now
+            log.warning(
+                "lost the primary; serving what this replica holds until it is back (replica.primary, "
+                "--follow, names it)",
+                extra=said,
+            )
+        elif now - self._lost_said_at >= LOST_REPEAT_S:
+            self._lost_said_at = now
+            log.warning(
+                "the primary is still away; serving what this replica holds",
+                extra={**said, "away_s": round(now - self._lost_at)},
+            )
+        else:
+            log.debug("the primary is still away", extra={**said, "away_s": round(now - self._lost_at)})
 
     def _refused(self, exc: sdk_errors.TesseraError) -> None:
         """The primary refused the watch for a cause only a fix there cures: said once per
@@ -486,6 +528,12 @@ class Follower:
         )
         async for response in self._watch.server_stream("Registry", "WatchChanges", request, None):
             self._connected = True
+            if self._lost_at is not None:
+                log.info(
+                    "the primary is back",
+                    extra={"primary": self.primary, "away_s": round(time.monotonic() - self._lost_at)},
+                )
+                self._lost_at = None
             self._followed.refused = None
             self._wake.clear()  # a SIGHUP while connected asks nothing of the next reconnect
             if response.HasField("change"):
