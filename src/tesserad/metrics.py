@@ -35,7 +35,6 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from tesserad.config import Address, LimitsSettings
@@ -107,7 +106,7 @@ class RpcRecorder:
     event loop's thread between calls, caches cold); this is a bisect and three additions.
     """
 
-    __slots__ = ("_lock", "codes", "counts", "created", "method", "service", "sum")
+    __slots__ = ("_lock", "codes", "counts", "method", "service", "sum")
 
     def __init__(self, service: str, method: str) -> None:
         self.service = service
@@ -116,7 +115,6 @@ class RpcRecorder:
         self.counts = [0] * (len(RPC_LATENCY_BUCKETS) + 1)  # the last one +Inf
         self.sum = 0.0
         self.codes: dict[str, int] = {}
-        self.created = time.time()
 
     def record(self, code: str, seconds: float) -> None:
         with self._lock:
@@ -132,7 +130,9 @@ class RpcRecorder:
 
 class _RpcMetrics(Collector):
     """tessera_rpc_duration_seconds and tessera_rpc, per RPC, from the recorders at scrape time;
-    exported as prometheus_client's Histogram and Counter export them."""
+    exported as prometheus_client's Histogram and Counter export them with their `_created`
+    series turned off: the text format makes each a gauge family of its own, a series per series
+    that nothing reads (PROMETHEUS_DISABLE_CREATED_SERIES does the same for prometheus_client's)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._lock = threading.Lock()
@@ -166,16 +166,14 @@ class _RpcMetrics(Collector):
         bounds = [*RPC_LATENCY_BUCKETS, math.inf]
         for recorder in recorders:
             counts, total, codes = recorder.read()
-            labels = {"service": recorder.service, "method": recorder.method}
             # prometheus_client leaves floatToGoString unannotated.
             buckets = [
                 (floatToGoString(bound), cumulative)  # type: ignore[no-untyped-call]
                 for bound, cumulative in zip(bounds, itertools.accumulate(counts), strict=True)
             ]
-            latency.add_metric(list(labels.values()), buckets, total)
-            latency.samples.append(Sample("tessera_rpc_duration_seconds_created", labels, recorder.created))
+            latency.add_metric([recorder.service, recorder.method], buckets, total)
             for code, count in codes.items():
-                calls.add_metric([recorder.service, recorder.method, code], count, created=recorder.created)
+                calls.add_metric([recorder.service, recorder.method, code], count)
         return [latency, calls]
 
 

@@ -77,3 +77,12 @@ def test_every_metric_and_label_the_alerts_use_is_in_a_real_scrape(daemon, chann
             f"{rule['alert']}: its annotations name no label {label}" for label in templated - labels_of_expr
         ]
     assert wrong == []
+
+
+def test_a_scrape_has_no_created_series(daemon, channel):
+    # Each counter's and histogram's `_created` is a gauge family of its own in the text format:
+    # twice the series, and a timestamp no alert or dashboard here reads.
+    health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{daemon.daemon.metrics_port}/metrics", timeout=10).read()
+    assert b"tessera_rpc_total{" in text and b"tessera_rpc_duration_seconds_count{" in text
+    assert b"_created" not in text

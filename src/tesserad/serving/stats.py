@@ -29,7 +29,6 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from tesserad.serving.histogram import LogHistogram, Percentiles
@@ -102,20 +101,20 @@ class _PromSeries:
     """One version's Prometheus series; cumulative for the life of the version (GetStats's reset
     does not touch them, as a Prometheus counter never goes down)."""
 
-    __slots__ = ("batch_rows", "created", "errors", "latency", "ok")
+    __slots__ = ("batch_rows", "errors", "latency", "ok")
 
     def __init__(self) -> None:
         self.latency = tuple(_PromHistogram(LATENCY_BUCKETS_S) for _ in STAGES)
         self.batch_rows = _PromHistogram(tuple(float(b) for b in BATCH_ROW_BUCKETS))
         self.ok = 0
         self.errors = 0
-        self.created = time.time()
 
 
 class ServingMetrics(Collector):
     """The serving metrics on the daemon's registry, labelled by model and version.
 
     A collector: the series live in each version's ServingStats and are read at scrape time.
+    No `_created` series, as for the RPC metrics (metrics._RpcMetrics says why).
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -168,27 +167,13 @@ class ServingMetrics(Collector):
                     (stage, h.cumulative(), h.sum) for stage, h in zip(STAGES, series.latency, strict=True)
                 ]
                 rows = (series.batch_rows.cumulative(), series.batch_rows.sum)
-                ok, errors, created = series.ok, series.errors, series.created
+                ok, errors = series.ok, series.errors
             for stage, buckets, total in stages:
-                _add_histogram(
-                    latency, {"model": model, "version": version, "stage": stage}, buckets, total, created
-                )
-            _add_histogram(batch_rows, {"model": model, "version": version}, rows[0], rows[1], created)
-            requests.add_metric([model, version, "ok"], ok, created=created)
-            requests.add_metric([model, version, "error"], errors, created=created)
+                latency.add_metric([model, version, stage], buckets, total)
+            batch_rows.add_metric([model, version], *rows)
+            requests.add_metric([model, version, "ok"], ok)
+            requests.add_metric([model, version, "error"], errors)
         return [latency, batch_rows, requests]
-
-
-def _add_histogram(
-    family: HistogramMetricFamily,
-    labels: dict[str, str],
-    buckets: list[tuple[str, float]],
-    total: float,
-    created: float,
-) -> None:
-    """One labelled histogram, with the `_created` sample prometheus_client's Histogram exports."""
-    family.add_metric(list(labels.values()), buckets, total)
-    family.samples.append(Sample(f"{family.name}_created", labels, created))
 
 
 @dataclass(frozen=True)

@@ -333,6 +333,7 @@ def test_concurrent_requests_batch_and_stats_report_them(inference, channel, dae
         in metrics
     )
     assert 'tessera_inference_batch_rows_count{model="slow",version="1"}' in metrics
+    assert "_created" not in metrics
 
 
 def _load(inference, channel, model: str, artifact: bytes, **config: int) -> None:
