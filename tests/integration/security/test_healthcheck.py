@@ -53,3 +53,49 @@ def test_a_token_file_reaches_health_that_is_not_open(start_daemon, tokens, tmp_
     token_file.write_text(tokens.token[Role.READER] + "\n")  # as a mounted secret often ends
     assert healthcheck.main(["--address", daemon.target, "--token-file", str(token_file)]) == 0
     assert capsys.readouterr().out.strip() == "SERVING"
+
+
+def test_without_an_address_it_checks_the_listener_of_the_daemons_settings_over_its_tls(
+    start_daemon, pki, capsys
+):
+    tls = {"security.tls_cert_file": str(pki.server_cert), "security.tls_key_file": str(pki.server_key)}
+    daemon = start_daemon(**tls)
+    # As the image's environment gives them: every address, the port moved, TLS turned on.
+    environ = {
+        "TESSERA_LISTEN": f"0.0.0.0:{daemon.daemon.port}",
+        "TESSERA_SECURITY_TLS_CERT_FILE": str(pki.server_cert),
+        "TESSERA_SECURITY_TLS_KEY_FILE": str(pki.server_key),
+    }
+    assert healthcheck.main([], environ) == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
+    assert healthcheck.main(["--tls-ca", str(pki.ca)], environ) == 0
+
+
+def test_without_an_address_it_reads_the_daemons_config_file(daemon, tmp_path):
+    config = tmp_path / "tesserad.toml"
+    config.write_text(f'listen = "127.0.0.1:{daemon.daemon.port}"\n')
+    assert healthcheck.main(["--config", str(config)], {}) == 0
+    # The environment wins over the file, as for the daemon.
+    assert healthcheck.main(["--config", str(config)], {"TESSERA_LISTEN": daemon.target}) == 0
+
+
+def test_settings_it_cannot_use_say_what_to_fix(start_daemon, pki, tmp_path, capsys):
+    daemon = start_daemon(
+        **{
+            "security.tls_cert_file": str(pki.server_cert),
+            "security.tls_key_file": str(pki.server_key),
+            "security.tls_client_ca_file": str(pki.client_ca),
+        }
+    )
+    environ = {
+        "TESSERA_LISTEN": f"127.0.0.1:{daemon.daemon.port}",
+        "TESSERA_SECURITY_TLS_CERT_FILE": str(pki.server_cert),
+        "TESSERA_SECURITY_TLS_KEY_FILE": str(pki.server_key),
+        "TESSERA_SECURITY_TLS_CLIENT_CA_FILE": str(pki.client_ca),
+    }
+    assert healthcheck.main([], environ) == 1
+    assert "security.tls_client_ca_file): give --tls-cert and --tls-key" in capsys.readouterr().err
+    client = ["--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
+    assert healthcheck.main(client, environ) == 0
+    assert healthcheck.main([], {"TESSERA_LISTEN": "nowhere"}) == 1
+    assert capsys.readouterr().err.startswith("unhealthy: the daemon's settings: invalid settings:")

@@ -22,6 +22,7 @@ HTTP_PORT = 8080
 # The Open Inference Protocol over HTTP (serving.oip_http_listen), on Triton's port.
 OIP_HTTP_PORT = 8000
 READY_PATH = "/v2/health/ready"
+LIVE_PATH = "/v2/health/live"
 
 
 def settings_from_toml(text: str, tmp_path: Path) -> Settings:
@@ -47,7 +48,8 @@ def test_dockerfiles_run_non_root_with_a_grpc_health_check(name):
     assert re.search(r"^USER 10001:10001$", runtime, re.MULTILINE)
     assert f'VOLUME ["{DATA_DIR}"]' in runtime
     assert f"EXPOSE {GRPC_PORT} {METRICS_PORT} {HTTP_PORT} {OIP_HTTP_PORT}" in runtime
-    assert f'"tesserad.tools.healthcheck", "--address", "127.0.0.1:{GRPC_PORT}"' in runtime
+    # No address: the tool reads the listener, and TLS, from the same TESSERA_* as the daemon.
+    assert 'CMD ["python", "-m", "tesserad.tools.healthcheck"]' in runtime
     settings = env_settings(dockerfile_env(runtime))
     assert settings.listen.port == GRPC_PORT and settings.metrics_listen.port == METRICS_PORT
     assert settings.http_listen is not None and settings.http_listen.port == HTTP_PORT
@@ -148,8 +150,11 @@ def test_k8s_statefulset_probes_ports_volumes_and_settings_agree(tmp_path):
         "http": settings.http_listen.port,
         "oip-http": settings.serving.oip_http_listen.port,
     }
+    # Start-up and liveness ask whether the process answers (200 while it runs), not whether it
+    # is ready: whole-server gRPC health is readiness, NOT_SERVING at a drain or on a replica
+    # behind its primary, and a liveness probe on it would restart a pod that only waits.
     for probe in ("startupProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == settings.listen.port, probe
+        assert container[probe]["httpGet"] == {"path": LIVE_PATH, "port": "oip-http"}, probe
     # Readiness gates both listeners' traffic; /v2/health/ready follows gRPC health.
     assert container["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": "oip-http"}
     # Probes carry no token: health must stay open while tokens are on.
@@ -213,8 +218,11 @@ def test_k8s_replicas_follow_the_primary_behind_a_headless_service_and_an_autosc
         "metrics": settings.metrics_listen.port,
         "oip-http": settings.serving.oip_http_listen.port,
     }
-    # Not ready (400) until caught up with the primary, as gRPC health.
+    # Not ready (400) until caught up with the primary, as gRPC health; alive all the while, so
+    # a replica whose primary is down, or refuses its token, waits instead of restarting in a loop.
     assert container["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": "oip-http"}
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": LIVE_PATH, "port": "oip-http"}, probe
 
     # Replica pods are not selected by the primary's Services, and only by the replicas' one.
     labels = deployment["spec"]["template"]["metadata"]["labels"]
