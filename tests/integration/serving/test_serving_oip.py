@@ -1368,3 +1368,24 @@ def test_a_missing_model_or_version_says_what_a_triton_user_can_do(oip, linear, 
         not_found,
         "model 'linear' has no version 9 (the newest is 2; `tessera models versions MODEL` lists them)",
     )
+
+
+def test_an_unload_sticks_only_without_autoload(oip, linear, start_daemon, expect_rpc_error) -> None:
+    # With serving.autoload (the default) the next request loads the model again, unlike Triton.
+    oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=linear))
+    oip.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name=linear))
+    assert not oip.ModelReady(pb.ModelReadyRequest(name=linear)).ready
+    assert output(oip.ModelInfer(infer_request(linear, X))).shape == (2, 3)
+    assert oip.ModelReady(pb.ModelReadyRequest(name=linear)).ready
+    # Without it, as in Triton: unloaded stays unloaded until load_model.
+    channel = start_daemon(**{"serving.autoload": "false"}).channel()
+    strict = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    upload(channel, "linear", linear_model(1.0))
+    strict.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="linear"))
+    strict.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="linear"))
+    expect_rpc_error(
+        lambda: strict.ModelInfer(infer_request("linear", X)), grpc.StatusCode.NOT_FOUND, "linear"
+    )
+    assert not strict.ModelReady(pb.ModelReadyRequest(name="linear")).ready
+    strict.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="linear"))
+    assert output(strict.ModelInfer(infer_request("linear", X))).shape == (2, 3)
