@@ -175,6 +175,34 @@ def test_k8s_statefulset_probes_ports_volumes_and_settings_agree(tmp_path):
     assert volumes["config"]["configMap"]["name"] == "tesserad-config"
 
 
+def test_the_k8s_restore_fills_the_claim_the_statefulset_takes_over_as_its_user():
+    yaml = pytest.importorskip("yaml", reason="PyYAML is needed to check the YAML files under deploy/")
+    text = (DEPLOY / "README.md").read_text()
+    (block,) = [
+        b for b in re.findall(r"^```yaml\n(.*?)^```", text, re.MULTILINE | re.DOTALL) if "restore" in b
+    ]
+    claim, pod = yaml.safe_load_all(block)
+    sts = k8s_objects()["StatefulSet/tesserad"]
+    (template,) = sts["spec"]["volumeClaimTemplates"]
+    # The name the StatefulSet gives its pod 0's claim, which it takes over when it scales up.
+    assert claim["metadata"]["name"] == f"{template['metadata']['name']}-{sts['metadata']['name']}-0"
+    assert claim["spec"] == template["spec"]
+    sts_pod = sts["spec"]["template"]["spec"]
+    (daemon,) = sts_pod["containers"]
+    (restore,) = pod["spec"]["containers"]
+    for key in ("runAsUser", "runAsGroup", "fsGroup"):
+        assert pod["spec"]["securityContext"][key] == sts_pod["securityContext"][key] == 10001, key
+    assert restore["image"] == daemon["image"]
+    (volume,) = pod["spec"]["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    (mount,) = restore["volumeMounts"]
+    assert mount["mountPath"] == DATA_DIR
+    assert f"tesserad restore - --data-dir {DATA_DIR} <" in text
+    assert (
+        f"restore - --data-dir {DATA_DIR} <" in text.split("docker compose -f deploy/compose.yaml run", 1)[1]
+    )
+
+
 def test_k8s_service_targets_the_pod_ports():
     objects = k8s_objects()
     service = objects["Service/tesserad"]
