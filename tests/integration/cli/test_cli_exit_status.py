@@ -256,6 +256,21 @@ raise SystemExit(main())
 """
 
 
+# As CLI_TERMINATED_AS_THE_PARTIAL_IS_MADE, at the first open of the partial file's name (the
+# attempt to create it), before the call: the file found there is an earlier download's.
+CLI_TERMINATED_AS_THE_PARTIAL_IS_OPENED = """\
+import os, signal, sys
+opened = []
+def hook(event, args):
+    if event == "open" and not opened and isinstance(args[0], str) and args[0].endswith(".partial"):
+        opened.append(args[0])
+        os.kill(os.getpid(), signal.SIGTERM)
+sys.addaudithook(hook)
+from tessera.entry import main
+raise SystemExit(main())
+"""
+
+
 def download_terminated(daemon, script: str, out: Path, *flags: str) -> subprocess.CompletedProcess:
     command = ["--target", daemon.target, "models", "download", "affine", "-o", str(out), *flags]
     return subprocess.run(
@@ -283,10 +298,16 @@ def test_a_download_terminated_as_its_partial_file_is_made_leaves_none(
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "script",
+    [CLI_TERMINATED_AS_THE_PARTIAL_IS_OPENED, CLI_TERMINATED_AS_THE_RECORD_IS_READ],
+    ids=["as-its-name-is-opened", "as-its-record-is-read"],
+)
 def test_a_download_terminated_as_it_opens_a_kept_partial_file_leaves_it_for_a_resume(
-    daemon, client, tmp_path
+    daemon, client, tmp_path, script
 ):
-    """The bytes an earlier download kept are not this one's to remove before it has started."""
+    """The bytes an earlier download kept are not this one's to remove before it has started:
+    a signal landing as it tried to create the partial file removed them, as made by it."""
     pushed = client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
     out = tmp_path / "out"
     out.mkdir()
@@ -294,9 +315,7 @@ def test_a_download_terminated_as_it_opens_a_kept_partial_file_leaves_it_for_a_r
     partial.write_bytes(b"\x08")
     described = {"file": "affine v1", "sha256": pushed.sha256, "size_bytes": pushed.size_bytes}
     record.write_text(json.dumps(described))
-    download = download_terminated(
-        daemon, CLI_TERMINATED_AS_THE_RECORD_IS_READ, out / "affine.onnx", "--resume"
-    )
+    download = download_terminated(daemon, script, out / "affine.onnx", "--resume")
     assert download.returncode == EXIT_TERMINATED, download.stderr
     assert sorted(out.iterdir()) == sorted([partial, record])
     assert partial.read_bytes() == b"\x08"

@@ -56,50 +56,82 @@ def file_chunks(path: Path, total: int, chunk_size: int, progress: Progress | No
                 progress(done, total)
 
 
-def new_partial(path: Path, mode: int = 0o666) -> tuple[Path, BinaryIO]:
+def new_partial(path: Path, mode: int = 0o666) -> tuple[Path, BinaryIO, Identity]:
     """A new temp file beside `path`, to become it once whole: its own name, so that a name at
     the filesystem's length limit still has room, a concurrent write to `path` keeps its own,
     and a link planted at the name is refused (O_EXCL) rather than written through. `mode`:
-    its permissions (less the umask), which `path` keeps."""
+    its permissions (less the umask), which `path` keeps. With its identity, noted as unfinished
+    (`remove_unfinished`) until the caller puts it in place or removes it (`forget_made`)."""
     if path.is_dir():
         # Else the temp file, written whole, could never be moved onto it.
         raise IsADirectoryError(
             errno.EISDIR, f"{path} is a directory; name the file to write in it", str(path)
         )
     partial = path.with_name(f".{path.name[:32]}.{secrets.token_hex(4)}.partial")
-    # Noted before it exists: a signal can land between its creation and the caller's code that
-    # removes it, and `remove_unfinished` then still finds it.
-    _unfinished.add(partial)
+    # Its name noted before it exists: a signal can land between its creation and its noting,
+    # and `remove_unfinished` then still finds it. A random name, so a file there is this one.
+    _being_made.add(partial)
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileNotFoundError:
-        _unfinished.discard(partial)
+        _being_made.discard(partial)
         # Named for the file asked for, not the temp file the user never named.
         raise FileNotFoundError(
             errno.ENOENT, f"no directory {path.parent} to write it in; create it first", str(path)
         ) from None
     except OSError:
         # Not made (a name already there, planted or not, is another's to keep).
-        _unfinished.discard(partial)
+        _being_made.discard(partial)
         raise
-    return partial, os.fdopen(fd, "wb")
+    made = _note_made(partial, fd)
+    _being_made.discard(partial)
+    return partial, os.fdopen(fd, "wb"), made
 
 
-# The temp files `new_partial` made (or was making) that are neither in place nor removed yet,
-# and the partial downloads a download created (or was creating) that it has neither put in place,
-# kept for a resume nor removed yet.
-_unfinished: set[Path] = set()
+Identity = tuple[int, int]
+"""A file's (st_dev, st_ino): what its name may stop naming (moved away, another file put there)."""
+
+# The temp files `new_partial` made, and the partial downloads a download created, that are
+# neither in place, kept for a resume nor removed yet, by identity: a name is removed only while
+# it names the file made, as a partial download's name (fixed by its path) may by then be another
+# download's, or an earlier one's kept bytes, and two downloads to a path share it.
+_unfinished: dict[Identity, Path] = {}
+# The names `new_partial` is creating its temp file at, until it is noted in `_unfinished`.
+_being_made: set[Path] = set()
+
+
+def _identity(status: os.stat_result) -> Identity:
+    return status.st_dev, status.st_ino
+
+
+def _note_made(name: Path, fd: int) -> Identity:
+    """The file `fd` just created at `name`, noted as unfinished; its identity."""
+    made = _identity(os.fstat(fd))
+    _unfinished[made] = name
+    return made
+
+
+def forget_made(made: Identity | None) -> None:
+    """The file made (`_note_made`) put in place, kept or removed, or found to be another's:
+    `remove_unfinished` leaves it now. None: no file made."""
+    if made is not None:
+        _unfinished.pop(made, None)
 
 
 def remove_unfinished() -> None:
     """Remove every temp file `new_partial` made, and partial download a download created, that
-    is neither in place, kept nor removed yet: for a process ending at once on a signal (the
-    CLI), which may have landed before any code held it. One that cannot be removed is left: the
-    process is ending, and the others still go."""
-    for partial in list(_unfinished):
+    is neither in place, kept nor removed yet, where its name still names it: for a process
+    ending at once on a signal (the CLI), which may have landed before any code held it. One that
+    cannot be removed is left: the process is ending, and the others still go."""
+    for partial in list(_being_made):
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
-        _unfinished.discard(partial)
+        _being_made.discard(partial)
+    for made, partial in list(_unfinished.items()):
+        with contextlib.suppress(OSError):
+            if _identity(os.lstat(partial)) == made:
+                partial.unlink()
+        forget_made(made)
 
 
 def bytes_chunks(data: bytes, chunk_size: int, progress: Progress | None) -> Iterator[bytes]:
@@ -179,7 +211,7 @@ class PartialFile:
         check_free(path, overwrite)
         self.path = path
         self._overwrite = overwrite
-        self.temp, self._file = new_partial(path, mode)
+        self.temp, self._file, self._made = new_partial(path, mode)
 
     def write(self, data: bytes) -> None:
         with _naming(self.path):
@@ -212,7 +244,7 @@ class PartialFile:
             self.temp.unlink(missing_ok=True)
             raise
         finally:
-            _unfinished.discard(self.temp)
+            forget_made(self._made)
 
     def discard(self) -> None:
         # A write that failed (a full disk) leaves bytes in the file's buffer, whose flush fails
@@ -220,7 +252,7 @@ class PartialFile:
         with contextlib.suppress(OSError):
             self._file.close()
         self.temp.unlink(missing_ok=True)
-        _unfinished.discard(self.temp)
+        forget_made(self._made)
 
 
 def _sync_dir(directory: Path) -> None:
@@ -320,7 +352,8 @@ class ResumableDownloadSink(Generic[H]):
         self._keep: int | None = None
         # Where the stream being written started (the offset asked for).
         self._stream_from = 0
-        self._file, self._created = _open_partial(self.partial, path)
+        # The partial file's identity where this download created it (None: found there).
+        self._file, self._made = _open_partial(self.partial, path)
         kept = _read_record(self.record) if resume else None
         self._kept = kept if kept is not None and os.fstat(self._file.fileno()).st_size else None
 
@@ -416,7 +449,7 @@ class ResumableDownloadSink(Generic[H]):
         try:
             return self._finish()
         finally:
-            _unfinished.discard(self.partial)
+            forget_made(self._made)
 
     def _finish(self) -> H:
         header = self._header
@@ -470,11 +503,11 @@ class ResumableDownloadSink(Generic[H]):
         try:
             self._abort(error)
         finally:
-            _unfinished.discard(self.partial)
+            forget_made(self._made)
 
     def _abort(self, error: BaseException) -> None:
         if self._header is None:
-            if self._created:
+            if self._made is not None:
                 _remove(self._file, self.partial)
             else:
                 _close(self._file)
@@ -537,72 +570,69 @@ def _names(partial: Path, fd: int) -> bool:
     return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
-def _open_partial(partial: Path, path: Path) -> tuple[BinaryIO, bool]:
-    """The partial file, opened to read and write and locked; whether it was created now. A
+def _open_partial(partial: Path, path: Path) -> tuple[BinaryIO, Identity | None]:
+    """The partial file, opened to read and write and locked; its identity where it was created
+    now (noted as unfinished), else None. A
     link planted at its name (symbolic or hard), a file there that is not a regular one (a FIFO,
     a device: refused before it is opened) or one of another user's is refused (ValueError)
     rather than written through. A file that the
     download holding it renamed or removed between its opening and its locking is let go of and
     the name opened again."""
     for _ in range(_OPEN_TRIES):
-        fd, created = _open_or_create(partial, path)
+        fd, made = _open_or_create(partial, path)
         file = os.fdopen(fd, "r+b")
         try:
             locked = _lock_exclusively(fd)
         except BaseException:
-            if created:
+            if made is not None:
                 _remove(file, partial)
-                _unfinished.discard(partial)
+                forget_made(made)
             else:
                 _close(file)
             raise
         if not locked:
-            if created:
-                # Another download opened it before the lock and holds it: its file now.
-                _unfinished.discard(partial)
+            # Another download opened it before the lock and holds it: its file now.
+            forget_made(made)
             _close(file)
             raise ValueError(
                 f"{path}: another download to it is running (it writes {partial}); wait for it to end"
             )
         try:
             if not _names(partial, fd):
-                if created:
-                    # Another download's name now, not ours to remove.
-                    _unfinished.discard(partial)
+                # Another download's name now, not ours to remove.
+                forget_made(made)
                 _close(file)
                 continue
-            if not created:
+            if made is None:
                 _check_kept(partial, path, fd)
         except BaseException:
             _close(file)
             raise
-        return file, created
+        return file, made
     raise ValueError(
         f"{path}: its partial download {partial} was replaced {_OPEN_TRIES} times as it was opened "
         "(other downloads to it are starting and ending); wait for them to end"
     )
 
 
-def _open_or_create(partial: Path, path: Path) -> tuple[int, bool]:
-    """The partial file's descriptor, and whether it was created now: one created is noted (in
-    `_unfinished`) until its download puts it in place, keeps it or removes it, or finds it
-    another's; one found is not this download's to remove on a signal."""
+def _open_or_create(partial: Path, path: Path) -> tuple[int, Identity | None]:
+    """The partial file's descriptor, and its identity where it was created now: one created is
+    noted (`_note_made`) until its download puts it in place, keeps it or removes it, or finds it
+    another's; one found (an earlier download's kept bytes, a running one's file) is not this
+    download's to remove on a signal."""
     flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-    # Noted before it exists, as `new_partial` notes its temp file.
-    _unfinished.add(partial)
     try:
-        return os.open(partial, flags | os.O_CREAT | os.O_EXCL, 0o666), True
+        fd = os.open(partial, flags | os.O_CREAT | os.O_EXCL, 0o666)
     except FileExistsError:
-        _unfinished.discard(partial)
-        return _open_found(partial, path, flags), False
+        return _open_found(partial, path, flags), None
     except FileNotFoundError:
-        _unfinished.discard(partial)
         raise FileNotFoundError(
             errno.ENOENT, f"no directory {path.parent} to write it in; create it first", str(path)
         ) from None
-    except OSError:
-        _unfinished.discard(partial)
-        raise
+    # Noted once made, unlike `new_partial`'s temp file: a file at this name before is another's.
+    # A signal landing between the two leaves it empty, with no record: a later download to the
+    # path opens it and writes it from its first byte (no bytes to resume from).
+    return fd, _note_made(partial, fd)
 
 
 def _open_found(partial: Path, path: Path, flags: int) -> int:
