@@ -674,6 +674,68 @@ def test_an_asyncio_backup_cancelled_as_it_is_put_in_place_says_so_once_it_is(
     assert [p.name for p in out.iterdir()] == ["b.tar"]
 
 
+def test_an_asyncio_backups_writes_run_off_the_event_loop(
+    source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk's write (a disk's, a pipe's) blocked the caller's event loop while it lasted."""
+    writers: set[int] = set()
+    write = system_module.BackupSink.write
+
+    def recorded_write(sink: system_module.BackupSink, chunk: bytes) -> None:
+        writers.add(threading.get_ident())
+        write(sink, chunk)
+
+    monkeypatch.setattr(system_module.BackupSink, "write", recorded_write)
+
+    async def backup() -> int:
+        async with tessera.aio.Client(source.daemon.target) as client:
+            await client.system.backup(tmp_path / "b.tar", chunk_size=65536)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(backup())
+    assert writers
+    assert loop_thread not in writers
+    assert [p.name for p in tmp_path.iterdir()] == ["b.tar"]
+
+
+def test_an_asyncio_backup_cancelled_during_a_write_removes_its_file_once_the_write_ended(
+    source: Source, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel is raised once the write in flight has ended, so that the file is never removed
+    (or closed) under it; none is left."""
+    started, cancelled = threading.Event(), threading.Event()
+    order: list[str] = []
+    write, abort = system_module.BackupSink.write, system_module.BackupSink.abort
+
+    def held_write(sink: system_module.BackupSink, chunk: bytes) -> None:
+        started.set()
+        cancelled.wait(30)
+        write(sink, chunk)
+        order.append("write")
+
+    def recorded_abort(sink: system_module.BackupSink) -> None:
+        order.append("abort")
+        abort(sink)
+
+    monkeypatch.setattr(system_module.BackupSink, "write", held_write)
+    monkeypatch.setattr(system_module.BackupSink, "abort", recorded_abort)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    async def cancelled_backup() -> None:
+        async with tessera.aio.Client(source.daemon.target) as client:
+            backup = asyncio.create_task(client.system.backup(out / "b.tar"))
+            await asyncio.to_thread(started.wait, 30)
+            backup.cancel()
+            cancelled.set()
+            with pytest.raises(asyncio.CancelledError):
+                await backup
+
+    asyncio.run(cancelled_backup())
+    assert order == ["write", "abort"]
+    assert list(out.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("unbuffered", "chunk_size"), [("1", 2**20), ("", 4096)], ids=["unbuffered", "buffered-small-chunks"]
 )

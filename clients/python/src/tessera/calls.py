@@ -161,9 +161,12 @@ class Save(Call[T_co]):
         sink = self.sink()
         try:
             async for response in conn.server_stream(self.service, self.method, self.request, self.timeout):
-                sink.write(self.data(response))
+                # A disk's or a pipe's write, off the loop; a cancel is raised once it has ended,
+                # never aborting the sink under it.
+                await _off_the_loop(sink.write, self.data(response))
         except BaseException:
-            sink.abort()
+            # The thread runs to its end even where this await is cancelled again.
+            await _off_the_loop(sink.abort)
             raise
         # A cancel meanwhile is raised once it has ended, its file then in place or not: to_thread
         # raised it at once, the thread going on to put the file in place after.
