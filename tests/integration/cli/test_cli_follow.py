@@ -151,7 +151,7 @@ def test_following_a_sweep_of_a_daemon_never_reached_fails_at_once(tessera_cli, 
 
 
 @pytest.mark.parametrize("stop", ["sigkill", "sigterm"])
-def test_following_a_job_outlasts_a_daemon_restart(stop, spawn_daemon, tmp_path, capsys):
+def test_following_a_job_outlasts_a_daemon_restart(stop, spawn_daemon, tmp_path, capsys, monkeypatch):
     # The job resumes after a SIGKILL of the daemon; its follower gave up with UNAVAILABLE after
     # the SDK's 5 reconnects (about 2 s), where a sweep's follower waits up to 2 minutes. After
     # a graceful stop it gave up at once: the shutdown's INTERRUPTED ended the watch as if the
@@ -175,6 +175,15 @@ def test_following_a_job_outlasts_a_daemon_restart(stop, spawn_daemon, tmp_path,
             main(["--target", address, "jobs", "watch", job_id], console=Console(file=screen))
         )
     )
+    # The follower's own wait begins once the SDK's reconnects have given up.
+    outage_waited = threading.Event()
+    outage_wait = tessera.follow.Outage.wait
+
+    def wait(self: tessera.follow.Outage, error: Exception) -> None:
+        outage_waited.set()
+        outage_wait(self, error)
+
+    monkeypatch.setattr(tessera.follow.Outage, "wait", wait)
     follower.start()
     # Killed once the follower has shown the job running.
     while "started" not in screen.getvalue():
@@ -186,8 +195,9 @@ def test_following_a_job_outlasts_a_daemon_restart(stop, spawn_daemon, tmp_path,
         daemon.terminate()
         assert daemon.process.wait(60) == 0
     channel.close()
-    # Longer than the SDK's reconnects take, as a restart of a busy daemon may be.
-    time.sleep(5)
+    # Down for longer than the SDK's reconnects take, as a restart of a busy daemon may be.
+    while not outage_waited.wait(0.05):
+        assert follower.is_alive(), capsys.readouterr().err
     spawn_daemon(*args).wait_serving()
     follower.join(timeout=300)
     assert result == [0], capsys.readouterr().err
