@@ -39,7 +39,7 @@ def test_a_replica_whose_primary_went_silent_connects_again_and_catches_up(
     proxy = CuttableProxy(port_of(address))
     replica = spawn_daemon(
         "--data-dir", str(tmp_path / "replica"), "--listen", "127.0.0.1:0", "--metrics-listen", "off",
-        "--follow", proxy.target, env={"TESSERA_REPLICA_KEEPALIVE_S": "5"},
+        "--follow", proxy.target, env={"TESSERA_REPLICA_KEEPALIVE_S": "2"},
     )  # fmt: skip
     try:
         with grpc.insecure_channel(replica.wait_serving()) as channel:
