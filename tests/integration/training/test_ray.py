@@ -829,13 +829,36 @@ def _free_cpus(system: system_pb2_grpc.SystemStub, want: float) -> dict[str, flo
     return free
 
 
+# Ray names each actor's process after its class: the trainer's driver, its controller, its ranks.
+TRAINER_PROCESSES = ("ray::TrainDriver", "ray::TrainController", "ray::RayTrainWorker")
+
+
+def _trainer_processes(nodes: RayNodes) -> dict[int, str]:
+    """pid: which of TRAINER_PROCESSES, of every such process of the cluster `nodes`: others may
+    run Ray on the machine. An actor's process has a process group of its own, but stays in the
+    session its `ray start` began (whose id is that of the group `nodes` names)."""
+    found = {}
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or ())
+        name = next((n for n in TRAINER_PROCESSES if cmdline.startswith(n)), None)
+        with contextlib.suppress(ProcessLookupError):
+            if name is not None and os.getsid(process.pid) in nodes.groups:
+                found[process.pid] = name
+    return found
+
+
 def test_cancel_stops_a_ddp_trainer_and_frees_its_nodes(
-    training: training_pb2_grpc.TrainingStub, ray_daemon: InProcessDaemon
+    training: training_pb2_grpc.TrainingStub,
+    ray_nodes: RayNodes,
+    ray_daemon: InProcessDaemon,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A cancelled DDP trainer stops at a step boundary and frees both nodes. Then, while a job
     holds node_b, two DDP jobs wait for room: one cancelled ends at once, and one whose dataset was
-    force-deleted meanwhile fails from QUEUED once Ray placed its ranks, as a local one, and its
-    trainer is stopped (one test: both wait behind the same busy job)."""
+    force-deleted meanwhile fails from QUEUED once Ray placed its ranks, as a local one. That
+    failure comes after the trainer's driver was launched: the trainer is ended, its driver,
+    controller and ranks gone and their CPUs free (one test: each trainer costs seconds to start,
+    and both jobs wait behind the same busy job)."""
     channel = ray_daemon.channel()
     system = system_pb2_grpc.SystemStub(channel)
     job = submit(training, ddp_spec(epochs=100_000))
@@ -852,6 +875,15 @@ def test_cancel_stops_a_ddp_trainer_and_frees_its_nodes(
 
     x = np.random.default_rng(5).normal(size=(48, 6)).astype(np.float32)
     upload_dataset(channel, "deleted-while-waiting", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+    before = set(_trainer_processes(ray_nodes))
+    launched: list[list[str]] = []
+    worker_data = ray_daemon.daemon.training._worker_data
+
+    def worker_data_of_a_placed_trainer(job: Any) -> Any:
+        launched.append(sorted(n for pid, n in _trainer_processes(ray_nodes).items() if pid not in before))
+        return worker_data(job)
+
+    monkeypatch.setattr(ray_daemon.daemon.training, "_worker_data", worker_data_of_a_placed_trainer)
     busy = submit(training, on_node("node_b", epochs=100_000))
     watch_until(training, busy.job_id, lambda e: e.WhichOneof("event") == "step")
     # Each is cancelled, or loses its dataset, once Ray holds it waiting for room; before that a
@@ -877,6 +909,7 @@ def test_cancel_stops_a_ddp_trainer_and_frees_its_nodes(
     training.CancelJob(S.CancelJobRequest(job_id=busy.job_id))
     assert states(follow(training, busy.job_id))[-1] == S.JOB_STATE_CANCELLED
     events = follow(training, orphaned.job_id)
+    monkeypatch.undo()
     assert states(events) == [S.JOB_STATE_QUEUED, S.JOB_STATE_FAILED]
     (error,) = of_kind(events, "error")
     assert (error.kind, error.message) == (
@@ -885,52 +918,32 @@ def test_cancel_stops_a_ddp_trainer_and_frees_its_nodes(
         "only on the version it was submitted with: submit it again on another version of the "
         "dataset (ListDatasetVersions lists them)",
     )
+    # The busy job's data was asked for before any trainer ran; the orphaned job's, while its
+    # trainer ran: its driver, its controller and both ranks.
+    assert launched == [[], sorted([*TRAINER_PROCESSES, "ray::RayTrainWorker"])]
     free = _free_cpus(system, 2)
     assert free["node_a"] == 1 and free["node_b"] == 1
+    deadline = time.monotonic() + 30
+    while left := {pid: name for pid, name in _trainer_processes(ray_nodes).items() if pid not in before}:
+        assert time.monotonic() < deadline, left
+        time.sleep(0.2)
 
 
-# Ray names each actor's process after its class: the trainer's driver, its controller, its ranks.
-TRAINER_PROCESSES = ("ray::TrainDriver", "ray::TrainController", "ray::RayTrainWorker")
-
-
-def _trainer_processes(nodes: RayNodes) -> dict[int, str]:
-    """pid: which of TRAINER_PROCESSES, of every such process of the cluster `nodes`: others may
-    run Ray on the machine. An actor's process has a process group of its own, but stays in the
-    session its `ray start` began (whose id is that of the group `nodes` names)."""
-    found = {}
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or ())
-        name = next((n for n in TRAINER_PROCESSES if cmdline.startswith(n)), None)
-        with contextlib.suppress(ProcessLookupError):
-            if name is not None and os.getsid(process.pid) in nodes.groups:
-                found[process.pid] = name
-    return found
-
-
-def test_a_ddp_job_that_fails_once_its_trainer_is_placed_ends_the_trainer_and_frees_its_nodes(
-    training: training_pb2_grpc.TrainingStub,
-    ray_nodes: RayNodes,
-    ray_daemon: InProcessDaemon,
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_ray_job_that_fails_once_placed_fails_saying_why_and_frees_its_node(
+    training: training_pb2_grpc.TrainingStub, ray_daemon: InProcessDaemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A failure after the trainer's driver was launched (here the attempt's begin, once Ray placed
-    every rank) fails the job and ends the trainer: its driver, controller and ranks are gone, and
-    their CPUs free."""
+    """A failure after Ray placed the job (here the attempt's begin) fails the job in the daemon's
+    words and frees what it held. (A DDP trainer's: test_cancel_stops_a_ddp_trainer_and_frees_its_nodes.)"""
     system = system_pb2_grpc.SystemStub(ray_daemon.channel())
-    before = set(_trainer_processes(ray_nodes))
-    launched: list[list[str]] = []
 
     def failing_begin(job: Any, devices: list[str]) -> Any:
-        launched.append(sorted(n for pid, n in _trainer_processes(ray_nodes).items() if pid not in before))
         raise RuntimeError("the attempt could not begin")
 
     monkeypatch.setattr(ray_daemon.daemon.training, "_begin_attempt", failing_begin)
-    job = submit(training, ddp_spec())
+    job = submit(training, on_node("node_b"))
     events = follow(training, job.job_id)
     monkeypatch.undo()
     assert states(events) == [S.JOB_STATE_QUEUED, S.JOB_STATE_FAILED]
-    # The trainer ran when the begin failed: its driver, its controller and both ranks.
-    assert launched == [sorted([*TRAINER_PROCESSES, "ray::RayTrainWorker"])]
     (error,) = of_kind(events, "error")
     assert (error.kind, error.message) == (
         "exception",
@@ -938,10 +951,6 @@ def test_a_ddp_job_that_fails_once_its_trainer_is_placed_ends_the_trainer_and_fr
     )
     free = _free_cpus(system, 2)
     assert free["node_a"] == 1 and free["node_b"] == 1
-    deadline = time.monotonic() + 30
-    while left := {pid: name for pid, name in _trainer_processes(ray_nodes).items() if pid not in before}:
-        assert time.monotonic() < deadline, left
-        time.sleep(0.2)
 
 
 def test_a_daemon_restart_keeps_the_restarts_a_job_has_used(
