@@ -236,7 +236,9 @@ def watch_until(
 ) -> list[training_pb2.JobEvent]:
     """Events of the job until `stop(event)` is true for one."""
     seen = []
-    for event in training.WatchJob(S.WatchJobRequest(job_id=job_id), timeout=120):
+    # Generous: on a loaded 2-core machine a Ray Train trainer took over 120 s to start (a CI run at
+    # load 30); pytest's own 300 s limit still bounds the test.
+    for event in training.WatchJob(S.WatchJobRequest(job_id=job_id), timeout=240):
         seen.append(event)
         if stop(event):
             return seen
