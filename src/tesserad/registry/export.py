@@ -395,7 +395,7 @@ def _check(source: VersionRecord, opset: int, conv4d: str, alias: str, descripti
         check_settable_alias(alias)
     # The new version carries the source's tags that today's rules take (register_version).
     check_description_room(description, source.tags)
-    from tesserad.nn.onnx_export import check_conv4d, check_opset
+    from tesserad.nn.onnx_opsets import check_conv4d, check_opset
 
     check_conv4d(conv4d or "auto")
     check_opset(opset)

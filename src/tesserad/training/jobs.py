@@ -47,7 +47,6 @@ from tesserad.ids import new_id
 from tesserad.names import validate_name
 from tesserad.paging import PageFill, answer_bytes, resume_key
 from tesserad.store import BlobRef, BlobStore, Key, ReadTxn, Store, WriteTxn, each_row_once
-from tesserad.training.checkpoints import checkpoint_weights
 from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.finetune import ParentLookup
 from tesserad.training.job_records import (
@@ -943,6 +942,10 @@ class Jobs:
         try:
             weights = None
             if job.config["register_as"] and job.registered is None:
+                # Imported here, on this job's supervisor thread: it imports torch, which the
+                # daemon otherwise never needs.
+                from tesserad.training.checkpoints import checkpoint_weights
+
                 weights = checkpoint_weights(self._blobs.read_bytes(final.sha256))
             self._succeed(job, DoneMessage("succeeded", final.epoch, final.step, final.metrics, weights))
         except Exception as exc:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import tesserad.nn.onnx_export as onnx_export
+import tesserad.nn.onnx_opsets as onnx_opsets
 from tesserad.errors import FailedPrecondition, InvalidArgument
 from tesserad.nn import (
     BatchNorm4d,
@@ -117,8 +118,8 @@ def test_a_requested_opset_is_honoured(tmp_path: Path) -> None:
     assert report.opset == 18
     # The lowest any built-in model reaches: a Linear head with tanh converts down to 13.
     tanh = MlpSpec(input_shape=(4,), output_size=2, hidden_sizes=(8,), activation="tanh")
-    lowest = export_onnx(build_model(tanh), tanh, tmp_path / "tanh.onnx", opset=onnx_export.MIN_OPSET)
-    assert lowest.opset == onnx_export.MIN_OPSET == 13
+    lowest = export_onnx(build_model(tanh), tanh, tmp_path / "tanh.onnx", opset=onnx_opsets.MIN_OPSET)
+    assert lowest.opset == onnx_opsets.MIN_OPSET == 13
     assert onnx.load(str(lowest.path)).opset_import[0].version == 13
 
 
@@ -126,13 +127,13 @@ def test_an_opset_below_the_lowest_the_exporter_writes_is_refused_naming_the_ran
     newest = onnx.defs.onnx_opset_version()
     for opset in (7, 12):
         with pytest.raises(InvalidArgument) as raised:
-            onnx_export.check_opset(opset)
+            onnx_opsets.check_opset(opset)
         assert str(raised.value) == (
             f"opset {opset} is below the oldest this daemon's ONNX exporter writes (13); ask for 13 to "
             f"{newest}, or 0 for the exporter's default"
         )
     for opset in (0, 13, newest):
-        onnx_export.check_opset(opset)
+        onnx_opsets.check_opset(opset)
 
 
 def test_an_opset_the_exporter_cannot_convert_this_model_to_is_refused_not_written_at_another(
@@ -152,7 +153,7 @@ def test_an_opset_the_exporter_cannot_convert_this_model_to_is_refused_not_writt
 
 
 def test_an_opset_refusal_above_the_written_opset_says_up_not_down() -> None:
-    assert onnx_export.opset_refusal(23, 18) == (
+    assert onnx_opsets.opset_refusal(23, 18) == (
         "onnx export: the exporter cannot write this model at opset 23, the opset asked for: it wrote "
         "opset 18 (onnx's version converter has no way up from 18 to 23 for one of its ops), so "
         "nothing was exported; ask for another opset (18 is the opset this model exports at), or 0 "
