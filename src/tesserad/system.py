@@ -8,6 +8,7 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Protocol
@@ -43,8 +44,10 @@ class ServerFacts:
     cluster: ClusterStatus | None
 
 
+@cache
 def _runtime_versions() -> dict[str, str]:
-    """Read from package metadata: importing torch just to print its version would cost seconds."""
+    """Read from package metadata: importing torch just to print its version would cost seconds.
+    Read at the first ask for them, not at every start."""
     versions = {"python": platform.python_version()}
     for package in ("grpcio", "protobuf", "torch", "onnxruntime", "onnx", "numpy", "lmdb"):
         try:
@@ -72,7 +75,6 @@ class SystemService:
         self._started_wall = time.time()
         self._started = time.monotonic()
         self._cpu = cpu_info()
-        self._runtime_versions = _runtime_versions()
         self._cluster: ClusterSource | None = None
 
     def report_cluster(self, cluster: ClusterSource) -> None:
@@ -103,7 +105,7 @@ class SystemService:
             services=list(self._services),
             hostname=socket.gethostname(),
             pid=os.getpid(),
-            runtime_versions=self._runtime_versions,
+            runtime_versions=_runtime_versions(),
             cluster=self.cluster(),
         )
 
