@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import traceback
 
 import numpy as np
 import pytest
@@ -153,3 +154,19 @@ def test_a_failed_stream_item_raises_its_own_error_when_indexed_and_says_it_has_
     assert caught.value is results["bad"].error
     with pytest.raises(KeyError, match=r"'nope'.*outputs are \['output'\]"):
         results["a"]["nope"]
+
+
+def test_indexing_a_failed_stream_item_again_and_again_raises_it_as_new(client, served):
+    items = [("bad", {"input": np.ones((1, 5), np.float32)})]
+    (failed,) = client.inference.predict_stream("affine", items, version=1)
+    tracebacks = []
+    for _ in range(100):
+        try:
+            raise RuntimeError("being handled")
+        except RuntimeError:
+            with pytest.raises(tessera.InvalidArgument) as caught:
+                failed["output"]
+        tracebacks.append(len(traceback.extract_tb(caught.value.__traceback__)))
+        # Whatever the caller was handling is no cause of it.
+        assert caught.value.__suppress_context__ and caught.value.__cause__ is None
+    assert tracebacks == tracebacks[:1] * 100

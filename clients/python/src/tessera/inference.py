@@ -41,8 +41,10 @@ class Prediction:
 
     def __getitem__(self, name: str) -> np.ndarray:
         if self.error is not None:
-            # A KeyError for the output would hide why there is none.
-            raise self.error
+            # A KeyError for the output would hide why there is none. Raised afresh each time:
+            # the one object kept would grow its traceback at every raise, and it is not
+            # caused by whatever the caller is handling.
+            raise self.error.with_traceback(None) from None
         if name not in self.outputs:
             raise KeyError(f"{name!r}: the outputs are {sorted(self.outputs)}")
         return self.outputs[name]
