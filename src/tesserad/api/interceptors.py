@@ -101,8 +101,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         failed = self._failed
 
         async def abort_for(exc: Exception, context: Context, start: float) -> NoReturn:
-            """Abort with `exc`'s status and record the call: under that status once sent, as
-            CANCELLED when gRPC could not send it (its client cancelled meanwhile)."""
+            """Abort with `exc`'s status and record the call: under that status once sent; when
+            gRPC could not send it (its client cancelled meanwhile), a domain error as CANCELLED
+            and a handler's bug as INTERNAL still, so that an alert on INTERNAL sees every bug."""
             if failed is not None and isinstance(exc, TesseraError):
                 failed(context, method, status_for(exc), exc.message)
             try:
@@ -110,7 +111,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.InternalError:
                 # The cancel reached gRPC's core after the handler's last await: no
                 # CancelledError came, and the status's send failed (gRPC drops that failure).
-                record("CANCELLED", clock() - start)
+                record("CANCELLED" if isinstance(exc, TesseraError) else "INTERNAL", clock() - start)
                 raise
             except BaseException:
                 record(_status_of(exc).name, clock() - start)
