@@ -531,7 +531,8 @@ class MetricSteps(Call[int]):
 class JobEnd(Call[T]):
     """`Job.wait`'s: the job's `events` to its end, then `then`. Where `timeout` runs out first,
     StillRunning says that the job goes on (in the state last seen, from `state` on) and what to
-    do, rather than gRPC's words for a deadline."""
+    do, rather than gRPC's words for a deadline; where it runs out after the state that ends the
+    job came but before the stream closed, `then` is made still."""
 
     job_id: str
     events: Resumable[JobEvent]
@@ -547,7 +548,8 @@ class JobEnd(Call[T]):
         except DeadlineExceeded as error:
             if self.timeout is None:
                 raise
-            raise self._still(state, error) from error
+            if not state.finished:
+                raise self._still(state, error) from error
         return self.then.run(conn)
 
     async def run_async(self, conn: AioConnection) -> T:
@@ -558,7 +560,8 @@ class JobEnd(Call[T]):
         except DeadlineExceeded as error:
             if self.timeout is None:
                 raise
-            raise self._still(state, error) from error
+            if not state.finished:
+                raise self._still(state, error) from error
         return await self.then.run_async(conn)
 
     def _still(self, state: JobState, error: DeadlineExceeded) -> StillRunning:
