@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import re
+import sys
+import threading
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -411,3 +413,52 @@ def test_a_download_to_a_directory_writes_the_clis_default_name_there_sync_and_a
 
     assert asyncio.run(scenario()).version == 2
     assert (tmp_path / "aio" / "affine-v2.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop(written: int, total: int) -> None:
+    raise _Stopped
+
+
+def test_a_download_into_a_directory_it_made_that_fails_leaves_no_directory_sync_and_aio(
+    daemon, client, two_versions, tmp_path
+):
+    before = set(tmp_path.iterdir())
+    with pytest.raises(_Stopped):
+        client.models.download("affine", f"{tmp_path}/made/deeper/", version=1, progress=_stop)
+    assert set(tmp_path.iterdir()) == before
+
+    async def scenario():
+        async with tessera.aio.Client(daemon.target) as aio_client:
+            await aio_client.models.download("affine", f"{tmp_path}/made/aio/", version=1, progress=_stop)
+
+    with pytest.raises(_Stopped):
+        asyncio.run(scenario())
+    assert set(tmp_path.iterdir()) == before
+
+
+_MADE_ON: dict[str, str] = {}
+
+
+def _record_mkdir_thread(event: str, args: tuple[Any, ...]) -> None:
+    if event == "os.mkdir" and str(args[0]).startswith(tuple(_MADE_ON)):
+        _MADE_ON[next(p for p in _MADE_ON if str(args[0]).startswith(p))] = threading.current_thread().name
+
+
+sys.addaudithook(_record_mkdir_thread)
+
+
+def test_an_aio_download_makes_its_directory_off_the_event_loop(daemon, two_versions, tmp_path):
+    _MADE_ON[f"{tmp_path}/made"] = ""
+
+    async def scenario():
+        async with tessera.aio.Client(daemon.target) as aio_client:
+            await aio_client.models.download("affine", f"{tmp_path}/made/aio/", version=1)
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(scenario())
+    assert (tmp_path / "made" / "aio" / "affine-v1.onnx").is_file()
+    assert _MADE_ON.pop(f"{tmp_path}/made") not in ("", loop_thread)

@@ -188,6 +188,20 @@ class Chain(Call[T_co]):
 
 
 @dataclass(frozen=True)
+class Decided(Call[T_co]):
+    """The call `decide()` picks, where picking looks at the disk (whether a path is a
+    directory): on the asyncio client on a worker thread, so that a slow disk stalls no loop."""
+
+    decide: Callable[[], Call[T_co]]
+
+    def run(self, conn: Connection) -> T_co:
+        return self.decide().run(conn)
+
+    async def run_async(self, conn: AioConnection) -> T_co:
+        return await (await _off_the_loop(self.decide)).run_async(conn)
+
+
+@dataclass(frozen=True)
 class Pages(Stream[T_co]):
     """Every item of a paginated list: `page(token)` is the call for one page, `items` the
     response's repeated field; the next page is fetched only when the caller gets there."""

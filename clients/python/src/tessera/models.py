@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from tessera.calls import (
     C,
     Call,
     Chain,
+    Decided,
     Op,
     Pages,
     Part,
@@ -75,10 +76,65 @@ def default_file_name(version: pb.ModelVersion) -> str:
     return f"{version.model}-v{version.version}{SUFFIX_BY_FORMAT.get(version.format, '')}"
 
 
-def _is_directory(path: str | Path) -> bool:
+def is_download_directory(path: str | Path) -> bool:
     """Whether a download's `path` is a directory: one that exists, or a str ending in a
-    separator (Path drops it, yet it is how a user says "a directory", existing or not)."""
+    separator (Path drops it, yet it is how a user says "a directory", existing or not). The
+    SDK's rule and the CLI's, so that both write the same file."""
     return Path(path).is_dir() or (isinstance(path, str) and path.endswith(("/", os.sep)))
+
+
+class _SinkInDirectory(ResumableDownloadSink[pb.ModelVersion]):
+    """A download's file in a directory made where missing, as the file is made. The
+    directories it made are removed again where the download fails leaving them empty (bytes
+    kept for a resume keep them)."""
+
+    def __init__(
+        self,
+        path: Path,
+        progress: Progress | None,
+        overwrite: bool,
+        resume: bool,
+        describe: Callable[[pb.ModelVersion], str],
+    ) -> None:
+        self._made = _make_directory(path.parent)
+        try:
+            super().__init__(path, progress, overwrite, resume, describe)
+        except BaseException:
+            _remove_if_empty(self._made)
+            raise
+
+    def finish(self) -> pb.ModelVersion:
+        try:
+            return super().finish()
+        except BaseException:
+            _remove_if_empty(self._made)
+            raise
+
+    def abort(self, error: BaseException) -> None:
+        try:
+            super().abort(error)
+        finally:
+            _remove_if_empty(self._made)
+
+
+def _make_directory(directory: Path) -> list[Path]:
+    """Make `directory` and its missing parents; those made, the deepest first."""
+    missing = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_if_empty(directories: list[Path]) -> None:
+    """Remove `directories` (the deepest first) up to the first that is not empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def version_name(version: pb.ModelVersion) -> str:
@@ -326,7 +382,8 @@ class Models(Part[C]):
     ) -> Call[pb.ModelVersion]:
         """Write a version's artifact to `path`, verified against its sha256 (DataLoss if not);
         it takes the name only once whole. A directory `path` (one that exists, or a str ending
-        in "/", made where missing) gets the file named as the CLI names it, "MODEL-vN.onnx"
+        in "/", made where missing as the file is, and removed again where the download fails
+        leaving it empty) gets the file named as the CLI names it, "MODEL-vN.onnx"
         (.safetensors, .json for an ensemble), of the version `version` picks when asked. `overwrite` False: a file at `path` is refused with
         FileExistsError. A stream that breaks (UNAVAILABLE: connection cut, daemon restarting)
         is made again within the client's RetryPolicy and goes on from the bytes written, of the
@@ -337,21 +394,32 @@ class Models(Part[C]):
         are), and without `resume` the download starts again from the first byte. A partial file
         there that is not this user's own, or is another name of a file too, is refused with
         ValueError."""
-        if _is_directory(path):
-            directory = Path(path)
 
-            def into_directory(picked: pb.ModelVersion) -> ResumingDownload[pb.ModelVersion]:
-                directory.mkdir(parents=True, exist_ok=True)
-                file = directory / default_file_name(picked)
+        def into_directory(picked: pb.ModelVersion) -> ResumingDownload[pb.ModelVersion]:
+            file = Path(path) / default_file_name(picked)
+            return self._download(
+                picked.model,
+                file,
+                picked.version,
+                progress,
+                chunk_size,
+                timeout,
+                overwrite,
+                resume,
+                _SinkInDirectory,
+            )
+
+        def by_path() -> Call[pb.ModelVersion]:
+            if not is_download_directory(path):
                 return self._download(
-                    picked.model, file, picked.version, progress, chunk_size, timeout, overwrite, resume
+                    name, Path(path), version, progress, chunk_size, timeout, overwrite, resume
                 )
-
             resolve: Op[pb.ModelVersion] = Op(
                 S, "GetVersion", pb.GetVersionRequest(ref=ref(name, version)), timeout=timeout
             )
             return Chain(resolve, into_directory)
-        return self._download(name, Path(path), version, progress, chunk_size, timeout, overwrite, resume)
+
+        return Decided(by_path)
 
     def _download(
         self,
@@ -363,6 +431,7 @@ class Models(Part[C]):
         timeout: float | None,
         overwrite: bool,
         resume: bool,
+        sink: type[ResumableDownloadSink[pb.ModelVersion]] = ResumableDownloadSink,
     ) -> ResumingDownload[pb.ModelVersion]:
         asked = ref(name, version)
 
@@ -377,7 +446,7 @@ class Models(Part[C]):
             request,
             Op(S, "GetVersion", pb.GetVersionRequest(ref=asked), timeout=timeout),
             timeout_or(timeout, self._conn.transfer_timeout),
-            lambda: ResumableDownloadSink(path, progress, overwrite, resume, version_name),
+            lambda: sink(path, progress, overwrite, resume, version_name),
             self._conn.retry,
             f"downloading {name}" + ("" if version is None else f" version {version}"),
         )
