@@ -54,6 +54,22 @@ def test_the_default_name_and_a_directory_carry_the_version_and_the_format(
     assert (into / "mlp-v1.safetensors").read_bytes() == weights.read_bytes()
 
 
+@pytest.mark.parametrize("flag", [(), ("-o",)])
+def test_a_missing_directory_named_with_a_trailing_slash_is_made_and_written_into_as_the_sdk_does(
+    tessera_cli, client, tmp_path, monkeypatch, flag
+):
+    weights = tmp_path / "mlp.safetensors"
+    weights.write_bytes(mlp_weights())
+    client.models.push("mlp", weights, architecture=MLP, signature=MLP_SIGNATURE)
+    monkeypatch.chdir(tmp_path)
+    wrote = tessera_cli("models", "download", "mlp", *flag, "out/x/")
+    assert wrote.code == 0, wrote.err
+    assert wrote.out.startswith("wrote out/x/mlp-v1.safetensors: ")
+    assert (tmp_path / "out" / "x" / "mlp-v1.safetensors").read_bytes() == weights.read_bytes()
+    client.models.download("mlp", "sdk/x/")
+    assert (tmp_path / "sdk" / "x" / "mlp-v1.safetensors").read_bytes() == weights.read_bytes()
+
+
 def test_download_resume_goes_on_from_an_interrupted_download(tessera_cli, daemon, client, tmp_path):
     model = big_onnx(tmp_path / "big.onnx")
     client.models.push("big", model)

@@ -23,7 +23,7 @@ from tessera.ensembles import fit_stacking, member_pair
 from tessera.errors import TesseraError
 from tessera.json_output import dumps, to_plain
 from tessera.messages import counted, is_digits, load_toml
-from tessera.models import FORMAT_BY_SUFFIX, SUFFIX_BY_FORMAT, default_file_name
+from tessera.models import FORMAT_BY_SUFFIX, SUFFIX_BY_FORMAT, default_file_name, is_download_directory
 from tessera.progress_line import byte_size
 from tessera.rpc_commands import in_cli_words
 from tessera.tables import Word
@@ -573,9 +573,9 @@ def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -
     resolved = client.models.version(args.model, picked)
     suffix = SUFFIX_BY_FORMAT.get(resolved.format, "")
     default = default_file_name(resolved)
-    path = Path(given_path) if given_path else Path(default)
-    if path.is_dir():
-        path = path / default
+    # The SDK's rule, on the text as given: Path would drop the "/" that says "a directory".
+    into_directory = bool(given_path) and is_download_directory(given_path)
+    path = Path(given_path) / default if into_directory else Path(given_path or default)
     given = path.suffix.lower()
     if suffix and given in SUFFIX_BY_FORMAT.values() and given != suffix:
         raise UsageError(
@@ -586,7 +586,7 @@ def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -
     with replaced_only_with_force(), refused_resume_in_cli_words():
         version = client.models.download(
             resolved.model,
-            path,
+            given_path if into_directory else path,
             resolved.version,
             progress=transfer_progress(out, f"downloading {args.model}"),
             overwrite=args.force,

@@ -468,8 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "path",
         nargs="?",
-        help="file to write, or a directory to write it into (default ./MODEL-vVERSION.onnx, "
-        ".safetensors or .json, by the artifact's format); a suffix of another format is refused, "
+        help="file to write, or a directory to write it into: one there, or a name ending in / (made "
+        "where missing); default ./MODEL-vVERSION.onnx, .safetensors or .json, by the artifact's "
+        "format. A suffix of another format is refused, "
         "and so is a number that names nothing there yet without --version (for version N, --version N)",
     )
     sub.add_argument("-o", "--output", metavar="PATH", help="the same as PATH, as datasets download takes it")
