@@ -96,25 +96,25 @@ class _SinkInDirectory(ResumableDownloadSink[pb.ModelVersion]):
         resume: bool,
         describe: Callable[[pb.ModelVersion], str],
     ) -> None:
-        self._made = _make_directory(path.parent)
+        self._directories_made = _make_directory(path.parent)
         try:
             super().__init__(path, progress, overwrite, resume, describe)
         except BaseException:
-            _remove_if_empty(self._made)
+            _remove_if_empty(self._directories_made)
             raise
 
     def finish(self) -> pb.ModelVersion:
         try:
             return super().finish()
         except BaseException:
-            _remove_if_empty(self._made)
+            _remove_if_empty(self._directories_made)
             raise
 
     def abort(self, error: BaseException) -> None:
         try:
             super().abort(error)
         finally:
-            _remove_if_empty(self._made)
+            _remove_if_empty(self._directories_made)
 
 
 def _make_directory(directory: Path) -> list[Path]:
