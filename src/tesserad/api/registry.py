@@ -362,7 +362,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         context: grpc.aio.ServicerContext[pb.ExportOnnxRequest, pb.ExportOnnxResponse],
     ) -> pb.ExportOnnxResponse:
         source = await asyncio.to_thread(self._registry.resolve, *convert.ref_args(request.source, "source"))
-        queued = self._exports.submit(
+        # Checked on a thread (the first check imports onnx; an alias's reads the store), queued on
+        # the loop: a caller that goes away once its export is queued then always withdraws it.
+        checked = await asyncio.to_thread(
+            self._exports.check,
             source,
             opset=request.opset,
             conv4d=request.conv4d,
@@ -370,6 +373,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             description=request.description,
             actor=caller(context),
         )
+        queued = self._exports.submit(checked)
         try:
             result = await asyncio.wrap_future(queued)
         except asyncio.CancelledError:  # the client went away or its deadline passed

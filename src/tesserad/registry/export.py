@@ -124,7 +124,9 @@ class _Caller:
 
 
 @dataclass(frozen=True)
-class _Request:
+class ExportRequest:
+    """An export that `Exports.check` found nothing against, for `Exports.submit`."""
+
     source: VersionRecord
     architecture: dict[str, Any]
     opset: int
@@ -151,13 +153,15 @@ class Exports:
         self._blobs = blobs
         self._max_concurrent = max_concurrent
         self._max_queued = max_queued
-        self._queue: queue.SimpleQueue[tuple[Future[ExportResult], _Request] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Future[ExportResult], ExportRequest] | None] = (
+            queue.SimpleQueue()
+        )
         self._registering = threading.Lock()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._waiting = 0
-        self._running: dict[int, _Request] = {}  # by the id of the export's future
-        self._unsettled: dict[int, _Request] = {}  # from submit until its future is done, likewise
+        self._running: dict[int, ExportRequest] = {}  # by the id of the export's future
+        self._unsettled: dict[int, ExportRequest] = {}  # from submit until its future is done, likewise
         self._closed = False
         self._abandoned = False
         self._threads = [
@@ -182,7 +186,7 @@ class Exports:
         with self._lock:
             return sum(1 for request in self._running.values() if request.caller.withdrawn)
 
-    def submit(
+    def check(
         self,
         source: VersionRecord,
         *,
@@ -191,16 +195,20 @@ class Exports:
         alias: str = "",
         description: str = "",
         actor: str = ANONYMOUS,
-    ) -> Future[ExportResult]:
-        """Check the request and queue the export of `source` (a safetensors version) to ONNX as
-        the model's next version. A caller that goes away calls `withdraw`. ResourceExhausted when
-        `max_queued` exports already wait."""
+    ) -> ExportRequest:
+        """The export of `source` (a safetensors version) to ONNX as the model's next version, for
+        `submit`, or the error it would end in. It blocks (it imports onnx the first time and
+        reads the store): call it off the event loop."""
         description = description or f"ONNX export of v{source.version}"
         architecture = _check(source, opset, conv4d, alias, description)
         if alias:
             # Before the export runs for minutes; its registration checks again.
             self._registry.check_alias_room(source.model, alias)
-        request = _Request(source, architecture, opset, conv4d, alias, description, actor, _Caller())
+        return ExportRequest(source, architecture, opset, conv4d, alias, description, actor, _Caller())
+
+    def submit(self, request: ExportRequest) -> Future[ExportResult]:
+        """Queue `request` (from `check`) without blocking. A caller that goes away calls
+        `withdraw`. ResourceExhausted when `max_queued` exports already wait."""
         with self._lock:
             if self._closed:
                 raise Unavailable("tesserad is stopping; export again once it is back")
@@ -286,7 +294,7 @@ class Exports:
                     del self._running[id(future)]
                     self._idle.notify_all()
 
-    def _export(self, request: _Request) -> ExportResult:
+    def _export(self, request: ExportRequest) -> ExportResult:
         from tesserad.nn import build_model, export_onnx, spec_from_dict
 
         registry = self._registry

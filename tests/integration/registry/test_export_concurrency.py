@@ -5,8 +5,11 @@ running export no longer than its grace period."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -155,6 +158,52 @@ def test_a_caller_that_goes_away_once_its_export_started_gets_no_version_and_no_
     assert stored_blobs(data_dir) == before
     again = stub.ExportOnnx(request, timeout=300)
     assert again.version.version == 2 and not again.reused and again.alias_moved.from_version == 1
+
+
+# A fresh interpreter: the test's own has imported onnx already, and an import is seen only once.
+FIRST_EXPORT_OF_A_FRESH_DAEMON = """
+import json, sys, threading
+from pathlib import Path
+
+importers = []
+sys.addaudithook(
+    lambda event, args: importers.append(threading.current_thread().name)
+    if event == "import" and args[0] == "onnx"
+    else None
+)
+
+from tessera.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from tests.conftest import _LOOP_THREAD, InProcessDaemon, daemon_settings
+from tests.integration.registry.conftest import safetensors_header, upload
+
+weights = Path(sys.argv[2]).read_bytes()
+daemon = InProcessDaemon(daemon_settings(Path(sys.argv[1]))).start()
+try:
+    stub = registry_pb2_grpc.RegistryStub(daemon.channel())
+    upload(stub, safetensors_header("mlp", weights), weights)
+    source = common_pb2.VersionRef(model="mlp", version=1)
+    stub.ExportOnnx(registry_pb2.ExportOnnxRequest(source=source), timeout=300)
+finally:
+    daemon.stop()
+print(json.dumps({"importers": importers, "loop": _LOOP_THREAD}))
+"""
+
+
+def test_the_first_export_of_a_fresh_daemon_imports_onnx_off_the_event_loop(tmp_path, weights):
+    # Its opset check imported onnx on the event loop: every other call waited a fraction of a second.
+    weights_file = tmp_path / "weights.safetensors"
+    weights_file.write_bytes(weights)
+    result = subprocess.run(
+        [sys.executable, "-c", FIRST_EXPORT_OF_A_FRESH_DAEMON, str(tmp_path / "data"), str(weights_file)],
+        cwd=Path(__file__).parents[3],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert len(seen["importers"]) == 1 and seen["importers"] != [seen["loop"]], seen
 
 
 def test_a_conv4d_no_export_writes_is_refused_before_it_queues(one_at_a_time, stub, weights, monkeypatch):
