@@ -241,9 +241,10 @@ class BlobStore:
         self.root = root
         self.tmp_dir = root / "tmp"
         self._root = str(root)
-        # Shard directories are made by the first write into each (_rename_into_place): making
-        # all 256 at every start cost the daemon's start up to a fifth of a second.
-        (root / "sha256").mkdir(parents=True, exist_ok=True)
+        # Every shard directory exists from the start, so that storing a blob never has to
+        # create one (a small registration's blob write is mostly system calls).
+        for shard in range(256):
+            (root / "sha256" / f"{shard:02x}").mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._tmp_names = itertools.count()
         self._syncfs = _syncfs_call() if syncfs and self._one_filesystem() else None
@@ -421,14 +422,10 @@ class BlobStore:
             pool.shutdown(wait=True)
 
     def _one_filesystem(self) -> bool:
-        """Whether the temp, blob and shard directories all lie on the root's filesystem (a
-        shard made later lies in the blob directory's)."""
+        """Whether the temp and shard directories all lie on the root's filesystem."""
         device = os.stat(self._root).st_dev
-        blob_dir = os.path.join(self._root, "sha256")
-        if any(os.stat(path).st_dev != device for path in (str(self.tmp_dir), blob_dir)):
-            return False
-        with os.scandir(blob_dir) as shards:
-            return all(shard.stat().st_dev == device for shard in shards if shard.is_dir())
+        shards = (os.path.join(self._root, "sha256", f"{shard:02x}") for shard in range(256))
+        return all(os.stat(path).st_dev == device for path in (str(self.tmp_dir), *shards))
 
     def _each(self, work: Callable[[A], R], items: Iterable[A]) -> list[R | Exception]:
         """`work` on every item, in parallel on the sync threads when there are several (a lone
@@ -499,21 +496,14 @@ class BlobStore:
             try:
                 os.replace(tmp, final)
             except FileNotFoundError:
-                # The first blob of its shard (or a shard directory removed by hand).
-                self._make_shard(os.path.dirname(final))
+                # A shard directory removed by hand since the start.
+                os.makedirs(os.path.dirname(final), exist_ok=True)
                 os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         self._changes += 1
         return os.path.dirname(final)
-
-    @staticmethod
-    def _make_shard(shard: str) -> None:
-        """Make a shard directory, durable before any blob is renamed into it: the blob's own
-        sync (the shard's fsync) does not reach the shard's entry in the blob directory."""
-        os.makedirs(shard, exist_ok=True)
-        fsync_dir(os.path.dirname(shard))
 
     def _file(self, digest: str) -> str:
         # Plain strings: pathlib's joins cost a small upload more than its system calls.
