@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,7 @@ class DaemonProcess:
     its own, which `close` ends whole. It inherits no TESSERA_* variable, only those `env`
     gives: the test runner's own (TESSERA_TRITONCLIENT_PYTHON, set by `make test`) would be
     warned of as unknown settings, and a developer's settings would change what is tested.
+    `launcher` is a command the daemon runs under (setpriv, to run it as another user).
     """
 
     def __init__(
@@ -187,8 +188,9 @@ class DaemonProcess:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         preexec_fn: Callable[[], object] | None = None,
+        launcher: Sequence[str] = (),
     ) -> None:
-        self.args = [sys.executable, "-m", "tesserad", "serve", "--log-format", "json", *args]
+        self.args = [*launcher, sys.executable, "-m", "tesserad", "serve", "--log-format", "json", *args]
         self.process = subprocess.Popen(
             self.args,
             cwd=cwd,
@@ -277,8 +279,9 @@ def spawn_daemon() -> Iterator[Any]:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         preexec_fn: Callable[[], object] | None = None,
+        launcher: Sequence[str] = (),
     ) -> DaemonProcess:
-        process = DaemonProcess(list(args), env, cwd, preexec_fn)
+        process = DaemonProcess(list(args), env, cwd, preexec_fn, launcher)
         started.append(process)
         return process
 

@@ -1012,11 +1012,12 @@ _DATA_DIR_FIX = "set data_dir (--data-dir) to a directory this daemon's user may
 
 def _make_data_dir(path: Path) -> Path | None:
     """_make_dirs for the data directory; StartupError saying why it cannot be made."""
-    # Checked first: mkdir's own error under a file ("Not a directory: 'afile/var'") names no culprit.
-    there = next((p for p in (path, *path.parents) if p.exists()), None)
-    if there is not None and not there.is_dir():
-        raise StartupError(f"data directory {path}: {there} is a file, not a directory; {_DATA_DIR_FIX}")
     try:
+        # Checked first: mkdir's own error under a file ("Not a directory: 'afile/var'") names no
+        # culprit. Inside the try: on Python 3.11 exists() raises where a parent may not be searched.
+        there = next((p for p in (path, *path.parents) if p.exists()), None)
+        if there is not None and not there.is_dir():
+            raise StartupError(f"data directory {path}: {there} is a file, not a directory; {_DATA_DIR_FIX}")
         return _make_dirs(path)
     except OSError as exc:
         raise StartupError(

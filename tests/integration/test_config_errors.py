@@ -3,6 +3,8 @@ what to fix, and leaves no data directory behind (the default, ./var, in its wor
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -166,7 +168,7 @@ def test_a_trace_file_in_a_data_directory_not_made_yet_is_taken(spawn_daemon, tm
         ("var/absent/trace.json", "trace.json: its directory does not exist; create it first"),
         ("var", "var is a directory; name a file in it"),
     ],
-    ids=["elsewhere", "below-the-data-dir", "the-data-dir"],
+    ids=["as_another_user", "below-the-data-dir", "the-data-dir"],
 )
 def test_a_trace_file_that_cannot_be_written_exits_1_and_leaves_no_data_dir(
     spawn_daemon, tmp_path, trace_file, said
@@ -257,28 +259,59 @@ def test_a_start_refused_its_port_leaves_a_data_directory_that_was_there(spawn_d
     assert sorted(path.relative_to(data_dir) for path in data_dir.rglob("*")) == kept
 
 
+def as_nobody() -> list[str]:
+    """The launcher running the daemon as uid and gid 65534 ("nobody") where this test runs as
+    root, whom no directory's mode refuses; none otherwise (the mode refuses this user)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip(
+            "running as root, and setpriv (util-linux), to run the daemon as another user, is missing"
+        )
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
 @pytest.mark.parametrize(
-    ("data_dir", "said"),
+    ("data_dir", "said", "as_another_user"),
     [
-        ("afile/var", "data directory afile/var: afile is a file, not a directory"),
-        ("afile", "data directory afile: afile is a file, not a directory"),
+        ("afile/var", "data directory afile/var: afile is a file, not a directory", False),
+        ("afile", "data directory afile: afile is a file, not a directory", False),
         (
             "/proc/tesserad-var",
             "data directory /proc/tesserad-var cannot be created (No such file or directory)",
+            False,
         ),
+        ("locked/var", "data directory locked/var cannot be created (Permission denied)", True),
     ],
-    ids=["under-a-file", "a-file", "in-proc"],
+    ids=["under-a-file", "a-file", "in-proc", "under-a-directory-it-may-not-search"],
 )
-def test_a_data_directory_that_cannot_be_made_exits_1_in_one_line(spawn_daemon, tmp_path, data_dir, said):
+def test_a_data_directory_that_cannot_be_made_exits_1_in_one_line(
+    spawn_daemon, tmp_path, data_dir, said, as_another_user
+):
+    """`as_another_user`: the daemon runs as a user the mode of the directory `locked` refuses."""
     (tmp_path / "afile").write_text("")
-    daemon = spawn_daemon(
-        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", data_dir, cwd=tmp_path
-    )
-    assert daemon.process.wait(60) == EXIT_CANNOT_START
+    # Python 3.11's Path.exists() raises PermissionError where a parent may not be searched.
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o000)
+    try:
+        daemon = spawn_daemon(
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--data-dir",
+            data_dir,
+            cwd=tmp_path,
+            launcher=as_nobody() if as_another_user else (),
+        )
+        assert daemon.process.wait(60) == EXIT_CANNOT_START
+    finally:
+        locked.chmod(0o700)
     output = daemon.output()
     assert f"tesserad cannot start: {said}; set data_dir (--data-dir)" in output, output
     assert "Traceback" not in output, output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "locked"]
+    assert list(locked.iterdir()) == []
 
 
 def test_a_misspelt_environment_variable_is_warned_of_at_start_with_the_name_it_likely_meant(
