@@ -326,21 +326,22 @@ class Daemon:
                 raise StartupError(str(exc)) from None
         made = _make_data_dir(data_dir)
         lock = DataDirLock(data_dir)
-        with space_checked(str(data_dir), "the data directory's files at start"):
-            try:
+        try:
+            # Within the try: space_checked gives the disk-full errnos its message first.
+            with space_checked(str(data_dir), "the data directory's files at start"):
                 lock.acquire()
-            except OSError as exc:
-                raise StartupError(
-                    f"data directory {data_dir} cannot be written ({exc.strerror}); {_DATA_DIR_FIX}"
-                ) from None
-            except FailedPrecondition as exc:
-                # A second `make run` would next fail on each port in turn, one start at a time.
-                # `tesserad restore` takes the same lock, and its file does not say which holds it.
-                raise StartupError(
-                    f"{exc.message}; where that is a `tesserad restore` into it, wait for the restore "
-                    "to end; a daemon beside a running one needs other ports too: --listen, "
-                    "--http-listen and --metrics-listen (or off)"
-                ) from None
+        except OSError as exc:
+            raise StartupError(
+                f"data directory {data_dir} cannot be written ({exc.strerror}); {_DATA_DIR_FIX}"
+            ) from None
+        except FailedPrecondition as exc:
+            # A second `make run` would next fail on each port in turn, one start at a time.
+            # `tesserad restore` takes the same lock, and its file does not say which holds it.
+            raise StartupError(
+                f"{exc.message}; where that is a `tesserad restore` into it, wait for the restore "
+                "to end; a daemon beside a running one needs other ports too: --listen, "
+                "--http-listen and --metrics-listen (or off)"
+            ) from None
         self._lock = lock
         # Held from here on: the directory made is this start's alone, so a failed start removes it.
         self._made_data_dir = made
