@@ -123,6 +123,12 @@ class RpcRecorder:
             self.sum += seconds
             self.codes[code] = self.codes.get(code, 0) + 1
 
+    def refused(self, code: str) -> None:
+        """Count a call refused before any work (authentication): in the codes only, since a 0 s
+        latency sample per refusal would drag the served calls' percentiles toward 0 in a flood."""
+        with self._lock:
+            self.codes[code] = self.codes.get(code, 0) + 1
+
     def read(self) -> tuple[list[int], float, dict[str, int]]:
         with self._lock:
             return list(self.counts), self.sum, dict(self.codes)

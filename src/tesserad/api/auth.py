@@ -299,7 +299,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if required is None:
             return _refusal(
                 handler,
-                self._recorder(method),
+                self._refusal_counter(method),
                 self._refused,
                 method,
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -320,7 +320,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if identity is None:
             return _refusal(
                 handler,
-                self._recorder(method),
+                self._refusal_counter(method),
                 self._refused if self._certificates_checked else None,
                 method,
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -331,7 +331,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if identity.expires is not None and identity.expired(utc_now()):
             return _refusal(
                 handler,
-                self._recorder(method),
+                self._refusal_counter(method),
                 self._refused,
                 method,
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -340,7 +340,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if identity.role < required:
             return _refusal(
                 handler,
-                self._recorder(method),
+                self._refusal_counter(method),
                 self._refused,
                 method,
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -349,13 +349,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             )
         return self._admitted(handler, method, identity, digest, required, limited=limited)
 
-    def _recorder(self, method: str) -> RecordCall | None:
+    def _refusal_counter(self, method: str) -> CountRefusal | None:
         """What counts a call of `method` refused here; None without metrics. `method` is one this
         daemon serves (gRPC answers any other itself), so a caller cannot add label values."""
         if self._metrics is None:
             return None
         _, service, name = method.split("/", 2)
-        return self._metrics.rpc_recorder(service, name).record
+        return self._metrics.rpc_recorder(service, name).refused
 
     def _admitted(
         self,
@@ -412,11 +412,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         # reload swaps them, the next call's check in handler_for stands (every call here has the
         # same token and RPC), so it skips a second scan of the table.
         admitted_under: list[TokenTable | None] = [None]
-        record = self._recorder(method)
+        count_refusal = self._refusal_counter(method)
 
         async def refuse(refusal: _Refused, context: Context) -> NoReturn:
-            if record is not None:
-                record(refusal.code.name, 0.0)  # refused before any work: no time of its own
+            if count_refusal is not None:
+                count_refusal(refusal.code.name)
             await context.abort(refusal.code, refusal.message)
 
         def enter(context: Context) -> _OpenStream | None:
@@ -616,8 +616,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 _HandlerKey = tuple[str, Identity | None, bytes | None]
-# Counts one finished call of an RPC: its status code's name and its seconds (RpcRecorder.record).
-RecordCall = Callable[[str, float], None]
+# Counts one call of an RPC refused here by its status code's name (RpcRecorder.refused).
+CountRefusal = Callable[[str], None]
 
 
 class _OpenStream:
@@ -767,14 +767,14 @@ def _certificate_name(context: Context) -> str:
 
 def _refusal(
     handler: Handler,
-    record: RecordCall | None,
+    count_refusal: CountRefusal | None,
     refused: ErrorListener | None,
     method: str,
     code: grpc.StatusCode,
     message: str,
 ) -> Handler:
     """A handler of the call's response kind that refuses it without reading the request,
-    counting it with `record` and telling `refused` first.
+    counting it with `count_refusal` and telling `refused` first.
 
     Declared request-streaming whatever the RPC is, so gRPC never receives or parses the
     request of a caller we turn away.
@@ -783,8 +783,8 @@ def _refusal(
     if handler.response_streaming:
 
         async def refuse_stream(requests: Any, context: Context) -> AsyncIterator[bytes]:
-            if record is not None:
-                record(code.name, 0.0)
+            if count_refusal is not None:
+                count_refusal(code.name)
             if refused is not None:
                 refused(context, method, code, message)
             await context.abort(code, message)
@@ -793,8 +793,8 @@ def _refusal(
         return grpc.stream_stream_rpc_method_handler(refuse_stream)
 
     async def refuse(requests: Any, context: Context) -> None:
-        if record is not None:
-            record(code.name, 0.0)
+        if count_refusal is not None:
+            count_refusal(code.name)
         if refused is not None:
             refused(context, method, code, message)
         await context.abort(code, message)

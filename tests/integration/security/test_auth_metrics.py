@@ -15,17 +15,31 @@ from tests.integration.security.conftest import Tokens, bearer
 from tests.integration.security.test_auth import call
 
 
-def _rpc_totals(daemon: InProcessDaemon) -> dict[tuple[str, str], float]:
-    """(method, code) -> tessera_rpc_total, for the System and Registry services' methods."""
+def _samples(daemon: InProcessDaemon, name: str) -> list[tuple[dict[str, str], float]]:
+    """The labels and value of each sample `name` on the metrics endpoint."""
     url = f"http://127.0.0.1:{daemon.daemon.metrics_port}/metrics"
     text = urllib.request.urlopen(url, timeout=5).read().decode()
-    totals = {}
+    samples = []
     for line in text.splitlines():
-        if line.startswith("tessera_rpc_total{"):
-            labels, value = line.removeprefix("tessera_rpc_total{").split("} ")
+        if line.startswith(name + "{"):
+            labels, value = line.removeprefix(name + "{").split("} ")
             named = dict(pair.split("=", 1) for pair in labels.split(","))
-            totals[(named["method"].strip('"'), named["code"].strip('"'))] = float(value)
-    return totals
+            samples.append(({key: quoted.strip('"') for key, quoted in named.items()}, float(value)))
+    return samples
+
+
+def _rpc_totals(daemon: InProcessDaemon) -> dict[tuple[str, str], float]:
+    """(method, code) -> tessera_rpc_total, for the System and Registry services' methods."""
+    return {
+        (labels["method"], labels["code"]): value for labels, value in _samples(daemon, "tessera_rpc_total")
+    }
+
+
+def _timed_calls(daemon: InProcessDaemon) -> dict[str, float]:
+    """method -> tessera_rpc_duration_seconds_count: the calls with a latency sample."""
+    return {
+        labels["method"]: value for labels, value in _samples(daemon, "tessera_rpc_duration_seconds_count")
+    }
 
 
 def test_calls_refused_by_authentication_are_counted_with_their_code(
@@ -52,3 +66,8 @@ def test_calls_refused_by_authentication_are_counted_with_their_code(
     assert totals[("GetServerInfo", "OK")] == 1
     assert totals[("CreateModel", "PERMISSION_DENIED")] == 1
     assert not [key for key in totals if key[0] in ("NoSuchMethod", "Name")]
+    # A refusal does no work: a 0 s latency sample would drag the percentiles of the calls served
+    # toward 0 under a flood of unauthenticated calls. Only the one call served was timed.
+    timed = _timed_calls(token_daemon)
+    assert timed["GetServerInfo"] == 1
+    assert timed["CreateModel"] == 0
