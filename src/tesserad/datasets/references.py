@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 
 from tesserad.store import BlobStore, ReadTxn, Store, WriteTxn, encode_record
 
@@ -43,6 +44,16 @@ def release_blob(txn: WriteTxn, sha256: str, holder: str) -> None:
 def blob_holders(txn: ReadTxn, sha256: str) -> list[str]:
     """Who holds the blob, in byte order of their names."""
     return [str(key[1]) for key, _ in txn.scan(BLOB_HOLDERS, (sha256,))]
+
+
+def blob_holders_named(txn: ReadTxn, sha256: str, prefix: str) -> Iterator[str]:
+    """Who holds the blob among the names beginning with `prefix`, in byte order; reads those
+    keys alone, not every holder's (a popular blob has many)."""
+    for key, _ in txn.scan(BLOB_HOLDERS, (sha256,), start=(sha256, prefix)):
+        name = str(key[1])
+        if not name.startswith(prefix):
+            return
+        yield name
 
 
 def blob_held(txn: ReadTxn, sha256: str) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from tesserad.config import format_size
 from tesserad.datasets.references import (
-    blob_holders,
+    blob_holders_named,
     dataset_held_by,
     delete_unheld_blobs,
     drop_claimed_blobs,
@@ -178,11 +178,12 @@ SAME_BYTES_LISTED = 10
 
 
 def same_bytes(txn: ReadTxn, model: str, version: int, sha256: str) -> SameBytes:
-    """`model`'s versions other than `version` that hold the blob `sha256`, read from its holders
-    (a blob's holders are few: one row per version, job or dataset holding those bytes)."""
+    """`model`'s versions other than `version` that hold the blob `sha256`, read from the blob's
+    holders named after `model`'s versions alone: this runs in the upload's write transaction,
+    and a popular blob has many holders (one row per version, job or dataset holding it)."""
     prefix = holder(model, 0).removesuffix("0")  # names hold no ':', so no other model's match
     numbers = sorted(
-        (int(name.removeprefix(prefix)) for name in blob_holders(txn, sha256) if name.startswith(prefix)),
+        (int(name.removeprefix(prefix)) for name in blob_holders_named(txn, sha256, prefix)),
         reverse=True,
     )
     others = [number for number in numbers if number != version]

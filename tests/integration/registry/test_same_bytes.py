@@ -20,6 +20,9 @@ def test_an_upload_names_the_versions_of_its_model_that_hold_its_bytes(stub):
     v1 = upload(stub, onnx_header("m", first), first)
     assert v1.HasField("same_bytes") and list(v1.same_bytes.versions) == [] and v1.same_bytes.count == 0
     upload(stub, onnx_header("m", other), other)
+    # Models whose holder names sort just before and after m's hold the bytes too.
+    for neighbour in ("m-1", "ma"):
+        upload(stub, onnx_header(neighbour, first), first)
     v3 = upload(stub, onnx_header("m", first), first)
     assert (list(v3.same_bytes.versions), v3.same_bytes.count) == ([1], 1)
     # Another model's versions of those bytes are its own.
