@@ -454,6 +454,7 @@ class Follower:
                 await self._follow(from_seq)
             except sdk_errors.FailedPrecondition as exc:
                 if from_seq > 1:
+                    self._answered()
                     log.warning(
                         "the primary does not know this replica's changes; following it from the start",
                         extra={"primary": self.primary, "reason": exc.message},
@@ -503,9 +504,20 @@ class Follower:
         else:
             log.debug("the primary is still away", extra={**said, "away_s": round(now - self._lost_at)})
 
+    def _answered(self) -> None:
+        """The primary answered the watch, were it with a refusal: a loss before is over, and the
+        next one is a new loss, counted from then."""
+        if self._lost_at is not None:
+            log.info(
+                "the primary is back",
+                extra={"primary": self.primary, "away_s": round(time.monotonic() - self._lost_at)},
+            )
+            self._lost_at = None
+
     def _refused(self, exc: sdk_errors.TesseraError) -> None:
         """The primary refused the watch for a cause only a fix there cures: said once per
         cause in the log, and to callers asking for what this replica does not hold."""
+        self._answered()
         refused = primary_error("cannot follow the registry's changes", self.primary, exc)
         if self._followed.refused is None or self._followed.refused.message != refused.message:
             log.error(
@@ -528,12 +540,7 @@ class Follower:
         )
         async for response in self._watch.server_stream("Registry", "WatchChanges", request, None):
             self._connected = True
-            if self._lost_at is not None:
-                log.info(
-                    "the primary is back",
-                    extra={"primary": self.primary, "away_s": round(time.monotonic() - self._lost_at)},
-                )
-                self._lost_at = None
+            self._answered()
             self._followed.refused = None
             self._wake.clear()  # a SIGHUP while connected asks nothing of the next reconnect
             if response.HasField("change"):

@@ -81,3 +81,50 @@ def test_a_primary_that_stays_away_is_warned_of_again_with_how_long(
         assert isinstance(warnings[1].__dict__["away_s"], int)
     finally:
         replica.stop()
+
+
+def test_a_primary_lost_again_after_it_answered_with_a_refusal_is_warned_of_anew(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal is an answer: the primary was back, so its next loss is a new one, warned of
+    as such, not counted from the first loss."""
+    monkeypatch.setattr(follow, "LASTING_RETRY_S", 0.2)  # a refused watch is tried again soon
+    caplog.set_level(logging.DEBUG, logger=follow.__name__)
+    listen = f"127.0.0.1:{_free_port()}"
+
+    def said(level: int) -> list[str]:
+        """What the replica said of its primary (the refusing daemon's own follower logs too)."""
+        return [r.getMessage() for r in _follow_records(caplog, level) if r.__dict__.get("primary") == listen]
+
+    replica = InProcessDaemon(daemon_settings(tmp_path / "replica", **{"replica.primary": listen})).start()
+    refusing = None
+    try:
+        eventually(lambda: _attempts(caplog, 1), timeout=60)
+
+        # A replica at the primary's address has no registry of changes to follow: it refuses.
+        elsewhere = {"replica.primary": f"127.0.0.1:{_free_port()}"}
+        refusing = InProcessDaemon(daemon_settings(tmp_path / "refusing", listen=listen, **elsewhere)).start()
+
+        def refused() -> None:
+            assert "the primary refused this replica" in said(logging.ERROR)
+
+        eventually(refused, timeout=60)
+        refusing.stop()
+        refusing = None
+
+        def lost_twice() -> None:
+            assert (
+                said(logging.WARNING)
+                == [
+                    "lost the primary; serving what this replica holds until it is back (replica.primary, "
+                    "--follow, names it)"
+                ]
+                * 2
+            )
+
+        eventually(lost_twice, timeout=60)
+        assert said(logging.INFO) == ["the primary is back"]
+    finally:
+        replica.stop()
+        if refusing is not None:
+            refusing.stop()
