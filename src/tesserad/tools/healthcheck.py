@@ -19,6 +19,7 @@ import grpc
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tesserad.api.health import LIVENESS_SERVICE
 from tesserad.config import Address, SettingsError, load_settings
 
 # A listener on every address is reached on loopback from inside its own container or pod.
@@ -44,11 +45,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         description="Without --address: the gRPC listener the daemon's settings describe "
         "(TESSERA_* variables and --config, as `tesserad serve` reads them; a wildcard host is "
         "asked on loopback), over TLS when security.tls_cert_file is set, trusting that "
-        "certificate unless --tls-ca is given.",
+        "certificate unless --tls-ca is given; --tls-ca turns TLS on where they do not.",
     )
     parser.add_argument("--address", help="host:port of tesserad (default: the daemon's listen setting)")
     parser.add_argument("--config", type=Path, help="the daemon's TOML settings file, without --address")
-    parser.add_argument("--service", default="", help="service to check ('' is the whole server)")
+    parser.add_argument(
+        "--service",
+        default="",
+        help=f"service to check ('' is the whole server, readiness; {LIVENESS_SERVICE}: liveness, "
+        "SERVING while the process answers)",
+    )
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds before giving up")
     parser.add_argument("--tls-ca", type=Path, help="CA that signed the server certificate (turns TLS on)")
     parser.add_argument("--tls-server-name", help="name to check the server certificate against")
@@ -64,7 +70,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         parser.error("--config describes the daemon to check when --address is not given: give one of them")
     try:
         metadata = _metadata(args.token_file)
-        target = _given_target(args) if args.address is not None else _target_of_settings(args, environ)
+        target = (
+            _given_target(args, args.address)
+            if args.address is not None
+            else _target_of_settings(args, environ)
+        )
     except ProbeSetupError as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)
         return 1
@@ -104,9 +114,9 @@ def _metadata(token_file: Path | None) -> list[tuple[str, str]] | None:
     return [("authorization", f"Bearer {token.strip()}")]
 
 
-def _given_target(args: argparse.Namespace) -> Target:
+def _given_target(args: argparse.Namespace, address: str) -> Target:
     return Target(
-        address=args.address,
+        address=address,
         root_certificates=None if args.tls_ca is None else _read(args.tls_ca, "--tls-ca"),
         server_name=args.tls_server_name,
         client_certificate=_read(args.tls_cert, "--tls-cert") if args.tls_cert else None,
@@ -123,7 +133,15 @@ def _target_of_settings(args: argparse.Namespace, environ: Mapping[str, str] | N
     address = str(Address(_WILDCARD_TO_LOOPBACK.get(listen.host, listen.host), listen.port))
     security = settings.security
     if security.tls_cert_file is None:
-        return Target(address, None, None, None, None)
+        # TLS may be set where the tool cannot see it (a config file it was not given): its own
+        # flags turn TLS on then, as with --address.
+        if args.tls_ca is None and (args.tls_server_name or args.tls_cert or args.tls_key):
+            raise ProbeSetupError(
+                f"the daemon's settings turn TLS off for {address}, and --tls-* flags ask for it: "
+                "give --tls-ca, the CA that signed the server certificate (or --config, the "
+                "daemon's settings file that turns TLS on)"
+            )
+        return _given_target(args, address)
     if security.tls_client_ca_file is not None and args.tls_cert is None:
         raise ProbeSetupError(
             f"the daemon at {address} asks for a client certificate (security.tls_client_ca_file): "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+from tesserad.api.health import LIVENESS_SERVICE
 from tesserad.security import Role
 from tesserad.tools import healthcheck
 
@@ -99,3 +100,27 @@ def test_settings_it_cannot_use_say_what_to_fix(start_daemon, pki, tmp_path, cap
     assert healthcheck.main(client, environ) == 0
     assert healthcheck.main([], {"TESSERA_LISTEN": "nowhere"}) == 1
     assert capsys.readouterr().err.startswith("unhealthy: the daemon's settings: invalid settings:")
+
+
+def test_tls_flags_are_honoured_when_the_settings_it_reads_turn_tls_off(start_daemon, pki, capsys):
+    """TLS set in a config file the tool was not given: its flags still say to speak TLS."""
+    daemon = start_daemon(
+        **{
+            "security.tls_cert_file": str(pki.server_cert),
+            "security.tls_key_file": str(pki.server_key),
+            "security.tls_client_ca_file": str(pki.client_ca),
+        }
+    )
+    environ = {"TESSERA_LISTEN": f"127.0.0.1:{daemon.daemon.port}"}
+    client = ["--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)]
+    tls = ["--tls-ca", str(pki.ca), "--tls-server-name", "localhost", *client]
+    assert healthcheck.main(tls, environ) == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
+    # Without the roots to check the server against, it says what to give.
+    assert healthcheck.main(client, environ) == 1
+    assert "give --tls-ca" in capsys.readouterr().err
+
+
+def test_liveness_of_a_daemon(daemon, capsys):
+    assert healthcheck.main(["--address", daemon.target, "--service", LIVENESS_SERVICE]) == 0
+    assert capsys.readouterr().out.strip() == "SERVING"
