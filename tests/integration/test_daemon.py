@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tessera.v1 import datasets_pb2, inference_pb2, registry_pb2, system_pb2, system_pb2_grpc, training_pb2
+from tesserad.api.health import LIVENESS_SERVICE
 from tests.conftest import InProcessDaemon, daemon_settings
 
 TESSERA_SERVICES = [
@@ -63,12 +64,13 @@ def test_health_watchers_hear_not_serving_at_a_stop_and_their_streams_end(data_d
         # Deadlines far inside the grace period: a watch that held the stop would miss them.
         streams = {
             service: stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=60)
-            for service in ["", "tessera.v1.Inference", "no.such.Service"]
+            for service in ["", "tessera.v1.Inference", "no.such.Service", LIVENESS_SERVICE]
         }
         assert [next(stream).status for stream in streams.values()] == [
             health_pb2.HealthCheckResponse.SERVING,
             health_pb2.HealthCheckResponse.SERVING,
             health_pb2.HealthCheckResponse.SERVICE_UNKNOWN,
+            health_pb2.HealthCheckResponse.SERVING,
         ]
         with ThreadPoolExecutor(1) as pool:
             stopping = pool.submit(daemon.stop, 3600)
@@ -77,6 +79,8 @@ def test_health_watchers_hear_not_serving_at_a_stop_and_their_streams_end(data_d
                 "": [health_pb2.HealthCheckResponse.NOT_SERVING],
                 "tessera.v1.Inference": [health_pb2.HealthCheckResponse.NOT_SERVING],
                 "no.such.Service": [],
+                # Liveness is never NOT_SERVING: the drain is not a reason to restart the process.
+                LIVENESS_SERVICE: [],
             }
             stopping.result(60)
     finally:

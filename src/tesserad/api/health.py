@@ -2,7 +2,8 @@
 
 grpc's Watch streams until its caller cancels: open at a stop, it would hold the server's whole
 grace period. Here, once `enter_graceful_shutdown` has set every service NOT_SERVING, each Watch
-sends NOT_SERVING (unless it last sent that, or SERVICE_UNKNOWN) and ends with OK.
+sends NOT_SERVING (unless it last sent that, or SERVICE_UNKNOWN) and ends with OK; a Watch of
+LIVENESS_SERVICE, SERVING until the process exits, just ends.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 _Context: TypeAlias = grpc.aio.ServicerContext[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse]
+_SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Liveness for probes: SERVING while the event loop answers, from start until the process exits.
+# Readiness, a drain and a replica's catch-up never change it, so a pod that only waits is not
+# restarted; asked over gRPC, whose listener limits.http_max_connections does not cap.
+LIVENESS_SERVICE = "tesserad.live"
 # What a watcher may have last heard that needs no NOT_SERVING after it at a shutdown.
 _FINAL = (_NOT_SERVING, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
 
@@ -43,7 +49,19 @@ class HealthServicer(health.aio.HealthServicer):
         await super().enter_graceful_shutdown()
         self._shutting_down.set()
 
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: _Context
+    ) -> health_pb2.HealthCheckResponse:
+        # Answered here, never from grpc's table: nothing that sets statuses can change it.
+        if request.service == LIVENESS_SERVICE:
+            return health_pb2.HealthCheckResponse(status=_SERVING)
+        return await super().Check(request, context)
+
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: _Context) -> None:
+        if request.service == LIVENESS_SERVICE:
+            await context.write(health_pb2.HealthCheckResponse(status=_SERVING))
+            await self._shutting_down.wait()
+            return
         written = _Written(context)
         # grpc's Watch uses only its context's write.
         watch = asyncio.ensure_future(super().Watch(request, written))  # type: ignore[arg-type]

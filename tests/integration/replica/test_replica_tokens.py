@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_models import linear_model, predict_request, upload
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
+from tesserad.api.health import LIVENESS_SERVICE
 from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
 from tesserad.replica.refusals import REPLICA_HEADER
 from tesserad.security import Role, hash_token, new_token
@@ -298,6 +299,14 @@ def test_a_replica_not_caught_up_is_not_ready_over_the_open_inference_protocol(
         )
         assert not oip.ServerReady(grpc_service_pb2.ServerReadyRequest(), timeout=10).ready
         assert oip.ServerLive(grpc_service_pb2.ServerLiveRequest(), timeout=10).live
+        # The probes' liveness name stays SERVING while the whole server is not ready, and needs
+        # no token (health_open) though the replica admits its callers by the primary's tokens.
+        assert (
+            health_pb2_grpc.HealthStub(channel)
+            .Check(health_pb2.HealthCheckRequest(service=LIVENESS_SERVICE), timeout=10)
+            .status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
         with pytest.raises(urllib.error.HTTPError) as not_ready:
             urllib.request.urlopen(f"{base}/v2/health/ready", timeout=10)
         # The protocol's answer (Triton's too): 4xx is false, with no body.

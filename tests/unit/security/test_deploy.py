@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tesserad.api.health import LIVENESS_SERVICE
 from tesserad.cli import EXIT_BAD_SETTINGS
 from tesserad.config import Address, Settings, load_settings
 
@@ -22,7 +23,7 @@ HTTP_PORT = 8080
 # The Open Inference Protocol over HTTP (serving.oip_http_listen), on Triton's port.
 OIP_HTTP_PORT = 8000
 READY_PATH = "/v2/health/ready"
-LIVE_PATH = "/v2/health/live"
+LIVE_PROBE = {"service": LIVENESS_SERVICE}
 
 
 def settings_from_toml(text: str, tmp_path: Path) -> Settings:
@@ -150,11 +151,12 @@ def test_k8s_statefulset_probes_ports_volumes_and_settings_agree(tmp_path):
         "http": settings.http_listen.port,
         "oip-http": settings.serving.oip_http_listen.port,
     }
-    # Start-up and liveness ask whether the process answers (200 while it runs), not whether it
-    # is ready: whole-server gRPC health is readiness, NOT_SERVING at a drain or on a replica
-    # behind its primary, and a liveness probe on it would restart a pod that only waits.
+    # Start-up and liveness ask whether the process answers, not whether it is ready: whole-server
+    # gRPC health is readiness, NOT_SERVING at a drain or on a replica behind its primary, and a
+    # liveness probe on it would restart a pod that only waits. Asked on the gRPC port, which
+    # limits.http_max_connections does not cap: a full HTTP listener must not fail liveness.
     for probe in ("startupProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": LIVE_PATH, "port": "oip-http"}, probe
+        assert container[probe]["grpc"] == LIVE_PROBE | {"port": settings.listen.port}, probe
     # Readiness gates both listeners' traffic; /v2/health/ready follows gRPC health.
     assert container["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": "oip-http"}
     # Probes carry no token: health must stay open while tokens are on.
@@ -250,7 +252,7 @@ def test_k8s_replicas_follow_the_primary_behind_a_headless_service_and_an_autosc
     # a replica whose primary is down, or refuses its token, waits instead of restarting in a loop.
     assert container["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": "oip-http"}
     for probe in ("startupProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": LIVE_PATH, "port": "oip-http"}, probe
+        assert container[probe]["grpc"] == LIVE_PROBE | {"port": settings.listen.port}, probe
 
     # Replica pods are not selected by the primary's Services, and only by the replicas' one.
     labels = deployment["spec"]["template"]["metadata"]["labels"]
