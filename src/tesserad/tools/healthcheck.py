@@ -115,6 +115,12 @@ def _metadata(token_file: Path | None) -> list[tuple[str, str]] | None:
 
 
 def _given_target(args: argparse.Namespace, address: str) -> Target:
+    # TLS is on with --tls-ca only: the other --tls-* flags alone would probe in plaintext.
+    if args.tls_ca is None and (args.tls_server_name or args.tls_cert or args.tls_key):
+        raise ProbeSetupError(
+            f"--tls-* flags ask for TLS to {address} without --tls-ca: give --tls-ca, the CA that "
+            "signed the server certificate"
+        )
     return Target(
         address=address,
         root_certificates=None if args.tls_ca is None else _read(args.tls_ca, "--tls-ca"),

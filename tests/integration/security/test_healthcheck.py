@@ -121,6 +121,19 @@ def test_tls_flags_are_honoured_when_the_settings_it_reads_turn_tls_off(start_da
     assert "give --tls-ca" in capsys.readouterr().err
 
 
+def test_tls_flags_without_tls_ca_beside_an_address_say_what_to_give(daemon, pki, capsys):
+    """They alone would probe in plaintext, the TLS asked for silently dropped."""
+    for flags in (
+        ["--tls-cert", str(pki.client_cert), "--tls-key", str(pki.client_key)],
+        ["--tls-server-name", "localhost"],
+    ):
+        assert healthcheck.main(["--address", daemon.target, *flags]) == 1
+        assert capsys.readouterr().err == (
+            f"unhealthy: --tls-* flags ask for TLS to {daemon.target} without --tls-ca: give --tls-ca, "
+            "the CA that signed the server certificate\n"
+        )
+
+
 def test_liveness_of_a_daemon(daemon, capsys):
     assert healthcheck.main(["--address", daemon.target, "--service", LIVENESS_SERVICE]) == 0
     assert capsys.readouterr().out.strip() == "SERVING"
