@@ -108,9 +108,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 failed(context, method, status_for(exc), exc.message)
             try:
                 await _abort_for(exc, context, rpc)
-            except grpc.aio.InternalError:
-                # The cancel reached gRPC's core after the handler's last await: no
-                # CancelledError came, and the status's send failed (gRPC drops that failure).
+            except (grpc.aio.InternalError, asyncio.CancelledError):
+                # The cancel reached gRPC's core after the handler's last await (no
+                # CancelledError came, and the status's send failed: gRPC drops that failure), or
+                # while the status's send was awaited.
                 record("CANCELLED" if isinstance(exc, TesseraError) else "INTERNAL", clock() - start)
                 raise
             except BaseException:
