@@ -467,8 +467,10 @@ class Follower:
                 if lasting_answer(exc):
                     refused = True
                     self._refused(exc)
-                else:
+                elif isinstance(exc, sdk_errors.Unavailable | sdk_errors.DeadlineExceeded):
                     self._lost(connection_cause(exc), grpc_words(exc))
+                else:  # it answered, with an error that may pass (INTERNAL, RESOURCE_EXHAUSTED...)
+                    self._lost(f"it answered {exc.code}", exc.message)
             except TesseraError as exc:
                 self._lost(exc.message)
             except Exception:  # keep following whatever one change did; the log has it
