@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from markdown_it import MarkdownIt
+
+from tests.readme_blocks import code_blocks
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -26,23 +27,6 @@ SHELLS = {"sh", "bash", "shell"}
 # bash traces each command it runs with this prefix (PS4), which splits the transcript into steps.
 STEP_MARK = "+walkthrough$ "
 TRITON_VENV = ".venv-triton"
-
-
-def shell_blocks(markdown: str, section: str) -> list[str]:
-    """The shell code blocks under the heading `section`, up to the next heading of its level or above."""
-    tokens = MarkdownIt().parse(markdown)
-    blocks: list[str] = []
-    level: int | None = None
-    for i, token in enumerate(tokens):
-        if token.type == "heading_open":
-            depth = int(token.tag[1:])
-            if level is not None and depth <= level:
-                break
-            if level is None and tokens[i + 1].content.strip() == section:
-                level = depth
-        elif level is not None and token.type == "fence" and token.info.partition(" ")[0] in SHELLS:
-            blocks.append(token.content)
-    return blocks
 
 
 @dataclass
@@ -100,13 +84,13 @@ def test_shell_blocks_are_read_from_the_section_only() -> None:
         "# t\n\n## Walk\n\n```sh\none\n```\n\n```python\nskipped\n```\n\n"
         "### deeper\n\n```bash\ntwo\n# not a heading\n```\n\n## Next\n\n```sh\nthree\n```\n"
     )
-    assert shell_blocks(markdown, "Walk") == ["one\n", "two\n# not a heading\n"]
-    assert shell_blocks(markdown, "Missing") == []
+    assert code_blocks(markdown, "Walk", SHELLS) == ["one\n", "two\n# not a heading\n"]
+    assert code_blocks(markdown, "Missing", SHELLS) == []
 
 
 @pytest.mark.slow
 def test_readme_walkthrough_runs_top_to_bottom(spawn_daemon, tmp_path: Path) -> None:
-    blocks = shell_blocks(README.read_text(encoding="utf-8"), SECTION)
+    blocks = code_blocks(README.read_text(encoding="utf-8"), SECTION, SHELLS)
     assert blocks, f"README.md has no shell blocks under {SECTION!r}"
     # As `make run` starts it: the data directory relative to the daemon's working directory.
     daemon_cwd = tmp_path / "daemon"
@@ -180,7 +164,7 @@ def test_readme_walkthrough_runs_top_to_bottom(spawn_daemon, tmp_path: Path) -> 
     # FAILED_PRECONDITION: the latest version was the ONNX export above.
     by_hand = [
         b
-        for b in shell_blocks(CLIENT_README.read_text(encoding="utf-8"), CLIENT_SECTION)
+        for b in code_blocks(CLIENT_README.read_text(encoding="utf-8"), CLIENT_SECTION, SHELLS)
         if "tessera export onnx" in b
     ]
     assert len(by_hand) == 1, f"{CLIENT_README} has no block of commands by hand under {CLIENT_SECTION!r}"
