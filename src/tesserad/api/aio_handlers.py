@@ -64,3 +64,9 @@ def handler_factory(handler: Handler) -> Callable[..., Handler]:
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler
     return grpc.unary_unary_rpc_method_handler
+
+
+def split_method(full: str) -> tuple[str, str]:
+    """ "/tessera.v1.Registry/GetModel" -> ("tessera.v1.Registry", "GetModel")."""
+    _, service, method = full.split("/", 2)
+    return service, method

@@ -44,7 +44,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError
 
 from tesserad.api import aio_handlers
-from tesserad.api.aio_handlers import Context, ErrorListener, Handler
+from tesserad.api.aio_handlers import Context, ErrorListener, Handler, split_method
 from tesserad.api.errors import status_for
 from tesserad.config import LimitsSettings, SecuritySettings, format_size
 from tesserad.errors import InvalidArgument, ResourceExhausted
@@ -354,8 +354,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         daemon serves (gRPC answers any other itself), so a caller cannot add label values."""
         if self._metrics is None:
             return None
-        _, service, name = method.split("/", 2)
-        return self._metrics.rpc_recorder(service, name).refused
+        return self._metrics.rpc_recorder(*split_method(method)).refused
 
     def _admitted(
         self,

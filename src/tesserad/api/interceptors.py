@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import grpc
 
 from tesserad.api import aio_handlers
-from tesserad.api.aio_handlers import Context, ErrorListener, Handler
+from tesserad.api.aio_handlers import Context, ErrorListener, Handler, split_method
 from tesserad.api.auth import AuthInterceptor
 from tesserad.api.errors import status_for
 from tesserad.errors import TesseraError, logged_internal
@@ -30,12 +30,6 @@ from tesserad.metrics import DaemonMetrics
 from tesserad.serving.service import CallCounter
 
 log = logging.getLogger(__name__)
-
-
-def _split_method(full: str) -> tuple[str, str]:
-    """ "/tessera.v1.Registry/GetModel" -> ("tessera.v1.Registry", "GetModel")."""
-    _, service, method = full.split("/", 2)
-    return service, method
 
 
 def _status_of(exc: Exception) -> grpc.StatusCode:
@@ -93,7 +87,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         return wrapper
 
     def _wrap(self, handler: Handler, method: str) -> Handler:
-        service, name = _split_method(method)
+        service, name = split_method(method)
         recorder = self._metrics.rpc_recorder(service, name)
         record = recorder.record
         rpc = f"{service}/{name}"
