@@ -125,6 +125,8 @@ class FollowedRegistry:
         in the feed would: called once it caught up, when every model of the primary was given.
         Their names, for the serving layer to unload them."""
         with self._lock:
+            if not self._unconfirmed:  # the usual case: no restart since the last catch-up
+                return []
             dropped = sorted(self._unconfirmed)
             for model in dropped:
                 self._models.pop(model, None)
