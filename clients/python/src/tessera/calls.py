@@ -877,8 +877,8 @@ class _Method:
 
     def _signature(self, conn_type: type) -> inspect.Signature:
         """What help() and IDEs show: the method's own parameters, without `self`, and what it
-        gives on a `conn_type` connection (not the description of the call that gives it); resolved on first use, once the module (whose classes
-        the annotations name) is whole."""
+        gives on a `conn_type` connection (not the description of the call that gives it);
+        resolved on first use, once the module (whose classes the annotations name) is whole."""
         if conn_type not in self._signatures:
             signature = inspect.signature(self._build)
             # The parameters' annotations stay as written: resolved, an alias such as `Inputs`
