@@ -418,6 +418,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 count_refusal(refusal.code.name)
             await context.abort(refusal.code, refusal.message)
 
+        async def refuse_request(exc: InvalidArgument | ResourceExhausted, context: Context) -> NoReturn:
+            """Refuse a request that `decode` did not take; counted as the other refusals here,
+            since the call interceptor inside never sees it."""
+            await refuse(_Refused(status_for(exc), exc.message), context)
+
         def enter(context: Context) -> _OpenStream | None:
             """Bind the caller and count the call in, or raise _Refused (nothing counted) when the
             limits are reached. The stream's record when it is tracked for revocation."""
@@ -511,7 +516,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                         try:
                             request = decode(raw)
                         except (InvalidArgument, ResourceExhausted) as exc:
-                            await context.abort(status_for(exc), exc.message)
+                            await refuse_request(exc, context)
                     await inner_writer(request, context)
                 except asyncio.CancelledError:
                     await _end_if_refused(stream, context)
@@ -535,7 +540,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     try:
                         request = decode(raw)
                     except (InvalidArgument, ResourceExhausted) as exc:
-                        await context.abort(status_for(exc), exc.message)
+                        await refuse_request(exc, context)
                     response = await inner_uu(request, context)
                     try:
                         return encode(response)
@@ -583,7 +588,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     try:
                         request = decode(raw)
                     except (InvalidArgument, ResourceExhausted) as exc:
-                        await context.abort(status_for(exc), exc.message)
+                        await refuse_request(exc, context)
                     async for data in _sent(inner_us(request, context), encode, stream, context):
                         yield data
                 except asyncio.CancelledError:

@@ -1,12 +1,13 @@
-"""Calls refused by authentication are counted in tessera_rpc_total with their code, so an
-operator can alert on them; only the daemon's own methods are labelled (an unknown method's name
-makes no series)."""
+"""Calls refused by authentication, and requests refused as they are read (over max_message_size,
+not a valid message), are counted in tessera_rpc_total with their code, so an operator can alert
+on them; only the daemon's own methods are labelled (an unknown method's name makes no series)."""
 
 from __future__ import annotations
 
 import urllib.request
 
 import grpc
+import pytest
 
 from tesserad.security import Role, hash_token
 from tesserad.security.tokens import format_entry
@@ -71,3 +72,30 @@ def test_calls_refused_by_authentication_are_counted_with_their_code(
     timed = _timed_calls(token_daemon)
     assert timed["GetServerInfo"] == 1
     assert timed["CreateModel"] == 0
+
+
+def test_requests_refused_for_their_size_or_encoding_are_counted_with_their_code(start_daemon) -> None:
+    daemon = start_daemon(max_message_size="1KiB")
+    channel = daemon.channel()
+    info = "/tessera.v1.System/GetServerInfo"
+    # 0xff is no valid field tag: the message does not parse.
+    assert call(channel, info, payload=b"\xff\xff\xff") == grpc.StatusCode.INVALID_ARGUMENT
+    oversized = b"\n" + b"\x80\x10" + b"m" * 2048
+    assert call(channel, "/tessera.v1.Training/LogMetrics", payload=oversized) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    watch = channel.unary_stream("/tessera.v1.System/WatchSystem")
+    with pytest.raises(grpc.RpcError) as err:
+        list(watch(oversized, timeout=10))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+    # A method this daemon does not serve is answered by gRPC before any request is read.
+    assert call(channel, "/attacker.Chosen/Name", payload=oversized) == grpc.StatusCode.UNIMPLEMENTED
+
+    totals = _rpc_totals(daemon)
+    assert totals[("GetServerInfo", "INVALID_ARGUMENT")] == 1
+    assert totals[("LogMetrics", "RESOURCE_EXHAUSTED")] == 1
+    assert totals[("WatchSystem", "RESOURCE_EXHAUSTED")] == 1
+    assert not [key for key in totals if key[0] == "Name"]
+    # Refused before any work, as authentication's refusals: no latency sample.
+    timed = _timed_calls(daemon)
+    assert timed["GetServerInfo"] == timed["LogMetrics"] == timed["WatchSystem"] == 0
