@@ -66,7 +66,21 @@ class DaemonMetrics:
         self.registry = CollectorRegistry()
         # The daemon's own CPU time, memory, open files and start time (process_*), from /proc.
         ProcessCollector(registry=self.registry)
-        self._rpcs = _RpcMetrics(self.registry)
+        self._rpcs = _CallMetrics(
+            self.registry,
+            ("tessera_rpc_duration_seconds", "Time from a call's arrival to its status, per RPC."),
+            ("tessera_rpc", "Finished calls per RPC and status code."),
+            ["service", "method"],
+        )
+        self._http = _CallMetrics(
+            self.registry,
+            (
+                "tessera_http_request_duration_seconds",
+                "Time from a request's headers to its answer, per HTTP listener, route and method.",
+            ),
+            ("tessera_http_requests", "Requests answered per HTTP listener, route, method and status."),
+            ["listener", "route", "method"],
+        )
         self._connections = _ConnectionMetrics(self.registry)
         self._text: list[TextFamilies] = []
         self._negotiated = make_wsgi_app(self.registry)
@@ -92,25 +106,30 @@ class DaemonMetrics:
         """Export an HTTP listener's open and refused connections."""
         self._connections.limits.append(limit)
 
-    def rpc_recorder(self, service: str, method: str) -> RpcRecorder:
+    def rpc_recorder(self, service: str, method: str) -> CallRecorder:
         """Records the calls of one RPC; made once per method, so a call pays no label lookup."""
-        return self._rpcs.recorder(service, method)
+        return self._rpcs.recorder((service, method))
+
+    def http_recorder(self, listener: str, route: str, method: str) -> CallRecorder:
+        """Records the requests of one HTTP listener's route (its template, never a request's own
+        path) and method; the listener keeps it, so a request pays one lookup of its own."""
+        return self._http.recorder((listener, route, method))
 
 
-class RpcRecorder:
-    """One RPC's latency histogram and per-code counts: plain integers under one lock, read at
-    scrape time (`_RpcMetrics`).
+class CallRecorder:
+    """One RPC's (or HTTP route's) latency histogram and per-code counts: plain integers under
+    one lock, read at scrape time (`_CallMetrics`).
 
     prometheus_client's Histogram and Counter take a lock per sample, per bucket and per counter
     (2.3 us a call on the dev box with the label lookups done once, several times that on the
     event loop's thread between calls, caches cold); this is a bisect and three additions.
     """
 
-    __slots__ = ("_lock", "codes", "counts", "method", "service", "sum")
+    __slots__ = ("_lock", "codes", "counts", "labels", "sum")
 
-    def __init__(self, service: str, method: str) -> None:
-        self.service = service
-        self.method = method
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        """`labels`: the values of its family's labels but the code, in their order."""
+        self.labels = labels
         self._lock = threading.Lock()
         self.counts = [0] * (len(RPC_LATENCY_BUCKETS) + 1)  # the last one +Inf
         self.sum = 0.0
@@ -134,22 +153,35 @@ class RpcRecorder:
             return list(self.counts), self.sum, dict(self.codes)
 
 
-class _RpcMetrics(Collector):
-    """tessera_rpc_duration_seconds and tessera_rpc, per RPC, from the recorders at scrape time;
-    exported as prometheus_client's Histogram and Counter export them with their `_created`
-    series turned off: the text format makes each a gauge family of its own, a series per series
-    that nothing reads (PROMETHEUS_DISABLE_CREATED_SERIES does the same for prometheus_client's)."""
+class _CallMetrics(Collector):
+    """A latency histogram and a per-code counter (tessera_rpc_duration_seconds and tessera_rpc
+    per RPC; tessera_http_request_duration_seconds and tessera_http_requests per HTTP route),
+    from the recorders at scrape time; exported as prometheus_client's Histogram and Counter
+    export them with their `_created` series turned off: the text format makes each a gauge
+    family of its own, a series per series that nothing reads (PROMETHEUS_DISABLE_CREATED_SERIES
+    does the same for prometheus_client's)."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        latency: tuple[str, str],
+        counter: tuple[str, str],
+        labels: list[str],
+    ) -> None:
+        """`latency`, `counter`: each family's name and help; `labels`: a recorder's labels'
+        names (the counter's `code` follows them)."""
+        self._latency = latency
+        self._counter = counter
+        self._labels = labels
         self._lock = threading.Lock()
-        self._recorders: dict[tuple[str, str], RpcRecorder] = {}
+        self._recorders: dict[tuple[str, ...], CallRecorder] = {}
         registry.register(self)
 
-    def recorder(self, service: str, method: str) -> RpcRecorder:
+    def recorder(self, labels: tuple[str, ...]) -> CallRecorder:
         with self._lock:
-            recorder = self._recorders.get((service, method))
+            recorder = self._recorders.get(labels)
             if recorder is None:
-                recorder = self._recorders[(service, method)] = RpcRecorder(service, method)
+                recorder = self._recorders[labels] = CallRecorder(labels)
             return recorder
 
     def describe(self) -> list[Metric]:
@@ -160,15 +192,9 @@ class _RpcMetrics(Collector):
             recorders = list(self._recorders.values())
         return iter(self._families(recorders))
 
-    def _families(self, recorders: list[RpcRecorder]) -> list[Metric]:
-        latency = HistogramMetricFamily(
-            "tessera_rpc_duration_seconds",
-            "Time from a call's arrival to its status, per RPC.",
-            labels=["service", "method"],
-        )
-        calls = CounterMetricFamily(
-            "tessera_rpc", "Finished calls per RPC and status code.", labels=["service", "method", "code"]
-        )
+    def _families(self, recorders: list[CallRecorder]) -> list[Metric]:
+        latency = HistogramMetricFamily(*self._latency, labels=self._labels)
+        calls = CounterMetricFamily(*self._counter, labels=[*self._labels, "code"])
         bounds = [*RPC_LATENCY_BUCKETS, math.inf]
         for recorder in recorders:
             counts, total, codes = recorder.read()
@@ -177,9 +203,9 @@ class _RpcMetrics(Collector):
                 (floatToGoString(bound), cumulative)  # type: ignore[no-untyped-call]
                 for bound, cumulative in zip(bounds, itertools.accumulate(counts), strict=True)
             ]
-            latency.add_metric([recorder.service, recorder.method], buckets, total)
+            latency.add_metric(list(recorder.labels), buckets, total)
             for code, count in codes.items():
-                calls.add_metric([recorder.service, recorder.method, code], count)
+                calls.add_metric([*recorder.labels, code], count)
         return [latency, calls]
 
 

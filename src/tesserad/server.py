@@ -529,7 +529,7 @@ class Daemon:
                 stopping=self._stopping,
             )
             self._dashboard = DashboardServer(
-                services, settings.http_listen, settings.security, settings.limits, auth.tokens
+                services, settings.http_listen, settings.security, settings.limits, auth.tokens, self.metrics
             )
             self.metrics.count_connections(self._dashboard.connections)
             auth.also_revoke(self._dashboard.end_revoked)
@@ -666,6 +666,7 @@ class Daemon:
             auth.calls,
             self.settings.max_message_size,
             self.settings.limits,
+            self.metrics,
         )
         self.metrics.count_connections(self._oip_http.connections)
         auth.also_revoke(self._oip_http.end_revoked)

@@ -46,8 +46,9 @@ def test_prometheus_loads_the_alerts_for_the_job_they_name():
 
 
 def test_every_metric_and_label_the_alerts_use_is_in_a_real_scrape(daemon, channel):
-    # A finished call, so that the per-call series exist.
+    # A finished call and an answered HTTP request, so that the per-call and per-request series exist.
     health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    urllib.request.urlopen(f"http://127.0.0.1:{daemon.daemon.http_port}/api/v1/jobs", timeout=10).read()
     series = scraped_series(f"http://127.0.0.1:{daemon.daemon.metrics_port}/metrics")
     rules = [rule for group in load_yaml(PROMETHEUS / "alerts.yml")["groups"] for rule in group["rules"]]
     assert rules
@@ -83,6 +84,8 @@ def test_a_scrape_has_no_created_series(daemon, channel):
     # Each counter's and histogram's `_created` is a gauge family of its own in the text format:
     # twice the series, and a timestamp no alert or dashboard here reads.
     health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    urllib.request.urlopen(f"http://127.0.0.1:{daemon.daemon.http_port}/api/v1/jobs", timeout=10).read()
     text = urllib.request.urlopen(f"http://127.0.0.1:{daemon.daemon.metrics_port}/metrics", timeout=10).read()
     assert b"tessera_rpc_total{" in text and b"tessera_rpc_duration_seconds_count{" in text
+    assert b"tessera_http_requests_total{" in text and b"tessera_http_request_duration_seconds_count{" in text
     assert b"_created" not in text

@@ -620,7 +620,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 _HandlerKey = tuple[str, Identity | None, bytes | None]
-# Counts one call of an RPC refused here by its status code's name (RpcRecorder.refused).
+# Counts one call of an RPC refused here by its status code's name (CallRecorder.refused).
 CountRefusal = Callable[[str], None]
 
 

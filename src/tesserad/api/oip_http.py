@@ -25,7 +25,7 @@ import logging
 import time
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
 
@@ -68,6 +68,10 @@ from tesserad.serving.open_inference import (
     timeout_of,
 )
 from tesserad.serving.trace import TRACE_LEVEL
+
+if TYPE_CHECKING:
+    # tesserad.metrics imports the dashboard, which imports tesserad.api.auth.
+    from tesserad.metrics import DaemonMetrics
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +150,14 @@ class OipHttpServer(HttpListener):
         calls: ConcurrencyGate,
         max_message_size: int,
         limits: LimitsSettings,
+        metrics: DaemonMetrics | None = None,
     ) -> None:
         """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too;
-        `calls`: the gRPC listener's count of calls in flight, which requests here join."""
+        `calls`: the gRPC listener's count of calls in flight, which requests here join;
+        `metrics`: where its requests are counted."""
         self._core = core
         self._tracer = core.tracer
-        super().__init__(address, security, limits, "oip_http")
+        super().__init__(address, security, limits, "oip_http", metrics)
         self._tokens = tokens
         self._calls = calls
         self._health_open = security.health_open

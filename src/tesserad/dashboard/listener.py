@@ -11,10 +11,11 @@ causes. Clients see a closed connection, as from a listener that is restarting, 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from aiohttp import hdrs, web
 from aiohttp.http import HttpProcessingError, HttpVersion11
@@ -27,9 +28,19 @@ from tesserad.dashboard.hosts import HostRule
 from tesserad.errors import PermissionDenied
 from tesserad.security.limits import ConnectionLimit
 
+if TYPE_CHECKING:
+    # tesserad.metrics imports the dashboard, which imports this module.
+    from tesserad.metrics import CallRecorder, DaemonMetrics
+
 # aiohttp's expect_handler: run for a request with an Expect header before its handler (and
 # before any middleware); the answer it returns is the request's, its body never read.
 ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
+
+# The route label of every request no route takes, whatever its path: a client choosing paths
+# must not add series.
+UNMATCHED_ROUTE = "unmatched"
+# The method label of a request whose method is none of HTTP's own (aiohttp takes any token).
+OTHER_METHOD = "other"
 
 
 class Refused(Exception):
@@ -122,12 +133,22 @@ class HttpListener:
     one (for port 0). The application puts `_guard` first after its error middleware, which
     answers the guard's PermissionDenied as 403, a Refused with its status, and aiohttp's 404 and
     405 (HTTPNotFound, HTTPMethodNotAllowed, keeping its Allow header) in the listener's own error
-    form."""
+    form. Every request answered is counted in `metrics` (tessera_http_requests_total and
+    tessera_http_request_duration_seconds) by its route's template, method and status."""
 
     def __init__(
-        self, address: Address, security: SecuritySettings, limits: LimitsSettings, name: str
+        self,
+        address: Address,
+        security: SecuritySettings,
+        limits: LimitsSettings,
+        name: str,
+        metrics: DaemonMetrics | None = None,
     ) -> None:
         """`name`: the listener's in the log and the metrics."""
+        self._name = name
+        self._metrics = metrics
+        # (route label, method label) -> its recorder: bounded by the routes and HTTP's methods.
+        self._recorders: dict[tuple[str, str], CallRecorder] = {}
         self._address = address
         self._request_timeout_s = limits.http_request_timeout_s
         self.connections = ConnectionLimit(limits.http_max_connections, name)
@@ -155,16 +176,49 @@ class HttpListener:
         if problem is not None:
             raise PermissionDenied(problem)
 
-    @staticmethod
-    def _expecting(refusal: Callable[[web.Request], web.StreamResponse | None]) -> ExpectHandler:
+    @web.middleware
+    async def _counted(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Record the request's answer (outermost: the error middleware's answer is the one sent).
+        A request whose client left before its answer was made has none, and is not counted."""
+        start = time.perf_counter()
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            self._record(request, exc.status, start)
+            raise
+        except Exception:
+            # aiohttp answers it 500.
+            self._record(request, 500, start)
+            raise
+        self._record(request, response.status, start)
+        return response
+
+    def _record(self, request: web.Request, status: int, start: float) -> None:
+        if self._metrics is None:
+            return
+        resource = request.match_info.route.resource
+        route = (
+            UNMATCHED_ROUTE if resource is None or resource is self._unrouted_resource else resource.canonical
+        )
+        method = request.method if request.method in hdrs.METH_ALL else OTHER_METHOD
+        recorder = self._recorders.get((route, method))
+        if recorder is None:
+            recorder = self._recorders[(route, method)] = self._metrics.http_recorder(
+                self._name, route, method
+            )
+        recorder.record(str(status), time.perf_counter() - start)
+
+    def _expecting(self, refusal: Callable[[web.Request], web.StreamResponse | None]) -> ExpectHandler:
         """A route's expect_handler: a request with `Expect: 100-continue` that `refusal` refuses
         (it runs the checks that need no body: host, token, Content-Length) gets that answer instead
         of 100 Continue, closing the connection, so that its client never sends the body (aiohttp's
         own handler sends 100 Continue at once, and a refused client uploaded it all)."""
 
         async def expect(request: web.Request) -> web.StreamResponse | None:
+            start = time.perf_counter()
             refused = refusal(request)
             if refused is not None:
+                self._record(request, refused.status, start)
                 # The body may follow anyway (RFC 9110 lets a client send it): it is never read.
                 refused.force_close()
                 return refused
@@ -176,6 +230,7 @@ class HttpListener:
     def _serve(self, app: web.Application) -> None:
         """Serve `app`, its routes all added. Request bodies reach it as they came (aiohttp's own
         decompression is off): the application decompresses what it takes and refuses the rest."""
+        app.middlewares.insert(0, self._counted)
         # Added last, so the router reaches it only for what no other route matches: the 404 or
         # 405 is then answered by the application, in place of 100 Continue too (aiohttp answers
         # its own after one, so a client refused uploaded its body first).

@@ -14,6 +14,7 @@ import re
 import urllib.parse
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 
@@ -23,6 +24,10 @@ from tesserad.dashboard.access import LOGIN_PATH, LOGOUT_PATH, Access, Handler
 from tesserad.dashboard.api import PREFIX, DashboardApi, Services, json_response
 from tesserad.dashboard.listener import HttpListener, Refused
 from tesserad.security.tokens import TokenFile
+
+if TYPE_CHECKING:
+    # tesserad.metrics imports the dashboard.
+    from tesserad.metrics import DaemonMetrics
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +227,12 @@ class DashboardServer(HttpListener):
         security: SecuritySettings,
         limits: LimitsSettings,
         tokens: TokenFile | None,
+        metrics: DaemonMetrics | None = None,
     ) -> None:
-        """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too."""
+        """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too;
+        `metrics`: where its requests are counted."""
         self._services = services
-        super().__init__(address, security, limits, "dashboard")
+        super().__init__(address, security, limits, "dashboard", metrics)
         access = Access(tokens, secure_cookie=self._tls is not None, receiving_body=self._receiving_body)
         self.end_revoked = access.end_revoked
         self._shell = (STATIC_DIR / "page.html").read_text()

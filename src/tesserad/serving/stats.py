@@ -114,7 +114,7 @@ class ServingMetrics(Collector):
     """The serving metrics on the daemon's registry, labelled by model and version.
 
     A collector: the series live in each version's ServingStats and are read at scrape time.
-    No `_created` series, as for the RPC metrics (metrics._RpcMetrics says why).
+    No `_created` series, as for the RPC metrics (metrics._CallMetrics says why).
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:

@@ -1,0 +1,91 @@
+"""The HTTP listeners' requests on /metrics: tessera_http_requests_total by listener, route,
+method and status, and tessera_http_request_duration_seconds, so an alert can see HTTP 5xx as it
+sees gRPC's INTERNAL. Labels are bounded whatever a client sends: a route is its template (the
+path's parameters are not in it), every path no route takes is one route, and a method the
+daemon does not know is one method."""
+
+from __future__ import annotations
+
+import http.client
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import InProcessDaemon, daemon_settings
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessDaemon]:
+    settings = daemon_settings(tmp_path_factory.mktemp("http"), **{"serving.oip_http_listen": "127.0.0.1:0"})
+    running = InProcessDaemon(settings).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None) -> int:
+    """The status `method` `path` is answered with on 127.0.0.1:`port`."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=body)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def samples(daemon: InProcessDaemon, name: str) -> dict[tuple[str, ...], float]:
+    """(listener, route, method[, code]) -> the value of each sample `name` on /metrics."""
+    url = f"http://127.0.0.1:{daemon.daemon.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line.removeprefix(name + "{").split("} ")
+            named = dict(pair.split("=", 1) for pair in labels.split(","))
+            key = tuple(
+                named[label].strip('"') for label in ("listener", "route", "method", "code") if label in named
+            )
+            found[key] = float(value)
+    return found
+
+
+def test_oip_http_requests_are_counted_by_route_template_method_and_status(daemon: InProcessDaemon) -> None:
+    port = daemon.daemon.oip_http_port
+    assert port is not None
+    assert request(port, "GET", "/v2/health/live") == 200
+    assert request(port, "POST", "/v2/repository/index", b"{not json") == 400
+    assert request(port, "GET", "/v2/models/no-such-model") == 404
+    assert request(port, "GET", "/v2/models/another-missing-model") == 404
+    for index in range(40):
+        assert request(port, "GET", f"/attacker/chosen/{index}") == 404
+    assert request(port, "PROPFIND", "/v2/health/live") == 405
+
+    totals = samples(daemon, "tessera_http_requests_total")
+    assert totals[("oip_http", "/v2/health/live", "GET", "200")] == 1
+    assert totals[("oip_http", "/v2/repository/index", "POST", "400")] == 1
+    assert totals[("oip_http", "/v2/models/{model}", "GET", "404")] == 2
+    assert totals[("oip_http", "unmatched", "GET", "404")] == 40
+    assert totals[("oip_http", "unmatched", "other", "405")] == 1
+    # No path a client chose became a label.
+    assert not [key for key in totals if "attacker" in key[1] or "missing" in key[1] or "PROPFIND" in key]
+    timed = samples(daemon, "tessera_http_request_duration_seconds_count")
+    assert timed[("oip_http", "/v2/models/{model}", "GET")] == 2
+    assert timed[("oip_http", "unmatched", "GET")] == 40
+
+
+def test_dashboard_requests_are_counted_by_route_template_method_and_status(daemon: InProcessDaemon) -> None:
+    port = daemon.daemon.http_port
+    assert port is not None
+    assert request(port, "GET", "/api/v1/jobs") == 200
+    assert request(port, "GET", "/jobs/no-such-job") == 404
+    for index in range(10):
+        assert request(port, "GET", f"/attacker/{index}") == 404
+
+    totals = samples(daemon, "tessera_http_requests_total")
+    assert totals[("dashboard", "/api/v1/jobs", "GET", "200")] == 1
+    assert totals[("dashboard", "/jobs/{job_id}", "GET", "404")] == 1
+    assert totals[("dashboard", "unmatched", "GET", "404")] == 10
