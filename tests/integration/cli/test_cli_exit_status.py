@@ -18,7 +18,14 @@ import numpy as np
 import pytest
 
 import tessera
-from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_OUTPUT_CLOSED, EXIT_TERMINATED, EXIT_USAGE
+from tessera.cli import (
+    EXIT_DAEMON,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OUTPUT_CLOSED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+)
 from tessera.transfer import partial_names
 from tests.integration.cli.test_cli_changes import CLI_WITH_CTRL_C
 from tests.integration.cli.test_cli_follow import JOB_SPEC
@@ -320,6 +327,96 @@ def test_a_download_terminated_as_it_opens_a_kept_partial_file_leaves_it_for_a_r
     assert sorted(out.iterdir()) == sorted([partial, record])
     assert partial.read_bytes() == b"\x08"
     assert json.loads(record.read_text()) == described
+
+
+# The CLI run with a signal sent to itself once a download's partial file is synced whole, at
+# the check that its name is still the download's, before it is put in place: argv[1] names the
+# signal. A profile hook sees the C call of fsync return, then the call of that check.
+CLI_SIGNALLED_ONCE_THE_DOWNLOAD_IS_SYNCED = """\
+import os, signal, sys
+signum = getattr(signal, sys.argv.pop(1))
+synced = []
+def profile(frame, event, arg):
+    if event == "c_return" and arg is os.fsync:
+        synced.append(arg)
+    elif event == "call" and synced and frame.f_code.co_name == "_names":
+        sys.setprofile(None)
+        os.kill(os.getpid(), signum)
+sys.setprofile(profile)
+from tessera.entry import main
+raise SystemExit(main())
+"""
+
+
+# As CLI_SIGNALLED_ONCE_THE_DOWNLOAD_IS_SYNCED, at the first chunk the download writes.
+CLI_SIGNALLED_AS_THE_DOWNLOAD_WRITES = """\
+import os, signal, sys
+signum = getattr(signal, sys.argv.pop(1))
+def profile(frame, event, arg):
+    code = frame.f_code
+    if event == "call" and code.co_name == "write" and code.co_filename.endswith("transfer.py"):
+        sys.setprofile(None)
+        os.kill(os.getpid(), signum)
+sys.setprofile(profile)
+from tessera.entry import main
+raise SystemExit(main())
+"""
+
+
+def kept_half(pushed, artifact: bytes, destination: Path) -> None:
+    """The first half of the `pushed` version's `artifact` kept beside `destination` with their
+    record, as a download that gave up leaves them."""
+    partial, record = partial_names(destination)
+    partial.write_bytes(artifact[: len(artifact) // 2])
+    record.write_text(
+        json.dumps({"file": "affine v1", "sha256": pushed.sha256, "size_bytes": pushed.size_bytes})
+    )
+
+
+@pytest.mark.parametrize(
+    ("script", "signum", "status"),
+    [
+        (CLI_SIGNALLED_ONCE_THE_DOWNLOAD_IS_SYNCED, "SIGTERM", EXIT_TERMINATED),
+        (CLI_SIGNALLED_ONCE_THE_DOWNLOAD_IS_SYNCED, "SIGINT", EXIT_INTERRUPTED),
+        (CLI_SIGNALLED_AS_THE_DOWNLOAD_WRITES, "SIGINT", EXIT_INTERRUPTED),
+    ],
+    ids=["synced-sigterm", "synced-sigint", "writing-sigint"],
+)
+def test_a_signal_leaves_no_partial_file_without_resume_and_keeps_it_for_the_next_with_resume(
+    daemon, client, tmp_path, script, signum, status
+):
+    """A signal landing once the file was synced whole, before it was put in place, left its
+    partial file and record behind (README: a signal removes them), for a --resume to finish; and
+    Ctrl-C of a --resume removed the bytes an earlier download had kept, which --resume is there
+    to go on from. Without --resume nothing is left; with it, the bytes stay for the next."""
+    pushed = client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    artifact = (tmp_path / "affine.onnx").read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    kept_half(pushed, artifact, out / "affine.onnx")
+    partial, record = partial_names(out / "affine.onnx")
+    described = record.read_text()
+    command = ["--target", daemon.target, "models", "download", "affine", "-o", str(out / "affine.onnx")]
+    plain = subprocess.run(
+        [sys.executable, "-c", script, signum, *command], capture_output=True, timeout=120, check=False
+    )
+    assert plain.returncode == status, plain.stderr
+    assert list(out.iterdir()) == []
+    kept_half(pushed, artifact, out / "affine.onnx")
+    resumed = subprocess.run(
+        [sys.executable, "-c", script, signum, *command, "--resume"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert resumed.returncode == status, resumed.stderr
+    assert sorted(out.iterdir()) == sorted([partial, record])
+    assert artifact.startswith(partial.read_bytes()) and len(partial.read_bytes()) >= len(artifact) // 2
+    assert record.read_text() == described
+    finished = run_cli(*command, "--resume")
+    assert finished.returncode == 0, finished.stderr
+    assert (out / "affine.onnx").read_bytes() == artifact
+    assert list(out.iterdir()) == [out / "affine.onnx"]
 
 
 # Hours of training: a job still running while it is watched, cancelled at the end.

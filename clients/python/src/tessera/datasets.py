@@ -330,7 +330,8 @@ class Datasets(Part[C]):
         A stream that breaks (UNAVAILABLE: connection cut, daemon restarting) is made again
         within the client's RetryPolicy and goes on from the bytes written. One that gives up or
         times out keeps them in a hidden partial file beside `path` (one stopped by the caller,
-        KeyboardInterrupt, a cancelled task or its client closed, removes them), with a
+        KeyboardInterrupt, a cancelled task or its client closed, removes them, unless asked to
+        `resume`: it keeps them, those an earlier download kept with them), with a
         record of the version and sha256 they are of; `resume` True goes on from them where the
         version asked for has that sha256 (ValueError where not, leaving them as they are), and
         without `resume` the download starts again from the first byte. A partial file there that

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Generic, Protocol, TypeVar
 
-from tessera.errors import DataLoss, DeadlineExceeded, Unavailable
+from tessera.errors import Cancelled, DataLoss, DeadlineExceeded, Unavailable
 
 if sys.platform == "win32":
     import msvcrt
@@ -282,9 +282,16 @@ WITHOUT_RESUME_WORDS = "without resume=True"
 """How a refused resume's message names the argument (the CLI's words: with/without --resume)."""
 
 # What ends a download with its bytes worth keeping: the stream broke or ran out of time. One the
-# caller stopped (Ctrl-C, a cancelled task, closing its client) or the daemon refused leaves
-# nothing behind.
+# caller stopped (`_stopped`) keeps them too where it was asked to resume, else leaves nothing
+# behind, as does one the daemon refused.
 _INTERRUPTIONS = (Unavailable, DeadlineExceeded)
+
+
+def _stopped(error: BaseException) -> bool:
+    """Whether `error` is the caller stopping a download: Ctrl-C, a signal the CLI raises as one,
+    a cancelled task (none of them an Exception), or its client closed (CANCELLED)."""
+    return not isinstance(error, Exception) or isinstance(error, Cancelled)
+
 
 # How often a partial file that was renamed or removed between its opening and its locking (the
 # download holding it ended then) is opened again before giving up.
@@ -316,11 +323,13 @@ class ResumableDownloadSink(Generic[H]):
     """Writes a downloaded file to `path` through a partial file beside it (`partial_names`),
     which takes the name only once its size and sha256 match the header's. A download whose
     stream broke or timed out (`_INTERRUPTIONS`) keeps the partial file with a record of the file
-    it is the start of (`describe(header)`, its sha256 and size); with `resume`, a later one goes on from
-    its bytes where its header has that sha256 and size, and refuses (ValueError, both left as
-    they are) where it has not. Without `resume` it starts again from the first byte. The whole
-    file's sha256 is checked at the end, so bytes damaged on the disk meanwhile are DataLoss,
-    not a file at `path`. One download at a time writes the partial file (a lock on it)."""
+    it is the start of (`describe(header)`, its sha256 and size), and so does one with `resume`
+    that the caller stopped (`_stopped`: Ctrl-C, a signal, a cancel), whatever moment it lands at;
+    with `resume`, a later one goes on from its bytes where its header has that sha256 and size,
+    and refuses (ValueError, both left as they are) where it has not. Without `resume` it starts
+    again from the first byte. The whole file's sha256 is checked at the end, so bytes damaged on
+    the disk meanwhile are DataLoss, not a file at `path`. One download at a time writes the
+    partial file (a lock on it)."""
 
     # `finish` moves the file into place: a cancelled download says so only once it has, or not.
     finish_publishes = True
@@ -341,6 +350,7 @@ class ResumableDownloadSink(Generic[H]):
         self.path = path
         self.partial, self.record = partial_names(path)
         self._overwrite = overwrite
+        self._resume = resume
         self._progress = progress
         self._describe = describe
         self._header: H | None = None
@@ -445,7 +455,8 @@ class ResumableDownloadSink(Generic[H]):
 
     def finish(self) -> H:
         """Check the whole file, then move it into place; DataLoss (and the partial file
-        removed) on a mismatch."""
+        removed) on a mismatch. Stopped before it is in place, it is kept or removed as `abort`
+        says: with `resume`, whole, for the next to put in place."""
         try:
             return self._finish()
         finally:
@@ -455,27 +466,10 @@ class ResumableDownloadSink(Generic[H]):
         header = self._header
         assert header is not None, "finish before any header"
         try:
-            with _naming(self.path):
-                self._file.flush()
-                os.fsync(self._file.fileno())
-        except BaseException:
-            self._remove()
+            self._check_whole(header)
+        except BaseException as error:
+            self._abort(error)
             raise
-        sha256 = self._digest.hexdigest()
-        if (header.sha256 and sha256 != header.sha256) or self.size != header.size_bytes:
-            self._remove()
-            raise DataLoss(
-                f"download of {self.path.name} is corrupt: got {self.size} bytes with sha256 "
-                f"{sha256}, expected {header.size_bytes} bytes with sha256 {header.sha256}; "
-                "download it again"
-            )
-        if not _names(self.partial, self._file.fileno()):
-            # Removed (and maybe made again by another download) meanwhile: not ours to move.
-            self._file.close()
-            raise ValueError(
-                f"{self.path}: its partial download {self.partial} was removed or replaced while it "
-                "downloaded; download it again"
-            )
         try:
             # Gone first, while the lock is held: a download starting once the partial file is in
             # place writes its own record, which this one must not remove.
@@ -495,11 +489,35 @@ class ResumableDownloadSink(Generic[H]):
         _sync_dir(self.path.parent)
         return header
 
+    def _check_whole(self, header: H) -> None:
+        """The file synced to the disk and checked against `header`: DataLoss on a mismatch,
+        ValueError where its name no longer names it."""
+        with _naming(self.path):
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        sha256 = self._digest.hexdigest()
+        if (header.sha256 and sha256 != header.sha256) or self.size != header.size_bytes:
+            raise DataLoss(
+                f"download of {self.path.name} is corrupt: got {self.size} bytes with sha256 "
+                f"{sha256}, expected {header.size_bytes} bytes with sha256 {header.sha256}; "
+                "download it again"
+            )
+        if not _names(self.partial, self._file.fileno()):
+            # Removed (and maybe made again by another download) meanwhile: not ours to move,
+            # nor to remove (`_remove` leaves a name that no longer names it).
+            raise ValueError(
+                f"{self.path}: its partial download {self.partial} was removed or replaced while it "
+                "downloaded; download it again"
+            )
+
     def abort(self, error: BaseException) -> None:
         """After `error`: the bytes written kept for a resume where it interrupted the download
-        or the file changed at the server (`changed`); those an earlier download kept, as they
-        were, where the server sent more than the file has; else what this download wrote
-        removed, and bytes it did not start from left as they were."""
+        (a broken stream, a timeout), where the caller stopped one asked to `resume` (those an
+        earlier download kept with those written since), or where the file changed at the server
+        (`changed`); those an earlier download kept, as they were, where the server sent more
+        than the file has; else the partial file removed (a download without `resume` starts
+        it again from the first byte, so that holds only what it wrote), and one it had not
+        started on left as it was."""
         try:
             self._abort(error)
         finally:
@@ -515,8 +533,10 @@ class ResumableDownloadSink(Generic[H]):
         if self._keep:
             _close_at(self._file, self._keep)
             return
-        if self.size and isinstance(error, _INTERRUPTIONS):
-            _close(self._file)
+        if self.size and (isinstance(error, _INTERRUPTIONS) or (self._resume and _stopped(error))):
+            # Cut back to the bytes counted: a signal may land as a write has put only part of
+            # its chunk in the file.
+            _close_at(self._file, self.size)
             return
         self._remove()
 

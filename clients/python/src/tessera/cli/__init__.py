@@ -47,7 +47,8 @@ exit status:
        UNAVAILABLE, ...); NOT_FOUND too for `runs leaderboard` of a metric
        the experiment's runs have not logged (another they have, it names)
        and no run is still running or waiting to resume
-  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); a file being written is removed
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); a file being written is removed (a download
+       with --resume keeps its bytes for the next --resume)
   {EXIT_TERMINATED}  terminated (SIGTERM); a file being written is removed, as after Ctrl-C
   {EXIT_OUTPUT_CLOSED}  the output was closed early (`tessera ... | head`); nothing more
        is printed
