@@ -419,6 +419,23 @@ def test_a_signal_leaves_no_partial_file_without_resume_and_keeps_it_for_the_nex
     assert list(out.iterdir()) == [out / "affine.onnx"]
 
 
+def test_a_download_into_a_directory_it_made_terminated_leaves_no_directory(daemon, client, tmp_path):
+    """`-o out/x/` made out and out/x for the file; a SIGTERM landing as the partial file was
+    made removed that file on the way out, and left the directories, empty."""
+    client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    out = tmp_path / "out"
+    command = ["--target", daemon.target, "models", "download", "affine", "-o", f"{out}/x/"]
+    download = subprocess.run(
+        [sys.executable, "-c", CLI_TERMINATED_AS_THE_PARTIAL_IS_MADE, *command],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert download.returncode == EXIT_TERMINATED, download.stderr
+    assert download.stderr == b"tessera: terminated\n"
+    assert not out.exists()
+
+
 # Hours of training: a job still running while it is watched, cancelled at the end.
 LONG_JOB_SPEC = """\
 experiment = "ctrl-c"

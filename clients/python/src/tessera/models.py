@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,11 @@ from tessera.transfer import (
     CHUNK_BYTES,
     Progress,
     ResumableDownloadSink,
+    SinkInDirectory,
     check_chunk_size,
     file_chunks,
     file_digest,
+    is_download_directory,
 )
 from tessera.transport import MODEL_CALL_TIMEOUT_S, RetryPolicy, timeout_or
 from tessera.v1 import architecture_pb2, common_pb2
@@ -74,67 +75,6 @@ def default_file_name(version: pb.ModelVersion) -> str:
     """The file a download of `version` writes, given a directory (or, in the CLI, no name):
     "mlp-v3.onnx"."""
     return f"{version.model}-v{version.version}{SUFFIX_BY_FORMAT.get(version.format, '')}"
-
-
-def is_download_directory(path: str | Path) -> bool:
-    """Whether a download's `path` is a directory: one that exists, or a str ending in a
-    separator (Path drops it, yet it is how a user says "a directory", existing or not). The
-    SDK's rule and the CLI's, so that both write the same file."""
-    return Path(path).is_dir() or (isinstance(path, str) and path.endswith(("/", os.sep)))
-
-
-class _SinkInDirectory(ResumableDownloadSink[pb.ModelVersion]):
-    """A download's file in a directory made where missing, as the file is made. The
-    directories it made are removed again where the download fails leaving them empty (bytes
-    kept for a resume keep them)."""
-
-    def __init__(
-        self,
-        path: Path,
-        progress: Progress | None,
-        overwrite: bool,
-        resume: bool,
-        describe: Callable[[pb.ModelVersion], str],
-    ) -> None:
-        self._directories_made = _make_directory(path.parent)
-        try:
-            super().__init__(path, progress, overwrite, resume, describe)
-        except BaseException:
-            _remove_if_empty(self._directories_made)
-            raise
-
-    def finish(self) -> pb.ModelVersion:
-        try:
-            return super().finish()
-        except BaseException:
-            _remove_if_empty(self._directories_made)
-            raise
-
-    def abort(self, error: BaseException) -> None:
-        try:
-            super().abort(error)
-        finally:
-            _remove_if_empty(self._directories_made)
-
-
-def _make_directory(directory: Path) -> list[Path]:
-    """Make `directory` and its missing parents; those made, the deepest first."""
-    missing = []
-    current = directory
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    return missing
-
-
-def _remove_if_empty(directories: list[Path]) -> None:
-    """Remove `directories` (the deepest first) up to the first that is not empty."""
-    for directory in directories:
-        try:
-            directory.rmdir()
-        except OSError:
-            return
 
 
 def version_name(version: pb.ModelVersion) -> str:
@@ -407,7 +347,7 @@ class Models(Part[C]):
                 timeout,
                 overwrite,
                 resume,
-                _SinkInDirectory,
+                SinkInDirectory,
             )
 
         def by_path() -> Call[pb.ModelVersion]:

@@ -98,6 +98,10 @@ Identity = tuple[int, int]
 _unfinished: dict[Identity, Path] = {}
 # The names `new_partial` is creating its temp file at, until it is noted in `_unfinished`.
 _being_made: set[Path] = set()
+# The directories a download made for its file (`make_directories`), by identity, the outermost
+# first, until it put its file in them or removed them: a name is removed only while it names
+# the directory made, and only while it is empty (bytes kept for a resume keep it).
+_directories_made: dict[Identity, Path] = {}
 
 
 def _identity(status: os.stat_result) -> Identity:
@@ -120,9 +124,10 @@ def forget_made(made: Identity | None) -> None:
 
 def remove_unfinished() -> None:
     """Remove every temp file `new_partial` made, and partial download a download created, that
-    is neither in place, kept nor removed yet, where its name still names it: for a process
-    ending at once on a signal (the CLI), which may have landed before any code held it. One that
-    cannot be removed is left: the process is ending, and the others still go."""
+    is neither in place, kept nor removed yet, where its name still names it, then the
+    directories made for them that this leaves empty: for a process ending at once on a signal
+    (the CLI), which may have landed before any code held them. One that cannot be removed is
+    left: the process is ending, and the others still go."""
     for partial in list(_being_made):
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
@@ -132,6 +137,65 @@ def remove_unfinished() -> None:
             if _identity(os.lstat(partial)) == made:
                 partial.unlink()
         forget_made(made)
+    made_directories = list(reversed(_directories_made))
+    remove_empty_directories(made_directories)
+    forget_directories(made_directories)
+
+
+def is_download_directory(path: str | Path) -> bool:
+    """Whether a download's `path` is a directory: one that exists, or a str ending in a
+    separator (Path drops it, yet it is how a user says "a directory", existing or not). The
+    SDK's rule and the CLI's, so that both write the same file."""
+    return Path(path).is_dir() or (isinstance(path, str) and path.endswith(("/", os.sep)))
+
+
+def make_directories(directory: Path) -> list[Identity]:
+    """Make `directory` and its missing parents, each noted as made by this process (for
+    `remove_unfinished`) until `forget_directories`; their identities, the deepest first. One
+    that another made meanwhile is its own, not noted."""
+    missing = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    made: list[Identity] = []
+    for name in reversed(missing):
+        try:
+            name.mkdir()
+        except FileExistsError:
+            if not name.is_dir():
+                raise
+            continue
+        # A signal landing between the two leaves this one behind: noted by its name alone, it
+        # could be another's made at that name once it was removed.
+        identity = _identity(os.lstat(name))
+        _directories_made[identity] = name
+        made.insert(0, identity)
+    return made
+
+
+def remove_empty_directories(made: list[Identity]) -> None:
+    """Remove the directories `make_directories` made (`made`, the deepest first) that are
+    empty, where their name still names them. Those left stay noted: a partial file still
+    noted in one may yet be removed on a signal's way out, which removes them then."""
+    for identity in made:
+        name = _directories_made.get(identity)
+        if name is None:
+            continue
+        with contextlib.suppress(OSError):
+            if _identity(os.lstat(name)) != identity:
+                # Another's at that name now.
+                _directories_made.pop(identity)
+                continue
+            name.rmdir()
+            _directories_made.pop(identity)
+
+
+def forget_directories(made: list[Identity]) -> None:
+    """The directories made (`make_directories`) hold the file put in place, or bytes kept, or
+    are removed: `remove_unfinished` leaves them now."""
+    for identity in made:
+        _directories_made.pop(identity, None)
 
 
 def bytes_chunks(data: bytes, chunk_size: int, progress: Progress | None) -> Iterator[bytes]:
@@ -542,6 +606,45 @@ class ResumableDownloadSink(Generic[H]):
 
     def _remove(self) -> None:
         _remove(self._file, self.partial, self.record)
+
+
+class SinkInDirectory(ResumableDownloadSink[H]):
+    """A download's file in a directory made where missing (`make_directories`), as the file is
+    made. The directories it made are removed again where the download fails leaving them empty
+    (bytes kept for a resume keep them), and on a signal's way out (`remove_unfinished`)."""
+
+    def __init__(
+        self,
+        path: Path,
+        progress: Progress | None,
+        overwrite: bool,
+        resume: bool,
+        describe: Callable[[H], str],
+    ) -> None:
+        self._directories_made = make_directories(path.parent)
+        try:
+            super().__init__(path, progress, overwrite, resume, describe)
+        except BaseException:
+            # Not forgotten: a partial file made in them may be left for `remove_unfinished`.
+            remove_empty_directories(self._directories_made)
+            raise
+
+    def finish(self) -> H:
+        try:
+            header = super().finish()
+        except BaseException:
+            remove_empty_directories(self._directories_made)
+            forget_directories(self._directories_made)
+            raise
+        forget_directories(self._directories_made)
+        return header
+
+    def abort(self, error: BaseException) -> None:
+        try:
+            super().abort(error)
+        finally:
+            remove_empty_directories(self._directories_made)
+            forget_directories(self._directories_made)
 
 
 def _close(file: BinaryIO) -> None:

@@ -23,10 +23,11 @@ from tessera.ensembles import fit_stacking, member_pair
 from tessera.errors import TesseraError
 from tessera.json_output import dumps, to_plain
 from tessera.messages import counted, is_digits, load_toml
-from tessera.models import FORMAT_BY_SUFFIX, SUFFIX_BY_FORMAT, default_file_name, is_download_directory
+from tessera.models import FORMAT_BY_SUFFIX, SUFFIX_BY_FORMAT, default_file_name
 from tessera.progress_line import byte_size
 from tessera.rpc_commands import in_cli_words
 from tessera.tables import Word
+from tessera.transfer import is_download_directory
 from tessera.v1 import common_pb2, registry_pb2
 
 # Torch's own save format: a pickle, which runs code as it loads, so the daemon takes none.
