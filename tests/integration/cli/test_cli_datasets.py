@@ -282,3 +282,21 @@ def test_download_resume_goes_on_from_an_interrupted_download(tessera_cli, daemo
     assert (out / "big-v1.npz").read_bytes() == big.read_bytes()
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
     assert "--resume" in help_text("datasets", "download")
+
+
+@pytest.mark.parametrize("flag", ["-o", "--output"])
+def test_a_missing_directory_named_with_a_trailing_slash_is_made_and_written_into_as_models_download_does(
+    tessera_cli, client, npy_file, tmp_path, monkeypatch, flag
+):
+    """`-o out/x/` lost its "/": it was refused for want of out (and wrote a file x where out
+    existed), where `models download` writes out/x/MODEL-vN.onnx; the SDK refused a directory."""
+    client.datasets.push("frames", npy_file)
+    monkeypatch.chdir(tmp_path)
+    wrote = tessera_cli("datasets", "download", "frames", flag, "out/x/")
+    assert wrote.code == 0, wrote.err
+    assert wrote.out.startswith("wrote out/x/frames-v1.npy: "), wrote.out
+    assert (tmp_path / "out" / "x" / "frames-v1.npy").read_bytes() == npy_file.read_bytes()
+    assert client.datasets.download("frames", "sdk/x/").version == 1
+    assert (tmp_path / "sdk" / "x" / "frames-v1.npy").read_bytes() == npy_file.read_bytes()
+    client.datasets.download("frames:1", tmp_path / "sdk")
+    assert sorted(p.name for p in (tmp_path / "sdk").iterdir()) == ["frames-v1.npy", "x"]

@@ -152,22 +152,26 @@ def test_push_with_a_format_it_does_not_know_names_the_formats(client, onnx_file
         client.models.get("affine")
 
 
-def test_a_dataset_download_onto_a_directory_says_so_and_leaves_no_partial_file(client, tmp_path):
-    """A model's download writes into a directory (test_models); a dataset's takes a file's path."""
+def test_a_dataset_download_onto_a_directory_writes_the_clis_default_name_there_sync_and_aio(
+    client, tmp_path
+):
+    """A dataset's download, as a model's (test_models), writes into a directory the file that
+    `tessera datasets download` names: it was refused (IsADirectoryError), though the CLI wrote
+    into one."""
     client.datasets.push("clips", x=np.zeros((10, 4), np.float32))
     target = tmp_path / "out"
     target.mkdir()
-    with pytest.raises(IsADirectoryError, match="out is a directory"):
-        client.datasets.download("clips", target)
+    assert client.datasets.download("clips", target).version == 1
+    written = (target / "clips-v1.npz").read_bytes()
+    client.datasets.push("clips", x=np.ones((10, 4), np.float32))
 
-    async def scenario() -> None:
+    async def scenario() -> int:
         async with tessera.aio.Client(client.target) as aio_client:
-            with pytest.raises(IsADirectoryError, match="out is a directory"):
-                await aio_client.datasets.download("clips", target)
+            return (await aio_client.datasets.download("clips", f"{tmp_path}/aio/")).version
 
-    asyncio.run(scenario())
-    assert not list(tmp_path.glob("*.partial"))
-    assert list(target.iterdir()) == []
+    assert asyncio.run(scenario()) == 2
+    assert (tmp_path / "aio" / "clips-v2.npz").read_bytes() != written
+    assert not list(tmp_path.glob("**/.*.partial"))
 
 
 @pytest.mark.parametrize("chunk_size", [0, -1])

@@ -383,20 +383,6 @@ def test_a_download_is_on_the_disk_before_it_takes_its_name(client, onnx_file, t
     assert ours[1] == str(out)
 
 
-def test_a_dataset_download_onto_a_directory_is_refused_and_leaves_no_file(client, tmp_path):
-    """The SDK's dataset download takes a file's path (a model's writes into a directory, below),
-    and moved its temp file onto the directory, failing with the temp file's name and leaving it
-    beside."""
-    client.datasets.push("clips", x=np.zeros((3, 2), np.float32))
-    target = tmp_path / "out"
-    target.mkdir()
-    with pytest.raises(IsADirectoryError) as refused:
-        client.datasets.download("clips", target)
-    assert f"{target} is a directory; name the file to write in it" in str(refused.value)
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
-    assert list(target.iterdir()) == []
-
-
 def test_a_download_to_a_directory_writes_the_clis_default_name_there_sync_and_aio(
     daemon, client, two_versions, tmp_path
 ):

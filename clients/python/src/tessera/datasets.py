@@ -11,18 +11,20 @@ from pathlib import Path
 
 import numpy as np
 
-from tessera.calls import C, Op, Pages, Part, ResumingDownload, Upload, call, stream
+from tessera.calls import C, Call, Chain, Decided, Op, Pages, Part, ResumingDownload, Upload, call, stream
 from tessera.errors import DataLoss
 from tessera.messages import dataset_ref, version_number
 from tessera.transfer import (
     CHUNK_BYTES,
     Progress,
     ResumableDownloadSink,
+    SinkInDirectory,
     bytes_chunks,
     check_chunk_size,
     check_same_file,
     file_chunks,
     file_digest,
+    is_download_directory,
     sent_too_much,
 )
 from tessera.transport import timeout_or
@@ -324,9 +326,12 @@ class Datasets(Part[C]):
         timeout: float | None = None,
         overwrite: bool = True,
         resume: bool = False,
-    ) -> ResumingDownload[pb.DatasetVersion]:
+    ) -> Call[pb.DatasetVersion]:
         """Write a version's stored file to `path`, verified against its sha256; it takes the
-        name only once whole. `overwrite` False: a file at `path` is refused with FileExistsError.
+        name only once whole. A directory `path` (one that exists, or a str ending in "/", made
+        where missing as the file is, and removed again where the download fails leaving it
+        empty) gets the file named as the CLI names it, "NAME-vN.npz" (.npy for an npy file), of
+        the version `ref` picks. `overwrite` False: a file at `path` is refused with FileExistsError.
         A stream that breaks (UNAVAILABLE: connection cut, daemon restarting) is made again
         within the client's RetryPolicy and goes on from the bytes written. One that gives up or
         times out keeps them in a hidden partial file beside `path` (one stopped by the caller,
@@ -338,16 +343,35 @@ class Datasets(Part[C]):
         is not this user's own, or is another name of a file too (a hard link), is refused with
         ValueError."""
         asked = dataset_ref(ref)
-        return ResumingDownload(
-            S,
-            "DownloadDataset",
-            _pinned_request(asked, chunk_size),
-            Op(S, "GetDatasetVersion", pb.GetDatasetVersionRequest(ref=asked), timeout=timeout),
-            timeout_or(timeout, self._conn.transfer_timeout),
-            lambda: ResumableDownloadSink(Path(path), progress, overwrite, resume, version_name),
-            self._conn.retry,
-            f"downloading {asked.name}" + (f":{asked.version}" if asked.version else ""),
-        )
+
+        def download_to(
+            file: Path, pinned: common_pb2.DatasetRef, sink: type[ResumableDownloadSink[pb.DatasetVersion]]
+        ) -> ResumingDownload[pb.DatasetVersion]:
+            return ResumingDownload(
+                S,
+                "DownloadDataset",
+                _pinned_request(pinned, chunk_size),
+                Op(S, "GetDatasetVersion", pb.GetDatasetVersionRequest(ref=pinned), timeout=timeout),
+                timeout_or(timeout, self._conn.transfer_timeout),
+                lambda: sink(file, progress, overwrite, resume, version_name),
+                self._conn.retry,
+                f"downloading {asked.name}" + (f":{asked.version}" if asked.version else ""),
+            )
+
+        def into_directory(picked: pb.DatasetVersion) -> ResumingDownload[pb.DatasetVersion]:
+            # The version named the file: its download is of that one, whatever is newer by then.
+            pinned = common_pb2.DatasetRef(name=picked.name, version=picked.version)
+            return download_to(Path(path) / default_file_name(picked), pinned, SinkInDirectory)
+
+        def by_path() -> Call[pb.DatasetVersion]:
+            if not is_download_directory(path):
+                return download_to(Path(path), asked, ResumableDownloadSink)
+            resolve: Op[pb.DatasetVersion] = Op(
+                S, "GetDatasetVersion", pb.GetDatasetVersionRequest(ref=asked), timeout=timeout
+            )
+            return Chain(resolve, into_directory)
+
+        return Decided(by_path)
 
     @call
     def load(
@@ -388,6 +412,13 @@ def _pinned_request(
 
 def version_name(version: pb.DatasetVersion) -> str:
     return f"{version.name}:{version.version}"
+
+
+def default_file_name(version: pb.DatasetVersion) -> str:
+    """The file a download of `version` writes, given a directory (or, in the CLI, no name):
+    "clips-v3.npz", or .npy for a version stored as one."""
+    suffix = "npy" if version.format == pb.DATASET_FORMAT_NPY else "npz"
+    return f"{version.name}-v{version.version}.{suffix}"
 
 
 def parse_arrays(header: pb.DatasetVersion, data: bytes) -> dict[str, np.ndarray]:

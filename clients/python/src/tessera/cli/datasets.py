@@ -12,12 +12,13 @@ from typing import Any
 from tessera.cli.arguments import UsageError, once_each, refused_resume_in_cli_words, replaced_only_with_force
 from tessera.cli.output import Output, shape, size, transfer_progress, when
 from tessera.client import Client
+from tessera.datasets import default_file_name
 from tessera.errors import NotFound, TesseraError
 from tessera.json_output import to_plain
 from tessera.messages import counted, dataset_ref
 from tessera.progress_line import byte_size
 from tessera.tensors import dtype_name
-from tessera.transfer import partial_names
+from tessera.transfer import is_download_directory, partial_names
 from tessera.v1 import datasets_pb2
 
 
@@ -144,18 +145,17 @@ def _gone_with_it(client: Client, name: str) -> str:
 def cmd_datasets_download(client: Client, args: argparse.Namespace, out: Output) -> None:
     # Resolved first: the default file name carries the version and the stored format.
     version = client.datasets.version(args.ref)
-    suffix = "npy" if version.format == datasets_pb2.DATASET_FORMAT_NPY else "npz"
-    default = f"{version.name}-v{version.version}.{suffix}"
-    path = Path(args.output) if args.output else Path(default)
-    if path.is_dir():
-        path = path / default
+    default = default_file_name(version)
+    # The SDK's rule, on the text as given: Path would drop the "/" that says "a directory".
+    into_directory = bool(args.output) and is_download_directory(args.output)
+    path = Path(args.output) / default if into_directory else Path(args.output or default)
     if args.resume and path.name == default:
         for note in kept_of_other_versions(path.parent, version.name, version.version):
             print(f"note: {note}", file=sys.stderr, flush=True)
     with replaced_only_with_force(), refused_resume_in_cli_words():
         version = client.datasets.download(
             f"{version.name}:{version.version}",
-            path,
+            args.output if into_directory else path,
             progress=None if out.as_json else transfer_progress(out, f"downloading {version.name}"),
             overwrite=args.force,
             resume=args.resume,

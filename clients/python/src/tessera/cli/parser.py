@@ -570,7 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         metavar="PATH",
-        help="file to write, or a directory to write it into (default ./NAME-vVERSION.npz or .npy)",
+        help="file to write, or a directory to write it into: one there, or a name ending in / (made "
+        "where missing); default ./NAME-vVERSION.npz or .npy",
     )
     sub.add_argument(
         "--force", action="store_true", help="replace the file if it exists (else refused, exit 2)"
