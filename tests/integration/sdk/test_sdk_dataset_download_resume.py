@@ -671,3 +671,63 @@ def test_a_reconnected_load_sent_more_than_its_headers_size_names_a_daemon_that_
     message = refused.value.message
     assert "more than the 100 bytes of clips:1 (its stream sent from byte 60)" in message, message
     assert "ignores the offset" in message and message.endswith("load it again"), message
+
+
+def test_a_download_with_resume_that_the_caller_stops_keeps_its_bytes_and_one_without_removes_them(
+    daemon, out, clips_file
+):
+    """Ctrl-C (KeyboardInterrupt, raised wherever the caller's code is) or a cancelled task of a
+    download with resume=True removed its partial file, the bytes an earlier download had kept
+    included: resume is there to go on from them. Without resume, nothing is left."""
+    data = clips_file.read_bytes()
+    partial, record = transfer.partial_names(out / "copy.npz")
+
+    def interrupt_past(fraction: float) -> Callable[[int, int], None]:
+        def progress(done: int, total: int) -> None:
+            if done >= total * fraction:
+                raise KeyboardInterrupt
+
+        return progress
+
+    with tessera.Client(daemon.target, timeout=30) as client:
+        client.datasets.push("clips", clips_file)
+        with pytest.raises(KeyboardInterrupt):
+            client.datasets.download(
+                "clips", out / "copy.npz", progress=interrupt_past(0.5), chunk_size=CHUNK
+            )
+        assert partials(out) == []
+        with pytest.raises(KeyboardInterrupt):
+            client.datasets.download(
+                "clips", out / "copy.npz", resume=True, progress=interrupt_past(0.25), chunk_size=CHUNK
+            )
+        first = partial.read_bytes()
+        assert len(first) >= len(data) // 4 and data.startswith(first) and record.exists()
+        # Stopped as it goes on: the bytes kept stay, with those written since.
+        with pytest.raises(KeyboardInterrupt):
+            client.datasets.download(
+                "clips", out / "copy.npz", resume=True, progress=interrupt_past(0.5), chunk_size=CHUNK
+            )
+        second = partial.read_bytes()
+        assert len(second) >= len(data) // 2 and second.startswith(first) and data.startswith(second)
+
+    async def cancel_past_three_quarters() -> None:
+        async with tessera.aio.Client(daemon.target, timeout=30) as client:
+            task = asyncio.current_task()
+            assert task is not None
+
+            def cancel(done: int, total: int) -> None:
+                if done >= total * 0.75 and not task.cancelling():
+                    task.cancel()
+
+            await client.datasets.download(
+                "clips", out / "copy.npz", resume=True, progress=cancel, chunk_size=CHUNK
+            )
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(cancel_past_three_quarters())
+    third = partial.read_bytes()
+    assert len(third) >= len(data) * 3 // 4 and third.startswith(second) and data.startswith(third)
+    with tessera.Client(daemon.target, timeout=30) as client:
+        client.datasets.download("clips", out / "copy.npz", resume=True)
+    assert (out / "copy.npz").read_bytes() == data
+    assert partials(out) == []
