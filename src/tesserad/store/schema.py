@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 from tesserad.errors import FailedPrecondition
 from tesserad.store.database import ReadTxn, Store
+from tesserad.store.incarnation import keep_incarnation
 from tesserad.store.keys import Key
 from tesserad.store.lockfile import DataDirLock
 from tesserad.store.records import decode_record, encode_record
@@ -109,7 +110,8 @@ def open_for_writing(
     store: Store, lock: DataDirLock, markers: Mapping[Key, int], tesserad_version: str
 ) -> list[Key]:
     """Take `store` for this daemon before anything writes it: drop the `markers` the last
-    writer may not have kept, and record this daemon's schema and version. `store`: opened with
+    writer may not have kept, record this daemon's schema and version, and give the store an
+    incarnation if it has none (tesserad.store.incarnation). `store`: opened with
     the check `refuse_newer`, so that a newer store is refused before its open creates a table.
     `markers`: each marker's key and the schema from which every daemon keeps what it marks.
     `lock`: the data directory's, held. Returns the markers dropped."""
@@ -130,6 +132,7 @@ def open_for_writing(
             "at": time.time(),
         }
         txn.put("meta", SCHEMA_KEY, encode_record(_KIND, _RECORD_SCHEMA, data))
+        keep_incarnation(txn)
     # After the commit: a stop between the two leaves tokens that differ, which only costs the
     # backfills of markers already dropped.
     lock.keep_store_token(token)

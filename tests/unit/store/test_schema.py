@@ -11,6 +11,7 @@ import pytest
 
 from tesserad.errors import FailedPrecondition
 from tesserad.store import Store, encode_record
+from tesserad.store.incarnation import store_incarnation
 from tesserad.store.lockfile import LOCK_NAME, DataDirLock
 from tesserad.store.schema import SCHEMA_KEY, STORE_SCHEMA, open_for_writing, recorded_schema, refuse_newer
 
@@ -97,3 +98,17 @@ def test_a_newer_schema_is_refused_before_the_open_creates_a_table(store: Store,
 def test_a_new_store_passes_the_check(tmp_path: Path) -> None:
     opened = Store.open(tmp_path / "store", map_size=1 << 24, tables=["meta"], check=refuse_newer("d"))
     opened.close()
+
+
+def test_a_store_gets_an_incarnation_once_and_keeps_it(store: Store, tmp_path: Path) -> None:
+    """Written by the first daemon that takes the store (a new one, or one from before
+    incarnations), then read as it was by every daemon after."""
+    with store.read() as txn:
+        assert store_incarnation(txn) is None
+    start(store, tmp_path)
+    with store.read() as txn:
+        first = store_incarnation(txn)
+    assert first
+    start(store, tmp_path)
+    with store.read() as txn:
+        assert store_incarnation(txn) == first
