@@ -24,10 +24,14 @@ def replica_tls_from_proto(transport: pb.ReplicaTransport.ValueType) -> bool | N
     return transport == pb.REPLICA_TRANSPORT_TLS
 
 
-def watch_response(event: changes.RegistryChange | changes.CaughtUp) -> pb.WatchChangesResponse:
+def watch_response(
+    event: changes.RegistryChange | changes.CaughtUp, store_incarnation: str
+) -> pb.WatchChangesResponse:
     if isinstance(event, changes.CaughtUp):
-        return pb.WatchChangesResponse(caught_up=pb.CaughtUp(seq=event.seq))
-    return pb.WatchChangesResponse(change=change_to_proto(event))
+        return pb.WatchChangesResponse(
+            caught_up=pb.CaughtUp(seq=event.seq), store_incarnation=store_incarnation
+        )
+    return pb.WatchChangesResponse(change=change_to_proto(event), store_incarnation=store_incarnation)
 
 
 def change_to_proto(change: changes.RegistryChange) -> pb.RegistryChange:

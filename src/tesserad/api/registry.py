@@ -445,7 +445,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             replica_tls_from_proto(request.replica_transport),
         )
         async for event in watch:
-            yield watch_response(event)
+            yield watch_response(event, self._changes.store_incarnation)
 
 
 class _LoopHandoff:

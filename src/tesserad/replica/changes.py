@@ -35,6 +35,7 @@ from tesserad.registry import DeploymentRecord, Lineage, Registry, Route, Shadow
 from tesserad.registry.records import SCHEMA, VERSION_KIND, decode_version
 from tesserad.replica.refusals import ReplicaRefusals
 from tesserad.store import ReadTxn, Store, WriteTxn, decode_record, encode_record
+from tesserad.store.incarnation import store_incarnation
 from tesserad.training.events import EventLog, JobEvent, decode_event, follow
 
 log = logging.getLogger(__name__)
@@ -362,6 +363,9 @@ class ChangeFeed:
             last_seq = next(
                 (int(key[1]) for key, _ in txn.scan(CHANGES, (_CHANNEL,), reverse=True, limit=1)), 0
             )
+            # Given as the daemon took the store (open_for_writing); "" for a store taken otherwise,
+            # which watchers read as a primary's that does not say.
+            self.store_incarnation = store_incarnation(txn) or ""
         self._log.open_job(_CHANNEL, last_seq, ended=False)
         self._cond = threading.Condition()
         self._pending: dict[str, None] = {}  # insertion-ordered set of model names

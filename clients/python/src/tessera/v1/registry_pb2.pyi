@@ -2053,6 +2053,15 @@ class WatchChangesResponse(_message.Message):
 
     CHANGE_FIELD_NUMBER: _builtins.int
     CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    STORE_INCARNATION_FIELD_NUMBER: _builtins.int
+    store_incarnation: _builtins.str
+    """The incarnation of the registry's store, the same in every answer of a primary: a random id
+    written once when the store is made, and anew by `tesserad restore` into the restored store
+    (a restored registry is another history, though its change numbers may reach a follower's).
+    A follower holding changes of another incarnation follows this registry from the start
+    (from_seq=0), whatever the numbers. Empty from an older tesserad, which does not send it: its
+    change numbers alone then tell (FAILED_PRECONDITION for a from_seq past its newest change).
+    """
     @_builtins.property
     def change(self) -> Global___RegistryChange: ...
     @_builtins.property
@@ -2064,10 +2073,11 @@ class WatchChangesResponse(_message.Message):
         *,
         change: Global___RegistryChange | None = ...,
         caught_up: Global___CaughtUp | None = ...,
+        store_incarnation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change", b"change", "event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change", b"change", "event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change", b"change", "event", b"event", "store_incarnation", b"store_incarnation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["change", "caught_up"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015

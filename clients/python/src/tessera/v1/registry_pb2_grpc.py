@@ -380,6 +380,8 @@ class RegistryServicer:
         keep up is ended with RESOURCE_EXHAUSTED whose message gives the from_seq to resume from;
         shutdown ends it with UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is
         past the newest change + 1 (the follower watched another registry: start again from 0).
+        Every answer carries the store's incarnation, which tells another registry whose change
+        numbers have reached the follower's (a backup restored and changed since): watch it from 0.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

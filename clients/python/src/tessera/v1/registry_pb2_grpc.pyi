@@ -139,6 +139,8 @@ class RegistryStub:
     keep up is ended with RESOURCE_EXHAUSTED whose message gives the from_seq to resume from;
     shutdown ends it with UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is
     past the newest change + 1 (the follower watched another registry: start again from 0).
+    Every answer carries the store's incarnation, which tells another registry whose change
+    numbers have reached the follower's (a backup restored and changed since): watch it from 0.
     """
 
 @_typing.type_check_only
@@ -250,6 +252,8 @@ class RegistryAsyncStub(RegistryStub):
     keep up is ended with RESOURCE_EXHAUSTED whose message gives the from_seq to resume from;
     shutdown ends it with UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is
     past the newest change + 1 (the follower watched another registry: start again from 0).
+    Every answer carries the store's incarnation, which tells another registry whose change
+    numbers have reached the follower's (a backup restored and changed since): watch it from 0.
     """
 
 class RegistryServicer(metaclass=_abc_1.ABCMeta):
@@ -508,6 +512,8 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         keep up is ended with RESOURCE_EXHAUSTED whose message gives the from_seq to resume from;
         shutdown ends it with UNAVAILABLE, likewise resumable. FAILED_PRECONDITION when from_seq is
         past the newest change + 1 (the follower watched another registry: start again from 0).
+        Every answer carries the store's incarnation, which tells another registry whose change
+        numbers have reached the follower's (a backup restored and changed since): watch it from 0.
         """
 
 def add_RegistryServicer_to_server(servicer: RegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
