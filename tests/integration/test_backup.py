@@ -44,7 +44,7 @@ from tessera.backup import (
 from tessera.cli import EXIT_USAGE
 from tessera.cli import main as tessera_main
 from tessera.progress_line import byte_size
-from tessera.v1 import system_pb2, system_pb2_grpc
+from tessera.v1 import registry_pb2, registry_pb2_grpc, system_pb2, system_pb2_grpc
 from tesserad.cli import EXIT_RESTORED_BUT_FAILED
 from tesserad.cli import main as tesserad_main
 from tesserad.security import Role, hash_token, new_token
@@ -145,6 +145,36 @@ def test_a_backup_restores_onto_a_second_daemon_with_everything(
             assert client.training.job(source.job_id).state == tessera.JobState.CANCELLED
     finally:
         second.stop()
+
+
+def _store_incarnation(daemon: InProcessDaemon) -> str:
+    """The incarnation of the daemon's store, as its change feed's answers carry it."""
+    stream = registry_pb2_grpc.RegistryStub(daemon.channel()).WatchChanges(
+        registry_pb2.WatchChangesRequest(from_seq=0), timeout=60
+    )
+    incarnation = next(iter(stream)).store_incarnation
+    stream.cancel()
+    return incarnation
+
+
+def test_a_restored_store_is_another_incarnation_than_the_one_backed_up(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A restored registry is another history than the one that goes on being changed after the
+    backup: replicas tell the two apart by the incarnation, which a restart keeps."""
+    backed_up = _store_incarnation(source.daemon)
+    restored = tmp_path / "restored"
+    assert _restore(source.archive, restored, capsys) == (0, "")
+    incarnations = []
+    for _start in range(2):
+        daemon = InProcessDaemon(daemon_settings(restored)).start()
+        try:
+            incarnations.append(_store_incarnation(daemon))
+        finally:
+            daemon.stop()
+    assert backed_up and incarnations[0]
+    assert incarnations[0] != backed_up
+    assert incarnations[1] == incarnations[0]
 
 
 def _rewritten(archive: Path, target: Path, change) -> Path:

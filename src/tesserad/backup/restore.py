@@ -47,6 +47,7 @@ from tesserad.errors import DataLoss, FailedPrecondition
 from tesserad.signal_wakeup import WakeableReader
 from tesserad.store import DataDirLock, pack, unpack
 from tesserad.store.blobs import fsync_dir
+from tesserad.store.incarnation import INCARNATION_KEY, new_incarnation_record
 from tesserad.store.lockfile import LOCK_NAME
 from tesserad.store.schema import SCHEMA_KEY, STORE_SCHEMA, decode_schema_record
 
@@ -152,6 +153,7 @@ def restore(
                 with _archive_stream(archive, wakeup) as stream:
                     manifest = read_archive(stream, staging.place, staging.check_manifest)
                 store_token = _check_store(staging.path / "store", manifest)
+                _new_incarnation(staging.path / "store")
             except ArchiveError as exc:
                 raise RestoreError(
                     f"{archive_name(archive)} cannot be restored: {exc}; nothing was written"
@@ -502,6 +504,28 @@ def _trusted_token(env: lmdb.Environment, txn: lmdb.Transaction, manifest: Manif
     except DataLoss:
         return None  # trusted with nothing: the daemon's start reports the damage
     return record.token if record.schema == manifest.store_schema else None
+
+
+def _new_incarnation(store_dir: Path) -> None:
+    """Give the staged store a new incarnation (tesserad.store.incarnation): the restored
+    registry is another history than the one backed up, which may go on changing, and replicas
+    must not take the one for the other."""
+    data_file = store_dir / "data.mdb"
+    try:
+        # Room for the pages the write copies beside those the store copy holds.
+        env = lmdb.open(str(store_dir), lock=False, max_dbs=1, map_size=data_file.stat().st_size + (1 << 20))
+    except lmdb.Error as exc:
+        raise ArchiveError(f"its store copy does not open as an LMDB store ({exc})") from None
+    try:
+        with env.begin(write=True) as txn:
+            meta = env.open_db(b"meta", txn=txn)
+            txn.put(pack(INCARNATION_KEY), new_incarnation_record(), db=meta)
+    except lmdb.Error as exc:
+        if isinstance(exc, lmdb.DiskError):  # the disk is full: said as for the archive's files
+            raise OSError(errno.ENOSPC, str(exc)) from None
+        raise ArchiveError(f"its store copy cannot be written ({exc})") from None
+    finally:
+        env.close()
 
 
 def _sync_dirs(staging: Path) -> None:
