@@ -6,9 +6,11 @@ serve (registry, datasets, training, system) with FAILED_PRECONDITION naming the
 Readiness: the replica reports NOT_SERVING (gRPC health) until it has caught up with the
 primary and loaded every deployed model's versions. When the primary goes away the replica
 keeps serving what it holds and reconnects with backoff, resuming after the last change it
-applied; when the primary answers that it never gave that change (another registry), the
-replica follows it from the start, serving what it holds until the replay catches up, then
-dropping every model the primary did not give (as a deletion would: requests get NOT_FOUND).
+applied; when the primary answers that it never gave that change, or answers from a store of
+another incarnation than the one followed (another registry: a backup restored, another data
+directory, whatever its change numbers), the replica follows it from the start, serving what it
+holds until the replay catches up, then dropping every model the primary did not give (as a
+deletion would: requests get NOT_FOUND).
 
 An answer only a fix at the primary cures (a refused token, DATA_LOSS for an artifact, a call it
 does not take) is not retried within seconds: it is logged once per cause, told to callers, and
@@ -221,6 +223,16 @@ def connection_cause(exc: sdk_errors.TesseraError) -> str:
 def grpc_words(exc: sdk_errors.TesseraError) -> str:
     """gRPC's own words for a failed call, without the advice the SDK puts before them."""
     return exc.message.rpartition("gRPC said: ")[2]
+
+
+class _StoreReplaced(Exception):
+    """The primary answered from a store of another incarnation than the one whose changes this
+    replica holds (see FollowedRegistry.same_store)."""
+
+    def __init__(self, followed: str, answered: str) -> None:
+        super().__init__(followed, answered)
+        self.followed = followed
+        self.answered = answered
 
 
 class PrimaryCertificateError(Exception):
@@ -452,6 +464,17 @@ class Follower:
             refused = False  # for a cause only a fix at the primary cures
             try:
                 await self._follow(from_seq)
+            except _StoreReplaced as exc:
+                log.warning(
+                    "the primary's registry was replaced (another store: a backup restored, another "
+                    "data directory); following it from the start",
+                    extra={
+                        "primary": self.primary,
+                        "followed_incarnation": exc.followed,
+                        "primary_incarnation": exc.answered,
+                    },
+                )
+                self._followed.restart()
             except sdk_errors.FailedPrecondition as exc:
                 if from_seq > 1:
                     self._answered()
@@ -545,6 +568,9 @@ class Follower:
             self._answered()
             self._followed.refused = None
             self._wake.clear()  # a SIGHUP while connected asks nothing of the next reconnect
+            followed = self._followed.store_incarnation
+            if not self._followed.same_store(response.store_incarnation):
+                raise _StoreReplaced(followed, response.store_incarnation)
             if response.HasField("change"):
                 change = response.change
                 state = followed_model(change.state) if change.HasField("state") else None

@@ -81,6 +81,9 @@ class FollowedRegistry:
         # Versions fetched on demand; a change to their model drops them (it may delete them).
         self._fetched: dict[tuple[str, int], FollowedVersion] = {}
         self.seq = 0  # the last change applied
+        # The incarnation of the primary's store the changes held came from (see same_store); ""
+        # until a primary that says it answered.
+        self.store_incarnation = ""
         # Models held when the replica began following the primary from the start again that its
         # feed has not given since: served until the replay catches up, then dropped (see restart).
         self._unconfirmed: set[str] = set()
@@ -110,15 +113,30 @@ class FollowedRegistry:
             self.seq = seq
             return before
 
+    def same_store(self, incarnation: str) -> bool:
+        """Whether an answer from the primary's store of `incarnation` continues the changes held;
+        that store is followed from then on when it does. A store of another incarnation (a
+        backup restored, another data directory) is another history whatever its change numbers:
+        follow it from the start (restart). "" (an older primary does not say) cannot tell: the
+        change numbers alone do then, as the primary refuses a watch past its newest change."""
+        with self._lock:
+            if incarnation and self.store_incarnation and incarnation != self.store_incarnation:
+                return False
+            # Kept when the primary does not say: one downgraded for a while changes nothing.
+            self.store_incarnation = incarnation or self.store_incarnation
+            return True
+
     def restart(self) -> None:
         """Follow the primary from the start (it is another registry now): the feed is replayed
         from 0. What is held stays served meanwhile, as while the primary is away, instead of
         every model failing until the replay gives it again; drop_unconfirmed, once the replay
-        caught up, drops what the replay did not give."""
+        caught up, drops what the replay did not give. The replay's store is followed from then
+        on, whatever its incarnation."""
         with self._lock:
             self._unconfirmed.update(self._models)
             self._fetched.clear()
             self.seq = 0
+            self.store_incarnation = ""
 
     def drop_unconfirmed(self) -> list[str]:
         """Drop the models held before restart that the feed has not given since, as a deletion

@@ -142,3 +142,30 @@ def test_following_from_the_start_serves_what_is_held_until_the_replay_drops_wha
     with pytest.raises(NotFound, match="model 'other' does not exist at the primary"):
         followed.servable("other", None, None)
     assert followed.drop_unconfirmed() == []  # each catch-up after drops nothing more
+
+
+def test_another_store_at_the_primary_is_told_by_its_incarnation(followed: FollowedRegistry) -> None:
+    """A primary restored from a backup, or started on another data directory, answers from a store
+    of another incarnation whatever its change numbers: nothing of it is applied onto what is held
+    until the replica follows it from the start."""
+    assert followed.same_store("first")  # the first answer: the store followed from now on
+    assert followed.same_store("first")
+    assert not followed.same_store("restored")
+    assert followed.store_incarnation == "first"
+    followed.restart()
+    assert followed.same_store("restored")
+    assert followed.store_incarnation == "restored"
+
+
+def test_a_primary_that_does_not_say_its_incarnation_is_told_by_its_change_numbers_alone(
+    followed: FollowedRegistry,
+) -> None:
+    """An older tesserad sends no incarnation: its answers continue what is held (a primary whose
+    newest change is older than the replica's refuses its watch, as before). Upgraded, it says one,
+    which is followed from then on; downgraded again, it says none, and the one followed stays."""
+    assert followed.same_store("")
+    assert followed.store_incarnation == ""
+    assert followed.same_store("upgraded")
+    assert followed.same_store("")
+    assert followed.store_incarnation == "upgraded"
+    assert not followed.same_store("another")
