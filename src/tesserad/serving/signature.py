@@ -107,7 +107,12 @@ def validate_request(
                     "every input's first dimension is the batch and must agree"
                 )
     known_outputs = signature.output_names
+    requested: set[str] = set()
     for name in output_names:
+        # As the Open Inference Protocol's requested outputs: the answer has one tensor per name.
+        if name in requested:
+            raise InvalidArgument(f"output {name!r} is requested twice; request each output once")
+        requested.add(name)
         if name not in known_outputs:
             raise InvalidArgument(
                 f"output {name!r} is not an output of {label}; its outputs are {', '.join(known_outputs)}"

@@ -147,6 +147,7 @@ def test_bad_inputs_are_invalid_argument_naming_the_input(inference, linear, exp
         (call(common_pb2.Tensor(name="x", shape=[1, 4], data=b"\0" * 16)), "input 'x' has no dtype"),
         (call(good, good), "input 'x' is given twice"),
         (call(good, outputs=("nope",)), "output 'nope' is not an output of model 'linear' version 1; its outputs are y"),
+        (call(good, outputs=("y", "y")), "output 'y' is requested twice; request each output once"),
     ]  # fmt: skip
     for request, message in cases:
         expect_rpc_error(request, INVALID, message)

@@ -338,6 +338,7 @@ def test_validation_names_the_input_and_what_is_expected(pool: ModelPool, linear
         ({"x": np.zeros((3, 5), np.float32)}, [], "input 'x' has size 5 in dimension 1; model 'm' version 1 expects 4 there (shape [-1, 4], -1 is any size)"),
         ({"x": np.zeros((0, 4), np.float32)}, [], "input 'x' has size 0 in dimension 0; it must be at least 1"),
         ({"x": ok}, ["nope"], "output 'nope' is not an output of model 'm' version 1; its outputs are y"),
+        ({"x": ok}, ["y", "y"], "output 'y' is requested twice; request each output once"),
     ]  # fmt: skip
     for inputs, outputs, message in cases:
         with pytest.raises(InvalidArgument) as raised:
