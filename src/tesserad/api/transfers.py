@@ -23,6 +23,9 @@ from tesserad.errors import DataLoss, InvalidArgument, OutOfRange, TesseraError
 from tesserad.store import BlobRef, BlobWriter
 
 MAX_CHUNK_SIZE = 4 * 2**20
+# Each chunk of a download is a message of its own: 1-byte chunks would have the daemon send a
+# million messages per MiB. limits.chunk_size, the default, has the same floor.
+MIN_CHUNK_SIZE = 4096
 
 T = TypeVar("T")
 
@@ -166,9 +169,11 @@ async def receive_chunks(
 
 
 def chunk_size(requested: int, default: int) -> int:
-    if requested < 0 or requested > MAX_CHUNK_SIZE:
+    """A download's bytes per chunk: `requested`, or `default` for 0."""
+    if requested and not MIN_CHUNK_SIZE <= requested <= MAX_CHUNK_SIZE:
         raise InvalidArgument(
-            f"chunk_size must be 0 (default {default}) to {MAX_CHUNK_SIZE} bytes, got {requested}"
+            f"chunk_size must be 0 (default {default}) or {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE} bytes, "
+            f"got {requested}"
         )
     return requested or default
 

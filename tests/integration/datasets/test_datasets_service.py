@@ -295,3 +295,21 @@ def test_zip_members_that_are_not_arrays_are_refused(ds):
         error.code() == grpc.StatusCode.INVALID_ARGUMENT
         and "'evil.pkl' is not a .npy array" in error.details()
     )
+
+
+def test_a_download_chunk_under_4_kib_is_refused_and_0_is_the_default(ds):
+    """Each chunk is a message of its own: 1-byte chunks would have the daemon send a million
+    messages per MiB."""
+    upload_dataset(ds, "small", npz_bytes(n=10))
+    ref = common_pb2.DatasetRef(name="small", version=1)
+    for size in (1, 4095):
+        refused = rpc_error(
+            lambda size=size: list(ds.DownloadDataset(D.DownloadDatasetRequest(ref=ref, chunk_size=size)))
+        )
+        assert (refused.code(), refused.details()) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"chunk_size must be 0 (default 1048576) or 4096 to 4194304 bytes, got {size}",
+        )
+    for size in (0, 4096):
+        responses = list(ds.DownloadDataset(D.DownloadDatasetRequest(ref=ref, chunk_size=size)))
+        assert b"".join(r.chunk for r in responses[1:]) == npz_bytes(n=10)

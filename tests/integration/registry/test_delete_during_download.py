@@ -60,7 +60,7 @@ def test_a_delete_once_the_header_arrived_leaves_the_download_whole(stub, data_d
     data = onnx_identity()
     upload(stub, onnx_header("clf", data), data)
     request = registry_pb2.DownloadVersionRequest(
-        ref=common_pb2.VersionRef(model="clf", version=1), chunk_size=16
+        ref=common_pb2.VersionRef(model="clf", version=1), chunk_size=4096
     )
     responses = stub.DownloadVersion(request)
     header = next(responses).header

@@ -52,7 +52,7 @@ def test_upload_then_download_round_trips_the_bytes(stub, weights, data_dir):
     assert version.parameter_count == 4 * 8 + 8 + 8 * 2 + 2
     assert version.architecture.mlp.hidden_sizes == [8]
     assert list(version.aliases) == ["latest"]
-    header, data = download(stub, common_pb2.VersionRef(model="mlp"), chunk_size=1000)
+    header, data = download(stub, common_pb2.VersionRef(model="mlp"), chunk_size=4096)
     assert data == weights
     assert header.sha256 == hashlib.sha256(data).hexdigest()
     assert header.params == {"lr": "0.1"} and header.metrics["acc"] == pytest.approx(0.9)

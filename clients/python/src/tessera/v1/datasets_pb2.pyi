@@ -715,6 +715,7 @@ class DownloadDatasetRequest(_message.Message):
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     chunk_size: _builtins.int
+    """Bytes per chunk: 0 for the daemon's default (limits.chunk_size), or 4 KiB to 4 MiB."""
     offset: _builtins.int
     """Resumes a download cut short: the chunks start at this byte of the file (0: its start), and
     the header still gives the whole file's sha256 and size, to check what was kept plus what

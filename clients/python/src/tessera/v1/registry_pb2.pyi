@@ -1013,7 +1013,9 @@ class DownloadVersionRequest(_message.Message):
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     chunk_size: _builtins.int
-    """Bytes per chunk; default 1 MiB, at most 4 MiB."""
+    """Bytes per chunk: 0 for the daemon's default (limits.chunk_size, 1 MiB unless set), or 4 KiB
+    to 4 MiB.
+    """
     offset: _builtins.int
     """Resumes a download cut short: the chunks start at this byte of the artifact (0: its start),
     and the header still gives the whole artifact's sha256 and size, to check what was kept plus

@@ -346,7 +346,7 @@ class BackupRequest(_message.Message):
 
     CHUNK_SIZE_FIELD_NUMBER: _builtins.int
     chunk_size: _builtins.int
-    """Bytes per chunk, 0 (the daemon's limits.chunk_size) to 4 MiB."""
+    """Bytes per chunk: 0 (the daemon's limits.chunk_size), or 4 KiB to 4 MiB."""
     def __init__(
         self,
         *,

@@ -2480,7 +2480,7 @@ class DownloadRunArtifactRequest(_message.Message):
     run_id: _builtins.str
     path: _builtins.str
     chunk_size: _builtins.int
-    """Bytes per chunk; 0 for the daemon's default (limits.chunk_size), at most 4 MiB."""
+    """Bytes per chunk: 0 for the daemon's default (limits.chunk_size), or 4 KiB to 4 MiB."""
     offset: _builtins.int
     """Resumes a download cut short: the chunks start at this byte of the artifact (0: its start),
     and the header still gives the whole artifact's sha256 and size, to check what was kept plus
