@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -62,6 +63,9 @@ _INT64_TYPES = frozenset(
     }
 )
 _FLOAT_NAMES = frozenset({"FP32", "FP64"})
+# Where NaN, Infinity and -Infinity, which JSON lacks, are taken: Triton parses request bodies with
+# rapidjson's kParseNanAndInfFlag (since 22.02) and writes them back in answers, as json does here.
+_NON_FINITE_TAKEN = "tesserad takes NaN, Infinity and -Infinity in FP32 and FP64 data only, as Triton does"
 # Datatypes that travel as binary data only, as in Triton: JSON numbers have no 16-bit float form
 # (the protocol calls FP16 in JSON problematic), so values would be rounded on the way.
 _BINARY_ONLY = frozenset({"FP16", "BF16"})
@@ -130,6 +134,11 @@ def json_parameters(document: Mapping[str, Any], where: str) -> dict[str, Parame
                 )
             parameters[key] = Parameter(value, Kind.INT if value < 2**63 else Kind.UINT)
         elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise InvalidArgument(
+                    f"{where}'s parameter {key!r} is {json.dumps(value)}, which is no JSON number; send a "
+                    f"finite number ({_NON_FINITE_TAKEN}; binary data carries any value)"
+                )
             parameters[key] = Parameter(value, Kind.DOUBLE)
         elif isinstance(value, str):
             parameters[key] = Parameter(value, Kind.STRING)
@@ -208,8 +217,8 @@ def _shape(tensor: Mapping[str, Any], where: str) -> tuple[int, ...]:
 
 def _json_values(values: Any, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
     """The `data` of an input as an array of `shape`; refuses values of another kind than
-    `datatype` (a float for an integer, a number for BOOL) and integers outside its range, which
-    numpy would round or wrap around: the model would be answering other numbers."""
+    `datatype` (a float for an integer, a number for BOOL) and values outside its range, which
+    numpy would round, wrap around or make infinite: the model would be answering other numbers."""
     dtype = OIP_DTYPES[datatype]
     count = math.prod(shape)
     try:
@@ -219,10 +228,13 @@ def _json_values(values: Any, datatype: str, shape: tuple[int, ...], where: str)
             f"{where} has data of uneven nesting; send its values flat, row-major"
         ) from None
     if flat.size:
-        kinds = "b" if datatype == "BOOL" else "iuf" if datatype in _FLOAT_NAMES else "iu"
-        if flat.dtype.kind not in kinds:
-            expected = "true or false" if datatype == "BOOL" else "numbers" if kinds == "iuf" else "integers"
-            raise InvalidArgument(f"{where} is {datatype}: its data must be {expected}")
+        if datatype == "BOOL":
+            if flat.dtype.kind != "b":
+                raise _not_of_kind(flat, datatype, where)
+        elif flat.dtype.kind == "O" or (flat.dtype.kind == "f" and datatype not in _FLOAT_NAMES):
+            flat = _wide_numbers(values, flat, datatype, where)
+        elif flat.dtype.kind not in "iuf":
+            raise _not_of_kind(flat, datatype, where)
     if flat.size != count:
         raise InvalidArgument(
             f"{where} has {flat.size} values in data, but shape {list(shape)} needs {count}"
@@ -231,14 +243,58 @@ def _json_values(values: Any, datatype: str, shape: tuple[int, ...], where: str)
         refuse_unmakeable_empty(shape, dtype, where, datatype)
     if dtype.kind in "iu" and flat.size:
         limits = np.iinfo(dtype)
-        low, high = flat.min(), flat.max()
+        # As Python integers: those past int64 compare exactly.
+        low, high = int(flat.min()), int(flat.max())
         if low < limits.min or high > limits.max:
             outside = low if low < limits.min else high
-            raise InvalidArgument(
-                f"{where} has {outside} in data, outside {datatype}'s range {limits.min}..{limits.max}; "
-                "every value must fit the datatype the input is sent as"
-            )
+            raise _out_of_range(where, str(outside), datatype, f"{limits.min}..{limits.max}")
+    if dtype.kind == "f" and flat.size:
+        finite = flat[np.isfinite(flat)]
+        largest = np.finfo(dtype).max
+        past = finite[np.abs(finite) > largest]
+        if past.size:
+            raise _out_of_range(where, repr(float(past[0])), datatype, f"±{largest:.1e}", past=True)
     return flat.astype(dtype).reshape(shape)
+
+
+def _wide_numbers(values: Any, flat: np.ndarray, datatype: str, where: str) -> np.ndarray:
+    """`values`, of which numpy made `flat` floats (integers that int64 and uint64 do not both
+    hold: -1 and 2**63) or objects (integers past uint64), as exact Python integers for an integer
+    datatype and as float64 for a floating-point one."""
+    exact = np.asarray(values, dtype=object)
+    numbers = (int, float) if datatype in _FLOAT_NAMES else (int,)
+    if not all(isinstance(v, numbers) and not isinstance(v, bool) for v in exact.flat):
+        raise _not_of_kind(flat, datatype, where)
+    if datatype not in _FLOAT_NAMES:
+        return exact
+    try:
+        return exact.astype(np.float64)
+    except OverflowError:
+        # An integer past float64: json read it whole, float() cannot take it.
+        huge = next(v for v in exact.flat if isinstance(v, int) and abs(v) > sys.float_info.max)
+        largest = np.finfo(OIP_DTYPES[datatype]).max
+        raise _out_of_range(
+            where, f"an integer of {len(str(abs(huge)))} digits", datatype, f"±{largest:.1e}", past=True
+        ) from None
+
+
+def _not_of_kind(flat: np.ndarray, datatype: str, where: str) -> InvalidArgument:
+    expected = (
+        "true or false" if datatype == "BOOL" else "numbers" if datatype in _FLOAT_NAMES else "integers"
+    )
+    message = f"{where} is {datatype}: its data must be {expected}"
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        # Python's parser, like Triton's, takes NaN, Infinity and -Infinity, which JSON lacks.
+        token = json.dumps(float(flat[~np.isfinite(flat)][0]))
+        message += f", and {token} is none (JSON has no {token}; {_NON_FINITE_TAKEN})"
+    return InvalidArgument(message)
+
+
+def _out_of_range(where: str, value: str, datatype: str, bounds: str, past: bool = False) -> InvalidArgument:
+    return InvalidArgument(
+        f"{where} has {value} in data, {'past' if past else 'outside'} {datatype}'s range {bounds}; "
+        "every value must fit the datatype the input is sent as"
+    )
 
 
 def infer_request(document: Any, binary: bytes, lease: Lease) -> InferRequest:

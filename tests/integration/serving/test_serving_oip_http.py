@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import math
 import socket
 import ssl
 import time
@@ -941,3 +942,67 @@ def test_a_shape_of_more_dimensions_than_an_array_has_is_a_400_not_a_500(served:
         {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "parameters": {"binary_data_size": 4}}]}
     ).encode()
     assert error(infer, header + bytes(4), {"Inference-Header-Content-Length": str(len(header))}) == refused
+
+
+def _echo_body(**data: list[Any]) -> dict[str, Any]:
+    """A request to echo with one row of zeros for each JSON input (FP16 travels as binary data
+    only), `data` given in place of some: {"INT64": [...]}."""
+    return {
+        "inputs": [
+            {
+                "name": f"in_{t.lower()}",
+                "datatype": t,
+                "shape": [1, 3],
+                "data": data.get(t, [False] * 3 if t == "BOOL" else [0] * 3),
+            }
+            for t in NUMPY
+            if t != "FP16"
+        ]
+    }
+
+
+def test_json_integers_outside_their_datatype_are_refused_naming_its_range(served: str) -> None:
+    echo = f"{served}/v2/models/echo/infer"
+    outside = "input 'in_{}' has {} in data, outside {}'s range {}; every value must fit the datatype the input is sent as"
+    int64_range = f"{-(2**63)}..{2**63 - 1}"
+    for datatype, values, value, bounds in (
+        ("UINT8", [300, 0, 0], 300, "0..255"),
+        ("UINT32", [0, -1, 0], -1, "0..4294967295"),
+        # Past int64 (and past uint64) numpy makes no integer of them: they were said not to be integers.
+        ("INT64", [2**70, 0, 0], 2**70, int64_range),
+        ("INT64", [-(2**70), 0, 0], -(2**70), int64_range),
+        ("UINT64", [2**64, 0, 0], 2**64, f"0..{2**64 - 1}"),
+        ("UINT64", [-1, 2**63, 0], -1, f"0..{2**64 - 1}"),
+        ("INT64", [-1, 2**63, 0], 2**63, int64_range),
+    ):
+        assert error(echo, _echo_body(**{datatype: values})) == (
+            400,
+            outside.format(datatype.lower(), value, datatype, bounds),
+        ), (datatype, values)
+
+
+def test_nan_and_infinity_are_taken_in_floating_point_data_only(served: str) -> None:
+    """As Triton (since 22.02 it parses request bodies with rapidjson's kParseNanAndInfFlag):
+    NaN, Infinity and -Infinity, which JSON itself lacks, are values of FP32 and FP64 data, and
+    are answered the same way; anywhere else they are refused, named."""
+    infer = f"{served}/v2/models/linear/infer"
+    body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [NaN, Infinity, -Infinity, 0]}]}'
+    status, _, answer = call(infer, body)
+    assert status == 200, answer
+    assert json.loads(answer)["outputs"][0]["data"] == [pytest.approx(math.nan, nan_ok=True)] * 3
+    integer = json.dumps(_echo_body()).replace(
+        '"in_int32", "datatype": "INT32", "shape": [1, 3], "data": [0, 0, 0]',
+        '"in_int32", "datatype": "INT32", "shape": [1, 3], "data": [0, NaN, 0]',
+    )
+    assert error(f"{served}/v2/models/echo/infer", integer.encode()) == (
+        400,
+        "input 'in_int32' is INT32: its data must be integers, and NaN is none (JSON has no NaN; "
+        "tesserad takes NaN, Infinity and -Infinity in FP32 and FP64 data only, as Triton does)",
+    )
+    parameter = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0, 1, 2, 3]}], "parameters": {"scale": -Infinity}}'
+    assert error(infer, parameter) == (
+        400,
+        "the request's parameter 'scale' is -Infinity, which is no JSON number; send a finite number "
+        "(tesserad takes NaN, Infinity and -Infinity in FP32 and FP64 data only, as Triton does; "
+        "binary data carries any value)",
+    )

@@ -180,3 +180,31 @@ def test_messages_in_json_have_64_bit_integers_as_numbers() -> None:
         pb.ModelMetadataResponse(inputs=[pb.ModelMetadataResponse.TensorMetadata(shape=[-1, 4])])
     )
     assert metadata["inputs"][0]["shape"] == [-1, 4]
+
+
+def test_json_integers_are_taken_exactly_where_the_datatype_holds_them() -> None:
+    """numpy makes floats of integers that int64 and uint64 do not both hold (-1 and 2**63) and
+    objects of those past uint64: they are integers all the same."""
+    tensors = [
+        {"name": "u", "datatype": "UINT64", "shape": [3], "data": [1, 2**63, 2**64 - 1]},
+        {"name": "f", "datatype": "FP64", "shape": [2], "data": [2**70, -1]},
+    ]
+    request = infer_request({"inputs": tensors}, b"", NO_REGIONS)
+    assert request.inputs["u"].tolist() == [1, 2**63, 2**64 - 1]
+    assert request.inputs["f"].tolist() == [float(2**70), -1.0]
+    # Rounded to FP32 they would be infinite: the model would be answering another number.
+    for value, said in (
+        (10**400, "an integer of 401 digits"),
+        (1e39, "1e+39"),
+        (-(2**130), "-1.361129467683754e+39"),
+    ):
+        with pytest.raises(InvalidArgument) as refused:
+            infer_request(
+                {"inputs": [{"name": "f", "datatype": "FP32", "shape": [2], "data": [0.5, value]}]},
+                b"",
+                NO_REGIONS,
+            )
+        assert refused.value.message == (
+            f"input 'f' has {said} in data, past FP32's range ±3.4e+38; every value must fit the datatype "
+            "the input is sent as"
+        )
