@@ -17,6 +17,7 @@ from tesserad.oip import grpc_service_pb2 as oip
 from tesserad.serving.open_inference import (
     OIP_DTYPES,
     OIP_NAME_BY_DTYPE,
+    SHM_REGION,
     Kind,
     Parameter,
     place_parameters,
@@ -197,6 +198,11 @@ def signature_to_proto(signature: Signature) -> common_pb2.Signature:
         inputs=[spec_to_proto(s) for s in signature.inputs],
         outputs=[spec_to_proto(s) for s in signature.outputs],
     )
+
+
+def reads_shared_memory(request: oip.ModelInferRequest) -> bool:
+    """Whether an input of `request` names a shared-memory region."""
+    return any(SHM_REGION in tensor.parameters for tensor in request.inputs)
 
 
 def oip_inputs_to_arrays(request: oip.ModelInferRequest, lease: Lease) -> dict[str, np.ndarray]:

@@ -8,9 +8,10 @@ shared with the HTTP/REST transport (tesserad.api.oip_http). The message builder
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import NoReturn
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import NoReturn, TypeVar
 
 import grpc
 
@@ -24,6 +25,7 @@ from tesserad.api.convert_tensors import (
     oip_requested_outputs,
     oip_shared_output,
     parameters_of,
+    reads_shared_memory,
 )
 from tesserad.api.oip_config import model_config_of, serving_config_of
 from tesserad.api.streams import answer_stream
@@ -49,6 +51,8 @@ from tesserad.serving.pool import LoadedVersion
 from tesserad.serving.service import VersionDescription
 from tesserad.serving.shared_memory import RegionStatus
 from tesserad.serving.signature import TensorSpec
+
+T = TypeVar("T")
 
 
 def _duration(count: int, ns: int) -> pb.StatisticDuration:
@@ -136,6 +140,19 @@ def index_response(rows: Iterable[IndexRow]) -> pb.RepositoryIndexResponse:
     )
 
 
+async def off_the_loop(decode: Callable[[], T]) -> T:
+    """`decode()` run in a thread, so that the event loop answers other calls meanwhile. A call
+    cancelled meanwhile ends only once it has returned: the shared-memory regions it reads
+    through a lease must stay open until then."""
+    job = asyncio.ensure_future(asyncio.to_thread(decode))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await job
+        raise
+
+
 class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: OpenInference) -> None:
         self._core = core
@@ -184,7 +201,12 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 timeout = (
                     timeout_of(parameters_of(request.parameters), KIND_NAMES) if request.parameters else None
                 )
-                inputs = oip_inputs_to_arrays(request, lease)
+                inputs = (
+                    # A read from shared memory copies as many bytes as the tensor has.
+                    await off_the_loop(lambda: oip_inputs_to_arrays(request, lease))
+                    if reads_shared_memory(request)
+                    else oip_inputs_to_arrays(request, lease)
+                )
                 output_names, places = oip_requested_outputs(request, lease)
             except TesseraError:
                 self._core.refused(target, started)

@@ -31,7 +31,7 @@ from aiohttp import hdrs, web
 
 from tesserad import __version__, errors
 from tesserad.api.auth import ANONYMOUS, expired_message
-from tesserad.api.oip import metadata_of, statistics_response
+from tesserad.api.oip import metadata_of, off_the_loop, statistics_response
 from tesserad.api.oip_config import model_config_of, serving_config_of
 from tesserad.api.oip_json import (
     HEADER_LENGTH,
@@ -613,7 +613,10 @@ class OipHttpServer(HttpListener):
         target = target_of(request.match_info["model"], request.match_info.get("version", ""))
         with self._core.shared_memory.lease() as lease:
             try:
-                parsed = infer_request(*split_body(body, request.headers.get(HEADER_LENGTH)), lease)
+                # A shared-memory input's read copies as many bytes as the tensor has (and lets go
+                # of the interpreter meanwhile; a JSON parse holds it on any thread).
+                json_length = request.headers.get(HEADER_LENGTH)
+                parsed = await off_the_loop(lambda: infer_request(*split_body(body, json_length), lease))
                 timeout = timeout_of(parsed.parameters, KIND_NAMES) if parsed.parameters else None
             except errors.TesseraError:
                 self._core.refused(target, started)

@@ -1389,3 +1389,30 @@ def test_an_unload_sticks_only_without_autoload(oip, linear, start_daemon, expec
     assert not strict.ModelReady(pb.ModelReadyRequest(name="linear")).ready
     strict.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="linear"))
     assert output(strict.ModelInfer(infer_request("linear", X))).shape == (2, 3)
+
+
+def test_an_input_read_from_shared_memory_leaves_the_event_loop_answering(
+    oip, channel, daemon, shm_object: str
+) -> None:
+    """A shared-memory input is read (os.pread, as many bytes as the tensor has) off the event
+    loop. The read is held up here by the regions' lock, which it takes first: holding that is
+    the one way to keep a read in progress without timing it. The daemon answers ServerLive
+    meanwhile, and the inference once the lock is free."""
+    upload(channel, "two", two_output_model())
+    (Path("/dev/shm") / shm_object[1:]).write_bytes(X.tobytes() + bytes(256 - X.nbytes))
+    oip.SystemSharedMemoryRegister(
+        pb.SystemSharedMemoryRegisterRequest(name="in", key=shm_object, byte_size=X.nbytes)
+    )
+    request = pb.ModelInferRequest(model_name="two")
+    x = request.inputs.add(name="x", datatype="FP32", shape=list(X.shape))
+    x.parameters["shared_memory_region"].string_param = "in"
+    x.parameters["shared_memory_byte_size"].int64_param = X.nbytes
+    request.outputs.add(name="b")
+    with daemon.daemon._shared_memory._lock:
+        pending = oip.ModelInfer.future(request)
+        # The deadline only keeps a loop held by the read from hanging the test.
+        assert oip.ServerLive(pb.ServerLiveRequest(), timeout=30).live
+    response = pending.result(timeout=60)
+    np.testing.assert_array_equal(
+        np.frombuffer(response.raw_output_contents[0], np.float32).reshape(X.shape), X + X
+    )
