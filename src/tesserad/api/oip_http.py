@@ -40,6 +40,7 @@ from tesserad.api.oip_json import (
     infer_response,
     json_parameters,
     message_json,
+    reads_shared_memory,
     split_body,
 )
 from tesserad.client_json import parse_client_json
@@ -613,10 +614,14 @@ class OipHttpServer(HttpListener):
         target = target_of(request.match_info["model"], request.match_info.get("version", ""))
         with self._core.shared_memory.lease() as lease:
             try:
-                # A shared-memory input's read copies as many bytes as the tensor has (and lets go
-                # of the interpreter meanwhile; a JSON parse holds it on any thread).
-                json_length = request.headers.get(HEADER_LENGTH)
-                parsed = await off_the_loop(lambda: infer_request(*split_body(body, json_length), lease))
+                document, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+                # A shared-memory input's read copies as many bytes as the tensor has, letting go of
+                # the interpreter meanwhile; the JSON parse holds it on any thread, so stays here.
+                parsed = (
+                    await off_the_loop(lambda: infer_request(document, binary, lease))
+                    if reads_shared_memory(document)
+                    else infer_request(document, binary, lease)
+                )
                 timeout = timeout_of(parsed.parameters, KIND_NAMES) if parsed.parameters else None
             except errors.TesseraError:
                 self._core.refused(target, started)

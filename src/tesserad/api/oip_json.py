@@ -34,6 +34,7 @@ from tesserad.errors import InvalidArgument
 from tesserad.serving.open_inference import (
     OIP_DTYPES,
     OIP_NAME_BY_DTYPE,
+    SHM_REGION,
     Kind,
     Parameter,
     place_parameters,
@@ -294,6 +295,19 @@ def _out_of_range(where: str, value: str, datatype: str, bounds: str, past: bool
     return InvalidArgument(
         f"{where} has {value} in data, {'past' if past else 'outside'} {datatype}'s range {bounds}; "
         "every value must fit the datatype the input is sent as"
+    )
+
+
+def reads_shared_memory(document: Any) -> bool:
+    """Whether an input of the request `document` names a shared-memory region (a malformed one:
+    False, and `infer_request` says what is wrong)."""
+    if not isinstance(document, dict) or not isinstance(tensors := document.get("inputs"), list):
+        return False
+    return any(
+        isinstance(tensor, dict)
+        and isinstance(parameters := tensor.get("parameters"), dict)
+        and SHM_REGION in parameters
+        for tensor in tensors
     )
 
 

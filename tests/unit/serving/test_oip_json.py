@@ -10,7 +10,13 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from tesserad.api.oip_json import infer_request, infer_response, message_json, split_body
+from tesserad.api.oip_json import (
+    infer_request,
+    infer_response,
+    message_json,
+    reads_shared_memory,
+    split_body,
+)
 from tesserad.errors import InvalidArgument, NotFound
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.serving.shared_memory import SharedMemory
@@ -208,3 +214,20 @@ def test_json_integers_are_taken_exactly_where_the_datatype_holds_them() -> None
             f"input 'f' has {said} in data, past FP32's range ±3.4e+38; every value must fit the datatype "
             "the input is sent as"
         )
+
+
+@pytest.mark.parametrize(
+    ("document", "reads"),
+    [
+        ({"inputs": [{"name": "x", "parameters": {"shared_memory_region": "r"}}]}, True),
+        ({"inputs": [{"name": "x", "data": [1]}, {"parameters": {"shared_memory_region": "r"}}]}, True),
+        ({"inputs": [{"name": "x", "data": [1], "parameters": {"binary_data_size": 4}}]}, False),
+        ({"inputs": [{"name": "x", "parameters": ["shared_memory_region"]}]}, False),
+        ({"inputs": "x"}, False),
+        ([], False),
+    ],
+)
+def test_only_a_request_naming_a_region_is_read_off_the_event_loop(document: object, reads: bool) -> None:
+    # The others are decoded on the loop: a thread would cost a hand-off per request and gain
+    # nothing, since the JSON parse holds the interpreter on any thread.
+    assert reads_shared_memory(document) is reads
