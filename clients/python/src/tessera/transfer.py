@@ -544,8 +544,19 @@ class ResumableDownloadSink(Generic[H]):
                 self._file.close()
             # A download takes a while: the name may have been taken meanwhile.
             put_in_place(self.partial, self.path, self._overwrite)
-        except BaseException:
-            self._remove()
+        except BaseException as error:
+            if (
+                self._resume
+                and _stopped(error)
+                and not self._file.closed
+                and _names(self.partial, self._file.fileno())
+            ):
+                # Stopped before it took its name: whole and checked, kept (its record again) for
+                # the next resume to put in place, as a stop at any other moment keeps its bytes.
+                _write_record(self.record, self._describe(header), header)
+                _close_at(self._file, self.size)
+            else:
+                self._remove()
             raise
         # Closed (its lock let go) only once it has left the partial file's name: a download that
         # opened it before then finds, once it locks it, that the name is no longer its.
