@@ -55,6 +55,8 @@ const DEFAULT_TRANSFER_TIMEOUT_MS = 3600000;
 const CHUNK_BYTES = 1 << 20;
 // The most a download asks for in one chunk, as the daemon takes (4 MiB).
 const MAX_CHUNK_BYTES = 4 << 20;
+// The smallest chunk a download may ask for: the daemon refuses fewer bytes a message.
+const MIN_CHUNK_BYTES = 4096;
 const MAX_TIMEOUT_MS = 1e12;
 
 function timeoutMs(value, fallback) {
@@ -117,9 +119,9 @@ function wholeNumber(name, value) {
 // A download's bytes per chunk (0: the daemon's default) as its int32 field carries it:
 // proto-loader would send 1.5 as 1 and 2**32 + 4096 as 4096, without a word.
 function chunkBytes(value) {
-  if (!Number.isSafeInteger(value) || value < 0 || value > MAX_CHUNK_BYTES) {
+  if (!Number.isSafeInteger(value) || value < 0 || value > MAX_CHUNK_BYTES || (value > 0 && value < MIN_CHUNK_BYTES)) {
     throw new RangeError(
-      `chunkSize must be a whole number of bytes from 0 (the daemon's default) to ${MAX_CHUNK_BYTES}, got ${String(value)}`,
+      `chunkSize must be a whole number of bytes: 0 (the daemon's default) or ${MIN_CHUNK_BYTES} to ${MAX_CHUNK_BYTES}, got ${String(value)}`,
     );
   }
   return value;

@@ -478,8 +478,9 @@ def test_node_resume_with_every_byte_kept_reports_the_whole_file_done(
 
 
 def test_node_download_refuses_a_chunk_size_the_request_would_garble(node_ready, daemon, out, logged):
-    """proto-loader sends 1.5 as 1 and 2**32 + 4096 (an int32 field) as 4096, without a word."""
-    for size in ("1.5", "-1", "2 ** 32 + 4096", "'4096'"):
+    """proto-loader sends 1.5 as 1 and 2**32 + 4096 (an int32 field) as 4096, without a word; the
+    daemon refuses fewer than 4096 bytes a chunk."""
+    for size in ("1.5", "-1", "2 ** 32 + 4096", "'4096'", "4095"):
         refused = node_download(
             daemon.target, f"client.downloadArtifact({logged.args}, {{ chunkSize: {size} }})"
         )
