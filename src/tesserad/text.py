@@ -29,6 +29,17 @@ def is_entry_key(key: str) -> bool:
     return bool(key) and len(key) <= MAX_TAG_KEY and "\x00" not in key and "\n" not in key
 
 
+def check_label(field: str, value: str) -> None:
+    """InvalidArgument unless `value` is empty or follows a tag key's rule: a label that names
+    something kept elsewhere (a lineage's run id, perhaps another tracker's), carried whole in
+    every answer with its record."""
+    if value and not is_entry_key(value):
+        shown = f"{value[:80]!r}… ({len(value):,} characters)" if len(value) > MAX_TAG_KEY else repr(value)
+        raise InvalidArgument(
+            f"{field}: {shown} must be at most {MAX_TAG_KEY} characters without NUL or newlines"
+        )
+
+
 def entry_problems(field: str, entries: Mapping[str, str], max_value: int = MAX_TAG_VALUE) -> list[str]:
     """What is wrong with each key or value of `entries` (tags; run params), each naming `field`."""
     problems = []
