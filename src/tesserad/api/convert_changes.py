@@ -5,6 +5,7 @@ from __future__ import annotations
 from tessera.v1 import registry_pb2 as pb
 from tesserad.api.convert_common import timestamp
 from tesserad.api.convert_registry import deployment_to_proto, version_to_proto
+from tesserad.errors import InvalidArgument
 from tesserad.replica import changes
 
 _KINDS = {
@@ -21,6 +22,11 @@ def replica_tls_from_proto(transport: pb.ReplicaTransport.ValueType) -> bool | N
     """Whether a following replica serves TLS; None when it did not say."""
     if transport == pb.REPLICA_TRANSPORT_UNSPECIFIED:
         return None
+    if transport not in (pb.REPLICA_TRANSPORT_PLAINTEXT, pb.REPLICA_TRANSPORT_TLS):
+        raise InvalidArgument(
+            f"replica_transport: unknown value {transport}; use PLAINTEXT or TLS, or leave it unspecified "
+            "for this daemon's own TLS settings to decide"
+        )
     return transport == pb.REPLICA_TRANSPORT_TLS
 
 

@@ -150,6 +150,19 @@ def test_a_seq_the_registry_never_gave_is_refused(
     assert text in raised.value.details()
 
 
+def test_a_replica_transport_past_the_enum_is_refused(channel: grpc.Channel) -> None:
+    # A newer replica's transport this primary does not know: calling it over plaintext could
+    # send its statistics requests in the clear to an address that serves TLS.
+    request = pb.WatchChangesRequest(replica_address="127.0.0.1:50051", replica_transport=99)
+    with pytest.raises(grpc.RpcError) as raised:
+        next(iter(registry_pb2_grpc.RegistryStub(channel).WatchChanges(request, timeout=60)))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == (
+        "replica_transport: unknown value 99; use PLAINTEXT or TLS, or leave it unspecified for this "
+        "daemon's own TLS settings to decide"
+    )
+
+
 def test_changes_survive_a_restart_and_numbering_goes_on(data_dir, spawn_daemon) -> None:
     first = spawn_daemon("--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--metrics-listen", "off")
     address = first.wait_serving()
