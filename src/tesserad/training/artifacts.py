@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ MAX_SEGMENT_BYTES = 255
 _KIND = "run_artifact"
 _SCHEMA = 1
 _EXAMPLE = '"plots/loss.png"'
+# Embeddings, overrides and isolates: they reorder what follows ("\u202etxt.exe" shows as "exe.txt").
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,21 @@ def check_artifact_path(path: str, field: str = "path") -> str:
     return path
 
 
+def check_new_artifact_path(path: str) -> None:
+    """`check_artifact_path` for a path an upload stores: it also refuses characters a listing or a
+    terminal would not show as they are. Reads leave them be, so paths stored before stay reachable."""
+    check_artifact_path(path, "header.path")
+    hidden = next(
+        (c for c in path if unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI_CONTROLS), None
+    )
+    if hidden is not None:
+        raise InvalidArgument(
+            f"header.path {path[:80]!r} holds U+{ord(hidden):04X}, a control or bidirectional-formatting "
+            f"character that a listing or a terminal would not show as it is; give a relative path such "
+            f"as {_EXAMPLE}"
+        )
+
+
 def _refuse_file_and_directory(txn: ReadTxn, run_id: str, path: str) -> None:
     """FailedPrecondition when `path` would be a file under another artifact, or a file where
     others make it a directory: downloaded, the run's artifacts must make one directory tree."""
@@ -132,7 +150,7 @@ class RunArtifacts:
 
     def upload_limit(self, run_id: str, path: str, size_bytes: int, sha256: str) -> int:
         """Check an upload's header before any byte is stored; the most bytes it may have."""
-        check_artifact_path(path, "header.path")
+        check_new_artifact_path(path)
         if sha256:
             check_sha256(sha256, "header.sha256")
         if size_bytes < 0:
@@ -166,7 +184,7 @@ class RunArtifacts:
 
     def _record(self, run_id: str, path: str, blob: BlobRef) -> tuple[RunArtifact, str | None]:
         """Write the record and move the path's hold; the sha256 it no longer holds, if any."""
-        check_artifact_path(path, "header.path")
+        check_new_artifact_path(path)
         artifact = RunArtifact(run_id, path, blob.sha256, blob.size, time.time())
         holder = _holder(run_id, path)
         replaced = None
