@@ -35,9 +35,14 @@ def check_space(parameters: list[SweepParameter]) -> None:
     """Refuse a space no searcher can draw from, naming the parameter and what to fix."""
     if not parameters:
         raise InvalidArgument("spec.parameters: a sweep varies at least one field")
-    paths = [p.path for p in parameters]
-    if len(set(paths)) != len(paths):
-        raise InvalidArgument("spec.parameters: a path is listed twice")
+    first_of: dict[str, int] = {}
+    for i, p in enumerate(parameters):
+        if p.path and p.path in first_of:
+            raise InvalidArgument(
+                f"spec.parameters[{i}].path: {p.path[:80]!r} is listed twice (spec.parameters"
+                f"[{first_of[p.path]}] sets it too); give each field one parameter, with every value it takes"
+            )
+        first_of.setdefault(p.path, i)
     earlier: dict[str, SweepParameter] = {}
     for i, p in enumerate(parameters):
         where = f"spec.parameters[{i}]"

@@ -1018,8 +1018,14 @@ class Tracking:
             raise InvalidArgument(
                 f"run_ids[{run_ids.index('')}] is empty: give the id of each run to compare (see ListRuns)"
             )
-        if len(set(run_ids)) != len(run_ids):
-            raise InvalidArgument("run_ids: a run is listed twice")
+        first_of: dict[str, int] = {}
+        for i, run_id in enumerate(run_ids):
+            if run_id in first_of:
+                raise InvalidArgument(
+                    f"run_ids[{i}]: run {run_id[:80]!r} is listed twice (run_ids[{first_of[run_id]}] names it "
+                    "too); list each run once"
+                )
+            first_of[run_id] = i
         with self._store.read() as txn:
             runs = [_with_summaries(txn, self.load_run(txn, run_id)) for run_id in run_ids]
             # The answer carries each param and last metric twice: in its run and in the comparison.

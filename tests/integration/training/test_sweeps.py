@@ -378,7 +378,8 @@ def _range(path: str, low: float, high: float, **fields: Any) -> S.SweepParamete
             S.SWEEP_STRATEGY_GRID,
             [sweep_values("seed", "1"), sweep_values("seed", "2")],
             {},
-            "spec.parameters: a path is listed twice",
+            "spec.parameters[1].path: 'seed' is listed twice (spec.parameters[0] sets it too); give each "
+            "field one parameter, with every value it takes",
         ),
         (
             S.SWEEP_STRATEGY_GRID,

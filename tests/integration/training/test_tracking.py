@@ -625,6 +625,16 @@ def test_a_comparison_with_an_empty_run_id_names_its_place(tracker) -> None:
     assert error.details() == "run_ids[1] is empty: give the id of each run to compare (see ListRuns)"
 
 
+def test_a_comparison_naming_a_run_twice_says_which_and_where(tracker) -> None:
+    first, second = _run(tracker, "compare-twice"), _run(tracker, "compare-twice")
+    run_ids = [first.run_id, second.run_id, first.run_id]
+    error = _error(lambda: tracker.CompareRuns(S.CompareRunsRequest(run_ids=run_ids)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        f"run_ids[2]: run {first.run_id!r} is listed twice (run_ids[0] names it too); list each run once"
+    )
+
+
 def test_an_unknown_status_or_summary_field_says_which_to_use(tracker) -> None:
     # A client built from a newer .proto may send numbers this daemon does not know.
     run = _run(tracker, "unknown-enums")
