@@ -13,9 +13,13 @@ import random
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+from tesserad.config import format_size
 from tesserad.errors import InvalidArgument
 
 MAX_TRIALS = 1000
+# A sweep's parameters, serialized: they travel whole in every answer with the sweep, as a version's
+# job spec does (registry.validation.MAX_JOB_SPEC_BYTES); a grid of MAX_TRIALS points takes a few KiB.
+MAX_SEARCH_SPACE_BYTES = 256 * 2**10
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,16 @@ class SweepParameter:
     # Present only while the parameter at `when_path` takes one of `when_values`.
     when_path: str = ""
     when_values: tuple[str, ...] = ()
+
+
+def check_search_space_size(size: int) -> None:
+    """InvalidArgument unless a sweep's parameters of `size` bytes (serialized) fit MAX_SEARCH_SPACE_BYTES."""
+    if size > MAX_SEARCH_SPACE_BYTES:
+        raise InvalidArgument(
+            f"spec.parameters take {format_size(size)} ({size:,} bytes) serialized; a sweep's search space "
+            f"takes at most {format_size(MAX_SEARCH_SPACE_BYTES)}, as it travels whole in every answer with "
+            "the sweep (GetSweep, ListSweeps): list fewer or shorter values"
+        )
 
 
 def check_space(parameters: list[SweepParameter]) -> None:

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2, training_pb2, training_pb2_grpc
+from tesserad.config import format_size
 from tesserad.errors import InvalidArgument, ResourceExhausted
 from tesserad.store import WriteTxn, decode_record
 from tesserad.training import sweeps
@@ -519,6 +520,28 @@ def test_a_bad_sweep_is_refused_naming_its_field_and_stores_nothing(
     assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
     assert training.ListSweeps(S.ListSweepsRequest()).sweeps == sweeps_before
     assert training.ListJobs(S.ListJobsRequest()).jobs == jobs_before
+
+
+def test_a_search_space_past_256_kib_is_refused_and_stores_nothing(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    # 3,000 run names of 125 characters: each sweep answer (GetSweep, ListSweeps) carries them all.
+    parameter = sweep_values("run_name", *(f"r{i:04}-" + "a" * 119 for i in range(3000)))
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1), strategy=S.SWEEP_STRATEGY_RANDOM, max_trials=1, metric="train_loss"
+    )
+    spec.parameters.append(parameter)
+    size = parameter.ByteSize()
+    sweeps_before = training.ListSweeps(S.ListSweepsRequest()).sweeps
+    with pytest.raises(grpc.RpcError) as info:
+        training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == (
+        f"spec.parameters take {format_size(size)} ({size:,} bytes) serialized; a sweep's search space "
+        "takes at most 256 KiB, as it travels whole in every answer with the sweep (GetSweep, ListSweeps): "
+        "list fewer or shorter values"
+    )
+    assert training.ListSweeps(S.ListSweepsRequest()).sweeps == sweeps_before
 
 
 def queued_grid(trials: int) -> S.SweepSpec:
