@@ -28,7 +28,7 @@ from tesserad.api.transfers import (
 from tesserad.errors import InvalidArgument
 from tesserad.registry import Registry
 from tesserad.registry.export import Exports
-from tesserad.registry.validation import check_job_spec_size, check_lineage_datasets
+from tesserad.registry.validation import check_job_spec_size, check_lineage_datasets, check_uploaded_lineage
 from tesserad.registry.versions import VersionUpload, batch_item
 from tesserad.replica.changes import ChangeFeed
 from tesserad.store import BlobStore, check_sha256
@@ -489,6 +489,8 @@ def _version_fields(
     check_sha256(header.sha256, "header.sha256")
     check_job_spec_size("lineage.job_spec", header.lineage.job_spec.ByteSize())
     check_lineage_datasets(len(header.lineage.datasets))
+    lineage = convert.lineage_from_proto(header.lineage)
+    check_uploaded_lineage(lineage)
     return {
         "format": convert.format_from_proto(header.format),
         "signature": convert.signature_from_proto(header.signature),
@@ -498,7 +500,7 @@ def _version_fields(
         "params": dict(header.params),
         "metrics": dict(header.metrics),
         "tags": dict(header.tags),
-        "lineage": convert.lineage_from_proto(header.lineage),
+        "lineage": lineage,
         "description": header.description,
         "create_model_if_missing": header.create_model,
         "alias": header.alias,

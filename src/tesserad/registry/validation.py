@@ -8,7 +8,7 @@ import math
 from tesserad.config import format_size
 from tesserad.dtypes import TENSOR_DTYPES
 from tesserad.errors import InvalidArgument
-from tesserad.registry.records import Signature
+from tesserad.registry.records import Lineage, Signature
 from tesserad.text import (
     ENTRY_WIRE_BYTES,
     MAX_PARAM_VALUE,
@@ -16,6 +16,7 @@ from tesserad.text import (
     MAX_TAG_KEY,
     MAX_TAG_VALUE,
     check_entries,
+    check_label,
     check_record_text,
     entries_bytes,
     entries_wire_bytes,
@@ -114,6 +115,23 @@ def check_lineage_datasets(count: int) -> None:
             f"most {MAX_LINEAGE_DATASETS}, as it travels whole in every answer with the version; put "
             "data trained on together in one dataset (a dataset version holds many named arrays)"
         )
+
+
+def check_uploaded_lineage(lineage: Lineage) -> None:
+    """InvalidArgument for what an uploaded lineage names badly: its run_id, job_id and experiment
+    (tessera's or another tracker's) keep to a tag key's rule, and each dataset version is named
+    once. Exports and trained versions copy a lineage already stored, which stays as it was."""
+    check_label("lineage.run_id", lineage.run_id)
+    check_label("lineage.job_id", lineage.job_id)
+    check_label("lineage.experiment", lineage.experiment)
+    first_of: dict[tuple[str, int], int] = {}
+    for i, ds in enumerate(lineage.datasets):
+        earlier = first_of.setdefault((ds.name, ds.version), i)
+        if earlier != i:
+            raise InvalidArgument(
+                f"lineage.datasets[{i}] names dataset {ds.name!r} v{ds.version} again "
+                f"(lineage.datasets[{earlier}] does); name each dataset version once"
+            )
 
 
 def validate_tags(field: str, tags: dict[str, str]) -> None:

@@ -113,7 +113,6 @@ from tesserad.registry.validation import (
     validate_version_text,
 )
 from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn, checked_digest, decode_record
-from tesserad.text import check_label
 
 # Checks a dataset version named in lineage inside the registering transaction:
 # (txn, name, version, sha256) -> the version's sha256, raising NotFound / InvalidArgument.
@@ -809,9 +808,6 @@ class Versions:
         a dataset deleted and uploaded again would give that number to other data. With
         `datasets_may_be_deleted`, one named with its sha256 that is gone is marked deleted.
         With `expected_parent`, the parent must still be that version (`register_version`)."""
-        check_label("lineage.run_id", lineage.run_id)
-        check_label("lineage.job_id", lineage.job_id)
-        check_label("lineage.experiment", lineage.experiment)
         if lineage.parent_model:
             validate_name("lineage.parent_model", lineage.parent_model)
         if lineage.parent_version < 0:

@@ -4,9 +4,11 @@ the dataset (deleted with force and uploaded again, its versions go on from the 
 
 from __future__ import annotations
 
+import grpc
+
 from tessera.v1 import common_pb2, datasets_pb2, datasets_pb2_grpc, registry_pb2
 from tests.integration.datasets.conftest import npz_bytes, upload_dataset
-from tests.integration.registry.conftest import onnx_header, onnx_identity, upload
+from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
 
 R = registry_pb2
 
@@ -38,3 +40,19 @@ def test_each_upload_path_records_it(stub, channel):
         R.UploadVersionBatchRequest(items=[R.UploadVersionInlineRequest(header=header, artifact=data)])
     )
     assert [v.lineage.datasets[0].sha256 for v in (inline, *batch.versions)] == [sha256, sha256]
+
+
+def test_a_dataset_version_named_twice_is_refused_naming_both_places(stub, channel):
+    ds = datasets_pb2_grpc.DatasetsStub(channel)
+    upload_dataset(ds, "clips", npz_bytes(10))
+    upload_dataset(ds, "clips", npz_bytes(20))
+    data = onnx_identity()
+    named = [R.DatasetLineage(name="clips", version=v) for v in (1, 2, 1)]
+    header = onnx_header("clf", data, create_model=True, lineage=R.Lineage(datasets=named))
+    error = rpc_error(stub.UploadVersionInline, R.UploadVersionInlineRequest(header=header, artifact=data))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "lineage.datasets[2] names dataset 'clips' v1 again (lineage.datasets[0] does); name each dataset "
+        "version once"
+    )
+    assert stub.ListModels(R.ListModelsRequest()).models == []
