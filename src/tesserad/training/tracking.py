@@ -95,6 +95,9 @@ MAX_RUN_METRICS = 10_000
 # tags a run stays within the 4 MiB of a GetRun answer, and ListRuns, CompareRuns and Leaderboard
 # can carry it, however many keys it holds.
 MAX_ANSWERED_METRICS = 2000
+# Filters of each kind (params, tags, metric conditions) one ListRuns takes: every run listed is
+# checked against each, so their number bounds a listing's work, far above any query a person writes.
+MAX_LIST_FILTERS = 1000
 DEFAULT_LEADERBOARD_LIMIT = 10
 DEFAULT_HISTORY_PAGE = 10_000
 MAX_HISTORY_PAGE = 100_000
@@ -834,6 +837,16 @@ class Tracking:
         params = params or {}
         tags = tags or {}
         filters = list(metric_filters)
+        for name, kind, count in (
+            ("params", "params", len(params)),
+            ("tags", "tags", len(tags)),
+            ("metrics", "metric conditions", len(filters)),
+        ):
+            if count > MAX_LIST_FILTERS:
+                raise InvalidArgument(
+                    f"{name}: a listing filters on at most {MAX_LIST_FILTERS:,} {kind}, got {count:,}; filter "
+                    "on the ones that tell runs apart"
+                )
         for i, f in enumerate(filters):
             check_metric_key(f.key, f"metrics[{i}].key")
             if math.isnan(f.value):

@@ -635,6 +635,46 @@ def test_a_comparison_naming_a_run_twice_says_which_and_where(tracker) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("field", "words"),
+    [
+        (
+            "params",
+            "params: a listing filters on at most 1,000 params, got 1,001; filter on the ones that tell runs apart",
+        ),
+        (
+            "tags",
+            "tags: a listing filters on at most 1,000 tags, got 1,001; filter on the ones that tell runs apart",
+        ),
+        (
+            "metrics",
+            "metrics: a listing filters on at most 1,000 metric conditions, got 1,001; filter on the ones that "
+            "tell runs apart",
+        ),
+    ],
+)
+def test_a_listing_with_more_than_a_thousand_filters_of_a_kind_is_refused(
+    tracker, field: str, words: str
+) -> None:
+    # Each run listed is checked against every filter: their number bounds a listing's work.
+    experiment = f"many-{field}-filters"
+    run = _run(tracker, experiment, **{f"p{i}": "1" for i in range(1000)})
+    filters = {
+        "params": [S.ParamFilter(key=f"p{i}", value="1") for i in range(1001)],
+        "tags": [S.TagFilter(key=f"t{i}", value="1") for i in range(1001)],
+        "metrics": [S.MetricFilter(key=f"m{i}", op=S.COMPARISON_GT, value=0) for i in range(1001)],
+    }[field]
+    error = _error(lambda: tracker.ListRuns(S.ListRunsRequest(experiment=experiment, **{field: filters})))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == words
+    listed = tracker.ListRuns(
+        S.ListRunsRequest(
+            experiment=experiment, params=[S.ParamFilter(key=f"p{i}", value="1") for i in range(1000)]
+        )
+    )
+    assert [r.run_id for r in listed.runs] == [run.run_id]
+
+
 def test_an_unknown_status_or_summary_field_says_which_to_use(tracker) -> None:
     # A client built from a newer .proto may send numbers this daemon does not know.
     run = _run(tracker, "unknown-enums")
