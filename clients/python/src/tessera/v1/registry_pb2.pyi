@@ -655,6 +655,9 @@ class Lineage(_message.Message):
     JOB_SPEC_FIELD_NUMBER: _builtins.int
     PARENT_DELETED_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """What the version came from, in tessera or another tracker: each at most 250 characters
+    without NUL or newlines (INVALID_ARGUMENT otherwise, as for a tag key).
+    """
     job_id: _builtins.str
     experiment: _builtins.str
     parent_version: _builtins.int
@@ -664,7 +667,7 @@ class Lineage(_message.Message):
     parent_model: _builtins.str
     @_builtins.property
     def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetLineage]:
-        """At most 256 (INVALID_ARGUMENT beyond)."""
+        """At most 256, each dataset version once (INVALID_ARGUMENT otherwise)."""
 
     @_builtins.property
     def job_spec(self) -> _job_spec_pb2.JobSpec:
@@ -2033,6 +2036,7 @@ class WatchChangesRequest(_message.Message):
     """Set by a serving replica with replica_address: whether that address serves TLS, so that the
     primary asks it in the matching transport (plaintext only to a loopback address, when the
     primary uses TLS). Unspecified (an older replica): the primary's own TLS settings decide.
+    A value past the enum (a newer replica's) is INVALID_ARGUMENT.
     """
     def __init__(
         self,

@@ -2735,7 +2735,9 @@ class SweepSpec(_message.Message):
     @_builtins.property
     def base(self) -> _job_spec_pb2.JobSpec: ...
     @_builtins.property
-    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___SweepParameter]: ...
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___SweepParameter]:
+        """At most 256 KiB serialized (INVALID_ARGUMENT beyond): every answer about the sweep carries them."""
+
     @_builtins.property
     def asha(self) -> Global___AshaSettings:
         """ASHA's and Hyperband's rungs."""

@@ -319,7 +319,8 @@ class TrainingServicer:
 
     def ListRuns(self, request, context):
         """Filtered by experiment, status, params, tags and metric summaries (all conditions must
-        hold); newest first, or by a metric's summary with order_by.
+        hold; at most 1,000 of each kind, INVALID_ARGUMENT beyond); newest first, or by a metric's
+        summary with order_by.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -397,7 +398,8 @@ class TrainingServicer:
         and matches the header's size and sha256 when given (DATA_LOSS otherwise), so an upload cut
         short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
         for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
-        segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline;
+        segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline, or
+        another control, line-separator or bidirectional-formatting character (a tab, U+202E);
         NOT_FOUND for an unknown run; FAILED_PRECONDITION for a deleted run, or for a path under
         another artifact ("a.txt/b") or with artifacts under it (the artifacts make one directory
         tree); RESOURCE_EXHAUSTED over limits.max_run_artifact_size or on a full disk. Ended runs

@@ -84,7 +84,8 @@ class TrainingStub:
     """FAILED_PRECONDITION while the run's experiment is deleted (RestoreExperiment restores both)."""
     ListRuns: _grpc.UnaryUnaryMultiCallable[_training_pb2.ListRunsRequest, _training_pb2.ListRunsResponse]
     """Filtered by experiment, status, params, tags and metric summaries (all conditions must
-    hold); newest first, or by a metric's summary with order_by.
+    hold; at most 1,000 of each kind, INVALID_ARGUMENT beyond); newest first, or by a metric's
+    summary with order_by.
     """
     CompareRuns: _grpc.UnaryUnaryMultiCallable[_training_pb2.CompareRunsRequest, _training_pb2.CompareRunsResponse]
     """The answer carries each run twice (in runs, and its params and last metrics compared):
@@ -128,7 +129,8 @@ class TrainingStub:
     and matches the header's size and sha256 when given (DATA_LOSS otherwise), so an upload cut
     short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
     for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
-    segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline;
+    segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline, or
+    another control, line-separator or bidirectional-formatting character (a tab, U+202E);
     NOT_FOUND for an unknown run; FAILED_PRECONDITION for a deleted run, or for a path under
     another artifact ("a.txt/b") or with artifacts under it (the artifacts make one directory
     tree); RESOURCE_EXHAUSTED over limits.max_run_artifact_size or on a full disk. Ended runs
@@ -204,7 +206,8 @@ class TrainingAsyncStub(TrainingStub):
     """FAILED_PRECONDITION while the run's experiment is deleted (RestoreExperiment restores both)."""
     ListRuns: _aio.UnaryUnaryMultiCallable[_training_pb2.ListRunsRequest, _training_pb2.ListRunsResponse]  # type: ignore[assignment]
     """Filtered by experiment, status, params, tags and metric summaries (all conditions must
-    hold); newest first, or by a metric's summary with order_by.
+    hold; at most 1,000 of each kind, INVALID_ARGUMENT beyond); newest first, or by a metric's
+    summary with order_by.
     """
     CompareRuns: _aio.UnaryUnaryMultiCallable[_training_pb2.CompareRunsRequest, _training_pb2.CompareRunsResponse]  # type: ignore[assignment]
     """The answer carries each run twice (in runs, and its params and last metrics compared):
@@ -248,7 +251,8 @@ class TrainingAsyncStub(TrainingStub):
     and matches the header's size and sha256 when given (DATA_LOSS otherwise), so an upload cut
     short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
     for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
-    segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline;
+    segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline, or
+    another control, line-separator or bidirectional-formatting character (a tab, U+202E);
     NOT_FOUND for an unknown run; FAILED_PRECONDITION for a deleted run, or for a path under
     another artifact ("a.txt/b") or with artifacts under it (the artifacts make one directory
     tree); RESOURCE_EXHAUSTED over limits.max_run_artifact_size or on a full disk. Ended runs
@@ -423,7 +427,8 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_training_pb2.ListRunsResponse, _abc.Awaitable[_training_pb2.ListRunsResponse]]:
         """Filtered by experiment, status, params, tags and metric summaries (all conditions must
-        hold); newest first, or by a metric's summary with order_by.
+        hold; at most 1,000 of each kind, INVALID_ARGUMENT beyond); newest first, or by a metric's
+        summary with order_by.
         """
 
     @_abc_1.abstractmethod
@@ -515,7 +520,8 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         and matches the header's size and sha256 when given (DATA_LOSS otherwise), so an upload cut
         short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
         for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
-        segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline;
+        segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline, or
+        another control, line-separator or bidirectional-formatting character (a tab, U+202E);
         NOT_FOUND for an unknown run; FAILED_PRECONDITION for a deleted run, or for a path under
         another artifact ("a.txt/b") or with artifacts under it (the artifacts make one directory
         tree); RESOURCE_EXHAUSTED over limits.max_run_artifact_size or on a full disk. Ended runs
