@@ -504,9 +504,7 @@ class Datasets:
         given); its sha256."""
         record = self._resolve(txn, name, version)
         if sha256 and sha256 != record.sha256:
-            raise InvalidArgument(
-                f"lineage dataset {name!r} v{version} has sha256 {record.sha256}, not {sha256}"
-            )
+            raise InvalidArgument(f"dataset {name!r} v{version} has sha256 {record.sha256}, not {sha256}")
         return record.sha256
 
     def list_versions(

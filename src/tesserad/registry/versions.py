@@ -834,10 +834,10 @@ class Versions:
             if self._dataset_check is not None:
                 try:
                     ds = replace(ds, sha256=self._dataset_check(txn, ds.name, ds.version, ds.sha256))
-                except (NotFound, InvalidArgument):
+                except (NotFound, InvalidArgument) as error:
                     # InvalidArgument: the number names other data now (the sha256 differs).
                     if not (datasets_may_be_deleted and ds.sha256):
-                        raise
+                        raise type(error)(f"lineage.datasets[{i}]: {error.message}") from error
                     ds = replace(ds, deleted=True)
             datasets.append(ds)
         return replace(lineage, datasets=tuple(datasets))

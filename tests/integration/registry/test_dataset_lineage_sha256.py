@@ -56,3 +56,27 @@ def test_a_dataset_version_named_twice_is_refused_naming_both_places(stub, chann
         "version once"
     )
     assert stub.ListModels(R.ListModelsRequest()).models == []
+
+
+def test_a_dataset_refused_in_a_lineage_is_named_by_its_place(stub, channel):
+    ds = datasets_pb2_grpc.DatasetsStub(channel)
+    sha256 = upload_dataset(ds, "clips", npz_bytes(10)).sha256
+    data = onnx_identity()
+    for named, code, words in (
+        (
+            [R.DatasetLineage(name="clips", version=1), R.DatasetLineage(name="frames", version=1)],
+            grpc.StatusCode.NOT_FOUND,
+            "lineage.datasets[1]: dataset 'frames' does not exist; upload it with UploadDataset",
+        ),
+        (
+            [R.DatasetLineage(name="clips", version=1, sha256="0" * 64)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"lineage.datasets[0]: dataset 'clips' v1 has sha256 {sha256}, not {'0' * 64}",
+        ),
+    ):
+        header = onnx_header("clf", data, create_model=True, lineage=R.Lineage(datasets=named))
+        error = rpc_error(
+            stub.UploadVersionInline, R.UploadVersionInlineRequest(header=header, artifact=data)
+        )
+        assert (error.code(), error.details()) == (code, words)
+    assert stub.ListModels(R.ListModelsRequest()).models == []
