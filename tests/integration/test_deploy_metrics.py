@@ -11,6 +11,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from tesserad.api.errors import STATUS_BY_ERROR
+from tesserad.dashboard.server import HTTP_STATUS_BY_ERROR
+
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 # Labels Prometheus adds to every series it scrapes.
 TARGET_LABELS = {"instance", "job"}
@@ -43,6 +46,28 @@ def test_prometheus_loads_the_alerts_for_the_job_they_name():
         rule["expr"] for group in load_yaml(PROMETHEUS / "alerts.yml")["groups"] for rule in group["rules"]
     ]
     assert {job for expr in exprs for job in re.findall(r'job="([^"]+)"', expr)} == jobs
+
+
+def code_matcher(alert: str) -> re.Pattern[str]:
+    """What the `code` label's matcher of the rule `alert` takes, as a pattern to fullmatch."""
+    rules = [rule for group in load_yaml(PROMETHEUS / "alerts.yml")["groups"] for rule in group["rules"]]
+    expr = next(rule["expr"] for rule in rules if rule["alert"] == alert)
+    found = re.search(r'\bcode\s*(=~|=)\s*"([^"]*)"', expr)
+    assert found, f"{alert} selects no code"
+    operator, value = found.groups()
+    return re.compile(value if operator == "=~" else re.escape(value))
+
+
+def test_the_http_alert_takes_the_failures_the_grpc_alert_takes_and_no_others():
+    # A 501 (a body in a content coding not taken), 503 (a model loading, a drain) or 504 is the
+    # client's or a passing state's doing: as on gRPC, only the daemon's own failures page.
+    grpc_codes = code_matcher("TesseradInternalErrors")
+    http_codes = code_matcher("TesseradHttpServerErrors")
+    for error, status in HTTP_STATUS_BY_ERROR.items():
+        alerted = grpc_codes.fullmatch(STATUS_BY_ERROR[error].name) is not None
+        assert (http_codes.fullmatch(str(status)) is not None) == alerted, (error.__name__, status)
+    # aiohttp's answer to an exception no error middleware answers.
+    assert http_codes.fullmatch("500")
 
 
 def test_every_metric_and_label_the_alerts_use_is_in_a_real_scrape(daemon, channel):
