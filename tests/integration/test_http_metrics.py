@@ -25,11 +25,29 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessDaemon
         running.stop()
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None) -> int:
+def request(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> int:
     """The status `method` `path` is answered with on 127.0.0.1:`port`."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        connection.request(method, path, body=body)
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def expecting(port: int, method: str, path: str, headers: dict[str, str]) -> int:
+    """The status `method` `path` with `headers` (an Expect among them) is answered with, its body
+    never sent."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.putrequest(method, path)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
         response = connection.getresponse()
         response.read()
         return response.status
@@ -89,3 +107,19 @@ def test_dashboard_requests_are_counted_by_route_template_method_and_status(daem
     assert totals[("dashboard", "/api/v1/jobs", "GET", "200")] == 1
     assert totals[("dashboard", "/jobs/{job_id}", "GET", "404")] == 1
     assert totals[("dashboard", "unmatched", "GET", "404")] == 10
+
+
+def test_refusals_before_the_body_and_server_errors_are_counted_once(daemon: InProcessDaemon) -> None:
+    port = daemon.daemon.oip_http_port
+    assert port is not None
+    infer = "/v2/models/some-model/infer"
+    over = str(daemon.settings.max_message_size + 1)
+    # Refused by the expect handler in place of 100 Continue, before any middleware.
+    assert expecting(port, "POST", infer, {"Content-Length": over, "Expect": "100-continue"}) == 413
+    assert expecting(port, "GET", "/v2/health/live", {"Expect": "a-teapot"}) == 417
+    assert request(port, "POST", infer, b"{}", {"Content-Encoding": "x-unknown"}) == 501
+
+    totals = samples(daemon, "tessera_http_requests_total")
+    assert totals[("oip_http", "/v2/models/{model}/infer", "POST", "413")] == 1
+    assert totals[("oip_http", "/v2/health/live", "GET", "417")] == 1
+    assert totals[("oip_http", "/v2/models/{model}/infer", "POST", "501")] == 1

@@ -222,7 +222,12 @@ class HttpListener:
                 # The body may follow anyway (RFC 9110 lets a client send it): it is never read.
                 refused.force_close()
                 return refused
-            await _continue(request)
+            try:
+                await _continue(request)
+            except web.HTTPException as exc:
+                # An expectation other than 100-continue: answered 417, by aiohttp, past the middlewares.
+                self._record(request, exc.status, start)
+                raise
             return None
 
         return expect
