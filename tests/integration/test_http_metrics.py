@@ -6,13 +6,22 @@ daemon does not know is one method."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
+import logging
+import socket
+import struct
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+import tessera
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.dashboard.conftest import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +132,82 @@ def test_refusals_before_the_body_and_server_errors_are_counted_once(daemon: InP
     assert totals[("oip_http", "/v2/models/{model}/infer", "POST", "413")] == 1
     assert totals[("oip_http", "/v2/health/live", "GET", "417")] == 1
     assert totals[("oip_http", "/v2/models/{model}/infer", "POST", "501")] == 1
+
+
+DOWNLOAD = "/api/v1/runs/{run_id}/artifact"
+
+
+def _artifacts(daemon: InProcessDaemon, tmp_path: Path, files: dict[str, bytes]) -> str:
+    """A new run holding `files` (name -> content) as its artifacts."""
+    with tessera.Client(daemon.target, timeout=60) as client:
+        run_id = client.training.create_run("http-metrics").run_id
+        for name, content in files.items():
+            local = tmp_path / name
+            local.write_bytes(content)
+            client.training.log_artifact(run_id, local)
+    return run_id
+
+
+def _downloads(daemon: InProcessDaemon) -> dict[str, float]:
+    """code -> the artifact downloads the dashboard answered with it."""
+    totals = samples(daemon, "tessera_http_requests_total")
+    return {key[3]: value for key, value in totals.items() if key[:3] == ("dashboard", DOWNLOAD, "GET")}
+
+
+def _internal_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.getMessage().startswith("unexpected error")]
+
+
+def test_a_client_leaving_mid_download_is_no_server_error(
+    daemon: InProcessDaemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Far more than the socket buffers hold: the daemon is still writing when the client leaves.
+    content = np.random.default_rng(3).bytes(48 * 1024 * 1024)
+    run_id = _artifacts(daemon, tmp_path, {"big.bin": content})
+    before = _downloads(daemon)
+    port = daemon.daemon.http_port
+    assert port is not None
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        path = f"/api/v1/runs/{run_id}/artifact?path=big.bin"
+        client.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        assert client.recv(4096).startswith(b"HTTP/1.1 200")
+        # Closed with unread bytes and no linger: a reset, as a browser's cancelled download.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def counted() -> dict[str, float]:
+        now = _downloads(daemon)
+        return {
+            code: count - before.get(code, 0) for code, count in now.items() if count != before.get(code, 0)
+        }
+
+    # Counted as the answer it was sent, which no alert on server errors takes for one.
+    assert wait_until(counted, 60, "the download to be counted") == {"200": 1}
+    assert _internal_errors(caplog) == []
+
+
+def test_damage_found_mid_download_is_counted_a_server_error_and_logged(
+    daemon: InProcessDaemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    content = np.random.default_rng(5).bytes(600_000)  # several chunks: damage is found after the headers
+    run_id = _artifacts(daemon, tmp_path, {"damaged.bin": content})
+    digest = hashlib.sha256(content).hexdigest()
+    blob = daemon.settings.data_dir / "blobs" / "sha256" / digest[:2] / digest[2:]
+    blob.chmod(0o644)
+    blob.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
+    before = _downloads(daemon).get("500", 0)
+    port = daemon.daemon.http_port
+    assert port is not None
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(
+            "GET", f"/api/v1/runs/{run_id}/artifact?{urllib.parse.urlencode({'path': 'damaged.bin'})}"
+        )
+        response = connection.getresponse()
+        assert response.status == 200
+        with pytest.raises(http.client.IncompleteRead):
+            response.read()
+    finally:
+        connection.close()
+
+    wait_until(lambda: _downloads(daemon).get("500", 0) == before + 1, 60, "the download to be counted 500")
+    assert [r for r in caplog.records if r.levelno == logging.ERROR and "cut short" in r.getMessage()]

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from tesserad.dashboard import json_forms as forms
 from tesserad.dashboard.access import CHANGE_HEADER, ROLE_KEY, SESSION_KEY, Handler
-from tesserad.dashboard.listener import ExpectHandler
+from tesserad.dashboard.listener import COUNTED_STATUS, ExpectHandler
 from tesserad.errors import DataLoss, InvalidArgument, PermissionDenied, ResourceExhausted, Unavailable
 from tesserad.names import validate_name
 from tesserad.numbers import INT64_MAX, whole_number
@@ -364,7 +364,9 @@ class DashboardApi:
 
         The bytes come from the domain's download, which holds back the last chunk until the
         hash checks out: damage found before the first byte is a 500; later, the connection is
-        cut short of Content-Length, so no client takes the file as whole."""
+        cut short of Content-Length, so no client takes the file as whole, and counted 500.
+        A client that leaves part way ends the download, no error of the daemon's: counted as
+        the 200 it was sent."""
         run_id = request.match_info["run_id"]
         path = _required(
             request,
@@ -392,12 +394,15 @@ class DashboardApi:
         response.content_length = artifact.size_bytes
         await response.prepare(request)
         try:
-            chunk = first
-            while chunk:
-                await response.write(chunk)
-                chunk = await asyncio.to_thread(next, chunks, b"")
+            # aiohttp raises ConnectionError, from a write or its wait for the buffer to drain.
+            with contextlib.suppress(ConnectionError):
+                chunk = first
+                while chunk:
+                    await response.write(chunk)
+                    chunk = await asyncio.to_thread(next, chunks, b"")
         except DataLoss as exc:
             log.error("run artifact download cut short", extra={"run_id": run_id, "error": exc.message})
+            request[COUNTED_STATUS] = 500
             response.force_close()
             if request.transport is not None:
                 request.transport.close()
@@ -566,7 +571,9 @@ class DashboardApi:
             )
             await response.prepare(request)
             await response.write(f"retry: {SSE_RETRY_MS}\n\n".encode())
-            with contextlib.suppress(ConnectionResetError):
+            # A page closed: aiohttp raises ConnectionError, from a write or its wait for the
+            # buffer to drain (only the first is a ConnectionResetError).
+            with contextlib.suppress(ConnectionError):
                 yield response
         finally:
             self._streams.leave()

@@ -41,6 +41,9 @@ ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 UNMATCHED_ROUTE = "unmatched"
 # The method label of a request whose method is none of HTTP's own (aiohttp takes any token).
 OTHER_METHOD = "other"
+# The status a request is counted with when it is not its answer's: an answer cut short after its
+# headers went out, by a failure of the daemon's, is counted as that failure.
+COUNTED_STATUS = web.RequestKey("counted_status", int)
 
 
 class Refused(Exception):
@@ -190,7 +193,7 @@ class HttpListener:
             # aiohttp answers it 500.
             self._record(request, 500, start)
             raise
-        self._record(request, response.status, start)
+        self._record(request, request.get(COUNTED_STATUS, response.status), start)
         return response
 
     def _record(self, request: web.Request, status: int, start: float) -> None:
