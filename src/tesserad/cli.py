@@ -65,6 +65,12 @@ SERVE_FLAGS = {
         "HOST:PORT",
         "Open Inference Protocol over HTTP/REST address (KServe v2; Triton's is :8000), or off (default off)",
     ),
+    "--preload": (
+        "serving.preload",
+        "MODELS",
+        "models to load before the daemon reports ready, as Triton's --load-model: MODEL or "
+        "MODEL:VERSION, separated by commas; one that cannot be loaded stops the start",
+    ),
     "--log-format": ("log_format", "FORMAT", "console (default) or json"),
     "--log-level": ("log_level", "LEVEL", "debug, info (default), warning or error"),
     "--follow": (

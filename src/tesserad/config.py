@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tesserad.names import NAME_PATTERN
+
 ENV_PREFIX = "TESSERA_"
 # The TESSERA_* variables tessera's clients (Python and Node) read: tesserad shares their
 # environment and passes over these without a warning. tests/unit/test_config.py checks the
@@ -213,6 +215,43 @@ def parse_host_names(raw: Any) -> tuple[str, ...]:
             )
         names.append(name)
     return tuple(names)
+
+
+@dataclass(frozen=True)
+class Preload:
+    """A model (the versions its requests are routed to) or one version of it, loaded at start."""
+
+    model: str
+    version: int | None = None
+
+    def __str__(self) -> str:
+        return self.model if self.version is None else f"{self.model}:{self.version}"
+
+
+def parse_preloads(raw: Any) -> tuple[Preload, ...]:
+    """MODEL or MODEL:VERSION entries, from a list or one string separated by commas."""
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    preloads = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        model, colon, version = text.partition(":")
+        if not NAME_PATTERN.fullmatch(model):
+            raise ValueError(
+                f"{model[:100]!r} is not a valid model name: expected MODEL or MODEL:VERSION entries "
+                "such as resnet or resnet:3"
+            )
+        if not colon:
+            preloads.append(Preload(model))
+            continue
+        if not (version.isascii() and version.isdigit()) or int(version) < 1:
+            raise ValueError(
+                f"{text[:100]!r}: a version is a whole number from 1 (write {model} for the versions "
+                "its requests are routed to, its deployment's or latest)"
+            )
+        preloads.append(Preload(model, int(version)))
+    return tuple(preloads)
 
 
 def setting(default: Any, parse: Callable[[Any], Any], help: str) -> Any:
@@ -475,6 +514,14 @@ class ServingSettings:
         "a request for a version that is not loaded loads it with the defaults below; one whose "
         "load failed is not loaded again for a request until LoadModel, RepositoryModelLoad or an unload",
     )
+    preload: tuple[Preload, ...] = setting(
+        (),
+        parse_preloads,
+        "models loaded (with the defaults below) before the daemon reports ready, as Triton's "
+        "--load-model: MODEL (the versions its requests are routed to) or MODEL:VERSION, a TOML "
+        "list or names separated by commas; one that cannot be loaded stops the start. A primary's "
+        "only: a replica loads what its primary's deployments route to",
+    )
     instances: int = setting(
         0,
         parse_number(int, 0, 64),
@@ -709,7 +756,7 @@ def _default_text(default: Any, parse: Callable[[Any], Any]) -> str:
     if default in ("", ()):
         return '""'
     if isinstance(default, tuple):
-        return ", ".join(default)
+        return ", ".join(map(str, default))
     if parse in (parse_size, parse_message_size):
         return format_size(default)
     if isinstance(default, Path) and not default.is_absolute():

@@ -78,7 +78,7 @@ from tesserad.datasets import TABLES as DATASET_TABLES
 from tesserad.datasets import USAGE_TABLES as DATASET_USAGE_TABLES
 from tesserad.datasets import Datasets
 from tesserad.datasets.references import collect_unheld_blobs
-from tesserad.errors import FailedPrecondition, Unavailable
+from tesserad.errors import FailedPrecondition, TesseraError, Unavailable
 from tesserad.host import Gpus, raise_open_file_limit
 from tesserad.log_settings import LogControl
 from tesserad.metrics import DaemonMetrics, MetricsHttpServer
@@ -454,7 +454,12 @@ class Daemon:
         self._refresh_sweep = asyncio.create_task(
             _sweep_failures(self.inference, retry_loads=not settings.replica.primary)
         )
-        oip = OpenInference(self.inference, self._stopping, self._shared_memory, self._logs, self._tracer)
+        # Set once serving.preload's versions are loaded: until then gRPC health and OIP's
+        # ServerReady say not ready, as Triton is not until its --load-model models are.
+        preloaded = asyncio.Event()
+        oip = OpenInference(
+            self.inference, self._stopping, self._shared_memory, self._logs, self._tracer, preloaded
+        )
         cluster = ClusterStats(self._changes.replicas, transport, refusals.recent)
         _register(
             inference_pb2_grpc.add_InferenceServicer_to_server,
@@ -512,9 +517,9 @@ class Daemon:
         self._health = self._add_health_and_reflection(server, routes)
 
         self.port = _bind(server, settings.listen, credentials)
-        await server.start()
         for name in ("", *self.service_names):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
         self._serve_metrics()
         if settings.http_listen is not None:
             services = Services(
@@ -544,6 +549,10 @@ class Daemon:
                 ) from None
             self.http_port = self._dashboard.port
         await self._serve_oip_http(oip, auth)
+        await self._preload(self.inference)
+        preloaded.set()
+        for name in ("", *self.service_names):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "tesserad serving",
             extra={
@@ -621,6 +630,26 @@ class Daemon:
         )
         self._server = server
         return server, calls
+
+    async def _preload(self, inference: InferenceService) -> None:
+        """Load serving.preload's versions, one at a time; StartupError naming the first that
+        cannot be loaded, as Triton (--exit-on-error, its default) stops on a --load-model model
+        that fails: a daemon that started would report ready and never serve it."""
+        for preload in self.settings.serving.preload:
+            try:
+                await asyncio.to_thread(inference.preload, preload.model, preload.version)
+            except TesseraError as exc:
+                named = (
+                    f"model {preload.model!r}"
+                    if preload.version is None
+                    else f"version {preload.version} of model {preload.model!r}"
+                )
+                raise StartupError(
+                    f"serving.preload names {named}, which cannot be loaded: {exc.message}; "
+                    "remove it from serving.preload (--preload) to start without it"
+                ) from None
+        if self.settings.serving.preload:
+            log.info("preloaded", extra={"models": [str(p) for p in self.settings.serving.preload]})
 
     def _replica_transport(self, serves_tls: bool) -> Transport:
         """How a primary reaches its replicas for their statistics, its replica.tls_* files
@@ -708,6 +737,11 @@ class Daemon:
         """A serving replica: inference over the primary's followed registry, no store of its own."""
         settings = self.settings
         primary = settings.replica.primary
+        if settings.serving.preload:
+            log.warning(
+                "serving.preload is ignored on a replica: it loads what its primary's deployments "
+                "route to before it reports ready"
+            )
         server, calls = self._new_server(auth)
         routes = _Routes(server)
         cache = self._blobs = BlobCache(settings.data_dir / "replica-cache", settings.replica.cache_size)

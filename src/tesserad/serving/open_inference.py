@@ -124,15 +124,25 @@ def target_of(name: str, version: str) -> Target:
     return Target(name, version=whole_number("model_version", version, 1, INT64_MAX))
 
 
+# InferenceService.autoload's fix for a version not loaded with autoload off, in tessera's words.
+_NOT_LOADED_FIX = re.compile(r"load it with LoadModel \(or (turn on serving\.autoload)\)")
+
+
 def not_ready(target: Target, error: NotLoaded | StillLoading) -> TesseraError:
     """What an inference request for a version that is not ready (not loaded and not loaded for
     it, its load failed, or still loading) is answered, as Triton answers a model that is not
     ready (core's ModelLifeCycle::GetModel): a version named is UNAVAILABLE (HTTP 503), a request
     without one NOT_FOUND (HTTP 404: no version of it is available to it); with tessera's
-    message, which says how to load it or when to retry."""
+    message, which says how to load it (in the protocol's words) or when to retry."""
     if target.version is not None:
-        return Unavailable(error.message)
-    return NotFound(error.message)
+        # RepositoryModelLoad loads the versions the model serves, maybe not the one named.
+        fix = f"load it with tessera.v1.Inference's LoadModel naming version {target.version}, or \\1"
+        return Unavailable(reworded_fix(error.message, ((_NOT_LOADED_FIX, fix),)))
+    fix = (
+        "load it with RepositoryModelLoad (over HTTP, POST "
+        f"/v2/repository/models/{target.model}/load), or \\1"
+    )
+    return NotFound(reworded_fix(error.message, ((_NOT_LOADED_FIX, fix),)))
 
 
 # The registry's NotFound fixes name its RPCs (tesserad.registry.tables, a replica's
@@ -324,25 +334,25 @@ class OpenInference:
         shared_memory: SharedMemory,
         logs: LogControl,
         tracer: Tracer,
-        caught_up: asyncio.Event | None = None,
+        ready: asyncio.Event | None = None,
     ) -> None:
         """`stopping`: set when the daemon stops (it is not ready, and open streams end);
         `shared_memory`: the registered system shared-memory regions; `logs`: the daemon's log
         settings (the logging extension); `tracer`: its trace settings and traces (the trace
-        extension); `caught_up`: a replica's,
-        set while gRPC health says SERVING (it has caught up with its primary and loaded what the
-        deployments route to); None on a primary."""
+        extension); `ready`: set while gRPC health says SERVING (a primary has loaded
+        serving.preload's versions; a replica has caught up with its primary and loaded what the
+        deployments route to)."""
         self._service = service
         self.stopping = stopping
         self.shared_memory = shared_memory
         self.logs = logs
         self.tracer = tracer
-        self._caught_up = caught_up
+        self._ready = ready
 
     def server_ready(self) -> bool:
-        # Built only once the registry is open; shutting down is not ready, nor is a replica
-        # that gRPC health reports NOT_SERVING (probes ask either).
-        if self._caught_up is not None and not self._caught_up.is_set():
+        # Built only once the registry is open; shutting down is not ready, nor is a daemon that
+        # gRPC health reports NOT_SERVING (probes ask either).
+        if self._ready is not None and not self._ready.is_set():
             return False
         return not self.stopping.is_set()
 

@@ -395,6 +395,14 @@ class InferenceService:
             for version in self._loaded_for_serving(model)
         ]
 
+    def preload(self, model: str, version: int | None) -> None:
+        """Load, with the defaults, `version` of `model`, or (None) every version a request
+        without a selector may go to: serving.preload, before the daemon reports ready."""
+        if version is None:
+            self.load_serving(model)
+        else:
+            self.load(Target(model, version=version), ServingConfig())
+
     def describe_serving(self, model: str) -> list[VersionDescription]:
         """The versions load_serving loads, described (see describe)."""
         return [self.describe(Target(model, version)) for version in self._loaded_for_serving(model)]
