@@ -205,6 +205,10 @@ def _register(
     add(servicer, routes)  # type: ignore[arg-type]
 
 
+# gRPC core's channel arguments are C ints.
+_UNBOUNDED_PENDING_CALLS = 2**31 - 1
+
+
 class StartupError(Exception):
     """The daemon cannot start; the message says why and what to do."""
 
@@ -626,6 +630,12 @@ class Daemon:
                 # ("too_many_pings") and cut the calls on the connection.
                 ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
                 ("grpc.keepalive_permit_without_calls", 1),
+                # gRPC core queues the calls grpc.aio has not taken yet (it takes them one at a
+                # time), and past 1000 of them (a burst on one connection) answers some CANCELLED
+                # itself, unseen by the interceptors; unbounded here, every call reaches them,
+                # and one over limits.max_concurrent_calls is refused RESOURCE_EXHAUSTED and counted.
+                ("grpc.server.max_pending_requests", _UNBOUNDED_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", _UNBOUNDED_PENDING_CALLS),
             ],
         )
         self._server = server
