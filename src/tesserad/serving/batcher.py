@@ -18,7 +18,8 @@
   nothing from batches then runs as with batching off; one batch in `_EXPLORE_EVERY` still
   gathers (or, while batching pays, runs one row alone), to notice when that changes.
 - Bounded: beyond `max_queue_size` queued requests, ResourceExhausted.
-- Deadline-aware: a request whose deadline has passed is answered DeadlineExceeded and never run.
+- Deadline-aware: a request whose deadline has passed is answered DeadlineExceeded and never run,
+  at its deadline even while its batch is held open for more rows.
 - Cancellation: cancelling a request's future removes it from the queue.
 - A failing batch is rerun request by request, so only the bad request gets the error.
 - Every request it fails, refuses or drops is counted a failure of its version once, with
@@ -557,13 +558,22 @@ class DynamicBatcher:
         head = self._queue[0]
         gathers = self._row_limit()
         if head.waits and self._delay_ns and gathers > 1 and not self._closed:
-            # The model was idle when the head arrived: hold the batch open up to the delay.
+            # The model was idle when the head arrived: hold the batch open up to the delay, or
+            # until the nearest deadline of a queued request, which is answered then (as
+            # Triton's scheduler wakes at it), not at the delay's end.
             until_ns = head.enqueued_ns + self._delay_ns
             while self._queued_rows(head) < gathers and not self._closed:
-                remaining = until_ns - time.perf_counter_ns()
+                remaining = (until_ns - time.perf_counter_ns()) / 1e9
                 if remaining <= 0:
                     break
-                self._cond.wait(remaining / 1e9)
+                deadlines = [r.deadline for r in self._queue if r.deadline is not None]
+                if deadlines:
+                    remaining = min(remaining, min(deadlines) - time.monotonic())
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                if deadlines and min(deadlines) <= time.monotonic():
+                    now = time.monotonic()
+                    self._queue = deque(r for r in self._queue if not self._expired(r, now))
                 if not self._queue:
                     return []
                 head = self._queue[0]
@@ -574,14 +584,7 @@ class DynamicBatcher:
         kept: deque[_Request] = deque()
         while self._queue:
             request = self._queue.popleft()
-            if request.deadline is not None and now >= request.deadline:
-                if request.future.set_running_or_notify_cancel():
-                    request.future.set_exception(
-                        DeadlineExceeded("the request's deadline passed while it was queued; it was not run")
-                    )
-                    self._failed(request, FailureReason.REJECTED)
-                else:
-                    self._failed(request, FailureReason.CANCELED)
+            if self._expired(request, now):
                 continue
             fits = not batch or (
                 self._batchable and request.shape_key == batch[0].shape_key and rows + request.rows <= limit
@@ -601,6 +604,20 @@ class DynamicBatcher:
         kept.extend(self._queue)
         self._queue = kept
         return batch
+
+    def _expired(self, request: _Request, now: float) -> bool:
+        """Whether `request`'s deadline has passed by `now`; if so it is answered
+        DeadlineExceeded (or, cancelled meanwhile, counted so) and must leave the queue."""
+        if request.deadline is None or now < request.deadline:
+            return False
+        if request.future.set_running_or_notify_cancel():
+            request.future.set_exception(
+                DeadlineExceeded("the request's deadline passed while it was queued; it was not run")
+            )
+            self._failed(request, FailureReason.REJECTED)
+        else:
+            self._failed(request, FailureReason.CANCELED)
+        return True
 
     def _queued_rows(self, head: _Request) -> int:
         return sum(r.rows for r in self._queue if r.shape_key == head.shape_key)
