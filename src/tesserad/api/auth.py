@@ -74,6 +74,20 @@ REVOKED_SEND_GRACE_S = 5.0
 # Unary calls tracked as streams are, so that a reload ends them: they may wait in a queue.
 REVOKED_IN_FLIGHT = frozenset({"/inference.GRPCInferenceService/ModelInfer", "/tessera.v1.Inference/Predict"})
 
+# What to do about an inference request over max_message_size: it has no chunked form, as
+# uploads have (the advice for every other RPC).
+_FEWER_ROWS = "send fewer rows per request"
+_FEWER_ROWS_OR_SHM = (
+    f"{_FEWER_ROWS}, or put the inputs in system shared memory (register_system_shared_memory)"
+)
+_SMALLER_REQUEST = {
+    "/inference.GRPCInferenceService/ModelInfer": _FEWER_ROWS_OR_SHM,
+    "/inference.GRPCInferenceService/ModelStreamInfer": _FEWER_ROWS_OR_SHM,
+    "/tessera.v1.Inference/Predict": _FEWER_ROWS,
+    "/tessera.v1.Inference/PredictStream": _FEWER_ROWS,
+    "/tessera.v1.Inference/Explain": _FEWER_ROWS,
+}
+
 # Each RPC runs in its own asyncio task, whose context is a copy made when the task starts,
 # so a value set here is seen by the servicer (and by asyncio.to_thread calls it makes) and
 # by nothing outside this call.
@@ -463,12 +477,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 if stream.expiry_timer is not None:
                     stream.expiry_timer.cancel()
 
+        smaller = _SMALLER_REQUEST.get(method, "send large data in chunks (the SDK's upload calls do)")
+
         def decode(raw: bytes) -> Any:
             if len(raw) > max_size:
                 raise ResourceExhausted(
                     f"the request to {rpc} is {format_size(len(raw))}, over max_message_size = "
-                    f"{format_size(max_size)}; send large data in chunks (the SDK's upload calls do), "
-                    "or ask the operator to raise max_message_size (env TESSERA_MAX_MESSAGE_SIZE)"
+                    f"{format_size(max_size)}; {smaller}, or ask the operator to raise "
+                    "max_message_size (env TESSERA_MAX_MESSAGE_SIZE)"
                 )
             if deserialize is None:
                 return raw

@@ -5,10 +5,23 @@ from __future__ import annotations
 import time
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tessera.v1 import system_pb2, system_pb2_grpc, training_pb2, training_pb2_grpc
+from tessera.v1 import (
+    common_pb2,
+    inference_pb2,
+    inference_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    system_pb2,
+    system_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
+from tesserad.oip import grpc_service_pb2 as oip_pb2
+from tesserad.oip import grpc_service_pb2_grpc as oip_pb2_grpc
 from tesserad.security import Role
 from tests.integration.security.conftest import bearer
 
@@ -157,3 +170,37 @@ def test_a_bad_message_in_an_inference_stream_ends_it_with_its_status(start_daem
         list(stream(iter([b"\xff\xff\xff"]), timeout=10))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     assert "not a valid protobuf message" in err.value.details()
+
+
+def test_an_inference_request_over_max_message_size_is_told_to_send_fewer_rows(start_daemon):
+    # Inference requests have no chunked form: the fix is fewer rows (or, over the Open
+    # Inference Protocol, inputs in system shared memory); uploads keep their chunking advice.
+    daemon = start_daemon(max_message_size="1KiB")
+    rows = np.zeros((100, 4), dtype=np.float32).tobytes()
+    infer = oip_pb2.ModelInferRequest(model_name="linear", raw_input_contents=[rows])
+    message = exhausted(
+        lambda: oip_pb2_grpc.GRPCInferenceServiceStub(daemon.channel()).ModelInfer(infer, timeout=10)
+    )
+    assert message == (
+        "the request to inference.GRPCInferenceService/ModelInfer is 1.57 KiB, over max_message_size = "
+        "1 KiB; send fewer rows per request, or put the inputs in system shared memory "
+        "(register_system_shared_memory), or ask the operator to raise max_message_size (env "
+        "TESSERA_MAX_MESSAGE_SIZE)"
+    )
+    predict = inference_pb2.PredictRequest(
+        target=common_pb2.VersionRef(model="linear"),
+        inputs=[common_pb2.Tensor(name="x", dtype=common_pb2.DATA_TYPE_FLOAT32, shape=[100, 4], data=rows)],
+    )
+    message = exhausted(
+        lambda: inference_pb2_grpc.InferenceStub(daemon.channel()).Predict(predict, timeout=10)
+    )
+    assert message == (
+        "the request to tessera.v1.Inference/Predict is 1.59 KiB, over max_message_size = 1 KiB; send "
+        "fewer rows per request, or ask the operator to raise max_message_size (env "
+        "TESSERA_MAX_MESSAGE_SIZE)"
+    )
+    upload = registry_pb2.UploadVersionRequest(chunk=rows)
+    message = exhausted(
+        lambda: registry_pb2_grpc.RegistryStub(daemon.channel()).UploadVersion(iter([upload]), timeout=10)
+    )
+    assert "send large data in chunks (the SDK's upload calls do)" in message
