@@ -32,8 +32,8 @@ from tesserad.errors import (
     reworded_fix,
 )
 from tesserad.log_settings import LogControl
-from tesserad.names import validate_name
-from tesserad.numbers import INT64_MAX, whole_number
+from tesserad.names import NAME_PATTERN, validate_name
+from tesserad.numbers import INT64_MAX, is_digits, whole_number
 from tesserad.serving.batcher import Prediction
 from tesserad.serving.pool import LoadedVersion, LoadState, RuntimeChoice, ServingConfig
 from tesserad.serving.predict import predict
@@ -121,7 +121,18 @@ def target_of(name: str, version: str) -> Target:
     validate_name("model_name", name)
     if not version:
         return Target(name)
-    return Target(name, version=whole_number("model_version", version, 1, INT64_MAX))
+    try:
+        return Target(name, version=whole_number("model_version", version, 1, INT64_MAX))
+    except InvalidArgument as exc:
+        if is_digits(version) or not NAME_PATTERN.fullmatch(version):
+            raise
+        # Read as an alias: the protocol has no field for one.
+        raise InvalidArgument(
+            f"{exc.message}; the Open Inference Protocol names versions by number: aliases (and "
+            "latest) are served through tessera.v1.Inference's Predict (VersionRef.alias) or "
+            "`tessera predict --alias`, and a model_version left empty is the version its requests "
+            "are routed to"
+        ) from None
 
 
 # InferenceService.autoload's fix for a version not loaded with autoload off, in tessera's words.

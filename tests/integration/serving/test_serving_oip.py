@@ -466,6 +466,19 @@ def test_model_infer_fp16_raw(oip, channel) -> None:
     np.testing.assert_array_equal(output(response, np.float16), x * 2)
 
 
+def test_a_version_named_by_alias_is_told_where_aliases_are_served(oip, linear, expect_rpc_error) -> None:
+    # Triton's model_version is a number; tessera's aliases are served by its own protocol.
+    for version in ("latest", "production"):
+        expect_rpc_error(
+            lambda version=version: oip.ModelInfer(infer_request(linear, X, version=version)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"model_version must be a whole number in 1..{2**63 - 1} written in digits 0-9, got "
+            f"{version!r}; the Open Inference Protocol names versions by number: aliases (and latest) "
+            "are served through tessera.v1.Inference's Predict (VersionRef.alias) or `tessera predict "
+            "--alias`, and a model_version left empty is the version its requests are routed to",
+        )
+
+
 def test_model_infer_bad_paths(oip, linear, expect_rpc_error) -> None:
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     takes = f"model_version must be a whole number in 1..{2**63 - 1} written in digits 0-9"
