@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from tessera.v1 import (
     datasets_pb2,
@@ -39,6 +39,7 @@ from tessera.v1 import (
     training_pb2_grpc,
 )
 from tesserad import __version__
+from tesserad.api import reflection_v1
 from tesserad.api.aio_handlers import ErrorListener
 from tesserad.api.auth import AuthInterceptor, AuthSetupError, authentication_enabled
 from tesserad.api.cluster_stats import ClusterStats, RefusalNotes, Transport, replica_transport
@@ -518,7 +519,7 @@ class Daemon:
             ),
             routes,
         )
-        self._health = self._add_health_and_reflection(server, routes)
+        self._health = self._add_health_and_reflection(routes)
 
         self.port = _bind(server, settings.listen, credentials)
         for name in ("", *self.service_names):
@@ -586,6 +587,7 @@ class Daemon:
             *(m.DESCRIPTOR.services_by_name[n] for m, n in _SERVICES),
             health_pb2.DESCRIPTOR.services_by_name["Health"],
             reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+            reflection_v1.service_descriptor(),
         ]
         try:
             certificates = server_certificates(settings.security)
@@ -674,17 +676,21 @@ class Daemon:
                 raise StartupError(str(exc)) from None
         return replica_transport(serves_tls, replica)
 
-    def _add_health_and_reflection(self, server: grpc.aio.Server, routes: _Routes) -> HealthServicer:
+    def _add_health_and_reflection(self, routes: _Routes) -> HealthServicer:
         """gRPC health and reflection, for the primary and the replica alike."""
         health_servicer = HealthServicer()
         _register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, routes)
-        reflection.enable_server_reflection(
+        reflector = reflection.aio.ReflectionServicer(
             [
                 *self.service_names,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
-            ],
-            server,
+                reflection_v1.SERVICE_NAME,
+            ]
+        )
+        _register(reflection_pb2_grpc.add_ServerReflectionServicer_to_server, reflector, routes)
+        routes.add_registered_method_handlers(
+            reflection_v1.SERVICE_NAME, reflection_v1.method_handlers(reflector)
         )
         return health_servicer
 
@@ -782,7 +788,7 @@ class Daemon:
         )
         refused = [m.DESCRIPTOR.services_by_name[n] for m, n in _SERVICES if n in _PRIMARY_ONLY]
         server.add_generic_rpc_handlers(refusing_handlers(refused, primary))
-        self._health = self._add_health_and_reflection(server, routes)
+        self._health = self._add_health_and_reflection(routes)
         self.port = _bind(server, settings.listen, credentials)
         serving = [
             "",

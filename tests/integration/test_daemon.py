@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -93,6 +94,31 @@ def test_reflection_lists_every_service(channel):
     names = {s.name for s in next(responses).list_services_response.service}
     assert set(TESSERA_SERVICES) <= names
     assert "grpc.health.v1.Health" in names
+
+
+def test_reflection_v1_lists_every_service_and_describes_them(channel):
+    # grpc.reflection.v1's messages are v1alpha's under another package: the same bytes.
+    info = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="tessera.v1.Registry"),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+    ]
+    listed, registry, reflection = info(iter(requests), timeout=10)
+    names = {s.name for s in listed.list_services_response.service}
+    assert set(TESSERA_SERVICES) <= names
+    assert {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= names
+    assert registry.file_descriptor_response.file_descriptor_proto
+    (file,) = reflection.file_descriptor_response.file_descriptor_proto
+    described = descriptor_pb2.FileDescriptorProto.FromString(file)
+    assert (described.package, described.service[0].method[0].input_type) == (
+        "grpc.reflection.v1",
+        ".grpc.reflection.v1.ServerReflectionRequest",
+    )
 
 
 def test_reflection_serves_the_file_descriptors(channel):

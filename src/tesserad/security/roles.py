@@ -163,6 +163,7 @@ ROLE_TABLE: dict[str, dict[str, Role]] = {
     },
     "grpc.health.v1.Health": {"Check": _R, "List": _R, "Watch": _R},
     "grpc.reflection.v1alpha.ServerReflection": {"ServerReflectionInfo": _R},
+    "grpc.reflection.v1.ServerReflection": {"ServerReflectionInfo": _R},
 }
 
 # Changing the daemon's log settings (the Open Inference Protocol's logging extension): they decide

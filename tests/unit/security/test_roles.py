@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from tessera.v1 import datasets_pb2, inference_pb2, registry_pb2, system_pb2, training_pb2
+from tesserad.api import reflection_v1
 from tesserad.oip import grpc_service_pb2
 from tesserad.security import MissingRoleError, Role, required_roles
 from tesserad.security.roles import HEALTH_METHODS, LOG_SETTINGS_UPDATE, ROLE_TABLE, TRACE_SETTINGS_UPDATE
@@ -21,6 +22,7 @@ SERVED = [
     *(service for module in PROTO_MODULES for service in module.DESCRIPTOR.services_by_name.values()),
     health_pb2.DESCRIPTOR.services_by_name["Health"],
     reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+    reflection_v1.service_descriptor(),
 ]
 
 
