@@ -18,7 +18,6 @@ import tessera.follow
 import tessera.sweep_commands
 from tessera.cli import main
 from tessera.messages import load_toml
-from tessera.v1 import training_pb2
 from tesserad.training.jobs import Jobs
 from tesserad.training.sweeps import Sweeps
 from tests.integration.training.conftest import upload_standard_datasets
@@ -267,9 +266,7 @@ def test_following_a_sweep_looks_it_up_whatever_the_timeout(
     a lookup failed `sweeps show --follow` with DEADLINE_EXCEEDED on its first GetSweep."""
     spec = tmp_path / "sweep.toml"
     spec.write_text(SWEEP_SPEC)
-    sweep_id = client.training.submit_sweep(load_toml(spec)).sweep_id
-    while client.training.sweep(sweep_id).state == training_pb2.SWEEP_STATE_RUNNING:
-        time.sleep(0.2)
+    sweep_id = client.training.submit_sweep(load_toml(spec)).wait(poll=0.2).id
     real_get = Sweeps.get
 
     def slow_get(self: Sweeps, sweep_id: str) -> Any:

@@ -150,7 +150,7 @@ def test_follow_outlasts_a_daemon_restart(spawn_daemon, tmp_path, capsys, monkey
     spec.write_text(RESTART_SPEC)
     # Submitted first, so that the kill cannot cut the submit (which is not retried) short.
     with tessera.Client(address) as sdk:
-        sweep_id = sdk.training.submit_sweep(load_toml(spec)).sweep_id
+        sweep_id = sdk.training.submit_sweep(load_toml(spec)).id
     screen = io.StringIO()
     result: list[int] = []
     follower = threading.Thread(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import re
-import time
 from collections.abc import Sequence
 
 import onnx
@@ -17,7 +16,6 @@ from tessera.cli.output import when_to_the_minute
 from tessera.messages import load_toml
 from tessera.progress_line import byte_size
 from tessera.sweep_commands import params_text, short_value
-from tessera.v1 import training_pb2
 from tests.integration.sdk.affine import affine_onnx
 
 SPEC = """\
@@ -56,11 +54,7 @@ WIDTHS = [60, 80, 100, 120]
 def sweep(client, table_dataset, tmp_path):
     spec = tmp_path / "sweep.toml"
     spec.write_text(SPEC)
-    sweep_id = client.training.submit_sweep(load_toml(spec)).sweep_id
-    while (found := client.training.sweep(sweep_id)).state == training_pb2.SWEEP_STATE_RUNNING:
-        time.sleep(0.2)
-    assert found.state == training_pb2.SWEEP_STATE_SUCCEEDED, found.error
-    return found
+    return client.training.submit_sweep(load_toml(spec)).wait(poll=0.2).info
 
 
 def printed(daemon, width: int, *args: str) -> str:

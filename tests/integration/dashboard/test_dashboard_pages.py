@@ -230,9 +230,9 @@ def test_sweeps_and_system_pages(dash, client, table, page):
             "metric": "val_loss",
         }
     )
-    wait_until(lambda: client.training.sweep(sweep.sweep_id).best_job_id, what="the sweep's best trial")
+    wait_until(lambda: client.training.sweep(sweep.id).best(), what="the sweep's best trial")
     open_page(page, dash, "/sweeps")
-    assert sweep.sweep_id in page.text_content("table")
+    assert sweep.id in page.text_content("table")
     screenshot(page, "sweeps")
     open_page(page, dash, f"/sweeps/{sweep.sweep_id}")
     assert "best so far" in page.text_content("table")

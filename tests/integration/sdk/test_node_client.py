@@ -1448,10 +1448,10 @@ def test_node_client_lists_jobs_by_state_experiment_and_sweep(node_ready, daemon
             "max_concurrent": 2,
         }
     )
-    client.training.cancel_sweep(sweep.sweep_id)
+    client.training.cancel_sweep(sweep.id)
     solo = client.training.submit({**small_spec(table), "experiment": "solo", "epochs": 200})
     client.training.cancel(solo.id)
-    trials = [trial.job_id for trial in client.training.sweep(sweep.sweep_id).trials]
+    trials = [trial.job_id for trial in client.training.sweep(sweep.id).trials()]
     for job_id in [*trials, solo.id]:  # ended, so that their states hold while listed
         list(client.training.watch(job_id))
     found = node_json(
@@ -1462,7 +1462,7 @@ def test_node_client_lists_jobs_by_state_experiment_and_sweep(node_ready, daemon
           const found = {{
             all: ids(await client.listJobs()),
             paged: ids(await client.listJobs({{ pageSize: 1 }})),
-            sweep: ids(await client.listJobs({{ sweepId: {json.dumps(sweep.sweep_id)} }})),
+            sweep: ids(await client.listJobs({{ sweepId: {json.dumps(sweep.id)} }})),
             solo: ids(await client.listJobs({{ experiment: 'solo', states: ['cancelled', 'JOB_STATE_FAILED'] }})),
             running: ids(await client.listJobs({{ states: ['running'] }})),
           }};
@@ -1599,7 +1599,7 @@ def test_node_client_submits_lists_and_cancels_a_sweep(node_ready, daemon, clien
     assert found["strategy"] == "SWEEP_STRATEGY_GRID" and found["listed"] == [found["id"]]
     assert found["state"] == "SWEEP_STATE_CANCELLED" and found["trials"] == ["1", "2"]
     assert found["absent"] == "NOT_FOUND"
-    assert [sweep.sweep_id for sweep in client.training.sweeps()] == [found["id"]]
+    assert [sweep.id for sweep in client.training.sweeps()] == [found["id"]]
 
 
 def test_node_cli_help_for_each_command(node_ready):
@@ -1874,7 +1874,7 @@ def test_node_cli_lists_runs_and_sweeps(node_ready, daemon, client, table):
             "metric": "val_loss",
         }
     )
-    client.training.cancel_sweep(sweep.sweep_id)
+    client.training.cancel_sweep(sweep.id)
 
     def listed(*args: str) -> Any:
         done = run_node(daemon.target, *args)
@@ -1895,10 +1895,10 @@ def test_node_cli_lists_runs_and_sweeps(node_ready, daemon, client, table):
     assert tracked("runs", "ls", "online", "--filter", "attributes.status != 'succeeded'") == [running]
     jobs = [job.id for job in client.training.jobs()]
     assert [job["job_id"] for job in listed("jobs", "ls")] == jobs != []
-    assert [job["job_id"] for job in listed("jobs", "ls", "--sweep", sweep.sweep_id)] == jobs
+    assert [job["job_id"] for job in listed("jobs", "ls", "--sweep", sweep.id)] == jobs
     assert listed("jobs", "ls", "--experiment", "online") == []
-    assert [s["sweep_id"] for s in listed("sweeps", "ls")] == [sweep.sweep_id]
-    shown = listed("sweeps", "show", sweep.sweep_id)
+    assert [s["sweep_id"] for s in listed("sweeps", "ls")] == [sweep.id]
+    shown = listed("sweeps", "show", sweep.id)
     assert shown["state"] == "SWEEP_STATE_CANCELLED"
     assert [trial["params"]["seed"] for trial in shown["trials"]] == ["1", "2"]
     absent = run_node(daemon.target, "sweeps", "show", "sweep-absent")

@@ -78,11 +78,11 @@ def test_a_sweep_submit_whose_answer_is_cut_off_is_retried_into_exactly_one_swee
     proxy = proxy_to(daemon.daemon.port)
     retry = tessera.RetryPolicy(attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2)
     with tessera.Client(proxy.target, timeout=30, retry=retry) as client:
-        before = [s.sweep_id for s in client.training.sweeps()]
+        before = [s.id for s in client.training.sweeps()]
         proxy.cut_at_next_answer()
         sweep = client.training.submit_sweep(_sweep_spec(table))
         assert proxy.cuts == 1
-        assert [s.sweep_id for s in client.training.sweeps()] == [sweep.sweep_id, *before]
+        assert [s.id for s in client.training.sweeps()] == [sweep.id, *before]
 
 
 def test_a_caller_chosen_request_id_answers_a_repeated_sweep_submit_with_the_same_sweep(
@@ -91,8 +91,8 @@ def test_a_caller_chosen_request_id_answers_a_repeated_sweep_submit_with_the_sam
     request_id = str(uuid.uuid4())
     first = client.training.submit_sweep(_sweep_spec(table), request_id=request_id)
     again = client.training.submit_sweep(_sweep_spec(table), request_id=request_id)
-    assert again.sweep_id == first.sweep_id
-    with pytest.raises(tessera.AlreadyExists, match=f"sweep {first.sweep_id!r}"):
+    assert again.id == first.id
+    with pytest.raises(tessera.AlreadyExists, match=f"sweep {first.id!r}"):
         client.training.submit_sweep(_sweep_spec(table, 0.01, 0.02), request_id=request_id)
     with pytest.raises(ValueError, match="pass None for a generated one, or 1 to 64 characters"):
         client.training.submit_sweep(_sweep_spec(table), request_id="has space")

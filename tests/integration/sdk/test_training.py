@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 
 import numpy as np
 import pytest
 
 import tessera
 import tessera.aio
-from tessera.v1 import registry_pb2, training_pb2
+from tessera.v1 import registry_pb2
 
 
 def small_spec(dataset: str, **overrides):
@@ -246,25 +245,16 @@ def _sweep_spec(table: str) -> dict:
     }
 
 
-def _until_ended(get, sweep_id: str, timeout_s: float = 120):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        sweep = get(sweep_id)
-        if sweep.state != training_pb2.SWEEP_STATE_RUNNING or time.monotonic() > deadline:
-            return sweep
-        time.sleep(0.2)
-
-
 def test_sweeps_submit_get_list_and_cancel(client, table):
     sweep = client.training.submit_sweep(_sweep_spec(table))
-    assert sweep.sweep_id and len(sweep.trials) == 2
-    done = _until_ended(client.training.sweep, sweep.sweep_id)
-    assert done.state == training_pb2.SWEEP_STATE_SUCCEEDED
-    assert sorted(t.params["optimizer.lr"] for t in done.trials) == ["0.001", "0.05"]
-    assert done.best_job_id in {t.job_id for t in done.trials}
-    assert sweep.sweep_id in [s.sweep_id for s in client.training.sweeps()]
+    assert sweep.id and len(sweep.trials()) == 2
+    done = client.training.sweep(sweep.id).wait(poll=0.2)
+    assert done.state == tessera.SweepState.SUCCEEDED
+    assert sorted(t.params["optimizer.lr"] for t in done.trials()) == ["0.001", "0.05"]
+    assert done.info.best_job_id in {t.job_id for t in done.trials()}
+    assert sweep.id in [s.id for s in client.training.sweeps()]
     with pytest.raises(tessera.FailedPrecondition):
-        client.training.cancel_sweep(sweep.sweep_id)
+        client.training.cancel_sweep(sweep.id)
     with pytest.raises(tessera.NotFound):
         client.training.sweep("no-such-sweep")
     with pytest.raises(tessera.InvalidArgument, match=r"optimizer\.nope"):
@@ -277,15 +267,15 @@ def test_aio_sweeps(daemon, client, table):
     async def scenario():
         async with tessera.aio.Client(daemon.target) as aio_client:
             sweep = await aio_client.training.submit_sweep(_sweep_spec(table))
-            cancelled = await aio_client.training.cancel_sweep(sweep.sweep_id)
-            fetched = await aio_client.training.sweep(sweep.sweep_id)
-            listed = [s.sweep_id async for s in aio_client.training.sweeps()]
+            cancelled = await aio_client.training.cancel_sweep(sweep.id)
+            fetched = await aio_client.training.sweep(sweep.id)
+            listed = [s.id async for s in aio_client.training.sweeps()]
             return sweep, cancelled, fetched, listed
 
     sweep, cancelled, fetched, listed = asyncio.run(scenario())
-    assert cancelled.state == training_pb2.SWEEP_STATE_CANCELLED
-    assert fetched.state == training_pb2.SWEEP_STATE_CANCELLED
-    assert sweep.sweep_id in listed
+    assert cancelled.state == tessera.SweepState.CANCELLED
+    assert fetched.state == tessera.SweepState.CANCELLED
+    assert sweep.id in listed
 
 
 def test_export_onnx_of_a_trained_version_sync_and_aio(daemon, client, table):

@@ -42,14 +42,18 @@ def test_every_method_has_the_same_signature_and_doc_on_both_clients():
                         assert inspect.iscoroutinefunction(twin) == isinstance(descriptor, _CallMethod), name
                         assert not inspect.iscoroutinefunction(method), name
                 assert "self" not in inspect.signature(client.models.create).parameters
-                job, aio_job = (
-                    tessera.Job(made.training._conn, training_pb2.Job(job_id="j"))
-                    for made in (client, aio_client)
+                handles = (
+                    (tessera.Job, training_pb2.Job(job_id="j")),
+                    (tessera.Sweep, training_pb2.Sweep(sweep_id="s")),
                 )
-                assert public_methods(job).keys() == public_methods(aio_job).keys()
-                for name, method in public_methods(job).items():
-                    twin = public_methods(aio_job)[name]
-                    assert inspect.signature(method).parameters == inspect.signature(twin).parameters, name
+                for handle, info in handles:
+                    blocking, asyncio_ = (handle(made.training._conn, info) for made in (client, aio_client))
+                    assert public_methods(blocking).keys() == public_methods(asyncio_).keys()
+                    for name, method in public_methods(blocking).items():
+                        twin = public_methods(asyncio_)[name]
+                        assert inspect.signature(method).parameters == inspect.signature(twin).parameters, (
+                            name
+                        )
 
     asyncio.run(scenario())
 
@@ -62,12 +66,14 @@ def test_both_clients_take_the_same_arguments_and_close_alike():
 
 def test_the_asyncio_names_are_the_shared_classes():
     assert tessera.aio.Models is tessera.models.Models and tessera.aio.Job is tessera.Job
+    assert tessera.aio.Sweep is tessera.Sweep
     assert set(tessera.aio.__all__) == {
         "Client",
         "Datasets",
         "Inference",
         "Job",
         "Models",
+        "Sweep",
         "System",
         "Training",
     }

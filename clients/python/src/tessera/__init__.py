@@ -12,7 +12,8 @@
 `tessera.aio.Client` is the asyncio twin. Every failed call raises a `tessera.TesseraError`
 subclass named after its status code (`tessera.NotFound`, `tessera.InvalidArgument`, ...);
 `Job.wait()` raises `tessera.JobFailed` (`tessera.JobCancelled`) for a job that did not succeed,
-and `tessera.Error` is the base of them all.
+`Sweep.wait()` `tessera.SweepFailed` (`tessera.SweepCancelled`) for a sweep, and `tessera.Error`
+is the base of them all.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
         PermissionDenied,
         ResourceExhausted,
         StillRunning,
+        SweepCancelled,
+        SweepFailed,
         TesseraError,
         Unauthenticated,
         Unavailable,
@@ -60,6 +63,7 @@ if TYPE_CHECKING:
     )
     from tessera.explanations import Explanation, time_slice, top_positions
     from tessera.inference import Prediction
+    from tessera.sweeps import Sweep, SweepState, SweepTrial
     from tessera.training import Job
     from tessera.transport import TLS, RetryPolicy
 
@@ -86,6 +90,8 @@ _NAMES_BY_MODULE = {
         "PermissionDenied",
         "ResourceExhausted",
         "StillRunning",
+        "SweepCancelled",
+        "SweepFailed",
         "TesseraError",
         "Unauthenticated",
         "Unavailable",
@@ -107,6 +113,7 @@ _NAMES_BY_MODULE = {
     ),
     "tessera.explanations": ("Explanation", "time_slice", "top_positions"),
     "tessera.inference": ("Prediction",),
+    "tessera.sweeps": ("Sweep", "SweepState", "SweepTrial"),
     "tessera.training": ("Job",),
     "tessera.transport": ("TLS", "RetryPolicy"),
 }
@@ -145,6 +152,11 @@ __all__ = [
     "StateChanged",
     "StepMetrics",
     "StillRunning",
+    "Sweep",
+    "SweepCancelled",
+    "SweepFailed",
+    "SweepState",
+    "SweepTrial",
     "TesseraError",
     "Unauthenticated",
     "Unavailable",

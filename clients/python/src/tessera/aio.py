@@ -18,11 +18,12 @@ from types import TracebackType
 from tessera.datasets import Datasets
 from tessera.inference import Inference
 from tessera.models import Models
+from tessera.sweeps import Sweep
 from tessera.system import System
 from tessera.training import Job, Training
 from tessera.transport import DEFAULT_TIMEOUT_S, DEFAULT_TRANSFER_TIMEOUT_S, TLS, AioConnection, RetryPolicy
 
-__all__ = ["Client", "Datasets", "Inference", "Job", "Models", "System", "Training"]
+__all__ = ["Client", "Datasets", "Inference", "Job", "Models", "Sweep", "System", "Training"]
 
 
 class Client:

@@ -18,8 +18,8 @@ import grpc
 
 
 class Error(Exception):
-    """The base of the SDK's own exceptions: `TesseraError` (a call failed) and `JobFailed` (a
-    job ended without succeeding)."""
+    """The base of the SDK's own exceptions: `TesseraError` (a call failed), `JobFailed` (a
+    job ended without succeeding) and `SweepFailed` (a sweep did)."""
 
 
 class TesseraError(Error):
@@ -63,13 +63,22 @@ class DeadlineExceeded(TesseraError):
 
 
 class StillRunning(DeadlineExceeded, TimeoutError):
-    """`Job.wait(timeout=...)` ran out of time while the job had not ended; the job goes on
-    (`job_id` names it): wait again, or cancel it. A DeadlineExceeded, as the deadline of a call
-    is, and a TimeoutError, as a timeout of the standard library's waits is."""
+    """`Job.wait(timeout=...)` (`Sweep.wait`) ran out of time while the job (sweep) had not
+    ended; it goes on (`job_id`, `sweep_id` names it): wait again, or cancel it. A
+    DeadlineExceeded, as the deadline of a call is, and a TimeoutError, as a timeout of the
+    standard library's waits is."""
 
-    def __init__(self, message: str, trailers: Mapping[str, str] | None = None, *, job_id: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        trailers: Mapping[str, str] | None = None,
+        *,
+        job_id: str = "",
+        sweep_id: str = "",
+    ) -> None:
         super().__init__(message, trailers)
         self.job_id = job_id
+        self.sweep_id = sweep_id
 
 
 class NotFound(TesseraError):
@@ -164,6 +173,24 @@ class JobFailed(Error):
 class JobCancelled(JobFailed):
     """`Job.wait()` found the job ended CANCELLED (by `cancel()`, the CLI's `jobs cancel`, or a
     sweep's cancel): a JobFailed, so that code catching that catches it too."""
+
+
+class SweepFailed(Error):
+    """`Sweep.wait()` found the sweep ended without succeeding (its `info.error` says why);
+    `sweep` holds its final state. As JobFailed: no TesseraError, and pickled, `sweep` becomes
+    that state alone, the `tessera.v1` Sweep message."""
+
+    def __init__(self, sweep: object, message: str) -> None:
+        super().__init__(message)
+        self.sweep = sweep
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = {name: value for name, value in vars(self).items() if name != "sweep"}
+        return type(self), (getattr(self.sweep, "info", self.sweep), *self.args), state
+
+
+class SweepCancelled(SweepFailed):
+    """`Sweep.wait()` found the sweep ended CANCELLED (by `cancel()` or `tessera sweeps cancel`)."""
 
 
 class StoppedFollowing(KeyboardInterrupt):

@@ -248,7 +248,7 @@ def wait_live(get: Callable[[], training_pb2.Sweep], out: Output) -> training_pb
 
 
 def cmd_sweep(client: Client, args: argparse.Namespace, out: Output) -> None:
-    sweep = client.training.submit_sweep(load_toml(args.spec))
+    sweep = client.training.submit_sweep(load_toml(args.spec)).info
     if not args.follow:
         if out.as_json:
             return out.json(sweep)
@@ -263,7 +263,7 @@ def cmd_sweep(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def follow_sweep(client: Client, sweep_id: str, out: Output) -> training_pb2.Sweep:
     try:
-        sweep = wait_live(lambda: client.training.sweep(sweep_id), out)
+        sweep = wait_live(lambda: client.training.sweep(sweep_id).info, out)
     except KeyboardInterrupt:
         raise StoppedFollowing(
             f"stopped following sweep {sweep_id}, which goes on: `tessera sweeps show {sweep_id} --follow` "
@@ -284,7 +284,7 @@ def finish(sweep: training_pb2.Sweep) -> None:
 
 
 def cmd_sweeps_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
-    sweeps = list(client.training.sweeps())
+    sweeps = [sweep.info for sweep in client.training.sweeps()]
     if out.as_json:
         return out.json(sweeps)
     if not sweeps:
@@ -321,7 +321,7 @@ def cmd_sweeps_show(client: Client, args: argparse.Namespace, out: Output) -> No
     if args.follow:
         finish(follow_sweep(client, args.sweep_id, out))
         return None
-    sweep = client.training.sweep(args.sweep_id)
+    sweep = client.training.sweep(args.sweep_id).info
     if out.as_json:
         return out.json(sweep)
     fitted = trials_table(sweep, out.console.width)
@@ -332,7 +332,7 @@ def cmd_sweeps_show(client: Client, args: argparse.Namespace, out: Output) -> No
 
 
 def cmd_sweeps_cancel(client: Client, args: argparse.Namespace, out: Output) -> None:
-    sweep = client.training.cancel_sweep(args.sweep_id)
+    sweep = client.training.cancel_sweep(args.sweep_id).info
     if out.as_json:
         return out.json(sweep)
     out.line(f"cancelled sweep {sweep.sweep_id}; its running trials stop at their next step")

@@ -42,6 +42,7 @@ from tessera.errors import (
 from tessera.events import JobEvent, JobState, StateChanged, event_from_proto
 from tessera.messages import from_dict
 from tessera.run_filter import RunFilter, RunOrderBy, is_order_string, parse_filter, parse_orders
+from tessera.sweeps import Sweep
 from tessera.transfer import (
     CHUNK_BYTES,
     Progress,
@@ -1194,9 +1195,9 @@ class Training(Part[C]):
         *,
         request_id: str | None = None,
         timeout: float | None = None,
-    ) -> Op[pb.Sweep]:
+    ) -> Op[Sweep[C]]:
         """Start a hyperparameter sweep over a base job spec: grid, random, TPE, CMA-ES or PBT trials,
-        optionally pruned by ASHA or Hyperband.
+        optionally pruned by ASHA or Hyperband; returns its `Sweep` (wait, trials, best, cancel).
 
         As `submit`, it carries `request_id` (a new UUID4 unless given) and is retried on
         UNAVAILABLE: a retry of a submit the daemon had committed answers that sweep instead of
@@ -1207,27 +1208,31 @@ class Training(Part[C]):
         request = pb.SubmitSweepRequest(
             spec=from_dict(pb.SweepSpec, spec, "sweep"), request_id=_submit_request_id(request_id)
         )
-        return Op(S, "SubmitSweep", request, timeout=timeout)
+        return Op(S, "SubmitSweep", request, self._sweep, timeout=timeout)
 
     @call
-    def sweep(self, sweep_id: str, *, timeout: float | None = None) -> Op[pb.Sweep]:
+    def sweep(self, sweep_id: str, *, timeout: float | None = None) -> Op[Sweep[C]]:
         """A sweep with its trials."""
-        return Op(S, "GetSweep", pb.GetSweepRequest(sweep_id=sweep_id), timeout=timeout)
+        return Op(S, "GetSweep", pb.GetSweepRequest(sweep_id=sweep_id), self._sweep, timeout=timeout)
 
     @stream
-    def sweeps(self, page_size: int = 0, *, timeout: float | None = None) -> Pages[pb.Sweep]:
+    def sweeps(self, page_size: int = 0, *, timeout: float | None = None) -> Pages[Sweep[C]]:
         """Every sweep."""
         return Pages(
             lambda token: Op(
                 S, "ListSweeps", pb.ListSweepsRequest(page_size=page_size, page_token=token), timeout=timeout
             ),
             "sweeps",
+            self._sweep,
         )
 
     @call
-    def cancel_sweep(self, sweep_id: str, *, timeout: float | None = None) -> Op[pb.Sweep]:
+    def cancel_sweep(self, sweep_id: str, *, timeout: float | None = None) -> Op[Sweep[C]]:
         """Cancel a sweep and its running trials."""
-        return Op(S, "CancelSweep", pb.CancelSweepRequest(sweep_id=sweep_id), timeout=timeout)
+        return Op(S, "CancelSweep", pb.CancelSweepRequest(sweep_id=sweep_id), self._sweep, timeout=timeout)
 
     def _job(self, info: pb.Job) -> Job[C]:
         return Job(self._conn, info)
+
+    def _sweep(self, info: pb.Sweep) -> Sweep[C]:
+        return Sweep(self._conn, info)

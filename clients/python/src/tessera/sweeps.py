@@ -1,0 +1,219 @@
+"""Sweeps as handles: `Sweep` (state, typed trials, the best one, wait, cancel), as `Job` is a
+training job's."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
+
+from tessera.calls import C, Call, Op, Part, call
+from tessera.errors import DeadlineExceeded, StillRunning, SweepCancelled, SweepFailed
+from tessera.events import JobState
+from tessera.transport import AioConnection, Connection, call_timeout
+from tessera.v1 import training_pb2 as pb
+
+S = "Training"
+
+T = TypeVar("T")
+
+
+class SweepState(StrEnum):
+    """A sweep's state; the values are lowercase words ("running", "succeeded")."""
+
+    UNSPECIFIED = "unspecified"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @classmethod
+    def from_proto(cls, value: pb.SweepState.ValueType) -> SweepState:
+        return cls(pb.SweepState.Name(value).removeprefix("SWEEP_STATE_").lower())
+
+    @property
+    def finished(self) -> bool:
+        """True for the states a sweep never leaves."""
+        return self in (SweepState.SUCCEEDED, SweepState.FAILED, SweepState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class SweepTrial:
+    """One trial of a sweep: its place (`number`, from 0), its job and the job's state, the
+    values it tried (`params`, by path, as text: "0.001"), and its `metric` (the sweep's, None
+    until it reported one). `pruned`: a pruner (ASHA, Hyperband) stopped it early; `error`: why
+    its job could not be submitted. `info` is the `tessera.v1` SweepTrial with the rest
+    (bracket, generation, parent_job_id)."""
+
+    number: int
+    job_id: str
+    state: JobState
+    params: dict[str, str]
+    metric: float | None
+    pruned: bool
+    error: str
+    info: pb.SweepTrial
+
+    @classmethod
+    def from_proto(cls, trial: pb.SweepTrial) -> SweepTrial:
+        return cls(
+            number=trial.number,
+            job_id=trial.job_id,
+            state=JobState.from_proto(trial.state),
+            params=dict(trial.params),
+            metric=trial.metric if trial.has_metric else None,
+            pruned=trial.pruned,
+            error=trial.error,
+            info=trial,
+        )
+
+
+def sweep_failed(sweep: Sweep[C], info: pb.Sweep) -> SweepFailed:
+    """The exception for `sweep`, ended in `info` without succeeding: SweepCancelled where cancelled."""
+    state = SweepState.from_proto(info.state)
+    why = f": {info.error}" if info.error else ""
+    if state == SweepState.CANCELLED:
+        return SweepCancelled(sweep, f"sweep {info.sweep_id} was cancelled{why}")
+    return SweepFailed(sweep, f"sweep {info.sweep_id} ended {state.value}{why}")
+
+
+@dataclass(frozen=True)
+class SweepEnd(Call[T]):
+    """`Sweep.wait`'s: GetSweep every `poll` seconds (there is no watch of a sweep) until the
+    sweep has ended, then `ended` of it. Where `timeout` runs out first, StillRunning says that
+    the sweep goes on (in the state last seen, from `state` on) and what to do."""
+
+    sweep_id: str
+    state: SweepState
+    poll: float
+    timeout: float | None
+    ended: Callable[[pb.Sweep], T]
+
+    def run(self, conn: Connection) -> T:
+        deadline = self._deadline()
+        state = self.state
+        while True:
+            try:
+                info = self._get(deadline, state).run(conn)
+            except DeadlineExceeded as error:
+                if self.timeout is None:
+                    raise
+                raise self._still(state, error) from error
+            state = SweepState.from_proto(info.state)
+            if state.finished:
+                return self.ended(info)
+            time.sleep(self._pause(deadline, state))
+
+    async def run_async(self, conn: AioConnection) -> T:
+        deadline = self._deadline()
+        state = self.state
+        while True:
+            try:
+                info = await self._get(deadline, state).run_async(conn)
+            except DeadlineExceeded as error:
+                if self.timeout is None:
+                    raise
+                raise self._still(state, error) from error
+            state = SweepState.from_proto(info.state)
+            if state.finished:
+                return self.ended(info)
+            await asyncio.sleep(self._pause(deadline, state))
+
+    def _deadline(self) -> float | None:
+        return None if self.timeout is None else time.monotonic() + self.timeout
+
+    def _get(self, deadline: float | None, state: SweepState) -> Op[pb.Sweep]:
+        """GetSweep, bounded by what is left of the wait (None: the client's own deadline)."""
+        left = self._left(deadline, state)
+        return Op(S, "GetSweep", pb.GetSweepRequest(sweep_id=self.sweep_id), timeout=left)
+
+    def _pause(self, deadline: float | None, state: SweepState) -> float:
+        """How long to sleep before the next GetSweep; StillRunning where the wait has no time left."""
+        left = self._left(deadline, state)
+        return self.poll if left is None else min(self.poll, left)
+
+    def _left(self, deadline: float | None, state: SweepState) -> float | None:
+        if deadline is None:
+            return None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise self._still(state, None)
+        return left
+
+    def _still(self, state: SweepState, error: DeadlineExceeded | None) -> StillRunning:
+        return StillRunning(
+            f"sweep {self.sweep_id} is still {state.value} after {self.timeout:g} s, the timeout given "
+            "to wait(); it goes on: call wait() again to wait longer, or cancel() to stop it",
+            error.trailers if error is not None else None,
+            sweep_id=self.sweep_id,
+        )
+
+
+class Sweep(Part[C]):
+    """A hyperparameter sweep on the daemon. `info` is its latest known state, the `tessera.v1`
+    Sweep message (refresh() updates it)."""
+
+    def __init__(self, conn: C, info: pb.Sweep) -> None:
+        Part.__init__(self, conn)
+        self.info = info
+
+    def __repr__(self) -> str:
+        return f"Sweep({self.id!r}, state={self.state.value!r}, trials={len(self.info.trials)})"
+
+    @property
+    def id(self) -> str:
+        """The sweep id."""
+        return self.info.sweep_id
+
+    @property
+    def state(self) -> SweepState:
+        """The state when `info` was last fetched."""
+        return SweepState.from_proto(self.info.state)
+
+    def trials(self) -> list[SweepTrial]:
+        """The trials when `info` was last fetched, in the order they were started."""
+        return [SweepTrial.from_proto(trial) for trial in self.info.trials]
+
+    def best(self) -> SweepTrial | None:
+        """The trial with the best metric among those that succeeded unpruned (the daemon's
+        pick, `info.best_job_id`); None until one has."""
+        if not self.info.best_job_id:
+            return None
+        return next((t for t in self.trials() if t.job_id == self.info.best_job_id), None)
+
+    @call
+    def refresh(self, *, timeout: float | None = None) -> Op[Sweep[C]]:
+        """Fetch the sweep's current state into `info`; returns self."""
+        return Op(S, "GetSweep", pb.GetSweepRequest(sweep_id=self.id), self._updated, timeout=timeout)
+
+    @call
+    def wait(self, timeout: float | None = None, poll: float = 1.0, check: bool = True) -> SweepEnd[Sweep[C]]:
+        """Block until the sweep ends, asking the daemon for it every `poll` seconds; returns
+        self with `info` final. With `check`, raises SweepFailed when it did not succeed
+        (SweepCancelled, a SweepFailed, when it was cancelled). `timeout` (seconds; None: no
+        limit) ends the wait, not the sweep: past it, StillRunning (a DeadlineExceeded and a
+        TimeoutError) says so; call `wait()` again to wait longer, or `cancel()` to stop it."""
+        call_timeout(timeout)
+        if not poll > 0:
+            raise ValueError(f"poll must be seconds above 0, got {poll}")
+
+        def ended(info: pb.Sweep) -> Sweep[C]:
+            self.info = info
+            if check and self.state != SweepState.SUCCEEDED:
+                raise sweep_failed(self, info)
+            return self
+
+        return SweepEnd(self.id, self.state, poll, timeout, ended)
+
+    @call
+    def cancel(self, *, timeout: float | None = None) -> Op[Sweep[C]]:
+        """Cancel the sweep and its running trials (FailedPrecondition if it already ended);
+        returns self, refreshed."""
+        return Op(S, "CancelSweep", pb.CancelSweepRequest(sweep_id=self.id), self._updated, timeout=timeout)
+
+    def _updated(self, info: pb.Sweep) -> Sweep[C]:
+        self.info = info
+        return self

@@ -1,0 +1,157 @@
+"""The `Sweep` handle against a real daemon: typed state and trials, the best trial, wait (with
+its timeout, and its errors for a sweep that failed or was cancelled) and cancel, sync and aio."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import re
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+import tessera
+import tessera.aio
+from tests.readme_blocks import code_blocks
+
+CLIENT_README = Path(__file__).resolve().parents[3] / "clients" / "python" / "README.md"
+
+
+@pytest.fixture
+def table(client) -> str:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    version = client.datasets.push("table", x=x, y=y, splits={"train": 0.75, "val": 0.25})
+    return f"table:{version.version}"
+
+
+def sweep_spec(table: str, epochs: int = 1, lrs: tuple[str, ...] = ("0.001", "0.05")) -> dict:
+    return {
+        "base": {
+            "experiment": "sweeps",
+            "architecture": {"input_shape": [4], "output_size": 2, "mlp": {"hidden_sizes": [8]}},
+            "task": "classification",
+            "data": {"dataset": table, "train_split": "train", "val_split": "val"},
+            "optimizer": {"name": "adam", "lr": 0.01},
+            "epochs": epochs,
+            "batch_size": 8,
+            "seed": 0,
+        },
+        "strategy": "grid",
+        "parameters": [{"path": "optimizer.lr", "values": {"values": list(lrs)}}],
+        "max_concurrent": 2,
+        "metric": "val_loss",
+    }
+
+
+def test_a_sweep_waited_for_has_typed_trials_and_names_its_best(client, table):
+    sweep = client.training.submit_sweep(sweep_spec(table))
+    assert isinstance(sweep, tessera.Sweep) and sweep.id == sweep.info.sweep_id
+    assert sweep.state == tessera.SweepState.RUNNING and sweep.state == "running"
+    assert sweep.wait(poll=0.2) is sweep
+    assert sweep.state is tessera.SweepState.SUCCEEDED
+    trials = sweep.trials()
+    assert [t.number for t in trials] == [0, 1]
+    assert all(t.state is tessera.JobState.SUCCEEDED and t.metric is not None for t in trials)
+    assert sorted(t.params["optimizer.lr"] for t in trials) == ["0.001", "0.05"]
+    best = sweep.best()
+    assert best is not None and best.job_id == sweep.info.best_job_id
+    assert best.metric == min(t.metric for t in trials)  # val_loss: lowest is best
+    listed = [s for s in client.training.sweeps() if s.id == sweep.id]
+    assert len(listed) == 1 and listed[0].state is tessera.SweepState.SUCCEEDED
+    fetched = client.training.sweep(sweep.id)
+    assert fetched.best() == best
+    assert re.fullmatch(rf"Sweep\('{sweep.id}', state='succeeded', trials=2\)", repr(fetched))
+    with pytest.raises(tessera.FailedPrecondition):
+        sweep.cancel()
+
+
+def test_a_wait_that_times_out_says_the_sweep_goes_on_and_cancel_ends_it(client, table):
+    sweep = client.training.submit_sweep(sweep_spec(table, epochs=100_000))
+    try:
+        with pytest.raises(tessera.StillRunning) as caught:
+            sweep.wait(timeout=1, poll=0.2)
+        assert isinstance(caught.value, tessera.DeadlineExceeded) and isinstance(caught.value, TimeoutError)
+        assert caught.value.message == (
+            f"sweep {sweep.id} is still running after 1 s, the timeout given to wait(); it goes on: "
+            "call wait() again to wait longer, or cancel() to stop it"
+        )
+        assert caught.value.sweep_id == sweep.id
+    finally:
+        assert sweep.cancel() is sweep
+    assert sweep.state is tessera.SweepState.CANCELLED
+    with pytest.raises(tessera.SweepCancelled, match=rf"sweep {sweep.id} was cancelled") as cancelled:
+        sweep.wait(poll=0.2)
+    assert isinstance(cancelled.value, tessera.SweepFailed) and cancelled.value.sweep is sweep
+    assert sweep.wait(check=False, poll=0.2).state is tessera.SweepState.CANCELLED
+    # Pickled, the sweep becomes its final state, the Sweep message: the handle holds a channel.
+    unpickled = pickle.loads(pickle.dumps(cancelled.value))
+    assert type(unpickled) is tessera.SweepCancelled and unpickled.sweep == sweep.info
+
+
+def _worker_pids() -> set[int]:
+    """The daemon's job workers: the children of its fork server (training.worker_start)."""
+    return {
+        child.pid
+        for child in psutil.Process().children(recursive=True)
+        if "forkserver" in " ".join(child.parent().cmdline())
+    }
+
+
+def test_a_sweep_that_ended_failed_raises_sweep_failed_saying_why(client, table):
+    sweep = client.training.submit_sweep(sweep_spec(table, epochs=100_000))
+    deadline = time.monotonic() + 120
+    while len(_worker_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # Workers that crash fail their trials' jobs: no trial succeeds.
+    for pid in _worker_pids():
+        psutil.Process(pid).send_signal(signal.SIGSEGV)
+    with pytest.raises(tessera.SweepFailed) as caught:
+        sweep.wait(poll=0.2)
+    assert type(caught.value) is tessera.SweepFailed and caught.value.sweep is sweep
+    assert str(caught.value) == f"sweep {sweep.id} ended failed: {sweep.info.error}"
+    assert sweep.info.error.startswith("no trial succeeded: 2 failed")
+    assert [t.state for t in sweep.trials()] == [tessera.JobState.FAILED] * 2
+    assert sweep.best() is None
+
+
+def test_wait_refuses_a_poll_or_timeout_it_cannot_keep(client, table):
+    sweep = client.training.submit_sweep(sweep_spec(table))
+    with pytest.raises(ValueError, match="poll must be seconds above 0"):
+        sweep.wait(poll=0)
+    with pytest.raises(ValueError, match="timeout must be seconds above 0"):
+        sweep.wait(timeout=0)
+    sweep.wait(poll=0.2)
+
+
+def test_aio_sweep_handle(daemon, client, table):
+    async def scenario():
+        async with tessera.aio.Client(daemon.target) as aio_client:
+            sweep = await aio_client.training.submit_sweep(sweep_spec(table, epochs=100_000))
+            with pytest.raises(tessera.StillRunning, match=r"is still running after 0\.5 s"):
+                await sweep.wait(timeout=0.5, poll=0.1)
+            await sweep.cancel()
+            with pytest.raises(tessera.SweepCancelled):
+                await sweep.wait(poll=0.1)
+            fetched = await aio_client.training.sweep(sweep.id)
+            refreshed = await fetched.refresh()
+            listed = [s.id async for s in aio_client.training.sweeps()]
+            return sweep, refreshed, listed
+
+    sweep, refreshed, listed = asyncio.run(scenario())
+    assert isinstance(sweep, tessera.aio.Sweep)
+    assert refreshed.state is tessera.SweepState.CANCELLED and sweep.id in listed
+
+
+def test_the_readme_sweep_example_runs_as_written(client, table):
+    (block,) = [
+        b
+        for b in code_blocks(CLIENT_README.read_text(encoding="utf-8"), "The SDK", {"python"})
+        if "submit_sweep" in b
+    ]
+    exec(block, {"client": client, "sweep_spec": sweep_spec(table), "tessera": tessera})
