@@ -952,7 +952,9 @@ def test_a_404_names_the_http_route_that_lists_what_was_not_found_and_grpc_keeps
     ):
         answer = http_get(port, path)
         assert (answer.status, answer.json()) == (404, {"error": said}), path
-    with pytest.raises(tessera.NotFound, match="run 'nope' does not exist; ListRuns lists them"):
+    with pytest.raises(
+        tessera.NotFound, match=r"run 'nope' does not exist; `client\.training\.runs\(\)` lists them"
+    ):
         client.training.run("nope")
 
 

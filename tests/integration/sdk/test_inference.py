@@ -66,7 +66,8 @@ def test_a_mistyped_model_name_is_answered_with_the_nearest_one_first(client, ma
     with pytest.raises(tessera.NotFound) as caught:
         client.inference.predict("clips-cnn4", {"input": x})
     assert caught.value.message == (
-        "model 'clips-cnn4' does not exist; did you mean 'clips-cnn4d'? Or create it with CreateModel"
+        "model 'clips-cnn4' does not exist; did you mean 'clips-cnn4d'? Or create it with "
+        "`client.models.push(name, path)`"
     )
     with pytest.raises(
         tessera.NotFound, match=r"model 'clps-cnn4d' does not exist; did you mean 'clips-cnn4d'\?"
@@ -74,7 +75,10 @@ def test_a_mistyped_model_name_is_answered_with_the_nearest_one_first(client, ma
         client.models.get("clps-cnn4d")
     with pytest.raises(tessera.NotFound) as caught:
         client.inference.predict("zzz", {"input": x})
-    assert caught.value.message == "model 'zzz' does not exist; create it with CreateModel"
+    assert (
+        caught.value.message == "model 'zzz' does not exist; create it with `client.models.push(name, path)`"
+    )
+    assert caught.value.daemon_message == "model 'zzz' does not exist; create it with CreateModel"
 
 
 def test_predict_stream_answers_each_item_and_goes_on_after_a_bad_one(client, served):

@@ -357,7 +357,7 @@ class Reconnects:
         # The first of the failed tries was the stream itself, not a reconnect.
         reconnects = self._failures - 1
         return type(error)(
-            f"{error.message} (gave up {self.doing} after {reconnects} reconnects, the last failing "
+            f"{error.daemon_message} (gave up {self.doing} after {reconnects} reconnects, the last failing "
             f"{error.code}{why}; {self.again()})",
             error.trailers,
         )
@@ -411,7 +411,7 @@ class _SinkReconnects(Reconnects):
         if isinstance(error, DeadlineExceeded):
             # gRPC's words name neither the download nor the bytes it kept.
             raise DeadlineExceeded(
-                f"{error.message} ({self.doing}; {self.again()})", error.trailers
+                f"{error.daemon_message} ({self.doing}; {self.again()})", error.trailers
             ) from None
         return super().resume_after(error)
 

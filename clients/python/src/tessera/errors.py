@@ -16,6 +16,8 @@ from typing import Any, cast
 
 import grpc
 
+from tessera.sdk_words import in_sdk_words
+
 
 class Error(Exception):
     """The base of the SDK's own exceptions: `TesseraError` (a call failed), `JobFailed` (a
@@ -23,13 +25,17 @@ class Error(Exception):
 
 
 class TesseraError(Error):
-    """A call to tesserad failed; `code` is the gRPC status name, `message` the server's words."""
+    """A call to tesserad failed; `code` is the gRPC status name, `message` the server's words
+    with the fix they end in said in the SDK's words ("`client.models.versions(name)` lists
+    them"), and `daemon_message` the words as the server sent them, naming RPCs
+    ("ListVersions lists them"), as a tool that says its own words (the CLI) reads them."""
 
     code: str = "UNKNOWN"
 
     def __init__(self, message: str, trailers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
-        self.message = message
+        self.daemon_message = message
+        self.message = in_sdk_words(message)
         # The call's trailing metadata: where a call says more than its status (such as how
         # much of a LogMetricsStream was stored).
         self.trailers: dict[str, str] = dict(trailers or {})
@@ -224,7 +230,7 @@ UNREACHABLE = re.compile(r"backends failing|failed to connect|errors resolving",
 
 def reached_no_daemon(error: TesseraError) -> bool:
     """Whether `error` is gRPC's for a call that found no connection: none of it was sent."""
-    return isinstance(error, Unavailable) and UNREACHABLE.search(error.message) is not None
+    return isinstance(error, Unavailable) and UNREACHABLE.search(error.daemon_message) is not None
 
 
 # Codes gRPC's client makes itself: no connection, its own deadline, a cancel, its own message
@@ -455,8 +461,10 @@ def explain_unreachable(
         return error
     # A plaintext client's advice already names the one reason an address that accepts its
     # connection fails it: a daemon serving TLS.
-    listener = listener_beside_refused(target, error.message) if tls else None
-    return Unavailable(unreachable_message(target, error.message, tls, client_cert, listener), error.trailers)
+    listener = listener_beside_refused(target, error.daemon_message) if tls else None
+    return Unavailable(
+        unreachable_message(target, error.daemon_message, tls, client_cert, listener), error.trailers
+    )
 
 
 _CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}

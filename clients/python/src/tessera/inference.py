@@ -124,7 +124,7 @@ def _unanswered(request: pb.PredictRequest, error: TesseraError) -> Prediction:
         request_id=request.request_id,
         error=type(error)(
             f"request {request.request_id!r} was sent, but the stream broke before its answer came "
-            f"({error.message}); it was not sent again, since the daemon may have run it: send it "
+            f"({error.daemon_message}); it was not sent again, since the daemon may have run it: send it "
             "again if its result is still wanted"
         ),
     )

@@ -1,11 +1,10 @@
 """The daemon's messages in a CLI user's words: where a message names an RPC ("create it with
-CreateModel"), the CLI shows the command that does the same. The SDK keeps the API's words."""
+CreateModel"), the CLI shows the command that does the same (the SDK the call, `tessera.sdk_words`)."""
 
 from __future__ import annotations
 
-import re
-
 from tessera.errors import TARGET_WORDS, TLS_CA_WORDS, TLS_CLIENT_WORDS, TLS_NAME_WORDS, TLS_WORDS
+from tessera.fix_words import Words
 from tessera.training import LIST_ARTIFACTS_WORDS
 from tessera.transfer import RESUME_WORDS, WITH_RESUME_WORDS, WITHOUT_RESUME_WORDS
 
@@ -74,19 +73,10 @@ COMMAND_BY_RPC: dict[str, str] = {
 """RPC name -> the `tessera` command that does it (or, where none does, the SDK call)."""
 
 # An RPC told to name a version ("LoadModel naming version 3"): its command with --version.
-_VERSIONED_RPC = re.compile(r"\b(LoadModel|Predict) naming version (\d+)")
 _VERSIONED_COMMAND = {
     "LoadModel": "`tessera load MODEL --version {}`",
     "Predict": "`tessera predict MODEL --input FILE --version {}`",
 }
-
-_SERVICES = ("Registry", "Datasets", "Training", "Inference", "System")
-# An RPC bare, as Service.Rpc, or as its method path tessera.v1.Service/Rpc (which PERMISSION_DENIED
-# names): the whole of it becomes the command.
-_RPC_WORD = re.compile(
-    rf"(?:\btessera\.v1\.(?:{'|'.join(_SERVICES)})/|\b(?:{'|'.join(_SERVICES)})\.)?"
-    rf"\b({'|'.join(sorted(COMMAND_BY_RPC, key=len, reverse=True))})\b"
-)
 
 
 FLAG_BY_FIELD: dict[str, str] = {
@@ -96,8 +86,6 @@ FLAG_BY_FIELD: dict[str, str] = {
     "name_prefix": "--prefix",
 }
 """Request field a daemon message names (one to set, or one it refused) -> the flag that sets it."""
-
-_FIELD_WORD = re.compile(rf"\b({'|'.join(FLAG_BY_FIELD)})\b")
 
 FLAG_BY_ARGUMENT: dict[str, str] = {
     TARGET_WORDS: "--target HOST:PORT (env TESSERA_TARGET)",
@@ -115,56 +103,13 @@ FLAG_BY_ARGUMENT: dict[str, str] = {
 download's or a missing artifact's message names them) -> the flags or command."""
 
 
-# A name a message quotes, as Python's repr writes it ('clips', "it's"): the user's own text. A
-# quote after a letter is an apostrophe ("the daemon's"), not the start of one.
-_QUOTED = re.compile(r"""(?<!\w)(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")(?!\w)""")
-# An RPC as its method path, which PERMISSION_DENIED names ahead of its fix.
-_METHOD_PATH = re.compile(
-    rf"\btessera\.v1\.(?:{'|'.join(_SERVICES)})/({'|'.join(sorted(COMMAND_BY_RPC, key=len, reverse=True))})\b"
-)
+CLI_WORDS = Words(COMMAND_BY_RPC, _VERSIONED_COMMAND, FLAG_BY_FIELD, FLAG_BY_ARGUMENT)
 
 
 def in_cli_words(message: str) -> str:
     """`message` with the fix that ends each of its lines in a CLI user's words (a spec's problems
-    come one to a line, each with its own fix); see `_line_in_cli_words`."""
-    return "\n".join(_line_in_cli_words(line) for line in message.split("\n"))
-
-
-def _line_in_cli_words(message: str) -> str:
-    """`message` (one line) with the fix that ends it (what follows its last "; ", or the whole
-    of a line without one) in a CLI user's words: each RPC it names (bare, as Service.Rpc or
-    tessera.v1.Service/Rpc) as its command, each request field or client argument it tells the
-    caller to set as the flag that sets it. Before the fix a message says what went wrong, in the
-    user's own text too (a path given, a run id), so only what no such text holds is put there: a
-    method path, and the SDK's `argument=` words (which an unreachable daemon's message has in
-    each clause). The names a message quotes are the user's and stay as they are anywhere."""
-    quoted = [match.span() for match in _QUOTED.finditer(message)]
-    outside = list(message)
-    for start, end in quoted:
-        outside[start:end] = "\0" * (end - start)
-    last = "".join(outside).rfind("; ")
-    fix_start = last + 2 if last >= 0 else 0
-    said = []
-    at = 0
-    for start, end in [*quoted, (len(message), len(message))]:
-        plain = message[at:start]
-        split = min(max(fix_start - at, 0), len(plain))
-        said += [_in_cli_words_before_the_fix(plain[:split]), _in_cli_words_of_the_fix(plain[split:])]
-        said.append(message[start:end])
-        at = end
-    return "".join(said)
-
-
-def _in_cli_words_before_the_fix(text: str) -> str:
-    for argument, flag in FLAG_BY_ARGUMENT.items():
-        if argument.startswith("`"):
-            text = text.replace(argument, flag)
-    return _METHOD_PATH.sub(lambda match: COMMAND_BY_RPC[match.group(1)], text)
-
-
-def _in_cli_words_of_the_fix(text: str) -> str:
-    for argument, flag in FLAG_BY_ARGUMENT.items():
-        text = text.replace(argument, flag)
-    text = _VERSIONED_RPC.sub(lambda match: _VERSIONED_COMMAND[match[1]].format(match[2]), text)
-    text = _RPC_WORD.sub(lambda match: COMMAND_BY_RPC[match.group(1)], text)
-    return _FIELD_WORD.sub(lambda match: FLAG_BY_FIELD[match.group(1)], text)
+    come one to a line, each with its own fix): each RPC it names as its command, each request
+    field or client argument it tells the caller to set as the flag that sets it (see
+    `tessera.fix_words.Words`). Give it an error's `daemon_message`: its `message` has the
+    SDK's words."""
+    return CLI_WORDS.say(message)

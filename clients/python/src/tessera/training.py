@@ -342,7 +342,7 @@ def partly_stored(
         before = f"none of the {total} files was stored"
     message = f"storing {path} failed; {before}; {total - len(stored) - 1} after it not tried: "
     if isinstance(err, TesseraError):
-        return type(err)(message + err.message)
+        return type(err)(message + err.daemon_message)
     reason = f"{err.strerror}: {err.filename}" if err.strerror and err.filename else str(err)
     return type(err)(err.errno, message + reason) if err.errno is not None else type(err)(message + reason)
 
@@ -462,7 +462,7 @@ class _MetricBatches:
                 "the order sent), and none after them"
             )
         return type(error)(
-            f"{done}; resend from there (resending a stored point changes nothing): {error.message}{gave_up}",
+            f"{done}; resend from there (resending a stored point changes nothing): {error.daemon_message}{gave_up}",
             error.trailers,
         )
 

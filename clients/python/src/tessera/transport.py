@@ -585,9 +585,11 @@ class _Channel(ABC):
             # connection all along and where the daemon it reached is draining (GOAWAY: the
             # channel's connection is gone while the call on it goes on to its deadline).
             message = (
-                reached_before_message(self.target, error.message)
+                reached_before_message(self.target, error.daemon_message)
                 if self.answered
-                else silent_message(self.target, "before the call's deadline", error.message, accepted=False)
+                else silent_message(
+                    self.target, "before the call's deadline", error.daemon_message, accepted=False
+                )
             )
             return DeadlineExceeded(message, error.trailers)
         return explain_unreachable(

@@ -23,12 +23,14 @@ def input_names_explained(path: str, inputs: Collection[str]) -> Iterator[None]:
     try:
         yield
     except InvalidArgument as err:
-        refused = [name for name in inputs if err.message.startswith(f"input {name!r} is not an input of ")]
+        refused = [
+            name for name in inputs if err.daemon_message.startswith(f"input {name!r} is not an input of ")
+        ]
         if not refused:
             raise
         where = "standard input" if path == "-" else path
         raise type(err)(
-            f"{err.message}. In {where}, rename the array {refused[0]!r} to the input it is for: "
+            f"{err.daemon_message}. In {where}, rename the array {refused[0]!r} to the input it is for: "
             "numpy.savez(FILE, NAME=array) stores each array under its input's name (a .npy file "
             "is sent as 'input')",
             err.trailers,

@@ -164,9 +164,11 @@ def run(args: argparse.Namespace, out: Output, signals: _Signals) -> int:
         return _fail(EXIT_USAGE, f"{args.parser.prog}: error: {err}")
     except DeadlineExceeded as err:
         # gRPC's own words ("Deadline Exceeded") name no limit, nor how to lengthen it.
-        return _fail(EXIT_DAEMON, f"tessera: {err.code}: {in_cli_words(err.message)}; {deadline_words(args)}")
+        return _fail(
+            EXIT_DAEMON, f"tessera: {err.code}: {in_cli_words(err.daemon_message)}; {deadline_words(args)}"
+        )
     except TesseraError as err:
-        said = err.message if isinstance(err, InCliWords) else in_cli_words(err.message)
+        said = err.daemon_message if isinstance(err, InCliWords) else in_cli_words(err.daemon_message)
         return _fail(EXIT_DAEMON, f"tessera: {err.code}: {said}")
     except JobFailed as err:
         return _fail(EXIT_FAILED, f"tessera: {in_cli_words(str(err))}")

@@ -91,7 +91,7 @@ def _backup_to_stdout(client: Client, args: argparse.Namespace, out: Output) -> 
     except TesseraError as err:
         # Part of the archive may be on stdout already, where a reader could take it for one.
         raise type(err)(
-            f"{err.message}; what reached stdout is an incomplete archive and must not be used"
+            f"{err.daemon_message}; what reached stdout is an incomplete archive and must not be used"
         ) from None
     except BrokenPipeError:
         raise
