@@ -176,20 +176,22 @@ def primary_error(what: str, primary: str, exc: sdk_errors.TesseraError) -> Tess
     again soon."""
     where = f"{what} from the primary {primary}"
     if isinstance(exc, sdk_errors.NotFound):
-        return NotFound(f"{where}: the primary no longer has it ({exc.message})")
+        return NotFound(f"{where}: the primary no longer has it ({exc.daemon_message})")
     if isinstance(exc, sdk_errors.DataLoss):
         return LastingDataLoss(
-            _until_fixed(where, f"the primary's copy is damaged or missing ({exc.message}); restore it there")
+            _until_fixed(
+                where, f"the primary's copy is damaged or missing ({exc.daemon_message}); restore it there"
+            )
         )
     if isinstance(exc, sdk_errors.Unauthenticated | sdk_errors.PermissionDenied):
         return LastingFailedPrecondition(
             _until_fixed(
-                where, f"the primary refused this replica's token (replica.token_file): {exc.message}"
+                where, f"the primary refused this replica's token (replica.token_file): {exc.daemon_message}"
             )
         )
     if lasting_answer(exc):
         refusal = (
-            f"the primary refused the call ({exc.code}: {exc.message}); check that it is a tesserad "
+            f"the primary refused the call ({exc.code}: {exc.daemon_message}); check that it is a tesserad "
             "primary of this version"
         )
         return LastingFailedPrecondition(_until_fixed(where, refusal))
@@ -203,13 +205,13 @@ def primary_error(what: str, primary: str, exc: sdk_errors.TesseraError) -> Tess
             f"{where}: {cause}; this replica serves what it holds and fetches the rest when the "
             "primary is back"
         )
-    return Unavailable(f"{where}: the primary answered {exc.code}: {exc.message}")
+    return Unavailable(f"{where}: the primary answered {exc.code}: {exc.daemon_message}")
 
 
 def connection_cause(exc: sdk_errors.TesseraError) -> str:
     """Why the primary could not be reached, in a few words of a replica's (the SDK's message
     advises its own users: `make run`, target=)."""
-    text = exc.message.lower()
+    text = exc.daemon_message.lower()
     cause = next((words for key, words in _CONNECTION_CAUSES if key in text), None)
     if cause is not None:
         return cause
@@ -222,7 +224,7 @@ def connection_cause(exc: sdk_errors.TesseraError) -> str:
 
 def grpc_words(exc: sdk_errors.TesseraError) -> str:
     """gRPC's own words for a failed call, without the advice the SDK puts before them."""
-    return exc.message.rpartition("gRPC said: ")[2]
+    return exc.daemon_message.rpartition("gRPC said: ")[2]
 
 
 class _StoreReplaced(Exception):
@@ -480,7 +482,7 @@ class Follower:
                     self._answered()
                     log.warning(
                         "the primary does not know this replica's changes; following it from the start",
-                        extra={"primary": self.primary, "reason": exc.message},
+                        extra={"primary": self.primary, "reason": exc.daemon_message},
                     )
                     self._followed.restart()
                 else:  # no registry of changes to follow there (a replica, say)
@@ -493,7 +495,7 @@ class Follower:
                 elif isinstance(exc, sdk_errors.Unavailable | sdk_errors.DeadlineExceeded):
                     self._lost(connection_cause(exc), grpc_words(exc))
                 else:  # it answered, with an error that may pass (INTERNAL, RESOURCE_EXHAUSTED...)
-                    self._lost(f"it answered {exc.code}", exc.message)
+                    self._lost(f"it answered {exc.code}", exc.daemon_message)
             except TesseraError as exc:
                 self._lost(exc.message)
             except Exception:  # keep following whatever one change did; the log has it

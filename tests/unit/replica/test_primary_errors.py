@@ -54,6 +54,11 @@ def test_the_primarys_own_answers_keep_its_words_with_a_status_that_fits() -> No
         gone.message
         == f"{WHAT} from the primary p:1: the primary no longer has it (model 'm' has no version 2)"
     )
+    # The primary's fix stays in the daemon's words (RPCs), which the CLI and SDK each say in theirs.
+    listed = primary_error(
+        WHAT, "p:1", sdk.NotFound("model 'm' has no version 2 (the newest is 1; ListVersions lists them)")
+    )
+    assert listed.message.endswith("(model 'm' has no version 2 (the newest is 1; ListVersions lists them))")
     other = primary_error(WHAT, "p:1", sdk.Internal("disk on fire"))
     assert isinstance(other, Unavailable)
     assert other.message == f"{WHAT} from the primary p:1: the primary answered INTERNAL: disk on fire"
