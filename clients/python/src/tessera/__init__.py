@@ -62,9 +62,9 @@ if TYPE_CHECKING:
         VersionRegistered,
     )
     from tessera.explanations import Explanation, time_slice, top_positions
-    from tessera.inference import Prediction
+    from tessera.inference import LoadState, Prediction
     from tessera.sweeps import Sweep, SweepState, SweepTrial
-    from tessera.training import Job
+    from tessera.training import Job, RunStatus
     from tessera.transport import TLS, RetryPolicy
 
 __version__ = "0.1.0"
@@ -112,9 +112,9 @@ _NAMES_BY_MODULE = {
         "VersionRegistered",
     ),
     "tessera.explanations": ("Explanation", "time_slice", "top_positions"),
-    "tessera.inference": ("Prediction",),
+    "tessera.inference": ("LoadState", "Prediction"),
     "tessera.sweeps": ("Sweep", "SweepState", "SweepTrial"),
-    "tessera.training": ("Job",),
+    "tessera.training": ("Job", "RunStatus"),
     "tessera.transport": ("TLS", "RetryPolicy"),
 }
 _MODULE_OF = {name: module for module, names in _NAMES_BY_MODULE.items() for name in names}
@@ -140,6 +140,7 @@ __all__ = [
     "JobEvent",
     "JobFailed",
     "JobState",
+    "LoadState",
     "LogLine",
     "NotFound",
     "OutOfRange",
@@ -149,6 +150,7 @@ __all__ = [
     "ResourceExhausted",
     "ResourceUsage",
     "RetryPolicy",
+    "RunStatus",
     "StateChanged",
     "StepMetrics",
     "StillRunning",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,23 @@ S = "Inference"
 
 Inputs = Mapping[str, np.typing.ArrayLike] | np.typing.ArrayLike
 """Input arrays by name, or one array sent as the input named "input". The first dimension is the batch."""
+
+
+class LoadState(StrEnum):
+    """A loaded version's state (`LoadedModel.state`, a number in the message) as a word:
+    "loading", "warming", "ready", "draining" (finishing queued requests before it is freed),
+    "failed"."""
+
+    UNSPECIFIED = "unspecified"
+    LOADING = "loading"
+    WARMING = "warming"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+    @classmethod
+    def from_proto(cls, value: pb.LoadState.ValueType) -> LoadState:
+        return cls(pb.LoadState.Name(value).removeprefix("LOAD_STATE_").lower())
 
 
 @dataclass

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -133,6 +134,27 @@ def enum_value(enum: _EnumTypeWrapper[_V], prefix: str, value: str | int) -> _V:
         choices = ", ".join(k.removeprefix(prefix).lower() for k in names if not k.endswith("UNSPECIFIED"))
         raise ValueError(f"{value!r} is not one of {choices}")
     return enum.Value(name)
+
+
+class RunStatus(StrEnum):
+    """A run's status (`Run.status`, a number in the message) as a word: "running", "succeeded";
+    `runs(statuses=...)` and `update_run(status=...)` take these too."""
+
+    UNSPECIFIED = "unspecified"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @classmethod
+    def from_proto(cls, value: pb.RunStatus.ValueType) -> RunStatus:
+        return cls(pb.RunStatus.Name(value).removeprefix("RUN_STATUS_").lower())
+
+    @property
+    def finished(self) -> bool:
+        """True for the statuses a run never leaves."""
+        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 
 def _as_text(values: Mapping[str, Any] | None, what: str) -> dict[str, str]:
