@@ -234,7 +234,7 @@ def test_sweeps_and_system_pages(dash, client, table, page):
     open_page(page, dash, "/sweeps")
     assert sweep.id in page.text_content("table")
     screenshot(page, "sweeps")
-    open_page(page, dash, f"/sweeps/{sweep.sweep_id}")
+    open_page(page, dash, f"/sweeps/{sweep.id}")
     assert "best so far" in page.text_content("table")
     open_page(page, dash, "/system")
     assert "CPU" in page.text_content(".cards")
