@@ -80,9 +80,11 @@ def test_an_id_or_name_not_found_says_where_they_are_listed(tessera_cli, words, 
     assert said in missing.err, missing.err
 
 
-def test_the_sdk_keeps_the_api_words(client):
-    with pytest.raises(tessera.NotFound, match="create it with CreateModel"):
+def test_the_sdk_says_the_fix_as_its_call_and_keeps_the_api_words_apart(client):
+    with pytest.raises(tessera.NotFound) as missing:
         client.models.get("absent")
+    assert missing.value.message.endswith("create it with `client.models.push(name, path)`")
+    assert missing.value.daemon_message.endswith("create it with CreateModel")
 
 
 @pytest.mark.parametrize("group", ["models", "datasets", "experiments"])
@@ -94,10 +96,11 @@ def test_a_prefix_no_name_can_start_with_names_the_flag_typed(tessera_cli, group
     assert "name_prefix" not in refused.err
 
 
-def test_the_sdk_keeps_the_request_field_of_a_refused_prefix(client):
+def test_the_sdk_names_the_argument_of_a_refused_prefix_and_keeps_the_request_field_apart(client):
     with pytest.raises(tessera.InvalidArgument) as refused:
         list(client.models.list(prefix="A!"))
-    assert "name_prefix 'A!' can start no name" in refused.value.message
+    assert refused.value.message.startswith("`prefix=` 'A!' can start no name")
+    assert refused.value.daemon_message.startswith("name_prefix 'A!' can start no name")
 
 
 @pytest.mark.parametrize(

@@ -184,7 +184,9 @@ def test_runs_rm_and_restore(tessera_cli, client):
     assert run.run_id in deleted.out and "(deleted)" in deleted.out
     refused = tessera_cli("runs", "rm", "run-absent")
     assert refused.code == EXIT_DAEMON and "NOT_FOUND" in refused.err
-    with pytest.raises(FailedPrecondition, match="is deleted; restore it with RestoreRun"):
+    with pytest.raises(
+        FailedPrecondition, match=r"is deleted; restore it with `client\.training\.restore_run\(run_id\)`"
+    ):
         client.training.log_metrics(run.run_id, {"loss": 1.0}, step=0)
     restored = tessera_cli("runs", "restore", run.run_id)
     assert restored.code == 0 and f"restored run {run.run_id}" in restored.out

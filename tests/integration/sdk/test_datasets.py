@@ -44,7 +44,7 @@ def test_identical_content_is_deduplicated_and_versions_are_listed_newest_first(
     with pytest.raises(tessera.NotFound) as caught:
         client.datasets.get("clip")
     assert caught.value.message == (
-        "dataset 'clip' does not exist; did you mean 'clips'? Or upload it with UploadDataset"
+        "dataset 'clip' does not exist; did you mean 'clips'? Or upload it with `client.datasets.push(name, path)`"
     )
 
 
