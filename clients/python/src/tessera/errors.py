@@ -204,6 +204,13 @@ class StoppedFollowing(KeyboardInterrupt):
     message says how to follow it again or stop it."""
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread where it is, as Ctrl-C raises KeyboardInterrupt (the
+    CLI's handler raises it): the temp file of a download or backup is removed on the way out,
+    where the default action of SIGTERM would leave it behind. Raised while following a job or a
+    sweep, its message says, as StoppedFollowing's does, how to follow it again or stop it."""
+
+
 ERROR_BY_CODE: dict[grpc.StatusCode, type[TesseraError]] = {
     grpc.StatusCode.CANCELLED: Cancelled,
     grpc.StatusCode.UNKNOWN: Unknown,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from tessera.errors import StoppedFollowing, Unavailable
+from tessera.errors import StoppedFollowing, Terminated, Unavailable
 from tessera.events import (
     EpochMetrics,
     JobError,
@@ -109,14 +110,25 @@ def event_json(event: JobEvent) -> str:
 def follow(job: Job[Connection], console: Console, as_json: bool, from_seq: int = 1) -> Job[Connection]:
     """Stream a job's events until it ends (JSON lines with `as_json`), then print the summary
     and, for people, the loss curves. Returns the job with its final state. Ctrl-C stops the
-    following, not the job: StoppedFollowing says how to follow it again or cancel it."""
-    try:
+    following, not the job: StoppedFollowing (Terminated for SIGTERM) says how to follow it
+    again or cancel it."""
+    with stopped_following(
+        f"stopped following job {job.id}, which goes on: `tessera jobs watch {job.id}` follows it "
+        f"again, `tessera jobs cancel {job.id}` stops it"
+    ):
         return _follow(job, console, as_json, from_seq)
+
+
+@contextlib.contextmanager
+def stopped_following(words: str) -> Iterator[None]:
+    """Ctrl-C (KeyboardInterrupt) or SIGTERM (Terminated) while following a job or a sweep, said
+    in `words`: what goes on without the follower, and how to follow it again or stop it."""
+    try:
+        yield
     except KeyboardInterrupt:
-        raise StoppedFollowing(
-            f"stopped following job {job.id}, which goes on: `tessera jobs watch {job.id}` follows it "
-            f"again, `tessera jobs cancel {job.id}` stops it"
-        ) from None
+        raise StoppedFollowing(words) from None
+    except Terminated:
+        raise Terminated(words) from None
 
 
 def _follow(job: Job[Connection], console: Console, as_json: bool, from_seq: int) -> Job[Connection]:

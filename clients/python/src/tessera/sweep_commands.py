@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.live import Live
 
-from tessera.errors import JobFailed, StoppedFollowing, Unavailable
-from tessera.follow import Outage
+from tessera.errors import JobFailed, Unavailable
+from tessera.follow import Outage, stopped_following
 from tessera.messages import counted, load_toml
 from tessera.plot import line_plot
 from tessera.tables import FittedTable, fitted_table
@@ -262,13 +262,11 @@ def cmd_sweep(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 
 def follow_sweep(client: Client, sweep_id: str, out: Output) -> training_pb2.Sweep:
-    try:
+    with stopped_following(
+        f"stopped following sweep {sweep_id}, which goes on: `tessera sweeps show {sweep_id} --follow` "
+        f"follows it again, `tessera sweeps cancel {sweep_id}` stops it"
+    ):
         sweep = wait_live(lambda: client.training.sweep(sweep_id).info, out)
-    except KeyboardInterrupt:
-        raise StoppedFollowing(
-            f"stopped following sweep {sweep_id}, which goes on: `tessera sweeps show {sweep_id} --follow` "
-            f"follows it again, `tessera sweeps cancel {sweep_id}` stops it"
-        ) from None
     if out.as_json:
         out.json(sweep)
     else:

@@ -26,7 +26,7 @@ from tessera.cli.system import cmd_admin_backup, cmd_demo
 from tessera.cli.tracking import cmd_runs_artifacts_get, cmd_runs_artifacts_put
 from tessera.client import Client
 from tessera.entry import EXIT_INTERRUPTED, EXIT_TERMINATED
-from tessera.errors import DeadlineExceeded, JobFailed, TesseraError
+from tessera.errors import DeadlineExceeded, JobFailed, Terminated, TesseraError
 from tessera.rpc_commands import in_cli_words
 from tessera.sweep_commands import cmd_sweep, cmd_sweeps_show
 from tessera.transfer import remove_unfinished
@@ -67,12 +67,6 @@ _TRANSFERS: dict[Callable[..., None], bool] = {
     cmd_runs_artifacts_get: True,
     cmd_demo: True,
 }
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread where it is, as Ctrl-C raises KeyboardInterrupt: the
-    temp file of a download or backup is removed on the way out, where the default action of
-    SIGTERM would leave it behind."""
 
 
 class _Signals:
@@ -242,10 +236,11 @@ def _handle(client: Client, args: argparse.Namespace, out: Output, signals: _Sig
 
 
 def _stopped_by(err: Terminated | KeyboardInterrupt) -> tuple[int, str]:
-    """The status and the one line for a command a signal stopped; a KeyboardInterrupt's own
-    words (StoppedFollowing's) say what goes on without the command."""
+    """The status and the one line for a command a signal stopped; its own words (those of
+    StoppedFollowing, or of a Terminated raised while following) say what goes on without the
+    command."""
     if isinstance(err, Terminated):
-        return EXIT_TERMINATED, "tessera: terminated"
+        return EXIT_TERMINATED, f"tessera: {str(err) or 'terminated'}"
     return EXIT_INTERRUPTED, f"tessera: {str(err) or 'interrupted'}"
 
 
