@@ -193,10 +193,14 @@ JobListener = Callable[[JobRecord, str, dict[str, Any]], None]
 
 
 def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """The hyperparameters of a config as run params ("optimizer.lr" -> "0.001")."""
+    """The hyperparameters of a config as run params ("optimizer.lr" -> "0.001"). Early stopping's
+    only when it is on: the config holds its defaults with patience 0 when the spec leaves it out,
+    and runs compared by their params would differ by a section neither set."""
     out: dict[str, str] = {}
     for key, value in config.items():
         if key in ("tags", "register_as", "experiment", "run_name", "priority", "dataset_sha256", "sha256"):
+            continue
+        if not prefix and key == "early_stopping" and not value.get("patience"):
             continue
         name = f"{prefix}{key}"
         if isinstance(value, dict):
