@@ -41,7 +41,7 @@ from tesserad.datasets.references import (
     release_dataset,
     sweep_holder,
 )
-from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
 from tesserad.names import validate_name
@@ -617,7 +617,10 @@ class Jobs:
             with self._store.write() as txn:
                 JOB_REQUESTS.keep(txn, request, job_id, time.time())
                 self._tracking.ensure_experiment(txn, config["experiment"])
-                self._tracking.put_new_run(txn, run)
+                try:
+                    self._tracking.put_new_run(txn, run)
+                except AlreadyExists as exc:
+                    raise AlreadyExists(f"spec.run_name: {exc.message}") from None
                 self.hold_dataset(txn, config, job_holder(job_id))
                 if sweep_id:
                     # The sweep holds it too, until the sweep ends: a version its submit did not

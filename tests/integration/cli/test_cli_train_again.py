@@ -109,7 +109,7 @@ def test_train_again_names_the_run_with_run_name_and_overrides_fields_with_set(
     assert client.training.run(job.run_id).name == "longer"
 
 
-def test_train_set_names_its_problems_with_the_spec_checks_words(tessera_cli, table_dataset, tmp_path):
+def test_train_set_names_its_problems_with_the_spec_checks_words(tessera_cli, table_dataset, tmp_path, capsys):
     spec = tmp_path / "job.toml"
     spec.write_text(JOB_SPEC)
     typo = tessera_cli("train", str(spec), "--set", "optimizer.lrr=0.1", "--set", "epochs=two")
@@ -121,8 +121,12 @@ def test_train_set_names_its_problems_with_the_spec_checks_words(tessera_cli, ta
     assert "--set epochs.count=2: epochs is 1, not a table" in not_a_table.err
     daemon_check = tessera_cli("train", str(spec), "--set", "optimizer.lr=1e3")
     assert daemon_check.code == EXIT_DAEMON and "spec.optimizer.lr: must be at most 10" in daemon_check.err
-    no_value = tessera_cli("train", str(spec), "--set", "epochs")
-    assert no_value.code == EXIT_USAGE and "--set" in no_value.err and "KEY=VALUE" in no_value.err
+    with pytest.raises(SystemExit) as no_value:
+        tessera_cli("train", str(spec), "--set", "epochs")
+    assert no_value.value.code == EXIT_USAGE
+    assert "argument --set: 'epochs': write KEY=VALUE" in capsys.readouterr().err
+    both = tessera_cli("train", str(spec), "--run-name", "a", "--set", "run_name=b")
+    assert both.code == EXIT_USAGE and "--run-name and --set run_name=... both name the run" in both.err
 
 
 def test_jobs_show_spec_prints_toml_that_train_takes_back_unchanged(tessera_cli, client, table_dataset, tmp_path):

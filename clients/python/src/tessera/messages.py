@@ -3,6 +3,7 @@ files, checked with every problem named at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import difflib
 import json
@@ -10,7 +11,7 @@ import numbers
 import re
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -112,6 +113,57 @@ def load_toml(path: str | Path) -> TomlTable:
     return _table(data, TomlSource(str(path), key_lines(text)), ())
 
 
+def parse_setting(text: str) -> tuple[KeyPath, Any]:
+    """`KEY=VALUE` as (KEY's path, VALUE): KEY a TOML key (`optimizer.lr`, dotted for a table's
+    key), VALUE a TOML value (`3e-4`, `true`, `[16, 16]`, `"text"`), or text as it is where it is
+    not one (`adamw`). ValueError saying how to write it."""
+    key, equals, value = text.partition("=")
+    path = _key_path(key) if equals else None
+    if path is None:
+        raise ValueError(
+            f"{text!r}: write KEY=VALUE, KEY the spec's names joined by dots and VALUE a TOML value, "
+            "e.g. optimizer.lr=3e-4"
+        )
+    try:
+        parsed = tomllib.loads(f"value = {value}")
+    except tomllib.TOMLDecodeError:
+        return path, value
+    return path, parsed["value"] if list(parsed) == ["value"] else value
+
+
+def _key_path(key: str) -> KeyPath | None:
+    """A TOML key's path (`a.b` as ("a", "b")), read by TOML itself; None if it is not one key."""
+    try:
+        level: Any = tomllib.loads(f"{key} = 0")
+    except tomllib.TOMLDecodeError:
+        return None
+    path: list[str | int] = []
+    while isinstance(level, dict) and len(level) == 1:
+        name, level = next(iter(level.items()))
+        path.append(name)
+    return tuple(path) if level == 0 and not isinstance(level, bool) and path else None
+
+
+def with_settings(table: TomlTable, settings: Sequence[tuple[KeyPath, Any, str]]) -> TomlTable:
+    """`table` (from load_toml) with each setting's value at its path, the tables above it made
+    where missing; a setting is (path, value, the words that set it), and its problems are named
+    by those words (`--set optimizer.lr=...`) instead of a line of the file. ValueError for a
+    path that goes through a value that is not a table."""
+    set_by: dict[KeyPath, str] = {}
+    for path, value, words in settings:
+        here: dict[str, Any] = table
+        for depth, key in enumerate(path[:-1], start=1):
+            below = here.setdefault(str(key), TomlTable())
+            if not isinstance(below, dict):
+                raise ValueError(f"{words}: {dotted_name(path[:depth])} is {_describe(below)}, not a table")
+            here = below
+        here[str(path[-1])] = value
+        set_by[path] = words
+    if table.source is not None:
+        table.source = dataclasses.replace(table.source, set_by={**table.source.set_by, **set_by})
+    return table
+
+
 def _table(value: dict[str, Any], source: TomlSource, prefix: KeyPath) -> TomlTable:
     table = TomlTable({key: _tables(item, source, (*prefix, key)) for key, item in value.items()})
     table.source, table.prefix = source, prefix
@@ -166,7 +218,8 @@ def _report(what: str, data: Any, problems: list[tuple[KeyPath, str]]) -> str:
     for path, text in problems:
         full = (*prefix, *path)
         line = source.line_of(full) if source is not None else None
-        where = f"{source.name}:{line}: " if source is not None and line is not None else ""
+        place = source.place_of(full) if source is not None else None
+        where = f"{place}: " if place else ""
         located.append((line or 0, f"{where}{dotted_name(full)}: {text}"))
     lines = [text for _, text in sorted(located, key=lambda item: item[0])]
     origin = source.name if source is not None else what

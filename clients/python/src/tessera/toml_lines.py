@@ -8,7 +8,7 @@ tables and multi-line values are not noted: they are found at the line of the ke
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 KeyPath = tuple[str | int, ...]
 """A key's place in the document: table and key names, and the index of an array element."""
@@ -16,10 +16,21 @@ KeyPath = tuple[str | int, ...]
 
 @dataclass(frozen=True)
 class TomlSource:
-    """A TOML file's name (as the user gave it) and the line of each key in it."""
+    """A TOML file's name (as the user gave it), the line of each key in it, and the keys set
+    over it from elsewhere (`tessera train --set`), each with the words that set it."""
 
     name: str
     lines: Mapping[KeyPath, int]
+    set_by: Mapping[KeyPath, str] = field(default_factory=dict)
+
+    def place_of(self, path: KeyPath) -> str | None:
+        """Where `path` was written: the words that set it or a key above it (`--set a.b=1`), else
+        `NAME:LINE` of it or of the nearest key above it that is noted; None if neither is."""
+        for end in range(len(path), 0, -1):
+            if path[:end] in self.set_by:
+                return self.set_by[path[:end]]
+        line = self.line_of(path)
+        return f"{self.name}:{line}" if line is not None else None
 
     def line_of(self, path: KeyPath) -> int | None:
         """The line of `path`, or of the nearest key above it that is noted; None if none is."""

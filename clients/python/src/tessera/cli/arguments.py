@@ -7,11 +7,11 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tessera.ensembles import member_pair
-from tessera.errors import NotFound
-from tessera.messages import INT64_MAX, dataset_ref, is_digits, whole_number
+from tessera.errors import AlreadyExists, NotFound
+from tessera.messages import INT64_MAX, dataset_ref, is_digits, parse_setting, whole_number
 from tessera.rpc_commands import in_cli_words
 from tessera.run_filter import (
     RunFilterError,
@@ -74,6 +74,10 @@ class InCliWords:
 
 class NotFoundInCliWords(InCliWords, NotFound):
     """NOT_FOUND (exit 3) that the CLI found itself, in its own words."""
+
+
+class AlreadyExistsInCliWords(InCliWords, AlreadyExists):
+    """ALREADY_EXISTS (exit 3) from the daemon, its fix put in the CLI's words by the command."""
 
 
 @contextlib.contextmanager
@@ -264,6 +268,15 @@ def key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"{text!r}: write KEY=VALUE")
     return key, value
+
+
+def spec_setting(text: str) -> tuple[tuple[str | int, ...], Any, str]:
+    """argparse's type for `train --set KEY=VALUE`: (KEY's path, VALUE, the words that set it)."""
+    try:
+        path, value = parse_setting(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return path, value, f"--set {text}"
 
 
 def once_each(pairs: Iterable[tuple[str, _V]] | None, flag: str) -> dict[str, _V]:

@@ -6,16 +6,37 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tessera.cli.arguments import AlreadyExistsInCliWords, UsageError
 from tessera.cli.output import Output, size, when
 from tessera.client import Client
-from tessera.errors import JobFailed
+from tessera.errors import AlreadyExists, JobFailed
 from tessera.events import JobState
 from tessera.follow import follow, registered_text, stopped_early_text
-from tessera.messages import load_toml
+from tessera.messages import load_toml, with_settings
+from tessera.rpc_commands import in_cli_words
+
+
+# The fix the daemon gives for a run name its experiment has (tracking's put_new_run), said as
+# the CLI's flags say it.
+_RUN_NAME_TAKEN_FIX = "pick another name or leave it empty to generate one"
 
 
 def cmd_train(client: Client, args: argparse.Namespace, out: Output) -> None:
-    job = client.training.submit(load_toml(args.spec))
+    settings = list(args.settings or ())
+    if args.run_name is not None:
+        if any(path == ("run_name",) for path, _, _ in settings):
+            raise UsageError("--run-name and --set run_name=... both name the run; give one of them")
+        settings.append((("run_name",), args.run_name, f"--run-name {args.run_name}"))
+    try:
+        job = client.training.submit(with_settings(load_toml(args.spec), settings))
+    except AlreadyExists as err:
+        if not (err.message.startswith("spec.run_name: ") and err.message.endswith(_RUN_NAME_TAKEN_FIX)):
+            raise
+        said = in_cli_words(err.message.removesuffix(_RUN_NAME_TAKEN_FIX))
+        raise AlreadyExistsInCliWords(
+            f"{said}pick another with --run-name NAME or --set run_name=NAME, or leave run_name out of "
+            "the spec to name the run after its job"
+        ) from None
     if not args.follow:
         if out.as_json:
             return out.json(job.info)

@@ -25,6 +25,7 @@ from tessera.cli.arguments import (
     output_index,
     route,
     serving_option,
+    spec_setting,
     split,
     timeout_seconds,
     transfer_timeout_seconds,
@@ -590,6 +591,22 @@ def build_parser() -> argparse.ArgumentParser:
         "protos/tessera/v1/job_spec.proto; an example: the README's spec.toml); - reads it from stdin",
     )
     sub.add_argument("--follow", action="store_true", help="show live progress until the job ends")
+    sub.add_argument(
+        "--run-name",
+        metavar="NAME",
+        help="name the job's run NAME, in place of the spec's run_name (a name is taken once per "
+        "experiment; without one the run is named after its job)",
+    )
+    sub.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        type=spec_setting,
+        metavar="KEY=VALUE",
+        help="set one field of the spec over the file's (repeatable): KEY its names joined by dots, "
+        "VALUE a TOML value or plain text, e.g. --set epochs=50 --set optimizer.lr=3e-4 "
+        "--set optimizer.name=adamw --set 'architecture.mlp.hidden_sizes=[64, 64]'",
+    )
 
     jobs = group(
         commands,
@@ -599,6 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
         "state, live progress, metrics and checkpoints.",
         [
             ("start a job and watch it to the end", "tessera train spec.toml --follow"),
+            (
+                "train a job's spec again, for longer",
+                "tessera jobs show JOB_ID --spec > again.toml; tessera train again.toml --set epochs=50",
+            ),
             ("the jobs running now", "tessera jobs ls --state running"),
             ("follow a job's progress", "tessera jobs watch JOB_ID"),
             ("a job's state, metrics and checkpoints", "tessera jobs show JOB_ID"),
@@ -624,8 +645,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STATE",
         help="only jobs in this state (repeatable): %(choices)s",
     )
-    command(jobs, "show", cmd_jobs_show, "show a job's state, metrics and kept checkpoints").add_argument(
-        "job_id", help=JOB_HELP
+    sub = command(jobs, "show", cmd_jobs_show, "show a job's state, metrics and kept checkpoints")
+    sub.add_argument("job_id", help=JOB_HELP)
+    sub.add_argument(
+        "--spec",
+        action="store_true",
+        help="print the job's spec instead, as TOML that `tessera train` takes as it is (its run_name "
+        "left out: the job's run has that name; --run-name names the new one)",
     )
     sub = command(jobs, "watch", cmd_jobs_watch, "follow a job's progress until it ends")
     sub.add_argument("job_id", help=JOB_HELP)
