@@ -14,6 +14,8 @@ from tessera.events import JobState
 from tessera.follow import follow, registered_text, stopped_early_text
 from tessera.messages import load_toml, with_settings
 from tessera.rpc_commands import in_cli_words
+from tessera.toml_text import message_toml
+from tessera.v1 import job_spec_pb2
 
 
 # The fix the daemon gives for a run name its experiment has (tracking's put_new_run), said as
@@ -102,7 +104,16 @@ def cmd_jobs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_jobs_show(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if args.spec and out.as_json:
+        raise UsageError("--spec prints TOML, for `tessera train`; without --spec, --json has the spec as JSON")
     job = client.training.job(args.job_id).info
+    if args.spec:
+        # The run's name is the job's: the same spec again would be refused it.
+        spec = job_spec_pb2.JobSpec()
+        spec.CopyFrom(job.spec)
+        spec.ClearField("run_name")
+        print(message_toml(spec), end="")
+        return None
     if out.as_json:
         return out.json(job)
     registered = registered_text(job) if job.HasField("registered") else "-"
