@@ -234,6 +234,29 @@ def tensor_layout(architecture: dict[str, Any]) -> tuple[dict[str, tuple[int, ..
     return shapes, [name for name, _ in model.named_parameters()]
 
 
+def tensor_mismatches(label: str, stored: dict[str, Any], architecture: dict[str, Any]) -> list[str]:
+    """Each tensor that differs, by name or shape, between the architecture `stored` weights were
+    trained with (in `label`, e.g. "job J's checkpoint") and a job's `architecture`: the job could
+    not load them."""
+    stored_shapes, _ = tensor_layout(stored)
+    shapes, _ = tensor_layout(architecture)
+    found: list[str] = []
+    for name, shape in shapes.items():
+        held = stored_shapes.get(name)
+        if held is None:
+            found.append(f"tensor {name!r} {list(shape)} of this job's architecture is not in {label}")
+        elif held != shape:
+            found.append(
+                f"tensor {name!r} has shape {list(held)} in {label} but {list(shape)} in this job's architecture"
+            )
+    found += [
+        f"tensor {name!r} {list(held)} of {label} has no place in this job's architecture"
+        for name, held in stored_shapes.items()
+        if name not in shapes
+    ]
+    return found
+
+
 def head_tensors(architecture: dict[str, Any]) -> set[str]:
     """The final layer's tensors: those whose shape follows output_size."""
     if not architecture:

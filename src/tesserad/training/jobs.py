@@ -48,7 +48,7 @@ from tesserad.names import validate_name
 from tesserad.paging import PageFill, answer_bytes, resume_key
 from tesserad.store import BlobRef, BlobStore, Key, ReadTxn, Store, WriteTxn, each_row_once
 from tesserad.training.events import EventLog, JobEvent
-from tesserad.training.finetune import ParentLookup
+from tesserad.training.finetune import ParentLookup, tensor_mismatches
 from tesserad.training.job_records import (
     ENDED,
     Checkpoint,
@@ -546,7 +546,42 @@ class Jobs:
                 "spec.devices.ray_resources: the local backend places jobs on this host only; they apply "
                 "with training.backend = ray"
             )
+        if raw_spec.get("resume_from"):
+            config["resume_from"] = self._resume_point(str(raw_spec["resume_from"]), config)
         return config
+
+    def _resume_point(self, job_id: str, config: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint spec.resume_from names: the newest that job kept, with the job's id and
+        its epoch and step (the run's params), and its sha256 (the weights the job starts from)."""
+        if config.get("fine_tune"):
+            raise InvalidArgument(
+                "spec.resume_from: a job starts from init_from's version or from another job's "
+                "checkpoint, not both; leave one out"
+            )
+        try:
+            source = self.get(job_id)
+        except NotFound:
+            raise NotFound(f"spec.resume_from: job {job_id!r} does not exist; ListJobs lists them") from None
+        if source.state not in ENDED:
+            raise FailedPrecondition(
+                f"spec.resume_from: job {job_id} is {source.state}; a job starts from the checkpoint of "
+                "one that ended: cancel it with CancelJob, or wait for its end"
+            )
+        if not source.checkpoints:
+            raise FailedPrecondition(
+                f"spec.resume_from: job {job_id} kept no checkpoint ({source.checkpoints_released} "
+                "released as its checkpoints policy and training.checkpoints_keep_* say); train it "
+                "again, or start from a job that kept one"
+            )
+        newest = max(source.checkpoints, key=lambda checkpoint: checkpoint.step)
+        label = f"job {job_id}'s checkpoint"
+        if found := tensor_mismatches(label, source.config["architecture"], config["architecture"]):
+            problems = [f"spec.resume_from: {problem}" for problem in found]
+            if len(problems) == 1:
+                raise InvalidArgument(problems[0])
+            lines = "\n".join(f"  {problem}" for problem in problems)
+            raise InvalidArgument(f"the spec has {len(problems)} problems:\n{lines}")
+        return {"job": job_id, "epoch": newest.epoch, "step": newest.step, "sha256": newest.sha256}
 
     def submit(
         self,
@@ -565,6 +600,12 @@ class Jobs:
         if earlier := JOB_REQUESTS.earlier(self._store, request, time.time()):
             return self.get(earlier)
         config = self.check(raw_spec)
+        resume = config.get("resume_from")
+        if resume and start_weights and start_weights != resume["sha256"]:
+            # A PBT trial's exploit (start_weights from its sweep) outranks its base's resume_from.
+            config = {key: value for key, value in config.items() if key != "resume_from"}
+            resume = None
+        start_weights = start_weights or (resume["sha256"] if resume else "")
         job_id = new_id("job")
         document = copy.deepcopy(spec_document)
         document.setdefault("data", {}).setdefault("dataset", {})["version"] = config["data"]["version"]
@@ -627,6 +668,11 @@ class Jobs:
                     # foresee (a newer one, when the spec names none) joins its holds here.
                     self.hold_dataset(txn, config, sweep_holder(sweep_id))
                 if start_weights:
+                    if resume and not blob_held(txn, start_weights):
+                        raise FailedPrecondition(
+                            f"spec.resume_from: job {resume['job']}'s epoch {resume['epoch']} checkpoint "
+                            "was released while the job was submitted; submit it again"
+                        )
                     hold_blob(txn, start_weights, f"job:{job_id}:start")
                 if config.get("fine_tune"):
                     self._hold_parent_weights(txn, job)

@@ -213,9 +213,16 @@ class Trainer:
         )
 
     def start_from_weights(self, checkpoint: bytes) -> None:
-        """Take a checkpoint's model weights; the optimiser and the loop start afresh (PBT's exploit)."""
+        """Take a checkpoint's model weights; the optimiser and the loop start afresh (PBT's exploit,
+        spec.resume_from)."""
         restore_weights(checkpoint, self.model)
-        self.emit("log", {"level": "info", "message": "starting from another trial's weights"})
+        resume = self.config.get("resume_from")
+        source = (
+            f"the weights of job {resume['job']}'s epoch {resume['epoch']} checkpoint"
+            if resume
+            else "another trial's weights"
+        )
+        self.emit("log", {"level": "info", "message": f"starting from {source}"})
 
     def _stop_requested(self) -> bool:
         stop = self.should_stop()

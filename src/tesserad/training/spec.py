@@ -224,6 +224,7 @@ SPEC_FIELDS: Mapping[str, SpecField] = {
     "replace_head": _message({"output_size": _value(int)}),
     "backbone_lr_scale": _value(float),
     "precision": _value(str),
+    "resume_from": _value(str),
     "max_restarts": _value(int),
 }
 

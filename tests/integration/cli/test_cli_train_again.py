@@ -109,7 +109,9 @@ def test_train_again_names_the_run_with_run_name_and_overrides_fields_with_set(
     assert client.training.run(job.run_id).name == "longer"
 
 
-def test_train_set_names_its_problems_with_the_spec_checks_words(tessera_cli, table_dataset, tmp_path, capsys):
+def test_train_set_names_its_problems_with_the_spec_checks_words(
+    tessera_cli, table_dataset, tmp_path, capsys
+):
     spec = tmp_path / "job.toml"
     spec.write_text(JOB_SPEC)
     typo = tessera_cli("train", str(spec), "--set", "optimizer.lrr=0.1", "--set", "epochs=two")
@@ -129,7 +131,9 @@ def test_train_set_names_its_problems_with_the_spec_checks_words(tessera_cli, ta
     assert both.code == EXIT_USAGE and "--run-name and --set run_name=... both name the run" in both.err
 
 
-def test_jobs_show_spec_prints_toml_that_train_takes_back_unchanged(tessera_cli, client, table_dataset, tmp_path):
+def test_jobs_show_spec_prints_toml_that_train_takes_back_unchanged(
+    tessera_cli, client, table_dataset, tmp_path
+):
     spec = tmp_path / "full.toml"
     spec.write_text(FULL_SPEC)
     first = client.training.job(_job_id(tessera_cli("--json", "train", str(spec)))).wait(check=False).info
@@ -150,7 +154,9 @@ def test_jobs_show_spec_prints_toml_that_train_takes_back_unchanged(tessera_cli,
     assert as_json.code == EXIT_USAGE and "--spec prints TOML" in as_json.err
 
 
-def test_a_run_without_early_stopping_records_no_early_stopping_params(tessera_cli, client, table_dataset, tmp_path):
+def test_a_run_without_early_stopping_records_no_early_stopping_params(
+    tessera_cli, client, table_dataset, tmp_path
+):
     spec = tmp_path / "job.toml"
     spec.write_text(JOB_SPEC)
     job = client.training.job(_job_id(tessera_cli("--json", "train", str(spec)))).wait().info

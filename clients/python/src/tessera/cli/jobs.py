@@ -17,7 +17,6 @@ from tessera.rpc_commands import in_cli_words
 from tessera.toml_text import message_toml
 from tessera.v1 import job_spec_pb2
 
-
 # The fix the daemon gives for a run name its experiment has (tracking's put_new_run), said as
 # the CLI's flags say it.
 _RUN_NAME_TAKEN_FIX = "pick another name or leave it empty to generate one"
@@ -29,6 +28,10 @@ def cmd_train(client: Client, args: argparse.Namespace, out: Output) -> None:
         if any(path == ("run_name",) for path, _, _ in settings):
             raise UsageError("--run-name and --set run_name=... both name the run; give one of them")
         settings.append((("run_name",), args.run_name, f"--run-name {args.run_name}"))
+    if args.resume_from is not None:
+        if any(path == ("resume_from",) for path, _, _ in settings):
+            raise UsageError("--resume-from and --set resume_from=... both name the job; give one of them")
+        settings.append((("resume_from",), args.resume_from, f"--resume-from {args.resume_from}"))
     try:
         job = client.training.submit(with_settings(load_toml(args.spec), settings))
     except AlreadyExists as err:
@@ -105,7 +108,9 @@ def cmd_jobs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def cmd_jobs_show(client: Client, args: argparse.Namespace, out: Output) -> None:
     if args.spec and out.as_json:
-        raise UsageError("--spec prints TOML, for `tessera train`; without --spec, --json has the spec as JSON")
+        raise UsageError(
+            "--spec prints TOML, for `tessera train`; without --spec, --json has the spec as JSON"
+        )
     job = client.training.job(args.job_id).info
     if args.spec:
         # The run's name is the job's: the same spec again would be refused it.

@@ -598,6 +598,14 @@ def build_parser() -> argparse.ArgumentParser:
         "experiment; without one the run is named after its job)",
     )
     sub.add_argument(
+        "--resume-from",
+        metavar="JOB_ID",
+        help="start from the weights of the newest checkpoint that job kept (a job that ended: "
+        "cancelled, failed or succeeded; `tessera jobs show JOB_ID` lists them), the spec's "
+        "architecture being that job's; the optimizer, schedule and epoch count start afresh "
+        "(spec: resume_from)",
+    )
+    sub.add_argument(
         "--set",
         dest="settings",
         action="append",
@@ -616,13 +624,10 @@ def build_parser() -> argparse.ArgumentParser:
         "state, live progress, metrics and checkpoints.",
         [
             ("start a job and watch it to the end", "tessera train spec.toml --follow"),
-            (
-                "train a job's spec again, for longer",
-                "tessera jobs show JOB_ID --spec > again.toml; tessera train again.toml --set epochs=50",
-            ),
             ("the jobs running now", "tessera jobs ls --state running"),
             ("follow a job's progress", "tessera jobs watch JOB_ID"),
             ("a job's state, metrics and checkpoints", "tessera jobs show JOB_ID"),
+            ("its spec, as TOML to train again", "tessera jobs show JOB_ID --spec"),
             ("stop it", "tessera jobs cancel JOB_ID"),
         ],
     )

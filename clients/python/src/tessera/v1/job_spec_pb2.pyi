@@ -123,6 +123,7 @@ class JobSpec(_message.Message):
     REPLACE_HEAD_FIELD_NUMBER: _builtins.int
     BACKBONE_LR_SCALE_FIELD_NUMBER: _builtins.int
     PRECISION_FIELD_NUMBER: _builtins.int
+    RESUME_FROM_FIELD_NUMBER: _builtins.int
     MAX_RESTARTS_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     """Experiment the job's run belongs to; created on first use. Default "default"."""
@@ -157,6 +158,13 @@ class JobSpec(_message.Message):
     """Numeric precision of training: "fp32" (default), "bf16" (autocast to bfloat16, on CPU or
     CUDA) or "fp16" (autocast to float16 with a dynamic loss scaler; CUDA jobs only).
     Parameters, optimiser state and checkpoints stay float32.
+    """
+    resume_from: _builtins.str
+    """A job id: this job starts from the model weights of that job's newest kept checkpoint (one
+    that ended, a cancelled or failed one included), as Lightning's ckpt_path would, but with
+    the weights alone: the optimiser's state, the schedule and the epoch count start afresh, and
+    `epochs` counts this job's own. The architecture must be that job's, tensor for tensor; not
+    with init_from. The job's run records it as the params resume_from.job and .epoch.
     """
     max_restarts: _builtins.int
     """Training on a Ray cluster (training.backend = "ray"; fields 40-49).
@@ -239,11 +247,12 @@ class JobSpec(_message.Message):
         replace_head: Global___ReplaceHead | None = ...,
         backbone_lr_scale: _builtins.float | None = ...,
         precision: _builtins.str = ...,
+        resume_from: _builtins.str = ...,
         max_restarts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_backbone_lr_scale", b"_backbone_lr_scale", "_batch_size", b"_batch_size", "_epochs", b"_epochs", "_log_every_n_steps", b"_log_every_n_steps", "_max_steps", b"_max_steps", "architecture", b"architecture", "backbone_lr_scale", b"backbone_lr_scale", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "init_from", b"init_from", "log_every_n_steps", b"log_every_n_steps", "lr_schedule", b"lr_schedule", "max_steps", b"max_steps", "optimizer", b"optimizer", "register_as", b"register_as", "replace_head", b"replace_head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backbone_lr_scale", b"_backbone_lr_scale", "_batch_size", b"_batch_size", "_epochs", b"_epochs", "_log_every_n_steps", b"_log_every_n_steps", "_max_steps", b"_max_steps", "architecture", b"architecture", "backbone_lr_scale", b"backbone_lr_scale", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "experiment", b"experiment", "freeze", b"freeze", "init_from", b"init_from", "log_every_n_steps", b"log_every_n_steps", "loss", b"loss", "lr_schedule", b"lr_schedule", "max_restarts", b"max_restarts", "max_steps", b"max_steps", "optimizer", b"optimizer", "precision", b"precision", "priority", b"priority", "register_as", b"register_as", "replace_head", b"replace_head", "run_name", b"run_name", "seed", b"seed", "tags", b"tags", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backbone_lr_scale", b"_backbone_lr_scale", "_batch_size", b"_batch_size", "_epochs", b"_epochs", "_log_every_n_steps", b"_log_every_n_steps", "_max_steps", b"_max_steps", "architecture", b"architecture", "backbone_lr_scale", b"backbone_lr_scale", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "experiment", b"experiment", "freeze", b"freeze", "init_from", b"init_from", "log_every_n_steps", b"log_every_n_steps", "loss", b"loss", "lr_schedule", b"lr_schedule", "max_restarts", b"max_restarts", "max_steps", b"max_steps", "optimizer", b"optimizer", "precision", b"precision", "priority", b"priority", "register_as", b"register_as", "replace_head", b"replace_head", "resume_from", b"resume_from", "run_name", b"run_name", "seed", b"seed", "tags", b"tags", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__backbone_lr_scale: _TypeAlias = _typing.Literal["backbone_lr_scale"]  # noqa: Y015
     _WhichOneofArgType__backbone_lr_scale: _TypeAlias = _typing.Literal["_backbone_lr_scale", b"_backbone_lr_scale"]  # noqa: Y015
