@@ -8,7 +8,6 @@ shared with the HTTP/REST transport (tesserad.api.oip_http). The message builder
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import NoReturn, TypeVar
@@ -142,15 +141,22 @@ def index_response(rows: Iterable[IndexRow]) -> pb.RepositoryIndexResponse:
 
 async def off_the_loop(decode: Callable[[], T]) -> T:
     """`decode()` run in a thread, so that the event loop answers other calls meanwhile. A call
-    cancelled meanwhile ends only once it has returned: the shared-memory regions it reads
-    through a lease must stay open until then."""
+    cancelled meanwhile, however many times, ends only once it has returned: the shared-memory
+    regions it reads through a lease must stay open until then."""
     job = asyncio.ensure_future(asyncio.to_thread(decode))
-    try:
-        return await asyncio.shield(job)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await job
-        raise
+    cancel: asyncio.CancelledError | None = None
+    while not job.done():
+        try:
+            # wait, not await: it neither cancels the job nor raises its error.
+            await asyncio.wait([job])
+        except asyncio.CancelledError as exc:
+            cancel = exc
+    if cancel is not None:
+        if not job.cancelled():
+            # Retrieved, so that asyncio logs no error never retrieved for an answer no one waits for.
+            job.exception()
+        raise cancel
+    return job.result()
 
 
 class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
