@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from tesserad.errors import InvalidArgument
 
 
-def parse_client_json(data: str | bytes, what: str, deep_fix: str) -> Any:
+def parse_client_json(
+    data: str | bytes, what: str, deep_fix: str, parse_constant: Callable[[str], Any] | None = None
+) -> Any:
     """`data` parsed; InvalidArgument naming `what` ("the ensemble spec") when it is not JSON,
     nests deeper than the parser goes (`deep_fix` says what to send instead), or holds an
-    integer too long to convert."""
+    integer too long to convert. `parse_constant`: what NaN, Infinity and -Infinity become
+    (json.loads's hook; floats by default)."""
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=parse_constant)
     except RecursionError:
         raise InvalidArgument(f"{what} nests deeper than Python's parser goes; {deep_fix}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -70,6 +70,20 @@ _NON_FINITE_TAKEN = "tesserad takes NaN, Infinity and -Infinity in FP32 and FP64
 # Datatypes that travel as binary data only, as in Triton: JSON numbers have no 16-bit float form
 # (the protocol calls FP16 in JSON problematic), so values would be rounded on the way.
 _BINARY_ONLY = frozenset({"FP16", "BF16"})
+# Python's parser reads a literal past a double's range (1e400) as infinite, as it reads Infinity.
+_PAST_A_DOUBLE = "a number beyond a double's range"
+_LARGEST_DOUBLE = repr(sys.float_info.max)
+
+
+@dataclass(frozen=True)
+class _NonFinite:
+    """NaN, Infinity or -Infinity as the body spelled it, told apart from a number past a
+    double's range, which the parser reads as infinite too."""
+
+    text: str
+
+    def __float__(self) -> float:
+        return float(self.text)
 
 
 @dataclass(frozen=True)
@@ -134,11 +148,16 @@ def json_parameters(document: Mapping[str, Any], where: str) -> dict[str, Parame
                     f"integer in {-(2**63)}..{2**64 - 1}"
                 )
             parameters[key] = Parameter(value, Kind.INT if value < 2**63 else Kind.UINT)
+        elif isinstance(value, _NonFinite):
+            raise InvalidArgument(
+                f"{where}'s parameter {key!r} is {value.text}, which is no JSON number; send a finite "
+                f"number ({_NON_FINITE_TAKEN}; binary data carries any value)"
+            )
         elif isinstance(value, float):
             if not math.isfinite(value):
                 raise InvalidArgument(
-                    f"{where}'s parameter {key!r} is {json.dumps(value)}, which is no JSON number; send a "
-                    f"finite number ({_NON_FINITE_TAKEN}; binary data carries any value)"
+                    f"{where}'s parameter {key!r} is {_PAST_A_DOUBLE}; send a number within "
+                    f"±{_LARGEST_DOUBLE}"
                 )
             parameters[key] = Parameter(value, Kind.DOUBLE)
         elif isinstance(value, str):
@@ -179,7 +198,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
             )
     try:
         document = parse_client_json(
-            body[:length], "the request body", "send each tensor's data flat, row-major (nesting is optional)"
+            body[:length],
+            "the request body",
+            "send each tensor's data flat, row-major (nesting is optional)",
+            parse_constant=_NonFinite,
         )
     except InvalidArgument:
         end = _json_end(body) if header_length is None else None
@@ -218,8 +240,9 @@ def _shape(tensor: Mapping[str, Any], where: str) -> tuple[int, ...]:
 
 def _json_values(values: Any, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
     """The `data` of an input as an array of `shape`; refuses values of another kind than
-    `datatype` (a float for an integer, a number for BOOL) and values outside its range, which
-    numpy would round, wrap around or make infinite: the model would be answering other numbers."""
+    `datatype` (a float or a boolean for an integer, a number for BOOL) and values outside its
+    range, which numpy would round, wrap around or make infinite: the model would be answering
+    other numbers."""
     dtype = OIP_DTYPES[datatype]
     count = math.prod(shape)
     try:
@@ -231,11 +254,17 @@ def _json_values(values: Any, datatype: str, shape: tuple[int, ...], where: str)
     if flat.size:
         if datatype == "BOOL":
             if flat.dtype.kind != "b":
-                raise _not_of_kind(flat, datatype, where)
+                raise _not_of_kind(datatype, where, _one_of(values, (_NonFinite,)))
         elif flat.dtype.kind == "O" or (flat.dtype.kind == "f" and datatype not in _FLOAT_NAMES):
             flat = _wide_numbers(values, flat, datatype, where)
         elif flat.dtype.kind not in "iuf":
-            raise _not_of_kind(flat, datatype, where)
+            raise _not_of_kind(datatype, where, _one_of(values, (bool,)))
+        # numpy makes numbers of true and false among numbers: [true, 2] is [1, 2].
+        elif (stray := _one_of(values, (bool,))) is not None:
+            raise _not_of_kind(datatype, where, stray)
+        elif flat.dtype.kind == "f" and not np.isfinite(flat).all():
+            # Of literals alone (NaN and Infinity make objects): some past a double's range.
+            raise _out_of_range(where, _PAST_A_DOUBLE, datatype, _float_bounds(dtype), past=True)
     if flat.size != count:
         raise InvalidArgument(
             f"{where} has {flat.size} values in data, but shape {list(shape)} needs {count}"
@@ -251,44 +280,74 @@ def _json_values(values: Any, datatype: str, shape: tuple[int, ...], where: str)
             raise _out_of_range(where, str(outside), datatype, f"{limits.min}..{limits.max}")
     if dtype.kind == "f" and flat.size:
         finite = flat[np.isfinite(flat)]
-        largest = np.finfo(dtype).max
-        past = finite[np.abs(finite) > largest]
+        # Those that round to the datatype's largest value are taken, as numpy takes them: FP32's,
+        # as numpy and %g print it (3.4028235e38), is a little past it as a double.
+        with np.errstate(over="ignore"):
+            past = finite[np.isinf(finite.astype(dtype))]
         if past.size:
-            raise _out_of_range(where, repr(float(past[0])), datatype, f"±{largest:.1e}", past=True)
+            raise _out_of_range(where, repr(float(past[0])), datatype, _float_bounds(dtype), past=True)
     return flat.astype(dtype).reshape(shape)
 
 
 def _wide_numbers(values: Any, flat: np.ndarray, datatype: str, where: str) -> np.ndarray:
     """`values`, of which numpy made `flat` floats (integers that int64 and uint64 do not both
-    hold: -1 and 2**63) or objects (integers past uint64), as exact Python integers for an integer
-    datatype and as float64 for a floating-point one."""
+    hold: -1 and 2**63) or objects (integers past uint64, NaN and Infinity), as exact Python
+    integers for an integer datatype and as float64 for a floating-point one."""
     exact = np.asarray(values, dtype=object)
-    numbers = (int, float) if datatype in _FLOAT_NAMES else (int,)
+    floating = datatype in _FLOAT_NAMES
+    numbers = (int, float, _NonFinite) if floating else (int,)
     if not all(isinstance(v, numbers) and not isinstance(v, bool) for v in exact.flat):
-        raise _not_of_kind(flat, datatype, where)
-    if datatype not in _FLOAT_NAMES:
+        raise _not_of_kind(datatype, where, _one_of(values, (bool, _NonFinite)))
+    if not floating:
         return exact
+    dtype = OIP_DTYPES[datatype]
+    if any(isinstance(v, float) and math.isinf(v) for v in exact.flat):
+        raise _out_of_range(where, _PAST_A_DOUBLE, datatype, _float_bounds(dtype), past=True)
     try:
         return exact.astype(np.float64)
     except OverflowError:
         # An integer past float64: json read it whole, float() cannot take it.
         huge = next(v for v in exact.flat if isinstance(v, int) and abs(v) > sys.float_info.max)
-        largest = np.finfo(OIP_DTYPES[datatype]).max
         raise _out_of_range(
-            where, f"an integer of {len(str(abs(huge)))} digits", datatype, f"±{largest:.1e}", past=True
+            where, f"an integer of {len(str(abs(huge)))} digits", datatype, _float_bounds(dtype), past=True
         ) from None
 
 
-def _not_of_kind(flat: np.ndarray, datatype: str, where: str) -> InvalidArgument:
+def _one_of(values: Any, kinds: tuple[type, ...]) -> Any:
+    """An item of `values` (lists, nested or not) of one of `kinds`; None when there is none."""
+    pending = [values]
+    while pending:
+        items = pending.pop()
+        if not isinstance(items, list):
+            if isinstance(items, kinds):
+                return items
+            continue
+        # By the items' types, which the whole list is scanned for at C speed.
+        types = set(map(type, items))
+        if any(issubclass(t, kinds) for t in types):
+            return next(v for v in items if isinstance(v, kinds))
+        if list in types:
+            pending.extend(v for v in items if isinstance(v, list))
+    return None
+
+
+def _not_of_kind(datatype: str, where: str, stray: Any = None) -> InvalidArgument:
     expected = (
         "true or false" if datatype == "BOOL" else "numbers" if datatype in _FLOAT_NAMES else "integers"
     )
     message = f"{where} is {datatype}: its data must be {expected}"
-    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+    if isinstance(stray, _NonFinite):
         # Python's parser, like Triton's, takes NaN, Infinity and -Infinity, which JSON lacks.
-        token = json.dumps(float(flat[~np.isfinite(flat)][0]))
-        message += f", and {token} is none (JSON has no {token}; {_NON_FINITE_TAKEN})"
+        message += f", and {stray.text} is none (JSON has no {stray.text}; {_NON_FINITE_TAKEN})"
+    elif isinstance(stray, bool):
+        # As Triton, which refuses them there too.
+        message += f", and {json.dumps(stray)} is none (true and false are BOOL data)"
     return InvalidArgument(message)
+
+
+def _float_bounds(dtype: np.dtype) -> str:
+    """The range of the floating-point `dtype`, exact."""
+    return f"±{float(np.finfo(dtype).max)!r}"
 
 
 def _out_of_range(where: str, value: str, datatype: str, bounds: str, past: bool = False) -> InvalidArgument:

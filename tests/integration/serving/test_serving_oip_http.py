@@ -1006,3 +1006,25 @@ def test_nan_and_infinity_are_taken_in_floating_point_data_only(served: str) -> 
         "(tesserad takes NaN, Infinity and -Infinity in FP32 and FP64 data only, as Triton does; "
         "binary data carries any value)",
     )
+    # Python's parser reads it as infinite, but it is no Infinity the client sent.
+    past = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0, 1, 2, 1e400]}]}'
+    assert error(infer, past) == (
+        400,
+        "input 'x' has a number beyond a double's range in data, past FP32's range "
+        "±3.4028234663852886e+38; every value must fit the datatype the input is sent as",
+    )
+
+
+def test_booleans_are_taken_in_bool_data_only(served: str) -> None:
+    """As Triton: numpy would make 1 of true among numbers."""
+    echo = f"{served}/v2/models/echo/infer"
+    for datatype, expected in (("INT32", "integers"), ("FP64", "numbers")):
+        assert error(echo, _echo_body(**{datatype: [0, True, 2]})) == (
+            400,
+            f"input 'in_{datatype.lower()}' is {datatype}: its data must be {expected}, and true is none "
+            "(true and false are BOOL data)",
+        )
+    assert error(echo, _echo_body(BOOL=[True, 1, False])) == (
+        400,
+        "input 'in_bool' is BOOL: its data must be true or false",
+    )

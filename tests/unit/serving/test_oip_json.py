@@ -211,9 +211,85 @@ def test_json_integers_are_taken_exactly_where_the_datatype_holds_them() -> None
                 NO_REGIONS,
             )
         assert refused.value.message == (
-            f"input 'f' has {said} in data, past FP32's range ±3.4e+38; every value must fit the datatype "
-            "the input is sent as"
+            f"input 'f' has {said} in data, past FP32's range ±3.4028234663852886e+38; every value must "
+            "fit the datatype the input is sent as"
         )
+
+
+def _body(datatype: str, data: str, parameters: str = "{}") -> bytes:
+    return (
+        f'{{"inputs": [{{"name": "f", "datatype": "{datatype}", "shape": [2], "data": {data}}}], '
+        f'"parameters": {parameters}}}'
+    ).encode()
+
+
+def test_floating_point_data_is_refused_only_where_the_datatype_would_make_it_infinite() -> None:
+    """The largest FP32 as numpy and %g print it (3.4028235e38, a little past it as a double)
+    rounds to it; a value the cast makes infinite is refused, the bound said exactly."""
+    request = infer_request(*split_body(_body("FP32", "[3.4028235e38, -3.4028235e38]"), None), NO_REGIONS)
+    largest = np.finfo(np.float32).max
+    assert request.inputs["f"].tolist() == [largest, -largest]
+    with pytest.raises(InvalidArgument) as refused:
+        infer_request(*split_body(_body("FP32", "[0, -3.4028236e38]"), None), NO_REGIONS)
+    assert refused.value.message == (
+        "input 'f' has -3.4028236e+38 in data, past FP32's range ±3.4028234663852886e+38; every value "
+        "must fit the datatype the input is sent as"
+    )
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "bound"),
+    [
+        ("FP32", "[1e400, 0]", "3.4028234663852886e+38"),
+        ("FP64", "[0, -1e309]", "1.7976931348623157e+308"),
+        ("FP64", "[Infinity, 1e309]", "1.7976931348623157e+308"),
+    ],
+)
+def test_a_number_past_a_double_s_range_is_refused_not_read_as_infinity(
+    datatype: str, data: str, bound: str
+) -> None:
+    """Python's parser reads such a literal as infinite: it is no Infinity the client sent."""
+    with pytest.raises(InvalidArgument) as refused:
+        infer_request(*split_body(_body(datatype, data), None), NO_REGIONS)
+    assert refused.value.message == (
+        f"input 'f' has a number beyond a double's range in data, past {datatype}'s range ±{bound}; "
+        "every value must fit the datatype the input is sent as"
+    )
+    infinite = infer_request(*split_body(_body(datatype, "[Infinity, -Infinity]"), None), NO_REGIONS)
+    assert infinite.inputs["f"].tolist() == [np.inf, -np.inf]
+    with pytest.raises(InvalidArgument) as refused:
+        split = split_body(_body(datatype, "[0, 1]", '{"scale": 1e400}'), None)
+        infer_request(*split, NO_REGIONS)
+    assert refused.value.message == (
+        "the request's parameter 'scale' is a number beyond a double's range; send a number within "
+        "±1.7976931348623157e+308"
+    )
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "expected"),
+    [
+        ("INT32", [True, 1], "integers"),
+        ("INT64", [[1], [False]], "integers"),
+        ("UINT64", [True, 2**64], "integers"),
+        ("FP32", [True, 1.5], "numbers"),
+        ("FP64", [2**70, False], "numbers"),
+    ],
+)
+def test_a_boolean_in_numeric_data_is_refused_as_triton_refuses_it(
+    datatype: str, data: list[object], expected: str
+) -> None:
+    stray = json.dumps(next(v for v in np.asarray(data, dtype=object).flat if isinstance(v, bool)))
+    tensor = {"name": "x", "datatype": datatype, "shape": [2], "data": data}
+    with pytest.raises(InvalidArgument) as refused:
+        infer_request({"inputs": [tensor]}, b"", NO_REGIONS)
+    assert refused.value.message == (
+        f"input 'x' is {datatype}: its data must be {expected}, and {stray} is none (true and false "
+        "are BOOL data)"
+    )
+    with pytest.raises(InvalidArgument) as refused:
+        infer_request({"inputs": [{**tensor, "datatype": "BOOL"}]}, b"", NO_REGIONS)
+    assert refused.value.message == "input 'x' is BOOL: its data must be true or false"
 
 
 @pytest.mark.parametrize(
