@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import os
+import threading
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +22,7 @@ from serving_models import W, half_model, linear_model, reshape_model, slow_mode
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import grpc_service_pb2_grpc, model_config_pb2
+from tests.conftest import InProcessDaemon, daemon_settings
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
@@ -1404,28 +1409,95 @@ def test_an_unload_sticks_only_without_autoload(oip, linear, start_daemon, expec
     assert output(strict.ModelInfer(infer_request("linear", X))).shape == (2, 3)
 
 
-def test_an_input_read_from_shared_memory_leaves_the_event_loop_answering(
-    oip, channel, daemon, shm_object: str
-) -> None:
-    """A shared-memory input is read (os.pread, as many bytes as the tensor has) off the event
-    loop. The read is held up here by the regions' lock, which it takes first: holding that is
-    the one way to keep a read in progress without timing it. The daemon answers ServerLive
-    meanwhile, and the inference once the lock is free."""
+class _LockTellingOfWaiters:
+    """The regions' lock itself, which sets `asked` when a thread asks for it: a read taking it
+    is then under way, and held up while the test holds the lock."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self.asked = threading.Event()
+
+    def __enter__(self) -> bool:
+        self.asked.set()
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def _a_shared_memory_read_held(daemon: InProcessDaemon, shm_object: str) -> Iterator[threading.Event]:
+    """Model "two" and region "in", holding X, registered; while in the block, the regions'
+    lock (which a read takes first) is held: the event yielded is set once a read asks for it.
+    Holding it is the one way to keep a read in progress without timing it."""
+    channel = daemon.channel()
     upload(channel, "two", two_output_model())
     (Path("/dev/shm") / shm_object[1:]).write_bytes(X.tobytes() + bytes(256 - X.nbytes))
-    oip.SystemSharedMemoryRegister(
+    grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).SystemSharedMemoryRegister(
         pb.SystemSharedMemoryRegisterRequest(name="in", key=shm_object, byte_size=X.nbytes)
     )
+    memory = daemon.daemon._shared_memory
+    lock = memory._lock
+    telling = _LockTellingOfWaiters(lock)
+    memory._lock = telling  # type: ignore[assignment]
+    try:
+        with lock:
+            yield telling.asked
+    finally:
+        memory._lock = lock
+
+
+def test_an_input_read_from_shared_memory_leaves_the_event_loop_answering(
+    oip, daemon, shm_object: str
+) -> None:
+    """A shared-memory input is read (os.pread, as many bytes as the tensor has) off the event
+    loop: the daemon answers ServerLive while the read waits for the regions' lock, and the
+    inference once the lock is free."""
     request = pb.ModelInferRequest(model_name="two")
     x = request.inputs.add(name="x", datatype="FP32", shape=list(X.shape))
     x.parameters["shared_memory_region"].string_param = "in"
     x.parameters["shared_memory_byte_size"].int64_param = X.nbytes
     request.outputs.add(name="b")
-    with daemon.daemon._shared_memory._lock:
+    with _a_shared_memory_read_held(daemon, shm_object) as reading:
         pending = oip.ModelInfer.future(request)
+        assert reading.wait(30), "the inference never came to read its input"
         # The deadline only keeps a loop held by the read from hanging the test.
         assert oip.ServerLive(pb.ServerLiveRequest(), timeout=30).live
     response = pending.result(timeout=60)
     np.testing.assert_array_equal(
         np.frombuffer(response.raw_output_contents[0], np.float32).reshape(X.shape), X + X
     )
+
+
+def test_an_input_read_from_shared_memory_over_http_leaves_the_event_loop_answering(
+    tmp_path: Path, shm_object: str
+) -> None:
+    """As over gRPC: the daemon answers /v2/health/live while an HTTP inference's read waits."""
+    daemon = InProcessDaemon(daemon_settings(tmp_path, **{"serving.oip_http_listen": "127.0.0.1:0"})).start()
+    base = f"http://127.0.0.1:{daemon.daemon.oip_http_port}"
+    body = {
+        "inputs": [
+            {
+                "name": "x",
+                "datatype": "FP32",
+                "shape": list(X.shape),
+                "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": X.nbytes},
+            }
+        ],
+        "outputs": [{"name": "b"}],
+    }
+    infer = urllib.request.Request(f"{base}/v2/models/two/infer", data=json.dumps(body).encode())
+    try:
+        with (
+            concurrent.futures.ThreadPoolExecutor(1) as client,
+            _a_shared_memory_read_held(daemon, shm_object) as reading,
+        ):
+            pending = client.submit(lambda: json.load(urllib.request.urlopen(infer, timeout=60)))
+            assert reading.wait(30), "the inference never came to read its input"
+            # The timeout only keeps a loop held by the read from hanging the test.
+            with urllib.request.urlopen(f"{base}/v2/health/live", timeout=30) as live:
+                assert live.status == 200
+        (b,) = pending.result()["outputs"]
+    finally:
+        daemon.stop()
+    np.testing.assert_array_equal(np.array(b["data"], np.float32).reshape(X.shape), X + X)
