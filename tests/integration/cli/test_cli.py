@@ -63,7 +63,7 @@ def test_a_token_no_header_can_carry_fails_with_a_message_that_does_not_show_it(
 
 
 def test_models_commands(tessera_cli, model_file, tmp_path):
-    pushed = tessera_cli("models", "push", "affine", str(model_file), "--alias", "production")
+    pushed = tessera_cli("models", "push", "affine", str(model_file), "--set-alias", "production")
     assert pushed.code == 0 and "registered affine v1" in pushed.out
     assert tessera_cli("--json", "models", "push", "affine", str(model_file)).json()["version"] == 2
     listed = tessera_cli("models", "ls")
@@ -234,7 +234,7 @@ def test_train_follow_jobs_runs_and_export(tessera_cli, client, dataset_file, tm
     assert shown.code == 0 and f"run {runs[0]['run_id']}" in shown.out
     board = tessera_cli("runs", "leaderboard", "cli", "val_loss", "--mode", "min")
     assert board.code == 0 and "cli by val_loss" in board.out
-    exported = tessera_cli("export", "onnx", "cli-mlp", "--version", "1", "--alias", "production")
+    exported = tessera_cli("export", "onnx", "cli-mlp", "--version", "1", "--set-alias", "production")
     assert exported.code == 0 and "exported cli-mlp v" in exported.out
     spec.write_text(SPEC.format(dataset="table").replace("epochs = 2", "epochs = 500"))
     long_job = tessera_cli("--json", "train", str(spec)).json()["job_id"]

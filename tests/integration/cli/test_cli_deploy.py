@@ -46,7 +46,7 @@ def test_a_push_that_moves_a_routed_alias_warns(tessera_cli, tmp_path):
     assert tessera_cli("models", "alias", "affine", "canary", "1").code == 0
     assert tessera_cli("models", "deploy", "affine", "latest=90", "canary=10").code == 0
 
-    pushed = tessera_cli("models", "push", "affine", artifact, "--alias", "canary")
+    pushed = tessera_cli("models", "push", "affine", artifact, "--set-alias", "canary")
     assert pushed.code == 0
     assert "alias canary: v1 -> v3" in pushed.out
     assert pushed.err == (

@@ -18,7 +18,7 @@ def test_ensemble_command_registers_and_serves(tessera_cli, client, tmp_path):
     client.models.push("b", affine_onnx(tmp_path / "b.onnx", features=3, scale=-1.0, bias=0.0))
     ya, yb = 2 * X + 1, -X
 
-    mean = tessera_cli("models", "ensemble", "ens", "a:1", "b:1", "--alias", "production")
+    mean = tessera_cli("models", "ensemble", "ens", "a:1", "b:1", "--set-alias", "production")
     assert mean.code == 0, mean.err
     assert "registered ens v1: mean of a:1, b:1" in mean.out
     np.testing.assert_allclose(

@@ -1,4 +1,4 @@
-"""`tessera export onnx --alias` says where the alias moved, and when the export already existed."""
+"""`tessera export onnx --set-alias` says where the alias moved, and when the export already existed."""
 
 from __future__ import annotations
 
@@ -11,19 +11,19 @@ MLP_SIGNATURE = {
 }
 
 
-def test_export_with_an_alias_prints_where_the_alias_moved(tessera_cli, client, tmp_path):
+def test_export_with_set_alias_prints_where_the_alias_moved(tessera_cli, client, tmp_path):
     weights = tmp_path / "mlp.safetensors"
     weights.write_bytes(mlp_weights())
     client.models.push("mlp", weights, architecture=MLP, signature=MLP_SIGNATURE)
     client.models.set_alias("mlp", "staging", 1)
-    exported = tessera_cli("export", "onnx", "mlp", "--version", "1", "--alias", "staging")
+    exported = tessera_cli("export", "onnx", "mlp", "--version", "1", "--set-alias", "staging")
     assert exported.code == 0, exported.err
     assert "exported mlp v2" in exported.out and "alias staging: v1 -> v2" in exported.out
-    again = tessera_cli("export", "onnx", "mlp", "--version", "1", "--alias", "canary")
+    again = tessera_cli("export", "onnx", "mlp", "--version", "1", "--set-alias", "canary")
     assert "already exported as mlp v2" in again.out and "alias canary: (new) -> v2" in again.out
     quiet = tessera_cli("export", "onnx", "mlp", "--version", "1")
     assert quiet.code == 0 and "alias" not in quiet.out
-    moved = tessera_cli("--json", "export", "onnx", "mlp", "--version", "1", "--alias", "staging").json()
+    moved = tessera_cli("--json", "export", "onnx", "mlp", "--version", "1", "--set-alias", "staging").json()
     assert moved["reused"] and moved["alias_moved"]["alias"] == "staging"
     assert (moved["alias_moved"]["from_version"], moved["alias_moved"]["to_version"]) == (2, 2)
 

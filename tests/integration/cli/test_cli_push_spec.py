@@ -47,14 +47,14 @@ def test_push_with_an_alias_prints_where_the_alias_moved(tessera_cli, tmp_path):
     spec.write_text(SPEC)
     weights = tmp_path / "mlp.safetensors"
     weights.write_bytes(mlp_weights())
-    first = tessera_cli("models", "push", "mlp", str(weights), "--spec", str(spec), "--alias", "prod")
+    first = tessera_cli("models", "push", "mlp", str(weights), "--spec", str(spec), "--set-alias", "prod")
     assert first.code == 0, first.err
     assert "alias prod: (new) -> v1" in first.out
-    second = tessera_cli("models", "push", "mlp", str(weights), "--spec", str(spec), "--alias", "prod")
+    second = tessera_cli("models", "push", "mlp", str(weights), "--spec", str(spec), "--set-alias", "prod")
     assert "registered mlp v2" in second.out and "alias prod: v1 -> v2" in second.out
     quiet = tessera_cli("models", "push", "mlp", str(weights), "--spec", str(spec))
     assert quiet.code == 0 and "alias" not in quiet.out
     moved = tessera_cli(
-        "--json", "models", "push", "mlp", str(weights), "--spec", str(spec), "--alias", "prod"
+        "--json", "models", "push", "mlp", str(weights), "--spec", str(spec), "--set-alias", "prod"
     ).json()
     assert (moved["alias_moved"]["from_version"], moved["alias_moved"]["to_version"]) == (2, 4)

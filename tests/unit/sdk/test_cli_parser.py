@@ -205,7 +205,8 @@ def test_help_says_where_a_spec_is_described_and_what_export_alias_moves(capsys)
         build_parser().parse_args(["export", "onnx", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
     assert "the safetensors version to export" in shown
-    assert "move this alias to the exported version (--version picks the one exported)" in shown
+    assert "--alias ALIAS the version this alias points at" in shown
+    assert "--set-alias NAME move this alias onto the new version" in shown
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from tessera.ensembles import member_pair
@@ -129,16 +129,44 @@ def version_number(text: str) -> int:
     return number
 
 
-def add_version_flags(sub: argparse.ArgumentParser, default: str, *, alias_flag: bool = True) -> None:
+def add_version_flags(sub: argparse.ArgumentParser, default: str) -> None:
     """--version N|ALIAS and --alias ALIAS, one or the other (both: a usage error), as every
-    command naming a version takes it; `picked_version` reads them. `alias_flag` False for a
-    command whose --alias means another thing (export's: the alias moved to what it makes)."""
-    flags = sub.add_mutually_exclusive_group() if alias_flag else sub
+    command naming a version takes it; `picked_version` reads them."""
+    flags = sub.add_mutually_exclusive_group()
     flags.add_argument(
         "--version", type=version_or_alias, metavar=VERSION_METAVAR, help=f"{VERSION_WORDS} ({default})"
     )
-    if alias_flag:
-        flags.add_argument("--alias", help="the version this alias points at: the same as --version ALIAS")
+    flags.add_argument("--alias", help="the version this alias points at: the same as --version ALIAS")
+
+
+SET_ALIAS_HELP = "move this alias onto the new version (the alias is made where missing)"
+
+
+class _AliasNowSetAlias(argparse.Action):
+    """--alias on a command that makes a version: it once moved the alias onto that version,
+    where every other command's --alias picks the version an alias points at; refused, naming
+    --set-alias, rather than read anew without a word."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        raise argparse.ArgumentError(
+            self,
+            "this command makes a version and picks none; --set-alias NAME moves an alias onto the new "
+            "version now (--alias picks the version an alias points at, on the commands that use one)",
+        )
+
+
+def add_set_alias_flag(sub: argparse.ArgumentParser, *, refuse_alias: bool) -> None:
+    """--set-alias NAME, the alias moved onto the version the command makes; `refuse_alias` for
+    a command that picks no version, whose --alias once meant what --set-alias does."""
+    sub.add_argument("--set-alias", metavar="NAME", help=SET_ALIAS_HELP)
+    if refuse_alias:
+        sub.add_argument("--alias", action=_AliasNowSetAlias, help=argparse.SUPPRESS)
 
 
 def picked_version(args: argparse.Namespace) -> int | str | None:

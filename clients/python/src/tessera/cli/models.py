@@ -203,7 +203,7 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
         args.file,
         format=artifact_format,
         architecture=architecture,
-        alias=args.alias,
+        alias=args.set_alias,
         description=args.description,
         progress=transfer_progress(out, f"pushing {Path(args.file).name}"),
     )
@@ -238,12 +238,18 @@ def cmd_models_ensemble(client: Client, args: argparse.Namespace, out: Output) -
         args.combine,
         weights=args.weights,
         stacking=stacking,
-        alias=args.alias,
+        alias=args.set_alias,
         description=args.description,
     )
     if out.as_json:
-        return out.json(version)
-    out.line(f"registered {version.model} v{version.version}: {args.combine} of {', '.join(args.members)}")
+        out.json(version)
+    else:
+        out.line(
+            f"registered {version.model} v{version.version}: {args.combine} of {', '.join(args.members)}"
+        )
+        if version.HasField("alias_moved"):
+            print_alias_moved(out, version.alias_moved)
+    warn(version.alias_moved.deployment_warnings)
 
 
 def fit_stacking_on(client: Client, members: Sequence[str], path: str, target: str) -> dict[str, Any]:
@@ -603,10 +609,10 @@ def cmd_models_download(client: Client, args: argparse.Namespace, out: Output) -
 def cmd_export_onnx(client: Client, args: argparse.Namespace, out: Output) -> None:
     result = client.models.export_onnx(
         args.model,
-        args.version,
+        picked_version(args),
         opset=args.opset,
         conv4d=args.conv4d,
-        alias=args.alias,
+        alias=args.set_alias,
         description=args.description,
     )
     if out.as_json:

@@ -13,6 +13,7 @@ from tessera.cli.arguments import (
     INT32_MAX,
     TIMEOUT_ENV,
     TRANSFER_TIMEOUT_ENV,
+    add_set_alias_flag,
     add_version_flags,
     daemon_target,
     dataset,
@@ -322,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: from the file's suffix",
     )
     sub.add_argument("--spec", help="TOML with the [architecture] that built safetensors weights")
-    sub.add_argument("--alias", help="move this alias to the new version")
+    add_set_alias_flag(sub, refuse_alias=True)
     sub.add_argument("--description", default="", help="free text stored with the version")
     command(models, "versions", cmd_models_versions, "list a model's versions, newest first").add_argument(
         "model", help=MODEL_HELP
@@ -362,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--fit-target", default="y", metavar="NAME", help="the targets' array in --fit (default y)"
     )
-    sub.add_argument("--alias", help="move this alias to the new version")
+    add_set_alias_flag(sub, refuse_alias=True)
     sub.add_argument("--description", default="", help="free text stored with the version")
     sub = command(models, "alias", cmd_models_alias, "point an alias at a version")
     sub.add_argument("model", help=MODEL_HELP)
@@ -915,8 +916,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Export a model's version to another format, registered as the model's next version.",
         [
             (
-                "export the latest safetensors version to ONNX, and move staging to it",
-                "tessera export onnx clips-cnn4d --alias staging",
+                "export the version staging points at to ONNX; move staging onto the export",
+                "tessera export onnx clips-cnn4d --alias staging --set-alias staging",
             ),
         ],
         metavar="FORMAT",
@@ -925,7 +926,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = command(export, "onnx", cmd_export_onnx, "export a safetensors version to ONNX as a new version")
     sub.add_argument("model", help=MODEL_HELP)
-    add_version_flags(sub, "the safetensors version to export; default: latest", alias_flag=False)
+    add_version_flags(sub, "the safetensors version to export; default: latest")
     sub.add_argument(
         "--opset",
         type=whole(high=INT32_MAX),
@@ -939,9 +940,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how Conv4d layers are written: auto (default; the faster graph in onnxruntime), decomposed "
         "(3-D convolutions) or native (one Conv node with four spatial dimensions)",
     )
-    sub.add_argument(
-        "--alias", help="move this alias to the exported version (--version picks the one exported)"
-    )
+    add_set_alias_flag(sub, refuse_alias=False)
     sub.add_argument(
         "--description",
         default="",
