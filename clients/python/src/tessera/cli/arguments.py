@@ -181,6 +181,31 @@ def picked_number_or_alias(args: argparse.Namespace) -> tuple[int | None, str | 
     return (None, picked) if isinstance(picked, str) else (picked, None)
 
 
+def pointed_version(text: str) -> int | str:
+    """argparse's type for the version `models alias` points an alias at: its number, also as
+    the tables show it ("v6"); another word is returned as it is, an alias the command refuses
+    naming the number it points at."""
+    number = text.removeprefix("v") if text.startswith("v") and is_digits(text[1:]) else text
+    return version_number(number) if is_digits(number.removeprefix("-")) else text
+
+
+def model_name(text: str) -> str:
+    """argparse's type for MODEL on a command that picks a version with --version or --alias:
+    "model:6", as a dataset is named, is refused saying which flag names the version (no model's
+    name holds a ":", and the daemon's refusal would say only that this is no valid name)."""
+    model, colon, version = text.partition(":")
+    if not colon:
+        return text
+    fix = (
+        f"to name version {version}, write `--version {version}`"
+        if is_digits(version)
+        else f"to name the version alias {version} points at, write `--alias {version}`"
+    )
+    raise argparse.ArgumentTypeError(
+        f"{_shown(text)!r} names a model and a version together; {fix} after the model {model!r}"
+    )
+
+
 def _digits_number(text: str) -> int | None:
     """`text` as a number in 0..INT64_MAX written in digits 0-9; None for anything else."""
     try:

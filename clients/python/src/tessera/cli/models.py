@@ -269,6 +269,13 @@ def fit_stacking_on(client: Client, members: Sequence[str], path: str, target: s
 
 
 def cmd_models_alias(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if isinstance(args.version, str):
+        # An alias stores a number: one set to another alias would not follow it when it moves.
+        number = client.models.version(args.model, args.version).version
+        raise UsageError(
+            f"{args.version!r} is an alias, which points at v{number}; an alias points at a version "
+            f"number, not at another alias: `tessera models alias {args.model} {args.alias} {number}`"
+        )
     alias = client.models.set_alias(args.model, args.alias, args.version)
     if out.as_json:
         out.json(alias)

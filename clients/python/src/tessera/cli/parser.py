@@ -23,7 +23,9 @@ from tessera.cli.arguments import (
     key_value,
     member,
     metric_condition,
+    model_name,
     output_index,
+    pointed_version,
     route,
     serving_option,
     spec_setting,
@@ -310,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         "an alias moved, a deploy or rollback, an edit)",
     ).add_argument("--prefix", default="", help="only models whose name starts with this")
     sub = command(models, "show", cmd_models_show, "show a model version's details")
-    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("model", type=model_name, help=MODEL_HELP)
     add_version_flags(sub, "default: latest")
     sub = command(
         models, "push", cmd_models_push, "register an ONNX file, or safetensors weights with --spec"
@@ -368,7 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(models, "alias", cmd_models_alias, "point an alias at a version")
     sub.add_argument("model", help=MODEL_HELP)
     sub.add_argument("alias", help="the alias's name, e.g. production (latest is kept by the daemon)")
-    sub.add_argument("version", type=version_number, help="the version number it points at (from 1)")
+    sub.add_argument(
+        "version",
+        type=pointed_version,
+        help="the version number it points at (from 1; v6 as the tables show it is 6); an alias "
+        "points at a number, not at another alias",
+    )
     command(
         models,
         "aliases",
@@ -467,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         "write a version's artifact to a file (verified); a broken connection or a daemon restart is "
         "reconnected and goes on from the bytes written",
     )
-    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("model", type=model_name, help=MODEL_HELP)
     sub.add_argument(
         "path",
         nargs="?",
@@ -925,7 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
         followed_choice_hint="onnx is the only format, `tessera export onnx MODEL`",
     )
     sub = command(export, "onnx", cmd_export_onnx, "export a safetensors version to ONNX as a new version")
-    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("model", type=model_name, help=MODEL_HELP)
     add_version_flags(sub, "the safetensors version to export; default: latest")
     sub.add_argument(
         "--opset",
@@ -948,7 +955,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub = command(commands, "predict", cmd_predict, "run a model on inputs from a file")
-    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("model", type=model_name, help=MODEL_HELP)
     sub.add_argument(
         "--input",
         required=True,
@@ -966,7 +973,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(
         commands, "explain", cmd_explain, "attribute a model's output to each input position (captum)"
     )
-    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("model", type=model_name, help=MODEL_HELP)
     sub.add_argument(
         "--input",
         required=True,
@@ -1014,7 +1021,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(
         commands, "stats", cmd_stats, "show the latency percentiles and throughput of a loaded model"
     )
-    sub.add_argument("model", nargs="?", default="", help="default: every loaded model")
+    sub.add_argument("model", nargs="?", type=model_name, default="", help="default: every loaded model")
     add_version_flags(sub, "with MODEL; default: every loaded version")
     scope = sub.add_mutually_exclusive_group()
     scope.add_argument("--reset", action="store_true", help="zero the figures after reading them")
@@ -1034,7 +1041,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"{sub.description}. Loading replaces the version's whole serving config: an option not "
         "given takes its default, not the value the version ran with, unless --keep-config is given."
     )
-    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("model", type=model_name, help=MODEL_HELP)
     add_version_flags(sub, "default: latest")
     sub.add_argument(
         "--keep-config",
@@ -1104,7 +1111,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_unload,
         "stop serving a version: it takes no new requests, finishes those queued, and is freed",
     )
-    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("model", type=model_name, help=MODEL_HELP)
     add_version_flags(sub, "default: every loaded version of the model")
 
     command(
