@@ -30,6 +30,9 @@ class CommandParser(argparse.ArgumentParser):
         self.choice_hints: dict[str, str] = {}
         self.other_choice_hint = ""
         self.followed_choice_hint = ""
+        # What a spec file given in a command word's place is told (`tessera sweeps sw.toml`: the
+        # group lists what another command starts from a spec), formatted with it as `value`.
+        self.spec_choice_hint = ""
         self._words: list[str] = []
 
     def name_outer_options(self) -> None:
@@ -150,6 +153,8 @@ class CommandParser(argparse.ArgumentParser):
             choices = list(action.choices or ())
             meant = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1)
             hint = self.choice_hints.get(str(value), "")
+            if not hint and self.spec_choice_hint and str(value).lower().endswith(".toml"):
+                hint = self.spec_choice_hint.format(value=value)
             if not hint and not meant:
                 followed = self._followed_by_positional(str(value), action)
                 hint = (self.followed_choice_hint if followed else self.other_choice_hint).format(value=value)

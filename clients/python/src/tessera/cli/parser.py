@@ -1139,5 +1139,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--requests", type=whole(), default=200, help="predict calls for the latency figures (default 200)"
     )
+    for listing, starting in (("sweeps", "sweep"), ("jobs", "train")):
+        lister = commands.choices[listing]
+        assert isinstance(
+            lister, CommandParser
+        )  # add_subparsers makes its commands' parsers of its own class
+        lister.spec_choice_hint = f"a spec starts one with `tessera {starting} {{value}}`"
     root.name_outer_options()
     return parser
