@@ -3,6 +3,7 @@ and signature: format, description, architecture and sha256 (equal: the same byt
 
 from __future__ import annotations
 
+from tests.integration.cli.test_cli import SPEC as TRAIN_SPEC
 from tests.integration.cli.test_cli_push_spec import SPEC
 from tests.integration.registry.conftest import mlp_weights
 from tests.integration.sdk.affine import affine_onnx
@@ -56,3 +57,17 @@ def test_compare_shows_format_description_architecture_and_sha256(tessera_cli, c
     assert tessera_cli("--json", "models", "compare", "m", "2", "3").json()["artifact_differences"] == {
         "description": {"a": "exported", "b": ""}
     }
+
+
+def test_compare_of_trained_versions_leaves_the_job_spec_to_json(tessera_cli, table_dataset, tmp_path):
+    spec = tmp_path / "spec.toml"
+    for epochs in (1, 2):
+        spec.write_text(TRAIN_SPEC.format(dataset="table").replace("epochs = 2", f"epochs = {epochs}"))
+        assert tessera_cli("train", str(spec), "--follow").code == 0
+
+    shown = tessera_cli("models", "compare", "cli-mlp", "1", "2")
+    assert shown.code == 0, shown.err
+    assert compared_cells(shown.out, "param epochs")[:2] == ["1", "2"], shown.out
+    assert "job_spec" not in shown.out and "TASK_CLASSIFICATION" not in shown.out, shown.out
+    document = tessera_cli("--json", "models", "compare", "cli-mlp", "1", "2").json()
+    assert "job_spec" in {item["key"] for item in document["lineage"]}, document["lineage"]

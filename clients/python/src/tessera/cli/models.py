@@ -547,7 +547,9 @@ def cmd_models_compare(client: Client, args: argparse.Namespace, out: Output) ->
     for p in diff.params:
         rows.append((f"param {p.key}", p.a if p.present_a else "-", p.b if p.present_b else "-", ""))
     for item in diff.lineage:
-        rows.append((f"lineage {item.key}", item.a or "-", item.b or "-", ""))
+        # The whole spec as proto JSON: its fields are the param rows above; --json keeps it.
+        if item.key != "job_spec":
+            rows.append((f"lineage {item.key}", item.a or "-", item.b or "-", ""))
     rows.append(
         ("size", byte_size(diff.a.size_bytes), byte_size(diff.b.size_bytes), f"{diff.size_delta:+,} B")
     )
