@@ -23,3 +23,88 @@ def test_a_spec_given_to_a_listing_group_names_the_command_that_starts_it(tesser
     assert f"invalid choice: 'sw.toml'; a spec starts one with `{meant}`" in told, told
     followed = refused(tessera_cli, capsys, group, "sw.toml", "--follow")
     assert f"`{meant}`" in followed, followed
+
+
+@pytest.mark.parametrize("group", ["jobs", "runs"])
+@pytest.mark.parametrize("flag", ["--state", "--status"])
+def test_jobs_and_runs_ls_take_state_and_status_alike(tessera_cli, group, flag):
+    listed = tessera_cli("--json", group, "ls", flag, "succeeded")
+    assert listed.code == 0 and listed.json() == [], listed.err
+
+
+def test_help_names_one_spelling_and_says_the_other(tessera_cli, capsys):
+    with pytest.raises(SystemExit):
+        tessera_cli("runs", "ls", "--help")
+    runs = " ".join(capsys.readouterr().out.split())
+    assert (
+        "--status STATUS" in runs
+        and "--state STATUS" not in runs
+        and "--state too, as jobs ls says it" in runs
+    ), runs
+    with pytest.raises(SystemExit):
+        tessera_cli("jobs", "ls", "--help")
+    jobs = " ".join(capsys.readouterr().out.split())
+    assert (
+        "--state STATE" in jobs
+        and "--status STATE" not in jobs
+        and "--status too, as runs ls says it" in jobs
+    ), jobs
+
+
+def test_an_unknown_flag_is_answered_with_the_one_likely_meant(tessera_cli, capsys):
+    told = refused(tessera_cli, capsys, "runs", "ls", "--experimnt", "clips")
+    assert "unrecognized arguments: --experimnt clips; did you mean --experiment?" in told, told
+    valued = refused(tessera_cli, capsys, "models", "show", "m", "--verison=2")
+    assert "unrecognized arguments: --verison=2; did you mean --version?" in valued, valued
+    unlike = refused(tessera_cli, capsys, "models", "show", "m", "--zzz")
+    assert unlike.endswith("unrecognized arguments: --zzz"), unlike
+
+
+def test_experiments_show_names_one_experiment(tessera_cli, client):
+    client.training.create_experiment("clips", description="4-D CNN on clips", tags={"team": "vision"})
+    shown = tessera_cli("experiments", "show", "clips")
+    assert shown.code == 0, shown.err
+    assert "clips" in shown.out and "4-D CNN on clips" in shown.out and "team=vision" in shown.out
+    assert tessera_cli("--json", "experiments", "show", "clips").json()["description"] == "4-D CNN on clips"
+    missing = tessera_cli("experiments", "show", "clip")
+    assert missing.code == 3 and "NOT_FOUND" in missing.err, missing.err
+
+
+GRID_SWEEP = """\
+strategy = "grid"
+metric = "val_loss"
+
+[base]
+experiment = "cli"
+task = "classification"
+epochs = 1
+batch_size = 16
+data = { dataset = "table", train_split = "train", val_split = "val" }
+
+[base.architecture]
+input_shape = [4]
+output_size = 2
+mlp = { hidden_sizes = [8] }
+
+[[parameters]]
+path = "optimizer.lr"
+values = { values = [0.01, 0.1] }
+"""
+
+
+def test_runs_ls_sweep_lists_the_runs_of_its_trials(tessera_cli, table_dataset, tmp_path):
+    sweep_spec = tmp_path / "sweep.toml"
+    sweep_spec.write_text(GRID_SWEEP)
+    assert tessera_cli("sweep", str(sweep_spec), "--follow").code == 0
+    job_spec = tmp_path / "job.toml"
+    base = GRID_SWEEP.split("[base]\n", 1)[1].split("[[parameters]]", 1)[0]
+    job_spec.write_text(base.replace("[base.", "["))
+    assert tessera_cli("train", str(job_spec), "--follow").code == 0
+    [sweep] = tessera_cli("--json", "sweeps", "ls").json()
+    trial_jobs = {trial["job_id"] for trial in sweep["trials"]}
+
+    runs = tessera_cli("--json", "runs", "ls", "--sweep", sweep["sweep_id"]).json()
+    assert sorted(run["job_id"] for run in runs) == sorted(trial_jobs)
+    assert len(tessera_cli("--json", "runs", "ls", "--experiment", "cli").json()) == 3
+    missing = tessera_cli("runs", "ls", "--sweep", "sweep-nope")
+    assert missing.code == 3 and "NOT_FOUND" in missing.err, missing.err

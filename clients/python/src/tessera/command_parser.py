@@ -76,8 +76,19 @@ class CommandParser(argparse.ArgumentParser):
         finally:
             self._intermixing = False
         if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._meant_option(extras)}")
         return parsed, extras
+
+    def _meant_option(self, extras: Sequence[str]) -> str:
+        """ "; did you mean --experiment?" for the first mistyped option among `extras` that is
+        close to one of this parser's, as a mistyped command is answered; "" for none."""
+        options = [option for option in self._option_string_actions if option.startswith("--")]
+        for word in extras:
+            if word.startswith("--"):
+                meant = difflib.get_close_matches(word.split("=", 1)[0], options, n=1)
+                if meant:
+                    return f"; did you mean {meant[0]}?"
+        return ""
 
     def _refuse_outer_options(self, args: Sequence[str]) -> None:
         """Refuse an option of the program's own parser among `args`, before they are parsed:

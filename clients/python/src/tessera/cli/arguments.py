@@ -169,6 +169,21 @@ def add_set_alias_flag(sub: argparse.ArgumentParser, *, refuse_alias: bool) -> N
         sub.add_argument("--alias", action=_AliasNowSetAlias, help=argparse.SUPPRESS)
 
 
+def add_other_spelling(sub: argparse.ArgumentParser, action: argparse.Action, spelling: str) -> None:
+    """`spelling` taken as `action`'s flag and left out of the help, which names the one flag
+    and says the other: jobs are listed by --state and runs by --status, and each takes both."""
+    sub.add_argument(
+        spelling,
+        dest=action.dest,
+        action=type(action),
+        # No type reads the text as given, as str does.
+        type=action.type or str,
+        choices=action.choices,
+        metavar=action.metavar,
+        help=argparse.SUPPRESS,
+    )
+
+
 def picked_version(args: argparse.Namespace) -> int | str | None:
     """The version `add_version_flags`' flags picked: a number, an alias, or None for the default."""
     alias: str | None = getattr(args, "alias", None)

@@ -13,6 +13,7 @@ from tessera.cli.arguments import (
     INT32_MAX,
     TIMEOUT_ENV,
     TRANSFER_TIMEOUT_ENV,
+    add_other_spelling,
     add_set_alias_flag,
     add_version_flags,
     daemon_target,
@@ -72,6 +73,7 @@ from tessera.cli.tracking import (
     cmd_experiments_ls,
     cmd_experiments_restore,
     cmd_experiments_rm,
+    cmd_experiments_show,
     cmd_experiments_update,
     cmd_runs_artifacts_get,
     cmd_runs_artifacts_ls,
@@ -649,14 +651,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--sweep", default="", metavar="SWEEP_ID", help="only this sweep's trials' jobs (default: every job)"
     )
-    sub.add_argument(
-        "--state",
-        action="append",
-        type=str.lower,
-        choices=[state.value for state in JobState if state != JobState.UNSPECIFIED],
-        # The choices in the usage line ran it past 80 columns; the help lists them.
-        metavar="STATE",
-        help="only jobs in this state (repeatable): %(choices)s",
+    add_other_spelling(
+        sub,
+        sub.add_argument(
+            "--state",
+            action="append",
+            type=str.lower,
+            choices=[state.value for state in JobState if state != JobState.UNSPECIFIED],
+            # The choices in the usage line ran it past 80 columns; the help lists them.
+            metavar="STATE",
+            help="only jobs in this state (repeatable; --status too, as runs ls says it): %(choices)s",
+        ),
+        "--status",
     )
     sub = command(jobs, "show", cmd_jobs_show, "show a job's state, metrics and kept checkpoints")
     sub.add_argument("job_id", help=JOB_HELP)
@@ -700,17 +706,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = command(runs, "ls", cmd_runs_ls, "list runs, newest first")
     sub.add_argument("--experiment", default="", help="only this experiment's runs (default: every run)")
+    add_other_spelling(
+        sub,
+        sub.add_argument(
+            "--status",
+            action="append",
+            type=str.lower,
+            choices=[
+                value.name.removeprefix("RUN_STATUS_").lower()
+                for value in training_pb2.RunStatus.DESCRIPTOR.values
+                if value.number
+            ],
+            metavar="STATUS",
+            help="only runs with this status (repeatable; --state too, as jobs ls says it): %(choices)s",
+        ),
+        "--state",
+    )
     sub.add_argument(
-        "--status",
-        action="append",
-        type=str.lower,
-        choices=[
-            value.name.removeprefix("RUN_STATUS_").lower()
-            for value in training_pb2.RunStatus.DESCRIPTOR.values
-            if value.number
-        ],
-        metavar="STATUS",
-        help="only runs with this status (repeatable): %(choices)s",
+        "--sweep",
+        default="",
+        metavar="SWEEP_ID",
+        help="only the runs of this sweep's trials (looked up with the sweep and picked here: the "
+        "daemon filters runs by no sweep)",
     )
     sub.add_argument(
         "--param",
@@ -860,6 +877,7 @@ def build_parser() -> argparse.ArgumentParser:
         "experiment = NAME, with a description and tags. A deleted one is kept, with its runs, until restored.",
         [
             ("list the experiments", "tessera experiments ls"),
+            ("one experiment's description, tags and run count", "tessera experiments show clips"),
             ("describe one", 'tessera experiments update clips --description "4-D CNN on clips"'),
             ("delete one and its runs (restore brings them back)", "tessera experiments rm clips"),
         ],
@@ -867,6 +885,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(experiments, "ls", cmd_experiments_ls, "list the experiments, by name")
     sub.add_argument("--prefix", default="", help="only names starting with this")
     add_view(sub, "experiments")
+    command(
+        experiments, "show", cmd_experiments_show, "show an experiment's description, tags and run count"
+    ).add_argument("name", help=EXPERIMENT_HELP)
     sub = command(experiments, "update", cmd_experiments_update, "change an experiment's description or tags")
     sub.add_argument("name", help=EXPERIMENT_HELP)
     sub.add_argument("--description", help='the new description ("" clears it)')

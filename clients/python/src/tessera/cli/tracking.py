@@ -86,6 +86,10 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
             filter=args.filter,
         )
     )
+    if args.sweep:
+        # ListRuns has no sweep filter and a run no sweep field: a trial's run is its job's.
+        trial_jobs = {trial.job_id for trial in client.training.sweep(args.sweep).trials}
+        runs = [run for run in runs if run.job_id in trial_jobs]
     if out.as_json:
         return out.json(runs)
     if not runs and args.experiment and args.view == "active" and experiment_deleted(client, args.experiment):
@@ -94,7 +98,7 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
             f"experiment {args.experiment} is deleted, with its runs; bring them back with: "
             f"tessera experiments restore {args.experiment} (--view deleted lists them meanwhile)"
         )
-    if not runs and (args.status or args.param or args.tag or args.metric or args.filter):
+    if not runs and (args.status or args.param or args.tag or args.metric or args.filter or args.sweep):
         # An empty table gives no clue that a key was misspelt (`lr` where a job's run says optimizer.lr).
         of = f" of experiment {args.experiment}" if args.experiment else ""
         return out.line(
@@ -378,6 +382,23 @@ def cmd_experiments_ls(client: Client, args: argparse.Namespace, out: Output) ->
         whole=("name",),
         unbroken=("tags",),
     )
+
+
+def cmd_experiments_show(client: Client, args: argparse.Namespace, out: Output) -> None:
+    experiment = client.training.experiment(args.name)
+    if out.as_json:
+        return out.json(experiment)
+    rows: list[tuple[str, Any]] = [
+        ("description", experiment.description or "-"),
+        ("runs", f"{experiment.run_count:,} (`tessera runs ls --experiment {experiment.name}` lists them)"),
+        ("created", when(experiment.created_at)),
+    ]
+    rows += [(f"tag {key}", f"{key}={value}") for key, value in sorted(experiment.tags.items())]
+    if experiment.deleted:
+        rows.append(
+            ("deleted", f"{when(experiment.deleted_at)} (`tessera experiments restore` brings it back)")
+        )
+    out.pairs(f"experiment {experiment.name}", rows)
 
 
 def cmd_experiments_update(client: Client, args: argparse.Namespace, out: Output) -> None:
