@@ -64,7 +64,12 @@ def test_experiments_show_names_one_experiment(tessera_cli, client):
     client.training.create_experiment("clips", description="4-D CNN on clips", tags={"team": "vision"})
     shown = tessera_cli("experiments", "show", "clips")
     assert shown.code == 0, shown.err
-    assert "clips" in shown.out and "4-D CNN on clips" in shown.out and "team=vision" in shown.out
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in shown.out.splitlines()
+        if "│" in line
+    }
+    assert rows["description"] == "4-D CNN on clips" and rows["tag team"] == "vision", shown.out
     assert tessera_cli("--json", "experiments", "show", "clips").json()["description"] == "4-D CNN on clips"
     missing = tessera_cli("experiments", "show", "clip")
     assert missing.code == 3 and "NOT_FOUND" in missing.err, missing.err

@@ -393,7 +393,7 @@ def cmd_experiments_show(client: Client, args: argparse.Namespace, out: Output) 
         ("runs", f"{experiment.run_count:,} (`tessera runs ls --experiment {experiment.name}` lists them)"),
         ("created", when(experiment.created_at)),
     ]
-    rows += [(f"tag {key}", f"{key}={value}") for key, value in sorted(experiment.tags.items())]
+    rows += [(f"tag {key}", value) for key, value in sorted(experiment.tags.items())]
     if experiment.deleted:
         rows.append(
             ("deleted", f"{when(experiment.deleted_at)} (`tessera experiments restore` brings it back)")
