@@ -113,3 +113,8 @@ def test_runs_ls_sweep_lists_the_runs_of_its_trials(tessera_cli, table_dataset, 
     assert len(tessera_cli("--json", "runs", "ls", "--experiment", "cli").json()) == 3
     missing = tessera_cli("runs", "ls", "--sweep", "sweep-nope")
     assert missing.code == 3 and "NOT_FOUND" in missing.err, missing.err
+
+
+def test_an_unknown_option_of_tessera_itself_is_answered_with_the_one_likely_meant(tessera_cli, capsys):
+    told = refused(tessera_cli, capsys, "--tiemout=5", "info")
+    assert "unrecognized arguments: --tiemout=5; did you mean --timeout?" in told, told

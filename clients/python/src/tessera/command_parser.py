@@ -76,7 +76,7 @@ class CommandParser(argparse.ArgumentParser):
         finally:
             self._intermixing = False
         if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}{self._meant_option(extras)}")
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed, extras
 
     def _meant_option(self, extras: Sequence[str]) -> str:
@@ -176,6 +176,11 @@ class CommandParser(argparse.ArgumentParser):
             ) from None
 
     def error(self, message: str) -> NoReturn:
+        # Both ways argparse refuses words left over (a command's parser here, the program's in
+        # parse_args) say it in these words.
+        unrecognized = "unrecognized arguments: "
+        if message.startswith(unrecognized):
+            message += self._meant_option(message.removeprefix(unrecognized).split())
         for action in self._actions:
             if (
                 isinstance(action, argparse._SubParsersAction)
