@@ -88,7 +88,7 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
     )
     if args.sweep:
         # ListRuns has no sweep filter and a run no sweep field: a trial's run is its job's.
-        trial_jobs = {trial.job_id for trial in client.training.sweep(args.sweep).trials}
+        trial_jobs = {trial.job_id for trial in client.training.sweep(args.sweep).trials()}
         runs = [run for run in runs if run.job_id in trial_jobs]
     if out.as_json:
         return out.json(runs)
