@@ -40,9 +40,57 @@ def test_the_history_and_a_rollback_that_expects_a_revision(tessera_cli, tmp_pat
     assert listed.code == 0, listed.err
     rows = [line.split("│")[1:-1] for line in listed.out.splitlines() if line.startswith("│")]
     assert [[cell.strip() for cell in row[:3]] + [row[5].strip()] for row in rows] == [
-        ["3", "alias prod (v1) 100%", "", "rollback of revision 2 to revision 1"],
+        ["3", "alias prod (v1 now) 100%", "", "rollback of revision 2 to revision 1"],
         ["2", "v1 90%, v2 10%", "v2 100%", "canary"],
-        ["1", "alias prod (v1) 100%", "", ""],
+        ["1", "alias prod (v1 now) 100%", "", ""],
     ]
     as_json = tessera_cli("--json", "models", "deployments", "affine").json()
     assert [d["revision"] for d in as_json] == [3, 2, 1] and as_json[0]["rolled_back_from"] == 2
+
+
+def test_a_past_revision_names_the_version_its_alias_route_resolves_to_now(tessera_cli, tmp_path):
+    # A revision records the alias, not the version it resolved to when deployed: the history
+    # must not read as though the revision served the alias's version of today.
+    model_file = str(affine_onnx(tmp_path / "affine.onnx"))
+    for _ in range(3):
+        assert tessera_cli("models", "push", "affine", model_file).code == 0
+    assert tessera_cli("models", "alias", "affine", "champion", "2").code == 0
+    assert tessera_cli("models", "deploy", "affine", "3=100").code == 0
+    assert tessera_cli("models", "deploy", "affine", "champion=80", "1=20").code == 0
+    assert tessera_cli("models", "alias", "affine", "champion", "3").code == 0
+    assert tessera_cli("models", "rollback", "affine").code == 0
+
+    listed = tessera_cli("models", "deployments", "affine")
+    assert listed.code == 0, listed.err
+    rows = [line.split("│")[1:-1] for line in listed.out.splitlines() if line.startswith("│")]
+    assert [[cell.strip() for cell in row[:2]] for row in rows] == [
+        ["3", "v3 100%"],
+        ["2", "alias champion (v3 now) 80%, v1 20%"],
+        ["1", "v3 100%"],
+    ]
+
+
+def test_the_alias_history_lists_each_move_newest_first(tessera_cli, tmp_path):
+    model_file = str(affine_onnx(tmp_path / "affine.onnx"))
+    for _ in range(3):
+        assert tessera_cli("models", "push", "affine", model_file).code == 0
+    assert tessera_cli("models", "alias", "affine", "champion", "2").code == 0
+    assert tessera_cli("models", "alias", "affine", "prod", "1").code == 0
+    assert tessera_cli("models", "alias", "affine", "champion", "3").code == 0
+
+    listed = tessera_cli("models", "aliases", "affine", "--history")
+    assert listed.code == 0, listed.err
+    rows = [line.split("│")[1:-1] for line in listed.out.splitlines() if line.startswith("│")]
+    moves = [[cell.strip() for cell in row[:3]] for row in rows]
+    assert [m for m in moves if m[0] != "latest"] == [
+        ["champion", "v2", "v3"],
+        ["prod", "-", "v1"],
+        ["champion", "-", "v2"],
+    ]
+    one = tessera_cli("models", "aliases", "affine", "champion", "--history")
+    assert [line.split("│")[2].strip() for line in one.out.splitlines() if line.startswith("│")] == ["v2", "-"]
+    as_json = tessera_cli("--json", "models", "aliases", "affine", "champion", "--history").json()
+    assert [(e["alias"], e["to_version"]) for e in as_json] == [("champion", 3), ("champion", 2)]
+    refused = tessera_cli("models", "aliases", "affine", "champion")
+    assert refused.code == 2
+    assert "--history" in refused.err

@@ -285,6 +285,13 @@ def cmd_models_alias(client: Client, args: argparse.Namespace, out: Output) -> N
 
 
 def cmd_models_aliases(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if args.history:
+        return print_alias_history(client, args, out)
+    if args.alias:
+        raise UsageError(
+            f"ALIAS ({args.alias}) picks the alias whose moves --history lists; without --history every "
+            "alias is listed"
+        )
     aliases = list(client.models.aliases(args.model))
     if out.as_json:
         return out.json(aliases)
@@ -293,6 +300,33 @@ def cmd_models_aliases(client: Client, args: argparse.Namespace, out: Output) ->
         ["alias", "version", "updated", "by"],
         [(a.alias, f"v{a.version}", when(a.updated_at), a.updated_by) for a in aliases],
     )
+
+
+def print_alias_history(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """Each move of the model's aliases (or of one), newest first: what a deployment's alias route
+    resolved to at some past moment is read here, as a revision records only the alias."""
+    events = list(client.models.alias_history(args.model, args.alias))
+    if out.as_json:
+        return out.json(events)
+    if not events:
+        named = f"alias {args.alias} of {args.model}" if args.alias else args.model
+        return out.line(f"{named}: no alias moves recorded")
+    out.table(
+        f"{args.model} alias history" + (f" of {args.alias}" if args.alias else ""),
+        ["alias", "from", "to", "when", "by"],
+        [
+            (
+                e.alias,
+                f"v{e.from_version}" if e.from_version else "-",
+                f"v{e.to_version}" if e.to_version else "-",
+                when(e.time),
+                e.actor,
+            )
+            for e in events
+        ],
+        whole=("from", "to"),
+    )
+    return None
 
 
 def cmd_models_unalias(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -397,7 +431,7 @@ def warn(warnings: Sequence[str]) -> None:
 
 
 def routes_text(deployment: registry_pb2.Deployment) -> str:
-    """ "v2 90%, alias prod 10% (v1)": each route with the version an alias resolves to now
+    """ "v2 90%, alias prod (v1 now) 10%": each route with the version an alias resolves to now
     ("-": to none)."""
     if deployment.undeployed:
         return "no deployment"
@@ -416,9 +450,11 @@ def shadow_text(deployment: registry_pb2.Deployment) -> str:
 
 
 def target_text(kind: str | None, version: int, alias: str, resolved: int) -> str:
-    """ "v2", "v2 (deleted)", "alias prod (v1)", "alias prod (-)"."""
+    """ "v2", "v2 (deleted)", "alias prod (v1 now)", "alias prod (unset now)". A revision records the
+    alias, not the version it resolved to when deployed: "now" keeps a past revision from reading
+    as though it served the alias's version of today."""
     if kind == "alias":
-        return f"alias {alias} ({f'v{resolved}' if resolved else '-'})"
+        return f"alias {alias} ({f'v{resolved}' if resolved else 'unset'} now)"
     return f"v{version}" if resolved else f"v{version} (deleted)"
 
 

@@ -378,12 +378,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="the version number it points at (from 1; v6 as the tables show it is 6); an alias "
         "points at a number, not at another alias",
     )
-    command(
+    sub = command(
         models,
         "aliases",
         cmd_models_aliases,
-        "list a model's aliases by name, latest last (at most 1,000 a model)",
-    ).add_argument("model", help=MODEL_HELP)
+        "list a model's aliases by name, latest last (at most 1,000 a model); with --history, every move",
+    )
+    sub.add_argument("model", help=MODEL_HELP)
+    sub.add_argument("alias", nargs="?", default="", help="with --history: only this alias's moves")
+    sub.add_argument(
+        "--history",
+        action="store_true",
+        help="list each move of the aliases (from, to, when, by), newest first: which version an alias "
+        "named when a past deployment revision was made (a revision records the alias, not its version)",
+    )
     sub = command(
         models,
         "unalias",
