@@ -247,3 +247,55 @@ def test_a_sweep_cancel_names_each_trial_it_could_not_cancel_on_a_line_of_its_ow
         f"  trial 1 (job {full}): the store is full\n"
         f"  trial 2 (job {gone}): job '{gone}' does not exist; `tessera jobs ls` lists them\n"
     )
+
+
+def test_the_leaderboard_names_the_version_each_trial_registered(
+    tessera_cli, client, daemon, table_dataset, tmp_path
+):
+    # Promoting the best trial takes its version: the leaderboard names it, so that neither the
+    # trial's job nor the model's versions need to be looked through for it.
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(
+        SPEC.split("[[parameters]]")[0]
+        .replace('strategy = "tpe"', 'strategy = "grid"')
+        .replace('pruner = "asha"\n', "")
+        .replace("[asha]\nmin_epochs = 1\nreduction_factor = 2\n", "")
+        .replace("max_trials = 3", "max_trials = 2")
+        .replace('experiment = "cli-sweeps"', 'experiment = "cli-sweeps"\nregister_as = { model = "tuned" }')
+        + '[[parameters]]\npath = "optimizer.lr"\nvalues = { values = [0.001, 0.01] }\n'
+    )
+    followed = tessera_cli("sweep", str(spec), "--follow")
+    assert followed.code == 0, followed.err
+    sweep_id = tessera_cli("--json", "sweeps", "ls").json()[0]["sweep_id"]
+    shown = tessera_cli("sweeps", "show", sweep_id)
+    for result in (followed, shown):
+        board = result.out[result.out.index(f"sweep {sweep_id}: succeeded") :]
+        header = next(line for line in board.splitlines() if "rank" in line)
+        assert "registered" in header
+        rows = [line.split("│")[1:-1] for line in board.splitlines() if line.startswith("│")]
+        registered = {row[-1].strip(): row[-2].strip() for row in rows}
+        assert registered == {
+            job_id: f"tuned v{client.training.job(job_id).registered.version}" for job_id in registered
+        }
+        assert sorted(registered.values()) == ["tuned v1", "tuned v2"]
+    # The versions the trials registered, told apart by the job that trained each.
+    versions = tessera_cli("models", "versions", "tuned")
+    assert versions.code == 0, versions.err
+    header = next(line for line in versions.out.splitlines() if "version" in line and "┃" in line)
+    assert [cell.strip() for cell in header.split("┃")[1:-1]][:2] == ["version", "source"]
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in versions.out.splitlines()
+        if line.startswith("│")
+    ]
+    assert {row[0]: row[1] for row in rows} == {
+        f"{v.version}": v.lineage.job_id for v in client.models.versions("tuned")
+    }
+    # At 80 columns the job ids stay whole; the description is what gives way, as it was.
+    screen = io.StringIO()
+    narrow = Console(file=screen, width=80, force_terminal=False, color_system=None)
+    assert main(["--target", daemon.target, "models", "versions", "tuned"], console=narrow) == 0
+    text = screen.getvalue()
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    for version in client.models.versions("tuned"):
+        assert any(f"│ {version.lineage.job_id} │" in line for line in text.splitlines()), text

@@ -187,13 +187,32 @@ def leaderboard_rows(sweep: training_pb2.Sweep, limit: int = 10) -> list[tuple[s
     ]
 
 
-def print_result(sweep: training_pb2.Sweep, out: Output) -> None:
-    """The leaderboard and the plot of best-so-far against trials."""
+def registered_versions(client: Client, sweep: training_pb2.Sweep) -> dict[str, str]:
+    """The version each trial's job registered ("tuned v3"), by job id: what promoting a trial
+    takes, which the sweep's record does not carry."""
+    if not sweep.spec.base.HasField("register_as"):
+        return {}
+    return {
+        job.id: f"{job.registered.model} v{job.registered.version}"
+        for job in client.training.jobs(sweep_id=sweep.sweep_id)
+        if job.registered is not None
+    }
+
+
+def print_result(client: Client, sweep: training_pb2.Sweep, out: Output) -> None:
+    """The leaderboard, with the version each trial registered where its spec registers one, and
+    the plot of best-so-far against trials."""
+    columns = ["rank", sweep.spec.metric, "trial", "state", "params", "job"]
+    rows = leaderboard_rows(sweep)
+    registered = registered_versions(client, sweep)
+    if registered:
+        columns.insert(-1, "registered")
+        rows = [(*row[:-1], registered.get(row[-1], "-"), row[-1]) for row in rows]
     out.table(
         f"sweep {sweep.sweep_id}: {sweep_state(sweep)}, best {sweep.spec.metric}",
-        ["rank", sweep.spec.metric, "trial", "state", "params", "job"],
-        leaderboard_rows(sweep),
-        whole=("rank", "job"),
+        columns,
+        rows,
+        whole=("rank", "job", "registered"),
         unbroken=("params",),
         # Its job names the trial; its state tells a pruned trial's rung metric from a final one.
         leave_out_first=("trial",),
@@ -270,7 +289,7 @@ def follow_sweep(client: Client, sweep_id: str, out: Output) -> training_pb2.Swe
     if out.as_json:
         out.json(sweep)
     else:
-        print_result(sweep, out)
+        print_result(client, sweep, out)
     return sweep
 
 
@@ -325,7 +344,7 @@ def cmd_sweeps_show(client: Client, args: argparse.Namespace, out: Output) -> No
     fitted = trials_table(sweep, out.console.width)
     out.console.print(fitted.table, width=fitted.width, crop=False)
     if sweep.state != S.SWEEP_STATE_RUNNING:
-        print_result(sweep, out)
+        print_result(client, sweep, out)
     return None
 
 

@@ -127,11 +127,15 @@ def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -
     versions = list(client.models.versions(args.model))
     if out.as_json:
         return out.json(versions)
+    # Where no version has a lineage to name, the column would say nothing and take the room
+    # that the description is cut to fit.
+    sourced = any(source_text(v) != "-" for v in versions)
 
     def rows(created: Callable[[Any], Word]) -> list[tuple[Any, ...]]:
         return [
             (
                 v.version,
+                *((source_text(v),) if sourced else ()),
                 registry_pb2.ArtifactFormat.Name(v.format).removeprefix("ARTIFACT_FORMAT_").lower(),
                 size(v.size_bytes),
                 ", ".join(v.aliases) or "-",
@@ -143,14 +147,31 @@ def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -
 
     out.table(
         f"{args.model} versions",
-        ["version", "format", "size", "aliases", "created", "description"],
+        ["version", *(("source",) if sourced else ()), "format", "size", "aliases", "created", "description"],
         rows(when),
-        whole=("version", "format", "size"),
+        whole=("version", "source", "format", "size"),
         unbroken=("aliases",),
         # Cut rather than left out: at 80 columns, sizes of a few hundred KiB left no room for it.
         cut=("description",),
         narrower_rows=rows(when_to_the_minute),
     )
+
+
+def source_text(version: registry_pb2.ModelVersion) -> str:
+    """What made the version, from its lineage: the job that trained it, else the run it was
+    logged with, else the version it was derived from ("from v3"); "-" for a plain push. Versions
+    a sweep's trials registered differ in nothing else a listing shows."""
+    lineage = version.lineage
+    if lineage.job_id or lineage.run_id:
+        return lineage.job_id or lineage.run_id
+    if lineage.parent_version:
+        model = (
+            f"{lineage.parent_model} "
+            if lineage.parent_model and lineage.parent_model != version.model
+            else ""
+        )
+        return f"from {model}v{lineage.parent_version}"
+    return "-"
 
 
 # The newest versions a push looks through for its own bytes where the daemon does not say which
