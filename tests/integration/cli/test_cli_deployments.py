@@ -88,7 +88,10 @@ def test_the_alias_history_lists_each_move_newest_first(tessera_cli, tmp_path):
         ["champion", "-", "v2"],
     ]
     one = tessera_cli("models", "aliases", "affine", "champion", "--history")
-    assert [line.split("│")[2].strip() for line in one.out.splitlines() if line.startswith("│")] == ["v2", "-"]
+    assert [line.split("│")[2].strip() for line in one.out.splitlines() if line.startswith("│")] == [
+        "v2",
+        "-",
+    ]
     as_json = tessera_cli("--json", "models", "aliases", "affine", "champion", "--history").json()
     assert [(e["alias"], e["to_version"]) for e in as_json] == [("champion", 3), ("champion", 2)]
     refused = tessera_cli("models", "aliases", "affine", "champion")
