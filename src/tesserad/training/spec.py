@@ -447,9 +447,18 @@ def _check_data(
     if not val_split and facts.splits.get("val") and train_split != "val":
         data["val_split"] = "val"
     arrays = ", ".join(sorted(facts.arrays))
+    # One array alone: most often a .npy pushed by itself, its inputs' or targets' file apart.
+    together = (
+        "; a job reads its inputs and targets from one version: push both in one, an .npz "
+        "(np.savez('d.npz', x=..., y=...)) or several .npy files in one push"
+        if len(facts.arrays) == 1
+        else ""
+    )
     for field_name, array in (("input_array", input_array), ("target_array", target_array)):
         if array not in facts.arrays:
-            problems.unmet(f"spec.data.{field_name}", f"{where} has no array {array!r}; it has {arrays}")
+            problems.unmet(
+                f"spec.data.{field_name}", f"{where} has no array {array!r}; it has {arrays}{together}"
+            )
     if input_array in facts.arrays:
         in_dtype, in_shape = facts.arrays[input_array]
         if arch_spec is not None and tuple(in_shape[1:]) != tuple(arch_spec.input_shape):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tessera
-from tessera.cli import EXIT_FAILED, EXIT_USAGE
+from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_USAGE
 from tessera.cli.output import when
 from tessera.cli.parser import build_parser
 from tessera.datasets import Datasets
@@ -15,6 +15,7 @@ from tessera.progress_line import byte_size
 from tessera.rpc_commands import in_cli_words
 from tessera.transfer import partial_names
 from tessera.v1 import registry_pb2, registry_pb2_grpc
+from tests.integration.cli.test_cli import SPEC as TRAIN_SPEC
 from tests.integration.cli.test_cli import assert_failed_cleanly
 from tests.integration.sdk.affine import affine_onnx
 from tests.tcp_proxy import CuttableProxy
@@ -300,3 +301,59 @@ def test_a_missing_directory_named_with_a_trailing_slash_is_made_and_written_int
     assert (tmp_path / "sdk" / "x" / "frames-v1.npy").read_bytes() == npy_file.read_bytes()
     client.datasets.download("frames:1", tmp_path / "sdk")
     assert sorted(p.name for p in (tmp_path / "sdk").iterdir()) == ["frames-v1.npy", "x"]
+
+
+def test_push_joins_npy_files_into_one_version_each_array_named_by_its_file(tessera_cli, client, tmp_path):
+    # A training job takes its inputs and targets from one version: x.npy pushed alone, then
+    # y.npy, made two versions of one array each.
+    x = np.arange(24, dtype=np.float32).reshape(6, 4)
+    y = np.arange(6, dtype=np.int64) % 2
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    pushed = tessera_cli("datasets", "push", "pair", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"))
+    assert pushed.code == 0, pushed.err
+    assert sorted(a.name for a in client.datasets.version("pair").arrays) == ["x", "y"]
+    loaded = client.datasets.load("pair")
+    assert np.array_equal(loaded["x"], x) and np.array_equal(loaded["y"], y)
+
+    np.save(tmp_path / "st_x.npy", x)
+    np.save(tmp_path / "st_y.npy", y)
+    named = tessera_cli(
+        "datasets",
+        "push",
+        "stx",
+        "--array",
+        f"x={tmp_path / 'st_x.npy'}",
+        "--array",
+        f"y={tmp_path / 'st_y.npy'}",
+    )
+    assert named.code == 0, named.err
+    assert sorted(a.name for a in client.datasets.version("stx").arrays) == ["x", "y"]
+
+    twice = tessera_cli(
+        "datasets",
+        "push",
+        "pair",
+        str(tmp_path / "x.npy"),
+        str(tmp_path / "st_x.npy"),
+        "--array",
+        f"x={tmp_path / 'y.npy'}",
+    )
+    assert twice.code == EXIT_USAGE and "array 'x' is given twice" in twice.err
+    not_npy = tessera_cli("datasets", "push", "pair", str(tmp_path / "x.npy"), str(tmp_path / "x.npz"))
+    assert not_npy.code == EXIT_USAGE and "several files join as .npy files" in not_npy.err
+    assert [v.version for v in client.datasets.versions("pair")] == [1]
+    assert "x.npy y.npy" in help_text("datasets", "push")
+
+
+def test_a_job_on_a_dataset_of_one_array_says_how_to_push_the_other_with_it(tessera_cli, tmp_path):
+    np.save(tmp_path / "st_x.npy", np.arange(24, dtype=np.float32).reshape(6, 4))
+    assert tessera_cli("datasets", "push", "stx", str(tmp_path / "st_x.npy")).code == 0
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        TRAIN_SPEC.format(dataset="stx").replace('train_split = "train"\nval_split = "val"\n', "")
+    )
+    refused = tessera_cli("train", str(spec))
+    assert refused.code == EXIT_DAEMON, refused.err
+    assert "dataset 'stx' v1 has no array 'y'; it has x" in refused.err
+    assert "np.savez('d.npz', x=..., y=...)" in refused.err

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tessera.cli.arguments import UsageError, once_each, refused_resume_in_cli_words, replaced_only_with_force
 from tessera.cli.output import Output, shape, size, transfer_progress, when
 from tessera.client import Client
@@ -31,20 +33,25 @@ def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> 
             "--seed seeds the random split that --split NAME=FRACTION asks for; without --split every "
             "sample is in one split, train"
         )
-    if args.array_name and Path(args.file).suffix.lower() != ".npy":
+    arrays = joined_arrays(args.files, args.array)
+    file = None if arrays else args.files[0]
+    if args.array_name and (arrays or Path(args.files[0]).suffix.lower() != ".npy"):
         raise UsageError(
-            f"--array-name names the array of a .npy file; {args.file} is not one (an .npz names its arrays itself)"
+            f"--array-name names the array of a .npy file pushed alone; {' '.join(args.files)} is not one "
+            "(an .npz names its arrays itself, joined .npy files by their stems or --array NAME=FILE)"
         )
+    label = Path(file).name if file else ", ".join(f"{path.name}" for path in arrays.values())
     version = client.datasets.push(
         args.name,
-        args.file,
+        file,
         splits=splits or None,
         seed=args.seed or 0,
         array_name=args.array_name,
         allow_nonfinite=args.allow_nonfinite,
         description=args.description,
         tags=tags,
-        progress=transfer_progress(out, f"pushing {Path(args.file).name}"),
+        progress=transfer_progress(out, f"pushing {label}"),
+        **{name: np.load(path, mmap_mode="r", allow_pickle=False) for name, path in arrays.items()},
     )
     if out.as_json:
         return out.json(version)
@@ -57,6 +64,28 @@ def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> 
     else:
         out.line(f"stored {version.name}:{version.version}: {described}")
     print_dataset_version(version, out)
+
+
+def joined_arrays(files: list[str], named: list[tuple[str, str]]) -> dict[str, Path]:
+    """The .npy files to join into one version, by array name (a file's stem, or the NAME of
+    --array NAME=FILE); none where one file is pushed as it is."""
+    if not files and not named:
+        raise UsageError("name the file to push: FILE (.npz or .npy), x.npy y.npy, or --array NAME=FILE")
+    if len(files) == 1 and not named:
+        return {}
+    arrays: dict[str, Path] = {}
+    for name, path in [(Path(f).stem, f) for f in files] + named:
+        if Path(path).suffix.lower() != ".npy":
+            raise UsageError(
+                f"{path}: several files join as .npy files, one array each; an .npz is pushed alone "
+                "(or load it and save its arrays with the others: np.savez('d.npz', x=..., y=...))"
+            )
+        if name in arrays:
+            raise UsageError(
+                f"array {name!r} is given twice ({arrays[name]} and {path}); name one with --array NAME=FILE"
+            )
+        arrays[name] = Path(path)
+    return arrays
 
 
 def cmd_datasets_ls(client: Client, args: argparse.Namespace, out: Output) -> None:

@@ -516,9 +516,30 @@ def build_parser() -> argparse.ArgumentParser:
             ("write version 1's file", "tessera datasets download clips:1 -o clips.npz"),
         ],
     )
-    sub = command(datasets, "push", cmd_datasets_push, "upload a .npz or .npy file as a new version")
+    sub = command(
+        datasets,
+        "push",
+        cmd_datasets_push,
+        "upload a .npz or .npy file, or several .npy files joined (x.npy y.npy), as a new version",
+    )
     sub.add_argument("name", help="the dataset's name (a new version of it when it exists)")
-    sub.add_argument("file", help=".npz (its arrays by name) or .npy (one array, see --array-name)")
+    sub.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help=".npz (its arrays by name) or .npy (one array, see --array-name); several .npy files, "
+        "x.npy y.npy, are joined into one version, each array named by its file's stem (x, y), as a "
+        "job's input_array and target_array name them",
+    )
+    sub.add_argument(
+        "--array",
+        action="append",
+        type=key_value,
+        default=[],
+        metavar="NAME=FILE",
+        help="a .npy file joined into the version as array NAME (repeatable): --array x=st_x.npy "
+        "--array y=st_y.npy",
+    )
     sub.add_argument(
         "--split",
         action="append",
