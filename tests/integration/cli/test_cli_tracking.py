@@ -590,3 +590,24 @@ def test_runs_compare_shows_runs_side_by_side_and_says_which_metric_keys_it_leav
     assert alone.code == EXIT_USAGE and "runs compare takes two or more RUN_IDs" in alone.err, alone.err
     unknown = tessera_cli("runs", "compare", many.run_id, "no-such-run")
     assert unknown.code == EXIT_DAEMON and "no-such-run" in unknown.err, unknown.err
+
+
+def test_runs_metrics_history_prints_each_step_of_one_metric_and_its_plot(tessera_cli, client):
+    training = client.training
+    run = training.create_run("cli-history")
+    for step, loss in enumerate((0.9, 0.5, 0.3)):
+        training.log_metrics(run.run_id, {"val_loss": loss, "train_loss": loss / 2}, step=step)
+
+    history = tessera_cli("runs", "metrics", run.run_id, "--history", "val_loss")
+    assert history.code == 0, history.err
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in history.out.splitlines()
+        if line.startswith("│")
+    ]
+    assert [row[:2] for row in rows] == [["0", "0.9"], ["1", "0.5"], ["2", "0.3"]]
+    assert "val_loss" in history.out.split("┃")[0] and "• val_loss" in history.out, history.out
+    as_json = tessera_cli("--json", "runs", "metrics", run.run_id, "--history", "val_loss").json()
+    assert [(p["step"], p["value"]) for p in as_json["points"]] == [(0, 0.9), (1, 0.5), (2, 0.3)]
+    missing = tessera_cli("runs", "metrics", run.run_id, "--history", "val_acc")
+    assert missing.code == 0 and f"run {run.run_id} has logged no val_acc" in missing.out, missing.out

@@ -821,9 +821,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--all", action="store_true", help="show every param, those with one value in every run too"
     )
-    command(
-        runs, "metrics", cmd_runs_metrics, "list every metric of a run, those `runs show` leaves out too"
-    ).add_argument("run_id", help=RUN_HELP)
+    sub = command(
+        runs,
+        "metrics",
+        cmd_runs_metrics,
+        "list every metric of a run, those `runs show` leaves out too; with --history KEY, one metric's steps",
+    )
+    sub.add_argument("run_id", help=RUN_HELP)
+    sub.add_argument(
+        "--history",
+        metavar="KEY",
+        default="",
+        help="print each logged point of metric KEY (step, value, time) and plot it against steps",
+    )
     command(runs, "rm", cmd_runs_rm, "delete a run (kept until restored)").add_argument(
         "run_id", help=RUN_HELP
     )

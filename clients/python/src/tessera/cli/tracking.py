@@ -22,6 +22,7 @@ from tessera.client import Client
 from tessera.errors import NotFound
 from tessera.json_output import to_plain
 from tessera.messages import counted
+from tessera.plot import line_plot
 from tessera.progress_line import byte_size
 from tessera.rpc_commands import in_cli_words
 from tessera.run_filter import (
@@ -219,6 +220,8 @@ def cmd_runs_compare(client: Client, args: argparse.Namespace, out: Output) -> N
 
 
 def cmd_runs_metrics(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if args.history:
+        return print_metric_history(client, args.run_id, args.history, out)
     summaries = list(client.training.list_metrics(args.run_id))
     if out.as_json:
         return out.json(summaries)
@@ -233,6 +236,27 @@ def cmd_runs_metrics(client: Client, args: argparse.Namespace, out: Output) -> N
         ],
         whole=("metric",),
     )
+
+
+def print_metric_history(client: Client, run_id: str, key: str, out: Output) -> None:
+    """One metric's points in step order, and their curve, as `jobs watch` draws a job's."""
+    history = client.training.metric_history(run_id, key)
+    if out.as_json:
+        return out.json(history)
+    if not history.points:
+        return out.line(
+            f"run {run_id} has logged no {key} (`tessera runs metrics {run_id}` lists its metrics)"
+        )
+    out.table(
+        f"{key} of run {run_id}",
+        ["step", key, "time"],
+        [(p.step, f"{p.value:.5g}", when(p.time)) for p in history.points],
+        whole=("step", key),
+    )
+    plot = line_plot({key: [(float(p.step), p.value) for p in history.points]}, max_width=out.console.width)
+    if plot:
+        out.line(plot)
+    return None
 
 
 # DeleteRun/RestoreRun and their experiment twins are idempotent (a retried call succeeds) and
