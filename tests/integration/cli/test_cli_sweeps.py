@@ -12,7 +12,7 @@ from rich.console import Console
 
 import tessera
 import tessera.sweep_commands
-from tessera.cli import EXIT_DAEMON, main
+from tessera.cli import EXIT_DAEMON, EXIT_FAILED, main
 from tessera.messages import load_toml
 from tessera.v1 import training_pb2, training_pb2_grpc
 from tesserad.errors import NotFound, ResourceExhausted
@@ -299,3 +299,67 @@ def test_the_leaderboard_names_the_version_each_trial_registered(
     assert all(len(line) <= 80 for line in text.splitlines()), text
     for version in client.models.versions("tuned"):
         assert any(f"│ {version.lineage.job_id} │" in line for line in text.splitlines()), text
+
+
+def test_a_followed_sweep_that_is_cancelled_ends_on_its_trials_settled_states(
+    daemon, client, table_dataset, tmp_path, monkeypatch
+):
+    # A cancel ends the sweep at once; its running trials stop at their next step, after. The
+    # follower stopped at the sweep's end and printed a trial "running" under "cancelled".
+    spec = tmp_path / "sweep.toml"
+    spec.write_text(
+        SPEC.split("[[parameters]]")[0]
+        .replace('strategy = "tpe"', 'strategy = "grid"')
+        .replace('pruner = "asha"\n', "")
+        .replace("[asha]\nmin_epochs = 1\nreduction_factor = 2\n", "")
+        .replace("max_trials = 3", "max_trials = 2")
+        .replace("epochs = 2", "epochs = 0\nmax_steps = 1000000")
+        + '[[parameters]]\npath = "seed"\nvalues = { values = [1, 2] }\n'
+    )
+    sweep_id = client.training.submit_sweep(load_toml(spec)).sweep_id
+    polls_outlasting = tessera.sweep_commands.outlasting_restarts
+    first_answered, saw_cancelled = threading.Event(), threading.Event()
+
+    def noting_the_cancel(get):
+        first_answered.set()
+        poll = polls_outlasting(get)
+
+        def noted():
+            sweep = poll()
+            if sweep.state == training_pb2.SWEEP_STATE_CANCELLED:
+                saw_cancelled.set()
+            return sweep
+
+        return noted
+
+    monkeypatch.setattr(tessera.sweep_commands, "outlasting_restarts", noting_the_cancel)
+    screen = io.StringIO()
+    result: list[int] = []
+    follower = threading.Thread(
+        target=lambda: result.append(
+            main(
+                ["--target", daemon.target, "sweeps", "show", sweep_id, "--follow"],
+                console=Console(file=screen, width=160, force_terminal=False, color_system=None),
+            )
+        )
+    )
+    follower.start()
+    deadline = time.monotonic() + 60
+    while sum(j.state.value == "running" for j in client.training.jobs(sweep_id=sweep_id)) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    jobs = [t.job_id for t in client.training.sweep(sweep_id).trials]
+    assert first_answered.wait(timeout=60)
+    # The trials' jobs take their cancel late: the sweep has ended while they still run.
+    with monkeypatch.context() as late:
+        late.setattr(Jobs, "cancel_all", lambda self, job_ids: [])
+        client.training.cancel_sweep(sweep_id)
+    assert saw_cancelled.wait(timeout=60)
+    for job_id in jobs:
+        client.training.cancel(job_id)
+    follower.join(timeout=120)
+    assert result == [EXIT_FAILED]
+    text = screen.getvalue()
+    final = text[text.rindex(f"sweep {sweep_id} (grid") :]
+    assert ": cancelled" in final.splitlines()[0] and "running" not in final, text
+    assert final.count("cancelled") >= 3, text

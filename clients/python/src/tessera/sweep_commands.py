@@ -241,14 +241,23 @@ def outlasting_restarts(get: Callable[[], training_pb2.Sweep]) -> Callable[[], t
     return poll
 
 
+def settling(sweep: training_pb2.Sweep) -> bool:
+    """Whether the sweep runs, or has ended while trials' jobs still run: a cancel ends the sweep
+    at once, and its running trials stop at their next step, after it."""
+    return sweep.state == S.SWEEP_STATE_RUNNING or any(
+        t.job_id and t.state not in _ENDED for t in sweep.trials
+    )
+
+
 def wait_live(get: Callable[[], training_pb2.Sweep], out: Output) -> training_pb2.Sweep:
-    """Poll the sweep until it ends, redrawing its table of trials each time."""
+    """Poll the sweep until it and its trials' jobs have ended, redrawing its table of trials
+    each time."""
     # The first answer is not waited for: a daemon never reached (not started, a wrong
     # --target) is said at once, as `jobs watch` says it; later polls outlast a restart.
     sweep = get()
     get = outlasting_restarts(get)
     if out.as_json:
-        while sweep.state == S.SWEEP_STATE_RUNNING:
+        while settling(sweep):
             time.sleep(POLL_S)
             sweep = get()
         return sweep
@@ -256,7 +265,7 @@ def wait_live(get: Callable[[], training_pb2.Sweep], out: Output) -> training_pb
         with Live(
             trials_table(sweep, out.console.width).table, console=out.console, auto_refresh=False
         ) as live:
-            while sweep.state == S.SWEEP_STATE_RUNNING:
+            while settling(sweep):
                 time.sleep(POLL_S)
                 sweep = get()
                 live.update(trials_table(sweep, out.console.width).table, refresh=True)
@@ -387,7 +396,9 @@ def add_sweep_commands(
     command(sweeps, "ls", cmd_sweeps_ls, "list the sweeps, newest first")
     sub = command(sweeps, "show", cmd_sweeps_show, "show a sweep's trials, leaderboard and best-so-far plot")
     sub.add_argument("sweep_id", help=SWEEP_HELP)
-    sub.add_argument("--follow", action="store_true", help="show the trials live until the sweep ends")
+    sub.add_argument(
+        "--follow", action="store_true", help="show the trials live until the sweep and its trials' jobs end"
+    )
     command(sweeps, "cancel", cmd_sweeps_cancel, "stop a sweep and its running trials").add_argument(
         "sweep_id", help=SWEEP_HELP
     )
