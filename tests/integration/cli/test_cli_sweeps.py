@@ -316,7 +316,7 @@ def test_a_followed_sweep_that_is_cancelled_ends_on_its_trials_settled_states(
         .replace("epochs = 2", "epochs = 0\nmax_steps = 1000000")
         + '[[parameters]]\npath = "seed"\nvalues = { values = [1, 2] }\n'
     )
-    sweep_id = client.training.submit_sweep(load_toml(spec)).sweep_id
+    sweep_id = client.training.submit_sweep(load_toml(spec)).id
     polls_outlasting = tessera.sweep_commands.outlasting_restarts
     first_answered, saw_cancelled = threading.Event(), threading.Event()
 
@@ -348,7 +348,7 @@ def test_a_followed_sweep_that_is_cancelled_ends_on_its_trials_settled_states(
     while sum(j.state.value == "running" for j in client.training.jobs(sweep_id=sweep_id)) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    jobs = [t.job_id for t in client.training.sweep(sweep_id).trials]
+    jobs = [t.job_id for t in client.training.sweep(sweep_id).trials()]
     assert first_answered.wait(timeout=60)
     # The trials' jobs take their cancel late: the sweep has ended while they still run.
     with monkeypatch.context() as late:
