@@ -71,7 +71,7 @@ from tesserad.api.tls import (
 from tesserad.api.training import TrainingServicer
 from tesserad.backup import Backups
 from tesserad.backup.restore import remove_finished_stagings, unfinished_restore
-from tesserad.config import GRPC_MESSAGE_SIZE_CEILING, Address, Settings, format_size
+from tesserad.config import GRPC_MESSAGE_SIZE_CEILING, Address, LimitsSettings, Settings, format_size
 from tesserad.dashboard import DashboardServer, Services
 from tesserad.datasets import MARKERS as DATASET_MARKERS
 from tesserad.datasets import REFERENCE_TABLES as DATASET_REFERENCE_TABLES
@@ -206,8 +206,21 @@ def _register(
     add(servicer, routes)  # type: ignore[arg-type]
 
 
-# gRPC core's channel arguments are C ints.
-_UNBOUNDED_PENDING_CALLS = 2**31 - 1
+# gRPC core's own default for the calls it queues for the server (it refuses at random between
+# this and three times it): the least the daemon queues, whatever its limits.
+_MIN_PENDING_CALLS = 3000
+
+
+def _streams_per_connection(limits: LimitsSettings) -> int:
+    """The streams a connection may open at once: as many as the limits could admit (calls, and
+    health Watch streams, which limits.max_concurrent_streams counts apart)."""
+    return limits.max_concurrent_calls + limits.max_concurrent_streams
+
+
+def _pending_calls(limits: LimitsSettings) -> int:
+    """The calls gRPC core queues before the interceptors see them, over all connections; past
+    it, it answers CANCELLED itself. ~25 KB each, so this bounds what a flood can hold."""
+    return max(_MIN_PENDING_CALLS, 4 * _streams_per_connection(limits))
 
 
 class StartupError(Exception):
@@ -615,6 +628,7 @@ class Daemon:
         """The gRPC server with its interceptors and options, and the counter of calls in flight
         its interceptor keeps. `failed`: told of each call refused or ended by an error."""
         calls = CallCounter()
+        limits = self.settings.limits
         server = grpc.aio.server(
             interceptors=[ServerInterceptor(auth, CallInterceptor(self.metrics, calls, failed))],
             options=[
@@ -633,11 +647,18 @@ class Daemon:
                 ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
                 ("grpc.keepalive_permit_without_calls", 1),
                 # gRPC core queues the calls grpc.aio has not taken yet (it takes them one at a
-                # time), and past 1000 of them (a burst on one connection) answers some CANCELLED
-                # itself, unseen by the interceptors; unbounded here, every call reaches them,
-                # and one over limits.max_concurrent_calls is refused RESOURCE_EXHAUSTED and counted.
-                ("grpc.server.max_pending_requests", _UNBOUNDED_PENDING_CALLS),
-                ("grpc.server.max_pending_requests_hard_limit", _UNBOUNDED_PENDING_CALLS),
+                # time), before any interceptor (the tokens' check included) sees them. A
+                # connection opens only the streams the limits could admit; its further calls
+                # wait in the client for a stream, so a burst on one connection is served or
+                # refused RESOURCE_EXHAUSTED (counted), not answered CANCELLED by core unseen.
+                # The queue over all connections is bounded, and with it the memory it holds.
+                ("grpc.max_concurrent_streams", _streams_per_connection(limits)),
+                # Core's overload protection refuses (REFUSED_STREAM) a stream that arrives while it
+                # still counts calls the client saw end: most of a 3000-call burst on one
+                # connection failed UNAVAILABLE. Off, the limit the client keeps to is enforced.
+                ("grpc.http.overload_protection", 0),
+                ("grpc.server.max_pending_requests", _pending_calls(limits)),
+                ("grpc.server.max_pending_requests_hard_limit", _pending_calls(limits)),
             ],
         )
         self._server = server

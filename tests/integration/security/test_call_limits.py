@@ -204,3 +204,37 @@ def test_an_inference_request_over_max_message_size_is_told_to_send_fewer_rows(s
         lambda: registry_pb2_grpc.RegistryStub(daemon.channel()).UploadVersion(iter([upload]), timeout=10)
     )
     assert "send large data in chunks (the SDK's upload calls do)" in message
+
+
+def test_a_connection_holding_every_slot_makes_its_next_call_wait_for_a_stream(start_daemon):
+    """gRPC core queues calls before any interceptor sees them: a connection may open only the
+    streams the limits could admit (calls and health Watch streams), so one client cannot queue
+    calls, and their memory, without bound. The next call waits for a stream, not refused."""
+    daemon = start_daemon(**{"limits.max_concurrent_calls": 1, "limits.max_concurrent_streams": 1})
+    channel = daemon.channel()
+    watch = open_stream(channel)
+    health = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+    assert next(health).status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as err:
+        channel.unary_unary(INFO)(b"", timeout=2)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value.details()
+    # Another connection (channels to one target share theirs unless told not to) reaches the
+    # daemon, whose limit refuses the call.
+    with grpc.insecure_channel(daemon.target, options=[("grpc.use_local_subchannel_pool", 1)]) as other:
+        assert "limits.max_concurrent_calls = 1" in exhausted(
+            lambda: other.unary_unary(INFO)(b"", timeout=10)
+        )
+    watch.cancel()
+    codes = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            channel.unary_unary(INFO)(b"", timeout=10)
+            break
+        except grpc.RpcError as exc:
+            codes.append(exc.code())
+            time.sleep(0.05)
+    else:
+        pytest.fail("the connection's stream was never given back after the watch was cancelled")
+    assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    health.cancel()

@@ -1,5 +1,6 @@
 """A burst of concurrent calls on one connection: each is served or refused by
-limits.max_concurrent_calls, counted, never cancelled unseen by gRPC's core."""
+limits.max_concurrent_calls, counted, never cancelled unseen by gRPC's core nor refused as a
+stream past the connection's limit (UNAVAILABLE)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from serving_models import linear_model, upload
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import grpc_service_pb2_grpc
 
-# Over gRPC core's own queue of calls the server has not taken yet (1000 calls, refused at
-# random up to 3000, answered CANCELLED and never seen by the daemon's interceptors).
+# Over gRPC core's default queue of calls the server has not taken yet (1000 calls, refused at
+# random up to 3000), and over the streams a connection may open (here 20 + 100): the calls
+# past those wait in the client for a stream.
 BURST = 3000
 
 
