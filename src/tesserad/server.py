@@ -245,6 +245,8 @@ class Daemon:
         self.oip_http_port: int | None = None
         self.metrics = DaemonMetrics()
         self._stopping = asyncio.Event()
+        # Set by serve() on SIGTERM or SIGINT, also during the start, whose preload it cuts short.
+        self.stop_asked = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._auth: AuthInterceptor | None = None
         self._certificates: ServerCertificates | None = None
@@ -567,7 +569,9 @@ class Daemon:
                 ) from None
             self.http_port = self._dashboard.port
         await self._serve_oip_http(oip, auth)
-        await self._preload(self.inference)
+        if not await self._preload(self.inference):
+            # Asked to stop: never reported ready, and serve() stops it as it would a started one.
+            return
         preloaded.set()
         for name in ("", *self.service_names):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -664,11 +668,23 @@ class Daemon:
         self._server = server
         return server, calls
 
-    async def _preload(self, inference: InferenceService) -> None:
+    async def _preload(self, inference: InferenceService) -> bool:
         """Load serving.preload's versions, one at a time; StartupError naming the first that
         cannot be loaded, as Triton (--exit-on-error, its default) stops on a --load-model model
-        that fails: a daemon that started would report ready and never serve it."""
-        for preload in self.settings.serving.preload:
+        that fails: a daemon that started would report ready and never serve it. Whether all
+        were loaded: a stop asked for (stop_asked) skips those not begun, as a pod deleted during
+        a long preload must not wait for it; the load under way, in its thread, finishes."""
+        preloads = self.settings.serving.preload
+        for done, preload in enumerate(preloads):
+            if self.stop_asked.is_set():
+                log.info(
+                    "preload cut short: tesserad is stopping",
+                    extra={
+                        "preloaded": [str(p) for p in preloads[:done]],
+                        "skipped": [str(p) for p in preloads[done:]],
+                    },
+                )
+                return False
             try:
                 await asyncio.to_thread(inference.preload, preload.model, preload.version)
             except TesseraError as exc:
@@ -681,8 +697,9 @@ class Daemon:
                     f"serving.preload names {named}, which cannot be loaded: {exc.message}; "
                     "remove it from serving.preload (--preload) to start without it"
                 ) from None
-        if self.settings.serving.preload:
-            log.info("preloaded", extra={"models": [str(p) for p in self.settings.serving.preload]})
+        if preloads:
+            log.info("preloaded", extra={"models": [str(p) for p in preloads]})
+        return True
 
     def _replica_transport(self, serves_tls: bool) -> Transport:
         """How a primary reaches its replicas for their statistics, its replica.tls_* files
@@ -1234,13 +1251,13 @@ async def serve(settings: Settings, insecure: bool = False) -> None:
 
     # Before start: SIGHUP's default action would end a daemon still starting, and SIGTERM's
     # would kill one that has just said "tesserad serving" (a supervisor may stop it at once).
-    # A stop asked for during the start is taken once it is done: a start is not cut halfway.
+    # A stop asked for during the start is taken once it is done: a start is not cut halfway,
+    # but its serving.preload skips the versions it has not begun.
     loop.add_signal_handler(signal.SIGHUP, reload)
-    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, daemon.stop_asked.set)
     await daemon.start()
-    await stop.wait()
+    await daemon.stop_asked.wait()
     # A SIGHUP from now on is not applied to a daemon going away (nor left to end the process).
     loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP ignored: tesserad is stopping")
     # A reload under way finishes first: asyncio.run would cancel it halfway through the files.

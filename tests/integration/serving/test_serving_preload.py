@@ -43,6 +43,16 @@ def _registered(data_dir: Path) -> None:
         daemon.stop()
 
 
+def _registered_slow(data_dir: Path, versions: int) -> None:
+    """`versions` versions of "slow" in `data_dir`'s registry, nothing loaded."""
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    try:
+        for _ in range(versions):
+            upload(daemon.channel(), "slow", slow_model())
+    finally:
+        daemon.stop()
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -188,3 +198,33 @@ def test_a_version_not_loaded_is_told_how_to_load_it_in_oip_words(tmp_path: Path
             assert json.loads(answered.value.read())["error"] == message
     finally:
         daemon.stop()
+
+
+def test_sigterm_during_the_preload_skips_the_versions_left_and_stops(tmp_path: Path, spawn_daemon) -> None:
+    # A pod deleted while it preloads is stopped then, not when the preload is done (or by the
+    # SIGKILL that follows the grace period): the load under way finishes, the others never start.
+    data_dir = tmp_path / "data"
+    _registered_slow(data_dir, 4)
+    daemon = spawn_daemon(
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "off",
+        "--data-dir",
+        str(data_dir),
+        env={
+            "TESSERA_SERVING_AUTOLOAD": "false",
+            "TESSERA_SERVING_PRELOAD": "slow:1, slow:2, slow:3, slow:4",
+            # Each version's warm-up: a batch of 8192 rows, then 1000 of one row.
+            "TESSERA_SERVING_WARMUP_RUNS": "1000",
+            "TESSERA_SERVING_MAX_BATCH_SIZE": "8192",
+        },
+    )
+    daemon.wait_for_log("serving model 'slow' version 1", timeout=120)
+    daemon.terminate()
+    assert daemon.process.wait(120) == 0, daemon.output()
+    output = daemon.output()
+    assert "serving model 'slow' version 4" not in output, output
+    assert '"msg": "preloaded"' not in output and "tesserad serving" not in output, output
+    assert "preload cut short: tesserad is stopping" in output, output
+    assert "tesserad stopped" in output, output
