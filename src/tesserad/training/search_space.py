@@ -20,6 +20,10 @@ MAX_TRIALS = 1000
 # A sweep's parameters, serialized: they travel whole in every answer with the sweep, as a version's
 # job spec does (registry.validation.MAX_JOB_SPEC_BYTES); a grid of MAX_TRIALS points takes a few KiB.
 MAX_SEARCH_SPACE_BYTES = 256 * 2**10
+# A categorical value, in characters: each trial keeps the values it draws, as given, in the
+# sweep's record (written again at each trial's update), and a number parses from text padded
+# to any length. As long as a tag key.
+MAX_VALUE_CHARACTERS = 250
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,13 @@ def check_space(parameters: list[SweepParameter]) -> None:
             )
         if p.values is not None and not p.values:
             raise InvalidArgument(f"{where}.values: list at least one value")
+        for j, value in enumerate(p.values or ()):
+            if len(value) > MAX_VALUE_CHARACTERS:
+                raise InvalidArgument(
+                    f"{where}.values[{j}]: {value[:80]!r}… is {len(value):,} characters; a sweep's value "
+                    f"takes at most {MAX_VALUE_CHARACTERS}, as every trial keeps the values it draws: "
+                    "give shorter ones"
+                )
         if p.values is None:
             if not (math.isfinite(p.low) and math.isfinite(p.high)):
                 raise InvalidArgument(

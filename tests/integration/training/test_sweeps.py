@@ -159,12 +159,23 @@ def test_a_refusal_after_the_seed_was_drawn_names_the_seed(training: training_pb
 def test_a_refusal_at_its_length_limit_keeps_the_seed_that_repeats_it(
     training: training_pb2_grpc.TrainingStub,
 ) -> None:
-    # The trial's values are echoed in the refusal: a long one brings it to the messages' limit,
-    # whose middle is left out; the seed that repeats the draw, at its end, must stay.
+    # The trial's values are echoed in the refusal: long ones (250 characters, the most a value
+    # takes) bring it to the messages' limit, whose middle is left out; the seed that repeats the
+    # draw, at its end, must stay.
+    padded = {
+        "optimizer.lr": "0.1",
+        "optimizer.momentum": "0.9",
+        "optimizer.grad_clip_norm": "1.0",
+        "optimizer.eps": "0.00000001",
+        "seed": "7",
+        "priority": "1",
+    }
+    parameters = [sweep_values(path, value.rjust(250, "0")) for path, value in padded.items()]
+    parameters.append(sweep_values("optimizer.weight_decay", "-" + "1.0".rjust(249, "0")))
     spec = S.SweepSpec(
         base=job_spec("mlp", epochs=1),
         strategy=S.SWEEP_STRATEGY_RANDOM,
-        parameters=[sweep_values("optimizer.weight_decay", "-1." + "0" * 4000)],
+        parameters=parameters,
         max_trials=1,
         metric="train_loss",
     )
@@ -496,6 +507,24 @@ def _range(path: str, low: float, high: float, **fields: Any) -> S.SweepParamete
             {},
             "spec.parameters: 'lr' does not name a single value field of JobSpec (at 'lr'); "
             "did you mean 'optimizer.lr'?",
+        ),
+        (
+            # Each trial stores the values it draws, as given, in the sweep's record, which every
+            # trial's update writes again: 1,000 trials of a 120 KiB value took 120 MB.
+            S.SWEEP_STRATEGY_RANDOM,
+            [sweep_values("run_name", "short", "r" * 251)],
+            {"max_trials": 2},
+            "spec.parameters[0].values[1]: 'rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr'… "
+            "is 251 characters; a sweep's value takes at most 250, as every trial keeps the values "
+            "it draws: give shorter ones",
+        ),
+        (
+            # A number parses from text padded to any length.
+            S.SWEEP_STRATEGY_GRID,
+            [sweep_values("optimizer.lr", "0.1", " " * 100_000 + "0.001")],
+            {},
+            f"spec.parameters[0].values[1]: {' ' * 80!r}… is 100,005 characters; a sweep's value "
+            "takes at most 250, as every trial keeps the values it draws: give shorter ones",
         ),
     ],
 )

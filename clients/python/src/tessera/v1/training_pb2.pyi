@@ -2631,7 +2631,8 @@ Global___SweepPbtSettings: _TypeAlias = SweepPbtSettings  # noqa: Y015
 @_typing.final
 class SweepValues(_message.Message):
     """Explicit values, written as text and parsed to the field's type ("0.001", "16", "true", "adam");
-    the Python SDK and CLI take numbers and booleans too, and write them as such text.
+    the Python SDK and CLI take numbers and booleans too, and write them as such text. Each at most
+    250 characters (INVALID_ARGUMENT beyond): every trial keeps the values it draws.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
