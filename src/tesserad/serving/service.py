@@ -401,7 +401,8 @@ class InferenceService:
         if version is None:
             self.load_serving(model)
         else:
-            self.load(Target(model, version=version), ServingConfig())
+            # A LoadModel with a config of its own, asked for during the preload, keeps it.
+            self.load(Target(model, version=version), ServingConfig(), keep_loaded=True)
 
     def describe_serving(self, model: str) -> list[VersionDescription]:
         """The versions load_serving loads, described (see describe)."""
@@ -755,11 +756,12 @@ class InferenceService:
         """The version as the pool lists it (loading, ready, draining or failed), or None."""
         return next((e for e in self.pool.list(model) if e.version == version), None)
 
-    def load(self, target: Target, config: ServingConfig) -> LoadedVersion:
+    def load(self, target: Target, config: ServingConfig, keep_loaded: bool = False) -> LoadedVersion:
+        """`keep_loaded`: as ModelPool.load's (a version loaded already keeps its config)."""
         servable = self._source.servable(
             target.model, target.version, target.alias or (None if target.version else LATEST)
         )
-        loaded = self.pool.load(servable, config)
+        loaded = self.pool.load(servable, config, keep_loaded=keep_loaded)
         if servable.model in self._held_back:
             # A target kept off this version when it failed to warm may move to it now.
             self.on_registry_change(servable.model)

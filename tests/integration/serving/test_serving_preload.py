@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_models import linear_model, slow_model, upload
 
+from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tesserad.config import SettingsError, load_settings
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import grpc_service_pb2_grpc
@@ -228,3 +229,46 @@ def test_sigterm_during_the_preload_skips_the_versions_left_and_stops(tmp_path: 
     assert '"msg": "preloaded"' not in output and "tesserad serving" not in output, output
     assert "preload cut short: tesserad is stopping" in output, output
     assert "tesserad stopped" in output, output
+
+
+def test_a_load_asked_for_during_the_preload_keeps_its_config(tmp_path: Path) -> None:
+    # An operator's LoadModel with a config of its own, while the preload still loads another
+    # model, is not swapped back to the defaults once the preload reaches its version.
+    data_dir = tmp_path / "data"
+    _registered(data_dir)
+    port = _free_port()
+    daemon = InProcessDaemon(
+        daemon_settings(
+            data_dir,
+            listen=f"127.0.0.1:{port}",
+            **{
+                "serving.autoload": "false",
+                "serving.preload": "slow:1, linear:1",
+                # The slow version's warm-up (a batch of 8192 rows, then 1000 of one row) leaves
+                # the time to load linear:1 before the preload reaches it.
+                "serving.warmup_runs": "1000",
+                "serving.max_batch_size": "8192",
+            },
+        )
+    )
+    starting = threading.Thread(target=daemon.start)
+    starting.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            inference = inference_pb2_grpc.InferenceStub(channel)
+            loaded = inference.LoadModel(
+                inference_pb2.LoadModelRequest(
+                    target=common_pb2.VersionRef(model="linear", version=1),
+                    config=inference_pb2.ServingConfig(max_batch_size=4),
+                ),
+                wait_for_ready=True,
+                timeout=60,
+            )
+            assert loaded.config.max_batch_size == 4
+            starting.join(60)
+            assert not starting.is_alive()
+            listed = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="linear"), timeout=10).models
+            assert [(m.version, m.config.max_batch_size) for m in listed] == [(1, 4)]
+    finally:
+        starting.join(60)
+        daemon.stop()
