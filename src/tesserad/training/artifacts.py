@@ -41,8 +41,9 @@ MAX_SEGMENT_BYTES = 255
 _KIND = "run_artifact"
 _SCHEMA = 1
 _EXAMPLE = '"plots/loss.png"'
-# Embeddings, overrides and isolates: they reorder what follows ("\u202etxt.exe" shows as "exe.txt").
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Controls, line and paragraph separators, and format characters (Cf): these last are invisible
+# (U+200B, U+FEFF) or reorder the text beside them ("\u202etxt.exe" shows as "exe.txt", U+200F).
+_HIDDEN_CATEGORIES = frozenset(("Cc", "Zl", "Zp", "Cf"))
 
 
 @dataclass(frozen=True)
@@ -94,14 +95,12 @@ def check_new_artifact_path(path: str) -> None:
     """`check_artifact_path` for a path an upload stores: it also refuses characters a listing or a
     terminal would not show as they are. Reads leave them be, so paths stored before stay reachable."""
     check_artifact_path(path, "header.path")
-    hidden = next(
-        (c for c in path if unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI_CONTROLS), None
-    )
+    hidden = next((c for c in path if unicodedata.category(c) in _HIDDEN_CATEGORIES), None)
     if hidden is not None:
         raise InvalidArgument(
-            f"header.path {path[:80]!r} holds U+{ord(hidden):04X}, a control or bidirectional-formatting "
-            f"character that a listing or a terminal would not show as it is; give a relative path such "
-            f"as {_EXAMPLE}"
+            f"header.path {path[:80]!r} holds U+{ord(hidden):04X}, a control or format character "
+            "(invisible, or one that reorders the text beside it) that a listing or a terminal would "
+            f"not show as it is; give a relative path such as {_EXAMPLE}"
         )
 
 

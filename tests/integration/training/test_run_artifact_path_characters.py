@@ -1,7 +1,8 @@
 """An artifact path becomes a file name when downloaded and a line in `tessera runs artifacts`:
 UploadRunArtifact refuses control characters (a tab, an escape sequence that recolours a
-terminal), line and paragraph separators, and the bidirectional controls that show a path
-reversed ('\\u202etxt.exe' reads 'exe.txt'). A refused upload stores nothing."""
+terminal), line and paragraph separators, and format characters: the bidirectional controls
+that show a path reversed ('\\u202etxt.exe' reads 'exe.txt') and the invisible ones (a zero-width
+space). A refused upload stores nothing."""
 
 from __future__ import annotations
 
@@ -34,6 +35,14 @@ def upload(stub: training_pb2_grpc.TrainingStub, run_id: str, path: str) -> pb.R
         ("a\u2028b.txt", "U+2028"),
         ("\u202etxt.exe", "U+202E"),
         ("plots/\u2066x\u2069.png", "U+2066"),
+        # Every other format character (Unicode's Cf) is invisible too: marks that reorder the
+        # text beside them, and characters of no width.
+        ("a\u200etxt.exe", "U+200E"),
+        ("a\u200ftxt.exe", "U+200F"),
+        ("a\u061ctxt.exe", "U+061C"),
+        ("plots/a\u200bb.png", "U+200B"),
+        ("plots/a\u2060b.png", "U+2060"),
+        ("\ufeffnotes.md", "U+FEFF"),
     ],
 )
 def test_a_path_with_a_character_that_hides_what_it_says_is_refused(
@@ -44,8 +53,9 @@ def test_a_path_with_a_character_that_hides_what_it_says_is_refused(
         upload(stub, run_id, path)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.value.details() == (
-        f"header.path {path!r} holds {character}, a control or bidirectional-formatting character that "
-        'a listing or a terminal would not show as it is; give a relative path such as "plots/loss.png"'
+        f"header.path {path!r} holds {character}, a control or format character (invisible, or one that "
+        "reorders the text beside it) that a listing or a terminal would not show as it is; give a "
+        'relative path such as "plots/loss.png"'
     )
     assert stub.ListRunArtifacts(pb.ListRunArtifactsRequest(run_id=run_id)).artifacts == []
 

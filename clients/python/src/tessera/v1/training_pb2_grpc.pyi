@@ -130,7 +130,7 @@ class TrainingStub:
     short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
     for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
     segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline, or
-    another control, line-separator or bidirectional-formatting character (a tab, U+202E);
+    another control, line-separator or format character (a tab, U+202E, U+200B);
     NOT_FOUND for an unknown run; FAILED_PRECONDITION for a deleted run, or for a path under
     another artifact ("a.txt/b") or with artifacts under it (the artifacts make one directory
     tree); RESOURCE_EXHAUSTED over limits.max_run_artifact_size or on a full disk. Ended runs
@@ -252,7 +252,7 @@ class TrainingAsyncStub(TrainingStub):
     short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
     for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
     segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline, or
-    another control, line-separator or bidirectional-formatting character (a tab, U+202E);
+    another control, line-separator or format character (a tab, U+202E, U+200B);
     NOT_FOUND for an unknown run; FAILED_PRECONDITION for a deleted run, or for a path under
     another artifact ("a.txt/b") or with artifacts under it (the artifacts make one directory
     tree); RESOURCE_EXHAUSTED over limits.max_run_artifact_size or on a full disk. Ended runs
@@ -521,7 +521,7 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
         for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
         segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline, or
-        another control, line-separator or bidirectional-formatting character (a tab, U+202E);
+        another control, line-separator or format character (a tab, U+202E, U+200B);
         NOT_FOUND for an unknown run; FAILED_PRECONDITION for a deleted run, or for a path under
         another artifact ("a.txt/b") or with artifacts under it (the artifacts make one directory
         tree); RESOURCE_EXHAUSTED over limits.max_run_artifact_size or on a full disk. Ended runs
