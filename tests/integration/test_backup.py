@@ -9,6 +9,7 @@ import contextlib
 import errno
 import hashlib
 import io
+import itertools
 import json
 import os
 import pty
@@ -23,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -32,6 +34,7 @@ import tessera
 import tessera.aio
 import tessera.system as system_module
 import tesserad.backup.restore as restore_module
+import tesserad.backup.snapshot as snapshot_module
 from tessera.backup import (
     BLOB_PREFIX,
     HEADER_MAX_BYTES,
@@ -43,7 +46,7 @@ from tessera.backup import (
 )
 from tessera.cli import EXIT_USAGE
 from tessera.cli import main as tessera_main
-from tessera.progress_line import byte_size
+from tessera.progress_line import ProgressLine, byte_size
 from tessera.v1 import registry_pb2, registry_pb2_grpc, system_pb2, system_pb2_grpc
 from tesserad.cli import EXIT_RESTORED_BUT_FAILED
 from tesserad.cli import main as tesserad_main
@@ -563,6 +566,258 @@ def _wait_for(condition, daemon: InProcessDaemon) -> None:
             return
         daemon.run(asyncio.sleep(0.01))
     assert condition()
+
+
+def _push_big_dataset(daemon: InProcessDaemon, tmp_path: Path) -> None:
+    with tessera.Client(daemon.target) as client:
+        np.save(tmp_path / "big.npy", np.zeros((1 << 20,), np.float32))  # 4 MiB
+        client.datasets.push("big", tmp_path / "big.npy")
+
+
+@dataclass
+class HeldBackup:
+    """A Backup call, its first chunk read."""
+
+    call: Any
+    first: system_pb2.BackupChunk
+
+    def chunks(self) -> Iterator[system_pb2.BackupChunk]:
+        return itertools.chain([self.first], self.call)
+
+
+@contextlib.contextmanager
+def _held_backup(daemon: InProcessDaemon) -> Iterator[HeldBackup]:
+    """A backup the daemon is making, held mid-stream once its store copy is made (the daemon
+    holds a 4 MiB dataset): without BDP probing the flow-control window stays at 64 KiB, so a
+    client that has read one chunk of 4 KiB holds the daemon."""
+    channel = grpc.insecure_channel(daemon.target, options=[("grpc.http2.bdp_probe", 0)])
+    try:
+        call = system_pb2_grpc.SystemStub(channel).Backup(system_pb2.BackupRequest(chunk_size=4096))
+        first = next(call)
+        assert len(first.data) == 4096
+        yield HeldBackup(call, first)
+    finally:
+        channel.close()
+
+
+def _saved(held: HeldBackup, path: Path) -> Path:
+    """The held backup read to its end into `path`, checked as a whole archive."""
+    path.write_bytes(b"".join(chunk.data for chunk in held.chunks()))
+    read_archive(path)
+    return path
+
+
+@pytest.fixture
+def backup_steps(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """What the daemon's backups do, in order: ("copy", n) as the nth one begins copying the
+    store, ("closed", n) once its close has ended (its copy removed, its blobs released)."""
+    steps: list[tuple[str, int]] = []
+    made: list[snapshot_module.Backup] = []
+    prepare, close = snapshot_module.Backup.prepare, snapshot_module.Backup.close
+
+    def number(backup: snapshot_module.Backup) -> int:
+        if not any(b is backup for b in made):
+            made.append(backup)
+        return next(n for n, b in enumerate(made, 1) if b is backup)
+
+    def recorded_prepare(backup: snapshot_module.Backup, chunk_size: int) -> object:
+        steps.append(("copy", number(backup)))
+        return prepare(backup, chunk_size)
+
+    def recorded_close(backup: snapshot_module.Backup, error: object = None) -> None:
+        was_open = not backup.closed
+        close(backup, error)
+        if was_open:
+            steps.append(("closed", number(backup)))
+
+    monkeypatch.setattr(snapshot_module.Backup, "prepare", recorded_prepare)
+    monkeypatch.setattr(snapshot_module.Backup, "close", recorded_close)
+    return steps
+
+
+def test_a_second_backup_waits_for_the_first_to_end_saying_so_and_both_are_whole(
+    daemon: InProcessDaemon,
+    tmp_path: Path,
+    backup_steps: list[tuple[str, int]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Backups are made one at a time: each holds a copy of the store and pins its blobs."""
+    _push_big_dataset(daemon, tmp_path)
+    tmp = daemon.settings.data_dir / "blobs" / "tmp"
+    told_waiting = threading.Event()
+    note = ProgressLine.note
+
+    def recorded_note(line: ProgressLine, text: str) -> None:
+        note(line, text)
+        if "waiting" in text:
+            told_waiting.set()
+
+    monkeypatch.setattr(ProgressLine, "note", recorded_note)
+    copies_while_waiting: list[list[str]] = []
+    with _held_backup(daemon) as first:
+
+        def end_first_once_the_second_waits() -> None:
+            assert told_waiting.wait(60)
+            copies_while_waiting.append(sorted(p.name[:7] for p in tmp.iterdir()))
+            _saved(first, tmp_path / "first.tar")
+
+        ender = threading.Thread(target=end_first_once_the_second_waits)
+        ender.start()
+        # The CLI on this thread: it sets its signal handlers.
+        code = tessera_main(_backup_cli(daemon, "-o", str(tmp_path / "second.tar"), "--progress"))
+        ender.join(60)
+    err = capsys.readouterr().err
+    assert code == 0, err
+    # The second made no copy while it waited: the one there was the first's.
+    assert copies_while_waiting == [["backup-"]]
+    assert backup_steps == [("copy", 1), ("closed", 1), ("copy", 2), ("closed", 2)]
+    read_archive(tmp_path / "first.tar")
+    read_archive(tmp_path / "second.tar")
+    assert _drawn(err)[:3] == [
+        "backup: the daemon is copying its store",
+        "backup: waiting for another backup to end (the daemon makes one at a time)",
+        "backup: the daemon is copying its store",
+    ]
+    assert list(tmp.iterdir()) == []
+
+
+def test_the_sdk_tells_a_backup_that_waits_and_when_its_turn_came(
+    daemon: InProcessDaemon, tmp_path: Path
+) -> None:
+    _push_big_dataset(daemon, tmp_path)
+    told: list[bool] = []
+    told_waiting = threading.Event()
+
+    def waiting(waits: bool) -> None:
+        told.append(waits)
+        told_waiting.set()
+
+    with _held_backup(daemon) as first:
+
+        def end_first_once_the_second_waits() -> None:
+            assert told_waiting.wait(60)
+            _saved(first, tmp_path / "first.tar")
+
+        ender = threading.Thread(target=end_first_once_the_second_waits)
+        ender.start()
+        with tessera.Client(daemon.target) as client:
+            saved = client.system.backup(tmp_path / "second.tar", waiting=waiting)
+        ender.join(60)
+    assert told == [True, False]
+    assert saved.archive_size == (tmp_path / "second.tar").stat().st_size
+    with tessera.Client(daemon.target) as client:
+        client.system.backup(tmp_path / "third.tar", waiting=told.append)
+    assert told == [True, False]  # no other backup was being made
+
+
+def _waiting_backup(channel: grpc.Channel, timeout: float | None = None) -> Iterator[system_pb2.BackupChunk]:
+    """A Backup call that has been told it waits for another."""
+    call = system_pb2_grpc.SystemStub(channel).Backup(system_pb2.BackupRequest(), timeout=timeout)
+    told = next(call)
+    assert (told.waiting, told.data, told.archive_size) == (True, b"", 0)
+    return call
+
+
+def _counted_ends(monkeypatch: pytest.MonkeyPatch) -> threading.Semaphore:
+    """Released as each Backup call's turn has ended: its backup closed, or its place in line left."""
+    ended = threading.Semaphore(0)
+    end = snapshot_module.BackupTurn.end
+
+    async def recorded_end(turn: snapshot_module.BackupTurn) -> None:
+        try:
+            await end(turn)
+        finally:
+            ended.release()
+
+    monkeypatch.setattr(snapshot_module.BackupTurn, "end", recorded_end)
+    return ended
+
+
+def test_a_waiting_backup_cancelled_or_past_its_deadline_leaves_nothing_behind(
+    daemon: InProcessDaemon,
+    tmp_path: Path,
+    backup_steps: list[tuple[str, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _push_big_dataset(daemon, tmp_path)
+    ended = _counted_ends(monkeypatch)
+    channel = daemon.channel()
+    with _held_backup(daemon) as first:
+        cancelled = _waiting_backup(channel)
+        cancelled.cancel()
+        past_deadline = _waiting_backup(channel, timeout=1)
+        with pytest.raises(grpc.RpcError) as failed:
+            next(past_deadline)
+        assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert ended.acquire(timeout=60) and ended.acquire(timeout=60)
+        _saved(first, tmp_path / "first.tar")
+    # Neither copied the store: the only backup made was the first.
+    assert backup_steps == [("copy", 1), ("closed", 1)]
+    assert list((daemon.settings.data_dir / "blobs" / "tmp").iterdir()) == []
+    with tessera.Client(daemon.target) as client:
+        client.system.backup(tmp_path / "next.tar")
+
+
+def test_a_backup_right_after_a_cancelled_one_waits_for_its_close_and_succeeds(
+    daemon: InProcessDaemon, tmp_path: Path, backup_steps: list[tuple[str, int]]
+) -> None:
+    """As after Ctrl-C on `tessera admin backup` and running it again at once: the daemon closes
+    the cancelled one after the client has gone."""
+    _push_big_dataset(daemon, tmp_path)
+    with _held_backup(daemon) as first:
+        first.call.cancel()
+    assert tessera_main(_backup_cli(daemon, "-o", str(tmp_path / "again.tar"))) == 0
+    assert backup_steps == [("copy", 1), ("closed", 1), ("copy", 2), ("closed", 2)]
+    read_archive(tmp_path / "again.tar")
+
+
+def test_backups_past_the_few_that_may_wait_are_refused_naming_the_limit(
+    daemon: InProcessDaemon,
+    tmp_path: Path,
+    backup_steps: list[tuple[str, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _push_big_dataset(daemon, tmp_path)
+    ended = _counted_ends(monkeypatch)
+    channel = daemon.channel()
+    with _held_backup(daemon) as first:
+        waiting = [_waiting_backup(channel) for _ in range(snapshot_module.MAX_WAITING_BACKUPS)]
+        with pytest.raises(grpc.RpcError) as refused:
+            next(system_pb2_grpc.SystemStub(channel).Backup(system_pb2.BackupRequest()))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.details() == (
+            f"{snapshot_module.MAX_WAITING_BACKUPS} backups already wait for the one being made, "
+            f"the most that may (the daemon makes one at a time); retry once they have ended"
+        )
+        # A place left is taken again.
+        waiting.pop().cancel()
+        assert ended.acquire(timeout=60)
+        waiting.append(_waiting_backup(channel))
+        _saved(first, tmp_path / "first.tar")
+        for n, call in enumerate(waiting):
+            (tmp_path / f"{n}.tar").write_bytes(b"".join(chunk.data for chunk in call))
+            read_archive(tmp_path / f"{n}.tar")
+    made = len(waiting) + 1
+    assert backup_steps == [step for n in range(1, made + 1) for step in (("copy", n), ("closed", n))]
+
+
+def test_a_daemon_stopping_ends_the_backups_waiting_too(data_dir: Path, tmp_path: Path) -> None:
+    daemon = InProcessDaemon(daemon_settings(data_dir)).start()
+    _push_big_dataset(daemon, tmp_path)
+    channel = grpc.insecure_channel(daemon.target)
+    try:
+        with _held_backup(daemon) as first:
+            waiting = _waiting_backup(channel)
+            daemon.stop(grace=0)
+            for call in (first.call, waiting):
+                with pytest.raises(grpc.RpcError) as ended:
+                    for _ in call:
+                        pass
+                assert ended.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    finally:
+        channel.close()
+    assert list((data_dir / "blobs" / "tmp").iterdir()) == []
 
 
 def test_restore_refuses_an_archive_claiming_an_oversized_manifest_before_reading_it(tmp_path: Path) -> None:

@@ -86,15 +86,17 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
     ) -> AsyncIterator[pb.BackupChunk]:
         # Each chunk fits one message under the send limit, whatever was asked.
         size = min(chunk_size(request.chunk_size, self._chunk_size), self._max_chunk_size)
-        backup = self._backups.start()
-        try:
+        # Leaving the block closes the backup (the temp copy goes, the pinned blobs are released)
+        # whatever the client does, and only then lets the next one in line begin.
+        async with self._backups.line_up() as turn:
+            if turn.waits:
+                yield pb.BackupChunk(waiting=True)
+            backup = await turn.start()
+            if turn.waits:
+                yield pb.BackupChunk(waiting=False)
             await asyncio.to_thread(backup.prepare, size)
             while (data := await asyncio.to_thread(backup.next_chunk)) is not None:
                 yield pb.BackupChunk(data=data, archive_size=backup.archive_size)
-        finally:
-            # Runs to its end in its thread even if this call is cancelled again meanwhile:
-            # the temp copy goes and the pinned blobs are released whatever the client does.
-            await asyncio.to_thread(backup.close)
 
 
 async def _stopped_within(stopping: asyncio.Event, seconds: float) -> bool:

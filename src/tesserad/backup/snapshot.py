@@ -16,6 +16,8 @@ nothing holds any more are deleted then, as after a failed upload.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import hashlib
 import io
@@ -23,12 +25,12 @@ import os
 import tarfile
 import tempfile
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
 
 from tessera.backup import BLOB_PREFIX, MANIFEST_NAME, STORE_NAME, Entry, Manifest
 from tesserad.datasets.references import BLOB_HOLDERS, drop_claimed_blobs
-from tesserad.errors import DataLoss, NotFound, TesseraError, Unavailable
+from tesserad.errors import DataLoss, NotFound, ResourceExhausted, TesseraError, Unavailable
 from tesserad.store import BlobStore, ReadTxn, Store
 from tesserad.store.schema import STORE_SCHEMA
 from tesserad.store.space import space_checked
@@ -209,19 +211,115 @@ class Backup:
             self._pinned = set()
 
 
+# Backups that may wait for the one being made; more are refused, so that a flood of calls does
+# not pile up.
+MAX_WAITING_BACKUPS = 4
+
+
+class _Line:
+    """The backups made one at a time: `turn` held by the one being made, `waiting` counting
+    those lined up that have not taken it yet."""
+
+    def __init__(self) -> None:
+        self.turn = asyncio.Lock()
+        self.waiting = 0
+
+    def busy(self) -> bool:
+        # A waiter woken by the release is still counted until it runs: one lining up now is behind it.
+        return self.turn.locked() or self.waiting > 0
+
+
+class BackupTurn:
+    """A Backup call's place in line (`Backups.line_up`): `waits` says whether another backup is
+    being made, which this one waits for; `start()` begins this one once its turn has come, and
+    `end()` closes it and hands the turn on. Used on the daemon's event loop."""
+
+    def __init__(self, line: _Line, begin: Callable[[], Backup]) -> None:
+        self._line = line
+        self._begin = begin
+        self.waits = line.busy()
+        line.waiting += 1
+        self._in_line = True
+        self._holds_turn = False
+        self._backup: Backup | None = None
+
+    async def start(self) -> Backup:
+        """This backup, begun once no other is being made, the turn taken in the order the calls
+        lined up. A cancel meanwhile (the client gone, its deadline past) leaves the line."""
+        try:
+            await self._line.turn.acquire()
+        finally:
+            self._leave_line()
+        self._holds_turn = True
+        self._backup = self._begin()
+        return self._backup
+
+    async def end(self) -> None:
+        """Close the backup, if begun, then hand the turn on. The close runs to its end in its
+        thread, and the turn is handed on only then, even if this call is cancelled again
+        meanwhile: the next backup never copies the store beside this one's copy."""
+        self._leave_line()
+        if not self._holds_turn:
+            return
+        self._holds_turn = False
+        if self._backup is None:
+            self._line.turn.release()
+            return
+        closing = asyncio.ensure_future(asyncio.to_thread(self._backup.close))
+        closing.add_done_callback(self._hand_on)
+        await asyncio.shield(closing)
+
+    def _hand_on(self, closing: asyncio.Future[None]) -> None:
+        self._line.turn.release()
+        # A cancelled caller leaves the close's outcome unread; read it so asyncio does not log it.
+        if not closing.cancelled():
+            closing.exception()
+
+    def _leave_line(self) -> None:
+        if self._in_line:
+            self._in_line = False
+            self._line.waiting -= 1
+
+
 class Backups:
-    """Makes the backups of one daemon's store and blobs, and ends those still open when it stops."""
+    """Makes the backups of one daemon's store and blobs, one at a time, and ends those still
+    open when it stops.
+
+    One at a time as each holds a copy of the store in the blob directory's tmp and keeps every
+    blob it names from deletion: backups side by side would multiply the disk they take. A call
+    while another backup is made waits for it to close (`line_up`), up to MAX_WAITING_BACKUPS
+    of them. The line is the event loop's; `close` runs on a thread."""
 
     def __init__(self, store: Store, blobs: BlobStore, tesserad_version: str) -> None:
         self._store = store
         self._blobs = blobs
         self._version = tesserad_version
         self._open: list[Backup] = []
+        self._closed = False
         self._lock = threading.Lock()
+        self._line = _Line()
+
+    @contextlib.asynccontextmanager
+    async def line_up(self) -> AsyncIterator[BackupTurn]:
+        """A place in line for one backup; when the block ends, its backup is closed and the turn
+        handed on. ResourceExhausted when MAX_WAITING_BACKUPS wait already."""
+        if self._line.busy() and self._line.waiting >= MAX_WAITING_BACKUPS:
+            raise ResourceExhausted(
+                f"{MAX_WAITING_BACKUPS} backups already wait for the one being made, the most that "
+                "may (the daemon makes one at a time); retry once they have ended"
+            )
+        turn = BackupTurn(self._line, self.start)
+        try:
+            yield turn
+        finally:
+            await turn.end()
 
     def start(self) -> Backup:
+        """A new backup, kept to be ended by `close`; Unavailable once that has run."""
         backup = Backup(self._store, self._blobs, self._version)
         with self._lock:
+            if self._closed:
+                raise Unavailable("tesserad is stopping, so the backup was not begun; take it again")
             self._open = [b for b in self._open if not b.closed]
             self._open.append(backup)
         return backup
@@ -230,6 +328,7 @@ class Backups:
         """End every open backup before the store closes (its copy must not outlive the store):
         each waits for its step in flight, and its stream ends UNAVAILABLE."""
         with self._lock:
+            self._closed = True
             backups, self._open = self._open, []
         for backup in backups:
             backup.close(Unavailable("tesserad is stopping, so the backup was cut short; take it again"))

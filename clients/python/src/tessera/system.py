@@ -118,13 +118,19 @@ def _write_all(file: BinaryIO, data: bytes) -> None:
 class BackupReceived:
     """The bytes of a backup's chunks as they come: `data` gives each chunk's, after telling
     `progress(done, total)` how many have come of the archive's size (0 from a tesserad that
-    does not say)."""
+    does not say), or `waiting(waits)` what a chunk without data says of the wait for another
+    backup."""
 
-    def __init__(self, progress: Progress | None) -> None:
+    def __init__(self, progress: Progress | None, waiting: Callable[[bool], None] | None) -> None:
         self._progress = progress
+        self._waiting = waiting
         self.done = 0
 
     def data(self, chunk: pb.BackupChunk) -> bytes:
+        if not chunk.data:
+            if self._waiting is not None:
+                self._waiting(chunk.waiting)
+            return b""
         self.done += len(chunk.data)
         if self._progress is not None:
             self._progress(self.done, chunk.archive_size)
@@ -183,6 +189,7 @@ class System(Part[C]):
         timeout: float | None = None,
         overwrite: bool = False,
         progress: Progress | None = None,
+        waiting: Callable[[bool], None] | None = None,
     ) -> Save[SavedBackup]:
         """Save a consistent backup of the daemon (admin only); its manifest, with the sha256
         and size of the archive written. `tesserad restore` restores it.
@@ -193,7 +200,11 @@ class System(Part[C]):
         gets the archive as it comes, checked on the way: a fault raises DataLoss, and what was
         written by then is no backup. `progress(done, total)` is called after each chunk with
         the bytes come and the archive's size (0 from a tesserad that does not say); the first
-        comes once the daemon has copied its store, which takes a while for a large one."""
+        comes once the daemon has copied its store, which takes a while for a large one.
+
+        The daemon makes one backup at a time: while it makes another, this one waits for it,
+        and `waiting(True)` is called first, then `waiting(False)` once its turn has come (and
+        the daemon copies its store). RESOURCE_EXHAUSTED when too many wait already."""
         sink: Callable[[], Sink[SavedBackup]] = (
             partial(BackupSink, Path(path), overwrite)
             if isinstance(path, (str, os.PathLike))
@@ -205,5 +216,5 @@ class System(Part[C]):
             pb.BackupRequest(chunk_size=chunk_size),
             timeout_or(timeout, self._conn.transfer_timeout),
             sink,
-            BackupReceived(progress).data,
+            BackupReceived(progress, waiting).data,
         )

@@ -74,8 +74,15 @@ def _backup_with_progress(
                 line.note(f"all {byte_size(total)} came; reading it back to check it")
 
         # Nothing comes until the daemon has copied its store: minutes, for a large one.
-        line.note("the daemon is copying its store")
-        saved = client.system.backup(path, overwrite=args.force, progress=told)
+        copying = "the daemon is copying its store"
+
+        def waiting(waits: bool) -> None:
+            line.note(
+                "waiting for another backup to end (the daemon makes one at a time)" if waits else copying
+            )
+
+        line.note(copying)
+        saved = client.system.backup(path, overwrite=args.force, progress=told, waiting=waiting)
         line.finish(saved.archive_size)
     return saved
 

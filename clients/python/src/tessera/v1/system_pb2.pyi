@@ -366,21 +366,28 @@ class BackupChunk(_message.Message):
 
     DATA_FIELD_NUMBER: _builtins.int
     ARCHIVE_SIZE_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """The archive's next bytes; concatenated in order they are the whole tar file."""
     archive_size: _builtins.int
     """The whole archive's size in bytes, the same on every chunk: how much of it has come, for
     progress. 0 from a tesserad that does not say.
     """
+    waiting: _builtins.bool
+    """The daemon makes one backup at a time. True on a first chunk without data when another
+    backup is being made: this one waits for it to end. Once its turn has come, a chunk without
+    data and with waiting false says so, and the daemon copies its store (the archive follows).
+    """
     def __init__(
         self,
         *,
         data: _builtins.bytes = ...,
         archive_size: _builtins.int = ...,
+        waiting: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive_size", b"archive_size", "data", b"data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive_size", b"archive_size", "data", b"data", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
