@@ -956,7 +956,8 @@ def build_parser() -> argparse.ArgumentParser:
         "backup",
         cmd_admin_backup,
         "save a consistent backup of the running daemon (store and blobs) to a file; "
-        "`tesserad restore FILE --data-dir DIR` restores it",
+        "`tesserad restore FILE --data-dir DIR` restores it. The daemon makes one at a time: "
+        "one asked for meanwhile waits for it to end",
     )
     sub.add_argument(
         "-o",
