@@ -746,7 +746,7 @@ def test_a_waiting_backup_cancelled_or_past_its_deadline_leaves_nothing_behind(
     with _held_backup(daemon) as first:
         cancelled = _waiting_backup(channel)
         cancelled.cancel()
-        past_deadline = _waiting_backup(channel, timeout=1)
+        past_deadline = _waiting_backup(channel, timeout=3)
         with pytest.raises(grpc.RpcError) as failed:
             next(past_deadline)
         assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
