@@ -4,9 +4,13 @@ that is not there, has none kept, or whose architecture differs."""
 
 from __future__ import annotations
 
+import pytest
+
 from tessera.cli import EXIT_DAEMON
+from tessera.errors import Unimplemented
 from tessera.events import CheckpointSaved, JobState, LogLine
 from tessera.messages import load_toml
+from tessera.v1 import job_spec_pb2
 
 JOB_SPEC = """\
 experiment = "resume"
@@ -82,3 +86,22 @@ def test_train_resume_from_refuses_a_job_not_there_one_without_checkpoints_and_a
         and "spec.resume_from: tensor " in wider.err
     )
     assert f"in job {source}'s checkpoint but [16, 4] in this job's architecture" in wider.err
+
+
+def test_submit_cancels_a_job_whose_daemon_dropped_resume_from_and_says_to_upgrade_it(
+    client, table_dataset, tmp_path
+):
+    # A tesserad older than spec.resume_from answers the job it made without the field: the
+    # answer of a submit without it, checked against a spec sent with it, is that answer.
+    spec = tmp_path / "job.toml"
+    spec.write_text(JOB_SPEC)
+    dropped = client.training.submit(load_toml(spec))
+    sent = job_spec_pb2.JobSpec()
+    sent.CopyFrom(dropped.info.spec)
+    sent.resume_from = "job-elsewhere"
+    with pytest.raises(
+        Unimplemented, match=r"does not know resume_from \(older than the client\); upgrade it"
+    ):
+        client.training._answered(sent, dropped.info).run(client.training._conn)
+    dropped.wait(check=False)
+    assert dropped.state == JobState.CANCELLED

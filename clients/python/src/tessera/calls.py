@@ -188,6 +188,19 @@ class Chain(Call[T_co]):
 
 
 @dataclass(frozen=True)
+class Given(Call[T_co]):
+    """A result at hand, no call made: a `Chain`'s `then` where its result needs no other call."""
+
+    result: T_co
+
+    def run(self, conn: Connection) -> T_co:
+        return self.result
+
+    async def run_async(self, conn: AioConnection) -> T_co:
+        return self.result
+
+
+@dataclass(frozen=True)
 class Decided(Call[T_co]):
     """The call `decide()` picks, where picking looks at the disk (whether a path is a
     directory): on the asyncio client on a worker thread, so that a slow disk stalls no loop."""

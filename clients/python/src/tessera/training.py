@@ -20,6 +20,8 @@ from google.protobuf import timestamp_pb2
 from tessera.calls import (
     C,
     Call,
+    Chain,
+    Given,
     JoinedPages,
     Op,
     Pages,
@@ -39,6 +41,7 @@ from tessera.errors import (
     StillRunning,
     TesseraError,
     Unavailable,
+    Unimplemented,
 )
 from tessera.events import JobEvent, JobState, StateChanged, event_from_proto
 from tessera.messages import from_dict
@@ -692,7 +695,7 @@ class Training(Part[C]):
     @call
     def submit(
         self, spec: JobSpecLike, *, request_id: str | None = None, timeout: float | None = None
-    ) -> Op[Job[C]]:
+    ) -> Chain[Job[C]]:
         """Queue a training job; the spec is checked before it is accepted (InvalidArgument or
         FailedPrecondition naming the field). Enum fields take short names ("regression").
 
@@ -702,11 +705,31 @@ class Training(Part[C]):
         - _) to send the same submit again yourself, within 24 hours; the same id with another
         spec is AlreadyExists. Ids are each caller's own. ValueError for an id the daemon would
         not keep, "" included (the daemon reads it as none, and a retry would make a second job).
-        The retry needs a daemon that keeps request ids: an older one ignores the field."""
-        request = pb.SubmitJobRequest(
-            spec=from_dict(job_spec_pb2.JobSpec, spec, "spec"), request_id=_submit_request_id(request_id)
+        The retry needs a daemon that keeps request ids: an older one ignores the field.
+        A daemon older than `resume_from` drops it and would train from scratch: its job is
+        cancelled and Unimplemented says so."""
+        sent = from_dict(job_spec_pb2.JobSpec, spec, "spec")
+        request = pb.SubmitJobRequest(spec=sent, request_id=_submit_request_id(request_id))
+        return Chain(
+            Op(S, "SubmitJob", request, timeout=timeout),
+            lambda info: self._answered(sent, info, timeout),
         )
-        return Op(S, "SubmitJob", request, self._job, timeout=timeout)
+
+    def _answered(
+        self, sent: job_spec_pb2.JobSpec, info: pb.Job, timeout: float | None = None
+    ) -> Call[Job[C]]:
+        """The submitted job; where the daemon dropped the spec's resume_from (one older than the
+        field, which keeps no field it does not know), that job cancelled and Unimplemented."""
+        if not sent.resume_from or info.spec.resume_from:
+            return Given(self._job(info))
+
+        def refused(_: pb.Job) -> Job[C]:
+            raise Unimplemented(
+                f"this tesserad does not know resume_from (older than the client); upgrade it. Its "
+                f"job {info.job_id} would have trained from scratch, and is cancelled"
+            )
+
+        return Op(S, "CancelJob", pb.CancelJobRequest(job_id=info.job_id), refused, timeout=timeout)
 
     @call
     def job(self, job_id: str, *, timeout: float | None = None) -> Op[Job[C]]:
