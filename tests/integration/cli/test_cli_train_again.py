@@ -131,6 +131,31 @@ def test_train_set_names_its_problems_with_the_spec_checks_words(
     assert both.code == EXIT_USAGE and "--run-name and --set run_name=... both name the run" in both.err
 
 
+def test_train_set_refuses_a_key_given_twice_or_inside_another_naming_both_flags(
+    tessera_cli, table_dataset, tmp_path
+):
+    spec = tmp_path / "job.toml"
+    spec.write_text(JOB_SPEC)
+    twice = tessera_cli("train", str(spec), "--set", "epochs=2", "--set", "epochs=3")
+    assert twice.code == EXIT_USAGE
+    assert "--set epochs=2 and --set epochs=3 both set epochs; give one of them" in twice.err
+    inside = tessera_cli("train", str(spec), "--set", "optimizer.lr=1e-3", "--set", 'optimizer={name="sgd"}')
+    assert inside.code == EXIT_USAGE
+    assert (
+        '--set optimizer.lr=1e-3 sets a field of optimizer, which --set optimizer={name="sgd"} sets '
+        "whole; give one of them"
+    ) in inside.err
+
+
+def test_train_set_splits_at_the_first_equals_sign_outside_quotes(
+    tessera_cli, client, table_dataset, tmp_path
+):
+    spec = tmp_path / "job.toml"
+    spec.write_text(JOB_SPEC)
+    quoted = tessera_cli("--json", "train", str(spec), "--run-name", "quoted", "--set", 'tags."a=b"=c')
+    assert client.training.job(_job_id(quoted)).info.spec.tags == {"a=b": "c"}
+
+
 def test_jobs_show_spec_prints_toml_that_train_takes_back_unchanged(
     tessera_cli, client, table_dataset, tmp_path
 ):

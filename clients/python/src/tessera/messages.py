@@ -117,8 +117,9 @@ def parse_setting(text: str) -> tuple[KeyPath, Any]:
     """`KEY=VALUE` as (KEY's path, VALUE): KEY a TOML key (`optimizer.lr`, dotted for a table's
     key), VALUE a TOML value (`3e-4`, `true`, `[16, 16]`, `"text"`), or text as it is where it is
     not one (`adamw`). ValueError saying how to write it."""
-    key, equals, value = text.partition("=")
-    path = _key_path(key) if equals else None
+    equals = _equals_outside_quotes(text)
+    key, value = text[:equals], text[equals + 1 :]
+    path = _key_path(key) if equals >= 0 else None
     if path is None:
         raise ValueError(
             f"{text!r}: write KEY=VALUE, KEY the spec's names joined by dots and VALUE a TOML value, "
@@ -129,6 +130,24 @@ def parse_setting(text: str) -> tuple[KeyPath, Any]:
     except tomllib.TOMLDecodeError:
         return path, value
     return path, parsed["value"] if list(parsed) == ["value"] else value
+
+
+def _equals_outside_quotes(text: str) -> int:
+    """Where the first `=` outside a TOML key's quotes is (`tags."a=b"=c`: the last), or -1."""
+    quote = ""
+    escaped = False
+    for index, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quote == '"' and char == "\\":
+            escaped = True
+        elif char == quote:
+            quote = ""
+        elif not quote and char in "\"'":
+            quote = char
+        elif not quote and char == "=":
+            return index
+    return -1
 
 
 def _key_path(key: str) -> KeyPath | None:

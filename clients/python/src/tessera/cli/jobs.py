@@ -12,7 +12,7 @@ from tessera.client import Client
 from tessera.errors import AlreadyExists, JobFailed
 from tessera.events import JobState
 from tessera.follow import follow, registered_text, stopped_early_text
-from tessera.messages import load_toml, with_settings
+from tessera.messages import dotted_name, load_toml, with_settings
 from tessera.rpc_commands import in_cli_words
 from tessera.toml_text import message_toml
 from tessera.v1 import job_spec_pb2
@@ -32,6 +32,7 @@ def cmd_train(client: Client, args: argparse.Namespace, out: Output) -> None:
         if any(path == ("resume_from",) for path, _, _ in settings):
             raise UsageError("--resume-from and --set resume_from=... both name the job; give one of them")
         settings.append((("resume_from",), args.resume_from, f"--resume-from {args.resume_from}"))
+    _each_field_set_once(settings)
     try:
         job = client.training.submit(with_settings(load_toml(args.spec), settings))
     except AlreadyExists as err:
@@ -59,6 +60,21 @@ def finish(job: Any) -> None:
         raise JobFailed(
             job, f"job {job.id} ended {job.state.value}" + (f": {job.info.error}" if job.info.error else "")
         )
+
+
+def _each_field_set_once(settings: list[tuple[tuple[str | int, ...], Any, str]]) -> None:
+    """UsageError for two flags that set one field, or a field and a table holding it: the later
+    would drop the earlier without a word."""
+    for index, (path, _, words) in enumerate(settings):
+        for other, _, other_words in settings[index + 1 :]:
+            if other == path:
+                raise UsageError(f"{words} and {other_words} both set {dotted_name(path)}; give one of them")
+            shorter, longer = sorted(((path, words), (other, other_words)), key=lambda item: len(item[0]))
+            if longer[0][: len(shorter[0])] == shorter[0]:
+                raise UsageError(
+                    f"{longer[1]} sets a field of {dotted_name(shorter[0])}, which {shorter[1]} sets "
+                    "whole; give one of them"
+                )
 
 
 def cmd_jobs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
