@@ -500,6 +500,7 @@ class Daemon:
         await asyncio.to_thread(tracking.move_deleted_runs_order)
         await asyncio.to_thread(tracking.count_experiment_runs)
         await asyncio.to_thread(tracking.count_run_metrics)
+        await asyncio.to_thread(tracking.drop_early_stopping_off_params)
         self.training = self._jobs(
             system,
             self._store,

@@ -14,6 +14,9 @@
   lost (sha256, time) left empty; batched and finished by a marker in "meta" likewise.
 - The index of the versions training jobs registered (`JOB_VERSIONS`): emptied, then batched
   and finished by a marker in "meta" likewise.
+- The early_stopping.* params of versions jobs registered with early stopping off (patience 0),
+  which jobs recorded before they recorded them only for a spec that turns it on: dropped,
+  batched and finished by a marker in "meta" likewise.
 - The next numbers of models deleted before `RETIRED_NUMBERS`: every model version the store
   still names (lineage, its marks, ensemble members, and what the daemon's other parts name:
   `References`) is read once, and each such name without a model gets a row past the highest
@@ -27,6 +30,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -36,7 +40,7 @@ from tesserad.errors import TesseraError
 from tesserad.names import ReferenceTally, named_versions
 from tesserad.registry.ensembles import Member, index_members, parse_ensemble_spec
 from tesserad.registry.lineage import DELETED_PARENT_KIND, DELETED_PARENT_SCHEMA, mark_parent_deleted
-from tesserad.registry.records import MODEL_KIND, SCHEMA, VersionRecord, decode_version
+from tesserad.registry.records import MODEL_KIND, SCHEMA, VersionRecord, decode_version, encode_version
 from tesserad.registry.tables import (
     DELETED_PARENTS,
     DERIVED,
@@ -51,6 +55,7 @@ from tesserad.registry.tables import (
     raise_next_version,
     raise_retired_number,
 )
+from tesserad.run_params import without_early_stopping_off
 from tesserad.store import (
     BlobStore,
     Key,
@@ -75,6 +80,9 @@ JOB_VERSIONS_INDEXED = ("job_versions_indexed",)
 # under the first one ("model_numbers_retired_derived") were passed without reading sweeps, and
 # leaving live models alone, so they are passed again (numbers are only raised).
 NUMBERS_RETIRED = ("model_numbers_past_references",)
+# In the "meta" table once no version a job registered holds the early_stopping.* params of a spec
+# without early stopping (as the job's run: training.tracking.EARLY_STOPPING_OFF_DROPPED).
+EARLY_STOPPING_OFF_DROPPED = ("version_early_stopping_off_dropped",)
 # The markers above, each with the store schema from which every daemon keeps what it marks
 # (tesserad.store.schema drops those an older daemon may have broken).
 MARKERS: dict[Key, int] = {
@@ -82,6 +90,9 @@ MARKERS: dict[Key, int] = {
     PARENTS_MARKED: 1,
     JOB_VERSIONS_INDEXED: 1,
     NUMBERS_RETIRED: 4,
+    # A tesserad of schema 4 from before the change may register such params again: they differ
+    # by absence only, short of a schema that older ones could not open.
+    EARLY_STOPPING_OFF_DROPPED: 4,
 }
 # The (model, version) pairs the store's records outside the registry name, as those records hold
 # them: the pass keeps only those that can name a version (`named_versions`).
@@ -182,6 +193,28 @@ def backfill_deleted_parents(store: Store) -> int:
     if marked:
         log.info("marked the deleted parents of versions' lineage", extra={"versions": marked})
     return marked
+
+
+def drop_early_stopping_off_params(store: Store) -> int:
+    """Drop, once, the early_stopping.* params of each version a job registered whose spec left
+    early stopping off (patience 0), as its run's are dropped; returns how many versions changed."""
+
+    def drop(txn: WriteTxn, record: VersionRecord) -> bool:
+        kept = without_early_stopping_off(record.params) if record.lineage.job_id else None
+        if kept is None:
+            return False
+        txn.put(
+            VERSIONS, (record.model, record.version), encode_version(dataclasses.replace(record, params=kept))
+        )
+        return True
+
+    dropped = _each_version_once(store, EARLY_STOPPING_OFF_DROPPED, drop)
+    if dropped:
+        log.info(
+            "dropped the early_stopping params of versions trained without early stopping",
+            extra={"versions": dropped},
+        )
+    return dropped
 
 
 def backfill_job_versions(store: Store) -> int:

@@ -32,6 +32,7 @@ from tesserad.registry.backfill import (
     backfill_job_versions,
     backfill_retired_numbers,
     backfill_version_counts,
+    drop_early_stopping_off_params,
 )
 from tesserad.registry.deployments import Deployments, prune_histories
 from tesserad.registry.models import Models
@@ -64,6 +65,7 @@ class Registry:
         backfill_ensemble_members(store, blobs)
         backfill_deleted_parents(store)
         backfill_job_versions(store)
+        drop_early_stopping_off_params(store)
         backfill_retired_numbers(store, referenced)
         prune_histories(store, deployment_history)
         self._listeners: list[Callable[[str], None]] = []

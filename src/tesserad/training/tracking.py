@@ -24,6 +24,7 @@ from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, 
 from tesserad.ids import new_id
 from tesserad.names import closest, did_you_mean, validate_name, validate_name_prefix
 from tesserad.paging import MAX_PAGE_BYTES, Page, PageFill, foreign_token, make_token, read_page, resume_after
+from tesserad.run_params import without_early_stopping_off
 from tesserad.store import (
     Key,
     ReadTxn,
@@ -126,6 +127,10 @@ RUNS_COUNTED = ("experiment_runs_counted",)
 # In the "meta" table once every run has its count of metric keys (stores from before the counts
 # are counted once at start).
 METRICS_COUNTED = ("run_metrics_counted",)
+# In the "meta" table once no job's run holds the early_stopping.* params of a spec without early
+# stopping, which jobs recorded before they recorded them only for a spec that turns it on (runs
+# compared by their params differed by a section neither set).
+EARLY_STOPPING_OFF_DROPPED = ("run_early_stopping_off_dropped",)
 # The start-up markers above, each with the store schema from which every daemon keeps what it
 # marks (tesserad.store.schema drops those an older daemon may have broken).
 MARKERS: dict[Key, int] = {
@@ -135,6 +140,9 @@ MARKERS: dict[Key, int] = {
     DELETED_ORDER_MOVED: 1,
     RUNS_COUNTED: 1,
     METRICS_COUNTED: 1,
+    # Schema 4: a tesserad of it from before the change may write such params again after the
+    # pass; they differ by absence only, short of a schema that older ones could not open.
+    EARLY_STOPPING_OFF_DROPPED: 4,
 }
 # What the start-up passes' progress logs call the rows of the tables they go through.
 _PASS_ROWS = {
@@ -1485,6 +1493,36 @@ class Tracking:
                 "runs hold more metric keys than a run may now take; they take no new keys, and "
                 "answer the first of them by key (the rest by their history)",
                 extra={"runs": len(over), "run_ids": over[:10], "max_run_metrics": MAX_RUN_METRICS},
+            )
+
+    def drop_early_stopping_off_params(self, progress_every_s: float = 5.0) -> None:
+        """Drop, once, the early_stopping.* params of each job's run whose spec left early stopping
+        off (patience 0), which jobs recorded before they recorded them only for a spec that turns
+        it on: runs from before and after then compare and filter alike. A run not made by a job
+        keeps the params it was given. An interrupted pass starts over at the next start."""
+        dropped = 0
+
+        def drop(txn: WriteTxn, key: Key, raw: bytes) -> None:
+            nonlocal dropped
+            data = decode_record(raw, "run", 1)[1]
+            kept = without_early_stopping_off(data["params"]) if data["job_id"] else None
+            if kept is not None:
+                txn.put("runs", key, encode_record("run", 1, {**data, "params": kept}))
+                dropped += 1
+
+        passed = self._each_row_once(
+            "runs",
+            EARLY_STOPPING_OFF_DROPPED,
+            64,
+            drop,
+            "dropping the early_stopping params of runs without early stopping",
+            lambda: {"dropped": dropped},
+            progress_every_s,
+        )
+        if passed is not None and dropped:
+            log.info(
+                "dropped the early_stopping params of job runs without early stopping",
+                extra={"runs": dropped, "seconds": passed.seconds},
             )
 
     def _each_row_once(

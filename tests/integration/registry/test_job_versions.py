@@ -12,7 +12,7 @@ import pytest
 
 from tesserad.registry import Lineage, Registry
 from tesserad.registry.aliases import MAX_MODEL_ALIASES
-from tesserad.registry.backfill import JOB_VERSIONS_INDEXED
+from tesserad.registry.backfill import EARLY_STOPPING_OFF_DROPPED, JOB_VERSIONS_INDEXED
 from tesserad.registry.tables import ALIASES, JOB_VERSIONS
 from tesserad.server import STORE_TABLES
 from tesserad.store import BlobStore, Store
@@ -157,3 +157,39 @@ def test_a_job_registering_again_is_told_its_alias_only_where_it_points_at_the_v
     set_again = registration.register(_job("job-b", "held-0001"), blobs.put_bytes(mlp_weights(seed=5)))
     assert (set_first.version, set_first.alias) == (set_again.version, set_again.alias) == (3, "held-0001")
     assert set_again.alias_refused == ""
+
+
+def test_versions_jobs_registered_with_early_stopping_off_params_lose_them_at_start(
+    store: Store, tmp_path: Path
+) -> None:
+    versions = registry(store, tmp_path)
+    blobs = BlobStore(tmp_path / "blobs")
+    off = {
+        "early_stopping.metric": "val_loss",
+        "early_stopping.mode": "min",
+        "early_stopping.patience": "0",
+        "early_stopping.min_delta": "0.0",
+    }
+    made = {
+        "job-off": {**off, "optimizer.lr": "0.01"},
+        "job-on": {**off, "early_stopping.patience": "2"},
+        "": off,
+    }
+    for seed, (job_id, params) in enumerate(made.items()):
+        versions.register_version(
+            "m",
+            format="safetensors",
+            blob=blobs.put_bytes(mlp_weights(seed=seed)),
+            architecture=ARCHITECTURE,
+            params=params,
+            lineage=Lineage(job_id=job_id),
+            create_model_if_missing=True,
+        )
+    with store.write() as txn:
+        txn.delete("meta", EARLY_STOPPING_OFF_DROPPED)
+    again = registry(store, tmp_path)
+    assert [again.get_version("m", number).params for number in (1, 2, 3)] == [
+        {"optimizer.lr": "0.01"},
+        made["job-on"],
+        off,
+    ]

@@ -9,10 +9,11 @@ from pathlib import Path
 from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
 from tesserad.api.convert_training import job_spec_from_proto
 from tesserad.server import STORE_TABLES
-from tesserad.store import Store
+from tesserad.store import Store, decode_record, encode_record
 from tesserad.training.job_records import decode_job, encode_job
 from tesserad.training.search_space import SweepParameter
 from tesserad.training.sweeps import AshaSettings, Sweep, Trial, decode_sweep, encode_sweep
+from tesserad.training.tracking import EARLY_STOPPING_OFF_DROPPED
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.older_store import daemon_on, old_sweep, written_while_stopped
 from tests.integration.training.conftest import (
@@ -390,3 +391,45 @@ def test_a_sweep_submitted_now_trains_a_0_it_draws_as_a_value(tmp_path: Path) ->
         assert [t.state for t in ended.trials] == [S.JOB_STATE_SUCCEEDED]
         job = training.GetJob(S.GetJobRequest(job_id=ended.trials[0].job_id))
         assert job.spec.optimizer.HasField("beta1") and job.spec.optimizer.beta1 == 0
+
+
+OFF = {
+    "early_stopping.metric": "val_loss",
+    "early_stopping.mode": "min",
+    "early_stopping.patience": "0",
+    "early_stopping.min_delta": "0.0",
+}
+
+
+def test_job_runs_stored_with_early_stopping_off_params_lose_them_at_start(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    made = {
+        "off": {**OFF, "optimizer.lr": "0.01"},
+        "on": {**OFF, "early_stopping.patience": "2"},
+        "by-hand": dict(OFF),
+    }
+    with daemon_on(data_dir) as daemon:
+        stub = training_pb2_grpc.TrainingStub(daemon.channel())
+        run_ids = {
+            name: stub.CreateRun(S.CreateRunRequest(experiment="old", name=name, params=params)).run_id
+            for name, params in made.items()
+        }
+
+    def as_jobs_made_them(txn) -> None:
+        # Runs of jobs, as a tesserad that recorded early_stopping.* for every spec left them.
+        for name in ("off", "on"):
+            data = decode_record(txn.get("runs", (run_ids[name],)), "run", 1)[1]
+            txn.put("runs", (run_ids[name],), encode_record("run", 1, {**data, "job_id": f"job-{name}"}))
+        txn.delete("meta", EARLY_STOPPING_OFF_DROPPED)
+
+    written_while_stopped(data_dir, as_jobs_made_them)
+    with daemon_on(data_dir) as daemon:
+        stub = training_pb2_grpc.TrainingStub(daemon.channel())
+        params = {
+            name: dict(stub.GetRun(S.GetRunRequest(run_id=run_id)).params) for name, run_id in run_ids.items()
+        }
+    assert params == {
+        "off": {"optimizer.lr": "0.01"},
+        "on": made["on"],
+        "by-hand": made["by-hand"],
+    }
