@@ -552,12 +552,9 @@ class Jobs:
 
     def _resume_point(self, job_id: str, config: dict[str, Any]) -> dict[str, Any]:
         """The checkpoint spec.resume_from names: the newest that job kept, with the job's id and
-        its epoch and step (the run's params), and its sha256 (the weights the job starts from)."""
-        if config.get("fine_tune"):
-            raise InvalidArgument(
-                "spec.resume_from: a job starts from init_from's version or from another job's "
-                "checkpoint, not both; leave one out"
-            )
+        its epoch and step (the run's params), and its sha256 (the weights the job starts from).
+        With init_from too (a fine-tuned job's spec, resumed), the checkpoint's weights are the
+        ones it starts from, and init_from gives the rest: the architecture, freeze, the head."""
         try:
             source = self.get(job_id)
         except NotFound:
@@ -1083,7 +1080,8 @@ class Jobs:
         start_sha256 = checkpoint.sha256 if checkpoint else job.start_weights
         resume_bytes = self._blobs.read_bytes(start_sha256) if start_sha256 else b""
         fine_tune = config.get("fine_tune")
-        # A resumed attempt's checkpoint (or a PBT trial's start) already holds the weights it goes on from.
+        # A resumed attempt's checkpoint (or the start of a PBT trial or of a spec's resume_from)
+        # already holds the weights it goes on from.
         initial_bytes = self._blobs.read_bytes(fine_tune["sha256"]) if fine_tune and not resume_bytes else b""
         return job, checkpoint, resume_bytes, initial_bytes
 

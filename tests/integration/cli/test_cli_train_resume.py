@@ -26,9 +26,9 @@ mlp = { hidden_sizes = [8] }
 """
 
 
-def _cancelled_after_its_first_checkpoint(client, tmp_path) -> str:
+def _cancelled_after_its_first_checkpoint(client, tmp_path, text: str = JOB_SPEC) -> str:
     spec = tmp_path / "long.toml"
-    spec.write_text(JOB_SPEC)
+    spec.write_text(text)
     job = client.training.submit(load_toml(spec))
     for event in job.watch(timeout=120):
         if isinstance(event, CheckpointSaved):
@@ -105,3 +105,33 @@ def test_submit_cancels_a_job_whose_daemon_dropped_resume_from_and_says_to_upgra
         client.training._answered(sent, dropped.info).run(client.training._conn)
     dropped.wait(check=False)
     assert dropped.state == JobState.CANCELLED
+
+
+def test_a_fine_tuned_jobs_spec_resumes_from_its_checkpoint_keeping_init_froms_freeze_and_head(
+    tessera_cli, client, table_dataset, tmp_path
+):
+    base = tmp_path / "base.toml"
+    base.write_text(JOB_SPEC.replace("epochs = 200", 'epochs = 1\nregister_as = { model = "base" }'))
+    client.training.submit(load_toml(base)).wait()
+    tuned = tmp_path / "tuned.toml"
+    tuned.write_text(
+        JOB_SPEC.replace(
+            "epochs = 200", 'init_from = { model = "base", version = 1 }\nfreeze = ["1.*"]\nepochs = 200'
+        ).replace('experiment = "resume"', 'experiment = "tuned"')
+    )
+    source = _cancelled_after_its_first_checkpoint(client, tmp_path, tuned.read_text())
+    kept = client.training.job(source).info.checkpoints[0]
+    shown = tessera_cli("jobs", "show", source, "--spec")
+    assert shown.code == 0, shown.err
+    assert "init_from" in shown.out
+    more = tmp_path / "more.toml"
+    more.write_text(shown.out)
+    result = tessera_cli("--json", "train", str(more), "--resume-from", source, "--set", "epochs=1")
+    assert result.code == 0, result.err
+    job = client.training.job(result.json()["job_id"]).wait()
+    logs = [event.message for event in job.watch() if isinstance(event, LogLine)]
+    assert any(
+        f"starting from the weights of job {source}'s epoch {kept.epoch} checkpoint" in m for m in logs
+    )
+    assert client.training.run(job.info.run_id).params["resume_from.job"] == source
+    assert list(job.info.spec.freeze) == ["1.*"] and job.info.spec.init_from.model == "base"

@@ -163,8 +163,10 @@ class JobSpec(_message.Message):
     """A job id: this job starts from the model weights of that job's newest kept checkpoint (one
     that ended, a cancelled or failed one included), as Lightning's ckpt_path would, but with
     the weights alone: the optimiser's state, the schedule and the epoch count start afresh, and
-    `epochs` counts this job's own. The architecture must be that job's, tensor for tensor; not
-    with init_from. The job's run records it as the params resume_from.job and .epoch.
+    `epochs` counts this job's own. The architecture must be that job's, tensor for tensor. With
+    init_from (a fine-tuned job's spec), the checkpoint's weights win over init_from's, which
+    gives the rest (architecture, freeze, replace_head). The job's run records it as the params
+    resume_from.job, .epoch and .step (the checkpoint's).
     """
     max_restarts: _builtins.int
     """Training on a Ray cluster (training.backend = "ray"; fields 40-49).
