@@ -69,7 +69,8 @@ def _value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return repr(value)  # TOML's spellings, inf and nan included
+        # repr is TOML's spelling; of inf and nan too, but from_dict refuses them (no spec the daemon took holds one).
+        return repr(value)
     if isinstance(value, str):
         return _string(value)
     if isinstance(value, list):
