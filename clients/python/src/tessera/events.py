@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TypedDict
 
 from tessera.messages import to_datetime
+from tessera.state_words import StateWord
 from tessera.v1 import training_pb2 as pb
 
 
-class JobState(StrEnum):
-    """A training job's state; the values are lowercase words ("running", "succeeded")."""
+class JobState(StateWord):
+    """A training job's state; the values are lowercase words ("running", "succeeded"), each also
+    equal to its `tessera.v1` JobState number (see `StateWord`)."""
 
     UNSPECIFIED = "unspecified"
     QUEUED = "queued"
@@ -22,12 +23,9 @@ class JobState(StrEnum):
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
 
-    @classmethod
-    def from_proto(cls, value: pb.JobState.ValueType) -> JobState:
-        return cls(pb.JobState.Name(value).removeprefix("JOB_STATE_").lower())
-
-    def to_proto(self) -> pb.JobState.ValueType:
-        return pb.JobState.Value(f"JOB_STATE_{self.name}")
+    @staticmethod
+    def _numbers() -> type[pb.JobState]:
+        return pb.JobState
 
     @property
     def finished(self) -> bool:

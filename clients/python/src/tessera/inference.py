@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ from tessera.errors import TesseraError, error_from_status_number
 from tessera.explanations import Explanation, method_number
 from tessera.messages import from_dict, version_ref
 from tessera.models import VersionSelector, ref
+from tessera.state_words import StateWord
 from tessera.tensors import from_tensor, to_tensors
 from tessera.transport import MODEL_CALL_TIMEOUT_S, UNLOAD_TIMEOUT_S, timeout_or
 from tessera.v1 import inference_pb2 as pb
@@ -24,10 +24,10 @@ Inputs = Mapping[str, np.typing.ArrayLike] | np.typing.ArrayLike
 """Input arrays by name, or one array sent as the input named "input". The first dimension is the batch."""
 
 
-class LoadState(StrEnum):
+class LoadState(StateWord):
     """A loaded version's state (`LoadedModel.state`, a number in the message) as a word:
     "loading", "warming", "ready", "draining" (finishing queued requests before it is freed),
-    "failed"."""
+    "failed"; each is also equal to its `tessera.v1` LoadState number (see `StateWord`)."""
 
     UNSPECIFIED = "unspecified"
     LOADING = "loading"
@@ -36,9 +36,9 @@ class LoadState(StrEnum):
     DRAINING = "draining"
     FAILED = "failed"
 
-    @classmethod
-    def from_proto(cls, value: pb.LoadState.ValueType) -> LoadState:
-        return cls(pb.LoadState.Name(value).removeprefix("LOAD_STATE_").lower())
+    @staticmethod
+    def _numbers() -> type[pb.LoadState]:
+        return pb.LoadState
 
 
 @dataclass

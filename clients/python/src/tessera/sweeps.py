@@ -7,12 +7,12 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TypeVar
 
 from tessera.calls import C, Call, Op, Part, call
 from tessera.errors import DeadlineExceeded, StillRunning, SweepCancelled, SweepFailed
 from tessera.events import JobState
+from tessera.state_words import StateWord
 from tessera.transport import AioConnection, Connection, call_timeout
 from tessera.v1 import training_pb2 as pb
 
@@ -21,8 +21,9 @@ S = "Training"
 T = TypeVar("T")
 
 
-class SweepState(StrEnum):
-    """A sweep's state; the values are lowercase words ("running", "succeeded")."""
+class SweepState(StateWord):
+    """A sweep's state; the values are lowercase words ("running", "succeeded"), each also equal
+    to its `tessera.v1` SweepState number (see `StateWord`)."""
 
     UNSPECIFIED = "unspecified"
     RUNNING = "running"
@@ -30,9 +31,9 @@ class SweepState(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
-    @classmethod
-    def from_proto(cls, value: pb.SweepState.ValueType) -> SweepState:
-        return cls(pb.SweepState.Name(value).removeprefix("SWEEP_STATE_").lower())
+    @staticmethod
+    def _numbers() -> type[pb.SweepState]:
+        return pb.SweepState
 
     @property
     def finished(self) -> bool:

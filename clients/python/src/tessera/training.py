@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -46,6 +45,7 @@ from tessera.errors import (
 from tessera.events import JobEvent, JobState, StateChanged, event_from_proto
 from tessera.messages import from_dict
 from tessera.run_filter import RunFilter, RunOrderBy, is_order_string, parse_filter, parse_orders
+from tessera.state_words import StateWord
 from tessera.sweeps import Sweep
 from tessera.transfer import (
     CHUNK_BYTES,
@@ -139,9 +139,10 @@ def enum_value(enum: _EnumTypeWrapper[_V], prefix: str, value: str | int) -> _V:
     return enum.Value(name)
 
 
-class RunStatus(StrEnum):
+class RunStatus(StateWord):
     """A run's status (`Run.status`, a number in the message) as a word: "running", "succeeded";
-    `runs(statuses=...)` and `update_run(status=...)` take these too."""
+    `runs(statuses=...)` and `update_run(status=...)` take these too. Each is also equal to its `tessera.v1` RunStatus
+    number (see `StateWord`)."""
 
     UNSPECIFIED = "unspecified"
     RUNNING = "running"
@@ -150,9 +151,9 @@ class RunStatus(StrEnum):
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
 
-    @classmethod
-    def from_proto(cls, value: pb.RunStatus.ValueType) -> RunStatus:
-        return cls(pb.RunStatus.Name(value).removeprefix("RUN_STATUS_").lower())
+    @staticmethod
+    def _numbers() -> type[pb.RunStatus]:
+        return pb.RunStatus
 
     @property
     def finished(self) -> bool:
