@@ -16,6 +16,7 @@ import pytest
 
 import tessera
 import tessera.aio
+from tessera.v1 import training_pb2 as pb
 from tests.readme_blocks import code_blocks
 
 CLIENT_README = Path(__file__).resolve().parents[3] / "clients" / "python" / "README.md"
@@ -92,6 +93,24 @@ def test_a_wait_that_times_out_says_the_sweep_goes_on_and_cancel_ends_it(client,
     # Pickled, the sweep becomes its final state, the Sweep message: the handle holds a channel.
     unpickled = pickle.loads(pickle.dumps(cancelled.value))
     assert type(unpickled) is tessera.SweepCancelled and unpickled.sweep == sweep.info
+
+
+def test_code_written_for_the_sweep_message_still_reads_the_handle(client, table):
+    sweep = client.training.submit_sweep(sweep_spec(table))
+    with pytest.warns(DeprecationWarning, match=r"Sweep\.sweep_id is deprecated: use Sweep\.id"):
+        assert sweep.sweep_id == sweep.id
+    # A polling loop written for the tessera.v1 Sweep the calls returned before the handle.
+    while sweep.state == pb.SWEEP_STATE_RUNNING:
+        time.sleep(0.2)
+        sweep = client.training.sweep(sweep.id)
+    assert sweep.state == pb.SWEEP_STATE_SUCCEEDED and sweep.state == "succeeded"
+    best = sweep.best()
+    with pytest.warns(DeprecationWarning, match=r"use Sweep\.info\.best_job_id"):
+        assert best is not None and sweep.best_job_id == best.job_id
+    with pytest.warns(DeprecationWarning, match=r"use Sweep\.info\.error"):
+        assert sweep.error == ""
+    with pytest.raises(AttributeError, match="no_such_field"):
+        _ = sweep.no_such_field
 
 
 def _worker_pids() -> set[int]:

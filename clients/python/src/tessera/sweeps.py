@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -153,13 +154,33 @@ class SweepEnd(Call[T]):
         )
 
 
+# The handle's own names for what the Sweep message calls otherwise.
+_RENAMED = {"sweep_id": "id"}
+
+
 class Sweep(Part[C]):
     """A hyperparameter sweep on the daemon. `info` is its latest known state, the `tessera.v1`
-    Sweep message (refresh() updates it)."""
+    Sweep message (refresh() updates it). The calls that return it returned that message before;
+    its fields the handle does not have (`sweep_id`, `best_job_id`, `error`) still read, with a
+    DeprecationWarning naming the handle's spelling (`id`, `info.best_job_id`)."""
 
     def __init__(self, conn: C, info: pb.Sweep) -> None:
         Part.__init__(self, conn)
         self.info = info
+
+    def __getattr__(self, name: str) -> object:
+        # Only reached for a name the handle lacks. "_" names are the handle's own (a copy or an
+        # unpickling asks before `info` is set) and none of the message's.
+        if name.startswith("_") or name not in pb.Sweep.DESCRIPTOR.fields_by_name:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        instead = _RENAMED.get(name, f"info.{name}")
+        warnings.warn(
+            f"Sweep.{name} is deprecated: use Sweep.{instead} (the calls return a Sweep handle, "
+            "its message under .info)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(self.info, name)
 
     def __repr__(self) -> str:
         return f"Sweep({self.id!r}, state={self.state.value!r}, trials={len(self.info.trials)})"
