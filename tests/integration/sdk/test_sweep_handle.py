@@ -7,6 +7,7 @@ import asyncio
 import pickle
 import re
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -111,6 +112,22 @@ def test_code_written_for_the_sweep_message_still_reads_the_handle(client, table
         assert sweep.error == ""
     with pytest.raises(AttributeError, match="no_such_field"):
         _ = sweep.no_such_field
+
+
+def test_a_wait_without_a_timeout_outlasts_polls_that_fail(daemon, table, proxy_to):
+    proxy = proxy_to(int(daemon.target.rsplit(":", 1)[1]))
+    with tessera.Client(proxy.target, timeout=0.5) as sdk:
+        sweep = sdk.training.submit_sweep(sweep_spec(table))
+        # Polls go unanswered (their deadline passes), then their connection ends (UNAVAILABLE),
+        # then a new one answers.
+        proxy.black_hole()
+        reopen = threading.Timer(2, proxy.cut)
+        reopen.start()
+        try:
+            assert sweep.wait(poll=0.2) is sweep
+        finally:
+            reopen.join()
+    assert sweep.state is tessera.SweepState.SUCCEEDED
 
 
 def _worker_pids() -> set[int]:

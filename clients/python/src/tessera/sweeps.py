@@ -11,7 +11,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tessera.calls import C, Call, Op, Part, call
-from tessera.errors import DeadlineExceeded, StillRunning, SweepCancelled, SweepFailed
+from tessera.errors import (
+    DeadlineExceeded,
+    StillRunning,
+    SweepCancelled,
+    SweepFailed,
+    TesseraError,
+    Unavailable,
+)
 from tessera.events import JobState
 from tessera.state_words import StateWord
 from tessera.transport import AioConnection, Connection, call_timeout
@@ -85,8 +92,10 @@ def sweep_failed(sweep: Sweep[C], info: pb.Sweep) -> SweepFailed:
 @dataclass(frozen=True)
 class SweepEnd(Call[T]):
     """`Sweep.wait`'s: GetSweep every `poll` seconds (there is no watch of a sweep) until the
-    sweep has ended, then `ended` of it. Where `timeout` runs out first, StillRunning says that
-    the sweep goes on (in the state last seen, from `state` on) and what to do."""
+    sweep has ended, then `ended` of it. A GetSweep that fails for a while (DEADLINE_EXCEEDED,
+    UNAVAILABLE: a daemon restarting, a network down) is tried again after `poll` seconds for as
+    long as the wait lasts. Where `timeout` runs out first, StillRunning says that the sweep goes
+    on (in the state last seen, from `state` on) and what to do."""
 
     sweep_id: str
     state: SweepState
@@ -98,12 +107,12 @@ class SweepEnd(Call[T]):
         deadline = self._deadline()
         state = self.state
         while True:
+            get = self._get(deadline, state)
             try:
-                info = self._get(deadline, state).run(conn)
-            except DeadlineExceeded as error:
-                if self.timeout is None:
-                    raise
-                raise self._still(state, error) from error
+                info = get.run(conn)
+            except (DeadlineExceeded, Unavailable) as error:
+                time.sleep(self._retry_pause(deadline, state, error))
+                continue
             state = SweepState.from_proto(info.state)
             if state.finished:
                 return self.ended(info)
@@ -113,12 +122,12 @@ class SweepEnd(Call[T]):
         deadline = self._deadline()
         state = self.state
         while True:
+            get = self._get(deadline, state)
             try:
-                info = await self._get(deadline, state).run_async(conn)
-            except DeadlineExceeded as error:
-                if self.timeout is None:
-                    raise
-                raise self._still(state, error) from error
+                info = await get.run_async(conn)
+            except (DeadlineExceeded, Unavailable) as error:
+                await asyncio.sleep(self._retry_pause(deadline, state, error))
+                continue
             state = SweepState.from_proto(info.state)
             if state.finished:
                 return self.ended(info)
@@ -131,6 +140,14 @@ class SweepEnd(Call[T]):
         """GetSweep, bounded by what is left of the wait (None: the client's own deadline)."""
         left = self._left(deadline, state)
         return Op(S, "GetSweep", pb.GetSweepRequest(sweep_id=self.sweep_id), timeout=left)
+
+    def _retry_pause(self, deadline: float | None, state: SweepState, error: TesseraError) -> float:
+        """How long to sleep before trying a failed GetSweep again; StillRunning (from `error`)
+        where the wait has no time left."""
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise self._still(state, error) from error
+        return self.poll if left is None else min(self.poll, left)
 
     def _pause(self, deadline: float | None, state: SweepState) -> float:
         """How long to sleep before the next GetSweep; StillRunning where the wait has no time left."""
@@ -145,7 +162,7 @@ class SweepEnd(Call[T]):
             raise self._still(state, None)
         return left
 
-    def _still(self, state: SweepState, error: DeadlineExceeded | None) -> StillRunning:
+    def _still(self, state: SweepState, error: TesseraError | None) -> StillRunning:
         return StillRunning(
             f"sweep {self.sweep_id} is still {state.value} after {self.timeout:g} s, the timeout given "
             "to wait(); it goes on: call wait() again to wait longer, or cancel() to stop it",
