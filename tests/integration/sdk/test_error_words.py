@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 import tessera
 import tessera.aio
@@ -98,3 +100,24 @@ def test_the_asyncio_client_says_the_same_words(daemon):
     error = asyncio.run(scenario())
     assert error.message == "run 'nope' does not exist; `client.training.runs()` lists them"
     assert error.daemon_message == "run 'nope' does not exist; ListRuns lists them"
+
+
+def test_output_names_a_model_author_chose_stay_as_given(client, tmp_path):
+    # Outputs named as an argument (force) and an RPC (Deploy) the fix of other messages names.
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["force"]), helper.make_node("Neg", ["input"], ["Deploy"])],
+        "named",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 2])],
+        [
+            helper.make_tensor_value_info("force", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("Deploy", TensorProto.FLOAT, ["batch", 2]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "named.onnx"))
+    client.models.push("named", tmp_path / "named.onnx")
+    with pytest.raises(tessera.InvalidArgument) as caught:
+        client.inference.predict("named", np.zeros((1, 2), np.float32), outputs=["y"])
+    assert caught.value.message == caught.value.daemon_message
+    assert caught.value.message.endswith("; its outputs are force, Deploy")

@@ -8,6 +8,7 @@ import pickle
 import re
 from pathlib import Path
 
+import grpc
 import pytest
 
 import tessera
@@ -91,3 +92,21 @@ def test_an_error_says_sdk_words_and_keeps_the_daemons():
 def test_words_already_in_sdk_words_stay_as_they_are(rpc):
     said = in_sdk_words(f"do it; {rpc} does it")
     assert in_sdk_words(said) == said
+
+
+def test_names_a_model_author_chose_stay_as_given_in_the_fix():
+    message = "output 'y' is not an output of model 'm' v1; its outputs are force, Deploy, Predict"
+    assert in_sdk_words(message) == message
+    assert in_sdk_words("model 'm' is in use; pass force to delete it") == (
+        "model 'm' is in use; pass `force=True` to delete it"
+    )
+    assert in_sdk_words("version 2 serves traffic; move it with Deploy, or roll back") == (
+        "version 2 serves traffic; move it with `client.models.deploy(name, routes)`, or roll back"
+    )
+    assert in_sdk_words("no route; see `Deploy` for routes") == "no route; see `Deploy` for routes"
+
+
+def test_grpcs_method_not_found_stays_as_grpc_wrote_it():
+    message = "Method not found: tessera.v1.Training/SubmitSweep"
+    error = tessera.errors.error_for(grpc.StatusCode.UNIMPLEMENTED, message)
+    assert error.message == error.daemon_message == message

@@ -31,11 +31,13 @@ class TesseraError(Error):
     ("ListVersions lists them"), as a tool that says its own words (the CLI) reads them."""
 
     code: str = "UNKNOWN"
+    # Whether the message may be tesserad's refusal with a fix to say in SDK words.
+    says_a_fix: bool = True
 
     def __init__(self, message: str, trailers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.daemon_message = message
-        self.message = in_sdk_words(message)
+        self.message = in_sdk_words(message) if self.says_a_fix else message
         # The call's trailing metadata: where a call says more than its status (such as how
         # much of a LogMetricsStream was stored).
         self.trailers: dict[str, str] = dict(trailers or {})
@@ -133,6 +135,9 @@ class Unimplemented(TesseraError):
     """The daemon does not offer this call (an older version, or a feature not built in)."""
 
     code = "UNIMPLEMENTED"
+    # gRPC's own "Method not found: tessera.v1.Training/SubmitSweep" (a daemon older than the
+    # SDK) names the method the SDK called, which no SDK call would fix.
+    says_a_fix = False
 
 
 class Internal(TesseraError):

@@ -13,6 +13,10 @@ SERVICES = ("Registry", "Datasets", "Training", "Inference", "System")
 # A name a message quotes, as Python's repr writes it ('clips', "it's"): the user's own text. A
 # quote after a letter is an apostrophe ("the daemon's"), not the start of one.
 _QUOTED = re.compile(r"""(?<!\w)(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")(?!\w)""")
+# In a fix, what names no RPC or field to say otherwise: a backquoted span (words already said
+# for a reader), and a list of names a message gives ("its outputs are force, Deploy": the model
+# author's, as unquoted as the daemon's words).
+_NOT_THE_DAEMONS = re.compile(r"`[^`]*`|\bare (?:[\w./-]+, )*[\w./-]+")
 # An RPC told to name a version ("LoadModel naming version 3").
 _VERSIONED_RPC = r"\b({}) naming version (\d+)"
 
@@ -68,7 +72,8 @@ class Words:
         set. Before the fix a message says what went wrong, in the user's own text too (a path
         given, a run id), so only what no such text holds is put there: a method path, and the
         backquoted `argument=` words. The names a message quotes are the user's and stay as
-        they are anywhere."""
+        they are anywhere; in the fix, so do backquoted words and a list after "are"
+        (`_NOT_THE_DAEMONS`)."""
         quoted = [match.span() for match in _QUOTED.finditer(message)]
         outside = list(message)
         for start, end in quoted:
@@ -94,6 +99,15 @@ class Words:
     def _of_the_fix(self, text: str) -> str:
         for argument, words in self.by_argument.items():
             text = text.replace(argument, words)
+        said = []
+        at = 0
+        for kept in [*_NOT_THE_DAEMONS.finditer(text), None]:
+            start, end = kept.span() if kept is not None else (len(text), len(text))
+            said += [self._names_of_the_fix(text[at:start]), text[start:end]]
+            at = end
+        return "".join(said)
+
+    def _names_of_the_fix(self, text: str) -> str:
         if self._versioned_rpc is not None:
             text = self._versioned_rpc.sub(
                 lambda match: self.by_versioned_rpc[match[1]].format(match[2]), text
