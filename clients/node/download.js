@@ -17,8 +17,10 @@ const WITH_RESUME_WORDS = 'with resume: true';
 const WITHOUT_RESUME_WORDS = 'without resume: true';
 
 // What ends a download with its bytes worth keeping: the stream broke or ran out of time. One the
-// caller stopped or the daemon refused leaves nothing behind.
+// caller stopped (CANCELLED: cancelCalls, which tessera-node's SIGINT and SIGTERM call) keeps them
+// too where it was asked to resume, else leaves nothing behind, as does one the daemon refused.
 const INTERRUPTIONS = ['UNAVAILABLE', 'DEADLINE_EXCEEDED'];
+const STOPPED = 'CANCELLED';
 // A disk too full to write the rest of the file: the bytes written are kept, not lost with it.
 const NO_ROOM = ['ENOSPC', 'EDQUOT'];
 
@@ -134,7 +136,8 @@ function readText(name) {
 // file an earlier download kept may be held and written by a Python download at the same moment
 // (its lock is one Node cannot see), so it is only read. With `resume`, its bytes are copied into
 // the temp file where its record names the file the first header does, and refused (an Error, it
-// left as it was) where not; without, the download starts again from the first byte. The sha256
+// left as it was) where not; without, the download starts again from the first byte. One with
+// `resume` that the caller stops keeps its bytes, those it went on from included. The sha256
 // checked at the end is of the bytes this download wrote, so bytes changed under the copy are
 // DATA_LOSS, never a file taking the name. `describe(header)` names the file in messages and in
 // the record; `progress(done, total)` hears of the bytes written.
@@ -166,11 +169,11 @@ class PartialDownload {
       fs.rmSync(temp, { force: true });
       throw err;
     }
-    return new PartialDownload({ file, overwrite, describe, progress, partial, record, temp, handle, found });
+    return new PartialDownload({ file, overwrite, resume, describe, progress, partial, record, temp, handle, found });
   }
 
-  constructor({ file, overwrite, describe, progress, partial, record, temp, handle, found }) {
-    Object.assign(this, { file, overwrite, describe, progress, partial, record, temp, handle, found });
+  constructor({ file, overwrite, resume, describe, progress, partial, record, temp, handle, found }) {
+    Object.assign(this, { file, overwrite, resume, describe, progress, partial, record, temp, handle, found });
     // What the record says the partial file holds, where its bytes are to be gone on from.
     this.kept = found?.source !== undefined && found.size ? found.kept : undefined;
     this.header = undefined;
@@ -350,7 +353,8 @@ class PartialDownload {
   }
 
   // After `error`: the bytes written kept for a resume where it interrupted the download, the
-  // disk had no room for the rest (the error saying so) or the file changed at the server; where
+  // caller stopped one asked to resume (those an earlier download kept with those written since),
+  // the disk had no room for the rest (the error saying so) or the file changed at the server; where
   // the server sent more than the file has, those an earlier
   // download kept; where a resume was refused or no header came, the partial file left as it
   // was; else what this download wrote removed, with the partial file it found.
@@ -364,7 +368,7 @@ class PartialDownload {
       await this.keepBytes(this.keep);
       return;
     }
-    if (this.size && INTERRUPTIONS.includes(error.code)) {
+    if (this.size && (INTERRUPTIONS.includes(error.code) || (this.resume && error.code === STOPPED))) {
       await this.keepBytes(this.size);
       return;
     }

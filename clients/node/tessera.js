@@ -822,6 +822,11 @@ class Client {
         sink.progressed();
       }
       for (;;) {
+        // A cancelCalls that found no call in flight (it landed as the kept bytes were copied)
+        // stops the download all the same, before it sends another.
+        if (since !== this.cancellations) {
+          throw new TesseraError({ code: grpc.status.CANCELLED, details: 'Cancelled on client' });
+        }
         const remaining = this.remainingMs(deadline, doing, sink);
         const askedFrom = sink.offset();
         const options = { deadline: new Date(Date.now() + remaining) };

@@ -714,3 +714,61 @@ def test_node_resume_whose_partial_file_becomes_a_link_before_it_is_opened_is_re
         f"{out / 'weights.bin'}: its partial download {partial} is not a plain file of yours with one name; remove it"
     ), found
     assert not (out / "weights.bin").exists()
+
+
+def cancel_at_half(resume_option: str) -> str:
+    """A download's options that cancel its calls (as tessera-node does on SIGINT and SIGTERM) once
+    it is past half way, `resume_option` among them."""
+    return (
+        f"{resume_option}, chunkSize: {CHUNK}, "
+        "progress: (done, total) => { record(done); if (done >= total / 2) client.cancelCalls(); }"
+    )
+
+
+def test_node_download_with_resume_that_is_cancelled_keeps_its_bytes_for_the_next(
+    node_ready, daemon, client, proxy_to, out, weights, logged
+):
+    """Those an earlier download kept with those written since, as the Python SDK's."""
+    python_cut_at(client, proxy_to, daemon, logged.run_id, out, 4)
+    cancelled = node_download(
+        daemon.target, f"client.downloadArtifact({logged.args}, {{ {cancel_at_half('resume: true')} }})"
+    )
+    assert cancelled.get("code") == "CANCELLED", cancelled
+    blob = weights.read_bytes()
+    partial, record = transfer.partial_names(out / "weights.bin")
+    assert partials(out) == sorted([partial.name, record.name])
+    held = partial.read_bytes()
+    assert len(blob) // 2 <= len(held) < len(blob) and held == blob[: len(held)]
+    assert not (out / "weights.bin").exists()
+    assert python_resume(daemon, logged.run_id, out)[0] == len(held)
+    assert (out / "weights.bin").read_bytes() == blob
+    assert partials(out) == []
+
+
+def test_node_download_without_resume_that_is_cancelled_leaves_nothing(
+    node_ready, daemon, out, weights, logged
+):
+    cancelled = node_download(
+        daemon.target, f"client.downloadArtifact({logged.args}, {{ {cancel_at_half('resume: false')} }})"
+    )
+    assert cancelled.get("code") == "CANCELLED", cancelled
+    assert list(out.iterdir()) == []
+
+
+def test_node_resume_cancelled_between_its_calls_keeps_the_bytes_it_went_on_from(
+    node_ready, daemon, client, proxy_to, out, weights, logged
+):
+    """Cancelled and closed (as tessera-node does on a signal) as it reports the kept bytes it
+    copied, with no call in flight: it sends no call after, and the bytes stay for the next."""
+    python_cut_at(client, proxy_to, daemon, logged.run_id, out, 2)
+    partial, record = transfer.partial_names(out / "weights.bin")
+    kept = partial.read_bytes()
+    cancelled = node_download(
+        daemon.target,
+        f"client.downloadArtifact({logged.args}, {{ resume: true, "
+        "progress: (done) => { record(done); client.cancelCalls(); client.close(); } })",
+    )
+    assert cancelled.get("code") == "CANCELLED", cancelled
+    assert cancelled["progress"] == [len(kept)]
+    assert partials(out) == sorted([partial.name, record.name])
+    assert partial.read_bytes() == kept
