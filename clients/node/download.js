@@ -459,4 +459,43 @@ class PartialDownload {
   }
 }
 
-module.exports = { PartialDownload };
+// Makes `directory` and its missing parents, for a download's file; those it made (their names and
+// identities), the deepest first, for removeEmptyDirectories. One another made meanwhile is its own.
+function makeDirectories(directory) {
+  const missing = [];
+  for (let name = path.resolve(directory); !fs.existsSync(name); name = path.dirname(name)) missing.push(name);
+  const made = [];
+  try {
+    for (const name of missing.reverse()) {
+      try {
+        fs.mkdirSync(name);
+      } catch (err) {
+        if (err.code === 'EEXIST' && fs.statSync(name).isDirectory()) continue;
+        throw err;
+      }
+      const { dev, ino } = fs.lstatSync(name, { bigint: true });
+      made.unshift({ name, dev, ino });
+    }
+  } catch (err) {
+    removeEmptyDirectories(made);
+    throw err;
+  }
+  return made;
+}
+
+// Removes the directories makeDirectories `made` (the deepest first) that are empty, where their
+// name still names them (one made at that name since is another's): a download that failed leaves
+// none behind, and one whose bytes are kept for a resume keeps those that hold them.
+function removeEmptyDirectories(made) {
+  for (const { name, dev, ino } of made) {
+    try {
+      const now = fs.lstatSync(name, { bigint: true });
+      if (now.dev !== dev || now.ino !== ino) return;
+      fs.rmdirSync(name);
+    } catch {
+      return;
+    }
+  }
+}
+
+module.exports = { PartialDownload, makeDirectories, removeEmptyDirectories };

@@ -8,7 +8,7 @@ const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const { DEFINITION, enumNames } = require('./proto');
 const { TesseraError, tesseraError } = require('./errors');
-const { PartialDownload } = require('./download');
+const { PartialDownload, makeDirectories, removeEmptyDirectories } = require('./download');
 const runFilter = require('./run_filter');
 
 // Little-endian element readers/writers for the float and integer dtypes a Tensor carries.
@@ -707,7 +707,8 @@ class Client {
   }
 
   // The artifact at `artifactPath` written to `dst` (a file; or a directory that exists, or a path
-  // ending in '/', to put it in under its own name; default: the current directory), checked
+  // ending in '/', to put it in under its own name, made where missing and removed again where the
+  // download fails, or is cancelled, leaving it empty; default: the current directory), checked
   // against the header's size and sha256 before it takes the file's place: a download that fails
   // leaves what was there. overwrite: false refuses a file already there (EEXIST) before the call,
   // and one that appeared during it (on a filesystem without hard links, up to the moment before
@@ -716,7 +717,8 @@ class Client {
   // watchJob's), and goes on from the bytes written; one that gives up or runs past timeoutMs
   // (default an hour, for the whole download) keeps them in a hidden partial file beside the
   // file, with a record of the artifact's sha256 (as the Python SDK's, which goes on from them
-  // too). resume: true goes on from them where the artifact still has that sha256 (an Error where
+  // too), as does one with resume: true that cancelCalls stops (one without leaves nothing).
+  // resume: true goes on from them where the artifact still has that sha256 (an Error where
   // it was stored again since, leaving them as they are); without it the download starts again
   // from the first byte. progress(done, total) hears of the bytes written; chunkSize: bytes per
   // chunk (0: the daemon's default; at most 4 MiB).
@@ -730,21 +732,26 @@ class Client {
     wholeNumber('reconnects', reconnects);
     const chunk = chunkBytes(chunkSize);
     const deadline = Date.now() + timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS);
-    if (dst.endsWith('/')) fs.mkdirSync(dst, { recursive: true });
-    const isDir = fs.existsSync(dst) && fs.statSync(dst).isDirectory();
-    const file = isDir ? path.join(dst, path.posix.basename(artifactPath)) : dst;
-    const describe = (artifact) => `artifact ${artifact.path} of run ${artifact.run_id}`;
-    const sink = await PartialDownload.open(file, { overwrite, resume, describe, progress });
-    const artifact = await this.resumingDownload(sink, {
-      stub: this.training,
-      method: 'DownloadRunArtifact',
-      request: (_header, offset) => ({ run_id: runId, path: artifactPath, chunk_size: chunk, offset }),
-      resolve: (ms) => this.artifactAt(runId, artifactPath, ms),
-      reconnects,
-      deadline,
-      doing: `downloading artifact ${artifactPath} of run ${runId}`,
-    });
-    return { artifact, file };
+    const made = dst.endsWith('/') ? makeDirectories(dst) : [];
+    try {
+      const isDir = fs.existsSync(dst) && fs.statSync(dst).isDirectory();
+      const file = isDir ? path.join(dst, path.posix.basename(artifactPath)) : dst;
+      const describe = (artifact) => `artifact ${artifact.path} of run ${artifact.run_id}`;
+      const sink = await PartialDownload.open(file, { overwrite, resume, describe, progress });
+      const artifact = await this.resumingDownload(sink, {
+        stub: this.training,
+        method: 'DownloadRunArtifact',
+        request: (_header, offset) => ({ run_id: runId, path: artifactPath, chunk_size: chunk, offset }),
+        resolve: (ms) => this.artifactAt(runId, artifactPath, ms),
+        reconnects,
+        deadline,
+        doing: `downloading artifact ${artifactPath} of run ${runId}`,
+      });
+      return { artifact, file };
+    } catch (err) {
+      removeEmptyDirectories(made);
+      throw err;
+    }
   }
 
   // The RunArtifact at `artifactPath` (NOT_FOUND where there is none), without downloading it.

@@ -755,6 +755,39 @@ def test_node_download_without_resume_that_is_cancelled_leaves_nothing(
     assert list(out.iterdir()) == []
 
 
+def test_node_download_into_directories_it_made_removes_them_when_it_fails_leaving_them_empty(
+    node_ready, daemon, out, logged
+):
+    """Only those it made: `out` was there before."""
+    run = json.dumps(logged.run_id)
+    refused = node_download(
+        daemon.target, f"client.downloadArtifact({run}, 'absent.bin', {json.dumps(f'{out}/a/b/')})"
+    )
+    assert refused.get("code") == "NOT_FOUND", refused
+    cancelled = node_download(
+        daemon.target,
+        f"client.downloadArtifact({run}, 'weights.bin', {json.dumps(f'{out}/c/')}, "
+        f"{{ {cancel_at_half('resume: false')} }})",
+    )
+    assert cancelled.get("code") == "CANCELLED", cancelled
+    assert list(out.iterdir()) == []
+
+
+def test_node_download_into_a_directory_it_made_keeps_it_with_the_bytes_kept_for_a_resume(
+    node_ready, daemon, out, weights, logged
+):
+    directory = out / "a" / "b"
+    cancelled = node_download(
+        daemon.target,
+        f"client.downloadArtifact({json.dumps(logged.run_id)}, 'weights.bin', {json.dumps(f'{directory}/')}, "
+        f"{{ {cancel_at_half('resume: true')} }})",
+    )
+    assert cancelled.get("code") == "CANCELLED", cancelled
+    partial, record = transfer.partial_names(directory / "weights.bin")
+    assert partials(directory) == sorted([partial.name, record.name])
+    assert weights.read_bytes().startswith(partial.read_bytes())
+
+
 def test_node_resume_cancelled_between_its_calls_keeps_the_bytes_it_went_on_from(
     node_ready, daemon, client, proxy_to, out, weights, logged
 ):
