@@ -38,12 +38,23 @@ def test_export_alias_exports_the_version_the_alias_points_at_and_moves_nothing(
     assert made["version"]["lineage"]["parent_version"] == 1, made
     assert not made.get("alias_moved", {}).get("alias"), made
     assert client.models.version("mlp", "staging").version == 1
+    # --alias once moved the alias onto the export: a script written then is told it did not.
+    said = " ".join(exported.err.split())
+    assert "exported mlp v3 from staging's v1; staging was not moved" in said, said
+    assert "add --set-alias staging to move it" in said, said
+
+
+def test_export_version_and_alias_refused_naming_set_alias(tessera_cli, capsys, two_weights):
+    said = refused(tessera_cli, capsys, "export", "onnx", "mlp", "--version", "1", "--alias", "production")
+    assert "not allowed with argument --version" in said, said
+    assert "--set-alias NAME moves an alias onto the export" in said, said
 
 
 def test_export_set_alias_moves_the_alias_onto_the_export(tessera_cli, client, two_weights):
     exported = tessera_cli("export", "onnx", "mlp", "--alias", "staging", "--set-alias", "staging")
     assert exported.code == 0, exported.err
     assert "exported mlp v3" in exported.out and "alias staging: v1 -> v3" in exported.out
+    assert "was not moved" not in exported.err, exported.err
     assert client.models.version("mlp", 3).lineage.parent_version == 1
 
 

@@ -33,6 +33,9 @@ class CommandParser(argparse.ArgumentParser):
         # What a spec file given in a command word's place is told (`tessera sweeps sw.toml`: the
         # group lists what another command starts from a spec), formatted with it as `value`.
         self.spec_choice_hint = ""
+        # What follows argparse's refusal of two options of one mutually exclusive group
+        # ("argument --alias: not allowed with argument --version"), where a flag's meaning moved.
+        self.exclusive_hint = ""
         self._words: list[str] = []
 
     def name_outer_options(self) -> None:
@@ -181,6 +184,8 @@ class CommandParser(argparse.ArgumentParser):
         unrecognized = "unrecognized arguments: "
         if message.startswith(unrecognized):
             message += self._meant_option(message.removeprefix(unrecognized).split())
+        if self.exclusive_hint and ": not allowed with argument " in message:
+            message += f"; {self.exclusive_hint}"
         for action in self._actions:
             if (
                 isinstance(action, argparse._SubParsersAction)

@@ -686,6 +686,17 @@ def cmd_export_onnx(client: Client, args: argparse.Namespace, out: Output) -> No
     else:
         print_export(out, result, args.description)
     warn(result.alias_moved.deployment_warnings)
+    if args.alias is not None and args.set_alias is None:
+        # --alias once moved the alias onto the export: a script written then is told, on
+        # stderr so that --json stays one document, that it no longer does.
+        exported = result.version
+        print(
+            f"note: exported {exported.model} v{exported.version} from {args.alias}'s "
+            f"v{exported.lineage.parent_version}; {args.alias} was not moved (--alias picks the "
+            f"version exported; add --set-alias {args.alias} to move it)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def print_export(out: Output, result: registry_pb2.ExportOnnxResponse, description: str) -> None:

@@ -995,6 +995,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command(export, "onnx", cmd_export_onnx, "export a safetensors version to ONNX as a new version")
     sub.add_argument("model", type=model_name, help=MODEL_HELP)
     add_version_flags(sub, "the safetensors version to export; default: latest")
+    assert isinstance(sub, CommandParser)  # add_subparsers makes its commands' parsers of its own class
+    sub.exclusive_hint = (
+        "--alias picks the version exported, as --version does; --set-alias NAME moves an alias onto "
+        "the export (`--version 1 --set-alias production`)"
+    )
     sub.add_argument(
         "--opset",
         type=whole(high=INT32_MAX),
