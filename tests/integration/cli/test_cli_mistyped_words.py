@@ -115,6 +115,29 @@ def test_runs_ls_sweep_lists_the_runs_of_its_trials(tessera_cli, table_dataset, 
     assert missing.code == 3 and "NOT_FOUND" in missing.err, missing.err
 
 
+def test_runs_ls_sweep_leaves_out_runs_of_no_job_when_a_trial_never_started(
+    tessera_cli, client, table_dataset, tmp_path
+):
+    # A trial cancelled before it started has no job: its "" matched every run of no job, as a
+    # script's run made by CreateRun is.
+    sweep_spec = tmp_path / "sweep.toml"
+    sweep_spec.write_text(
+        GRID_SWEEP.replace("epochs = 1", "epochs = 0\nmax_steps = 1000000")
+        .replace('metric = "val_loss"', 'metric = "val_loss"\nmax_concurrent = 1')
+        .replace("values = [0.01, 0.1]", "values = [0.01, 0.1, 1.0]")
+    )
+    started = tessera_cli("--json", "sweep", str(sweep_spec))
+    assert started.code == 0, started.err
+    sweep = client.training.cancel_sweep(started.json()["sweep_id"])
+    assert any(not trial.job_id for trial in sweep.trials()), sweep.info
+    external = client.training.create_run("cli", "by-hand")
+    client.training.create_run("other", "elsewhere")
+
+    runs = tessera_cli("--json", "runs", "ls", "--sweep", sweep.id).json()
+    assert external.run_id not in {run["run_id"] for run in runs}, runs
+    assert {run["job_id"] for run in runs} <= {t.job_id for t in sweep.trials() if t.job_id}, runs
+
+
 def test_an_unknown_option_of_tessera_itself_is_answered_with_the_one_likely_meant(tessera_cli, capsys):
     told = refused(tessera_cli, capsys, "--tiemout=5", "info")
     assert "unrecognized arguments: --tiemout=5; did you mean --timeout?" in told, told

@@ -74,9 +74,12 @@ def check_run_search(args: argparse.Namespace) -> None:
 
 def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
     check_run_search(args)
+    sweep = client.training.sweep(args.sweep) if args.sweep else None
+    # A sweep's trials' runs are in its base spec's experiment: only that one is read.
+    experiment = args.experiment or (sweep.info.spec.base.experiment if sweep is not None else "")
     runs = list(
         client.training.runs(
-            experiment=args.experiment,
+            experiment=experiment,
             statuses=args.status or (),
             params=once_each(args.param, "--param"),
             tags=once_each(args.tag, "--tag"),
@@ -87,9 +90,10 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
             filter=args.filter,
         )
     )
-    if args.sweep:
-        # ListRuns has no sweep filter and a run no sweep field: a trial's run is its job's.
-        trial_jobs = {trial.job_id for trial in client.training.sweep(args.sweep).trials()}
+    if sweep is not None:
+        # ListRuns has no sweep filter and a run no sweep field: a trial's run is its job's. A
+        # trial that never started has no job, and its "" would match every run made by CreateRun.
+        trial_jobs = {trial.job_id for trial in sweep.trials() if trial.job_id}
         runs = [run for run in runs if run.job_id in trial_jobs]
     if out.as_json:
         return out.json(runs)
