@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -344,6 +346,47 @@ def test_push_joins_npy_files_into_one_version_each_array_named_by_its_file(tess
     assert not_npy.code == EXIT_USAGE and "several files join as .npy files" in not_npy.err
     assert [v.version for v in client.datasets.versions("pair")] == [1]
     assert "x.npy y.npy" in help_text("datasets", "push")
+
+
+def test_push_joins_npy_files_named_as_push_options_through_a_temporary_npz(
+    tessera_cli, client, tmp_path, monkeypatch
+):
+    # The arrays were passed to Datasets.push as keyword arguments: seed.npy and name.npy
+    # collided with its own (TypeError). The joined .npz is a temporary file, streamed, then gone.
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    arrays = {
+        "x": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "seed": np.arange(3, dtype=np.int64),
+        "name": np.ones(3, dtype=">f4"),
+        "file": np.zeros((3, 2), dtype=np.uint8),
+    }
+    for stem, array in arrays.items():
+        np.save(tmp_path / f"{stem}.npy", array)
+    files = [str(tmp_path / f"{stem}.npy") for stem in arrays]
+    pushed = tessera_cli("datasets", "push", "d", *files, "--split", "train=0.5", "--split", "val=0.5")
+    assert pushed.code == 0, pushed.err
+    loaded = client.datasets.load("d")
+    assert sorted(loaded) == sorted(arrays)
+    assert all(np.array_equal(loaded[stem], array) for stem, array in arrays.items())
+    assert not list(temporary.iterdir())
+
+
+def test_push_refuses_npy_files_of_different_sample_counts_before_building_anything(
+    tessera_cli, client, tmp_path, monkeypatch
+):
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    np.save(tmp_path / "x.npy", np.zeros((6, 4), dtype=np.float32))
+    np.save(tmp_path / "y.npy", np.zeros(5, dtype=np.int64))
+    refused = tessera_cli("datasets", "push", "d", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"))
+    assert refused.code == EXIT_USAGE, refused.err
+    said = " ".join(refused.err.split())
+    assert f"{tmp_path / 'x.npy'} has 6 samples, {tmp_path / 'y.npy'} has 5" in said, said
+    assert "one row per sample" in said, said
+    assert not list(temporary.iterdir()) and not list(client.datasets.list())
 
 
 def test_a_job_on_a_dataset_of_one_array_says_how_to_push_the_other_with_it(tessera_cli, tmp_path):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import numbers
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -67,17 +69,26 @@ def payload(path: str | Path | None, arrays: Mapping[str, np.typing.ArrayLike]) 
     if not arrays:
         raise ValueError("push: pass a .npz/.npy path or at least one array, e.g. x=..., y=...")
     buffer = io.BytesIO()
-    checked = {}
-    for name, value in arrays.items():
-        array = np.asarray(value)
-        if array.dtype.hasobject:
-            raise ValueError(f"array {name!r}: object arrays cannot be stored; convert it to a numeric dtype")
-        if array.dtype.byteorder == ">":  # the daemon stores little-endian (FITS data, say, is not)
-            array = array.astype(array.dtype.newbyteorder("<"))
-        checked[name] = array
-    np.savez(buffer, allow_pickle=False, **checked)
+    write_npz(buffer, arrays)
     data = buffer.getvalue()
     return Payload(pb.DATASET_FORMAT_NPZ, hashlib.sha256(data).hexdigest(), len(data), data=data)
+
+
+def write_npz(file: str | Path | BinaryIO, arrays: Mapping[str, np.typing.ArrayLike]) -> None:
+    """The named arrays written as an uncompressed little-endian npz, one at a time. As np.savez
+    writes it, but from a mapping: its keyword arguments would refuse arrays named file or
+    allow_pickle."""
+    with zipfile.ZipFile(file, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, value in arrays.items():
+            array = np.asarray(value)
+            if array.dtype.hasobject:
+                raise ValueError(
+                    f"array {name!r}: object arrays cannot be stored; convert it to a numeric dtype"
+                )
+            if array.dtype.byteorder == ">":  # the daemon stores little-endian (FITS data, say, is not)
+                array = array.astype(array.dtype.newbyteorder("<"))
+            with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
 
 
 def split_spec(splits: Splits | None, seed: int) -> pb.SplitSpec | None:

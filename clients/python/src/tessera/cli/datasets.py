@@ -6,6 +6,9 @@ import argparse
 import json
 import re
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import numpy as np
 from tessera.cli.arguments import UsageError, once_each, refused_resume_in_cli_words, replaced_only_with_force
 from tessera.cli.output import Output, shape, size, transfer_progress, when
 from tessera.client import Client
-from tessera.datasets import default_file_name
+from tessera.datasets import default_file_name, write_npz
 from tessera.errors import NotFound, TesseraError
 from tessera.json_output import to_plain
 from tessera.messages import counted, dataset_ref
@@ -34,25 +37,24 @@ def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> 
             "sample is in one split, train"
         )
     arrays = joined_arrays(args.files, args.array)
-    file = None if arrays else args.files[0]
     if args.array_name and (arrays or Path(args.files[0]).suffix.lower() != ".npy"):
         raise UsageError(
             f"--array-name names the array of a .npy file pushed alone; {' '.join(args.files)} is not one "
             "(an .npz names its arrays itself, joined .npy files by their stems or --array NAME=FILE)"
         )
-    label = Path(file).name if file else ", ".join(f"{path.name}" for path in arrays.values())
-    version = client.datasets.push(
-        args.name,
-        file,
-        splits=splits or None,
-        seed=args.seed or 0,
-        array_name=args.array_name,
-        allow_nonfinite=args.allow_nonfinite,
-        description=args.description,
-        tags=tags,
-        progress=transfer_progress(out, f"pushing {label}"),
-        **{name: np.load(path, mmap_mode="r", allow_pickle=False) for name, path in arrays.items()},
-    )
+    label = ", ".join(path.name for path in arrays.values()) if arrays else Path(args.files[0]).name
+    with joined_npz(arrays) if arrays else nullcontext(Path(args.files[0])) as pushed:
+        version = client.datasets.push(
+            args.name,
+            pushed,
+            splits=splits or None,
+            seed=args.seed or 0,
+            array_name=args.array_name,
+            allow_nonfinite=args.allow_nonfinite,
+            description=args.description,
+            tags=tags,
+            progress=transfer_progress(out, f"pushing {label}"),
+        )
     if out.as_json:
         return out.json(version)
     described = f"{counted(version.num_samples, 'sample')}, {byte_size(version.size_bytes)}"
@@ -86,6 +88,29 @@ def joined_arrays(files: list[str], named: list[tuple[str, str]]) -> dict[str, P
             )
         arrays[name] = Path(path)
     return arrays
+
+
+@contextmanager
+def joined_npz(arrays: dict[str, Path]) -> Iterator[Path]:
+    """The .npy files joined into an npz in the system's temporary folder, removed after: pushed
+    from there, it streams as one .npz file does, where one built in memory held the data twice.
+    Their sample counts are checked first, on the files' headers, as the daemon checks them."""
+    loaded = {name: np.load(path, mmap_mode="r", allow_pickle=False) for name, path in arrays.items()}
+    for name, array in loaded.items():
+        if array.ndim == 0:
+            raise UsageError(
+                f"{arrays[name]} holds a single value (shape ()); every array needs one row per sample"
+            )
+    if len({array.shape[0] for array in loaded.values()}) > 1:
+        listed = ", ".join(f"{arrays[name]} has {array.shape[0]} samples" for name, array in loaded.items())
+        raise UsageError(
+            f"the files differ in their first (sample) dimension: {listed}; every array needs one row "
+            "per sample"
+        )
+    with tempfile.TemporaryDirectory(prefix="tessera-push-") as folder:
+        joined = Path(folder) / "joined.npz"
+        write_npz(joined, loaded)
+        yield joined
 
 
 def cmd_datasets_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
