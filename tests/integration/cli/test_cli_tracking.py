@@ -611,3 +611,27 @@ def test_runs_metrics_history_prints_each_step_of_one_metric_and_its_plot(tesser
     assert [(p["step"], p["value"]) for p in as_json["points"]] == [(0, 0.9), (1, 0.5), (2, 0.3)]
     missing = tessera_cli("runs", "metrics", run.run_id, "--history", "val_acc")
     assert missing.code == 0 and f"run {run.run_id} has logged no val_acc" in missing.out, missing.out
+
+
+def test_runs_metrics_history_prints_the_last_points_unless_all(tessera_cli, client):
+    # Every point was a row: a run of a million steps printed a million-line table.
+    training = client.training
+    run = training.create_run("cli-history")
+    for step in range(25):
+        training.log_metrics(run.run_id, {"loss": 1 / (step + 1)}, step=step)
+
+    def steps(shown: str) -> list[str]:
+        return [line.split("│")[1].strip() for line in shown.splitlines() if line.startswith("│")]
+
+    last = tessera_cli("runs", "metrics", run.run_id, "--history", "loss")
+    assert last.code == 0, last.err
+    assert steps(last.out) == [str(step) for step in range(5, 25)], last.out
+    said = " ".join(last.out.split())
+    assert "the last 20 of 25 points; 5 earlier left out (--all prints every one)" in said, said
+    every = tessera_cli("runs", "metrics", run.run_id, "--history", "loss", "--all")
+    assert steps(every.out) == [str(step) for step in range(25)] and "left out" not in every.out
+    assert (
+        len(tessera_cli("--json", "runs", "metrics", run.run_id, "--history", "loss").json()["points"]) == 25
+    )
+    alone = tessera_cli("runs", "metrics", run.run_id, "--all")
+    assert alone.code == EXIT_USAGE and "--all prints every point of --history KEY" in alone.err, alone.err

@@ -832,8 +832,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--history",
         metavar="KEY",
         default="",
-        help="print each logged point of metric KEY (step, value, time) and plot it against steps",
+        help="print the last 20 logged points of metric KEY (step, value, time) and plot them all against "
+        "steps",
     )
+    sub.add_argument("--all", action="store_true", help="with --history: print every point, not the last 20")
     command(runs, "rm", cmd_runs_rm, "delete a run (kept until restored)").add_argument(
         "run_id", help=RUN_HELP
     )

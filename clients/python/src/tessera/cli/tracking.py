@@ -225,7 +225,9 @@ def cmd_runs_compare(client: Client, args: argparse.Namespace, out: Output) -> N
 
 def cmd_runs_metrics(client: Client, args: argparse.Namespace, out: Output) -> None:
     if args.history:
-        return print_metric_history(client, args.run_id, args.history, out)
+        return print_metric_history(client, args.run_id, args.history, out, every_point=args.all)
+    if args.all:
+        raise UsageError("--all prints every point of --history KEY; add --history KEY")
     summaries = list(client.training.list_metrics(args.run_id))
     if out.as_json:
         return out.json(summaries)
@@ -242,8 +244,13 @@ def cmd_runs_metrics(client: Client, args: argparse.Namespace, out: Output) -> N
     )
 
 
-def print_metric_history(client: Client, run_id: str, key: str, out: Output) -> None:
-    """One metric's points in step order, and their curve, as `jobs watch` draws a job's."""
+# The rows of a metric's history printed without --all: a long run logs a million points.
+HISTORY_ROWS = 20
+
+
+def print_metric_history(client: Client, run_id: str, key: str, out: Output, *, every_point: bool) -> None:
+    """One metric's points in step order (the last HISTORY_ROWS unless `every_point`), and the
+    curve of them all, as `jobs watch` draws a job's."""
     history = client.training.metric_history(run_id, key)
     if out.as_json:
         return out.json(history)
@@ -251,12 +258,19 @@ def print_metric_history(client: Client, run_id: str, key: str, out: Output) -> 
         return out.line(
             f"run {run_id} has logged no {key} (`tessera runs metrics {run_id}` lists its metrics)"
         )
+    shown = history.points if every_point else history.points[-HISTORY_ROWS:]
     out.table(
         f"{key} of run {run_id}",
         ["step", key, "time"],
-        [(p.step, f"{p.value:.5g}", when(p.time)) for p in history.points],
+        [(p.step, f"{p.value:.5g}", when(p.time)) for p in shown],
         whole=("step", key),
     )
+    left_out = len(history.points) - len(shown)
+    if left_out:
+        out.line(
+            f"the last {len(shown):,} of {len(history.points):,} points; {left_out:,} earlier left out "
+            "(--all prints every one)"
+        )
     plot = line_plot({key: [(float(p.step), p.value) for p in history.points]}, max_width=out.console.width)
     if plot:
         out.line(plot)
