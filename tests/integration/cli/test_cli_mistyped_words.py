@@ -141,3 +141,21 @@ def test_runs_ls_sweep_leaves_out_runs_of_no_job_when_a_trial_never_started(
 def test_an_unknown_option_of_tessera_itself_is_answered_with_the_one_likely_meant(tessera_cli, capsys):
     told = refused(tessera_cli, capsys, "--tiemout=5", "info")
     assert "unrecognized arguments: --tiemout=5; did you mean --timeout?" in told, told
+
+
+def test_a_hidden_other_spelling_makes_no_prefix_ambiguous(tessera_cli, client):
+    # jobs ls takes --status for --state, hidden from its help: `--stat` was refused as ambiguous.
+    client.training.create_run("cli", "by-hand")
+    jobs = tessera_cli("--json", "jobs", "ls", "--stat", "running")
+    assert jobs.code == 0 and jobs.json() == [], jobs.err
+    runs = tessera_cli("--json", "runs", "ls", "--stat", "running")
+    assert runs.code == 0 and len(runs.json()) == 1, runs.err
+
+
+def test_did_you_mean_names_no_option_hidden_from_the_help(tessera_cli, capsys, tmp_path):
+    # models push refuses --alias, hidden from its help: a near miss was pointed at it.
+    model = tmp_path / "a.onnx"
+    model.write_bytes(b"")
+    told = refused(tessera_cli, capsys, "models", "push", "a", str(model), "--aliass", "prod")
+    assert "unrecognized arguments: --aliass prod" in told, told
+    assert "did you mean --alias?" not in told, told

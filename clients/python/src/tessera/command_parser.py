@@ -85,13 +85,25 @@ class CommandParser(argparse.ArgumentParser):
     def _meant_option(self, extras: Sequence[str]) -> str:
         """ "; did you mean --experiment?" for the first mistyped option among `extras` that is
         close to one of this parser's, as a mistyped command is answered; "" for none."""
-        options = [option for option in self._option_string_actions if option.startswith("--")]
+        # One hidden from the help is no option to point at: it spells another, or refuses.
+        options = [
+            option
+            for option, action in self._option_string_actions.items()
+            if option.startswith("--") and action.help != argparse.SUPPRESS
+        ]
         for word in extras:
             if word.startswith("--"):
                 meant = difflib.get_close_matches(word.split("=", 1)[0], options, n=1)
                 if meant:
                     return f"; did you mean {meant[0]}?"
         return ""
+
+    def _get_option_tuples(self, option_string: str) -> list[tuple[Any, ...]]:
+        # An option hidden from the help (jobs ls's --status, its --state spelt as runs ls has it)
+        # is no second option a prefix could mean: `--stat` is --state, not ambiguous.
+        matches: list[tuple[Any, ...]] = super()._get_option_tuples(option_string)
+        shown = [match for match in matches if match[0].help != argparse.SUPPRESS]
+        return shown if len(matches) > 1 and shown else matches
 
     def _refuse_outer_options(self, args: Sequence[str]) -> None:
         """Refuse an option of the program's own parser among `args`, before they are parsed:
