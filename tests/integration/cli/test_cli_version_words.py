@@ -59,3 +59,11 @@ def test_model_and_version_together_says_to_write_version(tessera_cli, capsys, c
     ), numbered
     aliased = refused(tessera_cli, capsys, *[word.format(model="affine:staging") for word in command])
     assert "to name the version alias staging points at, write `--alias staging`" in aliased, aliased
+
+
+@pytest.mark.parametrize("given", ["affine:", ":6", ":"])
+def test_model_with_an_empty_part_around_the_colon_is_refused_plainly(tessera_cli, capsys, given):
+    # "affine:" was told "to name the version alias  points at, write `--alias `".
+    told = refused(tessera_cli, capsys, "models", "show", given)
+    assert f"{given!r} is no model's name: a model's name holds no ':'" in told, told
+    assert "--alias `" not in told and "alias  points" not in told, told

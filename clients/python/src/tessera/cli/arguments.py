@@ -211,6 +211,12 @@ def model_name(text: str) -> str:
     model, colon, version = text.partition(":")
     if not colon:
         return text
+    if not model or not version:
+        missing = "no model before it" if not model else "no version after it"
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)!r} is no model's name: a model's name holds no ':', and this names "
+            f"{missing}; give the model's name alone (--version N|ALIAS picks a version)"
+        )
     fix = (
         f"to name version {version}, write `--version {version}`"
         if is_digits(version)
