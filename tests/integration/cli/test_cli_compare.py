@@ -71,3 +71,23 @@ def test_compare_of_trained_versions_leaves_the_job_spec_to_json(tessera_cli, ta
     assert "job_spec" not in shown.out and "TASK_CLASSIFICATION" not in shown.out, shown.out
     document = tessera_cli("--json", "models", "compare", "cli-mlp", "1", "2").json()
     assert "job_spec" in {item["key"] for item in document["lineage"]}, document["lineage"]
+
+
+def test_compare_shows_the_job_spec_where_no_param_row_tells_the_specs_apart(
+    tessera_cli, table_dataset, tmp_path
+):
+    # A run's name is in the spec but no param: the job_spec row, left out for the param rows
+    # that show the spec's fields, was all that showed the specs differ.
+    spec = tmp_path / "spec.toml"
+    for name in ("first", "second"):
+        spec.write_text(
+            TRAIN_SPEC.format(dataset="table").replace(
+                'experiment = "cli"', f'experiment = "cli"\nrun_name = "{name}"'
+            )
+        )
+        assert tessera_cli("train", str(spec), "--follow").code == 0
+
+    shown = tessera_cli("models", "compare", "cli-mlp", "1", "2")
+    assert shown.code == 0, shown.err
+    assert "param " not in shown.out, shown.out
+    assert "job_spec" in shown.out and '"run_name":"first"' in shown.out, shown.out

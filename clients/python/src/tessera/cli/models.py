@@ -605,7 +605,9 @@ def cmd_models_compare(client: Client, args: argparse.Namespace, out: Output) ->
         rows.append((f"param {p.key}", p.a if p.present_a else "-", p.b if p.present_b else "-", ""))
     for item in diff.lineage:
         # The whole spec as proto JSON: its fields are the param rows above; --json keeps it.
-        if item.key != "job_spec":
+        # Without param rows it stays: a spec field that is no param (run_name, tags) or a version
+        # stored without its spec's params differs by it alone.
+        if item.key != "job_spec" or not diff.params:
             rows.append((f"lineage {item.key}", item.a or "-", item.b or "-", ""))
     rows.append(
         ("size", byte_size(diff.a.size_bytes), byte_size(diff.b.size_bytes), f"{diff.size_delta:+,} B")
