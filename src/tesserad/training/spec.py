@@ -42,6 +42,9 @@ DEFAULT_TRAIN_SPLIT = "train"
 # Far beyond any real job, and low enough that epochs x steps per epoch (at most one step per
 # sample) stays within the int64 the API counts a job's steps in.
 MAX_EPOCHS = 1_000_000
+# A job trained by steps alone is bounded only by this: about MAX_EPOCHS epochs of 1000 steps,
+# far beyond any real job, where a larger one is a typo or a job that runs until cancelled.
+MAX_STEPS = 1_000_000_000
 # Far above the rates sgd, adam and adamw train at (1e-5..1): a larger one is a typo (1e3 for
 # 1e-3) that diverges, and a loss that stays finite would otherwise end as a succeeded job.
 MAX_LR = 10.0
@@ -369,6 +372,8 @@ def _check_length(raw: dict[str, Any], problems: _Problems) -> tuple[int, int]:
         )
     if max_steps < 0:
         problems.invalid("spec.max_steps", f"must be >= 0, got {max_steps}")
+    elif max_steps > MAX_STEPS:
+        problems.invalid("spec.max_steps", f"must be at most {MAX_STEPS}, got {max_steps}")
     elif "max_steps" in raw and max_steps == 0 and epochs == 0 and "epochs" not in raw:
         problems.invalid("spec.max_steps", "must be >= 1, got 0 (0 only with epochs set, for no step limit)")
     return epochs, max_steps

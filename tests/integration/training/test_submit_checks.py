@@ -334,6 +334,13 @@ CASES = [
         "spec.epochs: must be at most 1000000, got 4611686018427387904",
     ),
     (
+        # Training by steps alone: a step limit this high is a job that runs until cancelled.
+        "too many steps",
+        _both(_set("epochs", 0), _set("max_steps", 2**62)),
+        INVALID,
+        "spec.max_steps: must be at most 1000000000, got 4611686018427387904",
+    ),
+    (
         "fp16 on cpu",
         _set("precision", "fp16"),
         INVALID,
