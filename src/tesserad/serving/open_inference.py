@@ -465,10 +465,13 @@ class OpenInference:
 
     async def statistics(self, name: str, version: str) -> list[LoadedVersion]:
         """The loaded versions whose statistics a request for `name` (empty: all) gets;
-        InvalidArgument for a `version` without a `name`."""
+        InvalidArgument for a `version` without a `name`. As Triton, a named ensemble's
+        statistics are its own, without its members'."""
         if name:
             try:
-                return await asyncio.to_thread(self._service.stats_entries, target_of(name, version))
+                return await asyncio.to_thread(
+                    self._service.stats_entries, target_of(name, version), members=False
+                )
             except NotFound as exc:
                 raise in_oip_words(exc) from None
         if version:

@@ -913,10 +913,11 @@ class InferenceService:
             config = effective_config(ServingConfig(), self.pool.defaults, servable.format)
         return VersionDescription(model, version, servable.signature, config)
 
-    def stats_entries(self, target: Target) -> list[LoadedVersion]:
+    def stats_entries(self, target: Target, members: bool = True) -> list[LoadedVersion]:
         """The loaded versions whose figures a stats call reports: every loaded version without a
-        model; an ensemble's loaded members after it; NotFound for a model, version or alias that
-        does not exist or is not loaded. A version whose load failed never served: it has none."""
+        model; an ensemble's loaded members after it unless `members` is False; NotFound for a
+        model, version or alias that does not exist or is not loaded. A version whose load failed
+        never served: it has none."""
         if not target.model:
             return [e for e in self.pool.list() if e.state is not LoadState.FAILED]
         listed = self.pool.list(target.model)
@@ -925,14 +926,14 @@ class InferenceService:
             if not entries:
                 self._source.servable(target.model, None, LATEST)  # NotFound for a model that does not exist
                 raise self._no_stats(f"model {target.model!r} has no loaded version", listed)
-            return self._with_members(entries)
+            return self._with_members(entries) if members else entries
         version = self.resolve_version(target)
         entries = [e for e in entries if e.version == version]
         if not entries:
             self._source.servable(target.model, version, None)  # NotFound for a version that does not exist
             failed = [e for e in listed if e.version == version]
             raise self._no_stats(f"model {target.model!r} version {version} is not loaded", failed, version)
-        return self._with_members(entries)
+        return self._with_members(entries) if members else entries
 
     def _with_members(self, entries: list[LoadedVersion]) -> list[LoadedVersion]:
         keys = {(e.model, e.version) for e in entries}

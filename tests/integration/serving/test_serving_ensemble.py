@@ -238,7 +238,13 @@ def test_served_through_the_open_inference_protocol(client, oip, members) -> Non
     np.testing.assert_allclose(y, np.mean(answers(client, members), axis=0), rtol=1e-6)
     assert oip.ModelMetadata(oip_pb.ModelMetadataRequest(name="ens")).platform == "ensemble"
     assert oip.ModelConfig(oip_pb.ModelConfigRequest(name="ens")).config.platform == "ensemble"
+    # As Triton: the model named alone (tessera's own GetStats lists the members after it);
+    # the members are answered when named, or with every loaded version when none is.
     stats = oip.ModelStatistics(oip_pb.ModelStatisticsRequest(name="ens")).model_stats
+    assert [(s.name, s.version) for s in stats] == [("ens", "1")]
+    stats = oip.ModelStatistics(oip_pb.ModelStatisticsRequest(name="ens", version="1")).model_stats
+    assert [(s.name, s.version) for s in stats] == [("ens", "1")]
+    stats = oip.ModelStatistics(oip_pb.ModelStatisticsRequest()).model_stats
     assert {s.name for s in stats} == {"ens", "a", "b", "c"}
 
     # Its config loads back with a field changed (tritonclient's get_model_config, load_model).
