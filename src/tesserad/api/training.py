@@ -409,6 +409,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     def _log(self, request: pb.LogMetricsRequest, sequence: BatchSequence | None = None) -> Future[int]:
         if not request.run_id:
             raise InvalidArgument("run_id is required")
+        self._tracking.check_batch_length(len(request.points))
         return self._tracking.log_metrics(
             request.run_id, points_from_proto(request.points), sequence=sequence
         )

@@ -90,6 +90,9 @@ MAX_KEY_BYTES = 400
 MAX_RUN_TEXT = 2 * 2**20
 # Distinct metric keys a run holds: per-class metrics of a thousand classes take thousands.
 MAX_RUN_METRICS = 10_000
+# Points one LogMetrics request (or one LogMetricsStream batch) carries: a step of every key a
+# run may hold. Bounded only by the message size, a million points held the daemon for seconds.
+MAX_BATCH_POINTS = 10_000
 # Metric summaries an answer carries for a run, the first by key; the rest are counted
 # (metrics_left_out) and read with GetMetricHistory. A summary of a key of MAX_KEY_BYTES takes at
 # most about 460 bytes on the wire, so these take under 1 MB: with MAX_RUN_TEXT of params and
@@ -1139,6 +1142,16 @@ class Tracking:
             self.put_run(txn, run)
 
     # -- metrics
+
+    @staticmethod
+    def check_batch_length(count: int) -> None:
+        """InvalidArgument for a batch of more than MAX_BATCH_POINTS points, checked before they
+        are read."""
+        if count > MAX_BATCH_POINTS:
+            raise InvalidArgument(
+                f"a LogMetrics request holds at most {MAX_BATCH_POINTS} points, this one {count}: send "
+                "them in several calls (or LogMetricsStream batches), none of these is stored"
+            )
 
     @staticmethod
     def check_points(points: list[MetricPoint]) -> None:

@@ -150,6 +150,12 @@ def test_bad_metrics_and_params_are_refused(tracker) -> None:
             "the batch again, none of it is stored",
         ),
         ([S.MetricPoint(key="a", value=1, step=-1)], "points[0].step must be >= 0"),
+        (
+            # Bounded only by the message size, a million points held the daemon for seconds.
+            [S.MetricPoint(key="a", value=1, step=step) for step in range(10_001)],
+            "a LogMetrics request holds at most 10000 points, this one 10001: send them in several "
+            "calls (or LogMetricsStream batches), none of these is stored",
+        ),
     ]
     for points, words in cases:
         error = _error(lambda p=points: tracker.LogMetrics(S.LogMetricsRequest(run_id=run.run_id, points=p)))

@@ -404,6 +404,9 @@ class ArtifactUploads(Call[list[pb.RunArtifact]]):
         return stored
 
 
+# The most points the daemon takes in one LogMetrics request or LogMetricsStream batch.
+MAX_BATCH_POINTS = 10_000
+
 # Trailing metadata of a failed LogMetricsStream: how many of its batches, from the first, the
 # daemon stored (none after them).
 STORED_BATCHES = "tessera-stored-batches"
@@ -1008,9 +1011,10 @@ class Training(Part[C]):
         batches of `batch_points` points; returns how many points were accepted. A cut stream
         is resent from its first batch not known to be stored; a failure says which points are
         stored (resending them is harmless: the daemon keeps one point per key and step). Values
-        must be finite, as for log_metrics: a batch with a NaN fails the stream there."""
-        if batch_points < 1:
-            raise ValueError(f"batch_points must be >= 1, got {batch_points}")
+        must be finite, as for log_metrics: a batch with a NaN fails the stream there.
+        `batch_points` is at most MAX_BATCH_POINTS, the daemon's limit for one batch."""
+        if not 1 <= batch_points <= MAX_BATCH_POINTS:
+            raise ValueError(f"batch_points must be in 1..{MAX_BATCH_POINTS}, got {batch_points}")
         return MetricSteps(run_id, steps, batch_points, timeout_or(timeout, self._conn.transfer_timeout))
 
     @stream
