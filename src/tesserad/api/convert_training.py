@@ -102,10 +102,13 @@ def _plain(message: Message) -> dict[str, Any]:
     return out
 
 
-def job_spec_from_proto(spec: job_spec_pb2.JobSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+def job_spec_from_proto(
+    spec: job_spec_pb2.JobSpec, root: str = "spec"
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the domain's raw spec, the spec as stored and returned: protobuf JSON field names).
 
     The raw spec is the domain's plain form (training.spec): its values are checked there.
+    `root`: what the request calls the spec, which its errors name.
     """
     raw = _plain(spec)
     raw.pop("architecture", None)
@@ -113,12 +116,12 @@ def job_spec_from_proto(spec: job_spec_pb2.JobSpec) -> tuple[dict[str, Any], dic
         raw["architecture"] = _architecture_plain(spec.architecture)
     raw["task"] = _TASKS.get(spec.task, "")
     if spec.task not in _TASKS:
-        raise InvalidArgument(f"spec.task: unknown value {spec.task}; use CLASSIFICATION or REGRESSION")
+        raise InvalidArgument(f"{root}.task: unknown value {spec.task}; use CLASSIFICATION or REGRESSION")
     for section, field in _MODE_FIELDS:
         if section in raw:
             value = raw[section].get(field, 0)
             if value not in _MODES:
-                raise InvalidArgument(f"spec.{section}.{field}: unknown value {value}; use MIN or MAX")
+                raise InvalidArgument(f"{root}.{section}.{field}: unknown value {value}; use MIN or MAX")
             raw[section][field] = _MODES[value]
     return raw, job_spec_to_dict(spec)
 

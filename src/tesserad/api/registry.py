@@ -16,6 +16,7 @@ from tessera.v1 import registry_pb2 as pb
 from tesserad.api import convert_registry as convert
 from tesserad.api.auth import caller, presented_authorization
 from tesserad.api.convert_changes import replica_tls_from_proto, watch_response
+from tesserad.api.convert_training import job_spec_from_proto
 from tesserad.api.transfers import (
     chunk_size,
     client_stream,
@@ -32,6 +33,7 @@ from tesserad.registry.validation import check_job_spec_size, check_lineage_data
 from tesserad.registry.versions import VersionUpload, batch_item
 from tesserad.replica.changes import ChangeFeed
 from tesserad.store import BlobStore, check_sha256
+from tesserad.training.spec import check_spec_values
 
 # Threads that store and record uploads. A registration mostly waits on fsyncs (the blob's,
 # and for a streamed upload the group commit's); on asyncio's default executor (cpu_count + 4
@@ -488,6 +490,10 @@ def _version_fields(
     """An upload header's checked sha256 and its version fields in the domain's terms."""
     check_sha256(header.sha256, "header.sha256")
     check_job_spec_size("lineage.job_spec", header.lineage.job_spec.ByteSize())
+    if header.lineage.HasField("job_spec"):
+        # Only the values a spec holds on its own: what it names is another daemon's.
+        raw, _ = job_spec_from_proto(header.lineage.job_spec, "lineage.job_spec")
+        check_spec_values(raw, "lineage.job_spec")
     check_lineage_datasets(len(header.lineage.datasets))
     lineage = convert.lineage_from_proto(header.lineage)
     check_uploaded_lineage(lineage)

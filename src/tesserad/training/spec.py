@@ -236,16 +236,18 @@ SPEC_FIELDS: Mapping[str, SpecField] = {
 
 
 class _Problems:
-    """Every problem found in one spec, with the error class each would raise alone."""
+    """Every problem found in one spec, with the error class each would raise alone. `root`: what
+    the spec is called in the request ("spec" at submit), in place of the paths' "spec"."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: str = "spec") -> None:
         self.found: list[tuple[type[TesseraError], str]] = []
+        self.root = root
 
     def add(self, kind: type[TesseraError], message: str) -> None:
         self.found.append((kind, message))
 
     def invalid(self, path: str, what: str) -> None:
-        self.add(InvalidArgument, f"{path}: {what}")
+        self.add(InvalidArgument, f"{self.root}{path.removeprefix('spec')}: {what}")
 
     def unmet(self, path: str, what: str) -> None:
         """A problem with what the spec refers to (a dataset's splits and arrays, a device):
@@ -273,7 +275,8 @@ class _Problems:
         kinds = [kind for kind, _ in self.found]
         kind = InvalidArgument if InvalidArgument in kinds else kinds[0]
         lines = "\n".join(f"  {message}" for _, message in self.found)
-        raise kind(f"the spec has {len(self.found)} problems:\n{lines}")
+        whose = "the spec" if self.root == "spec" else self.root
+        raise kind(f"{whose} has {len(self.found)} problems:\n{lines}")
 
 
 def normalize_spec(
@@ -323,15 +326,8 @@ def normalize_spec(
     epochs, max_steps = _check_length(raw, problems)
     config["epochs"] = epochs if epochs or max_steps else 1
     config["max_steps"] = max_steps
-    batch_size = int(raw.get("batch_size", 32))
-    if batch_size < 1:
-        problems.invalid("spec.batch_size", f"must be >= 1, got {batch_size}")
-    config["batch_size"] = batch_size
+    config["batch_size"], config["log_every_n_steps"], max_restarts = _check_counts(raw, problems)
     config["seed"] = int(raw.get("seed", 0))
-    log_every = int(raw.get("log_every_n_steps", 10))
-    if log_every < 1:
-        problems.invalid("spec.log_every_n_steps", f"must be >= 1, got {log_every}")
-    config["log_every_n_steps"] = log_every
 
     # The metrics a job reports depend on its validation split: unknown without the dataset.
     metrics = epoch_metric_names(task, bool(data["val_split"])) if facts is not None else None
@@ -347,15 +343,40 @@ def normalize_spec(
     config["register_as"] = _check_register_as(raw.get("register_as") or {}, problems)
     config["tags"] = _check_tags(dict(raw.get("tags") or {}), config["register_as"], problems)
     # Only set, so that the configs (and run params) of jobs without them stay as they were.
-    max_restarts = int(raw.get("max_restarts", 0))
-    if not 0 <= max_restarts <= 100:
-        problems.invalid("spec.max_restarts", f"must be in 0..100, got {max_restarts}")
-    elif max_restarts:
+    if max_restarts:
         config["max_restarts"] = max_restarts
     problems.raise_if_any()
     assert facts is not None  # a spec without its dataset has a problem, raised above
     config["dataset_sha256"] = facts.sha256
     return config
+
+
+def check_spec_values(raw: dict[str, Any], root: str) -> None:
+    """InvalidArgument naming each of `raw`'s values that no job takes, as normalize_spec checks
+    them, for a spec kept as a record (a version's lineage.job_spec, the spec called `root`): its
+    length, batch, logging, restarts, optimizer and schedule. What a spec names (its dataset,
+    architecture, parent and devices) is another daemon's, so it goes unchecked."""
+    problems = _Problems(root)
+    optimizer = _check_optimizer(raw.get("optimizer") or {}, problems)
+    _check_schedule(raw.get("lr_schedule") or {}, optimizer["lr"], problems)
+    _check_length(raw, problems)
+    _check_counts(raw, problems)
+    problems.raise_if_any()
+
+
+def _check_counts(raw: dict[str, Any], problems: _Problems) -> tuple[int, int, int]:
+    """(batch_size, log_every_n_steps, max_restarts), defaults applied; max_restarts 0 when out of range."""
+    batch_size = int(raw.get("batch_size", 32))
+    if batch_size < 1:
+        problems.invalid("spec.batch_size", f"must be >= 1, got {batch_size}")
+    log_every = int(raw.get("log_every_n_steps", 10))
+    if log_every < 1:
+        problems.invalid("spec.log_every_n_steps", f"must be >= 1, got {log_every}")
+    max_restarts = int(raw.get("max_restarts", 0))
+    if not 0 <= max_restarts <= 100:
+        problems.invalid("spec.max_restarts", f"must be in 0..100, got {max_restarts}")
+        max_restarts = 0
+    return batch_size, log_every, max_restarts
 
 
 def _check_length(raw: dict[str, Any], problems: _Problems) -> tuple[int, int]:

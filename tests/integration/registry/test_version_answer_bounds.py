@@ -131,6 +131,24 @@ def test_a_lineage_job_spec_past_256_kib_is_refused(stub, data_dir):
     )
 
 
+def test_a_lineage_job_spec_with_values_no_job_takes_is_refused(stub, data_dir):
+    # Its dataset and devices are another daemon's, so only the values a spec holds on its own
+    # are checked, as SubmitJob checks them.
+    data = onnx_identity()
+    spec = job_spec_pb2.JobSpec(epochs=-5, optimizer=job_spec_pb2.Optimizer(lr=float("nan")))
+    header = onnx_header("spec", data, lineage=R.Lineage(job_spec=spec))
+    error = refused_upload(stub, data_dir, header, data)
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "lineage.job_spec has 2 problems:\n"
+        "  lineage.job_spec.optimizer.lr: must be > 0, got nan\n"
+        "  lineage.job_spec.epochs: must be >= 0, got -5",
+    )
+    spec = job_spec_pb2.JobSpec(epochs=3, optimizer=job_spec_pb2.Optimizer(lr=0.01))
+    header = onnx_header("spec", data, lineage=R.Lineage(job_spec=spec))
+    assert upload(stub, header, data).lineage.job_spec == spec
+
+
 def test_a_lineage_naming_more_than_256_dataset_versions_is_refused(stub, data_dir):
     # Refused before the dataset versions are looked up: none of these exists.
     data = onnx_identity()
