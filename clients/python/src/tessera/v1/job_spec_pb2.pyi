@@ -134,7 +134,8 @@ class JobSpec(_message.Message):
     """Classification: cross_entropy (default). Regression: mse (default), l1, huber."""
     epochs: _builtins.int
     """Passes over the training split. Set epochs, max_steps or both (training stops at
-    whichever comes first); default 1 epoch when neither is set. At most 1,000,000 epochs.
+    whichever comes first); default 1 epoch when neither is set. At most 1,000,000 epochs
+    and 1,000,000,000 steps.
     0 is no bound: epochs 0 with max_steps trains by steps alone, max_steps 0 with epochs
     has no step limit; a 0 with the other unset is INVALID_ARGUMENT.
     """
