@@ -69,6 +69,10 @@ from tesserad.store import (
 
 log = logging.getLogger(__name__)
 
+# The training jobs' table (tesserad.training.jobs), named here because training depends on the
+# registry and not the other way round.
+JOBS = "jobs"
+
 # In the "meta" table once every ensemble version's members are indexed.
 MEMBERS_INDEXED = ("ensemble_members_indexed",)
 # In the "meta" table once every version whose lineage parent is gone is marked.
@@ -200,7 +204,7 @@ def drop_early_stopping_off_params(store: Store) -> int:
     early stopping off (patience 0), as its run's are dropped; returns how many versions changed."""
 
     def drop(txn: WriteTxn, record: VersionRecord) -> bool:
-        kept = without_early_stopping_off(record.params) if record.lineage.job_id else None
+        kept = without_early_stopping_off(record.params) if _registered_by_job(txn, record) else None
         if kept is None:
             return False
         txn.put(
@@ -215,6 +219,14 @@ def drop_early_stopping_off_params(store: Store) -> int:
             extra={"versions": dropped},
         )
     return dropped
+
+
+def _registered_by_job(txn: ReadTxn, record: VersionRecord) -> bool:
+    """Whether a tessera training job registered `record`: its lineage keeps the job's spec, or
+    its job is in the jobs table. A lineage.job_id alone may name another tracker's job (an
+    upload's lineage is the client's), whose params are the client's to keep."""
+    lineage = record.lineage
+    return lineage.job_spec is not None or (bool(lineage.job_id) and txn.exists(JOBS, (lineage.job_id,)))
 
 
 def backfill_job_versions(store: Store) -> int:

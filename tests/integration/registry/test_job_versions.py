@@ -16,7 +16,7 @@ from tesserad.registry.backfill import EARLY_STOPPING_OFF_DROPPED, JOB_VERSIONS_
 from tesserad.registry.tables import ALIASES, JOB_VERSIONS
 from tesserad.server import STORE_TABLES
 from tesserad.store import BlobStore, Store
-from tesserad.training.job_records import JobRecord
+from tesserad.training.job_records import JobRecord, encode_job
 from tesserad.training.registration import JobRegistration
 from tests.integration.registry.conftest import mlp_weights
 
@@ -170,26 +170,50 @@ def test_versions_jobs_registered_with_early_stopping_off_params_lose_them_at_st
         "early_stopping.patience": "0",
         "early_stopping.min_delta": "0.0",
     }
+    # A job's version keeps its spec in lineage, or (from an older tesserad) only its job_id,
+    # whose job is then found in the jobs table.
     made = {
-        "job-off": {**off, "optimizer.lr": "0.01"},
-        "job-on": {**off, "early_stopping.patience": "2"},
-        "": off,
+        "job-off": ({**off, "optimizer.lr": "0.01"}, {"epochs": 1}),
+        "job-on": ({**off, "early_stopping.patience": "2"}, {"epochs": 1}),
+        "job-recorded": (off, None),
+        "": (off, None),
     }
-    for seed, (job_id, params) in enumerate(made.items()):
+    for seed, (job_id, (params, spec)) in enumerate(made.items()):
         versions.register_version(
             "m",
             format="safetensors",
             blob=blobs.put_bytes(mlp_weights(seed=seed)),
             architecture=ARCHITECTURE,
             params=params,
-            lineage=Lineage(job_id=job_id),
+            lineage=Lineage(job_id=job_id, job_spec=spec),
             create_model_if_missing=True,
         )
     with store.write() as txn:
+        txn.put("jobs", ("job-recorded",), encode_job(_job("job-recorded", "")))
         txn.delete("meta", EARLY_STOPPING_OFF_DROPPED)
     again = registry(store, tmp_path)
-    assert [again.get_version("m", number).params for number in (1, 2, 3)] == [
+    assert [again.get_version("m", number).params for number in (1, 2, 3, 4)] == [
         {"optimizer.lr": "0.01"},
-        made["job-on"],
+        made["job-on"][0],
+        {},
         off,
     ]
+
+
+def test_a_hand_uploaded_version_naming_another_trackers_job_keeps_its_early_stopping_params(
+    store: Store, tmp_path: Path
+) -> None:
+    versions = registry(store, tmp_path)
+    params = {"early_stopping.patience": "0", "early_stopping.metric": "val_loss"}
+    versions.register_version(
+        "m",
+        format="safetensors",
+        blob=BlobStore(tmp_path / "blobs").put_bytes(mlp_weights(seed=1)),
+        architecture=ARCHITECTURE,
+        params=params,
+        lineage=Lineage(job_id="slurm 4512"),
+        create_model_if_missing=True,
+    )
+    with store.write() as txn:
+        txn.delete("meta", EARLY_STOPPING_OFF_DROPPED)
+    assert registry(store, tmp_path).get_version("m", 1).params == params
