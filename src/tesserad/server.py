@@ -654,14 +654,15 @@ class Daemon:
                 # gRPC core queues the calls grpc.aio has not taken yet (it takes them one at a
                 # time), before any interceptor (the tokens' check included) sees them. A
                 # connection opens only the streams the limits could admit; its further calls
-                # wait in the client for a stream, so a burst on one connection is served or
-                # refused RESOURCE_EXHAUSTED (counted), not answered CANCELLED by core unseen.
+                # wait in the client for a stream, so a burst on one connection is served,
+                # refused RESOURCE_EXHAUSTED (counted), or refused as a stream (UNAVAILABLE,
+                # REFUSED_STREAM: retryable), not answered CANCELLED by core unseen. Core's
+                # overload protection, its Rapid Reset defence (CVE-2023-44487), stays on: it
+                # counts the streams a client reset but the daemon still holds, and so refuses
+                # some of a burst's streams; headroom over this cap does not spare them short of
+                # a cap as large as the burst, which would leave the defence nothing to bound.
                 # The queue over all connections is bounded, and with it the memory it holds.
                 ("grpc.max_concurrent_streams", _streams_per_connection(limits)),
-                # Core's overload protection refuses (REFUSED_STREAM) a stream that arrives while it
-                # still counts calls the client saw end: most of a 3000-call burst on one
-                # connection failed UNAVAILABLE. Off, the limit the client keeps to is enforced.
-                ("grpc.http.overload_protection", 0),
                 ("grpc.server.max_pending_requests", _pending_calls(limits)),
                 ("grpc.server.max_pending_requests_hard_limit", _pending_calls(limits)),
             ],
