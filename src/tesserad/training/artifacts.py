@@ -44,6 +44,9 @@ _EXAMPLE = '"plots/loss.png"'
 # Controls, line and paragraph separators, and format characters (Cf): these last are invisible
 # (U+200B, U+FEFF) or reorder the text beside them ("\u202etxt.exe" shows as "exe.txt", U+200F).
 _HIDDEN_CATEGORIES = frozenset(("Cc", "Zl", "Zp", "Cf"))
+# But the zero-width non-joiner and joiner, which spelling needs: Persian and Indic words
+# ("می\u200cخواهم"), emoji sequences.
+_JOINERS = frozenset("\u200c\u200d")
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,9 @@ def check_new_artifact_path(path: str) -> None:
     """`check_artifact_path` for a path an upload stores: it also refuses characters a listing or a
     terminal would not show as they are. Reads leave them be, so paths stored before stay reachable."""
     check_artifact_path(path, "header.path")
-    hidden = next((c for c in path if unicodedata.category(c) in _HIDDEN_CATEGORIES), None)
+    hidden = next(
+        (c for c in path if unicodedata.category(c) in _HIDDEN_CATEGORIES and c not in _JOINERS), None
+    )
     if hidden is not None:
         raise InvalidArgument(
             f"header.path {path[:80]!r} holds U+{ord(hidden):04X}, a control or format character "

@@ -2,7 +2,8 @@
 UploadRunArtifact refuses control characters (a tab, an escape sequence that recolours a
 terminal), line and paragraph separators, and format characters: the bidirectional controls
 that show a path reversed ('\\u202etxt.exe' reads 'exe.txt') and the invisible ones (a zero-width
-space). A refused upload stores nothing."""
+space); the zero-width non-joiner and joiner, which spelling needs, are kept. A refused upload
+stores nothing."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def upload(stub: training_pb2_grpc.TrainingStub, run_id: str, path: str) -> pb.R
         ("a\u200ftxt.exe", "U+200F"),
         ("a\u061ctxt.exe", "U+061C"),
         ("plots/a\u200bb.png", "U+200B"),
+        ("plots/a\u200c\u200bb.png", "U+200B"),
         ("plots/a\u2060b.png", "U+2060"),
         ("\ufeffnotes.md", "U+FEFF"),
     ],
@@ -62,5 +64,14 @@ def test_a_path_with_a_character_that_hides_what_it_says_is_refused(
 
 def test_spaces_and_letters_of_any_script_are_kept(stub: training_pb2_grpc.TrainingStub) -> None:
     run_id = stub.CreateRun(pb.CreateRunRequest(experiment="paths")).run_id
-    for path in ("plots/σ loss.png", "notes/résumé – final.md", "日本/図.png"):
+    # The zero-width non-joiner and joiner (U+200C, U+200D) are format characters that spelling
+    # needs: Persian and Indic words, and emoji sequences.
+    for path in (
+        "plots/σ loss.png",
+        "notes/résumé – final.md",
+        "日本/図.png",
+        "می\u200cخواهم.png",
+        "क्\u200dष.txt",
+        "\U0001f469\u200d\U0001f4bb/notes.md",
+    ):
         assert upload(stub, run_id, path).path == path
