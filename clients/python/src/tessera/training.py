@@ -693,6 +693,44 @@ class Job(Part[C]):
         return Resumable(S, "WatchJob", cursor, event_from_proto)
 
 
+@dataclass(frozen=True)
+class _CancelledFromScratch(Call[Any]):
+    """Cancel the job a daemon older than resume_from made without it (it would train from
+    scratch), then raise Unimplemented saying so; where the cancel fails, the Unimplemented names
+    the job left running and how to cancel it, and the cancel's error is its cause."""
+
+    job_id: str
+    timeout: float | None
+
+    def _cancel(self) -> Op[pb.Job]:
+        return Op(S, "CancelJob", pb.CancelJobRequest(job_id=self.job_id), timeout=self.timeout)
+
+    def _refused(self, cancel_error: TesseraError | None) -> Unimplemented:
+        said = "this tesserad does not know resume_from (older than the client); upgrade it. "
+        if cancel_error is None:
+            return Unimplemented(
+                f"{said}Its job {self.job_id} would have trained from scratch, and is cancelled"
+            )
+        return Unimplemented(
+            f"{said}Its job {self.job_id} trains from scratch and could not be cancelled ({cancel_error}); "
+            f"cancel it: client.training.job({self.job_id!r}).cancel(), or tessera jobs cancel {self.job_id}"
+        )
+
+    def run(self, conn: Connection) -> Any:
+        try:
+            self._cancel().run(conn)
+        except TesseraError as error:
+            raise self._refused(error) from error
+        raise self._refused(None)
+
+    async def run_async(self, conn: AioConnection) -> Any:
+        try:
+            await self._cancel().run_async(conn)
+        except TesseraError as error:
+            raise self._refused(error) from error
+        raise self._refused(None)
+
+
 class Training(Part[C]):
     """`client.training`: jobs (submit, watch, wait, cancel), experiment tracking, sweeps."""
 
@@ -726,14 +764,7 @@ class Training(Part[C]):
         field, which keeps no field it does not know), that job cancelled and Unimplemented."""
         if not sent.resume_from or info.spec.resume_from:
             return Given(self._job(info))
-
-        def refused(_: pb.Job) -> Job[C]:
-            raise Unimplemented(
-                f"this tesserad does not know resume_from (older than the client); upgrade it. Its "
-                f"job {info.job_id} would have trained from scratch, and is cancelled"
-            )
-
-        return Op(S, "CancelJob", pb.CancelJobRequest(job_id=info.job_id), refused, timeout=timeout)
+        return _CancelledFromScratch(info.job_id, timeout)
 
     @call
     def job(self, job_id: str, *, timeout: float | None = None) -> Op[Job[C]]:
