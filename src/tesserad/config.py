@@ -313,6 +313,12 @@ class LimitsSettings:
         "streaming RPCs (watch, upload, download, predict streams) open at once; more answer "
         "RESOURCE_EXHAUSTED. Health Watch streams, open without a token, have as many of their own",
     )
+    backup_stall_timeout_s: float = setting(
+        120.0,
+        parse_number(float, 0.1, 86400.0),
+        "seconds a Backup's client may take no chunk (the daemon makes one backup at a time); past "
+        "it the backup ends DEADLINE_EXCEEDED and the next one in line begins",
+    )
     http_request_timeout_s: float = setting(
         60.0,
         parse_number(float, 0.01, 3600.0),

@@ -406,7 +406,7 @@ class Daemon:
         routes = _Routes(server)
         system = SystemService(data_dir, self._store, blobs, self._gpus, self.service_names)
         limits = settings.limits
-        self._backups = Backups(self._store, blobs, __version__)
+        self._backups = Backups(self._store, blobs, __version__, limits.backup_stall_timeout_s)
         _register(
             system_pb2_grpc.add_SystemServicer_to_server,
             SystemServicer(

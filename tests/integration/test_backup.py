@@ -1849,3 +1849,29 @@ def test_a_daemon_removes_what_a_restore_killed_once_in_place_left(
         daemon.stop()
     assert sorted(p.name for p in target.iterdir()) == ["blobs", "store", "tesserad.lock"]
     assert f"removed {staging}, left by a restore into {target} that was killed once in place" in caplog.text
+
+
+def test_a_backup_whose_client_stops_taking_chunks_is_ended_and_hands_its_turn_on(
+    data_dir: Path, tmp_path: Path, backup_steps: list[tuple[str, int]]
+) -> None:
+    daemon = InProcessDaemon(daemon_settings(data_dir, **{"limits.backup_stall_timeout_s": "1"})).start()
+    try:
+        _push_big_dataset(daemon, tmp_path)
+        with _held_backup(daemon) as stalled:
+            # Its turn is handed on though its client, connected, never reads on.
+            with tessera.Client(daemon.target) as client:
+                client.system.backup(tmp_path / "next.tar", timeout=60)
+            with pytest.raises(grpc.RpcError) as ended:
+                for _ in stalled.chunks():
+                    pass
+        assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert ended.value.details() == (
+            "the client took no chunk of the backup for 1 s (limits.backup_stall_timeout_s), so the "
+            "daemon ended it and let the next backup begin; read the stream as it comes, or raise "
+            "limits.backup_stall_timeout_s (env TESSERA_LIMITS_BACKUP_STALL_TIMEOUT_S)"
+        )
+    finally:
+        daemon.stop()
+    assert backup_steps == [("copy", 1), ("closed", 1), ("copy", 2), ("closed", 2)]
+    read_archive(tmp_path / "next.tar")
+    assert list((data_dir / "blobs" / "tmp").iterdir()) == []

@@ -93,10 +93,12 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
                 yield pb.BackupChunk(waiting=True)
             backup = await turn.start()
             if turn.waits:
-                yield pb.BackupChunk(waiting=False)
+                with turn.sending():
+                    yield pb.BackupChunk(waiting=False)
             await asyncio.to_thread(backup.prepare, size)
             while (data := await asyncio.to_thread(backup.next_chunk)) is not None:
-                yield pb.BackupChunk(data=data, archive_size=backup.archive_size)
+                with turn.sending():
+                    yield pb.BackupChunk(data=data, archive_size=backup.archive_size)
 
 
 async def _stopped_within(stopping: asyncio.Event, seconds: float) -> bool:

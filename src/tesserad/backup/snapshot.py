@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tessera.backup import BLOB_PREFIX, MANIFEST_NAME, STORE_NAME, Entry, Manifest
 from tesserad.datasets.references import BLOB_HOLDERS, drop_claimed_blobs
-from tesserad.errors import DataLoss, NotFound, ResourceExhausted, TesseraError, Unavailable
+from tesserad.errors import DataLoss, DeadlineExceeded, NotFound, ResourceExhausted, TesseraError, Unavailable
 from tesserad.store import BlobStore, ReadTxn, Store
 from tesserad.store.schema import STORE_SCHEMA
 from tesserad.store.space import space_checked
@@ -234,9 +234,11 @@ class BackupTurn:
     being made, which this one waits for; `start()` begins this one once its turn has come, and
     `end()` closes it and hands the turn on. Used on the daemon's event loop."""
 
-    def __init__(self, line: _Line, begin: Callable[[], Backup]) -> None:
+    def __init__(self, line: _Line, begin: Callable[[], Backup], stall_timeout_s: float) -> None:
         self._line = line
         self._begin = begin
+        self._stall_timeout_s = stall_timeout_s
+        self._stall: asyncio.TimerHandle | None = None
         self.waits = line.busy()
         line.waiting += 1
         self._in_line = True
@@ -254,20 +256,48 @@ class BackupTurn:
         self._backup = self._begin()
         return self._backup
 
+    @contextlib.contextmanager
+    def sending(self) -> Iterator[None]:
+        """Around handing gRPC a chunk of this backup: a client that takes none for the stall
+        timeout would hold the turn as long as its connection lives (an hour by the SDK's
+        deadline, forever without one), so its backup is ended then and the turn handed on."""
+        self._stall = asyncio.get_running_loop().call_later(self._stall_timeout_s, self._stalled)
+        try:
+            yield
+        finally:
+            self._stall.cancel()
+
+    def _stalled(self) -> None:
+        setting = "limits.backup_stall_timeout_s"
+        self._close(
+            DeadlineExceeded(
+                f"the client took no chunk of the backup for {self._stall_timeout_s:g} s ({setting}), "
+                "so the daemon ended it and let the next backup begin; read the stream as it comes, "
+                f"or raise {setting} (env TESSERA_{setting.replace('.', '_').upper()})"
+            )
+        )
+
     async def end(self) -> None:
         """Close the backup, if begun, then hand the turn on. The close runs to its end in its
         thread, and the turn is handed on only then, even if this call is cancelled again
         meanwhile: the next backup never copies the store beside this one's copy."""
+        closing = self._close(None)
+        if closing is not None:
+            await asyncio.shield(closing)
+
+    def _close(self, error: TesseraError | None) -> asyncio.Future[None] | None:
+        """Leave the line; close the backup, if begun, with `error` for its later steps, and hand
+        the turn on once it is closed. The close under way, if any."""
         self._leave_line()
         if not self._holds_turn:
-            return
+            return None
         self._holds_turn = False
         if self._backup is None:
             self._line.turn.release()
-            return
-        closing = asyncio.ensure_future(asyncio.to_thread(self._backup.close))
+            return None
+        closing = asyncio.ensure_future(asyncio.to_thread(self._backup.close, error))
         closing.add_done_callback(self._hand_on)
-        await asyncio.shield(closing)
+        return closing
 
     def _hand_on(self, closing: asyncio.Future[None]) -> None:
         self._line.turn.release()
@@ -290,10 +320,11 @@ class Backups:
     while another backup is made waits for it to close (`line_up`), up to MAX_WAITING_BACKUPS
     of them. The line is the event loop's; `close` runs on a thread."""
 
-    def __init__(self, store: Store, blobs: BlobStore, tesserad_version: str) -> None:
+    def __init__(self, store: Store, blobs: BlobStore, tesserad_version: str, stall_timeout_s: float) -> None:
         self._store = store
         self._blobs = blobs
         self._version = tesserad_version
+        self._stall_timeout_s = stall_timeout_s
         self._open: list[Backup] = []
         self._closed = False
         self._lock = threading.Lock()
@@ -308,7 +339,7 @@ class Backups:
                 f"{MAX_WAITING_BACKUPS} backups already wait for the one being made, the most that "
                 "may (the daemon makes one at a time); retry once they have ended"
             )
-        turn = BackupTurn(self._line, self.start)
+        turn = BackupTurn(self._line, self.start, self._stall_timeout_s)
         try:
             yield turn
         finally:

@@ -125,7 +125,7 @@ def test_the_store_copy_is_the_snapshot_not_later_writes(
 def test_a_daemon_stopping_ends_its_open_backups_unavailable(parts: tuple[Store, BlobStore]) -> None:
     store, blobs = parts
     sha256 = _held_blob(store, blobs, bytes(range(256)) * 64)
-    backups = Backups(store, blobs, "test")
+    backups = Backups(store, blobs, "test", stall_timeout_s=120.0)
     backup = backups.start()
     backup.prepare(chunk_size=512)
     assert backup.next_chunk() is not None
