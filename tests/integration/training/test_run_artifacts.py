@@ -457,3 +457,21 @@ def test_log_artifacts_on_the_aio_client(
             return [a.path for a in stored]
 
     assert asyncio.run(scenario()) == sorted(files)
+
+
+def test_a_failed_download_leaves_no_directories_made_for_it(
+    artifacts_daemon: InProcessDaemon, run_id: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"abc")
+    (tmp_path / "tree" / "c").mkdir(parents=True)
+    (tmp_path / "tree" / "c" / "f.bin").write_bytes(b"there")
+    with tessera.Client(artifacts_daemon.target) as client:
+        with pytest.raises(tessera.NotFound):
+            client.training.download_artifact("no-such-run", "f.bin", f"{tmp_path}/out/x/y/")
+        client.training.log_artifact(run_id, source, "a/b")
+        client.training.log_artifact(run_id, source, "c")
+        with pytest.raises(FileExistsError):
+            client.training.download_artifacts(run_id, "", tmp_path / "tree", overwrite=False)
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "tree" / "a").exists()

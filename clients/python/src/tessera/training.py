@@ -50,11 +50,12 @@ from tessera.sweeps import Sweep
 from tessera.transfer import (
     CHUNK_BYTES,
     Progress,
-    ResumableDownloadSink,
+    SinkInDirectory,
     check_chunk_size,
     check_free,
     file_chunks,
     file_digest,
+    is_download_directory,
 )
 from tessera.transport import AioConnection, Connection, RetryPolicy, call_timeout, timeout_or
 from tessera.v1 import common_pb2, job_spec_pb2
@@ -270,21 +271,20 @@ def artifact_requests(
 
 def artifact_target(artifact_path: str, dst: str | Path | None) -> Path:
     """Where download_artifact writes: `dst`, or in the directory `dst` (None: the current one;
-    a str ending in a separator: a directory, made if missing) under the artifact's own name."""
-    target = Path(dst) if dst is not None else Path(".")
-    # Path drops a trailing "/", which is how a user says "a directory", existing or not.
-    if isinstance(dst, str) and dst.endswith(("/", os.sep)):
-        target.mkdir(parents=True, exist_ok=True)
-    return target / Path(artifact_path).name if target.is_dir() else target
+    a str ending in a separator: a directory, made as the file is) under the artifact's own name."""
+    if dst is None:
+        return Path(Path(artifact_path).name)
+    if is_download_directory(dst):
+        return Path(dst) / Path(artifact_path).name
+    return Path(dst)
 
 
 def artifact_file(root: Path, artifact_path: str) -> Path:
-    """Where a downloaded artifact goes under `root`, its directories made; ValueError for a path
-    that would leave `root` (the daemon refuses to store one)."""
+    """Where a downloaded artifact goes under `root` (its directories made as the file is);
+    ValueError for a path that would leave `root` (the daemon refuses to store one)."""
     local = root / artifact_path
     if not local.resolve().is_relative_to(root.resolve()):
         raise ValueError(f"artifact path {artifact_path!r} leads outside {root}; not written")
-    local.parent.mkdir(parents=True, exist_ok=True)
     return local
 
 
@@ -1180,7 +1180,8 @@ class Training(Part[C]):
     ) -> ResumingDownload[pb.RunArtifact]:
         """Write one artifact to `dst` (a file, or a directory to put it in under its own name:
         one that exists, or a str ending in "/"; None: the current directory), verified against
-        its sha256; returns its description. `overwrite` False: a file there is refused with
+        its sha256; returns its description. Directories missing are made as the file is written,
+        and removed again where the download fails leaving them empty. `overwrite` False: a file there is refused with
         FileExistsError. A stream that breaks (UNAVAILABLE) is made again within the client's
         RetryPolicy and goes on from the bytes written. One that gives up or times out keeps
         them in a hidden partial file beside the file, with a record of the artifact's sha256;
@@ -1264,7 +1265,9 @@ class Training(Part[C]):
             request,
             self._artifact_lookup(run_id, path, timeout),
             timeout_or(timeout, self._conn.transfer_timeout),
-            lambda: ResumableDownloadSink(target, progress, overwrite, resume, artifact_name),
+            # The CLI names a file in a directory it was asked to make ("out/"): the directories
+            # missing are made as the file is, and removed again where it fails leaving them empty.
+            lambda: SinkInDirectory(target, progress, overwrite, resume, artifact_name),
             self._conn.retry,
             f"downloading artifact {path} of run {run_id}",
         )
