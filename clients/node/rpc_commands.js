@@ -19,6 +19,7 @@ const COMMAND_BY_RPC = {
   DownloadVersion: '`tessera models download MODEL PATH`',
   SetAlias: '`tessera-node models alias MODEL ALIAS VERSION`',
   DeleteAlias: '`tessera-node models unalias MODEL ALIAS`',
+  ListAliasHistory: '`tessera models aliases MODEL --history`',
   CompareVersions: '`tessera models compare MODEL A B`',
   ExportOnnx: '`tessera export onnx MODEL`',
   Deploy: '`tessera-node models deploy MODEL ROUTE...`',
@@ -41,6 +42,9 @@ const COMMAND_BY_RPC = {
   ListRuns: '`tessera-node runs ls`',
   GetRun: '`tessera runs show RUN_ID`',
   ListRunMetrics: '`tessera-node runs metrics RUN_ID`',
+  GetMetricHistory: '`tessera runs metrics RUN_ID --history KEY`',
+  LogMetrics: "the Node client's logMetrics()",
+  LogMetricsStream: "the Node client's logMetricsStream()",
   CompareRuns: '`tessera-node runs compare RUN_ID RUN_ID...`',
   DeleteRun: '`tessera runs rm RUN_ID`',
   RestoreRun: '`tessera runs restore RUN_ID`',
@@ -66,6 +70,7 @@ const COMMAND_BY_RPC = {
   UnloadModel: '`tessera-node unload MODEL`',
   // System
   GetServerInfo: '`tessera-node info`',
+  Backup: '`tessera admin backup -o FILE`',
 };
 
 // Request field a daemon message names (one to set, or one it refused) -> the flag that sets it,

@@ -244,3 +244,15 @@ def test_a_connection_closed_after_the_tls_handshake_points_at_a_client_certific
     assert unreachable_message("127.0.0.1:1", cut_short, True).startswith(
         "the TLS handshake with 127.0.0.1:1 failed: "
     )
+
+
+@pytest.mark.parametrize(
+    ("message", "said"),
+    [
+        ("see GetMetricHistory", "see `tessera runs metrics RUN_ID --history KEY`"),
+        ("see ListAliasHistory", "see `tessera models aliases MODEL --history`"),
+        ("wait, then Backup again", "wait, then `tessera admin backup -o FILE` again"),
+    ],
+)
+def test_the_history_and_backup_rpcs_are_said_as_their_commands(message: str, said: str) -> None:
+    assert in_cli_words(message) == said

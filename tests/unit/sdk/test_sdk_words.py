@@ -110,3 +110,7 @@ def test_grpcs_method_not_found_stays_as_grpc_wrote_it():
     message = "Method not found: tessera.v1.Training/SubmitSweep"
     error = tessera.errors.error_for(grpc.StatusCode.UNIMPLEMENTED, message)
     assert error.message == error.daemon_message == message
+
+
+def test_a_backup_is_said_as_its_call() -> None:
+    assert in_sdk_words("wait, then Backup again") == "wait, then `client.system.backup(path)` again"

@@ -22,6 +22,7 @@ COMMAND_BY_RPC: dict[str, str] = {
     "DownloadVersion": "`tessera models download MODEL PATH`",
     "SetAlias": "`tessera models alias MODEL ALIAS VERSION`",
     "DeleteAlias": "`tessera models unalias MODEL ALIAS`",
+    "ListAliasHistory": "`tessera models aliases MODEL --history`",
     "CompareVersions": "`tessera models compare MODEL A B`",
     "ExportOnnx": "`tessera export onnx MODEL`",
     "Deploy": "`tessera models deploy MODEL ROUTE...`",
@@ -44,6 +45,9 @@ COMMAND_BY_RPC: dict[str, str] = {
     "ListRuns": "`tessera runs ls`",
     "GetRun": "`tessera runs show RUN_ID`",
     "ListRunMetrics": "`tessera runs metrics RUN_ID`",
+    "GetMetricHistory": "`tessera runs metrics RUN_ID --history KEY`",
+    "LogMetrics": "the Python SDK's client.training.log_metrics()",
+    "LogMetricsStream": "the Python SDK's client.training.log_metrics_stream()",
     "CompareRuns": "`tessera runs compare RUN_ID RUN_ID...`",
     "DeleteRun": "`tessera runs rm RUN_ID`",
     "RestoreRun": "`tessera runs restore RUN_ID`",
@@ -69,6 +73,7 @@ COMMAND_BY_RPC: dict[str, str] = {
     "UnloadModel": "`tessera unload MODEL`",
     # System
     "GetServerInfo": "`tessera info`",
+    "Backup": "`tessera admin backup -o FILE`",
 }
 """RPC name -> the `tessera` command that does it (or, where none does, the SDK call)."""
 

@@ -86,6 +86,7 @@ CALL_BY_RPC: dict[str, str] = {
     # System
     "GetServerInfo": "`client.system.info()`",
     "WatchSystem": "`client.system.watch()`",
+    "Backup": "`client.system.backup(path)`",
 }
 """RPC name -> the SDK call that does it (`client` a tessera.Client or tessera.aio.Client)."""
 
