@@ -211,3 +211,16 @@ def test_sigterm_while_following_a_job_says_it_goes_on_and_how_to_follow_or_stop
     assert f"stopped following job {job_id}, which goes on" in result.err
     assert f"`tessera jobs watch {job_id}`" in result.err and f"`tessera jobs cancel {job_id}`" in result.err
     client.training.job(job_id).wait()
+
+
+def test_a_run_name_a_deleted_run_holds_is_refused_in_cli_words(tessera_cli, client, table_dataset, tmp_path):
+    deleted = client.training.create_run("again-deleted", "gone")
+    client.training.delete_run(deleted.run_id)
+    spec = tmp_path / "job.toml"
+    spec.write_text(JOB_SPEC.replace('"again"', '"again-deleted"').replace('"baseline"', '"gone"'))
+
+    refused = tessera_cli("train", str(spec))
+    assert refused.code == EXIT_DAEMON, refused.err
+    assert "restore it with `tessera runs restore RUN_ID`" in refused.err
+    assert "--run-name NAME or --set run_name=NAME" in refused.err
+    assert "client." not in refused.err

@@ -36,9 +36,11 @@ def cmd_train(client: Client, args: argparse.Namespace, out: Output) -> None:
     try:
         job = client.training.submit(with_settings(load_toml(args.spec), settings))
     except AlreadyExists as err:
-        if not (err.message.startswith("spec.run_name: ") and err.message.endswith(_RUN_NAME_TAKEN_FIX)):
+        # The daemon's words: `message` has the SDK's (restore it with `client.training...`).
+        told = err.daemon_message
+        if not (told.startswith("spec.run_name: ") and told.endswith(_RUN_NAME_TAKEN_FIX)):
             raise
-        said = in_cli_words(err.message.removesuffix(_RUN_NAME_TAKEN_FIX))
+        said = in_cli_words(told.removesuffix(_RUN_NAME_TAKEN_FIX))
         raise AlreadyExistsInCliWords(
             f"{said}pick another with --run-name NAME or --set run_name=NAME, or leave run_name out of "
             "the spec to name the run after its job"
