@@ -305,13 +305,17 @@ class LimitsSettings:
         1000,
         parse_number(int, 1, 1_000_000),
         "RPCs the daemon runs at once (Health Check and OIP ServerLive/ServerReady aside); more "
-        "answer RESOURCE_EXHAUSTED",
+        "answer RESOURCE_EXHAUSTED. With max_concurrent_streams it also sizes the streams one "
+        "connection may open at once (their sum) and the calls gRPC queues before the daemon sees "
+        "them (4 times that sum, at least 3,000 and at most 100,000; past it gRPC answers CANCELLED)",
     )
     max_concurrent_streams: int = setting(
         100,
         parse_number(int, 1, 1_000_000),
         "streaming RPCs (watch, upload, download, predict streams) open at once; more answer "
-        "RESOURCE_EXHAUSTED. Health Watch streams, open without a token, have as many of their own",
+        "RESOURCE_EXHAUSTED. Health Watch streams, open without a token, have as many of their own. "
+        "With max_concurrent_calls it also sizes each connection's stream cap and gRPC's queue of "
+        "pending calls (see max_concurrent_calls)",
     )
     backup_stall_timeout_s: float = setting(
         120.0,

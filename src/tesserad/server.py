@@ -206,9 +206,12 @@ def _register(
     add(servicer, routes)  # type: ignore[arg-type]
 
 
-# gRPC core's own default for the calls it queues for the server (it refuses at random between
-# this and three times it): the least the daemon queues, whatever its limits.
+# gRPC core's own hard limit on the calls it queues for the server (its soft default is 1000,
+# refusing at random between the two): the least the daemon queues, whatever its limits.
 _MIN_PENDING_CALLS = 3000
+# The most it queues (~2.5 GB at ~25 KB a call), however high the limits are set: past this a
+# flood is refused, not held in memory.
+_MAX_PENDING_CALLS = 100_000
 
 
 def _streams_per_connection(limits: LimitsSettings) -> int:
@@ -220,7 +223,7 @@ def _streams_per_connection(limits: LimitsSettings) -> int:
 def _pending_calls(limits: LimitsSettings) -> int:
     """The calls gRPC core queues before the interceptors see them, over all connections; past
     it, it answers CANCELLED itself. ~25 KB each, so this bounds what a flood can hold."""
-    return max(_MIN_PENDING_CALLS, 4 * _streams_per_connection(limits))
+    return min(_MAX_PENDING_CALLS, max(_MIN_PENDING_CALLS, 4 * _streams_per_connection(limits)))
 
 
 class StartupError(Exception):
