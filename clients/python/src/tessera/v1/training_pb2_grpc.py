@@ -349,7 +349,8 @@ class TrainingServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LogMetrics(self, request, context):
-        """A batch of metric points for one run. A run holds at most 10,000 distinct metric keys: a
+        """A batch of metric points for one run, at most 10,000 points (INVALID_ARGUMENT above it,
+        none stored: send them in several calls). A run holds at most 10,000 distinct metric keys: a
         batch that would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap;
         points for the keys it has are always taken. A job's keys past the cap stay in its events.
         GetRun, ListRuns, CompareRuns and Leaderboard answer a run's first 2,000 keys' summaries
@@ -362,10 +363,11 @@ class TrainingServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LogMetricsStream(self, request_iterator, context):
-        """Many batches over one call; the response counts every accepted point. Batches are stored
-        in order, each whole or not at all; when one fails, the call ends with its status (INTERNAL,
-        with an error id the daemon's log has the details under, for an unexpected failure), and the
-        batches before it are stored and none after it. The message says which batch failed, and
+        """Many batches over one call, each of at most 10,000 points as a LogMetrics request (one
+        above it fails as below, INVALID_ARGUMENT); the response counts every accepted point.
+        Batches are stored in order, each whole or not at all; when one fails, the call ends with
+        its status (INTERNAL, with an error id the daemon's log has the details under, for an
+        unexpected failure), and the batches before it are stored and none after it. The message says which batch failed, and
         the trailing metadata `tessera-stored-batches` and `tessera-stored-points` count the
         batches (from the first) and points stored: resend from the failed batch. Resending a
         stored point changes nothing (a metric keeps one point per key and step).

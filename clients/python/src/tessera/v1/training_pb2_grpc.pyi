@@ -96,7 +96,8 @@ class TrainingStub:
     """Runs of an experiment ranked by one metric's summary."""
     LogParams: _grpc.UnaryUnaryMultiCallable[_training_pb2.LogParamsRequest, _training_pb2.LogParamsResponse]
     LogMetrics: _grpc.UnaryUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]
-    """A batch of metric points for one run. A run holds at most 10,000 distinct metric keys: a
+    """A batch of metric points for one run, at most 10,000 points (INVALID_ARGUMENT above it,
+    none stored: send them in several calls). A run holds at most 10,000 distinct metric keys: a
     batch that would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap;
     points for the keys it has are always taken. A job's keys past the cap stay in its events.
     GetRun, ListRuns, CompareRuns and Leaderboard answer a run's first 2,000 keys' summaries
@@ -105,10 +106,11 @@ class TrainingStub:
     carries it.
     """
     LogMetricsStream: _grpc.StreamUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]
-    """Many batches over one call; the response counts every accepted point. Batches are stored
-    in order, each whole or not at all; when one fails, the call ends with its status (INTERNAL,
-    with an error id the daemon's log has the details under, for an unexpected failure), and the
-    batches before it are stored and none after it. The message says which batch failed, and
+    """Many batches over one call, each of at most 10,000 points as a LogMetrics request (one
+    above it fails as below, INVALID_ARGUMENT); the response counts every accepted point.
+    Batches are stored in order, each whole or not at all; when one fails, the call ends with
+    its status (INTERNAL, with an error id the daemon's log has the details under, for an
+    unexpected failure), and the batches before it are stored and none after it. The message says which batch failed, and
     the trailing metadata `tessera-stored-batches` and `tessera-stored-points` count the
     batches (from the first) and points stored: resend from the failed batch. Resending a
     stored point changes nothing (a metric keeps one point per key and step).
@@ -218,7 +220,8 @@ class TrainingAsyncStub(TrainingStub):
     """Runs of an experiment ranked by one metric's summary."""
     LogParams: _aio.UnaryUnaryMultiCallable[_training_pb2.LogParamsRequest, _training_pb2.LogParamsResponse]  # type: ignore[assignment]
     LogMetrics: _aio.UnaryUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]  # type: ignore[assignment]
-    """A batch of metric points for one run. A run holds at most 10,000 distinct metric keys: a
+    """A batch of metric points for one run, at most 10,000 points (INVALID_ARGUMENT above it,
+    none stored: send them in several calls). A run holds at most 10,000 distinct metric keys: a
     batch that would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap;
     points for the keys it has are always taken. A job's keys past the cap stay in its events.
     GetRun, ListRuns, CompareRuns and Leaderboard answer a run's first 2,000 keys' summaries
@@ -227,10 +230,11 @@ class TrainingAsyncStub(TrainingStub):
     carries it.
     """
     LogMetricsStream: _aio.StreamUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]  # type: ignore[assignment]
-    """Many batches over one call; the response counts every accepted point. Batches are stored
-    in order, each whole or not at all; when one fails, the call ends with its status (INTERNAL,
-    with an error id the daemon's log has the details under, for an unexpected failure), and the
-    batches before it are stored and none after it. The message says which batch failed, and
+    """Many batches over one call, each of at most 10,000 points as a LogMetrics request (one
+    above it fails as below, INVALID_ARGUMENT); the response counts every accepted point.
+    Batches are stored in order, each whole or not at all; when one fails, the call ends with
+    its status (INTERNAL, with an error id the daemon's log has the details under, for an
+    unexpected failure), and the batches before it are stored and none after it. The message says which batch failed, and
     the trailing metadata `tessera-stored-batches` and `tessera-stored-points` count the
     batches (from the first) and points stored: resend from the failed batch. Resending a
     stored point changes nothing (a metric keeps one point per key and step).
@@ -463,7 +467,8 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         request: _training_pb2.LogMetricsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_training_pb2.LogMetricsResponse, _abc.Awaitable[_training_pb2.LogMetricsResponse]]:
-        """A batch of metric points for one run. A run holds at most 10,000 distinct metric keys: a
+        """A batch of metric points for one run, at most 10,000 points (INVALID_ARGUMENT above it,
+        none stored: send them in several calls). A run holds at most 10,000 distinct metric keys: a
         batch that would take it past them is refused whole with RESOURCE_EXHAUSTED naming the cap;
         points for the keys it has are always taken. A job's keys past the cap stay in its events.
         GetRun, ListRuns, CompareRuns and Leaderboard answer a run's first 2,000 keys' summaries
@@ -478,10 +483,11 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_training_pb2.LogMetricsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_training_pb2.LogMetricsResponse, _abc.Awaitable[_training_pb2.LogMetricsResponse]]:
-        """Many batches over one call; the response counts every accepted point. Batches are stored
-        in order, each whole or not at all; when one fails, the call ends with its status (INTERNAL,
-        with an error id the daemon's log has the details under, for an unexpected failure), and the
-        batches before it are stored and none after it. The message says which batch failed, and
+        """Many batches over one call, each of at most 10,000 points as a LogMetrics request (one
+        above it fails as below, INVALID_ARGUMENT); the response counts every accepted point.
+        Batches are stored in order, each whole or not at all; when one fails, the call ends with
+        its status (INTERNAL, with an error id the daemon's log has the details under, for an
+        unexpected failure), and the batches before it are stored and none after it. The message says which batch failed, and
         the trailing metadata `tessera-stored-batches` and `tessera-stored-points` count the
         batches (from the first) and points stored: resend from the failed batch. Resending a
         stored point changes nothing (a metric keeps one point per key and step).
