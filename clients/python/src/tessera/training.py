@@ -695,25 +695,32 @@ class Job(Part[C]):
 
 @dataclass(frozen=True)
 class _CancelledFromScratch(Call[Any]):
-    """Cancel the job a daemon older than resume_from made without it (it would train from
-    scratch), then raise Unimplemented saying so; where the cancel fails, the Unimplemented names
-    the job left running and how to cancel it, and the cancel's error is its cause."""
+    """Cancel the job (or, `sweep`, the sweep) a daemon older than resume_from made without it
+    (it would train from scratch), then raise Unimplemented saying so; where the cancel fails,
+    the Unimplemented names what it left running and how to cancel it, and the cancel's error is
+    its cause."""
 
-    job_id: str
+    made_id: str
     timeout: float | None
+    sweep: bool = False
 
-    def _cancel(self) -> Op[pb.Job]:
-        return Op(S, "CancelJob", pb.CancelJobRequest(job_id=self.job_id), timeout=self.timeout)
+    def _cancel(self) -> Op[Any]:
+        if self.sweep:
+            return Op(S, "CancelSweep", pb.CancelSweepRequest(sweep_id=self.made_id), timeout=self.timeout)
+        return Op(S, "CancelJob", pb.CancelJobRequest(job_id=self.made_id), timeout=self.timeout)
 
     def _refused(self, cancel_error: TesseraError | None) -> Unimplemented:
         said = "this tesserad does not know resume_from (older than the client); upgrade it. "
+        made = f"{'sweep' if self.sweep else 'job'} {self.made_id}"
         if cancel_error is None:
-            return Unimplemented(
-                f"{said}Its job {self.job_id} would have trained from scratch, and is cancelled"
-            )
+            return Unimplemented(f"{said}Its {made} would have trained from scratch, and is cancelled")
+        how = (
+            f"client.training.cancel_sweep({self.made_id!r}), or tessera sweeps cancel {self.made_id}"
+            if self.sweep
+            else f"client.training.job({self.made_id!r}).cancel(), or tessera jobs cancel {self.made_id}"
+        )
         return Unimplemented(
-            f"{said}Its job {self.job_id} trains from scratch and could not be cancelled ({cancel_error}); "
-            f"cancel it: client.training.job({self.job_id!r}).cancel(), or tessera jobs cancel {self.job_id}"
+            f"{said}Its {made} trains from scratch and could not be cancelled ({cancel_error}); cancel it: {how}"
         )
 
     def run(self, conn: Connection) -> Any:
@@ -1279,7 +1286,7 @@ class Training(Part[C]):
         *,
         request_id: str | None = None,
         timeout: float | None = None,
-    ) -> Op[Sweep[C]]:
+    ) -> Chain[Sweep[C]]:
         """Start a hyperparameter sweep over a base job spec: grid, random, TPE, CMA-ES or PBT trials,
         optionally pruned by ASHA or Hyperband; returns its `Sweep` (wait, trials, best, cancel).
 
@@ -1288,11 +1295,24 @@ class Training(Part[C]):
         starting a second. Your own id (1 to 64 of A-Z a-z 0-9 - _) sends the same submit again
         within 24 hours; the same id with another spec is AlreadyExists naming the sweep. Sweep
         ids and job ids are apart. ValueError for an id the daemon would not keep. The retry
-        needs a daemon that keeps sweep request ids: an older one ignores the field."""
-        request = pb.SubmitSweepRequest(
-            spec=from_dict(pb.SweepSpec, spec, "sweep"), request_id=_submit_request_id(request_id)
+        needs a daemon that keeps sweep request ids: an older one ignores the field. A daemon
+        older than the base's `resume_from` drops it and its trials would train from scratch: the
+        sweep is cancelled and Unimplemented says so."""
+        sent = from_dict(pb.SweepSpec, spec, "sweep")
+        request = pb.SubmitSweepRequest(spec=sent, request_id=_submit_request_id(request_id))
+        return Chain(
+            Op(S, "SubmitSweep", request, timeout=timeout),
+            lambda info: self._sweep_answered(sent, info, timeout),
         )
-        return Op(S, "SubmitSweep", request, self._sweep, timeout=timeout)
+
+    def _sweep_answered(
+        self, sent: pb.SweepSpec, info: pb.Sweep, timeout: float | None = None
+    ) -> Call[Sweep[C]]:
+        """The submitted sweep; where the daemon dropped its base's resume_from (as `_answered`),
+        that sweep cancelled and Unimplemented: its trials would train from scratch."""
+        if not sent.base.resume_from or info.spec.base.resume_from:
+            return Given(self._sweep(info))
+        return _CancelledFromScratch(info.sweep_id, timeout, sweep=True)
 
     @call
     def sweep(self, sweep_id: str, *, timeout: float | None = None) -> Op[Sweep[C]]:
