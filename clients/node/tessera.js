@@ -605,7 +605,8 @@ class Client {
   }
 
   // Many steps' metrics over LogMetricsStream: `steps` yields [step, { key: number }] in order
-  // (an array, a generator or an async generator), sent in batches of batchPoints points.
+  // (an array, a generator or an async generator), sent in batches of batchPoints points (at most
+  // MAX_BATCH_POINTS, the daemon's limit for one batch).
   // Resolves to the points accepted. The daemon stores a stream's batches in order, each whole or
   // not at all, and when one fails answers how many before it are stored (none after them). A
   // stream cut UNAVAILABLE (the connection lost, the daemon restarting) is sent again, as the
@@ -621,8 +622,8 @@ class Client {
   // transfer_timeout does: a stream cut late is still sent again, so the caller waits up to
   // reconnects + 1 times timeoutMs.
   async logMetricsStream(runId, steps, { batchPoints = 1000, reconnects = DEFAULT_RECONNECTS, timeoutMs: timeout } = {}) {
-    if (!Number.isSafeInteger(batchPoints) || batchPoints < 1) {
-      throw new RangeError(`batchPoints must be a whole number >= 1, got ${String(batchPoints)}`);
+    if (!Number.isSafeInteger(batchPoints) || batchPoints < 1 || batchPoints > MAX_BATCH_POINTS) {
+      throw new RangeError(`batchPoints must be in 1..${MAX_BATCH_POINTS}, got ${String(batchPoints)}`);
     }
     wholeNumber('reconnects', reconnects);
     const tryMs = timeoutMs(timeout, DEFAULT_TRANSFER_TIMEOUT_MS);
@@ -1158,6 +1159,9 @@ function runOrder(orderBy, orderField, descending) {
 const RESUMED_CODES = ['UNAVAILABLE', 'RESOURCE_EXHAUSTED'];
 // Five tries in all, as the Python SDK's RetryPolicy.attempts (5) for its watch and metric stream.
 const DEFAULT_RECONNECTS = 4;
+// The daemon refuses a LogMetrics request or stream batch of more points, as the Python SDK's
+// MAX_BATCH_POINTS says.
+const MAX_BATCH_POINTS = 10000;
 
 // The Python SDK's RetryPolicy backoff: 100 ms doubling to 2 s at most, with full jitter, which
 // spreads reconnecting clients apart after a daemon restart.

@@ -1063,6 +1063,41 @@ def test_node_client_metric_stream_failure_says_what_is_stored(node_ready, daemo
     assert [p.step for p in history.points] == [0, 1, 2, 3, 20]
 
 
+def test_node_client_metric_stream_refuses_batches_the_daemon_would(node_ready, daemon, client):
+    """batchPoints outside 1..10000 (the daemon's limit for one batch) is a RangeError before
+    anything is sent or `steps` is read, in the Python SDK's words; 10000 is sent."""
+    run_id = client.training.create_run("node-streams").run_id
+    found = node_json(
+        f"""
+        (async () => {{
+          const client = new Client(TARGET);
+          const found = {{ read: 0 }};
+          function* steps() {{
+            found.read += 1;
+            yield [0, {{ loss: 1 }}];
+          }}
+          for (const batchPoints of [0, 10001, 2.5]) {{
+            try {{
+              await client.logMetricsStream({json.dumps(run_id)}, steps(), {{ batchPoints }});
+            }} catch (err) {{
+              found[String(batchPoints)] = `${{err.name}}: ${{err.message}}`;
+            }}
+          }}
+          found.refusedRead = found.read;
+          found.accepted = await client.logMetricsStream({json.dumps(run_id)}, steps(), {{ batchPoints: 10000 }});
+          client.close();
+          console.log(JSON.stringify(found));
+        }})();
+        """,
+        daemon.target,
+    )
+    assert found["0"] == "RangeError: batchPoints must be in 1..10000, got 0"
+    assert found["10001"] == "RangeError: batchPoints must be in 1..10000, got 10001"
+    assert found["2.5"] == "RangeError: batchPoints must be in 1..10000, got 2.5"
+    assert (found["refusedRead"], found["accepted"]) == (0, 1)
+    assert [p.step for p in client.training.metric_history(run_id, "loss").points] == [0]
+
+
 def test_node_client_metric_stream_ended_early_closes_its_steps(node_ready, daemon, client):
     """A stream the daemon refuses mid-way (a value not finite), or one whose step is refused
     before sending, leaves its generator early: the generator is closed, so its `finally` runs
