@@ -115,6 +115,28 @@ def test_runs_ls_sweep_lists_the_runs_of_its_trials(tessera_cli, table_dataset, 
     assert missing.code == 3 and "NOT_FOUND" in missing.err, missing.err
 
 
+def test_runs_ls_sweep_lists_trials_runs_in_each_experiment_a_parameter_sets(
+    tessera_cli, table_dataset, tmp_path
+):
+    # A parameter on `experiment` sends each trial's run to its value: reading only the base
+    # spec's experiment listed none of them.
+    sweep_spec = tmp_path / "sweep.toml"
+    sweep_spec.write_text(
+        GRID_SWEEP.replace('path = "optimizer.lr"', 'path = "experiment"').replace(
+            "values = [0.01, 0.1]", 'values = ["cli-a", "cli-b"]'
+        )
+    )
+    assert tessera_cli("sweep", str(sweep_spec), "--follow").code == 0
+    [sweep] = tessera_cli("--json", "sweeps", "ls").json()
+    trial_jobs = {trial["job_id"] for trial in sweep["trials"]}
+
+    listed = tessera_cli("--json", "runs", "ls", "--sweep", sweep["sweep_id"])
+    assert listed.code == 0, listed.err
+    runs = listed.json()
+    assert sorted(run["job_id"] for run in runs) == sorted(trial_jobs)
+    assert sorted(run["experiment"] for run in runs) == ["cli-a", "cli-b"]
+
+
 def test_runs_ls_sweep_leaves_out_runs_of_no_job_when_a_trial_never_started(
     tessera_cli, client, table_dataset, tmp_path
 ):

@@ -72,11 +72,18 @@ def check_run_search(args: argparse.Namespace) -> None:
         raise UsageError(f"--order-by {args.order_by!r} gives its direction: leave out --asc and --desc")
 
 
+def sweep_experiment(spec: training_pb2.SweepSpec) -> str:
+    """The one experiment holding a sweep's trials' runs, its base spec's; "" (every experiment)
+    where a parameter sets `experiment`, sending each trial's run to its value."""
+    if any(parameter.path == "experiment" for parameter in spec.parameters):
+        return ""
+    return spec.base.experiment
+
+
 def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
     check_run_search(args)
     sweep = client.training.sweep(args.sweep) if args.sweep else None
-    # A sweep's trials' runs are in its base spec's experiment: only that one is read.
-    experiment = args.experiment or (sweep.info.spec.base.experiment if sweep is not None else "")
+    experiment = args.experiment or (sweep_experiment(sweep.info.spec) if sweep is not None else "")
     runs = list(
         client.training.runs(
             experiment=experiment,
