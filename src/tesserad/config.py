@@ -320,8 +320,9 @@ class LimitsSettings:
     backup_stall_timeout_s: float = setting(
         120.0,
         parse_number(float, 0.1, 86400.0),
-        "seconds a Backup's client may take no chunk (the daemon makes one backup at a time); past "
-        "it the backup ends DEADLINE_EXCEEDED and the next one in line begins",
+        "seconds a Backup's client may take to take a chunk sent (or the chunk's size at 8 KiB/s, "
+        "where longer; the daemon makes one backup at a time); past it the backup ends ABORTED and "
+        "the next one in line begins",
     )
     http_request_timeout_s: float = setting(
         60.0,

@@ -109,6 +109,10 @@ class DeadlineExceeded(TesseraError):
     """The caller's deadline passed before the work was done."""
 
 
+class Aborted(TesseraError):
+    """The daemon ended the work for a reason of its own, such as a client too slow to keep it."""
+
+
 class Cancelled(TesseraError):
     """The work was cancelled (by the caller or by shutdown)."""
 

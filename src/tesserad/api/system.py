@@ -93,11 +93,11 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
                 yield pb.BackupChunk(waiting=True)
             backup = await turn.start()
             if turn.waits:
-                with turn.sending():
+                with turn.sending(0):
                     yield pb.BackupChunk(waiting=False)
             await asyncio.to_thread(backup.prepare, size)
             while (data := await asyncio.to_thread(backup.next_chunk)) is not None:
-                with turn.sending():
+                with turn.sending(len(data)):
                     yield pb.BackupChunk(data=data, archive_size=backup.archive_size)
 
 

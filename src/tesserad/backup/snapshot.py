@@ -30,7 +30,7 @@ from pathlib import Path
 
 from tessera.backup import BLOB_PREFIX, MANIFEST_NAME, STORE_NAME, Entry, Manifest
 from tesserad.datasets.references import BLOB_HOLDERS, drop_claimed_blobs
-from tesserad.errors import DataLoss, DeadlineExceeded, NotFound, ResourceExhausted, TesseraError, Unavailable
+from tesserad.errors import Aborted, DataLoss, NotFound, ResourceExhausted, TesseraError, Unavailable
 from tesserad.store import BlobStore, ReadTxn, Store
 from tesserad.store.schema import STORE_SCHEMA
 from tesserad.store.space import space_checked
@@ -61,6 +61,17 @@ def _archive_size(document: bytes, manifest: Manifest, mtime: float) -> int:
     ]
     size = sum(len(_header(name, n, mtime)) + n + -n % _BLOCK for name, n in members) + 2 * _BLOCK
     return size + -size % tarfile.RECORDSIZE
+
+
+# The slowest link a backup's client is taken to read at: a chunk is allowed the stall timeout or
+# its size at this rate, whichever is longer, so that a 4 MiB chunk on a link that still moves
+# (slower than 35 KB/s) is not ended at 120 s.
+STALL_FLOOR_BYTES_PER_S = 8 * 1024
+
+
+def stall_allowance_s(stall_timeout_s: float, chunk_bytes: int) -> float:
+    """Seconds a client may take to take a chunk of `chunk_bytes` before its backup is ended."""
+    return max(stall_timeout_s, chunk_bytes / STALL_FLOOR_BYTES_PER_S)
 
 
 class _Chunks:
@@ -257,23 +268,28 @@ class BackupTurn:
         return self._backup
 
     @contextlib.contextmanager
-    def sending(self) -> Iterator[None]:
-        """Around handing gRPC a chunk of this backup: a client that takes none for the stall
-        timeout would hold the turn as long as its connection lives (an hour by the SDK's
-        deadline, forever without one), so its backup is ended then and the turn handed on."""
-        self._stall = asyncio.get_running_loop().call_later(self._stall_timeout_s, self._stalled)
+    def sending(self, chunk_bytes: int) -> Iterator[None]:
+        """Around handing gRPC a chunk of this backup, `chunk_bytes` long: a client that has not
+        taken it within its stall allowance would hold the turn as long as its connection lives
+        (an hour by the SDK's deadline, forever without one), so its backup is ended then and the
+        turn handed on. The stream ends when the client next reads."""
+        allowance_s = stall_allowance_s(self._stall_timeout_s, chunk_bytes)
+        self._stall = asyncio.get_running_loop().call_later(allowance_s, self._stalled, allowance_s)
         try:
             yield
         finally:
             self._stall.cancel()
 
-    def _stalled(self) -> None:
+    def _stalled(self, allowance_s: float) -> None:
         setting = "limits.backup_stall_timeout_s"
+        # ABORTED, not DEADLINE_EXCEEDED: no deadline of the client's passed, and lengthening one
+        # would not help.
         self._close(
-            DeadlineExceeded(
-                f"the client took no chunk of the backup for {self._stall_timeout_s:g} s ({setting}), "
-                "so the daemon ended it and let the next backup begin; read the stream as it comes, "
-                f"or raise {setting} (env TESSERA_{setting.replace('.', '_').upper()})"
+            Aborted(
+                f"the client took no chunk of the backup within {allowance_s:g} s of its being sent "
+                f"({setting}, or the chunk's size at {STALL_FLOOR_BYTES_PER_S // 1024} KiB/s where "
+                "longer), so the daemon ended it and let the next backup begin; read the stream as it "
+                f"comes, or raise {setting} (env TESSERA_{setting.replace('.', '_').upper()})"
             )
         )
 

@@ -52,6 +52,7 @@ HTTP_STATUS_BY_ERROR: dict[type[errors.TesseraError], int] = {
     errors.Unauthenticated: 401,
     errors.PermissionDenied: 403,
     errors.DeadlineExceeded: 504,
+    errors.Aborted: 409,
     errors.Cancelled: 499,
     errors.Unavailable: 503,
     errors.Unimplemented: 501,

@@ -12,6 +12,7 @@ import pytest
 
 from tessera.backup import BLOB_PREFIX, STORE_NAME, ArchiveError, Entry, Manifest, read_archive
 from tesserad.backup import Backup, Backups
+from tesserad.backup.snapshot import stall_allowance_s
 from tesserad.datasets.references import BLOB_HOLDERS, delete_unheld_blobs, hold_blob, release_blob
 from tesserad.errors import Unavailable
 from tesserad.store import BlobStore, Store
@@ -143,3 +144,9 @@ def test_a_manifest_digest_with_a_line_end_is_malformed():
     damaged = Manifest("1", "now", {}, Entry("a" * 64, 1), {"b" * 64 + "\n": 2})
     with pytest.raises(ArchiveError, match="malformed"):
         Manifest.from_json(damaged.to_json())
+
+
+def test_a_big_chunk_on_a_slow_link_is_given_time_to_send_at_the_floor_rate() -> None:
+    # 4 MiB at 8 KiB/s takes 512 s: a client reading steadily at 20 KB/s was ended at 120 s.
+    assert stall_allowance_s(120.0, 4 * 2**20) == 512.0
+    assert stall_allowance_s(120.0, 64 * 2**10) == 120.0

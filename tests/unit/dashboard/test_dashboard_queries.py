@@ -54,6 +54,7 @@ EXPECTED_HTTP_STATUS = {
     errors.Unauthenticated: 401,
     errors.PermissionDenied: 403,
     errors.DeadlineExceeded: 504,
+    errors.Aborted: 409,
     errors.Cancelled: 499,
     errors.Unavailable: 503,
     errors.StillLoading: 503,
