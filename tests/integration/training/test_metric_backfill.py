@@ -12,7 +12,7 @@ from tessera.v1 import training_pb2, training_pb2_grpc
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store, encode_metric_point, encode_record
 from tesserad.training.spec import default_mode
-from tesserad.training.tracking import Tracking
+from tesserad.training.tracking import MAX_BATCH_POINTS, Tracking
 from tests.conftest import InProcessDaemon, daemon_settings
 
 S = training_pb2
@@ -78,7 +78,11 @@ def test_a_store_from_before_summaries_is_backfilled_once_at_start(data_dir: Pat
             batch = [S.MetricPoint(key=key, value=v, step=s) for s, v in points.items()]
             for point in batch:
                 point.time.FromNanoseconds(int((now + point.step) * 1e9))
-            stub.LogMetrics(S.LogMetricsRequest(run_id=fresh, points=batch))
+            # In requests of at most MAX_BATCH_POINTS, the most one may hold.
+            for start in range(0, len(batch), MAX_BATCH_POINTS):
+                stub.LogMetrics(
+                    S.LogMetricsRequest(run_id=fresh, points=batch[start : start + MAX_BATCH_POINTS])
+                )
             for max_points in (0, 10, 1000):
                 assert _history(stub, run_id, key, max_points) == _history(stub, fresh, key, max_points)
             assert _history(stub, run_id, key, 0) == [
