@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import NoReturn, TypeVar
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import NoReturn
 
 import grpc
 
@@ -50,8 +50,7 @@ from tesserad.serving.pool import LoadedVersion
 from tesserad.serving.service import VersionDescription
 from tesserad.serving.shared_memory import RegionStatus
 from tesserad.serving.signature import TensorSpec
-
-T = TypeVar("T")
+from tesserad.tasks import off_the_loop
 
 
 def _duration(count: int, ns: int) -> pb.StatisticDuration:
@@ -137,26 +136,6 @@ def index_response(rows: Iterable[IndexRow]) -> pb.RepositoryIndexResponse:
             for r in rows
         ]
     )
-
-
-async def off_the_loop(decode: Callable[[], T]) -> T:
-    """`decode()` run in a thread, so that the event loop answers other calls meanwhile. A call
-    cancelled meanwhile, however many times, ends only once it has returned: the shared-memory
-    regions it reads through a lease must stay open until then."""
-    job = asyncio.ensure_future(asyncio.to_thread(decode))
-    cancel: asyncio.CancelledError | None = None
-    while not job.done():
-        try:
-            # wait, not await: it neither cancels the job nor raises its error.
-            await asyncio.wait([job])
-        except asyncio.CancelledError as exc:
-            cancel = exc
-    if cancel is not None:
-        if not job.cancelled():
-            # Retrieved, so that asyncio logs no error never retrieved for an answer no one waits for.
-            job.exception()
-        raise cancel
-    return job.result()
 
 
 class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):

@@ -31,7 +31,7 @@ from aiohttp import hdrs, web
 
 from tesserad import __version__, errors
 from tesserad.api.auth import ANONYMOUS, expired_message
-from tesserad.api.oip import metadata_of, off_the_loop, statistics_response
+from tesserad.api.oip import metadata_of, statistics_response
 from tesserad.api.oip_config import model_config_of, serving_config_of
 from tesserad.api.oip_json import (
     HEADER_LENGTH,
@@ -69,6 +69,7 @@ from tesserad.serving.open_inference import (
     timeout_of,
 )
 from tesserad.serving.trace import TRACE_LEVEL
+from tesserad.tasks import off_the_loop
 
 if TYPE_CHECKING:
     # tesserad.metrics imports the dashboard, which imports tesserad.api.auth.

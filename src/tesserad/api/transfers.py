@@ -10,8 +10,8 @@ registration run to their end whatever the client does. The stream's end counts 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
+import functools
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -21,6 +21,7 @@ import grpc
 
 from tesserad.errors import DataLoss, InvalidArgument, OutOfRange, TesseraError
 from tesserad.store import BlobRef, BlobWriter
+from tesserad.tasks import off_the_loop
 
 MAX_CHUNK_SIZE = 4 * 2**20
 # Each chunk of a download is a message of its own: 1-byte chunks would have the daemon send a
@@ -120,17 +121,6 @@ def _chunk(message: Any) -> bytes:
     return chunk
 
 
-async def _write(writer: BlobWriter, chunk: bytes) -> None:
-    future = asyncio.get_running_loop().run_in_executor(None, writer.write, chunk)
-    try:
-        await asyncio.shield(future)
-    except asyncio.CancelledError:
-        # Let the write in flight finish before the writer is aborted under it.
-        with contextlib.suppress(Exception):
-            await future
-        raise
-
-
 async def receive_chunks(
     messages: AsyncIterator[Any],
     writer: BlobWriter,
@@ -154,7 +144,8 @@ async def receive_chunks(
                 f"received more than the {expected_size} bytes the header declared; send the file "
                 "the header describes, or declare its true size"
             )
-        await _write(writer, chunk)
+        # Waited out when cancelled: the caller's abort must not run under a write in flight.
+        await off_the_loop(functools.partial(writer.write, chunk))
     writer.hand_off()
 
     def commit_and_register() -> T:

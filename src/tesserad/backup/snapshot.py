@@ -34,6 +34,7 @@ from tesserad.errors import Aborted, DataLoss, NotFound, ResourceExhausted, Tess
 from tesserad.store import BlobStore, ReadTxn, Store
 from tesserad.store.schema import STORE_SCHEMA
 from tesserad.store.space import space_checked
+from tesserad.tasks import wait_out
 
 _BLOCK = tarfile.BLOCKSIZE
 
@@ -255,6 +256,7 @@ class BackupTurn:
         self._in_line = True
         self._holds_turn = False
         self._backup: Backup | None = None
+        self._closing: asyncio.Future[None] | None = None
 
     async def start(self) -> Backup:
         """This backup, begun once no other is being made, the turn taken in the order the calls
@@ -295,25 +297,26 @@ class BackupTurn:
 
     async def end(self) -> None:
         """Close the backup, if begun, then hand the turn on. The close runs to its end in its
-        thread, and the turn is handed on only then, even if this call is cancelled again
-        meanwhile: the next backup never copies the store beside this one's copy."""
-        closing = self._close(None)
-        if closing is not None:
-            await asyncio.shield(closing)
+        thread, and the turn is handed on and this call returns only then, however often it is
+        cancelled meanwhile: the next backup never copies the store beside this one's copy, and
+        nothing of this one outlives its call."""
+        self._close(None)
+        if self._closing is not None:
+            # Also a close the stall allowance began.
+            await wait_out(self._closing)
 
-    def _close(self, error: TesseraError | None) -> asyncio.Future[None] | None:
+    def _close(self, error: TesseraError | None) -> None:
         """Leave the line; close the backup, if begun, with `error` for its later steps, and hand
-        the turn on once it is closed. The close under way, if any."""
+        the turn on once it is closed (`_closing`, under way meanwhile)."""
         self._leave_line()
         if not self._holds_turn:
-            return None
+            return
         self._holds_turn = False
         if self._backup is None:
             self._line.turn.release()
-            return None
-        closing = asyncio.ensure_future(asyncio.to_thread(self._backup.close, error))
-        closing.add_done_callback(self._hand_on)
-        return closing
+            return
+        self._closing = asyncio.ensure_future(asyncio.to_thread(self._backup.close, error))
+        self._closing.add_done_callback(self._hand_on)
 
     def _hand_on(self, closing: asyncio.Future[None]) -> None:
         self._line.turn.release()

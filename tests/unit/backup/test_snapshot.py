@@ -3,6 +3,7 @@ and ending it early (the client gone) leaves no temp copy and no pin behind."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import tarfile
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from tesserad.backup.snapshot import stall_allowance_s
 from tesserad.datasets.references import BLOB_HOLDERS, delete_unheld_blobs, hold_blob, release_blob
 from tesserad.errors import Unavailable
 from tesserad.store import BlobStore, Store
+from tests.held_threads import HeldInThread
 
 
 @pytest.fixture
@@ -150,3 +152,42 @@ def test_a_big_chunk_on_a_slow_link_is_given_time_to_send_at_the_floor_rate() ->
     # 4 MiB at 8 KiB/s takes 512 s: a client reading steadily at 20 KB/s was ended at 120 s.
     assert stall_allowance_s(120.0, 4 * 2**20) == 512.0
     assert stall_allowance_s(120.0, 64 * 2**10) == 120.0
+
+
+def test_a_backup_call_cancelled_again_while_its_backup_closes_ends_only_once_it_is_closed(
+    parts: tuple[Store, BlobStore],
+) -> None:
+    """The client gone, then the daemon stopping: the call's end waits out the close in its
+    thread, so nothing of the backup (its store copy, its pins) outlives the call."""
+    store, blobs = parts
+    sha256 = _held_blob(store, blobs, bytes(range(256)) * 64)
+    backups = Backups(store, blobs, "test", stall_timeout_s=120.0)
+
+    async def backing_up(prepared: asyncio.Event) -> None:
+        async with backups.line_up() as turn:
+            backup = await turn.start()
+            await asyncio.to_thread(backup.prepare, 512)
+            prepared.set()
+            await asyncio.Event().wait()
+
+    async def cancel_twice_mid_close(held: HeldInThread) -> None:
+        prepared = asyncio.Event()
+        call = asyncio.create_task(backing_up(prepared))
+        await prepared.wait()
+        call.cancel()
+        assert await asyncio.to_thread(held.reached.wait, 30)
+        try:
+            call.cancel()
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert not call.done(), "the call ended while its backup was still being closed"
+        finally:
+            held.let_go.set()
+        await asyncio.wait([call])
+        assert call.cancelled()
+
+    with HeldInThread(Backup.close, "self._copy_path.unlink(missing_ok=True)") as held:
+        asyncio.run(cancel_twice_mid_close(held))
+    assert held.raised == []
+    assert list(blobs.tmp_dir.iterdir()) == []
+    assert not blobs.claimed(sha256)

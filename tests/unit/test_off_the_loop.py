@@ -1,5 +1,5 @@
-"""A decode run off the event loop, as an inference request's shared-memory reads are: its caller
-ends only after it, however often the caller is cancelled meanwhile."""
+"""Work run off the event loop (an inference request's shared-memory reads and writes, an upload's
+chunk writes): its caller ends only after it, however often the caller is cancelled meanwhile."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from tesserad.api.oip import off_the_loop
+from tesserad.tasks import off_the_loop
 
 
 def test_a_call_cancelled_twice_ends_only_once_its_read_has_returned() -> None:
