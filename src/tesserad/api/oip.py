@@ -204,18 +204,25 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             except NotFound as exc:
                 raise in_oip_words(exc) from None
             answered = time.perf_counter_ns()
-            response = pb.ModelInferResponse(
-                model_name=target.model, model_version=str(version), id=request.id
-            )
-            for name, array in prediction.outputs.items():
-                place = places.get(name) if places else None
-                if place is None:
-                    tensor, raw = oip_output(name, array)
-                else:
-                    # As Triton: an empty entry keeps raw_output_contents one per output.
-                    tensor, raw = oip_shared_output(name, array, place, lease), b""
-                response.outputs.append(tensor)
-                response.raw_output_contents.append(raw)
+
+            def answer() -> pb.ModelInferResponse:
+                response = pb.ModelInferResponse(
+                    model_name=target.model, model_version=str(version), id=request.id
+                )
+                for name, array in prediction.outputs.items():
+                    place = places.get(name)
+                    if place is None:
+                        tensor, raw = oip_output(name, array)
+                    else:
+                        # As Triton: an empty entry keeps raw_output_contents one per output.
+                        tensor, raw = oip_shared_output(name, array, place, lease), b""
+                    response.outputs.append(tensor)
+                    response.raw_output_contents.append(raw)
+                return response
+
+            # A write into shared memory copies as many bytes as the tensor has; a plain answer is
+            # protobuf work that holds the interpreter on any thread, so stays here.
+            response = await off_the_loop(answer) if places else answer()
         encoded = time.perf_counter_ns()
         self._core.record_io(target.model, version, inputs, prediction, decoded - started, encoded - answered)
         if self._tracer.on:

@@ -635,7 +635,15 @@ class OipHttpServer(HttpListener):
             except errors.NotFound as exc:
                 raise in_oip_words(exc) from None
             answered = time.perf_counter_ns()
-            answer, header_length = infer_response(target.model, version, parsed, prediction.outputs, lease)
+            # As for the inputs: an output's write into shared memory copies as many bytes as the
+            # tensor has.
+            answer, header_length = (
+                await off_the_loop(
+                    lambda: infer_response(target.model, version, parsed, prediction.outputs, lease)
+                )
+                if parsed.output_places
+                else infer_response(target.model, version, parsed, prediction.outputs, lease)
+            )
         encoded = time.perf_counter_ns()
         self._core.record_io(
             target.model, version, parsed.inputs, prediction, decoded - started, encoded - answered

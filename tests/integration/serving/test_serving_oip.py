@@ -22,7 +22,9 @@ from serving_models import W, half_model, linear_model, reshape_model, slow_mode
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import grpc_service_pb2_grpc, model_config_pb2
+from tesserad.serving.shared_memory import _Region
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.held_threads import HeldInThread
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
@@ -1501,3 +1503,129 @@ def test_an_input_read_from_shared_memory_over_http_leaves_the_event_loop_answer
     finally:
         daemon.stop()
     np.testing.assert_array_equal(np.array(b["data"], np.float32).reshape(X.shape), X + X)
+
+
+@contextlib.contextmanager
+def _a_shared_memory_write_held(
+    tmp_path: Path, shm_object: str
+) -> Iterator[tuple[InProcessDaemon, HeldInThread]]:
+    """A daemon (gRPC and HTTP) with model "two" and region "io" (the whole object) registered,
+    whose first write into a region is held before its pwrite until `let_go`. The daemon starts
+    within the hold: a trace function reaches only the threads started after it."""
+    with HeldInThread(_Region.write, "os.pwrite(") as held:
+        daemon = InProcessDaemon(
+            daemon_settings(tmp_path, **{"serving.oip_http_listen": "127.0.0.1:0"})
+        ).start()
+        try:
+            channel = daemon.channel()
+            upload(channel, "two", two_output_model())
+            grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).SystemSharedMemoryRegister(
+                pb.SystemSharedMemoryRegisterRequest(name="io", key=shm_object, byte_size=256)
+            )
+            yield daemon, held
+        finally:
+            held.let_go.set()
+            daemon.stop()
+    assert held.raised == []
+
+
+def _output_a_in_region(offset: int) -> pb.ModelInferRequest:
+    """x in the request; a (X @ W, 24 bytes) into region "io" at `offset`, b in the answer."""
+    request = pb.ModelInferRequest(model_name="two")
+    request.inputs.add(name="x", datatype="FP32", shape=list(X.shape))
+    request.raw_input_contents.append(X.tobytes())
+    a = request.outputs.add(name="a")
+    a.parameters["shared_memory_region"].string_param = "io"
+    a.parameters["shared_memory_byte_size"].int64_param = 24
+    a.parameters["shared_memory_offset"].int64_param = offset
+    request.outputs.add(name="b")
+    return request
+
+
+def _region_a(shm_object: str, offset: int) -> np.ndarray:
+    written = (Path("/dev/shm") / shm_object[1:]).read_bytes()[offset : offset + 24]
+    return np.frombuffer(written, np.float32).reshape(2, 3)
+
+
+def test_an_output_written_to_shared_memory_leaves_the_event_loop_answering(
+    tmp_path: Path, shm_object: str
+) -> None:
+    """An output is written into its region (os.pwrite, as many bytes as the tensor has) off the
+    event loop: ServerLive is answered while the write is held, and the answer and the region's
+    bytes are right once it goes on. A call cancelled mid-write leaves the region registered and
+    usable."""
+    with _a_shared_memory_write_held(tmp_path, shm_object) as (daemon, held):
+        oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(daemon.channel())
+        pending = oip.ModelInfer.future(_output_a_in_region(0))
+        assert held.reached.wait(30), "the inference never came to write its output"
+        # The deadline only keeps a loop held by the write from hanging the test.
+        assert oip.ServerLive(pb.ServerLiveRequest(), timeout=30).live
+        held.let_go.set()
+        response = pending.result(timeout=60)
+        assert [o.name for o in response.outputs] == ["a", "b"]
+        assert response.raw_output_contents[0] == b""
+        assert dict(response.outputs[0].parameters)["shared_memory_byte_size"].int64_param == 24
+        np.testing.assert_array_equal(
+            np.frombuffer(response.raw_output_contents[1], np.float32).reshape(X.shape), X + X
+        )
+        np.testing.assert_allclose(_region_a(shm_object, 0), X @ W, rtol=1e-6)
+
+
+def test_an_output_write_cancelled_midway_leaves_its_region_registered_and_usable(
+    tmp_path: Path, shm_object: str
+) -> None:
+    with _a_shared_memory_write_held(tmp_path, shm_object) as (daemon, held):
+        oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(daemon.channel())
+        pending = oip.ModelInfer.future(_output_a_in_region(0))
+        assert held.reached.wait(30), "the inference never came to write its output"
+        pending.cancel()
+        # The deadline only keeps a loop held by the write from hanging the test.
+        assert oip.ServerLive(pb.ServerLiveRequest(), timeout=30).live
+        held.let_go.set()
+        status = oip.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(name="io"))
+        assert list(status.regions) == ["io"]
+        response = oip.ModelInfer(_output_a_in_region(64))
+        assert response.raw_output_contents[0] == b""
+        np.testing.assert_allclose(_region_a(shm_object, 64), X @ W, rtol=1e-6)
+
+
+def test_an_output_written_to_shared_memory_over_http_leaves_the_event_loop_answering(
+    tmp_path: Path, shm_object: str
+) -> None:
+    """As over gRPC: /v2/health/live is answered while the write is held; then the answer (b in
+    JSON, a's place in its parameters) and the region's bytes are right."""
+    body = {
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": list(X.shape), "data": X.ravel().tolist()}],
+        "outputs": [
+            {
+                "name": "a",
+                "parameters": {
+                    "shared_memory_region": "io",
+                    "shared_memory_byte_size": 24,
+                    "shared_memory_offset": 128,
+                },
+            },
+            {"name": "b"},
+        ],
+    }
+    with (
+        _a_shared_memory_write_held(tmp_path, shm_object) as (daemon, held),
+        concurrent.futures.ThreadPoolExecutor(1) as client,
+    ):
+        base = f"http://127.0.0.1:{daemon.daemon.oip_http_port}"
+        infer = urllib.request.Request(f"{base}/v2/models/two/infer", data=json.dumps(body).encode())
+        pending = client.submit(lambda: json.load(urllib.request.urlopen(infer, timeout=60)))
+        assert held.reached.wait(30), "the inference never came to write its output"
+        # The timeout only keeps a loop held by the write from hanging the test.
+        with urllib.request.urlopen(f"{base}/v2/health/live", timeout=30) as live:
+            assert live.status == 200
+        held.let_go.set()
+        a, b = pending.result()["outputs"]
+    assert a["name"] == "a" and "data" not in a
+    assert a["parameters"] == {
+        "shared_memory_region": "io",
+        "shared_memory_byte_size": 24,
+        "shared_memory_offset": 128,
+    }
+    np.testing.assert_array_equal(np.array(b["data"], np.float32).reshape(X.shape), X + X)
+    np.testing.assert_allclose(_region_a(shm_object, 128), X @ W, rtol=1e-6)
