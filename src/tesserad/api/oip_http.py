@@ -41,9 +41,9 @@ from tesserad.api.oip_json import (
     json_parameters,
     message_json,
     reads_shared_memory,
+    settings_object,
     split_body,
 )
-from tesserad.client_json import parse_client_json
 from tesserad.config import Address, LimitsSettings, SecuritySettings, format_size
 from tesserad.dashboard.access import CHALLENGE, Handler
 from tesserad.dashboard.listener import HttpListener, Refused
@@ -529,17 +529,8 @@ class OipHttpServer(HttpListener):
         return web.json_response(message_json(statistics_response(entries)))
 
     async def _json_object(self, request: web.Request) -> dict[str, object]:
-        """The body as a JSON object; an empty body is an empty object."""
-        body = await self._body(request)
-        if not body.strip():
-            return {}
-        # Not split_body: binary tensor data, and its hints, are for inference requests alone.
-        document = parse_client_json(
-            body, "the request body", "send a JSON object of the fields the protocol names for this request"
-        )
-        if not isinstance(document, dict):
-            raise errors.InvalidArgument("the request body must be a JSON object")
-        return document
+        """The body of a request that is no inference request, as `settings_object` reads it."""
+        return settings_object(await self._body(request))
 
     async def _index(self, request: web.Request) -> web.Response:
         refuse_repository_name(request.match_info.get("repository", ""))

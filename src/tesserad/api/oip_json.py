@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -73,6 +73,8 @@ _BINARY_ONLY = frozenset({"FP16", "BF16"})
 # Python's parser reads a literal past a double's range (1e400) as infinite, as it reads Infinity.
 _PAST_A_DOUBLE = "a number beyond a double's range"
 _LARGEST_DOUBLE = repr(sys.float_info.max)
+# How much of a field's name a message shows.
+_FIELD_SHOWN = 120
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,64 @@ def split_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
             "in bytes of the JSON"
         ) from None
     return document, body[length:]
+
+
+def settings_object(body: bytes) -> dict[str, object]:
+    """A body that is no inference request (settings, the repository's, shared memory's) as a JSON
+    object; an empty body is an empty object. None of their fields takes NaN, Infinity, -Infinity
+    or a number past a double's range (which the parser would read as infinite): InvalidArgument
+    naming the field that holds one."""
+    if not body.strip():
+        return {}
+    # Not split_body: binary tensor data, and its hints, are for inference requests alone.
+    document = parse_client_json(
+        body,
+        "the request body",
+        "send a JSON object of the fields the protocol names for this request",
+        parse_constant=_NonFinite,
+    )
+    if not isinstance(document, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    found = _non_finite(document)
+    if found is not None:
+        # A field nested deep makes a long name: its start says where.
+        field = found[0][:_FIELD_SHOWN]
+        if isinstance(found[1], _NonFinite):
+            raise InvalidArgument(
+                f"the request body's field {field!r} is {found[1].text}, which is no JSON number; send "
+                f"a finite number ({_NON_FINITE_TAKEN})"
+            )
+        raise InvalidArgument(
+            f"the request body's field {field!r} is {_PAST_A_DOUBLE}; send a number within ±{_LARGEST_DOUBLE}"
+        )
+    return document
+
+
+def _non_finite(document: dict[str, Any]) -> tuple[str, object] | None:
+    """The first field of `document` (its name, as `a.b[2]`) holding NaN, Infinity, -Infinity or
+    a number past a double's range, with its value; None when none does. Iterators on a stack,
+    not recursion: a body nested as deep as the parser goes passes it, and would then exhaust the
+    interpreter's recursion; nor a name made per value, for a body of millions of them."""
+    path: list[str | int] = []
+    levels: list[Iterator[tuple[str | int, Any]]] = [iter(document.items())]
+    while levels:
+        step = next(levels[-1], None)
+        if step is None:
+            levels.pop()
+            if path:
+                path.pop()
+            continue
+        key, value = step
+        if isinstance(value, dict):
+            path.append(key)
+            levels.append(iter(value.items()))
+        elif isinstance(value, list):
+            path.append(key)
+            levels.append(enumerate(value))
+        elif isinstance(value, _NonFinite) or (isinstance(value, float) and not math.isfinite(value)):
+            name = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in [*path, key])
+            return name.removeprefix("."), value
+    return None
 
 
 def _json_end(body: bytes) -> int | None:

@@ -9,6 +9,7 @@ import json
 import math
 import socket
 import ssl
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -1013,6 +1014,48 @@ def test_nan_and_infinity_are_taken_in_floating_point_data_only(served: str) -> 
         "input 'x' has a number beyond a double's range in data, past FP32's range "
         "±3.4028234663852886e+38; every value must fit the datatype the input is sent as",
     )
+
+
+def test_nan_infinity_and_numbers_past_a_double_in_other_bodies_are_refused_naming_the_field(
+    served: str,
+) -> None:
+    """Bodies that are no inference request (settings, the repository's, shared memory's) have no
+    field that takes them: Python's parser would read NaN as a number and 1e400 as infinite."""
+    taken = "tesserad takes NaN, Infinity and -Infinity in FP32 and FP64 data only, as Triton does"
+    cases = [
+        ("/v2/trace/setting", b'{"trace_rate": NaN}', "'trace_rate' is NaN, which is no JSON number"),
+        (
+            "/v2/models/linear/trace/setting",
+            b'{"trace_level": ["TIMESTAMPS", -Infinity]}',
+            "'trace_level[1]' is -Infinity, which is no JSON number",
+        ),
+        (
+            "/v2/trace/setting",
+            b'{"log_frequency": 1e400}',
+            "'log_frequency' is a number beyond a double's range",
+        ),
+        ("/v2/logging", b'{"log_verbose_level": Infinity}', "'log_verbose_level' is Infinity"),
+        ("/v2/repository/index", b'{"ready": -1e400}', "'ready' is a number beyond a double's range"),
+        ("/v2/repository/models/linear/load", b'{"parameters": {"x": NaN}}', "'parameters.x' is NaN"),
+        (
+            "/v2/repository/models/linear/unload",
+            b'{"parameters": {"y": 1e999}}',
+            "'parameters.y' is a number beyond",
+        ),
+        (
+            "/v2/systemsharedmemory/region/r/register",
+            b'{"key": "/nothing", "offset": NaN, "byte_size": 8}',
+            "'offset' is NaN",
+        ),
+    ]
+    for path, body, named in cases:
+        status, message = error(f"{served}{path}", body)
+        assert status == 400 and message.startswith(f"the request body's field {named}"), message
+        if "NaN" in named or "Infinity" in named:
+            assert message.endswith(f"; send a finite number ({taken})"), message
+        else:
+            assert message.endswith(f"; send a number within ±{sys.float_info.max!r}"), message
+    assert ok_json(f"{served}/v2/trace/setting")["trace_rate"] == "1000"
 
 
 def test_booleans_are_taken_in_bool_data_only(served: str) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import ml_dtypes
@@ -15,6 +16,7 @@ from tesserad.api.oip_json import (
     infer_response,
     message_json,
     reads_shared_memory,
+    settings_object,
     split_body,
 )
 from tesserad.errors import InvalidArgument, NotFound
@@ -307,3 +309,22 @@ def test_only_a_request_naming_a_region_is_read_off_the_event_loop(document: obj
     # The others are decoded on the loop: a thread would cost a hand-off per request and gain
     # nothing, since the JSON parse holds the interpreter on any thread.
     assert reads_shared_memory(document) is reads
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"a": {"b": [1, 2, {"c": 1e400}]}, "d": NaN}', "'a.b[2].c' is a number beyond a double's range"),
+        (b'{"x": [1.5, 2], "y": {"z": -Infinity}}', "'y.z' is -Infinity"),
+        # Nested about as deep as the parser goes: named by its start, not an error of the daemon's.
+        (b'{"a": ' + b"[" * 800 + b"NaN" + b"]" * 800 + b"}", "'a" + "[0]" * 39 + "[0' is NaN"),
+    ],
+)
+def test_a_settings_body_names_the_field_holding_a_non_finite_number(body: bytes, field: str) -> None:
+    with pytest.raises(InvalidArgument, match=re.escape(f"the request body's field {field}")):
+        settings_object(body)
+
+
+def test_a_settings_body_of_finite_numbers_or_none_is_taken_as_it_stands() -> None:
+    assert settings_object(b'{"ok": [1.5, {"q": -2}], "r": 1e308}') == {"ok": [1.5, {"q": -2}], "r": 1e308}
+    assert settings_object(b" ") == {}
