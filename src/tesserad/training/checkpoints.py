@@ -58,8 +58,9 @@ def restore(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, Any]:
-    """Load a checkpoint into `model`, `optimizer` and an enabled `scaler` (when the checkpoint
-    holds a loss scale), reset the RNG; returns the saved `state`."""
+    """Load a checkpoint into `model`, `optimizer` (its state; the groups keep their settings)
+    and an enabled `scaler` (when the checkpoint holds a loss scale), reset the RNG; returns the
+    saved `state`."""
     tensors = load_tensors(data)
     meta = json.loads(_metadata(data)[_META_KEY])
     device = next(model.parameters()).device
@@ -72,7 +73,13 @@ def restore(
             optim_state.setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
     for index, values in meta["optim_scalars"].items():
         optim_state.setdefault(int(index), {}).update(values)
+    # The state (moments, step counts) is the checkpoint's; the groups' settings (lr, betas,
+    # weight decay, lr_scale) stay the optimiser's, built from the spec now training: a job
+    # resumed from another's checkpoint (spec.resume_from) may set them otherwise.
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
+    for group, own in zip(optimizer.param_groups, settings, strict=True):
+        group.update(own)
     torch.set_rng_state(tensors["rng.torch"])
     if scaler is not None and scaler.is_enabled() and "grad_scaler" in meta:
         scaler.load_state_dict(meta["grad_scaler"])

@@ -61,6 +61,14 @@ from tesserad.training.job_records import (
     retained_at_end,
 )
 from tesserad.training.launcher import worker_context
+from tesserad.training.resume import (
+    FULL,
+    WEIGHTS,
+    ResumeSource,
+    full_resume_problems,
+    resume_start_step,
+    resumes_fully,
+)
 from tesserad.training.scheduler import DeviceInventory, QueuedJob, pick_runnable, queue_position
 from tesserad.training.spec import DatasetFacts, DeviceFacts, normalize_spec
 from tesserad.training.submit_requests import JOB_REQUESTS, RequestKept, submit_request
@@ -547,14 +555,23 @@ class Jobs:
                 "with training.backend = ray"
             )
         if raw_spec.get("resume_from"):
-            config["resume_from"] = self._resume_point(str(raw_spec["resume_from"]), config)
+            config["resume_from"] = self._resume_point(
+                str(raw_spec["resume_from"]), config, bool(raw_spec.get("resume_weights_only"))
+            )
+        elif raw_spec.get("resume_weights_only"):
+            raise InvalidArgument(
+                "spec.resume_weights_only: it needs resume_from, the job whose newest kept checkpoint's "
+                "weights to start from; set resume_from, or leave resume_weights_only unset"
+            )
         return config
 
-    def _resume_point(self, job_id: str, config: dict[str, Any]) -> dict[str, Any]:
+    def _resume_point(self, job_id: str, config: dict[str, Any], weights_only: bool) -> dict[str, Any]:
         """The checkpoint spec.resume_from names: the newest that job kept, with the job's id and
-        its epoch and step (the run's params), and its sha256 (the weights the job starts from).
-        With init_from too (a fine-tuned job's spec, resumed), the checkpoint's weights are the
-        ones it starts from, and init_from gives the rest: the architecture, freeze, the head."""
+        its epoch and step (the run's params), its sha256 (where the job starts) and the mode:
+        "full" (its optimiser, counts and curve go on, `full_resume_problems` says when they
+        cannot) or "weights" (its model weights alone). With init_from too (a fine-tuned job's
+        spec, resumed), the checkpoint's weights are the ones it starts from, and init_from gives
+        the rest: the architecture, freeze, the head."""
         try:
             source = self.get(job_id)
         except NotFound:
@@ -573,12 +590,30 @@ class Jobs:
         newest = max(source.checkpoints, key=lambda checkpoint: checkpoint.step)
         label = f"job {job_id}'s checkpoint"
         if found := tensor_mismatches(label, source.config["architecture"], config["architecture"]):
-            problems = [f"spec.resume_from: {problem}" for problem in found]
-            if len(problems) == 1:
-                raise InvalidArgument(problems[0])
-            lines = "\n".join(f"  {problem}" for problem in problems)
-            raise InvalidArgument(f"the spec has {len(problems)} problems:\n{lines}")
-        return {"job": job_id, "epoch": newest.epoch, "step": newest.step, "sha256": newest.sha256}
+            _refuse_all(InvalidArgument, [f"spec.resume_from: {problem}" for problem in found])
+        if not weights_only:
+            resumed = ResumeSource(
+                job_id, source.config, newest.epoch, newest.step, self._train_samples(source.config)
+            )
+            train_samples = self._train_samples(config) or 0
+            if problems := full_resume_problems(resumed, config, train_samples):
+                _refuse_all(FailedPrecondition, problems)
+        return {
+            "job": job_id,
+            "run": source.run_id,
+            "epoch": newest.epoch,
+            "step": newest.step,
+            "sha256": newest.sha256,
+            "mode": WEIGHTS if weights_only else FULL,
+        }
+
+    def _train_samples(self, config: dict[str, Any]) -> int | None:
+        """The sample count of a config's training split; None where its dataset version is gone."""
+        data = config["data"]
+        try:
+            return self.split_samples(data["dataset"], data["version"]).get(data["train_split"])
+        except NotFound:
+            return None
 
     def submit(
         self,
@@ -659,6 +694,8 @@ class Jobs:
                     self._tracking.put_new_run(txn, run)
                 except AlreadyExists as exc:
                     raise AlreadyExists(f"spec.run_name: {exc.message}") from None
+                if resume and resumes_fully(config):
+                    self._tracking.copy_metrics_through(txn, resume["run"], run.run_id, resume["step"])
                 self.hold_dataset(txn, config, job_holder(job_id))
                 if sweep_id:
                     # The sweep holds it too, until the sweep ends: a version its submit did not
@@ -1054,12 +1091,16 @@ class Jobs:
             if checkpoint is not None:
                 self._tracking.truncate_metrics_after(txn, run_id, checkpoint.step)
             elif attempt > 1:
-                self._tracking.truncate_metrics_after(txn, run_id, -1)
+                # A full resume's run holds the other job's points up to its checkpoint: they stay.
+                self._tracking.truncate_metrics_after(txn, run_id, resume_start_step(config))
             self._tracking.put_run(txn, run)
 
+        resumed = config["resume_from"] if resumes_fully(config) else None
         reason = (
             f"resumed from the epoch {checkpoint.epoch} checkpoint (attempt {attempt})"
             if checkpoint
+            else f"resumed from job {resumed['job']}'s epoch {resumed['epoch']} checkpoint (attempt {attempt})"
+            if resumed
             else f"started (attempt {attempt})"
             if attempt > 1
             else "started"
@@ -1113,7 +1154,7 @@ class Jobs:
                         master_port=port,
                         threads=self._threads,
                         resume=bool(resume_bytes),
-                        weights_only=checkpoint is None,
+                        weights_only=checkpoint is None and not resumes_fully(config),
                         initial_weights=bool(initial_bytes),
                         resource_interval_s=self._settings.resource_interval_s,
                         compile=self._settings.compile,
@@ -1737,3 +1778,11 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _refuse_all(kind: type[InvalidArgument] | type[FailedPrecondition], problems: list[str]) -> None:
+    """Raise `kind` with the one problem, or with every one listed."""
+    if len(problems) == 1:
+        raise kind(problems[0])
+    lines = "\n".join(f"  {problem}" for problem in problems)
+    raise kind(f"the spec has {len(problems)} problems:\n{lines}")

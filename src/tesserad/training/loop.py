@@ -203,13 +203,19 @@ class Trainer:
         }
 
     def resume_from(self, checkpoint: bytes) -> None:
+        """Go on from a checkpoint: this job's own, or (spec.resume_from, mode "full") another
+        job's, whose optimiser settings give way to this spec's (`restore`)."""
         self.loop_state = restore(checkpoint, self.model, self.optimizer, self.scaler)
+        epoch, step = self.loop_state["epoch"], self.loop_state["step"]
+        resume = self.config.get("resume_from")
+        whose = (
+            f"job {resume['job']}'s"
+            if resume and resume.get("mode") == "full" and resume["step"] == step
+            else "the"
+        )
         self.emit(
             "log",
-            {
-                "level": "info",
-                "message": f"resumed from the epoch {self.loop_state['epoch']} checkpoint (step {self.loop_state['step']})",
-            },
+            {"level": "info", "message": f"resumed from {whose} epoch {epoch} checkpoint (step {step})"},
         )
 
     def start_from_weights(self, checkpoint: bytes) -> None:

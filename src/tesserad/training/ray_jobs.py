@@ -43,6 +43,7 @@ from tesserad.training.job_records import Checkpoint, JobRecord
 from tesserad.training.jobs import DatasetGone, Jobs, WorkerData, _Running, cancelled_in_queue
 from tesserad.training.ray_cluster import RayCluster
 from tesserad.training.ray_worker import DatasetFetch, Placement, RayPayload, TrainingActor, WorkerTls
+from tesserad.training.resume import resumes_fully
 from tesserad.training.scheduler import DeviceInventory
 from tesserad.training.spec import DeviceFacts
 from tesserad.training.worker import (
@@ -201,7 +202,7 @@ class RayJobs(Jobs):
             train_indices=data.train_indices,
             val_indices=data.val_indices,
             threads=self._ray_threads,
-            weights_only=checkpoint is None,
+            weights_only=checkpoint is None and not resumes_fully(config),
             resource_interval_s=self._settings.resource_interval_s,
             compile=self._settings.compile,
             max_workspace=self._nn_max_workspace,

@@ -228,6 +228,7 @@ SPEC_FIELDS: Mapping[str, SpecField] = {
     "backbone_lr_scale": _value(float),
     "precision": _value(str),
     "resume_from": _value(str),
+    "resume_weights_only": _value(bool),
     "max_restarts": _value(int),
 }
 
@@ -557,7 +558,7 @@ def _check_class_ids(
         )
 
 
-def _steps_per_epoch(train_count: int, batch: int, world: int) -> int:
+def epoch_step_count(train_count: int, batch: int, world: int) -> int:
     """As the training loop counts them: each of `world` processes takes its share of the split."""
     return math.ceil(math.ceil(train_count / world) / batch)
 
@@ -569,7 +570,7 @@ def _check_warmup(config: dict[str, Any], train_count: int, problems: _Problems)
     epochs, max_steps = config["epochs"], config["max_steps"]
     if warmup < 1 or min(batch, world, train_count) < 1 or min(epochs, max_steps) < 0:
         return  # refused already, or nothing to warm
-    steps_per_epoch = _steps_per_epoch(train_count, batch, world)
+    steps_per_epoch = epoch_step_count(train_count, batch, world)
     total = min(s for s in (epochs * steps_per_epoch if epochs else None, max_steps or None) if s is not None)
     if warmup > total:
         problems.invalid(
@@ -589,7 +590,7 @@ def _check_batch_norm_batches(config: dict[str, Any], train_count: int, problems
     if batch < 1 or world < 1:  # refused already
         return
     per_rank = math.ceil(train_count / world)
-    steps_per_epoch = _steps_per_epoch(train_count, batch, world)
+    steps_per_epoch = epoch_step_count(train_count, batch, world)
     last = per_rank - batch * (steps_per_epoch - 1)
     reaches_last = not config["max_steps"] or config["max_steps"] >= steps_per_epoch
     if batch == 1:

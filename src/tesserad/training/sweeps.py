@@ -809,6 +809,15 @@ class Sweeps:
                 "spec.base.run_name: a sweep names its trials' runs itself (SWEEP_ID-TRIAL_NUMBER); "
                 "leave it unset, and group the trials' runs by spec.base.experiment or tags"
             )
+        if base.get("resume_from"):
+            # Each trial would take the source's newest kept checkpoint as it is submitted, and
+            # nothing holds that checkpoint between one trial's submit and the next: a later
+            # trial could find it released, or start from another.
+            raise InvalidArgument(
+                f"spec.base.resume_from: a sweep submits its trials over time, and would not hold job "
+                f"{base['resume_from']}'s checkpoint for them all; resume that job once with SubmitJob "
+                "and register_as, then set spec.base.init_from to the version it registers"
+            )
         register_as = base.get("register_as") or {}
         if register_as.get("alias"):
             # Each trial registers its own version as it succeeds, and the alias would follow each

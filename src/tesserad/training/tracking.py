@@ -1308,6 +1308,20 @@ class Tracking:
             metric_buckets.truncate(txn, metric_prefix(run_id, metric), step)
             _refresh_summary(txn, experiment, run_id, metric)
 
+    def copy_metrics_through(self, txn: WriteTxn, source_run_id: str, run_id: str, step: int) -> None:
+        """Copy `source_run_id`'s points up to `step`, with their times, into `run_id` (a job
+        resumed from that run's job's checkpoint of `step`: its curve is one from the start)."""
+        experiment = _experiment_of(txn, run_id)
+        points: list[MetricPoint] = []
+        for key, _ in list(txn.scan("metric_summaries", (source_run_id,))):
+            metric_key = str(key[1])
+            metric = metric_prefix(source_run_id, metric_key)
+            for raw_key, raw in txn.packed_range("metrics", point_key(metric, 0), point_key(metric, step)):
+                value, at = decode_metric_point(raw)
+                points.append(MetricPoint(metric_key, value, trailing_int(raw_key), at))
+        if points:
+            write_points(txn, experiment, run_id, points, time.time())
+
     def build_missing_buckets(self, progress_every_s: float = 5.0) -> None:
         """Build the buckets of every metric once, for a store written before they existed.
 

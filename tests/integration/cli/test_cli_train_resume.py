@@ -1,6 +1,7 @@
-"""`tessera train SPEC --resume-from JOB` (spec.resume_from): a job that starts from the weights
-of another job's newest kept checkpoint, a cancelled one's included, and the refusals of a job
-that is not there, has none kept, or whose architecture differs."""
+"""`tessera train SPEC --resume-from JOB` (spec.resume_from): a job that goes on from another
+job's newest kept checkpoint, a cancelled one's included (with --resume-weights-only, from its
+weights alone), and the refusals of a job that is not there, has none kept, or whose
+architecture differs."""
 
 from __future__ import annotations
 
@@ -39,14 +40,14 @@ def _cancelled_after_its_first_checkpoint(client, tmp_path, text: str = JOB_SPEC
     return job.id
 
 
-def test_train_resume_from_a_cancelled_job_starts_from_its_kept_checkpoints_weights(
+def test_train_resume_weights_only_from_a_cancelled_job_starts_from_its_kept_checkpoints_weights(
     tessera_cli, client, table_dataset, tmp_path
 ):
     source = _cancelled_after_its_first_checkpoint(client, tmp_path)
-    kept = client.training.job(source).info.checkpoints[0]
+    kept = max(client.training.job(source).info.checkpoints, key=lambda checkpoint: checkpoint.step)
     spec = tmp_path / "again.toml"
     spec.write_text(JOB_SPEC.replace("epochs = 200", "epochs = 1"))
-    result = tessera_cli("--json", "train", str(spec), "--resume-from", source)
+    result = tessera_cli("--json", "train", str(spec), "--resume-from", source, "--resume-weights-only")
     assert result.code == 0, result.err
     job = client.training.job(result.json()["job_id"])
     job.wait()
@@ -57,6 +58,7 @@ def test_train_resume_from_a_cancelled_job_starts_from_its_kept_checkpoints_weig
     )
     params = client.training.run(job.info.run_id).params
     assert params["resume_from.job"] == source and params["resume_from.epoch"] == str(kept.epoch)
+    assert params["resume_from.mode"] == "weights"
 
 
 def test_train_resume_from_refuses_a_job_not_there_one_without_checkpoints_and_another_architecture(
@@ -107,7 +109,7 @@ def test_submit_cancels_a_job_whose_daemon_dropped_resume_from_and_says_to_upgra
     assert dropped.state == JobState.CANCELLED
 
 
-def test_a_fine_tuned_jobs_spec_resumes_from_its_checkpoint_keeping_init_froms_freeze_and_head(
+def test_a_fine_tuned_jobs_spec_goes_on_from_its_checkpoint_keeping_init_froms_freeze_and_head(
     tessera_cli, client, table_dataset, tmp_path
 ):
     base = tmp_path / "base.toml"
@@ -120,18 +122,19 @@ def test_a_fine_tuned_jobs_spec_resumes_from_its_checkpoint_keeping_init_froms_f
         ).replace('experiment = "resume"', 'experiment = "tuned"')
     )
     source = _cancelled_after_its_first_checkpoint(client, tmp_path, tuned.read_text())
-    kept = client.training.job(source).info.checkpoints[0]
+    kept = max(client.training.job(source).info.checkpoints, key=lambda checkpoint: checkpoint.step)
     shown = tessera_cli("jobs", "show", source, "--spec")
     assert shown.code == 0, shown.err
     assert "init_from" in shown.out
     more = tmp_path / "more.toml"
     more.write_text(shown.out)
-    result = tessera_cli("--json", "train", str(more), "--resume-from", source, "--set", "epochs=1")
+    result = tessera_cli(
+        "--json", "train", str(more), "--resume-from", source, "--set", f"epochs={kept.epoch + 1}"
+    )
     assert result.code == 0, result.err
     job = client.training.job(result.json()["job_id"]).wait()
     logs = [event.message for event in job.watch() if isinstance(event, LogLine)]
-    assert any(
-        f"starting from the weights of job {source}'s epoch {kept.epoch} checkpoint" in m for m in logs
-    )
+    assert any(f"resumed from job {source}'s epoch {kept.epoch} checkpoint" in m for m in logs)
+    assert job.info.epoch == kept.epoch + 1
     assert client.training.run(job.info.run_id).params["resume_from.job"] == source
     assert list(job.info.spec.freeze) == ["1.*"] and job.info.spec.init_from.model == "base"

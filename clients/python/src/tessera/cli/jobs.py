@@ -32,6 +32,12 @@ def cmd_train(client: Client, args: argparse.Namespace, out: Output) -> None:
         if any(path == ("resume_from",) for path, _, _ in settings):
             raise UsageError("--resume-from and --set resume_from=... both name the job; give one of them")
         settings.append((("resume_from",), args.resume_from, f"--resume-from {args.resume_from}"))
+    if args.resume_weights_only:
+        if any(path == ("resume_weights_only",) for path, _, _ in settings):
+            raise UsageError(
+                "--resume-weights-only and --set resume_weights_only=... both set it; give one of them"
+            )
+        settings.append((("resume_weights_only",), True, "--resume-weights-only"))
     _each_field_set_once(settings)
     try:
         job = client.training.submit(with_settings(load_toml(args.spec), settings))

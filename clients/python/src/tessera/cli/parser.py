@@ -639,10 +639,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--resume-from",
         metavar="JOB_ID",
-        help="start from the weights of the newest checkpoint that job kept (a job that ended: "
-        "cancelled, failed or succeeded; `tessera jobs show JOB_ID` lists them), the spec's "
-        "architecture being that job's; the optimizer, schedule and epoch count start afresh "
-        "(spec: resume_from)",
+        help="go on from the newest checkpoint that job kept (a job that ended: cancelled, failed "
+        "or succeeded; `tessera jobs show JOB_ID` lists them) as if it had not stopped: its weights, "
+        "optimizer state, step and epoch counts carry over, and the run's curve starts with that "
+        "job's points; epochs counts from that job's start (epochs=10 from its epoch 4 checkpoint "
+        "trains epochs 5 to 10). The architecture, optimizer.name, the schedule's kind, batch_size, "
+        "devices and the training split's size must be that job's (spec: resume_from)",
+    )
+    sub.add_argument(
+        "--resume-weights-only",
+        action="store_true",
+        help="with --resume-from: take that checkpoint's model weights alone, as a fine-tuning start; "
+        "the optimizer, schedule, epoch count and curve start afresh and only the architecture must "
+        "match (spec: resume_weights_only = true)",
     )
     sub.add_argument(
         "--set",

@@ -26,7 +26,7 @@ from tessera.v1 import architecture_pb2 as tessera_dot_v1_dot_architecture__pb2
 from tessera.v1 import common_pb2 as tessera_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tessera/v1/job_spec.proto\x12\ntessera.v1\x1a\x1dtessera/v1/architecture.proto\x1a\x17tessera/v1/common.proto\"\xc3\x07\n\x07JobSpec\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12.\n\x0c\x61rchitecture\x18\x03 \x01(\x0b\x32\x18.tessera.v1.Architecture\x12\x1e\n\x04task\x18\x04 \x01(\x0e\x32\x10.tessera.v1.Task\x12\x0c\n\x04loss\x18\x05 \x01(\t\x12\"\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x14.tessera.v1.DataSpec\x12(\n\toptimizer\x18\x07 \x01(\x0b\x32\x15.tessera.v1.Optimizer\x12+\n\x0blr_schedule\x18\x08 \x01(\x0b\x32\x16.tessera.v1.LrSchedule\x12\x13\n\x06\x65pochs\x18\t \x01(\x03H\x00\x88\x01\x01\x12\x16\n\tmax_steps\x18\n \x01(\x03H\x01\x88\x01\x01\x12\x17\n\nbatch_size\x18\x0b \x01(\x03H\x02\x88\x01\x01\x12\x0c\n\x04seed\x18\x0c \x01(\x03\x12\x31\n\x0e\x65\x61rly_stopping\x18\r \x01(\x0b\x32\x19.tessera.v1.EarlyStopping\x12\x31\n\x0b\x63heckpoints\x18\x0e \x01(\x0b\x32\x1c.tessera.v1.CheckpointPolicy\x12*\n\x07\x64\x65vices\x18\x0f \x01(\x0b\x32\x19.tessera.v1.DeviceRequest\x12\x10\n\x08priority\x18\x10 \x01(\x05\x12+\n\x0bregister_as\x18\x11 \x01(\x0b\x32\x16.tessera.v1.RegisterAs\x12\x1e\n\x11log_every_n_steps\x18\x12 \x01(\x03H\x03\x88\x01\x01\x12+\n\x04tags\x18\x13 \x03(\x0b\x32\x1d.tessera.v1.JobSpec.TagsEntry\x12)\n\tinit_from\x18\x14 \x01(\x0b\x32\x16.tessera.v1.VersionRef\x12\x0e\n\x06\x66reeze\x18\x15 \x03(\t\x12-\n\x0creplace_head\x18\x16 \x01(\x0b\x32\x17.tessera.v1.ReplaceHead\x12\x1e\n\x11\x62\x61\x63kbone_lr_scale\x18\x17 \x01(\x01H\x04\x88\x01\x01\x12\x11\n\tprecision\x18\x1e \x01(\t\x12\x13\n\x0bresume_from\x18\x1f \x01(\t\x12\x14\n\x0cmax_restarts\x18( \x01(\x05\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07_epochsB\x0c\n\n_max_stepsB\r\n\x0b_batch_sizeB\x14\n\x12_log_every_n_stepsB\x14\n\x12_backbone_lr_scale\"\"\n\x0bReplaceHead\x12\x13\n\x0boutput_size\x18\x01 \x01(\x03\"\x86\x01\n\x08\x44\x61taSpec\x12\'\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x16.tessera.v1.DatasetRef\x12\x13\n\x0btrain_split\x18\x02 \x01(\t\x12\x11\n\tval_split\x18\x03 \x01(\t\x12\x13\n\x0binput_array\x18\x04 \x01(\t\x12\x14\n\x0ctarget_array\x18\x05 \x01(\t\"\xd9\x01\n\tOptimizer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x02lr\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0cweight_decay\x18\x03 \x01(\x01\x12\x10\n\x08momentum\x18\x04 \x01(\x01\x12\x10\n\x08nesterov\x18\x05 \x01(\x08\x12\x12\n\x05\x62\x65ta1\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05\x62\x65ta2\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x03\x65ps\x18\x08 \x01(\x01H\x03\x88\x01\x01\x12\x16\n\x0egrad_clip_norm\x18\t \x01(\x01\x42\x05\n\x03_lrB\x08\n\x06_beta1B\x08\n\x06_beta2B\x06\n\x04_eps\"\xd3\x01\n\nLrSchedule\x12*\n\x08\x63onstant\x18\x01 \x01(\x0b\x32\x16.tessera.v1.ConstantLrH\x00\x12\"\n\x04step\x18\x02 \x01(\x0b\x32\x12.tessera.v1.StepLrH\x00\x12&\n\x06\x63osine\x18\x03 \x01(\x0b\x32\x14.tessera.v1.CosineLrH\x00\x12+\n\tone_cycle\x18\x04 \x01(\x0b\x32\x16.tessera.v1.OneCycleLrH\x00\x12\x14\n\x0cwarmup_steps\x18\n \x01(\x03\x42\n\n\x08schedule\"\x0c\n\nConstantLr\"9\n\x06StepLr\x12\x11\n\tstep_size\x18\x01 \x01(\x03\x12\x12\n\x05gamma\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x08\n\x06_gamma\"\x1a\n\x08\x43osineLr\x12\x0e\n\x06min_lr\x18\x01 \x01(\x01\"R\n\nOneCycleLr\x12\x13\n\x06max_lr\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tpct_start\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\t\n\x07_max_lrB\x0c\n\n_pct_start\"l\n\rEarlyStopping\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12&\n\x04mode\x18\x02 \x01(\x0e\x32\x18.tessera.v1.OptimizeMode\x12\x10\n\x08patience\x18\x03 \x01(\x03\x12\x11\n\tmin_delta\x18\x04 \x01(\x01\"\x8c\x02\n\x10\x43heckpointPolicy\x12\x1b\n\x0e\x65very_n_epochs\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x16\n\tkeep_last\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x18\n\x10keep_best_metric\x18\x03 \x01(\t\x12\x30\n\x0ekeep_best_mode\x18\x04 \x01(\x0e\x32\x18.tessera.v1.OptimizeMode\x12\x1a\n\rretain_latest\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x18\n\x0bretain_best\x18\x06 \x01(\x03H\x03\x88\x01\x01\x42\x11\n\x0f_every_n_epochsB\x0c\n\n_keep_lastB\x10\n\x0e_retain_latestB\x0e\n\x0c_retain_best\"\x8b\x02\n\rDeviceRequest\x12\r\n\x03\x63pu\x18\x01 \x01(\x08H\x00\x12\'\n\x04\x63uda\x18\x02 \x01(\x0b\x32\x17.tessera.v1.CudaDevicesH\x00\x12\x13\n\tgpu_count\x18\x03 \x01(\x05H\x00\x12\x1a\n\rcpu_processes\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x42\n\rray_resources\x18( \x03(\x0b\x32+.tessera.v1.DeviceRequest.RayResourcesEntry\x1a\x33\n\x11RayResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x06\n\x04kindB\x10\n\x0e_cpu_processes\"\x1e\n\x0b\x43udaDevices\x12\x0f\n\x07indices\x18\x01 \x03(\x05\"?\n\nRegisterAs\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t*J\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_CLASSIFICATION\x10\x01\x12\x13\n\x0fTASK_REGRESSION\x10\x02*[\n\x0cOptimizeMode\x12\x1d\n\x19OPTIMIZE_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11OPTIMIZE_MODE_MIN\x10\x01\x12\x15\n\x11OPTIMIZE_MODE_MAX\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tessera/v1/job_spec.proto\x12\ntessera.v1\x1a\x1dtessera/v1/architecture.proto\x1a\x17tessera/v1/common.proto\"\xe0\x07\n\x07JobSpec\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12.\n\x0c\x61rchitecture\x18\x03 \x01(\x0b\x32\x18.tessera.v1.Architecture\x12\x1e\n\x04task\x18\x04 \x01(\x0e\x32\x10.tessera.v1.Task\x12\x0c\n\x04loss\x18\x05 \x01(\t\x12\"\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x14.tessera.v1.DataSpec\x12(\n\toptimizer\x18\x07 \x01(\x0b\x32\x15.tessera.v1.Optimizer\x12+\n\x0blr_schedule\x18\x08 \x01(\x0b\x32\x16.tessera.v1.LrSchedule\x12\x13\n\x06\x65pochs\x18\t \x01(\x03H\x00\x88\x01\x01\x12\x16\n\tmax_steps\x18\n \x01(\x03H\x01\x88\x01\x01\x12\x17\n\nbatch_size\x18\x0b \x01(\x03H\x02\x88\x01\x01\x12\x0c\n\x04seed\x18\x0c \x01(\x03\x12\x31\n\x0e\x65\x61rly_stopping\x18\r \x01(\x0b\x32\x19.tessera.v1.EarlyStopping\x12\x31\n\x0b\x63heckpoints\x18\x0e \x01(\x0b\x32\x1c.tessera.v1.CheckpointPolicy\x12*\n\x07\x64\x65vices\x18\x0f \x01(\x0b\x32\x19.tessera.v1.DeviceRequest\x12\x10\n\x08priority\x18\x10 \x01(\x05\x12+\n\x0bregister_as\x18\x11 \x01(\x0b\x32\x16.tessera.v1.RegisterAs\x12\x1e\n\x11log_every_n_steps\x18\x12 \x01(\x03H\x03\x88\x01\x01\x12+\n\x04tags\x18\x13 \x03(\x0b\x32\x1d.tessera.v1.JobSpec.TagsEntry\x12)\n\tinit_from\x18\x14 \x01(\x0b\x32\x16.tessera.v1.VersionRef\x12\x0e\n\x06\x66reeze\x18\x15 \x03(\t\x12-\n\x0creplace_head\x18\x16 \x01(\x0b\x32\x17.tessera.v1.ReplaceHead\x12\x1e\n\x11\x62\x61\x63kbone_lr_scale\x18\x17 \x01(\x01H\x04\x88\x01\x01\x12\x11\n\tprecision\x18\x1e \x01(\t\x12\x13\n\x0bresume_from\x18\x1f \x01(\t\x12\x1b\n\x13resume_weights_only\x18  \x01(\x08\x12\x14\n\x0cmax_restarts\x18( \x01(\x05\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07_epochsB\x0c\n\n_max_stepsB\r\n\x0b_batch_sizeB\x14\n\x12_log_every_n_stepsB\x14\n\x12_backbone_lr_scale\"\"\n\x0bReplaceHead\x12\x13\n\x0boutput_size\x18\x01 \x01(\x03\"\x86\x01\n\x08\x44\x61taSpec\x12\'\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\x16.tessera.v1.DatasetRef\x12\x13\n\x0btrain_split\x18\x02 \x01(\t\x12\x11\n\tval_split\x18\x03 \x01(\t\x12\x13\n\x0binput_array\x18\x04 \x01(\t\x12\x14\n\x0ctarget_array\x18\x05 \x01(\t\"\xd9\x01\n\tOptimizer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x02lr\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0cweight_decay\x18\x03 \x01(\x01\x12\x10\n\x08momentum\x18\x04 \x01(\x01\x12\x10\n\x08nesterov\x18\x05 \x01(\x08\x12\x12\n\x05\x62\x65ta1\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05\x62\x65ta2\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x10\n\x03\x65ps\x18\x08 \x01(\x01H\x03\x88\x01\x01\x12\x16\n\x0egrad_clip_norm\x18\t \x01(\x01\x42\x05\n\x03_lrB\x08\n\x06_beta1B\x08\n\x06_beta2B\x06\n\x04_eps\"\xd3\x01\n\nLrSchedule\x12*\n\x08\x63onstant\x18\x01 \x01(\x0b\x32\x16.tessera.v1.ConstantLrH\x00\x12\"\n\x04step\x18\x02 \x01(\x0b\x32\x12.tessera.v1.StepLrH\x00\x12&\n\x06\x63osine\x18\x03 \x01(\x0b\x32\x14.tessera.v1.CosineLrH\x00\x12+\n\tone_cycle\x18\x04 \x01(\x0b\x32\x16.tessera.v1.OneCycleLrH\x00\x12\x14\n\x0cwarmup_steps\x18\n \x01(\x03\x42\n\n\x08schedule\"\x0c\n\nConstantLr\"9\n\x06StepLr\x12\x11\n\tstep_size\x18\x01 \x01(\x03\x12\x12\n\x05gamma\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x08\n\x06_gamma\"\x1a\n\x08\x43osineLr\x12\x0e\n\x06min_lr\x18\x01 \x01(\x01\"R\n\nOneCycleLr\x12\x13\n\x06max_lr\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tpct_start\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\t\n\x07_max_lrB\x0c\n\n_pct_start\"l\n\rEarlyStopping\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12&\n\x04mode\x18\x02 \x01(\x0e\x32\x18.tessera.v1.OptimizeMode\x12\x10\n\x08patience\x18\x03 \x01(\x03\x12\x11\n\tmin_delta\x18\x04 \x01(\x01\"\x8c\x02\n\x10\x43heckpointPolicy\x12\x1b\n\x0e\x65very_n_epochs\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x16\n\tkeep_last\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12\x18\n\x10keep_best_metric\x18\x03 \x01(\t\x12\x30\n\x0ekeep_best_mode\x18\x04 \x01(\x0e\x32\x18.tessera.v1.OptimizeMode\x12\x1a\n\rretain_latest\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12\x18\n\x0bretain_best\x18\x06 \x01(\x03H\x03\x88\x01\x01\x42\x11\n\x0f_every_n_epochsB\x0c\n\n_keep_lastB\x10\n\x0e_retain_latestB\x0e\n\x0c_retain_best\"\x8b\x02\n\rDeviceRequest\x12\r\n\x03\x63pu\x18\x01 \x01(\x08H\x00\x12\'\n\x04\x63uda\x18\x02 \x01(\x0b\x32\x17.tessera.v1.CudaDevicesH\x00\x12\x13\n\tgpu_count\x18\x03 \x01(\x05H\x00\x12\x1a\n\rcpu_processes\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x42\n\rray_resources\x18( \x03(\x0b\x32+.tessera.v1.DeviceRequest.RayResourcesEntry\x1a\x33\n\x11RayResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x06\n\x04kindB\x10\n\x0e_cpu_processes\"\x1e\n\x0b\x43udaDevices\x12\x0f\n\x07indices\x18\x01 \x03(\x05\"?\n\nRegisterAs\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t*J\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_CLASSIFICATION\x10\x01\x12\x13\n\x0fTASK_REGRESSION\x10\x02*[\n\x0cOptimizeMode\x12\x1d\n\x19OPTIMIZE_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11OPTIMIZE_MODE_MIN\x10\x01\x12\x15\n\x11OPTIMIZE_MODE_MAX\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,40 +37,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSPEC_TAGSENTRY']._serialized_options = b'8\001'
   _globals['_DEVICEREQUEST_RAYRESOURCESENTRY']._loaded_options = None
   _globals['_DEVICEREQUEST_RAYRESOURCESENTRY']._serialized_options = b'8\001'
-  _globals['_TASK']._serialized_start=2603
-  _globals['_TASK']._serialized_end=2677
-  _globals['_OPTIMIZEMODE']._serialized_start=2679
-  _globals['_OPTIMIZEMODE']._serialized_end=2770
+  _globals['_TASK']._serialized_start=2632
+  _globals['_TASK']._serialized_end=2706
+  _globals['_OPTIMIZEMODE']._serialized_start=2708
+  _globals['_OPTIMIZEMODE']._serialized_end=2799
   _globals['_JOBSPEC']._serialized_start=98
-  _globals['_JOBSPEC']._serialized_end=1061
-  _globals['_JOBSPEC_TAGSENTRY']._serialized_start=934
-  _globals['_JOBSPEC_TAGSENTRY']._serialized_end=977
-  _globals['_REPLACEHEAD']._serialized_start=1063
-  _globals['_REPLACEHEAD']._serialized_end=1097
-  _globals['_DATASPEC']._serialized_start=1100
-  _globals['_DATASPEC']._serialized_end=1234
-  _globals['_OPTIMIZER']._serialized_start=1237
-  _globals['_OPTIMIZER']._serialized_end=1454
-  _globals['_LRSCHEDULE']._serialized_start=1457
-  _globals['_LRSCHEDULE']._serialized_end=1668
-  _globals['_CONSTANTLR']._serialized_start=1670
-  _globals['_CONSTANTLR']._serialized_end=1682
-  _globals['_STEPLR']._serialized_start=1684
-  _globals['_STEPLR']._serialized_end=1741
-  _globals['_COSINELR']._serialized_start=1743
-  _globals['_COSINELR']._serialized_end=1769
-  _globals['_ONECYCLELR']._serialized_start=1771
-  _globals['_ONECYCLELR']._serialized_end=1853
-  _globals['_EARLYSTOPPING']._serialized_start=1855
-  _globals['_EARLYSTOPPING']._serialized_end=1963
-  _globals['_CHECKPOINTPOLICY']._serialized_start=1966
-  _globals['_CHECKPOINTPOLICY']._serialized_end=2234
-  _globals['_DEVICEREQUEST']._serialized_start=2237
-  _globals['_DEVICEREQUEST']._serialized_end=2504
-  _globals['_DEVICEREQUEST_RAYRESOURCESENTRY']._serialized_start=2427
-  _globals['_DEVICEREQUEST_RAYRESOURCESENTRY']._serialized_end=2478
-  _globals['_CUDADEVICES']._serialized_start=2506
-  _globals['_CUDADEVICES']._serialized_end=2536
-  _globals['_REGISTERAS']._serialized_start=2538
-  _globals['_REGISTERAS']._serialized_end=2601
+  _globals['_JOBSPEC']._serialized_end=1090
+  _globals['_JOBSPEC_TAGSENTRY']._serialized_start=963
+  _globals['_JOBSPEC_TAGSENTRY']._serialized_end=1006
+  _globals['_REPLACEHEAD']._serialized_start=1092
+  _globals['_REPLACEHEAD']._serialized_end=1126
+  _globals['_DATASPEC']._serialized_start=1129
+  _globals['_DATASPEC']._serialized_end=1263
+  _globals['_OPTIMIZER']._serialized_start=1266
+  _globals['_OPTIMIZER']._serialized_end=1483
+  _globals['_LRSCHEDULE']._serialized_start=1486
+  _globals['_LRSCHEDULE']._serialized_end=1697
+  _globals['_CONSTANTLR']._serialized_start=1699
+  _globals['_CONSTANTLR']._serialized_end=1711
+  _globals['_STEPLR']._serialized_start=1713
+  _globals['_STEPLR']._serialized_end=1770
+  _globals['_COSINELR']._serialized_start=1772
+  _globals['_COSINELR']._serialized_end=1798
+  _globals['_ONECYCLELR']._serialized_start=1800
+  _globals['_ONECYCLELR']._serialized_end=1882
+  _globals['_EARLYSTOPPING']._serialized_start=1884
+  _globals['_EARLYSTOPPING']._serialized_end=1992
+  _globals['_CHECKPOINTPOLICY']._serialized_start=1995
+  _globals['_CHECKPOINTPOLICY']._serialized_end=2263
+  _globals['_DEVICEREQUEST']._serialized_start=2266
+  _globals['_DEVICEREQUEST']._serialized_end=2533
+  _globals['_DEVICEREQUEST_RAYRESOURCESENTRY']._serialized_start=2456
+  _globals['_DEVICEREQUEST_RAYRESOURCESENTRY']._serialized_end=2507
+  _globals['_CUDADEVICES']._serialized_start=2535
+  _globals['_CUDADEVICES']._serialized_end=2565
+  _globals['_REGISTERAS']._serialized_start=2567
+  _globals['_REGISTERAS']._serialized_end=2630
 # @@protoc_insertion_point(module_scope)

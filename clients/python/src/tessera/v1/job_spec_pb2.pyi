@@ -124,6 +124,7 @@ class JobSpec(_message.Message):
     BACKBONE_LR_SCALE_FIELD_NUMBER: _builtins.int
     PRECISION_FIELD_NUMBER: _builtins.int
     RESUME_FROM_FIELD_NUMBER: _builtins.int
+    RESUME_WEIGHTS_ONLY_FIELD_NUMBER: _builtins.int
     MAX_RESTARTS_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     """Experiment the job's run belongs to; created on first use. Default "default"."""
@@ -161,13 +162,28 @@ class JobSpec(_message.Message):
     Parameters, optimiser state and checkpoints stay float32.
     """
     resume_from: _builtins.str
-    """A job id: this job starts from the model weights of that job's newest kept checkpoint (one
-    that ended, a cancelled or failed one included), as Lightning's ckpt_path would, but with
-    the weights alone: the optimiser's state, the schedule and the epoch count start afresh, and
-    `epochs` counts this job's own. The architecture must be that job's, tensor for tensor. With
-    init_from (a fine-tuned job's spec), the checkpoint's weights win over init_from's, which
-    gives the rest (architecture, freeze, replace_head). The job's run records it as the params
-    resume_from.job, .epoch and .step (the checkpoint's).
+    """A job id: this job goes on from that job's newest kept checkpoint (one that ended, a
+    cancelled, failed or succeeded one), as Lightning's ckpt_path would: the weights, the
+    optimiser's state (moments, step counts), the RNG, early stopping's and keep_best's state and
+    the step and epoch counts carry over, so a job of `epochs` 10 resumed from the epoch 4
+    checkpoint trains epochs 5 to 10. `epochs` (and max_steps) count from the start, and must
+    reach past the checkpoint. The rest must let it go on, else FAILED_PRECONDITION names the
+    field: the architecture tensor for tensor (INVALID_ARGUMENT), optimizer.name,
+    lr_schedule's kind, batch_size, the number of processes (devices), the training split's
+    sample count, init_from being set and freeze (the optimiser's parameter groups), and where
+    both jobs set them early_stopping.metric and .mode and checkpoints.keep_best_metric and
+    .keep_best_mode. The other optimizer and schedule settings (lr, betas, weight_decay, ...)
+    are this spec's from the checkpoint's step on. The job's run is a new one: its params
+    resume_from.job, .epoch, .step and .mode ("full") name the checkpoint, and it holds a copy
+    of that job's run's metric points up to the checkpoint's step, so its curve is one.
+    With init_from (a fine-tuned job's spec), the checkpoint's weights win over init_from's,
+    which gives the rest (architecture, freeze, replace_head). Not in a sweep's base.
+    """
+    resume_weights_only: _builtins.bool
+    """With resume_from: start from the checkpoint's model weights alone (a fine-tuning-like start):
+    the optimiser, schedule, epoch count and curve start afresh, `epochs` counts this job's own,
+    and only the architecture must match (tensor for tensor). Run param resume_from.mode is
+    "weights". Without resume_from it is INVALID_ARGUMENT.
     """
     max_restarts: _builtins.int
     """Training on a Ray cluster (training.backend = "ray"; fields 40-49).
@@ -251,11 +267,12 @@ class JobSpec(_message.Message):
         backbone_lr_scale: _builtins.float | None = ...,
         precision: _builtins.str = ...,
         resume_from: _builtins.str = ...,
+        resume_weights_only: _builtins.bool = ...,
         max_restarts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_backbone_lr_scale", b"_backbone_lr_scale", "_batch_size", b"_batch_size", "_epochs", b"_epochs", "_log_every_n_steps", b"_log_every_n_steps", "_max_steps", b"_max_steps", "architecture", b"architecture", "backbone_lr_scale", b"backbone_lr_scale", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "init_from", b"init_from", "log_every_n_steps", b"log_every_n_steps", "lr_schedule", b"lr_schedule", "max_steps", b"max_steps", "optimizer", b"optimizer", "register_as", b"register_as", "replace_head", b"replace_head"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backbone_lr_scale", b"_backbone_lr_scale", "_batch_size", b"_batch_size", "_epochs", b"_epochs", "_log_every_n_steps", b"_log_every_n_steps", "_max_steps", b"_max_steps", "architecture", b"architecture", "backbone_lr_scale", b"backbone_lr_scale", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "experiment", b"experiment", "freeze", b"freeze", "init_from", b"init_from", "log_every_n_steps", b"log_every_n_steps", "loss", b"loss", "lr_schedule", b"lr_schedule", "max_restarts", b"max_restarts", "max_steps", b"max_steps", "optimizer", b"optimizer", "precision", b"precision", "priority", b"priority", "register_as", b"register_as", "replace_head", b"replace_head", "resume_from", b"resume_from", "run_name", b"run_name", "seed", b"seed", "tags", b"tags", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backbone_lr_scale", b"_backbone_lr_scale", "_batch_size", b"_batch_size", "_epochs", b"_epochs", "_log_every_n_steps", b"_log_every_n_steps", "_max_steps", b"_max_steps", "architecture", b"architecture", "backbone_lr_scale", b"backbone_lr_scale", "batch_size", b"batch_size", "checkpoints", b"checkpoints", "data", b"data", "devices", b"devices", "early_stopping", b"early_stopping", "epochs", b"epochs", "experiment", b"experiment", "freeze", b"freeze", "init_from", b"init_from", "log_every_n_steps", b"log_every_n_steps", "loss", b"loss", "lr_schedule", b"lr_schedule", "max_restarts", b"max_restarts", "max_steps", b"max_steps", "optimizer", b"optimizer", "precision", b"precision", "priority", b"priority", "register_as", b"register_as", "replace_head", b"replace_head", "resume_from", b"resume_from", "resume_weights_only", b"resume_weights_only", "run_name", b"run_name", "seed", b"seed", "tags", b"tags", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__backbone_lr_scale: _TypeAlias = _typing.Literal["backbone_lr_scale"]  # noqa: Y015
     _WhichOneofArgType__backbone_lr_scale: _TypeAlias = _typing.Literal["_backbone_lr_scale", b"_backbone_lr_scale"]  # noqa: Y015
