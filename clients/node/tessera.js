@@ -333,7 +333,8 @@ class Client {
   // within the one deadline; a repeat of a submit the daemon had committed answers that job
   // instead of creating a second. Give your own (1 to 64 of A-Z a-z 0-9 - _) to send the same
   // submit again yourself, within 24 hours; the same id with another spec is ALREADY_EXISTS.
-  // Ids are each caller's own (each token's).
+  // Ids are each caller's own (each token's). A daemon older than resume_from drops it and would
+  // train from scratch: its job is cancelled and the submit fails UNIMPLEMENTED (answeredJob).
   async submitJob(spec, { requestId = crypto.randomUUID(), timeoutMs: timeout } = {}) {
     if (typeof requestId !== 'string' || !REQUEST_ID.test(requestId)) {
       const given = typeof requestId === 'string' ? pythonRepr(requestId.slice(0, 65)) : String(requestId);
@@ -346,14 +347,53 @@ class Client {
     const deadline = Date.now() + timeoutMs(timeout, this.timeoutMs);
     const since = this.cancellations;
     for (let tries = 1; ; tries += 1) {
+      let job;
       try {
-        return await this.call(this.training, 'SubmitJob', request, Math.max(1, deadline - Date.now()));
+        job = await this.call(this.training, 'SubmitJob', request, Math.max(1, deadline - Date.now()));
       } catch (err) {
         const pause = backoffMs(tries);
         if (err.code !== 'UNAVAILABLE' || tries >= SUBMIT_TRIES || Date.now() + pause >= deadline) throw err;
         await this.pause(pause, since);
+        continue;
       }
+      return this.answeredJob(request.spec, job, timeout);
     }
+  }
+
+  // The submitted job; where the daemon dropped the spec's resume_from (one older than the
+  // field, which keeps no field it does not know, so its job trains from scratch), that job
+  // cancelled and an UNIMPLEMENTED TesseraError, as the Python SDK's submit.
+  async answeredJob(sent, job, timeout) {
+    if (!sent.resume_from || (job.spec && job.spec.resume_from)) return job;
+    return this.cancelledFromScratch(job.job_id, 'job', timeout);
+  }
+
+  // The submitted sweep, as answeredJob: cancelled where the daemon dropped its base's resume_from.
+  async answeredSweep(sent, sweep, timeout) {
+    const base = (spec) => (spec && spec.base) || {};
+    if (!base(sent).resume_from || base(sweep.spec).resume_from) return sweep;
+    return this.cancelledFromScratch(sweep.sweep_id, 'sweep', timeout);
+  }
+
+  // Cancels the job or sweep `id` a daemon older than resume_from made without it, then throws
+  // UNIMPLEMENTED saying so; where the cancel fails, the error names what it left running and how
+  // to cancel it.
+  async cancelledFromScratch(id, kind, timeout) {
+    const said = 'this tesserad does not know resume_from (older than the client); upgrade it. ';
+    const sweep = kind === 'sweep';
+    try {
+      if (sweep) await this.cancelSweep(id, { timeoutMs: timeout });
+      else await this.cancelJob(id, { timeoutMs: timeout });
+    } catch (err) {
+      const how = sweep
+        ? `client.cancelSweep('${id}'), or tessera sweeps cancel ${id}`
+        : `client.cancelJob('${id}'), or tessera jobs cancel ${id}`;
+      throw tesseraError(
+        'UNIMPLEMENTED',
+        `${said}Its ${kind} ${id} trains from scratch and could not be cancelled (${err.message}); cancel it: ${how}`,
+      );
+    }
+    throw tesseraError('UNIMPLEMENTED', `${said}Its ${kind} ${id} would have trained from scratch, and is cancelled`);
   }
 
   async getJob(jobId, { timeoutMs: timeout } = {}) {
@@ -897,8 +937,12 @@ class Client {
   // Hyperparameter sweeps: many jobs from one base spec. spec: a SweepSpec
   // (protos/tessera/v1/training.proto) with its field names, enum values by their full or short
   // names ('SWEEP_STRATEGY_GRID' or 'grid'), checked as submitJob's. Resolves to the Sweep.
+  // A daemon older than the base's resume_from drops it, and its trials would train from scratch:
+  // the sweep is cancelled and the submit fails UNIMPLEMENTED (answeredSweep).
   async submitSweep(spec, { timeoutMs: timeout } = {}) {
-    return this.call(this.training, 'SubmitSweep', checkedRequest(this.training.SubmitSweep, { spec }), timeout);
+    const request = checkedRequest(this.training.SubmitSweep, { spec });
+    const sweep = await this.call(this.training, 'SubmitSweep', request, timeout);
+    return this.answeredSweep(request.spec, sweep, timeout);
   }
 
   // A sweep with its trials (each trial's job_id, params, state and metric) and best_job_id.
