@@ -452,3 +452,41 @@ def test_a_watcher_of_a_job_the_shutdown_interrupts_is_told_to_watch_again_and_m
         S.JOB_STATE_RUNNING,
         S.JOB_STATE_CANCELLED,
     ]
+
+
+def test_a_full_resume_killed_before_its_own_checkpoint_keeps_the_source_points_at_the_next_start(
+    spawn_daemon: Any, tmp_path: Path
+) -> None:
+    daemon, channel = _start(spawn_daemon, tmp_path)
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec, source, _ = _run_until_checkpoint(channel, epoch=2)
+    training.CancelJob(S.CancelJobRequest(job_id=source.job_id))
+    list(training.WatchJob(S.WatchJobRequest(job_id=source.job_id), timeout=120))
+    ended = training.GetJob(S.GetJobRequest(job_id=source.job_id))
+    kept = max(ended.checkpoints, key=lambda checkpoint: checkpoint.step)
+    resumed_spec = job_spec_pb2.JobSpec()
+    resumed_spec.CopyFrom(spec)
+    resumed_spec.resume_from = source.job_id
+    resumed_spec.checkpoints.every_n_epochs = 60  # none of its own before the kill
+    job = training.SubmitJob(S.SubmitJobRequest(spec=resumed_spec))
+    for event in training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120):
+        if event.WhichOneof("event") == "step":
+            break
+    daemon.kill()
+    channel.close()
+
+    _, channel = _start(spawn_daemon, tmp_path)
+    training = training_pb2_grpc.TrainingStub(channel)
+    events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
+    assert states(events)[-1] == S.JOB_STATE_SUCCEEDED
+    again = [s for s in of_kind(events, "state") if s.state == S.JOB_STATE_RUNNING][1]
+    assert f"resumed from job {source.job_id}'s epoch {kept.epoch} checkpoint (attempt 2)" in again.reason
+    final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    # The source's points up to its checkpoint stay in the run; the second attempt's follow.
+    history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
+    before = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=ended.run_id, key="loss"))
+    assert [p.step for p in history.points] == list(range(1, final.total_steps + 1))
+    assert [(p.step, p.value) for p in history.points if p.step <= kept.step] == [
+        (p.step, p.value) for p in before.points if p.step <= kept.step
+    ]
+    channel.close()
