@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 import numpy as np
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
+
+from tessera.state_words import enum_word
 
 _INT64_TYPES = frozenset(
     {
@@ -101,12 +102,3 @@ def _single_with_numbers(field: FieldDescriptor, value: Any) -> Any:
     ):
         return _with_numbers(message_type, value)
     return value
-
-
-_WORD_START = re.compile(r"(?<!^)(?=[A-Z])")
-
-
-def enum_word(enum: EnumDescriptor, name: str) -> str:
-    """An enum value's name as the CLI says it: JOB_STATE_SUCCEEDED of JobState is "succeeded"."""
-    prefix = _WORD_START.sub("_", enum.name).upper() + "_"
-    return name.removeprefix(prefix).lower()

@@ -8,7 +8,6 @@ import datetime as dt
 import difflib
 import json
 import numbers
-import re
 import sys
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.protobuf.message import Message
 
 from tessera.errors import InvalidArgument
+from tessera.state_words import enum_prefix, enum_word
 from tessera.toml_lines import KeyPath, TomlSource, key_lines
 from tessera.v1 import common_pb2
 
@@ -399,9 +399,8 @@ def _enum(enum_type: EnumDescriptor, value: Any, path: KeyPath, problems: _Probl
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     names = [v.name for v in enum_type.values]
-    # Values carry their type's name as a prefix: OptimizeMode -> OPTIMIZE_MODE_MAX.
-    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum_type.name).upper() + "_"
-    choices = [name.removeprefix(prefix).lower() for name in names if not name.endswith("_UNSPECIFIED")]
+    prefix = enum_prefix(enum_type)
+    choices = [enum_word(enum_type, name) for name in names if not name.endswith("_UNSPECIFIED")]
     if isinstance(value, str):
         wanted = value.upper()
         for name in names:

@@ -4,12 +4,32 @@ messages compares them (`sweep.state == pb.SWEEP_STATE_RUNNING`)."""
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
+    from google.protobuf.descriptor import EnumDescriptor
+
     # The stubs' type of a generated enum; at run time it is EnumTypeWrapper.
     from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
+_WORD_START = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def enum_prefix(enum: EnumDescriptor) -> str:
+    """The prefix each value of `enum` carries, its type's name: OptimizeMode's is OPTIMIZE_MODE_."""
+    return _WORD_START.sub("_", enum.name).upper() + "_"
+
+
+def enum_word(enum: EnumDescriptor, name: str) -> str:
+    """An enum value's name as the CLI and the SDK say it: JOB_STATE_SUCCEEDED of JobState is "succeeded"."""
+    return name.removeprefix(enum_prefix(enum)).lower()
+
+
+def number_word(numbers: _EnumTypeWrapper[Any], number: int) -> str:
+    """The word for `number` of a generated enum (`training_pb2.JobState`); ValueError for one it lacks."""
+    return enum_word(numbers.DESCRIPTOR, numbers.Name(number))
 
 
 class StateWord(StrEnum):
@@ -24,8 +44,7 @@ class StateWord(StrEnum):
 
     @classmethod
     def _prefix(cls) -> str:
-        # Every tessera.v1 enum's 0 is its PREFIX_UNSPECIFIED.
-        return cls._numbers().Name(0).removesuffix("UNSPECIFIED")
+        return enum_prefix(cls._numbers().DESCRIPTOR)
 
     @classmethod
     def from_proto(cls, value: int) -> Self:
@@ -34,7 +53,7 @@ class StateWord(StrEnum):
             name = cls._numbers().Name(value)
         except ValueError:
             return cls("unspecified")
-        return cls(name.removeprefix(cls._prefix()).lower())
+        return cls(enum_word(cls._numbers().DESCRIPTOR, name))
 
     def to_proto(self) -> int:
         """The number this word stands for in the `tessera.v1` enum."""

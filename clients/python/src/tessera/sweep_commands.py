@@ -16,6 +16,7 @@ from tessera.errors import JobFailed, Unavailable
 from tessera.follow import Outage, stopped_following
 from tessera.messages import counted, load_toml
 from tessera.plot import line_plot
+from tessera.state_words import number_word
 from tessera.tables import FittedTable, fitted_table
 from tessera.v1 import job_spec_pb2, training_pb2
 
@@ -29,13 +30,13 @@ S = training_pb2
 
 
 def sweep_state(sweep: training_pb2.Sweep) -> str:
-    return S.SweepState.Name(sweep.state).removeprefix("SWEEP_STATE_").lower()
+    return number_word(S.SweepState, sweep.state)
 
 
 def strategy_name(spec: training_pb2.SweepSpec) -> str:
-    name = S.SweepStrategy.Name(spec.strategy).removeprefix("SWEEP_STRATEGY_").lower()
+    name = number_word(S.SweepStrategy, spec.strategy)
     if spec.pruner:
-        name += " + " + S.SweepPruner.Name(spec.pruner).removeprefix("SWEEP_PRUNER_").lower()
+        name += " + " + number_word(S.SweepPruner, spec.pruner)
     return name
 
 
@@ -51,7 +52,7 @@ def trial_state(trial: training_pb2.SweepTrial) -> str:
         return {S.JOB_STATE_UNSPECIFIED: "pending", S.JOB_STATE_CANCELLED: "cancelled"}.get(
             trial.state, "failed to start"
         )
-    return S.JobState.Name(trial.state).removeprefix("JOB_STATE_").lower()
+    return number_word(S.JobState, trial.state)
 
 
 def params_text(params: Any) -> str:

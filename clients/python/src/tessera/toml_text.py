@@ -10,6 +10,8 @@ from typing import Any
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from tessera.state_words import enum_word
+
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -47,8 +49,7 @@ def _enum_name(enum_type: EnumDescriptor, number: int) -> str | int:
     value = enum_type.values_by_number.get(number)
     if value is None:
         return number
-    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum_type.name).upper() + "_"
-    return value.name.removeprefix(prefix).lower()
+    return enum_word(enum_type, value.name)
 
 
 def _table_lines(table: dict[str, Any], path: tuple[str, ...]) -> list[str]:

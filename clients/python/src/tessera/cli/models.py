@@ -26,6 +26,7 @@ from tessera.messages import counted, is_digits, load_toml
 from tessera.models import FORMAT_BY_SUFFIX, SUFFIX_BY_FORMAT, default_file_name
 from tessera.progress_line import byte_size
 from tessera.rpc_commands import in_cli_words
+from tessera.state_words import number_word
 from tessera.tables import Word
 from tessera.transfer import is_download_directory
 from tessera.v1 import common_pb2, registry_pb2
@@ -136,7 +137,7 @@ def cmd_models_versions(client: Client, args: argparse.Namespace, out: Output) -
             (
                 v.version,
                 *((source_text(v),) if sourced else ()),
-                registry_pb2.ArtifactFormat.Name(v.format).removeprefix("ARTIFACT_FORMAT_").lower(),
+                number_word(registry_pb2.ArtifactFormat, v.format),
                 size(v.size_bytes),
                 ", ".join(v.aliases) or "-",
                 created(v.created_at),
@@ -537,10 +538,7 @@ def change_document(change: registry_pb2.RegistryChange) -> dict[str, Any]:
 def change_line(change: registry_pb2.RegistryChange) -> str:
     """One change in words: "7  2026-12-04 10:00:00  linear: alias moved; latest v2, production=v2,
     deployed production 100% (v2)"."""
-    kinds = ", ".join(
-        registry_pb2.ChangeKind.Name(kind).removeprefix("CHANGE_KIND_").lower().replace("_", " ")
-        for kind in change.kinds
-    )
+    kinds = ", ".join(number_word(registry_pb2.ChangeKind, kind).replace("_", " ") for kind in change.kinds)
     head = f"{change.seq}  {when(change.time)}  {change.model}: {kinds}"
     if not change.HasField("state"):
         return head
@@ -560,7 +558,7 @@ def change_line(change: registry_pb2.RegistryChange) -> str:
 
 
 def format_name(version: registry_pb2.ModelVersion) -> str:
-    return registry_pb2.ArtifactFormat.Name(version.format).removeprefix("ARTIFACT_FORMAT_").lower()
+    return number_word(registry_pb2.ArtifactFormat, version.format)
 
 
 def architecture_text(version: registry_pb2.ModelVersion) -> str:

@@ -16,6 +16,7 @@ from tessera.cli.output import Output, size, when
 from tessera.client import Client
 from tessera.explanations import SHORT_NAMES, top_positions
 from tessera.messages import counted
+from tessera.state_words import number_word
 from tessera.transfer import PartialFile, check_free
 from tessera.transport import MODEL_CALL_TIMEOUT_S
 from tessera.v1 import inference_pb2
@@ -268,7 +269,7 @@ def current_config(client: Client, model: str, version: int | str | None) -> dic
         )
     config = {field.name: getattr(found.config, field.name) for field in found.config.DESCRIPTOR.fields}
     # An ensemble's runtime is unspecified: its version's format decides.
-    config["runtime"] = inference_pb2.Runtime.Name(found.config.runtime).removeprefix("RUNTIME_").lower()
+    config["runtime"] = number_word(inference_pb2.Runtime, found.config.runtime)
     if config["runtime"] == "unspecified":
         del config["runtime"]
     return config
@@ -306,7 +307,7 @@ def runtime_word(runtime: inference_pb2.Runtime.ValueType) -> str:
     loaded version but an ensemble's, which runs on its members' and is sent unspecified."""
     if runtime == inference_pb2.RUNTIME_UNSPECIFIED:
         return "ensemble"
-    return inference_pb2.Runtime.Name(runtime).removeprefix("RUNTIME_").lower()
+    return number_word(inference_pb2.Runtime, runtime)
 
 
 def print_loaded(loaded: Sequence[inference_pb2.LoadedModel], out: Output) -> None:
@@ -328,7 +329,7 @@ def print_loaded(loaded: Sequence[inference_pb2.LoadedModel], out: Output) -> No
             (
                 m.model,
                 m.version,
-                inference_pb2.LoadState.Name(m.state).removeprefix("LOAD_STATE_").lower(),
+                number_word(inference_pb2.LoadState, m.state),
                 runtime_word(m.config.runtime),
                 m.config.device,
                 m.config.instances,

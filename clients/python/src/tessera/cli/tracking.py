@@ -31,6 +31,7 @@ from tessera.run_filter import (
     parse_filter,
     parse_order,
 )
+from tessera.state_words import number_word
 from tessera.sweep_commands import short_value
 from tessera.training import LIST_ARTIFACTS_WORDS, artifact_target
 from tessera.v1 import training_pb2
@@ -40,7 +41,7 @@ VIEWS = {"active": "active_only", "deleted": "deleted_only", "all": "all"}
 
 
 def run_status(run: training_pb2.Run) -> str:
-    status = training_pb2.RunStatus.Name(run.status).removeprefix("RUN_STATUS_").lower()
+    status = number_word(training_pb2.RunStatus, run.status)
     return f"{status} (deleted)" if run.deleted else status
 
 
@@ -143,7 +144,7 @@ def summary_reading(condition: training_pb2.MetricFilter) -> str:
     whole name: when no run matches, that may be what was meant."""
     if condition.field not in (training_pb2.SUMMARY_FIELD_MIN, training_pb2.SUMMARY_FIELD_MAX):
         return ""
-    field = training_pb2.SummaryField.Name(condition.field).removeprefix("SUMMARY_FIELD_").lower()
+    field = number_word(training_pb2.SummaryField, condition.field)
     named = "`" + f"{condition.key}.{field}".replace("`", "``") + "`"
     return (
         f"; metrics.{condition.key}.{field} compares the {field} of metric {condition.key}, where "
