@@ -212,3 +212,24 @@ def test_delete_takes_name_colon_version_as_the_other_dataset_calls_do(client, c
         client.datasets.delete("clips:0")
     assert [v.version for v in client.datasets.versions("clips")] == [1]
     assert client.datasets.delete("clips:1", version=1) == 1
+
+
+def test_arrays_named_like_push_parameters_go_in_the_arrays_mapping(client):
+    named = {"seed": np.arange(4.0), "name": np.ones(4), "path": np.zeros(4), "tags": np.arange(4)}
+    version = client.datasets.push("like-parameters", arrays=named, seed=1)
+    assert sorted(a.name for a in version.arrays) == ["name", "path", "seed", "tags"]
+    assert client.datasets.push("keywords", x=np.arange(4.0), y=np.arange(4)).num_samples == 4
+
+
+def test_an_array_given_for_a_push_parameter_is_refused_naming_the_arrays_mapping(client):
+    with pytest.raises(
+        TypeError, match=r"push: seed= is push's own parameter, not an array; .*arrays=\{'seed': \.\.\.\}"
+    ):
+        client.datasets.push("clash", x=np.zeros(4), seed=np.arange(4))
+    with pytest.raises(TypeError, match=r"allow_nonfinite= is push's own parameter"):
+        client.datasets.push("clash", x=np.zeros(4), allow_nonfinite=[1.0, 2.0])
+    with pytest.raises(TypeError, match=r"arrays= takes a mapping of names to arrays"):
+        client.datasets.push("clash", arrays=np.zeros(4))
+    with pytest.raises(TypeError, match=r"arrays=\{\.\.\.\} or as keywords \(x=\.\.\., y=\.\.\.\), not both"):
+        client.datasets.push("clash", arrays={"x": np.zeros(4)}, y=np.zeros(4))
+    assert [d.name for d in client.datasets.list()] == []

@@ -74,6 +74,31 @@ def payload(path: str | Path | None, arrays: Mapping[str, np.typing.ArrayLike]) 
     return Payload(pb.DATASET_FORMAT_NPZ, hashlib.sha256(data).hexdigest(), len(data), data=data)
 
 
+def pushed_arrays(
+    parameters: Mapping[str, object],
+    arrays: Mapping[str, np.typing.ArrayLike] | None,
+    named_arrays: Mapping[str, np.typing.ArrayLike],
+) -> Mapping[str, np.typing.ArrayLike]:
+    """`push`'s arrays, from its `arrays=` mapping or its keywords. TypeError for both at once,
+    and for an array given for one of its `parameters`: one named like a parameter (`seed`) is
+    that parameter to Python, and was taken for it (an array for a seed) without a word."""
+    for parameter, value in parameters.items():
+        if isinstance(value, np.ndarray | list | tuple):
+            raise TypeError(
+                f"push: {parameter}= is push's own parameter, not an array; to push an array named "
+                f"{parameter!r}, pass the arrays as a mapping: arrays={{{parameter!r}: ...}}"
+            )
+    if arrays is None:
+        return named_arrays
+    if not isinstance(arrays, Mapping):
+        raise TypeError(
+            f"push: arrays= takes a mapping of names to arrays ({{'x': x, 'y': y}}), got {type(arrays).__name__}"
+        )
+    if named_arrays:
+        raise TypeError("push: pass the arrays as arrays={...} or as keywords (x=..., y=...), not both")
+    return arrays
+
+
 def write_npz(file: str | Path | BinaryIO, arrays: Mapping[str, np.typing.ArrayLike]) -> None:
     """The named arrays written as an uncompressed little-endian npz, one at a time. As np.savez
     writes it, but from a mapping: its keyword arguments would refuse arrays named file or
@@ -238,10 +263,14 @@ class Datasets(Part[C]):
         progress: Progress | None = None,
         chunk_size: int = CHUNK_BYTES,
         timeout: float | None = None,
-        **arrays: np.typing.ArrayLike,
+        arrays: Mapping[str, np.typing.ArrayLike] | None = None,
+        **named_arrays: np.typing.ArrayLike,
     ) -> Upload[pb.DatasetVersion]:
         """Upload a new version: `push("clips", x=x, y=y, splits={"train": 0.8, "val": 0.2})` or
-        `push("clips", "clips.npz")`. Streamed in chunks; `progress(done, total)` after each.
+        `push("clips", "clips.npz")`. `arrays={"seed": s, "tags": t}` takes the arrays as a
+        mapping instead of keywords, for names that are push's own parameters (`seed`, `name`,
+        `path`, `tags`, ...); an array given as such a keyword is refused (TypeError), not taken
+        for the parameter. Streamed in chunks; `progress(done, total)` after each.
         Identical content is stored once (the result has `deduplicated` set): a push that the
         newest version matches in bytes, splits, flags, description and tags adds no version and
         answers that one (`existing_version`); a new version of stored bytes names a version that
@@ -249,11 +278,25 @@ class Datasets(Part[C]):
         .npy file, the name its array gets (default x); an npz names its arrays itself, and the
         daemon refuses array_name with one (InvalidArgument)."""
         check_chunk_size(chunk_size)
+        parameters = {
+            "name": name,
+            "path": path,
+            "splits": splits,
+            "seed": seed,
+            "array_name": array_name,
+            "allow_nonfinite": allow_nonfinite,
+            "description": description,
+            "tags": tags,
+            "progress": progress,
+            "chunk_size": chunk_size,
+            "timeout": timeout,
+        }
+        pushed = pushed_arrays(parameters, arrays, named_arrays)
 
         def requests() -> Iterator[pb.UploadDatasetRequest]:
             return upload_requests(
                 name,
-                payload(path, arrays),
+                payload(path, pushed),
                 splits=splits,
                 seed=seed,
                 array_name=array_name,
