@@ -115,7 +115,7 @@ def _push_model(daemon: InProcessDaemon, directory: Path) -> Path:
     path = directory / "m.onnx"
     path.write_bytes(onnx_identity())
     with tessera.Client(daemon.target) as client:
-        client.models.push("clf", path, alias="production")
+        client.models.push("clf", path, set_alias="production")
     return path
 
 

@@ -25,7 +25,7 @@ def test_changes_are_printed_in_order_with_the_state_after_each(tessera_cli, cli
     # three commits below are three changes, not one.
     client.models.push("affine", affine_onnx(tmp_path / "a1.onnx"))
     assert tessera_cli("models", "changes").out.count("\n") == 1
-    client.models.push("affine", affine_onnx(tmp_path / "a2.onnx", scale=2.0), alias="production")
+    client.models.push("affine", affine_onnx(tmp_path / "a2.onnx", scale=2.0), set_alias="production")
     assert tessera_cli("models", "changes").out.count("\n") == 2
     client.models.deploy("affine", {"production": 90, 1: 10})
     result = tessera_cli("models", "changes")

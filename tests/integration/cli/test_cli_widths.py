@@ -161,8 +161,8 @@ def test_a_sweeps_leaderboard_keeps_its_trials_states_at_80_columns(daemon, swee
 @pytest.mark.parametrize("width", WIDTHS)
 def test_listings_keep_names_tags_and_headers_whole(daemon, client, sweep, tmp_path, width):
     model = affine_onnx(tmp_path / "affine.onnx")
-    client.models.push("affine-classifier-production", model, alias="production")
-    client.models.push("affine-classifier-production", model, alias="staging", description="a second try")
+    client.models.push("affine-classifier-production", model, set_alias="production")
+    client.models.push("affine-classifier-production", model, set_alias="staging", description="a second try")
     client.training.update_experiment(
         "cli-widths", description="lr and weight decay search", set_tags={"purpose": "width-checks"}
     )
@@ -209,8 +209,8 @@ def test_models_versions_shows_descriptions_cut_short_at_80_columns(
     onnx.save(model, tmp_path / "affine.onnx")
     name = "affine-classifier-production"
     long = "the first of a line of affine classifiers, trained on the clips of the spring"
-    client.models.push(name, tmp_path / "affine.onnx", alias="production", description=long)
-    client.models.push(name, tmp_path / "affine.onnx", alias="staging", description="a second try")
+    client.models.push(name, tmp_path / "affine.onnx", set_alias="production", description=long)
+    client.models.push(name, tmp_path / "affine.onnx", set_alias="staging", description="a second try")
     monkeypatch.setenv("COLUMNS", "80")
     assert main(["--target", daemon.target, "models", "versions", name]) == 0
     text = capsys.readouterr().out

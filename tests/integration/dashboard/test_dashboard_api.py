@@ -276,7 +276,7 @@ def test_a_key_only_runs_outside_the_view_logged_names_the_query_parameter_that_
 
 def test_a_model_with_versions_aliases_lineage_and_deployments(dash, client, tmp_path, finished_job):
     path = affine_onnx(tmp_path / "affine.onnx")
-    client.models.push("dash-affine", path, alias="staging", description="two <b>versions</b>")
+    client.models.push("dash-affine", path, set_alias="staging", description="two <b>versions</b>")
     client.models.push("dash-affine", path)
     client.models.deploy("dash-affine", routes={1: 90, 2: 10})
     data = http_get(dash.daemon.http_port, "/api/v1/models/dash-affine").json()
@@ -294,8 +294,8 @@ def test_a_model_with_versions_aliases_lineage_and_deployments(dash, client, tmp
 
 def test_a_deployment_an_alias_moved_onto_one_version_carries_its_warning(dash, client, tmp_path):
     path = affine_onnx(tmp_path / "affine.onnx")
-    client.models.push("dash-promoted", path, alias="prod")
-    client.models.push("dash-promoted", path, alias="canary")
+    client.models.push("dash-promoted", path, set_alias="prod")
+    client.models.push("dash-promoted", path, set_alias="canary")
     client.models.deploy("dash-promoted", routes={"prod": 90, "canary": 10})
     client.models.set_alias("dash-promoted", "prod", 2)
     [deployment] = http_get(dash.daemon.http_port, "/api/v1/models/dash-promoted").json()["deployments"]

@@ -15,7 +15,7 @@ import tessera.aio
 @pytest.fixture
 def served(client, make_onnx):
     client.models.push("affine", make_onnx("v1", scale=2.0, bias=1.0))
-    client.models.push("affine", make_onnx("v2", scale=3.0, bias=0.0), alias="production")
+    client.models.push("affine", make_onnx("v2", scale=3.0, bias=0.0), set_alias="production")
     client.inference.load("affine", 1, runtime="onnx", device="cpu", max_batch_size=4)
     client.inference.load("affine", "production")
     return "affine"

@@ -30,7 +30,7 @@ from tests.tmpfs import tmpfs
 @pytest.fixture
 def two_versions(client, make_onnx):
     client.models.push("affine", make_onnx("a", scale=2.0), description="first")
-    client.models.push("affine", make_onnx("b", scale=3.0), alias="staging")
+    client.models.push("affine", make_onnx("b", scale=3.0), set_alias="staging")
     return "affine"
 
 
@@ -39,7 +39,7 @@ def test_push_registers_an_onnx_version_with_progress_and_alias(client, onnx_fil
     version = client.models.push(
         "affine",
         onnx_file,
-        alias="production",
+        set_alias="production",
         params={"scale": "2"},
         chunk_size=64,
         progress=lambda done, total: progress.append((done, total)),
@@ -294,7 +294,7 @@ def test_bad_uploads_are_refused_with_what_to_fix(client, tmp_path, onnx_file):
 def test_aio_models(daemon, onnx_file, tmp_path):
     async def scenario():
         async with tessera.aio.Client(daemon.target) as client:
-            pushed = await client.models.push("affine", onnx_file, alias="production")
+            pushed = await client.models.push("affine", onnx_file, set_alias="production")
             names = [m.name async for m in client.models.list()]
             version = await client.models.version("affine", "production")
             header = await client.models.download("affine", tmp_path / "copy.onnx")
@@ -448,3 +448,20 @@ def test_an_aio_download_makes_its_directory_off_the_event_loop(daemon, two_vers
     loop_thread = asyncio.run(scenario())
     assert (tmp_path / "made" / "aio" / "affine-v1.onnx").is_file()
     assert _MADE_ON.pop(f"{tmp_path}/made") not in ("", loop_thread)
+
+
+def test_set_alias_moves_an_alias_and_alias_its_old_name_warns(client, make_onnx):
+    pushed = client.models.push("affine", make_onnx("a"), set_alias="staging")
+    assert "staging" in pushed.aliases
+    with pytest.warns(
+        DeprecationWarning, match=r"models\.push\(alias=\.\.\.\) is deprecated: use set_alias="
+    ) as caught:
+        moved = client.models.push("affine", make_onnx("b", scale=3.0), alias="staging")
+    assert "staging" in moved.aliases and caught[0].filename == __file__
+    ensemble = client.models.register_ensemble("ens", ["affine:1", "affine:2"], set_alias="production")
+    assert "production" in ensemble.aliases
+    with pytest.warns(DeprecationWarning, match=r"models\.register_ensemble\(alias=\.\.\.\) is deprecated"):
+        again = client.models.register_ensemble("ens", ["affine:1", "affine:2"], alias="canary")
+    assert client.models.version("ens", "canary").version == again.version
+    with pytest.raises(TypeError, match=r"models\.push: pass set_alias= alone; alias= is its old name"):
+        client.models.push("affine", make_onnx("c"), alias="a", set_alias="b")

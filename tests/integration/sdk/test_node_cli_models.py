@@ -17,7 +17,7 @@ __all__ = ["node_ready"]
 @pytest.fixture
 def affine(client, tmp_path):
     """Model affine: v1 (alias production), v2 (latest, deployed)."""
-    client.models.push("affine", affine_onnx(tmp_path / "a.onnx"), alias="production")
+    client.models.push("affine", affine_onnx(tmp_path / "a.onnx"), set_alias="production")
     client.models.push("affine", affine_onnx(tmp_path / "b.onnx", scale=3.0))
     client.models.deploy("affine", {2: 100})
 

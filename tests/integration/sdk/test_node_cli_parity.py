@@ -291,7 +291,7 @@ def test_node_cli_serving_ranges_are_the_daemons(node_ready, field, limits):
 
 
 def test_node_cli_loads_lists_and_unloads_versions(node_ready, daemon, client, onnx_file):
-    client.models.push("affine", onnx_file, alias="production")
+    client.models.push("affine", onnx_file, set_alias="production")
     nothing = run_node(daemon.target, "serve-status")
     assert (nothing.returncode, json.loads(nothing.stdout)) == (0, [])
     loaded = run_node(

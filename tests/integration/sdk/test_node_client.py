@@ -51,7 +51,7 @@ def node_ready() -> None:
 
 
 def test_node_client_lists_models_and_predicts(node_ready, daemon, client, onnx_file):
-    client.models.push("affine", onnx_file, alias="production")
+    client.models.push("affine", onnx_file, set_alias="production")
     client.inference.load("affine")
 
     listed = run_node(daemon.target, "models")
@@ -246,7 +246,7 @@ def test_node_readme_install_example_runs_on_what_the_top_readme_registers(
     }
     weights = tmp_path / "clips-cnn4d.safetensors"
     save_file({k: v.contiguous() for k, v in build_model(spec_from_dict(spec)).state_dict().items()}, weights)
-    client.models.push("clips-cnn4d", weights, architecture=architecture, alias="staging")
+    client.models.push("clips-cnn4d", weights, architecture=architecture, set_alias="staging")
     commands = readme_install_commands()
     assert len(commands) == 3 and "predict" in commands[-1]
     for command in commands:

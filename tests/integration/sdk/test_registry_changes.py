@@ -31,7 +31,7 @@ def recorded(client: tessera.Client) -> list[int]:
 def test_without_follow_the_changes_so_far_are_given_and_the_watch_ends(client, make_onnx):
     client.models.push("affine", make_onnx("a1"))
     assert recorded(client) == [1]  # the watch sees the commit made before it
-    client.models.push("affine", make_onnx("a2", scale=2.0), alias="production")
+    client.models.push("affine", make_onnx("a2", scale=2.0), set_alias="production")
     changes = list(client.models.watch_changes(follow=False))
     assert [(c.seq, c.model, list(c.kinds)) for c in changes] == [
         (1, "affine", [CREATED, REGISTERED]),  # one commit: the push made the model

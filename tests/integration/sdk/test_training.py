@@ -281,7 +281,8 @@ def test_aio_sweeps(daemon, client, table):
 def test_export_onnx_of_a_trained_version_sync_and_aio(daemon, client, table):
     job = client.training.submit(small_spec(table)).wait()
     trained = job.registered.version
-    exported = client.models.export_onnx("tiny", trained)
+    exported = client.models.export_onnx("tiny", trained, set_alias="production")
+    assert "production" in exported.version.aliases
     assert exported.version.format == registry_pb2.ARTIFACT_FORMAT_ONNX
     assert exported.version.lineage.parent_version == trained
     assert exported.max_abs_error < 1e-4
@@ -290,7 +291,10 @@ def test_export_onnx_of_a_trained_version_sync_and_aio(daemon, client, table):
 
     async def scenario():
         async with tessera.aio.Client(daemon.target) as aio_client:
-            return await aio_client.models.export_onnx("tiny", trained, conv4d="decomposed")
+            with pytest.warns(DeprecationWarning, match=r"models\.export_onnx\(alias=\.\.\.\) is deprecated"):
+                return await aio_client.models.export_onnx(
+                    "tiny", trained, conv4d="decomposed", alias="canary"
+                )
 
     again = asyncio.run(scenario())  # auto is decomposed: the same bytes, so the same version
     assert again.reused and again.version.version == exported.version.version

@@ -287,7 +287,7 @@ def test_served_through_the_open_inference_protocol(client, oip, members) -> Non
 
 def test_aliased_and_deployed_like_any_version(client, channel, members) -> None:
     upload(channel, "ens", linear_model(10.0))  # version 1: a plain model
-    client.models.register_ensemble("ens", members, alias="production")  # version 2
+    client.models.register_ensemble("ens", members, set_alias="production")  # version 2
     mean = np.mean(answers(client, members), axis=0)
     np.testing.assert_allclose(
         client.inference.predict("ens", {"x": X}, alias="production")["y"], mean, rtol=1e-6

@@ -96,7 +96,7 @@ def run_demo(client: Client, console: Console, name: str, samples: int, epochs: 
     trained = job.registered
     console.print(f"[bold]4/7[/bold] registered {trained.model} v{trained.version}")
 
-    export = client.models.export_onnx(model, trained.version, alias="production")
+    export = client.models.export_onnx(model, trained.version, set_alias="production")
     exported = export.version
     console.print(
         f"[bold]5/7[/bold] exported v{exported.version} to ONNX (opset {export.opset}, conv4d {export.conv4d}, "

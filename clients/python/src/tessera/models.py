@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,7 +188,7 @@ class Models(Part[C]):
         architecture: architecture_pb2.Architecture | Mapping[str, Any] | None = None,
         signature: common_pb2.Signature | Mapping[str, Any] | None = None,
         create: bool = True,
-        alias: str | None = None,
+        set_alias: str | None = None,
         description: str = "",
         params: Mapping[str, str] | None = None,
         metrics: Mapping[str, float] | None = None,
@@ -195,11 +196,14 @@ class Models(Part[C]):
         progress: Progress | None = None,
         chunk_size: int = CHUNK_BYTES,
         timeout: float | None = None,
+        alias: str | None = None,
     ) -> Upload[pb.ModelVersion]:
         """Register an artifact file as the model's next version: an ONNX model, or safetensors
         weights with the `architecture` that builds them. Streamed in chunks, or sent in one
         message when at most INLINE_BYTES; `progress(done, total)` is called after each chunk
-        read. `alias` moves that alias to the new version."""
+        read. `set_alias` moves that alias to the new version (`alias`, its old name, still does,
+        with a DeprecationWarning)."""
+        moved = moved_alias("push", set_alias, alias)
         artifact = Path(path)
         check_chunk_size(chunk_size)
 
@@ -211,7 +215,7 @@ class Models(Part[C]):
                 architecture=architecture,
                 signature=signature,
                 create=create,
-                alias=alias,
+                alias=moved,
                 description=description,
                 params=params,
                 metrics=metrics,
@@ -278,10 +282,11 @@ class Models(Part[C]):
         weights: Sequence[float] | None = None,
         stacking: Mapping[str, Any] | None = None,
         create: bool = True,
-        alias: str | None = None,
+        set_alias: str | None = None,
         description: str = "",
         tags: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        alias: str | None = None,
     ) -> Upload[pb.ModelVersion]:
         """Register an ensemble of versions as the model's next version, served like any other.
 
@@ -289,7 +294,10 @@ class Models(Part[C]):
         `combine`: "mean" (of the members' outputs, e.g. probabilities), "vote" (each member's
         argmax is a vote; the answer is each class's share), "weighted_mean" (with `weights`, one
         per member) or "stacking" (with `stacking`, a linear combiner from `tessera.ensembles.fit_stacking`).
+        `set_alias` moves that alias to the new version (`alias`, its old name, still does, with a
+        DeprecationWarning).
         """
+        moved = moved_alias("register_ensemble", set_alias, alias)
         spec = ensemble_spec(members, combine, weights=weights, stacking=stacking)
 
         def requests() -> Iterator[pb.UploadVersionRequest]:
@@ -301,7 +309,7 @@ class Models(Part[C]):
                 tags=tags,
                 sha256=hashlib.sha256(spec).hexdigest(),
                 size_bytes=len(spec),
-                alias=alias or "",
+                alias=moved or "",
             )
             yield pb.UploadVersionRequest(header=header)
             yield pb.UploadVersionRequest(chunk=spec)
@@ -509,15 +517,18 @@ class Models(Part[C]):
         *,
         opset: int = 0,
         conv4d: str = "auto",
-        alias: str | None = None,
+        set_alias: str | None = None,
         description: str = "",
         timeout: float | None = None,
+        alias: str | None = None,
     ) -> Op[pb.ExportOnnxResponse]:
-        """Export a safetensors version to ONNX as a new version; `alias` moves to the export.
+        """Export a safetensors version to ONNX as a new version; `set_alias` moves to the export
+        (`alias`, its old name, still does, with a DeprecationWarning).
         An export the model already holds (same source, same bytes) is returned with `reused` set
         and its own description: versions are immutable, so `description` is not applied then."""
+        moved = moved_alias("export_onnx", set_alias, alias)
         request = pb.ExportOnnxRequest(
-            source=ref(name, version), opset=opset, conv4d=conv4d, alias=alias or "", description=description
+            source=ref(name, version), opset=opset, conv4d=conv4d, alias=moved or "", description=description
         )
         return Op(
             S,
@@ -641,6 +652,23 @@ def _change(response: pb.WatchChangesResponse) -> pb.RegistryChange:
 
 def _caught_up(response: pb.WatchChangesResponse) -> bool:
     return response.HasField("caught_up")
+
+
+def moved_alias(method: str, set_alias: str | None, alias: str | None) -> str | None:
+    """The alias `method` moves to its new version: `set_alias`, or `alias`, its old name (as the
+    CLI's --alias was, which now selects a version), with a DeprecationWarning; TypeError for both."""
+    if alias is None:
+        return set_alias
+    if set_alias is not None:
+        raise TypeError(f"models.{method}: pass set_alias= alone; alias= is its old name")
+    warnings.warn(
+        f"models.{method}(alias=...) is deprecated: use set_alias=, which moves the alias to the new "
+        "version as alias= did",
+        DeprecationWarning,
+        # Past this function, the method that builds the call and the client's wrapper running it.
+        stacklevel=4,
+    )
+    return alias
 
 
 def upload_header(

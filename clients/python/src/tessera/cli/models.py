@@ -225,7 +225,7 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
         args.file,
         format=artifact_format,
         architecture=architecture,
-        alias=args.set_alias,
+        set_alias=args.set_alias,
         description=args.description,
         progress=transfer_progress(out, f"pushing {Path(args.file).name}"),
     )
@@ -260,7 +260,7 @@ def cmd_models_ensemble(client: Client, args: argparse.Namespace, out: Output) -
         args.combine,
         weights=args.weights,
         stacking=stacking,
-        alias=args.set_alias,
+        set_alias=args.set_alias,
         description=args.description,
     )
     if out.as_json:
@@ -678,7 +678,7 @@ def cmd_export_onnx(client: Client, args: argparse.Namespace, out: Output) -> No
         picked_version(args),
         opset=args.opset,
         conv4d=args.conv4d,
-        alias=args.set_alias,
+        set_alias=args.set_alias,
         description=args.description,
     )
     if out.as_json:
