@@ -124,7 +124,7 @@ def test_ctrl_c_while_a_sweeps_trials_are_drawn_ends_their_table_with_a_newline(
     """The table's last line ("best val_loss: ...") had no newline after Ctrl-C, so the message
     on stderr, and then the shell's prompt, went on at the end of it."""
     # Ctrl-C at the first poll after the sweep's first answer, with its table drawn.
-    monkeypatch.setattr(tessera.sweep_commands, "outlasting_restarts", lambda get: ctrl_c)
+    monkeypatch.setattr(tessera.sweep_commands, "follow_polls", ctrl_c)
     spec = tmp_path / "sweep.toml"
     spec.write_text(SWEEP_SPEC)
     result = tessera_cli("sweep", str(spec), "--follow")
@@ -137,10 +137,10 @@ def test_following_a_sweep_of_a_daemon_never_reached_fails_at_once(tessera_cli, 
     --target) printed nothing for 2 minutes, waiting out an outage as for a restart, where
     `tessera jobs watch` said UNAVAILABLE at once."""
 
-    def outage_waited(self: tessera.follow.Outage, error: Exception) -> None:
-        raise AssertionError(f"waited out an outage of a daemon never reached: {error}")
+    def outage_waited(self: tessera.sweeps.FailingPolls) -> bool:
+        raise AssertionError("waited out an outage of a daemon never reached")
 
-    monkeypatch.setattr(tessera.follow.Outage, "wait", outage_waited)
+    monkeypatch.setattr(tessera.sweeps.FailingPolls, "give_up", outage_waited)
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         nobody = f"127.0.0.1:{unused.getsockname()[1]}"

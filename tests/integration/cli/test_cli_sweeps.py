@@ -130,14 +130,14 @@ def test_follow_outlasts_a_daemon_restart(spawn_daemon, tmp_path, capsys, monkey
     # first poll that found the daemon gone (gRPC's retries span about a second, a restart more).
     # Its first answer is not waited for (a daemon never reached is said at once), so the kill
     # comes once the follower has had it, as `jobs watch`'s comes once it has shown the job.
-    polls_outlasting = tessera.sweep_commands.outlasting_restarts
+    follow_polls = tessera.sweep_commands.follow_polls
     first_answered = threading.Event()
 
-    def after_the_first_answer(get):
+    def after_the_first_answer(sweep, poll, seen, settled):
         first_answered.set()
-        return polls_outlasting(get)
+        return follow_polls(sweep, poll, seen, settled)
 
-    monkeypatch.setattr(tessera.sweep_commands, "outlasting_restarts", after_the_first_answer)
+    monkeypatch.setattr(tessera.sweep_commands, "follow_polls", after_the_first_answer)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -317,22 +317,20 @@ def test_a_followed_sweep_that_is_cancelled_ends_on_its_trials_settled_states(
         + '[[parameters]]\npath = "seed"\nvalues = { values = [1, 2] }\n'
     )
     sweep_id = client.training.submit_sweep(load_toml(spec)).id
-    polls_outlasting = tessera.sweep_commands.outlasting_restarts
+    follow_polls = tessera.sweep_commands.follow_polls
     first_answered, saw_cancelled = threading.Event(), threading.Event()
 
-    def noting_the_cancel(get):
+    def noting_the_cancel(sweep, poll, seen, settled):
         first_answered.set()
-        poll = polls_outlasting(get)
 
-        def noted():
-            sweep = poll()
-            if sweep.state == training_pb2.SWEEP_STATE_CANCELLED:
+        def noted(info):
+            if info.state == training_pb2.SWEEP_STATE_CANCELLED:
                 saw_cancelled.set()
-            return sweep
+            seen(info)
 
-        return noted
+        return follow_polls(sweep, poll, noted, settled)
 
-    monkeypatch.setattr(tessera.sweep_commands, "outlasting_restarts", noting_the_cancel)
+    monkeypatch.setattr(tessera.sweep_commands, "follow_polls", noting_the_cancel)
     screen = io.StringIO()
     result: list[int] = []
     follower = threading.Thread(

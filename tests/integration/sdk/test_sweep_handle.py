@@ -18,18 +18,24 @@ import pytest
 import tessera
 import tessera.aio
 from tessera.v1 import training_pb2 as pb
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.sdk.test_stream_restarts import restarted, wait_reachable
 from tests.readme_blocks import code_blocks
 
 CLIENT_README = Path(__file__).resolve().parents[3] / "clients" / "python" / "README.md"
 
 
-@pytest.fixture
-def table(client) -> str:
+def dataset_of(client: tessera.Client) -> str:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(48, 4)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64)
     version = client.datasets.push("table", x=x, y=y, splits={"train": 0.75, "val": 0.25})
     return f"table:{version.version}"
+
+
+@pytest.fixture
+def table(client) -> str:
+    return dataset_of(client)
 
 
 def sweep_spec(table: str, epochs: int = 1, lrs: tuple[str, ...] = ("0.001", "0.05")) -> dict:
@@ -128,6 +134,65 @@ def test_a_wait_without_a_timeout_outlasts_polls_that_fail(daemon, table, proxy_
         finally:
             reopen.join()
     assert sweep.state is tessera.SweepState.SUCCEEDED
+
+
+def test_a_wait_without_a_timeout_gives_up_on_polls_failing_past_the_window_with_the_last_error(
+    client, table, proxy_to, monkeypatch
+):
+    # A daemon that never answers again: the wait asked it for ever.
+    monkeypatch.setattr(tessera.sweeps, "FAILING_POLLS_S", 2.0)
+    sweep = client.training.submit_sweep(sweep_spec(table, epochs=100_000))
+    proxy = proxy_to(int(client.target.rsplit(":", 1)[1]))
+    try:
+        with tessera.Client(proxy.target, timeout=0.5) as sdk:
+            waited = sdk.training.sweep(sweep.id)
+            proxy.black_hole()
+            with pytest.raises(tessera.DeadlineExceeded) as caught:
+                waited.wait(poll=0.2)
+        assert not isinstance(caught.value, tessera.StillRunning)
+        with pytest.raises(tessera.Unavailable), tessera.Client(proxy.target, timeout=0.5) as sdk:
+            waited = sdk.training.sweep(sweep.id)
+            proxy.close()
+            waited.wait(timeout=3600, poll=0.2)
+    finally:
+        sweep.cancel()
+
+
+def test_an_aio_wait_outlasts_a_daemon_restarted_on_the_same_port(tmp_path):
+    data_dir = tmp_path / "data"
+    daemons = [InProcessDaemon(daemon_settings(data_dir)).start()]
+    target = daemons[0].target
+    waiting, outcome = threading.Event(), []
+
+    async def wait(sweep_id: str) -> None:
+        async with tessera.aio.Client(target) as aio_client:
+            sweep = await aio_client.training.sweep(sweep_id)
+            waiting.set()
+            await sweep.wait(poll=0.2)
+
+    def waiter(sweep_id: str) -> None:
+        try:
+            asyncio.run(wait(sweep_id))
+        except BaseException as error:
+            outcome.append(error)
+
+    try:
+        with tessera.Client(target) as sdk:
+            sweep = sdk.training.submit_sweep(sweep_spec(dataset_of(sdk), epochs=100_000))
+            follower = threading.Thread(target=waiter, args=(sweep.id,))
+            follower.start()
+            while not any(t.state is tessera.JobState.RUNNING for t in sweep.refresh().trials()):
+                time.sleep(0.05)
+        assert waiting.wait(60)
+        # The wait's polls fail while the daemon is down; the restarted one answers them.
+        daemons.append(restarted(daemons[0], data_dir))
+        with tessera.Client(target) as sdk:
+            wait_reachable(sdk)
+            sdk.training.cancel_sweep(sweep.id)
+        follower.join(120)
+        assert len(outcome) == 1 and isinstance(outcome[0], tessera.SweepCancelled), outcome
+    finally:
+        daemons[-1].stop()
 
 
 def _worker_pids() -> set[int]:

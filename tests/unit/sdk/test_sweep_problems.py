@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from tessera.errors import JobFailed
+from tessera.errors import SweepFailed
 from tessera.messages import from_dict, load_toml
 from tessera.sweep_commands import finish, trials_table
+from tessera.sweeps import Sweep
 from tessera.v1 import training_pb2 as S
 
 
@@ -47,8 +48,9 @@ def test_a_sweep_that_stopped_starting_trials_says_why_in_its_table_and_its_fail
         error="could not draw trial 1: boom",
     )
     assert "the sweep failed: could not draw trial 1: boom" in shown(sweep)
-    with pytest.raises(JobFailed, match="sweep sweep-1 ended failed: could not draw trial 1: boom"):
-        finish(sweep)
+    # The CLI's failure of a followed sweep is the SDK's, as Sweep.wait raises it.
+    with pytest.raises(SweepFailed, match="sweep sweep-1 ended failed: could not draw trial 1: boom"):
+        finish(Sweep(None, sweep))
 
 
 def test_a_sweeps_values_may_be_toml_numbers_and_booleans(tmp_path):

@@ -27,13 +27,14 @@ from tessera.events import Progress as ProgressEvent
 from tessera.job_progress import Pace
 from tessera.json_output import dumps, message_to_plain
 from tessera.plot import line_plot
+from tessera.sweeps import FAILING_POLLS_S
 from tessera.training import Job
 from tessera.transport import Connection
 from tessera.v1 import training_pb2
 
-# How long a follower (of a job or a sweep) goes on asking a daemon that does not answer (one
-# restarting) before it gives up: a restart ends neither jobs nor sweeps.
-UNAVAILABLE_FOR_S = 120.0
+# How long a follower of a job goes on asking a daemon that does not answer (one restarting)
+# before it gives up: a restart ends no job. As long as the polls of a sweep may fail.
+UNAVAILABLE_FOR_S = FAILING_POLLS_S
 # Between asks while it does not answer.
 _ASK_AGAIN_S = 1.0
 

@@ -6,23 +6,23 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rich.live import Live
 
-from tessera.errors import JobFailed, Unavailable
-from tessera.follow import Outage, stopped_following
+from tessera.follow import stopped_following
 from tessera.messages import counted, load_toml
 from tessera.plot import line_plot
 from tessera.state_words import number_word
+from tessera.sweeps import Sweep, SweepState, follow_polls, sweep_failed
 from tessera.tables import FittedTable, fitted_table
 from tessera.v1 import job_spec_pb2, training_pb2
 
 if TYPE_CHECKING:
     from tessera.cli.output import Output
     from tessera.client import Client
+    from tessera.transport import Connection
 
 POLL_S = 1.0
 SWEEP_HELP = "the sweep's id (`tessera sweeps ls` lists them)"
@@ -227,21 +227,6 @@ def print_result(client: Client, sweep: training_pb2.Sweep, out: Output) -> None
         out.line(plot)
 
 
-def outlasting_restarts(get: Callable[[], training_pb2.Sweep]) -> Callable[[], training_pb2.Sweep]:
-    """`get`, asked again while the daemon is unavailable, as a job's follower does (`Outage`):
-    a sweep goes on after a restart of the daemon, and so does following it."""
-
-    def poll() -> training_pb2.Sweep:
-        outage = Outage()
-        while True:
-            try:
-                return get()
-            except Unavailable as error:
-                outage.wait(error)
-
-    return poll
-
-
 def settling(sweep: training_pb2.Sweep) -> bool:
     """Whether the sweep runs, or has ended while trials' jobs still run: a cancel ends the sweep
     at once, and its running trials stop at their next step, after it."""
@@ -250,30 +235,29 @@ def settling(sweep: training_pb2.Sweep) -> bool:
     )
 
 
-def wait_live(get: Callable[[], training_pb2.Sweep], out: Output) -> training_pb2.Sweep:
+def settled(sweep: training_pb2.Sweep) -> bool:
+    return not settling(sweep)
+
+
+def wait_live(sweep: Sweep[Connection], out: Output) -> Sweep[Connection]:
     """Poll the sweep until it and its trials' jobs have ended, redrawing its table of trials
-    each time."""
-    # The first answer is not waited for: a daemon never reached (not started, a wrong
-    # --target) is said at once, as `jobs watch` says it; later polls outlast a restart.
-    sweep = get()
-    get = outlasting_restarts(get)
+    each time. Polls that fail are made again as `Sweep.wait` makes them: a sweep goes on after
+    a restart of the daemon, and so does following it."""
     if out.as_json:
-        while settling(sweep):
-            time.sleep(POLL_S)
-            sweep = get()
-        return sweep
+        return follow_polls(sweep, POLL_S, lambda info: None, settled)
     try:
         with Live(
-            trials_table(sweep, out.console.width).table, console=out.console, auto_refresh=False
+            trials_table(sweep.info, out.console.width).table, console=out.console, auto_refresh=False
         ) as live:
-            while settling(sweep):
-                time.sleep(POLL_S)
-                sweep = get()
-                live.update(trials_table(sweep, out.console.width).table, refresh=True)
+            return follow_polls(
+                sweep,
+                POLL_S,
+                lambda info: live.update(trials_table(info, out.console.width).table, refresh=True),
+                settled,
+            )
     finally:
         # Live leaves its last line open, also when Ctrl-C ends it: what follows starts below it.
         out.line("")
-    return sweep
 
 
 def cmd_sweep(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -290,24 +274,25 @@ def cmd_sweep(client: Client, args: argparse.Namespace, out: Output) -> None:
     return None
 
 
-def follow_sweep(client: Client, sweep_id: str, out: Output) -> training_pb2.Sweep:
+def follow_sweep(client: Client, sweep_id: str, out: Output) -> Sweep[Connection]:
     with stopped_following(
         f"stopped following sweep {sweep_id}, which goes on: `tessera sweeps show {sweep_id} --follow` "
         f"follows it again, `tessera sweeps cancel {sweep_id}` stops it"
     ):
-        sweep = wait_live(lambda: client.training.sweep(sweep_id).info, out)
+        # The first answer is not asked again: a daemon never reached (not started, a wrong
+        # --target) is said at once, as `jobs watch` says it; later polls outlast a restart.
+        sweep = wait_live(client.training.sweep(sweep_id), out)
     if out.as_json:
-        out.json(sweep)
+        out.json(sweep.info)
     else:
-        print_result(client, sweep, out)
+        print_result(client, sweep.info, out)
     return sweep
 
 
-def finish(sweep: training_pb2.Sweep) -> None:
-    """A followed sweep that did not succeed makes the command fail."""
-    if sweep.state != S.SWEEP_STATE_SUCCEEDED:
-        why = f": {sweep.error}" if sweep.error else ""
-        raise JobFailed(sweep, f"sweep {sweep.sweep_id} ended {sweep_state(sweep)}{why}")
+def finish(sweep: Sweep[Connection]) -> None:
+    """A followed sweep that did not succeed makes the command fail, as `Sweep.wait` does."""
+    if sweep.state != SweepState.SUCCEEDED:
+        raise sweep_failed(sweep, sweep.info)
 
 
 def cmd_sweeps_ls(client: Client, args: argparse.Namespace, out: Output) -> None:

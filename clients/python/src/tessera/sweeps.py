@@ -28,6 +28,12 @@ S = "Training"
 
 T = TypeVar("T")
 
+# How long the polls of a sweep may go on failing (DEADLINE_EXCEEDED, UNAVAILABLE: a daemon
+# restarting, a network down) before a wait gives up, raising the last failure: a restart ends
+# no sweep, and a busy daemon's may take a minute or more. The CLI's followers of a job wait
+# out a daemon that does not answer as long (`tessera.follow`).
+FAILING_POLLS_S = 120.0
+
 
 class SweepState(StateWord):
     """A sweep's state; the values are lowercase words ("running", "succeeded"), each also equal
@@ -89,47 +95,86 @@ def sweep_failed(sweep: Sweep[C], info: pb.Sweep) -> SweepFailed:
     return SweepFailed(sweep, f"sweep {info.sweep_id} ended {state.value}{why}")
 
 
+class FailingPolls:
+    """The polls of a sweep that have failed in a row, since the first failure after an answer."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+
+    def answered(self) -> None:
+        self._since = None
+
+    def give_up(self) -> bool:
+        """Whether to raise the failure just now, the polls having failed for FAILING_POLLS_S."""
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        return now - self._since >= FAILING_POLLS_S
+
+
+def _finished(info: pb.Sweep) -> bool:
+    return SweepState.from_proto(info.state).finished
+
+
+def _unseen(info: pb.Sweep) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class SweepEnd(Call[T]):
     """`Sweep.wait`'s: GetSweep every `poll` seconds (there is no watch of a sweep) until the
-    sweep has ended, then `ended` of it. A GetSweep that fails for a while (DEADLINE_EXCEEDED,
-    UNAVAILABLE: a daemon restarting, a network down) is tried again after `poll` seconds for as
-    long as the wait lasts. Where `timeout` runs out first, StillRunning says that the sweep goes
-    on (in the state last seen, from `state` on) and what to do."""
+    sweep is `settled` (by default: has ended), then `ended` of it; `seen` is given every answer.
+    A GetSweep that fails DEADLINE_EXCEEDED or UNAVAILABLE (a daemon restarting, a network down)
+    is tried again after `poll` seconds, until the polls have failed for FAILING_POLLS_S in a row:
+    then that failure is raised, with or without a timeout. Where `timeout` runs out first,
+    StillRunning says that the sweep goes on (in the state last seen, from `state` on) and what
+    to do."""
 
     sweep_id: str
     state: SweepState
     poll: float
     timeout: float | None
     ended: Callable[[pb.Sweep], T]
+    settled: Callable[[pb.Sweep], bool] = _finished
+    seen: Callable[[pb.Sweep], None] = _unseen
 
     def run(self, conn: Connection) -> T:
         deadline = self._deadline()
         state = self.state
+        failing = FailingPolls()
         while True:
             get = self._get(deadline, state)
             try:
                 info = get.run(conn)
             except (DeadlineExceeded, Unavailable) as error:
+                if failing.give_up():
+                    raise
                 time.sleep(self._retry_pause(deadline, state, error))
                 continue
+            failing.answered()
+            self.seen(info)
             state = SweepState.from_proto(info.state)
-            if state.finished:
+            if self.settled(info):
                 return self.ended(info)
             time.sleep(self._pause(deadline, state))
 
     async def run_async(self, conn: AioConnection) -> T:
         deadline = self._deadline()
         state = self.state
+        failing = FailingPolls()
         while True:
             get = self._get(deadline, state)
             try:
                 info = await get.run_async(conn)
             except (DeadlineExceeded, Unavailable) as error:
+                if failing.give_up():
+                    raise
                 await asyncio.sleep(self._retry_pause(deadline, state, error))
                 continue
+            failing.answered()
+            self.seen(info)
             state = SweepState.from_proto(info.state)
-            if state.finished:
+            if self.settled(info):
                 return self.ended(info)
             await asyncio.sleep(self._pause(deadline, state))
 
@@ -234,7 +279,9 @@ class Sweep(Part[C]):
         self with `info` final. With `check`, raises SweepFailed when it did not succeed
         (SweepCancelled, a SweepFailed, when it was cancelled). `timeout` (seconds; None: no
         limit) ends the wait, not the sweep: past it, StillRunning (a DeadlineExceeded and a
-        TimeoutError) says so; call `wait()` again to wait longer, or `cancel()` to stop it."""
+        TimeoutError) says so; call `wait()` again to wait longer, or `cancel()` to stop it.
+        Asks that fail DEADLINE_EXCEEDED or UNAVAILABLE (a daemon restarting) are made again for
+        up to FAILING_POLLS_S (2 minutes) in a row, then the last failure is raised."""
         call_timeout(timeout)
         if not poll > 0:
             raise ValueError(f"poll must be seconds above 0, got {poll}")
@@ -256,3 +303,17 @@ class Sweep(Part[C]):
     def _updated(self, info: pb.Sweep) -> Sweep[C]:
         self.info = info
         return self
+
+
+def follow_polls(
+    sweep: Sweep[Connection],
+    poll: float,
+    seen: Callable[[pb.Sweep], None],
+    settled: Callable[[pb.Sweep], bool],
+) -> Sweep[Connection]:
+    """`sweep`, asked for every `poll` seconds as `Sweep.wait` asks (failing asks made again the
+    same way), `seen` given every answer, until `settled` says so: for a follower that shows
+    each answer and waits for more than the sweep's end (the CLI's `--follow`). Returns `sweep`,
+    its `info` the last answer."""
+    end = SweepEnd(sweep.id, sweep.state, poll, None, sweep._updated, settled=settled, seen=seen)
+    return end.run(sweep._conn)
