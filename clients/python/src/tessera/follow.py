@@ -27,33 +27,22 @@ from tessera.events import Progress as ProgressEvent
 from tessera.job_progress import Pace
 from tessera.json_output import dumps, message_to_plain
 from tessera.plot import line_plot
-from tessera.sweeps import FAILING_POLLS_S
+from tessera.sweeps import FailingPolls
 from tessera.training import Job
 from tessera.transport import Connection
 from tessera.v1 import training_pb2
 
-# How long a follower of a job goes on asking a daemon that does not answer (one restarting)
-# before it gives up: a restart ends no job. As long as the polls of a sweep may fail.
-UNAVAILABLE_FOR_S = FAILING_POLLS_S
-# Between asks while it does not answer.
+# Between asks while the daemon does not answer.
 _ASK_AGAIN_S = 1.0
 
 
-class Outage:
-    """How long the daemon has not answered a follower, counted from the first failure since it last did."""
-
-    def __init__(self) -> None:
-        self._since: float | None = None
-
-    def answered(self) -> None:
-        self._since = None
+class Outage(FailingPolls):
+    """How long the daemon has not answered a follower of a job, counted as a sweep's failing
+    polls are: a restart ends no job, and its follower waits it out as long."""
 
     def wait(self, error: Unavailable) -> None:
-        """Pause before asking again; re-raise `error` once the daemon has not answered for UNAVAILABLE_FOR_S."""
-        now = time.monotonic()
-        if self._since is None:
-            self._since = now
-        if now - self._since >= UNAVAILABLE_FOR_S:
+        """Pause before asking again; re-raise `error` once the daemon has not answered for FAILING_POLLS_S."""
+        if self.give_up():
             raise error
         time.sleep(_ASK_AGAIN_S)
 
