@@ -28,6 +28,7 @@ from tessera.calls import (
 from tessera.ensembles import Member, ensemble_spec
 from tessera.errors import InvalidArgument
 from tessera.messages import INT64_MAX, from_dict, version_number, version_ref
+from tessera.state_words import number_word
 from tessera.transfer import (
     CHUNK_BYTES,
     Progress,
@@ -693,8 +694,8 @@ def upload_header(
             f"{path}: cannot tell the format from the suffix; pass format='onnx' or 'safetensors'"
         )
     formats = {
-        name.removeprefix("ARTIFACT_FORMAT_").lower(): number
-        for name, number in pb.ArtifactFormat.items()
+        number_word(pb.ArtifactFormat, number): number
+        for number in pb.ArtifactFormat.values()
         if number != pb.ARTIFACT_FORMAT_UNSPECIFIED
     }
     if format.lower() not in formats:

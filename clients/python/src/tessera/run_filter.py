@@ -31,6 +31,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tessera.state_words import enum_word
 from tessera.v1 import training_pb2 as pb
 
 _ENTITIES = {
@@ -72,7 +73,7 @@ _RUN_ATTRIBUTES = (
 )
 _FIELDS = {"last": pb.SUMMARY_FIELD_LAST, "min": pb.SUMMARY_FIELD_MIN, "max": pb.SUMMARY_FIELD_MAX}
 RUN_STATUSES = tuple(
-    value.name.removeprefix("RUN_STATUS_").lower() for value in pb.RunStatus.DESCRIPTOR.values if value.number
+    enum_word(pb.RunStatus.DESCRIPTOR, value.name) for value in pb.RunStatus.DESCRIPTOR.values if value.number
 )
 # MLflow's names for the statuses tessera names otherwise.
 _STATUS_ALIASES = {"finished": "succeeded", "killed": "cancelled"}

@@ -91,6 +91,7 @@ from tessera.ensembles import COMBINES
 from tessera.events import JobState
 from tessera.explanations import METHODS, SHORT_NAMES
 from tessera.models import FORMAT_BY_SUFFIX
+from tessera.state_words import enum_word
 from tessera.sweep_commands import add_sweep_commands
 from tessera.transport import (
     DEFAULT_KEEPALIVE_S,
@@ -751,7 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
             action="append",
             type=str.lower,
             choices=[
-                value.name.removeprefix("RUN_STATUS_").lower()
+                enum_word(training_pb2.RunStatus.DESCRIPTOR, value.name)
                 for value in training_pb2.RunStatus.DESCRIPTOR.values
                 if value.number
             ],
