@@ -3,12 +3,17 @@ this process created and has neither put in place nor removed, and never a file 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
 from tessera.errors import Unavailable
-from tessera.transfer import ResumableDownloadSink, partial_names, remove_unfinished
+from tessera.transfer import ResumableDownloadSink, make_directories, partial_names, remove_unfinished
 
 
 def download_sink(path: Path) -> ResumableDownloadSink:
@@ -43,3 +48,71 @@ def test_a_file_another_put_at_a_created_partial_files_name_is_left(tmp_path: Pa
         assert partial.read_bytes() == b"another's"
     finally:
         sink.abort(Unavailable("stopped"))
+
+
+@pytest.mark.parametrize("landing_after", [1, 2])
+def test_a_signal_landing_as_a_directory_is_made_leaves_none_of_those_made(
+    tmp_path: Path, landing_after: int
+) -> None:
+    """The signal lands once `landing_after` mkdirs have returned, before the code that notes the
+    last of them runs: those made go as it propagates, the directory there before is left."""
+    with pytest.raises(KeyboardInterrupt), signal_at_mkdir(landing_after):
+        make_directories(tmp_path / "a" / "b" / "c")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("landing_after", [1, 2])
+def test_directories_a_second_signal_left_being_made_are_removed_on_the_way_out(
+    tmp_path: Path, landing_after: int
+) -> None:
+    """A second signal lands as the first's removes them: the signal's way out (the CLI's) does."""
+    with pytest.raises(KeyboardInterrupt), signal_at_mkdir(landing_after), signal_at_call(Path.rmdir):
+        make_directories(tmp_path / "a" / "b" / "c")
+    assert (tmp_path / "a").is_dir()
+    remove_unfinished()
+    assert list(tmp_path.iterdir()) == []
+
+
+@contextlib.contextmanager
+def signal_at_mkdir(nth: int) -> Iterator[None]:
+    """KeyboardInterrupt raised within the block, as a signal's handler raises it, as the nth
+    os.mkdir returns (before the code after it runs)."""
+    returned = 0
+
+    def profile(frame: FrameType, event: str, arg: object) -> None:
+        nonlocal returned
+        if event == "c_return" and arg is os.mkdir:
+            returned += 1
+            if returned == nth:
+                raise KeyboardInterrupt
+
+    sys.setprofile(profile)
+    try:
+        yield
+    finally:
+        sys.setprofile(None)
+
+
+@contextlib.contextmanager
+def signal_at_call(function: Callable[..., object]) -> Iterator[None]:
+    """KeyboardInterrupt raised within the block, as a signal's handler raises it, as the Python
+    `function` is first called."""
+
+    def trace(frame: FrameType, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code is function.__code__:
+            raise KeyboardInterrupt
+
+    sys.settrace(trace)
+    try:
+        yield
+    finally:
+        sys.settrace(None)
+
+
+def test_a_directory_another_made_at_a_name_being_made_is_left(tmp_path: Path) -> None:
+    """Found there as it was to be made: another's, not this download's to remove."""
+    directory = tmp_path / "a"
+    directory.mkdir()
+    assert make_directories(directory) == []
+    remove_unfinished()
+    assert directory.is_dir()

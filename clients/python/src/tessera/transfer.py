@@ -102,6 +102,8 @@ _being_made: set[Path] = set()
 # first, until it put its file in them or removed them: a name is removed only while it names
 # the directory made, and only while it is empty (bytes kept for a resume keep it).
 _directories_made: dict[Identity, Path] = {}
+# The names `make_directories` is making a directory at, until it is noted in `_directories_made`.
+_directories_being_made: set[Path] = set()
 
 
 def _identity(status: os.stat_result) -> Identity:
@@ -137,6 +139,9 @@ def remove_unfinished() -> None:
             if _identity(os.lstat(partial)) == made:
                 partial.unlink()
         forget_made(made)
+    # The deepest first: each is made in one noted before.
+    for directory in list(_directories_being_made):
+        _remove_if_empty(directory)
     made_directories = list(reversed(_directories_made))
     remove_empty_directories(made_directories)
     forget_directories(made_directories)
@@ -159,19 +164,39 @@ def make_directories(directory: Path) -> list[Identity]:
         missing.append(current)
         current = current.parent
     made: list[Identity] = []
-    for name in reversed(missing):
-        try:
-            name.mkdir()
-        except FileExistsError:
-            if not name.is_dir():
-                raise
-            continue
-        # A signal landing between the two leaves this one behind: noted by its name alone, it
-        # could be another's made at that name once it was removed.
-        identity = _identity(os.lstat(name))
-        _directories_made[identity] = name
-        made.insert(0, identity)
+    try:
+        for name in reversed(missing):
+            # Its name noted before it exists: a signal can land between its making and its noting
+            # by identity, and `remove_unfinished` then still finds it, by name alone (an empty
+            # one another made there in that moment would go too).
+            _directories_being_made.add(name)
+            try:
+                name.mkdir()
+            except OSError:
+                # Not made: one there already is another's.
+                _directories_being_made.discard(name)
+                if not name.is_dir():
+                    raise
+                continue
+            identity = _identity(os.lstat(name))
+            _directories_made[identity] = name
+            _directories_being_made.discard(name)
+            made.insert(0, identity)
+    except BaseException:
+        # Stopped (Ctrl-C) or failed midway: those made are let go of as a failed download's are.
+        for name in list(_directories_being_made & set(missing)):
+            _remove_if_empty(name)
+        remove_empty_directories(made)
+        raise
     return made
+
+
+def _remove_if_empty(name: Path) -> None:
+    """The directory being made at `name` (`make_directories`) removed where it was made and is
+    empty, and no longer noted."""
+    with contextlib.suppress(OSError):
+        name.rmdir()
+    _directories_being_made.discard(name)
 
 
 def remove_empty_directories(made: list[Identity]) -> None:
