@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from tests.integration.cli.test_cli_datasets import help_text
 from tests.integration.sdk.test_sdk_dataset_download_resume import Header
 from tests.integration.sdk.test_sdk_model_artifact_download_resume import CutOnce
 from tests.tcp_proxy import CuttableProxy
+from tests.tmpfs import tmpfs
 
 
 def test_put_ls_and_get_files_and_directories(tessera_cli, client, tmp_path, monkeypatch):
@@ -198,3 +200,27 @@ def test_get_of_a_missing_artifact_quotes_its_path_as_given(
         f"tessera: NOT_FOUND: run {run!r} has no artifact at 'ckpt/force.pt'; "
         "list them with `tessera runs artifacts ls RUN_ID`\n"
     ), missing.err
+
+
+def test_get_with_resume_that_fills_the_disk_keeps_the_bytes_and_says_resume_goes_on_from_them(
+    tessera_cli, client, tmp_path
+):
+    run = client.training.create_run("cli-artifacts").run_id
+    blob = np.random.default_rng(3).bytes(256 * 1024)
+    (tmp_path / "weights.bin").write_bytes(blob)
+    client.training.log_artifact(run, tmp_path / "weights.bin")
+    with tmpfs(tmp_path / "disk", "size=128k") as disk:
+        full = tessera_cli("runs", "artifacts", "get", run, "weights.bin", "-o", f"{disk}/", "--resume")
+        assert full.code == EXIT_FAILED, full.err
+        partial, _ = transfer.partial_names(disk / "weights.bin")
+        held = partial.stat().st_size
+        assert full.err == (
+            f"tessera: {disk / 'weights.bin'}: No space left on device\nthe disk had no room for the rest "
+            f"of the file: {held} of {len(blob)} bytes are kept in {partial}; free {len(blob) - held} bytes "
+            "and run it again with --resume to go on from them\n"
+        )
+        subprocess.run(["mount", "-o", "remount,size=512k", str(disk)], check=True)
+        resumed = tessera_cli("runs", "artifacts", "get", run, "weights.bin", "-o", f"{disk}/", "--resume")
+        assert resumed.code == 0, resumed.err
+        assert (disk / "weights.bin").read_bytes() == blob
+        assert sorted(p.name for p in disk.iterdir()) == ["weights.bin"]

@@ -405,9 +405,9 @@ def test_an_asyncio_download_cancelled_twice_mid_write_aborts_only_once_the_writ
             steps.append("write end")
         write(self, chunk)
 
-    def recorded_abort(self, error: BaseException) -> None:
+    def recorded_abort(self, error: BaseException) -> BaseException:
         steps.append("abort")
-        abort(self, error)
+        return abort(self, error)
 
     async def cancel_twice_while_writing() -> None:
         async with tessera.aio.Client(daemon.target, timeout=30) as client:

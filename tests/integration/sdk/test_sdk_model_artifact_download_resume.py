@@ -5,6 +5,9 @@ a partial file of another version or another artifact is never resumed into."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import json
+import subprocess
 import threading
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import tessera
 import tessera.aio
 from tessera import transfer
 from tests.integration.sdk.download_resume import CutOnce, partials
+from tests.tmpfs import tmpfs
 
 CHUNK = 4096
 FEATURES = 1 << 21
@@ -312,3 +316,84 @@ def test_a_resume_with_every_byte_kept_reports_the_whole_file_done(
             client.training.download_artifact(run_id, "weights.bin", out, resume=True, progress=record)
     assert progress == [(size, size)]
     assert (out / "weights.bin").read_bytes() == artifact_file.read_bytes()
+
+
+def test_an_artifact_download_with_resume_that_fills_the_disk_keeps_its_bytes_for_the_next(client, tmp_path):
+    """As curl -C - and wget -c keep a partial file: the bytes written are kept with their record,
+    the error says how many and how to go on, and the next resume, given room, goes on from them."""
+    run_id = client.training.create_run("resume").run_id
+    blob = np.random.default_rng(2).bytes(256 * 1024)
+    (tmp_path / "weights.bin").write_bytes(blob)
+    artifact = client.training.log_artifact(run_id, tmp_path / "weights.bin")
+    with tmpfs(tmp_path / "disk", "size=128k") as disk:
+        with pytest.raises(OSError, match="No space left on device") as full:
+            client.training.download_artifact(run_id, "weights.bin", disk, resume=True, chunk_size=CHUNK)
+        assert full.value.errno == errno.ENOSPC
+        assert full.value.filename == str(disk / "weights.bin")
+        partial, record = transfer.partial_names(disk / "weights.bin")
+        held = partial.read_bytes()
+        assert 0 < len(held) < len(blob) and held == blob[: len(held)]
+        assert sorted(p.name for p in disk.iterdir()) == sorted([partial.name, record.name])
+        assert json.loads(record.read_text())["sha256"] == artifact.sha256
+        assert full.value.strerror == (
+            "No space left on device\nthe disk had no room for the rest of the file: "
+            f"{len(held)} of {len(blob)} bytes are kept in {partial}; free {len(blob) - len(held)} bytes "
+            "and download again with resume=True to go on from them"
+        )
+        subprocess.run(["mount", "-o", "remount,size=512k", str(disk)], check=True)
+        resumed_from: list[int] = []
+        client.training.download_artifact(
+            run_id, "weights.bin", disk, resume=True, progress=lambda done, _: resumed_from.append(done)
+        )
+        assert resumed_from[0] == len(held)
+        assert (disk / "weights.bin").read_bytes() == blob
+        assert partials(disk) == []
+
+
+def test_an_artifact_download_without_resume_that_fills_the_disk_leaves_nothing(client, tmp_path):
+    run_id = client.training.create_run("resume").run_id
+    (tmp_path / "weights.bin").write_bytes(np.random.default_rng(2).bytes(256 * 1024))
+    client.training.log_artifact(run_id, tmp_path / "weights.bin")
+    with tmpfs(tmp_path / "disk", "size=128k") as disk:
+        with pytest.raises(OSError, match="No space left on device") as full:
+            client.training.download_artifact(run_id, "weights.bin", disk, chunk_size=CHUNK)
+        assert full.value.errno == errno.ENOSPC
+        assert full.value.strerror == "No space left on device"
+        assert list(disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_model_download_the_daemon_refuses_midway_keeps_its_bytes_only_with_resume(
+    daemon, proxy_to, out, model_file, resume
+):
+    """The version is deleted as the stream is cut: the reconnect is refused (NOT_FOUND), not a
+    break to go on after. With resume the bytes written stay for the next resume."""
+    proxy = proxy_to(daemon.daemon.port)
+    cut = CutOnce(proxy)
+
+    def delete_and_cut(done: int, total: int) -> None:
+        if done >= total // 2 and not proxy.cuts:
+            with tessera.Client(daemon.target, timeout=30) as direct:
+                direct.models.delete_version("big", 1)
+        cut(done, total)
+
+    retry = tessera.RetryPolicy(attempts=5, initial_backoff_s=0.05, max_backoff_s=0.2)
+    with tessera.Client(proxy.target, timeout=30, retry=retry) as client:
+        client.models.push("big", model_file)
+        client.models.push("big", model_file)
+        with pytest.raises(tessera.NotFound) as refused:
+            client.models.download(
+                "big", out / "big.onnx", 1, progress=delete_and_cut, chunk_size=CHUNK, resume=resume
+            )
+    if not resume:
+        assert list(out.iterdir()) == []
+        assert "kept" not in refused.value.message
+        return
+    partial, record = transfer.partial_names(out / "big.onnx")
+    assert partials(out) == sorted([partial.name, record.name])
+    held = partial.read_bytes()
+    assert model_file.stat().st_size // 2 <= len(held) and model_file.read_bytes().startswith(held)
+    assert refused.value.message.endswith(
+        f"\n{len(held)} of {model_file.stat().st_size} bytes are kept in {partial}; "
+        "download again with resume=True to go on from them"
+    ), refused.value.message

@@ -404,7 +404,9 @@ class ResumableSink(Protocol[T_co]):
 
     def changed(self, how: str) -> TesseraError: ...
 
-    def abort(self, error: BaseException) -> None: ...
+    def abort(self, error: BaseException) -> BaseException:
+        """Ends the download after `error`; the error to raise (`error`, or one saying more)."""
+        ...
 
 
 class _SinkReconnects(Reconnects):
@@ -559,8 +561,10 @@ class ResumingDownload(Call[T_co]):
                 except TesseraError as error:
                     time.sleep(state.pause_after(error))
         except BaseException as error:
-            state.sink.abort(error)
-            raise
+            told = state.sink.abort(error)
+            if told is error:
+                raise
+            raise told from error
         return state.sink.finish()
 
     async def run_async(self, conn: AioConnection) -> T_co:
@@ -592,8 +596,10 @@ class ResumingDownload(Call[T_co]):
                     await asyncio.sleep(state.pause_after(error))
         except BaseException as error:
             # The thread runs to its end even where this await is cancelled again.
-            await _off_the_loop(sink.abort, error)
-            raise
+            told = await _off_the_loop(sink.abort, error)
+            if told is error:
+                raise
+            raise told from error
         if sink.finish_publishes:
             return await _off_the_loop(sink.finish)
         return await _left_on_cancel(sink.finish)

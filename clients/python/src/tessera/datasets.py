@@ -239,8 +239,9 @@ class ArraysSink:
         self._data = bytearray()
         return parse_arrays(self._header, data)
 
-    def abort(self, error: BaseException) -> None:
+    def abort(self, error: BaseException) -> BaseException:
         self._data = bytearray()
+        return error
 
 
 class Datasets(Part[C]):
@@ -388,9 +389,11 @@ class Datasets(Part[C]):
         the version `ref` picks. `overwrite` False: a file at `path` is refused with FileExistsError.
         A stream that breaks (UNAVAILABLE: connection cut, daemon restarting) is made again
         within the client's RetryPolicy and goes on from the bytes written. One that gives up or
-        times out keeps them in a hidden partial file beside `path` (one stopped by the caller,
-        KeyboardInterrupt, a cancelled task or its client closed, removes them, unless asked to
-        `resume`: it keeps them, those an earlier download kept with them), with a
+        times out keeps them in a hidden partial file beside `path` (one that ends any other way,
+        stopped by the caller with KeyboardInterrupt, a cancelled task or its client closed, refused
+        or on a full disk, removes them, unless asked to `resume`: it keeps them, those an earlier
+        download kept with them, however it ends but in a file whose sha256 is not the version's,
+        its error saying how many), with a
         record of the version and sha256 they are of; `resume` True goes on from them where the
         version asked for has that sha256 (ValueError where not, leaving them as they are), and
         without `resume` the download starts again from the first byte. A partial file there that

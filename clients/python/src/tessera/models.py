@@ -337,8 +337,9 @@ class Models(Part[C]):
         FileExistsError. A stream that breaks (UNAVAILABLE: connection cut, daemon restarting)
         is made again within the client's RetryPolicy and goes on from the bytes written, of the
         version the first stream sent. One that gives up or times out keeps them in a hidden
-        partial file beside `path` (one stopped by the caller removes them, unless asked to
-        `resume`: it keeps them, those an earlier download kept with them), with a record of
+        partial file beside `path` (one that ends any other way removes them, unless asked to
+        `resume`: it keeps them, those an earlier download kept with them, however it ends but
+        in a file whose sha256 is not the version's, its error saying how many), with a record of
         the version and the artifact's sha256 they are of; `resume` True goes on from them where
         the version asked for has that artifact (ValueError where not, leaving them as they
         are), and without `resume` the download starts again from the first byte. A partial file

@@ -1191,7 +1191,9 @@ class Training(Part[C]):
         and removed again where the download fails leaving them empty. `overwrite` False: a file there is refused with
         FileExistsError. A stream that breaks (UNAVAILABLE) is made again within the client's
         RetryPolicy and goes on from the bytes written. One that gives up or times out keeps
-        them in a hidden partial file beside the file, with a record of the artifact's sha256;
+        them in a hidden partial file beside the file, with a record of the artifact's sha256, as
+        does one asked to `resume` however it ends but in a file whose sha256 is not the
+        artifact's (stopped, refused, on a full disk: its error says how many);
         `resume` True goes on from them where the artifact at `path` still has that sha256
         (ValueError where it was stored again since, leaving them as they are), and without
         `resume` the download starts again from the first byte."""

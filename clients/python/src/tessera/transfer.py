@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Generic, Protocol, TypeVar
 
-from tessera.errors import Cancelled, DataLoss, DeadlineExceeded, Unavailable
+from tessera.errors import Cancelled, DataLoss, DeadlineExceeded, TesseraError, Unavailable
 
 if sys.platform == "win32":
     import msvcrt
@@ -370,10 +370,12 @@ WITH_RESUME_WORDS = "with resume=True"
 WITHOUT_RESUME_WORDS = "without resume=True"
 """How a refused resume's message names the argument (the CLI's words: with/without --resume)."""
 
-# What ends a download with its bytes worth keeping: the stream broke or ran out of time. One the
-# caller stopped (`_stopped`) keeps them too where it was asked to resume, else leaves nothing
-# behind, as does one the daemon refused.
+# What ends a download with its bytes worth keeping: the stream broke or ran out of time. One asked
+# to resume keeps them however it ends (stopped, refused, the disk full), as curl -C - and wget -c
+# do, but for a file whose sha256 is not the header's; one not asked to leaves nothing behind.
 _INTERRUPTIONS = (Unavailable, DeadlineExceeded)
+# errnos of a disk too full to write the rest of the file.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _stopped(error: BaseException) -> bool:
@@ -413,7 +415,8 @@ class ResumableDownloadSink(Generic[H]):
     which takes the name only once its size and sha256 match the header's. A download whose
     stream broke or timed out (`_INTERRUPTIONS`) keeps the partial file with a record of the file
     it is the start of (`describe(header)`, its sha256 and size), and so does one with `resume`
-    that the caller stopped (`_stopped`: Ctrl-C, a signal, a cancel), whatever moment it lands at;
+    however else it ends (`_stopped`: Ctrl-C, a signal, a cancel, whatever moment it lands at; a
+    refusal; a full disk), but for a whole file whose sha256 is not the header's;
     with `resume`, a later one goes on from its bytes where its header has that sha256 and size,
     and refuses (ValueError, both left as they are) where it has not. Without `resume` it starts
     again from the first byte. The whole file's sha256 is checked at the end, so bytes damaged on
@@ -447,7 +450,8 @@ class ResumableDownloadSink(Generic[H]):
         self.size = 0
         # The bytes an earlier download kept that this one went on from.
         self._resumed_from = 0
-        # Set where an error leaves bytes worth keeping (none: they are removed): how many.
+        # Set where an error decides the bytes kept, whatever it is: how many (0: none, they are
+        # removed).
         self._keep: int | None = None
         # Where the stream being written started (the offset asked for).
         self._stream_from = 0
@@ -544,8 +548,8 @@ class ResumableDownloadSink(Generic[H]):
 
     def finish(self) -> H:
         """Check the whole file, then move it into place; DataLoss (and the partial file
-        removed) on a mismatch. Stopped before it is in place, it is kept or removed as `abort`
-        says: with `resume`, whole, for the next to put in place."""
+        removed) on a mismatch. Failing or stopped before it is in place, it is kept or removed
+        as `abort` says: with `resume`, whole, for the next to put in place."""
         try:
             return self._finish()
         finally:
@@ -557,8 +561,10 @@ class ResumableDownloadSink(Generic[H]):
         try:
             self._check_whole(header)
         except BaseException as error:
-            self._abort(error)
-            raise
+            told = self._abort(error)
+            if told is error:
+                raise
+            raise told from error
         try:
             # Gone first, while the lock is held: a download starting once the partial file is in
             # place writes its own record, which this one must not remove.
@@ -570,16 +576,14 @@ class ResumableDownloadSink(Generic[H]):
             # A download takes a while: the name may have been taken meanwhile.
             put_in_place(self.partial, self.path, self._overwrite)
         except BaseException as error:
-            if (
-                self._resume
-                and _stopped(error)
-                and not self._file.closed
-                and _names(self.partial, self._file.fileno())
-            ):
-                # Stopped before it took its name: whole and checked, kept (its record again) for
-                # the next resume to put in place, as a stop at any other moment keeps its bytes.
+            if self._resume and not self._file.closed and _names(self.partial, self._file.fileno()):
+                # Stopped or failed before it took its name: whole and checked, kept (its record
+                # again) for the next resume to put in place, as it keeps its bytes at any other
+                # moment.
                 _write_record(self.record, self._describe(header), header)
                 _close_at(self._file, self.size)
+                if not _stopped(error):
+                    raise self._saying_kept(error, self.size) from error
             else:
                 self._remove()
             raise
@@ -597,6 +601,8 @@ class ResumableDownloadSink(Generic[H]):
             os.fsync(self._file.fileno())
         sha256 = self._digest.hexdigest()
         if (header.sha256 and sha256 != header.sha256) or self.size != header.size_bytes:
+            # Damaged: none of it is worth going on from, with or without resume.
+            self._keep = 0
             raise DataLoss(
                 f"download of {self.path.name} is corrupt: got {self.size} bytes with sha256 "
                 f"{sha256}, expected {header.size_bytes} bytes with sha256 {header.sha256}; "
@@ -610,35 +616,77 @@ class ResumableDownloadSink(Generic[H]):
                 "downloaded; download it again"
             )
 
-    def abort(self, error: BaseException) -> None:
+    def abort(self, error: BaseException) -> BaseException:
         """After `error`: the bytes written kept for a resume where it interrupted the download
-        (a broken stream, a timeout), where the caller stopped one asked to `resume` (those an
-        earlier download kept with those written since), or where the file changed at the server
+        (a broken stream, a timeout), where the download was asked to `resume` and ended any
+        other way (those an earlier download kept with those written since: stopped by the
+        caller, refused by the daemon, the disk full), or where the file changed at the server
         (`changed`); those an earlier download kept, as they were, where the server sent more
-        than the file has; else the partial file removed (a download without `resume` starts
-        it again from the first byte, so that holds only what it wrote), and one it had not
-        started on left as it was."""
+        than the file has; none where the whole file's sha256 was not the header's; else the
+        partial file removed (a download without `resume` starts it again from the first byte,
+        so that holds only what it wrote), and one it had not started on left as it was. The
+        error to raise: `error`, or one of its type saying how many bytes were kept where its
+        words do not already say so."""
         try:
-            self._abort(error)
+            return self._abort(error)
         finally:
             forget_made(self._made)
 
-    def _abort(self, error: BaseException) -> None:
+    def _abort(self, error: BaseException) -> BaseException:
         if self._header is None:
             if self._made is not None:
                 _remove(self._file, self.partial)
             else:
                 _close(self._file)
-            return
-        if self._keep:
-            _close_at(self._file, self._keep)
-            return
+            return error
+        if self._keep is not None:
+            if self._keep:
+                _close_at(self._file, self._keep)
+            else:
+                self._remove()
+            return error
+        if self._resume and not _stopped(error) and not isinstance(error, _INTERRUPTIONS):
+            return self._kept_after(error)
         if self.size and (isinstance(error, _INTERRUPTIONS) or (self._resume and _stopped(error))):
-            # Cut back to the bytes counted: a signal may land as a write has put only part of
-            # its chunk in the file.
+            # Their words say what was kept (a stop's are the caller's). Cut back to the bytes
+            # counted: a signal may land as a write has put only part of its chunk in the file.
             _close_at(self._file, self.size)
-            return
+            return error
         self._remove()
+        return error
+
+    def _kept_after(self, error: BaseException) -> BaseException:
+        """A download asked to resume, ended by `error` (not a break, nor a stop): every byte its
+        file holds kept, each written in its place in turn (a full disk may have taken part of a
+        chunk, and those bytes are the file's too), and `error` saying so; none where it holds
+        none, or where its name is another's now (not this one's to keep or remove)."""
+        if not _names(self.partial, self._file.fileno()):
+            self._remove()
+            return error
+        kept = _close_holding(self._file)
+        if not kept:
+            self._remove()
+            return error
+        return self._saying_kept(error, kept)
+
+    def _saying_kept(self, error: BaseException, kept: int) -> BaseException:
+        """`error`, of its type (so that callers' handlers still match), with a line saying
+        that `kept` bytes are kept and how to go on from them; `error` itself where it is not
+        the SDK's or the disk's (a progress callback's own)."""
+        assert self._header is not None, "kept before any header"
+        total = self._header.size_bytes
+        kept_in = f"{kept} of {total} bytes are kept in {self.partial}"
+        again = f"{RESUME_WORDS} to go on from them"
+        if isinstance(error, OSError) and error.errno in _NO_ROOM:
+            how = f"the disk had no room for the rest of the file: {kept_in}; free {total - kept} bytes and {again}"
+        else:
+            how = f"{kept_in}; {again}"
+        if isinstance(error, TesseraError):
+            # On a line of its own: the fix that ends each line is put in a reader's words.
+            return type(error)(f"{error.daemon_message}\n{how}", error.trailers)
+        if isinstance(error, OSError) and error.strerror:
+            return type(error)(error.errno, f"{error.strerror}\n{how}", error.filename)
+        return error
 
     def _remove(self) -> None:
         _remove(self._file, self.partial, self.record)
@@ -675,9 +723,9 @@ class SinkInDirectory(ResumableDownloadSink[H]):
         forget_directories(self._directories_made)
         return header
 
-    def abort(self, error: BaseException) -> None:
+    def abort(self, error: BaseException) -> BaseException:
         try:
-            super().abort(error)
+            return super().abort(error)
         finally:
             remove_empty_directories(self._directories_made)
             forget_directories(self._directories_made)
@@ -695,6 +743,15 @@ def _close_at(file: BinaryIO, size: int) -> None:
     with contextlib.suppress(OSError):
         file.truncate(size)
     _close(file)
+
+
+def _close_holding(file: BinaryIO) -> int:
+    """`file` flushed where it can be, then closed; how many bytes it holds."""
+    with contextlib.suppress(OSError):
+        file.flush()
+    held = os.fstat(file.fileno()).st_size
+    _close(file)
+    return held
 
 
 def _remove(file: BinaryIO, partial: Path, *others: Path) -> None:

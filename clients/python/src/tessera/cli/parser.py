@@ -192,8 +192,9 @@ RUN_HELP = "the run's id (`tessera runs ls` lists them)"
 EXPERIMENT_HELP = "the experiment's name (`tessera experiments ls` lists them)"
 RESUME_HELP = (
     "go on from the bytes that a download to the same file kept when it gave up reconnecting or ran "
-    "out of time, or was stopped (Ctrl-C, SIGTERM) while run with --resume (a hidden .partial file beside "
-    "it; a download without --resume that is stopped removes it), where they are of the same "
+    "out of time, or, run with --resume, ended any other way (Ctrl-C, SIGTERM, a refusal, a full disk) "
+    "but in a file whose sha256 was wrong (a hidden .partial file beside it; a download without "
+    "--resume that ends so removes it), where they are of the same "
     "file (sha256); refused (exit 1) where they are of another, which are then left as they are. "
     "Without it a download starts from the first byte"
 )

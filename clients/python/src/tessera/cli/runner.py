@@ -245,11 +245,12 @@ def _stopped_by(err: Terminated | KeyboardInterrupt) -> tuple[int, str]:
 
 
 def _os_error_words(err: OSError) -> str:
-    """`FILE: reason`, as cat and cp say it, for an error about a file; else the error's text
-    (Python's `[Errno 2] ...: 'FILE'` reads as a crash's last line)."""
+    """`FILE: reason`, as cat and cp say it, for an error about a file, the fix a download's
+    reason ends in (how to go on from the bytes it kept) in the CLI's words; else the error's
+    text (Python's `[Errno 2] ...: 'FILE'` reads as a crash's last line)."""
     if err.filename is None or not err.strerror:
         return str(err)
-    return f"{err.filename}: {err.strerror}"
+    return f"{err.filename}: {in_cli_words(err.strerror)}"
 
 
 def _fail(status: int, message: str) -> int:
