@@ -397,3 +397,41 @@ def test_a_model_download_the_daemon_refuses_midway_keeps_its_bytes_only_with_re
         f"\n{len(held)} of {model_file.stat().st_size} bytes are kept in {partial}; "
         "download again with resume=True to go on from them"
     ), refused.value.message
+
+
+def test_a_whole_download_with_resume_that_cannot_take_its_name_is_kept_for_the_next(
+    client, out, artifact_file
+):
+    """A file put at the name as the download ends (overwrite=False): the whole file, checked, is
+    kept with its record, and the next resume puts it in place without a byte sent again."""
+    run_id = client.training.create_run("resume").run_id
+    client.training.log_artifact(run_id, artifact_file)
+    size = artifact_file.stat().st_size
+
+    def taken_at_the_end(done: int, total: int) -> None:
+        if done == total:
+            (out / "weights.bin").write_bytes(b"another's")
+
+    with pytest.raises(FileExistsError) as taken:
+        client.training.download_artifact(
+            run_id, "weights.bin", out, overwrite=False, resume=True, progress=taken_at_the_end
+        )
+    partial, record = transfer.partial_names(out / "weights.bin")
+    assert taken.value.strerror.endswith(
+        f"\n{size} of {size} bytes are kept in {partial}; download again with resume=True to go on from them"
+    ), taken.value.strerror
+    assert partial.read_bytes() == artifact_file.read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == sorted([partial.name, record.name, "weights.bin"])
+    (out / "weights.bin").unlink()
+    resumed: list[int] = []
+    client.training.download_artifact(
+        run_id,
+        "weights.bin",
+        out,
+        overwrite=False,
+        resume=True,
+        progress=lambda done, _: resumed.append(done),
+    )
+    assert resumed == [size]
+    assert (out / "weights.bin").read_bytes() == artifact_file.read_bytes()
+    assert partials(out) == []
