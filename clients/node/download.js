@@ -16,9 +16,11 @@ const RESUME_WORDS = 'download again with resume: true';
 const WITH_RESUME_WORDS = 'with resume: true';
 const WITHOUT_RESUME_WORDS = 'without resume: true';
 
-// What ends a download with its bytes worth keeping: the stream broke or ran out of time. One the
-// caller stopped (CANCELLED: cancelCalls, which tessera-node's SIGINT and SIGTERM call) keeps them
-// too where it was asked to resume, else leaves nothing behind, as does one the daemon refused.
+// What ends a download with its bytes worth keeping: the stream broke or ran out of time. One asked
+// to resume keeps them however it ends (stopped by the caller, CANCELLED: cancelCalls, which
+// tessera-node's SIGINT and SIGTERM call; refused by the daemon; the disk full), as curl -C - and
+// wget -c do, but for a file whose sha256 is not the header's; one not asked to leaves nothing
+// behind, but on a full disk.
 const INTERRUPTIONS = ['UNAVAILABLE', 'DEADLINE_EXCEEDED'];
 const STOPPED = 'CANCELLED';
 // A disk too full to write the rest of the file: the bytes written are kept, not lost with it.
@@ -181,10 +183,12 @@ class PartialDownload {
     this.size = 0;
     // The bytes an earlier download kept that this one went on from.
     this.resumedFrom = 0;
-    // Set where an error leaves bytes worth keeping: how many.
+    // Set where an error decides the bytes kept, whatever it is: how many (0: none, removed).
     this.keep = undefined;
     // Set where a resume was refused: the partial file is left as it was.
     this.refused = false;
+    // Set once `finish` closed this download's own file, whole.
+    this.closed = false;
     // Where the stream being written started (the offset asked for).
     this.streamFrom = 0;
   }
@@ -329,11 +333,15 @@ class PartialDownload {
   // the name after, so a power cut once the download resolved leaves no empty or short file.
   async finish() {
     const { header } = this;
+    // Whether the whole file's sha256 or size is not the header's: none of it is worth keeping.
+    let damaged = false;
     try {
       await naming(this.file, () => this.handle.sync());
       await naming(this.file, () => this.handle.close());
+      this.closed = true;
       const sha256 = this.hash.digest('hex');
       if (header === undefined || (header.sha256 && sha256 !== header.sha256) || this.size !== header.size_bytes) {
+        damaged = true;
         const expected = header ? `${header.size_bytes} bytes with sha256 ${header.sha256}` : 'a header first';
         throw tesseraError(
           'DATA_LOSS',
@@ -343,7 +351,13 @@ class PartialDownload {
       }
       putInPlace(this.temp, this.file, this.overwrite);
     } catch (err) {
-      await this.remove();
+      if (!damaged && this.resume && this.size) {
+        // Failed before it took its name (a file put there meanwhile, a full disk as it synced):
+        // kept for the next resume to put in place, as it keeps its bytes at any other moment.
+        await this.keepAfter(err);
+      } else {
+        await this.remove();
+      }
       throw err;
     }
     // The partial file it went on from, or started again over, is of no more use.
@@ -353,19 +367,21 @@ class PartialDownload {
   }
 
   // After `error`: the bytes written kept for a resume where it interrupted the download, the
-  // caller stopped one asked to resume (those an earlier download kept with those written since),
-  // the disk had no room for the rest (the error saying so) or the file changed at the server; where
-  // the server sent more than the file has, those an earlier
-  // download kept; where a resume was refused or no header came, the partial file left as it
-  // was; else what this download wrote removed, with the partial file it found.
+  // download was asked to resume (those an earlier download kept with those written since:
+  // stopped by the caller, refused by the daemon), the disk had no room for the rest (the error
+  // saying so) or the file changed at the server; where the server sent more than the file has,
+  // those an earlier download kept; where a resume was refused or no header came, the partial
+  // file left as it was; else what this download wrote removed, with the partial file it found.
   async abort(error) {
     await this.closeSource();
     if (this.refused || this.header === undefined) {
       await this.discard();
       return;
     }
-    if (this.keep) {
-      await this.keepBytes(this.keep);
+    if (this.keep !== undefined) {
+      // Decided by the error, whatever it is: none kept where it is 0.
+      if (this.keep) await this.keepBytes(this.keep);
+      else await this.remove();
       return;
     }
     if (this.size && (INTERRUPTIONS.includes(error.code) || (this.resume && error.code === STOPPED))) {
@@ -381,7 +397,22 @@ class PartialDownload {
         : ' (the disk had no room for the rest of the file; free some and download it again)';
       return;
     }
+    if (this.size && this.resume) {
+      await this.keepAfter(error);
+      return;
+    }
     await this.remove();
+  }
+
+  // A download asked to resume that ended otherwise than by a break, a stop or a full disk (a
+  // refusal midway, a put in place that failed): its bytes kept, and `error` saying so on a line
+  // of its own, as the Python SDK's.
+  async keepAfter(error) {
+    if (await this.keepBytes(this.size)) {
+      error.message +=
+        `\n${this.size} of ${this.header.size_bytes} bytes are kept in ${this.partial}; ` +
+        `${RESUME_WORDS} to go on from them`;
+    }
   }
 
   // The bytes of this file a resume went on from, where its partial file is still there as found;
@@ -403,8 +434,10 @@ class PartialDownload {
     }
     try {
       const recordNamesIt = this.kept !== undefined && this.isFound();
-      await this.handle.truncate(size);
-      await this.handle.close();
+      if (!this.closed) {
+        await this.handle.truncate(size);
+        await this.handle.close();
+      }
       if (!recordNamesIt) writeRecord(this.record, this.describe(this.header), this.header);
       fs.renameSync(this.temp, this.partial);
       return true;

@@ -805,3 +805,64 @@ def test_node_resume_cancelled_between_its_calls_keeps_the_bytes_it_went_on_from
     assert cancelled["progress"] == [len(kept)]
     assert partials(out) == sorted([partial.name, record.name])
     assert partial.read_bytes() == kept
+
+
+@pytest.mark.parametrize("resume", ["true", "false"])
+def test_node_model_download_the_daemon_refuses_midway_keeps_its_bytes_only_with_resume(
+    node_ready, daemon, client, proxy_to, out, tmp_path, resume
+):
+    """The version is deleted as the stream is cut: the reconnect is refused (NOT_FOUND), not a
+    break to go on after. With resume the bytes written stay for the next, as the Python SDK's."""
+    model = big_onnx(tmp_path / "big.onnx")
+    client.models.push("big", model)
+    client.models.push("big", model)
+    file = json.dumps(str(out / "big.onnx"))
+    options = f"version: 1, resume: {resume}, progress: cutAtHalf, chunkSize: {CHUNK}, reconnects: 2"
+    refused = node_download_through_a_cut(
+        daemon,
+        proxy_to,
+        f"client.downloadVersion('big', {file}, {{ {options} }})",
+        lambda: client.models.delete_version("big", 1),
+    )
+    assert refused.get("code") == "NOT_FOUND", refused
+    if resume == "false":
+        assert list(out.iterdir()) == []
+        assert "kept" not in refused["message"], refused["message"]
+        return
+    partial, record = transfer.partial_names(out / "big.onnx")
+    assert partials(out) == sorted([partial.name, record.name])
+    held = partial.read_bytes()
+    size = model.stat().st_size
+    assert size // 2 <= len(held) and model.read_bytes().startswith(held)
+    assert refused["message"].endswith(
+        f"\n{len(held)} of {size} bytes are kept in {partial}; download again with resume: true to go on from them"
+    ), refused["message"]
+
+
+def test_node_whole_download_with_resume_that_cannot_take_its_name_is_kept_for_the_next(
+    node_ready, daemon, out, weights, logged
+):
+    """A file put at the name as the download ends (overwrite: false): the whole file, checked, is
+    kept with its record, and the next resume puts it in place, as the Python SDK's."""
+    target = json.dumps(str(out / "weights.bin"))
+    taken = node_download(
+        daemon.target,
+        f"client.downloadArtifact({logged.args}, {{ overwrite: false, resume: true, "
+        f"progress: (done, total) => {{ if (done === total) fs.writeFileSync({target}, 'another') }} }})",
+    )
+    size = weights.stat().st_size
+    partial, record = transfer.partial_names(out / "weights.bin")
+    assert taken.get("message", "").endswith(
+        f"\n{size} of {size} bytes are kept in {partial}; download again with resume: true to go on from them"
+    ), taken
+    assert partial.read_bytes() == weights.read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == sorted([partial.name, record.name, "weights.bin"])
+    (out / "weights.bin").unlink()
+    resumed = node_download(
+        daemon.target,
+        f"client.downloadArtifact({logged.args}, {{ overwrite: false, resume: true, progress: record }})",
+    )
+    assert "ok" in resumed, resumed
+    assert resumed["progress"] == [size]
+    assert (out / "weights.bin").read_bytes() == weights.read_bytes()
+    assert partials(out) == []
