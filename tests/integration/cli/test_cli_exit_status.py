@@ -436,6 +436,114 @@ def test_a_download_into_a_directory_it_made_terminated_leaves_no_directory(daem
     assert not out.exists()
 
 
+# The CLI run with SIGTERM sent to itself as the nth directory a download makes is made, before
+# the code after the mkdir runs: argv[1] is n. A profile hook sees the C call of os.mkdir return
+# in pathlib's mkdir (the download's, not an import's __pycache__).
+CLI_TERMINATED_AS_A_DIRECTORY_IS_MADE = """\
+import os, signal, sys
+nth = int(sys.argv.pop(1))
+made = []
+def profile(frame, event, arg):
+    if event == "c_return" and arg is os.mkdir and frame.f_code.co_filename.endswith("pathlib.py"):
+        made.append(arg)
+        if len(made) == nth:
+            sys.setprofile(None)
+            os.kill(os.getpid(), signal.SIGTERM)
+sys.setprofile(profile)
+from tessera.entry import main
+raise SystemExit(main())
+"""
+
+
+# As CLI_SIGNALLED_AS_THE_DOWNLOAD_WRITES, at the second chunk: the first is in the file.
+CLI_SIGNALLED_AS_THE_DOWNLOAD_WRITES_AGAIN = """\
+import os, signal, sys
+signum = getattr(signal, sys.argv.pop(1))
+writes = []
+def profile(frame, event, arg):
+    code = frame.f_code
+    if event == "call" and code.co_name == "write" and code.co_filename.endswith("transfer.py"):
+        writes.append(code)
+        if len(writes) == 2:
+            sys.setprofile(None)
+            os.kill(os.getpid(), signum)
+sys.setprofile(profile)
+from tessera.entry import main
+raise SystemExit(main())
+"""
+
+
+@pytest.fixture
+def logged_artifact(client, tmp_path) -> tuple[str, bytes]:
+    """A run with a 3 MiB artifact weights.bin (three chunks): its id and the artifact's bytes."""
+    run_id = client.training.create_run("signals").run_id
+    blob = np.random.default_rng(4).bytes(3 << 20)
+    (tmp_path / "weights.bin").write_bytes(blob)
+    client.training.log_artifact(run_id, tmp_path / "weights.bin")
+    return run_id, blob
+
+
+@pytest.mark.parametrize("nth", [1, 2])
+def test_an_artifact_download_terminated_as_a_directory_is_made_for_it_leaves_none(
+    daemon, logged_artifact, tmp_path, nth
+):
+    """`-o out/x/` makes out, then out/x: a SIGTERM landing between a mkdir and the code that
+    notes the directory for removal left it behind."""
+    run_id, _ = logged_artifact
+    out = tmp_path / "out"
+    command = [
+        "--target",
+        daemon.target,
+        "runs",
+        "artifacts",
+        "get",
+        run_id,
+        "weights.bin",
+        "-o",
+        f"{out}/x/",
+    ]
+    download = subprocess.run(
+        [sys.executable, "-c", CLI_TERMINATED_AS_A_DIRECTORY_IS_MADE, str(nth), *command],
+        capture_output=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert download.returncode == EXIT_TERMINATED, download.stderr
+    assert download.stderr == b"tessera: terminated\n"
+    assert not out.exists()
+
+
+def test_an_artifact_download_into_directories_it_made_stopped_leaves_them_only_with_resume(
+    daemon, logged_artifact, tmp_path
+):
+    """As a model's or a dataset's: the directories made for the file go with it when it is
+    stopped, unless --resume keeps its bytes in them; `out`, there before, is left either way."""
+    run_id, blob = logged_artifact
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [
+        "--target",
+        daemon.target,
+        "runs",
+        "artifacts",
+        "get",
+        run_id,
+        "weights.bin",
+        "-o",
+        f"{out}/a/b/",
+    ]
+    script = [sys.executable, "-c", CLI_SIGNALLED_AS_THE_DOWNLOAD_WRITES_AGAIN, "SIGINT", *command]
+    plain = subprocess.run(script, capture_output=True, timeout=120, check=False)
+    assert plain.returncode == EXIT_INTERRUPTED, plain.stderr
+    assert list(out.iterdir()) == []
+    resumed = subprocess.run([*script, "--resume"], capture_output=True, timeout=120, check=False)
+    assert resumed.returncode == EXIT_INTERRUPTED, resumed.stderr
+    partial, record = partial_names(out / "a" / "b" / "weights.bin")
+    assert sorted((out / "a" / "b").iterdir()) == sorted([partial, record])
+    assert blob.startswith(partial.read_bytes()) and partial.stat().st_size
+
+
 # Hours of training: a job still running while it is watched, cancelled at the end.
 LONG_JOB_SPEC = """\
 experiment = "ctrl-c"
