@@ -146,18 +146,16 @@ def ray_nodes() -> Iterator[RayNodes]:
 
 
 def _stop_sessions(sessions: list[int]) -> None:
-    """Both nodes at once (each takes seconds to stop), every process of their `ray start`
-    sessions: an actor's process (TrainDriver, a rank) has a process group of its own there, so
-    signalling the nodes' groups left it running past the fixture's rmtree."""
-    for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        for process in _session_processes(sessions):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.send_signal(sig)
-        deadline = time.monotonic() + wait_s
-        while (left := _session_processes(sessions)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not left:
-            return
+    """Both nodes at once, every process of their `ray start` sessions: an actor's process
+    (TrainDriver, a rank) has a process group of its own there, so signalling the nodes' groups
+    left it running past the fixture's rmtree. SIGKILL at once: the cluster and its temp dir are
+    thrown away, and SIGTERM's graceful stop outlasted a 5 s grace each time (then SIGKILL)."""
+    for process in _session_processes(sessions):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    deadline = time.monotonic() + 10
+    while _session_processes(sessions) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _session_processes(sessions: list[int]) -> list[psutil.Process]:
