@@ -160,7 +160,8 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext[pb.WatchJobRequest, pb.JobEvent]
     ) -> AsyncIterator[pb.JobEvent]:
-        async for batch in watch_job(self._jobs, self._events, _job_id(request.job_id), request.from_seq):
+        batches = await watch_job(self._jobs, self._events, _job_id(request.job_id), request.from_seq)
+        async for batch in batches:
             for event in batch:
                 yield event_to_proto(event)
 

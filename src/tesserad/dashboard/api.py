@@ -305,10 +305,10 @@ class DashboardApi:
             from_seq = whole_number("Last-Event-ID (an event's sequence number)", last_id, 0, MAX_SEQ) + 1
         else:
             from_seq = _int(request, "from_seq", 0, 0, MAX_SEQ)
-        await asyncio.to_thread(self._s.jobs.get, job_id)
+        batches = await watch_job(self._s.jobs, self._s.events, job_id, from_seq)
         async with self._event_stream(request) as response:
             try:
-                async for batch in watch_job(self._s.jobs, self._s.events, job_id, from_seq):
+                async for batch in batches:
                     # One write per batch: the write, not the encoding, is what each open page costs.
                     await response.write(b"".join(self._event_bytes(job_id, event) for event in batch))
                 await response.write(_sse(None, "end", {}))

@@ -195,6 +195,10 @@ def test_job_events_replay_end_and_resume_from_last_event_id(dash, finished_job)
     assert {"state", "step", "epoch"} <= {e["event"] for e in events}
     resumed = read_events(port, f"/api/v1/jobs/{finished_job}/events", {"Last-Event-ID": "3"})
     assert [int(e["id"]) for e in resumed[:-1]] == ids[3:]
+    caught_up = read_events(port, f"/api/v1/jobs/{finished_job}/events", {"Last-Event-ID": str(ids[-1])})
+    assert [e["event"] for e in caught_up] == ["end"]
+    past = http_get(port, f"/api/v1/jobs/{finished_job}/events?from_seq={ids[-1] + 2}")
+    assert past.status == 400 and f"its last event is {ids[-1]}" in past.json()["error"]
     assert http_get(port, "/api/v1/jobs/nope/events").status == 404
     bad = http_get(port, f"/api/v1/jobs/{finished_job}/events", {"Last-Event-ID": "x"})
     assert bad.status == 400 and "Last-Event-ID" in bad.json()["error"]

@@ -126,7 +126,19 @@ def test_watch_from_the_middle_of_a_finished_job(
     job, events = finished["mlp"]
     replay = follow(training, job.job_id, from_seq=5)
     assert replay == events[4:]
-    assert follow(training, job.job_id, from_seq=job.last_seq + 10) == []
+    # The number after the last is the normal "what comes next", which for an ended job is nothing.
+    assert follow(training, job.job_id, from_seq=job.last_seq + 1) == []
+
+
+def test_a_watch_from_past_a_finished_jobs_next_event_is_out_of_range(
+    finished: dict, training: training_grpc.TrainingStub
+) -> None:
+    job, _ = finished["mlp"]
+    with pytest.raises(grpc.RpcError) as caught:
+        follow(training, job.job_id, from_seq=job.last_seq + 10)
+    assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert f"last event is {job.last_seq}" in caught.value.details()
+    assert "from_seq 0" in caught.value.details()
 
 
 def test_a_watch_of_a_job_stored_but_not_yet_returned_by_its_submit_sees_it_queued(
@@ -629,6 +641,25 @@ def test_a_model_too_big_for_memory_fails_as_out_of_memory(training: training_gr
         "the worker ran out of memory: it asked for 1.27 TiB at once; use a smaller batch_size or model"
     )
     assert states(events)[-1] == S.JOB_STATE_FAILED
+
+
+def test_a_watch_from_past_a_running_jobs_next_event_is_refused_not_left_waiting(
+    training: training_grpc.TrainingStub,
+) -> None:
+    job = submit(training, long_spec())
+    try:
+        running = _wait_for(training, job.job_id, S.JOB_STATE_RUNNING)
+        stale = S.WatchJobRequest(job_id=job.job_id, from_seq=running.last_seq + 10**9)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(training.WatchJob(stale, timeout=60))
+        assert caught.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert "from_seq 0 replays them all" in caught.value.details()
+        upcoming = training.WatchJob(S.WatchJobRequest(job_id=job.job_id, from_seq=running.last_seq + 1))
+        assert next(upcoming).seq >= running.last_seq + 1
+        upcoming.cancel()
+    finally:
+        training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
+    assert states(follow(training, job.job_id))[-1] == S.JOB_STATE_CANCELLED
 
 
 def test_a_dead_fork_server_leaves_running_jobs_alone(training: training_grpc.TrainingStub) -> None:

@@ -655,7 +655,8 @@ class Job(Part[C]):
         is resumed from the last event seen, so no event is missed or repeated. A daemon that
         stops gracefully interrupts the job without ending it (the next start resumes it): the
         watch is resumed as for a restart, and raises Unavailable once those reconnects fail; it
-        never ends on an INTERRUPTED state. `timeout` bounds the whole watch (None: no deadline)."""
+        never ends on an INTERRUPTED state. `timeout` bounds the whole watch (None: no deadline).
+        OutOfRange when `from_seq` is past the job's last event + 1."""
         return self._events(from_seq, timeout)
 
     @call

@@ -229,6 +229,8 @@ class TrainingServicer:
 
     def WatchJob(self, request, context):
         """Replays the job's events from from_seq, then follows live; ends when the job ends. A
+        from_seq of the job's last event + 1 waits for the next (none, for an ended job);
+        OUT_OF_RANGE, naming the last event, for one past that (a stale or mistaken number). A
         watcher too slow to keep up is ended with RESOURCE_EXHAUSTED whose message gives the
         from_seq to resume from; shutdown ends it with UNAVAILABLE, likewise resumable.
         """

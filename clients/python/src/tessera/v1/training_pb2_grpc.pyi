@@ -50,6 +50,8 @@ class TrainingStub:
     """
     WatchJob: _grpc.UnaryStreamMultiCallable[_training_pb2.WatchJobRequest, _training_pb2.JobEvent]
     """Replays the job's events from from_seq, then follows live; ends when the job ends. A
+    from_seq of the job's last event + 1 waits for the next (none, for an ended job);
+    OUT_OF_RANGE, naming the last event, for one past that (a stale or mistaken number). A
     watcher too slow to keep up is ended with RESOURCE_EXHAUSTED whose message gives the
     from_seq to resume from; shutdown ends it with UNAVAILABLE, likewise resumable.
     """
@@ -174,6 +176,8 @@ class TrainingAsyncStub(TrainingStub):
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_training_pb2.WatchJobRequest, _training_pb2.JobEvent]  # type: ignore[assignment]
     """Replays the job's events from from_seq, then follows live; ends when the job ends. A
+    from_seq of the job's last event + 1 waits for the next (none, for an ended job);
+    OUT_OF_RANGE, naming the last event, for one past that (a stale or mistaken number). A
     watcher too slow to keep up is ended with RESOURCE_EXHAUSTED whose message gives the
     from_seq to resume from; shutdown ends it with UNAVAILABLE, likewise resumable.
     """
@@ -325,6 +329,8 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_training_pb2.JobEvent], _abc.AsyncIterator[_training_pb2.JobEvent]]:
         """Replays the job's events from from_seq, then follows live; ends when the job ends. A
+        from_seq of the job's last event + 1 waits for the next (none, for an ended job);
+        OUT_OF_RANGE, naming the last event, for one past that (a stale or mistaken number). A
         watcher too slow to keep up is ended with RESOURCE_EXHAUSTED whose message gives the
         from_seq to resume from; shutdown ends it with UNAVAILABLE, likewise resumable.
         """
