@@ -73,10 +73,12 @@ class SystemServicer:
         version, tesserad version, created time, record counts, each file's sha256 and size), then
         store/data.mdb (a compacted copy of the store as of one read transaction), then
         blobs/<sha256> for every blob that copy references. `tesserad restore` puts it back.
-        The daemon makes one backup at a time; one asked for meanwhile waits for it, and with 4
-        already waiting it is refused with RESOURCE_EXHAUSTED. A client that takes no chunk for
-        limits.backup_stall_timeout_s seconds has its backup ended with DEADLINE_EXCEEDED, and the
-        next one in line begins.
+        The daemon makes one backup at a time; one asked for meanwhile waits for it (its first
+        chunk, without data, has `waiting` true; a chunk with `waiting` false says its turn has
+        come), and with 4 already waiting it is refused with RESOURCE_EXHAUSTED. A client that has
+        not taken a chunk within limits.backup_stall_timeout_s seconds of its being sent (120 by
+        default; or the chunk's size at 8 KiB/s, where longer) has its backup ended with ABORTED
+        when it next reads, and the next one in line begins.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
