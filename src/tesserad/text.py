@@ -4,6 +4,7 @@ field and the limit. Nothing here runs on read, so records stored before a rule 
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
 
 from tesserad.config import format_size
@@ -23,6 +24,29 @@ MAX_RECORD_TEXT = 16 * 2**10
 # a 3-byte length).
 ENTRY_WIRE_BYTES = 11
 
+# Controls (C0, C1), line and paragraph separators, and format characters (Cf): these last are
+# invisible (U+200B, U+FEFF) or reorder the text beside them ("\u202etxt.exe" shows as "exe.txt",
+# the isolates U+2066..U+2069, U+200F).
+_HIDDEN_CATEGORIES = frozenset(("Cc", "Zl", "Zp", "Cf"))
+# But the zero-width non-joiner and joiner, which spelling needs: Persian and Indic words
+# ("می\u200cخواهم"), emoji sequences.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def hidden_character_problem(text: str) -> str:
+    """What is wrong with `text` when it holds a character a listing or a terminal would not show
+    as it is ("holds U+202E, ..."), naming the first such; "" when it holds none. Checked where an
+    identifier (a key, a path) is stored, never on read: those stored before stay reachable."""
+    hidden = next(
+        (c for c in text if unicodedata.category(c) in _HIDDEN_CATEGORIES and c not in _JOINERS), None
+    )
+    if hidden is None:
+        return ""
+    return (
+        f"holds U+{ord(hidden):04X}, a control or format character (invisible, or one that reorders "
+        "the text beside it) that a listing or a terminal would not show as it is"
+    )
+
 
 def is_entry_key(key: str) -> bool:
     """Whether `key` may name a tag or a run param."""
@@ -38,6 +62,9 @@ def check_label(field: str, value: str) -> None:
         raise InvalidArgument(
             f"{field}: {shown} must be at most {MAX_TAG_KEY} characters without NUL or newlines"
         )
+    hidden = hidden_character_problem(value)
+    if hidden:
+        raise InvalidArgument(f"{field}: {value!r} {hidden}")
 
 
 def entry_problems(field: str, entries: Mapping[str, str], max_value: int = MAX_TAG_VALUE) -> list[str]:
@@ -48,6 +75,8 @@ def entry_problems(field: str, entries: Mapping[str, str], max_value: int = MAX_
             problems.append(
                 f"{field}: key {key[:80]!r} must be 1 to {MAX_TAG_KEY} characters without NUL or newlines"
             )
+        elif hidden := hidden_character_problem(key):
+            problems.append(f"{field}: key {key[:80]!r} {hidden}")
         elif len(value) > max_value:
             problems.append(f"{field}[{key!r}]: value is longer than {max_value} characters")
     return problems

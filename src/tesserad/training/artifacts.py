@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ from tesserad.store import (
     decode_record,
     encode_record,
 )
+from tesserad.text import hidden_character_problem
 from tesserad.training.tracking import Tracking
 
 TABLE = "run_artifacts"
@@ -41,12 +41,6 @@ MAX_SEGMENT_BYTES = 255
 _KIND = "run_artifact"
 _SCHEMA = 1
 _EXAMPLE = '"plots/loss.png"'
-# Controls, line and paragraph separators, and format characters (Cf): these last are invisible
-# (U+200B, U+FEFF) or reorder the text beside them ("\u202etxt.exe" shows as "exe.txt", U+200F).
-_HIDDEN_CATEGORIES = frozenset(("Cc", "Zl", "Zp", "Cf"))
-# But the zero-width non-joiner and joiner, which spelling needs: Persian and Indic words
-# ("می\u200cخواهم"), emoji sequences.
-_JOINERS = frozenset("\u200c\u200d")
 
 
 @dataclass(frozen=True)
@@ -98,15 +92,9 @@ def check_new_artifact_path(path: str) -> None:
     """`check_artifact_path` for a path an upload stores: it also refuses characters a listing or a
     terminal would not show as they are. Reads leave them be, so paths stored before stay reachable."""
     check_artifact_path(path, "header.path")
-    hidden = next(
-        (c for c in path if unicodedata.category(c) in _HIDDEN_CATEGORIES and c not in _JOINERS), None
-    )
-    if hidden is not None:
-        raise InvalidArgument(
-            f"header.path {path[:80]!r} holds U+{ord(hidden):04X}, a control or format character "
-            "(invisible, or one that reorders the text beside it) that a listing or a terminal would "
-            f"not show as it is; give a relative path such as {_EXAMPLE}"
-        )
+    hidden = hidden_character_problem(path)
+    if hidden:
+        raise InvalidArgument(f"header.path {path[:80]!r} {hidden}; give a relative path such as {_EXAMPLE}")
 
 
 def _refuse_file_and_directory(txn: ReadTxn, run_id: str, path: str) -> None:

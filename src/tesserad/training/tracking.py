@@ -46,6 +46,7 @@ from tesserad.text import (
     check_record_text,
     check_tag_update,
     entries_wire_bytes,
+    hidden_character_problem,
 )
 from tesserad.training import metric_buckets, run_order
 from tesserad.training.metric_buckets import MAX_STEP, Grouping, Sample, metric_prefix, point_key
@@ -1159,6 +1160,9 @@ class Tracking:
         for i, point in enumerate(points):
             if point.key not in checked:
                 check_metric_key(point.key, f"points[{i}].key")
+                # Only where a key is stored: reads still name keys stored before this rule.
+                if hidden := hidden_character_problem(point.key):
+                    raise InvalidArgument(f"points[{i}].key: metric key {point.key[:80]!r} {hidden}")
                 checked.add(point.key)
             if not math.isfinite(point.value):
                 raise InvalidArgument(
