@@ -638,7 +638,11 @@ class Daemon:
         calls = CallCounter()
         limits = self.settings.limits
         server = grpc.aio.server(
-            interceptors=[ServerInterceptor(auth, CallInterceptor(self.metrics, calls, failed))],
+            interceptors=[
+                ServerInterceptor(
+                    auth, CallInterceptor(self.metrics, self.settings.max_message_size, calls, failed)
+                )
+            ],
             options=[
                 # gRPC sets SO_REUSEPORT by default, which would let a second daemon silently
                 # share the port; a taken port must be an error.

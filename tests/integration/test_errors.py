@@ -59,7 +59,7 @@ class _ErrorServer:
                 "RaiseWhenLetGo": grpc.unary_unary_rpc_method_handler(raise_when_let_go),
             },
         )
-        self.server = grpc.aio.server(interceptors=[CallInterceptor(self.metrics)])
+        self.server = grpc.aio.server(interceptors=[CallInterceptor(self.metrics, 4 * 2**20)])
         self.server.add_generic_rpc_handlers([handler])
         port = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()

@@ -211,3 +211,23 @@ def test_damage_found_mid_download_is_counted_a_server_error_and_logged(
 
     wait_until(lambda: _downloads(daemon).get("500", 0) == before + 1, 60, "the download to be counted 500")
     assert [r for r in caplog.records if r.levelno == logging.ERROR and "cut short" in r.getMessage()]
+
+
+def test_damage_found_before_the_first_byte_is_answered_500_counted_and_logged(
+    daemon: InProcessDaemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    content = np.random.default_rng(6).bytes(1000)  # one chunk: checked before any byte goes out
+    run_id = _artifacts(daemon, tmp_path, {"damaged-small.bin": content})
+    digest = hashlib.sha256(content).hexdigest()
+    blob = daemon.settings.data_dir / "blobs" / "sha256" / digest[:2] / digest[2:]
+    blob.chmod(0o644)
+    blob.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
+    before = _downloads(daemon).get("500", 0)
+    port = daemon.daemon.http_port
+    assert port is not None
+    assert request(port, "GET", f"/api/v1/runs/{run_id}/artifact?path=damaged-small.bin") == 500
+    wait_until(lambda: _downloads(daemon).get("500", 0) == before + 1, 60, "the download to be counted 500")
+    logged = [
+        r for r in caplog.records if r.levelno == logging.ERROR and "run artifact download" in r.getMessage()
+    ]
+    assert [getattr(r, "run_id", None) for r in logged] == [run_id]

@@ -97,6 +97,33 @@ _CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("tessera_caller", 
 _CALLER_ROLE: contextvars.ContextVar[Role] = contextvars.ContextVar(
     "tessera_caller_role", default=Role.READER
 )
+# The call's record while a reload may revoke it, for `revoked_code`.
+_OPEN_STREAM: contextvars.ContextVar[_OpenStream | None] = contextvars.ContextVar(
+    "tessera_open_stream", default=None
+)
+
+
+def revoked_code() -> str | None:
+    """The name of the status a reload (or its token's expiry) ends the current call with, once
+    it revoked it: its task is cancelled, and the client gets this status, not CANCELLED."""
+    stream = _OPEN_STREAM.get()
+    if stream is None or stream.refusal is None:
+        return None
+    return stream.refusal[0].name
+
+
+def encoded(response: Any, serialize: Callable[[Any], bytes] | None, max_size: int, rpc: str) -> Any:
+    """`response` serialised, or as it is without a serializer; ResourceExhausted over `max_size`."""
+    if response is None or serialize is None:
+        return response
+    data = serialize(response)
+    if len(data) > max_size:
+        raise ResourceExhausted(
+            f"the response of {rpc} is {format_size(len(data))}, over max_message_size = "
+            f"{format_size(max_size)}; ask for smaller pages or chunks, or raise "
+            "max_message_size (env TESSERA_MAX_MESSAGE_SIZE)"
+        )
+    return data
 
 
 def caller(context: Context) -> str:
@@ -465,6 +492,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     raise _Refused(*refusal)
                 admitted_under[0] = table
             open_streams.add(stream)
+            _OPEN_STREAM.set(stream)
             if expires:
                 self._watch_expiry(stream, table)
             return stream
@@ -497,16 +525,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 ) from None
 
         def encode(response: Any) -> Any:
-            if response is None or serialize is None:
-                return response
-            data = serialize(response)
-            if len(data) > max_size:
-                raise ResourceExhausted(
-                    f"the response of {rpc} is {format_size(len(data))}, over max_message_size = "
-                    f"{format_size(max_size)}; ask for smaller pages or chunks, or raise "
-                    "max_message_size (env TESSERA_MAX_MESSAGE_SIZE)"
-                )
-            return data
+            # The call interceptor inside has encoded it (and counted a refusal), when there is one.
+            return encoded(response, serialize, max_size, rpc)
 
         def decoded_stream(requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
             async def generate() -> AsyncIterator[Any]:

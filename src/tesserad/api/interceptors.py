@@ -23,7 +23,7 @@ import grpc
 
 from tesserad.api import aio_handlers
 from tesserad.api.aio_handlers import Context, ErrorListener, Handler, split_method
-from tesserad.api.auth import AuthInterceptor
+from tesserad.api.auth import AuthInterceptor, encoded, revoked_code
 from tesserad.api.errors import status_for
 from tesserad.errors import TesseraError, logged_internal
 from tesserad.metrics import DaemonMetrics
@@ -55,10 +55,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     call, and building closures and a handler per call cost ~15 us of the daemon's one thread."""
 
     def __init__(
-        self, metrics: DaemonMetrics, calls: CallCounter | None = None, failed: ErrorListener | None = None
+        self,
+        metrics: DaemonMetrics,
+        max_message_size: int,
+        calls: CallCounter | None = None,
+        failed: ErrorListener | None = None,
     ) -> None:
-        """`failed`: told of each call that a domain error ends."""
+        """`failed`: told of each call that a domain error ends. Responses are encoded here, so
+        that one over `max_message_size` is counted RESOURCE_EXHAUSTED, as its client gets it."""
         self._metrics = metrics
+        self._max_message_size = max_message_size
         self._failed = failed
         # Counts each call as it begins: inference holds requests for a burst on it.
         self._calls = calls
@@ -93,6 +99,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         rpc = f"{service}/{name}"
         clock = time.perf_counter
         failed = self._failed
+        serialize = handler.response_serializer
+        max_size = self._max_message_size
 
         async def abort_for(exc: Exception, context: Context, start: float) -> NoReturn:
             """Abort with `exc`'s status and record the call: under that status once sent; when
@@ -112,23 +120,23 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 record(_status_of(exc).name, clock() - start)
                 raise
 
-        # A behaviour that streams with context.write is awaited like a unary one.
-        inner = (
-            aio_handlers.unary_unary(handler)
-            or aio_handlers.stream_unary(handler)
-            or aio_handlers.writing_stream(handler)
-        )
+        # A behaviour that streams with context.write is awaited like a unary one; its writes are
+        # serialised by gRPC, whose send limit (set to max_message_size) bounds them.
+        writer = aio_handlers.writing_stream(handler)
+        inner = aio_handlers.unary_unary(handler) or aio_handlers.stream_unary(handler) or writer
         if inner is not None:
+            # gRPC encodes what a writer writes; the wrapper encodes any other's response.
+            encode_with, grpc_encodes_with = (None, serialize) if writer is not None else (serialize, None)
 
             async def unary_response(request: Any, context: Context) -> Any:
                 start = clock()
                 try:
-                    response = await inner(request, context)
+                    response = encoded(await inner(request, context), encode_with, max_size, rpc)
                 except grpc.aio.AbortError:
                     record(_code_name(context), clock() - start)
                     raise
                 except asyncio.CancelledError:
-                    record("CANCELLED", clock() - start)
+                    record(revoked_code() or "CANCELLED", clock() - start)
                     raise
                 except Exception as exc:
                     await abort_for(exc, context, start)
@@ -138,7 +146,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             return aio_handlers.handler_factory(handler)(
                 unary_response,
                 request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=grpc_encodes_with,
             )
 
         inner_stream = aio_handlers.unary_stream(handler) or aio_handlers.stream_stream(handler)
@@ -148,21 +156,19 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             start = clock()
             try:
                 async for item in inner_stream(request, context):
-                    yield item
+                    yield encoded(item, serialize, max_size, rpc)
             except grpc.aio.AbortError:
                 record(_code_name(context), clock() - start)
                 raise
             except (asyncio.CancelledError, GeneratorExit):
-                record("CANCELLED", clock() - start)
+                record(revoked_code() or "CANCELLED", clock() - start)
                 raise
             except Exception as exc:
                 await abort_for(exc, context, start)
             record("OK", clock() - start)
 
         return aio_handlers.handler_factory(handler)(
-            stream_response,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            stream_response, request_deserializer=handler.request_deserializer, response_serializer=None
         )
 
 

@@ -4,11 +4,13 @@ on them; only the daemon's own methods are labelled (an unknown method's name ma
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 import grpc
 import pytest
 
+from tessera.v1 import registry_pb2, registry_pb2_grpc, system_pb2
 from tesserad.security import Role, hash_token
 from tesserad.security.tokens import format_entry
 from tests.conftest import InProcessDaemon
@@ -99,3 +101,43 @@ def test_requests_refused_for_their_size_or_encoding_are_counted_with_their_code
     # Refused before any work, as authentication's refusals: no latency sample.
     timed = _timed_calls(daemon)
     assert timed["GetServerInfo"] == timed["LogMetrics"] == timed["WatchSystem"] == 0
+
+
+def _counted(daemon: InProcessDaemon, key: tuple[str, str], count: float) -> None:
+    """Wait until tessera_rpc_total of `key` is `count`: a stream is counted as its task ends."""
+    deadline = time.monotonic() + 60
+    while _rpc_totals(daemon).get(key, 0) != count:
+        assert time.monotonic() < deadline, (key, _rpc_totals(daemon))
+        time.sleep(0.05)
+
+
+def test_a_response_over_max_message_size_is_counted_with_the_code_the_client_gets(start_daemon) -> None:
+    daemon = start_daemon(max_message_size="1KiB")
+    registry = registry_pb2_grpc.RegistryStub(daemon.channel())
+    for i in range(12):
+        registry.CreateModel(registry_pb2.CreateModelRequest(name=f"{i:02d}-" + "m" * 100))
+    with pytest.raises(grpc.RpcError) as err:
+        registry.ListModels(registry_pb2.ListModelsRequest())
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+    assert "over max_message_size" in err.value.details()
+    totals = _rpc_totals(daemon)
+    assert totals[("ListModels", "RESOURCE_EXHAUSTED")] == 1
+    assert totals.get(("ListModels", "OK"), 0) == 0
+
+
+def test_a_stream_its_revoked_token_ends_is_counted_as_the_client_gets_it(
+    token_daemon: InProcessDaemon, tokens: Tokens
+) -> None:
+    watch = token_daemon.channel().unary_stream(
+        "/tessera.v1.System/WatchSystem", response_deserializer=system_pb2.SystemSample.FromString
+    )
+    request = system_pb2.WatchSystemRequest(interval_ms=100).SerializeToString()
+    samples = watch(request, metadata=bearer(tokens.token[Role.READER]), timeout=120)
+    assert isinstance(next(samples), system_pb2.SystemSample)
+    tokens.file.write_text(format_entry("admin-holder", Role.ADMIN, hash_token(tokens.token[Role.ADMIN])))
+    token_daemon.run(token_daemon.daemon.reload())
+    with pytest.raises(grpc.RpcError) as err:
+        list(samples)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, err.value.details()
+    _counted(token_daemon, ("WatchSystem", "UNAUTHENTICATED"), 1)
+    assert _rpc_totals(token_daemon).get(("WatchSystem", "CANCELLED"), 0) == 0
