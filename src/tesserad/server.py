@@ -456,8 +456,12 @@ class Daemon:
             refusals=refusals,
         )
         await asyncio.to_thread(self._changes.start)
+        if settings.serving.switch_interval_us:
+            # Shorter GIL slices let the gRPC threads answer while batches run (see config).
+            sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
+        self.inference = build_inference(self.registry, settings.serving, self.metrics.registry, calls)
         self._registry_servicer = RegistryServicer(
-            self.registry, self._changes, blobs, self.exports, limits.chunk_size
+            self.registry, self._changes, blobs, self.exports, limits.chunk_size, self.inference.routed_by_now
         )
         _register(registry_pb2_grpc.add_RegistryServicer_to_server, self._registry_servicer, routes)
         _register(
@@ -465,10 +469,6 @@ class Daemon:
             DatasetsServicer(self.datasets, blobs, limits.chunk_size),
             routes,
         )
-        if settings.serving.switch_interval_us:
-            # Shorter GIL slices let the gRPC threads answer while batches run (see config).
-            sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
-        self.inference = build_inference(self.registry, settings.serving, self.metrics.registry, calls)
         self._export_triton_metrics()
         self.registry.add_listener(self.inference.on_registry_change)
         self.inference.add_deletion_listener(self._tracer.forget, self._tracer.kept)

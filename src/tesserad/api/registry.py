@@ -40,6 +40,11 @@ from tesserad.training.spec import check_spec_values
 # threads) those waits capped how many registrations could share one group commit, and so the rate.
 UPLOAD_THREADS = 16
 
+# The longest a SetAlias, DeleteAlias, Deploy or Rollback waits, once committed, for this daemon's
+# serving to route by it (a version it moves to loaded and warmed first): a large model's load
+# must not hold the call for minutes; past it serving moves when the load ends, as it would have.
+ROUTING_WAIT_S = 30.0
+
 T = TypeVar("T")
 
 
@@ -51,14 +56,33 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         blobs: BlobStore,
         exports: Exports,
         default_chunk_size: int,
+        routed_by_now: Callable[[str], Future[None]],
     ) -> None:
+        """`routed_by_now(model)`: done once this daemon's serving routes `model` by every change
+        committed to it (InferenceService.routed_by_now)."""
         self._registry = registry
+        self._routed_by_now = routed_by_now
         self._changes = changes
         self._blobs = blobs
         self._exports = exports
         self._chunk_size = default_chunk_size
         self._uploads = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="registry-upload")
         self._handoff: _LoopHandoff | None = None
+
+    async def _until_routed(self, model: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Wait until this daemon's serving routes `model` by the change the call committed, so
+        that the caller's next request is answered by it: at most ROUTING_WAIT_S, and half of
+        what is left of the call's deadline (a change committed is answered as such, never as a
+        deadline passed)."""
+        routed = self._routed_by_now(model)
+        if routed.done():
+            return
+        remaining = context.time_remaining()
+        wait = ROUTING_WAIT_S if remaining is None else min(ROUTING_WAIT_S, remaining / 2)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(routed), wait)
+        except TimeoutError:
+            return
 
     def close(self) -> None:
         """Wait for the upload threads' work (calls the server has ended may have left some)."""
@@ -290,6 +314,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         record = await asyncio.to_thread(
             self._registry.set_alias, request.model, request.alias, request.version, caller(context), expected
         )
+        await self._until_routed(request.model, context)
         return convert.alias_to_proto(record)
 
     async def GetAlias(
@@ -317,6 +342,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         context: grpc.aio.ServicerContext[pb.DeleteAliasRequest, pb.DeleteAliasResponse],
     ) -> pb.DeleteAliasResponse:
         await asyncio.to_thread(self._registry.delete_alias, request.model, request.alias, caller(context))
+        await self._until_routed(request.model, context)
         return pb.DeleteAliasResponse()
 
     async def ListAliasHistory(
@@ -397,6 +423,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             caller(context),
             request.expected_revision if request.HasField("expected_revision") else None,
         )
+        await self._until_routed(request.model, context)
         return convert.deployment_to_proto(record)
 
     async def GetDeployment(
@@ -426,14 +453,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         request: pb.RollbackRequest,
         context: grpc.aio.ServicerContext[pb.RollbackRequest, pb.Deployment],
     ) -> pb.Deployment:
-        return convert.deployment_to_proto(
-            await asyncio.to_thread(
-                self._registry.rollback,
-                request.model,
-                caller(context),
-                request.expected_revision if request.HasField("expected_revision") else None,
-            )
+        record = await asyncio.to_thread(
+            self._registry.rollback,
+            request.model,
+            caller(context),
+            request.expected_revision if request.HasField("expected_revision") else None,
         )
+        await self._until_routed(request.model, context)
+        return convert.deployment_to_proto(record)
 
     async def WatchChanges(
         self,

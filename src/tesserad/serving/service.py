@@ -11,6 +11,9 @@ swap. A new version that fails to load or warm takes no traffic: the target stay
 version that served it (as Triton, KServe and Seldon keep the old one until the new one is
 ready), the failure is logged and listed, and an explicit load of the new version that succeeds
 moves the target then.
+
+Registry calls that move a target wait for routed_by_now, so that their caller's next request
+is routed by what they committed.
 """
 
 from __future__ import annotations
@@ -328,6 +331,9 @@ class InferenceService:
         # Held through a retry_failed_loads pass: a replica's reconnect and its retry loop may
         # each run one, and the later would work from what the earlier changed under it.
         self._retry_loads_lock = threading.Lock()
+        # model -> (the change count it must be refreshed through, future) of each routed_by_now
+        # caller waiting for it.
+        self._route_waiters: dict[str, list[tuple[int, Future[None]]]] = {}
         # (callback, kept): see add_deletion_listener.
         self._deletion_listeners: list[
             tuple[Callable[[str, Hashable], None], Callable[[str], Hashable | None]]
@@ -1329,6 +1335,43 @@ class InferenceService:
         if not failures:
             with self._cache_lock:
                 self._refresh_failures.pop(model, None)
+        self._wake_route_waiters(model, changes)
+
+    def routed_by_now(self, model: str) -> Future[None]:
+        """Done once serving routes `model` by every change committed to it before this call (a
+        caller that moved an alias or a deployment reads its own write): the refresh of those
+        changes has run, and the loads of the versions its targets move to have ended, and the
+        refresh after them moved the targets (or, a load failed, held them back). A refresh that
+        failed (the source unreadable) ends the wait too: the targets stay as they were until
+        its retry. A load that takes long is waited for: the caller bounds the wait."""
+        done: Future[None] = Future()
+        # Read apart from _cache_lock, never taken inside it: a load that ends meanwhile queues
+        # the refresh that wakes this caller.
+        with self._warm_lock:
+            loading = bool(self._awaited.get(model))
+        with self._cache_lock:
+            changed_at = self._unsettled.get(model, 0)
+            if self._closed or (not changed_at and not loading):
+                done.set_result(None)
+            else:
+                self._route_waiters.setdefault(model, []).append((changed_at, done))
+        return done
+
+    def _wake_route_waiters(self, model: str, changes: int) -> None:
+        """Answer the routed_by_now callers of `model` that a refresh through the change count
+        `changes` caught up with, unless its targets still await a version's load (whose end
+        queues the refresh that wakes them)."""
+        with self._warm_lock:
+            loading = bool(self._awaited.get(model))
+        with self._cache_lock:
+            waiters = self._route_waiters.pop(model, [])
+            woken = [done for changed_at, done in waiters if changed_at <= changes and not loading]
+            waiting = [(at, done) for at, done in waiters if done not in woken and not done.cancelled()]
+            if waiting:
+                self._route_waiters[model] = waiting
+        for done in woken:
+            if done.set_running_or_notify_cancel():
+                done.set_result(None)
 
     def _refresh_failed(self, model: str) -> int:
         """Count a failure of `model`'s refresh and set when it runs again; how many failed in a
@@ -1684,6 +1727,12 @@ class InferenceService:
         # Loads begun go on, and the pool's close waits for them; those not begun never will.
         # Those cancelled leave _warming and _shadow_loads as they end (_warm_ended, _shadow_load_ended).
         self._warm_loads.shutdown(wait=False, cancel_futures=True)
+        with self._cache_lock:
+            waiters = [done for pending in self._route_waiters.values() for _, done in pending]
+            self._route_waiters.clear()
+        for done in waiters:
+            if done.set_running_or_notify_cancel():
+                done.set_result(None)
         self.explainer.close()
         self.pool.close()
 
