@@ -71,6 +71,12 @@ SERVE_FLAGS = {
         "models to load before the daemon reports ready, as Triton's --load-model: MODEL or "
         "MODEL:VERSION, separated by commas; one that cannot be loaded stops the start",
     ),
+    "--default-alias": (
+        "serving.default_alias",
+        "ALIAS",
+        "what a request naming no version gets from a model without a deployment: latest "
+        "(default), or the version ALIAS names where the model has that alias, else its latest",
+    ),
     "--log-format": ("log_format", "FORMAT", "console (default) or json"),
     "--log-level": ("log_level", "LEVEL", "debug, info (default), warning or error"),
     "--follow": (

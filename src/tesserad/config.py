@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tesserad.names import NAME_PATTERN
+from tesserad.names import NAME_PATTERN, version_like_alias
 
 ENV_PREFIX = "TESSERA_"
 # The TESSERA_* variables tessera's clients (Python and Node) read: tesserad shares their
@@ -253,6 +253,19 @@ def parse_preloads(raw: Any) -> tuple[Preload, ...]:
             )
         preloads.append(Preload(model, int(version)))
     return tuple(preloads)
+
+
+def parse_default_alias(raw: Any) -> str:
+    """latest, or the name of an alias (as SetAlias takes it)."""
+    text = str(raw).strip()
+    if not NAME_PATTERN.fullmatch(text):
+        raise ValueError(
+            f"{text[:100]!r} is not an alias name: expected latest, or a name such as production "
+            "(a-z, 0-9, '.', '_' and '-', starting with a letter or digit)"
+        )
+    if problem := version_like_alias(text):
+        raise ValueError(f"{text!r} {problem}")
+    return text
 
 
 def setting(default: Any, parse: Callable[[Any], Any], help: str) -> Any:
@@ -533,6 +546,13 @@ class ServingSettings:
         "--load-model: MODEL (the versions its requests are routed to) or MODEL:VERSION, a TOML "
         "list or names separated by commas; one that cannot be loaded stops the start. A primary's "
         "only: a replica loads what its primary's deployments route to",
+    )
+    default_alias: str = setting(
+        "latest",
+        parse_default_alias,
+        "what a request naming no version gets from a model without a deployment: latest (its "
+        "newest version), or the version an alias names (production, say) where the model has "
+        "that alias, its latest where it has not",
     )
     instances: int = setting(
         0,

@@ -30,6 +30,8 @@ def test_defaults():
     assert settings.store.durability == "full"
     assert settings.training.compile == "auto"
     assert settings.nn.max_workspace == 0  # no limit
+    # A request naming no version gets a model's latest version, as before the setting.
+    assert settings.serving.default_alias == "latest"
 
 
 def test_nn_and_training_sections_from_a_file(tmp_path):
@@ -117,6 +119,8 @@ def test_sizes_print_as_plain_numbers_that_parse_back(size, expected):
         ({"TESSERA_NN_MAX_WORKSPACE": "lots"}, ["nn.max_workspace", "expected a size"]),
         ({"TESSERA_TRAINING_BACKEND": "slurm"}, ["training.backend", "expected one of local, ray"]),
         ({"TESSERA_TRAINING_RAY_ADDRESS": "head"}, ["training.ray_address", "auto, host:port"]),
+        ({"TESSERA_SERVING_DEFAULT_ALIAS": "v3"}, ["serving.default_alias", "reads as a version number"]),
+        ({"TESSERA_SERVING_DEFAULT_ALIAS": "Prod"}, ["serving.default_alias", "expected latest, or a name"]),
         ({"TESSERA_TRAINING_RAY_ADDRESS": "http://head:6379"}, ["training.ray_address", "ray://host:port"]),
     ],
 )

@@ -3,7 +3,8 @@
 repository actions and request recording here, and only encode and decode messages themselves.
 
 Model names are tessera model names; a version is a version number as a string, or empty for
-what a request without a selector gets (the deployment, else "latest").
+what a request without a selector gets (the deployment, else the version serving.default_alias
+names, else "latest").
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def target_of(name: str, version: str) -> Target:
             f"{exc.message}; the Open Inference Protocol names versions by number: aliases (and "
             "latest) are served through tessera.v1.Inference's Predict (VersionRef.alias) or "
             "`tessera predict --alias`, and a model_version left empty is the version its requests "
-            "are routed to"
+            "are routed to (its deployment's, else the version the daemon's serving.default_alias "
+            "names, else its latest)"
         ) from None
 
 

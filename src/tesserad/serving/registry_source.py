@@ -128,6 +128,7 @@ def inference_over(
         source,
         pool,
         autoload=settings.autoload,
+        default_alias=settings.default_alias,
         calls=calls,
         explain_limits=ExplainLimits(
             settings.explain_threads, settings.explain_queue_size, settings.explain_chunk_rows

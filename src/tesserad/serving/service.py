@@ -12,8 +12,10 @@ version that served it (as Triton, KServe and Seldon keep the old one until the 
 ready), the failure is logged and listed, and an explicit load of the new version that succeeds
 moves the target then.
 
-Registry calls that move a target wait for routed_by_now, so that their caller's next request
-is routed by what they committed.
+A request naming no version goes to its model's deployment; without one, to the version the
+daemon's default alias (serving.default_alias) names, or to latest where the model lacks that
+alias or the setting is latest (its default). Registry calls that move a target wait for
+routed_by_now, so that their caller's next request is routed by what they committed.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ from tesserad.serving.stats import FailureReason
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
+# The route cache's key (in place of an alias) for what a request naming no version gets from a
+# model without a deployment: the daemon's default alias's version, else latest (never an alias
+# name: names are not empty).
+UNVERSIONED = ""
 SHADOW_RESULTS_KEPT = 1000
 # A request routed to a version that is swapped out in between is routed again; more than
 # a few rounds means versions are being unloaded faster than requests can find one.
@@ -260,6 +266,7 @@ class InferenceService:
         pool: ModelPool,
         *,
         autoload: bool,
+        default_alias: str = LATEST,
         explain_limits: ExplainLimits | None = None,
         calls: CallCounter | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -274,8 +281,11 @@ class InferenceService:
         # model -> whether its last request's version would hold a request for its burst.
         self._holds: dict[str, bool] = {}
         self._autoload = autoload
+        # serving.default_alias: what a request naming no version gets without a deployment.
+        self._default_alias = default_alias
         self._lock = threading.Lock()
-        # (model, alias) -> version, for requests that name an alias (or nothing, without a deployment).
+        # (model, alias) -> version, for requests that name an alias (UNVERSIONED: nothing, without
+        # a deployment).
         self._aliases: dict[tuple[str, str], int] = {}
         # model -> router, or None when the model has no deployment.
         self._routers: dict[str, _Router | None] = {}
@@ -357,20 +367,21 @@ class InferenceService:
             return self._alias_version(target.model, target.alias), None
         router = self._router(target.model)
         if router is None:
-            return self._alias_version(target.model, LATEST), None
+            return self._alias_version(target.model, UNVERSIONED), None
         return router.pick()
 
     def resolve_version(self, target: Target) -> int:
         """The version a target names now (no canary choice): for LoadModel, GetStats, unload."""
         if target.version is not None:
             return target.version
-        return self._source.servable(target.model, None, target.alias or LATEST).version
+        return self._resolved(target.model, target.alias or UNVERSIONED)
 
     def serving_versions(self, model: str) -> list[int]:
-        """Every version a request without a selector may go to (deployment routes, else latest)."""
+        """Every version a request without a selector may go to (deployment routes, else the
+        default alias's version, else latest)."""
         router = self._router(model)
         if router is None:
-            return [self._alias_version(model, LATEST)]
+            return [self._alias_version(model, UNVERSIONED)]
         return sorted({version for version, _ in router.plan.routes})
 
     def model_names(self) -> list[str]:
@@ -425,11 +436,45 @@ class InferenceService:
         version = self._aliases.get((model, alias))
         if version is None:
             changes = self._changes
-            version = self._source.servable(model, None, alias).version
+            version = self._resolved(model, alias)
             with self._cache_lock:
                 if self._changes == changes:
                     self._aliases[(model, alias)] = version
         return version
+
+    def _resolved(self, model: str, alias: str) -> int:
+        """The version `alias` of `model` names in the source now (UNVERSIONED: see _unversioned)."""
+        if alias == UNVERSIONED:
+            return self._unversioned(model)[0]
+        return self._source.servable(model, None, alias).version
+
+    def _unversioned(self, model: str) -> tuple[int, str]:
+        """(version, the alias that names it) a request naming no version gets from `model`
+        without a deployment: the default alias's version, or latest where the model lacks that
+        alias (a model not promoted yet serves, as it did before the setting; refusing it would
+        take every such model down at once)."""
+        if self._default_alias != LATEST:
+            try:
+                return self._source.servable(model, None, self._default_alias).version, self._default_alias
+            except NotFound:
+                pass
+        return self._source.servable(model, None, LATEST).version, LATEST
+
+    def _unversioned_rule(self, model: str, follows: str, old: int) -> str:
+        """Why requests naming no version go where they go now, and how to keep them on `old`."""
+        deploy = f"deploy it (tessera models deploy {model} {old}=100)"
+        if follows != LATEST:
+            return f"the version alias {follows!r} names"
+        if self._default_alias == LATEST:
+            return (
+                f"its latest version; to keep them on a version, {deploy}, or set serving.default_alias "
+                "to an alias that names it"
+            )
+        return (
+            f"its latest version, as it has no alias {self._default_alias!r} (serving.default_alias); "
+            f"to keep them on a version, point that alias at it (tessera models alias {model} "
+            f"{self._default_alias} {old}) or {deploy}"
+        )
 
     def _router(self, model: str) -> _Router | None:
         cached = self._routers.get(model, _Uncached.UNCACHED)
@@ -536,7 +581,7 @@ class InferenceService:
             elif (router := self._router(target.model)) is not None:
                 version = max(router.plan.routes, key=lambda route: route[1])[0]
             else:
-                version = self._alias_version(target.model, LATEST)
+                version = self._alias_version(target.model, UNVERSIONED)
         except TesseraError:
             return
         entry = self.pool.get(target.model, version)
@@ -588,7 +633,7 @@ class InferenceService:
                 plan = self._source.deployment(target.model)
                 if plan is not None and plan.routes:
                     return version in {routed for routed, _ in plan.routes}
-            return version == self._source.servable(target.model, None, target.alias or LATEST).version
+            return version == self._resolved(target.model, target.alias or UNVERSIONED)
         except NotFound:
             raise
         except TesseraError:
@@ -606,7 +651,7 @@ class InferenceService:
         elif (router := self._router(model)) is not None:
             routed = version in {route for route, _ in router.plan.routes}
         else:
-            routed = self._alias_version(model, LATEST) == version
+            routed = self._alias_version(model, UNVERSIONED) == version
         if not routed:
             raise NotFound(f"model {model!r} is no longer routed to version {version} for this request")
 
@@ -764,9 +809,10 @@ class InferenceService:
 
     def load(self, target: Target, config: ServingConfig, keep_loaded: bool = False) -> LoadedVersion:
         """`keep_loaded`: as ModelPool.load's (a version loaded already keeps its config)."""
-        servable = self._source.servable(
-            target.model, target.version, target.alias or (None if target.version else LATEST)
-        )
+        if target.version is None and target.alias is None:
+            servable = self._source.servable(target.model, self._resolved(target.model, UNVERSIONED), None)
+        else:
+            servable = self._source.servable(target.model, target.version, target.alias)
         loaded = self.pool.load(servable, config, keep_loaded=keep_loaded)
         if servable.model in self._held_back:
             # A target kept off this version when it failed to warm may move to it now.
@@ -1430,9 +1476,14 @@ class InferenceService:
         gone = set(replaced)
         aliases = {alias: old for (m, alias), old in list(self._aliases.items()) if m == model}
         named: dict[str, int | None] = {}
+        # The alias a request naming no version follows now (the default alias, or latest).
+        unversioned_follows = LATEST
         for alias in aliases:
             try:
-                named[alias] = self._source.servable(model, None, alias).version
+                if alias == UNVERSIONED:
+                    named[alias], unversioned_follows = self._unversioned(model)
+                else:
+                    named[alias] = self._source.servable(model, None, alias).version
             except NotFound:
                 named[alias] = None
         old_router = self._routers.get(model, _Uncached.UNCACHED)
@@ -1456,20 +1507,28 @@ class InferenceService:
                 failure = None
             if failure is not None and old in gone:
                 log.warning(
-                    "alias %r of %r moves to version %s, which failed to load (%s): version %s it "
-                    "served was deleted; fix the version and load it with LoadModel, or move the alias",
-                    alias, model, new, failure, old,
+                    "%s moves to version %s, which failed to load (%s): version %s it served was "
+                    "deleted; fix the version and load it with LoadModel, or %s",
+                    _routed_by(model, alias), new, failure, old, _move_back(alias, "move"),
                 )  # fmt: skip
             elif failure is not None:
                 held_back = True
                 log.warning(
-                    "alias %r of %r stays on version %s: version %s it now names failed to load (%s); "
-                    "fix the version and load it with LoadModel, or move the alias back",
-                    alias, model, old, new, failure,
+                    "%s stays on version %s: version %s it now names failed to load (%s); fix the "
+                    "version and load it with LoadModel, or %s",
+                    _routed_by(model, alias), old, new, failure, _move_back(alias, "move back"),
                 )  # fmt: skip
                 continue
             self._aliases[(model, alias)] = new
-            log.info("alias %r of %r now serves version %s (was %s)", alias, model, new, old)
+            if alias == UNVERSIONED:
+                # A training job, a sweep's trial or an export registers versions: the operator is
+                # to know that one took the model's traffic, and how to keep it where it was.
+                log.info(
+                    "requests for %r naming no version now go to version %s (was %s), %s",
+                    model, new, old, self._unversioned_rule(model, unversioned_follows, old),
+                )  # fmt: skip
+            else:
+                log.info("alias %r of %r now serves version %s (was %s)", alias, model, new, old)
         if old_router is not _Uncached.UNCACHED:
             new_router: _Router | None
             if old_router is not None and old_router.plan == plan:
@@ -1735,6 +1794,18 @@ class InferenceService:
                 done.set_result(None)
         self.explainer.close()
         self.pool.close()
+
+
+def _routed_by(model: str, alias: str) -> str:
+    """What a route cache key routes, as the log names it."""
+    if alias == UNVERSIONED:
+        return f"the route of {model!r}'s requests naming no version"
+    return f"alias {alias!r} of {model!r}"
+
+
+def _move_back(alias: str, verb: str) -> str:
+    """How an operator moves a route off a version that failed to load."""
+    return "deploy a version that loads" if alias == UNVERSIONED else f"{verb} the alias"
 
 
 def _refresh_wait(failures: int) -> float:

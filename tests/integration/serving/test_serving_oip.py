@@ -482,7 +482,8 @@ def test_a_version_named_by_alias_is_told_where_aliases_are_served(oip, linear, 
             f"model_version must be a whole number in 1..{2**63 - 1} written in digits 0-9, got "
             f"{version!r}; the Open Inference Protocol names versions by number: aliases (and latest) "
             "are served through tessera.v1.Inference's Predict (VersionRef.alias) or `tessera predict "
-            "--alias`, and a model_version left empty is the version its requests are routed to",
+            "--alias`, and a model_version left empty is the version its requests are routed to (its "
+            "deployment's, else the version the daemon's serving.default_alias names, else its latest)",
         )
 
 

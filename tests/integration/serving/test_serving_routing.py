@@ -1,12 +1,19 @@
-"""A SetAlias, Deploy or Rollback is routed by as soon as it returns: the caller's next request is
-answered by the version it moved to."""
+"""What a request naming no version gets: the deployment, else serving.default_alias's version
+(latest by default); a version registered into a model served by latest says so in the log; and
+a SetAlias, Deploy or Rollback is routed by as soon as it returns."""
 
 from __future__ import annotations
 
+import logging
+import time
+
 import numpy as np
+import pytest
 from serving_models import W, linear_model, predict_request, to_array, upload
 
-from tessera.v1 import registry_pb2
+from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
+from tesserad.oip import grpc_service_pb2 as oip_pb
+from tesserad.oip import grpc_service_pb2_grpc
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
 
@@ -20,6 +27,79 @@ def _unversioned(inference, model: str) -> int:
     scale = response.version  # linear_model(scale) uploads below number their versions by scale
     np.testing.assert_allclose(to_array(response.outputs[0]), X @ (W * scale), rtol=1e-6)
     return response.version
+
+
+def _oip_unversioned(oip, model: str) -> str:
+    request = oip_pb.ModelInferRequest(model_name=model, model_version="")
+    request.inputs.add(name="x", datatype="FP32", shape=[2, 4]).contents.fp32_contents.extend(X.ravel())
+    return oip.ModelInfer(request).model_version
+
+
+def _logged(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+def _wait_logged(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    """The records holding `text`, once one is there (the refresh logs it on its own thread)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if found := _logged(caplog, text):
+            return found
+        time.sleep(0.02)
+    raise AssertionError(f"nothing logged with {text!r}")
+
+
+def test_by_default_a_version_registered_takes_the_unversioned_requests_and_the_log_says_how_to_pin(
+    inference, registry, channel, caplog
+) -> None:
+    for scale in (1.0, 2.0):
+        upload(channel, "m", linear_model(scale))
+    _set_alias(registry, "m", "production", 1)
+    # serving.default_alias is latest by default: the aliases do not route a request naming nothing.
+    assert _unversioned(inference, "m") == 2
+    with caplog.at_level(logging.INFO, logger="tesserad"):
+        assert upload(channel, "m", linear_model(3.0)) == 3
+        (moved,) = _wait_logged(caplog, "naming no version now go to version 3")
+        assert "'m'" in moved and "(was 2)" in moved and "tessera models deploy m 2=100" in moved
+        deadline = time.monotonic() + 30
+        while _unversioned(inference, "m") != 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _unversioned(inference, "m") == 3
+    assert len(_logged(caplog, "naming no version now go to version 3")) == 1
+
+
+@pytest.fixture
+def prod_daemon(start_daemon):
+    return start_daemon(**{"serving.default_alias": "production"})
+
+
+def test_default_alias_routes_requests_naming_no_version_to_that_alias(prod_daemon) -> None:
+    channel = prod_daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    for scale in (1.0, 2.0):
+        upload(channel, "m", linear_model(scale))
+    # Without the alias, a model serves its latest version, as with the default.
+    assert _unversioned(inference, "m") == 2
+    _set_alias(registry, "m", "production", 1)
+    assert _unversioned(inference, "m") == 1
+    assert _oip_unversioned(oip, "m") == "1"
+    # A version a training job registers takes none of the unversioned traffic.
+    assert upload(channel, "m", linear_model(3.0)) == 3
+    for _ in range(5):
+        assert _unversioned(inference, "m") == 1
+    # LoadModel naming no version loads what those requests get.
+    loaded = inference.LoadModel(inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="m")))
+    assert loaded.version == 1
+    _set_alias(registry, "m", "production", 3)
+    assert _unversioned(inference, "m") == 3
+    registry.DeleteAlias(registry_pb2.DeleteAliasRequest(model="m", alias="production"))
+    assert _unversioned(inference, "m") == 3  # latest again
+    # A deployment still comes first.
+    _set_alias(registry, "m", "production", 1)
+    registry.Deploy(registry_pb2.DeployRequest(model="m", routes=[registry_pb2.Route(version=2, weight=100)]))
+    assert _unversioned(inference, "m") == 2
 
 
 def test_set_alias_then_predict_is_answered_by_the_new_version_every_time(

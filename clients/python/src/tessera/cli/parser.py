@@ -1040,7 +1040,9 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help=".npz with arrays by input name, or .npy for 'input'; - reads either from stdin",
     )
-    add_version_flags(sub, "default: as the deployment routes, else latest")
+    add_version_flags(
+        sub, "default: as the deployment routes, else the daemon's serving.default_alias, else latest"
+    )
     sub.add_argument(
         "-o",
         "--output",
@@ -1072,7 +1074,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the output index (class) to explain; default: each row's largest output (the daemon address, also --target, goes before the command)",
     )
-    add_version_flags(sub, "default: the lowest the deployment routes to, else latest")
+    add_version_flags(
+        sub,
+        "default: the lowest the deployment routes to, else the daemon's serving.default_alias, else latest",
+    )
     sub.add_argument(
         "--steps",
         type=whole(high=INT32_MAX),
