@@ -560,7 +560,9 @@ class ServingSettings:
         "default model instances per loaded version, running batches in parallel; 0: 2 on a CPU, 1 on a GPU",
     )
     max_batch_size: int = setting(
-        32, parse_number(int, 1, 65536), "default most rows per batch; 1 turns batching off"
+        32,
+        parse_number(int, 1, 65536),
+        "default most rows per batch (a Predict of more runs in slices of this many); 1 turns batching off",
     )
     max_queue_delay_us: int = setting(
         0,

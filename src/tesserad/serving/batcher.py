@@ -1,7 +1,9 @@
 """Dynamic batcher: one queue per loaded version, drained by one worker thread per instance.
 
 - Row-aware: a request carries one or more rows; a batch gathers whole requests up to
-  `max_batch_size` rows (a request larger than that runs alone).
+  `max_batch_size` rows. A request larger than that is queued as slices of at most
+  `max_batch_size` rows (a batch over it could run a GPU out of memory), answered as one request,
+  their outputs joined in order: counted one request, its rows in the batches that ran them.
 - No added delay: a worker takes everything that queued while the model was busy at once
   (with other instances idle, its share, so they run in parallel instead of waiting).
   `max_queue_delay_us` only holds a batch open when the model was idle as its first request
@@ -233,6 +235,25 @@ class BatcherClosed(Exception):
     """The batcher no longer takes requests (swapped out or unloading); route to the current one."""
 
 
+class _Slices:
+    """The slices a request over max_batch_size was queued as, counted as one request: a success
+    with its last slice's answer unless one failed, a failure once, for the first to fail."""
+
+    __slots__ = ("_lock", "failed", "last")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.failed = False
+        self.last: _Request | None = None
+
+    def first_failure(self) -> bool:
+        """True for the first of its slices to fail (or be cancelled)."""
+        with self._lock:
+            first = not self.failed
+            self.failed = True
+        return first
+
+
 class _Request:
     __slots__ = (
         "deadline",
@@ -243,6 +264,7 @@ class _Request:
         "rows",
         "shadow",
         "shape_key",
+        "slices",
         "waits",
         "warmup",
     )
@@ -273,6 +295,13 @@ class _Request:
         # True when the model was idle at arrival: only then may the queue delay hold it.
         self.waits = waits
         self.warmup = warmup
+        # A slice of a request over max_batch_size: the slices it is counted with.
+        self.slices: _Slices | None = None
+
+    @property
+    def counted(self) -> bool:
+        """Whether its answer counts as a request (a slice's rows count, as one request's)."""
+        return self.slices is None or (self.slices.last is self and not self.slices.failed)
 
 
 class DynamicBatcher:
@@ -293,6 +322,9 @@ class DynamicBatcher:
         self.label = label
         self._stats = stats
         self._max_rows = max_batch_size if batchable else 1
+        # The rows a request's slices hold at most: max_batch_size, also once batches of several
+        # requests are off (see _run's check of the answers' rows).
+        self._slice_rows = max_batch_size
         self._batchable = batchable
         self._delay_ns = max_queue_delay_us * 1000
         self._max_queue = max_queue_size
@@ -385,6 +417,8 @@ class DynamicBatcher:
         `warmup`, it runs as any request but is counted nowhere, answered or failed.
         Raises BatcherClosed once closed, ResourceExhausted when full.
         """
+        if self._batchable and rows > self._slice_rows:
+            return self._submit_slices(inputs, output_names, rows, deadline, shadow, hold, warmup)
         with self._lock:
             if self._closed:
                 raise BatcherClosed(self.label)
@@ -418,6 +452,61 @@ class DynamicBatcher:
             self._busy += 1
         self._run_here(runtime, [request])
         return request.future
+
+    def _submit_slices(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str],
+        rows: int,
+        deadline: float | None,
+        shadow: bool,
+        hold: bool,
+        warmup: bool,
+    ) -> Future[Prediction]:
+        """Queue a request of more rows than max_batch_size as slices of at most that many (views
+        of its inputs), never inline; the answer joins theirs in order, or fails as the first of
+        them to fail (the others still run: cancelled from a failure's callback, one would be
+        counted the request's failure before the failure itself). One request for max_queue_size."""
+        size = self._slice_rows
+        names = output_names or self._all_outputs
+        slices = _Slices()
+        waits = self._busy == 0
+        parts = [
+            _Request(
+                {name: array[start : start + size] for name, array in inputs.items()},
+                names,
+                min(size, rows - start),
+                deadline,
+                shadow,
+                waits,
+                warmup,
+                Future(),
+            )
+            for start in range(0, rows, size)
+        ]
+        for part in parts:
+            part.slices = slices
+        slices.last = parts[-1]
+        with self._lock:
+            if self._closed:
+                raise BatcherClosed(self.label)
+            if len(self._queue) >= self._max_queue:
+                self._failed(parts[-1], FailureReason.REJECTED)
+                raise ResourceExhausted(
+                    f"{self.label} has {len(self._queue)} requests queued, its max_queue_size; "
+                    "retry later, or load it with a larger max_queue_size or more instances"
+                )
+            for part in parts:
+                self._queue.append(part)
+                assert isinstance(part.future, Future)
+                part.future.add_done_callback(self._forget_if_cancelled)
+            if hold:
+                self._held_rows += rows
+            else:
+                self._cond.notify_all()
+        answer: Future[Prediction] = Future()
+        _JoinedAnswer(answer, [part.future for part in parts if isinstance(part.future, Future)])
+        return answer
 
     def release(self) -> None:
         """Start what held submissions queued: at once in this thread when the model is idle and
@@ -677,6 +766,8 @@ class DynamicBatcher:
         compute_ns = time.perf_counter_ns() - started
         answered: list[tuple[int, int, int, bool]] = []
         predictions: list[Prediction] = []
+        # Rows of slices that do not count as a request (see _Request.counted): in the batch's rows.
+        slice_rows = 0
         offset = 0
         for request in batch:
             if alone:
@@ -695,12 +786,15 @@ class DynamicBatcher:
                     Prediction, (mine, queue_ns, compute_ns, rows, started, joined, ended, mine_members)
                 )
             )
-            answered.append((queue_ns, ended - request.enqueued_ns, request.rows, request.shadow))
+            if request.counted:
+                answered.append((queue_ns, ended - request.enqueued_ns, request.rows, request.shadow))
+            else:
+                slice_rows += request.rows
         # Counted before answered: a caller that reads the stats after its answer finds it there.
         # A warm-up's batch (an ensemble's, of its sizes, not its requests') teaches the estimates
         # that decide batching and holds nothing either.
         if not warmup:
-            self._stats.record_batch(compute_ns, answered)
+            self._stats.record_batch(compute_ns, answered, slice_rows)
             self._learn(compute_ns / rows, self._cost_now(runtime) - cost_started if measured else None, rows)
         for request, prediction in zip(batch, predictions, strict=True):
             request.future.set_result(prediction)
@@ -726,9 +820,76 @@ class DynamicBatcher:
         self._failed(request, FailureReason.BACKEND)
 
     def _failed(self, request: _Request, reason: FailureReason) -> None:
-        """Count a request the batcher failed, its time from its queueing (a warm-up not)."""
+        """Count a request the batcher failed, its time from its queueing (a warm-up not); a
+        request queued as slices once, for the first of them to fail."""
+        if request.slices is not None and not request.slices.first_failure():
+            return
         if not request.warmup:
             self._stats.record_failure(time.perf_counter_ns() - request.enqueued_ns, request.shadow, reason)
+
+
+class _JoinedAnswer:
+    """Answers `answer` once every slice of its request is answered: their outputs joined in
+    order, or the first failure. `answer` cancelled (its caller went away) cancels the slices."""
+
+    def __init__(self, answer: Future[Prediction], slices: list[Future[Prediction]]) -> None:
+        self._answer = answer
+        self._slices = slices
+        self._lock = threading.Lock()
+        self._left = len(slices)
+        # Set by the one callback that answers (slices end on several workers' threads at once).
+        self._settled = False
+        answer.add_done_callback(self._cancel_slices)
+        for future in slices:
+            future.add_done_callback(self._slice_done)
+
+    def _cancel_slices(self, answer: Future[Prediction]) -> None:
+        if answer.cancelled():
+            for future in self._slices:
+                future.cancel()
+
+    def _slice_done(self, future: Future[Prediction]) -> None:
+        if future.cancelled():
+            error: BaseException | None = Unavailable(
+                "part of this request was cancelled before it ran; retry it"
+            )
+        else:
+            error = future.exception()
+        with self._lock:
+            self._left -= 1
+            if self._settled or (error is None and self._left):
+                return
+            self._settled = True
+        if not self._answer.set_running_or_notify_cancel():
+            return  # its caller went away
+        if error is not None:
+            self._answer.set_exception(error)
+        else:
+            self._answer.set_result(_joined([f.result() for f in self._slices]))
+
+
+def _joined(parts: list[Prediction]) -> Prediction:
+    """One answer of a request's slices' answers, in order: their outputs (and an ensemble's
+    members') joined, their compute times summed, the largest batch one ran in."""
+    first = parts[0]
+    members = tuple(
+        MemberAnswer(
+            member.model,
+            member.version,
+            _joined([part.members[i].prediction for part in parts]),
+        )
+        for i, member in enumerate(first.members)
+    )
+    return Prediction(
+        {name: np.concatenate([part.outputs[name] for part in parts]) for name in first.outputs},
+        first.queue_ns,
+        sum(part.compute_ns for part in parts),
+        max(part.batch_rows for part in parts),
+        min(part.started_ns for part in parts),
+        first.joined_ns,
+        max(part.ended_ns for part in parts),
+        members,
+    )
 
 
 def _follows_rows(outputs: Mapping[str, np.ndarray], names: Sequence[str], rows: int) -> bool:

@@ -334,13 +334,16 @@ class ServingStats:
         self._io_count += 1
         self._io_rows += rows
 
-    def record_batch(self, compute_ns: int, answered: Sequence[tuple[int, int, int, bool]]) -> None:
+    def record_batch(
+        self, compute_ns: int, answered: Sequence[tuple[int, int, int, bool]], slice_rows: int = 0
+    ) -> None:
         """A batch the model ran and the requests it answered, each as (queue ns, total ns, rows,
-        shadow): one lock per batch, taken on the request's path."""
+        shadow), and `slice_rows` rows it ran of requests split in slices whose answers count
+        with another batch's (see DynamicBatcher): one lock per batch, taken on the request's path."""
         now_s = int(time.monotonic())
         # Wall clock: Triton reports the last inference as milliseconds since the epoch.
         wall_ms = int(time.time() * 1000)
-        batch_rows = 0
+        batch_rows = slice_rows
         with self.lock:
             pending = self._pending
             for queue_ns, total_ns, rows, shadow in answered:

@@ -217,7 +217,9 @@ def test_members_loaded_only_for_an_ensemble_whose_load_fails_are_unloaded(clien
     # only for the ensemble, which requests do not load again, and would stay loaded for nothing.
     upload(channel, "a", linear_model(1.0))
     upload(channel, "one", one_row_linear_model())
-    client.inference.load("one", 1, max_batch_size=1)  # its own warm-up: one row at a time
+    # No warm-up of its own, which would fail as the ensemble's does; with max_batch_size 1 the
+    # ensemble's rows would reach it one at a time, and answer.
+    client.inference.load("one", 1, max_batch_size=32, warmup_runs=0)
     client.models.register_ensemble("ens", ["a:1", "one:1"])
     with pytest.raises(tessera.FailedPrecondition, match="warm-up"):
         client.inference.load("ens", 1)

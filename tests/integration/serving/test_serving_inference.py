@@ -193,7 +193,8 @@ def slow_input(rows: int) -> np.ndarray:
 
 
 def test_full_queue_is_resource_exhausted_and_every_accepted_request_answered(inference, channel) -> None:
-    load_slow(inference, channel, max_queue_size=2, max_batch_size=1)
+    # Each request fills a batch: none batches with another.
+    load_slow(inference, channel, max_queue_size=2, max_batch_size=64)
     # 64-row requests take milliseconds each, so a burst overflows the queue of two.
     futures = [inference.Predict.future(predict_request("slow", slow_input(64))) for _ in range(24)]
     codes = Counter()

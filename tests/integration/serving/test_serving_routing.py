@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from serving_models import W, linear_model, predict_request, to_array, upload
+from serving_models import W, linear_model, predict_request, tensor, to_array, upload
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tesserad.oip import grpc_service_pb2 as oip_pb
@@ -136,3 +136,20 @@ def test_deploy_and_rollback_are_routed_by_as_soon_as_they_return(inference, reg
         # Rolled back to no deployment, requests go to the latest version.
         expected = restored[0].resolved_version if restored else 2
         assert _unversioned(inference, "m") == expected, f"round {i}"
+
+
+def test_predict_over_max_batch_size_runs_in_batches_of_at_most_that_many_rows(
+    inference, channel, oip
+) -> None:
+    upload(channel, "m", linear_model(1.0))
+    target = common_pb2.VersionRef(model="m", version=1)
+    inference.LoadModel(
+        inference_pb2.LoadModelRequest(target=target, config=inference_pb2.ServingConfig(max_batch_size=16))
+    )
+    rows = np.arange(37 * 4, dtype=np.float32).reshape(37, 4)
+    response = inference.Predict(inference_pb2.PredictRequest(target=target, inputs=[tensor("x", rows)]))
+    np.testing.assert_allclose(to_array(response.outputs[0]), rows @ W, rtol=1e-6)
+    assert response.batch_rows <= 16
+    (stats,) = inference.GetStats(inference_pb2.GetStatsRequest(target=target)).stats
+    assert (stats.request_count, stats.error_count, stats.row_count) == (1, 0, 37)
+    assert {b.rows: b.count for b in stats.batch_sizes} == {16: 2, 5: 1}

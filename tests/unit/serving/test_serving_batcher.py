@@ -153,8 +153,30 @@ def test_batches_hold_at_most_max_batch_size_rows() -> None:
     runtime.gate.set()
     for future in futures:
         future.result(10)
-    # 3 | 2+2 | 6 alone (larger than a batch, it runs by itself)
-    assert runtime.batches == [1, 3, 4, 6]
+    # 3 | 2+2 | 6, larger than a batch, in slices of 4 and 2
+    assert runtime.batches == [1, 3, 4, 4, 2]
+    np.testing.assert_array_equal(futures[3].result().outputs["y"], rows(6)["x"] * 2)
+    batcher.close(5)
+
+
+def test_a_request_over_max_batch_size_runs_in_slices_answered_in_order_and_counted_once() -> None:
+    runtime = GatedRuntime()
+    runtime.gate.set()
+    stats = ServingStats("m", 1, None)
+    batcher = make_batcher(runtime, stats, max_batch_size=4)
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    answer = batcher.submit({"x": x}, ["y"], 10).result(10)
+    np.testing.assert_array_equal(answer.outputs["y"], x * 2)
+    assert runtime.batches == [4, 4, 2] and answer.batch_rows == 4
+    snapshot = stats.snapshot(reset=True)
+    assert (snapshot.request_count, snapshot.error_count, snapshot.row_count) == (1, 0, 10)
+    assert {size: n for size, (n, _) in snapshot.batches.items()} == {4: 2, 2: 1}
+    # A slice that fails fails the request, counted once.
+    x[5] = -1
+    with pytest.raises(InvalidArgument, match="negative input"):
+        batcher.submit({"x": x}, ["y"], 10).result(10)
+    snapshot = stats.snapshot()
+    assert (snapshot.request_count, snapshot.error_count) == (1, 1)
     batcher.close(5)
 
 
