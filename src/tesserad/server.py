@@ -93,6 +93,8 @@ from tesserad.replica import changes as replica_changes
 from tesserad.replica.blob_cache import BlobCache
 from tesserad.replica.changes import ChangeFeed
 from tesserad.replica.followed import FollowedRegistry, FollowedVersion
+from tesserad.replica.link import PrimaryLink
+from tesserad.replica.prometheus import ReplicaMetrics
 from tesserad.replica.refusals import ReplicaRefusals
 from tesserad.runtime_env import worker_environment
 from tesserad.serving.open_inference import OIP_NAME_BY_DTYPE, OpenInference
@@ -863,8 +865,10 @@ class Daemon:
                 await health_servicer.set(name, status)
 
         advertise = settings.replica.advertise or self.address
+        link = PrimaryLink()
+        ReplicaMetrics(link, followed, self.metrics.registry)
         self._follower = Follower(
-            settings.replica, followed, self.inference, advertise, set_ready, credentials is not None
+            settings.replica, followed, self.inference, advertise, set_ready, credentials is not None, link
         )
         await server.start()
         self._following = asyncio.create_task(self._follower.run())

@@ -48,6 +48,7 @@ from tesserad.api.tls import (
 from tesserad.config import ReplicaSettings
 from tesserad.errors import DataLoss, FailedPrecondition, Lasting, NotFound, TesseraError, Unavailable
 from tesserad.replica.followed import FollowedModel, FollowedRegistry, FollowedVersion
+from tesserad.replica.link import PrimaryLink
 from tesserad.replica.refusals import REPLICA_HEADER
 from tesserad.security.key_files import KeyFileModeError, check_key_file_mode
 from tesserad.serving.registry_source import serving_signature
@@ -355,9 +356,11 @@ class Follower:
         advertise: str,
         set_ready: Callable[[bool], Awaitable[None]],
         serves_tls: bool,
+        link: PrimaryLink,
     ) -> None:
         """`advertise`: the address this replica announces to its primary, `serves_tls` whether
-        it serves TLS there (the primary asks it for statistics in the matching transport)."""
+        it serves TLS there (the primary asks it for statistics in the matching transport);
+        `link`: where the stream's state is noted for /metrics."""
         tls = None
         if settings.uses_tls:
             tls = TLS(
@@ -381,6 +384,10 @@ class Follower:
         self._set_ready = set_ready
         self._ready = False
         self._connected = False  # the current stream has delivered something
+        self._link = link
+        # Following failed for a cause of the replica's own (logged with its traceback): the next
+        # stream that answers says that it follows again.
+        self._failed = False
         # When the primary was lost (time.monotonic), while it stays away, and when that was
         # last logged at WARNING.
         self._lost_at: float | None = None
@@ -477,6 +484,7 @@ class Follower:
                     },
                 )
                 self._followed.restart()
+                self._link.restarted()
             except sdk_errors.FailedPrecondition as exc:
                 if from_seq > 1:
                     self._answered()
@@ -485,6 +493,7 @@ class Follower:
                         extra={"primary": self.primary, "reason": exc.daemon_message},
                     )
                     self._followed.restart()
+                    self._link.restarted()
                 else:  # no registry of changes to follow there (a replica, say)
                     refused = True
                     self._refused(exc)
@@ -500,6 +509,7 @@ class Follower:
                 self._lost(exc.message)
             except Exception:  # keep following whatever one change did; the log has it
                 log.exception("following the primary failed; reconnecting", extra={"primary": self.primary})
+                self._failed = True
             if self._connected:  # a stream that worked: retry soon
                 delay = RECONNECT_FIRST_S
             if not refused:
@@ -541,6 +551,18 @@ class Follower:
             )
             self._lost_at = None
 
+    def _followed_again(self) -> None:
+        """The watch answered with a change or its catch-up: a refusal or a failure of this
+        replica's own before is over, said once (a loss is, by _answered)."""
+        if self._followed.refused is not None:
+            log.info("the primary accepts this replica again; following it", extra={"primary": self.primary})
+            self._followed.refused = None
+        if self._failed:
+            log.info(
+                "following the primary again after the failure logged before", extra={"primary": self.primary}
+            )
+            self._failed = False
+
     def _refused(self, exc: sdk_errors.TesseraError) -> None:
         """The primary refused the watch for a cause only a fix there cures: said once per
         cause in the log, and to callers asking for what this replica does not hold."""
@@ -565,47 +587,55 @@ class Follower:
         request = pb.WatchChangesRequest(
             from_seq=from_seq, replica_address=self._advertise, replica_transport=self._transport
         )
-        async for response in self._watch.server_stream("Registry", "WatchChanges", request, None):
-            self._connected = True
-            self._answered()
-            self._followed.refused = None
-            self._wake.clear()  # a SIGHUP while connected asks nothing of the next reconnect
-            followed = self._followed.store_incarnation
-            if not self._followed.same_store(response.store_incarnation):
-                raise _StoreReplaced(followed, response.store_incarnation)
-            if response.HasField("change"):
-                change = response.change
-                state = followed_model(change.state) if change.HasField("state") else None
-                created = pb.CHANGE_KIND_MODEL_CREATED in change.kinds
-                before = self._followed.apply(change.seq, change.model, state, created)
-                if state is not None and state.deployment_warnings and state.deployment_warnings != before:
-                    # Requests follow the deployment all the same; a replica's operator, who has
-                    # no GetDeployment here, reads why in its log.
-                    log.warning(
-                        "the primary's deployment of a model warns of what it routes to",
-                        extra={
-                            "model": change.model,
-                            "revision": change.state.deployment.revision,
-                            "warnings": list(state.deployment_warnings),
-                        },
-                    )
-                self._inference.on_registry_change(change.model)
-                continue
-            # Every model of the primary's was given: what this replica held beyond them goes.
-            for model in self._followed.drop_unconfirmed():
-                self._inference.on_registry_change(model)
-            if self._ready:
-                # Back after losing the primary: what failed to load meanwhile is tried again
-                # now, what it refused too (a primary restarted may have been repaired).
-                await asyncio.to_thread(self._inference.retry_failed_loads, True)
-            else:
-                await asyncio.to_thread(self._load_deployments)
-                self._ready = True
-                await self._set_ready(True)
-                log.info(
-                    "replica caught up with the primary",
-                    extra={"primary": self.primary, "seq": response.caught_up.seq},
+        try:
+            async for response in self._watch.server_stream("Registry", "WatchChanges", request, None):
+                await self._on_answer(response)
+        finally:
+            self._link.closed()
+
+    async def _on_answer(self, response: pb.WatchChangesResponse) -> None:
+        """One answer of the watch: a change applied, or the replay caught up."""
+        self._connected = True
+        self._answered()
+        self._followed_again()
+        self._wake.clear()  # a SIGHUP while connected asks nothing of the next reconnect
+        followed = self._followed.store_incarnation
+        if not self._followed.same_store(response.store_incarnation):
+            raise _StoreReplaced(followed, response.store_incarnation)
+        self._link.answered(response.change.seq if response.HasField("change") else response.caught_up.seq)
+        if response.HasField("change"):
+            change = response.change
+            state = followed_model(change.state) if change.HasField("state") else None
+            created = pb.CHANGE_KIND_MODEL_CREATED in change.kinds
+            before = self._followed.apply(change.seq, change.model, state, created)
+            if state is not None and state.deployment_warnings and state.deployment_warnings != before:
+                # Requests follow the deployment all the same; a replica's operator, who has
+                # no GetDeployment here, reads why in its log.
+                log.warning(
+                    "the primary's deployment of a model warns of what it routes to",
+                    extra={
+                        "model": change.model,
+                        "revision": change.state.deployment.revision,
+                        "warnings": list(state.deployment_warnings),
+                    },
                 )
+            self._inference.on_registry_change(change.model)
+            return
+        # Every model of the primary's was given: what this replica held beyond them goes.
+        for model in self._followed.drop_unconfirmed():
+            self._inference.on_registry_change(model)
+        if self._ready:
+            # Back after losing the primary: what failed to load meanwhile is tried again
+            # now, what it refused too (a primary restarted may have been repaired).
+            await asyncio.to_thread(self._inference.retry_failed_loads, True)
+        else:
+            await asyncio.to_thread(self._load_deployments)
+            self._ready = True
+            await self._set_ready(True)
+            log.info(
+                "replica caught up with the primary",
+                extra={"primary": self.primary, "seq": response.caught_up.seq},
+            )
 
     async def _retry_failed_loads(self) -> None:
         """While connected, try again the loads that failed because the primary could not be

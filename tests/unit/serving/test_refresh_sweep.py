@@ -19,6 +19,7 @@ from tesserad.api import follow
 from tesserad.api.follow import Follower
 from tesserad.config import ReplicaSettings
 from tesserad.errors import Unavailable
+from tesserad.replica.link import PrimaryLink
 from tesserad.serving.pool import (
     LoadState,
     ModelPool,
@@ -111,7 +112,7 @@ def test_a_replicas_retry_of_failed_loads_that_raised_retries_again(
     async def retry() -> None:
         # The primary is never called: the retries only run the service's own.
         follower = Follower(
-            ReplicaSettings(primary="127.0.0.1:1"), None, service, "127.0.0.1:2", ready, False
+            ReplicaSettings(primary="127.0.0.1:1"), None, service, "127.0.0.1:2", ready, False, PrimaryLink()
         )  # type: ignore[arg-type]
         follower._connected = True
         retrying = asyncio.create_task(follower._retry_failed_loads())

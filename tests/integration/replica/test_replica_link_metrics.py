@@ -1,0 +1,112 @@
+"""A replica stays ready when its primary refuses it, serving the routing it holds: its /metrics
+says so (tessera_replica_*), so that an alert can, and its log says once when it follows again."""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from prometheus_client.parser import text_string_to_metric_families
+from serving_models import linear_model, upload
+from test_replica_tokens import _Bearer, wait_for
+from test_replicas import eventually, serving_status
+
+from tesserad.api import follow
+from tesserad.security import Role, hash_token, new_token
+from tesserad.security.tokens import format_entry
+from tests.conftest import InProcessDaemon, daemon_settings
+
+
+def replica_gauges(daemon: InProcessDaemon) -> dict[str, float]:
+    url = f"http://127.0.0.1:{daemon.daemon.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("tessera_replica_")
+    }
+
+
+def test_a_refused_replica_says_so_on_its_metrics_and_logs_once_that_it_follows_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin, replica_token = new_token(), new_token()
+    tokens_file = tmp_path / "tokens.toml"
+    admin_entry = format_entry("admin", Role.ADMIN, hash_token(admin))
+    replica_entry = format_entry("replica", Role.READER, hash_token(replica_token))
+    tokens_file.write_text(admin_entry + replica_entry)
+    (tmp_path / "replica-token").write_text(replica_token + "\n")
+    caplog.set_level(logging.INFO, logger=follow.__name__)
+    primary = InProcessDaemon(
+        daemon_settings(tmp_path / "primary", **{"security.tokens_file": str(tokens_file)})
+    ).start()
+    replica = None
+    try:
+        admin_channel = grpc.intercept_channel(primary.channel(), _Bearer(admin))
+        upload(admin_channel, "linear", linear_model(1.0))
+        replica = InProcessDaemon(
+            daemon_settings(
+                tmp_path / "replica",
+                **{"replica.primary": primary.target, "replica.token_file": str(tmp_path / "replica-token")},
+            )
+        ).start()
+        channel = replica.channel()
+        wait_for(health_pb2.HealthCheckResponse.SERVING, channel)
+        before = time.time()
+        following = replica_gauges(replica)
+        assert following["tessera_replica_connected"] == 1
+        assert following["tessera_replica_refused"] == 0
+        applied = following["tessera_replica_applied_change"]
+        assert applied > 0 and following["tessera_replica_primary_change"] == applied
+        assert following["tessera_replica_last_contact_timestamp_seconds"] >= before
+
+        # The operator removes the replica's token at the primary: its watch ends, refused.
+        tokens_file.write_text(admin_entry)
+        primary.run(primary.daemon.reload())
+
+        def refused() -> dict[str, float]:
+            gauges = replica_gauges(replica)
+            assert gauges["tessera_replica_connected"] == 0 and gauges["tessera_replica_refused"] == 1
+            return gauges
+
+        cut_off = eventually(refused, timeout=60)
+        upload(admin_channel, "linear", linear_model(2.0))
+        # Ready still (it serves what it holds), at the change it last applied, since the stream
+        # was last open: the figures an alert on staleness reads.
+        assert serving_status(channel) == health_pb2.HealthCheckResponse.SERVING
+        assert cut_off["tessera_replica_applied_change"] == applied
+        assert 0 < cut_off["tessera_replica_last_contact_timestamp_seconds"] < time.time()
+        assert replica_gauges(replica) == cut_off
+        assert "the primary refused this replica" in [
+            r.getMessage() for r in caplog.records if r.levelno == logging.ERROR
+        ]
+
+        # The token is given back, and the replica told at once (SIGHUP): it follows again.
+        tokens_file.write_text(admin_entry + replica_entry)
+        primary.run(primary.daemon.reload())
+        replica.run(replica.daemon.reload())
+
+        def followed_again() -> dict[str, float]:
+            gauges = replica_gauges(replica)
+            assert gauges["tessera_replica_connected"] == 1 and gauges["tessera_replica_refused"] == 0
+            assert gauges["tessera_replica_applied_change"] > applied
+            assert gauges["tessera_replica_primary_change"] == gauges["tessera_replica_applied_change"]
+            return gauges
+
+        eventually(followed_again, timeout=60)
+        said = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == follow.__name__ and r.levelno == logging.INFO and r.__dict__.get("primary")
+        ]
+        assert said.count("the primary accepts this replica again; following it") == 1
+    finally:
+        if replica is not None:
+            replica.stop()
+        primary.stop()
