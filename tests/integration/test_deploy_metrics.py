@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tesserad.api.errors import STATUS_BY_ERROR
 from tesserad.dashboard.server import HTTP_STATUS_BY_ERROR
+from tests.conftest import InProcessDaemon, daemon_settings
 
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 # Labels Prometheus adds to every series it scrapes.
@@ -70,11 +71,20 @@ def test_the_http_alert_takes_the_failures_the_grpc_alert_takes_and_no_others():
     assert http_codes.fullmatch("500")
 
 
-def test_every_metric_and_label_the_alerts_use_is_in_a_real_scrape(daemon, channel):
+def test_every_metric_and_label_the_alerts_use_is_in_a_real_scrape(daemon, channel, tmp_path):
     # A finished call and an answered HTTP request, so that the per-call and per-request series exist.
     health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     urllib.request.urlopen(f"http://127.0.0.1:{daemon.daemon.http_port}/api/v1/jobs", timeout=10).read()
     series = scraped_series(f"http://127.0.0.1:{daemon.daemon.metrics_port}/metrics")
+    # The replica alerts' series are a replica's only.
+    replica = InProcessDaemon(
+        daemon_settings(tmp_path / "replica", **{"replica.primary": daemon.target})
+    ).start()
+    try:
+        for name, labels in scraped_series(f"http://127.0.0.1:{replica.daemon.metrics_port}/metrics").items():
+            series.setdefault(name, set()).update(labels)
+    finally:
+        replica.stop()
     rules = [rule for group in load_yaml(PROMETHEUS / "alerts.yml")["groups"] for rule in group["rules"]]
     assert rules
     wrong = []
