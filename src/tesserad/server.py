@@ -60,7 +60,7 @@ from tesserad.api.interceptors import CallInterceptor, ServerInterceptor
 from tesserad.api.oip import OipServicer
 from tesserad.api.oip_http import OipHttpServer
 from tesserad.api.registry import RegistryServicer
-from tesserad.api.system import SystemServicer
+from tesserad.api.system import SystemServicer, server_info_handler
 from tesserad.api.tls import (
     CertificateError,
     ServerCertificates,
@@ -93,7 +93,7 @@ from tesserad.replica import changes as replica_changes
 from tesserad.replica.blob_cache import BlobCache
 from tesserad.replica.changes import ChangeFeed
 from tesserad.replica.followed import FollowedRegistry, FollowedVersion
-from tesserad.replica.link import PrimaryLink
+from tesserad.replica.link import PrimaryLink, replica_replication
 from tesserad.replica.prometheus import ReplicaMetrics
 from tesserad.replica.refusals import ReplicaRefusals
 from tesserad.runtime_env import worker_environment
@@ -107,7 +107,7 @@ from tesserad.store import BlobStore, DataDirLock, Key, Store
 from tesserad.store.prometheus import StoreMetrics
 from tesserad.store.schema import open_for_writing, refuse_newer
 from tesserad.store.space import space_checked
-from tesserad.system import SystemService
+from tesserad.system import Replication, SystemService
 from tesserad.tasks import cancel_and_wait, end_background_task
 from tesserad.training import artifacts as training_artifacts
 from tesserad.training import events as training_events
@@ -409,7 +409,9 @@ class Daemon:
 
         server, calls = self._new_server(auth, RefusalNotes(refusals))
         routes = _Routes(server)
-        system = SystemService(data_dir, self._store, blobs, self._gpus, self.service_names)
+        system = SystemService(
+            data_dir, self._store, blobs.usage, self._gpus, self.service_names, self._primary_replication
+        )
         limits = settings.limits
         self._backups = Backups(self._store, blobs, __version__, limits.backup_stall_timeout_s)
         _register(
@@ -867,6 +869,19 @@ class Daemon:
         advertise = settings.replica.advertise or self.address
         link = PrimaryLink()
         ReplicaMetrics(link, followed, self.metrics.registry)
+        self._gpus = Gpus()
+        system = SystemService(
+            settings.data_dir,
+            None,
+            lambda: cache.used_bytes,
+            self._gpus,
+            serving[1:],
+            lambda: replica_replication(primary, link, followed),
+        )
+        # Before the refusing handlers: routes is the server's first generic handler.
+        routes.add_registered_method_handlers(
+            "tessera.v1.System", {"GetServerInfo": server_info_handler(system)}
+        )
         self._follower = Follower(
             settings.replica, followed, self.inference, advertise, set_ready, credentials is not None, link
         )
@@ -887,6 +902,15 @@ class Daemon:
                 "tls": "mutual" if settings.security.tls_client_ca_file else bool(credentials),
                 "tokens": len(auth.token_holders) if settings.security.tokens_file else "off",
             },
+        )
+
+    def _primary_replication(self) -> Replication:
+        """A primary routes by its registry's newest change (0 until the change feed is up)."""
+        changes = self._changes
+        if changes is None:
+            return Replication(role="primary", applied_change=0, store_incarnation="")
+        return Replication(
+            role="primary", applied_change=changes.newest_seq(), store_incarnation=changes.store_incarnation
         )
 
     def _follower_download(self, model: str, version: int, sha256: str) -> Iterator[bytes]:

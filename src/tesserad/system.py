@@ -1,4 +1,5 @@
-"""The daemon's facts about itself: version, uptime, devices, data directory usage."""
+"""The daemon's facts about itself: version, uptime, devices, data directory usage, its place in
+replication."""
 
 from __future__ import annotations
 
@@ -7,15 +8,16 @@ import platform
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from tesserad import __version__
 from tesserad.host import CpuInfo, GpuInfo, Gpus, UsageSampler, cpu_info
-from tesserad.store import BlobStore, Store
+from tesserad.store import Store
 from tesserad.training.ray_cluster import ClusterStatus
 
 
@@ -27,6 +29,22 @@ class DataDirUsage:
     blob_bytes: int
     fs_free_bytes: int
     fs_total_bytes: int
+
+
+@dataclass(frozen=True)
+class Replication:
+    """Which registry change the daemon routes requests by (`applied_change`): a primary's
+    newest, or the last a replica applied. The rest is a replica's link to its `primary` (see
+    tesserad.replica.link): empty, False, 0 on a primary."""
+
+    role: Literal["primary", "replica"]
+    applied_change: int
+    store_incarnation: str
+    primary: str = ""
+    connected: bool = False
+    refusal: str = ""  # why the primary refuses this replica, while it does
+    primary_change: int = 0
+    last_contact: float = 0.0  # seconds since the epoch; 0.0 before the stream was ever open
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,7 @@ class ServerFacts:
     pid: int
     runtime_versions: dict[str, str]
     cluster: ClusterStatus | None
+    replication: Replication
 
 
 @cache
@@ -65,11 +84,20 @@ class ClusterSource(Protocol):
 
 class SystemService:
     def __init__(
-        self, data_dir: Path, store: Store, blobs: BlobStore, gpus: Gpus, services: list[str]
+        self,
+        data_dir: Path,
+        store: Store | None,
+        blob_bytes: Callable[[], int],
+        gpus: Gpus,
+        services: list[str],
+        replication: Callable[[], Replication],
     ) -> None:
+        """`store`: None on a replica, which holds none; `blob_bytes`: the bytes of the blobs
+        held (a replica's: its cache's)."""
         self._data_dir = data_dir
         self._store = store
-        self._blobs = blobs
+        self._blob_bytes = blob_bytes
+        self._replication = replication
         self._gpus = gpus
         self._services = services
         self._started_wall = time.time()
@@ -85,7 +113,7 @@ class SystemService:
         return self._cluster.status() if self._cluster is not None else None
 
     def facts(self) -> ServerFacts:
-        store_usage = self._store.usage()
+        store_usage = self._store.usage() if self._store is not None else None
         disk = shutil.disk_usage(self._data_dir)
 
         return ServerFacts(
@@ -96,9 +124,9 @@ class SystemService:
             gpus=self._gpus.info(),
             data_dir=DataDirUsage(
                 path=str(self._data_dir.resolve()),
-                store_bytes=store_usage.file_bytes,
-                store_map_size_bytes=store_usage.map_size,
-                blob_bytes=self._blobs.usage(),
+                store_bytes=store_usage.file_bytes if store_usage is not None else 0,
+                store_map_size_bytes=store_usage.map_size if store_usage is not None else 0,
+                blob_bytes=self._blob_bytes(),
                 fs_free_bytes=disk.free,
                 fs_total_bytes=disk.total,
             ),
@@ -107,6 +135,7 @@ class SystemService:
             pid=os.getpid(),
             runtime_versions=_runtime_versions(),
             cluster=self.cluster(),
+            replication=self._replication(),
         )
 
     def sampler(self) -> UsageSampler:

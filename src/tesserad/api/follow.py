@@ -1,7 +1,8 @@
 """A serving replica's link to its primary: follows Registry.WatchChanges into the followed
 registry, fetches the versions the feed does not carry (Registry.GetVersion) and downloads
 artifacts for the blob cache, and answers the RPCs a replica does not
-serve (registry, datasets, training, system) with FAILED_PRECONDITION naming the primary.
+serve (registry, datasets, training, system but GetServerInfo) with FAILED_PRECONDITION naming
+the primary.
 
 Readiness: the replica reports NOT_SERVING (gRPC health) until it has caught up with the
 primary and loaded every deployed model's versions. When the primary goes away the replica

@@ -14,7 +14,7 @@ from tesserad.api.transfers import chunk_size
 from tesserad.backup import Backups
 from tesserad.errors import InvalidArgument, Unavailable
 from tesserad.host import HostSample
-from tesserad.system import ServerFacts, SystemService
+from tesserad.system import Replication, ServerFacts, SystemService
 from tesserad.training.ray_cluster import ClusterStatus
 
 MIN_INTERVAL_MS = 100
@@ -101,6 +101,25 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
                     yield pb.BackupChunk(data=data, archive_size=backup.archive_size)
 
 
+def server_info_handler(
+    system: SystemService,
+) -> grpc.RpcMethodHandler[pb.GetServerInfoRequest, pb.ServerInfo]:
+    """GetServerInfo alone, as a serving replica answers it: the rest of System (resource use
+    over time, backups) is its primary's."""
+
+    async def get_server_info(
+        request: pb.GetServerInfoRequest,
+        context: grpc.aio.ServicerContext[pb.GetServerInfoRequest, pb.ServerInfo],
+    ) -> pb.ServerInfo:
+        return server_info_to_proto(await asyncio.to_thread(system.facts))
+
+    return grpc.unary_unary_rpc_method_handler(
+        get_server_info,
+        request_deserializer=pb.GetServerInfoRequest.FromString,
+        response_serializer=pb.ServerInfo.SerializeToString,
+    )
+
+
 async def _stopped_within(stopping: asyncio.Event, seconds: float) -> bool:
     try:
         await asyncio.wait_for(stopping.wait(), seconds)
@@ -142,6 +161,24 @@ def server_info_to_proto(facts: ServerFacts) -> pb.ServerInfo:
         pid=facts.pid,
         runtime_versions=facts.runtime_versions,
         training_cluster=cluster_to_proto(facts.cluster) if facts.cluster is not None else None,
+        replication=replication_to_proto(facts.replication),
+    )
+
+
+_ROLES = {"primary": pb.REPLICATION_ROLE_PRIMARY, "replica": pb.REPLICATION_ROLE_REPLICA}
+
+
+def replication_to_proto(replication: Replication) -> pb.Replication:
+    return pb.Replication(
+        role=_ROLES[replication.role],
+        primary=replication.primary,
+        connected=replication.connected,
+        refused=bool(replication.refusal),
+        refusal=replication.refusal,
+        applied_change=replication.applied_change,
+        primary_change=replication.primary_change,
+        store_incarnation=replication.store_incarnation,
+        last_contact=timestamp(replication.last_contact) if replication.last_contact else None,
     )
 
 

@@ -392,6 +392,10 @@ class ChangeFeed:
             self.on_change(name)
         self._thread.start()
 
+    def newest_seq(self) -> int:
+        """The number of the newest change recorded (0: none yet)."""
+        return self._log.last_seq(_CHANNEL)
+
     def on_change(self, model: str) -> None:
         with self._cond:
             self._pending[model] = None

@@ -10,6 +10,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tesserad.replica.followed import FollowedRegistry
+from tesserad.system import Replication
+
 
 @dataclass(frozen=True)
 class LinkState:
@@ -56,3 +59,19 @@ class PrimaryLink:
         with self._lock:
             last_contact = self._wall_clock() if self._connected else self._last_contact
             return LinkState(self._connected, self._primary_change, last_contact)
+
+
+def replica_replication(primary: str, link: PrimaryLink, followed: FollowedRegistry) -> Replication:
+    """A replica's place in replication, for its server facts (GetServerInfo)."""
+    state = link.state()
+    refused = followed.refused
+    return Replication(
+        role="replica",
+        applied_change=followed.seq,
+        store_incarnation=followed.store_incarnation,
+        primary=primary,
+        connected=state.connected,
+        refusal=refused.message if refused is not None else "",
+        primary_change=state.primary_change,
+        last_contact=state.last_contact,
+    )

@@ -44,8 +44,10 @@ def assert_failed_cleanly(result, code_name: str, *words: str) -> None:
 def test_info_table_and_json(tessera_cli):
     table = tessera_cli("info")
     assert table.code == 0 and "tesserad" in table.out and "cpu" in table.out
+    assert "role primary: routes by change 0, store " in table.out
     info = tessera_cli("--json", "info").json()
     assert "tessera.v1.System" in info["services"]
+    assert info["replication"]["role"] == "primary"
 
 
 def test_an_unreachable_daemon_fails_with_a_message(tessera_cli):

@@ -1,8 +1,10 @@
 """A replica stays ready when its primary refuses it, serving the routing it holds: its /metrics
-says so (tessera_replica_*), so that an alert can, and its log says once when it follows again."""
+says so (tessera_replica_*), so that an alert can, its GetServerInfo (and `tessera info`) says
+which change it routes by, and its log says once when it follows again."""
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 import urllib.request
@@ -12,10 +14,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
 from serving_models import linear_model, upload
-from test_replica_tokens import _Bearer, wait_for
+from test_replica_tokens import _Bearer, bearer, wait_for
 from test_replicas import eventually, serving_status
 
+from tessera.cli import main as cli_main
+from tessera.v1 import system_pb2, system_pb2_grpc
 from tesserad.api import follow
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
@@ -31,6 +36,20 @@ def replica_gauges(daemon: InProcessDaemon) -> dict[str, float]:
         for sample in family.samples
         if sample.name.startswith("tessera_replica_")
     }
+
+
+def replication(daemon: InProcessDaemon, token: str = "") -> system_pb2.Replication:
+    info = system_pb2_grpc.SystemStub(daemon.channel()).GetServerInfo(
+        system_pb2.GetServerInfoRequest(), metadata=bearer(token) if token else None, timeout=10
+    )
+    return info.replication
+
+
+def info_shown(target: str) -> str:
+    screen = io.StringIO()
+    console = Console(file=screen, width=400, force_terminal=False, color_system=None)
+    assert cli_main(["--target", target, "info"], console=console) == 0
+    return screen.getvalue()
 
 
 def test_a_refused_replica_says_so_on_its_metrics_and_logs_once_that_it_follows_again(
@@ -65,6 +84,15 @@ def test_a_refused_replica_says_so_on_its_metrics_and_logs_once_that_it_follows_
         applied = following["tessera_replica_applied_change"]
         assert applied > 0 and following["tessera_replica_primary_change"] == applied
         assert following["tessera_replica_last_contact_timestamp_seconds"] >= before
+        at_primary = replication(primary, admin)
+        assert at_primary.role == system_pb2.REPLICATION_ROLE_PRIMARY
+        assert at_primary.applied_change == applied and at_primary.store_incarnation
+        told = replication(replica)
+        assert told.role == system_pb2.REPLICATION_ROLE_REPLICA
+        assert (told.primary, told.connected, told.refused) == (primary.target, True, False)
+        assert (told.applied_change, told.primary_change) == (applied, applied)
+        assert told.store_incarnation == at_primary.store_incarnation
+        assert told.last_contact.seconds >= int(before)
 
         # The operator removes the replica's token at the primary: its watch ends, refused.
         tokens_file.write_text(admin_entry)
@@ -83,6 +111,14 @@ def test_a_refused_replica_says_so_on_its_metrics_and_logs_once_that_it_follows_
         assert cut_off["tessera_replica_applied_change"] == applied
         assert 0 < cut_off["tessera_replica_last_contact_timestamp_seconds"] < time.time()
         assert replica_gauges(replica) == cut_off
+        # Which change it routes by, beside the primary's: an operator can tell without a request.
+        told = replication(replica)
+        assert (told.connected, told.refused, told.applied_change) == (False, True, applied)
+        assert "the primary refused this replica's token (replica.token_file)" in told.refusal
+        assert replication(primary, admin).applied_change > applied
+        shown = info_shown(replica.target)
+        assert f"role replica of {primary.target}, refused by the primary: " in shown
+        assert f"routes by change {applied:.0f} (the primary's newest it knows: {applied:.0f})" in shown
         assert "the primary refused this replica" in [
             r.getMessage() for r in caplog.records if r.levelno == logging.ERROR
         ]
@@ -99,7 +135,9 @@ def test_a_refused_replica_says_so_on_its_metrics_and_logs_once_that_it_follows_
             assert gauges["tessera_replica_primary_change"] == gauges["tessera_replica_applied_change"]
             return gauges
 
-        eventually(followed_again, timeout=60)
+        again = eventually(followed_again, timeout=60)
+        assert replication(replica).applied_change == again["tessera_replica_applied_change"]
+        assert replication(primary, admin).applied_change == again["tessera_replica_applied_change"]
         said = [
             r.getMessage()
             for r in caplog.records

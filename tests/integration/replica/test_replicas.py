@@ -142,8 +142,13 @@ def test_replicas_serve_what_the_primary_deployed_and_refuse_registry_calls(clus
             registry_pb2_grpc.RegistryStub(channel).ListModels(registry_pb2.ListModelsRequest())
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert f"call the primary at 127.0.0.1:{cluster.primary_port}" in refused.value.details()
+        # Its facts it answers itself, with which change of the primary's registry it routes by.
+        system = system_pb2_grpc.SystemStub(channel)
+        replication = system.GetServerInfo(system_pb2.GetServerInfoRequest(), timeout=10).replication
+        assert replication.role == system_pb2.REPLICATION_ROLE_REPLICA
+        assert replication.primary == f"127.0.0.1:{cluster.primary_port}"
         with pytest.raises(grpc.RpcError) as refused:
-            system_pb2_grpc.SystemStub(channel).GetServerInfo(system_pb2.GetServerInfoRequest())
+            next(system.WatchSystem(system_pb2.WatchSystemRequest(max_samples=1), timeout=10))
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 

@@ -289,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
         return sub
 
-    command(commands, "info", cmd_info, "show the daemon's version, devices and data directory")
+    command(
+        commands, "info", cmd_info, "show the daemon's version, devices, data directory and replication role"
+    )
 
     models = group(
         commands,

@@ -11,13 +11,14 @@ from typing import Any, BinaryIO
 
 from tessera.backup import Manifest, SavedBackup
 from tessera.cli.arguments import UsageError
-from tessera.cli.output import Output, close_output, size
+from tessera.cli.output import Output, close_output, size, when
 from tessera.client import Client
 from tessera.demo import run_demo
 from tessera.errors import TesseraError
 from tessera.json_output import dumps
 from tessera.messages import counted
 from tessera.progress_line import ProgressLine, byte_size, progress_wanted
+from tessera.v1 import system_pb2 as pb
 
 
 def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -32,9 +33,31 @@ def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
         whole=("id", "name"),
     )
     usage = info.data_dir
-    out.line(
-        f"data {usage.path}: store {byte_size(usage.store_bytes)} of {byte_size(usage.store_map_size_bytes)}, "
-        f"blobs {byte_size(usage.blob_bytes)}, {byte_size(usage.fs_free_bytes)} free"
+    replica = info.replication.role == pb.REPLICATION_ROLE_REPLICA
+    held = (
+        f"cache {byte_size(usage.blob_bytes)}"
+        if replica
+        else f"store {byte_size(usage.store_bytes)} of {byte_size(usage.store_map_size_bytes)}, "
+        f"blobs {byte_size(usage.blob_bytes)}"
+    )
+    out.line(f"data {usage.path}: {held}, {byte_size(usage.fs_free_bytes)} free")
+    if info.HasField("replication"):
+        out.line(replication_line(info.replication))
+
+
+def replication_line(replication: pb.Replication) -> str:
+    """Which registry change the daemon routes by; on a replica, how it follows its primary."""
+    store = f"store {replication.store_incarnation or '-'}"
+    if replication.role != pb.REPLICATION_ROLE_REPLICA:
+        return f"role primary: routes by change {replication.applied_change}, {store}"
+    if replication.refused:
+        link = f"refused by the primary: {replication.refusal}"
+    else:
+        link = "connected" if replication.connected else "disconnected"
+    contact = when(replication.last_contact) if replication.HasField("last_contact") else "never"
+    return (
+        f"role replica of {replication.primary}, {link}: routes by change {replication.applied_change} "
+        f"(the primary's newest it knows: {replication.primary_change}), {store}, last contact {contact}"
     )
 
 

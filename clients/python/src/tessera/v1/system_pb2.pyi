@@ -37,6 +37,27 @@ DEVICE_KIND_CPU: DeviceKind.ValueType  # 1
 DEVICE_KIND_CUDA: DeviceKind.ValueType  # 2
 Global___DeviceKind: _TypeAlias = DeviceKind  # noqa: Y015
 
+class _ReplicationRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReplicationRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReplicationRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REPLICATION_ROLE_UNSPECIFIED: _ReplicationRole.ValueType  # 0
+    REPLICATION_ROLE_PRIMARY: _ReplicationRole.ValueType  # 1
+    """Holds the registry; replicas follow its changes."""
+    REPLICATION_ROLE_REPLICA: _ReplicationRole.ValueType  # 2
+    """A serving replica (`tesserad serve --follow`): routes by the changes it applied."""
+
+class ReplicationRole(_ReplicationRole, metaclass=_ReplicationRoleEnumTypeWrapper): ...
+
+REPLICATION_ROLE_UNSPECIFIED: ReplicationRole.ValueType  # 0
+REPLICATION_ROLE_PRIMARY: ReplicationRole.ValueType  # 1
+"""Holds the registry; replicas follow its changes."""
+REPLICATION_ROLE_REPLICA: ReplicationRole.ValueType  # 2
+"""A serving replica (`tesserad serve --follow`): routes by the changes it applied."""
+Global___ReplicationRole: _TypeAlias = ReplicationRole  # noqa: Y015
+
 @_typing.final
 class GetServerInfoRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -161,6 +182,7 @@ class ServerInfo(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     RUNTIME_VERSIONS_FIELD_NUMBER: _builtins.int
     TRAINING_CLUSTER_FIELD_NUMBER: _builtins.int
+    REPLICATION_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """tesserad's version."""
     uptime_s: _builtins.float
@@ -186,6 +208,12 @@ class ServerInfo(_message.Message):
     def training_cluster(self) -> Global___TrainingCluster:
         """The Ray cluster training runs on (training.backend = "ray"); unset with the local backend."""
 
+    @_builtins.property
+    def replication(self) -> Global___Replication:
+        """Which registry change this daemon routes requests by: a primary's own newest, or the last a
+        replica applied from its primary (a replica keeps serving it while refused or disconnected).
+        """
+
     def __init__(
         self,
         *,
@@ -199,14 +227,71 @@ class ServerInfo(_message.Message):
         pid: _builtins.int = ...,
         runtime_versions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         training_cluster: Global___TrainingCluster | None = ...,
+        replication: Global___Replication | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data_dir", b"data_dir", "started_at", b"started_at", "training_cluster", b"training_cluster"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data_dir", b"data_dir", "replication", b"replication", "started_at", b"started_at", "training_cluster", b"training_cluster"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_dir", b"data_dir", "devices", b"devices", "hostname", b"hostname", "pid", b"pid", "runtime_versions", b"runtime_versions", "services", b"services", "started_at", b"started_at", "training_cluster", b"training_cluster", "uptime_s", b"uptime_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_dir", b"data_dir", "devices", b"devices", "hostname", b"hostname", "pid", b"pid", "replication", b"replication", "runtime_versions", b"runtime_versions", "services", b"services", "started_at", b"started_at", "training_cluster", b"training_cluster", "uptime_s", b"uptime_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServerInfo: _TypeAlias = ServerInfo  # noqa: Y015
+
+@_typing.final
+class Replication(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    PRIMARY_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    APPLIED_CHANGE_FIELD_NUMBER: _builtins.int
+    PRIMARY_CHANGE_FIELD_NUMBER: _builtins.int
+    STORE_INCARNATION_FIELD_NUMBER: _builtins.int
+    LAST_CONTACT_FIELD_NUMBER: _builtins.int
+    role: Global___ReplicationRole.ValueType
+    primary: _builtins.str
+    """A replica's primary (replica.primary); empty on a primary."""
+    connected: _builtins.bool
+    """A replica: whether its change stream from the primary is open now."""
+    refused: _builtins.bool
+    """A replica: whether the primary refuses it for a cause only a fix there cures (its token);
+    refusal says why.
+    """
+    refusal: _builtins.str
+    applied_change: _builtins.int
+    """The registry change requests are routed by: a primary's newest, a replica's last applied."""
+    primary_change: _builtins.int
+    """A replica: the newest change number its primary has told it of (0 before it has)."""
+    store_incarnation: _builtins.str
+    """The incarnation of the registry's store: a primary's own; on a replica the one it follows
+    (empty before its primary first answered).
+    """
+    @_builtins.property
+    def last_contact(self) -> _timestamp_pb2.Timestamp:
+        """A replica: when its change stream was last open (now while it is); unset before it ever was."""
+
+    def __init__(
+        self,
+        *,
+        role: Global___ReplicationRole.ValueType = ...,
+        primary: _builtins.str = ...,
+        connected: _builtins.bool = ...,
+        refused: _builtins.bool = ...,
+        refusal: _builtins.str = ...,
+        applied_change: _builtins.int = ...,
+        primary_change: _builtins.int = ...,
+        store_incarnation: _builtins.str = ...,
+        last_contact: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_contact", b"last_contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_change", b"applied_change", "connected", b"connected", "last_contact", b"last_contact", "primary", b"primary", "primary_change", b"primary_change", "refusal", b"refusal", "refused", b"refused", "role", b"role", "store_incarnation", b"store_incarnation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Replication: _TypeAlias = Replication  # noqa: Y015
 
 @_typing.final
 class TrainingCluster(_message.Message):

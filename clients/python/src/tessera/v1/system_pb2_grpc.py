@@ -55,7 +55,9 @@ class SystemServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetServerInfo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Served by a serving replica too (the rest of System is the primary's), with its link to its
+        primary in `replication`.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -32,6 +32,9 @@ class SystemStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SystemAsyncStub: ...
     GetServerInfo: _grpc.UnaryUnaryMultiCallable[_system_pb2.GetServerInfoRequest, _system_pb2.ServerInfo]
+    """Served by a serving replica too (the rest of System is the primary's), with its link to its
+    primary in `replication`.
+    """
     WatchSystem: _grpc.UnaryStreamMultiCallable[_system_pb2.WatchSystemRequest, _system_pb2.SystemSample]
     """A sample of CPU, memory and GPU use every interval_ms until max_samples have been sent or
     the client cancels; shutdown ends an open-ended stream with UNAVAILABLE.
@@ -53,6 +56,9 @@ class SystemStub:
 class SystemAsyncStub(SystemStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetServerInfo: _aio.UnaryUnaryMultiCallable[_system_pb2.GetServerInfoRequest, _system_pb2.ServerInfo]  # type: ignore[assignment]
+    """Served by a serving replica too (the rest of System is the primary's), with its link to its
+    primary in `replication`.
+    """
     WatchSystem: _aio.UnaryStreamMultiCallable[_system_pb2.WatchSystemRequest, _system_pb2.SystemSample]  # type: ignore[assignment]
     """A sample of CPU, memory and GPU use every interval_ms until max_samples have been sent or
     the client cancels; shutdown ends an open-ended stream with UNAVAILABLE.
@@ -76,7 +82,10 @@ class SystemServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _system_pb2.GetServerInfoRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_system_pb2.ServerInfo, _abc.Awaitable[_system_pb2.ServerInfo]]: ...
+    ) -> _typing.Union[_system_pb2.ServerInfo, _abc.Awaitable[_system_pb2.ServerInfo]]:
+        """Served by a serving replica too (the rest of System is the primary's), with its link to its
+        primary in `replication`.
+        """
 
     @_abc_1.abstractmethod
     def WatchSystem(
