@@ -875,10 +875,11 @@ class Daemon:
             None,
             lambda: cache.used_bytes,
             self._gpus,
-            serving[1:],
+            [name for name in serving if name],  # "" is the whole server's health, no service
             lambda: replica_replication(primary, link, followed),
         )
-        # Before the refusing handlers: routes is the server's first generic handler.
+        # Routes is the server's first generic handler: GetServerInfo is answered here, the rest
+        # of System by the refusing handlers.
         routes.add_registered_method_handlers(
             "tessera.v1.System", {"GetServerInfo": server_info_handler(system)}
         )

@@ -1,7 +1,8 @@
 """A replica's link to its primary as an operator watches it: whether its change stream is open,
-the newest change the primary has told of, and when the stream last was open. The follower (tesserad.api.follow) notes each event; /metrics reads it
-(tesserad.replica.prometheus). A replica stays ready without its primary, serving what it holds:
-these figures are how an alert learns that what it holds may be stale."""
+the newest change the primary has told of, and when the stream last was open. The follower
+(tesserad.api.follow) notes each event; /metrics (tesserad.replica.prometheus) and GetServerInfo
+read it. A replica stays ready without its primary, serving what it holds: these figures are how
+an alert, or an operator, learns that what it holds may be stale."""
 
 from __future__ import annotations
 
