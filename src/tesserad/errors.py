@@ -144,6 +144,18 @@ def logged_internal(log: logging.Logger, where: str, exc: BaseException, **extra
     return Internal(f"internal error (id {error_id}); the daemon's log has the details under that id")
 
 
+def answered_message(log: logging.Logger, where: str, error: TesseraError) -> str:
+    """The message a client is answered `error` with, in `where` ("tessera.v1.System/Backup").
+    Data loss is the daemon's failure, not the caller's, and an alert counts it: it is logged
+    under a new error id, which the answer ends with, so the operator finds the call the client
+    reports. An Internal was logged where it was made, under the id its message has."""
+    if not isinstance(error, DataLoss):
+        return error.message
+    error_id = uuid.uuid4().hex[:12]
+    log.error("%s failed with data loss: %s", where, error.message, extra={"error_id": error_id})
+    return bounded_message(f"{error.message} (error id {error_id} in the daemon's log)")
+
+
 class Lasting:
     """Mixed into an error whose cause lasts until someone fixes it elsewhere (a serving
     replica's primary holds a damaged artifact, or refuses the replica's token): trying again

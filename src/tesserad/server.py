@@ -40,7 +40,7 @@ from tessera.v1 import (
 )
 from tesserad import __version__
 from tesserad.api import reflection_v1
-from tesserad.api.aio_handlers import ErrorListener
+from tesserad.api.aio_handlers import ErrorListener, split_method
 from tesserad.api.auth import AuthInterceptor, AuthSetupError, authentication_enabled
 from tesserad.api.cluster_stats import ClusterStats, RefusalNotes, Transport, replica_transport
 from tesserad.api.convert_training import job_spec_document
@@ -186,6 +186,10 @@ class _Routes(grpc.GenericRpcHandler):
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         return self._methods.get(handler_call_details.method)
+
+    def methods(self) -> list[tuple[str, str]]:
+        """Each method served, as (service, method)."""
+        return [split_method(full) for full in self._methods]
 
     def add_generic_rpc_handlers(self, handlers: tuple[grpc.GenericRpcHandler, ...]) -> None:
         """Not added: the generated code passes the same handlers to add_registered_method_handlers."""
@@ -543,6 +547,7 @@ class Daemon:
             routes,
         )
         self._health = self._add_health_and_reflection(routes)
+        self.metrics.expect_rpcs(routes.methods())
 
         self.port = _bind(server, settings.listen, credentials)
         for name in ("", *self.service_names):
@@ -840,6 +845,7 @@ class Daemon:
         refused = [m.DESCRIPTOR.services_by_name[n] for m, n in _SERVICES if n in _PRIMARY_ONLY]
         server.add_generic_rpc_handlers(refusing_handlers(refused, primary))
         self._health = self._add_health_and_reflection(routes)
+        self.metrics.expect_rpcs(routes.methods())
         self.port = _bind(server, settings.listen, credentials)
         serving = [
             "",

@@ -11,6 +11,7 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import os
 import pty
 import re
@@ -883,6 +884,23 @@ def test_a_backup_failing_mid_stream_leaves_no_file(
     err = capsys.readouterr().err
     assert code == 3 and err.startswith("tessera: DATA_LOSS:"), err
     assert list(out.iterdir()) == []
+
+
+def test_a_backup_of_a_damaged_blob_is_logged_under_the_error_id_its_answer_names(
+    daemon: InProcessDaemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _damage_a_blob(daemon, tmp_path)
+    with (
+        caplog.at_level(logging.ERROR),
+        tessera.Client(daemon.target) as client,
+        pytest.raises(tessera.DataLoss) as err,
+    ):
+        client.system.backup(tmp_path / "b.tar")
+    found = re.search(r"\(error id ([0-9a-f]{12})\b", str(err.value))
+    assert found, str(err.value)
+    logged = [r for r in caplog.records if getattr(r, "error_id", None) == found.group(1)]
+    assert len(logged) == 1 and logged[0].levelno == logging.ERROR
+    assert "System/Backup" in logged[0].getMessage() and "damaged" in logged[0].getMessage()
 
 
 def test_a_backup_filling_its_disk_leaves_nothing_and_names_the_file(

@@ -122,7 +122,26 @@ def test_each_domain_error_maps_to_its_status_with_its_message(error_channel, er
     with pytest.raises(grpc.RpcError) as err:
         call(error.__name__.encode(), timeout=5)
     assert err.value.code() == code
-    assert err.value.details() == f"{error.__name__} happened; do this to fix it"
+    if error is errors.DataLoss:
+        # The daemon's own failure: logged, under an id its answer names (the next test).
+        assert err.value.details().startswith(f"{error.__name__} happened; do this to fix it (error id ")
+    else:
+        assert err.value.details() == f"{error.__name__} happened; do this to fix it"
+
+
+def test_data_loss_is_logged_under_the_error_id_its_answer_names(error_channel, caplog):
+    call = error_channel.unary_unary("/test.Errors/Raise")
+    with (
+        caplog.at_level(logging.ERROR, logger="tesserad.api.interceptors"),
+        pytest.raises(grpc.RpcError) as err,
+    ):
+        call(b"DataLoss", timeout=5)
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    error_id = re.search(r"\(error id ([0-9a-f]{12})\b", err.value.details()).group(1)
+    logged = [r for r in caplog.records if getattr(r, "error_id", None) == error_id]
+    assert len(logged) == 1 and logged[0].levelno == logging.ERROR
+    assert "DataLoss happened; do this to fix it" in logged[0].getMessage()
+    assert "test.Errors/Raise" in logged[0].getMessage()
 
 
 def test_unexpected_error_is_internal_with_an_id_in_the_log_and_no_detail(error_channel, caplog):

@@ -25,7 +25,7 @@ from tesserad.api import aio_handlers
 from tesserad.api.aio_handlers import Context, ErrorListener, Handler, split_method
 from tesserad.api.auth import AuthInterceptor, encoded, revoked_code
 from tesserad.api.errors import status_for
-from tesserad.errors import TesseraError, logged_internal
+from tesserad.errors import TesseraError, answered_message, logged_internal
 from tesserad.metrics import DaemonMetrics
 from tesserad.serving.service import CallCounter
 
@@ -39,7 +39,7 @@ def _status_of(exc: Exception) -> grpc.StatusCode:
 async def _abort_for(exc: Exception, context: Context, rpc: str) -> NoReturn:
     """Abort the call with `exc`'s status: a domain error's message, else an error id only."""
     if isinstance(exc, TesseraError):
-        await context.abort(status_for(exc), exc.message)
+        await context.abort(status_for(exc), answered_message(log, rpc, exc))
     await context.abort(grpc.StatusCode.INTERNAL, logged_internal(log, rpc, exc).message)
 
 

@@ -274,7 +274,8 @@ class OipHttpServer(HttpListener):
         except Refused as exc:
             return _refused(exc)
         except errors.TesseraError as exc:
-            return _failure(http_status_for(exc), exc.message)
+            message = errors.answered_message(log, f"{request.method} {request.path[:200]}", exc)
+            return _failure(http_status_for(exc), message)
         except web.HTTPRequestEntityTooLarge:
             # Its body was read only up to the limit: the rest is never read (as another request).
             response = _failure(413, self._too_large(None))

@@ -246,6 +246,15 @@ class HttpListener:
             hdrs.METH_ANY, "/{unrouted:.*}", self._unrouted, expect_handler=self._answer_at_once
         )
         self._unrouted_resource = unrouted.resource
+        if self._metrics is not None:
+            self._metrics.expect_http(
+                self._name,
+                [
+                    (route.resource.canonical, route.method)
+                    for route in app.router.routes()
+                    if route.resource is not None and route.method in hdrs.METH_ALL
+                ],
+            )
         # aiohttp closes a connection still waiting for a request's headers this long after the
         # connection's start or its previous answer (its own default is an hour: a client sending
         # its headers a byte at a time held a connection that long).

@@ -130,7 +130,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except errors.NotFound as exc:
         return _failure(request, 404, in_http_words(exc, request))
     except errors.TesseraError as exc:
-        return _failure(request, http_status_for(exc), exc.message)
+        message = errors.answered_message(log, f"{request.method} {request.path[:200]}", exc)
+        return _failure(request, http_status_for(exc), message)
     except web.HTTPRequestEntityTooLarge:
         # A body without a Content-Length, read only up to the limit: the rest is never read.
         response = _failure(request, 413, _too_large(None))
