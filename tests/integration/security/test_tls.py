@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
 import grpc
@@ -364,3 +365,35 @@ def test_a_tls_client_finding_no_daemon_is_still_told_to_start_one(pki, host):
     message = failed.value.message
     assert message.startswith(f"is tesserad running at {target}? "), message
     assert "this client uses TLS: a daemon serving plaintext does not answer it" in message, message
+
+
+def test_a_plaintext_connection_to_a_tls_daemon_adds_no_line_that_is_not_json(spawn_daemon, pki, tmp_path):
+    # gRPC core logs each failed handshake in a format of its own; a scanner would flood the log.
+    daemon = spawn_daemon(
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "off",
+        env={
+            "TESSERA_SECURITY_TLS_CERT_FILE": str(pki.server_cert),
+            "TESSERA_SECURITY_TLS_KEY_FILE": str(pki.server_key),
+            # As unset: the test runner's own would be inherited.
+            "GRPC_VERBOSITY": "",
+        },
+    )
+    port = int(daemon.wait_serving().rsplit(":", 1)[1])
+    assert plaintext_call(port) == grpc.StatusCode.UNAVAILABLE
+    # A call the daemon answers after the refused one: gRPC core has logged what it would log.
+    assert secure_call(port, pki.channel_credentials()) == grpc.StatusCode.OK
+    daemon.terminate()
+    lines = [line for line in daemon.output().splitlines() if line.strip()]
+    assert lines
+    not_json = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            not_json.append(line)
+    assert not_json == []
