@@ -1193,7 +1193,16 @@ def _check_exposure(settings: Settings, insecure: bool) -> None:
         "serving.oip_http_listen": settings.serving.oip_http_listen,
     }
     exposed = [(name, a) for name, a in listeners.items() if a is not None and not a.is_loopback]
-    if not exposed or authentication_enabled(settings.security):
+    security = settings.security
+    if exposed and security.tokens_file is not None and security.tls_cert_file is None:
+        setting, address = exposed[0]
+        log.warning(
+            "bearer tokens travel in plaintext on %s (%s): anyone on the network path can read one "
+            "and call as its holder; serve TLS (set security.tls_cert_file and security.tls_key_file) "
+            "or listen on loopback behind a proxy that ends TLS",
+            address, setting, extra={"address": str(address)},
+        )  # fmt: skip
+    if not exposed or authentication_enabled(security):
         return
     setting, address = exposed[0]
     if not insecure:

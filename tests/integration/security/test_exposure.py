@@ -46,3 +46,38 @@ def test_loopback_needs_no_authentication_and_logs_no_warning(spawn_daemon, tmp_
     process.wait_serving()
     levels = [json.loads(line).get("level") for line in process.log if line.startswith("{")]
     assert "warning" not in levels
+
+
+PLAINTEXT_TOKENS = "bearer tokens travel in plaintext"
+
+
+def test_tokens_without_tls_beyond_loopback_are_warned_of_naming_the_tls_settings(
+    spawn_daemon, tmp_path, tokens
+):
+    process = spawn_daemon(
+        *serve_args(tmp_path, "0.0.0.0:0"), env={"TESSERA_SECURITY_TOKENS_FILE": str(tokens.file)}
+    )
+    process.wait_serving()
+    warned = [json.loads(line) for line in process.log if PLAINTEXT_TOKENS in line]
+    assert len(warned) == 1, process.log
+    assert warned[0]["level"] == "warning" and warned[0]["address"] == "0.0.0.0:0"
+    assert "security.tls_cert_file" in warned[0]["msg"] and "security.tls_key_file" in warned[0]["msg"]
+
+
+def test_tokens_without_tls_on_loopback_or_with_tls_beyond_it_are_not_warned_of(
+    spawn_daemon, tmp_path, tokens, pki
+):
+    on_loopback = spawn_daemon(
+        *serve_args(tmp_path, "127.0.0.1:0"), env={"TESSERA_SECURITY_TOKENS_FILE": str(tokens.file)}
+    )
+    on_loopback.wait_serving()
+    with_tls = spawn_daemon(
+        *serve_args(tmp_path / "tls", "0.0.0.0:0"),
+        env={
+            "TESSERA_SECURITY_TOKENS_FILE": str(tokens.file),
+            "TESSERA_SECURITY_TLS_CERT_FILE": str(pki.server_cert),
+            "TESSERA_SECURITY_TLS_KEY_FILE": str(pki.server_key),
+        },
+    )
+    with_tls.wait_serving()
+    assert not any(PLAINTEXT_TOKENS in line for line in on_loopback.log + with_tls.log)
