@@ -12,6 +12,7 @@ import asyncio
 import errno
 import itertools
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -97,6 +98,7 @@ from tesserad.replica.link import PrimaryLink, replica_replication
 from tesserad.replica.prometheus import ReplicaMetrics
 from tesserad.replica.refusals import ReplicaRefusals
 from tesserad.runtime_env import worker_environment
+from tesserad.security.users import user_name
 from tesserad.serving.open_inference import OIP_NAME_BY_DTYPE, OpenInference
 from tesserad.serving.registry_source import build_inference, inference_over
 from tesserad.serving.service import SOURCE_RETRY_S, CallCounter, InferenceService
@@ -361,7 +363,8 @@ class Daemon:
                 lock.acquire()
         except OSError as exc:
             raise StartupError(
-                f"data directory {data_dir} cannot be written ({exc.strerror}); {_DATA_DIR_FIX}"
+                f"data directory {data_dir} cannot be written ({exc.strerror}); "
+                f"{_data_dir_owner_fix(data_dir, exc)}"
             ) from None
         except FailedPrecondition as exc:
             # A second `make run` would next fail on each port in turn, one start at a time.
@@ -1142,6 +1145,25 @@ def create_server(settings: Settings, insecure: bool = False) -> Daemon:
 
 
 _DATA_DIR_FIX = "set data_dir (--data-dir) to a directory this daemon's user may create or write"
+
+
+def _data_dir_owner_fix(data_dir: Path, exc: OSError) -> str:
+    """What to do about `exc`, met writing in `data_dir`: when another user owns the directory
+    (`sudo tesserad restore` leaves it root's, 0700), hand it to this daemon's user."""
+    if exc.errno not in (errno.EACCES, errno.EPERM):
+        return _DATA_DIR_FIX
+    try:
+        owner = data_dir.stat().st_uid
+    except OSError:
+        return _DATA_DIR_FIX
+    uid = os.geteuid()
+    if owner == uid:
+        return _DATA_DIR_FIX
+    user = user_name(uid)
+    return (
+        f"it is owned by {user_name(owner)} and tesserad runs as {user}: give it to this user "
+        f"(`chown -R {user} {data_dir}`), run `tesserad restore` as that user, or {_DATA_DIR_FIX}"
+    )
 
 
 def _make_data_dir(path: Path) -> Path | None:

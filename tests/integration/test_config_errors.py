@@ -4,8 +4,10 @@ what to fix, and leaves no data directory behind (the default, ./var, in its wor
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -334,3 +336,37 @@ def test_a_misspelt_environment_variable_is_warned_of_at_start_with_the_name_it_
         assert entry["level"] == "warning"
     daemon.wait_serving()
     assert "TESSERA_TARGET" not in "".join(daemon.log)
+
+
+def test_a_data_directory_of_another_user_names_its_owner_the_daemons_user_and_the_chown(
+    spawn_daemon, tmp_path
+):
+    # What `sudo tesserad restore` leaves: the directory root's, 0700, and the service's user refused.
+    launcher = as_nobody()
+    if not launcher:
+        pytest.skip("needs root, to make a directory another user owns")
+    # Under the system's temporary directory: pytest's own is root's alone, so nobody could not
+    # reach the data directory at all.
+    parent = Path(tempfile.mkdtemp(prefix="tesserad-owner-"))
+    try:
+        parent.chmod(0o755)
+        data_dir = parent / "var"
+        data_dir.mkdir(mode=0o700)
+        daemon = spawn_daemon(
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--data-dir",
+            str(data_dir),
+            launcher=launcher,
+        )
+        assert daemon.process.wait(60) == EXIT_CANNOT_START
+        output = daemon.output()
+    finally:
+        shutil.rmtree(parent)
+    nobody = pwd.getpwuid(65534).pw_name
+    assert f"data directory {data_dir} cannot be written (Permission denied)" in output, output
+    assert f"it is owned by root and tesserad runs as {nobody}" in output, output
+    assert f"chown -R {nobody} {data_dir}" in output, output
+    assert "run `tesserad restore` as that user" in output, output
