@@ -60,7 +60,7 @@ from tesserad.training.job_records import (
     listed_checkpoints,
     retained_at_end,
 )
-from tesserad.training.launcher import worker_context
+from tesserad.training.launcher import unrunnable_interpreter, worker_context
 from tesserad.training.resume import (
     FULL,
     WEIGHTS,
@@ -985,8 +985,10 @@ class Jobs:
             self._release(job_id, devices)
             return
         except Exception as exc:
-            log.exception("job failed to start", extra={"job_id": job_id})
-            self._fail(self.get(job_id), "exception", f"the job could not start: {exc}")
+            # The fork server's exec failing reads as its socket refusing the connection.
+            cause = unrunnable_interpreter() if isinstance(exc, OSError) else None
+            log.exception("job failed to start", extra={"job_id": job_id, "reason": cause or str(exc)})
+            self._fail(self.get(job_id), "exception", f"the job could not start: {cause or exc}")
             self._release(job_id, devices)
             return
         try:
@@ -1278,9 +1280,14 @@ class Jobs:
             # It died after its training finished (the final checkpoint is stored).
             self._finish_trained(job, final)
         else:
-            self._fail(
-                job, *_crash_error(crash_code if crash_code is not None else running.processes[0].exitcode)
-            )
+            exitcode = crash_code if crash_code is not None else running.processes[0].exitcode
+            # 255: also what a spawned worker's failed exec exits with, before it could report.
+            cause = unrunnable_interpreter() if exitcode == _EXEC_FAILED else None
+            if cause is not None:
+                log.error("job failed to start: %s", cause, extra={"job_id": job.job_id})
+                self._fail(job, "exception", f"the job could not start: {cause}")
+            else:
+                self._fail(job, *_crash_error(exitcode))
 
     def _refused_events(self, job_id: str) -> ErrorMessage | None:
         """The storage error of an event the store refused after it was appended (appends do
@@ -1756,6 +1763,10 @@ def _kill(processes: list[multiprocessing.process.BaseProcess]) -> None:
     for process in processes:
         if process.exitcode is None:
             process.kill()
+
+
+# The status of a child whose exec failed (multiprocessing's fork_exec, as subprocess's).
+_EXEC_FAILED = 255
 
 
 def _crash_error(exitcode: int | None) -> tuple[str, str]:

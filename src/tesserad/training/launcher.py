@@ -18,7 +18,12 @@ multiprocessing starts a new one at the next job.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.spawn
+import os
+import subprocess
 from multiprocessing.context import ForkServerContext, SpawnContext
+
+from tesserad.security.users import described_user
 
 # What a worker imports before its first step (tesserad.training.worker._run); imported once
 # in the fork server, they cost a job nothing. torch._dynamo is imported lazily by the first
@@ -39,3 +44,30 @@ def worker_context(start_method: str) -> ForkServerContext | SpawnContext:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
     return context
+
+
+def worker_interpreter() -> str:
+    """The interpreter workers run in (the fork server's and spawn's): the daemon's own path."""
+    return os.fsdecode(multiprocessing.spawn.get_executable())
+
+
+def unrunnable_interpreter() -> str | None:
+    """Why this process cannot run the workers' interpreter, or None when it can. A failed exec
+    in the child multiprocessing forks is silent: a fork server's start then reads as its socket
+    refusing the connection, a spawned worker's as an exit with code 255. Run once to find out,
+    only after a start failed (a few tens of ms)."""
+    interpreter = worker_interpreter()
+    try:
+        subprocess.run(
+            [interpreter, "-I", "-S", "-c", ""],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    except OSError as exc:
+        return f"the worker interpreter {interpreter} cannot be run by {described_user(os.geteuid())} ({exc.strerror})"
+    return None
