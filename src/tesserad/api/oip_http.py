@@ -46,7 +46,7 @@ from tesserad.api.oip_json import (
 )
 from tesserad.config import Address, LimitsSettings, SecuritySettings, format_size
 from tesserad.dashboard.access import CHALLENGE, Handler
-from tesserad.dashboard.listener import HttpListener, Refused
+from tesserad.dashboard.listener import RETRY_AFTER, HttpListener, Refused
 from tesserad.dashboard.server import http_status_for
 from tesserad.security import TokenTable
 from tesserad.security.limits import ConcurrencyGate
@@ -92,6 +92,8 @@ _DECOMPRESS_SLICE = 1 << 16
 
 
 def _failure(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    if status == 429:
+        headers = {**RETRY_AFTER, **(headers or {})}
     return web.json_response({"error": message}, status=status, headers=headers)
 
 

@@ -22,7 +22,7 @@ from tesserad import errors
 from tesserad.config import Address, LimitsSettings, SecuritySettings, format_size
 from tesserad.dashboard.access import LOGIN_PATH, LOGOUT_PATH, Access, Handler
 from tesserad.dashboard.api import PREFIX, DashboardApi, Services, json_response
-from tesserad.dashboard.listener import HttpListener, Refused
+from tesserad.dashboard.listener import RETRY_AFTER, HttpListener, Refused
 from tesserad.security.tokens import TokenFile
 
 if TYPE_CHECKING:
@@ -117,8 +117,12 @@ def error_page(status: int, message: str) -> web.Response:
 
 def _failure(request: web.Request, status: int, message: str) -> web.Response:
     if request.path.startswith("/api/"):
-        return json_response({"error": message}, status=status)
-    return error_page(status, message)
+        response = json_response({"error": message}, status=status)
+    else:
+        response = error_page(status, message)
+    if status == 429:
+        response.headers.update(RETRY_AFTER)
+    return response
 
 
 @web.middleware

@@ -688,6 +688,8 @@ def test_event_streams_are_held_to_max_concurrent_streams(tmp_path):
         assert response.status == 200 and response.readline() == b"retry: 1000\n"
         refused = http_get(port, "/api/v1/system/events")
         assert refused.status == 429 and "limits.max_concurrent_streams = 1" in refused.json()["error"]
+        # As Triton and most proxies say when to try again: in a second.
+        assert refused.headers["retry-after"] == "1"
         first.close()
 
         def admitted() -> bool:

@@ -649,6 +649,8 @@ def test_requests_take_a_slot_of_max_concurrent_calls_with_grpc_s_calls(tmp_path
         )
         assert answer.startswith(b"HTTP/1.1 429 "), answer[:80]
         assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+        # As Triton and most proxies say when to try again: in a second.
+        assert b"\r\nretry-after: 1\r\n" in answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
         assert _status_and_error(answer) == (429, message)
         # Probes are never turned away, as on gRPC.
         assert call(f"{base}/v2/health/live")[0] == 200
