@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -96,11 +98,44 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout, metadata=metadata
             )
         except grpc.RpcError as exc:
-            print(f"unhealthy: {target.address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            if (
+                target.root_certificates is None
+                and exc.code() == grpc.StatusCode.UNAVAILABLE
+                and _speaks_tls(target.address, args.timeout)
+            ):
+                # gRPC's words for it are only "Socket closed".
+                print(
+                    f"unhealthy: {target.address} speaks TLS, and this probe sent plaintext: give --tls-ca "
+                    "FILE, the CA that signed the daemon's certificate (or leave out --address: the "
+                    f"daemon's settings say its TLS); gRPC said: {exc.details()}",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"unhealthy: {target.address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(status)
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _speaks_tls(address: str, timeout_s: float) -> bool:
+    """Whether what listens at `address` (HOST:PORT) answers a TLS handshake, its certificate not
+    checked: only asked once a plaintext probe failed."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return False
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as connection,
+            context.wrap_socket(connection),
+        ):
+            return True
+    except (OSError, ValueError):
+        # ssl.SSLError is an OSError: something there that answers, but not TLS.
+        return False
 
 
 def _metadata(token_file: Path | None) -> list[tuple[str, str]] | None:

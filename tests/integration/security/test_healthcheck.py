@@ -137,3 +137,24 @@ def test_tls_flags_without_tls_ca_beside_an_address_say_what_to_give(daemon, pki
 def test_liveness_of_a_daemon(daemon, capsys):
     assert healthcheck.main(["--address", daemon.target, "--service", LIVENESS_SERVICE]) == 0
     assert capsys.readouterr().out.strip() == "SERVING"
+
+
+def test_a_plaintext_probe_of_a_tls_port_says_it_speaks_tls_and_the_flag_to_give(start_daemon, pki, capsys):
+    daemon = start_daemon(
+        **{"security.tls_cert_file": str(pki.server_cert), "security.tls_key_file": str(pki.server_key)}
+    )
+    address = f"127.0.0.1:{daemon.daemon.port}"
+    assert healthcheck.main(["--address", address, "--timeout", "5"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"unhealthy: {address} speaks TLS, and this probe sent plaintext: give --tls-ca"), (
+        err
+    )
+    assert "gRPC said: " in err, err
+
+
+def test_a_plaintext_probe_of_a_port_where_nothing_listens_says_no_tls(capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert healthcheck.main(["--address", f"127.0.0.1:{port}", "--timeout", "1"]) == 1
+    assert "speaks TLS" not in capsys.readouterr().err
