@@ -397,3 +397,18 @@ def test_a_plaintext_connection_to_a_tls_daemon_adds_no_line_that_is_not_json(sp
         except json.JSONDecodeError:
             not_json.append(line)
     assert not_json == []
+
+
+def test_the_cli_takes_its_tls_ca_from_the_environment(start_daemon, pki, monkeypatch, capsys):
+    daemon = start_daemon(**tls_settings(pki))
+    target = f"127.0.0.1:{daemon.daemon.port}"
+    monkeypatch.setenv("TESSERA_TLS_CA", str(pki.ca))
+    assert tessera_main(["--target", target, "--timeout", "5", "info"]) == 0, capsys.readouterr().err
+    # A flag given wins: this CA did not sign the daemon's certificate.
+    assert tessera_main(["--target", target, "--tls-ca", str(pki.client_ca), "--timeout", "5", "info"]) == (
+        EXIT_DAEMON
+    )
+    assert "TLS handshake" in capsys.readouterr().err
+    monkeypatch.setenv("TESSERA_TLS_CA", "")
+    assert tessera_main(["--target", target, "--timeout", "5", "info"]) == EXIT_DAEMON
+    assert "this client sends plaintext" in capsys.readouterr().err

@@ -44,6 +44,8 @@ from tessera.v1 import (
 )
 
 TOKEN_ENV = "TESSERA_TOKEN"
+# `tessera`'s --tls-ca where the flag is not given.
+TLS_CA_ENV = "TESSERA_TLS_CA"
 # Where a client made without a target connects, as `tessera` does.
 TARGET_ENV = "TESSERA_TARGET"
 DEFAULT_TARGET = "127.0.0.1:50051"

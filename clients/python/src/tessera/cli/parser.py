@@ -102,6 +102,7 @@ from tessera.transport import (
     KEEPALIVE_TIMEOUT_S,
     MODEL_CALL_TIMEOUT_S,
     TARGET_ENV,
+    TLS_CA_ENV,
     TOKEN_ENV,
     UNLOAD_TIMEOUT_S,
 )
@@ -132,6 +133,7 @@ the life cycle by hand, in order (the README walks through it):
 environment (a flag given wins):
   {TARGET_ENV}              --target: the daemon's HOST:PORT
   {TOKEN_ENV}               --token: the bearer token
+  {TLS_CA_ENV}              --tls-ca: the CA that signed the daemon's certificate
   {TIMEOUT_ENV}           --timeout: seconds a call may take
   {TRANSFER_TIMEOUT_ENV}  --transfer-timeout: seconds a transfer may take
   {KEEPALIVE_ENV}         --keepalive: seconds of silence before a ping"""
@@ -226,7 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tls", action="store_true", help="use TLS with the system's CAs")
     parser.add_argument(
-        "--tls-ca", metavar="FILE", help="CA certificate that signed the daemon's (implies TLS)"
+        "--tls-ca",
+        default=os.environ.get(TLS_CA_ENV) or None,
+        metavar="FILE",
+        help=f"CA certificate that signed the daemon's (implies TLS; env {TLS_CA_ENV})",
     )
     parser.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS")
     parser.add_argument("--tls-key", metavar="FILE", help="client private key for mutual TLS")
