@@ -110,6 +110,7 @@ from tesserad.store.prometheus import StoreMetrics
 from tesserad.store.schema import open_for_writing, refuse_newer
 from tesserad.store.space import space_checked
 from tesserad.system import Replication, SystemService
+from tesserad.systemd import notify
 from tesserad.tasks import cancel_and_wait, end_background_task
 from tesserad.training import artifacts as training_artifacts
 from tesserad.training import events as training_events
@@ -1332,7 +1333,11 @@ async def serve(settings: Settings, insecure: bool = False) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop_asked.set)
     await daemon.start()
+    if not daemon.stop_asked.is_set():
+        # Once "tesserad serving" is logged: a start a stop cut short never served.
+        notify("READY=1")
     await daemon.stop_asked.wait()
+    notify("STOPPING=1")
     # A SIGHUP from now on is not applied to a daemon going away (nor left to end the process).
     loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP ignored: tesserad is stopping")
     # A reload under way finishes first: asyncio.run would cancel it halfway through the files.

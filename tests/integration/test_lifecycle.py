@@ -6,6 +6,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -171,3 +172,25 @@ def test_bad_flag_value_exit_2(spawn_daemon, tmp_path):
     daemon = spawn_daemon("--data-dir", str(tmp_path), "--listen", "nowhere")
     assert daemon.process.wait(30) == 2
     assert "listen = 'nowhere' (from --listen)" in daemon.output()
+
+
+def test_systemd_is_told_ready_once_serving_and_stopping_on_sigterm(spawn_daemon, tmp_path):
+    # Type=notify: systemd starts the units ordered after tesserad once it said READY=1.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        path = tmp_path / "notify"
+        notify.bind(str(path))
+        notify.settimeout(60)
+        daemon = spawn_daemon(
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--data-dir",
+            str(tmp_path / "data"),
+            env={"NOTIFY_SOCKET": str(path)},
+        )
+        daemon.wait_serving()
+        assert notify.recv(4096) == b"READY=1"
+        daemon.terminate()
+        assert notify.recv(4096) == b"STOPPING=1"
+        assert daemon.process.wait(30) == 0

@@ -77,6 +77,8 @@ def test_systemd_unit_is_hardened_and_waits_for_the_drain(tmp_path):
     assert service["StateDirectory"] == "tesserad"
     assert service["ReadWritePaths"] == DATA_DIR
     assert service["Restart"] == "on-failure"
+    # tesserad tells systemd READY=1 once it serves (tesserad.systemd).
+    assert service["Type"] == "notify"
     # A wrong setting is not restarted into a loop; a start that failed otherwise is retried.
     assert service["RestartPreventExitStatus"] == str(EXIT_BAD_SETTINGS)
     assert service["ExecStart"].startswith(

@@ -1,0 +1,33 @@
+"""systemd's service notifications (sd_notify(3)), for the unit's Type=notify: READY=1 once the
+daemon serves, so that units ordered after it start then, and STOPPING=1 as it drains. A datagram
+to the socket systemd names in NOTIFY_SOCKET; without one (not under systemd), nothing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+log = logging.getLogger(__name__)
+
+NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
+
+
+def notify(state: str) -> None:
+    """Tell systemd `state` ("READY=1"); a failure is logged, never raised: the daemon serves
+    whether or not its supervisor heard."""
+    address = os.environ.get(NOTIFY_SOCKET_ENV, "")
+    if not address:
+        return
+    if address.startswith("@"):
+        # An abstract socket: its name starts with a NUL byte.
+        address = "\0" + address[1:]
+    elif not address.startswith("/"):
+        log.warning("NOTIFY_SOCKET %s is not a Unix socket's path; systemd is not told %s", address, state)
+        return
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("cannot tell systemd %s at NOTIFY_SOCKET %s: %s", state, address, exc.strerror or exc)
