@@ -107,7 +107,7 @@ from tesserad.serving.trace import TraceMetrics, Tracer, usable_trace_file
 from tesserad.serving.triton_metrics import TritonMetrics
 from tesserad.store import BlobStore, DataDirLock, Key, Store
 from tesserad.store.prometheus import StoreMetrics
-from tesserad.store.schema import open_for_writing, refuse_newer
+from tesserad.store.schema import STORE_SCHEMA, open_for_writing, refuse_newer
 from tesserad.store.space import space_checked
 from tesserad.system import Replication, SystemService
 from tesserad.systemd import notify
@@ -605,6 +605,7 @@ class Daemon:
                 "oip_http": self._oip_http_url(),
                 "data_dir": str(data_dir.resolve()),
                 "map_size": format_size(settings.store.map_size),
+                "store_schema": STORE_SCHEMA,
                 "tls": "mutual" if settings.security.tls_client_ca_file else bool(credentials),
                 "tokens": len(auth.token_holders) if settings.security.tokens_file else "off",
             },

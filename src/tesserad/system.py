@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 from tesserad import __version__
 from tesserad.host import CpuInfo, GpuInfo, Gpus, UsageSampler, cpu_info
 from tesserad.store import Store
+from tesserad.store.schema import STORE_SCHEMA
 from tesserad.training.ray_cluster import ClusterStatus
 
 
@@ -29,6 +30,7 @@ class DataDirUsage:
     blob_bytes: int
     fs_free_bytes: int
     fs_total_bytes: int
+    store_schema: int
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ class SystemService:
                 blob_bytes=self._blob_bytes(),
                 fs_free_bytes=disk.free,
                 fs_total_bytes=disk.total,
+                # open_for_writing recorded it as the daemon started.
+                store_schema=STORE_SCHEMA,
             ),
             services=list(self._services),
             hostname=socket.gethostname(),

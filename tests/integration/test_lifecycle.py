@@ -17,6 +17,7 @@ import pytest
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, system_pb2, system_pb2_grpc
 from tesserad import cli
 from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
+from tesserad.store.schema import STORE_SCHEMA
 
 
 def _watch(address: str, **fields: int):
@@ -189,7 +190,9 @@ def test_systemd_is_told_ready_once_serving_and_stopping_on_sigterm(spawn_daemon
             str(tmp_path / "data"),
             env={"NOTIFY_SOCKET": str(path)},
         )
-        daemon.wait_serving()
+        serving = daemon.wait_for_log("tesserad serving")
+        # The schema of the store it serves, beside its version: what a restore and a rollback check.
+        assert serving["store_schema"] == STORE_SCHEMA
         assert notify.recv(4096) == b"READY=1"
         daemon.terminate()
         assert notify.recv(4096) == b"STOPPING=1"

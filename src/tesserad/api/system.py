@@ -155,6 +155,7 @@ def server_info_to_proto(facts: ServerFacts) -> pb.ServerInfo:
             blob_bytes=usage.blob_bytes,
             fs_free_bytes=usage.fs_free_bytes,
             fs_total_bytes=usage.fs_total_bytes,
+            store_schema=usage.store_schema,
         ),
         services=facts.services,
         hostname=facts.hostname,

@@ -13,6 +13,7 @@ import tessera
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED, EXIT_USAGE
 from tessera.demo import spacetime_clips
 from tessera.messages import load_toml
+from tesserad.store.schema import STORE_SCHEMA
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.sdk.affine import affine_onnx
 
@@ -48,6 +49,9 @@ def test_info_table_and_json(tessera_cli):
     info = tessera_cli("--json", "info").json()
     assert "tessera.v1.System" in info["services"]
     assert info["replication"]["role"] == "primary"
+    # The schema `tesserad restore` and an older tesserad check a store against.
+    assert info["data_dir"]["store_schema"] == STORE_SCHEMA
+    assert f"store schema {STORE_SCHEMA}" in table.out
 
 
 def test_an_unreachable_daemon_fails_with_a_message(tessera_cli):

@@ -38,7 +38,7 @@ def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
         f"cache {byte_size(usage.blob_bytes)}"
         if replica
         else f"store {byte_size(usage.store_bytes)} of {byte_size(usage.store_map_size_bytes)}, "
-        f"blobs {byte_size(usage.blob_bytes)}"
+        f"blobs {byte_size(usage.blob_bytes)}, store schema {usage.store_schema}"
     )
     out.line(f"data {usage.path}: {held}, {byte_size(usage.fs_free_bytes)} free")
     if info.HasField("replication"):

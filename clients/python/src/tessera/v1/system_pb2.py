@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tessera/v1/system.proto\x12\ntessera.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x16\n\x14GetServerInfoRequest\"s\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.tessera.v1.DeviceKind\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x1a\n\x12memory_total_bytes\x18\x04 \x01(\x03\x12\r\n\x05\x63ores\x18\x05 \x01(\x05\"\x92\x01\n\x0c\x44\x61taDirUsage\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0bstore_bytes\x18\x02 \x01(\x03\x12\x1c\n\x14store_map_size_bytes\x18\x03 \x01(\x03\x12\x12\n\nblob_bytes\x18\x04 \x01(\x03\x12\x15\n\rfs_free_bytes\x18\x05 \x01(\x03\x12\x16\n\x0e\x66s_total_bytes\x18\x06 \x01(\x03\"\xc5\x03\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08uptime_s\x18\x03 \x01(\x01\x12#\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x12.tessera.v1.Device\x12*\n\x08\x64\x61ta_dir\x18\x05 \x01(\x0b\x32\x18.tessera.v1.DataDirUsage\x12\x10\n\x08services\x18\x06 \x03(\t\x12\x10\n\x08hostname\x18\x07 \x01(\t\x12\x0b\n\x03pid\x18\x08 \x01(\x05\x12\x45\n\x10runtime_versions\x18\t \x03(\x0b\x32+.tessera.v1.ServerInfo.RuntimeVersionsEntry\x12\x35\n\x10training_cluster\x18( \x01(\x0b\x32\x1b.tessera.v1.TrainingCluster\x12,\n\x0breplication\x18) \x01(\x0b\x32\x17.tessera.v1.Replication\x1a\x36\n\x14RuntimeVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfb\x01\n\x0bReplication\x12)\n\x04role\x18\x01 \x01(\x0e\x32\x1b.tessera.v1.ReplicationRole\x12\x0f\n\x07primary\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0f\n\x07refused\x18\x04 \x01(\x08\x12\x0f\n\x07refusal\x18\x05 \x01(\t\x12\x16\n\x0e\x61pplied_change\x18\x06 \x01(\x03\x12\x16\n\x0eprimary_change\x18\x07 \x01(\x03\x12\x19\n\x11store_incarnation\x18\x08 \x01(\t\x12\x30\n\x0clast_contact\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdd\x01\n\x0fTrainingCluster\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12&\n\x05nodes\x18\x04 \x03(\x0b\x32\x17.tessera.v1.ClusterNode\x12=\n\tavailable\x18\x05 \x03(\x0b\x32*.tessera.v1.TrainingCluster.AvailableEntry\x1a\x30\n\x0e\x41vailableEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x9f\x01\n\x0b\x43lusterNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x31\n\x05total\x18\x04 \x03(\x0b\x32\".tessera.v1.ClusterNode.TotalEntry\x1a,\n\nTotalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\">\n\x12WatchSystemRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\x05\x12\x13\n\x0bmax_samples\x18\x02 \x01(\x03\"#\n\rBackupRequest\x12\x12\n\nchunk_size\x18\x01 \x01(\x05\"B\n\x0b\x42\x61\x63kupChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x14\n\x0c\x61rchive_size\x18\x02 \x01(\x03\x12\x0f\n\x07waiting\x18\x03 \x01(\x08\"\x93\x01\n\tGpuSample\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1b\n\x13utilization_percent\x18\x02 \x01(\x01\x12\x19\n\x11memory_used_bytes\x18\x03 \x01(\x03\x12\x1a\n\x12memory_total_bytes\x18\x04 \x01(\x03\x12\x15\n\rtemperature_c\x18\x05 \x01(\x01\x12\x0f\n\x07power_w\x18\x06 \x01(\x01\"\xb1\x02\n\x0cSystemSample\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63pu_percent\x18\x02 \x01(\x01\x12\x17\n\x0fper_cpu_percent\x18\x03 \x03(\x01\x12\x19\n\x11memory_used_bytes\x18\x04 \x01(\x03\x12\x1a\n\x12memory_total_bytes\x18\x05 \x01(\x03\x12\x1b\n\x13process_cpu_percent\x18\x06 \x01(\x01\x12\x19\n\x11process_rss_bytes\x18\x07 \x01(\x03\x12#\n\x04gpus\x18\x08 \x03(\x0b\x32\x15.tessera.v1.GpuSample\x12\x35\n\x10training_cluster\x18( \x01(\x0b\x32\x1b.tessera.v1.TrainingCluster*T\n\nDeviceKind\x12\x1b\n\x17\x44\x45VICE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x45VICE_KIND_CPU\x10\x01\x12\x14\n\x10\x44\x45VICE_KIND_CUDA\x10\x02*o\n\x0fReplicationRole\x12 \n\x1cREPLICATION_ROLE_UNSPECIFIED\x10\x00\x12\x1c\n\x18REPLICATION_ROLE_PRIMARY\x10\x01\x12\x1c\n\x18REPLICATION_ROLE_REPLICA\x10\x02\x32\xde\x01\n\x06System\x12I\n\rGetServerInfo\x12 .tessera.v1.GetServerInfoRequest\x1a\x16.tessera.v1.ServerInfo\x12I\n\x0bWatchSystem\x12\x1e.tessera.v1.WatchSystemRequest\x1a\x18.tessera.v1.SystemSample0\x01\x12>\n\x06\x42\x61\x63kup\x12\x19.tessera.v1.BackupRequest\x1a\x17.tessera.v1.BackupChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tessera/v1/system.proto\x12\ntessera.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x16\n\x14GetServerInfoRequest\"s\n\x06\x44\x65vice\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.tessera.v1.DeviceKind\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x1a\n\x12memory_total_bytes\x18\x04 \x01(\x03\x12\r\n\x05\x63ores\x18\x05 \x01(\x05\"\xa8\x01\n\x0c\x44\x61taDirUsage\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x13\n\x0bstore_bytes\x18\x02 \x01(\x03\x12\x1c\n\x14store_map_size_bytes\x18\x03 \x01(\x03\x12\x12\n\nblob_bytes\x18\x04 \x01(\x03\x12\x15\n\rfs_free_bytes\x18\x05 \x01(\x03\x12\x16\n\x0e\x66s_total_bytes\x18\x06 \x01(\x03\x12\x14\n\x0cstore_schema\x18\x07 \x01(\x05\"\xc5\x03\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08uptime_s\x18\x03 \x01(\x01\x12#\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x12.tessera.v1.Device\x12*\n\x08\x64\x61ta_dir\x18\x05 \x01(\x0b\x32\x18.tessera.v1.DataDirUsage\x12\x10\n\x08services\x18\x06 \x03(\t\x12\x10\n\x08hostname\x18\x07 \x01(\t\x12\x0b\n\x03pid\x18\x08 \x01(\x05\x12\x45\n\x10runtime_versions\x18\t \x03(\x0b\x32+.tessera.v1.ServerInfo.RuntimeVersionsEntry\x12\x35\n\x10training_cluster\x18( \x01(\x0b\x32\x1b.tessera.v1.TrainingCluster\x12,\n\x0breplication\x18) \x01(\x0b\x32\x17.tessera.v1.Replication\x1a\x36\n\x14RuntimeVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfb\x01\n\x0bReplication\x12)\n\x04role\x18\x01 \x01(\x0e\x32\x1b.tessera.v1.ReplicationRole\x12\x0f\n\x07primary\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x0f\n\x07refused\x18\x04 \x01(\x08\x12\x0f\n\x07refusal\x18\x05 \x01(\t\x12\x16\n\x0e\x61pplied_change\x18\x06 \x01(\x03\x12\x16\n\x0eprimary_change\x18\x07 \x01(\x03\x12\x19\n\x11store_incarnation\x18\x08 \x01(\t\x12\x30\n\x0clast_contact\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdd\x01\n\x0fTrainingCluster\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12&\n\x05nodes\x18\x04 \x03(\x0b\x32\x17.tessera.v1.ClusterNode\x12=\n\tavailable\x18\x05 \x03(\x0b\x32*.tessera.v1.TrainingCluster.AvailableEntry\x1a\x30\n\x0e\x41vailableEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x9f\x01\n\x0b\x43lusterNode\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x31\n\x05total\x18\x04 \x03(\x0b\x32\".tessera.v1.ClusterNode.TotalEntry\x1a,\n\nTotalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\">\n\x12WatchSystemRequest\x12\x13\n\x0binterval_ms\x18\x01 \x01(\x05\x12\x13\n\x0bmax_samples\x18\x02 \x01(\x03\"#\n\rBackupRequest\x12\x12\n\nchunk_size\x18\x01 \x01(\x05\"B\n\x0b\x42\x61\x63kupChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x14\n\x0c\x61rchive_size\x18\x02 \x01(\x03\x12\x0f\n\x07waiting\x18\x03 \x01(\x08\"\x93\x01\n\tGpuSample\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1b\n\x13utilization_percent\x18\x02 \x01(\x01\x12\x19\n\x11memory_used_bytes\x18\x03 \x01(\x03\x12\x1a\n\x12memory_total_bytes\x18\x04 \x01(\x03\x12\x15\n\rtemperature_c\x18\x05 \x01(\x01\x12\x0f\n\x07power_w\x18\x06 \x01(\x01\"\xb1\x02\n\x0cSystemSample\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63pu_percent\x18\x02 \x01(\x01\x12\x17\n\x0fper_cpu_percent\x18\x03 \x03(\x01\x12\x19\n\x11memory_used_bytes\x18\x04 \x01(\x03\x12\x1a\n\x12memory_total_bytes\x18\x05 \x01(\x03\x12\x1b\n\x13process_cpu_percent\x18\x06 \x01(\x01\x12\x19\n\x11process_rss_bytes\x18\x07 \x01(\x03\x12#\n\x04gpus\x18\x08 \x03(\x0b\x32\x15.tessera.v1.GpuSample\x12\x35\n\x10training_cluster\x18( \x01(\x0b\x32\x1b.tessera.v1.TrainingCluster*T\n\nDeviceKind\x12\x1b\n\x17\x44\x45VICE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x44\x45VICE_KIND_CPU\x10\x01\x12\x14\n\x10\x44\x45VICE_KIND_CUDA\x10\x02*o\n\x0fReplicationRole\x12 \n\x1cREPLICATION_ROLE_UNSPECIFIED\x10\x00\x12\x1c\n\x18REPLICATION_ROLE_PRIMARY\x10\x01\x12\x1c\n\x18REPLICATION_ROLE_REPLICA\x10\x02\x32\xde\x01\n\x06System\x12I\n\rGetServerInfo\x12 .tessera.v1.GetServerInfoRequest\x1a\x16.tessera.v1.ServerInfo\x12I\n\x0bWatchSystem\x12\x1e.tessera.v1.WatchSystemRequest\x1a\x18.tessera.v1.SystemSample0\x01\x12>\n\x06\x42\x61\x63kup\x12\x19.tessera.v1.BackupRequest\x1a\x17.tessera.v1.BackupChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,40 +38,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGCLUSTER_AVAILABLEENTRY']._serialized_options = b'8\001'
   _globals['_CLUSTERNODE_TOTALENTRY']._loaded_options = None
   _globals['_CLUSTERNODE_TOTALENTRY']._serialized_options = b'8\001'
-  _globals['_DEVICEKIND']._serialized_start=2085
-  _globals['_DEVICEKIND']._serialized_end=2169
-  _globals['_REPLICATIONROLE']._serialized_start=2171
-  _globals['_REPLICATIONROLE']._serialized_end=2282
+  _globals['_DEVICEKIND']._serialized_start=2107
+  _globals['_DEVICEKIND']._serialized_end=2191
+  _globals['_REPLICATIONROLE']._serialized_start=2193
+  _globals['_REPLICATIONROLE']._serialized_end=2304
   _globals['_GETSERVERINFOREQUEST']._serialized_start=72
   _globals['_GETSERVERINFOREQUEST']._serialized_end=94
   _globals['_DEVICE']._serialized_start=96
   _globals['_DEVICE']._serialized_end=211
   _globals['_DATADIRUSAGE']._serialized_start=214
-  _globals['_DATADIRUSAGE']._serialized_end=360
-  _globals['_SERVERINFO']._serialized_start=363
-  _globals['_SERVERINFO']._serialized_end=816
-  _globals['_SERVERINFO_RUNTIMEVERSIONSENTRY']._serialized_start=762
-  _globals['_SERVERINFO_RUNTIMEVERSIONSENTRY']._serialized_end=816
-  _globals['_REPLICATION']._serialized_start=819
-  _globals['_REPLICATION']._serialized_end=1070
-  _globals['_TRAININGCLUSTER']._serialized_start=1073
-  _globals['_TRAININGCLUSTER']._serialized_end=1294
-  _globals['_TRAININGCLUSTER_AVAILABLEENTRY']._serialized_start=1246
-  _globals['_TRAININGCLUSTER_AVAILABLEENTRY']._serialized_end=1294
-  _globals['_CLUSTERNODE']._serialized_start=1297
-  _globals['_CLUSTERNODE']._serialized_end=1456
-  _globals['_CLUSTERNODE_TOTALENTRY']._serialized_start=1412
-  _globals['_CLUSTERNODE_TOTALENTRY']._serialized_end=1456
-  _globals['_WATCHSYSTEMREQUEST']._serialized_start=1458
-  _globals['_WATCHSYSTEMREQUEST']._serialized_end=1520
-  _globals['_BACKUPREQUEST']._serialized_start=1522
-  _globals['_BACKUPREQUEST']._serialized_end=1557
-  _globals['_BACKUPCHUNK']._serialized_start=1559
-  _globals['_BACKUPCHUNK']._serialized_end=1625
-  _globals['_GPUSAMPLE']._serialized_start=1628
-  _globals['_GPUSAMPLE']._serialized_end=1775
-  _globals['_SYSTEMSAMPLE']._serialized_start=1778
-  _globals['_SYSTEMSAMPLE']._serialized_end=2083
-  _globals['_SYSTEM']._serialized_start=2285
-  _globals['_SYSTEM']._serialized_end=2507
+  _globals['_DATADIRUSAGE']._serialized_end=382
+  _globals['_SERVERINFO']._serialized_start=385
+  _globals['_SERVERINFO']._serialized_end=838
+  _globals['_SERVERINFO_RUNTIMEVERSIONSENTRY']._serialized_start=784
+  _globals['_SERVERINFO_RUNTIMEVERSIONSENTRY']._serialized_end=838
+  _globals['_REPLICATION']._serialized_start=841
+  _globals['_REPLICATION']._serialized_end=1092
+  _globals['_TRAININGCLUSTER']._serialized_start=1095
+  _globals['_TRAININGCLUSTER']._serialized_end=1316
+  _globals['_TRAININGCLUSTER_AVAILABLEENTRY']._serialized_start=1268
+  _globals['_TRAININGCLUSTER_AVAILABLEENTRY']._serialized_end=1316
+  _globals['_CLUSTERNODE']._serialized_start=1319
+  _globals['_CLUSTERNODE']._serialized_end=1478
+  _globals['_CLUSTERNODE_TOTALENTRY']._serialized_start=1434
+  _globals['_CLUSTERNODE_TOTALENTRY']._serialized_end=1478
+  _globals['_WATCHSYSTEMREQUEST']._serialized_start=1480
+  _globals['_WATCHSYSTEMREQUEST']._serialized_end=1542
+  _globals['_BACKUPREQUEST']._serialized_start=1544
+  _globals['_BACKUPREQUEST']._serialized_end=1579
+  _globals['_BACKUPCHUNK']._serialized_start=1581
+  _globals['_BACKUPCHUNK']._serialized_end=1647
+  _globals['_GPUSAMPLE']._serialized_start=1650
+  _globals['_GPUSAMPLE']._serialized_end=1797
+  _globals['_SYSTEMSAMPLE']._serialized_start=1800
+  _globals['_SYSTEMSAMPLE']._serialized_end=2105
+  _globals['_SYSTEM']._serialized_start=2307
+  _globals['_SYSTEM']._serialized_end=2529
 # @@protoc_insertion_point(module_scope)

@@ -121,6 +121,7 @@ class DataDirUsage(_message.Message):
     BLOB_BYTES_FIELD_NUMBER: _builtins.int
     FS_FREE_BYTES_FIELD_NUMBER: _builtins.int
     FS_TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    STORE_SCHEMA_FIELD_NUMBER: _builtins.int
     path: _builtins.str
     store_bytes: _builtins.int
     """Bytes in the LMDB file, and its configured map size (the most it may grow to)."""
@@ -130,6 +131,10 @@ class DataDirUsage(_message.Message):
     fs_free_bytes: _builtins.int
     """The file system holding the data directory."""
     fs_total_bytes: _builtins.int
+    store_schema: _builtins.int
+    """The store's schema number, which this daemon writes: `tesserad restore` refuses an archive of
+    a newer one, and an older tesserad refuses to open it.
+    """
     def __init__(
         self,
         *,
@@ -139,10 +144,11 @@ class DataDirUsage(_message.Message):
         blob_bytes: _builtins.int = ...,
         fs_free_bytes: _builtins.int = ...,
         fs_total_bytes: _builtins.int = ...,
+        store_schema: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_bytes", b"blob_bytes", "fs_free_bytes", b"fs_free_bytes", "fs_total_bytes", b"fs_total_bytes", "path", b"path", "store_bytes", b"store_bytes", "store_map_size_bytes", b"store_map_size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_bytes", b"blob_bytes", "fs_free_bytes", b"fs_free_bytes", "fs_total_bytes", b"fs_total_bytes", "path", b"path", "store_bytes", b"store_bytes", "store_map_size_bytes", b"store_map_size_bytes", "store_schema", b"store_schema"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
