@@ -222,14 +222,18 @@ class _CallMetrics(Collector):
         bounds = [*RPC_LATENCY_BUCKETS, math.inf]
         for recorder in recorders:
             counts, total, codes = recorder.read()
+            for code, count in codes.items():
+                calls.add_metric([*recorder.labels, code], count)
+            if not any(counts):
+                # No call timed yet (its failure codes exported at 0, or refusals only): 20
+                # buckets of zeros per method and route would add thousands of series.
+                continue
             # prometheus_client leaves floatToGoString unannotated.
             buckets = [
                 (floatToGoString(bound), cumulative)  # type: ignore[no-untyped-call]
                 for bound, cumulative in zip(bounds, itertools.accumulate(counts), strict=True)
             ]
             latency.add_metric(list(recorder.labels), buckets, total)
-            for code, count in codes.items():
-                calls.add_metric([*recorder.labels, code], count)
         return [latency, calls]
 
 

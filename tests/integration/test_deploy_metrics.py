@@ -175,3 +175,6 @@ def test_a_fresh_daemon_shows_the_failure_series_the_alerts_count_at_zero(data_d
     assert ("grpc.health.v1.Health", "Check") in rpc_codes
     assert all(codes == {"500"} for codes in http_codes.values())
     assert any(route.startswith("/api/") for _, route, _ in http_codes)
+    # Latency comes with a method's or route's first call: no buckets of zeros for each.
+    assert b"tessera_rpc_duration_seconds_bucket{" not in text
+    assert b"tessera_http_request_duration_seconds_bucket{" not in text
