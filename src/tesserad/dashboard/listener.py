@@ -43,7 +43,7 @@ UNMATCHED_ROUTE = "unmatched"
 OTHER_METHOD = "other"
 # What a 429 (a limit reached: calls, streams) says in Retry-After: seconds, as Triton's and most
 # proxies' do; a slot frees as a call ends, so soon.
-RETRY_AFTER = {hdrs.RETRY_AFTER: "1"}
+RETRY_AFTER: dict[str, str] = {hdrs.RETRY_AFTER: "1"}
 # The status a request is counted with when it is not its answer's: an answer cut short after its
 # headers went out, by a failure of the daemon's, is counted as that failure.
 COUNTED_STATUS = web.RequestKey("counted_status", int)
