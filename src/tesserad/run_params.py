@@ -4,8 +4,31 @@ tracking and the registry."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 _EARLY_STOPPING = "early_stopping."
+# Config keys that are no hyperparameters: where the run goes, what it registers, what it reads.
+_NOT_PARAMS = ("tags", "register_as", "experiment", "run_name", "priority", "dataset_sha256", "sha256")
+
+
+def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """The hyperparameters of a config as run params ("optimizer.lr" -> "0.001"). Early stopping's
+    only when it is on: the config holds its defaults with patience 0 when the spec leaves it out,
+    and runs compared by their params would differ by a section neither set."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        if key in _NOT_PARAMS:
+            continue
+        if not prefix and key == "early_stopping" and not value.get("patience"):
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_params(value, name + "."))
+        elif isinstance(value, list):
+            out[name] = ",".join(str(v) for v in value)
+        else:
+            out[name] = str(value)
+    return out
 
 
 def without_early_stopping_off(params: Mapping[str, str]) -> dict[str, str] | None:

@@ -46,6 +46,7 @@ from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
 from tesserad.names import validate_name
 from tesserad.paging import PageFill, answer_bytes, resume_key
+from tesserad.run_params import flatten_params
 from tesserad.store import BlobRef, BlobStore, Key, ReadTxn, Store, WriteTxn, each_row_once
 from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.finetune import ParentLookup, tensor_mismatches
@@ -198,26 +199,6 @@ class Registration(Protocol):
 
 
 JobListener = Callable[[JobRecord, str, dict[str, Any]], None]
-
-
-def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """The hyperparameters of a config as run params ("optimizer.lr" -> "0.001"). Early stopping's
-    only when it is on: the config holds its defaults with patience 0 when the spec leaves it out,
-    and runs compared by their params would differ by a section neither set."""
-    out: dict[str, str] = {}
-    for key, value in config.items():
-        if key in ("tags", "register_as", "experiment", "run_name", "priority", "dataset_sha256", "sha256"):
-            continue
-        if not prefix and key == "early_stopping" and not value.get("patience"):
-            continue
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten_params(value, name + "."))
-        elif isinstance(value, list):
-            out[name] = ",".join(str(v) for v in value)
-        else:
-            out[name] = str(value)
-    return out
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from tesserad.errors import ResourceExhausted
 from tesserad.registry import DatasetLineage, Lineage, Registry
 from tesserad.registry.architectures import architecture_signature
+from tesserad.run_params import flatten_params
 from tesserad.store import BlobRef
 from tesserad.training.job_records import JobRecord, Registered
-from tesserad.training.jobs import flatten_params
 
 
 class JobRegistration:

@@ -24,7 +24,7 @@ from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, 
 from tesserad.ids import new_id
 from tesserad.names import closest, did_you_mean, validate_name, validate_name_prefix
 from tesserad.paging import MAX_PAGE_BYTES, Page, PageFill, foreign_token, make_token, read_page, resume_after
-from tesserad.run_params import without_early_stopping_off
+from tesserad.run_params import flatten_params, without_early_stopping_off
 from tesserad.store import (
     Key,
     ReadTxn,
@@ -49,6 +49,7 @@ from tesserad.text import (
     hidden_character_problem,
 )
 from tesserad.training import metric_buckets, run_order
+from tesserad.training.job_records import decode_job
 from tesserad.training.metric_buckets import MAX_STEP, Grouping, Sample, metric_prefix, point_key
 from tesserad.training.spec import default_mode
 
@@ -344,6 +345,18 @@ def _tag_changes(set_tags: dict[str, str], remove_tags: Iterable[str]) -> set[st
     removed = set(remove_tags)
     check_tag_update(set_tags, removed)
     return removed
+
+
+def _changed_param_advice(txn: ReadTxn, run: Run, key: str) -> str:
+    """What to do about a change to `run`'s param `key`: its job's own params (its spec's) are
+    named as the job's, with a key of the user's own to log under instead."""
+    raw = txn.get("jobs", (run.job_id,)) if run.job_id else None
+    if raw is not None and key in flatten_params(decode_job(raw).config):
+        return (
+            f", which its job {run.job_id} set from its spec; a logged param cannot change: log yours "
+            f"under another key, such as {'user.' + key!r}"
+        )
+    return "; a logged param cannot change (start a new run for a new value)"
 
 
 def _refuse_deleted_run(run: Run) -> None:
@@ -1122,8 +1135,9 @@ class Tracking:
     # -- params
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
-        """Add params to a running run; a param once logged cannot change value, and logging
-        it again with its value is a repeat that holds (the SDK retries this call)."""
+        """Add params to a run, running or ended (as MLflow does: a score measured after training
+        belongs with the run); a param once logged cannot change value, and logging it again
+        with its value is a repeat that holds (the SDK retries this call)."""
         check_entries("params", params, MAX_PARAM_VALUE)
         with self._store.write() as txn:
             run = self.load_run(txn, run_id)
@@ -1131,13 +1145,9 @@ class Tracking:
             for key, value in params.items():
                 if key in run.params and run.params[key] != value:
                     raise FailedPrecondition(
-                        f"params[{key!r}]: run {run_id!r} already has {key} = {run.params[key]!r}; a "
-                        "logged param cannot change (start a new run for a new value)"
+                        f"params[{key!r}]: run {run_id!r} already has {key} = {run.params[key]!r}"
+                        + _changed_param_advice(txn, run, key)
                     )
-            if run.status in ENDED_STATUSES and not params.keys() <= run.params.keys():
-                raise FailedPrecondition(
-                    f"run {run_id!r} has ended ({run.status.upper()}); log params to a running run"
-                )
             run.params.update(params)
             _check_run_text(run)
             self.put_run(txn, run)
@@ -1183,8 +1193,10 @@ class Tracking:
     ) -> Future[int]:
         """Queue a batch for the next group commit; the future gives the count once durable.
 
-        External callers may only log to a running run; jobs log through the same path. A batch
-        of a `sequence` is refused unstored once an earlier batch of it failed.
+        External callers may log to a run that is not deleted, running or ended (a test-set score
+        after training, as in MLflow): nothing reads an ended run's points as frozen, a sweep
+        ranking its trials by their jobs' epoch events, not by their runs. Jobs log through the
+        same path. A batch of a `sequence` is refused unstored once an earlier batch of it failed.
         """
         self.check_points(points)
         now = time.time()
@@ -1207,14 +1219,8 @@ class Tracking:
             if raw is None:
                 raise NotFound(f"run {run_id[:80]!r} does not exist; create it with CreateRun first")
             data = decode_record(raw, "run", 1)[1]
-            if external:
-                if "deleted_at" in data:
-                    _refuse_deleted_run(_run_from(data))
-                status = data["status"]
-                if status in ENDED_STATUSES:
-                    raise FailedPrecondition(
-                        f"run {run_id!r} has ended ({status.upper()}); log metrics to a running run"
-                    )
+            if external and "deleted_at" in data:
+                _refuse_deleted_run(_run_from(data))
             _check_metric_room(txn, run_id, (point.key for point in points))
             write_points(txn, data["experiment"], run_id, points, now)
             return len(points)

@@ -66,6 +66,30 @@ def test_grid_sweep_runs_every_combination(training: training_pb2_grpc.TrainingS
     assert sweep.sweep_id in {s.sweep_id for s in listed.sweeps}
 
 
+def test_points_logged_to_an_ended_trials_run_leave_the_sweeps_result_alone(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    """A trial's run takes a user's late points, as any ended run (a test-set score); the sweep
+    ranks its trials by their jobs' epoch metrics, never by their runs' summaries."""
+    spec = S.SweepSpec(
+        base=job_spec("mlp", epochs=1, experiment="late-trial-points"),
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("optimizer.lr", "0.001", "0.05")],
+        max_concurrent=2,
+        metric="val_loss",
+    )
+    sweep = wait_sweep(training, training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id)
+    assert sweep.state == S.SWEEP_STATE_SUCCEEDED
+    worst = max(sweep.trials, key=lambda t: t.metric)
+    run_id = training.GetJob(S.GetJobRequest(job_id=worst.job_id)).run_id
+    point = S.MetricPoint(key="val_loss", value=-1.0, step=10_000)
+    training.LogMetrics(S.LogMetricsRequest(run_id=run_id, points=[point]))
+    after = training.GetSweep(S.GetSweepRequest(sweep_id=sweep.sweep_id))
+    assert after.best_job_id == sweep.best_job_id != worst.job_id
+    assert [(t.job_id, t.metric) for t in after.trials] == [(t.job_id, t.metric) for t in sweep.trials]
+    assert training.GetJob(S.GetJobRequest(job_id=worst.job_id)).metrics["val_loss"] == worst.metric
+
+
 def test_asha_prunes_trials_that_trail_at_a_rung(training: training_pb2_grpc.TrainingStub) -> None:
     # Seed 6 draws lr 0.05 first, then 1e-7 twice: the first trial learns, the later two barely
     # move from the same initial weights, so at the first rung (epoch 1) they trail it. A trial

@@ -174,8 +174,6 @@ def test_bad_metrics_and_params_are_refused(tracker) -> None:
         S.UpdateRunRequest(run_id=run.run_id, status=S.RUN_STATUS_SUCCEEDED, set_tags={"k": "v"})
     )
     assert ended.status == S.RUN_STATUS_SUCCEEDED and ended.end_time.seconds > 0 and ended.tags == {"k": "v"}
-    late = _error(lambda: _log(tracker, run.run_id, "a", [1.0]))
-    assert late.code() == grpc.StatusCode.FAILED_PRECONDITION and "has ended (SUCCEEDED)" in late.details()
     again = _error(
         lambda: tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, status=S.RUN_STATUS_FAILED))
     )
@@ -414,16 +412,54 @@ def test_a_param_or_tag_filter_key_no_run_can_have_is_refused(tracker, field: st
     )
 
 
-def test_params_like_metrics_are_logged_only_while_the_run_runs(tracker) -> None:
+def test_an_ended_run_takes_new_metrics_and_params_but_no_changed_param(tracker) -> None:
+    """As in MLflow, where a test-set score is logged to the run once training has ended."""
     run = _run(tracker, "ended-params", lr="0.1")
+    _log(tracker, run.run_id, "val_f1", [0.25, 0.5])
     tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, status=S.RUN_STATUS_SUCCEEDED))
-    late = _error(lambda: tracker.LogParams(S.LogParamsRequest(run_id=run.run_id, params={"seed": "1"})))
-    assert late.code() == grpc.StatusCode.FAILED_PRECONDITION and "has ended (SUCCEEDED)" in late.details()
-    assert tracker.GetRun(S.GetRunRequest(run_id=run.run_id)).params == {"lr": "0.1"}
-    # A repeat of what is logged adds nothing, so it holds (the SDK retries LogParams).
-    tracker.LogParams(S.LogParamsRequest(run_id=run.run_id, params={"lr": "0.1"}))
+    assert _log(tracker, run.run_id, "test_f1", [0.75], first_step=1) == 1
+    assert _log(tracker, run.run_id, "val_f1", [0.875], first_step=2) == 1
+    tracker.LogParams(S.LogParamsRequest(run_id=run.run_id, params={"seed": "1", "lr": "0.1"}))
+    changed = _error(lambda: tracker.LogParams(S.LogParamsRequest(run_id=run.run_id, params={"lr": "0.2"})))
+    assert changed.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already has lr = '0.1'" in changed.details()
+    ended = tracker.GetRun(S.GetRunRequest(run_id=run.run_id))
+    assert ended.status == S.RUN_STATUS_SUCCEEDED and ended.params == {"lr": "0.1", "seed": "1"}
+    summaries = {m.key: (m.last, m.max, m.count) for m in ended.metrics}
+    assert summaries == {"test_f1": (0.75, 0.75, 1), "val_f1": (0.875, 0.875, 3)}
+    board = tracker.Leaderboard(S.LeaderboardRequest(experiment="ended-params", metric="test_f1"))
+    assert [(e.run.run_id, e.value) for e in board.entries] == [(run.run_id, 0.75)]
     tagged = tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, set_tags={"reviewed": "yes"}))
     assert tagged.tags == {"reviewed": "yes"}  # tags annotate a run, ended or not
+
+
+def test_a_deleted_run_still_takes_no_metrics_nor_params(tracker) -> None:
+    run = _run(tracker, "deleted-late")
+    tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, status=S.RUN_STATUS_SUCCEEDED))
+    tracker.DeleteRun(S.DeleteRunRequest(run_id=run.run_id))
+    for call in (
+        lambda: _log(tracker, run.run_id, "test_f1", [0.5]),
+        lambda: tracker.LogParams(S.LogParamsRequest(run_id=run.run_id, params={"seed": "1"})),
+    ):
+        assert _error(call).code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert not tracker.GetRun(S.GetRunRequest(run_id=run.run_id)).metrics
+
+
+def test_a_jobs_ended_run_takes_the_users_metrics_and_names_the_job_for_a_param_it_set(tracker) -> None:
+    job = submit(tracker, job_spec("mlp", experiment="job-late", epochs=1))
+    follow(tracker, job.job_id)
+    run_id = tracker.GetJob(S.GetJobRequest(job_id=job.job_id)).run_id
+    assert _log(tracker, run_id, "test_f1", [0.5], first_step=4) == 1
+    taken = _error(lambda: tracker.LogParams(S.LogParamsRequest(run_id=run_id, params={"seed": "1"})))
+    assert taken.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert taken.details() == (
+        f"params['seed']: run {run_id!r} already has seed = '7', which its job {job.job_id} set from "
+        "its spec; a logged param cannot change: log yours under another key, such as 'user.seed'"
+    )
+    tracker.LogParams(S.LogParamsRequest(run_id=run_id, params={"user.seed": "1"}))
+    run = tracker.GetRun(S.GetRunRequest(run_id=run_id))
+    assert run.params["user.seed"] == "1" and run.params["seed"] == "7"
+    assert {m.key: m.last for m in run.metrics}["test_f1"] == 0.5
 
 
 def test_an_empty_run_id_is_invalid_in_every_run_call(tracker) -> None:

@@ -345,7 +345,9 @@ class TrainingServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LogParams(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A run takes params running or ended (as MLflow's: a test-set score after training), not
+        deleted; a logged param never changes value (FAILED_PRECONDITION), a repeat holds.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -358,7 +360,8 @@ class TrainingServicer:
         GetRun, ListRuns, CompareRuns and Leaderboard answer a run's first 2,000 keys' summaries
         (see Run.metrics_left_out; ListRunMetrics pages through all of them), so that with its
         params and tags (2 MiB at most) one 4 MiB answer (gRPC's default receive limit) always
-        carries it.
+        carries it. A run takes points running or ended, as LogParams takes params; a deleted one
+        takes none (FAILED_PRECONDITION).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -97,6 +97,9 @@ class TrainingStub:
     Leaderboard: _grpc.UnaryUnaryMultiCallable[_training_pb2.LeaderboardRequest, _training_pb2.LeaderboardResponse]
     """Runs of an experiment ranked by one metric's summary."""
     LogParams: _grpc.UnaryUnaryMultiCallable[_training_pb2.LogParamsRequest, _training_pb2.LogParamsResponse]
+    """A run takes params running or ended (as MLflow's: a test-set score after training), not
+    deleted; a logged param never changes value (FAILED_PRECONDITION), a repeat holds.
+    """
     LogMetrics: _grpc.UnaryUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]
     """A batch of metric points for one run, at most 10,000 points (INVALID_ARGUMENT above it,
     none stored: send them in several calls). A run holds at most 10,000 distinct metric keys: a
@@ -105,7 +108,8 @@ class TrainingStub:
     GetRun, ListRuns, CompareRuns and Leaderboard answer a run's first 2,000 keys' summaries
     (see Run.metrics_left_out; ListRunMetrics pages through all of them), so that with its
     params and tags (2 MiB at most) one 4 MiB answer (gRPC's default receive limit) always
-    carries it.
+    carries it. A run takes points running or ended, as LogParams takes params; a deleted one
+    takes none (FAILED_PRECONDITION).
     """
     LogMetricsStream: _grpc.StreamUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]
     """Many batches over one call, each of at most 10,000 points as a LogMetrics request (one
@@ -223,6 +227,9 @@ class TrainingAsyncStub(TrainingStub):
     Leaderboard: _aio.UnaryUnaryMultiCallable[_training_pb2.LeaderboardRequest, _training_pb2.LeaderboardResponse]  # type: ignore[assignment]
     """Runs of an experiment ranked by one metric's summary."""
     LogParams: _aio.UnaryUnaryMultiCallable[_training_pb2.LogParamsRequest, _training_pb2.LogParamsResponse]  # type: ignore[assignment]
+    """A run takes params running or ended (as MLflow's: a test-set score after training), not
+    deleted; a logged param never changes value (FAILED_PRECONDITION), a repeat holds.
+    """
     LogMetrics: _aio.UnaryUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]  # type: ignore[assignment]
     """A batch of metric points for one run, at most 10,000 points (INVALID_ARGUMENT above it,
     none stored: send them in several calls). A run holds at most 10,000 distinct metric keys: a
@@ -231,7 +238,8 @@ class TrainingAsyncStub(TrainingStub):
     GetRun, ListRuns, CompareRuns and Leaderboard answer a run's first 2,000 keys' summaries
     (see Run.metrics_left_out; ListRunMetrics pages through all of them), so that with its
     params and tags (2 MiB at most) one 4 MiB answer (gRPC's default receive limit) always
-    carries it.
+    carries it. A run takes points running or ended, as LogParams takes params; a deleted one
+    takes none (FAILED_PRECONDITION).
     """
     LogMetricsStream: _aio.StreamUnaryMultiCallable[_training_pb2.LogMetricsRequest, _training_pb2.LogMetricsResponse]  # type: ignore[assignment]
     """Many batches over one call, each of at most 10,000 points as a LogMetrics request (one
@@ -465,7 +473,10 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _training_pb2.LogParamsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_training_pb2.LogParamsResponse, _abc.Awaitable[_training_pb2.LogParamsResponse]]: ...
+    ) -> _typing.Union[_training_pb2.LogParamsResponse, _abc.Awaitable[_training_pb2.LogParamsResponse]]:
+        """A run takes params running or ended (as MLflow's: a test-set score after training), not
+        deleted; a logged param never changes value (FAILED_PRECONDITION), a repeat holds.
+        """
 
     @_abc_1.abstractmethod
     def LogMetrics(
@@ -480,7 +491,8 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         GetRun, ListRuns, CompareRuns and Leaderboard answer a run's first 2,000 keys' summaries
         (see Run.metrics_left_out; ListRunMetrics pages through all of them), so that with its
         params and tags (2 MiB at most) one 4 MiB answer (gRPC's default receive limit) always
-        carries it.
+        carries it. A run takes points running or ended, as LogParams takes params; a deleted one
+        takes none (FAILED_PRECONDITION).
         """
 
     @_abc_1.abstractmethod
