@@ -25,10 +25,18 @@ def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict):
             out.update(flatten_params(value, name + "."))
         elif isinstance(value, list):
-            out[name] = ",".join(str(v) for v in value)
+            out[name] = ",".join(param_text(v) for v in value)
         else:
-            out[name] = str(value)
+            out[name] = param_text(value)
     return out
+
+
+def param_text(value: object) -> str:
+    """A spec's value as a run param: a bool as the spec's TOML or JSON writes it (true, not
+    Python's True), so that a filter on params.optimizer.nesterov = 'false' reads as the spec."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def without_early_stopping_off(params: Mapping[str, str]) -> dict[str, str] | None:

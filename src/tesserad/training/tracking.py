@@ -12,6 +12,7 @@ import heapq
 import itertools
 import logging
 import math
+import re
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -345,6 +346,29 @@ def _tag_changes(set_tags: dict[str, str], remove_tags: Iterable[str]) -> set[st
     removed = set(remove_tags)
     check_tag_update(set_tags, removed)
     return removed
+
+
+# A number as a filter or a param writes it: digits, an optional fraction and exponent; no
+# underscores, nan or inf, which float() would also read.
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_BOOL_WORDS = ("true", "false")
+
+
+def param_matches(stored: str | None, wanted: str) -> bool:
+    """Whether a run's param `stored` meets a filter's `wanted`: the same text; the same number
+    where both are numbers (3e-3 is 0.003), since a value's spelling is its writer's (Python
+    writes 0.003, a spec may say 3e-3); or the same bool word in any case, since job runs stored
+    Python's True and False before their specs' true and false, and the SDK logs Python's bools
+    so (a comparison on read keeps the stored text as it was logged)."""
+    if stored is None:
+        return False
+    if stored == wanted:
+        return True
+    if _NUMBER.fullmatch(stored) and _NUMBER.fullmatch(wanted):
+        left, right = float(stored), float(wanted)
+        return math.isfinite(left) and math.isfinite(right) and left == right
+    lowered = stored.lower()
+    return lowered in _BOOL_WORDS and lowered == wanted.lower()
 
 
 def _changed_param_advice(txn: ReadTxn, run: Run, key: str) -> str:
@@ -903,7 +927,7 @@ class Tracking:
                 return None
             if wanted and run.status not in wanted:
                 return None
-            if not all(run.params.get(k) == v for k, v in params.items()) or not all(
+            if not all(param_matches(run.params.get(k), v) for k, v in params.items()) or not all(
                 run.tags.get(k) == v for k, v in tags.items()
             ):
                 return None

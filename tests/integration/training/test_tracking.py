@@ -933,3 +933,31 @@ def test_an_unknown_experiment_names_the_nearest(tracker) -> None:
         assert error.details().startswith("experiment 'clipz' does not exist; did you mean 'clips'?"), (
             error.details()
         )
+
+
+def test_a_jobs_bool_params_are_stored_as_toml_writes_them(tracker) -> None:
+    spec = job_spec("mlp", experiment="bool-params", epochs=1)
+    spec.optimizer.name, spec.optimizer.nesterov, spec.optimizer.momentum = "sgd", True, 0.9
+    job = submit(tracker, spec)
+    follow(tracker, job.job_id)
+    run = tracker.GetRun(S.GetRunRequest(run_id=tracker.GetJob(S.GetJobRequest(job_id=job.job_id)).run_id))
+    assert run.params["optimizer.nesterov"] == "true"
+    assert "True" not in run.params.values() and "False" not in run.params.values()
+
+
+def test_a_param_filter_compares_numbers_as_numbers_and_bool_words_in_any_case(tracker) -> None:
+    def matches(key: str, value: str) -> list[str]:
+        request = S.ListRunsRequest(experiment="param-match", params=[S.ParamFilter(key=key, value=value)])
+        return sorted(r.name for r in tracker.ListRuns(request).runs)
+
+    # "False" and "True" as a job's run stored them before they were spelt as in TOML and JSON,
+    # and as the SDK writes Python's bools.
+    _run(tracker, "param-match", "old", lr="0.003", nesterov="False", tag="v1")
+    _run(tracker, "param-match", "new", lr="3e-3", nesterov="false", tag="1")
+    _run(tracker, "param-match", "other", lr="0.03", nesterov="True", tag="1.0")
+    assert matches("lr", "3e-3") == matches("lr", "0.003") == matches("lr", "0.0030") == ["new", "old"]
+    assert matches("nesterov", "false") == matches("nesterov", "FALSE") == ["new", "old"]
+    assert matches("nesterov", "true") == ["other"]
+    # Text that is no number is matched exactly; "1" and "1.0" are one number.
+    assert matches("tag", "v1") == ["old"] and matches("tag", "1") == ["new", "other"]
+    assert matches("lr", "nan") == [] and matches("tag", "V1") == []

@@ -782,7 +782,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=key_value,
         metavar="KEY=VALUE",
         help="only runs with this param (repeatable); a job's run has its spec's fields by path, "
-        "e.g. optimizer.lr=0.001",
+        "e.g. optimizer.lr=0.001 (numbers compare as numbers: 3e-3 matches too; true and false in "
+        "any case)",
     )
     sub.add_argument(
         "--tag",
@@ -808,7 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
         "tags.KEY = 'VALUE', attributes.status = 'STATUS' (or !=, IN (...), NOT IN (...)); backquote "
         "a key of other characters than letters, digits and _, e.g. metrics.`val-loss`, and a metric's "
         "with dots: MLflow's metrics.val.min, the metric named val.min, is metrics.`val.min` (a param's "
-        "or tag's may hold dots: params.optimizer.lr = '0.001')",
+        "or tag's may hold dots: params.optimizer.lr = '0.001'); a param and a value that are both "
+        "numbers compare as numbers ('3e-3' matches 0.003), true and false in any case",
     )
     sub.add_argument(
         "--order-by",

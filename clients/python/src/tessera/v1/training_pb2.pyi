@@ -1660,6 +1660,10 @@ Global___RestoreRunRequest: _TypeAlias = RestoreRunRequest  # noqa: Y015
 
 @_typing.final
 class ParamFilter(_message.Message):
+    """A run matches when its param `key` is `value`: the same text, the same number where both are
+    numbers ("3e-3" matches "0.003"), or the same bool word in any case ("false" matches "False").
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
