@@ -124,6 +124,25 @@ def family_of(spec: ArchitectureSpec) -> str:
         ) from None
 
 
+def sample_layout(spec: ArchitectureSpec) -> tuple[int | None, str]:
+    """The dims of one sample the family takes (None: any number) and their layout, "(C, H, W)"."""
+    if isinstance(spec, MlpSpec):
+        return None, "of any rank"
+    if isinstance(spec, Cnn2dSpec):
+        return 3, "(C, H, W)"
+    if isinstance(spec, Cnn4dSpec):
+        return 5, "(C, T, D, H, W)"
+    return 2, "(T, F)"
+
+
+def channel_axis_advice(rank: int | None, layout: str, shape: tuple[int, ...]) -> str:
+    """How to give samples shaped `shape` the channel axis a conv family's `layout` leads with
+    when that axis is all they lack (a single-channel clip kept as (T, D, H, W)); "" otherwise."""
+    if rank is None or len(shape) != rank - 1 or not layout.startswith("(C, "):
+        return ""
+    return f"x[:, None] (shape N, 1, {layout.removeprefix('(C, ')}"
+
+
 # --------------------------------------------------------------------------------------
 # Validation
 
@@ -190,8 +209,14 @@ class _Checker:
                 "input_shape", f"must have at most {MAX_SAMPLE_DIMS} dims (no batch dim), got {len(value):,}"
             )
         if rank is not None and len(value) != rank:
+            advice = channel_axis_advice(rank, layout, value)
+            if advice:
+                advice = (
+                    f"; samples of one channel take {[1, *value]}, their array given a channel axis: {advice}"
+                )
             return self.fail(
-                "input_shape", f"must have {rank} dims {layout} (no batch dim), got {len(value)}: {shown}"
+                "input_shape",
+                f"must have {rank} dims {layout} (no batch dim), got {len(value)}: {shown}{advice}",
             )
         return all([self.int_range(f"input_shape[{i}]", v, 1, MAX_WIDTH * 16) for i, v in enumerate(value)])
 
@@ -201,15 +226,13 @@ def spec_problems(spec: ArchitectureSpec) -> list[str]:
     family = family_of(spec)
     c = _Checker(family)
     c.int_range("output_size", spec.output_size, 1, MAX_WIDTH)
+    c.shape(spec.input_shape, *sample_layout(spec))
     if isinstance(spec, MlpSpec):
-        c.shape(spec.input_shape, None, "of any rank")
         c.int_list("hidden_sizes", spec.hidden_sizes, MAX_WIDTH)
         c.choice("activation", spec.activation, ACTIVATIONS)
         c.probability("dropout", spec.dropout)
         c.choice("norm", spec.norm, ("none", "layer", "batch"))
     elif isinstance(spec, Cnn2dSpec | Cnn4dSpec):
-        rank, layout = (3, "(C, H, W)") if isinstance(spec, Cnn2dSpec) else (5, "(C, T, D, H, W)")
-        c.shape(spec.input_shape, rank, layout)
         c.int_list("channels", spec.channels, MAX_WIDTH)
         c.int_range("kernel_size", spec.kernel_size, 1, 15)
         c.choice("norm", spec.norm, ("batch", "none"))
@@ -217,7 +240,6 @@ def spec_problems(spec: ArchitectureSpec) -> list[str]:
         c.choice("pool", spec.pool, ("max", "avg", "none"))
         c.probability("dropout", spec.dropout)
     elif isinstance(spec, LstmSpec):
-        c.shape(spec.input_shape, 2, "(T, F)")
         c.int_range("hidden_size", spec.hidden_size, 1, MAX_WIDTH)
         layers_ok = c.int_range("num_layers", spec.num_layers, 1, MAX_DEPTH)
         if not isinstance(spec.bidirectional, bool):
@@ -225,7 +247,6 @@ def spec_problems(spec: ArchitectureSpec) -> list[str]:
         if c.probability("dropout", spec.dropout) and layers_ok and spec.dropout > 0 and spec.num_layers == 1:
             c.fail("dropout", "applies between stacked layers, so it needs num_layers >= 2 (or dropout 0)")
     else:
-        c.shape(spec.input_shape, 2, "(T, F)")
         width_ok = c.int_range("d_model", spec.d_model, 1, MAX_WIDTH)
         heads_ok = c.int_range("num_heads", spec.num_heads, 1, 1024)
         if width_ok and heads_ok and spec.d_model % spec.num_heads:

@@ -26,6 +26,9 @@ from tesserad.nn.specs import FAMILIES as ARCHITECTURE_FAMILIES
 from tesserad.nn.specs import (
     ArchitectureSpec,
     batch_norm_values_per_sample,
+    channel_axis_advice,
+    family_of,
+    sample_layout,
     spec_problems,
     spec_to_dict,
     unchecked_spec_from_dict,
@@ -489,11 +492,11 @@ def _check_data(
     if input_array in facts.arrays:
         in_dtype, in_shape = facts.arrays[input_array]
         if arch_spec is not None and tuple(in_shape[1:]) != tuple(arch_spec.input_shape):
-            want = list(arch_spec.input_shape)
             problems.unmet(
                 "spec.architecture.input_shape",
-                f"the model takes samples shaped {want} but array {input_array!r} of {where} holds samples "
-                f"shaped {list(in_shape[1:])}; set input_shape to {list(in_shape[1:])}",
+                f"the model takes samples shaped {list(arch_spec.input_shape)} but array {input_array!r} "
+                f"of {where} holds samples shaped {list(in_shape[1:])}"
+                + _input_shape_advice(arch_spec, tuple(in_shape[1:])),
             )
         if in_dtype == "bool" or not (in_dtype in INTEGER_DTYPES or in_dtype.startswith(("float", "bfloat"))):
             problems.unmet(
@@ -502,6 +505,22 @@ def _check_data(
     if target_array in facts.arrays:
         _check_targets(facts, input_array, target_array, arch_spec, task, problems)
     return data, facts
+
+
+def _input_shape_advice(arch_spec: ArchitectureSpec, sample: tuple[int, ...]) -> str:
+    """What makes the model take the dataset's samples: an input_shape the family takes, or (the
+    samples being unfit for it) the axis or shape the array needs."""
+    family = family_of(arch_spec)
+    rank, layout = sample_layout(arch_spec)
+    if rank is None or len(sample) == rank:
+        return f"; set input_shape to {list(sample)}"
+    channeled = [1, *sample]
+    if advice := channel_axis_advice(rank, layout, sample):
+        shape = "" if channeled == list(arch_spec.input_shape) else f" and set input_shape to {channeled}"
+        return (
+            f", without the channel axis a {family} takes {layout}: add one, {advice}, push it again{shape}"
+        )
+    return f"; a {family} takes samples of {rank} dims {layout}: push the array shaped (N, {layout[1:]}"
 
 
 def _check_targets(

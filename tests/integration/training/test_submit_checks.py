@@ -529,3 +529,28 @@ def test_a_zero_written_where_zero_is_in_range_is_kept(training: training_pb2_gr
     job = submit(training, spec)
     run = training.GetRun(training_pb2.GetRunRequest(run_id=job.run_id))
     assert (run.params["optimizer.beta1"], run.params["optimizer.beta2"]) == ("0.0", "0.999")
+
+
+def test_samples_without_a_channel_axis_are_told_to_add_one_not_to_set_a_shape_the_family_refuses(
+    training: training_pb2_grpc.TrainingStub, training_daemon
+) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 3, 4, 4, 4)).astype(np.float32)  # (N, T, D, H, W): no channel axis
+    upload_dataset(
+        training_daemon.channel(),
+        "clips-unchanneled",
+        {"x": x, "y": np.arange(8) % 2},
+        {"train": list(range(8))},
+    )
+    spec = job_spec("cnn4d")
+    spec.data.dataset.name = "clips-unchanneled"
+    spec.architecture.input_shape[:] = [2, 3, 4, 4, 4]
+    with pytest.raises(grpc.RpcError) as info:
+        submit(training, spec)
+    assert info.value.code() == PRECONDITION
+    assert (
+        "spec.architecture.input_shape: the model takes samples shaped [2, 3, 4, 4, 4] but array 'x' of "
+        "dataset 'clips-unchanneled' v1 holds samples shaped [3, 4, 4, 4], without the channel axis a "
+        "cnn4d takes (C, T, D, H, W): add one, x[:, None] (shape N, 1, T, D, H, W), push it again and "
+        "set input_shape to [1, 3, 4, 4, 4]"
+    ) in info.value.details()

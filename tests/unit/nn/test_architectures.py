@@ -93,6 +93,17 @@ BAD = [
         Cnn2dSpec((3, 8), 2),
         "architecture.input_shape: must have 3 dims (C, H, W) (no batch dim), got 2: [3, 8]",
     ),
+    (
+        Cnn4dSpec((4, 4, 8, 8), 2),
+        "architecture.input_shape: must have 5 dims (C, T, D, H, W) (no batch dim), got 4: [4, 4, 8, 8]; "
+        "samples of one channel take [1, 4, 4, 8, 8], their array given a channel axis: x[:, None] "
+        "(shape N, 1, T, D, H, W)",
+    ),
+    (
+        Cnn2dSpec((8, 8), 2),
+        "architecture.input_shape: must have 3 dims (C, H, W) (no batch dim), got 2: [8, 8]; samples of "
+        "one channel take [1, 8, 8], their array given a channel axis: x[:, None] (shape N, 1, H, W)",
+    ),
     (Cnn2dSpec((3, 8, 8), 2, kernel_size=0), "architecture.cnn2d.kernel_size: must be >= 1, got 0"),
     (Cnn2dSpec((3, 8, 8), 2, pool="min"), "architecture.cnn2d.pool"),
     (Cnn4dSpec((3, 8, 8, 8, 8), 2, kernel_size=0), "architecture.cnn4d.kernel_size: must be >= 1, got 0"),
