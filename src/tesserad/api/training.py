@@ -49,7 +49,7 @@ from tesserad.store import BlobStore
 from tesserad.training.artifacts import RunArtifacts
 from tesserad.training.events import EventLog
 from tesserad.training.jobs import Jobs
-from tesserad.training.search_space import check_search_space_size
+from tesserad.training.search_space import check_base_size, check_search_space_size
 from tesserad.training.sweeps import Sweeps
 from tesserad.training.tracking import BatchSequence, Tracking
 from tesserad.training.watch import watch_job
@@ -510,6 +510,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             raise InvalidArgument("spec.base is required: the job spec every trial starts from")
         if request.spec.base.register_as.model:
             check_job_spec_size("spec.base (with register_as)", request.spec.base.ByteSize())
+        check_base_size(request.spec.base.ByteSize())
         check_search_space_size(sum(p.ByteSize() for p in request.spec.parameters))
         sweep = sweep_request_from_proto(request.spec)
         base, _ = job_spec_from_proto(request.spec.base)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from tesserad.config import format_size
 from tesserad.errors import InvalidArgument
+from tesserad.registry.validation import MAX_JOB_SPEC_BYTES
 
 MAX_TRIALS = 1000
 # A sweep's parameters, serialized: they travel whole in every answer with the sweep, as a version's
@@ -46,6 +47,18 @@ def check_search_space_size(size: int) -> None:
             f"spec.parameters take {format_size(size)} ({size:,} bytes) serialized; a sweep's search space "
             f"takes at most {format_size(MAX_SEARCH_SPACE_BYTES)}, as it travels whole in every answer with "
             "the sweep (GetSweep, ListSweeps): list fewer or shorter values"
+        )
+
+
+def check_base_size(size: int) -> None:
+    """InvalidArgument unless a sweep's base spec of `size` bytes (serialized) fits MAX_JOB_SPEC_BYTES,
+    registering or not: each of up to MAX_TRIALS trials keeps a copy in its job's record (its spec
+    and its config), where the run-text bound alone (2 MiB) let a sweep take gigabytes."""
+    if size > MAX_JOB_SPEC_BYTES:
+        raise InvalidArgument(
+            f"spec.base takes {format_size(size)} ({size:,} bytes) serialized; a sweep's base spec takes "
+            f"at most {format_size(MAX_JOB_SPEC_BYTES)}, as each of its trials keeps a copy in its job's "
+            "record; keep large values in a file and name it"
         )
 
 

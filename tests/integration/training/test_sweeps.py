@@ -90,6 +90,32 @@ def test_points_logged_to_an_ended_trials_run_leave_the_sweeps_result_alone(
     assert training.GetJob(S.GetJobRequest(job_id=worst.job_id)).metrics["val_loss"] == worst.metric
 
 
+def test_a_sweep_base_past_256_kib_is_refused_at_submit_whatever_it_registers(
+    training: training_pb2_grpc.TrainingStub,
+) -> None:
+    """Each trial keeps a copy of the base in its job's record: a base as large as a run's params
+    and tags may be (2 MiB) took gigabytes over a thousand trials."""
+    base = job_spec("mlp", experiment="big-sweep-base")
+    base.tags.update({f"note{i}": "x" * 1000 for i in range(262)})
+    size = base.ByteSize()
+    assert 256 * 2**10 < size < 300 * 2**10
+    spec = S.SweepSpec(
+        base=base,
+        strategy=S.SWEEP_STRATEGY_GRID,
+        parameters=[sweep_values("optimizer.lr", "0.01")],
+        metric="val_loss",
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        training.SubmitSweep(S.SubmitSweepRequest(spec=spec))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == (
+        f"spec.base takes {format_size(size)} ({size:,} bytes) serialized; a sweep's base spec takes at "
+        "most 256 KiB, as each of its trials keeps a copy in its job's record; keep large values in a "
+        "file and name it"
+    )
+    assert not training.ListJobs(S.ListJobsRequest(experiment="big-sweep-base")).jobs
+
+
 def test_asha_prunes_trials_that_trail_at_a_rung(training: training_pb2_grpc.TrainingStub) -> None:
     # Seed 6 draws lr 0.05 first, then 1e-7 twice: the first trial learns, the later two barely
     # move from the same initial weights, so at the first rung (epoch 1) they trail it. A trial
@@ -1210,15 +1236,17 @@ def test_a_sweep_whose_trials_were_all_cancelled_ends_cancelled(
 def test_a_page_of_sweeps_ends_before_its_records_outgrow_a_message(
     training: training_pb2_grpc.TrainingStub,
 ) -> None:
-    # About 1 MB of tags in each sweep's base spec: five sweeps are more than gRPC's default
-    # 4 MiB receive limit, which a page must stay within whatever page_size asks for.
+    # About 248 KB of tags in each sweep's base spec (a base takes at most 256 KiB): eighteen
+    # sweeps are more than gRPC's default 4 MiB receive limit, which a page must stay within
+    # whatever page_size asks for.
     base = job_spec("mlp", epochs=1)
-    base.tags.update({f"note-{i}": "x" * 8000 for i in range(130)})
+    base.tags.update({f"note-{i}": "x" * 8000 for i in range(31)})
+    assert 18 * base.ByteSize() > 4 * 2**20
     spec = S.SweepSpec(
         base=base, strategy=S.SWEEP_STRATEGY_GRID, parameters=[sweep_values("seed", "1")], metric="train_loss"
     )
     submitted = []
-    for _ in range(5):
+    for _ in range(18):
         sweep_id = training.SubmitSweep(S.SubmitSweepRequest(spec=spec)).sweep_id
         try:
             training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep_id))
