@@ -170,7 +170,28 @@ __all__ = [
 ]
 
 
+# The submodules a user reaches as `tessera.aio.Client` after a plain `import tessera`, imported
+# on first use as the names are.
+_SUBMODULES = (
+    "aio",
+    "client",
+    "datasets",
+    "errors",
+    "events",
+    "explanations",
+    "inference",
+    "models",
+    "sweeps",
+    "system",
+    "training",
+    "transport",
+)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        # import_module binds the submodule here itself, so that this runs once per name.
+        return importlib.import_module(f"{__name__}.{name}")
     module = _MODULE_OF.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -181,4 +202,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_MODULE_OF])
+    # The public names, not the imports this module makes for itself (Any, importlib).
+    return sorted({*__all__, *_SUBMODULES, "__version__"})

@@ -913,6 +913,18 @@ class _Method:
         """What the bound method returns, of the `description` its builder returns."""
         raise NotImplementedError
 
+    @property
+    def __signature__(self) -> inspect.Signature:
+        """The method read off its class (`inspect.signature(tessera.Job.watch)`, help()): `self`
+        and the method's parameters, giving what it gives on the blocking client."""
+        bound = self._signature(Connection)
+        this = next(iter(inspect.signature(self._build).parameters.values()))
+        return bound.replace(parameters=[this, *bound.parameters.values()])
+
+    def __call__(self, part: Part[Any], /, *args: Any, **kwargs: Any) -> Any:
+        # Read off its class, the method is called with its part first, as a function is.
+        return getattr(part, self._name)(*args, **kwargs)
+
     def _bind(self, part: Part[Any], method: Callable[..., Any]) -> Any:
         functools.update_wrapper(method, self._build)
         method.__signature__ = self._signature(type(part._conn))  # type: ignore[attr-defined]
