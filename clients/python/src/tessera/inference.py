@@ -97,7 +97,7 @@ class Prediction:
 def predict_request(
     model: str,
     inputs: Inputs,
-    version: int | None,
+    version: VersionSelector | None,
     alias: str | None,
     outputs: Sequence[str],
     request_id: str = "",
@@ -113,7 +113,7 @@ def predict_request(
 def stream_requests(
     model: str,
     items: Iterable[Inputs | tuple[str, Inputs]],
-    version: int | None,
+    version: VersionSelector | None,
     alias: str | None,
     outputs: Sequence[str],
 ) -> Iterator[pb.PredictRequest]:
@@ -157,13 +157,14 @@ class Inference(Part[C]):
         model: str,
         inputs: Inputs,
         *,
-        version: int | None = None,
+        version: VersionSelector | None = None,
         alias: str | None = None,
         outputs: Sequence[str] = (),
         timeout: float | None = None,
     ) -> Op[Prediction]:
-        """Run the model on a batch: `predict("clf", {"input": x})["output"]`. Without version or
-        alias the model's deployment routes the call ("latest" without one). The deadline also
+        """Run the model on a batch: `predict("clf", {"input": x})["output"]`. `version` is a
+        number or an alias ("prod", the same as alias="prod"), as in every method here. Without
+        version or alias the model's deployment routes the call ("latest" without one). The deadline also
         bounds the time queued: an expired request is never run (DeadlineExceeded)."""
         request = predict_request(model, inputs, version, alias, outputs)
         return Op(S, "Predict", request, Prediction.from_proto, timeout)
@@ -174,7 +175,7 @@ class Inference(Part[C]):
         model: str,
         items: Iterable[Inputs | tuple[str, Inputs]],
         *,
-        version: int | None = None,
+        version: VersionSelector | None = None,
         alias: str | None = None,
         outputs: Sequence[str] = (),
         timeout: float | None = None,
@@ -204,7 +205,7 @@ class Inference(Part[C]):
         inputs: Inputs,
         method: str = "integrated_gradients",
         *,
-        version: int | None = None,
+        version: VersionSelector | None = None,
         alias: str | None = None,
         target: int | None = None,
         steps: int = 0,

@@ -26,10 +26,13 @@ from tessera.v1 import common_pb2
 M = TypeVar("M", bound=Message)
 
 
-def version_ref(model: str, version: int | None = None, alias: str | None = None) -> common_pb2.VersionRef:
-    """A VersionRef by number or alias (neither: the RPC's default, usually "latest")."""
+def version_ref(model: str, version: int | str | None = None, alias: str | None = None) -> common_pb2.VersionRef:
+    """A VersionRef by number or alias (neither: the RPC's default, usually "latest"). A str
+    `version` is an alias, as in every SDK method that takes `version=`."""
     if version is not None and alias is not None:
         raise ValueError(f"model {model!r}: pass version or alias, not both")
+    if isinstance(version, str):
+        return common_pb2.VersionRef(model=model, alias=version)
     if version is not None:
         return common_pb2.VersionRef(model=model, version=version_number("version", version))
     if alias is not None:
@@ -41,9 +44,15 @@ def version_ref(model: str, version: int | None = None, alias: str | None = None
 INT64_MAX = 2**63 - 1
 
 
-def version_number(field: str, version: int) -> int:
+def version_number(field: str, version: int | str, model: str = "MODEL") -> int:
     """`version` when an int64 field can carry it; else InvalidArgument naming `field`, where
-    protobuf would raise a bare ValueError "Value out of range"."""
+    protobuf would raise a bare ValueError "Value out of range". An alias (a str) is a ValueError
+    saying how to read its number, where Python would raise a bare TypeError."""
+    if isinstance(version, str):
+        raise ValueError(
+            f"{field}={version!r} is an alias, and this call takes a version number: read the alias's "
+            f"with client.models.alias({model!r}, {version!r}).version"
+        )
     if not -INT64_MAX - 1 <= version <= INT64_MAX:
         raise InvalidArgument(f"{field} must be a version number 1..{INT64_MAX}, got {version}")
     return version

@@ -68,9 +68,7 @@ INT32_MAX = 2**31 - 1
 
 def ref(model: str, selector: VersionSelector | None) -> common_pb2.VersionRef:
     """VersionRef from a number or an alias; None: the RPC's default ("latest")."""
-    if isinstance(selector, str):
-        return version_ref(model, alias=selector)
-    return version_ref(model, version=selector)
+    return version_ref(model, selector)
 
 
 def default_file_name(version: pb.ModelVersion) -> str:
@@ -429,8 +427,9 @@ class Models(Part[C]):
     def delete_version(self, name: str, version: int, *, timeout: float | None = None) -> Op[None]:
         """Delete one version (FailedPrecondition while an alias, a deployment or an ensemble
         version, as a member, uses it). Versions derived from it keep naming it in their
-        lineage, marked deleted (`lineage.parent_deleted`)."""
-        request = pb.DeleteVersionRequest(model=name, version=version_number("version", version))
+        lineage, marked deleted (`lineage.parent_deleted`). `version` is a number: an alias
+        (which would delete where it points) is a ValueError."""
+        request = pb.DeleteVersionRequest(model=name, version=version_number("version", version, name))
         return Op(S, "DeleteVersion", request, lambda _: None, timeout=timeout)
 
     @call
@@ -445,10 +444,11 @@ class Models(Part[C]):
     ) -> Op[pb.Alias]:
         """Point `alias` at `version`; with `expected_version`, only if it points there now
         (0: only if it does not exist yet). Where the move leaves the deployment's routes (or its
-        shadow) resolving to one version, the answer's `deployment_warnings` say so."""
-        request = pb.SetAliasRequest(model=name, alias=alias, version=version_number("version", version))
+        shadow) resolving to one version, the answer's `deployment_warnings` say so. Both
+        versions are numbers: an alias is a ValueError saying how to read its number."""
+        request = pb.SetAliasRequest(model=name, alias=alias, version=version_number("version", version, name))
         if expected_version is not None:
-            request.expected_version = version_number("expected_version", expected_version)
+            request.expected_version = version_number("expected_version", expected_version, name)
         return Op(S, "SetAlias", request, timeout=timeout)
 
     @call
