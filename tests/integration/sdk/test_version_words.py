@@ -24,11 +24,18 @@ def served(client, make_onnx):
     return "affine"
 
 
-def test_a_version_given_as_an_alias_selects_it_in_every_method_that_selects_a_version(client, served, tmp_path):
+def test_a_version_given_as_an_alias_selects_it_in_every_method_that_selects_a_version(
+    client, served, tmp_path
+):
     assert client.inference.predict("affine", X, version="production").version == 2
     np.testing.assert_allclose(client.inference.predict("affine", X, version="production")["output"], X * 3)
-    assert [p.version for p in client.inference.predict_stream("affine", [X, X], version="production")] == [2, 2]
-    with pytest.raises(tessera.TesseraError):  # the daemon's answer: an ONNX version has no torch one to explain
+    assert [p.version for p in client.inference.predict_stream("affine", [X, X], version="production")] == [
+        2,
+        2,
+    ]
+    with pytest.raises(
+        tessera.TesseraError
+    ):  # the daemon's answer: an ONNX version has no torch one to explain
         client.inference.explain("affine", X, version="production")
     assert client.models.version("affine", "production").version == 2
     assert client.models.lineage("affine", "production").version.version == 2
@@ -57,7 +64,9 @@ def test_the_asyncio_client_reads_version_the_same_way(daemon, served):
     async def scenario() -> None:
         async with tessera.aio.Client(daemon.target) as client:
             assert (await client.inference.predict("affine", X, version="production")).version == 2
-            got = [p.version async for p in client.inference.predict_stream("affine", [X], version="production")]
+            got = [
+                p.version async for p in client.inference.predict_stream("affine", [X], version="production")
+            ]
             assert got == [2]
             with pytest.raises(ValueError, match=r"client\.models\.alias"):
                 await client.models.delete_version("affine", "production")

@@ -36,7 +36,7 @@ def test_dir_lists_the_public_names_and_submodules_not_the_module_s_own_imports(
 
 def test_a_method_read_off_its_class_has_a_signature():
     signature = inspect.signature(tessera.Job.watch)
-    assert list(signature.parameters)[0] == "self"
+    assert next(iter(signature.parameters)) == "self"
     assert "from_seq" in signature.parameters
     shown = pydoc.render_doc(tessera.Job.watch, renderer=pydoc.plaintext)
     assert "watch(self" in shown

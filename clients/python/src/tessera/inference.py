@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
+from collections.abc import Iterable, Iterator, KeysView, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from tessera.calls import C, Op, PagesUpTo, Part, ReconnectingBidi, Reconnects, call, stream
-from tessera.errors import TesseraError, error_from_status_number
+from tessera.calls import C, Call, Given, Op, PagesUpTo, Part, ReconnectingBidi, Reconnects, call, stream
+from tessera.errors import InvalidArgument, TesseraError, error_from_status_number
 from tessera.explanations import Explanation, method_number
 from tessera.messages import from_dict, version_ref
 from tessera.models import VersionSelector, ref
 from tessera.state_words import StateWord
 from tessera.tensors import from_tensor, to_tensors
-from tessera.transport import MODEL_CALL_TIMEOUT_S, UNLOAD_TIMEOUT_S, timeout_or
+from tessera.transport import MODEL_CALL_TIMEOUT_S, UNLOAD_TIMEOUT_S, AioConnection, Connection, timeout_or
+from tessera.typed_inputs import Inputs, as_input_dtypes, astype_fix, input_dtypes, named_inputs, untyped
+from tessera.v1 import common_pb2, registry_pb2
 from tessera.v1 import inference_pb2 as pb
 
 S = "Inference"
-
-Inputs = Mapping[str, np.typing.ArrayLike] | np.typing.ArrayLike
-"""Input arrays by name, or one array sent as the input named "input". The first dimension is the batch."""
 
 
 class LoadState(StateWord):
@@ -110,6 +109,74 @@ def predict_request(
     )
 
 
+# A version's signature, by model and version number: a version never changes.
+Signatures = dict[tuple[str, int], common_pb2.Signature]
+
+
+@dataclass(frozen=True)
+class Predict(Call[Prediction]):
+    """Predict `inputs` at `target`. Where an input is a list or a scalar, the signature of the
+    version is read first (GetVersion; kept in `signatures` by version number) and the input
+    made an array of its dtype. Where the daemon refuses an array's dtype, the InvalidArgument
+    also says the cast to make."""
+
+    target: common_pb2.VersionRef
+    inputs: dict[str, np.typing.ArrayLike]
+    outputs: Sequence[str]
+    timeout: float | None
+    signatures: Signatures
+
+    def run(self, conn: Connection) -> Prediction:
+        dtypes = input_dtypes(self._signature().run(conn)) if untyped(self.inputs) else {}
+        request = self._request(dtypes)
+        try:
+            return Prediction.from_proto(conn.unary(S, "Predict", request, self.timeout))
+        except InvalidArgument as error:
+            try:
+                signature = self._signature().run(conn)
+            except TesseraError:
+                raise error from None
+            raise self._with_fix(error, signature) from None
+
+    async def run_async(self, conn: AioConnection) -> Prediction:
+        dtypes = input_dtypes(await self._signature().run_async(conn)) if untyped(self.inputs) else {}
+        request = self._request(dtypes)
+        try:
+            return Prediction.from_proto(await conn.unary(S, "Predict", request, self.timeout))
+        except InvalidArgument as error:
+            try:
+                signature = await self._signature().run_async(conn)
+            except TesseraError:
+                raise error from None
+            raise self._with_fix(error, signature) from None
+
+    def _request(self, dtypes: dict[str, np.dtype]) -> pb.PredictRequest:
+        return pb.PredictRequest(
+            target=self.target,
+            inputs=to_tensors(as_input_dtypes(self.inputs, dtypes)),
+            output_names=self.outputs,
+        )
+
+    def _signature(self) -> Call[common_pb2.Signature]:
+        kept = self.signatures.get((self.target.model, self.target.version))
+        if kept is not None:
+            return Given(kept)
+        request = registry_pb2.GetVersionRequest(ref=self.target)
+        return Op("Registry", "GetVersion", request, self._keep, self.timeout)
+
+    def _keep(self, version: registry_pb2.ModelVersion) -> common_pb2.Signature:
+        # Kept by number only: an alias, or the model's default, may be moved to another version.
+        if self.target.version:
+            self.signatures[(version.model, version.version)] = version.signature
+        return version.signature
+
+    def _with_fix(self, error: InvalidArgument, signature: common_pb2.Signature) -> InvalidArgument:
+        fix = astype_fix(self.inputs, input_dtypes(signature))
+        if not fix:
+            return error
+        return InvalidArgument(f"{error.daemon_message}; {fix}", error.trailers)
+
+
 def stream_requests(
     model: str,
     items: Iterable[Inputs | tuple[str, Inputs]],
@@ -151,6 +218,10 @@ def _unanswered(request: pb.PredictRequest, error: TesseraError) -> Prediction:
 class Inference(Part[C]):
     """`client.inference`: predictions and the pool of loaded model versions."""
 
+    def __init__(self, conn: C) -> None:
+        Part.__init__(self, conn)
+        self._signatures: Signatures = {}
+
     @call
     def predict(
         self,
@@ -161,13 +232,21 @@ class Inference(Part[C]):
         alias: str | None = None,
         outputs: Sequence[str] = (),
         timeout: float | None = None,
-    ) -> Op[Prediction]:
+    ) -> Predict:
         """Run the model on a batch: `predict("clf", {"input": x})["output"]`. `version` is a
         number or an alias ("prod", the same as alias="prod"), as in every method here. Without
         version or alias the model's deployment routes the call ("latest" without one). The deadline also
-        bounds the time queued: an expired request is never run (DeadlineExceeded)."""
-        request = predict_request(model, inputs, version, alias, outputs)
-        return Op(S, "Predict", request, Prediction.from_proto, timeout)
+        bounds the time queued: an expired request is never run (DeadlineExceeded).
+
+        Dtypes: an input given as a list or a scalar (`[[0.1, 0.2]]`) is sent as the dtype the
+        model's signature gives it (float32, not numpy's float64); the signature is read once
+        per version number (for an alias or the default, at each such call). A list that dtype
+        cannot hold (1.5 for an int input) is a ValueError. A numpy array is sent as it is: one
+        of another dtype is refused (InvalidArgument) with the cast to make,
+        `x.astype(np.float32)`, since casting it here could change its values unseen."""
+        return Predict(
+            version_ref(model, version, alias), named_inputs(inputs), list(outputs), timeout, self._signatures
+        )
 
     @stream
     def predict_stream(

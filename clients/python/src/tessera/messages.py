@@ -26,7 +26,9 @@ from tessera.v1 import common_pb2
 M = TypeVar("M", bound=Message)
 
 
-def version_ref(model: str, version: int | str | None = None, alias: str | None = None) -> common_pb2.VersionRef:
+def version_ref(
+    model: str, version: int | str | None = None, alias: str | None = None
+) -> common_pb2.VersionRef:
     """A VersionRef by number or alias (neither: the RPC's default, usually "latest"). A str
     `version` is an alias, as in every SDK method that takes `version=`."""
     if version is not None and alias is not None:

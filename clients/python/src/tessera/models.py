@@ -446,7 +446,9 @@ class Models(Part[C]):
         (0: only if it does not exist yet). Where the move leaves the deployment's routes (or its
         shadow) resolving to one version, the answer's `deployment_warnings` say so. Both
         versions are numbers: an alias is a ValueError saying how to read its number."""
-        request = pb.SetAliasRequest(model=name, alias=alias, version=version_number("version", version, name))
+        request = pb.SetAliasRequest(
+            model=name, alias=alias, version=version_number("version", version, name)
+        )
         if expected_version is not None:
             request.expected_version = version_number("expected_version", expected_version, name)
         return Op(S, "SetAlias", request, timeout=timeout)

@@ -1,0 +1,79 @@
+"""predict's inputs in the dtypes the model's signature gives them. A list or a scalar has no
+dtype of its own (numpy makes 0.5 float64, 1 int64), so it is made an array of the input's
+dtype; a numpy array keeps the dtype its caller chose, and one the model does not take is
+refused by the daemon, with the cast to make said here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from tessera.tensors import dtype_name
+from tessera.v1 import common_pb2
+
+Inputs = Mapping[str, np.typing.ArrayLike] | np.typing.ArrayLike
+"""Input arrays by name, or one array sent as the input named "input". The first dimension is the batch."""
+
+# The dtypes a list is made into: numbers and booleans (text that numpy would read as numbers
+# is left for the encoder to refuse).
+_NUMERIC_KINDS = "biuf"
+
+
+def named_inputs(inputs: Inputs) -> dict[str, np.typing.ArrayLike]:
+    """The inputs by name; a lone array is the input named "input"."""
+    if isinstance(inputs, Mapping):
+        return dict(inputs)
+    return {"input": inputs}
+
+
+def untyped(inputs: Mapping[str, np.typing.ArrayLike]) -> bool:
+    """Whether an input has no dtype of its own (a list, a scalar), so the signature decides it."""
+    return any(not isinstance(value, np.ndarray) for value in inputs.values())
+
+
+def input_dtypes(signature: common_pb2.Signature) -> dict[str, np.dtype]:
+    """Each input's numpy dtype (bfloat16, which numpy lacks, left out)."""
+    dtypes = {}
+    for spec in signature.inputs:
+        name = dtype_name(spec.dtype)
+        if name not in ("bfloat16", "unspecified"):
+            dtypes[spec.name] = np.dtype(name)
+    return dtypes
+
+
+def as_input_dtypes(
+    inputs: Mapping[str, np.typing.ArrayLike], dtypes: Mapping[str, np.dtype]
+) -> dict[str, np.typing.ArrayLike]:
+    """`inputs` with each list or scalar made an array of its input's dtype; ValueError for
+    values that dtype cannot hold (1.5 or 300 for a uint8 input). Arrays are left as they are."""
+    typed: dict[str, np.typing.ArrayLike] = {}
+    for name, value in inputs.items():
+        dtype = dtypes.get(name)
+        given = value if isinstance(value, np.ndarray) else np.asarray(value)
+        if isinstance(value, np.ndarray) or dtype is None or given.dtype.kind not in _NUMERIC_KINDS:
+            typed[name] = value
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = given.astype(dtype)
+        # A float input holds any number to its precision; an int or bool one must hold it exactly.
+        held = np.isfinite(cast).all() if dtype.kind == "f" else np.array_equal(cast, given)
+        if not held:
+            raise ValueError(
+                f"input {name!r}: the model expects {dtype}, which cannot hold the values given "
+                f"(as {given.dtype}); send values {dtype} holds"
+            )
+        typed[name] = cast
+    return typed
+
+
+def astype_fix(inputs: Mapping[str, np.typing.ArrayLike], dtypes: Mapping[str, np.dtype]) -> str:
+    """The cast that makes each array the dtype the model expects, where one differs; "" if none does."""
+    casts = [
+        f"input {name!r} as x.astype(np.{dtypes[name]})"
+        for name, value in inputs.items()
+        if isinstance(value, np.ndarray) and name in dtypes and value.dtype != dtypes[name]
+    ]
+    if not casts:
+        return ""
+    return "the SDK casts lists to the model's dtypes, not numpy arrays: send " + ", ".join(casts)
