@@ -66,7 +66,7 @@ def test_a_sweep_waited_for_has_typed_trials_and_names_its_best(client, table):
     trials = sweep.trials()
     assert [t.number for t in trials] == [0, 1]
     assert all(t.state is tessera.JobState.SUCCEEDED and t.metric is not None for t in trials)
-    assert sorted(t.params["optimizer.lr"] for t in trials) == ["0.001", "0.05"]
+    assert sorted(t.params["optimizer.lr"] for t in trials) == [0.001, 0.05]  # floats, as Optuna gives
     best = sweep.best()
     assert best is not None and best.job_id == sweep.info.best_job_id
     assert best.metric == min(t.metric for t in trials)  # val_loss: lowest is best

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
 from tessera.calls import C, Call, Op, Part, call
 from tessera.errors import (
     DeadlineExceeded,
@@ -22,6 +24,7 @@ from tessera.errors import (
 from tessera.events import JobState
 from tessera.state_words import StateWord
 from tessera.transport import AioConnection, Connection, call_timeout
+from tessera.v1 import job_spec_pb2
 from tessera.v1 import training_pb2 as pb
 
 S = "Training"
@@ -55,18 +58,67 @@ class SweepState(StateWord):
         return self in (SweepState.SUCCEEDED, SweepState.FAILED, SweepState.CANCELLED)
 
 
+ParamValue = bool | int | float | str
+"""A trial's value of a parameter, typed as the JobSpec field its path names."""
+
+_FLOATS = (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT)
+_INTS = (
+    FieldDescriptor.CPPTYPE_INT32,
+    FieldDescriptor.CPPTYPE_INT64,
+    FieldDescriptor.CPPTYPE_UINT32,
+    FieldDescriptor.CPPTYPE_UINT64,
+)
+
+
+def _field_at(path: str) -> FieldDescriptor | None:
+    """The single value field of JobSpec that `path` ("optimizer.lr") names; None for another path
+    (a oneof's name, "architecture.family", takes a member's name: text)."""
+    message: Descriptor | None = job_spec_pb2.JobSpec.DESCRIPTOR
+    found = None
+    for part in path.split("."):
+        found = message.fields_by_name.get(part) if message is not None else None
+        if found is None:
+            return None
+        message = found.message_type
+    if found is None or message is not None or found.is_repeated:
+        return None
+    return found
+
+
+def param_value(path: str, text: str) -> ParamValue:
+    """A trial's value of the parameter at `path`, from the text the daemon keeps ("0.001"): a
+    float, int or bool where the field is one, as the daemon parses it for the trial's spec;
+    the text itself for a text or enum field, and where it does not parse."""
+    found = _field_at(path)
+    if found is None:
+        return text
+    if found.cpp_type == FieldDescriptor.CPPTYPE_BOOL:
+        return {"true": True, "false": False}.get(text.lower(), text)
+    if found.cpp_type not in (*_FLOATS, *_INTS):
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if found.cpp_type in _FLOATS:
+        return number
+    # Digits read exactly: through a float, 2**53 + 1 would be 2**53.
+    return int(text) if text.lstrip("+-").isdigit() else int(number) if number.is_integer() else text
+
+
 @dataclass(frozen=True)
 class SweepTrial:
     """One trial of a sweep: its place (`number`, from 0), its job and the job's state, the
-    values it tried (`params`, by path, as text: "0.001"), and its `metric` (the sweep's, None
-    until it reported one). `pruned`: a pruner (ASHA, Hyperband) stopped it early; `error`: why
-    its job could not be submitted. `info` is the `tessera.v1` SweepTrial with the rest
-    (bracket, generation, parent_job_id)."""
+    values it tried (`params`, by path, each typed as the JobSpec field it sets, as Optuna's
+    are: 0.001 for optimizer.lr, 16 for batch_size, True, "adamw"; `info.params` has them as
+    the daemon's text), and its `metric` (the sweep's, None until it reported one). `pruned`: a
+    pruner (ASHA, Hyperband) stopped it early; `error`: why its job could not be submitted.
+    `info` is the `tessera.v1` SweepTrial with the rest (bracket, generation, parent_job_id)."""
 
     number: int
     job_id: str
     state: JobState
-    params: dict[str, str]
+    params: dict[str, ParamValue]
     metric: float | None
     pruned: bool
     error: str
@@ -78,7 +130,7 @@ class SweepTrial:
             number=trial.number,
             job_id=trial.job_id,
             state=JobState.from_proto(trial.state),
-            params=dict(trial.params),
+            params={path: param_value(path, text) for path, text in trial.params.items()},
             metric=trial.metric if trial.has_metric else None,
             pruned=trial.pruned,
             error=trial.error,
