@@ -250,7 +250,7 @@ def test_sweeps_submit_get_list_and_cancel(client, table):
     assert sweep.id and len(sweep.trials()) == 2
     done = client.training.sweep(sweep.id).wait(poll=0.2)
     assert done.state == tessera.SweepState.SUCCEEDED
-    assert sorted(t.params["optimizer.lr"] for t in done.trials()) == ["0.001", "0.05"]
+    assert sorted(t.params["optimizer.lr"] for t in done.trials()) == [0.001, 0.05]
     assert done.info.best_job_id in {t.job_id for t in done.trials()}
     assert sweep.id in [s.id for s in client.training.sweeps()]
     with pytest.raises(tessera.FailedPrecondition):

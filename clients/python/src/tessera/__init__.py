@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     )
     from tessera.explanations import Explanation, time_slice, top_positions
     from tessera.inference import LoadState, Prediction
+    from tessera.runs import MetricHistory, Run, RunMetrics
     from tessera.sweeps import Sweep, SweepState, SweepTrial
     from tessera.training import Job, RunStatus
     from tessera.transport import TLS, RetryPolicy
@@ -113,6 +114,7 @@ _NAMES_BY_MODULE = {
     ),
     "tessera.explanations": ("Explanation", "time_slice", "top_positions"),
     "tessera.inference": ("LoadState", "Prediction"),
+    "tessera.runs": ("MetricHistory", "Run", "RunMetrics"),
     "tessera.sweeps": ("Sweep", "SweepState", "SweepTrial"),
     "tessera.training": ("Job", "RunStatus"),
     "tessera.transport": ("TLS", "RetryPolicy"),
@@ -142,6 +144,7 @@ __all__ = [
     "JobState",
     "LoadState",
     "LogLine",
+    "MetricHistory",
     "NotFound",
     "OutOfRange",
     "PermissionDenied",
@@ -150,6 +153,8 @@ __all__ = [
     "ResourceExhausted",
     "ResourceUsage",
     "RetryPolicy",
+    "Run",
+    "RunMetrics",
     "RunStatus",
     "StateChanged",
     "StepMetrics",
@@ -181,6 +186,7 @@ _SUBMODULES = (
     "explanations",
     "inference",
     "models",
+    "runs",
     "sweeps",
     "system",
     "training",

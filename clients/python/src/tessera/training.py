@@ -45,6 +45,7 @@ from tessera.errors import (
 from tessera.events import JobEvent, JobState, StateChanged, event_from_proto
 from tessera.messages import from_dict
 from tessera.run_filter import RunFilter, RunOrderBy, is_order_string, parse_filter, parse_orders
+from tessera.runs import AioRunListing, MetricHistory, Run, RunListing
 from tessera.state_words import StateWord
 from tessera.sweeps import Sweep
 from tessera.transfer import (
@@ -291,6 +292,17 @@ def artifact_file(root: Path, artifact_path: str) -> Path:
 def artifact_name(artifact: pb.RunArtifact) -> str:
     """How a download's messages and its partial file's record name an artifact."""
     return f"artifact {artifact.path} of run {artifact.run_id}"
+
+
+@dataclass(frozen=True)
+class RunPages(Pages[Run]):
+    """`runs()`'s pages: iterated as a listing that also makes a DataFrame (`to_pandas()`)."""
+
+    def iterate(self, conn: Connection) -> RunListing:
+        return RunListing(super().iterate(conn))
+
+    def iterate_async(self, conn: AioConnection) -> AioRunListing:
+        return AioRunListing(super().iterate_async(conn))
 
 
 @dataclass(frozen=True)
@@ -891,13 +903,13 @@ class Training(Part[C]):
         tags: Mapping[str, Any] | None = None,
         *,
         timeout: float | None = None,
-    ) -> Op[pb.Run]:
+    ) -> Op[Run]:
         """Start a run for a training script outside the daemon; log to it, then end it. Param
         and tag values as text."""
         request = pb.CreateRunRequest(
             experiment=experiment, name=name, params=_as_text(params, "params"), tags=_as_text(tags, "tags")
         )
-        return Op(S, "CreateRun", request, timeout=timeout)
+        return Op(S, "CreateRun", request, Run, timeout=timeout)
 
     @call
     def update_run(
@@ -908,7 +920,7 @@ class Training(Part[C]):
         remove_tags: Iterable[str] = (),
         *,
         timeout: float | None = None,
-    ) -> Op[pb.Run]:
+    ) -> Op[Run]:
         """End a run ("succeeded", "failed", "cancelled") or change its tags (values as text;
         `remove_tags` drops these keys, one not there is no error)."""
         request = pb.UpdateRunRequest(
@@ -916,22 +928,23 @@ class Training(Part[C]):
         )
         if status is not None:
             request.status = enum_value(pb.RunStatus, "RUN_STATUS_", status)
-        return Op(S, "UpdateRun", request, timeout=timeout)
+        return Op(S, "UpdateRun", request, Run, timeout=timeout)
 
     @call
-    def run(self, run_id: str, *, timeout: float | None = None) -> Op[pb.Run]:
-        """A run with its params and metric summaries."""
-        return Op(S, "GetRun", pb.GetRunRequest(run_id=run_id), timeout=timeout)
+    def run(self, run_id: str, *, timeout: float | None = None) -> Op[Run]:
+        """A run with its params and metric summaries: `run.metrics["val_loss"]` is the latest
+        value (see `tessera.Run`)."""
+        return Op(S, "GetRun", pb.GetRunRequest(run_id=run_id), Run, timeout=timeout)
 
     @call
-    def delete_run(self, run_id: str, *, timeout: float | None = None) -> Op[pb.Run]:
+    def delete_run(self, run_id: str, *, timeout: float | None = None) -> Op[Run]:
         """Soft-delete a run (hidden, read-only, kept until restored); a job's once it ended."""
-        return Op(S, "DeleteRun", pb.DeleteRunRequest(run_id=run_id), timeout=timeout)
+        return Op(S, "DeleteRun", pb.DeleteRunRequest(run_id=run_id), Run, timeout=timeout)
 
     @call
-    def restore_run(self, run_id: str, *, timeout: float | None = None) -> Op[pb.Run]:
+    def restore_run(self, run_id: str, *, timeout: float | None = None) -> Op[Run]:
         """Bring back a deleted run."""
-        return Op(S, "RestoreRun", pb.RestoreRunRequest(run_id=run_id), timeout=timeout)
+        return Op(S, "RestoreRun", pb.RestoreRunRequest(run_id=run_id), Run, timeout=timeout)
 
     @stream
     def runs(
@@ -949,9 +962,11 @@ class Training(Part[C]):
         filter: str = "",
         *,
         timeout: float | None = None,
-    ) -> Pages[pb.Run]:
+    ) -> Pages[Run]:
         """Runs matching every filter given (param and tag values as text), newest first, or by a
-        metric. `filter` is MLflow's search string, e.g. "metrics.val_acc > 0.9 and params.lr =
+        metric, fetched page by page as iterated; `.to_pandas()` of the listing is a DataFrame of
+        them, one row per run, as MLflow's search_runs (see `tessera.runs.runs_frame`; awaited on
+        `tessera.aio.Client`). `filter` is MLflow's search string, e.g. "metrics.val_acc > 0.9 and params.lr =
         '0.01'" (see tessera.run_filter), in place of the structured argument of each kind it
         uses. `order_by` names a metric ("val_loss") or is MLflow's "metrics.val_loss ASC" (a
         list of one too); `order_field` "last" (default), "min" or "max"; `descending` None: for
@@ -980,7 +995,7 @@ class Training(Part[C]):
             paged.page_token = token
             return Op(S, "ListRuns", paged, timeout=timeout)
 
-        return Pages(page, "runs")
+        return RunPages(page, "runs", Run)
 
     @call
     def compare_runs(
@@ -1079,10 +1094,11 @@ class Training(Part[C]):
         end_step: int | None = None,
         *,
         timeout: float | None = None,
-    ) -> JoinedPages[pb.MetricHistory]:
+    ) -> Chain[MetricHistory]:
         """One metric's points from `start_step` to `end_step` (inclusive; None: to the last
         step, so end_step=0 reads step 0 alone), downsampled by the daemon to `max_points` when
-        set; the daemon's pages are joined into one MetricHistory."""
+        set; the daemon's pages are joined into one `tessera.MetricHistory`: `steps`, `values`
+        and `timestamps` as numpy arrays, `to_pandas()`, and the message's fields (`points`)."""
 
         def page(token: str) -> Op[pb.MetricHistory]:
             request = pb.GetMetricHistoryRequest(
@@ -1095,7 +1111,7 @@ class Training(Part[C]):
             )
             return Op(S, "GetMetricHistory", request, timeout=timeout)
 
-        return JoinedPages(page)
+        return Chain(JoinedPages(page), lambda joined: Given(MetricHistory(joined)))
 
     @call
     def log_artifact(

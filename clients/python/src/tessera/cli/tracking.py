@@ -85,8 +85,10 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
     check_run_search(args)
     sweep = client.training.sweep(args.sweep) if args.sweep else None
     experiment = args.experiment or (sweep_experiment(sweep.info.spec) if sweep is not None else "")
-    runs = list(
-        client.training.runs(
+    # The messages: the table and the JSON read their fields as the daemon sent them.
+    runs = [
+        run.info
+        for run in client.training.runs(
             experiment=experiment,
             statuses=args.status or (),
             params=once_each(args.param, "--param"),
@@ -97,7 +99,7 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
             view=VIEWS[args.view],
             filter=args.filter,
         )
-    )
+    ]
     if sweep is not None:
         # ListRuns has no sweep filter and a run no sweep field: a trial's run is its job's. A
         # trial that never started has no job, and its "" would match every run made by CreateRun.
@@ -161,7 +163,7 @@ def experiment_deleted(client: Client, name: str) -> bool:
 
 
 def cmd_runs_show(client: Client, args: argparse.Namespace, out: Output) -> None:
-    run = client.training.run(args.run_id)
+    run = client.training.run(args.run_id).info
     if out.as_json:
         return out.json(run)
     rows: list[tuple[str, Any]] = [
@@ -259,7 +261,7 @@ HISTORY_ROWS = 20
 def print_metric_history(client: Client, run_id: str, key: str, out: Output, *, every_point: bool) -> None:
     """One metric's points in step order (the last HISTORY_ROWS unless `every_point`), and the
     curve of them all, as `jobs watch` draws a job's."""
-    history = client.training.metric_history(run_id, key)
+    history = client.training.metric_history(run_id, key).info
     if out.as_json:
         return out.json(history)
     if not history.points:
@@ -290,7 +292,7 @@ def print_metric_history(client: Client, run_id: str, key: str, out: Output, *, 
 def cmd_runs_rm(client: Client, args: argparse.Namespace, out: Output) -> None:
     if out.as_json:
         # The state read first only words the line; a read failing would fail the delete.
-        return out.json(client.training.delete_run(args.run_id))
+        return out.json(client.training.delete_run(args.run_id).info)
     was_deleted = client.training.run(args.run_id).deleted
     run = client.training.delete_run(args.run_id)
     done = f"run {run.run_id} was already deleted" if was_deleted else f"deleted run {run.run_id}"
@@ -299,7 +301,7 @@ def cmd_runs_rm(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 def cmd_runs_restore(client: Client, args: argparse.Namespace, out: Output) -> None:
     if out.as_json:
-        return out.json(client.training.restore_run(args.run_id))
+        return out.json(client.training.restore_run(args.run_id).info)
     was_deleted = client.training.run(args.run_id).deleted
     run = client.training.restore_run(args.run_id)
     out.line(

@@ -1,0 +1,268 @@
+"""Runs and metric histories as a notebook reads them, as MLflow's are: `Run` (its message's
+fields, and `metrics["val_loss"]`, the latest value), `MetricHistory` (steps, values and times
+as numpy arrays), and a runs listing or a history `to_pandas()`. pandas is not a dependency
+of the SDK: it is imported when a frame is asked for."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Iterable, Iterator, KeysView, Sequence
+from typing import TYPE_CHECKING, Any, overload
+
+import numpy as np
+from google.protobuf.message import Message
+
+from tessera.messages import to_datetime
+from tessera.state_words import number_word
+from tessera.v1 import training_pb2 as pb
+
+if TYPE_CHECKING:
+    import pandas as pd  # type: ignore[import-untyped]  # optional, and without its stubs here
+
+
+def _pandas() -> Any:
+    try:
+        import pandas  # optional: the SDK does not depend on it
+    except ImportError:
+        raise ImportError(
+            "to_pandas() needs pandas, which the SDK does not install: pip install pandas"
+        ) from None
+    return pandas
+
+
+class _Forwarded:
+    """Reads what the wrapper lacks from its message `info`: the calls returned that message
+    before, so code written for it still reads the wrapper."""
+
+    info: Any
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for a name the wrapper lacks. "_" names and `info` itself are the
+        # wrapper's own (a copy or an unpickling asks before `info` is set).
+        if name.startswith("_") or name == "info":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self.info, name)
+
+    def __eq__(self, other: object) -> bool:
+        # Compared by value, as its message is, and equal to that message too.
+        if isinstance(other, type(self)):
+            return bool(self.info == other.info)
+        if isinstance(other, Message):
+            return bool(self.info == other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class RunMetrics(Sequence[pb.MetricSummary]):
+    """A run's metric summaries, in key order, read by key as a dict of the latest values
+    (`metrics["val_loss"]`, `dict(metrics)`, `"val_loss" in metrics`, `get`, `keys`, `items`),
+    and by position, iterated and counted as the list of `tessera.v1` MetricSummary messages
+    the run's message holds (`metrics[0].min`, `for m in metrics: m.key`). `summary(key)` is a
+    key's summary (last, min, max, count, last_step)."""
+
+    def __init__(self, summaries: Iterable[pb.MetricSummary], left_out: int = 0) -> None:
+        self._summaries = list(summaries)
+        self._by_key = {summary.key: summary for summary in self._summaries}
+        self._left_out = left_out
+
+    @overload
+    def __getitem__(self, index: str) -> float: ...
+    @overload
+    def __getitem__(self, index: int) -> pb.MetricSummary: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[pb.MetricSummary]: ...
+    def __getitem__(self, index: str | int | slice) -> float | pb.MetricSummary | list[pb.MetricSummary]:
+        if isinstance(index, str):
+            return self.summary(index).last
+        return self._summaries[index]
+
+    def __len__(self) -> int:
+        return len(self._summaries)
+
+    def __iter__(self) -> Iterator[pb.MetricSummary]:
+        return iter(self._summaries)
+
+    def __contains__(self, item: object) -> bool:
+        if isinstance(item, str):
+            return item in self._by_key
+        return item in self._summaries
+
+    def __repr__(self) -> str:
+        return f"RunMetrics({dict(self.items())!r})"
+
+    def summary(self, key: str) -> pb.MetricSummary:
+        """The summary of `key`; KeyError naming the keys there are."""
+        found = self._by_key.get(key)
+        if found is None:
+            more = (
+                f" and {self._left_out} more past the first 2,000 (client.training.list_metrics lists them)"
+                if self._left_out
+                else ""
+            )
+            raise KeyError(f"{key!r}: the run's metrics are {sorted(self._by_key)}{more}")
+        return found
+
+    def get(self, key: str, default: float | None = None) -> float | None:
+        """The latest value of `key`, `default` where the run has none."""
+        found = self._by_key.get(key)
+        return default if found is None else found.last
+
+    def keys(self) -> KeysView[str]:
+        """The metric keys, in order."""
+        return self._by_key.keys()
+
+    def values(self) -> list[float]:
+        """The latest value of each metric, in key order."""
+        return [summary.last for summary in self._summaries]
+
+    def items(self) -> list[tuple[str, float]]:
+        """(key, latest value) of each metric, in key order."""
+        return [(summary.key, summary.last) for summary in self._summaries]
+
+
+class Run(_Forwarded):
+    """A run: `info` is its `tessera.v1` Run message, whose fields read here too (`run.params`,
+    `run.start_time`, `run.status`, a RunStatus number) as they did when the calls returned
+    the message. `metrics` reads by key as the latest values (`run.metrics["val_loss"]`) and
+    by position as the message's summaries (see `RunMetrics`)."""
+
+    info: pb.Run
+
+    def __init__(self, info: pb.Run) -> None:
+        self.info = info
+
+    def __repr__(self) -> str:
+        return f"Run({self.id!r}, name={self.info.name!r}, status={number_word(pb.RunStatus, self.info.status)!r})"
+
+    @property
+    def id(self) -> str:
+        """The run id."""
+        return self.info.run_id
+
+    @property
+    def metrics(self) -> RunMetrics:
+        """Its metrics' latest values by key, and their summaries (the first 2,000 keys; see
+        `client.training.list_metrics` for a run of more)."""
+        return RunMetrics(self.info.metrics, self.info.metrics_left_out)
+
+
+class MetricHistory(_Forwarded):
+    """One metric's points, in step order: `steps` (int64), `values` (float64) and
+    `timestamps` (datetime64[ns], UTC) as numpy arrays, or all three as `to_pandas()`. `info` is
+    the `tessera.v1` MetricHistory message, whose fields read here too (`points`,
+    `total_points`, `downsampled`) as they did when the call returned the message. The daemon
+    keeps no epoch with a metric's points: their step is what places them."""
+
+    info: pb.MetricHistory
+
+    def __init__(self, info: pb.MetricHistory) -> None:
+        self.info = info
+
+    def __len__(self) -> int:
+        return len(self.info.points)
+
+    def __repr__(self) -> str:
+        return f"MetricHistory({self.info.key!r} of run {self.info.run_id!r}, {len(self)} points)"
+
+    @functools.cached_property
+    def steps(self) -> np.ndarray:
+        """Each point's step."""
+        return np.fromiter((p.step for p in self.info.points), dtype=np.int64, count=len(self))
+
+    @functools.cached_property
+    def values(self) -> np.ndarray:
+        """Each point's value."""
+        return np.fromiter((p.value for p in self.info.points), dtype=np.float64, count=len(self))
+
+    @functools.cached_property
+    def timestamps(self) -> np.ndarray:
+        """When each point was logged, in UTC (numpy's datetimes carry no zone)."""
+        nanos = (p.time.seconds * 1_000_000_000 + p.time.nanos for p in self.info.points)
+        return np.fromiter(nanos, dtype=np.int64, count=len(self)).astype("datetime64[ns]")
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The points as a DataFrame of `step`, `value` and `timestamp` (UTC) columns; ImportError
+        where pandas is not installed."""
+        pandas = _pandas()
+        return pandas.DataFrame(
+            {
+                "step": self.steps,
+                "value": self.values,
+                "timestamp": pandas.to_datetime(self.timestamps, utc=True),
+            }
+        )
+
+
+def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
+    """Runs as a DataFrame, one row per run, as MLflow's search_runs: run_id, experiment, name,
+    status (a word), start_time and end_time (UTC; NaT while running), job_id, then a
+    `params.KEY` column per param (text, as logged), a `metrics.KEY` column per metric (its
+    latest value) and a `tags.KEY` column per tag; a run without one has NA there."""
+    pandas = _pandas()
+    rows: list[dict[str, Any]] = []
+    params: set[str] = set()
+    metrics: set[str] = set()
+    tags: set[str] = set()
+    for run in runs:
+        info = run.info
+        row: dict[str, Any] = {
+            "run_id": info.run_id,
+            "experiment": info.experiment,
+            "name": info.name,
+            "status": number_word(pb.RunStatus, info.status),
+            "start_time": to_datetime(info.start_time),
+            "end_time": to_datetime(info.end_time),
+            "job_id": info.job_id,
+        }
+        row.update({f"params.{key}": value for key, value in info.params.items()})
+        row.update({f"metrics.{summary.key}": summary.last for summary in info.metrics})
+        row.update({f"tags.{key}": value for key, value in info.tags.items()})
+        params.update(info.params)
+        metrics.update(summary.key for summary in info.metrics)
+        tags.update(info.tags)
+        rows.append(row)
+    columns = ["run_id", "experiment", "name", "status", "start_time", "end_time", "job_id"]
+    columns += [f"params.{key}" for key in sorted(params)]
+    columns += [f"metrics.{key}" for key in sorted(metrics)]
+    columns += [f"tags.{key}" for key in sorted(tags)]
+    frame = pandas.DataFrame(rows, columns=columns)
+    for when in ("start_time", "end_time"):
+        frame[when] = pandas.to_datetime(frame[when], utc=True)
+    return frame
+
+
+class RunListing(Iterator[Run]):
+    """`client.training.runs()`: the runs as they are fetched, page by page; `to_pandas()`
+    makes a DataFrame of those not yet iterated (see `runs_frame`)."""
+
+    def __init__(self, runs: Iterator[Run]) -> None:
+        self._runs = runs
+
+    def __iter__(self) -> RunListing:
+        return self
+
+    def __next__(self) -> Run:
+        return next(self._runs)
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The runs not yet iterated as a DataFrame, one row per run (see `runs_frame`)."""
+        return runs_frame(self._runs)
+
+
+class AioRunListing(AsyncIterator[Run]):
+    """`client.training.runs()` of `tessera.aio.Client`: the runs as they are fetched;
+    `await listing.to_pandas()` makes a DataFrame of those not yet iterated."""
+
+    def __init__(self, runs: AsyncIterator[Run]) -> None:
+        self._runs = runs
+
+    def __aiter__(self) -> AioRunListing:
+        return self
+
+    async def __anext__(self) -> Run:
+        return await anext(self._runs)
+
+    async def to_pandas(self) -> pd.DataFrame:
+        """The runs not yet iterated as a DataFrame, one row per run (see `runs_frame`)."""
+        return runs_frame([run async for run in self._runs])

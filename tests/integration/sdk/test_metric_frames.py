@@ -1,0 +1,96 @@
+"""Metrics into numpy and pandas without hand loops, as MLflow's search_runs and metric history
+give them: a history's steps, values and times as arrays, `run.metrics["val_loss"]`, and a
+runs listing as a DataFrame (one row per run, params.* and metrics.* columns)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import tessera
+import tessera.aio
+
+
+@pytest.fixture
+def logged_runs(client) -> tuple[str, str]:
+    first = client.training.create_run("frames", name="first", params={"lr": 0.01})
+    client.training.log_metrics(first.run_id, {"val_loss": 0.9, "acc": 0.5}, step=0)
+    client.training.log_metrics(first.run_id, {"val_loss": 0.4, "acc": 0.8}, step=2)
+    client.training.update_run(first.run_id, status="succeeded")
+    second = client.training.create_run("frames", name="second", params={"lr": 0.1, "batch": 8})
+    client.training.log_metrics(second.run_id, {"val_loss": 0.7}, step=0)
+    return first.run_id, second.run_id
+
+
+def test_a_metric_history_gives_its_points_as_arrays_and_a_frame(client, logged_runs):
+    first, _ = logged_runs
+    history = client.training.metric_history(first, "val_loss")
+    assert isinstance(history.steps, np.ndarray) and history.steps.dtype == np.int64
+    np.testing.assert_array_equal(history.steps, [0, 2])
+    np.testing.assert_array_equal(history.values, [0.9, 0.4])
+    assert history.timestamps.dtype.kind == "M" and len(history) == 2
+    # What read the message before still reads.
+    assert [p.step for p in history.points] == [0, 2] and history.total_points == 2
+    assert history.run_id == first and history.key == "val_loss"
+    frame = history.to_pandas()
+    assert list(frame.columns) == ["step", "value", "timestamp"]
+    assert frame["value"].tolist() == [0.9, 0.4] and frame["step"].tolist() == [0, 2]
+    assert str(frame["timestamp"].dt.tz) == "UTC"
+
+
+def test_to_pandas_without_pandas_says_how_to_install_it(client, logged_runs, monkeypatch):
+    first, _ = logged_runs
+    history = client.training.metric_history(first, "val_loss")
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as where pandas is not installed
+    with pytest.raises(ImportError, match=r"pip install pandas"):
+        history.to_pandas()
+
+
+def test_a_run_s_metrics_read_by_key_as_their_latest_value(client, logged_runs):
+    first, _ = logged_runs
+    run = client.training.run(first)
+    assert run.metrics["val_loss"] == 0.4 and run.metrics["acc"] == 0.8
+    assert dict(run.metrics) == {"acc": 0.8, "val_loss": 0.4}
+    assert "val_loss" in run.metrics and "loss" not in run.metrics
+    assert run.metrics.get("loss") is None
+    with pytest.raises(KeyError, match="val_loss"):
+        _ = run.metrics["loss"]
+    # Code written for the message's list of summaries still reads them.
+    assert [m.key for m in run.metrics] == ["acc", "val_loss"] and run.metrics[1].min == 0.4
+    assert len(run.metrics) == 2
+    assert run.id == run.run_id == first and run.params["lr"] == "0.01"
+    assert run.status == tessera.RunStatus.SUCCEEDED and run.info.name == "first"
+
+
+def test_a_runs_listing_is_a_frame_of_one_row_per_run(client, logged_runs):
+    first, second = logged_runs
+    frame = client.training.runs(experiment="frames").to_pandas()
+    assert isinstance(frame, pd.DataFrame)
+    assert frame["run_id"].tolist() == [second, first]  # newest first, as listed
+    assert {"run_id", "name", "status", "start_time", "end_time"} <= set(frame.columns)
+    assert frame.set_index("run_id").loc[first, "metrics.val_loss"] == 0.4
+    assert frame.set_index("run_id").loc[first, "params.lr"] == "0.01"
+    assert frame.set_index("run_id").loc[first, "status"] == "succeeded"
+    assert pd.isna(frame.set_index("run_id").loc[first, "params.batch"])
+    assert pd.isna(frame.set_index("run_id").loc[second, "end_time"])
+    assert [r.id for r in client.training.runs(experiment="frames")] == [second, first]
+
+
+def test_the_asyncio_client_gives_the_same_frames(daemon, logged_runs):
+    first, second = logged_runs
+
+    async def scenario() -> tuple[pd.DataFrame, np.ndarray, float]:
+        async with tessera.aio.Client(daemon.target) as client:
+            frame = await client.training.runs(experiment="frames").to_pandas()
+            history = await client.training.metric_history(first, "val_loss")
+            run = await client.training.run(first)
+            return frame, history.values, run.metrics["val_loss"]
+
+    frame, values, last = asyncio.run(scenario())
+    assert frame["run_id"].tolist() == [second, first]
+    np.testing.assert_array_equal(values, [0.9, 0.4])
+    assert last == 0.4
