@@ -61,7 +61,9 @@ def test_a_run_s_metrics_read_by_key_as_their_latest_value(client, logged_runs):
         _ = run.metrics["loss"]
     # Code written for the message's list of summaries still reads them.
     assert [m.key for m in run.metrics] == ["acc", "val_loss"] and run.metrics[1].min == 0.4
-    assert len(run.metrics) == 2
+    assert len(run.metrics) == 2 and run.metrics == list(run.info.metrics)
+    assert run.metrics == {"acc": 0.8, "val_loss": 0.4}
+    assert client.training.create_run("frames").metrics == []
     assert run.id == run.run_id == first and run.params["lr"] == "0.01"
     assert run.status == tessera.RunStatus.SUCCEEDED and run.info.name == "first"
 

@@ -88,6 +88,18 @@ class RunMetrics(Sequence[pb.MetricSummary]):
             return item in self._by_key
         return item in self._summaries
 
+    def __eq__(self, other: object) -> bool:
+        # Equal to the list of summaries it was (`run.metrics == []`), and to a dict of latest values.
+        if isinstance(other, RunMetrics):
+            return self._summaries == other._summaries
+        if isinstance(other, dict):
+            return dict(self.items()) == other
+        if isinstance(other, list | tuple):
+            return self._summaries == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
     def __repr__(self) -> str:
         return f"RunMetrics({dict(self.items())!r})"
 
