@@ -41,6 +41,12 @@ def test_a_version_given_as_an_alias_selects_it_in_every_method_that_selects_a_v
     assert client.models.lineage("affine", "production").version.version == 2
     assert client.models.download("affine", tmp_path / "m.onnx", "production").version == 2
     assert [s.version for s in client.inference.stats("affine", "production")] == [2]
+    assert [s.version for s in client.inference.cluster_stats("affine", "production").stats] == [2]
+    assert client.models.compare("affine", 1, "production").b.version == 2
+    with pytest.raises(tessera.TesseraError):  # the daemon's answer: an ONNX version is exported already
+        client.models.export_onnx("affine", version="production")
+    deployment = client.models.deploy("affine", {"production": 100}, shadow=1)
+    assert [(r.alias, r.weight) for r in deployment.routes] == [("production", 100)]
     assert [m.version for m in client.inference.unload("affine", "production")] == [2]
     assert client.inference.load("affine", version="production").version == 2
 
