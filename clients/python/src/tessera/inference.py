@@ -16,7 +16,15 @@ from tessera.models import VersionSelector, ref
 from tessera.state_words import StateWord
 from tessera.tensors import from_tensor, to_tensors
 from tessera.transport import MODEL_CALL_TIMEOUT_S, UNLOAD_TIMEOUT_S, AioConnection, Connection, timeout_or
-from tessera.typed_inputs import Inputs, as_input_dtypes, astype_fix, input_dtypes, named_inputs, untyped
+from tessera.typed_inputs import (
+    Inputs,
+    arrays,
+    as_input_dtypes,
+    astype_fix,
+    input_dtypes,
+    named_inputs,
+    untyped,
+)
 from tessera.v1 import common_pb2, registry_pb2
 from tessera.v1 import inference_pb2 as pb
 
@@ -117,8 +125,9 @@ Signatures = dict[tuple[str, int], common_pb2.Signature]
 class Predict(Call[Prediction]):
     """Predict `inputs` at `target`. Where an input is a list or a scalar, the signature of the
     version is read first (GetVersion; kept in `signatures` by version number) and the input
-    made an array of its dtype. Where the daemon refuses an array's dtype, the InvalidArgument
-    also says the cast to make."""
+    made an array of its dtype. Where the daemon refuses a request with a numpy array in it, the
+    signature is read (as above) to say in the InvalidArgument the cast to make, where an
+    array's dtype is not the model's."""
 
     target: common_pb2.VersionRef
     inputs: dict[str, np.typing.ArrayLike]
@@ -132,6 +141,8 @@ class Predict(Call[Prediction]):
         try:
             return Prediction.from_proto(conn.unary(S, "Predict", request, self.timeout))
         except InvalidArgument as error:
+            if not arrays(self.inputs):
+                raise
             try:
                 signature = self._signature().run(conn)
             except TesseraError:
@@ -144,6 +155,8 @@ class Predict(Call[Prediction]):
         try:
             return Prediction.from_proto(await conn.unary(S, "Predict", request, self.timeout))
         except InvalidArgument as error:
+            if not arrays(self.inputs):
+                raise
             try:
                 signature = await self._signature().run_async(conn)
             except TesseraError:

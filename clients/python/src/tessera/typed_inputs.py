@@ -32,6 +32,11 @@ def untyped(inputs: Mapping[str, np.typing.ArrayLike]) -> bool:
     return any(not isinstance(value, np.ndarray) for value in inputs.values())
 
 
+def arrays(inputs: Mapping[str, np.typing.ArrayLike]) -> bool:
+    """Whether an input is a numpy array, whose dtype its caller chose."""
+    return any(isinstance(value, np.ndarray) for value in inputs.values())
+
+
 def input_dtypes(signature: common_pb2.Signature) -> dict[str, np.dtype]:
     """Each input's numpy dtype (bfloat16, which numpy lacks, left out)."""
     dtypes = {}
