@@ -133,7 +133,7 @@ the life cycle by hand, in order (the README walks through it):
 environment (a flag given wins):
   {TARGET_ENV}              --target: the daemon's HOST:PORT
   {TOKEN_ENV}               --token: the bearer token
-  {TLS_CA_ENV}              --tls-ca: the CA that signed the daemon's certificate
+  {TLS_CA_ENV}              --tls-ca: the CA file of the daemon's certificate
   {TIMEOUT_ENV}           --timeout: seconds a call may take
   {TRANSFER_TIMEOUT_ENV}  --transfer-timeout: seconds a transfer may take
   {KEEPALIVE_ENV}         --keepalive: seconds of silence before a ping"""
