@@ -184,8 +184,19 @@ def _flag(parameters: Mapping[str, Parameter], key: str, where: str) -> bool | N
     return bool(parameter.value)
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
-    """(the JSON document, the binary data after it)."""
+def json_size(body: bytes, header_length: str | None) -> int:
+    """How many bytes of `body` are its JSON, as `split_body` reads them (all of it when the
+    header is not a length it holds)."""
+    try:
+        length = len(body) if header_length is None else int(header_length)
+    except ValueError:
+        return len(body)
+    return min(max(length, 0), len(body))
+
+
+def split_body(body: bytes, header_length: str | None, in_pieces: bool = False) -> tuple[Any, bytes]:
+    """(the JSON document, the binary data after it). `in_pieces`: the JSON is parsed as
+    `loads_in_pieces` parses it, for a thread to let the event loop in meanwhile."""
     if header_length is None:
         length = len(body)
     else:
@@ -204,6 +215,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
             "the request body",
             "send each tensor's data flat, row-major (nesting is optional)",
             parse_constant=_NonFinite,
+            in_pieces=in_pieces,
         )
     except InvalidArgument:
         end = _json_end(body) if header_length is None else None
