@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from dataclasses import dataclass
@@ -22,7 +23,21 @@ def _outcome(parse: Any, text: str | bytes) -> tuple[str, str]:
         return type(exc).__name__, str(exc)
 
 
-_ATOMS = ["1", "-2", "3.5e-3", "1e400", "NaN", "-Infinity", "true", "false", "null", '"a,]["', '"x\\"]"']
+_ATOMS = [
+    "1",
+    "-2",
+    "3.5e-3",
+    "1e400",
+    "NaN",
+    "-Infinity",
+    "true",
+    "false",
+    "null",
+    '"a,]["',
+    '"x\\"],"',
+    '""',
+    '{"k": "[,"}',
+]
 
 
 def _document(rng: random.Random, depth: int) -> str:
@@ -56,12 +71,20 @@ def test_any_text_parses_or_fails_as_json_loads_has_it() -> None:
             text = "".join(c + rng.choice(["", " ", "\n "]) if c in ",[]:" else c for c in text)
         if rng.random() < 0.2 and text:
             at = rng.randrange(len(text))
-            text = text[:at] + rng.choice([",", "]", "[", "x", "", '"']) + text[at + 1 :]
+            text = (
+                text[:at] + rng.choice([",", "]", "[", "{", "\\", "\\q", "\n", "x", "", '"']) + text[at + 1 :]
+            )
+        if rng.random() < 0.1:
+            text = text[: rng.randrange(len(text) + 1)]
         texts.append(text)
     for text in texts:
         whole = _outcome(lambda t: json.loads(t, parse_constant=_Constant), text)
-        # Pieces of 16 characters: every array of more is parsed in several.
-        assert _outcome(lambda t: loads_in_pieces(t, _Constant, piece=16), text) == whole, text[:200]
+        # Pieces of 16 characters and more: most arrays are parsed in several.
+        for piece in (16, 40, 1 << 16):
+            outcome = _outcome(
+                functools.partial(loads_in_pieces, parse_constant=_Constant, piece=piece), text
+            )
+            assert outcome == whole, (piece, text[:200])
 
 
 def test_bytes_are_read_as_json_loads_reads_them() -> None:
