@@ -6,7 +6,8 @@ operator saw refused past max_batch_size).
 
 Each mode runs its own `tesserad serve`: `threaded` as the daemon is; `inline` with
 tesserad.api.oip_http.JSON_OFF_LOOP_SIZE raised past any body, so that every body is parsed on the
-event loop, as before bodies were parsed in a thread.
+event loop, as before bodies were parsed in a thread. First, in this process, how long a body's
+parse and decode take by its size (where JSON_OFF_LOOP_SIZE was chosen).
 
     .venv/bin/python bench/oip_json_stall_bench.py --out oip_json_stall_bench.json
 """
@@ -31,7 +32,9 @@ import grpc
 import numpy as np
 from results_file import RESULTS
 
+from tesserad.api.oip_json import infer_request, split_body
 from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
+from tesserad.serving.shared_memory import SharedMemory
 
 _PROBE_EVERY_S = 0.02
 _START = """
@@ -50,6 +53,27 @@ def _body(mib: float) -> bytes:
     values = np.round(np.random.default_rng(0).standard_normal(11_000 * columns), 6).tolist()
     document = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [11_000, columns], "data": values}]}
     return json.dumps(document).encode()
+
+
+def _parse_ms_by_size() -> list[dict[str, Any]]:
+    """How long a body's parse and decode take on the event loop, by its size (the fastest of
+    20): where JSON_OFF_LOOP_SIZE was chosen, at some 1 to 2 ms."""
+    lease = SharedMemory(1).lease()
+    rows = []
+    for count in (1_024, 2_048, 4_096, 8_192, 16_384, 65_536):
+        values = np.random.default_rng(0).standard_normal(count).astype(np.float32).tolist()
+        body = json.dumps(
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [count // 64, 64], "data": values}]}
+        ).encode()
+        times = []
+        for _ in range(20):
+            started = time.perf_counter()
+            infer_request(*split_body(body, None), lease)
+            times.append(time.perf_counter() - started)
+        rows.append(
+            {"body_kib": round(len(body) / 1024, 1), "parse_and_decode_ms": round(min(times) * 1e3, 3)}
+        )
+    return rows
 
 
 def _start(mode: str, data_dir: Path) -> tuple[subprocess.Popen[str], str, int]:
@@ -189,6 +213,8 @@ def main() -> None:
         parser.error(f"{path} exists; results files are never overwritten, pick another --out name")
     body = _body(args.mib)
     load = os.getloadavg()
+    by_size = _parse_ms_by_size()
+    print(json.dumps(by_size), flush=True)
     results = [
         row
         for mode in args.modes.split(",")
@@ -200,6 +226,7 @@ def main() -> None:
         "probe_every_ms": _PROBE_EVERY_S * 1e3,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "load_average": {"start": load, "end": os.getloadavg()},
+        "parse_on_the_loop": by_size,
         "results": results,
     }
     if path is not None:
