@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
 
 from tessera.backup import BLOB_PREFIX, MANIFEST_NAME, STORE_NAME, Entry, Manifest
+from tesserad.backup.verify import REMEDY, blob_owners, owned_by
 from tesserad.datasets.references import BLOB_HOLDERS, drop_claimed_blobs
 from tesserad.errors import Aborted, DataLoss, NotFound, ResourceExhausted, TesseraError, Unavailable
 from tesserad.store import BlobStore, ReadTxn, Store
@@ -155,10 +156,18 @@ class Backup:
         try:
             return self._blobs.size(sha256)
         except NotFound:
-            raise DataLoss(
-                f"blob {sha256}, which the store references, is missing from the blob directory; "
-                "the data directory is damaged, so no whole backup of it can be made"
-            ) from None
+            raise self._lost(sha256, f"blob {sha256} is missing from the blob directory") from None
+
+    def _lost(self, sha256: str, problem: str) -> DataLoss:
+        """The error that ends a backup meeting a blob damaged or missing: which records own
+        it, and what the operator may do."""
+        with self._store.read() as txn:
+            owners = blob_owners(txn, [sha256]).get(sha256, [])
+        return DataLoss(
+            f"{problem}{owned_by(owners)}; the data directory is damaged, so no whole backup of it "
+            "can be made. Run `tessera admin verify` (or `tesserad verify` with the daemon stopped) "
+            f"to find all the damage, then {REMEDY}"
+        )
 
     @staticmethod
     def _hash_copy(copy: io.BufferedRandom) -> Entry:
@@ -181,8 +190,11 @@ class Backup:
         for sha256, size in manifest.blobs.items():
             yield from chunks.add(_header(BLOB_PREFIX + sha256, size, now))
             # Read verified: a blob damaged on disk ends the backup with DataLoss.
-            for data in self._blobs.read_chunks(sha256, chunk_size):
-                yield from chunks.add(data)
+            try:
+                for data in self._blobs.read_chunks(sha256, chunk_size):
+                    yield from chunks.add(data)
+            except DataLoss as exc:
+                raise self._lost(sha256, exc.message) from None
             yield from chunks.add(_padding(size))
         # The end-of-archive marker, then padding to a whole record, as tar writes it.
         yield from chunks.add(b"\0" * (2 * _BLOCK))

@@ -200,6 +200,13 @@ def _decode_version(raw: bytes) -> DatasetVersionRecord:
     )
 
 
+def blob_references(txn: ReadTxn) -> Iterator[tuple[str, str]]:
+    """Each dataset version's file: its sha256 and the version in words, for a store check."""
+    for _key, raw in txn.scan(VERSIONS):
+        record = _decode_version(raw)
+        yield record.sha256, f"dataset {record.name} version {record.version}"
+
+
 def _version_content(raw: bytes) -> tuple[str, int]:
     """The sha256 and size of a stored version, read without building its whole record."""
     data = decode_record(raw, _VERSION_KIND, _SCHEMA)[1]

@@ -173,6 +173,13 @@ def holder(model: str, version: int) -> str:
     return f"model:{model}:{version}"
 
 
+def blob_references(txn: ReadTxn) -> Iterator[tuple[str, str]]:
+    """Each model version's artifact: its sha256 and the version in words, for a store check."""
+    for _key, raw in txn.scan(VERSIONS):
+        record = decode_version(raw)
+        yield record.sha256, f"model {record.model} version {record.version} ({record.format} file)"
+
+
 # The versions holding an upload's bytes that its answer names: the newest few, for a note.
 SAME_BYTES_LISTED = 10
 

@@ -131,6 +131,13 @@ def _decode(run_id: str, path: str, raw: bytes) -> RunArtifact:
     return RunArtifact(run_id, path, **decode_record(raw, _KIND, _SCHEMA)[1])
 
 
+def blob_references(txn: ReadTxn) -> Iterator[tuple[str, str]]:
+    """Each run artifact's blob: its sha256 and the artifact in words, for a store check."""
+    for (run_id, path), raw in txn.scan(TABLE):
+        artifact = _decode(str(run_id), str(path), raw)
+        yield artifact.sha256, f"run {artifact.run_id} artifact {artifact.path}"
+
+
 class RunArtifacts:
     """The artifacts of tracking runs, on the daemon's store and blob directory."""
 

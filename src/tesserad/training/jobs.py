@@ -1702,6 +1702,14 @@ def checkpoint_holder(job_id: str) -> str:
     return f"job:{job_id}:checkpoint"
 
 
+def blob_references(txn: ReadTxn) -> Iterator[tuple[str, str]]:
+    """Each checkpoint a job keeps: its sha256 and the checkpoint in words, for a store check."""
+    for _key, raw in txn.scan("jobs"):
+        job = decode_job(raw)
+        for checkpoint in job.checkpoints:
+            yield checkpoint.sha256, f"job {job.job_id} checkpoint epoch {checkpoint.epoch}"
+
+
 def cancelled_in_queue(job: JobRecord) -> str:
     """Why a job cancelled before its next attempt started ended: a job queued again to resume
     (after a restart) has run before."""
