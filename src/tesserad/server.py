@@ -72,6 +72,7 @@ from tesserad.api.tls import (
 from tesserad.api.training import TrainingServicer
 from tesserad.backup import Backups
 from tesserad.backup.restore import remove_finished_stagings, unfinished_restore
+from tesserad.backup.verify import StoreChecks
 from tesserad.config import GRPC_MESSAGE_SIZE_CEILING, Address, LimitsSettings, Settings, format_size
 from tesserad.dashboard import DashboardServer, Services
 from tesserad.datasets import MARKERS as DATASET_MARKERS
@@ -283,6 +284,7 @@ class Daemon:
         self.exports: Exports | None = None
         self._registry_servicer: RegistryServicer | None = None
         self._backups: Backups | None = None
+        self._store_checks: StoreChecks | None = None
         self._follower: Follower | None = None
         self._following: asyncio.Task[None] | None = None
         self._refresh_sweep: asyncio.Task[None] | None = None
@@ -422,12 +424,14 @@ class Daemon:
         )
         limits = settings.limits
         self._backups = Backups(self._store, blobs, __version__, limits.backup_stall_timeout_s)
+        self._store_checks = StoreChecks(self._store, blobs)
         _register(
             system_pb2_grpc.add_SystemServicer_to_server,
             SystemServicer(
                 system,
                 self._stopping,
                 self._backups,
+                self._store_checks,
                 limits.chunk_size,
                 settings.max_message_size,
             ),
@@ -1064,6 +1068,9 @@ class Daemon:
         if self._backups is not None:
             await asyncio.to_thread(self._backups.close)
             self._backups = None
+        if self._store_checks is not None:
+            await asyncio.to_thread(self._store_checks.close)
+            self._store_checks = None
         if self._blobs is not None:
             await asyncio.to_thread(self._blobs.close)
             self._blobs = None

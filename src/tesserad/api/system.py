@@ -12,9 +12,11 @@ from tessera.v1 import system_pb2_grpc
 from tesserad.api.convert_common import timestamp
 from tesserad.api.transfers import chunk_size
 from tesserad.backup import Backups
+from tesserad.backup.verify import StoreCheckReport, StoreChecks
 from tesserad.errors import InvalidArgument, Unavailable
 from tesserad.host import HostSample
 from tesserad.system import Replication, ServerFacts, SystemService
+from tesserad.tasks import wait_out
 from tesserad.training.ray_cluster import ClusterStatus
 
 MIN_INTERVAL_MS = 100
@@ -31,12 +33,14 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
         system: SystemService,
         stopping: asyncio.Event,
         backups: Backups,
+        store_checks: StoreChecks,
         default_chunk_size: int,
         max_message_size: int,
     ) -> None:
         self._system = system
         self._stopping = stopping
         self._backups = backups
+        self._store_checks = store_checks
         self._chunk_size = default_chunk_size
         self._max_chunk_size = max_message_size - _CHUNK_FRAMING
 
@@ -99,6 +103,34 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
             while (data := await asyncio.to_thread(backup.next_chunk)) is not None:
                 with turn.sending(len(data)):
                     yield pb.BackupChunk(data=data, archive_size=backup.archive_size)
+
+    async def VerifyStore(
+        self,
+        request: pb.VerifyStoreRequest,
+        context: grpc.aio.ServicerContext[pb.VerifyStoreRequest, pb.VerifyStoreReport],
+    ) -> pb.VerifyStoreReport:
+        check = self._store_checks.start()
+        try:
+            # Step by step in a thread: the loop stays free, and a cancelled call stops the
+            # check after the step in flight.
+            while await asyncio.to_thread(check.step):
+                pass
+        finally:
+            await wait_out(asyncio.ensure_future(asyncio.to_thread(self._store_checks.end, check)))
+        return store_check_to_proto(check.report())
+
+
+def store_check_to_proto(report: StoreCheckReport) -> pb.VerifyStoreReport:
+    return pb.VerifyStoreReport(
+        blobs_checked=report.blobs_checked,
+        bytes_checked=report.bytes_checked,
+        references_checked=report.references_checked,
+        problems=[
+            pb.BlobProblem(sha256=p.sha256, kind=p.kind, owners=p.owners, message=p.message)
+            for p in report.problems
+        ],
+        seconds=report.seconds,
+    )
 
 
 def server_info_handler(

@@ -52,6 +52,8 @@ ROLE_TABLE: dict[str, dict[str, Role]] = {
         "WatchSystem": _R,
         # Every record and blob of every user, in one file.
         "Backup": _A,
+        # Reads every blob: as heavy as a backup, and its report names every owner's records.
+        "VerifyStore": _A,
     },
     "tessera.v1.Registry": {
         "CreateModel": _T,

@@ -186,6 +186,11 @@ class JobCancelled(JobFailed):
     sweep's cancel): a JobFailed, so that code catching that catches it too."""
 
 
+class StoreDamaged(Error):
+    """`tessera admin verify` found damage in the daemon's store: the report was printed, and the
+    CLI exits 1. No call failed, so it is no TesseraError."""
+
+
 class SweepFailed(Error):
     """`Sweep.wait()` found the sweep ended without succeeding (its `info.error` says why);
     `sweep` holds its final state. As JobFailed: no TesseraError, and pickled, `sweep` becomes

@@ -19,6 +19,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.protobuf.message import Message
 
 from tessera.errors import InvalidArgument
+from tessera.progress_line import byte_size
 from tessera.state_words import enum_prefix, enum_word
 from tessera.toml_lines import KeyPath, TomlSource, key_lines
 from tessera.v1 import common_pb2
@@ -69,6 +70,15 @@ def is_digits(text: str) -> bool:
 def counted(count: int, noun: str) -> str:
     """`1 request`, `2 requests`: a count with its noun (one that takes -s) in the right number."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def checked_store(blobs: int, num_bytes: int, references: int, seconds: float) -> str:
+    """What a store check (`tessera admin verify`, `tesserad verify`) covered, and its rate."""
+    rate = num_bytes / seconds / 1e6 if seconds > 0 else 0.0
+    return (
+        f"checked {counted(blobs, 'blob')} ({byte_size(num_bytes)}, {rate:.0f} MB/s) and "
+        f"{counted(references, 'reference')} to them in {seconds:.1f} s"
+    )
 
 
 def whole_number(text: str) -> int:

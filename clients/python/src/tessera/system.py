@@ -182,6 +182,20 @@ class System(Part[C]):
         return Resumable(S, "WatchSystem", cursor, until=cursor.done)
 
     @call
+    def verify(self, *, timeout: float | None = None) -> Op[pb.VerifyStoreReport]:
+        """Check the daemon's store for damage (admin only): every blob re-hashed against its
+        sha256, and the blob of every model version, dataset version, run artifact and job
+        checkpoint looked for. The report's `problems` (empty when the store is whole) each name
+        the blob, "damaged" or "missing", and the records that own it. Takes as long as reading
+        every blob once; `timeout` (None: the client's transfer timeout) bounds it."""
+        return Op(
+            S,
+            "VerifyStore",
+            pb.VerifyStoreRequest(),
+            timeout=timeout_or(timeout, self._conn.transfer_timeout),
+        )
+
+    @call
     def backup(
         self,
         path: str | Path | BinaryIO,

@@ -38,8 +38,8 @@ exit status:
   0    done
   {EXIT_FAILED}    failed here: a file could not be read or written (stdout closed
        with `>&-` too), a spec file is wrong, a followed job or sweep ended
-       without succeeding, or `load --keep-config` found the version not
-       loaded (no config to keep)
+       without succeeding, `load --keep-config` found the version not
+       loaded (no config to keep), or `admin verify` found damage
   {EXIT_USAGE}    the command line is wrong: the message says what, under the
        command's usage
   {EXIT_DAEMON}    the daemon refused or failed the request, or could not be reached:

@@ -67,7 +67,7 @@ from tessera.cli.models import (
     cmd_models_versions,
 )
 from tessera.cli.serving import cmd_explain, cmd_load, cmd_predict, cmd_serve_status, cmd_stats, cmd_unload
-from tessera.cli.system import cmd_admin_backup, cmd_demo, cmd_info
+from tessera.cli.system import cmd_admin_backup, cmd_admin_verify, cmd_demo, cmd_info
 from tessera.cli.tracking import (
     VIEWS,
     cmd_experiments_ls,
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_default(TRANSFER_TIMEOUT_ENV) or DEFAULT_TRANSFER_TIMEOUT_S,
         metavar="SECONDS",
         help="seconds an upload, download or backup (models and datasets push and download, runs "
-        "artifacts put and get, admin backup) may take before it fails with DEADLINE_EXCEEDED; "
+        "artifacts put and get, admin backup and verify) may take before it fails with DEADLINE_EXCEEDED; "
         f"lengthen it for a large file over a slow link (env {TRANSFER_TIMEOUT_ENV}; default "
         f"{DEFAULT_TRANSFER_TIMEOUT_S:g}: an hour)",
     )
@@ -969,9 +969,22 @@ def build_parser() -> argparse.ArgumentParser:
     admin = group(
         commands,
         "admin",
-        "operator tasks (admin token): backup",
+        "operator tasks (admin token): backup, verify",
         "Operator tasks on the running daemon; where it checks tokens, they take one with the admin role.",
-        [("back the daemon up to a file", "tessera admin backup -o tessera-backup.tar")],
+        [
+            ("back the daemon up to a file", "tessera admin backup -o tessera-backup.tar"),
+            ("check the store for damage", "tessera admin verify"),
+        ],
+    )
+    command(
+        admin,
+        "verify",
+        cmd_admin_verify,
+        "check the running daemon's store for damage: every blob re-hashed against its sha256, and "
+        "the blob of every model version, dataset version, run artifact and job checkpoint looked "
+        "for. Each problem is printed with the records that own the blob; the exit status is 1 when "
+        "there is any. Takes as long as reading every blob once (--transfer-timeout bounds it); "
+        "`tesserad verify` does the same with the daemon stopped",
     )
     sub = command(
         admin,

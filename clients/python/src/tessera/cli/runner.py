@@ -26,7 +26,7 @@ from tessera.cli.system import cmd_admin_backup, cmd_demo
 from tessera.cli.tracking import cmd_runs_artifacts_get, cmd_runs_artifacts_put
 from tessera.client import Client
 from tessera.entry import EXIT_INTERRUPTED, EXIT_TERMINATED
-from tessera.errors import DeadlineExceeded, JobFailed, SweepFailed, Terminated, TesseraError
+from tessera.errors import DeadlineExceeded, JobFailed, StoreDamaged, SweepFailed, Terminated, TesseraError
 from tessera.rpc_commands import in_cli_words
 from tessera.sweep_commands import cmd_sweep, cmd_sweeps_show
 from tessera.transfer import remove_unfinished
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace, out: Output, signals: _Signals) -> int:
     except TesseraError as err:
         said = err.daemon_message if isinstance(err, InCliWords) else in_cli_words(err.daemon_message)
         return _fail(EXIT_DAEMON, f"tessera: {err.code}: {said}")
-    except (JobFailed, SweepFailed) as err:
+    except (JobFailed, SweepFailed, StoreDamaged) as err:
         return _fail(EXIT_FAILED, f"tessera: {in_cli_words(str(err))}")
     except OSError as err:
         return _fail(EXIT_FAILED, f"tessera: {_os_error_words(err)}")

@@ -1,4 +1,4 @@
-"""`tessera info`, `tessera admin backup` and `tessera demo`: the daemon as a whole. Each command
+"""`tessera info`, `tessera admin backup`, `tessera admin verify` and `tessera demo`: the daemon as a whole. Each command
 takes (client, args, out) and prints its result."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from tessera.cli.arguments import UsageError
 from tessera.cli.output import Output, close_output, size, when
 from tessera.client import Client
 from tessera.demo import run_demo
-from tessera.errors import TesseraError
+from tessera.errors import StoreDamaged, TesseraError
 from tessera.json_output import dumps
-from tessera.messages import counted
+from tessera.messages import checked_store, counted
 from tessera.progress_line import ProgressLine, byte_size, progress_wanted
 from tessera.v1 import system_pb2 as pb
 
@@ -162,6 +162,26 @@ def _backup_contents(manifest: Manifest) -> str:
         f"{counted(sum(manifest.records.values()), 'record')}, {counted(len(manifest.blobs), 'blob')} "
         f"({byte_size(manifest.blob_bytes)}), every file's sha256 verified"
     )
+
+
+def cmd_admin_verify(client: Client, args: argparse.Namespace, out: Output) -> None:
+    report = client.system.verify()
+    if out.as_json:
+        out.json(report)
+    else:
+        for problem in report.problems:
+            out.line(problem.message)
+        checked = checked_store(
+            report.blobs_checked, report.bytes_checked, report.references_checked, report.seconds
+        )
+        out.line(
+            f"{checked}: {'no damage' if not report.problems else counted(len(report.problems), 'problem')}"
+        )
+    if report.problems:
+        raise StoreDamaged(
+            f"the store is damaged: {counted(len(report.problems), 'problem')}, each named above with "
+            "the records that own the blob"
+        )
 
 
 def cmd_demo(client: Client, args: argparse.Namespace, out: Output) -> None:

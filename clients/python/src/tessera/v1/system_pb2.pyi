@@ -485,6 +485,97 @@ class BackupChunk(_message.Message):
 Global___BackupChunk: _TypeAlias = BackupChunk  # noqa: Y015
 
 @_typing.final
+class VerifyStoreRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyStoreRequest: _TypeAlias = VerifyStoreRequest  # noqa: Y015
+
+@_typing.final
+class BlobProblem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    OWNERS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    kind: _builtins.str
+    """"damaged": the file's bytes no longer hash to its name; "missing": a record references a
+    blob that is not in the blob directory.
+    """
+    message: _builtins.str
+    """The problem and what to do about it, in a sentence."""
+    @_builtins.property
+    def owners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The records that hold the blob, in words: "model clf version 3 (its onnx file)", "dataset
+        flat version 2", "run R artifact plots/a.png", "job J checkpoint epoch 4". Empty for a
+        damaged blob nothing holds (the daemon removes it at its next start).
+        """
+
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        owners: _abc.Iterable[_builtins.str] | None = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "message", b"message", "owners", b"owners", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlobProblem: _TypeAlias = BlobProblem  # noqa: Y015
+
+@_typing.final
+class VerifyStoreReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOBS_CHECKED_FIELD_NUMBER: _builtins.int
+    BYTES_CHECKED_FIELD_NUMBER: _builtins.int
+    REFERENCES_CHECKED_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    blobs_checked: _builtins.int
+    """Blobs re-hashed and their bytes."""
+    bytes_checked: _builtins.int
+    references_checked: _builtins.int
+    """Record references to blobs checked (one per model version, dataset version, run artifact
+    and job checkpoint).
+    """
+    seconds: _builtins.float
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlobProblem]:
+        """Empty when the store is whole."""
+
+    def __init__(
+        self,
+        *,
+        blobs_checked: _builtins.int = ...,
+        bytes_checked: _builtins.int = ...,
+        references_checked: _builtins.int = ...,
+        problems: _abc.Iterable[Global___BlobProblem] | None = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs_checked", b"blobs_checked", "bytes_checked", b"bytes_checked", "problems", b"problems", "references_checked", b"references_checked", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyStoreReport: _TypeAlias = VerifyStoreReport  # noqa: Y015
+
+@_typing.final
 class GpuSample(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -49,6 +49,11 @@ class SystemStub:
                 request_serializer=tessera_dot_v1_dot_system__pb2.BackupRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_system__pb2.BackupChunk.FromString,
                 _registered_method=True)
+        self.VerifyStore = channel.unary_unary(
+                '/tessera.v1.System/VerifyStore',
+                request_serializer=tessera_dot_v1_dot_system__pb2.VerifyStoreRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_system__pb2.VerifyStoreReport.FromString,
+                _registered_method=True)
 
 
 class SystemServicer:
@@ -86,6 +91,17 @@ class SystemServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyStore(self, request, context):
+        """Admin only. Checks the store for damage while the daemon runs: re-hashes every blob on disk
+        against its content address, and checks that the blob of every model version, dataset
+        version, run artifact and job checkpoint is there. Each problem names the records that own
+        the blob. Takes as long as reading every blob once; cancelling the call stops it.
+        `tesserad verify` does the same offline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SystemServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -103,6 +119,11 @@ def add_SystemServicer_to_server(servicer, server):
                     servicer.Backup,
                     request_deserializer=tessera_dot_v1_dot_system__pb2.BackupRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_system__pb2.BackupChunk.SerializeToString,
+            ),
+            'VerifyStore': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyStore,
+                    request_deserializer=tessera_dot_v1_dot_system__pb2.VerifyStoreRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_system__pb2.VerifyStoreReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,6 +207,33 @@ class System:
             '/tessera.v1.System/Backup',
             tessera_dot_v1_dot_system__pb2.BackupRequest.SerializeToString,
             tessera_dot_v1_dot_system__pb2.BackupChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyStore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.System/VerifyStore',
+            tessera_dot_v1_dot_system__pb2.VerifyStoreRequest.SerializeToString,
+            tessera_dot_v1_dot_system__pb2.VerifyStoreReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,13 @@ class SystemStub:
     default; or the chunk's size at 8 KiB/s, where longer) has its backup ended with ABORTED
     when it next reads, and the next one in line begins.
     """
+    VerifyStore: _grpc.UnaryUnaryMultiCallable[_system_pb2.VerifyStoreRequest, _system_pb2.VerifyStoreReport]
+    """Admin only. Checks the store for damage while the daemon runs: re-hashes every blob on disk
+    against its content address, and checks that the blob of every model version, dataset
+    version, run artifact and job checkpoint is there. Each problem names the records that own
+    the blob. Takes as long as reading every blob once; cancelling the call stops it.
+    `tesserad verify` does the same offline.
+    """
 
 @_typing.type_check_only
 class SystemAsyncStub(SystemStub):
@@ -74,6 +81,13 @@ class SystemAsyncStub(SystemStub):
     not taken a chunk within limits.backup_stall_timeout_s seconds of its being sent (120 by
     default; or the chunk's size at 8 KiB/s, where longer) has its backup ended with ABORTED
     when it next reads, and the next one in line begins.
+    """
+    VerifyStore: _aio.UnaryUnaryMultiCallable[_system_pb2.VerifyStoreRequest, _system_pb2.VerifyStoreReport]  # type: ignore[assignment]
+    """Admin only. Checks the store for damage while the daemon runs: re-hashes every blob on disk
+    against its content address, and checks that the blob of every model version, dataset
+    version, run artifact and job checkpoint is there. Each problem names the records that own
+    the blob. Takes as long as reading every blob once; cancelling the call stops it.
+    `tesserad verify` does the same offline.
     """
 
 class SystemServicer(metaclass=_abc_1.ABCMeta):
@@ -113,6 +127,19 @@ class SystemServicer(metaclass=_abc_1.ABCMeta):
         not taken a chunk within limits.backup_stall_timeout_s seconds of its being sent (120 by
         default; or the chunk's size at 8 KiB/s, where longer) has its backup ended with ABORTED
         when it next reads, and the next one in line begins.
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyStore(
+        self,
+        request: _system_pb2.VerifyStoreRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_system_pb2.VerifyStoreReport, _abc.Awaitable[_system_pb2.VerifyStoreReport]]:
+        """Admin only. Checks the store for damage while the daemon runs: re-hashes every blob on disk
+        against its content address, and checks that the blob of every model version, dataset
+        version, run artifact and job checkpoint is there. Each problem names the records that own
+        the blob. Takes as long as reading every blob once; cancelling the call stops it.
+        `tesserad verify` does the same offline.
         """
 
 def add_SystemServicer_to_server(servicer: SystemServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
