@@ -17,7 +17,13 @@ from tessera.command_parser import CommandParser
 from tessera.messages import counted
 from tessera.progress_line import ProgressLine, byte_size, progress_wanted
 from tesserad import __version__
-from tesserad.config import SettingsError, describe_settings, load_settings, unknown_environment
+from tesserad.config import (
+    SettingsError,
+    StoreSettings,
+    describe_settings,
+    load_settings,
+    unknown_environment,
+)
 from tesserad.errors import TesseraError
 from tesserad.logs import configure_logging
 from tesserad.signal_wakeup import signal_wakeup
@@ -32,6 +38,7 @@ EXIT_TERMINATED = 143
 EXIT_CANNOT_START = 1
 EXIT_BAD_SETTINGS = 2
 EXIT_RESTORED_BUT_FAILED = 3  # `restore`: the data directory holds the restore, yet an error followed
+EXIT_DAMAGED = 4  # `verify`: the data directory is damaged (each problem printed)
 
 log = logging.getLogger("tesserad")
 
@@ -167,6 +174,24 @@ def build_parser() -> argparse.ArgumentParser:
         "stderr, over one line (default: when stderr is a terminal)",
     )
 
+    verify = commands.add_parser(
+        "verify",
+        help="check a data directory for damage, offline (`tessera admin verify` checks a running daemon's)",
+        description=(
+            "Check the data directory DIR of a stopped daemon for damage: every blob is re-hashed "
+            "against its sha256, and the blob of every model version, dataset version, run artifact "
+            "and job checkpoint is looked for. Each problem is printed on stdout with the records "
+            "that own the blob, and a summary with the rate follows. It takes the data directory's "
+            "lock, as `tesserad serve` does, so it is refused while a daemon runs on DIR: check that "
+            "one with `tessera admin verify`. Nothing is changed. Exit status: 0 no damage, "
+            f"{EXIT_DAMAGED} damage found, 1 refused or failed (the message says why), 2 wrong command "
+            "line, 130 or 143 interrupted."
+        ),
+    )
+    verify.add_argument(
+        "--data-dir", type=Path, required=True, metavar="DIR", help="the data directory to check"
+    )
+
     commands.add_parser(
         "settings",
         help="list every setting with its default and environment variable",
@@ -264,6 +289,67 @@ def _restore(archive: Path | BinaryIO, data_dir: Path, progress: bool | None) ->
     return 0
 
 
+def _verify(data_dir: Path) -> int:
+    from tessera.messages import checked_store
+    from tesserad.backup.verify import StoreCheck
+    from tesserad.server import STORE_TABLES
+    from tesserad.store import BlobStore, DataDirLock, Store
+    from tesserad.store.schema import refuse_newer
+
+    if not (data_dir / "store" / "data.mdb").is_file():
+        print(
+            f"tesserad verify: {data_dir} holds no tesserad store (no store/data.mdb); name the data directory",
+            file=sys.stderr,
+        )
+        return 1
+    lock = DataDirLock(data_dir)
+    try:
+        lock.acquire()
+    except TesseraError as exc:
+        print(
+            f"tesserad verify: {exc}; to check the store of the daemon running on it, run "
+            "`tessera admin verify` against that daemon",
+            file=sys.stderr,
+        )
+        return 1
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        store = Store.open(
+            data_dir / "store",
+            map_size=StoreSettings().map_size,
+            tables=STORE_TABLES,
+            check=refuse_newer(str(data_dir)),
+        )
+        try:
+            report = StoreCheck(store, BlobStore(data_dir / "blobs")).run()
+        finally:
+            store.close()
+    except TesseraError as exc:
+        print(f"tesserad verify: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, _Terminated) as exc:
+        print("tesserad verify: interrupted; nothing was changed", file=sys.stderr)
+        return _interrupted_status(exc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        lock.release()
+    for problem in report.problems:
+        print(problem.message)
+    checked = checked_store(
+        report.blobs_checked, report.bytes_checked, report.references_checked, report.seconds
+    )
+    if not report.problems:
+        print(f"{checked}: no damage")
+        return 0
+    print(checked)
+    print(
+        f"tesserad verify: {data_dir} is damaged: {counted(len(report.problems), 'problem')}, each named on "
+        "stdout with the records that own the blob",
+        file=sys.stderr,
+    )
+    return EXIT_DAMAGED
+
+
 def _interrupted_status(interruption: BaseException) -> int:
     return EXIT_TERMINATED if isinstance(interruption, _Terminated) else EXIT_INTERRUPTED
 
@@ -289,6 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # As tar refuses: an archive is not typed in, and a closed stdin holds none.
             parser.error("restore - reads the archive from stdin: redirect it (< FILE, CMD |)")
         return _restore(sys.stdin.buffer, args.data_dir, args.progress)
+
+    if args.command == "verify":
+        return _verify(args.data_dir)
 
     overrides = {name: getattr(args, name.replace(".", "__")) for name, _, _ in SERVE_FLAGS.values()}
     try:
