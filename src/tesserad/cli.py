@@ -291,6 +291,7 @@ def _restore(archive: Path | BinaryIO, data_dir: Path, progress: bool | None) ->
 
 def _verify(data_dir: Path) -> int:
     from tessera.messages import checked_store
+    from tessera.rpc_commands import in_cli_words
     from tesserad.backup.verify import StoreCheck
     from tesserad.server import STORE_TABLES
     from tesserad.store import BlobStore, DataDirLock, Store
@@ -334,7 +335,8 @@ def _verify(data_dir: Path) -> int:
         signal.signal(signal.SIGTERM, previous)
         lock.release()
     for problem in report.problems:
-        print(problem.message)
+        # The fix in the words of the tessera CLI, which an operator deletes the owners with.
+        print(in_cli_words(problem.message))
     checked = checked_store(
         report.blobs_checked, report.bytes_checked, report.references_checked, report.seconds
     )

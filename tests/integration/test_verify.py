@@ -135,6 +135,7 @@ def test_a_damaged_blob_is_found_offline_with_its_owner(
     assert f"blob {filled.model_sha256} is damaged on disk" in out
     assert "model clf version 1 (onnx file)" in out
     assert f"job {filled.job_id} checkpoint epoch {filled.checkpoint_epoch}" in out
+    assert "`tessera models rm MODEL VERSION`" in out
     assert "2 problems" in err
     # The check left the store as it was: the damage is still there to be found.
     assert _verify_offline(copy, capsys)[0] == EXIT_DAMAGED
@@ -179,7 +180,9 @@ def test_a_damaged_blob_is_found_online_with_its_owner(
         captured = capsys.readouterr()
         assert code == EXIT_FAILED
         # The console wraps long lines: the words are compared, not the breaks.
-        assert f"run {filled.run_id} artifact docs/notes.txt" in " ".join(captured.out.split())
+        said = " ".join(captured.out.split())
+        assert f"run {filled.run_id} artifact docs/notes.txt" in said
+        assert "`tessera runs artifacts put RUN_ID FILE`" in said
     finally:
         daemon.stop()
 

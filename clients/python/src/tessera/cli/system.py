@@ -18,6 +18,7 @@ from tessera.errors import StoreDamaged, TesseraError
 from tessera.json_output import dumps
 from tessera.messages import checked_store, counted
 from tessera.progress_line import ProgressLine, byte_size, progress_wanted
+from tessera.rpc_commands import in_cli_words
 from tessera.v1 import system_pb2 as pb
 
 
@@ -170,7 +171,7 @@ def cmd_admin_verify(client: Client, args: argparse.Namespace, out: Output) -> N
         out.json(report)
     else:
         for problem in report.problems:
-            out.line(problem.message)
+            out.line(in_cli_words(problem.message))
         checked = checked_store(
             report.blobs_checked, report.bytes_checked, report.references_checked, report.seconds
         )
