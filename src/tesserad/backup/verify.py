@@ -1,6 +1,6 @@
 """A check of the data directory for damage: every blob on disk re-hashed against its content
 address, and the blob of every model version, dataset version, run artifact and job checkpoint
-looked for. Each problem names the records that own the blob, which is what an operator decides
+looked for (and the weights an unended job starts from, which its hold alone references). Each problem names the records that own the blob, which is what an operator decides
 on: restore from an older backup, or delete them and accept the loss.
 
 The check runs offline (`tesserad verify`) or beside a running daemon (`VerifyStore`). Beside
@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 
+from tesserad.datasets.references import job_weight_references
 from tesserad.datasets.service import blob_references as dataset_blobs
 from tesserad.errors import DataLoss, InvalidArgument, Unavailable
 from tesserad.registry.versions import blob_references as model_blobs
@@ -41,6 +42,7 @@ _REFERENCES: tuple[Callable[[ReadTxn], Iterator[tuple[str, str]]], ...] = (
     dataset_blobs,
     artifact_blobs,
     checkpoint_blobs,
+    job_weight_references,
 )
 
 # What an operator may do about a blob that is lost, whoever owns it: one clause, with no "; ",

@@ -71,14 +71,36 @@ def first_dataset_version_holding(txn: ReadTxn, sha256: str) -> tuple[str, int] 
     return min(versions, default=None)
 
 
-# A fine-tuning job holds the weights it starts from as "job:<job id>:init_from".
-_JOB_PREFIX, _INIT_FROM_SUFFIX = "job:", ":init_from"
+# A fine-tuning job holds the weights it starts from as "job:<job id>:init_from"; a job that
+# starts from a checkpoint (a resume, a trial's copy) holds it as "job:<job id>:start".
+_JOB_PREFIX, _INIT_FROM_SUFFIX, _START_SUFFIX = "job:", ":init_from", ":start"
 _SWEEP_PREFIX = "sweep:"
 
 
 def init_from_holder(job_id: str) -> str:
     """How a fine-tuning job is named among the holders of the weights it starts from."""
     return f"{_JOB_PREFIX}{job_id}{_INIT_FROM_SUFFIX}"
+
+
+def start_weights_holder(job_id: str) -> str:
+    """How a job is named among the holders of the weights it starts from (a checkpoint it
+    resumes, a trial's copy of another's), until it ends."""
+    return f"{_JOB_PREFIX}{job_id}{_START_SUFFIX}"
+
+
+def job_weight_references(txn: ReadTxn) -> Iterator[tuple[str, str]]:
+    """The weights unended jobs start from, which only their holds reference: each blob's
+    sha256 and the hold in words, for a store check."""
+    for key, _ in txn.scan(BLOB_HOLDERS):
+        sha256, holder = str(key[0]), str(key[1])
+        if not holder.startswith(_JOB_PREFIX):
+            continue
+        if holder.endswith(_INIT_FROM_SUFFIX):
+            job_id = holder.removeprefix(_JOB_PREFIX).removesuffix(_INIT_FROM_SUFFIX)
+            yield sha256, f"job {job_id} (the weights it fine-tunes from)"
+        elif holder.endswith(_START_SUFFIX):
+            job_id = holder.removeprefix(_JOB_PREFIX).removesuffix(_START_SUFFIX)
+            yield sha256, f"job {job_id} (the weights it starts from)"
 
 
 def fine_tuning_jobs(txn: ReadTxn, sha256: str) -> list[str]:

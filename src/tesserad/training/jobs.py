@@ -39,6 +39,7 @@ from tesserad.datasets.references import (
     job_holder,
     release_blob,
     release_dataset,
+    start_weights_holder,
     sweep_holder,
 )
 from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
@@ -688,7 +689,7 @@ class Jobs:
                             f"spec.resume_from: job {resume['job']}'s epoch {resume['epoch']} checkpoint "
                             "was released while the job was submitted; submit it again"
                         )
-                    hold_blob(txn, start_weights, f"job:{job_id}:start")
+                    hold_blob(txn, start_weights, start_weights_holder(job_id))
                 if config.get("fine_tune"):
                     self._hold_parent_weights(txn, job)
                 self._put(txn, job)
@@ -1526,7 +1527,7 @@ class Jobs:
             if fine_tune:
                 release_blob(txn, fine_tune["sha256"], holder)
             if start_weights:
-                release_blob(txn, start_weights, f"job:{job.job_id}:start")
+                release_blob(txn, start_weights, start_weights_holder(job.job_id))
             self._release_checkpoint_holds(txn, job.job_id, dropped)
 
         ended = self._set_state(job, state, reason, ends=True, also=end, flush=False)

@@ -1,5 +1,5 @@
-"""The store check, step by step: a daemon stopping ends the checks under way, and a blob
-deleted after its shard was listed is no damage."""
+"""The store check, step by step: a daemon stopping ends the checks under way, a blob deleted
+after its shard was listed is no damage, and weights only a job's hold references are looked for."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tesserad.backup.verify import StoreCheck, StoreChecks
+from tesserad.backup.verify import MISSING, StoreCheck, StoreChecks
+from tesserad.datasets.references import hold_blob, start_weights_holder
 from tesserad.errors import Unavailable
 from tesserad.server import STORE_TABLES
 from tesserad.store import BlobStore, Store
@@ -58,3 +59,18 @@ def test_a_blob_deleted_after_its_shard_was_listed_is_no_damage(parts: tuple[Sto
     assert report.problems == ()
     assert report.blobs_checked == 1
     assert blobs.exists(first)
+
+
+def test_the_weights_an_unended_job_starts_from_are_looked_for(parts: tuple[Store, BlobStore]) -> None:
+    """Only the job's hold references them: a resumed checkpoint its own job has released."""
+    store, blobs = parts
+    sha256 = blobs.put_bytes(b"weights").sha256
+    with store.write() as txn:
+        hold_blob(txn, sha256, start_weights_holder("job-1"))
+    blobs.release(sha256)
+    blobs.delete(sha256)
+    report = StoreCheck(store, blobs).run()
+    assert [(p.sha256, p.kind, p.owners) for p in report.problems] == [
+        (sha256, MISSING, ("job job-1 (the weights it starts from)",))
+    ]
+    assert report.references_checked == 1
