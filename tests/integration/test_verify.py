@@ -9,17 +9,21 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 import tessera
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED
 from tessera.cli import main as tessera_main
+from tessera.v1 import system_pb2, system_pb2_grpc
+from tesserad.backup.verify import StoreCheck
 from tesserad.cli import EXIT_DAMAGED
 from tesserad.cli import main as tesserad_main
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.held_threads import HeldInThread
 from tests.integration.registry.conftest import onnx_identity
 
 
@@ -220,3 +224,23 @@ def test_only_an_admin_may_verify_online(
         assert tessera_main(["--token", token[Role.ADMIN], *args]) == 0
     finally:
         daemon.stop()
+
+
+def test_a_cancelled_online_check_stops_after_the_step_in_flight(filled: Filled, copy: Path) -> None:
+    """The client gone mid-check: the daemon finishes the step in flight in its thread and then
+    closes the check (its hashing generator is ended where it stood), rather than reading on."""
+    with HeldInThread(StoreCheck._hash, "self.bytes_checked += len(chunk)") as held:
+        daemon = InProcessDaemon(daemon_settings(copy)).start()
+        try:
+            stub = system_pb2_grpc.SystemStub(daemon.channel())
+            call = stub.VerifyStore.future(system_pb2.VerifyStoreRequest(), timeout=120)
+            assert held.reached.wait(60)
+            call.cancel()
+            held.let_go.set()
+            with pytest.raises(grpc.FutureCancelledError):
+                call.result()
+            report = stub.VerifyStore(system_pb2.VerifyStoreRequest(), timeout=120)
+        finally:
+            daemon.stop()
+    assert [type(error) for error in held.raised] == [GeneratorExit]
+    assert list(report.problems) == []
