@@ -183,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
             "and job checkpoint is looked for. Each problem is printed on stdout with the records "
             "that own the blob, and a summary with the rate follows. It takes the data directory's "
             "lock, as `tesserad serve` does, so it is refused while a daemon runs on DIR: check that "
-            "one with `tessera admin verify`. Nothing is changed. Exit status: 0 no damage, "
+            "one with `tessera admin verify`. No record or blob is changed (the temp files of "
+            "uploads a crash left are removed, as `tesserad serve` does at its start). Exit "
+            "status: 0 no damage, "
             f"{EXIT_DAMAGED} damage found, 1 refused or failed (the message says why), 2 wrong command "
             "line, 130 or 143 interrupted."
         ),
