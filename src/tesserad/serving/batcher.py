@@ -1,9 +1,11 @@
 """Dynamic batcher: one queue per loaded version, drained by one worker thread per instance.
 
 - Row-aware: a request carries one or more rows; a batch gathers whole requests up to
-  `max_batch_size` rows. A request larger than that is queued as slices of at most
-  `max_batch_size` rows (a batch over it could run a GPU out of memory), answered as one request,
-  their outputs joined in order: counted one request, its rows in the batches that ran them.
+  `max_batch_size` rows. A request larger than that queues as one request that batches take
+  slices of, at most `max_batch_size` rows each (a batch over it could run a GPU out of memory),
+  and at most the rows a batch has room for: answered as one, their outputs joined in order, or
+  failed at the first slice to fail (its rows still queued never run); counted one request, its
+  rows in the batches that ran them (see `_Sliced`).
 - No added delay: a worker takes everything that queued while the model was busy at once
   (with other instances idle, its share, so they run in parallel instead of waiting).
   `max_queue_delay_us` only holds a batch open when the model was idle as its first request
@@ -35,6 +37,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -235,23 +238,24 @@ class BatcherClosed(Exception):
     """The batcher no longer takes requests (swapped out or unloading); route to the current one."""
 
 
-class _Slices:
-    """The slices a request over max_batch_size was queued as, counted as one request: a success
-    with its last slice's answer unless one failed, a failure once, for the first to fail."""
+class _Sliced:
+    """A request over max_batch_size, queued as one request (one of max_queue_size's) whose rows
+    `_gather` cuts slices off as batches take them: one queue entry, however many slices, so a
+    batch's gathering costs the same whatever their number. Its answer settles once: its slices'
+    outputs joined in order when the last of them answers, or the first failure (a slice's run,
+    its deadline, its cancellation, an unload), its rows still queued then dropped unrun; it is
+    counted then, once. Touched holding its batcher's lock."""
 
-    __slots__ = ("_lock", "failed", "last")
+    __slots__ = ("answers", "parts", "request", "settled", "taken")
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.failed = False
-        self.last: _Request | None = None
-
-    def first_failure(self) -> bool:
-        """True for the first of its slices to fail (or be cancelled)."""
-        with self._lock:
-            first = not self.failed
-            self.failed = True
-        return first
+    def __init__(self, request: _Request) -> None:
+        self.request = request
+        # Rows cut off so far (the request's `rows` are those still queued), and the slices they
+        # were cut as, in order, with the answers of those that ran.
+        self.taken = 0
+        self.parts: list[_Request] = []
+        self.answers: dict[_Request, Prediction] = {}
+        self.settled = False
 
 
 class _Request:
@@ -295,13 +299,8 @@ class _Request:
         # True when the model was idle at arrival: only then may the queue delay hold it.
         self.waits = waits
         self.warmup = warmup
-        # A slice of a request over max_batch_size: the slices it is counted with.
-        self.slices: _Slices | None = None
-
-    @property
-    def counted(self) -> bool:
-        """Whether its answer counts as a request (a slice's rows count, as one request's)."""
-        return self.slices is None or (self.slices.last is self and not self.slices.failed)
+        # A request over max_batch_size, or a slice cut off one: that request's slicing.
+        self.slices: _Sliced | None = None
 
 
 class DynamicBatcher:
@@ -346,6 +345,9 @@ class DynamicBatcher:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._queue: deque[_Request] = deque()
+        # The queued requests' rows, kept as they come and go: summing them took each batch time
+        # in proportion to the queue's length.
+        self._queued_rows = 0
         self._idle: list[Runtime] = list(runtimes)
         self._runtimes = list(runtimes)
         self._busy = 0
@@ -417,12 +419,11 @@ class DynamicBatcher:
         `warmup`, it runs as any request but is counted nowhere, answered or failed.
         Raises BatcherClosed once closed, ResourceExhausted when full.
         """
-        if self._batchable and rows > self._slice_rows:
-            return self._submit_slices(inputs, output_names, rows, deadline, shadow, hold, warmup)
+        sliced = self._batchable and rows > self._slice_rows
         with self._lock:
             if self._closed:
                 raise BatcherClosed(self.label)
-            inline = allow_inline and not hold and not self._queue and self._fast_now(rows)
+            inline = allow_inline and not hold and not sliced and not self._queue and self._fast_now(rows)
             request = _Request(
                 inputs,
                 output_names or self._all_outputs,
@@ -441,8 +442,13 @@ class DynamicBatcher:
                         "retry later, or load it with a larger max_queue_size or more instances"
                     )
                 self._queue.append(request)
+                self._queued_rows += rows
                 assert isinstance(request.future, Future)
-                request.future.add_done_callback(self._forget_if_cancelled)
+                if sliced:
+                    request.slices = _Sliced(request)
+                    request.future.add_done_callback(functools.partial(self._drop_if_cancelled, request))
+                else:
+                    request.future.add_done_callback(self._forget_if_cancelled)
                 if hold:
                     self._held_rows += rows
                 else:
@@ -453,61 +459,6 @@ class DynamicBatcher:
         self._run_here(runtime, [request])
         return request.future
 
-    def _submit_slices(
-        self,
-        inputs: Mapping[str, np.ndarray],
-        output_names: Sequence[str],
-        rows: int,
-        deadline: float | None,
-        shadow: bool,
-        hold: bool,
-        warmup: bool,
-    ) -> Future[Prediction]:
-        """Queue a request of more rows than max_batch_size as slices of at most that many (views
-        of its inputs), never inline; the answer joins theirs in order, or fails as the first of
-        them to fail (the others still run: cancelled from a failure's callback, one would be
-        counted the request's failure before the failure itself). One request for max_queue_size."""
-        size = self._slice_rows
-        names = output_names or self._all_outputs
-        slices = _Slices()
-        waits = self._busy == 0
-        parts = [
-            _Request(
-                {name: array[start : start + size] for name, array in inputs.items()},
-                names,
-                min(size, rows - start),
-                deadline,
-                shadow,
-                waits,
-                warmup,
-                Future(),
-            )
-            for start in range(0, rows, size)
-        ]
-        for part in parts:
-            part.slices = slices
-        slices.last = parts[-1]
-        with self._lock:
-            if self._closed:
-                raise BatcherClosed(self.label)
-            if len(self._queue) >= self._max_queue:
-                self._failed(parts[-1], FailureReason.REJECTED)
-                raise ResourceExhausted(
-                    f"{self.label} has {len(self._queue)} requests queued, its max_queue_size; "
-                    "retry later, or load it with a larger max_queue_size or more instances"
-                )
-            for part in parts:
-                self._queue.append(part)
-                assert isinstance(part.future, Future)
-                part.future.add_done_callback(self._forget_if_cancelled)
-            if hold:
-                self._held_rows += rows
-            else:
-                self._cond.notify_all()
-        answer: Future[Prediction] = Future()
-        _JoinedAnswer(answer, [part.future for part in parts if isinstance(part.future, Future)])
-        return answer
-
     def release(self) -> None:
         """Start what held submissions queued: at once in this thread when the model is idle and
         the gathered batch is fast (as for a lone request), else in a worker thread."""
@@ -515,7 +466,7 @@ class DynamicBatcher:
             self._held_rows = 0
             if not self._queue:
                 return
-            if not self._fast_now(self._queue_rows()):
+            if not self._fast_now(self._queued_rows):
                 self._cond.notify()
                 return
             runtime = self._idle.pop()
@@ -533,9 +484,6 @@ class DynamicBatcher:
             and bool(self._idle)
             and self._compute_ns_per_row * rows <= self._inline_max_ns
         )
-
-    def _queue_rows(self) -> int:
-        return sum(r.rows for r in self._queue)
 
     def _run_here(self, runtime: Runtime, batch: list[_Request]) -> None:
         try:
@@ -579,15 +527,10 @@ class DynamicBatcher:
         with self._lock:
             left = list(self._queue)
             self._queue.clear()
+            self._queued_rows = 0
             self._wake_all_if_drained()
         for request in left:
-            if request.future.set_running_or_notify_cancel():
-                request.future.set_exception(
-                    Unavailable(f"{self.label} was unloaded before this request ran; retry it")
-                )
-                self._failed(request, FailureReason.REJECTED)
-            else:
-                self._failed(request, FailureReason.CANCELED)
+            self._refuse(request, Unavailable(f"{self.label} was unloaded before this request ran; retry it"))
         for thread in self._threads:
             thread.join()
         with self._lock:
@@ -607,9 +550,25 @@ class DynamicBatcher:
             for request in self._queue:
                 if request.future is future:
                     self._queue.remove(request)
+                    self._queued_rows -= request.rows
                     self._failed(request, FailureReason.CANCELED)
                     self._wake_all_if_drained()
                     break
+
+    def _drop_if_cancelled(self, request: _Request, future: Future[Prediction]) -> None:
+        """Take a cancelled request over max_batch_size off the queue with the rows it has left, and
+        count it, once (see _Sliced): its slices already running run on, unanswered."""
+        if future.cancelled():
+            self._fail_sliced(request, None, FailureReason.CANCELED)
+
+    def _unqueue(self, request: _Request) -> None:
+        """Take `request` off the queue if it is there (called holding the lock)."""
+        try:
+            self._queue.remove(request)
+        except ValueError:
+            return  # taken off already: being gathered, expired or closed
+        self._queued_rows -= request.rows
+        self._wake_all_if_drained()
 
     def _work(self) -> None:
         while True:
@@ -638,7 +597,7 @@ class DynamicBatcher:
         limit = self._row_limit()
         if not self._idle:
             return limit
-        share = -(-self._queue_rows() // (len(self._idle) + 1))
+        share = -(-self._queued_rows // (len(self._idle) + 1))
         return max(1, min(limit, share))
 
     def _gather(self, share: bool = False) -> list[_Request]:
@@ -651,7 +610,7 @@ class DynamicBatcher:
             # until the nearest deadline of a queued request, which is answered then (as
             # Triton's scheduler wakes at it), not at the delay's end.
             until_ns = head.enqueued_ns + self._delay_ns
-            while self._queued_rows(head) < gathers and not self._closed:
+            while self._rows_like(head) < gathers and not self._closed:
                 remaining = (until_ns - time.perf_counter_ns()) / 1e9
                 if remaining <= 0:
                     break
@@ -662,7 +621,8 @@ class DynamicBatcher:
                     self._cond.wait(remaining)
                 if deadlines and min(deadlines) <= time.monotonic():
                     now = time.monotonic()
-                    self._queue = deque(r for r in self._queue if not self._expired(r, now))
+                    self._queue = deque(r for r in list(self._queue) if not self._expired(r, now))
+                    self._queued_rows = sum(r.rows for r in self._queue)
                 if not self._queue:
                     return []
                 head = self._queue[0]
@@ -670,19 +630,47 @@ class DynamicBatcher:
         now = time.monotonic()
         batch: list[_Request] = []
         rows = 0
-        kept: deque[_Request] = deque()
-        while self._queue:
-            request = self._queue.popleft()
+        queue = self._queue
+        # Requests this batch passes over, back at the queue's head after it, in order.
+        passed: list[_Request] = []
+        while queue:
+            request = queue.popleft()
             if self._expired(request, now):
+                self._queued_rows -= request.rows
+                continue
+            if request.slices is not None:
+                # The first of a batch takes a whole slice, as any request fits there; a later one
+                # the rows left to fill the batch.
+                if not batch:
+                    room = self._slice_rows
+                elif request.shape_key == batch[0].shape_key:
+                    room = limit - rows
+                else:
+                    room = 0
+                if not room:
+                    passed.append(request)
+                    continue
+                if request.future.cancelled():
+                    self._queued_rows -= request.rows
+                    self._fail_sliced(request, None, FailureReason.CANCELED)
+                    continue
+                part = self._cut(request, room)
+                if request.rows:
+                    passed.append(request)  # its rest stays at the head
+                batch.append(part)
+                rows += part.rows
+                if rows >= limit:
+                    break
                 continue
             fits = not batch or (
                 self._batchable and request.shape_key == batch[0].shape_key and rows + request.rows <= limit
             )
             if not fits:
-                kept.append(request)
+                passed.append(request)
                 if rows >= limit:
                     break
                 continue
+            self._queued_rows -= request.rows
             if not request.future.set_running_or_notify_cancel():
                 self._failed(request, FailureReason.CANCELED)
                 continue
@@ -690,25 +678,57 @@ class DynamicBatcher:
             rows += request.rows
             if rows >= limit:
                 break
-        kept.extend(self._queue)
-        self._queue = kept
+        queue.extendleft(reversed(passed))
         return batch
+
+    def _cut(self, request: _Request, most: int) -> _Request:
+        """A slice of at most `most` rows off the head of `request`, queued as slices (called
+        holding the lock): views of its inputs, answered through `_slice_answered`."""
+        sliced = request.slices
+        assert sliced is not None
+        start = sliced.taken
+        rows = min(most, request.rows)
+        part = _Request(
+            {name: array[start : start + rows] for name, array in request.inputs.items()},
+            request.output_names,
+            rows,
+            None,
+            request.shadow,
+            False,
+            request.warmup,
+            request.future,
+        )
+        part.enqueued_ns = request.enqueued_ns
+        part.slices = sliced
+        sliced.parts.append(part)
+        sliced.taken += rows
+        request.rows -= rows
+        self._queued_rows -= rows
+        return part
 
     def _expired(self, request: _Request, now: float) -> bool:
         """Whether `request`'s deadline has passed by `now`; if so it is answered
         DeadlineExceeded (or, cancelled meanwhile, counted so) and must leave the queue."""
         if request.deadline is None or now < request.deadline:
             return False
-        if request.future.set_running_or_notify_cancel():
-            request.future.set_exception(
-                DeadlineExceeded("the request's deadline passed while it was queued; it was not run")
-            )
+        self._refuse(
+            request, DeadlineExceeded("the request's deadline passed while it was queued; it was not run")
+        )
+        return True
+
+    def _refuse(self, request: _Request, error: TesseraError) -> None:
+        """Answer a queued request `error` without running it (or what of it is still queued, for
+        one queued as slices), counted a failure: REJECTED, or CANCELED if its caller went away."""
+        if request.slices is not None:
+            self._fail_sliced(request, error, FailureReason.REJECTED)
+        elif request.future.set_running_or_notify_cancel():
+            request.future.set_exception(error)
             self._failed(request, FailureReason.REJECTED)
         else:
             self._failed(request, FailureReason.CANCELED)
-        return True
 
-    def _queued_rows(self, head: _Request) -> int:
+    def _rows_like(self, head: _Request) -> int:
+        """The queued rows that may batch with `head`'s."""
         return sum(r.rows for r in self._queue if r.shape_key == head.shape_key)
 
     def _run(self, runtime: Runtime, batch: list[_Request]) -> None:
@@ -765,8 +785,10 @@ class DynamicBatcher:
             return
         compute_ns = time.perf_counter_ns() - started
         answered: list[tuple[int, int, int, bool]] = []
-        predictions: list[Prediction] = []
-        # Rows of slices that do not count as a request (see _Request.counted): in the batch's rows.
+        # Each request's answer; None for a slice whose request other slices have yet to answer
+        # (or that already failed).
+        predictions: list[Prediction | None] = []
+        # Rows of slices that do not settle their request: in the batch's rows, not in a request.
         slice_rows = 0
         offset = 0
         for request in batch:
@@ -781,23 +803,28 @@ class DynamicBatcher:
             ended = time.perf_counter_ns()
             # tuple.__new__ skips the NamedTuple's Python-level __new__: 156 ns a request instead
             # of 290 on the dev box (timeit; 265 for the four fields before the trace timestamps).
-            predictions.append(
-                _new_tuple(
-                    Prediction, (mine, queue_ns, compute_ns, rows, started, joined, ended, mine_members)
-                )
+            prediction = _new_tuple(
+                Prediction, (mine, queue_ns, compute_ns, rows, started, joined, ended, mine_members)
             )
-            if request.counted:
+            if request.slices is None:
                 answered.append((queue_ns, ended - request.enqueued_ns, request.rows, request.shadow))
-            else:
+                predictions.append(prediction)
+                continue
+            whole = self._slice_answered(request, prediction)
+            if whole is None:
                 slice_rows += request.rows
+            else:
+                answered.append((queue_ns, ended - request.enqueued_ns, request.rows, request.shadow))
+            predictions.append(whole)
         # Counted before answered: a caller that reads the stats after its answer finds it there.
         # A warm-up's batch (an ensemble's, of its sizes, not its requests') teaches the estimates
         # that decide batching and holds nothing either.
         if not warmup:
             self._stats.record_batch(compute_ns, answered, slice_rows)
             self._learn(compute_ns / rows, self._cost_now(runtime) - cost_started if measured else None, rows)
-        for request, prediction in zip(batch, predictions, strict=True):
-            request.future.set_result(prediction)
+        for request, answer in zip(batch, predictions, strict=True):
+            if answer is not None:
+                request.future.set_result(answer)
 
     def _cost_now(self, runtime: Runtime) -> int:
         return self._cost_clock() + (runtime.helper_cpu_ns() if self._cpu_costs else 0)
@@ -810,62 +837,57 @@ class DynamicBatcher:
         if cost_ns is not None:
             self.costs.observe(rows, cost_ns)
 
+    def _slice_answered(self, part: _Request, prediction: Prediction) -> Prediction | None:
+        """Keep a slice's answer; once its request's every row has answered, and none failed, the
+        request's answer (its future then running: a caller that went away first has it counted
+        CANCELED here, once)."""
+        sliced = part.slices
+        assert sliced is not None
+        request = sliced.request
+        with self._lock:
+            sliced.answers[part] = prediction
+            if sliced.settled or request.rows or len(sliced.answers) < len(sliced.parts):
+                return None
+            sliced.settled = True
+            if not request.future.set_running_or_notify_cancel():
+                self._failed(request, FailureReason.CANCELED)
+                return None
+        return _joined([sliced.answers[p] for p in sliced.parts])
+
+    def _fail_sliced(self, request: _Request, error: TesseraError | None, reason: FailureReason) -> None:
+        """Fail a request queued as slices, once (see _Sliced): take its rows still queued off the
+        queue, answer it `error` and count it for `reason` (None, or its caller gone: CANCELED)."""
+        sliced = request.slices
+        assert sliced is not None
+        with self._lock:
+            if sliced.settled:
+                return
+            sliced.settled = True
+            self._unqueue(request)
+            answered = error is not None and request.future.set_running_or_notify_cancel()
+        if answered:
+            assert error is not None
+            request.future.set_exception(error)
+        self._failed(request, reason if answered else FailureReason.CANCELED)
+
     def _fail(self, request: _Request, exc: Exception) -> None:
         log.warning("%s failed on a request: %s", self.label, exc)
         # A domain error (an ensemble's member refusing the request) already says what to fix.
-        error = exc if isinstance(exc, TesseraError) else None
-        request.future.set_exception(
-            error or InvalidArgument(f"{self.label} could not run this request: {_first_line(exc)}")
+        error = (
+            exc
+            if isinstance(exc, TesseraError)
+            else InvalidArgument(f"{self.label} could not run this request: {_first_line(exc)}")
         )
+        if request.slices is not None:
+            self._fail_sliced(request.slices.request, error, FailureReason.BACKEND)
+            return
+        request.future.set_exception(error)
         self._failed(request, FailureReason.BACKEND)
 
     def _failed(self, request: _Request, reason: FailureReason) -> None:
-        """Count a request the batcher failed, its time from its queueing (a warm-up not); a
-        request queued as slices once, for the first of them to fail."""
-        if request.slices is not None and not request.slices.first_failure():
-            return
+        """Count a request the batcher failed, its time from its queueing (a warm-up not)."""
         if not request.warmup:
             self._stats.record_failure(time.perf_counter_ns() - request.enqueued_ns, request.shadow, reason)
-
-
-class _JoinedAnswer:
-    """Answers `answer` once every slice of its request is answered: their outputs joined in
-    order, or the first failure. `answer` cancelled (its caller went away) cancels the slices."""
-
-    def __init__(self, answer: Future[Prediction], slices: list[Future[Prediction]]) -> None:
-        self._answer = answer
-        self._slices = slices
-        self._lock = threading.Lock()
-        self._left = len(slices)
-        # Set by the one callback that answers (slices end on several workers' threads at once).
-        self._settled = False
-        answer.add_done_callback(self._cancel_slices)
-        for future in slices:
-            future.add_done_callback(self._slice_done)
-
-    def _cancel_slices(self, answer: Future[Prediction]) -> None:
-        if answer.cancelled():
-            for future in self._slices:
-                future.cancel()
-
-    def _slice_done(self, future: Future[Prediction]) -> None:
-        if future.cancelled():
-            error: BaseException | None = Unavailable(
-                "part of this request was cancelled before it ran; retry it"
-            )
-        else:
-            error = future.exception()
-        with self._lock:
-            self._left -= 1
-            if self._settled or (error is None and self._left):
-                return
-            self._settled = True
-        if not self._answer.set_running_or_notify_cancel():
-            return  # its caller went away
-        if error is not None:
-            self._answer.set_exception(error)
-        else:
-            self._answer.set_result(_joined([f.result() for f in self._slices]))
 
 
 def _joined(parts: list[Prediction]) -> Prediction:

@@ -153,8 +153,9 @@ def test_batches_hold_at_most_max_batch_size_rows() -> None:
     runtime.gate.set()
     for future in futures:
         future.result(10)
-    # 3 | 2+2 | 6, larger than a batch, in slices of 4 and 2
-    assert runtime.batches == [1, 3, 4, 4, 2]
+    # 3 and the first row of the 6 (larger than a batch, it is cut into what the batches have room
+    # for) | 2+2 | 4 rows of the 6 | its last
+    assert runtime.batches == [1, 4, 4, 4, 1]
     np.testing.assert_array_equal(futures[3].result().outputs["y"], rows(6)["x"] * 2)
     batcher.close(5)
 
@@ -178,6 +179,88 @@ def test_a_request_over_max_batch_size_runs_in_slices_answered_in_order_and_coun
     snapshot = stats.snapshot()
     assert (snapshot.request_count, snapshot.error_count) == (1, 1)
     batcher.close(5)
+
+
+def test_a_request_over_max_batch_size_queues_as_one_request_cut_into_slices_as_batches_take_them() -> None:
+    # Queued as 1000 entries, every batch once copied the queue's rest: quadratic in its rows.
+    runtime = GatedRuntime()
+    batcher = make_batcher(runtime, max_batch_size=1, max_queue_size=16)
+    first = occupy(batcher, runtime)
+    x = np.arange(2000, dtype=np.float32).reshape(1000, 2)
+    big = batcher.submit({"x": x}, ["y"], 1000)
+    assert batcher.queued == 1
+    # It is one request of the queue's 16: 15 more fit, and a refusal counts requests.
+    accepted = [batcher.submit(rows(1), ["y"], 1) for _ in range(15)]
+    with pytest.raises(ResourceExhausted, match="has 16 requests queued, its max_queue_size"):
+        batcher.submit(rows(1), ["y"], 1)
+    runtime.gate.set()
+    np.testing.assert_array_equal(big.result(30).outputs["y"], x * 2)
+    for future in [first, *accepted]:
+        assert future.result(10).outputs["y"].shape == (1, 2)
+    assert runtime.batches == [1] * 1016
+    batcher.close(5)
+
+
+def test_a_slice_that_fails_fails_its_request_once_and_its_other_slices_do_not_run() -> None:
+    runtime = GatedRuntime()
+    stats = ServingStats("m", 1, None)
+    batcher = make_batcher(runtime, stats, max_batch_size=2)
+    occupy(batcher, runtime)
+    x = np.ones((6, 2), dtype=np.float32)
+    x[1] = -1
+    answer = batcher.submit({"x": x}, ["y"], 6)
+    runtime.gate.set()
+    with pytest.raises(InvalidArgument, match="negative input"):
+        answer.result(10)
+    batcher.close(5)
+    assert runtime.batches == [1, 2]
+    snapshot = stats.snapshot()
+    assert (snapshot.request_count, snapshot.error_count, snapshot.row_count) == (2, 1, 1)
+
+
+def test_a_request_whose_slices_run_on_two_instances_counts_once_when_its_last_slice_answers_before_one_fails() -> (
+    None
+):
+    runtimes = [GatedRuntime(), GatedRuntime()]
+    stats = ServingStats("m", 1, None)
+    batcher = DynamicBatcher(
+        "model 'm' version 1", runtimes, stats, max_batch_size=4, max_queue_delay_us=0, max_queue_size=16,
+        batchable=True, inline_max_compute_us=0.0, initial_compute_us=1000.0, output_names=["y"],
+    )  # fmt: skip
+    x = np.ones((7, 2), dtype=np.float32)
+    x[0] = -1
+    # Held, then released: the first worker takes a slice of 4 rows, the other the last 3.
+    answer = batcher.submit({"x": x}, ["y"], 7, hold=True)
+    batcher.release()
+    for runtime in runtimes:
+        assert runtime.started.acquire(timeout=10)
+    failing, last = sorted(runtimes, key=lambda runtime: -runtime.batches[0])
+    assert (failing.batches, last.batches) == ([4], [3])
+    last.gate.set()
+    deadline = time.monotonic() + 10
+    while stats.snapshot().row_count < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    failing.gate.set()
+    with pytest.raises(InvalidArgument, match="negative input"):
+        answer.result(10)
+    batcher.close(5)
+    snapshot = stats.snapshot()
+    assert (snapshot.request_count, snapshot.error_count, snapshot.row_count) == (1, 1, 3)
+
+
+def test_a_cancelled_request_over_max_batch_size_runs_no_more_slices_and_counts_once() -> None:
+    runtime = GatedRuntime()
+    stats = ServingStats("m", 1, None)
+    batcher = make_batcher(runtime, stats, max_batch_size=2)
+    answer = batcher.submit(rows(6), ["y"], 6)
+    assert runtime.started.acquire(timeout=10)  # its first slice runs
+    assert answer.cancel()
+    assert batcher.queued == 0
+    runtime.gate.set()
+    batcher.close(5)
+    assert runtime.batches == [2]
+    totals = stats.totals()
+    assert (totals.success, totals.canceled, totals.failure) == (0, 1, 1)
 
 
 def test_idle_instances_share_the_queue_instead_of_one_taking_it_all() -> None:
