@@ -1391,16 +1391,19 @@ class InferenceService:
         failed (the source unreadable) ends the wait too: the targets stay as they were until
         its retry. A load that takes long is waited for: the caller bounds the wait."""
         done: Future[None] = Future()
-        # Read apart from _cache_lock, never taken inside it: a load that ends meanwhile queues
-        # the refresh that wakes this caller.
-        with self._warm_lock:
-            loading = bool(self._awaited.get(model))
         with self._cache_lock:
-            changed_at = self._unsettled.get(model, 0)
-            if self._closed or (not changed_at and not loading):
+            if self._closed:
                 done.set_result(None)
-            else:
-                self._route_waiters.setdefault(model, []).append((changed_at, done))
+                return done
+            # Waiting from here on: a refresh that settles the change after this wakes it.
+            changed_at = self._unsettled.get(model, 0)
+            self._route_waiters.setdefault(model, []).append((changed_at, done))
+        if not changed_at:
+            # Settled: the refresh that settled it put the versions its targets move to in
+            # _awaited before it took the model off _unsettled, so the loads they wait for are read
+            # after it, here (read first, a refresh run in between went unseen); a load that ends
+            # after this read queues the refresh that wakes this caller.
+            self._wake_route_waiters(model, 0)
         return done
 
     def _wake_route_waiters(self, model: str, changes: int) -> None:

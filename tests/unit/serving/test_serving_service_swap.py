@@ -1317,3 +1317,50 @@ def test_a_refresh_that_finds_the_same_deployment_keeps_its_split_in_turn(linear
         assert [service.route(Target("m"))[0] for _ in range(4)] == [2, 1, 2, 1]
     finally:
         service.close()
+
+
+class _RefreshesFirst:
+    """A lock (a service's _cache_lock) that, the first time `thread` takes it, lets the refreshes
+    queued so far (held back until `blocked` is set) run to their end first."""
+
+    def __init__(self, service: InferenceService, blocked: threading.Event, thread: int) -> None:
+        self._lock = threading.Lock()
+        self._service = service
+        self._blocked = blocked
+        self._thread = thread
+
+    def __enter__(self) -> None:
+        if threading.get_ident() == self._thread and not self._blocked.is_set():
+            self._blocked.set()
+            _refreshes_done(self._service)
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_routed_by_now_waits_for_the_warm_load_of_a_refresh_that_ran_while_it_looked(
+    linear_onnx: Path,
+) -> None:
+    """routed_by_now read whether a warm load was under way, then whether a change was unsettled:
+    the change's refresh, run in between (settling the change, starting the load of the version
+    latest moves to), left it done while that load ran, and the version moved from still served."""
+    held = HeldArtifact(linear_onnx)
+    source = Versions({1: servable_file("m", 1, "onnx", linear_onnx)})
+    service = InferenceService(source, ModelPool(ServingDefaults(intra_op_threads=1), None), autoload=True)
+    try:
+        assert _predict(service, Target("m")) == 1  # `latest` cached, version 1 loaded
+        source.versions[2] = ServableVersion("m", 2, "onnx", held)
+        blocked = threading.Event()
+        service._swaps.submit(blocked.wait, 30)  # the change's refresh queues behind it
+        service.on_registry_change("m")
+        service._cache_lock = _RefreshesFirst(service, blocked, threading.get_ident())  # type: ignore[assignment]
+        routed = service.routed_by_now("m")
+        assert not routed.done()
+        assert held.inside.wait(30)
+        held.release.set()
+        routed.result(30)
+        assert service.route(Target("m"))[0] == 2
+    finally:
+        held.release.set()
+        service.close()
