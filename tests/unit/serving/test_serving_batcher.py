@@ -263,6 +263,39 @@ def test_a_cancelled_request_over_max_batch_size_runs_no_more_slices_and_counts_
     assert (totals.success, totals.canceled, totals.failure) == (0, 1, 1)
 
 
+def test_a_request_over_max_batch_size_whose_deadline_passes_while_part_of_it_queues_fails_once() -> None:
+    runtime = GatedRuntime()
+    stats = ServingStats("m", 1, None)
+    batcher = make_batcher(runtime, stats, max_batch_size=2)
+    answer = batcher.submit(rows(6), ["y"], 6, deadline=time.monotonic() + 0.05)
+    assert runtime.started.acquire(timeout=10)  # its first slice runs; the rest waits
+    time.sleep(0.1)
+    runtime.gate.set()
+    with pytest.raises(DeadlineExceeded, match="deadline passed while it was queued"):
+        answer.result(10)
+    batcher.close(5)
+    assert runtime.batches == [2]
+    totals = stats.totals()
+    assert (totals.success, totals.rejected, totals.failure) == (0, 1, 1)
+
+
+def test_close_answers_a_request_over_max_batch_size_it_cannot_drain_unavailable_once() -> None:
+    runtime = GatedRuntime()
+    stats = ServingStats("m", 1, None)
+    batcher = make_batcher(runtime, stats, max_batch_size=2)
+    occupy(batcher, runtime)
+    queued = batcher.submit(rows(6), ["y"], 6)
+    closer = threading.Thread(target=batcher.close, args=(0.1,))
+    closer.start()
+    time.sleep(0.3)
+    runtime.gate.set()
+    closer.join(10)
+    with pytest.raises(Unavailable, match="unloaded before this request ran"):
+        queued.result(0)
+    totals = stats.totals()
+    assert (totals.success, totals.rejected) == (1, 1)
+
+
 def test_idle_instances_share_the_queue_instead_of_one_taking_it_all() -> None:
     runtimes = [GatedRuntime(), GatedRuntime()]
     batcher = DynamicBatcher(
