@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from tessera.v1 import registry_pb2 as pb
 from tesserad.api.convert_common import timestamp
+from tesserad.api.convert_inference import config_to_proto
 from tesserad.api.convert_registry import deployment_to_proto, version_to_proto
 from tesserad.errors import InvalidArgument
 from tesserad.replica import changes
+from tesserad.serving.pool import config_of_fields
 
 _KINDS = {
     changes.MODEL_CREATED: pb.CHANGE_KIND_MODEL_CREATED,
@@ -15,6 +17,7 @@ _KINDS = {
     changes.VERSION_DELETED: pb.CHANGE_KIND_VERSION_DELETED,
     changes.ALIAS_MOVED: pb.CHANGE_KIND_ALIAS_MOVED,
     changes.DEPLOYMENT_CHANGED: pb.CHANGE_KIND_DEPLOYMENT_CHANGED,
+    changes.SERVING_CONFIG_CHANGED: pb.CHANGE_KIND_SERVING_CONFIG_CHANGED,
 }
 
 
@@ -55,6 +58,10 @@ def change_to_proto(change: changes.RegistryChange) -> pb.RegistryChange:
                 version_count=state.version_count,
                 aliases=state.aliases,
                 versions=[version_to_proto(v) for v in state.versions],
+                serving_configs={
+                    version: config_to_proto(config_of_fields(fields))
+                    for version, fields in state.serving_configs.items()
+                },
             )
         )
         if state.created_at:

@@ -146,6 +146,26 @@ def config_from_proto(config: pb.ServingConfig) -> ServingConfig:
     )
 
 
+def config_to_proto(config: ServingConfig) -> pb.ServingConfig:
+    """A load's config as LoadModel takes it (config_from_proto's inverse): the optional fields
+    set only where `config` sets them."""
+    message = pb.ServingConfig(
+        runtime=_RUNTIME_PROTO.get(config.runtime, pb.RUNTIME_UNSPECIFIED),
+        device=config.device,
+        instances=config.instances,
+        max_batch_size=config.max_batch_size,
+        max_queue_size=config.max_queue_size,
+        response_cache=config.response_cache,
+    )
+    if config.max_queue_delay_us is not None:
+        message.max_queue_delay_us = config.max_queue_delay_us
+    if config.warmup_runs is not None:
+        message.warmup_runs = config.warmup_runs
+    if config.intra_op_threads is not None:
+        message.intra_op_threads = config.intra_op_threads
+    return message
+
+
 def _present(
     config: pb.ServingConfig, field: Literal["max_queue_delay_us", "warmup_runs", "intra_op_threads"]
 ) -> int | None:

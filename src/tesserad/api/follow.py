@@ -38,6 +38,7 @@ import tessera.errors as sdk_errors
 from tessera.transport import TLS, AioConnection, Connection, keepalive_options, resolve_token
 from tessera.v1 import common_pb2
 from tessera.v1 import registry_pb2 as pb
+from tesserad.api.convert_inference import config_from_proto
 from tesserad.api.convert_registry import architecture_to_dict, format_from_proto, signature_from_proto
 from tesserad.api.tls import (
     CertificateError,
@@ -116,6 +117,7 @@ def followed_model(state: pb.ModelServingState) -> FollowedModel:
         versions,
         created_at,
         tuple(state.deployment.warnings),
+        {version: config_from_proto(config) for version, config in state.serving_configs.items()},
     )
 
 
@@ -608,6 +610,7 @@ class Follower:
             change = response.change
             state = followed_model(change.state) if change.HasField("state") else None
             created = pb.CHANGE_KIND_MODEL_CREATED in change.kinds
+            saved_before = self._followed.saved_configs(change.model)
             before = self._followed.apply(change.seq, change.model, state, created)
             if state is not None and state.deployment_warnings and state.deployment_warnings != before:
                 # Requests follow the deployment all the same; a replica's operator, who has
@@ -621,6 +624,11 @@ class Follower:
                     },
                 )
             self._inference.on_registry_change(change.model)
+            saved = {} if state is None else state.serving_configs
+            for version in sorted(saved.keys() | saved_before.keys()):
+                if state is not None and saved.get(version) != saved_before.get(version):
+                    # The primary saved another config: versions loaded here follow it.
+                    self._inference.apply_saved_config(change.model, version)
             return
         # Every model of the primary's was given: what this replica held beyond them goes.
         for model in self._followed.drop_unconfirmed():

@@ -148,7 +148,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     ) -> pb.LoadedModel:
         target = target_from_proto(request.target)
         config = config_from_proto(request.config)
-        return loaded_to_proto(await asyncio.to_thread(self._service.load, target, config))
+        loaded = await asyncio.to_thread(self._service.load, target, config, save=request.save_config)
+        return loaded_to_proto(loaded)
 
     async def UnloadModel(
         self,

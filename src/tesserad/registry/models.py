@@ -12,6 +12,7 @@ from tesserad.paging import Page, read_page
 from tesserad.registry.deployments import current_deployment, next_revision
 from tesserad.registry.ensembles import check_no_other_ensemble_uses_model
 from tesserad.registry.records import ALIAS_KIND, MODEL_KIND, SCHEMA, ModelRecord, decode_version
+from tesserad.registry.serving_configs import stored_serving_configs
 from tesserad.registry.tables import (
     ALIAS_EVENTS,
     ALIASES,
@@ -57,6 +58,7 @@ def model_record(txn: ReadTxn, fields: dict[str, Any]) -> ModelRecord:
         numbers_skipped=int(fields.get("numbers_skipped", 0)),
         # Counted from where its events started: on from the model of its name deleted before.
         alias_events=int(fields["next_event"]) - int(fields.get("first_event", 1)),
+        serving_configs=stored_serving_configs(fields),
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from tesserad.store import decode_record, encode_record
@@ -81,6 +81,8 @@ class ModelRecord:
     # Numbers next_version passed over without a version (`tables.raise_next_version`): grown
     # past, not registered.
     numbers_skipped: int
+    # Version number -> its saved serving config's fields (see registry.serving_configs).
+    serving_configs: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

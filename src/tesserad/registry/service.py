@@ -36,6 +36,7 @@ from tesserad.registry.backfill import (
 )
 from tesserad.registry.deployments import Deployments, prune_histories
 from tesserad.registry.models import Models
+from tesserad.registry.serving_configs import ServingConfigs
 from tesserad.registry.versions import DatasetCheck, Versions
 from tesserad.store import BlobStore, Store
 
@@ -108,6 +109,10 @@ class Registry:
         self.list_aliases = aliases.list_aliases
         self.delete_alias = aliases.delete_alias
         self.list_alias_history = aliases.list_alias_history
+
+        serving_configs = ServingConfigs(store, self._notify)
+        self.save_serving_config = serving_configs.save_serving_config
+        self.serving_config = serving_configs.serving_config
 
         self.deploy = deployments.deploy
         self.get_deployment = deployments.get_deployment

@@ -84,6 +84,7 @@ from tesserad.registry.records import (
     encode_version,
     same_version,
 )
+from tesserad.registry.serving_configs import drop_serving_config
 from tesserad.registry.tables import (
     ANONYMOUS,
     DERIVED,
@@ -919,6 +920,7 @@ class Versions:
             fields = model_data(txn, model)
             fields["version_count"] = int(fields["version_count"]) - 1
             fields["updated_at"] = time.time()
+            drop_serving_config(fields, version)
             if fields["latest_version"] == version:
                 fields["latest_version"] = newest_stored_version(txn, model)
             put_model_data(txn, fields)

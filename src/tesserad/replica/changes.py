@@ -62,6 +62,7 @@ VERSION_REGISTERED = "version_registered"
 VERSION_DELETED = "version_deleted"
 ALIAS_MOVED = "alias_moved"
 DEPLOYMENT_CHANGED = "deployment_changed"
+SERVING_CONFIG_CHANGED = "serving_config_changed"
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ class ServingState:
     # versions, aliases and deployment may number as the old one's did. 0.0 in a change recorded
     # before changes carried it.
     created_at: float
+    # Version number -> its saved serving config's fields (registry.serving_configs); none in a
+    # change recorded before changes carried them.
+    serving_configs: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,13 @@ def read_state(registry: Registry, model: str) -> tuple[ServingState, Steps] | N
         except NotFound:
             continue  # deleted since the model was read: the next change says so
     state = ServingState(
-        record.latest_version, record.version_count, aliases, deployment, tuple(versions), record.created_at
+        record.latest_version,
+        record.version_count,
+        aliases,
+        deployment,
+        tuple(versions),
+        record.created_at,
+        record.serving_configs,
     )
     steps = Steps(
         record.next_version,
@@ -209,6 +219,8 @@ def _head(state: ServingState) -> dict[str, Any]:
         "aliases": state.aliases,
         "deployment": _deployment_data(deployment) if deployment is not None else None,
         "created_at": state.created_at,
+        # Keyed as JSON keeps them: a head read back compares equal.
+        "serving_configs": {str(version): config for version, config in state.serving_configs.items()},
     }
 
 
@@ -219,6 +231,7 @@ _NO_MODEL: dict[str, Any] = {
     "version_count": 0,
     "aliases": {},
     "deployment": None,
+    "serving_configs": {},
     **asdict(
         Steps(next_version=1, alias_events=0, deployment_revision=0, first_version=1, numbers_skipped=0)
     ),
@@ -247,6 +260,9 @@ def _kinds(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple
         kinds.append(ALIAS_MOVED)
     if after["deployment"] != before["deployment"] or _grew(before, after, "deployment_revision"):
         kinds.append(DEPLOYMENT_CHANGED)
+    # A head written before heads kept them had none to keep.
+    if after["serving_configs"] != before.get("serving_configs", {}):
+        kinds.append(SERVING_CONFIG_CHANGED)
     return tuple(kinds)
 
 
@@ -338,6 +354,9 @@ def _decode_change(event: JobEvent) -> RegistryChange:
                 for v in state["versions"]
             ),
             created_at=state.get("created_at", 0.0),
+            serving_configs={
+                int(version): config for version, config in state.get("serving_configs", {}).items()
+            },
         ),
     )
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tesserad.errors import NotFound, TesseraError
@@ -16,7 +16,7 @@ from tesserad.registry.ensembles import parse_ensemble_spec
 from tesserad.registry.tables import alias_not_set, no_versions_yet, version_missing
 from tesserad.replica.blob_cache import BlobCache
 from tesserad.serving.ensemble import EnsemblePlan, plan_ensemble
-from tesserad.serving.pool import ServableVersion
+from tesserad.serving.pool import ServableVersion, ServingConfig
 from tesserad.serving.service import DeploymentPlan
 from tesserad.serving.signature import Signature
 
@@ -45,6 +45,8 @@ class FollowedModel:
     created_at: float = 0.0
     # What the primary's GetDeployment warned of as the change was recorded (see Deployment.warnings).
     deployment_warnings: tuple[str, ...] = ()
+    # Version number -> its saved serving config at the primary (LoadModel save_config).
+    serving_configs: Mapping[int, ServingConfig] = field(default_factory=dict)
 
 
 # Version `version` of `model`'s record at the primary, None when the primary has no such version
@@ -215,7 +217,19 @@ class FollowedRegistry:
             if followed.format == "ensemble"
             else None,
             artifact_sha256=followed.sha256,
+            saved_config=self.saved_config(model, number),
         )
+
+    def saved_config(self, model: str, version: int) -> ServingConfig:
+        """The version's saved serving config as the feed last gave it (none for a model it does
+        not hold)."""
+        return self.saved_configs(model).get(version, ServingConfig())
+
+    def saved_configs(self, model: str) -> Mapping[int, ServingConfig]:
+        """The saved serving configs of `model`'s versions as the feed last gave them."""
+        with self._lock:
+            state = self._models.get(model)
+        return {} if state is None else state.serving_configs
 
     def _fetched_version(self, model: str, version: int, latest: int) -> FollowedVersion:
         """The version's record from the primary (on a request thread), kept until its model

@@ -184,6 +184,31 @@ class ServableVersion:
     # The artifact's content hash: part of a cached answer's key, so that a version deleted and
     # registered again under its number never finds the old artifact's answers.
     artifact_sha256: str = ""
+    # The version's saved serving config (LoadModel save_config): the fields a load that does not
+    # set them takes (see over_saved).
+    saved_config: ServingConfig = ServingConfig()
+
+
+def over_saved(config: ServingConfig, saved: ServingConfig) -> ServingConfig:
+    """`config` with each field it leaves unset taken from `saved`: explicit fields win."""
+    return dataclasses.replace(saved, **config_fields(config))
+
+
+def config_fields(config: ServingConfig) -> dict[str, Any]:
+    """The fields `config` sets (those not as ServingConfig() leaves them): what a save stores."""
+    unset = ServingConfig()
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != getattr(unset, f.name)
+    }
+
+
+def config_of_fields(fields: Mapping[str, Any]) -> ServingConfig:
+    """The ServingConfig a saved config's fields make; a field this tesserad does not know (a newer
+    one saved it) is left out, and takes the default."""
+    known = {f.name for f in dataclasses.fields(ServingConfig)}
+    return ServingConfig(**{name: value for name, value in fields.items() if name in known})
 
 
 def servable_file(model: str, version: int, format: str, path: Path, **more: Any) -> ServableVersion:
@@ -416,7 +441,7 @@ class ModelPool:
         A version that unload_ready marked while this load was under way is returned unloaded (its
         batcher None), as one unloaded just after: the caller routes its request again.
         """
-        effective = effective_config(config, self.defaults, servable.format)
+        effective = effective_config(over_saved(config, servable.saved_config), self.defaults, servable.format)
         key = (servable.model, servable.version)
         with self._lock:
             self._refuse_when_closed(servable)

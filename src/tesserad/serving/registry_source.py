@@ -17,12 +17,13 @@ from tesserad.registry import Registry, VersionRecord
 from tesserad.registry import Signature as RegistrySignature
 from tesserad.registry.ensembles import Member, parse_ensemble_spec
 from tesserad.serving.ensemble import EnsemblePlan, plan_ensemble
-from tesserad.serving.pool import ModelPool, ServableVersion, ServingDefaults
+from tesserad.serving.pool import ModelPool, ServableVersion, ServingDefaults, config_of_fields
 from tesserad.serving.service import (
     CallCounter,
     DeploymentPlan,
     ExplainLimits,
     InferenceService,
+    SaveConfig,
     VersionSource,
 )
 from tesserad.serving.signature import Signature, TensorSpec
@@ -57,6 +58,7 @@ class RegistrySource:
             else None,
             parent_deleted=lineage.parent_deleted is not None,
             artifact_sha256=record.sha256,
+            saved_config=config_of_fields(self._registry.serving_config(record.model, record.version)),
         )
 
     def _ensemble_plan(self, record: VersionRecord) -> EnsemblePlan:
@@ -105,13 +107,20 @@ def build_inference(
     registry: Registry, settings: ServingSettings, prometheus: CollectorRegistry, calls: CallCounter
 ) -> InferenceService:
     """The inference service over the registry, with the daemon's serving settings."""
-    return inference_over(RegistrySource(registry), settings, prometheus, calls)
+    return inference_over(
+        RegistrySource(registry), settings, prometheus, calls, save_config=registry.save_serving_config
+    )
 
 
 def inference_over(
-    source: VersionSource, settings: ServingSettings, prometheus: CollectorRegistry, calls: CallCounter
+    source: VersionSource,
+    settings: ServingSettings,
+    prometheus: CollectorRegistry,
+    calls: CallCounter,
+    save_config: SaveConfig | None = None,
 ) -> InferenceService:
-    """The inference service over any source of versions (a replica's followed registry)."""
+    """The inference service over any source of versions (a replica's followed registry, which
+    saves no serving config: `save_config` None)."""
     defaults = ServingDefaults(
         instances=settings.instances,
         max_batch_size=settings.max_batch_size,
@@ -130,6 +139,7 @@ def inference_over(
         autoload=settings.autoload,
         default_alias=settings.default_alias,
         calls=calls,
+        save_config=save_config,
         explain_limits=ExplainLimits(
             settings.explain_threads, settings.explain_queue_size, settings.explain_chunk_rows
         ),

@@ -32,7 +32,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -57,6 +57,7 @@ from tesserad.serving.pool import (
     Retry,
     ServableVersion,
     ServingConfig,
+    config_fields,
     effective_config,
 )
 from tesserad.serving.response_cache import VersionCache
@@ -101,6 +102,10 @@ class DeploymentPlan:
 
     routes: tuple[tuple[int, int], ...]  # (version, weight percent)
     shadow: tuple[int, int] | None = None  # (version, percent of other versions' requests copied)
+
+
+# Stores (model, version)'s saved serving config: its fields as config_fields gives them.
+SaveConfig = Callable[[str, int, dict[str, Any]], None]
 
 
 class VersionSource(Protocol):
@@ -270,9 +275,13 @@ class InferenceService:
         explain_limits: ExplainLimits | None = None,
         calls: CallCounter | None = None,
         clock: Callable[[], float] = time.monotonic,
+        save_config: SaveConfig | None = None,
     ) -> None:
+        """`save_config`: stores a version's saved serving config (LoadModel save_config); None
+        where the source is read-only (a replica's)."""
         self.pool = pool
         self._source = source
+        self._save_config = save_config
         self._clock = clock
         # Requests inside serving.predict on the daemon's event loop (touched only there), and the
         # calls the daemon's server began (counted by its API layer): predict's signs of load.
@@ -807,13 +816,26 @@ class InferenceService:
         """The version as the pool lists it (loading, ready, draining or failed), or None."""
         return next((e for e in self.pool.list(model) if e.version == version), None)
 
-    def load(self, target: Target, config: ServingConfig, keep_loaded: bool = False) -> LoadedVersion:
-        """`keep_loaded`: as ModelPool.load's (a version loaded already keeps its config)."""
+    def load(
+        self, target: Target, config: ServingConfig, keep_loaded: bool = False, save: bool = False
+    ) -> LoadedVersion:
+        """`keep_loaded`: as ModelPool.load's (a version loaded already keeps its config).
+        `save`: load with `config` alone (not over the version's saved config), and once loaded
+        store it as the version's saved config."""
+        if save and self._save_config is None:
+            raise FailedPrecondition(
+                "a read replica serves the serving configs its primary saved: load with save_config "
+                "at the primary, and the replica follows"
+            )
         if target.version is None and target.alias is None:
             servable = self._source.servable(target.model, self._resolved(target.model, UNVERSIONED), None)
         else:
             servable = self._source.servable(target.model, target.version, target.alias)
+        if save:
+            servable = dataclasses.replace(servable, saved_config=ServingConfig())
         loaded = self.pool.load(servable, config, keep_loaded=keep_loaded)
+        if save and self._save_config is not None:
+            self._save_config(servable.model, servable.version, config_fields(config))
         if servable.model in self._held_back:
             # A target kept off this version when it failed to warm may move to it now.
             self.on_registry_change(servable.model)
@@ -962,7 +984,7 @@ class InferenceService:
         ):
             config = listed.config
         else:
-            config = effective_config(ServingConfig(), self.pool.defaults, servable.format)
+            config = effective_config(servable.saved_config, self.pool.defaults, servable.format)
         return VersionDescription(model, version, servable.signature, config)
 
     def stats_entries(self, target: Target, members: bool = True) -> list[LoadedVersion]:
@@ -1241,6 +1263,24 @@ class InferenceService:
             # News from the source: a request asks it again at once whether its version is current.
             self._source_retry_at.pop(model, None)
         self._queue_refresh(model)
+
+    def apply_saved_config(self, model: str, version: int) -> None:
+        """Swap `version` of `model`, where it is loaded for itself, to its saved serving config,
+        in the background (a replica's, once its primary saved another); one whose config it
+        matches stays as it is."""
+        with self._refresh_lock:
+            if not self._closed:
+                self._swaps.submit(self._apply_saved_config, model, version)
+
+    def _apply_saved_config(self, model: str, version: int) -> None:
+        # A load under way read the config saved before: the swap waits for it, then follows.
+        listed = self._listed(model, version)
+        if listed is None or listed.state is LoadState.FAILED or listed.member_only:
+            return
+        try:
+            self.pool.load(self._source.servable(model, version, None), ServingConfig())
+        except Exception:
+            log.exception("swapping %r version %s to its saved serving config failed", model, version)
 
     def _queue_refresh(self, model: str) -> None:
         with self._refresh_lock:

@@ -356,21 +356,34 @@ class LoadModelRequest(_message.Message):
 
     TARGET_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    SAVE_CONFIG_FIELD_NUMBER: _builtins.int
+    save_config: _builtins.bool
+    """Also store `config` as the version's saved serving config (as Triton keeps a model's
+    config.pbtxt), in place of the one saved before: loads that do not set a field take it from
+    there (requests' loads, serving.preload, RepositoryModelLoad, after a restart, and at read
+    replicas, where versions loaded swap to it). The load itself then runs with `config` alone;
+    an empty config removes the saved one. Saved only once the version loaded: a load refused or
+    failed saves nothing. A load without it runs `config` over the saved one, for this load only.
+    At a read replica FAILED_PRECONDITION (save it at the primary).
+    """
     @_builtins.property
     def target(self) -> _common_pb2.VersionRef:
         """Unset selector: "latest"."""
 
     @_builtins.property
-    def config(self) -> Global___ServingConfig: ...
+    def config(self) -> Global___ServingConfig:
+        """Unset fields take the version's saved config (see save_config), then the daemon's defaults."""
+
     def __init__(
         self,
         *,
         target: _common_pb2.VersionRef | None = ...,
         config: Global___ServingConfig | None = ...,
+        save_config: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "save_config", b"save_config", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

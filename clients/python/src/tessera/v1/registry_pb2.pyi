@@ -13,6 +13,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from tessera.v1 import architecture_pb2 as _architecture_pb2
 from tessera.v1 import common_pb2 as _common_pb2
+from tessera.v1 import inference_pb2 as _inference_pb2
 from tessera.v1 import job_spec_pb2 as _job_spec_pb2
 import builtins as _builtins
 import sys
@@ -86,6 +87,8 @@ class _ChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeKind
     CHANGE_KIND_VERSION_DELETED: _ChangeKind.ValueType  # 4
     CHANGE_KIND_ALIAS_MOVED: _ChangeKind.ValueType  # 5
     CHANGE_KIND_DEPLOYMENT_CHANGED: _ChangeKind.ValueType  # 6
+    CHANGE_KIND_SERVING_CONFIG_CHANGED: _ChangeKind.ValueType  # 7
+    """A version's saved serving config was saved or removed (LoadModel save_config)."""
 
 class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper): ...
 
@@ -96,6 +99,8 @@ CHANGE_KIND_VERSION_REGISTERED: ChangeKind.ValueType  # 3
 CHANGE_KIND_VERSION_DELETED: ChangeKind.ValueType  # 4
 CHANGE_KIND_ALIAS_MOVED: ChangeKind.ValueType  # 5
 CHANGE_KIND_DEPLOYMENT_CHANGED: ChangeKind.ValueType  # 6
+CHANGE_KIND_SERVING_CONFIG_CHANGED: ChangeKind.ValueType  # 7
+"""A version's saved serving config was saved or removed (LoadModel save_config)."""
 Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
 
 @_typing.final
@@ -2189,12 +2194,34 @@ class ModelServingState(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ServingConfigsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        @_builtins.property
+        def value(self) -> _inference_pb2.ServingConfig: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _inference_pb2.ServingConfig | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     LATEST_VERSION_FIELD_NUMBER: _builtins.int
     VERSION_COUNT_FIELD_NUMBER: _builtins.int
     ALIASES_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    SERVING_CONFIGS_FIELD_NUMBER: _builtins.int
     latest_version: _builtins.int
     """0 when the model has no versions."""
     version_count: _builtins.int
@@ -2225,6 +2252,12 @@ class ModelServingState(_message.Message):
         change recorded before changes carried it.
         """
 
+    @_builtins.property
+    def serving_configs(self) -> _containers.MessageMap[_builtins.int, _inference_pb2.ServingConfig]:
+        """Version number -> its saved serving config (LoadModel save_config), for every version of
+        the model that has one; unset fields take the serving daemon's defaults.
+        """
+
     def __init__(
         self,
         *,
@@ -2234,10 +2267,11 @@ class ModelServingState(_message.Message):
         deployment: Global___Deployment | None = ...,
         versions: _abc.Iterable[Global___ModelVersion] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        serving_configs: _abc.Mapping[_builtins.int, _inference_pb2.ServingConfig] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "deployment", b"deployment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "created_at", b"created_at", "deployment", b"deployment", "latest_version", b"latest_version", "version_count", b"version_count", "versions", b"versions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "created_at", b"created_at", "deployment", b"deployment", "latest_version", b"latest_version", "serving_configs", b"serving_configs", "version_count", b"version_count", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
