@@ -261,7 +261,7 @@ def _kinds(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple
     if after["deployment"] != before["deployment"] or _grew(before, after, "deployment_revision"):
         kinds.append(DEPLOYMENT_CHANGED)
     # A head written before heads kept them had none to keep.
-    if after["serving_configs"] != before.get("serving_configs", {}):
+    if after.get("serving_configs", {}) != before.get("serving_configs", {}):
         kinds.append(SERVING_CONFIG_CHANGED)
     return tuple(kinds)
 

@@ -441,7 +441,9 @@ class ModelPool:
         A version that unload_ready marked while this load was under way is returned unloaded (its
         batcher None), as one unloaded just after: the caller routes its request again.
         """
-        effective = effective_config(over_saved(config, servable.saved_config), self.defaults, servable.format)
+        effective = effective_config(
+            over_saved(config, servable.saved_config), self.defaults, servable.format
+        )
         key = (servable.model, servable.version)
         with self._lock:
             self._refuse_when_closed(servable)

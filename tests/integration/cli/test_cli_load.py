@@ -263,3 +263,14 @@ def test_unload_by_alias_of_a_version_awaiting_its_retry_names_the_alias_as_an_a
     reset = tessera_cli("unload", "affine", "--version", "prod")
     assert reset.code == 0, reset.err
     assert reset.out.startswith("nothing of affine alias prod was loaded;"), reset.out
+
+
+def test_load_save_keeps_the_options_for_the_versions_later_loads(tessera_cli, client, tmp_path):
+    client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    assert tessera_cli("load", "affine", "--max-batch-size", "4", "--instances", "1", "--save").code == 0
+    assert tessera_cli("unload", "affine").code == 0
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, input=np.ones((2, 4), np.float32))
+    assert tessera_cli("predict", "affine", "--input", str(inputs)).code == 0
+    (listed,) = tessera_cli("--json", "serve-status", "affine").json()
+    assert (listed["config"]["max_batch_size"], listed["config"]["instances"]) == (4, 1)

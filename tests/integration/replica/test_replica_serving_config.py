@@ -41,8 +41,12 @@ def _load(channel: grpc.Channel, version: int, save: bool) -> None:
 
 
 def _running(channel: grpc.Channel, version: int) -> tuple[int, int, int]:
-    listed = inference_pb2_grpc.InferenceStub(channel).ListLoaded(inference_pb2.ListLoadedRequest(model="linear"))
-    (entry,) = [m for m in listed.models if m.version == version and m.state == inference_pb2.LOAD_STATE_READY]
+    listed = inference_pb2_grpc.InferenceStub(channel).ListLoaded(
+        inference_pb2.ListLoadedRequest(model="linear")
+    )
+    (entry,) = [
+        m for m in listed.models if m.version == version and m.state == inference_pb2.LOAD_STATE_READY
+    ]
     return entry.config.max_batch_size, entry.config.instances, entry.config.max_queue_size
 
 

@@ -174,3 +174,23 @@ def test_indexing_a_failed_stream_item_again_and_again_raises_it_as_new(client, 
         # Whatever the caller was handling is no cause of it.
         assert caught.value.__suppress_context__ and caught.value.__cause__ is None
     assert tracebacks == tracebacks[:1] * 100
+
+
+def test_save_config_keeps_a_versions_config_for_later_loads_sync_and_aio(daemon, client, make_onnx):
+    client.models.push("affine", make_onnx("m"))
+    client.inference.load("affine", max_batch_size=4, instances=1, save_config=True)
+    client.inference.unload("affine")
+    client.inference.predict("affine", {"input": np.ones((2, 4), np.float32)})
+    (loaded,) = client.inference.loaded("affine")
+    assert (loaded.config.max_batch_size, loaded.config.instances) == (4, 1)
+
+    async def scenario():
+        async with tessera.aio.Client(daemon.target) as aio_client:
+            await aio_client.inference.load("affine", max_batch_size=8, save_config=True)
+            await aio_client.inference.unload("affine")
+            await aio_client.inference.predict("affine", {"input": np.ones((2, 4), np.float32)})
+            return await aio_client.inference.loaded("affine")
+
+    (loaded,) = asyncio.run(scenario())
+    # The second save replaced the first: instances is the default again.
+    assert (loaded.config.max_batch_size, loaded.config.instances) == (8, 2)

@@ -32,7 +32,9 @@ def _load(
 
 def _running(channel: grpc.Channel, version: int = 2) -> tuple[int, int, int]:
     """(max_batch_size, instances, max_queue_size) version `version` is loaded with."""
-    listed = inference_pb2_grpc.InferenceStub(channel).ListLoaded(inference_pb2.ListLoadedRequest(model="linear"))
+    listed = inference_pb2_grpc.InferenceStub(channel).ListLoaded(
+        inference_pb2.ListLoadedRequest(model="linear")
+    )
     (entry,) = [m for m in listed.models if m.version == version]
     return entry.config.max_batch_size, entry.config.instances, entry.config.max_queue_size
 

@@ -9,6 +9,7 @@ from typing import Any
 from tesserad.replica.changes import (
     ALIAS_MOVED,
     DEPLOYMENT_CHANGED,
+    SERVING_CONFIG_CHANGED,
     VERSION_DELETED,
     VERSION_REGISTERED,
     _kinds,
@@ -50,3 +51,12 @@ def test_numbers_skipped_are_no_versions_registered_or_deleted() -> None:
     assert _kinds(head, now(next_version=8, numbers_skipped=3, latest_version=7, version_count=3)) == (
         VERSION_REGISTERED,
     )
+
+
+def test_a_saved_serving_config_is_a_change_and_an_old_head_had_none() -> None:
+    assert _kinds(OLD_HEAD, now(serving_configs={})) == ()
+    saved = now(serving_configs={"2": {"max_batch_size": 4}})
+    assert _kinds(OLD_HEAD, saved) == (SERVING_CONFIG_CHANGED,)
+    assert _kinds(saved, now(serving_configs={"2": {"max_batch_size": 8}})) == (SERVING_CONFIG_CHANGED,)
+    assert _kinds(saved, now(serving_configs={})) == (SERVING_CONFIG_CHANGED,)
+    assert _kinds(saved, saved) == ()

@@ -339,16 +339,24 @@ class Inference(Part[C]):
         model: str,
         version: VersionSelector | None = None,
         *,
+        save_config: bool = False,
         timeout: float | None = None,
         **config: Any,
     ) -> Op[pb.LoadedModel]:
         """Load and warm up a version (default "latest"); `config` holds ServingConfig fields
         (runtime="onnx", device="cpu", max_batch_size=8, max_queue_delay_us=500, ...); a field
-        left out takes the daemon's default, and max_queue_delay_us, warmup_runs and
-        intra_op_threads given as 0 are 0. Loading a loaded version with another config swaps it
-        without dropping requests."""
+        left out takes the version's saved config, else the daemon's default, and
+        max_queue_delay_us, warmup_runs and intra_op_threads given as 0 are 0. Loading a loaded
+        version with another config swaps it without dropping requests.
+
+        `save_config`: also store `config` as the version's saved config, in place of the one
+        before (none given: remove it); the load then runs with `config` alone. Later loads that
+        leave a field out take it from there: requests' loads, serving.preload, restarts and read
+        replicas (FailedPrecondition at a replica: save it at the primary)."""
         request = pb.LoadModelRequest(
-            target=ref(model, version), config=from_dict(pb.ServingConfig, config, "config")
+            target=ref(model, version),
+            config=from_dict(pb.ServingConfig, config, "config"),
+            save_config=save_config,
         )
         return Op(
             S,

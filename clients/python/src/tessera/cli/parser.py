@@ -1145,7 +1145,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.description = (
         f"{sub.description}. Loading replaces the version's whole serving config: an option not "
-        "given takes its default, not the value the version ran with, unless --keep-config is given."
+        "given takes the version's saved config (--save), else its default, not the value the "
+        "version ran with, unless --keep-config is given."
     )
     sub.add_argument("model", type=model_name, help=MODEL_HELP)
     add_version_flags(sub, "default: latest")
@@ -1155,6 +1156,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from the config the version runs with now (as `tessera serve-status --json` shows "
         "it, defaults filled in: e.g. --instances alone keeps the intra-op threads worked out for the "
         "old count) and change only the options given; the version must be loaded",
+    )
+    sub.add_argument(
+        "--save",
+        action="store_true",
+        help="also save these options as the version's serving config, in place of the one saved "
+        "before (none given: remove it): later loads that leave an option out take it from there "
+        "(requests' loads, serving.preload, restarts, read replicas); without it a load is a one-off "
+        "that saves nothing. Refused at a read replica: save at the primary",
     )
     sub.add_argument(
         "--runtime",

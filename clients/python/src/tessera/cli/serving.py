@@ -250,7 +250,7 @@ def cmd_load(client: Client, args: argparse.Namespace, out: Output) -> None:
     version = picked_version(args)
     config = current_config(client, args.model, version) if args.keep_config else {}
     config.update((name, getattr(args, name)) for name in LOAD_FLAGS if getattr(args, name) is not None)
-    loaded = client.inference.load(args.model, version, **config)
+    loaded = client.inference.load(args.model, version, save_config=args.save, **config)
     if out.as_json:
         return out.json(loaded)
     print_loaded([loaded], out)
