@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from serving_models import linear_model, upload
 
+from tessera.cli import main as tessera_main
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
+from tesserad.cli import main as tesserad_main
 from tesserad.oip import grpc_service_pb2 as oip_pb
 from tesserad.oip import grpc_service_pb2_grpc
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -157,3 +159,20 @@ def test_deleting_a_version_deletes_its_saved_config(tmp_path: Path) -> None:
         assert sorted(_saved_configs(channel)) == [2]
     finally:
         daemon.stop()
+
+
+def test_a_backup_restores_the_saved_configs(tmp_path: Path) -> None:
+    daemon = _registered(tmp_path / "source")
+    try:
+        _load(daemon.channel(), TUNED, save=True)
+        archive = tmp_path / "backup.tar"
+        assert tessera_main(["--target", daemon.target, "admin", "backup", "-o", str(archive)]) == 0
+    finally:
+        daemon.stop()
+    assert tesserad_main(["restore", str(archive), "--data-dir", str(tmp_path / "restored")]) == 0
+    restored = InProcessDaemon(daemon_settings(tmp_path / "restored")).start()
+    try:
+        _load(restored.channel(), inference_pb2.ServingConfig())
+        assert _running(restored.channel()) == (4, 1, 2)
+    finally:
+        restored.stop()
