@@ -39,7 +39,6 @@ from tesserad.api.oip_json import (
     infer_request,
     infer_response,
     json_parameters,
-    json_size,
     message_json,
     reads_shared_memory,
     settings_object,
@@ -90,13 +89,6 @@ _ACCEPT_ENCODING: dict[str, str] = {hdrs.ACCEPT_ENCODING: "gzip, deflate"}
 MAX_GZIP_MEMBERS = 1024
 # How much compressed input goes to zlib at once.
 _DECOMPRESS_SLICE = 1 << 16
-# An inference request whose JSON is this large or larger is parsed and decoded in a thread, the
-# JSON in pieces (`loads_in_pieces`), so that the event loop answers other calls meanwhile (gRPC's
-# ServerLive and Health Check among them: 54 MiB of JSON numbers held them 2.5 s). Smaller ones stay
-# here, where a thread's hand-off would cost more than their parse: 64 KiB of JSON numbers take
-# some 1.1 ms to parse and decode on a 2-core CI machine (bench/oip_json_stall_bench.py's
-# parse_on_the_loop: 41 KiB 0.7 ms, 83 KiB 1.4 ms).
-JSON_OFF_LOOP_SIZE = 64 * 1024
 
 
 def _failure(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -617,20 +609,14 @@ class OipHttpServer(HttpListener):
         target = target_of(request.match_info["model"], request.match_info.get("version", ""))
         with self._core.shared_memory.lease() as lease:
             try:
-                declared = request.headers.get(HEADER_LENGTH)
-                if json_size(body, declared) >= JSON_OFF_LOOP_SIZE:
-                    parsed = await off_the_loop(
-                        lambda: infer_request(*split_body(body, declared, in_pieces=True), lease)
-                    )
-                else:
-                    document, binary = split_body(body, declared)
-                    # A shared-memory input's read copies as many bytes as the tensor has, letting
-                    # go of the interpreter meanwhile.
-                    parsed = (
-                        await off_the_loop(lambda: infer_request(document, binary, lease))
-                        if reads_shared_memory(document)
-                        else infer_request(document, binary, lease)
-                    )
+                document, binary = split_body(body, request.headers.get(HEADER_LENGTH))
+                # A shared-memory input's read copies as many bytes as the tensor has, letting go of
+                # the interpreter meanwhile; the JSON parse holds it on any thread, so stays here.
+                parsed = (
+                    await off_the_loop(lambda: infer_request(document, binary, lease))
+                    if reads_shared_memory(document)
+                    else infer_request(document, binary, lease)
+                )
                 timeout = timeout_of(parsed.parameters, KIND_NAMES) if parsed.parameters else None
             except errors.TesseraError:
                 self._core.refused(target, started)

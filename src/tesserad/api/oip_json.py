@@ -75,8 +75,6 @@ _PAST_A_DOUBLE = "a number beyond a double's range"
 _LARGEST_DOUBLE = repr(sys.float_info.max)
 # How much of a field's name a message shows.
 _FIELD_SHOWN = 120
-# How many items of a tensor's data list numpy converts, or its types are read, at once: some 5 ms.
-_SLICE_ITEMS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -186,19 +184,8 @@ def _flag(parameters: Mapping[str, Parameter], key: str, where: str) -> bool | N
     return bool(parameter.value)
 
 
-def json_size(body: bytes, header_length: str | None) -> int:
-    """How many bytes of `body` are its JSON, as `split_body` reads them (all of it when the
-    header is not a length it holds)."""
-    try:
-        length = len(body) if header_length is None else int(header_length)
-    except ValueError:
-        return len(body)
-    return min(max(length, 0), len(body))
-
-
-def split_body(body: bytes, header_length: str | None, in_pieces: bool = False) -> tuple[Any, bytes]:
-    """(the JSON document, the binary data after it). `in_pieces`: the JSON is parsed as
-    `loads_in_pieces` parses it, for a thread to let the event loop in meanwhile."""
+def split_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
+    """(the JSON document, the binary data after it)."""
     if header_length is None:
         length = len(body)
     else:
@@ -217,7 +204,6 @@ def split_body(body: bytes, header_length: str | None, in_pieces: bool = False) 
             "the request body",
             "send each tensor's data flat, row-major (nesting is optional)",
             parse_constant=_NonFinite,
-            in_pieces=in_pieces,
         )
     except InvalidArgument:
         end = _json_end(body) if header_length is None else None
@@ -320,7 +306,7 @@ def _json_values(values: Any, datatype: str, shape: tuple[int, ...], where: str)
     dtype = OIP_DTYPES[datatype]
     count = math.prod(shape)
     try:
-        flat = _as_array(values)
+        flat = np.asarray(values)
     except ValueError:
         raise InvalidArgument(
             f"{where} has data of uneven nesting; send its values flat, row-major"
@@ -363,19 +349,6 @@ def _json_values(values: Any, datatype: str, shape: tuple[int, ...], where: str)
     return flat.astype(dtype).reshape(shape)
 
 
-def _as_array(values: Any) -> np.ndarray:
-    """np.asarray(values); a long list converted `_SLICE_ITEMS` items at a time when every slice
-    comes out of one dtype, which is then numpy's choice for the whole too (else whole): a thread
-    decoding millions of values lets go of the interpreter between slices."""
-    if not isinstance(values, list) or len(values) <= _SLICE_ITEMS:
-        return np.asarray(values)
-    parts = [np.asarray(values[at : at + _SLICE_ITEMS]) for at in range(0, len(values), _SLICE_ITEMS)]
-    if parts[0].dtype.kind in "biuf" and all(part.dtype == parts[0].dtype for part in parts):
-        # Rows of another length in another slice: ValueError, as np.asarray raises for the whole.
-        return np.concatenate(parts)
-    return np.asarray(values)
-
-
 def _wide_numbers(values: Any, flat: np.ndarray, datatype: str, where: str) -> np.ndarray:
     """`values`, of which numpy made `flat` floats (integers that int64 and uint64 do not both
     hold: -1 and 2**63) or objects (integers past uint64, NaN and Infinity), as exact Python
@@ -409,11 +382,8 @@ def _one_of(values: Any, kinds: tuple[type, ...]) -> Any:
             if isinstance(items, kinds):
                 return items
             continue
-        # By the items' types, which the list is scanned for at C speed, a slice at a time (as
-        # `_as_array` converts it).
-        types: set[type] = set()
-        for at in range(0, len(items), _SLICE_ITEMS):
-            types.update(map(type, items[at : at + _SLICE_ITEMS]))
+        # By the items' types, which the whole list is scanned for at C speed.
+        types = set(map(type, items))
         if any(issubclass(t, kinds) for t in types):
             return next(v for v in items if isinstance(v, kinds))
         if list in types:

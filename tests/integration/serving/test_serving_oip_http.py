@@ -10,14 +10,12 @@ import math
 import socket
 import ssl
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import grpc
@@ -27,9 +25,6 @@ from serving_models import W, echo_model, half_model, linear_model, reshape_mode
 
 from tessera.v1 import system_pb2
 from tesserad import cli
-from tesserad.api import oip_json
-from tesserad.api.oip_http import JSON_OFF_LOOP_SIZE
-from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
 from tesserad.security import Role
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -1078,110 +1073,3 @@ def test_booleans_are_taken_in_bool_data_only(served: str) -> None:
         400,
         "input 'in_bool' is BOOL: its data must be true or false",
     )
-
-
-def _parsing_an_infer_body() -> bool:
-    """Whether a thread of this process (the in-process daemon's) is parsing or decoding an
-    inference request's body now."""
-    codes = {oip_json.split_body.__code__, oip_json.infer_request.__code__}
-    for frame in sys._current_frames().values():
-        seen: FrameType | None = frame
-        while seen is not None:
-            if seen.f_code in codes:
-                return True
-            seen = seen.f_back
-    return False
-
-
-def _large_json_body() -> bytes:
-    """Some 20 MiB of JSON numbers, seconds of parsing: one FP32 input of 1,600,000 values."""
-    values = np.random.default_rng(3).standard_normal(1_600_000).tolist()
-    return json.dumps(
-        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [len(values)], "data": values}]}
-    ).encode()
-
-
-def test_server_live_is_answered_while_a_large_json_body_is_parsed(tmp_path: Path) -> None:
-    daemon = InProcessDaemon(daemon_settings(tmp_path, **{"serving.oip_http_listen": "127.0.0.1:0"})).start()
-    try:
-        body = _large_json_body()
-        assert len(body) >= JSON_OFF_LOOP_SIZE
-        url = f"http://127.0.0.1:{daemon.daemon.oip_http_port}/v2/models/nope/infer"
-        answers: list[tuple[int, str]] = []
-        infer = threading.Thread(target=lambda: answers.append(error(url, body)))
-        infer.start()
-        _until(_parsing_an_infer_body)
-        oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(daemon.channel())
-        assert oip.ServerLive(grpc_service_pb2.ServerLiveRequest(), timeout=60).live
-        # Answered by the event loop while the body was still being parsed, not after.
-        assert _parsing_an_infer_body()
-        infer.join(60)
-        assert answers == [(404, answers[0][1])] and "nope" in answers[0][1]
-    finally:
-        daemon.stop()
-
-
-def test_a_large_json_body_is_answered_as_a_small_one(served: str) -> None:
-    url = f"{served}/v2/models/echo/infer"
-    bodies: list[bytes | dict[str, Any]] = [
-        {
-            "id": "r1",
-            "inputs": [
-                {
-                    "name": "in_fp32",
-                    "datatype": "FP32",
-                    "shape": [2, 3],
-                    "data": [[1.5, -2, 3], [4, 5, 6e-3]],
-                },
-                {"name": "in_int64", "datatype": "INT64", "shape": [1, 3], "data": [-(2**63), 0, 2**63 - 1]},
-                {"name": "in_fp64", "datatype": "FP64", "shape": [1, 3], "data": ["NaN", 1, 2]},
-                {"name": "in_bool", "datatype": "BOOL", "shape": [1, 3], "data": [True, False, True]},
-            ],
-            "outputs": [{"name": "out_fp32"}, {"name": "out_int64"}, {"name": "out_bool"}],
-        },
-        {"inputs": [{"name": "in_int8", "datatype": "INT8", "shape": [1, 3], "data": [1, 2, 300]}]},
-        {"inputs": [{"name": "in_int8", "datatype": "INT8", "shape": [1, 3], "data": [1, 2]}]},
-        {"inputs": [{"name": "in_fp32", "datatype": "FP32", "shape": [1, 3], "data": [1, True, 2]}]},
-        b'{"inputs": [{"name": "in_fp32", "datatype": "FP32", "shape": [1, 3], "data": [1,, 2]}]}',
-        b'{"inputs": [{"name": "in_fp32", "datatype": "FP32", "shape": [1, 3], "data": [[1, 2], 3]]}',
-    ]
-    for body in bodies:
-        raw = body if isinstance(body, bytes) else json.dumps(body).replace('"NaN"', "NaN").encode()
-        # Trailing whitespace: the same JSON, large enough to be parsed off the event loop.
-        large = raw + b" " * (JSON_OFF_LOOP_SIZE - len(raw))
-        small_answer, large_answer = call(url, raw), call(url, large)
-        assert (small_answer[0], small_answer[2]) == (large_answer[0], large_answer[2]), raw
-
-
-def test_a_revoked_request_is_answered_once_its_body_s_parse_has_ended(
-    tmp_path: Path, tokens: Tokens
-) -> None:
-    settings = daemon_settings(
-        tmp_path / "data",
-        **{
-            "serving.oip_http_listen": "127.0.0.1:0",
-            "security.tokens_file": str(tokens.file),
-            "security.tokens_reload_interval_s": 0,
-        },
-    )
-    daemon = InProcessDaemon(settings).start()
-    try:
-        url = f"http://127.0.0.1:{daemon.daemon.oip_http_port}/v2/models/nope/infer"
-        reader = {"Authorization": f"Bearer {tokens.token[Role.READER]}"}
-        answers: list[tuple[int, str]] = []
-        infer = threading.Thread(target=lambda: answers.append(error(url, _large_json_body(), reader)))
-        infer.start()
-        _until(_parsing_an_infer_body)
-        assert cli.main(["tokens", "remove", "reader-holder", "--file", str(tokens.file)]) == 0
-        daemon.run(daemon.daemon.reload())
-        infer.join(60)
-        assert answers and answers[0][0] == 401 and "was removed" in answers[0][1]
-        # Cancelled mid-parse, the request was answered only once its thread had let go of the
-        # body: nothing parses on, and its slot and shared-memory lease are given back.
-        assert not _parsing_an_infer_body()
-        server = daemon.daemon._oip_http
-        assert server is not None
-        _until(lambda: server._calls.in_flight == 0)
-        assert server._revocable == {}
-    finally:
-        daemon.stop()

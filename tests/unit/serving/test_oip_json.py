@@ -328,21 +328,3 @@ def test_a_settings_body_names_the_field_holding_a_non_finite_number(body: bytes
 def test_a_settings_body_of_finite_numbers_or_none_is_taken_as_it_stands() -> None:
     assert settings_object(b'{"ok": [1.5, {"q": -2}], "r": 1e308}') == {"ok": [1.5, {"q": -2}], "r": 1e308}
     assert settings_object(b" ") == {}
-
-
-def test_long_data_is_decoded_and_refused_as_short_data_is() -> None:
-    def decoded(datatype: str, shape: list[int], data: list[object]) -> np.ndarray:
-        body = json.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": shape, "data": data}]})
-        return infer_request(*split_body(body.encode(), None), NO_REGIONS).inputs["x"]
-
-    count = 200_000  # several of the slices numpy converts at a time
-    numbers: list[object] = [i if i < count // 2 else i + 0.5 for i in range(count)]
-    assert np.array_equal(decoded("FP64", [count], numbers), np.asarray(numbers, dtype=np.float64))
-    rows = [[i, -i] for i in range(count)]
-    assert np.array_equal(decoded("INT64", [count, 2], rows), np.asarray(rows, dtype=np.int64))
-    with pytest.raises(InvalidArgument, match="uneven nesting"):
-        decoded("INT64", [count, 2], [*rows[:-1], [1, 2, 3]])
-    with pytest.raises(InvalidArgument, match=r"its data must be integers, and true is none"):
-        decoded("INT32", [count], [*range(count - 1), True])
-    with pytest.raises(InvalidArgument, match=r"has 18446744073709551616 in data, outside INT64"):
-        decoded("INT64", [count], [*range(count - 1), 2**64])
