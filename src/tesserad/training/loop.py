@@ -255,7 +255,8 @@ class Trainer:
         process = psutil.Process()
         process.cpu_percent()
         last_metrics: dict[str, float] = {}
-        for epoch in range(self.loop_state["epoch"], self.epochs):
+        first_epoch, batches_done = self._resume_position()
+        for epoch in range(first_epoch, self.epochs):
             epoch_started = self._clock()
             if epoch_ended is not None:
                 window_start += epoch_started - epoch_ended
@@ -264,7 +265,8 @@ class Trainer:
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device)
             seen = 0
-            for first in range(0, len(order), batch):
+            skipped = batches_done * batch if epoch == first_epoch else 0
+            for first in range(skipped, len(order), batch):
                 if step >= self.total_steps:
                     break
                 if self._stop_requested():
@@ -357,6 +359,18 @@ class Trainer:
                 break
         weights = weights_bytes(self.model) if self.dist.leader else None
         return Outcome("succeeded", self.loop_state["epoch"], step, last_metrics, weights)
+
+    def _resume_position(self) -> tuple[int, int]:
+        """The epoch index to train from and how many of its batches were trained already. A
+        checkpoint counts its epoch as done, but the final one of a job that reached max_steps
+        mid-epoch was taken part way through it: a job with more steps going on from it (a full
+        spec.resume_from) trains the rest of that epoch, in the same order (drawn from the seed
+        and the epoch alone), as the uninterrupted job would have. The job's own restart from it
+        has no step left, and trains nothing."""
+        epoch, step = self.loop_state["epoch"], self.loop_state["step"]
+        if step < min(epoch * self.steps_per_epoch, self.total_steps):
+            return divmod(step, self.steps_per_epoch)
+        return epoch, 0
 
     def _say_stopped_early(self, epoch: int) -> None:
         """The line that says why the job stops, with its facts for GetJob (Jobs.early_stop). The

@@ -44,11 +44,25 @@ def full_resume_problems(source: ResumeSource, config: dict[str, Any], train_sam
                 f"on with its {carried}: {fix or f'set {field} = {was!r}'}, or {instead}"
             )
 
-    if config["epochs"] and config["epochs"] <= source.epoch:
+    # A job that reached max_steps part way through an epoch took its final checkpoint there:
+    # the resumed job trains the rest of that epoch, in the order its seed draws.
+    steps_per_epoch = _steps(source.train_samples or train_samples, old)
+    mid_epoch = source.step < source.epoch * steps_per_epoch
+    done = source.epoch - 1 if mid_epoch else source.epoch
+    if config["epochs"] and config["epochs"] <= done:
         problems.append(
-            f"spec.epochs: job {source.job_id}'s checkpoint is at epoch {source.epoch} (step {source.step}), "
-            f"and a full resume counts epochs from that job's start: set epochs above {source.epoch} "
-            f"(epochs = {source.epoch + 1} trains one more), or {instead} and train `epochs` of its own"
+            f"spec.epochs: job {source.job_id}'s checkpoint is at epoch {source.epoch} (step {source.step}"
+            f"{', part way through it' if mid_epoch else ''}), and a full resume counts epochs from that "
+            f"job's start: set epochs above {done} (epochs = {done + 1} trains "
+            f"{'the rest of that one' if mid_epoch else 'one more'}), or {instead} and train `epochs` of its own"
+        )
+    if mid_epoch:
+        differs(
+            "seed",
+            config["seed"],
+            old["seed"],
+            f"epoch {source.epoch}'s data order (its checkpoint is at step {source.step}, part way "
+            "through that epoch)",
         )
     if config["max_steps"] and config["max_steps"] <= source.step:
         problems.append(

@@ -150,3 +150,33 @@ def load_toml_text(tmp_path, text: str) -> dict:
     path = tmp_path / "base.toml"
     path.write_text(text)
     return dict(load_toml(path))
+
+
+def test_a_full_resume_from_a_job_that_stopped_at_max_steps_mid_epoch_trains_the_rest_of_that_epoch(
+    tessera_cli, client, table_dataset, tmp_path
+):
+    # 30 training rows in batches of 10: 3 steps per epoch; max_steps 4 stops in epoch 2.
+    spec = tmp_path / "job.toml"
+    spec.write_text(JOB_SPEC.replace("batch_size = 1", "batch_size = 10\nlog_every_n_steps = 1"))
+    cut = client.training.submit({**load_toml(spec), "max_steps": 4}).wait()
+    kept = _newest_kept(client, cut.id)
+    assert (kept.epoch, kept.step) == (2, 4)
+    straight = client.training.submit({**load_toml(spec), "max_steps": 10}).wait()
+
+    result = tessera_cli("--json", "train", str(spec), "--resume-from", cut.id, "--set", "max_steps=10")
+    assert result.code == 0, result.err
+    resumed = client.training.job(result.json()["job_id"]).wait()
+    assert resumed.info.step == 10
+    curve, expected = (_history(client, job.info.run_id, "loss") for job in (resumed, straight))
+    assert [step for step, _ in curve] == [step for step, _ in expected] == list(range(1, 11))
+    assert [value for _, value in curve] == pytest.approx([value for _, value in expected], rel=1e-5)
+
+    # epochs = 2 finishes the epoch the checkpoint is part way through.
+    finish = tessera_cli("--json", "train", str(spec), "--resume-from", cut.id, "--set", "epochs=2")
+    assert finish.code == 0, finish.err
+    assert client.training.job(finish.json()["job_id"]).wait().info.step == 6
+
+    # The rest of that epoch's order is drawn from the seed: another seed would skip other rows.
+    reseeded = tessera_cli("train", str(spec), "--resume-from", cut.id, "--set", "seed=5")
+    assert reseeded.code == EXIT_DAEMON
+    assert f"FAILED_PRECONDITION: spec.seed: 5, but job {cut.id} trained with 0" in reseeded.err

@@ -221,3 +221,24 @@ def test_samples_per_s_leaves_out_the_time_between_epochs() -> None:
     # The time left is the whole job's pace: the checkpoints' time is in it.
     etas = [p["eta_s"] for k, p in events if k == "progress"]
     assert etas[0] > 100, etas
+
+
+def test_a_checkpoint_taken_mid_epoch_at_max_steps_goes_on_with_the_rest_of_that_epoch() -> None:
+    # 3 steps per epoch; max_steps 4 ends the source in epoch 2, after its first batch.
+    outcome, events, _ = _train(_config(epochs=0, max_steps=10), _data())
+    losses = [(p["step"], p["loss"]) for k, p in events if k == "step"]
+    lrs = [p["lr"] for k, p in events if k == "step"]
+    _, _, cut_checkpoints = _train(_config(epochs=0, max_steps=4), _data())
+    assert [(i["epoch"], i["step"], i["reason"]) for _, i in cut_checkpoints] == [(2, 4, "final")]
+
+    # The lr is the schedule's over max_steps 10 from the start, as the uninterrupted job's.
+    config = _config(epochs=0, max_steps=10)
+    resumed, again, _ = _train(config, _data(), resume=cut_checkpoints[-1][0])
+    assert [(p["step"], p["loss"]) for k, p in again if k == "step"] == losses[4:]
+    assert [p["lr"] for k, p in again if k == "step"] == lrs[4:]
+    assert resumed.step == outcome.step == 10 and resumed.metrics == outcome.metrics
+
+    # The job's own restart from that checkpoint (after it, before the daemon heard the outcome)
+    # has nothing left to train.
+    restarted, nothing, saved = _train(_config(epochs=0, max_steps=4), _data(), resume=cut_checkpoints[-1][0])
+    assert restarted.step == 4 and [k for k, _ in nothing if k in ("step", "epoch")] == [] and saved == []

@@ -167,7 +167,10 @@ class JobSpec(_message.Message):
     optimiser's state (moments, step counts), the RNG, early stopping's and keep_best's state and
     the step and epoch counts carry over, so a job of `epochs` 10 resumed from the epoch 4
     checkpoint trains epochs 5 to 10. `epochs` (and max_steps) count from the start, and must
-    reach past the checkpoint. The rest must let it go on, else FAILED_PRECONDITION names the
+    reach past the checkpoint. A job that stopped at max_steps part way through an epoch took its
+    final checkpoint there: the resumed job trains the rest of that epoch first, in the order
+    drawn from the seed (which must be that job's: FAILED_PRECONDITION), and `epochs` may be
+    that epoch's number. The rest must let it go on, else FAILED_PRECONDITION names the
     field: the architecture tensor for tensor (INVALID_ARGUMENT), optimizer.name,
     lr_schedule's kind, batch_size, the number of processes (devices), the training split's
     sample count, init_from being set and freeze (the optimiser's parameter groups), and where
