@@ -89,7 +89,10 @@ from tesserad.training.worker import (
 
 log = logging.getLogger(__name__)
 
-TABLES = ["jobs", *JOB_REQUESTS.tables]
+# The full resumes (spec.resume_from) whose run does not yet hold all of its copy of the source
+# run's points: keyed by job id, put by the submit, deleted with the copy's last chunk.
+RESUME_COPIES = "resume_copies"
+TABLES = ["jobs", RESUME_COPIES, *JOB_REQUESTS.tables]
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 # More events than a job appends after its last epoch (its final checkpoint, a few lines, its
 # registration, its end): how far back Jobs looks for the worker's early-stopping line in the
@@ -314,9 +317,13 @@ class Jobs:
         self._store_stopped_early_once()
         with self._store.read() as txn:
             records = [decode_job(raw) for _, raw in txn.scan("jobs")]
+            copying = {str(key[0]) for key, _ in txn.scan(RESUME_COPIES)}
         self._state_counts.update(job.state for job in records)
         for job in records:
             self._events.open_job(job.job_id, job.last_seq, job.state in ENDED)
+            if job.job_id in copying:
+                # Stopped mid-copy (the job was never queued to the scheduler): copy it all again.
+                self._copy_source_points(job)
             if job.state in ENDED:
                 continue
             self._active[job.job_id] = job
@@ -677,7 +684,7 @@ class Jobs:
                 except AlreadyExists as exc:
                     raise AlreadyExists(f"spec.run_name: {exc.message}") from None
                 if resume and resumes_fully(config):
-                    self._tracking.copy_metrics_through(txn, resume["run"], run.run_id, resume["step"])
+                    txn.put(RESUME_COPIES, (job_id,), b"")
                 self.hold_dataset(txn, config, job_holder(job_id))
                 if sweep_id:
                     # The sweep holds it too, until the sweep ends: a version its submit did not
@@ -702,6 +709,19 @@ class Jobs:
         with self._lock:
             self._active[job_id] = job
             self._state_counts[job.state] += 1
+        if resume and resumes_fully(config):
+            try:
+                self._copy_source_points(job)
+            except Exception:
+                # Else it would wait, never queued, until the next start copied it again.
+                self._fail(
+                    job,
+                    "exception",
+                    f"its run could not take job {resume['job']}'s points up to step {resume['step']}; "
+                    "submit it again",
+                )
+                raise
+        with self._lock:
             # Until the queued event below is committed, the job is this thread's alone: the
             # scheduler wakes up only then.
             ahead = queue_position([*self._queue.values(), self._queued(job)], job_id)
@@ -713,6 +733,16 @@ class Jobs:
             self._wake.notify_all()
         # The job as submitted, not read back: the scheduler may have started it already.
         return submitted
+
+    def _copy_source_points(self, job: JobRecord) -> None:
+        """Give a full resume's run the source run's points up to the checkpoint's step, before the
+        job is queued: in chunks after the submit's commit, not in it, so that the store's writer
+        is not held for the whole copy. The job's row in RESUME_COPIES goes with the last chunk; a
+        daemon stopped before that copies again at its next start, before the job is queued."""
+        resume = job.config["resume_from"]
+        self._tracking.copy_metrics_through(
+            resume["run"], job.run_id, resume["step"], lambda txn: txn.delete(RESUME_COPIES, (job.job_id,))
+        )
 
     def refuse_deleted_experiment(self, txn: ReadTxn, name: str) -> None:
         """FailedPrecondition if the experiment is deleted: a job's submit into it is refused."""

@@ -1342,19 +1342,59 @@ class Tracking:
             metric_buckets.truncate(txn, metric_prefix(run_id, metric), step)
             _refresh_summary(txn, experiment, run_id, metric)
 
-    def copy_metrics_through(self, txn: WriteTxn, source_run_id: str, run_id: str, step: int) -> None:
+    def copy_metrics_through(
+        self,
+        source_run_id: str,
+        run_id: str,
+        step: int,
+        finish: Callable[[WriteTxn], None],
+        chunk_points: int = MAX_BATCH_POINTS,
+    ) -> None:
         """Copy `source_run_id`'s points up to `step`, with their times, into `run_id` (a job
-        resumed from that run's job's checkpoint of `step`: its curve is one from the start)."""
+        resumed from that run's job's checkpoint of `step`: its curve is one from the start), at
+        most `chunk_points` per write transaction, so that a long curve neither builds in memory
+        nor holds the store's writer; `finish` runs in the last one. Copying again writes the
+        same points: a copy cut off goes on by starting over."""
+        with self._store.read() as txn:
+            keys = [str(key[1]) for key, _ in txn.scan("metric_summaries", (source_run_id,))]
+        position: tuple[int, int] | None = (0, 0)
+        while position is not None:
+            with self._store.write() as txn:
+                position = self._copy_chunk(txn, source_run_id, run_id, step, keys, position, chunk_points)
+                if position is None:
+                    finish(txn)
+
+    @staticmethod
+    def _copy_chunk(
+        txn: WriteTxn,
+        source_run_id: str,
+        run_id: str,
+        step: int,
+        keys: list[str],
+        position: tuple[int, int],
+        chunk_points: int,
+    ) -> tuple[int, int] | None:
+        """Copy up to `chunk_points` points from `position` (the key's index, its first step);
+        returns where the next chunk starts, None when every key is done."""
         experiment = _experiment_of(txn, run_id)
         points: list[MetricPoint] = []
-        for key, _ in list(txn.scan("metric_summaries", (source_run_id,))):
-            metric_key = str(key[1])
-            metric = metric_prefix(source_run_id, metric_key)
-            for raw_key, raw in txn.packed_range("metrics", point_key(metric, 0), point_key(metric, step)):
+        index, first = position
+        while index < len(keys) and len(points) < chunk_points:
+            metric = metric_prefix(source_run_id, keys[index])
+            wanted = chunk_points - len(points)
+            taken = 0
+            for raw_key, raw in txn.packed_range(
+                "metrics", point_key(metric, first), point_key(metric, step), limit=wanted
+            ):
                 value, at = decode_metric_point(raw)
-                points.append(MetricPoint(metric_key, value, trailing_int(raw_key), at))
+                first = trailing_int(raw_key) + 1
+                points.append(MetricPoint(keys[index], value, first - 1, at))
+                taken += 1
+            if taken < wanted:
+                index, first = index + 1, 0
         if points:
             write_points(txn, experiment, run_id, points, time.time())
+        return (index, first) if index < len(keys) else None
 
     def build_missing_buckets(self, progress_every_s: float = 5.0) -> None:
         """Build the buckets of every metric once, for a store written before they existed.

@@ -17,6 +17,7 @@ from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
 from tesserad.training.job_records import decode_job
+from tesserad.training.tracking import Tracking
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.training.conftest import (
     TRAINING_SETTINGS,
@@ -486,6 +487,55 @@ def test_a_full_resume_killed_before_its_own_checkpoint_keeps_the_source_points_
     history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=final.run_id, key="loss"))
     before = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=ended.run_id, key="loss"))
     assert [p.step for p in history.points] == list(range(1, final.total_steps + 1))
+    assert [(p.step, p.value) for p in history.points if p.step <= kept.step] == [
+        (p.step, p.value) for p in before.points if p.step <= kept.step
+    ]
+    channel.close()
+
+
+def test_a_daemon_stopped_while_a_full_resume_copied_the_source_points_copies_them_again_at_start(
+    spawn_daemon: Any, tmp_path: Path
+) -> None:
+    daemon, channel = _start(spawn_daemon, tmp_path)
+    training = training_pb2_grpc.TrainingStub(channel)
+    spec, source, _ = _run_until_checkpoint(channel, epoch=2)
+    training.CancelJob(S.CancelJobRequest(job_id=source.job_id))
+    list(training.WatchJob(S.WatchJobRequest(job_id=source.job_id), timeout=120))
+    ended = training.GetJob(S.GetJobRequest(job_id=source.job_id))
+    kept = max(ended.checkpoints, key=lambda checkpoint: checkpoint.step)
+    # The one CPU slot busy: the full resume stays queued.
+    long_spec = job_spec_pb2.JobSpec()
+    long_spec.CopyFrom(spec)
+    long_spec.epochs = 100_000
+    blocker = training.SubmitJob(S.SubmitJobRequest(spec=long_spec))
+    for event in training.WatchJob(S.WatchJobRequest(job_id=blocker.job_id), timeout=120):
+        if event.WhichOneof("event") == "step":
+            break
+    resumed_spec = job_spec_pb2.JobSpec()
+    resumed_spec.CopyFrom(spec)
+    resumed_spec.resume_from = source.job_id
+    job = training.SubmitJob(S.SubmitJobRequest(spec=resumed_spec))
+    daemon.kill()
+    channel.close()
+
+    # As a daemon stopped part way through the copy leaves it: the job's row says the copy is not
+    # done, and its run holds the points of the first step alone.
+    store = Store.open(tmp_path / "store", map_size=1 << 30, tables=STORE_TABLES)
+    try:
+        with store.write() as txn:
+            txn.put("resume_copies", (job.job_id,), b"")
+            Tracking(store).truncate_metrics_after(txn, job.run_id, 1)
+    finally:
+        store.close()
+
+    _, channel = _start(spawn_daemon, tmp_path)
+    training = training_pb2_grpc.TrainingStub(channel)
+    training.CancelJob(S.CancelJobRequest(job_id=blocker.job_id))
+    events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
+    assert states(events)[-1] == S.JOB_STATE_SUCCEEDED
+    history = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=job.run_id, key="loss"))
+    before = training.GetMetricHistory(S.GetMetricHistoryRequest(run_id=ended.run_id, key="loss"))
+    assert [p.step for p in history.points] == list(range(1, len(history.points) + 1))
     assert [(p.step, p.value) for p in history.points if p.step <= kept.step] == [
         (p.step, p.value) for p in before.points if p.step <= kept.step
     ]
