@@ -1339,6 +1339,10 @@ class Sweeps:
             # Its values are drawn from a space stored in the older sense (a 0 in one may mean
             # the default): the trial is built in today's, as decode_sweep reads the stored ones.
             _read_as_today(raw)
+        if raw.get("resume_from"):
+            # Only a daemon from before resume_from went on in full stored a base with it (a
+            # submit now refuses one): it meant a start from the checkpoint's weights alone.
+            raw["resume_weights_only"] = True
         number = len(sweep.trials)
         bracket = hyperband_bracket(number, sweep.brackets) if sweep.brackets else 0
         return Trial(point, raw, self._document_of(raw), number=number, bracket=bracket, **fields)

@@ -433,3 +433,31 @@ def test_job_runs_stored_with_early_stopping_off_params_lose_them_at_start(tmp_p
         "on": made["on"],
         "by-hand": made["by-hand"],
     }
+
+
+def test_a_sweep_stored_with_a_base_resume_from_submits_its_trials_from_the_weights_alone(
+    tmp_path: Path,
+) -> None:
+    # A daemon from before resume_from went on in full stored such sweeps, meaning a start from the
+    # checkpoint's weights: a trial submitted now as a full resume would be refused (its epochs
+    # are its own, not past the checkpoint's), and the sweep would fail after a few.
+    data_dir = tmp_path / "data"
+    with daemon_on(data_dir, **TRAINING_SETTINGS) as daemon:
+        upload_standard_datasets(daemon.channel())
+        training = training_pb2_grpc.TrainingStub(daemon.channel())
+        source = training.SubmitJob(S.SubmitJobRequest(spec=job_spec("mlp", epochs=2)))
+        list(training.WatchJob(S.WatchJobRequest(job_id=source.job_id), timeout=120))
+    spec = job_spec("mlp", epochs=1, resume_from=source.job_id)
+    base, _ = job_spec_from_proto(spec)
+    sweep = old_sweep(base, "sweep-01resumed", parameters=[SweepParameter("optimizer.name", values=["sgd"])])
+    sweep.strategy, sweep.state, sweep.max_trials, sweep.seed = "tpe", "running", 1, 7
+    written_while_stopped(data_dir, lambda txn: txn.put("sweeps", (sweep.sweep_id,), encode_sweep(sweep)))
+
+    with daemon_on(data_dir, **TRAINING_SETTINGS) as daemon:
+        training = training_pb2_grpc.TrainingStub(daemon.channel())
+        ended = wait_sweep(training, sweep.sweep_id, timeout_s=120)
+        assert [(t.state, t.error) for t in ended.trials] == [(S.JOB_STATE_SUCCEEDED, "")], ended
+        job = training.GetJob(S.GetJobRequest(job_id=ended.trials[0].job_id))
+        assert job.spec.resume_from == source.job_id and job.spec.resume_weights_only
+        run = training.GetRun(S.GetRunRequest(run_id=job.run_id))
+        assert run.params["resume_from.mode"] == "weights"
