@@ -365,8 +365,8 @@ class Trainer:
         checkpoint counts its epoch as done, but the final one of a job that reached max_steps
         mid-epoch was taken part way through it: a job with more steps going on from it (a full
         spec.resume_from) trains the rest of that epoch, in the same order (drawn from the seed
-        and the epoch alone), as the uninterrupted job would have. The job's own restart from it
-        has no step left, and trains nothing."""
+        and the epoch alone), as the uninterrupted job would have. Going on from it with no step
+        left (the same max_steps) trains nothing, as before."""
         epoch, step = self.loop_state["epoch"], self.loop_state["step"]
         if step < min(epoch * self.steps_per_epoch, self.total_steps):
             return divmod(step, self.steps_per_epoch)

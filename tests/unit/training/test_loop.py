@@ -238,7 +238,6 @@ def test_a_checkpoint_taken_mid_epoch_at_max_steps_goes_on_with_the_rest_of_that
     assert [p["lr"] for k, p in again if k == "step"] == lrs[4:]
     assert resumed.step == outcome.step == 10 and resumed.metrics == outcome.metrics
 
-    # The job's own restart from that checkpoint (after it, before the daemon heard the outcome)
-    # has nothing left to train.
+    # Going on from it with the same max_steps has nothing left to train.
     restarted, nothing, saved = _train(_config(epochs=0, max_steps=4), _data(), resume=cut_checkpoints[-1][0])
     assert restarted.step == 4 and [k for k, _ in nothing if k in ("step", "epoch")] == [] and saved == []
