@@ -334,7 +334,9 @@ class Client {
   // instead of creating a second. Give your own (1 to 64 of A-Z a-z 0-9 - _) to send the same
   // submit again yourself, within 24 hours; the same id with another spec is ALREADY_EXISTS.
   // Ids are each caller's own (each token's). A daemon older than resume_from drops it and would
-  // train from scratch: its job is cancelled and the submit fails UNIMPLEMENTED (answeredJob).
+  // train from scratch, and one older than its full resume would start from the checkpoint's
+  // weights alone (unless the spec sets resume_weights_only): its job is cancelled and the submit
+  // fails UNIMPLEMENTED (answeredJob).
   async submitJob(spec, { requestId = crypto.randomUUID(), timeoutMs: timeout } = {}) {
     if (typeof requestId !== 'string' || !REQUEST_ID.test(requestId)) {
       const given = typeof requestId === 'string' ? pythonRepr(requestId.slice(0, 65)) : String(requestId);
@@ -361,11 +363,17 @@ class Client {
   }
 
   // The submitted job; where the daemon dropped the spec's resume_from (one older than the
-  // field, which keeps no field it does not know, so its job trains from scratch), that job
+  // field, which keeps no field it does not know, so its job trains from scratch), or kept it but
+  // started from the weights alone where the spec asked for the full resume (its run's param
+  // resume_from.mode is not "full": a daemon from before the full resume records none), that job
   // cancelled and an UNIMPLEMENTED TesseraError, as the Python SDK's submit.
   async answeredJob(sent, job, timeout) {
-    if (!sent.resume_from || (job.spec && job.spec.resume_from)) return job;
-    return this.cancelledFromScratch(job.job_id, 'job', timeout);
+    if (!sent.resume_from) return job;
+    if (!(job.spec && job.spec.resume_from)) return this.cancelledFromScratch(job.job_id, 'job', timeout);
+    if (sent.resume_weights_only) return job;
+    const run = await this.getRun(job.run_id, { timeoutMs: timeout });
+    if ((run.params || {})['resume_from.mode'] === 'full') return job;
+    return this.cancelledFromScratch(job.job_id, 'job', timeout, true);
   }
 
   // The submitted sweep, as answeredJob: cancelled where the daemon dropped its base's resume_from.
@@ -378,8 +386,12 @@ class Client {
   // Cancels the job or sweep `id` a daemon older than resume_from made without it, then throws
   // UNIMPLEMENTED saying so; where the cancel fails, the error names what it left running and how
   // to cancel it.
-  async cancelledFromScratch(id, kind, timeout) {
-    const said = 'this tesserad does not know resume_from (older than the client); upgrade it. ';
+  async cancelledFromScratch(id, kind, timeout, weightsAlone = false) {
+    const said = weightsAlone
+      ? 'this tesserad starts a resume_from job from the checkpoint\'s weights alone, not going on in full ' +
+        '(older than the client); upgrade it, or set resume_weights_only = true for that start. '
+      : 'this tesserad does not know resume_from (older than the client); upgrade it. ';
+    const start = weightsAlone ? 'from the weights alone' : 'from scratch';
     const sweep = kind === 'sweep';
     try {
       if (sweep) await this.cancelSweep(id, { timeoutMs: timeout });
@@ -390,10 +402,10 @@ class Client {
         : `client.cancelJob('${id}'), or tessera jobs cancel ${id}`;
       throw tesseraError(
         'UNIMPLEMENTED',
-        `${said}Its ${kind} ${id} trains from scratch and could not be cancelled (${err.message}); cancel it: ${how}`,
+        `${said}Its ${kind} ${id} trains ${start} and could not be cancelled (${err.message}); cancel it: ${how}`,
       );
     }
-    throw tesseraError('UNIMPLEMENTED', `${said}Its ${kind} ${id} would have trained from scratch, and is cancelled`);
+    throw tesseraError('UNIMPLEMENTED', `${said}Its ${kind} ${id} would have trained ${start}, and is cancelled`);
   }
 
   async getJob(jobId, { timeoutMs: timeout } = {}) {

@@ -34,7 +34,8 @@ def test_a_job_whose_daemon_dropped_resume_from_is_cancelled_and_unimplemented(
               said.push(`${{err.name}} ${{err.code}}: ${{err.message}}`);
             }}
           }}
-          const kept = await client.answeredJob(sent, {{ job_id: 'job-kept', spec: {{ resume_from: 'job-elsewhere' }} }});
+          const alone = {{ ...sent, resume_weights_only: true }};
+          const kept = await client.answeredJob(alone, {{ job_id: 'job-kept', spec: {{ resume_from: 'job-elsewhere' }} }});
           console.log(JSON.stringify({{ job: dropped.job_id, said, kept: kept.job_id }}));
           client.close();
         }})();
@@ -82,3 +83,37 @@ def test_a_sweep_whose_daemon_dropped_its_base_resume_from_is_cancelled_and_unim
         "; cancel it: client.cancelSweep('sweep-left'), or tessera sweeps cancel sweep-left"
     ), found["said"]
     assert found["kept"] == "sweep-kept"
+
+
+def test_a_full_resume_whose_daemon_started_from_the_weights_alone_is_cancelled_and_unimplemented(
+    node_ready, daemon, client, table
+):
+    # A daemon from before the full resume keeps resume_from, but its job's run records no
+    # resume_from.mode: its answer, for a job whose run has no mode.
+    spec = {**small_spec(table), "epochs": 500}
+    found = node_json(
+        f"""
+        (async () => {{
+          const client = new Client(TARGET);
+          const made = await client.submitJob({json.dumps(spec)});
+          const sent = {{ ...{json.dumps(spec)}, resume_from: 'job-elsewhere' }};
+          const answer = {{ ...made, spec: {{ ...made.spec, resume_from: 'job-elsewhere' }} }};
+          let said = '';
+          try {{
+            await client.answeredJob(sent, answer);
+          }} catch (err) {{
+            said = `${{err.code}} ${{err.message}}`;
+          }}
+          console.log(JSON.stringify({{ job: made.job_id, said }}));
+          client.close();
+        }})();
+        """,
+        daemon.target,
+    )
+    job = found["job"]
+    assert found["said"] == (
+        "UNIMPLEMENTED UNIMPLEMENTED: this tesserad starts a resume_from job from the checkpoint's weights alone, not going "
+        "on in full (older than the client); upgrade it, or set resume_weights_only = true for that start. "
+        f"Its job {job} would have trained from the weights alone, and is cancelled"
+    )
+    assert client.training.job(job).wait(check=False).state == JobState.CANCELLED

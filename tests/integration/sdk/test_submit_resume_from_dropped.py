@@ -11,8 +11,12 @@ import pytest
 import tessera
 import tessera.aio
 from tessera.errors import Unimplemented
+from tessera.events import JobState
 from tessera.v1 import job_spec_pb2
 from tessera.v1 import training_pb2 as pb
+from tests.integration.sdk.test_node_client import small_spec, table
+
+__all__ = ["table"]
 
 # The answer of a daemon that dropped resume_from, for a job the cancel cannot find (gone, or
 # the connection lost): the cancel fails NotFound.
@@ -58,3 +62,25 @@ def test_a_sweep_whose_base_lost_resume_from_is_cancelled_and_unimplemented(clie
 def test_a_sweep_that_kept_resume_from_is_answered_as_it_is(client: tessera.Client) -> None:
     kept = pb.Sweep(sweep_id="sweep-kept", spec=SWEEP_SENT)
     assert client.training._sweep_answered(SWEEP_SENT, kept).run(client.training._conn).id == "sweep-kept"
+
+
+def test_a_full_resume_a_daemon_started_from_the_weights_alone_is_cancelled_and_unimplemented(
+    client: tessera.Client, table
+) -> None:
+    # A daemon from before the full resume keeps resume_from, but its job's run records no
+    # resume_from.mode: it started from the checkpoint's weights alone. Its answer, for a job
+    # whose run has no mode.
+    spec = job_spec_pb2.JobSpec(experiment="e", resume_from="job-elsewhere")
+    made = client.training.submit({**small_spec(table), "epochs": 500})
+    answered = pb.Job(job_id=made.id, run_id=made.info.run_id, spec=spec)
+    with pytest.raises(Unimplemented) as raised:
+        client.training._answered(spec, answered).run(client.training._conn)
+    assert str(raised.value).endswith(
+        "starts a resume_from job from the checkpoint's weights alone, not going on in full (older than "
+        "the client); upgrade it, or set resume_weights_only = true for that start. "
+        f"Its job {made.id} would have trained from the weights alone, and is cancelled"
+    )
+    assert made.wait(check=False).state == JobState.CANCELLED
+    # Asked for the weights alone, it is answered as it is.
+    alone = job_spec_pb2.JobSpec(experiment="e", resume_from="job-elsewhere", resume_weights_only=True)
+    assert client.training._answered(alone, answered).run(client.training._conn).id == made.id

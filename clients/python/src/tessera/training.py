@@ -716,6 +716,9 @@ class _CancelledFromScratch(Call[Any]):
     made_id: str
     timeout: float | None
     sweep: bool = False
+    # A daemon that kept resume_from but starts from the checkpoint's weights alone (one from
+    # before the full resume), where the spec asked for the full resume.
+    weights_alone: bool = False
 
     def _cancel(self) -> Op[Any]:
         if self.sweep:
@@ -723,17 +726,23 @@ class _CancelledFromScratch(Call[Any]):
         return Op(S, "CancelJob", pb.CancelJobRequest(job_id=self.made_id), timeout=self.timeout)
 
     def _refused(self, cancel_error: TesseraError | None) -> Unimplemented:
-        said = "this tesserad does not know resume_from (older than the client); upgrade it. "
+        said = (
+            "this tesserad starts a resume_from job from the checkpoint's weights alone, not going on "
+            "in full (older than the client); upgrade it, or set resume_weights_only = true for that start. "
+            if self.weights_alone
+            else "this tesserad does not know resume_from (older than the client); upgrade it. "
+        )
         made = f"{'sweep' if self.sweep else 'job'} {self.made_id}"
+        start = "from the weights alone" if self.weights_alone else "from scratch"
         if cancel_error is None:
-            return Unimplemented(f"{said}Its {made} would have trained from scratch, and is cancelled")
+            return Unimplemented(f"{said}Its {made} would have trained {start}, and is cancelled")
         how = (
             f"client.training.cancel_sweep({self.made_id!r}), or tessera sweeps cancel {self.made_id}"
             if self.sweep
             else f"client.training.job({self.made_id!r}).cancel(), or tessera jobs cancel {self.made_id}"
         )
         return Unimplemented(
-            f"{said}Its {made} trains from scratch and could not be cancelled ({cancel_error}); cancel it: {how}"
+            f"{said}Its {made} trains {start} and could not be cancelled ({cancel_error}); cancel it: {how}"
         )
 
     def run(self, conn: Connection) -> Any:
@@ -768,8 +777,9 @@ class Training(Part[C]):
         spec is AlreadyExists. Ids are each caller's own. ValueError for an id the daemon would
         not keep, "" included (the daemon reads it as none, and a retry would make a second job).
         The retry needs a daemon that keeps request ids: an older one ignores the field.
-        A daemon older than `resume_from` drops it and would train from scratch: its job is
-        cancelled and Unimplemented says so."""
+        A daemon older than `resume_from` drops it and would train from scratch, and one older
+        than its full resume would start from the checkpoint's weights alone (unless the spec
+        sets resume_weights_only): its job is cancelled and Unimplemented says so."""
         sent = from_dict(job_spec_pb2.JobSpec, spec, "spec")
         request = pb.SubmitJobRequest(spec=sent, request_id=_submit_request_id(request_id))
         return Chain(
@@ -781,10 +791,24 @@ class Training(Part[C]):
         self, sent: job_spec_pb2.JobSpec, info: pb.Job, timeout: float | None = None
     ) -> Call[Job[C]]:
         """The submitted job; where the daemon dropped the spec's resume_from (one older than the
-        field, which keeps no field it does not know), that job cancelled and Unimplemented."""
-        if not sent.resume_from or info.spec.resume_from:
+        field, which keeps no field it does not know), or kept it but started from the weights
+        alone where the spec asked for the full resume (its run's param resume_from.mode is not
+        "full": a daemon from before the full resume records none), that job cancelled and
+        Unimplemented."""
+        if not sent.resume_from:
             return Given(self._job(info))
-        return _CancelledFromScratch(info.job_id, timeout)
+        if not info.spec.resume_from:
+            return _CancelledFromScratch(info.job_id, timeout)
+        if sent.resume_weights_only:
+            return Given(self._job(info))
+        return Chain(
+            Op(S, "GetRun", pb.GetRunRequest(run_id=info.run_id), timeout=timeout),
+            lambda run: (
+                Given(self._job(info))
+                if run.params.get("resume_from.mode") == "full"
+                else _CancelledFromScratch(info.job_id, timeout, weights_alone=True)
+            ),
+        )
 
     @call
     def job(self, job_id: str, *, timeout: float | None = None) -> Op[Job[C]]:
