@@ -367,9 +367,10 @@ class Trainer:
         spec.resume_from) trains the rest of that epoch, in the same order (drawn from the seed
         and the epoch alone), as the uninterrupted job would have. Going on from it with no step
         left (the same max_steps) trains nothing, as before."""
-        epoch, step = self.loop_state["epoch"], self.loop_state["step"]
-        if step < min(epoch * self.steps_per_epoch, self.total_steps):
-            return divmod(step, self.steps_per_epoch)
+        epoch, step = int(self.loop_state["epoch"]), int(self.loop_state["step"])
+        steps_per_epoch = int(self.steps_per_epoch)
+        if step < min(epoch * steps_per_epoch, self.total_steps):
+            return divmod(step, steps_per_epoch)
         return epoch, 0
 
     def _say_stopped_early(self, epoch: int) -> None:

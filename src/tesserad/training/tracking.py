@@ -1347,7 +1347,7 @@ class Tracking:
         source_run_id: str,
         run_id: str,
         step: int,
-        finish: Callable[[WriteTxn], None],
+        finish: Callable[[WriteTxn], object],
         chunk_points: int = MAX_BATCH_POINTS,
     ) -> None:
         """Copy `source_run_id`'s points up to `step`, with their times, into `run_id` (a job
