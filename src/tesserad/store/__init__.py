@@ -1,7 +1,7 @@
 """Persistence: the LMDB store (tables, key encoding, group commit) and the blob directory."""
 
 from tesserad.store.blobs import BlobRef, BlobStore, BlobWriter, check_sha256, checked_digest
-from tesserad.store.database import ReadTxn, Store, StoreUsage, WriteTxn
+from tesserad.store.database import ReadOnlyStore, ReadTxn, Store, StoreUsage, WriteTxn
 from tesserad.store.keys import Key, pack, pack_int, prefix_range, trailing_int, unpack
 from tesserad.store.lockfile import DataDirLock
 from tesserad.store.passes import each_row_once
@@ -13,6 +13,7 @@ __all__ = [
     "BlobWriter",
     "DataDirLock",
     "Key",
+    "ReadOnlyStore",
     "ReadTxn",
     "Store",
     "StoreUsage",

@@ -108,22 +108,30 @@ def _check_existing(env: lmdb.Environment, tables: list[str], check: Callable[[R
 class ReadTxn:
     """A consistent snapshot of every table; valid only inside its `with` block."""
 
-    def __init__(self, txn: lmdb.Transaction[bytes], tables: dict[str, Any]) -> None:
+    def __init__(
+        self, txn: lmdb.Transaction[bytes], tables: dict[str, Any], empty: frozenset[str] = frozenset()
+    ) -> None:
+        """`empty`: tables the store lacks, read as empty (a read-only store cannot create them)."""
         self._txn = txn
         self._tables = tables
+        self._empty = empty
 
     def _db(self, table: str) -> Any:
+        """The table's handle; None for one of the `empty` tables."""
         try:
             return self._tables[table]
         except KeyError:
+            if table in self._empty:
+                return None
             raise KeyError(f"unknown store table {table!r}; add it to STORE_TABLES") from None
 
     def get(self, table: str, key: Key) -> bytes | None:
-        return self._txn.get(pack(key), db=self._db(table))
+        return self.get_packed(table, pack(key))
 
     def get_packed(self, table: str, key: bytes) -> bytes | None:
         """`get` for a key already packed (hot paths pack a shared prefix once)."""
-        return self._txn.get(key, db=self._db(table))
+        db = self._db(table)
+        return None if db is None else self._txn.get(key, db=db)
 
     def has_table(self, table: str) -> bool:
         """Whether `table` is in this snapshot: always, except in a `Store.open` check, which
@@ -178,10 +186,11 @@ class ReadTxn:
     def _packed(
         self, table: str, low: bytes, high: bytes, reverse: bool, limit: int | None
     ) -> Iterator[tuple[bytes, bytes]]:
-        if limit is not None and limit <= 0:
+        db = self._db(table)
+        if db is None or (limit is not None and limit <= 0):
             return
         seen = 0
-        with self._txn.cursor(db=self._db(table)) as cursor:
+        with self._txn.cursor(db=db) as cursor:
             if not reverse:
                 if not cursor.set_range(low):
                     return
@@ -205,7 +214,8 @@ class ReadTxn:
 
     def count(self, table: str, prefix: Key = ()) -> int:
         if not prefix:
-            return int(self._txn.stat(self._db(table))["entries"])
+            db = self._db(table)
+            return 0 if db is None else int(self._txn.stat(db)["entries"])
         return sum(1 for _ in self.scan(table, prefix))
 
 
@@ -255,6 +265,57 @@ class _Pending:
     work: Callable[[WriteTxn], Any]
     future: Future[Any]
     reserved: bool = False
+
+
+class ReadOnlyStore:
+    """A store opened only to be read, as the check of a stopped daemon's data directory opens
+    it: LMDB read-only and without its lock file (the caller holds the data directory's lock),
+    so that nothing in the store's directory is written, a read-only mount or a full map can be
+    read, and a table the store lacks (an older store) reads as empty rather than being made."""
+
+    def __init__(self, env: lmdb.Environment, tables: dict[str, Any], empty: frozenset[str]) -> None:
+        self._env = env
+        self._tables = tables
+        self._empty = empty
+
+    @classmethod
+    def open(
+        cls, path: Path, *, tables: list[str], check: Callable[[ReadTxn], None] | None = None
+    ) -> ReadOnlyStore:
+        """Open the store at `path` (lmdb.Error when there is none); `check` as `Store.open`'s,
+        on the tables the store has."""
+        # LMDB raises the map size to the data file's when it is smaller.
+        env = lmdb.open(
+            str(path),
+            readonly=True,
+            lock=False,
+            create=False,
+            max_dbs=max(len(tables), 1) + 4,
+            readahead=False,
+        )
+        try:
+            handles: dict[str, Any] = {}
+            for name in tables:
+                # Each in a transaction of its own that commits: one aborted closes its handles.
+                try:
+                    handles[name] = env.open_db(name.encode(), create=False)
+                except lmdb.NotFoundError:
+                    continue
+            if check is not None:
+                with env.begin(buffers=False) as txn:
+                    check(ReadTxn(txn, handles))
+        except BaseException:
+            env.close()
+            raise
+        return cls(env, handles, frozenset(tables) - handles.keys())
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[ReadTxn]:
+        with self._env.begin(buffers=False) as txn:
+            yield ReadTxn(txn, self._tables, self._empty)
+
+    def close(self) -> None:
+        self._env.close()
 
 
 class Store:
