@@ -19,7 +19,6 @@ from tessera.progress_line import ProgressLine, byte_size, progress_wanted
 from tesserad import __version__
 from tesserad.config import (
     SettingsError,
-    StoreSettings,
     describe_settings,
     load_settings,
     unknown_environment,
@@ -183,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
             "and job checkpoint is looked for. Each problem is printed on stdout with the records "
             "that own the blob, and a summary with the rate follows. It takes the data directory's "
             "lock, as `tesserad serve` does, so it is refused while a daemon runs on DIR: check that "
-            "one with `tessera admin verify`. No record or blob is changed (the temp files of "
+            "one with `tessera admin verify`. The store is opened read-only, no table is created "
+            "in it, and no record or blob is changed (the temp files of "
             "uploads a crash left are removed, as `tesserad serve` does at its start). Exit "
             "status: 0 no damage, "
             f"{EXIT_DAMAGED} damage found, 1 refused or failed (the message says why), 2 wrong command "
@@ -296,7 +296,7 @@ def _verify(data_dir: Path) -> int:
     from tessera.rpc_commands import in_cli_words
     from tesserad.backup.verify import StoreCheck
     from tesserad.server import STORE_TABLES
-    from tesserad.store import BlobStore, DataDirLock, Store
+    from tesserad.store import BlobStore, DataDirLock, ReadOnlyStore
     from tesserad.store.schema import refuse_newer
 
     if not (data_dir / "store" / "data.mdb").is_file():
@@ -317,12 +317,7 @@ def _verify(data_dir: Path) -> int:
         return 1
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        store = Store.open(
-            data_dir / "store",
-            map_size=StoreSettings().map_size,
-            tables=STORE_TABLES,
-            check=refuse_newer(str(data_dir)),
-        )
+        store = ReadOnlyStore.open(data_dir / "store", tables=STORE_TABLES, check=refuse_newer(str(data_dir)))
         try:
             report = StoreCheck(store, BlobStore(data_dir / "blobs")).run()
         finally:

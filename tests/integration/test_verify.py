@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import lmdb
 import numpy as np
 import pytest
 
@@ -17,7 +18,8 @@ import tessera
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED
 from tessera.cli import main as tessera_main
 from tessera.v1 import system_pb2, system_pb2_grpc
-from tesserad.backup.verify import StoreCheck
+from tesserad.api.system import REPORTED_PROBLEMS, store_check_to_proto
+from tesserad.backup.verify import DAMAGED, MISSING, BlobProblem, StoreCheck, StoreCheckReport
 from tesserad.cli import EXIT_DAMAGED
 from tesserad.cli import main as tesserad_main
 from tesserad.security import Role, hash_token, new_token
@@ -244,3 +246,103 @@ def test_a_cancelled_online_check_stops_after_the_step_in_flight(filled: Filled,
             daemon.stop()
     assert [type(error) for error in held.raised] == [GeneratorExit]
     assert list(report.problems) == []
+
+
+def _tables(store_dir: Path) -> list[bytes]:
+    env = lmdb.open(str(store_dir), readonly=True, lock=False, max_dbs=0)
+    try:
+        with env.begin() as txn:
+            return [key for key, _ in txn.cursor()]
+    finally:
+        env.close()
+
+
+def test_the_offline_check_changes_nothing_in_an_older_store_it_may_only_read(
+    filled: Filled, copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store as an older tesserad left it (its meta table alone), its directory made read-only:
+    the check reads it as it is, creating no table (LMDB opened read-only, so that a read-only
+    mount, or a store whose map is full, can be checked)."""
+    store_dir = copy / "store"
+    env = lmdb.open(str(store_dir), max_dbs=64)
+    with env.begin(write=True) as txn:
+        for name in [key for key, _ in txn.cursor()]:
+            if name != b"meta":
+                txn.drop(env.open_db(name, txn=txn), delete=True)
+    env.close()
+    data_file = store_dir / "data.mdb"
+    before = (
+        _tables(store_dir),
+        data_file.read_bytes(),
+        data_file.stat().st_mtime_ns,
+        sorted(store_dir.iterdir()),
+    )
+    assert before[0] == [b"meta"]
+    data_file.chmod(0o444)
+    store_dir.chmod(0o555)
+    try:
+        code, out, err = _verify_offline(copy, capsys)
+    finally:
+        store_dir.chmod(0o755)
+        data_file.chmod(0o644)
+    assert (code, err) == (0, "")
+    assert "0 references" in out and "no damage" in out
+    after = (
+        _tables(store_dir),
+        data_file.read_bytes(),
+        data_file.stat().st_mtime_ns,
+        sorted(store_dir.iterdir()),
+    )
+    assert after == before
+
+
+def test_a_reply_names_the_first_problems_and_counts_them_all() -> None:
+    """However many blobs are lost, the reply stays far under a message's size limit: it names
+    the first REPORTED_PROBLEMS and counts every problem by kind."""
+    damaged = [
+        BlobProblem(f"{i:064x}", DAMAGED, (f"model m version {i} (onnx file)",))
+        for i in range(REPORTED_PROBLEMS)
+    ]
+    missing = [BlobProblem(f"{i:064x}", MISSING, ()) for i in range(REPORTED_PROBLEMS, REPORTED_PROBLEMS + 5)]
+    reply = store_check_to_proto(StoreCheckReport(10, 100, 10, (*damaged, *missing), 1.0))
+    assert [p.sha256 for p in reply.problems] == [p.sha256 for p in damaged]
+    assert (reply.damaged_blobs, reply.missing_blobs) == (REPORTED_PROBLEMS, 5)
+
+
+def test_the_cli_says_how_many_problems_the_reply_left_out(
+    filled: Filled, copy: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tesserad.api.system.REPORTED_PROBLEMS", 1)
+    _damage(copy, filled.model_sha256)
+    _damage(copy, filled.artifact_sha256)
+    daemon = InProcessDaemon(daemon_settings(copy)).start()
+    try:
+        code = tessera_main(["--target", daemon.target, "admin", "verify"])
+    finally:
+        daemon.stop()
+    captured = capsys.readouterr()
+    said = " ".join(captured.out.split())
+    assert code == EXIT_FAILED
+    assert said.count("is damaged on disk") == 1
+    assert "1 more problem found is not named here" in said
+    assert "`tesserad verify --data-dir DIR`" in said
+    assert "2 problems" in " ".join(captured.err.split())
+
+
+def test_one_online_check_runs_at_a_time(filled: Filled, copy: Path) -> None:
+    with HeldInThread(StoreCheck._hash, "self.bytes_checked += len(chunk)") as held:
+        daemon = InProcessDaemon(daemon_settings(copy)).start()
+        try:
+            stub = system_pb2_grpc.SystemStub(daemon.channel())
+            first = stub.VerifyStore.future(system_pb2.VerifyStoreRequest(), timeout=120)
+            assert held.reached.wait(60)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.VerifyStore(system_pb2.VerifyStoreRequest(), timeout=120)
+            held.let_go.set()
+            assert list(first.result().problems) == []
+            again = stub.VerifyStore(system_pb2.VerifyStoreRequest(), timeout=120)
+        finally:
+            daemon.stop()
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "a store check is already running" in (refused.value.details() or "")
+    assert list(again.problems) == []

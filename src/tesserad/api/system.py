@@ -12,7 +12,7 @@ from tessera.v1 import system_pb2_grpc
 from tesserad.api.convert_common import timestamp
 from tesserad.api.transfers import chunk_size
 from tesserad.backup import Backups
-from tesserad.backup.verify import StoreCheckReport, StoreChecks
+from tesserad.backup.verify import DAMAGED, MISSING, StoreCheckReport, StoreChecks
 from tesserad.errors import InvalidArgument, Unavailable
 from tesserad.host import HostSample
 from tesserad.system import Replication, ServerFacts, SystemService
@@ -120,6 +120,11 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
         return store_check_to_proto(check.report())
 
 
+# Problems a VerifyStore reply names at most (each some 600 bytes): the rest are counted, so that
+# the reply of a badly damaged store stays far under the message size limit.
+REPORTED_PROBLEMS = 1000
+
+
 def store_check_to_proto(report: StoreCheckReport) -> pb.VerifyStoreReport:
     return pb.VerifyStoreReport(
         blobs_checked=report.blobs_checked,
@@ -127,9 +132,11 @@ def store_check_to_proto(report: StoreCheckReport) -> pb.VerifyStoreReport:
         references_checked=report.references_checked,
         problems=[
             pb.BlobProblem(sha256=p.sha256, kind=p.kind, owners=p.owners, message=p.message)
-            for p in report.problems
+            for p in report.problems[:REPORTED_PROBLEMS]
         ],
         seconds=report.seconds,
+        damaged_blobs=sum(p.kind == DAMAGED for p in report.problems),
+        missing_blobs=sum(p.kind == MISSING for p in report.problems),
     )
 
 

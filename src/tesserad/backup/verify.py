@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 from tesserad.datasets.references import job_weight_references
 from tesserad.datasets.service import blob_references as dataset_blobs
-from tesserad.errors import DataLoss, InvalidArgument, Unavailable
+from tesserad.errors import DataLoss, InvalidArgument, ResourceExhausted, Unavailable
 from tesserad.registry.versions import blob_references as model_blobs
-from tesserad.store import BlobStore, ReadTxn, Store, check_sha256
+from tesserad.store import BlobStore, ReadOnlyStore, ReadTxn, Store, check_sha256
 from tesserad.store.blobs import CHUNK_BYTES
 from tesserad.training.artifacts import blob_references as artifact_blobs
 from tesserad.training.jobs import blob_references as checkpoint_blobs
@@ -105,7 +105,7 @@ class StoreCheck:
     """One check: `step()` until it returns False, then `report()`. Steps exclude one another
     and `close()`, so a close while a step runs in another thread waits for it."""
 
-    def __init__(self, store: Store, blobs: BlobStore, chunk_size: int = CHUNK_BYTES) -> None:
+    def __init__(self, store: Store | ReadOnlyStore, blobs: BlobStore, chunk_size: int = CHUNK_BYTES) -> None:
         self._store = store
         self._blobs = blobs
         self._chunk_size = chunk_size
@@ -214,8 +214,8 @@ class StoreCheck:
 
 
 class StoreChecks:
-    """The checks made beside a running daemon, each ended (`end`) when its call does, and those
-    still open ended by `close` before the store closes."""
+    """The checks made beside a running daemon, one at a time, each ended (`end`) when its call
+    does, and the one still open ended by `close` before the store closes."""
 
     def __init__(self, store: Store, blobs: BlobStore) -> None:
         self._store = store
@@ -225,10 +225,17 @@ class StoreChecks:
         self._closed = False
 
     def start(self) -> StoreCheck:
-        check = StoreCheck(self._store, self._blobs)
+        """A new check; ResourceExhausted while another runs, as two would only share the disk's
+        bandwidth and find the same problems."""
         with self._lock:
             if self._closed:
                 raise Unavailable("tesserad is stopping, so the store check was not begun; run it again")
+            if self._open:
+                raise ResourceExhausted(
+                    "a store check is already running on this daemon (it runs one at a time); "
+                    "retry once it has ended"
+                )
+            check = StoreCheck(self._store, self._blobs)
             self._open.add(check)
         return check
 

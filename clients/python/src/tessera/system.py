@@ -186,8 +186,10 @@ class System(Part[C]):
         """Check the daemon's store for damage (admin only): every blob re-hashed against its
         sha256, and the blob of every model version, dataset version, run artifact and job
         checkpoint looked for. The report's `problems` (empty when the store is whole) each name
-        the blob, "damaged" or "missing", and the records that own it. Takes as long as reading
-        every blob once; `timeout` (None: the client's transfer timeout) bounds it."""
+        the blob, "damaged" or "missing", and the records that own it: the first 1,000 at most,
+        with `damaged_blobs` and `missing_blobs` counting them all. Takes as long as reading
+        every blob once; `timeout` (None: the client's transfer timeout) bounds it. One check
+        runs at a time: ResourceExhausted while another does."""
         return Op(
             S,
             "VerifyStore",

@@ -167,21 +167,28 @@ def _backup_contents(manifest: Manifest) -> str:
 
 def cmd_admin_verify(client: Client, args: argparse.Namespace, out: Output) -> None:
     report = client.system.verify()
-    if out.as_json:
-        out.json(report)
-    else:
+    # A daemon names the first problems alone and counts them all (an older one counts none).
+    found = max(report.damaged_blobs + report.missing_blobs, len(report.problems))
+    unnamed = found - len(report.problems)
+    if not out.as_json:
         for problem in report.problems:
             out.line(in_cli_words(problem.message))
+        if unnamed:
+            out.line(
+                f"{counted(unnamed, 'more problem')} found {'is' if unnamed == 1 else 'are'} not named "
+                "here; stop the daemon and run `tesserad verify --data-dir DIR` on its data "
+                "directory to name them all"
+            )
         checked = checked_store(
             report.blobs_checked, report.bytes_checked, report.references_checked, report.seconds
         )
-        out.line(
-            f"{checked}: {'no damage' if not report.problems else counted(len(report.problems), 'problem')}"
-        )
-    if report.problems:
+        out.line(f"{checked}: {'no damage' if not found else counted(found, 'problem')}")
+    else:
+        out.json(report)
+    if found:
+        named = "each named above" if not unnamed else f"the first {len(report.problems)} named above"
         raise StoreDamaged(
-            f"the store is damaged: {counted(len(report.problems), 'problem')}, each named above with "
-            "the records that own the blob"
+            f"the store is damaged: {counted(found, 'problem')}, {named} with the records that own the blob"
         )
 
 

@@ -546,6 +546,8 @@ class VerifyStoreReport(_message.Message):
     REFERENCES_CHECKED_FIELD_NUMBER: _builtins.int
     PROBLEMS_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    DAMAGED_BLOBS_FIELD_NUMBER: _builtins.int
+    MISSING_BLOBS_FIELD_NUMBER: _builtins.int
     blobs_checked: _builtins.int
     """Blobs re-hashed and their bytes."""
     bytes_checked: _builtins.int
@@ -554,9 +556,15 @@ class VerifyStoreReport(_message.Message):
     and job checkpoint).
     """
     seconds: _builtins.float
+    damaged_blobs: _builtins.int
+    """Every problem found, by kind, named in problems or not."""
+    missing_blobs: _builtins.int
     @_builtins.property
     def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlobProblem]:
-        """Empty when the store is whole."""
+        """Empty when the store is whole. The first 1,000 found at most, so that the reply of a badly
+        damaged store stays under the message size limit: damaged_blobs and missing_blobs count them
+        all, and `tesserad verify` on the stopped daemon's data directory names them all.
+        """
 
     def __init__(
         self,
@@ -566,10 +574,12 @@ class VerifyStoreReport(_message.Message):
         references_checked: _builtins.int = ...,
         problems: _abc.Iterable[Global___BlobProblem] | None = ...,
         seconds: _builtins.float = ...,
+        damaged_blobs: _builtins.int = ...,
+        missing_blobs: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs_checked", b"blobs_checked", "bytes_checked", b"bytes_checked", "problems", b"problems", "references_checked", b"references_checked", "seconds", b"seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs_checked", b"blobs_checked", "bytes_checked", b"bytes_checked", "damaged_blobs", b"damaged_blobs", "missing_blobs", b"missing_blobs", "problems", b"problems", "references_checked", b"references_checked", "seconds", b"seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
