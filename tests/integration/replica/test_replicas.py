@@ -142,6 +142,16 @@ def test_replicas_serve_what_the_primary_deployed_and_refuse_registry_calls(clus
             registry_pb2_grpc.RegistryStub(channel).ListModels(registry_pb2.ListModelsRequest())
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert f"call the primary at 127.0.0.1:{cluster.primary_port}" in refused.value.details()
+        # A list the version refuses: the SDK cannot read its signature here (the registry is
+        # the primary's), so the daemon's refusal is what the caller gets.
+        with tessera.Client(address) as client:
+            with pytest.raises(
+                tessera.InvalidArgument, match=r"has dtype float64; model 'linear' version 2 expects float32$"
+            ):
+                client.inference.predict("linear", {"x": X.tolist()}, version=2)
+            np.testing.assert_allclose(
+                client.inference.predict("linear", {"x": X}, version=2)["y"], (X @ W) * 2, rtol=1e-6
+            )
         # Its facts it answers itself, with which change of the primary's registry it routes by.
         system = system_pb2_grpc.SystemStub(channel)
         replication = system.GetServerInfo(system_pb2.GetServerInfoRequest(), timeout=10).replication

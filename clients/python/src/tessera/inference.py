@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, KeysView, Sequence
+from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from tessera.typed_inputs import (
     astype_fix,
     input_dtypes,
     named_inputs,
+    recast,
     untyped,
 )
 from tessera.v1 import common_pb2, registry_pb2
@@ -123,11 +124,13 @@ Signatures = dict[tuple[str, int], common_pb2.Signature]
 
 @dataclass(frozen=True)
 class Predict(Call[Prediction]):
-    """Predict `inputs` at `target`. Where an input is a list or a scalar, the signature of the
-    version is read first (GetVersion; kept in `signatures` by version number) and the input
-    made an array of its dtype. Where the daemon refuses a request with a numpy array in it, the
-    signature is read (as above) to say in the InvalidArgument the cast to make, where an
-    array's dtype is not the model's."""
+    """Predict `inputs` at `target`, lists and scalars as numpy makes them (0.5 float64, 1
+    int64). Where the daemon refuses the request, the signature of the version that refused it is
+    read (GetVersion; kept in `signatures` by version number) when the target names that version
+    by number: a list numpy made another dtype than the version's input is sent again once as
+    that dtype, where it holds the values; an array of another dtype gets the cast to make said
+    in the InvalidArgument. Where the signature cannot be read (a serving replica has no
+    registry), the daemon's refusal is raised as it came."""
 
     target: common_pb2.VersionRef
     inputs: dict[str, np.typing.ArrayLike]
@@ -136,39 +139,61 @@ class Predict(Call[Prediction]):
     signatures: Signatures
 
     def run(self, conn: Connection) -> Prediction:
-        dtypes = input_dtypes(self._signature().run(conn)) if untyped(self.inputs) else {}
-        request = self._request(dtypes)
         try:
-            return Prediction.from_proto(conn.unary(S, "Predict", request, self.timeout))
+            return Prediction.from_proto(conn.unary(S, "Predict", self._request(self.inputs), self.timeout))
         except InvalidArgument as error:
-            if not arrays(self.inputs):
+            if not self._signature_helps():
                 raise
             try:
                 signature = self._signature().run(conn)
             except TesseraError:
                 raise error from None
+            retry = self._retry_or_raise(error, signature)
+        try:
+            return Prediction.from_proto(conn.unary(S, "Predict", retry, self.timeout))
+        except InvalidArgument as error:
             raise self._with_fix(error, signature) from None
 
     async def run_async(self, conn: AioConnection) -> Prediction:
-        dtypes = input_dtypes(await self._signature().run_async(conn)) if untyped(self.inputs) else {}
-        request = self._request(dtypes)
         try:
-            return Prediction.from_proto(await conn.unary(S, "Predict", request, self.timeout))
+            return Prediction.from_proto(
+                await conn.unary(S, "Predict", self._request(self.inputs), self.timeout)
+            )
         except InvalidArgument as error:
-            if not arrays(self.inputs):
+            if not self._signature_helps():
                 raise
             try:
                 signature = await self._signature().run_async(conn)
             except TesseraError:
                 raise error from None
+            retry = self._retry_or_raise(error, signature)
+        try:
+            return Prediction.from_proto(await conn.unary(S, "Predict", retry, self.timeout))
+        except InvalidArgument as error:
             raise self._with_fix(error, signature) from None
 
-    def _request(self, dtypes: dict[str, np.dtype]) -> pb.PredictRequest:
-        return pb.PredictRequest(
-            target=self.target,
-            inputs=to_tensors(as_input_dtypes(self.inputs, dtypes)),
-            output_names=self.outputs,
-        )
+    def _signature_helps(self) -> bool:
+        """Whether the refusing version's signature can fix or explain a refusal. Only a number
+        names that version: an alias may have moved since, and without one the deployment routes
+        the call, not the "latest" that GetVersion would read."""
+        return arrays(self.inputs) or (untyped(self.inputs) and self.target.version > 0)
+
+    def _retry_or_raise(self, error: InvalidArgument, signature: common_pb2.Signature) -> pb.PredictRequest:
+        """The request again with its lists as the signature's dtypes; raises `error` (with the
+        cast to make for an array) where no list's dtype changes or one cannot hold its values."""
+        if not (untyped(self.inputs) and self.target.version > 0):
+            raise self._with_fix(error, signature) from None
+        dtypes = input_dtypes(signature)
+        try:
+            typed = as_input_dtypes(self.inputs, dtypes)
+        except ValueError as unheld:
+            raise InvalidArgument(f"{error.daemon_message}; {unheld}", error.trailers) from None
+        if not recast(self.inputs, typed):
+            raise self._with_fix(error, signature) from None
+        return self._request(typed)
+
+    def _request(self, inputs: Mapping[str, np.typing.ArrayLike]) -> pb.PredictRequest:
+        return pb.PredictRequest(target=self.target, inputs=to_tensors(inputs), output_names=self.outputs)
 
     def _signature(self) -> Call[common_pb2.Signature]:
         kept = self.signatures.get((self.target.model, self.target.version))
@@ -251,12 +276,14 @@ class Inference(Part[C]):
         version or alias the model's deployment routes the call ("latest" without one). The deadline also
         bounds the time queued: an expired request is never run (DeadlineExceeded).
 
-        Dtypes: an input given as a list or a scalar (`[[0.1, 0.2]]`) is sent as the dtype the
-        model's signature gives it (float32, not numpy's float64); the signature is read once
-        per version number (for an alias or the default, at each such call). A list that dtype
-        cannot hold (1.5 for an int input) is a ValueError. A numpy array is sent as it is: one
-        of another dtype is refused (InvalidArgument) with the cast to make,
-        `x.astype(np.float32)`, since casting it here could change its values unseen."""
+        Dtypes: an input given as a list or a scalar (`[[0.1, 0.2]]`) is sent as numpy makes it
+        (float64). Where `version` is a number and that version refuses the dtype, the list is
+        sent again once as the dtype its signature gives the input (float32), if that dtype holds
+        the values; the signature is read once per version number. With an alias or the
+        deployment choosing the version, the refusal is raised: send `np.array(x, np.float32)`
+        or name the version. A numpy array is sent as it is: one of another dtype is refused
+        (InvalidArgument) with the cast to make, `x.astype(np.float32)`, since casting it here
+        could change its values unseen."""
         return Predict(
             version_ref(model, version, alias), named_inputs(inputs), list(outputs), timeout, self._signatures
         )

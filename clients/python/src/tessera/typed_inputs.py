@@ -1,7 +1,7 @@
 """predict's inputs in the dtypes the model's signature gives them. A list or a scalar has no
-dtype of its own (numpy makes 0.5 float64, 1 int64), so it is made an array of the input's
-dtype; a numpy array keeps the dtype its caller chose, and one the model does not take is
-refused by the daemon, with the cast to make said here."""
+dtype of its own (numpy makes 0.5 float64, 1 int64): where the version refuses that dtype, it is
+made an array of the input's dtype; a numpy array keeps the dtype its caller chose, and one the
+model does not take is refused by the daemon, with the cast to make said here."""
 
 from __future__ import annotations
 
@@ -61,8 +61,12 @@ def as_input_dtypes(
             continue
         with np.errstate(over="ignore", invalid="ignore"):
             cast = given.astype(dtype)
-        # A float input holds any number to its precision; an int or bool one must hold it exactly.
-        held = np.isfinite(cast).all() if dtype.kind == "f" else np.array_equal(cast, given)
+        # A float input holds any number to its precision (NaN and inf given stay as they are); an
+        # int or bool one must hold it exactly.
+        if dtype.kind == "f":
+            held = bool((np.isfinite(cast) | ~np.isfinite(given)).all())
+        else:
+            held = np.array_equal(cast, given)
         if not held:
             raise ValueError(
                 f"input {name!r}: the model expects {dtype}, which cannot hold the values given "
@@ -70,6 +74,20 @@ def as_input_dtypes(
             )
         typed[name] = cast
     return typed
+
+
+def recast(inputs: Mapping[str, np.typing.ArrayLike], typed: Mapping[str, np.typing.ArrayLike]) -> bool:
+    """Whether `typed` (from as_input_dtypes) makes a list or a scalar of `inputs` another dtype
+    than numpy gives it."""
+    for name, value in inputs.items():
+        made = typed[name]
+        if (
+            not isinstance(value, np.ndarray)
+            and isinstance(made, np.ndarray)
+            and np.asarray(value).dtype != made.dtype
+        ):
+            return True
+    return False
 
 
 def astype_fix(inputs: Mapping[str, np.typing.ArrayLike], dtypes: Mapping[str, np.dtype]) -> str:
