@@ -3,17 +3,21 @@ use is one a scrape shows, and Prometheus loads the rules for the job that scrap
 
 from __future__ import annotations
 
+import logging
 import re
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from tessera.v1 import registry_pb2, registry_pb2_grpc
 from tesserad.api.errors import STATUS_BY_ERROR
 from tesserad.dashboard.server import HTTP_STATUS_BY_ERROR
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.registry.conftest import mlp_weights, rpc_error, safetensors_header
 
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 # Labels Prometheus adds to every series it scrapes.
@@ -178,3 +182,32 @@ def test_a_fresh_daemon_shows_the_failure_series_the_alerts_count_at_zero(data_d
     # Latency comes with a method's or route's first call: no buckets of zeros for each.
     assert b"tessera_rpc_duration_seconds_bucket{" not in text
     assert b"tessera_http_request_duration_seconds_bucket{" not in text
+
+
+def rpc_counts(daemon: InProcessDaemon, method: str) -> dict[str, float]:
+    """`tessera_rpc_total` of the Registry's `method` in a scrape, by code."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{daemon.daemon.metrics_port}/metrics", timeout=10).read()
+    return {
+        sample.labels["code"]: sample.value
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+        if sample.name == "tessera_rpc_total" and sample.labels["method"] == method
+    }
+
+
+@pytest.mark.parametrize("field", ["sha256", "size_bytes"])
+def test_an_upload_not_as_its_header_declares_is_the_callers_and_pages_no_one(daemon, channel, caplog, field):
+    # What the client sent is not what it declared: its own mistake (or a file that changed as it
+    # was read), fixed by sending again; the store lost nothing, so the failure alert stays quiet.
+    weights = mlp_weights()
+    header = safetensors_header("mlp", weights)
+    setattr(header, field, "0" * 64 if field == "sha256" else len(weights) + 1)
+    stub = registry_pb2_grpc.RegistryStub(channel)
+    with caplog.at_level(logging.INFO):
+        error = rpc_error(
+            stub.UploadVersionInline, registry_pb2.UploadVersionInlineRequest(header=header, artifact=weights)
+        )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    counts = rpc_counts(daemon, "UploadVersionInline")
+    assert counts["INVALID_ARGUMENT"] == 1 and counts["DATA_LOSS"] == 0
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from tesserad.errors import DataLoss, InvalidArgument, OutOfRange, TesseraError
-from tesserad.store import BlobRef, BlobWriter
+from tesserad.errors import InvalidArgument, OutOfRange, TesseraError
+from tesserad.store import BlobRef, BlobWriter, NotAsDeclared
 from tesserad.tasks import off_the_loop
 
 MAX_CHUNK_SIZE = 4 * 2**20
@@ -129,8 +129,8 @@ async def receive_chunks(
     register: Callable[[BlobRef], T],
     executor: Executor | None = None,
 ) -> T:
-    """Write every chunk after the header (DataLoss once they pass `expected_size`); then commit
-    the blob (DataLoss if size or sha256 differ) and `register` it, in one job on `executor`
+    """Write every chunk after the header (NotAsDeclared once they pass `expected_size`); then
+    commit the blob (NotAsDeclared if size or sha256 differ) and `register` it, in one job on `executor`
     that runs to its end even when the call is cancelled meanwhile. The commit claims the blob
     and the registration ends the claim, success or not: a cancel between the two would keep
     the blob, held by nothing, until a restart."""
@@ -140,7 +140,7 @@ async def receive_chunks(
         received += len(chunk)
         if expected_size is not None and received > expected_size:
             # Refused now: the rest would only be written to disk to be refused at the end.
-            raise DataLoss(
+            raise NotAsDeclared(
                 f"received more than the {expected_size} bytes the header declared; send the file "
                 "the header describes, or declare its true size"
             )

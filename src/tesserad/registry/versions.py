@@ -473,7 +473,7 @@ class Versions:
 
     def submit_upload(self, upload: VersionUpload) -> Future[VersionRecord]:
         """Register a version whose artifact is at hand, with the checks, errors and promises of
-        `check_upload`, `checked_digest` (DataLoss when `sha256` or `size_bytes` differ from
+        `check_upload`, `checked_digest` (NotAsDeclared when `sha256` or `size_bytes` differ from
         the artifact), the blob's write and `register_version`, in that order.
 
         Returns at once: the upload is gathered with those submitted while the previous group

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from tesserad.config import format_size
-from tesserad.errors import ResourceExhausted
-from tesserad.store import BlobStore
+from tesserad.errors import DataLoss, ResourceExhausted
+from tesserad.store import BlobStore, NotAsDeclared
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,15 @@ class BlobCache:
         with self._blobs.writer() as writer:
             for chunk in fetch():
                 writer.write(chunk)
-            writer.commit(sha256, size)
+            try:
+                writer.commit(sha256, size)
+            except NotAsDeclared:
+                # The primary is the sender here: bytes other than its change feed names are
+                # damaged on the way or at the primary, no caller's mistake.
+                raise DataLoss(
+                    f"the primary sent other bytes than blob {sha256} ({size} bytes) its change "
+                    "feed names; nothing of them was kept"
+                ) from None
         # The cache's own pins keep the blob from eviction while it is open.
         self._blobs.release(sha256)
 

@@ -1,6 +1,6 @@
 """Persistence: the LMDB store (tables, key encoding, group commit) and the blob directory."""
 
-from tesserad.store.blobs import BlobRef, BlobStore, BlobWriter, check_sha256, checked_digest
+from tesserad.store.blobs import BlobRef, BlobStore, BlobWriter, NotAsDeclared, check_sha256, checked_digest
 from tesserad.store.database import ReadOnlyStore, ReadTxn, Store, StoreUsage, WriteTxn
 from tesserad.store.keys import Key, pack, pack_int, prefix_range, trailing_int, unpack
 from tesserad.store.lockfile import DataDirLock
@@ -13,6 +13,7 @@ __all__ = [
     "BlobWriter",
     "DataDirLock",
     "Key",
+    "NotAsDeclared",
     "ReadOnlyStore",
     "ReadTxn",
     "Store",

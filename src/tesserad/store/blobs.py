@@ -99,14 +99,25 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+class NotAsDeclared(InvalidArgument):
+    """The bytes received are not the size or sha256 their sender declared. Nothing stored was
+    lost: the sender declared the wrong file, or sent another (one that changed as it was read),
+    and sending it again as declared mends it. Its status is therefore INVALID_ARGUMENT, not
+    DATA_LOSS, which says stored data is damaged and pages the operator."""
+
+
 def _check_declared(digest: str, size: int, expected_sha256: str | None, expected_size: int | None) -> None:
-    """DataLoss unless the received bytes are what the sender declared."""
+    """NotAsDeclared unless the received bytes are what the sender declared."""
     if expected_size is not None and expected_size != size:
-        raise DataLoss(f"received {size} bytes but the header declared {expected_size}; send it again")
+        raise NotAsDeclared(
+            f"received {size} bytes but the header declared {expected_size}; declare the size of "
+            "the file sent, or send it again"
+        )
     if expected_sha256 and expected_sha256 != digest:
-        raise DataLoss(
+        raise NotAsDeclared(
             f"checksum mismatch: received data has sha256 {digest}, the header declared "
-            f"{expected_sha256}; the data was damaged in transit or the declared hash is wrong"
+            f"{expected_sha256}; declare the sha256 of the file sent, or send it again if it "
+            "changed while it was read"
         )
 
 
@@ -118,7 +129,7 @@ def checked_digest(
     limit_name: str = "the upload limit",
 ) -> str:
     """The sha256 of bytes at hand once they pass a `writer()`'s checks (ResourceExhausted
-    over `max_size`, DataLoss when they are not what was declared), for `put_each`."""
+    over `max_size`, NotAsDeclared when they are not what was declared), for `put_each`."""
     if max_size is not None and len(data) > max_size:
         raise _too_large(limit_name, max_size)
     digest = hashlib.sha256(data).hexdigest()
@@ -177,7 +188,7 @@ class BlobWriter:
         digest = self._hash.hexdigest()
         try:
             _check_declared(digest, self.size, expected_sha256, expected_size)
-        except DataLoss:
+        except NotAsDeclared:
             self.abort()
             raise
         try:

@@ -188,7 +188,7 @@ def test_versions_list_get_delete_download(ds):
 def test_checksum_and_header_errors(ds, data_dir):
     data = npz_bytes()
     mismatch = rpc_error(upload_dataset, ds, "c", data, sha256="1" * 64)
-    assert mismatch.code() == grpc.StatusCode.DATA_LOSS
+    assert mismatch.code() == grpc.StatusCode.INVALID_ARGUMENT
     line_end = rpc_error(upload_dataset, ds, "c", data, sha256=hashlib.sha256(data).hexdigest() + "\n")
     assert line_end.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "sha256 must be 64 lowercase hex digits" in line_end.details()
@@ -262,7 +262,7 @@ def test_content_already_stored_is_taken_with_the_quota_nearly_used(quota_daemon
     # Bytes that are not what the header declared are refused as ever, leaving nothing.
     other = npz_bytes(n=140)
     error = rpc_error(upload_dataset, stub, "three", other, sha256=first.sha256, size_bytes=len(other))
-    assert error.code() == grpc.StatusCode.DATA_LOSS
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert stored_blobs(data_dir) == [f"sha256/{first.sha256[:2]}/{first.sha256[2:]}"]
 
 

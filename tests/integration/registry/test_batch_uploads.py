@@ -78,8 +78,8 @@ def _set(field: str, value):
 @pytest.mark.parametrize(
     ("change", "code", "words"),
     [
-        (_set("sha256", "0" * 64), grpc.StatusCode.DATA_LOSS, "items[2]: checksum mismatch"),
-        (_set("size_bytes", 7), grpc.StatusCode.DATA_LOSS, "items[2]: received"),
+        (_set("sha256", "0" * 64), grpc.StatusCode.INVALID_ARGUMENT, "items[2]: checksum mismatch"),
+        (_set("size_bytes", 7), grpc.StatusCode.INVALID_ARGUMENT, "items[2]: received"),
         (_set("sha256", "abc"), grpc.StatusCode.INVALID_ARGUMENT, "items[2]: header.sha256 must be 64"),
         (_set("model", "no spaces"), grpc.StatusCode.INVALID_ARGUMENT, "items[2]: "),
         (_set("architecture", None), grpc.StatusCode.INVALID_ARGUMENT, "items[2]: architecture is required"),

@@ -49,8 +49,8 @@ def test_inline_upload_registers_the_same_version_a_stream_does(stub, weights):
 @pytest.mark.parametrize(
     ("change", "code", "words"),
     [
-        ({"sha256": "0" * 64}, grpc.StatusCode.DATA_LOSS, "checksum mismatch"),
-        ({"size_bytes": 7}, grpc.StatusCode.DATA_LOSS, "header declared 7"),
+        ({"sha256": "0" * 64}, grpc.StatusCode.INVALID_ARGUMENT, "checksum mismatch"),
+        ({"size_bytes": 7}, grpc.StatusCode.INVALID_ARGUMENT, "header declared 7"),
         ({"sha256": "abc"}, grpc.StatusCode.INVALID_ARGUMENT, "header.sha256 must be 64 lowercase hex"),
         ({"create_model": False}, grpc.StatusCode.NOT_FOUND, "'mlp'"),
         ({"architecture": None}, grpc.StatusCode.INVALID_ARGUMENT, "architecture is required"),

@@ -58,10 +58,10 @@ def test_upload_then_download_round_trips_the_bytes(stub, weights, data_dir):
     assert header.params == {"lr": "0.1"} and header.metrics["acc"] == pytest.approx(0.9)
 
 
-def test_checksum_mismatch_is_data_loss_and_stores_nothing(stub, weights, data_dir):
+def test_checksum_mismatch_is_invalid_argument_and_stores_nothing(stub, weights, data_dir):
     header = safetensors_header("mlp", weights, sha256="0" * 64)
     error = rpc_error(upload, stub, header, weights)
-    assert error.code() == grpc.StatusCode.DATA_LOSS
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "checksum mismatch" in error.details() and "0" * 64 in error.details()
     assert version_count(stub, "mlp") == 0
     assert stored_blobs(data_dir) == []
@@ -70,7 +70,7 @@ def test_checksum_mismatch_is_data_loss_and_stores_nothing(stub, weights, data_d
 def test_stream_that_ends_early_stores_nothing(stub, weights, data_dir):
     header = safetensors_header("mlp", weights)
     error = rpc_error(upload, stub, header, weights[: len(weights) // 2])
-    assert error.code() == grpc.StatusCode.DATA_LOSS
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"declared {len(weights)}" in error.details()
     assert stored_blobs(data_dir) == []
 
@@ -119,7 +119,7 @@ def test_messages_after_a_whole_artifact_are_refused_after_the_header_checks(stu
     extra = rpc_error(
         stub.UploadVersion, iter([header, whole, registry_pb2.UploadVersionRequest(chunk=b"x")])
     )
-    assert extra.code() == grpc.StatusCode.DATA_LOSS
+    assert extra.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"received more than the {len(weights)} bytes the header declared" in extra.details()
     second_header = rpc_error(stub.UploadVersion, iter([header, whole, header]))
     assert second_header.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -39,7 +39,7 @@ def test_a_model_upload_past_its_declared_size_is_refused_at_once(stub, data_dir
         error = rpc_error(stub.UploadVersion, requests, timeout=2 * HELD_S)
     finally:
         release.set()
-    assert error.code() == grpc.StatusCode.DATA_LOSS
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"more than the {len(data)} bytes the header declared" in error.details()
     assert stored_blobs(data_dir) == []
 
@@ -59,6 +59,6 @@ def test_a_dataset_upload_past_its_declared_size_is_refused_at_once(channel, dat
         error = rpc_error(ds.UploadDataset, requests, timeout=2 * HELD_S)
     finally:
         release.set()
-    assert error.code() == grpc.StatusCode.DATA_LOSS
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"more than the {len(data) - 1} bytes the header declared" in error.details()
     assert stored_blobs(data_dir) == []

@@ -56,15 +56,17 @@ def test_put_moved_refuses_a_file_outside_the_stores_temp_dir(tmp_path: Path) ->
     assert list(blobs.all()) == []
 
 
-def test_declared_hash_or_size_mismatch_is_data_loss_and_stores_nothing(tmp_path: Path) -> None:
+def test_declared_hash_or_size_mismatch_is_the_senders_invalid_argument_and_stores_nothing(
+    tmp_path: Path,
+) -> None:
     blobs = BlobStore(tmp_path)
     with blobs.writer() as writer:
         writer.write(b"abc")
-        with pytest.raises(DataLoss, match="checksum mismatch"):
+        with pytest.raises(InvalidArgument, match="checksum mismatch"):
             writer.commit("0" * 64)
     with blobs.writer() as writer:
         writer.write(b"abc")
-        with pytest.raises(DataLoss, match="declared 4"):
+        with pytest.raises(InvalidArgument, match="declared 4"):
             writer.commit(expected_size=4)
     assert list(blobs.all()) == [] and list(blobs.tmp_dir.iterdir()) == []
 
@@ -137,9 +139,9 @@ def test_put_each_stores_what_was_declared_once(tmp_path: Path, syncfs: bool) ->
 
 
 def test_checked_digest_refuses_what_was_not_declared(tmp_path: Path) -> None:
-    with pytest.raises(DataLoss, match="checksum mismatch"):
+    with pytest.raises(InvalidArgument, match="checksum mismatch"):
         checked_digest(b"abc", "0" * 64, 3)
-    with pytest.raises(DataLoss, match="declared 4"):
+    with pytest.raises(InvalidArgument, match="declared 4"):
         checked_digest(b"abc", hashlib.sha256(b"abc").hexdigest(), 4)
     with pytest.raises(ResourceExhausted, match=r"limits\.max_artifact_size"):
         checked_digest(b"abcd", max_size=3, limit_name="limits.max_artifact_size")

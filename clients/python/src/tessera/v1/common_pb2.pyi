@@ -16,10 +16,11 @@ Conventions that hold across the whole API:
   and an experiment's description and tags take at most 16 KiB together (UTF-8). Beyond is
   INVALID_ARGUMENT naming the field; records stored before a limit stay readable.
 - Every RPC answers a precise gRPC status code with a message that says what to fix:
-  NOT_FOUND, ALREADY_EXISTS, INVALID_ARGUMENT, FAILED_PRECONDITION, RESOURCE_EXHAUSTED,
-  DATA_LOSS (checksum mismatch), UNAUTHENTICATED, PERMISSION_DENIED, DEADLINE_EXCEEDED,
-  CANCELLED, UNAVAILABLE (shutting down; retry). An unexpected failure is INTERNAL with an
-  error id that also appears in the daemon's log.
+  NOT_FOUND, ALREADY_EXISTS, INVALID_ARGUMENT (an upload's bytes not the size or sha256
+  its header declares too), FAILED_PRECONDITION, RESOURCE_EXHAUSTED, DATA_LOSS (stored data
+  found damaged), UNAUTHENTICATED, PERMISSION_DENIED, DEADLINE_EXCEEDED, CANCELLED,
+  UNAVAILABLE (shutting down; retry). An unexpected failure is INTERNAL, and DATA_LOSS, with
+  an error id that also appears in the daemon's log.
 - Tensors travel as dtype + shape + raw little-endian bytes in C (row-major) order.
 """
 

@@ -108,7 +108,7 @@ class UploadDatasetHeader(_message.Message):
     name: _builtins.str
     format: Global___DatasetFormat.ValueType
     sha256: _builtins.str
-    """Optional sha256 (hex) of the file; DATA_LOSS when the received bytes differ."""
+    """Optional sha256 (hex) of the file; INVALID_ARGUMENT when the received bytes differ."""
     size_bytes: _builtins.int
     """Optional total size in bytes; checked against the quota before any byte is stored.
     Content already stored (known by the declared sha256) takes none of the quota.

@@ -203,8 +203,8 @@ class RegistryServicer:
         """Versions. UploadVersion is a client stream: first a header, then the artifact in chunks
         (any size up to the daemon's limit; 1 MiB chunks work well). The version is numbered and
         stored only when the stream completes and the sha256 and size match the header's:
-        DATA_LOSS on a mismatch, RESOURCE_EXHAUSTED over the size limit; a stream that ends early
-        or is cancelled stores nothing.
+        INVALID_ARGUMENT on a mismatch, RESOURCE_EXHAUSTED over the size limit; a stream that ends
+        early or is cancelled stores nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

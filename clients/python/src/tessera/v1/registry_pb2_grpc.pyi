@@ -48,8 +48,8 @@ class RegistryStub:
     """Versions. UploadVersion is a client stream: first a header, then the artifact in chunks
     (any size up to the daemon's limit; 1 MiB chunks work well). The version is numbered and
     stored only when the stream completes and the sha256 and size match the header's:
-    DATA_LOSS on a mismatch, RESOURCE_EXHAUSTED over the size limit; a stream that ends early
-    or is cancelled stores nothing.
+    INVALID_ARGUMENT on a mismatch, RESOURCE_EXHAUSTED over the size limit; a stream that ends
+    early or is cancelled stores nothing.
     """
     UploadVersionInline: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UploadVersionInlineRequest, _registry_pb2.ModelVersion]
     """UploadVersion in one message: the header and the whole artifact, for an artifact that
@@ -161,8 +161,8 @@ class RegistryAsyncStub(RegistryStub):
     """Versions. UploadVersion is a client stream: first a header, then the artifact in chunks
     (any size up to the daemon's limit; 1 MiB chunks work well). The version is numbered and
     stored only when the stream completes and the sha256 and size match the header's:
-    DATA_LOSS on a mismatch, RESOURCE_EXHAUSTED over the size limit; a stream that ends early
-    or is cancelled stores nothing.
+    INVALID_ARGUMENT on a mismatch, RESOURCE_EXHAUSTED over the size limit; a stream that ends
+    early or is cancelled stores nothing.
     """
     UploadVersionInline: _aio.UnaryUnaryMultiCallable[_registry_pb2.UploadVersionInlineRequest, _registry_pb2.ModelVersion]  # type: ignore[assignment]
     """UploadVersion in one message: the header and the whole artifact, for an artifact that
@@ -307,8 +307,8 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         """Versions. UploadVersion is a client stream: first a header, then the artifact in chunks
         (any size up to the daemon's limit; 1 MiB chunks work well). The version is numbered and
         stored only when the stream completes and the sha256 and size match the header's:
-        DATA_LOSS on a mismatch, RESOURCE_EXHAUSTED over the size limit; a stream that ends early
-        or is cancelled stores nothing.
+        INVALID_ARGUMENT on a mismatch, RESOURCE_EXHAUSTED over the size limit; a stream that ends
+        early or is cancelled stores nothing.
         """
 
     @_abc_1.abstractmethod

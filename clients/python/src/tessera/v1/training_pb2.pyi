@@ -2323,10 +2323,10 @@ class UploadRunArtifactHeader(_message.Message):
     run_id: _builtins.str
     path: _builtins.str
     sha256: _builtins.str
-    """Optional sha256 (hex) of the file; DATA_LOSS when the received bytes differ."""
+    """Optional sha256 (hex) of the file; INVALID_ARGUMENT when the received bytes differ."""
     size_bytes: _builtins.int
     """Optional size in bytes; checked against limits.max_run_artifact_size before any byte is
-    stored, and DATA_LOSS when the received bytes differ.
+    stored, and INVALID_ARGUMENT when the received bytes differ.
     """
     def __init__(
         self,

@@ -402,8 +402,8 @@ class TrainingServicer:
     def UploadRunArtifact(self, request_iterator, context):
         """Run artifacts (MLflow's log_artifact): files kept with a run at a relative path such as
         "plots/loss.png". A header, then chunks; the artifact is recorded only once every byte is in
-        and matches the header's size and sha256 when given (DATA_LOSS otherwise), so an upload cut
-        short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
+        and matches the header's size and sha256 when given (INVALID_ARGUMENT otherwise), so an
+        upload cut short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
         for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
         segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline, or
         another control, line-separator or format character (a tab, U+202E, U+200B);

@@ -134,8 +134,8 @@ class TrainingStub:
     UploadRunArtifact: _grpc.StreamUnaryMultiCallable[_training_pb2.UploadRunArtifactRequest, _training_pb2.RunArtifact]
     """Run artifacts (MLflow's log_artifact): files kept with a run at a relative path such as
     "plots/loss.png". A header, then chunks; the artifact is recorded only once every byte is in
-    and matches the header's size and sha256 when given (DATA_LOSS otherwise), so an upload cut
-    short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
+    and matches the header's size and sha256 when given (INVALID_ARGUMENT otherwise), so an
+    upload cut short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
     for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
     segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline, or
     another control, line-separator or format character (a tab, U+202E, U+200B);
@@ -264,8 +264,8 @@ class TrainingAsyncStub(TrainingStub):
     UploadRunArtifact: _aio.StreamUnaryMultiCallable[_training_pb2.UploadRunArtifactRequest, _training_pb2.RunArtifact]  # type: ignore[assignment]
     """Run artifacts (MLflow's log_artifact): files kept with a run at a relative path such as
     "plots/loss.png". A header, then chunks; the artifact is recorded only once every byte is in
-    and matches the header's size and sha256 when given (DATA_LOSS otherwise), so an upload cut
-    short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
+    and matches the header's size and sha256 when given (INVALID_ARGUMENT otherwise), so an
+    upload cut short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
     for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
     segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline, or
     another control, line-separator or format character (a tab, U+202E, U+200B);
@@ -541,8 +541,8 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_training_pb2.RunArtifact, _abc.Awaitable[_training_pb2.RunArtifact]]:
         """Run artifacts (MLflow's log_artifact): files kept with a run at a relative path such as
         "plots/loss.png". A header, then chunks; the artifact is recorded only once every byte is in
-        and matches the header's size and sha256 when given (DATA_LOSS otherwise), so an upload cut
-        short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
+        and matches the header's size and sha256 when given (INVALID_ARGUMENT otherwise), so an
+        upload cut short stores nothing. Uploading to a path again replaces the artifact there. INVALID_ARGUMENT
         for a path that is empty, absolute, over 400 bytes (UTF-8), or has an empty, "." or ".."
         segment, a segment over 255 bytes (a file name's limit), a backslash, NUL or newline, or
         another control, line-separator or format character (a tab, U+202E, U+200B);
