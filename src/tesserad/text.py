@@ -37,6 +37,11 @@ def hidden_character_problem(text: str) -> str:
     """What is wrong with `text` when it holds a character a listing or a terminal would not show
     as it is ("holds U+202E, ..."), naming the first such; "" when it holds none. Checked where an
     identifier (a key, a path) is stored, never on read: those stored before stay reachable."""
+    # Every refused category is one str.isprintable refuses too (as are the joiners, so text
+    # with one takes the loop below): printable text, nearly all of it, skips the loop per
+    # character that a batch of metric keys would pay on the event loop.
+    if text.isprintable():
+        return ""
     hidden = next(
         (c for c in text if unicodedata.category(c) in _HIDDEN_CATEGORIES and c not in _JOINERS), None
     )
