@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import logging
+import re
 import socket
 import urllib.parse
 
@@ -810,7 +812,7 @@ def test_an_artifact_downloads_sandboxed_and_previews_only_as_text_png_or_svg(da
     assert escaping.status == 400 and "'..' segment" in escaping.json()["error"]
 
 
-def test_a_damaged_artifact_is_never_served_whole(dash, client, tmp_path):
+def test_a_damaged_artifact_is_never_served_whole(dash, client, tmp_path, caplog):
     port = dash.daemon.http_port
     rng = np.random.default_rng(7)
     small, large = rng.bytes(1000), rng.bytes(600_000)
@@ -820,8 +822,13 @@ def test_a_damaged_artifact_is_never_served_whole(dash, client, tmp_path):
         blob = blob / hashlib.sha256(content).hexdigest()[2:]
         blob.chmod(0o644)
         blob.write_bytes(content[:-1] + bytes([content[-1] ^ 1]))
-    refused = _artifact(port, run_id, "small.bin")  # one chunk: checked before a byte is sent
+    with caplog.at_level(logging.ERROR):
+        refused = _artifact(port, run_id, "small.bin")  # one chunk: checked before a byte is sent
     assert refused.status == 500 and "damaged" in refused.json()["error"]
+    # Logged once, under the error id the answer names.
+    error_id = re.search(r"\(error id ([0-9a-f]{12})\b", refused.json()["error"]).group(1)
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [getattr(r, "error_id", None) for r in logged] == [error_id], [r.getMessage() for r in logged]
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         connection.request("GET", f"/api/v1/runs/{run_id}/artifact?path=large.bin")
