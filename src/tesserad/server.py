@@ -854,7 +854,6 @@ class Daemon:
         refused = [m.DESCRIPTOR.services_by_name[n] for m, n in _SERVICES if n in _PRIMARY_ONLY]
         server.add_generic_rpc_handlers(refusing_handlers(refused, primary))
         self._health = self._add_health_and_reflection(routes)
-        self.metrics.expect_rpcs(routes.methods())
         self.port = _bind(server, settings.listen, credentials)
         serving = [
             "",
@@ -898,6 +897,8 @@ class Daemon:
         routes.add_registered_method_handlers(
             "tessera.v1.System", {"GetServerInfo": server_info_handler(system)}
         )
+        # Once every method served is registered, GetServerInfo included.
+        self.metrics.expect_rpcs(routes.methods())
         self._follower = Follower(
             settings.replica, followed, self.inference, advertise, set_ready, credentials is not None, link
         )

@@ -184,6 +184,27 @@ def test_a_fresh_daemon_shows_the_failure_series_the_alerts_count_at_zero(data_d
     assert b"tessera_http_request_duration_seconds_bucket{" not in text
 
 
+def test_a_fresh_replica_shows_the_failure_series_of_every_method_it_serves(daemon, tmp_path: Path):
+    # GetServerInfo is the one System method a replica serves, registered after the services.
+    replica = InProcessDaemon(
+        daemon_settings(tmp_path / "replica", **{"replica.primary": daemon.target})
+    ).start()
+    try:
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{replica.daemon.metrics_port}/metrics", timeout=10
+        ).read()
+    finally:
+        replica.stop()
+    rpc_codes: dict[tuple[str, str], set[str]] = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            if sample.name == "tessera_rpc_total":
+                key = (sample.labels["service"], sample.labels["method"])
+                rpc_codes.setdefault(key, set()).add(sample.labels["code"])
+    assert rpc_codes[("tessera.v1.System", "GetServerInfo")] == {"INTERNAL", "DATA_LOSS", "UNKNOWN"}
+    assert rpc_codes[("tessera.v1.Inference", "Predict")] == {"INTERNAL", "DATA_LOSS", "UNKNOWN"}
+
+
 def rpc_counts(daemon: InProcessDaemon, method: str) -> dict[str, float]:
     """`tessera_rpc_total` of the Registry's `method` in a scrape, by code."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{daemon.daemon.metrics_port}/metrics", timeout=10).read()
