@@ -260,6 +260,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         # Set by serve() on SIGTERM or SIGINT, also during the start, whose preload it cuts short.
         self.stop_asked = asyncio.Event()
+        self._told_ready = False
         self._server: grpc.aio.Server | None = None
         self._auth: AuthInterceptor | None = None
         self._certificates: ServerCertificates | None = None
@@ -614,6 +615,7 @@ class Daemon:
                 "tokens": len(auth.token_holders) if settings.security.tokens_file else "off",
             },
         )
+        self._tell_ready()
 
     def _secure(
         self, failed: ErrorListener | None = None
@@ -879,6 +881,8 @@ class Daemon:
             )
             for name in serving:
                 await health_servicer.set(name, status)
+            if ready:
+                self._tell_ready()
 
         advertise = settings.replica.advertise or self.address
         link = PrimaryLink()
@@ -903,9 +907,10 @@ class Daemon:
             settings.replica, followed, self.inference, advertise, set_ready, credentials is not None, link
         )
         await server.start()
-        self._following = asyncio.create_task(self._follower.run())
         self._serve_metrics()
         await self._serve_oip_http(oip, auth)
+        # Followed once every listener is bound: the readiness it sets is the start's success too.
+        self._following = asyncio.create_task(self._follower.run())
         log.info(
             "tesserad serving",
             extra={
@@ -920,6 +925,15 @@ class Daemon:
                 "tokens": len(auth.token_holders) if settings.security.tokens_file else "off",
             },
         )
+
+    def _tell_ready(self) -> None:
+        """systemd's READY=1, the first time the daemon reports SERVING: a primary once
+        serving.preload's versions are loaded, a replica once caught up with its primary. Never
+        for a start a stop cut short."""
+        if self._told_ready or self.stop_asked.is_set():
+            return
+        self._told_ready = True
+        notify("READY=1")
 
     def _primary_replication(self) -> Replication:
         """A primary routes by its registry's newest change (0 until the change feed is up)."""
@@ -1341,10 +1355,8 @@ async def serve(settings: Settings, insecure: bool = False) -> None:
     loop.add_signal_handler(signal.SIGHUP, reload)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop_asked.set)
+    # The daemon tells systemd READY=1 itself, once it reports SERVING.
     await daemon.start()
-    if not daemon.stop_asked.is_set():
-        # Once "tesserad serving" is logged: a start a stop cut short never served.
-        notify("READY=1")
     await daemon.stop_asked.wait()
     notify("STOPPING=1")
     # A SIGHUP from now on is not applied to a daemon going away (nor left to end the process).

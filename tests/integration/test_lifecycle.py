@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, system_pb2, system_pb2_grpc
 from tesserad import cli
@@ -197,3 +198,55 @@ def test_systemd_is_told_ready_once_serving_and_stopping_on_sigterm(spawn_daemon
         daemon.terminate()
         assert notify.recv(4096) == b"STOPPING=1"
         assert daemon.process.wait(30) == 0
+
+
+def _unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_a_replica_tells_systemd_ready_once_it_serves_its_primarys_models(spawn_daemon, tmp_path):
+    # READY=1 means what health's SERVING means: a replica bound to its port but not caught up
+    # with its primary (not reached yet, here) is not ready, and the units after it wait.
+    primary_port = _unused_port()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        path = tmp_path / "notify"
+        notify.bind(str(path))
+        replica = spawn_daemon(
+            "--follow",
+            f"127.0.0.1:{primary_port}",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--data-dir",
+            str(tmp_path / "replica"),
+            env={"NOTIFY_SOCKET": str(path)},
+        )
+        address = replica.wait_serving()
+        with grpc.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            notify.settimeout(3)
+            with pytest.raises(TimeoutError):
+                notify.recv(4096)
+            primary = spawn_daemon(
+                "--listen",
+                f"127.0.0.1:{primary_port}",
+                "--metrics-listen",
+                "off",
+                "--data-dir",
+                str(tmp_path / "primary"),
+            )
+            primary.wait_serving()
+            replica.terminate(signal.SIGHUP)  # tries the primary at once, not at its next backoff
+            notify.settimeout(60)
+            assert notify.recv(4096) == b"READY=1"
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        replica.terminate()
+        assert notify.recv(4096) == b"STOPPING=1"
+        assert replica.process.wait(30) == 0
