@@ -18,8 +18,9 @@ from tesserad.system import Replication
 @dataclass(frozen=True)
 class LinkState:
     """`connected`: the change stream is open and has answered. `primary_change`: the newest
-    change number the primary has told of (0 before it has, and again once the replica follows
-    another store from the start). `last_contact`: when the stream was last open, seconds
+    change number received from the primary, a change's or a caught-up's (0 before any, and
+    again once the replica follows another store from the start); the primary's changes the
+    stream has not delivered yet are not known here. `last_contact`: when the stream was last open, seconds
     since the epoch (0.0 before it ever was)."""
 
     connected: bool

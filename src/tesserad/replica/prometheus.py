@@ -21,8 +21,10 @@ _GAUGES = {
     "else 0.",
     "tessera_replica_applied_change": "The number of the last registry change this replica applied: "
     "it routes requests as the primary's registry stood then.",
-    "tessera_replica_primary_change": "The newest registry change number the primary has told this "
-    "replica of; minus tessera_replica_applied_change, the changes it has yet to apply.",
+    "tessera_replica_primary_change": "The newest registry change number this replica has received "
+    "from its primary (a change its stream delivered, or the number the primary said it had caught up "
+    "to); changes made since that the stream has not delivered are not counted, so minus "
+    "tessera_replica_applied_change it is the changes received and not yet applied.",
     "tessera_replica_last_contact_timestamp_seconds": "When this replica's change stream from its "
     "primary was last open (the scrape's time while it is; 0 before it ever was).",
 }

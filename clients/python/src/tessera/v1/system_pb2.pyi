@@ -269,7 +269,9 @@ class Replication(_message.Message):
     applied_change: _builtins.int
     """The registry change requests are routed by: a primary's newest, a replica's last applied."""
     primary_change: _builtins.int
-    """A replica: the newest change number its primary has told it of (0 before it has)."""
+    """A replica: the newest change number received from its primary (0 before any); changes the
+    stream has not delivered yet are not known.
+    """
     store_incarnation: _builtins.str
     """The incarnation of the registry's store: a primary's own; on a replica the one it follows
     (empty before its primary first answered).
