@@ -17,6 +17,7 @@ import builtins
 import collections
 import contextlib
 import copy
+import errno
 import logging
 import multiprocessing
 import os
@@ -997,8 +998,14 @@ class Jobs:
             self._release(job_id, devices)
             return
         except Exception as exc:
-            # The fork server's exec failing reads as its socket refusing the connection.
-            cause = unrunnable_interpreter() if isinstance(exc, OSError) else None
+            # The fork server's exec failing reads as its socket refusing the connection. Other
+            # failures (no file descriptors, no memory) would fail the probe too and blame the
+            # interpreter: they are told as they are.
+            cause = (
+                unrunnable_interpreter()
+                if isinstance(exc, OSError) and exc.errno in _BAD_INTERPRETER_ERRNOS
+                else None
+            )
             log.exception("job failed to start", extra={"job_id": job_id, "reason": cause or str(exc)})
             self._fail(self.get(job_id), "exception", f"the job could not start: {cause or exc}")
             self._release(job_id, devices)
@@ -1787,6 +1794,9 @@ def _kill(processes: list[multiprocessing.process.BaseProcess]) -> None:
 
 # The status of a child whose exec failed (multiprocessing's fork_exec, as subprocess's).
 _EXEC_FAILED = 255
+# How a start fails when the workers' interpreter cannot be run: the fork server's socket
+# refusing (its exec failed), or the exec's own errors.
+_BAD_INTERPRETER_ERRNOS = frozenset((errno.ECONNREFUSED, errno.ENOENT, errno.EACCES, errno.ENOEXEC))
 
 
 def _crash_error(exitcode: int | None) -> tuple[str, str]:

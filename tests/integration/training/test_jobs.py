@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import multiprocessing.spawn
+import os
 import signal
 import threading
 import time
@@ -750,6 +753,42 @@ def test_a_job_whose_second_rank_cannot_start_leaves_no_worker_behind(
     assert ended.error == "the job could not start: [Errno 11] Resource temporarily unavailable"
     assert not ended.devices
     assert _worker_pids() - before == set()
+
+
+class _NoRankCanStart:
+    """The daemon's worker context, but each worker's start fails with `error`."""
+
+    def __init__(self, context: Any, error: OSError) -> None:
+        self._context = context
+        self._error = error
+
+    def Pipe(self) -> Any:
+        return self._context.Pipe()
+
+    def Process(self, **fields: Any) -> Any:
+        process = self._context.Process(**fields)
+
+        def refuse() -> None:
+            raise self._error
+
+        process.start = refuse
+        return process
+
+
+def test_a_job_the_host_cannot_start_says_why_and_blames_no_interpreter(
+    training_daemon, training: training_grpc.TrainingStub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Out of file descriptors, the interpreter's probe would fail too and read as the
+    # interpreter's fault; an interpreter that cannot be run stands in for that failing probe.
+    jobs = training_daemon.daemon.training
+    monkeypatch.setattr(
+        jobs, "_mp", _NoRankCanStart(jobs._mp, OSError(errno.EMFILE, os.strerror(errno.EMFILE)))
+    )
+    monkeypatch.setattr(multiprocessing.spawn, "_python_exe", str(tmp_path / "no-python"))
+    job = submit(training, job_spec("mlp", epochs=1))
+    assert states(follow(training, job.job_id))[-1] == S.JOB_STATE_FAILED
+    ended = training.GetJob(S.GetJobRequest(job_id=job.job_id))
+    assert ended.error == f"the job could not start: [Errno {errno.EMFILE}] {os.strerror(errno.EMFILE)}"
 
 
 @pytest.mark.cuda
