@@ -33,17 +33,23 @@ def cmd_info(client: Client, args: argparse.Namespace, out: Output) -> None:
         [(d.id, d.name, d.cores or "-", size(d.memory_total_bytes)) for d in info.devices],
         whole=("id", "name"),
     )
-    usage = info.data_dir
-    replica = info.replication.role == pb.REPLICATION_ROLE_REPLICA
-    held = (
-        f"cache {byte_size(usage.blob_bytes)}"
-        if replica
-        else f"store {byte_size(usage.store_bytes)} of {byte_size(usage.store_map_size_bytes)}, "
-        f"blobs {byte_size(usage.blob_bytes)}, store schema {usage.store_schema}"
-    )
-    out.line(f"data {usage.path}: {held}, {byte_size(usage.fs_free_bytes)} free")
+    out.line(data_line(info.data_dir, info.replication.role == pb.REPLICATION_ROLE_REPLICA))
     if info.HasField("replication"):
         out.line(replication_line(info.replication))
+
+
+def data_line(usage: pb.DataDirUsage, replica: bool) -> str:
+    """What the data directory holds: a replica's cache, or a primary's store and blobs."""
+    if replica:
+        held = f"cache {byte_size(usage.blob_bytes)}"
+    else:
+        # 0 from a daemon older than the field: it told no schema.
+        schema = usage.store_schema or "-"
+        held = (
+            f"store {byte_size(usage.store_bytes)} of {byte_size(usage.store_map_size_bytes)}, "
+            f"blobs {byte_size(usage.blob_bytes)}, store schema {schema}"
+        )
+    return f"data {usage.path}: {held}, {byte_size(usage.fs_free_bytes)} free"
 
 
 def replication_line(replication: pb.Replication) -> str:
