@@ -341,10 +341,17 @@ def run_order_from_proto(request: pb.ListRunsRequest) -> RunOrder | None:
     return RunOrder(order.metric, _FIELDS[order.field], _DIRECTIONS[order.direction])
 
 
-def key_value_filters(filters: Any, field: str) -> dict[str, str]:
-    """ParamFilter or TagFilter messages as a dict; each key given once."""
+def key_value_filters(filters: Any, field: str, max_value: int) -> dict[str, str]:
+    """ParamFilter or TagFilter messages as a dict; each key given once, each value no longer than
+    a stored one (`max_value`) can be."""
     out: dict[str, str] = {}
     for i, f in enumerate(filters):
+        if len(f.value) > max_value:
+            # It would match nothing, and a param's is compared as a number too.
+            raise InvalidArgument(
+                f"{field}[{i}].value is {len(f.value)} characters long; a run's {field[:-1]} value is at "
+                f"most {max_value}, so it would match no run"
+            )
         if not f.key:
             raise InvalidArgument(f"{field}[{i}].key is required: the name of the {field[:-1]} to match")
         if not is_entry_key(f.key):

@@ -46,6 +46,7 @@ from tesserad.api.transfers import (
 from tesserad.errors import Internal, InvalidArgument, TesseraError, logged_internal
 from tesserad.registry.validation import check_job_spec_size
 from tesserad.store import BlobStore
+from tesserad.text import MAX_PARAM_VALUE, MAX_TAG_VALUE
 from tesserad.training.artifacts import RunArtifacts
 from tesserad.training.events import EventLog
 from tesserad.training.jobs import Jobs
@@ -276,11 +277,11 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             self._tracking.list_runs,
             request.experiment,
             run_statuses_from_proto(request.statuses),
-            key_value_filters(request.params, "params"),
+            key_value_filters(request.params, "params", MAX_PARAM_VALUE),
             metric_filters_from_proto(request.metrics),
             request.page_size,
             request.page_token,
-            key_value_filters(request.tags, "tags"),
+            key_value_filters(request.tags, "tags", MAX_TAG_VALUE),
             run_order_from_proto(request),
             view_from_proto(request.view),
         )

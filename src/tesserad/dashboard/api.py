@@ -34,6 +34,7 @@ from tesserad.security.limits import ConcurrencyGate
 from tesserad.security.roles import ROLE_TABLE
 from tesserad.serving.service import InferenceService
 from tesserad.system import SystemService
+from tesserad.text import MAX_PARAM_VALUE
 from tesserad.training.artifacts import RunArtifact, RunArtifacts
 from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.jobs import STATES as JOB_STATES
@@ -129,6 +130,11 @@ def _param_filters(values: Iterable[str]) -> dict[str, str]:
         key, sep, value = raw.partition("=")
         if not sep or not key:
             raise InvalidArgument(f"param filter {raw[:80]!r} must be KEY=VALUE")
+        if len(value) > MAX_PARAM_VALUE:
+            raise InvalidArgument(
+                f"param filter {key[:80]!r}: its value is {len(value)} characters long; a run's param value "
+                f"is at most {MAX_PARAM_VALUE}, so it would match no run"
+            )
         if key in params and params[key] != value:
             raise InvalidArgument(f"param {key[:80]!r} is filtered twice with different values")
         params[key] = value

@@ -348,9 +348,11 @@ def _tag_changes(set_tags: dict[str, str], remove_tags: Iterable[str]) -> set[st
     return removed
 
 
-# A number as a filter or a param writes it: digits, an optional fraction and exponent; no
-# underscores, nan or inf, which float() would also read.
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# A number as a filter or a param writes it: ASCII digits, an optional fraction and exponent; no
+# underscores, nan or inf, which float() would also read. The fraction hangs off the digits as one
+# optional group, so a long digit run that fails to match is given back one digit at a time, not
+# split every way (quadratic).
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _BOOL_WORDS = ("true", "false")
 
 

@@ -961,3 +961,22 @@ def test_a_param_filter_compares_numbers_as_numbers_and_bool_words_in_any_case(t
     # Text that is no number is matched exactly; "1" and "1.0" are one number.
     assert matches("tag", "v1") == ["old"] and matches("tag", "1") == ["new", "other"]
     assert matches("lr", "nan") == [] and matches("tag", "V1") == []
+
+
+@pytest.mark.parametrize(
+    ("field", "pairs", "limit"), [("params", S.ParamFilter, 6000), ("tags", S.TagFilter, 8000)]
+)
+def test_a_filter_value_longer_than_a_stored_one_can_be_is_refused(
+    tracker, field: str, pairs, limit: int
+) -> None:
+    _run(tracker, "filter-values", lr="0.1")
+    request = S.ListRunsRequest(
+        experiment="filter-values",
+        **{field: [pairs(key="lr", value="0.1"), pairs(key="k", value="1" * (limit + 1))]},
+    )
+    error = _error(lambda: tracker.ListRuns(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        f"{field}[1].value is {limit + 1} characters long; a run's {field[:-1]} value is at most {limit}, so it "
+        "would match no run"
+    )

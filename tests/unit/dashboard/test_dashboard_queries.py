@@ -35,6 +35,12 @@ def test_param_filters_parse_and_refuse_contradictions():
         _param_filters(["lr"])
     with pytest.raises(errors.InvalidArgument, match="filtered twice"):
         _param_filters(["lr=0.1", "lr=0.2"])
+    with pytest.raises(errors.InvalidArgument) as refused:
+        _param_filters(["lr=" + "1" * 6001])
+    assert str(refused.value) == (
+        "param filter 'lr': its value is 6001 characters long; a run's param value is at most 6000, so it "
+        "would match no run"
+    )
 
 
 def test_non_finite_numbers_become_null_at_any_depth():
