@@ -10,6 +10,7 @@ from concurrent.futures import Future
 
 import grpc
 
+from tessera.param_values import param_values_differ
 from tessera.v1 import training_pb2 as pb
 from tessera.v1 import training_pb2_grpc
 from tesserad.api.auth import caller
@@ -304,7 +305,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
                     key=key,
                     values=[v or "" for v in values],
                     present=[v is not None for v in values],
-                    differs=len(set(values)) > 1,
+                    differs=param_values_differ(values),
                 )
             )
         lasts = [{s.key: s.last for s in r.metrics} for r in runs]

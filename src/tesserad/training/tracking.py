@@ -12,7 +12,6 @@ import heapq
 import itertools
 import logging
 import math
-import re
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +19,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from tessera.param_values import same_param_value
 from tesserad.config import format_size
 from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tesserad.ids import new_id
@@ -348,29 +348,10 @@ def _tag_changes(set_tags: dict[str, str], remove_tags: Iterable[str]) -> set[st
     return removed
 
 
-# A number as a filter or a param writes it: ASCII digits, an optional fraction and exponent; no
-# underscores, nan or inf, which float() would also read. The fraction hangs off the digits as one
-# optional group, so a long digit run that fails to match is given back one digit at a time, not
-# split every way (quadratic).
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_BOOL_WORDS = ("true", "false")
-
-
 def param_matches(stored: str | None, wanted: str) -> bool:
-    """Whether a run's param `stored` meets a filter's `wanted`: the same text; the same number
-    where both are numbers (3e-3 is 0.003), since a value's spelling is its writer's (Python
-    writes 0.003, a spec may say 3e-3); or the same bool word in any case, since job runs stored
-    Python's True and False before their specs' true and false, and the SDK logs Python's bools
-    so (a comparison on read keeps the stored text as it was logged)."""
-    if stored is None:
-        return False
-    if stored == wanted:
-        return True
-    if _NUMBER.fullmatch(stored) and _NUMBER.fullmatch(wanted):
-        left, right = float(stored), float(wanted)
-        return math.isfinite(left) and math.isfinite(right) and left == right
-    lowered = stored.lower()
-    return lowered in _BOOL_WORDS and lowered == wanted.lower()
+    """Whether a run's param `stored` meets a filter's `wanted`: one value as same_param_value
+    reads it (a comparison on read keeps the stored text as it was logged)."""
+    return stored is not None and same_param_value(stored, wanted)
 
 
 def _changed_param_advice(txn: ReadTxn, run: Run, key: str) -> str:

@@ -635,3 +635,20 @@ def test_runs_metrics_history_prints_the_last_points_unless_all(tessera_cli, cli
     )
     alone = tessera_cli("runs", "metrics", run.run_id, "--all")
     assert alone.code == EXIT_USAGE and "--all prints every point of --history KEY" in alone.err, alone.err
+
+
+def test_runs_compare_and_leaderboard_show_as_differing_only_params_a_filter_tells_apart(tessera_cli, client):
+    training = client.training
+    runs = [
+        training.create_run("cli-same", name=name, params={"lr": lr, "nesterov": nesterov, "seed": seed})
+        for name, lr, nesterov, seed in (("a", "3e-3", "True", "1"), ("b", "0.003", "true", "2"))
+    ]
+    for run, loss in zip(runs, (0.5, 0.4), strict=True):
+        training.log_metrics(run.run_id, {"val_loss": loss}, step=0)
+    listed = tessera_cli("--json", "runs", "ls", "--experiment", "cli-same", "--param", "lr=3e-3")
+    assert len(listed.json()) == 2
+    compared = tessera_cli("runs", "compare", *(r.run_id for r in runs))
+    assert "param seed" in compared.out and "param lr" not in compared.out, compared.out
+    assert "param nesterov" not in compared.out
+    board = tessera_cli("runs", "leaderboard", "cli-same", "val_loss")
+    assert "seed=1" in board.out and "lr=" not in board.out and "nesterov=" not in board.out, board.out

@@ -980,3 +980,22 @@ def test_a_filter_value_longer_than_a_stored_one_can_be_is_refused(
         f"{field}[1].value is {limit + 1} characters long; a run's {field[:-1]} value is at most {limit}, so it "
         "would match no run"
     )
+
+
+def test_compare_marks_as_differing_only_params_a_filter_tells_apart(tracker) -> None:
+    # A filter matched lr=3e-3 to 0.003 while the comparison showed them as differing.
+    first = _run(tracker, "compare-values", lr="3e-3", nesterov="True", seed="007", n="9007199254740993")
+    second = _run(tracker, "compare-values", lr="0.003", nesterov="true", seed="7", n="9007199254740992")
+    compared = tracker.CompareRuns(S.CompareRunsRequest(run_ids=[first.run_id, second.run_id]))
+    assert {p.key: p.differs for p in compared.params} == {
+        "lr": False,
+        "nesterov": False,
+        "seed": True,
+        "n": True,
+    }
+    matched = tracker.ListRuns(
+        S.ListRunsRequest(
+            experiment="compare-values", params=[S.ParamFilter(key="n", value="9007199254740992")]
+        )
+    )
+    assert [r.run_id for r in matched.runs] == [second.run_id]

@@ -10,7 +10,7 @@ Filter: conditions joined by AND (any case), e.g.
   such as metrics.a.b.min, is refused, naming both readings.
 - `params.KEY = 'VALUE'` and `tags.KEY = 'VALUE'`: exact text, in single or double quotes (a quote
   inside doubled: 'it''s'); the daemon compares a param and a value that are both numbers as
-  numbers ('3e-3' matches 0.003), and true and false in any case.
+  numbers ('3e-3' matches 0.003; tessera.param_values has the rule), and true and false in any case.
 - `attributes.status = 'X'`, `!= 'X'`, `IN ('X', 'Y')` or `NOT IN (...)`: a run status, or MLflow's
   FINISHED (succeeded) and KILLED (cancelled).
 - A key of other characters than letters, digits and _ goes in backquotes: metrics.`val-loss`;

@@ -22,6 +22,7 @@ from tessera.client import Client
 from tessera.errors import NotFound
 from tessera.json_output import to_plain
 from tessera.messages import counted
+from tessera.param_values import param_values_differ
 from tessera.plot import line_plot
 from tessera.progress_line import byte_size
 from tessera.rpc_commands import in_cli_words
@@ -204,11 +205,12 @@ def cmd_runs_compare(client: Client, args: argparse.Namespace, out: Output) -> N
         return out.json(compared)
     runs = compared.runs
     params = [
-        (p.key, [v if there else "-" for v, there in zip(p.values, p.present, strict=True)])
+        (p.key, [v if there else "-" for v, there in zip(p.values, p.present, strict=True)], p.differs)
         for p in compared.params
     ]
-    # A job's run logs every field of its spec: the few that differ are what a compare is read for.
-    shown = params if args.all else [(key, values) for key, values in params if len(set(values)) > 1]
+    # A job's run logs every field of its spec: the few that differ are what a compare is read for
+    # (as the daemon tells them apart: 3e-3 and 0.003 are one value, as a --param filter reads them).
+    shown = [(key, values) for key, values, differs in params if args.all or differs]
     rows: list[tuple[str, ...]] = [("name", *(r.name for r in runs)), ("status", *map(run_status, runs))]
     rows += [(f"param {key}", *values) for key, values in shown]
     rows += [
@@ -611,4 +613,4 @@ def differing_params(runs: Sequence[training_pb2.Run]) -> list[str]:
     sorted: a job's run logs every field of its spec, and the few a search varies are what a
     leaderboard is read for."""
     names = sorted({k for run in runs for k in run.params})
-    return [k for k in names if len({run.params.get(k) for run in runs}) > 1]
+    return [k for k in names if param_values_differ([run.params.get(k) for run in runs])]
