@@ -371,7 +371,8 @@ class PartialDownload {
   // stopped by the caller, refused by the daemon), the disk had no room for the rest (the error
   // saying so) or the file changed at the server; where the server sent more than the file has,
   // those an earlier download kept; where a resume was refused or no header came, the partial
-  // file left as it was; else what this download wrote removed, with the partial file it found.
+  // file left as it was; else (the daemon's DataLoss among them) what this download wrote
+  // removed, with the partial file it found.
   async abort(error) {
     await this.closeSource();
     if (this.refused || this.header === undefined) {
@@ -382,6 +383,12 @@ class PartialDownload {
       // Decided by the error, whatever it is: none kept where it is 0.
       if (this.keep) await this.keepBytes(this.keep);
       else await this.remove();
+      return;
+    }
+    if (error.code === 'DATA_LOSS') {
+      // The daemon's (its copy is damaged; ours set `keep`): the bytes it sent are of that copy,
+      // none worth going on from, as with a sha256 mismatch found here.
+      await this.remove();
       return;
     }
     if (this.size && (INTERRUPTIONS.includes(error.code) || (this.resume && error.code === STOPPED))) {

@@ -279,6 +279,25 @@ def test_node_artifact_stored_again_smaller_midway_is_refused_as_changed_and_kee
     assert partials(out) == []
 
 
+def test_node_resume_of_a_file_damaged_at_the_daemon_keeps_none_of_its_bytes(
+    node_ready, daemon, data_dir, out, logged
+):
+    # The daemon sends every chunk but the last before its hash check fails: those bytes were
+    # kept, and the user told to resume from the daemon's damaged bytes.
+    sha256 = logged.artifact.sha256
+    blob = data_dir / "blobs" / "sha256" / sha256[:2] / sha256[2:]
+    damaged = bytearray(blob.read_bytes())
+    damaged[100] ^= 0xFF
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(damaged))
+    refused = node_download(
+        daemon.target, f"client.downloadArtifact({logged.args}, {{ resume: true, chunkSize: {CHUNK} }})"
+    )
+    assert refused["code"] == "DATA_LOSS" and "is damaged on disk" in refused["message"], refused
+    assert "kept" not in refused["message"] and "resume" not in refused["message"], refused
+    assert list(out.iterdir()) == []
+
+
 def test_node_download_without_resume_starts_again_from_the_first_byte(
     node_ready, daemon, proxy_to, out, weights, logged
 ):

@@ -174,6 +174,25 @@ def test_a_resume_from_bytes_damaged_on_the_disk_is_data_loss_and_leaves_no_file
     assert (out / "copy.npz").read_bytes() == clips_file.read_bytes()
 
 
+def test_a_resumed_download_of_a_file_damaged_at_the_daemon_keeps_none_of_its_bytes(
+    client, data_dir, out, clips_file
+):
+    # The daemon sends every chunk but the last before its hash check fails: those bytes were
+    # kept, and the user told to resume from the daemon's damaged bytes.
+    version = client.datasets.push("clips", clips_file)
+    blob = data_dir / "blobs" / "sha256" / version.sha256[:2] / version.sha256[2:]
+    damaged = bytearray(blob.read_bytes())
+    damaged[100] ^= 0xFF
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(damaged))
+    with pytest.raises(tessera.DataLoss, match="is damaged on disk") as refused:
+        client.datasets.download("clips", out / "copy.npz", resume=True, chunk_size=CHUNK)
+    assert "kept" not in refused.value.message and "resume" not in refused.value.message, (
+        refused.value.message
+    )
+    assert list(out.iterdir()) == []
+
+
 def test_a_download_past_its_timeout_keeps_its_bytes_and_says_how_to_go_on(client, out, clips_file):
     client.datasets.push("clips", clips_file)
     stalled: list[int] = []

@@ -622,7 +622,8 @@ class ResumableDownloadSink(Generic[H]):
         other way (those an earlier download kept with those written since: stopped by the
         caller, refused by the daemon, the disk full), or where the file changed at the server
         (`changed`); those an earlier download kept, as they were, where the server sent more
-        than the file has; none where the whole file's sha256 was not the header's; else the
+        than the file has; none where the whole file's sha256 was not the header's or the daemon
+        found its copy damaged (DataLoss); else the
         partial file removed (a download without `resume` starts it again from the first byte,
         so that holds only what it wrote), and one it had not started on left as it was. The
         error to raise: `error`, or one of its type saying how many bytes were kept where its
@@ -644,6 +645,11 @@ class ResumableDownloadSink(Generic[H]):
                 _close_at(self._file, self._keep)
             else:
                 self._remove()
+            return error
+        if isinstance(error, DataLoss):
+            # The daemon's (its copy is damaged; ours set `_keep`): the bytes it sent are of that
+            # copy, none worth going on from, as with a sha256 mismatch found here.
+            self._remove()
             return error
         if self._resume and not _stopped(error) and not isinstance(error, _INTERRUPTIONS):
             return self._kept_after(error)
