@@ -1896,3 +1896,34 @@ def test_a_backup_whose_client_stops_taking_chunks_is_ended_and_hands_its_turn_o
     assert backup_steps == [("copy", 1), ("closed", 1), ("copy", 2), ("closed", 2)]
     read_archive(tmp_path / "next.tar")
     assert list((data_dir / "blobs" / "tmp").iterdir()) == []
+
+
+def test_a_stalled_backup_whose_close_fails_still_ends_aborted_and_the_failure_is_logged(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The close the stall began was awaited as the call ended: its error replaced the ABORTED
+    # that says what to do, and under a cancel it was dropped unlogged.
+    close = snapshot_module.Backup.close
+
+    def close_then_fail(backup: snapshot_module.Backup, error: object = None) -> None:
+        was_open = not backup.closed
+        close(backup, error)
+        if was_open:
+            raise OSError(errno.EIO, "the store copy's directory went away")
+
+    monkeypatch.setattr(snapshot_module.Backup, "close", close_then_fail)
+    daemon = InProcessDaemon(daemon_settings(data_dir, **{"limits.backup_stall_timeout_s": "1"})).start()
+    try:
+        _push_big_dataset(daemon, tmp_path)
+        with _held_backup(daemon) as stalled:
+            with tessera.Client(daemon.target) as client, pytest.raises(tessera.Internal):
+                # Its turn was handed on; its own close fails too, and says so.
+                client.system.backup(tmp_path / "next.tar", timeout=60)
+            with pytest.raises(grpc.RpcError) as ended:
+                for _ in stalled.chunks():
+                    pass
+        assert ended.value.code() == grpc.StatusCode.ABORTED, ended.value.details()
+        assert ended.value.details().startswith("the client took no chunk of the backup within 1 s")
+    finally:
+        daemon.stop()
+    assert "closing a backup failed: [Errno 5] the store copy's directory went away" in caplog.text

@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import hashlib
 import io
+import logging
 import os
 import tarfile
 import tempfile
@@ -36,6 +37,8 @@ from tesserad.store import BlobStore, ReadTxn, Store
 from tesserad.store.schema import STORE_SCHEMA
 from tesserad.store.space import space_checked
 from tesserad.tasks import wait_out
+
+logger = logging.getLogger(__name__)
 
 _BLOCK = tarfile.BLOCKSIZE
 
@@ -253,6 +256,14 @@ class _Line:
         return self.turn.locked() or self.waiting > 0
 
 
+def _log_close_failure(closing: asyncio.Future[None]) -> None:
+    """Log why `closing` (a backup's close, ended) failed, if it did: its store copy or blob pins
+    may be left behind."""
+    failure = None if closing.cancelled() else closing.exception()
+    if failure is not None:
+        logger.error("closing a backup failed: %s", failure, exc_info=failure)
+
+
 class BackupTurn:
     """A Backup call's place in line (`Backups.line_up`): `waits` says whether another backup is
     being made, which this one waits for; `start()` begins this one once its turn has come, and
@@ -312,10 +323,22 @@ class BackupTurn:
         thread, and the turn is handed on and this call returns only then, however often it is
         cancelled meanwhile: the next backup never copies the store beside this one's copy, and
         nothing of this one outlives its call."""
+        ours = self._holds_turn
         self._close(None)
-        if self._closing is not None:
-            # Also a close the stall allowance began.
+        if self._closing is None:
+            return
+        if not ours:
+            # The stall allowance's close: its failure is logged (`_hand_on`), and the client's
+            # answer stays the ABORTED that says what to do.
+            with contextlib.suppress(Exception):
+                await wait_out(self._closing)
+            return
+        try:
             await wait_out(self._closing)
+        except asyncio.CancelledError:
+            # Nobody answers with the close's failure now: log it.
+            _log_close_failure(self._closing)
+            raise
 
     def _close(self, error: TesseraError | None) -> None:
         """Leave the line; close the backup, if begun, with `error` for its later steps, and hand
@@ -328,13 +351,19 @@ class BackupTurn:
             self._line.turn.release()
             return
         self._closing = asyncio.ensure_future(asyncio.to_thread(self._backup.close, error))
-        self._closing.add_done_callback(self._hand_on)
+        self._closing.add_done_callback(self._hand_on if error is None else self._hand_on_logged)
 
     def _hand_on(self, closing: asyncio.Future[None]) -> None:
         self._line.turn.release()
         # A cancelled caller leaves the close's outcome unread; read it so asyncio does not log it.
         if not closing.cancelled():
             closing.exception()
+
+    def _hand_on_logged(self, closing: asyncio.Future[None]) -> None:
+        """As `_hand_on`, for a close no caller answers with (the stall allowance's): its
+        failure logged."""
+        self._line.turn.release()
+        _log_close_failure(closing)
 
     def _leave_line(self) -> None:
         if self._in_line:
