@@ -161,10 +161,23 @@ def test_a_wait_without_a_timeout_gives_up_on_polls_failing_past_the_window_with
             with pytest.raises(tessera.DeadlineExceeded) as caught:
                 waited.wait(poll=0.2)
         assert not isinstance(caught.value, tessera.StillRunning)
-        with pytest.raises(tessera.Unavailable), tessera.Client(proxy.target, timeout=0.5) as sdk:
+    finally:
+        sweep.cancel()
+
+
+def test_a_wait_with_a_timeout_past_the_window_outlasts_polls_failing_until_it(
+    client, table, proxy_to, monkeypatch
+):
+    # It gave up once the polls had failed for FAILING_POLLS_S, the timeout given not reached.
+    monkeypatch.setattr(tessera.sweeps, "FAILING_POLLS_S", 1.0)
+    sweep = client.training.submit_sweep(sweep_spec(table, epochs=100_000))
+    proxy = proxy_to(int(client.target.rsplit(":", 1)[1]))
+    try:
+        with tessera.Client(proxy.target, timeout=0.5) as sdk:
             waited = _looked_up(sdk, sweep.id)
             proxy.close()
-            waited.wait(timeout=3600, poll=0.2)
+            with pytest.raises(tessera.StillRunning, match=r"after 3 s, the timeout given to wait\(\)"):
+                waited.wait(timeout=3, poll=0.2)
     finally:
         sweep.cancel()
 

@@ -156,12 +156,15 @@ class FailingPolls:
     def answered(self) -> None:
         self._since = None
 
-    def give_up(self) -> bool:
-        """Whether to raise the failure just now, the polls having failed for FAILING_POLLS_S."""
+    def give_up(self, deadline: float | None = None) -> bool:
+        """Whether to raise the failure just now, the polls having failed for FAILING_POLLS_S,
+        or up to `deadline` (a wait's timeout, time.monotonic()'s) where that is later: a wait
+        given a longer timeout waits out a longer outage."""
         now = time.monotonic()
         if self._since is None:
             self._since = now
-        return now - self._since >= FAILING_POLLS_S
+        window = FAILING_POLLS_S if deadline is None else max(FAILING_POLLS_S, deadline - self._since)
+        return now - self._since >= window
 
 
 def _finished(info: pb.Sweep) -> bool:
@@ -177,8 +180,8 @@ class SweepEnd(Call[T]):
     """`Sweep.wait`'s: GetSweep every `poll` seconds (there is no watch of a sweep) until the
     sweep is `settled` (by default: has ended), then `ended` of it; `seen` is given every answer.
     A GetSweep that fails DEADLINE_EXCEEDED or UNAVAILABLE (a daemon restarting, a network down)
-    is tried again after `poll` seconds, until the polls have failed for FAILING_POLLS_S in a row:
-    then that failure is raised, with or without a timeout. Where `timeout` runs out first,
+    is tried again after `poll` seconds, until the polls have failed for FAILING_POLLS_S in a row
+    (or up to the timeout, where that is later): then that failure is raised. Where `timeout` runs out first,
     StillRunning says that the sweep goes on (in the state last seen, from `state` on) and what
     to do."""
 
@@ -199,7 +202,7 @@ class SweepEnd(Call[T]):
             try:
                 info = get.run(conn)
             except (DeadlineExceeded, Unavailable) as error:
-                if failing.give_up():
+                if failing.give_up(deadline):
                     raise
                 time.sleep(self._retry_pause(deadline, state, error))
                 continue
@@ -219,7 +222,7 @@ class SweepEnd(Call[T]):
             try:
                 info = await get.run_async(conn)
             except (DeadlineExceeded, Unavailable) as error:
-                if failing.give_up():
+                if failing.give_up(deadline):
                     raise
                 await asyncio.sleep(self._retry_pause(deadline, state, error))
                 continue
@@ -333,7 +336,8 @@ class Sweep(Part[C]):
         limit) ends the wait, not the sweep: past it, StillRunning (a DeadlineExceeded and a
         TimeoutError) says so; call `wait()` again to wait longer, or `cancel()` to stop it.
         Asks that fail DEADLINE_EXCEEDED or UNAVAILABLE (a daemon restarting) are made again for
-        up to FAILING_POLLS_S (2 minutes) in a row, then the last failure is raised."""
+        up to FAILING_POLLS_S (2 minutes) in a row, or until `timeout` where that is later, then
+        the last failure is raised (StillRunning once `timeout` has passed)."""
         call_timeout(timeout)
         if not poll > 0:
             raise ValueError(f"poll must be seconds above 0, got {poll}")
