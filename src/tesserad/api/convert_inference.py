@@ -142,7 +142,7 @@ def config_from_proto(config: pb.ServingConfig) -> ServingConfig:
         max_queue_size=config.max_queue_size,
         warmup_runs=_present(config, "warmup_runs"),
         intra_op_threads=_present(config, "intra_op_threads"),
-        response_cache=config.response_cache,
+        response_cache=config.response_cache if config.HasField("response_cache") else None,
     )
 
 
@@ -155,8 +155,9 @@ def config_to_proto(config: ServingConfig) -> pb.ServingConfig:
         instances=config.instances,
         max_batch_size=config.max_batch_size,
         max_queue_size=config.max_queue_size,
-        response_cache=config.response_cache,
     )
+    if config.response_cache is not None:
+        message.response_cache = config.response_cache
     if config.max_queue_delay_us is not None:
         message.max_queue_delay_us = config.max_queue_delay_us
     if config.warmup_runs is not None:

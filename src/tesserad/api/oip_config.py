@@ -182,7 +182,9 @@ def serving_config_of(
         ),
         warmup_runs=_warmup_runs(config.model_warmup) if _given(document, ("model_warmup",)) else None,
         intra_op_threads=_intra_op_threads(config.parameters),
-        response_cache=config.response_cache.enable,
+        response_cache=config.response_cache.enable
+        if _given(document, ("response_cache", "enable"))
+        else None,
     )
 
 

@@ -91,8 +91,9 @@ class ServingConfig:
     # 0: on a CPU the cores shared among the instances, on a GPU the runtime's own default.
     intra_op_threads: int | None = None
     # Answer requests identical to an earlier one from the daemon's response cache: for a version
-    # whose outputs depend on its inputs alone (see tesserad.serving.response_cache).
-    response_cache: bool = False
+    # whose outputs depend on its inputs alone (see tesserad.serving.response_cache). None: off
+    # unless the version's saved config turns it on; False turns a saved True off.
+    response_cache: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,7 @@ def effective_config(config: ServingConfig, defaults: ServingDefaults, format: s
         max_queue_size=config.max_queue_size or defaults.max_queue_size,
         warmup_runs=_given(config.warmup_runs, defaults.warmup_runs),
         intra_op_threads=threads or (max(1, (os.cpu_count() or 1) // instances) if device == "cpu" else 0),
-        response_cache=config.response_cache,
+        response_cache=bool(config.response_cache),
     )
 
 

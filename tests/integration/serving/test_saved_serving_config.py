@@ -176,3 +176,30 @@ def test_a_backup_restores_the_saved_configs(tmp_path: Path) -> None:
         assert _running(restored.channel()) == (4, 1, 2)
     finally:
         restored.stop()
+
+
+def _cached(channel: grpc.Channel) -> bool:
+    """Whether version 2 is loaded with response_cache."""
+    listed = inference_pb2_grpc.InferenceStub(channel).ListLoaded(
+        inference_pb2.ListLoadedRequest(model="linear")
+    )
+    (entry,) = [m for m in listed.models if m.version == 2]
+    return entry.config.response_cache
+
+
+def test_an_explicit_response_cache_false_overrides_a_saved_true(tmp_path: Path) -> None:
+    daemon = InProcessDaemon(daemon_settings(tmp_path, **{"serving.response_cache_size": 1 << 20})).start()
+    try:
+        channel = daemon.channel()
+        upload(channel, "linear", linear_model(1.0))
+        upload(channel, "linear", linear_model(2.0))
+        _load(channel, inference_pb2.ServingConfig(response_cache=True), save=True)
+        assert _cached(channel)
+        _load(channel, inference_pb2.ServingConfig(response_cache=False))
+        assert not _cached(channel)
+        assert _saved_configs(channel)[2].response_cache
+        # Left unset, a load takes the saved True again.
+        _load(channel, inference_pb2.ServingConfig())
+        assert _cached(channel)
+    finally:
+        daemon.stop()

@@ -1217,7 +1217,8 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="answer a request identical to an earlier one from the daemon's response cache without "
         "running the model: only for a version whose outputs are deterministic (depend on its inputs "
-        "alone); the daemon needs serving.response_cache_size > 0 (default: off)",
+        "alone); the daemon needs serving.response_cache_size > 0 (default: the version's saved config, "
+        "else off)",
     )
 
     sub = command(

@@ -269,7 +269,8 @@ class ServingConfig(_message.Message):
     the outputs asked for) from the daemon's response cache, without running the model, as
     Triton's response_cache does. Only for a version whose outputs depend on its inputs alone:
     the daemon cannot tell. FAILED_PRECONDITION when serving.response_cache_size is 0, or for
-    an ensemble (load its members with it). Default off.
+    an ensemble (load its members with it). Unset: the version's saved config, else off; an
+    explicit false turns it off for this load (`optional`, as the three fields above).
     """
     def __init__(
         self,
@@ -282,22 +283,26 @@ class ServingConfig(_message.Message):
         max_queue_size: _builtins.int = ...,
         warmup_runs: _builtins.int | None = ...,
         intra_op_threads: _builtins.int | None = ...,
-        response_cache: _builtins.bool = ...,
+        response_cache: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_intra_op_threads", b"_intra_op_threads", "_max_queue_delay_us", b"_max_queue_delay_us", "_warmup_runs", b"_warmup_runs", "intra_op_threads", b"intra_op_threads", "max_queue_delay_us", b"max_queue_delay_us", "warmup_runs", b"warmup_runs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_intra_op_threads", b"_intra_op_threads", "_max_queue_delay_us", b"_max_queue_delay_us", "_response_cache", b"_response_cache", "_warmup_runs", b"_warmup_runs", "intra_op_threads", b"intra_op_threads", "max_queue_delay_us", b"max_queue_delay_us", "response_cache", b"response_cache", "warmup_runs", b"warmup_runs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_intra_op_threads", b"_intra_op_threads", "_max_queue_delay_us", b"_max_queue_delay_us", "_warmup_runs", b"_warmup_runs", "device", b"device", "instances", b"instances", "intra_op_threads", b"intra_op_threads", "max_batch_size", b"max_batch_size", "max_queue_delay_us", b"max_queue_delay_us", "max_queue_size", b"max_queue_size", "response_cache", b"response_cache", "runtime", b"runtime", "warmup_runs", b"warmup_runs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_intra_op_threads", b"_intra_op_threads", "_max_queue_delay_us", b"_max_queue_delay_us", "_response_cache", b"_response_cache", "_warmup_runs", b"_warmup_runs", "device", b"device", "instances", b"instances", "intra_op_threads", b"intra_op_threads", "max_batch_size", b"max_batch_size", "max_queue_delay_us", b"max_queue_delay_us", "max_queue_size", b"max_queue_size", "response_cache", b"response_cache", "runtime", b"runtime", "warmup_runs", b"warmup_runs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__intra_op_threads: _TypeAlias = _typing.Literal["intra_op_threads"]  # noqa: Y015
     _WhichOneofArgType__intra_op_threads: _TypeAlias = _typing.Literal["_intra_op_threads", b"_intra_op_threads"]  # noqa: Y015
     _WhichOneofReturnType__max_queue_delay_us: _TypeAlias = _typing.Literal["max_queue_delay_us"]  # noqa: Y015
     _WhichOneofArgType__max_queue_delay_us: _TypeAlias = _typing.Literal["_max_queue_delay_us", b"_max_queue_delay_us"]  # noqa: Y015
+    _WhichOneofReturnType__response_cache: _TypeAlias = _typing.Literal["response_cache"]  # noqa: Y015
+    _WhichOneofArgType__response_cache: _TypeAlias = _typing.Literal["_response_cache", b"_response_cache"]  # noqa: Y015
     _WhichOneofReturnType__warmup_runs: _TypeAlias = _typing.Literal["warmup_runs"]  # noqa: Y015
     _WhichOneofArgType__warmup_runs: _TypeAlias = _typing.Literal["_warmup_runs", b"_warmup_runs"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__intra_op_threads) -> _WhichOneofReturnType__intra_op_threads | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_queue_delay_us) -> _WhichOneofReturnType__max_queue_delay_us | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__response_cache) -> _WhichOneofReturnType__response_cache | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__warmup_runs) -> _WhichOneofReturnType__warmup_runs | None: ...
 
