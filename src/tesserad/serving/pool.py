@@ -396,6 +396,9 @@ class ModelPool:
         # (see FailureRun), and holds the unexpected error its loads last raised (see
         # unexpected_load_error).
         self._failure_runs: dict[tuple[str, int], FailureRun] = {}
+        # (model, version, field) whose saved value this daemon cannot run was warned of (see
+        # over_saved): once each, not at every request's load.
+        self._unrunnable_warned: set[tuple[str, int, str]] = set()
         self.response_cache = (
             ResponseCache(defaults.response_cache_size) if defaults.response_cache_size else None
         )
@@ -420,6 +423,39 @@ class ModelPool:
         with self._lock:
             return sorted(v for (m, v) in self._unloaded if m == model and (m, v) not in self._listed)
 
+    def over_saved(self, config: ServingConfig, servable: ServableVersion) -> ServingConfig:
+        """`config` over the version's saved config (module over_saved), less the saved fields this
+        daemon cannot run, which take the default: the primary's or another machine's save must
+        not fail every load of the version here, where no load could save around it. A field
+        `config` sets fails as asked."""
+        saved = servable.saved_config
+        explicit = config_fields(config)
+        unrunnable: dict[str, str] = {}
+        if (
+            saved.response_cache
+            and "response_cache" not in explicit
+            and not self.defaults.response_cache_size
+        ):
+            unrunnable["response_cache"] = "this daemon has no response cache (serving.response_cache_size 0)"
+        for field, why in unrunnable.items():
+            warned = (servable.model, servable.version, field)
+            with self._lock:
+                first = warned not in self._unrunnable_warned
+                self._unrunnable_warned.add(warned)
+            if first:
+                log.warning(
+                    "model %r version %s: its saved serving config's %s is left out, as %s; "
+                    "loads of it here take the default",
+                    servable.model,
+                    servable.version,
+                    field,
+                    why,
+                )
+        runnable = dataclasses.replace(
+            saved, **{field: getattr(ServingConfig(), field) for field in unrunnable}
+        )
+        return over_saved(config, runnable)
+
     def load(
         self,
         servable: ServableVersion,
@@ -442,9 +478,7 @@ class ModelPool:
         A version that unload_ready marked while this load was under way is returned unloaded (its
         batcher None), as one unloaded just after: the caller routes its request again.
         """
-        effective = effective_config(
-            over_saved(config, servable.saved_config), self.defaults, servable.format
-        )
+        effective = effective_config(self.over_saved(config, servable), self.defaults, servable.format)
         key = (servable.model, servable.version)
         with self._lock:
             self._refuse_when_closed(servable)

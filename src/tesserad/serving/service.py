@@ -984,7 +984,9 @@ class InferenceService:
         ):
             config = listed.config
         else:
-            config = effective_config(servable.saved_config, self.pool.defaults, servable.format)
+            config = effective_config(
+                self.pool.over_saved(ServingConfig(), servable), self.pool.defaults, servable.format
+            )
         return VersionDescription(model, version, servable.signature, config)
 
     def stats_entries(self, target: Target, members: bool = True) -> list[LoadedVersion]:

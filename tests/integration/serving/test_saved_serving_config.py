@@ -203,3 +203,36 @@ def test_an_explicit_response_cache_false_overrides_a_saved_true(tmp_path: Path)
         assert _cached(channel)
     finally:
         daemon.stop()
+
+
+def test_a_saved_response_cache_a_daemon_has_none_for_is_left_out_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon = InProcessDaemon(daemon_settings(tmp_path, **{"serving.response_cache_size": 1 << 20})).start()
+    try:
+        upload(daemon.channel(), "linear", linear_model(1.0))
+        upload(daemon.channel(), "linear", linear_model(2.0))
+        _load(daemon.channel(), inference_pb2.ServingConfig(response_cache=True, max_batch_size=4), save=True)
+    finally:
+        daemon.stop()
+    daemon = InProcessDaemon(daemon_settings(tmp_path)).start()
+    try:
+        channel = daemon.channel()
+        with caplog.at_level("WARNING", logger="tesserad.serving.pool"):
+            assert _predict_rows(channel, 1) == grpc.StatusCode.OK
+            assert not _cached(channel)
+            assert _running(channel)[0] == 4  # the fields it can run are kept
+            _unload(channel)
+            config = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelConfig(
+                oip_pb.ModelConfigRequest(name="linear", version="2")
+            )
+            assert not config.config.response_cache.enable
+            _load(channel, inference_pb2.ServingConfig())
+        warnings = [r for r in caplog.records if "response_cache" in r.getMessage()]
+        assert len(warnings) == 1
+        # Asked for explicitly, it is refused as before.
+        with pytest.raises(grpc.RpcError) as refused:
+            _load(channel, inference_pb2.ServingConfig(response_cache=True))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        daemon.stop()
