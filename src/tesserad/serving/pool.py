@@ -464,6 +464,7 @@ class ModelPool:
         keep_loaded: bool = False,
         as_member: bool = False,
         before_load: Callable[[], None] | None = None,
+        after_load: Callable[[], None] | None = None,
     ) -> LoadedVersion:
         """Load and warm a version; a loaded version with another config is swapped without a gap.
 
@@ -475,6 +476,9 @@ class ModelPool:
         load makes it a version loaded for itself.
         `before_load`: called holding the version's load lock (see unload_ready) just before this
         call loads it (not when it returns a version loaded already); what it raises stops the load.
+        `after_load`: called holding the version's load lock once the version is loaded, by this call
+        or before it, so that no other load of it comes in between; what it raises is raised, the
+        version staying loaded.
         A version that unload_ready marked while this load was under way is returned unloaded (its
         batcher None), as one unloaded just after: the caller routes its request again.
         """
@@ -496,6 +500,8 @@ class ModelPool:
                 current = None
             if current is not None and (keep_loaded or current.config == effective):
                 current.member_only = current.member_only and as_member
+                if after_load is not None:
+                    after_load()
                 return current
             if keep_loaded and under_way is not None and under_way.state is LoadState.FAILED:
                 raise FailedPrecondition(under_way.error)
@@ -558,6 +564,8 @@ class ModelPool:
             log.info("serving %s", entry.label, extra={"config": dataclasses.asdict(effective)})
             if current is not None:
                 self._drain(current)
+            if after_load is not None:
+                after_load()
             return entry
 
     def unload(self, model: str, version: int) -> LoadedVersion | None:

@@ -821,7 +821,8 @@ class InferenceService:
     ) -> LoadedVersion:
         """`keep_loaded`: as ModelPool.load's (a version loaded already keeps its config).
         `save`: load with `config` alone (not over the version's saved config), and once loaded
-        store it as the version's saved config."""
+        store it as the version's saved config. A save that fails (the version deleted meanwhile)
+        raises, with the load done: the version runs with `config` until unloaded."""
         if save and self._save_config is None:
             raise FailedPrecondition(
                 "a read replica serves the serving configs its primary saved: load with save_config "
@@ -833,9 +834,16 @@ class InferenceService:
             servable = self._source.servable(target.model, target.version, target.alias)
         if save:
             servable = dataclasses.replace(servable, saved_config=ServingConfig())
-        loaded = self.pool.load(servable, config, keep_loaded=keep_loaded)
-        if save and self._save_config is not None:
-            self._save_config(servable.model, servable.version, config_fields(config))
+        save_config = self._save_config
+        version = servable.model, servable.version
+
+        def store() -> None:
+            assert save_config is not None
+            save_config(*version, config_fields(config))
+
+        # Saved holding the version's load lock: a load of it with another config saved at once
+        # cannot come in between, leaving one config running and the other saved.
+        loaded = self.pool.load(servable, config, keep_loaded=keep_loaded, after_load=store if save else None)
         if servable.model in self._held_back:
             # A target kept off this version when it failed to warm may move to it now.
             self.on_registry_change(servable.model)
