@@ -33,7 +33,7 @@ def test_serve_flags_show_the_form_of_their_value():
 @pytest.mark.parametrize(
     ("args", "prog", "names"),
     [
-        ((), "tesserad", "serve, tokens, restore, settings"),
+        ((), "tesserad", "serve, tokens, restore, verify, settings"),
         (("tokens",), "tesserad tokens", "add, remove, list, hash"),
     ],
 )

@@ -90,6 +90,7 @@ CALLS: dict[str, Callable[[Any, dict[str, Path], float], Any]] = {
     "models.watch_changes": lambda part, files, t: part.watch_changes(timeout=t),
     "system.backup": lambda part, files, t: part.backup(files["out"], timeout=t),
     "system.info": lambda part, files, t: part.info(timeout=t),
+    "system.verify": lambda part, files, t: part.verify(timeout=t),
     "system.watch": lambda part, files, t: part.watch(timeout=t),
     "training.cancel": lambda part, files, t: part.cancel("j", timeout=t),
     "training.cancel_sweep": lambda part, files, t: part.cancel_sweep("s", timeout=t),
