@@ -881,8 +881,6 @@ class Daemon:
             )
             for name in serving:
                 await health_servicer.set(name, status)
-            if ready:
-                self._tell_ready()
 
         advertise = settings.replica.advertise or self.address
         link = PrimaryLink()
@@ -904,12 +902,23 @@ class Daemon:
         # Once every method served is registered, GetServerInfo included.
         self.metrics.expect_rpcs(routes.methods())
         self._follower = Follower(
-            settings.replica, followed, self.inference, advertise, set_ready, credentials is not None, link
+            settings.replica,
+            followed,
+            self.inference,
+            advertise,
+            set_ready,
+            credentials is not None,
+            link,
+            lambda status: notify(f"STATUS={status}"),
         )
         await server.start()
         self._serve_metrics()
         await self._serve_oip_http(oip, auth)
-        # Followed once every listener is bound: the readiness it sets is the start's success too.
+        # systemd hears READY=1 now, before the follower runs (so its STATUS lines come after):
+        # the replica has started and answers, whether or not its primary can be reached. Ready
+        # for traffic is what health says (NOT_SERVING until caught up), for a readiness probe;
+        # READY=1 held until then had systemd kill a replica whose primary was down at boot.
+        self._tell_ready(f"waiting for primary {primary}")
         self._following = asyncio.create_task(self._follower.run())
         log.info(
             "tesserad serving",
@@ -926,14 +935,15 @@ class Daemon:
             },
         )
 
-    def _tell_ready(self) -> None:
-        """systemd's READY=1, the first time the daemon reports SERVING: a primary once
-        serving.preload's versions are loaded, a replica once caught up with its primary. Never
-        for a start a stop cut short."""
+    def _tell_ready(self, status: str = "") -> None:
+        """systemd's READY=1, with `status` as its STATUS= line when given: a primary's once it
+        reports SERVING (serving.preload's versions loaded), a replica's once its listeners are
+        bound (its follower then tells the STATUS of its link). Never for a start a stop cut
+        short."""
         if self._told_ready or self.stop_asked.is_set():
             return
         self._told_ready = True
-        notify("READY=1")
+        notify(f"READY=1\nSTATUS={status}" if status else "READY=1")
 
     def _primary_replication(self) -> Replication:
         """A primary routes by its registry's newest change (0 until the change feed is up)."""
@@ -1355,7 +1365,7 @@ async def serve(settings: Settings, insecure: bool = False) -> None:
     loop.add_signal_handler(signal.SIGHUP, reload)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop_asked.set)
-    # The daemon tells systemd READY=1 itself, once it reports SERVING.
+    # The daemon tells systemd READY=1 itself: a primary once it reports SERVING, a replica once it listens.
     await daemon.start()
     await daemon.stop_asked.wait()
     notify("STOPPING=1")

@@ -1,6 +1,8 @@
 """systemd's service notifications (sd_notify(3)), for the unit's Type=notify: READY=1 once the
-daemon serves, so that units ordered after it start then, and STOPPING=1 as it drains. A datagram
-to the socket systemd names in NOTIFY_SOCKET; without one (not under systemd), nothing."""
+daemon has started and answers (a primary once it serves, a replica once it listens), so that units
+ordered after it start then, STATUS= lines (a replica's link to its primary), and STOPPING=1 as it
+drains. A datagram to the socket systemd names in NOTIFY_SOCKET; without one (not under systemd),
+nothing."""
 
 from __future__ import annotations
 

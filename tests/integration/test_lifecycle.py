@@ -207,16 +207,27 @@ def _unused_port() -> int:
         return port
 
 
-def test_a_replica_tells_systemd_ready_once_it_serves_its_primarys_models(spawn_daemon, tmp_path):
-    # READY=1 means what health's SERVING means: a replica bound to its port but not caught up
-    # with its primary (not reached yet, here) is not ready, and the units after it wait.
+def _status_lines(notify: socket.socket, until: str) -> list[str]:
+    """The datagrams systemd would hear, up to the first that starts with `until`."""
+    heard: list[str] = []
+    while not heard or not heard[-1].startswith(until):
+        heard.append(notify.recv(4096).decode())
+    return heard
+
+
+def test_a_replica_tells_systemd_ready_once_it_listens_and_its_link_as_status(spawn_daemon, tmp_path):
+    # READY=1 says the replica started and answers, with its primary out of reach at boot too:
+    # held back, systemd would kill it at TimeoutStartSec. Ready for traffic is health's SERVING
+    # (a readiness probe's), not before it caught up with its primary.
     primary_port = _unused_port()
+    primary_address = f"127.0.0.1:{primary_port}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         path = tmp_path / "notify"
         notify.bind(str(path))
+        notify.settimeout(60)
         replica = spawn_daemon(
             "--follow",
-            f"127.0.0.1:{primary_port}",
+            primary_address,
             "--listen",
             "127.0.0.1:0",
             "--metrics-listen",
@@ -225,17 +236,14 @@ def test_a_replica_tells_systemd_ready_once_it_serves_its_primarys_models(spawn_
             str(tmp_path / "replica"),
             env={"NOTIFY_SOCKET": str(path)},
         )
-        address = replica.wait_serving()
-        with grpc.insecure_channel(address) as channel:
+        assert notify.recv(4096).decode() == f"READY=1\nSTATUS=waiting for primary {primary_address}"
+        with grpc.insecure_channel(replica.wait_serving()) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             status = health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
             assert status == health_pb2.HealthCheckResponse.NOT_SERVING
-            notify.settimeout(3)
-            with pytest.raises(TimeoutError):
-                notify.recv(4096)
             primary = spawn_daemon(
                 "--listen",
-                f"127.0.0.1:{primary_port}",
+                primary_address,
                 "--metrics-listen",
                 "off",
                 "--data-dir",
@@ -243,10 +251,11 @@ def test_a_replica_tells_systemd_ready_once_it_serves_its_primarys_models(spawn_
             )
             primary.wait_serving()
             replica.terminate(signal.SIGHUP)  # tries the primary at once, not at its next backoff
-            notify.settimeout(60)
-            assert notify.recv(4096) == b"READY=1"
+            heard = _status_lines(notify, "STATUS=following")
+            assert heard[-1] == f"STATUS=following primary {primary_address} at change 0"
+            assert "READY=1" not in heard
             status = health.Check(health_pb2.HealthCheckRequest(), timeout=10).status
             assert status == health_pb2.HealthCheckResponse.SERVING
         replica.terminate()
-        assert notify.recv(4096) == b"STOPPING=1"
+        assert _status_lines(notify, "STOPPING=1")[-1] == "STOPPING=1"
         assert replica.process.wait(30) == 0

@@ -64,7 +64,16 @@ def test_a_follower_that_is_cancelled_has_ended_its_retries() -> None:
         settings = ReplicaSettings(primary="127.0.0.1:1")
         # Only the sequence of the last change applied is read before the primary answers.
         followed = SimpleNamespace(seq=0)
-        follower = Follower(settings, followed, None, "127.0.0.1:2", ready, False, PrimaryLink())  # type: ignore[arg-type]
+        follower = Follower(
+            settings,
+            followed,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            "127.0.0.1:2",
+            ready,
+            False,
+            PrimaryLink(),
+            lambda _: None,
+        )
         runner, started = await _started_by(follower.run())
         # gRPC's channel tasks end with the follower's close, not with its run.
         retries = [t for t in started if getattr(t.get_coro(), "__name__", "") == "_retry_failed_loads"]

@@ -78,6 +78,9 @@ DOWNLOAD_CHUNK = 1 << 20
 # The pings a daemon accepts from a replica or an SDK client, at most one per this many ms: half
 # the shortest replica.keepalive_s and SDK keepalive (1 s), for the slack of the peers' timers.
 MIN_PING_INTERVAL_MS = 500
+# systemd's STATUS= line follows the link: at once when its state changes (lost, refused, following),
+# else at most this often (a stream of changes would send a line each).
+STATUS_REPEAT_S = 1.0
 
 
 def replica_keepalive(interval_s: float) -> list[tuple[str, Any]]:
@@ -360,10 +363,12 @@ class Follower:
         set_ready: Callable[[bool], Awaitable[None]],
         serves_tls: bool,
         link: PrimaryLink,
+        tell_status: Callable[[str], None],
     ) -> None:
         """`advertise`: the address this replica announces to its primary, `serves_tls` whether
         it serves TLS there (the primary asks it for statistics in the matching transport);
-        `link`: where the stream's state is noted for /metrics."""
+        `link`: where the stream's state is noted for /metrics; `tell_status`: where the link's
+        state is told in a line (systemd's STATUS=)."""
         tls = None
         if settings.uses_tls:
             tls = TLS(
@@ -398,6 +403,10 @@ class Follower:
         # Set by retry_now: the watch's wait ends, and loads the primary refused are tried again.
         self._wake = asyncio.Event()
         self._retry_lasting_now = asyncio.Event()
+        self._tell_status = tell_status
+        # The state (a word) and line last told, and when (time.monotonic).
+        self._told: tuple[str, str] = ("waiting", "")
+        self._told_at = 0.0
 
     def fetch_version(self, model: str, version: int) -> FollowedVersion | None:
         """Version `version` of `model`'s record from the primary (runs on a request thread);
@@ -527,6 +536,7 @@ class Follower:
         WARNING when the primary is lost, then at most once a LOST_REPEAT_S while it stays away
         (tried every few seconds, it would fill the log), each attempt at DEBUG."""
         now = time.monotonic()
+        self._say("waiting", f"waiting for primary {self.primary}: {cause}")
         said = {"primary": self.primary, "cause": cause, **({"detail": detail} if detail else {})}
         if self._lost_at is None:
             self._lost_at = self._lost_said_at = now
@@ -570,6 +580,7 @@ class Follower:
         """The primary refused the watch for a cause only a fix there cures: said once per
         cause in the log, and to callers asking for what this replica does not hold."""
         self._answered()
+        self._say("refused", f"refused by primary {self.primary} ({exc.code}); serving what it holds")
         refused = primary_error("cannot follow the registry's changes", self.primary, exc)
         if self._followed.refused is None or self._followed.refused.message != refused.message:
             log.error(
@@ -577,6 +588,26 @@ class Follower:
                 extra={"primary": self.primary, "reason": refused.message, "code": exc.code},
             )
         self._followed.refused = refused
+
+    def _say(self, state: str, line: str) -> None:
+        """Tell `line` as the link's status, at once when `state` differs from the one told last,
+        else at most once a STATUS_REPEAT_S."""
+        now = time.monotonic()
+        told_state, told_line = self._told
+        if line == told_line or (state == told_state and now - self._told_at < STATUS_REPEAT_S):
+            return
+        self._told = (state, line)
+        self._told_at = now
+        self._tell_status(line)
+
+    def _say_following(self) -> None:
+        applied = self._followed.seq
+        newest = self._link.state().primary_change
+        behind = f" (the primary's newest: {newest})" if newest > applied else ""
+        if self._ready:
+            self._say("following", f"following primary {self.primary} at change {applied}{behind}")
+        else:
+            self._say("catching up", f"catching up with primary {self.primary} at change {applied}{behind}")
 
     async def _sleep(self, seconds: float) -> None:
         """Wait `seconds`, or less when retry_now is called meanwhile."""
@@ -629,6 +660,7 @@ class Follower:
                 if state is not None and saved.get(version) != saved_before.get(version):
                     # The primary saved another config: versions loaded here follow it.
                     self._inference.apply_saved_config(change.model, version)
+            self._say_following()
             return
         # Every model of the primary's was given: what this replica held beyond them goes.
         for model in self._followed.drop_unconfirmed():
@@ -645,6 +677,7 @@ class Follower:
                 "replica caught up with the primary",
                 extra={"primary": self.primary, "seq": response.caught_up.seq},
             )
+        self._say_following()
 
     async def _retry_failed_loads(self) -> None:
         """While connected, try again the loads that failed because the primary could not be

@@ -112,8 +112,15 @@ def test_a_replicas_retry_of_failed_loads_that_raised_retries_again(
     async def retry() -> None:
         # The primary is never called: the retries only run the service's own.
         follower = Follower(
-            ReplicaSettings(primary="127.0.0.1:1"), None, service, "127.0.0.1:2", ready, False, PrimaryLink()
-        )  # type: ignore[arg-type]
+            ReplicaSettings(primary="127.0.0.1:1"),
+            None,  # type: ignore[arg-type]
+            service,
+            "127.0.0.1:2",
+            ready,
+            False,
+            PrimaryLink(),
+            lambda _: None,
+        )
         follower._connected = True
         retrying = asyncio.create_task(follower._retry_failed_loads())
         try:
