@@ -20,10 +20,14 @@ class CuttableProxy:
     either end. New connections keep working, to `target_port` as it is when they open (a test
     may point it at a restarted target). `cut_at_next_answer()` cuts them when the target starts
     its next answer to a call, instead of passing that on: the call reached the target, and its
-    client never hears what came of it."""
+    client never hears what came of it. `answering`: only the first so many connections pass the
+    target's answers to calls; those after pass the rest (settings, pings: the connection looks
+    well) and hold every answer back, as a call that stalls does."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, answering: int | None = None) -> None:
         self.target_port = target_port
+        self._answering = answering
+        self._accepted = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections: list[socket.socket] = []
@@ -51,10 +55,12 @@ class CuttableProxy:
                 downstream.close()
                 continue
             black_holed = threading.Event()
+            self._accepted += 1
+            hold = self._answering is not None and self._accepted > self._answering
             pumps = [
                 threading.Thread(target=self._pump, args=(downstream, upstream, black_holed), daemon=True),
                 threading.Thread(
-                    target=self._pump_answers, args=(upstream, downstream, black_holed), daemon=True
+                    target=self._pump_answers, args=(upstream, downstream, black_holed, hold), daemon=True
                 ),
             ]
             with self._lock:
@@ -80,10 +86,13 @@ class CuttableProxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
-    def _pump_answers(self, source: socket.socket, sink: socket.socket, black_holed: threading.Event) -> None:
+    def _pump_answers(
+        self, source: socket.socket, sink: socket.socket, black_holed: threading.Event, hold: bool
+    ) -> None:
         """`_pump` for the target's side, frame by frame (HTTP/2: a 9-byte header whose first 3
         bytes are the payload's length, then its type, flags and stream id), so that the first
-        HEADERS frame of a call (stream id > 0) can be held back and the connection cut instead."""
+        HEADERS frame of a call (stream id > 0) can be held back and the connection cut instead,
+        and (`hold`) every frame of a call dropped."""
         buffer = b""
         try:
             while data := source.recv(65536):
@@ -94,7 +103,10 @@ class CuttableProxy:
                     if len(buffer) < end:
                         break
                     frame, buffer = buffer[:end], buffer[end:]
-                    answer = frame[3] == _HEADERS and int.from_bytes(frame[5:9], "big") & _STREAM_ID > 0
+                    of_a_call = int.from_bytes(frame[5:9], "big") & _STREAM_ID > 0
+                    if hold and of_a_call:
+                        continue
+                    answer = frame[3] == _HEADERS and of_a_call
                     if answer and self._cut_at_answer.is_set():
                         self._cut_at_answer.clear()
                         if frames:

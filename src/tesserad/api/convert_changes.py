@@ -33,9 +33,27 @@ def replica_tls_from_proto(transport: pb.ReplicaTransport.ValueType) -> bool | N
     return transport == pb.REPLICA_TRANSPORT_TLS
 
 
+# A watch's heartbeats at most this often: one per answer round trip is already plenty.
+MIN_HEARTBEAT_INTERVAL_MS = 100
+
+
+def heartbeat_interval_from_proto(interval_ms: int) -> float:
+    """WatchChangesRequest.heartbeat_interval_ms in seconds (0: no heartbeats)."""
+    if interval_ms and interval_ms < MIN_HEARTBEAT_INTERVAL_MS:
+        raise InvalidArgument(
+            f"heartbeat_interval_ms must be 0 (no heartbeats) or at least {MIN_HEARTBEAT_INTERVAL_MS}, "
+            f"got {interval_ms}"
+        )
+    return interval_ms / 1000
+
+
 def watch_response(
-    event: changes.RegistryChange | changes.CaughtUp, store_incarnation: str
+    event: changes.RegistryChange | changes.CaughtUp | changes.Heartbeat, store_incarnation: str
 ) -> pb.WatchChangesResponse:
+    if isinstance(event, changes.Heartbeat):
+        return pb.WatchChangesResponse(
+            heartbeat=pb.Heartbeat(seq=event.seq), store_incarnation=store_incarnation
+        )
     if isinstance(event, changes.CaughtUp):
         return pb.WatchChangesResponse(
             caught_up=pb.CaughtUp(seq=event.seq), store_incarnation=store_incarnation

@@ -18,6 +18,10 @@ does not take) is not retried within seconds: it is logged once per cause, told 
 tried again every LASTING_RETRY_S, when the replica reconnects, and at once on SIGHUP (the
 operator's word that the primary is fixed). The primary being unreachable, slow or failing
 inside is retried soon, as before.
+
+The stream is read on while its answers apply (PENDING_ANSWERS), and the primary's heartbeats on it
+tell its newest change while none flows: what the replica routes by and what the primary has stay
+known apart, for /metrics (tessera_replica_*) and systemd's STATUS= line.
 """
 
 from __future__ import annotations
@@ -81,6 +85,12 @@ MIN_PING_INTERVAL_MS = 500
 # systemd's STATUS= line follows the link: at once when its state changes (lost, refused, following),
 # else at most this often (a stream of changes would send a line each).
 STATUS_REPEAT_S = 1.0
+# Answers of the watch read and not yet applied, at most: the stream is read on while a change or a
+# catch-up applies (loads there may take minutes), so that the primary's newest change, and how far
+# behind this replica is, stay known; past this many the reading waits, the lag told already.
+PENDING_ANSWERS = 1000
+# The answers read, for the follower to apply in order; then None or the error the stream ended with.
+_Answers = asyncio.Queue[pb.WatchChangesResponse | Exception | None]
 
 
 def replica_keepalive(interval_s: float) -> list[tuple[str, Any]]:
@@ -389,6 +399,9 @@ class Follower:
         self._followed = followed
         self._inference = inference
         self._transport = pb.REPLICA_TRANSPORT_TLS if serves_tls else pb.REPLICA_TRANSPORT_PLAINTEXT
+        # The primary's newest change, told as often as the connection is pinged: known while no
+        # change flows (a stream that stalls), not only as far as the changes read.
+        self._heartbeat_ms = round(settings.keepalive_s * 1000)
         self._set_ready = set_ready
         self._ready = False
         self._connected = False  # the current stream has delivered something
@@ -618,17 +631,43 @@ class Follower:
         self._wake.clear()
 
     async def _follow(self, from_seq: int) -> None:
+        """One watch from `from_seq`: its answers applied in order as _read hands them over, then
+        what ended the stream raised."""
         request = pb.WatchChangesRequest(
-            from_seq=from_seq, replica_address=self._advertise, replica_transport=self._transport
+            from_seq=from_seq,
+            replica_address=self._advertise,
+            replica_transport=self._transport,
+            heartbeat_interval_ms=self._heartbeat_ms,
         )
+        answers: _Answers = asyncio.Queue(PENDING_ANSWERS)
+        reader = asyncio.create_task(self._read(request, answers))
         try:
-            async for response in self._watch.server_stream("Registry", "WatchChanges", request, None):
-                await self._on_answer(response)
+            while (answer := await answers.get()) is not None:
+                if isinstance(answer, Exception):
+                    raise answer
+                await self._apply(answer)
         finally:
+            await cancel_and_wait([reader])
             self._link.closed()
 
-    async def _on_answer(self, response: pb.WatchChangesResponse) -> None:
-        """One answer of the watch: a change applied, or the replay caught up."""
+    async def _read(self, request: pb.WatchChangesRequest, answers: _Answers) -> None:
+        """Read the watch's answers as they come, noting each (a heartbeat is no more), and hand
+        the rest to _follow in order, then the stream's end: None, or the error that ended it."""
+        end: Exception | None = None
+        try:
+            async for response in self._watch.server_stream("Registry", "WatchChanges", request, None):
+                self._received(response)
+                if not response.HasField("heartbeat"):
+                    await answers.put(response)
+        except Exception as exc:  # raised by _follow once the answers before it are applied
+            end = exc
+        finally:
+            self._link.closed()
+        await answers.put(end)
+
+    def _received(self, response: pb.WatchChangesResponse) -> None:
+        """An answer read: the primary answers, from the store followed (else _StoreReplaced), and
+        its newest change is known to be at least the answer's."""
         self._connected = True
         self._answered()
         self._followed_again()
@@ -636,7 +675,17 @@ class Follower:
         followed = self._followed.store_incarnation
         if not self._followed.same_store(response.store_incarnation):
             raise _StoreReplaced(followed, response.store_incarnation)
-        self._link.answered(response.change.seq if response.HasField("change") else response.caught_up.seq)
+        event = response.WhichOneof("event")
+        if event == "change":
+            self._link.answered(response.change.seq)
+        elif event == "heartbeat":
+            self._link.answered(response.heartbeat.seq)
+            self._say_following()
+        else:
+            self._link.answered(response.caught_up.seq)
+
+    async def _apply(self, response: pb.WatchChangesResponse) -> None:
+        """One answer of the watch: a change applied, or the replay caught up."""
         if response.HasField("change"):
             change = response.change
             state = followed_model(change.state) if change.HasField("state") else None

@@ -15,7 +15,7 @@ from tessera.v1 import common_pb2, registry_pb2_grpc
 from tessera.v1 import registry_pb2 as pb
 from tesserad.api import convert_registry as convert
 from tesserad.api.auth import caller, presented_authorization
-from tesserad.api.convert_changes import replica_tls_from_proto, watch_response
+from tesserad.api.convert_changes import heartbeat_interval_from_proto, replica_tls_from_proto, watch_response
 from tesserad.api.convert_training import job_spec_from_proto
 from tesserad.api.transfers import (
     chunk_size,
@@ -472,6 +472,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             request.replica_address,
             presented_authorization(context),
             replica_tls_from_proto(request.replica_transport),
+            heartbeat_interval_from_proto(request.heartbeat_interval_ms),
         )
         async for event in watch:
             yield watch_response(event, self._changes.store_incarnation)

@@ -24,9 +24,10 @@ notified before it, so a client that committed and then watches sees its own com
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -114,6 +115,14 @@ class Replica:
 @dataclass(frozen=True)
 class CaughtUp:
     """Every change numbered before the watch began has been sent; `seq` is the newest of them."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Sent to a watch that asked, at once and then every interval: `seq` is the registry's newest
+    change then, though the watch may not have sent the changes up to it yet."""
 
     seq: int
 
@@ -521,10 +530,12 @@ class ChangeFeed:
         replica_address: str = "",
         credential: str = "",
         replica_tls: bool | None = None,
-    ) -> AsyncIterator[RegistryChange | CaughtUp]:
+        heartbeat_s: float = 0.0,
+    ) -> AsyncIterator[RegistryChange | CaughtUp | Heartbeat]:
         """Changes from `from_seq` (stored, then live); see the WatchChanges RPC for the errors.
         `credential`: the watching call's authorization ("" without one), kept with its address
-        and `replica_tls` (whether the replica said that address serves TLS)."""
+        and `replica_tls` (whether the replica said that address serves TLS). `heartbeat_s`:
+        a Heartbeat at once and then this often (0: none)."""
         if from_seq < 0:
             raise InvalidArgument(f"from_seq must be >= 0, got {from_seq}")
         await asyncio.to_thread(self.settle, _SETTLE_TIMEOUT_S)
@@ -541,18 +552,59 @@ class ChangeFeed:
                 self._replicas[replica] = self._replicas.get(replica, 0) + 1
             if self._refusals is not None:
                 self._refusals.forget(replica_address)
-        caught_up = max(from_seq, 1) > newest
+        changes = self._changes(from_seq, newest)
+        events: AsyncGenerator[RegistryChange | CaughtUp | Heartbeat, None] = (
+            _with_heartbeats(changes, heartbeat_s, self.newest_seq) if heartbeat_s else changes
+        )
         try:
-            if caught_up:
-                yield CaughtUp(newest)
-            async for event in follow(self._log, _CHANNEL, from_seq):
-                yield _decode_change(event)
-                if not caught_up and event.seq >= newest:
-                    caught_up = True
-                    yield CaughtUp(newest)
+            async with contextlib.aclosing(changes), contextlib.aclosing(events):
+                async for event in events:
+                    yield event
         finally:
             if replica_address:
                 with self._cond:
                     self._replicas[replica] -= 1
                     if not self._replicas[replica]:
                         del self._replicas[replica]
+
+    async def _changes(self, from_seq: int, newest: int) -> AsyncGenerator[RegistryChange | CaughtUp, None]:
+        """The changes from `from_seq`, with CaughtUp after `newest` (the newest as the watch began)."""
+        caught_up = max(from_seq, 1) > newest
+        if caught_up:
+            yield CaughtUp(newest)
+        async for event in follow(self._log, _CHANNEL, from_seq):
+            yield _decode_change(event)
+            if not caught_up and event.seq >= newest:
+                caught_up = True
+                yield CaughtUp(newest)
+
+
+async def _with_heartbeats(
+    events: AsyncIterator[RegistryChange | CaughtUp], interval_s: float, newest: Callable[[], int]
+) -> AsyncGenerator[RegistryChange | CaughtUp | Heartbeat, None]:
+    """`events`, with a Heartbeat of the `newest` change at once and then every `interval_s`, also
+    between events that flow without a pause (a watcher behind is told how far)."""
+    loop = asyncio.get_running_loop()
+    yield Heartbeat(newest())
+    due = loop.time() + interval_s
+    # The next event, awaited across heartbeats: a wait cut short would end the iterator.
+    pending: asyncio.Future[RegistryChange | CaughtUp] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events))
+            await asyncio.wait([pending], timeout=max(0.0, due - loop.time()))
+            if loop.time() >= due:
+                yield Heartbeat(newest())
+                due = loop.time() + interval_s
+            if pending.done():
+                ready, pending = pending, None
+                try:
+                    event = ready.result()
+                except StopAsyncIteration:
+                    return
+                yield event
+    finally:
+        if pending is not None:
+            pending.cancel()
+            await asyncio.wait([pending])

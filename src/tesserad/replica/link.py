@@ -17,11 +17,11 @@ from tesserad.system import Replication
 
 @dataclass(frozen=True)
 class LinkState:
-    """`connected`: the change stream is open and has answered. `primary_change`: the newest
-    change number received from the primary, a change's or a caught-up's (0 before any, and
-    again once the replica follows another store from the start); the primary's changes the
-    stream has not delivered yet are not known here. `last_contact`: when the stream was last open, seconds
-    since the epoch (0.0 before it ever was)."""
+    """`connected`: the change stream is open and has answered. `primary_change`: the primary's
+    newest change number as last heard, a change's, a caught-up's or a heartbeat's (0 before any,
+    and again once the replica follows another store from the start): the stream is read on while
+    changes apply, and heartbeats tell it while none flows. `last_contact`: when the stream was
+    last open, seconds since the epoch (0.0 before it ever was)."""
 
     connected: bool
     primary_change: int
@@ -39,7 +39,7 @@ class PrimaryLink:
         self._last_contact = 0.0
 
     def answered(self, primary_change: int) -> None:
-        """The stream gave a change or said it caught up, at `primary_change`."""
+        """The stream gave a change, said it caught up or beat, at `primary_change`."""
         with self._lock:
             self._connected = True
             self._primary_change = max(self._primary_change, primary_change)

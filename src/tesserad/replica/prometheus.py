@@ -21,10 +21,11 @@ _GAUGES = {
     "else 0.",
     "tessera_replica_applied_change": "The number of the last registry change this replica applied: "
     "it routes requests as the primary's registry stood then.",
-    "tessera_replica_primary_change": "The newest registry change number this replica has received "
-    "from its primary (a change its stream delivered, or the number the primary said it had caught up "
-    "to); changes made since that the stream has not delivered are not counted, so minus "
-    "tessera_replica_applied_change it is the changes received and not yet applied.",
+    "tessera_replica_primary_change": "The primary's newest registry change number as this replica "
+    "last heard it: a change its stream delivered, or the newest its heartbeats told of (every "
+    "replica.keepalive_s, also while no change flows); minus tessera_replica_applied_change it is how "
+    "far behind the primary the replica routes, growing while its stream is slow or its applying "
+    "stalls.",
     "tessera_replica_last_contact_timestamp_seconds": "When this replica's change stream from its "
     "primary was last open (the scrape's time while it is; 0 before it ever was).",
 }

@@ -20,11 +20,12 @@ from test_replica_tokens import _Bearer, bearer, wait_for
 from test_replicas import eventually, serving_status
 
 from tessera.cli import main as cli_main
-from tessera.v1 import system_pb2, system_pb2_grpc
+from tessera.v1 import registry_pb2, registry_pb2_grpc, system_pb2, system_pb2_grpc
 from tesserad.api import follow
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.tcp_proxy import CuttableProxy
 
 
 def replica_gauges(daemon: InProcessDaemon) -> dict[str, float]:
@@ -145,6 +146,51 @@ def test_a_refused_replica_says_so_on_its_metrics_and_logs_once_that_it_follows_
         ]
         assert said.count("the primary accepts this replica again; following it") == 1
     finally:
+        if replica is not None:
+            replica.stop()
+        primary.stop()
+
+
+def test_a_replica_whose_applying_stalls_reads_its_stream_on_and_tells_how_far_behind_it_is(
+    tmp_path: Path,
+) -> None:
+    # The replica's first catch-up loads what the primary deploys, downloading it on a second
+    # connection, which stalls here. The change stream, on the first, is read on meanwhile: the
+    # primary's newest change stays known, and the gap to the one applied is what
+    # TesseradReplicaLagging watches, instead of both standing still at the catch-up.
+    primary = InProcessDaemon(daemon_settings(tmp_path / "primary")).start()
+    proxy = CuttableProxy(int(primary.target.rsplit(":", 1)[1]), answering=1)
+    replica = None
+    try:
+        channel = primary.channel()
+        upload(channel, "linear", linear_model(1.0), alias="production")
+        registry_pb2_grpc.RegistryStub(channel).Deploy(
+            registry_pb2.DeployRequest(
+                model="linear", routes=[registry_pb2.Route(alias="production", weight=100)]
+            )
+        )
+        newest = replication(primary).applied_change
+        replica = InProcessDaemon(
+            daemon_settings(tmp_path / "replica", **{"replica.primary": proxy.target})
+        ).start()
+
+        def caught_up() -> None:
+            assert replication(replica).primary_change == newest
+
+        eventually(caught_up, timeout=60)
+        upload(channel, "linear", linear_model(2.0))
+        changed = replication(primary).applied_change
+
+        def behind() -> system_pb2.Replication:
+            told = replication(replica)
+            assert told.primary_change == changed
+            return told
+
+        told = eventually(behind, timeout=60)
+        assert told.applied_change == newest < changed
+        assert serving_status(replica.channel()) == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        proxy.close()  # the download ends at once, not at its deadline
         if replica is not None:
             replica.stop()
         primary.stop()

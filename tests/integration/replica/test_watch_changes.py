@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -434,3 +435,53 @@ def test_a_change_carries_the_deployment_s_warnings_as_get_deployment_does(data_
     # Replayed from the store by the next daemon too.
     with daemon_on(data_dir) as running:
         assert list(_replayed(running.channel())[-1].state.deployment.warnings) == warnings
+
+
+def _answers(stream: Any, until: Callable[[list[str]], bool]) -> list[str]:
+    """The stream's answers as "kind seq", read until `until` says enough."""
+    got: list[str] = []
+    for response in stream:
+        event = response.WhichOneof("event")
+        got.append(f"{event} {getattr(response, event).seq}")
+        if until(got):
+            stream.cancel()
+            break
+    return got
+
+
+def test_a_watch_that_asks_for_heartbeats_is_told_the_newest_change_whether_changes_flow_or_not(
+    channel: grpc.Channel,
+) -> None:
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    upload(channel, "linear", linear_model(1.0))
+    _recorded(channel, 1)
+    upload(channel, "linear", linear_model(2.0))
+    _recorded(channel, 2)
+    stream = registry.WatchChanges(pb.WatchChangesRequest(from_seq=0, heartbeat_interval_ms=100), timeout=60)
+    # Told the newest change before the replay sends it (a follower knows how far behind it is),
+    # then again while no change flows.
+    got = _answers(stream, lambda got: "caught_up 2" in got and got[-1].startswith("heartbeat"))
+    assert got[0] == "heartbeat 2"
+    assert [a for a in got if not a.startswith("heartbeat")] == ["change 1", "change 2", "caught_up 2"]
+    assert set(got) == {"heartbeat 2", "change 1", "change 2", "caught_up 2"}
+
+    stream = registry.WatchChanges(pb.WatchChangesRequest(from_seq=3, heartbeat_interval_ms=100), timeout=60)
+    upload(channel, "linear", linear_model(3.0))
+    # The newest change is 3 in any heartbeat after change 3 (which may be the first, when the
+    # upload was recorded before the watch began).
+    got = _answers(stream, lambda got: "change 3" in got and got[-1] == "heartbeat 3")
+    assert got[0] in ("heartbeat 2", "heartbeat 3")
+
+    # A watch that does not ask (a replica before heartbeats) gets none.
+    assert _first(channel, 0, 3) == ["change 1", "change 2", "change 3"]
+
+
+@pytest.mark.parametrize("interval_ms", [-1, 99])
+def test_a_heartbeat_interval_under_100_ms_is_refused(channel: grpc.Channel, interval_ms: int) -> None:
+    request = pb.WatchChangesRequest(heartbeat_interval_ms=interval_ms)
+    with pytest.raises(grpc.RpcError) as raised:
+        next(iter(registry_pb2_grpc.RegistryStub(channel).WatchChanges(request, timeout=60)))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == (
+        f"heartbeat_interval_ms must be 0 (no heartbeats) or at least 100, got {interval_ms}"
+    )

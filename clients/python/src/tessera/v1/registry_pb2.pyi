@@ -2031,6 +2031,7 @@ class WatchChangesRequest(_message.Message):
     FROM_SEQ_FIELD_NUMBER: _builtins.int
     REPLICA_ADDRESS_FIELD_NUMBER: _builtins.int
     REPLICA_TRANSPORT_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     from_seq: _builtins.int
     """Replay changes with seq >= from_seq (0 and 1 both mean from the start)."""
     replica_address: _builtins.str
@@ -2043,16 +2044,24 @@ class WatchChangesRequest(_message.Message):
     primary uses TLS). Unspecified (an older replica): the primary's own TLS settings decide.
     A value past the enum (a newer replica's) is INVALID_ARGUMENT.
     """
+    heartbeat_interval_ms: _builtins.int
+    """Ask for a `heartbeat` answer at once, then every this many milliseconds whether changes flow
+    or not, carrying the registry's newest change: a follower knows how far behind it is while
+    its stream is slow or stalls, not only as far as the changes it has read. 0 (a follower before
+    heartbeats, or one that wants none): none. INVALID_ARGUMENT when negative or under 100. A
+    primary before heartbeats ignores the field and sends none.
+    """
     def __init__(
         self,
         *,
         from_seq: _builtins.int = ...,
         replica_address: _builtins.str = ...,
         replica_transport: Global___ReplicaTransport.ValueType = ...,
+        heartbeat_interval_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_seq", b"from_seq", "replica_address", b"replica_address", "replica_transport", b"replica_transport"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_seq", b"from_seq", "heartbeat_interval_ms", b"heartbeat_interval_ms", "replica_address", b"replica_address", "replica_transport", b"replica_transport"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2064,6 +2073,7 @@ class WatchChangesResponse(_message.Message):
 
     CHANGE_FIELD_NUMBER: _builtins.int
     CAUGHT_UP_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     STORE_INCARNATION_FIELD_NUMBER: _builtins.int
     store_incarnation: _builtins.str
     """The incarnation of the registry's store, the same in every answer of a primary: a random id
@@ -2079,18 +2089,23 @@ class WatchChangesResponse(_message.Message):
     def caught_up(self) -> Global___CaughtUp:
         """Sent once, when every change numbered before the watch began has been sent."""
 
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat:
+        """Only to a watch that asked for heartbeats (heartbeat_interval_ms)."""
+
     def __init__(
         self,
         *,
         change: Global___RegistryChange | None = ...,
         caught_up: Global___CaughtUp | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
         store_incarnation: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change", b"change", "event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change", b"change", "event", b"event", "heartbeat", b"heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change", b"change", "event", b"event", "store_incarnation", b"store_incarnation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["caught_up", b"caught_up", "change", b"change", "event", b"event", "heartbeat", b"heartbeat", "store_incarnation", b"store_incarnation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["change", "caught_up"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["change", "caught_up", "heartbeat"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -2115,6 +2130,28 @@ class CaughtUp(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CaughtUp: _TypeAlias = CaughtUp  # noqa: Y015
+
+@_typing.final
+class Heartbeat(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """The registry's newest change as the heartbeat was sent (0: none yet); the changes numbered up
+    to it that this watch has not sent yet come after it.
+    """
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
 
 @_typing.final
 class RegistryChange(_message.Message):

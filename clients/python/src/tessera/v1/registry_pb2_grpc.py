@@ -382,6 +382,8 @@ class RegistryServicer:
         past the newest change + 1 (the follower watched another registry: start again from 0).
         Every answer carries the store's incarnation, which tells another registry whose change
         numbers have reached the follower's (a backup restored and changed since): watch it from 0.
+        A watch that asks (heartbeat_interval_ms) is told the registry's newest change at once and
+        then at that interval, whether changes flow or not.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -141,6 +141,8 @@ class RegistryStub:
     past the newest change + 1 (the follower watched another registry: start again from 0).
     Every answer carries the store's incarnation, which tells another registry whose change
     numbers have reached the follower's (a backup restored and changed since): watch it from 0.
+    A watch that asks (heartbeat_interval_ms) is told the registry's newest change at once and
+    then at that interval, whether changes flow or not.
     """
 
 @_typing.type_check_only
@@ -254,6 +256,8 @@ class RegistryAsyncStub(RegistryStub):
     past the newest change + 1 (the follower watched another registry: start again from 0).
     Every answer carries the store's incarnation, which tells another registry whose change
     numbers have reached the follower's (a backup restored and changed since): watch it from 0.
+    A watch that asks (heartbeat_interval_ms) is told the registry's newest change at once and
+    then at that interval, whether changes flow or not.
     """
 
 class RegistryServicer(metaclass=_abc_1.ABCMeta):
@@ -514,6 +518,8 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
         past the newest change + 1 (the follower watched another registry: start again from 0).
         Every answer carries the store's incarnation, which tells another registry whose change
         numbers have reached the follower's (a backup restored and changed since): watch it from 0.
+        A watch that asks (heartbeat_interval_ms) is told the registry's newest change at once and
+        then at that interval, whether changes flow or not.
         """
 
 def add_RegistryServicer_to_server(servicer: RegistryServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

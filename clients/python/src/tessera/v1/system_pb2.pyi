@@ -269,8 +269,9 @@ class Replication(_message.Message):
     applied_change: _builtins.int
     """The registry change requests are routed by: a primary's newest, a replica's last applied."""
     primary_change: _builtins.int
-    """A replica: the newest change number received from its primary (0 before any); changes the
-    stream has not delivered yet are not known.
+    """A replica: the primary's newest change number as last heard (0 before any): the newest its
+    stream delivered, or its heartbeats told of (every replica.keepalive_s, while changes are
+    read and not yet applied too; a primary before heartbeats tells only the changes delivered).
     """
     store_incarnation: _builtins.str
     """The incarnation of the registry's store: a primary's own; on a replica the one it follows
