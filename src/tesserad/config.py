@@ -685,7 +685,8 @@ class ReplicaSettings:
         20.0,
         parse_number(float, 1.0, 3600.0),
         "seconds between a replica's pings of its primary (HTTP/2 keepalive); a connection that "
-        "answers none for as long again is taken as lost, and the replica connects again",
+        "answers none for as long again is taken as lost, and the replica connects again. The "
+        "primary's heartbeats, telling the replica its newest change, come as often",
     )
     tls: bool = setting(
         False,
