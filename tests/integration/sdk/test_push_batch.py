@@ -17,13 +17,26 @@ def test_push_batch_registers_every_file_in_order(client, make_onnx):
     versions = client.models.push_batch(
         [
             VersionFile("affine", files[0], params={"scale": "1"}),
-            VersionFile("other", files[1], alias="candidate"),
+            VersionFile("other", files[1], set_alias="candidate"),
             VersionFile("affine", files[2], description="third"),
         ]
     )
     assert [(v.model, v.version) for v in versions] == [("affine", 1), ("other", 1), ("affine", 2)]
     assert versions[0].params["scale"] == "1" and "candidate" in versions[1].aliases
     assert client.models.version("affine", 2).description == "third"
+
+
+def test_a_version_files_alias_its_old_name_warns_as_push_does(client, make_onnx):
+    """VersionFile(alias=) moved the alias with no word while push(alias=) warned: one name, set_alias."""
+    with pytest.warns(
+        DeprecationWarning, match=r"VersionFile\(alias=\.\.\.\) is deprecated: use set_alias="
+    ) as caught:
+        old = VersionFile("affine", make_onnx("old"), alias="staging")
+    assert caught[0].filename == __file__
+    [moved] = client.models.push_batch([old])
+    assert "staging" in moved.aliases
+    with pytest.raises(TypeError, match=r"models\.push_batch: pass set_alias= alone; alias= is its old name"):
+        VersionFile("affine", make_onnx("both"), alias="a", set_alias="b")
 
 
 def test_push_batch_with_one_bad_file_registers_none(client, make_onnx, tmp_path):

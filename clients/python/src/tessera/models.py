@@ -91,7 +91,9 @@ def _route_target(target: pb.Route | pb.Shadow, selector: VersionSelector, field
 
 @dataclass(frozen=True)
 class VersionFile:
-    """One version of `client.models.push_batch`: what `push` takes for one file."""
+    """One version of `client.models.push_batch`: what `push` takes for one file. `set_alias`
+    moves that alias to the new version (`alias`, its old name, still does, with a
+    DeprecationWarning, as push's does; TypeError for both)."""
 
     name: str
     path: str | Path
@@ -104,6 +106,17 @@ class VersionFile:
     params: Mapping[str, str] | None = None
     metrics: Mapping[str, float] | None = None
     tags: Mapping[str, str] | None = None
+    # Last, so that a VersionFile made with its fields by position still reads them as before.
+    set_alias: str | None = None
+
+    def __post_init__(self) -> None:
+        # Past moved_alias, this method and the dataclass's __init__: where the VersionFile is made.
+        moved_alias("push_batch", self.set_alias, self.alias, "VersionFile(alias=...)", stacklevel=4)
+
+    @property
+    def moved_alias(self) -> str | None:
+        """The alias the new version takes: `set_alias`, or `alias`, its old name."""
+        return self.alias if self.set_alias is None else self.set_alias
 
 
 class Models(Part[C]):
@@ -254,7 +267,7 @@ class Models(Part[C]):
                 architecture=version.architecture,
                 signature=version.signature,
                 create=version.create,
-                alias=version.alias,
+                alias=version.moved_alias,
                 description=version.description,
                 params=version.params,
                 metrics=version.metrics,
@@ -658,19 +671,23 @@ def _caught_up(response: pb.WatchChangesResponse) -> bool:
     return response.HasField("caught_up")
 
 
-def moved_alias(method: str, set_alias: str | None, alias: str | None) -> str | None:
+def moved_alias(
+    method: str, set_alias: str | None, alias: str | None, given: str = "", stacklevel: int = 4
+) -> str | None:
     """The alias `method` moves to its new version: `set_alias`, or `alias`, its old name (as the
-    CLI's --alias was, which now selects a version), with a DeprecationWarning; TypeError for both."""
+    CLI's --alias was, which now selects a version), with a DeprecationWarning naming `given`
+    (default: `models.METHOD(alias=...)`); TypeError for both. `stacklevel` reaches the caller's
+    line: by default, past this function, the method that builds the call and the client's
+    wrapper running it."""
     if alias is None:
         return set_alias
     if set_alias is not None:
         raise TypeError(f"models.{method}: pass set_alias= alone; alias= is its old name")
     warnings.warn(
-        f"models.{method}(alias=...) is deprecated: use set_alias=, which moves the alias to the new "
-        "version as alias= did",
+        f"{given or f'models.{method}(alias=...)'} is deprecated: use set_alias=, which moves the alias "
+        "to the new version as alias= did",
         DeprecationWarning,
-        # Past this function, the method that builds the call and the client's wrapper running it.
-        stacklevel=4,
+        stacklevel=stacklevel,
     )
     return alias
 
