@@ -82,17 +82,45 @@ def test_a_runs_listing_is_a_frame_of_one_row_per_run(client, logged_runs):
     assert [r.id for r in client.training.runs(experiment="frames")] == [second, first]
 
 
+def test_a_leaderboard_and_a_comparison_give_runs_as_runs_do_and_frames(client, logged_runs):
+    """They gave the tessera.v1 messages while `runs()` gave `tessera.Run`: one type for a run."""
+    first, second = logged_runs
+    board = client.training.leaderboard("frames", "val_loss")
+    assert isinstance(board, tessera.Leaderboard) and len(board) == 2
+    assert isinstance(board[0].run, tessera.Run) and board[0].run.metrics["val_loss"] == 0.4
+    # What read the messages before still reads.
+    assert [(e.rank, e.run.run_id, e.value) for e in board] == [(1, first, 0.4), (2, second, 0.7)]
+    assert board == [e.info for e in board]
+    ranked = board.to_pandas()
+    assert ranked[["rank", "value", "run_id"]].values.tolist() == [[1, 0.4, first], [2, 0.7, second]]
+    assert ranked["params.lr"].tolist() == ["0.01", "0.1"]
+
+    compared = client.training.compare_runs([first, second])
+    assert isinstance(compared, tessera.RunComparison)
+    assert [run.id for run in compared.runs] == [first, second]
+    assert all(isinstance(run, tessera.Run) for run in compared.runs)
+    assert compared.runs[0].metrics["acc"] == 0.8 and compared.metrics_left_out == 0
+    assert [p.key for p in compared.params if p.differs] == ["batch", "lr"]
+    frame = compared.to_pandas().set_index("run_id")
+    assert frame.loc[first, "params.lr"] == "0.01" and frame.loc[second, "params.batch"] == "8"
+    assert pd.isna(frame.loc[first, "params.batch"]) and pd.isna(frame.loc[second, "metrics.acc"])
+    assert frame.loc[first, "metrics.val_loss"] == 0.4 and frame.loc[first, "status"] == "succeeded"
+
+
 def test_the_asyncio_client_gives_the_same_frames(daemon, logged_runs):
     first, second = logged_runs
 
-    async def scenario() -> tuple[pd.DataFrame, np.ndarray, float]:
+    async def scenario() -> tuple[pd.DataFrame, np.ndarray, float, pd.DataFrame, pd.DataFrame]:
         async with tessera.aio.Client(daemon.target) as client:
             frame = await client.training.runs(experiment="frames").to_pandas()
             history = await client.training.metric_history(first, "val_loss")
             run = await client.training.run(first)
-            return frame, history.values, run.metrics["val_loss"]
+            board = await client.training.leaderboard("frames", "val_loss")
+            compared = await client.training.compare_runs([first, second])
+            return frame, history.values, run.metrics["val_loss"], board.to_pandas(), compared.to_pandas()
 
-    frame, values, last = asyncio.run(scenario())
+    frame, values, last, ranked, compared = asyncio.run(scenario())
     assert frame["run_id"].tolist() == [second, first]
+    assert ranked["run_id"].tolist() == [first, second] and compared["run_id"].tolist() == [first, second]
     np.testing.assert_array_equal(values, [0.9, 0.4])
     assert last == 0.4

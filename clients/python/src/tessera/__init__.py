@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     )
     from tessera.explanations import Explanation, time_slice, top_positions
     from tessera.inference import LoadState, Prediction
-    from tessera.runs import MetricHistory, Run, RunMetrics
+    from tessera.runs import Leaderboard, LeaderboardEntry, MetricHistory, Run, RunComparison, RunMetrics
     from tessera.sweeps import Sweep, SweepState, SweepTrial
     from tessera.training import Job, RunStatus
     from tessera.transport import TLS, RetryPolicy
@@ -114,7 +114,14 @@ _NAMES_BY_MODULE = {
     ),
     "tessera.explanations": ("Explanation", "time_slice", "top_positions"),
     "tessera.inference": ("LoadState", "Prediction"),
-    "tessera.runs": ("MetricHistory", "Run", "RunMetrics"),
+    "tessera.runs": (
+        "Leaderboard",
+        "LeaderboardEntry",
+        "MetricHistory",
+        "Run",
+        "RunComparison",
+        "RunMetrics",
+    ),
     "tessera.sweeps": ("Sweep", "SweepState", "SweepTrial"),
     "tessera.training": ("Job", "RunStatus"),
     "tessera.transport": ("TLS", "RetryPolicy"),
@@ -142,6 +149,8 @@ __all__ = [
     "JobEvent",
     "JobFailed",
     "JobState",
+    "Leaderboard",
+    "LeaderboardEntry",
     "LoadState",
     "LogLine",
     "MetricHistory",
@@ -154,6 +163,7 @@ __all__ = [
     "ResourceUsage",
     "RetryPolicy",
     "Run",
+    "RunComparison",
     "RunMetrics",
     "RunStatus",
     "StateChanged",

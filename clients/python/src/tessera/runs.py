@@ -1,6 +1,7 @@
 """Runs and metric histories as a notebook reads them, as MLflow's are: `Run` (its message's
 fields, and `metrics["val_loss"]`, the latest value), `MetricHistory` (steps, values and times
-as numpy arrays), and a runs listing or a history `to_pandas()`. pandas is not a dependency
+as numpy arrays), `Leaderboard` and `RunComparison` (their messages' fields, their runs as
+`Run`), and a runs listing, a history, a leaderboard or a comparison `to_pandas()`. pandas is not a dependency
 of the SDK: it is imported when a frame is asked for."""
 
 from __future__ import annotations
@@ -242,6 +243,119 @@ def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
     for when in ("start_time", "end_time"):
         frame[when] = pandas.to_datetime(frame[when], utc=True)
     return frame
+
+
+class LeaderboardEntry(_Forwarded):
+    """A run's place on a leaderboard: `rank` (1 first), `value` (the metric ranked by) and `run`,
+    a `tessera.Run`. `info` is the `tessera.v1` LeaderboardEntry message, whose fields read here
+    too, as they did when the call returned the messages."""
+
+    info: pb.LeaderboardEntry
+
+    def __init__(self, info: pb.LeaderboardEntry) -> None:
+        self.info = info
+
+    def __repr__(self) -> str:
+        return f"LeaderboardEntry(rank={self.info.rank}, value={self.info.value!r}, run={self.run!r})"
+
+    @property
+    def run(self) -> Run:
+        """The run ranked."""
+        return Run(self.info.run)
+
+
+class Leaderboard(Sequence[LeaderboardEntry]):
+    """`client.training.leaderboard()`: the entries (`LeaderboardEntry`), best first, indexed,
+    iterated and counted as the list of messages it was (`board[0].run.run_id`), and equal to that
+    list; `to_pandas()` makes a DataFrame of them."""
+
+    def __init__(self, response: pb.LeaderboardResponse) -> None:
+        self._entries = [LeaderboardEntry(entry) for entry in response.entries]
+
+    @overload
+    def __getitem__(self, index: int) -> LeaderboardEntry: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[LeaderboardEntry]: ...
+    def __getitem__(self, index: int | slice) -> LeaderboardEntry | list[LeaderboardEntry]:
+        return self._entries[index]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[LeaderboardEntry]:
+        return iter(self._entries)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Leaderboard):
+            return self._entries == other._entries
+        if isinstance(other, list | tuple):
+            return len(other) == len(self._entries) and all(
+                mine == theirs for mine, theirs in zip(self._entries, other, strict=True)
+            )
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Leaderboard({self._entries!r})"
+
+    @property
+    def runs(self) -> list[Run]:
+        """The runs ranked, best first."""
+        return [entry.run for entry in self._entries]
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The entries as a DataFrame, best first: `rank` and `value` (the metric ranked by), then
+        each run's columns as `runs_frame` makes them."""
+        frame = runs_frame(self.runs)
+        frame.insert(0, "value", [entry.info.value for entry in self._entries])
+        frame.insert(0, "rank", [entry.info.rank for entry in self._entries])
+        return frame
+
+
+class RunComparison(_Forwarded):
+    """`client.training.compare_runs()`: `runs` (each a `tessera.Run`), and the message's
+    `params` and `metrics` (ParamComparison, MetricComparison: a value per run, in the order of
+    `runs`) and `metrics_left_out`, which read here as they did when the call returned the
+    message. `info` is the `tessera.v1` CompareRunsResponse; `to_pandas()` makes a DataFrame."""
+
+    info: pb.CompareRunsResponse
+
+    def __init__(self, info: pb.CompareRunsResponse) -> None:
+        self.info = info
+
+    def __repr__(self) -> str:
+        return f"RunComparison({[run.run_id for run in self.info.runs]!r})"
+
+    @property
+    def runs(self) -> list[Run]:
+        """The runs compared, in the order asked for."""
+        return [Run(run) for run in self.info.runs]
+
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per run, in the order compared: run_id, name, status, then a `params.KEY` column
+        per param compared (text, as logged) and a `metrics.KEY` column per metric compared (its
+        last value); a run without one has NA there."""
+        pandas = _pandas()
+        info = self.info
+        frame = pandas.DataFrame(
+            {
+                "run_id": [run.run_id for run in info.runs],
+                "name": [run.name for run in info.runs],
+                "status": [number_word(pb.RunStatus, run.status) for run in info.runs],
+            }
+        )
+        compared: list[pb.ParamComparison | pb.MetricComparison] = [*info.params, *info.metrics]
+        for comparison in compared:
+            kind = "params" if isinstance(comparison, pb.ParamComparison) else "metrics"
+            frame[f"{kind}.{comparison.key}"] = pandas.Series(
+                [
+                    value if there else None
+                    for value, there in zip(comparison.values, comparison.present, strict=True)
+                ],
+                dtype="object" if kind == "params" else "float64",
+            )
+        return frame
 
 
 class RunListing(Iterator[Run]):

@@ -45,7 +45,7 @@ from tessera.errors import (
 from tessera.events import JobEvent, JobState, StateChanged, event_from_proto
 from tessera.messages import from_dict
 from tessera.run_filter import RunFilter, RunOrderBy, is_order_string, parse_filter, parse_orders
-from tessera.runs import AioRunListing, MetricHistory, Run, RunListing
+from tessera.runs import AioRunListing, Leaderboard, MetricHistory, Run, RunComparison, RunListing
 from tessera.state_words import StateWord
 from tessera.sweeps import Sweep
 from tessera.transfer import (
@@ -1022,12 +1022,12 @@ class Training(Part[C]):
         return RunPages(page, "runs", Run)
 
     @call
-    def compare_runs(
-        self, run_ids: Sequence[str], *, timeout: float | None = None
-    ) -> Op[pb.CompareRunsResponse]:
-        """Params and metrics of two or more runs side by side: the first 2,000 metric keys of
-        the runs together, its metrics_left_out counting the rest (list_metrics lists them)."""
-        return Op(S, "CompareRuns", pb.CompareRunsRequest(run_ids=list(run_ids)), timeout=timeout)
+    def compare_runs(self, run_ids: Sequence[str], *, timeout: float | None = None) -> Op[RunComparison]:
+        """Params and metrics of two or more runs side by side, as a `tessera.RunComparison`
+        (`.runs`, `.params`, `.metrics`, `.to_pandas()`): the first 2,000 metric keys of the runs
+        together, its metrics_left_out counting the rest (list_metrics lists them)."""
+        request = pb.CompareRunsRequest(run_ids=list(run_ids))
+        return Op(S, "CompareRuns", request, RunComparison, timeout=timeout)
 
     @call
     def leaderboard(
@@ -1039,15 +1039,17 @@ class Training(Part[C]):
         field: str | int | None = None,
         *,
         timeout: float | None = None,
-    ) -> Op[Sequence[pb.LeaderboardEntry]]:
+    ) -> Op[Leaderboard]:
         """An experiment's runs ranked by `metric` ("min" or "max" is better; default by name), by
-        its summary's `field` ("last", "min" or "max"; default: the one `mode` names)."""
+        its summary's `field` ("last", "min" or "max"; default: the one `mode` names), as a
+        `tessera.Leaderboard` of entries (`rank`, `value`, `run`, a `tessera.Run`), best first;
+        `.to_pandas()` makes a DataFrame of them."""
         request = pb.LeaderboardRequest(experiment=experiment, metric=metric, limit=limit)
         if mode is not None:
             request.mode = enum_value(job_spec_pb2.OptimizeMode, "OPTIMIZE_MODE_", mode)
         if field is not None:
             request.field = enum_value(pb.SummaryField, "SUMMARY_FIELD_", field)
-        return Op(S, "Leaderboard", request, lambda response: list(response.entries), timeout=timeout)
+        return Op(S, "Leaderboard", request, Leaderboard, timeout=timeout)
 
     @call
     def log_params(self, run_id: str, params: Mapping[str, Any], *, timeout: float | None = None) -> Op[None]:

@@ -200,7 +200,7 @@ def cmd_runs_show(client: Client, args: argparse.Namespace, out: Output) -> None
 def cmd_runs_compare(client: Client, args: argparse.Namespace, out: Output) -> None:
     if len(args.run_ids) < 2:
         raise UsageError("runs compare takes two or more RUN_IDs")
-    compared = client.training.compare_runs(args.run_ids)
+    compared = client.training.compare_runs(args.run_ids).info
     if out.as_json:
         return out.json(compared)
     runs = compared.runs
@@ -493,10 +493,11 @@ def cmd_experiments_restore(client: Client, args: argparse.Namespace, out: Outpu
 
 
 def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) -> None:
-    def board() -> Sequence[training_pb2.LeaderboardEntry]:
-        return client.training.leaderboard(
+    def board() -> list[training_pb2.LeaderboardEntry]:
+        ranked = client.training.leaderboard(
             args.experiment, args.metric, mode=args.mode, limit=args.limit, field=args.field
         )
+        return [entry.info for entry in ranked]
 
     entries = board()
     if not entries:
