@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -116,3 +117,51 @@ def test_a_directory_another_made_at_a_name_being_made_is_left(tmp_path: Path) -
     assert make_directories(directory) == []
     remove_unfinished()
     assert directory.is_dir()
+
+
+def test_a_directory_another_thread_is_making_is_still_noted_after_this_one_finds_it_there(
+    tmp_path: Path,
+) -> None:
+    """Two downloads on two threads make one directory: the one that finds it made, between the
+    other's mkdir and its noting, dropped the other's note (one set of names for all threads), so
+    that a signal's way out left it behind."""
+    shared = tmp_path / "shared"
+    made, go = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def other() -> None:
+        def pause_after_mkdir(frame: FrameType, event: str, arg: object) -> None:
+            if event == "c_return" and arg is os.mkdir and not made.is_set():
+                made.set()
+                go.wait(10)
+
+        sys.setprofile(pause_after_mkdir)
+        try:
+            make_directories(shared / "b")
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            sys.setprofile(None)
+
+    maker = threading.Thread(target=other)
+
+    def other_makes_it_first(frame: FrameType, event: str, arg: object) -> None:
+        # This one found `shared` missing; the other makes it as this one goes to.
+        if event == "c_call" and arg is os.mkdir and not maker.is_alive() and not made.is_set():
+            maker.start()
+            made.wait(10)
+
+    sys.setprofile(other_makes_it_first)
+    try:
+        make_directories(shared / "a")
+    finally:
+        sys.setprofile(None)
+    try:
+        assert made.is_set() and (shared / "a").is_dir()
+        remove_unfinished()
+        assert not shared.exists()
+    finally:
+        go.set()
+        maker.join(10)
+    # Its directory went on the way out under it, as it does on a signal's.
+    assert [type(error) for error in failures] == [FileNotFoundError]

@@ -102,8 +102,10 @@ _being_made: set[Path] = set()
 # first, until it put its file in them or removed them: a name is removed only while it names
 # the directory made, and only while it is empty (bytes kept for a resume keep it).
 _directories_made: dict[Identity, Path] = {}
-# The names `make_directories` is making a directory at, until it is noted in `_directories_made`.
-_directories_being_made: set[Path] = set()
+# The names `make_directories` calls are making a directory at, until it is noted in
+# `_directories_made`, each under a key of its own call: calls on other threads may make the same
+# name, and one that fails removes only what it was making, never another's.
+_directories_being_made: dict[object, Path] = {}
 
 
 def _identity(status: os.stat_result) -> Identity:
@@ -139,12 +141,18 @@ def remove_unfinished() -> None:
             if _identity(os.lstat(partial)) == made:
                 partial.unlink()
         forget_made(made)
-    # The deepest first: each is made in one noted before.
-    for directory in list(_directories_being_made):
-        _remove_if_empty(directory)
-    made_directories = list(reversed(_directories_made))
-    remove_empty_directories(made_directories)
-    forget_directories(made_directories)
+    # The deepest first, of every download's: those of downloads on other threads may nest in each
+    # other's.
+    directories: list[tuple[Path, object | None, Identity | None]] = [
+        (name, key, None) for key, name in list(_directories_being_made.items())
+    ]
+    directories += [(name, None, identity) for identity, name in list(_directories_made.items())]
+    for name, key, identity in sorted(directories, key=lambda entry: len(entry[0].parts), reverse=True):
+        if identity is None:
+            _remove_if_empty(key, name)
+        else:
+            remove_empty_directories([identity])
+            forget_directories([identity])
 
 
 def is_download_directory(path: str | Path) -> bool:
@@ -164,39 +172,42 @@ def make_directories(directory: Path) -> list[Identity]:
         missing.append(current)
         current = current.parent
     made: list[Identity] = []
+    key = object()
     try:
         for name in reversed(missing):
             # Its name noted before it exists: a signal can land between its making and its noting
             # by identity, and `remove_unfinished` then still finds it, by name alone (an empty
             # one another made there in that moment would go too).
-            _directories_being_made.add(name)
+            _directories_being_made[key] = name
             try:
                 name.mkdir()
             except OSError:
                 # Not made: one there already is another's.
-                _directories_being_made.discard(name)
+                del _directories_being_made[key]
                 if not name.is_dir():
                     raise
                 continue
             identity = _identity(os.lstat(name))
             _directories_made[identity] = name
-            _directories_being_made.discard(name)
+            del _directories_being_made[key]
             made.insert(0, identity)
     except BaseException:
-        # Stopped (Ctrl-C) or failed midway: those made are let go of as a failed download's are.
-        for name in list(_directories_being_made & set(missing)):
-            _remove_if_empty(name)
+        # Stopped (Ctrl-C) or failed midway: those made are let go of as a failed download's are;
+        # the one this call was making, if any, too, and none that another call is making.
+        being_made = _directories_being_made.get(key)
+        if being_made is not None:
+            _remove_if_empty(key, being_made)
         remove_empty_directories(made)
         raise
     return made
 
 
-def _remove_if_empty(name: Path) -> None:
-    """The directory being made at `name` (`make_directories`) removed where it was made and is
-    empty, and no longer noted."""
+def _remove_if_empty(key: object, name: Path) -> None:
+    """The directory a call (`key`) of `make_directories` was making at `name` removed where it
+    was made and is empty, and no longer noted."""
     with contextlib.suppress(OSError):
         name.rmdir()
-    _directories_being_made.discard(name)
+    _directories_being_made.pop(key, None)
 
 
 def remove_empty_directories(made: list[Identity]) -> None:
