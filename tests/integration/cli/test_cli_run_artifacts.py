@@ -69,6 +69,30 @@ def test_get_everything_of_a_run_without_artifacts_says_so(tessera_cli, client, 
     assert not (tmp_path / "out").exists()
 
 
+def test_a_get_of_many_files_that_fails_at_a_later_one_leaves_the_destination_as_it_was(
+    tessera_cli, client, tmp_path
+):
+    """The files written before the one that failed, and the directories made for them, stayed:
+    half a tree that read as a whole one."""
+    run = client.training.create_run("cli-artifacts").run_id
+    for name in ("one.txt", "z.txt"):
+        (tmp_path / name).write_text(f"{name}\n")
+    client.training.log_artifact(run, tmp_path / "one.txt", "plots/a")
+    client.training.log_artifact(run, tmp_path / "z.txt", "plots")
+    out = tmp_path / "out"
+    # A directory where the later file goes: its download fails once the first is in place.
+    (out / "plots" / "z.txt" / "one.txt").parent.mkdir(parents=True)
+    (out / "plots" / "z.txt" / "one.txt").write_text("mine\n")
+
+    got = tessera_cli("runs", "artifacts", "get", run, "plots", "-o", str(out), "--force")
+    assert got.code == EXIT_FAILED and "z.txt" in got.err and "is a directory" in got.err, got.err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "plots",
+        "plots/z.txt",
+        "plots/z.txt/one.txt",
+    ]
+
+
 def test_get_into_a_new_directory_named_with_a_trailing_slash(tessera_cli, client, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = client.training.create_run("cli-artifacts").run_id

@@ -50,6 +50,7 @@ from tessera.state_words import StateWord
 from tessera.sweeps import Sweep
 from tessera.transfer import (
     CHUNK_BYTES,
+    NewFiles,
     Progress,
     SinkInDirectory,
     check_chunk_size,
@@ -308,7 +309,9 @@ class RunPages(Pages[Run]):
 @dataclass(frozen=True)
 class ArtifactTree(Call[Path]):
     """Download every artifact `listing` gives under `root` at its own path; `missing` is the
-    call that reports the error when the listing is empty (None: nothing to report)."""
+    call that reports the error when the listing is empty (None: nothing to report). One failing
+    (or stopped) removes the files written before it that were not there, and the directories
+    made for them (see `NewFiles`): the destination is left as it was, not half a tree."""
 
     listing: Pages[pb.RunArtifact]
     download: Callable[[str, Path], ResumingDownload[pb.RunArtifact]]
@@ -327,8 +330,15 @@ class ArtifactTree(Call[Path]):
         if not artifacts and self.missing is not None:
             self.missing.run(conn)
         self._check_free(artifacts)
-        for artifact in artifacts:
-            self.download(artifact.path, artifact_file(self.root, artifact.path)).run(conn)
+        files = [artifact_file(self.root, artifact.path) for artifact in artifacts]
+        written = NewFiles(files)
+        try:
+            for artifact, file in zip(artifacts, files, strict=True):
+                self.download(artifact.path, file).run(conn)
+                written.wrote(file)
+        except BaseException:
+            written.undo()
+            raise
         return self.result
 
     async def run_async(self, conn: AioConnection) -> Path:
@@ -336,8 +346,15 @@ class ArtifactTree(Call[Path]):
         if not artifacts and self.missing is not None:
             await self.missing.run_async(conn)
         self._check_free(artifacts)
-        for artifact in artifacts:
-            await self.download(artifact.path, artifact_file(self.root, artifact.path)).run_async(conn)
+        files = [artifact_file(self.root, artifact.path) for artifact in artifacts]
+        written = NewFiles(files)
+        try:
+            for artifact, file in zip(artifacts, files, strict=True):
+                await self.download(artifact.path, file).run_async(conn)
+                written.wrote(file)
+        except BaseException:
+            written.undo()
+            raise
         return self.result
 
 

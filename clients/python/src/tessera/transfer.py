@@ -10,7 +10,7 @@ import os
 import secrets
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Generic, Protocol, TypeVar
 
@@ -232,6 +232,43 @@ def forget_directories(made: list[Identity]) -> None:
     are removed: `remove_unfinished` leaves them now."""
     for identity in made:
         _directories_made.pop(identity, None)
+
+
+class NewFiles:
+    """The files of a download of many that were not there before it, and the directories that
+    were missing to hold them: once `wrote` notes each put in place, `undo` removes them (a file
+    while its name still names the one written, a directory while empty), deepest first, so that
+    a download failing at a later file leaves the destination as it was, but for a file it
+    replaced (overwrite) and the bytes a failed file kept for a resume (and their directories)."""
+
+    def __init__(self, files: Iterable[Path]) -> None:
+        files = list(files)
+        self._absent = {file for file in files if not os.path.lexists(file)}
+        missing: set[Path] = set()
+        for file in files:
+            directory = file.parent
+            while directory not in missing and not directory.exists():
+                missing.add(directory)
+                directory = directory.parent
+        self._directories = sorted(missing, key=lambda directory: len(directory.parts), reverse=True)
+        self._written: dict[Path, Identity] = {}
+
+    def wrote(self, file: Path) -> None:
+        """`file` is in place: one not there before is undone by `undo`."""
+        if file in self._absent:
+            with contextlib.suppress(OSError):
+                self._written[file] = _identity(os.lstat(file))
+
+    def undo(self) -> None:
+        """Remove the files written and the directories made empty (see the class)."""
+        for file, identity in self._written.items():
+            with contextlib.suppress(OSError):
+                if _identity(os.lstat(file)) == identity:
+                    file.unlink()
+        self._written.clear()
+        for directory in self._directories:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def bytes_chunks(data: bytes, chunk_size: int, progress: Progress | None) -> Iterator[bytes]:
