@@ -66,8 +66,9 @@ class FakeSystem(system_pb2_grpc.SystemServicer):
 
 
 class FakeTraining(training_pb2_grpc.TrainingServicer):
-    """WatchJob replays `events` from from_seq; a stream ends UNAVAILABLE after the number of
-    events given in `cut_after` (one entry per stream), and each request is recorded. A
+    """WatchJob replays `events` from from_seq; a stream ends with `cut_with` (UNAVAILABLE, as a
+    restart) after the number of events given in `cut_after` (one entry per stream), and each
+    request is recorded. A
     `gate` makes streams wait before sending event `gate_seq`, so a test can cut the wire."""
 
     def __init__(self, count: int = 10) -> None:
@@ -78,6 +79,7 @@ class FakeTraining(training_pb2_grpc.TrainingServicer):
             for seq in range(1, count + 1)
         ]
         self.cut_after: list[int] = []
+        self.cut_with = (grpc.StatusCode.UNAVAILABLE, "fake daemon restarting; resume from seq")
         self.requests: list[int] = []
         self.gate: threading.Event | None = None
         self.gate_seq = 0
@@ -96,7 +98,7 @@ class FakeTraining(training_pb2_grpc.TrainingServicer):
             if event.seq < max(request.from_seq, 1):
                 continue
             if limit is not None and sent == limit:
-                context.abort(grpc.StatusCode.UNAVAILABLE, "fake daemon restarting; resume from seq")
+                context.abort(*self.cut_with)
             if self.gate is not None and event.seq == self.gate_seq:
                 self.gate.wait(10)
             yield event

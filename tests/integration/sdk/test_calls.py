@@ -193,6 +193,33 @@ def test_watch_resumes_from_the_last_event_after_the_server_ends_the_stream(fake
     assert fake.training.requests == [1, 5, 8]
 
 
+@pytest.mark.parametrize(
+    ("code", "details"),
+    [
+        (grpc.StatusCode.INTERNAL, "Received RST_STREAM with error code 2"),
+        (grpc.StatusCode.CANCELLED, "Received RST_STREAM with error code 8"),
+    ],
+)
+def test_watch_resumes_after_a_stream_reset(fake, code, details):
+    """A proxy or a restarting daemon resets the stream (gRPC's INTERNAL or CANCELLED saying
+    RST_STREAM): the watch ended there with an error, where a cut UNAVAILABLE was resumed."""
+    fake.training.cut_with = (code, details)
+    fake.training.cut_after = [4]
+    with tessera.Client(fake.target, retry=FAST_RETRY) as client:
+        events = list(client.training.watch("job-1"))
+    assert [event.seq for event in events] == list(range(1, 11))
+    assert fake.training.requests == [1, 5]
+
+
+def test_watch_ends_on_the_daemons_own_internal_error(fake):
+    """Not a reset: a bug in the daemon, which a watch made again would meet again."""
+    fake.training.cut_with = (grpc.StatusCode.INTERNAL, "internal error (error id 1234abcd)")
+    fake.training.cut_after = [4]
+    with tessera.Client(fake.target, retry=FAST_RETRY) as client, pytest.raises(tessera.Internal):
+        list(client.training.watch("job-1"))
+    assert fake.training.requests == [1]
+
+
 def test_watch_resumes_after_the_connection_is_cut(fake, proxy_to):
     proxy = proxy_to(fake.port)
     fake.training.gate = threading.Event()

@@ -40,6 +40,7 @@ from tessera.errors import (
     TesseraError,
     Unavailable,
     reached_no_daemon,
+    stream_reset,
 )
 from tessera.transport import AioConnection, Connection, RetryPolicy, call_timeout
 
@@ -355,7 +356,7 @@ class Reconnects:
 
     def resume_after(self, error: TesseraError) -> float:
         """Seconds to wait before resuming; re-raises `error` when it must not be resumed."""
-        if not isinstance(error, self.RESUMED):
+        if not self.resumes(error):
             raise error
         self._failures += 1
         if self._failures >= self._retry.attempts:
@@ -364,6 +365,10 @@ class Reconnects:
         if self._deadline is not None and time.monotonic() + pause >= self._deadline:
             raise self._gave_up(error, ": its timeout ends before the next")
         return pause
+
+    def resumes(self, error: TesseraError) -> bool:
+        """Whether the stream is made again after `error`: one of RESUMED."""
+        return isinstance(error, self.RESUMED)
 
     def _gave_up(self, error: TesseraError, why: str) -> TesseraError:
         """`error` (same type, same trailers) saying how many reconnects were made before it."""
@@ -615,7 +620,7 @@ def _abort_made(error: BaseException, making: asyncio.Future[ResumableSink[Any]]
 class SeqCursor(Reconnects, ABC):
     """Where a stream of numbered responses has got to (a job's events, the registry's
     changes): resumed from the next sequence number, after RESOURCE_EXHAUSTED (watcher too
-    slow) too."""
+    slow) and a stream reset (`stream_reset`) too."""
 
     RESUMED = (Unavailable, ResourceExhausted)
 
@@ -629,6 +634,11 @@ class SeqCursor(Reconnects, ABC):
 
     def again(self) -> str:
         return f"{super().again()} from seq {self.next_seq}"
+
+    def resumes(self, error: TesseraError) -> bool:
+        """A stream reset (RST_STREAM: a daemon restarting, a proxy dropping its upstream) too: a
+        watch only reads, and goes on from the next sequence number, so nothing is seen twice."""
+        return super().resumes(error) or stream_reset(error)
 
     def accept_seq(self, seq: int) -> bool:
         """Record a received response's seq; False for a replayed one the caller already has."""

@@ -70,6 +70,12 @@ class DeadlineExceeded(TesseraError):
     code = "DEADLINE_EXCEEDED"
 
 
+class NotAnswering(DeadlineExceeded):
+    """The daemon did not answer at all, so that a deadline passed: no connection to it was ready
+    at the call's deadline, or a follower's polls went unanswered for minutes. The message says
+    what to check; a longer timeout is not the fix."""
+
+
 class StillRunning(DeadlineExceeded, TimeoutError):
     """`Job.wait(timeout=...)` (`Sweep.wait`) ran out of time while the job (sweep) had not
     ended; it goes on (`job_id`, `sweep_id` names it): wait again, or cancel it. A
@@ -243,6 +249,14 @@ ERROR_BY_CODE: dict[grpc.StatusCode, type[TesseraError]] = {
 # gRPC's words when no connection could be made at all, as opposed to a daemon answering
 # UNAVAILABLE itself (shutting down, a version unloading).
 UNREACHABLE = re.compile(r"backends failing|failed to connect|errors resolving", re.IGNORECASE)
+
+
+def stream_reset(error: TesseraError) -> bool:
+    """Whether `error` is gRPC's for a stream that the other end, or a proxy between, reset
+    (HTTP/2 RST_STREAM: "Received RST_STREAM with error code 2" is INTERNAL, code 8 CANCELLED), as
+    a daemon restarting or a proxy dropping its upstream does, not the daemon's own INTERNAL (a
+    bug, with an error id, which a retry meets again)."""
+    return isinstance(error, Internal | Cancelled) and "RST_STREAM" in error.daemon_message
 
 
 def reached_no_daemon(error: TesseraError) -> bool:
