@@ -4,6 +4,7 @@ non-zero exit with the daemon's message (never a traceback) on every failure."""
 from __future__ import annotations
 
 import re
+import socket
 import time
 
 import numpy as np
@@ -60,6 +61,21 @@ def test_an_unreachable_daemon_fails_with_a_message(tessera_cli):
     # The SDK's message says it in the SDK's words; the CLI in its flags, and once.
     assert result.err.count("is tesserad running") == 1 and "target=" not in result.err, result.err
     assert result.err.count("gRPC said: ") == 1, result.err
+
+
+def test_a_port_that_says_nothing_past_the_deadline_is_not_told_to_give_timeout_more_seconds(tessera_cli):
+    """No connection was ready at the deadline: the message says what to check, and a longer
+    --timeout, which it also said to give, would not have helped."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)  # the kernel's backlog takes the connection; nothing answers on it
+        silent = f"127.0.0.1:{listener.getsockname()[1]}"
+        result = tessera_cli("--timeout", "1", "info", target=silent)
+    assert result.code == EXIT_DAEMON, result.err
+    assert result.err.startswith(
+        f"tessera: DEADLINE_EXCEEDED: nothing at {silent} answered gRPC before the call's deadline"
+    ), result.err
+    assert "more seconds" not in result.err, result.err
 
 
 def test_a_token_no_header_can_carry_fails_with_a_message_that_does_not_show_it(tessera_cli):

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -20,7 +21,9 @@ from tessera.cli import main
 from tessera.messages import load_toml
 from tesserad.training.jobs import Jobs
 from tesserad.training.sweeps import Sweeps
+from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.training.conftest import upload_standard_datasets
+from tests.tcp_proxy import CuttableProxy
 
 
 def test_the_demo_says_each_state_once(tessera_cli):
@@ -235,6 +238,53 @@ def test_following_a_job_that_stops_early_says_why(tessera_cli, table_dataset, t
         f"after epoch 2: val_loss did not improve on its best, {stopped['best']:.6g} after epoch 1, by more "
         "than 100 for 1 epoch (early_stopping.patience)"
     ) in " ".join(shown.out.split()), shown.out
+
+
+def test_following_a_job_of_a_daemon_that_stops_answering_gives_up_saying_so(
+    tessera_cli, tmp_path, monkeypatch
+):
+    """A hung daemon (here, its connection black-holed) held the follower for ever: its watch had
+    no deadline, and nor would a GetJob after it. It asks in rounds and gives up, saying why, and
+    not that a longer --timeout would help."""
+    # A daemon that schedules nothing: the job stays queued, quiet, with no worker to wait for.
+    monkeypatch.setattr(Jobs, "_schedule_loop", lambda self: None)
+    queued = InProcessDaemon(daemon_settings(tmp_path / "queued")).start()
+    proxy = CuttableProxy(queued.daemon.port)
+    try:
+        with tessera.Client(queued.target) as sdk:
+            table = tmp_path / "table.npz"
+            np.savez(table, x=np.zeros((8, 4), np.float32), y=np.zeros(8, np.int64))
+            sdk.datasets.push("table", table)
+            spec = tmp_path / "job.toml"
+            spec.write_text(JOB_SPEC)
+            job = sdk.training.submit(load_toml(spec))
+        for name, seconds in (("WATCH_ROUND_S", 0.5), ("POLL_TIMEOUT_S", 0.3), ("_ASK_AGAIN_S", 0.1)):
+            monkeypatch.setattr(tessera.follow, name, seconds)
+        monkeypatch.setattr(tessera.sweeps, "FAILING_POLLS_S", 1.0)
+        shown = tessera.follow.state_line
+
+        def black_hole_once_followed(event: tessera.StateChanged) -> str:
+            proxy.black_hole()
+            return shown(event)
+
+        monkeypatch.setattr(tessera.follow, "state_line", black_hole_once_followed)
+        results: list[Any] = []
+        follower = threading.Thread(
+            target=lambda: results.append(tessera_cli("jobs", "watch", job.id, target=proxy.target)),
+            daemon=True,
+        )
+        follower.start()
+        follower.join(60)
+        assert results, "the follower still waits on a daemon that does not answer"
+    finally:
+        proxy.close()
+        queued.stop()
+    [result] = results
+    assert result.code == 3, result.err
+    assert result.err.startswith(
+        "tessera: DEADLINE_EXCEEDED: the daemon has not answered for 1 s, asked for job"
+    ), result.err
+    assert f"`tessera jobs watch {job.id}`" in result.err and "--timeout" not in result.err, result.err
 
 
 def test_jobs_watch_looks_its_job_up_whatever_the_timeout(

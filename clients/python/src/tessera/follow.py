@@ -12,7 +12,17 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from tessera.errors import StoppedFollowing, Terminated, Unavailable
+from tessera import sweeps
+from tessera.errors import (
+    DeadlineExceeded,
+    NotAnswering,
+    ResourceExhausted,
+    StoppedFollowing,
+    Terminated,
+    TesseraError,
+    Unavailable,
+    stream_reset,
+)
 from tessera.events import (
     EpochMetrics,
     JobError,
@@ -34,32 +44,92 @@ from tessera.v1 import training_pb2
 
 # Between asks while the daemon does not answer.
 _ASK_AGAIN_S = 1.0
+# A follower's watch is made again after this long (from the next event), and where no event came
+# in it the daemon is asked for the job: a quiet job (queued for hours) goes on being followed, a
+# daemon that no longer answers (hung, or behind a proxy that lost it) is told from it.
+WATCH_ROUND_S = 60.0
+# The deadline of each such ask: the daemon answers GetJob from its store in milliseconds.
+POLL_TIMEOUT_S = 10.0
+
+
+def transient(error: TesseraError) -> bool:
+    """Whether a follower asks again after `error`: the daemon restarting or out of reach
+    (UNAVAILABLE), a stream reset by it or a proxy (`stream_reset`), an ask or a round that ran
+    past its own deadline (DEADLINE_EXCEEDED: the follower's deadlines, not the job's), a watcher
+    too slow (RESOURCE_EXHAUSTED). Any other code is the daemon's answer, given again."""
+    return isinstance(error, Unavailable | DeadlineExceeded | ResourceExhausted) or stream_reset(error)
 
 
 class Outage(FailingPolls):
     """How long the daemon has not answered a follower of a job, counted as a sweep's failing
     polls are: a restart ends no job, and its follower waits it out as long."""
 
-    def wait(self, error: Unavailable) -> None:
-        """Pause before asking again; re-raise `error` once the daemon has not answered for FAILING_POLLS_S."""
+    def __init__(self, job: Job[Connection]) -> None:
+        super().__init__()
+        self._job = job
+
+    def wait(self, error: TesseraError) -> None:
+        """Pause before asking again; raise `error`, saying how long the daemon has not answered,
+        once that is FAILING_POLLS_S."""
         if self.give_up():
-            raise error
+            raise self._gave_up(error)
         time.sleep(_ASK_AGAIN_S)
+
+    def until_answered(self, error: TesseraError | None) -> None:
+        """Ask the daemon for the job (GetJob, POLL_TIMEOUT_S each) until it answers: at once
+        where `error` is None, else after a pause, and every _ASK_AGAIN_S while it does not."""
+        while True:
+            if error is not None:
+                self.wait(error)
+            try:
+                self._job.refresh(timeout=POLL_TIMEOUT_S)
+            except TesseraError as failed:
+                if not transient(failed):
+                    raise
+                error = failed
+                continue
+            self.answered()
+            return
+
+    def _gave_up(self, error: TesseraError) -> TesseraError:
+        job_id = self._job.id
+        said = (
+            f"the daemon has not answered for {sweeps.FAILING_POLLS_S:g} s, asked for job "
+            f"{job_id} every {_ASK_AGAIN_S:g} s (each ask given {POLL_TIMEOUT_S:g} s); gave up following "
+            f"it: it may go on there. Check that tesserad runs and answers there, then follow it again "
+            f"with `tessera jobs watch {job_id}` (the last ask said {error.code}: {error.daemon_message})"
+        )
+        if isinstance(error, DeadlineExceeded):
+            # The follower's own deadlines passed, not --timeout's: a longer one is not the fix.
+            return NotAnswering(said, error.trailers)
+        return type(error)(said, error.trailers)
 
 
 def events_outlasting_restarts(job: Job[Connection], from_seq: int) -> Iterator[JobEvent]:
-    """The job's events from `from_seq` until it ends, watched again from the next one while the
-    daemon is unavailable (the SDK's reconnects span seconds, a restart may take longer)."""
-    outage = Outage()
+    """The job's events from `from_seq` until it ends, watched in rounds of WATCH_ROUND_S, and
+    again from the next one once the daemon answers after a transient failure (`transient`; the
+    SDK's reconnects span seconds, a restart may take longer); a round without events asks the
+    daemon for the job first. Gives up once the daemon has not answered for FAILING_POLLS_S."""
+    outage = Outage(job)
     while True:
+        heard = False
         try:
-            for event in job.watch(from_seq=from_seq):
+            for event in job.watch(from_seq=from_seq, timeout=WATCH_ROUND_S):
+                heard = True
                 outage.answered()
                 from_seq = event.seq + 1
                 yield event
             return
-        except Unavailable as error:
-            outage.wait(error)
+        except TesseraError as error:
+            if not transient(error):
+                raise
+            if isinstance(error, DeadlineExceeded):
+                if heard:
+                    # The round ran out with the job talking: the daemon answers.
+                    continue
+                outage.until_answered(None)
+            else:
+                outage.until_answered(error)
 
 
 @dataclass

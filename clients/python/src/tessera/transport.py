@@ -27,6 +27,7 @@ from tessera.errors import (
     CONNECT_TIMEOUT_S,
     Cancelled,
     DeadlineExceeded,
+    NotAnswering,
     Unavailable,
     error_from_rpc,
     explain_unreachable,
@@ -593,7 +594,7 @@ class _Channel(ABC):
                     self.target, "before the call's deadline", error.daemon_message, accepted=False
                 )
             )
-            return DeadlineExceeded(message, error.trailers)
+            return NotAnswering(message, error.trailers)
         return explain_unreachable(
             error,
             self.target,

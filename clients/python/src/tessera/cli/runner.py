@@ -26,7 +26,15 @@ from tessera.cli.system import cmd_admin_backup, cmd_demo
 from tessera.cli.tracking import cmd_runs_artifacts_get, cmd_runs_artifacts_put
 from tessera.client import Client
 from tessera.entry import EXIT_INTERRUPTED, EXIT_TERMINATED
-from tessera.errors import DeadlineExceeded, JobFailed, StoreDamaged, SweepFailed, Terminated, TesseraError
+from tessera.errors import (
+    DeadlineExceeded,
+    JobFailed,
+    NotAnswering,
+    StoreDamaged,
+    SweepFailed,
+    Terminated,
+    TesseraError,
+)
 from tessera.rpc_commands import in_cli_words
 from tessera.sweep_commands import cmd_sweep, cmd_sweeps_show
 from tessera.transfer import remove_unfinished
@@ -156,6 +164,10 @@ def run(args: argparse.Namespace, out: Output, signals: _Signals) -> int:
     except UsageError as err:
         args.parser.print_usage(sys.stderr)
         return _fail(EXIT_USAGE, f"{args.parser.prog}: error: {err}")
+    except NotAnswering as err:
+        # The daemon did not answer at all (no connection ready, a follower's asks unanswered): its
+        # words say what to check, and a longer --timeout would not have helped.
+        return _fail(EXIT_DAEMON, f"tessera: {err.code}: {in_cli_words(err.daemon_message)}")
     except DeadlineExceeded as err:
         # gRPC's own words ("Deadline Exceeded") name no limit, nor how to lengthen it.
         return _fail(
