@@ -15,6 +15,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from tessera.calls import C, Call, Op, Part, call
 from tessera.errors import (
     DeadlineExceeded,
+    NotAnswering,
     StillRunning,
     SweepCancelled,
     SweepFailed,
@@ -205,7 +206,7 @@ class SweepEnd(Call[T]):
                 info = get.run(conn)
             except (DeadlineExceeded, Unavailable) as error:
                 if failing.give_up(deadline):
-                    raise
+                    raise self._gave_up(error) from None
                 time.sleep(self._retry_pause(deadline, state, error))
                 continue
             failing.answered()
@@ -225,7 +226,7 @@ class SweepEnd(Call[T]):
                 info = await get.run_async(conn)
             except (DeadlineExceeded, Unavailable) as error:
                 if failing.give_up(deadline):
-                    raise
+                    raise self._gave_up(error) from None
                 await asyncio.sleep(self._retry_pause(deadline, state, error))
                 continue
             failing.answered()
@@ -234,6 +235,18 @@ class SweepEnd(Call[T]):
             if self.settled(info):
                 return self.ended(info)
             await asyncio.sleep(self._pause(deadline, state))
+
+    def _gave_up(self, error: DeadlineExceeded | Unavailable) -> TesseraError:
+        """`error`, the last poll's, saying that the polls failed for FAILING_POLLS_S in a row: a
+        NotAnswering for a deadline, as a longer one would not have been answered either."""
+        said = (
+            f"{error.daemon_message} (gave up waiting for sweep {self.sweep_id}: its polls failed for "
+            f"{FAILING_POLLS_S:g} s in a row; it may go on there: check that the daemon runs and answers, "
+            "then wait for it again)"
+        )
+        if isinstance(error, DeadlineExceeded):
+            return NotAnswering(said, error.trailers)
+        return type(error)(said, error.trailers)
 
     def _deadline(self) -> float | None:
         return None if self.timeout is None else time.monotonic() + self.timeout
