@@ -679,9 +679,10 @@ class Job(Part[C]):
     @stream
     def watch(self, from_seq: int = 1, timeout: float | None = None) -> Resumable[JobEvent]:
         """The job's events from `from_seq` (1, or 0 too: the first), then live until the job ends.
-        A cut connection, or a daemon restart within the client's RetryPolicy (its `attempts`
-        reconnects in a row: about 2 s with the defaults; raise it to ride out a longer restart),
-        is resumed from the last event seen, so no event is missed or repeated. A daemon that
+        A cut connection, a stream reset (RST_STREAM, as a proxy gives), or a daemon restart
+        within the client's RetryPolicy (its `attempts` reconnects in a row: about 2 s with the
+        defaults; raise it to ride out a longer restart), is resumed from the last event seen, so
+        no event is missed or repeated. A daemon that
         stops gracefully interrupts the job without ending it (the next start resumes it): the
         watch is resumed as for a restart, and raises Unavailable once those reconnects fail; it
         never ends on an INTERRUPTED state. `timeout` bounds the whole watch (None: no deadline).
