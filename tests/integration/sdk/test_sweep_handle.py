@@ -17,7 +17,6 @@ import pytest
 
 import tessera
 import tessera.aio
-from tessera.errors import NotAnswering
 from tessera.v1 import training_pb2 as pb
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.sdk.test_stream_restarts import restarted, wait_reachable
@@ -163,7 +162,7 @@ def test_a_wait_without_a_timeout_gives_up_on_polls_failing_past_the_window_with
                 waited.wait(poll=0.2)
         assert not isinstance(caught.value, tessera.StillRunning)
         # Said as what it is: nothing answered for the window, which a longer deadline would not fix.
-        assert isinstance(caught.value, NotAnswering), caught.value
+        assert isinstance(caught.value, tessera.NotAnswering), caught.value
         assert f"gave up waiting for sweep {sweep.id}: its polls failed for 2 s in a row" in str(caught.value)
     finally:
         sweep.cancel()
