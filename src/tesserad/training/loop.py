@@ -61,6 +61,10 @@ class Outcome:
     weights: bytes | None = None
 
 
+# What an epoch's end decides from its metrics, carried over an epoch that max_steps cut short.
+_EPOCH_VERDICTS = ("early_best", "bad_epochs", "best")
+
+
 def build_optimizer(params: Any, config: dict[str, Any]) -> torch.optim.Optimizer:
     name, lr, wd = config["name"], config["lr"], config["weight_decay"]
     if name == "sgd":
@@ -256,15 +260,19 @@ class Trainer:
         process.cpu_percent()
         last_metrics: dict[str, float] = {}
         first_epoch, batches_done = self._resume_position()
+        # The cut epoch's sums so far, when this job goes on part way through it.
+        carried = self._carried_epoch() if batches_done else (0.0, 0.0, 0)
         for epoch in range(first_epoch, self.epochs):
             epoch_started = self._clock()
             if epoch_ended is not None:
                 window_start += epoch_started - epoch_ended
             self.net.train()
             order = epoch_order(config["seed"], epoch, len(self.train_indices), self.dist)
-            loss_sum = torch.zeros((), device=self.device)
-            correct = torch.zeros((), device=self.device)
-            seen = 0
+            loss_sum = torch.tensor(carried[0], device=self.device)
+            correct = torch.tensor(carried[1], device=self.device)
+            seen = carried[2]
+            carried = (0.0, 0.0, 0)
+            at_start = {key: self.loop_state[key] for key in _EPOCH_VERDICTS}
             skipped = batches_done * batch if epoch == first_epoch else 0
             for first in range(skipped, len(order), batch):
                 if step >= self.total_steps:
@@ -331,7 +339,12 @@ class Trainer:
                         next_resources = now + self.resource_interval_s
                         self.emit("resources", self._resources(process))
             epoch_ended = self._clock()
-            metrics = self._epoch_metrics(loss_sum, correct, seen)
+            totals = self._epoch_totals(loss_sum, correct, seen)
+            metrics = self._epoch_metrics(totals)
+            if step < (epoch + 1) * self.steps_per_epoch:
+                # max_steps cut this epoch short: a full resume trains the rest of it, and must
+                # judge it whole, from the verdicts as they stood before this partial look.
+                self.loop_state["cut_epoch"] = {**at_start, "totals": totals}
             last_metrics = metrics
             self.emit(
                 "epoch",
@@ -359,6 +372,21 @@ class Trainer:
                 break
         weights = weights_bytes(self.model) if self.dist.leader else None
         return Outcome("succeeded", self.loop_state["epoch"], step, last_metrics, weights)
+
+    def _carried_epoch(self) -> tuple[float, float, int]:
+        """Going on part way through an epoch cut short by max_steps: put back the early-stopping
+        and keep-best state from before its partial look (else the epoch would count twice) and
+        return the sums of its batches trained already, for this rank to start from (the leader
+        takes the totals of every rank; the epoch's end adds them up across ranks)."""
+        cut = self.loop_state.pop("cut_epoch", None)
+        if cut is None:
+            # A checkpoint from before tesserad kept the cut epoch's state: its verdicts stand.
+            return 0.0, 0.0, 0
+        self.loop_state.update({key: cut[key] for key in _EPOCH_VERDICTS})
+        loss_total, correct_total, count = cut["totals"]
+        if not self.dist.leader:
+            return 0.0, 0.0, 0
+        return float(loss_total), float(correct_total), int(count)
 
     def _resume_position(self) -> tuple[int, int]:
         """The epoch index to train from and how many of its batches were trained already. A
@@ -418,13 +446,20 @@ class Trainer:
             },
         )
 
-    def _epoch_metrics(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> dict[str, float]:
+    def _epoch_totals(
+        self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int
+    ) -> tuple[float, float, float]:
+        """The epoch's loss sum, correct count and sample count over every rank."""
         totals = torch.stack(
             [loss_sum.float(), correct.float(), torch.tensor(float(seen), device=self.device)]
         )
         if self.dist.world > 1:
             torch.distributed.all_reduce(totals)
         loss_total, correct_total, count = totals.tolist()
+        return loss_total, correct_total, count
+
+    def _epoch_metrics(self, totals: tuple[float, float, float]) -> dict[str, float]:
+        loss_total, correct_total, count = totals
         metrics = {"train_loss": loss_total / max(count, 1)}
         if self.task == "classification":
             metrics["train_accuracy"] = correct_total / max(count, 1)

@@ -241,3 +241,39 @@ def test_a_checkpoint_taken_mid_epoch_at_max_steps_goes_on_with_the_rest_of_that
     # Going on from it with the same max_steps has nothing left to train.
     restarted, nothing, saved = _train(_config(epochs=0, max_steps=4), _data(), resume=cut_checkpoints[-1][0])
     assert restarted.step == 4 and [k for k, _ in nothing if k in ("step", "epoch")] == [] and saved == []
+
+
+def _judged(events: list[tuple[str, dict]], checkpoints: list[tuple[bytes, dict]], after: int):
+    """What the epochs' ends said and decided after step `after`: their metrics, the early stop's
+    facts, the checkpoints (best or not) and the outcome's metrics; no timings."""
+    epochs = [(p["epoch"], p["step"], p["metrics"]) for k, p in events if k == "epoch" and p["step"] > after]
+    stops = [p["early_stopping"] for k, p in events if k == "log" and "early_stopping" in p]
+    saved = [{k: v for k, v in info.items()} for _, info in checkpoints if info["step"] > after]
+    return epochs, stops, saved
+
+
+def test_a_mid_epoch_resume_judges_that_epoch_once_as_the_uninterrupted_job() -> None:
+    # The cut job's end looked at its partial epoch 6 (a bad epoch for early stopping); the
+    # resumed job counted epoch 6 again and stopped after it, a patience short, with the partial
+    # epoch's train metrics left out and its last batch's accuracy taken as the best.
+    config = _config(
+        epochs=0,
+        max_steps=30,
+        early_stopping={"metric": "val_loss", "mode": "min", "patience": 2, "min_delta": 0.005},
+        checkpoints={
+            "every_n_epochs": 100,
+            "keep_last": 1,
+            "keep_best_metric": "train_accuracy",
+            "keep_best_mode": "max",
+        },
+    )
+    straight, events, checkpoints = _train(config, _data())
+    # 3 steps per epoch: max_steps 17 stops after two batches of epoch 6.
+    _, _, cut_checkpoints = _train({**config, "max_steps": 17}, _data())
+    assert [(i["epoch"], i["step"], i["reason"]) for _, i in cut_checkpoints][-1] == (6, 17, "final")
+
+    resumed, again, saved = _train(config, _data(), resume=cut_checkpoints[-1][0])
+    expected = _judged(events, checkpoints, after=17)
+    assert expected[1] and expected[1][0]["epoch"] == 7  # the uninterrupted job stops early
+    assert _judged(again, saved, after=17) == expected
+    assert (resumed.epoch, resumed.step, resumed.metrics) == (straight.epoch, straight.step, straight.metrics)
