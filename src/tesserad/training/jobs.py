@@ -69,6 +69,7 @@ from tesserad.training.resume import (
     WEIGHTS,
     ResumeSource,
     full_resume_problems,
+    part_way_through_epoch,
     resume_start_step,
     resumes_fully,
 )
@@ -93,6 +94,8 @@ log = logging.getLogger(__name__)
 # The full resumes (spec.resume_from) whose run does not yet hold all of its copy of the source
 # run's points: keyed by job id, put by the submit, deleted with the copy's last chunk.
 RESUME_COPIES = "resume_copies"
+# The metrics a job logs at each step it reports; the others are its epochs'.
+STEP_METRICS = ("loss", "lr")
 TABLES = ["jobs", RESUME_COPIES, *JOB_REQUESTS.tables]
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 # More events than a job appends after its last epoch (its final checkpoint, a few lines, its
@@ -741,8 +744,19 @@ class Jobs:
         is not held for the whole copy. The job's row in RESUME_COPIES goes with the last chunk; a
         daemon stopped before that copies again at its next start, before the job is queued."""
         resume = job.config["resume_from"]
+        # The source's look at an epoch max_steps cut short is no point of the resumed curve: the
+        # resumed job logs that epoch's metrics at its end, as the uninterrupted job would have.
+        # Batch size, processes and samples are the source's (full_resume_problems).
+        samples = self._train_samples(job.config)
+        cut = samples is not None and part_way_through_epoch(
+            resume["epoch"], resume["step"], samples, job.config
+        )
         self._tracking.copy_metrics_through(
-            resume["run"], job.run_id, resume["step"], lambda txn: txn.delete(RESUME_COPIES, (job.job_id,))
+            resume["run"],
+            job.run_id,
+            resume["step"],
+            lambda txn: txn.delete(RESUME_COPIES, (job.job_id,)),
+            at_step_only=STEP_METRICS if cut else None,
         )
 
     def refuse_deleted_experiment(self, txn: ReadTxn, name: str) -> None:
@@ -1331,10 +1345,7 @@ class Jobs:
                 job, epoch=data["epoch"], step=data["step"], metrics={**job.metrics, "loss": data["loss"]}
             )
             self._clock_step(job.job_id, data["step"], data["samples_per_s"])
-            points = [
-                MetricPoint("loss", data["loss"], data["step"]),
-                MetricPoint("lr", data["lr"], data["step"]),
-            ]
+            points = [MetricPoint(key, data[key], data["step"]) for key in STEP_METRICS]
         elif kind == "epoch":
             job = replace(
                 job, epoch=data["epoch"], step=data["step"], metrics={**job.metrics, **data["metrics"]}

@@ -46,8 +46,7 @@ def full_resume_problems(source: ResumeSource, config: dict[str, Any], train_sam
 
     # A job that reached max_steps part way through an epoch took its final checkpoint there:
     # the resumed job trains the rest of that epoch, in the order its seed draws.
-    steps_per_epoch = _steps(source.train_samples or train_samples, old)
-    mid_epoch = source.step < source.epoch * steps_per_epoch
+    mid_epoch = part_way_through_epoch(source.epoch, source.step, source.train_samples or train_samples, old)
     done = source.epoch - 1 if mid_epoch else source.epoch
     if config["epochs"] and config["epochs"] <= done:
         problems.append(
@@ -112,6 +111,12 @@ def full_resume_problems(source: ResumeSource, config: dict[str, Any], train_sam
             for key in (metric_field, mode_field):
                 differs(f"{section}.{key}", new[key], was[key], f"{section}'s best so far")
     return problems
+
+
+def part_way_through_epoch(epoch: int, step: int, train_samples: int, config: dict[str, Any]) -> bool:
+    """Whether a checkpoint of `epoch` at `step` was taken part way through that epoch (at
+    max_steps), by a job of `config` training on `train_samples` samples."""
+    return step < epoch * _steps(train_samples, config)
 
 
 def _steps(train_samples: int, config: dict[str, Any]) -> int:

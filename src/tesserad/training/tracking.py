@@ -14,7 +14,7 @@ import logging
 import math
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -1332,18 +1332,22 @@ class Tracking:
         step: int,
         finish: Callable[[WriteTxn], object],
         chunk_points: int = MAX_BATCH_POINTS,
+        at_step_only: Collection[str] | None = None,
     ) -> None:
         """Copy `source_run_id`'s points up to `step`, with their times, into `run_id` (a job
         resumed from that run's job's checkpoint of `step`: its curve is one from the start), at
         most `chunk_points` per write transaction, so that a long curve neither builds in memory
         nor holds the store's writer; `finish` runs in the last one. Copying again writes the
-        same points: a copy cut off goes on by starting over."""
+        same points: a copy cut off goes on by starting over. `at_step_only`: the keys whose
+        points at `step` itself are copied, the others' only up to the step before (a checkpoint
+        part way through an epoch: the resumed job logs that epoch's metrics at its end)."""
         with self._store.read() as txn:
             keys = [str(key[1]) for key, _ in txn.scan("metric_summaries", (source_run_id,))]
+        last = {key: step if at_step_only is None or key in at_step_only else step - 1 for key in keys}
         position: tuple[int, int] | None = (0, 0)
         while position is not None:
             with self._store.write() as txn:
-                position = self._copy_chunk(txn, source_run_id, run_id, step, keys, position, chunk_points)
+                position = self._copy_chunk(txn, source_run_id, run_id, last, keys, position, chunk_points)
                 if position is None:
                     finish(txn)
 
@@ -1352,13 +1356,14 @@ class Tracking:
         txn: WriteTxn,
         source_run_id: str,
         run_id: str,
-        step: int,
+        last: dict[str, int],
         keys: list[str],
         position: tuple[int, int],
         chunk_points: int,
     ) -> tuple[int, int] | None:
-        """Copy up to `chunk_points` points from `position` (the key's index, its first step);
-        returns where the next chunk starts, None when every key is done."""
+        """Copy up to `chunk_points` points from `position` (the key's index, its first step), each
+        key's up to its `last` step; returns where the next chunk starts, None when every key is
+        done."""
         experiment = _experiment_of(txn, run_id)
         points: list[MetricPoint] = []
         index, first = position
@@ -1367,7 +1372,7 @@ class Tracking:
             wanted = chunk_points - len(points)
             taken = 0
             for raw_key, raw in txn.packed_range(
-                "metrics", point_key(metric, first), point_key(metric, step), limit=wanted
+                "metrics", point_key(metric, first), point_key(metric, last[keys[index]]), limit=wanted
             ):
                 value, at = decode_metric_point(raw)
                 first = trailing_int(raw_key) + 1

@@ -170,6 +170,12 @@ def test_a_full_resume_from_a_job_that_stopped_at_max_steps_mid_epoch_trains_the
     curve, expected = (_history(client, job.info.run_id, "loss") for job in (resumed, straight))
     assert [step for step, _ in curve] == [step for step, _ in expected] == list(range(1, 11))
     assert [value for _, value in curve] == pytest.approx([value for _, value in expected], rel=1e-5)
+    # Epoch 2's metrics once, at its end, over all its batches: the cut job's look at its first
+    # batch (step 4) is no point of the curve, nor did the rest of it alone make epoch 2's.
+    for key in ("train_loss", "val_loss"):
+        curve, expected = (_history(client, job.info.run_id, key) for job in (resumed, straight))
+        assert [step for step, _ in curve] == [step for step, _ in expected] == [3, 6, 9, 10]
+        assert [value for _, value in curve] == pytest.approx([value for _, value in expected], rel=1e-5)
 
     # epochs = 2 finishes the epoch the checkpoint is part way through.
     finish = tessera_cli("--json", "train", str(spec), "--resume-from", cut.id, "--set", "epochs=2")

@@ -48,3 +48,16 @@ def test_the_copy_holds_every_point_up_to_the_step_of_every_key(
     assert _curve(tracking, run_id, "loss") == [(s, 1.0 / s) for s in range(1, 9)]
     assert _curve(tracking, run_id, "acc") == [(s, s / 10) for s in range(2, 10, 2)]
     assert len(finished) == 2
+
+
+def test_keys_not_named_to_be_copied_at_the_step_are_copied_up_to_the_step_before(tracking: Tracking) -> None:
+    # A checkpoint part way through an epoch at step 4: the source's look at that epoch (its
+    # epoch metric at step 4) stays behind, its step metrics there come along.
+    source = tracking.create_run("copy").run_id
+    points = [MetricPoint("loss", 1.0 / s, s) for s in range(1, 6)]
+    points += [MetricPoint("train_loss", 0.5, 3), MetricPoint("train_loss", 0.4, 4)]
+    tracking.log_metrics(source, points).result()
+    run_id = tracking.create_run("copy").run_id
+    tracking.copy_metrics_through(source, run_id, 4, lambda _txn: None, at_step_only=("loss",))
+    assert [step for step, _ in _curve(tracking, run_id, "loss")] == [1, 2, 3, 4]
+    assert _curve(tracking, run_id, "train_loss") == [(3, 0.5)]
