@@ -380,7 +380,7 @@ class Trainer:
         takes the totals of every rank; the epoch's end adds them up across ranks)."""
         cut = self.loop_state.pop("cut_epoch", None)
         if cut is None:
-            # A checkpoint from before tesserad kept the cut epoch's state: its verdicts stand.
+            # A checkpoint an older tesserad took holds no cut epoch: its verdicts stand.
             return 0.0, 0.0, 0
         self.loop_state.update({key: cut[key] for key in _EPOCH_VERDICTS})
         loss_total, correct_total, count = cut["totals"]
