@@ -31,7 +31,14 @@ from tesserad.errors import (
 from tesserad.serving.batcher import DynamicBatcher
 from tesserad.serving.ensemble import EnsemblePlan, EnsembleRuntime
 from tesserad.serving.response_cache import ResponseCache, VersionCache, version_identity
-from tesserad.serving.runtimes import OnnxRuntime, Runtime, TorchRuntime, cuda_index, default_device
+from tesserad.serving.runtimes import (
+    OnnxRuntime,
+    Runtime,
+    TorchRuntime,
+    cuda_index,
+    default_device,
+    missing_device,
+)
 from tesserad.serving.signature import Signature, sample_inputs
 from tesserad.serving.stats import ServingMetrics, ServingStats
 
@@ -271,6 +278,10 @@ def effective_config(config: ServingConfig, defaults: ServingDefaults, format: s
     )
 
 
+# The runtime a load that names none runs a version of each format on (see effective_config).
+_FORMAT_RUNTIMES: dict[str, RuntimeName] = {"onnx": "onnx", "safetensors": "torch", "ensemble": "ensemble"}
+
+
 def _given(value: int | None, default: int) -> int:
     return default if value is None else value
 
@@ -425,19 +436,34 @@ class ModelPool:
 
     def over_saved(self, config: ServingConfig, servable: ServableVersion) -> ServingConfig:
         """`config` over the version's saved config (module over_saved), less the saved fields this
-        daemon cannot run, which take the default: the primary's or another machine's save must
-        not fail every load of the version here, where no load could save around it. A field
-        `config` sets fails as asked."""
+        daemon cannot run, which take the default: the primary's or another machine's save (a GPU
+        primary's device at a CPU replica) must not fail every load of the version here, where no
+        load could save around it (a Triton server's config.pbtxt is its own; a saved config serves
+        every machine). A field `config` sets fails as asked."""
         saved = servable.saved_config
         explicit = config_fields(config)
-        unrunnable: dict[str, str] = {}
+        # field -> (the saved value as the warning names it, why it cannot run, what runs instead)
+        unrunnable: dict[str, tuple[str, str, str]] = {}
         if (
             saved.response_cache
             and "response_cache" not in explicit
             and not self.defaults.response_cache_size
         ):
-            unrunnable["response_cache"] = "this daemon has no response cache (serving.response_cache_size 0)"
-        for field, why in unrunnable.items():
+            unrunnable["response_cache"] = (
+                "response_cache",
+                "this daemon has no response cache (serving.response_cache_size 0)",
+                "without the response cache",
+            )
+        if saved.device and "device" not in explicit:
+            runtime = over_saved(config, saved).runtime or _FORMAT_RUNTIMES.get(servable.format, "torch")
+            why = missing_device(saved.device, runtime)
+            if why:
+                unrunnable["device"] = (
+                    f"device {saved.device}",
+                    why,
+                    f"on {default_device()}, the default device",
+                )
+        for field, (value, why, instead) in unrunnable.items():
             warned = (servable.model, servable.version, field)
             with self._lock:
                 first = warned not in self._unrunnable_warned
@@ -445,11 +471,12 @@ class ModelPool:
             if first:
                 log.warning(
                     "model %r version %s: its saved serving config's %s is left out, as %s; "
-                    "loads of it here take the default",
+                    "loads of it here run %s",
                     servable.model,
                     servable.version,
-                    field,
+                    value,
                     why,
+                    instead,
                 )
         runnable = dataclasses.replace(
             saved, **{field: getattr(ServingConfig(), field) for field in unrunnable}

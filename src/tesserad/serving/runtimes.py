@@ -118,6 +118,29 @@ def cuda_index(device: str) -> int | None:
     raise InvalidArgument(f"device must be cpu, cuda or cuda:N (N a GPU index, e.g. cuda:0), got {device!r}")
 
 
+def missing_device(device: str, runtime: str) -> str:
+    """Why `runtime` ("onnx", "torch" or "ensemble") cannot run on `device` on this machine; ""
+    when it can, or when only the runtime's load can tell (onnxruntime counts no GPUs, so an
+    index past them is found only by a torch that sees them)."""
+    try:
+        cuda = cuda_index(device)
+    except InvalidArgument:
+        return f"this tesserad knows no device {device!r}"
+    # An ensemble runs on its members' devices, not its own.
+    if cuda is None or runtime == "ensemble":
+        return ""
+    if runtime == "onnx" and not cuda_available():
+        return "this onnxruntime has no CUDA provider"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "torch sees no GPU here" if runtime == "torch" else ""
+    count = torch.cuda.device_count()
+    if cuda >= count:
+        return f"this machine has {count} GPU{'s' if count != 1 else ''} (cuda:0..cuda:{count - 1})"
+    return ""
+
+
 class OnnxRuntime:
     def __init__(self, path: Path, device: str, intra_op_threads: int) -> None:
         import onnxruntime

@@ -16,6 +16,7 @@ from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_p
 from tesserad.cli import main as tesserad_main
 from tesserad.oip import grpc_service_pb2 as oip_pb
 from tesserad.oip import grpc_service_pb2_grpc
+from tesserad.serving.runtimes import cuda_available
 from tests.conftest import InProcessDaemon, daemon_settings
 
 TUNED = inference_pb2.ServingConfig(max_batch_size=4, instances=1, max_queue_size=2)
@@ -234,5 +235,37 @@ def test_a_saved_response_cache_a_daemon_has_none_for_is_left_out_with_a_warning
         with pytest.raises(grpc.RpcError) as refused:
             _load(channel, inference_pb2.ServingConfig(response_cache=True))
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.skipif(cuda_available(), reason="this daemon has the GPU the saved device names")
+def test_a_saved_device_a_daemon_lacks_runs_on_its_default_device_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon = _registered(tmp_path)
+    try:
+        channel = daemon.channel()
+        # What a GPU primary's `tessera load linear --version 2 --device cuda:0 --save` stores.
+        daemon.daemon.registry.save_serving_config("linear", 2, {"device": "cuda:0", "max_batch_size": 4})
+        with caplog.at_level("WARNING", logger="tesserad.serving.pool"):
+            assert _predict_rows(channel, 1) == grpc.StatusCode.OK
+            assert _running(channel)[0] == 4  # the fields it can run are kept
+            _load(channel, inference_pb2.ServingConfig(instances=1))
+        listed = inference_pb2_grpc.InferenceStub(channel).ListLoaded(
+            inference_pb2.ListLoadedRequest(model="linear")
+        )
+        assert [(m.version, m.config.device) for m in listed.models] == [(2, "cpu")]
+        (warning,) = [r.getMessage() for r in caplog.records if "device" in r.getMessage()]
+        assert "'linear' version 2" in warning
+        assert "device cuda:0 is left out, as this onnxruntime has no CUDA provider" in warning
+        assert warning.endswith("loads of it here run on cpu, the default device")
+        # Asked for in the load itself, it is refused as before.
+        with pytest.raises(grpc.RpcError) as refused:
+            _load(channel, inference_pb2.ServingConfig(device="cuda:0"))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "device cuda:0 asks for CUDA, but this onnxruntime has no CUDA provider" in (
+            refused.value.details() or ""
+        )
     finally:
         daemon.stop()

@@ -145,3 +145,13 @@ def test_other_device_names_are_refused_naming_the_forms_accepted(device: str) -
     assert refused.value.message == (
         f"device must be cpu, cuda or cuda:N (N a GPU index, e.g. cuda:0), got {device!r}"
     )
+
+
+@pytest.mark.skipif(runtimes.cuda_available(), reason="this machine may have the GPU asked for")
+def test_missing_device_says_why_a_device_cannot_run_here() -> None:
+    assert runtimes.missing_device("cpu", "onnx") == ""
+    # A newer tesserad's device, say: no runtime could run it.
+    assert runtimes.missing_device("mps", "torch") == "this tesserad knows no device 'mps'"
+    assert runtimes.missing_device("cuda:0", "onnx") == "this onnxruntime has no CUDA provider"
+    # An ensemble runs on its members' devices.
+    assert runtimes.missing_device("cuda:0", "ensemble") == ""
