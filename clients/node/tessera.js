@@ -1091,10 +1091,17 @@ class Client {
 
   // Serving. Loads and warms up a version (version or alias; default the latest) with config, a
   // ServingConfig with its field names ({ runtime: 'onnx', device: 'cpu', max_batch_size: 8,
-  // ... }): a field left out takes the daemon's default. Loading a loaded version again swaps in
-  // the new config without dropping requests. Resolves to the LoadedModel.
-  async loadModel(model, { version, alias, config = {}, timeoutMs: timeout } = {}) {
-    const request = checkedRequest(this.inference.LoadModel, { target: versionRef(model, version, alias), config });
+  // ... }): a field left out takes the version's saved config, else the daemon's default. Loading
+  // a loaded version again swaps in the new config without dropping requests. saveConfig: also
+  // store config as the version's saved config (LoadModel save_config, `tessera load --save`), in
+  // place of the one saved before ({} removes it); the load then runs with config alone. Resolves
+  // to the LoadedModel.
+  async loadModel(model, { version, alias, config = {}, saveConfig = false, timeoutMs: timeout } = {}) {
+    const request = checkedRequest(this.inference.LoadModel, {
+      target: versionRef(model, version, alias),
+      config,
+      save_config: saveConfig,
+    });
     return this.call(this.inference, 'LoadModel', request, timeout ?? Math.max(this.timeoutMs, MODEL_CALL_TIMEOUT_MS));
   }
 

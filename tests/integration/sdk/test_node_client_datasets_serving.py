@@ -77,7 +77,16 @@ def test_node_client_moves_aliases_and_loads_versions(node_ready, daemon, client
           const serving = await client.listLoaded('affine');
           const unloaded = await client.unloadModel('affine', { version: 1 });
           await client.deleteAlias('affine', 'production');
+          // saveConfig: later loads that leave a field out take it; an empty config removes it.
+          const batch = async (options) => (await client.loadModel('affine', { version: 2, ...options })).config.max_batch_size;
+          const saved = [await batch({ config: { max_batch_size: 4 }, saveConfig: true })];
+          await client.unloadModel('affine');
+          saved.push(await batch({}), await batch({ config: { max_batch_size: 8 } }), await batch({ saveConfig: true }));
+          await client.unloadModel('affine');
+          saved.push(await batch({}));
+          await client.unloadModel('affine');
           console.log(JSON.stringify({
+            saved,
             alias: [alias.alias, alias.version],
             stale,
             loaded: [loaded.version, loaded.config.runtime, loaded.config.instances],
@@ -97,5 +106,7 @@ def test_node_client_moves_aliases_and_loads_versions(node_ready, daemon, client
         "serving": [1],
         "unloaded": [1],
         "left": [],
+        "saved": [4, 4, 8, 32, 32],
     }
     assert [a.alias for a in client.models.aliases("affine")] == ["latest"]
+
