@@ -67,6 +67,17 @@ class InvalidArgument(TesseraError):
     """The request itself is wrong (a bad name, shape, value); retrying it cannot help."""
 
 
+class RefusedBySignature(InvalidArgument):
+    """A request's inputs or outputs that the version it was routed to does not take (a name, a
+    dtype, a shape its signature does not have). `version`: that version's number, which an alias
+    or a deployment may have chosen; the transport tells it to the client apart from the message,
+    so that a client can fix the request for that version (0: not known)."""
+
+    def __init__(self, message: str, version: int = 0) -> None:
+        super().__init__(message)
+        self.version = version
+
+
 class NotFound(TesseraError):
     """A named resource does not exist."""
 

@@ -1,4 +1,4 @@
-"""The one table from domain errors to gRPC status codes."""
+"""The one table from domain errors to gRPC status codes, and the trailers some of them add."""
 
 from __future__ import annotations
 
@@ -31,3 +31,16 @@ def status_for(error: errors.TesseraError) -> grpc.StatusCode:
         if cls in STATUS_BY_ERROR:
             return STATUS_BY_ERROR[cls]
     return grpc.StatusCode.INTERNAL
+
+
+# The version a request was routed to whose signature refused it (RefusedBySignature), by number:
+# a client fixes the request for that version without parsing the message, whichever alias or
+# deployment chose it. A daemon from before it sends none.
+REFUSING_VERSION_HEADER = "tessera-refusing-version"
+
+
+def trailers_for(error: errors.TesseraError) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata that tells a client what `error`'s message says in words."""
+    if isinstance(error, errors.RefusedBySignature) and error.version > 0:
+        return ((REFUSING_VERSION_HEADER, str(error.version)),)
+    return ()

@@ -24,7 +24,7 @@ import grpc
 from tesserad.api import aio_handlers
 from tesserad.api.aio_handlers import Context, ErrorListener, Handler, split_method
 from tesserad.api.auth import AuthInterceptor, encoded, revoked_code
-from tesserad.api.errors import status_for
+from tesserad.api.errors import status_for, trailers_for
 from tesserad.errors import TesseraError, answered_message, logged_internal
 from tesserad.metrics import DaemonMetrics
 from tesserad.serving.service import CallCounter
@@ -39,6 +39,10 @@ def _status_of(exc: Exception) -> grpc.StatusCode:
 async def _abort_for(exc: Exception, context: Context, rpc: str) -> NoReturn:
     """Abort the call with `exc`'s status: a domain error's message, else an error id only."""
     if isinstance(exc, TesseraError):
+        trailers = trailers_for(exc)
+        if trailers:
+            # Not as abort's argument: abort without one keeps those the handler set before.
+            context.set_trailing_metadata(trailers)
         await context.abort(status_for(exc), answered_message(log, rpc, exc))
     await context.abort(grpc.StatusCode.INTERNAL, logged_internal(log, rpc, exc).message)
 

@@ -42,6 +42,7 @@ from tesserad.errors import (
     InvalidArgument,
     NotFound,
     NotLoaded,
+    RefusedBySignature,
     StillLoading,
     TesseraError,
     Unavailable,
@@ -543,7 +544,10 @@ class InferenceService:
             ):
                 return Submitted(version, None, None)
             try:
-                rows = validate_request(entry.signature, inputs, output_names, entry.label, dtype_names)
+                try:
+                    rows = validate_request(entry.signature, inputs, output_names, entry.label, dtype_names)
+                except InvalidArgument as refused:
+                    raise RefusedBySignature(refused.message, version) from None
                 if within_max_batch and rows > entry.config.max_batch_size and entry.signature.batchable:
                     raise _over_max_batch(target.model, entry, rows)
             except TesseraError:

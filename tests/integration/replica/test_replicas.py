@@ -142,13 +142,17 @@ def test_replicas_serve_what_the_primary_deployed_and_refuse_registry_calls(clus
             registry_pb2_grpc.RegistryStub(channel).ListModels(registry_pb2.ListModelsRequest())
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert f"call the primary at 127.0.0.1:{cluster.primary_port}" in refused.value.details()
-        # A list the version refuses: the SDK cannot read its signature here (the registry is
-        # the primary's), so the daemon's refusal is what the caller gets.
+        # A list the version the deployment routed to refuses (float64): the registry is the
+        # primary's, so the SDK reads that version's signature from the replica's loaded list, and
+        # sends it again as float32; an array of another dtype gets the cast to make.
         with tessera.Client(address) as client:
+            routed = client.inference.predict("linear", {"x": X.tolist()})
+            assert routed.version == 1
+            np.testing.assert_allclose(routed["y"], X @ W, rtol=1e-6)
             with pytest.raises(
-                tessera.InvalidArgument, match=r"has dtype float64; model 'linear' version 2 expects float32$"
+                tessera.InvalidArgument, match=r"version 1 expects float32; .*\.astype\(np\.float32\)"
             ):
-                client.inference.predict("linear", {"x": X.tolist()}, version=2)
+                client.inference.predict("linear", {"x": X.astype(np.float64)})
             np.testing.assert_allclose(
                 client.inference.predict("linear", {"x": X}, version=2)["y"], (X @ W) * 2, rtol=1e-6
             )

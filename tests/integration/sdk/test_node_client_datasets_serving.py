@@ -109,4 +109,3 @@ def test_node_client_moves_aliases_and_loads_versions(node_ready, daemon, client
         "saved": [4, 4, 8, 32, 32],
     }
     assert [a.alias for a in client.models.aliases("affine")] == ["latest"]
-

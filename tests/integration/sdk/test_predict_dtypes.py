@@ -1,17 +1,21 @@
 """predict's inputs as a notebook writes them: a plain list is sent as numpy makes it (float64),
-and where the version named by number refuses that dtype, sent again once as the dtype its
-signature gives the input; an array of another dtype is refused with the cast to make."""
+and where the version that serves it refuses that dtype (named by number, or by the daemon when
+an alias or the deployment chose it), sent again once as the dtype its signature gives the input;
+an array of another dtype is refused with the cast to make for that version."""
 
 from __future__ import annotations
 
 import asyncio
+from concurrent import futures
 
+import grpc
 import numpy as np
 import pytest
 from onnx import TensorProto
 
 import tessera
 import tessera.aio
+from tessera.v1 import common_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 ROWS = [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]]
 
@@ -34,16 +38,17 @@ def test_a_list_is_sent_again_as_the_dtype_of_the_numbered_version_s_input(clien
     np.testing.assert_allclose(again["output"], expected * 2 + 1)
 
 
-def test_a_list_refused_by_an_alias_s_version_is_refused_in_the_daemon_s_words(client, served):
-    # Which version an alias or the deployment routed to, only the daemon's message says.
+def test_a_list_refused_by_the_version_an_alias_or_the_deployment_chose_is_sent_again_as_its_dtype(
+    client, served
+):
+    # The daemon names the version that refused (version 2, which latest and production name).
     for selector in ({"alias": "production"}, {}):
-        with pytest.raises(
-            tessera.InvalidArgument, match=r"has dtype float64; model 'affine' version 2 expects float32$"
-        ):
-            client.inference.predict("affine", ROWS, **selector)
+        prediction = client.inference.predict("affine", ROWS, **selector)
+        assert prediction.version == 2
+        np.testing.assert_allclose(prediction["output"], np.array(ROWS, np.float32) * 3)
 
 
-def test_a_list_is_sent_as_numpy_makes_it_to_the_version_the_deployment_routes_to(client, make_onnx):
+def test_inputs_go_as_the_version_the_deployment_routes_to_takes_them(client, make_onnx):
     client.models.push("mixed", make_onnx("f64", scale=2.0, bias=1.0, elem_type=TensorProto.DOUBLE))
     client.models.push("mixed", make_onnx("f32", scale=3.0, bias=0.0))
     client.inference.load("mixed", 1)
@@ -51,6 +56,11 @@ def test_a_list_is_sent_as_numpy_makes_it_to_the_version_the_deployment_routes_t
     prediction = client.inference.predict("mixed", ROWS)
     assert prediction.version == 1
     np.testing.assert_allclose(prediction["output"], np.array(ROWS) * 2 + 1)
+    # The cast is the routed version's (float64), not latest's (float32).
+    with pytest.raises(
+        tessera.InvalidArgument, match=r"version 1 expects float64; .*\.astype\(np\.float64\)"
+    ):
+        client.inference.predict("mixed", np.array(ROWS, np.float32))
 
 
 def test_nan_and_inf_in_a_list_are_sent_as_the_float_dtype_of_the_input(client, served):
@@ -82,3 +92,46 @@ def test_the_asyncio_client_sends_a_list_as_the_input_s_dtype(daemon, served):
             return (await client.inference.predict("affine", ROWS, version=2))["output"]
 
     np.testing.assert_allclose(asyncio.run(scenario()), np.array(ROWS, np.float32) * 3)
+
+
+class _OlderInference(inference_pb2_grpc.InferenceServicer):
+    """Refuses every Predict as a tesserad from before the refusing-version trailer: in words."""
+
+    def __init__(self) -> None:
+        self.predicts = 0
+
+    def Predict(self, request, context):
+        self.predicts += 1
+        context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "input 'input' has dtype float64; model 'affine' version 2 expects float32",
+        )
+
+
+class _Registry(registry_pb2_grpc.RegistryServicer):
+    def GetVersion(self, request, context):
+        spec = common_pb2.TensorSpec(name="input", dtype=common_pb2.DATA_TYPE_FLOAT32, shape=[-1, 4])
+        return registry_pb2.ModelVersion(
+            model="affine", version=2, signature=common_pb2.Signature(inputs=[spec])
+        )
+
+
+def test_with_a_daemon_that_names_no_refusing_version_a_list_is_cast_only_for_a_numbered_version():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    inference = _OlderInference()
+    inference_pb2_grpc.add_InferenceServicer_to_server(inference, server)
+    registry_pb2_grpc.add_RegistryServicer_to_server(_Registry(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with tessera.Client(f"127.0.0.1:{port}", timeout=10) as client:
+            with pytest.raises(tessera.InvalidArgument, match=r"version 2 expects float32$"):
+                client.inference.predict("affine", ROWS, alias="production")
+            assert inference.predicts == 1  # refused as it came, not sent again
+            with pytest.raises(tessera.InvalidArgument, match=r"expects float32$"):
+                client.inference.predict("affine", ROWS, version=2)
+            assert inference.predicts == 3  # sent again once as float32
+            with pytest.raises(tessera.InvalidArgument, match=r"\.astype\(np\.float32\)"):
+                client.inference.predict("affine", np.array(ROWS), alias="production")
+    finally:
+        server.stop(0).wait(5)

@@ -121,16 +121,70 @@ def predict_request(
 # A version's signature, by model and version number: a version never changes.
 Signatures = dict[tuple[str, int], common_pb2.Signature]
 
+# The trailer in which a daemon names, by number, the version whose signature refused a request
+# (tesserad.api.errors.REFUSING_VERSION_HEADER); a daemon from before it says so only in words.
+REFUSING_VERSION = "tessera-refusing-version"
+
+
+def refusing_version(error: TesseraError) -> int:
+    """The number of the version whose signature refused the call; 0 where the daemon says none."""
+    said = error.trailers.get(REFUSING_VERSION, "")
+    return int(said) if said.isdigit() else 0
+
+
+@dataclass(frozen=True)
+class VersionSignature(Call[common_pb2.Signature]):
+    """A version's signature, kept in `signatures`: the registry's (GetVersion), else, where the
+    daemon has no registry (a serving replica), the one its loaded version lists (ListLoaded);
+    where neither has it, the registry's refusal is raised."""
+
+    model: str
+    version: int
+    timeout: float | None
+    signatures: Signatures
+
+    def run(self, conn: Connection) -> common_pb2.Signature:
+        try:
+            return self._keep(conn.unary("Registry", "GetVersion", self._request(), self.timeout))
+        except TesseraError as unread:
+            listed = conn.unary(S, "ListLoaded", pb.ListLoadedRequest(model=self.model), self.timeout)
+            return self._keep_loaded(listed, unread)
+
+    async def run_async(self, conn: AioConnection) -> common_pb2.Signature:
+        try:
+            return self._keep(await conn.unary("Registry", "GetVersion", self._request(), self.timeout))
+        except TesseraError as unread:
+            listed = await conn.unary(S, "ListLoaded", pb.ListLoadedRequest(model=self.model), self.timeout)
+            return self._keep_loaded(listed, unread)
+
+    def _request(self) -> registry_pb2.GetVersionRequest:
+        return registry_pb2.GetVersionRequest(
+            ref=common_pb2.VersionRef(model=self.model, version=self.version)
+        )
+
+    def _keep(self, version: registry_pb2.ModelVersion) -> common_pb2.Signature:
+        self.signatures[(self.model, self.version)] = version.signature
+        return version.signature
+
+    def _keep_loaded(self, listed: pb.ListLoadedResponse, unread: TesseraError) -> common_pb2.Signature:
+        for loaded in listed.models:
+            if loaded.version == self.version and loaded.HasField("signature"):
+                self.signatures[(self.model, self.version)] = loaded.signature
+                return loaded.signature
+        raise unread
+
 
 @dataclass(frozen=True)
 class Predict(Call[Prediction]):
     """Predict `inputs` at `target`, lists and scalars as numpy makes them (0.5 float64, 1
     int64). Where the daemon refuses the request, the signature of the version that refused it is
-    read (GetVersion; kept in `signatures` by version number) when the target names that version
-    by number: a list numpy made another dtype than the version's input is sent again once as
-    that dtype, where it holds the values; an array of another dtype gets the cast to make said
-    in the InvalidArgument. Where the signature cannot be read (a serving replica has no
-    registry), the daemon's refusal is raised as it came."""
+    read (kept in `signatures` by version number): the version the daemon names in its trailers,
+    whichever alias or deployment chose it, else (a daemon from before them) the one the target
+    names by number. A list numpy made another dtype than that version's input is sent again once,
+    to the same target, as that dtype, where it holds the values; an array of another dtype gets
+    the cast to make said in the InvalidArgument. Where no version is named (an older daemon, an
+    alias) an array's cast is the target's signature's (GetVersion), and a list's refusal is
+    raised as it came; so is any refusal where the signature cannot be read."""
 
     target: common_pb2.VersionRef
     inputs: dict[str, np.typing.ArrayLike]
@@ -142,17 +196,18 @@ class Predict(Call[Prediction]):
         try:
             return Prediction.from_proto(conn.unary(S, "Predict", self._request(self.inputs), self.timeout))
         except InvalidArgument as error:
-            if not self._signature_helps():
+            version = self._refusing(error)
+            if version is None:
                 raise
             try:
-                signature = self._signature().run(conn)
+                signature = self._signature(version).run(conn)
             except TesseraError:
                 raise error from None
-            retry = self._retry_or_raise(error, signature)
+            retry = self._retry_or_raise(error, signature, version)
         try:
             return Prediction.from_proto(conn.unary(S, "Predict", retry, self.timeout))
         except InvalidArgument as error:
-            raise self._with_fix(error, signature) from None
+            raise self._fix_of_retry(error, signature, version) from None
 
     async def run_async(self, conn: AioConnection) -> Prediction:
         try:
@@ -160,28 +215,38 @@ class Predict(Call[Prediction]):
                 await conn.unary(S, "Predict", self._request(self.inputs), self.timeout)
             )
         except InvalidArgument as error:
-            if not self._signature_helps():
+            version = self._refusing(error)
+            if version is None:
                 raise
             try:
-                signature = await self._signature().run_async(conn)
+                signature = await self._signature(version).run_async(conn)
             except TesseraError:
                 raise error from None
-            retry = self._retry_or_raise(error, signature)
+            retry = self._retry_or_raise(error, signature, version)
         try:
             return Prediction.from_proto(await conn.unary(S, "Predict", retry, self.timeout))
         except InvalidArgument as error:
-            raise self._with_fix(error, signature) from None
+            raise self._fix_of_retry(error, signature, version) from None
 
-    def _signature_helps(self) -> bool:
-        """Whether the refusing version's signature can fix or explain a refusal. Only a number
-        names that version: an alias may have moved since, and without one the deployment routes
-        the call, not the "latest" that GetVersion would read."""
-        return arrays(self.inputs) or (untyped(self.inputs) and self.target.version > 0)
+    def _refusing(self, error: InvalidArgument) -> int | None:
+        """The number of the version whose signature can fix or explain `error`; 0: the target's,
+        whichever version its alias names now (for an array's cast alone); None: none can."""
+        said = refusing_version(error)
+        if said:
+            return said
+        # A daemon that names no version: only a number in the target does (an alias may have
+        # moved since, and without one the deployment routes the call, not the "latest" that
+        # GetVersion would read).
+        if self.target.version > 0:
+            return self.target.version
+        return 0 if arrays(self.inputs) else None
 
-    def _retry_or_raise(self, error: InvalidArgument, signature: common_pb2.Signature) -> pb.PredictRequest:
+    def _retry_or_raise(
+        self, error: InvalidArgument, signature: common_pb2.Signature, version: int
+    ) -> pb.PredictRequest:
         """The request again with its lists as the signature's dtypes; raises `error` (with the
         cast to make for an array) where no list's dtype changes or one cannot hold its values."""
-        if not (untyped(self.inputs) and self.target.version > 0):
+        if not (untyped(self.inputs) and version > 0):
             raise self._with_fix(error, signature) from None
         dtypes = input_dtypes(signature)
         try:
@@ -195,24 +260,35 @@ class Predict(Call[Prediction]):
     def _request(self, inputs: Mapping[str, np.typing.ArrayLike]) -> pb.PredictRequest:
         return pb.PredictRequest(target=self.target, inputs=to_tensors(inputs), output_names=self.outputs)
 
-    def _signature(self) -> Call[common_pb2.Signature]:
-        kept = self.signatures.get((self.target.model, self.target.version))
+    def _signature(self, version: int) -> Call[common_pb2.Signature]:
+        if not version:
+            # Not kept: the alias, or the model's default, may be moved to another version.
+            request = registry_pb2.GetVersionRequest(ref=self.target)
+            return Op("Registry", "GetVersion", request, _signature_of, self.timeout)
+        kept = self.signatures.get((self.target.model, version))
         if kept is not None:
             return Given(kept)
-        request = registry_pb2.GetVersionRequest(ref=self.target)
-        return Op("Registry", "GetVersion", request, self._keep, self.timeout)
+        return VersionSignature(self.target.model, version, self.timeout, self.signatures)
 
-    def _keep(self, version: registry_pb2.ModelVersion) -> common_pb2.Signature:
-        # Kept by number only: an alias, or the model's default, may be moved to another version.
-        if self.target.version:
-            self.signatures[(version.model, version.version)] = version.signature
-        return version.signature
+    def _fix_of_retry(
+        self, error: InvalidArgument, signature: common_pb2.Signature, version: int
+    ) -> InvalidArgument:
+        """The refusal of the request sent again, with the cast to make where the version whose
+        signature was read refused it again; another version (a deployment's split) in its words."""
+        again = refusing_version(error)
+        if again and again != version:
+            return error
+        return self._with_fix(error, signature)
 
     def _with_fix(self, error: InvalidArgument, signature: common_pb2.Signature) -> InvalidArgument:
         fix = astype_fix(self.inputs, input_dtypes(signature))
         if not fix:
             return error
         return InvalidArgument(f"{error.daemon_message}; {fix}", error.trailers)
+
+
+def _signature_of(version: registry_pb2.ModelVersion) -> common_pb2.Signature:
+    return version.signature
 
 
 def stream_requests(
@@ -277,13 +353,15 @@ class Inference(Part[C]):
         bounds the time queued: an expired request is never run (DeadlineExceeded).
 
         Dtypes: an input given as a list or a scalar (`[[0.1, 0.2]]`) is sent as numpy makes it
-        (float64). Where `version` is a number and that version refuses the dtype, the list is
-        sent again once as the dtype its signature gives the input (float32), if that dtype holds
-        the values; the signature is read once per version number. With an alias or the
-        deployment choosing the version, the refusal is raised: send `np.array(x, np.float32)`
-        or name the version. A numpy array is sent as it is: one of another dtype is refused
-        (InvalidArgument) with the cast to make, `x.astype(np.float32)`, since casting it here
-        could change its values unseen."""
+        (float64). Where the version that serves the call refuses the dtype (the one `version`
+        names, or the one an alias or the deployment chose, which the daemon names), the list is
+        sent again once as the dtype that version's signature gives the input (float32), if that
+        dtype holds the values; the signature is read once per version number. A daemon from
+        before it names no version: there, with an alias or the deployment choosing the version,
+        the refusal is raised: send `np.array(x, np.float32)` or name the version. A numpy array
+        is sent as it is: one of another dtype is refused (InvalidArgument) with the cast to make
+        for the version that refused it, `x.astype(np.float32)`, since casting it here could
+        change its values unseen."""
         return Predict(
             version_ref(model, version, alias), named_inputs(inputs), list(outputs), timeout, self._signatures
         )

@@ -82,8 +82,10 @@ class InferenceServicer:
     def Predict(self, request, context):
         """Inputs are validated against the version's signature before they are queued: an unknown
         or missing input, a wrong dtype, rank or fixed dim, or a byte length that does not match
-        the shape is INVALID_ARGUMENT naming the input and what was expected. A full queue is
-        RESOURCE_EXHAUSTED.
+        the shape is INVALID_ARGUMENT naming the input and what was expected; a refusal by the
+        signature of the version the request was routed to (which an alias or a deployment may have
+        chosen) carries that version's number in the trailing metadata key
+        `tessera-refusing-version`. A full queue is RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,8 +39,10 @@ class InferenceStub:
     Predict: _grpc.UnaryUnaryMultiCallable[_inference_pb2.PredictRequest, _inference_pb2.PredictResponse]
     """Inputs are validated against the version's signature before they are queued: an unknown
     or missing input, a wrong dtype, rank or fixed dim, or a byte length that does not match
-    the shape is INVALID_ARGUMENT naming the input and what was expected. A full queue is
-    RESOURCE_EXHAUSTED.
+    the shape is INVALID_ARGUMENT naming the input and what was expected; a refusal by the
+    signature of the version the request was routed to (which an alias or a deployment may have
+    chosen) carries that version's number in the trailing metadata key
+    `tessera-refusing-version`. A full queue is RESOURCE_EXHAUSTED.
     """
     PredictStream: _grpc.StreamStreamMultiCallable[_inference_pb2.PredictRequest, _inference_pb2.PredictResponse]
     """Bidirectional: responses come as soon as each is ready (not in request order) and echo the
@@ -80,8 +82,10 @@ class InferenceAsyncStub(InferenceStub):
     Predict: _aio.UnaryUnaryMultiCallable[_inference_pb2.PredictRequest, _inference_pb2.PredictResponse]  # type: ignore[assignment]
     """Inputs are validated against the version's signature before they are queued: an unknown
     or missing input, a wrong dtype, rank or fixed dim, or a byte length that does not match
-    the shape is INVALID_ARGUMENT naming the input and what was expected. A full queue is
-    RESOURCE_EXHAUSTED.
+    the shape is INVALID_ARGUMENT naming the input and what was expected; a refusal by the
+    signature of the version the request was routed to (which an alias or a deployment may have
+    chosen) carries that version's number in the trailing metadata key
+    `tessera-refusing-version`. A full queue is RESOURCE_EXHAUSTED.
     """
     PredictStream: _aio.StreamStreamMultiCallable[_inference_pb2.PredictRequest, _inference_pb2.PredictResponse]  # type: ignore[assignment]
     """Bidirectional: responses come as soon as each is ready (not in request order) and echo the
@@ -124,8 +128,10 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_inference_pb2.PredictResponse, _abc.Awaitable[_inference_pb2.PredictResponse]]:
         """Inputs are validated against the version's signature before they are queued: an unknown
         or missing input, a wrong dtype, rank or fixed dim, or a byte length that does not match
-        the shape is INVALID_ARGUMENT naming the input and what was expected. A full queue is
-        RESOURCE_EXHAUSTED.
+        the shape is INVALID_ARGUMENT naming the input and what was expected; a refusal by the
+        signature of the version the request was routed to (which an alias or a deployment may have
+        chosen) carries that version's number in the trailing metadata key
+        `tessera-refusing-version`. A full queue is RESOURCE_EXHAUSTED.
         """
 
     @_abc_1.abstractmethod
