@@ -196,6 +196,7 @@ def loaded_to_proto(entry: LoadedVersion) -> pb.LoadedModel:
         memory_bytes=entry.memory_bytes,
         loaded_at=timestamp(entry.loaded_at),
         error=entry.error,
+        requested=config_to_proto(entry.requested),
     )
 
 

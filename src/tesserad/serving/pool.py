@@ -349,6 +349,9 @@ class LoadedVersion:
         # again, so the number alone does not tell the new version 1 from the old one.
         self.artifact_sha256 = artifact_sha256
         self.config = config
+        # The fields of `config` its load set, itself or from the version's saved config (the
+        # rest are the pool's defaults): what `tessera load --keep-config --save` saves.
+        self.requested = ServingConfig()
         self.stats = stats
         self.state = LoadState.LOADING
         self.signature: Signature | None = None
@@ -509,7 +512,8 @@ class ModelPool:
         A version that unload_ready marked while this load was under way is returned unloaded (its
         batcher None), as one unloaded just after: the caller routes its request again.
         """
-        effective = effective_config(self.over_saved(config, servable), self.defaults, servable.format)
+        requested = self.over_saved(config, servable)
+        effective = effective_config(requested, self.defaults, servable.format)
         key = (servable.model, servable.version)
         with self._lock:
             self._refuse_when_closed(servable)
@@ -527,6 +531,9 @@ class ModelPool:
                 current = None
             if current is not None and (keep_loaded or current.config == effective):
                 current.member_only = current.member_only and as_member
+                if not keep_loaded:
+                    # Asked for as it runs: the fields set are this load's now.
+                    current.requested = requested
                 if after_load is not None:
                     after_load()
                 return current
@@ -538,6 +545,7 @@ class ModelPool:
             entry = LoadedVersion(
                 servable.model, servable.version, servable.artifact_sha256, effective, stats
             )
+            entry.requested = requested
             entry.member_only = as_member and (current is None or current.member_only)
             if effective.response_cache and self.response_cache is not None:
                 identity = version_identity(

@@ -274,3 +274,21 @@ def test_load_save_keeps_the_options_for_the_versions_later_loads(tessera_cli, c
     assert tessera_cli("predict", "affine", "--input", str(inputs)).code == 0
     (listed,) = tessera_cli("--json", "serve-status", "affine").json()
     assert (listed["config"]["max_batch_size"], listed["config"]["instances"]) == (4, 1)
+
+
+def test_keep_config_save_saves_the_options_set_not_the_daemon_s_defaults(
+    tessera_cli, client, daemon, tmp_path
+):
+    client.models.push("affine", affine_onnx(tmp_path / "affine.onnx"))
+    assert tessera_cli("load", "affine", "--warmup-runs", "1", "--save").code == 0
+    assert tessera_cli("load", "affine", "--instances", "1").code == 0  # a one-off, over the saved
+    kept = tessera_cli("--json", "load", "affine", "--keep-config", "--max-batch-size", "8", "--save")
+    assert kept.code == 0, kept.err
+    # The intra-op threads, queue size and device this daemon worked out stay its own.
+    assert daemon.daemon.registry.serving_config("affine", 1) == {
+        "warmup_runs": 1,
+        "instances": 1,
+        "max_batch_size": 8,
+    }
+    config = kept.json()["config"]
+    assert (config["warmup_runs"], config["instances"], config["max_batch_size"]) == (1, 1, 8)

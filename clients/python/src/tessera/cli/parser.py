@@ -1155,7 +1155,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start from the config the version runs with now (as `tessera serve-status --json` shows "
         "it, defaults filled in: e.g. --instances alone keeps the intra-op threads worked out for the "
-        "old count) and change only the options given; the version must be loaded",
+        "old count) and change only the options given; the version must be loaded. With --save, "
+        "start from the options its load set (given or saved) alone: the daemon's defaults are not "
+        "saved, so each machine still works its own out",
     )
     sub.add_argument(
         "--save",

@@ -248,7 +248,7 @@ LOAD_FLAGS = (
 
 def cmd_load(client: Client, args: argparse.Namespace, out: Output) -> None:
     version = picked_version(args)
-    config = current_config(client, args.model, version) if args.keep_config else {}
+    config = current_config(client, args.model, version, set_only=args.save) if args.keep_config else {}
     config.update((name, getattr(args, name)) for name in LOAD_FLAGS if getattr(args, name) is not None)
     loaded = client.inference.load(args.model, version, save_config=args.save, **config)
     if out.as_json:
@@ -256,10 +256,14 @@ def cmd_load(client: Client, args: argparse.Namespace, out: Output) -> None:
     print_loaded([loaded], out)
 
 
-def current_config(client: Client, model: str, version: int | str | None) -> dict[str, Any]:
+def current_config(
+    client: Client, model: str, version: int | str | None, set_only: bool = False
+) -> dict[str, Any]:
     """The config the version runs with now (every default filled in), as `load` takes it; a
     version that is not loaded has none to keep, and is refused rather than loaded with the
-    defaults, which is what the caller asked not to get."""
+    defaults, which is what the caller asked not to get. `set_only` (for a save): only the fields
+    its load set, itself or from the saved config, so that a default the daemon worked out for its
+    machine (the intra-op threads from its cores) is not saved for every machine."""
     number = version if isinstance(version, int) else client.models.version(model, version).version
     found = next((m for m in client.inference.loaded(model) if m.version == number), None)
     if found is None:
@@ -267,9 +271,20 @@ def current_config(client: Client, model: str, version: int | str | None) -> dic
             f"model {model!r} version {number} is not loaded, so it has no config to keep; "
             "load it without --keep-config (`tessera serve-status` lists what is loaded)"
         )
-    config = {field.name: getattr(found.config, field.name) for field in found.config.DESCRIPTOR.fields}
+    kept = found.config
+    if set_only:
+        if not found.HasField("requested"):
+            raise ValueError(
+                "this tesserad does not say which of the version's options were set and which are "
+                "its defaults, so --keep-config --save would save its defaults too; give the options "
+                "to save without --keep-config"
+            )
+        kept = found.requested
+    # ListFields: those set, an `optional` one's explicit 0 included.
+    fields = [field for field, _ in kept.ListFields()] if set_only else kept.DESCRIPTOR.fields
+    config = {field.name: getattr(kept, field.name) for field in fields}
     # An ensemble's runtime is unspecified: its version's format decides.
-    config["runtime"] = number_word(inference_pb2.Runtime, found.config.runtime)
+    config["runtime"] = number_word(inference_pb2.Runtime, kept.runtime)
     if config["runtime"] == "unspecified":
         del config["runtime"]
     return config

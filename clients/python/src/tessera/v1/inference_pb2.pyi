@@ -320,6 +320,7 @@ class LoadedModel(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     LOADED_AT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    REQUESTED_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.int
     state: Global___LoadState.ValueType
@@ -335,6 +336,14 @@ class LoadedModel(_message.Message):
     def signature(self) -> _common_pb2.Signature: ...
     @_builtins.property
     def loaded_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def requested(self) -> Global___ServingConfig:
+        """The fields of `config` that its load set, in its request or from the version's saved config
+        (LoadModel save_config); the others are unset: the daemon filled them in with its defaults,
+        which another machine works out for itself (`tessera load --keep-config --save` saves these).
+        Unset in the answer of a tesserad from before it.
+        """
+
     def __init__(
         self,
         *,
@@ -346,10 +355,11 @@ class LoadedModel(_message.Message):
         memory_bytes: _builtins.int = ...,
         loaded_at: _timestamp_pb2.Timestamp | None = ...,
         error: _builtins.str = ...,
+        requested: Global___ServingConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "loaded_at", b"loaded_at", "signature", b"signature"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "loaded_at", b"loaded_at", "requested", b"requested", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "error", b"error", "loaded_at", b"loaded_at", "memory_bytes", b"memory_bytes", "model", b"model", "signature", b"signature", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "error", b"error", "loaded_at", b"loaded_at", "memory_bytes", b"memory_bytes", "model", b"model", "requested", b"requested", "signature", b"signature", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
