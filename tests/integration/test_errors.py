@@ -88,6 +88,7 @@ def error_channel(error_server):
 # Written out, not read from the table under test, so a wrong entry there fails here.
 EXPECTED_STATUS = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.RefusedBySignature: grpc.StatusCode.INVALID_ARGUMENT,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
