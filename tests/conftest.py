@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -268,6 +269,19 @@ class DaemonProcess:
         if not self._pump_thread.is_alive():
             assert self.process.stderr is not None
             self.process.stderr.close()
+
+
+def as_nobody() -> list[str]:
+    """The launcher running a command (the daemon) as uid and gid 65534 ("nobody") where this
+    test runs as root, whom no directory's mode refuses; none otherwise (the mode refuses this
+    user)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip(
+            "running as root, and setpriv (util-linux), to run the daemon as another user, is missing"
+        )
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 @pytest.fixture

@@ -183,9 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
             "that own the blob, and a summary with the rate follows. It takes the data directory's "
             "lock, as `tesserad serve` does, so it is refused while a daemon runs on DIR: check that "
             "one with `tessera admin verify`. The store is opened read-only, no table is created "
-            "in it, and no record or blob is changed (the temp files of "
-            "uploads a crash left are removed, as `tesserad serve` does at its start). Exit "
-            "status: 0 no damage, "
+            "in it, and nothing in DIR is changed, so a read-only mount or snapshot can be checked: "
+            "where DIR cannot be written, the lock is taken shared on its lock file as it is, which "
+            "still keeps a daemon out (without that file, the check runs unlocked and says so). "
+            "Exit status: 0 no damage, "
             f"{EXIT_DAMAGED} damage found, 1 refused or failed (the message says why), 2 wrong command "
             "line, 130 or 143 interrupted."
         ),
@@ -307,7 +308,7 @@ def _verify(data_dir: Path) -> int:
         return 1
     lock = DataDirLock(data_dir)
     try:
-        lock.acquire()
+        locked = lock.acquire_to_read()
     except TesseraError as exc:
         print(
             f"tesserad verify: {exc}; to check the store of the daemon running on it, run "
@@ -315,11 +316,20 @@ def _verify(data_dir: Path) -> int:
             file=sys.stderr,
         )
         return 1
+    except OSError as exc:
+        print(f"tesserad verify: cannot take the lock of data directory {data_dir}: {exc}", file=sys.stderr)
+        return 1
+    if not locked:
+        print(
+            f"tesserad verify: {data_dir} cannot be written and holds no {lock.path.name} to lock, so "
+            "the check runs unlocked: make sure no tesserad starts on it meanwhile",
+            file=sys.stderr,
+        )
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         store = ReadOnlyStore.open(data_dir / "store", tables=STORE_TABLES, check=refuse_newer(str(data_dir)))
         try:
-            report = StoreCheck(store, BlobStore(data_dir / "blobs")).run()
+            report = StoreCheck(store, BlobStore(data_dir / "blobs", read_only=True)).run()
         finally:
             store.close()
     except TesseraError as exc:

@@ -3,7 +3,6 @@ what to fix, and leaves no data directory behind (the default, ./var, in its wor
 
 from __future__ import annotations
 
-import os
 import pwd
 import shutil
 import socket
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tesserad.cli import EXIT_BAD_SETTINGS, EXIT_CANNOT_START
+from tests.conftest import as_nobody
 
 
 def serve_refused(spawn_daemon, cwd: Path, config_text: str | bytes, *args: str) -> tuple[int, str]:
@@ -259,18 +259,6 @@ def test_a_start_refused_its_port_leaves_a_data_directory_that_was_there(spawn_d
 
     assert "already in use" in _taken_port_start(spawn_daemon, data_dir)
     assert sorted(path.relative_to(data_dir) for path in data_dir.rglob("*")) == kept
-
-
-def as_nobody() -> list[str]:
-    """The launcher running the daemon as uid and gid 65534 ("nobody") where this test runs as
-    root, whom no directory's mode refuses; none otherwise (the mode refuses this user)."""
-    if os.geteuid() != 0:
-        return []
-    if shutil.which("setpriv") is None:
-        pytest.skip(
-            "running as root, and setpriv (util-linux), to run the daemon as another user, is missing"
-        )
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 @pytest.mark.parametrize(

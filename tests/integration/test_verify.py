@@ -5,7 +5,12 @@ damaged blob names its owners and says to run the check."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +29,7 @@ from tesserad.cli import EXIT_DAMAGED
 from tesserad.cli import main as tesserad_main
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
-from tests.conftest import InProcessDaemon, daemon_settings
+from tests.conftest import InProcessDaemon, as_nobody, daemon_settings
 from tests.held_threads import HeldInThread
 from tests.integration.registry.conftest import onnx_identity
 
@@ -294,6 +299,82 @@ def test_the_offline_check_changes_nothing_in_an_older_store_it_may_only_read(
         sorted(store_dir.iterdir()),
     )
     assert after == before
+
+
+@pytest.fixture
+def shared_copy(filled: Filled) -> Iterator[Path]:
+    """`copy` where another user may reach it (pytest's own temporary directory is this user's
+    alone): for the check run as `as_nobody()`."""
+    parent = Path(tempfile.mkdtemp(prefix="tesserad-verify-"))
+    try:
+        parent.chmod(0o755)
+        yield Path(shutil.copytree(filled.data_dir, parent / "data"))
+    finally:
+        for path in [parent, *parent.rglob("*")]:
+            if path.is_dir():
+                path.chmod(0o755)
+        shutil.rmtree(parent)
+
+
+def _make_read_only(data_dir: Path) -> None:
+    """`chmod -R a-w`, for the user the check runs as: where that is root, whom no mode refuses,
+    the check runs as nobody (`as_nobody`), who is given the directory first."""
+    for path in [data_dir, *data_dir.rglob("*")]:
+        if os.geteuid() == 0:
+            os.chown(path, 65534, 65534)
+        path.chmod(path.stat().st_mode & ~0o222)
+
+
+def _verify_as_another_user(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*as_nobody(), sys.executable, "-m", "tesserad", "verify", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _listing(data_dir: Path) -> list[tuple[str, int, int]]:
+    return sorted(
+        (str(p.relative_to(data_dir)), p.stat().st_mtime_ns, p.stat().st_size) for p in data_dir.rglob("*")
+    )
+
+
+@pytest.mark.parametrize("lock_file", [True, False], ids=["its-lock-file-there", "no-lock-file"])
+def test_the_offline_check_runs_on_a_data_directory_it_may_not_write(
+    filled: Filled, shared_copy: Path, lock_file: bool
+) -> None:
+    """As on a read-only mount or snapshot: the lock is taken shared on the file as it is, and
+    where there is none to take, the check says it runs without it."""
+    _damage(shared_copy, filled.model_sha256)
+    if not lock_file:
+        (shared_copy / "tesserad.lock").unlink()
+    _make_read_only(shared_copy)
+    before = _listing(shared_copy)
+    done = _verify_as_another_user(shared_copy)
+    assert done.returncode == EXIT_DAMAGED, done.stderr
+    assert f"blob {filled.model_sha256} is damaged on disk" in done.stdout
+    assert "Traceback" not in done.stderr
+    unlocked = f"{shared_copy} cannot be written and holds no tesserad.lock to lock"
+    assert (unlocked in " ".join(done.stderr.split())) is not lock_file, done.stderr
+    assert _listing(shared_copy) == before
+
+
+def test_the_offline_check_of_a_data_directory_it_may_not_write_is_refused_while_the_daemon_runs(
+    shared_copy: Path,
+) -> None:
+    daemon = InProcessDaemon(daemon_settings(shared_copy)).start()
+    try:
+        _make_read_only(shared_copy)
+        done = _verify_as_another_user(shared_copy)
+    finally:
+        for path in [shared_copy, *shared_copy.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+        daemon.stop()
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert "in use by another tesserad" in done.stderr
+    assert "tessera admin verify" in done.stderr
 
 
 def test_a_reply_names_the_first_problems_and_counts_them_all() -> None:

@@ -243,22 +243,25 @@ class BlobStore:
     `release`. A claim never released only keeps a blob until the next start.
     """
 
-    def __init__(self, root: Path, *, syncfs: bool = True) -> None:
+    def __init__(self, root: Path, *, syncfs: bool = True, read_only: bool = False) -> None:
         """`syncfs`: make `put_each`'s blobs durable by syncfs(2) where it reports errors and
-        the blob directory is one filesystem; else (or with False) by an fsync of each."""
+        the blob directory is one filesystem; else (or with False) by an fsync of each.
+        `read_only`: to read alone (`tesserad verify`, a read-only mount too): no directory is
+        made and no upload's debris removed, and a put fails."""
         # Absolute, as tempfile and the exporter name the files made in tmp_dir: with a relative
         # --data-dir (`make run` gives ./var) put_moved took them for files elsewhere.
         root = root.absolute()
         self.root = root
         self.tmp_dir = root / "tmp"
         self._root = str(root)
-        # Every shard directory exists from the start, so that storing a blob never has to
-        # create one (a small registration's blob write is mostly system calls).
-        for shard in range(256):
-            (root / "sha256" / f"{shard:02x}").mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            # Every shard directory exists from the start, so that storing a blob never has to
+            # create one (a small registration's blob write is mostly system calls).
+            for shard in range(256):
+                (root / "sha256" / f"{shard:02x}").mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._tmp_names = itertools.count()
-        self._syncfs = _syncfs_call() if syncfs and self._one_filesystem() else None
+        self._syncfs = _syncfs_call() if syncfs and not read_only and self._one_filesystem() else None
         self._sync_pool: ThreadPoolExecutor | None = None
         self._sync_pool_lock = threading.Lock()
         self._claims: Counter[str] = Counter()
@@ -275,9 +278,10 @@ class BlobStore:
         self._census: BlobCensus | None = None
         self._census_changes = 0
         self._census_due = 0.0
-        # The data directory lock guarantees no other daemon is mid-upload: what is here is debris.
-        for stale in self.tmp_dir.iterdir():
-            stale.unlink(missing_ok=True)
+        if not read_only:
+            # The data directory lock guarantees no other daemon is mid-upload: what is here is debris.
+            for stale in self.tmp_dir.iterdir():
+                stale.unlink(missing_ok=True)
 
     def path(self, sha256: str) -> Path:
         check_sha256(sha256)
@@ -636,7 +640,10 @@ class BlobStore:
         return True
 
     def all(self) -> Iterator[str]:
-        for shard in sorted((self.root / "sha256").iterdir()):
+        shards = self.root / "sha256"
+        if not shards.is_dir():
+            return  # read-only, where no blob was ever stored
+        for shard in sorted(shards.iterdir()):
             for blob in sorted(shard.iterdir()):
                 yield shard.name + blob.name
 

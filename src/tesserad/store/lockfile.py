@@ -9,6 +9,7 @@ stripped: the pid's line is padded with spaces to fill them, so that it shows th
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -32,22 +33,47 @@ class DataDirLock:
 
     def acquire(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock(fd, fcntl.LOCK_EX)
+        lines = os.pread(fd, 256, 0).decode(errors="replace").splitlines()
+        tokens = [line.removeprefix(_TOKEN_PREFIX) for line in lines[1:2] if line.startswith(_TOKEN_PREFIX)]
+        self.store_token = tokens[0] if tokens else None
+        self._fd = fd
+        self._write(fd)
+
+    def acquire_to_read(self) -> bool:
+        """`acquire`, for a reader (`tesserad verify`) of a directory it may not write (a read-only
+        mount or snapshot, another user's): there, a shared lock on the file as it is, written
+        nothing, which a daemon's exclusive one excludes either way. False, and no lock held, where
+        there is no file to take it on: no daemon has held the directory since it last could be
+        written (a tesserad that starts on it meanwhile is not excluded)."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.acquire()
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        self._lock(fd, fcntl.LOCK_SH)
+        self._fd = fd
+        return True
+
+    def _lock(self, fd: int, kind: int) -> None:
+        """flock `fd`, else close it and raise FailedPrecondition naming the holder."""
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = (
-                os.read(fd, _HOLDER_BYTES).decode(errors="replace").partition("\n")[0].strip() or "unknown"
+                os.pread(fd, _HOLDER_BYTES, 0).decode(errors="replace").partition("\n")[0].strip()
+                or "unknown"
             )
             os.close(fd)
             raise FailedPrecondition(
                 f"data directory {self.path.parent} is in use by another tesserad (pid {holder}); "
                 "stop that daemon or pass another --data-dir"
             ) from None
-        lines = os.pread(fd, 256, 0).decode(errors="replace").splitlines()
-        tokens = [line.removeprefix(_TOKEN_PREFIX) for line in lines[1:2] if line.startswith(_TOKEN_PREFIX)]
-        self.store_token = tokens[0] if tokens else None
-        self._fd = fd
-        self._write(fd)
 
     def keep_store_token(self, token: str) -> None:
         """Write `token` into the lock file, beside the pid."""
