@@ -23,7 +23,7 @@ from tesserad.config import (
     load_settings,
     unknown_environment,
 )
-from tesserad.errors import TesseraError
+from tesserad.errors import DataLoss, TesseraError
 from tesserad.logs import configure_logging
 from tesserad.signal_wakeup import signal_wakeup
 from tesserad.tools import tokens
@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
             "where DIR cannot be written, the lock is taken shared on its lock file as it is, which "
             "still keeps a daemon out (without that file, the check runs unlocked and says so). "
             "Exit status: 0 no damage, "
-            f"{EXIT_DAMAGED} damage found, 1 refused or failed (the message says why), 2 wrong command "
+            f"{EXIT_DAMAGED} damage found (in a blob, or in the store file itself, which is said in a "
+            "paragraph naming the file and what LMDB said, with the restore to make), 1 refused or failed (the message says why), 2 wrong command "
             "line, 130 or 143 interrupted."
         ),
     )
@@ -297,7 +298,7 @@ def _verify(data_dir: Path) -> int:
     from tessera.rpc_commands import in_cli_words
     from tesserad.backup.verify import StoreCheck
     from tesserad.server import STORE_TABLES
-    from tesserad.store import BlobStore, DataDirLock, ReadOnlyStore
+    from tesserad.store import BlobStore, DataDirLock, ReadOnlyStore, store_errors
     from tesserad.store.schema import refuse_newer
 
     if not (data_dir / "store" / "data.mdb").is_file():
@@ -329,10 +330,14 @@ def _verify(data_dir: Path) -> int:
     try:
         store = ReadOnlyStore.open(data_dir / "store", tables=STORE_TABLES, check=refuse_newer(str(data_dir)))
         try:
-            report = StoreCheck(store, BlobStore(data_dir / "blobs", read_only=True)).run()
+            with store_errors(data_dir / "store"):
+                report = StoreCheck(store, BlobStore(data_dir / "blobs", read_only=True)).run()
         finally:
             store.close()
-    except TesseraError as exc:
+    except DataLoss as exc:
+        print(f"tesserad verify: {exc}", file=sys.stderr)
+        return EXIT_DAMAGED
+    except (TesseraError, OSError) as exc:
         print(f"tesserad verify: {exc}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, _Terminated) as exc:

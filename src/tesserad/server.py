@@ -106,7 +106,7 @@ from tesserad.serving.service import SOURCE_RETRY_S, CallCounter, InferenceServi
 from tesserad.serving.shared_memory import SharedMemory
 from tesserad.serving.trace import TraceMetrics, Tracer, usable_trace_file
 from tesserad.serving.triton_metrics import TritonMetrics
-from tesserad.store import BlobStore, DataDirLock, Key, Store
+from tesserad.store import BlobStore, DataDirLock, Key, Store, store_errors
 from tesserad.store.prometheus import StoreMetrics
 from tesserad.store.schema import STORE_SCHEMA, open_for_writing, refuse_newer
 from tesserad.store.space import space_checked
@@ -403,16 +403,19 @@ class Daemon:
                 check=refuse_newer(str(data_dir)),
             )
             blobs = self._blobs = BlobStore(data_dir / "blobs")
-            dropped = await asyncio.to_thread(
-                open_for_writing, self._store, self._lock, STORE_MARKERS, __version__
-            )
+            # The start's reads of every table are where damage inside the store shows first.
+            with store_errors(data_dir / "store"):
+                dropped = await asyncio.to_thread(
+                    open_for_writing, self._store, self._lock, STORE_MARKERS, __version__
+                )
         if dropped:
             log.info(
                 "an older tesserad may have written the store since its start-up upgrades ran: "
                 "they run again",
                 extra={"markers": [str(marker[0]) for marker in dropped]},
             )
-        collected = await asyncio.to_thread(collect_unheld_blobs, self._store, blobs)
+        with store_errors(data_dir / "store"):
+            collected = await asyncio.to_thread(collect_unheld_blobs, self._store, blobs)
         if collected:
             log.info("removed blobs nothing holds", extra={"count": len(collected)})
         StoreMetrics(self._store, blobs, data_dir, self.metrics.registry)

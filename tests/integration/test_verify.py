@@ -25,7 +25,7 @@ from tessera.cli import main as tessera_main
 from tessera.v1 import system_pb2, system_pb2_grpc
 from tesserad.api.system import REPORTED_PROBLEMS, store_check_to_proto
 from tesserad.backup.verify import DAMAGED, MISSING, BlobProblem, StoreCheck, StoreCheckReport
-from tesserad.cli import EXIT_DAMAGED
+from tesserad.cli import EXIT_CANNOT_START, EXIT_DAMAGED
 from tesserad.cli import main as tesserad_main
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
@@ -375,6 +375,72 @@ def test_the_offline_check_of_a_data_directory_it_may_not_write_is_refused_while
     assert (done.returncode, done.stdout) == (1, ""), done.stderr
     assert "in use by another tesserad" in done.stderr
     assert "tessera admin verify" in done.stderr
+
+
+def _damage_store(data_dir: Path, how: str) -> Path:
+    """`data.mdb` overwritten with other bytes, or cut short (a copy that ran out of room): LMDB
+    refuses the one, and the other, read past its end through the map, would be a SIGBUS."""
+    data_file = data_dir / "store" / "data.mdb"
+    if how == "garbage":
+        data_file.write_bytes(b"not an lmdb file\n" * 1000)
+    else:
+        with data_file.open("r+b") as file:
+            file.truncate(data_file.stat().st_size // 3)
+    return data_file
+
+
+def _says_to_restore(said: str, data_file: Path) -> None:
+    words = " ".join(said.split())
+    assert f"the store file {data_file} is damaged" in words, said
+    assert "`tesserad restore BACKUP --data-dir NEW_DIR`" in words, said
+    assert "Traceback" not in said, said
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_a_damaged_store_file_is_said_in_a_paragraph_by_the_offline_check(
+    copy: Path, how: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_file = _damage_store(copy, how)
+    # A process of its own: a read past the end of the map, were it made, kills it.
+    done = subprocess.run(
+        [sys.executable, "-m", "tesserad", "verify", "--data-dir", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (EXIT_DAMAGED, ""), done.stderr
+    assert done.stderr.startswith("tesserad verify: ")
+    _says_to_restore(done.stderr, data_file)
+    if how == "garbage":
+        assert "MDB_INVALID" in done.stderr
+
+
+def test_a_store_file_the_check_may_not_read_is_said_in_a_line(shared_copy: Path) -> None:
+    data_file = shared_copy / "store" / "data.mdb"
+    if os.geteuid() == 0:
+        for path in [shared_copy, *shared_copy.rglob("*")]:
+            os.chown(path, 65534, 65534)
+        os.chown(data_file, 0, 0)
+    data_file.chmod(0o600 if os.geteuid() == 0 else 0o000)
+    done = _verify_as_another_user(shared_copy)
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert done.stderr == (
+        f"tesserad verify: the store file {data_file} cannot be opened (LMDB says: Permission denied); "
+        "give the user tesserad runs as access to it and to its directory\n"
+    )
+
+
+@pytest.mark.parametrize("how", ["garbage", "truncated"])
+def test_a_damaged_store_file_stops_the_daemons_start_in_a_paragraph(
+    copy: Path, how: str, spawn_daemon
+) -> None:
+    data_file = _damage_store(copy, how)
+    daemon = spawn_daemon("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(copy))
+    assert daemon.process.wait(60) == EXIT_CANNOT_START
+    output = daemon.output()
+    assert "tesserad cannot start: " in output, output
+    _says_to_restore(output, data_file)
 
 
 def test_a_reply_names_the_first_problems_and_counts_them_all() -> None:

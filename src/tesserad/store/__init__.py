@@ -1,7 +1,7 @@
 """Persistence: the LMDB store (tables, key encoding, group commit) and the blob directory."""
 
 from tesserad.store.blobs import BlobRef, BlobStore, BlobWriter, NotAsDeclared, check_sha256, checked_digest
-from tesserad.store.database import ReadOnlyStore, ReadTxn, Store, StoreUsage, WriteTxn
+from tesserad.store.database import ReadOnlyStore, ReadTxn, Store, StoreUsage, WriteTxn, store_errors
 from tesserad.store.keys import Key, pack, pack_int, prefix_range, trailing_int, unpack
 from tesserad.store.lockfile import DataDirLock
 from tesserad.store.passes import each_row_once
@@ -29,6 +29,7 @@ __all__ = [
     "pack",
     "pack_int",
     "prefix_range",
+    "store_errors",
     "trailing_int",
     "unpack",
 ]

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from tesserad.config import format_size
-from tesserad.errors import InvalidArgument, ResourceExhausted
+from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, ResourceExhausted, TesseraError
 from tesserad.store.keys import Key, pack, prefix_range, unpack
 from tesserad.store.space import disk_full
 
@@ -73,6 +73,54 @@ def _out_of_room(exc: lmdb.Error, path: Path) -> bool:
     except OSError:
         return False
     return stat.f_bavail * stat.f_frsize < _NEARLY_FULL_BYTES
+
+
+# What to do about a store file that cannot be read: one clause, said to an operator.
+_RESTORE = (
+    "restore the data directory from a backup into a new one (`tesserad restore BACKUP --data-dir "
+    "NEW_DIR`) and run tesserad on that, keeping this one until the restored one serves"
+)
+
+
+def unreadable_store(path: Path, exc: lmdb.Error) -> TesseraError:
+    """What LMDB's `exc`, met opening or reading the store at `path`, means to an operator: the
+    file's access, or damage (or no store at all), which a restore from a backup mends."""
+    data_file = path / "data.mdb"
+    # LMDB's message starts with the store's directory, which ours names already.
+    said = str(exc).removeprefix(f"{path}: ")
+    if getattr(exc, "code", None) in (errno.EACCES, errno.EPERM):
+        return FailedPrecondition(
+            f"the store file {data_file} cannot be opened (LMDB says: {said}); give the user tesserad "
+            "runs as access to it and to its directory"
+        )
+    return DataLoss(
+        f"the store file {data_file} is damaged or is not a tesserad store (LMDB says: {said}); {_RESTORE}"
+    )
+
+
+@contextlib.contextmanager
+def store_errors(path: Path) -> Iterator[None]:
+    """LMDB's errors opening or reading the store at `path` as `unreadable_store` says them; a
+    full map or disk as the store's writes say them already."""
+    try:
+        yield
+    except (lmdb.MapFullError, lmdb.DiskError):
+        raise
+    except lmdb.Error as exc:
+        raise unreadable_store(path, exc) from None
+
+
+def _check_length(env: lmdb.Environment, path: Path) -> None:
+    """DataLoss when the data file is shorter than the pages its header says are in use (a copy
+    cut short): reading one of those through the map would be a SIGBUS, which kills the process."""
+    used = (int(env.info()["last_pgno"]) + 1) * int(env.stat()["psize"])
+    data_file = path / "data.mdb"
+    size = data_file.stat().st_size
+    if size < used:
+        raise DataLoss(
+            f"the store file {data_file} is damaged: it is cut short, {size} bytes where its header "
+            f"says {used} are in use; {_RESTORE}"
+        )
 
 
 def reserve_pages(map_size: int, page_size: int) -> int:
@@ -282,31 +330,33 @@ class ReadOnlyStore:
     def open(
         cls, path: Path, *, tables: list[str], check: Callable[[ReadTxn], None] | None = None
     ) -> ReadOnlyStore:
-        """Open the store at `path` (lmdb.Error when there is none); `check` as `Store.open`'s,
-        on the tables the store has."""
+        """Open the store at `path` (a TesseraError, from `unreadable_store`, when it cannot be
+        read); `check` as `Store.open`'s, on the tables the store has."""
         # LMDB raises the map size to the data file's when it is smaller.
-        env = lmdb.open(
-            str(path),
-            readonly=True,
-            lock=False,
-            create=False,
-            max_dbs=max(len(tables), 1) + 4,
-            readahead=False,
-        )
-        try:
-            handles: dict[str, Any] = {}
-            for name in tables:
-                # Each in a transaction of its own that commits: one aborted closes its handles.
-                try:
-                    handles[name] = env.open_db(name.encode(), create=False)
-                except lmdb.NotFoundError:
-                    continue
-            if check is not None:
-                with env.begin(buffers=False) as txn:
-                    check(ReadTxn(txn, handles))
-        except BaseException:
-            env.close()
-            raise
+        with store_errors(path):
+            env = lmdb.open(
+                str(path),
+                readonly=True,
+                lock=False,
+                create=False,
+                max_dbs=max(len(tables), 1) + 4,
+                readahead=False,
+            )
+            try:
+                _check_length(env, path)
+                handles: dict[str, Any] = {}
+                for name in tables:
+                    # Each in a transaction of its own that commits: one aborted closes its handles.
+                    try:
+                        handles[name] = env.open_db(name.encode(), create=False)
+                    except lmdb.NotFoundError:
+                        continue
+                if check is not None:
+                    with env.begin(buffers=False) as txn:
+                        check(ReadTxn(txn, handles))
+            except BaseException:
+                env.close()
+                raise
         return cls(env, handles, frozenset(tables) - handles.keys())
 
     @contextlib.contextmanager
@@ -379,25 +429,28 @@ class Store:
         # allocated before the open writes the header there, the rest (reader slots) after.
         lock_file = path / "lock.mdb"
         _allocate(lock_file, mmap.PAGESIZE)
-        env = lmdb.open(
-            str(path),
-            map_size=map_size,
-            max_dbs=max(len(tables), 1) + 4,
-            max_readers=max_readers,
-            sync=not relaxed,
-            metasync=not relaxed,
-            readahead=False,
-        )
+        with store_errors(path):
+            env = lmdb.open(
+                str(path),
+                map_size=map_size,
+                max_dbs=max(len(tables), 1) + 4,
+                max_readers=max_readers,
+                sync=not relaxed,
+                metasync=not relaxed,
+                readahead=False,
+            )
         try:
             _allocate(lock_file, lock_file.stat().st_size)
         except OSError:
             env.close()
             raise
-        # Readers left in the lock table by a process that died would pin old pages forever.
-        env.reader_check()
         try:
-            if check is not None:
-                _check_existing(env, tables, check)
+            with store_errors(path):
+                _check_length(env, path)
+                # Readers left in the lock table by a process that died would pin old pages forever.
+                env.reader_check()
+                if check is not None:
+                    _check_existing(env, tables, check)
         except BaseException:
             env.close()
             raise
@@ -409,6 +462,9 @@ class Store:
         except lmdb.DiskError:
             env.close()
             raise disk_full(str(path), "to the database") from None
+        except lmdb.Error as exc:
+            env.close()
+            raise unreadable_store(path, exc) from None
         return cls(
             env, handles, map_size, path, group_commit_interval_s, sync_interval_s if relaxed else None
         )
