@@ -4,6 +4,7 @@ damaged blob names its owners and says to run the check."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +22,10 @@ import numpy as np
 import pytest
 
 import tessera
+import tessera.aio
 from tessera.cli import EXIT_DAEMON, EXIT_FAILED
 from tessera.cli import main as tessera_main
+from tessera.progress_line import byte_size
 from tessera.v1 import system_pb2, system_pb2_grpc
 from tesserad.api.system import REPORTED_PROBLEMS, store_check_to_proto
 from tesserad.backup.verify import DAMAGED, MISSING, BlobProblem, StoreCheck, StoreCheckReport
@@ -198,6 +202,69 @@ def test_a_damaged_blob_is_found_online_with_its_owner(
         daemon.stop()
 
 
+def test_the_online_check_tells_its_progress_from_the_blobs_to_check_to_its_report(
+    filled: Filled, copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _damage(copy, filled.dataset_sha256)
+    blob_bytes = sum(p.stat().st_size for p in (copy / "blobs" / "sha256").rglob("*") if p.is_file())
+    daemon = InProcessDaemon(daemon_settings(copy)).start()
+    try:
+        stub = system_pb2_grpc.SystemStub(daemon.channel())
+        messages = list(stub.VerifyStoreStream(system_pb2.VerifyStoreRequest(), timeout=120))
+        told: list[tuple[int, int]] = []
+        with tessera.Client(daemon.target) as client:
+            report = client.system.verify(progress=lambda done, total: told.append((done, total)))
+        code = tessera_main(["--target", daemon.target, "admin", "verify", "--progress"])
+        captured = capsys.readouterr()
+    finally:
+        daemon.stop()
+    first, last = messages[0], messages[-1]
+    assert (first.blobs_checked, first.bytes_checked, first.bytes_total) == (0, 0, blob_bytes)
+    assert first.blobs_total == last.blobs_total == last.report.blobs_checked >= 4
+    assert not first.HasField("report") and all(not m.HasField("report") for m in messages[:-1])
+    assert [p.sha256 for p in last.report.problems] == [filled.dataset_sha256]
+    assert told[0] == (0, blob_bytes)
+    assert [p.sha256 for p in report.problems] == [filled.dataset_sha256]
+    assert code == EXIT_FAILED
+    assert f"verify: 0 B of {byte_size(blob_bytes)} (0%)" in captured.err
+    assert "dataset flat version 1" in " ".join(captured.out.split())
+
+
+def test_a_daemon_older_than_the_checks_progress_is_asked_for_the_check_alone() -> None:
+    """A tesserad with VerifyStore and without VerifyStoreStream (UNIMPLEMENTED): the report
+    comes, on the blocking and the asyncio client, and progress is never told."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    reply = system_pb2.VerifyStoreReport(blobs_checked=3, bytes_checked=30, references_checked=3)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "tessera.v1.System",
+                {
+                    "VerifyStore": grpc.unary_unary_rpc_method_handler(
+                        lambda _r, _c: reply.SerializeToString()
+                    )
+                },
+            ),
+        )
+    )
+    target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    told: list[tuple[int, int]] = []
+
+    async def verified_async() -> system_pb2.VerifyStoreReport:
+        async with tessera.aio.Client(target) as client:
+            return await client.system.verify(progress=lambda done, total: told.append((done, total)))
+
+    try:
+        with tessera.Client(target) as client:
+            report = client.system.verify(progress=lambda done, total: told.append((done, total)))
+        report_async = asyncio.run(verified_async())
+    finally:
+        server.stop(grace=None)
+    assert report == report_async == reply
+    assert told == []
+
+
 def test_a_backup_that_meets_a_damaged_blob_names_its_owner_and_the_check(
     filled: Filled, copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -228,6 +295,9 @@ def test_only_an_admin_may_verify_online(
         assert tessera_main(["--token", token[Role.TRAINER], *args]) == EXIT_DAEMON
         err = capsys.readouterr().err
         assert err.startswith("tessera: PERMISSION_DENIED:") and "admin role" in err
+        assert tessera_main(["--token", token[Role.TRAINER], *args, "--progress"]) == EXIT_DAEMON
+        err = capsys.readouterr().err
+        assert "PERMISSION_DENIED:" in err and "admin role" in err
         assert tessera_main(["--token", token[Role.ADMIN], *args]) == 0
     finally:
         daemon.stop()

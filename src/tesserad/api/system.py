@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 
@@ -12,7 +14,7 @@ from tessera.v1 import system_pb2_grpc
 from tesserad.api.convert_common import timestamp
 from tesserad.api.transfers import chunk_size
 from tesserad.backup import Backups
-from tesserad.backup.verify import DAMAGED, MISSING, StoreCheckReport, StoreChecks
+from tesserad.backup.verify import DAMAGED, MISSING, StoreCheck, StoreCheckReport, StoreChecks
 from tesserad.errors import InvalidArgument, Unavailable
 from tesserad.host import HostSample
 from tesserad.system import Replication, ServerFacts, SystemService
@@ -109,20 +111,55 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
         request: pb.VerifyStoreRequest,
         context: grpc.aio.ServicerContext[pb.VerifyStoreRequest, pb.VerifyStoreReport],
     ) -> pb.VerifyStoreReport:
+        sent = [message async for message in self._check_store(progress=False)]
+        return sent[-1].report
+
+    async def VerifyStoreStream(
+        self,
+        request: pb.VerifyStoreRequest,
+        context: grpc.aio.ServicerContext[pb.VerifyStoreRequest, pb.VerifyStoreProgress],
+    ) -> AsyncIterator[pb.VerifyStoreProgress]:
+        # Closed here, so that a call cancelled while a message waits ends the check at once.
+        async with contextlib.aclosing(self._check_store(progress=True)) as messages:
+            async for message in messages:
+                yield message
+
+    async def _check_store(self, progress: bool) -> AsyncGenerator[pb.VerifyStoreProgress]:
+        """One store check: with `progress`, a message after its first step (the count of the
+        blobs to check) and then one every PROGRESS_INTERVAL_S at most; last, its report."""
         check = self._store_checks.start()
         try:
+            sent_at: float | None = None
             # Step by step in a thread: the loop stays free, and a cancelled call stops the
             # check after the step in flight.
             while await asyncio.to_thread(check.step):
-                pass
+                now = time.monotonic()
+                if progress and (sent_at is None or now - sent_at >= PROGRESS_INTERVAL_S):
+                    sent_at = now
+                    yield store_check_progress(check)
         finally:
             await wait_out(asyncio.ensure_future(asyncio.to_thread(self._store_checks.end, check)))
-        return store_check_to_proto(check.report())
+        last = store_check_progress(check)
+        last.report.CopyFrom(store_check_to_proto(check.report()))
+        yield last
 
+
+# How often VerifyStoreStream says how far its check has got: often enough for a progress line
+# to move, and few enough messages to cost nothing beside the hashing.
+PROGRESS_INTERVAL_S = 1.0
 
 # Problems a VerifyStore reply names at most (each some 600 bytes): the rest are counted, so that
 # the reply of a badly damaged store stays far under the message size limit.
 REPORTED_PROBLEMS = 1000
+
+
+def store_check_progress(check: StoreCheck) -> pb.VerifyStoreProgress:
+    return pb.VerifyStoreProgress(
+        blobs_checked=check.blobs_checked,
+        bytes_checked=check.bytes_checked,
+        blobs_total=check.blobs_total,
+        bytes_total=check.bytes_total,
+    )
 
 
 def store_check_to_proto(report: StoreCheckReport) -> pb.VerifyStoreReport:

@@ -9,8 +9,8 @@ blob is reported only when a second read of the records, after the first found i
 still finds a record that references it and the file still gone, so that a version deleted
 meanwhile is not taken for damage.
 
-`StoreCheck.step` does a bounded piece of work (at most STEP_BYTES of hashing, or one read of
-the records), so that a caller on an event loop can run it in a thread step by step and stop
+`StoreCheck.step` does a bounded piece of work (the count of the blobs to check, at most
+STEP_BYTES of hashing, or one read of the records), so that a caller on an event loop can run it in a thread step by step and stop
 between steps; memory holds the problems found and one chunk, whatever the store's size.
 """
 
@@ -116,6 +116,9 @@ class StoreCheck:
         self._report: StoreCheckReport | None = None
         self.blobs_checked = 0
         self.bytes_checked = 0
+        # What the blob directory held as the check began, counted by its first step.
+        self.blobs_total = 0
+        self.bytes_total = 0
 
     def step(self) -> bool:
         """Do the next piece of the check; False once it is done. Unavailable once closed
@@ -144,6 +147,9 @@ class StoreCheck:
             self._steps.close()
 
     def _run(self) -> Generator[None]:
+        census = self._blobs.census()
+        self.blobs_total, self.bytes_total = census.count, census.bytes
+        yield
         damaged: list[str] = []
         for sha256 in self._blobs.all():
             try:

@@ -54,6 +54,7 @@ ROLE_TABLE: dict[str, dict[str, Role]] = {
         "Backup": _A,
         # Reads every blob: as heavy as a backup, and its report names every owner's records.
         "VerifyStore": _A,
+        "VerifyStoreStream": _A,
     },
     "tessera.v1.Registry": {
         "CreateModel": _T,

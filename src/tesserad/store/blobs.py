@@ -679,6 +679,8 @@ class BlobStore:
 
     def _count(self) -> BlobCensus:
         count = size = 0
+        if not os.path.isdir(os.path.join(self._root, "sha256")):
+            return BlobCensus(0, 0)  # read-only, where no blob was ever stored
         with os.scandir(os.path.join(self._root, "sha256")) as shards:
             for shard in shards:
                 if not shard.is_dir():

@@ -1,7 +1,7 @@
 """SDK methods written once for the blocking and the asyncio client.
 
 A client part's method builds a description of what to do (`Op`: one unary call; `Upload`,
-`Save`, `ResumingDownload`, `Chain`, `PagesUpTo`; or a stream of results: `Pages`, `Resumable`,
+`Save`, `Followed`, `ResumingDownload`, `Chain`, `PagesUpTo`; or a stream of results: `Pages`, `Resumable`,
 `ReconnectingBidi`), and each kind of description knows how to run itself on a blocking
 `Connection` and on an asyncio `AioConnection`. The `call` and `stream` decorators make the
 method, on a part holding a `Connection`, return the result (or an iterator of results), and
@@ -35,10 +35,12 @@ from google.protobuf.message import Message
 
 from tessera.errors import (
     DeadlineExceeded,
+    Internal,
     OutOfRange,
     ResourceExhausted,
     TesseraError,
     Unavailable,
+    Unimplemented,
     reached_no_daemon,
     stream_reset,
 )
@@ -172,6 +174,51 @@ class Save(Call[T_co]):
         # A cancel meanwhile is raised once it has ended, its file then in place or not: to_thread
         # raised it at once, the thread going on to put the file in place after.
         return await _off_the_loop(sink.finish)
+
+
+@dataclass(frozen=True)
+class Followed(Call[T_co]):
+    """A server stream that tells how a long operation goes, `each(message)` called with every
+    message, and gives the result in its last (`convert(last)`); from a daemon older than the
+    stream's method (UNIMPLEMENTED), the result of `older` instead, with no message told."""
+
+    service: str
+    method: str
+    request: Message
+    timeout: float
+    each: Callable[[Any], None]
+    convert: Callable[[Any], T_co]
+    older: Call[T_co]
+
+    def __post_init__(self) -> None:
+        call_timeout(self.timeout)
+
+    def run(self, conn: Connection) -> T_co:
+        last = None
+        try:
+            for last in conn.server_stream(self.service, self.method, self.request, self.timeout):
+                self.each(last)
+        except Unimplemented:
+            if last is not None:
+                raise
+            return self.older.run(conn)
+        return self.convert(self._last(last))
+
+    async def run_async(self, conn: AioConnection) -> T_co:
+        last = None
+        try:
+            async for last in conn.server_stream(self.service, self.method, self.request, self.timeout):
+                self.each(last)
+        except Unimplemented:
+            if last is not None:
+                raise
+            return await self.older.run_async(conn)
+        return self.convert(self._last(last))
+
+    def _last(self, last: Any) -> Any:
+        if last is None:
+            raise Internal(f"the daemon ended {self.method} without its result; call it again")
+        return last
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,8 @@ COMMAND_BY_RPC: dict[str, str] = {
     # System
     "GetServerInfo": "`tessera info`",
     "Backup": "`tessera admin backup -o FILE`",
+    "VerifyStore": "`tessera admin verify`",
+    "VerifyStoreStream": "`tessera admin verify`",
 }
 """RPC name -> the `tessera` command that does it (or, where none does, the SDK call)."""
 

@@ -87,6 +87,8 @@ CALL_BY_RPC: dict[str, str] = {
     "GetServerInfo": "`client.system.info()`",
     "WatchSystem": "`client.system.watch()`",
     "Backup": "`client.system.backup(path)`",
+    "VerifyStore": "`client.system.verify()`",
+    "VerifyStoreStream": "`client.system.verify(progress=)`",
 }
 """RPC name -> the SDK call that does it (`client` a tessera.Client or tessera.aio.Client)."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tessera.backup import ArchiveCheck, ArchiveError, SavedBackup, read_archive
-from tessera.calls import C, Op, Part, Reconnects, Resumable, Save, Sink, call, stream
+from tessera.calls import C, Followed, Op, Part, Reconnects, Resumable, Save, Sink, call, stream
 from tessera.errors import DataLoss
 from tessera.transfer import PartialFile, Progress
 from tessera.transport import RetryPolicy, timeout_or
@@ -182,19 +182,37 @@ class System(Part[C]):
         return Resumable(S, "WatchSystem", cursor, until=cursor.done)
 
     @call
-    def verify(self, *, timeout: float | None = None) -> Op[pb.VerifyStoreReport]:
+    def verify(
+        self, *, timeout: float | None = None, progress: Progress | None = None
+    ) -> Op[pb.VerifyStoreReport] | Followed[pb.VerifyStoreReport]:
         """Check the daemon's store for damage (admin only): every blob re-hashed against its
         sha256, and the blob of every model version, dataset version, run artifact and job
         checkpoint looked for. The report's `problems` (empty when the store is whole) each name
         the blob, "damaged" or "missing", and the records that own it: the first 1,000 at most,
         with `damaged_blobs` and `missing_blobs` counting them all. Takes as long as reading
         every blob once; `timeout` (None: the client's transfer timeout) bounds it. One check
-        runs at a time: ResourceExhausted while another does."""
-        return Op(
+        runs at a time: ResourceExhausted while another does.
+
+        `progress(done, total)` is called about every second with the bytes of blobs checked and
+        the blob directory's bytes as the check began (blobs stored meanwhile may take `done`
+        past it); a daemon older than this progress calls it never."""
+        timeout = timeout_or(timeout, self._conn.transfer_timeout)
+        unary: Op[pb.VerifyStoreReport] = Op(S, "VerifyStore", pb.VerifyStoreRequest(), timeout=timeout)
+        if progress is None:
+            return unary
+
+        def told(message: pb.VerifyStoreProgress) -> None:
+            if not message.HasField("report"):
+                progress(message.bytes_checked, message.bytes_total)
+
+        return Followed(
             S,
-            "VerifyStore",
+            "VerifyStoreStream",
             pb.VerifyStoreRequest(),
-            timeout=timeout_or(timeout, self._conn.transfer_timeout),
+            timeout,
+            told,
+            lambda last: last.report,
+            unary,
         )
 
     @call

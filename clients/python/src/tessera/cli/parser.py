@@ -985,6 +985,11 @@ def build_parser() -> argparse.ArgumentParser:
         "for. Each problem is printed with the records that own the blob; the exit status is 1 when "
         "there is any. Takes as long as reading every blob once (--transfer-timeout bounds it); "
         "`tesserad verify` does the same with the daemon stopped",
+    ).add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="draw the bytes checked out of the blobs' size, the rate and the time left on stderr, over one "
+        "line (default: when stderr is a terminal, and not with --json)",
     )
     sub = command(
         admin,

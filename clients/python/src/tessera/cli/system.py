@@ -172,7 +172,12 @@ def _backup_contents(manifest: Manifest) -> str:
 
 
 def cmd_admin_verify(client: Client, args: argparse.Namespace, out: Output) -> None:
-    report = client.system.verify()
+    wanted = progress_wanted(args.progress, out.as_json, sys.stderr)
+    with ProgressLine("verify", sys.stderr if wanted else None) as line:
+        if wanted:
+            line.note("the daemon is counting its blobs")
+        report = client.system.verify(progress=line.update if wanted else None)
+        line.finish(report.bytes_checked)
     # A daemon names the first problems alone and counts them all (an older one counts none).
     found = max(report.damaged_blobs + report.missing_blobs, len(report.problems))
     unnamed = found - len(report.problems)

@@ -589,6 +589,44 @@ class VerifyStoreReport(_message.Message):
 Global___VerifyStoreReport: _TypeAlias = VerifyStoreReport  # noqa: Y015
 
 @_typing.final
+class VerifyStoreProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOBS_CHECKED_FIELD_NUMBER: _builtins.int
+    BYTES_CHECKED_FIELD_NUMBER: _builtins.int
+    BLOBS_TOTAL_FIELD_NUMBER: _builtins.int
+    BYTES_TOTAL_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
+    blobs_checked: _builtins.int
+    """Blobs re-hashed so far and their bytes."""
+    bytes_checked: _builtins.int
+    blobs_total: _builtins.int
+    """The blobs in the blob directory as the check began and their bytes (may lag the directory by
+    a few seconds): what it has to read. Blobs stored or deleted meanwhile change what it reads.
+    """
+    bytes_total: _builtins.int
+    @_builtins.property
+    def report(self) -> Global___VerifyStoreReport:
+        """Set on the last message alone: the check's result, as VerifyStore returns it."""
+
+    def __init__(
+        self,
+        *,
+        blobs_checked: _builtins.int = ...,
+        bytes_checked: _builtins.int = ...,
+        blobs_total: _builtins.int = ...,
+        bytes_total: _builtins.int = ...,
+        report: Global___VerifyStoreReport | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs_checked", b"blobs_checked", "blobs_total", b"blobs_total", "bytes_checked", b"bytes_checked", "bytes_total", b"bytes_total", "report", b"report"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyStoreProgress: _TypeAlias = VerifyStoreProgress  # noqa: Y015
+
+@_typing.final
 class GpuSample(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -54,6 +54,11 @@ class SystemStub:
                 request_serializer=tessera_dot_v1_dot_system__pb2.VerifyStoreRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_system__pb2.VerifyStoreReport.FromString,
                 _registered_method=True)
+        self.VerifyStoreStream = channel.unary_stream(
+                '/tessera.v1.System/VerifyStoreStream',
+                request_serializer=tessera_dot_v1_dot_system__pb2.VerifyStoreRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_system__pb2.VerifyStoreProgress.FromString,
+                _registered_method=True)
 
 
 class SystemServicer:
@@ -102,6 +107,14 @@ class SystemServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyStoreStream(self, request, context):
+        """Admin only. VerifyStore with its progress: a first message once the daemon has counted the
+        blobs to check, one about every second as it checks them, and a last one holding the report.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SystemServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +137,11 @@ def add_SystemServicer_to_server(servicer, server):
                     servicer.VerifyStore,
                     request_deserializer=tessera_dot_v1_dot_system__pb2.VerifyStoreRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_system__pb2.VerifyStoreReport.SerializeToString,
+            ),
+            'VerifyStoreStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.VerifyStoreStream,
+                    request_deserializer=tessera_dot_v1_dot_system__pb2.VerifyStoreRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_system__pb2.VerifyStoreProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -234,6 +252,33 @@ class System:
             '/tessera.v1.System/VerifyStore',
             tessera_dot_v1_dot_system__pb2.VerifyStoreRequest.SerializeToString,
             tessera_dot_v1_dot_system__pb2.VerifyStoreReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyStoreStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tessera.v1.System/VerifyStoreStream',
+            tessera_dot_v1_dot_system__pb2.VerifyStoreRequest.SerializeToString,
+            tessera_dot_v1_dot_system__pb2.VerifyStoreProgress.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,10 @@ class SystemStub:
     the blob. Takes as long as reading every blob once; cancelling the call stops it.
     `tesserad verify` does the same offline.
     """
+    VerifyStoreStream: _grpc.UnaryStreamMultiCallable[_system_pb2.VerifyStoreRequest, _system_pb2.VerifyStoreProgress]
+    """Admin only. VerifyStore with its progress: a first message once the daemon has counted the
+    blobs to check, one about every second as it checks them, and a last one holding the report.
+    """
 
 @_typing.type_check_only
 class SystemAsyncStub(SystemStub):
@@ -88,6 +92,10 @@ class SystemAsyncStub(SystemStub):
     version, run artifact and job checkpoint is there. Each problem names the records that own
     the blob. Takes as long as reading every blob once; cancelling the call stops it.
     `tesserad verify` does the same offline.
+    """
+    VerifyStoreStream: _aio.UnaryStreamMultiCallable[_system_pb2.VerifyStoreRequest, _system_pb2.VerifyStoreProgress]  # type: ignore[assignment]
+    """Admin only. VerifyStore with its progress: a first message once the daemon has counted the
+    blobs to check, one about every second as it checks them, and a last one holding the report.
     """
 
 class SystemServicer(metaclass=_abc_1.ABCMeta):
@@ -140,6 +148,16 @@ class SystemServicer(metaclass=_abc_1.ABCMeta):
         version, run artifact and job checkpoint is there. Each problem names the records that own
         the blob. Takes as long as reading every blob once; cancelling the call stops it.
         `tesserad verify` does the same offline.
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyStoreStream(
+        self,
+        request: _system_pb2.VerifyStoreRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_system_pb2.VerifyStoreProgress], _abc.AsyncIterator[_system_pb2.VerifyStoreProgress]]:
+        """Admin only. VerifyStore with its progress: a first message once the daemon has counted the
+        blobs to check, one about every second as it checks them, and a last one holding the report.
         """
 
 def add_SystemServicer_to_server(servicer: SystemServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
