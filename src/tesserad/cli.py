@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import pwd
 import signal
 import sys
 from collections.abc import Sequence
@@ -167,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, required=True, metavar="DIR", help="the data directory to create"
     )
     restore.add_argument(
+        "--owner",
+        metavar="USER",
+        help="give the restored data directory and all it holds to USER (a name or uid) and USER's "
+        "group: the user `tesserad serve` runs as, where the restore runs as root (default: the "
+        "restore's own user)",
+    )
+    restore.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         help="draw the bytes restored of the archive's files' size, the rate and the time left on "
@@ -218,7 +226,25 @@ def _terminate(_signum: int, _frame: object) -> NoReturn:
     raise _Terminated
 
 
-def _restore(archive: Path | BinaryIO, data_dir: Path, progress: bool | None) -> int:
+def _owner(parser: argparse.ArgumentParser, user: str | None) -> tuple[int, int] | None:
+    """The uid and gid `--owner USER` gives the restore to; a usage error for a user this system
+    lacks, or for another user where the restore does not run as root."""
+    if user is None:
+        return None
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    except KeyError:
+        parser.error(f"--owner {user}: no such user here; name the user `tesserad serve` runs as")
+    if os.geteuid() not in (0, entry.pw_uid):
+        parser.error(
+            f"--owner {user}: only root may give files to another user; run the restore as root, or as {user}"
+        )
+    return entry.pw_uid, entry.pw_gid
+
+
+def _restore(
+    archive: Path | BinaryIO, data_dir: Path, progress: bool | None, owner: tuple[int, int] | None
+) -> int:
     from tesserad.backup.restore import (
         DurabilityUnconfirmed,
         FailedAfterRestore,
@@ -248,7 +274,7 @@ def _restore(archive: Path | BinaryIO, data_dir: Path, progress: bool | None) ->
                     line.note(f"all {byte_size(total)} staged; checking the store and putting it in place")
 
             with signal_wakeup() as wakeup:
-                manifest = restore(archive, data_dir, STORE_TABLES, staged, wakeup)
+                manifest = restore(archive, data_dir, STORE_TABLES, staged, wakeup, owner)
             line.finish(manifest.store.size + manifest.blob_bytes)
     except (RestoreError, OSError) as exc:
         print(f"tesserad restore: {exc}", file=sys.stderr)
@@ -383,12 +409,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "tokens":
         return tokens.run(args)
     if args.command == "restore":
+        owner = _owner(parser, args.owner)
         if args.archive != Path("-"):
-            return _restore(args.archive, args.data_dir, args.progress)
+            return _restore(args.archive, args.data_dir, args.progress, owner)
         if sys.stdin is None or sys.stdin.isatty():
             # As tar refuses: an archive is not typed in, and a closed stdin holds none.
             parser.error("restore - reads the archive from stdin: redirect it (< FILE, CMD |)")
-        return _restore(sys.stdin.buffer, args.data_dir, args.progress)
+        return _restore(sys.stdin.buffer, args.data_dir, args.progress, owner)
 
     if args.command == "verify":
         return _verify(args.data_dir)

@@ -1199,7 +1199,8 @@ def _data_dir_owner_fix(data_dir: Path, exc: OSError) -> str:
     user = user_name(uid)
     return (
         f"it is owned by {user_name(owner)} and tesserad runs as {user}: give it to this user "
-        f"(`chown -R {user} {data_dir}`), run `tesserad restore` as that user, or {_DATA_DIR_FIX}"
+        f"(`chown -R {user} {data_dir}`; a restore run as root gives it so with `tesserad restore "
+        f"--owner {user}`), or {_DATA_DIR_FIX}"
     )
 
 

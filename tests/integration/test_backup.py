@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import pty
+import pwd
 import re
 import signal
 import socket
@@ -484,6 +485,38 @@ def test_restore_takes_a_new_disks_mount_point_holding_only_lost_and_found(
     code, err = _restore(source.archive, occupied, capsys)
     assert code == 1 and f"{occupied} is not empty (it holds notes.txt)" in err
     assert sorted(p.name for p in occupied.iterdir()) == ["lost+found", "notes.txt"]
+
+
+def test_a_restore_as_root_gives_the_data_directory_to_the_owner_named(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--owner`: what `tesserad serve` running as that user writes (the directory, its lock file
+    and store) is that user's, into a new directory or a new disk's mount point alike."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to give files to another user")
+    nobody = pwd.getpwuid(65534)
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    for data_dir in (tmp_path / "restored", mount_point):
+        code = tesserad_main(
+            ["restore", str(source.archive), "--data-dir", str(data_dir), "--owner", nobody.pw_name]
+        )
+        assert (code, capsys.readouterr().err) == (0, "")
+        owners = {(p.stat().st_uid, p.stat().st_gid) for p in [data_dir, *data_dir.rglob("*")]}
+        assert owners == {(65534, nobody.pw_gid)}
+        assert (data_dir / "tesserad.lock").exists() and (data_dir / "store" / "data.mdb").exists()
+
+
+def test_a_restore_to_an_owner_this_system_lacks_is_a_usage_error(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        tesserad_main(
+            ["restore", str(source.archive), "--data-dir", str(tmp_path / "r"), "--owner", "no-such-user"]
+        )
+    assert exited.value.code == 2
+    assert "--owner no-such-user: no such user here" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_only_an_admin_may_take_a_backup_and_its_chunks_fit_the_send_limit(

@@ -357,4 +357,4 @@ def test_a_data_directory_of_another_user_names_its_owner_the_daemons_user_and_t
     assert f"data directory {data_dir} cannot be written (Permission denied)" in output, output
     assert f"it is owned by root and tesserad runs as {nobody}" in output, output
     assert f"chown -R {nobody} {data_dir}" in output, output
-    assert "run `tesserad restore` as that user" in output, output
+    assert f"a restore run as root gives it so with `tesserad restore --owner {nobody}`" in output, output

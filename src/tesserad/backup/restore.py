@@ -129,11 +129,13 @@ def restore(
     tables: Collection[str],
     progress: Progress | None = None,
     wakeup: int | None = None,
+    owner: tuple[int, int] | None = None,
 ) -> Manifest:
     """Restore `archive` (a path, or an open binary file such as stdin, read as a stream) into
     `data_dir` (missing, or empty); its manifest. `tables`: those of this tesserad's store;
     `progress`, told how much is staged; `wakeup`, the pipe signal_wakeup gives: an archive
-    that is a pipe is read waiting on it too, so that a signal's handler runs however it lands."""
+    that is a pipe is read waiting on it too, so that a signal's handler runs however it lands;
+    `owner`, the uid and gid the data directory and all it holds are given to (root's to give)."""
     data_dir = data_dir.absolute()
     _remove_dead_staging(data_dir)
     _check_target(data_dir)
@@ -162,9 +164,13 @@ def restore(
                 if exc.errno not in _NO_ROOM:
                     raise
                 raise RestoreError(f"{staging.no_room()}; nothing was written") from None
+            if owner is not None:
+                # Before the directories' fsyncs, which make the owners durable with the names.
+                for path in [staging.path, *staging.path.rglob("*")]:
+                    os.chown(path, *owner)
             _sync_dirs(staging.path)
             staged = manifest
-            _put_in_place(staging.path, data_dir, store_token)
+            _put_in_place(staging.path, data_dir, store_token, owner)
         except BaseException:
             if staged is None or not _store_moved(staging.path, data_dir):
                 _take_back_blobs(staging.path, data_dir)
@@ -534,7 +540,9 @@ def _sync_dirs(staging: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
-def _put_in_place(staging: Path, data_dir: Path, store_token: str | None) -> None:
+def _put_in_place(
+    staging: Path, data_dir: Path, store_token: str | None, owner: tuple[int, int] | None
+) -> None:
     if not data_dir.exists():
         # Held through the rename: until the staging directory is the data directory, a daemon
         # started on it is refused, and another restore finds it held (see _staging_owner). Its
@@ -547,6 +555,8 @@ def _put_in_place(staging: Path, data_dir: Path, store_token: str | None) -> Non
         try:
             if store_token is not None:
                 lock.keep_store_token(store_token)
+            if owner is not None:
+                os.chown(lock.path, *owner)
             (staging / STAGING_LOCK_NAME).unlink()
             staging.chmod(_new_dir_mode())
             staging.rename(data_dir)
@@ -562,6 +572,9 @@ def _put_in_place(staging: Path, data_dir: Path, store_token: str | None) -> Non
         try:
             # Checked again under the lock: a daemon may have started on it meanwhile.
             _check_empty(data_dir, staging)
+            if owner is not None:
+                for path in (data_dir, lock.path):
+                    os.chown(path, *owner)
             if (staging / "blobs").exists():
                 (staging / INSTALLING_NAME).touch()
                 fsync_dir(staging)
