@@ -10,8 +10,9 @@ still finds a record that references it and the file still gone, so that a versi
 meanwhile is not taken for damage.
 
 `StoreCheck.step` does a bounded piece of work (the count of the blobs to check, at most
-STEP_BYTES of hashing, or one read of the records), so that a caller on an event loop can run it in a thread step by step and stop
-between steps; memory holds the problems found and one chunk, whatever the store's size.
+STEP_BYTES of hashing, or one read of the records), so that a caller on an event loop can run
+it in a thread step by step and stop between steps; memory holds the problems found and one
+chunk, whatever the store's size.
 """
 
 from __future__ import annotations
