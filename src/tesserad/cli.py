@@ -196,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
             "still keeps a daemon out (without that file, the check runs unlocked and says so). "
             "Exit status: 0 no damage, "
             f"{EXIT_DAMAGED} damage found (in a blob, or in the store file itself, which is said in a "
-            "paragraph naming the file and what LMDB said, with the restore to make), 1 refused or failed (the message says why), 2 wrong command "
-            "line, 130 or 143 interrupted."
+            "paragraph naming the file and what LMDB said, with the restore to make), 1 refused or "
+            "failed (the message says why), 2 wrong command line, 130 or 143 interrupted."
         ),
     )
     verify.add_argument(
