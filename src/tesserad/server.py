@@ -456,6 +456,7 @@ class Daemon:
             max_artifact_size=limits.max_artifact_size,
             deployment_history=settings.registry.deployment_history,
             dataset_check=self.datasets.check_lineage,
+            run_check=training_tracking.tracked_run_experiment,
             referenced=lambda txn: itertools.chain(
                 job_models(txn),
                 training_sweeps.sweep_models(txn),

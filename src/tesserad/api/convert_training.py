@@ -379,12 +379,13 @@ def run_statuses_from_proto(values: Any, field: str = "statuses") -> list[str]:
 
 def run_status_from_proto(value: pb.RunStatus.ValueType) -> str | None:
     """UpdateRun's status; None when unset (the update leaves the status alone). An unknown number
-    is refused naming the statuses UpdateRun takes, those that end a run, as its other refusals do."""
+    is refused naming the statuses UpdateRun takes, as its other refusals do."""
     if value == pb.RUN_STATUS_UNSPECIFIED:
         return None
     if value not in _RUN_STATUS_NAMES:
         raise InvalidArgument(
-            f"status: unknown run status {value}; a run can be ended as SUCCEEDED, FAILED or CANCELLED"
+            f"status: unknown run status {value}; a run can be ended as SUCCEEDED, FAILED or CANCELLED, "
+            "or reopened as RUNNING"
         )
     return _RUN_STATUS_NAMES[value]
 

@@ -152,7 +152,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     ) -> pb.ModelVersion:
         messages = client_stream(request_iterator, context)
         header: pb.UploadVersionHeader = await read_header(messages)
-        fields = _version_fields(header, context)
+        fields = _version_fields(self._registry, header, context)
         start = await read_start(messages, header.size_bytes)
         artifact = start.in_hand()
         if artifact is not None:
@@ -191,7 +191,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         context: grpc.aio.ServicerContext[pb.UploadVersionInlineRequest, pb.ModelVersion],
     ) -> pb.ModelVersion:
         header = request.header
-        return await self._upload_in_hand(header, request.artifact, _version_fields(header, context))
+        return await self._upload_in_hand(
+            header, request.artifact, _version_fields(self._registry, header, context)
+        )
 
     async def UploadVersionBatch(
         self,
@@ -208,7 +210,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
                         artifact=item.artifact,
                         sha256=header.sha256,
                         size_bytes=header.size_bytes,
-                        **_version_fields(header, context),
+                        **_version_fields(self._registry, header, context),
                     )
                 )
         records = await self._registered(lambda: self._registry.start_uploads(items))
@@ -513,9 +515,10 @@ def _copy_outcome(done: Future[T], outcome: asyncio.Future[T]) -> None:
 
 
 def _version_fields(
-    header: pb.UploadVersionHeader, context: grpc.aio.ServicerContext[Any, Any]
+    registry: Registry, header: pb.UploadVersionHeader, context: grpc.aio.ServicerContext[Any, Any]
 ) -> dict[str, Any]:
-    """An upload header's checked sha256 and its version fields in the domain's terms."""
+    """An upload header's checked sha256 and its version fields in the domain's terms; a run it
+    names (run_id) is checked here, a read of one record, before any byte is stored."""
     check_sha256(header.sha256, "header.sha256")
     check_job_spec_size("lineage.job_spec", header.lineage.job_spec.ByteSize())
     if header.lineage.HasField("job_spec"):
@@ -525,6 +528,8 @@ def _version_fields(
     check_lineage_datasets(len(header.lineage.datasets))
     lineage = convert.lineage_from_proto(header.lineage)
     check_uploaded_lineage(lineage)
+    if header.run_id:
+        lineage = registry.with_tracked_run(lineage, header.run_id)
     return {
         "format": convert.format_from_proto(header.format),
         "signature": convert.signature_from_proto(header.signature),

@@ -53,7 +53,7 @@ from tesserad.training.events import EventLog
 from tesserad.training.jobs import Jobs
 from tesserad.training.search_space import check_base_size, check_search_space_size
 from tesserad.training.sweeps import Sweeps
-from tesserad.training.tracking import BatchSequence, Tracking
+from tesserad.training.tracking import BatchSequence, Logged, Tracking
 from tesserad.training.watch import watch_job
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def _stream_stored(batches: int, points: int) -> str:
     )
 
 
-def _retrieve_outcome(future: asyncio.Future[int]) -> None:
+def _retrieve_outcome(future: asyncio.Future[Logged]) -> None:
     if not future.cancelled():
         future.exception()
 
@@ -350,8 +350,8 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         request: pb.LogMetricsRequest,
         context: grpc.aio.ServicerContext[pb.LogMetricsRequest, pb.LogMetricsResponse],
     ) -> pb.LogMetricsResponse:
-        accepted = await asyncio.wrap_future(self._log(request))
-        return pb.LogMetricsResponse(accepted=accepted)
+        logged = await asyncio.wrap_future(self._log(request))
+        return pb.LogMetricsResponse(accepted=logged.accepted, replaced=logged.replaced)
 
     async def LogMetricsStream(
         self,
@@ -363,19 +363,23 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         # one fails the rest are refused (BatchSequence): a failed stream stored exactly the
         # batches before the failure, which its answer counts.
         sequence = BatchSequence()
-        pending: deque[asyncio.Future[int]] = deque()
-        batches = points = 0  # stored so far, in stream order
+        pending: deque[asyncio.Future[Logged]] = deque()
+        batches = points = replaced = 0  # stored so far, in stream order
         try:
             async for request in request_iterator:
                 pending.append(self._queue(request, sequence))
                 if pending[-1].done() and pending[-1].exception() is not None:
                     break  # refused before it was queued: read no further
                 if len(pending) >= _MAX_PENDING_BATCHES:
-                    points += await pending.popleft()
-                    batches += 1
+                    logged = await pending.popleft()
+                    batches, points, replaced = (
+                        batches + 1,
+                        points + logged.accepted,
+                        replaced + logged.replaced,
+                    )
             while pending:
-                points += await pending.popleft()
-                batches += 1
+                logged = await pending.popleft()
+                batches, points, replaced = batches + 1, points + logged.accepted, replaced + logged.replaced
         except grpc.aio.AbortError:
             raise  # the call is aborted already, its status set
         except Exception as exc:
@@ -398,18 +402,18 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             # asyncio does not log it as unretrieved.
             for future in pending:
                 future.add_done_callback(_retrieve_outcome)
-        return pb.LogMetricsResponse(accepted=points)
+        return pb.LogMetricsResponse(accepted=points, replaced=replaced)
 
-    def _queue(self, request: pb.LogMetricsRequest, sequence: BatchSequence) -> asyncio.Future[int]:
+    def _queue(self, request: pb.LogMetricsRequest, sequence: BatchSequence) -> asyncio.Future[Logged]:
         """The batch's outcome: queued for commit, or already failed when it is refused at once."""
         try:
             return asyncio.wrap_future(self._log(request, sequence))
         except TesseraError as exc:
-            refused: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            refused: asyncio.Future[Logged] = asyncio.get_running_loop().create_future()
             refused.set_exception(exc)
             return refused
 
-    def _log(self, request: pb.LogMetricsRequest, sequence: BatchSequence | None = None) -> Future[int]:
+    def _log(self, request: pb.LogMetricsRequest, sequence: BatchSequence | None = None) -> Future[Logged]:
         if not request.run_id:
             raise InvalidArgument("run_id is required")
         self._tracking.check_batch_length(len(request.points))

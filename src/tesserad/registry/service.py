@@ -37,7 +37,7 @@ from tesserad.registry.backfill import (
 from tesserad.registry.deployments import Deployments, prune_histories
 from tesserad.registry.models import Models
 from tesserad.registry.serving_configs import ServingConfigs
-from tesserad.registry.versions import DatasetCheck, Versions
+from tesserad.registry.versions import DatasetCheck, RunCheck, Versions
 from tesserad.store import BlobStore, Store
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class Registry:
         max_artifact_size: int,
         deployment_history: int,
         dataset_check: DatasetCheck | None = None,
+        run_check: RunCheck | None = None,
         referenced: References = lambda _txn: (),
     ) -> None:
         """`referenced`: the model versions the store's records outside the registry name (job
@@ -77,6 +78,7 @@ class Registry:
             self._notify,
             max_artifact_size=max_artifact_size,
             dataset_check=dataset_check,
+            run_check=run_check,
         )
         aliases = Aliases(store, self._notify)
         deployments = Deployments(store, self._notify, deployment_history)
@@ -91,6 +93,7 @@ class Registry:
 
         self.check_upload = versions.check_upload
         self.register_version = versions.register_version
+        self.with_tracked_run = versions.with_tracked_run
         self.submit_upload = versions.submit_upload
         self.start_uploads = versions.start_uploads
         self.resolve = versions.resolve

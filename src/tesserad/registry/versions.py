@@ -118,6 +118,9 @@ from tesserad.store import BlobRef, BlobStore, ReadTxn, Store, WriteTxn, checked
 # Checks a dataset version named in lineage inside the registering transaction:
 # (txn, name, version, sha256) -> the version's sha256, raising NotFound / InvalidArgument.
 DatasetCheck = Callable[[ReadTxn, str, int, str], str]
+# Checks the tracked run an upload names (UploadVersionHeader.run_id): (txn, run_id) -> the run's
+# experiment, raising NotFound / FailedPrecondition.
+RunCheck = Callable[[ReadTxn, str], str]
 
 log = logging.getLogger(__name__)
 
@@ -290,10 +293,12 @@ class Versions:
         *,
         max_artifact_size: int,
         dataset_check: DatasetCheck | None,
+        run_check: RunCheck | None = None,
     ) -> None:
         self._store = store
         self._blobs = blobs
         self._notify = notify
+        self._run_check = run_check
         self._max_artifact_size = max_artifact_size
         self._dataset_check = dataset_check
         # Uploads waiting for `submit_upload`'s worker, and whether it is draining them.
@@ -367,6 +372,26 @@ class Versions:
             if alias and not alias_if_room:
                 # Before any byte is stored; the registration's transaction checks again.
                 check_alias_room(txn, model, alias)
+
+    def with_tracked_run(self, lineage: Lineage, run_id: str) -> Lineage:
+        """`lineage` naming the run `run_id` of this daemon's tracking, checked to exist and not be
+        deleted, with its experiment. Runs are never removed, only marked deleted, so a run
+        checked here stays there for the registration that follows."""
+        if lineage.run_id not in ("", run_id):
+            raise InvalidArgument(
+                f"lineage.run_id is {lineage.run_id[:80]!r} and run_id {run_id[:80]!r}: set run_id alone "
+                "for a run of this daemon (lineage.run_id names another tracker's, unchecked)"
+            )
+        if self._run_check is None:
+            raise FailedPrecondition("this daemon keeps no runs to check run_id against")
+        with self._store.read() as txn:
+            experiment = self._run_check(txn, run_id)
+        if lineage.experiment not in ("", experiment):
+            raise InvalidArgument(
+                f"lineage.experiment is {lineage.experiment[:80]!r}, but run {run_id} is in experiment "
+                f"{experiment!r}: leave lineage.experiment empty"
+            )
+        return replace(lineage, run_id=run_id, experiment=experiment)
 
     def register_version(
         self,

@@ -44,6 +44,7 @@ from tesserad.text import (
     ENTRY_WIRE_BYTES,
     MAX_PARAM_VALUE,
     check_entries,
+    check_label,
     check_record_text,
     check_tag_update,
     entries_wire_bytes,
@@ -232,6 +233,14 @@ class MetricPoint(NamedTuple):
     time: float | None = None  # wall clock; server time when None
 
 
+class Logged(NamedTuple):
+    """What a batch of points did: `accepted` points stored, `replaced` of them over a different
+    value at their key and step (the newest point of a key and step wins)."""
+
+    accepted: int
+    replaced: int
+
+
 class BatchSequence:
     """The batches of one stream of metric batches, queued in order: once one fails, those queued
     after it are refused unstored, so what a failed stream stored is exactly the batches before
@@ -239,9 +248,9 @@ class BatchSequence:
 
     def __init__(self) -> None:
         self.failed = False
-        self.last: Future[int] | None = None  # the outcome of the batch queued last
+        self.last: Future[Logged] | None = None  # the outcome of the batch queued last
 
-    def watch(self, outcome: Future[int]) -> None:
+    def watch(self, outcome: Future[Logged]) -> None:
         """Mark the sequence failed when `outcome` fails after its work ran (a commit that
         failed as a whole), its callback run before the next commit begins; or when it is
         cancelled, as its stream's call was, and so not stored (the next batch also reads that
@@ -249,7 +258,7 @@ class BatchSequence:
         self.last = outcome
         outcome.add_done_callback(self._note)
 
-    def _note(self, outcome: Future[int]) -> None:
+    def _note(self, outcome: Future[Logged]) -> None:
         if outcome.cancelled() or outcome.exception() is not None:
             self.failed = True
 
@@ -786,10 +795,13 @@ class Tracking:
     def update_run(
         self, run_id: str, status: str | None, set_tags: dict[str, str], remove_tags: Iterable[str] = ()
     ) -> Run:
-        """End an external run (status + end time) or change its tags."""
-        if status is not None and status not in ENDED_STATUSES:
+        """End an external run (status + end time), reopen an ended one ("running": its end time
+        cleared, as MLflow's start_run(run_id=...) does), or change its tags; one transaction
+        reads and writes the run, so a change made meanwhile is never undone."""
+        if status is not None and status not in ENDED_STATUSES and status != "running":
             raise InvalidArgument(
-                f"status: a run can be ended as SUCCEEDED, FAILED or CANCELLED, not {status.upper()}"
+                f"status: a run can be ended as SUCCEEDED, FAILED or CANCELLED, or reopened as RUNNING, "
+                f"not {status.upper()}"
             )
         removed = _tag_changes(set_tags, remove_tags)
         with self._store.write() as txn:
@@ -801,12 +813,16 @@ class Tracking:
                         f"run {run_id!r} belongs to job {run.job_id}; its status follows the job "
                         "(cancel the job with CancelJob instead)"
                     )
-                if run.status in ENDED_STATUSES and run.status != status:
-                    raise FailedPrecondition(f"run {run_id!r} has already ended ({run.status})")
-                # Ending it again as it ended is a repeat (a retried call): the end time stays.
+                if run.status in ENDED_STATUSES and status != "running" and run.status != status:
+                    raise FailedPrecondition(
+                        f"run {run_id!r} has already ended ({run.status}); reopen it (status RUNNING) "
+                        "to end it otherwise"
+                    )
+                # Ending it again as it ended, or reopening a running run, is a repeat (a retried
+                # call): the times stay.
                 if run.status != status:
                     run.status = status
-                    run.end_time = time.time()
+                    run.end_time = None if status == "running" else time.time()
             run.tags.update(set_tags)
             for key in removed:
                 run.tags.pop(key, None)
@@ -1197,8 +1213,8 @@ class Tracking:
         *,
         external: bool = True,
         sequence: BatchSequence | None = None,
-    ) -> Future[int]:
-        """Queue a batch for the next group commit; the future gives the count once durable.
+    ) -> Future[Logged]:
+        """Queue a batch for the next group commit; the future gives what it stored once durable.
 
         External callers may log to a run that is not deleted, running or ended (a test-set score
         after training, as in MLflow): nothing reads an ended run's points as frozen, a sweep
@@ -1209,7 +1225,7 @@ class Tracking:
         now = time.time()
         previous = None if sequence is None else sequence.last
 
-        def work(txn: WriteTxn) -> int:
+        def work(txn: WriteTxn) -> Logged:
             if sequence is None:
                 return store(txn)
             if sequence.failed or (previous is not None and previous.cancelled()):
@@ -1221,7 +1237,7 @@ class Tracking:
                 sequence.failed = True
                 raise
 
-        def store(txn: WriteTxn) -> int:
+        def store(txn: WriteTxn) -> Logged:
             raw = txn.get("runs", (run_id,))
             if raw is None:
                 raise NotFound(f"run {run_id[:80]!r} does not exist; create it with CreateRun first")
@@ -1229,8 +1245,7 @@ class Tracking:
             if external and "deleted_at" in data:
                 _refuse_deleted_run(_run_from(data))
             _check_metric_room(txn, run_id, (point.key for point in points))
-            write_points(txn, data["experiment"], run_id, points, now)
-            return len(points)
+            return Logged(len(points), write_points(txn, data["experiment"], run_id, points, now))
 
         outcome = self._store.submit(work)
         if sequence is not None:
@@ -1776,6 +1791,25 @@ def _check_metric_room(txn: ReadTxn, run_id: str, keys: Iterable[str]) -> None:
         )
 
 
+def tracked_run_experiment(txn: ReadTxn, run_id: str) -> str:
+    """The experiment of the run a registered version names as its own (UploadVersionHeader.run_id):
+    NotFound when there is none, FailedPrecondition when it is deleted."""
+    check_label("run_id", run_id)
+    raw = txn.get("runs", (run_id,))
+    if raw is None:
+        raise NotFound(
+            f"run_id: run {run_id[:80]!r} does not exist; ListRuns lists them (`tessera runs ls`). A run "
+            "of another tracker goes in lineage.run_id, which is not checked"
+        )
+    run = _run_from(decode_record(raw, "run", 1)[1])
+    if run.deleted_at is not None:
+        raise FailedPrecondition(
+            f"run_id: run {run_id!r} is deleted; restore it with RestoreRun (`tessera runs restore "
+            f"{run_id}`) to register a version from it"
+        )
+    return run.experiment
+
+
 def _experiment_of(txn: ReadTxn, run_id: str) -> str:
     """The experiment of a stored run (every summary belongs to one)."""
     raw = txn.get("runs", (run_id,))
@@ -1784,9 +1818,10 @@ def _experiment_of(txn: ReadTxn, run_id: str) -> str:
     return str(decode_record(raw, "run", 1)[1]["experiment"])
 
 
-def write_points(txn: WriteTxn, experiment: str, run_id: str, points: list[MetricPoint], now: float) -> None:
+def write_points(txn: WriteTxn, experiment: str, run_id: str, points: list[MetricPoint], now: float) -> int:
     """Store the finite points (of points at one step, the last written wins) and update their
-    keys' buckets and summaries, in `txn`.
+    keys' buckets and summaries, in `txn`; returns how many points replaced a different value
+    (stored before, or earlier in `points`), which a caller is told: MLflow keeps both.
 
     Tracking holds finite values only: LogMetrics refuses the others, and a job's validation
     metric that comes out NaN (a split can hold NaN) stays in its events, out of its run, where
@@ -1794,11 +1829,13 @@ def write_points(txn: WriteTxn, experiment: str, run_id: str, points: list[Metri
     once per key per batch, which keeps ingest near the cost of the puts themselves.
     """
     by_key: dict[str, dict[int, Sample]] = {}
+    replaced = 0
     for point in points:
         if math.isfinite(point.value):
-            by_key.setdefault(point.key, {})[point.step] = Sample(
-                point.step, point.value, now if point.time is None else point.time
-            )
+            samples = by_key.setdefault(point.key, {})
+            earlier = samples.get(point.step)
+            replaced += earlier is not None and earlier.value != point.value
+            samples[point.step] = Sample(point.step, point.value, now if point.time is None else point.time)
     # A job's keys past the cap stay in its events, as LogMetrics refuses them to a caller.
     room = MAX_RUN_METRICS - _metric_count(txn, run_id)
     for key in _new_keys(txn, run_id, by_key)[max(room, 0) :]:
@@ -1811,10 +1848,13 @@ def write_points(txn: WriteTxn, experiment: str, run_id: str, points: list[Metri
             raw_key = point_key(metric, sample.step)
             value = encode_metric_point(sample.value, sample.time)
             if not put("metrics", raw_key, value, overwrite=False):
+                stored = txn.get_packed("metrics", raw_key)
+                replaced += stored is not None and decode_metric_point(stored)[0] != sample.value
                 put("metrics", raw_key, value)
                 rewritten.append(sample.step)
         metric_buckets.add(txn, metric, list(batch.values()), rewritten)
         _refresh_summary(txn, experiment, run_id, key)
+    return replaced
 
 
 def _history_position(after: bytes, groups: int) -> tuple[int, int, int, tuple[int, ...]]:

@@ -733,10 +733,9 @@ def test_an_unknown_status_or_summary_field_says_which_to_use(tracker) -> None:
             S.LeaderboardRequest(experiment="unknown-enums", metric="a", field=7)
         ),
         f"statuses: {statuses}": lambda: tracker.ListRuns(S.ListRunsRequest(statuses=[9])),
-        # It listed RUNNING and INTERRUPTED too, which UpdateRun refuses.
-        "status: unknown run status 9; a run can be ended as SUCCEEDED, FAILED or CANCELLED": lambda: (
-            tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, status=9))
-        ),
+        # It listed INTERRUPTED too, which UpdateRun refuses.
+        "status: unknown run status 9; a run can be ended as SUCCEEDED, FAILED or CANCELLED, or reopened "
+        "as RUNNING": lambda: tracker.UpdateRun(S.UpdateRunRequest(run_id=run.run_id, status=9)),
     }
     for message, call in calls.items():
         error = _error(call)

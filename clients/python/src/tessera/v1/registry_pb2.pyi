@@ -875,6 +875,7 @@ class UploadVersionHeader(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     ALIAS_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     create_model: _builtins.bool
     """Create the model if it does not exist (else NOT_FOUND)."""
@@ -889,6 +890,12 @@ class UploadVersionHeader(_message.Message):
     size_bytes: _builtins.int
     alias: _builtins.str
     """Optionally move this alias to the new version once stored."""
+    run_id: _builtins.str
+    """A run of this daemon the version came from: NOT_FOUND unless it exists, FAILED_PRECONDITION
+    when it is deleted. Recorded as lineage.run_id, with lineage.experiment the run's (the
+    lineage's own run_id and experiment, which may name another tracker's run unchecked, must
+    then be empty or the same: INVALID_ARGUMENT otherwise).
+    """
     @_builtins.property
     def signature(self) -> _common_pb2.Signature:
         """For safetensors it is taken from the architecture when omitted; for onnx it must match
@@ -937,10 +944,11 @@ class UploadVersionHeader(_message.Message):
         sha256: _builtins.str = ...,
         size_bytes: _builtins.int = ...,
         alias: _builtins.str = ...,
+        run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "lineage", b"lineage", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "architecture", b"architecture", "create_model", b"create_model", "description", b"description", "format", b"format", "lineage", b"lineage", "metrics", b"metrics", "model", b"model", "params", b"params", "sha256", b"sha256", "signature", b"signature", "size_bytes", b"size_bytes", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "architecture", b"architecture", "create_model", b"create_model", "description", b"description", "format", b"format", "lineage", b"lineage", "metrics", b"metrics", "model", b"model", "params", b"params", "run_id", b"run_id", "sha256", b"sha256", "signature", b"signature", "size_bytes", b"size_bytes", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

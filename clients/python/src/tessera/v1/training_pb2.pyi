@@ -1578,7 +1578,10 @@ class UpdateRunRequest(_message.Message):
     REMOVE_TAGS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     status: Global___RunStatus.ValueType
-    """Set to end the run (SUCCEEDED, FAILED or CANCELLED)."""
+    """SUCCEEDED, FAILED or CANCELLED ends the run (FAILED_PRECONDITION when it ended otherwise:
+    reopen it first); RUNNING reopens an ended run, and holds for a running one. INTERRUPTED
+    is a job's alone (INVALID_ARGUMENT).
+    """
     @_builtins.property
     def set_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -2162,15 +2165,21 @@ class LogMetricsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCEPTED_FIELD_NUMBER: _builtins.int
+    REPLACED_FIELD_NUMBER: _builtins.int
     accepted: _builtins.int
+    replaced: _builtins.int
+    """Accepted points that replaced a different value stored at their key and step: a metric
+    keeps one point per key and step, the newest. Resending a stored point replaces nothing.
+    """
     def __init__(
         self,
         *,
         accepted: _builtins.int = ...,
+        replaced: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "replaced", b"replaced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -290,7 +290,9 @@ class TrainingServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateRun(self, request, context):
-        """Ends an external run (status, end time) or changes its tags.
+        """Ends an external run (status, end time), reopens an ended one (status RUNNING: its end
+        time is cleared, as MLflow's start_run(run_id=...) does), or changes its tags. A job's run
+        follows its job: FAILED_PRECONDITION naming the job for any status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -74,7 +74,10 @@ class TrainingStub:
     CreateRun: _grpc.UnaryUnaryMultiCallable[_training_pb2.CreateRunRequest, _training_pb2.Run]
     """Starts a run for an external training script; jobs create their runs themselves."""
     UpdateRun: _grpc.UnaryUnaryMultiCallable[_training_pb2.UpdateRunRequest, _training_pb2.Run]
-    """Ends an external run (status, end time) or changes its tags."""
+    """Ends an external run (status, end time), reopens an ended one (status RUNNING: its end
+    time is cleared, as MLflow's start_run(run_id=...) does), or changes its tags. A job's run
+    follows its job: FAILED_PRECONDITION naming the job for any status.
+    """
     GetRun: _grpc.UnaryUnaryMultiCallable[_training_pb2.GetRunRequest, _training_pb2.Run]
     DeleteRun: _grpc.UnaryUnaryMultiCallable[_training_pb2.DeleteRunRequest, _training_pb2.Run]
     """Soft delete: the run is hidden from lists and leaderboards and refuses params, metrics and
@@ -204,7 +207,10 @@ class TrainingAsyncStub(TrainingStub):
     CreateRun: _aio.UnaryUnaryMultiCallable[_training_pb2.CreateRunRequest, _training_pb2.Run]  # type: ignore[assignment]
     """Starts a run for an external training script; jobs create their runs themselves."""
     UpdateRun: _aio.UnaryUnaryMultiCallable[_training_pb2.UpdateRunRequest, _training_pb2.Run]  # type: ignore[assignment]
-    """Ends an external run (status, end time) or changes its tags."""
+    """Ends an external run (status, end time), reopens an ended one (status RUNNING: its end
+    time is cleared, as MLflow's start_run(run_id=...) does), or changes its tags. A job's run
+    follows its job: FAILED_PRECONDITION naming the job for any status.
+    """
     GetRun: _aio.UnaryUnaryMultiCallable[_training_pb2.GetRunRequest, _training_pb2.Run]  # type: ignore[assignment]
     DeleteRun: _aio.UnaryUnaryMultiCallable[_training_pb2.DeleteRunRequest, _training_pb2.Run]  # type: ignore[assignment]
     """Soft delete: the run is hidden from lists and leaderboards and refuses params, metrics and
@@ -409,7 +415,10 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         request: _training_pb2.UpdateRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_training_pb2.Run, _abc.Awaitable[_training_pb2.Run]]:
-        """Ends an external run (status, end time) or changes its tags."""
+        """Ends an external run (status, end time), reopens an ended one (status RUNNING: its end
+        time is cleared, as MLflow's start_run(run_id=...) does), or changes its tags. A job's run
+        follows its job: FAILED_PRECONDITION naming the job for any status.
+        """
 
     @_abc_1.abstractmethod
     def GetRun(
