@@ -64,9 +64,10 @@ if TYPE_CHECKING:
     )
     from tessera.explanations import Explanation, time_slice, top_positions
     from tessera.inference import LoadState, Prediction
+    from tessera.run_logging import ActiveRun, MetricLogger, MetricPoint
     from tessera.runs import Leaderboard, LeaderboardEntry, MetricHistory, Run, RunComparison, RunMetrics
     from tessera.sweeps import Sweep, SweepState, SweepTrial
-    from tessera.training import Job, RunStatus
+    from tessera.training import Job, MetricPointsReplaced, RunStatus
     from tessera.transport import TLS, RetryPolicy
 
 __version__ = "0.1.0"
@@ -116,6 +117,7 @@ _NAMES_BY_MODULE = {
     ),
     "tessera.explanations": ("Explanation", "time_slice", "top_positions"),
     "tessera.inference": ("LoadState", "Prediction"),
+    "tessera.run_logging": ("ActiveRun", "MetricLogger", "MetricPoint"),
     "tessera.runs": (
         "Leaderboard",
         "LeaderboardEntry",
@@ -125,7 +127,7 @@ _NAMES_BY_MODULE = {
         "RunMetrics",
     ),
     "tessera.sweeps": ("Sweep", "SweepState", "SweepTrial"),
-    "tessera.training": ("Job", "RunStatus"),
+    "tessera.training": ("Job", "MetricPointsReplaced", "RunStatus"),
     "tessera.transport": ("TLS", "RetryPolicy"),
 }
 _MODULE_OF = {name: module for module, names in _NAMES_BY_MODULE.items() for name in names}
@@ -133,6 +135,7 @@ _MODULE_OF = {name: module for module, names in _NAMES_BY_MODULE.items() for nam
 __all__ = [
     "TLS",
     "Aborted",
+    "ActiveRun",
     "AlreadyExists",
     "Cancelled",
     "CheckpointSaved",
@@ -156,6 +159,9 @@ __all__ = [
     "LoadState",
     "LogLine",
     "MetricHistory",
+    "MetricLogger",
+    "MetricPoint",
+    "MetricPointsReplaced",
     "NotAnswering",
     "NotFound",
     "OutOfRange",
@@ -199,6 +205,7 @@ _SUBMODULES = (
     "explanations",
     "inference",
     "models",
+    "run_logging",
     "runs",
     "sweeps",
     "system",

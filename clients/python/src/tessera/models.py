@@ -209,12 +209,16 @@ class Models(Part[C]):
         chunk_size: int = CHUNK_BYTES,
         timeout: float | None = None,
         alias: str | None = None,
+        run_id: str | None = None,
     ) -> Upload[pb.ModelVersion]:
         """Register an artifact file as the model's next version: an ONNX model, or safetensors
         weights with the `architecture` that builds them. Streamed in chunks, or sent in one
         message when at most INLINE_BYTES; `progress(done, total)` is called after each chunk
         read. `set_alias` moves that alias to the new version (`alias`, its old name, still does,
-        with a DeprecationWarning)."""
+        with a DeprecationWarning). `run_id`: the tracked run the version came from, kept in its
+        lineage (`lineage.run_id`, with the run's experiment) as a trained version's is; the
+        daemon checks it (NotFound for no such run, FailedPrecondition for a deleted one, before
+        any byte is stored)."""
         moved = moved_alias("push", set_alias, alias)
         artifact = Path(path)
         check_chunk_size(chunk_size)
@@ -233,6 +237,8 @@ class Models(Part[C]):
                 metrics=metrics,
                 tags=tags,
             )
+            if run_id is not None:
+                header.run_id = run_id
             if header.size_bytes <= INLINE_BYTES:
                 data = b"".join(file_chunks(artifact, header.size_bytes, chunk_size, progress))
                 return pb.UploadVersionInlineRequest(header=header, artifact=data)
@@ -339,6 +345,7 @@ class Models(Part[C]):
         timeout: float | None = None,
         overwrite: bool = True,
         resume: bool = False,
+        alias: str | None = None,
     ) -> Call[pb.ModelVersion]:
         """Write a version's artifact to `path`, verified against its sha256 (DataLoss if not);
         it takes the name only once whole. A directory `path` (one that exists, or a str ending
@@ -347,7 +354,7 @@ class Models(Part[C]):
         (.safetensors, .json for an ensemble), of the version `version` picks when asked. `overwrite` False: a file at `path` is refused with
         FileExistsError. A stream that breaks (UNAVAILABLE: connection cut, daemon restarting)
         is made again within the client's RetryPolicy and goes on from the bytes written, of the
-        version the first stream sent. One that gives up or times out keeps them in a hidden
+        version the first stream sent (`alias="prod"` is `version="prod"`, as predict's). One that gives up or times out keeps them in a hidden
         partial file beside `path` (one that ends any other way removes them, unless asked to
         `resume`: it keeps them, those an earlier download kept with them, however it ends but
         in a file whose sha256 is not the version's, its error saying how many), with a record of
@@ -356,6 +363,10 @@ class Models(Part[C]):
         are), and without `resume` the download starts again from the first byte. A partial file
         there that is not this user's own, or is another name of a file too, is refused with
         ValueError."""
+        if alias is not None:
+            if version is not None:
+                raise ValueError(f"give version ({version!r}) or alias ({alias!r}), not both")
+            version = alias
 
         def into_directory(picked: pb.ModelVersion) -> ResumingDownload[pb.ModelVersion]:
             file = Path(path) / default_file_name(picked)

@@ -77,9 +77,9 @@ RUN_STATUSES = tuple(
     enum_word(pb.RunStatus.DESCRIPTOR, value.name) for value in pb.RunStatus.DESCRIPTOR.values if value.number
 )
 # MLflow's names for the statuses tessera names otherwise.
-_STATUS_ALIASES = {"finished": "succeeded", "killed": "cancelled"}
+STATUS_ALIASES = {"finished": "succeeded", "killed": "cancelled"}
 _STATUS_NAMES = [
-    status + "".join(f" (or {alias.upper()})" for alias, same in _STATUS_ALIASES.items() if same == status)
+    status + "".join(f" (or {alias.upper()})" for alias, same in STATUS_ALIASES.items() if same == status)
     for status in RUN_STATUSES
 ]
 _STATUS_CHOICES = f"{', '.join(_STATUS_NAMES[:-1])} or {_STATUS_NAMES[-1]}"
@@ -300,7 +300,7 @@ def _status(scan: _Scanner) -> str:
     scan.space()
     start = scan.at
     value = _text(scan, _Operand("attributes", "status", "", start))
-    status = _STATUS_ALIASES.get(value.lower(), value.lower())
+    status = STATUS_ALIASES.get(value.lower(), value.lower())
     if status not in RUN_STATUSES:
         raise scan.fail(f"{value!r} is not a run status; use {_STATUS_CHOICES}", start)
     return status

@@ -9,6 +9,7 @@ import re
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,15 @@ from tessera.errors import (
 )
 from tessera.events import JobEvent, JobState, StateChanged, event_from_proto
 from tessera.messages import from_dict
-from tessera.run_filter import RunFilter, RunOrderBy, is_order_string, parse_filter, parse_orders
+from tessera.run_filter import (
+    STATUS_ALIASES,
+    RunFilter,
+    RunOrderBy,
+    is_order_string,
+    parse_filter,
+    parse_orders,
+)
+from tessera.run_logging import ActiveRun, MetricLogger, MetricPoint
 from tessera.runs import AioRunListing, Leaderboard, MetricHistory, Run, RunComparison, RunListing
 from tessera.state_words import StateWord
 from tessera.sweeps import Sweep
@@ -140,6 +149,59 @@ def enum_value(enum: _EnumTypeWrapper[_V], prefix: str, value: str | int) -> _V:
         choices = ", ".join(k.removeprefix(prefix).lower() for k in names if not k.endswith("UNSPECIFIED"))
         raise ValueError(f"{value!r} is not one of {choices}")
     return enum.Value(name)
+
+
+def run_status(value: str | int) -> pb.RunStatus.ValueType:
+    """A RunStatus number from a word, MLflow's FINISHED and KILLED too (as filters read them)."""
+    if isinstance(value, str):
+        value = STATUS_ALIASES.get(value.lower(), value)
+    return enum_value(pb.RunStatus, "RUN_STATUS_", value)
+
+
+class MetricPointsReplaced(UserWarning):
+    """Points logged at a key and step that held another value replaced it: a run keeps one point
+    per key and step, the newest (MLflow keeps both)."""
+
+
+def _warn_replaced(response: pb.LogMetricsResponse) -> None:
+    if response.replaced:
+        warnings.warn(
+            MetricPointsReplaced(
+                f"{response.replaced} of the {response.accepted} point(s) replaced another value logged "
+                "before at the same key and step: a run keeps one point per key and step, the newest "
+                "(log each step once, or the next value at a new step)"
+            ),
+            # Past this function, the call's convert, the call and the client's wrapper.
+            stacklevel=5,
+        )
+
+
+def _accepted(response: pb.LogMetricsResponse) -> int:
+    """A LogMetrics answer's count of points stored, warning once where some replaced others."""
+    _warn_replaced(response)
+    return int(response.accepted)
+
+
+Points = Iterable[MetricPoint | pb.MetricPoint | tuple[Any, ...]]
+"""Points of log_batch: each a `tessera.MetricPoint`, a (key, value, step[, timestamp]) tuple, or
+a `tessera.v1` MetricPoint message."""
+
+
+def metric_points(points: Points) -> list[pb.MetricPoint]:
+    """`log_batch`'s points as messages."""
+    made = []
+    for given in points:
+        if isinstance(given, pb.MetricPoint):
+            made.append(given)
+            continue
+        point = MetricPoint(*given)
+        stamp = metric_timestamp(point.timestamp) if point.timestamp is not None else None
+        made.append(
+            pb.MetricPoint(
+                key=point.key, value=metric_value(point.key, point.value), step=point.step, time=stamp
+            )
+        )
+    return made
 
 
 class RunStatus(StateWord):
@@ -530,6 +592,24 @@ def _points_stored(count: int) -> str:
 
 
 @dataclass(frozen=True)
+class _RunStart(Call[ActiveRun]):
+    """`start_run`'s: the run created or reopened by `begin`, as an ActiveRun logging through
+    `training` (a blocking client's: its methods return results, not awaitables)."""
+
+    begin: Op[pb.Run]
+    training: Training[Any]
+
+    def run(self, conn: Connection) -> ActiveRun:
+        return ActiveRun(self.training, self.begin.run(conn))
+
+    async def run_async(self, conn: AioConnection) -> ActiveRun:
+        raise TypeError(
+            "start_run needs the blocking tessera.Client; on tessera.aio.Client use create_run, the "
+            "log_* methods with its id, and update_run to end it"
+        )
+
+
+@dataclass(frozen=True)
 class MetricSteps(Call[int]):
     """Metric points of many steps over LogMetricsStream, in batches of `batch_points`.
 
@@ -569,6 +649,7 @@ class MetricSteps(Call[int]):
         while True:
             try:
                 response = conn.client_stream(S, "LogMetricsStream", batches.requests(), self.timeout)
+                _warn_replaced(response)
                 return batches.stored_points + int(response.accepted)
             except TesseraError as error:
                 failures = self._after(batches, error, failures, conn.retry)
@@ -580,6 +661,7 @@ class MetricSteps(Call[int]):
         while True:
             try:
                 response = await conn.client_stream(S, "LogMetricsStream", batches.requests(), self.timeout)
+                _warn_replaced(response)
                 return batches.stored_points + int(response.accepted)
             except TesseraError as error:
                 failures = self._after(batches, error, failures, conn.retry)
@@ -963,13 +1045,15 @@ class Training(Part[C]):
         *,
         timeout: float | None = None,
     ) -> Op[Run]:
-        """End a run ("succeeded", "failed", "cancelled") or change its tags (values as text;
+        """End a run ("succeeded", "failed", "cancelled"; MLflow's "finished" and "killed" are
+        succeeded and cancelled), reopen an ended one ("running": its end time cleared; a job's
+        run is refused, FailedPrecondition naming the job), or change its tags (values as text;
         `remove_tags` drops these keys, one not there is no error)."""
         request = pb.UpdateRunRequest(
             run_id=run_id, set_tags=_as_text(set_tags, "set_tags"), remove_tags=list(remove_tags)
         )
         if status is not None:
-            request.status = enum_value(pb.RunStatus, "RUN_STATUS_", status)
+            request.status = run_status(status)
         return Op(S, "UpdateRun", request, Run, timeout=timeout)
 
     @call
@@ -1018,7 +1102,7 @@ class Training(Part[C]):
         RunFilterError (a ValueError) naming the column."""
         request = pb.ListRunsRequest(
             experiment=experiment,
-            statuses=[enum_value(pb.RunStatus, "RUN_STATUS_", s) for s in statuses],
+            statuses=[run_status(s) for s in statuses],
             params=[pb.ParamFilter(key=k, value=v) for k, v in _as_text(params, "params").items()],
             tags=[pb.TagFilter(key=k, value=v) for k, v in _as_text(tags, "tags").items()],
             metrics=list(metrics),
@@ -1088,14 +1172,85 @@ class Training(Part[C]):
         """Record metric values at a step; returns how many points were accepted. Values must be
         finite: a NaN or infinite one (which MLflow stores) raises InvalidArgument and none of the
         call's points is stored. `timestamp`: the points' time, as MLflow's, in whole milliseconds
-        since the Unix epoch (None: the daemon's clock when it stores them)."""
+        since the Unix epoch (None: the daemon's clock when it stores them). A run keeps one point
+        per key and step, the newest: a value logged again at a step replaces the one there, and
+        warns (MetricPointsReplaced) once per call, while resending the same value changes
+        nothing. So `step` has no default (MLflow's is 0): every call without one would replace
+        the last. Many steps in one call: `log_batch`; in the background: `metric_logger`."""
         stamp = metric_timestamp(timestamp) if timestamp is not None else None
         points = [
             pb.MetricPoint(key=key, value=metric_value(key, value), step=step, time=stamp)
             for key, value in metrics.items()
         ]
         request = pb.LogMetricsRequest(run_id=run_id, points=points)
-        return Op(S, "LogMetrics", request, lambda response: response.accepted, timeout=timeout)
+        return Op(S, "LogMetrics", request, _accepted, timeout=timeout)
+
+    @call
+    def log_batch(self, run_id: str, points: Points, *, timeout: float | None = None) -> Op[int]:
+        """Record points of any keys and steps in one call, stored all or none, as MLflow's
+        log_batch: each a `tessera.MetricPoint` or a (key, value, step[, timestamp]) tuple
+        (`timestamp` as log_metrics'). Returns how many were accepted; at most MAX_BATCH_POINTS
+        (ValueError beyond: log_metrics_stream takes any number). Values and replacements as
+        for log_metrics. One call per step costs a round trip and a commit each (about 8 ms on a
+        2-core box, bench/metric_batch_bench.py); batched, the same points cost a fraction."""
+        made = metric_points(points)
+        if len(made) > MAX_BATCH_POINTS:
+            raise ValueError(
+                f"log_batch takes at most {MAX_BATCH_POINTS} points, got {len(made)}: send them in "
+                "several calls, or over log_metrics_stream"
+            )
+        request = pb.LogMetricsRequest(run_id=run_id, points=made)
+        return Op(S, "LogMetrics", request, _accepted, timeout=timeout)
+
+    def metric_logger(
+        self, run_id: str, *, flush_points: int = 1000, flush_ms: float = 1000, max_queued: int = 100_000
+    ) -> MetricLogger:
+        """A background logger of the run's points (MLflow's `synchronous=False`): `log(metrics,
+        step)` queues them and returns at once, one thread sends them in batches of `flush_points`
+        or every `flush_ms`; `flush()`, and `close()` (or the end of a `with` block), store them
+        all, and raise any batch's error (see `tessera.run_logging.MetricLogger`). The blocking
+        client only."""
+        if not isinstance(self._conn, Connection):
+            raise TypeError(
+                "metric_logger needs the blocking tessera.Client; on tessera.aio.Client await log_batch"
+            )
+        return MetricLogger(self, run_id, flush_points=flush_points, flush_ms=flush_ms, max_queued=max_queued)
+
+    @call
+    def start_run(
+        self,
+        experiment: str = "",
+        name: str = "",
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        *,
+        run_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Call[ActiveRun]:
+        """Start a run, or reopen the ended run `run_id` (its status back to running, its end time
+        cleared, as MLflow's start_run(run_id=...); a job's run is refused, FailedPrecondition
+        naming the job), as an `ActiveRun` whose methods log to it without its id. In a `with`
+        block it ends the run as the block ends: SUCCEEDED, FAILED where the block raised (the
+        exception goes on), CANCELLED on KeyboardInterrupt. The blocking client only.
+
+            with client.training.start_run("mnist", params={"lr": 0.01}) as run:
+                for step in range(100):
+                    run.log_metrics({"loss": train_step()}, step, synchronous=False)
+        """
+        if run_id is not None:
+            if experiment or name or params or tags:
+                raise ValueError(
+                    "start_run(run_id=...) reopens a run as it is: leave experiment, name, params and tags "
+                    "out (log_params and set_tags on the run add to it)"
+                )
+            begin = pb.UpdateRunRequest(run_id=run_id, status=pb.RUN_STATUS_RUNNING)
+            return _RunStart(Op(S, "UpdateRun", begin, timeout=timeout), self)
+        if not experiment:
+            raise ValueError("start_run needs an experiment (or run_id= to reopen a run)")
+        create = pb.CreateRunRequest(
+            experiment=experiment, name=name, params=_as_text(params, "params"), tags=_as_text(tags, "tags")
+        )
+        return _RunStart(Op(S, "CreateRun", create, timeout=timeout), self)
 
     @call
     def log_metrics_stream(

@@ -690,10 +690,10 @@ function svg(tag, attributes, ...children) {
   return node;
 }
 
-// The model's lineage as one layered graph, left to right: datasets → jobs → parents in other
-// models → this model's versions → versions derived in other models. Keys name each node
-// (`dataset:NAME:N`, `job:ID`, `version:MODEL:N`, `deleted:MODEL:N` for a deleted parent) so
-// tests and readers can find them.
+// The model's lineage as one layered graph, left to right: datasets → jobs (or runs) → parents in
+// other models → this model's versions → versions derived in other models. Keys name each node
+// (`dataset:NAME:N`, `job:ID`, `run:ID`, `version:MODEL:N`, `deleted:MODEL:N` for a deleted
+// parent) so tests and readers can find them.
 function lineageGraph(model, versions, lineages) {
   const nodes = new Map();
   const edges = new Map();
@@ -711,7 +711,9 @@ function lineageGraph(model, versions, lineages) {
   for (const v of oldestFirst) {
     const self = versionKey(model, v.version);
     const l = v.lineage;
-    const job = l.job_id ? addNode(`job:${l.job_id}`, 1, `job ${l.job_id}`, `/jobs/${encodeURIComponent(l.job_id)}`) : null;
+    // A trained version's job links its run; a version pushed from a run (push --run) has the run alone.
+    const job = l.job_id ? addNode(`job:${l.job_id}`, 1, `job ${l.job_id}`, `/jobs/${encodeURIComponent(l.job_id)}`)
+      : l.run_id ? addNode(`run:${l.run_id}`, 1, `run ${l.run_id}`, `/runs/${encodeURIComponent(l.run_id)}`) : null;
     for (const d of l.datasets) addEdge(addNode(`dataset:${d.name}:${d.version}`, 0, `${d.name} v${d.version}`, null), job || self);
     if (job) addEdge(job, self);
     if (l.parent_version) {

@@ -101,6 +101,10 @@ def version_rows(version: registry_pb2.ModelVersion) -> list[tuple[str, Any]]:
     lineage = version.lineage
     if lineage.job_id:
         rows.append(("trained by", f"job {lineage.job_id}, run {lineage.run_id}"))
+    elif lineage.run_id:
+        # Pushed from a run (`models push --run`), or naming another tracker's.
+        of = f" (experiment {lineage.experiment})" if lineage.experiment else ""
+        rows.append(("run", f"{lineage.run_id}{of}"))
     for dataset in lineage.datasets:
         gone = f" (deleted, sha256 {dataset.sha256[:12]})" if dataset.deleted else ""
         rows.append(("dataset", f"{dataset.name}:{dataset.version}{gone}"))
@@ -228,6 +232,7 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
         set_alias=args.set_alias,
         description=args.description,
         progress=transfer_progress(out, f"pushing {Path(args.file).name}"),
+        run_id=args.run,
     )
     if out.as_json:
         out.json(version)

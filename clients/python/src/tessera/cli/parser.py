@@ -338,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--spec", help="TOML with the [architecture] that built safetensors weights")
     add_set_alias_flag(sub, refuse_alias=True)
     sub.add_argument("--description", default="", help="free text stored with the version")
+    sub.add_argument(
+        "--run",
+        metavar="RUN_ID",
+        help="the tracked run the file came from, kept in the version's lineage (checked: it must exist)",
+    )
     command(models, "versions", cmd_models_versions, "list a model's versions, newest first").add_argument(
         "model", help=MODEL_HELP
     )

@@ -1,0 +1,302 @@
+"""Logging to one run as a training loop does, as MLflow's fluent API: `ActiveRun` (the run of
+`client.training.start_run`, a context manager that ends it), and `MetricLogger`, which gathers
+points and sends them in batches from one thread (MLflow's `log_metric(..., synchronous=False)`)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from tessera.runs import Run
+from tessera.v1 import training_pb2 as pb
+
+if TYPE_CHECKING:
+    from tessera.training import Points, Training
+    from tessera.transport import Connection
+
+
+class MetricPoint(NamedTuple):
+    """One point of `log_batch` and `MetricLogger.log_batch`: `timestamp` in whole milliseconds
+    since the Unix epoch, as MLflow's (None: the daemon's clock when it stores it). Not MLflow's
+    `Metric`, whose third field is the timestamp: here it is the step."""
+
+    key: str
+    value: float
+    step: int
+    timestamp: int | None = None
+
+
+class MetricLogger:
+    """Points of one run sent in the background: `log` and `log_batch` queue them (blocking while
+    `max_queued` are waiting, so none is ever dropped), and one thread sends them in batches of
+    up to `flush_points` points, at the latest `flush_ms` milliseconds after the first of a batch
+    was queued. `flush()` returns once every point queued before it is stored; `close()` flushes
+    and ends the thread. A batch the daemon refuses, or that fails past the client's retries,
+    stays queued, first, and its error is raised by the next `log`, `log_batch`, `flush` or
+    `close` (once per failure): a flush after it sends the batch again (a point stored twice
+    changes nothing). `close()` that cannot store them raises, saying how many points are left
+    unstored. Values are checked as they are queued (a NaN raises there, at its caller)."""
+
+    def __init__(
+        self,
+        training: Training[Connection],
+        run_id: str,
+        *,
+        flush_points: int = 1000,
+        flush_ms: float = 1000,
+        max_queued: int = 100_000,
+    ) -> None:
+        from tessera.training import MAX_BATCH_POINTS  # a cycle: training imports this module
+
+        if not 1 <= flush_points <= MAX_BATCH_POINTS:
+            raise ValueError(f"flush_points must be in 1..{MAX_BATCH_POINTS}, got {flush_points}")
+        if not flush_ms > 0:
+            raise ValueError(f"flush_ms must be above 0, got {flush_ms}")
+        if max_queued < flush_points:
+            raise ValueError(f"max_queued must be at least flush_points ({flush_points}), got {max_queued}")
+        self._training = training
+        self.run_id = run_id
+        self._flush_points = flush_points
+        self._flush_s = flush_ms / 1000
+        self._max_queued = max_queued
+        self._queued: deque[pb.MetricPoint] = deque()
+        self._first_queued_at = 0.0  # monotonic time the oldest queued point arrived
+        self._sent = 0  # points stored, in the order queued
+        self._taken = 0  # points taken from the queue: stored, or in the batch being sent
+        self._asked = 0  # flush() waits until _sent reaches the points queued before it
+        self._error: BaseException | None = None
+        self._closed = False
+        self._abandoned = False
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._send_loop, name=f"tessera-metrics-{run_id}", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> MetricLogger:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def log(self, metrics: Mapping[str, float], step: int, *, timestamp: int | None = None) -> None:
+        """Queue metric values at a step (see `client.training.log_metrics`)."""
+        self.log_batch(MetricPoint(key, value, step, timestamp) for key, value in metrics.items())
+
+    def log_batch(self, points: Points) -> None:
+        """Queue points, (key, value, step[, timestamp]) each; a value that is not finite raises
+        ValueError here, none of the call's points queued (the daemon would refuse its batch)."""
+        from tessera.training import metric_points
+
+        made = metric_points(points)
+        for point in made:
+            if not math.isfinite(point.value):
+                raise ValueError(
+                    f"{point.key} = {point.value} at step {point.step} is not a finite number, which a run "
+                    "does not keep; leave it out (none of these points is queued)"
+                )
+        with self._changed:
+            self._raise_error()
+            if self._closed:
+                raise RuntimeError(f"the metric logger of run {self.run_id} is closed")
+            for point in made:
+                while len(self._queued) >= self._max_queued and self._error is None:
+                    self._changed.notify_all()
+                    self._changed.wait()
+                self._raise_error()
+                if not self._queued:
+                    self._first_queued_at = time.monotonic()
+                self._queued.append(point)
+            self._changed.notify_all()
+
+    def flush(self) -> None:
+        """Return once every point queued so far is stored; raise the error of a batch that failed."""
+        with self._changed:
+            self._raise_error()
+            target = self._taken + len(self._queued)
+            self._asked = max(self._asked, target)
+            self._changed.notify_all()
+            while self._sent < target and self._error is None:
+                self._changed.wait()
+            self._raise_error()
+
+    def close(self) -> None:
+        """Flush, then end the sending thread; a repeat does nothing. Where the points cannot be
+        stored, raise the error, saying how many are left unstored."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        except BaseException as error:
+            with self._changed:
+                self._abandoned = True
+                left = len(self._queued)
+            error.add_note(f"{left} metric point(s) of run {self.run_id} are not stored")
+            raise
+        finally:
+            with self._changed:
+                self._closed = True
+                self._changed.notify_all()
+            self._thread.join()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._changed.notify_all()
+            raise error
+
+    def _next_batch(self) -> list[pb.MetricPoint] | None:
+        """Wait (holding the lock) until a batch should go, and take it; None when the thread
+        should end: closed with nothing queued, or abandoned by a close that failed."""
+        while True:
+            if self._abandoned or (self._closed and not self._queued):
+                return None
+            if self._error is None and self._queued:
+                waited = time.monotonic() - self._first_queued_at
+                if (
+                    len(self._queued) >= self._flush_points
+                    or self._closed
+                    or self._asked > self._taken
+                    or waited >= self._flush_s
+                ):
+                    batch = [
+                        self._queued.popleft() for _ in range(min(self._flush_points, len(self._queued)))
+                    ]
+                    self._taken += len(batch)
+                    self._first_queued_at = time.monotonic()
+                    return batch
+                self._changed.wait(self._flush_s - waited)
+            else:
+                # Nothing queued, or a failure no caller has seen yet: sent again once one has.
+                self._changed.wait()
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._changed:
+                batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._training.log_batch(self.run_id, batch)
+            except BaseException as error:
+                with self._changed:
+                    # Kept, first, for a later flush to send again; raised by the next call.
+                    self._queued.extendleft(reversed(batch))
+                    self._taken -= len(batch)
+                    self._asked = min(self._asked, self._taken)
+                    self._error = error
+                    self._changed.notify_all()
+                continue
+            with self._changed:
+                self._sent += len(batch)
+                self._changed.notify_all()
+
+
+class ActiveRun(Run):
+    """The run of `client.training.start_run`: a `tessera.Run` (its `info`, as when it started,
+    or as `refresh()` last read it) whose methods log to it without its id. As a context manager
+    (`with client.training.start_run("exp") as run:`) it ends the run when the block ends:
+    SUCCEEDED, FAILED where the block raised (the exception goes on), CANCELLED on Ctrl-C
+    (KeyboardInterrupt); points logged with `synchronous=False` are stored first."""
+
+    def __init__(self, training: Training[Connection], info: pb.Run) -> None:
+        super().__init__(info)
+        self._training = training
+        self._logger: MetricLogger | None = None
+
+    def __enter__(self) -> ActiveRun:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if error is None:
+            self.end("succeeded")
+            return
+        status = "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
+        try:
+            self.end(status)
+        except Exception as ending:
+            # The block's own exception goes on; why the run could not be ended rides along.
+            error.add_note(f"run {self.id} could not be ended {status}: {ending}")
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Record params (see `client.training.log_params`)."""
+        self._training.log_params(self.id, params)
+
+    def log_metrics(
+        self,
+        metrics: Mapping[str, float],
+        step: int,
+        *,
+        timestamp: int | None = None,
+        synchronous: bool = True,
+    ) -> int | None:
+        """Record metric values at a step (see `client.training.log_metrics`): how many points
+        were stored; with `synchronous=False`, queued for a background thread instead (None; see
+        `MetricLogger`), stored at the latest by `flush()` or the run's end."""
+        if not synchronous:
+            self._metric_logger().log(metrics, step, timestamp=timestamp)
+            return None
+        return self._training.log_metrics(self.id, metrics, step, timestamp=timestamp)
+
+    def log_metric(
+        self, key: str, value: float, step: int, *, timestamp: int | None = None, synchronous: bool = True
+    ) -> int | None:
+        """One metric value at a step, as MLflow's `log_metric` (see `log_metrics`)."""
+        return self.log_metrics({key: value}, step, timestamp=timestamp, synchronous=synchronous)
+
+    def log_batch(self, points: Points, *, synchronous: bool = True) -> int | None:
+        """Record many points in one call (see `client.training.log_batch`), or queue them with
+        `synchronous=False`."""
+        if not synchronous:
+            self._metric_logger().log_batch(points)
+            return None
+        return self._training.log_batch(self.id, points)
+
+    def flush(self) -> None:
+        """Store every point queued with `synchronous=False` so far."""
+        if self._logger is not None:
+            self._logger.flush()
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> pb.RunArtifact:
+        """Store a file with the run (see `client.training.log_artifact`)."""
+        return self._training.log_artifact(self.id, local_path, artifact_path)
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> list[pb.RunArtifact]:
+        """Store a directory's files with the run (see `client.training.log_artifacts`)."""
+        return self._training.log_artifacts(self.id, local_dir, artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set tags (values as text)."""
+        self.info = self._training.update_run(self.id, set_tags=tags).info
+
+    def refresh(self) -> ActiveRun:
+        """Read the run again: its status, params and metric summaries as they are now."""
+        self.info = self._training.run(self.id).info
+        return self
+
+    def end(self, status: str = "succeeded") -> None:
+        """Store the points still queued, then end the run as `status` ("succeeded", "failed",
+        "cancelled"). Where the queued points cannot be stored, the run is ended FAILED and
+        their error raised."""
+        try:
+            if self._logger is not None:
+                self._logger.close()
+        except BaseException:
+            self.info = self._training.update_run(self.id, "failed").info
+            raise
+        finally:
+            self._logger = None
+        self.info = self._training.update_run(self.id, status).info
+
+    def _metric_logger(self) -> MetricLogger:
+        if self._logger is None:
+            self._logger = MetricLogger(self._training, self.id)
+        return self._logger

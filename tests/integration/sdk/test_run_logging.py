@@ -1,0 +1,177 @@
+"""Tracking from a user's own training loop, as an MLflow user writes it: a run as a context
+manager, reopened runs, points logged again at a step, batches and background logging, and
+versions registered from a run."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+import tessera
+from tessera.v1 import registry_pb2, registry_pb2_grpc
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.sdk.affine import affine_onnx
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessDaemon]:
+    running = InProcessDaemon(daemon_settings(tmp_path_factory.mktemp("run-logging") / "data")).start()
+    yield running
+    running.stop()
+
+
+def _status(client: tessera.Client, run_id: str) -> str:
+    return str(tessera.RunStatus.from_proto(client.training.run(run_id).status))
+
+
+def test_a_run_as_a_context_manager_ends_as_its_block_does(client):
+    with client.training.start_run("ctx", name="ok", params={"lr": 0.1}, tags={"team": "a"}) as run:
+        assert isinstance(run, tessera.Run) and run.status == tessera.RunStatus.RUNNING
+        run.log_params({"seed": 1})
+        assert run.log_metrics({"loss": 1.0}, 0) == 1
+        run.log_metric("loss", 0.5, 1)
+        run.set_tags({"stage": "train"})
+    assert run.status == tessera.RunStatus.SUCCEEDED and run.end_time.seconds > 0
+    stored = client.training.run(run.id)
+    assert dict(stored.params) == {"lr": "0.1", "seed": "1"} and stored.tags["stage"] == "train"
+    assert stored.metrics["loss"] == 0.5
+
+    with pytest.raises(ZeroDivisionError), client.training.start_run("ctx", name="broken") as broken:
+        _ = 1 / 0
+    assert _status(client, broken.id) == "failed"
+
+    with pytest.raises(KeyboardInterrupt), client.training.start_run("ctx", name="stopped") as stopped:
+        raise KeyboardInterrupt
+    assert _status(client, stopped.id) == "cancelled"
+
+
+def test_an_ended_run_is_reopened_running_and_ended_again(client):
+    run = client.training.create_run("reopen")
+    client.training.update_run(run.id, "finished")  # MLflow's word for succeeded
+    ended = client.training.run(run.id)
+    assert ended.status == tessera.RunStatus.SUCCEEDED and ended.end_time.seconds > 0
+    with client.training.start_run(run_id=run.id) as again:
+        assert again.status == tessera.RunStatus.RUNNING
+        assert not again.info.HasField("end_time")
+        again.log_metrics({"test_acc": 0.9}, 10)
+    assert _status(client, run.id) == "succeeded"
+    # Once reopened, a run can end otherwise than it first did.
+    client.training.update_run(run.id, "running")
+    assert client.training.update_run(run.id, "killed").status == tessera.RunStatus.CANCELLED
+    assert [r.id for r in client.training.runs("reopen", statuses=["killed"])] == [run.id]
+    with pytest.raises(tessera.FailedPrecondition, match=r"already ended \(cancelled\); reopen it"):
+        client.training.update_run(run.id, "failed")
+    with pytest.raises(tessera.InvalidArgument, match="or reopened as RUNNING, not INTERRUPTED"):
+        client.training.update_run(run.id, "interrupted")
+    with pytest.raises(tessera.NotFound):
+        client.training.start_run(run_id="run-nope")
+    with pytest.raises(ValueError, match="reopens a run as it is"):
+        client.training.start_run("reopen", run_id=run.id)
+
+
+def test_a_value_logged_again_at_a_step_replaces_the_first_and_warns_once(client):
+    run = client.training.create_run("replace")
+    client.training.log_metrics(run.id, {"loss": 1.0, "acc": 0.5}, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert client.training.log_metrics(run.id, {"loss": 1.0, "acc": 0.5}, 5) == 2  # the same: nothing
+    with pytest.warns(tessera.MetricPointsReplaced, match="2 of the 2 point") as caught:
+        assert client.training.log_metrics(run.id, {"loss": 123.0, "acc": 0.7}, 5) == 2
+    assert len(caught) == 1 and caught[0].filename == __file__
+    history = client.training.metric_history(run.id, "loss")
+    assert list(history.steps) == [5] and list(history.values) == [123.0]
+    with pytest.warns(tessera.MetricPointsReplaced, match="1 of the 2 point"):
+        client.training.log_batch(run.id, [("loss", 1.0, 6), ("loss", 2.0, 6)])
+
+
+def test_log_batch_stores_points_of_many_keys_and_steps_in_one_call(client):
+    run = client.training.create_run("batch")
+    points = [tessera.MetricPoint("loss", 1.0 / (s + 1), s) for s in range(50)]
+    points += [("acc", 0.5, 49, 1_700_000_000_000)]
+    assert client.training.log_batch(run.id, points) == 51
+    assert len(client.training.metric_history(run.id, "loss")) == 50
+    acc = client.training.metric_history(run.id, "acc").info.points[0]
+    assert (acc.step, acc.time.seconds) == (49, 1_700_000_000)
+    with pytest.raises(tessera.InvalidArgument, match="not a finite number"):
+        client.training.log_batch(run.id, [("loss", 0.0, 99), ("loss", float("nan"), 100)])
+    assert client.training.metric_history(run.id, "loss").steps[-1] == 49  # all or none
+    with pytest.raises(ValueError, match="at most 10000 points"):
+        client.training.log_batch(run.id, [("x", 1.0, s) for s in range(10_001)])
+
+
+def test_background_logging_stores_every_point_by_flush_and_run_end(client):
+    with client.training.start_run("background") as run:
+        for step in range(2500):
+            run.log_metrics({"loss": 1.0 / (step + 1)}, step, synchronous=False)
+        run.flush()
+        assert client.training.run(run.id).metrics.summary("loss").count == 2500
+        for step in range(2500, 2600):
+            run.log_metric("loss", 0.0, step, synchronous=False)
+    assert client.training.run(run.id).metrics.summary("loss").count == 2600
+    assert run.status == tessera.RunStatus.SUCCEEDED
+
+
+def test_a_background_batch_that_fails_is_raised_on_the_next_call_and_kept(client):
+    run = client.training.create_run("background-errors")
+    logger = client.training.metric_logger(run.id, flush_points=10, flush_ms=60_000)
+    with pytest.raises(ValueError, match="not a finite number"):
+        logger.log({"loss": float("inf")}, 0)
+    client.training.delete_run(run.id)
+    logger.log({"loss": 1.0}, 0)
+    with pytest.raises(tessera.FailedPrecondition, match="is deleted"):
+        logger.flush()
+    client.training.restore_run(run.id)
+    logger.flush()  # the failed batch, kept, is sent again
+    assert client.training.run(run.id).metrics["loss"] == 1.0
+    client.training.delete_run(run.id)
+    logger.log({"loss": 2.0}, 1)
+    with pytest.raises(tessera.FailedPrecondition) as info:
+        logger.close()
+    assert "1 metric point(s) of run" in str(info.value.__notes__)
+    with pytest.raises(RuntimeError, match="closed"):
+        logger.log({"loss": 3.0}, 2)
+
+
+def test_a_version_pushed_from_a_run_keeps_it_in_its_lineage(daemon, client, tmp_path: Path):
+    onnx = affine_onnx(tmp_path / "mlp1.onnx")
+    with client.training.start_run("pushed", name="mlp-run") as run:
+        run.log_artifact(onnx)
+    version = client.models.push("mlp", onnx, run_id=run.id)
+    assert (version.lineage.run_id, version.lineage.experiment) == (run.id, "pushed")
+    with pytest.raises(tessera.NotFound, match=r"run 'run-nope' does not exist; `client.training.runs\(\)` lists them"):
+        client.models.push("mlp", onnx, run_id="run-nope")
+    client.training.delete_run(run.id)
+    with pytest.raises(tessera.FailedPrecondition, match="is deleted; restore it"):
+        client.models.push("mlp", onnx, run_id=run.id)
+    assert [v.version for v in client.models.versions("mlp")] == [version.version]
+    # Another tracker's run id goes in lineage.run_id, unchecked, as before; not with run_id too.
+    data = onnx.read_bytes()
+    header = registry_pb2.UploadVersionHeader(
+        model="mlp",
+        format=registry_pb2.ARTIFACT_FORMAT_ONNX,
+        lineage=registry_pb2.Lineage(run_id="mlflow-abc"),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+    )
+    registry = registry_pb2_grpc.RegistryStub(daemon.channel())
+    other = registry.UploadVersionInline(registry_pb2.UploadVersionInlineRequest(header=header, artifact=data))
+    assert (other.lineage.run_id, other.lineage.experiment) == ("mlflow-abc", "")
+    header.run_id = "run-x"
+    with pytest.raises(grpc.RpcError) as info:
+        registry.UploadVersionInline(registry_pb2.UploadVersionInlineRequest(header=header, artifact=data))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "lineage.run_id is 'mlflow-abc' and run_id 'run-x'" in info.value.details()
+
+
+def test_download_takes_an_alias_as_predict_does(client, tmp_path: Path):
+    client.models.push("dl", affine_onnx(tmp_path / "a.onnx"), set_alias="prod")
+    client.models.push("dl", affine_onnx(tmp_path / "b.onnx", scale=3.0))
+    got = client.models.download("dl", tmp_path / "out.onnx", alias="prod")
+    assert got.version == 1
+    with pytest.raises(ValueError, match="not both"):
+        client.models.download("dl", tmp_path / "x.onnx", version=2, alias="prod")
