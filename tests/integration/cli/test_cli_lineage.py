@@ -7,9 +7,10 @@ import re
 
 from rich.console import Console
 
-from tessera.cli import main
+from tessera.cli import EXIT_DAEMON, main
 from tessera.v1 import registry_pb2, registry_pb2_grpc
 from tests.integration.registry.conftest import mlp_weights, safetensors_header, upload
+from tests.integration.sdk.affine import affine_onnx
 from tests.integration.serving.serving_models import delete_model_numbered_as_before
 
 
@@ -78,3 +79,14 @@ def test_show_and_rm_name_the_versions_derived_from_a_version(tessera_cli, daemo
     upload(stub, safetensors_header("base", mlp_weights(seed=3)), mlp_weights(seed=3))
     quiet = tessera_cli("--json", "models", "rm", "base", "3")
     assert quiet.json() == {"model": "base", "version": 3, "deleted_versions": 1, "derived": []}
+
+
+def test_push_records_the_run_a_file_came_from_and_show_names_it(tessera_cli, client, tmp_path):
+    artifact = str(affine_onnx(tmp_path / "mlp1.onnx"))
+    run = client.training.create_run("cli-pushed")
+    assert tessera_cli("models", "push", "from-run", artifact, "--run", run.id).code == 0
+    assert cell(tessera_cli("models", "show", "from-run").out, "run") == f"{run.id} (experiment cli-pushed)"
+    assert tessera_cli("--json", "models", "show", "from-run").json()["lineage"]["run_id"] == run.id
+    missing = tessera_cli("models", "push", "from-run", artifact, "--run", "run-absent")
+    assert missing.code == EXIT_DAEMON and "run 'run-absent' does not exist" in missing.err
+    assert [v.version for v in client.models.versions("from-run")] == [1]

@@ -242,6 +242,18 @@ def test_sweeps_and_system_pages(dash, client, table, page):
     screenshot(page, "system")
 
 
+def test_a_version_pushed_from_a_run_links_the_run_in_the_lineage_graph(dash, client, page, tmp_path):
+    run = client.training.create_run("lg-pushed")
+    client.models.push("lg-pushed", affine_onnx(tmp_path / "mlp1.onnx"), run_id=run.id)
+    open_page(page, dash, "/models/lg-pushed")
+    graph_nodes = page.eval_on_selector_all(
+        "#lineage-graph [data-node]", "nodes => nodes.map(n => n.dataset.node)"
+    )
+    assert sorted(graph_nodes) == [f"run:{run.id}", "version:lg-pushed:1"]
+    links = page.eval_on_selector_all("#lineage-graph a", "links => links.map(a => a.getAttribute('href'))")
+    assert links == [f"/runs/{run.id}"]
+
+
 def test_a_deleted_parent_is_its_own_node_in_the_lineage_graph(dash, page):
     """Not the version of a model created again under the parent's name, nor a link to it: deleted
     as a tesserad from before numbers went on across a delete did it, its v1 is another version."""

@@ -114,6 +114,7 @@ CALLS: dict[str, Callable[[Any, dict[str, Path], float], Any]] = {
     "training.list_metrics": lambda part, files, t: part.list_metrics("r", timeout=t),
     "training.log_artifact": lambda part, files, t: part.log_artifact("r", files["npz"], timeout=t),
     "training.log_artifacts": lambda part, files, t: part.log_artifacts("r", files["npz"].parent, timeout=t),
+    "training.log_batch": lambda part, files, t: part.log_batch("r", [("loss", 1.0, 1)], timeout=t),
     "training.log_metrics": lambda part, files, t: part.log_metrics("r", {"loss": 1.0}, 1, timeout=t),
     "training.log_metrics_stream": lambda part, files, t: part.log_metrics_stream(
         "r", [(0, {"m": 1.0})], timeout=t
@@ -124,6 +125,7 @@ CALLS: dict[str, Callable[[Any, dict[str, Path], float], Any]] = {
     "training.restore_run": lambda part, files, t: part.restore_run("r", timeout=t),
     "training.run": lambda part, files, t: part.run("r", timeout=t),
     "training.runs": lambda part, files, t: part.runs(timeout=t),
+    "training.start_run": lambda part, files, t: part.start_run("e", timeout=t),
     "training.submit": lambda part, files, t: part.submit({"data": {"dataset": "d"}}, timeout=t),
     "training.submit_sweep": lambda part, files, t: part.submit_sweep({}, timeout=t),
     "training.sweep": lambda part, files, t: part.sweep("s", timeout=t),
