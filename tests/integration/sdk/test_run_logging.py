@@ -16,6 +16,9 @@ import tessera
 from tessera.v1 import registry_pb2, registry_pb2_grpc
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.sdk.affine import affine_onnx
+from tests.readme_blocks import code_blocks
+
+CLIENT_README = Path(__file__).resolve().parents[3] / "clients" / "python" / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -141,18 +144,18 @@ def test_a_version_pushed_from_a_run_keeps_it_in_its_lineage(daemon, client, tmp
     onnx = affine_onnx(tmp_path / "mlp1.onnx")
     with client.training.start_run("pushed", name="mlp-run") as run:
         run.log_artifact(onnx)
-    version = client.models.push("mlp", onnx, run_id=run.id)
+    version = client.models.push("pushed", onnx, run_id=run.id)
     assert (version.lineage.run_id, version.lineage.experiment) == (run.id, "pushed")
     with pytest.raises(tessera.NotFound, match=r"run 'run-nope' does not exist; `client.training.runs\(\)` lists them"):
-        client.models.push("mlp", onnx, run_id="run-nope")
+        client.models.push("pushed", onnx, run_id="run-nope")
     client.training.delete_run(run.id)
     with pytest.raises(tessera.FailedPrecondition, match="is deleted; restore it"):
-        client.models.push("mlp", onnx, run_id=run.id)
-    assert [v.version for v in client.models.versions("mlp")] == [version.version]
+        client.models.push("pushed", onnx, run_id=run.id)
+    assert [v.version for v in client.models.versions("pushed")] == [version.version]
     # Another tracker's run id goes in lineage.run_id, unchecked, as before; not with run_id too.
     data = onnx.read_bytes()
     header = registry_pb2.UploadVersionHeader(
-        model="mlp",
+        model="pushed",
         format=registry_pb2.ARTIFACT_FORMAT_ONNX,
         lineage=registry_pb2.Lineage(run_id="mlflow-abc"),
         sha256=hashlib.sha256(data).hexdigest(),
@@ -175,3 +178,19 @@ def test_download_takes_an_alias_as_predict_does(client, tmp_path: Path):
     assert got.version == 1
     with pytest.raises(ValueError, match="not both"):
         client.models.download("dl", tmp_path / "x.onnx", version=2, alias="prod")
+
+
+def test_the_readme_example_runs_as_written(client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (block,) = [
+        b
+        for b in code_blocks(CLIENT_README.read_text(encoding="utf-8"), "The SDK", {"python"})
+        if "start_run" in b
+    ]
+    monkeypatch.chdir(tmp_path)
+    affine_onnx(tmp_path / "mlp1.onnx")
+    scope = {"client": client, "tessera": tessera, "train_step": lambda: 0.5}
+    exec(block, scope)
+    run = client.training.run(scope["run"].id)
+    assert run.status == tessera.RunStatus.SUCCEEDED and run.metrics.summary("loss").count == 2000
+    assert dict(run.metrics) == {"loss": 0.5, "test_acc": 0.91, "val_acc": 0.9, "val_loss": 0.4}
+    assert client.models.version("mlp").lineage.run_id == run.id
