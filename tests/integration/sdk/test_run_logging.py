@@ -146,7 +146,9 @@ def test_a_version_pushed_from_a_run_keeps_it_in_its_lineage(daemon, client, tmp
         run.log_artifact(onnx)
     version = client.models.push("pushed", onnx, run_id=run.id)
     assert (version.lineage.run_id, version.lineage.experiment) == (run.id, "pushed")
-    with pytest.raises(tessera.NotFound, match=r"run 'run-nope' does not exist; `client.training.runs\(\)` lists them"):
+    with pytest.raises(
+        tessera.NotFound, match=r"run 'run-nope' does not exist; `client.training.runs\(\)` lists them"
+    ):
         client.models.push("pushed", onnx, run_id="run-nope")
     client.training.delete_run(run.id)
     with pytest.raises(tessera.FailedPrecondition, match="is deleted; restore it"):
@@ -162,7 +164,9 @@ def test_a_version_pushed_from_a_run_keeps_it_in_its_lineage(daemon, client, tmp
         size_bytes=len(data),
     )
     registry = registry_pb2_grpc.RegistryStub(daemon.channel())
-    other = registry.UploadVersionInline(registry_pb2.UploadVersionInlineRequest(header=header, artifact=data))
+    other = registry.UploadVersionInline(
+        registry_pb2.UploadVersionInlineRequest(header=header, artifact=data)
+    )
     assert (other.lineage.run_id, other.lineage.experiment) == ("mlflow-abc", "")
     header.run_id = "run-x"
     with pytest.raises(grpc.RpcError) as info:
