@@ -90,3 +90,6 @@ def test_push_records_the_run_a_file_came_from_and_show_names_it(tessera_cli, cl
     missing = tessera_cli("models", "push", "from-run", artifact, "--run", "run-absent")
     assert missing.code == EXIT_DAEMON and "run 'run-absent' does not exist" in missing.err
     assert [v.version for v in client.models.versions("from-run")] == [1]
+    client.training.log_artifact(run.id, artifact, "model")
+    assert tessera_cli("models", "push", "from-run", f"runs:/{run.id}/model/mlp1.onnx").code == 0
+    assert client.models.version("from-run", 2).lineage.run_id == run.id

@@ -146,6 +146,13 @@ def test_a_version_pushed_from_a_run_keeps_it_in_its_lineage(daemon, client, tmp
         run.log_artifact(onnx)
     version = client.models.push("pushed", onnx, run_id=run.id)
     assert (version.lineage.run_id, version.lineage.experiment) == (run.id, "pushed")
+    # MLflow's runs:/ form: the run's artifact, registered with the run in its lineage.
+    from_run = client.models.push("pushed", f"runs:/{run.id}/mlp1.onnx")
+    assert (from_run.lineage.run_id, from_run.sha256) == (run.id, version.sha256)
+    with pytest.raises(ValueError, match="runs:/RUN_ID/PATH"):
+        client.models.push("pushed", f"runs:/{run.id}")
+    with pytest.raises(tessera.NotFound, match="absent.onnx"):
+        client.models.push("pushed", f"runs:/{run.id}/absent.onnx")
     with pytest.raises(
         tessera.NotFound, match=r"run 'run-nope' does not exist; `client.training.runs\(\)` lists them"
     ):
@@ -153,7 +160,7 @@ def test_a_version_pushed_from_a_run_keeps_it_in_its_lineage(daemon, client, tmp
     client.training.delete_run(run.id)
     with pytest.raises(tessera.FailedPrecondition, match="is deleted; restore it"):
         client.models.push("pushed", onnx, run_id=run.id)
-    assert [v.version for v in client.models.versions("pushed")] == [version.version]
+    assert [v.version for v in client.models.versions("pushed")] == [from_run.version, version.version]
     # Another tracker's run id goes in lineage.run_id, unchecked, as before; not with run_id too.
     data = onnx.read_bytes()
     header = registry_pb2.UploadVersionHeader(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tessera.calls import (
@@ -39,7 +40,7 @@ from tessera.transfer import (
     file_digest,
     is_download_directory,
 )
-from tessera.transport import MODEL_CALL_TIMEOUT_S, RetryPolicy, timeout_or
+from tessera.transport import MODEL_CALL_TIMEOUT_S, AioConnection, Connection, RetryPolicy, timeout_or
 from tessera.v1 import architecture_pb2, common_pb2
 from tessera.v1 import registry_pb2 as pb
 
@@ -58,6 +59,9 @@ SUFFIX_BY_FORMAT = {
     pb.ARTIFACT_FORMAT_ENSEMBLE: ".json",
 }
 """The file suffix of each artifact format, for a download's default name and the CLI's check of a given one."""
+
+RUN_ARTIFACT_PREFIX = "runs:/"
+"""push's source form for a run's artifact, as MLflow's: "runs:/RUN_ID/model.onnx"."""
 
 VersionSelector = int | str
 """A version by number (int) or by alias (str)."""
@@ -210,7 +214,7 @@ class Models(Part[C]):
         timeout: float | None = None,
         alias: str | None = None,
         run_id: str | None = None,
-    ) -> Upload[pb.ModelVersion]:
+    ) -> Call[pb.ModelVersion]:
         """Register an artifact file as the model's next version: an ONNX model, or safetensors
         weights with the `architecture` that builds them. Streamed in chunks, or sent in one
         message when at most INLINE_BYTES; `progress(done, total)` is called after each chunk
@@ -218,39 +222,48 @@ class Models(Part[C]):
         with a DeprecationWarning). `run_id`: the tracked run the version came from, kept in its
         lineage (`lineage.run_id`, with the run's experiment) as a trained version's is; the
         daemon checks it (NotFound for no such run, FailedPrecondition for a deleted one, before
-        any byte is stored)."""
+        any byte is stored). `path` "runs:/RUN_ID/PATH" (MLflow's form) registers an artifact of
+        that run: downloaded to a temporary directory, verified, pushed with `run_id` that run."""
         moved = moved_alias("push", set_alias, alias)
-        artifact = Path(path)
         check_chunk_size(chunk_size)
+        timeout = timeout_or(timeout, self._conn.transfer_timeout)
 
-        def requests() -> pb.UploadVersionInlineRequest | Iterator[pb.UploadVersionRequest]:
-            header = upload_header(
-                name,
-                artifact,
-                format=format,
-                architecture=architecture,
-                signature=signature,
-                create=create,
-                alias=moved,
-                description=description,
-                params=params,
-                metrics=metrics,
-                tags=tags,
-            )
-            if run_id is not None:
-                header.run_id = run_id
-            if header.size_bytes <= INLINE_BYTES:
-                data = b"".join(file_chunks(artifact, header.size_bytes, chunk_size, progress))
-                return pb.UploadVersionInlineRequest(header=header, artifact=data)
-            return upload_requests(header, artifact, chunk_size, progress)
+        def upload(artifact: Path, run: str | None) -> Upload[pb.ModelVersion]:
+            def requests() -> pb.UploadVersionInlineRequest | Iterator[pb.UploadVersionRequest]:
+                header = upload_header(
+                    name,
+                    artifact,
+                    format=format,
+                    architecture=architecture,
+                    signature=signature,
+                    create=create,
+                    alias=moved,
+                    description=description,
+                    params=params,
+                    metrics=metrics,
+                    tags=tags,
+                )
+                header.run_id = run or ""
+                if header.size_bytes <= INLINE_BYTES:
+                    data = b"".join(file_chunks(artifact, header.size_bytes, chunk_size, progress))
+                    return pb.UploadVersionInlineRequest(header=header, artifact=data)
+                return upload_requests(header, artifact, chunk_size, progress)
 
-        return Upload(
-            S,
-            "UploadVersion",
-            requests,
-            timeout_or(timeout, self._conn.transfer_timeout),
-            inline_method="UploadVersionInline",
-        )
+            return Upload(S, "UploadVersion", requests, timeout, inline_method="UploadVersionInline")
+
+        if not (isinstance(path, str) and path.startswith(RUN_ARTIFACT_PREFIX)):
+            return upload(Path(path), run_id)
+        source_run, artifact_path = run_artifact(path)
+        if run_id is not None and run_id != source_run:
+            raise ValueError(f"run_id {run_id!r} is not the run of {path!r}; leave run_id out")
+        # Imported here: training's module is the larger, and push from a run its one use.
+        from tessera.training import Training
+
+        def download(directory: Path) -> Call[Any]:
+            target = directory / PurePosixPath(artifact_path).name
+            return Training(self._conn)._artifact_to(source_run, artifact_path, target, chunk_size, timeout)
+
+        return FromRunArtifact(download, lambda file: upload(file, source_run))
 
     @call
     def push_batch(
@@ -701,6 +714,36 @@ def moved_alias(
         stacklevel=stacklevel,
     )
     return alias
+
+
+def run_artifact(source: str) -> tuple[str, str]:
+    """(run id, artifact path) of "runs:/RUN_ID/PATH"; ValueError saying the form otherwise."""
+    run_id, _, artifact_path = source.removeprefix(RUN_ARTIFACT_PREFIX).partition("/")
+    if not run_id or not artifact_path or artifact_path.endswith("/"):
+        raise ValueError(
+            f"{source!r}: a run's artifact is named runs:/RUN_ID/PATH, e.g. runs:/{run_id or 'RUN_ID'}/model.onnx "
+            "(the path as list_artifacts lists it)"
+        )
+    return run_id, artifact_path
+
+
+@dataclass(frozen=True)
+class FromRunArtifact(Call[pb.ModelVersion]):
+    """push of "runs:/RUN_ID/PATH": `download` writes the artifact into a temporary directory,
+    then `push` registers the file it wrote; the directory goes either way."""
+
+    download: Callable[[Path], Call[Any]]
+    push: Callable[[Path], Call[pb.ModelVersion]]
+
+    def run(self, conn: Connection) -> pb.ModelVersion:
+        with tempfile.TemporaryDirectory(prefix="tessera-push-") as directory:
+            file = self.download(Path(directory)).run(conn)
+            return self.push(file).run(conn)
+
+    async def run_async(self, conn: AioConnection) -> pb.ModelVersion:
+        with tempfile.TemporaryDirectory(prefix="tessera-push-") as directory:
+            file = await self.download(Path(directory)).run_async(conn)
+            return await self.push(file).run_async(conn)
 
 
 def upload_header(

@@ -1469,6 +1469,14 @@ class Training(Part[C]):
         listing = pb.ListRunArtifactsRequest(run_id=run_id, path=path, page_size=1)
         return Op(S, "ListRunArtifacts", listing, the_artifact, timeout=timeout)
 
+    def _artifact_to(
+        self, run_id: str, path: str, target: Path, chunk_size: int, timeout: float
+    ) -> Chain[Path]:
+        """The call that writes the artifact `path` to the file `target`, giving `target`
+        (`models.push` of "runs:/RUN_ID/PATH")."""
+        download = self._artifact_download(run_id, path, target, None, chunk_size, timeout, True, False)
+        return Chain(download, lambda _: Given(target))
+
     def _artifact_download(
         self,
         run_id: str,

@@ -329,7 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
         models, "push", cmd_models_push, "register an ONNX file, or safetensors weights with --spec"
     )
     sub.add_argument("model", help="the model to add a version to (made with its first version)")
-    sub.add_argument("file", help="model.onnx or weights.safetensors")
+    sub.add_argument(
+        "file", help="model.onnx or weights.safetensors, or a run's artifact as runs:/RUN_ID/PATH (MLflow's form)"
+    )
     sub.add_argument(
         "--format",
         choices=sorted(set(FORMAT_BY_SUFFIX.values())),
