@@ -151,7 +151,7 @@ def test_a_version_pushed_from_a_run_keeps_it_in_its_lineage(daemon, client, tmp
     assert (from_run.lineage.run_id, from_run.sha256) == (run.id, version.sha256)
     with pytest.raises(ValueError, match="runs:/RUN_ID/PATH"):
         client.models.push("pushed", f"runs:/{run.id}")
-    with pytest.raises(tessera.NotFound, match="absent.onnx"):
+    with pytest.raises(tessera.NotFound, match=r"absent\.onnx"):
         client.models.push("pushed", f"runs:/{run.id}/absent.onnx")
     with pytest.raises(
         tessera.NotFound, match=r"run 'run-nope' does not exist; `client.training.runs\(\)` lists them"

@@ -330,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("model", help="the model to add a version to (made with its first version)")
     sub.add_argument(
-        "file", help="model.onnx or weights.safetensors, or a run's artifact as runs:/RUN_ID/PATH (MLflow's form)"
+        "file",
+        help="model.onnx or weights.safetensors, or a run's artifact as runs:/RUN_ID/PATH (MLflow's form)",
     )
     sub.add_argument(
         "--format",
