@@ -91,7 +91,9 @@ def test_a_value_logged_again_at_a_step_replaces_the_first_and_warns_once(client
     with pytest.warns(tessera.MetricPointsReplaced, match="1 of the 2 point"):
         client.training.log_batch(run.id, [("loss", 1.0, 6), ("loss", 2.0, 6)])
     with pytest.warns(tessera.MetricPointsReplaced, match="1 of the 3 point"):
-        client.training.log_metrics_stream(run.id, [(5, {"loss": 7.0}), (6, {"loss": 2.0}), (7, {"loss": 1.0})])
+        client.training.log_metrics_stream(
+            run.id, [(5, {"loss": 7.0}), (6, {"loss": 2.0}), (7, {"loss": 1.0})]
+        )
 
 
 def test_log_batch_stores_points_of_many_keys_and_steps_in_one_call(client):
