@@ -527,6 +527,31 @@ class ServingSettings:
         "the Open Inference Protocol over HTTP/REST (KServe v2 /v2/..., as Triton's port 8000; "
         "e.g. 127.0.0.1:8000); off (the default) disables; port 0 picks a free port",
     )
+    oip_http_max_json_size: int = setting(
+        64 * 2**20,
+        parse_size,
+        "largest JSON part of an inference request over HTTP (the whole body, or what its "
+        "Inference-Header-Content-Length says); beyond: 413, pointing to binary tensor data",
+    )
+    oip_http_json_processes: int = setting(
+        1,
+        parse_number(int, 0, 64),
+        "processes (started as the first large body arrives) that parse inference request JSON "
+        "of oip_http_json_process_min_size and more, so health probes and other calls are not "
+        "held up behind its parse; 0: every body is parsed on the daemon's event loop",
+    )
+    oip_http_json_process_min_size: int = setting(
+        256 * 2**10,
+        parse_size,
+        "inference request JSON of this size or more is parsed in those processes (smaller JSON "
+        "takes less time to parse than to hand over)",
+    )
+    oip_http_json_queue_size: int = setting(
+        128 * 2**20,
+        parse_size,
+        "most bytes of JSON waiting for or in those processes (one body is always taken); "
+        "beyond: 503 with Retry-After",
+    )
     trace_file: Path | None = setting(
         None,
         parse_optional_path,

@@ -782,6 +782,7 @@ class Daemon:
             auth.calls,
             self.settings.max_message_size,
             self.settings.limits,
+            self.settings.serving,
             self.metrics,
         )
         self.metrics.count_connections(self._oip_http.connections)

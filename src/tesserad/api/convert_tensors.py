@@ -11,7 +11,7 @@ import ml_dtypes
 import numpy as np
 
 from tessera.v1 import common_pb2
-from tesserad.dtypes import MAX_ARRAY_DIMS
+from tesserad.dtypes import MAX_ARRAY_DIMS, refuse_unmakeable_empty, too_many_dims
 from tesserad.errors import InvalidArgument
 from tesserad.oip import grpc_service_pb2 as oip
 from tesserad.serving.open_inference import (
@@ -97,34 +97,12 @@ def parameters_of(
 # These run on every request: messages are only formatted for the error.
 
 
-def too_many_dims(shape: Sequence[int], where: str) -> InvalidArgument:
-    return InvalidArgument(
-        f"{where} has {len(shape)} dimensions; an array has at most {MAX_ARRAY_DIMS}: send the shape its data has"
-    )
-
-
 def _shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
     if len(shape) > MAX_ARRAY_DIMS:
         raise too_many_dims(shape, f"input {name!r}")
     if min(shape, default=0) < 0:
         raise InvalidArgument(f"input {name!r} has shape {list(shape)}; dimensions cannot be negative")
     return tuple(shape)
-
-
-# The most bytes numpy lets an array's dimensions span, even an array with a dimension of 0.
-_MAX_ARRAY_BYTES = np.iinfo(np.intp).max
-
-
-def refuse_unmakeable_empty(shape: Sequence[int], dtype: np.dtype, where: str, dtype_name: str) -> None:
-    """For a `shape` of no elements: InvalidArgument when its other dimensions span more bytes
-    than numpy makes an array of (its ValueError would be an internal error)."""
-    spanned = math.prod(d for d in shape if d) * dtype.itemsize
-    if spanned > _MAX_ARRAY_BYTES:
-        raise InvalidArgument(
-            f"{where} has shape {list(shape)}: its dimensions other than 0 multiply to {spanned} bytes of "
-            f"{dtype_name}, more than an array can span ({_MAX_ARRAY_BYTES} bytes), though it holds no "
-            "values; send the shape its data has"
-        )
 
 
 def array_from_bytes(

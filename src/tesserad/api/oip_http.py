@@ -34,17 +34,18 @@ from tesserad.api.auth import ANONYMOUS, expired_message
 from tesserad.api.oip import metadata_of, statistics_response
 from tesserad.api.oip_config import model_config_of, serving_config_of
 from tesserad.api.oip_json import (
-    HEADER_LENGTH,
     KIND_NAMES,
     infer_request,
     infer_response,
+    json_length,
     json_parameters,
     message_json,
     reads_shared_memory,
     settings_object,
-    split_body,
 )
-from tesserad.config import Address, LimitsSettings, SecuritySettings, format_size
+from tesserad.api.oip_json_tensors import HEADER_LENGTH, parse_document
+from tesserad.api.oip_parsers import JsonParsers
+from tesserad.config import Address, LimitsSettings, SecuritySettings, ServingSettings, format_size
 from tesserad.dashboard.access import CHALLENGE, Handler
 from tesserad.dashboard.listener import RETRY_AFTER, HttpListener, Refused
 from tesserad.dashboard.server import http_status_for
@@ -154,12 +155,20 @@ class OipHttpServer(HttpListener):
         calls: ConcurrencyGate,
         max_message_size: int,
         limits: LimitsSettings,
+        serving: ServingSettings,
         metrics: DaemonMetrics | None = None,
     ) -> None:
         """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too;
         `calls`: the gRPC listener's count of calls in flight, which requests here join;
-        `metrics`: where its requests are counted."""
+        `serving`: its oip_http_* settings; `metrics`: where its requests are counted."""
         self._core = core
+        self._max_json_size = serving.oip_http_max_json_size
+        self._json_process_min_size = serving.oip_http_json_process_min_size
+        self._parsers = (
+            JsonParsers(serving.oip_http_json_processes, serving.oip_http_json_queue_size)
+            if serving.oip_http_json_processes
+            else None
+        )
         self._tracer = core.tracer
         super().__init__(address, security, limits, "oip_http", metrics)
         self._tokens = tokens
@@ -378,6 +387,32 @@ class OipHttpServer(HttpListener):
             "the operator to raise max_message_size (env TESSERA_MAX_MESSAGE_SIZE)"
         )
 
+    def _refuse_declared_json(self, request: web.Request, header_length: str | None) -> None:
+        """413 before a byte of the body is read, when its headers already say that its JSON is
+        over oip_http_max_json_size: Inference-Header-Content-Length, or without that header
+        the Content-Length of an uncompressed body."""
+        whole = request.content_length if _coding(request) == "identity" else None
+        declared = whole
+        if header_length is not None:
+            # A header past the body's own length is refused as that, once the body is read.
+            valid = header_length.isascii() and header_length.isdigit()
+            declared = (
+                int(header_length) if valid and (whole is None or int(header_length) <= whole) else None
+            )
+        if declared is not None and declared > self._max_json_size:
+            raise Refused(413, self._json_too_large(declared), close=True)
+
+    def _json_too_large(self, size: int) -> str:
+        """What an inference request whose JSON is `size` bytes, over oip_http_max_json_size, is told."""
+        return (
+            f"the request's JSON is {format_size(size)}, over serving.oip_http_max_json_size = "
+            f"{format_size(self._max_json_size)}: send large tensors as binary data (Triton's binary "
+            "tensor data extension: raw bytes after the JSON, with the header "
+            f"{HEADER_LENGTH}; tritonclient.http: set_data_from_numpy(..., binary_data=True)), "
+            "which is smaller and takes no parsing; or ask the operator to raise "
+            "serving.oip_http_max_json_size (env TESSERA_SERVING_OIP_HTTP_MAX_JSON_SIZE)"
+        )
+
     async def _body(self, request: web.Request) -> bytes:
         """The request's body, once it has all arrived (408 after limits.http_request_timeout_s:
         a body that never all arrives would otherwise hold its slot of limits.max_concurrent_calls),
@@ -433,6 +468,11 @@ class OipHttpServer(HttpListener):
             if coding != "gzip" and offset < len(body):
                 raise Refused(400, self._not_as_encoded(coding))
         return b"".join(parts)
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._parsers is not None:
+            await self._parsers.close()
 
     def end_revoked(self, table: TokenTable) -> int:
         """Answer each inference request in progress whose token `table` no longer admits to
@@ -604,14 +644,28 @@ class OipHttpServer(HttpListener):
         raise errors.Unimplemented(NO_CUDA_SHARED_MEMORY)
 
     async def _infer(self, request: web.Request) -> web.Response:
+        declared_length = request.headers.get(HEADER_LENGTH)
+        self._refuse_declared_json(request, declared_length)
         body = await self._body(request)
         started = time.perf_counter_ns()
         target = target_of(request.match_info["model"], request.match_info.get("version", ""))
+        try:
+            length = json_length(body, declared_length)
+            if length > self._max_json_size:
+                raise Refused(413, self._json_too_large(length))
+            # No header: the JSON is the whole body, and body[:length] is body itself, no copy.
+            if self._parsers is not None and length >= self._json_process_min_size:
+                document = await self._parsers.parse(body[:length], declared_length is None)
+            else:
+                document = parse_document(body[:length], declared_length is None)
+        except (errors.TesseraError, Refused):
+            self._core.refused(target, started)
+            raise
+        binary = body[length:]
         with self._core.shared_memory.lease() as lease:
             try:
-                document, binary = split_body(body, request.headers.get(HEADER_LENGTH))
                 # A shared-memory input's read copies as many bytes as the tensor has, letting go of
-                # the interpreter meanwhile; the JSON parse holds it on any thread, so stays here.
+                # the interpreter meanwhile.
                 parsed = (
                     await off_the_loop(lambda: infer_request(document, binary, lease))
                     if reads_shared_memory(document)

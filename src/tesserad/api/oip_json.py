@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -25,11 +24,20 @@ from google.protobuf.message import Message
 from tesserad.api.convert_tensors import (
     array_from_bytes,
     little_endian_bytes,
-    refuse_unmakeable_empty,
-    too_many_dims,
+)
+from tesserad.api.oip_json_tensors import (
+    BINARY_ONLY,
+    HEADER_LENGTH,
+    LARGEST_DOUBLE,
+    NON_FINITE_TAKEN,
+    PAST_A_DOUBLE,
+    Converted,
+    NonFinite,
+    json_values,
+    parse_document,
+    tensor_shape,
 )
 from tesserad.client_json import parse_client_json
-from tesserad.dtypes import MAX_ARRAY_DIMS
 from tesserad.errors import InvalidArgument
 from tesserad.serving.open_inference import (
     OIP_DTYPES,
@@ -44,7 +52,6 @@ from tesserad.serving.open_inference import (
 )
 from tesserad.serving.shared_memory import Lease, TensorPlace
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
 # How messages name a JSON parameter's kind.
 KIND_NAMES = {
     Kind.BOOL: "boolean",
@@ -63,29 +70,8 @@ _INT64_TYPES = frozenset(
         FieldDescriptor.TYPE_SFIXED64,
     }
 )
-_FLOAT_NAMES = frozenset({"FP32", "FP64"})
-# Where NaN, Infinity and -Infinity, which JSON lacks, are taken: Triton parses request bodies with
-# rapidjson's kParseNanAndInfFlag (since 22.02) and writes them back in answers, as json does here.
-_NON_FINITE_TAKEN = "tesserad takes NaN, Infinity and -Infinity in FP32 and FP64 data only, as Triton does"
-# Datatypes that travel as binary data only, as in Triton: JSON numbers have no 16-bit float form
-# (the protocol calls FP16 in JSON problematic), so values would be rounded on the way.
-_BINARY_ONLY = frozenset({"FP16", "BF16"})
-# Python's parser reads a literal past a double's range (1e400) as infinite, as it reads Infinity.
-_PAST_A_DOUBLE = "a number beyond a double's range"
-_LARGEST_DOUBLE = repr(sys.float_info.max)
 # How much of a field's name a message shows.
 _FIELD_SHOWN = 120
-
-
-@dataclass(frozen=True)
-class _NonFinite:
-    """NaN, Infinity or -Infinity as the body spelled it, told apart from a number past a
-    double's range, which the parser reads as infinite too."""
-
-    text: str
-
-    def __float__(self) -> float:
-        return float(self.text)
 
 
 @dataclass(frozen=True)
@@ -150,16 +136,15 @@ def json_parameters(document: Mapping[str, Any], where: str) -> dict[str, Parame
                     f"integer in {-(2**63)}..{2**64 - 1}"
                 )
             parameters[key] = Parameter(value, Kind.INT if value < 2**63 else Kind.UINT)
-        elif isinstance(value, _NonFinite):
+        elif isinstance(value, NonFinite):
             raise InvalidArgument(
                 f"{where}'s parameter {key!r} is {value.text}, which is no JSON number; send a finite "
-                f"number ({_NON_FINITE_TAKEN}; binary data carries any value)"
+                f"number ({NON_FINITE_TAKEN}; binary data carries any value)"
             )
         elif isinstance(value, float):
             if not math.isfinite(value):
                 raise InvalidArgument(
-                    f"{where}'s parameter {key!r} is {_PAST_A_DOUBLE}; send a number within "
-                    f"±{_LARGEST_DOUBLE}"
+                    f"{where}'s parameter {key!r} is {PAST_A_DOUBLE}; send a number within ±{LARGEST_DOUBLE}"
                 )
             parameters[key] = Parameter(value, Kind.DOUBLE)
         elif isinstance(value, str):
@@ -186,35 +171,25 @@ def _flag(parameters: Mapping[str, Parameter], key: str, where: str) -> bool | N
 
 def split_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:
     """(the JSON document, the binary data after it)."""
+    length = json_length(body, header_length)
+    return parse_document(body[:length], header_length is None), body[length:]
+
+
+def json_length(body: bytes, header_length: str | None) -> int:
+    """How many bytes at the start of `body` are its JSON: `header_length` (the
+    Inference-Header-Content-Length header) checked against it, or all of it without one."""
     if header_length is None:
-        length = len(body)
-    else:
-        try:
-            length = int(header_length)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= len(body):
-            raise InvalidArgument(
-                f"header {HEADER_LENGTH} is {header_length[:40]!r}; it must be the length in bytes of "
-                f"the JSON at the start of the body (the body has {len(body)} bytes)"
-            )
+        return len(body)
     try:
-        document = parse_client_json(
-            body[:length],
-            "the request body",
-            "send each tensor's data flat, row-major (nesting is optional)",
-            parse_constant=_NonFinite,
-        )
-    except InvalidArgument:
-        end = _json_end(body) if header_length is None else None
-        if end is None:
-            raise
+        length = int(header_length)
+    except ValueError:
+        length = -1
+    if not 0 <= length <= len(body):
         raise InvalidArgument(
-            f"the request body has {len(body) - end} bytes after its JSON, which binary tensor data "
-            f"needs the header {HEADER_LENGTH} for: send it with {HEADER_LENGTH}: {end}, the length "
-            "in bytes of the JSON"
-        ) from None
-    return document, body[length:]
+            f"header {HEADER_LENGTH} is {header_length[:40]!r}; it must be the length in bytes of "
+            f"the JSON at the start of the body (the body has {len(body)} bytes)"
+        )
+    return length
 
 
 def settings_object(body: bytes) -> dict[str, object]:
@@ -229,7 +204,7 @@ def settings_object(body: bytes) -> dict[str, object]:
         body,
         "the request body",
         "send a JSON object of the fields the protocol names for this request",
-        parse_constant=_NonFinite,
+        parse_constant=NonFinite,
     )
     if not isinstance(document, dict):
         raise InvalidArgument("the request body must be a JSON object")
@@ -237,13 +212,13 @@ def settings_object(body: bytes) -> dict[str, object]:
     if found is not None:
         # A field nested deep makes a long name: its start says where.
         field = found[0][:_FIELD_SHOWN]
-        if isinstance(found[1], _NonFinite):
+        if isinstance(found[1], NonFinite):
             raise InvalidArgument(
                 f"the request body's field {field!r} is {found[1].text}, which is no JSON number; send "
-                f"a finite number ({_NON_FINITE_TAKEN})"
+                f"a finite number ({NON_FINITE_TAKEN})"
             )
         raise InvalidArgument(
-            f"the request body's field {field!r} is {_PAST_A_DOUBLE}; send a number within ±{_LARGEST_DOUBLE}"
+            f"the request body's field {field!r} is {PAST_A_DOUBLE}; send a number within ±{LARGEST_DOUBLE}"
         )
     return document
 
@@ -269,152 +244,10 @@ def _non_finite(document: dict[str, Any]) -> tuple[str, object] | None:
         elif isinstance(value, list):
             path.append(key)
             levels.append(enumerate(value))
-        elif isinstance(value, _NonFinite) or (isinstance(value, float) and not math.isfinite(value)):
+        elif isinstance(value, NonFinite) or (isinstance(value, float) and not math.isfinite(value)):
             name = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in [*path, key])
             return name.removeprefix("."), value
     return None
-
-
-def _json_end(body: bytes) -> int | None:
-    """Where the JSON object at the start of `body` ends, when other bytes follow it; else None."""
-    try:
-        # Latin-1 maps each byte to one character: the end found is a length in bytes, and binary
-        # data after the JSON decodes whatever it holds.
-        document, end = json.JSONDecoder().raw_decode(body.decode("latin-1"))
-    # ValueError: not JSON, or an integer too long to convert.
-    except (ValueError, RecursionError):
-        return None
-    return end if isinstance(document, dict) and end < len(body) else None
-
-
-def _shape(tensor: Mapping[str, Any], where: str) -> tuple[int, ...]:
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise InvalidArgument(f"{where} needs a shape: a list of integers")
-    if len(shape) > MAX_ARRAY_DIMS:
-        raise too_many_dims(shape, where)
-    if min(shape, default=0) < 0:
-        raise InvalidArgument(f"{where} has shape {shape}; dimensions cannot be negative")
-    return tuple(shape)
-
-
-def _json_values(values: Any, datatype: str, shape: tuple[int, ...], where: str) -> np.ndarray:
-    """The `data` of an input as an array of `shape`; refuses values of another kind than
-    `datatype` (a float or a boolean for an integer, a number for BOOL) and values outside its
-    range, which numpy would round, wrap around or make infinite: the model would be answering
-    other numbers."""
-    dtype = OIP_DTYPES[datatype]
-    count = math.prod(shape)
-    try:
-        flat = np.asarray(values)
-    except ValueError:
-        raise InvalidArgument(
-            f"{where} has data of uneven nesting; send its values flat, row-major"
-        ) from None
-    if flat.size:
-        if datatype == "BOOL":
-            if flat.dtype.kind != "b":
-                raise _not_of_kind(datatype, where, _one_of(values, (_NonFinite,)))
-        elif flat.dtype.kind == "O" or (flat.dtype.kind == "f" and datatype not in _FLOAT_NAMES):
-            flat = _wide_numbers(values, flat, datatype, where)
-        elif flat.dtype.kind not in "iuf":
-            raise _not_of_kind(datatype, where, _one_of(values, (bool,)))
-        # numpy makes numbers of true and false among numbers: [true, 2] is [1, 2].
-        elif (stray := _one_of(values, (bool,))) is not None:
-            raise _not_of_kind(datatype, where, stray)
-        elif flat.dtype.kind == "f" and not np.isfinite(flat).all():
-            # Of literals alone (NaN and Infinity make objects): some past a double's range.
-            raise _out_of_range(where, _PAST_A_DOUBLE, datatype, _float_bounds(dtype), past=True)
-    if flat.size != count:
-        raise InvalidArgument(
-            f"{where} has {flat.size} values in data, but shape {list(shape)} needs {count}"
-        )
-    if not count:
-        refuse_unmakeable_empty(shape, dtype, where, datatype)
-    if dtype.kind in "iu" and flat.size:
-        limits = np.iinfo(dtype)
-        # As Python integers: those past int64 compare exactly.
-        low, high = int(flat.min()), int(flat.max())
-        if low < limits.min or high > limits.max:
-            outside = low if low < limits.min else high
-            raise _out_of_range(where, str(outside), datatype, f"{limits.min}..{limits.max}")
-    if dtype.kind == "f" and flat.size:
-        finite = flat[np.isfinite(flat)]
-        # Those that round to the datatype's largest value are taken, as numpy takes them: FP32's,
-        # as numpy and %g print it (3.4028235e38), is a little past it as a double.
-        with np.errstate(over="ignore"):
-            past = finite[np.isinf(finite.astype(dtype))]
-        if past.size:
-            raise _out_of_range(where, repr(float(past[0])), datatype, _float_bounds(dtype), past=True)
-    return flat.astype(dtype).reshape(shape)
-
-
-def _wide_numbers(values: Any, flat: np.ndarray, datatype: str, where: str) -> np.ndarray:
-    """`values`, of which numpy made `flat` floats (integers that int64 and uint64 do not both
-    hold: -1 and 2**63) or objects (integers past uint64, NaN and Infinity), as exact Python
-    integers for an integer datatype and as float64 for a floating-point one."""
-    exact = np.asarray(values, dtype=object)
-    floating = datatype in _FLOAT_NAMES
-    numbers = (int, float, _NonFinite) if floating else (int,)
-    if not all(isinstance(v, numbers) and not isinstance(v, bool) for v in exact.flat):
-        raise _not_of_kind(datatype, where, _one_of(values, (bool, _NonFinite)))
-    if not floating:
-        return exact
-    dtype = OIP_DTYPES[datatype]
-    if any(isinstance(v, float) and math.isinf(v) for v in exact.flat):
-        raise _out_of_range(where, _PAST_A_DOUBLE, datatype, _float_bounds(dtype), past=True)
-    try:
-        return exact.astype(np.float64)
-    except OverflowError:
-        # An integer past float64: json read it whole, float() cannot take it.
-        huge = next(v for v in exact.flat if isinstance(v, int) and abs(v) > sys.float_info.max)
-        raise _out_of_range(
-            where, f"an integer of {len(str(abs(huge)))} digits", datatype, _float_bounds(dtype), past=True
-        ) from None
-
-
-def _one_of(values: Any, kinds: tuple[type, ...]) -> Any:
-    """An item of `values` (lists, nested or not) of one of `kinds`; None when there is none."""
-    pending = [values]
-    while pending:
-        items = pending.pop()
-        if not isinstance(items, list):
-            if isinstance(items, kinds):
-                return items
-            continue
-        # By the items' types, which the whole list is scanned for at C speed.
-        types = set(map(type, items))
-        if any(issubclass(t, kinds) for t in types):
-            return next(v for v in items if isinstance(v, kinds))
-        if list in types:
-            pending.extend(v for v in items if isinstance(v, list))
-    return None
-
-
-def _not_of_kind(datatype: str, where: str, stray: Any = None) -> InvalidArgument:
-    expected = (
-        "true or false" if datatype == "BOOL" else "numbers" if datatype in _FLOAT_NAMES else "integers"
-    )
-    message = f"{where} is {datatype}: its data must be {expected}"
-    if isinstance(stray, _NonFinite):
-        # Python's parser, like Triton's, takes NaN, Infinity and -Infinity, which JSON lacks.
-        message += f", and {stray.text} is none (JSON has no {stray.text}; {_NON_FINITE_TAKEN})"
-    elif isinstance(stray, bool):
-        # As Triton, which refuses them there too.
-        message += f", and {json.dumps(stray)} is none (true and false are BOOL data)"
-    return InvalidArgument(message)
-
-
-def _float_bounds(dtype: np.dtype) -> str:
-    """The range of the floating-point `dtype`, exact."""
-    return f"±{float(np.finfo(dtype).max)!r}"
-
-
-def _out_of_range(where: str, value: str, datatype: str, bounds: str, past: bool = False) -> InvalidArgument:
-    return InvalidArgument(
-        f"{where} has {value} in data, {'past' if past else 'outside'} {datatype}'s range {bounds}; "
-        "every value must fit the datatype the input is sent as"
-    )
 
 
 def reads_shared_memory(document: Any) -> bool:
@@ -455,7 +288,7 @@ def infer_request(document: Any, binary: bytes, lease: Lease) -> InferRequest:
         # A list or object there is unhashable: `in` would raise TypeError.
         if not isinstance(datatype, str) or datatype not in OIP_DTYPES:
             raise unserved_datatype(where, datatype)
-        shape = _shape(tensor, where)
+        shape = tensor_shape(tensor, where)
         size = parameters.get("binary_data_size")
         place = tensor_place(parameters, where, KIND_NAMES) if parameters else None
         if place is not None:
@@ -486,13 +319,16 @@ def infer_request(document: Any, binary: bytes, lease: Lease) -> InferRequest:
             )
             offset += size.value
         elif "data" in tensor:
-            if datatype in _BINARY_ONLY:
+            if datatype in BINARY_ONLY:
                 raise InvalidArgument(
                     f"{where} is {datatype}, which JSON data cannot carry (as in Triton); send it as "
                     "binary data: its bytes after the JSON, with the parameter binary_data_size "
                     "(tritonclient: set_data_from_numpy(..., binary_data=True))"
                 )
-            inputs[name] = _json_values(tensor["data"], datatype, shape, where)
+            data = tensor["data"]
+            inputs[name] = (
+                data.result() if isinstance(data, Converted) else json_values(data, datatype, shape, where)
+            )
         else:
             raise InvalidArgument(
                 f"{where} has no data: send its {math.prod(shape)} values of shape {list(shape)} in "
@@ -540,7 +376,7 @@ def infer_request(document: Any, binary: bytes, lease: Lease) -> InferRequest:
 
 def _json_data(name: str, array: np.ndarray) -> list[Any]:
     datatype = OIP_NAME_BY_DTYPE[array.dtype]
-    if datatype in _BINARY_ONLY:
+    if datatype in BINARY_ONLY:
         raise InvalidArgument(
             f"output {name!r} is {datatype}, which JSON data cannot carry (as in Triton); ask for it as "
             "binary data: the output's parameter binary_data: true, or the request's "

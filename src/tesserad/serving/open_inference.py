@@ -17,7 +17,6 @@ from collections.abc import Callable, Collection, Coroutine, Hashable, Mapping, 
 from dataclasses import dataclass
 from functools import partial
 
-import ml_dtypes
 import numpy as np
 
 from tesserad.errors import (
@@ -36,29 +35,13 @@ from tesserad.log_settings import LogControl
 from tesserad.names import NAME_PATTERN, validate_name
 from tesserad.numbers import INT64_MAX, is_digits, whole_number
 from tesserad.serving.batcher import Prediction
+from tesserad.serving.oip_dtypes import OIP_DTYPES as OIP_DTYPES
+from tesserad.serving.oip_dtypes import OIP_NAME_BY_DTYPE as OIP_NAME_BY_DTYPE
 from tesserad.serving.pool import LoadedVersion, LoadState, RuntimeChoice, ServingConfig
 from tesserad.serving.predict import predict
 from tesserad.serving.service import InferenceService, Target, VersionDescription
 from tesserad.serving.shared_memory import SharedMemory, TensorPlace
 from tesserad.serving.trace import Tracer
-
-# The protocol's datatype names.
-OIP_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "INT8": np.dtype(np.int8),
-    "UINT16": np.dtype(np.uint16),
-    "INT16": np.dtype(np.int16),
-    "UINT32": np.dtype(np.uint32),
-    "INT32": np.dtype(np.int32),
-    "UINT64": np.dtype(np.uint64),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-OIP_NAME_BY_DTYPE: dict[np.dtype, str] = {dtype: name for name, dtype in OIP_DTYPES.items()}
 
 
 def unserved_datatype(where: str, datatype: object) -> InvalidArgument:

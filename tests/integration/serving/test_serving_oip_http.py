@@ -7,6 +7,9 @@ import gzip
 import http.client
 import json
 import math
+import multiprocessing
+import os
+import signal
 import socket
 import ssl
 import sys
@@ -14,7 +17,8 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ from serving_models import W, echo_model, half_model, linear_model, reshape_mode
 
 from tessera.v1 import system_pb2
 from tesserad import cli
+from tesserad.config import format_size
 from tesserad.security import Role
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -53,7 +58,17 @@ NUMPY = {
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of a daemon serving HTTP, with models linear (versions 1, 2), half, echo and
     never (which fails to load)."""
-    settings = daemon_settings(tmp_path_factory.mktemp("http"), **{"serving.oip_http_listen": "127.0.0.1:0"})
+    yield from _serving(tmp_path_factory.mktemp("http"))
+
+
+@pytest.fixture(scope="module")
+def served_in_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """As `served`, parsing the JSON of every inference request in a parser process."""
+    yield from _serving(tmp_path_factory.mktemp("http"), **{"serving.oip_http_json_process_min_size": 0})
+
+
+def _serving(data_dir: Path, **overrides: Any) -> Iterator[str]:
+    settings = daemon_settings(data_dir, **{"serving.oip_http_listen": "127.0.0.1:0", **overrides})
     daemon = InProcessDaemon(settings).start()
     channel = daemon.channel()
     upload(channel, "linear", linear_model(1.0))
@@ -1073,3 +1088,112 @@ def test_booleans_are_taken_in_bool_data_only(served: str) -> None:
         400,
         "input 'in_bool' is BOOL: its data must be true or false",
     )
+
+
+@pytest.mark.parametrize(
+    "same_test",
+    [
+        test_json_infer_routes_to_a_version_and_counts_statistics,
+        test_every_datatype_round_trips_as_json_and_as_binary,
+        test_bad_requests_are_refused_with_the_status_and_message_of_grpc,
+        test_fp16_and_bf16_travel_as_binary_data_only_as_in_triton,
+        test_a_datatype_or_shape_no_array_can_have_is_a_400_not_a_500,
+        test_a_shape_of_more_dimensions_than_an_array_has_is_a_400_not_a_500,
+        test_json_integers_outside_their_datatype_are_refused_naming_its_range,
+        test_nan_and_infinity_are_taken_in_floating_point_data_only,
+        test_booleans_are_taken_in_bool_data_only,
+    ],
+    ids=lambda test: test.__name__.removeprefix("test_"),
+)
+def test_json_parsed_in_a_process_is_answered_as_json_parsed_inline(
+    served_in_processes: str, same_test: Callable[[str], None]
+) -> None:
+    same_test(served_in_processes)
+
+
+def _parsers(others: frozenset[int] = frozenset()) -> list[multiprocessing.process.BaseProcess]:
+    """This process's parser processes running, but those whose pids are `others`."""
+    return [
+        p
+        for p in multiprocessing.active_children()
+        if p.name == "tesserad-json-parser" and p.pid not in others
+    ]
+
+
+def test_large_json_is_parsed_in_a_process_bounded_replaced_when_it_dies_and_ended_at_stop(
+    tmp_path: Path,
+) -> None:
+    settings = daemon_settings(
+        tmp_path,
+        **{
+            "serving.oip_http_listen": "127.0.0.1:0",
+            "serving.max_batch_size": 4096,
+            "serving.oip_http_max_json_size": "1MiB",
+            "serving.oip_http_json_process_min_size": "64KiB",
+            "serving.oip_http_json_queue_size": 1,
+        },
+    )
+    # Another module daemon's parsers may be running.
+    others = frozenset(p.pid for p in _parsers() if p.pid is not None)
+    daemon = InProcessDaemon(settings).start()
+    try:
+        upload(daemon.channel(), "linear", linear_model(1.0))
+        infer = f"http://127.0.0.1:{daemon.daemon.oip_http_port}/v2/models/linear/infer"
+        x = np.random.default_rng(0).standard_normal((2048, 4)).astype(np.float32)
+        body = json.dumps(
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2048, 4], "data": x.ravel().tolist()}]}
+        ).encode()
+        assert 64 * 1024 < len(body) < 1024 * 1024
+        assert not _parsers(others)  # started as the first large body arrives
+        status, _, answer = call(infer, body)
+        assert status == 200, answer
+        (y,) = json.loads(answer)["outputs"]
+        np.testing.assert_allclose(np.array(y["data"]).reshape(2048, 3), x @ W, rtol=1e-5)
+        (parser,) = _parsers(others)
+        # JSON over oip_http_max_json_size: 413 pointing to binary data, before the body is read
+        # when its headers say its size, after decompression when they cannot.
+        too_large = body + b" " * (1024 * 1024)
+        refused = (
+            413,
+            f"the request's JSON is {format_size(len(too_large))}, over serving.oip_http_max_json_size = "
+            "1 MiB: send large tensors as binary data (Triton's binary tensor data extension: raw bytes "
+            "after the JSON, with the header Inference-Header-Content-Length; tritonclient.http: "
+            "set_data_from_numpy(..., binary_data=True)), which is smaller and takes no parsing; or ask "
+            "the operator to raise serving.oip_http_max_json_size (env "
+            "TESSERA_SERVING_OIP_HTTP_MAX_JSON_SIZE)",
+        )
+        request = b"POST /v2/models/linear/infer HTTP/1.1\r\nHost: localhost\r\n"
+        answer = _raw(daemon.daemon.oip_http_port, request + f"Content-Length: {len(too_large)}\r\n\r\n{{".encode())
+        assert _status_and_error(answer) == refused
+        assert error(infer, gzip.compress(too_large), {"Content-Encoding": "gzip"}) == refused
+        # A stopped parser holds the body it was given: the next one is past
+        # oip_http_json_queue_size (503, Retry-After), and when the parser dies, the body it held
+        # is answered 503 too; the next body gets a new parser.
+        os.kill(parser.pid, signal.SIGSTOP)
+        with ThreadPoolExecutor(2) as threads:
+            sent = [threads.submit(call, infer, body) for _ in range(2)]
+            done, (held,) = wait(sent, return_when=FIRST_COMPLETED)
+            status, headers, answer = next(iter(done)).result()
+            assert (status, json.loads(answer)["error"]) == (
+                503,
+                f"tesserad is parsing {format_size(len(body))} of JSON request bodies already, and this one "
+                f"({format_size(len(body))}) would take it over serving.oip_http_json_queue_size = 1 B; send "
+                "it again in a moment, or send large tensors as binary data (the binary tensor data "
+                "extension; tritonclient.http: set_data_from_numpy(..., binary_data=True)), which takes no "
+                "parsing",
+            )
+            assert headers["Retry-After"] == "1"
+            os.kill(parser.pid, signal.SIGKILL)
+            status, headers, answer = held.result()
+        assert (status, json.loads(answer)["error"]) == (
+            503,
+            "the process parsing this request's JSON body ended before it was done (another is started "
+            "for the next request); send the request again, or send large tensors as binary data",
+        )
+        assert headers["Retry-After"] == "1"
+        assert call(infer, body)[0] == 200
+        (replaced,) = _parsers(others)
+        assert replaced.pid != parser.pid
+    finally:
+        daemon.stop()
+    assert not replaced.is_alive() and not _parsers(others)
