@@ -1163,7 +1163,9 @@ def test_large_json_is_parsed_in_a_process_bounded_replaced_when_it_dies_and_end
             "TESSERA_SERVING_OIP_HTTP_MAX_JSON_SIZE)",
         )
         request = b"POST /v2/models/linear/infer HTTP/1.1\r\nHost: localhost\r\n"
-        answer = _raw(daemon.daemon.oip_http_port, request + f"Content-Length: {len(too_large)}\r\n\r\n{{".encode())
+        answer = _raw(
+            daemon.daemon.oip_http_port, request + f"Content-Length: {len(too_large)}\r\n\r\n{{".encode()
+        )
         assert _status_and_error(answer) == refused
         assert error(infer, gzip.compress(too_large), {"Content-Encoding": "gzip"}) == refused
         # A stopped parser holds the body it was given: the next one is past
