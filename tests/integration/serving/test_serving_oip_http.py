@@ -1111,6 +1111,27 @@ def test_json_parsed_in_a_process_is_answered_as_json_parsed_inline(
     same_test(served_in_processes)
 
 
+@pytest.mark.parametrize("daemon", ["served", "served_in_processes"])
+def test_the_first_input_in_error_is_the_one_told_of_inline_or_in_a_process(
+    daemon: str, request: pytest.FixtureRequest
+) -> None:
+    infer = f"{request.getfixturevalue(daemon)}/v2/models/echo/infer"
+    wide = {"name": "in_int8", "datatype": "INT8", "shape": [1, 3], "data": [1, 2, 300]}
+    unsized = {"name": "in_fp32", "datatype": "FP32", "shape": [1, 3], "parameters": {"binary_data_size": "x"}}
+    half = {"name": "in_fp16", "datatype": "FP16", "shape": [1, 3], "data": [1, 2, 3]}
+    assert error(infer, {"inputs": [unsized, wide]}) == (
+        400,
+        "input 'in_fp32''s parameter 'binary_data_size' must be an integer of at least 0",
+    )
+    assert error(infer, {"inputs": [half, wide]})[1].startswith("input 'in_fp16' is FP16, which JSON")
+    # Inputs are read before outputs.
+    assert error(infer, {"inputs": [wide], "outputs": [{"name": 7}]}) == (
+        400,
+        "input 'in_int8' has 300 in data, outside INT8's range -128..127; every value must fit the "
+        "datatype the input is sent as",
+    )
+
+
 def _parsers(others: frozenset[int] = frozenset()) -> list[multiprocessing.process.BaseProcess]:
     """This process's parser processes running, but those whose pids are `others`."""
     return [
