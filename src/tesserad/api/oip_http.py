@@ -35,6 +35,7 @@ from tesserad.api.oip import metadata_of, statistics_response
 from tesserad.api.oip_config import model_config_of, serving_config_of
 from tesserad.api.oip_json import (
     KIND_NAMES,
+    declared_shapes,
     infer_request,
     infer_response,
     json_length,
@@ -88,6 +89,9 @@ _ACCEPT_ENCODING: dict[str, str] = {hdrs.ACCEPT_ENCODING: "gzip, deflate"}
 # The most gzip members one request body may be (tritonclient sends one): past it, a body of
 # empty 20-byte members would take CPU out of all proportion to its size.
 MAX_GZIP_MEMBERS = 1024
+# The least binary data after a request's JSON for which the JSON is read (and the request's
+# batch size checked) before it: below it, the body arrives in moments anyway.
+_READ_AHEAD_BINARY = 1 << 20
 # How much compressed input goes to zlib at once.
 _DECOMPRESS_SLICE = 1 << 16
 
@@ -402,6 +406,19 @@ class OipHttpServer(HttpListener):
         if declared is not None and declared > self._max_json_size:
             raise Refused(413, self._json_too_large(declared), close=True)
 
+    def _read_ahead(self, request: web.Request, declared_length: str | None) -> int | None:
+        """The length of the JSON to read ahead of the binary data after it, for a request whose
+        batch size may then be refused before megabytes of tensors arrive (a 60 MiB body takes
+        seconds): an uncompressed body whose Content-Length and Inference-Header-Content-Length
+        leave over _READ_AHEAD_BINARY bytes of binary data. None: read the body whole."""
+        whole = request.content_length
+        if declared_length is None or whole is None or _coding(request) != "identity":
+            return None
+        if not (declared_length.isascii() and declared_length.isdigit()):
+            return None
+        length = int(declared_length)
+        return length if length > 0 and whole - length >= _READ_AHEAD_BINARY else None
+
     def _json_too_large(self, size: int) -> str:
         """What an inference request whose JSON is `size` bytes, over oip_http_max_json_size, is told."""
         return (
@@ -646,7 +663,15 @@ class OipHttpServer(HttpListener):
     async def _infer(self, request: web.Request) -> web.Response:
         declared_length = request.headers.get(HEADER_LENGTH)
         self._refuse_declared_json(request, declared_length)
-        body = await self._body(request)
+        ahead = self._read_ahead(request, declared_length)
+        if ahead is None:
+            body = await self._body(request)
+        else:
+            async with self._receiving_body(request):
+                try:
+                    body = await request.content.readexactly(ahead)
+                except asyncio.IncompleteReadError:
+                    raise Refused(400, "the connection closed before the request body arrived") from None
         started = time.perf_counter_ns()
         target = target_of(request.match_info["model"], request.match_info.get("version", ""))
         try:
@@ -658,10 +683,19 @@ class OipHttpServer(HttpListener):
                 document = await self._parsers.parse(body[:length], declared_length is None)
             else:
                 document = parse_document(body[:length], declared_length is None)
+            if ahead is not None and (
+                refusal := self._core.over_max_batch(target, declared_shapes(document))
+            ):
+                # Answered now, the binary data left unread: the connection closes.
+                raise Refused(400, refusal.message, close=True)
         except (errors.TesseraError, Refused):
             self._core.refused(target, started)
             raise
-        binary = body[length:]
+        if ahead is None:
+            binary = body[length:]
+        else:
+            async with self._receiving_body(request):
+                binary = await request.read()
         with self._core.shared_memory.lease() as lease:
             try:
                 # A shared-memory input's read copies as many bytes as the tensor has, letting go of

@@ -263,6 +263,21 @@ def reads_shared_memory(document: Any) -> bool:
     )
 
 
+def declared_shapes(document: Any) -> dict[str, list[int]]:
+    """The shapes the inputs of the request `document` say they have, of those that say one as a
+    list of whole numbers (the others are refused once the request is read)."""
+    if not isinstance(document, dict) or not isinstance(tensors := document.get("inputs"), list):
+        return {}
+    return {
+        tensor["name"]: shape
+        for tensor in tensors
+        if isinstance(tensor, dict)
+        and isinstance(tensor.get("name"), str)
+        and isinstance(shape := tensor.get("shape"), list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    }
+
+
 def infer_request(document: Any, binary: bytes, lease: Lease) -> InferRequest:
     """The request; inputs in shared memory are read through `lease`, and the regions of outputs
     to be written there are held in it."""

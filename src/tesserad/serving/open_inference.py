@@ -402,6 +402,10 @@ class OpenInference:
             not_ready=not_ready,
         )
 
+    def over_max_batch(self, target: Target, shapes: Mapping[str, Sequence[int]]) -> InvalidArgument | None:
+        """InferenceService.over_max_batch: a request's refusal from its inputs' shapes alone."""
+        return self._service.over_max_batch(target, shapes)
+
     def refused(self, target: Target, started: int) -> None:
         """Count a request whose inputs or parameters a transport refused before `infer` as a
         failure of the loaded version it was for (InferenceService.refused)."""

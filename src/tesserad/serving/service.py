@@ -580,6 +580,31 @@ class InferenceService:
             f"model {target.model!r} is being unloaded or swapped repeatedly; retry the request"
         )
 
+    def over_max_batch(self, target: Target, shapes: Mapping[str, Sequence[int]]) -> InvalidArgument | None:
+        """The refusal `submit` gives a request for `target` whose inputs have `shapes`, when every
+        version it may be routed to is loaded, batches, and has a smaller max_batch_size than its
+        rows; else None. Reads, never picks: a deployment's split is not advanced. For a
+        transport that knows the shapes before the data has arrived."""
+        try:
+            if target.version is not None:
+                versions = [target.version]
+            elif target.alias is not None:
+                versions = [self._alias_version(target.model, target.alias)]
+            else:
+                versions = self.serving_versions(target.model)
+        except TesseraError:
+            return None
+        refusal: InvalidArgument | None = None
+        for version in versions:
+            entry = self.pool.get(target.model, version)
+            if entry is None or entry.signature is None or not entry.signature.batchable:
+                return None
+            shape = shapes.get(entry.signature.inputs[0].name)
+            if not shape or shape[0] <= entry.config.max_batch_size:
+                return None
+            refusal = refusal or _over_max_batch(target.model, entry, shape[0])
+        return refusal
+
     def refused(self, target: Target, started: int) -> None:
         """Count a request for `target` refused before it reached `submit` (its inputs or parameters
         did not decode) as a failure (OTHER) of the loaded version it was for, from `started`

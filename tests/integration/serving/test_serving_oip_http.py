@@ -1111,13 +1111,50 @@ def test_json_parsed_in_a_process_is_answered_as_json_parsed_inline(
     same_test(served_in_processes)
 
 
+def test_binary_data_past_max_batch_size_is_refused_before_it_arrives(served: str) -> None:
+    infer = "/v2/models/linear/versions/1/infer"
+    small = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0, 1, 2, 3]}]}
+    assert call(f"{served}{infer}", small)[0] == 200  # loaded
+    rows = 65536
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [rows, 4],
+                    "parameters": {"binary_data_size": rows * 16},
+                }
+            ]
+        }
+    ).encode()
+    # The headers and the JSON alone: the 1 MiB of binary data the body announces never comes.
+    request = (
+        f"POST {infer} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(header) + rows * 16}\r\n"
+        f"Inference-Header-Content-Length: {len(header)}\r\n\r\n"
+    ).encode()
+    answer = _raw(int(served.rsplit(":", 1)[1]), request + header)
+    assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+    assert _status_and_error(answer) == (
+        400,
+        f"inference request batch-size must be <= 32 for 'linear': input 'x' has {rows} rows, and model "
+        "'linear' version 1 is loaded with max_batch_size 32; split the request, or load the version with a "
+        "larger max_batch_size (tessera.v1.Inference/LoadModel)",
+    )
+
+
 @pytest.mark.parametrize("daemon", ["served", "served_in_processes"])
 def test_the_first_input_in_error_is_the_one_told_of_inline_or_in_a_process(
     daemon: str, request: pytest.FixtureRequest
 ) -> None:
     infer = f"{request.getfixturevalue(daemon)}/v2/models/echo/infer"
     wide = {"name": "in_int8", "datatype": "INT8", "shape": [1, 3], "data": [1, 2, 300]}
-    unsized = {"name": "in_fp32", "datatype": "FP32", "shape": [1, 3], "parameters": {"binary_data_size": "x"}}
+    unsized = {
+        "name": "in_fp32",
+        "datatype": "FP32",
+        "shape": [1, 3],
+        "parameters": {"binary_data_size": "x"},
+    }
     half = {"name": "in_fp16", "datatype": "FP16", "shape": [1, 3], "data": [1, 2, 3]}
     assert error(infer, {"inputs": [unsized, wide]}) == (
         400,
