@@ -94,6 +94,9 @@ class JsonParsers:
         self._queued += size
         try:
             async with self._free:
+                if self._closed:
+                    # It waited for a process while the daemon stopped: none is started again.
+                    raise errors.Unavailable("tesserad is stopping; send the request to another instance")
                 parser = await self._parser()
                 self._busy.add(parser)
                 try:
