@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -216,6 +217,15 @@ def rpc_counts(daemon: InProcessDaemon, method: str) -> dict[str, float]:
     }
 
 
+def counted_call(daemon: InProcessDaemon, method: str, code: str) -> dict[str, float]:
+    """`rpc_counts` once the call answered with `code` is counted: a call is counted as its status
+    is sent, so a scrape right after the client read it may come a moment before the count."""
+    deadline = time.monotonic() + 30
+    while (counts := rpc_counts(daemon, method)).get(code, 0) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return counts
+
+
 @pytest.mark.parametrize("field", ["sha256", "size_bytes"])
 def test_an_upload_not_as_its_header_declares_is_the_callers_and_pages_no_one(daemon, channel, caplog, field):
     # What the client sent is not what it declared: its own mistake (or a file that changed as it
@@ -229,6 +239,6 @@ def test_an_upload_not_as_its_header_declares_is_the_callers_and_pages_no_one(da
             stub.UploadVersionInline, registry_pb2.UploadVersionInlineRequest(header=header, artifact=weights)
         )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    counts = rpc_counts(daemon, "UploadVersionInline")
+    counts = counted_call(daemon, "UploadVersionInline", "INVALID_ARGUMENT")
     assert counts["INVALID_ARGUMENT"] == 1 and counts["DATA_LOSS"] == 0
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
