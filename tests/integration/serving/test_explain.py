@@ -221,7 +221,7 @@ def test_explanations_are_capped_and_a_full_queue_is_refused_while_predict_is_se
 
         def explain() -> str:
             try:
-                sdk.inference.explain("voxel", x, "ig", target=1, steps=1024)
+                sdk.inference.explain("voxel", x, "ig", target=1, steps=256)
             except tessera.ResourceExhausted as exc:
                 return exc.message
             return "done"
