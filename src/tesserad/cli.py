@@ -26,6 +26,7 @@ from tesserad.config import (
 )
 from tesserad.errors import DataLoss, TesseraError
 from tesserad.logs import configure_logging
+from tesserad.settings_checks import refusal
 from tesserad.signal_wakeup import signal_wakeup
 from tesserad.tools import tokens
 
@@ -429,6 +430,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     for warning in unknown_environment():
         log.warning("%s", warning)
+    # Before the server is imported (a second of CPU): these need no file, port or peer.
+    refused = refusal(settings, args.insecure)
+    if refused is not None:
+        log.error("tesserad cannot start: %s", refused)
+        return EXIT_BAD_SETTINGS
 
     from tesserad.server import SettingsRefusal, StartupError, serve
 

@@ -42,7 +42,7 @@ from tessera.v1 import (
 from tesserad import __version__
 from tesserad.api import reflection_v1
 from tesserad.api.aio_handlers import ErrorListener, split_method
-from tesserad.api.auth import AuthInterceptor, AuthSetupError, authentication_enabled
+from tesserad.api.auth import AuthInterceptor, AuthSetupError
 from tesserad.api.cluster_stats import ClusterStats, RefusalNotes, Transport, replica_transport
 from tesserad.api.convert_training import job_spec_document
 from tesserad.api.datasets import DatasetsServicer
@@ -106,6 +106,7 @@ from tesserad.serving.service import SOURCE_RETRY_S, CallCounter, InferenceServi
 from tesserad.serving.shared_memory import SharedMemory
 from tesserad.serving.trace import TraceMetrics, Tracer, usable_trace_file
 from tesserad.serving.triton_metrics import TritonMetrics
+from tesserad.settings_checks import authentication_enabled, exposed_listeners, exposure_refusal
 from tesserad.store import BlobStore, DataDirLock, Key, Store, store_errors
 from tesserad.store.prometheus import StoreMetrics
 from tesserad.store.schema import STORE_SCHEMA, open_for_writing, refuse_newer
@@ -1244,17 +1245,12 @@ def _host(address: Address) -> str:
 
 
 def _check_exposure(settings: Settings, insecure: bool) -> None:
-    """Refuse to serve beyond loopback without authentication, unless the operator said --insecure.
-
-    The dashboard's listener and the HTTP inference one follow the same rule as the gRPC one:
-    they show the same data.
-    """
-    listeners = {
-        "listen": settings.listen,
-        "http_listen": settings.http_listen,
-        "serving.oip_http_listen": settings.serving.oip_http_listen,
-    }
-    exposed = [(name, a) for name, a in listeners.items() if a is not None and not a.is_loopback]
+    """Refuse to serve beyond loopback without authentication, unless the operator said --insecure;
+    warn of what is allowed but exposed."""
+    refused = exposure_refusal(settings, insecure)
+    if refused is not None:
+        raise SettingsRefusal(refused)
+    exposed = exposed_listeners(settings)
     security = settings.security
     if exposed and security.tokens_file is not None and security.tls_cert_file is None:
         setting, address = exposed[0]
@@ -1267,14 +1263,6 @@ def _check_exposure(settings: Settings, insecure: bool) -> None:
     if not exposed or authentication_enabled(security):
         return
     setting, address = exposed[0]
-    if not insecure:
-        raise SettingsRefusal(
-            f"refusing to listen on {address} without authentication: anyone who can reach "
-            "it could delete models and submit training jobs. Set security.tokens_file (make tokens "
-            f"with `tesserad tokens add`) or security.tls_client_ca_file, set {setting} to a loopback "
-            "address such as 127.0.0.1, or pass --insecure if a network boundary you trust already "
-            "controls access"
-        )
     log.warning(
         "serving without authentication on a non-loopback address (--insecure): every caller "
         "that can reach it has the admin role",

@@ -154,11 +154,6 @@ class AuthSetupError(Exception):
     """The security settings cannot be used; the message names the setting and the fix."""
 
 
-def authentication_enabled(security: SecuritySettings) -> bool:
-    """Whether a caller must prove who it is: a token, or a client certificate under mutual TLS."""
-    return security.tokens_file is not None or security.tls_client_ca_file is not None
-
-
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates, authorises and admits every call; see the module docstring.
 
@@ -846,7 +841,6 @@ __all__ = [
     "ANONYMOUS",
     "AuthInterceptor",
     "AuthSetupError",
-    "authentication_enabled",
     "caller",
     "caller_role",
     "presented_authorization",

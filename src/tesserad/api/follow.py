@@ -59,6 +59,7 @@ from tesserad.replica.refusals import REPLICA_HEADER
 from tesserad.security.key_files import KeyFileModeError, check_key_file_mode
 from tesserad.serving.registry_source import serving_signature
 from tesserad.serving.service import DeploymentPlan, InferenceService
+from tesserad.settings_checks import replica_tls_refusal
 from tesserad.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -269,11 +270,9 @@ def check_replica_tls_files(settings: ReplicaSettings) -> ssl.SSLContext:
     """The replica.tls_* files checked (readable, the client certificate valid now and its key
     its own, kept from other users), as a client context; PrimaryCertificateError naming the setting otherwise. The
     files serve a replica's link to its primary and a primary's calls to its replicas."""
-    if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
-        raise ReplicaTlsSettingsError(
-            "replica.tls_cert_file and replica.tls_key_file go together: set both for mutual TLS "
-            "between a primary and its replicas, or neither"
-        )
+    refused = replica_tls_refusal(settings)
+    if refused is not None:
+        raise ReplicaTlsSettingsError(refused)
     ca, cert, key = settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file
     try:
         # Each file read first: ssl's own errors name no file ("[Errno 2] No such file or directory").

@@ -29,6 +29,7 @@ from tesserad.config import SecuritySettings, TrainingSettings
 from tesserad.security.certificates import CertificateWindowError, check_validity
 from tesserad.security.key_files import KeyFileModeError, check_key_file_mode
 from tesserad.security.tokens import FileSignature, file_signature
+from tesserad.settings_checks import ray_tls_refusal, tls_refusal
 from tesserad.training.ray_worker import WorkerTls
 
 log = logging.getLogger(__name__)
@@ -129,18 +130,13 @@ class ServerCertificates:
 
 def server_certificates(security: SecuritySettings) -> ServerCertificates | None:
     """TLS from the settings, or None for plaintext; CertificateError when they cannot be used."""
-    cert, key, client_ca = security.tls_cert_file, security.tls_key_file, security.tls_client_ca_file
-    if cert is None and key is None:
-        if client_ca is not None:
-            raise TlsSettingsError(
-                "security.tls_client_ca_file is set but TLS is off: mutual TLS runs on top of TLS, "
-                "so also set security.tls_cert_file and security.tls_key_file"
-            )
-        return None
+    refused = tls_refusal(security)
+    if refused is not None:
+        raise TlsSettingsError(refused)
+    cert, key = security.tls_cert_file, security.tls_key_file
     if cert is None or key is None:
-        missing = "security.tls_key_file" if key is None else "security.tls_cert_file"
-        raise TlsSettingsError(f"TLS needs both a certificate and its key: set {missing} too")
-    return ServerCertificates(_Files(cert, key, client_ca))
+        return None
+    return ServerCertificates(_Files(cert, key, security.tls_client_ca_file))
 
 
 def _read(files: _Files) -> tuple[grpc.ServerCertificateConfiguration, bytes]:
@@ -190,20 +186,14 @@ def ray_worker_tls(certificates: ServerCertificates | None, training: TrainingSe
     (`certificates` None); else trusting the certificate it serves, with
     training.ray_tls_cert_file under mutual TLS. TlsSettingsError when the settings do not go
     together, CertificateError when a file cannot be used."""
-    cert, key = training.ray_tls_cert_file, training.ray_tls_key_file
-    if (cert is None) != (key is None):
-        missing = "training.ray_tls_key_file" if key is None else "training.ray_tls_cert_file"
-        raise TlsSettingsError(
-            f"a Ray workers' client certificate needs its key and the reverse: set {missing} too"
-        )
+    refused = ray_tls_refusal(
+        training, certificates is not None, certificates is not None and certificates.mutual
+    )
+    if refused is not None:
+        raise TlsSettingsError(refused)
     if certificates is None:
         return None
-    if certificates.mutual and (cert is None or key is None):
-        raise TlsSettingsError(
-            "training.backend = ray under mutual TLS (security.tls_client_ca_file): set "
-            "training.ray_tls_cert_file and training.ray_tls_key_file to a client certificate "
-            "security.tls_client_ca_file signed and its key; the Ray workers present it to fetch datasets"
-        )
+    cert, key = training.ray_tls_cert_file, training.ray_tls_key_file
     # The daemon's own certificate (chain) is what its clients must accept, whoever signed it: the
     # one it serves, not the file, which may hold a certificate refused or not read yet.
     served = certificates.served_pem

@@ -21,12 +21,12 @@ from aiohttp import hdrs, web
 from aiohttp.http import HttpProcessingError, HttpVersion11
 from aiohttp.web_protocol import RequestHandler
 
-from tesserad.api.auth import authentication_enabled
 from tesserad.config import Address, LimitsSettings, SecuritySettings
 from tesserad.dashboard.access import Handler, dashboard_tls
 from tesserad.dashboard.hosts import HostRule
 from tesserad.errors import PermissionDenied
 from tesserad.security.limits import ConnectionLimit
+from tesserad.settings_checks import authentication_enabled
 
 if TYPE_CHECKING:
     # tesserad.metrics imports the dashboard, which imports this module.
