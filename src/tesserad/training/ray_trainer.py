@@ -32,7 +32,9 @@ reported to RunConfig.storage_path, which across nodes must be shared storage, w
 daemon keeps the job's checkpoints itself. A rank that dies ends the fit with Ray's reason and
 the daemon applies the spec's restart policy (training.ray_jobs), starting a new trainer from
 the checkpoint it holds. Ray Train still writes a marker file into storage_path when a run
-starts; it goes to this node's temp directory and is removed when the fit ends.
+starts; it goes to this node's temp directory and is removed when the fit ends. Ray Train's
+datasets callback is left out (a trainer is given no Ray Dataset): it would start an idle actor
+process per trainer (another Ray Train developer API, the trainer's default callbacks).
 """
 
 from __future__ import annotations
@@ -188,11 +190,20 @@ class TrainDriver:
         from ray.exceptions import RayActorError
         from ray.train import FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
         from ray.train.torch import TorchConfig, TorchTrainer
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+        class Trainer(TorchTrainer):  # type: ignore[misc]  # ray is read as Any
+            # Without Ray Train's datasets callback: for the Ray Datasets a trainer is given, it
+            # starts an actor (a process importing ray.data) per trainer even when given none, and
+            # the ranks fetch their data from the daemon instead.
+            def _create_default_callbacks(self) -> list[Any]:
+                defaults = super()._create_default_callbacks()
+                return [c for c in defaults if not isinstance(c, DatasetsCallback)]
 
         me = ray.get_runtime_context().current_actor
         end = TrainerEnd("", "")
         try:
-            trainer = TorchTrainer(
+            trainer = Trainer(
                 _rank_main,
                 train_loop_config={"driver": me},
                 torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
