@@ -86,12 +86,19 @@ RAY_AUTH_OFF = {"RAY_AUTH_MODE": "disabled"}
 # 2 s apart by default: the cluster's processes (a trainer's controller among them) poll five
 # times a second, so each DDP job of this file ends sooner.
 RAY_TRAIN_POLLS_OFTEN = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
-# Every process the test cluster starts costs CPU on a 2-core machine. Each Ray driver's (each
-# daemon's) connection otherwise prestarts an idle worker process, which no actor of this file can
-# use (each runs with a runtime_env of its own) and which stays for the cluster's life; and Ray
-# Train's metrics go to a metrics agent nothing here reads.
-RAY_FEWER_PROCESSES = {"RAY_prestart_worker_first_driver": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
-# No log monitor either: it tails the workers' logs for drivers, and the daemons set log_to_driver=False.
+# Every process of the test cluster, and whatever work it does, is CPU taken from a 2-core machine.
+# Each Ray driver's (each daemon's) connection would prestart an idle worker process, which no
+# actor of this file can use (each runs with a runtime_env of its own) and which stays for the
+# cluster's life; each trainer would start a watcher of its nodes' preemption, which never comes
+# here; and the metrics of Ray and Ray Train go to an agent that nothing here reads.
+RAY_LESS_WORK = {
+    "RAY_prestart_worker_first_driver": "0",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_enable_metrics_collection": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+}
+# No log monitors either: they tail the workers' logs for drivers, and the daemons set
+# log_to_driver=False.
 RAY_START_FLAGS = [
     "--node-ip-address=127.0.0.1",
     "--num-cpus=1",
@@ -116,7 +123,7 @@ def _ray_start(args: list[str], temp: Path) -> int:
             "RAY_TMPDIR": str(temp),
             **RAY_AUTH_OFF,
             **RAY_TRAIN_POLLS_OFTEN,
-            **RAY_FEWER_PROCESSES,
+            **RAY_LESS_WORK,
         },
     )
     output, _ = process.communicate(timeout=120)
