@@ -46,6 +46,7 @@ from tesserad.nn.conv import Conv4d, Quad, conv_output_size, pad4d, resolve_padd
 from tesserad.nn.conv import conv4d as conv4d_function
 from tesserad.nn.norm4d import BatchNorm4d
 from tesserad.nn.onnx_opsets import check_conv4d, check_opset, opset_refusal
+from tesserad.nn.pool4d import MaxPool4d, max_pool4d_with
 from tesserad.nn.specs import ArchitectureSpec, model_signature
 
 PARITY_TOLERANCE = 1e-4
@@ -274,6 +275,59 @@ class _TapStackedConv4d(nn.Module):
         return out.transpose(1, 2)  # (N, C_out, T_out, D', H', W')
 
 
+# onnxruntime's MaxPool skips NaN (a window of zeros and one NaN gives 0, an all-NaN window
+# -3.4e38), so a NaN clip came out of the exported cnn4d as plausible finite scores where torch
+# gives NaN. Adding the window's average of clamp(x, 0, 0) (0, or NaN where the window holds a
+# NaN; Inf clamps to 0) puts torch's NaN back with two cheap nodes (Clip and AveragePool keep NaN
+# in onnxruntime, as its Max, Min and Relu do). The pools stood in for are the ones the built-in
+# architectures build (no dilation, no ceil mode).
+
+
+def _nan_keeping_max_pool3d(
+    x: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]
+) -> Tensor:
+    return F.max_pool3d(x, kernel, stride, padding) + F.avg_pool3d(x.clamp(0, 0), kernel, stride, padding)
+
+
+class _NanKeepingMaxPool4d(nn.Module):
+    """Stands in for a MaxPool4d while exporting."""
+
+    def __init__(self, pool: MaxPool4d) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = pool.kernel_size, pool.stride, pool.padding
+
+    def forward(self, x: Tensor) -> Tensor:
+        return max_pool4d_with(_nan_keeping_max_pool3d, x, self.kernel_size, self.stride, self.padding)
+
+
+class _NanKeepingMaxPool2d(nn.Module):
+    """Stands in for an nn.MaxPool2d while exporting."""
+
+    def __init__(self, pool: nn.MaxPool2d) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.pool
+        out: Tensor = p(x) + F.avg_pool2d(x.clamp(0, 0), p.kernel_size, p.stride, p.padding)
+        return out
+
+
+class _NanKeepingLstm(nn.Module):
+    """Stands in for a batch-first nn.LSTM while exporting: onnxruntime's LSTM op gives finite
+    states for a sequence holding a NaN, where torch's final states (which every direction's last
+    step reaches through all of the sequence) are NaN throughout; so NaN is added back to them."""
+
+    def __init__(self, lstm: nn.LSTM) -> None:
+        super().__init__()
+        self.lstm = lstm
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        out, (h_n, c_n) = self.lstm(x)
+        nan_in_sequence = x.clamp(0, 0).sum(dim=(1, 2)).reshape(1, -1, 1)  # 0, or NaN: (1, N, 1)
+        return out, (h_n + nan_in_sequence, c_n + nan_in_sequence)
+
+
 def _cpu_float32_copy(model: nn.Module) -> nn.Module:
     """An eval-mode copy in the signature's dtype on the CPU; the caller's model is left as it is."""
     return copy.deepcopy(model).to("cpu", torch.float32).eval()
@@ -294,14 +348,21 @@ def _following_norm(parent: nn.Module, child: str) -> tuple[str, BatchNorm4d] | 
 
 
 def _lowered(model: nn.Module, mode: str) -> nn.Module:
-    """A copy of ``model`` whose Conv4d layers use the requested lowering."""
+    """A copy of ``model`` whose Conv4d layers use the requested lowering and whose max pools and
+    LSTMs keep NaN in onnxruntime."""
     clone = _cpu_float32_copy(model)
     for name, module in list(clone.named_modules()):
-        if not isinstance(module, Conv4d):
+        if not isinstance(module, Conv4d | MaxPool4d | nn.MaxPool2d | nn.LSTM):
             continue
         parent_name, _, child = name.rpartition(".")
         parent = clone.get_submodule(parent_name) if parent_name else clone
-        if mode == "decomposed":
+        if isinstance(module, MaxPool4d):
+            setattr(parent, child, _NanKeepingMaxPool4d(module))
+        elif isinstance(module, nn.MaxPool2d):
+            setattr(parent, child, _NanKeepingMaxPool2d(module))
+        elif isinstance(module, nn.LSTM):
+            setattr(parent, child, _NanKeepingLstm(module))
+        elif mode == "decomposed":
             following = _following_norm(parent, child)
             norm = None
             if following is not None:
@@ -399,7 +460,8 @@ def export_onnx(
     ``check_parity`` onnxruntime (CPU) runs it on random inputs at batch 1 and 7 and
     FailedPrecondition is raised if any output differs from torch by more than 1e-4 plus 1e-4
     of the output's magnitude (NaN counting as a difference), or torch's outputs are not
-    finite. ``opset`` is what was asked (InvalidArgument outside what ``check_opset`` allows;
+    finite; then a batch holding a NaN, a +Inf and a -Inf input value must give NaN and Inf
+    exactly where torch does. ``opset`` is what was asked (InvalidArgument outside what ``check_opset`` allows;
     FailedPrecondition where the exporter cannot write this model at it, as it then writes
     another); the report gives the opset the file imports.
     ``conv4d`` comes from the caller's request: auto, decomposed or native, else InvalidArgument.
@@ -491,7 +553,34 @@ def _parity(model: nn.Module, path: Path, spec: ArchitectureSpec) -> float:
             f"onnx export: onnxruntime differs from torch by {worst:.3g} (more than {PARITY_TOLERANCE} + "
             f"{PARITY_RELATIVE_TOLERANCE} x |torch's output|); the exported graph is not faithful"
         )
+    # Samples 0-2 hold one NaN, +Inf and -Inf: a served model gets such inputs, and an op that
+    # treats them otherwise than torch (onnxruntime's MaxPool skipped NaN) turns them into
+    # plausible scores. The rest stay finite, so a special value leaking across samples shows too.
+    x = torch.randn(PARITY_BATCHES[-1], *spec.input_shape, generator=generator)
+    middle = x[0].numel() // 2
+    for sample, value in enumerate((math.nan, math.inf, -math.inf)):
+        x[sample].view(-1)[middle] = value
+    with torch.no_grad():
+        expected = reference(x).numpy()
+    (got,) = session.run(None, {"input": x.numpy()})
+    if not special_values_agree(got, expected):
+        raise FailedPrecondition(
+            "onnx export: with a NaN or an Inf in its input, onnxruntime's outputs are NaN, Inf or "
+            "finite where torch's are not (or differ past the tolerance); the exported graph is not faithful"
+        )
     return worst
+
+
+def special_values_agree(got: np.ndarray, expected: np.ndarray) -> bool:
+    """Whether ``got`` is NaN exactly where ``expected`` is, the same infinity where it is one,
+    and within tolerance elsewhere."""
+    if got.shape != expected.shape or not np.array_equal(np.isnan(got), np.isnan(expected)):
+        return False
+    infinite = np.isinf(expected)
+    if not np.array_equal(got[infinite], expected[infinite]):
+        return False
+    finite = np.isfinite(expected)
+    return within_tolerance(got[finite], expected[finite])
 
 
 def within_tolerance(got: np.ndarray, expected: np.ndarray) -> bool:

@@ -8,6 +8,8 @@ time slices; no ``as_strided``, so the graph exports with a dynamic batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,19 +40,34 @@ def _time_windows(x: Tensor, k: int, s: int) -> list[Tensor]:
     return [x[:, :, i : i + s * (t_out - 1) + 1 : s] for i in range(k)]
 
 
+Pool3d = Callable[[Tensor, tuple[int, ...], tuple[int, ...], tuple[int, ...]], Tensor]
+
+
 def max_pool4d(
     x: Tensor, kernel_size: IntOrQuad, stride: IntOrQuad | None = None, padding: IntOrQuad = 0
 ) -> Tensor:
-    """Max over each window; padding counts as -inf."""
+    """Max over each window; padding counts as -inf. NaN in a window gives NaN, as torch's pools do."""
+    return max_pool4d_with(F.max_pool3d, x, kernel_size, stride, padding)
+
+
+def max_pool4d_with(
+    pool3d: Pool3d,
+    x: Tensor,
+    kernel_size: IntOrQuad,
+    stride: IntOrQuad | None = None,
+    padding: IntOrQuad = 0,
+) -> Tensor:
+    """``max_pool4d`` with ``pool3d(x, kernel, stride, padding)`` as its 3-D max pool (the ONNX
+    export swaps in one that keeps NaN in onnxruntime)."""
     if x.dim() == 5:  # one unbatched sample, as max_pool3d takes (C, D, H, W)
-        return max_pool4d(x.unsqueeze(0), kernel_size, stride, padding).squeeze(0)
+        return max_pool4d_with(pool3d, x.unsqueeze(0), kernel_size, stride, padding).squeeze(0)
     _check(x, "max_pool4d")
     k = quad(kernel_size, "kernel_size")
     s = k if stride is None else quad(stride, "stride")
     p = quad(padding, "padding")
     if any(pp > kk // 2 for pp, kk in zip(p, k, strict=True)):
         raise ValueError(f"padding {p} must be at most half the kernel size {k}")
-    y = _unfold(F.max_pool3d(_fold(x), k[1:], s[1:], p[1:]), x.shape[2])
+    y = _unfold(pool3d(_fold(x), k[1:], s[1:], p[1:]), x.shape[2])
     if p[0]:
         y = F.pad(y, (0, 0, 0, 0, 0, 0, p[0], p[0]), value=float("-inf"))
     out = None

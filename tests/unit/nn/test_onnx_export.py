@@ -308,3 +308,40 @@ def test_a_model_whose_torch_outputs_are_nan_is_a_failed_precondition(tmp_path: 
         next(model.parameters()).view(-1)[0] = float("nan")
     with pytest.raises(FailedPrecondition, match="NaN or Inf"):
         export_onnx(model, spec, tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("name", ["cnn2d", "cnn4d", "lstm"])
+def test_a_nan_in_the_input_gives_nan_out_of_the_exported_graph_as_in_torch(
+    name: str, tmp_path: Path
+) -> None:
+    # onnxruntime's MaxPool and LSTM skip NaN: a zero clip with one NaN scored ~1e37 exported.
+    spec = SPECS[name]
+    model = _trained_like(spec)
+    report = export_onnx(model, spec, tmp_path / "m.onnx", check_parity=False)
+    x = torch.zeros(3, *spec.input_shape)
+    x[0].view(-1)[1] = float("nan")
+    x[1].view(-1)[1] = float("inf")
+    x[2] = float("nan")  # every window all NaN: onnxruntime's MaxPool gave -3.4e38 there
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = _run(report.path, x)
+    assert np.isnan(expected[[0, 2]]).all()
+    assert onnx_export.special_values_agree(got, expected), (got, expected)
+
+
+def test_the_export_check_refuses_a_graph_that_drops_nan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = SPECS["cnn4d"]
+    monkeypatch.setattr(onnx_export, "_nan_keeping_max_pool3d", torch.nn.functional.max_pool3d)
+    with pytest.raises(FailedPrecondition, match="NaN or an Inf in its input"):
+        export_onnx(_trained_like(spec), spec, tmp_path / "m.onnx")
+
+
+def test_special_values_must_sit_where_torch_puts_them() -> None:
+    expected = np.array([[np.nan, np.inf, -np.inf, 1.0]], np.float32)
+    assert onnx_export.special_values_agree(expected.copy(), expected)
+    for position, value in ((0, 0.0), (1, -np.inf), (2, np.nan), (3, np.nan), (3, 1.1)):
+        got = expected.copy()
+        got[0, position] = value
+        assert not onnx_export.special_values_agree(got, expected), (position, value)
