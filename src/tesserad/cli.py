@@ -97,6 +97,12 @@ SERVE_FLAGS = {
         "SECONDS",
         "seconds in-flight calls get on SIGTERM before they are cancelled (default 10)",
     ),
+    "--shutdown-delay": (
+        "shutdown_delay_s",
+        "SECONDS",
+        "seconds to report not ready but go on serving on SIGTERM, before the grace period "
+        "(default 0; a second SIGTERM skips it)",
+    ),
 }
 
 
@@ -114,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run the daemon. Settings come from, in rising priority: built-in defaults, the TOML "
             "file given by --config, TESSERA_* environment variables, these flags. "
-            "`tesserad settings` lists every setting. SIGTERM or SIGINT stops it gracefully; "
+            "`tesserad settings` lists every setting. SIGTERM or SIGINT stops it gracefully (after "
+            "shutdown_delay_s of reporting not ready while serving, if set); "
             "SIGHUP reads security.tokens_file and the TLS certificate, key and client CA again, "
             "and on a replica replica.token_file (and only those: other settings need a restart). "
             f"Exit status: 0 stopped by a signal, after the drain; {EXIT_CANNOT_START} it could not "

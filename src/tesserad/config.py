@@ -780,6 +780,14 @@ class Settings:
         "on SIGTERM, how long in-flight calls may run before they are cancelled; the trace writer "
         "then gets as long again (at least 1 s) to write the traces taken (serving.trace_file)",
     )
+    shutdown_delay_s: float = setting(
+        0.0,
+        parse_number(float, 0.0, 3600.0),
+        "on SIGTERM or SIGINT, how long to report not ready (gRPC health NOT_SERVING, OIP "
+        "/v2/health/ready 400) while still serving, so load balancers stop routing here before the "
+        "stop; a second SIGTERM or SIGINT cuts it short. 0 for systemd or a single host; several "
+        "seconds behind Kubernetes Services (endpoints update after the pod is told to stop)",
+    )
     max_message_size: int = setting(
         64 * 2**20,
         parse_message_size,

@@ -9,6 +9,7 @@ the primary again, and tries the primary again then).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import logging
@@ -259,6 +260,10 @@ class Daemon:
         self.oip_http_port: int | None = None
         self.metrics = DaemonMetrics()
         self._stopping = asyncio.Event()
+        # Set by drain(): health and OIP ServerReady say not ready while calls are still served.
+        self._draining = asyncio.Event()
+        # What OIP ServerReady reads (the preload's end, or a replica's catch-up); drain() clears it.
+        self._ready_gate: asyncio.Event | None = None
         # Set by serve() on SIGTERM or SIGINT, also during the start, whose preload it cuts short.
         self.stop_asked = asyncio.Event()
         self._told_ready = False
@@ -501,7 +506,7 @@ class Daemon:
         )
         # Set once serving.preload's versions are loaded: until then gRPC health and OIP's
         # ServerReady say not ready, as Triton is not until its --load-model models are.
-        preloaded = asyncio.Event()
+        preloaded = self._ready_gate = asyncio.Event()
         oip = OpenInference(
             self.inference, self._stopping, self._shared_memory, self._logs, self._tracer, preloaded
         )
@@ -845,7 +850,7 @@ class Daemon:
         self.inference = inference_over(followed, settings.serving, self.metrics.registry, calls)
         self.inference.add_deletion_listener(self._tracer.forget, self._tracer.kept)
         self._export_triton_metrics()
-        caught_up = asyncio.Event()
+        caught_up = self._ready_gate = asyncio.Event()
         oip = OpenInference(
             self.inference, self._stopping, self._shared_memory, self._logs, self._tracer, caught_up
         )
@@ -876,6 +881,8 @@ class Daemon:
         health_servicer = self._health
 
         async def set_ready(ready: bool) -> None:
+            if self._draining.is_set():  # draining stays not ready, caught up or not
+                return
             if ready:
                 caught_up.set()
             else:
@@ -1018,6 +1025,16 @@ class Daemon:
                 await _apply("the tokens file", auth.reload_tokens, _CHANGED, tokens.changed)
             if certificates is not None:
                 await _apply("the TLS files", certificates.reload, _CHANGED, certificates.changed)
+
+    async def drain(self) -> None:
+        """Report not ready (gRPC health NOT_SERVING, OIP ServerReady false) and go on serving:
+        what a load balancer needs to see before the stop, to route new calls elsewhere."""
+        self._draining.set()
+        if self._ready_gate is not None:
+            self._ready_gate.clear()
+        if self._health is not None:
+            for name in ("", *self.service_names):
+                await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, let in-flight calls finish within the grace period, close the store."""
@@ -1363,6 +1380,20 @@ async def serve(settings: Settings, insecure: bool = False) -> None:
     await daemon.start()
     await daemon.stop_asked.wait()
     notify("STOPPING=1")
+    if settings.shutdown_delay_s > 0:
+        # Not ready at once, serving on: a Service or load balancer takes the pod out of its
+        # endpoints only some seconds after SIGTERM, and calls it still routes here are answered.
+        # A second SIGTERM or SIGINT goes straight to the stop.
+        again = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, again.set)
+        await daemon.drain()
+        log.info(
+            "tesserad draining: reports not ready, still serving",
+            extra={"shutdown_delay_s": settings.shutdown_delay_s},
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(again.wait(), settings.shutdown_delay_s)
     # A SIGHUP from now on is not applied to a daemon going away (nor left to end the process).
     loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP ignored: tesserad is stopping")
     # A reload under way finishes first: asyncio.run would cancel it halfway through the files.
