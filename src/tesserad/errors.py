@@ -104,6 +104,11 @@ class ResourceExhausted(TesseraError):
     """A limit or quota is reached; the message names the limit and the setting that raises it."""
 
 
+class QueueFull(ResourceExhausted):
+    """A model's request queue holds its max_queue_size. tessera's own API answers it as the
+    RESOURCE_EXHAUSTED it is (HTTP 429); the Open Inference Protocol as Overloaded."""
+
+
 class DataLoss(TesseraError):
     """Stored or transferred bytes do not match their checksum."""
 
@@ -136,6 +141,12 @@ class StillLoading(Unavailable):
     """A version a request needs is still loading, and the request may not wait for it
     (autoload is off). The Open Inference Protocol answers it as Triton answers a model that is
     not ready; tessera's own API as the Unavailable it is (retry once it is ready)."""
+
+
+class Overloaded(Unavailable):
+    """QueueFull as the Open Inference Protocol answers it: Triton answers "Exceeds maximum queue
+    size" UNAVAILABLE (HTTP 503), so retry policies written for Triton retry it; over HTTP with
+    Retry-After as well."""
 
 
 class Unimplemented(TesseraError):

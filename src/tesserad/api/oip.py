@@ -28,7 +28,7 @@ from tesserad.api.convert_tensors import (
 )
 from tesserad.api.oip_config import model_config_of, serving_config_of
 from tesserad.api.streams import answer_stream
-from tesserad.errors import NotFound, PermissionDenied, TesseraError, Unimplemented
+from tesserad.errors import NotFound, Overloaded, PermissionDenied, QueueFull, TesseraError, Unimplemented
 from tesserad.log_settings import SettingValue
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import grpc_service_pb2_grpc
@@ -203,6 +203,8 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 )
             except NotFound as exc:
                 raise in_oip_words(exc) from None
+            except QueueFull as exc:
+                raise Overloaded(exc.message) from None
             answered = time.perf_counter_ns()
 
             def answer() -> pb.ModelInferResponse:

@@ -290,7 +290,9 @@ class OipHttpServer(HttpListener):
             return _refused(exc)
         except errors.TesseraError as exc:
             message = errors.answered_message(log, f"{request.method} {request.path[:200]}", exc)
-            return _failure(http_status_for(exc), message)
+            return _failure(
+                http_status_for(exc), message, RETRY_AFTER if isinstance(exc, errors.Overloaded) else None
+            )
         except web.HTTPRequestEntityTooLarge:
             # Its body was read only up to the limit: the rest is never read (as another request).
             response = _failure(413, self._too_large(None))
@@ -716,6 +718,8 @@ class OipHttpServer(HttpListener):
                 )
             except errors.NotFound as exc:
                 raise in_oip_words(exc) from None
+            except errors.QueueFull as exc:
+                raise errors.Overloaded(exc.message) from None
             answered = time.perf_counter_ns()
             # As for the inputs: an output's write into shared memory copies as many bytes as the
             # tensor has.

@@ -21,7 +21,7 @@
   only while `batching_pays` says the batched rows are cheaper (see there). A model that gains
   nothing from batches then runs as with batching off; one batch in `_EXPLORE_EVERY` still
   gathers (or, while batching pays, runs one row alone), to notice when that changes.
-- Bounded: beyond `max_queue_size` queued requests, ResourceExhausted.
+- Bounded: beyond `max_queue_size` queued requests, QueueFull (RESOURCE_EXHAUSTED; the Open Inference Protocol answers UNAVAILABLE).
 - Deadline-aware: a request whose deadline has passed is answered DeadlineExceeded and never run,
   at its deadline even while its batch is held open for more rows.
 - Cancellation: cancelling a request's future removes it from the queue.
@@ -49,7 +49,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tesserad.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, TesseraError, Unavailable
+from tesserad.errors import DeadlineExceeded, InvalidArgument, QueueFull, TesseraError, Unavailable
 from tesserad.serving.runtimes import Runtime
 from tesserad.serving.stats import FailureReason, ServingStats
 
@@ -417,7 +417,7 @@ class DynamicBatcher:
         request ran inline; else a Future. With `hold`, the request only queues (the workers are not
         woken) until `release()`, so requests submitted in a burst gather into one batch. With
         `warmup`, it runs as any request but is counted nowhere, answered or failed.
-        Raises BatcherClosed once closed, ResourceExhausted when full.
+        Raises BatcherClosed once closed, QueueFull when full.
         """
         sliced = self._batchable and rows > self._slice_rows
         with self._lock:
@@ -437,7 +437,7 @@ class DynamicBatcher:
             if not inline:
                 if len(self._queue) >= self._max_queue:
                     self._failed(request, FailureReason.REJECTED)
-                    raise ResourceExhausted(
+                    raise QueueFull(
                         f"{self.label} has {len(self._queue)} requests queued, its max_queue_size; "
                         "retry later, or load it with a larger max_queue_size or more instances"
                     )

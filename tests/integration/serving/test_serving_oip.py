@@ -1630,3 +1630,21 @@ def test_an_output_written_to_shared_memory_over_http_leaves_the_event_loop_answ
     }
     np.testing.assert_array_equal(np.array(b["data"], np.float32).reshape(X.shape), X + X)
     np.testing.assert_allclose(_region_a(shm_object, 128), X @ W, rtol=1e-6)
+
+
+def test_a_full_queue_is_unavailable_as_triton_answers_it(oip, inference, channel) -> None:
+    # Triton's "Exceeds maximum queue size" is UNAVAILABLE, which Triton clients' retry policies
+    # retry; tessera's own Predict keeps RESOURCE_EXHAUSTED (test_serving_inference).
+    upload(channel, "slow", slow_model())
+    inference.LoadModel(
+        inference_pb2.LoadModelRequest(
+            target=common_pb2.VersionRef(model="slow"),
+            config=inference_pb2.ServingConfig(max_queue_size=2, max_batch_size=64),
+        )
+    )
+    rows = np.ones((64, 384), dtype=np.float32)
+    futures = [oip.ModelInfer.future(infer_request("slow", rows)) for _ in range(24)]
+    codes = {future.code() for future in futures}
+    details = {future.details() for future in futures if future.code() != grpc.StatusCode.OK}
+    assert codes == {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
+    assert len(details) == 1 and "has 2 requests queued, its max_queue_size" in details.pop()

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from serving_models import W, echo_model, half_model, linear_model, reshape_model, upload
+from serving_models import W, echo_model, half_model, linear_model, reshape_model, slow_model, upload
 
 from tessera.v1 import system_pb2
 from tesserad import cli
@@ -1257,3 +1257,34 @@ def test_large_json_is_parsed_in_a_process_bounded_replaced_when_it_dies_and_end
     finally:
         daemon.stop()
     assert not replaced.is_alive() and not _parsers(others)
+
+
+def test_a_full_queue_is_503_with_retry_after_as_triton_answers_it(tmp_path: Path) -> None:
+    # Triton answers "Exceeds maximum queue size" with 503; Retry-After says when to come back.
+    config = {"max_batch_size": 64, "dynamic_batching": {"default_queue_policy": {"max_queue_size": 1}}}
+    settings = daemon_settings(tmp_path, **{"serving.oip_http_listen": "127.0.0.1:0"})
+    daemon = InProcessDaemon(settings).start()
+    try:
+        upload(daemon.channel(), "slow", slow_model())
+        base = f"http://127.0.0.1:{daemon.daemon.oip_http_port}"
+        load = f"{base}/v2/repository/models/slow/load"
+        assert call(load, {"parameters": {"config": json.dumps(config)}})[0] == 200
+        rows = np.ones((64, 384), np.float32)
+        tensor = {"name": "x", "datatype": "FP32", "shape": list(rows.shape)}
+        header = json.dumps(
+            {"inputs": [{**tensor, "parameters": {"binary_data_size": rows.nbytes}}]}
+        ).encode()
+        length = {"Inference-Header-Content-Length": str(len(header))}
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(
+                pool.map(
+                    lambda _: call(f"{base}/v2/models/slow/infer", header + rows.tobytes(), length), range(16)
+                )
+            )
+    finally:
+        daemon.stop()
+    refused = [(headers, json.loads(answer)) for status, headers, answer in answers if status != 200]
+    assert {status for status, _, _ in answers} == {200, 503}, [a[0] for a in answers]
+    for headers, answer in refused:
+        assert headers["Retry-After"] == "1"
+        assert "has 1 requests queued, its max_queue_size" in answer["error"]
