@@ -1038,7 +1038,10 @@ class InferenceService:
         if target.version is None and target.alias is None:
             if not entries:
                 self._source.servable(target.model, None, LATEST)  # NotFound for a model that does not exist
-                raise self._no_stats(f"model {target.model!r} has no loaded version", listed)
+                # Registered (servable found it): said so, since an unknown model is a 404 too.
+                raise self._no_stats(
+                    f"model {target.model!r} is registered but has no loaded version", listed
+                )
             return self._with_members(entries) if members else entries
         version = self.resolve_version(target)
         entries = [e for e in entries if e.version == version]

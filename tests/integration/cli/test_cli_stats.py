@@ -21,7 +21,7 @@ def test_stats_of_a_model_with_nothing_loaded_says_how_to_load_it(tessera_cli, c
     assert tessera_cli("--json", "stats").json() == []  # every loaded version: none, and that is no error
     result = tessera_cli("stats", "affine")
     assert result.code == EXIT_DAEMON and result.err.startswith(
-        "tessera: NOT_FOUND: model 'affine' has no loaded version, so it has no statistics yet"
+        "tessera: NOT_FOUND: model 'affine' is registered but has no loaded version, so it has no statistics yet"
     )
     # The daemon's "(tessera predict, or Predict)" came out as "(tessera predict, or `tessera predict ...`)".
     assert result.err.endswith(

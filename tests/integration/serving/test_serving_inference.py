@@ -166,7 +166,7 @@ def test_autoload_off_is_failed_precondition(start_daemon, expect_rpc_error) -> 
     expect_rpc_error(
         lambda: stub.GetStats(inference_pb2.GetStatsRequest(target=common_pb2.VersionRef(model="linear"))),
         grpc.StatusCode.NOT_FOUND,
-        "model 'linear' has no loaded version, so it has no statistics yet; load it with LoadModel "
+        "model 'linear' is registered but has no loaded version, so it has no statistics yet; load it with LoadModel "
         "(serving.autoload is off)",
     )
     version = common_pb2.VersionRef(model="linear", version=1)
@@ -431,7 +431,7 @@ def test_get_stats_of_what_is_not_loaded_is_not_found_saying_how_to_load_it(
     expect_rpc_error(
         stats(model=linear),
         not_found,
-        "model 'linear' has no loaded version, so it has no statistics yet; send it a request "
+        "model 'linear' is registered but has no loaded version, so it has no statistics yet; send it a request "
         "(Predict) to load it, or load it with LoadModel",
     )
     expect_rpc_error(stats(model=linear, version=9), not_found, "model 'linear' has no version 9")

@@ -674,7 +674,7 @@ def test_statistics_of_unloaded_or_unknown_model_is_not_found(oip, linear, expec
     error = expect_rpc_error(
         lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name=linear)),
         grpc.StatusCode.NOT_FOUND,
-        "model 'linear' has no loaded version, so it has no statistics yet; send it an inference request "
+        "model 'linear' is registered but has no loaded version, so it has no statistics yet; send it an inference request "
         "to load it, or load it with RepositoryModelLoad",
     )
     assert error.details().endswith("RepositoryModelLoad")
