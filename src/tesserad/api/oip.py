@@ -271,7 +271,8 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         context: grpc.aio.ServicerContext[pb.ModelConfigRequest, pb.ModelConfigResponse],
     ) -> pb.ModelConfigResponse:
         described, _ = await self._core.describe(request.name, request.version)
-        return pb.ModelConfigResponse(config=model_config_of(described))
+        split = await self._core.traffic_split(request.name, request.version)
+        return pb.ModelConfigResponse(config=model_config_of(described, split))
 
     async def ModelStatistics(
         self,

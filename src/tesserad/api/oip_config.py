@@ -104,6 +104,9 @@ _CONFIG_DTYPES = {
     "BF16": mc.TYPE_BF16,
 }
 _PARAMETERS = frozenset({"intra_op_thread_count"})
+# What ModelConfig says of the version it describes: a config read back and loaded again holds
+# them, so a load passes over them.
+_DESCRIBING = frozenset({"tessera_version", "tessera_traffic_split"})
 TAKEN_FIELDS = (
     "name, platform, backend, max_batch_size, dynamic_batching.max_queue_delay_microseconds, "
     "dynamic_batching.default_queue_policy.max_queue_size, instance_group[0].count/kind/gpus, "
@@ -188,8 +191,11 @@ def serving_config_of(
     )
 
 
-def model_config_of(described: VersionDescription) -> mc.ModelConfig:
-    """The Triton model configuration of a version, as ModelConfig answers it."""
+def model_config_of(described: VersionDescription, split: tuple[tuple[int, int], ...] = ()) -> mc.ModelConfig:
+    """The Triton model configuration of a version, as ModelConfig answers it. A Triton config
+    describes a model, here one version of it: the parameters (a map Triton's clients pass
+    through) name that version and, under a canary deployment (`split`: (version, percent)),
+    how requests naming no version are split, as "1:90,2:10"."""
     config = described.config
     signature = described.signature
     kind = mc.ModelInstanceGroup.KIND_CPU if config.device == "cpu" else mc.ModelInstanceGroup.KIND_GPU
@@ -217,7 +223,19 @@ def model_config_of(described: VersionDescription) -> mc.ModelConfig:
         else None,
         instance_group=[mc.ModelInstanceGroup(count=config.instances, kind=kind, gpus=gpus)],
         # As Triton's onnxruntime backend names it; 0 lets onnxruntime choose.
-        parameters={"intra_op_thread_count": mc.ModelParameter(string_value=str(config.intra_op_threads))},
+        parameters={
+            "intra_op_thread_count": mc.ModelParameter(string_value=str(config.intra_op_threads)),
+            "tessera_version": mc.ModelParameter(string_value=str(described.version)),
+            **(
+                {
+                    "tessera_traffic_split": mc.ModelParameter(
+                        string_value=",".join(f"{v}:{w}" for v, w in split)
+                    )
+                }
+                if split
+                else {}
+            ),
+        },
         model_warmup=[
             mc.ModelWarmup(
                 name=f"{rows} row{'s' if rows > 1 else ''}",
@@ -429,7 +447,7 @@ def _within(field: str, value: int, serving_field: str) -> int:
 
 def _intra_op_threads(parameters: Mapping[str, mc.ModelParameter]) -> int | None:
     for key in parameters:
-        if key not in _PARAMETERS:
+        if key not in _PARAMETERS and key not in _DESCRIBING:
             raise InvalidArgument(
                 f"config field 'parameters.{key}' is not supported by tesserad, which takes {TAKEN_FIELDS}: "
                 "remove it"

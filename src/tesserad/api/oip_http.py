@@ -578,11 +578,11 @@ class OipHttpServer(HttpListener):
         return web.json_response(message_json(metadata_of(*described)))
 
     async def _config(self, request: web.Request) -> web.Response:
-        described, _ = await self._core.describe(
-            request.match_info["model"], request.match_info.get("version", "")
-        )
+        model, version = request.match_info["model"], request.match_info.get("version", "")
+        described, _ = await self._core.describe(model, version)
+        split = await self._core.traffic_split(model, version)
         # As Triton's: the config itself, not wrapped as gRPC's ModelConfigResponse wraps it.
-        return web.json_response(message_json(model_config_of(described)))
+        return web.json_response(message_json(model_config_of(described, split)))
 
     async def _statistics(self, request: web.Request) -> web.Response:
         entries = await self._core.statistics(

@@ -371,6 +371,13 @@ class OpenInference:
         ready = await asyncio.to_thread(self._service.ready_versions, described.model)
         return described, ready or [described.version]
 
+    async def traffic_split(self, name: str, version: str) -> tuple[tuple[int, int], ...]:
+        """How a request for `name` naming no version is split among versions (a canary
+        deployment), as (version, percent); empty for a request naming `version`, or no split."""
+        if version:
+            return ()
+        return await asyncio.to_thread(self._service.traffic_split, name)
+
     def infer(
         self,
         target: Target,

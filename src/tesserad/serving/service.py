@@ -486,6 +486,12 @@ class InferenceService:
             f"{self._default_alias} {old}) or {deploy}"
         )
 
+    def traffic_split(self, model: str) -> tuple[tuple[int, int], ...]:
+        """(version, weight percent) of each version a deployment of `model` splits requests
+        among (a canary); empty where requests go to one version."""
+        router = self._router(model)
+        return router.plan.routes if router is not None and len(router.plan.routes) > 1 else ()
+
     def _router(self, model: str) -> _Router | None:
         cached = self._routers.get(model, _Uncached.UNCACHED)
         if cached is not _Uncached.UNCACHED:

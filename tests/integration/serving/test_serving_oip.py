@@ -19,7 +19,7 @@ import pytest
 from google.protobuf import json_format
 from serving_models import W, half_model, linear_model, reshape_model, slow_model, two_output_model, upload
 
-from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import grpc_service_pb2_grpc, model_config_pb2
 from tesserad.serving.shared_memory import _Region
@@ -1648,3 +1648,24 @@ def test_a_full_queue_is_unavailable_as_triton_answers_it(oip, inference, channe
     details = {future.details() for future in futures if future.code() != grpc.StatusCode.OK}
     assert codes == {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, codes
     assert len(details) == 1 and "has 2 requests queued, its max_queue_size" in details.pop()
+
+
+def test_a_config_names_the_version_it_describes_and_a_canary_s_split(oip, registry, linear) -> None:
+    def parameters(**request: str) -> dict[str, str]:
+        config = oip.ModelConfig(pb.ModelConfigRequest(**request)).config
+        return {
+            key: value.string_value for key, value in config.parameters.items() if key.startswith("tessera_")
+        }
+
+    assert parameters(name=linear) == {"tessera_version": "2"}
+    registry.Deploy(
+        registry_pb2.DeployRequest(
+            model=linear,
+            routes=[registry_pb2.Route(version=1, weight=90), registry_pb2.Route(version=2, weight=10)],
+        )
+    )
+    assert parameters(name=linear) == {"tessera_version": "1", "tessera_traffic_split": "1:90,2:10"}
+    # A request naming the version goes to it alone; a config read back loads again as it was.
+    assert parameters(name=linear, version="2") == {"tessera_version": "2"}
+    config = oip.ModelConfig(pb.ModelConfigRequest(name=linear)).config
+    oip.RepositoryModelLoad(load_request(linear, json_format.MessageToJson(config)))
