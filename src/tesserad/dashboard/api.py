@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import json
 import logging
 import math
@@ -22,6 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tessera.run_filter import RunFilterError, parse_filter, parse_orders
+from tesserad.api.convert_training import metric_filters_from_proto, summary_field_from_proto
 from tesserad.dashboard import json_forms as forms
 from tesserad.dashboard.access import CHANGE_HEADER, ROLE_KEY, SESSION_KEY, Handler
 from tesserad.dashboard.listener import COUNTED_STATUS, ExpectHandler
@@ -40,7 +43,7 @@ from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.jobs import STATES as JOB_STATES
 from tesserad.training.jobs import Jobs
 from tesserad.training.sweeps import Sweeps
-from tesserad.training.tracking import HistoryPage, MetricFilter, Tracking
+from tesserad.training.tracking import HistoryPage, MetricFilter, RunOrder, Tracking
 from tesserad.training.watch import watch_job
 
 PREFIX = "/api/" + forms.API_VERSION
@@ -75,6 +78,19 @@ ARTIFACT_HEADERS = {
     "Cache-Control": "private, no-cache",
 }
 _VIEWS = ("active", "deleted", "all")
+_RUNS_QUERY = (
+    "experiment",
+    "filter",
+    "order_by",
+    "status",
+    "param",
+    "metric",
+    "view",
+    "page_size",
+    "page_token",
+)
+# The dashboard form's own conditions, which a filter string holds too (one or the other).
+_RUNS_CONDITIONS = ("status", "param", "metric")
 _RESTORE_RUN_ROLE = ROLE_TABLE["tessera.v1.Training"]["RestoreRun"]
 _RESTORE_EXPERIMENT_ROLE = ROLE_TABLE["tessera.v1.Training"]["RestoreExperiment"]
 
@@ -161,6 +177,58 @@ def _metric_filters(values: Iterable[str]) -> list[MetricFilter]:
             raise InvalidArgument(f"metric filter {raw[:80]!r}: {value[:40]!r} is not a number")
         filters.append(MetricFilter(key, field, op, number))
     return filters
+
+
+def _refuse_unknown(request: web.Request, route: str, known: Iterable[str]) -> None:
+    """InvalidArgument for a query parameter `route` does not take (a misspelt one would be
+    ignored, answering as if it were not there), naming the nearest and those it takes."""
+    known = tuple(known)
+    for name in request.query:
+        if name not in known:
+            near = difflib.get_close_matches(name, known, 1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise InvalidArgument(
+                f"unknown query parameter {name[:40]!r}; {hint}GET {PREFIX}{route} takes {', '.join(known)}"
+            )
+
+
+def _run_search(request: web.Request) -> tuple[list[str], dict[str, str], dict[str, str], list[MetricFilter]]:
+    """The statuses, params, tags and metric conditions to list runs by: from `filter`, MLflow's
+    search string as the SDK and CLI read it, or from the form's status, param and metric."""
+    text = request.query.get("filter", "")
+    statuses = request.query.getall("status", [])
+    if not text:
+        return (
+            statuses,
+            _param_filters(request.query.getall("param", [])),
+            {},
+            _metric_filters(request.query.getall("metric", [])),
+        )
+    given = [name for name in _RUNS_CONDITIONS if name in request.query]
+    if given:
+        raise InvalidArgument(
+            f"give conditions either as filter= or as {'=, '.join(given)}=, not both: filter= takes them "
+            "all, e.g. filter=attributes.status = 'succeeded' and params.lr = '0.1'"
+        )
+    try:
+        found = parse_filter(text)
+    except RunFilterError as e:
+        raise InvalidArgument(f"filter: {e}") from None
+    return found.statuses, found.params, found.tags, metric_filters_from_proto(found.metrics)
+
+
+def _run_order(request: web.Request) -> RunOrder | None:
+    """`order_by`, MLflow's order string as the SDK reads it (ascending unless it says DESC)."""
+    text = request.query.get("order_by", "")
+    if not text:
+        return None
+    try:
+        parsed = parse_orders(text)
+    except RunFilterError as e:
+        raise InvalidArgument(f"order_by: {e}") from None
+    if parsed is None:
+        return None
+    return RunOrder(parsed.metric, summary_field_from_proto(parsed.field) or "last", bool(parsed.descending))
 
 
 def _view(request: web.Request) -> str:
@@ -337,16 +405,20 @@ class DashboardApi:
         )
 
     async def list_runs(self, request: web.Request) -> web.Response:
+        _refuse_unknown(request, "/runs", _RUNS_QUERY)
         size, token = _page_args(request)
+        statuses, params, tags, metrics = _run_search(request)
         runs, next_token = await asyncio.to_thread(
             self._s.tracking.list_runs,
             request.query.get("experiment", ""),
-            request.query.getall("status", []),
-            _param_filters(request.query.getall("param", [])),
-            _metric_filters(request.query.getall("metric", [])),
+            statuses,
+            params,
+            metrics,
             size,
             token,
-            view=_view(request),
+            tags,
+            _run_order(request),
+            _view(request),
         )
         return json_response({"runs": [forms.run_json(r) for r in runs], "next_page_token": next_token})
 

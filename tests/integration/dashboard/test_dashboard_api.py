@@ -237,6 +237,37 @@ def test_runs_filter_by_param_and_metric(dash, client):
         ]
 
 
+def test_runs_take_the_sdks_filter_and_order_strings_and_refuse_unknown_query_parameters(dash, client):
+    for name, lr, loss in (("a", "0.1", 0.7), ("b", "0.2", 0.3), ("c", "0.3", 0.5)):
+        run = client.training.create_run("dash-search", name=name, params={"lr": lr})
+        client.training.log_metrics(run.run_id, {"val_loss": loss}, 1)
+    port = dash.daemon.http_port
+
+    def answer(**query: str) -> HttpAnswer:
+        return http_get(
+            port, "/api/v1/runs?" + urllib.parse.urlencode({"experiment": "dash-search", **query})
+        )
+
+    found = answer(filter="metrics.val_loss < 0.6")
+    assert found.status == 200 and sorted(r["name"] for r in found.json()["runs"]) == ["b", "c"]
+    ordered = answer(filter="metrics.val_loss > 0.4", order_by="metrics.val_loss DESC")
+    assert ordered.status == 200 and [r["name"] for r in ordered.json()["runs"]] == ["a", "c"], ordered.body
+    ascending = answer(order_by="metrics.val_loss")  # ascending, as MLflow's order strings
+    assert [r["name"] for r in ascending.json()["runs"]] == ["b", "c", "a"]
+    exact = answer(filter="params.lr = '0.2'")
+    assert [r["name"] for r in exact.json()["runs"]] == ["b"]
+    bad = answer(filter="metrics.val_loss < x")
+    assert bad.status == 400 and "filter: column 20" in bad.json()["error"], bad.body
+    bad = answer(order_by="val_loss DESC")
+    assert bad.status == 400 and "order_by: column 1" in bad.json()["error"], bad.body
+    both = answer(filter="metrics.val_loss < 1", metric="val_loss:last:lt:1")
+    assert both.status == 400 and "filter=" in both.json()["error"] and "metric=" in both.json()["error"]
+    typo = http_get(port, "/api/v1/runs?experimnt=dash-search")
+    assert typo.status == 400, typo.body
+    assert "experimnt" in typo.json()["error"] and "did you mean 'experiment'?" in typo.json()["error"]
+    assert "order_by" in typo.json()["error"]
+
+
 def test_runs_filter_by_status_and_refuse_an_unknown_one(dash, client):
     run = client.training.create_run("dash-status", name="done")
     client.training.update_run(run.run_id, status="succeeded")

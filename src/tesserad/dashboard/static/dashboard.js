@@ -381,7 +381,7 @@ async function jobPage(app, jobId) {
 function runsQuery() {
   const params = new URLSearchParams(location.search);
   const query = new URLSearchParams();
-  for (const name of ["experiment", "status", "param", "metric", "view"]) for (const v of params.getAll(name)) if (v) query.append(name, v);
+  for (const name of ["experiment", "filter", "order_by", "status", "param", "metric", "view"]) for (const v of params.getAll(name)) if (v) query.append(name, v);
   return query;
 }
 
@@ -397,6 +397,8 @@ async function runsPage(app) {
     el("label", {}, "experiment ", el("input", { name: "experiment", value: params.get("experiment") || "", size: 14 })),
     el("label", {}, "param ", el("input", { name: "param", value: params.get("param") || "", placeholder: "lr=0.01", size: 14 })),
     el("label", {}, "metric ", el("input", { name: "metric", value: params.get("metric") || "", placeholder: "val_loss:last:lt:0.5", size: 20 })),
+    el("label", {}, "filter ", el("input", { name: "filter", value: params.get("filter") || "", placeholder: "metrics.val_loss < 0.5", size: 24 })),
+    el("label", {}, "order by ", el("input", { name: "order_by", value: params.get("order_by") || "", placeholder: "metrics.val_loss DESC", size: 18 })),
     el("label", {}, "lifecycle ", lifecycle),
     el("button", { type: "submit", text: "Filter" }));
   app.append(form);
