@@ -17,6 +17,7 @@ from tesserad.training.artifacts import RunArtifact
 from tesserad.training.events import JobEvent
 from tesserad.training.job_records import Checkpoint, JobRecord, listed_checkpoints, stopped_early
 from tesserad.training.pbt import PbtSettings
+from tesserad.training.run_search import SortKey, TextFilter, TimeFilter
 from tesserad.training.search_space import SweepParameter
 from tesserad.training.sweeps import AshaSettings, Sweep, SweepRequest
 from tesserad.training.tracking import (
@@ -339,6 +340,66 @@ def run_order_from_proto(request: pb.ListRunsRequest) -> RunOrder | None:
             f"order_by.direction: unknown value {order.direction}; use ASCENDING or DESCENDING"
         )
     return RunOrder(order.metric, _FIELDS[order.field], _DIRECTIONS[order.direction])
+
+
+_TEXT_MATCHES = {
+    pb.TEXT_MATCH_EQ: "eq",
+    pb.TEXT_MATCH_NE: "ne",
+    pb.TEXT_MATCH_LIKE: "like",
+    pb.TEXT_MATCH_ILIKE: "ilike",
+    pb.TEXT_MATCH_IN: "in",
+    pb.TEXT_MATCH_NOT_IN: "not_in",
+}
+_TEXT_ENTITIES = {
+    pb.TEXT_ENTITY_PARAM: "params",
+    pb.TEXT_ENTITY_TAG: "tags",
+    pb.TEXT_ENTITY_ATTRIBUTE: "attributes",
+}
+
+
+def text_filters_from_proto(filters: Any) -> list[TextFilter]:
+    out = []
+    for i, f in enumerate(filters):
+        if f.entity not in _TEXT_ENTITIES:
+            raise InvalidArgument(f"texts[{i}].entity: set PARAM, TAG or ATTRIBUTE")
+        if f.match not in _TEXT_MATCHES:
+            raise InvalidArgument(f"texts[{i}].match: set EQ, NE, LIKE, ILIKE, IN or NOT_IN")
+        out.append(TextFilter(_TEXT_ENTITIES[f.entity], f.key, _TEXT_MATCHES[f.match], tuple(f.values)))
+    return out
+
+
+def time_filters_from_proto(filters: Any) -> list[TimeFilter]:
+    out = []
+    for i, f in enumerate(filters):
+        if f.op not in _COMPARISONS:
+            raise InvalidArgument(f"times[{i}].op: set a comparison (LT, LE, GT, GE, EQ or NE)")
+        out.append(TimeFilter(f.attribute, _COMPARISONS[f.op], f.value_ms))
+    return out
+
+
+def sort_keys_from_proto(orders: Any) -> list[SortKey]:
+    """ListRunsRequest.order_keys: each names one metric, param or attribute; ascending unless
+    DESCENDING, as MLflow's order strings."""
+    out = []
+    for i, o in enumerate(orders):
+        named = [
+            (entity, key)
+            for entity, key in (("metrics", o.metric), ("params", o.param), ("attributes", o.attribute))
+            if key
+        ]
+        if len(named) != 1:
+            raise InvalidArgument(f"order_keys[{i}]: set exactly one of metric, param or attribute")
+        if o.field not in _FIELDS:
+            raise InvalidArgument(f"order_keys[{i}].field: unknown summary field {o.field}; {_USE_FIELDS}")
+        if o.direction not in _DIRECTIONS:
+            raise InvalidArgument(
+                f"order_keys[{i}].direction: unknown value {o.direction}; use ASCENDING or DESCENDING"
+            )
+        if o.field != pb.SUMMARY_FIELD_UNSPECIFIED and not o.metric:
+            raise InvalidArgument(f"order_keys[{i}].field applies to a metric's summary: leave it unset")
+        entity, key = named[0]
+        out.append(SortKey(entity, key, _FIELDS[o.field] if o.metric else "", bool(_DIRECTIONS[o.direction])))
+    return out
 
 
 def key_value_filters(filters: Any, field: str, max_value: int) -> dict[str, str]:

@@ -30,10 +30,13 @@ from tesserad.api.convert_training import (
     run_status_from_proto,
     run_statuses_from_proto,
     run_to_proto,
+    sort_keys_from_proto,
     summary_field_from_proto,
     summary_to_proto,
     sweep_request_from_proto,
     sweep_to_proto,
+    text_filters_from_proto,
+    time_filters_from_proto,
     view_from_proto,
 )
 from tesserad.api.transfers import (
@@ -285,6 +288,9 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             key_value_filters(request.tags, "tags", MAX_TAG_VALUE),
             run_order_from_proto(request),
             view_from_proto(request.view),
+            text_filters_from_proto(request.texts),
+            time_filters_from_proto(request.times),
+            sort_keys_from_proto(request.order_keys),
         )
         return pb.ListRunsResponse(runs=[run_to_proto(r) for r in runs], next_page_token=token)
 

@@ -24,7 +24,12 @@ from typing import Any
 from aiohttp import web
 
 from tessera.run_filter import RunFilterError, parse_filter, parse_orders
-from tesserad.api.convert_training import metric_filters_from_proto, summary_field_from_proto
+from tesserad.api.convert_training import (
+    metric_filters_from_proto,
+    summary_field_from_proto,
+    text_filters_from_proto,
+    time_filters_from_proto,
+)
 from tesserad.dashboard import json_forms as forms
 from tesserad.dashboard.access import CHANGE_HEADER, ROLE_KEY, SESSION_KEY, Handler
 from tesserad.dashboard.listener import COUNTED_STATUS, ExpectHandler
@@ -42,8 +47,9 @@ from tesserad.training.artifacts import RunArtifact, RunArtifacts
 from tesserad.training.events import EventLog, JobEvent
 from tesserad.training.jobs import STATES as JOB_STATES
 from tesserad.training.jobs import Jobs
+from tesserad.training.run_search import SortKey, TextFilter, TimeFilter
 from tesserad.training.sweeps import Sweeps
-from tesserad.training.tracking import HistoryPage, MetricFilter, RunOrder, Tracking
+from tesserad.training.tracking import HistoryPage, MetricFilter, Tracking
 from tesserad.training.watch import watch_job
 
 PREFIX = "/api/" + forms.API_VERSION
@@ -179,6 +185,18 @@ def _metric_filters(values: Iterable[str]) -> list[MetricFilter]:
     return filters
 
 
+@dataclass(frozen=True)
+class RunSearch:
+    """The conditions of GET /runs as list_runs takes them."""
+
+    statuses: list[str]
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: list[MetricFilter]
+    texts: list[TextFilter]
+    times: list[TimeFilter]
+
+
 def _refuse_unknown(request: web.Request, route: str, known: Iterable[str]) -> None:
     """InvalidArgument for a query parameter `route` does not take (a misspelt one would be
     ignored, answering as if it were not there), naming the nearest and those it takes."""
@@ -192,18 +210,14 @@ def _refuse_unknown(request: web.Request, route: str, known: Iterable[str]) -> N
             )
 
 
-def _run_search(request: web.Request) -> tuple[list[str], dict[str, str], dict[str, str], list[MetricFilter]]:
-    """The statuses, params, tags and metric conditions to list runs by: from `filter`, MLflow's
-    search string as the SDK and CLI read it, or from the form's status, param and metric."""
+def _run_search(request: web.Request) -> RunSearch:
+    """The conditions to list runs by: from `filter`, MLflow's search string as the SDK and CLI
+    read it, or from the form's status, param and metric."""
     text = request.query.get("filter", "")
-    statuses = request.query.getall("status", [])
     if not text:
-        return (
-            statuses,
-            _param_filters(request.query.getall("param", [])),
-            {},
-            _metric_filters(request.query.getall("metric", [])),
-        )
+        params = _param_filters(request.query.getall("param", []))
+        metrics = _metric_filters(request.query.getall("metric", []))
+        return RunSearch(request.query.getall("status", []), params, {}, metrics, [], [])
     given = [name for name in _RUNS_CONDITIONS if name in request.query]
     if given:
         raise InvalidArgument(
@@ -214,21 +228,32 @@ def _run_search(request: web.Request) -> tuple[list[str], dict[str, str], dict[s
         found = parse_filter(text)
     except RunFilterError as e:
         raise InvalidArgument(f"filter: {e}") from None
-    return found.statuses, found.params, found.tags, metric_filters_from_proto(found.metrics)
+    return RunSearch(
+        found.statuses,
+        found.params,
+        found.tags,
+        metric_filters_from_proto(found.metrics),
+        text_filters_from_proto(found.texts),
+        time_filters_from_proto(found.times),
+    )
 
 
-def _run_order(request: web.Request) -> RunOrder | None:
-    """`order_by`, MLflow's order string as the SDK reads it (ascending unless it says DESC)."""
-    text = request.query.get("order_by", "")
-    if not text:
-        return None
+def _run_order(request: web.Request) -> list[SortKey]:
+    """`order_by`, MLflow's order string as the SDK reads it: one key or more apart by commas,
+    each ascending unless it says DESC."""
     try:
-        parsed = parse_orders(text)
+        keys = parse_orders(request.query.get("order_by", ""))
     except RunFilterError as e:
         raise InvalidArgument(f"order_by: {e}") from None
-    if parsed is None:
-        return None
-    return RunOrder(parsed.metric, summary_field_from_proto(parsed.field) or "last", bool(parsed.descending))
+    return [
+        SortKey(
+            k.entity,
+            k.key,
+            (summary_field_from_proto(k.field) or "last") if k.entity == "metrics" else "",
+            bool(k.descending),
+        )
+        for k in keys
+    ]
 
 
 def _view(request: web.Request) -> str:
@@ -407,18 +432,21 @@ class DashboardApi:
     async def list_runs(self, request: web.Request) -> web.Response:
         _refuse_unknown(request, "/runs", _RUNS_QUERY)
         size, token = _page_args(request)
-        statuses, params, tags, metrics = _run_search(request)
+        search = _run_search(request)
         runs, next_token = await asyncio.to_thread(
             self._s.tracking.list_runs,
             request.query.get("experiment", ""),
-            statuses,
-            params,
-            metrics,
+            search.statuses,
+            search.params,
+            search.metrics,
             size,
             token,
-            tags,
-            _run_order(request),
+            search.tags,
+            None,
             _view(request),
+            search.texts,
+            search.times,
+            _run_order(request),
         )
         return json_response({"runs": [forms.run_json(r) for r in runs], "next_page_token": next_token})
 

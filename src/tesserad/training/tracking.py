@@ -53,6 +53,14 @@ from tesserad.text import (
 from tesserad.training import metric_buckets, run_order
 from tesserad.training.job_records import decode_job
 from tesserad.training.metric_buckets import MAX_STEP, Grouping, Sample, metric_prefix, point_key
+from tesserad.training.run_search import (
+    SortKey,
+    TextFilter,
+    TimeFilter,
+    check_sort_key,
+    check_text_filter,
+    sort_position,
+)
 from tesserad.training.spec import default_mode
 
 log = logging.getLogger(__name__)
@@ -871,8 +879,12 @@ class Tracking:
         tags: dict[str, str] | None = None,
         order: RunOrder | None = None,
         view: str = "active",
+        texts: Iterable[TextFilter] = (),
+        times: Iterable[TimeFilter] = (),
+        orders: Iterable[SortKey] = (),
     ) -> tuple[list[Run], str]:
-        """Newest first, or by a metric with `order`; every condition must hold."""
+        """Newest first, or by a metric with `order`, or by the keys of `orders` in turn (equal
+        runs by run id); every condition must hold."""
         if experiment:
             validate_name("experiment", experiment)
         wanted = set(statuses)
@@ -885,10 +897,14 @@ class Tracking:
         params = params or {}
         tags = tags or {}
         filters = list(metric_filters)
+        text_filters, time_filters, sort_keys = list(texts), list(times), list(orders)
         for name, kind, count in (
             ("params", "params", len(params)),
             ("tags", "tags", len(tags)),
             ("metrics", "metric conditions", len(filters)),
+            ("texts", "text conditions", len(text_filters)),
+            ("times", "time conditions", len(time_filters)),
+            ("order_keys", "keys", len(sort_keys)),
         ):
             if count > MAX_LIST_FILTERS:
                 raise InvalidArgument(
@@ -901,6 +917,24 @@ class Tracking:
                 raise InvalidArgument(
                     f"metrics[{i}].value is NaN, which no metric value compares true against; give a number"
                 )
+        text_tests = [check_text_filter(f, f"texts[{i}]") for i, f in enumerate(text_filters)]
+        for i, t in enumerate(time_filters):
+            if t.attribute not in ("start_time", "end_time"):
+                raise InvalidArgument(
+                    f"times[{i}].attribute: {t.attribute[:40]!r} is no time; use start_time or end_time"
+                )
+            if t.op not in _COMPARE:
+                raise InvalidArgument(f"times[{i}].op: set a comparison (LT, LE, GT, GE, EQ or NE)")
+        for i, k in enumerate(sort_keys):
+            check_sort_key(k, f"order_keys[{i}]")
+            if k.entity == "metrics":
+                check_metric_key(k.key, f"order_keys[{i}].metric")
+        if sort_keys and order is not None:
+            raise InvalidArgument("order_by and order_keys are both set: give the order in one of them")
+        if len(sort_keys) == 1 and sort_keys[0].entity == "metrics":
+            # One metric: the order index answers it, as order_by.
+            order = RunOrder(sort_keys[0].key, sort_keys[0].field, sort_keys[0].descending)
+            sort_keys = []
         if order is not None:
             check_metric_key(order.metric, "order_by.metric")
             if order.descending is None:
@@ -913,7 +947,14 @@ class Tracking:
             "metrics": [f.__dict__ for f in filters],
         }
         # Added only when used, so tokens issued before these filters existed stay valid.
-        for name, value in (("tags", tags), ("order", order and order.__dict__), ("view", view)):
+        for name, value in (
+            ("tags", tags),
+            ("order", order and order.__dict__),
+            ("view", view),
+            ("texts", [f.__dict__ for f in text_filters]),
+            ("times", [t.__dict__ for t in time_filters]),
+            ("orders", [k.__dict__ for k in sort_keys]),
+        ):
             if value and value != "active":
                 query[name] = value
         fill: PageFill[Run] = PageFill(size, query)
@@ -930,6 +971,14 @@ class Tracking:
                 run.tags.get(k) == v for k, v in tags.items()
             ):
                 return None
+            for text_filter, test in zip(text_filters, text_tests, strict=True):
+                stored = _text_of(run, text_filter)
+                if stored is None or not test(stored):
+                    return None
+            for t in time_filters:
+                at = run.start_time if t.attribute == "start_time" else run.end_time
+                if at is None or not _COMPARE[t.op](int(at * 1000), t.value_ms):
+                    return None
             for f in filters:
                 summary = _summary(txn, run_id, f.key)
                 if summary is None or not _COMPARE[f.op](summary.field(f.field), f.value):
@@ -942,18 +991,29 @@ class Tracking:
             gone = bool(experiment) and not token and _deleted_at(txn, experiment) is not None
             # Keys are checked on a first page only. A deleted experiment's runs went with it,
             # which the client says with how to restore it: no key is doubted there.
-            check_keys = not token and not (gone and view == "active") and bool(order or filters or params)
+            searched_params = list(params) + [f.key for f in text_filters if f.entity == "params"]
+            check_keys = (
+                not token
+                and not (gone and view == "active")
+                and bool(order or filters or searched_params or sort_keys)
+            )
             names: list[str] = []
             if check_keys:
                 names = [experiment] if experiment else [str(key[0]) for key, _ in txn.scan("experiments")]
             if check_keys and order is not None:
                 unordered = _unlogged_metrics(txn, names, view, [order.metric])
                 self._refuse_unlogged_keys(txn, experiment, names, view, unordered, purpose=" to order by")
+            if check_keys and sort_keys:
+                metric_keys = [k.key for k in sort_keys if k.entity == "metrics"]
+                unordered = _unlogged_metrics(txn, names, view, metric_keys)
+                self._refuse_unlogged_keys(txn, experiment, names, view, unordered, purpose=" to order by")
             # A filter on a metric no run in the view has logged matches none: the listing is skipped.
             unlogged = _unlogged_metrics(txn, names, view, [f.key for f in filters]) if check_keys else []
             candidates: Iterator[tuple[Key, Run]]
             if unlogged:
                 candidates = iter(())
+            elif sort_keys:
+                candidates = self._sorted(txn, experiment, sort_keys, view, after, matched)
             elif order is None:
                 newest = _newest_first(txn, experiment, unpack(after) if after else None, view)
                 candidates = ((key, run) for key, run_id in newest if (run := matched(txn, run_id)))
@@ -964,7 +1024,7 @@ class Tracking:
                     break
                 fill.add(key, run)
             if check_keys and not fill.page.items:
-                self._refuse_unlogged_keys(txn, experiment, names, view, unlogged, params)
+                self._refuse_unlogged_keys(txn, experiment, names, view, unlogged, searched_params)
         return fill.page.items, fill.page.next_page_token
 
     def _refuse_unlogged_keys(
@@ -1071,6 +1131,32 @@ class Tracking:
             run = matched(txn, run_id)
             if run is not None:
                 yield (1, without, run_id), run
+
+    @staticmethod
+    def _sorted(
+        txn: ReadTxn,
+        experiment: str,
+        keys: list[SortKey],
+        view: str,
+        after: bytes | None,
+        matched: Callable[[ReadTxn, str], Run | None],
+    ) -> Iterator[tuple[Key, Run]]:
+        """The matching runs by `keys` in turn, then by run id, with their token keys (each key's
+        value as the run had it, then the run id): a page resumes after the last run it showed,
+        whatever was logged in between. Every matching run is read and sorted for each page."""
+        last = _sort_values(after, keys) if after is not None else None
+        found = []
+        for _, run_id in _newest_first(txn, experiment, None, view):
+            run = matched(txn, run_id)
+            if run is None:
+                continue
+            values = [_sort_value(txn, run, k) for k in keys]
+            position = sort_position(values, keys, run_id)
+            if last is None or position > sort_position(last[0], keys, last[1]):
+                found.append((position, values, run))
+        found.sort(key=lambda item: item[0])
+        for _, values, run in found:
+            yield _sort_token_key(values, run.run_id), run
 
     def compare_runs(self, run_ids: list[str]) -> RunComparison:
         if len(run_ids) < 2:
@@ -1689,6 +1775,67 @@ def _newest_first(txn: ReadTxn, experiment: str, after: Key | None, view: str) -
     else:
         for key, _ in txn.scan("runs", after=after, reverse=True):
             yield key, str(key[0])
+
+
+def _text_of(run: Run, f: TextFilter) -> str | None:
+    """The text a TextFilter reads from `run`; None when the run has no such key."""
+    if f.entity == "params":
+        return run.params.get(f.key)
+    if f.entity == "tags":
+        return run.tags.get(f.key)
+    return run.name if f.key == "run_name" else run.run_id
+
+
+def _sort_value(txn: ReadTxn, run: Run, key: SortKey) -> float | str | None:
+    """The value a run sorts by for `key`; None when it has none."""
+    if key.entity == "metrics":
+        summary = _summary(txn, run.run_id, key.key)
+        return None if summary is None else summary.field(key.field)
+    if key.entity == "params":
+        return run.params.get(key.key)
+    value: float | str | None = {
+        "start_time": run.start_time,
+        "end_time": run.end_time,
+        "run_name": run.name,
+        "status": run.status,
+    }[key.key]
+    return value
+
+
+def _is_number_key(key: SortKey) -> bool:
+    return key.entity == "metrics" or key.key in ("start_time", "end_time")
+
+
+def _sort_token_key(values: list[float | str | None], run_id: str) -> Key:
+    """A run's place in a sorted listing as a token key: per sort key 1 and "" without a
+    value, else 0 and the value (a number as its 8 bytes); then the run id."""
+    parts: list[int | str | bytes] = []
+    for value in values:
+        if value is None:
+            parts += [1, ""]
+        else:
+            parts += [0, _RANK_VALUE.pack(value) if isinstance(value, float) else value]
+    parts.append(run_id)
+    return tuple(parts)
+
+
+def _sort_values(after: bytes, keys: list[SortKey]) -> tuple[list[float | str | None], str]:
+    """The values and run id `_sort_token_key` packed; InvalidArgument for a token of another shape."""
+    key = unpack(after)
+    if len(key) != 2 * len(keys) + 1 or not isinstance(key[-1], str):
+        raise foreign_token()
+    values: list[float | str | None] = []
+    for i, k in enumerate(keys):
+        missing, raw = key[2 * i], key[2 * i + 1]
+        if missing == 1 and raw == "":
+            values.append(None)
+        elif missing == 0 and _is_number_key(k) and isinstance(raw, bytes) and len(raw) == _RANK_VALUE.size:
+            values.append(_RANK_VALUE.unpack(raw)[0])
+        elif missing == 0 and not _is_number_key(k) and isinstance(raw, str):
+            values.append(raw)
+        else:
+            raise foreign_token()
+    return values, key[-1]
 
 
 def _order_position(after: bytes) -> tuple[int, float, str]:

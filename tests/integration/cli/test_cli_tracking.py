@@ -107,14 +107,154 @@ def test_sdk_runs_take_mlflows_filter_and_order_strings(client):
         ValueError, match=r"order_field= applies to the metric order_by names: give order_by too"
     ):
         training.runs("search", order_field="min")
-    with pytest.raises(ValueError, match="ListRuns orders by one metric, 2 orders given"):
-        training.runs("search", order_by=["metrics.val_acc DESC", "metrics.val_loss ASC"])
+    assert searched(order_by=["metrics.val_acc DESC", "params.lr"]) == "cabd"
     with pytest.raises(RunFilterError, match="OR is not supported") as refused:
         training.runs("search", filter="params.lr = '0.1' or params.lr = '0.01'")
     assert refused.value.column == 19
     # MLflow's direction after a bare name is refused, not read as a metric no run has.
     with pytest.raises(RunFilterError, match=r"write metrics\.val_acc DESC"):
         training.runs("search", order_by="val_acc DESC")
+
+
+def test_sdk_and_cli_search_with_like_in_run_attributes_and_several_order_keys(tessera_cli, client, channel):
+    training = client.training
+    ids = {}
+    for name, model, lr, team, loss in (
+        ("resnet-a", "resnet50", "0.01", "Vision", 0.3),
+        ("resnet-b", "resnet18", "0.1", "vision", 0.3),
+        ("vit-c", "vit", "0.01", "nlp", 0.5),
+        ("d_1", "res_net", "1e-2", "vision", None),
+    ):
+        run = training.create_run(
+            "mlsearch", name=name, params={"model": model, "lr": lr}, tags={"team": team}
+        )
+        if loss is not None:
+            training.log_metrics(run.run_id, {"val_loss": loss}, step=0)
+        ids[name] = run.run_id
+    training.update_run(ids["resnet-b"], status="succeeded")
+    names = {run_id: name[0] if name[0] != "r" else name[-1] for name, run_id in ids.items()}
+
+    def searched(**arguments: Any) -> str:
+        return "".join(names[r.run_id] for r in training.runs("mlsearch", page_size=1, **arguments))
+
+    assert searched(filter="params.model LIKE 'resnet%'") == "ba"
+    assert searched(filter="params.model LIKE 'resnet__'") == "ba"
+    assert searched(filter="params.model LIKE 'res_net'") == "d"  # _ is one character
+    assert searched(filter="params.model like '%n%t%'") == "dba"
+    assert searched(filter="tags.team LIKE 'vision'") == "db"  # case-sensitive, as MLflow's
+    assert searched(filter="tags.team ILIKE 'VIS%'") == "dba"
+    assert searched(filter="params.lr IN ('0.01', '0.5')") == "dva"  # 1e-2 is 0.01, as for =
+    assert searched(filter="params.lr NOT IN ('0.01')") == "b"
+    assert searched(filter="params.model != 'vit' and tags.team NOT IN ('Vision')") == "db"
+    assert searched(filter="attributes.run_name LIKE 'resnet-%'") == "ba"
+    assert searched(filter="run.run_name = 'vit-c'") == "v"
+    assert searched(filter=f"attributes.run_id IN ('{ids['d_1']}', 'nope')") == "d"
+    started = {r.run_id: r.info.start_time.ToMilliseconds() for r in training.runs("mlsearch")}
+    since = started[ids["vit-c"]]
+    later = "".join(names[i] for i in reversed(ids.values()) if started[i] >= since)  # dv, unless ms tie
+    assert searched(filter=f"attributes.start_time >= {since}") == later
+    assert searched(filter="attributes.end_time > 0") == "b"  # only b has ended
+
+    # Several keys in turn, equal runs by run id; runs without the metric last; pages of one.
+    assert searched(order_by=["metrics.val_loss ASC", "start_time DESC"]) == "bavd"
+    assert searched(order_by="metrics.val_loss, attributes.run_name DESC") == "bavd"
+    assert searched(order_by=["metrics.val_loss", "run_name"]) == "abvd"
+    assert searched(order_by="params.model DESC") == "vabd"
+    assert searched(order_by="attributes.start_time DESC") == "dvba"
+    assert searched(order_by="start_time", filter="params.model LIKE 'res%'") == "abd"
+    assert searched(order_by=["status DESC", "created"]) == "bavd"
+    running = sorted(ids[name] for name in ("resnet-a", "vit-c", "d_1"))  # equal in status: by run id
+    assert [r.run_id for r in training.runs("mlsearch", order_by="status", page_size=1)] == [
+        *running,
+        ids["resnet-b"],
+    ]
+
+    with pytest.raises(
+        ValueError, match="descending= applies to an order_by of one metric: write ASC or DESC"
+    ):
+        training.runs("mlsearch", order_by=["metrics.val_loss", "start_time"], descending=True)
+    with pytest.raises(
+        RunFilterError, match="runs are ordered by metrics, params and attributes, not by tags"
+    ):
+        training.runs("mlsearch", order_by="tags.team")
+
+    # The daemon checks what a client sends, naming the field.
+    stub = training_pb2_grpc.TrainingStub(channel)
+    S = training_pb2
+    like = S.TextFilter(entity=S.TEXT_ENTITY_PARAM, key="model", match=S.TEXT_MATCH_LIKE)
+    for request, message in (
+        (
+            S.ListRunsRequest(texts=[S.TextFilter(key="m", match=S.TEXT_MATCH_EQ, values=["x"])]),
+            "texts[0].entity",
+        ),
+        (S.ListRunsRequest(texts=[like]), "texts[0].values: LIKE takes one value, got 0"),
+        (
+            S.ListRunsRequest(
+                texts=[
+                    S.TextFilter(
+                        entity=S.TEXT_ENTITY_PARAM, key="m", match=S.TEXT_MATCH_LIKE, values=["%" * 501]
+                    )
+                ]
+            ),
+            "a LIKE pattern is at most 500 characters",
+        ),
+        (
+            S.ListRunsRequest(
+                texts=[
+                    S.TextFilter(
+                        entity=S.TEXT_ENTITY_ATTRIBUTE, key="user", match=S.TEXT_MATCH_EQ, values=["x"]
+                    )
+                ]
+            ),
+            "texts[0].key: 'user' is no text attribute",
+        ),
+        (
+            S.ListRunsRequest(texts=[S.TextFilter(entity=S.TEXT_ENTITY_TAG, key="t", match=S.TEXT_MATCH_IN)]),
+            "texts[0].values: IN takes 1 to 1,000 values, got 0",
+        ),
+        (
+            S.ListRunsRequest(times=[S.TimeFilter(attribute="created", op=S.COMPARISON_GT)]),
+            "times[0].attribute: 'created' is no time",
+        ),
+        (S.ListRunsRequest(times=[S.TimeFilter(attribute="start_time")]), "times[0].op"),
+        (
+            S.ListRunsRequest(order_keys=[S.RunOrder(metric="a", param="b")]),
+            "order_keys[0]: set exactly one of metric, param or attribute",
+        ),
+        (
+            S.ListRunsRequest(order_keys=[S.RunOrder(attribute="run_id")]),
+            "order_keys[0].attribute: 'run_id' orders nothing",
+        ),
+        (
+            S.ListRunsRequest(order_keys=[S.RunOrder(param="p", field=S.SUMMARY_FIELD_MAX)]),
+            "order_keys[0].field applies to a metric",
+        ),
+        (
+            S.ListRunsRequest(
+                order_by=S.RunOrder(metric="val_loss"), order_keys=[S.RunOrder(attribute="status")]
+            ),
+            "order_by and order_keys are both set",
+        ),
+    ):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListRuns(request)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, message
+        assert message in refused.value.details(), refused.value.details()
+
+    def listed(*flags: str) -> str:
+        result = tessera_cli("--json", "runs", "ls", "--experiment", "mlsearch", *flags)
+        assert result.code == 0, result.err
+        return "".join(names[r["run_id"]] for r in result.json())
+
+    assert listed("--filter", "params.model ILIKE 'RES%' and attributes.status = 'running'") == "da"
+    assert listed("--order-by", "metrics.val_loss ASC, start_time DESC") == "bavd"
+    both = tessera_cli("runs", "ls", "--order-by", "metrics.val_loss, start_time", "--desc")
+    assert both.code == EXIT_USAGE and "--asc and --desc order by one metric" in both.err
+    # A metric no run has logged, once none may log it yet, as for one metric.
+    for name in ("resnet-a", "vit-c", "d_1"):
+        training.update_run(ids[name], status="failed")
+    with pytest.raises(NotFound, match="did you mean 'val_loss'"):
+        list(training.runs("mlsearch", order_by=["metrics.val_los", "start_time"]))
 
 
 def test_runs_ls_filter_metric_and_mlflow_order(tessera_cli, client, capsys):
@@ -155,17 +295,14 @@ def test_runs_ls_filter_metric_and_mlflow_order(tessera_cli, client, capsys):
         unordered = tessera_cli("runs", "ls", flag)
         assert unordered.code == EXIT_USAGE, unordered.err
         assert f"{flag} orders by the metric --order-by names: add --order-by METRIC" in unordered.err
-    order = tessera_cli("runs", "ls", "--order-by", "metrics.a, metrics.b")
-    assert order.code == EXIT_USAGE and "--order-by: column 10: ListRuns orders by one metric" in order.err
+    assert listed("--order-by", "metrics.val_acc DESC, params.lr") == "cabd"
     bare = tessera_cli("runs", "ls", "--order-by", "val_acc DESC")
     assert bare.code == EXIT_USAGE, bare.err
     wanted = "--order-by: column 1: an order names its metric as metrics.KEY: write metrics.val_acc DESC"
     assert wanted in bare.err
-    for order in ("start_time", "start_time DESC"):
-        attribute = tessera_cli("runs", "ls", "--order-by", order)
-        assert attribute.code == EXIT_USAGE, attribute.err
-        wanted = "--order-by: column 1: start_time is a run attribute, as in MLflow, and ListRuns orders runs by a metric only"
-        assert wanted in attribute.err
+    # MLflow's bare attribute, as MLflow reads it.
+    assert listed("--order-by", "start_time") == "abcd"
+    assert listed("--order-by", "start_time DESC") == "dcba"
     with pytest.raises(SystemExit) as usage:
         tessera_cli("runs", "ls", "--metric", "val_acc~0.9")
     assert usage.value.code == EXIT_USAGE

@@ -12,6 +12,7 @@ from tessera.run_filter import (
     parse_filter,
     parse_metric_condition,
     parse_order,
+    parse_order_keys,
     parse_orders,
 )
 from tessera.v1 import training_pb2 as pb
@@ -94,7 +95,7 @@ def test_an_empty_filter_filters_nothing_and_one_value_twice_is_one_condition() 
     [
         ("metrics.val_acc ~ 0.9", 17, "expected a comparison after metrics.val_acc: <, <=, >, >=, = or !="),
         ("val_acc > 0.9", 1, "'val_acc' is not a condition; write metrics.KEY, params.KEY"),
-        ("(metrics.a > 1)", 1, "expected metrics.KEY, params.KEY, tags.KEY or attributes.status"),
+        ("(metrics.a > 1)", 1, "expected metrics.KEY, params.KEY, tags.KEY or attributes.NAME"),
         ("metrics.a > 1 or metrics.b < 2", 15, "OR is not supported (nor in MLflow's search)"),
         ("metrics.a > 1 metrics.b < 2", 15, "expected AND between two conditions"),
         ("metrics.a > 1 and ", 19, "expected a condition after AND"),
@@ -153,7 +154,23 @@ def test_an_empty_filter_filters_nothing_and_one_value_twice_is_one_condition() 
         ("metrics-a > 1", 8, "expected . and a key after metrics"),
         ("params.lr = 0.01", 13, "quote the value: params.lr = 'VALUE'"),
         ("params.lr = '0.01", 13, "the value opened here has no closing '"),
-        ("tags.team LIKE 'vis%'", 11, "tags compare with = only: ListRuns matches a tag's exact text"),
+        ("tags.team < 'vis%'", 11, "tags.team compares with =, !=, LIKE, ILIKE, IN (...) or NOT IN (...)"),
+        ("tags.team LIKE vis", 16, "quote the value: tags.team = 'VALUE'"),
+        ("params.lr IN '0.1'", 14, "expected ( and the values after IN, e.g. IN ('a', 'b')"),
+        ("params.lr NOT IN ('0.1' '0.2')", 25, "expected , and another value, or ) to close the list"),
+        ("params.lr NOT LIKE '0.1'", 11, "expected IN after NOT"),
+        (
+            "attributes.start_time > '5'",
+            25,
+            "attributes.start_time compares with a whole number of milliseconds",
+        ),
+        (
+            "attributes.end_time >= 1.5",
+            24,
+            "attributes.end_time compares with a whole number of milliseconds",
+        ),
+        ("attributes.start_time LIKE '5'", 23, "expected a comparison after attributes.start_time"),
+        ("attributes.run_name > 'a'", 21, "attributes.run_name compares with =, !=, LIKE"),
         ("params.a. = 'x'", 10, "expected the rest of the key after params.a."),
         ("params.`a`.b = 'x'", 12, "write a key with dots in backquotes: params.`a.b`"),
         ("params.lr = 'a' and params.lr = 'b'", 21, "params.lr is already compared with 'a'"),
@@ -172,9 +189,10 @@ def test_an_empty_filter_filters_nothing_and_one_value_twice_is_one_condition() 
         ("attributes.status IN ('failed' 'running')", 32, "expected , and another status, or ) to close"),
         ("attributes.status NOT 'failed'", 19, "expected IN after NOT"),
         (
-            "attributes.start_time > 5",
+            "attributes.user_id = 'me'",
             1,
-            "attributes.start_time cannot be filtered: ListRuns filters attributes by status only",
+            "attributes.user_id cannot be filtered: ListRuns filters attributes status, run_name, run_id, "
+            "start_time, end_time",
         ),
         (
             "attributes.status = 'failed' and attributes.status = 'running'",
@@ -197,8 +215,8 @@ def test_orders_read_a_metric_its_field_and_direction() -> None:
     assert parse_order("metrics.val_loss") == RunOrderBy("val_loss", pb.SUMMARY_FIELD_UNSPECIFIED, None)
     assert parse_order(" metrics.acc desc ") == RunOrderBy("acc", pb.SUMMARY_FIELD_UNSPECIFIED, True)
     assert parse_order("metric.`a.b`.max ASC") == RunOrderBy("a.b", pb.SUMMARY_FIELD_MAX, False)
-    assert parse_orders(["metrics.acc DESC"]) == RunOrderBy("acc", pb.SUMMARY_FIELD_UNSPECIFIED, True)
-    assert parse_orders([]) is None and parse_orders("") is None
+    assert parse_orders(["metrics.acc DESC"]) == [RunOrderBy("acc", pb.SUMMARY_FIELD_UNSPECIFIED, True)]
+    assert parse_orders([]) == [] and parse_orders("") == []
     assert is_order_string("metrics.acc") and is_order_string("Tags.x")
     assert not is_order_string("val_loss") and not is_order_string("train.loss")
 
@@ -222,28 +240,21 @@ def test_a_metric_key_with_dots_is_read_whole_in_backquotes_and_an_aggregate_aft
 @pytest.mark.parametrize(
     ("text", "column", "reason"),
     [
-        (
-            "metrics.a DESC, metrics.b",
-            15,
-            "ListRuns orders by one metric: leave out the orders after the first",
-        ),
-        ("metrics.a, metrics.b", 10, "ListRuns orders by one metric"),
-        ("metrics.a sideways", 11, "expected ASC or DESC, or the end of the order"),
+        ("metrics.a DESC,", 16, "expected a key after the comma"),
+        ("metrics.a DESC metrics.b", 16, "expected a comma and the next key, or the end of the order"),
+        ("metrics.a sideways", 11, "expected ASC or DESC, a comma and the next key, or the end of the order"),
+        ("metrics.a, tags.team", 12, "runs are ordered by metrics, params and attributes, not by tags"),
+        ("attributes.run_id DESC", 1, "attributes.run_id orders nothing: ListRuns orders by attributes"),
+        ("metrics.a, run_id", 12, "run_id is a run attribute, as in MLflow, that ListRuns does not order by"),
         ("metrics.val-loss DESC", 12, "a key with - in it goes in backquotes: metrics.`val-loss`"),
-        ("attributes.start_time DESC", 1, "ListRuns orders runs by a metric only"),
         (
             " desc",
             2,
-            "desc is a direction alone: write the metric before it, metrics.KEY DESC (ListRuns orders "
-            "runs by a metric only; without an order they come newest first)",
+            "desc is a direction alone: write the key before it, metrics.KEY DESC (or params.KEY, or an "
+            "attribute such as start_time)",
         ),
-        ("ASC", 1, "ASC is a direction alone: write the metric before it, metrics.KEY ASC"),
-        (
-            "run.loss ASC",
-            1,
-            "ListRuns orders runs by a metric only (metrics.KEY [ASC|DESC]); without an "
-            "order they come newest first (a metric named run.loss is metrics.`run.loss`)",
-        ),
+        ("ASC", 1, "ASC is a direction alone: write the key before it, metrics.KEY ASC"),
+        ("run.loss ASC", 1, "attributes.loss orders nothing: ListRuns orders by attributes start_time,"),
     ],
 )
 def test_an_order_mistake_names_its_column(text: str, column: int, reason: str) -> None:
@@ -252,9 +263,46 @@ def test_an_order_mistake_names_its_column(text: str, column: int, reason: str) 
     assert (info.value.column, info.value.reason[: len(reason)]) == (column, reason)
 
 
-def test_more_than_one_order_is_refused() -> None:
-    with pytest.raises(ValueError, match="ListRuns orders by one metric, 2 orders given"):
-        parse_orders(["metrics.a ASC", "metrics.b DESC"])
+def test_an_order_of_several_keys_reads_each_with_its_direction() -> None:
+    unset = pb.SUMMARY_FIELD_UNSPECIFIED
+    both = [RunOrderBy("val_loss", unset, False), RunOrderBy("start_time", unset, True, "attributes")]
+    assert parse_orders(["metrics.val_loss ASC", "start_time DESC"]) == both
+    assert parse_orders("metrics.val_loss ASC, attributes.start_time DESC") == both
+    assert parse_order_keys("params.`optimizer.lr`, run_name, Created, attribute.status DESC") == [
+        RunOrderBy("optimizer.lr", unset, None, "params"),
+        RunOrderBy("run_name", unset, None, "attributes"),
+        RunOrderBy("start_time", unset, None, "attributes"),
+        RunOrderBy("status", unset, True, "attributes"),
+    ]
+    assert is_order_string("val_loss, start_time")
+
+
+def test_like_in_and_times_go_to_text_and_time_conditions() -> None:
+    found = parse_filter(
+        "params.model LIKE 'res%' and tags.team ILIKE '_IS%' and params.lr IN ('0.1', \"0.2\") and "
+        "tags.t NOT IN ('a') and params.opt != 'sgd' and attributes.run_name = 'best' and "
+        "attributes.start_time >= 1700000000000 and attributes.end_time < 1800000000000 and params.x = '1'"
+    )
+    text = pb.TextFilter
+    assert list(found.texts) == [
+        text(entity=pb.TEXT_ENTITY_PARAM, key="model", match=pb.TEXT_MATCH_LIKE, values=["res%"]),
+        text(entity=pb.TEXT_ENTITY_TAG, key="team", match=pb.TEXT_MATCH_ILIKE, values=["_IS%"]),
+        text(entity=pb.TEXT_ENTITY_PARAM, key="lr", match=pb.TEXT_MATCH_IN, values=["0.1", "0.2"]),
+        text(entity=pb.TEXT_ENTITY_TAG, key="t", match=pb.TEXT_MATCH_NOT_IN, values=["a"]),
+        text(entity=pb.TEXT_ENTITY_PARAM, key="opt", match=pb.TEXT_MATCH_NE, values=["sgd"]),
+        text(entity=pb.TEXT_ENTITY_ATTRIBUTE, key="run_name", match=pb.TEXT_MATCH_EQ, values=["best"]),
+    ]
+    assert list(found.times) == [
+        pb.TimeFilter(attribute="start_time", op=pb.COMPARISON_GE, value_ms=1700000000000),
+        pb.TimeFilter(attribute="end_time", op=pb.COMPARISON_LT, value_ms=1800000000000),
+    ]
+    assert found.params == {"x": "1"}
+    with pytest.raises(RunFilterError) as info:
+        parse_filter("params.m LIKE '" + "%" * 501 + "'")
+    assert (info.value.column, info.value.reason) == (
+        15,
+        "a LIKE pattern is at most 500 characters, this one is 501",
+    )
 
 
 def test_the_short_metric_condition_keeps_its_key_as_written() -> None:
@@ -290,25 +338,28 @@ def test_an_order_with_a_direction_names_its_metric_as_mlflow_does(text: str, su
 
 
 @pytest.mark.parametrize(
-    ("text", "written", "suggested"),
+    ("text", "key", "descending"),
     [
-        ("start_time", "start_time", "metrics.start_time"),
-        ("end_time", "end_time", "metrics.end_time"),
-        ("start_time DESC", "start_time", "metrics.start_time DESC"),
-        ("Created asc", "Created", "metrics.Created ASC"),
-        ("status", "status", "metrics.status"),
+        ("start_time", "start_time", None),
+        ("end_time", "end_time", None),
+        ("start_time DESC", "start_time", True),
+        ("Created asc", "start_time", False),  # MLflow's alias
+        ("status", "status", None),
     ],
 )
-def test_an_order_on_a_run_attribute_is_refused_as_mlflow_reads_it(
-    text: str, written: str, suggested: str
+def test_a_bare_run_attribute_orders_by_the_attribute_as_mlflow_reads_it(
+    text: str, key: str, descending: bool | None
 ) -> None:
-    # MLflow reads a bare start_time as the run attribute; it was read as a metric no run has,
-    # and the runs came in no order the caller asked for.
     assert is_order_string(text)
+    assert parse_order(text) == RunOrderBy(key, pb.SUMMARY_FIELD_UNSPECIFIED, descending, "attributes")
+
+
+@pytest.mark.parametrize("written", ["run_id", "user_id DESC", "artifact_uri"])
+def test_an_order_on_a_run_attribute_listruns_cannot_order_by_is_refused(written: str) -> None:
     with pytest.raises(RunFilterError) as info:
-        parse_order(text)
+        parse_order(written)
+    name = written.split()[0]
     assert info.value.column == 1
-    assert info.value.reason == (
-        f"{written} is a run attribute, as in MLflow, and ListRuns orders runs by a metric only: leave "
-        f"the order out for runs newest first, or write {suggested} for a metric of that name"
+    assert info.value.reason.startswith(
+        f"{name} is a run attribute, as in MLflow, that ListRuns does not order by"
     )

@@ -88,7 +88,21 @@ _KEY = re.compile(r"\w+")  # letters of any script, digits and _
 # Characters MLflow's keys often hold (train/loss, batch-size) that end a key unquoted here.
 _KEY_PUNCTUATION = ("-", "/", ":")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-_CONDITIONS = "metrics.KEY, params.KEY, tags.KEY or attributes.status"
+_CONDITIONS = "metrics.KEY, params.KEY, tags.KEY or attributes.NAME"
+_TEXT_ATTRIBUTES = ("run_name", "run_id")
+_TIME_ATTRIBUTES = ("start_time", "end_time")
+_FILTER_ATTRIBUTES = ("status", *_TEXT_ATTRIBUTES, *_TIME_ATTRIBUTES)
+# The run attributes ListRuns orders by, and MLflow's alias of start_time.
+_ORDER_ATTRIBUTES = ("start_time", "end_time", "run_name", "status")
+_ATTRIBUTE_ALIASES = {"created": "start_time"}
+_TEXT_ENTITIES = {
+    "params": pb.TEXT_ENTITY_PARAM,
+    "tags": pb.TEXT_ENTITY_TAG,
+    "attributes": pb.TEXT_ENTITY_ATTRIBUTE,
+}
+# As the daemon bounds a LIKE pattern (its matching costs up to value x pattern steps).
+MAX_LIKE_PATTERN = 500
+_MILLISECONDS = re.compile(r"[0-9]+")
 
 
 class RunFilterError(ValueError):
@@ -107,15 +121,28 @@ class RunFilter:
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     metrics: list[pb.MetricFilter] = field(default_factory=list)
+    # LIKE, ILIKE, IN, NOT IN and != on params and tags, and conditions on run_name and run_id.
+    texts: list[pb.TextFilter] = field(default_factory=list)
+    times: list[pb.TimeFilter] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class RunOrderBy:
-    """An order string as ListRuns' RunOrder."""
+    """One key of an order string as ListRuns' RunOrder."""
 
-    metric: str
-    field: pb.SummaryField.ValueType  # UNSPECIFIED when not given: the last value
+    key: str
+    field: pb.SummaryField.ValueType  # UNSPECIFIED when not given: the last value (metrics only)
     descending: bool | None  # None: not written (ascending, as MLflow's, unless told otherwise)
+    entity: str = "metrics"  # metrics, params or attributes
+
+    def to_proto(self) -> pb.RunOrder:
+        """As one of ListRunsRequest.order_keys: ascending unless DESC was written."""
+        order = pb.RunOrder(field=self.field)
+        setattr(
+            order, {"metrics": "metric", "params": "param", "attributes": "attribute"}[self.entity], self.key
+        )
+        order.direction = pb.SORT_DIRECTION_DESCENDING if self.descending else pb.SORT_DIRECTION_ASCENDING
+        return order
 
 
 class _Scanner:
@@ -324,7 +351,8 @@ def _status_condition(scan: _Scanner, operand: _Operand) -> set[str]:
     """The statuses `attributes.status OP ...` lets through."""
     if operand.key != "status":
         raise scan.fail(
-            f"attributes.{operand.key} cannot be filtered: ListRuns filters attributes by status only",
+            f"attributes.{operand.key} cannot be filtered: ListRuns filters attributes "
+            f"{', '.join(_FILTER_ATTRIBUTES)}",
             operand.start,
         )
     scan.space()
@@ -345,24 +373,87 @@ def _status_condition(scan: _Scanner, operand: _Operand) -> set[str]:
     return set(RUN_STATUSES) - {status} if op == "!=" else {status}
 
 
-def _text_condition(scan: _Scanner, operand: _Operand, kept: dict[str, str]) -> None:
+def _text_list(scan: _Scanner, operand: _Operand, word: str) -> list[str]:
+    scan.space()
+    if not scan.take("("):
+        raise scan.fail(f"expected ( and the values after {word}, e.g. {word} ('a', 'b')")
+    values = [_text(scan, operand)]
+    while True:
+        scan.space()
+        if scan.take(")"):
+            return values
+        if not scan.take(","):
+            raise scan.fail("expected , and another value, or ) to close the list")
+        values.append(_text(scan, operand))
+
+
+def _text_condition(scan: _Scanner, operand: _Operand, found: RunFilter) -> None:
+    """A param's, tag's, run_name's or run_id's condition: = and a param or tag into
+    found.params or found.tags (as ListRuns has long taken them), the others into found.texts."""
     scan.space()
     at = scan.at
-    if _comparison(scan) != "=":
-        singular = operand.entity[:-1]
+    column = f"{operand.entity}.{operand.key}"
+    word = scan.peek_word().upper()
+    if word in ("LIKE", "ILIKE", "IN", "NOT"):
+        scan.match(_WORD)
+        if word == "NOT":
+            scan.space()
+            if scan.match(_WORD).upper() != "IN":
+                raise scan.fail("expected IN after NOT", at)
+            word = "NOT_IN"
+        if word in ("IN", "NOT_IN"):
+            values = _text_list(scan, operand, word.replace("_", " "))
+        else:
+            scan.space()
+            value_at = scan.at
+            values = [_text(scan, operand)]
+            if len(values[0]) > MAX_LIKE_PATTERN:
+                raise scan.fail(
+                    f"a {word} pattern is at most {MAX_LIKE_PATTERN} characters, this one is {len(values[0]):,}",
+                    value_at,
+                )
+        match = getattr(pb, f"TEXT_MATCH_{word}")
+    else:
+        op = _comparison(scan)
+        if op not in ("=", "!="):
+            raise scan.fail(f"{column} compares with =, !=, LIKE, ILIKE, IN (...) or NOT IN (...)", at)
+        value = _text(scan, operand)
+        if op == "=" and operand.entity != "attributes":
+            kept = found.params if operand.entity == "params" else found.tags
+            if kept.get(operand.key, value) != value:
+                raise scan.fail(
+                    f"{column} is already compared with {kept[operand.key]!r}; "
+                    "a run has one value, so no run matches both",
+                    operand.start,
+                )
+            kept[operand.key] = value
+            return
+        values = [value]
+        match = pb.TEXT_MATCH_EQ if op == "=" else pb.TEXT_MATCH_NE
+    found.texts.append(
+        pb.TextFilter(entity=_TEXT_ENTITIES[operand.entity], key=operand.key, match=match, values=values)
+    )
+
+
+def _time_condition(scan: _Scanner, operand: _Operand) -> pb.TimeFilter:
+    """`attributes.start_time OP MILLISECONDS` (since the epoch, as MLflow's times)."""
+    scan.space()
+    at = scan.at
+    op = _comparison(scan)
+    if not op:
+        raise scan.fail(f"expected a comparison after attributes.{operand.key}: <, <=, >, >=, = or !=", at)
+    scan.space()
+    value_at = scan.at
+    text = scan.match(_MILLISECONDS)
+    if not text or scan.peek_word() or scan.text[scan.at : scan.at + 1] in (".", "'", '"'):
         raise scan.fail(
-            f"{operand.entity} compare with = only: ListRuns matches a {singular}'s exact text, "
-            f"e.g. {operand.entity}.{operand.key} = 'VALUE'",
-            at,
+            f"attributes.{operand.key} compares with a whole number of milliseconds since the epoch, "
+            "e.g. 1700000000000",
+            value_at,
         )
-    value = _text(scan, operand)
-    if kept.get(operand.key, value) != value:
-        raise scan.fail(
-            f"{operand.entity}.{operand.key} is already compared with {kept[operand.key]!r}; "
-            "a run has one value, so no run matches both",
-            operand.start,
-        )
-    kept[operand.key] = value
+    if int(text) >= 2**63:
+        raise scan.fail(f"{text} is past the largest time", value_at)
+    return pb.TimeFilter(attribute=operand.key, op=_COMPARISONS[op], value_ms=int(text))
 
 
 def parse_filter(text: str) -> RunFilter:
@@ -389,13 +480,17 @@ def parse_filter(text: str) -> RunFilter:
                     value=value,
                 )
             )
+        elif operand.entity == "attributes" and operand.key in _TIME_ATTRIBUTES:
+            found.times.append(_time_condition(scan, operand))
+        elif operand.entity == "attributes" and operand.key in _TEXT_ATTRIBUTES:
+            _text_condition(scan, operand, found)
         elif operand.entity == "attributes":
             allowed = _status_condition(scan, operand)
             statuses = allowed if statuses is None else statuses & allowed
             if not statuses:
                 raise scan.fail("no run status meets every condition on attributes.status", operand.start)
         else:
-            _text_condition(scan, operand, found.params if operand.entity == "params" else found.tags)
+            _text_condition(scan, operand, found)
         if scan.done():
             break
         joiner_at = scan.at
@@ -433,60 +528,96 @@ def parse_metric_condition(text: str) -> pb.MetricFilter:
     return pb.MetricFilter(key=key, field=pb.SUMMARY_FIELD_LAST, op=_COMPARISONS[op], value=value)
 
 
-def parse_order(text: str) -> RunOrderBy:
-    """An order string, `metrics.KEY[.FIELD] [ASC|DESC]`, as ListRuns' RunOrder."""
-    scan = _Scanner(text)
-    if scan.done():
-        raise scan.fail("the order is empty; write metrics.KEY, then ASC or DESC if you choose")
-    if scan.peek_word().lower() not in _ENTITIES:
-        raise _unnamed_order(scan)
-    operand = _operand(scan, "metrics.KEY, then ASC or DESC")
-    if operand.entity != "metrics":
-        written = text[operand.start : scan.at]
-        raise scan.fail(
-            "ListRuns orders runs by a metric only (metrics.KEY [ASC|DESC]); without an order they "
-            f"come newest first (a metric named {written} is metrics.`{written}`)",
-            operand.start,
-        )
+def _order_key(scan: _Scanner) -> RunOrderBy:
+    """One key of an order: `metrics.KEY[.FIELD]`, `params.KEY`, `attributes.NAME` or a bare
+    attribute's NAME (as MLflow reads start_time), then ASC or DESC if written."""
+    scan.space()
+    start = scan.at
+    word = scan.peek_word()
+    after = scan.text[start + len(word) : start + len(word) + 1]
+    entity = _ENTITIES.get(word.lower()) if after == "." else None
+    if entity is None:
+        name = _ATTRIBUTE_ALIASES.get(word.lower(), word.lower())
+        if not word or name not in _ORDER_ATTRIBUTES or (after and not after.isspace() and after != ","):
+            raise _unnamed_order(scan)
+        scan.match(_WORD)
+        key, field_name = name, ""
+        entity = "attributes"
+    else:
+        operand = _operand(scan, "metrics.KEY, params.KEY or attributes.NAME, then ASC or DESC")
+        key, field_name = operand.key, operand.field
+        if entity == "tags":
+            raise scan.fail("runs are ordered by metrics, params and attributes, not by tags", start)
+        if entity == "attributes":
+            key = _ATTRIBUTE_ALIASES.get(key.lower(), key)
+            if key not in _ORDER_ATTRIBUTES:
+                raise scan.fail(
+                    f"attributes.{operand.key} orders nothing: ListRuns orders by attributes "
+                    f"{', '.join(_ORDER_ATTRIBUTES)}",
+                    start,
+                )
     descending: bool | None = None
-    if not scan.done():
-        at = scan.at
+    scan.space()
+    at = scan.at
+    if not scan.done() and not scan.text.startswith(",", at):
         direction = scan.match(_WORD).upper()
         if direction not in _DIRECTIONS:
-            if scan.take(","):
-                raise scan.fail("ListRuns orders by one metric: leave out the orders after the first", at)
-            raise scan.fail("expected ASC or DESC, or the end of the order", at)
+            raise scan.fail("expected ASC or DESC, a comma and the next key, or the end of the order", at)
         descending = direction == "DESC"
-        if not scan.done():
-            raise scan.fail("ListRuns orders by one metric: leave out the orders after the first")
-    field = _FIELDS[operand.field] if operand.field else pb.SUMMARY_FIELD_UNSPECIFIED
-    return RunOrderBy(operand.key, field, descending)
+    field = _FIELDS[field_name] if field_name else pb.SUMMARY_FIELD_UNSPECIFIED
+    return RunOrderBy(key, field, descending, entity)
+
+
+def parse_order_keys(text: str) -> list[RunOrderBy]:
+    """An order string of one or more keys apart by commas, e.g. `metrics.val_loss ASC,
+    start_time DESC`: the first decides first, the next between runs equal in it, and so on."""
+    scan = _Scanner(text)
+    if scan.done():
+        raise scan.fail(
+            "the order is empty; write metrics.KEY, params.KEY or an attribute, then ASC or DESC if you choose"
+        )
+    keys = [_order_key(scan)]
+    while not scan.done():
+        if not scan.take(","):
+            raise scan.fail("expected a comma and the next key, or the end of the order")
+        if scan.done():
+            raise scan.fail("expected a key after the comma")
+        keys.append(_order_key(scan))
+    return keys
+
+
+def parse_order(text: str) -> RunOrderBy:
+    """An order string of one key (see parse_order_keys)."""
+    keys = parse_order_keys(text)
+    if len(keys) > 1:
+        raise RunFilterError(text, text.index(",") + 1, "expected one key: use parse_order_keys for more")
+    return keys[0]
 
 
 def _unnamed_order(scan: _Scanner) -> RunFilterError:
-    """The error for an order whose metric lacks `metrics.`, such as "val_loss DESC", or that
-    names a run attribute, such as MLflow's "start_time DESC"."""
-    *name, last = scan.text.split()
+    """The error for an order key whose metric lacks `metrics.`, such as "val_loss DESC", or a
+    run attribute that orders nothing, such as run_id."""
+    rest = scan.text[scan.at :].split(",", 1)[0]
+    *name, last = rest.split() or [""]
     if not name and last.upper() in _DIRECTIONS:
         return scan.fail(
-            f"{last} is a direction alone: write the metric before it, metrics.KEY {last.upper()} "
-            "(ListRuns orders runs by a metric only; without an order they come newest first)"
+            f"{last} is a direction alone: write the key before it, metrics.KEY {last.upper()} (or "
+            "params.KEY, or an attribute such as start_time)"
         )
     direction = f" {last.upper()}" if name and last.upper() in _DIRECTIONS else ""
-    written = scan.text.strip()
+    written = rest.strip()
     if direction:
         written = written[: -len(last)].rstrip()
     quoted = _KEY.fullmatch(written) or written.startswith("`")
     key = written if quoted else "`" + written.replace("`", "``") + "`"
     if written.lower() in _RUN_ATTRIBUTES:
         return scan.fail(
-            f"{written} is a run attribute, as in MLflow, and ListRuns orders runs by a metric only: "
-            f"leave the order out for runs newest first, or write metrics.{key}{direction} for a metric "
-            "of that name"
+            f"{written} is a run attribute, as in MLflow, that ListRuns does not order by: use one of "
+            f"{', '.join(_ORDER_ATTRIBUTES)}, or write metrics.{key}{direction} for a metric of that name"
         )
     return scan.fail(
-        f"an order names its metric as metrics.KEY: write metrics.{key}{direction} (ListRuns orders "
-        "runs by a metric only; without an order they come newest first)"
+        f"an order names its metric as metrics.KEY: write metrics.{key}{direction} (or params.KEY, or an "
+        f"attribute: {', '.join(_ORDER_ATTRIBUTES)})"
     )
 
 
@@ -498,19 +629,15 @@ def is_order_string(text: str) -> bool:
     entity, dot, _ = text.strip().partition(".")
     words = text.split()
     return (
-        (bool(dot) and entity.lower() in _ENTITIES)
+        "," in text
+        or (bool(dot) and entity.lower() in _ENTITIES)
         or (len(words) > 1 and words[-1].upper() in _DIRECTIONS)
         or (len(words) == 1 and words[0].lower() in _RUN_ATTRIBUTES)
     )
 
 
-def parse_orders(orders: str | Iterable[str]) -> RunOrderBy | None:
-    """MLflow's order_by, a string or a list of at most one; None for no order."""
+def parse_orders(orders: str | Iterable[str]) -> list[RunOrderBy]:
+    """MLflow's order_by, a string or a list of them, each of one key or more apart by commas;
+    [] for no order."""
     given = [orders] if isinstance(orders, str) else list(orders)
-    given = [o for o in given if o.strip()]
-    if len(given) > 1:
-        raise ValueError(
-            f"order_by: ListRuns orders by one metric, {len(given)} orders given; give one, e.g. "
-            "'metrics.val_loss ASC'"
-        )
-    return parse_order(given[0]) if given else None
+    return [key for text in given if text.strip() for key in parse_order_keys(text)]

@@ -258,31 +258,39 @@ def _add_filter(request: pb.ListRunsRequest, found: RunFilter) -> None:
     request.params.extend(pb.ParamFilter(key=k, value=v) for k, v in found.params.items())
     request.tags.extend(pb.TagFilter(key=k, value=v) for k, v in found.tags.items())
     request.metrics.extend(found.metrics)
+    request.texts.extend(found.texts)
+    request.times.extend(found.times)
 
 
 def _run_order(
     order_by: str | Sequence[str], descending: bool | None, order_field: str | int | None
-) -> pb.RunOrder | None:
-    """ListRuns' order from a metric's name or MLflow's order string, and the direction and
-    summary field given beside it; ValueError where both say the same thing, or where either is
-    given without an order to apply to. Without a direction, a metric's name takes the metric's
-    own (the daemon's default), an order string ascending, as MLflow's search_runs does."""
+) -> tuple[pb.RunOrder | None, list[pb.RunOrder]]:
+    """ListRuns' order from a metric's name or MLflow's order strings, and the direction and
+    summary field given beside it: (order_by, None) for one metric, as ListRuns has long taken
+    it, else (None, order_keys). ValueError where both say the same thing, or where either is
+    given without one metric to apply to. Without a direction, a metric's name takes the
+    metric's own (the daemon's default), an order string ascending, as MLflow's search_runs does."""
     orders = [order_by] if isinstance(order_by, str) else list(order_by)
     named = len(orders) == 1 and not is_order_string(orders[0])
     if named:
-        parsed = RunOrderBy(orders[0], pb.SUMMARY_FIELD_UNSPECIFIED, None) if orders[0] else None
+        keys = [RunOrderBy(orders[0], pb.SUMMARY_FIELD_UNSPECIFIED, None)] if orders[0] else []
     else:
-        parsed = parse_orders(orders)
-    if parsed is None:
+        keys = parse_orders(orders)
+    if len(keys) != 1 or keys[0].entity != "metrics":
         for name, value in (("descending", descending), ("order_field", order_field)):
             if value is not None:
-                raise ValueError(f"{name}= applies to the metric order_by names: give order_by too")
-        return None
+                if not keys:
+                    raise ValueError(f"{name}= applies to the metric order_by names: give order_by too")
+                raise ValueError(
+                    f"{name}= applies to an order_by of one metric: write ASC or DESC after each key in order_by"
+                )
+        return None, [key.to_proto() for key in keys]
+    parsed = keys[0]
     if parsed.descending is not None and descending is not None:
         raise ValueError(f"order_by {orders[0]!r} gives its direction: leave out descending=")
     if parsed.field != pb.SUMMARY_FIELD_UNSPECIFIED and order_field is not None:
         raise ValueError(f"order_by {orders[0]!r} names the summary field: leave out order_field=")
-    order = pb.RunOrder(metric=parsed.metric, field=parsed.field)
+    order = pb.RunOrder(metric=parsed.key, field=parsed.field)
     if order_field is not None:
         order.field = enum_value(pb.SummaryField, "SUMMARY_FIELD_", order_field)
     direction = parsed.descending if parsed.descending is not None else descending
@@ -290,7 +298,7 @@ def _run_order(
         direction = False
     if direction is not None:
         order.direction = pb.SORT_DIRECTION_DESCENDING if direction else pb.SORT_DIRECTION_ASCENDING
-    return order
+    return order, []
 
 
 class WatchCursor(SeqCursor):
@@ -1111,9 +1119,10 @@ class Training(Part[C]):
         )
         if filter:
             _add_filter(request, parse_filter(filter))
-        order = _run_order(order_by, descending, order_field)
+        order, order_keys = _run_order(order_by, descending, order_field)
         if order is not None:
             request.order_by.CopyFrom(order)
+        request.order_keys.extend(order_keys)
 
         def page(token: str) -> Op[pb.ListRunsResponse]:
             paged = pb.ListRunsRequest()

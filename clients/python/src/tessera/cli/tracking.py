@@ -30,7 +30,7 @@ from tessera.run_filter import (
     RunFilterError,
     is_order_string,
     parse_filter,
-    parse_order,
+    parse_order_keys,
 )
 from tessera.state_words import number_word
 from tessera.sweep_commands import short_value
@@ -54,7 +54,7 @@ def check_run_search(args: argparse.Namespace) -> None:
     except RunFilterError as err:
         raise UsageError(f"--filter: {err}") from None
     try:
-        order = parse_order(args.order_by) if args.order_by and is_order_string(args.order_by) else None
+        keys = parse_order_keys(args.order_by) if args.order_by and is_order_string(args.order_by) else []
     except RunFilterError as err:
         raise UsageError(f"--order-by: {err}") from None
     for flag, given, written, in_filter in (
@@ -70,7 +70,11 @@ def check_run_search(args: argparse.Namespace) -> None:
     if args.descending is not None and not args.order_by:
         flag = "--desc" if args.descending else "--asc"
         raise UsageError(f"{flag} orders by the metric --order-by names: add --order-by METRIC")
-    if order is not None and order.descending is not None and args.descending is not None:
+    if args.descending is not None and (len(keys) > 1 or any(k.entity != "metrics" for k in keys)):
+        raise UsageError(
+            "--asc and --desc order by one metric: write ASC or DESC after each key in --order-by"
+        )
+    if keys and keys[0].descending is not None and args.descending is not None:
         raise UsageError(f"--order-by {args.order_by!r} gives its direction: leave out --asc and --desc")
 
 

@@ -164,6 +164,57 @@ SORT_DIRECTION_ASCENDING: SortDirection.ValueType  # 1
 SORT_DIRECTION_DESCENDING: SortDirection.ValueType  # 2
 Global___SortDirection: _TypeAlias = SortDirection  # noqa: Y015
 
+class _TextMatch:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TextMatchEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TextMatch.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TEXT_MATCH_UNSPECIFIED: _TextMatch.ValueType  # 0
+    TEXT_MATCH_EQ: _TextMatch.ValueType  # 1
+    TEXT_MATCH_NE: _TextMatch.ValueType  # 2
+    TEXT_MATCH_LIKE: _TextMatch.ValueType  # 3
+    """SQL's LIKE: % any run of characters, _ any one character; case-sensitive."""
+    TEXT_MATCH_ILIKE: _TextMatch.ValueType  # 4
+    """LIKE, case-insensitive."""
+    TEXT_MATCH_IN: _TextMatch.ValueType  # 5
+    TEXT_MATCH_NOT_IN: _TextMatch.ValueType  # 6
+
+class TextMatch(_TextMatch, metaclass=_TextMatchEnumTypeWrapper):
+    """How a TextFilter compares a param's, tag's or attribute's text; runs without the key match none."""
+
+TEXT_MATCH_UNSPECIFIED: TextMatch.ValueType  # 0
+TEXT_MATCH_EQ: TextMatch.ValueType  # 1
+TEXT_MATCH_NE: TextMatch.ValueType  # 2
+TEXT_MATCH_LIKE: TextMatch.ValueType  # 3
+"""SQL's LIKE: % any run of characters, _ any one character; case-sensitive."""
+TEXT_MATCH_ILIKE: TextMatch.ValueType  # 4
+"""LIKE, case-insensitive."""
+TEXT_MATCH_IN: TextMatch.ValueType  # 5
+TEXT_MATCH_NOT_IN: TextMatch.ValueType  # 6
+Global___TextMatch: _TypeAlias = TextMatch  # noqa: Y015
+
+class _TextEntity:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TextEntityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TextEntity.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TEXT_ENTITY_UNSPECIFIED: _TextEntity.ValueType  # 0
+    TEXT_ENTITY_PARAM: _TextEntity.ValueType  # 1
+    TEXT_ENTITY_TAG: _TextEntity.ValueType  # 2
+    TEXT_ENTITY_ATTRIBUTE: _TextEntity.ValueType  # 3
+    """key: run_name or run_id."""
+
+class TextEntity(_TextEntity, metaclass=_TextEntityEnumTypeWrapper): ...
+
+TEXT_ENTITY_UNSPECIFIED: TextEntity.ValueType  # 0
+TEXT_ENTITY_PARAM: TextEntity.ValueType  # 1
+TEXT_ENTITY_TAG: TextEntity.ValueType  # 2
+TEXT_ENTITY_ATTRIBUTE: TextEntity.ValueType  # 3
+"""key: run_name or run_id."""
+Global___TextEntity: _TypeAlias = TextEntity  # noqa: Y015
+
 class _SweepStrategy:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -1741,6 +1792,9 @@ Global___TagFilter: _TypeAlias = TagFilter  # noqa: Y015
 class RunOrder(_message.Message):
     """Runs ordered by one value of a metric's summary; runs without the metric come last. Runs
     with equal values are newest first, so pages neither skip nor repeat a run.
+
+    In ListRunsRequest.order_keys, a RunOrder names exactly one of metric, param or attribute
+    (start_time, end_time, run_name or status); its direction unset there is ascending, as MLflow's.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1748,23 +1802,92 @@ class RunOrder(_message.Message):
     METRIC_FIELD_NUMBER: _builtins.int
     FIELD_FIELD_NUMBER: _builtins.int
     DIRECTION_FIELD_NUMBER: _builtins.int
+    PARAM_FIELD_NUMBER: _builtins.int
+    ATTRIBUTE_FIELD_NUMBER: _builtins.int
     metric: _builtins.str
     field: Global___SummaryField.ValueType
     direction: Global___SortDirection.ValueType
+    param: _builtins.str
+    """Params compare as text."""
+    attribute: _builtins.str
     def __init__(
         self,
         *,
         metric: _builtins.str = ...,
         field: Global___SummaryField.ValueType = ...,
         direction: Global___SortDirection.ValueType = ...,
+        param: _builtins.str = ...,
+        attribute: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["direction", b"direction", "field", b"field", "metric", b"metric"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute", b"attribute", "direction", b"direction", "field", b"field", "metric", b"metric", "param", b"param"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunOrder: _TypeAlias = RunOrder  # noqa: Y015
+
+@_typing.final
+class TextFilter(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITY_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    MATCH_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    entity: Global___TextEntity.ValueType
+    key: _builtins.str
+    match: Global___TextMatch.ValueType
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One value; for IN and NOT_IN one or more. A param's EQ, NE, IN and NOT_IN compare numbers
+        as numbers, as ParamFilter does.
+        """
+
+    def __init__(
+        self,
+        *,
+        entity: Global___TextEntity.ValueType = ...,
+        key: _builtins.str = ...,
+        match: Global___TextMatch.ValueType = ...,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity", b"entity", "key", b"key", "match", b"match", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextFilter: _TypeAlias = TextFilter  # noqa: Y015
+
+@_typing.final
+class TimeFilter(_message.Message):
+    """A run's start_time or end_time against a time in milliseconds since the epoch, as MLflow's.
+    A run that has not ended has no end_time and matches no condition on it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTRIBUTE_FIELD_NUMBER: _builtins.int
+    OP_FIELD_NUMBER: _builtins.int
+    VALUE_MS_FIELD_NUMBER: _builtins.int
+    attribute: _builtins.str
+    op: Global___Comparison.ValueType
+    value_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        attribute: _builtins.str = ...,
+        op: Global___Comparison.ValueType = ...,
+        value_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute", b"attribute", "op", b"op", "value_ms", b"value_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeFilter: _TypeAlias = TimeFilter  # noqa: Y015
 
 @_typing.final
 class ListRunsRequest(_message.Message):
@@ -1779,6 +1902,9 @@ class ListRunsRequest(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     ORDER_BY_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
+    ORDER_KEYS_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    TIMES_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     page_size: _builtins.int
     page_token: _builtins.str
@@ -1795,6 +1921,14 @@ class ListRunsRequest(_message.Message):
     def order_by(self) -> Global___RunOrder:
         """Unset: newest first."""
 
+    @_builtins.property
+    def order_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunOrder]:
+        """In place of order_by: one or more keys, the first deciding first; equal runs by run id."""
+
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextFilter]: ...
+    @_builtins.property
+    def times(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimeFilter]: ...
     def __init__(
         self,
         *,
@@ -1807,10 +1941,13 @@ class ListRunsRequest(_message.Message):
         tags: _abc.Iterable[Global___TagFilter] | None = ...,
         order_by: Global___RunOrder | None = ...,
         view: Global___LifecycleView.ValueType = ...,
+        order_keys: _abc.Iterable[Global___RunOrder] | None = ...,
+        texts: _abc.Iterable[Global___TextFilter] | None = ...,
+        times: _abc.Iterable[Global___TimeFilter] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["order_by", b"order_by"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment", "metrics", b"metrics", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "params", b"params", "statuses", b"statuses", "tags", b"tags", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment", "metrics", b"metrics", "order_by", b"order_by", "order_keys", b"order_keys", "page_size", b"page_size", "page_token", b"page_token", "params", b"params", "statuses", b"statuses", "tags", b"tags", "texts", b"texts", "times", b"times", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
