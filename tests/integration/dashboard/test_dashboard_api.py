@@ -256,6 +256,12 @@ def test_runs_take_the_sdks_filter_and_order_strings_and_refuse_unknown_query_pa
     assert [r["name"] for r in ascending.json()["runs"]] == ["b", "c", "a"]
     exact = answer(filter="params.lr = '0.2'")
     assert [r["name"] for r in exact.json()["runs"]] == ["b"]
+    listed = answer(
+        filter="params.lr IN ('0.1', '0.3') and attributes.run_name LIKE '_'", order_by="start_time DESC"
+    )
+    assert [r["name"] for r in listed.json()["runs"]] == ["c", "a"], listed.body
+    two_keys = answer(order_by="params.lr DESC, metrics.val_loss", page_size="1")
+    assert [r["name"] for r in two_keys.json()["runs"]] == ["c"] and two_keys.json()["next_page_token"]
     bad = answer(filter="metrics.val_loss < x")
     assert bad.status == 400 and "filter: column 20" in bad.json()["error"], bad.body
     bad = answer(order_by="val_loss DESC")

@@ -11,17 +11,23 @@ Filter: conditions joined by AND (any case), e.g.
 - `params.KEY = 'VALUE'` and `tags.KEY = 'VALUE'`: exact text, in single or double quotes (a quote
   inside doubled: 'it''s'); the daemon compares a param and a value that are both numbers as
   numbers ('3e-3' matches 0.003; tessera.param_values has the rule), and true and false in any case.
+  `!=`, `IN ('a', 'b')` and `NOT IN (...)` compare so too; `LIKE 'res%'` (% any run of characters,
+  _ any one; case-sensitive) and `ILIKE` (not) match the text as logged. A run without the key
+  matches none of these.
+- `attributes.run_name` and `attributes.run_id`: as a tag's text. `attributes.start_time` and
+  `attributes.end_time` OP MILLISECONDS since the epoch, as MLflow's (a run not ended has no end_time).
 - `attributes.status = 'X'`, `!= 'X'`, `IN ('X', 'Y')` or `NOT IN (...)`: a run status, or MLflow's
   FINISHED (succeeded) and KILLED (cancelled).
 - A key of other characters than letters, digits and _ goes in backquotes: metrics.`val-loss`;
   a param's or tag's may hold dots without them, as in MLflow: params.optimizer.lr.
   MLflow's other entity spellings (metric, param, parameter, tag, attribute, attr, run) work too.
 
-Order: `metrics.KEY [ASC|DESC]` (with .last, .min or .max as above); without ASC or DESC,
-ascending, as in MLflow (the SDK's runs() reads it so; a metric's name alone, order_by="val_loss",
-takes the metric's own direction instead, and no ASC or DESC). ListRuns orders by one metric,
-and by no run attribute: MLflow's start_time, end_time, status and the like, bare or with ASC or
-DESC, are refused (without an order, runs come newest first).
+Order: one key or more apart by commas (or a list of strings), each `metrics.KEY` (with .last,
+.min or .max as above), `params.KEY` (as text) or a run attribute, start_time, end_time, run_name
+or status (bare, as MLflow reads them, or attributes.NAME; created is start_time), then ASC or
+DESC; without either, ascending, as in MLflow (the SDK's runs() reads it so; a metric's name alone,
+order_by="val_loss", takes the metric's own direction instead, and no ASC or DESC). The first key
+decides first; runs lacking a key's value come after the others, and equal runs by run id.
 
 Mistakes raise RunFilterError (a ValueError) naming the column and what fits there.
 """

@@ -813,8 +813,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         metavar="FILTER",
         help="MLflow's search filter, conditions joined by AND: metrics.KEY OP NUMBER (OP <, <=, >, >=, = "
-        "or !=; metrics.KEY.min or .max for that value of the summary), params.KEY = 'VALUE', "
-        "tags.KEY = 'VALUE', attributes.status = 'STATUS' (or !=, IN (...), NOT IN (...)); backquote "
+        "or !=; metrics.KEY.min or .max for that value of the summary), params.KEY and tags.KEY "
+        "= 'VALUE' (or !=, LIKE 'res%%', ILIKE, IN ('a', 'b'), NOT IN (...)), attributes.run_name and "
+        "attributes.run_id as text, attributes.start_time and end_time OP MILLISECONDS, "
+        "attributes.status = 'STATUS' (or !=, IN (...), NOT IN (...)); backquote "
         "a key of other characters than letters, digits and _, e.g. metrics.`val-loss`, and a metric's "
         "with dots: MLflow's metrics.val.min, the metric named val.min, is metrics.`val.min` (a param's "
         "or tag's may hold dots: params.optimizer.lr = '0.001'); a param and a value that are both "
@@ -825,8 +827,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORDER",
         help="order by a metric: METRIC or MLflow's 'metrics.METRIC [ASC|DESC]' (metrics.METRIC.min or "
         ".max for that value of its summary, else the last); METRIC alone sorts lowest first for a "
-        "name with loss, error, mae, mse or mape in it, else highest first; 'metrics.METRIC' without "
-        "ASC or DESC sorts lowest first, as MLflow's (runs without it last)",
+        "name with loss, error, mae, mse or mape in it, else highest first; a key without ASC or DESC "
+        "sorts lowest first, as MLflow's (runs without it last); several keys apart by commas, each "
+        "metrics.KEY, params.KEY, start_time, end_time, run_name or status, decide in turn, e.g. "
+        "'metrics.val_loss ASC, start_time DESC' (equal runs by run id)",
     )
     direction = sub.add_mutually_exclusive_group()
     direction.add_argument(
