@@ -311,6 +311,7 @@ def run_to_proto(run: Run) -> pb.Run:
         job_id=run.job_id,
         metrics=[summary_to_proto(s) for s in run.metrics],
         metrics_left_out=run.metrics_left_out,
+        parent_run_id=run.parent_run_id,
     )
     if run.end_time:
         message.end_time.CopyFrom(timestamp(run.end_time))

@@ -242,6 +242,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             request.name,
             dict(request.params),
             dict(request.tags),
+            parent_run_id=request.parent_run_id,
         )
         return run_to_proto(run)
 

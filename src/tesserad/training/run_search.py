@@ -17,7 +17,7 @@ from tesserad.errors import InvalidArgument
 
 TEXT_MATCHES = ("eq", "ne", "like", "ilike", "in", "not_in")
 TEXT_ENTITIES = ("params", "tags", "attributes")
-TEXT_ATTRIBUTES = ("run_name", "run_id")
+TEXT_ATTRIBUTES = ("run_name", "run_id", "parent_run_id")
 TIME_ATTRIBUTES = ("start_time", "end_time")
 ORDER_ATTRIBUTES = ("start_time", "end_time", "run_name", "status")
 # A LIKE pattern's length: each % splits it into parts searched for in turn, each part a run of

@@ -114,6 +114,8 @@ MAX_ANSWERED_METRICS = 2000
 # Filters of each kind (params, tags, metric conditions) one ListRuns takes: every run listed is
 # checked against each, so their number bounds a listing's work, far above any query a person writes.
 MAX_LIST_FILTERS = 1000
+# The tag naming a nested run's parent, as MLflow's.
+PARENT_TAG = "mlflow.parentRunId"
 DEFAULT_LEADERBOARD_LIMIT = 10
 DEFAULT_HISTORY_PAGE = 10_000
 MAX_HISTORY_PAGE = 100_000
@@ -219,6 +221,7 @@ class Run:
     deleted_at: float | None = None
     # Deleted by its experiment's deletion, which a restore of the experiment undoes.
     deleted_with_experiment: bool = False
+    parent_run_id: str = ""
 
 
 @dataclass
@@ -344,6 +347,8 @@ def _run_data(run: Run) -> dict[str, Any]:
     if run.deleted_at is not None:
         data["deleted_at"] = run.deleted_at
         data["deleted_with_experiment"] = run.deleted_with_experiment
+    if run.parent_run_id:
+        data["parent_run_id"] = run.parent_run_id
     return data
 
 
@@ -736,14 +741,23 @@ class Tracking:
         tags: dict[str, str] | None = None,
         job_id: str = "",
         status: str = "running",
+        parent_run_id: str = "",
     ) -> Run:
-        """A new run; the experiment is created on first use."""
+        """A new run, nested under `parent_run_id` when given; the experiment is created on first use."""
         validate_name("experiment", experiment)
         run_id = new_id("run")
         name = name or run_id
         validate_name("name", name)
         check_entries("params", params or {}, MAX_PARAM_VALUE)
         check_entries("tags", tags or {})
+        tags = dict(tags or {})
+        if parent_run_id:
+            given = tags.setdefault(PARENT_TAG, parent_run_id)
+            if given != parent_run_id:
+                raise InvalidArgument(
+                    f"tags: {PARENT_TAG} is {given[:80]!r} but parent_run_id is {parent_run_id[:80]!r}; "
+                    "leave the tag out, it is set from parent_run_id"
+                )
         run = Run(
             run_id,
             experiment,
@@ -755,12 +769,32 @@ class Tracking:
             None,
             0,
             job_id,
+            parent_run_id=parent_run_id,
         )
         _check_run_text(run)
         with self._store.write() as txn:
+            if parent_run_id:
+                self._check_parent(txn, parent_run_id, experiment)
             self.ensure_experiment(txn, experiment)
             self.put_new_run(txn, run)
         return run
+
+    def _check_parent(self, txn: ReadTxn, parent_run_id: str, experiment: str) -> None:
+        """NotFound, InvalidArgument or FailedPrecondition unless `parent_run_id` can hold a
+        nested run of `experiment`: it exists, is of that experiment and is not deleted."""
+        raw = txn.get("runs", (parent_run_id,))
+        if raw is None:
+            raise NotFound(f"parent_run_id: run {parent_run_id[:80]!r} does not exist; ListRuns lists them")
+        parent = _run_from(decode_record(raw, "run", 1)[1])
+        if parent.experiment != experiment:
+            raise InvalidArgument(
+                f"parent_run_id: run {parent_run_id!r} is of experiment {parent.experiment!r}, not "
+                f"{experiment!r}; a nested run goes in its parent's experiment"
+            )
+        if parent.deleted_at is not None:
+            raise FailedPrecondition(
+                f"parent_run_id: run {parent_run_id!r} is deleted; restore it with RestoreRun to nest runs under it"
+            )
 
     def put_new_run(self, txn: WriteTxn, run: Run) -> None:
         if not txn.put("run_names", (run.experiment, run.name), run.run_id.encode(), overwrite=False):
@@ -1783,6 +1817,8 @@ def _text_of(run: Run, f: TextFilter) -> str | None:
         return run.params.get(f.key)
     if f.entity == "tags":
         return run.tags.get(f.key)
+    if f.key == "parent_run_id":
+        return run.parent_run_id or None
     return run.name if f.key == "run_name" else run.run_id
 
 

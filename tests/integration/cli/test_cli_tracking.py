@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from tessera.cli import EXIT_DAEMON, EXIT_USAGE
-from tessera.errors import FailedPrecondition, NotFound
+from tessera.errors import FailedPrecondition, InvalidArgument, NotFound
 from tessera.run_filter import RunFilterError
 from tessera.training import Training
 from tessera.v1 import training_pb2, training_pb2_grpc
@@ -255,6 +255,53 @@ def test_sdk_and_cli_search_with_like_in_run_attributes_and_several_order_keys(t
         training.update_run(ids[name], status="failed")
     with pytest.raises(NotFound, match="did you mean 'val_loss'"):
         list(training.runs("mlsearch", order_by=["metrics.val_los", "start_time"]))
+
+
+def test_nested_runs_name_their_parent_filter_by_it_and_list_under_it(tessera_cli, client):
+    training = client.training
+    parent = training.create_run("nest", name="sweep")
+    child = training.create_run("nest", name="trial-1", parent_run_id=parent.run_id)
+    grandchild = training.create_run("nest", name="fold-1", parent_run_id=child.run_id)
+    sibling = training.create_run("nest", name="trial-2", parent_run_id=parent.run_id)
+    training.create_run("nest", name="alone")
+    assert child.info.parent_run_id == parent.run_id
+    assert child.info.tags["mlflow.parentRunId"] == parent.run_id  # as MLflow's
+    assert training.run(grandchild.run_id).info.parent_run_id == child.run_id
+    assert not parent.info.parent_run_id
+
+    def names(search: str) -> list[str]:
+        return [r.name for r in training.runs("nest", filter=search)]
+
+    assert names(f"attributes.parent_run_id = '{parent.run_id}'") == ["trial-2", "trial-1"]
+    assert names(f"tags.mlflow.parentRunId = '{parent.run_id}'") == ["trial-2", "trial-1"]
+    assert names(f"attributes.parent_run_id IN ('{child.run_id}')") == ["fold-1"]
+    assert names("attributes.parent_run_id LIKE '%'") == ["trial-2", "fold-1", "trial-1"]  # nested ones
+
+    table = tessera_cli("runs", "ls", "--experiment", "nest")
+    assert table.code == 0, table.err
+    rows = [line for line in table.out.splitlines() if re.search(r"sweep|trial|fold|alone", line)]
+    assert [re.search(r"(└ )?(sweep|trial-\d|fold-1|alone)", row).group() for row in rows] == [
+        "alone",
+        "sweep",
+        "└ trial-2",
+        "└ trial-1",
+        "└ fold-1",
+    ]
+    assert rows[4].index("└ fold-1") > rows[3].index("└ trial-1")  # one level deeper
+
+    with pytest.raises(NotFound, match="parent_run_id: run 'nope' does not exist"):
+        training.create_run("nest", parent_run_id="nope")
+    with pytest.raises(InvalidArgument, match="is of experiment 'nest', not 'elsewhere'"):
+        training.create_run("elsewhere", parent_run_id=parent.run_id)
+    with pytest.raises(InvalidArgument, match=r"tags: mlflow\.parentRunId is 'x' but parent_run_id is"):
+        training.create_run("nest", tags={"mlflow.parentRunId": "x"}, parent_run_id=parent.run_id)
+    training.update_run(sibling.run_id, status="succeeded")
+    training.delete_run(sibling.run_id)
+    with pytest.raises(FailedPrecondition, match=r"is deleted; restore it with .* to nest runs under it"):
+        training.create_run("nest", parent_run_id=sibling.run_id)
+    # Nothing was stored by the refused creations.
+    assert sorted(r.name for r in training.runs("nest")) == ["alone", "fold-1", "sweep", "trial-1"]
+    assert [e.name for e in training.experiments() if e.name == "elsewhere"] == []
 
 
 def test_runs_ls_filter_metric_and_mlflow_order(tessera_cli, client, capsys):

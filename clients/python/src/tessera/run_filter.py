@@ -14,7 +14,7 @@ Filter: conditions joined by AND (any case), e.g.
   `!=`, `IN ('a', 'b')` and `NOT IN (...)` compare so too; `LIKE 'res%'` (% any run of characters,
   _ any one; case-sensitive) and `ILIKE` (not) match the text as logged. A run without the key
   matches none of these.
-- `attributes.run_name` and `attributes.run_id`: as a tag's text. `attributes.start_time` and
+- `attributes.run_name`, `attributes.run_id` and `attributes.parent_run_id`: as a tag's text. `attributes.start_time` and
   `attributes.end_time` OP MILLISECONDS since the epoch, as MLflow's (a run not ended has no end_time).
 - `attributes.status = 'X'`, `!= 'X'`, `IN ('X', 'Y')` or `NOT IN (...)`: a run status, or MLflow's
   FINISHED (succeeded) and KILLED (cancelled).
@@ -95,7 +95,7 @@ _KEY = re.compile(r"\w+")  # letters of any script, digits and _
 _KEY_PUNCTUATION = ("-", "/", ":")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _CONDITIONS = "metrics.KEY, params.KEY, tags.KEY or attributes.NAME"
-_TEXT_ATTRIBUTES = ("run_name", "run_id")
+_TEXT_ATTRIBUTES = ("run_name", "run_id", "parent_run_id")
 _TIME_ATTRIBUTES = ("start_time", "end_time")
 _FILTER_ATTRIBUTES = ("status", *_TEXT_ATTRIBUTES, *_TIME_ATTRIBUTES)
 # The run attributes ListRuns orders by, and MLflow's alias of start_time.

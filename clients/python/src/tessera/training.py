@@ -1034,12 +1034,18 @@ class Training(Part[C]):
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
         *,
+        parent_run_id: str = "",
         timeout: float | None = None,
     ) -> Op[Run]:
         """Start a run for a training script outside the daemon; log to it, then end it. Param
-        and tag values as text."""
+        and tag values as text. `parent_run_id` nests it under a run of the same experiment, as
+        MLflow's nested runs (the tag mlflow.parentRunId says so too)."""
         request = pb.CreateRunRequest(
-            experiment=experiment, name=name, params=_as_text(params, "params"), tags=_as_text(tags, "tags")
+            experiment=experiment,
+            name=name,
+            params=_as_text(params, "params"),
+            tags=_as_text(tags, "tags"),
+            parent_run_id=parent_run_id,
         )
         return Op(S, "CreateRun", request, Run, timeout=timeout)
 

@@ -814,8 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILTER",
         help="MLflow's search filter, conditions joined by AND: metrics.KEY OP NUMBER (OP <, <=, >, >=, = "
         "or !=; metrics.KEY.min or .max for that value of the summary), params.KEY and tags.KEY "
-        "= 'VALUE' (or !=, LIKE 'res%%', ILIKE, IN ('a', 'b'), NOT IN (...)), attributes.run_name and "
-        "attributes.run_id as text, attributes.start_time and end_time OP MILLISECONDS, "
+        "= 'VALUE' (or !=, LIKE 'res%%', ILIKE, IN ('a', 'b'), NOT IN (...)), attributes.run_name, "
+        "run_id and parent_run_id as text, attributes.start_time and end_time OP MILLISECONDS, "
         "attributes.status = 'STATUS' (or !=, IN (...), NOT IN (...)); backquote "
         "a key of other characters than letters, digits and _, e.g. metrics.`val-loss`, and a metric's "
         "with dots: MLflow's metrics.val.min, the metric named val.min, is metrics.`val.min` (a param's "

@@ -133,17 +133,38 @@ def cmd_runs_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
             (
                 r.run_id,
                 r.experiment,
-                r.name,
+                "  " * depth + ("└ " if depth else "") + r.name,
                 run_status(r),
                 ", ".join(f"{m.key}={m.last:.4g}" for m in r.metrics),
                 when(r.start_time),
             )
-            for r in runs
+            for r, depth in nested(runs)
         ],
         whole=("id", "experiment", "name"),
         unbroken=("metrics (last values)",),
         stacked={"name": "id"},
     )
+
+
+def nested(runs: list[training_pb2.Run]) -> list[tuple[training_pb2.Run, int]]:
+    """The runs in their order, each listed run's nested runs right under it (in their order),
+    with how deep each is; a run whose parent is not listed stays where it is."""
+    listed = {r.run_id for r in runs}
+    children: dict[str, list[training_pb2.Run]] = {}
+    for r in runs:
+        if r.parent_run_id in listed and r.parent_run_id != r.run_id:
+            children.setdefault(r.parent_run_id, []).append(r)
+    out: list[tuple[training_pb2.Run, int]] = []
+    for r in runs:
+        if r.parent_run_id in listed and r.parent_run_id != r.run_id:
+            continue
+        # A run's parent existed before it, so parents form no cycle; a stack, as nesting may be deep.
+        stack = [(r, 0)]
+        while stack:
+            run, depth = stack.pop()
+            out.append((run, depth))
+            stack.extend((child, depth + 1) for child in reversed(children.get(run.run_id, [])))
+    return out
 
 
 def summary_reading(condition: training_pb2.MetricFilter) -> str:

@@ -204,7 +204,7 @@ class _TextEntityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TextEntity
     TEXT_ENTITY_PARAM: _TextEntity.ValueType  # 1
     TEXT_ENTITY_TAG: _TextEntity.ValueType  # 2
     TEXT_ENTITY_ATTRIBUTE: _TextEntity.ValueType  # 3
-    """key: run_name or run_id."""
+    """key: run_name, run_id or parent_run_id."""
 
 class TextEntity(_TextEntity, metaclass=_TextEntityEnumTypeWrapper): ...
 
@@ -212,7 +212,7 @@ TEXT_ENTITY_UNSPECIFIED: TextEntity.ValueType  # 0
 TEXT_ENTITY_PARAM: TextEntity.ValueType  # 1
 TEXT_ENTITY_TAG: TextEntity.ValueType  # 2
 TEXT_ENTITY_ATTRIBUTE: TextEntity.ValueType  # 3
-"""key: run_name or run_id."""
+"""key: run_name, run_id or parent_run_id."""
 Global___TextEntity: _TypeAlias = TextEntity  # noqa: Y015
 
 class _SweepStrategy:
@@ -1467,6 +1467,7 @@ class Run(_message.Message):
     DELETED_FIELD_NUMBER: _builtins.int
     DELETED_AT_FIELD_NUMBER: _builtins.int
     METRICS_LEFT_OUT_FIELD_NUMBER: _builtins.int
+    PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     experiment: _builtins.str
     name: _builtins.str
@@ -1481,6 +1482,8 @@ class Run(_message.Message):
     limit). ListRunMetrics lists every key's summary, in pages; ListRuns filters and orders by
     them, and Leaderboard ranks by them, as by any key. 0 when `metrics` holds every key.
     """
+    parent_run_id: _builtins.str
+    """The run this one is nested under (MLflow's parent run); empty for a top-level run."""
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -1514,10 +1517,11 @@ class Run(_message.Message):
         deleted: _builtins.bool = ...,
         deleted_at: _timestamp_pb2.Timestamp | None = ...,
         metrics_left_out: _builtins.int = ...,
+        parent_run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deleted_at", b"deleted_at", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "deleted", b"deleted", "deleted_at", b"deleted_at", "end_time", b"end_time", "experiment", b"experiment", "job_id", b"job_id", "metrics", b"metrics", "metrics_left_out", b"metrics_left_out", "name", b"name", "params", b"params", "run_id", b"run_id", "start_time", b"start_time", "status", b"status", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "deleted", b"deleted", "deleted_at", b"deleted_at", "end_time", b"end_time", "experiment", b"experiment", "job_id", b"job_id", "metrics", b"metrics", "metrics_left_out", b"metrics_left_out", "name", b"name", "params", b"params", "parent_run_id", b"parent_run_id", "run_id", b"run_id", "start_time", b"start_time", "status", b"status", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1569,11 +1573,16 @@ class CreateRunRequest(_message.Message):
 
     EXPERIMENT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     name: _builtins.str
     """Generated when empty."""
+    parent_run_id: _builtins.str
+    """Nests the run under this one, which must exist, not be deleted and be of the same
+    experiment; the run's tag mlflow.parentRunId says so too, as MLflow's.
+    """
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """A run's params and tags together take at most 2 MiB of UTF-8, counting 11 bytes an entry
@@ -1588,12 +1597,13 @@ class CreateRunRequest(_message.Message):
         *,
         experiment: _builtins.str = ...,
         name: _builtins.str = ...,
+        parent_run_id: _builtins.str = ...,
         params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment", "name", b"name", "params", b"params", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment", "name", b"name", "params", b"params", "parent_run_id", b"parent_run_id", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
