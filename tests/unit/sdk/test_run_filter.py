@@ -192,7 +192,7 @@ def test_an_empty_filter_filters_nothing_and_one_value_twice_is_one_condition() 
             "attributes.user_id = 'me'",
             1,
             "attributes.user_id cannot be filtered: ListRuns filters attributes status, run_name, run_id, "
-            "start_time, end_time",
+            "parent_run_id, start_time, end_time",
         ),
         (
             "attributes.status = 'failed' and attributes.status = 'running'",
