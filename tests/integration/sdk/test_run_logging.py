@@ -5,6 +5,9 @@ versions registered from a run."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+import textwrap
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,9 +142,68 @@ def test_a_background_batch_that_fails_is_raised_on_the_next_call_and_kept(clien
     logger.log({"loss": 2.0}, 1)
     with pytest.raises(tessera.FailedPrecondition) as info:
         logger.close()
-    assert "1 metric point(s) of run" in str(info.value.__notes__)
+    assert f"1 metric point(s) of run {run.id} are not stored (loss at step 1)" in info.value.__notes__
     with pytest.raises(RuntimeError, match="closed"):
         logger.log({"loss": 3.0}, 2)
+
+
+def _failed_unseen(logger: tessera.MetricLogger) -> None:
+    """Wait until the logger's thread has failed to send a batch that no call has raised yet."""
+    with logger._changed:
+        assert logger._changed.wait_for(lambda: logger._error is not None, timeout=60)
+
+
+def test_close_sends_again_a_batch_that_failed_before_any_call_raised_it(client):
+    # As after a daemon briefly unavailable past the client's retries: close raised the stale
+    # error without sending again, and the points were left unstored (a run ended FAILED).
+    run = client.training.create_run("background-stale")
+    client.training.delete_run(run.id)
+    logger = client.training.metric_logger(run.id, flush_points=1)
+    logger.log({"loss": 1.0}, 0)
+    _failed_unseen(logger)
+    client.training.restore_run(run.id)
+    logger.close()
+    assert client.training.run(run.id).metrics["loss"] == 1.0
+    # Where the second try fails too, the note says which points are lost, and the first failure.
+    client.training.delete_run(run.id)
+    failing = client.training.metric_logger(run.id, flush_points=2)
+    failing.log_batch([("loss", 2.0, 3), ("acc", 0.5, 3), ("loss", 3.0, 4), ("loss", 4.0, 7)])
+    _failed_unseen(failing)
+    with pytest.raises(tessera.FailedPrecondition, match="is deleted") as info:
+        failing.close()
+    lost, earlier = info.value.__notes__
+    assert (
+        lost
+        == f"4 metric point(s) of run {run.id} are not stored (loss at 3 steps from 3 to 7, acc at step 3)"
+    )
+    assert earlier.startswith("before, a batch had failed: FailedPrecondition: ")
+
+
+def test_points_queued_when_a_script_exits_without_closing_are_stored(daemon, client, tmp_path: Path):
+    # The sending thread is a daemon thread: at exit the points still queued were dropped unsaid.
+    run = client.training.create_run("background-exit")
+    gone = client.training.create_run("background-exit")
+    client.training.delete_run(gone.id)
+    script = tmp_path / "train.py"
+    script.write_text(
+        textwrap.dedent(f"""
+            import tessera
+            client = tessera.Client({daemon.target!r})
+            run = client.training.start_run(run_id={run.id!r})
+            for step in range(5):
+                run.log_metrics({{"loss": 1.0 / (step + 1)}}, step, synchronous=False)
+            client.training.metric_logger({gone.id!r}).log({{"loss": 1.0}}, 0)
+        """),
+        encoding="utf-8",
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert client.training.run(run.id).metrics.summary("loss").count == 5
+    assert (
+        f"tessera: at exit, 1 metric point(s) of run {gone.id} are not stored (loss at step 0) ("
+        in done.stderr
+    )
+    assert "is deleted" in done.stderr
 
 
 def test_a_version_pushed_from_a_run_keeps_it_in_its_lineage(daemon, client, tmp_path: Path):

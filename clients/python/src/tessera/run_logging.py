@@ -4,11 +4,14 @@ points and sends them in batches from one thread (MLflow's `log_metric(..., sync
 
 from __future__ import annotations
 
+import atexit
 import math
+import sys
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -19,6 +22,56 @@ from tessera.v1 import training_pb2 as pb
 if TYPE_CHECKING:
     from tessera.training import Points, Training
     from tessera.transport import Connection
+
+
+EXIT_CLOSE_S = 10.0
+"""At interpreter exit, how long the loggers left open get, all together, to store what is queued
+(a daemon that does not answer would otherwise hold the exit up to the client's retries)."""
+
+# Loggers not closed yet, for the exit hook; weak, so that the hook keeps none alive.
+_open_loggers: weakref.WeakSet[MetricLogger] = weakref.WeakSet()
+_exit_hook = threading.Lock()
+_exit_hook_registered = False
+
+
+def _close_at_exit() -> None:
+    """Close the loggers a script left open, as MLflow flushes its async logging at exit, within
+    EXIT_CLOSE_S; say on stderr which points could not be stored."""
+    deadline = time.monotonic() + EXIT_CLOSE_S
+    for logger in list(_open_loggers):
+        try:
+            logger._close(deadline)
+        except BaseException as error:
+            lost = "; ".join(getattr(error, "__notes__", ()))
+            print(f"tessera: at exit, {lost} ({type(error).__name__}: {error})", file=sys.stderr)
+
+
+def _watch_at_exit(logger: MetricLogger) -> None:
+    global _exit_hook_registered
+    with _exit_hook:
+        _open_loggers.add(logger)
+        if not _exit_hook_registered:
+            # Registered after the client's channel is made, so it runs before grpc's own hooks.
+            atexit.register(_close_at_exit)
+            _exit_hook_registered = True
+
+
+def _unstored(run_id: str, points: Sequence[pb.MetricPoint], sending: int) -> str:
+    """Which points of a logger that gave up are not stored, by key and steps."""
+    steps: dict[str, list[int]] = {}
+    for point in points:
+        steps.setdefault(point.key, []).append(point.step)
+    keys = [
+        f"{key} at step {held[0]}"
+        if len(held) == 1
+        else f"{key} at {len(held)} steps from {min(held)} to {max(held)}"
+        for key, held in steps.items()
+    ]
+    shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more keys" if len(keys) > 5 else "")
+    text = f"{len(points)} metric point(s) of run {run_id} are not stored" + (f" ({shown})" if keys else "")
+    if sending:
+        text += f"; {sending} more were being sent when it gave up, and may be"
+    return text
 
 
 class MetricPoint(NamedTuple):
@@ -38,10 +91,13 @@ class MetricLogger:
     up to `flush_points` points, at the latest `flush_ms` milliseconds after the first of a batch
     was queued. `flush()` returns once every point queued before it is stored; `close()` flushes
     and ends the thread. A batch the daemon refuses, or that fails past the client's retries,
-    stays queued, first, and its error is raised by the next `log`, `log_batch`, `flush` or
-    `close` (once per failure): a flush after it sends the batch again (a point stored twice
-    changes nothing). `close()` that cannot store them raises, saying how many points are left
-    unstored. Values are checked as they are queued (a NaN raises there, at its caller)."""
+    stays queued, first, and its error is raised by the next `log`, `log_batch` or `flush`
+    (once per failure): a flush after it sends the batch again (a point stored twice changes
+    nothing). `close()` sends what is queued once more, even after such a failure no call has
+    raised yet (a daemon briefly unavailable), and raises only where that fails too, saying
+    which points are left unstored. A logger left open is closed at interpreter exit, within
+    EXIT_CLOSE_S, what could not be stored then said on stderr. Values are checked as they are
+    queued (a NaN raises there, at its caller)."""
 
     def __init__(
         self,
@@ -69,6 +125,7 @@ class MetricLogger:
         self._first_queued_at = 0.0  # monotonic time the oldest queued point arrived
         self._sent = 0  # points stored, in the order queued
         self._taken = 0  # points taken from the queue: stored, or in the batch being sent
+        self._sending = 0  # points in the batch being sent
         self._asked = 0  # flush() waits until _sent reaches the points queued before it
         self._error: BaseException | None = None
         self._closed = False
@@ -76,6 +133,7 @@ class MetricLogger:
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._send_loop, name=f"tessera-metrics-{run_id}", daemon=True)
         self._thread.start()
+        _watch_at_exit(self)
 
     def __enter__(self) -> MetricLogger:
         return self
@@ -117,33 +175,56 @@ class MetricLogger:
 
     def flush(self) -> None:
         """Return once every point queued so far is stored; raise the error of a batch that failed."""
+        self._flush(None)
+
+    def close(self) -> None:
+        """Flush, then end the sending thread; a repeat does nothing. A batch that failed before
+        is sent again first, whether or not a call raised its error. Where the points cannot be
+        stored, raise the error, with a note saying which are left unstored."""
+        self._close(None)
+
+    def _flush(self, deadline: float | None) -> None:
+        """`flush`, giving up with TimeoutError at the monotonic time `deadline` (None: never)."""
         with self._changed:
             self._raise_error()
             target = self._taken + len(self._queued)
             self._asked = max(self._asked, target)
             self._changed.notify_all()
             while self._sent < target and self._error is None:
-                self._changed.wait()
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"the daemon did not store them within {EXIT_CLOSE_S:g} s")
+                self._changed.wait(left)
             self._raise_error()
 
-    def close(self) -> None:
-        """Flush, then end the sending thread; a repeat does nothing. Where the points cannot be
-        stored, raise the error, saying how many are left unstored."""
+    def _close(self, deadline: float | None) -> None:
         if self._closed:
             return
+        _open_loggers.discard(self)
+        with self._changed:
+            # A failure no call has raised yet (a daemon briefly unavailable) is not the end:
+            # the flush below sends its batch again.
+            earlier, self._error = self._error, None
+        failure: BaseException | None = None
         try:
-            self.flush()
+            self._flush(deadline)
         except BaseException as error:
-            with self._changed:
-                self._abandoned = True
-                left = len(self._queued)
-            error.add_note(f"{left} metric point(s) of run {self.run_id} are not stored")
-            raise
-        finally:
-            with self._changed:
-                self._closed = True
-                self._changed.notify_all()
-            self._thread.join()
+            failure = error
+        with self._changed:
+            self._closed = True
+            self._abandoned = failure is not None
+            self._changed.notify_all()
+        # A batch being sent ends within the client's deadline and retries, or at `deadline`.
+        self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if failure is None:
+            return
+        with self._changed:
+            failure.add_note(
+                _unstored(self.run_id, list(self._queued), self._sending if self._thread.is_alive() else 0)
+            )
+        if earlier is not None and earlier is not failure:
+            failure.add_note(f"before, a batch had failed: {type(earlier).__name__}: {earlier}")
+        raise failure
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -169,6 +250,7 @@ class MetricLogger:
                         self._queued.popleft() for _ in range(min(self._flush_points, len(self._queued)))
                     ]
                     self._taken += len(batch)
+                    self._sending = len(batch)
                     self._first_queued_at = time.monotonic()
                     return batch
                 self._changed.wait(self._flush_s - waited)
@@ -187,6 +269,7 @@ class MetricLogger:
             except BaseException as error:
                 with self._changed:
                     # Kept, first, for a later flush to send again; raised by the next call.
+                    self._sending = 0
                     self._queued.extendleft(reversed(batch))
                     self._taken -= len(batch)
                     self._asked = min(self._asked, self._taken)
@@ -195,6 +278,7 @@ class MetricLogger:
                 continue
             with self._changed:
                 self._sent += len(batch)
+                self._sending = 0
                 self._changed.notify_all()
 
 
