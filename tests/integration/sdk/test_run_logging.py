@@ -5,6 +5,7 @@ versions registered from a run."""
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -217,6 +218,10 @@ def test_a_version_pushed_from_a_run_keeps_it_in_its_lineage(daemon, client, tmp
     assert (from_run.lineage.run_id, from_run.sha256) == (run.id, version.sha256)
     with pytest.raises(ValueError, match="runs:/RUN_ID/PATH"):
         client.models.push("pushed", f"runs:/{run.id}")
+    # The last segment names the file downloaded: ".." named the temporary directory's parent.
+    for odd, segment in (("a/..", ".."), ("./mlp1.onnx", "."), ("a//mlp1.onnx", "")):
+        with pytest.raises(ValueError, match=f"has a '{re.escape(segment)}' segment"):
+            client.models.push("pushed", f"runs:/{run.id}/{odd}")
     with pytest.raises(tessera.NotFound, match=r"absent\.onnx"):
         client.models.push("pushed", f"runs:/{run.id}/absent.onnx")
     with pytest.raises(

@@ -223,7 +223,8 @@ class Models(Part[C]):
         lineage (`lineage.run_id`, with the run's experiment) as a trained version's is; the
         daemon checks it (NotFound for no such run, FailedPrecondition for a deleted one, before
         any byte is stored). `path` "runs:/RUN_ID/PATH" (MLflow's form) registers an artifact of
-        that run: downloaded to a temporary directory, verified, pushed with `run_id` that run."""
+        that run: downloaded to a temporary directory (TMPDIR's, which needs the artifact's size
+        free), verified, pushed with `run_id` that run."""
         moved = moved_alias("push", set_alias, alias)
         check_chunk_size(chunk_size)
         timeout = timeout_or(timeout, self._conn.transfer_timeout)
@@ -724,13 +725,22 @@ def run_artifact(source: str) -> tuple[str, str]:
             f"{source!r}: a run's artifact is named runs:/RUN_ID/PATH, e.g. runs:/{run_id or 'RUN_ID'}/model.onnx "
             "(the path as list_artifacts lists it)"
         )
+    # Its last segment names the file downloaded: "..", say, would name the temporary
+    # directory's parent. The daemon stores no path with such segments.
+    odd = [segment for segment in artifact_path.split("/") if segment in ("", ".", "..")]
+    if odd:
+        raise ValueError(
+            f"{source!r}: the artifact path {artifact_path!r} has a {odd[0]!r} segment, which no stored "
+            "artifact has; give the path as list_artifacts lists it, e.g. runs:/RUN_ID/model.onnx"
+        )
     return run_id, artifact_path
 
 
 @dataclass(frozen=True)
 class FromRunArtifact(Call[pb.ModelVersion]):
     """push of "runs:/RUN_ID/PATH": `download` writes the artifact into a temporary directory,
-    then `push` registers the file it wrote; the directory goes either way."""
+    then `push` registers the file it wrote; the directory goes either way. That directory is
+    the system's (TMPDIR chooses it), which needs the artifact's size free."""
 
     download: Callable[[Path], Call[Any]]
     push: Callable[[Path], Call[pb.ModelVersion]]
