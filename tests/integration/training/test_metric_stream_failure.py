@@ -90,10 +90,10 @@ def test_an_unexpected_database_error_ends_the_stream_saying_what_it_stored(
     # ends INTERNAL, but as every failed stream does, with what it stored and where to resend.
     write_points = tracking_module.write_points
 
-    def damaged(txn, experiment, run_id, points, now) -> None:
+    def damaged(txn, experiment, run_id, points, now) -> int:
         if points[0].step == 2 * POINTS:
             raise lmdb.CorruptedError("mdb_put: MDB_CORRUPTED: Located page was wrong type")
-        write_points(txn, experiment, run_id, points, now)
+        return write_points(txn, experiment, run_id, points, now)
 
     monkeypatch.setattr(tracking_module, "write_points", damaged)
     stub = training_pb2_grpc.TrainingStub(channel)
