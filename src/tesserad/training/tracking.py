@@ -2004,7 +2004,9 @@ def _experiment_of(txn: ReadTxn, run_id: str) -> str:
 def write_points(txn: WriteTxn, experiment: str, run_id: str, points: list[MetricPoint], now: float) -> int:
     """Store the finite points (of points at one step, the last written wins) and update their
     keys' buckets and summaries, in `txn`; returns how many points replaced a different value
-    (stored before, or earlier in `points`), which a caller is told: MLflow keeps both.
+    (stored before, or earlier in `points`), which a caller is told: MLflow keeps both. A point
+    whose value is already there changes nothing, its time included: a resend (a retried call,
+    whose points may take the daemon's clock again) keeps the time first stored.
 
     Tracking holds finite values only: LogMetrics refuses the others, and a job's validation
     metric that comes out NaN (a split can hold NaN) stays in its events, out of its run, where
@@ -2017,7 +2019,9 @@ def write_points(txn: WriteTxn, experiment: str, run_id: str, points: list[Metri
         if math.isfinite(point.value):
             samples = by_key.setdefault(point.key, {})
             earlier = samples.get(point.step)
-            replaced += earlier is not None and earlier.value != point.value
+            if earlier is not None and earlier.value == point.value:
+                continue
+            replaced += earlier is not None
             samples[point.step] = Sample(point.step, point.value, now if point.time is None else point.time)
     # A job's keys past the cap stay in its events, as LogMetrics refuses them to a caller.
     room = MAX_RUN_METRICS - _metric_count(txn, run_id)
@@ -2026,17 +2030,21 @@ def write_points(txn: WriteTxn, experiment: str, run_id: str, points: list[Metri
     put = txn.put_packed
     for key, batch in by_key.items():
         metric = metric_prefix(run_id, key)
-        rewritten = []
+        written, rewritten = [], []
         for sample in batch.values():
             raw_key = point_key(metric, sample.step)
             value = encode_metric_point(sample.value, sample.time)
             if not put("metrics", raw_key, value, overwrite=False):
                 stored = txn.get_packed("metrics", raw_key)
-                replaced += stored is not None and decode_metric_point(stored)[0] != sample.value
+                if stored is not None and decode_metric_point(stored)[0] == sample.value:
+                    continue
+                replaced += stored is not None
                 put("metrics", raw_key, value)
                 rewritten.append(sample.step)
-        metric_buckets.add(txn, metric, list(batch.values()), rewritten)
-        _refresh_summary(txn, experiment, run_id, key)
+            written.append(sample)
+        if written:
+            metric_buckets.add(txn, metric, written, rewritten)
+            _refresh_summary(txn, experiment, run_id, key)
     return replaced
 
 

@@ -94,6 +94,15 @@ def test_a_value_logged_again_at_a_step_replaces_the_first_and_warns_once(client
     assert list(history.steps) == [5] and list(history.values) == [123.0]
     with pytest.warns(tessera.MetricPointsReplaced, match="1 of the 2 point"):
         client.training.log_batch(run.id, [("loss", 1.0, 6), ("loss", 2.0, 6)])
+    # The same value with another time (a resend taking the daemon's clock) keeps the first time:
+    # it rewrote the time, counting nothing replaced.
+    first = 1_700_000_000_000
+    client.training.log_batch(run.id, [("acc", 0.7, 9, first), ("acc", 0.7, 9, first + 5000)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        client.training.log_batch(run.id, [("acc", 0.7, 9, first + 9000), ("acc", 0.7, 9)])
+    stored = client.training.metric_history(run.id, "acc").info.points[-1]
+    assert (stored.step, stored.time.seconds) == (9, first // 1000)
     with pytest.warns(tessera.MetricPointsReplaced, match="1 of the 3 point"):
         client.training.log_metrics_stream(
             run.id, [(5, {"loss": 7.0}), (6, {"loss": 2.0}), (7, {"loss": 1.0})]

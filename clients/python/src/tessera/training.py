@@ -626,7 +626,9 @@ class MetricSteps(Call[int]):
     restarting) is sent again after a backoff from its first batch not known to be stored, up to
     the client's `RetryPolicy.attempts` tries in a row: a cut without an answer sends again what
     may be stored, which changes nothing, as the daemon keeps one point per key and step. Any
-    other failure raises the daemon's error, saying which points are stored.
+    other failure raises the daemon's error, saying which points are stored. The warning of
+    points that replaced others (MetricPointsReplaced) counts the last try's alone: a cut try's
+    answer, and so what its stored batches replaced, never comes.
     """
 
     run_id: str
@@ -1279,7 +1281,8 @@ class Training(Part[C]):
         """Record the metrics of many steps, `(step, {key: value})` in order, over one stream in
         batches of `batch_points` points; returns how many points were accepted. A cut stream
         is resent from its first batch not known to be stored; a failure says which points are
-        stored (resending them is harmless: the daemon keeps one point per key and step). Values
+        stored (resending them is harmless: the daemon keeps one point per key and step); after
+        a resend, MetricPointsReplaced counts only what the last try replaced. Values
         must be finite, as for log_metrics: a batch with a NaN fails the stream there.
         `batch_points` is at most MAX_BATCH_POINTS, the daemon's limit for one batch."""
         if not 1 <= batch_points <= MAX_BATCH_POINTS:

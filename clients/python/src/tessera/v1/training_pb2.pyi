@@ -2316,7 +2316,8 @@ class LogMetricsResponse(_message.Message):
     accepted: _builtins.int
     replaced: _builtins.int
     """Accepted points that replaced a different value stored at their key and step: a metric
-    keeps one point per key and step, the newest. Resending a stored point replaces nothing.
+    keeps one point per key and step, the newest. A point whose value is the one stored there
+    changes nothing, its time included (a resent point keeps the time first stored).
     """
     def __init__(
         self,
