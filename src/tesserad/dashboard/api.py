@@ -623,9 +623,10 @@ class DashboardApi:
             while page.next_page_token:
                 page = registry.list_aliases(name, 1000, page.next_page_token)
                 aliases += page.items
+            runs_here = self._s.tracking.runs_here({v.lineage.run_id for v in versions.items})
             return {
                 "model": forms.model_json(model),
-                "versions": [forms.version_json(v) for v in versions.items],
+                "versions": [forms.version_json(v, runs_here) for v in versions.items],
                 "aliases": [forms.alias_json(a) for a in aliases],
                 "alias_history": [forms.alias_event_json(e) for e in history.items],
                 "deployments": [forms.deployment_json(d) for d in deployments.items],
@@ -637,7 +638,8 @@ class DashboardApi:
         model, raw_version = request.match_info["model"], request.match_info["version"]
         version = whole_number("version", raw_version, 1, INT64_MAX)
         record, derived = await asyncio.to_thread(self._s.registry.get_lineage, model, version)
-        return json_response(forms.lineage_json(record, derived))
+        runs_here = await asyncio.to_thread(self._s.tracking.runs_here, [record.lineage.run_id])
+        return json_response(forms.lineage_json(record, derived, runs_here))
 
     # -- serving and system
 

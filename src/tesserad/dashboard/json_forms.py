@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Set
 from typing import Any
 
 from tesserad.host import HostSample
@@ -114,9 +115,12 @@ def model_json(model: ModelRecord) -> dict[str, Any]:
     return _plain(model)
 
 
-def version_json(version: VersionRecord) -> dict[str, Any]:
+def version_json(version: VersionRecord, runs_here: Set[str]) -> dict[str, Any]:
+    """A version; its lineage's `run_tracked` says whether its run_id names a run of this daemon
+    (`runs_here`), whose page the dashboard links, or another tracker's."""
     data = _plain(version)
     del data["alias_moved"], data["alias_refused"], data["deployment_warnings"], data["same_bytes"]
+    data["lineage"]["run_tracked"] = version.lineage.run_id in runs_here
     return data
 
 
@@ -135,8 +139,8 @@ def deployment_json(deployment: DeploymentRecord) -> dict[str, Any]:
     return data
 
 
-def lineage_json(version: VersionRecord, derived: list[VersionKey]) -> dict[str, Any]:
-    return {"version": version_json(version), "derived": [_plain(key) for key in derived]}
+def lineage_json(version: VersionRecord, derived: list[VersionKey], runs_here: Set[str]) -> dict[str, Any]:
+    return {"version": version_json(version, runs_here), "derived": [_plain(key) for key in derived]}
 
 
 def _percentiles(summary: Percentiles) -> dict[str, Any]:

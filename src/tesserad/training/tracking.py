@@ -43,6 +43,7 @@ from tesserad.store import (
 from tesserad.text import (
     ENTRY_WIRE_BYTES,
     MAX_PARAM_VALUE,
+    MAX_TAG_KEY,
     check_entries,
     check_label,
     check_record_text,
@@ -828,6 +829,15 @@ class Tracking:
         run = self.load_run(txn, run_id)
         _refuse_deleted_run(run)
         return run
+
+    def runs_here(self, run_ids: Iterable[str]) -> set[str]:
+        """Those of `run_ids` that name runs of this daemon, deleted ones too (a version's lineage
+        may name another tracker's run, unchecked)."""
+        # This daemon's ids are short ASCII; a lineage's may be 250 characters of any script,
+        # past the 511 bytes an LMDB key may have.
+        wanted = [run_id for run_id in run_ids if 0 < len(run_id.encode()) <= MAX_TAG_KEY]
+        with self._store.read() as txn:
+            return {run_id for run_id in wanted if txn.get("runs", (run_id,)) is not None}
 
     def get_run(self, run_id: str) -> Run:
         with self._store.read() as txn:

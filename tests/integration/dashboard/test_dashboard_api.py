@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import tessera
-from tessera.v1 import training_pb2, training_pb2_grpc
+from tessera.v1 import registry_pb2, registry_pb2_grpc, training_pb2, training_pb2_grpc
 from tesserad.dashboard import access
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
@@ -333,6 +333,34 @@ def test_a_model_with_versions_aliases_lineage_and_deployments(dash, client, tmp
     lineage = http_get(dash.daemon.http_port, "/api/v1/models/tiny/versions/1/lineage").json()
     assert lineage["version"]["lineage"]["job_id"] == finished_job
     assert lineage["version"]["lineage"]["run_id"] == job["run_id"]
+
+
+def test_a_versions_lineage_says_whether_its_run_is_one_of_this_daemon(dash, client, tmp_path):
+    # The lineage graph linked any run id to its run page, another tracker's too: a page of 404.
+    run = client.training.create_run("dash-runs")
+    path = affine_onnx(tmp_path / "affine.onnx")
+    client.models.push("dash-runs", path, run_id=run.id)
+    data = path.read_bytes()
+    header = registry_pb2.UploadVersionHeader(
+        model="dash-runs",
+        format=registry_pb2.ARTIFACT_FORMAT_ONNX,
+        lineage=registry_pb2.Lineage(run_id="mlflow-abc"),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+    )
+    registry_pb2_grpc.RegistryStub(dash.channel()).UploadVersionInline(
+        registry_pb2.UploadVersionInlineRequest(header=header, artifact=data)
+    )
+    versions = http_get(dash.daemon.http_port, "/api/v1/models/dash-runs").json()["versions"]
+    assert [(v["lineage"]["run_id"], v["lineage"]["run_tracked"]) for v in versions] == [
+        ("mlflow-abc", False),
+        (run.id, True),
+    ]
+    for version, tracked in ((1, True), (2, False)):
+        lineage = http_get(
+            dash.daemon.http_port, f"/api/v1/models/dash-runs/versions/{version}/lineage"
+        ).json()
+        assert lineage["version"]["lineage"]["run_tracked"] is tracked
 
 
 def test_a_deployment_an_alias_moved_onto_one_version_carries_its_warning(dash, client, tmp_path):

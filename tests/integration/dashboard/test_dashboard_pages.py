@@ -245,11 +245,24 @@ def test_sweeps_and_system_pages(dash, client, table, page):
 def test_a_version_pushed_from_a_run_links_the_run_in_the_lineage_graph(dash, client, page, tmp_path):
     run = client.training.create_run("lg-pushed")
     client.models.push("lg-pushed", affine_onnx(tmp_path / "mlp1.onnx"), run_id=run.id)
+    # Another tracker's run id is shown, not linked: this daemon has no page for it.
+    weights = mlp_weights()
+    lineage = registry_pb2.Lineage(run_id="mlflow-abc")
+    upload(
+        registry_pb2_grpc.RegistryStub(dash.channel()),
+        safetensors_header("lg-pushed", weights, lineage=lineage),
+        weights,
+    )
     open_page(page, dash, "/models/lg-pushed")
     graph_nodes = page.eval_on_selector_all(
         "#lineage-graph [data-node]", "nodes => nodes.map(n => n.dataset.node)"
     )
-    assert sorted(graph_nodes) == [f"run:{run.id}", "version:lg-pushed:1"]
+    assert sorted(graph_nodes) == [
+        "run:mlflow-abc",
+        f"run:{run.id}",
+        "version:lg-pushed:1",
+        "version:lg-pushed:2",
+    ]
     links = page.eval_on_selector_all("#lineage-graph a", "links => links.map(a => a.getAttribute('href'))")
     assert links == [f"/runs/{run.id}"]
 

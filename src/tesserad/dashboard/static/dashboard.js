@@ -713,9 +713,10 @@ function lineageGraph(model, versions, lineages) {
   for (const v of oldestFirst) {
     const self = versionKey(model, v.version);
     const l = v.lineage;
-    // A trained version's job links its run; a version pushed from a run (push --run) has the run alone.
+    // A trained version's job links its run; a version pushed from a run (push --run) has the run
+    // alone, linked where it is a run of this daemon (another tracker's run id is plain text).
     const job = l.job_id ? addNode(`job:${l.job_id}`, 1, `job ${l.job_id}`, `/jobs/${encodeURIComponent(l.job_id)}`)
-      : l.run_id ? addNode(`run:${l.run_id}`, 1, `run ${l.run_id}`, `/runs/${encodeURIComponent(l.run_id)}`) : null;
+      : l.run_id ? addNode(`run:${l.run_id}`, 1, `run ${l.run_id}`, l.run_tracked ? `/runs/${encodeURIComponent(l.run_id)}` : null) : null;
     for (const d of l.datasets) addEdge(addNode(`dataset:${d.name}:${d.version}`, 0, `${d.name} v${d.version}`, null), job || self);
     if (job) addEdge(job, self);
     if (l.parent_version) {
