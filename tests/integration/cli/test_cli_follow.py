@@ -3,10 +3,14 @@ once, in words, and the worker's text as it is; and what Ctrl-C while following 
 
 from __future__ import annotations
 
+import contextlib
 import io
+import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,8 +21,12 @@ from rich.console import Console
 import tessera
 import tessera.follow
 import tessera.sweep_commands
+import tessera.sweeps
+import tesserad.api.training
 from tessera.cli import main
 from tessera.messages import load_toml
+from tessera.transport import RetryPolicy
+from tesserad.errors import Unavailable as DaemonUnavailable
 from tesserad.training.jobs import Jobs
 from tesserad.training.sweeps import Sweeps
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -281,8 +289,11 @@ def test_following_a_job_of_a_daemon_that_stops_answering_gives_up_saying_so(
         queued.stop()
     [result] = results
     assert result.code == 3, result.err
-    assert result.err.startswith(
-        "tessera: DEADLINE_EXCEEDED: the daemon has not answered for 1 s, asked for job"
+    # Counted from the start of the round without an event, and the asks said as they were made.
+    assert re.match(
+        rf"tessera: DEADLINE_EXCEEDED: the daemon has not answered for \d+ s: asked for job {job.id} \d+ times?, "
+        r"each ask given up to 0.3 s and the next made 0.1 s after one failed; gave up following it",
+        result.err,
     ), result.err
     assert f"`tessera jobs watch {job.id}`" in result.err and "--timeout" not in result.err, result.err
 
@@ -328,3 +339,93 @@ def test_following_a_sweep_looks_it_up_whatever_the_timeout(
     result = tessera_cli("--timeout", "0.1", "sweeps", "show", sweep_id, "--follow")
     assert result.code == 0, result.err
     assert f"sweep {sweep_id}: succeeded" in result.out
+
+
+def follow_in_a_thread(tessera_cli: Any, *args: str, target: str | None = None) -> Any:
+    """`tessera ARGS` on a thread, its result; fails the test where it still follows after 30 s."""
+    results: list[Any] = []
+    follower = threading.Thread(target=lambda: results.append(tessera_cli(*args, target=target)), daemon=True)
+    follower.start()
+    follower.join(30)
+    assert results, "the follower still follows"
+    return results[0]
+
+
+def fail_every_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every WatchJob fails UNAVAILABLE from now on while GetJob answers, as behind a proxy that
+    drops each stream; the SDK's reconnects and the follower's pauses made short."""
+
+    async def unavailable(*args: object) -> None:
+        raise DaemonUnavailable("the stream's upstream went away")
+
+    monkeypatch.setattr(tesserad.api.training, "watch_job", unavailable)
+    monkeypatch.setattr(RetryPolicy, "backoff_s", lambda self, retry: 0.01)
+    monkeypatch.setattr(tessera.follow, "_ASK_AGAIN_S", 0.1)
+    monkeypatch.setattr(tessera.sweeps, "FAILING_POLLS_S", 1.0)
+
+
+def test_following_a_job_whose_watch_keeps_failing_gives_up_though_the_daemon_answers(
+    tessera_cli, tmp_path, monkeypatch
+):
+    """Each GetJob answered restarted the outage's count: the follower watched again for ever."""
+    with daemon_of_a_queued_job(tmp_path, monkeypatch) as (queued, job_id):
+        fail_every_watch(monkeypatch)
+        result = follow_in_a_thread(tessera_cli, "jobs", "watch", job_id, target=queued.target)
+    assert result.code == 3, result.err
+    assert result.err.startswith(f"tessera: UNAVAILABLE: watching job {job_id} has failed for "), result.err
+    assert "while the daemon answered" in result.err and "the stream's upstream went away" in result.err
+
+
+def test_following_a_job_that_ended_while_its_watch_fails_prints_its_summary(
+    tessera_cli, tmp_path, monkeypatch
+):
+    """GetJob said the job had ended, and the follower watched again all the same, for ever."""
+    with daemon_of_a_queued_job(tmp_path, monkeypatch) as (queued, job_id):
+        with tessera.Client(queued.target) as sdk:
+            sdk.training.cancel(job_id)
+        fail_every_watch(monkeypatch)
+        result = follow_in_a_thread(tessera_cli, "jobs", "watch", job_id, target=queued.target)
+    # A job followed to an end other than success fails the command, saying how it ended.
+    assert result.code == 1 and f"job {job_id} ended cancelled" in result.err, result.err
+    assert f"job {job_id}" in result.out and "cancelled" in result.out, result.out
+
+
+def test_following_a_job_that_a_daemon_at_its_stream_limit_refuses_to_watch_fails_saying_so(
+    tmp_path, tessera_cli, monkeypatch
+):
+    """RESOURCE_EXHAUSTED was asked again, GetJob answered each time: the follower never ended."""
+    monkeypatch.setattr(RetryPolicy, "backoff_s", lambda self, retry: 0.01)
+    with (
+        daemon_of_a_queued_job(tmp_path, monkeypatch, **{"limits.max_concurrent_streams": 1}) as (
+            full,
+            job_id,
+        ),
+        tessera.Client(full.target) as sdk,
+    ):
+        # The one stream allowed, held open by another watcher (until its client closes).
+        held = iter(sdk.training.watch(job_id))
+        next(held)
+        result = follow_in_a_thread(tessera_cli, "jobs", "watch", job_id, target=full.target)
+        del held
+    assert result.code != 0
+    assert "RESOURCE_EXHAUSTED" in result.err and "limits.max_concurrent_streams" in result.err, result.err
+
+
+@contextlib.contextmanager
+def daemon_of_a_queued_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **settings: Any
+) -> Iterator[tuple[InProcessDaemon, str]]:
+    """A daemon of `settings` that schedules nothing, and a job queued there, quiet, for ever."""
+    monkeypatch.setattr(Jobs, "_schedule_loop", lambda self: None)
+    running = InProcessDaemon(daemon_settings(tmp_path / "queued", **settings)).start()
+    try:
+        with tessera.Client(running.target) as sdk:
+            table = tmp_path / "table.npz"
+            np.savez(table, x=np.zeros((8, 4), np.float32), y=np.zeros(8, np.int64))
+            sdk.datasets.push("table", table)
+            spec = tmp_path / "job.toml"
+            spec.write_text(JOB_SPEC)
+            job_id = sdk.training.submit(load_toml(spec)).id
+        yield running, job_id
+    finally:
+        running.stop()

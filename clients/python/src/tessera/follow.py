@@ -12,11 +12,9 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from tessera import sweeps
 from tessera.errors import (
     DeadlineExceeded,
     NotAnswering,
-    ResourceExhausted,
     StoppedFollowing,
     Terminated,
     TesseraError,
@@ -55,21 +53,38 @@ POLL_TIMEOUT_S = 10.0
 def transient(error: TesseraError) -> bool:
     """Whether a follower asks again after `error`: the daemon restarting or out of reach
     (UNAVAILABLE), a stream reset by it or a proxy (`stream_reset`), an ask or a round that ran
-    past its own deadline (DEADLINE_EXCEEDED: the follower's deadlines, not the job's), a watcher
-    too slow (RESOURCE_EXHAUSTED). Any other code is the daemon's answer, given again."""
-    return isinstance(error, Unavailable | DeadlineExceeded | ResourceExhausted) or stream_reset(error)
+    past its own deadline (DEADLINE_EXCEEDED: the follower's deadlines, not the job's). Any other
+    code is the daemon's answer, given again: RESOURCE_EXHAUSTED too (its streams at
+    limits.max_concurrent_streams; a watcher too slow is resumed by the watch itself)."""
+    return isinstance(error, Unavailable | DeadlineExceeded) or stream_reset(error)
 
 
 class Outage(FailingPolls):
-    """How long the daemon has not answered a follower of a job, counted as a sweep's failing
-    polls are: a restart ends no job, and its follower waits it out as long."""
+    """How long a follower of a job has gone without its watch going on, counted as a sweep's
+    failing polls are: a restart ends no job, and its follower waits it out as long. It runs from
+    the first failure after an event, or from the start of a round that brought none, and only an
+    event (or a quiet round the daemon then answers for) ends it: a daemon answering GetJob while
+    each watch fails (a proxy resetting every stream) is no watch that goes on."""
 
     def __init__(self, job: Job[Connection]) -> None:
         super().__init__()
         self._job = job
+        self._asks = 0
+        self._answers = 0
+
+    def answered(self) -> None:
+        """The watch went on: an event came, or a round was quiet and the daemon answers."""
+        super().answered()
+        self._asks = self._answers = 0
+
+    def silent_since(self, began: float) -> None:
+        """A round that began at `began` (time.monotonic()'s) brought no event: an outage not yet
+        counted is counted from then."""
+        if self._since is None:
+            self._since = began
 
     def wait(self, error: TesseraError) -> None:
-        """Pause before asking again; raise `error`, saying how long the daemon has not answered,
+        """Pause before asking again; raise `error`, saying how long the watch has not gone on,
         once that is FAILING_POLLS_S."""
         if self.give_up():
             raise self._gave_up(error)
@@ -77,10 +92,11 @@ class Outage(FailingPolls):
 
     def until_answered(self, error: TesseraError | None) -> None:
         """Ask the daemon for the job (GetJob, POLL_TIMEOUT_S each) until it answers: at once
-        where `error` is None, else after a pause, and every _ASK_AGAIN_S while it does not."""
+        where `error` is None, else after a pause, and _ASK_AGAIN_S after each ask that fails."""
         while True:
             if error is not None:
                 self.wait(error)
+            self._asks += 1
             try:
                 self._job.refresh(timeout=POLL_TIMEOUT_S)
             except TesseraError as failed:
@@ -88,17 +104,30 @@ class Outage(FailingPolls):
                     raise
                 error = failed
                 continue
-            self.answered()
+            self._answers += 1
             return
 
     def _gave_up(self, error: TesseraError) -> TesseraError:
         job_id = self._job.id
-        said = (
-            f"the daemon has not answered for {sweeps.FAILING_POLLS_S:g} s, asked for job "
-            f"{job_id} every {_ASK_AGAIN_S:g} s (each ask given {POLL_TIMEOUT_S:g} s); gave up following "
-            f"it: it may go on there. Check that tesserad runs and answers there, then follow it again "
-            f"with `tessera jobs watch {job_id}` (the last ask said {error.code}: {error.daemon_message})"
+        assert self._since is not None, "give_up starts the count"
+        seconds = f"{time.monotonic() - self._since:.0f} s"
+        asks = (
+            f"asked for job {job_id} {self._asks} time{'s' if self._asks != 1 else ''}, each ask given up to "
+            f"{POLL_TIMEOUT_S:g} s and the next made {_ASK_AGAIN_S:g} s after one failed"
         )
+        if self._answers:
+            said = (
+                f"watching job {job_id} has failed for {seconds} while the daemon answered {self._answers} "
+                f"of {self._asks} asks for it; gave up following it: it may go on there. Check what ends "
+                f"its streams (a proxy between?), then follow it again with `tessera jobs watch {job_id}` "
+                f"(the last failure said {error.code}: {error.daemon_message})"
+            )
+        else:
+            said = (
+                f"the daemon has not answered for {seconds}: {asks}; gave up following it: it may go on "
+                f"there. Check that tesserad runs and answers there, then follow it again with "
+                f"`tessera jobs watch {job_id}` (the last ask said {error.code}: {error.daemon_message})"
+            )
         if isinstance(error, DeadlineExceeded):
             # The follower's own deadlines passed, not --timeout's: a longer one is not the fix.
             return NotAnswering(said, error.trailers)
@@ -109,10 +138,14 @@ def events_outlasting_restarts(job: Job[Connection], from_seq: int) -> Iterator[
     """The job's events from `from_seq` until it ends, watched in rounds of WATCH_ROUND_S, and
     again from the next one once the daemon answers after a transient failure (`transient`; the
     SDK's reconnects span seconds, a restart may take longer); a round without events asks the
-    daemon for the job first. Gives up once the daemon has not answered for FAILING_POLLS_S."""
+    daemon for the job first. Where the daemon says the job has ended and the watch after that
+    fails too, it ends (the job's events up to then may be missed; its state is in `job.info`).
+    Gives up once the watch has not gone on for FAILING_POLLS_S (`Outage`)."""
     outage = Outage(job)
+    ended = False
     while True:
         heard = False
+        began = time.monotonic()
         try:
             for event in job.watch(from_seq=from_seq, timeout=WATCH_ROUND_S):
                 heard = True
@@ -127,9 +160,15 @@ def events_outlasting_restarts(job: Job[Connection], from_seq: int) -> Iterator[
                 if heard:
                     # The round ran out with the job talking: the daemon answers.
                     continue
+                outage.silent_since(began)
                 outage.until_answered(None)
+                # The watch was open all round, and the daemon answers: a quiet job.
+                outage.answered()
             else:
+                if ended:
+                    return
                 outage.until_answered(error)
+            ended = job.state.finished
 
 
 @dataclass
