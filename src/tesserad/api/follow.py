@@ -416,9 +416,12 @@ class Follower:
         self._wake = asyncio.Event()
         self._retry_lasting_now = asyncio.Event()
         self._tell_status = tell_status
-        # The state (a word) and line last told, and when (time.monotonic).
+        # The state (a word) and line last told, and when (time.monotonic); a line held back
+        # meanwhile, told when its STATUS_REPEAT_S is up (else the status stays stale).
         self._told: tuple[str, str] = ("waiting", "")
         self._told_at = 0.0
+        self._held: tuple[str, str] | None = None
+        self._held_timer: asyncio.TimerHandle | None = None
 
     def fetch_version(self, model: str, version: int) -> FollowedVersion | None:
         """Version `version` of `model`'s record from the primary (runs on a request thread);
@@ -603,14 +606,36 @@ class Follower:
 
     def _say(self, state: str, line: str) -> None:
         """Tell `line` as the link's status, at once when `state` differs from the one told last,
-        else at most once a STATUS_REPEAT_S."""
+        else at most once a STATUS_REPEAT_S: a line held back is told when its time is up, unless
+        a later one replaced it."""
         now = time.monotonic()
         told_state, told_line = self._told
-        if line == told_line or (state == told_state and now - self._told_at < STATUS_REPEAT_S):
+        if line == told_line:
+            self._held = None
             return
+        if state == told_state and now - self._told_at < STATUS_REPEAT_S:
+            self._held = (state, line)
+            if self._held_timer is None:
+                self._held_timer = asyncio.get_running_loop().call_later(
+                    self._told_at + STATUS_REPEAT_S - now, self._tell_held
+                )
+            return
+        self._tell(state, line, now)
+
+    def _tell(self, state: str, line: str, now: float) -> None:
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
+        self._held = None
         self._told = (state, line)
         self._told_at = now
         self._tell_status(line)
+
+    def _tell_held(self) -> None:
+        self._held_timer = None
+        if self._held is not None:
+            state, line = self._held
+            self._tell(state, line, time.monotonic())
 
     def _say_following(self) -> None:
         applied = self._followed.seq
@@ -769,6 +794,8 @@ class Follower:
                 )
 
     async def close(self) -> None:
+        if self._held_timer is not None:
+            self._held_timer.cancel()
         await self._watch.close()
         self._downloads.close()
 
