@@ -17,7 +17,8 @@ NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
 
 def notify(state: str) -> None:
     """Tell systemd `state` ("READY=1"); a failure is logged, never raised: the daemon serves
-    whether or not its supervisor heard."""
+    whether or not its supervisor heard. Never blocks (it is called on the event loop): where
+    the socket's queue is full (systemd busy), the notification is dropped, and logged."""
     address = os.environ.get(NOTIFY_SOCKET_ENV, "")
     if not address:
         return
@@ -30,6 +31,6 @@ def notify(state: str) -> None:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(address)
-            sock.sendall(state.encode())
+            sock.send(state.encode(), socket.MSG_DONTWAIT)
     except OSError as exc:
         log.warning("cannot tell systemd %s at NOTIFY_SOCKET %s: %s", state, address, exc.strerror or exc)
