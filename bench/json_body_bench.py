@@ -150,10 +150,10 @@ def one_run(
 
 
 async def handoff(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
-    parsers = JsonParsers(1, 1 << 30)
+    parsers = JsonParsers(1, 1 << 30, 60.0)
     rows: list[dict[str, Any]] = []
     try:
-        await parsers.parse(body_of(1), True)  # started
+        await parsers.parse(body_of(1), True, 0)  # started
         for size in sizes:
             body = body_of(rows_for(size))
             inline, round_trip, parent_cpu = [], [], []
@@ -162,7 +162,7 @@ async def handoff(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
                 parsed_request(body, True)
                 inline.append(time.perf_counter() - began)
                 began, cpu = time.perf_counter(), time.process_time()
-                await parsers.parse(body, True)
+                await parsers.parse(body, True, len(body))
                 round_trip.append(time.perf_counter() - began)
                 parent_cpu.append(time.process_time() - cpu)
             rows.append(

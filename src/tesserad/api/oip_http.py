@@ -82,6 +82,9 @@ log = logging.getLogger(__name__)
 _SERVICE = "inference.GRPCInferenceService"
 # The request's key for the name of the token that admitted it.
 _CALLER = web.RequestKey("tessera_caller", str)
+# Set while an inference request's JSON has been read ahead of its binary data, and the rest of
+# its body not: any answer then closes the connection, whose next bytes are that binary data.
+_BODY_UNREAD = web.RequestKey("tessera_body_unread", bool)
 # The content codings a request body may come in, as Triton takes them; a body in any other is
 # refused with 501 and these in Accept-Encoding, as Triton refuses it (identity goes unsaid there).
 _CODINGS = ("gzip", "deflate", "identity")
@@ -169,7 +172,11 @@ class OipHttpServer(HttpListener):
         self._max_json_size = serving.oip_http_max_json_size
         self._json_process_min_size = serving.oip_http_json_process_min_size
         self._parsers = (
-            JsonParsers(serving.oip_http_json_processes, serving.oip_http_json_queue_size)
+            JsonParsers(
+                serving.oip_http_json_processes,
+                serving.oip_http_json_queue_size,
+                limits.http_request_timeout_s,
+            )
             if serving.oip_http_json_processes
             else None
         )
@@ -284,6 +291,13 @@ class OipHttpServer(HttpListener):
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await self._errors_answered(request, handler)
+        if request.get(_BODY_UNREAD):
+            response.force_close()
+        return response
+
+    async def _errors_answered(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """`handler`'s answer, or its error's."""
         try:
             return await handler(request)
         except Refused as exc:
@@ -489,9 +503,11 @@ class OipHttpServer(HttpListener):
         return b"".join(parts)
 
     async def stop(self) -> None:
-        await super().stop()
         if self._parsers is not None:
+            # First: a request in a parse (of a process that hangs, even) is answered at once, and
+            # does not hold up the wait for requests in progress.
             await self._parsers.close()
+        await super().stop()
 
     def end_revoked(self, table: TokenTable) -> int:
         """Answer each inference request in progress whose token `table` no longer admits to
@@ -674,22 +690,25 @@ class OipHttpServer(HttpListener):
                     body = await request.content.readexactly(ahead)
                 except asyncio.IncompleteReadError:
                     raise Refused(400, "the connection closed before the request body arrived") from None
+            request[_BODY_UNREAD] = True
         started = time.perf_counter_ns()
         target = target_of(request.match_info["model"], request.match_info.get("version", ""))
         try:
             length = json_length(body, declared_length)
             if length > self._max_json_size:
                 raise Refused(413, self._json_too_large(length))
-            # No header: the JSON is the whole body, and body[:length] is body itself, no copy.
             if self._parsers is not None and length >= self._json_process_min_size:
-                document = await self._parsers.parse(body[:length], declared_length is None)
+                # A view: the JSON is not copied out of a body that carries binary data after it.
+                document = await self._parsers.parse(
+                    memoryview(body)[:length], declared_length is None, len(body)
+                )
             else:
                 document = parse_document(body[:length], declared_length is None)
             if ahead is not None and (
                 refusal := self._core.over_max_batch(target, declared_shapes(document))
             ):
-                # Answered now, the binary data left unread: the connection closes.
-                raise Refused(400, refusal.message, close=True)
+                # Answered now, the binary data left unread (the connection closes).
+                raise Refused(400, refusal.message)
         except (errors.TesseraError, Refused):
             self._core.refused(target, started)
             raise
@@ -698,6 +717,7 @@ class OipHttpServer(HttpListener):
         else:
             async with self._receiving_body(request):
                 binary = await request.read()
+            request[_BODY_UNREAD] = False
         with self._core.shared_memory.lease() as lease:
             try:
                 # A shared-memory input's read copies as many bytes as the tensor has, letting go of
