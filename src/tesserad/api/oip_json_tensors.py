@@ -87,30 +87,83 @@ class Converted:
 # The fields infer_request reads, of the request and of each tensor in it: what a parser process
 # sends back (any other field of a large body would cost the event loop its unpickling).
 _REQUEST_FIELDS = ("id", "inputs", "outputs", "parameters")
-_TENSOR_FIELDS = ("name", "datatype", "shape", "parameters", "data")
+_INPUT_FIELDS = ("name", "datatype", "shape", "parameters", "data")
+_OUTPUT_FIELDS = ("name", "parameters")
 
 
 def parsed_request(text: bytes, whole_body: bool) -> Any:
     """What a parser process makes of a large request's JSON `text` (`parse_document`'s
-    arguments): the document, holding only the fields `infer_request` reads, each input's data
-    already converted as `infer_request` would convert it (`Converted`), so that it refuses
-    the request with the same error at the same point as it would have inline."""
+    arguments): the document, holding only the fields `infer_request` reads and only as much of
+    them as it reads, each input's data already converted as `infer_request` would convert it
+    (`Converted`), so that it refuses the request with the same error at the same point as it
+    would have inline, and the event loop unpickles no more than that."""
     document = parse_document(text, whole_body)
     if not isinstance(document, dict):
         return document
     document = {key: document[key] for key in _REQUEST_FIELDS if key in document}
-    for field in ("inputs", "outputs"):
-        tensors = document.get(field)
-        if isinstance(tensors, list):
-            document[field] = [
-                {key: t[key] for key in _TENSOR_FIELDS if key in t} if isinstance(t, dict) else t
-                for t in tensors
-            ]
-    tensors = document.get("inputs")
-    for tensor in tensors if isinstance(tensors, list) else ():
+    if "parameters" in document:
+        document["parameters"] = _read_parameters(document["parameters"])
+    inputs, outputs = document.get("inputs"), document.get("outputs")
+    if isinstance(inputs, list):
+        objects = [_read_tensor(t, _INPUT_FIELDS) for t in inputs if isinstance(t, dict)]
+        # Inputs that are not all objects are refused whatever the others hold; those that are
+        # objects are kept, for the batch size their shapes say (`declared_shapes`).
+        document["inputs"] = objects if len(objects) == len(inputs) else [*objects, None]
+    elif isinstance(inputs, dict):
+        document["inputs"] = {}
+    if isinstance(outputs, list):
+        objects = [_read_tensor(t, _OUTPUT_FIELDS) for t in outputs if isinstance(t, dict)]
+        document["outputs"] = objects if len(objects) == len(outputs) else [None]
+    elif isinstance(outputs, dict):
+        document["outputs"] = {}
+    for tensor in document["inputs"] if isinstance(document.get("inputs"), list) else ():
         if isinstance(tensor, dict) and "data" in tensor:
             tensor["data"] = _converted(tensor)
     return document
+
+
+def _read_tensor(tensor: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """`tensor`'s `fields` as far as `infer_request` reads them: a name that is no string, and a
+    shape that is no list of integers, are refused whatever they hold; a datatype that is no
+    string, by the start of its repr."""
+    read = {key: tensor[key] for key in fields if key in tensor}
+    if "name" in read and not isinstance(read["name"], str):
+        read["name"] = None
+    if "datatype" in read and not isinstance(read["datatype"], str):
+        read["datatype"] = _Repr(repr(read["datatype"])[:40])
+    shape = read.get("shape")
+    if "shape" in read and not (
+        isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+    ):
+        read["shape"] = None
+    if "parameters" in read:
+        read["parameters"] = _read_parameters(read["parameters"])
+    return read
+
+
+@dataclass(frozen=True)
+class _Repr:
+    """A value that is no datatype, sent back as its repr's start: what its refusal shows of it."""
+
+    text: str
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _read_parameters(parameters: Any) -> Any:
+    """`parameters` as far as `json_parameters` reads them: it refuses a list or an object, as
+    parameters or as a parameter's value, naming only its kind; so such a value is sent back
+    empty, and the parameters after it (the request is refused by then) not at all."""
+    if not isinstance(parameters, dict):
+        return [] if isinstance(parameters, list) else parameters
+    read: dict[str, Any] = {}
+    for key, value in parameters.items():
+        if isinstance(value, (list, dict)):
+            read[key] = type(value)()
+            break
+        read[key] = value
+    return read
 
 
 def _converted(tensor: dict[str, Any]) -> Converted:
