@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from tesserad.api.oip_json import (
+    declared_shapes,
     infer_request,
     infer_response,
     message_json,
@@ -19,6 +21,7 @@ from tesserad.api.oip_json import (
     settings_object,
     split_body,
 )
+from tesserad.api.oip_json_tensors import parse_document, parsed_request
 from tesserad.errors import InvalidArgument, NotFound
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.serving.shared_memory import SharedMemory
@@ -328,3 +331,46 @@ def test_a_settings_body_names_the_field_holding_a_non_finite_number(body: bytes
 def test_a_settings_body_of_finite_numbers_or_none_is_taken_as_it_stands() -> None:
     assert settings_object(b'{"ok": [1.5, {"q": -2}], "r": 1e308}') == {"ok": [1.5, {"q": -2}], "r": 1e308}
     assert settings_object(b" ") == {}
+
+
+_BIG = list(range(100_000))
+_X = {"name": "x", "datatype": "FP32", "shape": [1], "data": [1.5]}
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"inputs": [_X], "parameters": _BIG},
+        {"inputs": [_X], "parameters": {"a": 1, "labels": _BIG, "b": {"c": _BIG}}},
+        {"inputs": [_X], "parameters": {"priority": 2**64, "labels": _BIG}},
+        {"inputs": [_X], "outputs": _BIG},
+        {"inputs": [_X], "outputs": {"y": _BIG}},
+        {"inputs": [_X], "outputs": [{"name": "y", "parameters": {"n": {"k": _BIG}}}]},
+        {"inputs": [_X], "outputs": [{"name": _BIG}]},
+        {"inputs": [_X], "outputs": [{"name": "y", "data": _BIG}]},
+        {"inputs": [{**_X, "name": _BIG}]},
+        {"inputs": [{**_X, "datatype": _BIG}]},
+        {"inputs": [{**_X, "shape": [str(d) for d in _BIG]}]},
+        {"inputs": [{**_X, "shape": [65536, 4]}, _BIG]},
+        {"inputs": {"x": _BIG}},
+        {"inputs": [{**_X, "parameters": {"binary_data_size": _BIG}}]},
+        {"inputs": [{**_X, "parameters": _BIG}]},
+    ],
+)
+def test_a_parser_process_sends_back_only_what_infer_request_reads(document: dict[str, object]) -> None:
+    text = json.dumps(document).encode()
+    inline, parsed = parse_document(text, True), parsed_request(text, True)
+    # What the event loop would unpickle: not the body's large lists.
+    assert len(pickle.dumps(parsed)) < 2000 < len(text) // 100
+    assert declared_shapes(parsed) == declared_shapes(inline)
+    assert reads_shared_memory(parsed) == reads_shared_memory(inline)
+    try:
+        expected = infer_request(inline, b"", NO_REGIONS)
+    except InvalidArgument as refused:
+        with pytest.raises(InvalidArgument) as also:
+            infer_request(parsed, b"", NO_REGIONS)
+        assert also.value.message == refused.message
+    else:
+        answered = infer_request(parsed, b"", NO_REGIONS)
+        assert answered.output_names == expected.output_names
+        assert answered.parameters == expected.parameters
