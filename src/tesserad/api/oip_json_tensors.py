@@ -336,6 +336,8 @@ def serve_parses(connection: Connection, recursion_limit: int) -> None:
     # The daemon decides when it ends: a Ctrl-C in its terminal reaches this process too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.setrecursionlimit(recursion_limit)
+    # Started (its imports done): a parse's deadline counts from here.
+    connection.send_bytes(b"")
     while True:
         try:
             whole_body = connection.recv()

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import multiprocessing
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, TypeVar
 
 from tesserad import errors
 from tesserad.api.oip_json_tensors import serve_parses
@@ -26,8 +28,13 @@ from tesserad.tasks import wait_out
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # How long a parser process has to end once asked (its pipe closed), before it is killed.
 _END_WAIT_S = 2.0
+# How long a parser process may take to start (a spawned interpreter imports numpy) before it
+# is taken to hang.
+_START_WAIT_S = 60.0
 # The pace below which a parse is taken to hang: a MiB a second, an eighth of what one takes on an
 # idle core (1 s per 8 MiB), which leaves room for processes sharing a loaded machine's cores.
 _PARSED_PER_S = 2**20
@@ -49,6 +56,13 @@ class _Parser:
         self.process.start()
         # Its end closed here: the process's exit then ends a recv here with EOFError.
         theirs.close()
+        self.started = False
+
+    def start(self) -> None:
+        """Blocking: returns once the process has started (imported what it parses with).
+        EOFError or OSError: the process ended."""
+        self.connection.recv_bytes()
+        self.started = True
 
     def exchange(self, text: bytes | memoryview, whole_body: bool) -> tuple[str, Any]:
         """Blocking: `text` parsed in the process. EOFError or OSError: the process ended."""
@@ -135,8 +149,29 @@ class JsonParsers:
             await self._discard(parser)
             raise errors.Unavailable("tesserad is stopping; send the request to another instance")
         self._busy.add(parser)
-        job = asyncio.get_running_loop().run_in_executor(self._exchanges, parser.exchange, text, whole_body)
+        if not parser.started:
+            await self._exchanged(
+                parser, parser.start, _START_WAIT_S, f"did not start within {_START_WAIT_S:g} s"
+            )
         deadline = self.deadline_s(len(text))
+        answer: tuple[str, Any] = await self._exchanged(
+            parser,
+            functools.partial(parser.exchange, text, whole_body),
+            deadline,
+            f"took over {round(deadline, 2):g} s to parse it ({format_size(len(text))}; "
+            "limits.http_request_timeout_s plus 1 s per MiB)",
+        )
+        self._busy.discard(parser)
+        if self._closed:
+            await self._discard(parser)
+        else:
+            self._idle.append(parser)
+        return answer
+
+    async def _exchanged(self, parser: _Parser, work: Callable[[], T], deadline: float, late: str) -> T:
+        """`work()` (blocking on `parser`'s pipe) run on a thread of its own; past `deadline`
+        seconds, or when the caller is cancelled or `work` fails, `parser` is ended."""
+        job = asyncio.get_running_loop().run_in_executor(self._exchanges, work)
         try:
             done, _ = await asyncio.wait([job], timeout=deadline)
         except asyncio.CancelledError:
@@ -146,22 +181,16 @@ class JsonParsers:
             raise
         if not done:
             await self._discard(parser, job)
-            log.error(
-                "a JSON parser process took over %.1f s on a %s request body; it was killed, and "
-                "another is started",
-                deadline,
-                format_size(len(text)),
-            )
+            log.error("a JSON parser process %s; it was killed, and another is started", late)
             raise Refused(
                 503,
-                f"parsing this request's JSON body ({format_size(len(text))}) took over {deadline:.1f} s "
-                "(limits.http_request_timeout_s plus 1 s per MiB), and its parser process was ended "
-                "(another is started for the next request); send the request again, or send large "
-                "tensors as binary data",
+                f"the process parsing this request's JSON body {late}, and was ended (another is "
+                "started for the next request); send the request again, or send large tensors as "
+                "binary data",
                 headers=RETRY_AFTER,
             )
         try:
-            answer = job.result()
+            return job.result()
         except (EOFError, OSError):
             await self._discard(parser)
             if self._closed:
@@ -181,12 +210,6 @@ class JsonParsers:
             # An answer that could not be read (unpickled): the pipe is in no known state.
             await self._discard(parser)
             raise
-        self._busy.discard(parser)
-        if self._closed:
-            await self._discard(parser)
-        else:
-            self._idle.append(parser)
-        return answer
 
     async def _parser(self) -> _Parser:
         """An idle parser process that is still running, or a new one."""
