@@ -1135,6 +1135,18 @@ def test_binary_data_past_max_batch_size_is_refused_before_it_arrives(served: st
     ).encode()
     answer = _raw(int(served.rsplit(":", 1)[1]), request + header)
     assert b"\r\nconnection: close\r\n" in answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+    # JSON refused before the binary data arrives: the connection closes too.
+    bad = b'{"inputs": ['
+    refused = (
+        f"POST {infer} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(bad) + rows * 16}\r\n"
+        f"Inference-Header-Content-Length: {len(bad)}\r\n\r\n"
+    ).encode()
+    bad_answer = _raw(int(served.rsplit(":", 1)[1]), refused + bad)
+    assert b"\r\nconnection: close\r\n" in bad_answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
+    assert _status_and_error(bad_answer) == (
+        400,
+        "the request body is not JSON: Expecting value: line 1 column 13 (char 12)",
+    )
     assert _status_and_error(answer) == (
         400,
         f"inference request batch-size must be <= 32 for 'linear': input 'x' has {rows} rows, and model "
@@ -1194,6 +1206,7 @@ def test_large_json_is_parsed_in_a_process_bounded_replaced_when_it_dies_and_end
     # Another module daemon's parsers may be running.
     others = frozenset(p.pid for p in _parsers() if p.pid is not None)
     daemon = InProcessDaemon(settings).start()
+    stopped = False
     try:
         upload(daemon.channel(), "linear", linear_model(1.0))
         infer = f"http://127.0.0.1:{daemon.daemon.oip_http_port}/v2/models/linear/infer"
@@ -1236,11 +1249,11 @@ def test_large_json_is_parsed_in_a_process_bounded_replaced_when_it_dies_and_end
             status, headers, answer = next(iter(done)).result()
             assert (status, json.loads(answer)["error"]) == (
                 503,
-                f"tesserad is parsing {format_size(len(body))} of JSON request bodies already, and this one "
-                f"({format_size(len(body))}) would take it over serving.oip_http_json_queue_size = 1 B; send "
-                "it again in a moment, or send large tensors as binary data (the binary tensor data "
-                "extension; tritonclient.http: set_data_from_numpy(..., binary_data=True)), which takes no "
-                "parsing",
+                f"tesserad holds {format_size(len(body))} of request bodies whose JSON waits for or is in a "
+                f"parser process already, and this one ({format_size(len(body))}) would take it over "
+                "serving.oip_http_json_queue_size = 1 B; send it again in a moment, or send large tensors as "
+                "binary data (the binary tensor data extension; tritonclient.http: set_data_from_numpy(..., "
+                "binary_data=True)), which takes no parsing",
             )
             assert headers["Retry-After"] == "1"
             os.kill(parser.pid, signal.SIGKILL)
@@ -1254,8 +1267,23 @@ def test_large_json_is_parsed_in_a_process_bounded_replaced_when_it_dies_and_end
         assert call(infer, body)[0] == 200
         (replaced,) = _parsers(others)
         assert replaced.pid != parser.pid
+        # A stop while a parser hangs on a body: the stop does not wait on it, the body is
+        # answered 503 and the parser ended.
+        os.kill(replaced.pid, signal.SIGSTOP)
+        with ThreadPoolExecutor(2) as threads:
+            sent = [threads.submit(call, infer, body) for _ in range(2)]
+            done, (held,) = wait(sent, return_when=FIRST_COMPLETED)
+            assert next(iter(done)).result()[0] == 503  # past the queue: the other one is parsed
+            stopped = True
+            daemon.stop()
+            status, _, answer = held.result()
+        assert (status, json.loads(answer)["error"]) == (
+            503,
+            "tesserad stopped while it parsed this request's JSON body; send the request to another instance",
+        )
     finally:
-        daemon.stop()
+        if not stopped:
+            daemon.stop()
     assert not replaced.is_alive() and not _parsers(others)
 
 
