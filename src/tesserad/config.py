@@ -549,8 +549,10 @@ class ServingSettings:
     oip_http_json_queue_size: int = setting(
         128 * 2**20,
         parse_size,
-        "most bytes of JSON waiting for or in those processes (one body is always taken); "
-        "beyond: 503 with Retry-After",
+        "most bytes of request bodies (binary data included) whose JSON waits for or is in those "
+        "processes (one body is always taken); beyond: 503 with Retry-After. A parse gets "
+        "limits.http_request_timeout_s plus 1 s per MiB: past it, its process is killed and its "
+        "request answered 503",
     )
     trace_file: Path | None = setting(
         None,
