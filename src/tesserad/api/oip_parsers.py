@@ -144,10 +144,6 @@ class JsonParsers:
         """A parser process's answer to `text`. Every way out hands the process back idle
         (its exchange completed) or ends it: none is left running unowned."""
         parser = await self._parser()
-        if self._closed:
-            # It waited for a process while the daemon stopped: none is kept.
-            await self._discard(parser)
-            raise errors.Unavailable("tesserad is stopping; send the request to another instance")
         self._busy.add(parser)
         if not parser.started:
             await self._exchanged(
@@ -171,6 +167,10 @@ class JsonParsers:
     async def _exchanged(self, parser: _Parser, work: Callable[[], T], deadline: float, late: str) -> T:
         """`work()` (blocking on `parser`'s pipe) run on a thread of its own; past `deadline`
         seconds, or when the caller is cancelled or `work` fails, `parser` is ended."""
+        if self._closed:
+            # The daemon stopped while the request waited for `parser` (or for it to start).
+            await self._discard(parser)
+            raise errors.Unavailable("tesserad is stopping; send the request to another instance")
         job = asyncio.get_running_loop().run_in_executor(self._exchanges, work)
         try:
             done, _ = await asyncio.wait([job], timeout=deadline)
@@ -243,8 +243,9 @@ class JsonParsers:
     async def _reaped(parser: _Parser, exchange: asyncio.Future[Any] | None) -> None:
         if exchange is not None:
             await asyncio.wait([exchange])
-            # Retrieved: its EOFError (the process killed) is of no interest.
-            exchange.exception()
+            if not exchange.cancelled():
+                # Retrieved: its EOFError (the process killed) is of no interest.
+                exchange.exception()
         await asyncio.to_thread(parser.end)
 
     async def close(self) -> None:
