@@ -512,8 +512,10 @@ class ModelPool:
         A version that unload_ready marked while this load was under way is returned unloaded (its
         batcher None), as one unloaded just after: the caller routes its request again.
         """
-        requested = self.over_saved(config, servable)
-        effective = effective_config(requested, self.defaults, servable.format)
+        # What a `--keep-config --save` saves back: the saved fields this daemon cannot run kept,
+        # so that a primary that lost its GPU does not erase the device its replicas run on.
+        requested = over_saved(config, servable.saved_config)
+        effective = effective_config(self.over_saved(config, servable), self.defaults, servable.format)
         key = (servable.model, servable.version)
         with self._lock:
             self._refuse_when_closed(servable)

@@ -256,6 +256,8 @@ def test_a_saved_device_a_daemon_lacks_runs_on_its_default_device_with_a_warning
             inference_pb2.ListLoadedRequest(model="linear")
         )
         assert [(m.version, m.config.device) for m in listed.models] == [(2, "cpu")]
+        # What `tessera load --keep-config --save` saves back keeps it for the machines that have it.
+        assert [(m.requested.device, m.requested.instances) for m in listed.models] == [("cuda:0", 1)]
         (warning,) = [r.getMessage() for r in caplog.records if "device" in r.getMessage()]
         assert "'linear' version 2" in warning
         assert "device cuda:0 is left out, as this onnxruntime has no CUDA provider" in warning
