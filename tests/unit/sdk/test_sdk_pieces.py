@@ -433,3 +433,14 @@ def test_a_flat_line_plot_labels_its_y_axis_around_its_value():
     plot = line_plot({"best so far": [(1, 7.269e-06), (2, 7.269e-06)]}, width=20, height=5)
     labels = [line.split("│")[0].strip() for line in plot.splitlines() if "│" in line]
     assert [labels[0], labels[len(labels) // 2], labels[-1]] == ["7.996e-06", "7.269e-06", "6.542e-06"]
+
+
+def test_a_verify_stream_that_ends_without_its_report_is_an_error_not_a_clean_check():
+    from tessera.errors import Internal
+    from tessera.system import _verify_report
+    from tessera.v1 import system_pb2
+
+    with pytest.raises(Internal, match="without its report"):
+        _verify_report(system_pb2.VerifyStoreProgress(bytes_checked=5, bytes_total=10))
+    clean = system_pb2.VerifyStoreProgress(report=system_pb2.VerifyStoreReport())
+    assert _verify_report(clean) == system_pb2.VerifyStoreReport()

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from tessera.backup import ArchiveCheck, ArchiveError, SavedBackup, read_archive
 from tessera.calls import C, Followed, Op, Part, Reconnects, Resumable, Save, Sink, call, stream
-from tessera.errors import DataLoss
+from tessera.errors import DataLoss, Internal
 from tessera.transfer import PartialFile, Progress
 from tessera.transport import RetryPolicy, timeout_or
 from tessera.v1 import system_pb2 as pb
@@ -26,6 +26,14 @@ BACKUP_FILE_MODE = 0o600
 def _not_whole(exc: ArchiveError) -> DataLoss:
     return DataLoss(f"the backup that arrived is not whole: {exc}; take it again")
 
+
+
+def _verify_report(last: pb.VerifyStoreProgress) -> pb.VerifyStoreReport:
+    """The report in a VerifyStoreStream's last message: Internal where the stream ended without
+    one, which an empty report would tell as a check that found no damage."""
+    if not last.HasField("report"):
+        raise Internal("the daemon ended VerifyStoreStream without its report; call it again")
+    return last.report
 
 class BackupSink:
     """Writes a streamed backup to `path` through a `PartialFile`, which becomes `path` only
@@ -211,7 +219,7 @@ class System(Part[C]):
             pb.VerifyStoreRequest(),
             timeout,
             told,
-            lambda last: last.report,
+            _verify_report,
             unary,
         )
 
