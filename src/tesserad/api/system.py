@@ -127,7 +127,7 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
     async def _check_store(self, progress: bool) -> AsyncGenerator[pb.VerifyStoreProgress]:
         """One store check: with `progress`, a message after its first step (the count of the
         blobs to check) and then one every PROGRESS_INTERVAL_S at most; last, its report."""
-        check = self._store_checks.start()
+        check = self._store_checks.start(progress)
         try:
             sent_at: float | None = None
             # Step by step in a thread: the loop stays free, and a cancelled call stops the

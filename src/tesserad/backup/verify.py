@@ -106,8 +106,18 @@ class StoreCheck:
     """One check: `step()` until it returns False, then `report()`. Steps exclude one another
     and `close()`, so a close while a step runs in another thread waits for it."""
 
-    def __init__(self, store: Store | ReadOnlyStore, blobs: BlobStore, chunk_size: int = CHUNK_BYTES) -> None:
+    def __init__(
+        self,
+        store: Store | ReadOnlyStore,
+        blobs: BlobStore,
+        chunk_size: int = CHUNK_BYTES,
+        *,
+        progress: bool = False,
+    ) -> None:
+        """`progress`: count the blob directory's blobs and bytes first (`blobs_total`,
+        `bytes_total`), for a check that tells how far it has got: one more walk of it."""
         self._store = store
+        self._progress = progress
         self._blobs = blobs
         self._chunk_size = chunk_size
         self._lock = threading.Lock()
@@ -117,7 +127,8 @@ class StoreCheck:
         self._report: StoreCheckReport | None = None
         self.blobs_checked = 0
         self.bytes_checked = 0
-        # What the blob directory held as the check began, counted by its first step.
+        # What the blob directory held as the check began, counted by its first step (0 unless
+        # `progress`).
         self.blobs_total = 0
         self.bytes_total = 0
 
@@ -148,9 +159,10 @@ class StoreCheck:
             self._steps.close()
 
     def _run(self) -> Generator[None]:
-        census = self._blobs.census()
-        self.blobs_total, self.bytes_total = census.count, census.bytes
-        yield
+        if self._progress:
+            census = self._blobs.census()
+            self.blobs_total, self.bytes_total = census.count, census.bytes
+            yield
         damaged: list[str] = []
         for sha256 in self._blobs.all():
             try:
@@ -231,8 +243,8 @@ class StoreChecks:
         self._open: set[StoreCheck] = set()
         self._closed = False
 
-    def start(self) -> StoreCheck:
-        """A new check; ResourceExhausted while another runs, as two would only share the disk's
+    def start(self, progress: bool) -> StoreCheck:
+        """A new check (`progress`: see StoreCheck); ResourceExhausted while another runs, as two would only share the disk's
         bandwidth and find the same problems."""
         with self._lock:
             if self._closed:
@@ -242,7 +254,7 @@ class StoreChecks:
                     "a store check is already running on this daemon (it runs one at a time); "
                     "retry once it has ended"
                 )
-            check = StoreCheck(self._store, self._blobs)
+            check = StoreCheck(self._store, self._blobs, progress=progress)
             self._open.add(check)
         return check
 

@@ -29,13 +29,25 @@ def test_a_daemon_stopping_ends_the_checks_under_way(parts: tuple[Store, BlobSto
     for data in (b"one", b"two"):
         blobs.put_bytes(data)
     checks = StoreChecks(store, blobs)
-    check = checks.start()
+    check = checks.start(progress=True)
     assert check.step()
     checks.close()
     with pytest.raises(Unavailable, match="stopping"):
         check.step()
     with pytest.raises(Unavailable, match="not begun"):
-        checks.start()
+        checks.start(progress=False)
+
+
+def test_a_check_that_tells_no_progress_does_not_count_the_blobs_first(
+    parts: tuple[Store, BlobStore],
+) -> None:
+    store, blobs = parts
+    blobs.put_bytes(b"one")
+    check = StoreCheck(store, blobs)
+    # Its first step hashes the blob at once: no walk of the blob directory before it.
+    assert check.step()
+    assert (check.blobs_total, check.blobs_checked) == (0, 1)
+    assert check.run().blobs_checked == 1
 
 
 def _same_shard_as(sha256: str) -> bytes:
@@ -50,7 +62,7 @@ def test_a_blob_deleted_after_its_shard_was_listed_is_no_damage(parts: tuple[Sto
     other = blobs.put_bytes(_same_shard_as(one)).sha256
     blobs.release(one, other)
     first, second = sorted((one, other))
-    check = StoreCheck(store, blobs)
+    check = StoreCheck(store, blobs, progress=True)
     # The first step counts the blobs to check; the next lists the shard and hashes its first.
     assert check.step()
     assert (check.blobs_total, check.blobs_checked) == (2, 0)
