@@ -48,6 +48,36 @@ def test_a_list_refused_by_the_version_an_alias_or_the_deployment_chose_is_sent_
         np.testing.assert_allclose(prediction["output"], np.array(ROWS, np.float32) * 3)
 
 
+def test_once_a_target_s_version_refused_a_list_later_lists_go_as_its_dtype_at_once(client, served):
+    def refused() -> int:
+        (stats,) = client.inference.stats("affine", 2)
+        return stats.error_count
+
+    before = refused()
+    for _ in range(3):
+        prediction = client.inference.predict("affine", ROWS, alias="production")
+        np.testing.assert_allclose(prediction["output"], np.array(ROWS, np.float32) * 3)
+    # The first call's float64 request alone was refused: the later ones went as float32.
+    assert refused() == before + 1
+
+
+def test_a_refusal_by_another_version_than_the_lists_were_cast_for_casts_them_for_that_one(
+    client, make_onnx
+):
+    client.models.push("moved", make_onnx("f32", scale=3.0, bias=0.0))
+    client.models.push("moved", make_onnx("f64", scale=2.0, bias=1.0, elem_type=TensorProto.DOUBLE))
+    client.inference.load("moved", 1)
+    client.inference.load("moved", 2)
+    client.models.deploy("moved", {1: 100})
+    assert client.inference.predict("moved", ROWS)["output"].dtype == np.float32
+    # Now cast for version 1 up front; version 2 refuses float32, and the lists go as float64.
+    client.models.deploy("moved", {2: 100})
+    for _ in range(2):
+        prediction = client.inference.predict("moved", ROWS)
+        assert prediction.version == 2
+        np.testing.assert_allclose(prediction["output"], np.array(ROWS) * 2 + 1)
+
+
 def test_inputs_go_as_the_version_the_deployment_routes_to_takes_them(client, make_onnx):
     client.models.push("mixed", make_onnx("f64", scale=2.0, bias=1.0, elem_type=TensorProto.DOUBLE))
     client.models.push("mixed", make_onnx("f32", scale=3.0, bias=0.0))
@@ -131,6 +161,9 @@ def test_with_a_daemon_that_names_no_refusing_version_a_list_is_cast_only_for_a_
             with pytest.raises(tessera.InvalidArgument, match=r"expects float32$"):
                 client.inference.predict("affine", ROWS, version=2)
             assert inference.predicts == 3  # sent again once as float32
+            with pytest.raises(tessera.InvalidArgument, match=r"expects float32$"):
+                client.inference.predict("affine", ROWS, version=2)
+            assert inference.predicts == 4  # as float32 at once, and not again when refused
             with pytest.raises(tessera.InvalidArgument, match=r"\.astype\(np\.float32\)"):
                 client.inference.predict("affine", np.array(ROWS), alias="production")
     finally:

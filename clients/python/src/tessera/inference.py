@@ -121,6 +121,11 @@ def predict_request(
 # A version's signature, by model and version number: a version never changes.
 Signatures = dict[tuple[str, int], common_pb2.Signature]
 
+# The version whose signature last refused a call's lists, by its target (model, version
+# number, alias; neither: the deployment), so that later calls cast their lists up front rather
+# than send each one twice: replaced when a refusal names another version (an alias moved, a split).
+TargetVersions = dict[tuple[str, int, str], int]
+
 # The trailer in which a daemon names, by number, the version whose signature refused a request
 # (tesserad.api.errors.REFUSING_VERSION_HEADER); a daemon from before it says so only in words.
 REFUSING_VERSION = "tessera-refusing-version"
@@ -191,10 +196,12 @@ class Predict(Call[Prediction]):
     outputs: Sequence[str]
     timeout: float | None
     signatures: Signatures
+    versions: TargetVersions
 
     def run(self, conn: Connection) -> Prediction:
+        first, cast_for = self._first()
         try:
-            return Prediction.from_proto(conn.unary(S, "Predict", self._request(self.inputs), self.timeout))
+            return Prediction.from_proto(conn.unary(S, "Predict", self._request(first), self.timeout))
         except InvalidArgument as error:
             version = self._refusing(error)
             if version is None:
@@ -203,17 +210,16 @@ class Predict(Call[Prediction]):
                 signature = self._signature(version).run(conn)
             except TesseraError:
                 raise error from None
-            retry = self._retry_or_raise(error, signature, version)
+            retry = self._retry_or_raise(error, signature, version, first, cast_for)
         try:
             return Prediction.from_proto(conn.unary(S, "Predict", retry, self.timeout))
         except InvalidArgument as error:
             raise self._fix_of_retry(error, signature, version) from None
 
     async def run_async(self, conn: AioConnection) -> Prediction:
+        first, cast_for = self._first()
         try:
-            return Prediction.from_proto(
-                await conn.unary(S, "Predict", self._request(self.inputs), self.timeout)
-            )
+            return Prediction.from_proto(await conn.unary(S, "Predict", self._request(first), self.timeout))
         except InvalidArgument as error:
             version = self._refusing(error)
             if version is None:
@@ -222,11 +228,27 @@ class Predict(Call[Prediction]):
                 signature = await self._signature(version).run_async(conn)
             except TesseraError:
                 raise error from None
-            retry = self._retry_or_raise(error, signature, version)
+            retry = self._retry_or_raise(error, signature, version, first, cast_for)
         try:
             return Prediction.from_proto(await conn.unary(S, "Predict", retry, self.timeout))
         except InvalidArgument as error:
             raise self._fix_of_retry(error, signature, version) from None
+
+    def _key(self) -> tuple[str, int, str]:
+        return (self.target.model, self.target.version, self.target.alias)
+
+    def _first(self) -> tuple[Mapping[str, np.typing.ArrayLike], int]:
+        """The inputs to send first, and the version whose signature cast their lists (0: none):
+        as that of the version that last refused this target's lists, where one did."""
+        version = self.versions.get(self._key(), 0) if untyped(self.inputs) else 0
+        signature = self.signatures.get((self.target.model, version))
+        if signature is None:
+            return self.inputs, 0
+        try:
+            return as_input_dtypes(self.inputs, input_dtypes(signature)), version
+        except ValueError:
+            # Values that dtype cannot hold: sent as they are, for the refusal to say so.
+            return self.inputs, 0
 
     def _refusing(self, error: InvalidArgument) -> int | None:
         """The number of the version whose signature can fix or explain `error`; 0: the target's,
@@ -242,18 +264,25 @@ class Predict(Call[Prediction]):
         return 0 if arrays(self.inputs) else None
 
     def _retry_or_raise(
-        self, error: InvalidArgument, signature: common_pb2.Signature, version: int
+        self,
+        error: InvalidArgument,
+        signature: common_pb2.Signature,
+        version: int,
+        sent: Mapping[str, np.typing.ArrayLike],
+        cast_for: int,
     ) -> pb.PredictRequest:
         """The request again with its lists as the signature's dtypes; raises `error` (with the
-        cast to make for an array) where no list's dtype changes or one cannot hold its values."""
-        if not (untyped(self.inputs) and version > 0):
+        cast to make for an array) where no list's dtype changes from what was `sent` (cast for
+        the signature of version `cast_for`, 0: not cast) or one cannot hold its values."""
+        if not (untyped(self.inputs) and version > 0) or version == cast_for:
             raise self._with_fix(error, signature) from None
+        self.versions[self._key()] = version
         dtypes = input_dtypes(signature)
         try:
             typed = as_input_dtypes(self.inputs, dtypes)
         except ValueError as unheld:
             raise InvalidArgument(f"{error.daemon_message}; {unheld}", error.trailers) from None
-        if not recast(self.inputs, typed):
+        if not recast(self.inputs, sent, typed):
             raise self._with_fix(error, signature) from None
         return self._request(typed)
 
@@ -335,6 +364,7 @@ class Inference(Part[C]):
     def __init__(self, conn: C) -> None:
         Part.__init__(self, conn)
         self._signatures: Signatures = {}
+        self._versions: TargetVersions = {}
 
     @call
     def predict(
@@ -356,14 +386,21 @@ class Inference(Part[C]):
         (float64). Where the version that serves the call refuses the dtype (the one `version`
         names, or the one an alias or the deployment chose, which the daemon names), the list is
         sent again once as the dtype that version's signature gives the input (float32), if that
-        dtype holds the values; the signature is read once per version number. A daemon from
+        dtype holds the values; the signature is read once per version number, and later calls to
+        the same target (model, and version or alias) send their lists as that version's dtypes
+        at once, until a refusal names another version. A daemon from
         before it names no version: there, with an alias or the deployment choosing the version,
         the refusal is raised: send `np.array(x, np.float32)` or name the version. A numpy array
         is sent as it is: one of another dtype is refused (InvalidArgument) with the cast to make
         for the version that refused it, `x.astype(np.float32)`, since casting it here could
         change its values unseen."""
         return Predict(
-            version_ref(model, version, alias), named_inputs(inputs), list(outputs), timeout, self._signatures
+            version_ref(model, version, alias),
+            named_inputs(inputs),
+            list(outputs),
+            timeout,
+            self._signatures,
+            self._versions,
         )
 
     @stream

@@ -76,18 +76,17 @@ def as_input_dtypes(
     return typed
 
 
-def recast(inputs: Mapping[str, np.typing.ArrayLike], typed: Mapping[str, np.typing.ArrayLike]) -> bool:
+def recast(
+    inputs: Mapping[str, np.typing.ArrayLike],
+    sent: Mapping[str, np.typing.ArrayLike],
+    typed: Mapping[str, np.typing.ArrayLike],
+) -> bool:
     """Whether `typed` (from as_input_dtypes) makes a list or a scalar of `inputs` another dtype
-    than numpy gives it."""
-    for name, value in inputs.items():
-        made = typed[name]
-        if (
-            not isinstance(value, np.ndarray)
-            and isinstance(made, np.ndarray)
-            and np.asarray(value).dtype != made.dtype
-        ):
-            return True
-    return False
+    than it was `sent` as (as numpy makes it, or cast already)."""
+    return any(
+        not isinstance(value, np.ndarray) and np.asarray(sent[name]).dtype != np.asarray(typed[name]).dtype
+        for name, value in inputs.items()
+    )
 
 
 def astype_fix(inputs: Mapping[str, np.typing.ArrayLike], dtypes: Mapping[str, np.dtype]) -> str:
