@@ -82,20 +82,44 @@ _RESTORE = (
 )
 
 
+# LMDB's errors that mean the store file itself is damaged (or is no LMDB file): a restore mends
+# them. The rest come of the system it runs on (memory, limits, access) and are said as such.
+_DAMAGE = (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError, lmdb.VersionMismatchError)
+
+# What to do about an error number LMDB gives, opening or reading the store.
+_ERRNO_ADVICE = {
+    errno.EACCES: "give the user tesserad runs as access to it and to its directory",
+    errno.EPERM: "give the user tesserad runs as access to it and to its directory",
+    errno.ENOMEM: (
+        "its map (store.map_size, or the file's size where larger) does not fit in the memory or "
+        "address space this process may use: raise that limit (`ulimit -v`, the container's memory "
+        "limit) or lower TESSERA_STORE_MAP_SIZE"
+    ),
+    errno.EMFILE: "this process has every file it may open open: raise its limit (`ulimit -n`)",
+    errno.ENFILE: "the system has every file it may open open: close some, or raise fs.file-max",
+    errno.ENOENT: "it is not there: name the data directory that holds store/data.mdb",
+    errno.ENOSPC: "the disk is full: free space on it",
+}
+
+
 def unreadable_store(path: Path, exc: lmdb.Error) -> TesseraError:
-    """What LMDB's `exc`, met opening or reading the store at `path`, means to an operator: the
-    file's access, or damage (or no store at all), which a restore from a backup mends."""
+    """What LMDB's `exc`, met opening or reading the store at `path`, means to an operator: damage
+    (or no LMDB file at all), which a restore from a backup mends; else what the system refused
+    (access, memory, limits), in LMDB's words with what to change."""
     data_file = path / "data.mdb"
     # LMDB's message starts with the store's directory, which ours names already.
     said = str(exc).removeprefix(f"{path}: ")
-    if getattr(exc, "code", None) in (errno.EACCES, errno.EPERM):
-        return FailedPrecondition(
-            f"the store file {data_file} cannot be opened (LMDB says: {said}); give the user tesserad "
-            "runs as access to it and to its directory"
+    if isinstance(exc, _DAMAGE):
+        return DataLoss(
+            f"the store file {data_file} is damaged or is not a tesserad store (LMDB says: {said}); {_RESTORE}"
         )
-    return DataLoss(
-        f"the store file {data_file} is damaged or is not a tesserad store (LMDB says: {said}); {_RESTORE}"
-    )
+    if isinstance(exc, lmdb.ReadersFullError):
+        advice = "every reader slot of its lock file is taken: stop the other processes that read it"
+    else:
+        advice = _ERRNO_ADVICE.get(
+            getattr(exc, "code", None) or 0, "what it says is no sign of damage to the file: fix that, and try again"
+        )
+    return FailedPrecondition(f"the store file {data_file} cannot be opened (LMDB says: {said}); {advice}")
 
 
 @contextlib.contextmanager

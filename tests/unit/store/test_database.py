@@ -419,3 +419,33 @@ def test_records_round_trip_and_refuse_the_unknown() -> None:
         decode_record(raw, "dataset", 1)
     with pytest.raises(DataLoss):
         decode_record(b"\x80garbage", "model", 1)
+
+
+def test_a_map_the_address_space_cannot_hold_is_said_as_a_limit_not_as_damage(tmp_path: Path) -> None:
+    """An open refused by the system (ENOMEM under an address-space limit) is no damaged store:
+    FailedPrecondition in LMDB's words, with the limit to raise, not DataLoss and a restore."""
+    opened = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from tesserad.errors import TesseraError
+        from tesserad.store import Store
+        try:
+            Store.open(Path({str(tmp_path / "store")!r}), map_size=8 << 30, tables=["items"])
+        except TesseraError as exc:
+            print(type(exc).__name__, exc)
+        """
+    )
+
+    def limited() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    done = subprocess.run(
+        [sys.executable, "-c", opened], capture_output=True, text=True, preexec_fn=limited, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    said = done.stdout.strip()
+    assert said.startswith("FailedPrecondition the store file "), said
+    assert "cannot be opened (LMDB says: Cannot allocate memory); its map (store.map_size" in said
+    assert "ulimit -v" in said and "restore" not in said
