@@ -196,12 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
             "Check the data directory DIR of a stopped daemon for damage: every blob is re-hashed "
             "against its sha256, and the blob of every model version, dataset version, run artifact "
             "and job checkpoint is looked for. Each problem is printed on stdout with the records "
-            "that own the blob, and a summary with the rate follows. It takes the data directory's "
-            "lock, as `tesserad serve` does, so it is refused while a daemon runs on DIR: check that "
-            "one with `tessera admin verify`. The store is opened read-only, no table is created "
-            "in it, and nothing in DIR is changed, so a read-only mount or snapshot can be checked: "
-            "where DIR cannot be written, the lock is taken shared on its lock file as it is, which "
-            "still keeps a daemon out (without that file, the check runs unlocked and says so). "
+            "that own the blob, and a summary with the rate follows. It takes a shared lock on DIR's "
+            "tesserad.lock, which keeps a daemon out, so it is refused while a daemon runs on DIR "
+            "(check that one with `tessera admin verify`), and a daemon that starts meanwhile is "
+            "refused. Nothing in DIR is written or created: the lock file is opened read-only, the "
+            "store is opened read-only and no table is created in it, so a read-only mount or "
+            "snapshot, or another user's directory, can be checked. A DIR without tesserad.lock (a "
+            "copy made without it) is refused unless --unlocked is given. "
             "Exit status: 0 no damage, "
             f"{EXIT_DAMAGED} damage found (in a blob, or in the store file itself, which is said in a "
             "paragraph naming the file and what LMDB said, with the restore to make), 1 refused or "
@@ -210,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument(
         "--data-dir", type=Path, required=True, metavar="DIR", help="the data directory to check"
+    )
+    verify.add_argument(
+        "--unlocked",
+        action="store_true",
+        help="check a DIR that holds no tesserad.lock, without a lock: nothing then keeps a daemon "
+        "from starting on DIR meanwhile, whose writes the check could report as damage",
     )
 
     commands.add_parser(
@@ -327,7 +334,7 @@ def _restore(
     return 0
 
 
-def _verify(data_dir: Path) -> int:
+def _verify(data_dir: Path, unlocked: bool) -> int:
     from tessera.messages import checked_store
     from tessera.rpc_commands import in_cli_words
     from tesserad.backup.verify import StoreCheck
@@ -354,10 +361,18 @@ def _verify(data_dir: Path) -> int:
     except OSError as exc:
         print(f"tesserad verify: cannot take the lock of data directory {data_dir}: {exc}", file=sys.stderr)
         return 1
+    if not locked and not unlocked:
+        print(
+            f"tesserad verify: {data_dir} holds no {lock.path.name} to lock (nor is one made there), so "
+            "nothing would keep a tesserad from starting on it during the check, whose writes the "
+            "check could report as damage; pass --unlocked to check it so, once sure none will",
+            file=sys.stderr,
+        )
+        return 1
     if not locked:
         print(
-            f"tesserad verify: {data_dir} cannot be written and holds no {lock.path.name} to lock, so "
-            "the check runs unlocked: make sure no tesserad starts on it meanwhile",
+            f"tesserad verify: {data_dir} holds no {lock.path.name} to lock, so the check runs "
+            "unlocked (--unlocked): make sure no tesserad starts on it meanwhile",
             file=sys.stderr,
         )
     previous = signal.signal(signal.SIGTERM, _terminate)
@@ -426,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _restore(sys.stdin.buffer, args.data_dir, args.progress, owner)
 
     if args.command == "verify":
-        return _verify(args.data_dir)
+        return _verify(args.data_dir, args.unlocked)
 
     overrides = {name: getattr(args, name.replace(".", "__")) for name, _, _ in SERVE_FLAGS.values()}
     try:

@@ -179,6 +179,21 @@ def test_the_offline_check_is_refused_while_the_daemon_runs(
     assert "tessera admin verify" in err
 
 
+def test_the_offline_check_of_a_data_directory_without_its_lock_file_runs_only_when_told(
+    copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (copy / "tesserad.lock").unlink()
+    code, out, err = _verify_offline(copy, capsys)
+    assert (code, out) == (1, "")
+    assert "pass --unlocked" in " ".join(err.split()), err
+    assert not (copy / "tesserad.lock").exists()
+    code = tesserad_main(["verify", "--data-dir", str(copy), "--unlocked"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "no damage" in captured.out and "runs unlocked" in captured.err
+    assert not (copy / "tesserad.lock").exists()
+
+
 def test_a_damaged_blob_is_found_online_with_its_owner(
     filled: Filled, copy: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -395,9 +410,9 @@ def _make_read_only(data_dir: Path) -> None:
         path.chmod(path.stat().st_mode & ~0o222)
 
 
-def _verify_as_another_user(data_dir: Path) -> subprocess.CompletedProcess[str]:
+def _verify_as_another_user(data_dir: Path, *more: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*as_nobody(), sys.executable, "-m", "tesserad", "verify", "--data-dir", str(data_dir)],
+        [*as_nobody(), sys.executable, "-m", "tesserad", "verify", "--data-dir", str(data_dir), *more],
         capture_output=True,
         text=True,
         timeout=120,
@@ -416,17 +431,21 @@ def test_the_offline_check_runs_on_a_data_directory_it_may_not_write(
     filled: Filled, shared_copy: Path, lock_file: bool
 ) -> None:
     """As on a read-only mount or snapshot: the lock is taken shared on the file as it is, and
-    where there is none to take, the check says it runs without it."""
+    where there is none to take, the check runs without it only when told to, and says so."""
     _damage(shared_copy, filled.model_sha256)
     if not lock_file:
         (shared_copy / "tesserad.lock").unlink()
     _make_read_only(shared_copy)
     before = _listing(shared_copy)
-    done = _verify_as_another_user(shared_copy)
+    if not lock_file:
+        refused = _verify_as_another_user(shared_copy)
+        assert (refused.returncode, refused.stdout) == (1, ""), refused.stderr
+        assert "pass --unlocked" in " ".join(refused.stderr.split()), refused.stderr
+    done = _verify_as_another_user(shared_copy, *([] if lock_file else ["--unlocked"]))
     assert done.returncode == EXIT_DAMAGED, done.stderr
     assert f"blob {filled.model_sha256} is damaged on disk" in done.stdout
     assert "Traceback" not in done.stderr
-    unlocked = f"{shared_copy} cannot be written and holds no tesserad.lock to lock"
+    unlocked = f"{shared_copy} holds no tesserad.lock to lock, so the check runs unlocked"
     assert (unlocked in " ".join(done.stderr.split())) is not lock_file, done.stderr
     assert _listing(shared_copy) == before
 

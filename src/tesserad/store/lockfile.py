@@ -9,7 +9,6 @@ stripped: the pid's line is padded with spaces to fill them, so that it shows th
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 from pathlib import Path
@@ -23,7 +22,8 @@ _HOLDER_BYTES = 32
 
 
 class DataDirLock:
-    """An exclusive `flock` on `<data_dir>/tesserad.lock`; the kernel drops it if we die."""
+    """An exclusive `flock` on `<data_dir>/tesserad.lock` (a shared one for a reader); the kernel
+    drops it if we die."""
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / LOCK_NAME
@@ -41,17 +41,11 @@ class DataDirLock:
         self._write(fd)
 
     def acquire_to_read(self) -> bool:
-        """`acquire`, for a reader (`tesserad verify`) of a directory it may not write (a read-only
-        mount or snapshot, another user's): there, a shared lock on the file as it is, written
-        nothing, which a daemon's exclusive one excludes either way. False, and no lock held, where
-        there is no file to take it on: no daemon has held the directory since it last could be
-        written (a tesserad that starts on it meanwhile is not excluded)."""
-        try:
-            self.acquire()
-            return True
-        except OSError as exc:
-            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
-                raise
+        """For a reader (`tesserad verify`), which changes nothing in the directory, on a mount or
+        snapshot it may not write or another user's alike: a shared lock on the file as it is,
+        opened read-only and written nothing, which a daemon's exclusive one excludes either way.
+        False, and no lock held, where there is no file to take it on (none is made: it would be
+        this user's, which a daemon run as the directory's owner might not open)."""
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
@@ -65,11 +59,18 @@ class DataDirLock:
         try:
             fcntl.flock(fd, kind | fcntl.LOCK_NB)
         except BlockingIOError:
+            shared = kind == fcntl.LOCK_EX and _held_shared(fd)
             holder = (
                 os.pread(fd, _HOLDER_BYTES, 0).decode(errors="replace").partition("\n")[0].strip()
                 or "unknown"
             )
             os.close(fd)
+            if shared:
+                # The pid in the file is the last daemon's: a reader writes none.
+                raise FailedPrecondition(
+                    f"data directory {self.path.parent} is held shared by another process (a "
+                    "`tesserad verify` reading it?); wait for it to end or pass another --data-dir"
+                ) from None
             raise FailedPrecondition(
                 f"data directory {self.path.parent} is in use by another tesserad (pid {holder}); "
                 "stop that daemon or pass another --data-dir"
@@ -93,3 +94,14 @@ class DataDirLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def _held_shared(fd: int) -> bool:
+    """Whether the lock an exclusive flock on `fd` was refused is held shared (by readers alone):
+    a shared one is granted then, and let go at once."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True

@@ -40,3 +40,31 @@ def test_a_tesserad_from_before_the_token_refused_by_the_lock_reads_the_pid_alon
         assert again.store_token == "0123456789abcdef"
     finally:
         again.release()
+
+
+def test_a_readers_shared_lock_writes_nothing_and_a_daemon_it_keeps_out_is_told_so(tmp_path: Path) -> None:
+    daemon = DataDirLock(tmp_path)
+    daemon.acquire()
+    daemon.keep_store_token("0123456789abcdef")
+    daemon.release()
+    lock_file = tmp_path / LOCK_NAME
+    before = (lock_file.read_bytes(), lock_file.stat().st_mtime_ns)
+    reader = DataDirLock(tmp_path)
+    assert reader.acquire_to_read()
+    try:
+        assert (lock_file.read_bytes(), lock_file.stat().st_mtime_ns) == before
+        # Not the pid in the file, which is the last daemon's.
+        with pytest.raises(
+            FailedPrecondition, match=r"is held shared by another process \(a `tesserad verify` reading it\?\)"
+        ):
+            DataDirLock(tmp_path).acquire()
+        other = DataDirLock(tmp_path)
+        assert other.acquire_to_read()
+        other.release()
+    finally:
+        reader.release()
+
+
+def test_a_reader_makes_no_lock_file_where_there_is_none(tmp_path: Path) -> None:
+    assert not DataDirLock(tmp_path).acquire_to_read()
+    assert not (tmp_path / LOCK_NAME).exists()
