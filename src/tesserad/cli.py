@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import grp
 import logging
 import os
 import pwd
@@ -177,10 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore.add_argument(
         "--owner",
-        metavar="USER",
-        help="give the restored data directory and all it holds to USER (a name or uid) and USER's "
-        "group: the user `tesserad serve` runs as, where the restore runs as root (default: the "
-        "restore's own user)",
+        metavar="USER[:GROUP]",
+        help="give the restored data directory and all it holds to USER (a name, or a uid, which "
+        "needs no entry here: a container's runAsUser) and GROUP (a name or gid; default: USER's "
+        "primary group, or the uid's number where USER has no entry): the user `tesserad serve` "
+        "runs as, where the restore runs as root (default: the restore's own user)",
     )
     restore.add_argument(
         "--progress",
@@ -241,20 +243,41 @@ def _terminate(_signum: int, _frame: object) -> NoReturn:
     raise _Terminated
 
 
-def _owner(parser: argparse.ArgumentParser, user: str | None) -> tuple[int, int] | None:
-    """The uid and gid `--owner USER` gives the restore to; a usage error for a user this system
-    lacks, or for another user where the restore does not run as root."""
-    if user is None:
+def _owner(parser: argparse.ArgumentParser, owner: str | None) -> tuple[int, int] | None:
+    """The uid and gid `--owner USER[:GROUP]` gives the restore to: a name, or a uid with or
+    without an entry here (a container's runAsUser); GROUP by name or gid, else the user's
+    primary group, or the uid's number where it has no entry. A usage error for a name this
+    system lacks, or for another owner where the restore does not run as root."""
+    if owner is None:
         return None
-    try:
-        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-    except KeyError:
-        parser.error(f"--owner {user}: no such user here; name the user `tesserad serve` runs as")
-    if os.geteuid() not in (0, entry.pw_uid):
+    user, _, group = owner.partition(":")
+    if user.isdigit():
+        uid = int(user)
+        try:
+            gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            gid = uid
+    else:
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            parser.error(
+                f"--owner {owner}: no such user here; name the user `tesserad serve` runs as, or its uid"
+            )
+        uid, gid = entry.pw_uid, entry.pw_gid
+    if group.isdigit():
+        gid = int(group)
+    elif group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            parser.error(f"--owner {owner}: no such group here; name the group by its name here or its gid")
+    if os.geteuid() != 0 and (uid != os.geteuid() or gid not in (os.getegid(), *os.getgroups())):
         parser.error(
-            f"--owner {user}: only root may give files to another user; run the restore as root, or as {user}"
+            f"--owner {owner}: only root may give files to another user or to a group it is not in; "
+            f"run the restore as root, or as {user}"
         )
-    return entry.pw_uid, entry.pw_gid
+    return uid, gid
 
 
 def _restore(

@@ -507,6 +507,29 @@ def test_a_restore_as_root_gives_the_data_directory_to_the_owner_named(
         assert (data_dir / "tesserad.lock").exists() and (data_dir / "store" / "data.mdb").exists()
 
 
+def test_a_restore_as_root_takes_a_uid_without_an_entry_here_and_a_group(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As a container runs the daemon (runAsUser 43210, in no passwd file): the uid's own number
+    as its group, unless one is named."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to give files to another user")
+    uid = next(n for n in range(43210, 43310) if not _has_entry(n))
+    for owner, expected in ((str(uid), (uid, uid)), (f"{uid}:65534", (uid, 65534))):
+        data_dir = tmp_path / owner.replace(":", "-")
+        code = tesserad_main(["restore", str(source.archive), "--data-dir", str(data_dir), "--owner", owner])
+        assert (code, capsys.readouterr().err) == (0, "")
+        assert {(p.stat().st_uid, p.stat().st_gid) for p in [data_dir, *data_dir.rglob("*")]} == {expected}
+
+
+def _has_entry(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
+
+
 def test_a_restore_to_an_owner_this_system_lacks_is_a_usage_error(
     source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -516,6 +539,11 @@ def test_a_restore_to_an_owner_this_system_lacks_is_a_usage_error(
         )
     assert exited.value.code == 2
     assert "--owner no-such-user: no such user here" in capsys.readouterr().err
+    owner = f"{os.geteuid()}:no-such-group"
+    with pytest.raises(SystemExit) as exited:
+        tesserad_main(["restore", str(source.archive), "--data-dir", str(tmp_path / "r"), "--owner", owner])
+    assert exited.value.code == 2
+    assert f"--owner {owner}: no such group here" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
