@@ -165,7 +165,8 @@ def restore(
                     raise
                 raise RestoreError(f"{staging.no_room()}; nothing was written") from None
             if owner is not None:
-                # Before the directories' fsyncs, which make the owners durable with the names.
+                # Owners are inode metadata, which the directories' fsyncs below do not make
+                # durable: a crash may undo some, which a `chown -R` mends (no data is lost).
                 for path in [staging.path, *staging.path.rglob("*")]:
                     os.chown(path, *owner)
             _sync_dirs(staging.path)
@@ -569,12 +570,16 @@ def _put_in_place(
             lock.acquire()
         except FailedPrecondition as exc:
             raise RestoreError(str(exc)) from None
+        # (path, its uid and gid before the restore handed it to `owner`)
+        handed: list[tuple[Path, int, int]] = []
         try:
             # Checked again under the lock: a daemon may have started on it meanwhile.
             _check_empty(data_dir, staging)
             if owner is not None:
                 for path in (data_dir, lock.path):
+                    was = path.stat()
                     os.chown(path, *owner)
+                    handed.append((path, was.st_uid, was.st_gid))
             if (staging / "blobs").exists():
                 (staging / INSTALLING_NAME).touch()
                 fsync_dir(staging)
@@ -584,6 +589,13 @@ def _put_in_place(
             (staging / "store").rename(data_dir / "store")
             if store_token is not None:
                 lock.keep_store_token(store_token)
+        except BaseException:
+            if not _store_moved(staging, data_dir):
+                # Not restored: the (empty) directory goes back to whom it was.
+                for path, uid, gid in handed:
+                    with contextlib.suppress(OSError):
+                        os.chown(path, uid, gid)
+            raise
         finally:
             lock.release()
         # What is left: its lock file, its INSTALLING mark.
