@@ -117,7 +117,8 @@ def unreadable_store(path: Path, exc: lmdb.Error) -> TesseraError:
         advice = "every reader slot of its lock file is taken: stop the other processes that read it"
     else:
         advice = _ERRNO_ADVICE.get(
-            getattr(exc, "code", None) or 0, "what it says is no sign of damage to the file: fix that, and try again"
+            getattr(exc, "code", None) or 0,
+            "what it says is no sign of damage to the file: fix that, and try again",
         )
     return FailedPrecondition(f"the store file {data_file} cannot be opened (LMDB says: {said}); {advice}")
 

@@ -61,9 +61,7 @@ def test_once_a_target_s_version_refused_a_list_later_lists_go_as_its_dtype_at_o
     assert refused() == before + 1
 
 
-def test_a_refusal_by_another_version_than_the_lists_were_cast_for_casts_them_for_that_one(
-    client, make_onnx
-):
+def test_a_refusal_by_another_version_than_the_lists_were_cast_for_casts_them_for_that_one(client, make_onnx):
     client.models.push("moved", make_onnx("f32", scale=3.0, bias=0.0))
     client.models.push("moved", make_onnx("f64", scale=2.0, bias=1.0, elem_type=TensorProto.DOUBLE))
     client.inference.load("moved", 1)

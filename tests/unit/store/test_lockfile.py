@@ -55,7 +55,8 @@ def test_a_readers_shared_lock_writes_nothing_and_a_daemon_it_keeps_out_is_told_
         assert (lock_file.read_bytes(), lock_file.stat().st_mtime_ns) == before
         # Not the pid in the file, which is the last daemon's.
         with pytest.raises(
-            FailedPrecondition, match=r"is held shared by another process \(a `tesserad verify` reading it\?\)"
+            FailedPrecondition,
+            match=r"is held shared by another process \(a `tesserad verify` reading it\?\)",
         ):
             DataDirLock(tmp_path).acquire()
         other = DataDirLock(tmp_path)

@@ -27,13 +27,13 @@ def _not_whole(exc: ArchiveError) -> DataLoss:
     return DataLoss(f"the backup that arrived is not whole: {exc}; take it again")
 
 
-
 def _verify_report(last: pb.VerifyStoreProgress) -> pb.VerifyStoreReport:
     """The report in a VerifyStoreStream's last message: Internal where the stream ended without
     one, which an empty report would tell as a check that found no damage."""
     if not last.HasField("report"):
         raise Internal("the daemon ended VerifyStoreStream without its report; call it again")
     return last.report
+
 
 class BackupSink:
     """Writes a streamed backup to `path` through a `PartialFile`, which becomes `path` only
