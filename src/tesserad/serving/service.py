@@ -557,6 +557,8 @@ class InferenceService:
                 if within_max_batch and rows > entry.config.max_batch_size and entry.signature.batchable:
                     raise _over_max_batch(target.model, entry, rows)
             except TesseraError:
+                # Counted, a client's bad input too, as Triton counts failures before its backend
+                # (reason OTHER); the SDK casts lists up front once a version refused them.
                 entry.stats.record_failure(time.perf_counter_ns() - started, False, FailureReason.OTHER)
                 raise
             cache = entry.cache
