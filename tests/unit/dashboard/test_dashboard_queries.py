@@ -50,12 +50,14 @@ def test_non_finite_numbers_become_null_at_any_depth():
 
 EXPECTED_HTTP_STATUS = {
     errors.InvalidArgument: 400,
+    errors.RefusedBySignature: 400,
     errors.NotFound: 404,
     errors.AlreadyExists: 409,
     errors.FailedPrecondition: 409,
     errors.NotLoaded: 409,
     errors.OutOfRange: 400,
     errors.ResourceExhausted: 429,
+    errors.QueueFull: 429,
     errors.DataLoss: 500,
     errors.Unauthenticated: 401,
     errors.PermissionDenied: 403,
@@ -64,6 +66,7 @@ EXPECTED_HTTP_STATUS = {
     errors.Cancelled: 499,
     errors.Unavailable: 503,
     errors.StillLoading: 503,
+    errors.Overloaded: 503,
     errors.Unimplemented: 501,
     errors.Internal: 500,
 }
