@@ -112,6 +112,38 @@ class Serving:
         self.registry = registry_pb2_grpc.RegistryStub(self.channel)
         self.store = daemon.daemon.registry
         self.service: InferenceService = daemon.daemon.inference
+        self._told = threading.Condition()
+        self._changes: list[str] = []
+        # Added after serving's listener: called once serving has been told of a commit.
+        self.store.add_listener(self._told_of)
+        self._unanswered: list[grpc.Future] = []
+
+    def _told_of(self, model: str) -> None:
+        with self._told:
+            self._changes.append(model)
+            self._told.notify_all()
+
+    def held_change(self, call: Any, request: Any) -> None:
+        """Make the registry change `request` (a call of `call`, to `request.model`) while serving
+        cannot route by it (a load or a refresh the test holds), without waiting as the call does
+        until it routes by it (ROUTING_WAIT_S, 30 s): return once the change is committed and
+        serving told of it. Its answer is checked by answered(), once the test let things go."""
+        with self._told:
+            before = self._changes.count(request.model)
+        answer = call.future(request)
+        with self._told:
+            told = self._told.wait_for(
+                lambda: self._changes.count(request.model) > before or answer.done(), 30
+            )
+        if answer.done():
+            answer.result()
+        assert told, f"the change to {request.model!r} was never committed"
+        self._unanswered.append(answer)
+
+    def answered(self) -> None:
+        """Wait for the answers of the held changes: each an OK, once serving routes by it."""
+        while self._unanswered:
+            self._unanswered.pop().result(30)
 
     def alias_on_version_1(self, model: str) -> None:
         """Register versions 1 and 2 of `model` and point its alias 'production' at version 1,
@@ -165,8 +197,9 @@ def test_a_slow_load_of_the_version_a_deployment_moves_to_holds_no_other_models_
     assert serving.inference.Predict(predict_request("other", X, alias="production")).version == 1
     held = HeldArtifacts(serving.store, monkeypatch, ("slow", 2))
     try:
-        serving.registry.Deploy(
-            registry_pb2.DeployRequest(model="slow", routes=[registry_pb2.Route(version=2, weight=100)])
+        serving.held_change(
+            serving.registry.Deploy,
+            registry_pb2.DeployRequest(model="slow", routes=[registry_pb2.Route(version=2, weight=100)]),
         )
         assert held.inside.wait(30)
         serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="other", alias="production", version=2))
@@ -182,6 +215,7 @@ def test_a_slow_load_of_the_version_a_deployment_moves_to_holds_no_other_models_
         }
     finally:
         held.release.set()
+    serving.answered()
     _wait_for(
         lambda: serving.inference.Predict(predict_request("slow", X)).version == 2, "slow deployed on 2"
     )
@@ -204,7 +238,9 @@ def test_a_version_an_alias_no_longer_moves_to_is_not_left_loaded_by_the_load_st
     assert serving.inference.Predict(predict_request("m", X, alias="production")).version == 1
     held = HeldArtifacts(serving.store, monkeypatch, ("m", 2))
     try:
-        serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+        serving.held_change(
+            serving.registry.SetAlias, registry_pb2.SetAliasRequest(model="m", alias="production", version=2)
+        )
         assert held.inside.wait(30)
         serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=3))
         _wait_for(
@@ -213,6 +249,7 @@ def test_a_version_an_alias_no_longer_moves_to_is_not_left_loaded_by_the_load_st
         )
     finally:
         held.release.set()
+    serving.answered()
     _wait_for(
         lambda: _loaded(serving.inference, "m") == {3: inference_pb2.LOAD_STATE_READY},
         "only version 3 loaded",
@@ -237,12 +274,14 @@ def test_a_shadow_load_queued_after_the_refresh_that_dropped_the_shadow_loads_no
     )
     refreshes = HeldRefreshes(serving.service)
     with refreshes.held_after("other", lambda: upload(serving.channel, "other", linear_model(1.0))):
-        serving.registry.Deploy(
-            registry_pb2.DeployRequest(model="m", routes=[registry_pb2.Route(version=1, weight=100)])
+        serving.held_change(
+            serving.registry.Deploy,
+            registry_pb2.DeployRequest(model="m", routes=[registry_pb2.Route(version=1, weight=100)]),
         )
         # Routed with the shadow still cached: its load is queued before the refresh of the Deploy.
         assert serving.inference.Predict(predict_request("m", X)).version == 1
         refreshes.release_and_wait("m")
+    serving.answered()
     _wait_for(
         lambda: _loaded(serving.inference, "m") == {1: inference_pb2.LOAD_STATE_READY},
         "only version 1 loaded",
@@ -327,13 +366,16 @@ def test_the_load_an_alias_awaits_goes_on_when_the_version_it_served_is_deleted(
     try:
         loading.start()
         assert held.inside.wait(30)  # a load of version 2 with the defaults, under way
-        serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+        serving.held_change(
+            serving.registry.SetAlias, registry_pb2.SetAliasRequest(model="m", alias="production", version=2)
+        )
         swaps.submit(lambda: None).result(30)  # its refresh started the load like version 1
         serving.registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="m", version=1))
         swaps.submit(lambda: None).result(30)
     finally:
         held.release.set()
         loading.join(60)
+    serving.answered()
     assert serving.inference.Predict(predict_request("m", X, alias="production")).version == 2
     _wait_for(lambda: not serving.service._warming, "the load the alias awaited done")
     # That load shared the operator's (a second load with version 1's config would have undone it).
@@ -358,11 +400,12 @@ def test_a_deployment_waiting_for_one_of_its_new_versions_keeps_the_others_loade
     held = HeldArtifacts(serving.store, monkeypatch, ("m", 2))
     refreshes = HeldRefreshes(serving.service)
     try:
-        serving.registry.Deploy(
+        serving.held_change(
+            serving.registry.Deploy,
             registry_pb2.DeployRequest(
                 model="m",
                 routes=[registry_pb2.Route(version=2, weight=50), registry_pb2.Route(version=3, weight=50)],
-            )
+            ),
         )
         assert held.inside.wait(30)
         refreshes.wait_refreshed("m", 2)  # the Deploy's, and the one version 3's load queued
@@ -373,6 +416,7 @@ def test_a_deployment_waiting_for_one_of_its_new_versions_keeps_the_others_loade
         }
     finally:
         held.release.set()
+    serving.answered()
     _wait_for(
         lambda: {serving.inference.Predict(predict_request("m", X)).version for _ in range(4)} == {2, 3},
         "m deployed on 2 and 3",
@@ -406,17 +450,18 @@ def test_an_alias_whose_new_version_fails_to_load_unexpectedly_stays_on_its_old_
 
 
 def _fail_warm_load_then(
-    daemon: Any, monkeypatch: pytest.MonkeyPatch, before_refresh: Callable[[], None]
+    daemon: Any, serving: Serving, monkeypatch: pytest.MonkeyPatch, before_refresh: Callable[[], None]
 ) -> None:
     """Move alias 'production' of 'm' from version 1 to 2, fail the load of version 2 that the
     move starts, and call `before_refresh` before the refresh that failure queues runs."""
-    serving = Serving(daemon)
     # Its failure (Unavailable) is one to retry: the test says when the refresh after it runs.
     _without_periodic_load_retries(daemon, monkeypatch)
     serving.alias_on_version_1("m")
     failing = FailingFirstOpen(serving.store, monkeypatch, ("m", 2))
     refreshes = HeldRefreshes(serving.service)
-    serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+    serving.held_change(
+        serving.registry.SetAlias, registry_pb2.SetAliasRequest(model="m", alias="production", version=2)
+    )
     assert failing.inside.wait(30)
     with refreshes.held_after("other", lambda: upload(serving.channel, "other", linear_model(1.0))):
         failing.release.set()
@@ -427,14 +472,15 @@ def _fail_warm_load_then(
 
 
 def test_a_version_loaded_after_its_warm_load_failed_takes_its_alias_and_stays_loaded(
-    daemon, monkeypatch: pytest.MonkeyPatch
+    daemon, serving: Serving, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """LoadModel loaded version 2 after the alias's warm load of it failed, before the refresh
     that failure queued ran: that refresh took the stale failure, kept the alias on version 1,
     and unloaded the operator's version 2 as no longer awaited."""
     inference = inference_pb2_grpc.InferenceStub(daemon.channel())
     load = inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="m", version=2))
-    _fail_warm_load_then(daemon, monkeypatch, lambda: inference.LoadModel(load))
+    _fail_warm_load_then(daemon, serving, monkeypatch, lambda: inference.LoadModel(load))
+    serving.answered()
     assert inference.Predict(predict_request("m", X, alias="production")).version == 2
     assert _loaded(inference, "m")[2] == inference_pb2.LOAD_STATE_READY
 
@@ -446,7 +492,10 @@ def test_a_warm_load_failure_of_a_move_taken_back_holds_no_later_move_back(
     queued ran: the failure stayed recorded, and when the alias moved to version 2 again (its
     failed listing unloaded, the store back) it was held back by it without a load tried."""
     back = registry_pb2.SetAliasRequest(model="m", alias="production", version=1)
-    _fail_warm_load_then(daemon, monkeypatch, lambda: serving.registry.SetAlias(back))
+    _fail_warm_load_then(
+        daemon, serving, monkeypatch, lambda: serving.held_change(serving.registry.SetAlias, back)
+    )
+    serving.answered()
     serving.inference.UnloadModel(
         inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model="m", version=2))
     )
@@ -596,9 +645,12 @@ def test_a_warm_load_failure_of_a_deleted_models_version_holds_back_no_move_of_i
         delete_model_numbered_as_before(daemon, "m", force=True)
         assert upload(serving.channel, "m", linear_model(1.0)) == 1
         assert upload(serving.channel, "m", linear_model(3.0)) == 2
-        serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+        serving.held_change(
+            serving.registry.SetAlias, registry_pb2.SetAliasRequest(model="m", alias="production", version=2)
+        )
 
-    _fail_warm_load_then(daemon, monkeypatch, registered_again)
+    _fail_warm_load_then(daemon, serving, monkeypatch, registered_again)
+    serving.answered()
     assert not any("stays on version 1" in r.getMessage() for r in caplog.records)
     _wait_for(
         lambda: serving.inference.Predict(predict_request("m", X, alias="production")).version == 2,
@@ -646,10 +698,13 @@ def test_a_warm_load_of_a_version_a_shadow_load_is_loading_joins_that_load(
     try:
         assert serving.inference.Predict(predict_request("m", X)).version == 1
         assert held.inside.wait(30)  # the shadow's load, queued by the request copied to it
-        serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+        serving.held_change(
+            serving.registry.SetAlias, registry_pb2.SetAliasRequest(model="m", alias="production", version=2)
+        )
         serving.refreshes_done()  # its refresh awaits version 2's load
     finally:
         held.release.set()
+    serving.answered()
     _wait_for(
         lambda: serving.inference.Predict(predict_request("m", X, alias="production")).version == 2,
         "the alias on version 2",
@@ -899,15 +954,18 @@ def test_a_warm_load_failure_of_a_deleted_models_version_is_forgotten_as_its_new
         assert upload(serving.channel, "m", linear_model(1.0)) == 1
         assert upload(serving.channel, "m", linear_model(3.0)) == 2
         held.append(HeldArtifacts(serving.store, monkeypatch, ("m", 2)))
-        serving.registry.SetAlias(registry_pb2.SetAliasRequest(model="m", alias="production", version=2))
+        serving.held_change(
+            serving.registry.SetAlias, registry_pb2.SetAliasRequest(model="m", alias="production", version=2)
+        )
 
     try:
-        _fail_warm_load_then(daemon, monkeypatch, registered_again)
+        _fail_warm_load_then(daemon, serving, monkeypatch, registered_again)
         assert held[0].inside.wait(30)  # the new version 2's warm load
         assert [key for key in serving.service._warm_failures if key[:2] == ("m", 2)] == []
     finally:
         for each in held:
             each.release.set()
+    serving.answered()
     _wait_for(
         lambda: serving.inference.Predict(predict_request("m", X, alias="production")).version == 2,
         "the alias on the new version 2",
