@@ -78,21 +78,33 @@ class Applying(Follower):
         self._followed.seq = response.change.seq
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the loop run until `condition` holds: a bounded number of turns, not a time."""
+    for _ in range(100_000):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")
+
+
 async def forever() -> None:
     await asyncio.Event().wait()
 
 
 def test_the_error_that_ended_the_stream_is_raised_after_the_changes_read_before_it() -> None:
+    cut = False
+
     async def cut_after_three(request: pb.WatchChangesRequest) -> AsyncIterator[pb.WatchChangesResponse]:
+        nonlocal cut
         for seq in (1, 2, 3):
             yield change(seq)
+        cut = True
         raise sdk_errors.Unavailable("connection reset")
 
     applied: list[int] = []
 
     async def slowly(seq: int) -> None:
-        for _ in range(5):  # the reader reaches the stream's end meanwhile
-            await asyncio.sleep(0)
+        await until(lambda: cut)  # the reader reaches the stream's end meanwhile
         applied.append(seq)
 
     async def main() -> None:
@@ -133,8 +145,12 @@ def test_an_apply_that_fails_cancels_the_reader_and_the_next_watch_goes_on_after
 
 
 def test_a_cancel_while_the_reader_waits_on_a_full_queue_ends_both() -> None:
+    read = 0
+
     async def flood(request: pb.WatchChangesRequest) -> AsyncIterator[pb.WatchChangesResponse]:
+        nonlocal read
         for seq in range(1, follow.PENDING_ANSWERS * 2):
+            read = seq
             yield change(seq)
 
     applying = asyncio.Event()
@@ -147,8 +163,8 @@ def test_a_cancel_while_the_reader_waits_on_a_full_queue_ends_both() -> None:
         watch = Watch(flood)
         following = asyncio.create_task(Applying(watch, stuck)._follow(1))
         await applying.wait()
-        for _ in range(follow.PENDING_ANSWERS + 10):  # the reader fills the queue and waits
-            await asyncio.sleep(0)
+        # The reader waits to put one more than the queue holds past the one being applied.
+        await until(lambda: read == follow.PENDING_ANSWERS + 2)
         following.cancel()
         await asyncio.wait([following])
         return watch, asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]

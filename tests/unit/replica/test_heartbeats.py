@@ -70,8 +70,11 @@ def test_a_heartbeat_comes_while_no_event_does() -> None:
         async with contextlib.aclosing(_with_heartbeats(quiet(), 0.01, lambda: 7)) as events:
             async for event in events:
                 got.append(event)
-                if len(got) == 4:
+                # Where heartbeats fall among the events depends on how the loop was scheduled.
+                if CaughtUp(1) in got and got[got.index(CaughtUp(1)) :].count(Heartbeat(7)) >= 2:
                     return got
         return got
 
-    assert asyncio.run(main()) == [Heartbeat(7), CaughtUp(1), Heartbeat(7), Heartbeat(7)]
+    got = asyncio.run(main())
+    assert [event for event in got if event != Heartbeat(7)] == [CaughtUp(1)]
+    assert got[got.index(CaughtUp(1)) :].count(Heartbeat(7)) >= 2, got
