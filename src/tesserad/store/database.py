@@ -84,10 +84,23 @@ _RESTORE = (
 
 # LMDB's errors that mean the store file itself is damaged (or is no LMDB file): a restore mends
 # them. The rest come of the system it runs on (memory, limits, access) and are said as such.
-_DAMAGE = (lmdb.CorruptedError, lmdb.InvalidError, lmdb.PageNotFoundError, lmdb.VersionMismatchError)
+_DAMAGE = (
+    lmdb.BadChecksumError,
+    lmdb.CorruptedError,
+    lmdb.IncompatibleError,
+    lmdb.InvalidError,
+    lmdb.PageNotFoundError,
+    lmdb.PanicError,
+    lmdb.ProblemError,
+    lmdb.VersionMismatchError,
+)
 
 # What to do about an error number LMDB gives, opening or reading the store.
 _ERRNO_ADVICE = {
+    errno.EIO: (
+        "the disk or device under it failed to read or write: check the system's log (`dmesg`) and "
+        "the disk's health, and move the data directory to a sound disk (or restore a backup there)"
+    ),
     errno.EACCES: "give the user tesserad runs as access to it and to its directory",
     errno.EPERM: "give the user tesserad runs as access to it and to its directory",
     errno.ENOMEM: (
