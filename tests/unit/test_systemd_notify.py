@@ -1,4 +1,5 @@
-"""systemd notifications never block the daemon: one sent while systemd reads none is dropped."""
+"""systemd notifications never block the daemon: a STATUS= line sent while systemd reads none is
+dropped; READY=1 and STOPPING=1, which systemd acts on, reach it once it reads."""
 
 from __future__ import annotations
 
@@ -27,3 +28,26 @@ def test_a_notification_to_a_full_queue_is_dropped_not_waited_on(
         assert not sender.is_alive(), "notify waited for systemd to read"
         assert unread.recv(4096) == b"STATUS=line 0"
     assert any("cannot tell systemd STATUS=line" in record.getMessage() for record in caplog.records)
+
+
+def test_ready_and_stopping_sent_to_a_full_queue_reach_systemd_once_it_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # They were dropped like STATUS= lines: systemd, never told READY=1, killed the daemon.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as slow:
+        path = tmp_path / "notify"
+        slow.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        sent = 0
+        while not any("cannot tell systemd STATUS=" in record.getMessage() for record in caplog.records):
+            notify(f"STATUS=line {sent}")
+            sent += 1
+            assert sent < 100_000, "the queue never filled"
+        notify("READY=1")
+        notify("STOPPING=1")
+        slow.settimeout(30)
+        got = {slow.recv(4096) for _ in range(sent + 1)}
+        for thread in threading.enumerate():
+            if thread.name == "sd-notify":
+                thread.join(30)
+    assert {b"READY=1", b"STOPPING=1"} <= got
