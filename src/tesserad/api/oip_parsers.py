@@ -130,6 +130,9 @@ class JsonParsers:
         self._queued += held
         try:
             async with self._free:
+                if self._closed:
+                    # The daemon stopped while this request waited for a process: none is started.
+                    raise errors.Unavailable("tesserad is stopping; send the request to another instance")
                 kind, value = await self._parsed(text, whole_body)
         finally:
             self._queued -= held

@@ -13,6 +13,7 @@ from multiprocessing.process import BaseProcess
 import pytest
 
 from tesserad import errors
+from tesserad.api import oip_parsers
 from tesserad.api.oip_parsers import JsonParsers
 from tesserad.dashboard.listener import RETRY_AFTER, Refused
 
@@ -95,5 +96,37 @@ def test_a_parse_that_hangs_is_ended_at_its_deadline_and_at_close() -> None:
             "tesserad stopped while it parsed this request's JSON body; send the request to another instance"
         )
         assert not replaced.is_alive() and not _parsers(others)
+
+    asyncio.run(scenario())
+
+
+def test_a_request_waiting_for_a_process_at_close_starts_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    # It was handed the freed process slot after close, started a process, and had it killed.
+    others = _others()
+    started = 0
+
+    class Counted(oip_parsers._Parser):
+        def __init__(self) -> None:
+            nonlocal started
+            started += 1
+            super().__init__()
+
+    monkeypatch.setattr(oip_parsers, "_Parser", Counted)
+
+    async def scenario() -> None:
+        parsers = JsonParsers(1, 1 << 30, 60.0)
+        try:
+            await parsers.parse(BODY, True, len(BODY))
+            (stopped,) = _parsers(others)
+            os.kill(stopped.pid or 0, signal.SIGSTOP)
+            held = asyncio.ensure_future(parsers.parse(BODY, True, len(BODY)))
+            waiting = asyncio.ensure_future(parsers.parse(BODY, True, len(BODY)))
+            await asyncio.sleep(0)  # one handed to the stopped process, one waiting for it
+        finally:
+            await parsers.close()
+        for request in (held, waiting):
+            with pytest.raises(errors.Unavailable):
+                await request
+        assert started == 1 and not _parsers(others)
 
     asyncio.run(scenario())
