@@ -609,6 +609,10 @@ async def _with_heartbeats(
             try:
                 read = ahead.get_nowait()
             except asyncio.QueueEmpty:
+                if reader.done():
+                    # It ended with no _Ended put: cancelled from inside `events`, or a
+                    # BaseException. Heartbeats alone from here on would tell the watcher all is well.
+                    raise _reader_gone(reader) from None
                 try:
                     read = await asyncio.wait_for(ahead.get(), max(0.0, due - loop.time()))
                 except TimeoutError:
@@ -625,6 +629,12 @@ async def _with_heartbeats(
     finally:
         reader.cancel()
         await asyncio.wait([reader])
+
+
+def _reader_gone(reader: asyncio.Task[None]) -> BaseException:
+    """What ended `reader` (done, having put no _Ended), to raise to the watcher."""
+    exc = None if reader.cancelled() else reader.exception()
+    return exc or RuntimeError("the registry's changes stopped being read: their reader was cancelled")
 
 
 async def _read_ahead(

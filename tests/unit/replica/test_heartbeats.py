@@ -78,3 +78,22 @@ def test_a_heartbeat_comes_while_no_event_does() -> None:
     got = asyncio.run(main())
     assert [event for event in got if event != Heartbeat(7)] == [CaughtUp(1)]
     assert got[got.index(CaughtUp(1)) :].count(Heartbeat(7)) >= 2, got
+
+
+def test_a_reader_cancelled_from_inside_the_events_ends_the_watch() -> None:
+    # Heartbeats went on forever: the reader caught Exception alone, and put no end.
+    async def cancelled_inside() -> AsyncIterator[CaughtUp]:
+        yield CaughtUp(1)
+        raise asyncio.CancelledError
+
+    async def main() -> list[Any]:
+        got: list[Any] = []
+        async with contextlib.aclosing(_with_heartbeats(cancelled_inside(), 0.01, lambda: 7)) as events:
+            async for event in events:
+                got.append(event)
+                if len(got) > 1000:
+                    break
+        return got
+
+    with pytest.raises(RuntimeError, match="reader was cancelled"):
+        asyncio.run(main())
