@@ -23,6 +23,10 @@ ORDER_ATTRIBUTES = ("start_time", "end_time", "run_name", "status")
 # A LIKE pattern's length: each % splits it into parts searched for in turn, each part a run of
 # literal characters and _ (no quantifier), so matching costs at most value x pattern steps.
 MAX_LIKE_PATTERN = 500
+# A listing checks each run against every pattern: these bound one request's LIKE work per run
+# (a long pattern over an 8,000-character tag takes tens of ms).
+MAX_LIKE_FILTERS = 20
+MAX_LIKE_CHARS = 2000
 MAX_IN_VALUES = 1000
 
 
@@ -83,6 +87,22 @@ class LikePattern:
         # The last part ends the value and starts no earlier than where the others left off.
         begin = len(text) - width
         return begin >= at and last.fullmatch(text, begin) is not None
+
+
+def check_like_budget(filters: list[TextFilter]) -> None:
+    """InvalidArgument when one listing's LIKE and ILIKE patterns, together, cost too much per run."""
+    patterns = [f.values[0] for f in filters if f.match in ("like", "ilike") and f.values]
+    if len(patterns) > MAX_LIKE_FILTERS:
+        raise InvalidArgument(
+            f"texts: a listing takes at most {MAX_LIKE_FILTERS} LIKE or ILIKE conditions, got {len(patterns):,}; "
+            "match the rest with = or IN"
+        )
+    chars = sum(len(p) for p in patterns)
+    if chars > MAX_LIKE_CHARS:
+        raise InvalidArgument(
+            f"texts: a listing's LIKE and ILIKE patterns hold at most {MAX_LIKE_CHARS:,} characters together, "
+            f"these hold {chars:,}; shorten them"
+        )
 
 
 def check_text_filter(f: TextFilter, where: str) -> Callable[[str], bool]:

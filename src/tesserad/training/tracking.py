@@ -58,6 +58,7 @@ from tesserad.training.run_search import (
     SortKey,
     TextFilter,
     TimeFilter,
+    check_like_budget,
     check_sort_key,
     check_text_filter,
     sort_position,
@@ -962,6 +963,7 @@ class Tracking:
                     f"metrics[{i}].value is NaN, which no metric value compares true against; give a number"
                 )
         text_tests = [check_text_filter(f, f"texts[{i}]") for i, f in enumerate(text_filters)]
+        check_like_budget(text_filters)
         for i, t in enumerate(time_filters):
             if t.attribute not in ("start_time", "end_time"):
                 raise InvalidArgument(

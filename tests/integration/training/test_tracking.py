@@ -717,6 +717,35 @@ def test_a_listing_with_more_than_a_thousand_filters_of_a_kind_is_refused(
     assert [r.run_id for r in listed.runs] == [run.run_id]
 
 
+def _like(pattern: str) -> S.TextFilter:
+    return S.TextFilter(entity=S.TEXT_ENTITY_TAG, key="t", match=S.TEXT_MATCH_LIKE, values=[pattern])
+
+
+@pytest.mark.parametrize(
+    ("texts", "words"),
+    [
+        (
+            [_like("%a%")] * 21,
+            "texts: a listing takes at most 20 LIKE or ILIKE conditions, got 21; match the rest with = or IN",
+        ),
+        (
+            [_like("%" + "_" * 398 + "b%")] * 5,
+            "texts: a listing's LIKE and ILIKE patterns hold at most 2,000 characters together, these hold "
+            "2,005; shorten them",
+        ),
+    ],
+)
+def test_a_listing_whose_like_patterns_cost_too_much_per_run_is_refused(
+    tracker, texts: list[S.TextFilter], words: str
+) -> None:
+    # Each run listed is matched against every pattern, at up to value x pattern steps each.
+    _run(tracker, "many-likes")
+    error = _error(lambda: tracker.ListRuns(S.ListRunsRequest(experiment="many-likes", texts=texts)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == words
+    tracker.ListRuns(S.ListRunsRequest(experiment="many-likes", texts=texts[:4]))
+
+
 def test_an_unknown_status_or_summary_field_says_which_to_use(tracker) -> None:
     # A client built from a newer .proto may send numbers this daemon does not know.
     run = _run(tracker, "unknown-enums")
