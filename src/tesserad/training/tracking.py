@@ -116,6 +116,9 @@ MAX_ANSWERED_METRICS = 2000
 # Filters of each kind (params, tags, metric conditions) one ListRuns takes: every run listed is
 # checked against each, so their number bounds a listing's work, far above any query a person writes.
 MAX_LIST_FILTERS = 1000
+# Keys one ListRuns orders by: a page token carries each one's value for the last run (a param's
+# up to MAX_PARAM_VALUE characters), so their number bounds a token's size.
+MAX_ORDER_KEYS = 10
 # The tag naming a nested run's parent, as MLflow's.
 PARENT_TAG = "mlflow.parentRunId"
 DEFAULT_LEADERBOARD_LIMIT = 10
@@ -949,13 +952,17 @@ class Tracking:
             ("metrics", "metric conditions", len(filters)),
             ("texts", "text conditions", len(text_filters)),
             ("times", "time conditions", len(time_filters)),
-            ("order_keys", "keys", len(sort_keys)),
         ):
             if count > MAX_LIST_FILTERS:
                 raise InvalidArgument(
                     f"{name}: a listing filters on at most {MAX_LIST_FILTERS:,} {kind}, got {count:,}; filter "
                     "on the ones that tell runs apart"
                 )
+        if len(sort_keys) > MAX_ORDER_KEYS:
+            raise InvalidArgument(
+                f"order_keys: a listing orders by at most {MAX_ORDER_KEYS} keys, got {len(sort_keys):,}; "
+                "order by the ones that tell runs apart"
+            )
         for i, f in enumerate(filters):
             check_metric_key(f.key, f"metrics[{i}].key")
             if math.isnan(f.value):

@@ -746,6 +746,19 @@ def test_a_listing_whose_like_patterns_cost_too_much_per_run_is_refused(
     tracker.ListRuns(S.ListRunsRequest(experiment="many-likes", texts=texts[:4]))
 
 
+def test_a_listing_ordered_by_more_than_ten_keys_is_refused(tracker) -> None:
+    # A page token carries each key's value for the last run listed.
+    run = _run(tracker, "many-orders", p="1")
+    keys = [S.RunOrder(param="p")] * 11
+    error = _error(lambda: tracker.ListRuns(S.ListRunsRequest(experiment="many-orders", order_keys=keys)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "order_keys: a listing orders by at most 10 keys, got 11; order by the ones that tell runs apart"
+    )
+    listed = tracker.ListRuns(S.ListRunsRequest(experiment="many-orders", order_keys=keys[:10]))
+    assert [r.run_id for r in listed.runs] == [run.run_id]
+
+
 def test_an_unknown_status_or_summary_field_says_which_to_use(tracker) -> None:
     # A client built from a newer .proto may send numbers this daemon does not know.
     run = _run(tracker, "unknown-enums")
