@@ -1,5 +1,6 @@
 """Whole numbers written as text by a caller (query parameters, path segments, headers, OIP's
-model_version): parsed once, at the edge, with a message that names the field and its range."""
+model_version): parsed once, at the edge, with a message that names the field and its range;
+and wall-clock times as the whole units answers and filters carry."""
 
 from __future__ import annotations
 
@@ -7,6 +8,17 @@ from tesserad.errors import InvalidArgument
 
 # Versions, sequence numbers and steps are int64 in the protos and in the store's keys.
 INT64_MAX = 2**63 - 1
+
+
+def epoch_nanoseconds(seconds: float) -> int:
+    """Wall-clock seconds as the nanoseconds an answer's Timestamp carries."""
+    return round(seconds * 1e9)
+
+
+def epoch_milliseconds(seconds: float) -> int:
+    """Wall-clock seconds as the milliseconds a client reads from that Timestamp (whole ones,
+    rounded down): a time filter compares with these, so the time a client read matches."""
+    return epoch_nanoseconds(seconds) // 1_000_000
 
 
 def is_digits(text: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tesserad.errors import InvalidArgument
+from tesserad.numbers import epoch_nanoseconds
 
 # The range protobuf's Timestamp allows: 0001-01-01 to 9999-12-31.
 _MIN_SECONDS = -62_135_596_800
@@ -14,7 +15,7 @@ _MAX_SECONDS = 253_402_300_799
 def timestamp(seconds: float) -> Timestamp:
     """A protobuf Timestamp from wall-clock seconds since the epoch."""
     ts = Timestamp()
-    ts.FromNanoseconds(round(seconds * 1e9))
+    ts.FromNanoseconds(epoch_nanoseconds(seconds))
     return ts
 
 

@@ -24,6 +24,7 @@ from tesserad.config import format_size
 from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tesserad.ids import new_id
 from tesserad.names import closest, did_you_mean, validate_name, validate_name_prefix
+from tesserad.numbers import epoch_milliseconds
 from tesserad.paging import MAX_PAGE_BYTES, Page, PageFill, foreign_token, make_token, read_page, resume_after
 from tesserad.run_params import flatten_params, without_early_stopping_off
 from tesserad.store import (
@@ -1030,7 +1031,7 @@ class Tracking:
                     return None
             for t in time_filters:
                 at = run.start_time if t.attribute == "start_time" else run.end_time
-                if at is None or not _COMPARE[t.op](int(at * 1000), t.value_ms):
+                if at is None or not _COMPARE[t.op](epoch_milliseconds(at), t.value_ms):
                     return None
             for f in filters:
                 summary = _summary(txn, run_id, f.key)
