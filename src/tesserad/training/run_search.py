@@ -62,7 +62,8 @@ class LikePattern:
 
     def __init__(self, pattern: str, ignore_case: bool) -> None:
         self.ignore_case = ignore_case
-        text = pattern.casefold() if ignore_case else pattern
+        # lower(), as SQL's: casefold() lengthens some text ("ß" to "ss"), which _ then misses.
+        text = pattern.lower() if ignore_case else pattern
         # Each part with its width: literal characters and _ match one character each.
         self.parts = [
             (re.compile("".join("." if c == "_" else re.escape(c) for c in part), re.DOTALL), len(part))
@@ -70,7 +71,7 @@ class LikePattern:
         ]
 
     def matches(self, value: str) -> bool:
-        text = value.casefold() if self.ignore_case else value
+        text = value.lower() if self.ignore_case else value
         (first, _), *rest = self.parts
         if not rest:
             return first.fullmatch(text) is not None

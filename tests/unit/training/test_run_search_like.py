@@ -35,3 +35,10 @@ def test_a_pattern_of_many_wildcards_reads_a_long_value_once_per_part() -> None:
     # A backtracking regex of 200 ".*a" would not end on this value.
     assert not LikePattern("%a" * 200 + "%b", ignore_case=False).matches("a" * 6000)
     assert LikePattern("%a" * 200 + "%", ignore_case=False).matches("a" * 6000)
+
+
+def test_ilike_compares_lowercased_text_as_sql_lower_does() -> None:
+    # casefold() turns "ß" into "ss", two characters: "_" would no longer match it.
+    assert LikePattern("_", ignore_case=True).matches("ß")
+    assert LikePattern("stra_e", ignore_case=True).matches("STRAßE")
+    assert not LikePattern("strasse", ignore_case=True).matches("straße")
