@@ -315,8 +315,11 @@ class _NanKeepingMaxPool2d(nn.Module):
 
 class _NanKeepingLstm(nn.Module):
     """Stands in for a batch-first nn.LSTM while exporting: onnxruntime's LSTM op gives finite
-    states for a sequence holding a NaN, where torch's final states (which every direction's last
-    step reaches through all of the sequence) are NaN throughout; so NaN is added back to them."""
+    states where torch's gates hold a NaN (from a NaN in the input, or +Inf and -Inf, or Inf and
+    a zero weight, meeting in the first layer's input projection), where torch's final states
+    (which every direction's last step reaches through all of the sequence) are NaN; so NaN is
+    added back to them. A NaN in either direction of the first layer reaches every later layer's
+    input, so those take both."""
 
     def __init__(self, lstm: nn.LSTM) -> None:
         super().__init__()
@@ -324,8 +327,18 @@ class _NanKeepingLstm(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         out, (h_n, c_n) = self.lstm(x)
-        nan_in_sequence = x.clamp(0, 0).sum(dim=(1, 2)).reshape(1, -1, 1)  # 0, or NaN: (1, N, 1)
-        return out, (h_n + nan_in_sequence, c_n + nan_in_sequence)
+        # Per first-layer direction, the input projection torch's gates add up: 0 per sample, or
+        # NaN where it made one: (1, N, 1).
+        first = [
+            F.linear(x, self.lstm.get_parameter(f"weight_ih_l0{suffix}"))
+            .clamp(0, 0)
+            .sum(dim=(1, 2))
+            .reshape(1, -1, 1)
+            for suffix in (("", "_reverse") if self.lstm.bidirectional else ("",))
+        ]
+        either = first[0] if len(first) == 1 else first[0] + first[1]
+        flags = torch.cat(first + [either] * (len(first) * (self.lstm.num_layers - 1)))  # (L x D, N, 1)
+        return out, (h_n + flags, c_n + flags)
 
 
 def _cpu_float32_copy(model: nn.Module) -> nn.Module:
@@ -553,13 +566,16 @@ def _parity(model: nn.Module, path: Path, spec: ArchitectureSpec) -> float:
             f"onnx export: onnxruntime differs from torch by {worst:.3g} (more than {PARITY_TOLERANCE} + "
             f"{PARITY_RELATIVE_TOLERANCE} x |torch's output|); the exported graph is not faithful"
         )
-    # Samples 0-2 hold one NaN, +Inf and -Inf: a served model gets such inputs, and an op that
-    # treats them otherwise than torch (onnxruntime's MaxPool skipped NaN) turns them into
-    # plausible scores. The rest stay finite, so a special value leaking across samples shows too.
+    # Samples 0-2 hold one NaN, +Inf and -Inf, sample 3 +Inf and -Inf side by side (NaN in torch's
+    # LSTM gates): a served model gets such inputs, and an op that treats them otherwise than
+    # torch (onnxruntime's MaxPool skipped NaN) turns them into plausible scores. The rest stay
+    # finite, so a special value leaking across samples shows too.
     x = torch.randn(PARITY_BATCHES[-1], *spec.input_shape, generator=generator)
     middle = x[0].numel() // 2
     for sample, value in enumerate((math.nan, math.inf, -math.inf)):
         x[sample].view(-1)[middle] = value
+    side_by_side = x[3].view(-1)[middle : middle + 2]  # one value where a sample holds one
+    side_by_side[0], side_by_side[-1] = math.inf, -math.inf
     with torch.no_grad():
         expected = reference(x).numpy()
     (got,) = session.run(None, {"input": x.numpy()})
