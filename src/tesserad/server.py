@@ -948,6 +948,11 @@ class Daemon:
             },
         )
 
+    @property
+    def told_ready(self) -> bool:
+        """Whether this daemon said it was ready (see _tell_ready): a stop during its start never does."""
+        return self._told_ready
+
     def _tell_ready(self, status: str = "") -> None:
         """systemd's READY=1, with `status` as its STATUS= line when given: a primary's once it
         reports SERVING (serving.preload's versions loaded), a replica's once its listeners are
@@ -1380,7 +1385,8 @@ async def serve(settings: Settings, insecure: bool = False) -> None:
     await daemon.start()
     await daemon.stop_asked.wait()
     notify("STOPPING=1")
-    if settings.shutdown_delay_s > 0:
+    # A daemon stopped while starting never said it was ready: nothing routes here to drain.
+    if settings.shutdown_delay_s > 0 and daemon.told_ready:
         # Not ready at once, serving on: a Service or load balancer takes the pod out of its
         # endpoints only some seconds after SIGTERM, and calls it still routes here are answered.
         # A second SIGTERM or SIGINT goes straight to the stop.

@@ -74,3 +74,21 @@ def test_sigterm_reports_not_ready_but_serves_until_a_second_sigterm(
             await asyncio.wait_for(served, 60)
 
     asyncio.run(main())
+
+
+def test_a_sigterm_while_starting_stops_without_the_delay(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Never reported ready, so no load balancer routes here: there is nothing to drain.
+    settings = daemon_settings(
+        tmp_path / "data", metrics_listen="off", http_listen="off", shutdown_delay_s=600
+    )
+    start = Daemon.start
+
+    async def start_after_a_sigterm(daemon: Daemon) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0)  # the loop runs the handler: the stop is asked during the start
+        await start(daemon)
+
+    monkeypatch.setattr(Daemon, "start", start_after_a_sigterm)
+    asyncio.run(asyncio.wait_for(serve(settings, insecure=True), 60))
