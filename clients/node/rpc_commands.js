@@ -71,6 +71,8 @@ const COMMAND_BY_RPC = {
   // System
   GetServerInfo: '`tessera-node info`',
   Backup: '`tessera admin backup -o FILE`',
+  VerifyStore: '`tessera admin verify`',
+  VerifyStoreStream: '`tessera admin verify`',
 };
 
 // Request field a daemon message names (one to set, or one it refused) -> the flag that sets it,

@@ -67,7 +67,7 @@ const KEY = /[\p{L}\p{N}_]+/uy;
 const KEY_PUNCTUATION = ['-', '/', ':'];
 // Decimal digits of any script, as Python's \d (float() reads them too).
 const NUMBER = /[+-]?(?:\p{Nd}+(?:\.\p{Nd}*)?|\.\p{Nd}+)(?:[eE][+-]?\p{Nd}+)?/uy;
-const CONDITIONS = 'metrics.KEY, params.KEY, tags.KEY or attributes.status';
+const CONDITIONS = 'metrics.KEY, params.KEY, tags.KEY or attributes.NAME';
 // What Python's str.isspace() takes, which JavaScript's \s does not quite.
 const SPACE = /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]/;
 
@@ -316,7 +316,8 @@ const except = (listed) => new Set(RUN_STATUSES.filter((s) => !listed.has(s)));
 function statusCondition(scan, written) {
   if (written.key !== 'status') {
     throw scan.fail(
-      `attributes.${written.key} cannot be filtered: ListRuns filters attributes by status only`,
+      `attributes.${written.key} cannot be filtered: ListRuns filters attributes ` +
+        'status, run_name, run_id, parent_run_id, start_time, end_time',
       written.start,
     );
   }
@@ -342,10 +343,9 @@ function textCondition(scan, written, kept) {
   scan.space();
   const at = scan.at;
   if (comparison(scan) !== '=') {
-    const singular = written.entity.slice(0, -1);
+    // Worded as the Python SDK's parser (which also takes !=, LIKE, ILIKE and IN); this port takes = only.
     throw scan.fail(
-      `${written.entity} compare with = only: ListRuns matches a ${singular}'s exact text, ` +
-        `e.g. ${written.entity}.${written.key} = 'VALUE'`,
+      `${written.entity}.${written.key} compares with =, !=, LIKE, ILIKE, IN (...) or NOT IN (...)`,
       at,
     );
   }
