@@ -219,6 +219,32 @@ def parse_host_names(raw: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
+_ORIGIN_RE = re.compile(r"^(https?)://(\[[0-9a-f:.]+\]|[a-z0-9_-]+(?:\.[a-z0-9_-]+)*)(?::([0-9]{1,5}))?$")
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def parse_origins(raw: Any) -> tuple[str, ...]:
+    """Browser origins (scheme://host[:port], lower case, a default port left out as browsers
+    leave it out of Origin), from a list or one string separated by commas; `*` stands for any."""
+    items = raw if isinstance(raw, list) else str(raw).split(",")
+    origins = []
+    for item in items:
+        text = str(item).strip().lower()
+        if not text:
+            continue
+        found = _ORIGIN_RE.match(text)
+        if text != "*" and (found is None or int(found[3] or 1) > 65535):
+            raise ValueError(
+                f"{text[:100]!r} is not an origin: expected a page's origin as the browser sends it, "
+                "scheme://host[:port] such as https://app.example.com or http://localhost:3000 (no "
+                "path, no trailing slash), or * for any page"
+            )
+        if found is not None and found[3] == _DEFAULT_PORTS[found[1]]:
+            text = f"{found[1]}://{found[2]}"
+        origins.append(text)
+    return tuple(origins)
+
+
 @dataclass(frozen=True)
 class Preload:
     """A model (the versions its requests are routed to) or one version of it, loaded at start."""
@@ -553,6 +579,14 @@ class ServingSettings:
         "processes (one body is always taken); beyond: 503 with Retry-After. A parse gets "
         "limits.http_request_timeout_s plus 1 s per MiB: past it, its process is killed and its "
         "request answered 503",
+    )
+    oip_http_cors_origins: tuple[str, ...] = setting(
+        (),
+        parse_origins,
+        "browser origins (https://app.example.com) whose pages may call the Open Inference "
+        "Protocol over HTTP (CORS: preflights answered, Access-Control-Allow-Origin, credentials "
+        "and the Authorization header allowed), a TOML list or origins separated by commas; * any "
+        "page, without credentials; empty (the default): no CORS headers, as Triton",
     )
     trace_file: Path | None = setting(
         None,

@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 NOISY_LIBRARIES = ("onnxscript", "onnx_ir")
@@ -23,8 +24,18 @@ OWN_LOGGER = "tesserad"
 _STANDARD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 
+# The X-Request-ID of the HTTP request being answered (tesserad.api.oip_http sets it): every line
+# logged meanwhile, in its task or a thread that task hands work to, carries it as request_id.
+# Read as the line is written, which is in the logging call's own thread and context.
+REQUEST_ID: ContextVar[str | None] = ContextVar("tessera_request_id", default=None)
+
+
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS}
+    fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS}
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        fields.setdefault("request_id", request_id)
+    return fields
 
 
 def _timestamp(record: logging.LogRecord) -> str:

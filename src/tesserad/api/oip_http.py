@@ -28,11 +28,23 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
 
 from tesserad import __version__, errors
 from tesserad.api.auth import ANONYMOUS, expired_message
 from tesserad.api.oip import metadata_of, statistics_response
 from tesserad.api.oip_config import model_config_of, serving_config_of
+from tesserad.api.oip_http_headers import (
+    COMPRESS_OFF_LOOP_SIZE,
+    MIN_COMPRESSED_SIZE,
+    PREFLIGHT_HEADERS,
+    REQUEST_ID_HEADER,
+    CorsRule,
+    compressed,
+    request_id_of,
+    response_coding,
+)
 from tesserad.api.oip_json import (
     KIND_NAMES,
     declared_shapes,
@@ -50,6 +62,7 @@ from tesserad.config import Address, LimitsSettings, SecuritySettings, ServingSe
 from tesserad.dashboard.access import CHALLENGE, Handler
 from tesserad.dashboard.listener import RETRY_AFTER, HttpListener, Refused
 from tesserad.dashboard.server import http_status_for
+from tesserad.logs import REQUEST_ID
 from tesserad.security import TokenTable
 from tesserad.security.limits import ConcurrencyGate
 from tesserad.security.roles import (
@@ -86,7 +99,7 @@ _CALLER = web.RequestKey("tessera_caller", str)
 # its body not: any answer then closes the connection, whose next bytes are that binary data.
 _BODY_UNREAD = web.RequestKey("tessera_body_unread", bool)
 # The content codings a request body may come in, as Triton takes them; a body in any other is
-# refused with 501 and these in Accept-Encoding, as Triton refuses it (identity goes unsaid there).
+# refused with 415 and these in Accept-Encoding, as Triton refuses it (identity goes unsaid there).
 _CODINGS = ("gzip", "deflate", "identity")
 _ACCEPT_ENCODING: dict[str, str] = {hdrs.ACCEPT_ENCODING: "gzip, deflate"}
 # The most gzip members one request body may be (tritonclient sends one): past it, a body of
@@ -188,7 +201,11 @@ class OipHttpServer(HttpListener):
         self._max_message_size = max_message_size
         # Inference requests admitted with a token (each runs in its own task), for `end_revoked`.
         self._revocable: dict[asyncio.Task[Any], _Revocable] = {}
-        app = web.Application(middlewares=[self._errors, self._guard], client_max_size=max_message_size)
+        self._cors = CorsRule(serving.oip_http_cors_origins)
+        app = web.Application(
+            middlewares=[self._errors, self._guard, self._preflight], client_max_size=max_message_size
+        )
+        app.on_response_prepare.append(self._headers_out)
         model = "/v2/models/{model}"
         version = "/v2/models/{model}/versions/{version}"
         route = self._route
@@ -287,14 +304,58 @@ class OipHttpServer(HttpListener):
         )
         # Bodies are decompressed here (`_body`): aiohttp's own decompression would refuse br and
         # zstd itself, in plain text.
-        self._serve(app)
+        self._serve(app, _AccessLog)
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        response = await self._errors_answered(request, handler)
+        """`handler`'s answer or its error's, compressed as the request's Accept-Encoding asks;
+        the lines logged meanwhile carry the request's X-Request-ID."""
+        request_id = REQUEST_ID.set(request_id_of(request.headers))
+        try:
+            response = await self._errors_answered(request, handler)
+        finally:
+            REQUEST_ID.reset(request_id)
         if request.get(_BODY_UNREAD):
             response.force_close()
+        if isinstance(response, web.Response):
+            await _compress(request, response)
         return response
+
+    @web.middleware
+    async def _preflight(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """A CORS preflight (OPTIONS with Origin and Access-Control-Request-Method), with CORS on:
+        204 for a page serving.oip_http_cors_origins lists, 403 for another; no token needed (a
+        browser sends none with it). Any other OPTIONS is answered as before (405)."""
+        origin = request.headers.get(hdrs.ORIGIN)
+        if (
+            request.method != hdrs.METH_OPTIONS
+            or not self._cors.on
+            or origin is None
+            or hdrs.ACCESS_CONTROL_REQUEST_METHOD not in request.headers
+        ):
+            return await handler(request)
+        if not self._cors.allows(origin):
+            raise Refused(
+                403,
+                f"a page at {origin[:100]!r} may not call this tesserad from a browser: add its origin to "
+                "serving.oip_http_cors_origins (env TESSERA_SERVING_OIP_HTTP_CORS_ORIGINS)",
+            )
+        return web.Response(status=204, headers=PREFLIGHT_HEADERS)
+
+    async def _headers_out(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Before any answer goes out (an error's, one in place of 100 Continue, aiohttp's own):
+        the request's X-Request-ID echoed, and the CORS headers for its Origin."""
+        request_id = request_id_of(request.headers)
+        if request_id is not None:
+            response.headers[REQUEST_ID_HEADER] = request_id
+        for name, value in self._cors.answer_headers(request.headers.get(hdrs.ORIGIN)).items():
+            if name == hdrs.VARY:
+                _vary(response, value)
+            else:
+                response.headers.setdefault(name, value)
+
+    def _trusted_origin(self, origin: str | None) -> bool:
+        return self._cors.allows(origin)
 
     async def _errors_answered(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """`handler`'s answer, or its error's."""
@@ -368,7 +429,7 @@ class OipHttpServer(HttpListener):
         return web.route(method, path, admitted, expect_handler=self._expecting(refusal))
 
     def _admit_declared(self, request: web.Request, rpc: str, required: Role) -> bytes | None:
-        """`_admit`, then 413 for a Content-Length over max_message_size and 501 for a body in a
+        """`_admit`, then 413 for a Content-Length over max_message_size and 415 for a body in a
         content coding not taken: refused before a byte of the body is read, or a slot taken
         while it (never) arrives; the connection closes, the body left unread."""
         digest = self._admit(request, rpc, required)
@@ -377,7 +438,7 @@ class OipHttpServer(HttpListener):
             raise Refused(413, self._too_large(length), close=True)
         coding = _coding(request)
         if request.body_exists and coding not in _CODINGS:
-            raise Refused(501, self._not_taken(coding), close=True, headers=_ACCEPT_ENCODING)
+            raise Refused(415, self._not_taken(coding), close=True, headers=_ACCEPT_ENCODING)
         return digest
 
     def _not_taken(self, coding: str) -> str:
@@ -763,6 +824,50 @@ class OipHttpServer(HttpListener):
             content_type="application/octet-stream",
             headers={HEADER_LENGTH: str(header_length)},
         )
+
+
+async def _compress(request: web.Request, response: web.Response) -> None:
+    """`response`'s body compressed as `request`'s Accept-Encoding asks (`response_coding`), when
+    it is MIN_COMPRESSED_SIZE or more; a large one in a thread. Any answer of that size varies
+    by Accept-Encoding, compressed or not."""
+    body = response.body
+    if not isinstance(body, bytes | bytearray) or len(body) < MIN_COMPRESSED_SIZE:
+        return
+    _vary(response, hdrs.ACCEPT_ENCODING)
+    coding = response_coding(request.headers.get(hdrs.ACCEPT_ENCODING))
+    if coding == "identity" or hdrs.CONTENT_ENCODING in response.headers:
+        return
+    data = bytes(body)
+    response.body = (
+        await off_the_loop(lambda: compressed(data, coding))
+        if len(data) >= COMPRESS_OFF_LOOP_SIZE
+        else compressed(data, coding)
+    )
+    response.headers[hdrs.CONTENT_ENCODING] = coding
+
+
+def _vary(response: web.StreamResponse, header: str) -> None:
+    """Add `header` to `response`'s Vary."""
+    said = response.headers.get(hdrs.VARY)
+    if said is None:
+        response.headers[hdrs.VARY] = header
+    elif header.lower() not in (name.strip().lower() for name in said.split(",")):
+        response.headers[hdrs.VARY] = f"{said}, {header}"
+
+
+class _AccessLog(AbstractAccessLogger):
+    """A DEBUG line per answer, with its X-Request-ID when the request carried one: written at
+    log_level debug, or from log_verbose_level 1 (POST /v2/logging), as Triton's verbose log has
+    a line per HTTP request."""
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if not self.logger.isEnabledFor(logging.DEBUG):
+            return
+        fields: dict[str, object] = {"status": response.status, "duration_ms": round(time * 1000, 3)}
+        request_id = request_id_of(request.headers)
+        if request_id is not None:
+            fields["request_id"] = request_id
+        self.logger.debug("%s %s %d", request.method, request.path[:200], response.status, extra=fields)
 
 
 def _index_entry(row: IndexRow) -> dict[str, str]:

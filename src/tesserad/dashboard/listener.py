@@ -11,6 +11,7 @@ causes. Clients see a closed connection, as from a listener that is restarting, 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -18,7 +19,9 @@ from functools import partial
 from typing import TYPE_CHECKING, cast
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http import HttpProcessingError, HttpVersion11
+from aiohttp.web_log import AccessLogger
 from aiohttp.web_protocol import RequestHandler
 
 from tesserad.config import Address, LimitsSettings, SecuritySettings
@@ -176,11 +179,16 @@ class HttpListener:
         return await handler(request)
 
     def _check_host(self, request: web.Request) -> None:
+        origin = request.headers.get(hdrs.ORIGIN)
         problem = self._hosts.refusal(
-            request.method, request.headers.get(hdrs.HOST), request.headers.get(hdrs.ORIGIN)
+            request.method, request.headers.get(hdrs.HOST), None if self._trusted_origin(origin) else origin
         )
         if problem is not None:
             raise PermissionDenied(problem)
+
+    def _trusted_origin(self, origin: str | None) -> bool:
+        """Whether pages at `origin` may send changes (POST) here besides the hosts' own."""
+        return False
 
     @web.middleware
     async def _counted(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -238,9 +246,10 @@ class HttpListener:
 
         return expect
 
-    def _serve(self, app: web.Application) -> None:
+    def _serve(self, app: web.Application, access_log: type[AbstractAccessLogger] | None = None) -> None:
         """Serve `app`, its routes all added. Request bodies reach it as they came (aiohttp's own
-        decompression is off): the application decompresses what it takes and refuses the rest."""
+        decompression is off): the application decompresses what it takes and refuses the rest.
+        `access_log`: what writes a line per answer (to tesserad.<listener>.access), else none."""
         app.middlewares.insert(0, self._counted)
         # Added last, so the router reaches it only for what no other route matches: the 404 or
         # 405 is then answered by the application, in place of 100 Continue too (aiohttp answers
@@ -263,7 +272,8 @@ class HttpListener:
         # its headers a byte at a time held a connection that long).
         self._runner = web.AppRunner(
             app,
-            access_log=None,
+            access_log=None if access_log is None else logging.getLogger(f"tesserad.{self._name}.access"),
+            access_log_class=access_log or AccessLogger,
             shutdown_timeout=1.0,
             keepalive_timeout=self._request_timeout_s,
             auto_decompress=False,

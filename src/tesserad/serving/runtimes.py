@@ -135,10 +135,40 @@ def missing_device(device: str, runtime: str) -> str:
 
     if not torch.cuda.is_available():
         return "torch sees no GPU here" if runtime == "torch" else ""
-    count = torch.cuda.device_count()
-    if cuda >= count:
-        return f"this machine has {count} GPU{'s' if count != 1 else ''} (cuda:0..cuda:{count - 1})"
-    return ""
+    return past_the_gpus(cuda, torch.cuda.device_count())
+
+
+def _gpus(count: int) -> str:
+    """`count` GPUs and the devices they are, in words."""
+    if count == 0:
+        return "no GPU"
+    names = "cuda:0" if count == 1 else f"cuda:0..cuda:{count - 1}"
+    return f"{count} GPU{'s' if count != 1 else ''} ({names})"
+
+
+def past_the_gpus(index: int, count: int) -> str:
+    """Why cuda:`index` cannot run on a machine of `count` GPUs; "" when it can."""
+    return "" if index < count else f"this machine has {_gpus(count)}"
+
+
+def refuse_past_the_gpus(device: str, index: int, count: int) -> None:
+    """FailedPrecondition when `device` (cuda:`index`) is past the machine's `count` GPUs, naming
+    them and what to load with instead: found here, before a runtime's own error for it
+    (onnxruntime's "invalid device ordinal" read as a model it cannot load, torch's as weights
+    that do not fit) misleads."""
+    why = past_the_gpus(index, count)
+    if why:
+        instead = "cuda:0" if count == 1 else f"one of cuda:0..cuda:{count - 1}"
+        raise FailedPrecondition(f"device {device}: {why}; load with device {instead}, or cpu")
+
+
+def _refuse_past_torch_gpus(device: str, index: int) -> None:
+    """`refuse_past_the_gpus` by the GPUs torch counts; onnxruntime counts none itself, so with a
+    torch that sees none, onnxruntime's own error says it."""
+    import torch
+
+    if torch.cuda.is_available():
+        refuse_past_the_gpus(device, index, torch.cuda.device_count())
 
 
 class OnnxRuntime:
@@ -159,6 +189,7 @@ class OnnxRuntime:
                 "load with device cpu or install onnxruntime-gpu"
             )
         else:
+            _refuse_past_torch_gpus(device, cuda)
             _load_cuda_libraries()
             # cuDNN's exhaustive algorithm search (onnxruntime's default) runs again for every new
             # input shape, and a dynamic batcher makes a new shape of each batch size it forms
@@ -271,8 +302,11 @@ class TorchRuntime:
         cuda = cuda_index(device)
         if cuda is not None and not torch.cuda.is_available():
             raise FailedPrecondition(
-                f"device {device} asks for CUDA, but torch sees no GPU; load with device cpu"
+                f"device {device} asks for CUDA, but torch sees {_gpus(0)} on this machine; load with "
+                "device cpu"
             )
+        if cuda is not None:
+            refuse_past_the_gpus(device, cuda, torch.cuda.device_count())
         self._torch = torch
         self._device = torch.device("cpu" if cuda is None else f"cuda:{cuda}")
         model = build_model(spec_from_dict(dict(architecture)))
