@@ -65,7 +65,7 @@ def code_matcher(alert: str) -> re.Pattern[str]:
 
 
 def test_the_http_alert_takes_the_failures_the_grpc_alert_takes_and_no_others():
-    # A 501 (a body in a content coding not taken), 503 (a model loading, a drain) or 504 is the
+    # A 501 (a feature not offered), 503 (a model loading, a drain) or 504 is the
     # client's or a passing state's doing: as on gRPC, only the daemon's own failures page.
     grpc_codes = code_matcher("TesseradInternalErrors")
     http_codes = code_matcher("TesseradHttpServerErrors")

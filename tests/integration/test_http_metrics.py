@@ -126,12 +126,12 @@ def test_refusals_before_the_body_and_server_errors_are_counted_once(daemon: InP
     # Refused by the expect handler in place of 100 Continue, before any middleware.
     assert expecting(port, "POST", infer, {"Content-Length": over, "Expect": "100-continue"}) == 413
     assert expecting(port, "GET", "/v2/health/live", {"Expect": "a-teapot"}) == 417
-    assert request(port, "POST", infer, b"{}", {"Content-Encoding": "x-unknown"}) == 501
+    assert request(port, "POST", infer, b"{}", {"Content-Encoding": "x-unknown"}) == 415
 
     totals = samples(daemon, "tessera_http_requests_total")
     assert totals[("oip_http", "/v2/models/{model}/infer", "POST", "413")] == 1
     assert totals[("oip_http", "/v2/health/live", "GET", "417")] == 1
-    assert totals[("oip_http", "/v2/models/{model}/infer", "POST", "501")] == 1
+    assert totals[("oip_http", "/v2/models/{model}/infer", "POST", "415")] == 1
 
 
 DOWNLOAD = "/api/v1/runs/{run_id}/artifact"

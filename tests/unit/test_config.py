@@ -304,3 +304,20 @@ def test_the_names_the_clients_read_are_the_ones_tesserad_passes_over_without_a_
     settings = {info.env for info in describe_settings()}
     assert named - settings == set(CLIENT_ENV_NAMES)
     assert unknown_environment(dict.fromkeys(CLIENT_ENV_NAMES, "1")) == []
+
+
+def test_cors_origins_read_as_browsers_send_them_and_a_bad_one_stops_the_start():
+    env = {"TESSERA_SERVING_OIP_HTTP_CORS_ORIGINS": "https://App.example.com:443, http://localhost:3000,*"}
+    assert load_settings(env=env).serving.oip_http_cors_origins == (
+        "https://app.example.com",
+        "http://localhost:3000",
+        "*",
+    )
+    assert load_settings(env={}).serving.oip_http_cors_origins == ()
+    for bad in ("app.example.com", "https://app.example.com/", "ftp://x", "null", "https://x:99999"):
+        with pytest.raises(SettingsError) as err:
+            load_settings(env={"TESSERA_SERVING_OIP_HTTP_CORS_ORIGINS": bad})
+        assert "serving.oip_http_cors_origins" in str(err.value)
+        assert f"{bad.lower()!r} is not an origin: expected a page's origin as the browser sends it" in str(
+            err.value
+        )

@@ -36,7 +36,8 @@ STATIC_DIR = Path(str(resources.files("tesserad.dashboard") / "static"))
 # aiohttp's default, said here for the refusal before the body is read.
 MAX_BODY_BYTES = 1024 * 1024
 # Browsers never compress what they send, and the dashboard's bodies are small forms: a body in
-# any content coding is refused (501, as the HTTP inference listener refuses one it does not take).
+# any content coding is refused (415, as the HTTP inference listener and Triton refuse one they
+# do not take).
 _ACCEPT_ENCODING: dict[str, str] = {hdrs.ACCEPT_ENCODING: "identity"}
 PAGES = ("jobs", "runs", "sweeps", "models", "serving", "system")
 
@@ -176,7 +177,7 @@ def _too_large(size: int | None) -> str:
 
 
 def _body_refusal(request: web.Request) -> Refused | None:
-    """413 for a Content-Length over MAX_BODY_BYTES, 501 for a body in a content coding: refused
+    """413 for a Content-Length over MAX_BODY_BYTES, 415 for a body in a content coding: refused
     before a byte of it is read, the connection then closed with the body unread."""
     length = request.content_length
     if length is not None and length > MAX_BODY_BYTES:
@@ -184,7 +185,7 @@ def _body_refusal(request: web.Request) -> Refused | None:
     coding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
     if request.body_exists and coding not in ("", "identity"):
         return Refused(
-            501,
+            415,
             f"the request body is compressed with {coding[:40]} (its Content-Encoding header), which "
             "the dashboard does not take; send it uncompressed, without the header",
             close=True,

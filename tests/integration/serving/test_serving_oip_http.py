@@ -30,6 +30,7 @@ from serving_models import W, echo_model, half_model, linear_model, reshape_mode
 from tessera.v1 import system_pb2
 from tesserad import cli
 from tesserad.config import format_size
+from tesserad.logs import JsonFormatter
 from tesserad.security import Role
 from tesserad.server import StartupError
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -38,6 +39,8 @@ from tests.integration.security.conftest import pki as pki  # the session's thro
 from tests.integration.security.conftest import tokens as tokens  # one token per role
 
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
+# The origin of a browser app that `served` lets call it.
+APP = "https://app.example.com"
 NUMPY = {
     "BOOL": np.bool_,
     "UINT8": np.uint8,
@@ -57,8 +60,8 @@ NUMPY = {
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The base URL of a daemon serving HTTP, with models linear (versions 1, 2), half, echo and
-    never (which fails to load)."""
-    yield from _serving(tmp_path_factory.mktemp("http"))
+    never (which fails to load); pages at APP may call it from a browser (CORS)."""
+    yield from _serving(tmp_path_factory.mktemp("http"), **{"serving.oip_http_cors_origins": APP})
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +89,13 @@ def call(
     url: str,
     body: bytes | dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    method: str | None = None,
     context: ssl.SSLContext | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers, body); a POST when there is a body."""
+    """(status, headers, body); a POST when there is a body, else a GET, unless `method` says."""
     data = json.dumps(body).encode() if isinstance(body, dict) else body
     request = urllib.request.Request(
-        url, data=data, headers=headers or {}, method="POST" if data is not None else "GET"
+        url, data=data, headers=headers or {}, method=method or ("POST" if data is not None else "GET")
     )
     try:
         with urllib.request.urlopen(request, timeout=30, context=context) as response:
@@ -110,9 +114,10 @@ def error(
     url: str,
     body: bytes | dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    method: str | None = None,
     context: ssl.SSLContext | None = None,
 ) -> tuple[int, str]:
-    status, answer_headers, answer = call(url, body, headers, context)
+    status, answer_headers, answer = call(url, body, headers, method, context)
     assert answer_headers["Content-Type"].startswith("application/json")
     return status, json.loads(answer)["error"]
 
@@ -512,7 +517,7 @@ def test_request_bodies_compressed_as_triton_takes_them(served: str) -> None:
 
 
 def test_a_content_coding_other_than_gzip_or_deflate_is_refused_as_triton_refuses_it(served: str) -> None:
-    """As Triton: 501 with Accept-Encoding naming the codings taken, in the protocol's error shape,
+    """As Triton: 415 with Accept-Encoding naming the codings taken, in the protocol's error shape,
     before the body is read (and in place of 100 Continue), closing the connection."""
     port = int(served.rsplit(":", 1)[1])
     body = json.dumps(
@@ -527,7 +532,7 @@ def test_a_content_coding_other_than_gzip_or_deflate_is_refused_as_triton_refuse
             sent = body if not expect else b""
             answer = _raw(port, infer + expect + b"Content-Encoding: " + coding + b"\r\n" + length + sent)
             head = answer.partition(b"\r\n\r\n")[0].lower() + b"\r\n"
-            assert answer.startswith(b"HTTP/1.1 501 "), answer[:200]
+            assert answer.startswith(b"HTTP/1.1 415 "), answer[:200]
             assert b"\r\naccept-encoding: gzip, deflate\r\n" in head
             assert b"\r\nconnection: close\r\n" in head
             assert _status_and_error(answer)[1] == (
@@ -535,6 +540,165 @@ def test_a_content_coding_other_than_gzip_or_deflate_is_refused_as_triton_refuse
                 "tesserad does not take; send it compressed with gzip or deflate (tritonclient.http: "
                 "request_compression_algorithm), or uncompressed"
             )
+
+
+def _rows(count: int) -> dict[str, Any]:
+    """An inference request for linear of `count` rows, as JSON."""
+    rows = np.arange(count * 4, dtype=np.float32).reshape(count, 4)
+    return {"inputs": [{"name": "x", "datatype": "FP32", "shape": [count, 4], "data": rows.ravel().tolist()}]}
+
+
+def test_answers_are_compressed_as_accept_encoding_asks_as_triton_picks(served: str) -> None:
+    """As Triton (tritonclient.http's response_compression_algorithm): gzip or deflate, whichever
+    Accept-Encoding weighs highest, the first of equals; an answer under 1 KiB goes as it is."""
+    infer = f"{served}/v2/models/linear/versions/2/infer"
+    status, headers, plain = call(infer, _rows(32))
+    assert status == 200 and len(plain) > 1024 and "Content-Encoding" not in headers
+    assert headers["Vary"] == "Accept-Encoding, Origin"
+    for accepted, coding in (
+        ("gzip", "gzip"),
+        ("deflate", "deflate"),
+        ("gzip, deflate, br, zstd", "gzip"),  # a browser's
+        ("deflate;q=0.5, gzip;q=0", "deflate"),
+        ("GZip;q=0.2, identity;q=0.1", "gzip"),
+        ("gzip;q=0", None),
+        ("identity, gzip", None),
+        ("br, *", None),
+    ):
+        status, headers, answer = call(infer, _rows(32), {"Accept-Encoding": accepted})
+        assert status == 200 and headers.get("Content-Encoding") == coding, accepted
+        decoded = {"gzip": gzip.decompress, "deflate": zlib.decompress, None: bytes}[coding](answer)
+        assert decoded == plain, accepted
+    assert len(call(infer, _rows(32), {"Accept-Encoding": "gzip"})[2]) < len(plain) / 2
+    # Binary data: its JSON's length is said of the answer as it decompresses, as tritonclient reads it.
+    echo = f"{served}/v2/models/echo/infer"
+    arrays = {t: np.ones((32, 3), dtype) for t, dtype in NUMPY.items()}
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": f"in_{t.lower()}",
+                    "datatype": t,
+                    "shape": [32, 3],
+                    "parameters": {"binary_data_size": a.nbytes},
+                }
+                for t, a in arrays.items()
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    binary = header + b"".join(a.tobytes() for a in arrays.values())
+    sent = {"Inference-Header-Content-Length": str(len(header))}
+    _, plain_headers, plain_binary = call(echo, binary, sent)
+    status, headers, answer = call(echo, binary, {**sent, "Accept-Encoding": "gzip"})
+    assert (status, headers["Content-Encoding"]) == (200, "gzip")
+    assert gzip.decompress(answer) == plain_binary and len(plain_binary) > 1024
+    assert headers["Inference-Header-Content-Length"] == plain_headers["Inference-Header-Content-Length"]
+    # A compressed request, answered compressed.
+    body = json.dumps(_rows(32)).encode()
+    headers_sent = {"Content-Encoding": "deflate", "Accept-Encoding": "deflate"}
+    status, headers, answer = call(infer, zlib.compress(body), headers_sent)
+    assert (status, headers["Content-Encoding"], zlib.decompress(answer)) == (200, "deflate", plain)
+    # Small answers (an error's, two rows') go uncompressed.
+    status, headers, _ = call(infer, _rows(2), {"Accept-Encoding": "gzip"})
+    assert status == 200 and "Content-Encoding" not in headers and "Accept-Encoding" not in headers["Vary"]
+
+
+def test_x_request_id_is_echoed_on_every_answer_and_carried_by_its_log_lines(
+    served: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    infer = f"{served}/v2/models/linear/versions/2/infer"
+    status, headers, _ = call(infer, _rows(2), {"X-Request-ID": "3f2a-9c"})
+    assert (status, headers["X-Request-ID"]) == (200, "3f2a-9c")
+    status, headers, _ = call(f"{served}/v2/models/nope/infer", _rows(2), {"X-Request-ID": "e-404"})
+    assert (status, headers["X-Request-ID"]) == (404, "e-404")
+    # Refused before its body is read, in place of 100 Continue.
+    answer = _raw(
+        int(served.rsplit(":", 1)[1]),
+        b"POST /v2/models/linear/infer HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+        b"Content-Encoding: br\r\nX-Request-ID: e-415\r\nContent-Length: 10\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 415 ") and b"\r\nX-Request-ID: e-415\r\n" in answer
+    # One that is not 1-200 visible ASCII characters, or sent twice, is dropped: the request is
+    # served as without it.
+    for sent in ("a b", "x" * 201, ""):
+        status, headers, _ = call(infer, _rows(2), {"X-Request-ID": sent})
+        assert status == 200 and "X-Request-ID" not in headers, sent
+    assert call(infer, _rows(2), {"X-Request-ID": "x" * 200})[1]["X-Request-ID"] == "x" * 200
+    connection = http.client.HTTPConnection("127.0.0.1", int(served.rsplit(":", 1)[1]), timeout=30)
+    connection.putrequest("GET", "/v2")
+    connection.putheader("X-Request-ID", "one")
+    connection.putheader("X-Request-ID", "two")
+    connection.endheaders()
+    twice = connection.getresponse()
+    assert twice.status == 200 and twice.getheader("X-Request-ID") is None
+    connection.close()
+
+    # The lines logged while a request is answered carry it (the log-settings change here), and
+    # so does the access line each answer gets at log_verbose_level 1 (debug).
+    caplog.handler.setFormatter(JsonFormatter())
+    logging_url = f"{served}/v2/logging"
+    try:
+        assert call(logging_url, {"log_verbose_level": 1}, {"X-Request-ID": "verbose-on"})[0] == 200
+        assert call(infer, _rows(2), {"X-Request-ID": "r-7"})[0] == 200
+    finally:
+        assert call(logging_url, {"log_verbose_level": 0})[0] == 200
+    lines = [json.loads(line) for line in caplog.text.splitlines() if line.startswith("{")]
+    (changed,) = [line for line in lines if line["logger"] == "tesserad.log_settings"][:1]
+    assert changed["request_id"] == "verbose-on"
+    (access,) = [line for line in lines if line.get("request_id") == "r-7"]
+    assert access["logger"] == "tesserad.oip_http.access" and access["level"] == "debug"
+    assert (access["msg"], access["status"]) == ("POST /v2/models/linear/versions/2/infer 200", 200)
+
+
+def test_pages_at_listed_origins_may_call_from_a_browser(served: str) -> None:
+    """CORS (serving.oip_http_cors_origins): a preflight from a listed origin is answered, and its
+    answers name it, with credentials and the Authorization header allowed; any other origin's
+    preflight is 403 and its answers carry no Access-Control-Allow-Origin."""
+    infer = f"{served}/v2/models/linear/versions/2/infer"
+    preflight = {"Origin": APP, "Access-Control-Request-Method": "POST"}
+    status, headers, _ = call(
+        infer, None, {**preflight, "Access-Control-Request-Headers": "authorization"}, "OPTIONS"
+    )
+    assert status == 204
+    assert headers["Access-Control-Allow-Origin"] == APP
+    assert headers["Access-Control-Allow-Credentials"] == "true"
+    assert headers["Access-Control-Allow-Methods"] == "GET, POST"
+    assert "Authorization" in headers["Access-Control-Allow-Headers"].split(", ")
+    assert "Inference-Header-Content-Length" in headers["Access-Control-Allow-Headers"]
+    # The page's own call, a POST with its Origin: served (the cross-site guard lets it through).
+    status, headers, _ = call(infer, _rows(2), {"Origin": APP, "X-Request-ID": "p-1"})
+    assert (status, headers["Access-Control-Allow-Origin"]) == (200, APP)
+    assert "X-Request-ID" in headers["Access-Control-Expose-Headers"]
+    assert headers["Vary"] == "Origin"
+    # An error too, so that the page can read what it says.
+    status, headers, _ = call(f"{served}/v2/models/nope/infer", _rows(2), {"Origin": APP})
+    assert (status, headers["Access-Control-Allow-Origin"]) == (404, APP)
+    other = "https://evil.example.com"
+    assert error(infer, None, {"Origin": other, "Access-Control-Request-Method": "POST"}, "OPTIONS") == (
+        403,
+        f"a page at {other!r} may not call this tesserad from a browser: add its origin to "
+        "serving.oip_http_cors_origins (env TESSERA_SERVING_OIP_HTTP_CORS_ORIGINS)",
+    )
+    status, headers, _ = call(f"{served}/v2", None, {"Origin": other})
+    assert status == 200 and "Access-Control-Allow-Origin" not in headers and headers["Vary"] == "Origin"
+    assert error(infer, _rows(2), {"Origin": other})[0] == 403
+    # An OPTIONS that is no preflight is answered as before.
+    assert error(infer, None, {"Origin": APP}, "OPTIONS")[0] == 405
+
+
+def test_without_cors_origins_no_cors_headers_are_sent(tmp_path: Path) -> None:
+    settings = daemon_settings(tmp_path / "data", **{"serving.oip_http_listen": "127.0.0.1:0"})
+    daemon = InProcessDaemon(settings).start()
+    try:
+        base = f"http://127.0.0.1:{daemon.daemon.oip_http_port}"
+        status, headers, _ = call(f"{base}/v2", None, {"Origin": APP})
+        assert status == 200 and not any(name.startswith("Access-Control") for name in headers)
+        assert "Vary" not in headers
+        preflight = {"Origin": APP, "Access-Control-Request-Method": "POST"}
+        assert error(f"{base}/v2/models/linear/infer", None, preflight, "OPTIONS")[0] == 405
+    finally:
+        daemon.stop()
 
 
 def test_tls_tokens_and_roles_are_the_grpc_listener_s(tmp_path: Path, pki: Pki, tokens: Tokens) -> None:
@@ -561,18 +725,18 @@ def test_tls_tokens_and_roles_are_the_grpc_listener_s(tmp_path: Path, pki: Pki, 
         assert error(f"{base}/v2", headers={"Authorization": "Bearer nope"}, context=context)[0] == 401
         assert call(f"{base}/v2", headers=as_reader, context=context)[0] == 200
         assert error(f"{base}/v2/models/linear", headers=as_reader, context=context)[0] == 404
-        assert error(f"{base}/v2/repository/models/linear/load", b"", as_reader, context) == (
+        assert error(f"{base}/v2/repository/models/linear/load", b"", as_reader, context=context) == (
             403,
             "POST /v2/repository/models/linear/load needs the admin role; the token 'reader-holder' "
             "has the reader role",
         )
-        assert error(f"{base}/v2/repository/models/linear/load", b"", as_admin, context)[0] == 404
+        assert error(f"{base}/v2/repository/models/linear/load", b"", as_admin, context=context)[0] == 404
         # Registering shared memory maps a client's memory into the daemon: load's role.
         register = f"{base}/v2/systemsharedmemory/region/r/register"
         body = json.dumps({"key": "/tessera-test-absent", "offset": 0, "byte_size": 8}).encode()
-        assert error(register, body, as_reader, context)[0] == 403
-        assert error(f"{base}/v2/systemsharedmemory/unregister", b"", as_reader, context)[0] == 403
-        assert error(register, body, as_admin, context)[0] == 404
+        assert error(register, body, as_reader, context=context)[0] == 403
+        assert error(f"{base}/v2/systemsharedmemory/unregister", b"", as_reader, context=context)[0] == 403
+        assert error(register, body, as_admin, context=context)[0] == 404
         assert call(f"{base}/v2/systemsharedmemory/status", headers=as_reader, context=context)[0] == 200
         with pytest.raises((http.client.HTTPException, OSError)):
             call(f"http://127.0.0.1:{port}/v2", headers=as_reader)

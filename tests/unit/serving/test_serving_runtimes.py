@@ -155,3 +155,23 @@ def test_missing_device_says_why_a_device_cannot_run_here() -> None:
     assert runtimes.missing_device("cuda:0", "onnx") == "this onnxruntime has no CUDA provider"
     # An ensemble runs on its members' devices.
     assert runtimes.missing_device("cuda:0", "ensemble") == ""
+
+
+def test_a_gpu_past_the_machine_s_is_refused_naming_the_gpus_and_what_to_load_with() -> None:
+    # Found before onnxruntime's "invalid device ordinal" (read as a model it cannot load) or
+    # torch's (read as weights that do not fit the architecture) can mislead.
+    runtimes.refuse_past_the_gpus("cuda:0", 0, 1)
+    runtimes.refuse_past_the_gpus("cuda:1", 1, 2)
+    for device, index, count, said in (
+        ("cuda:7", 7, 1, "device cuda:7: this machine has 1 GPU (cuda:0); load with device cuda:0, or cpu"),
+        (
+            "cuda:2",
+            2,
+            2,
+            "device cuda:2: this machine has 2 GPUs (cuda:0..cuda:1); load with device one of "
+            "cuda:0..cuda:1, or cpu",
+        ),
+    ):
+        with pytest.raises(FailedPrecondition) as refused:
+            runtimes.refuse_past_the_gpus(device, index, count)
+        assert refused.value.message == said
