@@ -188,6 +188,16 @@ seen["y_compressed"] = [
     ).as_numpy("y").tolist()
     for coding in ("gzip", "deflate")
 ]
+# An answer over 1 KiB, which the daemon compresses as asked and tritonclient decompresses.
+rows = th.InferInput("x", [32, 4], "FP32")
+rows.set_data_from_numpy(np.arange(128, dtype=np.float32).reshape(32, 4))
+seen["y_32_rows"] = [
+    client.infer(
+        model, [rows], outputs=[th.InferRequestedOutput("y", binary_data=False)],
+        response_compression_algorithm=coding,
+    ).as_numpy("y").tolist()
+    for coding in (None, "gzip", "deflate")
+]
 
 bad = th.InferInput("x", [2, 5], "FP32")
 bad.set_data_from_numpy(np.zeros((2, 5), dtype=np.float32))
@@ -362,6 +372,11 @@ def test_tritonclient_http_talks_to_tesserad(start_daemon) -> None:
     assert seen["y"] == seen["y_json"] == seen["y_all_outputs"]
     # Request bodies compressed as tritonclient.http compresses them (the daemon decompresses them).
     assert seen["y_compressed"] == [seen["y"], seen["y"]]
+    plain, *compressed = seen["y_32_rows"]
+    assert compressed == [plain, plain]
+    np.testing.assert_allclose(
+        np.array(plain), np.arange(128, dtype=np.float32).reshape(32, 4) @ W, rtol=1e-6
+    )
     np.testing.assert_allclose(np.array(seen["y"]), expected, rtol=1e-6)
     assert seen["id"] == "th-1"
     status, message = seen["bad"]
@@ -382,7 +397,7 @@ def test_tritonclient_http_talks_to_tesserad(start_daemon) -> None:
     assert status == "400" and "the torch runtime needs a safetensors version" in message
     status, message = seen["missing_load"]
     assert status == "404" and "model 'missing' does not exist" in message
-    assert seen["success_count"] == 5
+    assert seen["success_count"] == 8
     assert ["linear", "READY"] in seen["models"]
 
 
