@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from serving_models import (
     W,
+    cnn4d_weights,
     linear_model,
     one_row_model,
     pairwise_model,
@@ -23,6 +24,7 @@ from serving_models import (
     tensor,
     to_array,
     upload,
+    upload_weights,
 )
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2
@@ -84,7 +86,7 @@ def test_load_list_unload(inference, linear, expect_rpc_error) -> None:
     )
 
 
-def test_load_bad_paths(inference, linear, expect_rpc_error) -> None:
+def test_load_bad_paths(inference, linear, channel, expect_rpc_error) -> None:
     def load(config: inference_pb2.ServingConfig, **target: object) -> object:
         ref = common_pb2.VersionRef(model=target.pop("model", linear), **target)
         return lambda: inference.LoadModel(inference_pb2.LoadModelRequest(target=ref, config=config))
@@ -121,11 +123,23 @@ def test_load_bad_paths(inference, linear, expect_rpc_error) -> None:
     # A config refused leaves no failed load listed, which requests would find and be refused for.
     assert list(inference.ListLoaded(inference_pb2.ListLoadedRequest(model=linear)).models) == []
     if not cuda_available():
-        expect_rpc_error(
-            load(inference_pb2.ServingConfig(device="cuda:0")),
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "asks for CUDA, but this onnxruntime has no CUDA provider",
-        )
+        for device in ("cuda:0", "cuda:7"):
+            expect_rpc_error(
+                load(inference_pb2.ServingConfig(device=device)),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"device {device} asks for CUDA, but this onnxruntime has no CUDA provider; load with "
+                "device cpu or install onnxruntime-gpu",
+            )
+    import torch
+
+    if not torch.cuda.is_available():
+        weights = upload_weights(channel, "bad-device-weights", cnn4d_weights())
+        for device in ("cuda:0", "cuda:7"):
+            expect_rpc_error(
+                load(inference_pb2.ServingConfig(device=device), model="bad-device-weights", version=weights),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"device {device} asks for CUDA, but torch sees no GPU on this machine; load with device cpu",
+            )
 
 
 def test_bad_inputs_are_invalid_argument_naming_the_input(inference, linear, expect_rpc_error) -> None:
