@@ -554,7 +554,7 @@ def test_answers_are_compressed_as_accept_encoding_asks_as_triton_picks(served: 
     infer = f"{served}/v2/models/linear/versions/2/infer"
     status, headers, plain = call(infer, _rows(32))
     assert status == 200 and len(plain) > 1024 and "Content-Encoding" not in headers
-    assert headers["Vary"] == "Accept-Encoding, Origin"
+    assert "Accept-Encoding" in headers["Vary"].split(", ")
     for accepted, coding in (
         ("gzip", "gzip"),
         ("deflate", "deflate"),
@@ -601,7 +601,11 @@ def test_answers_are_compressed_as_accept_encoding_asks_as_triton_picks(served: 
     assert (status, headers["Content-Encoding"], zlib.decompress(answer)) == (200, "deflate", plain)
     # Small answers (an error's, two rows') go uncompressed.
     status, headers, _ = call(infer, _rows(2), {"Accept-Encoding": "gzip"})
-    assert status == 200 and "Content-Encoding" not in headers and "Accept-Encoding" not in headers["Vary"]
+    assert (
+        status == 200
+        and "Content-Encoding" not in headers
+        and "Accept-Encoding" not in headers.get("Vary", "")
+    )
 
 
 def test_x_request_id_is_echoed_on_every_answer_and_carried_by_its_log_lines(
@@ -1266,6 +1270,8 @@ def test_booleans_are_taken_in_bool_data_only(served: str) -> None:
         test_json_integers_outside_their_datatype_are_refused_naming_its_range,
         test_nan_and_infinity_are_taken_in_floating_point_data_only,
         test_booleans_are_taken_in_bool_data_only,
+        test_request_bodies_compressed_as_triton_takes_them,
+        test_answers_are_compressed_as_accept_encoding_asks_as_triton_picks,
     ],
     ids=lambda test: test.__name__.removeprefix("test_"),
 )
