@@ -84,6 +84,7 @@ from tesserad.serving.open_inference import (
     timeout_of,
 )
 from tesserad.serving.trace import TRACE_LEVEL
+from tesserad.settings_checks import authentication_enabled
 from tesserad.tasks import off_the_loop
 
 if TYPE_CHECKING:
@@ -202,6 +203,9 @@ class OipHttpServer(HttpListener):
         # Inference requests admitted with a token (each runs in its own task), for `end_revoked`.
         self._revocable: dict[asyncio.Task[Any], _Revocable] = {}
         self._cors = CorsRule(serving.oip_http_cors_origins)
+        # `*` lifts the guard against cross-site changes only where a page needs a token (or a
+        # client certificate) anyway: without, any page a user opened could load and unload models.
+        self._any_page_may_change = "*" in serving.oip_http_cors_origins and authentication_enabled(security)
         app = web.Application(
             middlewares=[self._errors, self._guard, self._preflight], client_max_size=max_message_size
         )
@@ -355,7 +359,7 @@ class OipHttpServer(HttpListener):
                 response.headers.setdefault(name, value)
 
     def _trusted_origin(self, origin: str | None) -> bool:
-        return self._cors.allows(origin)
+        return self._cors.lists(origin) or (self._any_page_may_change and origin is not None)
 
     async def _errors_answered(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """`handler`'s answer, or its error's."""

@@ -86,7 +86,11 @@ class CorsRule:
 
     def allows(self, origin: str | None) -> bool:
         """Whether a page at `origin` (the request's Origin header) may call."""
-        return origin is not None and (self._any or origin.strip().lower() in self._origins)
+        return origin is not None and (self._any or self.lists(origin))
+
+    def lists(self, origin: str | None) -> bool:
+        """Whether `origin` is listed itself, not taken by `*` alone."""
+        return origin is not None and origin.strip().lower() in self._origins
 
     def answer_headers(self, origin: str | None) -> dict[str, str]:
         """The CORS headers of an answer to a request from `origin`: none when CORS is off; only
@@ -99,7 +103,7 @@ class CorsRule:
             return {hdrs.VARY: hdrs.ORIGIN}
         assert origin is not None, "allows() is false without an origin"
         headers: dict[str, str] = {hdrs.ACCESS_CONTROL_EXPOSE_HEADERS: CORS_EXPOSED_HEADERS}
-        if origin.strip().lower() in self._origins:
+        if self.lists(origin):
             headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin.strip()
             headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"
             headers[hdrs.VARY] = hdrs.ORIGIN

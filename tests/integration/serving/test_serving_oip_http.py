@@ -691,6 +691,27 @@ def test_pages_at_listed_origins_may_call_from_a_browser(served: str) -> None:
     assert error(infer, None, {"Origin": APP}, "OPTIONS")[0] == 405
 
 
+def test_any_page_may_read_under_a_star_and_change_only_with_a_token(tmp_path: Path) -> None:
+    settings = daemon_settings(
+        tmp_path / "data",
+        **{"serving.oip_http_listen": "127.0.0.1:0", "serving.oip_http_cors_origins": f"{APP}, *"},
+    )
+    daemon = InProcessDaemon(settings).start()
+    try:
+        base = f"http://127.0.0.1:{daemon.daemon.oip_http_port}"
+        other = "https://elsewhere.example.com"
+        status, headers, _ = call(f"{base}/v2", None, {"Origin": other})
+        assert (status, headers["Access-Control-Allow-Origin"]) == (200, "*")
+        assert "Access-Control-Allow-Credentials" not in headers
+        preflight = {"Origin": other, "Access-Control-Request-Method": "POST"}
+        assert call(f"{base}/v2/models/linear/infer", None, preflight, "OPTIONS")[0] == 204
+        # No token needed here (loopback): a page `*` alone takes may not change anything; a listed one may.
+        assert error(f"{base}/v2/repository/index", b"", {"Origin": other})[0] == 403
+        assert call(f"{base}/v2/repository/index", b"", {"Origin": APP})[0] == 200
+    finally:
+        daemon.stop()
+
+
 def test_without_cors_origins_no_cors_headers_are_sent(tmp_path: Path) -> None:
     settings = daemon_settings(tmp_path / "data", **{"serving.oip_http_listen": "127.0.0.1:0"})
     daemon = InProcessDaemon(settings).start()
