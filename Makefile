@@ -57,7 +57,12 @@ browser:
 # run, its test named as crashed: a replacement worker under --dist loadfile re-runs the test that
 # killed its predecessor, and can then wait forever for work xdist 3.8 never sends it
 # (pytest-xdist #1323, #1378), which hung CI until its 90-minute limit.
+#
+# The sources are compiled to bytecode first: the suite starts many tesserad and tessera
+# processes, and where PYTHONDONTWRITEBYTECODE is set (as in CI) each compiled every module it
+# imported again, most of a second of CPU per start (compileall writes the files all the same).
 test: $(STAMP) $(TRITON_STAMP) $(NODE_DEPS) browser
+	$(PY) -m compileall -q src clients/python/src
 	TESSERA_TRITONCLIENT_PYTHON=$(CURDIR)/$(TRITON_VENV)/bin/python $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --max-worker-restart=0 $(PYTEST_ARGS)
 
 # The dashboard's browser tests, writing the README's screenshots into docs/screenshots/.
