@@ -906,23 +906,15 @@ def test_cancel_stops_a_ddp_trainer_and_frees_its_nodes(
     force-deleted meanwhile fails from QUEUED once Ray placed its ranks, as a local one. That
     failure comes after the trainer's driver was launched: the trainer is ended, its driver,
     controller and ranks gone and their CPUs free (one test: each trainer costs seconds to start,
-    and both jobs wait behind the same busy job)."""
+    and the job that the cancel lets onto node_b is the one both jobs wait behind)."""
     channel = ray_daemon.channel()
     system = system_pb2_grpc.SystemStub(channel)
+    x = np.random.default_rng(5).normal(size=(48, 6)).astype(np.float32)
+    upload_dataset(channel, "deleted-while-waiting", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
     job = submit(training, ddp_spec(epochs=100_000))
     watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step")
     assert "CPU" not in system.GetServerInfo(system_pb2.GetServerInfoRequest()).training_cluster.available
-    # Rank 1 holds node_b's one CPU: this job waits for the trainer to free it.
-    after = submit(training, on_node("node_b"))
-    training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
-    cancelled = follow(training, job.job_id)
-    assert states(cancelled)[-1] == S.JOB_STATE_CANCELLED
-    assert of_kind(cancelled, "state")[-1].reason == "cancelled at a step boundary"
-    assert states(follow(training, after.job_id))[-1] == S.JOB_STATE_SUCCEEDED
-    _free_cpus(system, 2)
-
-    x = np.random.default_rng(5).normal(size=(48, 6)).astype(np.float32)
-    upload_dataset(channel, "deleted-while-waiting", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
+    # The cancelled trainer's processes are among these: only a later trainer's are counted.
     before = set(_trainer_processes(ray_nodes))
     launched: list[list[str]] = []
     worker_data = ray_daemon.daemon.training._worker_data
@@ -932,8 +924,15 @@ def test_cancel_stops_a_ddp_trainer_and_frees_its_nodes(
         return worker_data(job)
 
     monkeypatch.setattr(ray_daemon.daemon.training, "_worker_data", worker_data_of_a_placed_trainer)
+    # Rank 1 holds node_b's one CPU: this job waits for the trainer to free it.
     busy = submit(training, on_node("node_b", epochs=100_000))
+    training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
+    cancelled = follow(training, job.job_id)
+    assert states(cancelled)[-1] == S.JOB_STATE_CANCELLED
+    assert of_kind(cancelled, "state")[-1].reason == "cancelled at a step boundary"
     watch_until(training, busy.job_id, lambda e: e.WhichOneof("event") == "step")
+    # Rank 0's CPU, on node_a, is free too.
+    assert _free_cpus(system, 1)["node_a"] == 1
     # Each is cancelled, or loses its dataset, once Ray holds it waiting for room; before that a
     # cancelled one ends "before it started".
     waiting = submit(training, ddp_spec())
@@ -966,8 +965,8 @@ def test_cancel_stops_a_ddp_trainer_and_frees_its_nodes(
         "only on the version it was submitted with: submit it again on another version of the "
         "dataset (ListDatasetVersions lists them)",
     )
-    # The busy job's data was asked for before any trainer ran; the orphaned job's, while its
-    # trainer ran: its driver, its controller and both ranks.
+    # The busy job's data was asked for while no trainer but the cancelled one had run; the
+    # orphaned job's, while its trainer ran: its driver, its controller and both ranks.
     assert launched == [[], sorted([*TRAINER_PROCESSES, "ray::RayTrainWorker"])]
     free = _free_cpus(system, 2)
     assert free["node_a"] == 1 and free["node_b"] == 1
