@@ -822,7 +822,7 @@ def test_a_killed_ddp_rank_restarts_the_trainer_and_a_sigkilled_daemon_resumes_i
     daemon, channel, training = _ray_backed_daemon(spawn_daemon, ray_nodes, tmp_path)
     upload_standard_datasets(channel)
     spec = ddp_spec(
-        epochs=120, max_restarts=1, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
+        epochs=80, max_restarts=1, checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1)
     )
     job = submit(training, spec)
     seen = watch_until(
