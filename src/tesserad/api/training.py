@@ -243,6 +243,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
             dict(request.params),
             dict(request.tags),
             parent_run_id=request.parent_run_id,
+            create_experiment=request.create_experiment if request.HasField("create_experiment") else True,
         )
         return run_to_proto(run)
 

@@ -423,6 +423,22 @@ def _deleted_at(txn: ReadTxn, name: str) -> float | None:
     return deleted_at
 
 
+def _refuse_parent_tag_change(run: Run, set_tags: dict[str, str], removed: Iterable[str]) -> None:
+    """FailedPrecondition for a change of the tag mlflow.parentRunId: it names the run's parent
+    (parent_run_id), fixed when the run is created, and the two must never disagree. Setting it
+    to the value it holds, or dropping it where it is not, changes nothing and passes."""
+    held = run.tags.get(PARENT_TAG)
+    wanted = set_tags.get(PARENT_TAG, held)
+    if PARENT_TAG in removed and held is not None:
+        wanted = None
+    if wanted != held:
+        parent = f"parent run {run.parent_run_id!r}" if run.parent_run_id else "no parent"
+        raise FailedPrecondition(
+            f"tags: {PARENT_TAG} cannot change after a run is created; it names the run's parent "
+            f"(run {run.run_id!r} has {parent}); create a new run to nest it elsewhere"
+        )
+
+
 def _refuse_deleted_experiment(experiment: Experiment, then: str = "first") -> None:
     """FailedPrecondition for a use of a deleted experiment, saying how to bring it back (`then`:
     what for, e.g. "to rank its runs")."""
@@ -748,8 +764,11 @@ class Tracking:
         job_id: str = "",
         status: str = "running",
         parent_run_id: str = "",
+        create_experiment: bool = True,
     ) -> Run:
-        """A new run, nested under `parent_run_id` when given; the experiment is created on first use."""
+        """A new run, nested under `parent_run_id` (or the tag mlflow.parentRunId, as MLflow's
+        nested runs send it) when given; the experiment is created on first use unless
+        `create_experiment` is False (NotFound then, naming a close existing name)."""
         validate_name("experiment", experiment)
         run_id = new_id("run")
         name = name or run_id
@@ -757,6 +776,7 @@ class Tracking:
         check_entries("params", params or {}, MAX_PARAM_VALUE)
         check_entries("tags", tags or {})
         tags = dict(tags or {})
+        parent_field = "parent_run_id"
         if parent_run_id:
             given = tags.setdefault(PARENT_TAG, parent_run_id)
             if given != parent_run_id:
@@ -764,13 +784,20 @@ class Tracking:
                     f"tags: {PARENT_TAG} is {given[:80]!r} but parent_run_id is {parent_run_id[:80]!r}; "
                     "leave the tag out, it is set from parent_run_id"
                 )
+        elif PARENT_TAG in tags:
+            parent_run_id, parent_field = tags[PARENT_TAG], f"tags: {PARENT_TAG}"
+            if not parent_run_id:
+                raise InvalidArgument(
+                    f"tags: {PARENT_TAG} is empty; give the parent run's id, or leave the tag out for a "
+                    "run without a parent"
+                )
         run = Run(
             run_id,
             experiment,
             name,
             status,
             dict(params or {}),
-            dict(tags or {}),
+            tags,
             time.time(),
             None,
             0,
@@ -779,27 +806,33 @@ class Tracking:
         )
         _check_run_text(run)
         with self._store.write() as txn:
+            if not create_experiment and not txn.exists("experiments", (experiment,)):
+                raise NotFound(
+                    f"experiment {experiment!r} does not exist; {did_you_mean(txn, 'experiments', experiment)}"
+                    "create it with CreateExperiment, or set create_experiment to create it with the run"
+                )
             if parent_run_id:
-                self._check_parent(txn, parent_run_id, experiment)
+                self._check_parent(txn, parent_run_id, experiment, parent_field)
             self.ensure_experiment(txn, experiment)
             self.put_new_run(txn, run)
         return run
 
-    def _check_parent(self, txn: ReadTxn, parent_run_id: str, experiment: str) -> None:
-        """NotFound, InvalidArgument or FailedPrecondition unless `parent_run_id` can hold a
-        nested run of `experiment`: it exists, is of that experiment and is not deleted."""
+    def _check_parent(self, txn: ReadTxn, parent_run_id: str, experiment: str, field: str) -> None:
+        """NotFound, InvalidArgument or FailedPrecondition unless `parent_run_id` (given as
+        `field`) can hold a nested run of `experiment`: it exists, is of that experiment and is
+        not deleted."""
         raw = txn.get("runs", (parent_run_id,))
         if raw is None:
-            raise NotFound(f"parent_run_id: run {parent_run_id[:80]!r} does not exist; ListRuns lists them")
+            raise NotFound(f"{field}: run {parent_run_id[:80]!r} does not exist; ListRuns lists them")
         parent = _run_from(decode_record(raw, "run", 1)[1])
         if parent.experiment != experiment:
             raise InvalidArgument(
-                f"parent_run_id: run {parent_run_id!r} is of experiment {parent.experiment!r}, not "
+                f"{field}: run {parent_run_id!r} is of experiment {parent.experiment!r}, not "
                 f"{experiment!r}; a nested run goes in its parent's experiment"
             )
         if parent.deleted_at is not None:
             raise FailedPrecondition(
-                f"parent_run_id: run {parent_run_id!r} is deleted; restore it with RestoreRun to nest runs under it"
+                f"{field}: run {parent_run_id!r} is deleted; restore it with RestoreRun to nest runs under it"
             )
 
     def put_new_run(self, txn: WriteTxn, run: Run) -> None:
@@ -880,6 +913,7 @@ class Tracking:
                 if run.status != status:
                     run.status = status
                     run.end_time = None if status == "running" else time.time()
+            _refuse_parent_tag_change(run, set_tags, removed)
             run.tags.update(set_tags)
             for key in removed:
                 run.tags.pop(key, None)

@@ -19,9 +19,9 @@ from tessera.v1 import training_pb2, training_pb2_grpc
 
 def test_runs_ls_filters_by_status_param_and_tag_and_orders_by_a_metric(tessera_cli, client):
     training = client.training
-    low = training.create_run("cli-ls", params={"lr": "0.1"}, tags={"team": "a"})
-    high = training.create_run("cli-ls", params={"lr": "0.1"}, tags={"team": "b"})
-    other = training.create_run("cli-ls", params={"lr": "0.2"}, tags={"team": "a"})
+    low = training.create_run("cli-ls", params={"lr": "0.1"}, tags={"team": "a"}, create_experiment=True)
+    high = training.create_run("cli-ls", params={"lr": "0.1"}, tags={"team": "b"}, create_experiment=True)
+    other = training.create_run("cli-ls", params={"lr": "0.2"}, tags={"team": "a"}, create_experiment=True)
     for run, loss in ((low, 0.1), (high, 0.9), (other, 0.5)):
         training.log_metrics(run.run_id, {"val_loss": loss}, step=0)
     training.update_run(other.run_id, status="succeeded")
@@ -57,7 +57,9 @@ def _search_runs(training) -> dict[str, str]:
         ("c", "0.1", "nlp", "succeeded", [0.97]),
         ("d", "0.01", "vision", "failed", []),  # no val_acc
     ):
-        run = training.create_run("search", name=name, params={"lr": lr}, tags={"team": team})
+        run = training.create_run(
+            "search", name=name, params={"lr": lr}, tags={"team": team}, create_experiment=True
+        )
         for step, value in enumerate(acc):
             training.log_metrics(run.run_id, {"val_acc": value}, step=step)
         if status:
@@ -126,7 +128,11 @@ def test_sdk_and_cli_search_with_like_in_run_attributes_and_several_order_keys(t
         ("d_1", "res_net", "1e-2", "vision", None),
     ):
         run = training.create_run(
-            "mlsearch", name=name, params={"model": model, "lr": lr}, tags={"team": team}
+            "mlsearch",
+            name=name,
+            params={"model": model, "lr": lr},
+            tags={"team": team},
+            create_experiment=True,
         )
         if loss is not None:
             training.log_metrics(run.run_id, {"val_loss": loss}, step=0)
@@ -259,11 +265,13 @@ def test_sdk_and_cli_search_with_like_in_run_attributes_and_several_order_keys(t
 
 def test_nested_runs_name_their_parent_filter_by_it_and_list_under_it(tessera_cli, client):
     training = client.training
-    parent = training.create_run("nest", name="sweep")
-    child = training.create_run("nest", name="trial-1", parent_run_id=parent.run_id)
-    grandchild = training.create_run("nest", name="fold-1", parent_run_id=child.run_id)
-    sibling = training.create_run("nest", name="trial-2", parent_run_id=parent.run_id)
-    training.create_run("nest", name="alone")
+    parent = training.create_run("nest", name="sweep", create_experiment=True)
+    child = training.create_run("nest", name="trial-1", parent_run_id=parent.run_id, create_experiment=True)
+    grandchild = training.create_run(
+        "nest", name="fold-1", parent_run_id=child.run_id, create_experiment=True
+    )
+    sibling = training.create_run("nest", name="trial-2", parent_run_id=parent.run_id, create_experiment=True)
+    training.create_run("nest", name="alone", create_experiment=True)
     assert child.info.parent_run_id == parent.run_id
     assert child.info.tags["mlflow.parentRunId"] == parent.run_id  # as MLflow's
     assert training.run(grandchild.run_id).info.parent_run_id == child.run_id
@@ -290,18 +298,103 @@ def test_nested_runs_name_their_parent_filter_by_it_and_list_under_it(tessera_cl
     assert rows[4].index("└ fold-1") > rows[3].index("└ trial-1")  # one level deeper
 
     with pytest.raises(NotFound, match="parent_run_id: run 'nope' does not exist"):
-        training.create_run("nest", parent_run_id="nope")
+        training.create_run("nest", parent_run_id="nope", create_experiment=True)
     with pytest.raises(InvalidArgument, match="is of experiment 'nest', not 'elsewhere'"):
-        training.create_run("elsewhere", parent_run_id=parent.run_id)
+        training.create_run("elsewhere", parent_run_id=parent.run_id, create_experiment=True)
     with pytest.raises(InvalidArgument, match=r"tags: mlflow\.parentRunId is 'x' but parent_run_id is"):
-        training.create_run("nest", tags={"mlflow.parentRunId": "x"}, parent_run_id=parent.run_id)
+        training.create_run(
+            "nest", tags={"mlflow.parentRunId": "x"}, parent_run_id=parent.run_id, create_experiment=True
+        )
     training.update_run(sibling.run_id, status="succeeded")
     training.delete_run(sibling.run_id)
     with pytest.raises(FailedPrecondition, match=r"is deleted; restore it with .* to nest runs under it"):
-        training.create_run("nest", parent_run_id=sibling.run_id)
+        training.create_run("nest", parent_run_id=sibling.run_id, create_experiment=True)
     # Nothing was stored by the refused creations.
     assert sorted(r.name for r in training.runs("nest")) == ["alone", "fold-1", "sweep", "trial-1"]
     assert [e.name for e in training.experiments() if e.name == "elsewhere"] == []
+
+
+def test_the_mlflow_parent_tag_alone_nests_a_run_and_never_changes(client):
+    # MLflow's start_run(nested=True) sends the parent as this tag alone: the run had no parent.
+    training = client.training
+    tag = "mlflow.parentRunId"
+    parent = training.create_run("tagnest", name="parent", create_experiment=True)
+    other = training.create_run("tagnest", name="other")
+    child = training.create_run("tagnest", name="child", tags={tag: parent.run_id})
+    assert child.info.parent_run_id == parent.run_id
+    assert training.run(child.run_id).info.parent_run_id == parent.run_id
+    both = training.create_run("tagnest", name="both", tags={tag: parent.run_id}, parent_run_id=parent.run_id)
+    assert both.info.parent_run_id == parent.run_id
+
+    # The checks of parent_run_id, naming the tag.
+    with pytest.raises(NotFound, match=r"tags: mlflow\.parentRunId: run 'nope' does not exist"):
+        training.create_run("tagnest", tags={tag: "nope"})
+    with pytest.raises(
+        InvalidArgument, match=r"tags: mlflow\.parentRunId: run .* is of experiment 'tagnest', not"
+    ):
+        training.create_run("tagnest-elsewhere", tags={tag: parent.run_id}, create_experiment=True)
+    with pytest.raises(
+        InvalidArgument, match=r"tags: mlflow\.parentRunId is empty; give the parent run's id"
+    ):
+        training.create_run("tagnest", tags={tag: ""})
+    training.update_run(other.run_id, "succeeded")
+    training.delete_run(other.run_id)
+    with pytest.raises(FailedPrecondition, match=r"tags: mlflow\.parentRunId: run .* is deleted; restore it"):
+        training.create_run("tagnest", tags={tag: other.run_id})
+    training.restore_run(other.run_id)
+
+    # The tag never changes after, so that it and parent_run_id never disagree.
+    refused = r"tags: mlflow\.parentRunId cannot change after a run is created; it names the run's parent"
+    with pytest.raises(FailedPrecondition, match=refused + rf" \(run '{child.run_id}' has parent run"):
+        training.update_run(child.run_id, set_tags={tag: other.run_id})
+    with pytest.raises(FailedPrecondition, match=refused):
+        training.update_run(child.run_id, remove_tags=[tag])
+    with pytest.raises(FailedPrecondition, match=refused + rf" \(run '{other.run_id}' has no parent\)"):
+        training.update_run(other.run_id, set_tags={tag: parent.run_id, "k": "v"})
+    # Changes that leave it as it is pass.
+    training.update_run(child.run_id, set_tags={tag: parent.run_id, "k": "v"})
+    training.update_run(other.run_id, remove_tags=[tag])
+    stored = training.run(child.run_id).info
+    assert stored.parent_run_id == stored.tags[tag] == parent.run_id and stored.tags["k"] == "v"
+    assert (
+        "k" not in training.run(other.run_id).info.tags and not training.run(other.run_id).info.parent_run_id
+    )
+    assert sorted(r.name for r in training.runs("tagnest")) == ["both", "child", "other", "parent"]
+    assert [e.name for e in training.experiments() if e.name == "tagnest-elsewhere"] == []
+
+
+def test_create_run_refuses_a_misspelt_experiment_unless_asked_to_create_it(client, channel):
+    training = client.training
+    training.create_experiment("typo-check")
+    missing = (
+        r"experiment 'typo-chekc' does not exist; did you mean 'typo-check'\? create it with "
+        r"`client\.training\.create_experiment\(name\)`, or set create_experiment to create it with the run"
+    )
+    with pytest.raises(NotFound, match=missing):
+        training.create_run("typo-chekc", name="lost", params={"lr": 0.1})
+    with pytest.raises(NotFound, match=missing):
+        training.start_run("typo-chekc")
+    assert [e.name for e in training.experiments("typo-")] == ["typo-check"]
+    assert training.create_run("typo-check").info.experiment == "typo-check"
+    assert training.create_run("typo-new", create_experiment=True).info.experiment == "typo-new"
+    with training.start_run("typo-fresh", create_experiment=True) as run:
+        assert run.info.experiment == "typo-fresh"
+    with pytest.raises(ValueError, match="leave experiment, name, params, tags and create_experiment out"):
+        training.start_run(run_id=run.id, create_experiment=True)
+    # A client that does not send the field (the Node client, older SDKs) gets its experiment
+    # created with the run, as before.
+    stub = training_pb2_grpc.TrainingStub(channel)
+    stub.CreateRun(training_pb2.CreateRunRequest(experiment="typo-legacy"))
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.CreateRun(training_pb2.CreateRunRequest(experiment="typo-legacyy", create_experiment=False))
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "did you mean 'typo-legacy'? create it with CreateExperiment" in refused.value.details()
+    assert [e.name for e in training.experiments("typo-")] == [
+        "typo-check",
+        "typo-fresh",
+        "typo-legacy",
+        "typo-new",
+    ]
 
 
 def test_runs_ls_filter_metric_and_mlflow_order(tessera_cli, client, capsys):
@@ -360,7 +453,7 @@ def test_runs_ls_filter_metric_and_mlflow_order(tessera_cli, client, capsys):
 
 
 def test_runs_rm_and_restore(tessera_cli, client):
-    run = client.training.create_run("cli-rm")
+    run = client.training.create_run("cli-rm", create_experiment=True)
     removed = tessera_cli("runs", "rm", run.run_id)
     assert removed.code == 0 and f"tessera runs restore {run.run_id}" in removed.out
     assert run.run_id not in tessera_cli("runs", "ls", "--experiment", "cli-rm").out
@@ -378,7 +471,7 @@ def test_runs_rm_and_restore(tessera_cli, client):
 
 
 def test_runs_rm_and_restore_say_when_there_was_nothing_to_do(tessera_cli, client):
-    run = client.training.create_run("cli-rm-twice")
+    run = client.training.create_run("cli-rm-twice", create_experiment=True)
     unchanged = tessera_cli("runs", "restore", run.run_id)
     assert (
         unchanged.code == 0
@@ -392,7 +485,7 @@ def test_runs_rm_and_restore_say_when_there_was_nothing_to_do(tessera_cli, clien
 
 
 def test_experiments_rm_and_restore_say_when_there_was_nothing_to_do(tessera_cli, client):
-    client.training.create_run("cli-exp-twice")
+    client.training.create_run("cli-exp-twice", create_experiment=True)
     unchanged = tessera_cli("experiments", "restore", "cli-exp-twice")
     assert unchanged.code == 0
     assert unchanged.out.strip() == "experiment cli-exp-twice is not deleted; nothing to restore"
@@ -459,7 +552,9 @@ def test_rm_and_restore_under_json_act_without_reading_the_state_first(tessera_c
 
 
 def test_experiments_update_rm_and_restore(tessera_cli, client):
-    run = client.training.create_run("cli-exp")  # the experiment is created on first use
+    run = client.training.create_run(
+        "cli-exp", create_experiment=True
+    )  # the experiment is created on first use
     client.training.log_metrics(run.run_id, {"loss": 0.5}, step=0)
     client.training.update_run(run.run_id, status="succeeded")
     updated = tessera_cli(
@@ -500,7 +595,7 @@ def test_experiments_update_rm_and_restore(tessera_cli, client):
 
 
 def test_runs_leaderboard_of_a_metric_no_run_has_fails_naming_the_logged_ones(tessera_cli, client):
-    run = client.training.create_run("cli-board")
+    run = client.training.create_run("cli-board", create_experiment=True)
     client.training.log_metrics(run.run_id, {"val_loss": 0.5, "val_mse": 0.2}, step=0)
     client.training.update_run(run.run_id, status="succeeded")
     # A misspelt metric printed an empty answer and exit 0: a script went on with no runs ranked.
@@ -522,7 +617,7 @@ def test_runs_leaderboard_of_a_metric_no_run_has_fails_naming_the_logged_ones(te
 
 
 def test_runs_ls_of_a_key_or_experiment_no_run_has_fails_naming_the_nearest(tessera_cli, client):
-    run = client.training.create_run("cli-typos", params={"batch_size": "16"})
+    run = client.training.create_run("cli-typos", params={"batch_size": "16"}, create_experiment=True)
     client.training.log_metrics(run.run_id, {"val_loss": 0.5}, step=0)
     client.training.update_run(run.run_id, status="succeeded")
     # Each printed an empty list, or the unchanged order, and exit 0: a misspelt key read as no run meeting it.
@@ -550,7 +645,10 @@ def test_runs_ls_of_a_key_or_experiment_no_run_has_fails_naming_the_nearest(tess
 def test_runs_leaderboard_of_a_metric_a_running_run_may_log_yet_is_empty(tessera_cli, client):
     # In a first epoch a run logs train_loss each step and val_loss only at the epoch's end:
     # asking for val_loss then failed NOT_FOUND with "did you mean train_loss?".
-    ended, running = client.training.create_run("cli-epoch"), client.training.create_run("cli-epoch")
+    ended, running = (
+        client.training.create_run("cli-epoch", create_experiment=True),
+        client.training.create_run("cli-epoch", create_experiment=True),
+    )
     for run in (ended, running):
         client.training.log_metrics(run.run_id, {"train_loss": 0.9}, step=0)
     client.training.update_run(ended.run_id, status="failed")
@@ -583,7 +681,10 @@ def _interrupt(daemon, run_id: str) -> None:
 def test_runs_leaderboard_of_a_metric_an_interrupted_run_may_log_yet_is_empty(tessera_cli, client, daemon):
     # Only running runs were counted: the run of a job that a daemon stop interrupted resumes and
     # may log it, yet the name was refused NOT_FOUND as misspelt.
-    ended, interrupted = client.training.create_run("cli-resume"), client.training.create_run("cli-resume")
+    ended, interrupted = (
+        client.training.create_run("cli-resume", create_experiment=True),
+        client.training.create_run("cli-resume", create_experiment=True),
+    )
     for run in (ended, interrupted):
         client.training.log_metrics(run.run_id, {"train_loss": 0.9}, step=0)
     client.training.update_run(ended.run_id, status="failed")
@@ -601,7 +702,7 @@ def test_runs_leaderboard_of_a_metric_logged_after_the_board_was_read_asks_again
 ):
     # The board and the runs' keys are two reads: a metric logged between them read as misspelt,
     # "has not logged val_loss; did you mean val_loss?".
-    run = client.training.create_run("cli-race")
+    run = client.training.create_run("cli-race", create_experiment=True)
     client.training.log_metrics(run.run_id, {"train_loss": 0.9}, step=0)
     # The test's own client reads the board: bound before the patch, it keeps the real call.
     board = client.training.leaderboard
@@ -625,7 +726,7 @@ def test_runs_leaderboard_of_a_metric_logged_after_the_board_was_read_asks_again
 def test_runs_leaderboard_names_the_users_names_as_they_are(tessera_cli, client):
     # Its error went through the words that turn RPC and field names into commands and flags:
     # "no run of experiment rv---force has logged forc; did you mean --force?".
-    run = client.training.create_run("rv-force")
+    run = client.training.create_run("rv-force", create_experiment=True)
     client.training.log_metrics(run.run_id, {"force": 1.0, "ListRuns": 2.0}, step=0)
     client.training.update_run(run.run_id, status="succeeded")
     misspelt = tessera_cli("runs", "leaderboard", "rv-force", "forc")
@@ -642,7 +743,7 @@ def test_runs_leaderboard_of_an_experiment_with_nothing_logged_yet_is_empty(tess
     assert (empty.code, empty.err) == (0, ""), empty
     assert " ".join(empty.out.split()) == "experiment cli-empty has no runs yet"
     assert tessera_cli("--json", "runs", "leaderboard", "cli-empty", "val_loss").json() == []
-    client.training.create_run("cli-empty")
+    client.training.create_run("cli-empty", create_experiment=True)
     started = tessera_cli("runs", "leaderboard", "cli-empty", "val_loss")
     assert started.code == 0, started
     assert " ".join(started.out.split()) == (
@@ -652,7 +753,10 @@ def test_runs_leaderboard_of_an_experiment_with_nothing_logged_yet_is_empty(tess
 
 
 def test_runs_leaderboard_ranks_by_any_summary_field(tessera_cli, client):
-    early, steady = client.training.create_run("cli-field"), client.training.create_run("cli-field")
+    early, steady = (
+        client.training.create_run("cli-field", create_experiment=True),
+        client.training.create_run("cli-field", create_experiment=True),
+    )
     client.training.log_metrics(early.run_id, {"val_loss": 0.5}, step=0)
     client.training.log_metrics(early.run_id, {"val_loss": 0.9}, step=1)  # best 0.5, last 0.9
     client.training.log_metrics(steady.run_id, {"val_loss": 0.7}, step=0)
@@ -674,7 +778,9 @@ def test_runs_leaderboard_shows_the_params_that_differ_between_the_runs(tessera_
     # A job's run logs every field of its spec (some 50 params): listing them all in each row
     # buried the one or two a search varied.
     runs = [
-        client.training.create_run("cli-differ", params={"lr": lr, "seed": "0", "epochs": "5"})
+        client.training.create_run(
+            "cli-differ", params={"lr": lr, "seed": "0", "epochs": "5"}, create_experiment=True
+        )
         for lr in ("0.1", "0.01")
     ]
     client.training.log_params(runs[1].run_id, {"momentum": "0.9"})
@@ -693,7 +799,7 @@ def test_runs_leaderboard_shows_the_params_that_differ_between_the_runs(tessera_
 
 def test_runs_show_says_which_metrics_it_leaves_out_and_runs_metrics_lists_every_one(tessera_cli, client):
     training = client.training
-    run = training.create_run("cli-keys")
+    run = training.create_run("cli-keys", create_experiment=True)
     keys = [f"class_{c:04d}/f1" for c in range(2050)]
     assert training.log_metrics(run.run_id, dict.fromkeys(keys, 0.5), step=0) == 2050
 
@@ -710,7 +816,7 @@ def test_runs_show_says_which_metrics_it_leaves_out_and_runs_metrics_lists_every
     assert table.code == 0 and "class_2049/f1" in table.out, table.err
     assert [summary.key for summary in training.list_metrics(run.run_id, page_size=1000)] == keys
 
-    empty = training.create_run("cli-keys")
+    empty = training.create_run("cli-keys", create_experiment=True)
     none = tessera_cli("runs", "metrics", empty.run_id)
     assert none.code == 0 and f"run {empty.run_id} has logged no metrics" in none.out, none.err
     unknown = tessera_cli("runs", "metrics", "no-such-run")
@@ -721,8 +827,8 @@ def test_a_metric_named_with_a_summary_suffix_is_reached_in_backquotes(tessera_c
     """MLflow reads metrics.val.min as the metric named val.min; here it is val's min, and the
     metric named val.min is metrics.`val.min`, in filters and orders alike."""
     training = client.training
-    named = training.create_run("dotted", name="named")
-    summed = training.create_run("dotted", name="summed")
+    named = training.create_run("dotted", name="named", create_experiment=True)
+    summed = training.create_run("dotted", name="summed", create_experiment=True)
     training.log_metrics(named.run_id, {"val.min": 0.2}, step=0)
     for step, value in enumerate((0.1, 0.9)):
         training.log_metrics(summed.run_id, {"val": value}, step=step)
@@ -749,8 +855,10 @@ def test_a_metric_named_with_a_summary_suffix_is_reached_in_backquotes(tessera_c
 
 def test_runs_compare_shows_runs_side_by_side_and_says_which_metric_keys_it_leaves_out(tessera_cli, client):
     training = client.training
-    many = training.create_run("cli-compare", name="many", params={"lr": "0.1"})
-    few = training.create_run("cli-compare", name="few", params={"lr": "0.2", "seed": "1"})
+    many = training.create_run("cli-compare", name="many", params={"lr": "0.1"}, create_experiment=True)
+    few = training.create_run(
+        "cli-compare", name="few", params={"lr": "0.2", "seed": "1"}, create_experiment=True
+    )
     keys = [f"k{i:04d}" for i in range(2000)]
     training.log_metrics(many.run_id, dict.fromkeys(keys, 0.5), step=0)
     training.log_metrics(few.run_id, {"k0001": 0.25, "z": 1.0}, step=0)
@@ -778,7 +886,7 @@ def test_runs_compare_shows_runs_side_by_side_and_says_which_metric_keys_it_leav
 
 def test_runs_metrics_history_prints_each_step_of_one_metric_and_its_plot(tessera_cli, client):
     training = client.training
-    run = training.create_run("cli-history")
+    run = training.create_run("cli-history", create_experiment=True)
     for step, loss in enumerate((0.9, 0.5, 0.3)):
         training.log_metrics(run.run_id, {"val_loss": loss, "train_loss": loss / 2}, step=step)
 
@@ -800,7 +908,7 @@ def test_runs_metrics_history_prints_each_step_of_one_metric_and_its_plot(tesser
 def test_runs_metrics_history_prints_the_last_points_unless_all(tessera_cli, client):
     # Every point was a row: a run of a million steps printed a million-line table.
     training = client.training
-    run = training.create_run("cli-history")
+    run = training.create_run("cli-history", create_experiment=True)
     for step in range(25):
         training.log_metrics(run.run_id, {"loss": 1 / (step + 1)}, step=step)
 
@@ -824,7 +932,12 @@ def test_runs_metrics_history_prints_the_last_points_unless_all(tessera_cli, cli
 def test_runs_compare_and_leaderboard_show_as_differing_only_params_a_filter_tells_apart(tessera_cli, client):
     training = client.training
     runs = [
-        training.create_run("cli-same", name=name, params={"lr": lr, "nesterov": nesterov, "seed": seed})
+        training.create_run(
+            "cli-same",
+            name=name,
+            params={"lr": lr, "nesterov": nesterov, "seed": seed},
+            create_experiment=True,
+        )
         for name, lr, nesterov, seed in (("a", "3e-3", "True", "1"), ("b", "0.003", "true", "2"))
     ]
     for run, loss in zip(runs, (0.5, 0.4), strict=True):

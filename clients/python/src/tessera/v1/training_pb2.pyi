@@ -1289,7 +1289,11 @@ class UpdateExperimentRequest(_message.Message):
     16 KiB (UTF-8): INVALID_ARGUMENT beyond.
     """
     @_builtins.property
-    def set_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def set_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The tag mlflow.parentRunId names the run's parent, fixed at CreateRun: a change of it
+        (set to another value or dropped) is FAILED_PRECONDITION.
+        """
+
     @_builtins.property
     def remove_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags to drop; a key that is not there is no error. A key both set and removed is invalid."""
@@ -1576,12 +1580,18 @@ class CreateRunRequest(_message.Message):
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    CREATE_EXPERIMENT_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     name: _builtins.str
     """Generated when empty."""
     parent_run_id: _builtins.str
     """Nests the run under this one, which must exist, not be deleted and be of the same
     experiment; the run's tag mlflow.parentRunId says so too, as MLflow's.
+    """
+    create_experiment: _builtins.bool
+    """Unset: an experiment that does not exist is created with the run (as before this field).
+    false: NOT_FOUND instead, naming a close existing experiment (a misspelt name makes no new
+    experiment); true: created.
     """
     @_builtins.property
     def params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -1591,7 +1601,11 @@ class CreateRunRequest(_message.Message):
         """
 
     @_builtins.property
-    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The tag mlflow.parentRunId alone (as MLflow's nested runs send it) nests the run as
+        parent_run_id does, under the same checks; both given must agree.
+        """
+
     def __init__(
         self,
         *,
@@ -1600,12 +1614,15 @@ class CreateRunRequest(_message.Message):
         parent_run_id: _builtins.str = ...,
         params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        create_experiment: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_create_experiment", b"_create_experiment", "create_experiment", b"create_experiment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment", b"experiment", "name", b"name", "params", b"params", "parent_run_id", b"parent_run_id", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_create_experiment", b"_create_experiment", "create_experiment", b"create_experiment", "experiment", b"experiment", "name", b"name", "params", b"params", "parent_run_id", b"parent_run_id", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__create_experiment: _TypeAlias = _typing.Literal["create_experiment"]  # noqa: Y015
+    _WhichOneofArgType__create_experiment: _TypeAlias = _typing.Literal["_create_experiment", b"_create_experiment"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__create_experiment) -> _WhichOneofReturnType__create_experiment | None: ...
 
 Global___CreateRunRequest: _TypeAlias = CreateRunRequest  # noqa: Y015
 
@@ -1644,7 +1661,11 @@ class UpdateRunRequest(_message.Message):
     is a job's alone (INVALID_ARGUMENT).
     """
     @_builtins.property
-    def set_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def set_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The tag mlflow.parentRunId names the run's parent, fixed at CreateRun: a change of it
+        (set to another value or dropped) is FAILED_PRECONDITION.
+        """
+
     @_builtins.property
     def remove_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags to drop; a key that is not there is no error. A key both set and removed is invalid."""
