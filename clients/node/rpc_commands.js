@@ -57,6 +57,7 @@ const COMMAND_BY_RPC = {
   RestoreExperiment: '`tessera experiments restore NAME`',
   Leaderboard: '`tessera runs leaderboard EXPERIMENT METRIC`',
   CreateRun: "the Node client's createRun()",
+  CreateExperiment: "the Node client's createExperiment()",
   SubmitSweep: '`tessera sweep SPEC.toml`',
   GetSweep: '`tessera-node sweeps show SWEEP_ID`',
   ListSweeps: '`tessera-node sweeps ls`',

@@ -89,7 +89,9 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Source]:
         np.savez(data_file, x=x, y=(x[:, 0] > 40).astype(np.int64))
         with tessera.Client(daemon.target) as client:
             client.datasets.push("flat", data_file, splits={"train": 0.75, "val": 0.25})
-            run = client.training.create_run("exp", name="by-hand", params={"lr": 0.1})
+            run = client.training.create_run(
+                "exp", name="by-hand", params={"lr": 0.1}, create_experiment=True
+            )
             client.training.log_metrics(run.run_id, {"loss": 0.5}, step=1)
             client.training.log_metrics(run.run_id, {"loss": 0.25}, step=2)
             job = client.training.submit(

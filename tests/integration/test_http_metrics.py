@@ -140,7 +140,7 @@ DOWNLOAD = "/api/v1/runs/{run_id}/artifact"
 def _artifacts(daemon: InProcessDaemon, tmp_path: Path, files: dict[str, bytes]) -> str:
     """A new run holding `files` (name -> content) as its artifacts."""
     with tessera.Client(daemon.target, timeout=60) as client:
-        run_id = client.training.create_run("http-metrics").run_id
+        run_id = client.training.create_run("http-metrics", create_experiment=True).run_id
         for name, content in files.items():
             local = tmp_path / name
             local.write_bytes(content)

@@ -165,7 +165,7 @@ def test_order_rows_an_older_tesserad_left_stale_are_gone_after_the_next_start(d
     daemon = InProcessDaemon(daemon_settings(data_dir)).start()
     try:
         with tessera.Client(daemon.target) as client:
-            run_id = client.training.create_run("exp").run_id
+            run_id = client.training.create_run("exp", create_experiment=True).run_id
             client.training.log_metrics(run_id, {"loss": 1.0}, step=1)
     finally:
         daemon.stop()

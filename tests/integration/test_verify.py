@@ -71,7 +71,7 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Filled:
         with tessera.Client(daemon.target) as client:
             client.models.push("clf", model_file)
             client.datasets.push("flat", data_file, splits={"train": 0.75, "val": 0.25})
-            run = client.training.create_run("exp", name="by-hand")
+            run = client.training.create_run("exp", name="by-hand", create_experiment=True)
             client.training.log_artifact(run.run_id, artifact, "docs")
             job = client.training.submit(
                 {

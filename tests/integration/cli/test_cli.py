@@ -294,7 +294,9 @@ def test_jobs_cancel_says_a_queued_job_ended_and_a_running_one_stops_at_its_next
 
 
 def test_runs_show_tells_an_ended_runs_status_times_and_tags(tessera_cli, client):
-    run = client.training.create_run("cli-show", name="tagged", params={"lr": "0.1"}, tags={"team": "vision"})
+    run = client.training.create_run(
+        "cli-show", name="tagged", params={"lr": "0.1"}, tags={"team": "vision"}, create_experiment=True
+    )
     client.training.update_run(run.run_id, status="failed")
     shown = tessera_cli("runs", "show", run.run_id)
     assert shown.code == 0, shown.err
@@ -308,7 +310,7 @@ def test_runs_show_tells_an_ended_runs_status_times_and_tags(tessera_cli, client
 
 
 def test_runs_show_says_how_many_metric_keys_the_daemon_left_out(tessera_cli, client):
-    run = client.training.create_run("cli-show")
+    run = client.training.create_run("cli-show", create_experiment=True)
     # GetRun answers a run's first 2,000 keys; the table must not read as every key the run has.
     client.training.log_metrics(run.run_id, {f"class_{i:04}": 0.5 for i in range(2003)}, step=0)
     shown = tessera_cli("runs", "show", run.run_id)

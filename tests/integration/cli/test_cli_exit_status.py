@@ -476,7 +476,7 @@ raise SystemExit(main())
 @pytest.fixture
 def logged_artifact(client, tmp_path) -> tuple[str, bytes]:
     """A run with a 3 MiB artifact weights.bin (three chunks): its id and the artifact's bytes."""
-    run_id = client.training.create_run("signals").run_id
+    run_id = client.training.create_run("signals", create_experiment=True).run_id
     blob = np.random.default_rng(4).bytes(3 << 20)
     (tmp_path / "weights.bin").write_bytes(blob)
     client.training.log_artifact(run_id, tmp_path / "weights.bin")

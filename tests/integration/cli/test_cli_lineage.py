@@ -83,7 +83,7 @@ def test_show_and_rm_name_the_versions_derived_from_a_version(tessera_cli, daemo
 
 def test_push_records_the_run_a_file_came_from_and_show_names_it(tessera_cli, client, tmp_path):
     artifact = str(affine_onnx(tmp_path / "mlp1.onnx"))
-    run = client.training.create_run("cli-pushed")
+    run = client.training.create_run("cli-pushed", create_experiment=True)
     assert tessera_cli("models", "push", "from-run", artifact, "--run", run.id).code == 0
     assert cell(tessera_cli("models", "show", "from-run").out, "run") == f"{run.id} (experiment cli-pushed)"
     assert tessera_cli("--json", "models", "show", "from-run").json()["lineage"]["run_id"] == run.id

@@ -152,8 +152,8 @@ def test_runs_ls_sweep_leaves_out_runs_of_no_job_when_a_trial_never_started(
     assert started.code == 0, started.err
     sweep = client.training.cancel_sweep(started.json()["sweep_id"])
     assert any(not trial.job_id for trial in sweep.trials()), sweep.info
-    external = client.training.create_run("cli", "by-hand")
-    client.training.create_run("other", "elsewhere")
+    external = client.training.create_run("cli", "by-hand", create_experiment=True)
+    client.training.create_run("other", "elsewhere", create_experiment=True)
 
     runs = tessera_cli("--json", "runs", "ls", "--sweep", sweep.id).json()
     assert external.run_id not in {run["run_id"] for run in runs}, runs
@@ -167,7 +167,7 @@ def test_an_unknown_option_of_tessera_itself_is_answered_with_the_one_likely_mea
 
 def test_a_hidden_other_spelling_makes_no_prefix_ambiguous(tessera_cli, client):
     # jobs ls takes --status for --state, hidden from its help: `--stat` was refused as ambiguous.
-    client.training.create_run("cli", "by-hand")
+    client.training.create_run("cli", "by-hand", create_experiment=True)
     jobs = tessera_cli("--json", "jobs", "ls", "--stat", "running")
     assert jobs.code == 0 and jobs.json() == [], jobs.err
     runs = tessera_cli("--json", "runs", "ls", "--stat", "running")

@@ -24,8 +24,8 @@ JOB = {
 
 def test_runs_compare_shows_the_params_that_differ_unless_all(tessera_cli, client):
     same = {f"same{i}": "1" for i in range(5)}
-    a = client.training.create_run("cmp", params={**same, "lr": "0.1", "only_a": "x"})
-    b = client.training.create_run("cmp", params={**same, "lr": "0.2"})
+    a = client.training.create_run("cmp", params={**same, "lr": "0.1", "only_a": "x"}, create_experiment=True)
+    b = client.training.create_run("cmp", params={**same, "lr": "0.2"}, create_experiment=True)
     compared = tessera_cli("runs", "compare", a.run_id, b.run_id)
     assert compared.code == 0, compared.err
     assert "param lr" in compared.out and "param only_a" in compared.out
@@ -74,7 +74,7 @@ def test_sizes_and_times_stay_on_one_line_at_80_columns(daemon, client):
 
 
 def test_experiments_update_with_nothing_to_change_is_a_usage_error(tessera_cli, client):
-    client.training.create_run("noop")
+    client.training.create_run("noop", create_experiment=True)
     result = tessera_cli("experiments", "update", "noop")
     assert result.code == EXIT_USAGE
     assert "give --description, --tag or --remove-tag" in result.err, result.err

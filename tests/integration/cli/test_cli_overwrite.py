@@ -76,7 +76,7 @@ def test_datasets_download_refuses_an_existing_file_unless_forced(tessera_cli, c
 
 
 def test_runs_artifacts_get_refuses_an_existing_file_unless_forced(tessera_cli, client, tmp_path, kept):
-    run = client.training.create_run("cli-overwrite").run_id
+    run = client.training.create_run("cli-overwrite", create_experiment=True).run_id
     notes = tmp_path / "notes.md"
     notes.write_text("loss went down\n")
     client.training.log_artifact(run, notes, "plots")

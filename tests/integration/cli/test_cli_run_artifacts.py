@@ -20,7 +20,7 @@ from tests.tmpfs import tmpfs
 
 def test_put_ls_and_get_files_and_directories(tessera_cli, client, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    run = client.training.create_run("cli-artifacts").run_id
+    run = client.training.create_run("cli-artifacts", create_experiment=True).run_id
     (tmp_path / "notes.md").write_text("loss went down\n")
     (tmp_path / "loss.png").write_bytes(bytes(range(256)) * 12)
 
@@ -59,7 +59,7 @@ def test_put_ls_and_get_files_and_directories(tessera_cli, client, tmp_path, mon
 
 
 def test_get_everything_of_a_run_without_artifacts_says_so(tessera_cli, client, tmp_path):
-    run = client.training.create_run("cli-artifacts").run_id
+    run = client.training.create_run("cli-artifacts", create_experiment=True).run_id
 
     got = tessera_cli("runs", "artifacts", "get", run, "", "-o", str(tmp_path / "out"))
     assert got.code == 0, got.err
@@ -74,7 +74,7 @@ def test_a_get_of_many_files_that_fails_at_a_later_one_leaves_the_destination_as
 ):
     """The files written before the one that failed, and the directories made for them, stayed:
     half a tree that read as a whole one."""
-    run = client.training.create_run("cli-artifacts").run_id
+    run = client.training.create_run("cli-artifacts", create_experiment=True).run_id
     for name in ("one.txt", "z.txt"):
         (tmp_path / name).write_text(f"{name}\n")
     client.training.log_artifact(run, tmp_path / "one.txt", "plots/a")
@@ -95,7 +95,7 @@ def test_a_get_of_many_files_that_fails_at_a_later_one_leaves_the_destination_as
 
 def test_get_into_a_new_directory_named_with_a_trailing_slash(tessera_cli, client, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    run = client.training.create_run("cli-artifacts").run_id
+    run = client.training.create_run("cli-artifacts", create_experiment=True).run_id
     (tmp_path / "notes.md").write_text("kept\n")
     assert tessera_cli("runs", "artifacts", "put", run, "notes.md").code == 0
 
@@ -108,7 +108,7 @@ def test_get_into_a_new_directory_named_with_a_trailing_slash(tessera_cli, clien
 def test_a_directory_named_with_a_trailing_slash_and_nothing_under_it_is_not_found(
     tessera_cli, client, tmp_path
 ):
-    run = client.training.create_run("cli-artifacts").run_id
+    run = client.training.create_run("cli-artifacts", create_experiment=True).run_id
     (tmp_path / "notes.md").write_text("kept\n")
     assert (
         tessera_cli("runs", "artifacts", "put", run, str(tmp_path / "notes.md"), "--path", "docs").code == 0
@@ -125,7 +125,7 @@ def test_a_directory_named_with_a_trailing_slash_and_nothing_under_it_is_not_fou
 
 
 def test_put_a_directory_stores_its_files_as_mlflow_log_artifacts(tessera_cli, client, tmp_path):
-    run = client.training.create_run("cli-artifacts").run_id
+    run = client.training.create_run("cli-artifacts", create_experiment=True).run_id
     tree = tmp_path / "out"
     for path in ("notes.md", "plots/loss.png", "plots/old/loss.png"):
         (tree / path).parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,7 @@ def test_put_a_directory_stores_its_files_as_mlflow_log_artifacts(tessera_cli, c
 
 
 def test_get_resume_goes_on_from_an_interrupted_download(tessera_cli, daemon, client, tmp_path):
-    run = client.training.create_run("cli-artifacts").run_id
+    run = client.training.create_run("cli-artifacts", create_experiment=True).run_id
     weights = tmp_path / "weights.bin"
     weights.write_bytes(np.random.default_rng(0).bytes(8 << 20))
     client.training.log_artifact(run, weights)
@@ -189,7 +189,7 @@ def test_get_resume_of_an_artifact_no_longer_there_names_the_command_that_lists_
     tessera_cli, client, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    run = client.training.create_run("cli-artifacts").run_id
+    run = client.training.create_run("cli-artifacts", create_experiment=True).run_id
     kept = transfer.ResumableDownloadSink(
         tmp_path / "gone.bin", None, False, resume=False, describe=lambda _: "artifact gone.bin"
     )
@@ -209,7 +209,7 @@ def test_get_of_a_missing_artifact_quotes_its_path_as_given(
 ):
     """The path is the user's: a word in it that names a flag elsewhere (force) is not made one."""
     monkeypatch.chdir(tmp_path)
-    run = client.training.create_run("cli-artifacts").run_id
+    run = client.training.create_run("cli-artifacts", create_experiment=True).run_id
     if resume:
         kept = transfer.ResumableDownloadSink(
             tmp_path / "force.pt", None, False, resume=False, describe=lambda _: "artifact ckpt/force.pt"
@@ -229,7 +229,7 @@ def test_get_of_a_missing_artifact_quotes_its_path_as_given(
 def test_get_with_resume_that_fills_the_disk_keeps_the_bytes_and_says_resume_goes_on_from_them(
     tessera_cli, client, tmp_path
 ):
-    run = client.training.create_run("cli-artifacts").run_id
+    run = client.training.create_run("cli-artifacts", create_experiment=True).run_id
     blob = np.random.default_rng(3).bytes(256 * 1024)
     (tmp_path / "weights.bin").write_bytes(blob)
     client.training.log_artifact(run, tmp_path / "weights.bin")

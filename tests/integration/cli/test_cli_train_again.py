@@ -214,7 +214,7 @@ def test_sigterm_while_following_a_job_says_it_goes_on_and_how_to_follow_or_stop
 
 
 def test_a_run_name_a_deleted_run_holds_is_refused_in_cli_words(tessera_cli, client, table_dataset, tmp_path):
-    deleted = client.training.create_run("again-deleted", "gone")
+    deleted = client.training.create_run("again-deleted", "gone", create_experiment=True)
     client.training.delete_run(deleted.run_id)
     spec = tmp_path / "job.toml"
     spec.write_text(JOB_SPEC.replace('"again"', '"again-deleted"').replace('"baseline"', '"gone"'))

@@ -267,7 +267,7 @@ def test_a_followed_jobs_loss_plot_fits_the_columns_variable(
 def test_a_wide_terminal_gets_tables_as_wide_as_their_cells(daemon, client, capsys, monkeypatch):
     """A terminal of 220 columns (COLUMNS, as a shell sets it) gets a row of 190 on one line,
     not wrapped at 110 or 120; without COLUMNS, a pipe (no terminal) gets 80."""
-    run = client.training.create_run("cli-wide")
+    run = client.training.create_run("cli-wide", create_experiment=True)
     metrics = {f"metric_{i:02d}": 0.5 for i in range(6)}
     client.training.log_metrics(run.run_id, metrics, step=0)
     listed = ", ".join(f"{key}=0.5" for key in metrics)

@@ -167,7 +167,7 @@ def test_a_job_and_the_jobs_list_say_why_early_stopping_ended_it(dash, client, t
 
 
 def test_long_histories_come_downsampled_by_the_store(dash, client):
-    run = client.training.create_run("dash-long", name="long")
+    run = client.training.create_run("dash-long", name="long", create_experiment=True)
     steps = 5000
     batches = [
         training_pb2.LogMetricsRequest(
@@ -207,8 +207,10 @@ def test_job_events_replay_end_and_resume_from_last_event_id(dash, finished_job)
 
 
 def test_runs_filter_by_param_and_metric(dash, client):
-    low = client.training.create_run("dash-filter", name="low", params={"lr": "0.1"})
-    high = client.training.create_run("dash-filter", name="high", params={"lr": "0.5"})
+    low = client.training.create_run("dash-filter", name="low", params={"lr": "0.1"}, create_experiment=True)
+    high = client.training.create_run(
+        "dash-filter", name="high", params={"lr": "0.5"}, create_experiment=True
+    )
     client.training.log_metrics(low.run_id, {"acc": 0.2}, 1)
     client.training.log_metrics(high.run_id, {"acc": 0.9}, 1)
     port = dash.daemon.http_port
@@ -239,7 +241,7 @@ def test_runs_filter_by_param_and_metric(dash, client):
 
 def test_runs_take_the_sdks_filter_and_order_strings_and_refuse_unknown_query_parameters(dash, client):
     for name, lr, loss in (("a", "0.1", 0.7), ("b", "0.2", 0.3), ("c", "0.3", 0.5)):
-        run = client.training.create_run("dash-search", name=name, params={"lr": lr})
+        run = client.training.create_run("dash-search", name=name, params={"lr": lr}, create_experiment=True)
         client.training.log_metrics(run.run_id, {"val_loss": loss}, 1)
     port = dash.daemon.http_port
 
@@ -275,7 +277,7 @@ def test_runs_take_the_sdks_filter_and_order_strings_and_refuse_unknown_query_pa
 
 
 def test_runs_filter_by_status_and_refuse_an_unknown_one(dash, client):
-    run = client.training.create_run("dash-status", name="done")
+    run = client.training.create_run("dash-status", name="done", create_experiment=True)
     client.training.update_run(run.run_id, status="succeeded")
     port = dash.daemon.http_port
     answer = http_get(port, "/api/v1/runs?experiment=dash-status&status=succeeded")
@@ -286,7 +288,7 @@ def test_runs_filter_by_status_and_refuse_an_unknown_one(dash, client):
 
 
 def test_runs_filter_by_a_key_no_run_has_logged_is_not_found_naming_the_nearest(dash, client):
-    run = client.training.create_run("dash-typos", params={"batch_size": "16"})
+    run = client.training.create_run("dash-typos", params={"batch_size": "16"}, create_experiment=True)
     client.training.log_metrics(run.run_id, {"val_loss": 0.5}, 1)
     client.training.update_run(run.run_id, status="succeeded")
     port = dash.daemon.http_port
@@ -298,10 +300,10 @@ def test_runs_filter_by_a_key_no_run_has_logged_is_not_found_naming_the_nearest(
 
 
 def test_a_key_only_runs_outside_the_view_logged_names_the_query_parameter_that_shows_them(dash, client):
-    kept = client.training.create_run("dash-view-keys")
+    kept = client.training.create_run("dash-view-keys", create_experiment=True)
     client.training.log_metrics(kept.run_id, {"val_loss": 0.5}, 1)
     client.training.update_run(kept.run_id, status="succeeded")
-    gone = client.training.create_run("dash-view-keys")
+    gone = client.training.create_run("dash-view-keys", create_experiment=True)
     client.training.log_metrics(gone.run_id, {"val_f1": 0.9}, 1)
     client.training.update_run(gone.run_id, status="succeeded")
     client.training.delete_run(gone.run_id)
@@ -337,7 +339,7 @@ def test_a_model_with_versions_aliases_lineage_and_deployments(dash, client, tmp
 
 def test_a_versions_lineage_says_whether_its_run_is_one_of_this_daemon(dash, client, tmp_path):
     # The lineage graph linked any run id to its run page, another tracker's too: a page of 404.
-    run = client.training.create_run("dash-runs")
+    run = client.training.create_run("dash-runs", create_experiment=True)
     path = affine_onnx(tmp_path / "affine.onnx")
     client.models.push("dash-runs", path, run_id=run.id)
     data = path.read_bytes()
@@ -815,7 +817,7 @@ ARTIFACTS = {
 
 
 def _run_with_artifacts(client, tmp_path, experiment: str, files: dict[str, bytes]) -> str:
-    run_id = client.training.create_run(experiment).run_id
+    run_id = client.training.create_run(experiment, create_experiment=True).run_id
     for number, (path, content) in enumerate(files.items()):
         local = tmp_path / str(number) / path.rsplit("/", 1)[-1]
         local.parent.mkdir(parents=True)
@@ -914,7 +916,7 @@ def _runs(port: int, query: str, headers: dict[str, str | bytes] | None = None) 
 
 def test_deleted_runs_and_experiments_show_when_asked_for_and_restore(dash, client):
     port = dash.daemon.http_port
-    kept, gone = (client.training.create_run("dash-deleted").run_id for _ in range(2))
+    kept, gone = (client.training.create_run("dash-deleted", create_experiment=True).run_id for _ in range(2))
     client.training.delete_run(gone)
     assert _runs(port, "experiment=dash-deleted") == [kept]
     assert _runs(port, "experiment=dash-deleted&view=deleted") == [gone]
@@ -949,7 +951,7 @@ def test_a_restore_needs_the_role_its_grpc_method_needs(tmp_path, tokens_file):
     try:
         port = daemon.daemon.http_port
         with tessera.Client(daemon.target, token=clear[Role.ADMIN]) as admin_client:
-            run_id = admin_client.training.create_run("guarded").run_id
+            run_id = admin_client.training.create_run("guarded", create_experiment=True).run_id
             admin_client.training.delete_run(run_id)
         for role in (Role.READER, Role.TRAINER):
             bearer = {"Authorization": f"Bearer {clear[role]}"}

@@ -136,7 +136,10 @@ def test_job_page_says_the_version_a_job_registered_and_its_alias(dash, client, 
 def test_runs_page_sorts_by_a_metric_and_compares_runs(dash, client, page):
     for name, acc in (("mid", 0.5), ("top", 0.9), ("low", 0.1)):
         run = client.training.create_run(
-            "dash-sort", name=name, params={"note": HOSTILE if name == "low" else name}
+            "dash-sort",
+            name=name,
+            params={"note": HOSTILE if name == "low" else name},
+            create_experiment=True,
         )
         for step in range(1, 6):
             client.training.log_metrics(run.run_id, {"acc": acc * step / 5}, step)
@@ -243,7 +246,7 @@ def test_sweeps_and_system_pages(dash, client, table, page):
 
 
 def test_a_version_pushed_from_a_run_links_the_run_in_the_lineage_graph(dash, client, page, tmp_path):
-    run = client.training.create_run("lg-pushed")
+    run = client.training.create_run("lg-pushed", create_experiment=True)
     client.models.push("lg-pushed", affine_onnx(tmp_path / "mlp1.onnx"), run_id=run.id)
     # Another tracker's run id is shown, not linked: this daemon has no page for it.
     weights = mlp_weights()
@@ -295,7 +298,9 @@ PWNING_SVG = (
 
 
 def test_run_page_browses_previews_artifacts_and_the_deleted_view_restores(dash, client, tmp_path, page):
-    run = client.training.create_run("dash-art", name="with-files", params={"lr": "0.01"})
+    run = client.training.create_run(
+        "dash-art", name="with-files", params={"lr": "0.01"}, create_experiment=True
+    )
     client.training.log_metrics(run.run_id, {"loss": 0.5}, 1)
     for path, content in (("notes.txt", b"fine\n" + HOSTILE.encode()), ("plots/loss.svg", PWNING_SVG)):
         local = tmp_path / path

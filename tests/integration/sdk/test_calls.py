@@ -64,7 +64,7 @@ def test_a_non_idempotent_call_is_not_retried_on_unavailable(fake):
         tessera.Client(fake.target, retry=FAST_RETRY) as client,
         pytest.raises(tessera.Unavailable) as caught,
     ):
-        client.training.create_run("exp", name="once")
+        client.training.create_run("exp", name="once", create_experiment=True)
     assert fake.training.run_creates == 1
     assert "not creating runs" in caught.value.message
 

@@ -9,7 +9,7 @@ from tessera.v1 import training_pb2, training_pb2_grpc
 
 
 def test_metric_history_joins_pages_sync_and_aio(daemon, client) -> None:
-    run_id = client.training.create_run("sdk-history").run_id
+    run_id = client.training.create_run("sdk-history", create_experiment=True).run_id
     steps = [*range(0, 50_000, 2), 50_001, 70_000]  # three default pages
     requests = [
         training_pb2.LogMetricsRequest(

@@ -17,11 +17,13 @@ import tessera.aio
 
 @pytest.fixture
 def logged_runs(client) -> tuple[str, str]:
-    first = client.training.create_run("frames", name="first", params={"lr": 0.01})
+    first = client.training.create_run("frames", name="first", params={"lr": 0.01}, create_experiment=True)
     client.training.log_metrics(first.run_id, {"val_loss": 0.9, "acc": 0.5}, step=0)
     client.training.log_metrics(first.run_id, {"val_loss": 0.4, "acc": 0.8}, step=2)
     client.training.update_run(first.run_id, status="succeeded")
-    second = client.training.create_run("frames", name="second", params={"lr": 0.1, "batch": 8})
+    second = client.training.create_run(
+        "frames", name="second", params={"lr": 0.1, "batch": 8}, create_experiment=True
+    )
     client.training.log_metrics(second.run_id, {"val_loss": 0.7}, step=0)
     return first.run_id, second.run_id
 
@@ -63,7 +65,7 @@ def test_a_run_s_metrics_read_by_key_as_their_latest_value(client, logged_runs):
     assert [m.key for m in run.metrics] == ["acc", "val_loss"] and run.metrics[1].min == 0.4
     assert len(run.metrics) == 2 and run.metrics == list(run.info.metrics)
     assert run.metrics == {"acc": 0.8, "val_loss": 0.4}
-    assert client.training.create_run("frames").metrics == []
+    assert client.training.create_run("frames", create_experiment=True).metrics == []
     assert run.id == run.run_id == first and run.params["lr"] == "0.01"
     assert run.status == tessera.RunStatus.SUCCEEDED and run.info.name == "first"
 

@@ -25,7 +25,7 @@ def _stored_steps(client: tessera.Client, run_id: str) -> list[int]:
 
 
 def test_a_failed_batch_raises_saying_which_points_are_stored(client) -> None:
-    run_id = client.training.create_run("sdk-streams").run_id
+    run_id = client.training.create_run("sdk-streams", create_experiment=True).run_id
     with pytest.raises(tessera.InvalidArgument) as info:
         client.training.log_metrics_stream(run_id, _steps(60, bad_at=25), batch_points=10)
     message = info.value.message
@@ -39,7 +39,7 @@ def test_a_failed_batch_raises_saying_which_points_are_stored(client) -> None:
 
 def test_a_failed_stream_that_stored_one_point_says_so_in_the_singular(client) -> None:
     # It said "1 points are stored".
-    run_id = client.training.create_run("sdk-streams").run_id
+    run_id = client.training.create_run("sdk-streams", create_experiment=True).run_id
     with pytest.raises(tessera.InvalidArgument) as info:
         client.training.log_metrics_stream(run_id, _steps(3, bad_at=1), batch_points=1)
     assert info.value.message.startswith(
@@ -50,7 +50,7 @@ def test_a_failed_stream_that_stored_one_point_says_so_in_the_singular(client) -
 def test_the_asyncio_client_says_the_same(daemon) -> None:
     async def log() -> tuple[str, tessera.InvalidArgument]:
         async with tessera.aio.Client(daemon.target, timeout=30) as aio:
-            run_id = (await aio.training.create_run("sdk-streams")).run_id
+            run_id = (await aio.training.create_run("sdk-streams", create_experiment=True)).run_id
             with pytest.raises(tessera.InvalidArgument) as info:
                 await aio.training.log_metrics_stream(run_id, _steps(30, bad_at=3), batch_points=10)
             return run_id, info.value
@@ -66,7 +66,7 @@ def test_a_cut_stream_is_sent_again_and_every_point_is_stored_once(daemon, proxy
     proxy = proxy_to(daemon.daemon.port)
     retry = tessera.RetryPolicy(attempts=5, initial_backoff_s=0.05, max_backoff_s=0.2)
     with tessera.Client(proxy.target, timeout=30, retry=retry) as client:
-        run_id = client.training.create_run("sdk-streams").run_id
+        run_id = client.training.create_run("sdk-streams", create_experiment=True).run_id
 
         def steps() -> Iterator[tuple[int, dict[str, float]]]:
             for step, metrics in _steps(100):
@@ -86,7 +86,7 @@ def test_a_stream_cut_more_often_than_it_may_resend_says_how_many_resends_it_mad
     proxy = proxy_to(daemon.daemon.port)
     retry = tessera.RetryPolicy(attempts=2, initial_backoff_s=0.05, max_backoff_s=0.2)
     with tessera.Client(proxy.target, timeout=30, retry=retry) as client:
-        run_id = client.training.create_run("sdk-streams").run_id
+        run_id = client.training.create_run("sdk-streams", create_experiment=True).run_id
 
         def steps() -> Iterator[tuple[int, dict[str, float]]]:
             for step, metrics in _steps(100):
@@ -104,7 +104,7 @@ def test_a_stream_cut_more_often_than_it_may_resend_says_how_many_resends_it_mad
 
 
 def test_batches_over_the_daemons_limit_are_refused_before_sending(client) -> None:
-    run_id = client.training.create_run("sdk-streams").run_id
+    run_id = client.training.create_run("sdk-streams", create_experiment=True).run_id
     with pytest.raises(ValueError, match=re.escape("batch_points must be in 1..10000, got 10001")):
         client.training.log_metrics_stream(run_id, _steps(3), batch_points=10_001)
     assert client.training.log_metrics_stream(run_id, _steps(3), batch_points=10_000) == 3

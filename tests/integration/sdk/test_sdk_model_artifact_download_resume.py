@@ -61,7 +61,7 @@ def artifact_download_that_gave_up(
     cut once past half way with no retry: it gave up, its bytes and their record kept in `out`."""
     proxy = proxy_to(daemon.daemon.port)
     with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
-        run_id = client.training.create_run("resume").run_id
+        run_id = client.training.create_run("resume", create_experiment=True).run_id
         client.training.log_artifact(run_id, artifact_file)
         with pytest.raises(tessera.Unavailable) as gave_up:
             client.training.download_artifact(
@@ -168,7 +168,7 @@ def test_resume_after_the_artifact_was_stored_again_is_refused_and_keeps_the_byt
 def test_download_artifacts_resumes_each_file_it_has_bytes_of(daemon, proxy_to, out, artifact_file):
     proxy = proxy_to(daemon.daemon.port)
     with tessera.Client(proxy.target, timeout=30, retry=tessera.RetryPolicy(attempts=1)) as client:
-        run_id = client.training.create_run("resume").run_id
+        run_id = client.training.create_run("resume", create_experiment=True).run_id
         client.training.log_artifact(run_id, artifact_file, "models")
         with pytest.raises(tessera.Unavailable):
             client.training.download_artifact(
@@ -194,7 +194,7 @@ def test_the_asyncio_client_reconnects_and_resumes_model_and_artifact_downloads(
             await client.models.download(
                 "big", out / "big.onnx", progress=CutOnce(proxy, 1), chunk_size=CHUNK
             )
-            run = await client.training.create_run("resume")
+            run = await client.training.create_run("resume", create_experiment=True)
             await client.training.log_artifact(run.run_id, artifact_file)
             await client.training.download_artifact(
                 run.run_id, "weights.bin", out, progress=CutOnce(proxy, 2), chunk_size=CHUNK
@@ -256,7 +256,7 @@ def test_an_artifact_stored_again_smaller_midway_is_refused_as_changed_and_keeps
     smaller.write_bytes(b"stored again")
     retry = tessera.RetryPolicy(attempts=5, initial_backoff_s=0.05, max_backoff_s=0.2)
     with tessera.Client(daemon.target, timeout=30) as direct:
-        run_id = direct.training.create_run("resume").run_id
+        run_id = direct.training.create_run("resume", create_experiment=True).run_id
         direct.training.log_artifact(run_id, artifact_file)
 
         def cut_and_store_again(done: int, total: int) -> None:
@@ -321,7 +321,7 @@ def test_a_resume_with_every_byte_kept_reports_the_whole_file_done(
 def test_an_artifact_download_with_resume_that_fills_the_disk_keeps_its_bytes_for_the_next(client, tmp_path):
     """As curl -C - and wget -c keep a partial file: the bytes written are kept with their record,
     the error says how many and how to go on, and the next resume, given room, goes on from them."""
-    run_id = client.training.create_run("resume").run_id
+    run_id = client.training.create_run("resume", create_experiment=True).run_id
     blob = np.random.default_rng(2).bytes(256 * 1024)
     (tmp_path / "weights.bin").write_bytes(blob)
     artifact = client.training.log_artifact(run_id, tmp_path / "weights.bin")
@@ -351,7 +351,7 @@ def test_an_artifact_download_with_resume_that_fills_the_disk_keeps_its_bytes_fo
 
 
 def test_an_artifact_download_without_resume_that_fills_the_disk_leaves_nothing(client, tmp_path):
-    run_id = client.training.create_run("resume").run_id
+    run_id = client.training.create_run("resume", create_experiment=True).run_id
     (tmp_path / "weights.bin").write_bytes(np.random.default_rng(2).bytes(256 * 1024))
     client.training.log_artifact(run_id, tmp_path / "weights.bin")
     with tmpfs(tmp_path / "disk", "size=128k") as disk:
@@ -404,7 +404,7 @@ def test_a_whole_download_with_resume_that_cannot_take_its_name_is_kept_for_the_
 ):
     """A file put at the name as the download ends (overwrite=False): the whole file, checked, is
     kept with its record, and the next resume puts it in place without a byte sent again."""
-    run_id = client.training.create_run("resume").run_id
+    run_id = client.training.create_run("resume", create_experiment=True).run_id
     client.training.log_artifact(run_id, artifact_file)
     size = artifact_file.stat().st_size
 

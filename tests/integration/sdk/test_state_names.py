@@ -7,7 +7,7 @@ import tessera
 
 
 def test_a_runs_status_reads_as_a_word_and_filters_runs(client):
-    run = client.training.create_run("words")
+    run = client.training.create_run("words", create_experiment=True)
     assert tessera.RunStatus.from_proto(run.status) is tessera.RunStatus.RUNNING
     client.training.update_run(run.run_id, status=tessera.RunStatus.SUCCEEDED)
     (listed,) = client.training.runs("words", statuses=[tessera.RunStatus.SUCCEEDED])

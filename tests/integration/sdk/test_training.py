@@ -138,7 +138,7 @@ def test_tracking_for_an_external_script(client):
     assert "external" in [e.name for e in client.training.experiments()]
     runs = []
     for lr in ("0.1", "0.01"):
-        run = client.training.create_run("external", params={"lr": lr})
+        run = client.training.create_run("external", params={"lr": lr}, create_experiment=True)
         for step in range(3):
             assert client.training.log_metrics(run.run_id, {"loss": float(lr) * (3 - step)}, step) == 1
         client.training.log_params(run.run_id, {"seed": 1})
@@ -161,7 +161,7 @@ def test_tracking_for_an_external_script(client):
 
 
 def test_log_metrics_takes_mlflows_timestamp_and_names_the_key_of_a_value_that_is_no_number(client):
-    run_id = client.training.create_run("external-times").run_id
+    run_id = client.training.create_run("external-times", create_experiment=True).run_id
     # As MLflow's: whole milliseconds since the Unix epoch; numpy's integers are whole numbers too.
     assert client.training.log_metrics(run_id, {"loss": 0.5}, 0, timestamp=1_700_000_000_123) == 1
     assert client.training.log_metrics(run_id, {"loss": 0.4}, 1, timestamp=np.int64(1_700_000_001_000)) == 1
@@ -191,7 +191,9 @@ def test_params_and_tags_of_any_value_are_sent_as_text_everywhere(client):
     """log_params writes values as text; creating a run, tagging it and creating an experiment
     take the same values (MLflow's log_param and set_tag turn theirs into text too)."""
     client.training.create_experiment("as-text", tags={"priority": 1})
-    run = client.training.create_run("as-text", params={"lr": 0.1, "layers": 3}, tags={"seeded": True})
+    run = client.training.create_run(
+        "as-text", params={"lr": 0.1, "layers": 3}, tags={"seeded": True}, create_experiment=True
+    )
     client.training.update_run(run.run_id, set_tags={"attempt": 2, "draft": True})
     client.training.update_run(run.run_id, remove_tags=["draft"])
     client.training.log_params(run.run_id, {"dropout": 0.5})
@@ -205,11 +207,11 @@ def test_params_and_tags_of_any_value_are_sent_as_text_everywhere(client):
 def test_params_as_pairs_are_refused_before_a_key_given_twice_loses_a_value(client):
     """A request's params are a map, which keeps one value of a key: pairs, which may give a key
     twice, are refused by the SDK, and nothing is sent."""
-    run = client.training.create_run("pairs")
+    run = client.training.create_run("pairs", create_experiment=True)
     pairs = [("lr", "0.1"), ("lr", "0.2")]
     for call in (
         lambda: client.training.log_params(run.run_id, pairs),
-        lambda: client.training.create_run("pairs", params=pairs),
+        lambda: client.training.create_run("pairs", params=pairs, create_experiment=True),
     ):
         with pytest.raises(
             TypeError, match=r"^params: give a mapping of key to value, such as a dict, not list"

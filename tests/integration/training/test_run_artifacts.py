@@ -308,7 +308,7 @@ def test_artifacts_survive_a_restart_and_blob_collection(tmp_path: Path) -> None
     running = InProcessDaemon(daemon_settings(tmp_path / "data")).start()
     try:
         with tessera.Client(running.target) as client:
-            run = client.training.create_run("restarts")
+            run = client.training.create_run("restarts", create_experiment=True)
             (tmp_path / "notes.md").write_bytes(data)
             client.training.log_artifact(run.run_id, tmp_path / "notes.md", "docs")
     finally:
@@ -329,7 +329,7 @@ def test_the_aio_client_stores_and_fetches(artifacts_daemon: InProcessDaemon, tm
 
     async def scenario() -> tuple[pb.RunArtifact, list[str], pb.RunArtifact]:
         async with tessera.aio.Client(artifacts_daemon.target) as client:
-            run = await client.training.create_run("aio")
+            run = await client.training.create_run("aio", create_experiment=True)
             stored = await client.training.log_artifact(run.run_id, source)
             paths = [a.path async for a in client.training.list_artifacts(run.run_id)]
             header = await client.training.download_artifact(
@@ -358,7 +358,7 @@ def test_a_download_goes_through_a_new_temp_file_of_its_own(
     (out / "plot.png.partial").symlink_to(victim)
     (tmp_path / "plot.png").write_bytes(b"png bytes")
     with tessera.Client(artifacts_daemon.target) as client:
-        run = client.training.create_run("temp-files")
+        run = client.training.create_run("temp-files", create_experiment=True)
         client.training.log_artifact(run.run_id, source, "docs")
         client.training.log_artifact(run.run_id, tmp_path / "plot.png")
 

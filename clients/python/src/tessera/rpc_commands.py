@@ -60,6 +60,7 @@ COMMAND_BY_RPC: dict[str, str] = {
     "RestoreExperiment": "`tessera experiments restore NAME`",
     "Leaderboard": "`tessera runs leaderboard EXPERIMENT METRIC`",
     "CreateRun": "the Python SDK's client.training.create_run()",
+    "CreateExperiment": "the Python SDK's client.training.create_experiment()",
     "SubmitSweep": "`tessera sweep SPEC.toml`",
     "GetSweep": "`tessera sweeps show SWEEP_ID`",
     "ListSweeps": "`tessera sweeps ls`",

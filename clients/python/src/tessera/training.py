@@ -1037,17 +1037,22 @@ class Training(Part[C]):
         tags: Mapping[str, Any] | None = None,
         *,
         parent_run_id: str = "",
+        create_experiment: bool = False,
         timeout: float | None = None,
     ) -> Op[Run]:
         """Start a run for a training script outside the daemon; log to it, then end it. Param
-        and tag values as text. `parent_run_id` nests it under a run of the same experiment, as
-        MLflow's nested runs (the tag mlflow.parentRunId says so too)."""
+        and tag values as text. `parent_run_id` (or the tag mlflow.parentRunId) nests it under a
+        run of the same experiment, as MLflow's nested runs (the tag says so too). An experiment
+        that does not exist raises NotFound naming a close existing one (a misspelt name makes
+        no new experiment), as MLflow's create_run; `create_experiment=True` creates it instead,
+        as MLflow's set_experiment."""
         request = pb.CreateRunRequest(
             experiment=experiment,
             name=name,
             params=_as_text(params, "params"),
             tags=_as_text(tags, "tags"),
             parent_run_id=parent_run_id,
+            create_experiment=create_experiment,
         )
         return Op(S, "CreateRun", request, Run, timeout=timeout)
 
@@ -1243,22 +1248,25 @@ class Training(Part[C]):
         tags: Mapping[str, Any] | None = None,
         *,
         run_id: str | None = None,
+        create_experiment: bool = False,
         timeout: float | None = None,
     ) -> Call[ActiveRun]:
         """Start a run, or reopen the ended run `run_id` (its status back to running, its end time
         cleared, as MLflow's start_run(run_id=...); a job's run is refused, FailedPrecondition
         naming the job), as an `ActiveRun` whose methods log to it without its id. In a `with`
         block it ends the run as the block ends: SUCCEEDED, FAILED where the block raised (the
-        exception goes on), CANCELLED on KeyboardInterrupt. The blocking client only.
+        exception goes on), CANCELLED on KeyboardInterrupt. A run left open is ended at
+        interpreter exit (see `ActiveRun`). An experiment that does not exist raises NotFound
+        unless `create_experiment=True` (see `create_run`). The blocking client only.
 
             with client.training.start_run("mnist", params={"lr": 0.01}) as run:
                 for step in range(100):
                     run.log_metrics({"loss": train_step()}, step, synchronous=False)
         """
         if run_id is not None:
-            if experiment or name or params or tags:
+            if experiment or name or params or tags or create_experiment:
                 raise ValueError(
-                    "start_run(run_id=...) reopens a run as it is: leave experiment, name, params and tags "
+                    "start_run(run_id=...) reopens a run as it is: leave experiment, name, params, tags and create_experiment "
                     "out (log_params and set_tags on the run add to it)"
                 )
             begin = pb.UpdateRunRequest(run_id=run_id, status=pb.RUN_STATUS_RUNNING)
@@ -1266,7 +1274,11 @@ class Training(Part[C]):
         if not experiment:
             raise ValueError("start_run needs an experiment (or run_id= to reopen a run)")
         create = pb.CreateRunRequest(
-            experiment=experiment, name=name, params=_as_text(params, "params"), tags=_as_text(tags, "tags")
+            experiment=experiment,
+            name=name,
+            params=_as_text(params, "params"),
+            tags=_as_text(tags, "tags"),
+            create_experiment=create_experiment,
         )
         return _RunStart(Op(S, "CreateRun", create, timeout=timeout), self)
 
