@@ -4,7 +4,9 @@ versions registered from a run."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -15,8 +17,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
 import tessera
+import tessera.aio
 from tessera.v1 import registry_pb2, registry_pb2_grpc
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.sdk.affine import affine_onnx
@@ -37,7 +41,9 @@ def _status(client: tessera.Client, run_id: str) -> str:
 
 
 def test_a_run_as_a_context_manager_ends_as_its_block_does(client):
-    with client.training.start_run("ctx", name="ok", params={"lr": 0.1}, tags={"team": "a"}) as run:
+    with client.training.start_run(
+        "ctx", name="ok", params={"lr": 0.1}, tags={"team": "a"}, create_experiment=True
+    ) as run:
         assert isinstance(run, tessera.Run) and run.status == tessera.RunStatus.RUNNING
         run.log_params({"seed": 1})
         assert run.log_metrics({"loss": 1.0}, 0) == 1
@@ -48,17 +54,23 @@ def test_a_run_as_a_context_manager_ends_as_its_block_does(client):
     assert dict(stored.params) == {"lr": "0.1", "seed": "1"} and stored.tags["stage"] == "train"
     assert stored.metrics["loss"] == 0.5
 
-    with pytest.raises(ZeroDivisionError), client.training.start_run("ctx", name="broken") as broken:
+    with (
+        pytest.raises(ZeroDivisionError),
+        client.training.start_run("ctx", name="broken", create_experiment=True) as broken,
+    ):
         _ = 1 / 0
     assert _status(client, broken.id) == "failed"
 
-    with pytest.raises(KeyboardInterrupt), client.training.start_run("ctx", name="stopped") as stopped:
+    with (
+        pytest.raises(KeyboardInterrupt),
+        client.training.start_run("ctx", name="stopped", create_experiment=True) as stopped,
+    ):
         raise KeyboardInterrupt
     assert _status(client, stopped.id) == "cancelled"
 
 
 def test_an_ended_run_is_reopened_running_and_ended_again(client):
-    run = client.training.create_run("reopen")
+    run = client.training.create_run("reopen", create_experiment=True)
     client.training.update_run(run.id, "finished")  # MLflow's word for succeeded
     ended = client.training.run(run.id)
     assert ended.status == tessera.RunStatus.SUCCEEDED and ended.end_time.seconds > 0
@@ -82,7 +94,7 @@ def test_an_ended_run_is_reopened_running_and_ended_again(client):
 
 
 def test_a_value_logged_again_at_a_step_replaces_the_first_and_warns_once(client):
-    run = client.training.create_run("replace")
+    run = client.training.create_run("replace", create_experiment=True)
     client.training.log_metrics(run.id, {"loss": 1.0, "acc": 0.5}, 5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -110,7 +122,7 @@ def test_a_value_logged_again_at_a_step_replaces_the_first_and_warns_once(client
 
 
 def test_log_batch_stores_points_of_many_keys_and_steps_in_one_call(client):
-    run = client.training.create_run("batch")
+    run = client.training.create_run("batch", create_experiment=True)
     points = [tessera.MetricPoint("loss", 1.0 / (s + 1), s) for s in range(50)]
     points += [("acc", 0.5, 49, 1_700_000_000_000)]
     assert client.training.log_batch(run.id, points) == 51
@@ -125,7 +137,7 @@ def test_log_batch_stores_points_of_many_keys_and_steps_in_one_call(client):
 
 
 def test_background_logging_stores_every_point_by_flush_and_run_end(client):
-    with client.training.start_run("background") as run:
+    with client.training.start_run("background", create_experiment=True) as run:
         for step in range(2500):
             run.log_metrics({"loss": 1.0 / (step + 1)}, step, synchronous=False)
         run.flush()
@@ -137,7 +149,7 @@ def test_background_logging_stores_every_point_by_flush_and_run_end(client):
 
 
 def test_a_background_batch_that_fails_is_raised_on_the_next_call_and_kept(client):
-    run = client.training.create_run("background-errors")
+    run = client.training.create_run("background-errors", create_experiment=True)
     logger = client.training.metric_logger(run.id, flush_points=10, flush_ms=60_000)
     with pytest.raises(ValueError, match="not a finite number"):
         logger.log({"loss": float("inf")}, 0)
@@ -166,7 +178,7 @@ def _failed_unseen(logger: tessera.MetricLogger) -> None:
 def test_close_sends_again_a_batch_that_failed_before_any_call_raised_it(client):
     # As after a daemon briefly unavailable past the client's retries: close raised the stale
     # error without sending again, and the points were left unstored (a run ended FAILED).
-    run = client.training.create_run("background-stale")
+    run = client.training.create_run("background-stale", create_experiment=True)
     client.training.delete_run(run.id)
     logger = client.training.metric_logger(run.id, flush_points=1)
     logger.log({"loss": 1.0}, 0)
@@ -191,8 +203,8 @@ def test_close_sends_again_a_batch_that_failed_before_any_call_raised_it(client)
 
 def test_points_queued_when_a_script_exits_without_closing_are_stored(daemon, client, tmp_path: Path):
     # The sending thread is a daemon thread: at exit the points still queued were dropped unsaid.
-    run = client.training.create_run("background-exit")
-    gone = client.training.create_run("background-exit")
+    run = client.training.create_run("background-exit", create_experiment=True)
+    gone = client.training.create_run("background-exit", create_experiment=True)
     client.training.delete_run(gone.id)
     script = tmp_path / "train.py"
     script.write_text(
@@ -216,9 +228,155 @@ def test_points_queued_when_a_script_exits_without_closing_are_stored(daemon, cl
     assert "is deleted" in done.stderr
 
 
+def _script(path: Path, target: str, body: str) -> Path:
+    path.write_text(
+        f"import tessera\nclient = tessera.Client({target!r})\n" + textwrap.dedent(body), encoding="utf-8"
+    )
+    return path
+
+
+def test_runs_a_script_left_open_end_at_exit_as_the_script_did(daemon, client, tmp_path: Path):
+    # They stayed RUNNING for ever; MLflow ends its active run at exit.
+    # How a KeyboardInterrupt or an interactive session ends them: tests/unit/sdk/test_sdk_pieces.py.
+    endings = {"ok": "", "raised": "raise ValueError('boom')"}
+    scripts = {
+        ending: _script(
+            tmp_path / f"{ending}.py",
+            daemon.target,
+            f"""
+            run = client.training.start_run("exit-end", name="{ending}", create_experiment=True)
+            run.log_metrics({{"loss": 0.5}}, 0, synchronous=False)
+            client.training.start_run("exit-end", name="{ending}-dropped")
+            by_id = client.training.start_run("exit-end", name="{ending}-by-id")
+            client.training.update_run(by_id.id, "failed")
+            with client.training.start_run("exit-end", name="{ending}-block"):
+                pass
+            {statement}
+            """,
+        )
+        for ending, statement in endings.items()
+    }
+    running = {
+        ending: subprocess.Popen([sys.executable, str(path)], stderr=subprocess.PIPE, text=True)
+        for ending, path in scripts.items()
+    }
+    errors = {ending: process.communicate(timeout=120)[1] for ending, process in running.items()}
+    assert running["ok"].returncode == 0 and running["raised"].returncode == 1
+    for ending, status in (("ok", "succeeded"), ("raised", "failed")):
+        assert "tessera: at exit" not in errors[ending], errors[ending]
+        runs = {
+            r.name: r
+            for r in client.training.runs("exit-end", filter=f"attributes.run_name LIKE '{ending}%'")
+        }
+        assert {name: str(tessera.RunStatus.from_proto(r.status)) for name, r in runs.items()} == {
+            ending: status,
+            f"{ending}-dropped": status,
+            f"{ending}-by-id": "failed",
+            f"{ending}-block": "succeeded",
+        }
+        assert runs[ending].metrics["loss"] == 0.5
+
+
+def test_a_run_left_open_does_not_hold_the_exit_when_the_daemon_is_gone(tmp_path: Path):
+    gone = InProcessDaemon(daemon_settings(tmp_path / "data")).start()
+    script = _script(
+        tmp_path / "train.py",
+        gone.target,
+        """
+        run = client.training.start_run("exit-gone", create_experiment=True)
+        print(run.id, flush=True)
+        input()
+        """,
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run_id = process.stdout.readline().strip()
+    finally:
+        gone.stop()
+    _, err = process.communicate("\n", timeout=60)
+    assert process.returncode == 0, err
+    assert (
+        f"tessera: at exit, run {run_id} could not be ended SUCCEEDED and stays RUNNING (Unavailable: " in err
+    )
+    assert err.rstrip().endswith("end it with client.training.update_run")
+
+
+class _Figure:
+    """Any object with savefig is a figure to log_figure, as MLflow's takes matplotlib's and plotly's."""
+
+    def savefig(self, path: Path, **kwargs: object) -> None:
+        Path(path).write_bytes(b"IMG " + json.dumps(kwargs).encode())
+
+
+def test_dicts_texts_and_figures_are_stored_as_run_artifacts(daemon, client, tmp_path: Path, monkeypatch):
+    config = {"lr": 0.01, "layers": [64, 32], "name": "réseau"}
+    with client.training.start_run("documents", create_experiment=True) as run:
+        stored = run.log_dict(config, "config/train.json")
+        run.log_dict(config, "config/train.YAML")
+        run.log_text("accuracy 0.9\n", "notes/summary.md")
+        run.log_figure(_Figure(), "plots/loss.png", save_kwargs={"dpi": 72})
+
+    async def from_asyncio() -> None:
+        async with tessera.aio.Client(daemon.target, timeout=30) as aio:
+            await aio.training.log_text(run.id, "", "notes/empty.txt")
+            await aio.training.log_figure(run.id, _Figure(), "plots/aio.svg")
+
+    asyncio.run(from_asyncio())
+
+    def read(path: str) -> bytes:
+        client.training.download_artifact(run.id, path, tmp_path / path)
+        return (tmp_path / path).read_bytes()
+
+    assert read("config/train.json").decode() == json.dumps(config, indent=2, ensure_ascii=False)
+    assert stored.path == "config/train.json" and stored.size_bytes == len(read("config/train.json"))
+    assert yaml.safe_load(read("config/train.YAML")) == config
+    assert read("notes/summary.md") == b"accuracy 0.9\n" and read("notes/empty.txt") == b""
+    assert read("plots/loss.png") == b'IMG {"dpi": 72}' and read("plots/aio.svg") == b"IMG {}"
+
+    # Refused before anything is sent, or by the daemon, storing nothing.
+    with pytest.raises(TypeError, match=r"log_figure takes a figure with a savefig method .*, not dict"):
+        client.training.log_figure(run.id, {}, "plots/bad.png")
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        client.training.log_dict(run.id, {"x": object()}, "bad.json")
+    with pytest.raises(TypeError, match="log_text takes a str, not bytes"):
+        client.training.log_text(run.id, b"bytes", "bad.txt")
+    with pytest.raises(tessera.InvalidArgument, match="path"):
+        client.training.log_text(run.id, "x", "../bad.txt")
+    with monkeypatch.context() as without_yaml:
+        without_yaml.setitem(sys.modules, "yaml", None)
+        with pytest.raises(
+            ImportError, match=r"writing 'bad\.yml' as YAML needs PyYAML .* or give the file a \.json name"
+        ):
+            client.training.log_dict(run.id, config, "bad.yml")
+    assert sorted(a.path for a in client.training.list_artifacts(run.id)) == [
+        "config/train.YAML",
+        "config/train.json",
+        "notes/empty.txt",
+        "notes/summary.md",
+        "plots/aio.svg",
+        "plots/loss.png",
+    ]
+
+
+def test_a_matplotlib_figure_is_stored_as_the_image_its_name_says(client, tmp_path: Path):
+    figure_module = pytest.importorskip("matplotlib.figure")
+    figure = figure_module.Figure()
+    figure.add_subplot().plot([0, 1, 2], [1.0, 0.5, 0.25])
+    run = client.training.create_run("figures", create_experiment=True)
+    client.training.log_figure(run.id, figure, "loss.png")
+    client.training.download_artifact(run.id, "loss.png", tmp_path)
+    assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG\r\n")
+
+
 def test_a_version_pushed_from_a_run_keeps_it_in_its_lineage(daemon, client, tmp_path: Path):
     onnx = affine_onnx(tmp_path / "mlp1.onnx")
-    with client.training.start_run("pushed", name="mlp-run") as run:
+    with client.training.start_run("pushed", name="mlp-run", create_experiment=True) as run:
         run.log_artifact(onnx)
     version = client.models.push("pushed", onnx, run_id=run.id)
     assert (version.lineage.run_id, version.lineage.experiment) == (run.id, "pushed")

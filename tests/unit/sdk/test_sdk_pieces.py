@@ -26,6 +26,7 @@ from tessera.errors import ERROR_BY_CODE, Unavailable, error_from_status_number,
 from tessera.events import event_from_proto
 from tessera.messages import dataset_ref, from_dict, version_ref
 from tessera.plot import line_plot
+from tessera.run_logging import _exit_status
 from tessera.tensors import from_tensor, to_tensor, to_tensors
 from tessera.training import enum_value
 from tessera.transport import RetryPolicy
@@ -444,3 +445,26 @@ def test_a_verify_stream_that_ends_without_its_report_is_an_error_not_a_clean_ch
         _verify_report(system_pb2.VerifyStoreProgress(bytes_checked=5, bytes_total=10))
     clean = system_pb2.VerifyStoreProgress(report=system_pb2.VerifyStoreReport())
     assert _verify_report(clean) == system_pb2.VerifyStoreReport()
+
+
+@pytest.mark.parametrize(
+    ("last", "interactive", "status"),
+    [
+        (None, False, "succeeded"),
+        (ValueError("boom"), False, "failed"),
+        (KeyboardInterrupt(), False, "cancelled"),
+        (ValueError("shown, then the session went on"), True, "succeeded"),
+    ],
+)
+def test_a_run_left_open_ends_at_exit_as_the_interpreter_exits(
+    monkeypatch: pytest.MonkeyPatch, last: BaseException | None, interactive: bool, status: str
+) -> None:
+    # Python sets sys.last_value for the uncaught exception before the exit hooks run; an
+    # interactive session (sys.ps1) keeps the last error it showed.
+    monkeypatch.delattr(sys, "last_value", raising=False)
+    monkeypatch.delattr(sys, "ps1", raising=False)
+    if last is not None:
+        monkeypatch.setattr(sys, "last_value", last, raising=False)
+    if interactive:
+        monkeypatch.setattr(sys, "ps1", ">>> ", raising=False)
+    assert _exit_status() == status

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from tessera.errors import FailedPrecondition
 from tessera.runs import Run
 from tessera.v1 import training_pb2 as pb
 
@@ -27,33 +28,74 @@ if TYPE_CHECKING:
 EXIT_CLOSE_S = 10.0
 """At interpreter exit, how long the loggers left open get, all together, to store what is queued
 (a daemon that does not answer would otherwise hold the exit up to the client's retries)."""
+EXIT_END_S = 3.0
+"""At interpreter exit, after that, how long the runs left open get, all together, to be ended."""
 
 # Loggers not closed yet, for the exit hook; weak, so that the hook keeps none alive.
 _open_loggers: weakref.WeakSet[MetricLogger] = weakref.WeakSet()
+# Runs of start_run not ended yet, by id: held, as MLflow's active run, so that a run whose object
+# the script dropped is ended at exit too.
+_open_runs: dict[str, ActiveRun] = {}
 _exit_hook = threading.Lock()
 _exit_hook_registered = False
 
 
+def _exit_status() -> str:
+    """How a run left open ends at exit: FAILED where the interpreter exits on an uncaught
+    exception (Python sets sys.last_value before the exit hooks run), CANCELLED on an uncaught
+    KeyboardInterrupt, else SUCCEEDED (sys.exit() too, whatever its code: no hook sees it)."""
+    error = getattr(sys, "last_value", None)
+    if error is None or hasattr(sys, "ps1"):
+        # An interactive session keeps the last error it showed, long after it went on.
+        return "succeeded"
+    return "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
+
+
 def _close_at_exit() -> None:
     """Close the loggers a script left open, as MLflow flushes its async logging at exit, within
-    EXIT_CLOSE_S; say on stderr which points could not be stored."""
+    EXIT_CLOSE_S, then end the runs of start_run it left open, as MLflow ends its active run,
+    within EXIT_END_S; say on stderr which points could not be stored and which runs not ended."""
     deadline = time.monotonic() + EXIT_CLOSE_S
+    unstored: set[str] = set()
     for logger in list(_open_loggers):
         try:
             logger._close(deadline)
         except BaseException as error:
+            unstored.add(logger.run_id)
             lost = "; ".join(getattr(error, "__notes__", ()))
             print(f"tessera: at exit, {lost} ({type(error).__name__}: {error})", file=sys.stderr)
+    status = _exit_status()
+    deadline = time.monotonic() + EXIT_END_S
+    for run in list(_open_runs.values()):
+        ending = "failed" if run.id in unstored else status
+        try:
+            run._end_at_exit(ending, deadline)
+        except BaseException as error:
+            print(
+                f"tessera: at exit, run {run.id} could not be ended {ending.upper()} and stays RUNNING "
+                f"({type(error).__name__}: {error}); end it with client.training.update_run",
+                file=sys.stderr,
+            )
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        # Registered after the client's channel is made, so it runs before grpc's own hooks.
+        atexit.register(_close_at_exit)
+        _exit_hook_registered = True
 
 
 def _watch_at_exit(logger: MetricLogger) -> None:
-    global _exit_hook_registered
     with _exit_hook:
         _open_loggers.add(logger)
-        if not _exit_hook_registered:
-            # Registered after the client's channel is made, so it runs before grpc's own hooks.
-            atexit.register(_close_at_exit)
-            _exit_hook_registered = True
+        _register_exit_hook()
+
+
+def _watch_run_at_exit(run: ActiveRun) -> None:
+    with _exit_hook:
+        _open_runs[run.id] = run
+        _register_exit_hook()
 
 
 def _unstored(run_id: str, points: Sequence[pb.MetricPoint], sending: int) -> str:
@@ -287,12 +329,18 @@ class ActiveRun(Run):
     or as `refresh()` last read it) whose methods log to it without its id. As a context manager
     (`with client.training.start_run("exp") as run:`) it ends the run when the block ends:
     SUCCEEDED, FAILED where the block raised (the exception goes on), CANCELLED on Ctrl-C
-    (KeyboardInterrupt); points logged with `synchronous=False` are stored first."""
+    (KeyboardInterrupt); points logged with `synchronous=False` are stored first. One left open
+    (never ended) is ended at interpreter exit, as MLflow ends its active run: SUCCEEDED, FAILED
+    where the interpreter exits on an uncaught exception (or its queued points could not be
+    stored), CANCELLED on an uncaught KeyboardInterrupt; within EXIT_CLOSE_S for its points and
+    EXIT_END_S for its end, a run that could not be ended then said on stderr. A process killed
+    (SIGKILL, os._exit) leaves it RUNNING."""
 
     def __init__(self, training: Training[Connection], info: pb.Run) -> None:
         super().__init__(info)
         self._training = training
         self._logger: MetricLogger | None = None
+        _watch_run_at_exit(self)
 
     def __enter__(self) -> ActiveRun:
         return self
@@ -357,6 +405,20 @@ class ActiveRun(Run):
         """Store a directory's files with the run (see `client.training.log_artifacts`)."""
         return self._training.log_artifacts(self.id, local_dir, artifact_path)
 
+    def log_dict(self, dictionary: Any, artifact_file: str) -> pb.RunArtifact:
+        """Store a dict as a JSON or YAML file with the run (see `client.training.log_dict`)."""
+        return self._training.log_dict(self.id, dictionary, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> pb.RunArtifact:
+        """Store text as a file with the run (see `client.training.log_text`)."""
+        return self._training.log_text(self.id, text, artifact_file)
+
+    def log_figure(
+        self, figure: Any, artifact_file: str, *, save_kwargs: Mapping[str, Any] | None = None
+    ) -> pb.RunArtifact:
+        """Store a figure's image with the run (see `client.training.log_figure`)."""
+        return self._training.log_figure(self.id, figure, artifact_file, save_kwargs=save_kwargs)
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set tags (values as text)."""
         self.info = self._training.update_run(self.id, set_tags=tags).info
@@ -374,11 +436,31 @@ class ActiveRun(Run):
             if self._logger is not None:
                 self._logger.close()
         except BaseException:
-            self.info = self._training.update_run(self.id, "failed").info
+            self._ended(self._training.update_run(self.id, "failed"))
             raise
         finally:
             self._logger = None
-        self.info = self._training.update_run(self.id, status).info
+        self._ended(self._training.update_run(self.id, status))
+
+    def _end_at_exit(self, status: str, deadline: float) -> None:
+        """End the run as `status` by the monotonic time `deadline`, its logger closed already;
+        one ended meanwhile by another call (update_run with its id) is left as it is."""
+        self._logger = None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no time was left of the {EXIT_END_S:g} s given to end runs at exit")
+        try:
+            self._ended(self._training.update_run(self.id, status, timeout=left))
+        except FailedPrecondition:
+            now = self._training.run(self.id, timeout=max(deadline - time.monotonic(), 0.1))
+            if now.info.status == pb.RUN_STATUS_RUNNING:
+                raise
+            self._ended(now)
+
+    def _ended(self, run: Run) -> None:
+        self.info = run.info
+        with _exit_hook:
+            _open_runs.pop(self.id, None)
 
     def _metric_logger(self) -> MetricLogger:
         if self._logger is None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from google.protobuf import timestamp_pb2
 
+from tessera.artifact_bytes import bytes_requests, check_figure, dict_bytes, figure_bytes
 from tessera.calls import (
     C,
     Call,
@@ -1387,6 +1388,74 @@ class Training(Part[C]):
             return self._artifact_upload(run_id, local, prefix + relative, None, chunk_size, timeout)
 
         return ArtifactUploads(root, upload)
+
+    @call
+    def log_dict(
+        self,
+        run_id: str,
+        dictionary: Any,
+        artifact_file: str,
+        *,
+        chunk_size: int = CHUNK_BYTES,
+        timeout: float | None = None,
+    ) -> Upload[pb.RunArtifact]:
+        """Store `dictionary` with a run as the file `artifact_file` ("config/train.json"), as
+        MLflow's log_dict: YAML for a .yaml or .yml name (ImportError without PyYAML, which
+        tessera does not install), else JSON indented by 2. A value JSON cannot write raises
+        TypeError before anything is sent."""
+        data = dict_bytes(dictionary, artifact_file)
+        return self._bytes_upload(run_id, data, artifact_file, chunk_size, timeout)
+
+    @call
+    def log_text(
+        self,
+        run_id: str,
+        text: str,
+        artifact_file: str,
+        *,
+        chunk_size: int = CHUNK_BYTES,
+        timeout: float | None = None,
+    ) -> Upload[pb.RunArtifact]:
+        """Store `text` with a run as the UTF-8 file `artifact_file` ("notes/summary.md"), as
+        MLflow's log_text."""
+        if not isinstance(text, str):
+            raise TypeError(f"log_text takes a str, not {type(text).__name__}")
+        return self._bytes_upload(run_id, text.encode(), artifact_file, chunk_size, timeout)
+
+    @call
+    def log_figure(
+        self,
+        run_id: str,
+        figure: Any,
+        artifact_file: str,
+        *,
+        save_kwargs: Mapping[str, Any] | None = None,
+        chunk_size: int = CHUNK_BYTES,
+        timeout: float | None = None,
+    ) -> Upload[pb.RunArtifact]:
+        """Store a figure with a run as the image `artifact_file` ("plots/loss.png"), as MLflow's
+        log_figure: any object with a `savefig(path, **save_kwargs)` method, a matplotlib Figure
+        for one (matplotlib picks the format from the extension). tessera does not install
+        matplotlib. On the asyncio client the figure is saved in a thread."""
+        check_figure(figure)
+        check_chunk_size(chunk_size)
+
+        def requests() -> Iterator[pb.UploadRunArtifactRequest]:
+            data = figure_bytes(figure, artifact_file, save_kwargs)
+            return bytes_requests(run_id, artifact_file, data, chunk_size)
+
+        return Upload(S, "UploadRunArtifact", requests, timeout_or(timeout, self._conn.transfer_timeout))
+
+    def _bytes_upload(
+        self, run_id: str, data: bytes, path: str, chunk_size: int, timeout: float | None
+    ) -> Upload[pb.RunArtifact]:
+        check_chunk_size(chunk_size)
+        return Upload(
+            S,
+            "UploadRunArtifact",
+            lambda: bytes_requests(run_id, path, data, chunk_size),
+            timeout_or(timeout, self._conn.transfer_timeout),
+        )
 
     def _artifact_upload(
         self,
