@@ -32,6 +32,11 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessDaemon
     running.stop()
 
 
+class _Figure:
+    def savefig(self, path: Path) -> None:
+        path.write_bytes(b"image")
+
+
 def _job(training: Any) -> Any:
     """A Job part for an id the daemon has never seen: a refused call never asks."""
     return tessera.Job(training._conn, training_pb2.Job(job_id="absent"))
@@ -114,6 +119,9 @@ CALLS: dict[str, Callable[[Any, dict[str, Path], float], Any]] = {
     "training.list_metrics": lambda part, files, t: part.list_metrics("r", timeout=t),
     "training.log_artifact": lambda part, files, t: part.log_artifact("r", files["npz"], timeout=t),
     "training.log_artifacts": lambda part, files, t: part.log_artifacts("r", files["npz"].parent, timeout=t),
+    "training.log_dict": lambda part, files, t: part.log_dict("r", {"a": 1}, "a.json", timeout=t),
+    "training.log_figure": lambda part, files, t: part.log_figure("r", _Figure(), "a.png", timeout=t),
+    "training.log_text": lambda part, files, t: part.log_text("r", "a", "a.txt", timeout=t),
     "training.log_batch": lambda part, files, t: part.log_batch("r", [("loss", 1.0, 1)], timeout=t),
     "training.log_metrics": lambda part, files, t: part.log_metrics("r", {"loss": 1.0}, 1, timeout=t),
     "training.log_metrics_stream": lambda part, files, t: part.log_metrics_stream(
