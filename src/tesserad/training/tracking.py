@@ -423,7 +423,7 @@ def _deleted_at(txn: ReadTxn, name: str) -> float | None:
     return deleted_at
 
 
-def _refuse_parent_tag_change(run: Run, set_tags: dict[str, str], removed: Iterable[str]) -> None:
+def _refuse_parent_tag_change(run: Run, set_tags: dict[str, str], removed: Collection[str]) -> None:
     """FailedPrecondition for a change of the tag mlflow.parentRunId: it names the run's parent
     (parent_run_id), fixed when the run is created, and the two must never disagree. Setting it
     to the value it holds, or dropping it where it is not, changes nothing and passes."""

@@ -251,6 +251,8 @@ def test_runs_a_script_left_open_end_at_exit_as_the_script_did(daemon, client, t
             client.training.update_run(by_id.id, "failed")
             with client.training.start_run("exit-end", name="{ending}-block"):
                 pass
+            with tessera.Client(client.target) as closing:
+                closing.training.start_run("exit-end", name="{ending}-closed")
             {statement}
             """,
         )
@@ -273,6 +275,7 @@ def test_runs_a_script_left_open_end_at_exit_as_the_script_did(daemon, client, t
             f"{ending}-dropped": status,
             f"{ending}-by-id": "failed",
             f"{ending}-block": "succeeded",
+            f"{ending}-closed": "succeeded",  # ended as its client closed, before the exit
         }
         assert runs[ending].metrics["loss"] == 0.5
 

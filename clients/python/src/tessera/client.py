@@ -7,6 +7,7 @@ from types import TracebackType
 from tessera.datasets import Datasets
 from tessera.inference import Inference
 from tessera.models import Models
+from tessera.run_logging import end_runs_left_open
 from tessera.system import System
 from tessera.training import Training
 from tessera.transport import DEFAULT_TIMEOUT_S, DEFAULT_TRANSFER_TIMEOUT_S, TLS, Connection, RetryPolicy
@@ -70,7 +71,12 @@ class Client:
         return self._conn.tls
 
     def close(self) -> None:
-        """Close the channel; calls in flight are cancelled."""
+        """Close the channel; calls in flight are cancelled. The runs of `training.start_run` left
+        open are ended first, SUCCEEDED (see `tessera.ActiveRun`)."""
+        self._close(None)
+
+    def _close(self, error: BaseException | None) -> None:
+        end_runs_left_open(self._conn, error)
         self._conn.close()
 
     def __enter__(self) -> Client:
@@ -79,4 +85,5 @@ class Client:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        # A block that raised ends the runs it left open FAILED (CANCELLED on Ctrl-C).
+        self._close(exc)

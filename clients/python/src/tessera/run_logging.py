@@ -52,27 +52,43 @@ def _exit_status() -> str:
 
 
 def _close_at_exit() -> None:
-    """Close the loggers a script left open, as MLflow flushes its async logging at exit, within
-    EXIT_CLOSE_S, then end the runs of start_run it left open, as MLflow ends its active run,
-    within EXIT_END_S; say on stderr which points could not be stored and which runs not ended."""
+    """Close the loggers a script left open, as MLflow flushes its async logging at exit, then
+    end the runs of start_run it left open, as MLflow ends its active run."""
+    _end_left_open(list(_open_loggers), list(_open_runs.values()), _exit_status(), "at exit")
+
+
+def end_runs_left_open(conn: object, error: BaseException | None) -> None:
+    """End the runs of start_run made through `conn` and left open, as its client closes (`error`:
+    the exception a `with` block of the client ended on), as at exit."""
+    runs = [run for run in list(_open_runs.values()) if run._training._conn is conn]
+    loggers = [run._logger for run in runs if run._logger is not None]
+    status = (
+        "succeeded" if error is None else "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
+    )
+    _end_left_open(loggers, runs, status, "as its client closed")
+
+
+def _end_left_open(loggers: list[MetricLogger], runs: list[ActiveRun], status: str, when: str) -> None:
+    """Close `loggers` within EXIT_CLOSE_S, then end `runs` as `status` (FAILED where their points
+    could not be stored) within EXIT_END_S; say on stderr which points could not be stored and
+    which runs not ended."""
     deadline = time.monotonic() + EXIT_CLOSE_S
     unstored: set[str] = set()
-    for logger in list(_open_loggers):
+    for logger in loggers:
         try:
             logger._close(deadline)
         except BaseException as error:
             unstored.add(logger.run_id)
             lost = "; ".join(getattr(error, "__notes__", ()))
-            print(f"tessera: at exit, {lost} ({type(error).__name__}: {error})", file=sys.stderr)
-    status = _exit_status()
+            print(f"tessera: {when}, {lost} ({type(error).__name__}: {error})", file=sys.stderr)
     deadline = time.monotonic() + EXIT_END_S
-    for run in list(_open_runs.values()):
+    for run in runs:
         ending = "failed" if run.id in unstored else status
         try:
             run._end_at_exit(ending, deadline)
         except BaseException as error:
             print(
-                f"tessera: at exit, run {run.id} could not be ended {ending.upper()} and stays RUNNING "
+                f"tessera: {when}, run {run.id} could not be ended {ending.upper()} and stays RUNNING "
                 f"({type(error).__name__}: {error}); end it with client.training.update_run",
                 file=sys.stderr,
             )
@@ -333,8 +349,9 @@ class ActiveRun(Run):
     (never ended) is ended at interpreter exit, as MLflow ends its active run: SUCCEEDED, FAILED
     where the interpreter exits on an uncaught exception (or its queued points could not be
     stored), CANCELLED on an uncaught KeyboardInterrupt; within EXIT_CLOSE_S for its points and
-    EXIT_END_S for its end, a run that could not be ended then said on stderr. A process killed
-    (SIGKILL, os._exit) leaves it RUNNING."""
+    EXIT_END_S for its end, a run that could not be ended then said on stderr; or as its client
+    closes, if that comes first (FAILED or CANCELLED where the client's `with` block raised). A
+    process killed (SIGKILL, os._exit) leaves it RUNNING."""
 
     def __init__(self, training: Training[Connection], info: pb.Run) -> None:
         super().__init__(info)
