@@ -14,7 +14,7 @@ def test_node_cli_compares_runs_and_lists_a_runs_metrics(node_ready, daemon, cli
     client.training.create_experiment("side")
     ids = []
     for lr, loss in (("0.1", 0.3), ("0.01", 0.1)):
-        run_id = client.training.create_run("side", params={"lr": lr}).run_id
+        run_id = client.training.create_run("side", params={"lr": lr}, create_experiment=True).run_id
         client.training.log_metrics(run_id, {"val_loss": loss}, step=0)
         client.training.log_metrics(run_id, {"val_loss": loss / 2}, step=1)
         ids.append(run_id)

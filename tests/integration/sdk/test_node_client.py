@@ -313,7 +313,7 @@ def test_node_client_refuses_params_a_request_map_would_garble_or_collapse(node_
 
 def test_node_client_lists_every_metric_key_of_a_run(node_ready, daemon, client):
     """listRunMetrics pages through the keys getRun leaves out past a run's first 2,000."""
-    run = client.training.create_run("many-keys")
+    run = client.training.create_run("many-keys", create_experiment=True)
     keys = [f"class_{c:04d}/f1" for c in range(2050)]
     client.training.log_metrics(run.run_id, dict.fromkeys(keys, 0.5), step=0)
     found = node_json(
@@ -399,7 +399,7 @@ def test_node_client_tracks_an_experiment_and_its_runs(node_ready, daemon, clien
 
 def test_node_client_tracking_errors_name_the_code_and_what_to_fix(node_ready, daemon, client):
     client.training.create_experiment("online")
-    run_id = client.training.create_run("online").run_id
+    run_id = client.training.create_run("online", create_experiment=True).run_id
     outcomes = node_json(
         f"""
         const runId = {json.dumps(run_id)};
@@ -760,7 +760,7 @@ def test_node_client_streams_metrics_and_keeps_artifacts(node_ready, daemon, cli
     """LogMetricsStream from a generator in batches; an artifact uploaded in chunks with its
     sha256, listed, and downloaded checked against it."""
     client.training.create_experiment("online")
-    run_id = client.training.create_run("online").run_id
+    run_id = client.training.create_run("online", create_experiment=True).run_id
     (work / "loss.csv").write_bytes(b"step,loss\n" + b"0,1.0\n" * 5000)
     found = node_json(
         f"""
@@ -828,7 +828,7 @@ def test_node_client_downloads_to_one_file_at_once_each_land_whole(node_ready, d
     work = tmp_path / "node"
     work.mkdir()
     client.training.create_experiment("online")
-    run_id = client.training.create_run("online").run_id
+    run_id = client.training.create_run("online", create_experiment=True).run_id
     contents = {name: bytes([fill]) * (3 * 1024 * 1024) for name, fill in (("a.bin", 97), ("b.bin", 98))}
     for name, content in contents.items():
         (work / name).write_bytes(content)
@@ -860,7 +860,7 @@ def test_node_client_download_filling_its_disk_leaves_nothing_and_names_the_file
     bytesWritten alone, so the download resolved with a short file in place; one meeting a full
     disk failed with Node's "ENOSPC: no space left on device, write", naming no file."""
     client.training.create_experiment("online")
-    run_id = client.training.create_run("online").run_id
+    run_id = client.training.create_run("online", create_experiment=True).run_id
     artifact = tmp_path / "big.bin"
     artifact.write_bytes(os.urandom(256 * 1024))
     client.training.log_artifact(run_id, artifact)
@@ -894,7 +894,7 @@ def test_node_client_download_is_on_the_disk_before_it_takes_its_name(node_ready
     """Its bytes are fsynced before it takes its name, and its directory after, as the Python
     SDK's downloads are: a power cut after it resolves never leaves an empty or short file."""
     client.training.create_experiment("online")
-    run_id = client.training.create_run("online").run_id
+    run_id = client.training.create_run("online", create_experiment=True).run_id
     (tmp_path / "notes.md").write_text("loss went down\n")
     client.training.log_artifact(run_id, tmp_path / "notes.md")
     out = tmp_path / "out"
@@ -939,7 +939,7 @@ def test_node_client_downloads_to_a_name_at_the_filesystems_length_limit(
     """Its temp file was FILE.partial-PID-HEX, past the limit (255 bytes) for a name near it:
     ENAMETOOLONG, where the Python SDK's, .FILE.<random>.partial with FILE cut short, fits."""
     client.training.create_experiment("online")
-    run_id = client.training.create_run("online").run_id
+    run_id = client.training.create_run("online", create_experiment=True).run_id
     (tmp_path / "notes.md").write_text("loss went down\n")
     client.training.log_artifact(run_id, tmp_path / "notes.md")
     out = tmp_path / "out"
@@ -1016,7 +1016,7 @@ def test_node_client_metric_stream_failure_says_what_is_stored(node_ready, daemo
     """A batch the daemon refuses ends the stream: the error says which points are stored (the
     batches before it, from the trailing metadata) so that the caller resends from there."""
     client.training.create_experiment("online")
-    run_id = client.training.create_run("online").run_id
+    run_id = client.training.create_run("online", create_experiment=True).run_id
     outcome = node_json(
         f"""
         (async () => {{
@@ -1066,7 +1066,7 @@ def test_node_client_metric_stream_failure_says_what_is_stored(node_ready, daemo
 def test_node_client_metric_stream_refuses_batches_the_daemon_would(node_ready, daemon, client):
     """batchPoints outside 1..10000 (the daemon's limit for one batch) is a RangeError before
     anything is sent or `steps` is read, in the Python SDK's words; 10000 is sent."""
-    run_id = client.training.create_run("node-streams").run_id
+    run_id = client.training.create_run("node-streams", create_experiment=True).run_id
     found = node_json(
         f"""
         (async () => {{
@@ -1103,7 +1103,7 @@ def test_node_client_metric_stream_ended_early_closes_its_steps(node_ready, daem
     before sending, leaves its generator early: the generator is closed, so its `finally` runs
     (releasing what it holds), as leaving a `for await` loop does. Steps with no end: only
     closing ends them."""
-    run_id = client.training.create_run("node-streams").run_id
+    run_id = client.training.create_run("node-streams", create_experiment=True).run_id
     found = node_json(
         f"""
         (async () => {{
@@ -1148,7 +1148,7 @@ def test_node_client_metric_stream_is_sent_again_after_a_cut(node_ready, daemon,
     """A cut connection ended the stream UNAVAILABLE with its points lost; it is sent again from
     its first batch not known to be stored, as the Python SDK's is: every point stored once."""
     proxy = proxy_to(daemon.daemon.port)
-    run_id = client.training.create_run("node-streams").run_id
+    run_id = client.training.create_run("node-streams", create_experiment=True).run_id
     script = f"""
         (async () => {{
           const client = new Client(TARGET);
@@ -1189,7 +1189,7 @@ def test_node_client_metric_stream_sent_again_gets_a_deadline_of_its_own(
     """timeoutMs bounds each try, as the Python SDK's transfer_timeout: one deadline for the
     whole stream left none to a stream cut past it, which failed UNAVAILABLE without its resend."""
     proxy = proxy_to(daemon.daemon.port)
-    run_id = client.training.create_run("node-streams").run_id
+    run_id = client.training.create_run("node-streams", create_experiment=True).run_id
     # The first try's deadline is set before its first step is read, so it has passed once
     # Node's clock, which gRPC's deadlines run on, is past that read plus timeoutMs: the script
     # waits for that itself rather than the test sleeping for a guess. timeoutMs is long
@@ -1388,7 +1388,7 @@ def test_node_client_searches_compares_and_ranks_runs(node_ready, daemon, client
     client.training.create_experiment("search")
     ids = []
     for lr, accuracy, loss in (("0.1", 0.95, 0.3), ("0.01", 0.8, 0.1), ("0.1", 0.7, 0.5)):
-        run_id = client.training.create_run("search", params={"lr": lr}).run_id
+        run_id = client.training.create_run("search", params={"lr": lr}, create_experiment=True).run_id
         client.training.log_metrics(run_id, {"val_accuracy": accuracy, "val_loss": loss}, step=0)
         ids.append(run_id)
     client.training.update_run(ids[2], status="failed")
@@ -1535,8 +1535,8 @@ def test_node_client_lists_jobs_by_state_experiment_and_sweep(node_ready, daemon
 
 def test_node_client_deletes_and_restores_runs_and_experiments(node_ready, daemon, client, onnx_file):
     client.training.create_experiment("online")
-    kept = client.training.create_run("online").run_id
-    dropped = client.training.create_run("online").run_id
+    kept = client.training.create_run("online", create_experiment=True).run_id
+    dropped = client.training.create_run("online", create_experiment=True).run_id
     client.models.push("affine", onnx_file)
     client.models.push("affine", onnx_file)
     client.models.push("other", onnx_file)
@@ -1906,11 +1906,11 @@ def test_node_cli_job_errors_exit_non_zero_and_say_what_to_fix(node_ready, daemo
 
 def test_node_cli_lists_runs_and_sweeps(node_ready, daemon, client, table):
     client.training.create_experiment("online")
-    running = client.training.create_run("online").run_id
-    ended = client.training.create_run("online").run_id
+    running = client.training.create_run("online", create_experiment=True).run_id
+    ended = client.training.create_run("online", create_experiment=True).run_id
     client.training.update_run(ended, status="succeeded")
     client.training.create_experiment("other")
-    elsewhere = client.training.create_run("other").run_id
+    elsewhere = client.training.create_run("other", create_experiment=True).run_id
     sweep = client.training.submit_sweep(
         {
             "base": {**small_spec(table), "epochs": 200},
@@ -1957,7 +1957,7 @@ def test_node_client_artifact_upload_errors(node_ready, daemon, client, tmp_path
     """A refused upload fails with the daemon's status while its file is still being sent; a file
     that cannot be read, or a chunk size below 1, fails before anything is sent."""
     client.training.create_experiment("online")
-    run_id = client.training.create_run("online").run_id
+    run_id = client.training.create_run("online", create_experiment=True).run_id
     work = tmp_path / "node"
     work.mkdir()
     (work / "big.bin").write_bytes(os.urandom(8 << 20))
@@ -2002,7 +2002,7 @@ def test_node_client_artifact_upload_errors(node_ready, daemon, client, tmp_path
 def test_node_client_metric_stream_failure_is_kept_when_closing_the_steps_throws(node_ready, daemon, client):
     """The daemon refused a batch, and the generator's `finally` threw as the stream closed it:
     its error replaced the TesseraError, with the points stored and up to which step."""
-    run_id = client.training.create_run("node-streams").run_id
+    run_id = client.training.create_run("node-streams", create_experiment=True).run_id
     found = node_json(
         f"""
         (async () => {{

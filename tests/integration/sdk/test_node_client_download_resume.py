@@ -113,7 +113,7 @@ class LoggedWeights:
 
 @pytest.fixture
 def logged(client, weights, out) -> LoggedWeights:
-    run_id = client.training.create_run("resume").run_id
+    run_id = client.training.create_run("resume", create_experiment=True).run_id
     artifact = client.training.log_artifact(run_id, weights)
     return LoggedWeights(run_id, artifact, f"{json.dumps(run_id)}, 'weights.bin', {json.dumps(str(out))}")
 
@@ -628,7 +628,7 @@ def test_node_resume_without_room_for_a_copy_of_the_kept_bytes_says_so_and_keeps
     node_ready, daemon, client, tmp_path
 ):
     """A resume copies the kept bytes into its own temp file: it needs free space for them."""
-    run_id = client.training.create_run("resume").run_id
+    run_id = client.training.create_run("resume", create_experiment=True).run_id
     blob = os.urandom(256 * 1024)
     (tmp_path / "weights.bin").write_bytes(blob)
     artifact = client.training.log_artifact(run_id, tmp_path / "weights.bin")
@@ -656,7 +656,7 @@ def test_node_resume_that_fills_the_disk_midway_keeps_the_bytes_and_says_a_resum
 ):
     """Room for the kept bytes and their copy but not for the whole file: the disk fills while the
     rest streams, and the bytes written are kept at the partial file's name, not lost with the copy."""
-    run_id = client.training.create_run("resume").run_id
+    run_id = client.training.create_run("resume", create_experiment=True).run_id
     blob = os.urandom(256 * 1024)
     (tmp_path / "weights.bin").write_bytes(blob)
     artifact = client.training.log_artifact(run_id, tmp_path / "weights.bin")
