@@ -84,7 +84,9 @@ def main() -> None:
             with tessera.Client(target) as client:
                 for repeat in range(args.repeats):
                     for way, log in WAYS.items():
-                        run_id = client.training.create_run("bench", name=f"{way}-{repeat}").id
+                        run_id = client.training.create_run(
+                            "bench", name=f"{way}-{repeat}", create_experiment=True
+                        ).id
                         cpu_before, started = time.process_time(), time.perf_counter()
                         loop = log(client, run_id, args.steps, args.keys, args.batch)
                         wall = time.perf_counter() - started
