@@ -72,7 +72,7 @@ def check_alias_room(txn: ReadTxn, model: str, alias: str) -> None:
 
 def check_room_for_new_alias(txn: ReadTxn, model: str, alias: str) -> None:
     """`check_alias_room` for an alias the caller read and found not set."""
-    held = sum(1 for _ in txn.scan(ALIASES, (model,)))
+    held = txn.count(ALIASES, (model,))
     if held >= MAX_MODEL_ALIASES:
         raise ResourceExhausted(
             f"model {model!r} has {held:,} aliases; a model holds at most {MAX_MODEL_ALIASES:,}, so that "

@@ -48,6 +48,20 @@ def test_scan_bounds_and_direction(store: Store) -> None:
         assert list(txn.scan("items", ("r3",))) == []
 
 
+def test_count_under_a_prefix_counts_what_a_scan_finds(store: Store) -> None:
+    """Counted on packed keys: a prefix is a whole component ("r1" is not a prefix of "r10"), and a
+    prefix past the last key, or a table the store has not made yet, counts none."""
+    with store.write() as txn:
+        for run, steps in (("r1", 3), ("r10", 4), ("r2", 2)):
+            for step in range(steps):
+                txn.put("items", (run, step), b"")
+    with store.read() as txn:
+        for prefix in (("r1",), ("r10",), ("r2",), ("r2", 1), ("r3",), ("a",), ("r1", 5)):
+            assert txn.count("items", prefix) == len(list(txn.scan("items", prefix))), prefix
+        assert [txn.count("items", (run,)) for run in ("r1", "r10", "r2", "r3")] == [3, 4, 2, 0]
+        assert txn.count("other", ("r1",)) == 0
+
+
 def test_packed_keys_and_inclusive_packed_ranges(store: Store) -> None:
     prefix = pack(("r1",))
     with store.write() as txn:
