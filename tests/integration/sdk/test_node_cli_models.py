@@ -9,7 +9,14 @@ import json
 import pytest
 
 from tests.integration.sdk.affine import affine_onnx
-from tests.integration.sdk.test_node_client import EXIT_DAEMON, EXIT_USAGE, node_json, node_ready, run_node
+from tests.integration.sdk.test_node_client import (
+    EXIT_DAEMON,
+    EXIT_USAGE,
+    node_json,
+    node_ready,
+    run_node,
+    run_nodes,
+)
 
 __all__ = ["node_ready"]
 
@@ -51,8 +58,10 @@ def test_node_cli_deletes_a_model_in_use_only_with_force(node_ready, daemon, cli
 
 
 def test_node_cli_force_is_for_a_model_and_versions_count_from_1(node_ready, daemon, client, affine):
-    for args in (("affine", "2", "--force"), ("affine", "0"), ("affine", "x"), ("affine", "1", "2")):
-        refused = run_node(daemon.target, "models", "rm", *args)
+    wrong = (("affine", "2", "--force"), ("affine", "0"), ("affine", "x"), ("affine", "1", "2"))
+    for args, refused in zip(
+        wrong, run_nodes(daemon.target, [("models", "rm", *args) for args in wrong]), strict=True
+    ):
         assert refused.returncode == EXIT_USAGE, (args, refused.stderr)
         assert refused.stderr.endswith("usage: tessera-node models rm MODEL [VERSION] [--force]\n")
     forced = run_node(daemon.target, "models", "rm", "affine", "2", "--force")

@@ -21,6 +21,7 @@ from tests.integration.sdk.test_node_client import (
     NODE_CLIENT,
     node_ready,
     run_node,
+    run_nodes,
 )
 
 __all__ = ["node_ready"]
@@ -236,7 +237,7 @@ def test_node_cli_pushes_lists_and_shows_datasets(node_ready, daemon, client, tm
     assert absent.returncode == EXIT_DAEMON and absent.stderr.startswith("tessera-node: NOT_FOUND: ")
     assert "`tessera-node datasets push NAME FILE`" in absent.stderr
 
-    for args, message in (
+    wrong = (
         (("--split", "train"), "--split: 'train': write NAME=FRACTION, e.g. train=0.8"),
         (
             ("--split", "train=1.5"),
@@ -249,8 +250,12 @@ def test_node_cli_pushes_lists_and_shows_datasets(node_ready, daemon, client, tm
             f"--array-name names the array of a .npy file; {tmp_path / 'table.npz'} is not one (an .npz names "
             "its arrays itself)",
         ),
-    ):
-        refused = run_node(daemon.target, "datasets", "push", "other", str(tmp_path / "table.npz"), *args)
+    )
+    pushes = run_nodes(
+        daemon.target,
+        [("datasets", "push", "other", str(tmp_path / "table.npz"), *args) for args, _ in wrong],
+    )
+    for (args, message), refused in zip(wrong, pushes, strict=True):
         assert refused.returncode == EXIT_USAGE, (args, refused.stderr)
         assert refused.stderr.startswith(f"tessera-node: {message}\n"), refused.stderr
     assert [d.name for d in client.datasets.list()] == ["table", "tensor"]
@@ -318,6 +323,8 @@ def test_node_cli_loads_lists_and_unloads_versions(node_ready, daemon, client, o
     default = run_node(daemon.target, "load", "affine", "--instances", "0")
     assert default.returncode == 0, default.stderr
     assert json.loads(default.stdout)["config"]["instances"] >= 1
-    for args in (("--runtime", "tensorrt"), ("--instances", "65"), ("--max-batch-size", "x")):
-        refused = run_node(daemon.target, "load", "affine", *args)
+    wrong = (("--runtime", "tensorrt"), ("--instances", "65"), ("--max-batch-size", "x"))
+    for args, refused in zip(
+        wrong, run_nodes(daemon.target, [("load", "affine", *args) for args in wrong]), strict=True
+    ):
         assert refused.returncode == EXIT_USAGE, (args, refused.stderr)

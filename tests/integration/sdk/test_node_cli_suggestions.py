@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from tessera.cli import main
-from tests.integration.sdk.test_node_client import EXIT_USAGE, NODE_CLIENT, node_ready, run_node
+from tests.integration.sdk.test_node_client import EXIT_USAGE, NODE_CLIENT, node_ready, run_node, run_nodes
 
 __all__ = ["node_ready"]
 
@@ -120,8 +120,8 @@ def test_node_cli_choice_errors_say_the_choices(node_ready, command, flag, choic
         (flag, mistyped): f"{flag}: {json.dumps(mistyped)} is not one of {choices}; did you mean '{first}'?",
         (flag,): f"{flag} needs a value: one of {choices}",
     }
-    for args, message in refused.items():
-        failed = run_node("127.0.0.1:1", *command, *args)
+    failures = run_nodes("127.0.0.1:1", [(*command, *args) for args in refused])
+    for (args, message), failed in zip(refused.items(), failures, strict=True):
         assert failed.returncode == EXIT_USAGE, (args, failed.stdout)
         said, usage = failed.stderr.splitlines()
         assert said == f"tessera-node: {message}", args

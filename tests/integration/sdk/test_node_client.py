@@ -13,8 +13,9 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,13 @@ def run_node(target: str, *args: str, env: dict[str, str] | None = None) -> subp
         check=False,
         env={**os.environ, **(env or {})},
     )
+
+
+def run_nodes(target: str, commands: Sequence[Sequence[str]]) -> list[subprocess.CompletedProcess[str]]:
+    """run_node of each of `commands`, a few at once: a process's start (grpc-js loaded, the protos
+    parsed) is most of its time, and the commands are independent of each other."""
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(lambda args: run_node(target, *args), commands))
 
 
 @pytest.fixture
@@ -84,8 +92,9 @@ def test_node_client_version_is_digits_0_to_9(node_ready, daemon, client, onnx_f
     """Number() also reads "0x1", "1e0" and " 1" as 1 and "" as 0 (the latest version)."""
     client.models.push("affine", onnx_file)
     inputs = json.dumps({"input": {"dtype": "DATA_TYPE_FLOAT32", "shape": [1, 4], "values": [0, 0, 0, 0]}})
-    for text in ("0x1", "1e0", " 1", "", "\u0663", str(2**64)):
-        failed = run_node(daemon.target, "predict", "affine", inputs, "--version", text)
+    texts = ("0x1", "1e0", " 1", "", "\u0663", str(2**64))
+    failures = run_nodes(daemon.target, [("predict", "affine", inputs, "--version", text) for text in texts])
+    for text, failed in zip(texts, failures, strict=True):
         assert failed.returncode == EXIT_USAGE, (text, failed.stdout)
         assert failed.stderr.startswith("tessera-node: --version must be a whole number"), failed.stderr
     predicted = run_node(daemon.target, "predict", "affine", inputs, "--version", "1")
@@ -664,8 +673,7 @@ def test_node_client_tries_as_often_as_the_python_sdk_by_default(node_ready):
 def test_node_client_keepalive_ends_a_watch_on_a_dead_connection(node_ready, daemon, proxy_to):
     """A watch on a connection that went silent (a NAT that forgot it) waited for ever; the
     keepalive pings find it dead and the watch fails UNAVAILABLE. Without pings it waits out its
-    deadline."""
-    proxy = proxy_to(daemon.daemon.port)
+    deadline. Both run at once, each through a proxy of its own, so the test waits out one deadline."""
     script = """
         const keepalive = JSON.parse(process.argv[1]);
         (async () => {
@@ -674,7 +682,7 @@ def test_node_client_keepalive_ends_a_watch_on_a_dead_connection(node_ready, dae
           console.log('connected');
           await new Promise((resolve) => process.stdin.once('data', resolve));
           try {
-            const watch = client.watchJob('job-unheard', { reconnects: 0, timeoutMs: 8000 });
+            const watch = client.watchJob('job-unheard', { reconnects: 0, timeoutMs: 5000 });
             for await (const event of watch) console.log(event.seq);
           } catch (err) {
             console.log(err.code);
@@ -683,16 +691,21 @@ def test_node_client_keepalive_ends_a_watch_on_a_dead_connection(node_ready, dae
           process.stdin.destroy();
         })();
         """
-    outcomes = []
-    for keepalive in ({"timeMs": 1000, "timeoutMs": 1000}, False):
-        with node_waiting([*node_script(script, proxy.target), json.dumps(keepalive)]) as node:
+    with ExitStack() as stack:
+        nodes = []
+        for keepalive in ({"timeMs": 1000, "timeoutMs": 1000}, False):
+            proxy = proxy_to(daemon.daemon.port)
+            node = stack.enter_context(
+                node_waiting([*node_script(script, proxy.target), json.dumps(keepalive)])
+            )
+            nodes.append((proxy, node))
+        for proxy, node in nodes:
             assert node.stdout.readline() == "connected\n"
             proxy.black_hole()
             resume(node)
-            out, err = node.communicate(timeout=60)
-        assert node.returncode == 0, err
-        outcomes.append(out)
-    assert outcomes == ["UNAVAILABLE\n", "DEADLINE_EXCEEDED\n"]
+        outcomes = [(*node.communicate(timeout=60), node.returncode) for _, node in nodes]
+    assert [out for out, _, _ in outcomes] == ["UNAVAILABLE\n", "DEADLINE_EXCEEDED\n"], outcomes
+    assert [code for _, _, code in outcomes] == [0, 0], outcomes
 
 
 def test_node_client_keepalive_pings_are_taken_by_the_daemon(node_ready, daemon, client, onnx_file):
@@ -1697,14 +1710,16 @@ def test_node_cli_help_for_each_command(node_ready):
         ("sweeps", "ls"): "sweeps ls",
         ("sweeps", "show"): "sweeps show SWEEP_ID",
     }
-    for words, usage in usages.items():
-        shown = run_node("127.0.0.1:1", *words, "--help")
+    groups = ("models", "datasets", "jobs", "runs", "sweeps")
+    helps = run_nodes(
+        "127.0.0.1:1", [(*words, "--help") for words in [*usages, *((group,) for group in groups)]]
+    )
+    for usage, shown in zip(usages.values(), helps[: len(usages)], strict=True):
         assert shown.returncode == 0, shown.stderr
         assert shown.stdout.startswith(f"usage: tessera-node [options] {usage}\n"), shown.stdout
         assert usage in general.stdout
     # A group's help lists its commands, and only those: `models` lists itself too (short for `models ls`).
-    for group in ("models", "datasets", "jobs", "runs", "sweeps"):
-        shown = run_node("127.0.0.1:1", group, "--help")
+    for group, shown in zip(groups, helps[len(usages) :], strict=True):
         assert shown.returncode == 0, shown.stderr
         assert shown.stdout.startswith(f"usage: tessera-node [options] {group} COMMAND ...\n"), shown.stdout
         listed = [usage for words, usage in usages.items() if words[0] == group]
@@ -1763,10 +1778,9 @@ def test_node_cli_help_for_each_command(node_ready):
         "compares attributes.status and --status too; give those conditions in one of them\n"
         f"usage: tessera-node {usages['runs', 'ls']}\n",
     }
-    for words, message in wrong.items():
-        failed = run_node("127.0.0.1:1", *words)
+    *refusals, not_json = run_nodes("127.0.0.1:1", [*wrong, ("predict", "affine", "{")])
+    for (words, message), failed in zip(wrong.items(), refusals, strict=True):
         assert (failed.returncode, failed.stderr) == (EXIT_USAGE, message), words
-    not_json = run_node("127.0.0.1:1", "predict", "affine", "{")
     assert not_json.returncode == EXIT_USAGE
     assert not_json.stderr.startswith("tessera-node: INPUTS_JSON is not JSON: "), not_json.stderr
 
