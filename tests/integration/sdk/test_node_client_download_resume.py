@@ -35,6 +35,17 @@ from tests.tmpfs import tmpfs
 __all__ = ["node_ready"]
 
 CHUNK = 4096
+# What the artifact (random bytes) and the model (big_onnx) downloaded take: 1,024 chunks. A
+# download cut past half way has many left, more than a client holds unread: a Node one holds a
+# few chunks, a Python one (python_cut_at) was seen to hold 1 MiB.
+SIZE = 4 << 20
+FEATURES = SIZE // 4
+
+
+def model_file(path: Path, seed: int = 0) -> Path:
+    """big_onnx of SIZE."""
+    return big_onnx(path, seed, FEATURES)
+
 
 # Each script's `download(progress)` downloads, its result printed as JSON: { ok, progress } or
 # { code, message, progress }. `cutAtHalf` stops the script once past half way, says so on stdout
@@ -73,6 +84,34 @@ def node_download(target: str, call: str) -> Any:
     return node_json(f"async function download(client) {{ return {call}; }}\n{PRELUDE}", target)
 
 
+def node_downloads(target: str, calls: list[str]) -> list[Any]:
+    """The result of each of `calls` (as node_download's), made one after another in one Node
+    process: a process's start is most of a refused call's time."""
+    downloads = ",\n".join(f"async (client) => {call}" for call in calls)
+    script = f"""
+const seen = [];
+function record(done) {{
+  seen.push(done);
+}}
+const downloads = [{downloads}];
+(async () => {{
+  const client = new Client(TARGET);
+  const results = [];
+  for (const download of downloads) {{
+    seen.length = 0;
+    try {{
+      results.push({{ ok: await download(client), progress: [...seen] }});
+    }} catch (err) {{
+      results.push({{ code: err.code, message: err.message, progress: [...seen] }});
+    }}
+  }}
+  client.close();
+  console.log(JSON.stringify(results));
+}})();
+"""
+    return node_json(script, target)
+
+
 def node_download_cut(target: str, call: str, at_half: Callable[[], None]) -> Any:
     """The result of `call` (taking `client` and the progress callback `cutAtHalf`), `at_half`
     run once the download is past half way."""
@@ -97,7 +136,7 @@ def out(tmp_path: Path) -> Path:
 @pytest.fixture
 def weights(tmp_path: Path) -> Path:
     path = tmp_path / "weights.bin"
-    path.write_bytes(np.random.default_rng(1).bytes(8 << 20))
+    path.write_bytes(np.random.default_rng(1).bytes(SIZE))
     return path
 
 
@@ -169,7 +208,7 @@ def test_node_artifact_download_cut_midway_reconnects_and_goes_on_from_the_bytes
 def test_node_model_download_cut_midway_reconnects_and_goes_on_from_the_bytes_written(
     node_ready, daemon, client, proxy_to, out, tmp_path
 ):
-    model = big_onnx(tmp_path / "big.onnx")
+    model = model_file(tmp_path / "big.onnx")
     client.models.push("big", model)
     proxy = proxy_to(daemon.daemon.port)
     call = (
@@ -210,9 +249,9 @@ def test_node_artifact_download_that_gave_up_keeps_its_bytes_for_resume(
 def test_node_resume_into_the_partial_file_of_another_model_version_is_refused_and_keeps_it(
     node_ready, daemon, client, proxy_to, out, tmp_path
 ):
-    first = big_onnx(tmp_path / "big.onnx")
+    first = model_file(tmp_path / "big.onnx")
     client.models.push("big", first)
-    client.models.push("big", big_onnx(tmp_path / "second.onnx", seed=1))
+    client.models.push("big", model_file(tmp_path / "second.onnx", seed=1))
     file = json.dumps(str(out / "big.onnx"))
     gave_up = node_download_through_a_cut(
         daemon, proxy_to, f"client.downloadVersion('big', {file}, {{ version: 1, {GIVE_UP_AT_HALF} }})"
@@ -237,7 +276,7 @@ def test_node_resume_into_the_partial_file_of_another_model_version_is_refused_a
 def test_node_model_download_by_alias_names_it_as_the_python_sdk_does(
     node_ready, daemon, client, proxy_to, out, tmp_path
 ):
-    client.models.push("big", big_onnx(tmp_path / "big.onnx"))
+    client.models.push("big", model_file(tmp_path / "big.onnx"))
     client.models.set_alias("big", "production", 1)
     file = json.dumps(str(out / "big.onnx"))
     gave_up = node_download_through_a_cut(
@@ -366,8 +405,8 @@ def python_resume_finds_bytes_kept(out: Path) -> bool:
 
 
 class PythonResumeWritingOn:
-    """A Python resume to out/weights.bin, holding its partial file, that writes the next MiB of
-    `blob` on from the bytes kept when `write_on` runs, without writing their record again."""
+    """A Python resume to out/weights.bin, holding its partial file, that writes the next eighth
+    of `blob` on from the bytes kept when `write_on` runs, without writing their record again."""
 
     def __init__(self, out: Path, artifact: training_pb2.RunArtifact, blob: bytes) -> None:
         self.sink = python_sink(out, resume=True)
@@ -376,7 +415,7 @@ class PythonResumeWritingOn:
 
     def write_on(self) -> None:
         self.sink.start(self.artifact)
-        self.sink.write(self.blob[self.sink.size : self.sink.size + (1 << 20)])
+        self.sink.write(self.blob[self.sink.size : self.sink.size + len(self.blob) // 8])
 
     def cut(self) -> int:
         """Stops it as a broken stream does, its bytes kept: how many it had written."""
@@ -499,20 +538,18 @@ def test_node_resume_with_every_byte_kept_reports_the_whole_file_done(
 def test_node_download_refuses_a_chunk_size_the_request_would_garble(node_ready, daemon, out, logged):
     """proto-loader sends 1.5 as 1 and 2**32 + 4096 (an int32 field) as 4096, without a word; the
     daemon refuses fewer than 4096 bytes a chunk."""
-    for size in ("1.5", "-1", "2 ** 32 + 4096", "'4096'", "4095"):
-        refused = node_download(
-            daemon.target, f"client.downloadArtifact({logged.args}, {{ chunkSize: {size} }})"
-        )
-        assert refused.get("message", "").startswith("chunkSize must be a whole number of bytes"), (
-            size,
-            refused,
-        )
-        refused = node_download(
-            daemon.target,
+    sizes = ("1.5", "-1", "2 ** 32 + 4096", "'4096'", "4095")
+    calls = [
+        call
+        for size in sizes
+        for call in (
+            f"client.downloadArtifact({logged.args}, {{ chunkSize: {size} }})",
             f"client.downloadVersion('absent', {json.dumps(str(out / 'm.onnx'))}, {{ chunkSize: {size} }})",
         )
+    ]
+    for call, refused in zip(calls, node_downloads(daemon.target, calls), strict=True):
         assert refused.get("message", "").startswith("chunkSize must be a whole number of bytes"), (
-            size,
+            call,
             refused,
         )
     assert list(out.iterdir()) == []
@@ -832,7 +869,7 @@ def test_node_model_download_the_daemon_refuses_midway_keeps_its_bytes_only_with
 ):
     """The version is deleted as the stream is cut: the reconnect is refused (NOT_FOUND), not a
     break to go on after. With resume the bytes written stay for the next, as the Python SDK's."""
-    model = big_onnx(tmp_path / "big.onnx")
+    model = model_file(tmp_path / "big.onnx")
     client.models.push("big", model)
     client.models.push("big", model)
     file = json.dumps(str(out / "big.onnx"))

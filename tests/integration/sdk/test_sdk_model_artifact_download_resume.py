@@ -26,14 +26,15 @@ CHUNK = 4096
 FEATURES = 1 << 21
 
 
-def big_onnx(path: Path, seed: int = 0) -> Path:
-    """An ONNX model of about 8 MiB (a scale per feature): long enough to cut its download midway."""
-    scale = np.random.default_rng(seed).normal(size=FEATURES).astype(np.float32)
+def big_onnx(path: Path, seed: int = 0, features: int = FEATURES) -> Path:
+    """An ONNX model of about 4 bytes a feature (8 MiB by default; a scale per feature): long
+    enough to cut its download midway."""
+    scale = np.random.default_rng(seed).normal(size=features).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Mul", ["input", "scale"], ["output"])],
         "scaled",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", FEATURES])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", features])],
         initializer=[onnx.numpy_helper.from_array(scale, "scale")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
