@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -197,3 +199,43 @@ def sweep_values(
     if when:
         parameter.when.CopyFrom(training_pb2.SweepCondition(path=when[0], values=when[1]))
     return parameter
+
+
+class Restarts:
+    """Starts the next daemon on the data directory a crash test's `tesserad serve` child (its
+    --data-dir) was killed or stopped on, in this process: what such a test checks of the restart
+    is what a daemon does with the store it finds, which needs no process of its own, and a child
+    (with the fork server of its first job) imports torch twice, seconds on two busy cores. One
+    CPU slot and one thread, as the children have, unless `settings` say otherwise."""
+
+    def __init__(self) -> None:
+        self.running: list[InProcessDaemon] = []
+
+    def __call__(self, data_dir: Path, **settings: Any) -> InProcessDaemon:
+        values = {"training.cpu_slots": 1, "training.threads_per_slot": 1, **settings}
+        self.running.append(InProcessDaemon(daemon_settings(data_dir, **values)).start())
+        return self.running[-1]
+
+    def stop(self, daemon: InProcessDaemon) -> None:
+        """Stop `daemon` before the test ends (to open its store)."""
+        self.running.remove(daemon)
+        daemon.stop()
+
+
+@pytest.fixture
+def restart_daemon(caplog: pytest.LogCaptureFixture) -> Iterator[Restarts]:
+    """Restarts; the daemons' log records are captured from before their start: read them with
+    `logged`."""
+    caplog.set_level(logging.INFO, logger="tesserad")
+    restarts = Restarts()
+    yield restarts
+    for daemon in restarts.running:
+        daemon.stop()
+
+
+def logged(caplog: pytest.LogCaptureFixture, message: str) -> Any:
+    """The first captured log record `message` (its extra fields are attributes); fails naming
+    those there are."""
+    found = [record for record in caplog.records if record.getMessage() == message]
+    assert found, f"no log record {message!r}; there are: {[r.getMessage() for r in caplog.records]}"
+    return found[0]

@@ -25,7 +25,7 @@ from tessera.v1 import (
 )
 from tessera.v1 import training_pb2_grpc as training_grpc
 from tesserad.nn import build_model, spec_from_dict
-from tests.integration.training.conftest import follow, submit, upload_dataset
+from tests.integration.training.conftest import Restarts, follow, submit, upload_dataset
 
 S = training_pb2
 N, TRAIN = 240, 192
@@ -351,7 +351,7 @@ def test_an_unknown_parent_is_not_found(parent: S.Job, training, ref, message: s
 
 
 def test_a_resumed_fine_tuning_job_keeps_its_backbone_frozen_and_its_curve(
-    spawn_daemon: Any, tmp_path: Path
+    spawn_daemon: Any, restart_daemon: Restarts, tmp_path: Path
 ) -> None:
     """SIGKILL the daemon mid fine-tune: the next one resumes from the checkpoint (the parent's
     weights held meanwhile), freezes the same parameters, restores both optimiser groups, and
@@ -392,8 +392,7 @@ def test_a_resumed_fine_tuning_job_keeps_its_backbone_frozen_and_its_curve(
     daemon.kill()
     channel.close()
 
-    restarted = spawn_daemon(*args, env=env)
-    channel = grpc.insecure_channel(restarted.wait_serving())
+    channel = restart_daemon(tmp_path).channel()
     training = training_grpc.TrainingStub(channel)
     registry = registry_pb2_grpc.RegistryStub(channel)
     follow(training, job.job_id)

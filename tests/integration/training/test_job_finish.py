@@ -18,8 +18,10 @@ import pytest
 
 from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2, training_pb2_grpc
 from tests.integration.training.conftest import (
+    Restarts,
     follow,
     job_spec,
+    logged,
     of_kind,
     sweep_values,
     upload_standard_datasets,
@@ -110,21 +112,17 @@ def check_finished_once(channel: grpc.Channel, job_id: str, model: str) -> list[
 
 @pytest.mark.parametrize("point", ["final_checkpoint", "registered"])
 def test_a_job_killed_after_its_training_finished_is_finished_not_trained_again(
-    spawn_daemon: Any, tmp_path: Path, point: str
+    spawn_daemon: Any, restart_daemon: Restarts, caplog: pytest.LogCaptureFixture, tmp_path: Path, point: str
 ) -> None:
     model = f"finish-{point.replace('_', '-')}"
     job = _killed_at(spawn_daemon, tmp_path, point, model)
-    restarted, channel = _start(spawn_daemon, tmp_path, ENV)
-    check_finished_once(channel, job.job_id, model)
-    finished = "job finishing from its final checkpoint, without training again"
-    # It may have come before the daemon said it was serving.
-    if not any(finished in line for line in restarted.log):
-        restarted.wait_for_log(finished)
-    channel.close()
+    check_finished_once(restart_daemon(tmp_path).channel(), job.job_id, model)
+    finishing = logged(caplog, "job finishing from its final checkpoint, without training again")
+    assert finishing.job_id == job.job_id
 
 
 def test_a_sweep_trial_killed_after_its_training_finished_counts_once(
-    spawn_daemon: Any, tmp_path: Path
+    spawn_daemon: Any, restart_daemon: Restarts, tmp_path: Path
 ) -> None:
     daemon, channel = _start(spawn_daemon, tmp_path, {**ENV, **kill_hook_env("final_checkpoint")})
     upload_standard_datasets(channel)
@@ -142,8 +140,7 @@ def test_a_sweep_trial_killed_after_its_training_finished_counts_once(
     assert daemon.process.wait(120) == -signal.SIGKILL
     channel.close()
 
-    _, channel = _start(spawn_daemon, tmp_path, ENV)
-    training = training_pb2_grpc.TrainingStub(channel)
+    training = training_pb2_grpc.TrainingStub(restart_daemon(tmp_path).channel())
     sweep = wait_sweep(training, sweep_id)
     assert sweep.state == S.SWEEP_STATE_SUCCEEDED
     assert [(t.number, t.state, t.has_metric) for t in sweep.trials] == [(0, S.JOB_STATE_SUCCEEDED, True)]
@@ -152,22 +149,19 @@ def test_a_sweep_trial_killed_after_its_training_finished_counts_once(
     events = follow(training, jobs[0].job_id)
     assert [e.epoch for e in of_kind(events, "epoch")] == list(range(1, EPOCHS + 1))
     assert sweep.trials[0].metric == pytest.approx(of_kind(events, "epoch")[-1].metrics["val_loss"])
-    channel.close()
 
 
 def test_a_job_stopped_by_the_shutdown_after_its_final_checkpoint_is_said_to_finish(
-    spawn_daemon: Any, tmp_path: Path
+    spawn_daemon: Any, restart_daemon: Restarts, tmp_path: Path
 ) -> None:
     model = "finish-after-stop"
     job = _stopped_at(spawn_daemon, tmp_path, "stop_after_final_checkpoint", model)
-    _, channel = _start(spawn_daemon, tmp_path, ENV)
-    events = check_finished_once(channel, job.job_id, model)
+    events = check_finished_once(restart_daemon(tmp_path).channel(), job.job_id, model)
     interrupted = [s.reason for s in of_kind(events, "state") if s.state == S.JOB_STATE_INTERRUPTED]
     assert interrupted == [
         f"tesserad is shutting down after the job's training finished; it finishes from its final "
         f"(epoch {EPOCHS}) checkpoint when tesserad starts again, without training again"
     ]
-    channel.close()
 
 
 @pytest.mark.parametrize("processes", [1, 2])

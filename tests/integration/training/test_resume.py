@@ -21,7 +21,9 @@ from tesserad.training.tracking import Tracking
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.training.conftest import (
     TRAINING_SETTINGS,
+    Restarts,
     job_spec,
+    logged,
     of_kind,
     states,
     upload_standard_datasets,
@@ -70,9 +72,10 @@ def _run_until_checkpoint(
     return spec, job, seen
 
 
-def test_sigkilled_daemon_resumes_the_job_from_its_last_checkpoint(spawn_daemon: Any, tmp_path: Path) -> None:
+def test_sigkilled_daemon_resumes_the_job_from_its_last_checkpoint(
+    spawn_daemon: Any, restart_daemon: Restarts, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     daemon, channel = _start(spawn_daemon, tmp_path)
-    training = training_pb2_grpc.TrainingStub(channel)
     spec, job, seen = _run_until_checkpoint(channel, epoch=4)
     workers = [
         child
@@ -86,8 +89,7 @@ def test_sigkilled_daemon_resumes_the_job_from_its_last_checkpoint(spawn_daemon:
     _, alive = psutil.wait_procs(workers, timeout=30)
     assert alive == []
 
-    restarted, channel = _start(spawn_daemon, tmp_path)
-    training = training_pb2_grpc.TrainingStub(channel)
+    training = training_pb2_grpc.TrainingStub(restart_daemon(tmp_path).channel())
     events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
     assert events[: len(seen)] == seen  # the old attempt's events are kept, numbered as before
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
@@ -105,12 +107,12 @@ def test_sigkilled_daemon_resumes_the_job_from_its_last_checkpoint(spawn_daemon:
     checkpoint_epoch = max(c.epoch for c in of_kind(first_attempt, "checkpoint"))
     assert f"resumed from the epoch {checkpoint_epoch} checkpoint (attempt 2)" in resumed.reason
     checkpoint_step = max(c.step for c in of_kind(first_attempt, "checkpoint"))
-    requeued = _logged(restarted, "interrupted job re-queued")
-    assert (requeued["job_id"], requeued["attempt"]) == (job.job_id, 2)
-    assert (requeued["from_epoch"], requeued["from_step"]) == (checkpoint_epoch, checkpoint_step)
-    logged = _logged(restarted, "job resumed from a checkpoint")
-    assert (logged["job_id"], logged["attempt"]) == (job.job_id, 2)
-    assert (logged["epoch"], logged["step"]) == (checkpoint_epoch, checkpoint_step)
+    requeued = logged(caplog, "interrupted job re-queued")
+    assert (requeued.job_id, requeued.attempt) == (job.job_id, 2)
+    assert (requeued.from_epoch, requeued.from_step) == (checkpoint_epoch, checkpoint_step)
+    resumed_at = logged(caplog, "job resumed from a checkpoint")
+    assert (resumed_at.job_id, resumed_at.attempt) == (job.job_id, 2)
+    assert (resumed_at.epoch, resumed_at.step) == (checkpoint_epoch, checkpoint_step)
     assert {e.attempt for e in events if e.WhichOneof("event") == "step"} == {1, 2}
 
     final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
@@ -149,7 +151,7 @@ def test_sigkilled_daemon_resumes_the_job_from_its_last_checkpoint(spawn_daemon:
 
 
 def test_a_daemon_stopped_gracefully_interrupts_its_running_job_and_the_next_one_resumes_it(
-    spawn_daemon: Any, tmp_path: Path
+    spawn_daemon: Any, restart_daemon: Restarts, tmp_path: Path
 ) -> None:
     daemon, channel = _start(spawn_daemon, tmp_path)
     _, job, _ = _run_until_checkpoint(channel, epoch=2)
@@ -161,8 +163,7 @@ def test_a_daemon_stopped_gracefully_interrupts_its_running_job_and_the_next_one
     assert (stopped["job_id"], stopped["attempt"]) == (job.job_id, 1)
     assert stopped["from_epoch"] >= 2 and stopped["from_step"] > 0
 
-    _, channel = _start(spawn_daemon, tmp_path)
-    training = training_pb2_grpc.TrainingStub(channel)
+    training = training_pb2_grpc.TrainingStub(restart_daemon(tmp_path).channel())
     events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
     interrupted = [s for s in of_kind(events, "state") if s.state == S.JOB_STATE_INTERRUPTED]
     assert [s.reason for s in interrupted] == [
@@ -171,11 +172,10 @@ def test_a_daemon_stopped_gracefully_interrupts_its_running_job_and_the_next_one
     assert states(events)[-1] == S.JOB_STATE_SUCCEEDED
     final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
     assert final.attempt == 2 and final.epoch == 60
-    channel.close()
 
 
 def test_a_running_job_cancelled_just_before_a_sigkill_ends_cancelled_at_the_next_start(
-    spawn_daemon: Any, tmp_path: Path
+    spawn_daemon: Any, restart_daemon: Restarts, tmp_path: Path
 ) -> None:
     daemon, channel = _start(spawn_daemon, tmp_path, LONG_GRACE)
     upload_standard_datasets(channel)
@@ -202,8 +202,8 @@ def test_a_running_job_cancelled_just_before_a_sigkill_ends_cancelled_at_the_nex
         with contextlib.suppress(psutil.NoSuchProcess):
             worker.kill()
 
-    restarted, channel = _start(spawn_daemon, tmp_path, LONG_GRACE)
-    training = training_pb2_grpc.TrainingStub(channel)
+    restarted = restart_daemon(tmp_path, **{"training.cancel_grace_s": 3600})
+    training = training_pb2_grpc.TrainingStub(restarted.channel())
     final = training.GetJob(S.GetJobRequest(job_id=job.job_id))
     # Ended as the daemon started, before its scheduler could run it again.
     assert (final.state, final.attempt) == (S.JOB_STATE_CANCELLED, 1)
@@ -216,9 +216,7 @@ def test_a_running_job_cancelled_just_before_a_sigkill_ends_cancelled_at_the_nex
     )
     run = training.GetRun(S.GetRunRequest(run_id=final.run_id))
     assert (run.status, run.attempts) == (S.RUN_STATUS_CANCELLED, 1)
-    restarted.terminate()
-    restarted.output()
-    channel.close()
+    restart_daemon.stop(restarted)
 
     # The job keeps its last checkpoint, as a job cancelled while the daemon ran does.
     store = Store.open(tmp_path / "store", map_size=1 << 30, tables=STORE_TABLES)
@@ -234,7 +232,7 @@ def test_a_running_job_cancelled_just_before_a_sigkill_ends_cancelled_at_the_nex
 
 
 def test_a_daemon_stopped_gracefully_while_a_cancel_waits_says_the_job_ends_cancelled_at_the_next_start(
-    spawn_daemon: Any, tmp_path: Path
+    spawn_daemon: Any, restart_daemon: Restarts, tmp_path: Path
 ) -> None:
     daemon, channel = _start(spawn_daemon, tmp_path, LONG_GRACE)
     upload_standard_datasets(channel)
@@ -265,8 +263,9 @@ def test_a_daemon_stopped_gracefully_while_a_cancel_waits_says_the_job_ends_canc
     )
     assert (stopped["job_id"], stopped["attempt"]) == (job.job_id, 1)
 
-    _, channel = _start(spawn_daemon, tmp_path, LONG_GRACE)
-    training = training_pb2_grpc.TrainingStub(channel)
+    training = training_pb2_grpc.TrainingStub(
+        restart_daemon(tmp_path, **{"training.cancel_grace_s": 3600}).channel()
+    )
     events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
     assert states(events) == [
         S.JOB_STATE_QUEUED,
@@ -277,7 +276,6 @@ def test_a_daemon_stopped_gracefully_while_a_cancel_waits_says_the_job_ends_canc
     assert of_kind(events, "state")[2].reason == (
         "tesserad is shutting down while the job's cancel waits; it ends cancelled when tesserad starts again"
     )
-    channel.close()
 
 
 def test_a_worker_that_dies_while_its_cancel_waits_is_not_said_to_have_been_killed_for_the_grace(
@@ -307,7 +305,9 @@ def test_a_worker_that_dies_while_its_cancel_waits_is_not_said_to_have_been_kill
     channel.close()
 
 
-def test_a_queued_job_cancelled_before_a_sigkill_stays_cancelled(spawn_daemon: Any, tmp_path: Path) -> None:
+def test_a_queued_job_cancelled_before_a_sigkill_stays_cancelled(
+    spawn_daemon: Any, restart_daemon: Restarts, tmp_path: Path
+) -> None:
     daemon, channel = _start(spawn_daemon, tmp_path)
     upload_standard_datasets(channel)
     training = training_pb2_grpc.TrainingStub(channel)
@@ -319,18 +319,16 @@ def test_a_queued_job_cancelled_before_a_sigkill_stays_cancelled(spawn_daemon: A
     daemon.kill()
     channel.close()
 
-    _, channel = _start(spawn_daemon, tmp_path)
-    training = training_pb2_grpc.TrainingStub(channel)
+    training = training_pb2_grpc.TrainingStub(restart_daemon(tmp_path).channel())
     final = training.GetJob(S.GetJobRequest(job_id=second.job_id))
     assert (final.state, final.attempt) == (S.JOB_STATE_CANCELLED, 0)
     events = list(training.WatchJob(S.WatchJobRequest(job_id=second.job_id), timeout=120))
     assert states(events) == [S.JOB_STATE_QUEUED, S.JOB_STATE_CANCELLED]
     training.CancelJob(S.CancelJobRequest(job_id=first.job_id))
-    channel.close()
 
 
 def test_a_job_cancelled_while_queued_to_resume_does_not_say_it_never_started(
-    spawn_daemon: Any, tmp_path: Path
+    spawn_daemon: Any, restart_daemon: Restarts, tmp_path: Path
 ) -> None:
     daemon, channel = _start(spawn_daemon, tmp_path)
     _, job, _ = _run_until_checkpoint(channel, epoch=2)
@@ -338,19 +336,17 @@ def test_a_job_cancelled_while_queued_to_resume_does_not_say_it_never_started(
     daemon.output()
     channel.close()
     # No CPU slot: the interrupted job waits in the queue to resume.
-    _, channel = _start(spawn_daemon, tmp_path, {**ENV, "TESSERA_TRAINING_CPU_SLOTS": "0"})
-    training = training_pb2_grpc.TrainingStub(channel)
+    training = training_pb2_grpc.TrainingStub(restart_daemon(tmp_path, **{"training.cpu_slots": 0}).channel())
     assert training.GetJob(S.GetJobRequest(job_id=job.job_id)).state == S.JOB_STATE_QUEUED
     cancelled = training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
     assert (cancelled.state, cancelled.attempt) == (S.JOB_STATE_CANCELLED, 1)
     events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
     # Its first attempt trained for epochs: "cancelled before it started" said it never had.
     assert of_kind(events, "state")[-1].reason == "cancelled before attempt 2 started"
-    channel.close()
 
 
 def test_a_job_cancelled_while_queued_to_train_again_is_not_said_to_have_stopped_early(
-    spawn_daemon: Any, tmp_path: Path
+    spawn_daemon: Any, restart_daemon: Restarts, tmp_path: Path
 ) -> None:
     daemon, channel = _start(spawn_daemon, tmp_path)
     upload_standard_datasets(channel)
@@ -390,8 +386,7 @@ def test_a_job_cancelled_while_queued_to_train_again_is_not_said_to_have_stopped
         store.close()
 
     # No CPU slot: the job waits in the queue to train again, and is cancelled there.
-    _, channel = _start(spawn_daemon, tmp_path, {**ENV, "TESSERA_TRAINING_CPU_SLOTS": "0"})
-    training = training_pb2_grpc.TrainingStub(channel)
+    training = training_pb2_grpc.TrainingStub(restart_daemon(tmp_path, **{"training.cpu_slots": 0}).channel())
     assert training.GetJob(S.GetJobRequest(job_id=job.job_id)).state == S.JOB_STATE_QUEUED
     cancelled = training.CancelJob(S.CancelJobRequest(job_id=job.job_id))
     assert (cancelled.state, cancelled.attempt) == (S.JOB_STATE_CANCELLED, 1)
@@ -403,7 +398,6 @@ def test_a_job_cancelled_while_queued_to_train_again_is_not_said_to_have_stopped
     events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
     end = of_kind(events, "state")[-1]
     assert (end.state, end.HasField("stopped_early")) == (S.JOB_STATE_CANCELLED, False)
-    channel.close()
 
 
 def test_a_watcher_of_a_job_the_shutdown_interrupts_is_told_to_watch_again_and_misses_nothing(
@@ -456,7 +450,7 @@ def test_a_watcher_of_a_job_the_shutdown_interrupts_is_told_to_watch_again_and_m
 
 
 def test_a_full_resume_killed_before_its_own_checkpoint_keeps_the_source_points_at_the_next_start(
-    spawn_daemon: Any, tmp_path: Path
+    spawn_daemon: Any, restart_daemon: Restarts, tmp_path: Path
 ) -> None:
     daemon, channel = _start(spawn_daemon, tmp_path)
     training = training_pb2_grpc.TrainingStub(channel)
@@ -476,8 +470,7 @@ def test_a_full_resume_killed_before_its_own_checkpoint_keeps_the_source_points_
     daemon.kill()
     channel.close()
 
-    _, channel = _start(spawn_daemon, tmp_path)
-    training = training_pb2_grpc.TrainingStub(channel)
+    training = training_pb2_grpc.TrainingStub(restart_daemon(tmp_path).channel())
     events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
     assert states(events)[-1] == S.JOB_STATE_SUCCEEDED
     again = [s for s in of_kind(events, "state") if s.state == S.JOB_STATE_RUNNING][1]
@@ -490,11 +483,10 @@ def test_a_full_resume_killed_before_its_own_checkpoint_keeps_the_source_points_
     assert [(p.step, p.value) for p in history.points if p.step <= kept.step] == [
         (p.step, p.value) for p in before.points if p.step <= kept.step
     ]
-    channel.close()
 
 
 def test_a_daemon_stopped_while_a_full_resume_copied_the_source_points_copies_them_again_at_start(
-    spawn_daemon: Any, tmp_path: Path
+    spawn_daemon: Any, restart_daemon: Restarts, tmp_path: Path
 ) -> None:
     daemon, channel = _start(spawn_daemon, tmp_path)
     training = training_pb2_grpc.TrainingStub(channel)
@@ -528,8 +520,7 @@ def test_a_daemon_stopped_while_a_full_resume_copied_the_source_points_copies_th
     finally:
         store.close()
 
-    _, channel = _start(spawn_daemon, tmp_path)
-    training = training_pb2_grpc.TrainingStub(channel)
+    training = training_pb2_grpc.TrainingStub(restart_daemon(tmp_path).channel())
     training.CancelJob(S.CancelJobRequest(job_id=blocker.job_id))
     events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
     assert states(events)[-1] == S.JOB_STATE_SUCCEEDED
@@ -539,4 +530,3 @@ def test_a_daemon_stopped_while_a_full_resume_copied_the_source_points_copies_th
     assert [(p.step, p.value) for p in history.points if p.step <= kept.step] == [
         (p.step, p.value) for p in before.points if p.step <= kept.step
     ]
-    channel.close()

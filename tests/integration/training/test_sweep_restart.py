@@ -14,7 +14,7 @@ import grpc
 import psutil
 
 from tessera.v1 import job_spec_pb2, training_pb2, training_pb2_grpc
-from tests.integration.training.conftest import job_spec, upload_standard_datasets
+from tests.integration.training.conftest import Restarts, job_spec, upload_standard_datasets
 from tests.integration.training.test_job_finish import kill_hook_env
 
 S = training_pb2
@@ -28,7 +28,9 @@ def _start(spawn_daemon: Any, data_dir: Path) -> tuple[Any, grpc.Channel]:
     return daemon, grpc.insecure_channel(daemon.wait_serving())
 
 
-def test_sigkilled_daemon_continues_a_tpe_sweep_with_asha(spawn_daemon: Any, tmp_path: Path) -> None:
+def test_sigkilled_daemon_continues_a_tpe_sweep_with_asha(
+    spawn_daemon: Any, restart_daemon: Restarts, tmp_path: Path
+) -> None:
     daemon, channel = _start(spawn_daemon, tmp_path)
     upload_standard_datasets(channel)
     training = training_pb2_grpc.TrainingStub(channel)
@@ -67,8 +69,7 @@ def test_sigkilled_daemon_continues_a_tpe_sweep_with_asha(spawn_daemon: Any, tmp
     daemon.kill()
     channel.close()
 
-    _, channel = _start(spawn_daemon, tmp_path)
-    training = training_pb2_grpc.TrainingStub(channel)
+    training = training_pb2_grpc.TrainingStub(restart_daemon(tmp_path, **{"training.cpu_slots": 2}).channel())
     deadline = time.monotonic() + 300
     while (after := training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id))).state == S.SWEEP_STATE_RUNNING:
         assert time.monotonic() < deadline
@@ -91,7 +92,9 @@ def test_sigkilled_daemon_continues_a_tpe_sweep_with_asha(spawn_daemon: Any, tmp
     assert len({t.params["optimizer.lr"] for t in after.trials}) == 5
 
 
-def test_a_sweep_cancelled_just_before_a_sigkill_stays_cancelled(spawn_daemon: Any, tmp_path: Path) -> None:
+def test_a_sweep_cancelled_just_before_a_sigkill_stays_cancelled(
+    spawn_daemon: Any, restart_daemon: Restarts, tmp_path: Path
+) -> None:
     daemon, channel = _start(spawn_daemon, tmp_path)
     upload_standard_datasets(channel)
     training = training_pb2_grpc.TrainingStub(channel)
@@ -123,8 +126,7 @@ def test_a_sweep_cancelled_just_before_a_sigkill_stays_cancelled(spawn_daemon: A
         with contextlib.suppress(psutil.NoSuchProcess):
             worker.kill()
 
-    _, channel = _start(spawn_daemon, tmp_path)
-    training = training_pb2_grpc.TrainingStub(channel)
+    training = training_pb2_grpc.TrainingStub(restart_daemon(tmp_path, **{"training.cpu_slots": 2}).channel())
     deadline = time.monotonic() + 120
     while (after := training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id))).trials[0].state != (
         S.JOB_STATE_CANCELLED
@@ -144,7 +146,7 @@ def _submit_quietly(training: training_pb2_grpc.TrainingStub, spec: S.SweepSpec)
 
 
 def test_a_sweep_killed_while_it_submits_its_first_trials_keeps_them(
-    spawn_daemon: Any, tmp_path: Path
+    spawn_daemon: Any, restart_daemon: Restarts, tmp_path: Path
 ) -> None:
     # A planned sweep's record was first written after its first max_concurrent jobs were
     # submitted: a SIGKILL in between left jobs of a sweep that did not exist, running untracked.
@@ -168,8 +170,7 @@ def test_a_sweep_killed_while_it_submits_its_first_trials_keeps_them(
     channel.close()
     submitting.join(timeout=60)
 
-    _, channel = _start(spawn_daemon, tmp_path)
-    training = training_pb2_grpc.TrainingStub(channel)
+    training = training_pb2_grpc.TrainingStub(restart_daemon(tmp_path, **{"training.cpu_slots": 2}).channel())
     sweep_id = jobs[0].sweep_id
     sweep = training.CancelSweep(S.CancelSweepRequest(sweep_id=sweep_id))
     stored = training.ListJobs(S.ListJobsRequest(sweep_id=sweep_id, page_size=1000)).jobs
@@ -177,7 +178,7 @@ def test_a_sweep_killed_while_it_submits_its_first_trials_keeps_them(
 
 
 def test_a_trial_pruned_just_before_a_sigkill_is_cancelled_at_the_next_start(
-    spawn_daemon: Any, tmp_path: Path
+    spawn_daemon: Any, restart_daemon: Restarts, tmp_path: Path
 ) -> None:
     # The prune is stored in the trial's row, then the daemon dies before its run is tagged and
     # its job cancelled: the next start finishes the prune, so the trial is neither run on to its
@@ -206,8 +207,7 @@ def test_a_trial_pruned_just_before_a_sigkill_is_cancelled_at_the_next_start(
     assert daemon.process.wait(120) == -signal.SIGKILL
     channel.close()
 
-    _, channel = _start(spawn_daemon, tmp_path)
-    training = training_pb2_grpc.TrainingStub(channel)
+    training = training_pb2_grpc.TrainingStub(restart_daemon(tmp_path, **{"training.cpu_slots": 2}).channel())
     deadline = time.monotonic() + 120
     while (after := training.GetSweep(S.GetSweepRequest(sweep_id=sweep_id))).state == S.SWEEP_STATE_RUNNING:
         assert time.monotonic() < deadline
@@ -221,4 +221,3 @@ def test_a_trial_pruned_just_before_a_sigkill_is_cancelled_at_the_next_start(
     assert pruned.state == S.JOB_STATE_CANCELLED and pruned.epoch < 40
     run = training.GetRun(S.GetRunRequest(run_id=pruned.run_id))
     assert run.tags["tessera.pruned_at_epoch"] == "1"
-    channel.close()
