@@ -151,8 +151,8 @@ def test_bf16_training_converges_on_the_synthetic_clips_like_fp32() -> None:
     data = TrainingData(x, y, np.arange(240), np.arange(240, 320))
     accuracy = {}
     for precision in ("fp32", "bf16"):
-        # Both reach 1.0 by epoch 3 here (0.74 after 1); the rest of _clips_config's 6 buy nothing.
-        outcome, _, _ = _train({**_clips_config(precision), "epochs": 3}, data)
+        # Both pass 0.98 by epoch 2 here (0.74 after 1); the rest of _clips_config's 6 buy nothing.
+        outcome, _, _ = _train({**_clips_config(precision), "epochs": 2}, data)
         assert outcome.status == "succeeded"
         accuracy[precision] = outcome.metrics["val_accuracy"]
     assert accuracy["fp32"] >= 0.9  # the task is learnable in these few steps
