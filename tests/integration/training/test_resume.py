@@ -506,6 +506,7 @@ def test_a_daemon_stopped_while_a_full_resume_copied_the_source_points_copies_th
     resumed_spec = job_spec_pb2.JobSpec()
     resumed_spec.CopyFrom(spec)
     resumed_spec.resume_from = source.job_id
+    resumed_spec.epochs = kept.epoch + 2  # queued at the kill: it trains only after the restart
     job = training.SubmitJob(S.SubmitJobRequest(spec=resumed_spec))
     daemon.kill()
     channel.close()

@@ -39,7 +39,7 @@ def test_sigkilled_daemon_continues_a_tpe_sweep_with_asha(
         # still runs for a while after its first rung, when the daemon is killed.
         base=job_spec(
             "mlp",
-            epochs=27,
+            epochs=9,
             batch_size=1,
             log_every_n_steps=24,
             checkpoints=job_spec_pb2.CheckpointPolicy(every_n_epochs=2, keep_last=1),
@@ -191,9 +191,9 @@ def test_a_trial_pruned_just_before_a_sigkill_is_cancelled_at_the_next_start(
     upload_standard_datasets(channel)
     training = training_pb2_grpc.TrainingStub(channel)
     # The second trial (lr 1e-7) barely moves from the same initial weights: it trails the first
-    # at ASHA's first rung (epoch 1), and is pruned there.
+    # at ASHA's first rung (epoch 1), and is pruned there, before its last (epoch 4).
     spec = S.SweepSpec(
-        base=job_spec("mlp", epochs=40),
+        base=job_spec("mlp", epochs=4),
         strategy=S.SWEEP_STRATEGY_GRID,
         pruner=S.SWEEP_PRUNER_ASHA,
         parameters=[
@@ -218,6 +218,6 @@ def test_a_trial_pruned_just_before_a_sigkill_is_cancelled_at_the_next_start(
         (S.JOB_STATE_CANCELLED, True, 1),
     ]
     pruned = training.GetJob(S.GetJobRequest(job_id=after.trials[1].job_id))
-    assert pruned.state == S.JOB_STATE_CANCELLED and pruned.epoch < 40
+    assert pruned.state == S.JOB_STATE_CANCELLED and pruned.epoch < 4
     run = training.GetRun(S.GetRunRequest(run_id=pruned.run_id))
     assert run.tags["tessera.pruned_at_epoch"] == "1"
