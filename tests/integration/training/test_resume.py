@@ -278,31 +278,42 @@ def test_a_daemon_stopped_gracefully_while_a_cancel_waits_says_the_job_ends_canc
     )
 
 
-def test_a_worker_that_dies_while_its_cancel_waits_is_not_said_to_have_been_killed_for_the_grace(
-    spawn_daemon: Any, tmp_path: Path
-) -> None:
-    daemon, channel = _start(spawn_daemon, tmp_path, LONG_GRACE)
-    upload_standard_datasets(channel)
-    training = training_pb2_grpc.TrainingStub(channel)
-    job = training.SubmitJob(S.SubmitJobRequest(spec=job_spec("mlp", epochs=0, max_steps=1_000_000)))
-    for event in training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120):
-        if event.WhichOneof("event") == "step":
-            break
-    (worker,) = [
+def _forked_workers() -> set[psutil.Process]:
+    """This process's job workers: the children of its fork servers (training.worker_start)."""
+    return {
         child
-        for child in psutil.Process(daemon.process.pid).children(recursive=True)
+        for child in psutil.Process().children(recursive=True)
         if "forkserver" in " ".join(child.parent().cmdline())
-    ]
-    # Stopped, it cannot act on the cancel; then it dies, an hour before its grace runs out.
-    worker.send_signal(signal.SIGSTOP)
-    assert training.CancelJob(S.CancelJobRequest(job_id=job.job_id)).state == S.JOB_STATE_RUNNING
-    worker.kill()
-    events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
+    }
+
+
+def test_a_worker_that_dies_while_its_cancel_waits_is_not_said_to_have_been_killed_for_the_grace(
+    tmp_path: Path,
+) -> None:
+    # Only the worker gets signals: a daemon in this process serves.
+    settings = {**TRAINING_SETTINGS, "training.cancel_grace_s": 3600}
+    daemon = InProcessDaemon(daemon_settings(tmp_path / "data", **settings)).start()
+    try:
+        channel = daemon.channel()
+        upload_standard_datasets(channel)
+        training = training_pb2_grpc.TrainingStub(channel)
+        before = _forked_workers()
+        job = training.SubmitJob(S.SubmitJobRequest(spec=job_spec("mlp", epochs=0, max_steps=1_000_000)))
+        for event in training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120):
+            if event.WhichOneof("event") == "step":
+                break
+        (worker,) = _forked_workers() - before
+        # Stopped, it cannot act on the cancel; then it dies, an hour before its grace runs out.
+        worker.send_signal(signal.SIGSTOP)
+        assert training.CancelJob(S.CancelJobRequest(job_id=job.job_id)).state == S.JOB_STATE_RUNNING
+        worker.kill()
+        events = list(training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120))
+    finally:
+        daemon.stop()
     assert states(events)[-1] == S.JOB_STATE_CANCELLED
     reason = of_kind(events, "state")[-1].reason
     assert reason.startswith("cancelled, though the worker died before it stopped: ") and "SIGKILL" in reason
     assert "cancel_grace_s" not in reason
-    channel.close()
 
 
 def test_a_queued_job_cancelled_before_a_sigkill_stays_cancelled(
