@@ -137,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (name, metavar, help_text) in SERVE_FLAGS.items():
         serve.add_argument(flag, dest=name.replace(".", "__"), metavar=metavar, help=help_text)
     serve.add_argument(
+        "--module-path",
+        dest="training__module_paths",
+        action="append",
+        metavar="DIR",
+        help="directory the architecture family python imports users' nn.Module classes from "
+        "(training.module_paths); repeat it for several; whoever can write DIR runs code as the daemon",
+    )
+    serve.add_argument(
         "--insecure",
         action="store_true",
         help="allow listening on a non-loopback address without tokens or mutual TLS (logs a warning)",
@@ -467,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _verify(args.data_dir, args.unlocked)
 
     overrides = {name: getattr(args, name.replace(".", "__")) for name, _, _ in SERVE_FLAGS.values()}
+    overrides["training.module_paths"] = args.training__module_paths
     try:
         settings = load_settings(args.config, overrides=overrides)
     except SettingsError as exc:

@@ -190,6 +190,12 @@ def parse_path(raw: Any) -> Path:
     return Path(text).expanduser()
 
 
+def parse_module_paths(raw: Any) -> tuple[Path, ...]:
+    """Directories, from a list or one string separated by the OS's path separator (as PYTHONPATH)."""
+    items = raw if isinstance(raw, list | tuple) else str(raw).split(os.pathsep)
+    return tuple(parse_path(item) for item in items if str(item).strip())
+
+
 def parse_optional_path(raw: Any) -> Path | None:
     """A path, or "" / "off" for none."""
     if str(raw).strip().lower() in ("", "off", "none"):
@@ -523,6 +529,13 @@ class TrainingSettings:
         parse_number(int, 0, 1000),
         "checkpoints an ended job keeps besides those, best first by its spec.checkpoints.keep_best_metric "
         "(none without one); a job's spec.checkpoints.retain_best overrides it",
+    )
+    module_paths: tuple[Path, ...] = setting(
+        (),
+        parse_module_paths,
+        "directories the architecture family python imports users' nn.Module classes from "
+        "(entry module:Class); none (the default): that family is refused. Whoever can write "
+        "them runs code as the daemon",
     )
     worker_start: str = setting(
         "forkserver",

@@ -86,6 +86,7 @@ from tesserad.errors import FailedPrecondition, TesseraError, Unavailable
 from tesserad.host import Gpus, raise_open_file_limit
 from tesserad.log_settings import LogControl
 from tesserad.metrics import DaemonMetrics, MetricsHttpServer
+from tesserad.nn.user_modules import allow_module_paths
 from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
 from tesserad.registry import MARKERS as REGISTRY_MARKERS
 from tesserad.registry import TABLES as REGISTRY_TABLES
@@ -447,6 +448,9 @@ class Daemon:
             ),
             routes,
         )
+        # Every model built in this process (torch serving, ONNX export, the registry's weight
+        # check) imports users' modules from these alone.
+        allow_module_paths(settings.training.module_paths)
         self.datasets = Datasets(
             self._store,
             blobs,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tesserad.errors import InvalidArgument
@@ -27,3 +31,20 @@ def seconds(ts: Timestamp, field: str = "time") -> float:
             f"got seconds={ts.seconds} nanos={ts.nanos}"
         )
     return ts.ToNanoseconds() / 1e9
+
+
+def struct_plain(struct: Struct) -> dict[str, Any]:
+    """A Struct as a dict, whole numbers as ints: a Struct holds every number as a double, and a
+    Python callee given 64.0 where it expects 64 (a layer's width) refuses it."""
+    plain: dict[str, Any] = json_format.MessageToDict(struct)
+    return {key: _whole(value) for key, value in plain.items()}
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    return value

@@ -7,10 +7,11 @@ import json
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
 
 from tessera.v1 import architecture_pb2, common_pb2, job_spec_pb2
 from tessera.v1 import registry_pb2 as pb
-from tesserad.api.convert_common import timestamp
+from tesserad.api.convert_common import struct_plain, timestamp
 from tesserad.errors import InvalidArgument
 from tesserad.names import validate_name
 from tesserad.registry import (
@@ -89,14 +90,17 @@ def _architecture_dict(message: architecture_pb2.Architecture) -> dict[str, Any]
 
     family = message.WhichOneof("family")
     if family is None:
-        raise InvalidArgument("architecture needs one family: mlp, cnn2d, cnn4d, lstm or transformer")
+        raise InvalidArgument("architecture needs one family: mlp, cnn2d, cnn4d, lstm, transformer or python")
     data: dict[str, Any] = {
         "family": family,
         "input_shape": list(message.input_shape),
         "output_size": message.output_size,
     }
     for field, value in getattr(message, family).ListFields():
-        data[field.name] = list(value) if field.is_repeated else value
+        if isinstance(value, Struct):
+            data[field.name] = struct_plain(value)
+        else:
+            data[field.name] = list(value) if field.is_repeated else value
     return spec_to_dict(spec_from_dict(data))
 
 

@@ -6,10 +6,11 @@ from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import Struct
 
 from tessera.v1 import architecture_pb2, common_pb2, job_spec_pb2
 from tessera.v1 import training_pb2 as pb
-from tesserad.api.convert_common import seconds, timestamp
+from tesserad.api.convert_common import seconds, struct_plain, timestamp
 from tesserad.api.convert_registry import job_spec_to_dict
 from tesserad.errors import InvalidArgument
 from tesserad.text import MAX_TAG_KEY, is_entry_key
@@ -96,6 +97,8 @@ def _plain(message: Message) -> dict[str, Any]:
             out[field.name] = dict(value)
         elif field.is_repeated:
             out[field.name] = [_plain(v) if isinstance(v, Message) else v for v in value]
+        elif isinstance(value, Struct):
+            out[field.name] = struct_plain(value)
         elif isinstance(value, Message):
             out[field.name] = _plain(value)
         else:

@@ -16,9 +16,11 @@ from tesserad.nn.specs import (
     Cnn4dSpec,
     LstmSpec,
     MlpSpec,
+    PythonSpec,
     TransformerSpec,
     validate_spec,
 )
+from tesserad.nn.user_modules import build_user_module
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -36,6 +38,11 @@ def parameter_count(model: nn.Module) -> int:
 def build_model(spec: ArchitectureSpec) -> nn.Module:
     """The untrained model a (validated) spec describes; it maps (N, *input_shape) to (N, output_size)."""
     validate_spec(spec)
+    if isinstance(spec, PythonSpec):
+        model: nn.Module = build_user_module(
+            spec.entry, spec.kwargs, spec.input_shape, spec.output_size, spec.module_sha256
+        )
+        return model
     if isinstance(spec, MlpSpec):
         return _mlp(spec)
     if isinstance(spec, Cnn2dSpec | Cnn4dSpec):

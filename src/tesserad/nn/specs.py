@@ -9,8 +9,10 @@ value to them, so here every value is explicit and a zero is an error.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from tesserad.errors import InvalidArgument
@@ -93,7 +95,19 @@ class TransformerSpec:
     pooling: str = "mean"  # mean, last, cls
 
 
-ArchitectureSpec = MlpSpec | Cnn2dSpec | Cnn4dSpec | LstmSpec | TransformerSpec
+@dataclass(frozen=True)
+class PythonSpec:
+    """The user's own nn.Module class, "module:Class", imported from training.module_paths
+    (tesserad.nn.user_modules) and built with `kwargs`. Input (N, *input_shape)."""
+
+    input_shape: tuple[int, ...]
+    output_size: int
+    entry: str = ""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    module_sha256: str = ""  # set by the daemon at submit: the module file's hash
+
+
+ArchitectureSpec = MlpSpec | Cnn2dSpec | Cnn4dSpec | LstmSpec | TransformerSpec | PythonSpec
 
 FAMILIES: dict[str, type] = {
     "mlp": MlpSpec,
@@ -101,7 +115,11 @@ FAMILIES: dict[str, type] = {
     "cnn4d": Cnn4dSpec,
     "lstm": LstmSpec,
     "transformer": TransformerSpec,
+    "python": PythonSpec,
 }
+# A python family's kwargs as JSON at most: they are a constructor's arguments, not data.
+MAX_KWARGS_BYTES = 64 * 1024
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _FAMILY_OF: dict[type, str] = {cls: name for name, cls in FAMILIES.items()}
 
 
@@ -126,7 +144,7 @@ def family_of(spec: ArchitectureSpec) -> str:
 
 def sample_layout(spec: ArchitectureSpec) -> tuple[int | None, str]:
     """The dims of one sample the family takes (None: any number) and their layout, "(C, H, W)"."""
-    if isinstance(spec, MlpSpec):
+    if isinstance(spec, MlpSpec | PythonSpec):
         return None, "of any rank"
     if isinstance(spec, Cnn2dSpec):
         return 3, "(C, H, W)"
@@ -246,6 +264,8 @@ def spec_problems(spec: ArchitectureSpec) -> list[str]:
             c.fail("bidirectional", f"must be true or false, got {spec.bidirectional!r}")
         if c.probability("dropout", spec.dropout) and layers_ok and spec.dropout > 0 and spec.num_layers == 1:
             c.fail("dropout", "applies between stacked layers, so it needs num_layers >= 2 (or dropout 0)")
+    elif isinstance(spec, PythonSpec):
+        _check_python(c, spec)
     else:
         width_ok = c.int_range("d_model", spec.d_model, 1, MAX_WIDTH)
         heads_ok = c.int_range("num_heads", spec.num_heads, 1, 1024)
@@ -256,6 +276,32 @@ def spec_problems(spec: ArchitectureSpec) -> list[str]:
         c.probability("dropout", spec.dropout)
         c.choice("pooling", spec.pooling, ("mean", "last", "cls"))
     return c.problems
+
+
+def _check_python(c: _Checker, spec: PythonSpec) -> None:
+    from tesserad.nn.user_modules import entry_problem
+
+    if problem := entry_problem(spec.entry):
+        c.fail("entry", problem)
+    if not isinstance(spec.kwargs, dict):
+        c.fail("kwargs", f"must be a table of keyword arguments, got {spec.kwargs!r}")
+        return
+    for key in spec.kwargs:
+        if not isinstance(key, str) or not key.isidentifier():
+            c.fail("kwargs", f"{key!r} is not a keyword argument's name")
+        elif key in SHARED_FIELDS:
+            c.fail(f"kwargs.{key}", f"set architecture.{key} instead: the class gets it from there")
+    try:
+        size = len(json.dumps(spec.kwargs, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        c.fail("kwargs", f"must hold JSON values (numbers, strings, booleans, lists, tables): {exc}")
+        return
+    if size > MAX_KWARGS_BYTES:
+        c.fail("kwargs", f"must be at most {MAX_KWARGS_BYTES // 1024} KiB as JSON, got {size:,} bytes")
+    if spec.module_sha256 and not (
+        isinstance(spec.module_sha256, str) and _SHA256.fullmatch(spec.module_sha256)
+    ):
+        c.fail("module_sha256", f"must be a sha256 in hex (the daemon sets it), got {spec.module_sha256!r}")
 
 
 def validate_spec(spec: ArchitectureSpec) -> None:
@@ -300,6 +346,8 @@ def spec_to_dict(spec: ArchitectureSpec) -> dict[str, Any]:
     for f in dataclasses.fields(spec):
         value = getattr(spec, f.name)
         out[f.name] = list(value) if isinstance(value, tuple) else value
+    if isinstance(spec, PythonSpec) and not spec.module_sha256:
+        del out["module_sha256"]  # only set once a daemon found the file
     return out
 
 
@@ -328,7 +376,7 @@ def unchecked_spec_from_dict(d: dict[str, Any]) -> ArchitectureSpec:
             raise InvalidArgument(
                 f"architecture.{family}.{key}: unknown field; {family} takes {', '.join(fields)}"
             )
-        kwargs[key] = tuple(value) if isinstance(value, list) else value
+        kwargs[key] = tuple(value) if isinstance(value, list) and key != "kwargs" else value
     for required in SHARED_FIELDS:
         if required not in kwargs:
             raise InvalidArgument(f"{field_path(family, required)}: is required")

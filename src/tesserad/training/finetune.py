@@ -105,6 +105,16 @@ def check_parent(
             f"{parent.label} has no architecture to rebuild the model from; register it with one",
         )
         return None, architecture
+    if "python" in (parent.architecture.get("family"), given.get("family")):
+        # Matching the parent's tensors to the job's model builds the model at submit, which
+        # would import a user module in the daemon's own process.
+        _invalid(
+            problems,
+            "spec.init_from",
+            "fine-tuning does not take the architecture family python; load the parent's weights "
+            "in your module instead, or train the job from scratch",
+        )
+        return None, architecture
     if given:
         return parent, given
     output_size = int((raw.get("replace_head") or {}).get("output_size", 0))

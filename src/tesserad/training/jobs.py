@@ -528,7 +528,13 @@ class Jobs:
 
     def check(self, raw_spec: dict[str, Any]) -> dict[str, Any]:
         """The complete config of a spec, or the error SubmitJob would give."""
-        config = normalize_spec(raw_spec, self._datasets.facts, self._device_facts, self._parents)
+        config = normalize_spec(
+            raw_spec,
+            self._datasets.facts,
+            self._device_facts,
+            self._parents,
+            module_paths=self._settings.module_paths,
+        )
         # The tags are the job's run's, with the hyperparameters as its params: bounded as any
         # run's, they keep the job's record within what a GetJob or ListJobs answer can hold.
         if problem := run_text_problem(flatten_params(config), config["tags"]):
@@ -1194,6 +1200,7 @@ class Jobs:
                         resource_interval_s=self._settings.resource_interval_s,
                         compile=self._settings.compile,
                         max_workspace=self._nn_max_workspace,
+                        module_paths=tuple(self._settings.module_paths),
                     )
                     process = self._mp.Process(
                         target=worker_main,

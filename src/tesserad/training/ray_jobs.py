@@ -208,6 +208,7 @@ class RayJobs(Jobs):
             max_workspace=self._nn_max_workspace,
             world=config["devices"]["count"],
             device_kind=config["devices"]["kind"],
+            module_paths=self._settings.module_paths,
         )
 
     def _stopped_while_waiting(self, job: JobRecord, running: _Running, release: Callable[[], None]) -> bool:

@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tesserad.training.worker import (
@@ -72,6 +73,8 @@ class RayPayload:
     max_workspace: int
     world: int  # processes of the job: 1 on a TrainingActor, the DDP ranks under Ray Train
     device_kind: str  # cpu or cuda
+    # training.module_paths: each Ray node must hold the same directories (the same modules).
+    module_paths: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ def train_here(
         resource_interval_s=payload.resource_interval_s,
         compile=payload.compile,
         max_workspace=payload.max_workspace,
+        module_paths=payload.module_paths,
     )
     _run(channel, worker_payload)
 

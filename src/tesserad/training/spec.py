@@ -17,6 +17,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from tesserad.dtypes import INTEGER_DTYPES
@@ -25,6 +26,7 @@ from tesserad.names import RESERVED_ALIASES, not_one_of, validate_name, version_
 from tesserad.nn.specs import FAMILIES as ARCHITECTURE_FAMILIES
 from tesserad.nn.specs import (
     ArchitectureSpec,
+    PythonSpec,
     batch_norm_values_per_sample,
     channel_axis_advice,
     family_of,
@@ -33,6 +35,7 @@ from tesserad.nn.specs import (
     spec_to_dict,
     unchecked_spec_from_dict,
 )
+from tesserad.nn.user_modules import file_sha256, find_entry_file
 from tesserad.text import entry_problems, record_text_problem
 from tesserad.training.finetune import ParentLookup, check_fine_tuning, check_parent
 
@@ -146,7 +149,12 @@ def _architecture_fields() -> dict[str, SpecField]:
     families: dict[str, SpecField] = {}
     for family, cls in ARCHITECTURE_FAMILIES.items():
         hyperparameters = {
-            f.name: _LIST if isinstance(f.default, tuple) else _value(type(f.default))
+            # A python family's kwargs: a table of the class's own keys, none of them known here.
+            f.name: _message({})
+            if f.name == "kwargs"
+            else _LIST
+            if isinstance(f.default, tuple)
+            else _value(type(f.default))
             for f in dataclasses.fields(cls)
             if f.name not in ("input_shape", "output_size")
         }
@@ -284,13 +292,18 @@ class _Problems:
 
 
 def normalize_spec(
-    raw: dict[str, Any], dataset: Any, devices: DeviceFacts, parents: ParentLookup
+    raw: dict[str, Any],
+    dataset: Any,
+    devices: DeviceFacts,
+    parents: ParentLookup,
+    module_paths: tuple[Path, ...] = (),
 ) -> dict[str, Any]:
     """The complete job config, or InvalidArgument / NotFound / FailedPrecondition naming every
     bad field.
 
     `dataset(name, version)` returns DatasetFacts or raises NotFound; `parents` looks up the
-    version a fine-tuning job starts from (training.finetune).
+    version a fine-tuning job starts from (training.finetune); `module_paths` are the
+    directories of training.module_paths, where the family python's module must be.
     """
     problems = _Problems()
     config: dict[str, Any] = {}
@@ -301,6 +314,8 @@ def normalize_spec(
 
     parent, architecture = check_parent(raw, parents, problems.found)
     arch_spec = _check_architecture(architecture, problems) if architecture is not None else None
+    if isinstance(arch_spec, PythonSpec):
+        arch_spec = _check_module(arch_spec, module_paths, problems)
     config["architecture"] = spec_to_dict(arch_spec) if arch_spec is not None else None
     if parent is not None and arch_spec is not None:
         config["fine_tune"] = check_fine_tuning(raw, parent, config["architecture"], problems.found)
@@ -420,6 +435,21 @@ def _check_architecture(raw: dict[str, Any], problems: _Problems) -> Architectur
     for problem in found:
         problems.add(InvalidArgument, f"spec.{problem}")
     return None if found else arch_spec
+
+
+def _check_module(
+    arch_spec: PythonSpec, module_paths: tuple[Path, ...], problems: _Problems
+) -> PythonSpec | None:
+    """The spec with its module file's sha256, once the file is found under `module_paths`.
+    Found, not imported: user code runs in the job's worker, which builds the model before its
+    first step, so an import that fails or a class that refuses its kwargs fails the job with the
+    error, while the daemon serving beside it never runs the module."""
+    try:
+        path = find_entry_file(arch_spec.entry, module_paths)
+    except TesseraError as exc:
+        problems.add(type(exc), f"spec.{exc.message}")
+        return None
+    return dataclasses.replace(arch_spec, module_sha256=file_sha256(path))
 
 
 def _check_data(

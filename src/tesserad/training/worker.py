@@ -108,6 +108,7 @@ class WorkerPayload:
     resource_interval_s: float = 5.0
     compile: str = "off"  # training.compile: auto, on or off
     max_workspace: int = 0  # nn.max_workspace in bytes; 0: no limit
+    module_paths: tuple[Path, ...] = ()  # training.module_paths: where user modules come from
 
 
 def worker_main(conn: Connection, payload: WorkerPayload) -> None:
@@ -149,10 +150,12 @@ def _run(conn: Connection, payload: WorkerPayload) -> None:
 
     from tesserad.datasets.arrays import open_arrays
     from tesserad.nn import set_max_workspace
+    from tesserad.nn.user_modules import allow_module_paths
     from tesserad.training.loop import Distributed, Trainer, TrainingData, device_for
 
     torch.set_num_threads(max(payload.threads, 1))
     set_max_workspace(payload.max_workspace)
+    allow_module_paths(payload.module_paths)
     dist = Distributed(payload.rank, payload.world)
     device = device_for(payload.device_kind, payload.cuda_indices, payload.rank)
     if device.type == "cuda":

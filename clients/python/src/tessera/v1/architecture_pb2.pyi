@@ -15,6 +15,7 @@ comment; a bad value is INVALID_ARGUMENT naming the field, e.g.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -38,6 +39,7 @@ class Architecture(_message.Message):
     CNN4D_FIELD_NUMBER: _builtins.int
     LSTM_FIELD_NUMBER: _builtins.int
     TRANSFORMER_FIELD_NUMBER: _builtins.int
+    PYTHON_FIELD_NUMBER: _builtins.int
     output_size: _builtins.int
     @_builtins.property
     def input_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
@@ -51,6 +53,8 @@ class Architecture(_message.Message):
     def lstm(self) -> Global___LstmSpec: ...
     @_builtins.property
     def transformer(self) -> Global___TransformerSpec: ...
+    @_builtins.property
+    def python(self) -> Global___PythonModuleSpec: ...
     def __init__(
         self,
         *,
@@ -61,12 +65,13 @@ class Architecture(_message.Message):
         cnn4d: Global___Cnn4dSpec | None = ...,
         lstm: Global___LstmSpec | None = ...,
         transformer: Global___TransformerSpec | None = ...,
+        python: Global___PythonModuleSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cnn2d", b"cnn2d", "cnn4d", b"cnn4d", "family", b"family", "lstm", b"lstm", "mlp", b"mlp", "transformer", b"transformer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cnn2d", b"cnn2d", "cnn4d", b"cnn4d", "family", b"family", "lstm", b"lstm", "mlp", b"mlp", "python", b"python", "transformer", b"transformer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cnn2d", b"cnn2d", "cnn4d", b"cnn4d", "family", b"family", "input_shape", b"input_shape", "lstm", b"lstm", "mlp", b"mlp", "output_size", b"output_size", "transformer", b"transformer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cnn2d", b"cnn2d", "cnn4d", b"cnn4d", "family", b"family", "input_shape", b"input_shape", "lstm", b"lstm", "mlp", b"mlp", "output_size", b"output_size", "python", b"python", "transformer", b"transformer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_family: _TypeAlias = _typing.Literal["mlp", "cnn2d", "cnn4d", "lstm", "transformer"]  # noqa: Y015
+    _WhichOneofReturnType_family: _TypeAlias = _typing.Literal["mlp", "cnn2d", "cnn4d", "lstm", "transformer", "python"]  # noqa: Y015
     _WhichOneofArgType_family: _TypeAlias = _typing.Literal["family", b"family"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_family) -> _WhichOneofReturnType_family | None: ...
 
@@ -273,3 +278,46 @@ class TransformerSpec(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TransformerSpec: _TypeAlias = TransformerSpec  # noqa: Y015
+
+@_typing.final
+class PythonModuleSpec(_message.Message):
+    """The user's own torch.nn.Module class, imported by the daemon from the directories its operator
+    lists in the setting training.module_paths (`tesserad serve --module-path DIR`); without any,
+    a spec naming it is FAILED_PRECONDITION. The daemon builds `Class(**kwargs)`, adding
+    input_shape (a tuple) and output_size when the class's __init__ has parameters so named;
+    the model maps (N, *input_shape) to (N, output_size) as every family's does.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    KWARGS_FIELD_NUMBER: _builtins.int
+    MODULE_SHA256_FIELD_NUMBER: _builtins.int
+    entry: _builtins.str
+    """"module:Class": a dotted module path under one of the listed directories ("mynet",
+    "models.vision") and the class's name; no file paths.
+    """
+    module_sha256: _builtins.str
+    """Set by the daemon: the sha256 of the module's file when the job that trained the version
+    was submitted. Building the model from a changed file logs a warning naming both hashes.
+    """
+    @_builtins.property
+    def kwargs(self) -> _struct_pb2.Struct:
+        """Keyword arguments of the class's __init__. A Struct, so any client sends a plain table or
+        object; a whole number arrives as an int (JSON has one number type), other numbers as floats.
+        """
+
+    def __init__(
+        self,
+        *,
+        entry: _builtins.str = ...,
+        kwargs: _struct_pb2.Struct | None = ...,
+        module_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kwargs", b"kwargs"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "kwargs", b"kwargs", "module_sha256", b"module_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PythonModuleSpec: _TypeAlias = PythonModuleSpec  # noqa: Y015
