@@ -41,6 +41,8 @@ def entry_problem(entry: object) -> str | None:
     """Why `entry` is not a "module:Class" name, or None when it is one."""
     if not isinstance(entry, str) or not entry:
         return f"must be a name such as mynet:Net (module:Class), got {entry!r}"
+    if entry.partition(":")[0].endswith(".py"):
+        return f"names a module, not its file: write {entry.replace('.py:', ':', 1)!r}"
     if len(entry) > MAX_ENTRY_LENGTH or not ENTRY_PATTERN.fullmatch(entry):
         return (
             f"must be module:Class, the module a dotted Python name found under {SETTING} "

@@ -1,0 +1,173 @@
+"""The architecture family python: a user's nn.Module from training.module_paths trains,
+registers (with its file's sha256), exports to ONNX, serves and explains; every way to name
+a module the daemon must not import, or one that cannot build, is refused with what to fix."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tessera
+from tessera.v1 import registry_pb2
+from tests.conftest import InProcessDaemon, daemon_settings
+
+# A name no other test's module takes: the daemon runs in the test's process.
+MODULE = "byo_nets_t30"
+SOURCE = """
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, input_shape, output_size, hidden=8):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Flatten(), nn.Linear(input_shape[0], hidden), nn.ReLU(), nn.Linear(hidden, output_size)
+        )
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Fixed(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.head = nn.Linear(4, width)
+
+    def forward(self, x):
+        return self.head(x)
+
+
+def helper():
+    return None
+"""
+
+
+@pytest.fixture(scope="module")
+def modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("modules")
+    (root / f"{MODULE}.py").write_text(SOURCE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def byo_daemon(tmp_path_factory: pytest.TempPathFactory, modules: Path) -> Iterator[InProcessDaemon]:
+    data_dir = tmp_path_factory.mktemp("byo") / "data"
+    running = InProcessDaemon(daemon_settings(data_dir, **{"training.module_paths": [str(modules)]})).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def byo(byo_daemon: InProcessDaemon) -> Iterator[tessera.Client]:
+    with tessera.Client(byo_daemon.target, timeout=30) as sdk:
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(32, 4)).astype(np.float32)
+        sdk.datasets.push("byo-table", x=x, y=(x[:, 0] > 0).astype(np.int64), splits={"train": 1.0})
+        yield sdk
+
+
+def spec(entry: str = f"{MODULE}:Net", **kwargs: object) -> dict[str, object]:
+    return {
+        "experiment": "byo",
+        "architecture": {"input_shape": [4], "output_size": 2, "python": {"entry": entry, "kwargs": kwargs}},
+        "data": {"dataset": "byo-table"},
+        "epochs": 1,
+        "batch_size": 16,
+        "register_as": {"model": "byo"},
+    }
+
+
+def test_a_module_trains_registers_with_its_hash_exports_serves_and_explains(
+    byo: tessera.Client, modules: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = byo.training.submit(spec(hidden=6)).wait()
+    trained = job.registered.version
+    version = byo.models.version("byo", trained)
+    python = version.architecture.python
+    assert python.entry == f"{MODULE}:Net" and dict(python.kwargs) == {"hidden": 6}
+    source = modules / f"{MODULE}.py"
+    before = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert python.module_sha256 == before
+    x = np.ones((3, 4), np.float32)
+    served = byo.inference.predict("byo", {"input": x}, version=trained)["output"]
+    assert served.shape == (3, 2)
+    exported = byo.models.export_onnx("byo", trained)
+    assert exported.version.format == registry_pb2.ARTIFACT_FORMAT_ONNX
+    onnx_out = byo.inference.predict("byo", {"input": x}, version=exported.version.version)["output"]
+    np.testing.assert_allclose(onnx_out, served, atol=1e-4)
+    explanation = byo.inference.explain("byo", x, "saliency", version=trained, target=1)
+    assert explanation["input"].shape == x.shape
+    # A changed file still builds the old weights' model, and says so.
+    source.write_text(SOURCE + "\n# changed\n")
+    after = hashlib.sha256(source.read_bytes()).hexdigest()
+    byo.inference.unload("byo", trained)
+    with caplog.at_level(logging.WARNING, logger="tesserad.nn"):
+        again = byo.inference.predict("byo", {"input": x}, version=trained)["output"]
+    np.testing.assert_array_equal(again, served)
+    assert any(before in r.getMessage() and after in r.getMessage() for r in caplog.records), caplog.text
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "../evil:Net",
+        f"{MODULE}.py:Net",
+        f"sub/{MODULE}:Net",
+        "/etc/passwd:x",
+        f"{MODULE}",
+        f"{MODULE}:Net:x",
+        "",
+    ],
+)
+def test_entries_that_are_not_module_and_class_names_are_refused(byo: tessera.Client, entry: str) -> None:
+    with pytest.raises(
+        tessera.InvalidArgument, match=r"spec\.architecture\.python\.entry: (must be|names a module)"
+    ):
+        byo.training.submit(spec(entry))
+
+
+@pytest.mark.parametrize("entry", ["nowhere:Net", "os:system", "tesserad.server:Daemon"])
+def test_a_module_outside_the_module_paths_is_not_found(byo: tessera.Client, entry: str) -> None:
+    with pytest.raises(tessera.NotFound, match=r"in none of the 1 directories of training\.module_paths"):
+        byo.training.submit(spec(entry))
+
+
+def test_kwargs_naming_the_shared_fields_are_refused(byo: tessera.Client) -> None:
+    with pytest.raises(tessera.InvalidArgument, match=r"kwargs\.output_size: set architecture\.output_size"):
+        byo.training.submit(spec(output_size=3))
+
+
+@pytest.mark.parametrize(
+    ("entry", "kwargs", "error"),
+    [
+        (f"{MODULE}:helper", {}, "is a function, not a torch.nn.Module subclass"),
+        (
+            f"{MODULE}:Fixed",
+            {"width": 2, "depth": 3},
+            "TypeError: Fixed.__init__() got an unexpected keyword",
+        ),
+        (f"{MODULE}:Missing", {}, f"module '{MODULE}' has no attribute 'Missing'"),
+    ],
+)
+def test_a_class_that_cannot_be_built_fails_its_job_with_the_error(
+    byo: tessera.Client, entry: str, kwargs: dict[str, object], error: str
+) -> None:
+    job = byo.training.submit(spec(entry, **kwargs))
+    with pytest.raises(tessera.JobFailed, match=f"failed: .*{re.escape(error)}"):
+        job.wait()
+
+
+def test_a_daemon_without_module_paths_refuses_the_family_naming_the_setting(daemon: InProcessDaemon) -> None:
+    with tessera.Client(daemon.target, timeout=30) as sdk:
+        rng = np.random.default_rng(0)
+        sdk.datasets.push("byo-table", x=rng.normal(size=(8, 4)).astype(np.float32), y=np.zeros(8, np.int64))
+        with pytest.raises(
+            tessera.FailedPrecondition, match=r"training\.module_paths \(tesserad serve --module-path"
+        ):
+            sdk.training.submit(spec())
