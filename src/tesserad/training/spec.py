@@ -144,17 +144,18 @@ _LIST = SpecField("list")
 _MODE = Choice(("min", "max"), "OPTIMIZE_MODE_")
 
 
+def _hyperparameter(f: dataclasses.Field[Any]) -> SpecField:
+    if f.name == "kwargs":  # the python family's: a google.protobuf.Struct, its keys the class's own
+        return _message({"fields": _LIST})
+    return _LIST if isinstance(f.default, tuple) else _value(type(f.default))
+
+
 def _architecture_fields() -> dict[str, SpecField]:
     """The Architecture message, from the nn specs' fields (their defaults give the types)."""
     families: dict[str, SpecField] = {}
     for family, cls in ARCHITECTURE_FAMILIES.items():
         hyperparameters = {
-            # A python family's kwargs: a table of the class's own keys, none of them known here.
-            f.name: _message({})
-            if f.name == "kwargs"
-            else _LIST
-            if isinstance(f.default, tuple)
-            else _value(type(f.default))
+            f.name: _hyperparameter(f)
             for f in dataclasses.fields(cls)
             if f.name not in ("input_shape", "output_size")
         }

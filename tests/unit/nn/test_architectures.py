@@ -195,7 +195,7 @@ def test_spec_fields_mirror_the_proto_messages() -> None:
     for family, cls in FAMILIES.items():
         message = re.search(rf"message {cls.__name__} {{(.*?)\n}}", proto, re.S)
         assert message, cls.__name__
-        proto_fields = re.findall(r"^\s+(?:repeated\s+)?\w+\s+(\w+)\s*=\s*\d+;", message.group(1), re.M)
+        proto_fields = re.findall(r"^\s+(?:repeated\s+)?[\w.]+\s+(\w+)\s*=\s*\d+;", message.group(1), re.M)
         spec_fields = [f.name for f in fields(cls)][2:]
         assert spec_fields == proto_fields, family
         assert [f.name for f in fields(cls)][:2] == ["input_shape", "output_size"]

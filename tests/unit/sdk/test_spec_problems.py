@@ -47,7 +47,7 @@ def test_every_problem_in_a_toml_file_is_named_with_its_line(tmp_path):
         f'{path}:2: task: "regresion" is not one of classification, regression; did you mean regression?',
         f'{path}:3: epochs: expected a whole number, got "three"',
         f'{path}:6: architecture.input_shape[1]: expected a whole number, got "x"',
-        f"{path}:10: architecture.cnn4d: mlp is set too; set only one of mlp, cnn2d, cnn4d, lstm, transformer",
+        f"{path}:10: architecture.cnn4d: mlp is set too; set only one of mlp, cnn2d, cnn4d, lstm, transformer, python",
         f"{path}:11: architecture.cnn4d.kernal_size: unknown key; did you mean kernel_size?",
         f"{path}:15: data.train_splt: unknown key; did you mean train_split?",
         f"{path}:18: optimizer.lr: expected a number, got true",

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtessera/v1/architecture.proto\x12\ntessera.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xc0\x02\n\x0c\x41rchitecture\x12\x13\n\x0binput_shape\x18\x01 \x03(\x03\x12\x13\n\x0boutput_size\x18\x02 \x01(\x03\x12\"\n\x03mlp\x18\n \x01(\x0b\x32\x13.tessera.v1.MlpSpecH\x00\x12&\n\x05\x63nn2d\x18\x0b \x01(\x0b\x32\x15.tessera.v1.Cnn2dSpecH\x00\x12&\n\x05\x63nn4d\x18\x0c \x01(\x0b\x32\x15.tessera.v1.Cnn4dSpecH\x00\x12$\n\x04lstm\x18\r \x01(\x0b\x32\x14.tessera.v1.LstmSpecH\x00\x12\x32\n\x0btransformer\x18\x0e \x01(\x0b\x32\x1b.tessera.v1.TransformerSpecH\x00\x12.\n\x06python\x18\x0f \x01(\x0b\x32\x1c.tessera.v1.PythonModuleSpecH\x00\x42\x08\n\x06\x66\x61mily\"R\n\x07MlpSpec\x12\x14\n\x0chidden_sizes\x18\x01 \x03(\x03\x12\x12\n\nactivation\x18\x02 \x01(\t\x12\x0f\n\x07\x64ropout\x18\x03 \x01(\x01\x12\x0c\n\x04norm\x18\x04 \x01(\t\"s\n\tCnn2dSpec\x12\x10\n\x08\x63hannels\x18\x01 \x03(\x03\x12\x13\n\x0bkernel_size\x18\x02 \x01(\x03\x12\x0c\n\x04norm\x18\x03 \x01(\t\x12\x12\n\nactivation\x18\x04 \x01(\t\x12\x0c\n\x04pool\x18\x05 \x01(\t\x12\x0f\n\x07\x64ropout\x18\x06 \x01(\x01\"s\n\tCnn4dSpec\x12\x10\n\x08\x63hannels\x18\x01 \x03(\x03\x12\x13\n\x0bkernel_size\x18\x02 \x01(\x03\x12\x0c\n\x04norm\x18\x03 \x01(\t\x12\x12\n\nactivation\x18\x04 \x01(\t\x12\x0c\n\x04pool\x18\x05 \x01(\t\x12\x0f\n\x07\x64ropout\x18\x06 \x01(\x01\"[\n\x08LstmSpec\x12\x13\n\x0bhidden_size\x18\x01 \x01(\x03\x12\x12\n\nnum_layers\x18\x02 \x01(\x03\x12\x15\n\rbidirectional\x18\x03 \x01(\x08\x12\x0f\n\x07\x64ropout\x18\x04 \x01(\x01\"\x84\x01\n\x0fTransformerSpec\x12\x0f\n\x07\x64_model\x18\x01 \x01(\x03\x12\x11\n\tnum_heads\x18\x02 \x01(\x03\x12\x12\n\nnum_layers\x18\x03 \x01(\x03\x12\x17\n\x0f\x64im_feedforward\x18\x04 \x01(\x03\x12\x0f\n\x07\x64ropout\x18\x05 \x01(\x01\x12\x0f\n\x07pooling\x18\x06 \x01(\t\"a\n\x10PythonModuleSpec\x12\r\n\x05\x65ntry\x18\x01 \x01(\t\x12\'\n\x06kwargs\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rmodule_sha256\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtessera/v1/architecture.proto\x12\ntessera.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xba\x02\n\x0c\x41rchitecture\x12\x13\n\x0binput_shape\x18\x01 \x03(\x03\x12\x13\n\x0boutput_size\x18\x02 \x01(\x03\x12\"\n\x03mlp\x18\n \x01(\x0b\x32\x13.tessera.v1.MlpSpecH\x00\x12&\n\x05\x63nn2d\x18\x0b \x01(\x0b\x32\x15.tessera.v1.Cnn2dSpecH\x00\x12&\n\x05\x63nn4d\x18\x0c \x01(\x0b\x32\x15.tessera.v1.Cnn4dSpecH\x00\x12$\n\x04lstm\x18\r \x01(\x0b\x32\x14.tessera.v1.LstmSpecH\x00\x12\x32\n\x0btransformer\x18\x0e \x01(\x0b\x32\x1b.tessera.v1.TransformerSpecH\x00\x12(\n\x06python\x18\x0f \x01(\x0b\x32\x16.tessera.v1.PythonSpecH\x00\x42\x08\n\x06\x66\x61mily\"R\n\x07MlpSpec\x12\x14\n\x0chidden_sizes\x18\x01 \x03(\x03\x12\x12\n\nactivation\x18\x02 \x01(\t\x12\x0f\n\x07\x64ropout\x18\x03 \x01(\x01\x12\x0c\n\x04norm\x18\x04 \x01(\t\"s\n\tCnn2dSpec\x12\x10\n\x08\x63hannels\x18\x01 \x03(\x03\x12\x13\n\x0bkernel_size\x18\x02 \x01(\x03\x12\x0c\n\x04norm\x18\x03 \x01(\t\x12\x12\n\nactivation\x18\x04 \x01(\t\x12\x0c\n\x04pool\x18\x05 \x01(\t\x12\x0f\n\x07\x64ropout\x18\x06 \x01(\x01\"s\n\tCnn4dSpec\x12\x10\n\x08\x63hannels\x18\x01 \x03(\x03\x12\x13\n\x0bkernel_size\x18\x02 \x01(\x03\x12\x0c\n\x04norm\x18\x03 \x01(\t\x12\x12\n\nactivation\x18\x04 \x01(\t\x12\x0c\n\x04pool\x18\x05 \x01(\t\x12\x0f\n\x07\x64ropout\x18\x06 \x01(\x01\"[\n\x08LstmSpec\x12\x13\n\x0bhidden_size\x18\x01 \x01(\x03\x12\x12\n\nnum_layers\x18\x02 \x01(\x03\x12\x15\n\rbidirectional\x18\x03 \x01(\x08\x12\x0f\n\x07\x64ropout\x18\x04 \x01(\x01\"\x84\x01\n\x0fTransformerSpec\x12\x0f\n\x07\x64_model\x18\x01 \x01(\x03\x12\x11\n\tnum_heads\x18\x02 \x01(\x03\x12\x12\n\nnum_layers\x18\x03 \x01(\x03\x12\x17\n\x0f\x64im_feedforward\x18\x04 \x01(\x03\x12\x0f\n\x07\x64ropout\x18\x05 \x01(\x01\x12\x0f\n\x07pooling\x18\x06 \x01(\t\"[\n\nPythonSpec\x12\r\n\x05\x65ntry\x18\x01 \x01(\t\x12\'\n\x06kwargs\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x15\n\rmodule_sha256\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tessera.v1.architecture_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ARCHITECTURE']._serialized_start=76
-  _globals['_ARCHITECTURE']._serialized_end=396
-  _globals['_MLPSPEC']._serialized_start=398
-  _globals['_MLPSPEC']._serialized_end=480
-  _globals['_CNN2DSPEC']._serialized_start=482
-  _globals['_CNN2DSPEC']._serialized_end=597
-  _globals['_CNN4DSPEC']._serialized_start=599
-  _globals['_CNN4DSPEC']._serialized_end=714
-  _globals['_LSTMSPEC']._serialized_start=716
-  _globals['_LSTMSPEC']._serialized_end=807
-  _globals['_TRANSFORMERSPEC']._serialized_start=810
-  _globals['_TRANSFORMERSPEC']._serialized_end=942
-  _globals['_PYTHONMODULESPEC']._serialized_start=944
-  _globals['_PYTHONMODULESPEC']._serialized_end=1041
+  _globals['_ARCHITECTURE']._serialized_end=390
+  _globals['_MLPSPEC']._serialized_start=392
+  _globals['_MLPSPEC']._serialized_end=474
+  _globals['_CNN2DSPEC']._serialized_start=476
+  _globals['_CNN2DSPEC']._serialized_end=591
+  _globals['_CNN4DSPEC']._serialized_start=593
+  _globals['_CNN4DSPEC']._serialized_end=708
+  _globals['_LSTMSPEC']._serialized_start=710
+  _globals['_LSTMSPEC']._serialized_end=801
+  _globals['_TRANSFORMERSPEC']._serialized_start=804
+  _globals['_TRANSFORMERSPEC']._serialized_end=936
+  _globals['_PYTHONSPEC']._serialized_start=938
+  _globals['_PYTHONSPEC']._serialized_end=1029
 # @@protoc_insertion_point(module_scope)

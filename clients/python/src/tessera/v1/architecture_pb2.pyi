@@ -54,7 +54,7 @@ class Architecture(_message.Message):
     @_builtins.property
     def transformer(self) -> Global___TransformerSpec: ...
     @_builtins.property
-    def python(self) -> Global___PythonModuleSpec: ...
+    def python(self) -> Global___PythonSpec: ...
     def __init__(
         self,
         *,
@@ -65,7 +65,7 @@ class Architecture(_message.Message):
         cnn4d: Global___Cnn4dSpec | None = ...,
         lstm: Global___LstmSpec | None = ...,
         transformer: Global___TransformerSpec | None = ...,
-        python: Global___PythonModuleSpec | None = ...,
+        python: Global___PythonSpec | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cnn2d", b"cnn2d", "cnn4d", b"cnn4d", "family", b"family", "lstm", b"lstm", "mlp", b"mlp", "python", b"python", "transformer", b"transformer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -280,7 +280,7 @@ class TransformerSpec(_message.Message):
 Global___TransformerSpec: _TypeAlias = TransformerSpec  # noqa: Y015
 
 @_typing.final
-class PythonModuleSpec(_message.Message):
+class PythonSpec(_message.Message):
     """The user's own torch.nn.Module class, imported by the daemon from the directories its operator
     lists in the setting training.module_paths (`tesserad serve --module-path DIR`); without any,
     a spec naming it is FAILED_PRECONDITION. The daemon builds `Class(**kwargs)`, adding
@@ -320,4 +320,4 @@ class PythonModuleSpec(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PythonModuleSpec: _TypeAlias = PythonModuleSpec  # noqa: Y015
+Global___PythonSpec: _TypeAlias = PythonSpec  # noqa: Y015
