@@ -48,7 +48,8 @@ def test_a_torch_pickle_is_refused_saying_how_to_export_it(tessera_cli, tmp_path
     assert refused.code == EXIT_USAGE
     assert (
         f"{checkpoint}: a torch pickle (.pt) is not loaded: unpickling runs the code it carries; "
-        "export the model to ONNX (torch.onnx.export(model, example_input, 'model.onnx')) or save its "
+        "export the model to ONNX in one file (torch.onnx.export(model, (example_input,), 'model.onnx', "
+        "external_data=False)) or save its "
         "weights (safetensors.torch.save_file(model.state_dict(), 'model.safetensors'), pushed with "
         "--spec SPEC.toml naming the [architecture] that builds it)"
     ) in refused.err

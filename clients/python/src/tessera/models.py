@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import hashlib
 import tempfile
@@ -253,7 +254,11 @@ class Models(Part[C]):
             return Upload(S, "UploadVersion", requests, timeout, inline_method="UploadVersionInline")
 
         if not (isinstance(path, str) and path.startswith(RUN_ARTIFACT_PREFIX)):
-            return upload(Path(path), run_id)
+            local = Path(path)
+            onnx_file = (format or FORMAT_BY_SUFFIX.get(local.suffix.lower()) or "").lower() == "onnx"
+            if onnx_file and onnx_sidecar(local).is_file():
+                return InlinedOnnx(local, lambda file: upload(file, run_id))
+            return upload(local, run_id)
         source_run, artifact_path = run_artifact(path)
         if run_id is not None and run_id != source_run:
             raise ValueError(f"run_id {run_id!r} is not the run of {path!r}; leave run_id out")
@@ -753,6 +758,57 @@ class FromRunArtifact(Call[pb.ModelVersion]):
     async def run_async(self, conn: AioConnection) -> pb.ModelVersion:
         with tempfile.TemporaryDirectory(prefix="tessera-push-") as directory:
             file = await self.download(Path(directory)).run_async(conn)
+            return await self.push(file).run_async(conn)
+
+
+# Protobuf's limit on one serialized message, so on an ONNX model kept in one file.
+ONNX_INLINE_LIMIT = 2**31 - 1
+
+
+def onnx_sidecar(path: Path) -> Path:
+    """Where torch.onnx.export (external_data=True, its default) writes a model's tensors."""
+    return path.with_name(path.name + ".data")
+
+
+def inline_external_data(source: Path, directory: Path) -> Path:
+    """`source` with the tensors of its sidecar inlined, written to `directory` under its name:
+    the daemon takes an ONNX model as one self-contained file."""
+    sidecar = onnx_sidecar(source)
+    size = source.stat().st_size + sidecar.stat().st_size
+    if size > ONNX_INLINE_LIMIT:
+        raise ValueError(
+            f"{source}: with its tensors from {sidecar.name} the model is {size:,} bytes, past the 2 GiB "
+            "an ONNX model in one file can hold; tesserad takes one file, so push a smaller model "
+            "(fewer or float16 weights)"
+        )
+    try:
+        import onnx
+    except ImportError:
+        raise ValueError(
+            f"{source}: its tensors are in {sidecar.name}; install onnx (pip install onnx) to have push "
+            "put them in one file, or export it again with torch.onnx.export(..., external_data=False)"
+        ) from None
+    model = onnx.load(str(source), load_external_data=True)
+    target = directory / source.name
+    target.write_bytes(model.SerializeToString())
+    return target
+
+
+@dataclass(frozen=True)
+class InlinedOnnx(Call[pb.ModelVersion]):
+    """push of an ONNX model whose tensors lie in a sidecar file (model.onnx.data): the model with
+    them inlined is written to a temporary directory (TMPDIR's) and pushed from there."""
+
+    source: Path
+    push: Callable[[Path], Call[pb.ModelVersion]]
+
+    def run(self, conn: Connection) -> pb.ModelVersion:
+        with tempfile.TemporaryDirectory(prefix="tessera-push-") as directory:
+            return self.push(inline_external_data(self.source, Path(directory))).run(conn)
+
+    async def run_async(self, conn: AioConnection) -> pb.ModelVersion:
+        with tempfile.TemporaryDirectory(prefix="tessera-push-") as directory:
+            file = await asyncio.to_thread(inline_external_data, self.source, Path(directory))
             return await self.push(file).run_async(conn)
 
 

@@ -207,7 +207,8 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
     if artifact_format is None and suffix in TORCH_PICKLE_SUFFIXES:
         raise UsageError(
             f"{args.file}: a torch pickle ({suffix}) is not loaded: unpickling runs the code it carries; "
-            "export the model to ONNX (torch.onnx.export(model, example_input, 'model.onnx')) or save its "
+            "export the model to ONNX in one file (torch.onnx.export(model, (example_input,), 'model.onnx', "
+            "external_data=False)) or save its "
             "weights (safetensors.torch.save_file(model.state_dict(), 'model.safetensors'), pushed with "
             "--spec SPEC.toml naming the [architecture] that builds it)"
         )
