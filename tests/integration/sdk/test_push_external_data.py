@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 import pytest
+from onnx import numpy_helper
 
 import tessera
 from tests.integration.sdk.affine import affine_onnx
