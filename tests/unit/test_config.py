@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tesserad.cli import build_parser
 from tesserad.config import (
     CLIENT_ENV_NAMES,
     Address,
@@ -321,3 +322,16 @@ def test_cors_origins_read_as_browsers_send_them_and_a_bad_one_stops_the_start()
         assert f"{bad.lower()!r} is not an origin: expected a page's origin as the browser sends it" in str(
             err.value
         )
+
+
+def test_module_paths_from_a_toml_list_the_environment_or_repeated_flags(tmp_path):
+    config = tmp_path / "tesserad.toml"
+    config.write_text('[training]\nmodule_paths = ["/srv/models", "/opt/nets"]\n')
+    assert load_settings(config, env={}).training.module_paths == (Path("/srv/models"), Path("/opt/nets"))
+    env = {"TESSERA_TRAINING_MODULE_PATHS": f"/srv/models{os.pathsep}{os.pathsep}/opt/nets"}
+    assert load_settings(env=env).training.module_paths == (Path("/srv/models"), Path("/opt/nets"))
+    assert load_settings(env={}).training.module_paths == ()
+    args = build_parser().parse_args(["serve", "--module-path", "a", "--module-path", "b"])
+    assert args.training__module_paths == ["a", "b"]
+    flags = {"training.module_paths": args.training__module_paths}
+    assert load_settings(env={}, overrides=flags).training.module_paths == (Path("a"), Path("b"))
