@@ -17,6 +17,7 @@ from typing import Any
 
 from tesserad.errors import InvalidArgument
 from tesserad.names import not_one_of
+from tesserad.nn.user_modules import entry_problem
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 # Keeps a spec from a client from asking a worker for an absurd model before anything is built.
@@ -279,8 +280,6 @@ def spec_problems(spec: ArchitectureSpec) -> list[str]:
 
 
 def _check_python(c: _Checker, spec: PythonSpec) -> None:
-    from tesserad.nn.user_modules import entry_problem
-
     if problem := entry_problem(spec.entry):
         c.fail("entry", problem)
     if not isinstance(spec.kwargs, dict):

@@ -94,6 +94,12 @@ def test_a_module_trains_registers_with_its_hash_exports_serves_and_explains(
     source = modules / f"{MODULE}.py"
     before = hashlib.sha256(source.read_bytes()).hexdigest()
     assert python.module_sha256 == before
+    fine_tune = {**spec(), "init_from": {"model": "byo", "version": trained}}
+    del fine_tune["architecture"]
+    with pytest.raises(
+        tessera.InvalidArgument, match="fine-tuning does not take the architecture family python"
+    ):
+        byo.training.submit(fine_tune)
     x = np.ones((3, 4), np.float32)
     served = byo.inference.predict("byo", {"input": x}, version=trained)["output"]
     assert served.shape == (3, 2)
