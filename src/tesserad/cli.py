@@ -22,7 +22,7 @@ from tesserad import __version__
 from tesserad.config import (
     SettingsError,
     describe_settings,
-    load_settings,
+    layer_settings,
     unknown_environment,
 )
 from tesserad.errors import DataLoss, TesseraError
@@ -41,6 +41,9 @@ EXIT_CANNOT_START = 1
 EXIT_BAD_SETTINGS = 2
 EXIT_RESTORED_BUT_FAILED = 3  # `restore`: the data directory holds the restore, yet an error followed
 EXIT_DAMAGED = 4  # `verify`: the data directory is damaged (each problem printed)
+# `serve`: the store was written by a newer tesserad (a newer schema); restarting this one never
+# mends it, so systemd's unit does not restart on it either (RestartPreventExitStatus).
+EXIT_STORE_TOO_NEW = 5
 
 log = logging.getLogger("tesserad")
 
@@ -129,8 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
             "start (the log says why: a port taken, a file a setting names missing or wrong, the data "
             f"directory in use); {EXIT_BAD_SETTINGS} a setting, flag or the --config file is wrong, "
             "or settings that do not go together (a non-loopback address without tokens or mutual "
-            "TLS and without --insecure, a TLS certificate without its key): the message names them "
-            "and what to fix."
+            "TLS and without --insecure, a TLS certificate without its key, a store.map_size below "
+            f"the minimum): the message names them and what to fix; {EXIT_STORE_TOO_NEW} the data "
+            "directory's store was written by a newer tesserad. Neither 2 nor 5 is mended by a "
+            "restart (the systemd unit's RestartPreventExitStatus)."
         ),
     )
     serve.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
@@ -477,28 +482,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {name: getattr(args, name.replace(".", "__")) for name, _, _ in SERVE_FLAGS.values()}
     overrides["training.module_paths"] = args.training__module_paths
     try:
-        settings = load_settings(args.config, overrides=overrides)
+        layered = layer_settings(args.config, overrides=overrides)
     except SettingsError as exc:
         print(f"tesserad: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
+    settings = layered.settings
     configure_logging(settings.log_format, settings.log_level)
-    for warning in unknown_environment():
+    for warning in unknown_environment() + list(layered.shadowed):
         log.warning("%s", warning)
     # Before the server is imported (a second of CPU): these need no file, port or peer.
     refused = refusal(settings, args.insecure)
     if refused is not None:
-        log.error("tesserad cannot start: %s", refused)
+        log.error("tesserad cannot start: %s", layered.where(refused))
         return EXIT_BAD_SETTINGS
 
     from tesserad.server import SettingsRefusal, StartupError, serve
+    from tesserad.store.schema import StoreTooNew
 
     try:
         asyncio.run(serve(settings, insecure=args.insecure))
     except SettingsRefusal as exc:
-        log.error("tesserad cannot start: %s", exc)
+        log.error("tesserad cannot start: %s", layered.where(str(exc)))
         return EXIT_BAD_SETTINGS
-    except (StartupError, TesseraError) as exc:
+    except StoreTooNew as exc:
         log.error("tesserad cannot start: %s", exc)
+        return EXIT_STORE_TOO_NEW
+    except (StartupError, TesseraError) as exc:
+        log.error("tesserad cannot start: %s", layered.where(str(exc)))
         return EXIT_CANNOT_START
     return 0
 

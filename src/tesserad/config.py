@@ -100,6 +100,23 @@ def parse_size(raw: Any) -> int:
     return value
 
 
+# The smallest store.map_size a daemon starts and works with (its own records, the reserve for
+# jobs' last writes); a bare number is bytes, so `map_size = 64` meant as GiB is refused here, at
+# settings time (exit 2), not later as "the store is full".
+MIN_MAP_SIZE = 256 << 10
+
+
+def parse_map_size(raw: Any) -> int:
+    """store.map_size: a size of at least MIN_MAP_SIZE."""
+    value = parse_size(raw)
+    if value < MIN_MAP_SIZE:
+        raise ValueError(
+            f"expected at least {format_size(MIN_MAP_SIZE)}; a number without a unit is bytes: "
+            'write the unit, as "16GiB"'
+        )
+    return value
+
+
 # The largest message gRPC can carry (its length prefix is read as a signed 32-bit int).
 GRPC_MESSAGE_SIZE_CEILING = 2**31 - 1
 
@@ -310,8 +327,8 @@ def setting(default: Any, parse: Callable[[Any], Any], help: str) -> Any:
 class StoreSettings:
     map_size: int = setting(
         16 * 2**30,
-        parse_size,
-        "most the LMDB file may grow to; address space only, disk is used as data arrives",
+        parse_map_size,
+        "most the LMDB file may grow to (at least 256 KiB); address space only, disk is used as data arrives",
     )
     durability: str = setting(
         "full",
@@ -875,7 +892,7 @@ def _default_text(default: Any, parse: Callable[[Any], Any]) -> str:
         return '""'
     if isinstance(default, tuple):
         return ", ".join(map(str, default))
-    if parse in (parse_size, parse_message_size):
+    if parse in (parse_size, parse_message_size, parse_map_size):
         return format_size(default)
     if isinstance(default, Path) and not default.is_absolute():
         return f"./{default}"
@@ -892,15 +909,50 @@ def describe_settings() -> list[SettingInfo]:
     ]
 
 
+@dataclass(frozen=True)
+class LayeredSettings:
+    """Settings with where each value came from: `sources` maps a dotted name set by a file, a
+    variable or a flag to that source (`TESSERA_LISTEN`, `--listen`, the file's path); `shadowed`
+    says, for each setting the config file sets and an environment variable sets again, which
+    won (the file's value is then not the one in force, which a ConfigMap's or unit's reader
+    would not guess)."""
+
+    settings: Settings
+    sources: Mapping[str, str]
+    shadowed: tuple[str, ...]
+
+    def where(self, message: str) -> str:
+        """`message` with the source of each setting it names that was not left at its default,
+        so a start-up error about a value says which of a file, a variable or a flag gave it."""
+        named = [
+            name
+            for name in self.sources
+            if re.search(rf"(?<![\w.]){re.escape(name)}(?=\s*[(:=,;]|\s+(?:is|to|and|or)\b|\.?$)", message)
+        ]
+        if not named:
+            return message
+        return message + " (" + "; ".join(f"{name} from {self.sources[name]}" for name in named) + ")"
+
+
 def load_settings(
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Layer the sources and validate. `overrides` maps dotted names to raw flag values."""
+    return layer_settings(config_file, env, overrides).settings
+
+
+def layer_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> LayeredSettings:
+    """`load_settings`, keeping where each value came from."""
     environ = os.environ if env is None else env
     raw: dict[str, tuple[Any, str]] = {}
     errors: list[str] = []
+    shadowed: list[str] = []
     known = {name for name, _, _ in _walk(Settings(), "")}
 
     if config_file is not None:
@@ -909,9 +961,15 @@ def load_settings(
                 errors.append(f"{name} (in {config_file}): {_unknown(name, known)}")
             else:
                 raw[name] = (value, str(config_file))
-    for name in known:
+    for name in sorted(known):
         env_name = _env_name(name)
         if env_name in environ:
+            if name in raw:
+                shadowed.append(
+                    f"environment variable {env_name} = {environ[env_name]!r} overrides {name} = "
+                    f"{raw[name][0]!r} of {config_file}: the environment ranks above the config file; "
+                    f"unset {env_name} to let the file decide"
+                )
             raw[name] = (environ[env_name], env_name)
     for name, value in (overrides or {}).items():
         if name not in known:
@@ -932,7 +990,7 @@ def load_settings(
         settings = _replace(settings, name.split("."), parsed)
     if errors:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(errors))
-    return settings
+    return LayeredSettings(settings, {name: source for name, (_, source) in raw.items()}, tuple(shadowed))
 
 
 def unknown_environment(env: Mapping[str, str] | None = None) -> list[str]:

@@ -43,8 +43,13 @@ def serve_with(spawn_daemon, cwd: Path, config_text: str | bytes, *args: str) ->
         ("[limits]\nchunk_size = 1\n", "limits.chunk_size = 1 (from {}): expected a value in 4096..4194304"),
         (b'log_level = "info" # caf\xe9\n', "config file {} is not UTF-8 text (byte 24 cannot be decoded)"),
         ("listen = \n", "config file {} is not valid TOML: "),
+        # 64 meant as GiB is 64 bytes: refused here (exit 2, no restart), not later as "the store is full".
+        (
+            "[store]\nmap_size = 64\n",
+            "store.map_size = 64 (from {}): expected at least 256 KiB; a number without a unit is bytes",
+        ),
     ],
-    ids=["unknown-key", "wrong-type", "out-of-range", "not-utf8", "not-toml"],
+    ids=["unknown-key", "wrong-type", "out-of-range", "not-utf8", "not-toml", "map-size-in-bytes"],
 )
 def test_a_wrong_config_file_exits_2_naming_the_key_and_leaves_no_data_dir(
     spawn_daemon, tmp_path, config_text, said
@@ -79,6 +84,27 @@ def test_a_config_file_whose_files_are_missing_exits_1_and_leaves_no_data_dir(
     status, output = serve_refused(spawn_daemon, tmp_path, config_text)
     assert status == EXIT_CANNOT_START, output
     assert said in output
+    assert not (tmp_path / "var").exists()
+
+
+def test_a_variable_over_the_files_tokens_file_is_warned_of_and_named_where_it_fails(spawn_daemon, tmp_path):
+    """The environment ranks above the file: a TESSERA_* left in an image or a unit beats the
+    file's value; the daemon says so, and a start that fails on the value names the variable."""
+    config = tmp_path / "tesserad.toml"
+    config.write_text('listen = "127.0.0.1:0"\n[security]\ntokens_file = "mounted/tokens.toml"\n')
+    env = {"TESSERA_SECURITY_TOKENS_FILE": "baked/tokens.toml"}
+    daemon = spawn_daemon("--config", str(config), "--metrics-listen", "off", cwd=tmp_path, env=env)
+    assert daemon.process.wait(60) == EXIT_CANNOT_START
+    output = daemon.output()
+    assert (
+        "environment variable TESSERA_SECURITY_TOKENS_FILE = 'baked/tokens.toml' overrides "
+        f"security.tokens_file = 'mounted/tokens.toml' of {config}"
+    ) in output, output
+    assert (
+        "security.tokens_file: tokens file baked/tokens.toml does not exist; create it with its first "
+        "token, `tesserad tokens add --file baked/tokens.toml --name admin --role admin` "
+        "(security.tokens_file from TESSERA_SECURITY_TOKENS_FILE)"
+    ) in output, output
     assert not (tmp_path / "var").exists()
 
 

@@ -84,8 +84,13 @@ def decode_schema_record(raw: bytes) -> SchemaRecord:
     return SchemaRecord(int(data["schema"]), str(data["tesserad_version"]), str(data["token"]))
 
 
-def too_new(record: SchemaRecord, where: str) -> FailedPrecondition:
-    return FailedPrecondition(
+class StoreTooNew(FailedPrecondition):
+    """The store's schema is newer than this tesserad's: no restart of this tesserad mends it
+    (`tesserad serve` exits EXIT_STORE_TOO_NEW, which the systemd unit does not restart on)."""
+
+
+def too_new(record: SchemaRecord, where: str) -> StoreTooNew:
+    return StoreTooNew(
         f"the store in {where} has schema {record.schema}, written by tesserad "
         f"{record.tesserad_version}; this tesserad writes schema {STORE_SCHEMA} and cannot open "
         f"a newer one. Run tesserad {record.tesserad_version} or newer on it, or restore a backup "

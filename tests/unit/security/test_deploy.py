@@ -4,6 +4,7 @@ ports, probes, paths, users and timeouts agree with each other and with the daem
 from __future__ import annotations
 
 import configparser
+import json
 import re
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tesserad.api.health import LIVENESS_SERVICE
-from tesserad.cli import EXIT_BAD_SETTINGS
+from tesserad.cli import EXIT_BAD_SETTINGS, EXIT_STORE_TOO_NEW
 from tesserad.config import Address, Settings, load_settings
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
@@ -42,22 +43,88 @@ def dockerfile_env(text: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S+)", block.group(1)))
 
 
+def runtime_stage(name: str) -> str:
+    return (DEPLOY / "docker" / name).read_text().rsplit("\nFROM ", 1)[1]
+
+
+def image_config(runtime: str) -> tuple[str, Path]:
+    """The settings file the image's `serve` reads (its CMD's --config) and the repository file
+    a COPY puts there."""
+    cmd = re.search(r"^CMD (\[.*\])$", runtime, re.MULTILINE)
+    assert cmd, "no CMD"
+    words = json.loads(cmd.group(1))
+    assert words[0] == "serve" and words[1] == "--config"
+    copied = dict((dest, src) for src, dest in re.findall(r"^COPY (\S+) (\S+)$", runtime, re.MULTILINE))
+    return words[2], DEPLOY.parent / copied[words[2]]
+
+
+def pod_settings(name: str, container: dict, config_maps: dict[str, str], tmp_path: Path) -> Settings:
+    """What a container of the image `name` runs with, as a pod starts it: the image's ENV and the
+    container's env as the environment, and the file at the --config path its args name, which
+    is the ConfigMap's when one is mounted there, else the image's own."""
+    runtime = runtime_stage(name)
+    image_path, image_file = image_config(runtime)
+    args = container.get("args", ["serve", "--config", image_path])
+    config_path = args[args.index("--config") + 1]
+    mounted = {m["mountPath"]: m for m in container["volumeMounts"]}
+    if config_path in mounted:
+        text = config_maps[mounted[config_path]["subPath"]]
+    else:
+        assert config_path == image_path
+        text = image_file.read_text()
+    path = tmp_path / "pod.toml"
+    path.write_text(text)
+    env = dockerfile_env(runtime) | {e["name"]: e.get("value", "") for e in container.get("env", [])}
+    return load_settings(path, env={k: v for k, v in env.items() if k.startswith("TESSERA_")})
+
+
 @pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
-def test_dockerfiles_run_non_root_with_a_grpc_health_check(name):
-    text = (DEPLOY / "docker" / name).read_text()
-    runtime = text.rsplit("\nFROM ", 1)[1]
+def test_dockerfiles_run_non_root_with_a_grpc_health_check(name, tmp_path):
+    runtime = runtime_stage(name)
     assert re.search(r"^USER 10001:10001$", runtime, re.MULTILINE)
     assert f'VOLUME ["{DATA_DIR}"]' in runtime
     assert f"EXPOSE {GRPC_PORT} {METRICS_PORT} {HTTP_PORT} {OIP_HTTP_PORT}" in runtime
-    # No address: the tool reads the listener, and TLS, from the same TESSERA_* as the daemon.
-    assert 'CMD ["python", "-m", "tesserad.tools.healthcheck"]' in runtime
-    settings = env_settings(dockerfile_env(runtime))
+    # Settings live in a file the image ships, never in ENV: TESSERA_* ranks above a config file,
+    # and a variable baked into the image would beat the ConfigMap mounted over that file.
+    assert [k for k in dockerfile_env(runtime) if k.startswith("TESSERA_")] == []
+    config_path, config_file = image_config(runtime)
+    # The health check reads the file the daemon reads (its listener, its TLS).
+    assert f'CMD ["python", "-m", "tesserad.tools.healthcheck", "--config", "{config_path}"]' in runtime
+    settings = settings_from_toml(config_file.read_text(), tmp_path)
     assert settings.listen.port == GRPC_PORT and settings.metrics_listen.port == METRICS_PORT
     assert settings.http_listen is not None and settings.http_listen.port == HTTP_PORT
     assert settings.serving.oip_http_listen == Address("0.0.0.0", OIP_HTTP_PORT)
     assert str(settings.data_dir) == DATA_DIR
     # Listening on 0.0.0.0 needs authentication; the image turns tokens on.
     assert not settings.listen.is_loopback and settings.security.tokens_file is not None
+
+
+@pytest.mark.parametrize(
+    ("workload", "config_map", "image"),
+    [
+        ("StatefulSet/tesserad", "ConfigMap/tesserad-config", "Dockerfile.cuda"),
+        ("Deployment/tesserad-replica", "ConfigMap/tesserad-replica-config", "Dockerfile"),
+    ],
+)
+def test_a_k8s_pod_runs_with_its_configmaps_settings_not_the_images(workload, config_map, image, tmp_path):
+    """The image's settings and the ConfigMap's together, as the pod loads them: what the
+    ConfigMap says is what runs (a TESSERA_* ENV line in the image once beat its tokens_file, and
+    the pod exited 1 for a tokens file where no Secret was mounted)."""
+    objects = k8s_objects()
+    container = objects[workload]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == {"Dockerfile": "tesserad:cpu", "Dockerfile.cuda": "tesserad:cuda"}[image]
+    config_text = objects[config_map]["data"]["tesserad.toml"]
+    running = pod_settings(image, container, objects[config_map]["data"], tmp_path)
+    wanted = settings_from_toml(config_text, tmp_path)
+    for name in ("listen", "metrics_listen", "http_listen", "data_dir", "log_format", "grace_period_s"):
+        assert getattr(running, name) == getattr(wanted, name), name
+    assert running.serving.oip_http_listen == wanted.serving.oip_http_listen
+    assert running.security == wanted.security
+    # The tokens file it reads is in the Secret's mount.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert running.security.tokens_file is not None and running.security.tokens_file.parent == Path(
+        mounts["tokens"]
+    )
 
 
 def test_the_healthcheck_module_the_images_call_exists():
@@ -79,11 +146,14 @@ def test_systemd_unit_is_hardened_and_waits_for_the_drain(tmp_path):
     assert service["Restart"] == "on-failure"
     # tesserad tells systemd READY=1 once it serves (tesserad.systemd).
     assert service["Type"] == "notify"
-    # A wrong setting is not restarted into a loop; a start that failed otherwise is retried.
-    assert service["RestartPreventExitStatus"] == str(EXIT_BAD_SETTINGS)
+    # A wrong setting, or a store of a newer tesserad, is not restarted into a loop; a start that
+    # failed otherwise (a secret not mounted yet) is retried.
+    assert service["RestartPreventExitStatus"].split() == [str(EXIT_BAD_SETTINGS), str(EXIT_STORE_TOO_NEW)]
     assert service["ExecStart"].startswith(
         "/opt/tesserad/bin/tesserad serve --config /etc/tesserad/tesserad.toml"
     )
+    # The settings file decides: a TESSERA_* variable would rank above it and hide its edits.
+    assert "TESSERA_" not in service.get("Environment", "")
     settings = settings_from_toml((DEPLOY / "systemd" / "tesserad.toml").read_text(), tmp_path)
     assert str(settings.data_dir) == DATA_DIR
     assert int(service["TimeoutStopSec"]) > settings.grace_period_s
@@ -109,12 +179,14 @@ def test_every_yaml_file_parses():
         assert load_all(path), path
 
 
-def test_compose_runs_the_daemon_and_prometheus_scrapes_its_metrics_port():
+def test_compose_runs_the_daemon_and_prometheus_scrapes_its_metrics_port(tmp_path):
     compose = load_all(DEPLOY / "compose.yaml")[0]
     daemon = compose["services"]["tesserad"]
     assert daemon["build"]["dockerfile"] == "deploy/docker/Dockerfile"
     assert (DEPLOY / daemon["build"]["context"] / daemon["build"]["dockerfile"]).is_file()
-    settings = env_settings(daemon["environment"])
+    # The image's settings file, and compose's environment (none now) over it.
+    assert "environment" not in daemon
+    settings = pod_settings("Dockerfile", {"volumeMounts": []}, {}, tmp_path)
     assert settings.http_listen is not None and settings.serving.oip_http_listen is not None
     assert daemon["ports"] == [
         f"127.0.0.1:{GRPC_PORT}:{settings.listen.port}",
@@ -124,6 +196,8 @@ def test_compose_runs_the_daemon_and_prometheus_scrapes_its_metrics_port():
     assert f"tesserad-data:{settings.data_dir}" in daemon["volumes"]
     assert int(daemon["stop_grace_period"].rstrip("s")) > settings.grace_period_s
     assert compose["secrets"]["tesserad-tokens"]["file"] == "./tokens.toml"
+    # Compose mounts a file secret at /run/secrets/NAME.
+    assert settings.security.tokens_file == Path("/run/secrets/tesserad-tokens")
     prometheus = compose["services"]["prometheus"]
     config_file = DEPLOY / prometheus["volumes"][0].split(":")[0]
     targets = load_all(config_file)[0]["scrape_configs"][0]["static_configs"][0]["targets"]
@@ -281,11 +355,12 @@ def test_k8s_replicas_follow_the_primary_behind_a_headless_service_and_an_autosc
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
 
 
-def test_ray_compose_points_the_daemon_at_its_ray_head_and_the_workers_back_at_the_daemon():
+def test_ray_compose_points_the_daemon_at_its_ray_head_and_the_workers_back_at_the_daemon(tmp_path):
     compose = load_all(DEPLOY / "ray" / "compose.yaml")[0]
     services = compose["services"]
     daemon = services["tesserad"]
-    settings = env_settings(daemon["environment"])
+    env = [{"name": name, "value": value} for name, value in daemon["environment"].items()]
+    settings = pod_settings("Dockerfile", {"volumeMounts": [], "env": env}, {}, tmp_path)
     assert settings.training.backend == "ray"
     assert settings.serving.oip_http_listen is not None
     assert f"127.0.0.1:{OIP_HTTP_PORT}:{settings.serving.oip_http_listen.port}" in daemon["ports"]
