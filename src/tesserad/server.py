@@ -72,6 +72,7 @@ from tesserad.api.tls import (
 )
 from tesserad.api.training import TrainingServicer
 from tesserad.backup import Backups
+from tesserad.backup.last_success import BackupMetrics
 from tesserad.backup.restore import remove_finished_stagings, unfinished_restore
 from tesserad.backup.verify import StoreChecks
 from tesserad.config import GRPC_MESSAGE_SIZE_CEILING, Address, LimitsSettings, Settings, format_size
@@ -426,6 +427,7 @@ class Daemon:
         if collected:
             log.info("removed blobs nothing holds", extra={"count": len(collected)})
         StoreMetrics(self._store, blobs, data_dir, self.metrics.registry)
+        BackupMetrics(self._store, self.metrics.registry)
         self._gpus = Gpus()
 
         server, calls = self._new_server(auth, RefusalNotes(refusals))

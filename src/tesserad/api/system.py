@@ -105,6 +105,8 @@ class SystemServicer(system_pb2_grpc.SystemServicer):
             while (data := await asyncio.to_thread(backup.next_chunk)) is not None:
                 with turn.sending(len(data)):
                     yield pb.BackupChunk(data=data, archive_size=backup.archive_size)
+            # The last chunk is sent: the time the backup alert watches (backup.last_success).
+            await asyncio.to_thread(self._backups.served_whole)
 
     async def VerifyStore(
         self,

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from pathlib import Path
 
 from tessera.backup import BLOB_PREFIX, MANIFEST_NAME, STORE_NAME, Entry, Manifest
+from tesserad.backup.last_success import record_backup
 from tesserad.backup.verify import REMEDY, blob_owners, owned_by
 from tesserad.datasets.references import BLOB_HOLDERS, drop_claimed_blobs
 from tesserad.errors import Aborted, DataLoss, NotFound, ResourceExhausted, TesseraError, Unavailable
@@ -404,6 +405,10 @@ class Backups:
             yield turn
         finally:
             await turn.end()
+
+    def served_whole(self) -> None:
+        """A backup's archive was sent to its last chunk: kept as the last successful backup."""
+        record_backup(self._store)
 
     def start(self) -> Backup:
         """A new backup, kept to be ended by `close`; Unavailable once that has run."""

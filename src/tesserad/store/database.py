@@ -45,7 +45,8 @@ MAX_KEY_BYTES = 511
 @dataclass(frozen=True)
 class StoreUsage:
     file_bytes: int  # size of the data file on disk
-    used_bytes: int  # pages in use: the map's high-water mark
+    used_bytes: int  # pages in use: the map's high-water mark, freed pages LMDB reuses included
+    live_bytes: int  # pages the tables hold now: what the full-store check counts against the map
     map_size: int  # how far the file may grow
     reserve_bytes: int  # the map's last part, kept for writes that end a job or sweep
 
@@ -747,9 +748,12 @@ class Store:
         data_file = self.path / "data.mdb"
         page_size = int(stat["psize"])
         map_size = int(info["map_size"])
+        with self._env.begin() as txn:
+            live_pages = self._live_pages(txn)
         return StoreUsage(
             file_bytes=data_file.stat().st_size if data_file.exists() else 0,
             used_bytes=(int(info["last_pgno"]) + 1) * page_size,
+            live_bytes=live_pages * page_size,
             map_size=map_size,
             reserve_bytes=reserve_pages(map_size, page_size) * page_size,
         )

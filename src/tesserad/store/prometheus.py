@@ -1,8 +1,10 @@
 """How full the store is, on the daemon's Prometheus registry, read when /metrics is scraped: for
 an alert that fires before writes are refused with RESOURCE_EXHAUSTED.
 
-Ordinary writes are refused once `tessera_store_used_bytes` reaches `tessera_store_map_size_bytes
-- tessera_store_reserve_bytes`, and any write once `tessera_store_filesystem_free_bytes` is 0.
+Ordinary writes are refused once `tessera_store_live_bytes` (the pages the tables hold; not
+`tessera_store_used_bytes`, the high-water mark, which keeps the pages deletes freed and LMDB
+reuses) reaches `tessera_store_map_size_bytes - tessera_store_reserve_bytes`, and any write once
+`tessera_store_filesystem_free_bytes` is 0.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ _GAUGES = {
     "tessera_store_map_size_bytes": "The most the LMDB database may grow to (store.map_size).",
     "tessera_store_used_bytes": "The LMDB database's high-water mark: pages it has used, freed ones "
     "it reuses included.",
+    "tessera_store_live_bytes": "Pages the LMDB tables hold now (freed pages not counted): ordinary "
+    "writes are refused once this reaches map_size_bytes minus reserve_bytes; it falls after deletes, "
+    "where used_bytes does not.",
     "tessera_store_reserve_bytes": "The map's last part, kept for the writes that end a job or sweep: "
-    "ordinary writes are refused with RESOURCE_EXHAUSTED once used_bytes reaches map_size_bytes "
+    "ordinary writes are refused with RESOURCE_EXHAUSTED once live_bytes reaches map_size_bytes "
     "minus this.",
     "tessera_store_filesystem_free_bytes": "Bytes the daemon may still write on the data directory's "
     "filesystem.",
@@ -51,6 +56,7 @@ class StoreMetrics(Collector):
         values = {
             "tessera_store_map_size_bytes": usage.map_size,
             "tessera_store_used_bytes": usage.used_bytes,
+            "tessera_store_live_bytes": usage.live_bytes,
             "tessera_store_reserve_bytes": usage.reserve_bytes,
             "tessera_store_blobs": census.count,
             "tessera_store_blob_bytes": census.bytes,
