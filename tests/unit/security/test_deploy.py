@@ -14,7 +14,7 @@ import pytest
 
 from tesserad.api.health import LIVENESS_SERVICE
 from tesserad.cli import EXIT_BAD_SETTINGS, EXIT_STORE_TOO_NEW
-from tesserad.config import Address, Settings, load_settings
+from tesserad.config import CLIENT_ENV_NAMES, Address, Settings, load_settings, parse_size
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 DATA_DIR = "/var/lib/tesserad"
@@ -205,11 +205,17 @@ def test_compose_runs_the_daemon_and_prometheus_scrapes_its_metrics_port(tmp_pat
 
 
 def k8s_objects() -> dict[str, dict]:
-    return {
-        f"{doc['kind']}/{doc['metadata']['name']}": doc
-        for path in (DEPLOY / "k8s").glob("*.yaml")
-        for doc in load_all(path)
-    }
+    """Every object of deploy/k8s/*.yaml and of the optional examples/ (which `kubectl apply -f
+    deploy/k8s/` does not read)."""
+    paths = sorted((DEPLOY / "k8s").glob("*.yaml")) + sorted((DEPLOY / "k8s" / "examples").glob("*.yaml"))
+    return {f"{doc['kind']}/{doc['metadata']['name']}": doc for path in paths for doc in load_all(path)}
+
+
+def test_kubectl_apply_of_the_k8s_folder_applies_no_empty_secret_and_no_crd_example():
+    applied = {doc["kind"] for path in (DEPLOY / "k8s").glob("*.yaml") for doc in load_all(path)}
+    assert "Secret" not in applied
+    assert not applied & {"ServiceMonitor", "PodMonitor", "CronJob"}
+    assert (DEPLOY / "k8s" / "examples" / "secrets.example.yaml").is_file()
 
 
 def test_k8s_statefulset_probes_ports_volumes_and_settings_agree(tmp_path):
@@ -233,10 +239,25 @@ def test_k8s_statefulset_probes_ports_volumes_and_settings_agree(tmp_path):
     # limits.http_max_connections does not cap: a full HTTP listener must not fail liveness.
     for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["grpc"] == LIVE_PROBE | {"port": settings.listen.port}, probe
-    # Readiness gates both listeners' traffic; /v2/health/ready follows gRPC health.
-    assert container["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": "oip-http"}
+    # Readiness: whole-server gRPC health, the daemon's own word, on the port that is always
+    # on (serving.oip_http_listen may be off).
+    assert container["readinessProbe"]["grpc"] == {"port": settings.listen.port}
     # Probes carry no token: health must stay open while tokens are on.
     assert settings.security.tokens_file is not None and settings.security.health_open
+    # A first start after an upgrade runs the store's upgrades before the port binds: the
+    # start-up budget is 10 minutes, not the kubelet's default.
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    # The store, and the compacted copy a backup writes beside it, fit the volume with room left.
+    claim = sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    volume_bytes = parse_size(claim.replace("Gi", "GiB"))
+    assert 2 * settings.store.map_size <= 0.7 * volume_bytes
+    # Pods found by annotation are scraped on the metrics port.
+    annotations = sts["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(settings.metrics_listen.port),
+    }
 
     assert sts["spec"]["replicas"] == 1
     assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
@@ -270,6 +291,9 @@ def test_the_k8s_restore_fills_the_claim_the_statefulset_takes_over_as_its_user(
     (restore,) = pod["spec"]["containers"]
     for key in ("runAsUser", "runAsGroup", "fsGroup"):
         assert pod["spec"]["securityContext"][key] == sts_pod["securityContext"][key] == 10001, key
+    # As the daemon's: admitted where the namespace enforces PodSecurity "restricted".
+    assert pod["spec"]["securityContext"] == sts_pod["securityContext"]
+    assert restore["securityContext"] == daemon["securityContext"]
     assert restore["image"] == daemon["image"]
     (volume,) = pod["spec"]["volumes"]
     assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
@@ -340,7 +364,20 @@ def test_k8s_replicas_follow_the_primary_behind_a_headless_service_and_an_autosc
     assert {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
         ("grpc", GRPC_PORT, "grpc"),
         ("oip-http", OIP_HTTP_PORT, "oip-http"),
+        ("metrics", METRICS_PORT, "metrics"),
     }
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(settings.metrics_listen.port),
+    }
+    # A drain evicts one replica at a time, and replicas spread over nodes and zones.
+    pdb = objects["PodDisruptionBudget/tesserad-replica"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1 < deployment["spec"]["replicas"]
+    spread = pod["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    assert all(c["labelSelector"]["matchLabels"].items() <= labels.items() for c in spread)
 
     hpa = objects["HorizontalPodAutoscaler/tesserad-replica"]
     assert hpa["spec"]["scaleTargetRef"] == {
@@ -401,7 +438,7 @@ def test_every_setting_and_variable_the_deploy_files_name_exists():
 
     settings = describe_settings()
     names = {info.name for info in settings}
-    variables = {info.env for info in settings}
+    variables = {info.env for info in settings} | set(CLIENT_ENV_NAMES)
     wrong = []
     for path, text in deploy_texts().items():
         wrong += [f"{path.name}: {name}" for name in _SETTING_NAME.findall(text) if name not in names]
@@ -460,11 +497,13 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
-    text = (DEPLOY / "systemd" / "tesserad.service").read_text()
-    # The venv is not installed here; any executable stands in for its tesserad.
-    unit = tmp_path / "tesserad.service"
-    unit.write_text(text.replace("/opt/tesserad/bin/tesserad ", f"{shutil.which('true')} "))
-    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    units = []
+    for name in ("tesserad.service", "tesserad-backup.service", "tesserad-backup.timer"):
+        text = (DEPLOY / "systemd" / name).read_text()
+        # The venv is not installed here; any executable stands in for its tesserad.
+        units.append(tmp_path / name)
+        units[-1].write_text(text.replace("/opt/tesserad/bin/tesserad ", f"{shutil.which('true')} "))
+    result = subprocess.run([analyze, "verify", *map(str, units)], capture_output=True, text=True, timeout=60)
     # A misspelt key or a bad value is only warned about ("ignoring"), with status 0.
     assert (result.returncode, result.stderr) == (0, "")
 
@@ -530,3 +569,83 @@ def test_the_ray_patch_merges_into_the_statefulset_keeping_its_mounts():
         "ray-worker-token",
     }
     assert {v["name"] for v in pod["volumes"]} == {"config", "tokens", "tmp", "ray-worker-token"}
+
+
+def test_the_monitors_scrape_the_metrics_ports_with_the_label_the_alerts_select():
+    objects = k8s_objects()
+    for monitor, workload, endpoints in [
+        ("ServiceMonitor/tesserad", "StatefulSet/tesserad", "endpoints"),
+        ("PodMonitor/tesserad-replica", "Deployment/tesserad-replica", "podMetricsEndpoints"),
+    ]:
+        spec = objects[monitor]["spec"]
+        labels = objects[workload]["spec"]["template"]["metadata"]["labels"]
+        (endpoint,) = spec[endpoints]
+        assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+        assert endpoint["relabelings"] == [
+            {
+                "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"],
+                "targetLabel": "app_kubernetes_io_name",
+            }
+        ]
+        container = objects[workload]["spec"]["template"]["spec"]["containers"][0]
+        assert {"name": "metrics", "containerPort": METRICS_PORT} in container["ports"]
+        if monitor.startswith("ServiceMonitor"):
+            service = objects["Service/tesserad"]
+            assert spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+            assert "metrics" in {p["name"] for p in service["spec"]["ports"]}
+        else:
+            assert spec["selector"]["matchLabels"].items() <= labels.items()
+    # The rules' label values are the pods' label values.
+    alerts = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    assert 'app_kubernetes_io_name="tesserad"' in alerts
+    assert (
+        'app_kubernetes_io_name="tesserad-replica"'
+        in (DEPLOY / "prometheus" / "alerts-replicas.yml").read_text()
+    )
+
+
+def test_the_backup_cronjob_backs_the_primary_up_with_an_admin_token_and_keeps_the_newest():
+    objects = k8s_objects()
+    cron = objects["CronJob/tesserad-backup"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    service = objects["Service/tesserad"]
+    grpc_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert env["TESSERA_TARGET"]["value"] == f"{service['metadata']['name']}:{grpc_port}"
+    assert env["TESSERA_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "tesserad-backup-token"
+    assert int(env["KEEP"]["value"]) >= 1
+    script = container["command"][-1]
+    assert container["command"][:2] == ["/bin/sh", "-ec"]
+    # Whole archives only are kept: written as .part, renamed, then the oldest beyond KEEP removed.
+    assert 'tessera admin backup -o "$archive.part"' in script and 'mv "$archive.part" "$archive"' in script
+    assert "tail -n +$((KEEP + 1))" in script
+    assert container["image"] in {"tesserad:cpu", "tesserad:cuda"}
+    sts = objects["StatefulSet/tesserad"]["spec"]["template"]["spec"]
+    assert pod["securityContext"] == sts["securityContext"]
+    assert container["securityContext"] == sts["containers"][0]["securityContext"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["backups"] == "/backups"
+    claim = volumes["backups"]["persistentVolumeClaim"]["claimName"]
+    assert f"PersistentVolumeClaim/{claim}" in objects
+
+
+def test_the_systemd_backup_timer_runs_the_backup_service_daily_keeping_the_newest(tmp_path):
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read_string((DEPLOY / "systemd" / "tesserad-backup.service").read_text())
+    service = unit["Service"]
+    assert service["Type"] == "oneshot" and service["User"] == "tesserad"
+    assert "/opt/tesserad/bin/tessera admin backup -o" in service["ExecStart"]
+    assert "tail -n +$((KEEP + 1))" in service["ExecStart"]
+    backups = f"/var/lib/{service['StateDirectory']}/"
+    assert service["ExecStart"].count(backups) == 3
+    timer = configparser.ConfigParser(strict=False, interpolation=None)
+    timer.optionxform = str
+    timer.read_string((DEPLOY / "systemd" / "tesserad-backup.timer").read_text())
+    assert timer["Timer"]["Persistent"] == "true" and timer["Timer"]["OnCalendar"]
+    settings = settings_from_toml((DEPLOY / "systemd" / "tesserad.toml").read_text(), tmp_path)
+    text = (DEPLOY / "systemd" / "tesserad-backup.service").read_text()
+    assert f"\nEnvironment=TESSERA_TARGET=127.0.0.1:{settings.listen.port}\n" in text
