@@ -482,7 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {name: getattr(args, name.replace(".", "__")) for name, _, _ in SERVE_FLAGS.values()}
     overrides["training.module_paths"] = args.training__module_paths
     try:
-        layered = layer_settings(args.config, overrides=overrides)
+        flags = {name: flag for flag, (name, _, _) in SERVE_FLAGS.items()}
+        layered = layer_settings(args.config, overrides=overrides, flags=flags)
     except SettingsError as exc:
         print(f"tesserad: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS

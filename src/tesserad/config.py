@@ -947,8 +947,10 @@ def layer_settings(
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> LayeredSettings:
-    """`load_settings`, keeping where each value came from."""
+    """`load_settings`, keeping where each value came from. `flags`: the flag that gives each
+    setting of `overrides` (`--oip-http-listen` for serving.oip_http_listen), for messages."""
     environ = os.environ if env is None else env
     raw: dict[str, tuple[Any, str]] = {}
     errors: list[str] = []
@@ -975,7 +977,7 @@ def layer_settings(
         if name not in known:
             raise KeyError(f"no setting named {name}")
         if value is not None:
-            raw[name] = (value, "--" + name.replace("_", "-").replace(".", "-"))
+            raw[name] = (value, (flags or {}).get(name) or "--" + name.replace("_", "-").replace(".", "-"))
 
     settings = Settings()
     for name, f, _ in _walk(settings, ""):

@@ -234,6 +234,8 @@ def test_a_listener_on_a_taken_port_names_its_setting(spawn_daemon, tmp_path, fl
         assert daemon.process.wait(60) == EXIT_CANNOT_START
     output = daemon.output()
     assert address in output and said in output, output
+    # Where the address came from: the flag, as typed.
+    assert f" from {flag})" in output, output
     assert not (tmp_path / "var").exists()
 
 
