@@ -72,7 +72,7 @@ from tesserad.api.tls import (
 )
 from tesserad.api.training import TrainingServicer
 from tesserad.backup import Backups
-from tesserad.backup.last_success import BackupMetrics
+from tesserad.backup.last_success import LAST_BACKUP_NAME, BackupMetrics
 from tesserad.backup.restore import remove_finished_stagings, unfinished_restore
 from tesserad.backup.verify import StoreChecks
 from tesserad.config import GRPC_MESSAGE_SIZE_CEILING, Address, LimitsSettings, Settings, format_size
@@ -427,7 +427,7 @@ class Daemon:
         if collected:
             log.info("removed blobs nothing holds", extra={"count": len(collected)})
         StoreMetrics(self._store, blobs, data_dir, self.metrics.registry)
-        BackupMetrics(self._store, self.metrics.registry)
+        BackupMetrics(data_dir / LAST_BACKUP_NAME, self.metrics.registry)
         self._gpus = Gpus()
 
         server, calls = self._new_server(auth, RefusalNotes(refusals))
@@ -436,7 +436,9 @@ class Daemon:
             data_dir, self._store, blobs.usage, self._gpus, self.service_names, self._primary_replication
         )
         limits = settings.limits
-        self._backups = Backups(self._store, blobs, __version__, limits.backup_stall_timeout_s)
+        self._backups = Backups(
+            self._store, blobs, __version__, limits.backup_stall_timeout_s, data_dir / LAST_BACKUP_NAME
+        )
         self._store_checks = StoreChecks(self._store, blobs)
         _register(
             system_pb2_grpc.add_SystemServicer_to_server,

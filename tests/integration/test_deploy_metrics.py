@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import tessera
 from tessera.v1 import inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tesserad.api.errors import STATUS_BY_ERROR
+from tesserad.cli import main as tesserad_main
 from tesserad.dashboard.server import HTTP_STATUS_BY_ERROR
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import mlp_weights, rpc_error, safetensors_header
@@ -334,5 +335,15 @@ def test_the_backup_gauge_is_set_by_a_whole_backup_and_kept_across_a_restart(dat
     daemon = InProcessDaemon(daemon_settings(data_dir)).start()
     try:
         assert backup_gauge(daemon) == taken
+    finally:
+        daemon.stop()
+    # A store restored from the archive has not been backed up itself: 0 there.
+    assert (
+        tesserad_main(["restore", str(tmp_path / "backup.tar"), "--data-dir", str(tmp_path / "restored")])
+        == 0
+    )
+    daemon = InProcessDaemon(daemon_settings(tmp_path / "restored")).start()
+    try:
+        assert backup_gauge(daemon) == 0
     finally:
         daemon.stop()

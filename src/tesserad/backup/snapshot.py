@@ -381,7 +381,16 @@ class Backups:
     while another backup is made waits for it to close (`line_up`), up to MAX_WAITING_BACKUPS
     of them. The line is the event loop's; `close` runs on a thread."""
 
-    def __init__(self, store: Store, blobs: BlobStore, tesserad_version: str, stall_timeout_s: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        tesserad_version: str,
+        stall_timeout_s: float,
+        last_success: Path | None = None,
+    ) -> None:
+        """`last_success`: the file that keeps when a backup was last served whole, if any."""
+        self._last_success = last_success
         self._store = store
         self._blobs = blobs
         self._version = tesserad_version
@@ -407,8 +416,16 @@ class Backups:
             await turn.end()
 
     def served_whole(self) -> None:
-        """A backup's archive was sent to its last chunk: kept as the last successful backup."""
-        record_backup(self._store)
+        """A backup's archive was sent to its last chunk: kept as the last successful backup. A
+        failure to keep it fails no backup: the age alert fires instead."""
+        if self._last_success is None:
+            return
+        try:
+            record_backup(self._last_success)
+        except OSError as exc:
+            logger.warning(
+                "cannot record the backup's time in %s: %s", self._last_success, exc.strerror or exc
+            )
 
     def start(self) -> Backup:
         """A new backup, kept to be ended by `close`; Unavailable once that has run."""
