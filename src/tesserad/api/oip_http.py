@@ -84,7 +84,6 @@ from tesserad.serving.open_inference import (
     timeout_of,
 )
 from tesserad.serving.trace import TRACE_LEVEL
-from tesserad.settings_checks import authentication_enabled
 from tesserad.tasks import off_the_loop
 
 if TYPE_CHECKING:
@@ -203,9 +202,10 @@ class OipHttpServer(HttpListener):
         # Inference requests admitted with a token (each runs in its own task), for `end_revoked`.
         self._revocable: dict[asyncio.Task[Any], _Revocable] = {}
         self._cors = CorsRule(serving.oip_http_cors_origins)
-        # `*` lifts the guard against cross-site changes only where a page needs a token (or a
-        # client certificate) anyway: without, any page a user opened could load and unload models.
-        self._any_page_may_change = "*" in serving.oip_http_cors_origins and authentication_enabled(security)
+        # `*` lifts the guard against cross-site changes only where a page needs a token anyway:
+        # a browser never sends one by itself. A client certificate it does send by itself, as a
+        # cookie: under mutual TLS alone any page a user opened could load and unload models.
+        self._any_page_may_change = "*" in serving.oip_http_cors_origins and security.tokens_file is not None
         app = web.Application(
             middlewares=[self._errors, self._guard, self._preflight], client_max_size=max_message_size
         )

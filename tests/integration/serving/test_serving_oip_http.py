@@ -691,23 +691,61 @@ def test_pages_at_listed_origins_may_call_from_a_browser(served: str) -> None:
     assert error(infer, None, {"Origin": APP}, "OPTIONS")[0] == 405
 
 
-def test_any_page_may_read_under_a_star_and_change_only_with_a_token(tmp_path: Path) -> None:
+def test_any_page_may_read_under_a_star_and_change_only_with_a_token(tmp_path: Path, tokens: Tokens) -> None:
+    """`*` lets any page read; a page it alone takes may change something only where callers need
+    a token, which a browser never sends by itself (a page must put it in Authorization)."""
     settings = daemon_settings(
         tmp_path / "data",
-        **{"serving.oip_http_listen": "127.0.0.1:0", "serving.oip_http_cors_origins": f"{APP}, *"},
+        **{
+            "serving.oip_http_listen": "127.0.0.1:0",
+            "serving.oip_http_cors_origins": f"{APP}, *",
+            "security.tokens_file": str(tokens.file),
+        },
     )
     daemon = InProcessDaemon(settings).start()
     try:
         base = f"http://127.0.0.1:{daemon.daemon.oip_http_port}"
         other = "https://elsewhere.example.com"
-        status, headers, _ = call(f"{base}/v2", None, {"Origin": other})
+        as_admin = {"Authorization": f"Bearer {tokens.token[Role.ADMIN]}"}
+        status, headers, _ = call(f"{base}/v2", None, {"Origin": other, **as_admin})
         assert (status, headers["Access-Control-Allow-Origin"]) == (200, "*")
         assert "Access-Control-Allow-Credentials" not in headers
         preflight = {"Origin": other, "Access-Control-Request-Method": "POST"}
         assert call(f"{base}/v2/models/linear/infer", None, preflight, "OPTIONS")[0] == 204
-        # No token needed here (loopback): a page `*` alone takes may not change anything; a listed one may.
-        assert error(f"{base}/v2/repository/index", b"", {"Origin": other})[0] == 403
-        assert call(f"{base}/v2/repository/index", b"", {"Origin": APP})[0] == 200
+        # A cross-site POST carrying its token passes the guard; one without is refused for the token.
+        assert call(f"{base}/v2/repository/index", b"", {"Origin": other, **as_admin})[0] == 200
+        assert error(f"{base}/v2/repository/index", b"", {"Origin": other})[0] == 401
+    finally:
+        daemon.stop()
+
+
+def test_a_star_with_client_certificates_alone_lets_no_other_page_change_anything(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """A browser sends its client certificate by itself, as a cookie: under `*` without tokens a
+    page a user opened could unload models or change the log settings with a form's POST."""
+    settings = daemon_settings(
+        tmp_path / "data",
+        **{
+            "serving.oip_http_listen": "127.0.0.1:0",
+            "serving.oip_http_cors_origins": f"{APP}, *",
+            "security.tls_cert_file": str(pki.server_cert),
+            "security.tls_key_file": str(pki.server_key),
+            "security.tls_client_ca_file": str(pki.client_ca),
+        },
+    )
+    daemon = InProcessDaemon(settings).start()
+    try:
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+        base = f"https://localhost:{daemon.daemon.oip_http_port}"
+        form = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+        for path in ("/v2/repository/models/linear/unload", "/v2/logging"):
+            assert error(f"{base}{path}", b"{}", form, context=context)[0] == 403, path
+        # Reads and the listed origin's changes are served.
+        status, headers, _ = call(f"{base}/v2", None, form, context=context)
+        assert (status, headers["Access-Control-Allow-Origin"]) == (200, "*")
+        assert call(f"{base}/v2/repository/index", b"", {"Origin": APP}, context=context)[0] == 200
     finally:
         daemon.stop()
 
