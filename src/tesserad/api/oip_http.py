@@ -25,6 +25,7 @@ import logging
 import time
 import zlib
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
@@ -37,6 +38,7 @@ from tesserad.api.oip import metadata_of, statistics_response
 from tesserad.api.oip_config import model_config_of, serving_config_of
 from tesserad.api.oip_http_headers import (
     COMPRESS_OFF_LOOP_SIZE,
+    COMPRESS_THREADS,
     MIN_COMPRESSED_SIZE,
     PREFLIGHT_HEADERS,
     REQUEST_ID_HEADER,
@@ -84,7 +86,7 @@ from tesserad.serving.open_inference import (
     timeout_of,
 )
 from tesserad.serving.trace import TRACE_LEVEL
-from tesserad.tasks import off_the_loop
+from tesserad.tasks import off_the_loop, wait_out
 
 if TYPE_CHECKING:
     # tesserad.metrics imports the dashboard, which imports tesserad.api.auth.
@@ -105,6 +107,9 @@ _ACCEPT_ENCODING: dict[str, str] = {hdrs.ACCEPT_ENCODING: "gzip, deflate"}
 # The most gzip members one request body may be (tritonclient sends one): past it, a body of
 # empty 20-byte members would take CPU out of all proportion to its size.
 MAX_GZIP_MEMBERS = 1024
+# Set once an answer's compression is settled (compressed, or left as it is), so that it is not
+# compressed again (see `_compressing_answer`).
+_CODING_SETTLED = web.RequestKey("tessera_coding_settled", bool)
 # The least binary data after a request's JSON for which the JSON is read (and the request's
 # batch size checked) before it: below it, the body arrives in moments anyway.
 _READ_AHEAD_BINARY = 1 << 20
@@ -202,6 +207,9 @@ class OipHttpServer(HttpListener):
         # Inference requests admitted with a token (each runs in its own task), for `end_revoked`.
         self._revocable: dict[asyncio.Task[Any], _Revocable] = {}
         self._cors = CorsRule(serving.oip_http_cors_origins)
+        # Its own threads, not the loop's default executor (shared-memory copies, decompression):
+        # large answers compressed at once wait here rather than crowd out other work.
+        self._compressing = ThreadPoolExecutor(COMPRESS_THREADS, thread_name_prefix="oip-http-compress")
         # `*` lifts the guard against cross-site changes only where a page needs a token anyway:
         # a browser never sends one by itself. A client certificate it does send by itself, as a
         # cookie: under mutual TLS alone any page a user opened could load and unload models.
@@ -321,8 +329,9 @@ class OipHttpServer(HttpListener):
             REQUEST_ID.reset(request_id)
         if request.get(_BODY_UNREAD):
             response.force_close()
-        if isinstance(response, web.Response):
-            await _compress(request, response)
+        # Those of the routes are compressed in their call's slot (`_route`); what is left (the
+        # guard's refusals, 404, 405, health probes) is small.
+        await self._compress(request, response)
         return response
 
     @web.middleware
@@ -358,6 +367,33 @@ class OipHttpServer(HttpListener):
             else:
                 response.headers.setdefault(name, value)
 
+    async def _compress(self, request: web.Request, response: web.StreamResponse) -> None:
+        """`response`'s body compressed as `request`'s Accept-Encoding asks (`response_coding`),
+        when it is MIN_COMPRESSED_SIZE or more and `compressed` finds it worth it; a large one on
+        this listener's threads. Any answer of that size varies by Accept-Encoding, compressed or
+        not. Once a request's answer is settled, again does nothing."""
+        if not isinstance(response, web.Response) or request.get(_CODING_SETTLED):
+            return
+        body = response.body
+        if not isinstance(body, bytes | bytearray):
+            return
+        request[_CODING_SETTLED] = True
+        if len(body) < MIN_COMPRESSED_SIZE:
+            return
+        _vary(response, hdrs.ACCEPT_ENCODING)
+        coding = response_coding(request.headers.get(hdrs.ACCEPT_ENCODING))
+        if coding == "identity" or hdrs.CONTENT_ENCODING in response.headers:
+            return
+        data = bytes(body)
+        if len(data) >= COMPRESS_OFF_LOOP_SIZE:
+            loop = asyncio.get_running_loop()
+            smaller = await wait_out(loop.run_in_executor(self._compressing, compressed, data, coding))
+        else:
+            smaller = compressed(data, coding)
+        if smaller is not None:
+            response.body = smaller
+            response.headers[hdrs.CONTENT_ENCODING] = coding
+
     def _trusted_origin(self, origin: str | None) -> bool:
         return self._cors.lists(origin) or (self._any_page_may_change and origin is not None)
 
@@ -368,7 +404,7 @@ class OipHttpServer(HttpListener):
         except Refused as exc:
             return _refused(exc)
         except errors.TesseraError as exc:
-            message = errors.answered_message(log, f"{request.method} {request.path[:200]}", exc)
+            message = errors.answered_message(log, f"{request.method} {request.raw_path[:200]}", exc)
             return _failure(
                 http_status_for(exc), message, RETRY_AFTER if isinstance(exc, errors.Overloaded) else None
             )
@@ -418,15 +454,28 @@ class OipHttpServer(HttpListener):
                 return _failure(http_status_for(exc), exc.message)
             return None
 
+        async def compressed_answer(request: web.Request) -> web.StreamResponse:
+            response = await handler(request)
+            await self._compress(request, response)
+            return response
+
         async def admitted(request: web.Request) -> web.StreamResponse:
             digest = self._admit_declared(request, rpc, needed)
             if not limited:
                 return await handler(request)
+            # The answer, an error's too, is compressed before the slot is let go of: its CPU and
+            # memory count against limits.max_concurrent_calls, and a revocation ends it.
             calls.enter()
             try:
                 if revocable is None or digest is None:
-                    return await handler(request)
-                return await _revoked_at_reload(revocable, _Revocable(digest, needed), handler, request)
+                    response = await self._errors_answered(request, compressed_answer)
+                else:
+                    entry = _Revocable(digest, needed)
+                    response = await self._errors_answered(
+                        request, lambda r: _revoked_at_reload(revocable, entry, compressed_answer, r)
+                    )
+                await self._compress(request, response)
+                return response
             finally:
                 calls.leave()
 
@@ -573,6 +622,8 @@ class OipHttpServer(HttpListener):
             # does not hold up the wait for requests in progress.
             await self._parsers.close()
         await super().stop()
+        # Every request has ended, having waited out its compression: the threads are idle.
+        self._compressing.shutdown(wait=False, cancel_futures=True)
 
     def end_revoked(self, table: TokenTable) -> int:
         """Answer each inference request in progress whose token `table` no longer admits to
@@ -830,26 +881,6 @@ class OipHttpServer(HttpListener):
         )
 
 
-async def _compress(request: web.Request, response: web.Response) -> None:
-    """`response`'s body compressed as `request`'s Accept-Encoding asks (`response_coding`), when
-    it is MIN_COMPRESSED_SIZE or more; a large one in a thread. Any answer of that size varies
-    by Accept-Encoding, compressed or not."""
-    body = response.body
-    if not isinstance(body, bytes | bytearray) or len(body) < MIN_COMPRESSED_SIZE:
-        return
-    _vary(response, hdrs.ACCEPT_ENCODING)
-    coding = response_coding(request.headers.get(hdrs.ACCEPT_ENCODING))
-    if coding == "identity" or hdrs.CONTENT_ENCODING in response.headers:
-        return
-    data = bytes(body)
-    response.body = (
-        await off_the_loop(lambda: compressed(data, coding))
-        if len(data) >= COMPRESS_OFF_LOOP_SIZE
-        else compressed(data, coding)
-    )
-    response.headers[hdrs.CONTENT_ENCODING] = coding
-
-
 def _vary(response: web.StreamResponse, header: str) -> None:
     """Add `header` to `response`'s Vary."""
     said = response.headers.get(hdrs.VARY)
@@ -871,7 +902,10 @@ class _AccessLog(AbstractAccessLogger):
         request_id = request_id_of(request.headers)
         if request_id is not None:
             fields["request_id"] = request_id
-        self.logger.debug("%s %s %d", request.method, request.path[:200], response.status, extra=fields)
+        # The path as sent (percent-encoded; decoded, a %0A in it would forge a line of the log),
+        # without its query.
+        path = request.raw_path.partition("?")[0]
+        self.logger.debug("%s %s %d", request.method, path[:200], response.status, extra=fields)
 
 
 def _index_entry(row: IndexRow) -> dict[str, str]:

@@ -608,6 +608,47 @@ def test_answers_are_compressed_as_accept_encoding_asks_as_triton_picks(served: 
     )
 
 
+def test_large_answers_are_compressed_unless_they_hardly_shrink(served: str) -> None:
+    """An answer of 32 KiB or more is compressed off the event loop; one that compresses to 90% of
+    its size or more (random binary data) goes as it is, still saying Vary: Accept-Encoding."""
+    config = json.dumps({"max_batch_size": 1024})
+    assert call(f"{served}/v2/repository/models/echo/load", {"parameters": {"config": config}})[0] == 200
+    rng = np.random.default_rng(7)
+    ones = {t: np.ones((1024, 3), dtype) for t, dtype in NUMPY.items()}
+    noise = {
+        t: rng.integers(0, 2, (1024, 3)).astype(bool)
+        if t == "BOOL"
+        else np.frombuffer(rng.bytes(1024 * 3 * np.dtype(dtype).itemsize), dtype).reshape(1024, 3)
+        for t, dtype in NUMPY.items()
+    }
+    try:
+        for arrays, coding in ((ones, "gzip"), (noise, None)):
+            header = json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": f"in_{t.lower()}",
+                            "datatype": t,
+                            "shape": [1024, 3],
+                            "parameters": {"binary_data_size": a.nbytes},
+                        }
+                        for t, a in arrays.items()
+                    ],
+                    "parameters": {"binary_data_output": True},
+                }
+            ).encode()
+            binary = header + b"".join(a.tobytes() for a in arrays.values())
+            sent = {"Inference-Header-Content-Length": str(len(header)), "Accept-Encoding": "gzip"}
+            status, headers, answer = call(f"{served}/v2/models/echo/infer", binary, sent)
+            assert (status, headers.get("Content-Encoding")) == (200, coding), answer[:300]
+            assert "Accept-Encoding" in headers["Vary"].split(", ")
+            plain = gzip.decompress(answer) if coding else answer
+            length = int(headers["Inference-Header-Content-Length"])
+            assert len(plain) > 128 * 1024 and plain[length:] == binary[len(header) :]
+    finally:
+        assert call(f"{served}/v2/repository/models/echo/unload", b"")[0] == 200
+
+
 def test_x_request_id_is_echoed_on_every_answer_and_carried_by_its_log_lines(
     served: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -645,6 +686,9 @@ def test_x_request_id_is_echoed_on_every_answer_and_carried_by_its_log_lines(
     try:
         assert call(logging_url, {"log_verbose_level": 1}, {"X-Request-ID": "verbose-on"})[0] == 200
         assert call(infer, _rows(2), {"X-Request-ID": "r-7"})[0] == 200
+        # A path is logged as sent: one decoding to a line break cannot forge a line of its own.
+        forged = "/v2/models/a%0A2026-12-07 ERROR tesserad: forged/infer"
+        assert call(f"{served}{forged.replace(' ', '%20')}", _rows(2), {"X-Request-ID": "r-8"})[0] == 400
     finally:
         assert call(logging_url, {"log_verbose_level": 0})[0] == 200
     lines = [json.loads(line) for line in caplog.text.splitlines() if line.startswith("{")]
@@ -653,6 +697,8 @@ def test_x_request_id_is_echoed_on_every_answer_and_carried_by_its_log_lines(
     (access,) = [line for line in lines if line.get("request_id") == "r-7"]
     assert access["logger"] == "tesserad.oip_http.access" and access["level"] == "debug"
     assert (access["msg"], access["status"]) == ("POST /v2/models/linear/versions/2/infer 200", 200)
+    (access,) = [line for line in lines if line.get("request_id") == "r-8"]
+    assert access["msg"] == "POST /v2/models/a%0A2026-12-07%20ERROR%20tesserad:%20forged/infer 400"
 
 
 def test_pages_at_listed_origins_may_call_from_a_browser(served: str) -> None:
