@@ -108,7 +108,7 @@ _ACCEPT_ENCODING: dict[str, str] = {hdrs.ACCEPT_ENCODING: "gzip, deflate"}
 # empty 20-byte members would take CPU out of all proportion to its size.
 MAX_GZIP_MEMBERS = 1024
 # Set once an answer's compression is settled (compressed, or left as it is), so that it is not
-# compressed again (see `_compressing_answer`).
+# compressed again (see `_compress`).
 _CODING_SETTLED = web.RequestKey("tessera_coding_settled", bool)
 # The least binary data after a request's JSON for which the JSON is read (and the request's
 # batch size checked) before it: below it, the body arrives in moments anyway.
