@@ -50,6 +50,16 @@ RETRY_AFTER: dict[str, str] = {hdrs.RETRY_AFTER: "1"}
 # The status a request is counted with when it is not its answer's: an answer cut short after its
 # headers went out, by a failure of the daemon's, is counted as that failure.
 COUNTED_STATUS = web.RequestKey("counted_status", int)
+# An answer that closes its connection before the request's body was read (a refusal, a 408) is
+# sent, then the rest of the body is read and dropped until it ends, or until its client has sent
+# nothing for LINGER_IDLE_S, or for LINGER_MAX_S in all (nginx's lingering_timeout and
+# lingering_time); the connection closes then. Closed with the body's bytes unread, the kernel
+# resets it, which can destroy the answer before a client still uploading reads it (RFC 9112
+# 9.6). aiohttp's own drain waits its lingering_time (10 s) for a client that sends nothing, even
+# after response.force_close(), holding the connection and its place under
+# limits.http_max_connections that long per refusal.
+LINGER_IDLE_S = 1.0
+LINGER_MAX_S = 10.0
 
 
 class Refused(Exception):
@@ -130,6 +140,25 @@ async def _continue(request: web.Request) -> None:
     request.writer.output_size = 0
 
 
+async def _answered_unread(request: web.Request, response: web.StreamResponse) -> None:
+    """Send `response` (which closes the connection) now, then read what `request`'s client still
+    sends of its body, as LINGER_IDLE_S says, and close the connection."""
+    body = request.content
+    try:
+        async with asyncio.timeout(LINGER_MAX_S):
+            await response.prepare(request)
+            await response.write_eof()
+            while not body.at_eof():
+                async with asyncio.timeout(LINGER_IDLE_S):
+                    await body.readany()
+    except (TimeoutError, ConnectionResetError, web.RequestPayloadError):
+        # The client went quiet, took too long, left, or broke its body: nothing more to wait for.
+        pass
+    if not body.at_eof():
+        # aiohttp would wait its lingering_time for the rest.
+        request.protocol.force_close()
+
+
 def _unreadable(error: web.RequestPayloadError) -> str:
     """What a request whose body cannot be read as its headers say is told."""
     cause = error.__cause__
@@ -205,6 +234,8 @@ class HttpListener:
             self._record(request, 500, start)
             raise
         self._record(request, request.get(COUNTED_STATUS, response.status), start)
+        if response.keep_alive is False and not request.content.at_eof():
+            await _answered_unread(request, response)
         return response
 
     def _record(self, request: web.Request, status: int, start: float) -> None:
@@ -235,6 +266,7 @@ class HttpListener:
                 self._record(request, refused.status, start)
                 # The body may follow anyway (RFC 9110 lets a client send it): it is never read.
                 refused.force_close()
+                await _answered_unread(request, refused)
                 return refused
             try:
                 await _continue(request)
@@ -297,7 +329,10 @@ class HttpListener:
         for middleware in reversed(request.app.middlewares):
             handler = partial(middleware, handler=handler)
         response = await handler(request)
-        response.force_close()
+        # Else an error middleware closed it, and `_counted` sent it already.
+        if response.keep_alive is not False:
+            response.force_close()
+            await _answered_unread(request, response)
         return response
 
     @asynccontextmanager
