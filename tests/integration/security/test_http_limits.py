@@ -70,6 +70,21 @@ def _sample(daemon: InProcessDaemon, name: str, listener: str) -> float | None:
     return daemon.daemon.metrics.registry.get_sample_value(name, {"listener": listener})
 
 
+# Well under aiohttp's own wait for the rest of a body (10 s), well over the listener's (1 s of
+# silence): a connection still open this long after its refusal was held for that body.
+CLOSED_WITHIN_S = 5
+
+
+def _answer_then_close(connection: socket.socket) -> bytes:
+    """What the listener sends on `connection` until it closes it, each read waiting
+    CLOSED_WITHIN_S at most (socket.timeout past it)."""
+    connection.settimeout(CLOSED_WITHIN_S)
+    answer = b""
+    while chunk := connection.recv(65536):
+        answer += chunk
+    return answer
+
+
 def test_each_listener_refuses_a_connection_beyond_the_limit_and_reuses_a_freed_one(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -167,10 +182,8 @@ def test_a_login_whose_body_never_all_arrives_is_answered_408_and_its_connection
         )
         with _connect(port) as connection:
             connection.sendall(head + b"token=")
-            answer = b""
-            # Read until the listener closes the connection (recv then returns b"").
-            while chunk := connection.recv(65536):
-                answer += chunk
+            # The listener closes the connection soon after its answer, the body's rest unsent.
+            answer = _answer_then_close(connection)
         header, _, body = answer.partition(b"\r\n\r\n")
         assert _status(answer) == 408, answer
         assert b"\r\nconnection: close" in header.lower()
@@ -247,5 +260,44 @@ def test_the_metrics_port_closes_a_connection_whose_request_trickles_past_the_ti
         _until(lambda: _sample(daemon, "tessera_http_connections", "metrics") == 0)
         assert _status(_answer(_connect(port), "/metrics")) == 200
         assert "Traceback" not in capfd.readouterr().err
+    finally:
+        daemon.stop()
+
+
+def test_a_refusal_before_the_body_reaches_a_client_still_uploading_and_frees_its_place_soon(
+    tmp_path: Path,
+) -> None:
+    settings = daemon_settings(
+        tmp_path / "data",
+        **{
+            "serving.oip_http_listen": "127.0.0.1:0",
+            "max_message_size": "1MiB",
+            "limits.http_max_connections": 1,
+        },
+    )
+    daemon = InProcessDaemon(settings).start()
+    try:
+        port = daemon.daemon.oip_http_port
+        assert port is not None
+        infer = b"POST /v2/models/nope/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        too_large = b"HTTP/1.1 413 "
+
+        def open_now() -> float | None:
+            return _sample(daemon, "tessera_http_connections", "oip_http")
+
+        # Refused on its Content-Length while it uploads on: the body is read on (the upload ends)
+        # and the answer, read only then, arrives whole rather than lost to a reset.
+        body = b" " * (8 << 20)
+        with _connect(port) as uploading:
+            uploading.sendall(infer + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            assert _answer_then_close(uploading).startswith(too_large)
+        _until(lambda: open_now() == 0)
+        # Refused in place of 100 Continue, its body never sent, the connection left open by its
+        # client: the listener closes it soon, and its place takes a new connection.
+        with _connect(port) as waiting:
+            waiting.sendall(infer + b"Expect: 100-continue\r\nContent-Length: 10000000\r\n\r\n")
+            assert _answer_then_close(waiting).startswith(too_large)
+            _until(lambda: open_now() == 0)
+            assert _status(_answer(_connect(port), PATHS["oip_http"])) == 200
     finally:
         daemon.stop()
