@@ -398,6 +398,9 @@ def test_a_version_pushed_from_a_run_keeps_it_in_its_lineage(daemon, client, tmp
         tessera.NotFound, match=r"run 'run-nope' does not exist; `client.training.runs\(\)` lists them"
     ):
         client.models.push("pushed", onnx, run_id="run-nope")
+    # A label's 250 characters may be 1,000 bytes, past the 511 an LMDB key holds.
+    with pytest.raises(tessera.NotFound, match="does not exist"):
+        client.models.push("pushed", onnx, run_id="界" * 250)
     client.training.delete_run(run.id)
     with pytest.raises(tessera.FailedPrecondition, match="is deleted; restore it"):
         client.models.push("pushed", onnx, run_id=run.id)
