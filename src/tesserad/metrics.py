@@ -308,6 +308,8 @@ class MetricsHttpServer:
                 self._server.handle_request()
 
     def close(self) -> None:
+        if self._wake.fileno() == -1:  # closed already
+            return
         self._wake.send(b"\0")
         self._thread.join(timeout=5)
         self._server.server_close()

@@ -682,7 +682,7 @@ def test_node_client_keepalive_ends_a_watch_on_a_dead_connection(node_ready, dae
           console.log('connected');
           await new Promise((resolve) => process.stdin.once('data', resolve));
           try {
-            const watch = client.watchJob('job-unheard', { reconnects: 0, timeoutMs: 5000 });
+            const watch = client.watchJob('job-unheard', { reconnects: 0, timeoutMs: 7000 });
             for await (const event of watch) console.log(event.seq);
           } catch (err) {
             console.log(err.code);

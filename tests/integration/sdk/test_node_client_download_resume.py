@@ -35,10 +35,11 @@ from tests.tmpfs import tmpfs
 __all__ = ["node_ready"]
 
 CHUNK = 4096
-# What the artifact (random bytes) and the model (big_onnx) downloaded take: 1,024 chunks. A
+# What the artifact (random bytes) and the model (big_onnx) downloaded take: 2,048 chunks. A
 # download cut past half way has many left, more than a client holds unread: a Node one holds a
-# few chunks, a Python one (python_cut_at) was seen to hold 1 MiB.
-SIZE = 4 << 20
+# few chunks, a Python one (python_cut_at) was seen to hold 1 MiB, and all it holds past the cut
+# still arrives (the proxy's cut closes cleanly), so 2 MiB past it was too few.
+SIZE = 8 << 20
 FEATURES = SIZE // 4
 
 

@@ -280,11 +280,14 @@ def test_a_daemon_stopped_gracefully_while_a_cancel_waits_says_the_job_ends_canc
 
 def _forked_workers() -> set[psutil.Process]:
     """This process's job workers: the children of its fork servers (training.worker_start)."""
-    return {
-        child
-        for child in psutil.Process().children(recursive=True)
-        if "forkserver" in " ".join(child.parent().cmdline())
-    }
+    workers = set()
+    for child in psutil.Process().children(recursive=True):
+        # Workers of earlier tests' daemons share the fork server and may exit meanwhile.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            parent = child.parent()
+            if parent is not None and "forkserver" in " ".join(parent.cmdline()):
+                workers.add(child)
+    return workers
 
 
 def test_a_worker_that_dies_while_its_cancel_waits_is_not_said_to_have_been_killed_for_the_grace(
