@@ -400,3 +400,30 @@ def test_a_job_on_a_dataset_of_one_array_says_how_to_push_the_other_with_it(tess
     assert refused.code == EXIT_DAEMON, refused.err
     assert "dataset 'stx' v1 has no array 'y'; it has x" in refused.err
     assert "np.savez('d.npz', x=..., y=...)" in refused.err
+
+
+def test_push_refuses_one_npy_file_per_sample_and_says_how_to_stack_them(tessera_cli, client, tmp_path):
+    # Joined as they were, clip_000..002 became three arrays of one sample; the job found no x only
+    # at train time.
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    files = [str(clips / f"clip_{i:03d}.npy") for i in range(3)]
+    for i, file in enumerate(files):
+        np.save(file, np.full((1, 4, 8, 8, 8), i, dtype=np.float32))
+    refused = tessera_cli("datasets", "push", "myclips", *files)
+    assert refused.code == EXIT_USAGE, refused.err
+    assert "clip_000, clip_001, clip_002 look like one file per sample" in refused.err, refused.err
+    # Each file keeps a leading axis of 1: concatenated, not stacked, they make (N, 4, 8, 8, 8).
+    assert 'x = np.concatenate([np.load(r["file"]) for r in rows])' in refused.err, refused.err
+    assert 'np.savez("d.npz", x=x, y=y)' in refused.err and "--as-is" in refused.err
+    assert not list(client.datasets.list())
+
+    as_is = tessera_cli("datasets", "push", "myclips", *files, "--as-is")
+    assert as_is.code == 0, as_is.err
+    assert [a.name for a in client.datasets.version("myclips").arrays] == ["clip_000", "clip_001", "clip_002"]
+
+    for not_npy in (clips, tmp_path / "labels.csv"):
+        pushed = tessera_cli("datasets", "push", "other", str(not_npy))
+        assert pushed.code == EXIT_FAILED, pushed.err
+        assert "datasets are .npz or .npy files; stack the samples into one array" in pushed.err, pushed.err
+    assert [d.name for d in client.datasets.list()] == ["myclips"]

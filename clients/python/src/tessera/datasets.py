@@ -55,6 +55,20 @@ class Payload:
         return bytes_chunks(self.data, chunk_size, progress)
 
 
+def stacking_recipe(join: str = "stack") -> str:
+    """How a folder of per-sample .npy files and a labels.csv become one dataset: `join` is
+    "stack" for files of one sample each, "concatenate" for files that keep a leading axis of 1."""
+    return (
+        "stack the samples into one array and push it with its labels, e.g.\n"
+        "  import csv, numpy as np\n"
+        '  rows = list(csv.DictReader(open("labels.csv")))  # columns: file,label\n'
+        f'  x = np.{join}([np.load(r["file"]) for r in rows])  # (N, ...): one row per sample\n'
+        '  y = np.array([int(r["label"]) for r in rows])\n'
+        '  np.savez("d.npz", x=x, y=y)\n'
+        "then `tessera datasets push NAME d.npz` (or client.datasets.push(NAME, x=x, y=y))"
+    )
+
+
 def payload(path: str | Path | None, arrays: Mapping[str, np.typing.ArrayLike]) -> Payload:
     """A .npz/.npy file as it is, or the named arrays written as an uncompressed little-endian npz."""
     if path is not None and arrays:
@@ -63,7 +77,7 @@ def payload(path: str | Path | None, arrays: Mapping[str, np.typing.ArrayLike]) 
         path = Path(path)
         formats = {".npz": pb.DATASET_FORMAT_NPZ, ".npy": pb.DATASET_FORMAT_NPY}
         if path.suffix.lower() not in formats:
-            raise ValueError(f"{path}: datasets are .npz or .npy files")
+            raise ValueError(f"{path}: datasets are .npz or .npy files; {stacking_recipe()}")
         sha256, size = file_digest(path)
         return Payload(formats[path.suffix.lower()], sha256, size, path=path)
     if not arrays:

@@ -17,7 +17,7 @@ import numpy as np
 from tessera.cli.arguments import UsageError, once_each, refused_resume_in_cli_words, replaced_only_with_force
 from tessera.cli.output import Output, shape, size, transfer_progress, when
 from tessera.client import Client
-from tessera.datasets import default_file_name, write_npz
+from tessera.datasets import default_file_name, stacking_recipe, write_npz
 from tessera.errors import NotFound, TesseraError
 from tessera.json_output import to_plain
 from tessera.messages import counted, dataset_ref
@@ -37,6 +37,8 @@ def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> 
             "sample is in one split, train"
         )
     arrays = joined_arrays(args.files, args.array)
+    if len(args.files) > 1 and not args.as_is:
+        refuse_per_sample_files(args.files)
     if args.array_name and (arrays or Path(args.files[0]).suffix.lower() != ".npy"):
         raise UsageError(
             f"--array-name names the array of a .npy file pushed alone; {' '.join(args.files)} is not one "
@@ -88,6 +90,27 @@ def joined_arrays(files: list[str], named: list[tuple[str, str]]) -> dict[str, P
             )
         arrays[name] = Path(path)
     return arrays
+
+
+def refuse_per_sample_files(files: list[str]) -> None:
+    """Refuses .npy files named by their stems that look like one sample (or a few) each rather
+    than a job's arrays: a numbered series (clip_000, clip_001, ...), or files all of one shape
+    with none named x or y. Joined as they are, each became an array of its own, and the job
+    found no array x only at train time."""
+    stems = [Path(f).stem for f in files]
+    if {"x", "y"} & set(stems):
+        return
+    shapes = {np.load(f, mmap_mode="r", allow_pickle=False).shape for f in files}
+    numbered = len({re.sub(r"\d+$", "", stem) for stem in stems}) == 1
+    if not numbered and len(shapes) > 1:
+        return
+    leading_one = all(len(s) > 0 and s[0] == 1 for s in shapes)
+    raise UsageError(
+        f"{', '.join(stems)} look like one file per sample, not a job's arrays (x, y): joined, each "
+        "would be an array of its own; "
+        + stacking_recipe("concatenate" if leading_one else "stack")
+        + "; --as-is stores them as arrays named by their stems all the same"
+    )
 
 
 @contextmanager

@@ -558,6 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--array y=st_y.npy",
     )
     sub.add_argument(
+        "--as-is",
+        action="store_true",
+        help="join several .npy files as arrays named by their stems even where they look like one "
+        "file per sample (a numbered series, or all of one shape with none named x or y), which is "
+        "refused without it",
+    )
+    sub.add_argument(
         "--split",
         action="append",
         type=split,
