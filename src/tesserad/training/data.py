@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from tesserad.datasets import Datasets, DatasetVersionRecord, check_npz_directory
 from tesserad.errors import FailedPrecondition, InvalidArgument
 from tesserad.store import WriteTxn
 from tesserad.training.jobs import WorkerData
 from tesserad.training.spec import DatasetFacts
 from tesserad.training.worker import DataSource
+
+
+def _all_whole(values: np.ndarray) -> bool:
+    finite = values[np.isfinite(values)]
+    return bool(np.all(finite == np.round(finite)))
 
 
 class DatasetAccess:
@@ -25,6 +32,7 @@ class DatasetAccess:
             arrays={a.name: (a.dtype, tuple(a.shape)) for a in record.arrays},
             splits={s.name: s.count for s in record.splits},
             ranges={a.name: (a.stats.min, a.stats.max) for a in record.arrays},
+            whole=lambda array: _all_whole(self._datasets.open_arrays(record)[array]),
         )
 
     def hold(self, txn: WriteTxn, data: dict[str, Any], holder: str) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +67,9 @@ class DatasetFacts:
     splits: dict[str, int]  # name -> sample count
     # name -> (min, max) over the array's finite values; unknown arrays go unchecked.
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Whether every finite value of the named array is a whole number: read from the data only
+    # where a message asks it (float class ids), never on a submit that passes.
+    whole: Callable[[str], bool] = lambda _array: False
 
 
 @dataclass(frozen=True)
@@ -576,7 +579,12 @@ def _check_targets(
             problems.unmet(
                 "spec.data.target_array",
                 f"classification needs integer class ids shaped (N,), but {target_array!r} is {t_dtype} shaped "
-                f"{list(t_shape)}; use task REGRESSION for float targets",
+                f"{list(t_shape)}; use task REGRESSION for float targets"
+                + (
+                    f", or cast them: {target_array}.astype(np.int64), as every value is whole"
+                    if len(t_shape) == 1 and t_dtype.startswith("float") and facts.whole(target_array)
+                    else ""
+                ),
             )
         elif arch_spec is not None and target_array in facts.ranges:
             _check_class_ids(facts.ranges[target_array], target_array, arch_spec.output_size, problems)

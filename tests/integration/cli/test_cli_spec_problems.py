@@ -3,6 +3,8 @@ line, in the TOML's own names, before anything reaches the daemon."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from tessera.cli import EXIT_DAEMON
 
 SPEC = """\
@@ -95,3 +97,19 @@ def test_train_names_input_shape_and_output_size_where_the_spec_sets_them(
     assert "spec.architecture.input_shape: must be a non-empty list (C, H, W) (no batch dim), got []" in (
         result.err
     ), result.err
+
+
+def test_float_class_ids_that_are_whole_numbers_are_told_how_to_cast_them(tessera_cli, client, tmp_path):
+    x = np.zeros((8, 4), dtype=np.float32)
+    client.datasets.push("wholefloat", x=x, y=np.arange(8) % 2 * 1.0)
+    client.datasets.push("halves", x=x, y=np.arange(8) / 2)
+    spec = tmp_path / "spec.toml"
+    for dataset, cast in (("wholefloat", True), ("halves", False)):
+        spec.write_text(
+            'task = "classification"\nepochs = 1\n[architecture]\ninput_shape = [4]\noutput_size = 2\n'
+            f'mlp = {{ hidden_sizes = [8] }}\n[data]\ndataset = "{dataset}"\n'
+        )
+        refused = tessera_cli("train", str(spec))
+        said = " ".join(refused.err.split())
+        assert refused.code == EXIT_DAEMON and "use task REGRESSION for float targets" in said, said
+        assert ("or cast them: y.astype(np.int64), as every value is whole" in said) == cast, said
