@@ -194,7 +194,7 @@ def test_predict_stats_and_serve_status(tessera_cli, client, model_file, tmp_pat
         "tessera: INVALID_ARGUMENT: input 'x' is not an input of model 'affine' version 1; its "
         f"inputs are input float32[-1, 4]. In {inputs}, rename the array 'x' to the input it is "
         "for: numpy.savez(FILE, NAME=array) stores each array under its input's name (a .npy "
-        "file is sent as 'input')"
+        "file is sent to a model's sole input, and as 'input' to one of several)"
     ), misnamed.err
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper
 
-from tessera.cli import EXIT_FAILED
+from tessera.cli import EXIT_DAEMON, EXIT_FAILED
 
 
 def test_predict_input_that_is_not_npz_or_npy_names_the_file_and_the_formats(tessera_cli, tmp_path):
@@ -36,3 +38,34 @@ def test_predict_input_damaged_or_holding_objects_says_so(tessera_cli, tmp_path)
     result = tessera_cli("predict", "any-model", "--input", str(objects))
     assert result.code == EXIT_FAILED
     assert result.err.startswith(f"tessera: {objects}: cannot be read as numpy arrays: "), result.err
+
+
+def _identity_onnx(path, inputs: list[str]) -> str:
+    """An ONNX model of float32 (batch, 4) inputs named `inputs`, whose output is their sum."""
+    graph = helper.make_graph(
+        [helper.make_node("Sum", inputs, ["output"])],
+        "summed",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 4]) for name in inputs],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_predict_sends_a_lone_npy_file_to_the_models_sole_input_whatever_its_name(
+    tessera_cli, client, tmp_path
+):
+    client.models.push("clipper", _identity_onnx(tmp_path / "one.onnx", ["clips"]))
+    client.models.push("pair", _identity_onnx(tmp_path / "two.onnx", ["clips", "masks"]))
+    one = tmp_path / "one.npy"
+    np.save(one, np.ones((2, 4), np.float32))
+    predicted = tessera_cli("--json", "predict", "clipper", "--input", str(one))
+    assert predicted.code == 0, predicted.err
+    assert predicted.json()["outputs"]["output"] == [[1.0] * 4] * 2
+    # Of two inputs, which one a file is for is the user's to say.
+    refused = tessera_cli("predict", "pair", "--input", str(one))
+    said = " ".join(refused.err.split())
+    assert refused.code == EXIT_DAEMON and "input 'input' is not an input of model 'pair'" in said, said
+    assert "a .npy file is sent to a model's sole input, and as 'input' to one of several" in said, said

@@ -6,11 +6,19 @@ import contextlib
 import io
 import sys
 import zipfile
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
+from typing import TypeVar
 
 import numpy as np
 
-from tessera.errors import InvalidArgument
+from tessera.client import Client
+from tessera.errors import InvalidArgument, TesseraError
+from tessera.inference import refusing_version
+
+T = TypeVar("T")
+
+# The name a lone .npy file's array is sent under where the model has several inputs.
+NPY_INPUT = "input"
 
 # The first bytes of a .npy file and of a .npz (a zip archive).
 NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
@@ -32,9 +40,35 @@ def input_names_explained(path: str, inputs: Collection[str]) -> Iterator[None]:
         raise type(err)(
             f"{err.daemon_message}. In {where}, rename the array {refused[0]!r} to the input it is for: "
             "numpy.savez(FILE, NAME=array) stores each array under its input's name (a .npy file "
-            "is sent as 'input')",
+            f"is sent to a model's sole input, and as {NPY_INPUT!r} to one of several)",
             err.trailers,
         ) from None
+
+
+def sent_to_sole_input(
+    client: Client,
+    model: str,
+    picked: int | str | None,
+    inputs: dict[str, np.ndarray],
+    send: Callable[[dict[str, np.ndarray]], T],
+) -> T:
+    """`send(inputs)`; where a lone .npy file's array (NPY_INPUT) is refused as no input of the
+    version that refused it and that version has exactly one input, sent again under its name:
+    a file holds no name to match, and a model of one input leaves no doubt which it is for."""
+    try:
+        return send(inputs)
+    except InvalidArgument as err:
+        if list(inputs) != [NPY_INPUT] or not err.daemon_message.startswith(
+            f"input {NPY_INPUT!r} is not an input of "
+        ):
+            raise
+        try:
+            signature = client.models.version(model, refusing_version(err) or picked).signature
+        except TesseraError:
+            raise err from None
+        if len(signature.inputs) != 1:
+            raise
+        return send({signature.inputs[0].name: inputs[NPY_INPUT]})
 
 
 def load_inputs(path: str) -> dict[str, np.ndarray]:
@@ -46,7 +80,7 @@ def load_inputs(path: str) -> dict[str, np.ndarray]:
     try:
         loaded = np.load(source, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
-            return {"input": loaded}
+            return {NPY_INPUT: loaded}
         with loaded as archive:
             return {array: archive[array] for array in archive.files}
     except (ValueError, EOFError, zipfile.BadZipFile) as err:

@@ -1084,7 +1084,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--input",
         required=True,
-        help=".npz with arrays by input name, or .npy for 'input'; - reads either from stdin",
+        help=".npz with arrays by input name, or .npy for the model's sole input ('input' where it has "
+        "several); - reads either from stdin",
     )
     add_version_flags(
         sub, "default: as the deployment routes, else the daemon's serving.default_alias, else latest"
@@ -1104,7 +1105,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--input",
         required=True,
-        help=".npz with arrays by input name, or .npy for 'input'; - reads either from stdin",
+        help=".npz with arrays by input name, or .npy for the model's sole input ('input' where it has "
+        "several); - reads either from stdin",
     )
     sub.add_argument(
         "--method",

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from tessera.cli.arguments import UsageError, picked_number_or_alias, picked_version, replaced_only_with_force
-from tessera.cli.inputs import input_names_explained, load_inputs
+from tessera.cli.inputs import input_names_explained, load_inputs, sent_to_sole_input
 from tessera.cli.output import Output, size, when
 from tessera.client import Client
 from tessera.explanations import SHORT_NAMES, top_positions
@@ -57,8 +57,14 @@ def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
     inputs = load_inputs(args.input)
     version, alias = picked_number_or_alias(args)
     with input_names_explained(args.input, inputs):
-        prediction = client.inference.predict(
-            args.model, inputs, version=version, alias=alias, timeout=args.timeout
+        prediction = sent_to_sole_input(
+            client,
+            args.model,
+            version or alias,
+            inputs,
+            lambda sent: client.inference.predict(
+                args.model, sent, version=version, alias=alias, timeout=args.timeout
+            ),
         )
     if output:
         save_npz(output, prediction.outputs, args.force)
@@ -89,17 +95,23 @@ def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
     inputs = load_inputs(args.input)
     version, alias = picked_number_or_alias(args)
     with input_names_explained(args.input, inputs):
-        explanation = client.inference.explain(
+        explanation = sent_to_sole_input(
+            client,
             args.model,
+            version or alias,
             inputs,
-            args.method,
-            version=version,
-            alias=alias,
-            target=args.output_index,
-            steps=args.steps,
-            baseline=args.baseline,
-            window=args.window,
-            timeout=max(args.timeout, MODEL_CALL_TIMEOUT_S),
+            lambda sent: client.inference.explain(
+                args.model,
+                sent,
+                args.method,
+                version=version,
+                alias=alias,
+                target=args.output_index,
+                steps=args.steps,
+                baseline=args.baseline,
+                window=args.window,
+                timeout=max(args.timeout, MODEL_CALL_TIMEOUT_S),
+            ),
         )
     if attributions_file:
         save_npz(attributions_file, explanation.attributions, args.force)
