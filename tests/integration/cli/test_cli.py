@@ -242,6 +242,7 @@ def test_train_follow_jobs_runs_and_export(tessera_cli, client, dataset_file, tm
     # Two epochs, a checkpoint each: the daemon's retention keeps the newest, the final one.
     assert rows["state"] == "succeeded" and rows["registered"] == "cli-mlp v1 (alias staging)"
     assert rows["checkpoints"] == "1 kept, 1 released"
+    assert rows["run"] == client.training.job(job_id).run_id
     cells = [
         [c.strip() for c in line.split("│")[1:-1]] for line in shown.out.splitlines() if " final " in line
     ]

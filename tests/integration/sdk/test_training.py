@@ -57,7 +57,8 @@ def test_submit_watch_and_wait_register_a_version(client, table):
     assert job.id in [j.id for j in client.training.jobs(states=["succeeded"])]
     # Its run follows the job: no reopening it.
     with pytest.raises(tessera.FailedPrecondition, match=f"belongs to job {job.id}"):
-        client.training.start_run(run_id=job.info.run_id)
+        client.training.start_run(run_id=job.run_id)
+    assert client.training.run(job.run_id).metrics["val_loss"] == job.info.metrics["val_loss"]
 
 
 def test_the_watch_end_and_the_jobs_listed_say_why_early_stopping_ended_a_job(client, table):

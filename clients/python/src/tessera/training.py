@@ -746,6 +746,12 @@ class Job(Part[C]):
         return JobState.from_proto(self.info.state)
 
     @property
+    def run_id(self) -> str:
+        """The id of the tracking run the job logs its params and metrics to (made at submit):
+        `client.training.run(job.run_id)`, `tessera runs show RUN_ID`."""
+        return self.info.run_id
+
+    @property
     def registered(self) -> common_pb2.VersionRef | None:
         """The model version registered on success, if any."""
         return self.info.registered if self.info.HasField("registered") else None
