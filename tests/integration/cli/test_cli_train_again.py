@@ -4,6 +4,7 @@ what SIGTERM while following a job says."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import tessera.follow
@@ -129,6 +130,27 @@ def test_train_set_names_its_problems_with_the_spec_checks_words(
     assert "argument --set: 'epochs': write KEY=VALUE" in capsys.readouterr().err
     both = tessera_cli("train", str(spec), "--run-name", "a", "--set", "run_name=b")
     assert both.code == EXIT_USAGE and "--run-name and --set run_name=... both name the run" in both.err
+
+
+def test_train_set_reaches_inside_a_dataset_the_spec_names_as_text(
+    tessera_cli, client, table_dataset, tmp_path
+):
+    # The spec's `dataset = "table"` was text, not a table: "data.dataset is "table", not a table".
+    x = np.zeros((8, 4), dtype=np.float32)
+    client.datasets.push("table", x=x, y=np.arange(8) % 2, splits={"train": 0.5, "val": 0.5})
+    spec = tmp_path / "job.toml"
+    for named, run in (('"table"', "first"), ('"table:2"', "second")):
+        spec.write_text(JOB_SPEC.replace('"table"', named))
+        job_id = _job_id(
+            tessera_cli("--json", "train", str(spec), "--run-name", run, "--set", "data.dataset.version=1")
+        )
+        job = client.training.job(job_id).wait().info
+        assert (job.spec.data.dataset.name, job.spec.data.dataset.version) == ("table", 1)
+    spec.write_text(JOB_SPEC.replace('"table"', '"table:two"'))
+    bad = tessera_cli("train", str(spec), "--set", "data.dataset.version=1")
+    assert bad.code == 1 and "--set data.dataset.version=1: data.dataset: dataset 'table:two'" in bad.err, (
+        bad.err
+    )
 
 
 def test_train_set_refuses_a_key_given_twice_or_inside_another_naming_both_flags(

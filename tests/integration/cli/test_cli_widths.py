@@ -4,6 +4,7 @@ broken inside a word, and the columns a table is read for kept at 80 columns and
 from __future__ import annotations
 
 import io
+import itertools
 import re
 from collections.abc import Sequence
 
@@ -102,14 +103,16 @@ def test_runs_leaderboard_keeps_params_whole(daemon, client, sweep, width):
     if width >= 80:
         assert has_column(text, "params that differ") and not left_out(text)
     if has_column(text, "params that differ"):
-        # In full where that fits, else by the path's last part with 4 significant digits.
+        # In full where that fits, else with 4 significant digits under the key: by its full path
+        # either way (`lr=` or `weight_decay=` alone left the reader to guess which field it was).
+        lines = text.splitlines()
         for r in runs:
             for path in ("optimizer.lr", "optimizer.weight_decay"):
-                full, short = (
-                    f"{path}={r.params[path]}",
-                    f"{path.split('.')[-1]}={short_value(r.params[path])}",
-                )
-                assert shown_whole(text, full) or shown_whole(text, short), f"{full} is broken in:\n{text}"
+                full, short = f"{path}={r.params[path]}", short_value(r.params[path])
+                assert shown_whole(text, full) or any(
+                    shown_whole(line, f"{path}=") and shown_whole(below, short)
+                    for line, below in itertools.pairwise(lines)
+                ), f"{full} is broken in:\n{text}"
     else:
         assert "params that differ" in left_out(text)
 

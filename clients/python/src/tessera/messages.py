@@ -10,7 +10,7 @@ import json
 import numbers
 import sys
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -184,16 +184,30 @@ def _key_path(key: str) -> KeyPath | None:
     return tuple(path) if level == 0 and not isinstance(level, bool) and path else None
 
 
-def with_settings(table: TomlTable, settings: Sequence[tuple[KeyPath, Any, str]]) -> TomlTable:
+def with_settings(
+    table: TomlTable,
+    settings: Sequence[tuple[KeyPath, Any, str]],
+    message_type: type[Message] | None = None,
+) -> TomlTable:
     """`table` (from load_toml) with each setting's value at its path, the tables above it made
     where missing; a setting is (path, value, the words that set it), and its problems are named
-    by those words (`--set optimizer.lr=...`) instead of a line of the file. ValueError for a
-    path that goes through a value that is not a table."""
+    by those words (`--set optimizer.lr=...`) instead of a line of the file. A value written as
+    text that `message_type` also takes as a table (a dataset "clips:2") becomes that table where
+    a setting goes inside it (`data.dataset.version=3`). ValueError for a path that goes through
+    any other value that is not a table."""
     set_by: dict[KeyPath, str] = {}
     for path, value, words in settings:
         here: dict[str, Any] = table
+        descriptor: Descriptor | None = message_type.DESCRIPTOR if message_type is not None else None  # type: ignore[assignment]
         for depth, key in enumerate(path[:-1], start=1):
+            field = descriptor.fields_by_name.get(str(key)) if descriptor is not None else None
+            descriptor = field.message_type if field is not None else None
             below = here.setdefault(str(key), TomlTable())
+            if isinstance(below, str) and descriptor is not None and descriptor.full_name in _TEXT_AS_TABLE:
+                try:
+                    below = here[str(key)] = TomlTable(_TEXT_AS_TABLE[descriptor.full_name](below))
+                except ValueError as err:
+                    raise ValueError(f"{words}: {dotted_name(path[:depth])}: {err}") from None
             if not isinstance(below, dict):
                 raise ValueError(f"{words}: {dotted_name(path[:depth])} is {_describe(below)}, not a table")
             here = below
@@ -202,6 +216,15 @@ def with_settings(table: TomlTable, settings: Sequence[tuple[KeyPath, Any, str]]
     if table.source is not None:
         table.source = dataclasses.replace(table.source, set_by={**table.source.set_by, **set_by})
     return table
+
+
+def _dataset_table(text: str) -> dict[str, Any]:
+    ref = dataset_ref(text)
+    return {"name": ref.name, **({"version": ref.version} if ref.version else {})}
+
+
+# Messages a spec may give as text, and the table each text stands for.
+_TEXT_AS_TABLE: dict[str, Callable[[str], dict[str, Any]]] = {"tessera.v1.DatasetRef": _dataset_table}
 
 
 def _table(value: dict[str, Any], source: TomlSource, prefix: KeyPath) -> TomlTable:

@@ -40,7 +40,7 @@ def cmd_train(client: Client, args: argparse.Namespace, out: Output) -> None:
         settings.append((("resume_weights_only",), True, "--resume-weights-only"))
     _each_field_set_once(settings)
     try:
-        job = client.training.submit(with_settings(load_toml(args.spec), settings))
+        job = client.training.submit(with_settings(load_toml(args.spec), settings, job_spec_pb2.JobSpec))
     except AlreadyExists as err:
         # The daemon's words: `message` has the SDK's (restore it with `client.training...`).
         told = err.daemon_message

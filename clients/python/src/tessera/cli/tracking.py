@@ -538,16 +538,16 @@ def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) 
     runs = [e.run for e in entries]
     differing = differing_params(runs)
 
-    def rows(shown_keys: dict[str, str], value: Callable[[str], str]) -> list[tuple[Any, ...]]:
+    # Each param by its full dotted key, however narrow: a tail alone (`version=2`, `count=1`) left
+    # the reader to guess which of the spec's fields it was. Narrower, the value goes under its key.
+    def rows(pair: Callable[[str, str], str]) -> list[tuple[Any, ...]]:
         return [
             (
                 e.rank,
                 f"{e.value:.5g}",
                 e.run.run_id,
                 e.run.name,
-                "\n".join(
-                    f"{shown_keys[k]}={value(e.run.params[k])}" for k in differing if k in e.run.params
-                ),
+                "\n".join(pair(k, e.run.params[k]) for k in differing if k in e.run.params),
             )
             for e in entries
         ]
@@ -555,11 +555,11 @@ def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) 
     out.table(
         f"{args.experiment} by {args.metric}",
         ["rank", args.metric, "run", "name", "params that differ"],
-        rows({k: k for k in differing}, str),
+        rows(lambda key, value: f"{key}={value}"),
         whole=("rank", "run", "name"),
         unbroken=("params that differ",),
         stacked={"name": "run"},
-        narrower_rows=rows(shortest_suffixes(differing), short_value),
+        narrower_rows=rows(lambda key, value: f"{key}=\n  {short_value(value)}"),
     )
     same = len({k for run in runs for k in run.params}) - len(differing)
     if same:
@@ -618,20 +618,6 @@ def nothing_ranked(client: Client, experiment: str, metric: str) -> str | None:
     if near:
         said += f"; did you mean {near[0]}?"
     raise NotFoundInCliWords(f"{said}{' ' if near else '. '}{logged}")
-
-
-def shortest_suffixes(paths: Sequence[str]) -> dict[str, str]:
-    """Each dotted path by its shortest tail of parts that no other path ends with
-    (optimizer.weight_decay as weight_decay, unless another path ends in weight_decay too)."""
-    shown = {}
-    for path in paths:
-        parts = path.split(".")
-        for start in range(len(parts) - 1, -1, -1):
-            tail = ".".join(parts[start:])
-            if not any(other != path and (other == tail or other.endswith("." + tail)) for other in paths):
-                break
-        shown[path] = tail
-    return shown
 
 
 def differing_params(runs: Sequence[training_pb2.Run]) -> list[str]:
