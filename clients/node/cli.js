@@ -208,12 +208,16 @@ const COMMANDS = {
       'runs, newest first: of experiment NAME (default: all; `runs ls NAME` is short for it), in one of the ' +
       `STATUSes (${RUN_STATUSES.join(', ')}), ` +
       "matching MLflow's search FILTER, conditions joined by AND: metrics.KEY OP NUMBER (OP <, <=, >, >=, = " +
-      "or !=; metrics.KEY.min or .max for that value of the summary), params.KEY = 'VALUE', tags.KEY = " +
-      "'VALUE', attributes.status = 'STATUS' (or !=, IN (...), NOT IN (...)); backquote a key of other " +
+      "or !=; metrics.KEY.min or .max for that value of the summary), params.KEY and tags.KEY = 'VALUE' " +
+      "(or !=, LIKE 'res%', ILIKE, IN ('a', 'b'), NOT IN (...)), attributes.run_name, run_id and " +
+      'parent_run_id as text, attributes.start_time and end_time OP MILLISECONDS, ' +
+      "attributes.status = 'STATUS' (or !=, IN (...), NOT IN (...)); backquote a key of other " +
       "characters than letters, digits and _, e.g. metrics.`val-loss`, and a metric's with dots: MLflow's " +
       "metrics.val.min, the metric named val.min, is metrics.`val.min`. ORDER: a metric's name (lowest first " +
       "for a loss or error, else highest first) or 'metrics.KEY [ASC|DESC]' (without ASC or DESC: lowest " +
-      'first, as MLflow; runs without the metric last)',
+      'first, as MLflow; runs without the metric last); several keys apart by commas, each metrics.KEY, ' +
+      "params.KEY, start_time, end_time, run_name or status, decide in turn, e.g. 'metrics.val_loss ASC, " +
+      "start_time DESC' (equal runs by run id)",
   },
   'runs compare': {
     usage: 'runs compare RUN_ID RUN_ID...',

@@ -11,14 +11,25 @@
 //   metrics.`val.min` here (and metrics.`val.min`.max its max); a key with more dots unquoted,
 //   such as metrics.a.b.min, is refused, naming both readings.
 // - `params.KEY = 'VALUE'` and `tags.KEY = 'VALUE'`: exact text, in single or double quotes (a
-//   quote inside doubled: 'it''s').
+//   quote inside doubled: 'it''s'); the daemon compares a param and a value that are both numbers
+//   as numbers ('3e-3' matches 0.003), and true and false in any case. `!=`, `IN ('a', 'b')` and
+//   `NOT IN (...)` compare so too; `LIKE 'res%'` (% any run of characters, _ any one;
+//   case-sensitive) and `ILIKE` (not) match the text as logged. A run without the key matches none
+//   of these.
+// - `attributes.run_name`, `attributes.run_id` and `attributes.parent_run_id`: as a tag's text.
+//   `attributes.start_time` and `attributes.end_time` OP MILLISECONDS since the epoch, as MLflow's
+//   (a run not ended has no end_time).
 // - `attributes.status = 'X'`, `!= 'X'`, `IN ('X', 'Y')` or `NOT IN (...)`: a run status, or
 //   MLflow's FINISHED (succeeded) and KILLED (cancelled).
 // - A key of other characters than letters, digits and _ goes in backquotes: metrics.`val-loss`;
 //   a param's or tag's may hold dots without them, as in MLflow: params.optimizer.lr.
 //   MLflow's other entity spellings (metric, param, parameter, tag, attribute, attr, run) work too.
-// Order: `metrics.KEY [ASC|DESC]` (with .last, .min or .max as above); ListRuns orders by one metric.
-// A metric's name alone (listRuns' orderBy 'val_loss') takes no ASC or DESC.
+// Order: one key or more apart by commas (or an array of strings), each `metrics.KEY` (with .last,
+// .min or .max as above), `params.KEY` (as text) or a run attribute, start_time, end_time,
+// run_name or status (bare, as MLflow reads them, or attributes.NAME; created is start_time), then
+// ASC or DESC; without either, ascending, as in MLflow (a metric's name alone, listRuns' orderBy
+// 'val_loss', takes the metric's own direction instead, and no ASC or DESC). The first key decides
+// first; runs lacking a key's value come after the others, and equal runs by run id.
 // Mistakes throw RunFilterError (a RangeError) naming the column and what fits there.
 
 const { enumNames } = require('./proto');
@@ -41,8 +52,8 @@ const ENTITIES = {
 const COMPARISONS = { '<=': 'le', '>=': 'ge', '!=': 'ne', '<': 'lt', '>': 'gt', '=': 'eq' };
 const DIRECTIONS = ['ASC', 'DESC'];
 // MLflow's run attributes an order names bare ("start_time", "start_time DESC"), as MLflow reads
-// them (RunInfo's orderable attributes and the alias "created"): listRuns orders by a metric only,
-// so such an order is refused, not read as a metric of that name that no run has.
+// them (RunInfo's orderable attributes and the alias "created"): those ListRuns does not order by
+// are refused, not read as a metric of that name that no run has.
 const RUN_ATTRIBUTES = ['start_time', 'end_time', 'created', 'status', 'run_name', 'run_id', 'user_id', 'artifact_uri'];
 const FIELDS = ['last', 'min', 'max'];
 const RUN_STATUSES = enumNames('tessera.v1.RunStatus')
@@ -68,6 +79,17 @@ const KEY_PUNCTUATION = ['-', '/', ':'];
 // Decimal digits of any script, as Python's \d (float() reads them too).
 const NUMBER = /[+-]?(?:\p{Nd}+(?:\.\p{Nd}*)?|\.\p{Nd}+)(?:[eE][+-]?\p{Nd}+)?/uy;
 const CONDITIONS = 'metrics.KEY, params.KEY, tags.KEY or attributes.NAME';
+const TEXT_ATTRIBUTES = ['run_name', 'run_id', 'parent_run_id'];
+const TIME_ATTRIBUTES = ['start_time', 'end_time'];
+// The run attributes ListRuns orders by, and MLflow's alias of start_time.
+const ORDER_ATTRIBUTES = ['start_time', 'end_time', 'run_name', 'status'];
+const ATTRIBUTE_ALIASES = { created: 'start_time' };
+// TextFilter's entity of each, as listRuns takes it.
+const TEXT_ENTITIES = { params: 'param', tags: 'tag', attributes: 'attribute' };
+// As the daemon bounds a LIKE pattern (its matching costs up to value x pattern steps).
+const MAX_LIKE_PATTERN = 500;
+// ASCII digits only, as the Python SDK's (whose float() reading of a metric takes any script's).
+const MILLISECONDS = /[0-9]+/y;
 // What Python's str.isspace() takes, which JavaScript's \s does not quite.
 const SPACE = /[\t\n\v\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]/;
 
@@ -339,33 +361,102 @@ function statusCondition(scan, written) {
   return op === '!=' ? except(one) : one;
 }
 
-function textCondition(scan, written, kept) {
+function textList(scan, written, word) {
+  scan.space();
+  if (!scan.take('(')) throw scan.fail(`expected ( and the values after ${word}, e.g. ${word} ('a', 'b')`);
+  const values = [quotedText(scan, written)];
+  for (;;) {
+    scan.space();
+    if (scan.take(')')) return values;
+    if (!scan.take(',')) throw scan.fail('expected , and another value, or ) to close the list');
+    values.push(quotedText(scan, written));
+  }
+}
+
+// A param's, tag's, run_name's, run_id's or parent_run_id's condition: = and a param or tag into
+// found.params or found.tags (as ListRuns has long taken them), the others into found.texts.
+function textCondition(scan, written, found) {
   scan.space();
   const at = scan.at;
-  if (comparison(scan) !== '=') {
-    // Worded as the Python SDK's parser (which also takes !=, LIKE, ILIKE and IN); this port takes = only.
+  const column = `${written.entity}.${written.key}`;
+  let word = scan.peekWord().toUpperCase();
+  let values;
+  let match;
+  if (['LIKE', 'ILIKE', 'IN', 'NOT'].includes(word)) {
+    scan.match(WORD);
+    if (word === 'NOT') {
+      scan.space();
+      if (scan.match(WORD).toUpperCase() !== 'IN') throw scan.fail('expected IN after NOT', at);
+      word = 'NOT_IN';
+    }
+    if (word === 'IN' || word === 'NOT_IN') {
+      values = textList(scan, written, word.replace('_', ' '));
+    } else {
+      scan.space();
+      const valueAt = scan.at;
+      values = [quotedText(scan, written)];
+      const length = Array.from(values[0]).length;
+      if (length > MAX_LIKE_PATTERN) {
+        throw scan.fail(
+          `a ${word} pattern is at most ${MAX_LIKE_PATTERN} characters, this one is ${length.toLocaleString('en-US')}`,
+          valueAt,
+        );
+      }
+    }
+    match = word.toLowerCase();
+  } else {
+    const op = comparison(scan);
+    if (op !== '=' && op !== '!=') {
+      throw scan.fail(`${column} compares with =, !=, LIKE, ILIKE, IN (...) or NOT IN (...)`, at);
+    }
+    const value = quotedText(scan, written);
+    if (op === '=' && written.entity !== 'attributes') {
+      const kept = written.entity === 'params' ? found.params : found.tags;
+      if (Object.hasOwn(kept, written.key) && kept[written.key] !== value) {
+        throw scan.fail(
+          `${column} is already compared with ${pyRepr(kept[written.key])}; ` +
+            'a run has one value, so no run matches both',
+          written.start,
+        );
+      }
+      kept[written.key] = value;
+      return;
+    }
+    values = [value];
+    match = op === '=' ? 'eq' : 'ne';
+  }
+  found.texts.push({ entity: TEXT_ENTITIES[written.entity], key: written.key, match, values });
+}
+
+// `attributes.start_time OP MILLISECONDS` (since the epoch, as MLflow's times); value_ms is the
+// number's decimal text, exact past 2**53, as listRuns sends an int64.
+function timeCondition(scan, written) {
+  scan.space();
+  const at = scan.at;
+  const op = comparison(scan);
+  if (!op) throw scan.fail(`expected a comparison after attributes.${written.key}: <, <=, >, >=, = or !=`, at);
+  scan.space();
+  const valueAt = scan.at;
+  const text = scan.match(MILLISECONDS);
+  if (!text || scan.peekWord() || ['.', "'", '"'].includes(scan.text.slice(scan.at, scan.at + 1))) {
     throw scan.fail(
-      `${written.entity}.${written.key} compares with =, !=, LIKE, ILIKE, IN (...) or NOT IN (...)`,
-      at,
+      `attributes.${written.key} compares with a whole number of milliseconds since the epoch, e.g. 1700000000000`,
+      valueAt,
     );
   }
-  const value = quotedText(scan, written);
-  if (Object.hasOwn(kept, written.key) && kept[written.key] !== value) {
-    throw scan.fail(
-      `${written.entity}.${written.key} is already compared with ${pyRepr(kept[written.key])}; ` +
-        'a run has one value, so no run matches both',
-      written.start,
-    );
-  }
-  kept[written.key] = value;
+  const value = BigInt(text);
+  if (value >= 2n ** 63n) throw scan.fail(`${text} is past the largest time`, valueAt);
+  return { attribute: written.key, op: COMPARISONS[op], value_ms: value.toString() };
 }
 
 // A filter string as listRuns' options: { statuses: ['failed', ...] (empty: any status),
-// params: { key: value }, tags: { key: value }, metrics: [{ key, field, op, value }] }; every
-// condition must hold. '' filters nothing.
+// params: { key: value }, tags: { key: value }, metrics: [{ key, field, op, value }], texts:
+// [{ entity ('param', 'tag', 'attribute'), key, match ('eq', 'ne', 'like', 'ilike', 'in',
+// 'not_in'), values }], times: [{ attribute, op, value_ms }] }; every condition must hold. ''
+// filters nothing.
 function parseFilter(text) {
   const scan = new Scanner(text);
-  const found = { statuses: [], params: {}, tags: {}, metrics: [] };
+  const found = { statuses: [], params: {}, tags: {}, metrics: [], texts: [], times: [] };
   let statuses;
   while (!scan.done()) {
     const written = operand(scan, CONDITIONS);
@@ -376,12 +467,16 @@ function parseFilter(text) {
       if (!op) throw scan.fail(`expected a comparison after metrics.${written.key}: <, <=, >, >=, = or !=`, at);
       const value = number(scan, `metrics.${written.key}`);
       found.metrics.push({ key: written.key, field: written.field || 'last', op: COMPARISONS[op], value });
+    } else if (written.entity === 'attributes' && TIME_ATTRIBUTES.includes(written.key)) {
+      found.times.push(timeCondition(scan, written));
+    } else if (written.entity === 'attributes' && TEXT_ATTRIBUTES.includes(written.key)) {
+      textCondition(scan, written, found);
     } else if (written.entity === 'attributes') {
       const allowed = statusCondition(scan, written);
       statuses = statuses === undefined ? allowed : new Set([...statuses].filter((s) => allowed.has(s)));
       if (!statuses.size) throw scan.fail('no run status meets every condition on attributes.status', written.start);
     } else {
-      textCondition(scan, written, written.entity === 'params' ? found.params : found.tags);
+      textCondition(scan, written, found);
     }
     if (scan.done()) break;
     const joinerAt = scan.at;
@@ -400,33 +495,86 @@ function parseFilter(text) {
   return found;
 }
 
-// An order string, `metrics.KEY[.FIELD] [ASC|DESC]`, as { metric, field ('last', 'min', 'max';
-// undefined when not written: the last value), descending (undefined when not written) }.
-function parseOrder(text) {
-  const scan = new Scanner(text);
-  if (scan.done()) throw scan.fail('the order is empty; write metrics.KEY, then ASC or DESC if you choose');
-  if (!Object.hasOwn(ENTITIES, scan.peekWord().toLowerCase())) throw unnamedOrder(scan);
-  const written = operand(scan, 'metrics.KEY, then ASC or DESC');
-  if (written.entity !== 'metrics') {
-    const shown = text.slice(written.start, scan.at);
-    throw scan.fail(
-      'ListRuns orders runs by a metric only (metrics.KEY [ASC|DESC]); without an order they ' +
-        `come newest first (a metric named ${shown} is metrics.\`${shown}\`)`,
-      written.start,
-    );
+// One key of an order: `metrics.KEY[.FIELD]`, `params.KEY`, `attributes.NAME` or a bare
+// attribute's NAME (as MLflow reads start_time), then ASC or DESC if written.
+function orderKey(scan) {
+  scan.space();
+  const start = scan.at;
+  const word = scan.peekWord();
+  const after = scan.text.slice(start + word.length, start + word.length + 1);
+  let entity = after === '.' && Object.hasOwn(ENTITIES, word.toLowerCase()) ? ENTITIES[word.toLowerCase()] : undefined;
+  let key;
+  let field = '';
+  if (entity === undefined) {
+    const lower = word.toLowerCase();
+    const name = Object.hasOwn(ATTRIBUTE_ALIASES, lower) ? ATTRIBUTE_ALIASES[lower] : lower;
+    if (!word || !ORDER_ATTRIBUTES.includes(name) || (after && !SPACE.test(after) && after !== ',')) {
+      throw unnamedOrder(scan);
+    }
+    scan.match(WORD);
+    key = name;
+    entity = 'attributes';
+  } else {
+    const written = operand(scan, 'metrics.KEY, params.KEY or attributes.NAME, then ASC or DESC');
+    key = written.key;
+    field = written.field;
+    if (entity === 'tags') throw scan.fail('runs are ordered by metrics, params and attributes, not by tags', start);
+    if (entity === 'attributes') {
+      const lower = key.toLowerCase();
+      key = Object.hasOwn(ATTRIBUTE_ALIASES, lower) ? ATTRIBUTE_ALIASES[lower] : key;
+      if (!ORDER_ATTRIBUTES.includes(key)) {
+        throw scan.fail(
+          `attributes.${written.key} orders nothing: ListRuns orders by attributes ${ORDER_ATTRIBUTES.join(', ')}`,
+          start,
+        );
+      }
+    }
   }
   let descending;
-  if (!scan.done()) {
-    const at = scan.at;
+  scan.space();
+  const at = scan.at;
+  if (!scan.done() && !scan.text.startsWith(',', at)) {
     const direction = scan.match(WORD).toUpperCase();
     if (!DIRECTIONS.includes(direction)) {
-      if (scan.take(',')) throw scan.fail('ListRuns orders by one metric: leave out the orders after the first', at);
-      throw scan.fail('expected ASC or DESC, or the end of the order', at);
+      throw scan.fail('expected ASC or DESC, a comma and the next key, or the end of the order', at);
     }
     descending = direction === 'DESC';
-    if (!scan.done()) throw scan.fail('ListRuns orders by one metric: leave out the orders after the first');
   }
-  return { metric: written.key, field: written.field || undefined, descending };
+  return { entity, key, field: field || undefined, descending };
+}
+
+// An order string of one or more keys apart by commas, e.g. `metrics.val_loss ASC, start_time
+// DESC`, as [{ entity ('metrics', 'params' or 'attributes'), key, field ('last', 'min', 'max';
+// undefined when not written: a metric's last value), descending (undefined when not written) }]:
+// the first decides first, the next between runs equal in it, and so on.
+function parseOrderKeys(text) {
+  const scan = new Scanner(text);
+  if (scan.done()) {
+    throw scan.fail(
+      'the order is empty; write metrics.KEY, params.KEY or an attribute, then ASC or DESC if you choose',
+    );
+  }
+  const keys = [orderKey(scan)];
+  while (!scan.done()) {
+    if (!scan.take(',')) throw scan.fail('expected a comma and the next key, or the end of the order');
+    if (scan.done()) throw scan.fail('expected a key after the comma');
+    keys.push(orderKey(scan));
+  }
+  return keys;
+}
+
+// An order string of one key (see parseOrderKeys); a metric's also as { metric }, as before.
+function parseOrder(text) {
+  const keys = parseOrderKeys(text);
+  if (keys.length > 1) {
+    throw new RunFilterError(
+      text,
+      Array.from(text.slice(0, text.indexOf(','))).length + 1,
+      'expected one key: use parseOrderKeys for more',
+    );
+  }
+  const [key] = keys;
+  return key.entity === 'metrics' ? { metric: key.key, ...key } : key;
 }
 
 // `text` without the spaces at either end, as Python's str.strip().
@@ -445,49 +593,57 @@ function words(text) {
     .filter((word) => word !== '');
 }
 
-// The error for an order whose metric lacks `metrics.`, such as "val_loss DESC", or that names a
-// run attribute, such as MLflow's "start_time DESC".
+// The error for an order key whose metric lacks `metrics.`, such as "val_loss DESC", or a run
+// attribute that orders nothing, such as run_id.
 function unnamedOrder(scan) {
-  const all = words(scan.text);
-  const last = all[all.length - 1];
-  if (all.length === 1 && DIRECTIONS.includes(last.toUpperCase())) {
+  const rest = scan.text.slice(scan.at).split(',')[0];
+  const all = words(rest);
+  const last = all.length ? all[all.length - 1] : '';
+  if (all.length <= 1 && DIRECTIONS.includes(last.toUpperCase())) {
     return scan.fail(
-      `${last} is a direction alone: write the metric before it, metrics.KEY ${last.toUpperCase()} ` +
-        '(ListRuns orders runs by a metric only; without an order they come newest first)',
+      `${last} is a direction alone: write the key before it, metrics.KEY ${last.toUpperCase()} (or ` +
+        'params.KEY, or an attribute such as start_time)',
     );
   }
   const direction = all.length > 1 && DIRECTIONS.includes(last.toUpperCase()) ? ` ${last.toUpperCase()}` : '';
-  let written = stripped(scan.text);
+  let written = stripped(rest);
   if (direction) written = stripped(written.slice(0, -last.length));
   const quoted = /^[\p{L}\p{N}_]+$/u.test(written) || written.startsWith('`');
   const key = quoted ? written : `\`${written.replaceAll('`', '``')}\``;
   if (RUN_ATTRIBUTES.includes(written.toLowerCase())) {
     return scan.fail(
-      `${written} is a run attribute, as in MLflow, and ListRuns orders runs by a metric only: ` +
-        `leave the order out for runs newest first, or write metrics.${key}${direction} for a metric ` +
-        'of that name',
+      `${written} is a run attribute, as in MLflow, that ListRuns does not order by: use one of ` +
+        `${ORDER_ATTRIBUTES.join(', ')}, or write metrics.${key}${direction} for a metric of that name`,
     );
   }
   return scan.fail(
-    `an order names its metric as metrics.KEY: write metrics.${key}${direction} (ListRuns orders ` +
-      'runs by a metric only; without an order they come newest first)',
+    `an order names its metric as metrics.KEY: write metrics.${key}${direction} (or params.KEY, or an ` +
+      `attribute: ${ORDER_ATTRIBUTES.join(', ')})`,
   );
 }
 
-// Whether an order is MLflow's, read by parseOrder: it names `entity.key`, it ends in ASC or DESC,
-// which a metric's name alone does not take, or it is a run attribute's name, which MLflow reads as
-// the attribute (read as a metric's name, "val_loss DESC", "start_time DESC" or "start_time" would
-// order by a metric no run has).
+// Whether an order is MLflow's, read by parseOrderKeys: it holds a comma, it names `entity.key`,
+// it ends in ASC or DESC, which a metric's name alone does not take, or it is a run attribute's
+// name, which MLflow reads as the attribute (read as a metric's name, "val_loss DESC", "start_time
+// DESC" or "start_time" would order by a metric no run has).
 function isOrderString(text) {
   // stripped, not trim(): the spaces Python's str.strip() takes, so both SDKs read alike.
   const trimmed = stripped(text);
   const dot = trimmed.indexOf('.');
   const all = words(text);
   return (
+    text.includes(',') ||
     (dot >= 0 && Object.hasOwn(ENTITIES, trimmed.slice(0, dot).toLowerCase())) ||
     (all.length > 1 && DIRECTIONS.includes(all[all.length - 1].toUpperCase())) ||
     (all.length === 1 && RUN_ATTRIBUTES.includes(all[0].toLowerCase()))
   );
 }
 
-module.exports = { RunFilterError, parseFilter, parseOrder, isOrderString, RUN_STATUSES };
+// MLflow's order_by, a string or an array of them, each of one key or more apart by commas; []
+// for no order.
+function parseOrders(orders) {
+  const given = typeof orders === 'string' ? [orders] : [...orders];
+  return given.filter((text) => stripped(text)).flatMap(parseOrderKeys);
+}
+
+module.exports = { RunFilterError, parseFilter, parseOrder, parseOrderKeys, parseOrders, isOrderString, RUN_STATUSES };

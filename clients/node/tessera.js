@@ -523,50 +523,18 @@ class Client {
     return this.pages(this.training, 'ListRunMetrics', request, 'metrics', timeout);
   }
 
-  // Runs matching every filter given, newest first, or by a metric's summary with orderBy; every
-  // page. statuses: ['running', ...]; params, tags: { key: value }; metrics: [{ key, op ('lt',
-  // 'le', 'gt', 'ge', 'eq', 'ne'), value, field ('last' (default), 'min', 'max') }]; filter:
-  // MLflow's search string in place of the option of each kind it uses, e.g. "metrics.val_acc >
-  // 0.9 and params.lr = '0.01'" (run_filter.js; parseRunFilter shows what it reads); orderBy: a
-  // metric's key, with orderField and descending (undefined: the metric's own direction, lowest
-  // loss first), or MLflow's order string 'metrics.val_loss DESC' (without ASC or DESC:
-  // ascending, as MLflow's); view as listExperiments'. A filter or order that cannot be read
-  // throws RunFilterError (a RangeError) naming the column.
-  async listRuns(
-    experiment = '',
-    {
-      statuses = [],
-      params,
-      tags,
-      metrics = [],
-      filter = '',
-      orderBy,
-      orderField,
-      descending,
-      view = 'active_only',
-      pageSize = 0,
-      timeoutMs: timeout,
-    } = {},
-  ) {
-    const given = { statuses, params: asText(params), tags: asText(tags, 'tags'), metrics };
-    if (filter) withFilter(given, runFilter.parseFilter(filter));
-    const request = {
-      experiment,
-      statuses: given.statuses.map((status, i) => enumValue('tessera.v1.RunStatus', status, `statuses[${i}]`)),
-      params: Object.entries(given.params).map(([key, value]) => ({ key, value })),
-      tags: Object.entries(given.tags).map(([key, value]) => ({ key, value })),
-      metrics: given.metrics.map(({ key, op, value, field = 'last' }, i) => ({
-        key,
-        op: enumValue('tessera.v1.Comparison', op, `metrics[${i}].op`),
-        value: metricValue(key, value),
-        field: enumValue('tessera.v1.SummaryField', field, `metrics[${i}].field`),
-      })),
-      view: enumValue('tessera.v1.LifecycleView', view, 'view'),
-      page_size: wholeNumber('pageSize', pageSize),
-    };
-    const order = runOrder(orderBy, orderField, descending);
-    if (order !== undefined) request.order_by = order;
-    return this.pages(this.training, 'ListRuns', request, 'runs', timeout);
+  // Runs matching every filter given, newest first, or by orderBy; every page. statuses:
+  // ['running', ...]; params, tags: { key: value }; metrics: [{ key, op ('lt', 'le', 'gt', 'ge',
+  // 'eq', 'ne'), value, field ('last' (default), 'min', 'max') }]; filter: MLflow's search string
+  // in place of the option of each kind it uses, e.g. "metrics.val_acc > 0.9 and params.lr =
+  // '0.01'" (run_filter.js; parseRunFilter shows what it reads); orderBy: a metric's key, with
+  // orderField and descending (undefined: the metric's own direction, lowest loss first), or
+  // MLflow's order string of one key or more, 'metrics.val_loss DESC, start_time' (without ASC or
+  // DESC: ascending, as MLflow's), or an array of them; view as listExperiments'. A filter or
+  // order that cannot be read throws RunFilterError (a RangeError) naming the column.
+  async listRuns(experiment = '', options = {}) {
+    const request = listRunsRequest(experiment, options);
+    return this.pages(this.training, 'ListRuns', request, 'runs', options.timeoutMs);
   }
 
   // Params and metrics of two or more runs side by side: { runs, params: [{ key, values,
@@ -1175,6 +1143,45 @@ function versionRef(model, version, alias) {
   return alias === undefined ? { model } : { model, alias };
 }
 
+// The ListRuns request listRuns sends (without its page token): the same as the Python SDK's
+// runs() sends for the same filter and order strings.
+function listRunsRequest(
+  experiment = '',
+  { statuses = [], params, tags, metrics = [], filter = '', orderBy, orderField, descending, view = 'active_only', pageSize = 0 } = {},
+) {
+  const given = { statuses, params: asText(params), tags: asText(tags, 'tags'), metrics, texts: [], times: [] };
+  if (filter) withFilter(given, runFilter.parseFilter(filter));
+  const request = {
+    experiment,
+    statuses: given.statuses.map((status, i) => enumValue('tessera.v1.RunStatus', status, `statuses[${i}]`)),
+    params: Object.entries(given.params).map(([key, value]) => ({ key, value })),
+    tags: Object.entries(given.tags).map(([key, value]) => ({ key, value })),
+    metrics: given.metrics.map(({ key, op, value, field = 'last' }, i) => ({
+      key,
+      op: enumValue('tessera.v1.Comparison', op, `metrics[${i}].op`),
+      value: metricValue(key, value),
+      field: enumValue('tessera.v1.SummaryField', field, `metrics[${i}].field`),
+    })),
+    texts: given.texts.map(({ entity, key, match, values }, i) => ({
+      entity: enumValue('tessera.v1.TextEntity', entity, `texts[${i}].entity`),
+      key,
+      match: enumValue('tessera.v1.TextMatch', match, `texts[${i}].match`),
+      values,
+    })),
+    times: given.times.map(({ attribute, op, value_ms }, i) => ({
+      attribute,
+      op: enumValue('tessera.v1.Comparison', op, `times[${i}].op`),
+      value_ms,
+    })),
+    view: enumValue('tessera.v1.LifecycleView', view, 'view'),
+    page_size: wholeNumber('pageSize', pageSize),
+  };
+  const { order, orderKeys } = runOrder(orderBy, orderField, descending);
+  if (order !== undefined) request.order_by = order;
+  if (orderKeys.length) request.order_keys = orderKeys;
+  return request;
+}
+
 // A filter string's conditions (parseFilter's) added to listRuns' options `given`; refused where
 // an option of the same kind is given too, as it is not said whether both should hold.
 function withFilter(given, found) {
@@ -1190,32 +1197,57 @@ function withFilter(given, found) {
     }
   }
   Object.assign(given, Object.fromEntries(kinds.filter(([, , inFilter]) => inFilter).map(([, option]) => [option, found[option]])));
+  // Conditions no option gives: LIKE, IN, != and the like, and run names, ids and times.
+  given.texts.push(...found.texts);
+  given.times.push(...found.times);
 }
 
-// ListRuns' order_by from a metric's name or MLflow's order string, and the field and direction
-// given beside it, as the Python SDK's: refused where both say the same thing, or where either
-// is given without an order. Without a direction a metric's name takes the metric's own (the
-// daemon's default), an order string ascending, as MLflow's search_runs does.
-function runOrder(orderBy, orderField, descending) {
-  if (orderBy === undefined || orderBy === '') {
-    if (orderField !== undefined || descending !== undefined) {
-      throw new RangeError('orderField and descending order by a metric: give its key as orderBy');
+// ListRuns' order from a metric's name or MLflow's order strings, and the field and direction
+// given beside it, as the Python SDK's: { order } (order_by) for one metric, as ListRuns has long
+// taken it, else { orderKeys } (order_keys). Refused where both say the same thing, or where
+// either is given without one metric to apply to. Without a direction a metric's name takes the
+// metric's own (the daemon's default), an order string ascending, as MLflow's search_runs does.
+function runOrder(orderBy = '', orderField, descending) {
+  const orders = typeof orderBy === 'string' ? [orderBy] : [...orderBy];
+  const named = orders.length === 1 && !runFilter.isOrderString(orders[0]);
+  let keys;
+  if (named) keys = orders[0] ? [{ entity: 'metrics', key: orders[0] }] : [];
+  else keys = runFilter.parseOrders(orders);
+  if (keys.length !== 1 || keys[0].entity !== 'metrics') {
+    for (const [name, value] of [['descending', descending], ['orderField', orderField]]) {
+      if (value !== undefined) {
+        if (!keys.length) throw new RangeError(`${name} applies to the metric orderBy names: give orderBy too`);
+        throw new RangeError(`${name} applies to an orderBy of one metric: write ASC or DESC after each key in orderBy`);
+      }
     }
-    return undefined;
+    return { orderKeys: keys.map(orderKeyMessage) };
   }
-  const named = !runFilter.isOrderString(orderBy);
-  const parsed = named ? { metric: orderBy } : runFilter.parseOrder(orderBy);
+  const [parsed] = keys;
+  const shown = JSON.stringify(orders[0]);
   if (parsed.descending !== undefined && descending !== undefined) {
-    throw new RangeError(`orderBy ${JSON.stringify(orderBy)} gives its direction: leave out descending`);
+    throw new RangeError(`orderBy ${shown} gives its direction: leave out descending`);
   }
   if (parsed.field !== undefined && orderField !== undefined) {
-    throw new RangeError(`orderBy ${JSON.stringify(orderBy)} names the summary field: leave out orderField`);
+    throw new RangeError(`orderBy ${shown} names the summary field: leave out orderField`);
   }
-  const field = parsed.field ?? orderField ?? 'last';
-  const order = { metric: parsed.metric, field: enumValue('tessera.v1.SummaryField', field, 'orderField') };
+  const field = parsed.field ?? orderField;
+  const order = {
+    metric: parsed.key,
+    field: field === undefined ? 'SUMMARY_FIELD_UNSPECIFIED' : enumValue('tessera.v1.SummaryField', field, 'orderField'),
+  };
   const down = parsed.descending ?? descending ?? (named ? undefined : false);
   if (down !== undefined) order.direction = down ? 'SORT_DIRECTION_DESCENDING' : 'SORT_DIRECTION_ASCENDING';
-  return order;
+  return { order, orderKeys: [] };
+}
+
+// One key of parseOrderKeys as ListRunsRequest.order_keys' RunOrder: ascending unless DESC was
+// written.
+function orderKeyMessage({ entity, key, field, descending }) {
+  return {
+    [{ metrics: 'metric', params: 'param', attributes: 'attribute' }[entity]]: key,
+    field: field === undefined ? 'SUMMARY_FIELD_UNSPECIFIED' : enumValue('tessera.v1.SummaryField', field, 'field'),
+    direction: descending ? 'SORT_DIRECTION_DESCENDING' : 'SORT_DIRECTION_ASCENDING',
+  };
 }
 
 // A watch is resumed after these, as the Python SDK's: a cut connection, a watcher too slow.
@@ -1448,4 +1480,6 @@ module.exports = {
   RunFilterError: runFilter.RunFilterError,
   parseRunFilter: runFilter.parseFilter,
   parseRunOrder: runFilter.parseOrder,
+  parseRunOrderKeys: runFilter.parseOrderKeys,
+  listRunsRequest,
 };

@@ -5,6 +5,7 @@ pings that find a dead connection."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -23,7 +24,8 @@ import numpy as np
 import pytest
 
 from tessera.errors import FailedPrecondition
-from tessera.run_filter import RunFilterError, is_order_string, parse_filter, parse_order
+from tessera.run_filter import RunFilterError, is_order_string, parse_filter, parse_order_keys
+from tessera.training import Training
 from tessera.transport import RetryPolicy
 from tessera.v1 import training_pb2 as pb
 from tests.tmpfs import tmpfs
@@ -1288,6 +1290,25 @@ RUN_FILTERS = [
     "metrics.`a``b`.c.last > 1",
     "metrics.a.b-c.max\x1c> 1",
     "metrics.a.\U0001f600.min > 1",
+    # LIKE, ILIKE, IN, NOT IN and != on params, tags and run attributes; run times.
+    "params.model LIKE 'res%' and tags.team ILIKE '_ISION' and params.lr != '0.1'",
+    "params.lr IN ('0.1', \"0.01\") and tags.t not in ('a') and params.lr = '0.1'",
+    "attributes.run_name = 'canary' and run.run_id != 'r1' and attr.parent_run_id IN ('p')",
+    "attributes.start_time >= 1700000000000 and attributes.end_time < 9223372036854775807",
+    "attributes.end_time < 9223372036854775808",
+    "attributes.start_time > 1.5",
+    "attributes.start_time > '1'",
+    "attributes.start_time LIKE '1'",
+    "params.a LIKE 'x' || 'y'",
+    "params.a LIKE '" + "%" * 501 + "'",
+    "params.a LIKE '" + "\U0001f600" * 500 + "'",
+    "params.a IN 'x'",
+    "params.a IN ('x' 'y')",
+    "params.a NOT LIKE 'x'",
+    "params.a IN ()",
+    "tags.t < 'x'",
+    "attributes.run_name > 'x'",
+    "attributes.user_id = 'me'",
 ]
 RUN_ORDERS = [
     "metrics.val_loss ASC",
@@ -1318,6 +1339,15 @@ RUN_ORDERS = [
     "\ufeffval_loss",
     "metrics.`val.min` DESC",
     "metrics.a.b.max DESC",
+    # Several keys, params and run attributes.
+    "metrics.val_loss.min DESC, params.lr, start_time desc",
+    "params.`batch-size` ASC, attributes.created DESC, end_time, run_name, status asc",
+    "attributes.run_id",
+    "tags.team DESC",
+    "metrics.a,",
+    "metrics.a DESC params.b",
+    "status, , start_time",
+    "run_name.x",
 ]
 
 
@@ -1327,70 +1357,145 @@ def python_run_filter(text: str) -> Any:
         found = parse_filter(text)
     except RunFilterError as err:
         return {"error": str(err)}
+
+    def word(enum: Any, number: int, prefix: str) -> str:
+        return str(enum.Name(number)).removeprefix(prefix).lower()
+
     metrics = [
         {
             "key": m.key,
-            "field": pb.SummaryField.Name(m.field).removeprefix("SUMMARY_FIELD_").lower(),
-            "op": pb.Comparison.Name(m.op).removeprefix("COMPARISON_").lower(),
+            "field": word(pb.SummaryField, m.field, "SUMMARY_FIELD_"),
+            "op": word(pb.Comparison, m.op, "COMPARISON_"),
             "value": m.value,
         }
         for m in found.metrics
     ]
-    return {"statuses": found.statuses, "params": found.params, "tags": found.tags, "metrics": metrics}
+    texts = [
+        {
+            "entity": word(pb.TextEntity, t.entity, "TEXT_ENTITY_"),
+            "key": t.key,
+            "match": word(pb.TextMatch, t.match, "TEXT_MATCH_"),
+            "values": list(t.values),
+        }
+        for t in found.texts
+    ]
+    times = [
+        {
+            "attribute": t.attribute,
+            "op": word(pb.Comparison, t.op, "COMPARISON_"),
+            "value_ms": str(t.value_ms),
+        }
+        for t in found.times
+    ]
+    return {
+        "statuses": found.statuses,
+        "params": found.params,
+        "tags": found.tags,
+        "metrics": metrics,
+        "texts": texts,
+        "times": times,
+    }
 
 
 def python_run_order(text: str) -> Any:
     try:
-        found = parse_order(text)
+        keys = parse_order_keys(text)
     except RunFilterError as err:
         return {"error": str(err)}
-    if found.entity != "metrics":
-        return {"orders_by": found.entity}
-    field = None if found.field == pb.SUMMARY_FIELD_UNSPECIFIED else pb.SummaryField.Name(found.field)
-    return {
-        "metric": found.key,
-        "field": field and field.removeprefix("SUMMARY_FIELD_").lower(),
-        "descending": found.descending,
-    }
+    return [
+        {
+            "entity": key.entity,
+            "key": key.key,
+            "field": None
+            if key.field == pb.SUMMARY_FIELD_UNSPECIFIED
+            else pb.SummaryField.Name(key.field).removeprefix("SUMMARY_FIELD_").lower(),
+            "descending": key.descending,
+        }
+        for key in keys
+    ]
+
+
+def python_list_runs_request(options: dict[str, Any]) -> Any:
+    """The ListRuns request the Python SDK's runs() sends for `options` (its keyword arguments),
+    as bytes, or the text of the error it raises instead."""
+    try:
+        pages = Training.runs._build(None, "exp", **options)
+    except ValueError as err:
+        return {"error": str(err)}
+    return pages.page("").request
+
+
+# listRuns' options and runs()' keyword arguments that ask the same: each filter and order string
+# alone, orders as lists, and order options beside them.
+LIST_RUNS_OPTIONS = [
+    *({"filter": text} for text in RUN_FILTERS),
+    *({"orderBy": text} for text in RUN_ORDERS),
+    {"orderBy": ["metrics.a DESC", "start_time"]},
+    {"orderBy": ["val_loss"]},
+    {"orderBy": ["", " "]},
+    {"orderBy": []},
+    {"orderBy": "val_loss", "descending": True, "orderField": "max"},
+    {"orderBy": "metrics.a", "descending": True},
+    {"orderBy": "metrics.a, metrics.b", "descending": True},
+    {"orderBy": "params.a", "orderField": "min"},
+    {"descending": False},
+    {"filter": "params.a LIKE 'x%'", "params": {"a": "y"}, "orderBy": "params.a DESC, run_name"},
+    {"filter": "params.a = 'x'", "params": {"a": "y"}},
+]
+PYTHON_ARGUMENTS = {"orderBy": "order_by", "orderField": "order_field"}
 
 
 def test_node_run_filter_reads_each_string_as_the_python_sdk_does(node_ready):
     """run_filter.js is a port of tessera.run_filter: the same strings make the same structured
-    request, or the same error with its column and caret."""
+    request, or the same error with its column and caret; listRuns sends the ListRuns request
+    runs() sends for the same options, byte for byte once parsed, or refuses it as runs() does."""
     script = f"""
-        const {{ parseRunFilter, parseRunOrder }} = require({json.dumps(str(NODE_CLIENT / "tessera.js"))});
+        const {{ parseRunFilter, parseRunOrderKeys, listRunsRequest }} = require({json.dumps(str(NODE_CLIENT / "tessera.js"))});
         const {{ isOrderString }} = require({json.dumps(str(NODE_CLIENT / "run_filter.js"))});
+        const {{ DEFINITION }} = require({json.dumps(str(NODE_CLIENT / "proto.js"))});
+        const {{ requestSerialize }} = DEFINITION['tessera.v1.Training'].ListRuns;
         const outcome = (parse, text) => {{
           try {{
             return parse(text);
           }} catch (err) {{
-            if (err.name !== 'RunFilterError' || !(err instanceof RangeError)) throw err;
+            if (!(err instanceof RangeError)) throw err;
             return {{ error: err.message }};
           }}
         }};
         const filters = {json.dumps(RUN_FILTERS)}.map((text) => outcome(parseRunFilter, text));
         const orders = {json.dumps(RUN_ORDERS)}.map((text) => {{
-          const found = outcome(parseRunOrder, text);
-          return found.error ? found : {{ metric: found.metric, field: found.field ?? null, descending: found.descending ?? null }};
+          const found = outcome(parseRunOrderKeys, text);
+          return found.error ? found : found.map((key) => ({{ ...key, field: key.field ?? null, descending: key.descending ?? null }}));
         }});
         const orderStrings = {json.dumps(RUN_ORDERS)}.map(isOrderString);
-        console.log(JSON.stringify({{ filters, orders, orderStrings }}));
+        const requests = {json.dumps(LIST_RUNS_OPTIONS)}.map((options) => {{
+          const found = outcome((given) => listRunsRequest('exp', given), options);
+          return found.error ? found : requestSerialize(found).toString('base64');
+        }});
+        console.log(JSON.stringify({{ filters, orders, orderStrings, requests }}));
         """
     done = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
-    assert found["filters"] == [python_run_filter(text) for text in RUN_FILTERS]
-    # The Node port orders by one metric only; the Python parser also takes params, run attributes
-    # and several keys (and words its errors for them): a metric's order reads the same in both,
-    # any other order the Node port refuses.
+    for text, node_filter in zip(RUN_FILTERS, found["filters"], strict=True):
+        assert node_filter == python_run_filter(text), text
     for text, node_order in zip(RUN_ORDERS, found["orders"], strict=True):
-        python_order = python_run_order(text)
-        if "metric" in python_order:
-            assert node_order == python_order, text
-        else:
-            assert "error" in node_order, (text, node_order)
+        assert node_order == python_run_order(text), text
     # Which orders each client reads as MLflow's strings rather than a metric's name alone.
     assert found["orderStrings"] == [is_order_string(text) for text in RUN_ORDERS]
+    for options, node_request in zip(LIST_RUNS_OPTIONS, found["requests"], strict=True):
+        python_request = python_list_runs_request(
+            {PYTHON_ARGUMENTS.get(name, name): value for name, value in options.items()}
+        )
+        if isinstance(python_request, dict):
+            # The same refusal, but for the option names each client spells its own way.
+            python_error = re.sub(r"\b(\w+)=", r"\1", python_request["error"])
+            for node_name, python_name in PYTHON_ARGUMENTS.items():
+                python_error = python_error.replace(python_name, node_name)
+            assert node_request == {"error": python_error}, options
+        else:
+            assert isinstance(node_request, str), (options, node_request)
+            assert pb.ListRunsRequest.FromString(base64.b64decode(node_request)) == python_request, options
     # Both refuse OR, saying why and where.
     assert found["filters"][7]["error"].startswith("column 15: OR is not supported (nor in MLflow's search)")
 
@@ -1409,6 +1514,10 @@ def test_node_client_searches_compares_and_ranks_runs(node_ready, daemon, client
         "accurate": ("metrics.val_accuracy > 0.75", "metrics.val_loss DESC"),
         "by_param": ("params.lr = '0.1'", "metrics.val_accuracy"),
         "not_failed": ("attributes.status != 'failed'", "val_loss"),
+        "several_keys": (
+            "params.lr LIKE '0.%' and attributes.run_name != 'none' and attributes.start_time > 0",
+            "params.lr DESC, metrics.val_loss",
+        ),
     }
     found = node_json(
         f"""
@@ -1468,6 +1577,8 @@ def test_node_client_searches_compares_and_ranks_runs(node_ready, daemon, client
     assert found["accurate"] == [ids[0], ids[1]]
     assert found["by_param"] == [ids[2], ids[0]]
     assert found["not_failed"] == [ids[1], ids[0]]
+    # Params order as text: "0.1" after "0.01", descending first; then the lower loss.
+    assert found["several_keys"] == [ids[0], ids[2], ids[1]]
     filtered_twice, direction_twice, field_twice, unread, bare_order, one_run, bad_mode = found["refused"]
     assert filtered_twice == (
         "RangeError: metrics is filtered twice, in filter and in metrics; give the conditions in one of them"
@@ -1765,7 +1876,7 @@ def test_node_cli_help_for_each_command(node_ready):
             "--order-by",
             "metrics.a sideways",
         ): "tessera-node: --order-by: column 11: expected ASC or "
-        "DESC, or the end of the order\n  metrics.a sideways\n            ^\n"
+        "DESC, a comma and the next key, or the end of the order\n  metrics.a sideways\n            ^\n"
         f"usage: tessera-node {usages['runs', 'ls']}\n",
         (
             "runs",
