@@ -498,8 +498,23 @@ class Client {
 
   // A run for a process outside the daemon (a service logging online metrics, a script);
   // end it with updateRun(runId, { status }). Resolves to the Run; run.run_id names it.
-  async createRun(experiment, { name = '', params, tags, timeoutMs: timeout } = {}) {
-    const request = { experiment, name, params: asText(params), tags: asText(tags, 'tags') };
+  // parentRunId (or the tag mlflow.parentRunId) nests it under a run of the same experiment, as
+  // MLflow's nested runs (the tag says so too). An experiment that does not exist is refused
+  // NOT_FOUND, naming a close existing one (a misspelt name makes no new experiment), as the
+  // Python SDK's create_run and MLflow's; createExperiment: true creates it instead.
+  async createRun(experiment, { name = '', params, tags, parentRunId = '', createExperiment = false, timeoutMs: timeout } = {}) {
+    if (typeof createExperiment !== 'boolean') {
+      throw new TypeError(`createExperiment: give true or false, not ${typeof createExperiment}`);
+    }
+    const request = {
+      experiment,
+      name,
+      params: asText(params),
+      tags: asText(tags, 'tags'),
+      parent_run_id: parentRunId,
+      // Always sent: left unset, the daemon creates a missing experiment (as before the field).
+      create_experiment: createExperiment,
+    };
     return this.call(this.training, 'CreateRun', request, timeout);
   }
 
@@ -564,7 +579,9 @@ class Client {
 
   // metrics: { key: number } at one step (a whole number >= 0: a request count, a time bucket);
   // time: a Date for the points (default: the daemon's clock). Resolves to the points accepted.
-  // A run keeps one point per key and step: sending a point again changes nothing.
+  // A run keeps one point per key and step, the newest: sending a point again changes nothing, and
+  // a new value at a logged key and step replaces the one there, with a process warning of type
+  // MetricPointsReplaced (once per call; process.on('warning') sees it), as the Python SDK warns.
   async logMetrics(runId, metrics, step, { time, timeoutMs: timeout } = {}) {
     wholeNumber('step', step);
     const stamp = time === undefined ? undefined : timestamp(time);
@@ -575,6 +592,7 @@ class Client {
       ...(stamp && { time: stamp }),
     }));
     const response = await this.call(this.training, 'LogMetrics', { run_id: runId, points }, timeout);
+    warnReplaced(response);
     return response.accepted;
   }
 
@@ -686,6 +704,8 @@ class Client {
       call.stream.end();
       try {
         const response = await call.response;
+        // Counts the last try's alone, as the Python SDK's: a cut try's answer never comes.
+        warnReplaced(response);
         return batches.storedPoints + response.accepted;
       } catch (err) {
         const [stored] = err.metadata.get(STORED_BATCHES);
@@ -1301,6 +1321,17 @@ function enumName(given, unspecified, path) {
     return format === 'Protocol Buffer 3 EnumDescriptorProto' && type.value[0].name === unspecified;
   });
   return enumValue(typeName, given, path);
+}
+
+// A LogMetrics answer's points that replaced another value at their key and step, as a process
+// warning worded as the Python SDK's MetricPointsReplaced.
+function warnReplaced({ accepted, replaced }) {
+  if (!replaced) return;
+  process.emitWarning(
+    `${replaced} of the ${accepted} point(s) replaced another value logged before at the same key and step: ` +
+      'a run keeps one point per key and step, the newest (log each step once, or the next value at a new step)',
+    { type: 'MetricPointsReplaced' },
+  );
 }
 
 // A metric value is a number (proto-loader would send '0.5' as 0.5 and true as 1); the daemon

@@ -289,7 +289,7 @@ def test_node_client_refuses_params_a_request_map_would_garble_or_collapse(node_
         """
         (async () => {
           const client = new Client(TARGET);
-          const run = await client.createRun('pairs');
+          const run = await client.createRun('pairs', { createExperiment: true });
           const refused = async (call) => {
             try {
               await call();
@@ -320,6 +320,73 @@ def test_node_client_refuses_params_a_request_map_would_garble_or_collapse(node_
         f"TypeError: setTags: give an object of key: value (or a Map), not an array{pairs}",
     ]
     assert found["params"] == {"layers": "3", "lr": "0.1"} and found["tags"] == {}
+
+
+def test_node_client_creates_runs_as_the_python_sdk_does(node_ready, daemon, client):
+    """createRun refuses an experiment that does not exist unless createExperiment says to create
+    it, as the Python SDK's create_run, and nests a run under parentRunId; a logMetrics point that
+    replaces another value warns MetricPointsReplaced, as the SDK warns, once per call."""
+    client.training.create_experiment("nest")
+    found = node_json(
+        """
+        (async () => {
+          const client = new Client(TARGET);
+          const warnings = [];
+          process.on('warning', (w) => warnings.push([w.name, w.message]));
+          const outcome = async (call) => {
+            try {
+              return await call();
+            } catch (err) {
+              return { error: `${err.name}: ${err.message}` };
+            }
+          };
+          const refused = await outcome(() => client.createRun('nest-typo'));
+          const asText = await outcome(() => client.createRun('nest-typo', { createExperiment: 'yes' }));
+          const created = await client.createRun('nest-new', { createExperiment: true });
+          const parent = await client.createRun('nest', { name: 'parent' });
+          const child = await client.createRun('nest', { parentRunId: parent.run_id });
+          const orphan = await outcome(() => client.createRun('nest', { parentRunId: 'nope' }));
+          const logged = [];
+          for (const value of [1, 1, 2]) {
+            logged.push(await client.logMetrics(parent.run_id, { loss: value, acc: 0.5 }, 0));
+          }
+          const streamed = await client.logMetricsStream(parent.run_id, [[0, { loss: 3 }], [1, { loss: 4 }]]);
+          // Warnings are emitted on the next tick.
+          await new Promise((resolve) => setImmediate(resolve));
+          client.close();
+          console.log(JSON.stringify({
+            refused, asText, created: created.experiment, parent: parent.run_id,
+            child: [child.parent_run_id, child.tags['mlflow.parentRunId']], orphan, logged, streamed, warnings,
+          }));
+        })();
+        """,
+        daemon.target,
+    )
+    # The library keeps the API's words, as the Node client's other messages.
+    assert found["refused"] == {
+        "error": "TesseraError: NOT_FOUND: experiment 'nest-typo' does not exist; did you mean 'nest'? "
+        "create it with CreateExperiment, or set create_experiment to create it with the run"
+    }
+    assert found["asText"] == {"error": "TypeError: createExperiment: give true or false, not string"}
+    # The refusal made no experiment; createExperiment made one.
+    assert [e.name for e in client.training.experiments("nest")] == ["nest", "nest-new"]
+    assert found["created"] == "nest-new"
+    assert found["child"] == [found["parent"], found["parent"]]
+    assert found["orphan"]["error"].startswith("TesseraError: NOT_FOUND: ")
+    assert "parent_run_id: run 'nope' does not exist" in found["orphan"]["error"]
+    # The same values again replace nothing and do not warn; the new loss replaces one point of
+    # the two, and the stream's first step one of its two.
+    assert found["logged"] == [2, 2, 2] and found["streamed"] == 2
+    assert [p.value for p in client.training.metric_history(found["parent"], "loss").points] == [3, 4]
+    replaced = (
+        "MetricPointsReplaced",
+        "{} of the {} point(s) replaced another value logged before at the same key and step: a run "
+        "keeps one point per key and step, the newest (log each step once, or the next value at a new step)",
+    )
+    assert found["warnings"] == [
+        [replaced[0], replaced[1].format(1, 2)],
+        [replaced[0], replaced[1].format(1, 2)],
+    ]
 
 
 def test_node_client_lists_every_metric_key_of_a_run(node_ready, daemon, client):
