@@ -518,6 +518,48 @@ class Client {
     return this.call(this.training, 'CreateRun', request, timeout);
   }
 
+  // A run for the length of `body`, as the Python SDK's start_run in a `with` block: the run is
+  // created (options as createRun's), or with runId the ended run reopened (its status back to
+  // running, as MLflow's start_run(run_id)); then body(run) is awaited and the run ended
+  // SUCCEEDED, or FAILED where body throws (its error goes on, with why the run could not be
+  // ended added to its message where that failed too). Resolves to what body resolves to.
+  //   const loss = await client.withRun('mnist', { params: { lr: 0.01 } }, async (run) => { ... });
+  // A process that exits before body settles leaves the run running (end it with updateRun).
+  async withRun(experiment, options, body) {
+    if (body === undefined && typeof options === 'function') [options, body] = [{}, options];
+    if (typeof body !== 'function') {
+      throw new TypeError('withRun(experiment, options, body): give body as a function, e.g. async (run) => { ... }');
+    }
+    const { runId, timeoutMs: timeout, ...create } = options ?? {};
+    let run;
+    if (runId !== undefined) {
+      if (experiment || Object.values(create).some((value) => value !== undefined && value !== '' && value !== false)) {
+        throw new RangeError(
+          'withRun with runId reopens a run as it is: leave experiment, name, params, tags, parentRunId and ' +
+            "createExperiment out (logParams and updateRun's setTags add to it)",
+        );
+      }
+      run = await this.updateRun(runId, { status: 'running', timeoutMs: timeout });
+    } else {
+      if (!experiment) throw new RangeError('withRun needs an experiment (or runId in options to reopen a run)');
+      run = await this.createRun(experiment, { ...create, timeoutMs: timeout });
+    }
+    let result;
+    try {
+      result = await body(run);
+    } catch (error) {
+      try {
+        await this.updateRun(run.run_id, { status: 'failed', timeoutMs: timeout });
+      } catch (ending) {
+        // The body's own error goes on; why the run could not be ended rides along.
+        if (error instanceof Error) error.message += ` (run ${run.run_id} could not be ended failed: ${ending.message})`;
+      }
+      throw error;
+    }
+    await this.updateRun(run.run_id, { status: 'succeeded', timeoutMs: timeout });
+    return result;
+  }
+
   // status: 'succeeded', 'failed' or 'cancelled' ends the run; setTags and removeTags change its
   // tags (a removed key that is not there is no error).
   async updateRun(runId, { status, setTags, removeTags = [], timeoutMs: timeout } = {}) {

@@ -389,6 +389,70 @@ def test_node_client_creates_runs_as_the_python_sdk_does(node_ready, daemon, cli
     ]
 
 
+def test_node_client_with_run_ends_the_run_as_its_body_ends(node_ready, daemon, client):
+    """withRun, as the Python SDK's start_run in a `with` block: SUCCEEDED when the body resolves,
+    FAILED when it throws (the body's error goes on), a run reopened with runId; misuse refused
+    before anything is sent."""
+    found = node_json(
+        """
+        (async () => {
+          const client = new Client(TARGET);
+          const ids = {};
+          const outcome = async (call) => {
+            try {
+              return await call();
+            } catch (err) {
+              return { error: `${err.name}: ${err.message}` };
+            }
+          };
+          const result = await client.withRun('with-run', { params: { lr: 0.1 }, createExperiment: true }, async (run) => {
+            ids.ok = run.run_id;
+            await client.logMetrics(run.run_id, { loss: 0.5 }, 0);
+            return (await client.getRun(run.run_id)).status;
+          });
+          const thrown = await outcome(() => client.withRun('with-run', async (run) => {
+            ids.failed = run.run_id;
+            throw new Error('boom');
+          }));
+          const afterThrow = (await client.getRun(ids.failed)).status;
+          const reopened = await client.withRun('', { runId: ids.failed }, async (run) => run.status);
+          const misuse = [
+            await outcome(() => client.withRun('', {}, async () => 1)),
+            await outcome(() => client.withRun('with-run', { runId: ids.ok }, async () => 1)),
+            await outcome(() => client.withRun('with-run', { name: 'x' })),
+            await outcome(() => client.withRun('with-run-typo', async () => 1)),
+          ];
+          client.close();
+          console.log(JSON.stringify({ ids, result, thrown, afterThrow, reopened, misuse }));
+        })();
+        """,
+        daemon.target,
+    )
+    assert found["result"] == "RUN_STATUS_RUNNING"
+    assert found["thrown"] == {"error": "Error: boom"} and found["afterThrow"] == "RUN_STATUS_FAILED"
+    assert found["reopened"] == "RUN_STATUS_RUNNING"
+    ok, failed = (client.training.run(found["ids"][name]) for name in ("ok", "failed"))
+    assert (ok.status, ok.params, ok.metrics["loss"]) == (pb.RUN_STATUS_SUCCEEDED, {"lr": "0.1"}, 0.5)
+    # Failed by its body, then reopened and ended again by the second withRun.
+    assert failed.status == pb.RUN_STATUS_SUCCEEDED
+    assert found["misuse"][:3] == [
+        {"error": "RangeError: withRun needs an experiment (or runId in options to reopen a run)"},
+        {
+            "error": "RangeError: withRun with runId reopens a run as it is: leave experiment, name, params, "
+            "tags, parentRunId and createExperiment out (logParams and updateRun's setTags add to it)"
+        },
+        {
+            "error": "TypeError: withRun(experiment, options, body): give body as a function, "
+            "e.g. async (run) => { ... }"
+        },
+    ]
+    assert found["misuse"][3]["error"].startswith(
+        "TesseraError: NOT_FOUND: experiment 'with-run-typo' does not"
+    )
+    # Each run of the experiment is one of those made above: nothing was created by the misuse.
+    assert sorted(r.run_id for r in client.training.runs("with-run")) == sorted(found["ids"].values())
+
+
 def test_node_client_lists_every_metric_key_of_a_run(node_ready, daemon, client):
     """listRunMetrics pages through the keys getRun leaves out past a run's first 2,000."""
     run = client.training.create_run("many-keys", create_experiment=True)
