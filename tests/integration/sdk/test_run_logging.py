@@ -280,6 +280,63 @@ def test_runs_a_script_left_open_end_at_exit_as_the_script_did(daemon, client, t
         assert runs[ending].metrics["loss"] == 0.5
 
 
+def test_a_forked_child_leaves_the_parents_runs_running(daemon, client, tmp_path: Path):
+    # The child's exit hook ended the runs it had copied from the parent, which went on logging.
+    script = _script(
+        tmp_path / "fork.py",
+        daemon.target,
+        """
+        import os
+        run = client.training.start_run("fork", create_experiment=True)
+        child = os.fork()
+        if child == 0:
+            raise SystemExit
+        os.waitpid(child, 0)
+        print(run.id, client.training.run(run.id).status, flush=True)
+        run.log_metrics({"loss": 0.5}, 0)
+        """,
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    run_id, status_after_child = done.stdout.split()
+    assert str(tessera.RunStatus.from_proto(int(status_after_child))) == "running"
+    assert _status(client, run_id) == "succeeded"
+
+
+def test_closing_a_client_ends_its_runs_as_the_code_around_it_did(daemon, client):
+    # close() in a `finally` ended a crashing run SUCCEEDED; sys.exit(0) in a block ended it FAILED.
+    closing = tessera.Client(daemon.target)
+    with pytest.raises(RuntimeError):
+        try:
+            crashing = closing.training.start_run("closing", create_experiment=True)
+            raise RuntimeError("crash")
+        finally:
+            closing.close()
+    assert _status(client, crashing.id) == "failed"
+
+    for code, status in ((None, "succeeded"), (0, "succeeded"), (1, "failed"), ("bad", "failed")):
+        with pytest.raises(SystemExit), client.training.start_run("closing") as exiting:
+            sys.exit(code)
+        assert _status(client, exiting.id) == status, code
+        with pytest.raises(SystemExit), tessera.Client(daemon.target) as closed:
+            left = closed.training.start_run("closing")
+            sys.exit(code)
+        assert _status(client, left.id) == status, code
+
+
+def test_closing_a_client_stores_its_loggers_points_and_forgets_runs_ended_by_id(daemon, client):
+    run = client.training.create_run("closing-loggers", create_experiment=True)
+    closing = tessera.Client(daemon.target)
+    closing.training.metric_logger(run.id).log({"loss": 1.0}, 0)
+    closing.close()
+    assert client.training.run(run.id).metrics.summary("loss").count == 1
+
+    # A run ended by id was ended again at exit, and kept till then.
+    by_id = client.training.start_run("closing-loggers")
+    client.training.update_run(by_id.id, "failed")
+    assert by_id.id not in tessera.run_logging._open_runs
+
+
 def test_a_run_left_open_does_not_hold_the_exit_when_the_daemon_is_gone(tmp_path: Path):
     gone = InProcessDaemon(daemon_settings(tmp_path / "data")).start()
     script = _script(
@@ -373,6 +430,9 @@ def test_a_matplotlib_figure_is_stored_as_the_image_its_name_says(client, tmp_pa
     figure.add_subplot().plot([0, 1, 2], [1.0, 0.5, 0.25])
     run = client.training.create_run("figures", create_experiment=True)
     client.training.log_figure(run.id, figure, "loss.png")
+    # Without an extension matplotlib wrote loss.png, and log_figure found no file "loss".
+    with pytest.raises(ValueError, match=r"'plots/loss' has no extension.* such as \.png, \.svg or \.pdf"):
+        client.training.log_figure(run.id, figure, "plots/loss")
     client.training.download_artifact(run.id, "loss.png", tmp_path)
     assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG\r\n")
 

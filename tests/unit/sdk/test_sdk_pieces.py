@@ -20,6 +20,7 @@ import pytest
 
 import tessera
 import tessera.aio
+from tessera import run_logging
 from tessera.calls import Reconnects
 from tessera.datasets import ArraysSink, split_spec
 from tessera.errors import ERROR_BY_CODE, Unavailable, error_from_status_number, sent_by_a_server
@@ -448,7 +449,7 @@ def test_a_verify_stream_that_ends_without_its_report_is_an_error_not_a_clean_ch
 
 
 @pytest.mark.parametrize(
-    ("last", "interactive", "status"),
+    ("uncaught", "interactive", "status"),
     [
         (None, False, "succeeded"),
         (ValueError("boom"), False, "failed"),
@@ -457,14 +458,20 @@ def test_a_verify_stream_that_ends_without_its_report_is_an_error_not_a_clean_ch
     ],
 )
 def test_a_run_left_open_ends_at_exit_as_the_interpreter_exits(
-    monkeypatch: pytest.MonkeyPatch, last: BaseException | None, interactive: bool, status: str
+    monkeypatch: pytest.MonkeyPatch, uncaught: BaseException | None, interactive: bool, status: str
 ) -> None:
-    # Python sets sys.last_value for the uncaught exception before the exit hooks run; an
-    # interactive session (sys.ps1) keeps the last error it showed.
-    monkeypatch.delattr(sys, "last_value", raising=False)
+    # The interpreter gives the uncaught exception to sys.excepthook before the exit hooks run;
+    # an interactive session (sys.ps1) shows its errors there too, and goes on.
+    shown: list[BaseException] = []
+    monkeypatch.setattr(sys, "excepthook", lambda kind, error, tb: shown.append(error))
+    monkeypatch.setattr(run_logging, "_uncaught", [])
     monkeypatch.delattr(sys, "ps1", raising=False)
-    if last is not None:
-        monkeypatch.setattr(sys, "last_value", last, raising=False)
+    # pytest and code.InteractiveInterpreter set sys.last_value for errors they went on after.
+    monkeypatch.setattr(sys, "last_value", ValueError("a test that failed"), raising=False)
+    run_logging._watch_uncaught()
+    if uncaught is not None:
+        sys.excepthook(type(uncaught), uncaught, None)
+        assert shown == [uncaught]
     if interactive:
         monkeypatch.setattr(sys, "ps1", ">>> ", raising=False)
     assert _exit_status() == status

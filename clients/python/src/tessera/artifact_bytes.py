@@ -34,8 +34,14 @@ def dict_bytes(dictionary: Any, artifact_file: str) -> bytes:
 
 def figure_bytes(figure: Any, artifact_file: str, save_kwargs: Mapping[str, Any] | None) -> bytes:
     """The image `figure.savefig` writes to a file named as `artifact_file` (matplotlib picks the
-    format from its extension), as MLflow's log_figure saves it."""
+    format from its extension), as MLflow's log_figure saves it. ValueError where the name has no
+    extension (matplotlib would write the file under another name, with its default one)."""
     name = PurePosixPath(artifact_file).name
+    if not PurePosixPath(name).suffix:
+        raise ValueError(
+            f"log_figure: {artifact_file!r} has no extension, which names the image format; "
+            "add one, such as .png, .svg or .pdf"
+        )
     with tempfile.TemporaryDirectory(prefix="tessera-figure-") as directory:
         target = Path(directory) / name
         figure.savefig(target, **(save_kwargs or {}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from types import TracebackType
 
 from tessera.datasets import Datasets
@@ -71,9 +72,11 @@ class Client:
         return self._conn.tls
 
     def close(self) -> None:
-        """Close the channel; calls in flight are cancelled. The runs of `training.start_run` left
-        open are ended first, SUCCEEDED (see `tessera.ActiveRun`)."""
-        self._close(None)
+        """Close the channel; calls in flight are cancelled. The loggers left open are closed and
+        the runs of `training.start_run` left open ended first: SUCCEEDED, or FAILED where
+        close() is called while an exception is handled (in a `finally` or `except` block; see
+        `tessera.ActiveRun`)."""
+        self._close(sys.exc_info()[1])
 
     def _close(self, error: BaseException | None) -> None:
         end_runs_left_open(self._conn, error)
@@ -85,5 +88,6 @@ class Client:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        # A block that raised ends the runs it left open FAILED (CANCELLED on Ctrl-C).
+        # A block that raised ends the runs it left open FAILED (CANCELLED on Ctrl-C, SUCCEEDED on
+        # sys.exit(0)).
         self._close(exc)

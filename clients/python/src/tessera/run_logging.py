@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import os
 import sys
 import threading
 import time
@@ -38,17 +39,48 @@ _open_loggers: weakref.WeakSet[MetricLogger] = weakref.WeakSet()
 _open_runs: dict[str, ActiveRun] = {}
 _exit_hook = threading.Lock()
 _exit_hook_registered = False
+# The exception sys.excepthook was last given: the uncaught one the interpreter exits on. Not
+# sys.last_value, which pytest and code.InteractiveInterpreter set for errors they went on after.
+_uncaught: list[BaseException] = []
+
+
+def _forget_in_child() -> None:
+    """A forked child holds copies of the parent's runs and loggers (without their threads):
+    its exit must not end the runs the parent is still logging to."""
+    _open_runs.clear()
+    _open_loggers.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def ending_of(error: BaseException | None) -> str:
+    """How a run ends on `error`, the exception a block ended on: SUCCEEDED on none or on
+    sys.exit() with code 0 or None, CANCELLED on KeyboardInterrupt, else FAILED."""
+    if error is None or (isinstance(error, SystemExit) and error.code in (None, 0)):
+        return "succeeded"
+    return "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
 
 
 def _exit_status() -> str:
     """How a run left open ends at exit: FAILED where the interpreter exits on an uncaught
-    exception (Python sets sys.last_value before the exit hooks run), CANCELLED on an uncaught
+    exception (seen by sys.excepthook, before the exit hooks run), CANCELLED on an uncaught
     KeyboardInterrupt, else SUCCEEDED (sys.exit() too, whatever its code: no hook sees it)."""
-    error = getattr(sys, "last_value", None)
-    if error is None or hasattr(sys, "ps1"):
-        # An interactive session keeps the last error it showed, long after it went on.
+    if not _uncaught or hasattr(sys, "ps1"):
+        # An interactive session shows its errors through the hook too, and goes on.
         return "succeeded"
-    return "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
+    return ending_of(_uncaught[-1])
+
+
+def _watch_uncaught() -> None:
+    """Wrap sys.excepthook to keep the exception it is given, then show it as before."""
+    shown = sys.excepthook
+
+    def keeping(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+        _uncaught[:] = [error]
+        shown(kind, error, traceback)
+
+    sys.excepthook = keeping
 
 
 def _close_at_exit() -> None:
@@ -61,11 +93,9 @@ def end_runs_left_open(conn: object, error: BaseException | None) -> None:
     """End the runs of start_run made through `conn` and left open, as its client closes (`error`:
     the exception a `with` block of the client ended on), as at exit."""
     runs = [run for run in list(_open_runs.values()) if run._training._conn is conn]
-    loggers = [run._logger for run in runs if run._logger is not None]
-    status = (
-        "succeeded" if error is None else "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
-    )
-    _end_left_open(loggers, runs, status, "as its client closed")
+    # Every logger of the connection, those of metric_logger() too, whose points go first.
+    loggers = [logger for logger in list(_open_loggers) if logger._training._conn is conn]
+    _end_left_open(loggers, runs, ending_of(error), "as its client closed")
 
 
 def _end_left_open(loggers: list[MetricLogger], runs: list[ActiveRun], status: str, when: str) -> None:
@@ -83,10 +113,13 @@ def _end_left_open(loggers: list[MetricLogger], runs: list[ActiveRun], status: s
             print(f"tessera: {when}, {lost} ({type(error).__name__}: {error})", file=sys.stderr)
     deadline = time.monotonic() + EXIT_END_S
     for run in runs:
-        ending = "failed" if run.id in unstored else status
+        # A run whose end() failed ends as it asked.
+        ending = "failed" if run.id in unstored else run._ending or status
         try:
             run._end_at_exit(ending, deadline)
         except BaseException as error:
+            # Said once: the exit hook does not try again a run its client's close could not end.
+            forget_run(run.id)
             print(
                 f"tessera: {when}, run {run.id} could not be ended {ending.upper()} and stays RUNNING "
                 f"({type(error).__name__}: {error}); end it with client.training.update_run",
@@ -99,6 +132,7 @@ def _register_exit_hook() -> None:
     if not _exit_hook_registered:
         # Registered after the client's channel is made, so it runs before grpc's own hooks.
         atexit.register(_close_at_exit)
+        _watch_uncaught()
         _exit_hook_registered = True
 
 
@@ -112,6 +146,12 @@ def _watch_run_at_exit(run: ActiveRun) -> None:
     with _exit_hook:
         _open_runs[run.id] = run
         _register_exit_hook()
+
+
+def forget_run(run_id: str) -> None:
+    """Stop watching the run `run_id`: ended, by update_run or otherwise."""
+    with _exit_hook:
+        _open_runs.pop(run_id, None)
 
 
 def _unstored(run_id: str, points: Sequence[pb.MetricPoint], sending: int) -> str:
@@ -357,6 +397,7 @@ class ActiveRun(Run):
         super().__init__(info)
         self._training = training
         self._logger: MetricLogger | None = None
+        self._ending: str | None = None  # the status end() was asked for
         _watch_run_at_exit(self)
 
     def __enter__(self) -> ActiveRun:
@@ -365,10 +406,10 @@ class ActiveRun(Run):
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
+        status = ending_of(error)
         if error is None:
-            self.end("succeeded")
+            self.end(status)
             return
-        status = "cancelled" if isinstance(error, KeyboardInterrupt) else "failed"
         try:
             self.end(status)
         except Exception as ending:
@@ -449,10 +490,12 @@ class ActiveRun(Run):
         """Store the points still queued, then end the run as `status` ("succeeded", "failed",
         "cancelled"). Where the queued points cannot be stored, the run is ended FAILED and
         their error raised."""
+        self._ending = status
         try:
             if self._logger is not None:
                 self._logger.close()
         except BaseException:
+            self._ending = "failed"
             self._ended(self._training.update_run(self.id, "failed"))
             raise
         finally:
@@ -476,8 +519,7 @@ class ActiveRun(Run):
 
     def _ended(self, run: Run) -> None:
         self.info = run.info
-        with _exit_hook:
-            _open_runs.pop(self.id, None)
+        forget_run(self.id)
 
     def _metric_logger(self) -> MetricLogger:
         if self._logger is None:

@@ -54,7 +54,7 @@ from tessera.run_filter import (
     parse_filter,
     parse_orders,
 )
-from tessera.run_logging import ActiveRun, MetricLogger, MetricPoint
+from tessera.run_logging import ActiveRun, MetricLogger, MetricPoint, forget_run
 from tessera.runs import AioRunListing, Leaderboard, MetricHistory, Run, RunComparison, RunListing
 from tessera.state_words import StateWord
 from tessera.sweeps import Sweep
@@ -877,6 +877,11 @@ class _CancelledFromScratch(Call[Any]):
         raise self._refused(None)
 
 
+def _ended_run(reply: pb.Run) -> Run:
+    forget_run(reply.run_id)
+    return Run(reply)
+
+
 class Training(Part[C]):
     """`client.training`: jobs (submit, watch, wait, cancel), experiment tracking, sweeps."""
 
@@ -1076,12 +1081,15 @@ class Training(Part[C]):
         """End a run ("succeeded", "failed", "cancelled"; MLflow's "finished" and "killed" are
         succeeded and cancelled), reopen an ended one ("running": its end time cleared; a job's
         run is refused, FailedPrecondition naming the job), or change its tags (values as text;
-        `remove_tags` drops these keys, one not there is no error)."""
+        `remove_tags` drops these keys, one not there is no error). A run of `start_run` ended
+        here is not ended again at exit."""
         request = pb.UpdateRunRequest(
             run_id=run_id, set_tags=_as_text(set_tags, "set_tags"), remove_tags=list(remove_tags)
         )
         if status is not None:
             request.status = run_status(status)
+            if request.status != pb.RUN_STATUS_RUNNING:
+                return Op(S, "UpdateRun", request, _ended_run, timeout=timeout)
         return Op(S, "UpdateRun", request, Run, timeout=timeout)
 
     @call
