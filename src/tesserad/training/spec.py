@@ -912,6 +912,10 @@ def _check_precision(precision: str, devices: dict[str, Any], problems: _Problem
     return precision
 
 
+PARENT_TAG = "mlflow.parentRunId"
+"""The tag MLflow names a run's parent with: a run's parent_run_id, shown as a tag."""
+
+
 def _check_tags(
     tags: dict[str, str], register_as: dict[str, str] | None, problems: _Problems
 ) -> dict[str, str]:
@@ -919,6 +923,12 @@ def _check_tags(
     not at registration after it."""
     for problem in entry_problems("spec.tags", tags):
         problems.add(InvalidArgument, problem)
+    if PARENT_TAG in tags:
+        # It and parent_run_id always agree, and a job's run has no parent.
+        problems.invalid(
+            f"spec.tags[{PARENT_TAG!r}]",
+            "names a run's parent, which a job's run does not have; leave it out",
+        )
     if register_as is not None:
         problem = record_text_problem("a model version", register_as["description"], tags)
         if problem:

@@ -64,7 +64,7 @@ from tesserad.training.run_search import (
     check_text_filter,
     sort_position,
 )
-from tesserad.training.spec import default_mode
+from tesserad.training.spec import PARENT_TAG, default_mode
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,6 @@ MAX_LIST_FILTERS = 1000
 # Keys one ListRuns orders by: a page token carries each one's value for the last run (a param's
 # up to MAX_PARAM_VALUE characters), so their number bounds a token's size.
 MAX_ORDER_KEYS = 10
-# The tag naming a nested run's parent, as MLflow's.
-PARENT_TAG = "mlflow.parentRunId"
 DEFAULT_LEADERBOARD_LIMIT = 10
 DEFAULT_HISTORY_PAGE = 10_000
 MAX_HISTORY_PAGE = 100_000
@@ -426,11 +424,14 @@ def _deleted_at(txn: ReadTxn, name: str) -> float | None:
 def _refuse_parent_tag_change(run: Run, set_tags: dict[str, str], removed: Collection[str]) -> None:
     """FailedPrecondition for a change of the tag mlflow.parentRunId: it names the run's parent
     (parent_run_id), fixed when the run is created, and the two must never disagree. Setting it
-    to the value it holds, or dropping it where it is not, changes nothing and passes."""
+    to the value it holds, or dropping it where it is not, changes nothing and passes; so does
+    dropping it from a run without a parent (one created before the two were kept together)."""
     held = run.tags.get(PARENT_TAG)
     wanted = set_tags.get(PARENT_TAG, held)
     if PARENT_TAG in removed and held is not None:
         wanted = None
+    if wanted is None and not run.parent_run_id:
+        return
     if wanted != held:
         parent = f"parent run {run.parent_run_id!r}" if run.parent_run_id else "no parent"
         raise FailedPrecondition(

@@ -305,6 +305,14 @@ CASES = [
     ),
     ("long tag value", _tags({"note": "n" * 8001}), INVALID, "spec.tags['note']: value is longer than 8000"),
     (
+        # Stored without a parent_run_id, then no UpdateRun could remove it.
+        "parent run tag",
+        _tags({"mlflow.parentRunId": "run-x"}),
+        INVALID,
+        "spec.tags['mlflow.parentRunId']: names a run's parent, which a job's run does not have; "
+        "leave it out",
+    ),
+    (
         "registered text over 16 KiB",
         _tags({"a": "bcdef"}, description="d" * (16 * 2**10 - 5)),
         INVALID,

@@ -19,8 +19,15 @@ from tesserad.training.ray_jobs import ray_resources
 from tesserad.training.scheduler import DeviceInventory, QueuedJob, pick_runnable
 from tesserad.training.schedules import lr_at
 from tesserad.training.spec import DatasetFacts, DeviceFacts, normalize_spec
+from tesserad.training.tracking import (
+    PARENT_TAG,
+    BatchSequence,
+    MetricPoint,
+    Run,
+    Tracking,
+    _refuse_parent_tag_change,
+)
 from tesserad.training.tracking import TABLES as TRACKING_TABLES
-from tesserad.training.tracking import BatchSequence, MetricPoint, Tracking
 
 
 def test_schedules_are_pure_functions_of_the_step() -> None:
@@ -267,3 +274,14 @@ def test_a_job_training_on_the_val_split_does_not_validate_on_it_by_default() ->
         _no_parent,
     )
     assert config["data"]["train_split"] == "val" and not config["data"]["val_split"]
+
+
+def test_the_parent_tag_of_a_run_without_a_parent_can_be_removed() -> None:
+    # Job runs stored it without a parent_run_id before the job spec refused it; it could not go.
+    legacy = Run("run-1", "exp", "r", "running", {}, {PARENT_TAG: "x"}, 0.0, None, 0, "job-1")
+    _refuse_parent_tag_change(legacy, {}, [PARENT_TAG])
+    with pytest.raises(FailedPrecondition, match="cannot change after a run is created"):
+        _refuse_parent_tag_change(legacy, {PARENT_TAG: "y"}, [])
+    nested = dataclasses.replace(legacy, job_id="", parent_run_id="x")
+    with pytest.raises(FailedPrecondition, match="cannot change after a run is created"):
+        _refuse_parent_tag_change(nested, {}, [PARENT_TAG])

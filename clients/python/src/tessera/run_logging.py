@@ -385,13 +385,17 @@ class ActiveRun(Run):
     or as `refresh()` last read it) whose methods log to it without its id. As a context manager
     (`with client.training.start_run("exp") as run:`) it ends the run when the block ends:
     SUCCEEDED, FAILED where the block raised (the exception goes on), CANCELLED on Ctrl-C
-    (KeyboardInterrupt); points logged with `synchronous=False` are stored first. One left open
+    (KeyboardInterrupt), and on sys.exit() SUCCEEDED for code 0 or None, else FAILED; points
+    logged with `synchronous=False` are stored first. One left open
     (never ended) is ended at interpreter exit, as MLflow ends its active run: SUCCEEDED, FAILED
     where the interpreter exits on an uncaught exception (or its queued points could not be
     stored), CANCELLED on an uncaught KeyboardInterrupt; within EXIT_CLOSE_S for its points and
     EXIT_END_S for its end, a run that could not be ended then said on stderr; or as its client
-    closes, if that comes first (FAILED or CANCELLED where the client's `with` block raised). A
-    process killed (SIGKILL, os._exit) leaves it RUNNING."""
+    closes, if that comes first (FAILED or CANCELLED where the client's `with` block raised, or
+    close() runs while an exception is handled). At exit sys.exit() is SUCCEEDED whatever its
+    code, which no exit hook sees: use `with` for it to count. A process killed (SIGKILL,
+    os._exit, a SIGTERM it does not handle) leaves it RUNNING; a forked child's exit leaves the
+    parent's runs alone."""
 
     def __init__(self, training: Training[Connection], info: pb.Run) -> None:
         super().__init__(info)

@@ -1289,11 +1289,7 @@ class UpdateExperimentRequest(_message.Message):
     16 KiB (UTF-8): INVALID_ARGUMENT beyond.
     """
     @_builtins.property
-    def set_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """The tag mlflow.parentRunId names the run's parent, fixed at CreateRun: a change of it
-        (set to another value or dropped) is FAILED_PRECONDITION.
-        """
-
+    def set_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def remove_tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags to drop; a key that is not there is no error. A key both set and removed is invalid."""
@@ -1663,7 +1659,8 @@ class UpdateRunRequest(_message.Message):
     @_builtins.property
     def set_tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The tag mlflow.parentRunId names the run's parent, fixed at CreateRun: a change of it
-        (set to another value or dropped) is FAILED_PRECONDITION.
+        (set to another value or dropped) is FAILED_PRECONDITION; a run without a parent that
+        holds it (a job's, stored before job specs refused it) may drop it.
         """
 
     @_builtins.property
