@@ -344,8 +344,17 @@ def test_a_run_left_open_does_not_hold_the_exit_when_the_daemon_is_gone(tmp_path
         gone.target,
         """
         run = client.training.start_run("exit-gone", create_experiment=True)
-        print(run.id, flush=True)
+        once = tessera.RetryPolicy(attempts=1)
+        asked = tessera.Client(client.target, retry=once).training.start_run("exit-gone")
+        closing = tessera.Client(client.target, retry=once)
+        closed = closing.training.start_run("exit-gone")
+        print(run.id, asked.id, closed.id, flush=True)
         input()
+        try:
+            asked.end("failed")
+        except tessera.Unavailable:
+            pass
+        closing.close()
         """,
     )
     process = subprocess.Popen(
@@ -356,7 +365,7 @@ def test_a_run_left_open_does_not_hold_the_exit_when_the_daemon_is_gone(tmp_path
         text=True,
     )
     try:
-        run_id = process.stdout.readline().strip()
+        run_id, asked_id, closed_id = process.stdout.readline().split()
     finally:
         gone.stop()
     _, err = process.communicate("\n", timeout=60)
@@ -364,6 +373,10 @@ def test_a_run_left_open_does_not_hold_the_exit_when_the_daemon_is_gone(tmp_path
     assert (
         f"tessera: at exit, run {run_id} could not be ended SUCCEEDED and stays RUNNING (Unavailable: " in err
     )
+    # A run whose end() failed is ended as it asked; one its client's close could not end is said once.
+    assert f"tessera: at exit, run {asked_id} could not be ended FAILED and stays RUNNING" in err
+    assert err.count(f"run {closed_id} could not be ended") == 1
+    assert f"tessera: as its client closed, run {closed_id} could not be ended SUCCEEDED" in err
     assert err.rstrip().endswith("end it with client.training.update_run")
 
 
