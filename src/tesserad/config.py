@@ -840,6 +840,13 @@ class Settings:
     log_level: str = setting(
         "info", parse_choice("debug", "info", "warning", "error"), "least severe level logged"
     )
+    log_audit: bool = setting(
+        True,
+        parse_bool,
+        "an INFO line (logger tesserad.audit) for each call that changes state: its RPC, caller, "
+        "peer, objects and status code; false turns them off (refused credentials and a full disk "
+        "are logged at WARNING either way)",
+    )
     grace_period_s: float = setting(
         10.0,
         parse_number(float, 0.0, 3600.0),

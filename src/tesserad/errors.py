@@ -104,6 +104,10 @@ class ResourceExhausted(TesseraError):
     """A limit or quota is reached; the message names the limit and the setting that raises it."""
 
 
+class NoSpace(ResourceExhausted):
+    """A write found no room on the data directory's disk (full, quota, file size limit)."""
+
+
 class QueueFull(ResourceExhausted):
     """A model's request queue holds its max_queue_size. tessera's own API answers it as the
     RESOURCE_EXHAUSTED it is (HTTP 429); the Open Inference Protocol as Overloaded."""

@@ -43,6 +43,7 @@ from tessera.v1 import (
 from tesserad import __version__
 from tesserad.api import reflection_v1
 from tesserad.api.aio_handlers import ErrorListener, split_method
+from tesserad.api.audit import AUDIT_EXEMPT, Audit
 from tesserad.api.auth import AuthInterceptor, AuthSetupError
 from tesserad.api.cluster_stats import ClusterStats, RefusalNotes, Transport, replica_transport
 from tesserad.api.convert_training import job_spec_document
@@ -102,6 +103,7 @@ from tesserad.replica.link import PrimaryLink, replica_replication
 from tesserad.replica.prometheus import ReplicaMetrics
 from tesserad.replica.refusals import ReplicaRefusals
 from tesserad.runtime_env import worker_environment
+from tesserad.security.roles import Role
 from tesserad.security.users import user_name
 from tesserad.serving.open_inference import OIP_NAME_BY_DTYPE, OpenInference
 from tesserad.serving.registry_source import build_inference, inference_over
@@ -261,6 +263,7 @@ class Daemon:
         self.http_port: int | None = None
         self.oip_http_port: int | None = None
         self.metrics = DaemonMetrics()
+        self.audit = Audit(settings.log_audit)
         self._stopping = asyncio.Event()
         # Set by drain(): health and OIP ServerReady say not ready while calls are still served.
         self._draining = asyncio.Event()
@@ -594,7 +597,13 @@ class Daemon:
                 stopping=self._stopping,
             )
             self._dashboard = DashboardServer(
-                services, settings.http_listen, settings.security, settings.limits, auth.tokens, self.metrics
+                services,
+                settings.http_listen,
+                settings.security,
+                settings.limits,
+                auth.tokens,
+                self.metrics,
+                self.audit,
             )
             self.metrics.count_connections(self._dashboard.connections)
             auth.also_revoke(self._dashboard.end_revoked)
@@ -654,7 +663,13 @@ class Daemon:
                 # Read at each job; checked here so that a bad file stops the start, not every job.
                 ray_worker_tls(certificates, settings.training)
             auth = AuthInterceptor(
-                settings.security, settings.limits, settings.max_message_size, served, failed, self.metrics
+                settings.security,
+                settings.limits,
+                settings.max_message_size,
+                served,
+                failed,
+                self.metrics,
+                self.audit,
             )
         except TlsSettingsError as exc:
             raise SettingsRefusal(str(exc)) from None
@@ -675,10 +690,16 @@ class Daemon:
         its interceptor keeps. `failed`: told of each call refused or ended by an error."""
         calls = CallCounter()
         limits = self.settings.limits
+        audited = frozenset(
+            method for method, role in auth.roles.items() if role > Role.READER and method not in AUDIT_EXEMPT
+        )
         server = grpc.aio.server(
             interceptors=[
                 ServerInterceptor(
-                    auth, CallInterceptor(self.metrics, self.settings.max_message_size, calls, failed)
+                    auth,
+                    CallInterceptor(
+                        self.metrics, self.settings.max_message_size, calls, failed, self.audit, audited
+                    ),
                 )
             ],
             options=[
@@ -798,6 +819,7 @@ class Daemon:
             self.settings.limits,
             self.settings.serving,
             self.metrics,
+            self.audit,
         )
         self.metrics.count_connections(self._oip_http.connections)
         auth.also_revoke(self._oip_http.end_revoked)

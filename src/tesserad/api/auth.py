@@ -45,9 +45,11 @@ from google.protobuf.message import DecodeError
 
 from tesserad.api import aio_handlers
 from tesserad.api.aio_handlers import Context, ErrorListener, Handler, split_method
+from tesserad.api.audit import Audit
 from tesserad.api.errors import status_for
 from tesserad.config import LimitsSettings, SecuritySettings, format_size
 from tesserad.errors import InvalidArgument, ResourceExhausted
+from tesserad.replica.refusals import MAX_ADDRESS_CHARS, REPLICA_HEADER
 from tesserad.security import (
     Identity,
     MissingRoleError,
@@ -170,6 +172,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         services: Iterable[ServiceDescriptor],
         refused: ErrorListener | None = None,
         metrics: DaemonMetrics | None = None,
+        audit: Audit | None = None,
     ) -> None:
         """`refused`: told of each call refused here (unauthenticated, or without the role) whose
         caller this daemon knows from any other: by a token of its tokens file (one expired
@@ -177,7 +180,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         the file lacks, could be anyone: what it says of itself (a replica's address, for the
         primary's list of refused replicas) is not to be believed, so `refused` is not told.
         `metrics`: where every call refused here is counted with its code (the calls admitted
-        are counted by the CallInterceptor inside)."""
+        are counted by the CallInterceptor inside). `audit`: where each call refused for its
+        credentials is logged (rate-limited)."""
         try:
             self._roles = required_roles(services)
             self._tokens = None if security.tokens_file is None else TokenFile(security.tokens_file)
@@ -207,6 +211,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._revokers: list[Callable[[TokenTable], int]] = []
         self._refused = refused
         self._metrics = metrics
+        self._audit = audit
+
+    @property
+    def roles(self) -> dict[str, Role]:
+        """The role each served method path needs."""
+        return self._roles
 
     @property
     def tokens(self) -> TokenFile | None:
@@ -338,6 +348,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 self._refusal_counter(method),
                 self._refused,
                 method,
+                self._warner(method, grpc.StatusCode.PERMISSION_DENIED, "no role", None),
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{method.lstrip('/')} has no role in this tesserad's role table, so no caller may use it",
             )
@@ -359,6 +370,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 self._refusal_counter(method),
                 self._refused if self._certificates_checked else None,
                 method,
+                self._warner(
+                    method,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "no token" if token is None else "unknown token",
+                    None,
+                ),
                 grpc.StatusCode.UNAUTHENTICATED,
                 problem
                 or "the token is not valid for this tesserad (mistyped, or removed from its tokens "
@@ -370,6 +387,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 self._refusal_counter(method),
                 self._refused,
                 method,
+                self._warner(method, grpc.StatusCode.UNAUTHENTICATED, "expired token", identity.name),
                 grpc.StatusCode.UNAUTHENTICATED,
                 expired_message(identity),
             )
@@ -379,11 +397,26 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 self._refusal_counter(method),
                 self._refused,
                 method,
+                self._warner(method, grpc.StatusCode.PERMISSION_DENIED, "role", identity.name),
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{method.lstrip('/')} needs the {required.label} role; the token {identity.name!r} has "
                 f"the {identity.role.label} role",
             )
         return self._admitted(handler, method, identity, digest, required, limited=limited)
+
+    def _warner(
+        self, method: str, code: grpc.StatusCode, reason: str, caller_name: str | None
+    ) -> WarnRefusal | None:
+        """What logs a call of `method` refused here with `code` for `reason`; None without audit."""
+        audit = self._audit
+        if audit is None:
+            return None
+        rpc = method.lstrip("/")
+
+        def warn(context: Context) -> None:
+            audit.refused(rpc, caller_name, context.peer(), code.name, reason, replica=_replica_of(context))
+
+        return warn
 
     def _refusal_counter(self, method: str) -> CountRefusal | None:
         """What counts a call of `method` refused here; None without metrics. `method` is one this
@@ -653,6 +686,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 _HandlerKey = tuple[str, Identity | None, bytes | None]
 # Counts one call of an RPC refused here by its status code's name (CallRecorder.refused).
 CountRefusal = Callable[[str], None]
+# Logs one call refused here, given its context.
+WarnRefusal = Callable[[Context], None]
+
+
+def _replica_of(context: Context) -> str | None:
+    """The address a replica calling names itself by (REPLICA_HEADER), as it says: None for
+    another caller."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REPLICA_HEADER and isinstance(value, str):
+            return value[:MAX_ADDRESS_CHARS]
+    return None
 
 
 class _OpenStream:
@@ -805,11 +849,12 @@ def _refusal(
     count_refusal: CountRefusal | None,
     refused: ErrorListener | None,
     method: str,
+    warn: WarnRefusal | None,
     code: grpc.StatusCode,
     message: str,
 ) -> Handler:
     """A handler of the call's response kind that refuses it without reading the request,
-    counting it with `count_refusal` and telling `refused` first.
+    counting it with `count_refusal`, logging it with `warn` and telling `refused` first.
 
     Declared request-streaming whatever the RPC is, so gRPC never receives or parses the
     request of a caller we turn away.
@@ -820,6 +865,8 @@ def _refusal(
         async def refuse_stream(requests: Any, context: Context) -> AsyncIterator[bytes]:
             if count_refusal is not None:
                 count_refusal(code.name)
+            if warn is not None:
+                warn(context)
             if refused is not None:
                 refused(context, method, code, message)
             await context.abort(code, message)
@@ -830,6 +877,8 @@ def _refusal(
     async def refuse(requests: Any, context: Context) -> None:
         if count_refusal is not None:
             count_refusal(code.name)
+        if warn is not None:
+            warn(context)
         if refused is not None:
             refused(context, method, code, message)
         await context.abort(code, message)

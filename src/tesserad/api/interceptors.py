@@ -6,7 +6,9 @@
   while the client sees only the id (no internals leak);
 - every call's latency and final status code are recorded in the Prometheus metrics;
 - a listener, when given, is told of each call a domain error ends (a primary notes there the
-  calls it refuses its replicas: tesserad.replica.refusals).
+  calls it refuses its replicas: tesserad.replica.refusals);
+- each call of an audited (state-changing) RPC logs its audit line as it ends, and a write the
+  full disk refused its rate-limited WARNING (tesserad.api.audit); reads pay nothing for it.
 
 `ServerInterceptor`, the daemon server's one interceptor, runs AuthInterceptor and then this.
 """
@@ -23,9 +25,10 @@ import grpc
 
 from tesserad.api import aio_handlers
 from tesserad.api.aio_handlers import Context, ErrorListener, Handler, split_method
-from tesserad.api.auth import AuthInterceptor, encoded, revoked_code
+from tesserad.api.audit import Audit, audited_stream, audited_unary
+from tesserad.api.auth import AuthInterceptor, caller, encoded, revoked_code
 from tesserad.api.errors import status_for, trailers_for
-from tesserad.errors import TesseraError, answered_message, logged_internal
+from tesserad.errors import NoSpace, TesseraError, answered_message, logged_internal
 from tesserad.metrics import DaemonMetrics
 from tesserad.serving.service import CallCounter
 
@@ -64,10 +67,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         max_message_size: int,
         calls: CallCounter | None = None,
         failed: ErrorListener | None = None,
+        audit: Audit | None = None,
+        audited: frozenset[str] = frozenset(),
     ) -> None:
         """`failed`: told of each call that a domain error ends. Responses are encoded here, so
-        that one over `max_message_size` is counted RESOURCE_EXHAUSTED, as its client gets it."""
+        that one over `max_message_size` is counted RESOURCE_EXHAUSTED, as its client gets it.
+        `audit`: where refused writes, and with its `writes` on the calls of the methods
+        `audited`, are logged."""
         self._metrics = metrics
+        self._audit = audit
+        self._audited = audited
         self._max_message_size = max_message_size
         self._failed = failed
         # Counts each call as it begins: inference holds requests for a burst on it.
@@ -105,6 +114,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         failed = self._failed
         serialize = handler.response_serializer
         max_size = self._max_message_size
+        audit = self._audit
+        logs_writes = audit is not None and audit.writes and method in self._audited
 
         async def abort_for(exc: Exception, context: Context, start: float) -> NoReturn:
             """Abort with `exc`'s status and record the call: under that status once sent; when
@@ -112,6 +123,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             and a handler's bug as INTERNAL still, so that an alert on INTERNAL sees every bug."""
             if failed is not None and isinstance(exc, TesseraError):
                 failed(context, method, status_for(exc), exc.message)
+            if audit is not None and isinstance(exc, NoSpace):
+                audit.disk_full(rpc, caller(context), context.peer())
             try:
                 await _abort_for(exc, context, rpc)
             except (grpc.aio.InternalError, asyncio.CancelledError):
@@ -129,6 +142,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         writer = aio_handlers.writing_stream(handler)
         inner = aio_handlers.unary_unary(handler) or aio_handlers.stream_unary(handler) or writer
         if inner is not None:
+            if logs_writes:
+                assert audit is not None
+                inner = audited_unary(inner, rpc, audit, caller, handler.request_streaming)
             # gRPC encodes what a writer writes; the wrapper encodes any other's response.
             encode_with, grpc_encodes_with = (None, serialize) if writer is not None else (serialize, None)
 
@@ -155,6 +171,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
         inner_stream = aio_handlers.unary_stream(handler) or aio_handlers.stream_stream(handler)
         assert inner_stream is not None, f"{method} has no behaviour"
+        if logs_writes:
+            assert audit is not None
+            inner_stream = audited_stream(inner_stream, rpc, audit, caller, handler.request_streaming)
 
         async def stream_response(request: Any, context: Context) -> AsyncIterator[Any]:
             start = clock()

@@ -33,6 +33,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 
 from tesserad import __version__, errors
+from tesserad.api.audit import Audit
 from tesserad.api.auth import ANONYMOUS, expired_message
 from tesserad.api.oip import metadata_of, statistics_response
 from tesserad.api.oip_config import model_config_of, serving_config_of
@@ -182,10 +183,13 @@ class OipHttpServer(HttpListener):
         limits: LimitsSettings,
         serving: ServingSettings,
         metrics: DaemonMetrics | None = None,
+        audit: Audit | None = None,
     ) -> None:
         """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too;
         `calls`: the gRPC listener's count of calls in flight, which requests here join;
-        `serving`: its oip_http_* settings; `metrics`: where its requests are counted."""
+        `serving`: its oip_http_* settings; `metrics`: where its requests are counted; `audit`:
+        where its 401s and 403s, and with `audit.writes` its requests that change state, are
+        logged."""
         self._core = core
         self._max_json_size = serving.oip_http_max_json_size
         self._json_process_min_size = serving.oip_http_json_process_min_size
@@ -199,7 +203,7 @@ class OipHttpServer(HttpListener):
             else None
         )
         self._tracer = core.tracer
-        super().__init__(address, security, limits, "oip_http", metrics)
+        super().__init__(address, security, limits, "oip_http", metrics, audit)
         self._tokens = tokens
         self._calls = calls
         self._health_open = security.health_open
@@ -441,6 +445,8 @@ class OipHttpServer(HttpListener):
         limited = f"/{_SERVICE}/{rpc}" not in HEALTH_METHODS
         revocable = self._revocable if rpc == "ModelInfer" else None
         needed = ROLE_TABLE[_SERVICE][rpc] if required is None else required
+        if self._audit is not None and self._audit.writes and needed > Role.READER:
+            handler = self._audited(handler, self._audit, f"{_SERVICE}/{rpc}")
 
         def refusal(request: web.Request) -> web.Response | None:
             try:
@@ -480,6 +486,27 @@ class OipHttpServer(HttpListener):
                 calls.leave()
 
         return web.route(method, path, admitted, expect_handler=self._expecting(refusal))
+
+    @staticmethod
+    def _audited(handler: Handler, audit: Audit, rpc: str) -> Handler:
+        """`handler` logging the audit line of each request it answers (tesserad.api.audit), as a
+        gRPC call of `rpc` logs its own; its X-Request-ID rides on the line."""
+
+        async def audited(request: web.Request) -> web.StreamResponse:
+            objects = {key: value[:200] for key, value in request.match_info.items()}
+            try:
+                response = await handler(request)
+            except BaseException as exc:
+                audit.wrote(
+                    rpc, request.get(_CALLER, ANONYMOUS), request.remote or "", objects, _status_of(exc)
+                )
+                raise
+            audit.wrote(
+                rpc, request.get(_CALLER, ANONYMOUS), request.remote or "", objects, str(response.status)
+            )
+            return response
+
+        return audited
 
     def _admit_declared(self, request: web.Request, rpc: str, required: Role) -> bytes | None:
         """`_admit`, then 413 for a Content-Length over max_message_size and 415 for a body in a
@@ -879,6 +906,17 @@ class OipHttpServer(HttpListener):
             content_type="application/octet-stream",
             headers={HEADER_LENGTH: str(header_length)},
         )
+
+
+def _status_of(exc: BaseException) -> str:
+    """The HTTP status a request that raised `exc` is answered with (the error middleware's)."""
+    if isinstance(exc, errors.TesseraError):
+        return str(http_status_for(exc))
+    if isinstance(exc, web.HTTPException):
+        return str(exc.status)
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return "500"
 
 
 def _vary(response: web.StreamResponse, header: str) -> None:

@@ -24,6 +24,8 @@ from aiohttp.http import HttpProcessingError, HttpVersion11
 from aiohttp.web_log import AccessLogger
 from aiohttp.web_protocol import RequestHandler
 
+from tesserad.api.audit import Audit
+from tesserad.api.oip_http_headers import request_id_of
 from tesserad.config import Address, LimitsSettings, SecuritySettings
 from tesserad.dashboard.access import Handler, dashboard_tls
 from tesserad.dashboard.hosts import HostRule
@@ -181,10 +183,13 @@ class HttpListener:
         limits: LimitsSettings,
         name: str,
         metrics: DaemonMetrics | None = None,
+        audit: Audit | None = None,
     ) -> None:
-        """`name`: the listener's in the log and the metrics."""
+        """`name`: the listener's in the log and the metrics; `audit`: where each 401 and 403
+        answered is logged (rate-limited)."""
         self._name = name
         self._metrics = metrics
+        self._audit = audit
         # (route label, method label) -> its recorder: bounded by the routes and HTTP's methods.
         self._recorders: dict[tuple[str, str], CallRecorder] = {}
         self._address = address
@@ -239,6 +244,10 @@ class HttpListener:
         return response
 
     def _record(self, request: web.Request, status: int, start: float) -> None:
+        """Count the answer (every answer passes here: the middlewares' and a refused 100
+        Continue's), and log a refusal of the caller's credentials."""
+        if self._audit is not None and status in (401, 403):
+            self._refused(self._audit, request, status)
         if self._metrics is None:
             return
         resource = request.match_info.route.resource
@@ -252,6 +261,23 @@ class HttpListener:
                 self._name, route, method
             )
         recorder.record(str(status), time.perf_counter() - start)
+
+    def _refused(self, audit: Audit, request: web.Request, status: int) -> None:
+        if status == 403:
+            reason = "forbidden"
+        elif hdrs.AUTHORIZATION in request.headers:
+            reason = "token refused"
+        else:
+            reason = "no token"
+        audit.refused(
+            f"{request.method} {request.path[:200]}",
+            None,
+            request.remote or "",
+            str(status),
+            reason,
+            listener=self._name,
+            request_id=request_id_of(request.headers),
+        )
 
     def _expecting(self, refusal: Callable[[web.Request], web.StreamResponse | None]) -> ExpectHandler:
         """A route's expect_handler: a request with `Expect: 100-continue` that `refusal` refuses

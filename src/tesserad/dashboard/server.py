@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from aiohttp import hdrs, web
 
 from tesserad import errors
+from tesserad.api.audit import Audit
 from tesserad.config import Address, LimitsSettings, SecuritySettings, format_size
 from tesserad.dashboard.access import LOGIN_PATH, LOGOUT_PATH, Access, Handler
 from tesserad.dashboard.api import PREFIX, DashboardApi, Services, json_response
@@ -235,11 +236,12 @@ class DashboardServer(HttpListener):
         limits: LimitsSettings,
         tokens: TokenFile | None,
         metrics: DaemonMetrics | None = None,
+        audit: Audit | None = None,
     ) -> None:
         """`tokens`: the daemon's own (None without a tokens file), so a reload applies here too;
-        `metrics`: where its requests are counted."""
+        `metrics`: where its requests are counted; `audit`: where its 401s and 403s are logged."""
         self._services = services
-        super().__init__(address, security, limits, "dashboard", metrics)
+        super().__init__(address, security, limits, "dashboard", metrics, audit)
         access = Access(tokens, secure_cookie=self._tls is not None, receiving_body=self._receiving_body)
         self.end_revoked = access.end_revoked
         self._shell = (STATIC_DIR / "page.html").read_text()

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 
 from tesserad.config import format_size
-from tesserad.errors import ResourceExhausted
+from tesserad.errors import NoSpace
 
 _FREE_UP = (
     "free space there (delete model versions, dataset versions or finished jobs no longer "
@@ -30,14 +30,12 @@ def _free_bytes(root: str) -> int | None:
     return stat.f_bavail * stat.f_frsize
 
 
-def no_space(
-    error_no: int | None, root: str, what: str, needed: int | None = None
-) -> ResourceExhausted | None:
+def no_space(error_no: int | None, root: str, what: str, needed: int | None = None) -> NoSpace | None:
     """The ResourceExhausted for an OSError's errno met writing `what` under `root`, or None
     when that errno is not about room to write."""
     if error_no == errno.EFBIG:
         size = f" ({format_size(needed)})" if needed is not None else ""
-        return ResourceExhausted(
+        return NoSpace(
             f"{what}{size} is larger than the largest file tesserad may write in its data "
             "directory (the daemon's file size limit, ulimit -f, or the filesystem's)"
         )
@@ -46,7 +44,7 @@ def no_space(
     return None
 
 
-def disk_full(root: str, what: str, needed: int | None = None, *, quota: bool = False) -> ResourceExhausted:
+def disk_full(root: str, what: str, needed: int | None = None, *, quota: bool = False) -> NoSpace:
     """Writing `what` (`needed` bytes, when known) under `root` found the disk full, or its quota
     used up."""
     head = (
@@ -57,7 +55,7 @@ def disk_full(root: str, what: str, needed: int | None = None, *, quota: bool = 
     need = f"{what} needs {format_size(needed)}" if needed is not None else f"writing {what} failed"
     free = _free_bytes(root)
     room = f", {format_size(free)} is free" if free is not None else ""
-    return ResourceExhausted(f"{head}: {need}{room}; {_FREE_UP}")
+    return NoSpace(f"{head}: {need}{room}; {_FREE_UP}")
 
 
 @contextlib.contextmanager

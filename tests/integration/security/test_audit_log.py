@@ -1,0 +1,92 @@
+"""The audit lines a real daemon logs: one per write call (never per read), naming the RPC, the
+caller's token, the peer, the objects and the status; refused credentials at WARNING, at most one
+line per peer and reason in 10 s, the next counting those left out."""
+
+from __future__ import annotations
+
+import logging
+import urllib.error
+import urllib.request
+
+import grpc
+import pytest
+
+from tessera.v1 import registry_pb2, registry_pb2_grpc
+from tesserad.security import Role
+from tests.conftest import InProcessDaemon
+from tests.integration.security.conftest import Tokens, bearer
+from tests.integration.security.test_auth import call
+
+AUDIT = "tesserad.audit"
+
+
+def audit_lines(caplog: pytest.LogCaptureFixture, message: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == AUDIT and r.getMessage() == message]
+
+
+def test_write_calls_are_audited_with_caller_peer_objects_and_code_and_reads_are_not(
+    start_daemon, tokens: Tokens, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=AUDIT)
+    daemon: InProcessDaemon = start_daemon(**{"security.tokens_file": str(tokens.file)})
+    registry = registry_pb2_grpc.RegistryStub(daemon.channel())
+    trainer = bearer(tokens.token[Role.TRAINER])
+    registry.CreateModel(registry_pb2.CreateModelRequest(name="audited"), metadata=trainer, timeout=10)
+    with pytest.raises(grpc.RpcError):
+        registry.CreateModel(registry_pb2.CreateModelRequest(name="audited"), metadata=trainer, timeout=10)
+    registry.GetModel(registry_pb2.GetModelRequest(name="audited"), metadata=trainer, timeout=10)
+    registry.ListModels(registry_pb2.ListModelsRequest(), metadata=trainer, timeout=10)
+
+    lines = audit_lines(caplog, "write call")
+    assert [(r.__dict__["rpc"], r.__dict__["code"]) for r in lines] == [
+        ("tessera.v1.Registry/CreateModel", "OK"),
+        ("tessera.v1.Registry/CreateModel", "ALREADY_EXISTS"),
+    ]
+    for record in lines:
+        assert record.levelno == logging.INFO
+        assert record.__dict__["caller"] == "trainer-holder"
+        assert record.__dict__["peer"].startswith("ipv4:127.0.0.1:")
+        # Named by the request's own field.
+        assert record.__dict__["objects"] == {"name": "audited"}
+
+
+def test_refused_credentials_are_warned_once_per_peer_and_reason_within_the_window(
+    start_daemon, tokens: Tokens, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=AUDIT)
+    daemon: InProcessDaemon = start_daemon(
+        **{"security.tokens_file": str(tokens.file), "serving.oip_http_listen": "127.0.0.1:0"}
+    )
+    channel = daemon.channel()
+    info = "/tessera.v1.System/GetServerInfo"
+    for _ in range(3):
+        assert call(channel, info, bearer("not-a-token")) == grpc.StatusCode.UNAUTHENTICATED
+    create = "/tessera.v1.Registry/CreateModel"
+    assert call(channel, create, bearer(tokens.token[Role.READER])) == grpc.StatusCode.PERMISSION_DENIED
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{daemon.daemon.oip_http_port}/v2", headers={"X-Request-ID": "audit-401"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 401
+
+    lines = audit_lines(caplog, "call refused")
+    assert all(r.levelno == logging.WARNING for r in lines)
+    seen = [(r.__dict__["reason"], r.__dict__["code"], r.__dict__.get("caller")) for r in lines]
+    # Three refusals of an unknown token from one host: one line.
+    assert seen == [
+        ("unknown token", "UNAUTHENTICATED", None),
+        ("role", "PERMISSION_DENIED", "reader-holder"),
+        ("no token", "401", None),
+    ]
+    assert lines[0].__dict__["suppressed"] == 0
+    assert lines[2].__dict__["request_id"] == "audit-401"
+    assert lines[2].__dict__["rpc"] == "GET /v2"
+
+
+def test_log_audit_false_turns_the_write_lines_off(start_daemon, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=AUDIT)
+    daemon: InProcessDaemon = start_daemon(log_audit="false")
+    registry = registry_pb2_grpc.RegistryStub(daemon.channel())
+    registry.CreateModel(registry_pb2.CreateModelRequest(name="quiet"), timeout=10)
+    assert audit_lines(caplog, "write call") == []
