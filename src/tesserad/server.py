@@ -63,6 +63,7 @@ from tesserad.api.interceptors import CallInterceptor, ServerInterceptor
 from tesserad.api.oip import OipServicer
 from tesserad.api.oip_http import OipHttpServer
 from tesserad.api.registry import RegistryServicer
+from tesserad.api.state_metrics import StateMetrics
 from tesserad.api.system import SystemServicer, server_info_handler
 from tesserad.api.tls import (
     CertificateError,
@@ -507,7 +508,7 @@ class Daemon:
             DatasetsServicer(self.datasets, blobs, limits.chunk_size),
             routes,
         )
-        self._export_triton_metrics()
+        self._export_serving_metrics()
         self.registry.add_listener(self.inference.on_registry_change)
         self.inference.add_deletion_listener(self._tracer.forget, self._tracer.kept)
         # A replica's follower retries its failed loads itself, only while the primary is there:
@@ -677,6 +678,9 @@ class Daemon:
             raise StartupError(str(exc)) from None
         self._auth = auth
         self._certificates = certificates
+        self._state_metrics = StateMetrics(
+            self.metrics.registry, __version__, STORE_SCHEMA, auth, certificates
+        )
         credentials = None if certificates is None else certificates.credentials
         interval = settings.security.tokens_reload_interval_s
         if (auth.tokens is not None or certificates is not None) and interval > 0:
@@ -800,7 +804,10 @@ class Daemon:
         )
         return health_servicer
 
-    def _export_triton_metrics(self) -> None:
+    def _export_serving_metrics(self) -> None:
+        """tessera_model_ready, and Triton's nv_inference_* families with serving.triton_metrics."""
+        if self.inference is not None:
+            self._state_metrics.serve_from(self.inference.pool.list)
         if self.settings.serving.triton_metrics and self.inference is not None:
             self.metrics.add_text(TritonMetrics(self.inference.pool))
 
@@ -879,7 +886,7 @@ class Daemon:
             sys.setswitchinterval(settings.serving.switch_interval_us / 1e6)
         self.inference = inference_over(followed, settings.serving, self.metrics.registry, calls)
         self.inference.add_deletion_listener(self._tracer.forget, self._tracer.kept)
-        self._export_triton_metrics()
+        self._export_serving_metrics()
         caught_up = self._ready_gate = asyncio.Event()
         oip = OpenInference(
             self.inference, self._stopping, self._shared_memory, self._logs, self._tracer, caught_up

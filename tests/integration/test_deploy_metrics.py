@@ -7,6 +7,7 @@ import logging
 import re
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -20,8 +21,11 @@ from tessera.v1 import inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tesserad.api.errors import STATUS_BY_ERROR
 from tesserad.cli import main as tesserad_main
 from tesserad.dashboard.server import HTTP_STATUS_BY_ERROR
+from tesserad.security import Role, hash_token, new_token
+from tesserad.security.tokens import format_entry
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.registry.conftest import mlp_weights, rpc_error, safetensors_header
+from tests.integration.security.conftest import dated_certificate
 from tests.integration.serving.serving_models import linear_model, predict_request, upload
 
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
@@ -156,6 +160,28 @@ def test_every_metric_and_label_the_alerts_use_is_in_a_real_scrape(daemon, chann
             series.setdefault(name, set()).update(labels)
     finally:
         replica.stop()
+    # The tokens file's and the TLS certificate's series are those of a daemon that has them.
+    cert, key = dated_certificate(
+        tmp_path, "server", datetime.now(UTC), datetime.now(UTC) + timedelta(days=30)
+    )
+    key.chmod(0o600)
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(format_entry("admin", Role.ADMIN, hash_token(new_token())))
+    secured = InProcessDaemon(
+        daemon_settings(
+            tmp_path / "secured",
+            **{
+                "security.tokens_file": str(tokens),
+                "security.tls_cert_file": str(cert),
+                "security.tls_key_file": str(key),
+            },
+        )
+    ).start()
+    try:
+        for name, labels in scraped_series(f"http://127.0.0.1:{secured.daemon.metrics_port}/metrics").items():
+            series.setdefault(name, set()).update(labels)
+    finally:
+        secured.stop()
     assert rules()
     wrong = []
     for rule in rules():

@@ -36,6 +36,7 @@ import asyncio
 import contextvars
 import datetime
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -212,6 +213,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._refused = refused
         self._metrics = metrics
         self._audit = audit
+        # Whether the tokens file's last read applied it, and when one last did (wall clock, for
+        # /metrics); the start's read applied it, or the start failed.
+        self._reload: tuple[bool, float] | None = None if self._tokens is None else (True, time.time())
+
+    @property
+    def tokens_reload(self) -> tuple[bool, float] | None:
+        """(whether the last read of the tokens file applied it, when one last did); None without
+        a tokens file."""
+        return self._reload
 
     @property
     def roles(self) -> dict[str, Role]:
@@ -253,7 +263,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     "tokens file not applied: the tokens in use stay as they were until it is fixed",
                     extra={**fields, "error": str(exc), "tokens": len(tokens.table.names)},
                 )
+                if self._reload is not None:
+                    self._reload = (False, self._reload[1])
                 return
+            self._reload = (True, time.time())
             if not changes:
                 log.info("tokens file read again: no change", extra=fields)
                 return
