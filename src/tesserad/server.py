@@ -391,6 +391,15 @@ class Daemon:
                 "--http-listen and --metrics-listen (or off)"
             ) from None
         self._lock = lock
+        if lock.unclean_stop is not None:
+            jobs = (
+                "" if settings.replica.primary else "jobs it was running resume from their last checkpoints; "
+            )
+            log.warning(
+                "the last run did not stop cleanly (killed, crashed, or its machine went down); "
+                f"{jobs}`tessera admin verify` checks the store and blobs for damage",
+                extra={"data_dir": str(data_dir), "last_pid": lock.unclean_stop},
+            )
         # Held from here on: the directory made is this start's alone, so a failed start removes it.
         self._made_data_dir = made
         TraceMetrics(self._tracer, self.metrics.registry)
@@ -628,6 +637,7 @@ class Daemon:
         log.info(
             "tesserad serving",
             extra={
+                "version": __version__,
                 "address": self.address,
                 "metrics": f"{settings.metrics_listen.host}:{self.metrics_port}"
                 if settings.metrics_listen and self.metrics_port
@@ -973,6 +983,7 @@ class Daemon:
         log.info(
             "tesserad serving",
             extra={
+                "version": __version__,
                 "address": self.address,
                 "replica_of": primary,
                 "metrics": f"{settings.metrics_listen.host}:{self.metrics_port}"

@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, system_pb2, system_pb2_grpc
-from tesserad import cli
+from tesserad import __version__, cli
 from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
 from tesserad.store.schema import STORE_SCHEMA
 
@@ -259,3 +259,21 @@ def test_a_replica_tells_systemd_ready_once_it_listens_and_its_link_as_status(sp
         replica.terminate()
         assert _status_lines(notify, "STOPPING=1")[-1] == "STOPPING=1"
         assert replica.process.wait(30) == 0
+
+
+def test_a_start_after_a_sigkill_says_the_last_run_did_not_stop_cleanly(spawn_daemon, tmp_path):
+    args = ("--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path / "data"))
+    first = spawn_daemon(*args)
+    serving = first.wait_for_log("tesserad serving")
+    assert serving["version"] == __version__
+    first.terminate(signal.SIGKILL)
+    first.process.wait(30)
+    second = spawn_daemon(*args)
+    warning = second.wait_for_log(
+        "the last run did not stop cleanly (killed, crashed, or its machine went down); jobs it was "
+        "running resume from their last checkpoints; `tessera admin verify` checks the store and "
+        "blobs for damage"
+    )
+    assert warning["level"] == "warning"
+    assert warning["last_pid"] == str(first.process.pid)
+    second.wait_serving()

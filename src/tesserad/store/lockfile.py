@@ -5,10 +5,16 @@ schema record to this data directory (see tesserad.store.schema): kept by each t
 takes the directory, so that one from before schema versions, which writes its pid alone,
 leaves a trace. Such a tesserad, refused, names the holder by the file's first 32 bytes,
 stripped: the pid's line is padded with spaces to fill them, so that it shows the pid alone.
+
+A holder that lets go of the directory in `release` writes STOPPED in place of its pid: a file
+that still names a pid when the next holder takes it was left by one that never let go (killed,
+crashed, or its machine went down), which `unclean_stop` reports. The flock itself cannot say:
+the kernel drops it however its holder ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -19,6 +25,8 @@ LOCK_NAME = "tesserad.lock"
 _TOKEN_PREFIX = "store "
 # What a tesserad reads of the file to name the holder it is refused by; the pid's line fills it.
 _HOLDER_BYTES = 32
+# The first line of a file whose holder let go of it (its pid's place).
+STOPPED = "stopped"
 
 
 class DataDirLock:
@@ -28,8 +36,11 @@ class DataDirLock:
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / LOCK_NAME
         self._fd: int | None = None
+        self._exclusive = False
         # The store token the file held when it was taken; None when it held none.
         self.store_token: str | None = None
+        # The pid the file named when it was taken, when its holder never let go; else None.
+        self.unclean_stop: str | None = None
 
     def acquire(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -37,7 +48,10 @@ class DataDirLock:
         lines = os.pread(fd, 256, 0).decode(errors="replace").splitlines()
         tokens = [line.removeprefix(_TOKEN_PREFIX) for line in lines[1:2] if line.startswith(_TOKEN_PREFIX)]
         self.store_token = tokens[0] if tokens else None
+        holder = lines[0].strip() if lines else ""
+        self.unclean_stop = holder if holder.isdigit() else None
         self._fd = fd
+        self._exclusive = True
         self._write(fd)
 
     def acquire_to_read(self) -> bool:
@@ -83,14 +97,20 @@ class DataDirLock:
         self.store_token = token
         self._write(self._fd)
 
-    def _write(self, fd: int) -> None:
+    def _write(self, fd: int, holder: str | None = None) -> None:
         token = "" if self.store_token is None else f"{_TOKEN_PREFIX}{self.store_token}\n"
         os.ftruncate(fd, 0)
-        pid = str(os.getpid()).ljust(_HOLDER_BYTES - 1)
-        os.pwrite(fd, f"{pid}\n{token}".encode(), 0)
+        first = (str(os.getpid()) if holder is None else holder).ljust(_HOLDER_BYTES - 1)
+        os.pwrite(fd, f"{first}\n{token}".encode(), 0)
 
     def release(self) -> None:
+        """Let go of the directory; an exclusive holder marks the file STOPPED first."""
         if self._fd is not None:
+            if self._exclusive:
+                self._exclusive = False
+                # On a full disk the next start reports an unclean stop: the lesser harm.
+                with contextlib.suppress(OSError):
+                    self._write(self._fd, STOPPED)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -69,3 +69,26 @@ def test_a_readers_shared_lock_writes_nothing_and_a_daemon_it_keeps_out_is_told_
 def test_a_reader_makes_no_lock_file_where_there_is_none(tmp_path: Path) -> None:
     assert not DataDirLock(tmp_path).acquire_to_read()
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_holder_that_never_let_go_is_reported_by_the_next_and_one_that_did_is_not(tmp_path: Path) -> None:
+    first = DataDirLock(tmp_path)
+    first.acquire()
+    first.keep_store_token("0123456789abcdef")
+    assert first.unclean_stop is None  # a new file
+    first.release()
+    second = DataDirLock(tmp_path)
+    second.acquire()
+    assert second.unclean_stop is None
+    assert second.store_token == "0123456789abcdef"
+    # As a SIGKILL ends it: the kernel drops the flock, and the file still names the holder.
+    assert second._fd is not None
+    os.close(second._fd)
+    second._fd = None
+    third = DataDirLock(tmp_path)
+    third.acquire()
+    try:
+        assert third.unclean_stop == str(os.getpid())
+        assert third.store_token == "0123456789abcdef"
+    finally:
+        third.release()
