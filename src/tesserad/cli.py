@@ -378,9 +378,11 @@ def _verify(data_dir: Path, unlocked: bool) -> int:
     from tesserad.store import BlobStore, DataDirLock, ReadOnlyStore, store_errors
     from tesserad.store.schema import refuse_newer
 
+    # Quoted: a relative path reads as a word otherwise ("damaged is damaged").
+    named = f"data directory {str(data_dir)!r}"
     if not (data_dir / "store" / "data.mdb").is_file():
         print(
-            f"tesserad verify: {data_dir} holds no tesserad store (no store/data.mdb); name the data directory",
+            f"tesserad verify: {named} holds no tesserad store (no store/data.mdb); name the data directory",
             file=sys.stderr,
         )
         return 1
@@ -395,11 +397,11 @@ def _verify(data_dir: Path, unlocked: bool) -> int:
         )
         return 1
     except OSError as exc:
-        print(f"tesserad verify: cannot take the lock of data directory {data_dir}: {exc}", file=sys.stderr)
+        print(f"tesserad verify: cannot take the lock of {named}: {exc}", file=sys.stderr)
         return 1
     if not locked and not unlocked:
         print(
-            f"tesserad verify: {data_dir} holds no {lock.path.name} to lock (nor is one made there), so "
+            f"tesserad verify: {named} holds no {lock.path.name} to lock (nor is one made there), so "
             "nothing would keep a tesserad from starting on it during the check, whose writes the "
             "check could report as damage; pass --unlocked to check it so, once sure none will",
             file=sys.stderr,
@@ -407,7 +409,7 @@ def _verify(data_dir: Path, unlocked: bool) -> int:
         return 1
     if not locked:
         print(
-            f"tesserad verify: {data_dir} holds no {lock.path.name} to lock, so the check runs "
+            f"tesserad verify: {named} holds no {lock.path.name} to lock, so the check runs "
             "unlocked (--unlocked): make sure no tesserad starts on it meanwhile",
             file=sys.stderr,
         )
@@ -442,7 +444,7 @@ def _verify(data_dir: Path, unlocked: bool) -> int:
         return 0
     print(checked)
     print(
-        f"tesserad verify: {data_dir} is damaged: {counted(len(report.problems), 'problem')}, each named on "
+        f"tesserad verify: {named} is damaged: {counted(len(report.problems), 'problem')}, each named on "
         "stdout with the records that own the blob",
         file=sys.stderr,
     )

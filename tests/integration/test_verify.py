@@ -142,7 +142,7 @@ def test_a_clean_store_verifies_clean_offline_and_online(
 
 
 def test_a_damaged_blob_is_found_offline_with_its_owner(
-    filled: Filled, copy: Path, capsys: pytest.CaptureFixture[str]
+    filled: Filled, copy: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _damage(copy, filled.model_sha256)
     _damage(copy, filled.checkpoint_sha256)
@@ -153,8 +153,12 @@ def test_a_damaged_blob_is_found_offline_with_its_owner(
     assert f"job {filled.job_id} checkpoint epoch {filled.checkpoint_epoch}" in out
     assert "`tessera models rm MODEL VERSION`" in out
     assert "2 problems" in err
-    # The check left the store as it was: the damage is still there to be found.
-    assert _verify_offline(copy, capsys)[0] == EXIT_DAMAGED
+    # The check left the store as it was: the damage is still there to be found. A relative path
+    # is quoted, so that "data" reads as a name.
+    monkeypatch.chdir(copy.parent)
+    code, _, err = _verify_offline(Path(copy.name), capsys)
+    assert code == EXIT_DAMAGED
+    assert f"tesserad verify: data directory '{copy.name}' is damaged: 2 problems" in err
 
 
 def test_a_missing_blob_file_is_found_with_its_owner(
@@ -459,7 +463,9 @@ def test_the_offline_check_runs_on_a_data_directory_it_may_not_write(
     assert done.returncode == EXIT_DAMAGED, done.stderr
     assert f"blob {filled.model_sha256} is damaged on disk" in done.stdout
     assert "Traceback" not in done.stderr
-    unlocked = f"{shared_copy} holds no tesserad.lock to lock, so the check runs unlocked"
+    unlocked = (
+        f"data directory {str(shared_copy)!r} holds no tesserad.lock to lock, so the check runs unlocked"
+    )
     assert (unlocked in " ".join(done.stderr.split())) is not lock_file, done.stderr
     assert _listing(shared_copy) == before
 
