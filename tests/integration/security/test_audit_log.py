@@ -14,6 +14,7 @@ import pytest
 from tessera.v1 import registry_pb2, registry_pb2_grpc
 from tesserad.security import Role
 from tests.conftest import InProcessDaemon
+from tests.integration.registry.conftest import onnx_header, onnx_identity, upload_requests
 from tests.integration.security.conftest import Tokens, bearer
 from tests.integration.security.test_auth import call
 
@@ -34,6 +35,8 @@ def test_write_calls_are_audited_with_caller_peer_objects_and_code_and_reads_are
     registry.CreateModel(registry_pb2.CreateModelRequest(name="audited"), metadata=trainer, timeout=10)
     with pytest.raises(grpc.RpcError):
         registry.CreateModel(registry_pb2.CreateModelRequest(name="audited"), metadata=trainer, timeout=10)
+    data = onnx_identity(4)
+    registry.UploadVersion(upload_requests(onnx_header("audited", data), data), metadata=trainer, timeout=60)
     registry.GetModel(registry_pb2.GetModelRequest(name="audited"), metadata=trainer, timeout=10)
     registry.ListModels(registry_pb2.ListModelsRequest(), metadata=trainer, timeout=10)
 
@@ -41,13 +44,19 @@ def test_write_calls_are_audited_with_caller_peer_objects_and_code_and_reads_are
     assert [(r.__dict__["rpc"], r.__dict__["code"]) for r in lines] == [
         ("tessera.v1.Registry/CreateModel", "OK"),
         ("tessera.v1.Registry/CreateModel", "ALREADY_EXISTS"),
+        ("tessera.v1.Registry/UploadVersion", "OK"),
     ]
     for record in lines:
         assert record.levelno == logging.INFO
         assert record.__dict__["caller"] == "trainer-holder"
         assert record.__dict__["peer"].startswith("ipv4:127.0.0.1:")
-        # Named by the request's own field.
-        assert record.__dict__["objects"] == {"name": "audited"}
+    # Named by the request's own fields: a stream's first message's, and a new version's number
+    # from the answer.
+    assert [r.__dict__["objects"] for r in lines] == [
+        {"name": "audited"},
+        {"name": "audited"},
+        {"model": "audited", "version": 1},
+    ]
 
 
 def test_refused_credentials_are_warned_once_per_peer_and_reason_within_the_window(
