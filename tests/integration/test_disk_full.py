@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,9 +249,10 @@ def first_refused_create(registry: registry_pb2_grpc.RegistryStub) -> grpc.RpcEr
 
 
 @pytest.mark.parametrize("left", [0, 12 << 10], ids=["no-block-left", "three-blocks-left"])
-def test_a_database_write_onto_a_full_disk_is_resource_exhausted(daemon, disk, left):
+def test_a_database_write_onto_a_full_disk_is_resource_exhausted(daemon, disk, left, caplog):
     # With a few blocks left, LMDB's write of several pages is cut short, which it reports as
     # EIO, not ENOSPC (it was INTERNAL).
+    caplog.set_level(logging.WARNING, logger="tesserad.audit")
     registry = registry_pb2_grpc.RegistryStub(daemon.channel())
     filler = fill_up(disk) if left == 0 else fill(disk, leave=left)
 
@@ -258,6 +260,12 @@ def test_a_database_write_onto_a_full_disk_is_resource_exhausted(daemon, disk, l
 
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
     assert FULL in error.details() and "writing to the database failed" in error.details(), error.details()
+    # The operator hears of it too, once however many writes are refused.
+    first_refused_create(registry)
+    [warning] = [r for r in caplog.records if r.name == "tesserad.audit"]
+    assert warning.levelno == logging.WARNING
+    assert warning.getMessage() == "write refused: no room on the data directory's disk"
+    assert warning.__dict__["rpc"] == "tessera.v1.Registry/CreateModel"
 
     filler.unlink()
     assert registry.CreateModel(registry_pb2.CreateModelRequest(name="after")).name == "after"
