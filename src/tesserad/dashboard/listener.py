@@ -246,7 +246,7 @@ class HttpListener:
     def _record(self, request: web.Request, status: int, start: float) -> None:
         """Count the answer (every answer passes here: the middlewares' and a refused 100
         Continue's), and log a refusal of the caller's credentials."""
-        if self._audit is not None and status in (401, 403):
+        if self._audit is not None and status in (401, 403) and not self._asks_to_log_in(request, status):
             self._refused(self._audit, request, status)
         if self._metrics is None:
             return
@@ -261,6 +261,11 @@ class HttpListener:
                 self._name, route, method
             )
         recorder.record(str(status), time.perf_counter() - start)
+
+    def _asks_to_log_in(self, request: web.Request, status: int) -> bool:
+        """Whether the answer `status` to `request` only asks a caller who presented nothing to
+        log in, which is no refusal to log."""
+        return False
 
     def _refused(self, audit: Audit, request: web.Request, status: int) -> None:
         if status == 403:

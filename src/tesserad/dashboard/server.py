@@ -21,7 +21,7 @@ from aiohttp import hdrs, web
 from tesserad import errors
 from tesserad.api.audit import Audit
 from tesserad.config import Address, LimitsSettings, SecuritySettings, format_size
-from tesserad.dashboard.access import LOGIN_PATH, LOGOUT_PATH, Access, Handler
+from tesserad.dashboard.access import LOGIN_PATH, LOGOUT_PATH, SESSION_COOKIE, Access, Handler
 from tesserad.dashboard.api import PREFIX, DashboardApi, Services, json_response
 from tesserad.dashboard.listener import RETRY_AFTER, HttpListener, Refused
 from tesserad.security.tokens import TokenFile
@@ -268,6 +268,15 @@ class DashboardServer(HttpListener):
             ]
         )
         self._serve(app)
+
+    def _asks_to_log_in(self, request: web.Request, status: int) -> bool:
+        # A browser's first visit: a page asking for the token, not a token refused.
+        return (
+            status == 401
+            and request.method == "GET"
+            and hdrs.AUTHORIZATION not in request.headers
+            and SESSION_COOKIE not in request.cookies
+        )
 
     def _refusal(self, request: web.Request) -> web.Response | None:
         """What the middlewares answer `request` with before its body is read (host, token or a

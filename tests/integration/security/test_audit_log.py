@@ -78,6 +78,12 @@ def test_refused_credentials_are_warned_once_per_peer_and_reason_within_the_wind
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 401
+    # The dashboard asking a browser that presented nothing to log in refuses no credentials.
+    dashboard = f"http://127.0.0.1:{daemon.daemon.http_port}/api/v1/jobs"
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(dashboard, headers=headers), timeout=10)
+        assert refused.value.code == 401
 
     lines = audit_lines(caplog, "call refused")
     assert all(r.levelno == logging.WARNING for r in lines)
@@ -87,10 +93,12 @@ def test_refused_credentials_are_warned_once_per_peer_and_reason_within_the_wind
         ("unknown token", "UNAUTHENTICATED", None),
         ("role", "PERMISSION_DENIED", "reader-holder"),
         ("no token", "401", None),
+        ("token refused", "401", None),
     ]
     assert lines[0].__dict__["suppressed"] == 0
     assert lines[2].__dict__["request_id"] == "audit-401"
     assert lines[2].__dict__["rpc"] == "GET /v2"
+    assert [r.__dict__.get("listener") for r in lines[2:]] == ["oip_http", "dashboard"]
 
 
 def test_log_audit_false_turns_the_write_lines_off(start_daemon, caplog: pytest.LogCaptureFixture) -> None:
