@@ -427,7 +427,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         rpc = method.lstrip("/")
 
         def warn(context: Context) -> None:
-            audit.refused(rpc, caller_name, context.peer(), code.name, reason, replica=_replica_of(context))
+            # What an unknown caller says it is is not to be believed (see ReplicaRefusals).
+            replica = None if caller_name is None else _replica_of(context)
+            audit.refused(rpc, caller_name, context.peer(), code.name, reason, replica=replica)
 
         return warn
 
