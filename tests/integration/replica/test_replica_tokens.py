@@ -173,7 +173,7 @@ def test_a_refused_replica_takes_a_new_token_on_sighup(
 
 
 def test_the_primary_lists_a_replica_it_refused_until_it_follows(
-    tmp_path: Path, tokens: dict[Role, str]
+    tmp_path: Path, tokens: dict[Role, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     # Refused its watch, the replica never follows: the primary's cluster statistics are where an
     # operator looking at the primary learns of it, without the token it presented.
@@ -208,6 +208,15 @@ def test_the_primary_lists_a_replica_it_refused_until_it_follows(
         assert refused.peer.startswith("ipv4:127.0.0.1:") and refused.time.seconds > 0
         assert refused.reason.startswith("the token 'lapsed-replica' expired at 2026-01-01")
         assert lapsed.encode() not in stats.SerializeToString()
+        # The primary's log says so too, naming the token and the replica, never the token itself.
+        said = [r for r in caplog.records if r.name == "tesserad.audit" and r.getMessage() == "call refused"]
+        assert said and said[0].levelno == logging.WARNING
+        assert (said[0].__dict__["reason"], said[0].__dict__["caller"], said[0].__dict__["replica"]) == (
+            "expired token",
+            "lapsed-replica",
+            replica.target,
+        )
+        assert lapsed not in caplog.text
         # Given a token the primary knows, it follows, and is listed as following only.
         token_file.write_text(tokens[Role.READER] + "\n")
         replica.run(replica.daemon.reload())
