@@ -276,6 +276,7 @@ class Daemon:
         self._server: grpc.aio.Server | None = None
         self._auth: AuthInterceptor | None = None
         self._certificates: ServerCertificates | None = None
+        self._state_metrics: StateMetrics | None = None
         self._files_watch: asyncio.Task[None] | None = None
         self._health: HealthServicer | None = None
         self._metrics_http: MetricsHttpServer | None = None
@@ -816,7 +817,7 @@ class Daemon:
 
     def _export_serving_metrics(self) -> None:
         """tessera_model_ready, and Triton's nv_inference_* families with serving.triton_metrics."""
-        if self.inference is not None:
+        if self._state_metrics is not None and self.inference is not None:
             self._state_metrics.serve_from(self.inference.pool.list)
         if self.settings.serving.triton_metrics and self.inference is not None:
             self.metrics.add_text(TritonMetrics(self.inference.pool))

@@ -100,6 +100,24 @@ def test_refused_credentials_are_warned_once_per_peer_and_reason_within_the_wind
     assert lines[2].__dict__["rpc"] == "GET /v2"
     assert [r.__dict__.get("listener") for r in lines[2:]] == ["oip_http", "dashboard"]
 
+    # A write over HTTP logs its line as a gRPC one does, with its status and X-Request-ID.
+    unload = urllib.request.Request(
+        f"http://127.0.0.1:{daemon.daemon.oip_http_port}/v2/repository/models/absent/unload",
+        data=b"{}",
+        method="POST",
+        headers={"Authorization": f"Bearer {tokens.token[Role.ADMIN]}", "X-Request-ID": "audit-unload"},
+    )
+    # As Triton's, an unload of a model not loaded succeeds.
+    assert urllib.request.urlopen(unload, timeout=10).status == 200
+    [write] = audit_lines(caplog, "write call")
+    assert (write.__dict__["rpc"], write.__dict__["code"]) == (
+        "inference.GRPCInferenceService/RepositoryModelUnload",
+        "200",
+    )
+    assert write.__dict__["caller"] == "admin-holder"
+    assert write.__dict__["objects"] == {"model": "absent"}
+    assert write.__dict__["request_id"] == "audit-unload"
+
 
 def test_log_audit_false_turns_the_write_lines_off(start_daemon, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=AUDIT)
