@@ -136,11 +136,20 @@ class Audit:
         self.writes = writes
         self._refusals = RefusalWarnings() if refusals is None else refusals
 
-    def wrote(self, rpc: str, caller: str, peer: str, objects: Mapping[str, Any], code: str) -> None:
-        log.info(
-            "write call",
-            extra={"rpc": rpc, "caller": caller, "peer": peer, "objects": dict(objects), "code": code},
-        )
+    def wrote(
+        self, rpc: str, caller: str, peer: str, objects: Mapping[str, Any], code: str, **named: str | None
+    ) -> None:
+        """A write call ended with `code`; `named`: more fields, those None left out (an HTTP
+        request's X-Request-ID)."""
+        fields: dict[str, Any] = {
+            "rpc": rpc,
+            "caller": caller,
+            "peer": peer,
+            "objects": dict(objects),
+            "code": code,
+        }
+        fields.update((key, value) for key, value in named.items() if value is not None)
+        log.info("write call", extra=fields)
 
     def refused(
         self, rpc: str, caller: str | None, peer: str, code: str, reason: str, **named: str | None

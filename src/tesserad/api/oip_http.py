@@ -496,15 +496,20 @@ class OipHttpServer(HttpListener):
             objects = {key: value[:200] for key, value in request.match_info.items()}
             try:
                 response = await handler(request)
+                code = str(response.status)
+                return response
             except BaseException as exc:
-                audit.wrote(
-                    rpc, request.get(_CALLER, ANONYMOUS), request.remote or "", objects, _status_of(exc)
-                )
+                code = _status_of(exc)
                 raise
-            audit.wrote(
-                rpc, request.get(_CALLER, ANONYMOUS), request.remote or "", objects, str(response.status)
-            )
-            return response
+            finally:
+                audit.wrote(
+                    rpc,
+                    request.get(_CALLER, ANONYMOUS),
+                    request.remote or "",
+                    objects,
+                    code,
+                    request_id=request_id_of(request.headers),
+                )
 
         return audited
 
