@@ -5,9 +5,10 @@
   token's name, "cert:<CN>" or "anonymous"), the peer, the objects its request (and a unary
   answer) names (`objects`, as {"model": "m", "version": 3}) and the status code. Only the code: a failure's message may quote what the
   caller sent. Read calls (Predict, ModelInfer and every other reader RPC) log nothing. The
-  setting `log_audit` (default true) turns these lines off.
-- A call refused for its credentials (UNAUTHENTICATED, PERMISSION_DENIED; HTTP 401 and 403) or
-  for a full disk logs a WARNING, whatever `log_audit` says: at most one a REFUSAL_WINDOW_S per
+  setting `log_audit` (default true) turns these lines off. The OIP HTTP listener's writes log the
+  same line with the HTTP status and the request's X-Request-ID.
+- A call refused for its credentials (UNAUTHENTICATED, PERMISSION_DENIED; HTTP 401 and 403 of
+  both HTTP listeners, but the dashboard's login prompt) or for a full disk logs a WARNING, whatever `log_audit` says: at most one a REFUSAL_WINDOW_S per
   peer host and reason, the next one counting those left out (`suppressed`), so a client retrying
   with a bad token cannot flood the log.
 """
