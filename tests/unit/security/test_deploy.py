@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -634,10 +635,11 @@ def test_the_backup_cronjob_backs_the_primary_up_with_an_admin_token_and_keeps_t
     assert int(env["KEEP"]["value"]) >= 1
     script = container["command"][-1]
     assert container["command"][:2] == ["/bin/sh", "-ec"]
-    # Whole archives only are kept: written as .part, renamed, then the oldest beyond KEEP removed.
-    assert 'tessera admin backup -o "$archive.part"' in script and 'mv "$archive.part" "$archive"' in script
+    # The CLI writes a hidden partial and renames it once whole (run_backup_script checks the rest).
+    assert 'tessera admin backup -o "$archive" --no-progress' in script
     assert "tail -n +$((KEEP + 1))" in script
-    assert container["image"] in {"tesserad:cpu", "tesserad:cuda"}
+    # The CPU image of the daemon's build: a backup needs no GPU.
+    assert container["image"] == "tesserad:cpu"
     sts = objects["StatefulSet/tesserad"]["spec"]["template"]["spec"]
     assert pod["securityContext"] == sts["securityContext"]
     assert container["securityContext"] == sts["containers"][0]["securityContext"]
@@ -654,10 +656,13 @@ def test_the_systemd_backup_timer_runs_the_backup_service_daily_keeping_the_newe
     unit.read_string((DEPLOY / "systemd" / "tesserad-backup.service").read_text())
     service = unit["Service"]
     assert service["Type"] == "oneshot" and service["User"] == "tesserad"
-    assert "/opt/tesserad/bin/tessera admin backup -o" in service["ExecStart"]
+    assert '/opt/tesserad/bin/tessera admin backup -o "$a" --no-progress' in service["ExecStart"]
     assert "tail -n +$((KEEP + 1))" in service["ExecStart"]
     backups = f"/var/lib/{service['StateDirectory']}/"
     assert service["ExecStart"].count(backups) == 3
+    # A backup never starts a daemon an operator stopped (Wants= would): it fails instead.
+    assert unit["Unit"]["Requisite"] == unit["Unit"]["After"] == "tesserad.service"
+    assert "Wants" not in unit["Unit"]
     timer = configparser.ConfigParser(strict=False, interpolation=None)
     timer.optionxform = str
     timer.read_string((DEPLOY / "systemd" / "tesserad-backup.timer").read_text())
@@ -665,3 +670,70 @@ def test_the_systemd_backup_timer_runs_the_backup_service_daily_keeping_the_newe
     settings = settings_from_toml((DEPLOY / "systemd" / "tesserad.toml").read_text(), tmp_path)
     text = (DEPLOY / "systemd" / "tesserad-backup.service").read_text()
     assert f"\nEnvironment=TESSERA_TARGET=127.0.0.1:{settings.listen.port}\n" in text
+
+
+# Stands in for `tessera admin backup -o FILE --no-progress` as the CLI writes FILE: a hidden
+# partial beside it (tessera.transfer.new_partial's name), renamed once whole; with FAIL set, the
+# run is cut off and the partial stays, as after a SIGKILL.
+FAKE_TESSERA = """#!/bin/sh
+[ "$1 $2 $3 $5" = "admin backup -o --no-progress" ] || exit 64
+partial="$(dirname "$4")/.$(basename "$4").0badc0de.partial"
+echo archive > "$partial"
+[ -z "$FAIL" ] || exit 1
+mv "$partial" "$4"
+"""
+
+
+def backup_scripts() -> dict[str, tuple[str, str]]:
+    """The shell script of the CronJob and of the systemd unit, each with its backup folder."""
+    (container,) = k8s_objects()["CronJob/tesserad-backup"]["spec"]["jobTemplate"]["spec"]["template"][
+        "spec"
+    ]["containers"]
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read_string((DEPLOY / "systemd" / "tesserad-backup.service").read_text())
+    exec_start = unit["Service"]["ExecStart"]
+    prefix = "/bin/sh -ec '"
+    assert exec_start.startswith(prefix) and exec_start.endswith("'")
+    # systemd turns %% into %; the venv's tessera is the one on PATH here.
+    systemd = (
+        exec_start[len(prefix) : -1].replace("%%", "%").replace("/opt/tesserad/bin/tessera ", "tessera ")
+    )
+    return {
+        "cronjob": (container["command"][-1], "/backups"),
+        "systemd": (systemd, f"/var/lib/{unit['Service']['StateDirectory']}"),
+    }
+
+
+@pytest.mark.parametrize("which", ["cronjob", "systemd"])
+def test_a_backup_run_keeps_the_newest_archives_and_clears_partials_a_killed_run_left(which, tmp_path):
+    script, folder = backup_scripts()[which]
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    script = script.replace(folder, str(backups))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "tessera").write_text(FAKE_TESSERA)
+    (bin_dir / "tessera").chmod(0o755)
+    old = [backups / f"tessera-2026010{day}T031700Z.tar" for day in range(1, 5)]
+    for day, path in enumerate(old, start=1):
+        path.write_text("old")
+        os.utime(path, (day * 86400, day * 86400))
+    stale = backups / ".tessera-20260104T031700Z.tar.1234abcd.partial"
+    stale.write_text("cut off")
+    other = backups / "notes.txt"
+    other.write_text("kept")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "KEEP": "3"}
+
+    # A failed backup removes no archive: the old ones are all there is.
+    failed = subprocess.run(["/bin/sh", "-ec", script], env=env | {"FAIL": "1"}, timeout=30)
+    assert failed.returncode != 0
+    assert all(path.exists() for path in old)
+    # The earlier run's partial is gone; this one's stays for the next run.
+    assert not stale.exists() and len(list(backups.glob(".tessera-*.partial"))) == 1
+
+    assert subprocess.run(["/bin/sh", "-ec", script], env=env, timeout=30).returncode == 0
+    (new,) = set(backups.glob("tessera-*.tar")) - set(old)
+    assert new.read_text() == "archive\n"
+    # The newest KEEP archives, the new one among them; every partial gone, other files kept.
+    assert sorted(backups.iterdir()) == sorted([new, old[2], old[3], other])
