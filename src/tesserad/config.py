@@ -962,7 +962,8 @@ def layer_settings(
     raw: dict[str, tuple[Any, str]] = {}
     errors: list[str] = []
     shadowed: list[str] = []
-    known = {name for name, _, _ in _walk(Settings(), "")}
+    parsers = {name: f.metadata["parse"] for name, f, _ in _walk(Settings(), "")}
+    known = set(parsers)
 
     if config_file is not None:
         for name, value in _flatten(_read_config(config_file)):
@@ -973,7 +974,8 @@ def layer_settings(
     for name in sorted(known):
         env_name = _env_name(name)
         if env_name in environ:
-            if name in raw:
+            # The same value in both (`"10"` over `10`, `./x` over `x`) hides no edit of the file.
+            if name in raw and not _same_value(parsers[name], raw[name][0], environ[env_name]):
                 shadowed.append(
                     f"environment variable {env_name} = {environ[env_name]!r} overrides {name} = "
                     f"{raw[name][0]!r} of {config_file}: the environment ranks above the config file; "
@@ -1082,6 +1084,14 @@ def _unknown(name: str, known: set[str]) -> str:
 
 def _env_name(name: str) -> str:
     return ENV_PREFIX + name.replace(".", "_").upper()
+
+
+def _same_value(parse: Callable[[Any], Any], a: Any, b: Any) -> bool:
+    try:
+        return bool(parse(a) == parse(b))
+    except ValueError:
+        # One of them is refused as the settings are read, naming it; until then they differ.
+        return False
 
 
 def _walk(obj: Any, prefix: str) -> Iterator[tuple[str, dataclasses.Field[Any], Any]]:

@@ -17,6 +17,7 @@ from tesserad.config import (
     SettingsError,
     describe_settings,
     format_size,
+    layer_settings,
     load_settings,
     parse_size,
     unknown_environment,
@@ -335,3 +336,20 @@ def test_module_paths_from_a_toml_list_the_environment_or_repeated_flags(tmp_pat
     assert args.training__module_paths == ["a", "b"]
     flags = {"training.module_paths": args.training__module_paths}
     assert load_settings(env={}, overrides=flags).training.module_paths == (Path("a"), Path("b"))
+
+
+def test_a_variable_over_the_files_setting_is_warned_of_only_when_its_value_differs(tmp_path):
+    """A TESSERA_* that says what the file says (a unit and its file written from one template)
+    hides no edit of the file: no warning; one that differs, parsed, is named."""
+    config = tmp_path / "tesserad.toml"
+    config.write_text('grace_period_s = 10\nlisten = "127.0.0.1:50051"\nstore.map_size = "1 GiB"\n')
+    same = {
+        "TESSERA_GRACE_PERIOD_S": "10.0",
+        "TESSERA_LISTEN": "127.0.0.1:50051",
+        "TESSERA_STORE_MAP_SIZE": "1GiB",
+    }
+    assert layer_settings(config, env=same).shadowed == ()
+    (warning,) = layer_settings(config, env=same | {"TESSERA_GRACE_PERIOD_S": "12"}).shadowed
+    assert warning.startswith(
+        "environment variable TESSERA_GRACE_PERIOD_S = '12' overrides grace_period_s = 10 of "
+    )
