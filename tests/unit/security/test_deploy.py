@@ -737,3 +737,26 @@ def test_a_backup_run_keeps_the_newest_archives_and_clears_partials_a_killed_run
     assert new.read_text() == "archive\n"
     # The newest KEEP archives, the new one among them; every partial gone, other files kept.
     assert sorted(backups.iterdir()) == sorted([new, old[2], old[3], other])
+
+
+def test_the_prometheusrule_command_of_the_monitoring_example_wraps_the_alert_files_groups():
+    yaml = pytest.importorskip("yaml", reason="PyYAML is needed to check the YAML files under deploy/")
+    text = (DEPLOY / "k8s" / "examples" / "monitoring.yaml").read_text()
+    (line,) = [
+        line for line in text.splitlines() if "kind: PrometheusRule" in line and "kubectl apply" in line
+    ]
+    command = line.removeprefix("#").strip().removesuffix("| kubectl apply -f -")
+    result = subprocess.run(
+        ["/bin/sh", "-c", command], cwd=DEPLOY.parent, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    rule = yaml.safe_load(result.stdout)
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    assert rule["spec"] == load_all(DEPLOY / "prometheus" / "alerts.yml")[0]
+    # The example's own rule (kube-state-metrics') points at a runbook section that exists.
+    backup_jobs = k8s_objects()["PrometheusRule/tesserad-backup-jobs"]
+    (group,) = backup_jobs["spec"]["groups"]
+    (alert,) = group["rules"]
+    runbook = (DEPLOY.parent / "docs" / "runbook.md").read_text()
+    assert alert["annotations"]["runbook_url"] == "docs/runbook.md#tesseradbackuptooold"
+    assert "\n## TesseradBackupTooOld\n" in runbook
