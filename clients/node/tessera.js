@@ -551,8 +551,15 @@ class Client {
       try {
         await this.updateRun(run.run_id, { status: 'failed', timeoutMs: timeout });
       } catch (ending) {
-        // The body's own error goes on; why the run could not be ended rides along.
-        if (error instanceof Error) error.message += ` (run ${run.run_id} could not be ended failed: ${ending.message})`;
+        // The body's own error goes on; why the run could not be ended rides along where the
+        // error takes it (a DOMException's or a frozen error's message cannot be written).
+        const note = `run ${run.run_id} could not be ended failed: ${ending?.message ?? ending}`;
+        try {
+          if (error instanceof Error) error.message += ` (${note})`;
+          else process.emitWarning(note);
+        } catch {
+          process.emitWarning(note);
+        }
       }
       throw error;
     }

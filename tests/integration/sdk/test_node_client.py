@@ -416,6 +416,13 @@ def test_node_client_with_run_ends_the_run_as_its_body_ends(node_ready, daemon, 
           }));
           const afterThrow = (await client.getRun(ids.failed)).status;
           const reopened = await client.withRun('', { runId: ids.failed }, async (run) => run.status);
+          // A body that deletes its run and throws an error whose message cannot be written (an
+          // abort's DOMException): its error goes on, not the TypeError of writing the note.
+          const aborted = new DOMException('the body was aborted', 'AbortError');
+          const abortedOutcome = await outcome(() => client.withRun('with-run', async (run) => {
+            await client.deleteRun(run.run_id);
+            throw aborted;
+          }));
           const misuse = [
             await outcome(() => client.withRun('', {}, async () => 1)),
             await outcome(() => client.withRun('with-run', { runId: ids.ok }, async () => 1)),
@@ -423,7 +430,7 @@ def test_node_client_with_run_ends_the_run_as_its_body_ends(node_ready, daemon, 
             await outcome(() => client.withRun('with-run-typo', async () => 1)),
           ];
           client.close();
-          console.log(JSON.stringify({ ids, result, thrown, afterThrow, reopened, misuse }));
+          console.log(JSON.stringify({ ids, result, thrown, afterThrow, reopened, misuse, abortedOutcome }));
         })();
         """,
         daemon.target,
@@ -431,6 +438,7 @@ def test_node_client_with_run_ends_the_run_as_its_body_ends(node_ready, daemon, 
     assert found["result"] == "RUN_STATUS_RUNNING"
     assert found["thrown"] == {"error": "Error: boom"} and found["afterThrow"] == "RUN_STATUS_FAILED"
     assert found["reopened"] == "RUN_STATUS_RUNNING"
+    assert found["abortedOutcome"] == {"error": "AbortError: the body was aborted"}
     ok, failed = (client.training.run(found["ids"][name]) for name in ("ok", "failed"))
     assert (ok.status, ok.params, ok.metrics["loss"]) == (pb.RUN_STATUS_SUCCEEDED, {"lr": "0.1"}, 0.5)
     # Failed by its body, then reopened and ended again by the second withRun.
