@@ -70,7 +70,8 @@ class ConsoleFormatter(logging.Formatter):
 
 def _console_value(value: Any) -> str:
     text = str(value)
-    return json.dumps(text) if (" " in text or '"' in text or not text) else text
+    # Quoted (escaped) where it could be read as more than one value or line.
+    return json.dumps(text) if (" " in text or '"' in text or not text or not text.isprintable()) else text
 
 
 def configure_logging(log_format: str, level: str) -> None:

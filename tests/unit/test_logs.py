@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from tesserad.logs import NOISY_LIBRARIES, configure_logging
+from tesserad.logs import NOISY_LIBRARIES, ConsoleFormatter, configure_logging
 
 
 @pytest.fixture(autouse=True)
@@ -37,3 +37,11 @@ def test_at_debug_they_say_everything_and_at_error_only_errors():
     configure_logging("json", "error")
     assert not logging.getLogger("onnx_ir").isEnabledFor(logging.WARNING)
     assert logging.getLogger("onnx_ir").isEnabledFor(logging.ERROR)
+
+
+def test_a_console_line_quotes_a_value_holding_a_line_break_so_it_stays_one_line():
+    # A client certificate's common name, say, carried as the caller of an audit line.
+    record = logging.LogRecord("tesserad.audit", logging.INFO, __file__, 1, "write call", None, None)
+    record.caller = "cert:x\nforged=line"
+    line = ConsoleFormatter().format(record)
+    assert "\n" not in line and 'caller="cert:x\\nforged=line"' in line

@@ -917,7 +917,7 @@ def _status_of(exc: BaseException) -> str:
     """The HTTP status a request that raised `exc` is answered with (the error middleware's)."""
     if isinstance(exc, errors.TesseraError):
         return str(http_status_for(exc))
-    if isinstance(exc, web.HTTPException):
+    if isinstance(exc, web.HTTPException | Refused):
         return str(exc.status)
     if isinstance(exc, asyncio.CancelledError):
         return "cancelled"

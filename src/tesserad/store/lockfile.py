@@ -110,7 +110,9 @@ class DataDirLock:
                 self._exclusive = False
                 # On a full disk the next start reports an unclean stop: the lesser harm.
                 with contextlib.suppress(OSError):
-                    self._write(self._fd, STOPPED)
+                    # The holder line alone, in place: a kill between a truncation and the
+                    # rewrite would leave the file without its store token.
+                    os.pwrite(self._fd, f"{STOPPED.ljust(_HOLDER_BYTES - 1)}\n".encode(), 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

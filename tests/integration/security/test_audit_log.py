@@ -117,6 +117,18 @@ def test_refused_credentials_are_warned_once_per_peer_and_reason_within_the_wind
     assert write.__dict__["caller"] == "admin-holder"
     assert write.__dict__["objects"] == {"model": "absent"}
     assert write.__dict__["request_id"] == "audit-unload"
+    # A body the listener refuses (here: a gzip body that is not gzip) logs the status sent, not 500.
+    caplog.clear()
+    bad_body = urllib.request.Request(
+        f"http://127.0.0.1:{daemon.daemon.oip_http_port}/v2/repository/models/absent/unload",
+        data=b"not gzip",
+        method="POST",
+        headers={"Authorization": f"Bearer {tokens.token[Role.ADMIN]}", "Content-Encoding": "gzip"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(bad_body, timeout=10)
+    [write] = audit_lines(caplog, "write call")
+    assert write.__dict__["code"] == str(refused.value.code) != "500"
 
 
 def test_log_audit_false_turns_the_write_lines_off(start_daemon, caplog: pytest.LogCaptureFixture) -> None:

@@ -92,3 +92,25 @@ def test_a_holder_that_never_let_go_is_reported_by_the_next_and_one_that_did_is_
         assert third.store_token == "0123456789abcdef"
     finally:
         third.release()
+
+
+def test_a_release_cut_short_keeps_the_store_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A kill during release (a stop timeout's SIGKILL) must not leave the file without its token:
+    # release writes the holder line in place, never truncating first.
+    first = DataDirLock(tmp_path)
+    first.acquire()
+    first.keep_store_token("0123456789abcdef")
+
+    def cut_short(fd: int, data: bytes, offset: int) -> int:
+        raise OSError("killed here")
+
+    monkeypatch.setattr(os, "pwrite", cut_short)
+    first.release()
+    monkeypatch.undo()
+    second = DataDirLock(tmp_path)
+    second.acquire()
+    try:
+        assert second.store_token == "0123456789abcdef"
+        assert second.unclean_stop == str(os.getpid())
+    finally:
+        second.release()
