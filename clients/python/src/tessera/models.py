@@ -788,10 +788,65 @@ def inline_external_data(source: Path, directory: Path) -> Path:
             f"{source}: its tensors are in {sidecar.name}; install onnx (pip install onnx) to have push "
             "put them in one file, or export it again with torch.onnx.export(..., external_data=False)"
         ) from None
-    model = onnx.load(str(source), load_external_data=True)
+    from google.protobuf.message import DecodeError
+    from onnx.external_data_helper import load_external_data_for_model
+
+    try:
+        model = onnx.load(str(source), load_external_data=False)
+    except DecodeError as exc:
+        raise ValueError(f"{source}: not an ONNX model ({exc or 'its protobuf does not parse'})") from None
+    # onnx reads whatever file each tensor's location names: a model could have push read (and
+    # upload) any file beside it, or above it, so only its own sidecar is read.
+    for location in _external_locations(model):
+        if location != sidecar.name:
+            raise ValueError(
+                f"{source}: a tensor's data is in {location!r}; push reads a model's tensors from "
+                f"{sidecar.name} alone, so export it again with its tensors there (or inline)"
+            )
+    try:
+        load_external_data_for_model(model, str(source.parent))
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        raise ValueError(f"{source}: its tensors cannot be read from {sidecar.name}: {exc}") from None
     target = directory / source.name
     target.write_bytes(model.SerializeToString())
     return target
+
+
+def _external_locations(model: Any) -> Iterator[str]:
+    """The `location` of every tensor of `model` whose data is in an external file: its graph's
+    (and subgraphs') initializers, sparse initializers and tensor attributes, its functions'."""
+    import onnx
+
+    def sparse(tensor: Any) -> Iterator[Any]:
+        yield tensor.values
+        yield tensor.indices
+
+    def in_nodes(nodes: Any) -> Iterator[Any]:
+        for node in nodes:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("sparse_tensor"):
+                    yield from sparse(attribute.sparse_tensor)
+                for each in attribute.sparse_tensors:
+                    yield from sparse(each)
+                if attribute.HasField("g"):
+                    yield from in_graph(attribute.g)
+                for subgraph in attribute.graphs:
+                    yield from in_graph(subgraph)
+
+    def in_graph(graph: Any) -> Iterator[Any]:
+        yield from graph.initializer
+        for each in graph.sparse_initializer:
+            yield from sparse(each)
+        yield from in_nodes(graph.node)
+
+    every = [in_graph(model.graph), *(in_nodes(function.node) for function in model.functions)]
+    for tensors in every:
+        for tensor in tensors:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                yield {entry.key: entry.value for entry in tensor.external_data}.get("location", "")
 
 
 @dataclass(frozen=True)
