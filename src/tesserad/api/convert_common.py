@@ -33,10 +33,16 @@ def seconds(ts: Timestamp, field: str = "time") -> float:
     return ts.ToNanoseconds() / 1e9
 
 
-def struct_plain(struct: Struct) -> dict[str, Any]:
+def struct_plain(struct: Struct, field: str) -> dict[str, Any]:
     """A Struct as a dict, whole numbers as ints: a Struct holds every number as a double, and a
-    Python callee given 64.0 where it expects 64 (a layer's width) refuses it."""
-    plain: dict[str, Any] = json_format.MessageToDict(struct)
+    Python callee given 64.0 where it expects 64 (a layer's width) refuses it. InvalidArgument
+    naming `field` for NaN or an infinity, which a Struct (JSON) cannot hold."""
+    try:
+        plain: dict[str, Any] = json_format.MessageToDict(struct)
+    except ValueError:
+        raise InvalidArgument(
+            f"{field}: holds NaN or an infinity, which it cannot carry (it is JSON); send finite numbers"
+        ) from None
     return {key: _whole(value) for key, value in plain.items()}
 
 

@@ -98,7 +98,7 @@ def _architecture_dict(message: architecture_pb2.Architecture) -> dict[str, Any]
     }
     for field, value in getattr(message, family).ListFields():
         if isinstance(value, Struct):
-            data[field.name] = struct_plain(value)
+            data[field.name] = struct_plain(value, f"architecture.{family}.{field.name}")
         else:
             data[field.name] = list(value) if field.is_repeated else value
     return spec_to_dict(spec_from_dict(data))

@@ -98,7 +98,7 @@ def _plain(message: Message) -> dict[str, Any]:
         elif field.is_repeated:
             out[field.name] = [_plain(v) if isinstance(v, Message) else v for v in value]
         elif isinstance(value, Struct):
-            out[field.name] = struct_plain(value)
+            out[field.name] = struct_plain(value, f"spec.architecture.python.{field.name}")
         elif isinstance(value, Message):
             out[field.name] = _plain(value)
         else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.machinery
 import inspect
 import logging
 import re
@@ -23,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound
+from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
 
 log = logging.getLogger("tesserad.nn")
 
@@ -48,6 +49,10 @@ def entry_problem(entry: object) -> str | None:
             f"must be module:Class, the module a dotted Python name found under {SETTING} "
             f"(mynet, models.vision) and no file path, got {entry[:MAX_ENTRY_LENGTH]!r}"
         )
+    # A package's __main__ is a script (it may exit the process); __init__ is its package's body.
+    for part in entry.partition(":")[0].split("."):
+        if part in ("__main__", "__init__"):
+            return f"must be module:Class naming no {part} module (name the package or another module), got {entry!r}"
     return None
 
 
@@ -62,18 +67,59 @@ def allow_module_paths(paths: tuple[Path, ...] | list[Path]) -> None:
 
 def module_file(module: str, paths: tuple[Path, ...] | list[Path]) -> Path | None:
     """The file `module` ("a.b") is imported from under `paths` (a/b.py or a/b/__init__.py in the
-    first directory holding it), found without importing anything; None if none holds it."""
+    first directory holding it), found without importing anything; None if none holds it.
+    FailedPrecondition when the file, or a package directory or __init__.py on the way to it, is
+    a symbolic link leading out of that directory: what an entry names stays under the listed
+    directories, so a link to the standard library or any file is refused, not run."""
     parts = module.split(".")
-    for root in paths:
-        base = Path(root).joinpath(*parts)
+    for listed in paths:
+        root = Path(listed).resolve()
+        base = root.joinpath(*parts)
         for candidate in (base.with_suffix(".py"), base / "__init__.py"):
             if candidate.is_file():
+                on_the_way = [root.joinpath(*parts[:i]) for i in range(1, len(parts))]
+                on_the_way += [d / "__init__.py" for d in on_the_way if (d / "__init__.py").exists()]
+                if not all(
+                    p.resolve().is_relative_to(root) for p in [*on_the_way, candidate.parent, candidate]
+                ):
+                    raise FailedPrecondition(
+                        f"architecture.python.entry: module {module!r} is a symbolic link leading out of "
+                        f"the directory of {SETTING} that holds it (or lies under one); only files inside "
+                        "those directories are imported: copy the module into one"
+                    )
                 return candidate.resolve()
     return None
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def allowed_file_sha256(entry: str) -> str:
+    """The sha256 of `entry`'s module file under the directories this process imports from."""
+    with _lock:
+        paths = list(_paths)
+    return file_sha256(find_entry_file(entry, paths))
+
+
+def _from_roots(module: ModuleType, roots: list[Path]) -> bool:
+    file = getattr(module, "__file__", None)
+    spec = getattr(module, "__spec__", None)
+    places = [file] if file else list(getattr(spec, "submodule_search_locations", None) or [])
+    return bool(places) and all(any(Path(p).resolve().is_relative_to(r) for r in roots) for p in places)
+
+
+def _imported_from_elsewhere(top: str, roots: list[Path]) -> bool:
+    """Whether Python would import the top-level module `top` from somewhere other than `roots`
+    (the standard library, an installed package), as it looks there first."""
+    if top in sys.builtin_module_names or top in sys.stdlib_module_names:
+        return True
+    loaded = sys.modules.get(top)
+    if loaded is not None:
+        return not _from_roots(loaded, roots)
+    elsewhere = [p for p in sys.path if not any(Path(p or ".").resolve() == r for r in roots)]
+    return importlib.machinery.PathFinder.find_spec(top, elsewhere) is not None
 
 
 def find_entry_file(entry: str, paths: tuple[Path, ...] | list[Path]) -> Path:
@@ -91,7 +137,17 @@ def find_entry_file(entry: str, paths: tuple[Path, ...] | list[Path]) -> Path:
             f"architecture.python.entry: module {module!r} is in none of the {len(paths)} "
             f"directories of {SETTING}; put {module.replace('.', '/')}.py in one of them"
         )
+    top = module.partition(".")[0]
+    if _imported_from_elsewhere(top, [Path(p).resolve() for p in paths]):
+        raise FailedPrecondition(_shadowed(top))
     return found
+
+
+def _shadowed(module: str) -> str:
+    return (
+        f"architecture.python.entry: module {module!r} is also the name of a module of Python's or "
+        f"installed with the daemon, which Python imports first; rename the file under {SETTING}"
+    )
 
 
 def load_class(entry: str, expected_sha256: str = "") -> type[Any]:
@@ -136,13 +192,12 @@ def _import(module_name: str, path: Path, sha256: str, paths: list[Path]) -> Mod
     if module is not None and _loaded_sha256.get(module_name) not in (None, sha256):
         module = importlib.reload(module)
     elif module is None:
+        # A file written since the last import is one the finders' cached listings may not show.
+        importlib.invalidate_caches()
         module = importlib.import_module(module_name)
     origin = getattr(module, "__file__", None)
     if origin is None or Path(origin).resolve() != path:
-        raise FailedPrecondition(
-            f"architecture.python.entry: module {module_name!r} is also the name of a module "
-            f"installed with the daemon, which Python imports first; rename the file under {SETTING}"
-        )
+        raise FailedPrecondition(_shadowed(module_name))
     _loaded_sha256[module_name] = sha256
     return module
 
@@ -159,12 +214,28 @@ def build_user_module(
     entry: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], output_size: int, sha256: str = ""
 ) -> Any:
     """`Class(**kwargs)`, given input_shape and output_size too when its __init__ has parameters so
-    named (a TypeError of the class's own, for kwargs it refuses, is raised as it is)."""
-    cls = load_class(entry, sha256)
+    named. The module is user code run in this process: whatever it raises, SystemExit and
+    KeyboardInterrupt too, comes back as FailedPrecondition (importing) or InvalidArgument
+    (building) with its text, never ending the process."""
+    try:
+        cls = load_class(entry, sha256)
+    except TesseraError:
+        raise
+    except BaseException as exc:
+        raise FailedPrecondition(
+            f"architecture.python.entry: importing {entry.partition(':')[0]!r} raised {_said(exc)}"
+        ) from None
     arguments = dict(kwargs)
     parameters = inspect.signature(cls.__init__).parameters
     if "input_shape" in parameters:
         arguments["input_shape"] = tuple(input_shape)
     if "output_size" in parameters:
         arguments["output_size"] = output_size
-    return cls(**arguments)
+    try:
+        return cls(**arguments)
+    except BaseException as exc:
+        raise InvalidArgument(f"architecture.python: building {entry} raised {_said(exc)}") from None
+
+
+def _said(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

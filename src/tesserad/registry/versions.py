@@ -41,7 +41,12 @@ from tesserad.errors import (
 from tesserad.names import validate_name
 from tesserad.paging import Page, read_page
 from tesserad.registry.aliases import check_alias_room, check_settable_alias, move_alias, with_aliases
-from tesserad.registry.architectures import architecture_signature, check_graph_fits, check_weights_fit
+from tesserad.registry.architectures import (
+    architecture_signature,
+    check_graph_fits,
+    check_weights_fit,
+    with_module_sha256,
+)
 from tesserad.registry.artifacts import (
     check_onnx,
     safetensors_shapes,
@@ -681,6 +686,9 @@ class Versions:
         when the caller still holds them and has just stored them."""
         # The blob was hashed as it was written (BlobWriter.commit); hashing it again here would
         # halve upload throughput (measured with bench/transfer_bench.py).
+        if architecture and not once_per_job:
+            # A job's records the file it trained with, found at its submit.
+            architecture = with_module_sha256(architecture)
         path = self._blobs.path(blob.sha256)
         if artifact is None and not path.is_file():
             raise DataLoss(f"blob {blob.sha256} is missing from the blob directory; upload it again")

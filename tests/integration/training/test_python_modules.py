@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,6 +137,78 @@ def test_entries_that_are_not_module_and_class_names_are_refused(byo: tessera.Cl
         tessera.InvalidArgument, match=r"spec\.architecture\.python\.entry: (must be|names a module)"
     ):
         byo.training.submit(spec(entry))
+
+
+@pytest.mark.parametrize("entry", ["__main__:Net", f"{MODULE}.__init__:Net", "pkg.__main__:run"])
+def test_entries_naming_a_main_or_init_module_are_refused(byo: tessera.Client, entry: str) -> None:
+    with pytest.raises(
+        tessera.InvalidArgument, match=r"entry: must be module:Class naming no __(main|init)__"
+    ):
+        byo.training.submit(spec(entry))
+
+
+def test_symbolic_links_leading_out_of_the_module_paths_are_refused(
+    byo: tessera.Client, modules: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.py"
+    outside.write_text(SOURCE)
+    (modules / "byo_link_t30.py").symlink_to(outside)
+    (modules / "byo_lib_t30").symlink_to(Path(os.__file__).parent)  # the standard library
+    (modules / "byo_pkg_t30").mkdir()
+    (modules / "byo_pkg_t30" / "__init__.py").symlink_to(outside)
+    (modules / "byo_pkg_t30" / "inner.py").write_text(SOURCE)
+    for entry in ["byo_link_t30:Net", "byo_lib_t30.this:Net", "byo_pkg_t30.inner:Net"]:
+        with pytest.raises(
+            tessera.FailedPrecondition, match="is a symbolic link leading out of the directory"
+        ) as raised:
+            byo.training.submit(spec(entry))
+        assert str(modules) not in str(raised.value) and str(tmp_path) not in str(raised.value)
+
+
+def test_a_package_named_as_a_standard_module_is_refused_at_submit(
+    byo: tessera.Client, modules: Path
+) -> None:
+    (modules / "email").mkdir()
+    (modules / "email" / "byo_t30.py").write_text(SOURCE)
+    with pytest.raises(
+        tessera.FailedPrecondition, match=r"module 'email' is also the name of .* rename the file"
+    ):
+        byo.training.submit(spec("email.byo_t30:Net"))
+
+
+def test_kwargs_holding_nan_are_refused_naming_the_field(byo: tessera.Client) -> None:
+    with pytest.raises(tessera.InvalidArgument, match=r"spec\.architecture\.python\.kwargs: holds NaN"):
+        byo.training.submit(spec(hidden=float("nan")))
+
+
+def test_a_pushed_module_that_exits_is_contained_and_its_sha256_is_the_daemons(
+    byo: tessera.Client, modules: Path, tmp_path: Path
+) -> None:
+    from safetensors.numpy import save_file
+
+    (modules / "byo_exit_t30.py").write_text("import sys\n\nsys.exit(3)\n")
+    weights = tmp_path / "w.safetensors"
+    save_file({"w": np.zeros((2, 4), np.float32)}, str(weights))
+    architecture = {
+        "input_shape": [4],
+        "output_size": 2,
+        "python": {"entry": "byo_exit_t30:Net", "module_sha256": "0" * 64},
+    }
+    version = byo.models.push("byo-exit", weights, architecture=architecture)
+    real = hashlib.sha256((modules / "byo_exit_t30.py").read_bytes()).hexdigest()
+    assert version.architecture.python.module_sha256 == real
+    with pytest.raises(tessera.FailedPrecondition, match=r"importing 'byo_exit_t30' raised SystemExit: 3"):
+        byo.inference.predict("byo-exit", {"input": np.ones((1, 4), np.float32)}, version=version.version)
+    with pytest.raises(tessera.InvalidArgument, match=r"architecture\.python\.kwargs: holds NaN"):
+        byo.models.push(
+            "byo-exit",
+            weights,
+            architecture={
+                **architecture,
+                "python": {"entry": "byo_exit_t30:Net", "kwargs": {"x": float("inf")}},
+            },
+        )
+    assert byo.models.get("byo-exit").latest_version == version.version  # and the daemon still answers
 
 
 @pytest.mark.parametrize("entry", ["nowhere:Net", "os:system", "tesserad.server:Daemon"])

@@ -298,13 +298,17 @@ class PythonSpec(_message.Message):
     "models.vision") and the class's name; no file paths.
     """
     module_sha256: _builtins.str
-    """Set by the daemon: the sha256 of the module's file when the job that trained the version
-    was submitted. Building the model from a changed file logs a warning naming both hashes.
+    """Set by the daemon, whatever a client sends: the sha256 of the module's file when the job
+    that trained the version was submitted, or when the version was pushed. Building the model
+    from a changed file logs a warning naming both hashes.
     """
     @_builtins.property
     def kwargs(self) -> _struct_pb2.Struct:
         """Keyword arguments of the class's __init__. A Struct, so any client sends a plain table or
-        object; a whole number arrives as an int (JSON has one number type), other numbers as floats.
+        object. A Struct holds every number as a double: the class gets a number with no fractional
+        part below 2**53 in magnitude as an int (1.0 arrives as 1, 64.0 as 64), any other as a float
+        (0.5, and 2**53 or more, which stays 9007199254740992.0). NaN and infinities are
+        INVALID_ARGUMENT (a Struct cannot carry them).
         """
 
     def __init__(
