@@ -327,8 +327,14 @@ class TorchRuntime:
         torch = self._torch
         # tesserad.nn architectures take one input and return one output.
         (array,) = inputs.values()
-        with torch.inference_mode():
-            output = self._model(self._tensor(array))
+        try:
+            with torch.inference_mode():
+                output = self._model(self._tensor(array))
+        except Exception:
+            raise
+        except BaseException as exc:
+            # A python family's forward is user code: its SystemExit must not end the daemon.
+            raise FailedPrecondition(f"the model's forward raised {type(exc).__name__}: {exc}") from None
         result = output.cpu().numpy()
         return {name: result for name in output_names}
 

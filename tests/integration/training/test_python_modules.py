@@ -211,6 +211,25 @@ def test_a_pushed_module_that_exits_is_contained_and_its_sha256_is_the_daemons(
     assert byo.models.get("byo-exit").latest_version == version.version  # and the daemon still answers
 
 
+def test_a_forward_that_exits_is_that_requests_error(
+    byo: tessera.Client, modules: Path, tmp_path: Path
+) -> None:
+    from safetensors.numpy import save_file
+
+    (modules / "byo_quit_t30.py").write_text(
+        "import sys\n\nfrom torch import nn\n\n\nclass Quit(nn.Module):\n"
+        "    def forward(self, x):\n        sys.exit(4)\n"
+    )
+    weights = tmp_path / "none.safetensors"
+    save_file({}, str(weights))
+    architecture = {"input_shape": [4], "output_size": 2, "python": {"entry": "byo_quit_t30:Quit"}}
+    version = byo.models.push("byo-quit", weights, architecture=architecture)
+    x = {"input": np.ones((1, 4), np.float32)}
+    for _ in range(2):  # the daemon still serves
+        with pytest.raises(tessera.FailedPrecondition, match=r"the model's forward raised SystemExit: 4"):
+            byo.inference.predict("byo-quit", x, version=version.version)
+
+
 @pytest.mark.parametrize("entry", ["nowhere:Net", "os:system", "tesserad.server:Daemon"])
 def test_a_module_outside_the_module_paths_is_not_found(byo: tessera.Client, entry: str) -> None:
     with pytest.raises(tessera.NotFound, match=r"in none of the 1 directories of training\.module_paths"):
