@@ -287,8 +287,13 @@ class Exports:
                 self._running[id(future)] = request
             try:
                 future.set_result(self._export(request))
-            except BaseException as exc:
+            except Exception as exc:
                 future.set_exception(exc)
+            except BaseException as exc:
+                # A python family's module is user code: its SystemExit fails this export alone.
+                future.set_exception(
+                    FailedPrecondition(f"the ONNX export's model raised {type(exc).__name__}: {exc}")
+                )
             finally:
                 with self._lock:
                     del self._running[id(future)]

@@ -228,6 +228,9 @@ def test_a_forward_that_exits_is_that_requests_error(
     for _ in range(2):  # the daemon still serves
         with pytest.raises(tessera.FailedPrecondition, match=r"the model's forward raised SystemExit: 4"):
             byo.inference.predict("byo-quit", x, version=version.version)
+    with pytest.raises(tessera.FailedPrecondition, match=r"the ONNX export's model raised SystemExit: 4"):
+        byo.models.export_onnx("byo-quit", version.version)
+    assert byo.models.get("byo-quit").latest_version == version.version
 
 
 @pytest.mark.parametrize("entry", ["nowhere:Net", "os:system", "tesserad.server:Daemon"])
