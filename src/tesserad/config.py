@@ -208,9 +208,10 @@ def parse_path(raw: Any) -> Path:
 
 
 def parse_module_paths(raw: Any) -> tuple[Path, ...]:
-    """Directories, from a list or one string separated by the OS's path separator (as PYTHONPATH)."""
+    """Directories, from a list or one string separated by the OS's path separator (as PYTHONPATH),
+    made absolute against the daemon's working directory: a Ray worker reads them from another."""
     items = raw if isinstance(raw, list | tuple) else str(raw).split(os.pathsep)
-    return tuple(parse_path(item) for item in items if str(item).strip())
+    return tuple(parse_path(item).absolute() for item in items if str(item).strip())
 
 
 def parse_optional_path(raw: Any) -> Path | None:

@@ -335,7 +335,11 @@ def test_module_paths_from_a_toml_list_the_environment_or_repeated_flags(tmp_pat
     args = build_parser().parse_args(["serve", "--module-path", "a", "--module-path", "b"])
     assert args.training__module_paths == ["a", "b"]
     flags = {"training.module_paths": args.training__module_paths}
-    assert load_settings(env={}, overrides=flags).training.module_paths == (Path("a"), Path("b"))
+    # Relative ones are made absolute here: a Ray worker runs in another working directory.
+    assert load_settings(env={}, overrides=flags).training.module_paths == (
+        Path.cwd() / "a",
+        Path.cwd() / "b",
+    )
 
 
 def test_a_variable_over_the_files_setting_is_warned_of_only_when_its_value_differs(tmp_path):
