@@ -466,9 +466,14 @@ class Daemon:
             ),
             routes,
         )
-        # Every model built in this process (torch serving, ONNX export, the registry's weight
-        # check) imports users' modules from these alone.
+        # Every model built in this process (torch serving, ONNX export, explain) and the
+        # registry's module hashes find users' modules in these alone.
         allow_module_paths(settings.training.module_paths)
+        for directory in settings.training.module_paths:
+            if not directory.is_dir():
+                log.warning(
+                    "training.module_paths: %s is not a directory; no module is found there", directory
+                )
         self.datasets = Datasets(
             self._store,
             blobs,

@@ -6,7 +6,7 @@ attribute, and the module is looked up under the listed directories alone, so a 
 make the daemon run code it sends. Whoever can write those directories runs code as the daemon.
 
 The directories are a fact of the process, like sys.path: every builder of a model in it (the
-training worker, the torch runtime, the ONNX export, the registry's weight check) must import
+training worker, the torch runtime, the ONNX export, the registry's module hash) must find
 the same modules, so the composition root and the worker each register them once here.
 """
 

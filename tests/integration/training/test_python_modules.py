@@ -272,3 +272,14 @@ def test_a_daemon_without_module_paths_refuses_the_family_naming_the_setting(dae
             tessera.FailedPrecondition, match=r"training\.module_paths \(tesserad serve --module-path"
         ):
             sdk.training.submit(spec())
+
+
+def test_a_listed_directory_that_is_not_there_is_warned_of_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "no-such-modules"
+    with caplog.at_level(logging.WARNING, logger="tesserad.server"):
+        InProcessDaemon(
+            daemon_settings(tmp_path / "data", **{"training.module_paths": [str(missing)]})
+        ).start().stop()
+    assert any(str(missing) in r.getMessage() and "not a directory" in r.getMessage() for r in caplog.records)
