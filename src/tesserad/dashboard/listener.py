@@ -23,6 +23,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http import HttpProcessingError, HttpVersion11
 from aiohttp.web_log import AccessLogger
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from tesserad.api.audit import Audit
 from tesserad.api.oip_http_headers import request_id_of
@@ -62,6 +63,9 @@ COUNTED_STATUS = web.RequestKey("counted_status", int)
 # limits.http_max_connections that long per refusal.
 LINGER_IDLE_S = 1.0
 LINGER_MAX_S = 10.0
+# How long the drain above took, in seconds: aiohttp times an answer for its access log until the
+# handler returns, the drain included; the log reports the answer's time without it.
+DRAINED_S = web.RequestKey("drained_s", float)
 
 
 class Refused(Exception):
@@ -146,19 +150,41 @@ async def _answered_unread(request: web.Request, response: web.StreamResponse) -
     """Send `response` (which closes the connection) now, then read what `request`'s client still
     sends of its body, as LINGER_IDLE_S says, and close the connection."""
     body = request.content
+    answered: float | None = None
     try:
         async with asyncio.timeout(LINGER_MAX_S):
             await response.prepare(request)
             await response.write_eof()
+            answered = time.perf_counter()
             while not body.at_eof():
                 async with asyncio.timeout(LINGER_IDLE_S):
                     await body.readany()
     except (TimeoutError, ConnectionResetError, web.RequestPayloadError):
         # The client went quiet, took too long, left, or broke its body: nothing more to wait for.
         pass
+    if answered is not None:
+        request[DRAINED_S] = time.perf_counter() - answered
     if not body.at_eof():
         # aiohttp would wait its lingering_time for the rest.
         request.protocol.force_close()
+
+
+def _undrained(logged: type[AbstractAccessLogger]) -> type[AbstractAccessLogger]:
+    """`logged`, told each answer's time without the drain after it (DRAINED_S)."""
+
+    class Undrained(AbstractAccessLogger):
+        def __init__(self, logger: logging.Logger, log_format: str) -> None:
+            super().__init__(logger, log_format)
+            self._logged = logged(logger, log_format)
+
+        @property
+        def enabled(self) -> bool:
+            return self._logged.enabled
+
+        def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+            self._logged.log(request, response, time - request.get(DRAINED_S, 0.0))
+
+    return Undrained
 
 
 def _unreadable(error: web.RequestPayloadError) -> str:
@@ -239,7 +265,11 @@ class HttpListener:
             self._record(request, 500, start)
             raise
         self._record(request, request.get(COUNTED_STATUS, response.status), start)
-        if response.keep_alive is False and not request.content.at_eof():
+        # More of the body is still to come (a body all arrived, read or not, is aiohttp's to
+        # drop at once): an answer that keeps the connection would have aiohttp wait for it.
+        if not request.content.is_eof():
+            if not response.prepared:
+                response.force_close()
             await _answered_unread(request, response)
         return response
 
@@ -336,7 +366,7 @@ class HttpListener:
         self._runner = web.AppRunner(
             app,
             access_log=None if access_log is None else logging.getLogger(f"tesserad.{self._name}.access"),
-            access_log_class=access_log or AccessLogger,
+            access_log_class=_undrained(access_log or AccessLogger),
             shutdown_timeout=1.0,
             keepalive_timeout=self._request_timeout_s,
             auto_decompress=False,
