@@ -53,8 +53,8 @@ RETRY_AFTER: dict[str, str] = {hdrs.RETRY_AFTER: "1"}
 # The status a request is counted with when it is not its answer's: an answer cut short after its
 # headers went out, by a failure of the daemon's, is counted as that failure.
 COUNTED_STATUS = web.RequestKey("counted_status", int)
-# An answer that closes its connection before the request's body was read (a refusal, a 408) is
-# sent, then the rest of the body is read and dropped until it ends, or until its client has sent
+# An answer sent before the request's body all arrived (a refusal, a 408) closes its connection: it
+# is sent, then the rest of the body is read and dropped until it ends, or until its client has sent
 # nothing for LINGER_IDLE_S, or for LINGER_MAX_S in all (nginx's lingering_timeout and
 # lingering_time); the connection closes then. Closed with the body's bytes unread, the kernel
 # resets it, which can destroy the answer before a client still uploading reads it (RFC 9112
@@ -147,8 +147,9 @@ async def _continue(request: web.Request) -> None:
 
 
 async def _answered_unread(request: web.Request, response: web.StreamResponse) -> None:
-    """Send `response` (which closes the connection) now, then read what `request`'s client still
-    sends of its body, as LINGER_IDLE_S says, and close the connection."""
+    """Send `response` (which closes the connection, unless its headers went out already) now,
+    then read what `request`'s client still sends of its body, as LINGER_IDLE_S says, and close
+    the connection unless the body ended."""
     body = request.content
     answered: float | None = None
     try:
@@ -390,7 +391,7 @@ class HttpListener:
         for middleware in reversed(request.app.middlewares):
             handler = partial(middleware, handler=handler)
         response = await handler(request)
-        # Else an error middleware closed it, and `_counted` sent it already.
+        # Else `_counted` sent it already (its body still to come, or an error middleware closed it).
         if response.keep_alive is not False:
             response.force_close()
             await _answered_unread(request, response)
