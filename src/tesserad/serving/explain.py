@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tesserad.errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted
+from tesserad.errors import (
+    Cancelled,
+    FailedPrecondition,
+    InvalidArgument,
+    RefusedBySignature,
+    ResourceExhausted,
+)
 from tesserad.serving.pool import ServableVersion
 from tesserad.serving.runtimes import TorchRuntime
 from tesserad.serving.signature import validate_request
@@ -184,7 +190,11 @@ class Explainer:
         signature = servable.signature
         if signature is None or servable.architecture is None or servable.format != "safetensors":
             raise FailedPrecondition(f"{label} is not a torch version; explanations need one")
-        validate_request(signature, inputs, (), label)
+        try:
+            validate_request(signature, inputs, (), label)
+        except InvalidArgument as refused:
+            # As Predict refuses it: the version named apart, for a client to send again to it alone.
+            raise RefusedBySignature(refused.message, servable.version) from None
         if len(signature.inputs) != 1 or len(signature.outputs) != 1 or len(signature.outputs[0].shape) != 2:
             raise FailedPrecondition(
                 f"{label} does not take one input and give one (rows, outputs) output; explanations need that"

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from tessera.cli import EXIT_DAEMON
+from tessera.errors import InvalidArgument
+from tessera.inference import refusing_version
 from tests.integration.serving.voxel_model import SHAPE, VOXEL, clips, push_one_voxel
 
 
@@ -56,6 +58,11 @@ def test_explain_errors_say_what_to_fix(tessera_cli, client, tmp_path, capsys):
     assert "input 'x' is not an input of model 'voxel' version 1; its inputs are input " in misnamed.err
     # "name the array 'x' after the input it is for" read as "name the array 'x'".
     assert f"In {tmp_path / 'clips.npz'}, rename the array 'x' to the input it is for" in misnamed.err
+    # Refused by the version's signature, as Predict is: the trailer names the version, so that a
+    # client sends again to that version alone.
+    with pytest.raises(InvalidArgument) as refused:
+        client.inference.explain("voxel", {"x": clips(1)}, alias="latest")
+    assert refusing_version(refused.value) == 1, refused.value.trailers
     for flags, text in (
         (("--method", "occlusion", "--window", "2,x"), "like 1,1,4,4,4"),
         (("--method", "lime"), "invalid choice: 'lime'"),

@@ -64,6 +64,9 @@ def test_predict_sends_a_lone_npy_file_to_the_models_sole_input_whatever_its_nam
     predicted = tessera_cli("--json", "predict", "clipper", "--input", str(one))
     assert predicted.code == 0, predicted.err
     assert predicted.json()["outputs"]["output"] == [[1.0] * 4] * 2
+    # Sent under the input's name at once: the daemon counts no refused request.
+    (stats,) = client.inference.stats("clipper")
+    assert (stats.request_count, stats.error_count) == (1, 0), stats
     # Of two inputs, which one a file is for is the user's to say.
     refused = tessera_cli("predict", "pair", "--input", str(one))
     said = " ".join(refused.err.split())

@@ -50,25 +50,54 @@ def sent_to_sole_input(
     model: str,
     picked: int | str | None,
     inputs: dict[str, np.ndarray],
-    send: Callable[[dict[str, np.ndarray]], T],
+    send: Callable[[dict[str, np.ndarray], int | None], T],
 ) -> T:
-    """`send(inputs)`; where a lone .npy file's array (NPY_INPUT) is refused as no input of the
-    version that refused it and that version has exactly one input, sent again under its name:
-    a file holds no name to match, and a model of one input leaves no doubt which it is for."""
+    """`send(inputs, pinned)` (pinned: a version number to send to instead of the target, else
+    None). A lone .npy file's array (NPY_INPUT) holds no name to match, and a model of one input
+    leaves no doubt which it is for: it is sent under the name of the sole input of the versions
+    the target may route to, looked up first, so that the daemon counts no refused request. Where
+    that lookup cannot tell (no version known, versions of other inputs) and the version the
+    daemon routed to refuses NPY_INPUT as none of its inputs, it is sent again under that
+    version's sole input to that version alone: a canary split or a moved alias may route a
+    second call elsewhere."""
+    if list(inputs) != [NPY_INPUT]:
+        return send(inputs, None)
+    named = sole_input_name(client, model, picked)
+    if named is not None:
+        return send({named: inputs[NPY_INPUT]}, None)
     try:
-        return send(inputs)
+        return send(inputs, None)
     except InvalidArgument as err:
-        if list(inputs) != [NPY_INPUT] or not err.daemon_message.startswith(
-            f"input {NPY_INPUT!r} is not an input of "
-        ):
+        if not err.daemon_message.startswith(f"input {NPY_INPUT!r} is not an input of "):
             raise
-        try:
-            signature = client.models.version(model, refusing_version(err) or picked).signature
-        except TesseraError:
-            raise err from None
-        if len(signature.inputs) != 1:
+        version = refusing_version(err) or (picked if isinstance(picked, int) else 0)
+        if not version:
             raise
-        return send({signature.inputs[0].name: inputs[NPY_INPUT]})
+        named = sole_input_name(client, model, version)
+        if named is None:
+            raise
+        return send({named: inputs[NPY_INPUT]}, version)
+
+
+def sole_input_name(client: Client, model: str, picked: int | str | None) -> str | None:
+    """The name of the sole input of every version of `model` that `picked` (a number, an alias,
+    None: the deployment) may route to, as the daemon's loaded versions list them (a serving
+    replica has no registry), else as the registry's version says; None where they differ, one
+    has several inputs, or none can be read."""
+    try:
+        loaded = [entry for entry in client.inference.loaded(model) if entry.HasField("signature")]
+        if isinstance(picked, int):
+            loaded = [entry for entry in loaded if entry.version == picked]
+        signatures = [entry.signature for entry in loaded]
+        if not signatures:
+            signatures = [client.models.version(model, picked).signature]
+    except TesseraError:
+        return None
+    names = {tuple(spec.name for spec in signature.inputs) for signature in signatures}
+    if len(names) != 1:
+        return None
+    (only,) = names
+    return only[0] if len(only) == 1 else None
 
 
 def load_inputs(path: str) -> dict[str, np.ndarray]:

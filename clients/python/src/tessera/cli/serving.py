@@ -62,8 +62,12 @@ def cmd_predict(client: Client, args: argparse.Namespace, out: Output) -> None:
             args.model,
             version or alias,
             inputs,
-            lambda sent: client.inference.predict(
-                args.model, sent, version=version, alias=alias, timeout=args.timeout
+            lambda sent, pinned: client.inference.predict(
+                args.model,
+                sent,
+                version=pinned or version,
+                alias=None if pinned else alias,
+                timeout=args.timeout,
             ),
         )
     if output:
@@ -100,12 +104,12 @@ def cmd_explain(client: Client, args: argparse.Namespace, out: Output) -> None:
             args.model,
             version or alias,
             inputs,
-            lambda sent: client.inference.explain(
+            lambda sent, pinned: client.inference.explain(
                 args.model,
                 sent,
                 args.method,
-                version=version,
-                alias=alias,
+                version=pinned or version,
+                alias=None if pinned else alias,
                 target=args.output_index,
                 steps=args.steps,
                 baseline=args.baseline,
