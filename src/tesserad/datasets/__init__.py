@@ -5,7 +5,7 @@
 training worker processes, once `check_npz_directory` passed it.
 """
 
-from tesserad.datasets.arrays import ArrayInfo, ArrayStats, check_npz_directory, open_arrays
+from tesserad.datasets.arrays import ArrayInfo, ArrayStats, all_whole, check_npz_directory, open_arrays
 from tesserad.datasets.references import TABLES as REFERENCE_TABLES
 from tesserad.datasets.service import (
     MARKERS,
@@ -37,6 +37,7 @@ __all__ = [
     "SplitInfo",
     "SplitSpec",
     "UploadSpec",
+    "all_whole",
     "check_npz_directory",
     "open_arrays",
 ]

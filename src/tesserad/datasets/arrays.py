@@ -509,6 +509,24 @@ def open_arrays(path: Path, format: str, array_name: str = "x") -> dict[str, np.
         return {member.name: _array(path, member, archive) for member in members}
 
 
+def all_whole(path: Path, format: str, array_name: str, name: str, max_bytes: int) -> bool:
+    """Whether array `name` of a dataset file holds finite values and every one is a whole
+    number, read chunk by chunk; False for an array over `max_bytes` (a hint is not worth
+    unpacking a large compressed member for) and for one of no finite value."""
+    with _members(path, format, array_name) as (members, archive):
+        member = next((m for m in members if m.name == name), None)
+        if member is None or math.prod(member.shape) * np.dtype(member.dtype).itemsize > max_bytes:
+            return False
+        array = _array(path, member, archive)
+    finite_seen = False
+    for _start, chunk in _chunks(array):
+        finite = chunk[np.isfinite(chunk)]
+        if finite.size and not np.array_equal(finite, np.round(finite)):
+            return False
+        finite_seen = finite_seen or finite.size > 0
+    return finite_seen
+
+
 def _memory_order(array: np.ndarray) -> Literal["F", "C"]:
     return "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
 

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from tesserad.datasets import Datasets, DatasetVersionRecord, check_npz_directory
+from tesserad.datasets import Datasets, DatasetVersionRecord, all_whole, check_npz_directory
 from tesserad.errors import FailedPrecondition, InvalidArgument
 from tesserad.store import WriteTxn
 from tesserad.training.jobs import WorkerData
 from tesserad.training.spec import DatasetFacts
 from tesserad.training.worker import DataSource
 
-
-def _all_whole(values: np.ndarray) -> bool:
-    finite = values[np.isfinite(values)]
-    return bool(np.all(finite == np.round(finite)))
+# Above this size an array is not read for the hint that its floats could be cast to integers.
+WHOLE_HINT_MAX_BYTES = 64 << 20
 
 
 class DatasetAccess:
@@ -32,8 +28,17 @@ class DatasetAccess:
             arrays={a.name: (a.dtype, tuple(a.shape)) for a in record.arrays},
             splits={s.name: s.count for s in record.splits},
             ranges={a.name: (a.stats.min, a.stats.max) for a in record.arrays},
-            whole=lambda array: _all_whole(self._datasets.open_arrays(record)[array]),
+            whole=lambda array: self._all_whole(record, array),
         )
+
+    def _all_whole(self, record: DatasetVersionRecord, array: str) -> bool:
+        """Whether every finite value of `array` is whole, for a refusal's hint alone: any
+        failure to read it gives no hint rather than replacing the refusal."""
+        try:
+            path = self._datasets.path(record)
+            return all_whole(path, record.format, record.array_name or "x", array, WHOLE_HINT_MAX_BYTES)
+        except Exception:
+            return False
 
     def hold(self, txn: WriteTxn, data: dict[str, Any], holder: str) -> str:
         """Hold the version `data` names (NotFound if it is gone); its sha256."""

@@ -103,8 +103,10 @@ def test_float_class_ids_that_are_whole_numbers_are_told_how_to_cast_them(tesser
     x = np.zeros((8, 4), dtype=np.float32)
     client.datasets.push("wholefloat", x=x, y=np.arange(8) % 2 * 1.0)
     client.datasets.push("halves", x=x, y=np.arange(8) / 2)
+    # No finite value to be whole: no cast to suggest.
+    client.datasets.push("nans", x=x, y=np.full(8, np.nan), allow_nonfinite=True)
     spec = tmp_path / "spec.toml"
-    for dataset, cast in (("wholefloat", True), ("halves", False)):
+    for dataset, cast in (("wholefloat", True), ("halves", False), ("nans", False)):
         spec.write_text(
             'task = "classification"\nepochs = 1\n[architecture]\ninput_shape = [4]\noutput_size = 2\n'
             f'mlp = {{ hidden_sizes = [8] }}\n[data]\ndataset = "{dataset}"\n'

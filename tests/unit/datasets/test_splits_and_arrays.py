@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tesserad.datasets.arrays import array_stats, inspect_file, open_arrays
+from tesserad.datasets.arrays import all_whole, array_stats, inspect_file, open_arrays
 from tesserad.datasets.splits import FractionSplit, IndexSplit, compute_splits
 from tesserad.errors import FailedPrecondition, InvalidArgument
 
@@ -149,3 +149,14 @@ def test_an_npz_directory_is_read_once_to_check_its_arrays_and_once_to_open_them
     arrays = open_arrays(path, "npz")
     assert CountingZipFile.opened == 2
     assert arrays["a7"].tolist() == [7, 7]
+
+
+def test_all_whole_reads_only_the_named_member_in_chunks_and_skips_one_over_the_cap(tmp_path):
+    path = tmp_path / "d.npz"
+    # x would not fit the cap: only y is read.
+    np.savez_compressed(path, x=np.zeros((64, 64)), y=np.array([0.0, 1.0, np.nan, 2.0]))
+    assert all_whole(path, "npz", "x", "y", max_bytes=64)
+    assert not all_whole(path, "npz", "x", "y", max_bytes=16)
+    np.savez_compressed(path, y=np.array([0.0, 0.5]), nans=np.full(3, np.nan))
+    assert not all_whole(path, "npz", "x", "y", max_bytes=64)
+    assert not all_whole(path, "npz", "x", "nans", max_bytes=64)
