@@ -427,3 +427,34 @@ def test_push_refuses_one_npy_file_per_sample_and_says_how_to_stack_them(tessera
         assert pushed.code == EXIT_FAILED, pushed.err
         assert "datasets are .npz or .npy files; stack the samples into one array" in pushed.err, pushed.err
     assert [d.name for d in client.datasets.list()] == ["myclips"]
+
+
+def test_push_joins_two_arrays_of_many_rows_and_judges_x_y_by_array_names_too(tessera_cli, client, tmp_path):
+    for stem in ("inputs", "targets", "feat1", "feat2", "a", "b", "c"):
+        np.save(tmp_path / f"{stem}.npy", np.zeros((100, 8), np.float32))
+    np.save(tmp_path / "labels.npy", np.zeros(100, np.int64))
+    labels = ["--array", f"y={tmp_path / 'labels.npy'}"]
+    for name, stems, named in (
+        ("pair", ["inputs", "targets"], []),
+        ("feats", ["feat1", "feat2"], []),
+        ("named", ["a", "b", "c"], labels),
+    ):
+        files = [str(tmp_path / f"{stem}.npy") for stem in stems]
+        pushed = tessera_cli("datasets", "push", name, *files, *named)
+        assert pushed.code == 0, pushed.err
+    assert [d.name for d in client.datasets.list()] == ["feats", "named", "pair"]
+    # Two files of one row each are still samples.
+    for i in (1, 2):
+        np.save(tmp_path / f"s{i}.npy", np.zeros((1, 8), np.float32))
+    refused = tessera_cli("datasets", "push", "s", str(tmp_path / "s1.npy"), str(tmp_path / "s2.npy"))
+    assert refused.code == EXIT_USAGE and "look like one file per sample" in refused.err, refused.err
+
+
+def test_push_names_a_file_numpy_cannot_read_as_numbers(tessera_cli, client, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((2, 8), np.float32))
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    refused = tessera_cli("datasets", "push", "d", str(tmp_path / "x.npy"), str(tmp_path / "objects.npy"))
+    said = " ".join(refused.err.split())
+    assert refused.code == EXIT_USAGE, said
+    assert f"{tmp_path / 'objects.npy'}: cannot be read as a .npy file of numbers" in said, said
+    assert not list(client.datasets.list())

@@ -38,7 +38,7 @@ def cmd_datasets_push(client: Client, args: argparse.Namespace, out: Output) -> 
         )
     arrays = joined_arrays(args.files, args.array)
     if len(args.files) > 1 and not args.as_is:
-        refuse_per_sample_files(args.files)
+        refuse_per_sample_files(args.files, args.array)
     if args.array_name and (arrays or Path(args.files[0]).suffix.lower() != ".npy"):
         raise UsageError(
             f"--array-name names the array of a .npy file pushed alone; {' '.join(args.files)} is not one "
@@ -92,17 +92,21 @@ def joined_arrays(files: list[str], named: list[tuple[str, str]]) -> dict[str, P
     return arrays
 
 
-def refuse_per_sample_files(files: list[str]) -> None:
+def refuse_per_sample_files(files: list[str], named: list[tuple[str, str]]) -> None:
     """Refuses .npy files named by their stems that look like one sample (or a few) each rather
-    than a job's arrays: a numbered series (clip_000, clip_001, ...), or files all of one shape
-    with none named x or y. Joined as they are, each became an array of its own, and the job
-    found no array x only at train time."""
+    than a job's arrays: a numbered series of three or more (clip_000, clip_001, ...), or files
+    all of one shape with none named x or y (among them and the --array NAMEs), three or more or
+    with fewer rows each than there are files. Joined as they are, each became an array of its
+    own, and the job found no array x only at train time. Two files of many rows each (inputs,
+    targets; feat1, feat2) are a job's arrays."""
     stems = [Path(f).stem for f in files]
-    if {"x", "y"} & set(stems):
+    if {"x", "y"} & {*stems, *(name for name, _ in named)}:
         return
-    shapes = {np.load(f, mmap_mode="r", allow_pickle=False).shape for f in files}
-    numbered = len({re.sub(r"\d+$", "", stem) for stem in stems}) == 1
-    if not numbered and len(shapes) > 1:
+    shapes = {npy_array(f).shape for f in files}
+    numbered = len(files) >= 3 and len({re.sub(r"\d+$", "", stem) for stem in stems}) == 1
+    rows = min(s[0] if s else 0 for s in shapes)
+    same_shape = len(shapes) == 1 and (len(files) >= 3 or rows < len(files))
+    if not (numbered or same_shape):
         return
     leading_one = all(len(s) > 0 and s[0] == 1 for s in shapes)
     raise UsageError(
@@ -113,12 +117,30 @@ def refuse_per_sample_files(files: list[str]) -> None:
     )
 
 
+def npy_array(path: str | Path) -> np.ndarray:
+    """The array of a .npy file, memory-mapped; a file numpy cannot read so (not a .npy file, or
+    one of Python objects, which only unpickling reads) is a UsageError naming it."""
+    try:
+        loaded = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        why = str(err)
+    else:
+        if isinstance(loaded, np.ndarray):
+            return loaded
+        loaded.close()
+        why = "it is an .npz archive"
+    raise UsageError(
+        f"{path}: cannot be read as a .npy file of numbers ({why}); save one with "
+        "numpy.save(FILE, array) from a numeric array"
+    )
+
+
 @contextmanager
 def joined_npz(arrays: dict[str, Path]) -> Iterator[Path]:
     """The .npy files joined into an npz in the system's temporary folder, removed after: pushed
     from there, it streams as one .npz file does, where one built in memory held the data twice.
     Their sample counts are checked first, on the files' headers, as the daemon checks them."""
-    loaded = {name: np.load(path, mmap_mode="r", allow_pickle=False) for name, path in arrays.items()}
+    loaded = {name: npy_array(path) for name, path in arrays.items()}
     for name, array in loaded.items():
         if array.ndim == 0:
             raise UsageError(
