@@ -94,6 +94,18 @@ def left_out(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if "left out to fit the width" in line)
 
 
+def value_under_key(lines: Sequence[str], run_id: str, key: str, value: str) -> bool:
+    """`value` on the line below `key=`, in the same column, within the rows of run `run_id`:
+    from its line to the next run's (the first column, rank, is blank between them)."""
+    start = next(i for i, line in enumerate(lines) if run_id in line)
+    end = next((i for i in range(start + 1, len(lines)) if re.match(r"[│ ]\s*\d+\s*│", lines[i])), len(lines))
+    for line, below in itertools.pairwise(lines[start:end]):
+        column = line.find(f" {key}=")
+        if column >= 0 and re.match(rf"\s+{re.escape(value)}(?![^\s│])", below[column:]):
+            return True
+    return False
+
+
 @pytest.mark.parametrize("width", WIDTHS)
 def test_runs_leaderboard_keeps_params_whole(daemon, client, sweep, width):
     runs = [r for r in client.training.runs("cli-widths")]
@@ -109,10 +121,9 @@ def test_runs_leaderboard_keeps_params_whole(daemon, client, sweep, width):
         for r in runs:
             for path in ("optimizer.lr", "optimizer.weight_decay"):
                 full, short = f"{path}={r.params[path]}", short_value(r.params[path])
-                assert shown_whole(text, full) or any(
-                    shown_whole(line, f"{path}=") and shown_whole(below, short)
-                    for line, below in itertools.pairwise(lines)
-                ), f"{full} is broken in:\n{text}"
+                assert shown_whole(text, full) or value_under_key(lines, r.run_id, path, short), (
+                    f"{full} is broken in:\n{text}"
+                )
     else:
         assert "params that differ" in left_out(text)
 
@@ -282,3 +293,16 @@ def test_a_wide_terminal_gets_tables_as_wide_as_their_cells(daemon, client, caps
     assert main(["--target", daemon.target, "runs", "ls", "--experiment", "cli-wide"]) == 0
     piped = capsys.readouterr().out
     assert max(len(line) for line in piped.splitlines()) <= 80, piped
+
+
+def test_runs_leaderboard_keeps_params_of_long_keys_by_their_shortest_distinct_tail(daemon, client):
+    training = client.training
+    key = "architecture.transformer_encoder.attention_dropout"
+    for i, name in enumerate(("first", "second")):
+        with training.start_run("long-keys", name, {key: 0.1 * (i + 1)}, create_experiment=True) as run:
+            run.log_metric("val_loss", 1.0 - i / 4, 1)
+    text = printed(daemon, 80, "runs", "leaderboard", "long-keys", "val_loss")
+    assert has_column(text, "params that differ") and not left_out(text), text
+    lines = text.splitlines()
+    for r in training.runs("long-keys"):
+        assert value_under_key(lines, r.run_id, "attention_dropout", short_value(r.params[key])), text

@@ -56,10 +56,12 @@ class Output:
         leave_out_first: Sequence[str] = (),
         narrower_rows: Iterable[Sequence[Any]] | None = None,
         cut: Collection[str] = (),
+        narrowest_rows: Iterable[Sequence[Any]] | None = None,
     ) -> None:
         """A table that fits the console (see `fitted_table`); one whose whole columns alone are
         too wide is printed wider than the console rather than cut. `narrower_rows`, the same
-        rows in shorter words, are shown instead when they leave out fewer columns than `rows`."""
+        rows in shorter words, are shown instead when they leave out fewer columns than `rows`;
+        `narrowest_rows`, shorter still, when they leave out fewer than either."""
 
         def fitted(cells: Iterable[Sequence[Any]]) -> FittedTable:
             return fitted_table(
@@ -75,10 +77,11 @@ class Output:
             )
 
         table = fitted(rows)
-        if table.left_out and narrower_rows is not None:
-            narrower = fitted(narrower_rows)
-            if len(narrower.left_out) < len(table.left_out):
-                table = narrower
+        for shorter in (narrower_rows, narrowest_rows):
+            if table.left_out and shorter is not None:
+                narrower = fitted(shorter)
+                if len(narrower.left_out) < len(table.left_out):
+                    table = narrower
         self.console.print(table.table, width=table.width, crop=False)
 
     def pairs(self, title: str, pairs: Iterable[tuple[str, Any]], whole: Collection[str] = ()) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -537,6 +537,7 @@ def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) 
         return out.json(list(entries))
     runs = [e.run for e in entries]
     differing = differing_params(runs)
+    tails = unambiguous_tails(differing, {k for run in runs for k in run.params})
 
     # Each param by its full dotted key, however narrow: a tail alone (`version=2`, `count=1`) left
     # the reader to guess which of the spec's fields it was. Narrower, the value goes under its key.
@@ -560,6 +561,9 @@ def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) 
         unbroken=("params that differ",),
         stacked={"name": "run"},
         narrower_rows=rows(lambda key, value: f"{key}=\n  {short_value(value)}"),
+        # A key too long for the column even so: its shortest dotted tail that no other key of
+        # these runs ends with, where the column left out altogether said nothing.
+        narrowest_rows=rows(lambda key, value: f"{tails[key]}=\n  {short_value(value)}"),
     )
     same = len({k for run in runs for k in run.params}) - len(differing)
     if same:
@@ -567,6 +571,20 @@ def cmd_runs_leaderboard(client: Client, args: argparse.Namespace, out: Output) 
             f"left out: {counted(same, 'param')} with one value in every run above "
             "(`tessera runs show RUN` or --json lists them)"
         )
+
+
+def unambiguous_tails(keys: Iterable[str], among: Collection[str]) -> dict[str, str]:
+    """Each key's shortest dotted tail ("lr" of "optimizer.lr") that no other key of `among`
+    ends with, the key whole where every tail is shared."""
+    tails: dict[str, str] = {}
+    for key in keys:
+        parts = key.split(".")
+        for start in range(len(parts) - 1, -1, -1):
+            tail = ".".join(parts[start:])
+            if not any(other != key and (other == tail or other.endswith(f".{tail}")) for other in among):
+                break
+        tails[key] = tail
+    return tails
 
 
 # Runs and keys a leaderboard of a metric no run logged reads and names, so that a misspelt
