@@ -195,6 +195,9 @@ def audited_unary(
     call's audit line as it ends."""
 
     async def behaviour(request: Any, context: Context) -> Any:
+        # Read before the call: grpc.aio's context of a call the client cancelled crashed the
+        # process (SIGSEGV in cygrpc) when its peer was read after the cancellation.
+        who, peer = caller(context), context.peer()
         objects: dict[str, Any] = {}
         if request_streaming:
             request = _first_noted(request, objects)
@@ -203,9 +206,9 @@ def audited_unary(
         try:
             response = await inner(request, context)
         except BaseException as exc:
-            audit.wrote(rpc, caller(context), context.peer(), objects, outcome(exc, context))
+            audit.wrote(rpc, who, peer, objects, outcome(exc, context))
             raise
-        audit.wrote(rpc, caller(context), context.peer(), targets(response, objects), "OK")
+        audit.wrote(rpc, who, peer, targets(response, objects), "OK")
         return response
 
     return behaviour
@@ -217,6 +220,7 @@ def audited_stream(
     """`inner` (a behaviour streaming its answers) logging its call's audit line as it ends."""
 
     async def behaviour(request: Any, context: Context) -> AsyncIterator[Any]:
+        who, peer = caller(context), context.peer()  # before the call, as audited_unary's
         objects: dict[str, Any] = {}
         if request_streaming:
             request = _first_noted(request, objects)
@@ -226,9 +230,9 @@ def audited_stream(
             async for item in inner(request, context):
                 yield item
         except BaseException as exc:
-            audit.wrote(rpc, caller(context), context.peer(), objects, outcome(exc, context))
+            audit.wrote(rpc, who, peer, objects, outcome(exc, context))
             raise
-        audit.wrote(rpc, caller(context), context.peer(), objects, "OK")
+        audit.wrote(rpc, who, peer, objects, "OK")
 
     return behaviour
 
