@@ -20,6 +20,8 @@ import logging
 import re
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -208,6 +210,20 @@ def _kind(value: object) -> str:
     if inspect.isfunction(value):
         return "a function"
     return f"a {type(value).__name__}"
+
+
+@contextmanager
+def contain_user_code(what: str) -> Iterator[None]:
+    """Run a block that may call a python family's module (its forward, hooks, state_dict or
+    load_state_dict overrides): a SystemExit or KeyboardInterrupt it raises comes back as
+    FailedPrecondition naming `what` ("the model's code"), never ending the process. Exceptions
+    pass as they are: their callers already tell the client what they mean."""
+    try:
+        yield
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise FailedPrecondition(f"{what} raised {type(exc).__name__}: {exc}") from None
 
 
 def build_user_module(

@@ -68,8 +68,10 @@ def check_graph_fits(architecture: dict[str, Any], graph: Signature) -> None:
 def check_weights_fit(stored: dict[str, tuple[int, ...]], architecture: dict[str, Any]) -> None:
     """InvalidArgument naming the tensor unless the `stored` tensors (name: shape, as
     `artifacts.safetensors_shapes` reads them) are exactly those of the model `architecture`
-    builds, with their shapes. A python family's module is the user's code: the daemon's process
-    runs it only when asked to serve, explain or export it, so its weights are checked then."""
+    builds, with their shapes. A python family's module is the user's code, which the daemon's
+    process runs only to load the model (to serve, explain or export it) and to read its tensors'
+    layout (for a job resuming from its checkpoint), a SystemExit it raises contained there: its
+    weights are checked on loading, not here."""
     if architecture.get("family") == "python":
         return
     expected = _tensor_shapes(json.dumps(architecture, sort_keys=True))

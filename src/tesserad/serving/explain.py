@@ -35,6 +35,7 @@ from tesserad.errors import (
     RefusedBySignature,
     ResourceExhausted,
 )
+from tesserad.nn.user_modules import contain_user_code
 from tesserad.serving.pool import ServableVersion
 from tesserad.serving.runtimes import TorchRuntime
 from tesserad.serving.signature import validate_request
@@ -242,7 +243,10 @@ class Explainer:
             self._running += 1
             self.peak_running = max(self.peak_running, self._running)
         try:
-            attributions, indices, deltas = self._explain(job, inputs)
+            # The module's forward, hooks and loading are user code for a python family, run in
+            # a thread a coroutine awaits: its SystemExit would end the daemon.
+            with contain_user_code("explaining the model ran its code, which"):
+                attributions, indices, deltas = self._explain(job, inputs)
         finally:
             with self._lock:
                 self._running -= 1
@@ -283,7 +287,8 @@ class Explainer:
         import torch
 
         module = self._module(job.servable)
-        device = next(iter(module.parameters())).device
+        # A module may hold no parameters (a python family's): its inputs stay on the CPU.
+        device = next((p.device for p in module.parameters()), torch.device("cpu"))
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             if job.abort.is_set():

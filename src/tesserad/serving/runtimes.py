@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from tesserad.errors import FailedPrecondition, InvalidArgument
+from tesserad.nn.user_modules import contain_user_code
 from tesserad.numbers import is_digits
 from tesserad.serving.signature import Signature, TensorSpec
 
@@ -309,32 +310,30 @@ class TorchRuntime:
             refuse_past_the_gpus(device, cuda, torch.cuda.device_count())
         self._torch = torch
         self._device = torch.device("cpu" if cuda is None else f"cuda:{cuda}")
-        model = build_model(spec_from_dict(dict(architecture)))
-        try:
-            model.load_state_dict(load_file(str(weights), device=str(self._device)))
-        except RuntimeError as exc:
-            raise FailedPrecondition(f"the weights do not fit the architecture: {exc}") from None
-        except OSError as exc:  # str(exc) names the server's path; strerror does not
-            raise FailedPrecondition(
-                f"the weights cannot be read: {exc.strerror or type(exc).__name__}"
-            ) from None
-        self._model = model.to(self._device).eval()
+        # A python family's module may override load_state_dict, to, eval or state_dict, or hook
+        # them: user code, run in a thread a coroutine awaits, whose SystemExit would end the daemon.
+        with contain_user_code("loading the model ran its code, which"):
+            model = build_model(spec_from_dict(dict(architecture)))
+            try:
+                model.load_state_dict(load_file(str(weights), device=str(self._device)))
+            except RuntimeError as exc:
+                raise FailedPrecondition(f"the weights do not fit the architecture: {exc}") from None
+            except OSError as exc:  # str(exc) names the server's path; strerror does not
+                raise FailedPrecondition(
+                    f"the weights cannot be read: {exc.strerror or type(exc).__name__}"
+                ) from None
+            self._model = model.to(self._device).eval()
+            self.memory_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         self.device = device
-        self.memory_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         self.signature = signature
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         torch = self._torch
         # tesserad.nn architectures take one input and return one output.
         (array,) = inputs.values()
-        try:
-            with torch.inference_mode():
-                output = self._model(self._tensor(array))
-        except Exception:
-            raise
-        except BaseException as exc:
-            # A python family's forward is user code: its SystemExit must not end the daemon.
-            raise FailedPrecondition(f"the model's forward raised {type(exc).__name__}: {exc}") from None
+        # A python family's forward is user code: its SystemExit must not end the daemon.
+        with contain_user_code("the model's forward"), torch.inference_mode():
+            output = self._model(self._tensor(array))
         result = output.cpu().numpy()
         return {name: result for name in output_names}
 

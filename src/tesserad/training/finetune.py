@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tesserad.errors import InvalidArgument, TesseraError
+from tesserad.nn.user_modules import contain_user_code
 
 if TYPE_CHECKING:
     from torch import nn
@@ -239,9 +240,11 @@ def _meta_model(architecture: dict[str, Any]) -> nn.Module:
 
 def tensor_layout(architecture: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], list[str]]:
     """(every stored tensor's name and shape, the trainable parameters' names) of an architecture."""
-    model = _meta_model(architecture)
-    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    return shapes, [name for name, _ in model.named_parameters()]
+    # A python family's state_dict and named_parameters may be the user's overrides.
+    with contain_user_code("reading the model's tensors ran its code, which"):
+        model = _meta_model(architecture)
+        shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        return shapes, [name for name, _ in model.named_parameters()]
 
 
 def tensor_mismatches(label: str, stored: dict[str, Any], architecture: dict[str, Any]) -> list[str]:

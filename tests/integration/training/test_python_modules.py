@@ -230,6 +230,10 @@ def test_a_forward_that_exits_is_that_requests_error(
             byo.inference.predict("byo-quit", x, version=version.version)
     with pytest.raises(tessera.FailedPrecondition, match=r"the ONNX export's model raised SystemExit: 4"):
         byo.models.export_onnx("byo-quit", version.version)
+    with pytest.raises(
+        tessera.FailedPrecondition, match=r"explaining the model ran its code, which raised SystemExit: 4"
+    ):
+        byo.inference.explain("byo-quit", x["input"], "saliency", version=version.version)
     assert byo.models.get("byo-quit").latest_version == version.version
 
 
