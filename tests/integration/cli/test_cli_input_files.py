@@ -72,3 +72,17 @@ def test_predict_sends_a_lone_npy_file_to_the_models_sole_input_whatever_its_nam
     said = " ".join(refused.err.split())
     assert refused.code == EXIT_DAEMON and "input 'input' is not an input of model 'pair'" in said, said
     assert "a .npy file is sent to a model's sole input, and as 'input' to one of several" in said, said
+
+
+def test_a_lone_npy_file_the_loaded_versions_misname_is_sent_again_to_the_aliased_version(
+    tessera_cli, client, tmp_path
+):
+    client.models.push("moved", _identity_onnx(tmp_path / "a.onnx", ["a"]))
+    client.models.push("moved", _identity_onnx(tmp_path / "b.onnx", ["b"]))
+    client.models.set_alias("moved", "prod", 1)
+    client.inference.load("moved", 2)  # the lookup finds input 'b'; prod routes to version 1's 'a'
+    one = tmp_path / "one.npy"
+    np.save(one, np.ones((2, 4), np.float32))
+    predicted = tessera_cli("--json", "predict", "moved", "--alias", "prod", "--input", str(one))
+    assert predicted.code == 0, predicted.err
+    assert predicted.json()["outputs"]["output"] == [[1.0] * 4] * 2

@@ -56,27 +56,27 @@ def sent_to_sole_input(
     None). A lone .npy file's array (NPY_INPUT) holds no name to match, and a model of one input
     leaves no doubt which it is for: it is sent under the name of the sole input of the versions
     the target may route to, looked up first, so that the daemon counts no refused request. Where
-    that lookup cannot tell (no version known, versions of other inputs) and the version the
-    daemon routed to refuses NPY_INPUT as none of its inputs, it is sent again under that
-    version's sole input to that version alone: a canary split or a moved alias may route a
-    second call elsewhere."""
+    that lookup cannot tell (no version known, versions of other inputs) or guessed wrong (the
+    loaded versions are not those an alias points at) and the version the daemon routed to
+    refuses the name sent as none of its inputs, it is sent again under that version's sole
+    input to that version alone: a canary split or a moved alias may route a second call
+    elsewhere."""
     if list(inputs) != [NPY_INPUT]:
         return send(inputs, None)
-    named = sole_input_name(client, model, picked)
-    if named is not None:
-        return send({named: inputs[NPY_INPUT]}, None)
+    array = inputs[NPY_INPUT]
+    sent = sole_input_name(client, model, picked) or NPY_INPUT
     try:
-        return send(inputs, None)
+        return send({sent: array}, None)
     except InvalidArgument as err:
-        if not err.daemon_message.startswith(f"input {NPY_INPUT!r} is not an input of "):
+        if not err.daemon_message.startswith(f"input {sent!r} is not an input of "):
             raise
         version = refusing_version(err) or (picked if isinstance(picked, int) else 0)
         if not version:
             raise
         named = sole_input_name(client, model, version)
-        if named is None:
+        if named is None or named == sent:
             raise
-        return send({named: inputs[NPY_INPUT]}, version)
+        return send({named: array}, version)
 
 
 def sole_input_name(client: Client, model: str, picked: int | str | None) -> str | None:
