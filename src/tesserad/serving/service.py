@@ -1102,9 +1102,20 @@ class InferenceService:
         else:
             version = self.resolve_version(target)
         servable = self._source.servable(target.model, version, None)
-        if servable.format == "onnx":
-            servable = self._torch_parent(servable)
-        queued = self.explainer.submit(servable, inputs, method, output_index, options)
+        if servable.format != "onnx":
+            queued = self.explainer.submit(servable, inputs, method, output_index, options)
+            return ExplainSubmitted(version, servable.version, queued)
+        servable = self._torch_parent(servable)
+        try:
+            queued = self.explainer.submit(servable, inputs, method, output_index, options)
+        except RefusedBySignature as refused:
+            # The refusal names the torch parent (perhaps another model's version); the client
+            # fixes its request for, and may send it again to, the version it was routed to.
+            raise RefusedBySignature(
+                f"{refused.message} (model {target.model!r} version {version} is ONNX, explained "
+                "through that torch version)",
+                version,
+            ) from None
         return ExplainSubmitted(version, servable.version, queued)
 
     def _torch_parent(self, onnx: ServableVersion) -> ServableVersion:

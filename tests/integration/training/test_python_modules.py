@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import tessera
+from tessera.inference import refusing_version
 from tessera.v1 import registry_pb2
 from tests.conftest import InProcessDaemon, daemon_settings
 
@@ -108,6 +109,9 @@ def test_a_module_trains_registers_with_its_hash_exports_serves_and_explains(
     assert exported.version.format == registry_pb2.ARTIFACT_FORMAT_ONNX
     onnx_out = byo.inference.predict("byo", {"input": x}, version=exported.version.version)["output"]
     np.testing.assert_allclose(onnx_out, served, atol=1e-4)
+    with pytest.raises(tessera.InvalidArgument, match="explained through that torch version") as refused:
+        byo.inference.explain("byo", {"wrong": x}, "saliency", version=exported.version.version)
+    assert refusing_version(refused.value) == exported.version.version  # not its torch parent's
     explanation = byo.inference.explain("byo", x, "saliency", version=trained, target=1)
     assert explanation["input"].shape == x.shape
     # A changed file still builds the old weights' model, and says so.
