@@ -121,7 +121,10 @@ def _imported_from_elsewhere(top: str, roots: list[Path]) -> bool:
     if loaded is not None:
         return not _from_roots(loaded, roots)
     elsewhere = [p for p in sys.path if not any(Path(p or ".").resolve() == r for r in roots)]
-    return importlib.machinery.PathFinder.find_spec(top, elsewhere) is not None
+    spec = importlib.machinery.PathFinder.find_spec(top, elsewhere)
+    # A spec without a loader is a namespace package's portion (a bare directory of that name):
+    # Python imports a module or regular package found on any later path entry before it.
+    return spec is not None and spec.loader is not None
 
 
 def find_entry_file(entry: str, paths: tuple[Path, ...] | list[Path]) -> Path:
@@ -147,8 +150,9 @@ def find_entry_file(entry: str, paths: tuple[Path, ...] | list[Path]) -> Path:
 
 def _shadowed(module: str) -> str:
     return (
-        f"architecture.python.entry: module {module!r} is also the name of a module of Python's or "
-        f"installed with the daemon, which Python imports first; rename the file under {SETTING}"
+        f"architecture.python.entry: module {module!r} is also the name of a module Python imports "
+        "first (from its standard library, an installed package or another directory on the "
+        f"daemon's import path); rename the file under {SETTING}"
     )
 
 

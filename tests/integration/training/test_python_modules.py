@@ -180,6 +180,21 @@ def test_a_package_named_as_a_standard_module_is_refused_at_submit(
         byo.training.submit(spec("email.byo_t30:Net"))
 
 
+def test_a_bare_directory_of_the_modules_name_elsewhere_on_the_import_path_does_not_shadow_it(
+    byo: tessera.Client, modules: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.numpy import save_file
+
+    (tmp_path / "byo_ns_t30").mkdir()  # a namespace package's portion: Python imports the module first
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (modules / "byo_ns_t30.py").write_text(SOURCE)
+    weights = tmp_path / "w.safetensors"
+    save_file({}, str(weights))
+    architecture = {"input_shape": [4], "output_size": 2, "python": {"entry": "byo_ns_t30:Net"}}
+    version = byo.models.push("byo-ns", weights, architecture=architecture)
+    assert version.architecture.python.module_sha256 == hashlib.sha256(SOURCE.encode()).hexdigest()
+
+
 def test_kwargs_holding_nan_are_refused_naming_the_field(byo: tessera.Client) -> None:
     with pytest.raises(tessera.InvalidArgument, match=r"spec\.architecture\.python\.kwargs: holds NaN"):
         byo.training.submit(spec(hidden=float("nan")))
