@@ -237,7 +237,8 @@ def test_a_forward_that_exits_is_that_requests_error(
 
     (modules / "byo_quit_t30.py").write_text(
         "import sys\n\nfrom torch import nn\n\n\nclass Quit(nn.Module):\n"
-        "    def forward(self, x):\n        sys.exit(4)\n"
+        "    def forward(self, x):\n        sys.exit(4)\n\n\n"
+        "class QuitLoading(nn.Module):\n    def load_state_dict(self, *args, **kwargs):\n        sys.exit(5)\n"
     )
     weights = tmp_path / "none.safetensors"
     save_file({}, str(weights))
@@ -253,7 +254,13 @@ def test_a_forward_that_exits_is_that_requests_error(
         tessera.FailedPrecondition, match=r"explaining the model ran its code, which raised SystemExit: 4"
     ):
         byo.inference.explain("byo-quit", x["input"], "saliency", version=version.version)
-    assert byo.models.get("byo-quit").latest_version == version.version
+    loading = {**architecture, "python": {"entry": "byo_quit_t30:QuitLoading"}}
+    overridden = byo.models.push("byo-quit", weights, architecture=loading)
+    with pytest.raises(
+        tessera.FailedPrecondition, match=r"loading the model ran its code, which raised SystemExit: 5"
+    ):
+        byo.inference.predict("byo-quit", x, version=overridden.version)
+    assert byo.models.get("byo-quit").latest_version == overridden.version
 
 
 @pytest.mark.parametrize("entry", ["nowhere:Net", "os:system", "tesserad.server:Daemon"])
