@@ -157,7 +157,9 @@ def test_triton_metrics_off_leaves_the_page_negotiated(start_daemon) -> None:
     assert "nv_inference" not in text and "tessera_store_blobs" in text
 
 
-def test_a_version_that_failed_to_load_has_no_series(daemon, channel, inference, linear) -> None:
+def test_a_version_that_failed_to_load_has_no_serving_series_and_is_not_ready(
+    daemon, channel, inference, linear
+) -> None:
     broken = upload(channel, "broken", reshape_model([3]))  # every run fails: it cannot warm up
     load = inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="broken", version=broken))
     with pytest.raises(grpc.RpcError) as err:
@@ -165,9 +167,11 @@ def test_a_version_that_failed_to_load_has_no_series(daemon, channel, inference,
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     inference.Predict(predict_request(linear, X, version=1))
     text = scrape(daemon)[1]
-    # Listed as FAILED by ListLoaded, but not served: /metrics lists only what is, as Triton's does.
+    # Listed as FAILED by ListLoaded, but not served: its serving series are not there, as
+    # Triton's; only tessera_model_ready says it is in the pool and not ready (what to alert on).
     assert 'model="linear"' in text
-    assert 'model="broken"' not in text
+    broken_lines = [line for line in text.splitlines() if 'model="broken"' in line]
+    assert broken_lines == ['tessera_model_ready{model="broken",version="1"} 0.0']
 
 
 def test_cache_metrics_are_the_model_statistics_cache_figures(start_daemon, daemon) -> None:
