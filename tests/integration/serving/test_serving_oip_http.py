@@ -573,22 +573,8 @@ def test_answers_are_compressed_as_accept_encoding_asks_as_triton_picks(served: 
     # Binary data: its JSON's length is said of the answer as it decompresses, as tritonclient reads it.
     echo = f"{served}/v2/models/echo/infer"
     arrays = {t: np.ones((32, 3), dtype) for t, dtype in NUMPY.items()}
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": f"in_{t.lower()}",
-                    "datatype": t,
-                    "shape": [32, 3],
-                    "parameters": {"binary_data_size": a.nbytes},
-                }
-                for t, a in arrays.items()
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
-    binary = header + b"".join(a.tobytes() for a in arrays.values())
-    sent = {"Inference-Header-Content-Length": str(len(header))}
+    binary, header_length = _binary_echo_request(arrays)
+    sent = {"Inference-Header-Content-Length": str(header_length)}
     _, plain_headers, plain_binary = call(echo, binary, sent)
     status, headers, answer = call(echo, binary, {**sent, "Accept-Encoding": "gzip"})
     assert (status, headers["Content-Encoding"]) == (200, "gzip")
@@ -623,28 +609,14 @@ def test_large_answers_are_compressed_unless_they_hardly_shrink(served: str) -> 
     }
     try:
         for arrays, coding in ((ones, "gzip"), (noise, None)):
-            header = json.dumps(
-                {
-                    "inputs": [
-                        {
-                            "name": f"in_{t.lower()}",
-                            "datatype": t,
-                            "shape": [1024, 3],
-                            "parameters": {"binary_data_size": a.nbytes},
-                        }
-                        for t, a in arrays.items()
-                    ],
-                    "parameters": {"binary_data_output": True},
-                }
-            ).encode()
-            binary = header + b"".join(a.tobytes() for a in arrays.values())
-            sent = {"Inference-Header-Content-Length": str(len(header)), "Accept-Encoding": "gzip"}
+            binary, header_length = _binary_echo_request(arrays)
+            sent = {"Inference-Header-Content-Length": str(header_length), "Accept-Encoding": "gzip"}
             status, headers, answer = call(f"{served}/v2/models/echo/infer", binary, sent)
             assert (status, headers.get("Content-Encoding")) == (200, coding), answer[:300]
             assert "Accept-Encoding" in headers["Vary"].split(", ")
             plain = gzip.decompress(answer) if coding else answer
             length = int(headers["Inference-Header-Content-Length"])
-            assert len(plain) > 128 * 1024 and plain[length:] == binary[len(header) :]
+            assert len(plain) > 128 * 1024 and plain[length:] == binary[header_length:]
     finally:
         assert call(f"{served}/v2/repository/models/echo/unload", b"")[0] == 200
 
@@ -1591,3 +1563,23 @@ def test_a_full_queue_is_503_with_retry_after_as_triton_answers_it(tmp_path: Pat
     for headers, answer in refused:
         assert headers["Retry-After"] == "1"
         assert "has 1 requests queued, its max_queue_size" in answer["error"]
+
+
+def _binary_echo_request(arrays: dict[str, np.ndarray]) -> tuple[bytes, int]:
+    """A binary-data infer body for the echo model (an input `in_<type>` per array, outputs asked
+    as binary data) and the length of its JSON header."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": f"in_{t.lower()}",
+                    "datatype": t,
+                    "shape": list(a.shape),
+                    "parameters": {"binary_data_size": a.nbytes},
+                }
+                for t, a in arrays.items()
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    return header + b"".join(a.tobytes() for a in arrays.values()), len(header)
