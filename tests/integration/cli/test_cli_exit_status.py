@@ -590,6 +590,40 @@ def _pipe_holds_some(read_end):
     return lambda: fcntl.ioctl(read_end, termios.FIONREAD, b"\0\0\0\0") != b"\0\0\0\0"
 
 
+# A command whose Ctrl-C lands inside an RLock's `with`, as in gRPC's own code: the lock's release on
+# the way out raises RuntimeError in place of the KeyboardInterrupt.
+CTRL_C_TURNED_INTO_A_LOCK_ERROR = """
+import signal, sys, threading
+signal.signal(signal.SIGINT, signal.default_int_handler)
+from tessera.cli import main, parser
+
+def info_cut_short(client, args, out):
+    try:
+        signal.raise_signal(signal.{signal})
+    except BaseException:
+        threading.RLock().release()
+
+parser.cmd_info = info_cut_short
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("signal_name", "status", "said"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")]
+)
+def test_a_signal_whose_exception_turns_into_another_still_ends_the_command_as_that_signal(
+    signal_name, status, said
+):
+    ended = subprocess.run(
+        [sys.executable, "-c", CTRL_C_TURNED_INTO_A_LOCK_ERROR.replace("{signal}", signal_name), "info"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (ended.returncode, ended.stderr) == (status, f"tessera: {said}\n")
+
+
 def test_ctrl_c_mid_transfer_or_follow_exits_130_at_once_leaving_no_partial_file(spawn_daemon, tmp_path):
     """Ctrl-C raised KeyboardInterrupt through the command, then the CLI closed the gRPC channel,
     which can wait forever on the call the signal cut short: it now ends as SIGTERM does, the

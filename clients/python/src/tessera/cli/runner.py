@@ -80,12 +80,12 @@ _TRANSFERS: dict[Callable[..., None], bool] = {
 class _Signals:
     """Ctrl-C (SIGINT) and SIGTERM while a command runs: each raises in the main thread
     (KeyboardInterrupt, Terminated), so that the file being written is removed on the way out;
-    `caught` says one came. Only the main thread may set a handler: main() run from another
+    `caught` says which came (None: none). Only the main thread may set a handler: main() run from another
     thread keeps the default. A signal ignored stays ignored (a shell's background job ignores
     Ctrl-C)."""
 
     def __init__(self) -> None:
-        self.caught = False
+        self.caught: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _Signals:
@@ -100,7 +100,7 @@ class _Signals:
             signal.signal(signum, handler)
 
     def _raise(self, signum: int, frame: object) -> NoReturn:
-        self.caught = True
+        self.caught = signum
         if signum == signal.SIGTERM:
             raise Terminated
         raise KeyboardInterrupt
@@ -232,15 +232,24 @@ def deadline_words(args: argparse.Namespace) -> str:
 def _handle(client: Client, args: argparse.Namespace, out: Output, signals: _Signals) -> None:
     try:
         args.handler(client, args, out)
-    except (Terminated, KeyboardInterrupt) as err:
-        if not signals.caught:
-            # Raised by no signal (by a caller of main() in-process): no call was cut short.
+    except BaseException as err:
+        if signals.caught is None:
+            # Raised by no signal (a caller of main() in-process, or a failure): no call was cut short.
             raise
+        if not isinstance(err, (Terminated, KeyboardInterrupt)):
+            # The signal's exception can come out as another: raised between a lock's acquire and
+            # the `with` that releases it (in gRPC's own code), it becomes "cannot release
+            # un-acquired lock" on the way out. The command stopped because of the signal all the same.
+            stop: Terminated | KeyboardInterrupt = (
+                Terminated() if signals.caught == signal.SIGTERM else KeyboardInterrupt()
+            )
+        else:
+            stop = err
         # The file being written was removed on the way here, unless the signal landed right
         # after its creation, before the code that removes it: it goes now. Exit at once:
         # closing the channel can wait forever on a call the signal cut short.
         remove_unfinished()
-        status, message = _stopped_by(err)
+        status, message = _stopped_by(stop)
         _fail(status, message)
         with contextlib.suppress(OSError, ValueError):
             sys.stdout.flush()
