@@ -1018,14 +1018,7 @@ class Jobs:
             self._release(job_id, devices)
             return
         except Exception as exc:
-            # The fork server's exec failing reads as its socket refusing the connection. Other
-            # failures (no file descriptors, no memory) would fail the probe too and blame the
-            # interpreter: they are told as they are.
-            cause = (
-                unrunnable_interpreter()
-                if isinstance(exc, OSError) and exc.errno in _BAD_INTERPRETER_ERRNOS
-                else None
-            )
+            cause = start_failure_cause(exc)
             log.exception("job failed to start", extra={"job_id": job_id, "reason": cause or str(exc)})
             self._fail(self.get(job_id), "exception", f"the job could not start: {cause or exc}")
             self._release(job_id, devices)
@@ -1813,8 +1806,23 @@ def _kill(processes: list[multiprocessing.process.BaseProcess]) -> None:
 # The status of a child whose exec failed (multiprocessing's fork_exec, as subprocess's).
 _EXEC_FAILED = 255
 # How a start fails when the workers' interpreter cannot be run: the fork server's socket
-# refusing (its exec failed), or the exec's own errors.
-_BAD_INTERPRETER_ERRNOS = frozenset((errno.ECONNREFUSED, errno.ENOENT, errno.EACCES, errno.ENOEXEC))
+# refusing (its exec failed), or taking the connection and then dropping it (the forked child
+# still held the listening socket for a moment before its exec failed: EPIPE or ECONNRESET on
+# the first write), or the exec's own errors. Each is checked by running the interpreter.
+_BAD_INTERPRETER_ERRNOS = frozenset(
+    (errno.ECONNREFUSED, errno.EPIPE, errno.ECONNRESET, errno.ENOENT, errno.EACCES, errno.ENOEXEC)
+)
+
+
+def start_failure_cause(exc: Exception) -> str | None:
+    """The workers' interpreter that cannot be run, when that is why starting a job raised `exc`;
+    None for any other cause. The fork server's exec failing reads as its socket refusing or
+    dropping the connection, or as its answer ending before the worker's pid (EOFError). Other
+    failures (no file descriptors, no memory) would fail the probe too and blame the interpreter:
+    they are told as they are."""
+    if isinstance(exc, EOFError) or (isinstance(exc, OSError) and exc.errno in _BAD_INTERPRETER_ERRNOS):
+        return unrunnable_interpreter()
+    return None
 
 
 def _crash_error(exitcode: int | None) -> tuple[str, str]:
