@@ -15,15 +15,19 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.machinery
+import importlib.util
 import inspect
 import logging
+import os
 import re
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.abc import Loader
+from importlib.machinery import ModuleSpec
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, ModuleType
 from typing import Any
 
 from tesserad.errors import FailedPrecondition, InvalidArgument, NotFound, TesseraError
@@ -67,30 +71,108 @@ def allow_module_paths(paths: tuple[Path, ...] | list[Path]) -> None:
                 _paths.append(resolved)
 
 
-def module_file(module: str, paths: tuple[Path, ...] | list[Path]) -> Path | None:
-    """The file `module` ("a.b") is imported from under `paths` (a/b.py or a/b/__init__.py in the
-    first directory holding it), found without importing anything; None if none holds it.
-    FailedPrecondition when the file, or a package directory or __init__.py on the way to it, is
-    a symbolic link leading out of that directory: what an entry names stays under the listed
-    directories, so a link to the standard library or any file is refused, not run."""
+# The loaders Python's path finder tries in a directory, in its order (a compiled extension module
+# before the .py beside it): the lookup finds the file `import` would, and refuses what is not source.
+_LOADERS: tuple[tuple[type[Loader], list[str]], ...] = (
+    (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES),
+    (importlib.machinery.SourceFileLoader, importlib.machinery.SOURCE_SUFFIXES),
+    (importlib.machinery.SourcelessFileLoader, importlib.machinery.BYTECODE_SUFFIXES),
+)
+_NOT_SOURCE: dict[type[Loader], str] = {
+    importlib.machinery.ExtensionFileLoader: "a compiled extension module",
+    importlib.machinery.SourcelessFileLoader: "compiled bytecode without its source",
+}
+
+
+class _SourceRun(importlib.machinery.SourceFileLoader):
+    """Runs the source bytes read when the file was checked, never bytecode cached for it (a
+    __pycache__ file is another file, which may lead anywhere), and writes none."""
+
+    def __init__(self, fullname: str, path: str, source: bytes) -> None:
+        super().__init__(fullname, path)
+        self.source = source
+
+    def get_code(self, fullname: str) -> CodeType:
+        return self.source_to_code(self.source, self.path)
+
+
+def _levels(module: str) -> list[str]:
+    """The modules Python imports to import `module`, outermost first: a, a.b, a.b.c for a.b.c."""
     parts = module.split(".")
-    for listed in paths:
-        root = Path(listed).resolve()
-        base = root.joinpath(*parts)
-        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-            if candidate.is_file():
-                on_the_way = [root.joinpath(*parts[:i]) for i in range(1, len(parts))]
-                on_the_way += [d / "__init__.py" for d in on_the_way if (d / "__init__.py").exists()]
-                if not all(
-                    p.resolve().is_relative_to(root) for p in [*on_the_way, candidate.parent, candidate]
-                ):
-                    raise FailedPrecondition(
-                        f"architecture.python.entry: module {module!r} is a symbolic link leading out of "
-                        f"the directory of {SETTING} that holds it (or lies under one); only files inside "
-                        "those directories are imported: copy the module into one"
-                    )
-                return candidate.resolve()
-    return None
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _find_spec(name: str, search: list[str]) -> ModuleSpec | None:
+    """The spec Python's path finder gives `name` over the directories `search`, found as it finds
+    it: the first directory holding a module or regular package of that name (a package before a
+    module beside it), else a namespace package of every bare directory of that name. Not through
+    importlib.machinery.PathFinder: a nested namespace package's spec from it needs its parent in
+    sys.modules (nothing is imported at submit), and a top-level one's path follows sys.path."""
+    portions: list[str] = []
+    for directory in search:
+        spec = importlib.machinery.FileFinder(directory, *_LOADERS).find_spec(name)
+        if spec is None:
+            continue
+        if spec.loader is not None:
+            return spec
+        portions += spec.submodule_search_locations or []
+    if not portions:
+        return None
+    namespace = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    namespace.submodule_search_locations = portions
+    return namespace
+
+
+def _checked_spec(name: str, search: list[str], roots: list[Path], module: str) -> ModuleSpec:
+    """The spec of `name`, one level of the entry's `module`, over `search` (the listed directories,
+    or its package's __path__): NotFound when nothing there holds it (or only bare directories of
+    the module's own name), FailedPrecondition when it is not Python source, or when its file or
+    package directory resolves outside `roots` (a symbolic link leading out)."""
+    spec = _find_spec(name, search)
+    if spec is None or (spec.loader is None and name == module):
+        raise NotFound(_not_found(module, name, search, roots))
+    if spec.loader is not None and type(spec.loader) is not importlib.machinery.SourceFileLoader:
+        shown = _shown(spec.origin or name, roots)
+        raise FailedPrecondition(
+            f"architecture.python.entry: module {name!r} would be imported from {shown!r}, "
+            f"{_NOT_SOURCE.get(type(spec.loader), 'not a Python source file')}; only Python source "
+            f"(.py files) under {SETTING} is imported: move {shown!r} out of that directory"
+        )
+    places = [spec.origin] if spec.loader is not None and spec.origin else []
+    for place in [*places, *(spec.submodule_search_locations or [])]:
+        if not any(Path(place).resolve().is_relative_to(root) for root in roots):
+            raise FailedPrecondition(
+                f"architecture.python.entry: {_shown(place, roots)!r} (module {name!r}) is a symbolic link "
+                f"leading out of the directories of {SETTING} (or lies in one); only files inside "
+                "those directories are imported: copy it into one"
+            )
+    return spec
+
+
+def _not_found(module: str, name: str, search: list[str], roots: list[Path]) -> str:
+    if "." not in name:
+        return (
+            f"architecture.python.entry: module {module!r} is in none of the {len(roots)} "
+            f"directories of {SETTING}; put {module.replace('.', '/')}.py in one of them"
+        )
+    parent, _, tail = name.rpartition(".")
+    # A namespace package's directories of one name under several listed ones are named once.
+    where = ", ".join(repr(shown) for shown in dict.fromkeys(_shown(place, roots) for place in search))
+    missing = f"{tail}.py" if name == module else f"{tail}/"
+    return (
+        f"architecture.python.entry: module {module!r} is not found: its package {parent!r} is "
+        f"imported from {where}, which holds no {missing}; put it there"
+    )
+
+
+def _shown(place: str, roots: list[Path]) -> str:
+    """`place` as named under the listed directory it lies in, links not followed: a message
+    names no server path."""
+    path = Path(os.path.abspath(place))
+    for root in roots:
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return path.name
 
 
 def file_sha256(path: Path) -> str:
@@ -128,24 +210,26 @@ def _imported_from_elsewhere(top: str, roots: list[Path]) -> bool:
 
 
 def find_entry_file(entry: str, paths: tuple[Path, ...] | list[Path]) -> Path:
-    """The file of `entry`'s module under `paths`: FailedPrecondition when no directory is
-    listed, NotFound when none holds the module. Messages name no server path."""
+    """The file of `entry`'s module under `paths`, the one Python would import from them, found
+    without importing anything: FailedPrecondition when no directory is listed, or when a file or
+    package directory on the way is no Python source or leads out of them; NotFound when none
+    holds the module. Messages name no server path."""
     if not paths:
         raise FailedPrecondition(
             f"architecture.python: this daemon imports no user modules; its operator lists the "
             f"directories they may come from in the setting {SETTING} (tesserad serve --module-path DIR)"
         )
     module = entry.partition(":")[0]
-    found = module_file(module, paths)
-    if found is None:
-        raise NotFound(
-            f"architecture.python.entry: module {module!r} is in none of the {len(paths)} "
-            f"directories of {SETTING}; put {module.replace('.', '/')}.py in one of them"
-        )
+    roots = [Path(p).resolve() for p in paths]
+    search = [str(root) for root in roots]
+    for name in _levels(module):
+        spec = _checked_spec(name, search, roots, module)
+        search = list(spec.submodule_search_locations or [])
     top = module.partition(".")[0]
-    if _imported_from_elsewhere(top, [Path(p).resolve() for p in paths]):
+    if _imported_from_elsewhere(top, roots):
         raise FailedPrecondition(_shadowed(top))
-    return found
+    assert spec.origin is not None  # a module's spec, not a namespace package's: _checked_spec
+    return Path(spec.origin).resolve()
 
 
 def _shadowed(module: str) -> str:
@@ -176,7 +260,7 @@ def load_class(entry: str, expected_sha256: str = "") -> type[Any]:
                 expected_sha256,
                 sha256,
             )
-        module = _import(module_name, path, sha256, paths)
+        module = _import(module_name, paths)
     target = getattr(module, attribute, None)
     if target is None:
         raise InvalidArgument(
@@ -189,23 +273,70 @@ def load_class(entry: str, expected_sha256: str = "") -> type[Any]:
     return target
 
 
-def _import(module_name: str, path: Path, sha256: str, paths: list[Path]) -> ModuleType:
-    for root in paths:
-        # Appended: a user module never shadows the standard library or an installed package.
+def _import(module_name: str, roots: list[Path]) -> ModuleType:
+    """`module_name` imported level by level from specs checked as find_entry_file checks them
+    (each over `roots`, or its package's __path__ as Python searches it), so the file checked is
+    the file run. A module already imported here from the same place is kept, the entry's own
+    module only while its file is unchanged; those registered here leave sys.modules again when
+    a level fails."""
+    for root in roots:
+        # Appended: the module's imports of its neighbours find them, and never shadow the
+        # standard library or an installed package.
         if str(root) not in sys.path:
             sys.path.append(str(root))
-    module = sys.modules.get(module_name)
-    if module is not None and _loaded_sha256.get(module_name) not in (None, sha256):
-        module = importlib.reload(module)
-    elif module is None:
-        # A file written since the last import is one the finders' cached listings may not show.
-        importlib.invalidate_caches()
-        module = importlib.import_module(module_name)
-    origin = getattr(module, "__file__", None)
-    if origin is None or Path(origin).resolve() != path:
-        raise FailedPrecondition(_shadowed(module_name))
-    _loaded_sha256[module_name] = sha256
+    search = [str(root) for root in roots]
+    registered: list[tuple[str, ModuleType | None, str | None]] = []  # name, what it replaced
+    try:
+        for name in _levels(module_name):
+            spec = _checked_spec(name, search, roots, module_name)
+            sha256 = ""
+            if spec.loader is not None and spec.origin is not None:
+                source = Path(spec.origin).read_bytes()
+                sha256 = hashlib.sha256(source).hexdigest()
+                spec.loader = _SourceRun(name, spec.origin, source)
+            loaded = sys.modules.get(name)
+            if (
+                loaded is not None
+                and _same_place(loaded, spec)
+                and (name != module_name or _loaded_sha256.get(name) == sha256)
+            ):
+                module = loaded
+            else:
+                module = importlib.util.module_from_spec(spec)
+                registered.append((name, loaded, _loaded_sha256.get(name)))
+                sys.modules[name] = module
+                # The module's imports of neighbours written since the last import: the path
+                # finders' cached listings of the directories may not show them yet.
+                importlib.invalidate_caches()
+                if isinstance(spec.loader, _SourceRun):
+                    spec.loader.exec_module(module)
+                _loaded_sha256[name] = sha256
+            search = list(getattr(module, "__path__", None) or [])
+    except BaseException:
+        for name, previous, previous_sha256 in reversed(registered):
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
+            if previous_sha256 is None:
+                _loaded_sha256.pop(name, None)
+            else:
+                _loaded_sha256[name] = previous_sha256
+        raise
+    for name, _, _ in registered:
+        parent, _, tail = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], tail, sys.modules[name])
     return module
+
+
+def _same_place(module: ModuleType, spec: ModuleSpec) -> bool:
+    held = getattr(module, "__spec__", None)
+    return (
+        held is not None
+        and held.origin == spec.origin
+        and list(getattr(module, "__path__", None) or []) == list(spec.submodule_search_locations or [])
+    )
 
 
 def _kind(value: object) -> str:

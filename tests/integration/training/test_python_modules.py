@@ -5,6 +5,7 @@ a module the daemon must not import, or one that cannot build, is refused with w
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import logging
 import os
 import re
@@ -58,9 +59,18 @@ def modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def byo_daemon(tmp_path_factory: pytest.TempPathFactory, modules: Path) -> Iterator[InProcessDaemon]:
+def more_modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The second directory of training.module_paths."""
+    return tmp_path_factory.mktemp("more-modules")
+
+
+@pytest.fixture(scope="module")
+def byo_daemon(
+    tmp_path_factory: pytest.TempPathFactory, modules: Path, more_modules: Path
+) -> Iterator[InProcessDaemon]:
     data_dir = tmp_path_factory.mktemp("byo") / "data"
-    running = InProcessDaemon(daemon_settings(data_dir, **{"training.module_paths": [str(modules)]})).start()
+    listed = {"training.module_paths": [str(modules), str(more_modules)]}
+    running = InProcessDaemon(daemon_settings(data_dir, **listed)).start()
     yield running
     running.stop()
 
@@ -85,11 +95,17 @@ def spec(entry: str = f"{MODULE}:Net", **kwargs: object) -> dict[str, object]:
     }
 
 
+@pytest.fixture(scope="module")
+def trained_job(byo: tessera.Client) -> tessera.Job:
+    """A job that trained the module's Net (hidden=6) and registered it as model byo."""
+    return byo.training.submit(spec(hidden=6)).wait()
+
+
 def test_a_module_trains_registers_with_its_hash_exports_serves_and_explains(
-    byo: tessera.Client, modules: Path, caplog: pytest.LogCaptureFixture
+    byo: tessera.Client, trained_job: tessera.Job, modules: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    job = byo.training.submit(spec(hidden=6)).wait()
-    trained = job.registered.version
+    assert trained_job.registered is not None
+    trained = trained_job.registered.version
     version = byo.models.version("byo", trained)
     python = version.architecture.python
     assert python.entry == f"{MODULE}:Net" and dict(python.kwargs) == {"hidden": 6}
@@ -163,10 +179,96 @@ def test_symbolic_links_leading_out_of_the_module_paths_are_refused(
     (modules / "byo_pkg_t30" / "inner.py").write_text(SOURCE)
     for entry in ["byo_link_t30:Net", "byo_lib_t30.this:Net", "byo_pkg_t30.inner:Net"]:
         with pytest.raises(
-            tessera.FailedPrecondition, match="is a symbolic link leading out of the directory"
+            tessera.FailedPrecondition, match="is a symbolic link leading out of the directories"
         ) as raised:
             byo.training.submit(spec(entry))
         assert str(modules) not in str(raised.value) and str(tmp_path) not in str(raised.value)
+
+
+def test_a_package_beside_the_module_is_the_file_checked_and_its_link_out_never_runs(
+    byo: tessera.Client, modules: Path, tmp_path: Path
+) -> None:
+    from safetensors.numpy import save_file
+
+    ran = tmp_path / "ran"
+    outside = tmp_path / "outside.py"
+    outside.write_text(f"open({str(ran)!r}, 'w').close()\n")
+    (modules / "byo_beside_t30.py").write_text(SOURCE)
+    weights = tmp_path / "w.safetensors"
+    save_file({}, str(weights))
+    architecture = {"input_shape": [4], "output_size": 2, "python": {"entry": "byo_beside_t30:Net"}}
+    version = byo.models.push("byo-beside", weights, architecture=architecture)
+    # Python imports a package before a module of the same name beside it.
+    (modules / "byo_beside_t30").mkdir()
+    (modules / "byo_beside_t30" / "__init__.py").symlink_to(outside)
+    link_out = (
+        r"entry: 'byo_beside_t30/__init__\.py' \(module 'byo_beside_t30'\) is a symbolic link leading out"
+    )
+    with pytest.raises(tessera.FailedPrecondition, match=link_out):
+        byo.inference.predict("byo-beside", {"input": np.ones((1, 4), np.float32)}, version=version.version)
+    with pytest.raises(tessera.FailedPrecondition, match=link_out):
+        byo.training.submit(spec("byo_beside_t30:Net"))
+    assert not ran.exists()
+
+
+def test_a_package_under_a_later_directory_that_python_imports_is_the_one_checked(
+    byo: tessera.Client, modules: Path, more_modules: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.py"
+    outside.write_text(SOURCE)
+    (modules / "byo_two_t30").mkdir()  # no __init__.py: a namespace package's portion
+    (modules / "byo_two_t30" / "inner.py").write_text(SOURCE)
+    (more_modules / "byo_two_t30").mkdir()
+    package = more_modules / "byo_two_t30" / "__init__.py"  # a regular package: Python imports this one
+    package.symlink_to(outside)
+    with pytest.raises(
+        tessera.FailedPrecondition,
+        match=r"'byo_two_t30/__init__\.py' \(module 'byo_two_t30'\) is a symbolic link leading out",
+    ):
+        byo.training.submit(spec("byo_two_t30.inner:Net"))
+    package.unlink()
+    package.write_text("")
+    with pytest.raises(
+        tessera.NotFound,
+        match=r"module 'byo_two_t30\.inner' is not found: its package 'byo_two_t30' is imported from "
+        r"'byo_two_t30', which holds no inner\.py",
+    ):
+        byo.training.submit(spec("byo_two_t30.inner:Net"))
+
+
+def test_a_compiled_extension_module_of_the_name_is_refused_not_loaded(
+    byo: tessera.Client, modules: Path, tmp_path: Path
+) -> None:
+    from safetensors.numpy import save_file
+
+    (modules / "byo_ext_t30.py").write_text(SOURCE)
+    # Python imports an extension module before the .py beside it; these bytes are no library.
+    compiled = f"byo_ext_t30{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    (modules / compiled).write_bytes(b"not a shared object")
+    refused = rf"module 'byo_ext_t30' would be imported from '{re.escape(compiled)}', a compiled extension"
+    with pytest.raises(tessera.FailedPrecondition, match=refused):
+        byo.training.submit(spec("byo_ext_t30:Net"))
+    weights = tmp_path / "w.safetensors"
+    save_file({}, str(weights))
+    architecture = {"input_shape": [4], "output_size": 2, "python": {"entry": "byo_ext_t30:Net"}}
+    with pytest.raises(tessera.FailedPrecondition, match=refused):
+        byo.models.push("byo-ext", weights, architecture=architecture)
+
+
+def test_a_module_that_exits_while_a_resume_reads_its_tensors_is_refused_and_the_daemon_answers(
+    byo: tessera.Client, trained_job: tessera.Job, modules: Path
+) -> None:
+    (modules / "byo_layout_t30.py").write_text(
+        "import sys\n\nfrom torch import nn\n\n\nclass Layout(nn.Module):\n"
+        "    def state_dict(self, *args, **kwargs):\n        sys.exit(6)\n"
+    )
+    resumed = {**spec("byo_layout_t30:Layout"), "resume_from": trained_job.id}
+    with pytest.raises(
+        tessera.FailedPrecondition,
+        match=r"reading the model's tensors ran its code, which raised SystemExit: 6",
+    ):
+        byo.training.submit(resumed)
+    assert byo.training.job(trained_job.id).state == tessera.JobState.SUCCEEDED
 
 
 def test_a_package_named_as_a_standard_module_is_refused_at_submit(
@@ -265,7 +367,7 @@ def test_a_forward_that_exits_is_that_requests_error(
 
 @pytest.mark.parametrize("entry", ["nowhere:Net", "os:system", "tesserad.server:Daemon"])
 def test_a_module_outside_the_module_paths_is_not_found(byo: tessera.Client, entry: str) -> None:
-    with pytest.raises(tessera.NotFound, match=r"in none of the 1 directories of training\.module_paths"):
+    with pytest.raises(tessera.NotFound, match=r"in none of the 2 directories of training\.module_paths"):
         byo.training.submit(spec(entry))
 
 
