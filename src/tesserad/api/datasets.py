@@ -111,3 +111,18 @@ class DatasetsServicer(datasets_pb2_grpc.DatasetsServicer):
         yield pb.DownloadDatasetResponse(header=convert.version_to_proto(record))
         async for chunk in stream_chunks(chunks):
             yield pb.DownloadDatasetResponse(chunk=chunk)
+
+    async def DownloadSplitIndices(
+        self,
+        request: pb.DownloadSplitIndicesRequest,
+        context: grpc.aio.ServicerContext[pb.DownloadSplitIndicesRequest, pb.DownloadSplitIndicesResponse],
+    ) -> AsyncIterator[pb.DownloadSplitIndicesResponse]:
+        record, indices = await asyncio.to_thread(
+            self._datasets.split_of, request.ref.name, request.ref.version, request.split
+        )
+        data = indices.astype("<i8").tobytes()
+        what = f"split {request.split!r} of {record.name} v{record.version} (8 bytes a sample)"
+        offset = download_offset(request.offset, len(data), what)
+        yield pb.DownloadSplitIndicesResponse(header=convert.version_to_proto(record))
+        for start in range(offset, len(data), self._chunk_size):
+            yield pb.DownloadSplitIndicesResponse(chunk=data[start : start + self._chunk_size])

@@ -18,7 +18,8 @@ Guarantees:
   upload nor GetDataset or ListDatasets reads every version; deleting a dataset whole reads
   none (its keys, the index and the holder rows say what to delete and release).
 - `open_arrays` memory-maps arrays from the verified blob (no copy) where they are stored
-  uncompressed; `split_indices` returns sorted int64 sample indices.
+  uncompressed; `split_indices` returns sorted int64 sample indices, the same to a job's
+  workers and to a client that asks for a split's rows (DownloadSplitIndices).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ from tesserad.names import (
     ReferenceTally,
     missing_name,
     named_versions,
+    not_one_of,
     validate_name,
     validate_name_prefix,
     validate_stored_name,
@@ -627,15 +629,35 @@ class Datasets:
         return open_arrays(self.path(record), record.format, record.array_name or "x")
 
     def split_indices(self, record: DatasetVersionRecord, split: str) -> np.ndarray:
-        """Sorted int64 sample indices of a split."""
+        """Sorted int64 sample indices of a split: the rows a job naming it trains or validates
+        on, and those `split_of` gives a client. InvalidArgument for a split the version lacks;
+        NotFound where the version was deleted since `record` was read."""
+        names = [s.name for s in record.splits]
+        if split not in names:
+            raise InvalidArgument(
+                f"split {not_one_of(split, names)} (the splits dataset {record.name!r} "
+                f"v{record.version} was uploaded with)"
+            )
         with self._store.read() as txn:
             raw = txn.get(SPLITS, (record.name, record.version, split))
         if raw is None:
-            names = ", ".join(s.name for s in record.splits)
-            raise NotFound(
-                f"dataset {record.name!r} v{record.version} has no split {split!r}; it has {names}"
-            )
+            # A split's row goes with its version: deleted since `record` was read.
+            self.resolve(record.name, record.version)
+            raise NotFound(f"dataset {record.name!r} v{record.version} was deleted; upload it again")
         return np.frombuffer(raw, dtype="<i8").copy()
+
+    def split_of(self, name: str, version: int, split: str) -> tuple[DatasetVersionRecord, np.ndarray]:
+        """A split of the version named (0: the newest) with its indices, as `split_indices` gives
+        a job's workers; FailedPrecondition for an empty one, which no job can name."""
+        record = self.resolve(name, version)
+        indices = self.split_indices(record, split)
+        if not indices.size:
+            raise FailedPrecondition(
+                f"split {split!r} of dataset {name!r} v{record.version} holds no sample (a tesserad "
+                "from before uploads refused empty splits stored it), so no job trains or validates "
+                "on it; name another split, or upload the data again with splits that each hold one"
+            )
+        return record, indices
 
     def read_chunks(self, record: DatasetVersionRecord, chunk_size: int, offset: int = 0) -> Iterator[bytes]:
         """The stored file from byte `offset` in chunks, the whole file verified against its

@@ -92,6 +92,7 @@ ROLE_TABLE: dict[str, dict[str, Role]] = {
         "ListDatasetVersions": _R,
         "DeleteDataset": _A,
         "DownloadDataset": _R,
+        "DownloadSplitIndices": _R,
     },
     "tessera.v1.Training": {
         "SubmitJob": _T,

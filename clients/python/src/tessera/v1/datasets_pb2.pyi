@@ -764,3 +764,63 @@ class DownloadDatasetResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
 Global___DownloadDatasetResponse: _TypeAlias = DownloadDatasetResponse  # noqa: Y015
+
+@_typing.final
+class DownloadSplitIndicesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    SPLIT_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    split: _builtins.str
+    """One of the version's splits, as named when it was uploaded ("train", "val", ...)."""
+    offset: _builtins.int
+    """Resumes a stream cut short: the chunks start at this byte of the indices (0: their start).
+    INVALID_ARGUMENT when negative; OUT_OF_RANGE past their size (8 bytes a sample).
+    """
+    @_builtins.property
+    def ref(self) -> _common_pb2.DatasetRef:
+        """A version by number; 0 for the newest (the header says which it was)."""
+
+    def __init__(
+        self,
+        *,
+        ref: _common_pb2.DatasetRef | None = ...,
+        split: _builtins.str = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "ref", b"ref", "split", b"split"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadSplitIndicesRequest: _TypeAlias = DownloadSplitIndicesRequest  # noqa: Y015
+
+@_typing.final
+class DownloadSplitIndicesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """Sample indices as little-endian int64, ascending; the chunks joined are 8 bytes a sample."""
+    @_builtins.property
+    def header(self) -> Global___DatasetVersion:
+        """The version the indices are of; its splits give the split's count."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___DatasetVersion | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___DownloadSplitIndicesResponse: _TypeAlias = DownloadSplitIndicesResponse  # noqa: Y015

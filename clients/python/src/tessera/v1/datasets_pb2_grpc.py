@@ -69,6 +69,11 @@ class DatasetsStub:
                 request_serializer=tessera_dot_v1_dot_datasets__pb2.DownloadDatasetRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_datasets__pb2.DownloadDatasetResponse.FromString,
                 _registered_method=True)
+        self.DownloadSplitIndices = channel.unary_stream(
+                '/tessera.v1.Datasets/DownloadSplitIndices',
+                request_serializer=tessera_dot_v1_dot_datasets__pb2.DownloadSplitIndicesRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_datasets__pb2.DownloadSplitIndicesResponse.FromString,
+                _registered_method=True)
 
 
 class DatasetsServicer:
@@ -135,6 +140,18 @@ class DatasetsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadSplitIndices(self, request, context):
+        """Streams a split's sample indices: a header message (the version they are of), then chunks.
+        They are the very indices a training job whose spec.data names this version and split trains
+        or validates on, in the order it reads them (ascending), so that a client taking these rows
+        of the version's arrays (the SDK's load with a split) scores a model on the job's samples.
+        A split the version lacks is INVALID_ARGUMENT listing its splits; an empty one (stored by a
+        tesserad from before uploads refused them; no job can name it) is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DatasetsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +189,11 @@ def add_DatasetsServicer_to_server(servicer, server):
                     servicer.DownloadDataset,
                     request_deserializer=tessera_dot_v1_dot_datasets__pb2.DownloadDatasetRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_datasets__pb2.DownloadDatasetResponse.SerializeToString,
+            ),
+            'DownloadSplitIndices': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadSplitIndices,
+                    request_deserializer=tessera_dot_v1_dot_datasets__pb2.DownloadSplitIndicesRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_datasets__pb2.DownloadSplitIndicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -363,6 +385,33 @@ class Datasets:
             '/tessera.v1.Datasets/DownloadDataset',
             tessera_dot_v1_dot_datasets__pb2.DownloadDatasetRequest.SerializeToString,
             tessera_dot_v1_dot_datasets__pb2.DownloadDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadSplitIndices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tessera.v1.Datasets/DownloadSplitIndices',
+            tessera_dot_v1_dot_datasets__pb2.DownloadSplitIndicesRequest.SerializeToString,
+            tessera_dot_v1_dot_datasets__pb2.DownloadSplitIndicesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,14 @@ class DatasetsStub:
     """
     DownloadDataset: _grpc.UnaryStreamMultiCallable[_datasets_pb2.DownloadDatasetRequest, _datasets_pb2.DownloadDatasetResponse]
     """Streams the stored file back: a header message, then chunks."""
+    DownloadSplitIndices: _grpc.UnaryStreamMultiCallable[_datasets_pb2.DownloadSplitIndicesRequest, _datasets_pb2.DownloadSplitIndicesResponse]
+    """Streams a split's sample indices: a header message (the version they are of), then chunks.
+    They are the very indices a training job whose spec.data names this version and split trains
+    or validates on, in the order it reads them (ascending), so that a client taking these rows
+    of the version's arrays (the SDK's load with a split) scores a model on the job's samples.
+    A split the version lacks is INVALID_ARGUMENT listing its splits; an empty one (stored by a
+    tesserad from before uploads refused them; no job can name it) is FAILED_PRECONDITION.
+    """
 
 @_typing.type_check_only
 class DatasetsAsyncStub(DatasetsStub):
@@ -96,6 +104,14 @@ class DatasetsAsyncStub(DatasetsStub):
     """
     DownloadDataset: _aio.UnaryStreamMultiCallable[_datasets_pb2.DownloadDatasetRequest, _datasets_pb2.DownloadDatasetResponse]  # type: ignore[assignment]
     """Streams the stored file back: a header message, then chunks."""
+    DownloadSplitIndices: _aio.UnaryStreamMultiCallable[_datasets_pb2.DownloadSplitIndicesRequest, _datasets_pb2.DownloadSplitIndicesResponse]  # type: ignore[assignment]
+    """Streams a split's sample indices: a header message (the version they are of), then chunks.
+    They are the very indices a training job whose spec.data names this version and split trains
+    or validates on, in the order it reads them (ascending), so that a client taking these rows
+    of the version's arrays (the SDK's load with a split) scores a model on the job's samples.
+    A split the version lacks is INVALID_ARGUMENT listing its splits; an empty one (stored by a
+    tesserad from before uploads refused them; no job can name it) is FAILED_PRECONDITION.
+    """
 
 class DatasetsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -167,5 +183,19 @@ class DatasetsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_datasets_pb2.DownloadDatasetResponse], _abc.AsyncIterator[_datasets_pb2.DownloadDatasetResponse]]:
         """Streams the stored file back: a header message, then chunks."""
+
+    @_abc_1.abstractmethod
+    def DownloadSplitIndices(
+        self,
+        request: _datasets_pb2.DownloadSplitIndicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_datasets_pb2.DownloadSplitIndicesResponse], _abc.AsyncIterator[_datasets_pb2.DownloadSplitIndicesResponse]]:
+        """Streams a split's sample indices: a header message (the version they are of), then chunks.
+        They are the very indices a training job whose spec.data names this version and split trains
+        or validates on, in the order it reads them (ascending), so that a client taking these rows
+        of the version's arrays (the SDK's load with a split) scores a model on the job's samples.
+        A split the version lacks is INVALID_ARGUMENT listing its splits; an empty one (stored by a
+        tesserad from before uploads refused them; no job can name it) is FAILED_PRECONDITION.
+        """
 
 def add_DatasetsServicer_to_server(servicer: DatasetsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
