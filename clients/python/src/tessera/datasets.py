@@ -9,11 +9,24 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Generic, TypeVar
 
 import numpy as np
 
-from tessera.calls import C, Call, Chain, Decided, Op, Pages, Part, ResumingDownload, Upload, call, stream
+from tessera.calls import (
+    C,
+    Call,
+    Chain,
+    Decided,
+    Given,
+    Op,
+    Pages,
+    Part,
+    ResumingDownload,
+    Upload,
+    call,
+    stream,
+)
 from tessera.errors import DataLoss
 from tessera.messages import dataset_ref, version_number
 from tessera.transfer import (
@@ -34,6 +47,8 @@ from tessera.v1 import common_pb2
 from tessera.v1 import datasets_pb2 as pb
 
 S = "Datasets"
+
+T = TypeVar("T")
 
 Splits = Mapping[str, float] | Mapping[str, Sequence[int]]
 """Fractions by split name ({"train": 0.8, "val": 0.2}) or explicit sample indices per split."""
@@ -200,12 +215,22 @@ def upload_requests(
         yield pb.UploadDatasetRequest(chunk=chunk)
 
 
-class ArraysSink:
-    """Keeps a downloaded dataset file in memory, never more than its header's size; a stream
-    broken midway goes on from the bytes held (`offset`), a later header naming the same file.
-    `finish` parses them into its arrays."""
+@dataclass(frozen=True)
+class SplitRows:
+    """Which rows of a dataset version a split holds: its sample indices, ascending, the order a
+    training job reads them in."""
 
-    # Parsing puts no file in place: a cancelled load need not wait for it.
+    version: pb.DatasetVersion
+    split: str
+    indices: np.ndarray
+
+
+class _MemorySink(Generic[T]):
+    """Keeps a download in memory, never more than `_size` says its header's stream holds; a
+    stream broken midway goes on from the bytes held (`offset`), a later header naming the same
+    file. `finish` makes the result of them (`_made`)."""
+
+    # Making the result puts no file in place: a cancelled load need not wait for it.
     finish_publishes = False
 
     def __init__(self) -> None:
@@ -213,6 +238,16 @@ class ArraysSink:
         self._data = bytearray()
         # Where the stream being received started (the offset asked for).
         self._stream_from = 0
+
+    def _what(self, header: pb.DatasetVersion) -> str:
+        """What is downloaded, in messages: "clips:1"."""
+        return version_name(header)
+
+    def _size(self, header: pb.DatasetVersion) -> int:
+        return header.size_bytes
+
+    def _made(self, header: pb.DatasetVersion, data: bytes) -> T:
+        raise NotImplementedError
 
     def resuming(self) -> bool:
         # Nothing outlives a load: there are never bytes of an earlier one to go on from.
@@ -230,7 +265,7 @@ class ArraysSink:
 
     def changed(self, how: str) -> DataLoss:
         assert self._header is not None, "changed before any header"
-        return DataLoss(f"{version_name(self._header)} changed while it was loading ({how}); load it again")
+        return DataLoss(f"{self._what(self._header)} changed while it was loading ({how}); load it again")
 
     def how_to_go_on(self) -> str:
         return "load it again"
@@ -238,24 +273,74 @@ class ArraysSink:
     def write(self, chunk: bytes) -> None:
         header = self._header
         assert header is not None, "write before any header"
-        if len(self._data) + len(chunk) > header.size_bytes:
+        size = self._size(header)
+        if len(self._data) + len(chunk) > size:
             # Refused before memory fills with bytes of no known place in the file.
-            raise sent_too_much(version_name(header), header.size_bytes, self._stream_from, "load it again")
+            raise sent_too_much(self._what(header), size, self._stream_from, "load it again")
         self._data += chunk
 
     def progressed(self) -> None:
         """A load reports no progress."""
 
-    def finish(self) -> dict[str, np.ndarray]:
+    def finish(self) -> T:
         assert self._header is not None, "finish before any header"
         data = bytes(self._data)
         # Let go before parsing: kept, the buffer was a third copy of the file at the peak.
         self._data = bytearray()
-        return parse_arrays(self._header, data)
+        return self._made(self._header, data)
 
     def abort(self, error: BaseException) -> BaseException:
         self._data = bytearray()
         return error
+
+
+class ArraysSink(_MemorySink[dict[str, np.ndarray]]):
+    """A downloaded dataset file parsed into its arrays: all their rows, or those of `rows` (a
+    split of the very file: a header naming another is DataLoss)."""
+
+    def __init__(self, rows: SplitRows | None = None) -> None:
+        super().__init__()
+        self._rows = rows
+
+    def start(self, header: pb.DatasetVersion) -> None:
+        if self._rows is not None and self._header is None:
+            check_same_file(self._rows.version, header, self.changed)
+        super().start(header)
+
+    def _made(self, header: pb.DatasetVersion, data: bytes) -> dict[str, np.ndarray]:
+        arrays = parse_arrays(header, data)
+        if self._rows is None:
+            return arrays
+        return {name: array[self._rows.indices] for name, array in arrays.items()}
+
+
+class SplitIndicesSink(_MemorySink[SplitRows]):
+    """A split's downloaded sample indices (little-endian int64), as many as the header's count."""
+
+    def __init__(self, split: str) -> None:
+        super().__init__()
+        self._split = split
+
+    def _what(self, header: pb.DatasetVersion) -> str:
+        return f"split {self._split!r} of {version_name(header)}"
+
+    def _size(self, header: pb.DatasetVersion) -> int:
+        counts = {s.name: s.count for s in header.splits}
+        if self._split not in counts:
+            raise DataLoss(
+                f"the daemon sent the indices of split {self._split!r} of {version_name(header)}, "
+                f"which it does not list among its splits ({', '.join(counts)}); load it again"
+            )
+        return 8 * counts[self._split]
+
+    def _made(self, header: pb.DatasetVersion, data: bytes) -> SplitRows:
+        size = self._size(header)
+        if len(data) != size:
+            raise DataLoss(
+                f"the daemon sent {len(data)} bytes of the indices of {self._what(header)}, not the "
+                f"{size} of its {size // 8} samples; load it again"
+            )
+        return SplitRows(header, self._split, np.frombuffer(data, dtype="<i8").astype(np.int64))
 
 
 class Datasets(Part[C]):
@@ -446,24 +531,75 @@ class Datasets(Part[C]):
 
     @call
     def load(
-        self, ref: str | common_pb2.DatasetRef, timeout: float | None = None
-    ) -> ResumingDownload[dict[str, np.ndarray]]:
+        self, ref: str | common_pb2.DatasetRef, timeout: float | None = None, *, split: str | None = None
+    ) -> Call[dict[str, np.ndarray]]:
         """A version's arrays in memory, by name (downloaded, verified, parsed without pickle).
+        `split` ("val"): only that split's rows, in the order of `split_indices` (ascending):
+        the very samples a training job whose spec.data names this version and split trains or
+        validates on (a job whose val_split is empty validates on "val" where the version has
+        one). Name the version ("clips:3"): "clips" is the newest now, which a job given "clips"
+        may not have had. InvalidArgument for a split the version lacks, listing its splits.
         A stream that breaks (UNAVAILABLE: connection cut, daemon restarting) is made again
         within the client's RetryPolicy and goes on from the bytes received, of the version the
         first stream sent; one that reconnects to another file is DataLoss."""
         asked = dataset_ref(ref)
+        doing = f"loading {asked.name}" + (f":{asked.version}" if asked.version else "")
+        seconds = timeout_or(timeout, self._conn.transfer_timeout)
+
+        def arrays(
+            pinned: common_pb2.DatasetRef, rows: SplitRows | None
+        ) -> ResumingDownload[dict[str, np.ndarray]]:
+            return ResumingDownload(
+                S,
+                "DownloadDataset",
+                # chunk_size 0: the daemon's own.
+                _pinned_request(pinned, 0),
+                # Nothing outlives a load: no bytes of an earlier one to resolve the version of.
+                None,
+                seconds,
+                lambda: ArraysSink(rows),
+                self._conn.retry,
+                doing,
+            )
+
+        if split is None:
+            return arrays(asked, None)
+
+        def rows_of(rows: SplitRows) -> Call[dict[str, np.ndarray]]:
+            # The version the indices are of: "clips" may name a newer one by now.
+            return arrays(common_pb2.DatasetRef(name=rows.version.name, version=rows.version.version), rows)
+
+        return Chain(self._split_rows(asked, split, seconds), rows_of)
+
+    @call
+    def split_indices(
+        self, ref: str | common_pb2.DatasetRef, split: str, *, timeout: float | None = None
+    ) -> Call[np.ndarray]:
+        """The sample indices (int64, ascending) of a version's split: the rows, in order, that a
+        training job whose spec.data names this version and split trains or validates on, and
+        those `load(ref, split=split)` gives. InvalidArgument for a split the version lacks,
+        listing its splits."""
+        rows = self._split_rows(dataset_ref(ref), split, timeout_or(timeout, self._conn.transfer_timeout))
+        return Chain(rows, lambda got: Given(got.indices))
+
+    def _split_rows(
+        self, asked: common_pb2.DatasetRef, split: str, timeout: float
+    ) -> ResumingDownload[SplitRows]:
+        def request(header: pb.DatasetVersion | None, offset: int) -> pb.DownloadSplitIndicesRequest:
+            pinned = (
+                asked if header is None else common_pb2.DatasetRef(name=header.name, version=header.version)
+            )
+            return pb.DownloadSplitIndicesRequest(ref=pinned, split=split, offset=offset)
+
         return ResumingDownload(
             S,
-            "DownloadDataset",
-            # chunk_size 0: the daemon's own.
-            _pinned_request(asked, 0),
-            # Nothing outlives a load: no bytes of an earlier one to resolve the version of.
+            "DownloadSplitIndices",
+            request,
             None,
-            timeout_or(timeout, self._conn.transfer_timeout),
-            ArraysSink,
+            timeout,
+            lambda: SplitIndicesSink(split),
             self._conn.retry,
-            f"loading {asked.name}" + (f":{asked.version}" if asked.version else ""),
+            f"loading split {split!r} of {asked.name}" + (f":{asked.version}" if asked.version else ""),
         )
 
 
