@@ -51,6 +51,7 @@ CALLS: dict[str, Callable[[Any, dict[str, Path], float], Any]] = {
     "datasets.list": lambda part, files, t: part.list(timeout=t),
     "datasets.load": lambda part, files, t: part.load("d", timeout=t),
     "datasets.push": lambda part, files, t: part.push("d", files["npz"], timeout=t),
+    "datasets.split_indices": lambda part, files, t: part.split_indices("d", "val", timeout=t),
     "datasets.version": lambda part, files, t: part.version("d", timeout=t),
     "datasets.versions": lambda part, files, t: part.versions("d", timeout=t),
     "inference.cluster_stats": lambda part, files, t: part.cluster_stats(timeout=t),

@@ -42,6 +42,7 @@ CALL_BY_RPC: dict[str, str] = {
     "ListDatasetVersions": "`client.datasets.versions(name)`",
     "DeleteDataset": "`client.datasets.delete(name)`",
     "DownloadDataset": "`client.datasets.download(ref, path)`",
+    "DownloadSplitIndices": "`client.datasets.split_indices(ref, split)`",
     # Training
     "SubmitJob": "`client.training.submit(spec)`",
     "GetJob": "`client.training.job(job_id)`",
