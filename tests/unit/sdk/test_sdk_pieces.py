@@ -22,7 +22,7 @@ import tessera
 import tessera.aio
 from tessera import run_logging
 from tessera.calls import Reconnects
-from tessera.datasets import ArraysSink, split_spec
+from tessera.datasets import ArraysSink, SplitIndicesSink, SplitRows, split_spec
 from tessera.errors import ERROR_BY_CODE, Unavailable, error_from_status_number, sent_by_a_server
 from tessera.events import event_from_proto
 from tessera.messages import dataset_ref, from_dict, version_ref
@@ -308,6 +308,65 @@ def test_a_loaded_dataset_is_parsed_without_keeping_its_chunks():
         tracemalloc.stop()
     assert arrays["x"].shape == (4 * 2**20,)
     assert peak < 80 * 2**20, f"{peak / 2**20:.0f} MiB at the peak"
+
+
+def _split_header(sha256: str = "a" * 64) -> datasets_pb2.DatasetVersion:
+    return datasets_pb2.DatasetVersion(
+        name="d",
+        version=1,
+        sha256=sha256,
+        size_bytes=10,
+        splits=[datasets_pb2.SplitInfo(name="val", count=3)],
+    )
+
+
+def test_split_indices_are_held_to_the_headers_count_of_them():
+    whole = np.array([2, 5, 7], dtype="<i8").tobytes()
+    sink = SplitIndicesSink("val")
+    sink.start(_split_header())
+    # Chunks need not end on an index: the bytes are joined.
+    sink.write(whole[:13])
+    sink.write(whole[13:])
+    assert sink.finish().indices.tolist() == [2, 5, 7]
+    short = SplitIndicesSink("val")
+    short.start(_split_header())
+    short.write(whole[:16])
+    with pytest.raises(
+        tessera.DataLoss, match="sent 16 bytes of the indices of split 'val' of d:1, not the 24"
+    ):
+        short.finish()
+    long = SplitIndicesSink("val")
+    long.start(_split_header())
+    with pytest.raises(tessera.DataLoss, match="more than the 24 bytes of split 'val' of d:1"):
+        long.write(whole + whole[:8])
+    unlisted = SplitIndicesSink("test")
+    unlisted.start(_split_header())
+    with pytest.raises(
+        tessera.DataLoss, match="split 'test' of d:1, which it does not list among its splits"
+    ):
+        unlisted.write(whole)
+
+
+def test_a_splits_rows_are_taken_from_the_file_its_indices_are_of_alone():
+    buffer = io.BytesIO()
+    np.save(buffer, np.arange(10, dtype=np.float32) * 10)
+    data = buffer.getvalue()
+    header = datasets_pb2.DatasetVersion(
+        name="d",
+        version=1,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        format=datasets_pb2.DATASET_FORMAT_NPY,
+        arrays=[datasets_pb2.ArrayInfo(name="x")],
+    )
+    rows = SplitRows(header, "val", np.array([1, 4, 8]))
+    sink = ArraysSink(rows)
+    sink.start(header)
+    sink.write(data)
+    assert sink.finish()["x"].tolist() == [10.0, 40.0, 80.0]
+    other = ArraysSink(SplitRows(_split_header(), "val", np.array([1])))
+    with pytest.raises(tessera.DataLoss, match="d:1 changed while it was loading"):
+        other.start(header)
 
 
 def test_work_that_fails_after_its_await_was_cancelled_leaves_no_error_never_retrieved():

@@ -303,8 +303,9 @@ class ArraysSink(_MemorySink[dict[str, np.ndarray]]):
         self._rows = rows
 
     def start(self, header: pb.DatasetVersion) -> None:
-        if self._rows is not None and self._header is None:
-            check_same_file(self._rows.version, header, self.changed)
+        if self._header is None and self._rows is not None:
+            # The first stream's file is held to the one the indices are of, as a reconnect's is.
+            self._header = self._rows.version
         super().start(header)
 
     def _made(self, header: pb.DatasetVersion, data: bytes) -> dict[str, np.ndarray]:
