@@ -75,6 +75,7 @@ from tesserad.datasets.usage import (
 )
 from tesserad.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from tesserad.names import (
+    MAX_NAME_LENGTH,
     ReferenceTally,
     missing_name,
     named_versions,
@@ -634,6 +635,9 @@ class Datasets:
         NotFound where the version was deleted since `record` was read."""
         names = [s.name for s in record.splits]
         if split not in names:
+            if len(split) > MAX_NAME_LENGTH:
+                # No split is named so: refused showing its start, not echoed whole.
+                validate_name("split", split)
             raise InvalidArgument(
                 f"split {not_one_of(split, names)} (the splits dataset {record.name!r} "
                 f"v{record.version} was uploaded with)"

@@ -120,6 +120,9 @@ def test_a_split_the_version_lacks_is_refused_naming_its_splits(client):
     )
     with pytest.raises(tessera.InvalidArgument, match="split must be one of train, val, got ''"):
         client.datasets.split_indices("table:2", "")
+    with pytest.raises(tessera.InvalidArgument, match="is not a valid name") as refused:
+        client.datasets.split_indices("table:1", "v" * 100_000)
+    assert len(refused.value.message) < 400
     with pytest.raises(tessera.NotFound, match="has no version 9"):
         client.datasets.load("table:9", split="val")
     with pytest.raises(tessera.NotFound, match="absent"):
