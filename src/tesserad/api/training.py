@@ -14,6 +14,7 @@ from tessera.param_values import param_values_differ
 from tessera.v1 import training_pb2 as pb
 from tessera.v1 import training_pb2_grpc
 from tesserad.api.auth import caller
+from tesserad.api.convert_registry import version_to_proto
 from tesserad.api.convert_training import (
     artifact_to_proto,
     event_to_proto,
@@ -161,6 +162,21 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
         self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext[pb.CancelJobRequest, pb.Job]
     ) -> pb.Job:
         return job_to_proto(await asyncio.to_thread(self._jobs.cancel, _job_id(request.job_id)))
+
+    async def RegisterJobWeights(
+        self,
+        request: pb.RegisterJobWeightsRequest,
+        context: grpc.aio.ServicerContext[pb.RegisterJobWeightsRequest, pb.RegisterJobWeightsResponse],
+    ) -> pb.RegisterJobWeightsResponse:
+        version, reused = await asyncio.to_thread(
+            self._jobs.register_weights,
+            _job_id(request.job_id),
+            request.model,
+            request.alias,
+            request.description,
+            caller(context),
+        )
+        return pb.RegisterJobWeightsResponse(version=version_to_proto(version), reused=reused)
 
     async def WatchJob(
         self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext[pb.WatchJobRequest, pb.JobEvent]

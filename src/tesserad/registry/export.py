@@ -343,7 +343,7 @@ class Exports:
                     try:
                         request.caller.register(source)
                         if alias:
-                            earlier = _move_alias(registry, earlier, alias, actor)
+                            earlier = move_alias_onto(registry, earlier, alias, actor)
                     finally:
                         self._blobs.release(blob.sha256)
                     return ExportResult(
@@ -462,7 +462,7 @@ def _earlier_export(registry: Registry, source: VersionRecord, sha256: str) -> V
     return None
 
 
-def _move_alias(registry: Registry, record: VersionRecord, alias: str, actor: str) -> VersionRecord:
+def move_alias_onto(registry: Registry, record: VersionRecord, alias: str, actor: str) -> VersionRecord:
     """Point `alias` at `record` as an export registered with an alias would; the record with
     its aliases and `alias_moved`."""
     try:

@@ -121,6 +121,9 @@ class VersionRecord:
     deployment_warnings: tuple[str, ...] = ()
     # Set on the record a registration returns: the model's other versions that hold its blob.
     same_bytes: SameBytes | None = None
+    # Set on the record a registration with `once_per_job` returns when it is the version the
+    # lineage job registered before (returned as it was, none added).
+    registered_before: bool = False
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,7 @@ class Registry:
         self.start_uploads = versions.start_uploads
         self.resolve = versions.resolve
         self.get_version = versions.get_version
+        self.job_version = versions.job_version
         self.list_versions = versions.list_versions
         self.delete_version = versions.delete_version
         self.open_artifact = versions.open_artifact

@@ -726,7 +726,7 @@ class Versions:
                 registered = job_version(txn, lineage.job_id, model)
                 if registered is not None:
                     # With its aliases: whether the alias was set the first time is read there.
-                    return with_aliases(txn, registered)
+                    return replace(with_aliases(txn, registered), registered_before=True)
             raw = txn.get(MODELS, (model,))
             if raw is None:
                 if not create_model_if_missing:
@@ -893,6 +893,11 @@ class Versions:
 
     def get_version(self, model: str, version: int) -> VersionRecord:
         return self.resolve(model, version=version)
+
+    def job_version(self, job_id: str, model: str) -> VersionRecord | None:
+        """The version of `model` that training job `job_id` registered, if it did (and it is kept)."""
+        with self._store.read() as txn:
+            return job_version(txn, job_id, model)
 
     def list_versions(self, model: str, page_size_: int = 0, page_token: str = "") -> Page[VersionRecord]:
         """Newest first."""

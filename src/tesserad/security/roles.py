@@ -99,6 +99,8 @@ ROLE_TABLE: dict[str, dict[str, Role]] = {
         "GetJob": _R,
         "ListJobs": _R,
         "CancelJob": _T,
+        # Adds a version and may move an alias, as a job's register_as or an upload does.
+        "RegisterJobWeights": _T,
         "WatchJob": _R,
         "CreateExperiment": _T,
         "GetExperiment": _R,

@@ -48,6 +48,8 @@ from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
 from tesserad.names import validate_name
 from tesserad.paging import PageFill, answer_bytes, resume_key
+from tesserad.registry import VersionRecord
+from tesserad.registry.aliases import check_settable_alias
 from tesserad.run_params import flatten_params
 from tesserad.store import BlobRef, BlobStore, Key, ReadTxn, Store, WriteTxn, each_row_once
 from tesserad.training.events import EventLog, JobEvent
@@ -203,6 +205,19 @@ class Registration(Protocol):
 
     def register(self, job: JobRecord, weights: BlobRef) -> Registered:
         """Register the weights per job.config["register_as"]."""
+        ...
+
+    def register_ended(
+        self,
+        job: JobRecord,
+        weights: Callable[[], BlobRef],
+        model: str,
+        alias: str,
+        description: str,
+        actor: str,
+    ) -> tuple[VersionRecord, bool]:
+        """The ended job's version of `model` (the stored `weights()`), and whether the job had it
+        already."""
         ...
 
 
@@ -874,6 +889,33 @@ class Jobs:
     def tag_run(self, job_id: str, tags: dict[str, str], remove: Iterable[str] = ()) -> None:
         """Set `tags` on the job's run and remove the tags named in `remove`."""
         self._tracking.update_run(self.get(job_id).run_id, None, tags, remove)
+
+    def register_weights(
+        self, job_id: str, model: str, alias: str, description: str, actor: str
+    ) -> tuple[VersionRecord, bool]:
+        """Register a succeeded job's trained weights, read from its final checkpoint, as a version
+        of `model` made by `actor`, as register_as would have (`Registration.register_ended`): for
+        a job trained without register_as, or its weights under another model. Returns the version
+        and whether the job had registered it before (returned as it is, `alias` moved onto it).
+        A cancelled job is refused even where its training finished before the cancel took effect:
+        its run and record say it was stopped, and a version names them in its lineage."""
+        validate_name("model", model)
+        if alias:
+            check_settable_alias(alias)
+        job = self.get(job_id)
+        if job.state != "succeeded":
+            raise FailedPrecondition(f"job {job_id} is {job.state}: {_NOT_REGISTERED[job.state]}")
+
+        def weights() -> BlobRef:
+            final = self._final_checkpoint(job)
+            if final is None:
+                raise FailedPrecondition(_no_final_checkpoint(job))
+            # Imported here: it imports torch, which the daemon otherwise never needs.
+            from tesserad.training.checkpoints import checkpoint_weights
+
+            return self._blobs.put_bytes(checkpoint_weights(self._blobs.read_bytes(final.sha256)))
+
+        return self._registration.register_ended(job, weights, model, alias, description, actor)
 
     def cancel(self, job_id: str) -> JobRecord:
         queued, requested_at = self._accept_cancel(job_id)
@@ -1744,6 +1786,31 @@ def answered_bytes(job: JobRecord) -> int:
     holds the spec twice over, as given and checked), with the checkpoints an answer lists and
     why early stopping ended it (held by the record as read, not added after sizing)."""
     return answer_bytes(replace(job, config={}, checkpoints=listed_checkpoints(job.checkpoints)))
+
+
+# Why a job in each state other than succeeded has no weights to register, and what to do.
+_NOT_REGISTERED = {
+    "queued": "only a succeeded job's weights are registered; wait for its end (WatchJob follows it)",
+    "running": "only a succeeded job's weights are registered; wait for its end (WatchJob follows it)",
+    "interrupted": "only a succeeded job's weights are registered; it resumes when tesserad starts "
+    "again, then wait for its end (WatchJob follows it)",
+    "failed": "only a succeeded job's weights are registered, and its training did not end as planned "
+    "(its error says why); train it again",
+    "cancelled": "only a succeeded job's weights are registered, not a cancelled one's, even where its "
+    "training finished before the cancel took effect; train it again",
+}
+
+
+def _no_final_checkpoint(job: JobRecord) -> str:
+    """Why a succeeded job has no weights to register: its final checkpoint is gone."""
+    if job.checkpoints_released:
+        return (
+            f"job {job.job_id}'s final checkpoint, which holds its trained weights, was released as the "
+            f"job ended ({job.checkpoints_released} released, as its spec.checkpoints.retain_latest or "
+            "training.checkpoints_keep_latest said): its weights are no longer kept; train it again, "
+            "keeping the newest checkpoint (retain_latest >= 1)"
+        )
+    return f"job {job.job_id} kept no final checkpoint to read its trained weights from; train it again"
 
 
 def checkpoint_holder(job_id: str) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tesserad.errors import ResourceExhausted
-from tesserad.registry import DatasetLineage, Lineage, Registry
+from tesserad.registry import DatasetLineage, Lineage, Registry, VersionRecord
 from tesserad.registry.architectures import architecture_signature
+from tesserad.registry.export import move_alias_onto
 from tesserad.run_params import flatten_params
 from tesserad.store import BlobRef
 from tesserad.training.job_records import JobRecord, Registered
@@ -30,37 +33,15 @@ class JobRegistration:
         alias the model has no room for when the version is committed (it reached its alias cap
         while the job ran) is not set, and the Registered says why: the trained model is
         registered all the same."""
-        config = job.config
-        target = config["register_as"]
-        data = config["data"]
-        parent = config.get("fine_tune") or {}
-        lineage = Lineage(
-            run_id=job.run_id,
-            job_id=job.job_id,
-            experiment=job.experiment,
-            datasets=(DatasetLineage(data["dataset"], data["version"], config["dataset_sha256"]),),
-            job_spec=job.spec,
-            parent_version=parent.get("version", 0),
-            parent_model="" if parent.get("model", target["model"]) == target["model"] else parent["model"],
-        )
-        record = self._registry.register_version(
+        target = job.config["register_as"]
+        record = self._register(
+            job,
+            weights,
             target["model"],
-            format="safetensors",
-            blob=weights,
-            signature=architecture_signature(config["architecture"]),
-            architecture=config["architecture"],
-            params=flatten_params(config),
-            metrics={k: float(v) for k, v in job.metrics.items()},
-            tags=dict(config["tags"]),
-            lineage=lineage,
-            description=target["description"],
-            create_model_if_missing=True,
             alias=target["alias"],
-            alias_if_room=True,
+            description=target["description"],
             actor=job.created_by,
-            once_per_job=True,
-            # The trained model is not lost to a dataset force-deleted while the job ran.
-            datasets_may_be_deleted=True,
+            alias_if_room=True,
         )
         deleted = any(ds.deleted for ds in record.lineage.datasets)
         refused = record.alias_refused
@@ -77,4 +58,73 @@ class JobRegistration:
             dataset_deleted=deleted,
             alias_refused=refused,
             deployment_warnings=record.deployment_warnings,
+        )
+
+    def register_ended(
+        self,
+        job: JobRecord,
+        weights: Callable[[], BlobRef],
+        model: str,
+        alias: str,
+        description: str,
+        actor: str,
+    ) -> tuple[VersionRecord, bool]:
+        """A version of `model` for an ended job's weights, made by `actor` as register_as makes it,
+        but with `alias` refused (ResourceExhausted) where the model has no room for it; and
+        whether it is the version the job registered to `model` before (then `weights`, the call
+        that stores them, is not made, the version is returned as it is, and `alias` moved onto it)."""
+        earlier = self._registry.job_version(job.job_id, model)
+        if earlier is None:
+            record = self._register(job, weights(), model, alias=alias, description=description, actor=actor)
+            if not record.registered_before:
+                return record, False
+            # Another call registered the job to `model` while this one read the weights.
+            earlier = record
+        if alias and alias not in earlier.aliases:
+            earlier = move_alias_onto(self._registry, earlier, alias, actor)
+        return earlier, True
+
+    def _register(
+        self,
+        job: JobRecord,
+        weights: BlobRef,
+        model: str,
+        *,
+        alias: str,
+        description: str,
+        actor: str,
+        alias_if_room: bool = False,
+    ) -> VersionRecord:
+        """The job's weights as a version of `model` with the job's lineage, params, metrics and
+        tags: once per job and model (`Registry.register_version`'s once_per_job)."""
+        config = job.config
+        data = config["data"]
+        parent = config.get("fine_tune") or {}
+        lineage = Lineage(
+            run_id=job.run_id,
+            job_id=job.job_id,
+            experiment=job.experiment,
+            datasets=(DatasetLineage(data["dataset"], data["version"], config["dataset_sha256"]),),
+            job_spec=job.spec,
+            parent_version=parent.get("version", 0),
+            parent_model="" if parent.get("model", model) == model else parent["model"],
+        )
+        return self._registry.register_version(
+            model,
+            format="safetensors",
+            blob=weights,
+            signature=architecture_signature(config["architecture"]),
+            architecture=config["architecture"],
+            params=flatten_params(config),
+            metrics={k: float(v) for k, v in job.metrics.items()},
+            tags=dict(config["tags"]),
+            lineage=lineage,
+            description=description,
+            create_model_if_missing=True,
+            alias=alias,
+            alias_if_room=alias_if_room,
+            actor=actor,
+            once_per_job=True,
+            # The trained model is not lost to a dataset force-deleted while the job ran, or since.
+            datasets_may_be_deleted=True,
         )

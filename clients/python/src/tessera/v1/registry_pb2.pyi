@@ -575,8 +575,8 @@ class ModelVersion(_message.Message):
 
     @_builtins.property
     def alias_moved(self) -> Global___AliasEvent:
-        """Set only in the answer to an UploadVersion (or ExportOnnx) that named an alias: the alias
-        moved from from_version (0: it is new) to this version.
+        """Set only in the answer to an UploadVersion (or ExportOnnx, or RegisterJobWeights) that named
+        an alias: the alias moved from from_version (0: it is new) to this version.
         """
 
     @_builtins.property

@@ -13,6 +13,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from tessera.v1 import common_pb2 as _common_pb2
 from tessera.v1 import job_spec_pb2 as _job_spec_pb2
+from tessera.v1 import registry_pb2 as _registry_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -702,6 +703,63 @@ class CancelJobRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelJobRequest: _TypeAlias = CancelJobRequest  # noqa: Y015
+
+@_typing.final
+class RegisterJobWeightsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    model: _builtins.str
+    """The model to add the version to (made where missing)."""
+    alias: _builtins.str
+    """Moved onto the version (made where missing), as register_as.alias; "latest" is reserved."""
+    description: _builtins.str
+    """Stored with a new version, as register_as.description; not applied to a reused one."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "description", b"description", "job_id", b"job_id", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterJobWeightsRequest: _TypeAlias = RegisterJobWeightsRequest  # noqa: Y015
+
+@_typing.final
+class RegisterJobWeightsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    REUSED_FIELD_NUMBER: _builtins.int
+    reused: _builtins.bool
+    """True when the model held a version of the job already: that version is returned, and none
+    is added.
+    """
+    @_builtins.property
+    def version(self) -> _registry_pb2.ModelVersion: ...
+    def __init__(
+        self,
+        *,
+        version: _registry_pb2.ModelVersion | None = ...,
+        reused: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reused", b"reused", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterJobWeightsResponse: _TypeAlias = RegisterJobWeightsResponse  # noqa: Y015
 
 @_typing.final
 class WatchJobRequest(_message.Message):

@@ -59,6 +59,11 @@ class TrainingStub:
                 request_serializer=tessera_dot_v1_dot_training__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=tessera_dot_v1_dot_training__pb2.JobEvent.FromString,
                 _registered_method=True)
+        self.RegisterJobWeights = channel.unary_unary(
+                '/tessera.v1.Training/RegisterJobWeights',
+                request_serializer=tessera_dot_v1_dot_training__pb2.RegisterJobWeightsRequest.SerializeToString,
+                response_deserializer=tessera_dot_v1_dot_training__pb2.RegisterJobWeightsResponse.FromString,
+                _registered_method=True)
         self.CreateExperiment = channel.unary_unary(
                 '/tessera.v1.Training/CreateExperiment',
                 request_serializer=tessera_dot_v1_dot_training__pb2.CreateExperimentRequest.SerializeToString,
@@ -233,6 +238,22 @@ class TrainingServicer:
         OUT_OF_RANGE, naming the last event, for one past that (a stale or mistaken number). A
         watcher too slow to keep up is ended with RESOURCE_EXHAUSTED whose message gives the
         from_seq to resume from; shutdown ends it with UNAVAILABLE, likewise resumable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterJobWeights(self, request, context):
+        """Registers a SUCCEEDED job's trained weights (from its final checkpoint) as a new version of
+        `model` after the job has ended: for a job trained without register_as, or for its weights
+        under another model. The version is what register_as would have made (lineage naming the job,
+        its run, experiment and dataset versions; the job's params, metrics and tags), made by the
+        caller; the model is created where missing, as register_as does. Once per job and model: a
+        job that has a version of the model already (by register_as or an earlier call) gets that
+        version back with `reused` set, its description unchanged, and `alias`, when given, moved onto
+        it. NOT_FOUND for an unknown job; FAILED_PRECONDITION for a job that did not succeed (naming
+        its state) or whose final checkpoint was released (its checkpoint retention); RESOURCE_EXHAUSTED
+        for an alias new to a model at its alias cap. A refused call stores nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -488,6 +509,11 @@ def add_TrainingServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=tessera_dot_v1_dot_training__pb2.WatchJobRequest.FromString,
                     response_serializer=tessera_dot_v1_dot_training__pb2.JobEvent.SerializeToString,
+            ),
+            'RegisterJobWeights': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterJobWeights,
+                    request_deserializer=tessera_dot_v1_dot_training__pb2.RegisterJobWeightsRequest.FromString,
+                    response_serializer=tessera_dot_v1_dot_training__pb2.RegisterJobWeightsResponse.SerializeToString,
             ),
             'CreateExperiment': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateExperiment,
@@ -755,6 +781,33 @@ class Training:
             '/tessera.v1.Training/WatchJob',
             tessera_dot_v1_dot_training__pb2.WatchJobRequest.SerializeToString,
             tessera_dot_v1_dot_training__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterJobWeights(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tessera.v1.Training/RegisterJobWeights',
+            tessera_dot_v1_dot_training__pb2.RegisterJobWeightsRequest.SerializeToString,
+            tessera_dot_v1_dot_training__pb2.RegisterJobWeightsResponse.FromString,
             options,
             channel_credentials,
             insecure,

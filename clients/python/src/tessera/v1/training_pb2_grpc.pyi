@@ -55,6 +55,18 @@ class TrainingStub:
     watcher too slow to keep up is ended with RESOURCE_EXHAUSTED whose message gives the
     from_seq to resume from; shutdown ends it with UNAVAILABLE, likewise resumable.
     """
+    RegisterJobWeights: _grpc.UnaryUnaryMultiCallable[_training_pb2.RegisterJobWeightsRequest, _training_pb2.RegisterJobWeightsResponse]
+    """Registers a SUCCEEDED job's trained weights (from its final checkpoint) as a new version of
+    `model` after the job has ended: for a job trained without register_as, or for its weights
+    under another model. The version is what register_as would have made (lineage naming the job,
+    its run, experiment and dataset versions; the job's params, metrics and tags), made by the
+    caller; the model is created where missing, as register_as does. Once per job and model: a
+    job that has a version of the model already (by register_as or an earlier call) gets that
+    version back with `reused` set, its description unchanged, and `alias`, when given, moved onto
+    it. NOT_FOUND for an unknown job; FAILED_PRECONDITION for a job that did not succeed (naming
+    its state) or whose final checkpoint was released (its checkpoint retention); RESOURCE_EXHAUSTED
+    for an alias new to a model at its alias cap. A refused call stores nothing.
+    """
     CreateExperiment: _grpc.UnaryUnaryMultiCallable[_training_pb2.CreateExperimentRequest, _training_pb2.Experiment]
     """Tracking."""
     GetExperiment: _grpc.UnaryUnaryMultiCallable[_training_pb2.GetExperimentRequest, _training_pb2.Experiment]
@@ -187,6 +199,18 @@ class TrainingAsyncStub(TrainingStub):
     OUT_OF_RANGE, naming the last event, for one past that (a stale or mistaken number). A
     watcher too slow to keep up is ended with RESOURCE_EXHAUSTED whose message gives the
     from_seq to resume from; shutdown ends it with UNAVAILABLE, likewise resumable.
+    """
+    RegisterJobWeights: _aio.UnaryUnaryMultiCallable[_training_pb2.RegisterJobWeightsRequest, _training_pb2.RegisterJobWeightsResponse]  # type: ignore[assignment]
+    """Registers a SUCCEEDED job's trained weights (from its final checkpoint) as a new version of
+    `model` after the job has ended: for a job trained without register_as, or for its weights
+    under another model. The version is what register_as would have made (lineage naming the job,
+    its run, experiment and dataset versions; the job's params, metrics and tags), made by the
+    caller; the model is created where missing, as register_as does. Once per job and model: a
+    job that has a version of the model already (by register_as or an earlier call) gets that
+    version back with `reused` set, its description unchanged, and `alias`, when given, moved onto
+    it. NOT_FOUND for an unknown job; FAILED_PRECONDITION for a job that did not succeed (naming
+    its state) or whose final checkpoint was released (its checkpoint retention); RESOURCE_EXHAUSTED
+    for an alias new to a model at its alias cap. A refused call stores nothing.
     """
     CreateExperiment: _aio.UnaryUnaryMultiCallable[_training_pb2.CreateExperimentRequest, _training_pb2.Experiment]  # type: ignore[assignment]
     """Tracking."""
@@ -347,6 +371,24 @@ class TrainingServicer(metaclass=_abc_1.ABCMeta):
         OUT_OF_RANGE, naming the last event, for one past that (a stale or mistaken number). A
         watcher too slow to keep up is ended with RESOURCE_EXHAUSTED whose message gives the
         from_seq to resume from; shutdown ends it with UNAVAILABLE, likewise resumable.
+        """
+
+    @_abc_1.abstractmethod
+    def RegisterJobWeights(
+        self,
+        request: _training_pb2.RegisterJobWeightsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_pb2.RegisterJobWeightsResponse, _abc.Awaitable[_training_pb2.RegisterJobWeightsResponse]]:
+        """Registers a SUCCEEDED job's trained weights (from its final checkpoint) as a new version of
+        `model` after the job has ended: for a job trained without register_as, or for its weights
+        under another model. The version is what register_as would have made (lineage naming the job,
+        its run, experiment and dataset versions; the job's params, metrics and tags), made by the
+        caller; the model is created where missing, as register_as does. Once per job and model: a
+        job that has a version of the model already (by register_as or an earlier call) gets that
+        version back with `reused` set, its description unchanged, and `alias`, when given, moved onto
+        it. NOT_FOUND for an unknown job; FAILED_PRECONDITION for a job that did not succeed (naming
+        its state) or whose final checkpoint was released (its checkpoint retention); RESOURCE_EXHAUSTED
+        for an alias new to a model at its alias cap. A refused call stores nothing.
         """
 
     @_abc_1.abstractmethod
