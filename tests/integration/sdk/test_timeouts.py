@@ -130,6 +130,7 @@ CALLS: dict[str, Callable[[Any, dict[str, Path], float], Any]] = {
     ),
     "training.log_params": lambda part, files, t: part.log_params("r", {"lr": 0.1}, timeout=t),
     "training.metric_history": lambda part, files, t: part.metric_history("r", "loss", timeout=t),
+    "training.register": lambda part, files, t: part.register("j", "m", timeout=t),
     "training.restore_experiment": lambda part, files, t: part.restore_experiment("e", timeout=t),
     "training.restore_run": lambda part, files, t: part.restore_run("r", timeout=t),
     "training.run": lambda part, files, t: part.run("r", timeout=t),

@@ -69,7 +69,14 @@ from tessera.transfer import (
     file_digest,
     is_download_directory,
 )
-from tessera.transport import AioConnection, Connection, RetryPolicy, call_timeout, timeout_or
+from tessera.transport import (
+    MODEL_CALL_TIMEOUT_S,
+    AioConnection,
+    Connection,
+    RetryPolicy,
+    call_timeout,
+    timeout_or,
+)
 from tessera.v1 import common_pb2, job_spec_pb2
 from tessera.v1 import training_pb2 as pb
 
@@ -965,6 +972,36 @@ class Training(Part[C]):
     def cancel(self, job_id: str, *, timeout: float | None = None) -> Op[Job[C]]:
         """Cancel a job (FailedPrecondition if it already ended)."""
         return Op(S, "CancelJob", pb.CancelJobRequest(job_id=job_id), self._job, timeout=timeout)
+
+    @call
+    def register(
+        self,
+        job_id: str,
+        model: str,
+        *,
+        set_alias: str | None = None,
+        description: str = "",
+        timeout: float | None = None,
+    ) -> Op[pb.RegisterJobWeightsResponse]:
+        """Register a succeeded job's trained weights (its final checkpoint's) as a new version of
+        `model`, made where missing, as the spec's register_as would have: for a job trained
+        without it, or its weights under another model. The answer's `version` has the job, its run
+        and its dataset versions in its lineage; `set_alias` moves that alias onto it. Once per job
+        and model: where the model holds the job's version already (register_as's or an earlier
+        call's), that version is returned with `reused` set, its own description kept, and
+        `set_alias` moved onto it. NotFound for an unknown job; FailedPrecondition for a job that did
+        not succeed (cancelled ones included) or whose final checkpoint its checkpoint retention
+        released. A refused call registers nothing."""
+        request = pb.RegisterJobWeightsRequest(
+            job_id=job_id, model=model, alias=set_alias or "", description=description
+        )
+        # The daemon reads the checkpoint with torch, which its first such call imports.
+        return Op(
+            S,
+            "RegisterJobWeights",
+            request,
+            timeout=timeout_or(timeout, max(self._conn.timeout, MODEL_CALL_TIMEOUT_S)),
+        )
 
     @stream
     def watch(self, job_id: str, from_seq: int = 1, timeout: float | None = None) -> Resumable[JobEvent]:

@@ -7,12 +7,14 @@ import argparse
 from typing import Any
 
 from tessera.cli.arguments import AlreadyExistsInCliWords, UsageError
+from tessera.cli.models import print_alias_moved, warn
 from tessera.cli.output import Output, size, when
 from tessera.client import Client
 from tessera.errors import AlreadyExists, JobFailed
 from tessera.events import JobState
 from tessera.follow import follow, registered_text, stopped_early_text
 from tessera.messages import dotted_name, load_toml, with_settings
+from tessera.progress_line import byte_size
 from tessera.rpc_commands import in_cli_words
 from tessera.toml_text import message_toml
 from tessera.v1 import job_spec_pb2
@@ -210,3 +212,29 @@ def cmd_jobs_cancel(client: Client, args: argparse.Namespace, out: Output) -> No
     # A queued job ends at once; a running one is asked to stop and goes on until its next step.
     stopping = "; it stops at its next step" if job.state == JobState.RUNNING else ""
     out.line(f"job {job.id}: {job.state.value}{stopping}")
+
+
+def cmd_jobs_register(client: Client, args: argparse.Namespace, out: Output) -> None:
+    result = client.training.register(
+        args.job_id, args.model, set_alias=args.set_alias, description=args.description
+    )
+    version = result.version
+    if out.as_json:
+        out.json(result)
+    elif result.reused:
+        out.line(
+            f"job {args.job_id} is registered already as {version.model} v{version.version}: no version added"
+        )
+        if args.description and args.description != version.description:
+            out.line(
+                f"description not applied: v{version.version} keeps its own ({version.description!r}); "
+                "versions are immutable"
+            )
+    else:
+        out.line(
+            f"registered {version.model} v{version.version} from job {args.job_id} "
+            f"({byte_size(version.size_bytes)}, sha256 {version.sha256[:12]})"
+        )
+    if not out.as_json and version.HasField("alias_moved"):
+        print_alias_moved(out, version.alias_moved)
+    warn(version.alias_moved.deployment_warnings)

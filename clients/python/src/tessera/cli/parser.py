@@ -47,7 +47,14 @@ from tessera.cli.datasets import (
     cmd_datasets_show,
     cmd_datasets_versions,
 )
-from tessera.cli.jobs import cmd_jobs_cancel, cmd_jobs_ls, cmd_jobs_show, cmd_jobs_watch, cmd_train
+from tessera.cli.jobs import (
+    cmd_jobs_cancel,
+    cmd_jobs_ls,
+    cmd_jobs_register,
+    cmd_jobs_show,
+    cmd_jobs_watch,
+    cmd_train,
+)
 from tessera.cli.models import (
     cmd_export_onnx,
     cmd_models_alias,
@@ -691,7 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = group(
         commands,
         "jobs",
-        "training jobs: list, show, watch, cancel",
+        "training jobs: list, show, watch, cancel, register",
         "Training jobs, each started by `tessera train SPEC.toml` or by a sweep's trial: their "
         "state, live progress, metrics and checkpoints.",
         [
@@ -701,6 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("a job's state, metrics and checkpoints", "tessera jobs show JOB_ID"),
             ("its spec, as TOML to train again", "tessera jobs show JOB_ID --spec"),
             ("stop it", "tessera jobs cancel JOB_ID"),
+            ("register a succeeded job's weights", "tessera jobs register JOB_ID MODEL --set-alias staging"),
         ],
     )
     sub = command(
@@ -746,6 +754,24 @@ def build_parser() -> argparse.ArgumentParser:
     command(jobs, "cancel", cmd_jobs_cancel, "stop a queued or running job").add_argument(
         "job_id", help=JOB_HELP
     )
+    sub = command(
+        jobs,
+        "register",
+        cmd_jobs_register,
+        "register a succeeded job's weights as MODEL's next version, as [register_as] would have",
+    )
+    sub.description = (
+        f"{sub.description}: for a job trained without [register_as], or its weights under another "
+        "model. The weights are its final checkpoint's; the version's lineage names the job, its run "
+        "and its dataset version, as register_as's does. Once per job and model: where MODEL holds "
+        "the job's version already, that version is named and none is added (--set-alias then moves "
+        "onto it). A job that did not succeed (a cancelled one too), or whose final checkpoint its "
+        "retention released, is refused, and nothing is registered."
+    )
+    sub.add_argument("job_id", help=JOB_HELP)
+    sub.add_argument("model", help="the model to add the version to (made with its first version)")
+    add_set_alias_flag(sub, refuse_alias=True)
+    sub.add_argument("--description", default="", help="free text stored with the version")
 
     add_sweep_commands(commands, command, group)
 
