@@ -18,6 +18,7 @@ from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_p
 from tessera.v1 import training_pb2_grpc as training_grpc
 from tests.conftest import InProcessDaemon
 from tests.integration.training.conftest import follow, job_spec, submit
+from tests.integration.training.test_register_alias_cap import _model_with_aliases
 
 S = training_pb2
 R = registry_pb2
@@ -204,3 +205,17 @@ def test_the_cli_refuses_alias_for_set_alias(training_daemon, capsys):
         main(argv)
     assert exited.value.code == 2
     assert "--set-alias NAME moves an alias onto the new version" in capsys.readouterr().err
+
+
+def test_an_alias_new_to_a_model_at_its_cap_is_refused_and_nothing_is_registered(
+    training, registry, jobs, training_daemon
+):
+    """register_as registers without such an alias rather than lose a job's training; here the
+    caller asked for it, and is told, with the weights still there to register again."""
+    _model_with_aliases(registry, training_daemon, "jr-capped", 1000)
+    refused = _refused(training, jobs.plain.job_id, "jr-capped", alias="fresh")
+    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "model 'jr-capped' has 1,000 aliases" in refused.details()
+    assert _version_count(registry, "jr-capped") == 1
+    answer = _register(training, jobs.plain.job_id, "jr-capped", alias="held-0001")
+    assert (answer.reused, answer.version.version, answer.version.alias_moved.from_version) == (False, 2, 1)
