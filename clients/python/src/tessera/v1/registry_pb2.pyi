@@ -582,9 +582,9 @@ class ModelVersion(_message.Message):
     @_builtins.property
     def same_bytes(self) -> Global___SameBytes:
         """Set only in the answer that registered the version (UploadVersion, UploadVersionInline,
-        UploadVersionBatch, an ExportOnnx that stored a new export): the model's other versions whose
-        artifact has this one's sha256, read as it was registered (empty where none has). A version
-        of its own all the same. Unset from a tesserad from before it, as in every other answer.
+        UploadVersionBatch, an ExportOnnx that stored a new export, a RegisterJobWeights that added
+        one): the model's other versions whose artifact has this one's sha256, read as it was
+        registered (empty where none has). A version of its own all the same. Unset from a tesserad from before it, as in every other answer.
         """
 
     def __init__(
