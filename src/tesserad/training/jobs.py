@@ -910,12 +910,29 @@ class Jobs:
             final = self._final_checkpoint(job)
             if final is None:
                 raise FailedPrecondition(_no_final_checkpoint(job))
+            self._check_parent_kept(job)
             # Imported here: it imports torch, which the daemon otherwise never needs.
             from tesserad.training.checkpoints import checkpoint_weights
 
             return self._blobs.put_bytes(checkpoint_weights(self._blobs.read_bytes(final.sha256)))
 
         return self._registration.register_ended(job, weights, model, alias, description, actor)
+
+    def _check_parent_kept(self, job: JobRecord) -> None:
+        """FailedPrecondition when the version a fine-tuned job started from was deleted since it
+        ended (it is held only while the job runs): a new version's lineage must name its parent."""
+        parent = job.config.get("fine_tune")
+        if not parent:
+            return
+        try:
+            self._parents(parent["model"], parent["version"], None)
+        except NotFound:
+            raise FailedPrecondition(
+                f"job {job.job_id} was fine-tuned from {parent['model']} v{parent['version']}, deleted "
+                "since: a version's lineage names the version it was fine-tuned from, so the job's weights "
+                "can no longer be added as a new version (a model that has the job's version already "
+                "still names it)"
+            ) from None
 
     def cancel(self, job_id: str) -> JobRecord:
         queued, requested_at = self._accept_cancel(job_id)

@@ -14,7 +14,7 @@ from rich.console import Console
 
 import tessera
 from tessera.cli import main
-from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2
+from tessera.v1 import common_pb2, job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2
 from tessera.v1 import training_pb2_grpc as training_grpc
 from tests.conftest import InProcessDaemon
 from tests.integration.training.conftest import follow, job_spec, submit
@@ -219,3 +219,22 @@ def test_an_alias_new_to_a_model_at_its_cap_is_refused_and_nothing_is_registered
     assert _version_count(registry, "jr-capped") == 1
     answer = _register(training, jobs.plain.job_id, "jr-capped", alias="held-0001")
     assert (answer.reused, answer.version.version, answer.version.alias_moved.from_version) == (False, 2, 1)
+
+
+def test_a_fine_tuned_job_names_its_parent_and_is_refused_once_the_parent_is_deleted(
+    training, registry, jobs
+):
+    _register(training, jobs.plain.job_id, "jr-parent")
+    init_from = common_pb2.VersionRef(model="jr-parent", version=1)
+    tuned = submit(training, job_spec("mlp", epochs=1, seed=34, init_from=init_from))
+    follow(training, tuned.job_id)
+    lineage = _register(training, tuned.job_id, "jr-tuned").version.lineage
+    assert (lineage.parent_model, lineage.parent_version, lineage.job_id) == ("jr-parent", 1, tuned.job_id)
+
+    registry.DeleteVersion(R.DeleteVersionRequest(model="jr-parent", version=1))
+    refused = _refused(training, tuned.job_id, "jr-orphan")
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.details().startswith(f"job {tuned.job_id} was fine-tuned from jr-parent v1, deleted since")
+    assert _model_missing(registry, "jr-orphan")
+    # Its version of a model it was registered to is kept, and named again.
+    assert _register(training, tuned.job_id, "jr-tuned").reused
