@@ -665,7 +665,8 @@ class ServingSettings:
     max_queue_size: int = setting(
         1024,
         parse_number(int, 1, 1_000_000),
-        "default most queued requests per version; beyond: RESOURCE_EXHAUSTED",
+        "default most queued requests per version; beyond: RESOURCE_EXHAUSTED (the Open Inference "
+        "Protocol answers UNAVAILABLE, HTTP 503, as Triton)",
     )
     warmup_runs: int = setting(
         2, parse_number(int, 0, 1000), "default inference runs on random inputs before traffic"
