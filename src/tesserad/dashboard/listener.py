@@ -195,6 +195,11 @@ def _unreadable(error: web.RequestPayloadError) -> str:
     return f"the request body could not be read ({detail}); send it whole, as its headers say"
 
 
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp's own Server header names its and Python's versions: of use to an attacker only.
+    response.headers[hdrs.SERVER] = "tesserad"
+
+
 class HttpListener:
     """Serves the application a subclass hands to `_serve` on `address`; `port` is the bound
     one (for port 0). The application puts `_guard` first after its error middleware, which
@@ -345,6 +350,7 @@ class HttpListener:
         decompression is off): the application decompresses what it takes and refuses the rest.
         `access_log`: what writes a line per answer (to tesserad.<listener>.access), else none."""
         app.middlewares.insert(0, self._counted)
+        app.on_response_prepare.append(_server_header)
         # Added last, so the router reaches it only for what no other route matches: the 404 or
         # 405 is then answered by the application, in place of 100 Continue too (aiohttp answers
         # its own after one, so a client refused uploaded its body first).
