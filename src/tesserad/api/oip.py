@@ -43,7 +43,6 @@ from tesserad.serving.open_inference import (
     OpenInference,
     in_oip_words,
     refuse_repository_name,
-    target_of,
     timeout_of,
 )
 from tesserad.serving.pool import LoadedVersion
@@ -180,7 +179,7 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
         started = time.perf_counter_ns()
-        target = target_of(request.model_name, request.model_version)
+        target = self._core.target(request.model_name, request.model_version)
         with self._core.shared_memory.lease() as lease:
             try:
                 timeout = (
@@ -272,7 +271,9 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelConfigResponse:
         described, _ = await self._core.describe(request.name, request.version)
         split = await self._core.traffic_split(request.name, request.version)
-        return pb.ModelConfigResponse(config=model_config_of(described, split))
+        return pb.ModelConfigResponse(
+            config=model_config_of(described, split, self._core.version_policy(request.name))
+        )
 
     async def ModelStatistics(
         self,

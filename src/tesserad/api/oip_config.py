@@ -9,7 +9,11 @@ The fields taken, and what they set:
 
     name                                                    must be the model's name
     platform, backend                                       runtime: onnxruntime_onnx/onnxruntime -> onnx,
-                                                            pytorch_libtorch/pytorch -> torch
+                                                            pytorch (or Triton's pytorch_libtorch)/pytorch
+                                                            -> torch
+    version_policy                                          the versions loaded (VersionPolicy): latest N
+                                                            (N > 1), specific, all; latest 1, Triton's
+                                                            default, is the versions requests are routed to
     max_batch_size                                          max_batch_size (absent: the default; 0,
                                                             Triton's "no batching", is refused: 1 is,
                                                             unless the version cannot batch, as
@@ -20,11 +24,20 @@ The fields taken, and what they set:
     dynamic_batching.default_queue_policy.max_queue_size    max_queue_size (absent: the default; 0,
                                                             Triton's unbounded queue, is refused)
     dynamic_batching.default_queue_policy.allow_timeout_override   nothing (`timeout` always applies)
+    dynamic_batching.preferred_batch_size                   nothing: batches grow to max_batch_size (a
+                                                            WARNING says so unless it is [max_batch_size])
     instance_group (at most one group)                      .count -> instances, .kind and .gpus -> device
                                                             (KIND_CPU: cpu; KIND_GPU or gpus [N]: cuda:N)
     response_cache.enable                                   response_cache
     parameters.intra_op_thread_count.string_value           intra_op_threads (the name Triton's
                                                             onnxruntime backend reads)
+    parameters.inter_op_thread_count, execution_mode "0"    nothing: onnxruntime runs sequentially, as
+                                                            Triton's default execution_mode 0, with no
+                                                            inter-op threads
+    optimization.input_pinned_memory, output_pinned_memory, nothing: tuning of Triton's own copies and
+    gather_kernel_buffer_threshold, eager_batching          of TensorRT, which tesserad does not make
+    default_model_filename                                  nothing: a version is one registered artifact
+    model_transaction_policy.decoupled                      false only: one response per request
     input, output                                           nothing: must be the version's signature
     model_warmup                                            warmup_runs: the 1-row entry's count (given
                                                             without one: 0); an entry of more rows
@@ -33,14 +46,16 @@ The fields taken, and what they set:
                                                             the signature's samples, as ModelConfig
                                                             gives them
 
-So the config ModelConfig answers loads back as it is, and with a field changed. Any other field
-is refused, naming it: ignoring it would load something other than what was asked for. tesserad
-always batches dynamically up to max_batch_size, so dynamic_batching only carries its delay and
-queue size.
+So the config ModelConfig answers loads back as it is, and with a field changed, and so does
+the config Triton itself answers for a model. The fields taken without effect are named in an
+INFO log line. Any other field is refused, naming it: ignoring it would load something other than
+what was asked for. tesserad always batches dynamically up to max_batch_size, so dynamic_batching
+only carries its delay and queue size.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 
 from google.protobuf import json_format
@@ -49,14 +64,24 @@ from google.protobuf.message import Message
 from tesserad.client_json import parse_client_json
 from tesserad.errors import InvalidArgument
 from tesserad.oip import model_config_pb2 as mc
-from tesserad.serving.open_inference import BACKENDS, OIP_NAME_BY_DTYPE, PLATFORMS
+from tesserad.serving.open_inference import (
+    BACKENDS,
+    MAX_POLICY_VERSIONS,
+    OIP_NAME_BY_DTYPE,
+    PLATFORMS,
+    VersionPolicy,
+)
 from tesserad.serving.pool import CONFIG_LIMITS, RuntimeChoice, ServingConfig, warmup_batches
 from tesserad.serving.service import VersionDescription
 from tesserad.serving.signature import Signature, TensorSpec, sample_is_random
 
+log = logging.getLogger(__name__)
+
 # An ensemble runs on its members' runtimes: the version's format decides, as without a platform.
+# pytorch_libtorch (Triton's TorchScript) is taken too: configs written for Triton name it.
 _RUNTIME_BY_PLATFORM: Mapping[str, RuntimeChoice] = {
     "onnxruntime_onnx": "onnx",
+    "pytorch": "torch",
     "pytorch_libtorch": "torch",
     "ensemble": "",
 }
@@ -68,6 +93,7 @@ _TAKEN: Mapping[str, frozenset[str]] = {
             "name",
             "platform",
             "backend",
+            "version_policy",
             "max_batch_size",
             "dynamic_batching",
             "instance_group",
@@ -76,10 +102,22 @@ _TAKEN: Mapping[str, frozenset[str]] = {
             "input",
             "output",
             "model_warmup",
+            "optimization",
+            "default_model_filename",
+            "model_transaction_policy",
         }
     ),
+    mc.ModelVersionPolicy.DESCRIPTOR.full_name: frozenset({"latest", "all", "specific"}),
+    mc.ModelVersionPolicy.Latest.DESCRIPTOR.full_name: frozenset({"num_versions"}),
+    mc.ModelVersionPolicy.All.DESCRIPTOR.full_name: frozenset(),
+    mc.ModelVersionPolicy.Specific.DESCRIPTOR.full_name: frozenset({"versions"}),
+    mc.ModelOptimizationPolicy.DESCRIPTOR.full_name: frozenset(
+        {"input_pinned_memory", "output_pinned_memory", "gather_kernel_buffer_threshold", "eager_batching"}
+    ),
+    mc.ModelOptimizationPolicy.PinnedMemoryBuffer.DESCRIPTOR.full_name: frozenset({"enable"}),
+    mc.ModelTransactionPolicy.DESCRIPTOR.full_name: frozenset({"decoupled"}),
     mc.ModelDynamicBatching.DESCRIPTOR.full_name: frozenset(
-        {"max_queue_delay_microseconds", "default_queue_policy"}
+        {"max_queue_delay_microseconds", "default_queue_policy", "preferred_batch_size"}
     ),
     mc.ModelQueuePolicy.DESCRIPTOR.full_name: frozenset({"max_queue_size", "allow_timeout_override"}),
     mc.ModelInstanceGroup.DESCRIPTOR.full_name: frozenset({"name", "kind", "count", "gpus"}),
@@ -103,25 +141,35 @@ _CONFIG_DTYPES = {
     "FP64": mc.TYPE_FP64,
     "BF16": mc.TYPE_BF16,
 }
-_PARAMETERS = frozenset({"intra_op_thread_count"})
+_PARAMETERS = frozenset({"intra_op_thread_count", "inter_op_thread_count", "execution_mode"})
+# Fields taken without effect (named in the INFO line a load with them logs), and why.
+_NO_EFFECT = {
+    "optimization": "tunes Triton's pinned-memory copies and TensorRT, which tesserad does not make",
+    "default_model_filename": "a version is the one artifact the registry holds",
+    "model_transaction_policy": "decoupled false: tesserad answers each request once",
+    "parameters.inter_op_thread_count": "onnxruntime runs sequentially (execution_mode 0), with no "
+    "inter-op threads",
+    "parameters.execution_mode": "0, sequential: how tesserad runs onnxruntime",
+}
 # What ModelConfig says of the version it describes: a config read back and loaded again holds
 # them, so a load passes over them.
 _DESCRIBING = frozenset({"tessera_version", "tessera_traffic_split"})
 TAKEN_FIELDS = (
-    "name, platform, backend, max_batch_size, dynamic_batching.max_queue_delay_microseconds, "
+    "name, platform, backend, version_policy, max_batch_size, dynamic_batching.max_queue_delay_microseconds, "
     "dynamic_batching.default_queue_policy.max_queue_size, instance_group[0].count/kind/gpus, "
     "response_cache.enable, parameters.intra_op_thread_count, and input, output and model_warmup "
-    "as ModelConfig gives them"
+    "as ModelConfig gives them; Triton's defaults of other fields load as without them"
 )
 
 
 def serving_config_of(
-    text: str, model: str, described: Callable[[], Sequence[VersionDescription]]
-) -> ServingConfig:
-    """The ServingConfig the `config` parameter `text` asks `model` to load with; InvalidArgument
-    naming the field for JSON that is not a model configuration, sets what tesserad cannot do, or
-    differs from the versions loaded (`described()`, asked only when a field needs them) in what
-    a config cannot change."""
+    text: str, model: str, described: Callable[[VersionPolicy | None], Sequence[VersionDescription]]
+) -> tuple[ServingConfig, VersionPolicy | None]:
+    """The ServingConfig the `config` parameter `text` asks `model` to load with, and the
+    versions it asks for (None: those requests are routed to); InvalidArgument naming the field
+    for JSON that is not a model configuration, sets what tesserad cannot do, or differs from the
+    versions loaded (`described(policy)`, asked only when a field needs them) in what a config
+    cannot change."""
     document = parse_client_json(
         text, "parameter 'config'", "no model configuration nests so deep: send a Triton model configuration"
     )
@@ -137,6 +185,12 @@ def serving_config_of(
             f"parameter 'config' is not a model configuration tesserad takes: {reason} (it takes {TAKEN_FIELDS})"
         ) from None
     _refuse_untaken(config, "")
+    if config.model_transaction_policy.decoupled:
+        raise InvalidArgument(
+            "config field 'model_transaction_policy.decoupled' is true; tesserad answers every request "
+            "with one response (no model is decoupled): set it false or leave it out"
+        )
+    versions_asked = _version_policy(config.version_policy) if config.HasField("version_policy") else None
     _refuse_zero(
         document,
         ("dynamic_batching", "default_queue_policy", "max_queue_size"),
@@ -146,7 +200,7 @@ def serving_config_of(
         raise InvalidArgument(
             f"config field 'name' is {config.name!r}, but the model loaded is {model!r}: leave it out or make it match"
         )
-    versions = described() if _needs_versions(document, config) else ()
+    versions = described(versions_asked) if _needs_versions(document, config) else ()
     if any(v.signature.batchable for v in versions) or not versions:
         _refuse_zero(
             document, ("max_batch_size",), "Triton's 0 is a model without batching: give 1 to turn it off"
@@ -167,6 +221,13 @@ def serving_config_of(
             "give one group"
         )
     instances, device = _placement(groups[0]) if groups else (0, "")
+    _check_preferred(model, config, versions)
+    no_effect = [field for field in _NO_EFFECT if _given(document, tuple(field.split(".")))]
+    if no_effect:
+        log.info(
+            "a repository load's config has fields taken without effect",
+            extra={"model": model, "fields": {field: _NO_EFFECT[field] for field in no_effect}},
+        )
     return ServingConfig(
         runtime=_runtime(config.platform, config.backend),
         device=device,
@@ -188,14 +249,76 @@ def serving_config_of(
         response_cache=config.response_cache.enable
         if _given(document, ("response_cache", "enable"))
         else None,
+    ), versions_asked
+
+
+def _version_policy(given: mc.ModelVersionPolicy) -> VersionPolicy | None:
+    """The VersionPolicy of a config's version_policy; None for Triton's default (latest 1), which
+    loads the versions requests are routed to, as a load without it."""
+    choice = given.WhichOneof("policy_choice")
+    if choice == "all":
+        return VersionPolicy(every=True)
+    if choice == "specific":
+        versions = tuple(given.specific.versions)
+        if not versions:
+            raise InvalidArgument(
+                "config field 'version_policy.specific.versions' is empty: list the versions to load"
+            )
+        if min(versions) < 1:
+            raise InvalidArgument(
+                f"config field 'version_policy.specific.versions' must hold versions of at least 1, got {min(versions)}"
+            )
+        if len(set(versions)) > MAX_POLICY_VERSIONS:
+            raise InvalidArgument(
+                f"config field 'version_policy.specific.versions' lists {len(set(versions))} versions; one load "
+                f"serves at most {MAX_POLICY_VERSIONS}: list fewer"
+            )
+        return VersionPolicy(specific=versions)
+    count = given.latest.num_versions
+    if count > MAX_POLICY_VERSIONS:
+        raise InvalidArgument(
+            f"config field 'version_policy.latest.num_versions' is {count}; one load serves at most "
+            f"{MAX_POLICY_VERSIONS} versions: give fewer"
+        )
+    # Triton reads 0 (and a version_policy choosing nothing) as latest 1.
+    return VersionPolicy(latest=count) if count > 1 else None
+
+
+def _check_preferred(model: str, config: mc.ModelConfig, versions: Sequence[VersionDescription]) -> None:
+    """Refuse dynamic_batching.preferred_batch_size sizes Triton refuses (outside
+    1..max_batch_size); warn that other sizes than max_batch_size are not aimed at."""
+    sizes = list(config.dynamic_batching.preferred_batch_size)
+    if not sizes:
+        return
+    most = config.max_batch_size or CONFIG_LIMITS["max_batch_size"][1]
+    for size in sizes:
+        if not 1 <= size <= most:
+            raise InvalidArgument(
+                f"config field 'dynamic_batching.preferred_batch_size' holds {size}; each size must be in "
+                f"1..{most} (max_batch_size)"
+            )
+    if sizes == [config.max_batch_size] or (
+        not config.max_batch_size and versions and all(sizes == [v.config.max_batch_size] for v in versions)
+    ):
+        return  # what tesserad does: batches grow to max_batch_size
+    log.warning(
+        "dynamic_batching.preferred_batch_size is not honoured: tesserad batches up to max_batch_size "
+        "rows, as many as are queued (within max_queue_delay_microseconds while the model is idle), "
+        "without aiming at preferred sizes",
+        extra={"model": model, "preferred_batch_size": sizes, "max_batch_size": config.max_batch_size},
     )
 
 
-def model_config_of(described: VersionDescription, split: tuple[tuple[int, int], ...] = ()) -> mc.ModelConfig:
+def model_config_of(
+    described: VersionDescription,
+    split: tuple[tuple[int, int], ...] = (),
+    policy: VersionPolicy | None = None,
+) -> mc.ModelConfig:
     """The Triton model configuration of a version, as ModelConfig answers it. A Triton config
     describes a model, here one version of it: the parameters (a map Triton's clients pass
     through) name that version and, under a canary deployment (`split`: (version, percent)),
-    how requests naming no version are split, as "1:90,2:10"."""
+    how requests naming no version are split, as "1:90,2:10". `policy`: the version_policy the
+    model was loaded with (None: none, left out)."""
     config = described.config
     signature = described.signature
     kind = mc.ModelInstanceGroup.KIND_CPU if config.device == "cpu" else mc.ModelInstanceGroup.KIND_GPU
@@ -204,6 +327,7 @@ def model_config_of(described: VersionDescription, split: tuple[tuple[int, int],
         name=described.model,
         platform=PLATFORMS[config.runtime],
         backend=BACKENDS[config.runtime],
+        version_policy=_policy_message(policy) if policy is not None else None,
         max_batch_size=config.max_batch_size if signature.batchable else 0,
         response_cache=mc.ModelResponseCache(enable=config.response_cache),
         input=_inputs(signature),
@@ -246,6 +370,14 @@ def model_config_of(described: VersionDescription, split: tuple[tuple[int, int],
             for rows, runs in warmup_batches(signature, config)
         ],
     )
+
+
+def _policy_message(policy: VersionPolicy) -> mc.ModelVersionPolicy:
+    if policy.every:
+        return mc.ModelVersionPolicy(all=mc.ModelVersionPolicy.All())
+    if policy.specific:
+        return mc.ModelVersionPolicy(specific=mc.ModelVersionPolicy.Specific(versions=policy.specific))
+    return mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=policy.latest))
 
 
 def _dims(signature: Signature, spec: TensorSpec) -> list[int]:
@@ -452,11 +584,27 @@ def _intra_op_threads(parameters: Mapping[str, mc.ModelParameter]) -> int | None
                 f"config field 'parameters.{key}' is not supported by tesserad, which takes {TAKEN_FIELDS}: "
                 "remove it"
             )
+    if "execution_mode" in parameters and parameters["execution_mode"].string_value != "0":
+        raise InvalidArgument(
+            f"config field 'parameters.execution_mode' is {parameters['execution_mode'].string_value!r}; "
+            "tesserad runs onnxruntime sequentially (Triton's execution_mode 0), parallel across "
+            'requests with instance_group\'s count: give "0" or leave it out'
+        )
+    if "inter_op_thread_count" in parameters:
+        _whole_number(parameters, "inter_op_thread_count")
     if "intra_op_thread_count" not in parameters:
         return None
-    text = parameters["intra_op_thread_count"].string_value
+    return _within(
+        "parameters.intra_op_thread_count",
+        _whole_number(parameters, "intra_op_thread_count"),
+        "intra_op_threads",
+    )
+
+
+def _whole_number(parameters: Mapping[str, mc.ModelParameter], key: str) -> int:
+    text = parameters[key].string_value
     if not text.isascii() or not text.isdigit():
         raise InvalidArgument(
-            f"config field 'parameters.intra_op_thread_count' must be a whole number as a string_value, got {text!r}"
+            f"config field 'parameters.{key}' must be a whole number as a string_value, got {text!r}"
         )
-    return _within("parameters.intra_op_thread_count", int(text), "intra_op_threads")
+    return int(text)

@@ -83,7 +83,6 @@ from tesserad.serving.open_inference import (
     OpenInference,
     in_oip_words,
     refuse_repository_name,
-    target_of,
     timeout_of,
 )
 from tesserad.serving.trace import TRACE_LEVEL
@@ -746,7 +745,8 @@ class OipHttpServer(HttpListener):
         described, _ = await self._core.describe(model, version)
         split = await self._core.traffic_split(model, version)
         # As Triton's: the config itself, not wrapped as gRPC's ModelConfigResponse wraps it.
-        return web.json_response(message_json(model_config_of(described, split)))
+        config = model_config_of(described, split, self._core.version_policy(model))
+        return web.json_response(message_json(config))
 
     async def _statistics(self, request: web.Request) -> web.Response:
         entries = await self._core.statistics(
@@ -840,7 +840,7 @@ class OipHttpServer(HttpListener):
                     raise Refused(400, "the connection closed before the request body arrived") from None
             request[_BODY_UNREAD] = True
         started = time.perf_counter_ns()
-        target = target_of(request.match_info["model"], request.match_info.get("version", ""))
+        target = self._core.target(request.match_info["model"], request.match_info.get("version", ""))
         try:
             length = json_length(body, declared_length)
             if length > self._max_json_size:

@@ -10,12 +10,13 @@ names, else "latest").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import re
+import threading
 import time
 from collections.abc import Callable, Collection, Coroutine, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from tesserad.serving.oip_dtypes import OIP_DTYPES as OIP_DTYPES
 from tesserad.serving.oip_dtypes import OIP_NAME_BY_DTYPE as OIP_NAME_BY_DTYPE
 from tesserad.serving.pool import LoadedVersion, LoadState, RuntimeChoice, ServingConfig
 from tesserad.serving.predict import predict
-from tesserad.serving.service import InferenceService, Target, VersionDescription
+from tesserad.serving.service import LATEST, InferenceService, Target, VersionDescription
 from tesserad.serving.shared_memory import SharedMemory, TensorPlace
 from tesserad.serving.trace import Tracer
 
@@ -60,20 +61,26 @@ def unserved_datatype(where: str, datatype: object) -> InvalidArgument:
 
 # Listed truthfully: perf_analyzer shows the server-side breakdown only with "statistics".
 # binary_tensor_data is HTTP's; Triton lists it on both transports, as the server's.
+# "parameters": request parameters are taken (timeout_of); "schedule_policy": priority and
+# timeout, as Triton lists it.
 EXTENSIONS = [
     "model_repository",
     # Triton's name for the repository extension's optional unload_dependents.
     "model_repository(unload_dependents)",
     "model_configuration",
     "binary_tensor_data",
+    "parameters",
+    "schedule_policy",
     "statistics",
     "system_shared_memory",
     "logging",
     "trace",
 ]
+# A torch version is a safetensors state dict run by tessera's own model code: not TorchScript,
+# which Triton's "pytorch_libtorch" names; "pytorch" is KServe's name for the format.
 PLATFORMS: Mapping[RuntimeChoice, str] = {
     "onnx": "onnxruntime_onnx",
-    "torch": "pytorch_libtorch",
+    "torch": "pytorch",
     "ensemble": "ensemble",
 }
 BACKENDS: Mapping[RuntimeChoice, str] = {"onnx": "onnxruntime", "torch": "pytorch", "ensemble": ""}
@@ -131,8 +138,11 @@ def not_ready(target: Target, error: NotLoaded | StillLoading) -> TesseraError:
     without one NOT_FOUND (HTTP 404: no version of it is available to it); with tessera's
     message, which says how to load it (in the protocol's words) or when to retry."""
     if target.version is not None:
-        # RepositoryModelLoad loads the versions the model serves, maybe not the one named.
-        fix = f"load it with tessera.v1.Inference's LoadModel naming version {target.version}, or \\1"
+        # RepositoryModelLoad loads the versions the model serves unless its config names others.
+        fix = (
+            f"load it with RepositoryModelLoad and a config naming it in its version_policy "
+            f'({{"version_policy": {{"specific": {{"versions": [{target.version}]}}}}}}), or \\1'
+        )
         return Unavailable(reworded_fix(error.message, ((_NOT_LOADED_FIX, fix),)))
     fix = (
         "load it with RepositoryModelLoad (over HTTP, POST "
@@ -312,6 +322,28 @@ def refuse_repository_name(name: str) -> None:
         )
 
 
+# The most versions one version_policy may load: each holds its weights and instances.
+MAX_POLICY_VERSIONS = 16
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Triton's version_policy: the versions of a model a repository load serves, chosen when
+    it loads. Exactly one of: `latest` (the N highest versions), `specific` (those), `every`
+    (all of them, at most MAX_POLICY_VERSIONS)."""
+
+    latest: int = 0
+    specific: tuple[int, ...] = ()
+    every: bool = False
+
+
+# config_of(text, model, described): see OpenInference.load.
+ConfigOf = Callable[
+    [str, str, Callable[[VersionPolicy | None], Sequence[VersionDescription]]],
+    tuple[ServingConfig, VersionPolicy | None],
+]
+
+
 @dataclass(frozen=True)
 class IndexRow:
     name: str
@@ -344,6 +376,28 @@ class OpenInference:
         self.logs = logs
         self.tracer = tracer
         self._ready = ready
+        # model -> (its version_policy, the versions it chose) for each model a repository load
+        # gave one; held with _loads.
+        self._policies: dict[str, tuple[VersionPolicy, frozenset[int]]] = {}
+        # Repository loads and unloads run one at a time: each unloads what the one before
+        # loaded, and two at once would unload each other's versions.
+        self._loads = threading.Lock()
+
+    def target(self, name: str, version: str) -> Target:
+        """What a request for `name` and `version` (empty: none) is for (target_of). As in Triton,
+        a request naming no version of a model loaded with a version_policy goes to its highest
+        ready version; with none ready, where any other request would."""
+        target = target_of(name, version)
+        if version or name not in self._policies:
+            return target
+        ready = self._service.pool.ready_versions(name)
+        return Target(name, version=ready[-1]) if ready else target
+
+    def version_policy(self, name: str) -> VersionPolicy | None:
+        """The version_policy `name` was loaded with by a repository load (None: none, the
+        versions its requests are routed to)."""
+        chosen = self._policies.get(name)
+        return None if chosen is None else chosen[0]
 
     def server_ready(self) -> bool:
         # Built only once the registry is open; shutting down is not ready, nor is a daemon that
@@ -355,7 +409,7 @@ class OpenInference:
     async def model_ready(self, name: str, version: str) -> bool:
         """Whether a request would be served now by a version loaded (see InferenceService.ready):
         in a thread, as the version may be checked against the registry."""
-        return await asyncio.to_thread(self._service.ready, target_of(name, version))
+        return await asyncio.to_thread(self._service.ready, self.target(name, version))
 
     async def describe(self, name: str, version: str) -> tuple[VersionDescription, list[int]]:
         """The version `name`/`version` selects, and the versions its metadata lists: as Triton,
@@ -363,7 +417,7 @@ class OpenInference:
 
         Never loads the version (as Triton's never does): see InferenceService.describe."""
         try:
-            described = await asyncio.to_thread(self._service.describe, target_of(name, version))
+            described = await asyncio.to_thread(self._service.describe, self.target(name, version))
         except NotFound as exc:
             raise in_oip_words(exc) from None
         if version:
@@ -374,7 +428,7 @@ class OpenInference:
     async def traffic_split(self, name: str, version: str) -> tuple[tuple[int, int], ...]:
         """How a request for `name` naming no version is split among versions (a canary
         deployment), as (version, percent); empty for a request naming `version`, or no split."""
-        if version:
+        if version or name in self._policies:
             return ()
         return await asyncio.to_thread(self._service.traffic_split, name)
 
@@ -501,19 +555,23 @@ class OpenInference:
         name: str,
         parameters: Mapping[str, Parameter],
         names: Mapping[Kind, str],
-        config_of: Callable[[str, str, Callable[[], Sequence[VersionDescription]]], ServingConfig],
+        config_of: ConfigOf,
     ) -> None:
         """Load `name` for serving. `parameters`: the request's; `names`: each kind in the
-        transport's words; `config_of(text, name, described)`: the ServingConfig a `config`
-        parameter (a Triton model configuration as JSON) asks for, InvalidArgument naming a field
-        it cannot take; `described()` describes the versions it would load.
+        transport's words; `config_of(text, name, described)`: the ServingConfig and
+        VersionPolicy (None: none, or Triton's default) a `config` parameter (a Triton model
+        configuration as JSON) asks for, InvalidArgument naming a field it cannot take;
+        `described(policy)` describes the versions it would load.
 
         Without `config`, a version already loaded keeps the config it runs with; with one, every
-        version the model serves loads with it, as Triton loads a model with a config override
-        (a field the override leaves out takes its default). A load that fails for the model or
+        version loaded loads with it, as Triton loads a model with a config override (a field
+        the override leaves out takes its default). The versions loaded are those the model
+        serves (its requests are routed to), or those the config's version_policy chooses; as
+        in Triton, a version the policy does not choose is unloaded, and so is one an earlier
+        policy chose that the versions loaded now leave out. A load that fails for the model or
         the config asked for (FailedPrecondition in tessera's own LoadModel) is InvalidArgument,
-        as Triton answers any failed load (INVALID_ARG, HTTP 400); a model that does not exist
-        stays NotFound."""
+        as Triton answers any failed load (INVALID_ARG, HTTP 400); a model or version that does
+        not exist stays NotFound."""
         validate_name("model_name", name)
         files = sorted(k for k in parameters if k.startswith("file:"))
         if files:
@@ -525,21 +583,72 @@ class OpenInference:
         text = _parameter(parameters, "config", (Kind.STRING,), names)
         await asyncio.to_thread(self._load, name, text, config_of)
 
-    def _load(
-        self,
-        name: str,
-        text: object,
-        config_of: Callable[[str, str, Callable[[], Sequence[VersionDescription]]], ServingConfig],
-    ) -> None:
+    def _load(self, name: str, text: object, config_of: ConfigOf) -> None:
         service = self._service
-        described = partial(service.describe_serving, name)
+        chosen: dict[VersionPolicy, list[int]] = {}
+
+        def versions(policy: VersionPolicy) -> list[int]:
+            if policy not in chosen:
+                chosen[policy] = self._chosen(name, policy)
+            return chosen[policy]
+
+        def described(policy: VersionPolicy | None) -> Sequence[VersionDescription]:
+            if policy is None:
+                return service.describe_serving(name)
+            return [service.describe(Target(name, v)) for v in versions(policy)]
+
         try:
-            config = config_of(text, name, described) if isinstance(text, str) else None
-            service.load_serving(name, config)
+            with self._loads:
+                config, policy = config_of(text, name, described) if isinstance(text, str) else (None, None)
+                if policy is None:
+                    kept = {entry.version for entry in service.load_serving(name, config)}
+                else:
+                    kept = set(versions(policy))
+                    for version in sorted(kept):
+                        service.load(Target(name, version), config or ServingConfig())
+                before = self._policies.pop(name, None)
+                if policy is not None:
+                    self._policies[name] = (policy, frozenset(kept))
+                named_before = before[1] if before is not None else frozenset()
+                for entry in service.pool.list(name):
+                    if entry.version not in kept and (policy is not None or entry.version in named_before):
+                        self._unload_version(name, entry.version)
         except FailedPrecondition as exc:
             raise InvalidArgument(exc.message) from None
         except NotFound as exc:
             raise in_oip_words(exc) from None
+
+    def _chosen(self, name: str, policy: VersionPolicy) -> list[int]:
+        """The versions of `name` `policy` chooses, lowest first; NotFound for a specific one
+        the model does not have, InvalidArgument for `every` past MAX_POLICY_VERSIONS."""
+        service = self._service
+        if policy.specific:
+            for version in policy.specific:
+                service.describe(Target(name, version))  # NotFound for one that does not exist
+            return sorted(set(policy.specific))
+        wanted = policy.latest or MAX_POLICY_VERSIONS + 1
+        found: list[int] = []
+        # Numbers are never reused, so the highest registered is the newest; deleted ones are gaps.
+        for version in range(service.resolve_version(Target(name, alias=LATEST)), 0, -1):
+            try:
+                service.describe(Target(name, version))
+            except NotFound:
+                continue
+            found.append(version)
+            if len(found) == wanted:
+                break
+        if policy.every and len(found) > MAX_POLICY_VERSIONS:
+            raise InvalidArgument(
+                f"config field 'version_policy' is all, but model {name!r} has more than "
+                f"{MAX_POLICY_VERSIONS} versions, the most one load serves: name the versions with "
+                f'{{"specific": {{"versions": [...]}}}} or the newest with {{"latest": {{"num_versions": N}}}}'
+            )
+        return sorted(found)
+
+    def _unload_version(self, name: str, version: int) -> None:
+        # NotFound: unloaded meanwhile (a deletion, an UnloadModel).
+        with contextlib.suppress(NotFound):
+            self._service.unload(Target(name, version))
 
     async def unload(self, name: str, parameters: Mapping[str, Parameter], names: Mapping[Kind, str]) -> None:
         """Unload every loaded version of `name`. `parameters`: the request's. With
@@ -555,7 +664,9 @@ class OpenInference:
 
     def _unload(self, name: str, dependents: bool) -> None:
         try:
-            unloaded = self._service.unload(Target(name))
+            with self._loads:
+                self._policies.pop(name, None)
+                unloaded = self._service.unload(Target(name))
         except NotFound:
             return  # as in Triton, unloading a model that is not loaded succeeds
         if not dependents:

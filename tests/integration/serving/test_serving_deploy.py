@@ -55,6 +55,9 @@ def test_a_canary_of_an_export_beside_its_weights_is_warmed_and_serves_without_w
     inference, registry, oip, channel, caplog, torch_warns_every_time
 ) -> None:
     assert upload_weights(channel, "clips-cnn4d", cnn4d_weights(), alias="staging") == 1
+    # Weights run by tessera's own code are not TorchScript (Triton's pytorch_libtorch).
+    metadata = oip.ModelMetadata(oip_pb.ModelMetadataRequest(name="clips-cnn4d", version="1"))
+    assert metadata.platform == "pytorch"
     exported = registry.ExportOnnx(
         registry_pb2.ExportOnnxRequest(source=common_pb2.VersionRef(model="clips-cnn4d"), alias="staging")
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import logging
 import os
 import threading
 import urllib.request
@@ -17,7 +18,15 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import json_format
-from serving_models import W, half_model, linear_model, reshape_model, slow_model, two_output_model, upload
+from serving_models import (
+    W,
+    half_model,
+    linear_model,
+    reshape_model,
+    slow_model,
+    two_output_model,
+    upload,
+)
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2
 from tesserad.oip import grpc_service_pb2 as pb
@@ -58,6 +67,8 @@ def test_server_health_and_metadata(oip) -> None:
     metadata = oip.ServerMetadata(pb.ServerMetadataRequest())
     assert metadata.name == "tesserad" and "statistics" in metadata.extensions
     assert "model_repository" in metadata.extensions and "system_shared_memory" in metadata.extensions
+    # Request parameters, and priority and timeout (Triton's schedule_policy), are taken.
+    assert {"parameters", "schedule_policy"} <= set(metadata.extensions)
     # Listed on both transports, as Triton lists it: the HTTP listener serves it.
     assert "binary_tensor_data" in metadata.extensions
 
@@ -207,8 +218,8 @@ BAD_CONFIGS = [
     ("not json", "parameter 'config' is not JSON"),
     ("[1]", "parameter 'config' must be a JSON object"),
     (
-        '{"dynamic_batching": {"preferred_batch_size": [4]}}',
-        "config field 'dynamic_batching.preferred_batch_size' is not supported by tesserad",
+        '{"dynamic_batching": {"preferred_batch_size": [0]}}',
+        "config field 'dynamic_batching.preferred_batch_size' holds 0; each size must be in 1..65536",
     ),
     (
         '{"dynamic_batching": {"default_queue_policy": {"timeout_action": "DELAY"}}}',
@@ -247,7 +258,15 @@ BAD_CONFIGS = [
     ),
     ('{"model_warmup": [{"batch_size": 1, "count": 1001, "inputs": ' + WARMUP_INPUTS + "}]}", "in 0..1000"),
     ('{"instance_group": [{"rate_limiter": {}}]}', "config field 'instance_group[0].rate_limiter' is not"),
-    ('{"parameters": {"execution_mode": {"string_value": "1"}}}', "config field 'parameters.execution_mode'"),
+    (
+        '{"parameters": {"enable_mem_arena": {"string_value": "1"}}}',
+        "config field 'parameters.enable_mem_arena'",
+    ),
+    (
+        '{"model_transaction_policy": {"decoupled": true}}',
+        "config field 'model_transaction_policy.decoupled'",
+    ),
+    ('{"version_policy": {"specific": {}}}', "config field 'version_policy.specific.versions' is empty"),
     (
         '{"parameters": {"intra_op_thread_count": {"string_value": "two"}}}',
         "config field 'parameters.intra_op_thread_count' must be a whole number",
@@ -364,6 +383,212 @@ def test_the_config_model_config_answers_loads_back_and_with_fields_changed(oip,
     assert (loaded.state, loaded.config.warmup_runs) == (inference_pb2.LOAD_STATE_READY, 0)
     assert not oip.ModelConfig(pb.ModelConfigRequest(name=linear)).config.model_warmup
     assert output(oip.ModelInfer(infer_request(linear, X))).shape == (2, 3)
+
+
+# What Triton 2.4x answers (over HTTP, every field written) for a model like "linear" version 2.
+TRITON_CONFIG: dict[str, Any] = {
+    "name": "linear",
+    "platform": "onnxruntime_onnx",
+    "backend": "onnxruntime",
+    "runtime": "",
+    "version_policy": {"latest": {"num_versions": 1}},
+    "max_batch_size": 8,
+    "input": [
+        {
+            "name": "x",
+            "data_type": "TYPE_FP32",
+            "format": "FORMAT_NONE",
+            "dims": [4],
+            "is_shape_tensor": False,
+            "allow_ragged_batch": False,
+            "optional": False,
+        }
+    ],
+    "output": [
+        {"name": "y", "data_type": "TYPE_FP32", "dims": [3], "label_filename": "", "is_shape_tensor": False}
+    ],
+    "batch_input": [],
+    "batch_output": [],
+    "optimization": {
+        "priority": "PRIORITY_DEFAULT",
+        "input_pinned_memory": {"enable": True},
+        "output_pinned_memory": {"enable": True},
+        "gather_kernel_buffer_threshold": 0,
+        "eager_batching": False,
+    },
+    "dynamic_batching": {
+        "preferred_batch_size": [8],
+        "max_queue_delay_microseconds": 0,
+        "preserve_ordering": False,
+        "priority_levels": 0,
+        "default_priority_level": 0,
+        "priority_queue_policy": {},
+    },
+    "instance_group": [
+        {
+            "name": "linear",
+            "kind": "KIND_CPU",
+            "count": 1,
+            "gpus": [],
+            "secondary_devices": [],
+            "profile": [],
+            "passive": False,
+            "host_policy": "",
+        }
+    ],
+    "default_model_filename": "model.onnx",
+    "cc_model_filenames": {},
+    "metric_tags": {},
+    "parameters": {
+        "intra_op_thread_count": {"string_value": "1"},
+        "inter_op_thread_count": {"string_value": "1"},
+        "execution_mode": {"string_value": "0"},
+    },
+    "model_warmup": [],
+    "model_transaction_policy": {"decoupled": False},
+}
+
+
+def test_the_config_triton_answers_loads_as_it_is(oip, inference, linear, caplog, expect_rpc_error) -> None:
+    with caplog.at_level(logging.INFO, logger="tesserad"):
+        oip.RepositoryModelLoad(load_request(linear, json.dumps(TRITON_CONFIG)))
+    (loaded,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model=linear)).models
+    assert (loaded.version, loaded.config.max_batch_size, loaded.config.instances) == (2, 8, 1)
+    assert (loaded.config.intra_op_threads, loaded.config.warmup_runs) == (1, 0)
+    # The fields taken without effect are named, once, at INFO; [8] is what tesserad does anyway.
+    (noted,) = [r for r in caplog.records if "taken without effect" in r.getMessage()]
+    assert noted.levelno == logging.INFO
+    assert sorted(noted.fields) == [  # type: ignore[attr-defined]
+        "default_model_filename",
+        "model_transaction_policy",
+        "optimization",
+        "parameters.execution_mode",
+        "parameters.inter_op_thread_count",
+    ]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+    # Preferred sizes other than max_batch_size are not aimed at: a WARNING says what is done instead.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tesserad"):
+        preferred = {**TRITON_CONFIG, "dynamic_batching": {"preferred_batch_size": [2, 4]}}
+        oip.RepositoryModelLoad(load_request(linear, json.dumps(preferred)))
+    (warned,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        "preferred_batch_size is not honoured: tesserad batches up to max_batch_size" in warned.getMessage()
+    )
+
+    # Values that would change what Triton does, which tesserad cannot: refused, naming the field.
+    for changed, code, message in (
+        (
+            {"model_transaction_policy": {"decoupled": True}},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "config field 'model_transaction_policy.decoupled' is true; tesserad answers every request "
+            "with one response",
+        ),
+        (
+            {"dynamic_batching": {"preferred_batch_size": [16]}},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "config field 'dynamic_batching.preferred_batch_size' holds 16; each size must be in 1..8",
+        ),
+        (
+            {"parameters": {"execution_mode": {"string_value": "1"}}},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "config field 'parameters.execution_mode' is '1'; tesserad runs onnxruntime sequentially",
+        ),
+        (
+            {"optimization": {"cuda": {"graphs": True}}},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "config field 'optimization.cuda' is not supported by tesserad",
+        ),
+        (
+            # Taken (the name of a torch version's platform), then refused by the load.
+            {"platform": "pytorch", "backend": "pytorch"},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the torch runtime needs a safetensors version",
+        ),
+        (
+            {"version_policy": {"latest": {"num_versions": 17}}},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "config field 'version_policy.latest.num_versions' is 17; one load serves at most 16",
+        ),
+        (
+            {"version_policy": {"specific": {"versions": [2, 9]}}},
+            grpc.StatusCode.NOT_FOUND,
+            "model 'linear' has no version 9",
+        ),
+    ):
+        expect_rpc_error(
+            lambda changed=changed: oip.RepositoryModelLoad(
+                load_request(linear, json.dumps({**TRITON_CONFIG, **changed}))
+            ),
+            code,
+            message,
+        )
+    (loaded,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model=linear)).models
+    assert (loaded.version, loaded.config.max_batch_size) == (2, 8)  # as it was
+
+
+def test_version_policy_chooses_the_versions_loaded(start_daemon, expect_rpc_error) -> None:
+    # Autoload off, as a Triton server with explicit model control: only what is loaded serves.
+    channel = start_daemon(**{"serving.autoload": False}).channel()
+    # One more version than one load serves.
+    for _ in range(17):
+        upload(channel, "linear", linear_model(1.0))
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    inference = inference_pb2_grpc.InferenceStub(channel)
+
+    def ready() -> list[int]:
+        loaded = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="linear")).models
+        return [m.version for m in loaded if m.state == inference_pb2.LOAD_STATE_READY]
+
+    def load(policy: dict[str, Any] | None) -> list[int]:
+        config = {"max_batch_size": 4} if policy is None else {"version_policy": policy}
+        oip.RepositoryModelLoad(load_request("linear", json.dumps(config)))
+        return ready()
+
+    def served_by() -> str:
+        return oip.ModelInfer(infer_request("linear", X)).model_version
+
+    # A Triton client names its way to load a version, not tessera's own LoadModel.
+    expect_rpc_error(
+        lambda: oip.ModelInfer(infer_request("linear", X, version="1")),
+        grpc.StatusCode.UNAVAILABLE,
+        'load it with RepositoryModelLoad and a config naming it in its version_policy ({"version_policy": '
+        '{"specific": {"versions": [1]}}})',
+    )
+    assert load({"specific": {"versions": [1]}}) == [1]
+    # As in Triton, a request naming no version goes to the highest version ready.
+    assert served_by() == "1"
+    assert oip.ModelReady(pb.ModelReadyRequest(name="linear")).ready
+    config = oip.ModelConfig(pb.ModelConfigRequest(name="linear")).config
+    assert list(config.version_policy.specific.versions) == [1]
+    assert config.parameters["tessera_version"].string_value == "1"
+    # The config read back loads as it is, keeping its policy.
+    oip.RepositoryModelLoad(load_request("linear", json_format.MessageToJson(config)))
+    assert served_by() == "1"
+
+    # Each policy unloads the versions it does not name.
+    assert load({"latest": {"num_versions": 2}}) == [16, 17]
+    assert served_by() == "17"
+    # More versions than one load serves: refused, naming the way to choose, and nothing changes.
+    expect_rpc_error(
+        lambda: load({"all": {}}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "config field 'version_policy' is all, but model 'linear' has more than 16 versions, the most one "
+        'load serves: name the versions with {"specific": {"versions": [...]}}',
+    )
+    assert ready() == [16, 17]
+    assert load({"specific": {"versions": [2, 1]}}) == [1, 2]
+    assert served_by() == "2"
+    assert oip.ModelInfer(infer_request("linear", X, version="1")).model_version == "1"
+    # Without a policy (or with Triton's default, latest 1): the version requests are routed to.
+    assert load(None) == [17]
+    assert not oip.ModelConfig(pb.ModelConfigRequest(name="linear")).config.HasField("version_policy")
+    assert load({"latest": {"num_versions": 1}}) == [17]
+    assert served_by() == "17"
+
+    oip.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="linear"))
+    assert not oip.ModelReady(pb.ModelReadyRequest(name="linear")).ready
 
 
 def test_a_version_that_cannot_batch_loads_back_its_max_batch_size_0(oip, channel, expect_rpc_error) -> None:

@@ -191,10 +191,10 @@ def test_repository_load_takes_a_triton_config_as_grpc_does(served: str) -> None
     assert error(load, {"parameters": {"config": '{"max_batch_size": 8, "sequence_batching": {}}'}}) == (
         400,
         "config field 'sequence_batching' is not supported by tesserad, which takes name, platform, backend, "
-        "max_batch_size, dynamic_batching.max_queue_delay_microseconds, "
+        "version_policy, max_batch_size, dynamic_batching.max_queue_delay_microseconds, "
         "dynamic_batching.default_queue_policy.max_queue_size, instance_group[0].count/kind/gpus, "
         "response_cache.enable, parameters.intra_op_thread_count, and input, output and model_warmup as "
-        "ModelConfig gives them: remove it",
+        "ModelConfig gives them; Triton's defaults of other fields load as without them: remove it",
     )
     assert error(load, {"parameters": {"config": 4}}) == (
         400,

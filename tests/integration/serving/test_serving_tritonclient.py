@@ -31,9 +31,14 @@ client = tc.InferenceServerClient(sys.argv[1])
 model = sys.argv[2]
 CONFIG = {
     "max_batch_size": 4,
-    "dynamic_batching": {"max_queue_delay_microseconds": 100},
+    "dynamic_batching": {"max_queue_delay_microseconds": 100, "preferred_batch_size": [4]},
     "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
     "response_cache": {"enable": True},
+    # As Triton answers them for a model of its own: its defaults, taken.
+    "version_policy": {"latest": {"num_versions": 1}},
+    "optimization": {"input_pinned_memory": {"enable": True}, "output_pinned_memory": {"enable": True}},
+    "default_model_filename": "model.onnx",
+    "model_transaction_policy": {"decoupled": False},
 }
 seen = {"live": client.is_server_live(), "ready": client.is_server_ready()}
 seen["ready_before_load"] = client.is_model_ready(model)
@@ -112,7 +117,7 @@ seen["config_loaded"] = [
     config["response_cache"].get("enable", False),
 ]
 try:
-    client.load_model(model, config=json.dumps({**CONFIG, "optimization": {}}))
+    client.load_model(model, config=json.dumps({**CONFIG, "cc_model_filenames": {"7.5": "model.plan"}}))
     seen["bad_config"] = None
 except InferenceServerException as exc:
     seen["bad_config"] = [exc.status(), exc.message()]
@@ -158,9 +163,14 @@ client = th.InferenceServerClient(sys.argv[1])
 model = sys.argv[2]
 CONFIG = {
     "max_batch_size": 4,
-    "dynamic_batching": {"max_queue_delay_microseconds": 100},
+    "dynamic_batching": {"max_queue_delay_microseconds": 100, "preferred_batch_size": [4]},
     "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
     "response_cache": {"enable": True},
+    # As Triton answers them for a model of its own: its defaults, taken.
+    "version_policy": {"latest": {"num_versions": 1}},
+    "optimization": {"input_pinned_memory": {"enable": True}, "output_pinned_memory": {"enable": True}},
+    "default_model_filename": "model.onnx",
+    "model_transaction_policy": {"decoupled": False},
 }
 seen = {"live": client.is_server_live(), "ready": client.is_server_ready()}
 seen["ready_before_load"] = client.is_model_ready(model)
@@ -226,7 +236,7 @@ seen["config_loaded"] = [
     config["response_cache"].get("enable", False),
 ]
 try:
-    client.load_model(model, config=json.dumps({**CONFIG, "optimization": {}}))
+    client.load_model(model, config=json.dumps({**CONFIG, "cc_model_filenames": {"7.5": "model.plan"}}))
     seen["bad_config"] = None
 except InferenceServerException as exc:
     seen["bad_config"] = [exc.status(), exc.message()]
@@ -309,7 +319,7 @@ def test_tritonclient_talks_to_tesserad(start_daemon) -> None:
     assert seen["config_loaded"] == [4, 100, 1, True]
     status, message = seen["bad_config"]
     assert status == "StatusCode.INVALID_ARGUMENT"
-    assert message.startswith("config field 'optimization' is not supported by tesserad")
+    assert message.startswith("config field 'cc_model_filenames' is not supported by tesserad")
     assert seen["max_batch_size_after_bad_config"] == 4
     assert seen["round_trip"] == [8, 250, [8, 1], True]
     status, message = seen["signature_change"]
@@ -387,7 +397,9 @@ def test_tritonclient_http_talks_to_tesserad(start_daemon) -> None:
     assert status == "501" and "keeps no state between requests" in message
     assert seen["config_loaded"] == [4, 100, 1, True]
     status, message = seen["bad_config"]
-    assert status == "400" and message.startswith("config field 'optimization' is not supported by tesserad")
+    assert status == "400" and message.startswith(
+        "config field 'cc_model_filenames' is not supported by tesserad"
+    )
     assert seen["max_batch_size_after_bad_config"] == 4
     assert seen["round_trip"] == [8, 0, [8, 1], True]
     status, message = seen["signature_change"]
