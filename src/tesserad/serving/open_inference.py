@@ -172,18 +172,20 @@ _OIP_FIXES: tuple[Rewording, ...] = (
         "load it with LoadModel (serving.autoload is off)",
         "load it with RepositoryModelLoad (serving.autoload is off)",
     ),
-    # Of a version named: RepositoryModelLoad loads the versions the model serves, maybe not it.
+    # Of a version named: RepositoryModelLoad loads the versions the model serves unless its
+    # config's version_policy names others.
     (
         re.compile(
             r"load it with LoadModel naming version (\d+), or by a Predict naming version (\d+) "
             r"(\(one naming no version loads the one requests are routed to\))"
         ),
-        r"load it with tessera.v1.Inference's LoadModel naming version \1, or by an inference request "
-        r"naming version \2 \3",
+        r"load it with RepositoryModelLoad and a config naming it in its version_policy, or by an "
+        r"inference request naming version \2 \3",
     ),
     (
         re.compile(r"load it with LoadModel naming version (\d+) (\(serving\.autoload is off\))"),
-        r"load it with tessera.v1.Inference's LoadModel naming version \1 \2",
+        r"load it with RepositoryModelLoad and a config naming it in its version_policy "
+        r'({"version_policy": {"specific": {"versions": [\1]}}}) \2',
     ),
 )
 

@@ -578,6 +578,12 @@ def test_version_policy_chooses_the_versions_loaded(start_daemon, expect_rpc_err
         'load serves: name the versions with {"specific": {"versions": [...]}}',
     )
     assert ready() == [16, 17]
+    expect_rpc_error(
+        lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name="linear", version="3")),
+        grpc.StatusCode.NOT_FOUND,
+        'load it with RepositoryModelLoad and a config naming it in its version_policy ({"version_policy": '
+        '{"specific": {"versions": [3]}}}) (serving.autoload is off)',
+    )
     assert load({"specific": {"versions": [2, 1]}}) == [1, 2]
     assert served_by() == "2"
     assert oip.ModelInfer(infer_request("linear", X, version="1")).model_version == "1"
@@ -890,9 +896,10 @@ def test_statistics_of_unloaded_or_unknown_model_is_not_found(oip, linear, expec
     expect_rpc_error(
         lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name=linear, version="2")),
         grpc.StatusCode.NOT_FOUND,
-        # RepositoryModelLoad loads the versions the model serves, which need not be this one.
+        # RepositoryModelLoad loads the versions the model serves unless its version_policy names others.
         "model 'linear' version 2 is not loaded, so it has no statistics yet; load it with "
-        "tessera.v1.Inference's LoadModel naming version 2, or by an inference request naming version 2 "
+        "RepositoryModelLoad and a config naming it in its version_policy, or by an inference request "
+        "naming version 2 "
         "(one naming no version loads the one requests are routed to)",
     )
     # In the protocol's words: Predict and LoadModel are tessera.v1.Inference's, not a Triton client's.
