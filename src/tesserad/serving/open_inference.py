@@ -630,7 +630,7 @@ class OpenInference:
             return sorted(set(policy.specific))
         wanted = policy.latest or MAX_POLICY_VERSIONS + 1
         found: list[int] = []
-        # Numbers are never reused, so the highest registered is the newest; deleted ones are gaps.
+        # Versions are numbered upward, so the newest is the highest; deleted ones leave gaps.
         for version in range(service.resolve_version(Target(name, alias=LATEST)), 0, -1):
             try:
                 service.describe(Target(name, version))
