@@ -12,8 +12,10 @@ the same modules, so the composition root and the worker each register them once
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
+import importlib.abc
 import importlib.machinery
 import importlib.util
 import inspect
@@ -22,7 +24,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib.abc import Loader
 from importlib.machinery import ModuleSpec
@@ -140,13 +142,46 @@ def _checked_spec(name: str, search: list[str], roots: list[Path], module: str) 
         )
     places = [spec.origin] if spec.loader is not None and spec.origin else []
     for place in [*places, *(spec.submodule_search_locations or [])]:
-        if not any(Path(place).resolve().is_relative_to(root) for root in roots):
-            raise FailedPrecondition(
-                f"architecture.python.entry: {_shown(place, roots)!r} (module {name!r}) is a symbolic link "
-                f"leading out of the directories of {SETTING} (or lies in one); only files inside "
-                "those directories are imported: copy it into one"
-            )
+        if not _inside(place, roots):
+            raise FailedPrecondition(_leads_out(place, name, roots))
     return spec
+
+
+def _inside(place: str, roots: list[Path]) -> bool:
+    return any(Path(place).resolve().is_relative_to(root) for root in roots)
+
+
+def _leads_out(place: str, name: str, roots: list[Path]) -> str:
+    return (
+        f"architecture.python.entry: {_shown(place, roots)!r} (module {name!r}) is a symbolic link "
+        f"leading out of the directories of {SETTING} (or lies in one); only files inside "
+        "those directories are imported: copy it into one"
+    )
+
+
+def _checked_level(name: str, search: list[str], roots: list[Path], module: str) -> tuple[ModuleSpec, str]:
+    """`name`'s spec as _checked_spec gives it, its module's source read once from the file as
+    opened, and set to be run from those bytes; with their sha256 ("" for a namespace package).
+    The file is opened without following a link and its opened place checked again: a file
+    swapped after the check for a link leading out is refused, never read."""
+    spec = _checked_spec(name, search, roots, module)
+    if spec.loader is None or spec.origin is None:
+        return spec, ""
+    try:
+        fd = os.open(Path(spec.origin).resolve(), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FailedPrecondition(_leads_out(spec.origin, name, roots)) from None
+        raise
+    with os.fdopen(fd, "rb") as file:
+        # The kernel's name of the file opened has no links in it: compared as it is, since
+        # resolving it again would follow a link put in its way since.
+        opened = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if not any(opened.is_relative_to(root) for root in roots):
+            raise FailedPrecondition(_leads_out(spec.origin, name, roots))
+        source = file.read()
+    spec.loader = _SourceRun(name, spec.origin, source)
+    return spec, hashlib.sha256(source).hexdigest()
 
 
 def _not_found(module: str, name: str, search: list[str], roots: list[Path]) -> str:
@@ -156,9 +191,15 @@ def _not_found(module: str, name: str, search: list[str], roots: list[Path]) -> 
             f"directories of {SETTING}; put {module.replace('.', '/')}.py in one of them"
         )
     parent, _, tail = name.rpartition(".")
+    missing = f"{tail}.py" if name == module else f"{tail}/"
+    if not search:
+        return (
+            f"architecture.python.entry: module {module!r} is not found: {parent!r} is a module, "
+            f"not a package; name a class of {parent!r} ({parent}:Net), or make it a package "
+            f"({parent.replace('.', '/')}/__init__.py) holding {missing}"
+        )
     # A namespace package's directories of one name under several listed ones are named once.
     where = ", ".join(repr(shown) for shown in dict.fromkeys(_shown(place, roots) for place in search))
-    missing = f"{tail}.py" if name == module else f"{tail}/"
     return (
         f"architecture.python.entry: module {module!r} is not found: its package {parent!r} is "
         f"imported from {where}, which holds no {missing}; put it there"
@@ -191,7 +232,14 @@ def _from_roots(module: ModuleType, roots: list[Path]) -> bool:
     file = getattr(module, "__file__", None)
     spec = getattr(module, "__spec__", None)
     places = [file] if file else list(getattr(spec, "submodule_search_locations", None) or [])
-    return bool(places) and all(any(Path(p).resolve().is_relative_to(r) for r in roots) for p in places)
+    return bool(places) and all(_inside(p, roots) for p in places)
+
+
+def _spec_from_roots(spec: ModuleSpec, roots: list[Path]) -> bool:
+    places = (
+        [spec.origin] if spec.has_location and spec.origin else list(spec.submodule_search_locations or [])
+    )
+    return bool(places) and all(_inside(p, roots) for p in places)
 
 
 def _imported_from_elsewhere(top: str, roots: list[Path]) -> bool:
@@ -206,7 +254,21 @@ def _imported_from_elsewhere(top: str, roots: list[Path]) -> bool:
     spec = importlib.machinery.PathFinder.find_spec(top, elsewhere)
     # A spec without a loader is a namespace package's portion (a bare directory of that name):
     # Python imports a module or regular package found on any later path entry before it.
-    return spec is not None and spec.loader is not None
+    if spec is not None and spec.loader is not None:
+        return True
+    # An editable install's or a custom importer's finder: it imports its names from its own
+    # places, wherever it sits in sys.meta_path (one after the path finder has its names taken
+    # over once the listed directories are on sys.path).
+    for finder in sys.meta_path:
+        if finder is importlib.machinery.PathFinder:
+            continue
+        try:
+            spec = finder.find_spec(top, None)
+        except Exception:  # a finder that fails on the name imports nothing from elsewhere
+            continue
+        if spec is not None and not _spec_from_roots(spec, roots):
+            return True
+    return False
 
 
 def find_entry_file(entry: str, paths: tuple[Path, ...] | list[Path]) -> Path:
@@ -215,10 +277,7 @@ def find_entry_file(entry: str, paths: tuple[Path, ...] | list[Path]) -> Path:
     package directory on the way is no Python source or leads out of them; NotFound when none
     holds the module. Messages name no server path."""
     if not paths:
-        raise FailedPrecondition(
-            f"architecture.python: this daemon imports no user modules; its operator lists the "
-            f"directories they may come from in the setting {SETTING} (tesserad serve --module-path DIR)"
-        )
+        raise FailedPrecondition(_NO_PATHS)
     module = entry.partition(":")[0]
     roots = [Path(p).resolve() for p in paths]
     search = [str(root) for root in roots]
@@ -230,6 +289,12 @@ def find_entry_file(entry: str, paths: tuple[Path, ...] | list[Path]) -> Path:
         raise FailedPrecondition(_shadowed(top))
     assert spec.origin is not None  # a module's spec, not a namespace package's: _checked_spec
     return Path(spec.origin).resolve()
+
+
+_NO_PATHS = (
+    "architecture.python: this daemon imports no user modules; its operator lists the "
+    f"directories they may come from in the setting {SETTING} (tesserad serve --module-path DIR)"
+)
 
 
 def _shadowed(module: str) -> str:
@@ -249,18 +314,17 @@ def load_class(entry: str, expected_sha256: str = "") -> type[Any]:
 
     module_name, _, attribute = entry.partition(":")
     with _lock:
-        paths = list(_paths)
-        path = find_entry_file(entry, paths)
-        sha256 = file_sha256(path)
-        if expected_sha256 and sha256 != expected_sha256:
-            log.warning(
-                "architecture.python %s: its module's file changed since the job that trained these "
-                "weights was submitted (sha256 %s then, %s now); the model is built from the file as it is now",
-                entry,
-                expected_sha256,
-                sha256,
-            )
-        module = _import(module_name, paths)
+        if not _paths:
+            raise FailedPrecondition(_NO_PATHS)
+        module, sha256 = _import(module_name, list(_paths))
+    if expected_sha256 and sha256 != expected_sha256:
+        log.warning(
+            "architecture.python %s: its module's file changed since the job that trained these "
+            "weights was submitted (sha256 %s then, %s now); the model is built from the file as it is now",
+            entry,
+            expected_sha256,
+            sha256,
+        )
     target = getattr(module, attribute, None)
     if target is None:
         raise InvalidArgument(
@@ -273,60 +337,104 @@ def load_class(entry: str, expected_sha256: str = "") -> type[Any]:
     return target
 
 
-def _import(module_name: str, roots: list[Path]) -> ModuleType:
+class _CheckedLevels(importlib.abc.MetaPathFinder):
+    """First in sys.meta_path once an entry was imported: while one is, a level of it that a
+    package on the way imports itself (`from .net import Net` in its __init__.py) is found, checked
+    and run as _import runs it, once, never by Python's path finder from a cached .pyc. It stays
+    there: taking it out while another thread's import walks sys.meta_path would skip a finder."""
+
+    def __init__(self) -> None:
+        self.levels: list[str] = []
+        self.roots: list[Path] = []
+        self.module = ""
+        self.served: dict[str, tuple[ModuleSpec, str]] = {}
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname not in self.levels or path is None:
+            return None
+        spec, sha256 = _checked_level(fullname, list(path), self.roots, self.module)
+        self.served[fullname] = (spec, sha256)
+        return spec
+
+
+_finder = _CheckedLevels()
+
+
+def _import(module_name: str, roots: list[Path]) -> tuple[ModuleType, str]:
     """`module_name` imported level by level from specs checked as find_entry_file checks them
     (each over `roots`, or its package's __path__ as Python searches it), so the file checked is
-    the file run. A module already imported here from the same place is kept, the entry's own
-    module only while its file is unchanged; those registered here leave sys.modules again when
-    a level fails."""
+    the file run; with the sha256 of the entry module's source run. A module already imported
+    here from the same place is kept, the entry's own module only while its file is unchanged.
+    As in Python's import, a level that fails leaves sys.modules again (what it replaced comes
+    back) and the levels above it, whose code ran, stay."""
     for root in roots:
         # Appended: the module's imports of its neighbours find them, and never shadow the
         # standard library or an installed package.
         if str(root) not in sys.path:
             sys.path.append(str(root))
-    search = [str(root) for root in roots]
-    registered: list[tuple[str, ModuleType | None, str | None]] = []  # name, what it replaced
+    if _finder not in sys.meta_path:
+        sys.meta_path.insert(0, _finder)
+    levels = _levels(module_name)
+    _finder.levels, _finder.roots, _finder.module, _finder.served = levels[1:], roots, module_name, {}
     try:
-        for name in _levels(module_name):
-            spec = _checked_spec(name, search, roots, module_name)
-            sha256 = ""
-            if spec.loader is not None and spec.origin is not None:
-                source = Path(spec.origin).read_bytes()
-                sha256 = hashlib.sha256(source).hexdigest()
-                spec.loader = _SourceRun(name, spec.origin, source)
+        search = [str(root) for root in roots]
+        parent: ModuleType | None = None
+        sha256 = ""
+        for name in levels:
             loaded = sys.modules.get(name)
-            if (
-                loaded is not None
-                and _same_place(loaded, spec)
-                and (name != module_name or _loaded_sha256.get(name) == sha256)
-            ):
-                module = loaded
-            else:
-                module = importlib.util.module_from_spec(spec)
-                registered.append((name, loaded, _loaded_sha256.get(name)))
-                sys.modules[name] = module
-                # The module's imports of neighbours written since the last import: the path
-                # finders' cached listings of the directories may not show them yet.
-                importlib.invalidate_caches()
-                if isinstance(spec.loader, _SourceRun):
-                    spec.loader.exec_module(module)
+            served = _finder.served.get(name)
+            if served is not None and loaded is not None and loaded.__spec__ is served[0]:
+                # Imported through the finder by a package above while this load ran.
+                module, sha256 = loaded, served[1]
                 _loaded_sha256[name] = sha256
+            else:
+                spec, sha256 = _checked_level(name, search, roots, module_name)
+                if parent is None and _imported_from_elsewhere(name, roots):
+                    raise FailedPrecondition(_shadowed(name))
+                if (
+                    loaded is not None
+                    and _same_place(loaded, spec)
+                    and (name != module_name or _loaded_sha256.get(name) == sha256)
+                ):
+                    module = loaded
+                else:
+                    module = _run(name, spec, sha256, loaded)
+            if parent is not None:
+                setattr(parent, name.rpartition(".")[2], module)
+            parent = module
             search = list(getattr(module, "__path__", None) or [])
+    finally:
+        _finder.levels, _finder.served = [], {}
+    return module, sha256
+
+
+def _run(name: str, spec: ModuleSpec, sha256: str, loaded: ModuleType | None) -> ModuleType:
+    """A new module of `spec` in sys.modules in place of `loaded`, its code run; `loaded` back
+    there when it fails."""
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    if spec.submodule_search_locations is not None:
+        # A package made again: its submodules stay imported (Python imports them from
+        # sys.modules, not again), so they stay its attributes as well.
+        prefix = f"{name}."
+        for held, submodule in list(sys.modules.items()):
+            if held.startswith(prefix) and "." not in held[len(prefix) :]:
+                setattr(module, held[len(prefix) :], submodule)
+    try:
+        # The module's imports of neighbours written since the last import: the path
+        # finders' cached listings of the directories may not show them yet.
+        importlib.invalidate_caches()
+        if isinstance(spec.loader, _SourceRun):
+            spec.loader.exec_module(module)
     except BaseException:
-        for name, previous, previous_sha256 in reversed(registered):
-            if previous is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = previous
-            if previous_sha256 is None:
-                _loaded_sha256.pop(name, None)
-            else:
-                _loaded_sha256[name] = previous_sha256
+        if loaded is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = loaded
         raise
-    for name, _, _ in registered:
-        parent, _, tail = name.rpartition(".")
-        if parent:
-            setattr(sys.modules[parent], tail, sys.modules[name])
+    _loaded_sha256[name] = sha256
     return module
 
 

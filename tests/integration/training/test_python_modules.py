@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.machinery
+import importlib.util
 import logging
 import os
 import re
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +21,9 @@ import pytest
 import tessera
 from tessera.inference import refusing_version
 from tessera.v1 import registry_pb2
+from tesserad.errors import FailedPrecondition, NotFound
+from tesserad.nn import user_modules
+from tesserad.nn.user_modules import allow_module_paths, find_entry_file, load_class
 from tests.conftest import InProcessDaemon, daemon_settings
 
 # A name no other test's module takes: the daemon runs in the test's process.
@@ -415,3 +421,144 @@ def test_a_listed_directory_that_is_not_there_is_warned_of_at_start(
             daemon_settings(tmp_path / "data", **{"training.module_paths": [str(missing)]})
         ).start().stop()
     assert any(str(missing) in r.getMessage() and "not a directory" in r.getMessage() for r in caplog.records)
+
+
+# The import machinery itself, in this process: load_class as serving calls it, over the same two
+# listed directories the daemon imports from.
+
+
+@pytest.fixture(scope="module")
+def listed(modules: Path, more_modules: Path) -> list[Path]:
+    allow_module_paths([modules, more_modules])
+    return [modules, more_modules]
+
+
+def _package(root: Path, name: str, files: dict[str, str]) -> Path:
+    (root / name).mkdir()
+    for file, text in files.items():
+        (root / name / file).write_text(text)
+    return root / name
+
+
+def test_a_failed_import_leaves_the_fixed_module_its_packages_submodules(listed: list[Path]) -> None:
+    uses_widths = "import byo_pk_t30.widths\n\nWIDTH = byo_pk_t30.widths.WIDTH\n" + SOURCE
+    package = _package(listed[0], "byo_pk_t30", {"__init__.py": "", "widths.py": "WIDTH = 3\n"})
+    (package / "net.py").write_text(uses_widths + "\nundefined_name\n")
+    with pytest.raises(NameError, match="undefined_name"):
+        load_class("byo_pk_t30.net:Net")
+    (package / "net.py").write_text(uses_widths)
+    for _ in range(2):
+        assert sys.modules[load_class("byo_pk_t30.net:Net").__module__].WIDTH == 3
+
+
+def test_a_changed_package_keeps_the_submodules_it_imports(listed: list[Path]) -> None:
+    uses_widths = "import byo_pk2_t30.widths\n\nWIDTH = byo_pk2_t30.widths.WIDTH\n" + SOURCE
+    package = _package(listed[0], "byo_pk2_t30", {"__init__.py": uses_widths, "widths.py": "WIDTH = 3\n"})
+    first = load_class("byo_pk2_t30:Net")
+    (package / "__init__.py").write_text(uses_widths + "\n# changed\n")
+    assert load_class("byo_pk2_t30:Net") is not first
+    assert sys.modules["byo_pk2_t30"].widths is sys.modules["byo_pk2_t30.widths"]
+
+
+def test_a_recreated_namespace_package_keeps_its_submodules(listed: list[Path]) -> None:
+    uses_widths = "import byo_ns2_t30.widths\n\nWIDTH = byo_ns2_t30.widths.WIDTH\n" + SOURCE
+    package = _package(listed[0], "byo_ns2_t30", {"net.py": uses_widths, "widths.py": "WIDTH = 3\n"})
+    load_class("byo_ns2_t30.net:Net")
+    (listed[1] / "byo_ns2_t30").mkdir()  # a second portion: the namespace package is another one
+    load_class("byo_ns2_t30.net:Net")
+    namespace = sys.modules["byo_ns2_t30"]
+    assert len(namespace.__path__) == 2
+    assert namespace.net is sys.modules["byo_ns2_t30.net"]
+    (package / "net.py").write_text(uses_widths + "\n# changed\n")
+    assert sys.modules[load_class("byo_ns2_t30.net:Net").__module__].WIDTH == 3
+
+
+class _Mapped:
+    """A meta path finder as an editable install or a custom importer adds one: it imports
+    `name` from `path`, and fails on `broken`."""
+
+    def __init__(self, name: str, path: Path, broken: str) -> None:
+        self.name, self.path, self.broken = name, path, broken
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if name == self.broken:
+            raise RuntimeError("a finder that fails")
+        if name != self.name:
+            return None
+        return importlib.util.spec_from_file_location(name, self.path)
+
+
+def test_a_name_a_meta_path_finder_imports_is_refused(
+    listed: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "byo_meta_t30.py").write_text(SOURCE)
+    (listed[0] / "byo_meta_t30.py").write_text(SOURCE)
+    (listed[0] / "byo_odd_t30.py").write_text(SOURCE)
+    mapped = _Mapped("byo_meta_t30", tmp_path / "byo_meta_t30.py", broken="byo_odd_t30")
+    monkeypatch.setattr(sys, "meta_path", [*sys.meta_path, mapped])
+    with pytest.raises(
+        FailedPrecondition, match="'byo_meta_t30' is also the name of a module Python imports"
+    ):
+        load_class("byo_meta_t30:Net")
+    with pytest.raises(FailedPrecondition, match="'byo_meta_t30' is also the name"):
+        find_entry_file("byo_meta_t30:Net", listed)
+    assert "byo_meta_t30" not in sys.modules
+    assert load_class("byo_odd_t30:Net").__module__ == "byo_odd_t30"  # a finder's error is no answer
+
+
+def test_a_package_importing_its_entry_module_runs_it_once(listed: list[Path]) -> None:
+    _package(listed[0], "byo_pb_t30", {"__init__.py": "from .net import Net\n", "net.py": SOURCE})
+    net = load_class("byo_pb_t30.net:Net")
+    assert sys.modules["byo_pb_t30"].Net is net
+    assert load_class("byo_pb_t30.net:Net") is net
+
+
+def test_the_warned_sha256_is_that_of_the_source_run(
+    listed: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The package's own code rewrites its entry module's file before it is imported.
+    rewrite = "from pathlib import Path\n\nPath(__file__).with_name('net.py').write_text({!r})\n"
+    changed = SOURCE + "\n# changed\n"
+    _package(listed[0], "byo_pc_t30", {"__init__.py": rewrite.format(changed), "net.py": SOURCE})
+    with caplog.at_level(logging.WARNING, logger="tesserad.nn"):
+        load_class("byo_pc_t30.net:Net", expected_sha256="0" * 64)
+    run = hashlib.sha256(changed.encode()).hexdigest()
+    assert [r.getMessage().count(run) for r in caplog.records] == [1], caplog.text
+
+
+def test_a_module_named_as_a_package_is_said_to_be_a_module(listed: list[Path]) -> None:
+    (listed[0] / "byo_plain_t30.py").write_text(SOURCE)
+    said = r"module 'byo_plain_t30\.sub' is not found: 'byo_plain_t30' is a module, not a package"
+    with pytest.raises(NotFound, match=said):
+        find_entry_file("byo_plain_t30.sub:Net", listed)
+    with pytest.raises(NotFound, match=said):
+        load_class("byo_plain_t30.sub:Net")
+
+
+def test_a_file_swapped_for_a_link_out_after_its_check_is_refused_unread(
+    listed: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = tmp_path / "ran"
+    outside = tmp_path / "outside.py"
+    outside.write_text(f"open({str(ran)!r}, 'w').close()\n")
+    (listed[0] / "byo_swap_t30.py").write_text(SOURCE)
+    checked = user_modules._checked_spec
+
+    def swapped_after_each_check(name: str, *args: Any) -> importlib.machinery.ModuleSpec:
+        """A file in place while it is checked and a link leading out right after: the race."""
+        place = listed[0] / "byo_swap_t30.py"
+        place.unlink()
+        place.write_text(SOURCE)
+        spec = checked(name, *args)
+        place.unlink()
+        place.symlink_to(outside)
+        return spec
+
+    monkeypatch.setattr(user_modules, "_checked_spec", swapped_after_each_check)
+    with pytest.raises(
+        FailedPrecondition, match=r"'byo_swap_t30\.py' \(module 'byo_swap_t30'\) is a symbolic link"
+    ):
+        load_class("byo_swap_t30:Net")
+    assert not ran.exists()
