@@ -84,6 +84,25 @@ def test_a_runs_listing_is_a_frame_of_one_row_per_run(client, logged_runs):
     assert [r.id for r in client.training.runs(experiment="frames")] == [second, first]
 
 
+def test_a_runs_listing_asks_again_each_time_it_is_read(client, logged_runs):
+    """A listing read once was empty the second time (`list(runs)`, then a frame of 0 rows), and
+    a peek with next() took its row from the frame read after it."""
+    first, second = logged_runs
+    runs = client.training.runs(experiment="frames")
+    assert [r.id for r in runs] == [second, first]
+    assert runs.to_pandas()["run_id"].tolist() == [second, first]
+    assert next(iter(runs)).id == second
+    assert [r.id for r in runs] == [second, first]
+    with pytest.raises(TypeError, match="not an iterator"):
+        next(runs)  # type: ignore[call-overload]
+    third = client.training.create_run("frames", name="third")
+    assert [r.id for r in runs] == [third.run_id, second, first]  # asked again, not kept
+    assert repr(runs) == (
+        '<Listing of Runs experiment: "frames" view: LIFECYCLE_VIEW_ACTIVE_ONLY'
+        " (not fetched; iterate or .to_pandas())>"
+    )
+
+
 def test_a_leaderboard_and_a_comparison_give_runs_as_runs_do_and_frames(client, logged_runs):
     """They gave the tessera.v1 messages while `runs()` gave `tessera.Run`: one type for a run."""
     first, second = logged_runs
@@ -114,7 +133,10 @@ def test_the_asyncio_client_gives_the_same_frames(daemon, logged_runs):
 
     async def scenario() -> tuple[pd.DataFrame, np.ndarray, float, pd.DataFrame, pd.DataFrame]:
         async with tessera.aio.Client(daemon.target) as client:
-            frame = await client.training.runs(experiment="frames").to_pandas()
+            runs = client.training.runs(experiment="frames")
+            assert [r.id async for r in runs] == [second, first]
+            frame = await runs.to_pandas()
+            assert [r.id async for r in runs] == [second, first]
             history = await client.training.metric_history(first, "val_loss")
             run = await client.training.run(first)
             board = await client.training.leaderboard("frames", "val_loss")

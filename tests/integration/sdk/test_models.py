@@ -64,6 +64,20 @@ def test_get_list_update_and_versions(client, two_versions):
     assert [m.name for m in client.models.list(tags={"team": "ml"})] == ["affine"]
 
 
+def test_model_listings_read_again_and_make_frames(client, two_versions):
+    """`len(list(ms)), len(list(ms))` was 1, 0: a listing was a generator, read once."""
+    models = client.models.list()
+    assert len(list(models)) == len(list(models)) == 1
+    versions = client.models.versions("affine")
+    frame = versions.to_pandas()
+    assert frame["version"].tolist() == [2, 1] and frame["format"].tolist() == ["onnx", "onnx"]
+    assert frame["description"].tolist()[1] == "first" and "staging" in frame["aliases"].tolist()[0]
+    assert str(frame["created_at"].dt.tz) == "UTC" and "signature" not in frame.columns
+    assert [v.version for v in versions] == [2, 1]
+    assert models.to_pandas()["name"].tolist() == ["affine"]
+    assert client.models.list(prefix="zz").to_pandas().empty
+
+
 def test_aliases_move_and_keep_a_history(client, two_versions):
     assert client.models.set_alias("affine", "production", 1).version == 1
     assert client.models.set_alias("affine", "production", 2, expected_version=1).version == 2

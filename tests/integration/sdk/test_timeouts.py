@@ -16,7 +16,7 @@ import pytest
 
 import tessera
 import tessera.aio
-from tessera.calls import Part, _CallMethod, _StreamMethod
+from tessera.calls import Part, _CallMethod, _ListingMethod, _StreamMethod
 from tessera.models import VersionFile
 from tessera.v1 import training_pb2
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -172,7 +172,7 @@ def _public_methods(client: Any) -> set[str]:
         f"{owner}.{name}"
         for owner, part in parts.items()
         for name, value in vars(type(part)).items()
-        if isinstance(value, _CallMethod | _StreamMethod)
+        if isinstance(value, _CallMethod | _ListingMethod | _StreamMethod)
     }
 
 

@@ -1,11 +1,10 @@
 """What help() and IDEs show of a client's methods: the result a call gives (a Prediction, not
-the description of the call that makes it), and an iterator's items."""
+the description of the call that makes it), an iterator's items, and a listing's."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Iterator
 
 import tessera
 import tessera.aio
@@ -28,11 +27,11 @@ def test_a_bound_method_shows_the_result_it_gives_on_each_client():
                 assert aio_predict.return_annotation is tessera.Prediction
                 assert (
                     inspect.signature(client.models.versions).return_annotation
-                    == Iterator[registry_pb2.ModelVersion]
+                    == tessera.Listing[registry_pb2.ModelVersion]
                 )
                 assert (
                     inspect.signature(aio_client.models.versions).return_annotation
-                    == AsyncIterator[registry_pb2.ModelVersion]
+                    == tessera.AioListing[registry_pb2.ModelVersion]
                 )
                 assert inspect.signature(client.training.submit).return_annotation == tessera.Job[Connection]
                 assert (

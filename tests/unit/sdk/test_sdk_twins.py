@@ -9,7 +9,7 @@ import inspect
 import tessera
 import tessera.aio
 import tessera.models
-from tessera.calls import _CallMethod, _StreamMethod
+from tessera.calls import _CallMethod, _ListingMethod, _StreamMethod
 from tessera.v1 import training_pb2
 
 PARTS = ("models", "datasets", "training", "inference", "system")
@@ -19,7 +19,7 @@ def public_methods(part: object) -> dict[str, object]:
     return {
         name: getattr(part, name)
         for name, value in vars(type(part)).items()
-        if isinstance(value, _CallMethod | _StreamMethod)
+        if isinstance(value, _CallMethod | _ListingMethod | _StreamMethod)
     }
 
 

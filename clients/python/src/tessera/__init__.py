@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     )
     from tessera.explanations import Explanation, time_slice, top_positions
     from tessera.inference import LoadState, Prediction
+    from tessera.listings import AioListing, Listing
     from tessera.run_logging import ActiveRun, MetricLogger, MetricPoint
     from tessera.runs import Leaderboard, LeaderboardEntry, MetricHistory, Run, RunComparison, RunMetrics
     from tessera.sweeps import Sweep, SweepState, SweepTrial
@@ -117,6 +118,7 @@ _NAMES_BY_MODULE = {
     ),
     "tessera.explanations": ("Explanation", "time_slice", "top_positions"),
     "tessera.inference": ("LoadState", "Prediction"),
+    "tessera.listings": ("AioListing", "Listing"),
     "tessera.run_logging": ("ActiveRun", "MetricLogger", "MetricPoint"),
     "tessera.runs": (
         "Leaderboard",
@@ -136,6 +138,7 @@ __all__ = [
     "TLS",
     "Aborted",
     "ActiveRun",
+    "AioListing",
     "AlreadyExists",
     "Cancelled",
     "CheckpointSaved",
@@ -156,6 +159,7 @@ __all__ = [
     "JobState",
     "Leaderboard",
     "LeaderboardEntry",
+    "Listing",
     "LoadState",
     "LogLine",
     "MetricHistory",
@@ -204,6 +208,7 @@ _SUBMODULES = (
     "events",
     "explanations",
     "inference",
+    "listings",
     "models",
     "run_logging",
     "runs",

@@ -6,8 +6,8 @@
             ...
 
 The parts are the blocking client's own classes on an asyncio connection: each method is
-written once (see `tessera.calls`) and here returns a coroutine, or an async iterator where
-the blocking client returns an iterator.
+written once (see `tessera.calls`) and here returns a coroutine, an async iterator where
+the blocking client returns an iterator, or a `tessera.AioListing` where it returns a `Listing`.
 """
 
 from __future__ import annotations

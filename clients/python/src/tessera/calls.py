@@ -1,11 +1,12 @@
 """SDK methods written once for the blocking and the asyncio client.
 
 A client part's method builds a description of what to do (`Op`: one unary call; `Upload`,
-`Save`, `Followed`, `ResumingDownload`, `Chain`, `PagesUpTo`; or a stream of results: `Pages`, `Resumable`,
-`ReconnectingBidi`), and each kind of description knows how to run itself on a blocking
-`Connection` and on an asyncio `AioConnection`. The `call` and `stream` decorators make the
-method, on a part holding a `Connection`, return the result (or an iterator of results), and
-on a part holding an `AioConnection`, a coroutine (or an async iterator):
+`Save`, `Followed`, `ResumingDownload`, `Chain`, `PagesUpTo`; a stream of results: `Resumable`,
+`ReconnectingBidi`; or a paginated list: `Pages`), and each kind of description knows how to
+run itself on a blocking `Connection` and on an asyncio `AioConnection`. The `call` and `stream`
+decorators make the method, on a part holding a `Connection`, return the result (an iterator of
+results, or a `Listing` read again each time it is iterated), and on a part holding an
+`AioConnection`, a coroutine (an async iterator, or an `AioListing`):
 
     class System(Part[C]):
         @call
@@ -44,6 +45,7 @@ from tessera.errors import (
     reached_no_daemon,
     stream_reset,
 )
+from tessera.listings import AioListing, Listing, messages_frame
 from tessera.transport import AioConnection, Connection, RetryPolicy, call_timeout
 
 T = TypeVar("T")
@@ -263,15 +265,24 @@ class Decided(Call[T_co]):
 
 
 @dataclass(frozen=True)
-class Pages(Stream[T_co]):
-    """Every item of a paginated list: `page(token)` is the call for one page, `items` the
-    response's repeated field; the next page is fetched only when the caller gets there."""
+class Pages(Generic[T_co]):
+    """Every item of a paginated list, as a `Listing` that asks again each time it is read:
+    `page(token)` is the call for one page, `items` the response's repeated field, `frame`
+    makes the listing's `to_pandas()`; the next page is fetched only when the caller gets there."""
 
     page: Callable[[str], Op[Any]]
     items: str
     convert: Callable[[Any], T_co] = field(default=_same)
+    frame: Callable[[Iterable[Any]], Any] = field(default=messages_frame)
 
-    def iterate(self, conn: Connection) -> Iterator[T_co]:
+    def listing(self, conn: Connection) -> Listing[T_co]:
+        # The first page's call made now: a bad argument (timeout) is refused when the listing is.
+        return Listing(lambda: self._iterate(conn), self.page("").request, self.frame)
+
+    def listing_async(self, conn: AioConnection) -> AioListing[T_co]:
+        return AioListing(lambda: self._iterate_async(conn), self.page("").request, self.frame)
+
+    def _iterate(self, conn: Connection) -> Iterator[T_co]:
         token = ""
         while True:
             response = self.page(token).run(conn)
@@ -281,7 +292,7 @@ class Pages(Stream[T_co]):
             if not token:
                 return
 
-    async def iterate_async(self, conn: AioConnection) -> AsyncIterator[T_co]:
+    async def _iterate_async(self, conn: AioConnection) -> AsyncIterator[T_co]:
         token = ""
         while True:
             response = await self.page(token).run_async(conn)
@@ -1046,6 +1057,34 @@ class _StreamMethod(_Method, Generic[P, T]):
         return self._bind(part, iterate)
 
 
+class _ListingMethod(_Method, Generic[P, T]):
+    def _returns(self, description: Any, conn_type: type) -> Any:
+        listing: Any = AioListing if issubclass(conn_type, AioConnection) else Listing
+        return listing[typing.get_args(description)[0] if typing.get_args(description) else Any]
+
+    @overload
+    def __get__(self, part: None, owner: type) -> _ListingMethod[P, T]: ...
+    @overload
+    def __get__(self, part: Part[Connection], owner: type) -> Callable[P, Listing[T]]: ...
+    @overload
+    def __get__(self, part: Part[AioConnection], owner: type) -> Callable[P, AioListing[T]]: ...
+    def __get__(self, part: Part[Any] | None, owner: type) -> Any:
+        if part is None:
+            return self
+        build, conn = self._build, part._conn
+        if isinstance(conn, AioConnection):
+
+            def listing_async(*args: Any, **kwargs: Any) -> Any:
+                return build(part, *args, **kwargs).listing_async(conn)
+
+            return self._bind(part, listing_async)
+
+        def listing(*args: Any, **kwargs: Any) -> Any:
+            return build(part, *args, **kwargs).listing(conn)
+
+        return self._bind(part, listing)
+
+
 def call(build: Callable[Concatenate[Any, P], Call[T]]) -> _CallMethod[P, T]:
     """A part's method that gives one result: `build` returns the Call to run."""
     return _CallMethod(build)
@@ -1054,3 +1093,9 @@ def call(build: Callable[Concatenate[Any, P], Call[T]]) -> _CallMethod[P, T]:
 def stream(build: Callable[Concatenate[Any, P], Stream[T]]) -> _StreamMethod[P, T]:
     """A part's method that gives results one by one: `build` returns the Stream to iterate."""
     return _StreamMethod(build)
+
+
+def listing(build: Callable[Concatenate[Any, P], Pages[T]]) -> _ListingMethod[P, T]:
+    """A part's method that lists a paginated list, read again each time it is iterated:
+    `build` returns its Pages."""
+    return _ListingMethod(build)

@@ -25,7 +25,7 @@ from tessera.calls import (
     ResumingDownload,
     Upload,
     call,
-    stream,
+    listing,
 )
 from tessera.errors import DataLoss
 from tessera.messages import dataset_ref, version_number
@@ -415,7 +415,7 @@ class Datasets(Part[C]):
         """A dataset's summary: latest version, version count, size."""
         return Op(S, "GetDataset", pb.GetDatasetRequest(name=name), timeout=timeout)
 
-    @stream
+    @listing
     def list(
         self, prefix: str = "", page_size: int = 0, *, timeout: float | None = None
     ) -> Pages[pb.Dataset]:
@@ -434,7 +434,7 @@ class Datasets(Part[C]):
         """One version ("name" for the newest, "name:3" for version 3): arrays, stats, splits."""
         return Op(S, "GetDatasetVersion", pb.GetDatasetVersionRequest(ref=dataset_ref(ref)), timeout=timeout)
 
-    @stream
+    @listing
     def versions(
         self, name: str, page_size: int = 0, *, timeout: float | None = None
     ) -> Pages[pb.DatasetVersion]:

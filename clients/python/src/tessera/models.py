@@ -25,6 +25,7 @@ from tessera.calls import (
     SeqCursor,
     Upload,
     call,
+    listing,
     stream,
 )
 from tessera.ensembles import Member, ensemble_spec
@@ -150,7 +151,7 @@ class Models(Part[C]):
         """A model with its latest version number and aliases."""
         return Op(S, "GetModel", pb.GetModelRequest(name=name), timeout=timeout)
 
-    @stream
+    @listing
     def list(
         self,
         prefix: str = "",
@@ -450,7 +451,7 @@ class Models(Part[C]):
         """One version by number or alias; "latest" when `version` is None."""
         return Op(S, "GetVersion", pb.GetVersionRequest(ref=ref(name, version)), timeout=timeout)
 
-    @stream
+    @listing
     def versions(
         self, name: str, page_size: int = 0, *, timeout: float | None = None
     ) -> Pages[pb.ModelVersion]:
@@ -501,7 +502,7 @@ class Models(Part[C]):
         """Where an alias points."""
         return Op(S, "GetAlias", pb.GetAliasRequest(model=name, alias=alias), timeout=timeout)
 
-    @stream
+    @listing
     def aliases(self, name: str, page_size: int = 0, *, timeout: float | None = None) -> Pages[pb.Alias]:
         """The model's aliases (each an Alias: `alias`, `version`), in order of name with "latest"
         last: an iterator that fetches a page at a time as it goes, as every list here is (for a
@@ -520,7 +521,7 @@ class Models(Part[C]):
             S, "DeleteAlias", pb.DeleteAliasRequest(model=name, alias=alias), lambda _: None, timeout=timeout
         )
 
-    @stream
+    @listing
     def alias_history(
         self, name: str, alias: str = "", page_size: int = 0, *, timeout: float | None = None
     ) -> Pages[pb.AliasEvent]:
@@ -625,7 +626,7 @@ class Models(Part[C]):
         """The model's current deployment."""
         return Op(S, "GetDeployment", pb.GetDeploymentRequest(model=name), timeout=timeout)
 
-    @stream
+    @listing
     def deployments(
         self, name: str, page_size: int = 0, *, timeout: float | None = None
     ) -> Pages[pb.Deployment]:

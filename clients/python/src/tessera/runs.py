@@ -7,28 +7,19 @@ of the SDK: it is imported when a frame is asked for."""
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Iterable, Iterator, KeysView, Sequence
+from collections.abc import Iterable, Iterator, KeysView, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 from google.protobuf.message import Message
 
+from tessera.listings import pandas_module
 from tessera.messages import to_datetime
 from tessera.state_words import number_word
 from tessera.v1 import training_pb2 as pb
 
 if TYPE_CHECKING:
     import pandas as pd  # type: ignore[import-untyped]  # optional, and without its stubs here
-
-
-def _pandas() -> Any:
-    try:
-        import pandas  # optional: the SDK does not depend on it
-    except ImportError:
-        raise ImportError(
-            "to_pandas() needs pandas, which the SDK does not install: pip install pandas"
-        ) from None
-    return pandas
 
 
 class _Forwarded:
@@ -197,7 +188,7 @@ class MetricHistory(_Forwarded):
     def to_pandas(self) -> pd.DataFrame:
         """The points as a DataFrame of `step`, `value` and `timestamp` (UTC) columns; ImportError
         where pandas is not installed."""
-        pandas = _pandas()
+        pandas = pandas_module()
         return pandas.DataFrame(
             {
                 "step": self.steps,
@@ -212,7 +203,7 @@ def runs_frame(runs: Iterable[Run]) -> pd.DataFrame:
     status (a word), start_time and end_time (UTC; NaT while running), job_id, then a
     `params.KEY` column per param (text, as logged), a `metrics.KEY` column per metric (its
     latest value) and a `tags.KEY` column per tag; a run without one has NA there."""
-    pandas = _pandas()
+    pandas = pandas_module()
     rows: list[dict[str, Any]] = []
     params: set[str] = set()
     metrics: set[str] = set()
@@ -336,7 +327,7 @@ class RunComparison(_Forwarded):
         """One row per run, in the order compared: run_id, name, status, then a `params.KEY` column
         per param compared (text, as logged) and a `metrics.KEY` column per metric compared (its
         last value); a run without one has NA there."""
-        pandas = _pandas()
+        pandas = pandas_module()
         info = self.info
         frame = pandas.DataFrame(
             {
@@ -356,39 +347,3 @@ class RunComparison(_Forwarded):
                 dtype="object" if kind == "params" else "float64",
             )
         return frame
-
-
-class RunListing(Iterator[Run]):
-    """`client.training.runs()`: the runs as they are fetched, page by page; `to_pandas()`
-    makes a DataFrame of those not yet iterated (see `runs_frame`)."""
-
-    def __init__(self, runs: Iterator[Run]) -> None:
-        self._runs = runs
-
-    def __iter__(self) -> RunListing:
-        return self
-
-    def __next__(self) -> Run:
-        return next(self._runs)
-
-    def to_pandas(self) -> pd.DataFrame:
-        """The runs not yet iterated as a DataFrame, one row per run (see `runs_frame`)."""
-        return runs_frame(self._runs)
-
-
-class AioRunListing(AsyncIterator[Run]):
-    """`client.training.runs()` of `tessera.aio.Client`: the runs as they are fetched;
-    `await listing.to_pandas()` makes a DataFrame of those not yet iterated."""
-
-    def __init__(self, runs: AsyncIterator[Run]) -> None:
-        self._runs = runs
-
-    def __aiter__(self) -> AioRunListing:
-        return self
-
-    async def __anext__(self) -> Run:
-        return await anext(self._runs)
-
-    async def to_pandas(self) -> pd.DataFrame:
-        """The runs not yet iterated as a DataFrame, one row per run (see `runs_frame`)."""
-        return runs_frame([run async for run in self._runs])

@@ -32,6 +32,7 @@ from tessera.calls import (
     SeqCursor,
     Upload,
     call,
+    listing,
     stream,
 )
 from tessera.errors import (
@@ -55,7 +56,7 @@ from tessera.run_filter import (
     parse_orders,
 )
 from tessera.run_logging import ActiveRun, MetricLogger, MetricPoint, forget_run
-from tessera.runs import AioRunListing, Leaderboard, MetricHistory, Run, RunComparison, RunListing
+from tessera.runs import Leaderboard, MetricHistory, Run, RunComparison, runs_frame
 from tessera.state_words import StateWord
 from tessera.sweeps import Sweep
 from tessera.transfer import (
@@ -374,17 +375,6 @@ def artifact_name(artifact: pb.RunArtifact) -> str:
 
 
 @dataclass(frozen=True)
-class RunPages(Pages[Run]):
-    """`runs()`'s pages: iterated as a listing that also makes a DataFrame (`to_pandas()`)."""
-
-    def iterate(self, conn: Connection) -> RunListing:
-        return RunListing(super().iterate(conn))
-
-    def iterate_async(self, conn: AioConnection) -> AioRunListing:
-        return AioRunListing(super().iterate_async(conn))
-
-
-@dataclass(frozen=True)
 class ArtifactTree(Call[Path]):
     """Download every artifact `listing` gives under `root` at its own path; `missing` is the
     call that reports the error when the listing is empty (None: nothing to report). One failing
@@ -404,7 +394,7 @@ class ArtifactTree(Call[Path]):
             check_free(artifact_file(self.root, artifact.path), self.overwrite)
 
     def run(self, conn: Connection) -> Path:
-        artifacts = list(self.listing.iterate(conn))
+        artifacts = list(self.listing.listing(conn))
         if not artifacts and self.missing is not None:
             self.missing.run(conn)
         self._check_free(artifacts)
@@ -420,7 +410,7 @@ class ArtifactTree(Call[Path]):
         return self.result
 
     async def run_async(self, conn: AioConnection) -> Path:
-        artifacts = [artifact async for artifact in self.listing.iterate_async(conn)]
+        artifacts = [artifact async for artifact in self.listing.listing_async(conn)]
         if not artifacts and self.missing is not None:
             await self.missing.run_async(conn)
         self._check_free(artifacts)
@@ -944,7 +934,7 @@ class Training(Part[C]):
         """A job by id."""
         return Op(S, "GetJob", pb.GetJobRequest(job_id=job_id), self._job, timeout=timeout)
 
-    @stream
+    @listing
     def jobs(
         self,
         states: Iterable[str | int] = (),
@@ -1026,7 +1016,7 @@ class Training(Part[C]):
         """An experiment with its run count."""
         return Op(S, "GetExperiment", pb.GetExperimentRequest(name=name), timeout=timeout)
 
-    @stream
+    @listing
     def experiments(
         self,
         prefix: str = "",
@@ -1145,7 +1135,7 @@ class Training(Part[C]):
         """Bring back a deleted run."""
         return Op(S, "RestoreRun", pb.RestoreRunRequest(run_id=run_id), Run, timeout=timeout)
 
-    @stream
+    @listing
     def runs(
         self,
         experiment: str = "",
@@ -1195,7 +1185,7 @@ class Training(Part[C]):
             paged.page_token = token
             return Op(S, "ListRuns", paged, timeout=timeout)
 
-        return RunPages(page, "runs", Run)
+        return Pages(page, "runs", Run, runs_frame)
 
     @call
     def compare_runs(self, run_ids: Sequence[str], *, timeout: float | None = None) -> Op[RunComparison]:
@@ -1353,7 +1343,7 @@ class Training(Part[C]):
             raise ValueError(f"batch_points must be in 1..{MAX_BATCH_POINTS}, got {batch_points}")
         return MetricSteps(run_id, steps, batch_points, timeout_or(timeout, self._conn.transfer_timeout))
 
-    @stream
+    @listing
     def list_metrics(
         self, run_id: str, page_size: int = 0, *, timeout: float | None = None
     ) -> Pages[pb.MetricSummary]:
@@ -1525,7 +1515,7 @@ class Training(Part[C]):
             timeout_or(timeout, self._conn.transfer_timeout),
         )
 
-    @stream
+    @listing
     def list_artifacts(
         self, run_id: str, path: str = "", page_size: int = 0, *, timeout: float | None = None
     ) -> Pages[pb.RunArtifact]:
@@ -1696,7 +1686,7 @@ class Training(Part[C]):
         """A sweep with its trials."""
         return Op(S, "GetSweep", pb.GetSweepRequest(sweep_id=sweep_id), self._sweep, timeout=timeout)
 
-    @stream
+    @listing
     def sweeps(self, page_size: int = 0, *, timeout: float | None = None) -> Pages[Sweep[C]]:
         """Every sweep."""
         return Pages(
