@@ -112,6 +112,26 @@ def test_an_array_of_another_dtype_is_refused_with_the_cast_to_make(client, serv
         client.inference.predict("affine", np.array(ROWS), version=1)
 
 
+def test_a_frame_or_a_tensor_is_sent_as_its_own_dtype_as_an_array_is(client, served):
+    """A float64 DataFrame or torch tensor was cast to float32 unseen, and sent twice: the first
+    request, refused, counted in the version's errors."""
+    import pandas as pd
+    import torch
+
+    def refused() -> int:
+        (stats,) = client.inference.stats("affine", 1)
+        return stats.error_count
+
+    before = refused()
+    for given in (pd.DataFrame(ROWS), torch.tensor(ROWS, dtype=torch.float64, requires_grad=True)):
+        with pytest.raises(tessera.InvalidArgument, match=r"float64.*\.astype\(np\.float32\)"):
+            client.inference.predict("affine", given, version=1)
+    assert refused() == before + 2  # each sent once
+    expected = np.array(ROWS, np.float32) * 2 + 1
+    for given in (pd.DataFrame(ROWS, dtype=np.float32), torch.tensor(ROWS, requires_grad=True)):
+        np.testing.assert_allclose(client.inference.predict("affine", given, version=1)["output"], expected)
+
+
 def test_the_asyncio_client_sends_a_list_as_the_input_s_dtype(daemon, served):
     async def scenario() -> np.ndarray:
         async with tessera.aio.Client(daemon.target) as client:

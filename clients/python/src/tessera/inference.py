@@ -391,9 +391,9 @@ class Inference(Part[C]):
         at once, until a refusal names another version. A daemon from
         before it names no version: there, with an alias or the deployment choosing the version,
         the refusal is raised: send `np.array(x, np.float32)` or name the version. A numpy array
-        is sent as it is: one of another dtype is refused (InvalidArgument) with the cast to make
-        for the version that refused it, `x.astype(np.float32)`, since casting it here could
-        change its values unseen."""
+        (a pandas DataFrame, a torch tensor: as their numpy arrays) is sent as it is: one of
+        another dtype is refused (InvalidArgument) with the cast to make for the version that
+        refused it, `x.astype(np.float32)`, since casting it here could change its values unseen."""
         return Predict(
             version_ref(model, version, alias),
             named_inputs(inputs),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +36,24 @@ def dtype_name(data_type: int) -> str:
     return _DTYPE_BY_ENUM.get(data_type, "unspecified")
 
 
+def as_array(value: Any) -> Any:
+    """A value with a dtype of its own as the numpy array of it, sent as a numpy array is (in
+    that dtype, never cast): a torch tensor (detached, on the CPU), a pandas DataFrame or
+    Series, a numpy scalar; anything else (a list, a scalar) as it is."""
+    if isinstance(value, np.ndarray):
+        return value
+    if callable(getattr(value, "detach", None)) and callable(getattr(value, "numpy", None)):
+        return value.detach().cpu().numpy()
+    if callable(getattr(value, "to_numpy", None)) and hasattr(value, "dtypes"):
+        return value.to_numpy()
+    if hasattr(value, "dtype") and hasattr(value, "__array__"):
+        return np.asarray(value)
+    return value
+
+
 def to_tensor(name: str, array: np.typing.ArrayLike) -> common_pb2.Tensor:
     """Encode an array as a Tensor; ValueError for dtypes the API does not carry."""
-    array = np.asarray(array)
+    array = np.asarray(as_array(array))
     if array.dtype.name == _BFLOAT16:  # ml_dtypes.bfloat16, when the caller uses it
         data_type = common_pb2.DATA_TYPE_BFLOAT16
     else:

@@ -1,7 +1,8 @@
 """predict's inputs in the dtypes the model's signature gives them. A list or a scalar has no
 dtype of its own (numpy makes 0.5 float64, 1 int64): where the version refuses that dtype, it is
-made an array of the input's dtype; a numpy array keeps the dtype its caller chose, and one the
-model does not take is refused by the daemon, with the cast to make said here."""
+made an array of the input's dtype; a numpy array (a DataFrame, a torch tensor: their arrays)
+keeps the dtype its caller chose, and one the model does not take is refused by the daemon, with
+the cast to make said here."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from tessera.tensors import dtype_name
+from tessera.tensors import as_array, dtype_name
 from tessera.v1 import common_pb2
 
 Inputs = Mapping[str, np.typing.ArrayLike] | np.typing.ArrayLike
@@ -21,10 +22,11 @@ _NUMERIC_KINDS = "biuf"
 
 
 def named_inputs(inputs: Inputs) -> dict[str, np.typing.ArrayLike]:
-    """The inputs by name; a lone array is the input named "input"."""
+    """The inputs by name, each with a dtype of its own (a DataFrame, a torch tensor) as its
+    numpy array, which is typed as any array is; a lone array is the input named "input"."""
     if isinstance(inputs, Mapping):
-        return dict(inputs)
-    return {"input": inputs}
+        return {name: as_array(value) for name, value in inputs.items()}
+    return {"input": as_array(inputs)}
 
 
 def untyped(inputs: Mapping[str, np.typing.ArrayLike]) -> bool:
