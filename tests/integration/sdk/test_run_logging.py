@@ -46,12 +46,15 @@ def test_a_run_as_a_context_manager_ends_as_its_block_does(client):
     ) as run:
         assert isinstance(run, tessera.Run) and run.status == tessera.RunStatus.RUNNING
         run.log_params({"seed": 1})
+        run.log_param("epochs", 3)  # one at a time, as MLflow's log_param and set_tag
         assert run.log_metrics({"loss": 1.0}, 0) == 1
-        run.log_metric("loss", 0.5, 1)
+        assert run.log_metric("loss", 0.5, 1) is None  # not a count shown as `Out: 1`
         run.set_tags({"stage": "train"})
+        run.set_tag("owner", "nb")
     assert run.status == tessera.RunStatus.SUCCEEDED and run.end_time.seconds > 0
     stored = client.training.run(run.id)
-    assert dict(stored.params) == {"lr": "0.1", "seed": "1"} and stored.tags["stage"] == "train"
+    assert dict(stored.params) == {"lr": "0.1", "seed": "1", "epochs": "3"}
+    assert stored.tags["stage"] == "train" and stored.tags["owner"] == "nb"
     assert stored.metrics["loss"] == 0.5
 
     with (

@@ -424,6 +424,10 @@ class ActiveRun(Run):
         """Record params (see `client.training.log_params`)."""
         self._training.log_params(self.id, params)
 
+    def log_param(self, key: str, value: Any) -> None:
+        """One param, as MLflow's `log_param` (see `log_params`)."""
+        self.log_params({key: value})
+
     def log_metrics(
         self,
         metrics: Mapping[str, float],
@@ -442,9 +446,10 @@ class ActiveRun(Run):
 
     def log_metric(
         self, key: str, value: float, step: int, *, timestamp: int | None = None, synchronous: bool = True
-    ) -> int | None:
-        """One metric value at a step, as MLflow's `log_metric` (see `log_metrics`)."""
-        return self.log_metrics({key: value}, step, timestamp=timestamp, synchronous=synchronous)
+    ) -> None:
+        """One metric value at a step, as MLflow's `log_metric` (see `log_metrics`, whose count
+        of points stored would show as `Out: 1` in a notebook)."""
+        self.log_metrics({key: value}, step, timestamp=timestamp, synchronous=synchronous)
 
     def log_batch(self, points: Points, *, synchronous: bool = True) -> int | None:
         """Record many points in one call (see `client.training.log_batch`), or queue them with
@@ -484,6 +489,10 @@ class ActiveRun(Run):
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set tags (values as text)."""
         self.info = self._training.update_run(self.id, set_tags=tags).info
+
+    def set_tag(self, key: str, value: Any) -> None:
+        """One tag, as MLflow's `set_tag` (see `set_tags`)."""
+        self.set_tags({key: value})
 
     def refresh(self) -> ActiveRun:
         """Read the run again: its status, params and metric summaries as they are now."""
