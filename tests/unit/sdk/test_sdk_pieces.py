@@ -25,6 +25,7 @@ from tessera.calls import Reconnects
 from tessera.datasets import ArraysSink, SplitIndicesSink, SplitRows, split_spec
 from tessera.errors import ERROR_BY_CODE, Unavailable, error_from_status_number, sent_by_a_server
 from tessera.events import event_from_proto
+from tessera.listings import messages_frame
 from tessera.messages import dataset_ref, from_dict, version_ref
 from tessera.plot import line_plot
 from tessera.run_logging import _exit_status
@@ -534,3 +535,17 @@ def test_a_run_left_open_ends_at_exit_as_the_interpreter_exits(
     if interactive:
         monkeypatch.setattr(sys, "ps1", ">>> ", raising=False)
     assert _exit_status() == status
+
+
+def test_a_listing_s_frame_has_a_column_per_field_of_one_value_map_or_list():
+    pandas = pytest.importorskip("pandas")
+    job = training_pb2.Job(job_id="j1", state=training_pb2.JOB_STATE_RUNNING, devices=["cpu:0"])
+    job.metrics["loss"] = 0.5
+    newer = training_pb2.Job(job_id="j2", state=99)  # a state this SDK does not know
+    with tessera.Client("127.0.0.1:1") as client:  # a job is listed as a tessera.Job, its message `info`
+        frame = messages_frame([tessera.Job(client.training._conn, job), newer])
+    assert frame["job_id"].tolist() == ["j1", "j2"] and frame["state"].tolist() == ["running", 99]
+    assert frame["devices"].tolist() == [["cpu:0"], []] and frame["metrics"][0] == {"loss": 0.5}
+    assert frame["created_at"].isna().all() and str(frame["created_at"].dt.tz) == "UTC"
+    assert "spec" not in frame.columns and "checkpoints" not in frame.columns
+    assert messages_frame([]).equals(pandas.DataFrame())
