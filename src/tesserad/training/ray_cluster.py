@@ -5,6 +5,15 @@ other RPC) whether or not the cluster answers. Until it is connected, training a
 UNAVAILABLE naming the address and the cause; it retries every few seconds. It also answers
 whether a job's resources fit any node at all, so that such a job is refused at submit
 (FAILED_PRECONDITION naming the resource) instead of waiting forever.
+
+Once connected, the connection can still be lost. Through a ray:// address Ray Client then
+raises ConnectionError: when the head's Ray Client server cannot reach the daemon's session (its
+server process there ended, or did not answer within RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S,
+30 s, as on a heavily loaded head), Ray's proxy fails even a ray.get with FAILED_PRECONDITION
+"'NoneType' object is not iterable", a TypeError of its own; and the session is gone for good
+(Ray Client answers every later call "not connected"). `lost` says so in words, and the daemon
+connects afresh: training answers UNAVAILABLE meanwhile, and the job whose call failed restarts
+per spec.max_restarts once connected, or fails in those words.
 """
 
 from __future__ import annotations
@@ -49,6 +58,9 @@ class RayCluster:
         self._connected = threading.Event()
         self._closing = threading.Event()
         self._cause = "still connecting"
+        # Counts the connections made: a call that failed under another one failed for want of it.
+        self._generation = 0
+        self._lost = ""  # why the last connection was lost
         self._thread = threading.Thread(target=self._connect_loop, name="ray-connect", daemon=True)
 
     def start(self) -> None:
@@ -65,6 +77,12 @@ class RayCluster:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def generation(self) -> int:
+        """Which connection is the current one (1 for the first); it changes once one is lost."""
+        with self._lock:
+            return self._generation
+
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
@@ -78,24 +96,71 @@ class RayCluster:
                 f"cannot be reached: {cause}; start the cluster or fix training.ray_address"
             )
 
+    def lost(self, exc: ConnectionError) -> str:
+        """What a ConnectionError from a Ray call means, in words that say what to look at; the
+        connection it broke is dropped, and a new one made in the background."""
+        text = str(exc).strip()
+        # Ray Client wraps the gRPC error of its server on the head: its status, not its detail
+        # (a Python error of Ray's own), is what a user can act on.
+        status = re.search(r"status = StatusCode\.([A-Z_]+)", text)
+        if status is not None:
+            why = f"Ray Client's server on the head answered {status.group(1)}"
+        else:
+            why = text.splitlines()[0] if text else type(exc).__name__
+        detail = f"{why}; the head's Ray logs (ray_client_server*.err for a ray:// address) say why"
+        with self._lock:
+            reconnect = self._connected.is_set() and not self._closing.is_set()
+            if reconnect:
+                self._connected.clear()
+                self._cause = f"the connection was lost ({detail})"
+                self._lost = detail
+        if reconnect:
+            log.warning(
+                "lost the Ray cluster; connecting again", extra={"address": self.address, "cause": why}
+            )
+            threading.Thread(target=self._reconnect, name="ray-connect", daemon=True).start()
+        return self.lost_message(detail)
+
+    def lost_message(self, detail: str = "") -> str:
+        """The words for a job whose connection was lost: `detail`, or the last one `lost` found."""
+        if not detail:
+            with self._lock:
+                detail = self._lost
+        return (
+            f"the daemon lost its connection to the Ray cluster at {self.address} "
+            f"(training.ray_address): {detail}"
+        )
+
     def nodes(self) -> list[RayNode]:
+        """The cluster's nodes; Unavailable when the connection to it is lost."""
         import ray
 
+        try:
+            found = ray.nodes()
+        except ConnectionError as exc:
+            raise Unavailable(self.lost(exc)) from None
         return [
             RayNode(str(n["NodeID"]), str(n["NodeManagerAddress"]), bool(n["Alive"]), dict(n["Resources"]))
-            for n in ray.nodes()
+            for n in found
         ]
 
     def available(self) -> dict[str, float]:
+        """Ray's free resources; Unavailable when the connection to the cluster is lost."""
         import ray
 
-        return dict(ray.available_resources())
+        try:
+            return dict(ray.available_resources())
+        except ConnectionError as exc:
+            raise Unavailable(self.lost(exc)) from None
 
     def status(self) -> ClusterStatus:
         if not self._connected.is_set():
             with self._lock:
                 return ClusterStatus(self.address, False, self._cause, [], {})
-        return ClusterStatus(self.address, True, "", self.nodes(), self.available())
+        try:
+            return ClusterStatus(self.address, True, "", self.nodes(), self.available())
+        except Unavailable as lost:
+            return ClusterStatus(self.address, False, lost.message, [], {})
 
     def check_feasible(self, request: dict[str, float], processes: int = 1) -> None:
         """FailedPrecondition naming the resource unless the alive nodes have room for
@@ -139,9 +204,22 @@ class RayCluster:
                     )
                 self._closing.wait(_RETRY_S)
                 continue
-            self._connected.set()
+            with self._lock:
+                self._generation += 1
+                self._connected.set()
             log.info("connected to the Ray cluster", extra={"address": self.address})
             return
+
+    def _reconnect(self) -> None:
+        import ray
+
+        # Ray's state of the lost connection goes first: ray.init refuses a second one. Its
+        # own clean-up may fail on the broken channel, which is gone either way.
+        try:
+            ray.shutdown()
+        except Exception:
+            log.warning("the lost Ray connection did not shut down cleanly", exc_info=True)
+        self._connect_loop()
 
     def _connect(self) -> None:
         try:

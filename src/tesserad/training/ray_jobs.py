@@ -31,6 +31,7 @@ local jobs (it does not reattach), without counting a restart.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import logging
 import threading
 import time
@@ -39,7 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from tesserad.errors import InvalidArgument
-from tesserad.training.job_records import Checkpoint, JobRecord
+from tesserad.training.job_records import ENDED, Checkpoint, JobRecord
 from tesserad.training.jobs import DatasetGone, Jobs, WorkerData, _Running, cancelled_in_queue
 from tesserad.training.ray_cluster import RayCluster
 from tesserad.training.ray_worker import DatasetFetch, Placement, RayPayload, TrainingActor, WorkerTls
@@ -105,8 +106,9 @@ class RayJobs(Jobs):
         self._inventory = _AdmitAll()
         self._device_facts = DeviceFacts(_UNBOUNDED, _UNBOUNDED)
         self._ray_threads = self._settings.threads_per_slot or 1
-        self._actor_class: Any = None
-        self._driver_class: Any = None
+        # Each actor class as registered with Ray, by the connection (RayCluster.generation) it was
+        # registered on: one of a lost connection is not known to the next.
+        self._remote_classes: dict[type, tuple[int, Any]] = {}
 
     def start(self) -> None:
         self._cluster.start()
@@ -173,10 +175,46 @@ class RayJobs(Jobs):
             if running.cancel_deadline is not None:
                 self._finish(job, "cancelled", cancelled_in_queue(job))
                 return
-        if job.config["devices"]["count"] > 1:
-            self._run_trainer(job, running)
+        from ray.exceptions import RayError
+
+        generation = self._cluster.generation
+        try:
+            if job.config["devices"]["count"] > 1:
+                self._run_trainer(job, running)
+            else:
+                self._run_actor(job, running)
+        except RayError:
+            # A worker's own error that Ray raises as a ConnectionError too (RayTaskError subclasses
+            # the task's exception) is not the connection's.
+            raise
+        except ConnectionError as exc:
+            self._lost_cluster(self.get(job.job_id), running, self._cluster.lost(exc))
+        except Exception as exc:
+            if self._cluster.generation == generation and self._cluster.connected:
+                raise
+            # Another job's call lost the connection this one ran on: Ray Client answers each later
+            # call "not connected", in a plain Exception.
+            log.info(
+                "a Ray job's call failed on a lost connection",
+                extra={"job_id": job.job_id, "cause": str(exc)},
+            )
+            self._lost_cluster(self.get(job.job_id), running, self._cluster.lost_message())
+
+    def _lost_cluster(self, job: JobRecord, running: _Running, message: str) -> None:
+        """The connection to the cluster failed during the job's attempt (`message` says how): its
+        workers are out of reach, so it ends as a dead worker's attempt does."""
+        if job.state in ENDED:
+            # Lost as its workers were released, after its end was stored.
+            log.warning(
+                "lost the Ray cluster after a job ended", extra={"job_id": job.job_id, "cause": message}
+            )
+        elif running.stopping_for_shutdown:
+            if job.state == "running":
+                self._interrupted_by_shutdown(job)
+        elif running.cancel_deadline is not None:
+            self._finish(job, "cancelled", f"cancelled, though {message}")
         else:
-            self._run_actor(job, running)
+            self._attempt_lost(job, message)
 
     def _payload(self, job: JobRecord, checkpoint: Checkpoint | None, data: WorkerData) -> RayPayload:
         """What a Ray worker needs of the attempt that has just begun (`_begin_attempt`) on `data`
@@ -266,16 +304,25 @@ class RayJobs(Jobs):
             )
         return job
 
+    def _remote(self, cls: type) -> Any:
+        """`cls` as a Ray actor class of the current connection to the cluster."""
+        import ray
+
+        generation = self._cluster.generation
+        known = self._remote_classes.get(cls)
+        if known is None or known[0] != generation:
+            known = (generation, ray.remote(cls))
+            self._remote_classes[cls] = known
+        return known[1]
+
     # -- a single-process job: one actor
 
     def _run_actor(self, job: JobRecord, running: _Running) -> None:
         import ray
         from ray.exceptions import RayError
 
-        if self._actor_class is None:
-            self._actor_class = ray.remote(TrainingActor)
         request = ray_resources(job.config["devices"])
-        actor = self._actor_class.options(
+        placing = self._remote(TrainingActor).options(
             num_cpus=request.pop("CPU"),
             num_gpus=request.pop("GPU", 0.0),
             resources=request,
@@ -284,7 +331,8 @@ class RayJobs(Jobs):
             # Ray starts a process of its own for an actor with its own variables.
             runtime_env={"env_vars": dict(self._worker_env)},
             name=f"tessera-{job.job_id}",
-        ).remote()
+        )
+        actor = placing.remote()
         released = False
 
         def release() -> None:
@@ -292,7 +340,10 @@ class RayJobs(Jobs):
             nonlocal released
             if not released:
                 released = True
-                ray.kill(actor)
+                # On a lost connection there is nothing to kill: a lost Ray Client session takes
+                # its actors along, and the error that lost it is the one to report.
+                with contextlib.suppress(ConnectionError):
+                    ray.kill(actor)
 
         try:
             placed = actor.placement.remote()
@@ -378,13 +429,15 @@ class RayJobs(Jobs):
                     job = self._append(job, "log", {"level": "info", "message": note})
         finally:
             remove_probe()
-        if self._driver_class is None:
-            self._driver_class = ray.remote(TrainDriver)
-        driver = self._driver_class.options(
-            num_cpus=0,
-            max_concurrency=TrainDriver.concurrency(world),
-            runtime_env={"env_vars": driver_env(self._worker_env)},
-        ).remote()
+        driver = (
+            self._remote(TrainDriver)
+            .options(
+                num_cpus=0,
+                max_concurrency=TrainDriver.concurrency(world),
+                runtime_env={"env_vars": driver_env(self._worker_env)},
+            )
+            .remote()
+        )
         try:
             self._follow_trainer(job, running, driver)
         except BaseException:
@@ -478,13 +531,16 @@ class RayJobs(Jobs):
     def _worker_died(self, job: JobRecord, why: str) -> None:
         """Fail the job with Ray's reason, or queue it again per spec.max_restarts; a job whose
         training had finished (its final checkpoint is stored) ends from that checkpoint."""
+        self._attempt_lost(job, f"the Ray worker died: {why}")
+
+    def _attempt_lost(self, job: JobRecord, message: str) -> None:
+        """The attempt's workers are gone (`message` says why): as `_worker_died`."""
         final = self._final_checkpoint(job)
         if final is not None:
             self._finish_trained(job, final)
             return
         restarts = job.restarts
         allowed = job.config.get("max_restarts", 0)
-        message = f"the Ray worker died: {why}"
         if restarts >= allowed:
             self._fail(job, "crash", message + (f" (after {restarts} restarts)" if restarts else ""))
             return

@@ -69,7 +69,9 @@ pytestmark = pytest.mark.slow
 class RayNodes:
     address: str
     client_address: str  # ray://: the head's Ray Client server
-    groups: list[int]  # process groups of the `ray start`s: every Ray process of the cluster
+    # Sessions of the `ray start`s (and of a restarted Ray Client server): every Ray process of
+    # the cluster.
+    groups: list[int]
 
 
 def _free_port() -> int:
@@ -183,6 +185,13 @@ def _stop_sessions(sessions: list[int]) -> None:
     deadline = time.monotonic() + 10
     while _session_processes(sessions) and time.monotonic() < deadline:
         time.sleep(0.1)
+
+
+def _session_of(process: psutil.Process) -> int | None:
+    try:
+        return os.getsid(process.pid)
+    except ProcessLookupError:
+        return None
 
 
 def _session_processes(sessions: list[int]) -> list[psutil.Process]:
@@ -624,14 +633,7 @@ def test_a_daemon_reaching_the_cluster_through_a_ray_client_address_runs_both_ki
     one Ray connection, so this daemon is a process of its own. Its DDP job is also the file's
     check that a DDP job spans both nodes and matches the local backend's (each trainer costs
     seconds to start)."""
-    env = {
-        "TESSERA_TRAINING_BACKEND": "ray",
-        "TESSERA_TRAINING_RAY_ADDRESS": ray_nodes.client_address,
-        "TESSERA_TRAINING_THREADS_PER_SLOT": "1",
-    }
-    daemon = spawn_daemon(
-        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path / "data"), env=env
-    )
+    daemon = _ray_client_daemon(spawn_daemon, ray_nodes, tmp_path / "data")
     with grpc.insecure_channel(daemon.wait_serving()) as channel:
         upload_standard_datasets(channel)
         training = training_pb2_grpc.TrainingStub(channel)
@@ -641,6 +643,76 @@ def test_a_daemon_reaching_the_cluster_through_a_ray_client_address_runs_both_ki
         assert "node_b 1" in placed(events)[0]
         assert [e.epoch for e in of_kind(events, "epoch")] == [1, 2]
         _spans_both_nodes_and_matches_local_ddp(training, tmp_path / "local")
+
+
+def _ray_client_daemon(spawn_daemon: Any, nodes: RayNodes, data_dir: Path) -> Any:
+    """A `tesserad serve` process on `data_dir` reaching the cluster through its Ray Client address
+    (a process holds one Ray connection), not yet serving."""
+    env = {
+        "TESSERA_TRAINING_BACKEND": "ray",
+        "TESSERA_TRAINING_RAY_ADDRESS": nodes.client_address,
+        "TESSERA_TRAINING_THREADS_PER_SLOT": "1",
+    }
+    return spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(data_dir), env=env
+    )
+
+
+def test_a_lost_ray_client_session_restarts_the_job_once_the_daemon_has_connected_again(
+    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
+) -> None:
+    """The head's Ray Client server restarts while a job runs: the daemon's session there is gone
+    (its actors with it), and Ray's proxy answers the daemon's next ray.get FAILED_PRECONDITION
+    "'NoneType' object is not iterable", a TypeError of Ray's own, as it did in a CI run under
+    load. The job restarts in the daemon's words, on the connection the daemon makes anew."""
+    daemon = _ray_client_daemon(spawn_daemon, ray_nodes, tmp_path / "data")
+    with grpc.insecure_channel(daemon.wait_serving()) as channel:
+        upload_standard_datasets(channel)
+        _a_lost_ray_client_session_restarts_the_job(training_pb2_grpc.TrainingStub(channel), ray_nodes)
+
+
+def _a_lost_ray_client_session_restarts_the_job(
+    training: training_pb2_grpc.TrainingStub, nodes: RayNodes
+) -> None:
+    job = submit(training, on_node("node_b", epochs=100, max_restarts=1))
+    watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step")
+    _restart_ray_client_server(nodes)
+    events = follow(training, job.job_id)
+    assert states(events) == [
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_QUEUED,
+        S.JOB_STATE_RUNNING,
+        S.JOB_STATE_SUCCEEDED,
+    ], [e.state.reason for e in events if e.WhichOneof("event") == "state"]
+    requeued = of_kind(events, "state")[2].reason
+    assert requeued.startswith(
+        f"the daemon lost its connection to the Ray cluster at {nodes.client_address} "
+        "(training.ray_address): Ray Client's server on the head answered "
+    ), requeued
+    assert "restart 1 of spec.max_restarts 1" in requeued and "NoneType" not in requeued
+    assert training.GetJob(S.GetJobRequest(job_id=job.job_id)).epoch == 100
+
+
+def _restart_ray_client_server(nodes: RayNodes) -> None:
+    """SIGKILL the head's Ray Client server (its proxy, which takes the sessions' servers and their
+    actors along) and start it again as it was, in a session of its own that joins `nodes`."""
+    (proxy,) = [
+        process
+        for process in psutil.process_iter(["cmdline"])
+        if "--mode=proxy" in (process.info["cmdline"] or ()) and _session_of(process) in nodes.groups
+    ]
+    command, environment = proxy.cmdline(), proxy.environ()
+    proxy.kill()
+    proxy.wait(10)
+    restarted = subprocess.Popen(
+        command,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    nodes.groups.append(restarted.pid)
 
 
 def test_a_sweep_runs_its_trials_on_both_nodes_at_most_max_concurrent_at_a_time(

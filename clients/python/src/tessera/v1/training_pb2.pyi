@@ -1108,10 +1108,11 @@ class JobError(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
-    """exception, crash (the worker process died), out_of_memory, nonfinite_loss, registration
-    (training succeeded, registering its weights failed), storage (the disk or the database
-    map was full), dataset_deleted (its dataset version was deleted, by force, before the job
-    could start or resume).
+    """exception, crash (the worker process died; on training.backend = ray also: the daemon lost
+    its connection to the cluster), out_of_memory, nonfinite_loss, registration (training
+    succeeded, registering its weights failed), storage (the disk or the database map was
+    full), dataset_deleted (its dataset version was deleted, by force, before the job could
+    start or resume).
     """
     message: _builtins.str
     def __init__(
