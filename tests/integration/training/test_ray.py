@@ -265,6 +265,14 @@ def pid_of(message: str) -> int:
     return int(match.group(1))
 
 
+def _ended(event: training_pb2.JobEvent) -> bool:
+    return event.WhichOneof("event") == "state" and event.state.state in (
+        S.JOB_STATE_SUCCEEDED,
+        S.JOB_STATE_FAILED,
+        S.JOB_STATE_CANCELLED,
+    )
+
+
 def watch_until(
     training: training_pb2_grpc.TrainingStub, job_id: str, stop: Any
 ) -> list[training_pb2.JobEvent]:
@@ -749,13 +757,17 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientIntercepto
         return continuation(self._with_token(details), requests)
 
 
-def test_workers_present_training_ray_worker_token_file_when_tokens_are_required(
-    ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
-) -> None:
+def _token_daemon(
+    spawn_daemon: Any, ray_nodes: RayNodes, directory: Path, pki: Pki | None
+) -> tuple[Any, dict[Role, str]]:
+    """A daemon on the cluster that requires tokens, and gives its workers a reader's
+    (training.ray_worker_token_file); over mutual TLS, its workers' client certificate being
+    training.ray_tls_cert_file, when `pki` is given. The daemon and the tokens."""
+    directory.mkdir()
     clear = {role: new_token() for role in Role}
-    tokens = tmp_path / "tokens.toml"
+    tokens = directory / "tokens.toml"
     tokens.write_text("".join(format_entry(f"{r.label}-holder", r, hash_token(t)) for r, t in clear.items()))
-    worker_token = tmp_path / "worker-token"
+    worker_token = directory / "worker-token"
     worker_token.write_text(clear[Role.READER] + "\n")
     env = {
         "TESSERA_TRAINING_BACKEND": "ray",
@@ -764,82 +776,75 @@ def test_workers_present_training_ray_worker_token_file_when_tokens_are_required
         "TESSERA_SECURITY_TOKENS_FILE": str(tokens),
         "TESSERA_TRAINING_RAY_WORKER_TOKEN_FILE": str(worker_token),
     }
+    flags = []
+    if pki is not None:
+        flags = ["--http-listen", "off"]
+        env |= {
+            "TESSERA_SECURITY_TLS_CERT_FILE": str(pki.server_cert),
+            "TESSERA_SECURITY_TLS_KEY_FILE": str(pki.server_key),
+            "TESSERA_SECURITY_TLS_CLIENT_CA_FILE": str(pki.client_ca),
+            "TESSERA_TRAINING_RAY_TLS_CERT_FILE": str(pki.client_cert),
+            "TESSERA_TRAINING_RAY_TLS_KEY_FILE": str(pki.client_key),
+        }
     daemon = spawn_daemon(
-        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--data-dir", str(tmp_path / "data"), env=env
-    )
-    channel = grpc.intercept_channel(
-        grpc.insecure_channel(daemon.wait_serving()), _Bearer(clear[Role.TRAINER])
-    )
-    # Content no run before has fetched: not on any node's cache, so the worker must fetch it.
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", *flags, "--data-dir", str(directory / "data"),
+        env=env,
+    )  # fmt: skip
+    return daemon, clear
+
+
+def _fresh_dataset_job(
+    channel: grpc.Channel, node: str
+) -> tuple[training_pb2.Job, datasets_pb2.DatasetVersion]:
+    """A job on `node` on content no run before has fetched: not on any node's cache, so its
+    worker must fetch it from the daemon."""
     x = np.random.default_rng().normal(size=(48, 6)).astype(np.float32)
     fresh = upload_dataset(channel, "fresh", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
     assert not (CACHE_DIR / f"{fresh.sha256}.npz").exists()
-    training = training_pb2_grpc.TrainingStub(channel)
-    spec = job_spec("mlp")
+    spec = on_node(node)
     spec.data.dataset.name = "fresh"
     spec.data.val_split = ""
-    job = submit(training, spec)
-    deadline = time.monotonic() + 120
-    while (state := training.GetJob(S.GetJobRequest(job_id=job.job_id))).state not in (
-        S.JOB_STATE_SUCCEEDED,
-        S.JOB_STATE_FAILED,
-    ):
-        assert time.monotonic() < deadline, state
-        time.sleep(0.3)
-    assert state.state == S.JOB_STATE_SUCCEEDED, state.error
-    assert (CACHE_DIR / f"{fresh.sha256}.npz").exists()
+    return submit(training_pb2_grpc.TrainingStub(channel), spec), fresh
 
 
-def test_workers_fetch_over_mutual_tls_with_a_token_when_the_daemon_serves_them(
+def test_workers_present_training_ray_worker_token_file_in_plaintext_and_over_mutual_tls(
     ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path, pki: Pki
 ) -> None:
-    clear = {role: new_token() for role in Role}
-    tokens = tmp_path / "tokens.toml"
-    tokens.write_text("".join(format_entry(f"{r.label}-holder", r, hash_token(t)) for r, t in clear.items()))
-    worker_token = tmp_path / "worker-token"
-    worker_token.write_text(clear[Role.READER] + "\n")
-    env = {
-        "TESSERA_TRAINING_BACKEND": "ray",
-        "TESSERA_TRAINING_RAY_ADDRESS": ray_nodes.address,
-        "TESSERA_TRAINING_THREADS_PER_SLOT": "1",
-        "TESSERA_SECURITY_TOKENS_FILE": str(tokens),
-        "TESSERA_TRAINING_RAY_WORKER_TOKEN_FILE": str(worker_token),
-        "TESSERA_SECURITY_TLS_CERT_FILE": str(pki.server_cert),
-        "TESSERA_SECURITY_TLS_KEY_FILE": str(pki.server_key),
-        "TESSERA_SECURITY_TLS_CLIENT_CA_FILE": str(pki.client_ca),
-        "TESSERA_TRAINING_RAY_TLS_CERT_FILE": str(pki.client_cert),
-        "TESSERA_TRAINING_RAY_TLS_KEY_FILE": str(pki.client_key),
+    """Workers fetch their datasets with the worker token when tokens are required, from a
+    plaintext daemon and, over mutual TLS, from one that serves it (one test: the two daemons
+    start, and their jobs run, side by side, each on a node of its own)."""
+    plain, plain_tokens = _token_daemon(spawn_daemon, ray_nodes, tmp_path / "plain", None)
+    mutual, mutual_tokens = _token_daemon(spawn_daemon, ray_nodes, tmp_path / "mtls", pki)
+    channels = {
+        "plain": grpc.intercept_channel(
+            grpc.insecure_channel(plain.wait_serving()), _Bearer(plain_tokens[Role.TRAINER])
+        ),
+        "mtls": grpc.intercept_channel(
+            grpc.secure_channel(mutual.wait_serving(), pki.channel_credentials("client")),
+            _Bearer(mutual_tokens[Role.TRAINER]),
+        ),
     }
-    daemon = spawn_daemon(
-        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--http-listen", "off",
-        "--data-dir", str(tmp_path / "data"), env=env,
-    )  # fmt: skip
-    channel = grpc.intercept_channel(
-        grpc.secure_channel(daemon.wait_serving(), pki.channel_credentials("client")),
-        _Bearer(clear[Role.TRAINER]),
-    )
-    # Content no run before has fetched: the worker must reach the daemon over mutual TLS.
-    x = np.random.default_rng().normal(size=(48, 6)).astype(np.float32)
-    fresh = upload_dataset(channel, "fresh", {"x": x, "y": (x[:, 0] > 0).astype(np.int64)})
-    assert not (CACHE_DIR / f"{fresh.sha256}.npz").exists()
-    training = training_pb2_grpc.TrainingStub(channel)
-    spec = job_spec("mlp")
-    spec.data.dataset.name = "fresh"
-    spec.data.val_split = ""
-    job = submit(training, spec)
-    deadline = time.monotonic() + 120
-    while (state := training.GetJob(S.GetJobRequest(job_id=job.job_id))).state not in (
-        S.JOB_STATE_SUCCEEDED,
-        S.JOB_STATE_FAILED,
-    ):
-        assert time.monotonic() < deadline, state
-        time.sleep(0.3)
-    assert state.state == S.JOB_STATE_SUCCEEDED, state.error
-    assert (CACHE_DIR / f"{fresh.sha256}.npz").exists()
+    submitted = {
+        "plain": _fresh_dataset_job(channels["plain"], "node_a"),
+        "mtls": _fresh_dataset_job(channels["mtls"], "node_b"),
+    }
+    for name, (job, fresh) in submitted.items():
+        training = training_pb2_grpc.TrainingStub(channels[name])
+        deadline = time.monotonic() + 120
+        while (state := training.GetJob(S.GetJobRequest(job_id=job.job_id))).state not in (
+            S.JOB_STATE_SUCCEEDED,
+            S.JOB_STATE_FAILED,
+        ):
+            assert time.monotonic() < deadline, (name, state)
+            time.sleep(0.3)
+        assert state.state == S.JOB_STATE_SUCCEEDED, (name, state.error)
+        assert (CACHE_DIR / f"{fresh.sha256}.npz").exists(), name
     # Neither the token nor the workers' key went to the daemon's log.
-    daemon.terminate()
-    output = daemon.output()
-    assert clear[Role.READER] not in output and pki.client_key.read_text().splitlines()[1] not in output
+    mutual.terminate()
+    output = mutual.output()
+    assert (
+        mutual_tokens[Role.READER] not in output and pki.client_key.read_text().splitlines()[1] not in output
+    )
 
 
 def _spans_both_nodes_and_matches_local_ddp(
@@ -849,7 +854,8 @@ def _spans_both_nodes_and_matches_local_ddp(
     backend's DDP (a daemon on `local_data`) gives the same spec."""
     spec = job_spec("mlp", epochs=3, devices=job_spec_pb2.DeviceRequest(cpu=True, cpu_processes=2))
     job = submit(training, spec)
-    events = follow(training, job.job_id)
+    # Not `follow`: its 120 s ran out while the trainer started (112 s, at load 14).
+    events = watch_until(training, job.job_id, _ended)
     assert states(events)[-1] == S.JOB_STATE_SUCCEEDED, events
     ranks = placed_ranks(events)
     # One CPU a node: the two ranks cannot share one.
