@@ -444,6 +444,21 @@ class SecuritySettings:
         "under it, * any host. Host is checked on loopback or without authentication, against DNS "
         "rebinding; the metrics port checks it on loopback",
     )
+    metrics_role: str = setting(
+        "off",
+        parse_choice("off", "reader", "trainer", "admin"),
+        "the least role a token of tokens_file needs to read /metrics on metrics_listen, sent as "
+        "'Authorization: Bearer <token>' (Prometheus: `authorization: {credentials_file: ...}`); "
+        "others get 401. off (the default): /metrics answers whoever reaches metrics_listen, as "
+        "before. Needs tokens_file",
+    )
+    metrics_tls: bool = setting(
+        False,
+        parse_bool,
+        "serve /metrics over HTTPS with tls_cert_file (and, when tls_client_ca_file is set, only to "
+        "clients with a certificate it signed); false (the default): plain HTTP, as before. Needs "
+        "tls_cert_file",
+    )
 
 
 def parse_target(raw: Any) -> str:

@@ -24,7 +24,8 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest, make_wsgi_app
@@ -41,6 +42,12 @@ from prometheus_client.utils import floatToGoString
 from tesserad.config import Address, LimitsSettings
 from tesserad.dashboard.hosts import HostRule
 from tesserad.security.limits import ConnectionLimit
+from tesserad.security.roles import Role
+from tesserad.security.tokens import TokenFile, format_time, token_digest, utc_now
+
+if TYPE_CHECKING:
+    from tesserad.api.audit import Audit
+    from tesserad.dashboard.access import DashboardTls
 
 log = logging.getLogger(__name__)
 
@@ -269,22 +276,44 @@ class _ConnectionMetrics(Collector):
         return [opened, refused]
 
 
+@dataclass(frozen=True)
+class MetricsAccess:
+    """Who may read /metrics (security.metrics_role, security.metrics_tls): a token of `tokens`
+    with at least `role` (None: anyone), over `tls` (None: plain HTTP); refusals go to `audit`."""
+
+    tokens: TokenFile | None = None
+    role: Role | None = None
+    tls: DashboardTls | None = None
+    audit: Audit | None = None
+
+
 class MetricsHttpServer:
     """Serves /metrics (and nothing else: 404) from a background thread.
 
     prometheus_client's own start_http_server answers every path with the metrics; this is the
-    same server with its WSGI app behind a route.
+    same server with its WSGI app behind a route, and, as `access` asks, behind a token and TLS.
     """
 
     def __init__(
-        self, metrics: DaemonMetrics, address: Address, allowed_hosts: Iterable[str], limits: LimitsSettings
+        self,
+        metrics: DaemonMetrics,
+        address: Address,
+        allowed_hosts: Iterable[str],
+        limits: LimitsSettings,
+        access: MetricsAccess | None = None,
     ) -> None:
         """`allowed_hosts`: security.http_allowed_hosts, checked when `address` is loopback."""
+        access = MetricsAccess() if access is None else access
         server_class = _Ipv6Server if ":" in address.host else _LimitedServer
-        app = _answered_hosts(_metrics_only(metrics.page), HostRule(allowed_hosts, address.is_loopback))
+        app = _metrics_only(metrics.page)
+        if access.tokens is not None and access.role is not None:
+            app = _token_required(app, access.tokens, access.role, access.audit)
+        app = _answered_hosts(app, HostRule(allowed_hosts, address.is_loopback))
         self._server = make_server(address.host, address.port, app, server_class, _QuietHandler)
         self._server.connections = ConnectionLimit(limits.http_max_connections, "metrics")
         self._server.request_timeout_s = limits.http_request_timeout_s
+        self._server.tls = access.tls
+        self.scheme = "http" if access.tls is None else "https"
         metrics.count_connections(self._server.connections)
         # handle_request is called only once a connection waits: with no wait of its own, a
         # connection gone by then leaves it returning, not blocked where close cannot wake it.
@@ -332,6 +361,73 @@ def _answered_hosts(app: WsgiApp, hosts: HostRule) -> WsgiApp:
     return guard
 
 
+# Every 401 carries it (RFC 9110 says it must; Prometheus and curl read the scheme there).
+_CHALLENGE = ("WWW-Authenticate", 'Bearer realm="tesserad"')
+
+
+def _token_required(app: WsgiApp, tokens: TokenFile, role: Role, audit: Audit | None) -> WsgiApp:
+    """`app` for a request whose `Authorization: Bearer` token, in `tokens` as they are now (a
+    reload applies at the next scrape), has at least `role`; 401 or 403 saying why for another."""
+
+    def guard(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        header = environ.get("HTTP_AUTHORIZATION")
+        status, reason, problem = _token_problem(tokens, role, header)
+        if status is None:
+            return app(environ, start_response)
+        if audit is not None:
+            audit.refused(
+                f"{environ.get('REQUEST_METHOD', 'GET')} {environ.get('PATH_INFO', '')[:200]}",
+                None,
+                environ.get("REMOTE_ADDR", ""),
+                status.split()[0],
+                reason,
+                listener="metrics",
+            )
+        headers = [("Content-Type", "text/plain; charset=utf-8")]
+        start_response(status, [*headers, _CHALLENGE] if status.startswith("401") else headers)
+        return [f"{problem}\n".encode()]
+
+    return guard
+
+
+def _token_problem(tokens: TokenFile, role: Role, header: str | None) -> tuple[str | None, str, str]:
+    """(None, "", "") when `header` carries a token good enough; else (the HTTP status, the
+    reason as audit lines name it, what the caller is told)."""
+    if header is None:
+        return (
+            "401 Unauthorized",
+            "no token",
+            "this tesserad's /metrics needs a token: send the header 'Authorization: Bearer <token>' "
+            f"with a token of the {role.label} role or above (made with `tesserad tokens add`)",
+        )
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return "401 Unauthorized", "token refused", "the Authorization header must be 'Bearer <token>'"
+    identity = tokens.table.identify_digest(token_digest(token.strip()))
+    if identity is None:
+        return (
+            "401 Unauthorized",
+            "token refused",
+            "the token is not valid for this tesserad (mistyped, or removed from its tokens file); "
+            "ask the operator for a token made with `tesserad tokens add`",
+        )
+    if identity.expires is not None and identity.expired(utc_now()):
+        return (
+            "401 Unauthorized",
+            "token refused",
+            f"the token {identity.name!r} expired at {format_time(identity.expires)}; ask the "
+            "operator for a new one (`tesserad tokens add`)",
+        )
+    if identity.role < role:
+        return (
+            "403 Forbidden",
+            "forbidden",
+            f"/metrics needs the {role.label} role (security.metrics_role); the token "
+            f"{identity.name!r} has the {identity.role.label} role",
+        )
+    return None, "", ""
+
+
 def _metrics_only(app: WsgiApp) -> WsgiApp:
     def route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == "/metrics":
@@ -350,11 +446,28 @@ class _LimitedServer(ThreadingWSGIServer):
 
     connections: ConnectionLimit
     request_timeout_s: float
+    tls: DashboardTls | None = None
 
     def get_request(self) -> tuple[socket.socket, Any]:
         connection, client_address = super().get_request()
         connection.settimeout(self.request_timeout_s)
         return connection, client_address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """The TLS handshake, when the listener serves TLS, runs here, on the connection's own
+        thread (under its timeout): on the accepting thread a client that stalls it would hold
+        every other scrape back."""
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            secured = self.tls.context.wrap_socket(request, server_side=True)
+        except OSError:  # ssl.SSLError among them
+            # A plaintext client, one that does not trust the certificate, or (mutual TLS) one
+            # without a certificate the client CA signed: it gets no answer.
+            return
+        with secured:
+            super().finish_request(secured, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.connections.admit():

@@ -79,6 +79,7 @@ from tesserad.backup.restore import remove_finished_stagings, unfinished_restore
 from tesserad.backup.verify import StoreChecks
 from tesserad.config import GRPC_MESSAGE_SIZE_CEILING, Address, LimitsSettings, Settings, format_size
 from tesserad.dashboard import DashboardServer, Services
+from tesserad.dashboard.access import dashboard_tls
 from tesserad.datasets import MARKERS as DATASET_MARKERS
 from tesserad.datasets import REFERENCE_TABLES as DATASET_REFERENCE_TABLES
 from tesserad.datasets import TABLES as DATASET_TABLES
@@ -88,7 +89,7 @@ from tesserad.datasets.references import collect_unheld_blobs
 from tesserad.errors import FailedPrecondition, TesseraError, Unavailable
 from tesserad.host import Gpus, raise_open_file_limit
 from tesserad.log_settings import LogControl
-from tesserad.metrics import DaemonMetrics, MetricsHttpServer
+from tesserad.metrics import DaemonMetrics, MetricsAccess, MetricsHttpServer
 from tesserad.nn.user_modules import allow_module_paths
 from tesserad.oip import grpc_service_pb2, grpc_service_pb2_grpc
 from tesserad.registry import MARKERS as REGISTRY_MARKERS
@@ -112,7 +113,12 @@ from tesserad.serving.service import SOURCE_RETRY_S, CallCounter, InferenceServi
 from tesserad.serving.shared_memory import SharedMemory
 from tesserad.serving.trace import TraceMetrics, Tracer, usable_trace_file
 from tesserad.serving.triton_metrics import TritonMetrics
-from tesserad.settings_checks import authentication_enabled, exposed_listeners, exposure_refusal
+from tesserad.settings_checks import (
+    authentication_enabled,
+    exposed_listeners,
+    exposure_refusal,
+    metrics_refusal,
+)
 from tesserad.store import BlobStore, DataDirLock, Key, Store, store_errors
 from tesserad.store.prometheus import StoreMetrics
 from tesserad.store.schema import STORE_SCHEMA, open_for_writing, refuse_newer
@@ -865,13 +871,18 @@ class Daemon:
 
     def _serve_metrics(self) -> None:
         settings = self.settings
+        security = settings.security
         if settings.metrics_listen is not None:
+            tokens = None if self._auth is None else self._auth.tokens
+            tls = dashboard_tls(security) if security.metrics_tls else None
+            role = None if security.metrics_role == "off" else Role.parse(security.metrics_role)
             try:
                 self._metrics_http = MetricsHttpServer(
                     self.metrics,
                     settings.metrics_listen,
-                    settings.security.http_allowed_hosts,
+                    security.http_allowed_hosts,
                     settings.limits,
+                    MetricsAccess(tokens, role, tls, self.audit),
                 )
             except OSError as exc:
                 raise StartupError(
@@ -879,6 +890,8 @@ class Daemon:
                     "set metrics_listen (--metrics-listen) to another address, or off"
                 ) from None
             self.metrics_port = self._metrics_http.port
+            if tls is not None and self._certificates is not None:
+                self._certificates.also_reload(tls.reload)
 
     async def _start_replica(self, auth: AuthInterceptor, credentials: grpc.ServerCredentials | None) -> None:
         """A serving replica: inference over the primary's followed registry, no store of its own."""
@@ -1323,7 +1336,7 @@ def _host(address: Address) -> str:
 def _check_exposure(settings: Settings, insecure: bool) -> None:
     """Refuse to serve beyond loopback without authentication, unless the operator said --insecure;
     warn of what is allowed but exposed."""
-    refused = exposure_refusal(settings, insecure)
+    refused = exposure_refusal(settings, insecure) or metrics_refusal(settings.security)
     if refused is not None:
         raise SettingsRefusal(refused)
     exposed = exposed_listeners(settings)

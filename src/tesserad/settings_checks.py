@@ -58,6 +58,21 @@ def tls_refusal(security: SecuritySettings) -> str | None:
     return None
 
 
+def metrics_refusal(security: SecuritySettings) -> str | None:
+    """Why security.metrics_role or security.metrics_tls cannot be served, or None."""
+    if security.metrics_role != "off" and security.tokens_file is None:
+        return (
+            f"security.metrics_role = {security.metrics_role} needs security.tokens_file: the tokens "
+            "/metrics admits are its tokens; set it, or set security.metrics_role to off"
+        )
+    if security.metrics_tls and security.tls_cert_file is None:
+        return (
+            "security.metrics_tls serves /metrics with the gRPC listener's certificate: set "
+            "security.tls_cert_file and security.tls_key_file, or set security.metrics_tls to false"
+        )
+    return None
+
+
 def ray_tls_refusal(training: TrainingSettings, serves_tls: bool, mutual: bool) -> str | None:
     """Why the Ray workers' client certificate settings do not go together with the daemon's TLS
     (`serves_tls`, `mutual`: it asks clients for a certificate), or None."""
@@ -88,7 +103,7 @@ def refusal(settings: Settings, insecure: bool) -> str | None:
     """The first reason, in the order the daemon's start checks them, that these settings
     cannot serve together; None when there is none."""
     security = settings.security
-    found = exposure_refusal(settings, insecure) or tls_refusal(security)
+    found = exposure_refusal(settings, insecure) or tls_refusal(security) or metrics_refusal(security)
     if found is None and settings.training.backend == "ray":
         serves_tls = security.tls_cert_file is not None
         found = ray_tls_refusal(settings.training, serves_tls, security.tls_client_ca_file is not None)
