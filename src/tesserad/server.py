@@ -124,7 +124,7 @@ from tesserad.store.prometheus import StoreMetrics
 from tesserad.store.schema import STORE_SCHEMA, open_for_writing, refuse_newer
 from tesserad.store.space import space_checked
 from tesserad.system import Replication, SystemService
-from tesserad.systemd import notify
+from tesserad.systemd import StartProgress, notify
 from tesserad.tasks import cancel_and_wait, end_background_task
 from tesserad.training import artifacts as training_artifacts
 from tesserad.training import events as training_events
@@ -279,6 +279,8 @@ class Daemon:
         # Set by serve() on SIGTERM or SIGINT, also during the start, whose preload it cuts short.
         self.stop_asked = asyncio.Event()
         self._told_ready = False
+        # EXTEND_TIMEOUT_USEC for systemd while the store's start-up upgrades commit batches.
+        self._start_progress = StartProgress()
         self._server: grpc.aio.Server | None = None
         self._auth: AuthInterceptor | None = None
         self._certificates: ServerCertificates | None = None
@@ -430,6 +432,7 @@ class Daemon:
                 group_commit_interval_s=settings.store.group_commit_interval_ms / 1000,
                 check=refuse_newer(str(data_dir)),
             )
+            self._store.upgrade_progressed = self._start_progress.progressed
             blobs = self._blobs = BlobStore(data_dir / "blobs")
             # The start's reads of every table are where damage inside the store shows first.
             with store_errors(data_dir / "store"):
@@ -1025,6 +1028,7 @@ class Daemon:
         reports SERVING (serving.preload's versions loaded), a replica's once its listeners are
         bound (its follower then tells the STATUS of its link). Never for a start a stop cut
         short."""
+        self._start_progress.finished()
         if self._told_ready or self.stop_asked.is_set():
             return
         self._told_ready = True
@@ -1114,6 +1118,7 @@ class Daemon:
         # What is left of the grace after a SIGHUP reload: ms are all a reader needs of it.
         log.info("tesserad stopping", extra={"grace_period_s": round(grace, 3)})
         self._stopping.set()
+        self._start_progress.finished()
         if self._health is not None:
             # Health watchers hear NOT_SERVING now and their streams end, not at the grace's end.
             await self._health.enter_graceful_shutdown()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tesserad.systemd import notify
+from tesserad.systemd import EXTEND_EVERY_S, EXTEND_S, StartProgress, notify
 
 
 def test_a_notification_to_a_full_queue_is_dropped_not_waited_on(
@@ -51,3 +51,27 @@ def test_ready_and_stopping_sent_to_a_full_queue_reach_systemd_once_it_reads(
             if thread.name == "sd-notify":
                 thread.join(30)
     assert {b"READY=1", b"STOPPING=1"} <= got
+
+
+def test_start_progress_extends_the_timeout_at_most_once_a_period_until_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        path = tmp_path / "notify"
+        systemd.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        now = [100.0]
+        progress = StartProgress(clock=lambda: now[0])
+        for moment in (100.0, 100.0 + EXTEND_EVERY_S / 2, 100.0 + EXTEND_EVERY_S, 200.0):
+            now[0] = moment
+            progress.progressed()
+        progress.finished()
+        now[0] = 1000.0
+        progress.progressed()
+        told = []
+        while True:
+            try:
+                told.append(systemd.recv(4096, socket.MSG_DONTWAIT).decode())
+            except BlockingIOError:
+                break
+    assert told == [f"EXTEND_TIMEOUT_USEC={int(EXTEND_S * 1_000_000)}"] * 3

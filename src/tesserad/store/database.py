@@ -416,6 +416,10 @@ class ReadOnlyStore:
         self._env.close()
 
 
+def _no_progress_hook() -> None:
+    return
+
+
 class Store:
     """An open LMDB environment with its tables and its group-commit thread."""
 
@@ -444,6 +448,9 @@ class Store:
         self._held = threading.local()
         self._closing = False
         self.group_commits = 0
+        # Called after each batch a start-up upgrade commits (`each_row_once`), from its thread:
+        # the daemon tells systemd its start is still moving (tesserad.systemd.StartProgress).
+        self.upgrade_progressed: Callable[[], None] = _no_progress_hook
         self._committer = threading.Thread(target=self._run_committer, name="store-group-commit", daemon=True)
         self._committer.start()
 

@@ -45,5 +45,6 @@ def each_row_once(
                 return changed
         after = rows[-1][0]
         visited += len(rows)
+        store.upgrade_progressed()
         if committed is not None:
             committed(visited)
