@@ -173,23 +173,31 @@ class Audit:
         )
 
 
-def outcome(exc: BaseException, context: Context) -> str:
-    """The status code name a call that raised `exc` ends with."""
+def outcome(exc: BaseException, context: Context, revoked: Callable[[], str | None]) -> str:
+    """The status code name a call that raised `exc` ends with. `revoked`: the status a reload
+    of the tokens file (or its token's expiry) ends the call with once it revoked it, or None; the
+    revocation cancels the call's task, but its client gets that status, not CANCELLED."""
     if isinstance(exc, grpc.aio.AbortError):
         code = context.code()
         return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-        return "CANCELLED"
+        return revoked() or "CANCELLED"
     if isinstance(exc, TesseraError):
         return status_for(exc).name
     return "INTERNAL"
 
 
 Caller = Callable[[Context], str]
+Revoked = Callable[[], str | None]
 
 
 def audited_unary(
-    inner: UnaryResponse, rpc: str, audit: Audit, caller: Caller, request_streaming: bool
+    inner: UnaryResponse,
+    rpc: str,
+    audit: Audit,
+    caller: Caller,
+    request_streaming: bool,
+    revoked: Revoked,
 ) -> UnaryResponse:
     """`inner` (a behaviour awaited for its one answer, or one writing its answers) logging its
     call's audit line as it ends."""
@@ -206,7 +214,7 @@ def audited_unary(
         try:
             response = await inner(request, context)
         except BaseException as exc:
-            audit.wrote(rpc, who, peer, objects, outcome(exc, context))
+            audit.wrote(rpc, who, peer, objects, outcome(exc, context, revoked))
             raise
         audit.wrote(rpc, who, peer, targets(response, objects), "OK")
         return response
@@ -215,7 +223,12 @@ def audited_unary(
 
 
 def audited_stream(
-    inner: StreamResponse, rpc: str, audit: Audit, caller: Caller, request_streaming: bool
+    inner: StreamResponse,
+    rpc: str,
+    audit: Audit,
+    caller: Caller,
+    request_streaming: bool,
+    revoked: Revoked,
 ) -> StreamResponse:
     """`inner` (a behaviour streaming its answers) logging its call's audit line as it ends."""
 
@@ -230,7 +243,7 @@ def audited_stream(
             async for item in inner(request, context):
                 yield item
         except BaseException as exc:
-            audit.wrote(rpc, who, peer, objects, outcome(exc, context))
+            audit.wrote(rpc, who, peer, objects, outcome(exc, context, revoked))
             raise
         audit.wrote(rpc, who, peer, objects, "OK")
 

@@ -144,7 +144,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if inner is not None:
             if logs_writes:
                 assert audit is not None
-                inner = audited_unary(inner, rpc, audit, caller, handler.request_streaming)
+                inner = audited_unary(inner, rpc, audit, caller, handler.request_streaming, revoked_code)
             # gRPC encodes what a writer writes; the wrapper encodes any other's response.
             encode_with, grpc_encodes_with = (None, serialize) if writer is not None else (serialize, None)
 
@@ -173,7 +173,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         assert inner_stream is not None, f"{method} has no behaviour"
         if logs_writes:
             assert audit is not None
-            inner_stream = audited_stream(inner_stream, rpc, audit, caller, handler.request_streaming)
+            inner_stream = audited_stream(
+                inner_stream, rpc, audit, caller, handler.request_streaming, revoked_code
+            )
 
         async def stream_response(request: Any, context: Context) -> AsyncIterator[Any]:
             start = clock()

@@ -5,6 +5,7 @@ line per peer and reason in 10 s, the next counting those left out."""
 from __future__ import annotations
 
 import logging
+import queue
 import urllib.error
 import urllib.request
 
@@ -12,7 +13,8 @@ import grpc
 import pytest
 
 from tessera.v1 import registry_pb2, registry_pb2_grpc
-from tesserad.security import Role
+from tesserad.security import Role, hash_token
+from tesserad.security.tokens import format_entry
 from tests.conftest import InProcessDaemon
 from tests.integration.registry.conftest import onnx_header, onnx_identity, upload_requests
 from tests.integration.security.conftest import Tokens, bearer
@@ -137,3 +139,37 @@ def test_log_audit_false_turns_the_write_lines_off(start_daemon, caplog: pytest.
     registry = registry_pb2_grpc.RegistryStub(daemon.channel())
     registry.CreateModel(registry_pb2.CreateModelRequest(name="quiet"), timeout=10)
     assert audit_lines(caplog, "write call") == []
+
+
+def test_a_write_stream_ended_by_a_revoked_token_is_audited_with_the_status_its_client_gets(
+    start_daemon, tokens: Tokens, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The reload cancels the call's task: its line said CANCELLED, its client got UNAUTHENTICATED.
+    caplog.set_level(logging.INFO)
+    daemon: InProcessDaemon = start_daemon(**{"security.tokens_file": str(tokens.file)})
+    channel = daemon.channel()
+    requests: queue.Queue[registry_pb2.UploadVersionRequest | None] = queue.Queue()
+    upload = registry_pb2_grpc.RegistryStub(channel).UploadVersion.future(
+        iter(requests.get, None), metadata=bearer(tokens.token[Role.TRAINER]), timeout=60
+    )
+    data = onnx_identity(4)
+    requests.put(registry_pb2.UploadVersionRequest(header=onnx_header("revoked", data)))
+    # A call after it on the same connection, answered: the upload's call has reached the daemon.
+    assert (
+        call(channel, "/tessera.v1.System/GetServerInfo", bearer(tokens.token[Role.ADMIN]))
+        == grpc.StatusCode.OK
+    )
+    tokens.file.write_text(format_entry("admin-holder", Role.ADMIN, hash_token(tokens.token[Role.ADMIN])))
+    daemon.run(daemon.daemon.reload())
+    [reloaded] = [r for r in caplog.records if r.getMessage() == "tokens reloaded"]
+    assert reloaded.__dict__["streams_ended"] == 1
+    with pytest.raises(grpc.RpcError) as ended:
+        upload.result(timeout=60)
+    requests.put(None)
+    assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    [line] = audit_lines(caplog, "write call")
+    assert (line.__dict__["rpc"], line.__dict__["caller"]) == (
+        "tessera.v1.Registry/UploadVersion",
+        "trainer-holder",
+    )
+    assert line.__dict__["code"] == "UNAUTHENTICATED"
