@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ import grpc
 import numpy as np
 import pytest
 
+import tessera
 from tessera.v1 import (
     common_pb2,
     datasets_pb2,
@@ -967,3 +971,31 @@ def test_a_metric_stream_that_fills_the_database_map_stores_only_the_batches_it_
         assert "store.map_size = 1 MiB" in error.details(), error.details()
     finally:
         running.stop()
+
+
+def test_an_http_write_onto_a_full_disk_is_507_insufficient_storage(daemon, disk):
+    # It was 429 Too Many Requests, which clients retry after a while: more room is what it needs.
+    with tessera.Client(daemon.target) as client:
+        run_id = client.training.create_run("full", create_experiment=True).run_id
+        client.training.delete_run(run_id)
+    filler = fill_up(disk)
+    first_refused_create(registry_pb2_grpc.RegistryStub(daemon.channel()))  # the store's file is at its end
+    port = daemon.daemon.http_port
+    status, body = _restore(port, run_id)
+    assert status == 507 and FULL in body["error"], body
+    filler.unlink()
+    assert _restore(port, run_id)[0] == 200
+
+
+def _restore(port: int, run_id: str) -> tuple[int, dict[str, Any]]:
+    """The dashboard's restore of `run_id`: (status, JSON body)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/runs/{run_id}/restore",
+        method="POST",
+        headers={"X-Tessera-Dashboard": "1"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)

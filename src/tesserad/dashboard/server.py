@@ -50,6 +50,9 @@ HTTP_STATUS_BY_ERROR: dict[type[errors.TesseraError], int] = {
     errors.FailedPrecondition: 409,
     errors.OutOfRange: 400,
     errors.ResourceExhausted: 429,
+    # No room on the data directory's disk is no rate limit to retry after (429's meaning):
+    # WebDAV's 507 Insufficient Storage (RFC 4918) says it; Triton and KServe define no status for it.
+    errors.NoSpace: 507,
     errors.DataLoss: 500,
     errors.Unauthenticated: 401,
     errors.PermissionDenied: 403,

@@ -57,7 +57,7 @@ EXPECTED_HTTP_STATUS = {
     errors.NotLoaded: 409,
     errors.OutOfRange: 400,
     errors.ResourceExhausted: 429,
-    errors.NoSpace: 429,
+    errors.NoSpace: 507,
     errors.QueueFull: 429,
     errors.DataLoss: 500,
     errors.Unauthenticated: 401,
