@@ -3,6 +3,7 @@ settings that cannot serve them; without either, /metrics stays open (the other 
 
 from __future__ import annotations
 
+import logging
 import ssl
 import urllib.error
 import urllib.request
@@ -32,7 +33,10 @@ def scrape(
         return exc.code, dict(exc.headers), exc.read().decode()
 
 
-def test_metrics_with_a_role_need_a_token_of_that_role(start_daemon, tokens: Tokens) -> None:
+def test_metrics_with_a_role_need_a_token_of_that_role(
+    start_daemon, tokens: Tokens, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tesserad.audit")
     daemon = start_daemon(**{"security.tokens_file": str(tokens.file), "security.metrics_role": "trainer"})
     status, headers, body = scrape(daemon)
     assert status == 401
@@ -51,6 +55,13 @@ def test_metrics_with_a_role_need_a_token_of_that_role(start_daemon, tokens: Tok
     status, _, body = scrape(daemon, tokens.token[Role.TRAINER])
     assert status == 200 and "tessera_rpc_total" in body
     assert scrape(daemon, tokens.token[Role.ADMIN])[0] == 200
+    # Refusals are logged as the other listeners' are, once per peer and reason in the window.
+    refused = [r.__dict__ for r in caplog.records if r.getMessage() == "call refused"]
+    assert [(r["listener"], r["rpc"], r["code"], r["reason"]) for r in refused] == [
+        ("metrics", "GET /metrics", "401", "no token"),
+        ("metrics", "GET /metrics", "401", "token refused"),
+        ("metrics", "GET /metrics", "403", "forbidden"),
+    ]
 
     # A token the tokens file no longer holds is refused at the next scrape.
     admin = tokens.token[Role.ADMIN]
@@ -72,8 +83,9 @@ def test_metrics_over_tls_with_a_token(start_daemon, pki: Pki, tokens: Tokens) -
     trusting = ssl.create_default_context(cafile=str(pki.ca))
     assert scrape(daemon, tokens.token[Role.READER], trusting)[0] == 200
     assert scrape(daemon, None, trusting)[0] == 401
-    # Plain HTTP gets no answer at all, nor does a client that does not trust the certificate.
-    with pytest.raises((ConnectionError, urllib.error.URLError)):
+    # Plain HTTP gets no answer at all (a closed connection, a reset or a URLError, as it
+    # happens), nor does a client that does not trust the certificate.
+    with pytest.raises((ConnectionError, urllib.error.URLError, ssl.SSLError)):
         scrape(daemon, tokens.token[Role.READER])
     with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
         scrape(daemon, tokens.token[Role.READER], ssl.create_default_context())
@@ -82,7 +94,8 @@ def test_metrics_over_tls_with_a_token(start_daemon, pki: Pki, tokens: Tokens) -
 def test_metrics_under_mutual_tls_need_a_client_certificate(start_daemon, pki: Pki) -> None:
     daemon = start_daemon(**tls_settings(pki, mutual=True), **{"security.metrics_tls": "true"})
     without = ssl.create_default_context(cafile=str(pki.ca))
-    with pytest.raises((ConnectionError, urllib.error.URLError)):
+    # Under TLS 1.3 the refusal may come during the handshake or at the first read (SSLError).
+    with pytest.raises((ConnectionError, urllib.error.URLError, ssl.SSLError)):
         scrape(daemon, None, without)
     with_certificate = ssl.create_default_context(cafile=str(pki.ca))
     with_certificate.load_cert_chain(pki.client_cert, pki.client_key)

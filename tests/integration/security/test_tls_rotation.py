@@ -56,6 +56,7 @@ def test_sighup_rotates_the_certificate_and_a_broken_pair_keeps_the_old(start_da
             "security.tls_cert_file": str(cert),
             "security.tls_key_file": str(key),
             "security.tokens_reload_interval_s": "0",
+            "security.metrics_tls": "true",
         }
     )
     port = daemon.daemon.port
@@ -63,6 +64,7 @@ def test_sighup_rotates_the_certificate_and_a_broken_pair_keeps_the_old(start_da
         open_channel.unary_unary("/tessera.v1.System/GetServerInfo")(b"", timeout=10)
         assert served_certificate(port, pki) == der(pki.server_cert)
         assert served_certificate(daemon.daemon.http_port, pki) == der(pki.server_cert)
+        assert served_certificate(daemon.daemon.metrics_port, pki) == der(pki.server_cert)
 
         # The new certificate with the old key: refused, the old pair goes on serving.
         install(pki.next_cert, cert)
@@ -74,8 +76,9 @@ def test_sighup_rotates_the_certificate_and_a_broken_pair_keeps_the_old(start_da
         install(pki.next_key, key)
         daemon.run(daemon.daemon.reload())
         assert served_certificate(port, pki) == der(pki.next_cert)
-        # The dashboard's listener serves the same files.
+        # The dashboard's and the metrics' listeners serve the same files.
         assert served_certificate(daemon.daemon.http_port, pki) == der(pki.next_cert)
+        assert served_certificate(daemon.daemon.metrics_port, pki) == der(pki.next_cert)
         assert secure_call(port, pki.channel_credentials()) == grpc.StatusCode.OK
         # A connection made before the rotation goes on working.
         open_channel.unary_unary("/tessera.v1.System/GetServerInfo")(b"", timeout=10)
