@@ -12,6 +12,7 @@ import asyncio
 import json
 import math
 import os
+import queue
 import random
 import threading
 from abc import ABC, abstractmethod
@@ -395,11 +396,19 @@ class _Requests:
     def __init__(self, requests: Iterable[Message]) -> None:
         self._requests = iter(requests)
         self.error: BaseException | None = None
+        self._stopped = False
+
+    def stop(self) -> None:
+        """Ends the requests for a call being cancelled: gRPC's thread that sends them takes no
+        more (reads no more of a file, calls no progress callback again)."""
+        self._stopped = True
 
     def __iter__(self) -> Iterator[Message]:
         return self
 
     def __next__(self) -> Message:
+        if self._stopped:
+            raise StopIteration
         try:
             return next(self._requests)
         except StopIteration:
@@ -702,14 +711,29 @@ class Connection(_Channel):
             call.cancel()
 
     def client_stream(self, service: str, method: str, requests: Iterable[Message], timeout: float) -> Any:
-        """The response of a client stream fed from `requests`."""
+        """The response of a client stream fed from `requests`. A KeyboardInterrupt (or any
+        exception) while it waits cancels the call, so the daemon keeps nothing of it.
+
+        Made as a future, on the channel's own completion queue: the blocking form gives the call
+        a queue of its own that a KeyboardInterrupt destroys while gRPC's thread still sends
+        requests on it, which aborts the process ("Check failed: grpc_cq_begin_op"). Its end is
+        awaited on a queue of this call's own, so that the KeyboardInterrupt is raised there, not
+        inside gRPC's Python code holding a lock its threads share."""
         feed = _Requests(requests)
+        future = self.method(service, method).future(
+            feed, timeout=call_timeout(timeout), metadata=self.metadata
+        )
+        ended: queue.SimpleQueue[object] = queue.SimpleQueue()
         try:
-            response = self.method(service, method)(
-                feed, timeout=call_timeout(timeout), metadata=self.metadata
-            )
+            future.add_done_callback(ended.put)
+            ended.get()
+            response = future.result()
         except grpc.RpcError as err:
             raise self.error(err, feed) from None
+        except BaseException:
+            feed.stop()
+            future.cancel()
+            raise
         self.answered = True
         return response
 
@@ -726,6 +750,7 @@ class Connection(_Channel):
         except grpc.RpcError as err:
             raise self.error(err, feed) from None
         finally:
+            feed.stop()
             call.cancel()
 
     def _connected(self) -> bool:
