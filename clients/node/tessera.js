@@ -204,8 +204,8 @@ const SUBMIT_TRIES = 5;
 
 class Client {
   // target: "host:port" (undefined: the TESSERA_TARGET environment variable, else
-  // 127.0.0.1:50051, as the Python SDK and `tessera`; a TESSERA_TARGET that is a URL or has no
-  // port is refused with a RangeError, as the Python SDK refuses it); options: { token, timeoutMs (each call's deadline, default 30000),
+  // 127.0.0.1:50051, as the Python SDK and `tessera`; a target, given or in TESSERA_TARGET, that is
+  // a URL or has no port is refused with a RangeError, as the Python SDK refuses it); options: { token, timeoutMs (each call's deadline, default 30000),
   // tls (true: TLS trusting the system's CAs), rootCert (PEM Buffer of the CA that signed the
   // daemon's certificate; enables TLS), clientCert and clientKey (PEM Buffers, for a daemon that
   // asks for client certificates; enable TLS), keepalive ({ timeMs, timeoutMs }: a ping every
@@ -216,7 +216,7 @@ class Client {
     const channelOptions = keepaliveOptions(options.keepalive);
     const v1 = grpc.loadPackageDefinition(DEFINITION).tessera.v1;
     const credentials = channelCredentials(options);
-    this.target = target ?? defaultTarget();
+    this.target = target == null ? defaultTarget() : checkTarget(target, "as the client's target", 'tls: true');
     this.metadata = new grpc.Metadata();
     const token = options.token || process.env.TESSERA_TOKEN;
     if (token) this.metadata.set('authorization', `Bearer ${token}`);

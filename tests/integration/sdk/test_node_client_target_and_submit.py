@@ -1,5 +1,5 @@
-"""The Node client (clients/node/tessera.js) where it lagged the Python SDK: TESSERA_TARGET
-checked as check_target checks it, and SubmitJob sent with a request id and sent again with it
+"""The Node client (clients/node/tessera.js) where it lagged the Python SDK: its target and
+TESSERA_TARGET checked as check_target checks them, and SubmitJob sent with a request id and sent again with it
 when its answer is lost."""
 
 from __future__ import annotations
@@ -16,22 +16,28 @@ __all__ = ["node_ready", "table"]
 
 
 @pytest.mark.parametrize("text", ["http://127.0.0.1:1", "https://tessera.example/v1", "127.0.0.1"])
-def test_node_client_checks_tessera_target_as_the_python_sdk_does(node_ready, text):
+def test_node_client_checks_its_target_and_tessera_target_as_the_python_sdk_does(node_ready, text):
+    """A target given to the constructor went to gRPC unchecked, and failed at the first call."""
     made = run_node_script(
         """
-        try {
-          new Client();
-          console.log('made');
-        } catch (err) {
-          console.log(`${err.name}: ${err.message}`);
+        for (const given of [undefined, process.env.TESSERA_TARGET]) {
+          try {
+            new Client(given);
+            console.log('made');
+          } catch (err) {
+            console.log(`${err.name}: ${err.message}`);
+          }
         }
         """,
         "unused",
         env={"TESSERA_TARGET": text},
     )
-    with pytest.raises(ValueError, match="write HOST:PORT") as python:
-        check_target(text, "in env TESSERA_TARGET", "tls: true")
-    assert made.stdout == f"RangeError: {python.value}\n", made.stderr
+    said = []
+    for where in ("in env TESSERA_TARGET", "as the client's target"):
+        with pytest.raises(ValueError, match="write HOST:PORT") as python:
+            check_target(text, where, "tls: true")
+        said.append(f"RangeError: {python.value}\n")
+    assert made.stdout == "".join(said), made.stderr
 
 
 def test_node_submit_whose_answer_is_cut_off_is_sent_again_into_one_job(node_ready, daemon, table, proxy_to):

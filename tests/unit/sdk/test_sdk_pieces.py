@@ -284,6 +284,42 @@ def test_a_target_in_the_environment_that_is_a_url_or_lacks_a_port_is_refused_as
     client.close()
 
 
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        (
+            "http://127.0.0.1:33125",
+            "'http://127.0.0.1:33125' is a URL; tesserad speaks gRPC: write HOST:PORT, e.g. "
+            "127.0.0.1:33125, as the client's target",
+        ),
+        (
+            "127.0.0.1",
+            "'127.0.0.1' has no port: write HOST:PORT, e.g. 127.0.0.1:50051, as the client's target",
+        ),
+        ("50051", "'50051' has no host: write HOST:PORT, e.g. 127.0.0.1:50051, as the client's target"),
+    ],
+)
+def test_a_target_given_that_is_a_url_or_lacks_a_port_is_refused_as_one_in_the_environment(
+    monkeypatch, target, said
+):
+    """It went to gRPC unchecked: the first call failed UNAVAILABLE ("the host name ... does not
+    resolve") where TESSERA_TARGET holding the same was refused at once."""
+    monkeypatch.delenv("TESSERA_TARGET", raising=False)
+    with pytest.raises(ValueError, match="write HOST:PORT") as raised:
+        tessera.Client(target)
+    assert str(raised.value) == said
+
+    async def made_in_a_loop() -> None:
+        tessera.aio.Client(target)
+
+    with pytest.raises(ValueError, match="write HOST:PORT") as raised:
+        asyncio.run(made_in_a_loop())
+    assert str(raised.value) == said
+    client = tessera.Client("dns:///tesserad.default.svc:50051")
+    assert client.target == "dns:///tesserad.default.svc:50051"
+    client.close()
+
+
 def test_a_loaded_dataset_is_parsed_without_keeping_its_chunks():
     """load() holds the file in memory: its bytes, then parsed. Kept to the end, the bytes
     received made a third copy of the file at the peak."""

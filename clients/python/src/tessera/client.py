@@ -20,7 +20,7 @@ class Client:
     `target` is "host:port" or any gRPC target: "dns:///name:port" (every address the name
     resolves to, e.g. a headless Kubernetes Service over serving replicas), "ipv4:a:p,b:p";
     None (the default) takes the TESSERA_TARGET environment variable, else 127.0.0.1:50051, and
-    refuses (ValueError) a TESSERA_TARGET that is a URL or has no port, as `tessera` does. Calls go round robin over the target's addresses, one call to the next. `token` is sent as `authorization: Bearer <token>` (default: the
+    refuses (ValueError) a target, given or in TESSERA_TARGET, that is a URL or has no port, as `tessera` does. Calls go round robin over the target's addresses, one call to the next. `token` is sent as `authorization: Bearer <token>` (default: the
     TESSERA_TOKEN environment variable). `tls` is a `tessera.TLS` (CA file, client cert and
     key) or True for the system's CAs; None is plaintext. `timeout` is the deadline of every
     unary call in seconds (per-call `timeout=` overrides it); uploads and downloads use

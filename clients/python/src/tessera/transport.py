@@ -318,10 +318,10 @@ def keepalive_options(
 
 def resolve_target(target: str | None) -> str:
     """The target given, else TESSERA_TARGET from the environment, else DEFAULT_TARGET (as
-    `tessera` takes its --target). ValueError when TESSERA_TARGET is not a gRPC target with a
-    port (`check_target`)."""
+    `tessera` takes its --target). ValueError when the target given or TESSERA_TARGET is not a
+    gRPC target with a port (`check_target`)."""
     if target is not None:
-        return target
+        return check_target(target, "as the client's target", "tls=True")
     from_env = os.environ.get(TARGET_ENV)
     return check_target(from_env, f"in env {TARGET_ENV}", "tls=True") if from_env else DEFAULT_TARGET
 
