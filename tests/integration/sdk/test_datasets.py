@@ -119,6 +119,24 @@ def test_bad_inputs_are_refused_before_anything_is_sent(client, tmp_path):
         client.datasets.push("Bad Name", x=np.zeros(2))
 
 
+def test_a_dataframe_or_array_passed_as_the_path_says_how_to_push_its_columns(client):
+    """A notebook's DataFrame went on to fail in pathlib: "expected str, bytes or os.PathLike
+    object, not DataFrame"; one of mixed dtypes as an array got no hint how to convert it."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": [1.0, 2.0], "b": [3, 4], "label": ["x", "y"]})
+    with pytest.raises(TypeError, match="not a DataFrame; pass its columns as named arrays") as raised:
+        client.datasets.push("t", frame)
+    assert "x=df[features].to_numpy(np.float32), y=df[label].to_numpy()" in str(raised.value)
+    with pytest.raises(
+        TypeError, match=r"not an array \(ndarray\); pass arrays by name, e.g. push\(NAME, x=x, y=y\)"
+    ):
+        client.datasets.push("t", np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"object arrays cannot be stored .*df\.to_numpy\(np\.float32\)"):
+        client.datasets.push("t", x=frame)
+    assert list(client.datasets.list()) == []
+
+
 @pytest.mark.parametrize(
     ("splits", "message"),
     [

@@ -305,6 +305,23 @@ def test_bad_uploads_are_refused_with_what_to_fix(client, tmp_path, onnx_file):
         client.models.push("absent", tmp_path / "model.bin", format="onnx", create=False)
 
 
+def test_a_torch_model_or_state_dict_passed_as_the_path_says_how_to_push_it(client):
+    """A notebook's model object went on to fail in pathlib: "expected str, bytes or os.PathLike
+    object, not Linear"."""
+    import torch
+
+    module = torch.nn.Linear(4, 2)
+    with pytest.raises(TypeError, match=r"not a torch module \(Linear\); export it to ONNX") as raised:
+        client.models.push("m", module)
+    assert "safetensors.torch.save_file(model.state_dict()" in str(raised.value)
+    assert "Bring your own model" in str(raised.value)
+    with pytest.raises(TypeError, match=r"not a mapping \(OrderedDict: a state_dict\?\); save the weights"):
+        client.models.push("m", module.state_dict())
+    with pytest.raises(TypeError, match=r"artifact file \(str or Path\): \.onnx, or \.safetensors"):
+        client.models.push("m", b"model.onnx")
+    assert list(client.models.list()) == []
+
+
 def test_aio_models(daemon, onnx_file, tmp_path):
     async def scenario():
         async with tessera.aio.Client(daemon.target) as client:

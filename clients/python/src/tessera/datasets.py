@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import numbers
+import os
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -84,6 +85,27 @@ def stacking_recipe(join: str = "stack") -> str:
     )
 
 
+def check_dataset_path(path: object) -> None:
+    """TypeError saying what to pass for a `path` that is no file path: a pandas DataFrame or an
+    array, as a notebook holds its data, went on to fail in pathlib ("expected str, bytes or
+    os.PathLike object, not DataFrame")."""
+    if path is None or isinstance(path, str | os.PathLike):
+        return
+    kind = type(path).__name__
+    if hasattr(path, "columns") and hasattr(path, "to_numpy"):
+        raise TypeError(
+            f"push: path takes a .npz/.npy file, not a {kind}; pass its columns as named arrays, "
+            "e.g. push(NAME, x=df[features].to_numpy(np.float32), y=df[label].to_numpy())"
+        )
+    if isinstance(path, np.ndarray | list | tuple) or hasattr(path, "__array__"):
+        raise TypeError(
+            f"push: path takes a .npz/.npy file, not an array ({kind}); pass arrays by name, e.g. push(NAME, x=x, y=y)"
+        )
+    raise TypeError(
+        f"push: path takes a .npz/.npy file (str or Path), or leave it out and pass arrays (x=..., y=...), got {kind}"
+    )
+
+
 def payload(path: str | Path | None, arrays: Mapping[str, np.typing.ArrayLike]) -> Payload:
     """A .npz/.npy file as it is, or the named arrays written as an uncompressed little-endian npz."""
     if path is not None and arrays:
@@ -137,7 +159,9 @@ def write_npz(file: str | Path | BinaryIO, arrays: Mapping[str, np.typing.ArrayL
             array = np.asarray(value)
             if array.dtype.hasobject:
                 raise ValueError(
-                    f"array {name!r}: object arrays cannot be stored; convert it to a numeric dtype"
+                    f"array {name!r}: object arrays cannot be stored (mixed or text columns make "
+                    "one); convert it to a numeric dtype, e.g. df.to_numpy(np.float32) for a pandas "
+                    "DataFrame of numeric columns, or x.astype(np.float32)"
                 )
             if array.dtype.byteorder == ">":  # the daemon stores little-endian (FITS data, say, is not)
                 array = array.astype(array.dtype.newbyteorder("<"))
@@ -379,6 +403,7 @@ class Datasets(Part[C]):
         .npy file, the name its array gets (default x); an npz names its arrays itself, and the
         daemon refuses array_name with one (InvalidArgument)."""
         check_chunk_size(chunk_size)
+        check_dataset_path(path)
         parameters = {
             "name": name,
             "path": path,

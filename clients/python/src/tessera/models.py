@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import hashlib
+import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -227,6 +228,7 @@ class Models(Part[C]):
         any byte is stored). `path` "runs:/RUN_ID/PATH" (MLflow's form) registers an artifact of
         that run: downloaded to a temporary directory (TMPDIR's, which needs the artifact's size
         free), verified, pushed with `run_id` that run."""
+        check_artifact_path(path)
         moved = moved_alias("push", set_alias, alias)
         check_chunk_size(chunk_size)
         timeout = timeout_or(timeout, self._conn.transfer_timeout)
@@ -866,6 +868,36 @@ class InlinedOnnx(Call[pb.ModelVersion]):
         with tempfile.TemporaryDirectory(prefix="tessera-push-") as directory:
             file = await asyncio.to_thread(inline_external_data, self.source, Path(directory))
             return await self.push(file).run_async(conn)
+
+
+# What push says to do with a torch model held in memory, as `tessera models push` says it for a .pt.
+_TORCH_MODEL_FIX = (
+    "export it to ONNX in one file, torch.onnx.export(model, (example_input,), 'model.onnx', "
+    "external_data=False), and push 'model.onnx'; or save its weights, "
+    "safetensors.torch.save_file(model.state_dict(), 'model.safetensors'), and push that file with "
+    "architecture= naming what builds them (for a module of your own, the README's "
+    '"Bring your own model")'
+)
+
+
+def check_artifact_path(path: object) -> None:
+    """TypeError saying what to pass for a `path` that is no file path: a torch module or its
+    state_dict, as a notebook holds it, went on to fail in pathlib ("expected str, bytes or
+    os.PathLike object, not Net")."""
+    if isinstance(path, str | os.PathLike):
+        return
+    kind = type(path).__name__
+    if hasattr(path, "state_dict") and hasattr(path, "parameters"):
+        raise TypeError(f"push: path takes an artifact file, not a torch module ({kind}); {_TORCH_MODEL_FIX}")
+    if isinstance(path, Mapping):
+        raise TypeError(
+            f"push: path takes an artifact file, not a mapping ({kind}: a state_dict?); save the weights with "
+            "safetensors.torch.save_file(state_dict, 'model.safetensors') and push that file with "
+            "architecture= naming what builds them"
+        )
+    raise TypeError(
+        f"push: path takes an artifact file (str or Path): .onnx, or .safetensors with architecture=; got {kind}"
+    )
 
 
 def upload_header(
