@@ -815,7 +815,7 @@ class Tracking:
             if parent_run_id:
                 self._check_parent(txn, parent_run_id, experiment, parent_field)
             self.ensure_experiment(txn, experiment)
-            self.put_new_run(txn, run)
+            self.put_new_run(txn, run, reopenable=True)
         return run
 
     def _check_parent(self, txn: ReadTxn, parent_run_id: str, experiment: str, field: str) -> None:
@@ -836,13 +836,21 @@ class Tracking:
                 f"{field}: run {parent_run_id!r} is deleted; restore it with RestoreRun to nest runs under it"
             )
 
-    def put_new_run(self, txn: WriteTxn, run: Run) -> None:
+    def put_new_run(self, txn: WriteTxn, run: Run, reopenable: bool = False) -> None:
+        """`reopenable`: a run created by a client, whose name taken by another such run is
+        answered with how to log to that one again (a notebook cell run twice names it again)."""
         if not txn.put("run_names", (run.experiment, run.name), run.run_id.encode(), overwrite=False):
             holder = (txn.get("run_names", (run.experiment, run.name)) or b"").decode()
             if txn.exists("deleted_runs", (run.experiment, holder)):
                 raise AlreadyExists(
                     f"experiment {run.experiment!r} has a deleted run named {run.name!r} ({holder}); "
                     "restore it with RestoreRun, pick another name or leave it empty to generate one"
+                )
+            if reopenable and not self.load_run(txn, holder).job_id:
+                raise AlreadyExists(
+                    f"experiment {run.experiment!r} already has a run named {run.name!r} ({holder}); "
+                    f"to log to it again, reopen it: start_run(run_id={holder!r}) in the Python SDK "
+                    "(UpdateRun to RUNNING); or pick another name or leave it empty to generate one"
                 )
             raise AlreadyExists(
                 f"experiment {run.experiment!r} already has a run named {run.name!r}; pick another name "

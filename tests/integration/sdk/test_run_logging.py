@@ -96,6 +96,23 @@ def test_an_ended_run_is_reopened_running_and_ended_again(client):
         client.training.start_run("reopen", run_id=run.id)
 
 
+def test_a_run_name_taken_says_how_to_reopen_that_run(client):
+    """A notebook cell with start_run("exp", name="loop") run again got AlreadyExists with no way
+    on but another name; names stay unique, and the message names the run to reopen."""
+    with client.training.start_run("again", name="loop", create_experiment=True) as first:
+        first.log_metrics({"loss": 1.0}, 1)
+    with pytest.raises(tessera.AlreadyExists) as taken:
+        client.training.start_run("again", name="loop")
+    assert str(taken.value.daemon_message) == (
+        f"experiment 'again' already has a run named 'loop' ({first.id}); to log to it again, reopen "
+        f"it: start_run(run_id={first.id!r}) in the Python SDK (UpdateRun to RUNNING); or pick "
+        "another name or leave it empty to generate one"
+    )
+    with client.training.start_run(run_id=first.id) as again:
+        again.log_metrics({"loss": 0.5}, 2)
+    assert [r.id for r in client.training.runs("again")] == [first.id]
+
+
 def test_a_value_logged_again_at_a_step_replaces_the_first_and_warns_once(client):
     run = client.training.create_run("replace", create_experiment=True)
     client.training.log_metrics(run.id, {"loss": 1.0, "acc": 0.5}, 5)
