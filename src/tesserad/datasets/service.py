@@ -633,6 +633,11 @@ class Datasets:
         """Sorted int64 sample indices of a split: the rows a job naming it trains or validates
         on, and those `split_of` gives a client. InvalidArgument for a split the version lacks;
         NotFound where the version was deleted since `record` was read."""
+        # Copied: a worker's torch.as_tensor wants a writable array.
+        return np.frombuffer(self._split_bytes(record, split), dtype="<i8").copy()
+
+    def _split_bytes(self, record: DatasetVersionRecord, split: str) -> bytes:
+        """The stored indices of a split, little-endian int64 as uploads write them."""
         names = [s.name for s in record.splits]
         if split not in names:
             if len(split) > MAX_NAME_LENGTH:
@@ -648,20 +653,21 @@ class Datasets:
             # A split's row goes with its version: deleted since `record` was read.
             self.resolve(record.name, record.version)
             raise NotFound(f"dataset {record.name!r} v{record.version} was deleted; upload it again")
-        return np.frombuffer(raw, dtype="<i8").copy()
+        return raw
 
-    def split_of(self, name: str, version: int, split: str) -> tuple[DatasetVersionRecord, np.ndarray]:
-        """A split of the version named (0: the newest) with its indices, as `split_indices` gives
-        a job's workers; FailedPrecondition for an empty one, which no job can name."""
+    def split_of(self, name: str, version: int, split: str) -> tuple[DatasetVersionRecord, bytes]:
+        """A split of the version named (0: the newest) with its indices as stored (little-endian
+        int64, 8 bytes a sample: sent as they are, never converted), the indices `split_indices`
+        gives a job's workers; FailedPrecondition for an empty one, which no job can name."""
         record = self.resolve(name, version)
-        indices = self.split_indices(record, split)
-        if not indices.size:
+        data = self._split_bytes(record, split)
+        if not data:
             raise FailedPrecondition(
                 f"split {split!r} of dataset {name!r} v{record.version} holds no sample (a tesserad "
                 "from before uploads refused empty splits stored it), so no job trains or validates "
                 "on it; name another split, or upload the data again with splits that each hold one"
             )
-        return record, indices
+        return record, data
 
     def read_chunks(self, record: DatasetVersionRecord, chunk_size: int, offset: int = 0) -> Iterator[bytes]:
         """The stored file from byte `offset` in chunks, the whole file verified against its

@@ -9,15 +9,14 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file
 
 import tessera
 import tessera.aio
-from tessera.v1 import datasets_pb2, datasets_pb2_grpc
+import tessera.datasets
+from tessera.messages import from_dict
+from tessera.v1 import datasets_pb2, datasets_pb2_grpc, job_spec_pb2
+from tesserad.api.convert_training import job_spec_from_proto
 from tesserad.datasets.service import SPLITS
-from tesserad.nn import build_model, spec_from_dict
 from tesserad.server import STORE_TABLES
 from tesserad.store import Store
 from tesserad.training.data import DatasetAccess
@@ -53,23 +52,17 @@ def client(daemon: InProcessDaemon, arrays: tuple[np.ndarray, np.ndarray]) -> It
         yield sdk
 
 
-def test_a_split_loads_the_rows_a_trained_job_validated_and_trained_on(daemon, client, arrays, tmp_path):
+def test_a_split_loads_the_rows_a_job_naming_it_validates_and_trains_on(daemon, client, arrays):
     x, y = arrays
     spec = {
-        "experiment": "splits",
         "architecture": {"input_shape": [4], "output_size": 2, "mlp": {"hidden_sizes": [4]}},
-        "task": "classification",
         # val_split left empty: the job validates on "val", the version's split of that name.
         "data": {"dataset": "table:1"},
-        "optimizer": {"name": "adam", "lr": 0.01},
-        "epochs": 1,
-        "batch_size": 8,
-        "register_as": {"model": "scored"},
     }
-    job = client.training.submit(spec).wait()
-    assert job.state == tessera.JobState.SUCCEEDED
-    config = daemon.daemon.training.get(job.id).config
-    # What the job's workers were handed: the daemon's data path for the job's stored data section.
+    # The data section SubmitJob stores for the spec as the SDK sends it (normalize_spec, with the
+    # daemon's dataset facts), and what the daemon hands a job's workers for it.
+    raw, _ = job_spec_from_proto(from_dict(job_spec_pb2.JobSpec, spec))
+    config = daemon.daemon.training.check(raw)
     data = DatasetAccess(daemon.daemon.datasets).worker_data(config["data"])
     assert data.val_indices is not None and len(data.val_indices) == 10
     for split, indices in (("val", data.val_indices), ("train", data.train_indices)):
@@ -80,19 +73,19 @@ def test_a_split_loads_the_rows_a_trained_job_validated_and_trained_on(daemon, c
     assert not np.array_equal(data.val_indices, np.arange(data.val_indices[0], data.val_indices[0] + 10))
     # Without a split, load gives every row, as before.
     assert np.array_equal(client.datasets.load("table:1")["x"], x)
-    # The registered model scored on the loaded val rows gives the job's own val_loss; on the
-    # test rows it gives another.
-    client.models.download("scored", tmp_path / "w.safetensors")
-    model = build_model(spec_from_dict(config["architecture"]))
-    model.load_state_dict(load_file(tmp_path / "w.safetensors"))
 
-    def loss_on(split: str) -> float:
-        rows = client.datasets.load("table:1", split=split)
-        with torch.no_grad():
-            return float(F.cross_entropy(model(torch.from_numpy(rows["x"])), torch.from_numpy(rows["y"])))
 
-    assert loss_on("val") == pytest.approx(job.info.metrics["val_loss"], rel=1e-6)
-    assert loss_on("test") != pytest.approx(job.info.metrics["val_loss"], rel=1e-3)
+def test_load_with_a_split_has_one_timeout_for_its_two_calls(client, monkeypatch):
+    # A clock by which the indices took the whole timeout: the file's download is not begun
+    # with a timeout of its own.
+    readings = iter([100.0, 120.0])
+    monkeypatch.setattr(tessera.datasets, "monotonic", lambda: next(readings), raising=False)
+    with pytest.raises(tessera.DeadlineExceeded) as ran_out:
+        client.datasets.load("table:1", split="val", timeout=20)
+    assert ran_out.value.message == (
+        "loading table:1 ran past its timeout (20 s) with the indices of split 'val' received and "
+        "none of the file; load it again with a longer timeout"
+    )
 
 
 def test_the_asyncio_client_loads_a_split_and_the_newest_version_is_its_own(daemon, client, arrays):

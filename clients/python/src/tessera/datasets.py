@@ -10,6 +10,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic
 from typing import BinaryIO, Generic, TypeVar
 
 import numpy as np
@@ -28,7 +29,7 @@ from tessera.calls import (
     call,
     listing,
 )
-from tessera.errors import DataLoss
+from tessera.errors import DataLoss, DeadlineExceeded
 from tessera.messages import dataset_ref, version_number
 from tessera.transfer import (
     CHUNK_BYTES,
@@ -358,14 +359,20 @@ class SplitIndicesSink(_MemorySink[SplitRows]):
             )
         return 8 * counts[self._split]
 
-    def _made(self, header: pb.DatasetVersion, data: bytes) -> SplitRows:
+    def _made(self, header: pb.DatasetVersion, data: bytes | bytearray) -> SplitRows:
         size = self._size(header)
         if len(data) != size:
             raise DataLoss(
                 f"the daemon sent {len(data)} bytes of the indices of {self._what(header)}, not the "
                 f"{size} of its {size // 8} samples; load it again"
             )
-        return SplitRows(header, self._split, np.frombuffer(data, dtype="<i8").astype(np.int64))
+        return SplitRows(header, self._split, np.frombuffer(data, dtype="<i8"))
+
+    def finish(self) -> SplitRows:
+        assert self._header is not None, "finish before any header"
+        # The buffer received becomes the indices, writable, as sent: no copy of 400 MB for 50M.
+        data, self._data = self._data, bytearray()
+        return self._made(self._header, data)
 
 
 class Datasets(Part[C]):
@@ -561,10 +568,13 @@ class Datasets(Part[C]):
     ) -> Call[dict[str, np.ndarray]]:
         """A version's arrays in memory, by name (downloaded, verified, parsed without pickle).
         `split` ("val"): only that split's rows, in the order of `split_indices` (ascending):
-        the very samples a training job whose spec.data names this version and split trains or
-        validates on (a job whose val_split is empty validates on "val" where the version has
-        one). Name the version ("clips:3"): "clips" is the newest now, which a job given "clips"
-        may not have had. InvalidArgument for a split the version lacks, listing its splits.
+        the same set of samples a training job whose spec.data names this version and split
+        trains or validates on (a job whose val_split is empty validates on "val" where the
+        version has one), though a job reads its train split in a seeded order of its own each
+        epoch. The whole file is downloaded, then the split's rows picked from it; `timeout`
+        bounds both calls together. Name the version ("clips:3"): "clips" is the newest now,
+        which a job given "clips" may not have had. InvalidArgument for a split the version
+        lacks, listing its splits.
         A stream that breaks (UNAVAILABLE: connection cut, daemon restarting) is made again
         within the client's RetryPolicy and goes on from the bytes received, of the version the
         first stream sent; one that reconnects to another file is DataLoss."""
@@ -573,7 +583,7 @@ class Datasets(Part[C]):
         seconds = timeout_or(timeout, self._conn.transfer_timeout)
 
         def arrays(
-            pinned: common_pb2.DatasetRef, rows: SplitRows | None
+            pinned: common_pb2.DatasetRef, rows: SplitRows | None, seconds: float
         ) -> ResumingDownload[dict[str, np.ndarray]]:
             return ResumingDownload(
                 S,
@@ -589,11 +599,20 @@ class Datasets(Part[C]):
             )
 
         if split is None:
-            return arrays(asked, None)
+            return arrays(asked, None, seconds)
+        started = monotonic()
 
         def rows_of(rows: SplitRows) -> Call[dict[str, np.ndarray]]:
+            # One timeout for the two calls: the file's download gets what the indices left.
+            left = seconds - (monotonic() - started)
+            if left <= 0:
+                raise DeadlineExceeded(
+                    f"{doing} ran past its timeout ({seconds:g} s) with the indices of split "
+                    f"{split!r} received and none of the file; load it again with a longer timeout"
+                )
             # The version the indices are of: "clips" may name a newer one by now.
-            return arrays(common_pb2.DatasetRef(name=rows.version.name, version=rows.version.version), rows)
+            pinned = common_pb2.DatasetRef(name=rows.version.name, version=rows.version.version)
+            return arrays(pinned, rows, left)
 
         return Chain(self._split_rows(asked, split, seconds), rows_of)
 
@@ -601,10 +620,11 @@ class Datasets(Part[C]):
     def split_indices(
         self, ref: str | common_pb2.DatasetRef, split: str, *, timeout: float | None = None
     ) -> Call[np.ndarray]:
-        """The sample indices (int64, ascending) of a version's split: the rows, in order, that a
-        training job whose spec.data names this version and split trains or validates on, and
-        those `load(ref, split=split)` gives. InvalidArgument for a split the version lacks,
-        listing its splits."""
+        """The sample indices (int64, ascending) of a version's split, as stored: the set of rows
+        that a training job whose spec.data names this version and split trains or validates on
+        (it reads its train split in a seeded order of its own each epoch), and those
+        `load(ref, split=split)` gives, in this order. InvalidArgument for a split the version
+        lacks, listing its splits."""
         rows = self._split_rows(dataset_ref(ref), split, timeout_or(timeout, self._conn.transfer_timeout))
         return Chain(rows, lambda got: Given(got.indices))
 

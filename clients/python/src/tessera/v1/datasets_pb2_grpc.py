@@ -142,9 +142,10 @@ class DatasetsServicer:
 
     def DownloadSplitIndices(self, request, context):
         """Streams a split's sample indices: a header message (the version they are of), then chunks.
-        They are the very indices a training job whose spec.data names this version and split trains
-        or validates on, in the order it reads them (ascending), so that a client taking these rows
-        of the version's arrays (the SDK's load with a split) scores a model on the job's samples.
+        They are the stored indices, ascending: the same set of samples a training job whose
+        spec.data names this version and split trains or validates on (it reads its train split in a
+        seeded order of its own each epoch), so that a client taking these rows of the version's
+        arrays (the SDK's load with a split) scores a model on the job's samples.
         A split the version lacks is INVALID_ARGUMENT listing its splits; an empty one (stored by a
         tesserad from before uploads refused them; no job can name it) is FAILED_PRECONDITION.
         """

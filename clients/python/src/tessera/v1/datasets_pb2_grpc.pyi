@@ -66,9 +66,10 @@ class DatasetsStub:
     """Streams the stored file back: a header message, then chunks."""
     DownloadSplitIndices: _grpc.UnaryStreamMultiCallable[_datasets_pb2.DownloadSplitIndicesRequest, _datasets_pb2.DownloadSplitIndicesResponse]
     """Streams a split's sample indices: a header message (the version they are of), then chunks.
-    They are the very indices a training job whose spec.data names this version and split trains
-    or validates on, in the order it reads them (ascending), so that a client taking these rows
-    of the version's arrays (the SDK's load with a split) scores a model on the job's samples.
+    They are the stored indices, ascending: the same set of samples a training job whose
+    spec.data names this version and split trains or validates on (it reads its train split in a
+    seeded order of its own each epoch), so that a client taking these rows of the version's
+    arrays (the SDK's load with a split) scores a model on the job's samples.
     A split the version lacks is INVALID_ARGUMENT listing its splits; an empty one (stored by a
     tesserad from before uploads refused them; no job can name it) is FAILED_PRECONDITION.
     """
@@ -106,9 +107,10 @@ class DatasetsAsyncStub(DatasetsStub):
     """Streams the stored file back: a header message, then chunks."""
     DownloadSplitIndices: _aio.UnaryStreamMultiCallable[_datasets_pb2.DownloadSplitIndicesRequest, _datasets_pb2.DownloadSplitIndicesResponse]  # type: ignore[assignment]
     """Streams a split's sample indices: a header message (the version they are of), then chunks.
-    They are the very indices a training job whose spec.data names this version and split trains
-    or validates on, in the order it reads them (ascending), so that a client taking these rows
-    of the version's arrays (the SDK's load with a split) scores a model on the job's samples.
+    They are the stored indices, ascending: the same set of samples a training job whose
+    spec.data names this version and split trains or validates on (it reads its train split in a
+    seeded order of its own each epoch), so that a client taking these rows of the version's
+    arrays (the SDK's load with a split) scores a model on the job's samples.
     A split the version lacks is INVALID_ARGUMENT listing its splits; an empty one (stored by a
     tesserad from before uploads refused them; no job can name it) is FAILED_PRECONDITION.
     """
@@ -191,9 +193,10 @@ class DatasetsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_datasets_pb2.DownloadSplitIndicesResponse], _abc.AsyncIterator[_datasets_pb2.DownloadSplitIndicesResponse]]:
         """Streams a split's sample indices: a header message (the version they are of), then chunks.
-        They are the very indices a training job whose spec.data names this version and split trains
-        or validates on, in the order it reads them (ascending), so that a client taking these rows
-        of the version's arrays (the SDK's load with a split) scores a model on the job's samples.
+        They are the stored indices, ascending: the same set of samples a training job whose
+        spec.data names this version and split trains or validates on (it reads its train split in a
+        seeded order of its own each epoch), so that a client taking these rows of the version's
+        arrays (the SDK's load with a split) scores a model on the job's samples.
         A split the version lacks is INVALID_ARGUMENT listing its splits; an empty one (stored by a
         tesserad from before uploads refused them; no job can name it) is FAILED_PRECONDITION.
         """
