@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tesserad.config import TrainingSettings
 from tesserad.datasets.references import (
@@ -43,13 +43,18 @@ from tesserad.datasets.references import (
     start_weights_holder,
     sweep_holder,
 )
-from tesserad.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from tesserad.errors import (
+    AlreadyExists,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from tesserad.host import usable_cpu_count
 from tesserad.ids import new_id
 from tesserad.names import validate_name
 from tesserad.paging import PageFill, answer_bytes, resume_key
-from tesserad.registry import VersionRecord
-from tesserad.registry.aliases import check_settable_alias
 from tesserad.run_params import flatten_params
 from tesserad.store import BlobRef, BlobStore, Key, ReadTxn, Store, WriteTxn, each_row_once
 from tesserad.training.events import EventLog, JobEvent
@@ -90,6 +95,11 @@ from tesserad.training.worker import (
     WorkerPayload,
     worker_main,
 )
+
+if TYPE_CHECKING:
+    # What Registration returns, named for the type checker alone: jobs reach the registry
+    # through that seam.
+    from tesserad.registry import VersionRecord
 
 log = logging.getLogger(__name__)
 
@@ -215,9 +225,10 @@ class Registration(Protocol):
         alias: str,
         description: str,
         actor: str,
+        alias_move_denied: str,
     ) -> tuple[VersionRecord, bool]:
         """The ended job's version of `model` (the stored `weights()`), and whether the job had it
-        already."""
+        already; PermissionDenied saying `alias_move_denied` where `alias` would move onto it."""
         ...
 
 
@@ -891,17 +902,16 @@ class Jobs:
         self._tracking.update_run(self.get(job_id).run_id, None, tags, remove)
 
     def register_weights(
-        self, job_id: str, model: str, alias: str, description: str, actor: str
+        self, job_id: str, model: str, alias: str, description: str, actor: str, alias_move_denied: str = ""
     ) -> tuple[VersionRecord, bool]:
         """Register a succeeded job's trained weights, read from its final checkpoint, as a version
         of `model` made by `actor`, as register_as would have (`Registration.register_ended`): for
         a job trained without register_as, or its weights under another model. Returns the version
-        and whether the job had registered it before (returned as it is, `alias` moved onto it).
+        and whether the job had registered it before (returned as it is, `alias` moved onto it
+        unless `alias_move_denied` says why the caller may not).
         A cancelled job is refused even where its training finished before the cancel took effect:
         its run and record say it was stopped, and a version names them in its lineage."""
         validate_name("model", model)
-        if alias:
-            check_settable_alias(alias)
         job = self.get(job_id)
         if job.state != "succeeded":
             raise FailedPrecondition(f"job {job_id} is {job.state}: {_NOT_REGISTERED[job.state]}")
@@ -910,29 +920,23 @@ class Jobs:
             final = self._final_checkpoint(job)
             if final is None:
                 raise FailedPrecondition(_no_final_checkpoint(job))
-            self._check_parent_kept(job)
+            try:
+                state = self._blobs.read_bytes(final.sha256)
+            except DataLoss:
+                # Released since `job` was read (a sweep's end releases its trials' checkpoints),
+                # not lost: said as for a job read without it.
+                fresh = self.get(job_id)
+                if self._final_checkpoint(fresh) is None:
+                    raise FailedPrecondition(_no_final_checkpoint(fresh)) from None
+                raise
             # Imported here: it imports torch, which the daemon otherwise never needs.
             from tesserad.training.checkpoints import checkpoint_weights
 
-            return self._blobs.put_bytes(checkpoint_weights(self._blobs.read_bytes(final.sha256)))
+            return self._blobs.put_bytes(checkpoint_weights(state))
 
-        return self._registration.register_ended(job, weights, model, alias, description, actor)
-
-    def _check_parent_kept(self, job: JobRecord) -> None:
-        """FailedPrecondition when the version a fine-tuned job started from was deleted since it
-        ended (it is held only while the job runs): a new version's lineage must name its parent."""
-        parent = job.config.get("fine_tune")
-        if not parent:
-            return
-        try:
-            self._parents(parent["model"], parent["version"], None)
-        except NotFound:
-            raise FailedPrecondition(
-                f"job {job.job_id} was fine-tuned from {parent['model']} v{parent['version']}, deleted "
-                "since: a version's lineage names the version it was fine-tuned from, so the job's weights "
-                "can no longer be added as a new version (a model that has the job's version already "
-                "still names it)"
-            ) from None
+        return self._registration.register_ended(
+            job, weights, model, alias, description, actor, alias_move_denied
+        )
 
     def cancel(self, job_id: str) -> JobRecord:
         queued, requested_at = self._accept_cancel(job_id)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tesserad.errors import ResourceExhausted
+from tesserad.errors import FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
 from tesserad.registry import DatasetLineage, Lineage, Registry, VersionRecord
+from tesserad.registry.aliases import check_settable_alias
 from tesserad.registry.architectures import architecture_signature
 from tesserad.registry.export import move_alias_onto
 from tesserad.run_params import flatten_params
@@ -68,21 +69,67 @@ class JobRegistration:
         alias: str,
         description: str,
         actor: str,
+        alias_move_denied: str = "",
     ) -> tuple[VersionRecord, bool]:
         """A version of `model` for an ended job's weights, made by `actor` as register_as makes it,
         but with `alias` refused (ResourceExhausted) where the model has no room for it; and
         whether it is the version the job registered to `model` before (then `weights`, the call
-        that stores them, is not made, the version is returned as it is, and `alias` moved onto it)."""
+        that stores them, is not made, the version is returned as it is, and `alias` moved onto
+        it, unless `alias_move_denied` says why the caller may not: PermissionDenied). A job
+        fine-tuned from a version deleted since is FailedPrecondition for a new version."""
+        if alias:
+            check_settable_alias(alias)
         earlier = self._registry.job_version(job.job_id, model)
         if earlier is None:
-            record = self._register(job, weights(), model, alias=alias, description=description, actor=actor)
+            parent = self._kept_parent(job)
+            try:
+                record = self._register(
+                    job,
+                    weights(),
+                    model,
+                    alias=alias,
+                    description=description,
+                    actor=actor,
+                    expected_parent=parent,
+                )
+            except NotFound:
+                if parent is not None:
+                    # Deleted between the check and the commit: said as the check says it.
+                    self._kept_parent(job)
+                raise
             if not record.registered_before:
                 return record, False
             # Another call registered the job to `model` while this one read the weights.
             earlier = record
         if alias and alias not in earlier.aliases:
+            if alias_move_denied:
+                raise PermissionDenied(
+                    f"job {job.job_id} registered {earlier.model} v{earlier.version} before: moving "
+                    f"alias {alias!r} onto that existing version is SetAlias's, and {alias_move_denied}; "
+                    "register it without set_alias, or have an admin set the alias"
+                )
             earlier = move_alias_onto(self._registry, earlier, alias, actor)
         return earlier, True
+
+    def _kept_parent(self, job: JobRecord) -> VersionRecord | None:
+        """The version a fine-tuned job started from (None for a job trained from scratch);
+        FailedPrecondition when it was deleted since the job ended (it is held only while the job
+        runs), its number perhaps another version's now: a new version's lineage must name it."""
+        parent = job.config.get("fine_tune")
+        if not parent:
+            return None
+        try:
+            record = self._registry.get_version(parent["model"], parent["version"])
+        except NotFound:
+            record = None
+        if record is None or record.sha256 != parent["sha256"]:
+            raise FailedPrecondition(
+                f"job {job.job_id} was fine-tuned from {parent['model']} v{parent['version']}, deleted "
+                "since: a version's lineage names the version it was fine-tuned from, so the job's weights "
+                "can no longer be added as a new version (a model that has the job's version already "
+                "still names it)"
+            )
+        return record
 
     def _register(
         self,
@@ -94,6 +141,7 @@ class JobRegistration:
         description: str,
         actor: str,
         alias_if_room: bool = False,
+        expected_parent: VersionRecord | None = None,
     ) -> VersionRecord:
         """The job's weights as a version of `model` with the job's lineage, params, metrics and
         tags: once per job and model (`Registry.register_version`'s once_per_job)."""
@@ -125,6 +173,7 @@ class JobRegistration:
             alias_if_room=alias_if_room,
             actor=actor,
             once_per_job=True,
+            expected_parent=expected_parent,
             # The trained model is not lost to a dataset force-deleted while the job ran, or since.
             datasets_may_be_deleted=True,
         )

@@ -19,11 +19,15 @@ from tessera.v1 import (
     datasets_pb2,
     datasets_pb2_grpc,
     job_spec_pb2,
+    registry_pb2_grpc,
     training_pb2,
     training_pb2_grpc,
 )
+from tesserad.registry.aliases import move_alias
+from tesserad.registry.tables import model_data, put_model_data
 from tesserad.store import WriteTxn
 from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.registry.conftest import onnx_header, onnx_identity, upload
 
 TRAINING_SETTINGS = {
     "training.cpu_slots": 2,
@@ -155,6 +159,22 @@ def forget_stopped_early(txn: WriteTxn, job_id: str) -> dict[str, Any]:
     del end["data"]["data"]["stopped_early"]
     txn.put("job_events", key, json.dumps(end).encode())
     return dict(end["data"]["data"])
+
+
+def model_with_aliases(
+    registry: registry_pb2_grpc.RegistryStub, daemon: InProcessDaemon, model: str, count: int
+) -> None:
+    """Upload `model` v1 and give it `count` aliases, held-0000 on: a test helper that writes them
+    to the daemon's store in one transaction, each as SetAlias writes it (the registry's
+    move_alias), since no RPC sets many at once and a thousand SetAlias transactions were most of
+    the time of the tests that need a model at its alias cap."""
+    artifact = onnx_identity()
+    upload(registry, onnx_header(model, artifact), artifact)
+    with daemon.daemon._store.write() as txn:
+        fields = model_data(txn, model)
+        for i in range(count):
+            move_alias(txn, fields, f"held-{i:04}", 1, "model_with_aliases", None)
+        put_model_data(txn, fields)
 
 
 def submit(training: training_pb2_grpc.TrainingStub, spec: job_spec_pb2.JobSpec) -> training_pb2.Job:

@@ -11,31 +11,18 @@ import pytest
 
 from tessera.v1 import job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2
 from tessera.v1 import training_pb2_grpc as training_grpc
-from tests.conftest import InProcessDaemon
-from tests.integration.registry.conftest import onnx_header, onnx_identity, rpc_error, upload
+from tests.integration.registry.conftest import rpc_error
 from tests.integration.registry.test_alias_cap_race import fill_while_checking
 from tests.integration.training.conftest import (
     follow,
     job_spec,
+    model_with_aliases,
     submit,
 )
 
 S = training_pb2
 R = registry_pb2
 CAP = 1000
-
-
-def _model_with_aliases(
-    registry: registry_pb2_grpc.RegistryStub, daemon: InProcessDaemon, model: str, count: int
-) -> None:
-    """Upload `model` v1 and give it `count` aliases: through the daemon's registry, as
-    test_alias_cap_race does (a thousand SetAlias calls over gRPC were most of this file's time)."""
-    artifact = onnx_identity()
-    upload(registry, onnx_header(model, artifact), artifact)
-    aliases = daemon.daemon.registry
-    assert aliases is not None
-    for i in range(count):
-        aliases.set_alias(model, f"held-{i:04}", 1)
 
 
 def _cap_message(model: str, alias: str) -> str:
@@ -54,7 +41,7 @@ def registry(training_daemon) -> registry_pb2_grpc.RegistryStub:
 def test_a_new_alias_on_a_model_at_the_cap_is_refused_at_submit(
     registry, training: training_grpc.TrainingStub, training_daemon
 ):
-    _model_with_aliases(registry, training_daemon, "capped", CAP)
+    model_with_aliases(registry, training_daemon, "capped", CAP)
     before = len(training.ListJobs(S.ListJobsRequest(page_size=1000)).jobs)
     spec = job_spec("mlp", register_as=job_spec_pb2.RegisterAs(model="capped", alias="fresh"))
     error = rpc_error(submit, training, spec)
@@ -76,7 +63,7 @@ def test_a_new_alias_on_a_model_at_the_cap_is_refused_at_submit(
 def test_a_model_that_reaches_the_cap_while_the_job_runs_gets_the_version_without_the_alias(
     registry, training: training_grpc.TrainingStub, training_daemon
 ) -> None:
-    _model_with_aliases(registry, training_daemon, "filling", CAP - 1)
+    model_with_aliases(registry, training_daemon, "filling", CAP - 1)
     spec = job_spec("mlp", epochs=40, register_as=job_spec_pb2.RegisterAs(model="filling", alias="trained"))
     job = submit(training, spec)
     events = training.WatchJob(S.WatchJobRequest(job_id=job.job_id), timeout=120)
@@ -106,7 +93,7 @@ def test_a_model_that_reaches_the_cap_as_the_version_is_committed_gets_it_withou
     registry, training: training_grpc.TrainingStub, training_daemon, monkeypatch
 ) -> None:
     # Past every check before the commit: the weights' check is the last step before it.
-    _model_with_aliases(registry, training_daemon, "racing", CAP - 1)
+    model_with_aliases(registry, training_daemon, "racing", CAP - 1)
     second = registry_pb2_grpc.RegistryStub(training_daemon.channel())
     request = R.SetAliasRequest(model="racing", alias="the-last-one", version=1)
     fill_while_checking(monkeypatch, "check_weights_fit", lambda: second.SetAlias(request, timeout=30))

@@ -1,24 +1,40 @@
 """RegisterJobWeights (`tessera jobs register`, `client.training.register`): a succeeded job's
 weights, from its final checkpoint, become a version of any model after the job has ended, with
 the lineage register_as gives; once per job and model; refused, with nothing stored, for a job
-that did not succeed or whose final checkpoint is gone."""
+that did not succeed or whose final checkpoint is gone. The daemon has tokens: moving an alias onto
+a version the job registered before is SetAlias's, an admin's; the calls here are an admin's
+unless they say otherwise."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
+import torch
+import torch.nn.functional as F
 from rich.console import Console
+from safetensors.torch import load_file
 
 import tessera
 from tessera.cli import main
 from tessera.v1 import common_pb2, job_spec_pb2, registry_pb2, registry_pb2_grpc, training_pb2
 from tessera.v1 import training_pb2_grpc as training_grpc
-from tests.conftest import InProcessDaemon
-from tests.integration.training.conftest import follow, job_spec, submit
-from tests.integration.training.test_register_alias_cap import _model_with_aliases
+from tesserad.nn import build_model, spec_from_dict
+from tesserad.security import Role, hash_token, new_token
+from tesserad.security.tokens import format_entry
+from tests.conftest import InProcessDaemon, daemon_settings
+from tests.integration.training.conftest import (
+    TRAINING_SETTINGS,
+    follow,
+    job_spec,
+    model_with_aliases,
+    submit,
+    upload_standard_datasets,
+)
 
 S = training_pb2
 R = registry_pb2
@@ -33,9 +49,58 @@ class Jobs:
     refused_while_running: grpc.RpcError  # RegisterJobWeights of `cancelled` before its cancel
 
 
+TOKENS = {role: new_token() for role in Role}
+
+
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor, grpc.StreamUnaryClientInterceptor
+):
+    def __init__(self, token: str) -> None:
+        self._metadata = [("authorization", f"Bearer {token}")]
+
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or []), *self._metadata])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
+def _as(daemon: InProcessDaemon, role: Role) -> grpc.Channel:
+    return grpc.intercept_channel(daemon.channel(), _Bearer(TOKENS[role]))
+
+
+@pytest.fixture(scope="module")
+def training_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessDaemon]:
+    """conftest's training daemon, with a token for each role; the SDK and the CLI send the
+    admin's (TESSERA_TOKEN)."""
+    directory = tmp_path_factory.mktemp("register")
+    tokens = directory / "tokens.toml"
+    tokens.write_text("".join(format_entry(f"{r.label}-holder", r, hash_token(t)) for r, t in TOKENS.items()))
+    settings = daemon_settings(
+        directory / "data", **TRAINING_SETTINGS, **{"security.tokens_file": str(tokens)}
+    )
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TESSERA_TOKEN", TOKENS[Role.ADMIN])
+        running = InProcessDaemon(settings).start()
+        upload_standard_datasets(_as(running, Role.ADMIN))
+        yield running
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def training(training_daemon: InProcessDaemon) -> training_grpc.TrainingStub:
+    return training_grpc.TrainingStub(_as(training_daemon, Role.ADMIN))
+
+
 @pytest.fixture(scope="module")
 def registry(training_daemon: InProcessDaemon) -> registry_pb2_grpc.RegistryStub:
-    return registry_pb2_grpc.RegistryStub(training_daemon.channel())
+    return registry_pb2_grpc.RegistryStub(_as(training_daemon, Role.ADMIN))
 
 
 def _register(
@@ -116,6 +181,26 @@ def test_the_weights_are_those_register_as_registers(training, registry, jobs):
     assert answer.version.lineage.job_id == trained.lineage.job_id == jobs.registered.job_id
 
 
+def test_the_registered_model_scored_on_the_loaded_val_split_gives_the_jobs_val_loss(
+    training_daemon, jobs, tmp_path
+):
+    """client.datasets.load(split=) gives the rows the job validated on: the weights it registered
+    score them at its own val_loss, and the train rows at another."""
+    config = training_daemon.daemon.training.get(jobs.registered.job_id).config
+    model = build_model(spec_from_dict(config["architecture"]))
+    with tessera.Client(training_daemon.target, timeout=30) as client:
+        client.models.download("jr-trained", tmp_path / "w.safetensors", version=1)
+        model.load_state_dict(load_file(tmp_path / "w.safetensors"))
+
+        def loss_on(split: str) -> float:
+            rows = client.datasets.load("flat:1", split=split)
+            with torch.no_grad():
+                return float(F.cross_entropy(model(torch.from_numpy(rows["x"])), torch.from_numpy(rows["y"])))
+
+        assert loss_on("val") == pytest.approx(jobs.registered.metrics["val_loss"], rel=1e-6)
+        assert loss_on("train") != pytest.approx(jobs.registered.metrics["val_loss"], rel=1e-3)
+
+
 def test_once_per_job_and_model_the_version_is_returned_and_an_alias_moves_onto_it(training, registry, jobs):
     first = _register(training, jobs.plain.job_id, "jr-once")
     again = _register(training, jobs.plain.job_id, "jr-once", description="other words")
@@ -130,6 +215,29 @@ def test_once_per_job_and_model_the_version_is_returned_and_an_alias_moves_onto_
     own = _register(training, jobs.registered.job_id, "jr-trained")
     assert (own.reused, own.version.version) == (True, 1)
     assert _version_count(registry, "jr-trained") == 1
+
+
+def test_an_alias_moves_onto_the_version_a_job_registered_before_only_for_a_caller_that_may_set_it(
+    training_daemon, training, registry, jobs
+):
+    """A trainer's call gives a new version its alias, as UploadVersion does; moving one onto an
+    existing version is SetAlias's, which needs the admin role."""
+    trainer = training_grpc.TrainingStub(_as(training_daemon, Role.TRAINER))
+    first = _register(trainer, jobs.plain.job_id, "jr-roles", alias="staging")
+    assert (first.reused, sorted(first.version.aliases)) == (False, ["latest", "staging"])
+    # Already the version's alias: nothing moves, nothing is refused.
+    assert _register(trainer, jobs.plain.job_id, "jr-roles", alias="staging").reused
+    refused = _refused(trainer, jobs.plain.job_id, "jr-roles", alias="prod")
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert refused.details() == (
+        f"job {jobs.plain.job_id} registered jr-roles v1 before: moving alias 'prod' onto that existing "
+        "version is SetAlias's, and SetAlias needs the admin role (the caller 'trainer-holder' has the "
+        "trainer role); register it without set_alias, or have an admin set the alias"
+    )
+    stored = registry.GetVersion(R.GetVersionRequest(ref={"model": "jr-roles", "version": 1}))
+    assert sorted(stored.aliases) == ["latest", "staging"]
+    moved = _register(training, jobs.plain.job_id, "jr-roles", alias="prod")
+    assert moved.reused and sorted(moved.version.aliases) == ["latest", "prod", "staging"]
 
 
 def test_the_cli_and_the_sdk_register_and_say_so(training_daemon, registry, jobs):
@@ -212,7 +320,7 @@ def test_an_alias_new_to_a_model_at_its_cap_is_refused_and_nothing_is_registered
 ):
     """register_as registers without such an alias rather than lose a job's training; here the
     caller asked for it, and is told, with the weights still there to register again."""
-    _model_with_aliases(registry, training_daemon, "jr-capped", 1000)
+    model_with_aliases(registry, training_daemon, "jr-capped", 1000)
     refused = _refused(training, jobs.plain.job_id, "jr-capped", alias="fresh")
     assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "model 'jr-capped' has 1,000 aliases" in refused.details()
