@@ -59,7 +59,7 @@ from tesserad.security import (
     required_roles,
 )
 from tesserad.security.limits import ConcurrencyGate
-from tesserad.security.roles import HEALTH_METHODS, Role
+from tesserad.security.roles import HEALTH_METHODS, ROLE_TABLE, Role
 from tesserad.security.tokens import TokenFile, format_time, token_digest, utc_now
 
 if TYPE_CHECKING:
@@ -143,6 +143,22 @@ def caller_role(context: Context) -> Role:
     """The role of the caller of the RPC `context` belongs to: its token's; admin without tokens
     (mutual TLS alone, or no authentication on loopback, admits every caller as admin)."""
     return _CALLER_ROLE.get()
+
+
+_SET_ALIAS_ROLE = ROLE_TABLE["tessera.v1.Registry"]["SetAlias"]
+
+
+def alias_move_denied(context: Context) -> str:
+    """Why the caller may not move an alias onto an existing version, as a call that adds one
+    would where it finds the version already there (RegisterJobWeights, ExportOnnx): that is
+    SetAlias's; "" where the caller's role may call it."""
+    role = caller_role(context)
+    if role >= _SET_ALIAS_ROLE:
+        return ""
+    return (
+        f"SetAlias needs the {_SET_ALIAS_ROLE.label} role (the caller {caller(context)!r} has the "
+        f"{role.label} role)"
+    )
 
 
 def presented_authorization(context: Context) -> str:

@@ -14,7 +14,7 @@ import grpc
 from tessera.v1 import common_pb2, registry_pb2_grpc
 from tessera.v1 import registry_pb2 as pb
 from tesserad.api import convert_registry as convert
-from tesserad.api.auth import caller, presented_authorization
+from tesserad.api.auth import alias_move_denied, caller, presented_authorization
 from tesserad.api.convert_changes import heartbeat_interval_from_proto, replica_tls_from_proto, watch_response
 from tesserad.api.convert_training import job_spec_from_proto
 from tesserad.api.transfers import (
@@ -402,6 +402,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
             alias=request.alias,
             description=request.description,
             actor=caller(context),
+            # An earlier export of the same bytes is returned: moving the alias onto it is SetAlias's.
+            alias_move_denied=alias_move_denied(context),
         )
         queued = self._exports.submit(checked)
         try:

@@ -13,7 +13,7 @@ import grpc
 from tessera.param_values import param_values_differ
 from tessera.v1 import training_pb2 as pb
 from tessera.v1 import training_pb2_grpc
-from tesserad.api.auth import caller, caller_role
+from tesserad.api.auth import alias_move_denied, caller
 from tesserad.api.convert_registry import version_to_proto
 from tesserad.api.convert_training import (
     artifact_to_proto,
@@ -50,7 +50,6 @@ from tesserad.api.transfers import (
 )
 from tesserad.errors import Internal, InvalidArgument, TesseraError, logged_internal
 from tesserad.registry.validation import check_job_spec_size
-from tesserad.security.roles import ROLE_TABLE
 from tesserad.store import BlobStore
 from tesserad.text import MAX_PARAM_VALUE, MAX_TAG_VALUE
 from tesserad.training.artifacts import RunArtifacts
@@ -62,8 +61,6 @@ from tesserad.training.tracking import BatchSequence, Logged, Tracking
 from tesserad.training.watch import watch_job
 
 log = logging.getLogger(__name__)
-
-SET_ALIAS_ROLE = ROLE_TABLE["tessera.v1.Registry"]["SetAlias"]
 
 # LogMetricsStream keeps at most this many batches waiting for their group commit.
 _MAX_PENDING_BATCHES = 64
@@ -173,20 +170,14 @@ class TrainingServicer(training_pb2_grpc.TrainingServicer):
     ) -> pb.RegisterJobWeightsResponse:
         # A new version takes the alias as an upload's does (a trainer's call); moving it onto the
         # version the job registered before is SetAlias's, as for any existing version.
-        role, who = caller_role(context), caller(context)
-        denied = (
-            ""
-            if role >= SET_ALIAS_ROLE
-            else f"SetAlias needs the {SET_ALIAS_ROLE.label} role (the caller {who!r} has the {role.label} role)"
-        )
         version, reused = await asyncio.to_thread(
             self._jobs.register_weights,
             _job_id(request.job_id),
             request.model,
             request.alias,
             request.description,
-            who,
-            denied,
+            caller(context),
+            alias_move_denied(context),
         )
         return pb.RegisterJobWeightsResponse(version=version_to_proto(version), reused=reused)
 

@@ -28,6 +28,7 @@ from tesserad.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     TesseraError,
     Unavailable,
@@ -135,6 +136,9 @@ class ExportRequest:
     description: str
     actor: str
     caller: _Caller
+    # Why the caller may not move `alias` onto an earlier export found to hold the same bytes
+    # ("": it may).
+    alias_move_denied: str = ""
 
 
 class Exports:
@@ -195,6 +199,7 @@ class Exports:
         alias: str = "",
         description: str = "",
         actor: str = ANONYMOUS,
+        alias_move_denied: str = "",
     ) -> ExportRequest:
         """The export of `source` (a safetensors version) to ONNX as the model's next version, for
         `submit`, or the error it would end in. It blocks (it imports onnx the first time and
@@ -204,7 +209,9 @@ class Exports:
         if alias:
             # Before the export runs for minutes; its registration checks again.
             self._registry.check_alias_room(source.model, alias)
-        return ExportRequest(source, architecture, opset, conv4d, alias, description, actor, _Caller())
+        return ExportRequest(
+            source, architecture, opset, conv4d, alias, description, actor, _Caller(), alias_move_denied
+        )
 
     def submit(self, request: ExportRequest) -> Future[ExportResult]:
         """Queue `request` (from `check`) without blocking. A caller that goes away calls
@@ -341,6 +348,13 @@ class Exports:
                     # The earlier export holds these bytes: the put's claim on them ends here,
                     # else they would outlive that version's delete until the next start.
                     try:
+                        if alias and alias not in earlier.aliases and request.alias_move_denied:
+                            raise PermissionDenied(
+                                f"{earlier.model} v{earlier.version} is this export of v{source.version} "
+                                f"already: moving alias {alias!r} onto that existing version is "
+                                f"SetAlias's, and {request.alias_move_denied}; export it without the "
+                                "alias, or have an admin set it"
+                            )
                         request.caller.register(source)
                         if alias:
                             earlier = move_alias_onto(registry, earlier, alias, actor)

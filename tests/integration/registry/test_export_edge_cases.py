@@ -5,9 +5,26 @@ from __future__ import annotations
 import grpc
 import onnx
 
-from tessera.v1 import architecture_pb2, common_pb2, datasets_pb2, datasets_pb2_grpc, registry_pb2
+from tessera.v1 import (
+    architecture_pb2,
+    common_pb2,
+    datasets_pb2,
+    datasets_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+from tesserad.security import Role, hash_token, new_token
+from tesserad.security.tokens import format_entry
+from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.datasets.conftest import npz_bytes, upload_dataset
-from tests.integration.registry.conftest import rpc_error, safetensors_header, stored_blobs, upload
+from tests.integration.registry.conftest import (
+    rpc_error,
+    safetensors_header,
+    stored_blobs,
+    upload,
+    upload_requests,
+)
+from tests.integration.security.conftest import bearer
 
 R = registry_pb2
 
@@ -45,6 +62,51 @@ def test_exporting_the_same_version_again_returns_the_first_export(stub, weights
     # Other settings write other bytes: a new version.
     native = stub.ExportOnnx(R.ExportOnnxRequest(source=source(), opset=first.opset - 1), timeout=120)
     assert native.version.version == 3 and not native.reused
+
+
+def test_an_export_found_made_already_moves_an_alias_onto_it_only_for_a_caller_that_may_set_it(
+    tmp_path, weights
+):
+    """A new export takes its alias for a trainer, as an upload does; moving one onto the export
+    an earlier call made is SetAlias's, which needs the admin role."""
+    clear = {role: new_token() for role in Role}
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text("".join(format_entry(f"{r.label}-holder", r, hash_token(t)) for r, t in clear.items()))
+    data_dir = tmp_path / "data"
+    daemon = InProcessDaemon(daemon_settings(data_dir, **{"security.tokens_file": str(tokens)})).start()
+    try:
+        stub = registry_pb2_grpc.RegistryStub(daemon.channel())
+        trainer, admin = bearer(clear[Role.TRAINER]), bearer(clear[Role.ADMIN])
+        header = safetensors_header("mlp", weights)
+        stub.UploadVersion(upload_requests(header, weights), metadata=trainer, timeout=60)
+        first = stub.ExportOnnx(
+            R.ExportOnnxRequest(source=source(), alias="edge"), metadata=trainer, timeout=120
+        )
+        assert not first.reused and "edge" in first.version.aliases
+        # Already the export's alias: nothing moves, nothing is refused.
+        assert stub.ExportOnnx(R.ExportOnnxRequest(source=source(), alias="edge"), metadata=trainer).reused
+        blobs = stored_blobs(data_dir)
+        error = rpc_error(
+            stub.ExportOnnx,
+            R.ExportOnnxRequest(source=source(), alias="serving"),
+            metadata=trainer,
+            timeout=120,
+        )
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert error.details() == (
+            "mlp v2 is this export of v1 already: moving alias 'serving' onto that existing version is "
+            "SetAlias's, and SetAlias needs the admin role (the caller 'trainer-holder' has the trainer "
+            "role); export it without the alias, or have an admin set it"
+        )
+        stored = stub.GetVersion(R.GetVersionRequest(ref={"model": "mlp", "version": 2}), metadata=admin)
+        assert sorted(stored.aliases) == ["edge", "latest"]
+        assert stored_blobs(data_dir) == blobs
+        again = stub.ExportOnnx(
+            R.ExportOnnxRequest(source=source(), alias="serving"), metadata=admin, timeout=120
+        )
+        assert again.reused and sorted(again.version.aliases) == ["edge", "latest", "serving"]
+    finally:
+        daemon.stop()
 
 
 def nan_weights() -> bytes:

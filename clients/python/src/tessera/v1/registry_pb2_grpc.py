@@ -315,9 +315,10 @@ class RegistryServicer:
     def ExportOnnx(self, request, context):
         """Exports a safetensors version to ONNX as a new version of the same model whose lineage
         names the source as parent. Idempotent: an export whose bytes a version derived from the
-        same source already holds returns that version (`reused`). A call cancelled, or past its
-        deadline, registers nothing and moves no alias (unless it was being registered as it ended);
-        NOT_FOUND when the source is deleted before its export is registered.
+        same source already holds returns that version (`reused`), its `alias` moved onto it only for
+        a caller that may call SetAlias (admin; PERMISSION_DENIED otherwise). A call cancelled, or
+        past its deadline, registers nothing and moves no alias (unless it was being registered as it
+        ended); NOT_FOUND when the source is deleted before its export is registered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

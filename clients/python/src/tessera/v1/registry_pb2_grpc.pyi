@@ -95,9 +95,10 @@ class RegistryStub:
     ExportOnnx: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ExportOnnxRequest, _registry_pb2.ExportOnnxResponse]
     """Exports a safetensors version to ONNX as a new version of the same model whose lineage
     names the source as parent. Idempotent: an export whose bytes a version derived from the
-    same source already holds returns that version (`reused`). A call cancelled, or past its
-    deadline, registers nothing and moves no alias (unless it was being registered as it ended);
-    NOT_FOUND when the source is deleted before its export is registered.
+    same source already holds returns that version (`reused`), its `alias` moved onto it only for
+    a caller that may call SetAlias (admin; PERMISSION_DENIED otherwise). A call cancelled, or
+    past its deadline, registers nothing and moves no alias (unless it was being registered as it
+    ended); NOT_FOUND when the source is deleted before its export is registered.
     """
     Deploy: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeployRequest, _registry_pb2.Deployment]
     """Deployments: how Predict calls without a version or alias are routed. Each version or alias
@@ -210,9 +211,10 @@ class RegistryAsyncStub(RegistryStub):
     ExportOnnx: _aio.UnaryUnaryMultiCallable[_registry_pb2.ExportOnnxRequest, _registry_pb2.ExportOnnxResponse]  # type: ignore[assignment]
     """Exports a safetensors version to ONNX as a new version of the same model whose lineage
     names the source as parent. Idempotent: an export whose bytes a version derived from the
-    same source already holds returns that version (`reused`). A call cancelled, or past its
-    deadline, registers nothing and moves no alias (unless it was being registered as it ended);
-    NOT_FOUND when the source is deleted before its export is registered.
+    same source already holds returns that version (`reused`), its `alias` moved onto it only for
+    a caller that may call SetAlias (admin; PERMISSION_DENIED otherwise). A call cancelled, or
+    past its deadline, registers nothing and moves no alias (unless it was being registered as it
+    ended); NOT_FOUND when the source is deleted before its export is registered.
     """
     Deploy: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeployRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
     """Deployments: how Predict calls without a version or alias are routed. Each version or alias
@@ -442,9 +444,10 @@ class RegistryServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.ExportOnnxResponse, _abc.Awaitable[_registry_pb2.ExportOnnxResponse]]:
         """Exports a safetensors version to ONNX as a new version of the same model whose lineage
         names the source as parent. Idempotent: an export whose bytes a version derived from the
-        same source already holds returns that version (`reused`). A call cancelled, or past its
-        deadline, registers nothing and moves no alias (unless it was being registered as it ended);
-        NOT_FOUND when the source is deleted before its export is registered.
+        same source already holds returns that version (`reused`), its `alias` moved onto it only for
+        a caller that may call SetAlias (admin; PERMISSION_DENIED otherwise). A call cancelled, or
+        past its deadline, registers nothing and moves no alias (unless it was being registered as it
+        ended); NOT_FOUND when the source is deleted before its export is registered.
         """
 
     @_abc_1.abstractmethod

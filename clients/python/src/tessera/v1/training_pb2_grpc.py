@@ -251,9 +251,12 @@ class TrainingServicer:
         caller; the model is created where missing, as register_as does. Once per job and model: a
         job that has a version of the model already (by register_as or an earlier call) gets that
         version back with `reused` set, its description unchanged, and `alias`, when given, moved onto
-        it. NOT_FOUND for an unknown job; FAILED_PRECONDITION for a job that did not succeed (naming
-        its state) or whose final checkpoint was released (its checkpoint retention); RESOURCE_EXHAUSTED
-        for an alias new to a model at its alias cap. A refused call stores nothing.
+        it: SetAlias's work, PERMISSION_DENIED for a caller below its role (admin), where a new
+        version takes its alias for a trainer, as UploadVersion's does. NOT_FOUND for an unknown job;
+        FAILED_PRECONDITION for a job that did not succeed (naming its state), whose final checkpoint
+        was released (its checkpoint retention, a sweep's end even while the call reads it), or that
+        was fine-tuned from a version deleted since; RESOURCE_EXHAUSTED for an alias new to a model at
+        its alias cap. A refused call stores nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
