@@ -10,7 +10,8 @@ raced the switch and finds its batcher closed is routed again, so no request fai
 swap. A new version that fails to load or warm takes no traffic: the target stays on the
 version that served it (as Triton, KServe and Seldon keep the old one until the new one is
 ready), the failure is logged and listed, and an explicit load of the new version that succeeds
-moves the target then.
+moves the target then. With serving.autoload off, as in Triton's explicit mode, no version is
+loaded so: a target moving to one not loaded stays where it is until an explicit load of it.
 
 A request naming no version goes to its model's deployment; without one, to the version the
 daemon's default alias (serving.default_alias) names, or to latest where the model lacks that
@@ -20,6 +21,7 @@ routed_by_now, so that their caller's next request is routed by what they commit
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -95,6 +97,9 @@ REFRESH_RETRY_MAX_S = 30.0
 # otherwise hold every old and new version in memory together, their runtimes' threads fighting
 # for the cores.
 WARM_LOADS = 2
+# The longest an explicit load waits (seconds), once loaded, for the targets held until it loaded
+# to move to it, serving.autoload off (see _route_after_load): as a registry call waits for its routes.
+LOAD_ROUTING_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -233,9 +238,11 @@ class _Uncached(Enum):
 
 
 class _Warm(Enum):
-    """What _warm_like answers while the load of the version a target moves to is under way."""
+    """What _warm_like answers while the load of the version a target moves to is under way
+    (UNDER_WAY), or where serving.autoload is off and it is not loaded (NOT_LOADED)."""
 
     UNDER_WAY = 0
+    NOT_LOADED = 1
 
 
 # Which call (by CallCounter.count) the running task serves; none (never "before" another) outside a call.
@@ -412,8 +419,9 @@ class InferenceService:
     def load_serving(self, model: str, config: ServingConfig | None = None) -> list[LoadedVersion]:
         """Load every version a request without a selector may go to, shadow included. Without
         `config`, with the defaults, and a version already loaded keeps the config it runs with
-        (it was asked to be served, not reset); with one, each loads (or swaps) to it."""
-        return [
+        (it was asked to be served, not reset); with one, each loads (or swaps) to it. Their
+        targets move to them (see _route_after_load)."""
+        loaded = [
             self.pool.load(
                 self._source.servable(model, version, None),
                 config if config is not None else ServingConfig(),
@@ -421,6 +429,8 @@ class InferenceService:
             )
             for version in self._loaded_for_serving(model)
         ]
+        self._route_after_load(Target(model))
+        return loaded
 
     def preload(self, model: str, version: int | None) -> None:
         """Load, with the defaults, `version` of `model`, or (None) every version a request
@@ -436,11 +446,42 @@ class InferenceService:
         return [self.describe(Target(model, version)) for version in self._loaded_for_serving(model)]
 
     def _loaded_for_serving(self, model: str) -> list[int]:
-        versions = set(self.serving_versions(model))
-        router = self._router(model)
-        if router is not None:
-            versions |= router.versions()
-        return sorted(versions)
+        """The versions a request without a selector may go to as the source has them now (the
+        deployment's routes and shadow, else the default alias's version or latest), not as
+        cached: a target held on a version until these load moves to them once they do. The
+        routes are cached too where they were not, as a request caches them: the refresh of a
+        later change then loads the version a target moves to like these, before it moves (a
+        replica's catch-up loads its deployments so)."""
+        self.serving_versions(model)
+        plan = self._source.deployment(model)
+        if plan is not None and plan.routes:
+            return sorted(_Router(plan).versions())
+        return [self._resolved(model, UNVERSIONED)]
+
+    def _route_after_load(self, target: Target) -> None:
+        """After an explicit load for `target`: the targets held on a version until the one they
+        name now is loaded move to it. With serving.autoload off (nothing else loads it), before
+        the load's caller is answered, so that its next request goes there (as Triton's
+        load_model returns with the model serving); with it on, a target held back by a version
+        that failed to warm moves in the background, as before."""
+        model = target.model
+        if self._autoload:
+            if model in self._held_back:
+                self.on_registry_change(model)
+            return
+        if target.version is None:
+            # Cached now, a route is one that a later change's refresh holds on this version while
+            # the version it then names is not loaded (see _swap_targets); uncached, the request
+            # after that change would read the new one from the source, and be refused.
+            if target.alias is not None:
+                self._alias_version(model, target.alias)
+            else:
+                self.serving_versions(model)
+        # Whether or not a target is held: a load that ended while a refresh was deciding to hold
+        # one (having found the version not loaded) would otherwise go unseen until the next change.
+        self.on_registry_change(model)
+        with contextlib.suppress(TimeoutError):
+            self.routed_by_now(model).result(timeout=LOAD_ROUTING_WAIT_S)
 
     def _alias_version(self, model: str, alias: str) -> int:
         version = self._aliases.get((model, alias))
@@ -881,9 +922,7 @@ class InferenceService:
         # Saved holding the version's load lock: a load of it with another config saved at once
         # cannot come in between, leaving one config running and the other saved.
         loaded = self.pool.load(servable, config, keep_loaded=keep_loaded, after_load=store if save else None)
-        if servable.model in self._held_back:
-            # A target kept off this version when it failed to warm may move to it now.
-            self.on_registry_change(servable.model)
+        self._route_after_load(target)
         return loaded
 
     def unload(self, target: Target) -> list[LoadedVersion]:
@@ -1603,6 +1642,17 @@ class InferenceService:
             if new == old:
                 continue
             failure = self._warm_like(model, new, old)
+            if failure is _Warm.NOT_LOADED:
+                if old not in gone:
+                    held_back = True
+                    log.info(
+                        "model %r version %s is not loaded (serving.autoload is off): %s stays on "
+                        "version %s until it is; load it with %s",
+                        model, new, _routed_by(model, alias), old, _load_fix(model, alias, new),
+                    )  # fmt: skip
+                    continue
+                # Version `old` must stop serving now, and nothing loads `new` but a load.
+                failure = None
             if failure is _Warm.UNDER_WAY:
                 awaited.add(new)
                 if old not in gone:
@@ -1648,12 +1698,15 @@ class InferenceService:
             like = next((v for v in candidates if self.pool.get(model, v)), None)
             failures: list[str] = []
             warming: set[int] = set()
+            not_loaded: list[int] = []
             new_versions = new_router.versions() - old_versions if new_router is not None else set()
             if like is not None:
                 for version in sorted(new_versions):
                     failure = self._warm_like(model, version, like)
                     if failure is _Warm.UNDER_WAY:
                         warming.add(version)
+                    elif failure is _Warm.NOT_LOADED:
+                        not_loaded.append(version)
                     elif failure is not None:
                         failures.append(f"version {version}: {failure}")
             deleted = old_versions & gone
@@ -1678,6 +1731,16 @@ class InferenceService:
                     "the deployment of %r keeps serving %s: %s failed to load; fix the version and "
                     "load it with LoadModel, or deploy again",
                     model, serving, "; ".join(failures),
+                )  # fmt: skip
+            elif not_loaded and not deleted:
+                # As an alias above: the whole new plan waits for its versions' loads.
+                held_back = True
+                log.info(
+                    "the deployment of %r keeps serving %s until version %s %s loaded (serving.autoload "
+                    "is off); load %s with %s",
+                    model, sorted(old_versions) or "its latest version",
+                    ", ".join(str(v) for v in not_loaded), "is" if len(not_loaded) == 1 else "are",
+                    "it" if len(not_loaded) == 1 else "them", _load_fix(model, UNVERSIONED, not_loaded[0]),
                 )  # fmt: skip
             elif deleted or not warming:
                 # Else the whole new plan waits for its versions' loads, as for a failure above.
@@ -1782,6 +1845,10 @@ class InferenceService:
         current = self.pool.get(model, like)
         if current is None:
             return None
+        if not self._autoload:
+            # As Triton's explicit mode: nothing loads but by a load asked for (whose end queues a
+            # refresh that moves the target: _route_after_load).
+            return _Warm.NOT_LOADED
         try:
             servable = self._source.servable(model, version, None)
         except TesseraError as exc:
@@ -1910,6 +1977,16 @@ def _routed_by(model: str, alias: str) -> str:
 def _move_back(alias: str, verb: str) -> str:
     """How an operator moves a route off a version that failed to load."""
     return "deploy a version that loads" if alias == UNVERSIONED else f"{verb} the alias"
+
+
+def _load_fix(model: str, alias: str, version: int) -> str:
+    """How an operator loads the version a route cache key names, serving.autoload off."""
+    if alias == UNVERSIONED:
+        return (
+            f"RepositoryModelLoad (POST /v2/repository/models/{model}/load), which loads what its requests "
+            "are routed to, or LoadModel"
+        )
+    return f"LoadModel naming alias {alias!r} or version {version}"
 
 
 def _refresh_wait(failures: int) -> float:

@@ -28,7 +28,9 @@ from serving_models import (
     upload,
 )
 
-from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2
+from test_serving_routing import _wait_logged
+
+from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import grpc_service_pb2_grpc, model_config_pb2
 from tesserad.serving.shared_memory import _Region
@@ -1642,6 +1644,68 @@ def test_an_unload_sticks_only_without_autoload(oip, linear, start_daemon, expec
     assert not strict.ModelReady(pb.ModelReadyRequest(name="linear")).ready
     strict.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="linear"))
     assert output(strict.ModelInfer(infer_request("linear", X))).shape == (2, 3)
+
+
+def test_without_autoload_a_new_version_or_deployment_waits_for_load_model(
+    start_daemon, expect_rpc_error, caplog
+) -> None:
+    # As Triton's explicit mode: what the registry registers or deploys loads, swaps and unloads
+    # nothing; requests stay on the version loaded until load_model loads what they route to.
+    channel = start_daemon(**{"serving.autoload": "false"}).channel()
+    strict = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    upload(channel, "simple", linear_model(1.0))
+    upload(channel, "simple", linear_model(2.0))
+    strict.RepositoryModelLoad(load_request("simple", '{"max_batch_size": 4, "instance_group": [{"count": 1}]}'))
+
+    def loaded() -> list[tuple[int, int]]:
+        listed = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="simple")).models
+        return [(m.version, m.config.max_batch_size) for m in listed]
+
+    with caplog.at_level(logging.INFO, logger="tesserad"):
+        assert upload(channel, "simple", linear_model(3.0)) == 3
+        # An upload does not wait for the refresh (a Deploy does), which logs this as it ends.
+        _wait_logged(
+            caplog,
+            "model 'simple' version 3 is not loaded (serving.autoload is off): the route of 'simple''s "
+            "requests naming no version stays on version 2 until it is; load it with RepositoryModelLoad "
+            "(POST /v2/repository/models/simple/load)",
+        )
+    assert loaded() == [(2, 4)]
+    assert strict.ModelInfer(infer_request("simple", X)).model_version == "2"
+    assert strict.ModelInfer(infer_request("simple", X, version="2")).model_version == "2"
+    assert strict.ModelReady(pb.ModelReadyRequest(name="simple")).ready
+    expect_rpc_error(
+        lambda: strict.ModelInfer(infer_request("simple", X, version="3")),
+        grpc.StatusCode.UNAVAILABLE,
+        "model 'simple' version 3 is not loaded",
+    )
+    # load_model loads what requests are routed to now, and they go there once it returns; the
+    # version they left is unloaded, as Triton's load_model keeps its latest version alone.
+    strict.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="simple"))
+    assert [v for v, _ in loaded()] == [3]
+    assert strict.ModelInfer(infer_request("simple", X)).model_version == "3"
+
+    # A deployment (or a rollback) is routing, not a load: its new versions serve once loaded.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tesserad"):
+        registry.Deploy(
+            registry_pb2.DeployRequest(
+                model="simple",
+                routes=[registry_pb2.Route(version=3, weight=50), registry_pb2.Route(version=1, weight=50)],
+            )
+        )
+    assert (
+        "the deployment of 'simple' keeps serving its latest version until version 1 is loaded "
+        "(serving.autoload is off); load it with RepositoryModelLoad (POST "
+        "/v2/repository/models/simple/load)"
+    ) in caplog.text
+    assert [v for v, _ in loaded()] == [3]
+    assert {strict.ModelInfer(infer_request("simple", X)).model_version for _ in range(4)} == {"3"}
+    strict.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="simple"))
+    assert [v for v, _ in loaded()] == [1, 3]
+    assert {strict.ModelInfer(infer_request("simple", X)).model_version for _ in range(4)} == {"1", "3"}
 
 
 class _LockTellingOfWaiters:
