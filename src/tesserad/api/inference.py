@@ -63,6 +63,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         except TesseraError:
             self._service.refused(target, started)
             raise
+        decoded = time.perf_counter_ns()
         version, prediction = await predict(
             self._service,
             target,
@@ -72,10 +73,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             request.request_id,
             started=started,
         )
+        answered = time.perf_counter_ns()
         response = prediction_to_proto(request.request_id, target.model, version, prediction)
+        encoded = time.perf_counter_ns()
+        self._service.record_io(target.model, version, prediction, decoded - started, encoded - answered)
         if self._tracer.on:
             self._tracer.trace(
-                target.model, version, request.request_id, started, prediction, inputs, time.perf_counter_ns()
+                target.model, version, request.request_id, started, prediction, inputs, encoded
             )
         return response
 
@@ -93,6 +97,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         except TesseraError:
             self._service.refused(target, started)
             raise
+        decoded = time.perf_counter_ns()
         version, prediction = await predict(
             self._service,
             target,
@@ -102,10 +107,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             request.request_id,
             started=started,
         )
+        answered = time.perf_counter_ns()
         response = prediction_to_proto(request.request_id, target.model, version, prediction)
+        encoded = time.perf_counter_ns()
+        self._service.record_io(target.model, version, prediction, decoded - started, encoded - answered)
         if self._tracer.on:
             self._tracer.trace(
-                target.model, version, request.request_id, started, prediction, inputs, time.perf_counter_ns()
+                target.model, version, request.request_id, started, prediction, inputs, encoded
             )
         return response
 

@@ -61,10 +61,13 @@ def statistics_of(entry: LoadedVersion) -> pb.ModelStatistics:
     succeeded = s.request_count - s.error_count
     # As Triton's: success and queue count cache hits, the model's figures do not.
     ran = succeeded - s.cache_hit_count
-    # Decoding (and checking) the inputs and encoding the answer are timed per request; a batch's
-    # share is its rows times their average per row (a request may hold several rows).
-    input_ns_per_row = s.input_ns // s.io_rows if s.io_rows else 0
-    output_ns_per_row = s.output_ns // s.io_rows if s.io_rows else 0
+    # Decoding (and checking) the inputs and encoding the answer are timed per request, through
+    # every API; a batch's share is its rows times their average per row (a request may hold
+    # several rows), so that the batches' shares add up to the requests' whole time. As Triton's,
+    # every request the model ran counts in each: a shadow's copy, or an ensemble's member,
+    # decodes nothing of its own, and adds a count with no time.
+    input_ns_per_row = s.input_ns // s.row_count if s.row_count else 0
+    output_ns_per_row = s.output_ns // s.row_count if s.row_count else 0
     return pb.ModelStatistics(
         name=entry.model,
         version=str(entry.version),
@@ -75,9 +78,9 @@ def statistics_of(entry: LoadedVersion) -> pb.ModelStatistics:
             success=_duration(succeeded, s.success_ns),
             fail=_duration(s.error_count, s.fail_ns),
             queue=_duration(succeeded, s.queue_ns),
-            compute_input=_duration(s.io_count, s.input_ns),
+            compute_input=_duration(ran, s.input_ns),
             compute_infer=_duration(ran, s.compute_ns),
-            compute_output=_duration(s.io_count, s.output_ns),
+            compute_output=_duration(ran, s.output_ns),
             cache_hit=_duration(s.cache_hit_count, s.cache_hit_ns),
             cache_miss=_duration(s.cache_miss_count, s.cache_miss_ns),
         ),
@@ -225,7 +228,7 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             # protobuf work that holds the interpreter on any thread, so stays here.
             response = await off_the_loop(answer) if places else answer()
         encoded = time.perf_counter_ns()
-        self._core.record_io(target.model, version, inputs, prediction, decoded - started, encoded - answered)
+        self._core.record_io(target.model, version, prediction, decoded - started, encoded - answered)
         if self._tracer.on:
             self._tracer.trace(target.model, version, request.id, started, prediction, inputs, encoded)
         return response

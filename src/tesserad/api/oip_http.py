@@ -899,9 +899,7 @@ class OipHttpServer(HttpListener):
                 else infer_response(target.model, version, parsed, prediction.outputs, lease)
             )
         encoded = time.perf_counter_ns()
-        self._core.record_io(
-            target.model, version, parsed.inputs, prediction, decoded - started, encoded - answered
-        )
+        self._core.record_io(target.model, version, prediction, decoded - started, encoded - answered)
         if self._tracer.on:
             self._tracer.trace(target.model, version, parsed.id, started, prediction, parsed.inputs, encoded)
         if header_length is None:

@@ -475,22 +475,10 @@ class OpenInference:
         self._service.refused(target, started)
 
     def record_io(
-        self,
-        model: str,
-        version: int,
-        inputs: Mapping[str, np.ndarray],
-        prediction: Prediction,
-        input_ns: int,
-        output_ns: int,
+        self, model: str, version: int, prediction: Prediction, input_ns: int, output_ns: int
     ) -> None:
-        """Count the time a transport spent decoding a request and encoding its answer; an
-        answer from the response cache (batch_rows 0) is left out, as Triton leaves it."""
-        entry = self._service.pool.get(model, version)
-        if entry is not None and prediction.batch_rows:
-            # Rows as the batcher counts them: the batch dimension, or 1 for a model without one.
-            batchable = entry.signature is not None and entry.signature.batchable and inputs
-            rows = next(iter(inputs.values())).shape[0] if batchable else 1
-            entry.stats.record_io(input_ns, output_ns, rows)
+        """InferenceService.record_io."""
+        self._service.record_io(model, version, prediction, input_ns, output_ns)
 
     async def trace_settings(self, model: str) -> dict[str, list[str]]:
         """The trace settings `model` (empty: none, the global ones) is traced with."""

@@ -629,6 +629,16 @@ class InferenceService:
             f"model {target.model!r} is being unloaded or swapped repeatedly; retry the request"
         )
 
+    def record_io(
+        self, model: str, version: int, prediction: Prediction, input_ns: int, output_ns: int
+    ) -> None:
+        """Count the time an API spent decoding a request that `version` answered and encoding its
+        answer (ModelStatistics' compute_input and compute_output); an answer from the response
+        cache (batch_rows 0) is left out, as Triton leaves it."""
+        entry = self.pool.get(model, version)
+        if entry is not None and prediction.batch_rows:
+            entry.stats.record_io(input_ns, output_ns)
+
     def over_max_batch(self, target: Target, shapes: Mapping[str, Sequence[int]]) -> InvalidArgument | None:
         """The refusal `submit` gives a request for `target` whose inputs have `shapes`, when every
         version it may be routed to is loaded, batches, and has a smaller max_batch_size than its

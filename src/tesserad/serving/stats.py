@@ -196,13 +196,10 @@ class StatsSnapshot:
     compute_ns: int
     execution_count: int
     last_inference_ms: int
-    # Decoding and checking the requests' inputs, and encoding their answers (the protocol
-    # layer's share, outside the model): cumulative nanoseconds, and how many requests (of how
-    # many rows in all) were timed.
+    # Decoding and checking the requests' inputs, and encoding their answers (the API layer's
+    # share, outside the model): cumulative nanoseconds.
     input_ns: int
     output_ns: int
-    io_count: int
-    io_rows: int
     # Response-cache hits (counted in request_count, not in row_count, the batches or the
     # latency summaries: the model never ran them) and misses, with their cumulative time:
     # lookup and copy out for a hit, lookup and insert for a miss.
@@ -318,21 +315,17 @@ class ServingStats:
         self._last_inference_ms = 0
         self._input_ns = 0
         self._output_ns = 0
-        self._io_count = 0
-        self._io_rows = 0
         self._cache_hits = 0
         self._cache_hit_ns = 0
         self._cache_misses = 0
         self._cache_miss_ns = 0
 
-    def record_io(self, input_ns: int, output_ns: int, rows: int) -> None:
-        """A request's decoding and answer-encoding time, and its rows. Called only on the event loop's
-        thread, without the lock (its cost is on every request's path): a reset racing it may
-        lose one request's figures."""
+    def record_io(self, input_ns: int, output_ns: int) -> None:
+        """A request's decoding and answer-encoding time. Called only on the event loop's thread,
+        without the lock (its cost is on every request's path): a reset racing it may lose one
+        request's figures."""
         self._input_ns += input_ns
         self._output_ns += output_ns
-        self._io_count += 1
-        self._io_rows += rows
 
     def record_batch(
         self, compute_ns: int, answered: Sequence[tuple[int, int, int, bool]], slice_rows: int = 0
@@ -435,8 +428,6 @@ class ServingStats:
                 last_inference_ms=self._last_inference_ms,
                 input_ns=self._input_ns,
                 output_ns=self._output_ns,
-                io_count=self._io_count,
-                io_rows=self._io_rows,
                 cache_hit_count=self._cache_hits,
                 cache_hit_ns=self._cache_hit_ns,
                 cache_miss_count=self._cache_misses,

@@ -22,12 +22,12 @@ from serving_models import (
     W,
     half_model,
     linear_model,
+    predict_request,
     reshape_model,
     slow_model,
     two_output_model,
     upload,
 )
-
 from test_serving_routing import _wait_logged
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
@@ -894,6 +894,24 @@ def test_model_metadata_config_and_statistics(oip, linear) -> None:
     assert io.compute_output.ns - 6 <= batch.compute_output.ns <= io.compute_output.ns
 
 
+def test_statistics_count_every_request_in_compute_input_and_output(oip, inference, linear) -> None:
+    # As Triton's: compute_input, compute_infer and compute_output each count every request that
+    # succeeded (cache hits aside), whichever API it came through (tessera's Predict too).
+    inference.Predict(predict_request(linear, X, version=1))
+    for _ in range(2):
+        oip.ModelInfer(infer_request(linear, X, version="1"))
+    (stats,) = oip.ModelStatistics(pb.ModelStatisticsRequest(name=linear, version="1")).model_stats
+    io = stats.inference_stats
+    counts = (io.success, io.compute_input, io.compute_infer, io.compute_output)
+    assert [c.count for c in counts] == [3, 3, 3, 3]
+    assert io.compute_input.ns > 0 and io.compute_output.ns > 0
+    # The batches' share is the requests' whole time (to a few ns: it is spread per row), not more.
+    (batch,) = stats.batch_stats
+    assert (batch.batch_size, batch.compute_input.count) == (2, 3)
+    assert io.compute_input.ns - 6 <= batch.compute_input.ns <= io.compute_input.ns
+    assert io.compute_output.ns - 6 <= batch.compute_output.ns <= io.compute_output.ns
+
+
 def test_statistics_of_unloaded_or_unknown_model_is_not_found(oip, linear, expect_rpc_error) -> None:
     expect_rpc_error(
         lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name=linear, version="2")),
@@ -1657,7 +1675,9 @@ def test_without_autoload_a_new_version_or_deployment_waits_for_load_model(
     registry = registry_pb2_grpc.RegistryStub(channel)
     upload(channel, "simple", linear_model(1.0))
     upload(channel, "simple", linear_model(2.0))
-    strict.RepositoryModelLoad(load_request("simple", '{"max_batch_size": 4, "instance_group": [{"count": 1}]}'))
+    strict.RepositoryModelLoad(
+        load_request("simple", '{"max_batch_size": 4, "instance_group": [{"count": 1}]}')
+    )
 
     def loaded() -> list[tuple[int, int]]:
         listed = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="simple")).models

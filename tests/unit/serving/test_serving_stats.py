@@ -57,7 +57,7 @@ def test_totals_are_the_snapshots_figures_and_go_on_across_resets() -> None:
     """Triton's counters are read from `totals`: what ModelStatistics reports, never going down."""
     stats = ServingStats("m", 1, None)
     stats.record_batch(40_000, [(1_000, 45_000, 2, False), (3_000, 47_000, 1, False)])
-    stats.record_io(2_000, 500, 3)
+    stats.record_io(2_000, 500)
     stats.record_failure(9_000, False, FailureReason.OTHER)
     stats.record_failure(1_000, False, FailureReason.REJECTED)
     stats.record_failure(4_000, True, FailureReason.OTHER)
