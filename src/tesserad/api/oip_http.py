@@ -723,10 +723,12 @@ class OipHttpServer(HttpListener):
         if await self._core.model_ready(model, version):
             return web.Response()
         # 400 as for the server; as Triton, with an error saying so. What the registry does not
-        # hold is said so (a load would be NOT_FOUND); asked only on this path, never when ready.
+        # hold is said so (a load would be NOT_FOUND), else why no version is ready (a load that
+        # failed, with its reason); asked only on this path, never when ready.
         reason = f"not loaded, or still loading; load it with POST /v2/repository/models/{model}/load"
         try:
             await self._core.describe(model, version)
+            reason = await self._core.not_ready_reason(model, version)
         except errors.TesseraError as exc:
             # Any other failure (a replica's primary out of reach) leaves the probe's answer 400.
             if isinstance(exc, errors.NotFound):

@@ -413,6 +413,28 @@ class OpenInference:
         in a thread, as the version may be checked against the registry."""
         return await asyncio.to_thread(self._service.ready, self.target(name, version))
 
+    async def not_ready_reason(self, name: str, version: str) -> str:
+        """Why a request for `name`/`version` is not served by a ready version (model_ready false),
+        with the fix, as the repository index says it: a version it goes to whose load failed,
+        with the failure, or one still loading; else none is loaded."""
+        return await asyncio.to_thread(self._not_ready_reason, target_of(name, version))
+
+    def _not_ready_reason(self, target: Target) -> str:
+        load = f"load it with POST /v2/repository/models/{target.model}/load"
+        named = target.version is not None
+        versions = (
+            [target.version] if target.version is not None else self._service.serving_versions(target.model)
+        )
+        listed = {e.version: e for e in self._service.pool.list(target.model)}
+        for version in versions:
+            entry = listed.get(version)
+            which = "it" if named else f"version {version}, which its requests go to,"
+            if entry is not None and entry.state is LoadState.FAILED:
+                return f"{which} failed to load: {entry.error}; once the cause is fixed, {load}"
+            if entry is not None and entry.state in (LoadState.LOADING, LoadState.WARMING):
+                return f"{which} is still loading; retry once it is ready"
+        return f"not loaded, or still loading; {load}"
+
     async def describe(self, name: str, version: str) -> tuple[VersionDescription, list[int]]:
         """The version `name`/`version` selects, and the versions its metadata lists: as Triton,
         the version asked for, else the ready versions (here, else the one described).

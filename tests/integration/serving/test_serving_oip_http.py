@@ -228,6 +228,19 @@ def test_inference_on_a_version_not_ready_is_answered_as_triton_answers_it(serve
         code, message = error(f"{served}/v2/models/{path}/infer", body)
         assert code == status and message.startswith(failed), message
         assert message.endswith("load it with LoadModel or RepositoryModelLoad")
+    # Its readiness says why, as the repository index does, not that it may be loading.
+    for path, said in (
+        ("never/versions/1", "model 'never' version 1 is not ready: it failed to load: warm-up of"),
+        (
+            "never",
+            "model 'never' is not ready: version 1, which its requests go to, failed to load: warm-up of",
+        ),
+    ):
+        code, message = error(f"{served}/v2/models/{path}/ready")
+        assert code == 400 and message.startswith(said), message
+        assert message.endswith("once the cause is fixed, load it with POST /v2/repository/models/never/load")
+    (row,) = [r for r in ok_json(f"{served}/v2/repository/index", {}) if r["name"] == "never"]
+    assert row["state"] == "UNAVAILABLE" and row["reason"] in message
 
 
 def test_the_registry_s_fix_words_in_a_load_error_stay_as_the_model_names_them(tmp_path: Path) -> None:
