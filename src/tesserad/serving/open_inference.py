@@ -417,7 +417,7 @@ class OpenInference:
         """Why a request for `name`/`version` is not served by a ready version (model_ready false),
         with the fix, as the repository index says it: a version it goes to whose load failed,
         with the failure, or one still loading; else none is loaded."""
-        return await asyncio.to_thread(self._not_ready_reason, target_of(name, version))
+        return await asyncio.to_thread(self._not_ready_reason, self.target(name, version))
 
     def _not_ready_reason(self, target: Target) -> str:
         load = f"load it with POST /v2/repository/models/{target.model}/load"
