@@ -123,6 +123,10 @@ def test_cancel_a_queued_or_running_job(client, table):
     job.cancel()
     job.wait(check=False, timeout=120)
     assert job.state == tessera.JobState.CANCELLED
+    # States read once: the first page's call read a generator, and the listing then asked for
+    # every job.
+    assert [j.id for j in client.training.jobs(states=(s for s in ["cancelled"]))] == [job.id]
+    assert list(client.training.jobs(states=(s for s in ["running", "queued"]))) == []
     with pytest.raises(tessera.JobCancelled, match=rf"^job {job.id} was cancelled") as caught:
         job.wait()
     # Code written for JobFailed keeps catching it, and one base catches every SDK error.

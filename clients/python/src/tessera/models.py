@@ -162,12 +162,14 @@ class Models(Part[C]):
         timeout: float | None = None,
     ) -> Pages[pb.Model]:
         """Every model (optionally by name prefix and tags), fetched page by page as you iterate."""
+        # Read once, here: a dict changed later does not change what the listing asks.
+        request = pb.ListModelsRequest(name_prefix=prefix, tags=tags, page_size=page_size)
 
         def page(token: str) -> Op[pb.ListModelsResponse]:
-            request = pb.ListModelsRequest(
-                name_prefix=prefix, tags=tags, page_size=page_size, page_token=token
-            )
-            return Op(S, "ListModels", request, timeout=timeout)
+            paged = pb.ListModelsRequest()
+            paged.CopyFrom(request)
+            paged.page_token = token
+            return Op(S, "ListModels", paged, timeout=timeout)
 
         return Pages(page, "models")
 
@@ -507,8 +509,9 @@ class Models(Part[C]):
     @listing
     def aliases(self, name: str, page_size: int = 0, *, timeout: float | None = None) -> Pages[pb.Alias]:
         """The model's aliases (each an Alias: `alias`, `version`), in order of name with "latest"
-        last: an iterator that fetches a page at a time as it goes, as every list here is (for a
-        dict, `{a.alias: a.version for a in client.models.aliases(name)}`)."""
+        last: a `tessera.Listing` that fetches a page at a time as it is read, and asks again
+        each time, as every list here is (for a dict,
+        `{a.alias: a.version for a in client.models.aliases(name)}`)."""
 
         def page(token: str) -> Op[pb.ListAliasesResponse]:
             request = pb.ListAliasesRequest(model=name, page_size=page_size, page_token=token)

@@ -945,16 +945,20 @@ class Training(Part[C]):
         timeout: float | None = None,
     ) -> Pages[Job[C]]:
         """Jobs, newest first, optionally only in `states` ("running", "queued", ...)."""
+        # Read once, here: every page, and every read of the listing, asks the same (a generator
+        # of states read by the first page alone would leave the rest listing every job).
+        request = pb.ListJobsRequest(
+            states=[enum_value(pb.JobState, "JOB_STATE_", s) for s in states],
+            experiment=experiment,
+            sweep_id=sweep_id,
+            page_size=page_size,
+        )
 
         def page(token: str) -> Op[pb.ListJobsResponse]:
-            request = pb.ListJobsRequest(
-                states=[enum_value(pb.JobState, "JOB_STATE_", s) for s in states],
-                experiment=experiment,
-                sweep_id=sweep_id,
-                page_size=page_size,
-                page_token=token,
-            )
-            return Op(S, "ListJobs", request, timeout=timeout)
+            paged = pb.ListJobsRequest()
+            paged.CopyFrom(request)
+            paged.page_token = token
+            return Op(S, "ListJobs", paged, timeout=timeout)
 
         return Pages(page, "jobs", self._job)
 
