@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterat
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from tessera.errors import (
@@ -273,14 +274,26 @@ class Pages(Generic[T_co]):
     page: Callable[[str], Op[Any]]
     items: str
     convert: Callable[[Any], T_co] = field(default=_same)
-    frame: Callable[[Iterable[Any]], Any] = field(default=messages_frame)
+    frame: Callable[[Iterable[Any]], Any] | None = None  # None: messages_frame of the item message
 
     def listing(self, conn: Connection) -> Listing[T_co]:
         # The first page's call made now: a bad argument (timeout) is refused when the listing is.
-        return Listing(lambda: self._iterate(conn), self.page("").request, self.frame)
+        first = self.page("")
+        return Listing(lambda: self._iterate(conn), first.request, self._frame(first))
 
     def listing_async(self, conn: AioConnection) -> AioListing[T_co]:
-        return AioListing(lambda: self._iterate_async(conn), self.page("").request, self.frame)
+        first = self.page("")
+        return AioListing(lambda: self._iterate_async(conn), first.request, self._frame(first))
+
+    def _frame(self, first: Op[Any]) -> Callable[[Iterable[Any]], Any]:
+        """`frame`, or messages_frame with the columns of the response's item message, which an
+        empty listing's frame has too."""
+        if self.frame is not None:
+            return self.frame
+        file = first.request.DESCRIPTOR.file
+        method = file.pool.FindMethodByName(f"{file.package}.{first.service}.{first.method}")
+        item: Descriptor = method.output_type.fields_by_name[self.items].message_type  # type: ignore[assignment]  # upb's is the same type
+        return lambda items: messages_frame(items, item)
 
     def _iterate(self, conn: Connection) -> Iterator[T_co]:
         token = ""
@@ -929,8 +942,9 @@ def _resolved(annotation: Any, namespace: dict[str, Any]) -> Any:
 
 
 def _result_of(description: Any, kind: type) -> Any:
-    """What running (iterating) `description`, an `Op[T]`, a `Pages[T]` or a class of Call[T]
-    (Stream[T]), gives: T; `kind` is Call or Stream."""
+    """What running `description`, an `Op[T]` or a class of Call[T], gives, or what iterating a
+    Stream[T] gives: T; `kind` is Call or Stream. (A `Pages[T]` is neither: its Listing[T] is
+    read by the `listing` decorator.)"""
     origin = typing.get_origin(description) or description
     if isinstance(origin, type) and issubclass(origin, kind):
         if origin is not description:

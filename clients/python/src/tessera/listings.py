@@ -5,6 +5,7 @@ item). pandas is not a dependency of the SDK: it is imported when a frame is ask
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -52,15 +53,19 @@ def _shown(field: FieldDescriptor) -> bool:
     return field.message_type.full_name == "google.protobuf.Timestamp" and not field.is_repeated
 
 
-def messages_frame(items: Iterable[Any]) -> pd.DataFrame:
+def messages_frame(items: Iterable[Any], item: Descriptor | None = None) -> pd.DataFrame:
     """Items of a listing (messages, or objects whose `info` is one) as a DataFrame, one row per
     item and a column per field of one value (enums as their words, times as UTC datetimes, NaT
-    where unset), per map (a dict) and per list of values (a list)."""
+    where unset), per map (a dict) and per list of values (a list). Without items, the columns
+    are those of the `item` message (none where it is not given)."""
     pandas = pandas_module()
     messages: list[Message] = [getattr(item, "info", item) for item in items]
-    if not messages:
+    if messages:
+        descriptor: Descriptor = messages[0].DESCRIPTOR  # type: ignore[assignment]  # upb's is the same type
+    elif item is not None:
+        descriptor = item
+    else:
         return pandas.DataFrame()
-    descriptor: Descriptor = messages[0].DESCRIPTOR  # type: ignore[assignment]  # upb's is the same type
     fields = [field for field in descriptor.fields if _shown(field)]
     rows = []
     for message in messages:
@@ -92,7 +97,8 @@ def _asked(request: Message) -> str:
 class Listing(Generic[T_co]):
     """Every item of a paginated list, asked for again each time it is iterated (`for`, `list()`)
     or made a DataFrame (`to_pandas()`), page by page as the caller gets there, so a long one is
-    never held whole. Not an iterator: `next(iter(listing))` is the first item."""
+    never held whole. Not an iterator: `next(iter(listing))` is the first item, and a listing
+    read in part starts over when read again (`it = iter(listing)` goes on where it stopped)."""
 
     def __init__(
         self,
@@ -143,4 +149,6 @@ class AioListing(Generic[T_co]):
 
     async def to_pandas(self) -> pd.DataFrame:
         """The items as a DataFrame, one row per item, asked for again (see `Listing.to_pandas`)."""
-        return self._frame([item async for item in self])
+        items = [item async for item in self]
+        # Made off the event loop: a long listing's frame takes a while to build.
+        return await asyncio.to_thread(self._frame, items)
