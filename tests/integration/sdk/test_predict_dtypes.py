@@ -112,24 +112,49 @@ def test_an_array_of_another_dtype_is_refused_with_the_cast_to_make(client, serv
         client.inference.predict("affine", np.array(ROWS), version=1)
 
 
-def test_a_frame_or_a_tensor_is_sent_as_its_own_dtype_as_an_array_is(client, served):
-    """A float64 DataFrame or torch tensor was cast to float32 unseen, and sent twice: the first
-    request, refused, counted in the version's errors."""
+def test_a_frame_is_sent_as_its_own_dtype_and_refused_with_the_frame_s_cast(client, served):
+    """A float64 DataFrame was cast to float32 unseen, and sent twice: the first request, refused,
+    counted in the version's errors; the cast said was numpy's. (A torch tensor's case is in
+    tests/integration/serving/test_explain.py, whose worker imports torch anyway.)"""
     import pandas as pd
-    import torch
 
     def refused() -> int:
         (stats,) = client.inference.stats("affine", 1)
         return stats.error_count
 
     before = refused()
-    for given in (pd.DataFrame(ROWS), torch.tensor(ROWS, dtype=torch.float64, requires_grad=True)):
-        with pytest.raises(tessera.InvalidArgument, match=r"float64.*\.astype\(np\.float32\)"):
-            client.inference.predict("affine", given, version=1)
-    assert refused() == before + 2  # each sent once
+    with pytest.raises(
+        tessera.InvalidArgument, match=r"float64.*input 'input' as df\.astype\(\"float32\"\)$"
+    ):
+        client.inference.predict("affine", pd.DataFrame(ROWS), version=1)
+    assert refused() == before + 1  # sent once
     expected = np.array(ROWS, np.float32) * 2 + 1
-    for given in (pd.DataFrame(ROWS, dtype=np.float32), torch.tensor(ROWS, requires_grad=True)):
+    # pandas' nullable Float32 with no <NA> is its numbers' float32.
+    for given in (pd.DataFrame(ROWS, dtype=np.float32), pd.DataFrame(ROWS, dtype="Float32")):
         np.testing.assert_allclose(client.inference.predict("affine", given, version=1)["output"], expected)
+
+
+def test_a_frame_no_array_holds_as_it_is_is_refused_naming_the_column(client, served):
+    import pandas as pd
+
+    ints = pd.DataFrame(ROWS, columns=list("abcd")).astype("int64")
+    missing = ints.astype("Int64")
+    missing.loc[1, "c"] = pd.NA  # was sent as float64 NaN, unseen
+    cases = {
+        # was an object array, refused in words that named no column
+        r"the frame's columns have different dtypes \('a' int64, 'b' bool, 'c' int64, 'd' int64\)": ints.astype(
+            {"b": bool}
+        ),
+        r"column 'c' \(Int64\) has missing values \(<NA>\)": missing,
+        r"column 'd' is category": ints.astype({"d": "category"}),
+        r"column 'a' is datetime64": ints.assign(a=pd.to_datetime(ints["a"], unit="s")),
+        r"column 'b' is (str|object)": ints.assign(b=["x", "y"]),
+    }
+    for words, frame in cases.items():
+        with pytest.raises(ValueError, match=f"^input 'x': {words}"):
+            client.inference.predict("affine", {"x": frame}, version=1)
+    with pytest.raises(ValueError, match=r"^input 'input': the Series 'c' \(Int64\) has missing values"):
+        client.inference.predict("affine", missing["c"], version=1)
 
 
 def test_the_asyncio_client_sends_a_list_as_the_input_s_dtype(daemon, served):

@@ -88,6 +88,27 @@ def test_the_top_attribution_is_the_voxel_the_answer_depends_on(client, tmp_path
         )
 
 
+def test_a_torch_tensor_is_sent_as_its_own_dtype_with_the_torch_cast_said(client, tmp_path):
+    """Here, not beside the other dtype tests, since this worker imports torch anyway. A float64
+    tensor was refused with numpy's cast (x.astype), and a bfloat16 one with torch's TypeError."""
+    import torch
+
+    push_one_voxel(client, tmp_path)
+    x = torch.from_numpy(clips(2))
+    with pytest.raises(tessera.InvalidArgument, match=r"input 'input' as x\.to\(torch\.float32\)$"):
+        client.inference.predict("voxel", x.double())
+    expected = client.inference.predict("voxel", x.numpy())["output"]
+    np.testing.assert_array_equal(client.inference.predict("voxel", x.requires_grad_())["output"], expected)
+    # x.conj().imag of a complex x is a negated view: numpy() refused it.
+    negated = torch.complex(torch.zeros_like(x), -x).conj().imag
+    np.testing.assert_array_equal(client.inference.predict("voxel", negated)["output"], expected)
+    assert client.inference.explain("voxel", negated, "saliency", target=1)["input"].shape == x.shape
+    with pytest.raises(
+        ValueError, match=r"^input 'input': a torch bfloat16 tensor .*x\.to\(torch\.float32\)"
+    ):
+        client.inference.predict("voxel", x.bfloat16())
+
+
 def test_without_a_target_each_row_explains_its_predicted_output(client, tmp_path):
     push_one_voxel(client, tmp_path)
     x = clips(2)

@@ -22,6 +22,7 @@ from tessera.typed_inputs import (
     as_input_dtypes,
     astype_fix,
     input_dtypes,
+    input_kinds,
     named_inputs,
     recast,
     untyped,
@@ -197,6 +198,7 @@ class Predict(Call[Prediction]):
     timeout: float | None
     signatures: Signatures
     versions: TargetVersions
+    kinds: Mapping[str, str]
 
     def run(self, conn: Connection) -> Prediction:
         first, cast_for = self._first()
@@ -310,7 +312,7 @@ class Predict(Call[Prediction]):
         return self._with_fix(error, signature)
 
     def _with_fix(self, error: InvalidArgument, signature: common_pb2.Signature) -> InvalidArgument:
-        fix = astype_fix(self.inputs, input_dtypes(signature))
+        fix = astype_fix(self.inputs, input_dtypes(signature), self.kinds)
         if not fix:
             return error
         return InvalidArgument(f"{error.daemon_message}; {fix}", error.trailers)
@@ -391,9 +393,12 @@ class Inference(Part[C]):
         at once, until a refusal names another version. A daemon from
         before it names no version: there, with an alias or the deployment choosing the version,
         the refusal is raised: send `np.array(x, np.float32)` or name the version. A numpy array
-        (a pandas DataFrame, a torch tensor: as their numpy arrays) is sent as it is: one of
-        another dtype is refused (InvalidArgument) with the cast to make for the version that
-        refused it, `x.astype(np.float32)`, since casting it here could change its values unseen."""
+        (a pandas DataFrame, a torch tensor, a numpy scalar: as their numpy arrays) is sent as
+        it is: one of another dtype is refused (InvalidArgument) with the cast to make for the
+        version that refused it, `x.astype(np.float32)` (`x.to(torch.float32)` for a tensor,
+        `df.astype("float32")` for a frame), since casting it here could change its values
+        unseen. A frame whose columns differ in dtype, or hold text, times, categories or missing
+        values (<NA>), and a bfloat16 tensor are a ValueError naming the column or the input."""
         return Predict(
             version_ref(model, version, alias),
             named_inputs(inputs),
@@ -401,6 +406,7 @@ class Inference(Part[C]):
             timeout,
             self._signatures,
             self._versions,
+            input_kinds(inputs),
         )
 
     @stream

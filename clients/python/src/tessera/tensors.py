@@ -27,6 +27,8 @@ _ENUM_BY_DTYPE: dict[str, common_pb2.DataType.ValueType] = {
     name: common_pb2.DataType.ValueType(number) for number, name in _DTYPE_BY_ENUM.items()
 }
 _BFLOAT16 = "bfloat16"
+# numpy dtype kinds the API carries: bool, int, uint, float.
+_NUMBER_KINDS = "biuf"
 
 
 def dtype_name(data_type: int) -> str:
@@ -36,24 +38,99 @@ def dtype_name(data_type: int) -> str:
     return _DTYPE_BY_ENUM.get(data_type, "unspecified")
 
 
-def as_array(value: Any) -> Any:
+def input_kind(value: Any) -> str:
+    """What an input was given as, for the cast its caller can make: "tensor" (torch), "frame"
+    (a pandas DataFrame or Series), "array" (numpy) or "" (a list, a scalar)."""
+    if isinstance(value, np.ndarray):
+        return "array"
+    if callable(getattr(value, "detach", None)) and callable(getattr(value, "numpy", None)):
+        return "tensor"
+    if callable(getattr(value, "to_numpy", None)) and hasattr(value, "dtypes"):
+        return "frame"
+    if hasattr(value, "dtype") and hasattr(value, "__array__"):
+        return "array"
+    return ""
+
+
+def as_array(value: Any, name: str) -> Any:
     """A value with a dtype of its own as the numpy array of it, sent as a numpy array is (in
     that dtype, never cast): a torch tensor (detached, on the CPU), a pandas DataFrame or
-    Series, a numpy scalar; anything else (a list, a scalar) as it is."""
-    if isinstance(value, np.ndarray):
-        return value
-    if callable(getattr(value, "detach", None)) and callable(getattr(value, "numpy", None)):
-        return value.detach().cpu().numpy()
-    if callable(getattr(value, "to_numpy", None)) and hasattr(value, "dtypes"):
-        return value.to_numpy()
-    if hasattr(value, "dtype") and hasattr(value, "__array__"):
+    Series, a numpy scalar; anything else (a list, a scalar) as it is. ValueError, naming input
+    `name` (and the column), for one that no array of a dtype the API carries holds as it is."""
+    kind = input_kind(value)
+    if kind == "tensor":
+        return _tensor_array(value, name)
+    if kind == "frame":
+        return _frame_array(value, name)
+    if kind == "array":
         return np.asarray(value)
     return value
 
 
+def _tensor_array(tensor: Any, name: str) -> np.ndarray:
+    if str(tensor.dtype) == "torch.bfloat16":
+        # numpy has no bfloat16: ml_dtypes adds one, and the SDK does not depend on it.
+        raise ValueError(
+            f"input {name!r}: a torch bfloat16 tensor has no numpy dtype to send it as; send "
+            "x.to(torch.float32), or for bfloat16 (with ml_dtypes installed) "
+            "x.detach().cpu().view(torch.int16).numpy().view(ml_dtypes.bfloat16)"
+        )
+    # A conjugate or negated view (x.conj().imag) keeps its sign unapplied: numpy() refuses it.
+    resolved = tensor.detach().resolve_conj().resolve_neg().cpu()
+    try:
+        array: np.ndarray = resolved.numpy()
+    except TypeError:
+        raise ValueError(
+            f"input {name!r}: a torch {str(tensor.dtype).removeprefix('torch.')} tensor has no numpy "
+            "dtype to send it as; send x.to(torch.float32) or another dtype the model takes"
+        ) from None
+    return array
+
+
+def _frame_array(frame: Any, name: str) -> np.ndarray:
+    """A DataFrame's (or a Series') values as one array of its columns' one dtype."""
+    if hasattr(frame, "columns"):
+        columns = [
+            (f"column {label!r}", frame.iloc[:, i], f"df[{label!r}]") for i, label in enumerate(frame.columns)
+        ]
+    else:
+        columns = [("the Series" if frame.name is None else f"the Series {frame.name!r}", frame, "s")]
+    dtypes = {where: _column_dtype(values, where, code, name) for where, values, code in columns}
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{where.removeprefix('column ')} {dtype}" for where, dtype in dtypes.items())
+        raise ValueError(
+            f"input {name!r}: the frame's columns have different dtypes ({listed}), and one array "
+            'has one: make them one, df.astype("float32") for a float32 input'
+        )
+    dtype = next(iter(dtypes.values()), None)
+    array: np.ndarray = frame.to_numpy(dtype=dtype)
+    return array
+
+
+def _column_dtype(values: Any, where: str, code: str, name: str) -> np.dtype:
+    """The numpy dtype a column is sent as; ValueError where it holds no numbers (text, times,
+    categories) or misses values (pandas' <NA>) that an array of its numbers cannot hold."""
+    dtype = values.dtype
+    if isinstance(dtype, np.dtype) and dtype.kind in _NUMBER_KINDS:
+        return dtype
+    # pandas' nullable Int64, Float32, boolean, ...: their numbers as numpy's, where none is <NA>.
+    numbers = getattr(dtype, "numpy_dtype", None)
+    if isinstance(numbers, np.dtype) and numbers.kind in _NUMBER_KINDS:
+        if bool(values.isna().any()):
+            raise ValueError(
+                f"input {name!r}: {where} ({dtype}) has missing values (<NA>), which a {numbers} "
+                f"array cannot hold; fill them ({code}.fillna(0)) or drop those rows"
+            )
+        return numbers
+    raise ValueError(
+        f"input {name!r}: {where} is {dtype}, not numbers, and cannot be sent; make it numbers "
+        f'({code}.astype("float32"), or {code}.cat.codes for a category)'
+    )
+
+
 def to_tensor(name: str, array: np.typing.ArrayLike) -> common_pb2.Tensor:
     """Encode an array as a Tensor; ValueError for dtypes the API does not carry."""
-    array = np.asarray(as_array(array))
+    array = np.asarray(as_array(array, name))
     if array.dtype.name == _BFLOAT16:  # ml_dtypes.bfloat16, when the caller uses it
         data_type = common_pb2.DATA_TYPE_BFLOAT16
     else:

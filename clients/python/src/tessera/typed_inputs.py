@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from tessera.tensors import as_array, dtype_name
+from tessera.tensors import as_array, dtype_name, input_kind
 from tessera.v1 import common_pb2
 
 Inputs = Mapping[str, np.typing.ArrayLike] | np.typing.ArrayLike
@@ -25,8 +25,15 @@ def named_inputs(inputs: Inputs) -> dict[str, np.typing.ArrayLike]:
     """The inputs by name, each with a dtype of its own (a DataFrame, a torch tensor) as its
     numpy array, which is typed as any array is; a lone array is the input named "input"."""
     if isinstance(inputs, Mapping):
-        return {name: as_array(value) for name, value in inputs.items()}
-    return {"input": as_array(inputs)}
+        return {name: as_array(value, name) for name, value in inputs.items()}
+    return {"input": as_array(inputs, "input")}
+
+
+def input_kinds(inputs: Inputs) -> dict[str, str]:
+    """What each input was given as (see `tessera.tensors.input_kind`), by name."""
+    if isinstance(inputs, Mapping):
+        return {name: input_kind(value) for name, value in inputs.items()}
+    return {"input": input_kind(inputs)}
 
 
 def untyped(inputs: Mapping[str, np.typing.ArrayLike]) -> bool:
@@ -91,13 +98,22 @@ def recast(
     )
 
 
-def astype_fix(inputs: Mapping[str, np.typing.ArrayLike], dtypes: Mapping[str, np.dtype]) -> str:
-    """The cast that makes each array the dtype the model expects, where one differs; "" if none does."""
+# The cast that makes an input of each kind another dtype, as its caller writes it.
+_CASTS = {"tensor": "x.to(torch.{})", "frame": 'df.astype("{}")', "array": "x.astype(np.{})"}
+
+
+def astype_fix(
+    inputs: Mapping[str, np.typing.ArrayLike], dtypes: Mapping[str, np.dtype], kinds: Mapping[str, str]
+) -> str:
+    """The cast that makes each array the dtype the model expects, where one differs, written
+    for what the input was given as (`kinds`: a torch tensor, a DataFrame, a numpy array); ""
+    if none differs."""
     casts = [
-        f"input {name!r} as x.astype(np.{dtypes[name]})"
+        f"input {name!r} as " + _CASTS[kinds.get(name) or "array"].format(dtypes[name])
         for name, value in inputs.items()
         if isinstance(value, np.ndarray) and name in dtypes and value.dtype != dtypes[name]
     ]
     if not casts:
         return ""
-    return "the SDK casts lists to the model's dtypes, not numpy arrays: send " + ", ".join(casts)
+    sent = ", ".join(casts)
+    return f"the SDK casts lists to the model's dtypes, not arrays, frames or tensors: send {sent}"
