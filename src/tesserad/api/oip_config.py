@@ -69,6 +69,7 @@ from tesserad.serving.open_inference import (
     MAX_POLICY_VERSIONS,
     OIP_NAME_BY_DTYPE,
     PLATFORMS,
+    RepositoryConfig,
     VersionPolicy,
 )
 from tesserad.serving.pool import CONFIG_LIMITS, RuntimeChoice, ServingConfig, warmup_batches
@@ -156,15 +157,19 @@ _NO_EFFECT = {
 _DESCRIBING = frozenset({"tessera_version", "tessera_traffic_split"})
 TAKEN_FIELDS = (
     "name, platform, backend, version_policy, max_batch_size, dynamic_batching.max_queue_delay_microseconds, "
-    "dynamic_batching.default_queue_policy.max_queue_size, instance_group[0].count/kind/gpus, "
+    "dynamic_batching.default_queue_policy.max_queue_size, instance_group[0].name/count/kind/gpus, "
     "response_cache.enable, parameters.intra_op_thread_count, and input, output and model_warmup "
-    "as ModelConfig gives them; Triton's defaults of other fields load as without them"
+    "as ModelConfig gives them; taken without effect: dynamic_batching.preferred_batch_size and "
+    "default_queue_policy.allow_timeout_override, parameters.inter_op_thread_count and execution_mode, "
+    "optimization's pinned-memory fields, gather_kernel_buffer_threshold and eager_batching, "
+    "default_model_filename, and model_transaction_policy.decoupled false; any other field is "
+    "refused unless it is a number, string or flag at its default, which JSON reads as left out"
 )
 
 
 def serving_config_of(
     text: str, model: str, described: Callable[[VersionPolicy | None], Sequence[VersionDescription]]
-) -> tuple[ServingConfig, VersionPolicy | None]:
+) -> RepositoryConfig:
     """The ServingConfig the `config` parameter `text` asks `model` to load with, and the
     versions it asks for (None: those requests are routed to); InvalidArgument naming the field
     for JSON that is not a model configuration, sets what tesserad cannot do, or differs from the
@@ -221,14 +226,17 @@ def serving_config_of(
             "give one group"
         )
     instances, device = _placement(groups[0]) if groups else (0, "")
-    _check_preferred(model, config, versions)
     no_effect = [field for field in _NO_EFFECT if _given(document, tuple(field.split(".")))]
-    if no_effect:
-        log.info(
-            "a repository load's config has fields taken without effect",
-            extra={"model": model, "fields": {field: _NO_EFFECT[field] for field in no_effect}},
-        )
-    return ServingConfig(
+
+    def loaded(applied: Sequence[int]) -> None:
+        if no_effect:
+            log.info(
+                "a repository load's config has fields taken without effect",
+                extra={"model": model, "fields": {field: _NO_EFFECT[field] for field in no_effect}},
+            )
+        _warn_preferred(model, config, applied)
+
+    serving = ServingConfig(
         runtime=_runtime(config.platform, config.backend),
         device=device,
         instances=_within("instance_group[0].count", instances, "instances"),
@@ -249,7 +257,10 @@ def serving_config_of(
         response_cache=config.response_cache.enable
         if _given(document, ("response_cache", "enable"))
         else None,
-    ), versions_asked
+    )
+    return RepositoryConfig(
+        serving, versions_asked, lambda applied: _check_preferred(config, applied), loaded
+    )
 
 
 def _version_policy(given: mc.ModelVersionPolicy) -> VersionPolicy | None:
@@ -264,16 +275,17 @@ def _version_policy(given: mc.ModelVersionPolicy) -> VersionPolicy | None:
             raise InvalidArgument(
                 "config field 'version_policy.specific.versions' is empty: list the versions to load"
             )
+        if len(versions) > MAX_POLICY_VERSIONS:
+            # Refused as given, before any work: a list repeating a version is read as long as it is.
+            raise InvalidArgument(
+                f"config field 'version_policy.specific.versions' lists {len(versions)} versions; one load "
+                f"serves at most {MAX_POLICY_VERSIONS}: list fewer"
+            )
         if min(versions) < 1:
             raise InvalidArgument(
                 f"config field 'version_policy.specific.versions' must hold versions of at least 1, got {min(versions)}"
             )
-        if len(set(versions)) > MAX_POLICY_VERSIONS:
-            raise InvalidArgument(
-                f"config field 'version_policy.specific.versions' lists {len(set(versions))} versions; one load "
-                f"serves at most {MAX_POLICY_VERSIONS}: list fewer"
-            )
-        return VersionPolicy(specific=versions)
+        return VersionPolicy(specific=tuple(sorted(set(versions))))
     count = given.latest.num_versions
     if count > MAX_POLICY_VERSIONS:
         raise InvalidArgument(
@@ -284,28 +296,28 @@ def _version_policy(given: mc.ModelVersionPolicy) -> VersionPolicy | None:
     return VersionPolicy(latest=count) if count > 1 else None
 
 
-def _check_preferred(model: str, config: mc.ModelConfig, versions: Sequence[VersionDescription]) -> None:
-    """Refuse dynamic_batching.preferred_batch_size sizes Triton refuses (outside
-    1..max_batch_size); warn that other sizes than max_batch_size are not aimed at."""
-    sizes = list(config.dynamic_batching.preferred_batch_size)
-    if not sizes:
-        return
-    most = config.max_batch_size or CONFIG_LIMITS["max_batch_size"][1]
-    for size in sizes:
+def _check_preferred(config: mc.ModelConfig, applied: Sequence[int]) -> None:
+    """Refuse dynamic_batching.preferred_batch_size sizes Triton refuses: outside 1..the
+    max_batch_size the load applies (`applied`: each version's)."""
+    most = min(applied, default=config.max_batch_size or CONFIG_LIMITS["max_batch_size"][1])
+    for size in config.dynamic_batching.preferred_batch_size:
         if not 1 <= size <= most:
             raise InvalidArgument(
                 f"config field 'dynamic_batching.preferred_batch_size' holds {size}; each size must be in "
-                f"1..{most} (max_batch_size)"
+                f"1..{most} (the max_batch_size the load applies)"
             )
-    if sizes == [config.max_batch_size] or (
-        not config.max_batch_size and versions and all(sizes == [v.config.max_batch_size] for v in versions)
-    ):
+
+
+def _warn_preferred(model: str, config: mc.ModelConfig, applied: Sequence[int]) -> None:
+    """Warn that preferred sizes other than the max_batch_size loaded (`applied`) are not aimed at."""
+    sizes = list(config.dynamic_batching.preferred_batch_size)
+    if not sizes or all(sizes == [most] for most in applied):
         return  # what tesserad does: batches grow to max_batch_size
     log.warning(
         "dynamic_batching.preferred_batch_size is not honoured: tesserad batches up to max_batch_size "
         "rows, as many as are queued (within max_queue_delay_microseconds while the model is idle), "
         "without aiming at preferred sizes",
-        extra={"model": model, "preferred_batch_size": sizes, "max_batch_size": config.max_batch_size},
+        extra={"model": model, "preferred_batch_size": sizes, "max_batch_size": sorted(set(applied))},
     )
 
 

@@ -15,6 +15,7 @@ import enum
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Coroutine, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -131,17 +132,26 @@ def target_of(name: str, version: str) -> Target:
 _NOT_LOADED_FIX = re.compile(r"load it with LoadModel \(or (turn on serving\.autoload)\)")
 
 
-def not_ready(target: Target, error: NotLoaded | StillLoading) -> TesseraError:
+def specific_policy(loaded: Collection[int], version: int) -> str:
+    """The version_policy that loads `version` and keeps the versions `loaded`: a specific policy
+    unloads every version it does not name."""
+    versions = ", ".join(str(v) for v in sorted({*loaded, version}))
+    return f'{{"version_policy": {{"specific": {{"versions": [{versions}]}}}}}}'
+
+
+def not_ready(target: Target, error: NotLoaded | StillLoading, loaded: Collection[int] = ()) -> TesseraError:
     """What an inference request for a version that is not ready (not loaded and not loaded for
     it, its load failed, or still loading) is answered, as Triton answers a model that is not
     ready (core's ModelLifeCycle::GetModel): a version named is UNAVAILABLE (HTTP 503), a request
     without one NOT_FOUND (HTTP 404: no version of it is available to it); with tessera's
-    message, which says how to load it (in the protocol's words) or when to retry."""
+    message, which says how to load it (in the protocol's words) or when to retry. `loaded`: the
+    model's versions loaded now, which the policy suggested keeps."""
     if target.version is not None:
         # RepositoryModelLoad loads the versions the model serves unless its config names others.
+        policy = specific_policy(loaded, target.version)
         fix = (
             f"load it with RepositoryModelLoad and a config naming it in its version_policy "
-            f'({{"version_policy": {{"specific": {{"versions": [{target.version}]}}}}}}), or \\1'
+            f"({policy}), or \\1"
         )
         return Unavailable(reworded_fix(error.message, ((_NOT_LOADED_FIX, fix),)))
     fix = (
@@ -182,18 +192,22 @@ _OIP_FIXES: tuple[Rewording, ...] = (
         r"load it with RepositoryModelLoad and a config naming it in its version_policy, or by an "
         r"inference request naming version \2 \3",
     ),
-    (
-        re.compile(r"load it with LoadModel naming version (\d+) (\(serving\.autoload is off\))"),
-        r"load it with RepositoryModelLoad and a config naming it in its version_policy "
-        r'({"version_policy": {"specific": {"versions": [\1]}}}) \2',
-    ),
 )
+# Of a version named with autoload off: the policy suggested is made per message (specific_policy).
+_NAMED_NOT_LOADED = re.compile(r"load it with LoadModel naming version (\d+) (\(serving\.autoload is off\))")
 
 
-def in_oip_words(error: NotFound) -> NotFound:
+def in_oip_words(error: NotFound, loaded: Collection[int] = ()) -> NotFound:
     """`error` with the registry's fix said in words a Triton client's user can act on
-    (errors.reworded_fix: only the fix that ends the message)."""
-    return NotFound(reworded_fix(error.message, _OIP_FIXES))
+    (errors.reworded_fix: only the fix that ends the message); `loaded`: the model's versions
+    loaded now, which a version_policy suggested keeps."""
+    named = _NAMED_NOT_LOADED.search(error.message)
+    fixes = _OIP_FIXES
+    if named is not None:
+        policy = specific_policy(loaded, int(named.group(1)))
+        fix = f"load it with RepositoryModelLoad and a config naming it in its version_policy ({policy}) \\2"
+        fixes = ((_NAMED_NOT_LOADED, fix), *_OIP_FIXES)
+    return NotFound(reworded_fix(error.message, fixes))
 
 
 class Kind(enum.Enum):
@@ -339,11 +353,35 @@ class VersionPolicy:
     every: bool = False
 
 
+@dataclass(frozen=True)
+class RepositoryConfig:
+    """What a RepositoryModelLoad's `config` asks for (see OpenInference.load)."""
+
+    config: ServingConfig
+    policy: VersionPolicy | None  # None: none, or Triton's default
+    # check(max_batch_sizes): called with the max_batch_size each version would load with, before
+    # any loads; raises InvalidArgument for what the config cannot load with.
+    check: Callable[[Sequence[int]], None]
+    # loaded(max_batch_sizes): called once every version loaded; logs what the config asked for
+    # that is taken without effect.
+    loaded: Callable[[Sequence[int]], None]
+
+
 # config_of(text, model, described): see OpenInference.load.
 ConfigOf = Callable[
     [str, str, Callable[[VersionPolicy | None], Sequence[VersionDescription]]],
-    tuple[ServingConfig, VersionPolicy | None],
+    RepositoryConfig,
 ]
+
+
+@dataclass(frozen=True)
+class _Chosen:
+    """A repository load's version_policy, the versions it chose, and the identity of the model
+    it was for (a model of its name created later does not inherit it)."""
+
+    policy: VersionPolicy
+    versions: frozenset[int]
+    identity: Hashable
 
 
 @dataclass(frozen=True)
@@ -378,28 +416,71 @@ class OpenInference:
         self.logs = logs
         self.tracer = tracer
         self._ready = ready
-        # model -> (its version_policy, the versions it chose) for each model a repository load
-        # gave one; held with _loads.
-        self._policies: dict[str, tuple[VersionPolicy, frozenset[int]]] = {}
-        # Repository loads and unloads run one at a time: each unloads what the one before
-        # loaded, and two at once would unload each other's versions.
-        self._loads = threading.Lock()
+        # model -> what a repository load with a version_policy chose for it. Written under the
+        # model's load lock and _policies_lock (a deletion or UnloadModel clears it from another
+        # thread); read unlocked (one dict lookup).
+        self._policies: dict[str, _Chosen] = {}
+        self._policies_lock = threading.Lock()
+        # model -> its lock: a model's repository loads and unloads run one at a time (each
+        # unloads what the one before loaded), other models' at once. Awaited on the event
+        # loop, so waiting holds no thread of the executor others need.
+        self._model_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        service.add_deletion_listener(self._forget_policy, self._policy_identity)
+        service.add_unload_listener(self._drop_policy)
+
+    def _policy_identity(self, model: str) -> Hashable | None:
+        chosen = self._policies.get(model)
+        return None if chosen is None else chosen.identity
+
+    def _forget_policy(self, model: str, identity: Hashable) -> None:
+        """The model of `identity` was deleted: a model created under its name has no policy."""
+        with self._policies_lock:
+            chosen = self._policies.get(model)
+            if chosen is not None and chosen.identity == identity:
+                del self._policies[model]
+
+    def _drop_policy(self, model: str) -> None:
+        with self._policies_lock:
+            self._policies.pop(model, None)
+
+    def _model_lock(self, name: str) -> asyncio.Lock:
+        lock = self._model_locks.get(name)
+        if lock is None:
+            lock = self._model_locks[name] = asyncio.Lock()
+        return lock
 
     def target(self, name: str, version: str) -> Target:
-        """What a request for `name` and `version` (empty: none) is for (target_of). As in Triton,
-        a request naming no version of a model loaded with a version_policy goes to its highest
-        ready version; with none ready, where any other request would."""
+        """What a request for `name` and `version` (empty: none) is for (target_of). A request
+        naming no version of a model loaded with a version_policy goes where a Predict would when
+        the model has a deployment or a serving.default_alias that names a version of it (the load
+        refused a policy leaving those out); else, as in Triton, to the highest version ready of
+        those the policy chose; with none ready, where any other request would."""
         target = target_of(name, version)
-        if version or name not in self._policies:
+        chosen = self._policies.get(name)
+        if version or chosen is None or self._service.routing_rule(name) is not None:
             return target
-        ready = self._service.pool.ready_versions(name)
+        # Checked as registered: a version deleted, its refresh not done yet, is left out.
+        ready = [v for v in self._service.ready_versions(name) if v in chosen.versions]
         return Target(name, version=ready[-1]) if ready else target
 
     def version_policy(self, name: str) -> VersionPolicy | None:
         """The version_policy `name` was loaded with by a repository load (None: none, the
-        versions its requests are routed to)."""
+        versions its requests are routed to); a specific one lists the versions it chose that
+        the model still has."""
         chosen = self._policies.get(name)
-        return None if chosen is None else chosen[0]
+        if chosen is None:
+            return None
+        if not chosen.policy.specific:
+            return chosen.policy
+        kept = tuple(v for v in chosen.policy.specific if self._exists(name, v))
+        return VersionPolicy(specific=kept) if kept else None
+
+    def _exists(self, name: str, version: int) -> bool:
+        try:
+            self._service.check_version(name, version)
+        except NotFound:
+            return False
+        return True
 
     def server_ready(self) -> bool:
         # Built only once the registry is open; shutting down is not ready, nor is a daemon that
@@ -452,8 +533,10 @@ class OpenInference:
     async def traffic_split(self, name: str, version: str) -> tuple[tuple[int, int], ...]:
         """How a request for `name` naming no version is split among versions (a canary
         deployment), as (version, percent); empty for a request naming `version`, or no split."""
-        if version or name in self._policies:
+        if version:
             return ()
+        if name in self._policies and await asyncio.to_thread(self._service.routing_rule, name) is None:
+            return ()  # to the policy's highest version ready
         return await asyncio.to_thread(self._service.traffic_split, name)
 
     def infer(
@@ -484,8 +567,11 @@ class OpenInference:
             started=started,
             within_max_batch=True,
             dtype_names=OIP_NAME_BY_DTYPE,
-            not_ready=not_ready,
+            not_ready=self._not_ready,
         )
+
+    def _not_ready(self, target: Target, error: NotLoaded | StillLoading) -> TesseraError:
+        return not_ready(target, error, [e.version for e in self._service.pool.list(target.model)])
 
     def over_max_batch(self, target: Target, shapes: Mapping[str, Sequence[int]]) -> InvalidArgument | None:
         """InferenceService.over_max_batch: a request's refusal from its inputs' shapes alone."""
@@ -535,7 +621,7 @@ class OpenInference:
                     self._service.stats_entries, target_of(name, version), members=False
                 )
             except NotFound as exc:
-                raise in_oip_words(exc) from None
+                raise in_oip_words(exc, [e.version for e in self._service.pool.list(name)]) from None
         if version:
             # Answering every ready version's would answer versions not asked for.
             raise InvalidArgument(
@@ -593,7 +679,8 @@ class OpenInference:
                 "upload new weights as a version through tessera.v1.Registry and load without them"
             )
         text = _parameter(parameters, "config", (Kind.STRING,), names)
-        await asyncio.to_thread(self._load, name, text, config_of)
+        async with self._model_lock(name):
+            await asyncio.to_thread(self._load, name, text, config_of)
 
     def _load(self, name: str, text: object, config_of: ConfigOf) -> None:
         service = self._service
@@ -610,25 +697,71 @@ class OpenInference:
             return [service.describe(Target(name, v)) for v in versions(policy)]
 
         try:
-            with self._loads:
-                config, policy = config_of(text, name, described) if isinstance(text, str) else (None, None)
-                if policy is None:
-                    kept = {entry.version for entry in service.load_serving(name, config)}
-                else:
-                    kept = set(versions(policy))
-                    for version in sorted(kept):
-                        service.load(Target(name, version), config or ServingConfig())
+            identity = service.model_identity(name)
+            asked = config_of(text, name, described) if isinstance(text, str) else None
+            config = asked.config if asked is not None else None
+            policy = asked.policy if asked is not None else None
+            if policy is None:
+                wanted = service.versions_for_serving(name)
+            else:
+                wanted = versions(policy)
+                self._refuse_unrouted(name, wanted)
+            # Every version checked before any loads, as Triton leaves a model whose reload fails
+            # as it was: not some versions on the new config and some on the old.
+            applied = [service.load_config(name, v, config or ServingConfig()).max_batch_size for v in wanted]
+            if asked is not None:
+                asked.check(applied)
+            self._load_versions(name, wanted, config)
+            if asked is not None:
+                asked.loaded(applied)
+            with self._policies_lock:
                 before = self._policies.pop(name, None)
                 if policy is not None:
-                    self._policies[name] = (policy, frozenset(kept))
-                named_before = before[1] if before is not None else frozenset()
-                for entry in service.pool.list(name):
-                    if entry.version not in kept and (policy is not None or entry.version in named_before):
-                        self._unload_version(name, entry.version)
+                    self._policies[name] = _Chosen(policy, frozenset(wanted), identity)
+            named_before = before.versions if before is not None else frozenset()
+            for entry in service.pool.list(name):
+                if entry.version not in wanted and (policy is not None or entry.version in named_before):
+                    self._unload_version(name, entry.version)
         except FailedPrecondition as exc:
             raise InvalidArgument(exc.message) from None
         except NotFound as exc:
             raise in_oip_words(exc) from None
+
+    def _load_versions(self, name: str, versions: Sequence[int], config: ServingConfig | None) -> None:
+        """Load `versions` of `name` with `config` (None: a version loaded keeps its own); should
+        one fail, those this call loaded anew are unloaded again, and the failure raised."""
+        loaded_before = {entry.version for entry in self._service.pool.list(name)}
+        # The new versions first: one failing then leaves the loaded ones on their old config.
+        ordered = sorted(versions, key=lambda v: (v in loaded_before, v))
+        done: list[int] = []
+        try:
+            for version in ordered:
+                self._service.load(
+                    Target(name, version), config or ServingConfig(), keep_loaded=config is None
+                )
+                done.append(version)
+        except BaseException:
+            for version in done:
+                if version not in loaded_before:
+                    self._unload_version(name, version)
+            raise
+
+    def _refuse_unrouted(self, name: str, chosen: Sequence[int]) -> None:
+        """FailedPrecondition for a version_policy choosing `chosen` that leaves out a version
+        requests naming none are routed to by a deployment or serving.default_alias: requests
+        follow those, and would load the version the policy unloaded."""
+        rule = self._service.routing_rule(name)
+        if rule is None:
+            return
+        missing = sorted(set(self._service.serving_versions(name)) - set(chosen))
+        if missing:
+            listed = ", ".join(str(v) for v in missing)
+            raise FailedPrecondition(
+                f"config field 'version_policy' chooses versions {list(chosen)} of model {name!r}, but "
+                f"requests naming no version are routed to version {listed} by {rule}: "
+                f"include it in the policy ({specific_policy([*chosen, *missing[:-1]], missing[-1])}), "
+                "or route those requests to a version the policy chooses"
+            )
 
     def _chosen(self, name: str, policy: VersionPolicy) -> list[int]:
         """The versions of `name` `policy` chooses, lowest first; NotFound for a specific one
@@ -636,14 +769,14 @@ class OpenInference:
         service = self._service
         if policy.specific:
             for version in policy.specific:
-                service.describe(Target(name, version))  # NotFound for one that does not exist
-            return sorted(set(policy.specific))
+                service.check_version(name, version)
+            return list(policy.specific)
         wanted = policy.latest or MAX_POLICY_VERSIONS + 1
         found: list[int] = []
         # Versions are numbered upward, so the newest is the highest; deleted ones leave gaps.
         for version in range(service.resolve_version(Target(name, alias=LATEST)), 0, -1):
             try:
-                service.describe(Target(name, version))
+                service.check_version(name, version)
             except NotFound:
                 continue
             found.append(version)
@@ -672,13 +805,13 @@ class OpenInference:
         ensemble's members stay loaded."""
         validate_name("model_name", name)
         dependents = _parameter(parameters, "unload_dependents", (Kind.BOOL,), names) is True
-        await asyncio.to_thread(self._unload, name, dependents)
+        async with self._model_lock(name):
+            await asyncio.to_thread(self._unload, name, dependents)
 
     def _unload(self, name: str, dependents: bool) -> None:
         try:
-            with self._loads:
-                self._policies.pop(name, None)
-                unloaded = self._service.unload(Target(name))
+            self._drop_policy(name)
+            unloaded = self._service.unload(Target(name))
         except NotFound:
             return  # as in Triton, unloading a model that is not loaded succeeds
         if not dependents:

@@ -365,6 +365,8 @@ class InferenceService:
         self._deletion_listeners: list[
             tuple[Callable[[str, Hashable], None], Callable[[str], Hashable | None]]
         ] = []
+        # See add_unload_listener.
+        self._unload_listeners: list[Callable[[str], None]] = []
         limits = explain_limits or ExplainLimits()
         self.explainer = Explainer(
             threads=limits.threads,
@@ -400,6 +402,37 @@ class InferenceService:
         if router is None:
             return [self._alias_version(model, UNVERSIONED)]
         return sorted({version for version, _ in router.plan.routes})
+
+    def routing_rule(self, model: str) -> str | None:
+        """What routes requests naming no version of `model`, in words a refusal can name: its
+        deployment, or the alias serving.default_alias names; None where they go to its latest
+        version for want of either."""
+        if self._router(model) is not None:
+            return f"its deployment (tessera models deploy {model} VERSION=PERCENT... changes it)"
+        if self._default_alias == LATEST:
+            return None
+        alias = self._unversioned(model)[1]
+        if alias == LATEST:
+            return None
+        return (
+            f"alias {alias!r} (serving.default_alias; tessera models alias {model} {alias} VERSION moves it)"
+        )
+
+    def check_version(self, model: str, version: int) -> None:
+        """NotFound for a version the source does not have; reads the registry alone (never loads)."""
+        self._source.servable(model, version, None)
+
+    def load_config(self, model: str, version: int, config: ServingConfig) -> EffectiveConfig:
+        """The config a load of `version` with `config` would run it with (over its saved config,
+        defaults filled in), loading nothing: what such a load would raise for the config
+        (FailedPrecondition, InvalidArgument) it raises, NotFound for a version the source lacks."""
+        servable = self._source.servable(model, version, None)
+        return effective_config(self.pool.over_saved(config, servable), self.pool.defaults, servable.format)
+
+    def add_unload_listener(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(model)` once an unload of every version of `model` (UnloadModel naming no
+        version) is done: what was kept for serving it goes with it."""
+        self._unload_listeners.append(callback)
 
     def model_names(self) -> list[str]:
         return self._source.model_names()
@@ -444,6 +477,10 @@ class InferenceService:
     def describe_serving(self, model: str) -> list[VersionDescription]:
         """The versions load_serving loads, described (see describe)."""
         return [self.describe(Target(model, version)) for version in self._loaded_for_serving(model)]
+
+    def versions_for_serving(self, model: str) -> list[int]:
+        """The versions load_serving loads, lowest first."""
+        return self._loaded_for_serving(model)
 
     def _loaded_for_serving(self, model: str) -> list[int]:
         """The versions a request without a selector may go to as the source has them now (the
@@ -957,6 +994,8 @@ class InferenceService:
                     ended = True
                 else:
                     unloaded.append(entry)
+            for listener in self._unload_listeners:
+                listener(target.model)
             if not unloaded and not ended:
                 raise NotFound(
                     f"model {target.model!r} has no loaded version, so there is nothing to unload "

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import pytest
 from google.protobuf import json_format
 from serving_models import (
     W,
+    cnn4d_weights,
     half_model,
     linear_model,
     predict_request,
@@ -27,6 +29,7 @@ from serving_models import (
     slow_model,
     two_output_model,
     upload,
+    upload_weights,
 )
 from test_serving_routing import _wait_logged
 
@@ -220,8 +223,10 @@ BAD_CONFIGS = [
     ("not json", "parameter 'config' is not JSON"),
     ("[1]", "parameter 'config' must be a JSON object"),
     (
-        '{"dynamic_batching": {"preferred_batch_size": [0]}}',
-        "config field 'dynamic_batching.preferred_batch_size' holds 0; each size must be in 1..65536",
+        # Checked against the max_batch_size the load applies: the daemon's default, 32.
+        '{"dynamic_batching": {"preferred_batch_size": [40]}}',
+        "config field 'dynamic_batching.preferred_batch_size' holds 40; each size must be in 1..32 (the "
+        "max_batch_size the load applies)",
     ),
     (
         '{"dynamic_batching": {"default_queue_policy": {"timeout_action": "DELAY"}}}',
@@ -478,6 +483,20 @@ def test_the_config_triton_answers_loads_as_it_is(oip, inference, linear, caplog
     assert (
         "preferred_batch_size is not honoured: tesserad batches up to max_batch_size" in warned.getMessage()
     )
+    # A load that fails logs nothing of what it would have taken.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tesserad"):
+        failing = {**preferred, "platform": "pytorch", "backend": "pytorch"}
+        expect_rpc_error(
+            lambda: oip.RepositoryModelLoad(load_request(linear, json.dumps(failing))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "the torch runtime needs a safetensors version",
+        )
+    assert not [
+        r
+        for r in caplog.records
+        if "preferred_batch_size" in r.getMessage() or "without effect" in r.getMessage()
+    ]
 
     # Values that would change what Triton does, which tesserad cannot: refused, naming the field.
     for changed, code, message in (
@@ -581,10 +600,16 @@ def test_version_policy_chooses_the_versions_loaded(start_daemon, expect_rpc_err
     )
     assert ready() == [16, 17]
     expect_rpc_error(
+        lambda: oip.ModelInfer(infer_request("linear", X, version="3")),
+        grpc.StatusCode.UNAVAILABLE,
+        '({"version_policy": {"specific": {"versions": [3, 16, 17]}}}), or turn on serving.autoload',
+    )
+    expect_rpc_error(
         lambda: oip.ModelStatistics(pb.ModelStatisticsRequest(name="linear", version="3")),
         grpc.StatusCode.NOT_FOUND,
+        # The policy suggested keeps the versions loaded: a specific one unloads those it leaves out.
         'load it with RepositoryModelLoad and a config naming it in its version_policy ({"version_policy": '
-        '{"specific": {"versions": [3]}}}) (serving.autoload is off)',
+        '{"specific": {"versions": [3, 16, 17]}}}) (serving.autoload is off)',
     )
     assert load({"specific": {"versions": [2, 1]}}) == [1, 2]
     assert served_by() == "2"
@@ -1985,3 +2010,119 @@ def test_a_config_names_the_version_it_describes_and_a_canary_s_split(oip, regis
     assert parameters(name=linear, version="2") == {"tessera_version": "2"}
     config = oip.ModelConfig(pb.ModelConfigRequest(name=linear)).config
     oip.RepositoryModelLoad(load_request(linear, json_format.MessageToJson(config)))
+
+
+def _policy_ready(inference, model: str) -> list[int]:
+    loaded = inference.ListLoaded(inference_pb2.ListLoadedRequest(model=model)).models
+    return [m.version for m in loaded if m.state == inference_pb2.LOAD_STATE_READY]
+
+
+def _load_policy(oip, model: str, config: dict[str, Any]) -> None:
+    oip.RepositoryModelLoad(load_request(model, json.dumps(config)))
+
+
+def _served_by(oip, model: str, version: str = "") -> str:
+    return oip.ModelInfer(infer_request(model, X, version=version)).model_version
+
+
+def test_versionless_requests_follow_the_deployment_over_a_version_policy(
+    oip, inference, registry, channel, expect_rpc_error
+) -> None:
+    for scale in (1.0, 2.0, 3.0):
+        upload(channel, "deployed", linear_model(scale))
+    registry.Deploy(
+        registry_pb2.DeployRequest(model="deployed", routes=[registry_pb2.Route(version=1, weight=100)])
+    )
+    _load_policy(oip, "deployed", {"version_policy": {"specific": {"versions": [1, 2]}}})
+    assert _policy_ready(inference, "deployed") == [1, 2]
+    # As Predict: the deployment's version, not the policy's highest.
+    assert _served_by(oip, "deployed") == "1"
+    # A request naming a version loads it (autoload); requests naming none stay where they were.
+    assert _served_by(oip, "deployed", "3") == "3"
+    assert _served_by(oip, "deployed") == "1"
+    # A policy leaving the deployment's version out is refused, naming how to include it.
+    expect_rpc_error(
+        lambda: _load_policy(oip, "deployed", {"version_policy": {"specific": {"versions": [2, 3]}}}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "config field 'version_policy' chooses versions [2, 3] of model 'deployed', but requests naming no "
+        "version are routed to version 1 by its deployment (tessera models deploy deployed "
+        'VERSION=PERCENT... changes it): include it in the policy ({"version_policy": {"specific": '
+        '{"versions": [1, 2, 3]}}})',
+    )
+    assert _policy_ready(inference, "deployed") == [1, 2, 3]
+
+
+def test_versionless_requests_stay_within_the_versions_a_policy_chose(
+    oip, inference, registry, channel
+) -> None:
+    for scale in (1.0, 2.0, 3.0):
+        upload(channel, "chosen", linear_model(scale))
+    # A repeated version is one version.
+    _load_policy(oip, "chosen", {"version_policy": {"specific": {"versions": [2, 1, 2]}}})
+    config = oip.ModelConfig(pb.ModelConfigRequest(name="chosen")).config
+    assert list(config.version_policy.specific.versions) == [1, 2]
+    assert _served_by(oip, "chosen") == "2"
+    # Version 3, loaded by a request naming it, is not one the policy chose.
+    assert _served_by(oip, "chosen", "3") == "3"
+    assert _served_by(oip, "chosen") == "2"
+    # A version deleted leaves the policy: requests naming none go to the highest left.
+    registry.DeleteVersion(registry_pb2.DeleteVersionRequest(model="chosen", version=2))
+    assert _served_by(oip, "chosen") == "1"
+    config = oip.ModelConfig(pb.ModelConfigRequest(name="chosen")).config
+    assert list(config.version_policy.specific.versions) == [1]
+
+
+def test_a_long_specific_list_is_refused_before_any_work(oip, linear, expect_rpc_error) -> None:
+    expect_rpc_error(
+        lambda: _load_policy(oip, linear, {"version_policy": {"specific": {"versions": [1] * 300_000}}}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "config field 'version_policy.specific.versions' lists 300000 versions; one load serves at most 16",
+    )
+
+
+def test_a_policy_load_that_fails_for_one_version_changes_nothing(
+    oip, inference, channel, expect_rpc_error
+) -> None:
+    upload(channel, "mixed", linear_model(1.0))
+    upload(channel, "mixed", linear_model(2.0))
+    upload_weights(channel, "mixed", cnn4d_weights())
+    _load_policy(oip, "mixed", {"max_batch_size": 4, "version_policy": {"specific": {"versions": [1]}}})
+    expect_rpc_error(
+        lambda: _load_policy(
+            oip,
+            "mixed",
+            {
+                "platform": "onnxruntime_onnx",
+                "max_batch_size": 8,
+                "version_policy": {"specific": {"versions": [1, 2, 3]}},
+            },
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the onnx runtime needs an ONNX version",
+    )
+    # As Triton leaves a model whose reload failed: its versions, config and policy as they were.
+    (loaded,) = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="mixed")).models
+    assert (loaded.version, loaded.config.max_batch_size) == (1, 4)
+    config = oip.ModelConfig(pb.ModelConfigRequest(name="mixed")).config
+    assert list(config.version_policy.specific.versions) == [1]
+
+
+def test_a_policy_goes_with_its_model_s_unload_and_deletion(oip, inference, registry, channel) -> None:
+    def policy() -> bool:
+        return oip.ModelConfig(pb.ModelConfigRequest(name="gone")).config.HasField("version_policy")
+
+    upload(channel, "gone", linear_model(1.0))
+    upload(channel, "gone", linear_model(2.0))
+    _load_policy(oip, "gone", {"version_policy": {"specific": {"versions": [1, 2]}}})
+    inference.UnloadModel(inference_pb2.UnloadModelRequest(target=common_pb2.VersionRef(model="gone")))
+    assert not policy()
+
+    _load_policy(oip, "gone", {"version_policy": {"specific": {"versions": [1, 2]}}})
+    registry.DeleteModel(registry_pb2.DeleteModelRequest(name="gone", force=True))
+    upload(channel, "gone", linear_model(3.0))
+    upload(channel, "gone", linear_model(4.0))
+    # The daemon learns of the deletion in the background, as serving does of every change.
+    ends = time.monotonic() + 30
+    while policy():
+        assert time.monotonic() < ends, "a new model 'gone' still has the deleted one's version_policy"
+        time.sleep(0.05)

@@ -192,9 +192,13 @@ def test_repository_load_takes_a_triton_config_as_grpc_does(served: str) -> None
         400,
         "config field 'sequence_batching' is not supported by tesserad, which takes name, platform, backend, "
         "version_policy, max_batch_size, dynamic_batching.max_queue_delay_microseconds, "
-        "dynamic_batching.default_queue_policy.max_queue_size, instance_group[0].count/kind/gpus, "
+        "dynamic_batching.default_queue_policy.max_queue_size, instance_group[0].name/count/kind/gpus, "
         "response_cache.enable, parameters.intra_op_thread_count, and input, output and model_warmup as "
-        "ModelConfig gives them; Triton's defaults of other fields load as without them: remove it",
+        "ModelConfig gives them; taken without effect: dynamic_batching.preferred_batch_size and "
+        "default_queue_policy.allow_timeout_override, parameters.inter_op_thread_count and execution_mode, "
+        "optimization's pinned-memory fields, gather_kernel_buffer_threshold and eager_batching, "
+        "default_model_filename, and model_transaction_policy.decoupled false; any other field is refused "
+        "unless it is a number, string or flag at its default, which JSON reads as left out: remove it",
     )
     assert error(load, {"parameters": {"config": 4}}) == (
         400,
