@@ -36,6 +36,7 @@ from test_serving_routing import _wait_logged
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tesserad.oip import grpc_service_pb2 as pb
 from tesserad.oip import grpc_service_pb2_grpc, model_config_pb2
+from tesserad.serving.open_inference import OpenInference
 from tesserad.serving.shared_memory import _Region
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.held_threads import HeldInThread
@@ -2126,3 +2127,26 @@ def test_a_policy_goes_with_its_model_s_unload_and_deletion(oip, inference, regi
     while policy():
         assert time.monotonic() < ends, "a new model 'gone' still has the deleted one's version_policy"
         time.sleep(0.05)
+
+
+def test_one_model_s_repository_load_does_not_wait_for_another_s(tmp_path: Path) -> None:
+    # Model "held"'s load is held before it reads its config: model "free"'s load and unload go on.
+    with HeldInThread(OpenInference._load, "config_of(text, name, described)") as held:
+        daemon = InProcessDaemon(daemon_settings(tmp_path)).start()
+        try:
+            channel = daemon.channel()
+            upload(channel, "held", linear_model(1.0))
+            upload(channel, "free", linear_model(1.0))
+            oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            holding = oip.RepositoryModelLoad.future(pb.RepositoryModelLoadRequest(model_name="held"))
+            assert held.reached.wait(30)
+            oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="free"), timeout=20)
+            assert oip.ModelReady(pb.ModelReadyRequest(name="free")).ready
+            oip.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="free"), timeout=20)
+            held.let_go.set()
+            holding.result(timeout=30)
+            assert oip.ModelReady(pb.ModelReadyRequest(name="held")).ready
+        finally:
+            held.let_go.set()
+            daemon.stop()
+    assert held.raised == []
