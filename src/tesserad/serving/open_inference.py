@@ -438,10 +438,12 @@ class OpenInference:
             chosen = self._policies.get(model)
             if chosen is not None and chosen.identity == identity:
                 del self._policies[model]
+                self._service.keep_versions(model, ())
 
     def _drop_policy(self, model: str) -> None:
         with self._policies_lock:
             self._policies.pop(model, None)
+            self._service.keep_versions(model, ())
 
     def _model_lock(self, name: str) -> asyncio.Lock:
         lock = self._model_locks.get(name)
@@ -718,6 +720,8 @@ class OpenInference:
                 before = self._policies.pop(name, None)
                 if policy is not None:
                     self._policies[name] = _Chosen(policy, frozenset(wanted), identity)
+                # The refresh of a registry change leaves the versions the policy chose loaded.
+                service.keep_versions(name, wanted if policy is not None else ())
             named_before = before.versions if before is not None else frozenset()
             for entry in service.pool.list(name):
                 if entry.version not in wanted and (policy is not None or entry.version in named_before):

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -367,6 +367,8 @@ class InferenceService:
         ] = []
         # See add_unload_listener.
         self._unload_listeners: list[Callable[[str], None]] = []
+        # model -> the versions kept loaded for it (keep_versions): a refresh unloads none of them.
+        self._kept: dict[str, frozenset[int]] = {}
         limits = explain_limits or ExplainLimits()
         self.explainer = Explainer(
             threads=limits.threads,
@@ -428,6 +430,15 @@ class InferenceService:
         (FailedPrecondition, InvalidArgument) it raises, NotFound for a version the source lacks."""
         servable = self._source.servable(model, version, None)
         return effective_config(self.pool.over_saved(config, servable), self.pool.defaults, servable.format)
+
+    def keep_versions(self, model: str, versions: Collection[int]) -> None:
+        """Keep `versions` of `model` loaded (empty: none) when its targets move away from them:
+        the versions a repository load's version_policy chose, which it, not the routing, unloads.
+        An UnloadModel of the whole model, or its deletion, ends the keeping."""
+        if versions:
+            self._kept[model] = frozenset(versions)
+        else:
+            self._kept.pop(model, None)
 
     def add_unload_listener(self, callback: Callable[[str], None]) -> None:
         """Call `callback(model)` once an unload of every version of `model` (UnloadModel naming no
@@ -994,6 +1005,7 @@ class InferenceService:
                     ended = True
                 else:
                     unloaded.append(entry)
+            self._kept.pop(target.model, None)
             for listener in self._unload_listeners:
                 listener(target.model)
             if not unloaded and not ended:
@@ -1817,12 +1829,13 @@ class InferenceService:
             # registered under its number.
             for key in [key for key in self._warm_failures if key[0] == model and key[1] not in awaited]:
                 del self._warm_failures[key]
-        for version in sorted(previously_served - still_served - awaited - gone):
+        kept = self._kept.get(model, frozenset())
+        for version in sorted(previously_served - still_served - awaited - gone - kept):
             if self.pool.unload_ready(model, version):
                 log.info("unloaded version %s of %r after its targets moved", version, model)
         # Loaded (or loading) for a move that no longer comes: the targets moved elsewhere since, or
         # another of the new versions failed.
-        for version in sorted(not_awaited - still_served - previously_served - gone):
+        for version in sorted(not_awaited - still_served - previously_served - gone - kept):
             if self.pool.unload_ready(model, version):
                 log.info("unloaded version %s of %r: its targets no longer move to it", version, model)
         for version, artifact in sorted(replaced.items()):

@@ -2150,3 +2150,20 @@ def test_one_model_s_repository_load_does_not_wait_for_another_s(tmp_path: Path)
             held.let_go.set()
             daemon.stop()
     assert held.raised == []
+
+
+def test_a_version_registered_later_leaves_the_versions_a_policy_chose_loaded(
+    oip, inference, registry, channel
+) -> None:
+    for scale in (1.0, 2.0, 3.0):
+        upload(channel, "later", linear_model(scale))
+    # Requests naming no version are routed (to latest, version 3) before the policy's load.
+    assert _served_by(oip, "later") == "3"
+    _load_policy(oip, "later", {"version_policy": {"latest": {"num_versions": 2}}})
+    assert _policy_ready(inference, "later") == [2, 3]
+    # Requests naming no version follow latest to version 4 (autoload): the policy's stay loaded.
+    upload(channel, "later", linear_model(4.0))
+    # SetAlias answers once serving routes the model by every change before it: the upload's too.
+    registry.SetAlias(registry_pb2.SetAliasRequest(model="later", alias="newest", version=4))
+    assert {2, 3} <= set(_policy_ready(inference, "later"))
+    assert _served_by(oip, "later") == "3"
