@@ -180,8 +180,9 @@ def test_a_version_not_loaded_is_told_how_to_load_it_in_oip_words(tmp_path: Path
             "POST /v2/repository/models/linear/load), or turn on serving.autoload"
         )
         named = (
-            "model 'linear' version 1 is not loaded; load it with tessera.v1.Inference's LoadModel "
-            "naming version 1, or turn on serving.autoload"
+            "model 'linear' version 1 is not loaded; load it with RepositoryModelLoad and a config "
+            'naming it in its version_policy ({"version_policy": {"specific": {"versions": [1]}}}), '
+            "or turn on serving.autoload"
         )
         for version, code, message in (
             ("", grpc.StatusCode.NOT_FOUND, unnamed),
