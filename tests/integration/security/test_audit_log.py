@@ -16,6 +16,7 @@ from tessera.v1 import registry_pb2, registry_pb2_grpc
 from tesserad.security import Role, hash_token
 from tesserad.security.tokens import format_entry
 from tests.conftest import InProcessDaemon
+from tests.integration.dashboard.conftest import wait_until
 from tests.integration.registry.conftest import onnx_header, onnx_identity, upload_requests
 from tests.integration.security.conftest import Tokens, bearer
 from tests.integration.security.test_auth import call
@@ -153,19 +154,22 @@ def test_a_write_stream_ended_by_a_revoked_token_is_audited_with_the_status_its_
         iter(requests.get, None), metadata=bearer(tokens.token[Role.TRAINER]), timeout=60
     )
     data = onnx_identity(4)
-    requests.put(registry_pb2.UploadVersionRequest(header=onnx_header("revoked", data)))
-    # A call after it on the same connection, answered: the upload's call has reached the daemon.
-    assert (
-        call(channel, "/tessera.v1.System/GetServerInfo", bearer(tokens.token[Role.ADMIN]))
-        == grpc.StatusCode.OK
-    )
-    tokens.file.write_text(format_entry("admin-holder", Role.ADMIN, hash_token(tokens.token[Role.ADMIN])))
-    daemon.run(daemon.daemon.reload())
-    [reloaded] = [r for r in caplog.records if r.getMessage() == "tokens reloaded"]
-    assert reloaded.__dict__["streams_ended"] == 1
-    with pytest.raises(grpc.RpcError) as ended:
-        upload.result(timeout=60)
-    requests.put(None)
+    auth = daemon.daemon._auth
+    assert auth is not None
+    try:
+        requests.put(registry_pb2.UploadVersionRequest(header=onnx_header("revoked", data)))
+        # The upload is tracked for revocation once its interceptor has registered it: only then
+        # can the reload end it.
+        wait_until(lambda: len(auth._open_streams) == 1, timeout=60, what="the upload's stream to open")
+        tokens.file.write_text(format_entry("admin-holder", Role.ADMIN, hash_token(tokens.token[Role.ADMIN])))
+        daemon.run(daemon.daemon.reload())
+        [reloaded] = [r for r in caplog.records if r.getMessage() == "tokens reloaded"]
+        assert reloaded.__dict__["streams_ended"] == 1
+        with pytest.raises(grpc.RpcError) as ended:
+            upload.result(timeout=60)
+    finally:
+        # Ends the request iterator's thread, which otherwise waits on the queue for good.
+        requests.put(None)
     assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
     [line] = audit_lines(caplog, "write call")
     assert (line.__dict__["rpc"], line.__dict__["caller"]) == (
