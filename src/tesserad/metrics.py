@@ -13,6 +13,7 @@ whoever a rebound page could reach them through can read them directly.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import itertools
@@ -20,13 +21,15 @@ import logging
 import math
 import selectors
 import socket
+import sys
 import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest, make_wsgi_app
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, ThreadingWSGIServer
@@ -438,11 +441,19 @@ def _metrics_only(app: WsgiApp) -> WsgiApp:
     return route
 
 
+class _Peer(tuple[Any, ...]):
+    """A connection's client address, carrying the deadline its request must all arrive by
+    (time.monotonic): the TLS handshake and the request's reading share it (_LimitedServer)."""
+
+    deadline: float
+
+
 class _LimitedServer(ThreadingWSGIServer):
     """A thread per connection, up to limits.http_max_connections; one more is closed unanswered.
     A connection whose request has not all arrived within limits.http_request_timeout_s of its
-    start is closed, however steadily it trickles in (it held its thread, and its place under the
-    limit, for good); so is one whose answer goes unread that long at a time."""
+    start (its acceptance: a TLS handshake counts against it) is closed, however steadily it
+    trickles in (it held its thread, and its place under the limit, for good); so is one whose
+    answer goes unread that long at a time."""
 
     connections: ConnectionLimit
     request_timeout_s: float
@@ -451,15 +462,22 @@ class _LimitedServer(ThreadingWSGIServer):
     def get_request(self) -> tuple[socket.socket, Any]:
         connection, client_address = super().get_request()
         connection.settimeout(self.request_timeout_s)
-        return connection, client_address
+        peer = _Peer(client_address)
+        peer.deadline = time.monotonic() + self.request_timeout_s
+        return connection, peer
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """The TLS handshake, when the listener serves TLS, runs here, on the connection's own
-        thread (under its timeout): on the accepting thread a client that stalls it would hold
-        every other scrape back."""
+        thread (within the request's deadline): on the accepting thread a client that stalls it
+        would hold every other scrape back."""
         if self.tls is None:
             super().finish_request(request, client_address)
             return
+        left = client_address.deadline - time.monotonic()
+        if left <= 0:
+            return
+        # The handshake as a whole waits at most `left` (ssl bounds it by the socket's timeout).
+        request.settimeout(left)
         try:
             secured = self.tls.context.wrap_socket(request, server_side=True)
         except OSError:  # ssl.SSLError among them
@@ -467,13 +485,30 @@ class _LimitedServer(ThreadingWSGIServer):
             # without a certificate the client CA signed: it gets no answer.
             return
         with secured:
+            # The answer's writes each wait up to the timeout; the request's reads share the
+            # deadline (_QuietHandler).
+            secured.settimeout(self.request_timeout_s)
             super().finish_request(secured, client_address)
+            # As socketserver does for a plain connection (the TLS one is closed here, before
+            # shutdown_request): the FIN goes ahead of the close, so request bytes left unread
+            # do not turn the close into a reset that can cut the answer short at the client.
+            with contextlib.suppress(OSError):
+                secured.shutdown(socket.SHUT_WR)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.connections.admit():
             self.close_request(request)
             return
         super().process_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets or drops its connection mid-request (under TLS: ssl errors) is
+        logged at debug, not printed to stderr with its traceback as socketserver prints it."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log.debug("metrics connection ended by its client", extra={"error": repr(error)})
+            return
+        super().handle_error(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:
         """Called for each admitted connection once it is done (socketserver's contract)."""
@@ -510,25 +545,65 @@ class _DeadlineReader(io.RawIOBase):
             self._connection.settimeout(timeout)
 
 
+class _QuietServerHandler(ServerHandler):
+    """wsgiref's, logging an answer's failure through the daemon's logger, not to stderr: at debug
+    when the client went away mid-answer (a reset, under TLS an EOF), which any client can cause."""
+
+    request_handler: WSGIRequestHandler
+
+    def log_exception(
+        self,
+        exc_info: tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None],
+    ) -> None:
+        if isinstance(exc_info[1], OSError):
+            log.debug("metrics answer cut short by its client", extra={"error": repr(exc_info[1])})
+            return
+        log.error("metrics answer failed", exc_info=exc_info)
+
+
 class _QuietHandler(WSGIRequestHandler):
-    """No access log line per scrape, and no traceback for a client that went silent. The request
-    is read against one deadline, limits.http_request_timeout_s from the connection's start
-    (wsgiref answers one request per connection)."""
+    """No access log line per scrape, and no traceback for a client that went silent or away.
+    The request is read against one deadline, limits.http_request_timeout_s from the
+    connection's acceptance (wsgiref answers one request per connection)."""
 
     server: _LimitedServer
 
     def setup(self) -> None:
         super().setup()
         self.rfile.close()  # the socket's own reader, replaced by one with the deadline
-        deadline = time.monotonic() + self.server.request_timeout_s
+        peer = self.client_address
+        deadline = (
+            peer.deadline if isinstance(peer, _Peer) else time.monotonic() + self.server.request_timeout_s
+        )
         self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
 
     def handle(self) -> None:
         try:
-            super().handle()
+            self._handle_one()
         except TimeoutError:
             # Past limits.http_request_timeout_s (_LimitedServer): the connection closes.
             return
+
+    def _handle_one(self) -> None:
+        """WSGIRequestHandler.handle, with _QuietServerHandler in place of wsgiref's."""
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.requestline = ""
+            self.request_version = ""
+            self.command = ""
+            self.send_error(414)
+            return
+        if not self.parse_request():  # answered with the error already
+            return
+        handler = _QuietServerHandler(
+            self.rfile,
+            cast("IO[bytes]", self.wfile),
+            self.get_stderr(),
+            self.get_environ(),
+            multithread=False,
+        )
+        handler.request_handler = self
+        handler.run(cast("WsgiApp", self.server.get_app()))
 
     def log_message(self, format: str, *args: Any) -> None:
         return

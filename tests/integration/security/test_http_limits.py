@@ -8,6 +8,7 @@ import logging
 import select
 import socket
 import ssl
+import struct
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.security.conftest import Pki, Tokens
 from tests.integration.security.conftest import pki as pki  # the session's throwaway PKI
 from tests.integration.security.conftest import tokens as tokens  # one token per role
+from tests.integration.security.test_tls import tls_settings
 
 LIMIT = 3
 PATHS = {"dashboard": "/jobs", "oip_http": "/v2/health/live", "metrics": "/metrics"}
@@ -267,6 +269,59 @@ def test_the_metrics_port_closes_a_connection_whose_request_trickles_past_the_ti
         _until(lambda: _sample(daemon, "tessera_http_connections", "metrics") == 0)
         assert _status(_answer(_connect(port), "/metrics")) == 200
         assert "Traceback" not in capfd.readouterr().err
+    finally:
+        daemon.stop()
+
+
+def test_a_client_resetting_mid_request_prints_no_traceback(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    daemon = InProcessDaemon(daemon_settings(tmp_path / "data")).start()
+    try:
+        port = daemon.daemon.metrics_port
+        assert port is not None
+        resetting = _connect(port)
+        resetting.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        _until(lambda: _sample(daemon, "tessera_http_connections", "metrics") == 1)
+        # Linger 0: the close sends a reset, which the listener's read of the request meets.
+        resetting.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        resetting.close()
+        _until(lambda: _sample(daemon, "tessera_http_connections", "metrics") == 0)
+        assert _status(_answer(_connect(port), "/metrics")) == 200
+        assert "Traceback" not in capfd.readouterr().err
+    finally:
+        daemon.stop()
+
+
+def test_a_tls_handshake_spends_the_metrics_request_timeout_it_does_not_extend_it(
+    tmp_path: Path, pki: Pki
+) -> None:
+    # limits.http_request_timeout_s counts from the connection's acceptance: a client that took
+    # most of it to shake hands has only the rest to send its request, not the whole timeout anew.
+    settings = daemon_settings(
+        tmp_path / "data",
+        **tls_settings(pki),
+        **{"security.metrics_tls": "true", "limits.http_request_timeout_s": 1},
+    )
+    daemon = InProcessDaemon(settings).start()
+    try:
+        port = daemon.daemon.metrics_port
+        assert port is not None
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        accepted = _connect(port)
+        time.sleep(0.5)
+        with context.wrap_socket(accepted, server_hostname="localhost") as late:
+            # Sent 1.3 s after the connection's start: past its deadline, within a second after
+            # the handshake.
+            time.sleep(0.8)
+            try:
+                late.sendall(_request("/metrics"))
+                answered = late.recv(65536)
+            except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+                answered = b""
+        assert answered == b"", "the listener read a request sent past its connection's deadline"
+        with context.wrap_socket(_connect(port), server_hostname="localhost") as prompt:
+            assert _status(_answer(prompt, "/metrics")) == 200
     finally:
         daemon.stop()
 
