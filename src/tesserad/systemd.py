@@ -76,7 +76,12 @@ def notify(state: str) -> None:
     elif not address.startswith("/"):
         log.warning("NOTIFY_SOCKET %s is not a Unix socket's path; systemd is not told %s", address, state)
         return
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        # Inside: a socket refused (EMFILE, ENOBUFS) is a failure to tell systemd like the others.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    except OSError as exc:
+        _failed(address, state, exc)
+        return
     try:
         sock.connect(address)
         try:

@@ -3,6 +3,8 @@ dropped; READY=1 and STOPPING=1, which systemd acts on, reach it once it reads."
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
 import threading
 from pathlib import Path
@@ -75,3 +77,19 @@ def test_start_progress_extends_the_timeout_at_most_once_a_period_until_finished
             except BlockingIOError:
                 break
     assert told == [f"EXTEND_TIMEOUT_USEC={int(EXTEND_S * 1_000_000)}"] * 3
+
+
+def test_a_socket_refused_for_want_of_descriptors_is_logged_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # socket() sat outside the try: EMFILE escaped through StartProgress and aborted the start.
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    lowest_free = os.open(os.devnull, os.O_RDONLY)
+    os.close(lowest_free)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+    try:
+        notify("READY=1")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert any("cannot tell systemd READY=1" in record.getMessage() for record in caplog.records)
