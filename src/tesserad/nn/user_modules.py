@@ -168,20 +168,39 @@ def _checked_level(name: str, search: list[str], roots: list[Path], module: str)
     if spec.loader is None or spec.origin is None:
         return spec, ""
     try:
+        # Resolved first, so a module file that is a link staying inside the directories is
+        # imported; O_NOFOLLOW refuses a last component swapped for a link after resolve().
         fd = os.open(Path(spec.origin).resolve(), os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise FailedPrecondition(_leads_out(spec.origin, name, roots)) from None
         raise
     with os.fdopen(fd, "rb") as file:
-        # The kernel's name of the file opened has no links in it: compared as it is, since
-        # resolving it again would follow a link put in its way since.
-        opened = Path(os.readlink(f"/proc/self/fd/{fd}"))
-        if not any(opened.is_relative_to(root) for root in roots):
+        if not _opened_inside(fd, spec.origin, roots):
             raise FailedPrecondition(_leads_out(spec.origin, name, roots))
         source = file.read()
     spec.loader = _SourceRun(name, spec.origin, source)
     return spec, hashlib.sha256(source).hexdigest()
+
+
+def _opened_inside(fd: int, origin: str, roots: list[Path]) -> bool:
+    """Whether the file open as `fd` lies inside `roots`. Where /proc gives the kernel's name of
+    the file opened, by that name: it has no links in it, so it is compared as it is (resolving
+    it again would follow a link put in its way since). Where there is no /proc (macOS, BSD,
+    sandboxes), by identity: the file `origin` resolves to now lies inside and is the one open."""
+    try:
+        opened = Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        resolved = Path(origin).resolve()
+        if not any(resolved.is_relative_to(root) for root in roots):
+            return False
+        try:
+            there = os.stat(resolved)
+        except OSError:  # gone since it was opened: not the file checked
+            return False
+        held = os.fstat(fd)
+        return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+    return any(opened.is_relative_to(root) for root in roots)
 
 
 def _not_found(module: str, name: str, search: list[str], roots: list[Path]) -> str:

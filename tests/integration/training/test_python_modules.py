@@ -537,9 +537,31 @@ def test_a_module_named_as_a_package_is_said_to_be_a_module(listed: list[Path]) 
         load_class("byo_plain_t30.sub:Net")
 
 
+def _without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads of /proc/self/fd fail, as on macOS, BSD or a sandbox without /proc."""
+    readlink = os.readlink
+
+    def absent(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(path).startswith("/proc/self/fd/"):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return readlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "readlink", absent)
+
+
+def test_a_module_loads_where_there_is_no_proc(listed: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every load failed with a raw OSError naming /proc/self/fd/N.
+    (listed[0] / "byo_noproc_t30.py").write_text(SOURCE)
+    _without_proc(monkeypatch)
+    assert load_class("byo_noproc_t30:Net").__module__ == "byo_noproc_t30"
+
+
+@pytest.mark.parametrize("proc", [True, False], ids=["proc", "no-proc"])
 def test_a_file_swapped_for_a_link_out_after_its_check_is_refused_unread(
-    listed: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    listed: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc: bool
 ) -> None:
+    if not proc:
+        _without_proc(monkeypatch)
     ran = tmp_path / "ran"
     outside = tmp_path / "outside.py"
     outside.write_text(f"open({str(ran)!r}, 'w').close()\n")
