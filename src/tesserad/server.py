@@ -877,7 +877,7 @@ class Daemon:
         security = settings.security
         if settings.metrics_listen is not None:
             tokens = None if self._auth is None else self._auth.tokens
-            tls = dashboard_tls(security) if security.metrics_tls else None
+            tls = dashboard_tls(security, "metrics listener") if security.metrics_tls else None
             role = None if security.metrics_role == "off" else Role.parse(security.metrics_role)
             try:
                 self._metrics_http = MetricsHttpServer(

@@ -80,8 +80,10 @@ class DashboardTls:
     handshake the newest one from its SNI callback (called with or without a name sent).
     """
 
-    def __init__(self, security: SecuritySettings) -> None:
+    def __init__(self, security: SecuritySettings, listener: str = "dashboard") -> None:
+        """`listener`: the listener serving it, as a failed reload's log line names it."""
         self._security = security
+        self._listener = listener
         self.context = _tls_context(security)
         self._current = self.context
         self.context.sni_callback = self._choose
@@ -92,7 +94,8 @@ class DashboardTls:
             self._current = _tls_context(self._security)
         except (OSError, ssl.SSLError, CertificateWindowError) as exc:
             log.error(
-                "TLS files not applied to the dashboard: its new connections keep the certificate in use",
+                f"TLS files not applied to the {self._listener}: its new connections keep the "
+                "certificate in use",
                 extra={"error": str(exc)},
             )
 
@@ -100,11 +103,12 @@ class DashboardTls:
         connection.context = self._current
 
 
-def dashboard_tls(security: SecuritySettings) -> DashboardTls | None:
-    """The HTTP listener's TLS, or None when the daemon has none."""
+def dashboard_tls(security: SecuritySettings, listener: str = "dashboard") -> DashboardTls | None:
+    """The TLS of the HTTP listener `listener` (the dashboard, or the metrics listener), or None
+    when the daemon has none."""
     if security.tls_cert_file is None or security.tls_key_file is None:
         return None
-    return DashboardTls(security)
+    return DashboardTls(security, listener)
 
 
 def _tls_context(security: SecuritySettings) -> ssl.SSLContext:
