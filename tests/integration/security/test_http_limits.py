@@ -294,7 +294,7 @@ def test_a_client_resetting_mid_request_prints_no_traceback(
 
 
 def test_a_tls_handshake_spends_the_metrics_request_timeout_it_does_not_extend_it(
-    tmp_path: Path, pki: Pki
+    tmp_path: Path, pki: Pki, capfd: pytest.CaptureFixture[str]
 ) -> None:
     # limits.http_request_timeout_s counts from the connection's acceptance: a client that took
     # most of it to shake hands has only the rest to send its request, not the whole timeout anew.
@@ -322,6 +322,12 @@ def test_a_tls_handshake_spends_the_metrics_request_timeout_it_does_not_extend_i
         assert answered == b"", "the listener read a request sent past its connection's deadline"
         with context.wrap_socket(_connect(port), server_hostname="localhost") as prompt:
             assert _status(_answer(prompt, "/metrics")) == 200
+        # A client gone after the answer's first bytes: the rest of it meets an EOF.
+        with context.wrap_socket(_connect(port), server_hostname="localhost") as leaving:
+            leaving.sendall(_request("/metrics"))
+            assert leaving.recv(65536).startswith(b"HTTP/1.0 200")
+        _until(lambda: _sample(daemon, "tessera_http_connections", "metrics") == 0)
+        assert "Traceback" not in capfd.readouterr().err
     finally:
         daemon.stop()
 
