@@ -66,8 +66,12 @@ def statistics_of(entry: LoadedVersion) -> pb.ModelStatistics:
     # several rows), so that the batches' shares add up to the requests' whole time. As Triton's,
     # every request the model ran counts in each: a shadow's copy, or an ensemble's member,
     # decodes nothing of its own, and adds a count with no time.
-    input_ns_per_row = s.input_ns // s.row_count if s.row_count else 0
-    output_ns_per_row = s.output_ns // s.row_count if s.row_count else 0
+
+    def share(ns: int, n: int, rows: int) -> int:
+        # Multiplied before dividing: a per-row average rounded down first would lose up to a
+        # nanosecond per row, so the shares would not add up to the whole.
+        return n * rows * ns // s.row_count if s.row_count else 0
+
     return pb.ModelStatistics(
         name=entry.model,
         version=str(entry.version),
@@ -87,9 +91,9 @@ def statistics_of(entry: LoadedVersion) -> pb.ModelStatistics:
         batch_stats=[
             pb.InferBatchStatistics(
                 batch_size=rows,
-                compute_input=_duration(n, n * rows * input_ns_per_row),
+                compute_input=_duration(n, share(s.input_ns, n, rows)),
                 compute_infer=_duration(n, ns),
-                compute_output=_duration(n, n * rows * output_ns_per_row),
+                compute_output=_duration(n, share(s.output_ns, n, rows)),
             )
             for rows, (n, ns) in s.batches.items()
         ],
