@@ -21,7 +21,6 @@ routed_by_now, so that their caller's next request is routed by what they commit
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -499,8 +498,15 @@ class InferenceService:
         cached: a target held on a version until these load moves to them once they do. The
         routes are cached too where they were not, as a request caches them: the refresh of a
         later change then loads the version a target moves to like these, before it moves (a
-        replica's catch-up loads its deployments so)."""
-        self.serving_versions(model)
+        replica's catch-up loads its deployments so). With serving.autoload on, the routes
+        cached count too: a target held back by a new version that failed to warm keeps the one it
+        serves loaded (nothing to fix in it), which the load then succeeds with."""
+        versions = set(self.serving_versions(model))
+        if self._autoload:
+            router = self._router(model)
+            if router is not None:
+                versions |= router.versions()
+            return sorted(versions)
         plan = self._source.deployment(model)
         if plan is not None and plan.routes:
             return sorted(_Router(plan).versions())
@@ -528,8 +534,26 @@ class InferenceService:
         # Whether or not a target is held: a load that ended while a refresh was deciding to hold
         # one (having found the version not loaded) would otherwise go unseen until the next change.
         self.on_registry_change(model)
-        with contextlib.suppress(TimeoutError):
-            self.routed_by_now(model).result(timeout=LOAD_ROUTING_WAIT_S)
+        routed = self.routed_by_now(model)
+        try:
+            routed.result(timeout=LOAD_ROUTING_WAIT_S)
+        except TimeoutError:
+            # The load stands; the targets move once the refresh under way ends. A waiter no one
+            # waits for is dropped (the next wake skips a cancelled one).
+            routed.cancel()
+            with self._cache_lock:
+                waiting = [
+                    (at, done) for at, done in self._route_waiters.get(model, []) if done is not routed
+                ]
+                if waiting:
+                    self._route_waiters[model] = waiting
+                else:
+                    self._route_waiters.pop(model, None)
+            log.warning(
+                "routing of %r lags its load: after %.0f s, requests naming no version still go to "
+                "version %s; they move once the refresh under way ends",
+                model, LOAD_ROUTING_WAIT_S, ", ".join(str(v) for v in self.serving_versions(model)),
+            )  # fmt: skip
 
     def _alias_version(self, model: str, alias: str) -> int:
         version = self._aliases.get((model, alias))

@@ -1161,6 +1161,18 @@ def test_a_version_that_failed_to_load_is_in_the_index_but_has_no_statistics(
         )
 
 
+def test_a_repository_load_of_a_model_held_back_by_a_version_that_cannot_warm_loads_the_one_it_serves(
+    oip, linear, channel, caplog
+) -> None:
+    # serving.autoload on: requests stay on version 2 while version 3 cannot warm; loading the
+    # model (no version named) loads what it serves, rather than failing on version 3 again.
+    assert oip.ModelInfer(infer_request(linear, X)).model_version == "2"
+    upload(channel, linear, reshape_model([3]))  # every run fails: it cannot warm up
+    _wait_logged(caplog, "stays on version 2: version 3 it now names failed to load")
+    oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=linear))
+    assert oip.ModelInfer(infer_request(linear, X)).model_version == "2"
+
+
 # An ONNX node's name, which onnxruntime's error for a run that fails quotes: the model's author
 # chose it, and it reads as the registry's fixes.
 FIX_WORDS_NODE = "ListVersions lists them; create it with CreateModel"
