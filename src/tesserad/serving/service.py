@@ -539,7 +539,7 @@ class InferenceService:
             routed.result(timeout=LOAD_ROUTING_WAIT_S)
         except TimeoutError:
             # The load stands; the targets move once the refresh under way ends. A waiter no one
-            # waits for is dropped (the next wake skips a cancelled one).
+            # waits for is dropped.
             routed.cancel()
             with self._cache_lock:
                 waiting = [
@@ -550,7 +550,7 @@ class InferenceService:
                 else:
                     self._route_waiters.pop(model, None)
             log.warning(
-                "routing of %r lags its load: after %.0f s, requests naming no version still go to "
+                "routing of %r lags its load: after %g s, requests naming no version still go to "
                 "version %s; they move once the refresh under way ends",
                 model, LOAD_ROUTING_WAIT_S, ", ".join(str(v) for v in self.serving_versions(model)),
             )  # fmt: skip

@@ -32,6 +32,7 @@ from tesserad.errors import Unavailable
 from tesserad.oip import grpc_service_pb2 as oip_pb
 from tesserad.oip import grpc_service_pb2_grpc as oip_grpc
 from tesserad.serving import pool as pool_module
+from tesserad.serving import service as service_module
 from tesserad.serving.pool import LoadState, ServingConfig
 from tesserad.serving.service import LOAD_RETRY_MAX_S, InferenceService
 
@@ -1376,3 +1377,30 @@ def test_a_failure_listed_as_an_unload_takes_the_listing_away_starts_a_new_run(
     assert [e.failures_in_a_row for e in pool.list("m")] == [1]
     assert pool.failure_runs("m") == {1}
     assert version.retry() == 1  # the first of a new run: at once
+
+
+def test_without_autoload_a_load_whose_routing_lags_warns_and_leaves_no_waiter(
+    start_daemon, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refresh that moves the requests to the version just loaded is held past the load's
+    wait: the load answered success as if they had moved, and its waiter stayed listed."""
+    monkeypatch.setattr(service_module, "LOAD_ROUTING_WAIT_S", 0.2)
+    daemon = start_daemon(**{"serving.autoload": "false"})
+    channel = daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    load = inference_pb2.LoadModelRequest(target=common_pb2.VersionRef(model="lag"))
+    upload(channel, "lag", linear_model(1.0))
+    inference.LoadModel(load)
+    refreshes = HeldRefreshes(daemon.daemon.inference)
+    with refreshes.held_after("other", lambda: upload(channel, "other", linear_model(1.0))):
+        upload(channel, "lag", linear_model(2.0))
+        inference.LoadModel(load)
+        assert any(
+            r.levelno == logging.WARNING
+            and "routing of 'lag' lags its load: after 0.2 s, requests naming no version still go to version 1"
+            in r.getMessage()
+            for r in caplog.records
+        )
+        assert not daemon.daemon.inference._route_waiters.get("lag")
+        refreshes.release_and_wait("lag")
+    assert inference.Predict(predict_request("lag", X)).version == 2
