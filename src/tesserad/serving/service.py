@@ -583,6 +583,18 @@ class InferenceService:
                 pass
         return self._source.servable(model, None, LATEST).version, LATEST
 
+    def _served_undeployed(self, model: str) -> str:
+        """The version requests naming no version of `model` go to without a deployment (while
+        the one made waits), in words for a log: the cached one, else the one they would read."""
+        version = self._aliases.get((model, UNVERSIONED))
+        if version is not None:
+            return f"version {version}"
+        try:
+            version, follows = self._unversioned(model)
+        except NotFound:
+            return "no version"
+        return f"version {version} (the one {follows!r} names)"
+
     def _unversioned_rule(self, model: str, follows: str, old: int) -> str:
         """Why requests naming no version go where they go now, and how to keep them on `old`."""
         deploy = f"deploy it (tessera models deploy {model} {old}=100)"
@@ -1811,7 +1823,7 @@ class InferenceService:
             elif failures:
                 # The whole new plan waits: a split with one route gone would not be the one asked for.
                 held_back = True
-                serving = sorted(old_versions) or "its latest version"
+                serving = sorted(old_versions) or self._served_undeployed(model)
                 log.warning(
                     "the deployment of %r keeps serving %s: %s failed to load; fix the version and "
                     "load it with LoadModel, or deploy again",
@@ -1823,7 +1835,7 @@ class InferenceService:
                 log.info(
                     "the deployment of %r keeps serving %s until version %s %s loaded (serving.autoload "
                     "is off); load %s with %s",
-                    model, sorted(old_versions) or "its latest version",
+                    model, sorted(old_versions) or self._served_undeployed(model),
                     ", ".join(str(v) for v in not_loaded), "is" if len(not_loaded) == 1 else "are",
                     "it" if len(not_loaded) == 1 else "them", _load_fix(model, UNVERSIONED, not_loaded[0]),
                 )  # fmt: skip

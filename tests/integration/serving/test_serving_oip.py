@@ -1755,7 +1755,7 @@ def test_without_autoload_a_new_version_or_deployment_waits_for_load_model(
             )
         )
     assert (
-        "the deployment of 'simple' keeps serving its latest version until version 1 is loaded "
+        "the deployment of 'simple' keeps serving version 3 until version 1 is loaded "
         "(serving.autoload is off); load it with RepositoryModelLoad (POST "
         "/v2/repository/models/simple/load)"
     ) in caplog.text

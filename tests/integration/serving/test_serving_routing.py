@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from serving_models import W, linear_model, predict_request, tensor, to_array, upload
+from serving_models import W, linear_model, predict_request, reshape_model, tensor, to_array, upload
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tesserad.oip import grpc_service_pb2 as oip_pb
@@ -100,6 +100,23 @@ def test_default_alias_routes_requests_naming_no_version_to_that_alias(prod_daem
     _set_alias(registry, "m", "production", 1)
     registry.Deploy(registry_pb2.DeployRequest(model="m", routes=[registry_pb2.Route(version=2, weight=100)]))
     assert _unversioned(inference, "m") == 2
+
+
+def test_a_deployment_held_back_names_the_version_the_default_alias_serves(prod_daemon, caplog) -> None:
+    """Its log said the model kept serving its latest version, which serving.default_alias kept
+    from serving."""
+    channel = prod_daemon.channel()
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    registry = registry_pb2_grpc.RegistryStub(channel)
+    upload(channel, "m", linear_model(1.0), alias="production")
+    upload(channel, "m", linear_model(2.0))
+    assert _unversioned(inference, "m") == 1
+    # Of version 1's signature (Deploy refuses routes whose answers differ in shape); cannot warm up.
+    broken = upload(channel, "m", reshape_model([-1, 3], declared=["batch", 3]))
+    routes = [registry_pb2.Route(version=1, weight=50), registry_pb2.Route(version=broken, weight=50)]
+    registry.Deploy(registry_pb2.DeployRequest(model="m", routes=routes))
+    _wait_logged(caplog, f"the deployment of 'm' keeps serving version 1: version {broken}:")
+    assert _unversioned(inference, "m") == 1
 
 
 def test_set_alias_then_predict_is_answered_by_the_new_version_every_time(
