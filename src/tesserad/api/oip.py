@@ -68,8 +68,8 @@ def statistics_of(entry: LoadedVersion) -> pb.ModelStatistics:
     # decodes nothing of its own, and adds a count with no time.
 
     def share(ns: int, n: int, rows: int) -> int:
-        # Multiplied before dividing: a per-row average rounded down first would lose up to a
-        # nanosecond per row, so the shares would not add up to the whole.
+        # Multiplied before dividing: a per-row average rounded down first lost up to a
+        # nanosecond per row; so, under one per batch size.
         return n * rows * ns // s.row_count if s.row_count else 0
 
     return pb.ModelStatistics(

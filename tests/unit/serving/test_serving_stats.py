@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from tesserad.api.oip import statistics_of
 from tesserad.serving.histogram import LogHistogram
+from tesserad.serving.pool import EffectiveConfig, LoadedVersion
 from tesserad.serving.stats import FailureReason, ServingMetrics, ServingStats
 
 
@@ -82,3 +84,24 @@ def test_totals_are_the_snapshots_figures_and_go_on_across_resets() -> None:
     after = stats.totals()
     assert (after.success, after.rows, after.executions, after.success_ns) == (3, 4, 2, 102_000)
     assert after.failures() == {**totals.failures(), FailureReason.BACKEND: 1}
+
+
+def test_the_batches_shares_of_decoding_and_encoding_add_up_to_the_whole() -> None:
+    """Each batch's share was its rows times the per-row average rounded down: 10 ns over 4 rows
+    in one batch reported 8."""
+    config = EffectiveConfig(
+        runtime="onnx",
+        device="cpu",
+        instances=1,
+        max_batch_size=8,
+        max_queue_delay_us=0,
+        max_queue_size=8,
+        warmup_runs=0,
+        intra_op_threads=1,
+        response_cache=False,
+    )
+    entry = LoadedVersion("m", 1, "", config, ServingStats("m", 1, None))
+    entry.stats.record_batch(1_000, [(0, 2_000, 4, False)])
+    entry.stats.record_io(10, 7)
+    (batch,) = statistics_of(entry).batch_stats
+    assert (batch.batch_size, batch.compute_input.ns, batch.compute_output.ns) == (4, 10, 7)
