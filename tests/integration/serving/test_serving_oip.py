@@ -2179,3 +2179,19 @@ def test_a_version_registered_later_leaves_the_versions_a_policy_chose_loaded(
     registry.SetAlias(registry_pb2.SetAliasRequest(model="later", alias="newest", version=4))
     assert {2, 3} <= set(_policy_ready(inference, "later"))
     assert _served_by(oip, "later") == "3"
+
+
+def test_without_autoload_a_policy_of_all_keeps_every_version_loaded(start_daemon) -> None:
+    # Loading the policy's versions one by one moved the route off version 2 as version 3 loaded,
+    # and the refresh unloaded 2 after the loop had passed it: [1, 3] were left of "all".
+    channel = start_daemon(**{"serving.autoload": False}).channel()
+    for scale in (1.0, 2.0):
+        upload(channel, "every", linear_model(scale))
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    inference = inference_pb2_grpc.InferenceStub(channel)
+    _load_policy(oip, "every", {"max_batch_size": 4})
+    upload(channel, "every", linear_model(3.0))
+    _load_policy(oip, "every", {"version_policy": {"all": {}}})
+    loaded = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="every")).models
+    assert sorted(m.version for m in loaded if m.state == inference_pb2.LOAD_STATE_READY) == [1, 2, 3]
+    assert _served_by(oip, "every") == "3"
