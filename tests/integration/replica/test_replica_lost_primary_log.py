@@ -128,3 +128,19 @@ def test_a_primary_lost_again_after_it_answered_with_a_refusal_is_warned_of_anew
         replica.stop()
         if refusing is not None:
             refusing.stop()
+
+
+def test_a_primary_named_without_a_port_is_followed_at_gRPCs_default_port(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A primary behind a TLS ingress is often named by its host alone (gRPC dials 443): the
+    replica starts and follows it there, as the SDK's stricter check of a target does not apply."""
+    caplog.set_level(logging.DEBUG, logger=follow.__name__)
+    replica = InProcessDaemon(
+        daemon_settings(tmp_path / "replica", **{"replica.primary": "localhost"})
+    ).start()
+    try:
+        eventually(lambda: _attempts(caplog, 1), timeout=60)
+        assert _follow_records(caplog, logging.DEBUG)[0].__dict__["primary"] == "localhost"
+    finally:
+        replica.stop()

@@ -21,7 +21,14 @@ from tessera.models import Models
 from tessera.sweeps import Sweep
 from tessera.system import System
 from tessera.training import Job, Training
-from tessera.transport import DEFAULT_TIMEOUT_S, DEFAULT_TRANSFER_TIMEOUT_S, TLS, AioConnection, RetryPolicy
+from tessera.transport import (
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_TRANSFER_TIMEOUT_S,
+    TLS,
+    AioConnection,
+    RetryPolicy,
+    resolve_target,
+)
 
 __all__ = ["Client", "Datasets", "Inference", "Job", "Models", "Sweep", "System", "Training"]
 
@@ -49,7 +56,9 @@ class Client:
                 "tessera.aio.Client must be made inside a running event loop (in an async function, "
                 "e.g. `async with tessera.aio.Client(...)`); use tessera.Client from blocking code"
             ) from None
-        self._conn = AioConnection(target, token, tls, timeout, transfer_timeout, retry, keepalive=keepalive)
+        self._conn = AioConnection(
+            resolve_target(target), token, tls, timeout, transfer_timeout, retry, keepalive=keepalive
+        )
         self.models: Models[AioConnection] = Models(self._conn)
         self.datasets: Datasets[AioConnection] = Datasets(self._conn)
         self.training: Training[AioConnection] = Training(self._conn)

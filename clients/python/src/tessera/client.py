@@ -11,7 +11,14 @@ from tessera.models import Models
 from tessera.run_logging import end_runs_left_open
 from tessera.system import System
 from tessera.training import Training
-from tessera.transport import DEFAULT_TIMEOUT_S, DEFAULT_TRANSFER_TIMEOUT_S, TLS, Connection, RetryPolicy
+from tessera.transport import (
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_TRANSFER_TIMEOUT_S,
+    TLS,
+    Connection,
+    RetryPolicy,
+    resolve_target,
+)
 
 
 class Client:
@@ -49,7 +56,9 @@ class Client:
         retry: RetryPolicy | None = None,
         keepalive: float | None = None,
     ) -> None:
-        self._conn = Connection(target, token, tls, timeout, transfer_timeout, retry, keepalive=keepalive)
+        self._conn = Connection(
+            resolve_target(target), token, tls, timeout, transfer_timeout, retry, keepalive=keepalive
+        )
         self.models: Models[Connection] = Models(self._conn)
         """The registry: models, versions, aliases, lineage, ONNX export, deployments."""
         self.datasets: Datasets[Connection] = Datasets(self._conn)

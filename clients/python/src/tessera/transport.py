@@ -510,7 +510,7 @@ class _Channel(ABC):
 
     def __init__(
         self,
-        target: str | None = None,
+        target: str,
         token: str | None = None,
         tls: TLS | bool | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
@@ -519,14 +519,16 @@ class _Channel(ABC):
         options: Sequence[tuple[str, Any]] = (),
         keepalive: float | None = None,
     ) -> None:
-        """`options`: gRPC channel arguments beside the SDK's own. `keepalive`: seconds between
-        pings on a silent connection while a call is in flight (see `resolve_keepalive`)."""
+        """`target`: dialled as given; the clients check a user's with `resolve_target` first,
+        while tesserad's replica.primary may name a host alone (gRPC dials 443, as behind a TLS
+        ingress). `options`: gRPC channel arguments beside the SDK's own. `keepalive`: seconds
+        between pings on a silent connection while a call is in flight (see `resolve_keepalive`)."""
         if not all(0 < seconds <= MAX_TIMEOUT_S for seconds in (timeout, transfer_timeout)):
             raise ValueError(
                 f"timeouts must be a finite number of seconds above 0 (at most {MAX_TIMEOUT_TEXT}), "
                 f"got {timeout} and {transfer_timeout}"
             )
-        self.target = resolve_target(target)
+        self.target = target
         self.tls = TLS() if tls is True else (tls or None)
         token = resolve_token(token)
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
