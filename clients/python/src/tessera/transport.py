@@ -722,19 +722,24 @@ class Connection(_Channel):
         awaited on a queue of this call's own, so that the KeyboardInterrupt is raised there, not
         inside gRPC's Python code holding a lock its threads share."""
         feed = _Requests(requests)
-        future = self.method(service, method).future(
-            feed, timeout=call_timeout(timeout), metadata=self.metadata
-        )
         ended: queue.SimpleQueue[object] = queue.SimpleQueue()
+        # Made inside the try: a KeyboardInterrupt just after the call starts cancels it too.
+        future = None
         try:
+            future = self.method(service, method).future(
+                feed, timeout=call_timeout(timeout), metadata=self.metadata
+            )
             future.add_done_callback(ended.put)
             ended.get()
             response = future.result()
         except grpc.RpcError as err:
             raise self.error(err, feed) from None
         except BaseException:
+            # Cancelled before its requests stop: stopped first, gRPC's sending thread would end
+            # the stream cleanly and the daemon would take the requests sent so far as all.
+            if future is not None:
+                future.cancel()
             feed.stop()
-            future.cancel()
             raise
         self.answered = True
         return response
@@ -752,8 +757,9 @@ class Connection(_Channel):
         except grpc.RpcError as err:
             raise self.error(err, feed) from None
         finally:
-            feed.stop()
+            # Cancelled first: a stream cut short must not end as if its requests were all sent.
             call.cancel()
+            feed.stop()
 
     def _connected(self) -> bool:
         return self._state.ready()
