@@ -58,8 +58,15 @@ import os, signal, sys, time
 import numpy as np
 import tessera
 
+raised = False
+
+def interrupt(signum, frame):
+    global raised
+    raised = True
+    signal.default_int_handler(signum, frame)
+
 # As a terminal's Ctrl-C, also where the test runs in the background (SIGINT ignored).
-signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGINT, interrupt)
 calls = 0
 
 def progress(done, total):
@@ -67,31 +74,35 @@ def progress(done, total):
     calls += 1
     if calls == 2:
         os.kill(os.getpid(), signal.SIGINT)
+    if calls >= 2 and not raised:
+        # Each chunk waits while the interrupt is not raised yet, so that the upload cannot end
+        # first on a busy machine; chunks still go meanwhile (the thread that sends must not block).
         time.sleep(0.2)
 
 with tessera.Client(sys.argv[1]) as client:
-    try:
-        # 16 chunks: the abort needed chunks left to send (4 went without one in 3 runs of 3).
-        client.datasets.push("clips", x=np.zeros(1 << 22, np.float32), progress=progress, chunk_size=1 << 20)
-    except KeyboardInterrupt:
-        print("interrupted after", calls, "chunks", flush=True)
-    time.sleep(0.3)
+    for _ in range(5):  # several, as the abort was a race
+        calls = 0
+        raised = False
+        try:
+            # 16 chunks: the abort needed chunks left to send.
+            client.datasets.push("clips", x=np.zeros(1 << 22, np.float32), progress=progress, chunk_size=1 << 20)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        time.sleep(0.3)
 """
 
 
 def test_ctrl_c_mid_upload_raises_keyboard_interrupt_and_stores_nothing(client, daemon):
     """The blocking upload's own completion queue went with the KeyboardInterrupt while gRPC's
-    thread still sent on it: the process aborted (SIGABRT) in most runs. Several runs, as it is
-    a race."""
-    for _ in range(5):
-        run = subprocess.run(
-            [sys.executable, "-c", CTRL_C_MID_UPLOAD, daemon.target],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert run.returncode == 0 and run.stdout.startswith("interrupted after"), run.stderr[-2000:]
+    thread still sent on it: the process aborted (SIGABRT) in most runs."""
+    run = subprocess.run(
+        [sys.executable, "-c", CTRL_C_MID_UPLOAD, daemon.target],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0 and run.stdout.split() == ["interrupted"] * 5, run.stderr[-2000:]
     with pytest.raises(tessera.NotFound):
         client.datasets.get("clips")
 
