@@ -172,7 +172,13 @@ function pythonRepr(text) {
 // form, ending with `where` the target was given; `tlsOption`: what turns TLS on there, for an
 // https URL.
 function checkTarget(text, where, tlsOption) {
+  if (typeof text !== 'string') {
+    throw new TypeError(`the target must be a string, HOST:PORT (e.g. ${DEFAULT_TARGET}), not ${typeof text}, ${where}`);
+  }
   const defaultPort = DEFAULT_TARGET.split(':').pop();
+  if (text === '') {
+    throw new RangeError(`the target is empty: write HOST:PORT, e.g. ${DEFAULT_TARGET}, ${where}`);
+  }
   if (text.startsWith('http://') || text.startsWith('https://')) {
     const host = text.split('://')[1].split('/')[0];
     const example = host.includes(':') ? host : `${host}:${defaultPort}`;

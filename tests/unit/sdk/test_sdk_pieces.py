@@ -297,6 +297,7 @@ def test_a_target_in_the_environment_that_is_a_url_or_lacks_a_port_is_refused_as
             "'127.0.0.1' has no port: write HOST:PORT, e.g. 127.0.0.1:50051, as the client's target",
         ),
         ("50051", "'50051' has no host: write HOST:PORT, e.g. 127.0.0.1:50051, as the client's target"),
+        ("", "the target is empty: write HOST:PORT, e.g. 127.0.0.1:50051, as the client's target"),
     ],
 )
 def test_a_target_given_that_is_a_url_or_lacks_a_port_is_refused_as_one_in_the_environment(

@@ -331,6 +331,8 @@ def check_target(text: str, where: str, tls_option: str) -> str:
     "http://host:port" as a host name, and dials 443 without a port); else ValueError saying the form, ending with
     `where` the target was given. `tls_option`: what turns TLS on there, for an https URL."""
     default_port = DEFAULT_TARGET.rsplit(":", 1)[1]
+    if not text:
+        raise ValueError(f"the target is empty: write HOST:PORT, e.g. {DEFAULT_TARGET}, {where}")
     if text.startswith(("http://", "https://")):
         host = text.split("://", 1)[1].split("/", 1)[0]
         example = host if ":" in host else f"{host}:{default_port}"
