@@ -49,6 +49,7 @@ def test_a_version_is_stored_as_every_field_but_the_read_time_ones():
         expected["alias_refused"],
         expected["deployment_warnings"],
         expected["same_bytes"],
+        expected["registered_before"],
     )
     del expected["lineage"]["parent_deleted"]
     stored = json.loads(encode_version(RECORD))["data"]
@@ -59,6 +60,7 @@ def test_a_version_is_stored_as_every_field_but_the_read_time_ones():
         "alias_refused",
         "deployment_warnings",
         "same_bytes",
+        "registered_before",
     }
     assert {f.name for f in fields(Lineage)} - set(stored["lineage"]) == {"parent_deleted"}
 
