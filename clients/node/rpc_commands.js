@@ -48,6 +48,7 @@ const COMMAND_BY_RPC = {
   CompareRuns: '`tessera-node runs compare RUN_ID RUN_ID...`',
   DeleteRun: '`tessera runs rm RUN_ID`',
   RestoreRun: '`tessera runs restore RUN_ID`',
+  UpdateRun: "the Python SDK's client.training.update_run()",
   UploadRunArtifact: '`tessera runs artifacts put RUN_ID FILE`',
   ListRunArtifacts: '`tessera runs artifacts ls RUN_ID`',
   DownloadRunArtifact: '`tessera runs artifacts get RUN_ID PATH`',
