@@ -348,7 +348,8 @@ class Exports:
                     # The earlier export holds these bytes: the put's claim on them ends here,
                     # else they would outlive that version's delete until the next start.
                     try:
-                        if alias and alias not in earlier.aliases and request.alias_move_denied:
+                        moves = bool(alias) and alias not in earlier.aliases
+                        if moves and request.alias_move_denied:
                             raise PermissionDenied(
                                 f"{earlier.model} v{earlier.version} is this export of v{source.version} "
                                 f"already: moving alias {alias!r} onto that existing version is "
@@ -357,7 +358,7 @@ class Exports:
                             )
                         request.caller.register(source)
                         if alias:
-                            earlier = move_alias_onto(registry, earlier, alias, actor)
+                            earlier = _alias_onto_earlier(registry, earlier, alias, actor, moves)
                     finally:
                         self._blobs.release(blob.sha256)
                     return ExportResult(
@@ -476,13 +477,34 @@ def _earlier_export(registry: Registry, source: VersionRecord, sha256: str) -> V
     return None
 
 
-def move_alias_onto(registry: Registry, record: VersionRecord, alias: str, actor: str) -> VersionRecord:
-    """Point `alias` at `record` as an export registered with an alias would; the record with
-    its aliases and `alias_moved`."""
+def _alias_onto_earlier(
+    registry: Registry, earlier: VersionRecord, alias: str, actor: str, moves: bool
+) -> VersionRecord:
+    """`alias` onto the export found made already: moved there where it was elsewhere when
+    `earlier` was read (`moves`, for a caller that may), else said as kept there (vN -> vN)
+    while it still points there. One an admin moved off or deleted since is left as they left it
+    (no `alias_moved`): putting it back would be SetAlias's work, done for a trainer."""
+    if moves:
+        return move_alias_onto(registry, earlier, alias, actor)
     try:
-        before = registry.get_alias(record.model, alias).version
-    except NotFound:
-        before = 0
+        return move_alias_onto(registry, earlier, alias, actor, expected_version=earlier.version)
+    except FailedPrecondition:
+        return registry.get_version(earlier.model, earlier.version)
+
+
+def move_alias_onto(
+    registry: Registry, record: VersionRecord, alias: str, actor: str, expected_version: int | None = None
+) -> VersionRecord:
+    """Point `alias` at `record` as an export registered with an alias would; the record with
+    its aliases and `alias_moved`. FailedPrecondition where `expected_version` is given and
+    the alias does not point there (0: where it exists)."""
+    if expected_version is not None:
+        before = expected_version
+    else:
+        try:
+            before = registry.get_alias(record.model, alias).version
+        except NotFound:
+            before = 0
     # Compare-and-set, so the reported move is the one that happened.
     moved = registry.set_alias(record.model, alias, record.version, actor, expected_version=before)
     event = AliasEvent(record.model, alias, before, record.version, moved.updated_at, actor)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import onnx
 
@@ -13,6 +15,7 @@ from tessera.v1 import (
     registry_pb2,
     registry_pb2_grpc,
 )
+from tesserad.registry import export as export_module
 from tesserad.security import Role, hash_token, new_token
 from tesserad.security.tokens import format_entry
 from tests.conftest import InProcessDaemon, daemon_settings
@@ -65,7 +68,7 @@ def test_exporting_the_same_version_again_returns_the_first_export(stub, weights
 
 
 def test_an_export_found_made_already_moves_an_alias_onto_it_only_for_a_caller_that_may_set_it(
-    tmp_path, weights
+    tmp_path, weights, monkeypatch
 ):
     """A new export takes its alias for a trainer, as an upload does; moving one onto the export
     an earlier call made is SetAlias's, which needs the admin role."""
@@ -105,6 +108,30 @@ def test_an_export_found_made_already_moves_an_alias_onto_it_only_for_a_caller_t
             R.ExportOnnxRequest(source=source(), alias="serving"), metadata=admin, timeout=120
         )
         assert again.reused and sorted(again.version.aliases) == ["edge", "latest", "serving"]
+        # An admin moves (or deletes) the alias just after a trainer's export found v2 holding it:
+        # the export leaves the alias where the admin put it, never moving it back.
+        admin_calls = iter(
+            [
+                lambda: stub.SetAlias(
+                    R.SetAliasRequest(model="mlp", alias="edge", version=1), metadata=admin
+                ),
+                lambda: stub.DeleteAlias(R.DeleteAliasRequest(model="mlp", alias="serving"), metadata=admin),
+            ]
+        )
+        found = export_module._earlier_export
+
+        def found_then_admin_calls(*args: Any) -> Any:
+            record = found(*args)
+            next(admin_calls)()
+            return record
+
+        monkeypatch.setattr(export_module, "_earlier_export", found_then_admin_calls)
+        for alias in ("edge", "serving"):
+            raced = stub.ExportOnnx(R.ExportOnnxRequest(source=source(), alias=alias), metadata=trainer)
+            assert raced.reused and not raced.HasField("alias_moved")
+        assert stub.GetAlias(R.GetAliasRequest(model="mlp", alias="edge"), metadata=admin).version == 1
+        gone = rpc_error(stub.GetAlias, R.GetAliasRequest(model="mlp", alias="serving"), metadata=admin)
+        assert gone.code() == grpc.StatusCode.NOT_FOUND
     finally:
         daemon.stop()
 
