@@ -157,6 +157,28 @@ def test_a_frame_no_array_holds_as_it_is_is_refused_naming_the_column(client, se
         client.inference.predict("affine", missing["c"], version=1)
 
 
+class _FrameLike:
+    """A frame that is not pandas' (a polars DataFrame, say): its values come from to_numpy()."""
+
+    def __init__(self, rows: list[list[float]], dtype: type) -> None:
+        self._values = np.array(rows, dtype)
+        self.columns = [f"c{i}" for i in range(self._values.shape[1])]
+        self.dtypes = [self._values.dtype] * len(self.columns)
+
+    def to_numpy(self) -> np.ndarray:
+        return self._values
+
+
+def test_a_frame_other_than_pandas_is_sent_as_its_to_numpy_array_is(client, served):
+    # It was read as pandas' (.iloc): an AttributeError.
+    with pytest.raises(
+        tessera.InvalidArgument, match=r"float64.*input 'input' as x\.to_numpy\(\)\.astype\(np\.float32\)$"
+    ):
+        client.inference.predict("affine", _FrameLike(ROWS, np.float64), version=1)
+    prediction = client.inference.predict("affine", {"input": _FrameLike(ROWS, np.float32)}, version=1)
+    np.testing.assert_allclose(prediction["output"], np.array(ROWS, np.float32) * 2 + 1)
+
+
 def test_the_asyncio_client_sends_a_list_as_the_input_s_dtype(daemon, served):
     async def scenario() -> np.ndarray:
         async with tessera.aio.Client(daemon.target) as client:

@@ -40,13 +40,16 @@ def dtype_name(data_type: int) -> str:
 
 def input_kind(value: Any) -> str:
     """What an input was given as, for the cast its caller can make: "tensor" (torch), "frame"
-    (a pandas DataFrame or Series), "array" (numpy) or "" (a list, a scalar)."""
+    (a pandas DataFrame or Series), "frame-like" (another with `to_numpy()`: a polars frame,
+    say), "array" (numpy) or "" (a list, a scalar)."""
     if isinstance(value, np.ndarray):
         return "array"
     if callable(getattr(value, "detach", None)) and callable(getattr(value, "numpy", None)):
         return "tensor"
-    if callable(getattr(value, "to_numpy", None)) and hasattr(value, "dtypes"):
-        return "frame"
+    if callable(getattr(value, "to_numpy", None)):
+        # pandas' columns are read one by one (by position: .iloc); another frame's array is
+        # whatever its to_numpy() gives, sent as an array is.
+        return "frame" if hasattr(value, "iloc") else "frame-like"
     if hasattr(value, "dtype") and hasattr(value, "__array__"):
         return "array"
     return ""
@@ -55,13 +58,16 @@ def input_kind(value: Any) -> str:
 def as_array(value: Any, name: str) -> Any:
     """A value with a dtype of its own as the numpy array of it, sent as a numpy array is (in
     that dtype, never cast): a torch tensor (detached, on the CPU), a pandas DataFrame or
-    Series, a numpy scalar; anything else (a list, a scalar) as it is. ValueError, naming input
-    `name` (and the column), for one that no array of a dtype the API carries holds as it is."""
+    Series, another frame's `to_numpy()`, a numpy scalar; anything else (a list, a scalar) as it
+    is. ValueError, naming input `name` (and the column), for a tensor or a pandas frame that no
+    array of a dtype the API carries holds as it is."""
     kind = input_kind(value)
     if kind == "tensor":
         return _tensor_array(value, name)
     if kind == "frame":
         return _frame_array(value, name)
+    if kind == "frame-like":
+        return np.asarray(value.to_numpy())
     if kind == "array":
         return np.asarray(value)
     return value

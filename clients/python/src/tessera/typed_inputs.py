@@ -99,15 +99,20 @@ def recast(
 
 
 # The cast that makes an input of each kind another dtype, as its caller writes it.
-_CASTS = {"tensor": "x.to(torch.{})", "frame": 'df.astype("{}")', "array": "x.astype(np.{})"}
+_CASTS = {
+    "tensor": "x.to(torch.{})",
+    "frame": 'df.astype("{}")',
+    "frame-like": "x.to_numpy().astype(np.{})",
+    "array": "x.astype(np.{})",
+}
 
 
 def astype_fix(
     inputs: Mapping[str, np.typing.ArrayLike], dtypes: Mapping[str, np.dtype], kinds: Mapping[str, str]
 ) -> str:
     """The cast that makes each array the dtype the model expects, where one differs, written
-    for what the input was given as (`kinds`: a torch tensor, a DataFrame, a numpy array); ""
-    if none differs."""
+    for what the input was given as (`kinds`: a torch tensor, a DataFrame, another frame, a
+    numpy array); "" if none differs."""
     casts = [
         f"input {name!r} as " + _CASTS[kinds.get(name) or "array"].format(dtypes[name])
         for name, value in inputs.items()
