@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 
+import grpc
 import numpy as np
 import pytest
 
@@ -15,6 +16,8 @@ import tessera
 import tessera.aio
 import tessera.datasets
 from tessera.datasets import parse_arrays
+from tessera.transport import _Requests
+from tessera.v1 import training_pb2
 
 
 class UserAbort(Exception):
@@ -105,6 +108,34 @@ def test_ctrl_c_mid_upload_raises_keyboard_interrupt_and_stores_nothing(client, 
     assert run.returncode == 0 and run.stdout.split() == ["interrupted"] * 5, run.stderr[-2000:]
     with pytest.raises(tessera.NotFound):
         client.datasets.get("clips")
+
+
+def test_a_stream_whose_requests_stop_before_its_call_is_handed_back_is_cancelled(client, caplog):
+    """A KeyboardInterrupt just after gRPC started an upload, before the call was handed back,
+    leaves only its requests to stop: their end half-closed the stream, and the daemon stored
+    the chunks sent so far as the whole artifact."""
+    run_id = client.training.create_run("cut", create_experiment=True).run_id
+    waiting, stopped = threading.Event(), threading.Event()
+
+    def requests():
+        header = training_pb2.UploadRunArtifactHeader(run_id=run_id, path="notes.md")
+        yield training_pb2.UploadRunArtifactRequest(header=header)
+        yield training_pb2.UploadRunArtifactRequest(chunk=b"first")
+        waiting.set()
+        stopped.wait(30)
+        yield training_pb2.UploadRunArtifactRequest(chunk=b"second")
+        yield training_pb2.UploadRunArtifactRequest(chunk=b"never sent")
+
+    conn = client._conn
+    feed = _Requests(requests())
+    call = conn.method("Training", "UploadRunArtifact").future(feed, timeout=30, metadata=conn.metadata)
+    assert waiting.wait(30)
+    feed.stop()
+    stopped.set()
+    assert call.exception(30).code() == grpc.StatusCode.UNKNOWN
+    assert list(client.training.list_artifacts(run_id)) == []
+    # Cut short on purpose: gRPC's log record of it, with its traceback, is left out.
+    assert "Exception iterating requests" not in caplog.text
 
 
 def test_a_stream_item_that_cannot_be_sent_raises_its_value_error(client):

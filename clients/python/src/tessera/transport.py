@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import queue
@@ -389,6 +390,23 @@ def _channel_options(tls: TLS | None, retry: RetryPolicy, keepalive_s: float) ->
     return options
 
 
+class _RequestsStopped(Exception):
+    """What a stopped _Requests raises to gRPC's sending thread: gRPC cancels a call whose
+    requests raise (grpc/_channel.py, "Exception iterating requests!"), where a StopIteration
+    half-closes it, and the daemon would take the requests sent so far as all of them."""
+
+
+class _WithoutStoppedRequests(logging.Filter):
+    """Drops gRPC's log record of a stopped _Requests (logged with its traceback): the call
+    was cut short on purpose, and the caller has its own exception."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], _RequestsStopped))
+
+
+_STOPPED_REQUESTS_FILTER = _WithoutStoppedRequests()
+
+
 class _Requests:
     """A stream's requests as gRPC takes them, keeping the exception that making one raised (the
     caller's progress callback, an item that cannot be encoded): gRPC drops it and fails the
@@ -402,7 +420,10 @@ class _Requests:
 
     def stop(self) -> None:
         """Ends the requests for a call being cancelled: gRPC's thread that sends them takes no
-        more (reads no more of a file, calls no progress callback again)."""
+        more (reads no more of a file, calls no progress callback again), and cancels the call
+        if it has not been already (a call started but not yet handed back when a
+        KeyboardInterrupt came)."""
+        logging.getLogger("grpc._channel").addFilter(_STOPPED_REQUESTS_FILTER)  # added once
         self._stopped = True
 
     def __iter__(self) -> Iterator[Message]:
@@ -410,7 +431,7 @@ class _Requests:
 
     def __next__(self) -> Message:
         if self._stopped:
-            raise StopIteration
+            raise _RequestsStopped("the call's requests were stopped")
         try:
             return next(self._requests)
         except StopIteration:
@@ -737,8 +758,8 @@ class Connection(_Channel):
         except grpc.RpcError as err:
             raise self.error(err, feed) from None
         except BaseException:
-            # Cancelled before its requests stop: stopped first, gRPC's sending thread would end
-            # the stream cleanly and the daemon would take the requests sent so far as all.
+            # Cancelled before its requests stop, which cancels a call started but not yet
+            # handed back (`future` None) as gRPC's sending thread next asks for a request.
             if future is not None:
                 future.cancel()
             feed.stop()
@@ -751,8 +772,11 @@ class Connection(_Channel):
     ) -> Generator[Any]:
         """The responses of a bidirectional stream fed from `requests`; `timeout` None: no deadline."""
         feed = _Requests(requests)
-        call = self.method(service, method)(feed, timeout=call_timeout(timeout), metadata=self.metadata)
+        # Made inside the try, as client_stream's call is: a stopped feed cancels one started but
+        # not yet handed back.
+        call = None
         try:
+            call = self.method(service, method)(feed, timeout=call_timeout(timeout), metadata=self.metadata)
             for response in call:
                 self.answered = True
                 yield response
@@ -760,7 +784,8 @@ class Connection(_Channel):
             raise self.error(err, feed) from None
         finally:
             # Cancelled first: a stream cut short must not end as if its requests were all sent.
-            call.cancel()
+            if call is not None:
+                call.cancel()
             feed.stop()
 
     def _connected(self) -> bool:
