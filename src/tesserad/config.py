@@ -462,12 +462,19 @@ class SecuritySettings:
 
 
 def parse_target(raw: Any) -> str:
-    """A gRPC target (host:port, dns:///name:port, ipv4:...), or "" / "off" for none."""
+    """A gRPC target (host:port, dns:///name:port, ipv4:..., a host alone: port 443), or "" /
+    "off" for none; never a URL, which gRPC would take for a host name and dial for ever."""
     text = str(raw).strip()
     if text.lower() in ("", "off", "none"):
         return ""
     if any(c.isspace() for c in text):
         raise ValueError("expected a gRPC target such as tesserad-primary:50051, without spaces")
+    scheme, _, rest = text.partition("://")
+    if scheme.lower() in ("http", "https"):
+        host = rest.split("/", 1)[0] or "tesserad-primary"
+        example = host if ":" in host else f"{host}:50051"
+        tls = " (TLS is a setting of its own: replica.tls for a primary)" if scheme.lower() == "https" else ""
+        raise ValueError(f"expected a gRPC target, not a URL: write host:port, e.g. {example}{tls}")
     return text
 
 

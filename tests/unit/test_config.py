@@ -124,6 +124,19 @@ def test_sizes_print_as_plain_numbers_that_parse_back(size, expected):
         ({"TESSERA_SERVING_DEFAULT_ALIAS": "v3"}, ["serving.default_alias", "reads as a version number"]),
         ({"TESSERA_SERVING_DEFAULT_ALIAS": "Prod"}, ["serving.default_alias", "expected latest, or a name"]),
         ({"TESSERA_TRAINING_RAY_ADDRESS": "http://head:6379"}, ["training.ray_address", "ray://host:port"]),
+        # gRPC took the URL for a host name: the replica logged "lost primary" for ever.
+        (
+            {"TESSERA_REPLICA_PRIMARY": "http://primary:50051"},
+            ["replica.primary = 'http://primary:50051'", "a gRPC target, not a URL", "e.g. primary:50051"],
+        ),
+        (
+            {"TESSERA_REPLICA_PRIMARY": "HTTPS://primary/"},
+            ["not a URL", "e.g. primary:50051 (TLS is a setting of its own: replica.tls"],
+        ),
+        (
+            {"TESSERA_REPLICA_ADVERTISE": "http://10.0.0.7:50051"},
+            ["replica.advertise", "e.g. 10.0.0.7:50051"],
+        ),
     ],
 )
 def test_bad_values_name_the_setting_and_source(env, fragments):
@@ -201,6 +214,14 @@ def test_an_unknown_key_is_named_with_the_setting_it_likely_meant(tmp_path, toml
 
 def test_metrics_can_be_turned_off():
     assert load_settings(env={"TESSERA_METRICS_LISTEN": "off"}).metrics_listen is None
+
+
+@pytest.mark.parametrize(
+    "target", ["primary", "primary:50051", "dns:///primary:50051", "ipv4:10.0.0.7:50051"]
+)
+def test_a_primary_is_a_grpc_target_with_or_without_a_port(target):
+    # A host alone is dialled at port 443, as gRPC dials it: kept on purpose.
+    assert load_settings(env={"TESSERA_REPLICA_PRIMARY": target}).replica.primary == target
 
 
 def test_ipv6_and_loopback_addresses():
