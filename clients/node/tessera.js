@@ -169,8 +169,8 @@ function pythonRepr(text) {
 
 // `text` when it is a gRPC target with a host and a port, as the Python SDK's check_target: gRPC resolves
 // "http://host:port" as a host name, and dials 443 without a port. Else a RangeError saying the
-// form, ending with `where` the target was given; `tlsOption`: what turns TLS on there, for an
-// https URL.
+// form (a TypeError for a target that is not a string), ending with `where` the target was
+// given; `tlsOption`: what turns TLS on there, for an https URL.
 function checkTarget(text, where, tlsOption) {
   if (typeof text !== 'string') {
     throw new TypeError(`the target must be a string, HOST:PORT (e.g. ${DEFAULT_TARGET}), not ${typeof text}, ${where}`);
@@ -211,7 +211,8 @@ const SUBMIT_TRIES = 5;
 class Client {
   // target: "host:port" (undefined: the TESSERA_TARGET environment variable, else
   // 127.0.0.1:50051, as the Python SDK and `tessera`; a target, given or in TESSERA_TARGET, that is
-  // a URL or has no port is refused with a RangeError, as the Python SDK refuses it); options: { token, timeoutMs (each call's deadline, default 30000),
+  // empty, a URL or has no port is refused with a RangeError, one that is not a string with a
+  // TypeError, as the Python SDK refuses them); options: { token, timeoutMs (each call's deadline, default 30000),
   // tls (true: TLS trusting the system's CAs), rootCert (PEM Buffer of the CA that signed the
   // daemon's certificate; enables TLS), clientCert and clientKey (PEM Buffers, for a daemon that
   // asks for client certificates; enable TLS), keepalive ({ timeMs, timeoutMs }: a ping every

@@ -40,6 +40,30 @@ def test_node_client_checks_its_target_and_tessera_target_as_the_python_sdk_does
     assert made.stdout == "".join(said), made.stderr
 
 
+def test_node_client_refuses_an_empty_target_and_one_that_is_not_a_string_in_words(node_ready):
+    """An empty target is said to be empty as the Python SDK says it; a number (a port alone) is
+    a TypeError naming the string wanted, not "text.startsWith is not a function"."""
+    made = run_node_script(
+        """
+        for (const given of [50051, '']) {
+          try {
+            new Client(given);
+            console.log('made');
+          } catch (err) {
+            console.log(`${err.name}: ${err.message}`);
+          }
+        }
+        """,
+        "unused",
+    )
+    with pytest.raises(ValueError, match="is empty") as empty:
+        check_target("", "as the client's target", "tls: true")
+    assert made.stdout == (
+        "TypeError: the target must be a string, HOST:PORT (e.g. 127.0.0.1:50051), not number, as the "
+        f"client's target\nRangeError: {empty.value}\n"
+    ), made.stderr
+
+
 def test_node_submit_whose_answer_is_cut_off_is_sent_again_into_one_job(node_ready, daemon, table, proxy_to):
     proxy = proxy_to(daemon.daemon.port)
     proxy.cut_at_next_answer()

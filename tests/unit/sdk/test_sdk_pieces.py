@@ -321,6 +321,25 @@ def test_a_target_given_that_is_a_url_or_lacks_a_port_is_refused_as_one_in_the_e
     client.close()
 
 
+@pytest.mark.parametrize("target", [50051, b"127.0.0.1:50051"])
+def test_a_target_that_is_not_a_string_is_a_type_error_naming_the_string_wanted(target):
+    # It was an AttributeError: 'int' object has no attribute 'startswith'.
+    said = (
+        "the target must be a string, HOST:PORT (e.g. 127.0.0.1:50051), not "
+        f"{type(target).__name__}, as the client's target"
+    )
+    with pytest.raises(TypeError) as raised:
+        tessera.Client(target)
+    assert str(raised.value) == said
+
+    async def made_in_a_loop() -> None:
+        tessera.aio.Client(target)
+
+    with pytest.raises(TypeError) as raised:
+        asyncio.run(made_in_a_loop())
+    assert str(raised.value) == said
+
+
 def test_a_loaded_dataset_is_parsed_without_keeping_its_chunks():
     """load() holds the file in memory: its bytes, then parsed. Kept to the end, the bytes
     received made a third copy of the file at the peak."""

@@ -330,7 +330,12 @@ def resolve_target(target: str | None) -> str:
 def check_target(text: str, where: str, tls_option: str) -> str:
     """`text` when it is a gRPC target, never a URL, with a host and a port (gRPC resolves
     "http://host:port" as a host name, and dials 443 without a port); else ValueError saying the form, ending with
-    `where` the target was given. `tls_option`: what turns TLS on there, for an https URL."""
+    `where` the target was given. `tls_option`: what turns TLS on there, for an https URL.
+    TypeError, in the same words, for a target that is not a string (a port given as a number)."""
+    if not isinstance(text, str):
+        raise TypeError(
+            f"the target must be a string, HOST:PORT (e.g. {DEFAULT_TARGET}), not {type(text).__name__}, {where}"
+        )
     default_port = DEFAULT_TARGET.rsplit(":", 1)[1]
     if not text:
         raise ValueError(f"the target is empty: write HOST:PORT, e.g. {DEFAULT_TARGET}, {where}")
