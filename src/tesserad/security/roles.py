@@ -1,8 +1,11 @@
 """Roles and the role every RPC of every served service needs.
 
 `reader` gets, lists, watches, predicts and reads stats; `trainer` also uploads, submits,
-cancels and logs; `admin` also deletes, moves aliases, deploys, rolls back, loads and unloads.
-Each role includes the ones below it.
+cancels and logs, and points an alias (new or moved from another version) at a version its own
+call creates (UploadVersion, a job's register_as, RegisterJobWeights, ExportOnnx with an alias);
+`admin` also deletes, deploys, rolls back, loads and unloads, and points an alias at a version
+that exists already (SetAlias, or RegisterJobWeights and ExportOnnx where they find their version
+made before) or deletes one. Each role includes the ones below it.
 
 The table names every RPC by hand, because a role is a decision someone must make, not a
 default. `required_roles` checks it against the service descriptors the daemon serves, so a
