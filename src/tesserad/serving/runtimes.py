@@ -288,6 +288,9 @@ def _onnx_spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, _ONNX_DTYPES[arg.type], shape)
 
 
+_ONE_TENSOR = "a served module returns one tensor shaped (N, output_size)"
+
+
 class TorchRuntime:
     """A tesserad.nn architecture with safetensors weights, in eval mode."""
 
@@ -326,6 +329,7 @@ class TorchRuntime:
             self.memory_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         self.device = device
         self.signature = signature
+        self._output_size = signature.outputs[0].shape[-1]
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]) -> dict[str, np.ndarray]:
         torch = self._torch
@@ -334,8 +338,47 @@ class TorchRuntime:
         # A python family's forward is user code: its SystemExit must not end the daemon.
         with contain_user_code("the model's forward"), torch.inference_mode():
             output = self._model(self._tensor(array))
-        result = output.cpu().numpy()
+        result = self._served(output).cpu().numpy()
         return {name: result for name in output_names}
+
+    def _served(self, output: Any) -> torch.Tensor:
+        """`output` of a forward as the signature's float32 tensor (N, output_size), another float
+        dtype cast to it; FailedPrecondition saying what the forward returned otherwise. A python
+        family's forward is the user's code, which may return anything. N is not checked: the
+        batcher serves a model whose rows differ from its input's alone. About 0.5 us a call."""
+        served: torch.Tensor  # the forward's output is untyped; this says what it is once checked
+        if (
+            isinstance(output, self._torch.Tensor)
+            and output.dim() == 2
+            and output.shape[1] == self._output_size
+        ):
+            if output.dtype is self._torch.float32:
+                served = output
+                return served
+            if output.is_floating_point():
+                served = output.float()
+                return served
+        raise self._not_served(output)
+
+    def _not_served(self, output: object) -> FailedPrecondition:
+        """What is wrong with a forward's `output` that _served refuses, and what to return."""
+        if isinstance(output, tuple | list | dict):
+            return FailedPrecondition(
+                f"forward returned a {type(output).__name__} of {len(output)}; {_ONE_TENSOR}: return one, "
+                "or export to ONNX for several outputs (torch.onnx.export, then push the .onnx file)"
+            )
+        if not isinstance(output, self._torch.Tensor):
+            what = "None" if output is None else f"an object of type {type(output).__name__}"
+            return FailedPrecondition(f"forward returned {what}; {_ONE_TENSOR}: return one")
+        if output.dim() != 2 or output.shape[1] != self._output_size:
+            return FailedPrecondition(
+                f"forward returned a tensor shaped {tuple(output.shape)}; {_ONE_TENSOR}, here "
+                f"(N, {self._output_size}): return that shape, or push with the output_size it returns"
+            )
+        return FailedPrecondition(
+            f"forward returned a tensor of dtype {str(output.dtype).removeprefix('torch.')}; {_ONE_TENSOR} "
+            "of floating-point values, served as float32: return scores (logits), not labels or indices"
+        )
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         """`array` as a tensor on the device, sharing its memory where it may.

@@ -371,6 +371,108 @@ def test_a_forward_that_exits_is_that_requests_error(
     assert byo.models.get("byo-quit").latest_version == overridden.version
 
 
+RETURNS_SOURCE = """
+import torch
+from torch import nn
+
+
+def scores(x):
+    return torch.cat([x, x[:, :1]], 1)  # (N, 5) of input (N, 4)
+
+
+class Pair(nn.Module):
+    def forward(self, x):
+        probs = scores(x).softmax(1)
+        return probs, probs.topk(5).indices
+
+
+class Named(nn.Module):
+    def forward(self, x):
+        return {"probs": scores(x)}
+
+
+class Listed(nn.Module):
+    def forward(self, x):
+        return [scores(x), x]
+
+
+class Nothing(nn.Module):
+    def forward(self, x):
+        return None
+
+
+class Narrow(nn.Module):
+    def forward(self, x):
+        return x[:, :3]
+
+
+class Flat(nn.Module):
+    def forward(self, x):
+        return scores(x).argmax(1).float()
+
+
+class Labels(nn.Module):
+    def forward(self, x):
+        return scores(x).long()
+
+
+class Double(nn.Module):
+    def forward(self, x):
+        return scores(x).double()
+"""
+ONE_TENSOR = re.escape("a served module returns one tensor shaped (N, output_size)")
+
+
+RETURNS_REFUSED = [
+    ("Pair", re.escape("forward returned a tuple of 2; ") + ONE_TENSOR + ": return one, or export to ONNX"),
+    ("Named", re.escape("forward returned a dict of 1; ") + ONE_TENSOR),
+    ("Listed", re.escape("forward returned a list of 2; ") + ONE_TENSOR),
+    ("Nothing", re.escape("forward returned None; ") + ONE_TENSOR),
+    ("Narrow", r"forward returned a tensor shaped \(\d+, 3\); " + ONE_TENSOR + re.escape(", here (N, 5)")),
+    ("Flat", r"forward returned a tensor shaped \(\d+,\); " + ONE_TENSOR),
+    ("Labels", re.escape("forward returned a tensor of dtype int64; ") + ONE_TENSOR + " of floating-point"),
+]
+
+
+@pytest.mark.parametrize(("entry", "said"), RETURNS_REFUSED, ids=[entry for entry, _ in RETURNS_REFUSED])
+def test_a_forward_returning_other_than_one_tensor_of_the_signature_is_refused_in_words(
+    byo: tessera.Client, modules: Path, tmp_path: Path, entry: str, said: str
+) -> None:
+    from safetensors.numpy import save_file
+
+    (modules / "byo_returns_t30.py").write_text(RETURNS_SOURCE)
+    weights = tmp_path / "none.safetensors"
+    save_file({}, str(weights))
+    architecture = {"input_shape": [4], "output_size": 5, "python": {"entry": f"byo_returns_t30:{entry}"}}
+    version = byo.models.push("byo-returns", weights, architecture=architecture)
+    x = {"input": np.ones((2, 4), np.float32)}
+    with pytest.raises(
+        tessera.FailedPrecondition, match=f"warm-up of .* failed on random inputs of its signature: {said}"
+    ):
+        byo.inference.predict("byo-returns", x, version=version.version)
+    # Without a warm-up, the request that first runs it is told the same.
+    byo.inference.load("byo-returns", version=version.version, warmup_runs=0)
+    with pytest.raises(tessera.FailedPrecondition, match=f"^FAILED_PRECONDITION: {said}"):
+        byo.inference.predict("byo-returns", x, version=version.version)
+
+
+def test_a_forward_returning_another_float_dtype_is_served_as_float32(
+    byo: tessera.Client, modules: Path, tmp_path: Path
+) -> None:
+    from safetensors.numpy import save_file
+
+    (modules / "byo_returns_t30.py").write_text(RETURNS_SOURCE)
+    weights = tmp_path / "none.safetensors"
+    save_file({}, str(weights))
+    architecture = {"input_shape": [4], "output_size": 5, "python": {"entry": "byo_returns_t30:Double"}}
+    version = byo.models.push("byo-returns", weights, architecture=architecture)
+    output = byo.inference.predict(
+        "byo-returns", {"input": np.ones((2, 4), np.float32)}, version=version.version
+    )
+    assert output["output"].dtype == np.float32
+    assert output["output"].tolist() == [[1.0] * 5] * 2
+
+
 @pytest.mark.parametrize("entry", ["nowhere:Net", "os:system", "tesserad.server:Daemon"])
 def test_a_module_outside_the_module_paths_is_not_found(byo: tessera.Client, entry: str) -> None:
     with pytest.raises(tessera.NotFound, match=r"in none of the 2 directories of training\.module_paths"):
