@@ -4,6 +4,12 @@ of an earlier version, which versions have them."""
 
 from __future__ import annotations
 
+import re
+import zipfile
+
+import numpy as np
+import pytest
+
 from tessera.cli import EXIT_DAEMON, EXIT_USAGE
 from tessera.cli.models import SAME_BYTES_SCAN, same_bytes
 from tessera.v1 import registry_pb2, registry_pb2_grpc
@@ -53,6 +59,53 @@ def test_a_torch_pickle_is_refused_saying_how_to_export_it(tessera_cli, tmp_path
         "weights (safetensors.torch.save_file(model.state_dict(), 'model.safetensors'), pushed with "
         "--spec SPEC.toml naming the [architecture] that builds it)"
     ) in refused.err
+
+
+def test_a_torchscript_archive_or_torch_export_program_is_told_apart_and_its_export_route_works(
+    tessera_cli, client, tmp_path, monkeypatch
+):
+    import torch
+
+    net = torch.nn.Linear(4, 5).eval()
+    scripted = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.script(net), str(scripted))
+    (tmp_path / "tiny_ts.torchscript").write_bytes(scripted.read_bytes())
+    (tmp_path / "lite.ptl").write_bytes(b"not read")
+    for name in ("tiny.pt", "tiny_ts.torchscript", "lite.ptl"):
+        refused = tessera_cli("models", "push", "m", str(tmp_path / name))
+        assert refused.code == EXIT_USAGE
+        assert f"{tmp_path / name}: a TorchScript archive is not served" in refused.err, refused.err
+        assert "torch pickle" not in refused.err and "cannot tell the format" not in refused.err
+    with pytest.raises(
+        ValueError, match=r"a TorchScript archive is not served.*architecture= naming what builds"
+    ):
+        client.models.push("m", scripted)
+    program = tmp_path / "program.pt"
+    # The entries torch.export.save writes (torch 2.13), as a zip: exporting a real program takes
+    # over a second, and the push reads no more than the names.
+    with zipfile.ZipFile(program, "w") as archive:
+        for entry in ("archive_format", "models/model.json", "data/weights/weight_0", "byteorder"):
+            archive.writestr(f"program/{entry}", b"")
+    (tmp_path / "program.pt2").write_bytes(b"not read")
+    for name in ("program.pt", "program.pt2"):
+        refused = tessera_cli("models", "push", "m", str(tmp_path / name))
+        assert refused.code == EXIT_USAGE
+        assert f"{tmp_path / name}: a torch.export program is not served" in refused.err, refused.err
+        assert "torch.export.load" in refused.err
+    pickled = tmp_path / "weights.pt"
+    torch.save(net.state_dict(), str(pickled))
+    assert "a torch pickle (.pt) is not loaded" in tessera_cli("models", "push", "m", str(pickled)).err
+    # The export the message gives, as it gives it, makes an ONNX model that serves any batch size.
+    advice = tessera_cli("models", "push", "m", str(scripted)).err
+    export = re.search(r"TorchScript exporter, (torch\.onnx\.export\(.*\)), and push model\.onnx", advice)
+    assert export is not None, advice
+    monkeypatch.chdir(tmp_path)
+    eval(export.group(1), {"torch": torch, "example_input": torch.ones(1, 4)})
+    pushed = tessera_cli("models", "push", "m", "model.onnx")
+    assert pushed.code == 0 and "registered m v1" in pushed.out, pushed.err
+    x = np.ones((3, 4), np.float32)
+    (served,) = client.inference.predict("m", {"input": x}).outputs.values()
+    np.testing.assert_allclose(served, net(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_a_push_of_the_bytes_of_an_earlier_version_says_so(tessera_cli, tmp_path):

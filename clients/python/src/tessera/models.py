@@ -8,6 +8,7 @@ import hashlib
 import os
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -883,6 +884,63 @@ _TORCH_MODEL_FIX = (
 )
 
 
+# Suffixes of torch's own files: pickles (torch.save), TorchScript (torch.jit.save, its lite
+# interpreter's .ptl) and torch.export programs (.pt2). The daemon loads none of them.
+TORCH_PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt")
+TORCHSCRIPT_SUFFIXES = (".torchscript", ".ptl")
+TORCH_EXPORT_SUFFIXES = (".pt2",)
+
+
+def torch_file_kind(path: Path) -> str | None:
+    """ "TorchScript", "torch.export" or "pickle" for a file of torch's, None for another: told by
+    the names of its zip's entries (TorchScript writes `<name>/code/...` and `<name>/constants.pkl`,
+    torch.export `<name>/archive_format`), else by its suffix. Nothing of the file is loaded."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = {name.split("/")[1] for name in archive.namelist() if name.count("/") >= 1}
+    except (OSError, zipfile.BadZipFile):
+        entries = set()
+    suffix = path.suffix.lower()
+    if "archive_format" in entries or suffix in TORCH_EXPORT_SUFFIXES:
+        return "torch.export"
+    if {"code", "constants.pkl"} & entries or suffix in TORCHSCRIPT_SUFFIXES:
+        return "TorchScript"
+    return "pickle" if suffix in TORCH_PICKLE_SUFFIXES else None
+
+
+def torch_file_advice(path: Path, kind: str, weights_with: str) -> str:
+    """What to do with a torch file of `kind` (torch_file_kind) instead of pushing it; `weights_with`
+    says how a push names what builds safetensors weights (the CLI's flag, the SDK's keyword:
+    "architecture= naming what builds"). The exporters named are those that take each (torch 2.13: the default, torch.export
+    based, refuses a ScriptModule; the TorchScript one takes it)."""
+    name = path.name
+    weights = f"pushed with {weights_with} them"
+    if kind == "TorchScript":
+        return (
+            f"{path}: a TorchScript archive is not served (tesserad serves ONNX, or safetensors weights with "
+            "their architecture); export it to ONNX in one file with torch's TorchScript exporter, "
+            f"torch.onnx.export(torch.jit.load('{name}'), (example_input,), 'model.onnx', dynamo=False, "
+            "input_names=['input'], dynamic_axes={'input': {0: 'batch'}}), and push model.onnx; or save its "
+            f"weights, safetensors.torch.save_file(torch.jit.load('{name}').state_dict(), 'model.safetensors'), "
+            + weights
+        )
+    if kind == "torch.export":
+        return (
+            f"{path}: a torch.export program is not served (tesserad serves ONNX, or safetensors weights with "
+            f"their architecture); export it to ONNX in one file, torch.onnx.export(torch.export.load('{name}'), "
+            "f='model.onnx', external_data=False) (its batch dimension is dynamic where torch.export.export "
+            "was given dynamic_shapes), and push model.onnx; or save its weights, "
+            f"safetensors.torch.save_file(torch.export.load('{name}').state_dict, 'model.safetensors'), "
+            + weights
+        )
+    return (
+        f"{path}: a torch pickle ({path.suffix.lower()}) is not loaded: unpickling runs the code it carries; "
+        "export the model to ONNX in one file (torch.onnx.export(model, (example_input,), 'model.onnx', "
+        "external_data=False)) or save its weights (safetensors.torch.save_file(model.state_dict(), "
+        f"'model.safetensors'), pushed with {weights_with} it)"
+    )
+
+
 def check_artifact_path(path: object) -> None:
     """TypeError saying what to pass for a `path` that is no file path: a torch module or its
     state_dict, as a notebook holds it, went on to fail in pathlib ("expected str, bytes or
@@ -920,6 +978,8 @@ def upload_header(
     """The header of an artifact upload; the file is hashed here so the daemon can verify it."""
     if format is None:
         format = FORMAT_BY_SUFFIX.get(path.suffix.lower())
+    if format is None and (kind := torch_file_kind(path)) is not None:
+        raise ValueError(torch_file_advice(path, kind, "architecture= naming what builds"))
     if format is None:
         raise ValueError(
             f"{path}: cannot tell the format from the suffix; pass format='onnx' or 'safetensors'"

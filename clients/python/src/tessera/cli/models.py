@@ -23,16 +23,19 @@ from tessera.ensembles import fit_stacking, member_pair
 from tessera.errors import TesseraError
 from tessera.json_output import dumps, to_plain
 from tessera.messages import counted, is_digits, load_toml
-from tessera.models import FORMAT_BY_SUFFIX, SUFFIX_BY_FORMAT, default_file_name
+from tessera.models import (
+    FORMAT_BY_SUFFIX,
+    SUFFIX_BY_FORMAT,
+    default_file_name,
+    torch_file_advice,
+    torch_file_kind,
+)
 from tessera.progress_line import byte_size
 from tessera.rpc_commands import in_cli_words
 from tessera.state_words import number_word
 from tessera.tables import Word
 from tessera.transfer import is_download_directory
 from tessera.v1 import common_pb2, registry_pb2
-
-# Torch's own save format: a pickle, which runs code as it loads, so the daemon takes none.
-TORCH_PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 def cmd_models_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
@@ -204,13 +207,9 @@ def cmd_models_push(client: Client, args: argparse.Namespace, out: Output) -> No
     # The SDK's own messages for these name its keyword arguments (format=, architecture=).
     suffix = Path(args.file).suffix.lower()
     artifact_format = args.format or FORMAT_BY_SUFFIX.get(suffix)
-    if artifact_format is None and suffix in TORCH_PICKLE_SUFFIXES:
+    if artifact_format is None and (kind := torch_file_kind(Path(args.file))) is not None:
         raise UsageError(
-            f"{args.file}: a torch pickle ({suffix}) is not loaded: unpickling runs the code it carries; "
-            "export the model to ONNX in one file (torch.onnx.export(model, (example_input,), 'model.onnx', "
-            "external_data=False)) or save its "
-            "weights (safetensors.torch.save_file(model.state_dict(), 'model.safetensors'), pushed with "
-            "--spec SPEC.toml naming the [architecture] that builds it)"
+            torch_file_advice(Path(args.file), kind, "--spec SPEC.toml naming the [architecture] that builds")
         )
     if artifact_format is None:
         raise UsageError(
