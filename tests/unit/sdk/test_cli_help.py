@@ -148,3 +148,17 @@ def test_every_help_screen_fits_80_columns(monkeypatch):
         if len(line) > HELP_WIDTH
     ]
     assert not wide, f"lines wider than {HELP_WIDTH} columns: {wide}"
+
+
+def test_load_help_says_how_each_protocol_refuses_a_full_queue_and_when_saved_options_apply(monkeypatch):
+    """It named RESOURCE_EXHAUSTED alone, which the Open Inference Protocol answers as Triton does
+    (UNAVAILABLE, 503 with Retry-After), and said saved options were used on restarts, which load
+    nothing by themselves."""
+    monkeypatch.setenv("COLUMNS", "1000")  # one option's help on one line
+    (load,) = [sub for path, sub in commands(build_parser()) if path == ("load",)]
+    text = " ".join(load.format_help().split())
+    assert "RESOURCE_EXHAUSTED over tessera's Predict" in text
+    assert "UNAVAILABLE over its gRPC and 503 with Retry-After: 1 over its HTTP" in text
+    assert "whenever the version is loaded again" in text
+    assert "a restart loads nothing by itself" in text
+    assert "restarts," not in text

@@ -498,9 +498,10 @@ class Inference(Part[C]):
         version with another config swaps it without dropping requests.
 
         `save_config`: also store `config` as the version's saved config, in place of the one
-        before (none given: remove it); the load then runs with `config` alone. Later loads that
-        leave a field out take it from there: requests' loads, serving.preload, restarts and read
-        replicas (FailedPrecondition at a replica: save it at the primary)."""
+        before (none given: remove it); the load then runs with `config` alone. Whenever the version
+        is loaded again, a load that leaves a field out takes it from there: a request's, a
+        repository load, serving.preload at the daemon's start, a read replica's (FailedPrecondition
+        at a replica: save it at the primary); a restart loads nothing by itself."""
         request = pb.LoadModelRequest(
             target=ref(model, version),
             config=from_dict(pb.ServingConfig, config, "config"),

@@ -1215,9 +1215,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--save",
         action="store_true",
         help="also save these options as the version's serving config, in place of the one saved "
-        "before (none given: remove it): later loads that leave an option out take it from there "
-        "(requests' loads, serving.preload, restarts, read replicas); without it a load is a one-off "
-        "that saves nothing. Refused at a read replica: save at the primary",
+        "before (none given: remove it): whenever the version is loaded again, a load that leaves an "
+        "option out takes it from there (a request's load, tessera load, --preload or serving.preload "
+        "at the daemon's start, a read replica); a restart loads nothing by itself. Without --save a "
+        "load is a one-off that saves nothing. Refused at a read replica: save at the primary",
     )
     sub.add_argument(
         "--runtime",
@@ -1250,8 +1251,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--max-queue-size",
         type=serving_option("max_queue_size"),
-        help="most requests queued; beyond it a request is refused with RESOURCE_EXHAUSTED (default: the "
-        "daemon's serving.max_queue_size, 1024 unless set)",
+        help="most requests queued; beyond it a request is refused: RESOURCE_EXHAUSTED over tessera's "
+        "Predict, and as Triton refuses it over the Open Inference Protocol, UNAVAILABLE over its gRPC "
+        "and 503 with Retry-After: 1 over its HTTP (default: the daemon's serving.max_queue_size, 1024 "
+        "unless set)",
     )
     sub.add_argument(
         "--warmup-runs",

@@ -255,7 +255,9 @@ class ServingConfig(_message.Message):
     never sets them gets the default as before.
     """
     max_queue_size: _builtins.int
-    """Most queued requests; beyond it RESOURCE_EXHAUSTED. Default 1024."""
+    """Most queued requests; beyond it RESOURCE_EXHAUSTED (the Open Inference Protocol answers
+    UNAVAILABLE, HTTP 503 with Retry-After, as Triton). Default 1024.
+    """
     warmup_runs: _builtins.int
     """Inference runs on random inputs before the version takes traffic; unset: the daemon's
     serving.warmup_runs (2 unless set). 0: no warm-up.
@@ -374,9 +376,10 @@ class LoadModelRequest(_message.Message):
     SAVE_CONFIG_FIELD_NUMBER: _builtins.int
     save_config: _builtins.bool
     """Also store `config` as the version's saved serving config (as Triton keeps a model's
-    config.pbtxt), in place of the one saved before: loads that do not set a field take it from
-    there (requests' loads, serving.preload, RepositoryModelLoad, after a restart, and at read
-    replicas, where versions loaded swap to it). The load itself then runs with `config` alone;
+    config.pbtxt), in place of the one saved before: whenever the version is loaded again, a load
+    that does not set a field takes it from there (requests' loads, LoadModel, RepositoryModelLoad,
+    serving.preload at the daemon's start, and read replicas, where versions loaded swap to it); a
+    restart loads nothing by itself. The load itself then runs with `config` alone;
     an empty config removes the saved one. Saved only once the version loaded: a load refused or
     failed saves nothing. A load without it runs `config` over the saved one, for this load only.
     At a read replica FAILED_PRECONDITION (save it at the primary).
