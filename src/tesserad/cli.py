@@ -89,6 +89,13 @@ SERVE_FLAGS = {
         "what a request naming no version gets from a model without a deployment: latest "
         "(default), or the version ALIAS names where the model has that alias, else its latest",
     ),
+    "--tokens-file": (
+        "security.tokens_file",
+        "FILE",
+        "TOML file of hashed tokens and their roles (`tesserad tokens add --file FILE`): every call "
+        "then needs a token; read again on SIGHUP and when it changes (default: none, no tokens); "
+        "beyond loopback, serve TLS too (security.tls_cert_file, security.tls_key_file)",
+    ),
     "--log-format": ("log_format", "FORMAT", "console (default) or json"),
     "--log-level": ("log_level", "LEVEL", "debug, info (default), warning or error"),
     "--follow": (

@@ -35,8 +35,8 @@ def exposure_refusal(settings: Settings, insecure: bool) -> str | None:
     setting, address = exposed[0]
     return (
         f"refusing to listen on {address} without authentication: anyone who can reach "
-        "it could delete models and submit training jobs. Set security.tokens_file (make tokens "
-        f"with `tesserad tokens add`) or security.tls_client_ca_file, set {setting} to a loopback "
+        "it could delete models and submit training jobs. Set security.tokens_file (--tokens-file; "
+        f"make tokens with `tesserad tokens add`) or security.tls_client_ca_file, set {setting} to a loopback "
         "address such as 127.0.0.1, or pass --insecure if a network boundary you trust already "
         "controls access"
     )

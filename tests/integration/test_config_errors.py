@@ -114,7 +114,7 @@ def test_a_variable_over_the_files_tokens_file_is_warned_of_and_named_where_it_f
         (
             'listen = "0.0.0.0:0"\n',
             "refusing to listen on 0.0.0.0:0 without authentication: anyone who can reach it could "
-            "delete models and submit training jobs. Set security.tokens_file (make tokens with "
+            "delete models and submit training jobs. Set security.tokens_file (--tokens-file; make tokens with "
             "`tesserad tokens add`) or security.tls_client_ca_file, set listen to a loopback address",
         ),
         (

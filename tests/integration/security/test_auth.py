@@ -190,3 +190,17 @@ def test_the_daemon_logs_how_many_tokens_it_loaded(spawn_daemon, tokens, tmp_pat
     entry = process.wait_for_log("tesserad serving")
     assert entry["tokens"] == 3
     assert entry["tls"] is False
+
+
+def test_tesserad_serve_takes_the_tokens_file_as_a_flag(spawn_daemon, tokens, tmp_path):
+    """It took it only from TESSERA_SECURITY_TOKENS_FILE or the TOML file."""
+    daemon = spawn_daemon(
+        "--listen", "127.0.0.1:0", "--metrics-listen", "off", "--tokens-file", str(tokens.file), cwd=tmp_path
+    )  # fmt: skip
+    with grpc.insecure_channel(daemon.wait_serving()) as channel:
+        stub = system_pb2_grpc.SystemStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetServerInfo(system_pb2.GetServerInfoRequest(), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        reader = bearer(tokens.token[Role.READER])
+        assert stub.GetServerInfo(system_pb2.GetServerInfoRequest(), metadata=reader, timeout=30).version
