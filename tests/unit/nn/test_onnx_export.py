@@ -182,9 +182,10 @@ def test_exports_build_torchlibs_table_once_per_opset_and_write_what_a_fresh_tab
     monkeypatch.setattr(registry_class, "from_torchlib", classmethod(counted_build))
     monkeypatch.setattr(onnx_export, "_TORCHLIB_REGISTRIES", {}, raising=False)  # none cached yet
     modes = ("decomposed", "native")
+    # The first mode's exports build each opset's table, the second's reuse them (each cnn4d
+    # export costs seconds, so no more of them than that takes).
     for mode in modes:
-        for n in range(2):
-            export_onnx(model, spec, tmp_path / f"{mode}-{n}.onnx", conv4d=mode)
+        export_onnx(model, spec, tmp_path / f"{mode}.onnx", conv4d=mode)
         export_onnx(model, spec, tmp_path / f"{mode}-18.onnx", conv4d=mode, opset=18)
     assert sorted(built) == sorted({ONNX_DEFAULT_OPSET, 18})  # once each
     assert registry_class.__dict__["from_torchlib"].__func__ is counted_build  # torch's factory is back
@@ -192,9 +193,7 @@ def test_exports_build_torchlibs_table_once_per_opset_and_write_what_a_fresh_tab
     monkeypatch.setattr(onnx_export, "_torchlib_registry_built_once", contextlib.nullcontext)
     for mode in modes:
         export_onnx(model, spec, tmp_path / f"{mode}-fresh.onnx", conv4d=mode)
-        fresh = (tmp_path / f"{mode}-fresh.onnx").read_bytes()
-        assert (tmp_path / f"{mode}-0.onnx").read_bytes() == fresh
-        assert (tmp_path / f"{mode}-1.onnx").read_bytes() == fresh
+        assert (tmp_path / f"{mode}.onnx").read_bytes() == (tmp_path / f"{mode}-fresh.onnx").read_bytes()
     assert len(built) == 4  # the fresh exports built their own tables
 
 
