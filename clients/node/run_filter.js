@@ -84,6 +84,9 @@ const TIME_ATTRIBUTES = ['start_time', 'end_time'];
 // The run attributes ListRuns orders by, and MLflow's alias of start_time.
 const ORDER_ATTRIBUTES = ['start_time', 'end_time', 'run_name', 'status'];
 const ATTRIBUTE_ALIASES = { created: 'start_time' };
+// The tags MLflow keeps a run's name and parent in: here they are the run's own attributes, so a
+// filter or order on the tag reads those (a run holds no such tag, and would match nothing).
+const MLFLOW_ATTRIBUTE_TAGS = { 'mlflow.runName': 'run_name', 'mlflow.parentRunId': 'parent_run_id' };
 // TextFilter's entity of each, as listRuns takes it.
 const TEXT_ENTITIES = { params: 'param', tags: 'tag', attributes: 'attribute' };
 // As the daemon bounds a LIKE pattern (its matching costs up to value x pattern steps).
@@ -253,6 +256,9 @@ function operand(scan, allowed) {
       );
     }
     throw scan.fail(`a key with ${next} in it goes in backquotes: ${entity}.\`${written}\``);
+  }
+  if (entity === 'tags' && Object.hasOwn(MLFLOW_ATTRIBUTE_TAGS, key)) {
+    return { entity: 'attributes', key: MLFLOW_ATTRIBUTE_TAGS[key], field: summary, start };
   }
   return { entity, key, field: summary, start };
 }
@@ -516,7 +522,7 @@ function orderKey(scan) {
     entity = 'attributes';
   } else {
     const written = operand(scan, 'metrics.KEY, params.KEY or attributes.NAME, then ASC or DESC');
-    key = written.key;
+    ({ entity, key } = written);
     field = written.field;
     if (entity === 'tags') throw scan.fail('runs are ordered by metrics, params and attributes, not by tags', start);
     if (entity === 'attributes') {

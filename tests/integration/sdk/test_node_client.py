@@ -1386,6 +1386,7 @@ def test_node_client_metric_stream_sent_again_gets_a_deadline_of_its_own(
 
 RUN_FILTERS = [
     "",
+    "tags.mlflow.runName = 'best' and tags.`mlflow.parentRunId` != 'r1' and tags.mlflow.source = 'x'",
     "metrics.val_accuracy > 0.9 and params.x = '1'",
     "metric.val_loss.min <= 1e-3 AND tags.team = \"vision\" and attributes.status = 'FINISHED'",
     "run.status IN ('killed', 'failed') and attr.status != 'failed'",
@@ -1451,6 +1452,8 @@ RUN_FILTERS = [
 ]
 RUN_ORDERS = [
     "metrics.val_loss ASC",
+    "tags.mlflow.runName DESC",
+    "tags.mlflow.parentRunId",
     "metrics.val_loss.max desc",
     "metric.`val-loss`",
     "",

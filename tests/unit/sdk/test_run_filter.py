@@ -66,9 +66,9 @@ def test_summary_fields_backquoted_keys_and_entity_spellings() -> None:
 
 
 def test_param_and_tag_keys_take_dots_unquoted_as_in_mlflow() -> None:
-    found = parse_filter("params.optimizer.lr = '0.001' and tags.mlflow.runName = 'a' and params.x = 'y'")
+    found = parse_filter("params.optimizer.lr = '0.001' and tags.mlflow.source.name = 'a' and params.x = 'y'")
     assert found.params == {"optimizer.lr": "0.001", "x": "y"}
-    assert found.tags == {"mlflow.runName": "a"}
+    assert found.tags == {"mlflow.source.name": "a"}
 
 
 def test_status_conditions_keep_the_statuses_every_one_allows() -> None:
@@ -303,6 +303,24 @@ def test_like_in_and_times_go_to_text_and_time_conditions() -> None:
         15,
         "a LIKE pattern is at most 500 characters, this one is 501",
     )
+
+
+def test_mlflows_run_name_and_parent_tags_read_the_run_attributes() -> None:
+    """MLflow keeps a run's name and parent in tags; a tessera run holds no such tag, so the tags
+    read the attributes instead of matching nothing. Other mlflow.* tags stay tags."""
+    found = parse_filter(
+        "tags.mlflow.runName = 'best' and tags.`mlflow.parentRunId` != 'r1' and tags.mlflow.source = 'x'"
+    )
+    text = pb.TextFilter
+    assert list(found.texts) == [
+        text(entity=pb.TEXT_ENTITY_ATTRIBUTE, key="run_name", match=pb.TEXT_MATCH_EQ, values=["best"]),
+        text(entity=pb.TEXT_ENTITY_ATTRIBUTE, key="parent_run_id", match=pb.TEXT_MATCH_NE, values=["r1"]),
+    ]
+    assert found.tags == {"mlflow.source": "x"}
+    unset = pb.SUMMARY_FIELD_UNSPECIFIED
+    assert parse_order_keys("tags.mlflow.runName DESC") == [RunOrderBy("run_name", unset, True, "attributes")]
+    with pytest.raises(RunFilterError, match="attributes.parent_run_id orders nothing"):
+        parse_order_keys("tags.mlflow.parentRunId")
 
 
 def test_the_short_metric_condition_keeps_its_key_as_written() -> None:

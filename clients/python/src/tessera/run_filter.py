@@ -14,7 +14,8 @@ Filter: conditions joined by AND (any case), e.g.
   `!=`, `IN ('a', 'b')` and `NOT IN (...)` compare so too; `LIKE 'res%'` (% any run of characters,
   _ any one; case-sensitive) and `ILIKE` (not) match the text as logged. A run without the key
   matches none of these.
-- `attributes.run_name`, `attributes.run_id` and `attributes.parent_run_id`: as a tag's text. `attributes.start_time` and
+- `attributes.run_name`, `attributes.run_id` and `attributes.parent_run_id`: as a tag's text;
+  MLflow's tags of the first and last, `tags.mlflow.runName` and `tags.mlflow.parentRunId`, read them. `attributes.start_time` and
   `attributes.end_time` OP MILLISECONDS since the epoch, as MLflow's (a run not ended has no end_time).
 - `attributes.status = 'X'`, `!= 'X'`, `IN ('X', 'Y')` or `NOT IN (...)`: a run status, or MLflow's
   FINISHED (succeeded) and KILLED (cancelled).
@@ -101,6 +102,9 @@ _FILTER_ATTRIBUTES = ("status", *_TEXT_ATTRIBUTES, *_TIME_ATTRIBUTES)
 # The run attributes ListRuns orders by, and MLflow's alias of start_time.
 _ORDER_ATTRIBUTES = ("start_time", "end_time", "run_name", "status")
 _ATTRIBUTE_ALIASES = {"created": "start_time"}
+# The tags MLflow keeps a run's name and parent in: here they are the run's own attributes, so a
+# filter or order on the tag reads those (a run holds no such tag, and would match nothing).
+_MLFLOW_ATTRIBUTE_TAGS = {"mlflow.runName": "run_name", "mlflow.parentRunId": "parent_run_id"}
 _TEXT_ENTITIES = {
     "params": pb.TEXT_ENTITY_PARAM,
     "tags": pb.TEXT_ENTITY_TAG,
@@ -275,6 +279,8 @@ def _operand(scan: _Scanner, allowed: str) -> _Operand:
                 f"{entity}.`{stem}`.{field}"
             )
         raise scan.fail(f"a key with {mark} in it goes in backquotes: {entity}.`{written}`")
+    if entity == "tags" and key in _MLFLOW_ATTRIBUTE_TAGS:
+        return _Operand("attributes", _MLFLOW_ATTRIBUTE_TAGS[key], summary, start)
     return _Operand(entity, key, summary, start)
 
 
@@ -551,7 +557,7 @@ def _order_key(scan: _Scanner) -> RunOrderBy:
         entity = "attributes"
     else:
         operand = _operand(scan, "metrics.KEY, params.KEY or attributes.NAME, then ASC or DESC")
-        key, field_name = operand.key, operand.field
+        entity, key, field_name = operand.entity, operand.key, operand.field
         if entity == "tags":
             raise scan.fail("runs are ordered by metrics, params and attributes, not by tags", start)
         if entity == "attributes":
