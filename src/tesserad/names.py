@@ -48,6 +48,12 @@ def validate_name(field: str, value: str) -> str:
     """Return `value` if it is a valid resource name, else raise InvalidArgument naming `field`."""
     if not value:
         raise InvalidArgument(f"{field} is required")
+    if value.startswith("models:/"):
+        # MLflow's model URIs ("models:/NAME@ALIAS", "models:/NAME/3"): the version goes apart here.
+        raise InvalidArgument(
+            f"{field} {_shown(value)} is MLflow's model URI: give the model's name alone in {field}, "
+            "and its version number or alias in the version reference's own field (version or alias)"
+        )
     if not NAME_PATTERN.fullmatch(value):
         raise InvalidArgument(
             f"{field} {_shown(value)} is not a valid name: use 1 to {MAX_NAME_LENGTH} characters from "

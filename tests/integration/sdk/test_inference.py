@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import traceback
 
+import grpc
 import numpy as np
 import pytest
 
 import tessera
 import tessera.aio
+from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 
 @pytest.fixture
@@ -37,6 +39,30 @@ def test_predict_takes_and_returns_numpy_by_version_alias_or_latest(client, serv
     np.testing.assert_allclose(client.inference.predict("affine", x, alias="production")["output"], x * 3)
     assert client.inference.predict("affine", x).version == 2
     assert first.batch_rows >= 2 and first.compute_time_us >= 0
+
+
+def test_mlflows_model_uris_name_the_version_and_the_daemon_says_the_form_to_others(client, served, daemon):
+    """An MLflow user writes models:/NAME@ALIAS and models:/NAME/VERSION: the SDK reads them; a
+    client that sends one as the model's name (here a raw stub) is told to split it."""
+    x = np.ones((1, 4), np.float32)
+    assert client.inference.predict("models:/affine/1", x).version == 1
+    assert client.inference.predict("models:/affine@production", x).version == 2
+    assert client.inference.predict("models:/affine", x).version == 2
+    with pytest.raises(ValueError, match="names its version: pass version or alias, or neither"):
+        client.inference.predict("models:/affine/1", x, alias="production")
+    with pytest.raises(
+        ValueError, match="stage 'Production' is an alias here; write models:/affine@production"
+    ):
+        client.inference.predict("models:/affine/Production", x)
+    with pytest.raises(ValueError, match="write models:/NAME@ALIAS or models:/NAME/VERSION"):
+        client.inference.predict("models:/affine/0", x)  # versions count from 1
+    request = inference_pb2.PredictRequest(target=common_pb2.VersionRef(model="models:/affine@production"))
+    with grpc.insecure_channel(daemon.target) as channel, pytest.raises(grpc.RpcError) as refused:
+        inference_pb2_grpc.InferenceStub(channel).Predict(request, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'models:/affine@production' is MLflow's model URI: give the model's name alone" in (
+        refused.value.details() or ""
+    )
 
 
 def test_predict_errors_carry_the_daemon_message(client, served):

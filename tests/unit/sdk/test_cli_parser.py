@@ -50,6 +50,24 @@ def test_malformed_values_are_argparse_usage_errors(capsys, args, flag):
     assert err.startswith("usage: tessera ") and f"argument {flag}: " in err, err
 
 
+@pytest.mark.parametrize(
+    ("model", "said"),
+    [
+        ("models:/clf@production", "write `clf --alias production`"),
+        ("models:/clf/3", "write `clf --version 3`"),
+        ("models:/clf", "write `clf`"),
+        ("models:/clf/Staging", "(MLflow's stages are aliases: --alias staging)"),
+        ("models:/", "write the model's name alone, and --version N or --alias NAME"),
+    ],
+)
+def test_an_mlflow_model_uri_is_refused_saying_the_flags_that_pick_its_version(capsys, model, said):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["predict", model, "--input", "x.npz"])
+    assert exited.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "argument model: " in err and said in err, err
+
+
 def daemon_accepts_weights(weights: list[float]) -> bool:
     members = [{"model": "a", "version": 1}, {"model": "b", "version": 1}]
     spec = {"members": members, "combine": "weighted_mean", "weights": weights}

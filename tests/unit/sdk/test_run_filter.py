@@ -319,7 +319,7 @@ def test_mlflows_run_name_and_parent_tags_read_the_run_attributes() -> None:
     assert found.tags == {"mlflow.source": "x"}
     unset = pb.SUMMARY_FIELD_UNSPECIFIED
     assert parse_order_keys("tags.mlflow.runName DESC") == [RunOrderBy("run_name", unset, True, "attributes")]
-    with pytest.raises(RunFilterError, match="attributes.parent_run_id orders nothing"):
+    with pytest.raises(RunFilterError, match=r"attributes\.parent_run_id orders nothing"):
         parse_order_keys("tags.mlflow.parentRunId")
 
 

@@ -27,11 +27,50 @@ from tessera.v1 import common_pb2
 M = TypeVar("M", bound=Message)
 
 
+MODEL_URI_PREFIX = "models:/"
+"""MLflow's model URIs: "models:/NAME@ALIAS" and "models:/NAME/VERSION"."""
+
+
+def model_uri_parts(uri: str) -> tuple[str, int | str | None]:
+    """The model and its version (an int) or alias (a str; None: neither) that an MLflow model
+    URI names, "models:/NAME@ALIAS" or "models:/NAME/VERSION" (or "models:/NAME", the newest);
+    ValueError saying the forms for another, such as MLflow's stages ("models:/NAME/Production"),
+    which are aliases here."""
+    rest = uri.removeprefix(MODEL_URI_PREFIX)
+    model, at, alias = rest.partition("@")
+    if at:
+        if alias and "/" not in alias and "/" not in model and model:
+            return model, alias
+    else:
+        model, slash, version = rest.partition("/")
+        if model and not slash:
+            return model, None
+        if model and is_digits(version) and int(version) > 0:
+            return model, version_number("version", int(version), model)
+        if model and version and "/" not in version and not is_digits(version):
+            raise ValueError(
+                f"{uri!r}: MLflow's stage {version!r} is an alias here; write "
+                f"{MODEL_URI_PREFIX}{model}@{version.lower()} (or pass alias={version.lower()!r})"
+            )
+    raise ValueError(
+        f"{uri!r} is no model URI tessera reads: write {MODEL_URI_PREFIX}NAME@ALIAS or "
+        f"{MODEL_URI_PREFIX}NAME/VERSION (or the model's name, with version= or alias=)"
+    )
+
+
 def version_ref(
     model: str, version: int | str | None = None, alias: str | None = None
 ) -> common_pb2.VersionRef:
     """A VersionRef by number or alias (neither: the RPC's default, usually "latest"). A str
-    `version` is an alias, as in every SDK method that takes `version=`."""
+    `version` is an alias, as in every SDK method that takes `version=`. `model` may be an MLflow
+    model URI naming the version itself, "models:/NAME@ALIAS" or "models:/NAME/VERSION"."""
+    if model.startswith(MODEL_URI_PREFIX):
+        uri = model
+        model, named = model_uri_parts(uri)
+        if named is not None and (version is not None or alias is not None):
+            raise ValueError(f"model {uri!r} names its version: pass version or alias, or neither with it")
+        if named is not None:
+            version = named
     if version is not None and alias is not None:
         raise ValueError(f"model {model!r}: pass version or alias, not both")
     if isinstance(version, str):

@@ -11,7 +11,15 @@ from typing import Any, TypeVar
 
 from tessera.ensembles import member_pair
 from tessera.errors import AlreadyExists, NotFound
-from tessera.messages import INT64_MAX, dataset_ref, is_digits, parse_setting, whole_number
+from tessera.messages import (
+    INT64_MAX,
+    MODEL_URI_PREFIX,
+    dataset_ref,
+    is_digits,
+    model_uri_parts,
+    parse_setting,
+    whole_number,
+)
 from tessera.rpc_commands import in_cli_words
 from tessera.run_filter import (
     RunFilterError,
@@ -207,7 +215,23 @@ def pointed_version(text: str) -> int | str:
 def model_name(text: str) -> str:
     """argparse's type for MODEL on a command that picks a version with --version or --alias:
     "model:6", as a dataset is named, is refused saying which flag names the version (no model's
-    name holds a ":", and the daemon's refusal would say only that this is no valid name)."""
+    name holds a ":", and the daemon's refusal would say only that this is no valid name), and so
+    is MLflow's "models:/NAME@ALIAS", saying the flags that name its version."""
+    if text.startswith(MODEL_URI_PREFIX):
+        try:
+            model, named = model_uri_parts(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{_shown(text)!r} is no model URI this reads: write the model's name alone, and "
+                "--version N or --alias NAME for its version (MLflow's stages are aliases: --alias staging)"
+            ) from None
+        flag = (
+            "" if named is None else f" --version {named}" if isinstance(named, int) else f" --alias {named}"
+        )
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)!r} is MLflow's model URI; here the model comes alone and a flag picks its "
+            f"version: write `{model}{flag}`"
+        )
     model, colon, version = text.partition(":")
     if not colon:
         return text
