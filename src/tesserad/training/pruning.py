@@ -38,10 +38,13 @@ def asha_prunes(
     if isinstance(results, list):  # sweeps recorded before results were keyed by trial
         results = rungs[str(rung)] = {f"#{i}": value for i, value in enumerate(results)}
     results[job_id] = metric
-    ranked = sorted(results.values(), reverse=mode == "max")
-    keep = max(1, len(ranked) // reduction_factor)
+    # NaN (a trial that diverged) trails every number: it ranks last, never among the best.
+    ranked = sorted((value for value in results.values() if value == value), reverse=mode == "max")
+    keep = max(1, len(results) // reduction_factor)
     finished = 0 < last_epoch <= epoch
-    return not finished and len(ranked) >= reduction_factor and ranked.index(metric) >= keep
+    if finished or len(results) < reduction_factor:
+        return False
+    return metric != metric or ranked.index(metric) >= keep
 
 
 def rung_of(epoch: int, min_epochs: int, reduction_factor: int) -> int | None:

@@ -142,6 +142,12 @@ class Trial:
     # The pruner's results of this trial: rung -> its metric there (in its bracket's under Hyperband).
     rungs: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def scored(self) -> bool:
+        """Whether it has a metric that ranks: a NaN one (a trial that diverged) ranks below every
+        other and is never the best, as Optuna fails a trial whose objective is NaN."""
+        return self.has_metric and self.metric == self.metric
+
     def take_metric(self, value: float) -> None:
         """Take its latest metric; a pruned trial keeps the one its rung judged it on, the value it
         ranks by, though its job runs on until the cancel reaches it."""
@@ -211,7 +217,7 @@ def best_trial(mode: str, trials: Iterable[Trial | None]) -> Trial | None:
     the first in the sweep), None when none did. As Optuna's best_trial takes COMPLETE trials
     only: a pruned trial's metric is its rung's, a failed or running one's an epoch's on the way,
     and none registered the version the best trial's alias is set on."""
-    scored = [t for t in trials if t is not None and t.has_metric and t.state == "succeeded" and not t.pruned]
+    scored = [t for t in trials if t is not None and t.scored and t.state == "succeeded" and not t.pruned]
     if not scored:
         return None
     if mode == "min":
@@ -294,13 +300,13 @@ def past_trials(trials: list[Trial]) -> list[PastTrial]:
     for t in trials:
         if t.pruned:
             state = "pruned"
-        elif t.state == "succeeded" and t.has_metric:
+        elif t.state == "succeeded" and t.scored:
             state = "complete"
         elif t.state in ENDED:
             state = "failed"
         else:
             state = "running"
-        value = t.metric if t.has_metric else None
+        value = t.metric if t.scored else None
         out.append(PastTrial(t.params, state, value, t.pruned_at, t.sampler_attrs))
     return out
 
@@ -1310,7 +1316,7 @@ class Sweeps:
             Member(
                 t.job_id,
                 t.params,
-                t.metric if t.has_metric and self._latest_checkpoint(t.job_id) else None,
+                t.metric if t.scored and self._latest_checkpoint(t.job_id) else None,
             )
             for t in current
         ]

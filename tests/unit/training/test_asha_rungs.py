@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from tesserad.training.pruning import asha_prunes
@@ -60,3 +61,14 @@ def test_a_trial_without_an_epoch_limit_is_pruned_at_any_rung() -> None:
     rungs: dict[str, Any] = {}
     report(rungs, "a", 0.5, 4, last_epoch=0)
     assert report(rungs, "b", 0.9, 4, last_epoch=0) is True  # epochs 0: it stops at max_steps
+
+
+def test_a_nan_result_trails_every_number_and_never_makes_one_trail() -> None:
+    # A trial that diverged reports NaN, which compares with nothing: it ranks last, in either mode.
+    for mode in ("min", "max"):
+        rungs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"min_epochs": 1, "reduction_factor": 2, "mode": mode, "last_epoch": 9}
+        assert asha_prunes(rungs, "a", math.nan, 1, **kwargs) is False  # first at its rung
+        assert asha_prunes(rungs, "b", 2.0, 1, **kwargs) is False  # ahead of a NaN
+        assert asha_prunes(rungs, "c", math.nan, 1, **kwargs) is True
+        assert asha_prunes(rungs, "d", 3.0, 1, **kwargs) is False  # the best half: both NaNs trail it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from tesserad.training.sweeps import AshaSettings, Sweep, Trial, best_trial, ended_state
 
 
@@ -32,6 +34,14 @@ def test_a_pruned_failed_or_running_trial_is_never_the_best() -> None:
     assert (
         best_trial("max", [_trial(0, "succeeded", 0.1), _trial(1, "cancelled", 0.9, pruned=True)]).number == 0
     )
+
+
+def test_a_trial_whose_metric_is_nan_is_never_the_best() -> None:
+    # A diverged trial: NaN compares with nothing, so min() or max() could keep it when first.
+    diverged, finite = _trial(0, "succeeded", math.nan), _trial(1, "succeeded", 0.5)
+    assert best_trial("min", [diverged, finite]) is finite
+    assert best_trial("max", [diverged, finite]) is finite
+    assert best_trial("min", [diverged]) is None
 
 
 def test_without_a_succeeded_trial_there_is_no_best() -> None:
