@@ -633,18 +633,20 @@ class Client {
     await this.call(this.training, 'LogParams', { run_id: runId, params: asText(params) }, timeout);
   }
 
-  // metrics: { key: number } at one step (a whole number >= 0: a request count, a time bucket);
+  // metrics: { key: number } (NaN and Infinity are stored, as MLflow stores them) at one step (a
+  // whole number >= 0: a request count, a time bucket; undefined: each key's point at the step
+  // after the highest its run holds, as the Python SDK's log_metrics without a step);
   // time: a Date for the points (default: the daemon's clock). Resolves to the points accepted.
   // A run keeps one point per key and step, the newest: sending a point again changes nothing, and
   // a new value at a logged key and step replaces the one there, with a process warning of type
   // MetricPointsReplaced (once per call; process.on('warning') sees it), as the Python SDK warns.
   async logMetrics(runId, metrics, step, { time, timeoutMs: timeout } = {}) {
-    wholeNumber('step', step);
+    if (step !== undefined) wholeNumber('step', step);
     const stamp = time === undefined ? undefined : timestamp(time);
     const points = Object.entries(metrics).map(([key, value]) => ({
       key,
       value: metricValue(key, value),
-      step,
+      ...(step === undefined ? { next_step: true } : { step }),
       ...(stamp && { time: stamp }),
     }));
     const response = await this.call(this.training, 'LogMetrics', { run_id: runId, points }, timeout);

@@ -561,7 +561,7 @@ class Daemon:
         tracking = Tracking(self._store)
         tracking.keep_experiments_of_running_sweeps(running_sweeps_into)
         await asyncio.to_thread(tracking.build_missing_buckets)
-        await asyncio.to_thread(tracking.purge_nonfinite_points)
+        await asyncio.to_thread(tracking.rebuild_nonfinite_metrics)
         await asyncio.to_thread(tracking.index_run_order)
         await asyncio.to_thread(tracking.move_deleted_runs_order)
         await asyncio.to_thread(tracking.count_experiment_runs)

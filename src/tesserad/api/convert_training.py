@@ -481,7 +481,11 @@ def summary_field_from_proto(value: pb.SummaryField.ValueType) -> str | None:
 def points_from_proto(points: Any) -> list[MetricPoint]:
     return [
         MetricPoint(
-            p.key, p.value, p.step, seconds(p.time, f"points[{i}].time") if p.HasField("time") else None
+            p.key,
+            p.value,
+            p.step,
+            seconds(p.time, f"points[{i}].time") if p.HasField("time") else None,
+            p.next_step,
         )
         for i, p in enumerate(points)
     ]

@@ -84,23 +84,47 @@ def decode_bucket(raw: bytes) -> Bucket:
     return Bucket(count, Sample(low_step, low_value, low_time), Sample(high_step, high_value, high_time))
 
 
+def _lower(a: Sample, b: Sample) -> bool:
+    """Whether `a` is the low of the two: the lower value, NaN above every number (so a bucket's
+    low is NaN only where all its points are), of equal values (NaN with NaN) the earlier step."""
+    a_nan, b_nan = a.value != a.value, b.value != b.value
+    if a_nan or b_nan:
+        return b_nan and (not a_nan or a.step <= b.step)
+    return a.value < b.value or (a.value == b.value and a.step <= b.step)
+
+
+def _higher(a: Sample, b: Sample) -> bool:
+    """Whether `a` is the high of the two: as `_lower`, NaN below every number."""
+    a_nan, b_nan = a.value != a.value, b.value != b.value
+    if a_nan or b_nan:
+        return b_nan and (not a_nan or a.step <= b.step)
+    return a.value > b.value or (a.value == b.value and a.step <= b.step)
+
+
 def merge(a: Bucket, b: Bucket) -> Bucket:
     """The bucket of both; ties go to the earlier step, so the result never depends on order."""
-    al, bl, ah, bh = a.low, b.low, a.high, b.high
-    low = al if al.value < bl.value or (al.value == bl.value and al.step <= bl.step) else bl
-    high = ah if ah.value > bh.value or (ah.value == bh.value and ah.step <= bh.step) else bh
+    low = a.low if _lower(a.low, b.low) else b.low
+    high = a.high if _higher(a.high, b.high) else b.high
     return Bucket(a.points + b.points, low, high)
 
 
-_VALUE = attrgetter("value")
+def _low_rank(sample: Sample) -> tuple[bool, float]:
+    value = sample.value
+    return (True, 0.0) if value != value else (False, value)
+
+
+def _high_rank(sample: Sample) -> tuple[bool, float]:
+    value = sample.value
+    return (False, 0.0) if value != value else (True, value)
 
 
 def _bucket_samples(samples: list[Sample]) -> dict[int, Bucket]:
-    """Level-1 buckets of samples sorted by step (min and max keep the first of equal values)."""
+    """Level-1 buckets of samples sorted by step (min and max keep the first of equal values,
+    and skip NaN where a number is there)."""
     out: dict[int, Bucket] = {}
     for index, group in itertools.groupby(samples, key=lambda s: s.step >> _BITS):
         members = list(group)
-        out[index] = Bucket(len(members), min(members, key=_VALUE), max(members, key=_VALUE))
+        out[index] = Bucket(len(members), min(members, key=_low_rank), max(members, key=_high_rank))
     return out
 
 
@@ -148,9 +172,9 @@ def _merged(raw: bytes, bucket: Bucket) -> bytes:
     this for every level of every batch)."""
     count, low_step, low_value, low_time, high_step, high_value, high_time = _RECORD.unpack(raw)
     low, high = bucket.low, bucket.high
-    if low.value < low_value or (low.value == low_value and low.step < low_step):
+    if _lower(low, Sample(low_step, low_value, low_time)):
         low_step, low_value, low_time = low
-    if high.value > high_value or (high.value == high_value and high.step < high_step):
+    if _higher(high, Sample(high_step, high_value, high_time)):
         high_step, high_value, high_time = high
     return _RECORD.pack(
         count + bucket.points, low_step, low_value, low_time, high_step, high_value, high_time
@@ -375,6 +399,11 @@ def _run_table(txn: ReadTxn, metric: bytes, level: int, first: int, last: int) -
     return table
 
 
+def _same(values: np.ndarray, extremes: np.ndarray) -> np.ndarray:
+    """Where `values` equal `extremes`, NaN equal to NaN."""
+    return np.asarray((values == extremes) | (np.isnan(values) & np.isnan(extremes)))
+
+
 def _first_where(flags: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """For each segment beginning at `starts`, the first index at or after it where flags hold
     (every segment has one)."""
@@ -435,12 +464,13 @@ class Grouping:
         starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
         sizes = np.diff(np.r_[starts, len(table)])
         counts = np.add.reduceat(table["count"], starts)
-        lows = np.repeat(np.minimum.reduceat(table["low_value"], starts), sizes)
-        highs = np.repeat(np.maximum.reduceat(table["high_value"], starts), sizes)
+        # fmin and fmax skip NaN: a group's extreme is NaN only where all its points are.
+        lows = np.repeat(np.fmin.reduceat(table["low_value"], starts), sizes)
+        highs = np.repeat(np.fmax.reduceat(table["high_value"], starts), sizes)
         # Records are in step order, so the first record holding a group's extreme holds the
         # earliest step of that value.
-        low_rows = table[_first_where(table["low_value"] == lows, starts)]
-        high_rows = table[_first_where(table["high_value"] == highs, starts)]
+        low_rows = table[_first_where(_same(table["low_value"], lows), starts)]
+        high_rows = table[_first_where(_same(table["high_value"], highs), starts)]
         return [
             (g, n, Sample(*lo), Sample(*hi))
             for g, n, lo, hi in zip(

@@ -13,6 +13,10 @@ active listing then reads no row of a deleted run, however many led the metric.
 ListRuns keeps ties newest first (run id descending) in either direction: descending is one
 reversed scan; ascending walks the distinct values upwards and each value's runs downwards.
 Leaderboard keeps them oldest first, the mirror image.
+
+A NaN field has its row under the field's `nan_field` name instead, with one fixed value: a
+listing reads those rows after every number in either direction (`ranked` of the NaN field,
+newest first), a Leaderboard never does, and `logged` still sees the metric.
 """
 
 from __future__ import annotations
@@ -38,6 +42,20 @@ def order_value(value: float) -> bytes:
     """8 bytes that sort as `value` does among finite and infinite floats."""
     (bits,) = _BITS.unpack(_DOUBLE.pack(value + 0.0))  # + 0.0 turns -0.0 into 0.0
     return _BITS.pack(bits ^ _ALL if bits & _SIGN else bits | _SIGN)
+
+
+# The one value of the rows of `nan_field`s.
+NAN_ROW = b"\xff" * 8
+
+
+def nan_field(name: str) -> str:
+    """The field name under which a run's NaN summary field has its row."""
+    return f"{name}.nan"
+
+
+def _row(name: str, value: float) -> tuple[str, bytes]:
+    """(field, encoded value) of a summary field's row: a NaN one goes apart (`nan_field`)."""
+    return (nan_field(name), NAN_ROW) if value != value else (name, order_value(value))
 
 
 def _value(part: KeyPart) -> bytes:
@@ -69,14 +87,14 @@ def update(
     table = _table(deleted)
     tag = _metric_tag(metric)
     for name in new or old or {}:
-        before = None if old is None else order_value(old[name])
-        after = None if new is None else order_value(new[name])
+        before = None if old is None else _row(name, old[name])
+        after = None if new is None else _row(name, new[name])
         if before == after:
             continue
         if before is not None:
-            txn.delete(table, (experiment, tag, name, before, run_id))
+            txn.delete(table, (experiment, tag, *before, run_id))
         if after is not None:
-            txn.put(table, (experiment, tag, name, after, run_id), b"")
+            txn.put(table, (experiment, tag, *after, run_id), b"")
 
 
 def move(
@@ -86,7 +104,7 @@ def move(
     `deleted`, else in the active one, and out of the other; a row already in place stays."""
     tag = _metric_tag(metric)
     for name, value in fields.items():
-        key = (experiment, tag, name, order_value(value), run_id)
+        key = (experiment, tag, *_row(name, value), run_id)
         txn.delete(_table(not deleted), key)
         txn.put(_table(deleted), key, b"")
 

@@ -175,11 +175,14 @@ class _Descending:
 
 
 def sort_position(values: list[Any], keys: list[SortKey], run_id: str) -> tuple[Any, ...]:
-    """Where a run sorts: per key, runs with the value (in its direction) before those without,
-    as MLflow puts runs lacking a value last; then by run id, so the order is total."""
+    """Where a run sorts: per key, runs with the value (in its direction) before those whose metric
+    is NaN, and those before runs without it, in either direction, as MLflow sorts them; then by
+    run id, so the order is total."""
     out: list[Any] = []
     for value, key in zip(values, keys, strict=True):
         if value is None:
+            out.append((2, 0))
+        elif value != value:  # NaN, which compares with nothing
             out.append((1, 0))
         else:
             out.append((0, _Descending(value) if key.descending else value))

@@ -131,8 +131,9 @@ _SUMMARY_WIRE_BYTES = 64
 _EVERY_POINT = -1  # the level in a history page token that means "every point, no buckets"
 # In the "meta" table once every metric has its buckets (stores from before them are backfilled).
 BUCKETS_BUILT = ("metric_buckets_built",)
-# In the "meta" table once the NaN and infinite points jobs stored before write_points refused
-# them are gone (stores from before are purged once at start).
+# In the "meta" table once the metrics holding NaN or infinite points that jobs stored before
+# write_points refused them have their buckets and summaries rebuilt by today's rules (a daemon
+# between dropped those points, under this marker).
 NONFINITE_PURGED = ("metric_nonfinite_purged",)
 # In the "meta" table once every summary is in run_metric_order (stores from before it are
 # indexed once at start).
@@ -246,6 +247,8 @@ class MetricPoint(NamedTuple):
     value: float
     step: int
     time: float | None = None  # wall clock; server time when None
+    # At the step after the highest its key holds (MLflow's log_metric without a step).
+    next_step: bool = False
 
 
 class Logged(NamedTuple):
@@ -320,6 +323,9 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
     "ne": lambda a, b: a != b,
 }
 _RANK_VALUE = struct.Struct(">d")
+# An ordered listing's phase of runs whose ordered field is NaN, after those with a number and
+# before those without the metric (phase 1, so that tokens from before it keep their meaning).
+_NAN_PHASE = 2
 # The order index's tables each view reads: deleted runs' rows are apart (run_order).
 _VIEW_TABLES = {"active": (False,), "deleted": (True,), "all": (False, True)}
 # A run that may log a key yet: running, or interrupted and waiting for its job to resume it.
@@ -1194,8 +1200,9 @@ class Tracking:
         after: bytes | None,
         matched: Callable[[ReadTxn, str], Run | None],
     ) -> Iterator[tuple[Key, Run]]:
-        """The matching runs by `order` with their token keys (rank, run id): the runs with the
-        metric from the order index, then those without it newest first.
+        """The matching runs by `order` with their token keys (phase, rank, run id): the runs with
+        a number from the order index, then those whose field is NaN newest first (phase 2), then
+        those without the metric newest first (phase 1, as tokens from before NaN was kept say).
 
         Equal ranks keep newest first, so (rank, run id) orders runs totally and a page resumes
         exactly after the last run it showed, whatever was logged in between.
@@ -1207,10 +1214,10 @@ class Tracking:
         if after is not None:
             missing, rank, last_id = _order_position(after)
             resume = (run_order.order_value(-rank if descending else rank), last_id)
+        names = [experiment] if experiment else [str(key[0]) for key, _ in txn.scan("experiments")]
+        # The view picks the tables: active runs' rows and deleted runs' rows are apart.
+        sources = [(name, deleted) for name in names for deleted in _VIEW_TABLES[view]]
         if missing == 0:
-            names = [experiment] if experiment else [str(key[0]) for key, _ in txn.scan("experiments")]
-            # The view picks the tables: active runs' rows and deleted runs' rows are apart.
-            sources = [(name, deleted) for name in names for deleted in _VIEW_TABLES[view]]
             ranked = run_order.ranked_across(txn, sources, order.metric, order.field, descending, resume)
             for _, run_id in ranked:
                 run = matched(txn, run_id)
@@ -1219,6 +1226,14 @@ class Tracking:
                     yield (missing_now, _RANK_VALUE.pack(value), run_id), run
             last_id = None
         without = _RANK_VALUE.pack(0.0)
+        if missing in (0, _NAN_PHASE):
+            nan_after = None if last_id is None else (run_order.NAN_ROW, last_id)
+            nan_field = run_order.nan_field(order.field)
+            for _, run_id in run_order.ranked_across(txn, sources, order.metric, nan_field, True, nan_after):
+                run = matched(txn, run_id)
+                if run is not None:
+                    yield (_NAN_PHASE, without, run_id), run
+            last_id = None
         after_key: Key | None = None
         if last_id is not None:
             after_key = (experiment, last_id) if experiment else (last_id,)
@@ -1380,14 +1395,13 @@ class Tracking:
                 if hidden := hidden_character_problem(point.key):
                     raise InvalidArgument(f"points[{i}].key: metric key {point.key[:80]!r} {hidden}")
                 checked.add(point.key)
-            if not math.isfinite(point.value):
-                raise InvalidArgument(
-                    f"points[{i}].value: {point.key} = {point.value} is not a finite number, which a "
-                    "run does not keep (its summaries, filters and rankings compare values; MLflow "
-                    "would store it): leave the point out and send the batch again, none of it is stored"
-                )
             if point.step < 0:
                 raise InvalidArgument(f"points[{i}].step must be >= 0, got {point.step}")
+            if point.next_step and point.step:
+                raise InvalidArgument(
+                    f"points[{i}]: step is {point.step} and next_step is set; set the step, or next_step "
+                    "alone for the step after the key's last"
+                )
 
     def log_metrics(
         self,
@@ -1612,45 +1626,38 @@ class Tracking:
                 extra={"metrics": passed.done, "points": points, "seconds": passed.seconds},
             )
 
-    def purge_nonfinite_points(self, progress_every_s: float = 5.0) -> None:
-        """Drop, once, the NaN and infinite points jobs stored before tracking refused them, and
-        rebuild the buckets and summary of each metric that had one.
+    def rebuild_nonfinite_metrics(self, progress_every_s: float = 5.0) -> None:
+        """Rebuild, once, the buckets and summary of each metric holding NaN or infinite points
+        that jobs stored before tracking refused them (a daemon of that time extended its buckets
+        as if NaN compared like a number), so its extremes skip NaN as one written today does; the
+        points themselves stay, as MLflow keeps them. Its marker is the one of the purge that
+        daemons between dropped such points with: a store they went through holds none. An
+        interrupted rebuild starts over at the next start (it is idempotent)."""
+        affected = 0
 
-        The store then holds finite values only, as one written today does: a job's non-finite
-        values stay in its events, its run keeps the finite points, and every summary (last
-        included) is the one those points give; a metric left with no point loses its summary.
-        Purging once at start reads every point once and keeps reads free of checks; an
-        interrupted purge starts over at the next start (it is idempotent).
-        """
-        affected = dropped = 0
-
-        def purge(txn: WriteTxn, summary_key: Key, raw: bytes) -> None:
-            nonlocal affected, dropped
+        def rebuild(txn: WriteTxn, summary_key: Key, raw: bytes) -> None:
+            nonlocal affected
             run_id, key = str(summary_key[0]), str(summary_key[1])
             metric = metric_prefix(run_id, key)
-            doomed = metric_buckets.nonfinite_points(txn, metric)
-            if not doomed:
+            if not metric_buckets.nonfinite_points(txn, metric):
                 return
-            for raw_key in doomed:
-                txn.delete_packed("metrics", raw_key)
             metric_buckets.rebuild(txn, metric)
             _refresh_summary(txn, _experiment_of(txn, run_id), run_id, key)
             affected += 1
-            dropped += len(doomed)
 
         passed = self._each_row_once(
             "metric_summaries",
             NONFINITE_PURGED,
             64,
-            purge,
+            rebuild,
             "looking for non-finite metric points (once, for a store from an older tesserad)",
             dict,
             progress_every_s,
         )
         if passed is not None and affected:
             log.warning(
-                "dropped non-finite metric points",
-                extra={"metrics": affected, "points": dropped, "seconds": passed.seconds},
+                "rebuilt the summaries of metrics holding non-finite points",
+                extra={"metrics": affected, "seconds": passed.seconds},
             )
 
     def index_run_order(self, progress_every_s: float = 5.0) -> None:
@@ -1942,7 +1949,7 @@ def _order_position(after: bytes) -> tuple[int, float, str]:
     key = unpack(after)
     if not (
         len(key) == 3
-        and key[0] in (0, 1)
+        and key[0] in (0, 1, _NAN_PHASE)
         and isinstance(key[1], bytes)
         and len(key[1]) == _RANK_VALUE.size
         and isinstance(key[2], str)
@@ -2065,27 +2072,41 @@ def _experiment_of(txn: ReadTxn, run_id: str) -> str:
 
 
 def write_points(txn: WriteTxn, experiment: str, run_id: str, points: list[MetricPoint], now: float) -> int:
-    """Store the finite points (of points at one step, the last written wins) and update their
-    keys' buckets and summaries, in `txn`; returns how many points replaced a different value
-    (stored before, or earlier in `points`), which a caller is told: MLflow keeps both. A point
-    whose value is already there changes nothing, its time included: a resend (a retried call,
-    whose points may take the daemon's clock again) keeps the time first stored.
+    """Store the points (of points at one step, the last written wins; a `next_step` point at the
+    step after its key's highest) and update their keys' buckets and summaries, in `txn`; returns
+    how many points replaced a different value (stored before, or earlier in `points`), which a
+    caller is told: MLflow keeps both. A point whose value is already there changes nothing, its
+    time included: a resend (a retried call, whose points may take the daemon's clock again) keeps
+    the time first stored. A `next_step` point sent again is stored again, at the next step, as
+    MLflow's history keeps a retried log_metric twice.
 
-    Tracking holds finite values only: LogMetrics refuses the others, and a job's validation
-    metric that comes out NaN (a split can hold NaN) stays in its events, out of its run, where
-    it would make extremes, rankings and filters meaningless. Buckets and summaries are updated
-    once per key per batch, which keeps ingest near the cost of the puts themselves.
+    NaN and infinite values are kept, as MLflow keeps them (a loss that diverged says so): buckets
+    and summaries skip NaN for their extremes (`metric_buckets`), the order index keeps NaN apart
+    (`run_order`). Buckets and summaries are updated once per key per batch, which keeps ingest
+    near the cost of the puts themselves.
     """
     by_key: dict[str, dict[int, Sample]] = {}
+    # Per key a next_step point reads, the point at its highest step so far (None: it has none).
+    last_of: dict[str, Sample | None] = {}
     replaced = 0
     for point in points:
-        if math.isfinite(point.value):
-            samples = by_key.setdefault(point.key, {})
-            earlier = samples.get(point.step)
-            if earlier is not None and earlier.value == point.value:
-                continue
-            replaced += earlier is not None
-            samples[point.step] = Sample(point.step, point.value, now if point.time is None else point.time)
+        samples = by_key.setdefault(point.key, {})
+        step = point.step
+        if point.next_step:
+            if point.key not in last_of:
+                last_of[point.key] = metric_buckets.last_point(txn, metric_prefix(run_id, point.key))
+                for sample in samples.values():
+                    _note_last(last_of, point.key, sample)
+            last = last_of[point.key]
+            step = 0 if last is None else last.step + 1
+        earlier = samples.get(step)
+        if earlier is not None and same_value(earlier.value, point.value):
+            continue
+        replaced += earlier is not None
+        sample = Sample(step, point.value, now if point.time is None else point.time)
+        samples[step] = sample
+        if point.key in last_of:
+            _note_last(last_of, point.key, sample)
     # A job's keys past the cap stay in its events, as LogMetrics refuses them to a caller.
     room = MAX_RUN_METRICS - _metric_count(txn, run_id)
     for key in _new_keys(txn, run_id, by_key)[max(room, 0) :]:
@@ -2099,7 +2120,7 @@ def write_points(txn: WriteTxn, experiment: str, run_id: str, points: list[Metri
             value = encode_metric_point(sample.value, sample.time)
             if not put("metrics", raw_key, value, overwrite=False):
                 stored = txn.get_packed("metrics", raw_key)
-                if stored is not None and decode_metric_point(stored)[0] == sample.value:
+                if stored is not None and same_value(decode_metric_point(stored)[0], sample.value):
                     continue
                 replaced += stored is not None
                 put("metrics", raw_key, value)
@@ -2109,6 +2130,18 @@ def write_points(txn: WriteTxn, experiment: str, run_id: str, points: list[Metri
             metric_buckets.add(txn, metric, written, rewritten)
             _refresh_summary(txn, experiment, run_id, key)
     return replaced
+
+
+def same_value(a: float, b: float) -> bool:
+    """Whether two metric values are the same point's: equal, or both NaN."""
+    return a == b or (a != a and b != b)
+
+
+def _note_last(last_of: dict[str, Sample | None], key: str, sample: Sample) -> None:
+    """Keep `sample` as `key`'s point at its highest step where it is higher."""
+    last = last_of[key]
+    if last is None or sample.step >= last.step:
+        last_of[key] = sample
 
 
 def _history_position(after: bytes, groups: int) -> tuple[int, int, int, tuple[int, ...]]:

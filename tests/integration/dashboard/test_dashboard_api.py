@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import json
 import logging
 import re
 import socket
 import urllib.parse
+from typing import Any
 
 import numpy as np
 import pytest
@@ -237,6 +239,33 @@ def test_runs_filter_by_param_and_metric(dash, client):
         assert [(e["run"]["name"], e["value"]) for e in board] == [
             (name, {"high": 0.9, "low": 0.2}[name]) for name in names_in_order
         ]
+
+
+def test_nan_and_inf_metrics_come_as_null_in_strict_json(dash, client):
+    """JSON has no NaN or Infinity: a run's diverged loss is null in a run, a listing ordered by
+    it and its history, each an answer a strict parser (a browser's JSON.parse) reads."""
+    run = client.training.create_run("dash-nan", name="diverged", create_experiment=True)
+    client.training.log_metrics(run.run_id, {"loss": 0.5, "acc": float("inf")}, 0)
+    client.training.log_metrics(run.run_id, {"loss": float("nan")}, 1)
+    port = dash.daemon.http_port
+
+    def strict(path: str) -> Any:
+        answer = http_get(port, path)
+        assert answer.status == 200, answer.body
+
+        def refuse(constant: str) -> None:
+            raise AssertionError(f"{path} answered {constant}, which JSON lacks")
+
+        return json.loads(answer.body, parse_constant=refuse)
+
+    (listed,) = strict("/api/v1/runs?experiment=dash-nan&order_by=metrics.loss%20DESC")["runs"]
+    summaries = {m["key"]: m for m in listed["metrics"]}
+    assert (summaries["loss"]["last"], summaries["loss"]["min"]) == (None, 0.5)
+    assert summaries["acc"]["last"] is None
+    got = strict(f"/api/v1/runs/{run.run_id}")
+    assert {m["key"]: m["last"] for m in got["metrics"]} == {"acc": None, "loss": None}
+    history = strict(f"/api/v1/runs/{run.run_id}/metrics/loss")
+    assert (history["steps"], history["values"]) == ([0, 1], [0.5, None])
 
 
 def test_runs_take_the_sdks_filter_and_order_strings_and_refuse_unknown_query_parameters(dash, client):

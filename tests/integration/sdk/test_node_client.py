@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -559,6 +560,8 @@ def test_node_client_tracking_errors_name_the_code_and_what_to_fix(node_ready, d
             getRun: () => client.getRun('run-absent'),
             logMetricsToAbsent: () => client.logMetrics('run-absent', {{ loss: 1 }}, 0),
             nan: () => client.logMetrics(runId, {{ loss: NaN }}, 0),
+            noStep: () => client.logMetrics(runId, {{ loss: Infinity }}),
+            emptyKey: () => client.logMetrics(runId, {{ '': 1 }}, 0),
             negativeStep: () => client.logMetrics(runId, {{ loss: 1 }}, -1),
             fractionalStep: () => client.logMetrics(runId, {{ loss: 1 }}, 1.5),
             textValue: () => client.logMetrics(runId, {{ loss: '0.5' }}, 0),
@@ -590,7 +593,11 @@ def test_node_client_tracking_errors_name_the_code_and_what_to_fix(node_ready, d
         outcomes["absentExperiment"]["code"] == "NOT_FOUND"
         and "absent" in outcomes["absentExperiment"]["message"]
     )
-    assert outcomes["nan"]["code"] == "INVALID_ARGUMENT" and "finite" in outcomes["nan"]["message"]
+    # Stored as MLflow stores them; without a step, at the step after the key's last.
+    assert (outcomes["nan"], outcomes["noStep"]) == ("answered", "answered")
+    history = client.training.metric_history(run_id, "loss")
+    assert list(history.steps) == [0, 1] and math.isnan(history.values[0]) and history.values[1] == math.inf
+    assert outcomes["emptyKey"]["code"] == "INVALID_ARGUMENT" and "key" in outcomes["emptyKey"]["message"]
     assert (
         outcomes["history"]["code"] == "INVALID_ARGUMENT" and "max_points" in outcomes["history"]["message"]
     )
@@ -605,7 +612,8 @@ def test_node_client_tracking_errors_name_the_code_and_what_to_fix(node_ready, d
     assert outcomes["status"]["message"].startswith(
         'status: "finished" is not one of running, succeeded, failed'
     )
-    assert client.training.run(run_id).metrics == []
+    # Only the two points answered are stored: each refusal stored nothing.
+    assert [(m.key, m.count) for m in client.training.run(run_id).metrics] == [("loss", 2)]
 
 
 def small_spec(dataset: dict[str, Any]) -> dict[str, Any]:
@@ -1175,7 +1183,7 @@ def test_node_client_metric_stream_failure_says_what_is_stored(node_ready, daemo
         f"""
         (async () => {{
           const client = new Client(TARGET);
-          const steps = [[0, {{ loss: 1 }}], [1, {{ loss: 2 }}], [2, {{ loss: 3 }}], [3, {{ loss: 4, bad: Infinity }}], [4, {{ loss: 5 }}]];
+          const steps = [[0, {{ loss: 1 }}], [1, {{ loss: 2 }}], [2, {{ loss: 3 }}], [3, {{ loss: 4, '': 4 }}], [4, {{ loss: 5 }}]];
           const outcome = {{}};
           try {{
             await client.logMetricsStream({json.dumps(run_id)}, steps, {{ batchPoints: 2 }});
@@ -1183,12 +1191,12 @@ def test_node_client_metric_stream_failure_says_what_is_stored(node_ready, daemo
             Object.assign(outcome, {{ name: err.name, code: err.code, message: err.message, stored: err.storedPoints, step: err.lastStoredStep }});
           }}
           try {{
-            await client.logMetricsStream({json.dumps(run_id)}, [[9, {{ loss: NaN }}], [10, {{ loss: 1 }}]]);
+            await client.logMetricsStream({json.dumps(run_id)}, [[9, {{ '': 1 }}], [10, {{ loss: 1 }}]]);
           }} catch (err) {{
             outcome.first = [err.code, err.storedPoints, err.lastStoredStep === undefined, err.message];
           }}
           try {{
-            await client.logMetricsStream({json.dumps(run_id)}, [[20, {{ loss: 1 }}], [21, {{ loss: NaN }}]], {{ batchPoints: 1 }});
+            await client.logMetricsStream({json.dumps(run_id)}, [[20, {{ loss: 1 }}], [21, {{ '': 1 }}]], {{ batchPoints: 1 }});
           }} catch (err) {{
             outcome.one = err.message;
           }}
@@ -1204,7 +1212,7 @@ def test_node_client_metric_stream_failure_says_what_is_stored(node_ready, daemo
         daemon.target,
     )
     assert (outcome["name"], outcome["code"]) == ("TesseraError", "INVALID_ARGUMENT")
-    # Batches of two points: [loss 0, loss 1], [loss 2, loss 3], then [bad 3, loss 4] refused.
+    # Batches of two points: [loss 0, loss 1], [loss 2, loss 3], then ['' 3, loss 4] refused.
     assert (outcome["stored"], outcome["step"]) == (4, 3)
     assert outcome["message"].endswith("(4 points of this stream are stored, up to step 3)")
     code, stored, no_step, message = outcome["first"]
@@ -1253,7 +1261,7 @@ def test_node_client_metric_stream_refuses_batches_the_daemon_would(node_ready, 
 
 
 def test_node_client_metric_stream_ended_early_closes_its_steps(node_ready, daemon, client):
-    """A stream the daemon refuses mid-way (a value not finite), or one whose step is refused
+    """A stream the daemon refuses mid-way (an empty key), or one whose step is refused
     before sending, leaves its generator early: the generator is closed, so its `finally` runs
     (releasing what it holds), as leaving a `for await` loop does. Steps with no end: only
     closing ends them."""
@@ -1274,8 +1282,8 @@ def test_node_client_metric_stream_ended_early_closes_its_steps(node_ready, daem
             yield* endless(name, bad);
           }}
           const cases = {{
-            refused: endless('refused', [3, {{ loss: Infinity }}]),
-            refusedAsync: endlessAsync('refusedAsync', [3, {{ loss: Infinity }}]),
+            refused: endless('refused', [3, {{ '': 1 }}]),
+            refusedAsync: endlessAsync('refusedAsync', [3, {{ '': 1 }}]),
             negativeStep: endlessAsync('negativeStep', [-1, {{ loss: 0 }}]),
           }};
           const refusals = {{}};
@@ -1386,7 +1394,6 @@ def test_node_client_metric_stream_sent_again_gets_a_deadline_of_its_own(
 
 RUN_FILTERS = [
     "",
-    "tags.mlflow.runName = 'best' and tags.`mlflow.parentRunId` != 'r1' and tags.mlflow.source = 'x'",
     "metrics.val_accuracy > 0.9 and params.x = '1'",
     "metric.val_loss.min <= 1e-3 AND tags.team = \"vision\" and attributes.status = 'FINISHED'",
     "run.status IN ('killed', 'failed') and attr.status != 'failed'",
@@ -1449,6 +1456,7 @@ RUN_FILTERS = [
     "tags.t < 'x'",
     "attributes.run_name > 'x'",
     "attributes.user_id = 'me'",
+    "tags.mlflow.runName = 'best' and tags.`mlflow.parentRunId` != 'r1' and tags.mlflow.source = 'x'",
 ]
 RUN_ORDERS = [
     "metrics.val_loss ASC",
@@ -2276,7 +2284,7 @@ def test_node_client_metric_stream_failure_is_kept_when_closing_the_steps_throws
           const client = new Client(TARGET);
           function* steps() {{
             try {{
-              for (let step = 0; ; step += 1) yield [step, {{ loss: step === 3 ? Infinity : step }}];
+              for (let step = 0; ; step += 1) yield [step, step === 3 ? {{ '': 1 }} : {{ loss: step }}];
             }} finally {{
               throw new Error('closing the steps failed');
             }}

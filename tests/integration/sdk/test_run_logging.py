@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import re
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import yaml
 
 import tessera
 import tessera.aio
-from tessera.v1 import registry_pb2, registry_pb2_grpc
+from tessera.v1 import registry_pb2, registry_pb2_grpc, training_pb2
 from tests.conftest import InProcessDaemon, daemon_settings
 from tests.integration.sdk.affine import affine_onnx
 from tests.readme_blocks import code_blocks
@@ -149,11 +150,35 @@ def test_log_batch_stores_points_of_many_keys_and_steps_in_one_call(client):
     assert len(client.training.metric_history(run.id, "loss")) == 50
     acc = client.training.metric_history(run.id, "acc").info.points[0]
     assert (acc.step, acc.time.seconds) == (49, 1_700_000_000)
-    with pytest.raises(tessera.InvalidArgument, match="not a finite number"):
-        client.training.log_batch(run.id, [("loss", 0.0, 99), ("loss", float("nan"), 100)])
+    with pytest.raises(tessera.InvalidArgument, match=r"step must be >= 0"):
+        client.training.log_batch(run.id, [("loss", 0.0, 99), ("loss", 1.0, -1)])
     assert client.training.metric_history(run.id, "loss").steps[-1] == 49  # all or none
     with pytest.raises(ValueError, match="at most 10000 points"):
         client.training.log_batch(run.id, [("x", 1.0, s) for s in range(10_001)])
+
+
+def test_a_metric_without_a_step_goes_after_its_keys_last_and_nan_and_inf_are_kept(client):
+    """As an MLflow notebook logs: log_metric without a step keeps every value (MLflow's step 0
+    would make each replace the last here), in the foreground or the background; a loss that
+    diverged is stored as it came."""
+    with client.training.start_run("no-steps", create_experiment=True) as run:
+        run.log_metric("loss", 0.5)
+        run.log_metric("loss", float("nan"))
+        run.log_metrics({"loss": float("inf"), "acc": 0.25})
+        run.log_metric("loss", 9.0, 10)
+        assert client.training.log_metrics(run.id, {"loss": -float("inf")}) == 1
+        run.log_metric("loss", 0.125, synchronous=False)
+        run.log_metric("acc", 0.75, synchronous=False)
+        run.flush()
+    loss = client.training.metric_history(run.id, "loss")
+    assert list(loss.steps) == [0, 1, 2, 10, 11, 12]
+    values = list(loss.values)
+    assert values[0] == 0.5 and math.isnan(values[1]) and values[2:] == [math.inf, 9.0, -math.inf, 0.125]
+    assert list(client.training.metric_history(run.id, "acc").steps) == [0, 1]
+    summary = client.training.run(run.id).metrics.summary("loss")
+    assert (summary.min, summary.max, summary.last) == (-math.inf, math.inf, 0.125)
+    with pytest.raises(tessera.InvalidArgument, match=r"points\[0\]: step is 3 and next_step is set"):
+        client.training.log_batch(run.id, [training_pb2.MetricPoint(key="x", step=3, next_step=True)])
 
 
 def test_background_logging_stores_every_point_by_flush_and_run_end(client):
@@ -171,8 +196,8 @@ def test_background_logging_stores_every_point_by_flush_and_run_end(client):
 def test_a_background_batch_that_fails_is_raised_on_the_next_call_and_kept(client):
     run = client.training.create_run("background-errors", create_experiment=True)
     logger = client.training.metric_logger(run.id, flush_points=10, flush_ms=60_000)
-    with pytest.raises(ValueError, match="not a finite number"):
-        logger.log({"loss": float("inf")}, 0)
+    with pytest.raises(ValueError, match="value must be a number"):
+        logger.log({"loss": "high"}, 0)
     client.training.delete_run(run.id)
     logger.log({"loss": 1.0}, 0)
     with pytest.raises(tessera.FailedPrecondition, match="is deleted"):

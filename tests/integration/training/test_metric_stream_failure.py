@@ -17,8 +17,8 @@ S = training_pb2
 POINTS = 10  # per batch, one key, consecutive steps
 
 
-def _batch(run_id: str, index: int, value: float = 1.0) -> S.LogMetricsRequest:
-    points = [S.MetricPoint(key="loss", value=value, step=index * POINTS + i) for i in range(POINTS)]
+def _batch(run_id: str, index: int, key: str = "loss") -> S.LogMetricsRequest:
+    points = [S.MetricPoint(key=key, value=1.0, step=index * POINTS + i) for i in range(POINTS)]
     return S.LogMetricsRequest(run_id=run_id, points=points)
 
 
@@ -30,9 +30,9 @@ def _steps(stub: training_pb2_grpc.TrainingStub, run_id: str) -> list[int]:
 @pytest.mark.parametrize(
     ("batches", "bad_at", "bad", "code"),
     [
-        # NaN is refused on arrival; a batch for a run that does not exist where it is stored,
-        # after the batches queued behind it were sent.
-        (6, 3, "nan", grpc.StatusCode.INVALID_ARGUMENT),
+        # An empty key is refused on arrival; a batch for a run that does not exist where it is
+        # stored, after the batches queued behind it were sent.
+        (6, 3, "no-key", grpc.StatusCode.INVALID_ARGUMENT),
         (6, 3, "no-run", grpc.StatusCode.NOT_FOUND),
         # Past the batches the daemon keeps waiting for their commit at once.
         (150, 100, "no-run", grpc.StatusCode.NOT_FOUND),
@@ -45,7 +45,7 @@ def test_a_failed_batch_leaves_the_batches_before_it_stored_and_says_where_to_re
     stub = training_pb2_grpc.TrainingStub(channel)
     run_id = stub.CreateRun(S.CreateRunRequest(experiment="streams")).run_id
     requests = [_batch(run_id, i) for i in range(batches)]
-    requests[bad_at] = _batch(run_id, bad_at, float("nan")) if bad == "nan" else _batch("no-such-run", bad_at)
+    requests[bad_at] = _batch(run_id, bad_at, "") if bad == "no-key" else _batch("no-such-run", bad_at)
     with pytest.raises(grpc.RpcError) as info:
         stub.LogMetricsStream(iter(requests))
     error = info.value
@@ -61,7 +61,7 @@ def test_a_failed_batch_leaves_the_batches_before_it_stored_and_says_where_to_re
     else:
         assert "nothing of the stream is stored" in error.details(), error.details()
     # The batch's own reason follows.
-    assert ("not a finite number" if bad == "nan" else "no-such-run") in error.details()
+    assert ("points[0].key" if bad == "no-key" else "no-such-run") in error.details()
     assert _steps(stub, run_id) == list(range(bad_at * POINTS))
 
     # Resending from the failed batch with it mended completes the run's points.
@@ -76,7 +76,7 @@ def test_a_stream_that_stored_one_batch_of_one_point_says_so_in_the_singular(cha
     run_id = stub.CreateRun(S.CreateRunRequest(experiment="streams")).run_id
     point = S.LogMetricsRequest(run_id=run_id, points=[S.MetricPoint(key="loss", value=1.0, step=0)])
     with pytest.raises(grpc.RpcError) as info:
-        stub.LogMetricsStream(iter([point, _batch(run_id, 1, float("nan"))]))
+        stub.LogMetricsStream(iter([point, _batch(run_id, 1, "")]))
     assert info.value.details().startswith(
         "batch 1 of the stream (counting from 0) failed; batch 0 (1 point) is stored and nothing after "
         "it; resend from batch 1"

@@ -144,10 +144,9 @@ def test_bad_metrics_and_params_are_refused(tracker) -> None:
     cases = [
         ([S.MetricPoint(key="", value=1)], "points[0].key"),
         (
-            [S.MetricPoint(key="b", value=2), S.MetricPoint(key="a", value=float("nan"))],
-            "points[1].value: a = nan is not a finite number, which a run does not keep (its summaries, "
-            "filters and rankings compare values; MLflow would store it): leave the point out and send "
-            "the batch again, none of it is stored",
+            [S.MetricPoint(key="b", value=2), S.MetricPoint(key="a", value=1, step=2, next_step=True)],
+            "points[1]: step is 2 and next_step is set; set the step, or next_step alone for the step "
+            "after the key's last",
         ),
         ([S.MetricPoint(key="a", value=1, step=-1)], "points[0].step must be >= 0"),
         (
@@ -373,6 +372,74 @@ def test_an_experiment_description_and_tags_are_kept_to_16_kib_together(tracker)
     assert (updated.description, dict(updated.tags)) == ("short", {"a": "bcdef", "b": "c"})
 
 
+def test_nan_and_inf_points_are_kept_and_listings_filters_and_boards_place_them(tracker) -> None:
+    """As MLflow stores them: a summary's min and max skip NaN (NaN where every point is), an
+    order puts NaN after every number in either direction and before runs without the metric,
+    a comparison is false for NaN (but != true), and a Leaderboard never ranks NaN."""
+    nan, inf = math.nan, math.inf
+    logged = {"a": [0.5, 0.3], "b": [0.4, nan], "c": [nan, nan], "d": [inf], "e": []}
+    runs = {}
+    for name, values in logged.items():
+        runs[name] = _run(tracker, "diverged", name=name).run_id
+        _log(tracker, runs[name], "loss" if values else "acc", values or [1.0])
+    by_id = {run_id: name for name, run_id in runs.items()}
+
+    def listed(**asked) -> list[str]:
+        return [
+            by_id[r.run_id] for r in tracker.ListRuns(S.ListRunsRequest(experiment="diverged", **asked)).runs
+        ]
+
+    loss = tracker.GetRun(S.GetRunRequest(run_id=runs["c"])).metrics
+    assert [(m.key, math.isnan(m.last), math.isnan(m.min), math.isnan(m.max), m.count) for m in loss] == [
+        ("loss", True, True, True, 2)
+    ]
+    b = tracker.GetRun(S.GetRunRequest(run_id=runs["b"])).metrics[0]
+    assert (b.min, b.max, math.isnan(b.last), b.last_step) == (0.4, 0.4, True, 1)
+    up = S.RunOrder(metric="loss", field=S.SUMMARY_FIELD_LAST, direction=S.SORT_DIRECTION_ASCENDING)
+    down = S.RunOrder(metric="loss", field=S.SUMMARY_FIELD_LAST, direction=S.SORT_DIRECTION_DESCENDING)
+    # Of equal places (NaN, or no metric), newest first.
+    assert listed(order_by=up) == ["a", "d", "c", "b", "e"]
+    assert listed(order_by=down) == ["d", "a", "c", "b", "e"]
+    pages, token = [], ""
+    while True:
+        page = tracker.ListRuns(
+            S.ListRunsRequest(experiment="diverged", order_by=up, page_size=1, page_token=token)
+        )
+        pages += [by_id[r.run_id] for r in page.runs]
+        if not (token := page.next_page_token):
+            break
+    assert pages == ["a", "d", "c", "b", "e"]
+    # Several keys sort every run: NaN after numbers, before no value, ties by the next key.
+    start = S.RunOrder(attribute="start_time", direction=S.SORT_DIRECTION_ASCENDING)
+    assert listed(order_keys=[up, start]) == ["a", "d", "b", "c", "e"]
+    assert listed(order_keys=[down, start]) == ["d", "a", "b", "c", "e"]
+    below = S.MetricFilter(key="loss", op=S.COMPARISON_LT, value=1.0)
+    assert listed(metrics=[below]) == ["a"]
+    assert listed(
+        metrics=[S.MetricFilter(key="loss", field=S.SUMMARY_FIELD_MIN, op=S.COMPARISON_LT, value=1.0)]
+    ) == [
+        "b",
+        "a",
+    ]
+    assert listed(metrics=[S.MetricFilter(key="loss", op=S.COMPARISON_NE, value=0.3)]) == ["d", "c", "b"]
+    board = tracker.Leaderboard(S.LeaderboardRequest(experiment="diverged", metric="loss"))
+    assert [(by_id[e.run.run_id], e.value) for e in board.entries] == [("a", 0.3), ("b", 0.4), ("d", inf)]
+    last = tracker.Leaderboard(
+        S.LeaderboardRequest(experiment="diverged", metric="loss", field=S.SUMMARY_FIELD_LAST)
+    )
+    assert [by_id[e.run.run_id] for e in last.entries] == ["a", "d"]
+
+    # A history downsampled over NaN keeps its first and last points and each group's finite extremes.
+    spiky = _run(tracker, "diverged-history").run_id
+    values = [1.0 / (step + 1) if step % 7 else nan for step in range(500)]
+    _log(tracker, spiky, "loss", values)
+    history = tracker.GetMetricHistory(S.GetMetricHistoryRequest(run_id=spiky, key="loss", max_points=20))
+    assert history.downsampled and history.total_points == 500 and len(history.points) == 20
+    kept = {p.step: p.value for p in history.points}
+    assert math.isnan(kept[0]) and kept[499] == values[499] and kept[1] == 0.5
+    assert sum(math.isnan(v) for v in kept.values()) == 1
+
+
 def test_run_filters_that_match_nothing_by_construction_are_refused(tracker) -> None:
     run = _run(tracker, "filters", lr="0.1")
     _log(tracker, run.run_id, "loss", [1.0])
@@ -475,10 +542,10 @@ def test_an_empty_run_id_is_invalid_in_every_run_call(tracker) -> None:
         assert error.details() == "run_id is required", name
 
 
-def test_a_jobs_nan_validation_metric_stays_out_of_its_run(training_daemon, tracker) -> None:
-    """Tracking holds finite values only (LogMetrics refuses the others); a job's validation
-    split may hold NaN (a dataset can allow it), and its NaN val_loss is reported in the job's
-    events but not stored in its run, whose summaries and downsampled history stay readable."""
+def test_a_jobs_nan_validation_metric_is_kept_in_its_run_and_never_ranked(training_daemon, tracker) -> None:
+    """A job's validation split may hold NaN (a dataset can allow it): its NaN val_loss is stored
+    in its run as in its events, as MLflow keeps it; the run's summaries and downsampled history
+    stay readable, and a Leaderboard by it ranks no run."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(48, 6)).astype(np.float32)
     x[40] = np.nan  # a validation row
@@ -508,14 +575,17 @@ def test_a_jobs_nan_validation_metric_stays_out_of_its_run(training_daemon, trac
     assert len(epochs) == 5 and all(math.isnan(e.metrics["val_loss"]) for e in epochs)
     run = tracker.GetRun(S.GetRunRequest(run_id=tracker.GetJob(S.GetJobRequest(job_id=job.job_id)).run_id))
     summaries = {m.key: m for m in run.metrics}
-    assert "val_loss" not in summaries and summaries["val_accuracy"].count == 5
-    assert all(math.isfinite(v) for m in run.metrics for v in (m.last, m.min, m.max))
+    val_loss = summaries["val_loss"]
+    assert val_loss.count == 5 and all(math.isnan(v) for v in (val_loss.last, val_loss.min, val_loss.max))
+    assert summaries["val_accuracy"].count == 5
     history = tracker.GetMetricHistory(
         S.GetMetricHistoryRequest(run_id=run.run_id, key="val_loss", max_points=4)
     )
-    assert not history.points and history.total_points == 0
+    assert len(history.points) == 4 and history.total_points == 5
+    assert all(math.isnan(p.value) for p in history.points)
     board = tracker.Leaderboard(S.LeaderboardRequest(experiment="nan-val", metric="val_accuracy"))
     assert [e.run.run_id for e in board.entries] == [run.run_id]
+    assert not tracker.Leaderboard(S.LeaderboardRequest(experiment="nan-val", metric="val_loss")).entries
 
 
 def test_error_metrics_a_regression_job_logs_rank_lowest_first_by_default(tracker) -> None:

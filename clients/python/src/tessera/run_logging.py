@@ -5,7 +5,6 @@ points and sends them in batches from one thread (MLflow's `log_metric(..., sync
 from __future__ import annotations
 
 import atexit
-import math
 import os
 import sys
 import threading
@@ -191,11 +190,12 @@ class MetricLogger:
     and ends the thread. A batch the daemon refuses, or that fails past the client's retries,
     stays queued, first, and its error is raised by the next `log`, `log_batch` or `flush`
     (once per failure): a flush after it sends the batch again (a point stored twice changes
-    nothing). `close()` sends what is queued once more, even after such a failure no call has
+    nothing, but one logged without a step, where the failed try had stored it, is stored again
+    at the next step). `close()` sends what is queued once more, even after such a failure no call has
     raised yet (a daemon briefly unavailable), and raises only where that fails too, saying
     which points are left unstored. A logger left open is closed at interpreter exit, within
     EXIT_CLOSE_S, what could not be stored then said on stderr. Values are checked as they are
-    queued (a NaN raises there, at its caller)."""
+    queued (a value that is no number raises there, at its caller)."""
 
     def __init__(
         self,
@@ -241,22 +241,25 @@ class MetricLogger:
     ) -> None:
         self.close()
 
-    def log(self, metrics: Mapping[str, float], step: int, *, timestamp: int | None = None) -> None:
-        """Queue metric values at a step (see `client.training.log_metrics`)."""
-        self.log_batch(MetricPoint(key, value, step, timestamp) for key, value in metrics.items())
-
-    def log_batch(self, points: Points) -> None:
-        """Queue points, (key, value, step[, timestamp]) each; a value that is not finite raises
-        ValueError here, none of the call's points queued (the daemon would refuse its batch)."""
+    def log(
+        self, metrics: Mapping[str, float], step: int | None = None, *, timestamp: int | None = None
+    ) -> None:
+        """Queue metric values at a step; without one, each at the step after its key's last
+        (see `client.training.log_metrics`)."""
         from tessera.training import metric_points
 
-        made = metric_points(points)
+        made = metric_points(MetricPoint(key, value, step or 0, timestamp) for key, value in metrics.items())
         for point in made:
-            if not math.isfinite(point.value):
-                raise ValueError(
-                    f"{point.key} = {point.value} at step {point.step} is not a finite number, which a run "
-                    "does not keep; leave it out (none of these points is queued)"
-                )
+            point.next_step = step is None
+        self._queue(made)
+
+    def log_batch(self, points: Points) -> None:
+        """Queue points, (key, value, step[, timestamp]) each."""
+        from tessera.training import metric_points
+
+        self._queue(metric_points(points))
+
+    def _queue(self, made: list[pb.MetricPoint]) -> None:
         with self._changed:
             self._raise_error()
             if self._closed:
@@ -431,24 +434,32 @@ class ActiveRun(Run):
     def log_metrics(
         self,
         metrics: Mapping[str, float],
-        step: int,
+        step: int | None = None,
         *,
         timestamp: int | None = None,
         synchronous: bool = True,
     ) -> int | None:
-        """Record metric values at a step (see `client.training.log_metrics`): how many points
-        were stored; with `synchronous=False`, queued for a background thread instead (None; see
-        `MetricLogger`), stored at the latest by `flush()` or the run's end."""
+        """Record metric values at a step (None: each at the step after its key's last; see
+        `client.training.log_metrics`): how many points were stored; with `synchronous=False`,
+        queued for a background thread instead (None; see `MetricLogger`), stored at the latest
+        by `flush()` or the run's end."""
         if not synchronous:
             self._metric_logger().log(metrics, step, timestamp=timestamp)
             return None
         return self._training.log_metrics(self.id, metrics, step, timestamp=timestamp)
 
     def log_metric(
-        self, key: str, value: float, step: int, *, timestamp: int | None = None, synchronous: bool = True
+        self,
+        key: str,
+        value: float,
+        step: int | None = None,
+        *,
+        timestamp: int | None = None,
+        synchronous: bool = True,
     ) -> None:
-        """One metric value at a step, as MLflow's `log_metric` (see `log_metrics`, whose count
-        of points stored would show as `Out: 1` in a notebook)."""
+        """One metric value at a step, as MLflow's `log_metric`; without a step, at the step after
+        the key's last, where MLflow's 0 would replace it here (see `log_metrics`, whose count of
+        points stored would show as `Out: 1` in a notebook)."""
         self.log_metrics({key: value}, step, timestamp=timestamp, synchronous=synchronous)
 
     def log_batch(self, points: Points, *, synchronous: bool = True) -> int | None:

@@ -1232,22 +1232,26 @@ class Training(Part[C]):
         self,
         run_id: str,
         metrics: Mapping[str, float],
-        step: int,
+        step: int | None = None,
         *,
         timestamp: int | None = None,
         timeout: float | None = None,
     ) -> Op[int]:
-        """Record metric values at a step; returns how many points were accepted. Values must be
-        finite: a NaN or infinite one (which MLflow stores) raises InvalidArgument and none of the
-        call's points is stored. `timestamp`: the points' time, as MLflow's, in whole milliseconds
-        since the Unix epoch (None: the daemon's clock when it stores them). A run keeps one point
-        per key and step, the newest: a value logged again at a step replaces the one there, and
-        warns (MetricPointsReplaced) once per call, while resending the same value changes
-        nothing. So `step` has no default (MLflow's is 0): every call without one would replace
-        the last. Many steps in one call: `log_batch`; in the background: `metric_logger`."""
+        """Record metric values at a step; returns how many points were accepted. NaN and
+        infinite values are stored, as MLflow stores them (a diverged loss says so; summaries'
+        min, max and best skip NaN). `timestamp`: the points' time, as MLflow's, in whole
+        milliseconds since the Unix epoch (None: the daemon's clock when it stores them). A run
+        keeps one point per key and step, the newest: a value logged again at a step replaces the
+        one there, and warns (MetricPointsReplaced) once per call, while resending the same value
+        changes nothing. So `step` None (its default) is not MLflow's 0, which would make every
+        call replace the last: each key's point goes at the step after the highest the run holds
+        for it (0 for a new key), so calls without a step keep every value, as MLflow's history
+        does. Many steps in one call: `log_batch`; in the background: `metric_logger`."""
         stamp = metric_timestamp(timestamp) if timestamp is not None else None
         points = [
-            pb.MetricPoint(key=key, value=metric_value(key, value), step=step, time=stamp)
+            pb.MetricPoint(
+                key=key, value=metric_value(key, value), step=step or 0, time=stamp, next_step=step is None
+            )
             for key, value in metrics.items()
         ]
         request = pb.LogMetricsRequest(run_id=run_id, points=points)

@@ -2333,14 +2333,23 @@ class MetricPoint(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    NEXT_STEP_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     value: _builtins.float
-    """A finite number: NaN and Inf are INVALID_ARGUMENT (MLflow stores them; here a run's
-    summaries, rankings and filters compare values, which NaN would defeat). A job's NaN
-    validation metric is reported in its events, not stored in its run.
+    """Any double, NaN and +-Inf included, as MLflow stores them (a loss that diverged is worth
+    keeping): a summary's min, max and best skip NaN (NaN only where every point is NaN), a
+    filter's comparison is false for NaN but != is true, and an order puts NaN after every number,
+    ascending or descending, before runs without the metric.
     """
     step: _builtins.int
     """0 or more: a negative step is INVALID_ARGUMENT."""
+    next_step: _builtins.bool
+    """Store the point at the step after the highest its key holds in the run (0 for a new key),
+    as MLflow's log_metric without a step, whose points all stay: here a run keeps one point per
+    key and step, so a fixed default step would replace the last. `step` must be 0 then. Points
+    of one key in one request take consecutive steps in their order. Unlike a point at a given
+    step, one sent again (a retried call) is stored again, at the next step, as MLflow's would be.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """Server time when unset."""
@@ -2352,10 +2361,11 @@ class MetricPoint(_message.Message):
         value: _builtins.float = ...,
         step: _builtins.int = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        next_step: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "step", b"step", "time", b"time", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "next_step", b"next_step", "step", b"step", "time", b"time", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
