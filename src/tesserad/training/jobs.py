@@ -281,6 +281,9 @@ class _Running:
     conns: list[Connection]
     cancel_deadline: float | None = None
     stopping_for_shutdown: bool = False
+    # The attempt's end is stored (the Ray backend's): what fails after it, in its clean-up, is no
+    # longer the job's.
+    settled: bool = False
 
 
 class Jobs:

@@ -12,8 +12,14 @@ server process there ended, or did not answer within RAY_CLIENT_SERVER_CHECK_CHA
 30 s, as on a heavily loaded head), Ray's proxy fails even a ray.get with FAILED_PRECONDITION
 "'NoneType' object is not iterable", a TypeError of its own; and the session is gone for good
 (Ray Client answers every later call "not connected"). `lost` says so in words, and the daemon
-connects afresh: training answers UNAVAILABLE meanwhile, and the job whose call failed restarts
-per spec.max_restarts once connected, or fails in those words.
+connects afresh: SubmitJob answers UNAVAILABLE meanwhile, and each running job restarts per
+spec.max_restarts once connected, or fails in those words (one still waiting to be placed waits
+again). A call's ConnectionError drops only the connection the call was made on.
+
+Ray calls go through `calls`, which a reconnect waits out before its ray.shutdown: no call runs
+while Ray's state is torn down or made anew, and none starts on a connection lost or replaced.
+Ray's own ray.init() on a call made while the daemon is not connected is turned off: it would
+connect to whatever cluster the daemon's host has, or start one there.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ import logging
 import re
 import socket
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from tesserad.errors import FailedPrecondition, Unavailable
 
@@ -32,6 +41,12 @@ _RETRY_S = 5.0
 _PROBE_TIMEOUT_S = 3.0
 # Where a request's resource is named in errors: the spec field that asked for it.
 _FIELDS = {"CPU": "spec.devices", "GPU": "spec.devices.gpu_count"}
+
+T = TypeVar("T")
+
+
+class ConnectionGone(Exception):
+    """Ray calls asked for (`RayCluster.calls`) on a connection that is lost or replaced."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +69,11 @@ class ClusterStatus:
 class RayCluster:
     def __init__(self, address: str) -> None:
         self.address = address
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        # ray.init and ray.shutdown, one at a time: close() may come during a reconnect.
+        self._init_lock = threading.Lock()
+        self._initialized = False  # Ray's state is set up (under _init_lock)
+        self._calls = 0  # threads inside `calls`
         self._connected = threading.Event()
         self._closing = threading.Event()
         self._cause = "still connecting"
@@ -68,10 +87,13 @@ class RayCluster:
 
     def close(self) -> None:
         self._closing.set()
-        if self._connected.is_set():
-            import ray
+        with self._init_lock:
+            self._connected.clear()
+            if self._initialized:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
+                self._initialized = False
 
     @property
     def connected(self) -> bool:
@@ -83,8 +105,29 @@ class RayCluster:
         with self._lock:
             return self._generation
 
+    def current(self, generation: int) -> bool:
+        """Whether connection `generation` is the one the daemon holds, and still connected."""
+        with self._lock:
+            return self._connected.is_set() and generation == self._generation
+
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
+
+    @contextmanager
+    def calls(self, generation: int | None = None) -> Iterator[int]:
+        """Make Ray calls on connection `generation` (the current one when None, yielded): a
+        reconnect waits until they are made. ConnectionGone when it is lost or replaced."""
+        with self._lock:
+            if not self._connected.is_set() or generation not in (None, self._generation):
+                raise ConnectionGone(self.lost_message() if self._lost else self._cause)
+            self._calls += 1
+            held = self._generation
+        try:
+            yield held
+        finally:
+            with self._lock:
+                self._calls -= 1
+                self._lock.notify_all()
 
     def require(self) -> None:
         """Raise Unavailable (naming the address and why) unless connected."""
@@ -96,9 +139,10 @@ class RayCluster:
                 f"cannot be reached: {cause}; start the cluster or fix training.ray_address"
             )
 
-    def lost(self, exc: ConnectionError) -> str:
-        """What a ConnectionError from a Ray call means, in words that say what to look at; the
-        connection it broke is dropped, and a new one made in the background."""
+    def lost(self, exc: ConnectionError, generation: int) -> str:
+        """What a ConnectionError from a Ray call on connection `generation` means, in words that
+        say what to look at; that connection, if still the current one, is dropped, and a new one
+        made in the background."""
         text = str(exc).strip()
         # Ray Client wraps the gRPC error of its server on the head: its status, not its detail
         # (a Python error of Ray's own), is what a user can act on.
@@ -109,7 +153,9 @@ class RayCluster:
             why = text.splitlines()[0] if text else type(exc).__name__
         detail = f"{why}; the head's Ray logs (ray_client_server*.err for a ray:// address) say why"
         with self._lock:
-            reconnect = self._connected.is_set() and not self._closing.is_set()
+            reconnect = (
+                self._connected.is_set() and generation == self._generation and not self._closing.is_set()
+            )
             if reconnect:
                 self._connected.clear()
                 self._cause = f"the connection was lost ({detail})"
@@ -135,23 +181,33 @@ class RayCluster:
         """The cluster's nodes; Unavailable when the connection to it is lost."""
         import ray
 
-        try:
-            found = ray.nodes()
-        except ConnectionError as exc:
-            raise Unavailable(self.lost(exc)) from None
         return [
             RayNode(str(n["NodeID"]), str(n["NodeManagerAddress"]), bool(n["Alive"]), dict(n["Resources"]))
-            for n in found
+            for n in self._ask(ray.nodes)
         ]
 
     def available(self) -> dict[str, float]:
         """Ray's free resources; Unavailable when the connection to the cluster is lost."""
         import ray
 
+        return dict(self._ask(ray.available_resources))
+
+    def _ask(self, call: Callable[[], T]) -> T:
+        """`call`'s answer; Unavailable (saying why) unless connected throughout."""
         try:
-            return dict(ray.available_resources())
-        except ConnectionError as exc:
-            raise Unavailable(self.lost(exc)) from None
+            with self.calls() as generation:
+                try:
+                    return call()
+                except ConnectionError as exc:
+                    raise Unavailable(self.lost(exc, generation)) from None
+                except Exception:
+                    if self._connected.is_set():
+                        raise
+                    # Another thread's call lost the connection first: Ray answers "not connected".
+                    raise Unavailable(self.lost_message()) from None
+        except ConnectionGone:
+            self.require()
+            raise Unavailable(self.lost_message()) from None
 
     def status(self) -> ClusterStatus:
         if not self._connected.is_set():
@@ -192,7 +248,11 @@ class RayCluster:
     def _connect_loop(self) -> None:
         while not self._closing.is_set():
             try:
-                self._connect()
+                with self._init_lock:
+                    if self._closing.is_set():
+                        return
+                    self._connect()
+                    self._initialized = True
             except Exception as exc:
                 cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 with self._lock:
@@ -213,12 +273,20 @@ class RayCluster:
     def _reconnect(self) -> None:
         import ray
 
-        # Ray's state of the lost connection goes first: ray.init refuses a second one. Its
-        # own clean-up may fail on the broken channel, which is gone either way.
-        try:
-            ray.shutdown()
-        except Exception:
-            log.warning("the lost Ray connection did not shut down cleanly", exc_info=True)
+        # The calls under way on the lost connection end first (they fail on it): none is to run
+        # as Ray's state goes. No new one starts: `calls` refuses them until connected again.
+        with self._lock:
+            self._lock.wait_for(lambda: self._calls == 0)
+        with self._init_lock:
+            if self._closing.is_set():
+                return
+            # Ray's state of the lost connection goes first: ray.init refuses a second one. Its
+            # own clean-up may fail on the broken channel, which is gone either way.
+            try:
+                ray.shutdown()
+            except Exception:
+                log.warning("the lost Ray connection did not shut down cleanly", exc_info=True)
+            self._initialized = False
         self._connect_loop()
 
     def _connect(self) -> None:
@@ -226,6 +294,12 @@ class RayCluster:
             import ray
         except ImportError:
             raise RuntimeError("the ray package is not installed; install tesserad[ray]") from None
+        from ray._private import auto_init_hook
+
+        # Ray would ray.init() on its own for a call made while the daemon is not connected (a
+        # job's, during a reconnect), joining any cluster on this host or starting one here. Ray
+        # reads RAY_ENABLE_AUTO_CONNECT=0 into this flag only as it is imported, maybe before now.
+        auto_init_hook.enable_auto_connect = False
         # Ray's driver would retry for minutes against an address where nothing listens.
         _probe(self.address)
         # The workers' output stays in Ray's logs: what the daemon needs comes as job events.

@@ -37,12 +37,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from types import TracebackType
 from typing import Any
 
 from tesserad.errors import InvalidArgument
 from tesserad.training.job_records import ENDED, Checkpoint, JobRecord
 from tesserad.training.jobs import DatasetGone, Jobs, WorkerData, _Running, cancelled_in_queue
-from tesserad.training.ray_cluster import RayCluster
+from tesserad.training.ray_cluster import ConnectionGone, RayCluster
 from tesserad.training.ray_worker import DatasetFetch, Placement, RayPayload, TrainingActor, WorkerTls
 from tesserad.training.resume import resumes_fully
 from tesserad.training.scheduler import DeviceInventory
@@ -155,8 +156,12 @@ class RayJobs(Jobs):
         except DatasetGone as gone:
             self._fail_dataset_gone(job_id, gone)
         except Exception as exc:
-            log.exception("a Ray job failed", extra={"job_id": job_id})
-            self._fail(self.get(job_id), "exception", f"the job could not run on Ray: {exc}")
+            if running.settled:
+                # Its end is stored (or it is queued again): only the clean-up after it failed.
+                log.warning("a Ray job's clean-up failed", extra={"job_id": job_id}, exc_info=True)
+            else:
+                log.exception("a Ray job failed", extra={"job_id": job_id})
+                self._fail(self.get(job_id), "exception", f"the job could not run on Ray: {exc}")
         finally:
             with self._lock:
                 # A job queued again (a restart) may already have its next supervisor.
@@ -169,40 +174,60 @@ class RayJobs(Jobs):
         if final is not None:
             self._finish_trained(job, final)
             return
-        while not self._cluster.wait_connected(_POLL_S):
-            if running.stopping_for_shutdown:
+        while True:
+            while not self._cluster.wait_connected(_POLL_S):
+                if running.stopping_for_shutdown:
+                    return
+                if running.cancel_deadline is not None:
+                    self._finish(job, "cancelled", cancelled_in_queue(job))
+                    return
+            try:
+                # A reconnect waits until the job's calls on this connection have failed or ended.
+                with self._cluster.calls() as generation:
+                    self._run_on(job, running, generation)
                 return
-            if running.cancel_deadline is not None:
-                self._finish(job, "cancelled", cancelled_in_queue(job))
-                return
+            except ConnectionGone:
+                # Lost again before the job made a call: it waits for the next connection.
+                continue
+
+    def _run_on(self, job: JobRecord, running: _Running, generation: int) -> None:
+        """Run the job's attempt on connection `generation`."""
         from ray.exceptions import RayError
 
-        generation = self._cluster.generation
         try:
             if job.config["devices"]["count"] > 1:
                 self._run_trainer(job, running)
             else:
                 self._run_actor(job, running)
-        except RayError:
+        except Exception as exc:
             # A worker's own error that Ray raises as a ConnectionError too (RayTaskError subclasses
             # the task's exception) is not the connection's.
-            raise
-        except ConnectionError as exc:
-            self._lost_cluster(self.get(job.job_id), running, self._cluster.lost(exc))
-        except Exception as exc:
-            if self._cluster.generation == generation and self._cluster.connected:
+            if isinstance(exc, ConnectionError) and not isinstance(exc, RayError):
+                message = self._cluster.lost(exc, generation)
+            elif self._cluster.current(generation) or not _raised_by_ray(exc):
                 raise
-            # Another job's call lost the connection this one ran on: Ray Client answers each later
-            # call "not connected", in a plain Exception.
-            log.info(
-                "a Ray job's call failed on a lost connection",
-                extra={"job_id": job.job_id, "cause": str(exc)},
-            )
-            self._lost_cluster(self.get(job.job_id), running, self._cluster.lost_message())
+            else:
+                # Another job's call lost the connection this one ran on: Ray Client answers each
+                # later call "not connected", in a plain Exception, and Ray "not started" once the
+                # reconnect has shut it down.
+                log.info(
+                    "a Ray job's call failed on a lost connection",
+                    extra={"job_id": job.job_id, "cause": str(exc)},
+                )
+                message = self._cluster.lost_message()
+            self._lost_cluster(self.get(job.job_id), running, message)
 
     def _lost_cluster(self, job: JobRecord, running: _Running, message: str) -> None:
         """The connection to the cluster failed during the job's attempt (`message` says how): its
         workers are out of reach, so it ends as a dead worker's attempt does."""
+        if running.settled:
+            # Lost as the workers of an attempt whose end was stored (or which was queued again)
+            # were released: the job is no longer this attempt's.
+            log.warning(
+                "lost the Ray cluster after a job's attempt ended",
+                extra={"job_id": job.job_id, "cause": message},
+            )
+            return
         if job.state in ENDED:
             # Lost as its workers were released, after its end was stored.
             log.warning(
@@ -213,8 +238,22 @@ class RayJobs(Jobs):
                 self._interrupted_by_shutdown(job)
         elif running.cancel_deadline is not None:
             self._finish(job, "cancelled", f"cancelled, though {message}")
+        elif job.state == "queued":
+            # Ray had not placed it: nothing of it ran, so it spends no restart and waits again.
+            job = self._append(
+                job,
+                "log",
+                {
+                    "level": "warning",
+                    "message": f"{message}; the job waits for Ray to place it once connected again",
+                },
+            )
+            with self._lock:
+                self._queue[job.job_id] = self._queued(job)
+                self._wake.notify_all()
         else:
             self._attempt_lost(job, message)
+        running.settled = True
 
     def _payload(self, job: JobRecord, checkpoint: Checkpoint | None, data: WorkerData) -> RayPayload:
         """What a Ray worker needs of the attempt that has just begun (`_begin_attempt`) on `data`
@@ -256,6 +295,7 @@ class RayJobs(Jobs):
         if running.cancel_deadline is not None:
             release()
             self._finish(job, "cancelled", "cancelled before Ray placed it")
+            running.settled = True
             return True
         return False
 
@@ -281,6 +321,7 @@ class RayJobs(Jobs):
             self._finish(job, "cancelled", f"cancelled, though the Ray worker died before it stopped: {died}")
         else:
             self._worker_died(job, died or "it ended without reporting a result")
+        running.settled = True
 
     def _handle(self, job: JobRecord, message: WorkerMessage, ended: _Ended) -> JobRecord:
         if isinstance(message, EventMessage):
@@ -319,7 +360,6 @@ class RayJobs(Jobs):
 
     def _run_actor(self, job: JobRecord, running: _Running) -> None:
         import ray
-        from ray.exceptions import RayError
 
         request = ray_resources(job.config["devices"])
         placing = self._remote(TrainingActor).options(
@@ -342,22 +382,42 @@ class RayJobs(Jobs):
                 released = True
                 # On a lost connection there is nothing to kill: a lost Ray Client session takes
                 # its actors along, and the error that lost it is the one to report.
-                with contextlib.suppress(ConnectionError):
+                try:
                     ray.kill(actor)
+                except Exception:
+                    if self._cluster.connected:
+                        raise
 
         try:
             placed = actor.placement.remote()
             while not ray.wait([placed], timeout=_POLL_S)[0]:
                 if self._stopped_while_waiting(job, running, release):
-                    return
-            try:
-                placement: Placement = ray.get(placed)
-            except RayError as exc:
-                self._worker_died(job, _first_line(exc))
-                return
-            self._attempt(job, running, actor, placement, release)
-        finally:
-            release()
+                    break
+            else:
+                self._placed(job, running, actor, placed, release)
+        except BaseException:
+            # The error on its way says what happened, not one of the clean-up after it.
+            with contextlib.suppress(Exception):
+                release()
+            raise
+        release()
+
+    def _placed(
+        self, job: JobRecord, running: _Running, actor: Any, placed: Any, release: Callable[[], None]
+    ) -> None:
+        """Run the attempt of the actor Ray has placed (or say why Ray could not)."""
+        import ray
+        from ray.exceptions import RayError
+
+        try:
+            placement: Placement = ray.get(placed)
+        except RayError as exc:
+            if not self._cluster.connected:
+                raise
+            self._worker_died(job, _first_line(exc))
+            running.settled = True
+            return
+        self._attempt(job, running, actor, placement, release)
 
     def _attempt(
         self, job: JobRecord, running: _Running, actor: Any, placement: Placement, release: Callable[[], None]
@@ -386,6 +446,8 @@ class RayJobs(Jobs):
                     if time.monotonic() > running.cancel_deadline:
                         killed = True
         except RayError as exc:
+            if not self._cluster.connected:
+                raise
             ended.died = _first_line(exc)
         # Before the job's end is stored: whoever sees it ended finds its resources released.
         release()
@@ -411,7 +473,12 @@ class RayJobs(Jobs):
             nonlocal removed
             if not removed:
                 removed = True
-                remove_placement_group(probe)
+                try:
+                    remove_placement_group(probe)
+                except Exception:
+                    # A lost session takes its placement groups along.
+                    if self._cluster.connected:
+                        raise
 
         try:
             waiting = False
@@ -427,8 +494,12 @@ class RayJobs(Jobs):
                         "the job starts once Ray can place them all"
                     )
                     job = self._append(job, "log", {"level": "info", "message": note})
-        finally:
-            remove_probe()
+        except BaseException:
+            # The error on its way says what happened, not one of the clean-up after it.
+            with contextlib.suppress(Exception):
+                remove_probe()
+            raise
+        remove_probe()
         driver = (
             self._remote(TrainDriver)
             .options(
@@ -443,8 +514,13 @@ class RayJobs(Jobs):
         except BaseException:
             # Whatever failed once the driver was launched (the dataset, the attempt's begin, the
             # store): left running, its trainer holds every rank's resources until the daemon stops.
-            log.warning("stopping the Ray Train trainer of a job that failed", extra={"job_id": job.job_id})
-            _stop_trainer(driver)
+            # A lost session has taken it along, and the error that lost it is the one to report.
+            if self._cluster.connected:
+                log.warning(
+                    "stopping the Ray Train trainer of a job that failed", extra={"job_id": job.job_id}
+                )
+                with contextlib.suppress(Exception):
+                    _stop_trainer(driver)
             raise
 
     def _follow_trainer(self, job: JobRecord, running: _Running, driver: Any) -> None:
@@ -502,14 +578,17 @@ class RayJobs(Jobs):
                     ended.failed = relayed.end.failed
                     break
         except RayError as exc:
+            if not self._cluster.connected:
+                raise
             # The driver itself is gone (its node was lost), and with it the trainer it ran.
             ended.died = f"the Ray Train driver died: {_first_line(exc)}"
         if not begun and running.cancel_deadline is not None and not running.stopping_for_shutdown:
             # Ray took the resources back from the probe and has not placed the trainer yet:
             # its ranks are told not to start, and it ends (its driver with it) once placed.
             driver.cancel.remote()
-            threading.Thread(target=_end_when_placed, args=(driver,), daemon=True).start()
+            threading.Thread(target=_end_when_placed, args=(self._cluster, driver), daemon=True).start()
             self._finish(job, "cancelled", "cancelled before Ray placed it")
+            running.settled = True
             return
         # Before the job's end is stored: the trainer has removed its workers (or the driver's
         # end takes them along: at shutdown, with the daemon's Ray job).
@@ -520,6 +599,7 @@ class RayJobs(Jobs):
                 self._worker_died(
                     job, ended.died or ended.failed or "the trainer ended before its ranks began"
                 )
+                running.settled = True
             return
         if abort_deadline is not None:
             # What the ranks said as they were torn down follows from the abort.
@@ -586,14 +666,30 @@ def _stop_trainer(driver: Any) -> None:
     ray.kill(driver)
 
 
-def _end_when_placed(driver: Any) -> None:
-    """Kill a cancelled trainer's driver once its fit has ended."""
+def _end_when_placed(cluster: RayCluster, driver: Any) -> None:
+    """Kill a cancelled trainer's driver once its fit has ended (or its connection is lost: the
+    lost session takes it along)."""
     import ray
 
     from tesserad.training.ray_trainer import wait_ended
 
-    if wait_ended(driver, None) is not None:
-        ray.kill(driver)
+    generation = cluster.generation
+    try:
+        if wait_ended(driver, None) is not None:
+            ray.kill(driver)
+    except Exception:
+        if cluster.current(generation):
+            raise
+
+
+def _raised_by_ray(exc: BaseException) -> bool:
+    """Whether Ray's code raised `exc` (not the daemon's, such as its store's)."""
+    tb: TracebackType | None = exc.__traceback__
+    module = ""
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        tb = tb.tb_next
+    return module == "ray" or module.startswith("ray.")
 
 
 def _first_line(exc: Exception) -> str:
