@@ -16,8 +16,9 @@ connects afresh: SubmitJob answers UNAVAILABLE meanwhile, and each running job r
 spec.max_restarts once connected, or fails in those words (one still waiting to be placed waits
 again). A call's ConnectionError drops only the connection the call was made on.
 
-Ray calls go through `calls`, which a reconnect waits out before its ray.shutdown: no call runs
-while Ray's state is torn down or made anew, and none starts on a connection lost or replaced.
+Ray calls go through `calls`, which a reconnect waits out (they fail on the lost connection)
+before its ray.shutdown: no call runs while Ray's state is torn down or made anew, and none
+starts on a connection lost or replaced.
 Ray's own ray.init() on a call made while the daemon is not connected is turned off: it would
 connect to whatever cluster the daemon's host has, or start one there.
 """
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 
 _RETRY_S = 5.0
 _PROBE_TIMEOUT_S = 3.0
+# How long a reconnect waits for the calls on the lost connection to fail: Ray Client gives up on
+# a broken channel after its 30 s grace (RAY_CLIENT_RECONNECT_GRACE_PERIOD), so a call still
+# running past this is stuck, and is not to hold the reconnect up.
+_DRAIN_S = 60.0
 # Where a request's resource is named in errors: the spec field that asked for it.
 _FIELDS = {"CPU": "spec.devices", "GPU": "spec.devices.gpu_count"}
 
@@ -160,6 +165,10 @@ class RayCluster:
                 self._connected.clear()
                 self._cause = f"the connection was lost ({detail})"
                 self._lost = detail
+            elif self._lost:
+                # Another call found it lost first, and its error says why (the later ones' say
+                # what Ray Client did since, such as "Client is shutting down").
+                detail = self._lost
         if reconnect:
             log.warning(
                 "lost the Ray cluster; connecting again", extra={"address": self.address, "cause": why}
@@ -253,6 +262,9 @@ class RayCluster:
                         return
                     self._connect()
                     self._initialized = True
+                    with self._lock:
+                        self._generation += 1
+                        self._connected.set()
             except Exception as exc:
                 cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 with self._lock:
@@ -264,9 +276,6 @@ class RayCluster:
                     )
                 self._closing.wait(_RETRY_S)
                 continue
-            with self._lock:
-                self._generation += 1
-                self._connected.set()
             log.info("connected to the Ray cluster", extra={"address": self.address})
             return
 
@@ -276,7 +285,12 @@ class RayCluster:
         # The calls under way on the lost connection end first (they fail on it): none is to run
         # as Ray's state goes. No new one starts: `calls` refuses them until connected again.
         with self._lock:
-            self._lock.wait_for(lambda: self._calls == 0)
+            drained = self._lock.wait_for(lambda: self._calls == 0, timeout=_DRAIN_S)
+        if not drained:
+            log.warning(
+                "Ray calls on the lost connection are still running; connecting again regardless",
+                extra={"address": self.address},
+            )
         with self._init_lock:
             if self._closing.is_set():
                 return

@@ -669,10 +669,12 @@ def _ray_client_daemon(spawn_daemon: Any, nodes: RayNodes, data_dir: Path) -> An
 def test_a_lost_ray_client_session_restarts_the_job_once_the_daemon_has_connected_again(
     ray_nodes: RayNodes, spawn_daemon: Any, tmp_path: Path
 ) -> None:
-    """The head's Ray Client server restarts while a job runs: the daemon's session there is gone
-    (its actors with it), and Ray's proxy answers the daemon's next ray.get FAILED_PRECONDITION
-    "'NoneType' object is not iterable", a TypeError of Ray's own, as it did in a CI run under
-    load. The job restarts in the daemon's words, on the connection the daemon makes anew."""
+    """The head's Ray Client server restarts while a job runs and another waits for its node: the
+    daemon's session there is gone (its actors with it), and Ray's proxy answers the daemon's next
+    ray.get FAILED_PRECONDITION "'NoneType' object is not iterable", a TypeError of Ray's own, as
+    it did in a CI run under load. The running job restarts in the daemon's words, on the
+    connection the daemon makes anew; the waiting one waits again, spending no restart (it has
+    none), and no call of either as the daemon reconnects makes Ray start a cluster of its own."""
     daemon = _ray_client_daemon(spawn_daemon, ray_nodes, tmp_path / "data")
     with grpc.insecure_channel(daemon.wait_serving()) as channel:
         upload_standard_datasets(channel)
@@ -684,7 +686,16 @@ def _a_lost_ray_client_session_restarts_the_job(
 ) -> None:
     job = submit(training, on_node("node_b", epochs=100, max_restarts=1))
     watch_until(training, job.job_id, lambda e: e.WhichOneof("event") == "step")
+    # Node b's one CPU is the first job's: this one waits for Ray to place it.
+    waiting = submit(training, on_node("node_b"))
     _restart_ray_client_server(nodes)
+    waited = follow(training, waiting.job_id)
+    assert states(waited) == [S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING, S.JOB_STATE_SUCCEEDED], waited
+    # Said when its wait had begun on the lost connection (not when the loss came first).
+    for again in [e.message for e in of_kind(waited, "log") if "waits for Ray to place it" in e.message]:
+        assert again.startswith(
+            f"the daemon lost its connection to the Ray cluster at {nodes.client_address}"
+        )
     events = follow(training, job.job_id)
     assert states(events) == [
         S.JOB_STATE_QUEUED,

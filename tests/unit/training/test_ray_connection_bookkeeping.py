@@ -1,0 +1,116 @@
+"""Which connection to the Ray cluster a failure belongs to, and which attempt of a job: a failure
+of a lost or replaced connection drops nothing of the current one, and an attempt whose end is
+stored is not handled again for what fails in its clean-up."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tesserad.training.jobs import _Running
+from tesserad.training.ray_cluster import ConnectionGone, RayCluster
+from tesserad.training.ray_jobs import RayJobs
+
+ADDRESS = "ray://127.0.0.1:1"
+
+
+def _cluster(generation: int, connected: bool = True) -> RayCluster:
+    """A cluster whose `generation`th connection is made (and lost, unless `connected`)."""
+    cluster = RayCluster(ADDRESS)
+    cluster._generation = generation
+    if connected:
+        cluster._connected.set()
+    else:
+        cluster._lost = "Ray Client's server on the head answered UNAVAILABLE"
+    return cluster
+
+
+def _jobs(cluster: RayCluster, monkeypatch: pytest.MonkeyPatch) -> tuple[RayJobs, list[str]]:
+    """A RayJobs running 'job-1' on `cluster`; the list gets what ended its attempt."""
+    jobs = RayJobs.__new__(RayJobs)
+    jobs._lock = threading.Lock()
+    jobs._wake = threading.Condition(jobs._lock)
+    jobs._cluster = cluster
+    record = SimpleNamespace(
+        job_id="job-1", cancel_requested_at=None, state="running", config={"devices": {"count": 1}}
+    )
+    jobs._active = {"job-1": record}
+    jobs._running = {}
+    jobs._closing = False
+    jobs._cancel_pending = set()
+    jobs._cancel_requested = {}
+    ends: list[str] = []
+    monkeypatch.setattr(jobs, "get", lambda job_id: record)
+    monkeypatch.setattr(jobs, "_fail", lambda job, kind, message: ends.append(f"failed: {message}"))
+    monkeypatch.setattr(jobs, "_attempt_lost", lambda job, message: ends.append(f"lost: {message}"))
+    return jobs, ends
+
+
+def test_calls_are_made_only_on_the_current_connection() -> None:
+    with pytest.raises(ConnectionGone):
+        RayCluster(ADDRESS).calls().__enter__()
+    cluster = _cluster(2)
+    with cluster.calls() as generation:
+        assert generation == 2
+    with pytest.raises(ConnectionGone):
+        cluster.calls(1).__enter__()
+    with pytest.raises(ConnectionGone, match="answered UNAVAILABLE"):
+        _cluster(2, connected=False).calls(2).__enter__()
+
+
+def test_a_connection_error_of_a_replaced_connection_keeps_the_current_one() -> None:
+    cluster = _cluster(2)
+    message = cluster.lost(ConnectionError("<_InactiveRpcError status = StatusCode.UNAVAILABLE>"), 1)
+    assert message.startswith(f"the daemon lost its connection to the Ray cluster at {ADDRESS}")
+    assert cluster.connected and cluster.generation == 2
+    cluster.require()
+    # Said in the words of the call that found that connection lost first.
+    cluster._lost = "Ray Client's server on the head answered NOT_FOUND"
+    assert cluster.lost(ConnectionError("Client is shutting down."), 1).endswith(
+        "(training.ray_address): Ray Client's server on the head answered NOT_FOUND"
+    )
+
+
+def test_what_fails_after_an_attempt_was_settled_does_not_end_the_job_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its worker died and it was queued again; killing the dead actor then failed."""
+    jobs, ends = _jobs(_cluster(1), monkeypatch)
+
+    def run_on_ray(job: Any, running: _Running) -> None:
+        running.settled = True
+        raise RuntimeError("Ray Client is not connected")
+
+    monkeypatch.setattr(jobs, "_run_on_ray", run_on_ray)
+    jobs._supervise("job-1", [])
+    assert ends == []
+    running = _Running([], [])
+    running.settled = True
+    jobs._lost_cluster(jobs.get("job-1"), running, "the daemon lost its connection")
+    assert ends == []
+
+
+def test_only_rays_errors_on_a_lost_connection_are_the_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = pytest.importorskip("ray._private.worker")
+    jobs, ends = _jobs(_cluster(1, connected=False), monkeypatch)
+
+    def daemon_error(job: Any, running: _Running) -> None:
+        raise LookupError("the daemon's own")
+
+    monkeypatch.setattr(jobs, "_run_actor", daemon_error)
+    with pytest.raises(LookupError, match="the daemon's own"):
+        jobs._run_on(jobs.get("job-1"), _Running([], []), 1)
+    assert ends == []
+
+    def ray_error(job: Any, running: _Running) -> None:
+        worker.global_worker.check_connected()
+
+    monkeypatch.setattr(jobs, "_run_actor", ray_error)
+    jobs._run_on(jobs.get("job-1"), _Running([], []), 1)
+    assert ends == [
+        f"lost: the daemon lost its connection to the Ray cluster at {ADDRESS} (training.ray_address): "
+        "Ray Client's server on the head answered UNAVAILABLE"
+    ]
