@@ -48,6 +48,9 @@ _DRAIN_S = 60.0
 _FIELDS = {"CPU": "spec.devices", "GPU": "spec.devices.gpu_count"}
 
 T = TypeVar("T")
+# Why a connection is lost when Ray itself closed it (Ray Client does, on its session's error,
+# and then fails calls "not connected" or, its client mode off, "Ray has not been started").
+RAY_CLOSED = "Ray closed the daemon's connection"
 
 
 class ConnectionGone(Exception):
@@ -85,6 +88,7 @@ class RayCluster:
         # Counts the connections made: a call that failed under another one failed for want of it.
         self._generation = 0
         self._lost = ""  # why the last connection was lost
+        self._lost_status = False  # `_lost` has the status of Ray Client's server
         self._thread = threading.Thread(target=self._connect_loop, name="ray-connect", daemon=True)
 
     def start(self) -> None:
@@ -111,9 +115,14 @@ class RayCluster:
             return self._generation
 
     def current(self, generation: int) -> bool:
-        """Whether connection `generation` is the one the daemon holds, and still connected."""
+        """Whether connection `generation` is the one the daemon holds, and Ray still has it."""
         with self._lock:
-            return self._connected.is_set() and generation == self._generation
+            held = self._connected.is_set() and generation == self._generation
+        return held and _ray_connected()
+
+    def intact(self) -> bool:
+        """Whether the connection that calls are made on (in `calls`) is still there."""
+        return self.current(self.generation)
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -144,7 +153,7 @@ class RayCluster:
                 f"cannot be reached: {cause}; start the cluster or fix training.ray_address"
             )
 
-    def lost(self, exc: ConnectionError, generation: int) -> str:
+    def lost(self, exc: Exception, generation: int) -> str:
         """What a ConnectionError from a Ray call on connection `generation` means, in words that
         say what to look at; that connection, if still the current one, is dropped, and a new one
         made in the background."""
@@ -161,13 +170,16 @@ class RayCluster:
             reconnect = (
                 self._connected.is_set() and generation == self._generation and not self._closing.is_set()
             )
-            if reconnect:
+            same_loss = not reconnect and generation == self._generation and not self._connected.is_set()
+            if reconnect or (same_loss and status is not None and not self._lost_status):
+                # The first call to find the connection lost, or the first whose error has the
+                # status of Ray Client's server: the calls Ray Client failed as it closed the
+                # session say only "Client is shutting down", whichever comes first.
                 self._connected.clear()
                 self._cause = f"the connection was lost ({detail})"
                 self._lost = detail
-            elif self._lost:
-                # Another call found it lost first, and its error says why (the later ones' say
-                # what Ray Client did since, such as "Client is shutting down").
+                self._lost_status = status is not None
+            elif same_loss and self._lost and (status is None or self._lost_status):
                 detail = self._lost
         if reconnect:
             log.warning(
@@ -210,10 +222,10 @@ class RayCluster:
                 except ConnectionError as exc:
                     raise Unavailable(self.lost(exc, generation)) from None
                 except Exception:
-                    if self._connected.is_set():
+                    if self.current(generation):
                         raise
                     # Another thread's call lost the connection first: Ray answers "not connected".
-                    raise Unavailable(self.lost_message()) from None
+                    raise Unavailable(self.lost(ConnectionError(RAY_CLOSED), generation)) from None
         except ConnectionGone:
             self.require()
             raise Unavailable(self.lost_message()) from None
@@ -320,6 +332,12 @@ class RayCluster:
         ray.init(
             address=self.address, namespace="tesserad", log_to_driver=False, logging_level=logging.WARNING
         )
+
+
+def _ray_connected() -> bool:
+    import ray
+
+    return bool(ray.is_initialized())
 
 
 def _probe(address: str) -> None:

@@ -43,7 +43,7 @@ from typing import Any
 from tesserad.errors import InvalidArgument
 from tesserad.training.job_records import ENDED, Checkpoint, JobRecord
 from tesserad.training.jobs import DatasetGone, Jobs, WorkerData, _Running, cancelled_in_queue
-from tesserad.training.ray_cluster import ConnectionGone, RayCluster
+from tesserad.training.ray_cluster import RAY_CLOSED, ConnectionGone, RayCluster
 from tesserad.training.ray_worker import DatasetFetch, Placement, RayPayload, TrainingActor, WorkerTls
 from tesserad.training.resume import resumes_fully
 from tesserad.training.scheduler import DeviceInventory
@@ -207,14 +207,14 @@ class RayJobs(Jobs):
             elif self._cluster.current(generation) or not _raised_by_ray(exc):
                 raise
             else:
-                # Another job's call lost the connection this one ran on: Ray Client answers each
-                # later call "not connected", in a plain Exception, and Ray "not started" once the
-                # reconnect has shut it down.
+                # Lost by another job's call, or closed by Ray itself: Ray Client answers each later
+                # call "not connected", in a plain Exception, and Ray "not started" once client mode
+                # is off. Dropped here unless it already was.
                 log.info(
                     "a Ray job's call failed on a lost connection",
                     extra={"job_id": job.job_id, "cause": str(exc)},
                 )
-                message = self._cluster.lost_message()
+                message = self._cluster.lost(ConnectionError(RAY_CLOSED), generation)
             self._lost_cluster(self.get(job.job_id), running, message)
 
     def _lost_cluster(self, job: JobRecord, running: _Running, message: str) -> None:
@@ -385,7 +385,7 @@ class RayJobs(Jobs):
                 try:
                     ray.kill(actor)
                 except Exception:
-                    if self._cluster.connected:
+                    if self._cluster.intact():
                         raise
 
         try:
@@ -412,7 +412,7 @@ class RayJobs(Jobs):
         try:
             placement: Placement = ray.get(placed)
         except RayError as exc:
-            if not self._cluster.connected:
+            if not self._cluster.intact():
                 raise
             self._worker_died(job, _first_line(exc))
             running.settled = True
@@ -446,7 +446,7 @@ class RayJobs(Jobs):
                     if time.monotonic() > running.cancel_deadline:
                         killed = True
         except RayError as exc:
-            if not self._cluster.connected:
+            if not self._cluster.intact():
                 raise
             ended.died = _first_line(exc)
         # Before the job's end is stored: whoever sees it ended finds its resources released.
@@ -477,7 +477,7 @@ class RayJobs(Jobs):
                     remove_placement_group(probe)
                 except Exception:
                     # A lost session takes its placement groups along.
-                    if self._cluster.connected:
+                    if self._cluster.intact():
                         raise
 
         try:
@@ -515,7 +515,7 @@ class RayJobs(Jobs):
             # Whatever failed once the driver was launched (the dataset, the attempt's begin, the
             # store): left running, its trainer holds every rank's resources until the daemon stops.
             # A lost session has taken it along, and the error that lost it is the one to report.
-            if self._cluster.connected:
+            if self._cluster.intact():
                 log.warning(
                     "stopping the Ray Train trainer of a job that failed", extra={"job_id": job.job_id}
                 )
@@ -578,7 +578,7 @@ class RayJobs(Jobs):
                     ended.failed = relayed.end.failed
                     break
         except RayError as exc:
-            if not self._cluster.connected:
+            if not self._cluster.intact():
                 raise
             # The driver itself is gone (its node was lost), and with it the trainer it ran.
             ended.died = f"the Ray Train driver died: {_first_line(exc)}"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tesserad.errors import Unavailable
 from tesserad.training.jobs import _Running
 from tesserad.training.ray_cluster import ConnectionGone, RayCluster
 from tesserad.training.ray_jobs import RayJobs
@@ -67,11 +68,23 @@ def test_a_connection_error_of_a_replaced_connection_keeps_the_current_one() -> 
     assert message.startswith(f"the daemon lost its connection to the Ray cluster at {ADDRESS}")
     assert cluster.connected and cluster.generation == 2
     cluster.require()
-    # Said in the words of the call that found that connection lost first.
-    cluster._lost = "Ray Client's server on the head answered NOT_FOUND"
-    assert cluster.lost(ConnectionError("Client is shutting down."), 1).endswith(
-        "(training.ray_address): Ray Client's server on the head answered NOT_FOUND"
-    )
+
+
+def test_a_lost_connection_is_said_with_the_status_of_ray_clients_server_once_a_call_has_it() -> None:
+    """Ray Client fails the calls under way "Client is shutting down" as it closes a session its
+    server lost, maybe before the call whose error says why."""
+    cluster = _cluster(2, connected=False)
+    cluster._lost = "Client is shutting down.; the head's Ray logs say why"
+    failed = ConnectionError("<_InactiveRpcError of RPC that terminated with: status = StatusCode.NOT_FOUND>")
+    why = "(training.ray_address): Ray Client's server on the head answered NOT_FOUND; the head's Ray logs"
+    assert why in cluster.lost(failed, 2)
+    assert why in cluster.lost(ConnectionError("Client is shutting down."), 2)
+    assert why in cluster.lost_message()
+    with pytest.raises(Unavailable, match="answered NOT_FOUND"):
+        cluster.require()
+    # Another connection's loss changes nothing of this one's words.
+    assert "answered UNAVAILABLE" in cluster.lost(ConnectionError("status = StatusCode.UNAVAILABLE"), 1)
+    assert why in cluster.lost_message()
 
 
 def test_what_fails_after_an_attempt_was_settled_does_not_end_the_job_again(
