@@ -101,7 +101,10 @@ class RayCluster:
             if self._initialized:
                 import ray
 
-                ray.shutdown()
+                try:
+                    ray.shutdown()
+                except Exception:
+                    log.warning("the Ray connection did not shut down cleanly", exc_info=True)
                 self._initialized = False
 
     @property
@@ -128,11 +131,11 @@ class RayCluster:
         return self._connected.wait(timeout)
 
     @contextmanager
-    def calls(self, generation: int | None = None) -> Iterator[int]:
-        """Make Ray calls on connection `generation` (the current one when None, yielded): a
-        reconnect waits until they are made. ConnectionGone when it is lost or replaced."""
+    def calls(self) -> Iterator[int]:
+        """Make Ray calls on the current connection (its generation, yielded): a reconnect waits
+        until they are made. ConnectionGone when it is lost."""
         with self._lock:
-            if not self._connected.is_set() or generation not in (None, self._generation):
+            if not self._connected.is_set():
                 raise ConnectionGone(self.lost_message() if self._lost else self._cause)
             self._calls += 1
             held = self._generation
