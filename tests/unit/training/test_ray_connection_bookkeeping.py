@@ -125,3 +125,14 @@ def test_only_rays_errors_on_a_lost_connection_are_the_connections(monkeypatch: 
         f"lost: the daemon lost its connection to the Ray cluster at {ADDRESS} (training.ray_address): "
         "Ray Client's server on the head answered UNAVAILABLE"
     ]
+
+
+def test_a_connect_attempt_stops_ray_from_calling_ray_init_on_its_own() -> None:
+    """Ray's ray.get, ray.wait, ray.kill... would otherwise ray.init() themselves when made while
+    the daemon is not connected (a reconnect's shutdown done, its init not yet): joining any
+    cluster on the daemon's host, or starting one there. Read, not called: with it on, a call
+    here would start a Ray cluster."""
+    hook = pytest.importorskip("ray._private.auto_init_hook")
+    with pytest.raises(RuntimeError, match=r"cannot connect to 127\.0\.0\.1:1"):
+        RayCluster(ADDRESS)._connect()
+    assert hook.enable_auto_connect is False
