@@ -30,7 +30,18 @@ TENSOR_DTYPES: tuple[str, ...] = (
     "bfloat16",
     "float32",
     "float64",
+    "string",
 )
+# Text: ONNX's tensor(string), the Open Inference Protocol's BYTES. Served as numpy object arrays
+# of str (onnxruntime's string tensors); no dataset array or tessera.v1.Tensor holds it.
+STRING = "string"
+STRING_DTYPE = np.dtype(object)
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The numpy dtype of a TENSOR_DTYPES name."""
+    return STRING_DTYPE if name == STRING else np.dtype(name)
+
 
 # numpy 2's NPY_MAXDIMS (pyproject requires numpy>=2): it makes no array of more dimensions, and
 # answers a shape past it with a ValueError that would reach a client as an internal error.

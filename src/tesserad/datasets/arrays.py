@@ -22,11 +22,12 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
-from tesserad.dtypes import MAX_ARRAY_DIMS, TENSOR_DTYPES
+from tesserad.dtypes import MAX_ARRAY_DIMS, STRING, TENSOR_DTYPES
 from tesserad.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
-# numpy dtype names a dataset array may have (tessera.v1.DataType, without bfloat16, which numpy lacks).
-ARRAY_DTYPES = frozenset(TENSOR_DTYPES) - {"bfloat16"}
+# numpy dtype names a dataset array may have (tessera.v1.DataType, without bfloat16, which numpy
+# lacks, and strings, which a model's signature may have but no array file of numbers holds).
+ARRAY_DTYPES = frozenset(TENSOR_DTYPES) - {"bfloat16", STRING}
 MAX_CLASSES = 1000
 # The most bytes numpy lets an array's dimensions span (even with a 0 among them): it makes no
 # array past it.

@@ -11,6 +11,7 @@ from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tesserad.dtypes import STRING
 from tesserad.errors import InvalidArgument
 from tesserad.registry.records import Signature, TensorSpec
 
@@ -60,6 +61,8 @@ def _onnx_dtype_name(elem_type: int) -> str:
 
     if elem_type == onnx.TensorProto.BFLOAT16:
         return "bfloat16"
+    if elem_type == onnx.TensorProto.STRING:
+        return STRING
     try:
         return str(helper.tensor_dtype_to_np_dtype(elem_type))
     except (KeyError, ValueError):

@@ -30,6 +30,7 @@ from tesserad.datasets.references import (
     release_blob,
     release_dataset,
 )
+from tesserad.dtypes import STRING
 from tesserad.errors import (
     DataLoss,
     FailedPrecondition,
@@ -356,6 +357,12 @@ class Versions:
         if format == "safetensors" and not architecture:
             raise InvalidArgument(
                 "architecture is required for a safetensors upload (it says how to build the model)"
+            )
+        strings = [t.name for t in (*signature.inputs, *signature.outputs) if t.dtype == STRING]
+        if strings and format != "onnx":
+            raise InvalidArgument(
+                f"signature tensor {strings[0]!r} is a string, which only an ONNX version takes or returns "
+                f"(a {format} version runs on numbers): declare its dtype as the model's"
             )
         if format == "ensemble" and architecture:
             raise InvalidArgument("an ensemble version has no architecture; its members have theirs")

@@ -107,7 +107,7 @@ class EnsembleRuntime:
             batcher, signature = entry.batcher, entry.signature
             if batcher is None or signature is None:
                 continue
-            rows = validate_request(signature, inputs, output_names, entry.label)
+            rows = validate_request(signature, inputs, output_names, entry.label, strings=True)
             try:
                 # Never inline: this worker thread would run the members one after another.
                 return batcher.submit(inputs, output_names, rows, allow_inline=False, warmup=warmup)

@@ -49,12 +49,6 @@ from tesserad.serving.trace import Tracer
 def unserved_datatype(where: str, datatype: object) -> InvalidArgument:
     """The refusal of an input whose datatype is none of OIP_DTYPES; `where` names the input."""
     served = ", ".join(OIP_DTYPES)
-    if datatype == "BYTES":
-        # The protocol's string tensors (Triton's TYPE_STRING): no model tesserad runs takes one.
-        return InvalidArgument(
-            f"{where} has datatype 'BYTES': tesserad serves no string (BYTES) tensors, only numbers and "
-            f"booleans: {served}; encode text as numbers (token ids, say) before sending it"
-        )
     return InvalidArgument(
         f"{where} has datatype {repr(datatype)[:40]}, which is no datatype tesserad serves; it serves {served}"
     )
@@ -569,6 +563,7 @@ class OpenInference:
             started=started,
             within_max_batch=True,
             dtype_names=OIP_NAME_BY_DTYPE,
+            strings=True,
             not_ready=self._not_ready,
         )
 

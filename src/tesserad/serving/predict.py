@@ -36,12 +36,13 @@ async def predict(
     started: int,
     within_max_batch: bool = False,
     dtype_names: Mapping[np.dtype, str] | None = None,
+    strings: bool = False,
     not_ready: Callable[[Target, NotLoaded | StillLoading], TesseraError] | None = None,
 ) -> tuple[int, Prediction]:
     """(version that served, prediction); loads the version first if needed and allowed.
 
     `deadline` is a time.monotonic() instant, or None for none. `started` (the request's arrival,
-    perf_counter_ns), `within_max_batch` and `dtype_names`: see InferenceService.submit.
+    perf_counter_ns), `within_max_batch`, `dtype_names` and `strings`: see InferenceService.submit.
     `not_ready`: what the caller's protocol answers for a version that is not ready (not loaded
     and not loaded for the request, or still loading); None: those errors as they are.
     """
@@ -74,6 +75,7 @@ async def predict(
                 hold=others,
                 within_max_batch=within_max_batch,
                 dtype_names=dtype_names,
+                strings=strings,
                 checked=checked,
             )
             future = submitted.future

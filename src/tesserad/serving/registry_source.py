@@ -8,10 +8,10 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 from prometheus_client import CollectorRegistry
 
 from tesserad.config import ServingSettings
+from tesserad.dtypes import numpy_dtype
 from tesserad.errors import NotFound
 from tesserad.registry import Registry, VersionRecord
 from tesserad.registry import Signature as RegistrySignature
@@ -34,8 +34,8 @@ def serving_signature(signature: RegistrySignature) -> Signature | None:
     if not signature.inputs:
         return None
     return Signature(
-        tuple(TensorSpec(s.name, np.dtype(s.dtype), tuple(s.shape)) for s in signature.inputs),
-        tuple(TensorSpec(s.name, np.dtype(s.dtype), tuple(s.shape)) for s in signature.outputs),
+        tuple(TensorSpec(s.name, numpy_dtype(s.dtype), tuple(s.shape)) for s in signature.inputs),
+        tuple(TensorSpec(s.name, numpy_dtype(s.dtype), tuple(s.shape)) for s in signature.outputs),
     )
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tesserad.dtypes import STRING_DTYPE
 from tesserad.serving.stats import ServingStats
 
 # What an entry costs beyond its outputs' bytes (key, dict and array headers), so that a budget
@@ -33,9 +34,22 @@ ENTRY_OVERHEAD_BYTES = 256
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
-    """A read-only copy over immutable bytes: its WRITEABLE flag cannot be set again."""
+    """A read-only copy over immutable bytes: its WRITEABLE flag cannot be set again. Strings
+    (an object array, which no buffer holds) are a read-only copy of the array of their str
+    objects, themselves immutable."""
     contiguous = np.ascontiguousarray(array)
+    if contiguous.dtype == STRING_DTYPE:
+        copy = contiguous.copy()
+        copy.flags.writeable = False
+        return copy
     return np.frombuffer(contiguous.tobytes(), dtype=contiguous.dtype).reshape(contiguous.shape)
+
+
+def _size(array: np.ndarray) -> int:
+    """The bytes `array` holds: a string array's references and its strings' UTF-8."""
+    if array.dtype == STRING_DTYPE:
+        return array.nbytes + sum(len(text.encode()) for text in array.flat)
+    return array.nbytes
 
 
 @dataclass(frozen=True)
@@ -70,7 +84,7 @@ class ResponseCache:
     def put(self, key: bytes, identity: bytes, outputs: Mapping[str, np.ndarray]) -> None:
         """Keep a copy of `outputs`; one larger than the whole budget is not kept."""
         frozen = {name: _frozen(array) for name, array in outputs.items()}
-        nbytes = ENTRY_OVERHEAD_BYTES + sum(a.nbytes for a in frozen.values())
+        nbytes = ENTRY_OVERHEAD_BYTES + sum(_size(a) for a in frozen.values())
         if nbytes > self.capacity_bytes:
             return
         with self._lock:
@@ -108,6 +122,11 @@ def request_key(identity: bytes, inputs: Mapping[str, np.ndarray], output_names:
     for name in sorted(inputs):
         array = np.ascontiguousarray(inputs[name])
         digest.update(_fields(name.encode(), array.dtype.str.encode(), repr(array.shape).encode()))
+        if array.dtype == STRING_DTYPE:
+            # An object array's buffer holds references, not the text: each string is hashed.
+            for text in array.flat:
+                digest.update(_fields(text.encode()))
+            continue
         digest.update(struct.pack("<Q", array.nbytes))
         digest.update(array.data)
     digest.update(_fields(*(name.encode() for name in output_names)))

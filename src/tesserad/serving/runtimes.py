@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from tesserad.dtypes import STRING_DTYPE
 from tesserad.errors import FailedPrecondition, InvalidArgument
 from tesserad.nn.user_modules import contain_user_code
 from tesserad.numbers import is_digits
@@ -43,6 +44,7 @@ _ONNX_DTYPES: dict[str, np.dtype] = {
     "tensor(float16)": np.dtype(np.float16),
     "tensor(float)": np.dtype(np.float32),
     "tensor(double)": np.dtype(np.float64),
+    "tensor(string)": STRING_DTYPE,
 }
 
 

@@ -643,6 +643,7 @@ class InferenceService:
         hold: bool = False,
         within_max_batch: bool = False,
         dtype_names: Mapping[np.dtype, str] | None = None,
+        strings: bool = False,
         checked: LoadedVersion | None = None,
     ) -> Submitted:
         """Route, validate and queue a request; `future` None means `version` must load first.
@@ -654,6 +655,7 @@ class InferenceService:
         `within_max_batch`: refuse a request of more rows than the version's max_batch_size (the
         batcher would run it alone), as Triton does for a protocol that advertises that limit.
         `dtype_names`: the names the caller's protocol gives dtypes, for its error messages.
+        `strings`: the caller's protocol carries string tensors (validate_request).
         `checked`: what autoload_routed returned for this request: found registered after the
         request arrived, it answers although its model changed again since (a model changed
         faster than one check takes would otherwise send the request back to autoload forever).
@@ -676,7 +678,9 @@ class InferenceService:
                 return Submitted(version, None, None)
             try:
                 try:
-                    rows = validate_request(entry.signature, inputs, output_names, entry.label, dtype_names)
+                    rows = validate_request(
+                        entry.signature, inputs, output_names, entry.label, dtype_names, strings
+                    )
                 except InvalidArgument as refused:
                     raise RefusedBySignature(refused.message, version) from None
                 if within_max_batch and rows > entry.config.max_batch_size and entry.signature.batchable:

@@ -9,6 +9,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from tesserad.dtypes import STRING_DTYPE
 from tesserad.errors import InvalidArgument
 
 
@@ -45,6 +46,11 @@ class Signature:
         return tuple(spec.name for spec in self.outputs)
 
     @cached_property
+    def strings(self) -> tuple[TensorSpec, ...]:
+        """Its string tensors, inputs then outputs."""
+        return tuple(spec for spec in (*self.inputs, *self.outputs) if spec.dtype == STRING_DTYPE)
+
+    @cached_property
     def input_by_name(self) -> Mapping[str, TensorSpec]:
         return MappingProxyType({spec.name: spec for spec in self.inputs})
 
@@ -55,13 +61,21 @@ def validate_request(
     output_names: Sequence[str],
     label: str,
     dtype_names: Mapping[np.dtype, str] | None = None,
+    strings: bool = False,
 ) -> int:
     """Check inputs and wanted outputs against the signature; the request's rows (1 if unbatched).
 
     Raises InvalidArgument naming the offending input and what `label` (the model version)
     expects, so the caller can fix the request without reading the model. `dtype_names`: the
     names the caller's protocol gives dtypes (the Open Inference Protocol's FP32), else numpy's.
+    `strings`: the caller's protocol carries string tensors; without it a version that takes or
+    returns one is refused, naming the protocol that does.
     """
+    if not strings and signature.strings:
+        raise InvalidArgument(
+            f"{label} takes or returns strings ({signature.strings[0].describe(_STRING_NAMES)}), which "
+            f"this API does not carry: {STRINGS_ELSEWHERE}"
+        )
     specs = signature.input_by_name
     for name in inputs:
         if name not in specs:
@@ -120,6 +134,15 @@ def validate_request(
     return rows if rows is not None else 1
 
 
+# Where a caller whose protocol carries no strings is sent.
+STRINGS_ELSEWHERE = (
+    "a tessera.v1.Tensor holds numbers only (fixed-size little-endian elements), so call the model "
+    "through the Open Inference Protocol on the same port, ModelInfer with datatype BYTES "
+    "(tritonclient.grpc; or tritonclient.http against serving.oip_http_listen)"
+)
+_STRING_NAMES = {STRING_DTYPE: "string"}
+
+
 def _batch_hint(shape: tuple[int, ...], expected: tuple[int, ...]) -> str:
     """For one sample sent without the batch dimension (shape [1, 4, 4] where [-1, 1, 4, 4] is
     expected), the likeliest slip, how to send it; else nothing."""
@@ -145,6 +168,8 @@ def sample_inputs(signature: Signature, rows: int, rng: np.random.Generator) -> 
         ]
         if sample_is_random(spec.dtype):
             inputs[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype == STRING_DTYPE:
+            inputs[spec.name] = np.full(shape, "", dtype=STRING_DTYPE)
         else:
             # Zeros are a safe index or id for any integer or boolean input.
             inputs[spec.name] = np.zeros(shape, dtype=spec.dtype)

@@ -63,6 +63,12 @@ class _DataTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataType.Val
     """upper 16 bits of an IEEE 754 float32"""
     DATA_TYPE_FLOAT32: _DataType.ValueType  # 12
     DATA_TYPE_FLOAT64: _DataType.ValueType  # 13
+    DATA_TYPE_STRING: _DataType.ValueType  # 14
+    """UTF-8 text of any length per element (ONNX tensor(string), the Open Inference Protocol's
+    BYTES). In signatures only: a Tensor has no encoding for it, so Predict refuses a version
+    that takes or returns strings; serve those through the Open Inference Protocol (ModelInfer
+    with datatype BYTES).
+    """
 
 class DataType(_DataType, metaclass=_DataTypeEnumTypeWrapper):
     """Element type of a tensor. Names follow numpy's (FLOAT32 is numpy float32)."""
@@ -84,6 +90,12 @@ DATA_TYPE_BFLOAT16: DataType.ValueType  # 11
 """upper 16 bits of an IEEE 754 float32"""
 DATA_TYPE_FLOAT32: DataType.ValueType  # 12
 DATA_TYPE_FLOAT64: DataType.ValueType  # 13
+DATA_TYPE_STRING: DataType.ValueType  # 14
+"""UTF-8 text of any length per element (ONNX tensor(string), the Open Inference Protocol's
+BYTES). In signatures only: a Tensor has no encoding for it, so Predict refuses a version
+that takes or returns strings; serve those through the Open Inference Protocol (ModelInfer
+with datatype BYTES).
+"""
 Global___DataType: _TypeAlias = DataType  # noqa: Y015
 
 @_typing.final
