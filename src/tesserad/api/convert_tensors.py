@@ -11,9 +11,10 @@ import ml_dtypes
 import numpy as np
 
 from tessera.v1 import common_pb2
-from tesserad.dtypes import MAX_ARRAY_DIMS, refuse_unmakeable_empty, too_many_dims
+from tesserad.dtypes import MAX_ARRAY_DIMS, STRING_DTYPE, refuse_unmakeable_empty, too_many_dims
 from tesserad.errors import InvalidArgument
 from tesserad.oip import grpc_service_pb2 as oip
+from tesserad.serving.oip_dtypes import joined_bytes, split_bytes, string_array
 from tesserad.serving.open_inference import (
     OIP_DTYPES,
     OIP_NAME_BY_DTYPE,
@@ -26,7 +27,7 @@ from tesserad.serving.open_inference import (
     unserved_datatype,
 )
 from tesserad.serving.shared_memory import Lease, TensorPlace
-from tesserad.serving.signature import Signature, TensorSpec
+from tesserad.serving.signature import STRINGS_ELSEWHERE, Signature, TensorSpec
 
 DTYPE_BY_PROTO: dict[common_pb2.DataType.ValueType, np.dtype] = {
     common_pb2.DATA_TYPE_BOOL: np.dtype(np.bool_),
@@ -43,8 +44,10 @@ DTYPE_BY_PROTO: dict[common_pb2.DataType.ValueType, np.dtype] = {
     common_pb2.DATA_TYPE_FLOAT32: np.dtype(np.float32),
     common_pb2.DATA_TYPE_FLOAT64: np.dtype(np.float64),
 }
+# Strings are in signatures only: no Tensor carries them (tensor_to_array refuses them).
 PROTO_BY_DTYPE: dict[np.dtype, common_pb2.DataType.ValueType] = {
-    dtype: proto for proto, dtype in DTYPE_BY_PROTO.items()
+    **{dtype: proto for proto, dtype in DTYPE_BY_PROTO.items()},
+    STRING_DTYPE: common_pb2.DATA_TYPE_STRING,
 }
 _PROTO_DTYPE_NAMES: dict[common_pb2.DataType.ValueType, str] = {
     value: name for name, value in common_pb2.DataType.items()
@@ -66,6 +69,7 @@ _OIP_CONTENTS_FIELD = {
     "INT64": "int64_contents",
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 
 
@@ -128,6 +132,8 @@ def tensor_to_array(tensor: common_pb2.Tensor) -> np.ndarray:
     name = tensor.name
     proto_dtype = tensor.dtype
     dtype = DTYPE_BY_PROTO.get(proto_dtype)
+    if proto_dtype == common_pb2.DATA_TYPE_STRING:
+        raise InvalidArgument(f"input {name!r} has dtype DATA_TYPE_STRING; {STRINGS_ELSEWHERE}")
     if dtype is None:
         raise InvalidArgument(
             f"input {name!r} has no dtype; set dtype to one of the DataType values (e.g. DATA_TYPE_FLOAT32)"
@@ -221,8 +227,13 @@ def oip_inputs_to_arrays(request: oip.ModelInferRequest, lease: Lease) -> dict[s
                 raise InvalidArgument(
                     f"{where} has contents as well as shared_memory_region; send its data in one of them"
                 )
-            data = lease.read(place, math.prod(shape) * dtype.itemsize, where)
-            arrays[tensor.name] = array_from_bytes(data, dtype, shape, tensor.name, tensor.datatype)
+            if dtype == STRING_DTYPE:
+                # A BYTES tensor's size is its encoding's, which only its bytes tell.
+                data = lease.read(place, place.byte_size, where)
+                arrays[tensor.name] = string_array(split_bytes(data, where), shape, where)
+            else:
+                data = lease.read(place, math.prod(shape) * dtype.itemsize, where)
+                arrays[tensor.name] = array_from_bytes(data, dtype, shape, tensor.name, tensor.datatype)
             continue
         if raw:
             if tensor.HasField("contents"):
@@ -231,7 +242,12 @@ def oip_inputs_to_arrays(request: oip.ModelInferRequest, lease: Lease) -> dict[s
                     f"{where} has contents as well as raw_input_contents; send each input's data "
                     "in one of them"
                 )
-            arrays[tensor.name] = array_from_bytes(raw[raw_index], dtype, shape, tensor.name, tensor.datatype)
+            if dtype == STRING_DTYPE:
+                arrays[tensor.name] = string_array(split_bytes(raw[raw_index], where), shape, where)
+            else:
+                arrays[tensor.name] = array_from_bytes(
+                    raw[raw_index], dtype, shape, tensor.name, tensor.datatype
+                )
             raw_index += 1
             continue
         field = _OIP_CONTENTS_FIELD.get(tensor.datatype)
@@ -259,7 +275,9 @@ def oip_inputs_to_arrays(request: oip.ModelInferRequest, lease: Lease) -> dict[s
             )
         if not values:
             refuse_unmakeable_empty(shape, dtype, where, tensor.datatype)
-        if tensor.datatype in _NARROWER_THAN_CONTENTS:
+        if dtype == STRING_DTYPE:
+            arrays[tensor.name] = string_array(values, shape, where)
+        elif tensor.datatype in _NARROWER_THAN_CONTENTS:
             arrays[tensor.name] = _narrowed(values, dtype, where, field, tensor.datatype).reshape(shape)
         else:
             arrays[tensor.name] = np.asarray(values, dtype=dtype).reshape(shape)
@@ -311,14 +329,20 @@ def oip_output(name: str, array: np.ndarray) -> tuple[oip.ModelInferResponse.Inf
     tensor = oip.ModelInferResponse.InferOutputTensor(
         name=name, datatype=OIP_NAME_BY_DTYPE[array.dtype], shape=array.shape
     )
-    return tensor, little_endian_bytes(array)
+    return tensor, output_bytes(array)
+
+
+def output_bytes(array: np.ndarray) -> bytes:
+    """An output's bytes as the protocol sends them raw: BYTES in Triton's length-prefixed
+    encoding (what tritonclient decodes), others little-endian."""
+    return joined_bytes(array) if array.dtype == STRING_DTYPE else little_endian_bytes(array)
 
 
 def oip_shared_output(
     name: str, array: np.ndarray, place: TensorPlace, lease: Lease
 ) -> oip.ModelInferResponse.InferOutputTensor:
     """An output written into shared memory: its metadata, with parameters that say where."""
-    data = little_endian_bytes(array)
+    data = output_bytes(array)
     lease.write(place, data, f"output {name!r}")
     tensor = oip.ModelInferResponse.InferOutputTensor(
         name=name, datatype=OIP_NAME_BY_DTYPE[array.dtype], shape=array.shape

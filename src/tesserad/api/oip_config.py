@@ -141,6 +141,7 @@ _CONFIG_DTYPES = {
     "FP32": mc.TYPE_FP32,
     "FP64": mc.TYPE_FP64,
     "BF16": mc.TYPE_BF16,
+    "BYTES": mc.TYPE_STRING,
 }
 _PARAMETERS = frozenset({"intra_op_thread_count", "inter_op_thread_count", "execution_mode"})
 # Fields taken without effect (named in the INFO line a load with them logs), and why.

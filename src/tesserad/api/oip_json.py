@@ -21,10 +21,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from tesserad.api.convert_tensors import (
-    array_from_bytes,
-    little_endian_bytes,
-)
+from tesserad.api.convert_tensors import array_from_bytes, output_bytes
 from tesserad.api.oip_json_tensors import (
     BINARY_ONLY,
     HEADER_LENGTH,
@@ -38,7 +35,9 @@ from tesserad.api.oip_json_tensors import (
     tensor_shape,
 )
 from tesserad.client_json import parse_client_json
+from tesserad.dtypes import STRING_DTYPE
 from tesserad.errors import InvalidArgument
+from tesserad.serving.oip_dtypes import split_bytes, string_array
 from tesserad.serving.open_inference import (
     OIP_DTYPES,
     OIP_NAME_BY_DTYPE,
@@ -313,8 +312,13 @@ def infer_request(document: Any, binary: bytes, lease: Lease) -> InferRequest:
                     "shared_memory_region; send its data in one of them"
                 )
             dtype = OIP_DTYPES[datatype]
-            data = lease.read(place, math.prod(shape) * dtype.itemsize, where)
-            inputs[name] = array_from_bytes(data, dtype, shape, name, datatype)
+            if dtype == STRING_DTYPE:
+                # A BYTES tensor's size is its encoding's, which only its bytes tell.
+                data = lease.read(place, place.byte_size, where)
+                inputs[name] = string_array(split_bytes(data, where), shape, where)
+            else:
+                data = lease.read(place, math.prod(shape) * dtype.itemsize, where)
+                inputs[name] = array_from_bytes(data, dtype, shape, name, datatype)
         elif size is not None:
             if size.kind is not Kind.INT or not isinstance(size.value, int) or size.value < 0:
                 raise InvalidArgument(
@@ -329,9 +333,11 @@ def infer_request(document: Any, binary: bytes, lease: Lease) -> InferRequest:
                     f"{where} takes {size.value} bytes of binary data from offset {offset}, but the body "
                     f"has {len(binary)} bytes after the JSON (header {HEADER_LENGTH})"
                 )
-            inputs[name] = array_from_bytes(
-                binary[offset : offset + size.value], OIP_DTYPES[datatype], shape, name, datatype
-            )
+            chunk = binary[offset : offset + size.value]
+            if datatype == "BYTES":
+                inputs[name] = string_array(split_bytes(chunk, where), shape, where)
+            else:
+                inputs[name] = array_from_bytes(chunk, OIP_DTYPES[datatype], shape, name, datatype)
             offset += size.value
         elif "data" in tensor:
             if datatype in BINARY_ONLY:
@@ -416,11 +422,11 @@ def infer_response(
         }
         place = request.output_places.get(name) if request.output_places else None
         if place is not None:
-            raw = little_endian_bytes(array)
+            raw = output_bytes(array)
             lease.write(place, raw, f"output {name!r}")
             tensor["parameters"] = place_parameters(place, len(raw))
         elif request.binary_outputs.get(name, request.binary_by_default):
-            raw = little_endian_bytes(array)
+            raw = output_bytes(array)
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:

@@ -21,7 +21,7 @@ import numpy as np
 from tesserad.client_json import parse_client_json
 from tesserad.dtypes import MAX_ARRAY_DIMS, refuse_unmakeable_empty, too_many_dims
 from tesserad.errors import InvalidArgument
-from tesserad.serving.oip_dtypes import OIP_DTYPES
+from tesserad.serving.oip_dtypes import OIP_DTYPES, string_array
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _FLOAT_NAMES = frozenset({"FP32", "FP64"})
@@ -211,6 +211,8 @@ def json_values(values: Any, datatype: str, shape: tuple[int, ...], where: str) 
     `datatype` (a float or a boolean for an integer, a number for BOOL) and values outside its
     range, which numpy would round, wrap around or make infinite: the model would be answering
     other numbers."""
+    if datatype == "BYTES":
+        return string_array(_json_strings(values, where), shape, where)
     dtype = OIP_DTYPES[datatype]
     count = math.prod(shape)
     try:
@@ -255,6 +257,32 @@ def json_values(values: Any, datatype: str, shape: tuple[int, ...], where: str) 
         if past.size:
             raise _out_of_range(where, repr(float(past[0])), datatype, _float_bounds(dtype), past=True)
     return flat.astype(dtype).reshape(shape)
+
+
+def _json_strings(values: Any, where: str) -> list[str]:
+    """BYTES data: JSON strings, flat or nested in lists, row-major; InvalidArgument naming a
+    value of another kind (a number is no text: Triton refuses it too)."""
+    strings: list[str] = []
+    pending = [iter(values if isinstance(values, list) else [values])]
+    while pending:
+        value = next(pending[-1], _END)
+        if value is _END:
+            pending.pop()
+        elif isinstance(value, list):
+            pending.append(iter(value))
+        elif isinstance(value, str):
+            strings.append(value)
+        else:
+            shown = value.text if isinstance(value, NonFinite) else json.dumps(value)[:40]
+            raise InvalidArgument(
+                f"{where} is BYTES: its data must be strings, and {shown} is none; send each element as "
+                "a JSON string, or as binary data (each element's length in 4 bytes, little-endian, "
+                "then its bytes)"
+            )
+    return strings
+
+
+_END = object()
 
 
 def _wide_numbers(values: Any, flat: np.ndarray, datatype: str, where: str) -> np.ndarray:

@@ -24,6 +24,58 @@ def _model_bytes(graph: onnx.GraphProto) -> bytes:
     return model.SerializeToString()
 
 
+def label_model() -> bytes:
+    """An ai.onnx.ml LabelEncoder: text string (N,) -> label int64 (N,); cat 0, dog 1, bird 2,
+    anything else -1."""
+    encoder = helper.make_node(
+        "LabelEncoder",
+        ["text"],
+        ["label"],
+        domain="ai.onnx.ml",
+        keys_strings=["cat", "dog", "bird"],
+        values_int64s=[0, 1, 2],
+        default_int64=-1,
+    )
+    graph = helper.make_graph(
+        [encoder],
+        "labels",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def upper_model() -> bytes:
+    """A StringNormalizer: text string (N,) -> upper string (N,), upper-cased."""
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "StringNormalizer", ["text"], ["upper"], case_change_action="UPPER", locale="C.UTF-8"
+            )
+        ],
+        "upper",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch"])],
+        [helper.make_tensor_value_info("upper", TensorProto.STRING, ["batch"])],
+    )
+    return _model_bytes(graph)
+
+
+def spelled_model() -> bytes:
+    """A number in, its text out: x float32 (N, 2) -> y string (N, 2) (Cast to string)."""
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.STRING)],
+        "spelled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["batch", 2])],
+    )
+    return _model_bytes(graph)
+
+
 def linear_model(scale: float) -> bytes:
     """y = x @ (W * scale): x float32 (N, 4) -> y float32 (N, 3); versions differ by scale."""
     graph = helper.make_graph(

@@ -767,10 +767,13 @@ def test_model_infer_bad_paths(oip, linear, expect_rpc_error) -> None:
         grpc.StatusCode.NOT_FOUND,
         f"model 'linear' has no version {2**63 - 1}",
     )
+    # Strings (each element's length, then its bytes) sent to a number input.
+    strings = infer_request(linear, X, datatype="BYTES")
+    strings.raw_input_contents[0] = b"".join(len(b"ab").to_bytes(4, "little") + b"ab" for _ in range(8))
     expect_rpc_error(
-        lambda: oip.ModelInfer(infer_request(linear, X, datatype="BYTES")),
+        lambda: oip.ModelInfer(strings),
         invalid,
-        "input 'x' has datatype 'BYTES': tesserad serves no string (BYTES) tensors, only numbers and booleans",
+        "input 'x' has datatype BYTES; model 'linear' version 2 expects FP32",
     )
     expect_rpc_error(
         lambda: oip.ModelInfer(infer_request(linear, X, datatype="FP64")),
