@@ -35,6 +35,8 @@ def dtype_name(data_type: int) -> str:
     """numpy's name for a DataType enum value ("float32", ..., "bfloat16")."""
     if data_type == common_pb2.DATA_TYPE_BFLOAT16:
         return _BFLOAT16
+    if data_type == common_pb2.DATA_TYPE_STRING:
+        return "string"
     return _DTYPE_BY_ENUM.get(data_type, "unspecified")
 
 
@@ -141,6 +143,13 @@ def to_tensor(name: str, array: np.typing.ArrayLike) -> common_pb2.Tensor:
         data_type = common_pb2.DATA_TYPE_BFLOAT16
     else:
         data_type = _ENUM_BY_DTYPE.get(array.dtype.name, common_pb2.DATA_TYPE_UNSPECIFIED)
+        if array.dtype.kind in "USO":
+            # A Tensor holds fixed-size numbers; the daemon serves text over the Open Inference Protocol.
+            raise ValueError(
+                f"input {name!r}: dtype {array.dtype} is text or objects, which a tessera Tensor cannot "
+                "carry; call a model that takes strings through the Open Inference Protocol on the same "
+                "port (tritonclient, datatype BYTES)"
+            )
         if data_type == common_pb2.DATA_TYPE_UNSPECIFIED:
             raise ValueError(
                 f"input {name!r}: dtype {array.dtype} cannot be sent; "
