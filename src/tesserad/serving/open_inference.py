@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
+import logging
 import re
 import threading
 import time
@@ -44,6 +46,8 @@ from tesserad.serving.predict import predict
 from tesserad.serving.service import LATEST, InferenceService, Target, VersionDescription
 from tesserad.serving.shared_memory import SharedMemory, TensorPlace
 from tesserad.serving.trace import Tracer
+
+log = logging.getLogger(__name__)
 
 
 def unserved_datatype(where: str, datatype: object) -> InvalidArgument:
@@ -676,8 +680,23 @@ class OpenInference:
                 "upload new weights as a version through tessera.v1.Registry and load without them"
             )
         text = _parameter(parameters, "config", (Kind.STRING,), names)
+        await self._locked(name, functools.partial(self._load, name, text, config_of))
+
+    async def _locked(self, name: str, work: Callable[[], None]) -> None:
+        """Run `work` in a thread under `name`'s lock, held until the thread ends: a caller
+        cancelled (its deadline, its going away) leaves the thread running, and the next load or
+        unload of the model would otherwise overlap it."""
         async with self._model_lock(name):
-            await asyncio.to_thread(self._load, name, text, config_of)
+            task = asyncio.ensure_future(asyncio.to_thread(work))
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                while not task.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait({task})
+                if not task.cancelled():
+                    task.exception()  # its caller has gone: nobody to answer
+                raise
 
     def _load(self, name: str, text: object, config_of: ConfigOf) -> None:
         service = self._service
@@ -708,7 +727,7 @@ class OpenInference:
             applied = [service.load_config(name, v, config or ServingConfig()).max_batch_size for v in wanted]
             if asked is not None:
                 asked.check(applied)
-            self._load_versions(name, wanted, config)
+            self._load_versions(name, wanted, config, policy is not None)
             if asked is not None:
                 asked.loaded(applied)
             with self._policies_lock:
@@ -726,23 +745,46 @@ class OpenInference:
         except NotFound as exc:
             raise in_oip_words(exc) from None
 
-    def _load_versions(self, name: str, versions: Sequence[int], config: ServingConfig | None) -> None:
+    def _load_versions(
+        self, name: str, versions: Sequence[int], config: ServingConfig | None, keep: bool
+    ) -> None:
         """Load `versions` of `name` with `config` (None: a version loaded keeps its own); should
-        one fail, those this call loaded anew are unloaded again, and the failure raised."""
-        loaded_before = {entry.version for entry in self._service.pool.list(name)}
-        # The new versions first: one failing then leaves the loaded ones on their old config.
-        ordered = sorted(versions, key=lambda v: (v in loaded_before, v))
+        one fail, those this call loaded anew are unloaded again, those loaded before it that are
+        gone loaded again, and the failure raised. `keep` (a version_policy's load): every version
+        loaded before it stays loaded while it runs, though a load moves the model's targets off it."""
+        service = self._service
+        loaded_before = {entry.version for entry in service.pool.list(name)}
+        kept_before = service.kept_versions(name)
+        if keep:
+            # A version loaded moves the targets, and the refresh that follows would unload the one
+            # they leave: the model would go without it until the load ends, and for good should
+            # a later version fail.
+            service.keep_versions(name, kept_before | loaded_before | set(versions))
+        routed = set(service.versions_for_serving(name))
+        # The new versions first: one failing then leaves the loaded ones on their old config; of
+        # those, the ones the targets move to last, so that they move only once the others loaded.
+        ordered = sorted(versions, key=lambda v: (v in loaded_before, v in routed, v))
         done: list[int] = []
         try:
             for version in ordered:
-                self._service.load(
-                    Target(name, version), config or ServingConfig(), keep_loaded=config is None
-                )
+                service.load(Target(name, version), config or ServingConfig(), keep_loaded=config is None)
                 done.append(version)
         except BaseException:
+            service.keep_versions(name, kept_before)
             for version in done:
                 if version not in loaded_before:
                     self._unload_version(name, version)
+            still = {entry.version for entry in service.pool.list(name)}
+            for version in sorted(loaded_before - still):
+                try:
+                    service.load(Target(name, version), ServingConfig(), keep_loaded=True)
+                except TesseraError as exc:
+                    log.warning(
+                        "version %s of %r, unloaded during a failed load, did not load again: %s",
+                        version,
+                        name,
+                        exc,
+                    )
             raise
 
     def _refuse_unrouted(self, name: str, chosen: Sequence[int]) -> None:
@@ -752,7 +794,9 @@ class OpenInference:
         rule = self._service.routing_rule(name)
         if rule is None:
             return
-        missing = sorted(set(self._service.serving_versions(name)) - set(chosen))
+        # What the source routes them to now: a target held on a version until the one it names
+        # is loaded moves once this load loads it.
+        missing = sorted(set(self._service.versions_for_serving(name)) - set(chosen))
         if missing:
             listed = ", ".join(str(v) for v in missing)
             raise FailedPrecondition(
@@ -804,8 +848,7 @@ class OpenInference:
         ensemble's members stay loaded."""
         validate_name("model_name", name)
         dependents = _parameter(parameters, "unload_dependents", (Kind.BOOL,), names) is True
-        async with self._model_lock(name):
-            await asyncio.to_thread(self._unload, name, dependents)
+        await self._locked(name, functools.partial(self._unload, name, dependents))
 
     def _unload(self, name: str, dependents: bool) -> None:
         try:

@@ -439,6 +439,10 @@ class InferenceService:
         else:
             self._kept.pop(model, None)
 
+    def kept_versions(self, model: str) -> frozenset[int]:
+        """The versions of `model` keep_versions keeps loaded."""
+        return self._kept.get(model, frozenset())
+
     def add_unload_listener(self, callback: Callable[[str], None]) -> None:
         """Call `callback(model)` once an unload of every version of `model` (UnloadModel naming no
         version) is done: what was kept for serving it goes with it."""

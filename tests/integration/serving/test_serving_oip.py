@@ -2184,9 +2184,11 @@ def test_a_version_registered_later_leaves_the_versions_a_policy_chose_loaded(
     assert _served_by(oip, "later") == "3"
 
 
-def test_without_autoload_a_policy_of_all_keeps_every_version_loaded(start_daemon) -> None:
+def test_without_autoload_a_policy_of_all_keeps_every_version_loaded(start_daemon, caplog) -> None:
     # Loading the policy's versions one by one moved the route off version 2 as version 3 loaded,
-    # and the refresh unloaded 2 after the loop had passed it: [1, 3] were left of "all".
+    # and the refresh unloaded 2 (loaded again later in the loop, or not at all): requests naming
+    # version 2 failed meanwhile.
+    caplog.set_level(logging.INFO, logger="tesserad")
     channel = start_daemon(**{"serving.autoload": False}).channel()
     for scale in (1.0, 2.0):
         upload(channel, "every", linear_model(scale))
@@ -2198,3 +2200,73 @@ def test_without_autoload_a_policy_of_all_keeps_every_version_loaded(start_daemo
     loaded = inference.ListLoaded(inference_pb2.ListLoadedRequest(model="every")).models
     assert sorted(m.version for m in loaded if m.state == inference_pb2.LOAD_STATE_READY) == [1, 2, 3]
     assert _served_by(oip, "every") == "3"
+    assert not [r for r in caplog.records if "unloaded version 2 of 'every'" in r.getMessage()]
+
+
+def _held_on_production(start_daemon) -> tuple[Any, Any, Any]:
+    """A daemon without autoload routing requests naming no version by alias production: model
+    "prod" with version 2 serving them, and version 3 that production names since, not loaded."""
+    channel = start_daemon(**{"serving.autoload": False, "serving.default_alias": "production"}).channel()
+    oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    upload(channel, "prod", linear_model(1.0))
+    upload(channel, "prod", linear_model(2.0), alias="production")
+    oip.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="prod"))
+    upload(channel, "prod", linear_model(3.0))
+    registry_pb2_grpc.RegistryStub(channel).SetAlias(
+        registry_pb2.SetAliasRequest(model="prod", alias="production", version=3)
+    )
+    assert _served_by(oip, "prod") == "2"
+    return channel, oip, inference_pb2_grpc.InferenceStub(channel)
+
+
+def test_a_failed_policy_load_keeps_the_version_loaded_before_it_that_requests_go_to(
+    start_daemon, caplog, expect_rpc_error
+) -> None:
+    # Loading version 3 moved the route off version 2 and the refresh unloaded 2; version 4 then
+    # failed and the rollback unloaded 3: nothing served requests naming no version.
+    caplog.set_level(logging.INFO, logger="tesserad")
+    channel, oip, inference = _held_on_production(start_daemon)
+    upload(channel, "prod", reshape_model([3]))  # cannot warm up
+    expect_rpc_error(
+        lambda: _load_policy(oip, "prod", {"version_policy": {"specific": {"versions": [2, 3, 4]}}}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "warm-up of model 'prod' version 4 failed",
+    )
+    assert _policy_ready(inference, "prod") == [2]
+    assert _served_by(oip, "prod") == "2"
+    assert not [r for r in caplog.records if "unloaded version 2 of 'prod'" in r.getMessage()]
+
+
+def test_a_policy_may_leave_out_the_version_requests_stay_on_until_the_one_they_move_to_loads(
+    start_daemon,
+) -> None:
+    _, oip, inference = _held_on_production(start_daemon)
+    _load_policy(oip, "prod", {"version_policy": {"specific": {"versions": [3]}}})
+    assert _policy_ready(inference, "prod") == [3]
+    assert _served_by(oip, "prod") == "3"
+
+
+def test_a_load_cancelled_by_its_deadline_holds_the_model_until_its_work_ends(tmp_path: Path) -> None:
+    # The cancelled call released the model's lock while its thread went on loading: a second
+    # load of the model ran alongside it.
+    with HeldInThread(OpenInference._load, "config_of(text, name, described)") as held:
+        daemon = InProcessDaemon(daemon_settings(tmp_path)).start()
+        try:
+            channel = daemon.channel()
+            upload(channel, "cancelled", linear_model(1.0))
+            oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            request = pb.RepositoryModelLoadRequest(model_name="cancelled")
+            first = oip.RepositoryModelLoad.future(request)
+            assert held.reached.wait(30)
+            first.cancel()
+            # Waits for the first's work, still held: its own deadline passes.
+            with pytest.raises(grpc.RpcError) as raised:
+                oip.RepositoryModelLoad(request, timeout=1)
+            assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            held.let_go.set()
+            oip.RepositoryModelLoad(request, timeout=30)
+            assert oip.ModelReady(pb.ModelReadyRequest(name="cancelled")).ready
+        finally:
+            held.let_go.set()
+            daemon.stop()
+    assert held.raised == []
