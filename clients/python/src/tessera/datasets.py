@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import numbers
@@ -114,6 +115,9 @@ def payload(path: str | Path | None, arrays: Mapping[str, np.typing.ArrayLike]) 
     if path is not None:
         path = Path(path)
         formats = {".npz": pb.DATASET_FORMAT_NPZ, ".npy": pb.DATASET_FORMAT_NPY}
+        if path.suffix.lower() not in formats and not path.exists():
+            # A mistyped name is the likelier fault than the format: say so before any recipe.
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
         if path.suffix.lower() not in formats:
             raise ValueError(f"{path}: datasets are .npz or .npy files; {stacking_recipe()}")
         sha256, size = file_digest(path)

@@ -34,6 +34,7 @@ from tessera.progress_line import byte_size
 from tessera.rpc_commands import in_cli_words
 from tessera.state_words import number_word
 from tessera.tables import Word
+from tessera.tensors import dtype_name
 from tessera.transfer import is_download_directory
 from tessera.v1 import common_pb2, registry_pb2
 
@@ -97,9 +98,9 @@ def version_rows(version: registry_pb2.ModelVersion) -> list[tuple[str, Any]]:
         rows.append(("description", version.description))
     rows += [(f"tag {k}", v) for k, v in sorted(version.tags.items())]
     for spec in version.signature.inputs:
-        rows.append((f"input {spec.name}", shape(spec.shape)))
+        rows.append((f"input {spec.name}", f"{dtype_name(spec.dtype)} {shape(spec.shape)}"))
     for spec in version.signature.outputs:
-        rows.append((f"output {spec.name}", shape(spec.shape)))
+        rows.append((f"output {spec.name}", f"{dtype_name(spec.dtype)} {shape(spec.shape)}"))
     rows += [(f"metric {k}", f"{v:.5g}") for k, v in sorted(version.metrics.items())]
     lineage = version.lineage
     if lineage.job_id:
