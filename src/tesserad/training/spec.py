@@ -546,6 +546,8 @@ def _input_shape_advice(arch_spec: ArchitectureSpec, sample: tuple[int, ...]) ->
     samples being unfit for it) the axis or shape the array needs."""
     family = family_of(arch_spec)
     rank, layout = sample_layout(arch_spec)
+    if advice := _channels_last_advice(tuple(arch_spec.input_shape), sample, rank, layout):
+        return advice
     if rank is None or len(sample) == rank:
         return f"; set input_shape to {list(sample)}"
     channeled = [1, *sample]
@@ -555,6 +557,27 @@ def _input_shape_advice(arch_spec: ArchitectureSpec, sample: tuple[int, ...]) ->
             f", without the channel axis a {family} takes {layout}: add one, {advice}, push it again{shape}"
         )
     return f"; a {family} takes samples of {rank} dims {layout}: push the array shaped (N, {layout[1:]}"
+
+
+def _channels_last_advice(
+    declared: tuple[int, ...], sample: tuple[int, ...], rank: int | None, layout: str
+) -> str:
+    """For samples that are the declared shape with its channel axis moved last (or, for a family
+    of any layout, first), the axis move that fixes the data: setting input_shape to the moved
+    shape would train on the wrong axes. "" when the samples are no such move."""
+    if len(declared) < 3 or len(sample) != len(declared):
+        return ""
+    if sample == (*declared[1:], declared[0]) and (rank is None or layout.startswith("(C, ")):
+        return (
+            "; the data looks channels-last: move its channel axis first before pushing it again, "
+            "np.moveaxis(x, -1, 1) (keep input_shape)"
+        )
+    if rank is None and sample == (declared[-1], *declared[:-1]):
+        return (
+            "; the data looks channels-first: move its channel axis last before pushing it again, "
+            "np.moveaxis(x, 1, -1) (keep input_shape)"
+        )
+    return ""
 
 
 def _check_targets(
