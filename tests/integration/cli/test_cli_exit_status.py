@@ -171,7 +171,10 @@ def test_a_file_that_cannot_be_read_or_written_is_named_with_the_reason_alone(te
     assert pushed.err == f"tessera: {missing}: No such file or directory\n"
     # Not a dataset format either: that the file is missing comes first, not a recipe for other formats.
     not_npz = tessera_cli("datasets", "push", "clips", str(tmp_path / "clips.h5"))
-    assert (not_npz.code, not_npz.err) == (EXIT_FAILED, f"tessera: {tmp_path / 'clips.h5'}: No such file or directory\n")
+    assert (not_npz.code, not_npz.err) == (
+        EXIT_FAILED,
+        f"tessera: {tmp_path / 'clips.h5'}: No such file or directory\n",
+    )
     spec = tessera_cli("train", "spec.toml")
     assert spec.err == "tessera: spec.toml: No such file or directory\n"
     backup = tessera_cli("admin", "backup", "-o", str(tmp_path / "absent" / "backup.tar"))
