@@ -422,7 +422,9 @@ def test_push_refuses_one_npy_file_per_sample_and_says_how_to_stack_them(tessera
     assert as_is.code == 0, as_is.err
     assert [a.name for a in client.datasets.version("myclips").arrays] == ["clip_000", "clip_001", "clip_002"]
 
-    for not_npy in (clips, tmp_path / "labels.csv"):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\nclips/clip_000.npy,0\n")
+    for not_npy in (clips, labels):
         pushed = tessera_cli("datasets", "push", "other", str(not_npy))
         assert pushed.code == EXIT_FAILED, pushed.err
         assert "datasets are .npz or .npy files; stack the samples into one array" in pushed.err, pushed.err

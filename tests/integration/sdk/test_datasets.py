@@ -109,8 +109,11 @@ def test_nonfinite_values_are_refused_unless_allowed(client):
 def test_bad_inputs_are_refused_before_anything_is_sent(client, tmp_path):
     with pytest.raises(ValueError, match="object arrays"):
         client.datasets.push("bad", x=np.array([{}, 1], dtype=object))
+    (tmp_path / "data.csv").write_text("x,y\n1,0\n")
     with pytest.raises(ValueError, match=r"\.npz or \.npy"):
         client.datasets.push("bad", tmp_path / "data.csv")
+    with pytest.raises(FileNotFoundError):
+        client.datasets.push("bad", tmp_path / "absent.csv")
     with pytest.raises(ValueError, match="not both"):
         client.datasets.push("bad", tmp_path / "x.npz", x=np.zeros(2))
     with pytest.raises(ValueError, match="name:version"):
