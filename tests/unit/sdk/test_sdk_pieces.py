@@ -84,7 +84,8 @@ def test_unsupported_dtypes_are_refused_naming_the_input():
     # Text is sent to the daemon's Open Inference Protocol, which carries strings.
     for words in (np.array(["a"]), np.array([b"a"]), np.array(["a"], dtype=object)):
         with pytest.raises(
-            ValueError, match=f"input 'words': dtype {words.dtype} is text or objects.*datatype BYTES"
+            ValueError,
+            match=f"input 'words': dtype {words.dtype} cannot be sent: it is text or objects.*datatype BYTES",
         ):
             to_tensor("words", words)
     with pytest.raises(ValueError, match="complex"):

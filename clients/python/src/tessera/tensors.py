@@ -143,18 +143,16 @@ def to_tensor(name: str, array: np.typing.ArrayLike) -> common_pb2.Tensor:
         data_type = common_pb2.DATA_TYPE_BFLOAT16
     else:
         data_type = _ENUM_BY_DTYPE.get(array.dtype.name, common_pb2.DATA_TYPE_UNSPECIFIED)
-        if array.dtype.kind in "USO":
-            # A Tensor holds fixed-size numbers; the daemon serves text over the Open Inference Protocol.
-            raise ValueError(
-                f"input {name!r}: dtype {array.dtype} is text or objects, which a tessera Tensor cannot "
-                "carry; call a model that takes strings through the Open Inference Protocol on the same "
-                "port (tritonclient, datatype BYTES)"
-            )
         if data_type == common_pb2.DATA_TYPE_UNSPECIFIED:
-            raise ValueError(
-                f"input {name!r}: dtype {array.dtype} cannot be sent; "
-                f"use one of {', '.join(sorted([f'{_BFLOAT16} (ml_dtypes)', *_ENUM_BY_DTYPE]))}"
-            )
+            sendable = ", ".join(sorted([f"{_BFLOAT16} (ml_dtypes)", *_ENUM_BY_DTYPE]))
+            if array.dtype.kind in "USO":
+                # A Tensor holds fixed-size numbers; the daemon serves text over the Open Inference Protocol.
+                raise ValueError(
+                    f"input {name!r}: dtype {array.dtype} cannot be sent: it is text or objects, and a "
+                    f"tessera Tensor carries numbers ({sendable}); call a model that takes strings "
+                    "through the Open Inference Protocol on the same port (tritonclient, datatype BYTES)"
+                )
+            raise ValueError(f"input {name!r}: dtype {array.dtype} cannot be sent; use one of {sendable}")
         array = array.astype(array.dtype.newbyteorder("<"), copy=False)
     return common_pb2.Tensor(
         name=name, dtype=data_type, shape=list(array.shape), data=np.ascontiguousarray(array).tobytes()
