@@ -260,10 +260,14 @@ def test_a_corrupt_or_interrupted_upload_stores_nothing(
     with pytest.raises(grpc.RpcError):
         stub.UploadRunArtifact(cut_short())
     tmp = Path(artifacts_daemon.settings.data_dir) / "blobs" / "tmp"
-    # The daemon sees the cancel a moment after the client: wait for its temp file to go.
+    auth = artifacts_daemon.daemon._auth
+    assert auth is not None
+    # The daemon sees the cancel a moment after the client, and may make its temp file only after
+    # the client's call ended: wait for the daemon's handler to end, then for its temp file to go.
     deadline = time.monotonic() + 30
-    while any(tmp.iterdir()) and time.monotonic() < deadline:
+    while (auth.calls.in_flight or any(tmp.iterdir())) and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert auth.calls.in_flight == 0
     assert not any(tmp.iterdir())
     assert listed(stub, run_id) == []
     assert not blob_file(artifacts_daemon, data).exists()
