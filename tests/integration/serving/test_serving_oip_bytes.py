@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 from serving_models import CNN4D_ARCHITECTURE, _upload, label_model, spelled_model, upload, upper_model
-from test_serving_tritonclient import tritonclient_python
+from test_serving_tritonclient import require_tritonclient, run_client_script
 
 from tessera.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tesserad.oip import grpc_service_pb2 as pb
@@ -351,21 +350,8 @@ print(json.dumps(seen))
 
 
 def test_tritonclient_sends_and_reads_bytes(daemon, http) -> None:
-    python = tritonclient_python()
-    if python is None:
-        pytest.skip(
-            "tritonclient is not installed: set TESSERA_TRITONCLIENT_PYTHON to a python with "
-            "'tritonclient[grpc,http]' (or create .venv-triton in the repository root)"
-        )
-    run = subprocess.run(
-        [str(python), "-c", TRITONCLIENT_SCRIPT, daemon.target, http.removeprefix("http://")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr
-    seen = json.loads(run.stdout)
+    python = require_tritonclient()
+    seen = run_client_script(python, TRITONCLIENT_SCRIPT, daemon.target, http.removeprefix("http://"))
     for kind, invalid in (("grpc", "StatusCode.INVALID_ARGUMENT"), ("http", "400")):
         entry = seen[kind]
         assert entry["upper_binary"] == ["HÉLLO", "", "X"], kind

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -278,28 +279,35 @@ def tritonclient_python() -> Path | None:
     return default if default.exists() else None
 
 
-def test_tritonclient_talks_to_tesserad(start_daemon) -> None:
+def require_tritonclient() -> Path:
+    """The python with tritonclient, or a skip saying how to get one (before any daemon starts)."""
     python = tritonclient_python()
     if python is None:
         pytest.skip(
             "tritonclient is not installed: set TESSERA_TRITONCLIENT_PYTHON to a python with "
-            "'tritonclient[grpc]' (or create .venv-triton in the repository root)"
+            "'tritonclient[grpc,http]' (or create .venv-triton in the repository root)"
         )
+    return python
+
+
+def run_client_script(python: Path, script: str, *args: str) -> Any:
+    """Run a client script under tritonclient's python; what it printed, read as JSON."""
+    run = subprocess.run(
+        [str(python), "-c", script, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def test_tritonclient_talks_to_tesserad(start_daemon) -> None:
+    python = require_tritonclient()
     # A response cache budget, for load_model's config to turn the cache on.
     daemon = start_daemon(**{"serving.response_cache_size": 1 << 20})
     channel = daemon.channel()
     linear = "linear"
     upload(channel, linear, linear_model(1.0))
     upload(channel, linear, linear_model(2.0))
-    run = subprocess.run(
-        [str(python), "-c", CLIENT_SCRIPT, daemon.target, linear],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr
-    seen = json.loads(run.stdout)
+    seen = run_client_script(python, CLIENT_SCRIPT, daemon.target, linear)
     assert (seen["live"], seen["ready"]) == (True, True)
     assert (seen["ready_before_load"], seen["ready_after_load"], seen["ready_after_unload"]) == (
         False,
@@ -349,26 +357,13 @@ def test_tritonclient_talks_to_tesserad(start_daemon) -> None:
 
 
 def test_tritonclient_http_talks_to_tesserad(start_daemon) -> None:
-    python = tritonclient_python()
-    if python is None:
-        pytest.skip(
-            "tritonclient is not installed: set TESSERA_TRITONCLIENT_PYTHON to a python with "
-            "'tritonclient[grpc,http]' (or create .venv-triton in the repository root)"
-        )
+    python = require_tritonclient()
     daemon = start_daemon(
         **{"serving.oip_http_listen": "127.0.0.1:0", "serving.response_cache_size": 1 << 20}
     )
     channel = daemon.channel()
     upload(channel, "linear", linear_model(1.0))
-    run = subprocess.run(
-        [str(python), "-c", HTTP_CLIENT_SCRIPT, f"127.0.0.1:{daemon.daemon.oip_http_port}", "linear"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr
-    seen = json.loads(run.stdout)
+    seen = run_client_script(python, HTTP_CLIENT_SCRIPT, f"127.0.0.1:{daemon.daemon.oip_http_port}", "linear")
     assert (seen["live"], seen["ready"]) == (True, True)
     assert (seen["ready_before_load"], seen["ready_after_load"], seen["ready_after_unload"]) == (
         False,
@@ -450,22 +445,11 @@ print(json.dumps(seen))
 
 
 def test_tritonclient_reads_and_changes_the_log_settings(start_daemon) -> None:
-    python = tritonclient_python()
-    if python is None:
-        pytest.skip(
-            "tritonclient is not installed: set TESSERA_TRITONCLIENT_PYTHON to a python with "
-            "'tritonclient[grpc,http]' (or create .venv-triton in the repository root)"
-        )
+    python = require_tritonclient()
     daemon = start_daemon(**{"serving.oip_http_listen": "127.0.0.1:0"})
-    run = subprocess.run(
-        [str(python), "-c", LOGGING_CLIENT_SCRIPT, daemon.target, f"127.0.0.1:{daemon.daemon.oip_http_port}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    seen = run_client_script(
+        python, LOGGING_CLIENT_SCRIPT, daemon.target, f"127.0.0.1:{daemon.daemon.oip_http_port}"
     )
-    assert run.returncode == 0, run.stderr
-    seen = json.loads(run.stdout)
     defaults = {
         "log_file": "",
         "log_info": True,

@@ -5,14 +5,11 @@ under its own interpreter (see test_serving_tritonclient)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import uuid
 
 import numpy as np
-import pytest
 from serving_models import W, two_output_model, upload
-from test_serving_tritonclient import tritonclient_python
+from test_serving_tritonclient import require_tritonclient, run_client_script
 
 # Runs under tritonclient's interpreter; prints one JSON object of what it saw. Model "two":
 # x (N, 4) -> a = x @ W (N, 3), b = x + x (N, 4).
@@ -105,32 +102,13 @@ print(json.dumps(seen))
 
 
 def test_tritonclient_puts_tensors_in_system_shared_memory(start_daemon) -> None:
-    python = tritonclient_python()
-    if python is None:
-        pytest.skip(
-            "tritonclient is not installed: set TESSERA_TRITONCLIENT_PYTHON to a python with "
-            "'tritonclient[grpc,http]' (or create .venv-triton in the repository root)"
-        )
+    python = require_tritonclient()
     daemon = start_daemon(**{"serving.oip_http_listen": "127.0.0.1:0"})
     upload(daemon.channel(), "two", two_output_model())
     prefix = f"tessera-test-{uuid.uuid4().hex[:12]}"
-    run = subprocess.run(
-        [
-            str(python),
-            "-c",
-            SHM_CLIENT_SCRIPT,
-            daemon.target,
-            f"127.0.0.1:{daemon.daemon.oip_http_port}",
-            "two",
-            prefix,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    seen = run_client_script(
+        python, SHM_CLIENT_SCRIPT, daemon.target, f"127.0.0.1:{daemon.daemon.oip_http_port}", "two", prefix
     )
-    assert run.returncode == 0, run.stderr
-    seen = json.loads(run.stdout)
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     assert "system_shared_memory" in seen["extensions"]
     assert seen["grpc_status"] == [["in", f"/{prefix}-in", 0, 32], ["out", f"/{prefix}-out", 0, 64]]

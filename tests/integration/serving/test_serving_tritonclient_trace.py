@@ -5,14 +5,11 @@ test_serving_tritonclient)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
-import pytest
 from serving_models import linear_model, upload
 from test_serving_oip_trace import ORDER, traces_in
-from test_serving_tritonclient import tritonclient_python
+from test_serving_tritonclient import require_tritonclient, run_client_script
 
 # Runs under tritonclient's interpreter; prints one JSON object of what it saw.
 TRACE_CLIENT_SCRIPT = r"""
@@ -73,24 +70,13 @@ print(json.dumps(seen))
 
 
 def test_tritonclient_reads_and_changes_the_trace_settings(start_daemon, tmp_path: Path) -> None:
-    python = tritonclient_python()
-    if python is None:
-        pytest.skip(
-            "tritonclient is not installed: set TESSERA_TRITONCLIENT_PYTHON to a python with "
-            "'tritonclient[grpc,http]' (or create .venv-triton in the repository root)"
-        )
+    python = require_tritonclient()
     file = tmp_path / "trace.json"
     daemon = start_daemon(**{"serving.oip_http_listen": "127.0.0.1:0", "serving.trace_file": str(file)})
     upload(daemon.channel(), "linear", linear_model(1.0))
-    run = subprocess.run(
-        [str(python), "-c", TRACE_CLIENT_SCRIPT, daemon.target, f"127.0.0.1:{daemon.daemon.oip_http_port}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    seen = run_client_script(
+        python, TRACE_CLIENT_SCRIPT, daemon.target, f"127.0.0.1:{daemon.daemon.oip_http_port}"
     )
-    assert run.returncode == 0, run.stderr
-    seen = json.loads(run.stdout)
     grpc_defaults = {
         "trace_file": [str(file)],
         "trace_level": ["OFF"],
