@@ -5,6 +5,7 @@ when its answer is lost."""
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 
 import pytest
@@ -15,23 +16,28 @@ from tests.integration.sdk.test_node_client import node_json, node_ready, run_no
 __all__ = ["node_ready", "table"]
 
 
+def clients_made(targets: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Node makes a Client of each of `targets` (a JS array): 'made', or the error's name and message."""
+    return run_node_script(
+        f"""
+        for (const given of {targets}) {{
+          try {{
+            new Client(given);
+            console.log('made');
+          }} catch (err) {{
+            console.log(`${{err.name}}: ${{err.message}}`);
+          }}
+        }}
+        """,
+        "unused",
+        env=env,
+    )
+
+
 @pytest.mark.parametrize("text", ["http://127.0.0.1:1", "https://tessera.example/v1", "127.0.0.1"])
 def test_node_client_checks_its_target_and_tessera_target_as_the_python_sdk_does(node_ready, text):
     """A target given to the constructor went to gRPC unchecked, and failed at the first call."""
-    made = run_node_script(
-        """
-        for (const given of [undefined, process.env.TESSERA_TARGET]) {
-          try {
-            new Client(given);
-            console.log('made');
-          } catch (err) {
-            console.log(`${err.name}: ${err.message}`);
-          }
-        }
-        """,
-        "unused",
-        env={"TESSERA_TARGET": text},
-    )
+    made = clients_made("[undefined, process.env.TESSERA_TARGET]", env={"TESSERA_TARGET": text})
     said = []
     for where in ("in env TESSERA_TARGET", "as the client's target"):
         with pytest.raises(ValueError, match="write HOST:PORT") as python:
@@ -43,19 +49,7 @@ def test_node_client_checks_its_target_and_tessera_target_as_the_python_sdk_does
 def test_node_client_refuses_an_empty_target_and_one_that_is_not_a_string_in_words(node_ready):
     """An empty target is said to be empty as the Python SDK says it; a number (a port alone) is
     a TypeError naming the string wanted, not "text.startsWith is not a function"."""
-    made = run_node_script(
-        """
-        for (const given of [50051, '']) {
-          try {
-            new Client(given);
-            console.log('made');
-          } catch (err) {
-            console.log(`${err.name}: ${err.message}`);
-          }
-        }
-        """,
-        "unused",
-    )
+    made = clients_made("[50051, '']")
     with pytest.raises(ValueError, match="is empty") as empty:
         check_target("", "as the client's target", "tls: true")
     assert made.stdout == (
